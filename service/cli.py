@@ -1,0 +1,50 @@
+"""The `foresight` command. Each group lives with the code it drives and is imported only when used,
+so `foresight serve` never pays for Pulumi or torch imports it does not need."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+# group name -> (module, attribute holding its typer.Typer, help line)
+GROUPS: dict[str, tuple[str, str, str]] = {
+    "bench": ("service.bench.cli", "app", "Benchmarks: RESP throughput against redis-server, trace replay."),
+    "audit": ("service.security.audit_cli", "app", "Verify the hash-chained audit log."),
+    "local": ("onboarding.local_cli", "app", "Run the whole product on this machine."),
+    "tenants": ("onboarding.tenants_cli", "app", "Create, list, suspend and delete tenants."),
+    "keys": ("onboarding.keys_cli", "app", "Issue, list, rotate and revoke API keys."),
+    "marketplace": ("marketplace.cli", "app", "Marketplace artifacts and fulfilment."),
+}
+
+app = typer.Typer(
+    name="foresight",
+    help="Foresight: a multi-tenant, Redis-compatible cache with a learned prefetcher, and its deploy kit.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _mount_groups(argv: list[str]) -> None:
+    """Import only the group being invoked; the others appear in --help as their help line."""
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, attr, help_text) in GROUPS.items():
+        if wanted != name:
+            app.add_typer(typer.Typer(help=help_text), name=name)
+            continue
+        try:
+            group = getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as err:
+            if not err.name or not module.startswith(err.name):
+                raise
+            continue  # group not built yet in this checkout
+        app.add_typer(group, name=name, help=help_text)
+
+
+def main() -> None:
+    from service.serve_cli import register
+
+    register(app)
+    _mount_groups(sys.argv[1:])
+    app()

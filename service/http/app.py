@@ -1,0 +1,21 @@
+"""The FastAPI application: routers mounted once, state attached, nothing else."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.http.routes import health, keys
+from service.state import ServiceState
+
+
+def create_app(state: ServiceState) -> FastAPI:
+    app = FastAPI(
+        title="Foresight",
+        version=__version__,
+        description="Multi-tenant cache with a learned prefetcher. Authenticate with `Authorization: Bearer <key>`.",
+    )
+    app.state.service = state
+    app.include_router(health.router)
+    app.include_router(keys.router)
+    return app

@@ -1,0 +1,45 @@
+"""Request dependencies: the caller's tenant, from a Bearer API key (or the dev tenant)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+
+from service.cache import TenantCache
+from service.state import ServiceState
+
+
+def get_state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    return state
+
+
+State = Annotated[ServiceState, Depends(get_state)]
+
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="foresight"'}
+
+
+async def current_tenant(request: Request, state: State) -> TenantCache:
+    """Authenticate the request and charge it to the tenant's rate quota."""
+    tenant = state.dev_tenant()
+    if tenant is None:
+        header = request.headers.get("authorization", "")
+        scheme, _, api_key = header.partition(" ")
+        if scheme.lower() != "bearer" or not api_key:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing API key: send 'Authorization: Bearer <key>'",
+                                headers=_CHALLENGE)
+        assert state.authenticator is not None
+        session = await state.authenticator.login(api_key.strip())
+        tenant = state.tenants.get(session.principal.tenant) if session else None
+        if tenant is None:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid API key", headers=_CHALLENGE)
+    if not tenant.admit():
+        rate = tenant.bucket.rate if tenant.bucket else 0
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
+                            f"rate limit exceeded: tenant '{tenant.name}' allows {rate:g} requests per second",
+                            headers={"Retry-After": "1"})
+    return tenant
+
+
+Tenant = Annotated[TenantCache, Depends(current_tenant)]

@@ -1,0 +1,31 @@
+"""Liveness, readiness and metrics: unauthenticated, no tenant data."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+
+from service import metrics
+from service.http.deps import State
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up and serving HTTP."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(state: State, response: Response) -> dict[str, str]:
+    """Ready for traffic: listeners up, tenants loaded, not draining."""
+    if state.ready and not state.draining:
+        return {"status": "ready"}
+    response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return {"status": "draining" if state.draining else "starting"}
+
+
+@router.get("/metrics", response_class=Response)
+async def prometheus(state: State) -> Response:
+    """Prometheus text exposition."""
+    return Response(metrics.render(state), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,68 @@
+"""Prometheus metrics, collected at scrape time from counters the data path already keeps.
+
+The hot path only increments plain integers; this collector turns them into labelled series when
+/metrics is read, so metrics cost nothing per command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from service.state import ServiceState
+
+_TENANT_COUNTERS = {
+    "hits": ("foresight_cache_hits_total", "Reads answered from memory."),
+    "misses": ("foresight_cache_misses_total", "Reads not in memory (read through to the origin if any)."),
+    "evictions": ("foresight_evictions_total", "Keys evicted to stay within the tenant budget."),
+    "expired": ("foresight_expired_keys_total", "Keys removed because their TTL passed."),
+    "prefetch_inserted": ("foresight_prefetch_inserted_total", "Keys inserted by the prefetcher."),
+    "prefetch_used": ("foresight_prefetch_used_total", "Prefetched keys read before eviction."),
+    "prefetch_evicted_unused": ("foresight_prefetch_wasted_total", "Prefetched keys evicted without a read."),
+}
+
+
+class ServiceCollector(Collector):
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        tenants = list(self.state.tenants)
+        for attr, (name, doc) in _TENANT_COUNTERS.items():
+            family = CounterMetricFamily(name, doc, labels=["tenant"])
+            for t in tenants:
+                family.add_metric([t.name], getattr(t.store.stats, attr))
+            yield family
+        per_tenant = {
+            "foresight_origin_fetches_total": ("Origin reads started.", lambda t: t.origin_fetches),
+            "foresight_origin_errors_total": ("Origin reads that failed or timed out.", lambda t: t.origin_errors),
+            "foresight_rate_limited_total": ("Commands refused by the rate quota.", lambda t: t.rate_limited),
+        }
+        for name, (doc, read) in per_tenant.items():
+            family = CounterMetricFamily(name, doc, labels=["tenant"])
+            for t in tenants:
+                family.add_metric([t.name], read(t))
+            yield family
+        gauges = {
+            "foresight_memory_used_bytes": ("Bytes charged to the tenant's budget.", lambda t: t.store.used),
+            "foresight_memory_budget_bytes": ("The tenant's memory budget.", lambda t: t.store.budget),
+            "foresight_keys": ("Keys resident in the tenant's store.", lambda t: len(t.store)),
+        }
+        for name, (doc, read) in gauges.items():
+            gauge = GaugeMetricFamily(name, doc, labels=["tenant"])
+            for t in tenants:
+                gauge.add_metric([t.name], read(t))
+            yield gauge
+        counters = self.state.connections
+        yield GaugeMetricFamily("foresight_resp_connections", "Open RESP connections.", value=counters.current)
+        yield CounterMetricFamily("foresight_resp_commands_total", "RESP commands processed.", value=counters.commands)
+
+
+def render(state: ServiceState) -> bytes:
+    """The Prometheus text exposition of this process."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServiceCollector(state))
+    return generate_latest(registry)

@@ -1,0 +1,50 @@
+"""The contract every prefetcher meets: see the accesses in order, propose keys with confidences.
+
+Prefetchers work on integer keys (the service maps its byte keys through `KeyCodec`) and know the prefetch
+lead: a prefetch issued after access t lands before access t+lead+1, so what is worth proposing is what will
+be read from then on. They never see the cache; the coordinator filters out what is resident or in flight.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar, NamedTuple
+
+
+class Prediction(NamedTuple):
+    key: int
+    confidence: float  # estimated probability that the key is read soon after the prefetch lands
+
+
+Predictions = list[Prediction]
+
+
+class Prefetcher(ABC):
+    """Observes one tenant's accesses and proposes what comes next, best first."""
+
+    name: ClassVar[str]
+
+    def __init__(self, lead: int = 0, max_candidates: int = 4) -> None:
+        if lead < 0:
+            raise ValueError(f"prefetch lead must be >= 0, got {lead}")
+        self.lead = lead
+        self.distance = lead + 1  # how many accesses ahead a useful prediction looks
+        self.max_candidates = max_candidates
+
+    @abstractmethod
+    def access(self, key: int) -> Predictions:
+        """Record one access and return proposals for what follows it, most confident first."""
+
+    def access_batch(self, keys: Sequence[int]) -> list[Predictions]:
+        """Record several accesses in order; one proposal list per access, each using only the past."""
+        return [self.access(key) for key in keys]
+
+
+class NoPrefetcher(Prefetcher):
+    """Proposes nothing: the baseline of baselines."""
+
+    name = "none"
+
+    def access(self, key: int) -> Predictions:
+        return []

@@ -1,0 +1,127 @@
+"""Turns proposals into prefetches: above a confidence threshold, within a budget, never for what is there.
+
+The coordinator talks to the cache through `PrefetchTarget`, three members the service's read-through cache
+and the replay harness both provide, so the benchmark exercises the very code the service runs. It keeps the
+books (issued, used, late, wasted, and why proposals were skipped) that A/B comparisons and drift detection
+read.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from service.prefetch.base import Prediction
+
+
+class PrefetchTarget(Protocol):
+    """What the coordinator needs from a cache."""
+
+    def is_resident(self, key: Any) -> bool:
+        """Cached now (a prefetch would be wasted)."""
+
+    def in_flight(self, key: Any) -> bool:
+        """An origin fetch for the key is under way (a prefetch would be a duplicate)."""
+
+    def prefetch(self, key: Any) -> Any:
+        """Start fetching the key from the origin and insert it as prefetched; may return an awaitable."""
+
+
+@dataclass(frozen=True, slots=True)
+class PrefetchBudget:
+    threshold: float = 0.25  # minimum confidence worth an origin fetch
+    per_request: int = 1  # prefetches issued per access at most
+    max_in_flight: int = 64  # concurrent prefetch fetches at most
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"prefetch threshold must be within [0, 1], got {self.threshold}")
+        if self.per_request < 0 or self.max_in_flight < 1:
+            raise ValueError("prefetch budget needs per_request >= 0 and max_in_flight >= 1")
+
+
+@dataclass(slots=True)
+class CoordinatorStats:
+    issued: int = 0
+    used: int = 0  # read as a hit after being prefetched
+    late: int = 0  # read as a miss while (or before) the prefetch was on its way
+    wasted: int = 0  # never read while it was tracked
+    skipped_resident: int = 0
+    skipped_in_flight: int = 0
+    skipped_concurrency: int = 0
+    below_threshold: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+
+
+@dataclass(slots=True)
+class PrefetchCoordinator:
+    """Issues prefetches for one tenant's cache."""
+
+    target: PrefetchTarget
+    budget: PrefetchBudget = field(default_factory=PrefetchBudget)
+    decode: Callable[[int], Hashable] = lambda key: key  # prefetcher key -> cache key
+    track: int = 1 << 16  # issued keys remembered for used/wasted accounting
+    stats: CoordinatorStats = field(default_factory=CoordinatorStats)
+    _outstanding: set[Hashable] = field(default_factory=set)
+    _recent: OrderedDict[Hashable, None] = field(default_factory=OrderedDict)
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._outstanding)
+
+    def consider(self, proposals: Iterable[Prediction]) -> list[tuple[Hashable, Any]]:
+        """Issue the best proposals the budget allows; returns (key, whatever target.prefetch returned)."""
+        issued: list[tuple[Hashable, Any]] = []
+        budget = self.budget
+        if budget.per_request == 0:
+            return issued
+        target = self.target
+        for proposal in proposals:
+            if proposal.confidence < budget.threshold:
+                self.stats.below_threshold += 1
+                break  # proposals come best first
+            if len(self._outstanding) >= budget.max_in_flight:
+                self.stats.skipped_concurrency += 1
+                break
+            key = self.decode(proposal.key)
+            if key in self._outstanding or target.in_flight(key):
+                self.stats.skipped_in_flight += 1
+                continue
+            if target.is_resident(key):
+                self.stats.skipped_resident += 1
+                continue
+            self._outstanding.add(key)
+            self._remember(key)
+            self.stats.issued += 1
+            issued.append((key, target.prefetch(key)))
+            if len(issued) >= budget.per_request:
+                break
+        return issued
+
+    def completed(self, key: Hashable) -> None:
+        """The origin fetch for a prefetched key finished (inserted, or failed)."""
+        self._outstanding.discard(key)
+
+    def on_access(self, key: Hashable, hit: bool) -> None:
+        """A read happened; settles whether an earlier prefetch of the key paid off."""
+        if self._recent and key in self._recent:
+            del self._recent[key]
+            if hit:
+                self.stats.used += 1
+            else:
+                self.stats.late += 1
+
+    def _remember(self, key: Hashable) -> None:
+        self._recent[key] = None
+        if len(self._recent) > self.track:
+            self._recent.popitem(last=False)
+            self.stats.wasted += 1
+
+    def settle(self) -> None:
+        """Count every prefetch still unread as wasted (end of a replay, or of an A/B window)."""
+        self.stats.wasted += len(self._recent)
+        self._recent.clear()

@@ -1,0 +1,76 @@
+"""Markov successor table: after key A, which keys were read `distance` accesses later, and how often.
+
+With lead 0 this is the classic first-order successor table; with a lead it remembers the key read
+`lead + 1` accesses after A, which is the one a prefetch issued at A can still catch. Each key keeps a few
+successors with counts (the weakest is replaced); the table keeps at most `max_keys` keys, dropping the
+oldest inserted half when full, so memory stays bounded on traces with millions of keys.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from service.prefetch.base import Prediction, Predictions, Prefetcher
+
+
+class SuccessorTable:
+    """key -> {successor: count}, bounded in keys and successors per key."""
+
+    def __init__(self, distance: int, max_keys: int = 1 << 20, ways: int = 4) -> None:
+        self.distance = distance
+        self.max_keys = max_keys
+        self.ways = ways
+        self._table: dict[int, dict[int, int]] = {}
+        self._recent: deque[int] = deque(maxlen=distance)
+
+    def record(self, key: int) -> None:
+        """Note that `key` was read `distance` accesses after the key that left the window."""
+        recent = self._recent
+        if len(recent) == self.distance:
+            self._add(recent[0], key)
+        recent.append(key)
+
+    def _add(self, prev: int, key: int) -> None:
+        succ = self._table.get(prev)
+        if succ is None:
+            if len(self._table) >= self.max_keys:
+                for old in list(self._table)[: self.max_keys // 2]:
+                    del self._table[old]
+            self._table[prev] = {key: 1}
+            return
+        if key in succ:
+            succ[key] += 1
+        elif len(succ) < self.ways:
+            succ[key] = 1
+        else:
+            # Replace the weakest successor and age the rest, so a changed pattern takes over.
+            weakest = min(succ, key=succ.__getitem__)
+            del succ[weakest]
+            for other in succ:
+                succ[other] = max(1, succ[other] // 2)
+            succ[key] = 1
+
+    def successors(self, key: int) -> list[tuple[int, float, int]]:
+        """(successor, share of the key's transitions, total transitions), most frequent first."""
+        succ = self._table.get(key)
+        if not succ:
+            return []
+        total = sum(succ.values())
+        ranked = sorted(succ.items(), key=lambda item: -item[1])
+        return [(s, count / total, total) for s, count in ranked]
+
+
+class MarkovPrefetcher(Prefetcher):
+    name = "markov"
+
+    def __init__(self, lead: int = 0, max_candidates: int = 2, max_keys: int = 1 << 20) -> None:
+        super().__init__(lead, max_candidates)
+        self.table = SuccessorTable(self.distance, max_keys=max_keys)
+
+    def access(self, key: int) -> Predictions:
+        self.table.record(key)
+        # Share times total/(total+1): a successor seen once is a coin flip, not a certainty.
+        return [
+            Prediction(s, share * total / (total + 1))
+            for s, share, total in self.table.successors(key)[: self.max_candidates]
+        ]

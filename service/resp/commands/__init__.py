@@ -1,0 +1,50 @@
+"""Redis's model: one command table of (name, arity, flags, handler); the connection consults nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Union
+
+if TYPE_CHECKING:
+    from service.resp.connection import RespConnection
+
+Reply = Union[bytes, Awaitable[bytes]]
+Handler = Callable[["RespConnection", list[bytes]], Reply]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: str
+    arity: int  # Redis convention: N exactly N arguments (name included), -N at least N
+    flags: frozenset[str]
+    handler: Handler
+    first_key: int = 0
+    last_key: int = 0
+    step: int = 0
+    group: str = "generic"
+    summary: str = ""
+    since: str = "1.0.0"
+    subcommands: dict[bytes, Command] = field(default_factory=dict)
+
+    @property
+    def no_auth(self) -> bool:
+        return "no_auth" in self.flags
+
+    @property
+    def touches_data(self) -> bool:
+        """Charged against the tenant's rate quota."""
+        return "connection" not in self.flags
+
+    def arity_ok(self, argc: int) -> bool:
+        return argc == self.arity if self.arity > 0 else argc >= -self.arity
+
+
+def build_table() -> dict[bytes, Command]:
+    from service.resp.commands import connection, keyspace, server, strings
+
+    table: dict[bytes, Command] = {}
+    for module in (connection, keyspace, server, strings):
+        for command in module.COMMANDS:
+            table[command.name.encode()] = command
+    return table

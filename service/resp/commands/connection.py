@@ -1,0 +1,173 @@
+"""Connection commands: AUTH, HELLO, PING, ECHO, SELECT, QUIT and CLIENT."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from service.resp import replies as r
+from service.resp.commands import Command, Reply
+from service.resp.commands.strings import parse_int
+from service.state import REDIS_COMPAT_VERSION
+
+if TYPE_CHECKING:
+    from service.resp.connection import RespConnection
+
+_NO_PASSWORD = r.error(
+    "ERR AUTH <password> called without any password configured for the default user. "
+    "Are you sure your configuration is correct?"
+)
+_HELLO_NOAUTH = r.error(
+    "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH "
+    "<user> <pass> option can be used to authenticate the client and select the RESP protocol version at "
+    "the same time"
+)
+
+
+def auth(conn: RespConnection, args: list[bytes]) -> Reply:
+    if len(args) > 3:
+        return r.SYNTAX
+    if not conn.state.auth_required:
+        return _NO_PASSWORD
+    return conn.login(args[1] if len(args) == 3 else None, args[-1])
+
+
+def ping(conn: RespConnection, args: list[bytes]) -> Reply:
+    if len(args) > 2:
+        return r.wrong_arity("ping")
+    return r.PONG if len(args) == 1 else r.bulk(args[1])
+
+
+def echo(conn: RespConnection, args: list[bytes]) -> Reply:
+    return r.bulk(args[1])
+
+
+def select(conn: RespConnection, args: list[bytes]) -> Reply:
+    index = parse_int(args[1])
+    if index is None or not -(2**31) <= index < 2**31:
+        return r.NOT_INTEGER
+    return r.OK if index == 0 else r.error("ERR DB index is out of range")
+
+
+def quit_(conn: RespConnection, args: list[bytes]) -> Reply:
+    conn.close_after_reply = True
+    return r.OK
+
+
+async def _hello(conn: RespConnection, version: int, user: bytes | None, password: bytes | None,
+                 name: bytes | None) -> bytes:
+    if password is not None and conn.state.auth_required:
+        failed = await conn.login(user, password)
+        if failed != r.OK:
+            return failed
+    return _hello_reply(conn, version, name)
+
+
+def _hello_reply(conn: RespConnection, version: int, name: bytes | None) -> bytes:
+    if conn.tenant is None:
+        return _HELLO_NOAUTH
+    if name is not None:
+        problem = conn.set_name(name)
+        if problem:
+            return problem
+    if version:
+        conn.set_protocol(version)
+    fields = [
+        (b"server", r.bulk(b"redis")),
+        (b"version", r.bulk(REDIS_COMPAT_VERSION.encode())),
+        (b"proto", r.integer(conn.protocol)),
+        (b"id", r.integer(conn.client_id)),
+        (b"mode", r.bulk(b"standalone")),
+        (b"role", r.bulk(b"master")),
+        (b"modules", r.EMPTY_ARRAY),
+    ]
+    return r.mapping([(r.bulk(k), v) for k, v in fields], conn.protocol == 3)
+
+
+def hello(conn: RespConnection, args: list[bytes]) -> Reply:
+    version = 0
+    i = 1
+    if len(args) >= 2:
+        parsed = parse_int(args[1])
+        if parsed is None:
+            return r.error("ERR Protocol version is not an integer or out of range")
+        if parsed not in (2, 3):
+            return r.error("NOPROTO unsupported protocol version")
+        version, i = parsed, 2
+    user = password = name = None
+    while i < len(args):
+        opt, more = args[i].upper(), len(args) - 1 - i
+        if opt == b"AUTH" and more >= 2:
+            user, password = args[i + 1], args[i + 2]
+            i += 3
+        elif opt == b"SETNAME" and more >= 1:
+            name = args[i + 1]
+            i += 2
+        else:
+            return r.error(f"ERR Syntax error in HELLO option '{args[i].decode('utf-8', 'replace')}'")
+    if password is not None and conn.state.auth_required:
+        return _hello(conn, version, user, password, name)
+    return _hello_reply(conn, version, name)
+
+
+def _client_setname(conn: RespConnection, args: list[bytes]) -> Reply:
+    return conn.set_name(args[2]) or r.OK
+
+
+def _client_getname(conn: RespConnection, args: list[bytes]) -> Reply:
+    return r.bulk(conn.name) if conn.name else conn.null
+
+
+def _client_id(conn: RespConnection, args: list[bytes]) -> Reply:
+    return r.integer(conn.client_id)
+
+
+def _client_setinfo(conn: RespConnection, args: list[bytes]) -> Reply:
+    attr = args[2].upper()
+    if attr not in (b"LIB-NAME", b"LIB-VER"):
+        return r.error(f"ERR Unrecognized option '{args[2].decode('utf-8', 'replace')}'")
+    if any(c < 0x21 or c > 0x7E for c in args[3]):
+        return r.error(f"ERR {attr.decode().lower()} cannot contain spaces, newlines or special characters.")
+    conn.lib_info[attr.decode().lower()] = args[3].decode()
+    return r.OK
+
+
+def _sub(name: str, arity: int, handler, summary: str, since: str) -> Command:  # type: ignore[no-untyped-def]
+    return Command(f"client|{name}", arity, frozenset({"connection"}), handler, group="connection",
+                   summary=summary, since=since)
+
+
+CLIENT_SUBCOMMANDS = {
+    b"setname": _sub("setname", 3, _client_setname, "Sets the connection name.", "2.6.9"),
+    b"getname": _sub("getname", 2, _client_getname, "Returns the name of the connection.", "2.6.9"),
+    b"id": _sub("id", 2, _client_id, "Returns the unique client ID of the connection.", "5.0.0"),
+    b"setinfo": _sub("setinfo", 4, _client_setinfo, "Sets information specific to the client or connection.",
+                     "7.2.0"),
+}
+
+
+def client(conn: RespConnection, args: list[bytes]) -> Reply:
+    sub = CLIENT_SUBCOMMANDS.get(args[1].lower())
+    if sub is None:
+        return r.unknown_subcommand("client", args[1])
+    if not sub.arity_ok(len(args)):
+        return r.wrong_arity(sub.name)
+    if conn.tenant is None:  # checked after the subcommand's arity, in Redis's order
+        return r.NOAUTH
+    return sub.handler(conn, args)
+
+
+def _cmd(name: str, arity: int, flags: str, handler, summary: str, since: str = "1.0.0",  # type: ignore[no-untyped-def]
+         subcommands: dict[bytes, Command] | None = None) -> Command:
+    return Command(name, arity, frozenset(flags.split()) | {"connection"}, handler, group="connection",
+                   summary=summary, since=since, subcommands=subcommands or {})
+
+
+COMMANDS = [
+    _cmd("auth", -2, "no_auth fast", auth, "Authenticates the connection."),
+    _cmd("hello", -1, "no_auth fast", hello, "Handshakes with the Redis server.", "6.0.0"),
+    _cmd("ping", -1, "fast", ping, "Returns the server's liveliness response."),
+    _cmd("echo", 2, "fast", echo, "Returns the given string."),
+    _cmd("select", 2, "fast", select, "Changes the selected database."),
+    _cmd("quit", -1, "no_auth fast", quit_, "Closes the connection."),
+    _cmd("client", -2, "no_auth", client, "A container for client connection commands.", "2.4.0", CLIENT_SUBCOMMANDS),
+]

@@ -1,0 +1,154 @@
+"""Introspection commands: INFO, COMMAND and CONFIG GET, scoped to the caller's tenant."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import time
+from typing import TYPE_CHECKING
+
+from service.resp import replies as r
+from service.resp.commands import Command, Reply
+from service.state import REDIS_COMPAT_VERSION
+
+if TYPE_CHECKING:
+    from service.resp.connection import RespConnection
+
+_DEFAULT_SECTIONS = ("server", "clients", "memory", "stats", "keyspace")
+
+
+def _info_sections(conn: RespConnection) -> dict[str, list[tuple[str, object]]]:
+    state, tenant = conn.state, conn.tenant
+    store = tenant.store
+    uptime = int(time.time() - state.started)
+    expires = sum(1 for k in store.keys() if (e := store.entry(k)) is not None and e.expires_at)
+    keyspace = [("db0", f"keys={len(store)},expires={expires},avg_ttl=0")] if len(store) else []
+    return {
+        "server": [
+            ("redis_version", REDIS_COMPAT_VERSION),
+            ("foresight_version", state.version),
+            ("redis_mode", "standalone"),
+            ("os", os.uname().sysname),
+            ("arch_bits", 64),
+            ("process_id", os.getpid()),
+            ("tcp_port", conn.local_port),
+            ("uptime_in_seconds", uptime),
+            ("uptime_in_days", uptime // 86400),
+            ("tenant", tenant.name),
+        ],
+        "clients": [
+            ("connected_clients", state.connections.per_tenant.get(tenant.name, 0)),
+        ],
+        "memory": [
+            ("used_memory", store.used),
+            ("maxmemory", store.budget),
+            ("maxmemory_policy", store.policy.name),
+        ],
+        "stats": [
+            ("total_connections_received", state.connections.total),
+            ("total_commands_processed", state.connections.commands),
+            ("keyspace_hits", store.stats.hits),
+            ("keyspace_misses", store.stats.misses),
+            ("expired_keys", store.stats.expired),
+            ("evicted_keys", store.stats.evictions),
+            ("origin_fetches", tenant.origin_fetches),
+            ("origin_errors", tenant.origin_errors),
+            ("rate_limited_commands", tenant.rate_limited),
+        ],
+        "keyspace": keyspace,
+    }
+
+
+def info(conn: RespConnection, args: list[bytes]) -> Reply:
+    sections = _info_sections(conn)
+    asked = [a.decode("utf-8", "replace").lower() for a in args[1:]]
+    if not asked or any(a in ("all", "everything", "default") for a in asked):
+        asked = list(_DEFAULT_SECTIONS)
+    parts = []
+    for name in asked:
+        if name in sections:
+            lines = "".join(f"{k}:{v}\r\n" for k, v in sections[name])
+            parts.append(f"# {name.capitalize()}\r\n{lines}")
+    return r.verbatim("\r\n".join(parts), conn.protocol == 3)
+
+
+def _command_info(cmd: Command, resp3: bool) -> bytes:
+    return r.array([
+        r.bulk(cmd.name.encode()),
+        r.integer(cmd.arity),
+        r.set_of([r.simple(f) for f in sorted(cmd.flags - {"connection"})], resp3),
+        r.integer(cmd.first_key),
+        r.integer(cmd.last_key),
+        r.integer(cmd.step),
+        r.set_of([r.simple(f"@{cmd.group}")], resp3),
+        r.set_of([], resp3),
+        r.EMPTY_ARRAY,
+        r.array(_command_info(sub, resp3) for sub in cmd.subcommands.values()),
+    ])
+
+
+def _command_doc(cmd: Command, resp3: bool) -> bytes:
+    fields = [
+        (r.bulk(b"summary"), r.bulk(cmd.summary.encode())),
+        (r.bulk(b"since"), r.bulk(cmd.since.encode())),
+        (r.bulk(b"group"), r.bulk(cmd.group.encode())),
+    ]
+    if cmd.subcommands:
+        subs = [(r.bulk(s.name.encode()), _command_doc(s, resp3)) for s in cmd.subcommands.values()]
+        fields.append((r.bulk(b"subcommands"), r.mapping(subs, resp3)))
+    return r.mapping(fields, resp3)
+
+
+def command(conn: RespConnection, args: list[bytes]) -> Reply:
+    table = conn.commands
+    resp3 = conn.protocol == 3
+    if len(args) == 1:
+        return r.array(_command_info(c, resp3) for c in table.values())
+    sub = args[1].lower()
+    if sub == b"count" and len(args) == 2:
+        return r.integer(len(table))
+    if sub == b"docs":
+        names = [a.lower() for a in args[2:]] or list(table)
+        found = [(r.bulk(n), _command_doc(table[n], resp3)) for n in names if n in table]
+        return r.mapping(found, resp3)
+    if sub == b"info":
+        names = [a.lower() for a in args[2:]] or list(table)
+        return r.array(_command_info(table[n], resp3) if n in table else conn.null for n in names)
+    if sub in (b"count", b"docs", b"info"):
+        return r.wrong_arity(f"command|{sub.decode()}")
+    return r.unknown_subcommand("command", args[1])
+
+
+def _config_values(conn: RespConnection) -> dict[str, str]:
+    store = conn.tenant.store
+    return {
+        "maxmemory": str(store.budget),
+        "maxmemory-policy": store.policy.name,
+        "databases": "1",
+        "save": "",
+        "appendonly": "no",
+        "timeout": "0",
+        "port": str(conn.local_port),
+    }
+
+
+def config(conn: RespConnection, args: list[bytes]) -> Reply:
+    sub = args[1].lower()
+    if sub != b"get":
+        return r.unknown_subcommand("config", args[1])
+    if len(args) < 3:
+        return r.wrong_arity("config|get")
+    values = _config_values(conn)
+    patterns = [a.decode("utf-8", "replace").lower() for a in args[2:]]
+    matched = [(k, v) for k, v in values.items() if any(fnmatch.fnmatchcase(k, p) for p in patterns)]
+    return r.mapping([(r.bulk(k.encode()), r.bulk(v.encode())) for k, v in matched], conn.protocol == 3)
+
+
+COMMANDS = [
+    Command("info", -1, frozenset({"connection"}), info, group="server",
+            summary="Returns information and statistics about the server."),
+    Command("command", -1, frozenset({"connection"}), command, group="server",
+            summary="Returns detailed information about all commands.", since="2.8.13"),
+    Command("config", -2, frozenset({"admin"}), config, group="server",
+            summary="A container for server configuration commands.", since="2.0.0"),
+]

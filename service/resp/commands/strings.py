@@ -1,0 +1,228 @@
+"""String commands: GET, SET and the read-modify-write family, with Redis's exact argument rules."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import TYPE_CHECKING
+
+from service.origin import OriginError
+from service.resp import replies as r
+from service.resp.commands import Command, Reply
+from service.store import ValueTooLarge, now_ms
+
+if TYPE_CHECKING:
+    from service.resp.connection import RespConnection
+
+LLONG_MAX = 2**63 - 1
+LLONG_MIN = -(2**63)
+_INT_RE = re.compile(rb"^(?:0|-?[1-9][0-9]{0,18})$")
+
+
+def parse_int(value: bytes) -> int | None:
+    """Redis's string2ll: canonical base-10 signed 64-bit integers only (no '+', spaces, leading zeros)."""
+    if not _INT_RE.match(value):
+        return None
+    number = int(value)
+    return number if LLONG_MIN <= number <= LLONG_MAX else None
+
+
+def _origin_error(err: OriginError) -> bytes:
+    return r.error(f"ERR origin: {err}")
+
+
+async def _read_through(conn: RespConnection, key: bytes) -> bytes:
+    try:
+        value = await conn.tenant.read_through(key)
+    except OriginError as err:
+        return _origin_error(err)
+    return conn.null if value is None else r.bulk(value)
+
+
+def get(conn: RespConnection, args: list[bytes]) -> Reply:
+    tenant = conn.tenant
+    value = tenant.store.get(args[1])
+    if value is not None:
+        return r.bulk(value)
+    if tenant.origin is None:
+        return conn.null
+    return _read_through(conn, args[1])
+
+
+async def _mget_through(conn: RespConnection, keys: list[bytes], values: list[bytes | None]) -> bytes:
+    missing = [i for i, v in enumerate(values) if v is None]
+    loaded = await asyncio.gather(*(conn.tenant.read_through(keys[i]) for i in missing), return_exceptions=True)
+    for i, result in zip(missing, loaded, strict=True):
+        if isinstance(result, OriginError):
+            return _origin_error(result)
+        if isinstance(result, BaseException):
+            raise result
+        values[i] = result
+    return r.array(conn.null if v is None else r.bulk(v) for v in values)
+
+
+def mget(conn: RespConnection, args: list[bytes]) -> Reply:
+    store = conn.tenant.store
+    keys = args[1:]
+    values = [store.get(k) for k in keys]
+    if conn.tenant.origin is not None and None in values:
+        return _mget_through(conn, keys, values)
+    return r.array(conn.null if v is None else r.bulk(v) for v in values)
+
+
+def _expiry_ms(name: str, raw: bytes, unit_ms: int, absolute: bool) -> int | bytes:
+    """An absolute deadline in ms, or the error reply Redis gives for this expire argument."""
+    number = parse_int(raw)
+    if number is None:
+        return r.NOT_INTEGER
+    if number <= 0 or (unit_ms == 1000 and number > LLONG_MAX // 1000):
+        return r.invalid_expire(name)
+    number *= unit_ms
+    if not absolute:
+        now = now_ms()
+        if number > LLONG_MAX - now:
+            return r.invalid_expire(name)
+        number += now
+    return number
+
+
+_SET_EXPIRE_UNITS = {b"EX": (1000, False), b"PX": (1, False), b"EXAT": (1000, True), b"PXAT": (1, True)}
+
+
+def set_(conn: RespConnection, args: list[bytes]) -> Reply:
+    nx = xx = want_get = keep_ttl = False
+    expire_opt: bytes | None = None
+    expire_raw = b""
+    i, argc = 3, len(args)
+    while i < argc:
+        opt = args[i].upper()
+        has_next = i + 1 < argc
+        if opt == b"NX" and not xx:
+            nx = True
+        elif opt == b"XX" and not nx:
+            xx = True
+        elif opt == b"GET":
+            want_get = True
+        elif opt == b"KEEPTTL" and expire_opt is None:
+            keep_ttl = True
+        elif opt in _SET_EXPIRE_UNITS and not keep_ttl and expire_opt in (None, opt) and has_next:
+            expire_opt, expire_raw = opt, args[i + 1]
+            i += 1
+        else:
+            return r.SYNTAX
+        i += 1
+    deadline = 0
+    if expire_opt is not None:
+        unit_ms, absolute = _SET_EXPIRE_UNITS[expire_opt]
+        parsed = _expiry_ms("set", expire_raw, unit_ms, absolute)
+        if isinstance(parsed, bytes):
+            return parsed
+        deadline = parsed
+    store = conn.tenant.store
+    key = args[1]
+    old = store.entry(key) if (want_get or nx or xx) else None
+    reply = (conn.null if old is None else r.bulk(old.value)) if want_get else r.OK
+    if (nx and old is not None) or (xx and old is None):
+        return reply if want_get else conn.null
+    try:
+        store.set(key, args[2], deadline, keep_ttl=keep_ttl)
+    except ValueTooLarge:
+        return r.OOM
+    return reply
+
+
+def mset(conn: RespConnection, args: list[bytes]) -> Reply:
+    if len(args) % 2 == 0:
+        return r.wrong_arity("mset")
+    store = conn.tenant.store
+    try:
+        for i in range(1, len(args), 2):
+            store.set(args[i], args[i + 1])
+    except ValueTooLarge:
+        return r.OOM
+    return r.OK
+
+
+def getdel(conn: RespConnection, args: list[bytes]) -> Reply:
+    store = conn.tenant.store
+    value = store.get(args[1])
+    if value is None:
+        return conn.null
+    store.delete(args[1])
+    return r.bulk(value)
+
+
+def _write_keeping_ttl(conn: RespConnection, key: bytes, value: bytes) -> bytes | None:
+    try:
+        conn.tenant.store.set(key, value, keep_ttl=True)
+    except ValueTooLarge:
+        return r.OOM
+    return None
+
+
+def append(conn: RespConnection, args: list[bytes]) -> Reply:
+    entry = conn.tenant.store.entry(args[1])
+    value = args[2] if entry is None else entry.value + args[2]
+    return _write_keeping_ttl(conn, args[1], value) or r.integer(len(value))
+
+
+def strlen(conn: RespConnection, args: list[bytes]) -> Reply:
+    entry = conn.tenant.store.entry(args[1])
+    return r.integer(0 if entry is None else len(entry.value))
+
+
+def _incr_by(conn: RespConnection, key: bytes, delta: int) -> bytes:
+    entry = conn.tenant.store.entry(key)
+    current = 0
+    if entry is not None:
+        parsed = parse_int(entry.value)
+        if parsed is None:
+            return r.NOT_INTEGER
+        current = parsed
+    if (delta < 0 and current < 0 and delta < LLONG_MIN - current) or (
+        delta > 0 and current > 0 and delta > LLONG_MAX - current
+    ):
+        return r.OVERFLOW
+    result = current + delta
+    return _write_keeping_ttl(conn, key, b"%d" % result) or r.integer(result)
+
+
+def incr(conn: RespConnection, args: list[bytes]) -> Reply:
+    return _incr_by(conn, args[1], 1)
+
+
+def decr(conn: RespConnection, args: list[bytes]) -> Reply:
+    return _incr_by(conn, args[1], -1)
+
+
+def incrby(conn: RespConnection, args: list[bytes]) -> Reply:
+    delta = parse_int(args[2])
+    return r.NOT_INTEGER if delta is None else _incr_by(conn, args[1], delta)
+
+
+def decrby(conn: RespConnection, args: list[bytes]) -> Reply:
+    delta = parse_int(args[2])
+    if delta is None:
+        return r.NOT_INTEGER
+    if delta == LLONG_MIN:
+        return r.error("ERR decrement would overflow")
+    return _incr_by(conn, args[1], -delta)
+
+
+def _cmd(name: str, arity: int, flags: str, handler, summary: str, since: str = "1.0.0", last_key: int = 1):  # type: ignore[no-untyped-def]
+    return Command(name, arity, frozenset(flags.split()), handler, 1, last_key, 1, "string", summary, since)
+
+
+COMMANDS = [
+    _cmd("get", 2, "readonly fast", get, "Returns the string value of a key."),
+    _cmd("set", -3, "write denyoom", set_, "Sets the string value of a key, ignoring its type."),
+    _cmd("mget", -2, "readonly fast", mget, "Atomically returns the string values of one or more keys.", last_key=-1),
+    _cmd("mset", -3, "write denyoom", mset, "Atomically creates or modifies the string values of keys.", "1.0.1", -1),
+    _cmd("getdel", 2, "write fast", getdel, "Returns the string value of a key after deleting the key.", "6.2.0"),
+    _cmd("append", 3, "write denyoom", append, "Appends a string to the value of a key.", "2.0.0"),
+    _cmd("strlen", 2, "readonly fast", strlen, "Returns the length of a string value.", "2.2.0"),
+    _cmd("incr", 2, "write denyoom fast", incr, "Increments the integer value of a key by one."),
+    _cmd("decr", 2, "write denyoom fast", decr, "Decrements the integer value of a key by one."),
+    _cmd("incrby", 3, "write denyoom fast", incrby, "Increments the integer value of a key by a number."),
+    _cmd("decrby", 3, "write denyoom fast", decrby, "Decrements a number from the integer value of a key."),
+]

@@ -1,0 +1,223 @@
+"""One RESP client connection: parse with hiredis, dispatch through the command table, keep reply order.
+
+Most commands answer synchronously, so a burst of pipelined commands is parsed, executed and answered
+with one write. A command that must wait (a read-through to the origin, an AUTH that asks the key source)
+returns an awaitable; the connection then finishes the rest of the pipeline in a task, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import Any, cast
+
+import hiredis
+
+from service.auth import Session
+from service.cache import TenantCache
+from service.resp import replies as r
+from service.resp.commands import Command, build_table
+from service.state import ServiceState
+
+log = logging.getLogger(__name__)
+
+COMMANDS: dict[bytes, Command] = build_table()
+_RATE_LIMITED = "ERR rate limit exceeded: tenant '{}' allows {:g} requests per second"
+_HIGH_WATER = 1 << 20  # pause reading when this much reply data waits to be sent
+
+
+class RespConnection(asyncio.Protocol):
+    commands = COMMANDS
+
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+        self.transport: asyncio.Transport | None = None
+        self.reader = hiredis.Reader()
+        self.client_id = state.next_client_id()
+        self.name = b""
+        self.lib_info: dict[str, str] = {}
+        self.protocol = 2
+        self.null = r.NULL2
+        self.tenant: TenantCache = None  # type: ignore[assignment]  # None until AUTH (or the dev tenant)
+        self.session: Session | None = None
+        self.close_after_reply = False
+        self.local_port = 0
+        self.peer = "?"
+        self._busy: asyncio.Task[None] | None = None
+        self._paused = False
+
+    # asyncio.Protocol ---------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        transport.set_write_buffer_limits(high=_HIGH_WATER)
+        sockname = transport.get_extra_info("sockname")
+        peer = transport.get_extra_info("peername")
+        self.local_port = sockname[1] if sockname else 0
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        counters = self.state.connections
+        counters.current += 1
+        counters.total += 1
+        self.state.resp_clients.add(self)
+        dev = self.state.dev_tenant()
+        if dev is not None:
+            self._bind(dev)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        counters = self.state.connections
+        counters.current -= 1
+        self.state.resp_clients.discard(self)
+        self._unbind()
+        if self._busy is not None:
+            self._busy.cancel()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        if self._busy is None:
+            self._drain_sync()
+
+    # dispatch -----------------------------------------------------------------------------------------
+    def _next(self) -> Any:
+        try:
+            return self.reader.gets()
+        except hiredis.ProtocolError as err:
+            self._write(r.error(f"ERR Protocol error: {err}"))
+            self.close_after_reply = True
+            return False
+
+    def _drain_sync(self) -> None:
+        """Answer every complete command in the buffer; hand over to a task at the first that must wait."""
+        out: list[bytes] = []
+        execute = self.execute
+        while not self.close_after_reply:
+            args = self._next()
+            if args is False:
+                break
+            reply = execute(args)
+            if type(reply) is bytes:
+                out.append(reply)
+            else:
+                if out:
+                    self._write(b"".join(out))
+                self._busy = asyncio.ensure_future(self._drain_async(reply))  # type: ignore[arg-type]
+                return
+        if out:
+            self._write(b"".join(out))
+        if self.close_after_reply and self.transport is not None:
+            self.transport.close()
+
+    async def _drain_async(self, pending: Awaitable[bytes]) -> None:
+        try:
+            self._write(await pending)
+            out: list[bytes] = []
+            while not self.close_after_reply:
+                args = self._next()
+                if args is False:
+                    break
+                reply = self.execute(args)
+                if type(reply) is not bytes:
+                    if out:
+                        self._write(b"".join(out))
+                        out = []
+                    reply = await reply  # type: ignore[misc]
+                out.append(reply)  # type: ignore[arg-type]
+            if out:
+                self._write(b"".join(out))
+        except Exception:
+            log.exception("command failed on connection %d", self.client_id)
+            self._write(r.error("ERR internal error"))
+            self.close_after_reply = True
+        finally:
+            self._busy = None
+        if self.close_after_reply and self.transport is not None:
+            self.transport.close()
+
+    @property
+    def busy(self) -> bool:
+        return self._busy is not None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def execute(self, args: Any) -> bytes | Awaitable[bytes]:
+        """Run one parsed command: lookup, arity, auth and quota checks in Redis's order, then the handler."""
+        if type(args) is not list or not args or not all(type(a) is bytes for a in args):
+            self.close_after_reply = True
+            return r.error("ERR Protocol error: expected an array of bulk strings")
+        cmd = COMMANDS.get(args[0].lower())
+        if cmd is None:
+            return r.unknown_command(args)
+        if not cmd.arity_ok(len(args)):
+            return r.wrong_arity(cmd.name)
+        self.state.connections.commands += 1
+        tenant = self.tenant
+        if tenant is None:
+            if not cmd.no_auth:
+                return r.NOAUTH
+        else:
+            if self.session is not None and self.session.revoked:
+                self._unbind()
+                return r.NOAUTH if not cmd.no_auth else cmd.handler(self, args)
+            if cmd.touches_data and not tenant.admit():
+                return r.error(_RATE_LIMITED.format(tenant.name, tenant.bucket.rate))  # type: ignore[union-attr]
+        return cmd.handler(self, args)
+
+    # state changes used by handlers -------------------------------------------------------------------
+    def _bind(self, tenant: TenantCache, session: Session | None = None) -> None:
+        self._unbind()
+        self.tenant = tenant
+        self.session = session
+        per_tenant = self.state.connections.per_tenant
+        per_tenant[tenant.name] = per_tenant.get(tenant.name, 0) + 1
+        if session is not None and self.state.authenticator is not None:
+            self.state.authenticator.attach(session)
+
+    def _unbind(self) -> None:
+        if self.tenant is not None:
+            self.state.connections.per_tenant[self.tenant.name] -= 1
+        if self.session is not None and self.state.authenticator is not None:
+            self.state.authenticator.detach(self.session)
+        self.tenant = None  # type: ignore[assignment]
+        self.session = None
+
+    async def login(self, user: bytes | None, password: bytes) -> bytes:
+        """AUTH: bind this connection to the key's tenant. Failure leaves the previous login in place."""
+        authenticator = self.state.authenticator
+        assert authenticator is not None
+        session = await authenticator.login(password.decode("utf-8", "replace"))
+        if session is None:
+            return r.WRONGPASS
+        tenant_name = session.principal.tenant
+        if user is not None and user not in (b"default", tenant_name.encode()):
+            return r.WRONGPASS
+        tenant = self.state.tenants.get(tenant_name)
+        if tenant is None:
+            return r.WRONGPASS
+        self._bind(tenant, session)
+        return r.OK
+
+    def set_name(self, name: bytes) -> bytes | None:
+        """CLIENT SETNAME's rule; returns the error reply or None."""
+        if any(c < 0x21 or c > 0x7E for c in name):
+            return r.error("ERR Client names cannot contain spaces, newlines or special characters.")
+        self.name = name
+        return None
+
+    def set_protocol(self, version: int) -> None:
+        self.protocol = version
+        self.null = r.NULL3 if version == 3 else r.NULL2

@@ -1,0 +1,82 @@
+"""AWS KMS as the KMS (boto3; tested against the moto server).
+
+`key_id` may be a key id, ARN or alias; `key_ref` in headers is the key ARN that KMS reports, so unwrap
+names the key explicitly (KMS best practice) even when the alias later moves. Every call carries a fixed
+encryption context, which KMS binds to the ciphertext and logs in CloudTrail. Rotation: KMS automatic
+rotation keeps old key material, so old envelopes keep opening; `rewrap` uses ReEncrypt (the DEK never
+leaves KMS) and is how envelopes move to another key (e.g. after an alias points at a new key).
+Needs kms:Encrypt, kms:Decrypt and kms:ReEncrypt* on the key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+import botocore.exceptions
+
+from service.security.kms.base import KmsError, KmsProvider, KmsRejected, KmsUnavailable, WrappedKey, check_dek
+
+ENCRYPTION_CONTEXT = {"foresight:purpose": "data-key"}
+_REJECTED = {"InvalidCiphertextException", "IncorrectKeyException"}
+_UNAVAILABLE = {"KMSInternalException", "ThrottlingException", "DependencyTimeoutException", "ServiceUnavailable"}
+
+
+class AwsKms(KmsProvider):
+    name = "aws-kms"
+
+    def __init__(
+        self, key_id: str, *, client: Any = None, region: str | None = None, endpoint_url: str | None = None
+    ) -> None:
+        self.key_id = key_id
+        self.client = client or boto3.client("kms", region_name=region, endpoint_url=endpoint_url)
+
+    @property
+    def key_ref(self) -> str:
+        return self.key_id
+
+    def wrap(self, dek: bytes) -> WrappedKey:
+        reply = self._call("Encrypt", KeyId=self.key_id, Plaintext=check_dek(dek), EncryptionContext=ENCRYPTION_CONTEXT)
+        return WrappedKey(self.name, reply["KeyId"], reply["CiphertextBlob"])
+
+    def unwrap(self, wrapped: WrappedKey) -> bytes:
+        self._check_provider(wrapped)
+        reply = self._call(
+            "Decrypt", CiphertextBlob=wrapped.blob, KeyId=wrapped.key_ref, EncryptionContext=ENCRYPTION_CONTEXT
+        )
+        plaintext: bytes = reply["Plaintext"]
+        return plaintext
+
+    def rewrap(self, wrapped: WrappedKey) -> WrappedKey:
+        self._check_provider(wrapped)
+        reply = self._call(
+            "ReEncrypt",
+            CiphertextBlob=wrapped.blob,
+            SourceKeyId=wrapped.key_ref,
+            DestinationKeyId=self.key_id,
+            SourceEncryptionContext=ENCRYPTION_CONTEXT,
+            DestinationEncryptionContext=ENCRYPTION_CONTEXT,
+        )
+        return WrappedKey(self.name, reply["KeyId"], reply["CiphertextBlob"])
+
+    def _call(self, operation: str, **params: Any) -> dict[str, Any]:
+        method = getattr(self.client, _snake(operation))
+        try:
+            reply: dict[str, Any] = method(**params)
+            return reply
+        except botocore.exceptions.ClientError as err:
+            code = err.response.get("Error", {}).get("Code", "")
+            if code in _REJECTED:
+                raise KmsRejected(f"AWS KMS rejected the wrapped data key ({code})") from None
+            if code in _UNAVAILABLE:
+                raise KmsUnavailable(f"AWS KMS {operation} failed: {code}") from None
+            raise KmsError(f"AWS KMS {operation} failed: {code}") from None
+        except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError,
+                botocore.exceptions.ReadTimeoutError) as err:
+            raise KmsUnavailable(f"AWS KMS unreachable: {type(err).__name__}") from None
+        except botocore.exceptions.NoCredentialsError:
+            raise KmsError("no AWS credentials (instance profile, environment or profile)") from None
+
+
+def _snake(operation: str) -> str:
+    return {"Encrypt": "encrypt", "Decrypt": "decrypt", "ReEncrypt": "re_encrypt"}[operation]

@@ -1,0 +1,76 @@
+"""The one interface every KMS provider implements: wrap, unwrap and re-wrap 256-bit data keys.
+
+A provider never sees the data, only data keys (DEKs). `WrappedKey.key_ref` names the KMS key (and, where the
+KMS needs it to decrypt, the key version) that wrapped the DEK; it is stored in each envelope's header.
+
+Errors are split so callers can react correctly: `KmsRejected` means the KMS refused the wrapped key as
+invalid (tampered, wrong key); `KmsUnavailable` means it could not be reached (retry later, never report
+tampering); `KmsError` is everything else (permissions, configuration). Messages never contain key material.
+All provider methods block on network I/O; call them from a worker thread in async code.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+DEK_BYTES = 32
+
+
+class KmsError(RuntimeError):
+    """The KMS failed for a reason other than rejection or unavailability (permissions, configuration)."""
+
+
+class KmsRejected(KmsError):
+    """The KMS refused to unwrap: the wrapped key was altered or belongs to another key."""
+
+
+class KmsUnavailable(KmsError):
+    """The KMS could not be reached; the operation may succeed later."""
+
+
+@dataclass(frozen=True, slots=True)
+class WrappedKey:
+    provider: str  # the provider's `name`, e.g. "aws-kms"
+    key_ref: str  # which KMS key (and version, where needed) wrapped it
+    blob: bytes  # the wrapped DEK as the KMS returned it
+
+    def __repr__(self) -> str:  # the blob is not secret, but it is noise in logs
+        return f"WrappedKey(provider={self.provider!r}, key_ref={self.key_ref!r}, blob=<{len(self.blob)} bytes>)"
+
+
+class KmsProvider(ABC):
+    """A key-encryption key held by a KMS. Implementations must be safe to call from several threads."""
+
+    name: str  # short, stable provider id stored in envelope headers
+
+    @property
+    @abstractmethod
+    def key_ref(self) -> str:
+        """The key new data keys are wrapped with (as stored in headers)."""
+
+    @abstractmethod
+    def wrap(self, dek: bytes) -> WrappedKey:
+        """Wrap a data key with the current key version. Blocks."""
+
+    @abstractmethod
+    def unwrap(self, wrapped: WrappedKey) -> bytes:
+        """The plaintext data key; raises KmsRejected if the KMS refuses it. Blocks."""
+
+    def rewrap(self, wrapped: WrappedKey) -> WrappedKey:
+        """Re-wrap under the current key version (after rotation) without exposing the data. Blocks.
+
+        The default unwraps and wraps again; providers with a native re-encrypt call override it so the
+        plaintext DEK never leaves the KMS.
+        """
+        return self.wrap(self.unwrap(wrapped))
+
+    def _check_provider(self, wrapped: WrappedKey) -> None:
+        if wrapped.provider != self.name:
+            raise KmsError(f"data key was wrapped by {wrapped.provider!r}, this provider is {self.name!r}")
+
+
+def check_dek(dek: bytes) -> bytes:
+    if len(dek) != DEK_BYTES:
+        raise KmsError(f"data keys are {DEK_BYTES} bytes, got {len(dek)}")
+    return dek

@@ -1,0 +1,52 @@
+"""What both front ends share in one process: settings, tenants, the authenticator and live counters."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from service import __version__
+from service.auth import Authenticator
+from service.cache import TenantCache, TenantRegistry
+from service.config import Settings
+
+if TYPE_CHECKING:
+    from service.resp.connection import RespConnection
+
+DEV_TENANT = "default"
+REDIS_COMPAT_VERSION = "7.0.15"  # the Redis release whose replies we match, reported where clients look
+
+
+@dataclass
+class ConnectionCounters:
+    current: int = 0
+    total: int = 0
+    commands: int = 0
+    per_tenant: dict[str, int] = field(default_factory=dict)
+
+
+class ServiceState:
+    def __init__(self, settings: Settings, authenticator: Authenticator | None) -> None:
+        self.settings = settings
+        self.tenants = TenantRegistry(settings)
+        self.authenticator = authenticator
+        self.connections = ConnectionCounters()
+        self.started = time.time()
+        self.version = __version__
+        self.resp_clients: set[RespConnection] = set()
+        self._ids = itertools.count(1)
+        self.ready = False
+        self.draining = False
+
+    @property
+    def auth_required(self) -> bool:
+        return self.authenticator is not None
+
+    def next_client_id(self) -> int:
+        return next(self._ids)
+
+    def dev_tenant(self) -> TenantCache | None:
+        """The tenant every client gets without AUTH in dev mode; None in production."""
+        return None if self.auth_required else self.tenants.get(DEV_TENANT)

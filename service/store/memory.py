@@ -1,0 +1,212 @@
+"""The byte-budgeted memory tier: one instance per tenant, so budgets and eviction never cross tenants.
+
+Expiry is lazy (checked on access) plus active: a min-heap of deadlines lets a periodic sweep reclaim exactly
+the keys that are due, so memory held by expired keys nobody reads comes back without scanning.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+
+from service.store.policies import EvictionPolicy, make_policy
+
+# Dict slot, entry object and bookkeeping per key, roughly what CPython spends beyond key and value bytes.
+ENTRY_OVERHEAD = 96
+
+
+def entry_size(key: Hashable, value: bytes) -> int:
+    """Bytes charged to a tenant's budget for one entry."""
+    return len(key) + len(value) + ENTRY_OVERHEAD  # type: ignore[arg-type]
+
+
+def unit_size(key: Hashable, value: bytes) -> int:
+    """Every entry costs 1: the replay benchmark's unit-size objects."""
+    return 1
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds, the unit of every deadline (snapshots survive restarts)."""
+    return time.time_ns() // 1_000_000
+
+
+class ValueTooLarge(Exception):
+    """A single entry would not fit the tenant's whole budget."""
+
+
+@dataclass(slots=True)
+class Entry:
+    value: bytes
+    size: int
+    expires_at: int = 0  # wall-clock ms; 0 means no deadline
+    prefetched: bool = False  # inserted by the prefetcher and not read since
+
+
+@dataclass(slots=True)
+class StoreStats:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    expired: int = 0
+    prefetch_inserted: int = 0
+    prefetch_used: int = 0
+    prefetch_evicted_unused: int = 0
+
+
+class MemoryStore:
+    """Keys to values within a size budget; the policy chooses victims, this class keeps the books."""
+
+    def __init__(
+        self,
+        budget: int,
+        policy: str | EvictionPolicy = "s3fifo",
+        sizer: Callable[[Hashable, bytes], int] = entry_size,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.budget = budget
+        self.policy = make_policy(policy, budget) if isinstance(policy, str) else policy
+        self._sizer = sizer
+        self._clock = clock
+        self._data: dict[Hashable, Entry] = {}
+        self._deadlines: list[tuple[int, int, Hashable]] = []  # (deadline, tiebreak, key), stale ones skipped
+        self._tiebreak = 0
+        self.used = 0
+        self.stats = StoreStats()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: Hashable) -> bool:
+        """Resident and not expired; does not count as a read."""
+        return self._live(key) is not None
+
+    def keys(self) -> Iterable[Hashable]:
+        return self._data.keys()
+
+    def _live(self, key: Hashable) -> Entry | None:
+        entry = self._data.get(key)
+        if entry is not None and entry.expires_at and entry.expires_at <= self._clock():
+            self._remove(key, entry)
+            self.stats.expired += 1
+            return None
+        return entry
+
+    def get(self, key: Hashable) -> bytes | None:
+        """Read a value, counting a hit or a miss."""
+        entry = self._live(key)
+        if entry is None:
+            self.stats.misses += 1
+            return None
+        self.stats.hits += 1
+        if entry.prefetched:
+            entry.prefetched = False
+            self.stats.prefetch_used += 1
+        self.policy.hit(key)
+        return entry.value
+
+    def entry(self, key: Hashable) -> Entry | None:
+        """The live entry without counting a read (for TTL, STRLEN, write-modify commands)."""
+        return self._live(key)
+
+    def set(
+        self,
+        key: Hashable,
+        value: bytes,
+        expires_at: int = 0,
+        *,
+        keep_ttl: bool = False,
+        prefetched: bool = False,
+    ) -> None:
+        """Insert or overwrite, then evict until the budget holds again. Raises ValueTooLarge."""
+        size = self._sizer(key, value)
+        if size > self.budget:
+            raise ValueTooLarge(f"entry of {size} bytes exceeds the tenant budget of {self.budget} bytes")
+        old = self._live(key)
+        if old is not None:
+            if keep_ttl:
+                expires_at = old.expires_at
+            self.used += size - old.size
+            old.value, old.size, old.prefetched = value, size, False
+            self.policy.resize(key, size)
+            self._set_deadline(key, old, expires_at)
+        else:
+            entry = Entry(value, size, 0, prefetched)
+            self._data[key] = entry
+            self.used += size
+            self.policy.admit(key, size, prefetched=prefetched)
+            self._set_deadline(key, entry, expires_at)
+            if prefetched:
+                self.stats.prefetch_inserted += 1
+        while self.used > self.budget:
+            self._evict_one()
+
+    def _set_deadline(self, key: Hashable, entry: Entry, expires_at: int) -> None:
+        entry.expires_at = expires_at
+        if expires_at:
+            self._tiebreak += 1
+            heapq.heappush(self._deadlines, (expires_at, self._tiebreak, key))
+
+    def set_budget(self, budget: int) -> None:
+        """Change the budget, evicting down to a smaller one at once."""
+        self.budget = budget
+        self.policy.set_capacity(budget)
+        while self.used > budget:
+            self._evict_one()
+
+    def expire_at(self, key: Hashable, expires_at: int) -> bool:
+        """Set (or with 0, clear) a key's deadline; False when the key does not exist."""
+        entry = self._live(key)
+        if entry is None:
+            return False
+        if expires_at and expires_at <= self._clock():
+            self.delete(key)
+            return True
+        self._set_deadline(key, entry, expires_at)
+        return True
+
+    def delete(self, key: Hashable) -> bool:
+        entry = self._live(key)
+        if entry is None:
+            return False
+        self._remove(key, entry)
+        return True
+
+    def _remove(self, key: Hashable, entry: Entry) -> None:
+        del self._data[key]
+        self.used -= entry.size
+        self.policy.forget(key)
+
+    def _evict_one(self) -> None:
+        key = self.policy.evict()
+        entry = self._data.pop(key)
+        self.used -= entry.size
+        self.stats.evictions += 1
+        if entry.prefetched:
+            self.stats.prefetch_evicted_unused += 1
+
+    def active_expire(self, limit: int = 1000) -> int:
+        """Remove up to `limit` keys whose deadline has passed; returns how many went."""
+        removed = 0
+        now = self._clock()
+        heap = self._deadlines
+        while heap and heap[0][0] <= now and removed < limit:
+            deadline, _, key = heapq.heappop(heap)
+            entry = self._data.get(key)
+            # Entries overwritten, persisted or re-expired since leave stale heap items behind: skip them.
+            if entry is not None and entry.expires_at == deadline:
+                self._remove(key, entry)
+                self.stats.expired += 1
+                removed += 1
+        if len(heap) > 2 * len(self._data) + 64:
+            self._deadlines = [item for item in heap if (e := self._data.get(item[2])) and e.expires_at == item[0]]
+            heapq.heapify(self._deadlines)
+        return removed
+
+    def flush(self) -> None:
+        for key in list(self._data):
+            self.policy.forget(key)
+        self._data.clear()
+        self._deadlines = []
+        self.used = 0

@@ -1,0 +1,51 @@
+"""The contract every eviction policy meets, so the service and the replay benchmark run the same classes.
+
+A policy sees keys and sizes, never values. The store owns the data and asks the policy two things: to
+remember what happened to a key (admit, hit, forget, resize) and, while the store is over budget, which key
+should leave next (evict).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Hashable
+from typing import ClassVar
+
+
+class EvictionPolicy(ABC):
+    """Orders resident keys for eviction. Capacity is in the store's size units (bytes, or 1 per key)."""
+
+    name: ClassVar[str]
+
+    def __init__(self, capacity: int) -> None:
+        if capacity <= 0:
+            raise ValueError(f"eviction policy capacity must be positive, got {capacity}")
+        self.capacity = capacity
+
+    @abstractmethod
+    def admit(self, key: Hashable, size: int, *, prefetched: bool = False) -> None:
+        """A new key became resident. Prefetched keys are placed where a wasted prefetch leaves first."""
+
+    @abstractmethod
+    def hit(self, key: Hashable) -> None:
+        """A resident key was read."""
+
+    @abstractmethod
+    def forget(self, key: Hashable) -> None:
+        """A resident key left for a reason other than eviction (delete, expiry)."""
+
+    @abstractmethod
+    def evict(self) -> Hashable:
+        """Choose a resident key to evict, stop tracking it and return it. Only called when non-empty."""
+
+    def set_capacity(self, capacity: int) -> None:
+        """The store's budget changed (a tenant's quota was edited)."""
+        self.capacity = capacity
+
+    def resize(self, key: Hashable, size: int) -> None:
+        """A resident key was overwritten with a value of another size; by default that counts as a hit."""
+        self.hit(key)
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Number of resident keys tracked."""

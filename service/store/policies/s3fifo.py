@@ -1,0 +1,97 @@
+"""S3-FIFO eviction (Yang et al., "FIFO queues are all you need for cache eviction", SOSP 2023).
+
+A small probationary FIFO (10% of capacity) filters one-hit wonders, so a scan of cold keys passes through
+it without touching the main FIFO where the working set lives. A ghost FIFO of recently evicted keys lets a
+key that comes back skip probation. Hits only bump a 2-bit counter: no list surgery on the read path.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+
+from service.store.policies.base import EvictionPolicy
+
+_MAX_FREQ = 3
+
+
+class S3FIFOPolicy(EvictionPolicy):
+    """Three FIFO queues: small (probation), main, and ghost (keys only)."""
+
+    name = "s3fifo"
+
+    def __init__(self, capacity: int, small_fraction: float = 0.1, move_threshold: int = 1) -> None:
+        super().__init__(capacity)
+        self._small_fraction = small_fraction
+        self._small_limit = max(1, int(capacity * small_fraction))
+        self._move_threshold = move_threshold
+        self._small: OrderedDict[Hashable, None] = OrderedDict()
+        self._main: OrderedDict[Hashable, None] = OrderedDict()
+        self._ghost: OrderedDict[Hashable, None] = OrderedDict()
+        self._freq: dict[Hashable, int] = {}
+        self._size: dict[Hashable, int] = {}
+        self._small_bytes = 0
+
+    def set_capacity(self, capacity: int) -> None:
+        super().set_capacity(capacity)
+        self._small_limit = max(1, int(capacity * self._small_fraction))
+
+    def admit(self, key: Hashable, size: int, *, prefetched: bool = False) -> None:
+        self._freq[key] = 0
+        self._size[key] = size
+        if not prefetched and self._ghost.pop(key, 0) is None:
+            self._main[key] = None
+        else:
+            self._small[key] = None
+            self._small_bytes += size
+
+    def hit(self, key: Hashable) -> None:
+        freq = self._freq[key]
+        if freq < _MAX_FREQ:
+            self._freq[key] = freq + 1
+
+    def resize(self, key: Hashable, size: int) -> None:
+        if key in self._small:
+            self._small_bytes += size - self._size[key]
+        self._size[key] = size
+        self.hit(key)
+
+    def forget(self, key: Hashable) -> None:
+        if self._freq.pop(key, None) is None:
+            return
+        size = self._size.pop(key)
+        if self._small.pop(key, 0) is None:
+            self._small_bytes -= size
+        else:
+            del self._main[key]
+
+    def evict(self) -> Hashable:
+        while True:
+            if self._small and (self._small_bytes > self._small_limit or not self._main):
+                key, _ = self._small.popitem(last=False)
+                size = self._size[key]
+                self._small_bytes -= size
+                if self._freq[key] >= self._move_threshold:
+                    self._freq[key] = 0
+                    self._main[key] = None
+                    continue
+                self._remember_ghost(key)
+            else:
+                key, _ = self._main.popitem(last=False)
+                freq = self._freq[key]
+                if freq > 0:
+                    self._freq[key] = freq - 1
+                    self._main[key] = None
+                    continue
+            del self._freq[key]
+            del self._size[key]
+            return key
+
+    def _remember_ghost(self, key: Hashable) -> None:
+        self._ghost[key] = None
+        # The ghost remembers about as many keys as the cache holds.
+        while len(self._ghost) > max(1, len(self._freq)):
+            self._ghost.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._freq)

@@ -1,0 +1,113 @@
+"""Who a caller is (a principal bound to one tenant) and where that answer comes from (a key source).
+
+A key source turns an API key into a principal and lists tenants with their quotas. The file source here
+serves development and tests; the Vault source (service.security.vault_keys) serves production. Both may
+block, so the service calls them from a worker thread and caches the answers briefly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from service.security.apikeys import MalformedKey, key_id_of, verify_key
+
+TENANT_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+class TenantQuota(BaseModel):
+    """Limits that keep one tenant from hurting another."""
+
+    memory_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Memory budget of the tenant's store, bytes.")
+    requests_per_second: float = Field(
+        0, ge=0, description="Sustained command rate; 0 means unlimited. Bursts up to one second's worth."
+    )
+    origin: str | None = Field(
+        None, description="fsspec URL read through on a miss (file:///srv/data, s3://bucket/prefix); none: no origin."
+    )
+
+
+class TenantSpec(BaseModel):
+    name: str = Field(pattern=TENANT_NAME_PATTERN, description="DNS-label tenant name.")
+    quota: TenantQuota = Field(default_factory=TenantQuota)
+    suspended: bool = Field(False, description="Suspended tenants cannot authenticate.")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    tenant: str
+    key_id: str
+    scopes: frozenset[str] = field(default_factory=lambda: frozenset({"read", "write"}))
+
+
+class KeySource(Protocol):
+    def authenticate(self, api_key: str) -> Principal | None:
+        """The principal for a valid, active key; None for anything else. May block."""
+
+    def tenants(self) -> list[TenantSpec]:
+        """Every tenant with its quota. May block."""
+
+
+class KeyRecord(BaseModel):
+    key_id: str
+    tenant: str
+    hash: str = Field(description="Stored form from service.security.apikeys.hash_key.")
+    scopes: list[str] = Field(default_factory=lambda: ["read", "write"])
+
+
+class TenantsFile(BaseModel):
+    """The JSON file a development deployment keeps its tenants and key hashes in."""
+
+    tenants: list[TenantSpec]
+    keys: list[KeyRecord] = Field(default_factory=list)
+
+    @field_validator("tenants")
+    @classmethod
+    def _unique(cls, tenants: list[TenantSpec]) -> list[TenantSpec]:
+        names = [t.name for t in tenants]
+        if len(names) != len(set(names)):
+            raise ValueError("tenant names must be unique")
+        return tenants
+
+
+class TenantsFileError(ValueError):
+    """The tenants file is missing or invalid; the message names the file and the field."""
+
+
+class FileKeySource:
+    """Tenants and key hashes from a JSON file (no secrets in it: only hashes)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._file = TenantsFile.model_validate(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise TenantsFileError(f"tenants file {path} does not exist") from None
+        except json.JSONDecodeError as err:
+            raise TenantsFileError(f"tenants file {path} is not valid JSON: {err}") from None
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise TenantsFileError(f"tenants file {path}: {where}: {first['msg']}") from None
+        names = {t.name for t in self._file.tenants}
+        for record in self._file.keys:
+            if record.tenant not in names:
+                raise TenantsFileError(f"tenants file {path}: key {record.key_id} names unknown tenant {record.tenant!r}")
+        self._by_id = {r.key_id: r for r in self._file.keys}
+        self._suspended = {t.name for t in self._file.tenants if t.suspended}
+
+    def authenticate(self, api_key: str) -> Principal | None:
+        try:
+            record = self._by_id.get(key_id_of(api_key))
+        except MalformedKey:
+            return None
+        if record is None or record.tenant in self._suspended or not verify_key(api_key, record.hash):
+            return None
+        return Principal(record.tenant, record.key_id, frozenset(record.scopes))
+
+    def tenants(self) -> list[TenantSpec]:
+        return list(self._file.tenants)

