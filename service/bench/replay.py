@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from service.bench.traces import Trace
-from service.prefetch.base import Prefetcher, Predictions
+from service.prefetch.base import USEFUL_WINDOW, Prefetcher, Predictions
+from service.prefetch.calibration import OutcomeCalibrator
 from service.prefetch.coordinator import PrefetchBudget, PrefetchCoordinator
 from service.store.memory import MemoryStore, unit_size
 
@@ -113,6 +114,7 @@ def replay(
     lead: int = 0,
     threshold: float = 0.25,
     max_in_flight: int = 64,
+    calibrate: bool = False,
     progress: Callable[[int], None] | None = None,
     predictions: list[Predictions] | None = None,
 ) -> ReplayResult:
@@ -129,7 +131,10 @@ def replay(
     store = MemoryStore(cache_size, policy, sizer=unit_size)
     cache = ReplayCache(store, lead)
     coordinator = PrefetchCoordinator(
-        cache, PrefetchBudget(threshold=threshold, per_request=budget, max_in_flight=max_in_flight)
+        cache,
+        PrefetchBudget(threshold=threshold, per_request=budget, max_in_flight=max_in_flight),
+        calibrator=OutcomeCalibrator() if calibrate else None,
+        horizon=lead + 1 + 2 * USEFUL_WINDOW,
     )
     cache.on_landed = coordinator.completed
     keys: list[int] = trace.keys.tolist()

@@ -11,6 +11,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar, NamedTuple
 
+# A prefetch counts as useful when its key is read within this many accesses after it lands. Prefetchers
+# that measure their own accuracy, and the learned one's labels, use this one definition.
+USEFUL_WINDOW = 16
+
 
 class Prediction(NamedTuple):
     key: int

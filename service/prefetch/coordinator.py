@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from service.prefetch.base import Prediction
+from service.prefetch.calibration import OutcomeCalibrator
 
 
 class PrefetchTarget(Protocol):
@@ -45,9 +46,9 @@ class PrefetchBudget:
 @dataclass(slots=True)
 class CoordinatorStats:
     issued: int = 0
-    used: int = 0  # read as a hit after being prefetched
+    used: int = 0  # read as a hit within the horizon after being issued
     late: int = 0  # read as a miss while (or before) the prefetch was on its way
-    wasted: int = 0  # never read while it was tracked
+    wasted: int = 0  # not read within the horizon
     skipped_resident: int = 0
     skipped_in_flight: int = 0
     skipped_concurrency: int = 0
@@ -59,15 +60,23 @@ class CoordinatorStats:
 
 @dataclass(slots=True)
 class PrefetchCoordinator:
-    """Issues prefetches for one tenant's cache."""
+    """Issues prefetches for one tenant's cache.
+
+    With a calibrator, proposals are judged by the realised hit rate of earlier prefetches made at the same
+    confidence in this cache, and every issued prefetch reports its outcome (read as a hit within `horizon`
+    accesses, or not) back to it.
+    """
 
     target: PrefetchTarget
     budget: PrefetchBudget = field(default_factory=PrefetchBudget)
     decode: Callable[[int], Hashable] = lambda key: key  # prefetcher key -> cache key
-    track: int = 1 << 16  # issued keys remembered for used/wasted accounting
+    calibrator: OutcomeCalibrator | None = None
+    horizon: int = 64  # accesses after issue within which a read settles a prefetch as used
     stats: CoordinatorStats = field(default_factory=CoordinatorStats)
     _outstanding: set[Hashable] = field(default_factory=set)
-    _recent: OrderedDict[Hashable, None] = field(default_factory=OrderedDict)
+    # issued and not yet settled: key -> (raw confidence, access count when issued), oldest first
+    _recent: OrderedDict[Hashable, tuple[float, int]] = field(default_factory=OrderedDict)
+    _clock: int = 0
 
     @property
     def outstanding(self) -> int:
@@ -79,9 +88,12 @@ class PrefetchCoordinator:
         budget = self.budget
         if budget.per_request == 0:
             return issued
-        target = self.target
+        target, calibrate = self.target, self.calibrator
         for proposal in proposals:
-            if proposal.confidence < budget.threshold:
+            confidence = proposal.confidence if calibrate is None else calibrate(proposal.confidence)
+            if confidence < budget.threshold:
+                if calibrate is not None:
+                    continue  # calibration can reorder proposals, so a later one may still pass
                 self.stats.below_threshold += 1
                 break  # proposals come best first
             if len(self._outstanding) >= budget.max_in_flight:
@@ -95,7 +107,7 @@ class PrefetchCoordinator:
                 self.stats.skipped_resident += 1
                 continue
             self._outstanding.add(key)
-            self._remember(key)
+            self._recent[key] = (proposal.confidence, self._clock)
             self.stats.issued += 1
             issued.append((key, target.prefetch(key)))
             if len(issued) >= budget.per_request:
@@ -107,19 +119,28 @@ class PrefetchCoordinator:
         self._outstanding.discard(key)
 
     def on_access(self, key: Hashable, hit: bool) -> None:
-        """A read happened; settles whether an earlier prefetch of the key paid off."""
-        if self._recent and key in self._recent:
-            del self._recent[key]
+        """A read happened; settles an earlier prefetch of the key, and those whose horizon passed."""
+        self._clock += 1
+        recent = self._recent
+        if not recent:
+            return
+        settled = recent.pop(key, None)
+        if settled is not None:
             if hit:
                 self.stats.used += 1
             else:
                 self.stats.late += 1
-
-    def _remember(self, key: Hashable) -> None:
-        self._recent[key] = None
-        if len(self._recent) > self.track:
-            self._recent.popitem(last=False)
+            if self.calibrator is not None:
+                self.calibrator.record(settled[0], hit)
+        deadline = self._clock - self.horizon
+        while recent:
+            oldest = next(iter(recent.values()))
+            if oldest[1] > deadline:
+                break
+            recent.popitem(last=False)
             self.stats.wasted += 1
+            if self.calibrator is not None:
+                self.calibrator.record(oldest[0], False)
 
     def settle(self) -> None:
         """Count every prefetch still unread as wasted (end of a replay, or of an A/B window)."""

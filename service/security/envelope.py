@@ -65,7 +65,11 @@ class EnvelopeCipher:
     """Encrypts with `kms`; decrypts envelopes wrapped by `kms` or by any of `legacy` (provider migration)."""
 
     def __init__(
-        self, kms: KmsProvider, *, legacy: Sequence[KmsProvider] = (), segment_size: int = DEFAULT_SEGMENT_SIZE
+        self,
+        kms: KmsProvider,
+        *,
+        legacy: Sequence[KmsProvider] = (),
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
     ) -> None:
         if not 1 <= segment_size <= 64 * 1024 * 1024:
             raise ValueError("segment_size must be between 1 byte and 64 MiB")
@@ -76,7 +80,7 @@ class EnvelopeCipher:
     # -- bytes ---------------------------------------------------------------------------------------------
 
     def encrypt(self, plaintext: bytes, aad: bytes = b"") -> bytes:
-        """An envelope holding `plaintext`; `aad` binds it to a context (e.g. b"snapshot") decrypt must repeat."""
+        """An envelope of `plaintext`; `aad` binds it to a context (b"snapshot") that decrypt must repeat."""
         out = io.BytesIO()
         self.encrypt_stream(io.BytesIO(plaintext), out, aad)
         return out.getvalue()
@@ -123,7 +127,9 @@ class EnvelopeCipher:
             try:
                 dst.write(gcm.decrypt(_nonce(prefix, counter, last), current, base_aad))
             except InvalidTag:
-                raise TamperedEnvelope(f"segment {counter} failed authentication (altered, reordered or truncated)") from None
+                raise TamperedEnvelope(
+                    f"segment {counter} failed authentication (altered, reordered or truncated)"
+                ) from None
             if last:
                 return
             current, counter = following, _next(counter)
@@ -139,7 +145,7 @@ class EnvelopeCipher:
             self.decrypt_stream(inp, out, aad)
 
     def rewrap_file(self, path: Path) -> None:
-        """Re-wrap the DEK of an encrypted file in place (atomically); the ciphertext is copied byte for byte."""
+        """Re-wrap an encrypted file's DEK in place (atomically); the ciphertext is copied byte for byte."""
         with path.open("rb") as inp:
             header = _read_header_bytes(inp)
             with _atomic_output(path) as out:
@@ -152,7 +158,8 @@ class EnvelopeCipher:
         provider = self._providers.get(wrapped.provider)
         if provider is None:
             raise EnvelopeError(
-                f"envelope's data key is wrapped by {wrapped.provider!r}; configured: {sorted(self._providers)}"
+                f"envelope's data key is wrapped by {wrapped.provider!r}; "
+                f"configured: {sorted(self._providers)}"
             )
         try:
             dek = provider.unwrap(wrapped)
@@ -221,7 +228,9 @@ def _parse_header(header: bytes) -> tuple[int, bytes, WrappedKey]:
         raise TamperedEnvelope("envelope header is corrupt (segment size 0)")
     try:
         block = json.loads(header[_FIXED.size :])
-        wrapped = WrappedKey(str(block["kms"]), str(block["key"]), base64.b64decode(block["dek"], validate=True))
+        wrapped = WrappedKey(
+            str(block["kms"]), str(block["key"]), base64.b64decode(block["dek"], validate=True)
+        )
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise TamperedEnvelope("envelope key block is corrupt") from None
     return segment_size, prefix, wrapped
@@ -252,7 +261,7 @@ def _read_exact(src: BinaryIO, size: int) -> bytes:
     return b"".join(parts)
 
 
-class _atomic_output:  # noqa: N801 - used like open()
+class _atomic_output:
     """A 0600 temporary file next to `path`, fsynced and renamed over it on success, removed on failure."""
 
     def __init__(self, path: Path) -> None:

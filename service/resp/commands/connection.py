@@ -27,7 +27,10 @@ def auth(conn: RespConnection, args: list[bytes]) -> Reply:
     if len(args) > 3:
         return r.SYNTAX
     if not conn.state.auth_required:
-        return _NO_PASSWORD
+        # Redis's passwordless default user: AUTH <pass> is a misconfiguration, AUTH default <any> succeeds.
+        if len(args) == 2:
+            return _NO_PASSWORD
+        return r.OK if args[1] == b"default" else r.WRONGPASS
     return conn.login(args[1] if len(args) == 3 else None, args[-1])
 
 
@@ -43,8 +46,10 @@ def echo(conn: RespConnection, args: list[bytes]) -> Reply:
 
 def select(conn: RespConnection, args: list[bytes]) -> Reply:
     index = parse_int(args[1])
-    if index is None or not -(2**31) <= index < 2**31:
+    if index is None:
         return r.NOT_INTEGER
+    if not -(2**31) <= index < 2**31:
+        return r.error("ERR value is out of range, value must between -2147483648 and 2147483647")
     return r.OK if index == 0 else r.error("ERR DB index is out of range")
 
 

@@ -15,11 +15,23 @@ from typing import Any
 import boto3
 import botocore.exceptions
 
-from service.security.kms.base import KmsError, KmsProvider, KmsRejected, KmsUnavailable, WrappedKey, check_dek
+from service.security.kms.base import (
+    KmsError,
+    KmsProvider,
+    KmsRejected,
+    KmsUnavailable,
+    WrappedKey,
+    check_dek,
+)
 
 ENCRYPTION_CONTEXT = {"foresight:purpose": "data-key"}
 _REJECTED = {"InvalidCiphertextException", "IncorrectKeyException"}
-_UNAVAILABLE = {"KMSInternalException", "ThrottlingException", "DependencyTimeoutException", "ServiceUnavailable"}
+_UNAVAILABLE = {
+    "KMSInternalException",
+    "ThrottlingException",
+    "DependencyTimeoutException",
+    "ServiceUnavailable",
+}
 
 
 class AwsKms(KmsProvider):
@@ -36,13 +48,18 @@ class AwsKms(KmsProvider):
         return self.key_id
 
     def wrap(self, dek: bytes) -> WrappedKey:
-        reply = self._call("Encrypt", KeyId=self.key_id, Plaintext=check_dek(dek), EncryptionContext=ENCRYPTION_CONTEXT)
+        reply = self._call(
+            "encrypt", KeyId=self.key_id, Plaintext=check_dek(dek), EncryptionContext=ENCRYPTION_CONTEXT
+        )
         return WrappedKey(self.name, reply["KeyId"], reply["CiphertextBlob"])
 
     def unwrap(self, wrapped: WrappedKey) -> bytes:
         self._check_provider(wrapped)
         reply = self._call(
-            "Decrypt", CiphertextBlob=wrapped.blob, KeyId=wrapped.key_ref, EncryptionContext=ENCRYPTION_CONTEXT
+            "decrypt",
+            CiphertextBlob=wrapped.blob,
+            KeyId=wrapped.key_ref,
+            EncryptionContext=ENCRYPTION_CONTEXT,
         )
         plaintext: bytes = reply["Plaintext"]
         return plaintext
@@ -50,7 +67,7 @@ class AwsKms(KmsProvider):
     def rewrap(self, wrapped: WrappedKey) -> WrappedKey:
         self._check_provider(wrapped)
         reply = self._call(
-            "ReEncrypt",
+            "re_encrypt",
             CiphertextBlob=wrapped.blob,
             SourceKeyId=wrapped.key_ref,
             DestinationKeyId=self.key_id,
@@ -60,7 +77,7 @@ class AwsKms(KmsProvider):
         return WrappedKey(self.name, reply["KeyId"], reply["CiphertextBlob"])
 
     def _call(self, operation: str, **params: Any) -> dict[str, Any]:
-        method = getattr(self.client, _snake(operation))
+        method = getattr(self.client, operation)
         try:
             reply: dict[str, Any] = method(**params)
             return reply
@@ -71,12 +88,11 @@ class AwsKms(KmsProvider):
             if code in _UNAVAILABLE:
                 raise KmsUnavailable(f"AWS KMS {operation} failed: {code}") from None
             raise KmsError(f"AWS KMS {operation} failed: {code}") from None
-        except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError,
-                botocore.exceptions.ReadTimeoutError) as err:
+        except (
+            botocore.exceptions.EndpointConnectionError,
+            botocore.exceptions.ConnectTimeoutError,
+            botocore.exceptions.ReadTimeoutError,
+        ) as err:
             raise KmsUnavailable(f"AWS KMS unreachable: {type(err).__name__}") from None
         except botocore.exceptions.NoCredentialsError:
             raise KmsError("no AWS credentials (instance profile, environment or profile)") from None
-
-
-def _snake(operation: str) -> str:
-    return {"Encrypt": "encrypt", "Decrypt": "decrypt", "ReEncrypt": "re_encrypt"}[operation]

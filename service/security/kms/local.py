@@ -85,7 +85,10 @@ class LocalKms(KmsProvider):
     def _save(self) -> None:
         if self._path is None:
             return
-        raw = {"primary": self._primary, "keys": {v: base64.b64encode(k).decode() for v, k in self._keys.items()}}
+        raw = {
+            "primary": self._primary,
+            "keys": {v: base64.b64encode(k).decode() for v, k in self._keys.items()},
+        }
         tmp = self._path.with_name(self._path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:

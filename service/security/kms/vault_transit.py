@@ -17,7 +17,14 @@ import hvac
 import hvac.exceptions
 import requests
 
-from service.security.kms.base import KmsError, KmsProvider, KmsRejected, KmsUnavailable, WrappedKey, check_dek
+from service.security.kms.base import (
+    KmsError,
+    KmsProvider,
+    KmsRejected,
+    KmsUnavailable,
+    WrappedKey,
+    check_dek,
+)
 
 
 class VaultTransitKms(KmsProvider):
@@ -40,7 +47,9 @@ class VaultTransitKms(KmsProvider):
     def unwrap(self, wrapped: WrappedKey) -> bytes:
         self._check_provider(wrapped)
         ciphertext = _ciphertext(wrapped)
-        reply = self._call(self.client.secrets.transit.decrypt_data, ciphertext=ciphertext, key=wrapped.key_ref)
+        reply = self._call(
+            self.client.secrets.transit.decrypt_data, ciphertext=ciphertext, key=wrapped.key_ref
+        )
         return base64.b64decode(reply["data"]["plaintext"])
 
     def rewrap(self, wrapped: WrappedKey) -> WrappedKey:
@@ -57,11 +66,18 @@ class VaultTransitKms(KmsProvider):
         except hvac.exceptions.InvalidRequest as err:
             _raise_rejected_or_error(err, self.mount, key or self.key_name)
         except hvac.exceptions.Forbidden:
-            raise KmsError(f"Vault token may not use transit key {self.mount}/{key or self.key_name}") from None
+            raise KmsError(
+                f"Vault token may not use transit key {self.mount}/{key or self.key_name}"
+            ) from None
         except hvac.exceptions.InvalidPath:
             raise KmsError(f"transit key {self.mount}/{key or self.key_name} does not exist") from None
-        except (requests.ConnectionError, requests.Timeout, hvac.exceptions.VaultDown, hvac.exceptions.BadGateway,
-                hvac.exceptions.InternalServerError) as err:
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            hvac.exceptions.VaultDown,
+            hvac.exceptions.BadGateway,
+            hvac.exceptions.InternalServerError,
+        ) as err:
             raise KmsUnavailable(f"Vault transit unreachable: {type(err).__name__}") from None
 
 

@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Build the service image for real with podman and prove it serves: /healthz over HTTPS and
+# `redis-cli --tls` AUTH/PING/SET/GET against the running container. Then remove what it created.
+#
+# The image is built from images/service/Dockerfile unchanged, with two overrides a host without a
+# registry or a GPU needs: BASE_IMAGE is a Debian bookworm image made here by debootstrap
+# (images/local-base.sh), and torch is the CPU wheel found on local disk.
+#
+# usage: images/test-image.sh
+# env:   KEEP_IMAGES=1   keep the image and build layers (faster reruns while editing)
+#        TORCH_WHEEL     CPU torch wheel to install (default: the newest /opt/wheels/torch-*+cpu-cp311-*.whl)
+#        HOST_CA_BUNDLE  CA bundle pip inside the build trusts (default /etc/ssl/certs/ca-certificates.crt)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(dirname "$here")"
+export CONTAINERS_CONF="${CONTAINERS_CONF:-$here/containers.conf}"
+
+run_id="t$$"
+base_image="localhost/foresight-base:bookworm"
+image="localhost/foresight:test-$run_id"
+container="foresight-test-$run_id"
+keep="${KEEP_IMAGES:-0}"
+work="$(mktemp -d)"
+started_at=$SECONDS
+
+log() { printf '[test-image %4ss] %s\n' "$((SECONDS - started_at))" "$*" >&2; }
+fail() { log "FAIL: $*"; exit 1; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+
+cleanup() {
+  local rc=$?
+  if [[ $rc -ne 0 ]] && podman container exists "$container" 2>/dev/null; then
+    log "container log (last 40 lines):"
+    podman logs --tail 40 "$container" >&2 || true
+  fi
+  podman rm --force --time 0 "$container" >/dev/null 2>&1 || true
+  if [[ "$keep" != 1 ]]; then
+    podman rmi --force "$image" >/dev/null 2>&1 || true
+    podman rmi "$base_image" >/dev/null 2>&1 || true
+  fi
+  rm -rf "$work"
+  exit "$rc"
+}
+trap cleanup EXIT
+
+for tool in podman debootstrap openssl redis-cli curl; do
+  command -v "$tool" >/dev/null || fail "$tool is not installed (apt-get install podman buildah runc debootstrap openssl redis-tools curl)"
+done
+
+# --- base image --------------------------------------------------------------------------------
+t0=$(now)
+"$here/local-base.sh" "$base_image" >/dev/null
+base_s=$(elapsed "$t0" "$(now)")
+log "base image $base_image ready in ${base_s}s"
+
+# --- build -------------------------------------------------------------------------------------
+torch_wheel="${TORCH_WHEEL:-$(find /opt/wheels -maxdepth 1 -name 'torch-*+cpu-cp311-*.whl' 2>/dev/null | sort -V | tail -n 1)}"
+build_args=()
+volumes=()
+if [[ -n "$torch_wheel" ]]; then
+  wheel_name="$(basename "$torch_wheel")"
+  torch_version="${wheel_name#torch-}"
+  torch_version="${torch_version%%-*}"
+  build_args+=(--build-arg "TORCH_SPEC=torch==$torch_version" --build-arg "TORCH_INDEX_URL=https://pypi.org/simple")
+  volumes+=(--volume "$(dirname "$torch_wheel"):/wheels:ro")
+  find_links="find-links = /wheels"
+else
+  build_args+=(--build-arg "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" --build-arg "TORCH_SPEC=torch==2.13.0+cpu")
+  find_links=""
+fi
+# pip inside the build trusts the host's CA bundle (a TLS-inspecting proxy may sit in front of PyPI).
+# Both files are mounted only while RUN steps execute: they never reach a layer.
+ca_bundle="${HOST_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
+printf '[global]\ncert = /run/foresight-build/ca.crt\n%s\n' "$find_links" > "$work/pip.conf"
+volumes+=(--volume "$ca_bundle:/run/foresight-build/ca.crt:ro" --volume "$work/pip.conf:/etc/pip.conf:ro")
+
+layers=(--layers=false)
+[[ "$keep" == 1 ]] && layers=(--layers=true)
+revision="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+
+log "building $image (torch: ${torch_wheel:-CPU index})"
+t0=$(now)
+podman build "${layers[@]}" --format docker --file "$here/service/Dockerfile" --tag "$image" \
+  --build-arg "BASE_IMAGE=$base_image" \
+  --build-arg "REVISION=$revision" \
+  --build-arg "CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+  "${build_args[@]}" "${volumes[@]}" \
+  "$repo" >"$work/build.log" 2>&1 || { tail -n 60 "$work/build.log" >&2; fail "podman build failed"; }
+build_s=$(elapsed "$t0" "$(now)")
+size_bytes=$(podman image inspect --format '{{.Size}}' "$image")
+log "built in ${build_s}s, $((size_bytes / 1000000)) MB"
+
+# --- what the image is ------------------------------------------------------------------------
+inspect() { podman image inspect --format "$1" "$image"; }
+[[ "$(inspect '{{.Config.User}}')" == "10001:10001" ]] || fail "image does not run as the non-root user"
+[[ "$(inspect '{{json .Config.Entrypoint}}')" == *'/usr/bin/tini'* ]] || fail "tini is not the entrypoint"
+[[ "$(inspect '{{json .Config.Healthcheck}}')" == *healthcheck.py* ]] || fail "no HEALTHCHECK in the image"
+[[ "$(inspect '{{index .Labels "org.opencontainers.image.title"}}')" == foresight ]] || fail "OCI labels missing"
+exposed="$(inspect '{{json .Config.ExposedPorts}}')"
+[[ "$exposed" == *6380/tcp* && "$exposed" == *8443/tcp* ]] || fail "ports 6380/8443 not exposed: $exposed"
+# No private key and no build-time mount anywhere in the image's file system.
+podman run --rm --entrypoint /bin/sh "$image" -c '
+  test ! -e /etc/pip.conf && test ! -e /run/foresight-build/ca.crt && test ! -e /wheels/. || exit 3
+  ! grep -rIlE -- "-----BEGIN ([A-Z]+ )?PRIVATE KEY-----" /opt /etc /root /var/lib/foresight 2>/dev/null' \
+  || fail "the image holds a private key or a build-time mount"
+if podman history --no-trunc --format '{{.CreatedBy}}' "$image" | grep -qiE 'PRIVATE KEY|fsk_[a-z2-7]{12}_'; then
+  fail "a secret appears in the image history"
+fi
+log "image checks passed: non-root, tini, HEALTHCHECK, OCI labels, ports, no keys in layers"
+
+# --- throwaway TLS and tenant key -------------------------------------------------------------
+mkdir -p "$work/conf"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=foresight test CA" \
+  -keyout "$work/ca.key" -out "$work/ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+  -keyout "$work/conf/server.key" -out "$work/server.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > "$work/ext.cnf"
+openssl x509 -req -in "$work/server.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" -CAcreateserial -days 1 \
+  -extfile "$work/ext.cnf" -out "$work/conf/server.crt" 2>/dev/null
+# The image's own code mints the key, so the test needs nothing installed on the host.
+podman run --rm --entrypoint /opt/foresight/bin/python "$image" -c '
+import json
+from service.security.apikeys import new_key
+key = new_key()
+print(key.secret)
+print(json.dumps({"tenants": [{"name": "demo"}],
+                  "keys": [{"key_id": key.key_id, "tenant": "demo", "hash": key.key_hash}]}))
+' > "$work/minted"
+api_key="$(sed -n 1p "$work/minted")"
+sed -n 2p "$work/minted" > "$work/conf/tenants.json"
+rm -f "$work/minted"
+chown -R 10001:10001 "$work/conf"
+chmod 0500 "$work/conf"
+chmod 0400 "$work/conf"/*
+
+# --- run and wait for ready -------------------------------------------------------------------
+log "starting $container"
+t0=$(now)
+podman run --detach --name "$container" \
+  --read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges \
+  --publish 127.0.0.1::6380 --publish 127.0.0.1::8443 \
+  --volume "$work/conf:/etc/foresight:ro" \
+  --env FORESIGHT_TLS_CERT_FILE=/etc/foresight/server.crt \
+  --env FORESIGHT_TLS_KEY_FILE=/etc/foresight/server.key \
+  --env FORESIGHT_TENANTS_FILE=/etc/foresight/tenants.json \
+  --tmpfs /var/lib/foresight:uid=10001,gid=10001,mode=0700 \
+  "$image" >/dev/null
+resp_port="$(podman port "$container" 6380/tcp | sed 's/.*://')"
+https_port="$(podman port "$container" 8443/tcp | sed 's/.*://')"
+healthz="https://localhost:$https_port/healthz"
+ready=0
+for _ in $(seq 1 600); do
+  if curl -fsS --cacert "$work/ca.crt" --max-time 2 "$healthz" >/dev/null 2>&1; then ready=1; break; fi
+  [[ "$(podman inspect --format '{{.State.Running}}' "$container")" == true ]] || fail "container exited"
+  sleep 0.2
+done
+[[ $ready == 1 ]] || fail "/healthz not ready after 120s"
+ready_s=$(elapsed "$t0" "$(now)")
+log "ready in ${ready_s}s: $healthz answers 200 with a certificate from the test CA"
+
+podman healthcheck run "$container" >/dev/null || fail "the image's own HEALTHCHECK reports unhealthy"
+[[ "$(podman exec "$container" id -u)" == 10001 ]] || fail "the service does not run as uid 10001"
+[[ "$(podman exec "$container" cat /proc/1/comm)" == tini ]] || fail "PID 1 is not tini"
+
+# --- RESP over TLS ----------------------------------------------------------------------------
+rcli() { redis-cli --tls --cacert "$work/ca.crt" -h 127.0.0.1 -p "$resp_port" --no-raw "$@"; }
+expect() {
+  local want="$1" got
+  shift
+  got="$(rcli "$@" 2>&1)"
+  [[ "$got" == $want ]] || fail "redis-cli $* answered '$got', expected '$want'"
+}
+expect '(error) NOAUTH*' GET greeting
+expect '(error) WRONGPASS*' AUTH fsk_aaaaaaaaaaaa_not-a-real-key-at-all-xxxxxxxxxxxxxxxxxxxxxx
+export REDISCLI_AUTH="$api_key"
+expect PONG PING
+expect OK SET greeting "hello from the image"
+expect '"hello from the image"' GET greeting
+unset REDISCLI_AUTH
+log "redis-cli --tls: NOAUTH before AUTH, WRONGPASS for a bad key, PING/SET/GET with the tenant key"
+
+# --- graceful stop ----------------------------------------------------------------------------
+t0=$(now)
+podman stop --time 30 "$container" >/dev/null
+stop_s=$(elapsed "$t0" "$(now)")
+exit_code="$(podman inspect --format '{{.State.ExitCode}}' "$container")"
+[[ "$exit_code" == 0 ]] || fail "SIGTERM ended the service with exit code $exit_code, not 0"
+log "SIGTERM drained and exited 0 in ${stop_s}s"
+
+printf 'base_image_s=%s build_s=%s image_bytes=%s cold_start_to_ready_s=%s stop_s=%s total_s=%s\n' \
+  "$base_s" "$build_s" "$size_bytes" "$ready_s" "$stop_s" "$((SECONDS - started_at))"

@@ -1,0 +1,34 @@
+"""Prefetching: an access log, prefetchers behind one interface, a coordinator, and the models' MLOps.
+
+Prefetchers by name; the learned one is imported only when asked for, so a service that runs the baselines
+never imports torch.
+"""
+
+from __future__ import annotations
+
+from service.prefetch.base import NoPrefetcher, Prediction, Prefetcher
+from service.prefetch.markov import MarkovPrefetcher
+from service.prefetch.stride import StridePrefetcher
+
+PREFETCHERS = ("none", "stride", "markov", "learned")
+
+
+def make_prefetcher(name: str, lead: int = 0, device: str = "cpu") -> Prefetcher:
+    """Build a prefetcher by name, with an error that lists the valid names."""
+    if name == "learned":
+        from service.prefetch.learned.prefetcher import LearnedPrefetcher
+
+        return LearnedPrefetcher(lead=lead, device=device)
+    simple: dict[str, type[Prefetcher]] = {
+        "none": NoPrefetcher,
+        "stride": StridePrefetcher,
+        "markov": MarkovPrefetcher,
+    }
+    try:
+        cls = simple[name]
+    except KeyError:
+        raise ValueError(f"unknown prefetcher {name!r}; choose one of: {', '.join(PREFETCHERS)}") from None
+    return cls(lead=lead)
+
+
+__all__ = ["PREFETCHERS", "Prediction", "Prefetcher", "make_prefetcher"]

@@ -1,0 +1,235 @@
+"""The learned prefetcher: candidates from simple predictors, ranked by a network trained online.
+
+Labels come from the tenant's own accesses: a candidate proposed after access t is positive when it is read
+within `window` accesses after the prefetch would land (t + distance ... t + distance + window - 1). Labels
+are known only once those accesses happened, so training always lags inference and never sees the future.
+Until the network has seen `warmup` labelled accesses, candidates are ranked by their source's measured
+precision, which is what a hand-tuned hybrid of the baselines would do.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from service.prefetch.base import USEFUL_WINDOW, Prediction, Predictions, Prefetcher
+from service.prefetch.learned.features import (
+    HISTORY,
+    MAX_CANDIDATES,
+    N_FEATURES,
+    N_SOURCES,
+    RAW_COLUMNS,
+    Batch,
+    CandidateBuilder,
+    candidate_features,
+)
+from service.prefetch.learned.model import ModelConfig, PrefetchNet
+from service.prefetch.learned.runtime import InferenceRunner, ModelInputs
+
+_BEST_SOURCE = N_SOURCES + 4  # feature column holding the candidate's best source precision
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    """Chosen on synthetic workloads (tests/prefetch), not on the benchmark traces; see docs/prefetch.md."""
+
+    window: int = USEFUL_WINDOW  # accesses after landing within which a prefetch counts as used
+    buffer: int = 16384  # labelled accesses kept for training (a sliding window)
+    train_every: int = 1024  # labelled accesses between training rounds
+    steps: int = 4  # optimiser steps per round
+    batch: int = 256  # accesses per optimiser step
+    lr: float = 3e-3
+    warmup: int = 2048  # labelled accesses before the network takes over ranking
+    min_confidence: float = 0.05  # proposals below this are not returned at all
+    seed: int = 0
+
+
+class _Buffer:
+    """Ring buffer of labelled accesses (inputs and per-candidate labels)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.context = np.zeros((size, HISTORY), dtype=np.int64)
+        self.key_bucket = np.zeros(size, dtype=np.int64)
+        self.source_accuracy = np.zeros((size, N_SOURCES), dtype=np.float32)
+        self.cand_token = np.zeros((size, MAX_CANDIDATES), dtype=np.int64)
+        self.cand_features = np.zeros((size, MAX_CANDIDATES, N_FEATURES), dtype=np.float32)
+        self.label = np.zeros((size, MAX_CANDIDATES), dtype=np.float32)
+        self.mask = np.zeros((size, MAX_CANDIDATES), dtype=np.float32)
+        self.filled = 0
+        self._next = 0
+
+    def add(self, inputs: ModelInputs, label: np.ndarray, mask: np.ndarray) -> None:
+        for start in range(0, len(inputs), self.size):
+            stop = min(start + self.size, len(inputs))
+            idx = (self._next + np.arange(stop - start)) % self.size
+            self.context[idx] = inputs.context[start:stop]
+            self.key_bucket[idx] = inputs.key_bucket[start:stop]
+            self.source_accuracy[idx] = inputs.source_accuracy[start:stop]
+            self.cand_token[idx] = inputs.cand_token[start:stop]
+            self.cand_features[idx] = inputs.cand_features[start:stop]
+            self.label[idx] = label[start:stop]
+            self.mask[idx] = mask[start:stop]
+            self._next = int((idx[-1] + 1) % self.size)
+            self.filled = min(self.size, self.filled + stop - start)
+
+    def sample(self, rng: np.random.Generator, n: int) -> tuple[ModelInputs, np.ndarray, np.ndarray]:
+        idx = rng.integers(0, self.filled, size=min(n, self.filled))
+        inputs = ModelInputs(
+            self.context[idx],
+            self.key_bucket[idx],
+            self.source_accuracy[idx],
+            self.cand_token[idx],
+            self.cand_features[idx],
+        )
+        return inputs, self.label[idx], self.mask[idx]
+
+
+@dataclass(slots=True)
+class _Pending:
+    start: int  # absolute index of the batch's first access
+    keys: list[list[int]]
+    inputs: ModelInputs
+
+
+class LearnedPrefetcher(Prefetcher):
+    name = "learned"
+
+    def __init__(
+        self,
+        lead: int = 0,
+        max_candidates: int = 4,
+        device: str = "cpu",
+        cuda_graphs: bool = True,
+        config: TrainConfig | None = None,
+        model_config: ModelConfig | None = None,
+    ) -> None:
+        super().__init__(lead, max_candidates)
+        self.config = config = config or TrainConfig()
+        torch.manual_seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        self.device = torch.device(device)
+        self.model = PrefetchNet(model_config).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.runner = InferenceRunner(self.model, self.device, cuda_graphs=cuda_graphs)
+        self.builder = CandidateBuilder(self.distance)
+        self.buffer = _Buffer(config.buffer)
+        self.labelled = 0  # accesses labelled so far
+        self.train_steps = 0
+        self.last_loss = float("nan")
+        # Decayed (positives, proposals) per source: their ratio is the source's measured precision.
+        self._source_pos = np.zeros(N_SOURCES)
+        self._source_all = np.zeros(N_SOURCES)
+        self._pending: deque[_Pending] = deque()
+        self._log: list[int] = []  # recent keys, for labelling
+        self._log_start = 0  # absolute index of _log[0]
+        self._since_training = 0
+
+    # -- inference ---------------------------------------------------------------------------------
+
+    @property
+    def source_accuracy(self) -> np.ndarray:
+        return ((self._source_pos + 1.0) / (self._source_all + 2.0)).astype(np.float32)
+
+    @property
+    def warmed_up(self) -> bool:
+        return self.labelled >= self.config.warmup
+
+    def access(self, key: int) -> Predictions:
+        return self.access_batch([key])[0]
+
+    def access_batch(self, keys: Sequence[int]) -> list[Predictions]:
+        keys = list(keys)
+        start = self._log_start + len(self._log)
+        batch = self.builder.build(keys)
+        inputs = self._inputs(batch)
+        probs = self.runner(inputs) if self.warmed_up else inputs.cand_features[..., _BEST_SOURCE]
+        self._log.extend(keys)
+        self._pending.append(_Pending(start, batch.cand_keys, inputs))
+        self._learn()
+        return self._proposals(batch.cand_keys, probs)
+
+    def _inputs(self, batch: Batch) -> ModelInputs:
+        accuracy = self.source_accuracy
+        features = candidate_features(batch.cand_raw, accuracy, batch.stride_run)
+        return ModelInputs(
+            batch.context,
+            batch.key_bucket,
+            np.broadcast_to(accuracy, (len(batch), N_SOURCES)).copy(),
+            batch.cand_token,
+            features,
+        )
+
+    def _proposals(self, cand_keys: list[list[int]], probs: np.ndarray) -> list[Predictions]:
+        floor, limit = self.config.min_confidence, self.max_candidates
+        out: list[Predictions] = []
+        for cands, row in zip(cand_keys, probs.tolist(), strict=True):
+            ranked = sorted(
+                (Prediction(c, p) for c, p in zip(cands, row, strict=False) if p >= floor),
+                key=lambda pred: -pred.confidence,
+            )
+            out.append(ranked[:limit])
+        return out
+
+    # -- online learning ---------------------------------------------------------------------------
+
+    def _learn(self) -> None:
+        """Label every pending batch whose windows have fully happened, then train if due."""
+        horizon = self.distance + self.config.window - 1
+        end = self._log_start + len(self._log)
+        while self._pending and self._pending[0].start + len(self._pending[0].keys) - 1 + horizon < end:
+            self._label(self._pending.popleft())
+        keep = (self._pending[0].start if self._pending else end) - self._log_start
+        if keep > 4 * horizon + 4096:
+            del self._log[:keep]
+            self._log_start += keep
+        if self.labelled >= self.config.warmup // 2 and self._since_training >= self.config.train_every:
+            rounds = self._since_training // self.config.train_every
+            self._since_training -= rounds * self.config.train_every
+            self._train(rounds * self.config.steps)
+
+    def _label(self, pending: _Pending) -> None:
+        d, w = self.distance, self.config.window
+        log, offset = self._log, pending.start - self._log_start
+        n = len(pending.keys)
+        label = np.zeros((n, MAX_CANDIDATES), dtype=np.float32)
+        mask = np.zeros((n, MAX_CANDIDATES), dtype=np.float32)
+        for i, cands in enumerate(pending.keys):
+            if not cands:
+                continue
+            base = offset + i + d
+            window = set(log[base : base + w])
+            for slot, cand in enumerate(cands):
+                mask[i, slot] = 1.0
+                if cand in window:
+                    label[i, slot] = 1.0
+        self.buffer.add(pending.inputs, label, mask)
+        self.labelled += n
+        self._since_training += n
+        bits = pending.inputs.cand_features[..., :N_SOURCES] * mask[..., None]
+        decay = 0.5 ** (n / 4096)
+        self._source_all = self._source_all * decay + bits.sum(axis=(0, 1))
+        self._source_pos = self._source_pos * decay + (bits * label[..., None]).sum(axis=(0, 1))
+
+    def _train(self, steps: int) -> None:
+        model, device = self.model, self.device
+        model.train()
+        loss_fn = nn.BCEWithLogitsLoss(reduction="none")
+        for _ in range(steps):
+            inputs, label, mask = self.buffer.sample(self.rng, self.config.batch)
+            logits = model(*inputs.tensors(device))
+            target = torch.from_numpy(label).to(device)
+            weight = torch.from_numpy(mask).to(device)
+            loss = (loss_fn(logits, target) * weight).sum() / weight.sum().clamp(min=1.0)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.last_loss = float(loss.detach())
+            self.train_steps += 1
+        model.eval()
+

@@ -1,0 +1,370 @@
+"""The audit log: append-only JSON lines, hash-chained, verifiable, and never holding a secret.
+
+Every line is one event::
+
+    {"action": "auth", "actor": "key:abcd...", "details": {...}, "hash": H, "key_id": ...,
+     "outcome": "success",
+     "prev": H_prev, "seq": 17, "source": "10.0.0.7:51234", "tenant": "acme", "time": "2026-...Z"}
+
+`hash` is sha256 over the line's canonical JSON (sorted keys, compact, UTF-8) without `hash`; `prev` is the
+hash of the line before. Each file opens with an `audit.open` line (whose `prev` links to the last line of
+the previous file, or 64 zeros) and a rotated file ends with `audit.close`. `verify_lines` therefore finds
+any edited, inserted, dropped or reordered line, and a file missing its first lines. Lines dropped from the
+*end* of the live file leave a valid shorter chain: pass the head hash recorded elsewhere (`--head`) to
+catch that, and see docs/security.md for why a plain hash chain does not stop someone who can rewrite the
+whole file.
+
+Before anything is written, `scrub` refuses fields whose name or value looks like a credential (API keys,
+Vault tokens, JWTs, private keys), so a caller's mistake fails loudly instead of leaking. Writing blocks
+(a write and, per the fsync policy, an fsync): call `record` from a worker thread in async code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from service.security.envelope import EnvelopeCipher
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+ARCHIVE_AAD = b"foresight-audit-archive"
+FsyncPolicy = Literal["always", "interval", "never"]
+
+_SECRET_NAMES = re.compile(r"secret|passw|token|api_?key|private_?key|authorization|credential|cookie", re.I)
+_SECRET_VALUES = re.compile(
+    r"fsk_[a-z2-7]{12}_[A-Za-z0-9_-]{16,}"  # Foresight API keys
+    r"|\bhv[sbr]\.[A-Za-z0-9_-]{20,}|\b[sbr]\.[A-Za-z0-9]{24}\b"  # Vault / OpenBao tokens
+    r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\."  # JWTs
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----"
+)
+_REQUIRED = ("seq", "time", "action", "outcome", "actor", "prev", "hash")
+
+
+class AuditSecretError(ValueError):
+    """A field looked like a secret; the message names the field, never the value."""
+
+
+class AuditLogError(RuntimeError):
+    """The audit log cannot be opened or appended to safely."""
+
+
+def canonical(record: Mapping[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def line_hash(record: Mapping[str, Any]) -> str:
+    """The hash of a record: sha256 over its canonical JSON without the `hash` field."""
+    return hashlib.sha256(canonical({k: v for k, v in record.items() if k != "hash"})).hexdigest()
+
+
+def scrub(fields: Mapping[str, Any], path: str = "") -> None:
+    """Raise AuditSecretError if any field name or string value (at any depth) looks like a credential."""
+    for name, value in fields.items():
+        where = f"{path}.{name}" if path else str(name)
+        if _SECRET_NAMES.search(str(name)):
+            raise AuditSecretError(
+                f"audit field {where!r} is named like a secret; audit lines never carry secrets"
+            )
+        _scrub_value(value, where)
+
+
+def _scrub_value(value: Any, where: str) -> None:
+    if isinstance(value, Mapping):
+        scrub(value, where)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _scrub_value(item, f"{where}[{i}]")
+    elif isinstance(value, str) and _SECRET_VALUES.search(value):
+        raise AuditSecretError(
+            f"audit field {where!r} holds a value shaped like a credential; refusing to log it"
+        )
+    elif not isinstance(value, str | int | float | bool | type(None) | Mapping | list | tuple):
+        raise AuditSecretError(f"audit field {where!r} has type {type(value).__name__}; use JSON types")
+
+
+class AuditLog:
+    """Appends hash-chained lines to `path` (mode 0600). Thread-safe.
+
+    fsync: "always" syncs every line (strongest, a disk flush per event); "interval" syncs at most every
+    `fsync_interval` seconds and on close (a crash of the machine may lose the last interval; a crash of
+    the process loses nothing, the kernel has the lines); "never" leaves it to the OS.
+    `rotate_bytes`: rotate when the file grows past this size; `archive`: envelope-encrypt rotated files.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        fsync: FsyncPolicy = "interval",
+        fsync_interval: float = 1.0,
+        rotate_bytes: int | None = None,
+        archive: EnvelopeCipher | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.fsync, self.fsync_interval = fsync, fsync_interval
+        self.rotate_bytes, self.archive, self.clock = rotate_bytes, archive, clock
+        self._lock = threading.Lock()
+        self._last_sync = time.monotonic()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        seq, head, recovered = _tail_state(self.path)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._seq, self._head, self._size = seq, head, os.fstat(self._fd).st_size
+        if seq < 0:
+            self._append("audit.open", "success", "system", details={"previous_file": None})
+        elif recovered:
+            self._append("audit.recovered", "success", "system", details={"discarded_bytes": recovered})
+
+    @property
+    def head(self) -> str:
+        """The hash of the last line written: record it elsewhere to detect truncation later."""
+        return self._head
+
+    def record(
+        self,
+        action: str,
+        *,
+        actor: str,
+        outcome: Literal["success", "failure"] = "success",
+        tenant: str | None = None,
+        key_id: str | None = None,
+        source: str | None = None,
+        **details: Any,
+    ) -> str:
+        """Append one event (who: `actor`, what: `action`/`outcome`, from where: `source`); returns its hash."""
+        fields = {"action": action, "actor": actor, "tenant": tenant, "key_id": key_id, "source": source}
+        scrub(fields)
+        scrub(details, "details")
+        with self._lock:
+            digest = self._append(
+                action, outcome, actor, tenant=tenant, key_id=key_id, source=source, details=details
+            )
+            if self.rotate_bytes is not None and self._size >= self.rotate_bytes:
+                self._rotate_locked()
+            return digest
+
+    def auth_success(self, *, tenant: str, key_id: str, source: str | None, listener: str) -> str:
+        return self.record(
+            "auth", actor=f"key:{key_id}", tenant=tenant, key_id=key_id, source=source, listener=listener
+        )
+
+    def auth_failure(self, *, key_id: str | None, source: str | None, listener: str, reason: str) -> str:
+        """A refused credential: name its public key id when it has one, never the presented string."""
+        return self.record(
+            "auth",
+            actor=f"key:{key_id}" if key_id else "anonymous",
+            outcome="failure",
+            key_id=key_id,
+            source=source,
+            listener=listener,
+            reason=reason,
+        )
+
+    def rotate(self) -> Path:
+        """Close this file with `audit.close`, move it aside (encrypting it if `archive`), start a new one."""
+        with self._lock:
+            return self._rotate_locked()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                if self.fsync != "never":
+                    os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = -1
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _append(self, action: str, outcome: str, actor: str, **fields: Any) -> str:
+        if self._fd < 0:
+            raise AuditLogError(f"audit log {self.path} is closed")
+        when = (
+            dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+            .isoformat(timespec="microseconds")
+            .replace("+00:00", "Z")
+        )
+        record: dict[str, Any] = {
+            "seq": self._seq + 1,
+            "time": when,
+            "action": action,
+            "outcome": outcome,
+            "actor": actor,
+            "tenant": None,
+            "key_id": None,
+            "source": None,
+            "details": {},
+            **fields,
+            "prev": self._head,
+        }
+        record["hash"] = line_hash(record)
+        data = canonical(record) + b"\n"
+        written = os.write(self._fd, data)
+        if written != len(data):
+            raise AuditLogError(f"short write to audit log {self.path}")
+        self._seq, self._head, self._size = record["seq"], record["hash"], self._size + written
+        now = time.monotonic()
+        if self.fsync == "always" or (
+            self.fsync == "interval" and now - self._last_sync >= self.fsync_interval
+        ):
+            os.fsync(self._fd)
+            self._last_sync = now
+        return str(record["hash"])
+
+    def _rotate_locked(self) -> Path:
+        stamp = dt.datetime.fromtimestamp(self.clock(), dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        rotated = self.path.with_name(f"{self.path.stem}.{stamp}{self.path.suffix}")
+        self._append("audit.close", "success", "system", details={"next_file": self.path.name})
+        os.fsync(self._fd)
+        os.close(self._fd)
+        os.replace(self.path, rotated)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+        self._size = 0
+        self._append("audit.open", "success", "system", details={"previous_file": rotated.name})
+        if self.archive is None:
+            return rotated
+        encrypted = rotated.with_name(rotated.name + ".fse")
+        self.archive.encrypt_file(rotated, encrypted, ARCHIVE_AAD)
+        rotated.unlink()
+        return encrypted
+
+
+def _tail_state(path: Path) -> tuple[int, str, int]:
+    """(last seq, last hash, torn bytes removed) of an existing log; (-1, GENESIS, 0) for a new one."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return -1, GENESIS, 0
+    if size == 0:
+        return -1, GENESIS, 0
+    with path.open("rb+") as file:
+        file.seek(max(0, size - 65536))
+        tail = file.read()
+        torn = 0
+        if not tail.endswith(b"\n"):  # the process died mid-write: that line was never acknowledged
+            torn = len(tail) - (tail.rfind(b"\n") + 1)
+            file.truncate(size - torn)
+            tail = tail[: len(tail) - torn]
+            log.warning("audit log %s ended in a torn line; removed %d bytes", path, torn)
+    lines = tail.splitlines()
+    try:
+        last = json.loads(lines[-1])
+        if last.get("hash") != line_hash(last):
+            raise ValueError
+        return int(last["seq"]), str(last["hash"]), torn
+    except (IndexError, ValueError, KeyError, TypeError, AttributeError):
+        raise AuditLogError(
+            f"audit log {path} ends in a line that does not verify; run `foresight audit verify {path}` "
+            "and move the file aside before restarting"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    ok: bool
+    lines: int  # lines checked
+    head: str  # hash of the last good line
+    closed: bool  # ended with audit.close (a complete rotated file)
+    bad_line: int | None = None  # 1-based
+    reason: str | None = None
+
+
+def verify_lines(
+    lines: Iterable[bytes], *, expect_prev: str = GENESIS, expect_head: str | None = None
+) -> Verdict:
+    """Check a file's lines: each hash, each link, the open line, the close line, and optionally the head."""
+    head, prev_seq, closed, count = expect_prev, None, False, 0
+
+    def bad(number: int, reason: str) -> Verdict:
+        return Verdict(False, number - 1, head, closed, number, reason)
+
+    for number, raw in enumerate(lines, start=1):
+        count = number
+        if not raw.endswith(b"\n"):
+            return bad(number, "line is incomplete (no newline): a torn or truncated write")
+        try:
+            record = json.loads(raw)
+            if not isinstance(record, dict) or any(k not in record for k in _REQUIRED):
+                raise ValueError
+        except ValueError:
+            return bad(number, "not an audit record (invalid JSON or missing fields)")
+        if closed:
+            return bad(number, "line after audit.close (appended to a closed file)")
+        if record["hash"] != line_hash(record):
+            return bad(number, "contents do not match the line's hash (line edited)")
+        if number == 1 and record["action"] != "audit.open":
+            return bad(number, "file does not start with audit.open (lines dropped from the start)")
+        if number > 1 and record["action"] == "audit.open":
+            return bad(number, "audit.open in the middle of a file (files spliced)")
+        if record["prev"] != head:
+            what = "the previous file's last line" if number == 1 else f"line {number - 1}"
+            return bad(number, f"does not follow {what} (a line was dropped, inserted or reordered)")
+        if prev_seq is not None and record["seq"] != prev_seq + 1:
+            return bad(number, f"sequence jumps from {prev_seq} to {record['seq']} (dropped or reordered)")
+        head, prev_seq, closed = record["hash"], record["seq"], record["action"] == "audit.close"
+    if count == 0:
+        return Verdict(False, 0, head, False, 1, "empty file")
+    if expect_head is not None and head != expect_head:
+        return Verdict(
+            False,
+            count,
+            head,
+            closed,
+            count + 1,
+            "chain ends before the expected head (lines dropped from the end)",
+        )
+    return Verdict(True, count, head, closed)
+
+
+def verify_files(paths: Iterable[Path], *, expect_head: str | None = None) -> tuple[Path | None, Verdict]:
+    """Verify files in chain order (oldest first); returns the first failing file (or None) and its verdict.
+
+    Every file but the last must end with audit.close; each file must link to the one before it.
+    """
+    files = list(paths)
+    prev, verdict = GENESIS, Verdict(False, 0, GENESIS, False, 1, "no files")
+    for index, path in enumerate(files):
+        last = index == len(files) - 1
+        with path.open("rb") as file:
+            verdict = verify_lines(
+                file,
+                expect_prev=prev if index else _first_prev(path),
+                expect_head=expect_head if last else None,
+            )
+        if verdict.ok and not last and not verdict.closed:
+            verdict = Verdict(
+                False,
+                verdict.lines,
+                verdict.head,
+                False,
+                verdict.lines + 1,
+                "file does not end with audit.close but is followed by another",
+            )
+        if not verdict.ok:
+            return path, verdict
+        prev = verdict.head
+    return None, verdict
+
+
+def _first_prev(path: Path) -> str:
+    """The first file of a run links to whatever came before (not given): accept its own `prev` claim."""
+    with path.open("rb") as file:
+        try:
+            return str(json.loads(file.readline()).get("prev", GENESIS))
+        except (ValueError, AttributeError):
+            return GENESIS

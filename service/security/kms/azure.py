@@ -1,0 +1,110 @@
+"""Azure Key Vault (or Managed HSM) as the KMS (azure-keyvault-keys + azure-identity, imported only here).
+
+`key_id` is the key's URL without a version (``https://<vault>.vault.azure.net/keys/<name>``); new DEKs are
+wrapped (RSA-OAEP-256 by default) under the key's current version. Key Vault unwraps only with the version
+that wrapped, so `key_ref` in headers is the *versioned* key URL. After a rotation (new version) old
+envelopes keep opening as long as the old version stays enabled, and `rewrap` moves DEKs to the new one.
+The identity needs keys/get, wrapKey and unwrapKey ("Key Vault Crypto Service Encryption User"); keys/get
+lets the SDK learn the current version and wrap locally with the public key.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from service.security.kms.base import (
+    KmsError,
+    KmsProvider,
+    KmsRejected,
+    KmsUnavailable,
+    WrappedKey,
+    check_dek,
+)
+
+
+class AzureKeyVaultKms(KmsProvider):
+    name = "azure-keyvault"
+
+    def __init__(
+        self, key_id: str, *, credential: Any = None, algorithm: str = "RSA-OAEP-256", **client_kwargs: Any
+    ) -> None:
+        """`credential`: an azure-identity credential; default: a managed identity via DefaultAzureCredential.
+        `client_kwargs` pass through to CryptographyClient (e.g. `transport`, `connection_verify`)."""
+        from azure.core import exceptions
+        from azure.keyvault.keys import KeyVaultKeyIdentifier
+        from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
+
+        if credential is None:
+            from azure.identity import DefaultAzureCredential
+
+            credential = DefaultAzureCredential()
+        self._errors = exceptions
+        self._parse = KeyVaultKeyIdentifier
+        self._client_class = CryptographyClient
+        self._algorithm = KeyWrapAlgorithm(algorithm)
+        self._credential = credential
+        self._client_kwargs = client_kwargs
+        self.key_id = key_id.rstrip("/")
+        self._current: Any = None
+        self._by_version: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def key_ref(self) -> str:
+        return self._current.key_id if self._current is not None else self.key_id
+
+    def refresh(self) -> None:
+        """Forget the current key version; the next wrap asks Key Vault for the newest one."""
+        with self._lock:
+            self._current = None
+
+    def wrap(self, dek: bytes) -> WrappedKey:
+        check_dek(dek)
+        with self._lock:
+            if self._current is None:
+                self._current = self._client(self.key_id)
+            client = self._current
+        result = self._call("wrap", client.wrap_key, self._algorithm, dek)
+        key_ref = result.key_id or ""
+        if not self._parse(key_ref).version:
+            raise KmsError(
+                f"Key Vault did not name the key version for {self.key_id}: grant keys/get to the identity"
+            )
+        return WrappedKey(self.name, key_ref, bytes(result.encrypted_key))
+
+    def unwrap(self, wrapped: WrappedKey) -> bytes:
+        self._check_provider(wrapped)
+        with self._lock:
+            client = self._by_version.get(wrapped.key_ref)
+            if client is None:
+                client = self._by_version[wrapped.key_ref] = self._client(wrapped.key_ref)
+        return bytes(self._call("unwrap", client.unwrap_key, self._algorithm, wrapped.blob).key)
+
+    def rewrap(self, wrapped: WrappedKey) -> WrappedKey:
+        self.refresh()
+        return self.wrap(self.unwrap(wrapped))
+
+    def _client(self, key_id: str) -> Any:
+        try:
+            self._parse(key_id)
+        except ValueError:
+            raise KmsError(f"not a Key Vault key URL: {key_id!r}") from None
+        return self._client_class(key_id, self._credential, **self._client_kwargs)
+
+    def _call(self, operation: str, method: Any, *args: Any) -> Any:
+        errors = self._errors
+        try:
+            return method(*args)
+        except errors.ClientAuthenticationError as err:
+            raise KmsError(f"Key Vault {operation}: authentication failed ({type(err).__name__})") from None
+        except errors.ResourceNotFoundError:
+            raise KmsError(f"Key Vault {operation}: key not found") from None
+        except errors.HttpResponseError as err:
+            if operation == "unwrap" and err.status_code == 400:
+                raise KmsRejected("Key Vault rejected the wrapped data key") from None
+            if err.status_code in (429, 500, 502, 503, 504):
+                raise KmsUnavailable(f"Key Vault {operation} unavailable: HTTP {err.status_code}") from None
+            raise KmsError(f"Key Vault {operation} failed: HTTP {err.status_code}") from None
+        except errors.ServiceRequestError as err:
+            raise KmsUnavailable(f"Key Vault unreachable: {type(err).__name__}") from None

@@ -1,0 +1,424 @@
+"""Vault (KV v2) as the store of tenants and API-key hashes: the layout, the policies, and the writer.
+
+Layout under the KV v2 mount (default ``foresight``)::
+
+    tenants/<tenant>/meta           the tenant: spec (quotas, suspended), created, deleting
+    tenants/<tenant>/keys/<key id>  one key: hash, scopes, created, expires, state, rotated_to
+    keyids/<key id>                 {"tenant": ...}: finds a key's tenant in one read
+
+Policies: ``foresight-tenant-<tenant>`` reads only ``<mount>/data/tenants/<tenant>/*``;
+``foresight-service`` (the running service) reads and lists the mount and can never write it;
+``foresight-onboarding`` (operators, the admin API) writes it and manages tenant policies.
+
+`VaultKeyAdmin` is the writer. Each operation is idempotent where a retry is natural (create an existing
+identical tenant, revoke a revoked key, delete a deleted tenant) and undoes its own partial work when a
+later step fails. Secrets never leave it except as the `IssuedKey` returned once by issue/rotate.
+Every method blocks on Vault; call it from a worker thread in async code. The reader side
+(`VaultKeySource`) lives in `vault_source`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import hvac
+import hvac.exceptions
+import requests
+from pydantic import BaseModel, Field
+
+from service.security.apikeys import IssuedKey, new_key
+from service.tenancy import TENANT_NAME_PATTERN, TenantSpec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MOUNT = "foresight"
+SCOPES = frozenset({"read", "write", "admin"})
+SERVICE_POLICY = "foresight-service"
+ONBOARDING_POLICY = "foresight-onboarding"
+TENANT_POLICY_PREFIX = "foresight-tenant-"
+_CAS_RETRIES = 5
+
+
+class VaultKeyStoreError(RuntimeError):
+    """A key-store operation failed; the message says which tenant or key, never a secret."""
+
+
+class VaultUnavailable(VaultKeyStoreError):
+    """Vault could not be reached or is sealed."""
+
+
+class TenantExists(VaultKeyStoreError):
+    pass
+
+
+class TenantNotFound(VaultKeyStoreError):
+    pass
+
+
+class KeyNotFound(VaultKeyStoreError):
+    pass
+
+
+class KeyNotActive(VaultKeyStoreError):
+    """The key is revoked or expired, so it cannot be rotated."""
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class KeyInfo(BaseModel):
+    """A stored key: everything but the secret (only its hash is kept)."""
+
+    key_id: str
+    tenant: str
+    hash: str
+    scopes: list[str]
+    created: dt.datetime
+    expires: dt.datetime | None = None
+    state: Literal["active", "revoked"] = "active"
+    revoked_at: dt.datetime | None = None
+    rotated_to: str | None = Field(None, description="The key that replaced this one, when rotated.")
+
+    def usable_at(self, now: dt.datetime) -> bool:
+        return self.state == "active" and (self.expires is None or now < self.expires)
+
+
+class TenantMeta(BaseModel):
+    spec: TenantSpec
+    created: dt.datetime
+    deleting: bool = Field(False, description="Deletion started: the tenant no longer authenticates.")
+
+
+def tenant_policy_name(tenant: str) -> str:
+    return TENANT_POLICY_PREFIX + tenant
+
+
+def tenant_policy(tenant: str, mount: str = DEFAULT_MOUNT) -> str:
+    """Read access to the tenant's own records and nothing else (tenant names cannot hold glob characters)."""
+    _check_tenant_name(tenant)
+    return _stanza(f"{mount}/data/tenants/{tenant}/*", "read") + _stanza(
+        f"{mount}/metadata/tenants/{tenant}/*", "read", "list"
+    )
+
+
+def service_policy(
+    mount: str = DEFAULT_MOUNT,
+    *,
+    transit: tuple[str, str] | None = None,
+    pki: tuple[str, str] | None = None,
+) -> str:
+    """The running service: read hashes, never write; optionally transit (mount, key) and PKI (mount, role)."""
+    policy = _stanza(f"{mount}/data/*", "read") + _stanza(f"{mount}/metadata/*", "read", "list")
+    if transit is not None:
+        transit_mount, key = transit
+        for op in ("encrypt", "decrypt", "rewrap"):
+            policy += _stanza(f"{transit_mount}/{op}/{key}", "update")
+    if pki is not None:
+        pki_mount, role = pki
+        policy += _stanza(f"{pki_mount}/issue/{role}", "update")
+    return policy
+
+
+def onboarding_policy(mount: str = DEFAULT_MOUNT) -> str:
+    """Operators and the admin API: manage records and tenant policies, nothing else in Vault."""
+    policy = ""
+    for sub in ("data", "metadata"):
+        policy += _stanza(f"{mount}/{sub}/*", "create", "read", "update", "delete", "list")
+    for sys_path in ("sys/policy", "sys/policies/acl"):
+        policy += _stanza(f"{sys_path}/{TENANT_POLICY_PREFIX}*", "create", "read", "update", "delete")
+    return policy
+
+
+def _stanza(path: str, *capabilities: str) -> str:
+    quoted = ", ".join(f'"{c}"' for c in capabilities)
+    return f'path "{path}" {{\n  capabilities = [{quoted}]\n}}\n'
+
+
+class VaultKeyAdmin:
+    """Creates tenants and issues, rotates and revokes their keys. Needs the onboarding policy (or root)."""
+
+    def __init__(self, client: hvac.Client, mount: str = DEFAULT_MOUNT) -> None:
+        self.client = client
+        self.mount = mount
+        self._kv = client.secrets.kv.v2
+
+    def setup(self, *, transit: tuple[str, str] | None = None, pki: tuple[str, str] | None = None) -> None:
+        """Enable the KV v2 mount if absent; write the service and onboarding policies. Needs a privileged token."""
+        with _vault_errors("set up the key store"):
+            mounts = self.client.sys.list_mounted_secrets_engines()
+            mounts = mounts.get("data", mounts)
+            if f"{self.mount}/" not in mounts:
+                self.client.sys.enable_secrets_engine("kv", path=self.mount, options={"version": "2"})
+            self.client.sys.create_or_update_policy(
+                SERVICE_POLICY, service_policy(self.mount, transit=transit, pki=pki)
+            )
+            self.client.sys.create_or_update_policy(ONBOARDING_POLICY, onboarding_policy(self.mount))
+
+    # -- tenants -------------------------------------------------------------------------------------------
+
+    def create_tenant(self, spec: TenantSpec) -> TenantSpec:
+        """Create the tenant and its policy. Creating an existing tenant with the same spec is a no-op."""
+        existing = self._read_meta(spec.name)
+        if existing is not None:
+            if existing[0].spec == spec and not existing[0].deleting:
+                return spec
+            raise TenantExists(f"tenant {spec.name!r} already exists with a different spec (use update)")
+        with _vault_errors(f"create tenant {spec.name!r}"):
+            self.client.sys.create_or_update_policy(
+                tenant_policy_name(spec.name), tenant_policy(spec.name, self.mount)
+            )
+            try:
+                meta = TenantMeta(spec=spec, created=utcnow())
+                self._kv.create_or_update_secret(
+                    self._meta_path(spec.name), meta.model_dump(mode="json"), cas=0, mount_point=self.mount
+                )
+            except hvac.exceptions.InvalidRequest as err:
+                if _is_cas_conflict(err):  # created concurrently: same spec is fine, another is TenantExists
+                    return self.create_tenant(spec)
+                self._quietly(self.client.sys.delete_policy, tenant_policy_name(spec.name))
+                raise
+            except BaseException:
+                self._quietly(self.client.sys.delete_policy, tenant_policy_name(spec.name))
+                raise
+        log.info("created tenant %s", spec.name)
+        return spec
+
+    def update_tenant(self, spec: TenantSpec) -> TenantSpec:
+        """Change quotas or suspension; suspension refuses the tenant's keys within the readers' cache TTL."""
+        for _ in range(_CAS_RETRIES):
+            current = self._read_meta(spec.name)
+            if current is None or current[0].deleting:
+                raise TenantNotFound(f"no tenant {spec.name!r}")
+            meta, version = current
+            if self._cas_write(self._meta_path(spec.name), meta.model_copy(update={"spec": spec}), version):
+                return spec
+        raise VaultKeyStoreError(f"tenant {spec.name!r} kept changing under the update; retry")
+
+    def get_tenant(self, name: str) -> TenantSpec | None:
+        current = self._read_meta(name)
+        return None if current is None or current[0].deleting else current[0].spec
+
+    def list_tenants(self) -> list[TenantSpec]:
+        names = [n.rstrip("/") for n in self._list("tenants/")]
+        return [spec for spec in (self.get_tenant(n) for n in names) if spec is not None]
+
+    def delete_tenant(self, name: str) -> None:
+        """Remove the tenant's keys, policy and records; refuses its keys first. Safe to re-run after a failure."""
+        current = self._read_meta(name)
+        if current is not None and not current[0].deleting:
+            self._cas_write(
+                self._meta_path(name), current[0].model_copy(update={"deleting": True}), current[1]
+            )
+        with _vault_errors(f"delete tenant {name!r}"):
+            for key_id in self._list(f"tenants/{name}/keys/"):
+                self._kv.delete_metadata_and_all_versions(f"keyids/{key_id}", mount_point=self.mount)
+                self._kv.delete_metadata_and_all_versions(
+                    self._key_path(name, key_id), mount_point=self.mount
+                )
+            self.client.sys.delete_policy(tenant_policy_name(name))
+            self._kv.delete_metadata_and_all_versions(self._meta_path(name), mount_point=self.mount)
+        log.info("deleted tenant %s", name)
+
+    # -- keys ----------------------------------------------------------------------------------------------
+
+    def issue_key(
+        self, tenant: str, scopes: Iterable[str] = ("read", "write"), *, ttl: dt.timedelta | None = None
+    ) -> IssuedKey:
+        """A new key for `tenant`; the returned secret is shown once and never stored."""
+        scope_list = sorted(set(scopes))
+        if not scope_list or not set(scope_list) <= SCOPES:
+            raise VaultKeyStoreError(f"scopes must be a non-empty subset of {sorted(SCOPES)}")
+        if self.get_tenant(tenant) is None:
+            raise TenantNotFound(f"no tenant {tenant!r}")
+        now = utcnow()
+        with _vault_errors(f"issue a key for tenant {tenant!r}"):
+            key = self._claim_key_id(tenant)
+            info = KeyInfo(
+                key_id=key.key_id,
+                tenant=tenant,
+                hash=key.key_hash,
+                scopes=scope_list,
+                created=now,
+                expires=now + ttl if ttl else None,
+            )
+            try:
+                self._kv.create_or_update_secret(
+                    self._key_path(tenant, key.key_id),
+                    info.model_dump(mode="json"),
+                    cas=0,
+                    mount_point=self.mount,
+                )
+            except BaseException:
+                self._quietly(
+                    self._kv.delete_metadata_and_all_versions, f"keyids/{key.key_id}", mount_point=self.mount
+                )
+                raise
+        log.info("issued key %s for tenant %s", key.key_id, tenant)
+        return key
+
+    def rotate_key(self, key_id: str, *, overlap: dt.timedelta, tenant: str | None = None) -> IssuedKey:
+        """A new key with the same scopes and lifetime; the old one works for `overlap` more, then expires."""
+        info, version = self._read_key(key_id, tenant)
+        now = utcnow()
+        if not info.usable_at(now):
+            raise KeyNotActive(
+                f"key {key_id} is {'revoked' if info.state == 'revoked' else 'expired'}; issue a new one"
+            )
+        ttl = info.expires - info.created if info.expires else None
+        new = self.issue_key(info.tenant, info.scopes, ttl=ttl)
+        old_expiry = now + overlap if info.expires is None else min(info.expires, now + overlap)
+        try:
+            for _ in range(_CAS_RETRIES):
+                if self._cas_write(
+                    self._key_path(info.tenant, key_id),
+                    info.model_copy(update={"expires": old_expiry, "rotated_to": new.key_id}),
+                    version,
+                ):
+                    break
+                info, version = self._read_key(key_id, info.tenant)
+            else:
+                raise VaultKeyStoreError(f"key {key_id} kept changing during rotation; retry")
+        except BaseException:
+            self._quietly(self._delete_key, info.tenant, new.key_id)
+            raise
+        log.info(
+            "rotated key %s -> %s for tenant %s (old expires %s)",
+            key_id,
+            new.key_id,
+            info.tenant,
+            old_expiry.isoformat(),
+        )
+        return new
+
+    def revoke_key(self, key_id: str, *, tenant: str | None = None) -> KeyInfo:
+        """Mark the key revoked readers refuse it within their cache TTL. Idempotent."""
+        for _ in range(_CAS_RETRIES):
+            info, version = self._read_key(key_id, tenant)
+            if info.state == "revoked":
+                return info
+            revoked = info.model_copy(update={"state": "revoked", "revoked_at": utcnow()})
+            if self._cas_write(self._key_path(info.tenant, key_id), revoked, version):
+                log.info("revoked key %s of tenant %s", key_id, info.tenant)
+                return revoked
+        raise VaultKeyStoreError(f"key {key_id} kept changing during revocation; retry")
+
+    def get_key(self, key_id: str, *, tenant: str | None = None) -> KeyInfo:
+        return self._read_key(key_id, tenant)[0]
+
+    def list_keys(self, tenant: str) -> list[KeyInfo]:
+        return [self._read_key(key_id, tenant)[0] for key_id in self._list(f"tenants/{tenant}/keys/")]
+
+    # -- internals -----------------------------------------------------------------------------------------
+
+    def _meta_path(self, tenant: str) -> str:
+        _check_tenant_name(tenant)
+        return f"tenants/{tenant}/meta"
+
+    def _key_path(self, tenant: str, key_id: str) -> str:
+        _check_tenant_name(tenant)
+        return f"tenants/{tenant}/keys/{key_id}"
+
+    def _claim_key_id(self, tenant: str) -> IssuedKey:
+        for _ in range(_CAS_RETRIES):  # a 60-bit id collides practically never; CAS makes it impossible
+            key = new_key()
+            try:
+                self._kv.create_or_update_secret(
+                    f"keyids/{key.key_id}", {"tenant": tenant}, cas=0, mount_point=self.mount
+                )
+                return key
+            except hvac.exceptions.InvalidRequest as err:
+                if not _is_cas_conflict(err):
+                    raise
+        raise VaultKeyStoreError("could not allocate a unique key id")
+
+    def _read(self, path: str) -> tuple[dict[str, Any], int] | None:
+        with _vault_errors(f"read {self.mount}/{path}"):
+            try:
+                reply = self._kv.read_secret_version(
+                    path, mount_point=self.mount, raise_on_deleted_version=True
+                )
+            except hvac.exceptions.InvalidPath:
+                return None
+        return reply["data"]["data"], int(reply["data"]["metadata"]["version"])
+
+    def _read_meta(self, tenant: str) -> tuple[TenantMeta, int] | None:
+        found = self._read(self._meta_path(tenant))
+        return None if found is None else (TenantMeta.model_validate(found[0]), found[1])
+
+    def _read_key(self, key_id: str, tenant: str | None) -> tuple[KeyInfo, int]:
+        index = self._read(f"keyids/{key_id}")
+        owner = index[0]["tenant"] if index else None
+        if owner is None or (tenant is not None and owner != tenant):
+            raise KeyNotFound(f"no key {key_id}" + (f" for tenant {tenant!r}" if tenant else ""))
+        found = self._read(self._key_path(owner, key_id))
+        if found is None:
+            raise KeyNotFound(f"no key {key_id}")
+        return KeyInfo.model_validate(found[0]), found[1]
+
+    def _cas_write(self, path: str, record: BaseModel, version: int) -> bool:
+        """Write if the record is still at `version`; False if someone else changed it first."""
+        with _vault_errors(f"write {self.mount}/{path}"):
+            try:
+                self._kv.create_or_update_secret(
+                    path, record.model_dump(mode="json"), cas=version, mount_point=self.mount
+                )
+                return True
+            except hvac.exceptions.InvalidRequest as err:
+                if _is_cas_conflict(err):
+                    return False
+                raise
+
+    def _list(self, path: str) -> list[str]:
+        with _vault_errors(f"list {self.mount}/{path}"):
+            try:
+                return list(self._kv.list_secrets(path, mount_point=self.mount)["data"]["keys"])
+            except hvac.exceptions.InvalidPath:
+                return []
+
+    def _delete_key(self, tenant: str, key_id: str) -> None:
+        self._kv.delete_metadata_and_all_versions(self._key_path(tenant, key_id), mount_point=self.mount)
+        self._kv.delete_metadata_and_all_versions(f"keyids/{key_id}", mount_point=self.mount)
+
+    @staticmethod
+    def _quietly(undo: Any, *args: Any, **kwargs: Any) -> None:
+        """Roll back one step; a failure here is logged, the original error is what the caller sees."""
+        try:
+            undo(*args, **kwargs)
+        except Exception as err:
+            log.error("rollback step %s failed: %s", getattr(undo, "__name__", undo), type(err).__name__)
+
+
+def _check_tenant_name(tenant: str) -> None:
+    if not re.fullmatch(TENANT_NAME_PATTERN, tenant):
+        raise VaultKeyStoreError(f"invalid tenant name {tenant!r} (lowercase DNS label)")
+
+
+def _is_cas_conflict(err: hvac.exceptions.InvalidRequest) -> bool:
+    return "check-and-set" in " ".join(err.errors or [str(err)])
+
+
+class _vault_errors:
+    """Turn transport and permission failures into key-store errors naming the operation."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None or isinstance(exc, VaultKeyStoreError):
+            return
+        if isinstance(
+            exc, requests.RequestException | hvac.exceptions.VaultDown | hvac.exceptions.BadGateway
+        ):
+            raise VaultUnavailable(f"cannot {self.what}: Vault unreachable ({type(exc).__name__})") from None
+        if isinstance(exc, hvac.exceptions.Forbidden):
+            raise VaultKeyStoreError(f"cannot {self.what}: the Vault token lacks permission") from None
+        if isinstance(exc, hvac.exceptions.VaultError):
+            raise VaultKeyStoreError(f"cannot {self.what}: Vault said {type(exc).__name__}") from None

@@ -1,0 +1,71 @@
+"""AWS identity: the node's IAM role and instance profile, least privilege.
+
+The role may use its own KMS key (encrypt, decrypt, generate data keys, describe) and carries the AWS-managed
+AmazonSSMManagedInstanceCore policy for Session Manager; nothing else. Logging in to Vault needs no permission
+(it signs sts:GetCallerIdentity, which every principal may call).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from stacks.spec import StackSpec
+
+# What the service's envelope encryption needs from its key, and all the role gets.
+KMS_ACTIONS = ("kms:Decrypt", "kms:DescribeKey", "kms:Encrypt", "kms:GenerateDataKey")
+SSM_CORE_POLICY = "AmazonSSMManagedInstanceCore"
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    role: aws.iam.Role
+    instance_profile: aws.iam.InstanceProfile
+    ssm_core: aws.iam.RolePolicyAttachment
+
+
+def create_identity(name: str, spec: StackSpec, partition: str, parent: pulumi.Resource) -> NodeIdentity:
+    """The role EC2 assumes for the node, its SSM attachment and its instance profile."""
+    opts = pulumi.ResourceOptions(parent=parent)
+    role = aws.iam.Role(
+        f"{name}-node",
+        description=f"Foresight node of stack {spec.stack}",
+        assume_role_policy=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
+                ],
+            }
+        ),
+        tags=spec.tags(),
+        opts=opts,
+    )
+    ssm_core = aws.iam.RolePolicyAttachment(
+        f"{name}-node-ssm",
+        role=role.name,
+        policy_arn=f"arn:{partition}:iam::aws:policy/{SSM_CORE_POLICY}",
+        opts=opts,
+    )
+    instance_profile = aws.iam.InstanceProfile(f"{name}-node", role=role.name, tags=spec.tags(), opts=opts)
+    return NodeIdentity(role=role, instance_profile=instance_profile, ssm_core=ssm_core)
+
+
+def grant_key_use(name: str, identity: NodeIdentity, key_arn: pulumi.Input[str], parent: pulumi.Resource) -> aws.iam.RolePolicy:
+    """The role's only inline policy: KMS_ACTIONS on this one key."""
+    return aws.iam.RolePolicy(
+        f"{name}-node-kms",
+        role=identity.role.id,
+        policy=pulumi.Output.from_input(key_arn).apply(
+            lambda arn: json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": list(KMS_ACTIONS), "Resource": arn}],
+                }
+            )
+        ),
+        opts=pulumi.ResourceOptions(parent=parent),
+    )

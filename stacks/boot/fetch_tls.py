@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""Fetch this node's TLS material from Vault with the machine's cloud identity; runs before every service start.
+
+cloud-init installs this file on the node and systemd runs it (ExecStartPre) with the settings of
+/etc/foresight/foresight.env: FORESIGHT_VAULT_ADDR, FORESIGHT_VAULT_AUTH_METHOD, FORESIGHT_VAULT_AUTH_MOUNT,
+FORESIGHT_VAULT_ROLE, FORESIGHT_VAULT_KV_MOUNT and FORESIGHT_TLS_VAULT_PATH. It logs in (AWS: Vault's IAM auth
+method, with an sts:GetCallerIdentity request signed by the instance role's IMDSv2 credentials), reads the KV v2
+secret, writes ca.pem, tls.crt and tls.key into --out (mode 0640, group --group), and revokes its token. No
+static secret exists on the node. Standard library only, Python 3.10+, so the stock OS python3 runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import hashlib
+import hmac
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+IMDS_ENDPOINT = "http://169.254.169.254"
+# Vault's AWS auth method checks the request against its configured STS endpoint; the global one is its default.
+STS_URL = "https://sts.amazonaws.com/"
+STS_HOST = "sts.amazonaws.com"
+STS_REGION = "us-east-1"
+STS_BODY = "Action=GetCallerIdentity&Version=2011-06-15"
+# KV secret field -> file name under --out (the field names follow Vault PKI's issue response).
+TLS_FILES = {"issuing_ca": "ca.pem", "certificate": "tls.crt", "private_key": "tls.key"}
+SETTINGS = (
+    "FORESIGHT_VAULT_ADDR",
+    "FORESIGHT_VAULT_AUTH_METHOD",
+    "FORESIGHT_VAULT_AUTH_MOUNT",
+    "FORESIGHT_VAULT_ROLE",
+    "FORESIGHT_VAULT_KV_MOUNT",
+    "FORESIGHT_TLS_VAULT_PATH",
+)
+
+
+class BootstrapError(RuntimeError):
+    """A step failed; the message names the step and never carries a credential."""
+
+
+@dataclass(frozen=True)
+class AwsCredentials:
+    access_key_id: str
+    secret_access_key: str
+    session_token: str | None = None
+
+
+def http_request(
+    method: str, url: str, headers: Mapping[str, str] | None = None, body: bytes | None = None, timeout: float = 10.0
+) -> bytes:
+    request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) URLs from config
+            return bytes(response.read())
+    except urllib.error.HTTPError as err:
+        detail = err.read(300).decode("utf-8", "replace").strip()
+        raise BootstrapError(f"{method} {url} -> HTTP {err.code} {detail}") from None
+    except OSError as err:
+        raise BootstrapError(f"{method} {url} failed: {err}") from None
+
+
+def instance_credentials(imds: str = IMDS_ENDPOINT) -> AwsCredentials:
+    """The instance role's temporary credentials, read through IMDSv2 (session token first)."""
+    token = http_request("PUT", f"{imds}/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "300"})
+    headers = {"X-aws-ec2-metadata-token": token.decode()}
+    base = f"{imds}/latest/meta-data/iam/security-credentials/"
+    roles = http_request("GET", base, headers).decode().split()
+    if not roles:
+        raise BootstrapError("the instance has no IAM role (instance profile)")
+    document = json.loads(http_request("GET", base + roles[0], headers))
+    return AwsCredentials(document["AccessKeyId"], document["SecretAccessKey"], document.get("Token"))
+
+
+def _sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sign_get_caller_identity(credentials: AwsCredentials, now: datetime.datetime) -> dict[str, str]:
+    """Headers of an sts:GetCallerIdentity POST signed with AWS Signature Version 4."""
+    amz_date = now.strftime("%Y%m%dT%H%M%SZ")
+    day = amz_date[:8]
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+        "Host": STS_HOST,
+        "X-Amz-Date": amz_date,
+    }
+    if credentials.session_token:
+        headers["X-Amz-Security-Token"] = credentials.session_token
+    canonical = {name.lower(): " ".join(value.split()) for name, value in headers.items()}
+    signed_headers = ";".join(sorted(canonical))
+    canonical_request = "\n".join(
+        [
+            "POST",
+            "/",
+            "",
+            "".join(f"{name}:{canonical[name]}\n" for name in sorted(canonical)),
+            signed_headers,
+            _sha256_hex(STS_BODY),
+        ]
+    )
+    scope = f"{day}/{STS_REGION}/sts/aws4_request"
+    string_to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, _sha256_hex(canonical_request)])
+    key = f"AWS4{credentials.secret_access_key}".encode()
+    for part in (day, STS_REGION, "sts", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    headers["Authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={credentials.access_key_id}/{scope}, "
+        f"SignedHeaders={signed_headers}, Signature={signature}"
+    )
+    return headers
+
+
+def aws_login_payload(role: str, credentials: AwsCredentials, now: datetime.datetime) -> dict[str, str]:
+    """The body of POST /v1/auth/<mount>/login for Vault's AWS auth method, iam type."""
+    headers = sign_get_caller_identity(credentials, now)
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    return {
+        "role": role,
+        "iam_http_request_method": "POST",
+        "iam_request_url": b64(STS_URL),
+        "iam_request_body": b64(STS_BODY),
+        "iam_request_headers": b64(json.dumps({name: [value] for name, value in headers.items()})),
+    }
+
+
+def vault_json(
+    method: str, addr: str, path: str, token: str | None = None, payload: Mapping[str, object] | None = None
+) -> dict[str, object]:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["X-Vault-Token"] = token
+    body = None if payload is None else json.dumps(payload).encode()
+    raw = http_request(method, f"{addr}/v1/{path}", headers, body)
+    return dict(json.loads(raw)) if raw.strip() else {}
+
+
+def login_aws(settings: Mapping[str, str]) -> str:
+    """Log in with the instance role and return a Vault token."""
+    credentials = instance_credentials(os.environ.get("FORESIGHT_IMDS_ENDPOINT", IMDS_ENDPOINT))
+    now = datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017 - datetime.UTC needs 3.11; nodes may run 3.10
+    payload = aws_login_payload(settings["FORESIGHT_VAULT_ROLE"], credentials, now)
+    path = f"auth/{settings['FORESIGHT_VAULT_AUTH_MOUNT']}/login"
+    response = vault_json("POST", settings["FORESIGHT_VAULT_ADDR"], path, payload=payload)
+    auth = response.get("auth")
+    if not isinstance(auth, dict) or "client_token" not in auth:
+        raise BootstrapError(f"POST {path} returned no token")
+    return str(auth["client_token"])
+
+
+LOGIN_METHODS: dict[str, Callable[[Mapping[str, str]], str]] = {"aws": login_aws}
+
+
+def read_tls_material(settings: Mapping[str, str], token: str) -> dict[str, str]:
+    path = f"{settings['FORESIGHT_VAULT_KV_MOUNT']}/data/{settings['FORESIGHT_TLS_VAULT_PATH']}"
+    response = vault_json("GET", settings["FORESIGHT_VAULT_ADDR"], path, token=token)
+    outer = response.get("data")
+    data = outer.get("data") if isinstance(outer, dict) else None
+    if not isinstance(data, dict):
+        raise BootstrapError(f"GET {path} returned no secret data")
+    missing = sorted(set(TLS_FILES) - set(data))
+    if missing:
+        raise BootstrapError(f"GET {path} lacks {', '.join(missing)}")
+    return {field: str(data[field]) for field in TLS_FILES}
+
+
+def write_tls_files(out_dir: Path, material: Mapping[str, str], group: int | None) -> None:
+    """Write each file atomically, 0640 (root and `group` may read), in a 0750 directory."""
+    out_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    if group is not None:
+        os.chown(out_dir, -1, group)
+    for field, file_name in TLS_FILES.items():
+        target = out_dir / file_name
+        staging = out_dir / f".{file_name}.tmp"
+        staging.unlink(missing_ok=True)
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        with os.fdopen(fd, "w") as handle:
+            if group is not None:
+                os.fchown(handle.fileno(), -1, group)
+            handle.write(material[field])
+        os.replace(staging, target)
+
+
+def fetch(settings: Mapping[str, str], out_dir: Path, group: int | None) -> None:
+    method = settings["FORESIGHT_VAULT_AUTH_METHOD"]
+    if method not in LOGIN_METHODS:
+        raise BootstrapError(f"FORESIGHT_VAULT_AUTH_METHOD={method!r} is not one of {', '.join(LOGIN_METHODS)}")
+    token = LOGIN_METHODS[method](settings)
+    try:
+        write_tls_files(out_dir, read_tls_material(settings, token), group)
+    finally:
+        vault_json("POST", settings["FORESIGHT_VAULT_ADDR"], "auth/token/revoke-self", token=token)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--out", type=Path, required=True, help="directory for ca.pem, tls.crt, tls.key")
+    parser.add_argument("--group", type=int, default=None, help="numeric group that may read the files")
+    args = parser.parse_args(argv)
+    missing = [name for name in SETTINGS if not os.environ.get(name)]
+    if missing:
+        print(f"fetch_tls: missing settings: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        fetch({name: os.environ[name] for name in SETTINGS}, args.out, args.group)
+    except BootstrapError as err:
+        print(f"fetch_tls: {err}", file=sys.stderr)
+        return 1
+    print(f"fetch_tls: wrote {', '.join(TLS_FILES.values())} to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

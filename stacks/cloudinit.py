@@ -1,0 +1,156 @@
+"""The node's cloud-init user data: fetch TLS from Vault with the machine identity, run the image on the GPU.
+
+What the rendered `#cloud-config` does on first boot:
+- installs `fetch_tls.py` (Vault login with the cloud identity, TLS material to /run/foresight/tls) and
+  `mount_data_volume.sh` (formats and mounts the encrypted data volume at /var/lib/foresight);
+- writes /etc/foresight/foresight.env (settings only: addresses, names, key ids; never a secret);
+- installs `foresight.service`: before each start it checks the data mount and fetches TLS; it then runs the
+  image with `--gpus all` (NVIDIA container toolkit), and systemd restarts it whenever it exits;
+- turns SSH off entirely unless an SSH key was configured.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stacks.spec import SERVICE_PORTS, StackSpec
+from stacks.vault import VaultLayout
+
+BOOT_DIR = Path(__file__).parent / "boot"
+INSTALL_DIR = "/usr/local/lib/foresight"
+ENV_FILE = "/etc/foresight/foresight.env"
+UNIT_FILE = "/etc/systemd/system/foresight.service"
+HOST_TLS_DIR = "/run/foresight/tls"
+CONTAINER_TLS_DIR = "/etc/foresight/tls"
+DATA_DIR = "/var/lib/foresight"
+# The group that may read the TLS files and write the data directory; the container joins it (--group-add),
+# so it works whatever non-root user the image runs as.
+SERVICE_GID = 10001
+CONTAINER_NAME = "foresight"
+USER_DATA_LIMIT_BYTES = 16 * 1024  # EC2's limit; GCP and Azure allow more
+
+_ENV_VALUE_RE = re.compile(r"[A-Za-z0-9_.:/@+=,-]*")
+
+
+@dataclass(frozen=True)
+class NodeBoot:
+    """Everything the boot sequence needs, as plain strings (render it inside an `Output.apply`)."""
+
+    image: str
+    environment: Mapping[str, str]
+    data_disk_model: str
+    ssh_enabled: bool
+
+
+def service_environment(
+    spec: StackSpec, layout: VaultLayout, kms_provider: str, kms_key_id: str, extra: Mapping[str, str]
+) -> dict[str, str]:
+    """The container's FORESIGHT_* settings plus what fetch_tls.py reads; `extra` adds cloud SDK settings."""
+    return {
+        "FORESIGHT_TLS_CERT_FILE": f"{CONTAINER_TLS_DIR}/tls.crt",
+        "FORESIGHT_TLS_KEY_FILE": f"{CONTAINER_TLS_DIR}/tls.key",
+        "FORESIGHT_TLS_CA_FILE": f"{CONTAINER_TLS_DIR}/ca.pem",
+        "FORESIGHT_VAULT_ADDR": spec.vault_address,
+        "FORESIGHT_VAULT_AUTH_METHOD": spec.cloud.value,
+        "FORESIGHT_VAULT_AUTH_MOUNT": layout.auth_mount,
+        "FORESIGHT_VAULT_ROLE": layout.role,
+        "FORESIGHT_VAULT_KV_MOUNT": layout.kv_mount,
+        "FORESIGHT_TLS_VAULT_PATH": layout.tls_path,
+        "FORESIGHT_KMS_PROVIDER": kms_provider,
+        "FORESIGHT_KMS_KEY_ID": kms_key_id,
+        "FORESIGHT_DATA_DIR": DATA_DIR,
+        **extra,
+    }
+
+
+def render_env_file(environment: Mapping[str, str]) -> str:
+    """KEY=value lines that both systemd's EnvironmentFile= and `docker run --env-file` read the same way."""
+    for key, value in environment.items():
+        if not re.fullmatch(r"[A-Z][A-Z0-9_]*", key) or not _ENV_VALUE_RE.fullmatch(value):
+            raise ValueError(f"environment entry {key}={value!r} is not safe for an env file")
+    return "".join(f"{key}={value}\n" for key, value in environment.items())
+
+
+def render_unit(image: str) -> str:
+    ports = " ".join(f"--publish {port}:{port}" for port in SERVICE_PORTS)
+    docker_run = (
+        f"/usr/bin/docker run --rm --name {CONTAINER_NAME} --gpus all --group-add {SERVICE_GID} "
+        f"--env-file {ENV_FILE} {ports} "
+        f"--volume {HOST_TLS_DIR}:{CONTAINER_TLS_DIR}:ro --volume {DATA_DIR}:{DATA_DIR} "
+        f"--cap-drop ALL --security-opt no-new-privileges --log-driver journald {image}"
+    )
+    return f"""[Unit]
+Description=Foresight cache service ({image})
+Wants=network-online.target
+After=network-online.target docker.service
+Requires=docker.service
+StartLimitIntervalSec=0
+
+[Service]
+Type=simple
+EnvironmentFile={ENV_FILE}
+RuntimeDirectory=foresight
+RuntimeDirectoryMode=0750
+ExecStartPre=/usr/bin/mountpoint -q {DATA_DIR}
+ExecStartPre=/usr/bin/python3 {INSTALL_DIR}/fetch_tls.py --out {HOST_TLS_DIR} --group {SERVICE_GID}
+ExecStartPre=-/usr/bin/docker rm --force {CONTAINER_NAME}
+ExecStart={docker_run}
+ExecStop=/usr/bin/docker stop --time 30 {CONTAINER_NAME}
+Restart=always
+RestartSec=10
+TimeoutStartSec=1200
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def render_user_data(boot: NodeBoot) -> str:
+    """The `#cloud-config` document; it passes `cloud-init schema` and holds no secret."""
+    runcmd: list[Any] = [
+        [f"{INSTALL_DIR}/mount_data_volume.sh", boot.data_disk_model, f"{SERVICE_GID}:{SERVICE_GID}"],
+        # The GPU AMIs ship the NVIDIA container toolkit; make sure Docker's runtime config knows it.
+        ["sh", "-c", "if command -v nvidia-ctk; then nvidia-ctk runtime configure --runtime=docker; fi"],
+        ["systemctl", "restart", "docker.service"],
+        ["systemctl", "daemon-reload"],
+        ["systemctl", "enable", "--now", "foresight.service"],
+    ]
+    if not boot.ssh_enabled:
+        runcmd.insert(0, ["sh", "-c", "systemctl disable --now ssh.socket ssh.service || true"])
+    document = {
+        "ssh_pwauth": False,
+        "disable_root": True,
+        "write_files": [
+            _file(f"{INSTALL_DIR}/fetch_tls.py", (BOOT_DIR / "fetch_tls.py").read_text(), "0755"),
+            _file(f"{INSTALL_DIR}/mount_data_volume.sh", (BOOT_DIR / "mount_data_volume.sh").read_text(), "0755"),
+            _file(ENV_FILE, render_env_file(boot.environment), "0644"),
+            _file(UNIT_FILE, render_unit(boot.image), "0644"),
+        ],
+        "runcmd": runcmd,
+    }
+    rendered = "#cloud-config\n" + yaml.dump(document, Dumper=_LiteralDumper, sort_keys=False, width=1000)
+    if len(rendered.encode()) > USER_DATA_LIMIT_BYTES:
+        raise ValueError(f"user data is {len(rendered.encode())} bytes, over the {USER_DATA_LIMIT_BYTES} limit")
+    return rendered
+
+
+def _file(path: str, content: str, permissions: str) -> dict[str, str]:
+    return {"path": path, "owner": "root:root", "permissions": permissions, "content": content}
+
+
+class _LiteralDumper(yaml.SafeDumper):
+    """Multi-line strings as `|` blocks, so scripts in the user data stay readable."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_LiteralDumper.add_representer(str, _represent_str)

@@ -1,0 +1,338 @@
+"""The shared stack spec: the validated inputs every cloud takes and the outputs every cloud returns.
+
+`StackSpec.from_pulumi_config()` reads the `foresight:*` keys (and the cloud's region key), validates them, and
+turns every problem into a `ConfigError` that names the key to fix, e.g.
+`foresight:allowedCidrs: '10.0.0.0/33' is not a valid CIDR`. `StackOutputs` is what each cloud's component
+hands back; `export()` publishes it under the same stack output names on every cloud.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from typing import Any
+from urllib.parse import urlsplit
+
+import pulumi
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+NAMESPACE = "foresight"
+DEFAULT_IMAGE = "ghcr.io/foresight/foresight:0.1.0"
+RESP_PORT = 6380
+HTTPS_PORT = 8443
+SERVICE_PORTS = (RESP_PORT, HTTPS_PORT)
+DEFAULT_VOLUME_SIZE_GB = 100
+
+
+class Cloud(StrEnum):
+    AWS = "aws"
+    GCP = "gcp"
+    AZURE = "azure"
+
+
+# Where each cloud's provider reads its region; the spec reads the same key so errors can name it.
+REGION_KEYS: Mapping[Cloud, str] = {
+    Cloud.AWS: "aws:region",
+    Cloud.GCP: "gcp:region",
+    Cloud.AZURE: "azure-native:location",
+}
+# "A current single-GPU type" per cloud, used when foresight:instanceType is empty.
+DEFAULT_INSTANCE_TYPES: Mapping[Cloud, str] = {
+    Cloud.AWS: "g6.xlarge",
+    Cloud.GCP: "g2-standard-4",
+    Cloud.AZURE: "Standard_NC4as_T4_v3",
+}
+# Ranges that only a private network (VPC, peering, VPN) can source; anything else makes the endpoint public.
+PRIVATE_RANGES = tuple(
+    IPv4Network(cidr) for cidr in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+)
+# The project keys of Pulumi.yaml, in the order the README lists them.
+CONFIG_KEYS = (
+    "cloud",
+    "allowedCidrs",
+    "vaultAddress",
+    "vaultToken",
+    "instanceType",
+    "fallbackInstanceTypes",
+    "spot",
+    "image",
+    "vpcId",
+    "subnetIds",
+    "sshPublicKey",
+    "volumeSizeGb",
+)
+REQUIRED_KEYS = ("cloud", "allowedCidrs", "vaultAddress")
+_LIST_KEYS = frozenset({"allowedCidrs", "fallbackInstanceTypes", "subnetIds"})
+
+# An OCI image reference: registry[:port]/path[:tag][@sha256:digest]. It ends up on a systemd ExecStart line,
+# so anything outside this grammar (spaces, quotes, `;`) is refused rather than escaped.
+_IMAGE_RE = re.compile(
+    r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)+"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+_SSH_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
+
+
+class ConfigError(ValueError):
+    """Stack configuration that cannot be deployed; every line names the config key to fix."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(f"{key}: {message}" for key, message in problems))
+
+    @classmethod
+    def one(cls, key: str, message: str) -> ConfigError:
+        return cls([(key, message)])
+
+    @property
+    def keys(self) -> list[str]:
+        return [key for key, _ in self.problems]
+
+
+def config_key(name: str) -> str:
+    """The fully qualified key (`foresight:allowedCidrs`) of a project config name."""
+    return f"{NAMESPACE}:{name}"
+
+
+def is_private_range(network: IPv4Network) -> bool:
+    return any(network.subnet_of(private) for private in PRIVATE_RANGES)
+
+
+class StackSpec(BaseModel):
+    """What every cloud's component is built from. Field aliases are the config key names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, arbitrary_types_allowed=True)
+
+    project: str
+    stack: str
+    cloud: Cloud
+    region: str = Field(min_length=1)
+    allowed_cidrs: tuple[IPv4Network, ...] = Field(alias="allowedCidrs")
+    vault_address: str = Field(alias="vaultAddress")
+    instance_type: str = Field(alias="instanceType", min_length=1)
+    fallback_instance_types: tuple[str, ...] = Field(default=(), alias="fallbackInstanceTypes")
+    spot: bool = False
+    image: str = DEFAULT_IMAGE
+    vpc_id: str | None = Field(default=None, alias="vpcId")
+    subnet_ids: tuple[str, ...] = Field(default=(), alias="subnetIds")
+    ssh_public_key: str | None = Field(default=None, alias="sshPublicKey")
+    volume_size_gb: int = Field(default=DEFAULT_VOLUME_SIZE_GB, ge=20, le=16384, alias="volumeSizeGb")
+    # A secret Output (never a plain string), kept out of the model's repr and dumps.
+    vault_token: Any = Field(default=None, alias="vaultToken", exclude=True, repr=False)
+
+    @field_validator("allowed_cidrs", mode="before")
+    @classmethod
+    def _parse_cidrs(cls, value: Any) -> tuple[IPv4Network, ...]:
+        networks: list[IPv4Network] = []
+        for item in _string_list(value):
+            try:
+                network = ip_network(item, strict=True)
+            except ValueError:
+                try:
+                    loose = ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(f"{item!r} is not a valid CIDR") from None
+                raise ValueError(f"{item!r} has host bits set; did you mean '{loose}'?") from None
+            if isinstance(network, IPv6Network):
+                raise ValueError(f"{item!r} is IPv6; only IPv4 ranges are supported")
+            if network not in networks:
+                networks.append(network)
+        return tuple(networks)
+
+    @field_validator("vault_address")
+    @classmethod
+    def _check_vault_address(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"{value!r} must be an https:// URL such as https://vault.example.com:8200")
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+            raise ValueError(f"{value!r} must be the server's address only, without a path, query or user")
+        return value.rstrip("/")
+
+    @field_validator("instance_type")
+    @classmethod
+    def _check_instance_type(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError(f"{value!r} is not an instance type name")
+        return value
+
+    @field_validator("fallback_instance_types", "subnet_ids", mode="before")
+    @classmethod
+    def _parse_string_list(cls, value: Any) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(_string_list(value)))
+
+    @field_validator("image")
+    @classmethod
+    def _check_image(cls, value: str) -> str:
+        if not _IMAGE_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not an image reference such as {DEFAULT_IMAGE}")
+        return value
+
+    @field_validator("ssh_public_key")
+    @classmethod
+    def _check_ssh_key(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if "PRIVATE KEY" in value:
+            raise ValueError("this is a private key; give the public half (the .pub file) instead")
+        parts = value.split()
+        if "\n" in value or len(parts) < 2 or parts[0] not in _SSH_KEY_TYPES:
+            raise ValueError(f"must be one OpenSSH public key line starting with one of {', '.join(_SSH_KEY_TYPES)}")
+        return value
+
+    @property
+    def name(self) -> str:
+        """A name unique to this project and stack, for things that live outside the cloud (Vault paths)."""
+        return f"{self.project}-{self.stack}"
+
+    @property
+    def public_endpoint(self) -> bool:
+        """True when some allowed CIDR lies outside private address space, so the endpoint must face the internet."""
+        return any(not is_private_range(network) for network in self.allowed_cidrs)
+
+    @property
+    def bring_your_own_network(self) -> bool:
+        return self.vpc_id is not None
+
+    @property
+    def instance_types(self) -> tuple[str, ...]:
+        """The primary type first, then the fallbacks in the order given."""
+        return (self.instance_type, *(t for t in self.fallback_instance_types if t != self.instance_type))
+
+    @property
+    def vault_port(self) -> int:
+        return urlsplit(self.vault_address).port or 443
+
+    def tags(self) -> dict[str, str]:
+        """Tags (labels) every taggable resource carries; the policy pack requires them."""
+        return {"foresight:project": self.project, "foresight:stack": self.stack, "managed-by": "pulumi"}
+
+    @classmethod
+    def from_values(
+        cls,
+        project: str,
+        stack: str,
+        read: Callable[[str], str | None],
+        is_secret: Callable[[str], bool] = lambda _key: False,
+    ) -> StackSpec:
+        """Build the spec from raw config strings (`read("foresight:spot")` -> "true"), or raise `ConfigError`."""
+        raw: dict[str, Any] = {}
+        problems: list[tuple[str, str]] = []
+        for name in CONFIG_KEYS:
+            value = read(config_key(name))
+            if value is None or value == "":
+                continue
+            if name in _LIST_KEYS:
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    problems.append((config_key(name), f'must be a list of strings, e.g. ["{_EXAMPLES[name]}"]'))
+                    continue
+            raw[name] = value
+        problems += _missing_required(raw)
+        cloud = _cloud_or_none(raw.get("cloud"))
+        region_key = REGION_KEYS.get(cloud, "aws:region") if cloud else "aws:region"
+        region = read(region_key)
+        if cloud is not None and not region:
+            problems.append((region_key, f"required; set it with `pulumi config set {region_key} <region>`"))
+        token = raw.pop("vaultToken", None)
+        if token is not None and not is_secret(config_key("vaultToken")):
+            problems.append((config_key("vaultToken"), "must be stored encrypted: `pulumi config set --secret ...`"))
+        if problems:
+            raise ConfigError(problems)
+        if cloud is not None:
+            raw.setdefault("instanceType", DEFAULT_INSTANCE_TYPES[cloud])
+        try:
+            spec = cls.model_validate({"project": project, "stack": stack, "region": region, **raw})
+        except ValidationError as err:
+            raise ConfigError([_problem(error, region_key) for error in err.errors()]) from None
+        spec._check_combinations()
+        if token is not None:
+            spec = spec.model_copy(update={"vault_token": pulumi.Output.secret(token)})
+        return spec
+
+    @classmethod
+    def from_pulumi_config(cls) -> StackSpec:
+        """The spec of the stack being deployed (`pulumi up`) or tested (`pulumi.runtime.set_mocks`)."""
+        return cls.from_values(
+            pulumi.get_project(),
+            pulumi.get_stack(),
+            read=pulumi.runtime.get_config,
+            is_secret=pulumi.runtime.is_config_secret,
+        )
+
+    def _check_combinations(self) -> None:
+        if self.vpc_id and not self.subnet_ids:
+            raise ConfigError.one(config_key("subnetIds"), "required with foresight:vpcId (one subnet or more)")
+        if self.subnet_ids and not self.vpc_id:
+            raise ConfigError.one(config_key("vpcId"), "required with foresight:subnetIds (the subnets' network)")
+
+
+_EXAMPLES = {"allowedCidrs": "203.0.113.0/24", "fallbackInstanceTypes": "g5.xlarge", "subnetIds": "subnet-0abc"}
+
+
+def _string_list(value: Any) -> list[str]:
+    if isinstance(value, str | IPv4Network):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str | IPv4Network) for item in value):
+        raise ValueError("must be a list of strings")
+    return [str(item).strip() for item in value]
+
+
+def _missing_required(raw: Mapping[str, Any]) -> list[tuple[str, str]]:
+    hints = {
+        "cloud": "one of aws, gcp, azure",
+        "allowedCidrs": "the CIDRs that may reach the service, e.g. [\"203.0.113.0/24\"]; [] means private only",
+        "vaultAddress": "the Vault server, e.g. https://vault.example.com:8200",
+    }
+    return [(config_key(name), f"required: {hints[name]}") for name in REQUIRED_KEYS if name not in raw]
+
+
+def _cloud_or_none(value: Any) -> Cloud | None:
+    try:
+        return Cloud(value)
+    except ValueError:
+        return None
+
+
+def _problem(error: Mapping[str, Any], region_key: str) -> tuple[str, str]:
+    head = str(error["loc"][0]) if error["loc"] else ""
+    key = region_key if head == "region" else config_key(head)
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] != "value_error" and "input" in error:
+        message = f"{message} (got {error['input']!r})"
+    return key, message
+
+
+@dataclass(frozen=True)
+class StackOutputs:
+    """The outputs every cloud's component returns, exported under the same names on every cloud."""
+
+    endpoint_host: pulumi.Input[str]
+    resp_port: pulumi.Input[int]
+    https_port: pulumi.Input[int]
+    ca_certificate: pulumi.Input[str]
+    kms_key_id: pulumi.Input[str]
+    vault_role: pulumi.Input[str]
+    vault_auth_mount: pulumi.Input[str]
+    vault_kv_mount: pulumi.Input[str]
+    # The cloud's handle on what runs the service (AWS: the Auto Scaling group that keeps one instance alive).
+    instance_id: pulumi.Input[str]
+
+    @staticmethod
+    def export_name(field_name: str) -> str:
+        head, *rest = field_name.split("_")
+        return head + "".join(part.capitalize() for part in rest)
+
+    def as_dict(self) -> dict[str, pulumi.Input[Any]]:
+        return {self.export_name(f.name): getattr(self, f.name) for f in fields(self)}
+
+    def export(self) -> None:
+        for name, value in self.as_dict().items():
+            pulumi.export(name, value)

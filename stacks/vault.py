@@ -1,0 +1,95 @@
+"""Vault wiring every cloud shares: the provider, the KV v2 mount, the node's read-only policy, the TLS secret.
+
+Layout (what the service reads, `VaultLayout` names it):
+  <kv mount>/data/tenants/*                     tenants' API key hashes, written by `foresight tenants`
+  <kv mount>/data/deployments/<stack>/tls       this node's certificate, private key and CA
+The node's policy reads those paths and nothing else; it cannot write anywhere. The cloud's auth role that
+hands out this policy (AWS IAM, GCP, Azure) lives in `stacks/<cloud>/vault.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_vault as vault
+
+from stacks.spec import StackSpec
+
+
+@dataclass(frozen=True)
+class VaultLayout:
+    """Names of this stack's things in Vault; one stack never collides with another in the same Vault."""
+
+    kv_mount: str
+    auth_mount: str
+    role: str
+    policy: str
+    stack: str
+
+    @classmethod
+    def for_spec(cls, spec: StackSpec) -> VaultLayout:
+        return cls(
+            kv_mount=spec.name,
+            auth_mount=f"{spec.name}-{spec.cloud}",
+            role=f"{spec.name}-node",
+            policy=f"{spec.name}-node",
+            stack=spec.stack,
+        )
+
+    @property
+    def tls_path(self) -> str:
+        """The TLS secret's path inside the KV mount (`vault kv get -mount=<kv> <tls_path>`)."""
+        return f"deployments/{self.stack}/tls"
+
+    def node_policy_hcl(self) -> str:
+        """Read its tenants' key hashes and its own TLS material; no write, no other deployment."""
+        return (
+            f"# Foresight node of stack {self.stack}: read-only.\n"
+            f'path "{self.kv_mount}/data/tenants/*" {{\n  capabilities = ["read"]\n}}\n'
+            f'path "{self.kv_mount}/metadata/tenants/*" {{\n  capabilities = ["read", "list"]\n}}\n'
+            f'path "{self.kv_mount}/data/{self.tls_path}" {{\n  capabilities = ["read"]\n}}\n'
+        )
+
+
+@dataclass(frozen=True)
+class SharedVault:
+    provider: vault.Provider
+    kv_mount: vault.Mount
+    node_policy: vault.Policy
+    tls_secret: vault.kv.SecretV2
+
+
+def create_shared_vault(
+    name: str,
+    spec: StackSpec,
+    layout: VaultLayout,
+    tls_material: pulumi.Input[dict[str, str]],
+    parent: pulumi.Resource,
+) -> SharedVault:
+    """The Vault provider for `spec.vault_address` and the cloud-independent Vault resources, children of `parent`."""
+    # No token means the provider's own sources (VAULT_TOKEN, the token helper); the token never reaches the node.
+    provider = vault.Provider(
+        f"{name}-vault",
+        address=spec.vault_address,
+        token=spec.vault_token,
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+    opts = pulumi.ResourceOptions(parent=parent, provider=provider)
+    kv_mount = vault.Mount(
+        f"{name}-kv",
+        path=layout.kv_mount,
+        type="kv",
+        options={"version": "2"},
+        description=f"Foresight stack {spec.stack}: tenants' key hashes and the node's TLS material",
+        opts=opts,
+    )
+    node_policy = vault.Policy(f"{name}-node-policy", name=layout.policy, policy=layout.node_policy_hcl(), opts=opts)
+    tls_secret = vault.kv.SecretV2(
+        f"{name}-tls",
+        mount=kv_mount.path,
+        name=layout.tls_path,
+        data_json=pulumi.Output.json_dumps(tls_material),
+        opts=opts,
+    )
+    return SharedVault(provider=provider, kv_mount=kv_mount, node_policy=node_policy, tls_secret=tls_secret)

@@ -1,0 +1,81 @@
+"""Real Redis clients (redis-py in RESP2 and RESP3, redis-cli) work against Foresight unchanged."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import redis
+
+from tests.service.conftest import ProductionService
+from tests.service.harness import RunningService
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_redis_py_round_trip(dev_service: RunningService, protocol: int) -> None:
+    client = redis.Redis(port=dev_service.resp_port, protocol=protocol, client_name="spec")
+    assert client.ping() is True
+    assert client.set("greeting", "hello", ex=100) is True
+    assert client.get("greeting") == b"hello"
+    assert 99 <= client.ttl("greeting") <= 100
+    assert client.mset({"a": "1", "b": "2"}) is True
+    assert client.mget("a", "b", "missing") == [b"1", b"2", None]
+    assert client.incrby("a", 41) == 42
+    assert client.set("greeting", "x", nx=True) is None
+    assert client.getdel("b") == b"2"
+    assert client.exists("a", "b") == 1
+    assert client.client_getname() in ("spec", b"spec")  # redis-py decodes it in RESP2 only
+    assert client.dbsize() == 2
+    with pytest.raises(redis.ResponseError, match="not an integer"):
+        client.incr("greeting")
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_redis_py_pipeline(dev_service: RunningService, protocol: int) -> None:
+    client = redis.Redis(port=dev_service.resp_port, protocol=protocol)
+    pipe = client.pipeline(transaction=False)
+    for i in range(500):
+        pipe.set(f"k{i}", i)
+        pipe.incr(f"k{i}")
+    results = pipe.execute()
+    assert results[1::2] == list(range(1, 501))
+    assert client.mget([f"k{i}" for i in range(0, 500, 100)]) == [b"1", b"101", b"201", b"301", b"401"]
+
+
+def test_redis_py_resp3_hello_reports_protocol(dev_service: RunningService) -> None:
+    client = redis.Redis(port=dev_service.resp_port, protocol=3)
+    hello = client.execute_command("HELLO", "3")
+    assert hello[b"proto"] == 3
+    assert hello[b"mode"] == b"standalone"
+    info = client.info()
+    assert info["redis_version"] == "7.0.15"
+
+
+def test_redis_py_over_tls_with_api_key(prod_service: ProductionService) -> None:
+    key = prod_service.keys["acme"]
+    client = redis.Redis(port=prod_service.svc.resp_port, ssl=True, ssl_ca_certs=str(prod_service.pki.ca_cert),
+                         password=key.secret, protocol=3)
+    assert client.set("k", "v") is True
+    assert client.get("k") == b"v"
+
+
+def test_redis_cli_over_tls(prod_service: ProductionService) -> None:
+    key = prod_service.keys["globex"]
+    base = ["redis-cli", "--tls", "--cacert", str(prod_service.pki.ca_cert), "-p", str(prod_service.svc.resp_port),
+            "--no-auth-warning", "-a", key.secret]
+    assert subprocess.run([*base, "SET", "city", "Springfield"], capture_output=True, text=True, check=True).stdout == "OK\n"
+    out = subprocess.run([*base, "GET", "city"], capture_output=True, text=True, check=True).stdout
+    assert out == "Springfield\n"
+    noauth = subprocess.run(base[:-2] + ["GET", "city"], capture_output=True, text=True).stdout
+    assert "NOAUTH" in noauth
+
+
+def test_redis_cli_dev_mode_commands(dev_service: RunningService) -> None:
+    base = ["redis-cli", "-p", str(dev_service.resp_port)]
+    run = lambda *args: subprocess.run([*base, *args], capture_output=True, text=True, check=True).stdout  # noqa: E731
+    assert run("PING") == "PONG\n"
+    assert run("SET", "n", "5") == "OK\n"
+    assert run("INCR", "n") == "6\n"
+    assert "redis_version:7.0.15" in run("INFO", "server")
+    assert run("COMMAND", "COUNT").strip().isdigit()
+    assert "summary" in run("COMMAND", "DOCS", "get")

@@ -1,0 +1,153 @@
+"""Foresight and redis-server receive the same command sequences and must answer byte for byte alike.
+
+The reference is Debian's redis-server (7.0), started for this module with one database, so that
+SELECT's range matches Foresight's single database per tenant.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests import servers
+from tests.service.harness import RawClient, running_service
+
+Cmd = tuple[bytes | str | int, ...]
+
+CASES: dict[str, list[Cmd]] = {
+    "ping_echo": [("PING",), ("PING", "hello"), ("PING", "a", "b"), ("ECHO", "x y"), ("ECHO",), ("echo", "a", "b")],
+    "unknown_commands": [("NOSUCH",), ("nosuch", "a", "b c"), ("FOO", "x" * 200, "y"), ("GETX", "k")],
+    "arity": [("GET",), ("GET", "a", "b"), ("SET", "k"), ("MGET",), ("MSET", "a"), ("MSET", "a", "1", "b"),
+              ("DEL",), ("EXPIRE", "k"), ("TTL",), ("INCRBY", "k"), ("APPEND", "k"), ("DBSIZE", "x")],
+    "set_get": [("SET", "k", "v"), ("GET", "k"), ("GET", "missing"), ("SET", "k", ""), ("GET", "k"),
+                ("SET", "bin", b"\x00\xff\r\n"), ("GET", "bin"), ("STRLEN", "bin"), ("STRLEN", "nope")],
+    "set_options": [
+        ("SET", "k", "v", "NX"), ("SET", "k", "v2", "NX"), ("GET", "k"), ("SET", "new", "v", "XX"),
+        ("SET", "k", "v3", "XX"), ("GET", "k"), ("SET", "k", "v", "NX", "XX"), ("SET", "k", "v", "XX", "NX"),
+        ("SET", "k", "v4", "GET"), ("SET", "fresh", "v", "GET"), ("SET", "k", "v", "BOGUS"),
+        ("SET", "k", "v", "EX"), ("SET", "k", "v", "EX", "10", "PX", "100"), ("SET", "k", "v", "KEEPTTL", "EX", "1"),
+        ("SET", "k", "v", "EX", "1", "KEEPTTL"), ("SET", "k", "v", "nx", "get"), ("SET", "k", "v", "EX", "5", "EX", "7"),
+        ("TTL", "k"),
+    ],
+    "set_expire_errors": [
+        ("SET", "k", "v", "EX", "0"), ("SET", "k", "v", "EX", "-5"), ("SET", "k", "v", "EX", "abc"),
+        ("SET", "k", "v", "PX", "1.5"), ("SET", "k", "v", "EX", "9223372036854775807"),
+        ("SET", "k", "v", "PX", "9223372036854775807"), ("SET", "k", "v", "EX", "99999999999999999999"),
+        ("SET", "k", "v", "EXAT", "0"), ("GET", "k"),
+    ],
+    "keepttl": [("SET", "k", "v", "EX", "100"), ("SET", "k", "w", "KEEPTTL"), ("TTL", "k"), ("SET", "k", "x"),
+                ("TTL", "k")],
+    "integers": [
+        ("SET", "n", "10"), ("INCR", "n"), ("DECR", "n"), ("INCRBY", "n", "-20"), ("DECRBY", "n", "5"),
+        ("INCR", "fresh"), ("DECR", "fresh2"), ("SET", "s", "abc"), ("INCR", "s"), ("SET", "s", " 1"), ("INCR", "s"),
+        ("SET", "s", "+1"), ("INCR", "s"), ("SET", "s", "01"), ("INCR", "s"), ("SET", "s", "-0"), ("INCR", "s"),
+        ("INCRBY", "n", "abc"), ("INCRBY", "n", "1.5"), ("INCRBY", "n", "9223372036854775808"),
+        ("SET", "max", "9223372036854775807"), ("INCR", "max"), ("INCRBY", "max", "0"),
+        ("SET", "min", "-9223372036854775808"), ("DECR", "min"), ("DECRBY", "n", "-9223372036854775808"),
+        ("DECRBY", "n", "-9223372036854775807"), ("SET", "big", "99999999999999999999"), ("INCR", "big"),
+    ],
+    "multi_key": [("MSET", "a", "1", "b", "2", "c", "3"), ("MGET", "a", "nope", "c"), ("EXISTS", "a", "a", "nope"),
+                  ("DEL", "a", "a", "nope"), ("UNLINK", "b", "c"), ("MGET", "a", "b", "c"), ("DBSIZE",)],
+    "string_ops": [("APPEND", "s", "hello"), ("APPEND", "s", " world"), ("GET", "s"), ("STRLEN", "s"),
+                   ("GETDEL", "s"), ("GETDEL", "s"), ("GET", "s")],
+    "expire_family": [
+        ("SET", "k", "v"), ("TTL", "k"), ("PTTL", "k"), ("TTL", "nope"), ("PTTL", "nope"), ("EXPIRE", "nope", "10"),
+        ("EXPIRE", "k", "100"), ("TTL", "k"), ("EXPIRE", "k", "50", "NX"), ("EXPIRE", "k", "50", "XX"), ("TTL", "k"),
+        ("EXPIRE", "k", "40", "GT"), ("EXPIRE", "k", "60", "GT"), ("TTL", "k"), ("EXPIRE", "k", "70", "LT"),
+        ("EXPIRE", "k", "30", "LT"), ("TTL", "k"), ("EXPIRE", "k", "10", "NX", "XX"), ("EXPIRE", "k", "10", "GT", "LT"),
+        ("EXPIRE", "k", "10", "FOO"), ("EXPIRE", "k", "abc"), ("EXPIRE", "k", "abc", "FOO"),
+        ("EXPIRE", "k", "9223372036854775807"), ("PEXPIRE", "k", "9223372036854775807"),
+        ("PERSIST", "k"), ("PERSIST", "k"), ("TTL", "k"), ("PERSIST", "nope"), ("SET", "p", "v"),
+        ("EXPIRE", "p", "10", "GT"), ("EXPIRE", "p", "10", "LT"), ("TTL", "p"), ("EXPIRE", "k", "-1"), ("GET", "k"),
+        ("EXISTS", "k"), ("SET", "z", "v"), ("PEXPIRE", "z", "0"), ("EXISTS", "z"),
+    ],
+    "select": [("SELECT", "0"), ("SELECT", "1"), ("SELECT", "abc"), ("SELECT", "-1"), ("SELECT", "99999999999")],
+    "client": [("CLIENT", "GETNAME"), ("CLIENT", "SETNAME", "worker-1"), ("CLIENT", "GETNAME"),
+               ("CLIENT", "SETNAME", "bad name"), ("CLIENT", "SETNAME"), ("CLIENT", "NOSUCH"), ("CLIENT",)],
+    "hello_errors": [("HELLO", "4"), ("HELLO", "abc"), ("HELLO", "2", "FOO"), ("HELLO", "3", "SETNAME"),
+                     ("HELLO", "1")],
+    "auth_without_password": [("AUTH", "secret"), ("AUTH", "user", "secret"), ("AUTH", "a", "b", "c"), ("AUTH", "default", "x")],
+    "config_get": [("CONFIG", "GET", "databases"), ("CONFIG", "GET", "appendonly"), ("CONFIG", "GET", "nosuch*"),
+                   ("CONFIG", "GET")],
+}
+
+RESP3_CASES: dict[str, list[Cmd]] = {
+    "nulls": [("GET", "missing"), ("MGET", "a", "missing"), ("SET", "k", "v", "XX"), ("CLIENT", "GETNAME"),
+              ("SET", "k", "v"), ("SET", "k", "w", "GET"), ("GETDEL", "missing")],
+    "config_map": [("CONFIG", "GET", "databases")],
+}
+
+
+@pytest.fixture(scope="module")
+def reference() -> Iterator[int]:
+    port = servers.free_port()
+    argv = [servers.find_binary("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--databases", "1"]
+    with servers.process(argv, "redis-reference"):
+        servers.wait_until(lambda: servers.tcp_open(port), "reference redis-server")
+        yield port
+
+
+@pytest.fixture(scope="module")
+def foresight() -> Iterator[int]:
+    with running_service(dev=True) as svc:
+        yield svc.resp_port
+
+
+def _replay(port: int, commands: list[Cmd], resp3: bool) -> list[bytes]:
+    client = RawClient(port)
+    try:
+        if resp3:
+            client.send(("HELLO", "3"))
+        return [client.send(cmd) for cmd in commands]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_replies_match_redis_resp2(case: str, reference: int, foresight: int) -> None:
+    _assert_same(case, CASES[case], reference, foresight, resp3=False)
+
+
+@pytest.mark.parametrize("case", sorted(RESP3_CASES))
+def test_replies_match_redis_resp3(case: str, reference: int, foresight: int) -> None:
+    _assert_same(case, RESP3_CASES[case], reference, foresight, resp3=True)
+
+
+def _assert_same(case: str, commands: list[Cmd], reference: int, foresight: int, resp3: bool) -> None:
+    RawClient(reference).send(("FLUSHALL",))
+    _delete_all(foresight)
+    expected = _replay(reference, commands, resp3)
+    actual = _replay(foresight, commands, resp3)
+    for cmd, want, got in zip(commands, expected, actual, strict=True):
+        assert got == want, f"{case}: {cmd!r}: redis replied {want!r}, foresight replied {got!r}"
+
+
+def _delete_all(port: int) -> None:
+    client = RawClient(port)
+    keys = ["k", "v", "new", "fresh", "fresh2", "bin", "n", "s", "max", "min", "big", "a", "b", "c", "p", "z",
+            "missing", "nope"]
+    client.send(("DEL", *keys))
+    client.close()
+
+
+def test_pipeline_replies_match_redis(reference: int, foresight: int) -> None:
+    pipeline: list[Cmd] = [("SET", "p1", "1"), ("INCR", "p1"), ("GET", "p1"), ("NOSUCH",), ("GET",),
+                           ("MGET", "p1", "p2"), ("DEL", "p1"), ("GET", "p1")] * 20
+    RawClient(reference).send(("DEL", "p1", "p2"))
+    RawClient(foresight).send(("DEL", "p1", "p2"))
+    want = RawClient(reference).send(*pipeline)
+    got = RawClient(foresight).send(*pipeline)
+    assert got == want
+
+
+def test_expired_keys_look_the_same(reference: int, foresight: int) -> None:
+    setup: list[Cmd] = [("SET", "e1", "v", "PX", "50"), ("SET", "e2", "v"), ("PEXPIRE", "e2", "50")]
+    probe: list[Cmd] = [("GET", "e1"), ("EXISTS", "e1", "e2"), ("TTL", "e1"), ("PTTL", "e2"), ("STRLEN", "e1"),
+                        ("INCR", "e2"), ("TTL", "e2")]
+    for port in (reference, foresight):
+        RawClient(port).send(*setup)
+    time.sleep(0.2)
+    assert RawClient(foresight).send(*probe) == RawClient(reference).send(*probe)

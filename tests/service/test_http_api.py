@@ -1,0 +1,77 @@
+"""The HTTP API: same semantics as RESP over the same store, plus health, readiness, metrics and OpenAPI."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import httpx
+import redis
+
+from tests.service.harness import RunningService
+
+
+def _http(svc: RunningService) -> httpx.Client:
+    return httpx.Client(base_url=svc.endpoints.http_url)
+
+
+def test_put_get_delete_round_trip_shares_the_resp_store(dev_service: RunningService) -> None:
+    with _http(dev_service) as http:
+        assert http.put("/v1/keys/a/b c", content=b"\x00bytes").status_code == 204
+        got = http.get("/v1/keys/a/b c")
+        assert got.status_code == 200 and got.content == b"\x00bytes"
+        assert got.headers["content-type"] == "application/octet-stream"
+        assert redis.Redis(port=dev_service.resp_port).get("a/b c") == b"\x00bytes"
+        assert http.delete("/v1/keys/a/b c").status_code == 204
+        assert http.delete("/v1/keys/a/b c").status_code == 404
+        assert http.get("/v1/keys/a/b c").status_code == 404
+
+
+def test_ttl_by_query_or_header(dev_service: RunningService) -> None:
+    resp = redis.Redis(port=dev_service.resp_port)
+    with _http(dev_service) as http:
+        assert http.put("/v1/keys/q", content=b"1", params={"ttl": 100}).status_code == 204
+        assert http.put("/v1/keys/h", content=b"1", headers={"Foresight-TTL": "1"}).status_code == 204
+        assert 99 <= resp.ttl("q") <= 100
+        assert int(http.get("/v1/keys/q").headers["foresight-ttl-ms"]) > 99_000
+        conflict = http.put("/v1/keys/x", content=b"1", params={"ttl": 5}, headers={"Foresight-TTL": "6"})
+        assert conflict.status_code == 400
+        assert http.put("/v1/keys/x", content=b"1", params={"ttl": 0}).status_code == 422
+        assert http.put("/v1/keys/x", content=b"1", params={"ttl": "soon"}).status_code == 422
+        time.sleep(1.2)
+        assert http.get("/v1/keys/h").status_code == 404
+
+
+def test_mget_keeps_order_and_encodes_binary(dev_service: RunningService) -> None:
+    redis.Redis(port=dev_service.resp_port).mset({"t": "text", "bin": b"\xff\xfe"})
+    with _http(dev_service) as http:
+        items = http.post("/v1/mget", json={"keys": ["bin", "missing", "t"]}).json()["items"]
+        assert items[0] == {"key": "bin", "value": base64.b64encode(b"\xff\xfe").decode(), "encoding": "base64"}
+        assert items[1] == {"key": "missing", "value": None, "encoding": "utf-8"}
+        assert items[2] == {"key": "t", "value": "text", "encoding": "utf-8"}
+        assert http.post("/v1/mget", json={"keys": []}).status_code == 422
+        assert http.post("/v1/mget", content=b"not json").status_code == 422
+
+
+def test_health_readiness_openapi(dev_service: RunningService) -> None:
+    with _http(dev_service) as http:
+        assert http.get("/healthz").json() == {"status": "ok"}
+        assert http.get("/readyz").json() == {"status": "ready"}
+        paths = http.get("/openapi.json").json()["paths"]
+        assert {"/v1/keys/{key}", "/v1/mget", "/healthz", "/readyz", "/metrics"} <= set(paths)
+        dev_service.state.draining = True
+        assert http.get("/readyz").status_code == 503
+
+
+def test_metrics_count_hits_and_misses_per_tenant(dev_service: RunningService) -> None:
+    client = redis.Redis(port=dev_service.resp_port)
+    client.set("k", "v")
+    client.get("k")
+    client.get("k")
+    client.get("missing")
+    with _http(dev_service) as http:
+        text = http.get("/metrics").text
+    assert 'foresight_cache_hits_total{tenant="default"} 2.0' in text
+    assert 'foresight_cache_misses_total{tenant="default"} 1.0' in text
+    assert 'foresight_keys{tenant="default"} 1.0' in text
+    assert "foresight_resp_connections 1.0" in text

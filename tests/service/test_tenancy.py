@@ -1,0 +1,140 @@
+"""Tenants are isolated: keys, memory budgets and rate quotas never cross from one tenant to another."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from tests.service.conftest import ProductionService
+from tests.service.harness import running_service, write_tenants_file
+from tests.tlsutil import PKI
+
+
+NO_RETRY = Retry(NoBackoff(), 0)  # an auth failure must surface at once, not after redis-py's backoff
+
+
+def _client(prod: ProductionService, tenant: str) -> redis.Redis:
+    return redis.Redis(port=prod.svc.resp_port, ssl=True, ssl_ca_certs=str(prod.pki.ca_cert),
+                       password=prod.keys[tenant].secret)
+
+
+def test_tenant_key_cannot_read_other_tenant(prod_service: ProductionService) -> None:
+    acme, globex = _client(prod_service, "acme"), _client(prod_service, "globex")
+    acme.set("plan", "acme-secret-plan")
+    assert globex.get("plan") is None
+    assert globex.exists("plan") == 0
+    globex.set("plan", "globex-plan")
+    assert acme.get("plan") == b"acme-secret-plan"
+    assert acme.dbsize() == 1 and globex.dbsize() == 1
+
+
+def test_unauthenticated_and_wrong_keys_are_refused(prod_service: ProductionService) -> None:
+    anon = redis.Redis(port=prod_service.svc.resp_port, ssl=True, ssl_ca_certs=str(prod_service.pki.ca_cert),
+                       retry=NO_RETRY)
+    with pytest.raises(redis.AuthenticationError):
+        anon.get("x")
+    forged = prod_service.keys["acme"].secret[:-4] + "AAAA"
+    bad = redis.Redis(port=prod_service.svc.resp_port, ssl=True, ssl_ca_certs=str(prod_service.pki.ca_cert),
+                      password=forged, retry=NO_RETRY)
+    with pytest.raises(redis.AuthenticationError, match="invalid username-password"):
+        bad.ping()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=prod_service.svc.resp_port, ssl=True, ssl_ca_certs=str(prod_service.pki.ca_cert),
+                    password="not-a-key", retry=NO_RETRY).ping()
+
+
+def test_auth_with_tenant_username(prod_service: ProductionService) -> None:
+    key = prod_service.keys["acme"].secret
+    ok = redis.Redis(port=prod_service.svc.resp_port, ssl=True, ssl_ca_certs=str(prod_service.pki.ca_cert),
+                     username="acme", password=key)
+    assert ok.ping() is True
+    wrong_user = redis.Redis(port=prod_service.svc.resp_port, ssl=True, ssl_ca_certs=str(prod_service.pki.ca_cert),
+                             username="globex", password=key, retry=NO_RETRY)
+    with pytest.raises(redis.AuthenticationError):
+        wrong_user.ping()
+
+
+def test_http_tenant_isolation_and_auth(prod_service: ProductionService) -> None:
+    url = prod_service.svc.endpoints.http_url
+    with httpx.Client(base_url=url, verify=str(prod_service.pki.ca_cert)) as http:
+        acme = {"Authorization": f"Bearer {prod_service.keys['acme'].secret}"}
+        globex = {"Authorization": f"Bearer {prod_service.keys['globex'].secret}"}
+        assert http.put("/v1/keys/doc", content=b"acme-data", headers=acme).status_code == 204
+        assert http.get("/v1/keys/doc", headers=acme).content == b"acme-data"
+        assert http.get("/v1/keys/doc", headers=globex).status_code == 404
+        missing = http.get("/v1/keys/doc")
+        assert missing.status_code == 401 and missing.headers["www-authenticate"].startswith("Bearer")
+        assert http.get("/v1/keys/doc", headers={"Authorization": "Bearer fsk_nope"}).status_code == 401
+    # and the same key is visible over RESP to the same tenant only
+    assert _client(prod_service, "acme").get("doc") == b"acme-data"
+
+
+def test_memory_budget_evicts_only_own_keys(tmp_path: Path, pki: PKI) -> None:
+    tenants = tmp_path / "tenants.json"
+    keys = write_tenants_file(tenants, {"small": {"memory_bytes": 64 * 1024}, "steady": {"memory_bytes": 1 << 20}})
+    with running_service(tls_cert_file=pki.cert, tls_key_file=pki.key, tenants_file=tenants) as svc:
+        def client(name: str) -> redis.Redis:
+            return redis.Redis(port=svc.resp_port, ssl=True, ssl_ca_certs=str(pki.ca_cert), password=keys[name].secret)
+
+        steady, small = client("steady"), client("small")
+        steady.mset({f"hot{i}": "x" * 100 for i in range(200)})
+        pipe = small.pipeline(transaction=False)
+        for i in range(5000):  # a cold scan far larger than the small tenant's budget
+            pipe.set(f"cold{i}", "y" * 200)
+        pipe.execute()
+        state = svc.state
+        assert state.tenants.get("small").store.used <= 64 * 1024
+        assert state.tenants.get("small").store.stats.evictions > 4000
+        assert steady.mget([f"hot{i}" for i in range(200)]) == [b"x" * 100] * 200
+        assert state.tenants.get("steady").store.stats.evictions == 0
+
+
+def test_value_larger_than_budget_is_refused_with_oom(tmp_path: Path, pki: PKI) -> None:
+    tenants = tmp_path / "tenants.json"
+    keys = write_tenants_file(tenants, {"tiny": {"memory_bytes": 1024}})
+    with running_service(tls_cert_file=pki.cert, tls_key_file=pki.key, tenants_file=tenants) as svc:
+        client = redis.Redis(port=svc.resp_port, ssl=True, ssl_ca_certs=str(pki.ca_cert), password=keys["tiny"].secret)
+        with pytest.raises(redis.exceptions.OutOfMemoryError, match="used memory > 'maxmemory'"):
+            client.set("big", "z" * 4096)
+        assert client.set("small", "ok") is True
+
+
+def test_rate_quota_gives_clear_error_and_recovers(tmp_path: Path, pki: PKI) -> None:
+    tenants = tmp_path / "tenants.json"
+    keys = write_tenants_file(tenants, {"limited": {"requests_per_second": 50}, "free": {}})
+    with running_service(tls_cert_file=pki.cert, tls_key_file=pki.key, tenants_file=tenants) as svc:
+        def client(name: str) -> redis.Redis:
+            return redis.Redis(port=svc.resp_port, ssl=True, ssl_ca_certs=str(pki.ca_cert), password=keys[name].secret)
+
+        limited, free = client("limited"), client("free")
+        pipe = limited.pipeline(transaction=False)
+        for _ in range(200):
+            pipe.get("k")
+        results = pipe.execute(raise_on_error=False)
+        refused = [r for r in results if isinstance(r, redis.ResponseError)]
+        assert 100 <= len(refused) <= 160
+        assert "rate limit exceeded: tenant 'limited' allows 50 requests per second" in str(refused[0])
+        assert all(free.get("k") is None for _ in range(300))  # the other tenant is unaffected
+        time.sleep(0.3)
+        assert limited.get("k") is None  # refilled
+        with httpx.Client(base_url=svc.endpoints.http_url, verify=str(pki.ca_cert)) as http:
+            headers = {"Authorization": f"Bearer {keys['limited'].secret}"}
+            codes = [http.get("/v1/keys/k", headers=headers).status_code for _ in range(80)]
+            assert 429 in codes
+
+
+def test_tenants_file_errors_name_the_field(tmp_path: Path, pki: PKI) -> None:
+    from service.config import ConfigError
+
+    bad = tmp_path / "tenants.json"
+    bad.write_text(json.dumps({"tenants": [{"name": "Not_A_Label"}]}))
+    with pytest.raises(ConfigError, match=r"tenants\.0\.name"):
+        with running_service(tls_cert_file=pki.cert, tls_key_file=pki.key, tenants_file=bad):
+            pass

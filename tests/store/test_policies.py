@@ -1,0 +1,97 @@
+"""Eviction policies: LRU order, S3-FIFO scan resistance, and the contract both share."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from service.store import MemoryStore, unit_size
+from service.store.policies import POLICIES, make_policy
+
+
+def _store(policy: str, capacity: int) -> MemoryStore:
+    return MemoryStore(capacity, policy, sizer=unit_size)
+
+
+def test_unknown_policy_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="choose one of: lru, s3fifo"):
+        make_policy("clock", 10)
+
+
+def test_lru_evicts_least_recently_used() -> None:
+    store = _store("lru", 3)
+    for key in (1, 2, 3):
+        store.set(key, b"")
+    store.get(1)
+    store.set(4, b"")
+    assert 2 not in store and all(k in store for k in (1, 3, 4))
+
+
+def test_lru_puts_prefetched_keys_first_in_line() -> None:
+    store = _store("lru", 3)
+    store.set(1, b"")
+    store.set(2, b"")
+    store.set(3, b"", prefetched=True)
+    store.set(4, b"")
+    assert 3 not in store and store.stats.prefetch_evicted_unused == 1
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_policy_never_exceeds_capacity_and_tracks_residents(policy: str) -> None:
+    rng = random.Random(7)
+    store = _store(policy, 50)
+    for _ in range(5000):
+        key = rng.randrange(200)
+        if rng.random() < 0.1:
+            store.delete(key)
+        elif store.get(key) is None:
+            store.set(key, b"", prefetched=rng.random() < 0.2)
+        assert len(store) <= 50
+        assert len(store.policy) == len(store)
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_byte_budget_holds_with_variable_sizes(policy: str) -> None:
+    store = MemoryStore(10_000, policy)
+    rng = random.Random(3)
+    for i in range(2000):
+        store.set(f"k{i % 300}".encode(), b"x" * rng.randrange(1, 400))
+        assert store.used <= 10_000
+    assert store.used == sum(store.entry(k).size for k in list(store.keys()))  # type: ignore[union-attr]
+
+
+def test_s3fifo_keeps_working_set_through_a_scan_where_lru_does_not() -> None:
+    def hits_after_scan(policy: str) -> int:
+        store = _store(policy, 100)
+        for _ in range(5):
+            for key in range(80):  # working set, read repeatedly
+                if store.get(key) is None:
+                    store.set(key, b"")
+        for key in range(10_000, 10_500):  # one pass over cold keys
+            if store.get(key) is None:
+                store.set(key, b"")
+        return sum(1 for key in range(80) if key in store)
+
+    assert hits_after_scan("s3fifo") >= 75
+    assert hits_after_scan("lru") == 0
+
+
+def test_s3fifo_ghost_hit_goes_straight_to_main() -> None:
+    store = _store("s3fifo", 10)
+    store.set("a", b"")
+    for key in range(20):
+        store.set(key, b"")
+    assert "a" not in store
+    store.set("a", b"")  # remembered in the ghost queue: admitted to main
+    for key in range(100, 108):
+        store.set(key, b"")
+    assert "a" in store
+
+
+def test_budget_shrink_evicts_down_immediately() -> None:
+    store = _store("s3fifo", 100)
+    for key in range(100):
+        store.set(key, b"")
+    store.set_budget(10)
+    assert len(store) == 10 and store.stats.evictions == 90
