@@ -121,7 +121,7 @@ class TenantRegistry:
         self._caches: dict[str, TenantCache] = {}
         self._origin_slots = asyncio.Semaphore(settings.origin_max_concurrency)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self):
         return iter(self._caches.values())
 
     def __len__(self) -> int:

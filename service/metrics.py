@@ -58,7 +58,8 @@ class ServiceCollector(Collector):
             yield gauge
         counters = self.state.connections
         yield GaugeMetricFamily("foresight_resp_connections", "Open RESP connections.", value=counters.current)
-        yield CounterMetricFamily("foresight_resp_commands_total", "RESP commands processed.", value=counters.commands)
+        commands = self.state.commands_processed()
+        yield CounterMetricFamily("foresight_resp_commands_total", "RESP commands processed.", value=commands)
 
 
 def render(state: ServiceState) -> bytes:

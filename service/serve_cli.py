@@ -14,11 +14,15 @@ from service.logs import setup_logging
 
 
 def serve(
-    dev: Annotated[bool, typer.Option("--dev", help="Local trial: 127.0.0.1 only, plain TCP, tenant 'default', no AUTH.")] = False,
+    dev: Annotated[
+        bool, typer.Option("--dev", help="Local trial: 127.0.0.1 only, plain TCP, tenant 'default', no AUTH.")
+    ] = False,
     resp_port: Annotated[int | None, typer.Option(help="RESP port (default 6380; 0 picks a free port).")] = None,
     http_port: Annotated[int | None, typer.Option(help="HTTP port (default 8443; 0 picks a free port).")] = None,
     bind: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
-    origin: Annotated[str | None, typer.Option(help="Read-through origin: a directory or fsspec URL (s3://b/p).")] = None,
+    origin: Annotated[
+        str | None, typer.Option(help="Read-through origin: a directory or fsspec URL (s3://b/p).")
+    ] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML or JSON settings file.")] = None,
 ) -> None:
     """Serve the Redis protocol and the HTTP API until SIGINT/SIGTERM.

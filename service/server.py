@@ -22,7 +22,7 @@ from service.config import ConfigError, Settings
 from service.http.app import create_app
 from service.resp.connection import RespConnection
 from service.state import DEV_TENANT, ServiceState
-from service.tenancy import FileKeySource, KeySource, TenantQuota, TenantSpec, TenantsFileError
+from service.tenancy import FileKeySource, KeySource, TenantQuota, TenantsFileError, TenantSpec
 
 log = logging.getLogger(__name__)
 

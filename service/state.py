@@ -44,6 +44,10 @@ class ServiceState:
     def auth_required(self) -> bool:
         return self.authenticator is not None
 
+    def commands_processed(self) -> int:
+        """Commands of closed connections plus those of open ones (counted per connection, off the hot path)."""
+        return self.connections.commands + sum(c.commands_processed for c in self.resp_clients)
+
     def next_client_id(self) -> int:
         return next(self._ids)
 

@@ -96,7 +96,9 @@ class FileKeySource:
         names = {t.name for t in self._file.tenants}
         for record in self._file.keys:
             if record.tenant not in names:
-                raise TenantsFileError(f"tenants file {path}: key {record.key_id} names unknown tenant {record.tenant!r}")
+                raise TenantsFileError(
+                    f"tenants file {path}: key {record.key_id} names unknown tenant {record.tenant!r}"
+                )
         self._by_id = {r.key_id: r for r in self._file.keys}
         self._suspended = {t.name for t in self._file.tenants if t.suspended}
 

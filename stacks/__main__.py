@@ -7,6 +7,6 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stacks.program import main  # noqa: E402 - needs the path set up above
+from stacks.program import main
 
 main()

@@ -128,7 +128,9 @@ def render_user_data(boot: NodeBoot) -> str:
         "disable_root": True,
         "write_files": [
             _file(f"{INSTALL_DIR}/fetch_tls.py", (BOOT_DIR / "fetch_tls.py").read_text(), "0755"),
-            _file(f"{INSTALL_DIR}/mount_data_volume.sh", (BOOT_DIR / "mount_data_volume.sh").read_text(), "0755"),
+            _file(
+                f"{INSTALL_DIR}/mount_data_volume.sh", (BOOT_DIR / "mount_data_volume.sh").read_text(), "0755"
+            ),
             _file(ENV_FILE, render_env_file(boot.environment), "0644"),
             _file(UNIT_FILE, render_unit(boot.image), "0644"),
         ],
@@ -136,7 +138,9 @@ def render_user_data(boot: NodeBoot) -> str:
     }
     rendered = "#cloud-config\n" + yaml.dump(document, Dumper=_LiteralDumper, sort_keys=False, width=1000)
     if len(rendered.encode()) > USER_DATA_LIMIT_BYTES:
-        raise ValueError(f"user data is {len(rendered.encode())} bytes, over the {USER_DATA_LIMIT_BYTES} limit")
+        raise ValueError(
+            f"user data is {len(rendered.encode())} bytes, over the {USER_DATA_LIMIT_BYTES} limit"
+        )
     return rendered
 
 

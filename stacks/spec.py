@@ -1,7 +1,7 @@
 """The shared stack spec: the validated inputs every cloud takes and the outputs every cloud returns.
 
-`StackSpec.from_pulumi_config()` reads the `foresight:*` keys (and the cloud's region key), validates them, and
-turns every problem into a `ConfigError` that names the key to fix, e.g.
+`StackSpec.from_pulumi_config()` reads the `foresight:*` keys (and the cloud's region key), validates them,
+and turns every problem into a `ConfigError` that names the key to fix, e.g.
 `foresight:allowedCidrs: '10.0.0.0/33' is not a valid CIDR`. `StackOutputs` is what each cloud's component
 hands back; `export()` publishes it under the same stack output names on every cloud.
 """
@@ -75,7 +75,13 @@ _IMAGE_RE = re.compile(
     r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)+"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
-_SSH_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
+_SSH_KEY_TYPES = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "ssh-rsa",
+)
 
 
 class ConfigError(ValueError):
@@ -106,7 +112,9 @@ def is_private_range(network: IPv4Network) -> bool:
 class StackSpec(BaseModel):
     """What every cloud's component is built from. Field aliases are the config key names."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, arbitrary_types_allowed=True
+    )
 
     project: str
     stack: str
@@ -183,7 +191,9 @@ class StackSpec(BaseModel):
             raise ValueError("this is a private key; give the public half (the .pub file) instead")
         parts = value.split()
         if "\n" in value or len(parts) < 2 or parts[0] not in _SSH_KEY_TYPES:
-            raise ValueError(f"must be one OpenSSH public key line starting with one of {', '.join(_SSH_KEY_TYPES)}")
+            raise ValueError(
+                f"must be one OpenSSH public key line starting with one of {', '.join(_SSH_KEY_TYPES)}"
+            )
         return value
 
     @property
@@ -193,7 +203,7 @@ class StackSpec(BaseModel):
 
     @property
     def public_endpoint(self) -> bool:
-        """True when some allowed CIDR lies outside private address space, so the endpoint must face the internet."""
+        """True when an allowed CIDR lies outside private address space: the endpoint faces the internet."""
         return any(not is_private_range(network) for network in self.allowed_cidrs)
 
     @property
@@ -221,7 +231,7 @@ class StackSpec(BaseModel):
         read: Callable[[str], str | None],
         is_secret: Callable[[str], bool] = lambda _key: False,
     ) -> StackSpec:
-        """Build the spec from raw config strings (`read("foresight:spot")` -> "true"), or raise `ConfigError`."""
+        """Build the spec from raw config strings (`read("foresight:spot")` -> "true"), or ConfigError."""
         raw: dict[str, Any] = {}
         problems: list[tuple[str, str]] = []
         for name in CONFIG_KEYS:
@@ -232,7 +242,9 @@ class StackSpec(BaseModel):
                 try:
                     value = json.loads(value)
                 except json.JSONDecodeError:
-                    problems.append((config_key(name), f'must be a list of strings, e.g. ["{_EXAMPLES[name]}"]'))
+                    problems.append(
+                        (config_key(name), f'must be a list of strings, e.g. ["{_EXAMPLES[name]}"]')
+                    )
                     continue
             raw[name] = value
         problems += _missing_required(raw)
@@ -243,7 +255,9 @@ class StackSpec(BaseModel):
             problems.append((region_key, f"required; set it with `pulumi config set {region_key} <region>`"))
         token = raw.pop("vaultToken", None)
         if token is not None and not is_secret(config_key("vaultToken")):
-            problems.append((config_key("vaultToken"), "must be stored encrypted: `pulumi config set --secret ...`"))
+            problems.append(
+                (config_key("vaultToken"), "must be stored encrypted: `pulumi config set --secret ...`")
+            )
         if problems:
             raise ConfigError(problems)
         if cloud is not None:
@@ -269,12 +283,20 @@ class StackSpec(BaseModel):
 
     def _check_combinations(self) -> None:
         if self.vpc_id and not self.subnet_ids:
-            raise ConfigError.one(config_key("subnetIds"), "required with foresight:vpcId (one subnet or more)")
+            raise ConfigError.one(
+                config_key("subnetIds"), "required with foresight:vpcId (one subnet or more)"
+            )
         if self.subnet_ids and not self.vpc_id:
-            raise ConfigError.one(config_key("vpcId"), "required with foresight:subnetIds (the subnets' network)")
+            raise ConfigError.one(
+                config_key("vpcId"), "required with foresight:subnetIds (the subnets' network)"
+            )
 
 
-_EXAMPLES = {"allowedCidrs": "203.0.113.0/24", "fallbackInstanceTypes": "g5.xlarge", "subnetIds": "subnet-0abc"}
+_EXAMPLES = {
+    "allowedCidrs": "203.0.113.0/24",
+    "fallbackInstanceTypes": "g5.xlarge",
+    "subnetIds": "subnet-0abc",
+}
 
 
 def _string_list(value: Any) -> list[str]:
@@ -288,7 +310,7 @@ def _string_list(value: Any) -> list[str]:
 def _missing_required(raw: Mapping[str, Any]) -> list[tuple[str, str]]:
     hints = {
         "cloud": "one of aws, gcp, azure",
-        "allowedCidrs": "the CIDRs that may reach the service, e.g. [\"203.0.113.0/24\"]; [] means private only",
+        "allowedCidrs": 'CIDRs that may reach the service, e.g. ["203.0.113.0/24"]; [] means private only',
         "vaultAddress": "the Vault server, e.g. https://vault.example.com:8200",
     }
     return [(config_key(name), f"required: {hints[name]}") for name in REQUIRED_KEYS if name not in raw]

@@ -1,4 +1,4 @@
-"""Vault wiring every cloud shares: the provider, the KV v2 mount, the node's read-only policy, the TLS secret.
+"""Vault wiring all clouds share: the provider, the KV v2 mount, the node's read-only policy, the TLS secret.
 
 Layout (what the service reads, `VaultLayout` names it):
   <kv mount>/data/tenants/*                     tenants' API key hashes, written by `foresight tenants`
@@ -67,8 +67,8 @@ def create_shared_vault(
     tls_material: pulumi.Input[dict[str, str]],
     parent: pulumi.Resource,
 ) -> SharedVault:
-    """The Vault provider for `spec.vault_address` and the cloud-independent Vault resources, children of `parent`."""
-    # No token means the provider's own sources (VAULT_TOKEN, the token helper); the token never reaches the node.
+    """The Vault provider for `spec.vault_address` and the Vault resources every cloud needs."""
+    # No token: the provider's own sources (VAULT_TOKEN, the token helper). No token ever reaches the node.
     provider = vault.Provider(
         f"{name}-vault",
         address=spec.vault_address,
@@ -84,7 +84,9 @@ def create_shared_vault(
         description=f"Foresight stack {spec.stack}: tenants' key hashes and the node's TLS material",
         opts=opts,
     )
-    node_policy = vault.Policy(f"{name}-node-policy", name=layout.policy, policy=layout.node_policy_hcl(), opts=opts)
+    node_policy = vault.Policy(
+        f"{name}-node-policy", name=layout.policy, policy=layout.node_policy_hcl(), opts=opts
+    )
     tls_secret = vault.kv.SecretV2(
         f"{name}-tls",
         mount=kv_mount.path,

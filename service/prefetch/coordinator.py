@@ -69,7 +69,7 @@ class PrefetchCoordinator:
 
     target: PrefetchTarget
     budget: PrefetchBudget = field(default_factory=PrefetchBudget)
-    decode: Callable[[int], Hashable] = lambda key: key  # prefetcher key -> cache key
+    decode: Callable[[int], Hashable | None] = lambda key: key  # prefetcher key -> cache key
     calibrator: OutcomeCalibrator | None = None
     horizon: int = 64  # accesses after issue within which a read settles a prefetch as used
     stats: CoordinatorStats = field(default_factory=CoordinatorStats)
@@ -100,6 +100,8 @@ class PrefetchCoordinator:
                 self.stats.skipped_concurrency += 1
                 break
             key = self.decode(proposal.key)
+            if key is None:
+                continue  # names no key (a stride below zero, a forgotten opaque key)
             if key in self._outstanding or target.in_flight(key):
                 self.stats.skipped_in_flight += 1
                 continue

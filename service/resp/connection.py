@@ -42,6 +42,7 @@ class RespConnection(asyncio.Protocol):
         self.tenant: TenantCache = None  # type: ignore[assignment]  # None until AUTH (or the dev tenant)
         self.session: Session | None = None
         self.close_after_reply = False
+        self.commands_processed = 0
         self.local_port = 0
         self.peer = "?"
         self._busy: asyncio.Task[None] | None = None
@@ -66,6 +67,7 @@ class RespConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         counters = self.state.connections
         counters.current -= 1
+        counters.commands += self.commands_processed
         self.state.resp_clients.discard(self)
         self._unbind()
         if self._busy is not None:
@@ -130,7 +132,7 @@ class RespConnection(asyncio.Protocol):
                         self._write(b"".join(out))
                         out = []
                     reply = await reply  # type: ignore[misc]
-                out.append(reply)  # type: ignore[arg-type]
+                out.append(reply)
             if out:
                 self._write(b"".join(out))
         except Exception:
@@ -156,15 +158,16 @@ class RespConnection(asyncio.Protocol):
 
     def execute(self, args: Any) -> bytes | Awaitable[bytes]:
         """Run one parsed command: lookup, arity, auth and quota checks in Redis's order, then the handler."""
-        if type(args) is not list or not args or not all(type(a) is bytes for a in args):
+        try:
+            cmd = COMMANDS.get(args[0].lower())
+        except (AttributeError, TypeError, IndexError, KeyError):
             self.close_after_reply = True
             return r.error("ERR Protocol error: expected an array of bulk strings")
-        cmd = COMMANDS.get(args[0].lower())
         if cmd is None:
             return r.unknown_command(args)
         if not cmd.arity_ok(len(args)):
             return r.wrong_arity(cmd.name)
-        self.state.connections.commands += 1
+        self.commands_processed += 1
         tenant = self.tenant
         if tenant is None:
             if not cmd.no_auth:
@@ -172,9 +175,9 @@ class RespConnection(asyncio.Protocol):
         else:
             if self.session is not None and self.session.revoked:
                 self._unbind()
-                return r.NOAUTH if not cmd.no_auth else cmd.handler(self, args)
-            if cmd.touches_data and not tenant.admit():
-                return r.error(_RATE_LIMITED.format(tenant.name, tenant.bucket.rate))  # type: ignore[union-attr]
+                return cmd.handler(self, args) if cmd.no_auth else r.NOAUTH
+            if tenant.bucket is not None and cmd.touches_data and not tenant.admit():
+                return r.error(_RATE_LIMITED.format(tenant.name, tenant.bucket.rate))
         return cmd.handler(self, args)
 
     # state changes used by handlers -------------------------------------------------------------------

@@ -143,7 +143,7 @@ class AuditLog:
         source: str | None = None,
         **details: Any,
     ) -> str:
-        """Append one event (who: `actor`, what: `action`/`outcome`, from where: `source`); returns its hash."""
+        """Append one event (who: `actor`, what: `action`/`outcome`, from: `source`); returns its hash."""
         fields = {"action": action, "actor": actor, "tenant": tenant, "key_id": key_id, "source": source}
         scrub(fields)
         scrub(details, "details")

@@ -148,7 +148,7 @@ class ServerTLS:
 
 def peer_common_name(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
     """The verified client certificate's subject CN (mTLS), or None without one."""
-    cert = ssl_object.getpeercert() if ssl_object is not None else None
+    cert: Any = ssl_object.getpeercert() if ssl_object is not None else None
     if not cert:
         return None
     for rdn in cert.get("subject", ()):
@@ -161,7 +161,7 @@ def peer_common_name(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | 
 def client_context(
     ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None
 ) -> ssl.SSLContext:
-    """A client context trusting `ca_file`, presenting a client certificate if given (mTLS). For tools, tests."""
+    """A client context trusting `ca_file`, with a client certificate if given (mTLS); for tools, tests."""
     context = ssl.create_default_context(cafile=str(ca_file))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if cert_file is not None:

@@ -43,24 +43,26 @@ class VaultAuthError(RuntimeError):
 
 
 class VaultAuthSettings(BaseModel):
-    addr: str = Field("http://127.0.0.1:8200", description="Vault address.")
+    addr: str = Field(default="http://127.0.0.1:8200", description="Vault address.")
     method: Literal["token", "approle", "aws", "gcp", "azure", "jwt"] = "token"
-    mount: str | None = Field(None, description="Auth mount path; default: the method's name.")
-    role: str | None = Field(None, description="Vault role (aws, gcp, azure, jwt).")
+    mount: str | None = Field(default=None, description="Auth mount path; default: the method's name.")
+    role: str | None = Field(default=None, description="Vault role (aws, gcp, azure, jwt).")
     namespace: str | None = None
-    ca_cert: Path | None = Field(None, description="CA bundle for Vault's TLS certificate.")
+    ca_cert: Path | None = Field(default=None, description="CA bundle for Vault's TLS certificate.")
     timeout: float = Field(
         2.0, gt=0, description="Seconds per Vault request; bounds AUTH latency when Vault is away."
     )
     token: SecretStr | None = None
-    token_file: Path | None = Field(None, description="token: re-read on every login (a Vault Agent sink).")
+    token_file: Path | None = Field(
+        default=None, description="token: re-read on every login (a Vault Agent sink)."
+    )
     role_id: str | None = None
     secret_id: SecretStr | None = None
     secret_id_file: Path | None = None
     aws_sts_url: str = Field(
         "https://sts.amazonaws.com/", description="Must match the Vault server's sts_endpoint."
     )
-    aws_sts_region: str = Field("us-east-1", description="Must match the Vault server's sts_region.")
+    aws_sts_region: str = Field(default="us-east-1", description="Must match the Vault server's sts_region.")
     aws_header_value: str | None = Field(
         None, description="X-Vault-AWS-IAM-Server-ID, if the server requires it."
     )
@@ -69,7 +71,9 @@ class VaultAuthSettings(BaseModel):
     )
     gcp_metadata_url: str = GCP_METADATA
     azure_resource: str = "https://management.azure.com/"
-    azure_client_id: str | None = Field(None, description="Client id of a user-assigned managed identity.")
+    azure_client_id: str | None = Field(
+        default=None, description="Client id of a user-assigned managed identity."
+    )
     azure_imds_url: str = AZURE_IMDS
     jwt_source: Literal["file", "gcp", "azure"] = "file"
     jwt_file: Path | None = None

@@ -82,7 +82,7 @@ class KeyInfo(BaseModel):
     expires: dt.datetime | None = None
     state: Literal["active", "revoked"] = "active"
     revoked_at: dt.datetime | None = None
-    rotated_to: str | None = Field(None, description="The key that replaced this one, when rotated.")
+    rotated_to: str | None = Field(default=None, description="The key that replaced this one, when rotated.")
 
     def usable_at(self, now: dt.datetime) -> bool:
         return self.state == "active" and (self.expires is None or now < self.expires)
@@ -91,7 +91,7 @@ class KeyInfo(BaseModel):
 class TenantMeta(BaseModel):
     spec: TenantSpec
     created: dt.datetime
-    deleting: bool = Field(False, description="Deletion started: the tenant no longer authenticates.")
+    deleting: bool = Field(default=False, description="Deletion started: the tenant no longer authenticates.")
 
 
 def tenant_policy_name(tenant: str) -> str:
@@ -112,7 +112,7 @@ def service_policy(
     transit: tuple[str, str] | None = None,
     pki: tuple[str, str] | None = None,
 ) -> str:
-    """The running service: read hashes, never write; optionally transit (mount, key) and PKI (mount, role)."""
+    """The running service: read hashes, never write; optional transit (mount, key) and PKI (mount, role)."""
     policy = _stanza(f"{mount}/data/*", "read") + _stanza(f"{mount}/metadata/*", "read", "list")
     if transit is not None:
         transit_mount, key = transit
@@ -148,7 +148,7 @@ class VaultKeyAdmin:
         self._kv = client.secrets.kv.v2
 
     def setup(self, *, transit: tuple[str, str] | None = None, pki: tuple[str, str] | None = None) -> None:
-        """Enable the KV v2 mount if absent; write the service and onboarding policies. Needs a privileged token."""
+        """Enable the KV v2 mount if absent; write the service and onboarding policies (privileged token)."""
         with _vault_errors("set up the key store"):
             mounts = self.client.sys.list_mounted_secrets_engines()
             mounts = mounts.get("data", mounts)
@@ -208,7 +208,7 @@ class VaultKeyAdmin:
         return [spec for spec in (self.get_tenant(n) for n in names) if spec is not None]
 
     def delete_tenant(self, name: str) -> None:
-        """Remove the tenant's keys, policy and records; refuses its keys first. Safe to re-run after a failure."""
+        """Remove the tenant's keys, policy and records, refusing its keys first. Safe to re-run."""
         current = self._read_meta(name)
         if current is not None and not current[0].deleting:
             self._cas_write(

@@ -85,6 +85,10 @@ class MemoryStore:
     def keys(self) -> Iterable[Hashable]:
         return self._data.keys()
 
+    def keys_with_ttl(self) -> int:
+        """How many resident keys have a deadline (INFO keyspace's `expires`)."""
+        return sum(1 for entry in self._data.values() if entry.expires_at)
+
     def _live(self, key: Hashable) -> Entry | None:
         entry = self._data.get(key)
         if entry is not None and entry.expires_at and entry.expires_at <= self._clock():
@@ -123,22 +127,27 @@ class MemoryStore:
         size = self._sizer(key, value)
         if size > self.budget:
             raise ValueTooLarge(f"entry of {size} bytes exceeds the tenant budget of {self.budget} bytes")
-        old = self._live(key)
+        old = self._data.get(key)
+        if old is not None and old.expires_at and old.expires_at <= self._clock():
+            self._remove(key, old)
+            self.stats.expired += 1
+            old = None
         if old is not None:
             if keep_ttl:
                 expires_at = old.expires_at
             self.used += size - old.size
             old.value, old.size, old.prefetched = value, size, False
             self.policy.resize(key, size)
-            self._set_deadline(key, old, expires_at)
+            entry = old
         else:
             entry = Entry(value, size, 0, prefetched)
             self._data[key] = entry
             self.used += size
             self.policy.admit(key, size, prefetched=prefetched)
-            self._set_deadline(key, entry, expires_at)
             if prefetched:
                 self.stats.prefetch_inserted += 1
+        if expires_at or entry.expires_at:
+            self._set_deadline(key, entry, expires_at)
         while self.used > self.budget:
             self._evict_one()
 

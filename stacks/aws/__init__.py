@@ -1,4 +1,4 @@
-"""AWS: `foresight:aws:GpuNode` and the files it is made of (component, network, identity, kms, compute, vault).
+"""AWS: `foresight:aws:GpuNode` and its parts (component, network, identity, kms, compute, vault).
 
 Importing this package imports pulumi_aws, pulumi_tls and pulumi_vault, never a Google Cloud or Azure SDK.
 """

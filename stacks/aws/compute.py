@@ -38,7 +38,10 @@ def instance_family(instance_type: str) -> str:
 
 
 def check_instance_types(spec: StackSpec) -> None:
-    for key, types in (("instanceType", [spec.instance_type]), ("fallbackInstanceTypes", spec.fallback_instance_types)):
+    for key, types in (
+        ("instanceType", [spec.instance_type]),
+        ("fallbackInstanceTypes", spec.fallback_instance_types),
+    ):
         for instance_type in types:
             if "." not in instance_type or instance_family(instance_type) not in GPU_FAMILIES:
                 raise ConfigError.one(
@@ -111,7 +114,9 @@ def create_compute(
                 delete_on_termination="true",
             )
         ],
-        user_data=pulumi.Output.from_input(user_data).apply(lambda text: base64.b64encode(text.encode()).decode()),
+        user_data=pulumi.Output.from_input(user_data).apply(
+            lambda text: base64.b64encode(text.encode()).decode()
+        ),
         update_default_version=True,
         tag_specifications=[
             aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=tags)
@@ -140,11 +145,14 @@ def create_compute(
             launch_template=aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateArgs(
                 launch_template_specification=(
                     aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateLaunchTemplateSpecificationArgs(
-                        launch_template_id=launch_template.id, version=launch_template.latest_version.apply(str)
+                        launch_template_id=launch_template.id,
+                        version=launch_template.latest_version.apply(str),
                     )
                 ),
                 overrides=[
-                    aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateOverrideArgs(instance_type=instance_type)
+                    aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateOverrideArgs(
+                        instance_type=instance_type
+                    )
                     for instance_type in spec.instance_types
                 ],
             ),
@@ -153,7 +161,10 @@ def create_compute(
             strategy="Rolling",
             preferences=aws.autoscaling.GroupInstanceRefreshPreferencesArgs(min_healthy_percentage=0),
         ),
-        tags=[aws.autoscaling.GroupTagArgs(key=key, value=value, propagate_at_launch=True) for key, value in tags.items()],
+        tags=[
+            aws.autoscaling.GroupTagArgs(key=key, value=value, propagate_at_launch=True)
+            for key, value in tags.items()
+        ],
         opts=opts,
     )
     return NodeCompute(launch_template=launch_template, group=group, key_pair=key_pair)

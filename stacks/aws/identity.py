@@ -37,7 +37,11 @@ def create_identity(name: str, spec: StackSpec, partition: str, parent: pulumi.R
             {
                 "Version": "2012-10-17",
                 "Statement": [
-                    {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Service": "ec2.amazonaws.com"},
+                        "Action": "sts:AssumeRole",
+                    }
                 ],
             }
         ),
@@ -54,7 +58,9 @@ def create_identity(name: str, spec: StackSpec, partition: str, parent: pulumi.R
     return NodeIdentity(role=role, instance_profile=instance_profile, ssm_core=ssm_core)
 
 
-def grant_key_use(name: str, identity: NodeIdentity, key_arn: pulumi.Input[str], parent: pulumi.Resource) -> aws.iam.RolePolicy:
+def grant_key_use(
+    name: str, identity: NodeIdentity, key_arn: pulumi.Input[str], parent: pulumi.Resource
+) -> aws.iam.RolePolicy:
     """The role's only inline policy: KMS_ACTIONS on this one key."""
     return aws.iam.RolePolicy(
         f"{name}-node-kms",

@@ -71,7 +71,12 @@ def key_policy(partition: str, account_id: str, node_role_arn: str) -> str:
 
 
 def create_key(
-    name: str, spec: StackSpec, partition: str, account_id: str, node_role_arn: pulumi.Input[str], parent: pulumi.Resource
+    name: str,
+    spec: StackSpec,
+    partition: str,
+    account_id: str,
+    node_role_arn: pulumi.Input[str],
+    parent: pulumi.Resource,
 ) -> NodeKey:
     opts = pulumi.ResourceOptions(parent=parent)
     key = aws.kms.Key(
@@ -81,9 +86,16 @@ def create_key(
         customer_master_key_spec="SYMMETRIC_DEFAULT",
         enable_key_rotation=True,
         deletion_window_in_days=30,
-        policy=pulumi.Output.from_input(node_role_arn).apply(lambda arn: key_policy(partition, account_id, arn)),
+        policy=pulumi.Output.from_input(node_role_arn).apply(
+            lambda arn: key_policy(partition, account_id, arn)
+        ),
         tags=spec.tags(),
         opts=opts,
     )
-    alias = aws.kms.Alias(f"{name}-key", name="alias/" + re.sub(r"[^A-Za-z0-9_-]", "-", spec.name), target_key_id=key.key_id, opts=opts)
+    alias = aws.kms.Alias(
+        f"{name}-key",
+        name="alias/" + re.sub(r"[^A-Za-z0-9_-]", "-", spec.name),
+        target_key_id=key.key_id,
+        opts=opts,
+    )
     return NodeKey(key=key, alias=alias)

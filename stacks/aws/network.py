@@ -1,13 +1,13 @@
-"""AWS network: the VPC (own or given), the security groups, and the Network Load Balancer in front of the node.
+"""AWS network: the VPC (own or given), the security groups, and the Network Load Balancer before the node.
 
 Own network: a VPC over up to two zones that offer the GPU type, public subnets (internet gateway, NAT
 gateway, internet-facing load balancer) and private subnets for the node, which never gets a public address.
 Bring your own: `foresight:vpcId` + `foresight:subnetIds` hold both the node and the load balancer.
 
 Firewall: the load balancer's group admits the service ports from `foresight:allowedCidrs` only (the VPC's
-own range when that list is empty); the node's group admits the service ports from the load balancer's group
-only, plus SSH from the allowed ranges when a key is configured (never from 0.0.0.0/0). The node may leave only
-to HTTPS (image registry, SSM, KMS, STS) and to Vault's port.
+own range when that list is empty); the node's group admits the service ports from the load balancer's
+group only, plus SSH from the allowed ranges when a key is configured (never from 0.0.0.0/0). The node may
+leave only to HTTPS (image registry, SSM, KMS, STS) and to Vault's port.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ def check_network_ids(spec: StackSpec) -> None:
         raise ConfigError.one(config_key("vpcId"), f"{spec.vpc_id!r} is not a VPC id such as vpc-0abc1234")
     for subnet_id in spec.subnet_ids:
         if not re.fullmatch(r"subnet-[0-9a-f]{8,17}", subnet_id):
-            raise ConfigError.one(config_key("subnetIds"), f"{subnet_id!r} is not a subnet id such as subnet-0abc1234")
+            raise ConfigError.one(
+                config_key("subnetIds"), f"{subnet_id!r} is not a subnet id such as subnet-0abc1234"
+            )
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,9 @@ def _own_network(name: str, spec: StackSpec, parent: pulumi.Resource) -> Network
         tags=_tags(spec, f"{spec.name}-vpc"),
         opts=opts,
     )
-    gateway = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags=_tags(spec, f"{spec.name}-igw"), opts=opts)
+    gateway = aws.ec2.InternetGateway(
+        f"{name}-igw", vpc_id=vpc.id, tags=_tags(spec, f"{spec.name}-igw"), opts=opts
+    )
     halves = list(OWN_VPC_CIDR.subnets(new_prefix=20))
     public_subnets, private_subnets = [], []
     for index, zone in enumerate(zones):
@@ -164,7 +168,9 @@ def _zones_offering(spec: StackSpec, parent: pulumi.Resource) -> list[str]:
     """Up to ZONE_COUNT zones of the region that offer the primary GPU type, in name order."""
     offerings = aws.ec2.get_instance_type_offerings(
         location_type="availability-zone",
-        filters=[aws.ec2.GetInstanceTypeOfferingsFilterArgs(name="instance-type", values=[spec.instance_type])],
+        filters=[
+            aws.ec2.GetInstanceTypeOfferingsFilterArgs(name="instance-type", values=[spec.instance_type])
+        ],
         opts=pulumi.InvokeOptions(parent=parent),
     )
     zones = sorted(set(offerings.locations))[:ZONE_COUNT]
@@ -293,7 +299,9 @@ def create_endpoint(name: str, spec: StackSpec, network: Network, parent: pulumi
             load_balancer_arn=load_balancer.arn,
             port=port,
             protocol="TCP",
-            default_actions=[aws.lb.ListenerDefaultActionArgs(type="forward", target_group_arn=target_groups[port].arn)],
+            default_actions=[
+                aws.lb.ListenerDefaultActionArgs(type="forward", target_group_arn=target_groups[port].arn)
+            ],
             tags=spec.tags(),
             opts=opts,
         )

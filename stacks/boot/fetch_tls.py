@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Fetch this node's TLS material from Vault with the machine's cloud identity; runs before every service start.
+"""Fetch this node's TLS material from Vault with the machine's cloud identity, before every service start.
 
 cloud-init installs this file on the node and systemd runs it (ExecStartPre) with the settings of
 /etc/foresight/foresight.env: FORESIGHT_VAULT_ADDR, FORESIGHT_VAULT_AUTH_METHOD, FORESIGHT_VAULT_AUTH_MOUNT,
-FORESIGHT_VAULT_ROLE, FORESIGHT_VAULT_KV_MOUNT and FORESIGHT_TLS_VAULT_PATH. It logs in (AWS: Vault's IAM auth
-method, with an sts:GetCallerIdentity request signed by the instance role's IMDSv2 credentials), reads the KV v2
-secret, writes ca.pem, tls.crt and tls.key into --out (mode 0640, group --group), and revokes its token. No
-static secret exists on the node. Standard library only, Python 3.10+, so the stock OS python3 runs it.
+FORESIGHT_VAULT_ROLE, FORESIGHT_VAULT_KV_MOUNT and FORESIGHT_TLS_VAULT_PATH. It logs in (AWS: Vault's IAM
+auth method, with an sts:GetCallerIdentity request signed by the instance role's IMDSv2 credentials), reads
+the KV v2 secret, writes ca.pem, tls.crt and tls.key into --out (mode 0640, group --group), and revokes its
+token. No static secret exists on the node. Standard library only, Python 3.10+: the OS's python3 runs it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 IMDS_ENDPOINT = "http://169.254.169.254"
-# Vault's AWS auth method checks the request against its configured STS endpoint; the global one is its default.
+# Vault's AWS auth method sends the request to its configured STS endpoint; the global one is its default.
 STS_URL = "https://sts.amazonaws.com/"
 STS_HOST = "sts.amazonaws.com"
 STS_REGION = "us-east-1"
@@ -55,11 +55,15 @@ class AwsCredentials:
 
 
 def http_request(
-    method: str, url: str, headers: Mapping[str, str] | None = None, body: bytes | None = None, timeout: float = 10.0
+    method: str,
+    url: str,
+    headers: Mapping[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float = 10.0,
 ) -> bytes:
-    request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
+    request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) URLs from config
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - IMDS and Vault URLs
             return bytes(response.read())
     except urllib.error.HTTPError as err:
         detail = err.read(300).decode("utf-8", "replace").strip()
@@ -196,7 +200,9 @@ def write_tls_files(out_dir: Path, material: Mapping[str, str], group: int | Non
 def fetch(settings: Mapping[str, str], out_dir: Path, group: int | None) -> None:
     method = settings["FORESIGHT_VAULT_AUTH_METHOD"]
     if method not in LOGIN_METHODS:
-        raise BootstrapError(f"FORESIGHT_VAULT_AUTH_METHOD={method!r} is not one of {', '.join(LOGIN_METHODS)}")
+        raise BootstrapError(
+            f"FORESIGHT_VAULT_AUTH_METHOD={method!r} is not one of {', '.join(LOGIN_METHODS)}"
+        )
     token = LOGIN_METHODS[method](settings)
     try:
         write_tls_files(out_dir, read_tls_material(settings, token), group)

@@ -11,6 +11,6 @@ from stacks.spec import ConfigError, StackSpec
 def deploy(spec: StackSpec) -> NoReturn:
     raise ConfigError.one(
         "foresight:cloud",
-        f"not implemented yet: foresight:cloud={spec.cloud} lands with the Google Cloud stack issue that follows "
-        "issue 6; use foresight:cloud=aws for now",
+        f"not implemented yet: foresight:cloud={spec.cloud} lands with the Google Cloud stack issue "
+        "that follows issue 6; use foresight:cloud=aws for now",
     )

@@ -63,10 +63,11 @@ def test_redis_cli_over_tls(prod_service: ProductionService) -> None:
     key = prod_service.keys["globex"]
     base = ["redis-cli", "--tls", "--cacert", str(prod_service.pki.ca_cert), "-p", str(prod_service.svc.resp_port),
             "--no-auth-warning", "-a", key.secret]
-    assert subprocess.run([*base, "SET", "city", "Springfield"], capture_output=True, text=True, check=True).stdout == "OK\n"
+    stored = subprocess.run([*base, "SET", "city", "Springfield"], capture_output=True, text=True, check=True)
+    assert stored.stdout == "OK\n"
     out = subprocess.run([*base, "GET", "city"], capture_output=True, text=True, check=True).stdout
     assert out == "Springfield\n"
-    noauth = subprocess.run(base[:-2] + ["GET", "city"], capture_output=True, text=True).stdout
+    noauth = subprocess.run([*base[:-2], "GET", "city"], capture_output=True, text=True).stdout
     assert "NOAUTH" in noauth
 
 

@@ -28,7 +28,8 @@ CASES: dict[str, list[Cmd]] = {
         ("SET", "k", "v3", "XX"), ("GET", "k"), ("SET", "k", "v", "NX", "XX"), ("SET", "k", "v", "XX", "NX"),
         ("SET", "k", "v4", "GET"), ("SET", "fresh", "v", "GET"), ("SET", "k", "v", "BOGUS"),
         ("SET", "k", "v", "EX"), ("SET", "k", "v", "EX", "10", "PX", "100"), ("SET", "k", "v", "KEEPTTL", "EX", "1"),
-        ("SET", "k", "v", "EX", "1", "KEEPTTL"), ("SET", "k", "v", "nx", "get"), ("SET", "k", "v", "EX", "5", "EX", "7"),
+        ("SET", "k", "v", "EX", "1", "KEEPTTL"), ("SET", "k", "v", "nx", "get"),
+        ("SET", "k", "v", "EX", "5", "EX", "7"),
         ("TTL", "k"),
     ],
     "set_expire_errors": [
@@ -68,7 +69,8 @@ CASES: dict[str, list[Cmd]] = {
                ("CLIENT", "SETNAME", "bad name"), ("CLIENT", "SETNAME"), ("CLIENT", "NOSUCH"), ("CLIENT",)],
     "hello_errors": [("HELLO", "4"), ("HELLO", "abc"), ("HELLO", "2", "FOO"), ("HELLO", "3", "SETNAME"),
                      ("HELLO", "1")],
-    "auth_without_password": [("AUTH", "secret"), ("AUTH", "user", "secret"), ("AUTH", "a", "b", "c"), ("AUTH", "default", "x")],
+    "auth_without_password": [("AUTH", "secret"), ("AUTH", "user", "secret"), ("AUTH", "a", "b", "c"),
+                              ("AUTH", "default", "x")],
     "config_get": [("CONFIG", "GET", "databases"), ("CONFIG", "GET", "appendonly"), ("CONFIG", "GET", "nosuch*"),
                    ("CONFIG", "GET")],
 }

@@ -20,8 +20,9 @@ FORESIGHT = [sys.executable, "-c", "from service.cli import main; main()"]
 
 
 def test_production_refuses_without_tls_and_key_source() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORESIGHT_")}
     result = subprocess.run([*FORESIGHT, "serve", "--resp-port", "0", "--http-port", "0"], capture_output=True,
-                            text=True, timeout=30, env={k: v for k, v in os.environ.items() if not k.startswith("FORESIGHT_")})
+                            text=True, timeout=30, env=env)
     assert result.returncode == 2
     assert "TLS is not configured: set FORESIGHT_TLS_CERT_FILE" in result.stderr
     assert "no key source: set FORESIGHT_TENANTS_FILE" in result.stderr

@@ -16,7 +16,6 @@ from tests.service.conftest import ProductionService
 from tests.service.harness import running_service, write_tenants_file
 from tests.tlsutil import PKI
 
-
 NO_RETRY = Retry(NoBackoff(), 0)  # an auth failure must surface at once, not after redis-py's backoff
 
 
@@ -135,6 +134,7 @@ def test_tenants_file_errors_name_the_field(tmp_path: Path, pki: PKI) -> None:
 
     bad = tmp_path / "tenants.json"
     bad.write_text(json.dumps({"tenants": [{"name": "Not_A_Label"}]}))
-    with pytest.raises(ConfigError, match=r"tenants\.0\.name"):
-        with running_service(tls_cert_file=pki.cert, tls_key_file=pki.key, tenants_file=bad):
-            pass
+    with pytest.raises(ConfigError, match=r"tenants\.0\.name"), running_service(
+        tls_cert_file=pki.cert, tls_key_file=pki.key, tenants_file=bad
+    ):
+        pass

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -175,6 +176,30 @@ class LearnedPrefetcher(Prefetcher):
             )
             out.append(ranked[:limit])
         return out
+
+    def retrain(self, steps: int = 64) -> None:
+        """Extra training on the recent window (drift was detected)."""
+        if self.buffer.filled:
+            self._train(steps)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint holds: weights, their shape, and the measured source precisions."""
+        return {
+            "model": self.model.state_dict(),
+            "model_config": self.model.config.as_dict(),
+            "source_pos": torch.from_numpy(self._source_pos.copy()),
+            "source_all": torch.from_numpy(self._source_all.copy()),
+            "labelled": self.labelled,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["model_config"] != self.model.config.as_dict():
+            raise ValueError(f"checkpoint is for model {state['model_config']}, not {self.model.config.as_dict()}")
+        self.model.load_state_dict(state["model"])
+        self._source_pos = state["source_pos"].numpy().copy()
+        self._source_all = state["source_all"].numpy().copy()
+        self.labelled = max(self.labelled, int(state["labelled"]))
+        self.runner.invalidate()
 
     # -- online learning ---------------------------------------------------------------------------
 

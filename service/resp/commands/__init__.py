@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from service.resp.connection import RespConnection
 
-Reply = Union[bytes, Awaitable[bytes]]
+Reply = bytes | Awaitable[bytes]
 Handler = Callable[["RespConnection", list[bytes]], Reply]
 
 
@@ -27,14 +27,12 @@ class Command:
     since: str = "1.0.0"
     subcommands: dict[bytes, Command] = field(default_factory=dict)
 
-    @property
-    def no_auth(self) -> bool:
-        return "no_auth" in self.flags
+    no_auth: bool = field(init=False)
+    touches_data: bool = field(init=False)  # charged against the tenant's rate quota
 
-    @property
-    def touches_data(self) -> bool:
-        """Charged against the tenant's rate quota."""
-        return "connection" not in self.flags
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "no_auth", "no_auth" in self.flags)
+        object.__setattr__(self, "touches_data", "connection" not in self.flags)
 
     def arity_ok(self, argc: int) -> bool:
         return argc == self.arity if self.arity > 0 else argc >= -self.arity

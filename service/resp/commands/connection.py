@@ -136,7 +136,7 @@ def _client_setinfo(conn: RespConnection, args: list[bytes]) -> Reply:
     return r.OK
 
 
-def _sub(name: str, arity: int, handler, summary: str, since: str) -> Command:  # type: ignore[no-untyped-def]
+def _sub(name: str, arity: int, handler, summary: str, since: str) -> Command:
     return Command(f"client|{name}", arity, frozenset({"connection"}), handler, group="connection",
                    summary=summary, since=since)
 
@@ -161,7 +161,7 @@ def client(conn: RespConnection, args: list[bytes]) -> Reply:
     return sub.handler(conn, args)
 
 
-def _cmd(name: str, arity: int, flags: str, handler, summary: str, since: str = "1.0.0",  # type: ignore[no-untyped-def]
+def _cmd(name: str, arity: int, flags: str, handler, summary: str, since: str = "1.0.0",
          subcommands: dict[bytes, Command] | None = None) -> Command:
     return Command(name, arity, frozenset(flags.split()) | {"connection"}, handler, group="connection",
                    summary=summary, since=since, subcommands=subcommands or {})

@@ -106,7 +106,7 @@ def persist(conn: RespConnection, args: list[bytes]) -> Reply:
     return r.ONE
 
 
-def _cmd(name: str, arity: int, flags: str, handler, summary: str, since: str = "1.0.0", last_key: int = 1):  # type: ignore[no-untyped-def]
+def _cmd(name: str, arity: int, flags: str, handler, summary: str, since: str = "1.0.0", last_key: int = 1):
     first = 0 if name == "dbsize" else 1
     return Command(name, arity, frozenset(flags.split()), handler, first, last_key if first else 0, first, "generic",
                    summary, since)

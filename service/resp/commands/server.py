@@ -21,8 +21,8 @@ def _info_sections(conn: RespConnection) -> dict[str, list[tuple[str, object]]]:
     state, tenant = conn.state, conn.tenant
     store = tenant.store
     uptime = int(time.time() - state.started)
-    expires = sum(1 for k in store.keys() if (e := store.entry(k)) is not None and e.expires_at)
-    keyspace = [("db0", f"keys={len(store)},expires={expires},avg_ttl=0")] if len(store) else []
+    expires = store.keys_with_ttl()
+    keyspace: list[tuple[str, object]] = [("db0", f"keys={len(store)},expires={expires},avg_ttl=0")] if len(store) else []
     return {
         "server": [
             ("redis_version", REDIS_COMPAT_VERSION),
@@ -46,7 +46,7 @@ def _info_sections(conn: RespConnection) -> dict[str, list[tuple[str, object]]]:
         ],
         "stats": [
             ("total_connections_received", state.connections.total),
-            ("total_commands_processed", state.connections.commands),
+            ("total_commands_processed", state.commands_processed()),
             ("keyspace_hits", store.stats.hits),
             ("keyspace_misses", store.stats.misses),
             ("expired_keys", store.stats.expired),

@@ -90,6 +90,12 @@ _SET_EXPIRE_UNITS = {b"EX": (1000, False), b"PX": (1, False), b"EXAT": (1000, Tr
 
 
 def set_(conn: RespConnection, args: list[bytes]) -> Reply:
+    if len(args) == 3:  # the common case, without options
+        try:
+            conn.tenant.store.set(args[1], args[2])
+        except ValueTooLarge:
+            return r.OOM
+        return r.OK
     nx = xx = want_get = keep_ttl = False
     expire_opt: bytes | None = None
     expire_raw = b""
@@ -209,7 +215,7 @@ def decrby(conn: RespConnection, args: list[bytes]) -> Reply:
     return _incr_by(conn, args[1], -delta)
 
 
-def _cmd(name: str, arity: int, flags: str, handler, summary: str, since: str = "1.0.0", last_key: int = 1):  # type: ignore[no-untyped-def]
+def _cmd(name: str, arity: int, flags: str, handler, summary: str, since: str = "1.0.0", last_key: int = 1):
     return Command(name, arity, frozenset(flags.split()), handler, 1, last_key, 1, "string", summary, since)
 
 

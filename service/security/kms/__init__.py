@@ -35,7 +35,7 @@ class KmsSettings(BaseModel):
             "azure-keyvault: key URL without version; local: path of the keyring file"
         ),
     )
-    vault_mount: str = Field("transit", description="vault-transit: the transit mount.")
+    vault_mount: str = Field(default="transit", description="vault-transit: the transit mount.")
     aws_region: str | None = Field(
         None, description="aws-kms: region; default from the instance/environment."
     )

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Install what Foresight needs on a Debian machine with Python 3.11: system packages, a virtualenv in .venv,
+# the CPU build of PyTorch and the project itself. Safe to run again: it skips what is already there.
+#   scripts/setup.sh run    the packages to run Foresight locally
+#   scripts/setup.sh test   plus the real servers and validators the test suite drives
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile="${1:-run}"
+
+run_packages=(python3-venv openssl)
+test_packages=(redis-server redis-tools packer cloud-init podman buildah runc debootstrap uidmap slirp4netns fuse-overlayfs)
+packages=("${run_packages[@]}")
+[ "$profile" = test ] && packages+=("${test_packages[@]}")
+
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "==> apt-get install ${missing[*]}" >&2
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+python="${PYTHON:-python3.11}"
+command -v "$python" >/dev/null || python=python3
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv with $($python --version)" >&2
+  "$python" -m venv .venv
+fi
+extras="[test,stacks]"
+[ "$profile" = test ] || extras=""
+echo "==> pip install torch (CPU) and foresight$extras" >&2
+.venv/bin/pip install -q --upgrade pip >&2
+# Pin the CPU wheel first: an unpinned torch pulls a multi-GB CUDA build.
+.venv/bin/pip install -q "${TORCH_SPEC:-torch==2.13.0}" >&2
+.venv/bin/pip install -q -e ".$extras" >&2

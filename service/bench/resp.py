@@ -1,0 +1,152 @@
+"""`foresight bench resp`: redis-benchmark against redis-server and Foresight in one run, side by side.
+
+Both servers run as separate processes on loopback, each benchmark is repeated alternately on the two, and
+the table reports each figure with the Foresight/Redis ratio, so machine noise hits both sides alike.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Annotated
+
+import typer
+
+
+class BenchError(RuntimeError):
+    """A benchmark prerequisite is missing or a server failed to start."""
+
+
+@dataclass(frozen=True)
+class Figure:
+    server: str
+    test: str
+    pipeline: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], name: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{name} exited with code {proc.returncode} during start-up")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"{name} did not listen on port {port} within {timeout:.0f}s")
+
+
+@contextmanager
+def _server(argv: list[str], port: int, name: str) -> Iterator[None]:
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=log)
+        try:
+            _wait_for_port(port, proc, name)
+            yield
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _require(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        raise BenchError(f"{binary} not found: apt-get install -y redis-server redis-tools")
+    return path
+
+
+def run_redis_benchmark(port: int, test: str, requests: int, clients: int, pipeline: int) -> tuple[float, float, float]:
+    """(requests/s, p50 ms, p99 ms) from one redis-benchmark run."""
+    argv = [_require("redis-benchmark"), "-p", str(port), "-t", test, "-n", str(requests), "-c", str(clients),
+            "-P", str(pipeline), "-r", "100000", "-d", "64", "--csv"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True).stdout
+    rows = list(csv.DictReader(io.StringIO(out)))
+    if not rows:
+        raise BenchError(f"redis-benchmark printed no result for {test}: {out!r}")
+    row = rows[0]
+    return float(row["rps"]), float(row["p50_latency_ms"]), float(row["p99_latency_ms"])
+
+
+def measure(requests: int, clients: int, pipelines: list[int], rounds: int, tests: list[str]) -> list[Figure]:
+    redis_port, foresight_port, http_port = _free_port(), _free_port(), _free_port()
+    redis_argv = [_require("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                  "--appendonly", "no"]
+    foresight_argv = [sys.executable, "-c", "from service.cli import main; main()", "serve", "--dev",
+                      "--resp-port", str(foresight_port), "--http-port", str(http_port)]
+    samples: dict[tuple[str, str, int], list[tuple[float, float, float]]] = {}
+    with _server(redis_argv, redis_port, "redis-server"), _server(foresight_argv, foresight_port, "foresight"):
+        for _ in range(rounds):
+            for test in tests:
+                for pipeline in pipelines:
+                    for name, port in (("redis", redis_port), ("foresight", foresight_port)):
+                        result = run_redis_benchmark(port, test, requests, clients, pipeline)
+                        samples.setdefault((name, test, pipeline), []).append(result)
+    figures = []
+    for (name, test, pipeline), runs in samples.items():
+        figures.append(Figure(name, test, pipeline, statistics.median(r[0] for r in runs),
+                              statistics.median(r[1] for r in runs), statistics.median(r[2] for r in runs)))
+    return figures
+
+
+def render_table(figures: list[Figure]) -> str:
+    by_key = {(f.server, f.test, f.pipeline): f for f in figures}
+    lines = ["| test | pipeline | redis rps | foresight rps | ratio | redis p99 ms | foresight p99 ms | p99 ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (server, test, pipeline), ref in sorted(by_key.items(), key=lambda kv: (kv[0][1], kv[0][2])):
+        if server != "redis":
+            continue
+        ours = by_key[("foresight", test, pipeline)]
+        lines.append(f"| {test.upper()} | {pipeline} | {ref.rps:,.0f} | {ours.rps:,.0f} | {ours.rps / ref.rps:.2f}x "
+                     f"| {ref.p99_ms:.3f} | {ours.p99_ms:.3f} | {ours.p99_ms / ref.p99_ms:.2f}x |")
+    return "\n".join(lines)
+
+
+def bench_resp(
+    requests: Annotated[int, typer.Option(min=1000, help="Requests per redis-benchmark run.")] = 200_000,
+    clients: Annotated[int, typer.Option(min=1, help="Parallel connections (redis-benchmark -c).")] = 50,
+    pipeline: Annotated[list[int], typer.Option(help="Pipeline depths to test (repeatable).")] = [1, 16],  # noqa: B006
+    rounds: Annotated[int, typer.Option(min=1, help="Alternating rounds; the median is reported.")] = 3,
+    tests: Annotated[str, typer.Option(help="Comma-separated redis-benchmark tests.")] = "get,set",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+) -> None:
+    """Compare Foresight's RESP throughput and latency with redis-server on this machine.
+
+    Starts redis-server and `foresight serve --dev` on free loopback ports, runs redis-benchmark against each
+    in alternation (GET and SET, 50 clients, with and without -P 16 by default), and prints the medians with
+    Foresight/Redis ratios. Needs redis-server and redis-benchmark (Debian: redis-server redis-tools).
+    """
+    try:
+        figures = measure(requests, clients, pipeline, rounds, [t.strip() for t in tests.split(",") if t.strip()])
+    except (BenchError, subprocess.CalledProcessError) as err:
+        typer.echo(f"foresight bench resp: {err}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps({"cpu_count": os.cpu_count(), "requests": requests, "clients": clients,
+                               "figures": [asdict(f) for f in figures]}))
+    else:
+        typer.echo(render_table(figures))

@@ -1,0 +1,244 @@
+"""VaultKeySource: what the listeners authenticate with, against a real OpenBao and the read-only service policy."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import socket
+import time
+from collections.abc import Iterator
+
+import hvac
+import pytest
+
+from service.security.vault_keys import VaultKeyAdmin
+from service.security.vault_source import VaultKeySource
+from service.tenancy import Principal, TenantSpec
+from tests.security.helpers import unique
+from tests.servers import OpenBao
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def tenant(key_admin: VaultKeyAdmin) -> str:
+    name = unique("src")
+    key_admin.create_tenant(TenantSpec(name=name))
+    return name
+
+
+@pytest.fixture
+def service_vault(openbao: OpenBao, service_client: hvac.Client) -> hvac.Client:
+    """A service-policy client of its own, so a test may point it at a dead address."""
+    return hvac.Client(url=openbao.addr, token=service_client.token, timeout=0.5)
+
+
+def count_reads(source: VaultKeySource, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    reads: list[str] = []
+    original = source._read
+
+    def counting(path: str):  # type: ignore[no-untyped-def]
+        reads.append(path)
+        return original(path)
+
+    monkeypatch.setattr(source, "_read", counting)
+    return reads
+
+
+def wait_for_refusal(source: VaultKeySource, secret: str, limit: float = 3.0) -> float:
+    start = time.monotonic()
+    while source.authenticate(secret) is not None:
+        assert time.monotonic() - start < limit, "key still accepted"
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+def test_valid_key_authenticates_with_its_tenant_and_scopes(
+    key_admin: VaultKeyAdmin, service_vault: hvac.Client, tenant: str
+) -> None:
+    key = key_admin.issue_key(tenant, ["read"])
+    assert VaultKeySource(service_vault).authenticate(key.secret) == Principal(tenant, key.key_id, frozenset({"read"}))
+
+
+def test_wrong_secret_malformed_and_unknown_keys_are_refused(
+    key_admin: VaultKeyAdmin, service_vault: hvac.Client, tenant: str
+) -> None:
+    key = key_admin.issue_key(tenant)
+    source = VaultKeySource(service_vault)
+    assert source.authenticate(key.secret) is not None
+    forged = key.secret[:-4] + ("AAAA" if not key.secret.endswith("AAAA") else "BBBB")
+    assert source.authenticate(forged) is None
+    assert source.authenticate("not-a-key") is None
+    assert source.authenticate("fsk_aaaaaaaaaaaa_" + "A" * 43) is None
+
+
+def test_tenant_a_secret_cannot_pass_as_tenant_b_key(
+    key_admin: VaultKeyAdmin, service_vault: hvac.Client, tenant: str
+) -> None:
+    other = unique("src")
+    key_admin.create_tenant(TenantSpec(name=other))
+    key_a, key_b = key_admin.issue_key(tenant), key_admin.issue_key(other)
+    source = VaultKeySource(service_vault)
+    assert source.authenticate(key_b.secret).tenant == other  # type: ignore[union-attr]
+    secret_a = key_a.secret.split("_", 2)[2]
+    assert source.authenticate(f"fsk_{key_b.key_id}_{secret_a}") is None
+    assert source.authenticate(key_a.secret).tenant == tenant  # type: ignore[union-attr]
+
+
+def test_revocation_reaches_every_listener_within_one_second(
+    key_admin: VaultKeyAdmin, service_vault: hvac.Client, tenant: str
+) -> None:
+    key = key_admin.issue_key(tenant)
+    listeners = [VaultKeySource(service_vault), VaultKeySource(service_vault)]  # e.g. RESP and HTTP
+    assert all(s.authenticate(key.secret) for s in listeners)
+    key_admin.revoke_key(key.key_id)
+    revoked_at = time.monotonic()
+    for source in listeners:
+        wait_for_refusal(source, key.secret)
+    assert time.monotonic() - revoked_at < 1.0
+
+
+def test_rotation_overlap_then_old_key_expires(
+    key_admin: VaultKeyAdmin, service_vault: hvac.Client, tenant: str
+) -> None:
+    old = key_admin.issue_key(tenant)
+    source = VaultKeySource(service_vault, cache_ttl=0.1)
+    new = key_admin.rotate_key(old.key_id, overlap=dt.timedelta(seconds=0.6))
+    assert source.authenticate(old.secret) is not None
+    assert source.authenticate(new.secret) is not None
+    time.sleep(0.7)
+    assert source.authenticate(old.secret) is None
+    assert source.authenticate(new.secret) is not None
+
+
+def test_suspending_or_deleting_the_tenant_refuses_its_keys(
+    key_admin: VaultKeyAdmin, service_vault: hvac.Client, tenant: str
+) -> None:
+    key = key_admin.issue_key(tenant)
+    source = VaultKeySource(service_vault)
+    assert source.authenticate(key.secret) is not None
+    key_admin.update_tenant(TenantSpec(name=tenant, suspended=True))
+    wait_for_refusal(source, key.secret, limit=1.0)
+    key_admin.update_tenant(TenantSpec(name=tenant))
+    time.sleep(0.6)
+    assert source.authenticate(key.secret) is not None
+    key_admin.delete_tenant(tenant)
+    wait_for_refusal(source, key.secret, limit=1.0)
+
+
+def test_cache_answers_repeat_auth_without_vault_reads(
+    key_admin: VaultKeyAdmin, service_vault: hvac.Client, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = key_admin.issue_key(tenant)
+    clock = FakeClock()
+    source = VaultKeySource(service_vault, clock=clock)
+    reads = count_reads(source, monkeypatch)
+    for _ in range(200):
+        assert source.authenticate(key.secret) is not None
+    assert len(reads) == 3  # index, key record, tenant meta
+    clock.now += 0.6
+    assert source.authenticate(key.secret) is not None
+    assert len(reads) == 5  # after the TTL: key record and tenant meta again; the index never changes
+
+
+def test_unknown_key_flood_costs_few_vault_reads(
+    service_vault: hvac.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    source = VaultKeySource(service_vault, clock=clock)
+    reads = count_reads(source, monkeypatch)
+    unknown = "fsk_bbbbbbbbbbbb_" + "B" * 43
+    for _ in range(100):
+        assert source.authenticate(unknown) is None
+    assert len(reads) == 1
+    clock.now += 0.6  # negative answers expire quickly
+    assert source.authenticate(unknown) is None
+    assert len(reads) == 2
+
+
+def test_vault_outage_serves_recently_confirmed_keys_and_refuses_the_rest(
+    key_admin: VaultKeyAdmin, service_vault: hvac.Client, tenant: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    good, revoked, never_seen = (key_admin.issue_key(tenant) for _ in range(3))
+    key_admin.revoke_key(revoked.key_id)
+    clock = FakeClock()
+    source = VaultKeySource(service_vault, clock=clock, stale_grace=60)
+    assert source.authenticate(good.secret) is not None
+    assert source.authenticate(revoked.secret) is None
+    service_vault.url = "http://127.0.0.1:9"  # Vault goes away
+    clock.now += 5
+    with caplog.at_level(logging.WARNING):
+        assert source.authenticate(good.secret) is not None
+    assert not source.vault_reachable
+    assert "Vault unavailable" in caplog.text
+    assert source.authenticate(revoked.secret) is None
+    assert source.authenticate(never_seen.secret) is None
+    clock.now += 56  # confirmed 61 s ago: beyond stale_grace
+    assert source.authenticate(good.secret) is None
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """A TCP port that accepts connections and never answers, like a Vault behind a dead load balancer."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_hung_vault_bounds_auth_latency(
+    key_admin: VaultKeyAdmin, service_vault: hvac.Client, tenant: str, black_hole: str
+) -> None:
+    key = key_admin.issue_key(tenant)
+    clock = FakeClock()
+    source = VaultKeySource(service_vault, clock=clock, retry_interval=5)
+    assert source.authenticate(key.secret) is not None
+    service_vault.url = black_hole
+    clock.now += 1
+    start = time.monotonic()
+    assert source.authenticate(key.secret) is not None  # waits one client timeout (0.5 s), then the cache
+    first = time.monotonic() - start
+    clock.now += 1
+    start = time.monotonic()
+    for _ in range(50):
+        assert source.authenticate(key.secret) is not None  # within retry_interval: no waiting at all
+    assert first < 1.5 and time.monotonic() - start < 0.1
+
+
+def test_forbidden_service_token_falls_back_to_cache_and_logs_an_error(
+    openbao: OpenBao, bao_root: hvac.Client, key_admin: VaultKeyAdmin, tenant: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = key_admin.issue_key(tenant)
+    token = bao_root.auth.token.create(policies=["foresight-service"], ttl="1h")["auth"]["client_token"]
+    client = hvac.Client(url=openbao.addr, token=token, timeout=1)
+    clock = FakeClock()
+    source = VaultKeySource(client, clock=clock)
+    assert source.authenticate(key.secret) is not None
+    bao_root.auth.token.revoke(token)
+    clock.now += 1
+    with caplog.at_level(logging.ERROR):
+        assert source.authenticate(key.secret) is not None
+    assert any(r.levelno == logging.ERROR and "Forbidden" in r.getMessage() for r in caplog.records)
+
+
+def test_tenants_lists_live_tenants_and_survives_an_outage(
+    key_admin: VaultKeyAdmin, service_vault: hvac.Client, tenant: str
+) -> None:
+    gone = unique("src")
+    key_admin.create_tenant(TenantSpec(name=gone))
+    key_admin.delete_tenant(gone)
+    clock = FakeClock()
+    source = VaultKeySource(service_vault, clock=clock)
+    names = {t.name for t in source.tenants()}
+    assert tenant in names and gone not in names
+    service_vault.url = "http://127.0.0.1:9"
+    clock.now += 10
+    assert tenant in {t.name for t in source.tenants()}
+    with pytest.raises(ConnectionError):
+        VaultKeySource(service_vault).tenants()

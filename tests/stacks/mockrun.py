@@ -1,0 +1,200 @@
+"""Run the real Pulumi program (`stacks/`, as `pulumi up` runs it) under `pulumi.runtime.set_mocks`.
+
+`run_program(config)` sets the stack config, executes `stacks/__main__.py`, waits for every registration, and
+returns a `MockRun`: each registered resource (type, name, inputs as the engine saw them, parent) and each
+stack output (value and whether it is secret). Cloud invokes answer from `INVOKES`, like a small fake AWS.
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import settings
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+from pulumi_policy.deserialize import SPECIAL_SECRET_SIG, SPECIAL_SIG_KEY
+
+ROOT = Path(__file__).resolve().parents[2]
+PROGRAM = ROOT / "stacks"
+PROJECT = "foresight"
+STACK = "aws-test"
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+AMI = "ami-0abcdef1234567890"
+BYO_VPC_CIDR = "10.20.0.0/16"
+
+# The acceptance baseline: only the required config.
+REQUIRED_CONFIG = {
+    "foresight:cloud": "aws",
+    "aws:region": REGION,
+    "foresight:allowedCidrs": '["203.0.113.0/24"]',
+    "foresight:vaultAddress": "https://vault.example.test:8200",
+}
+
+# Outputs the real providers mark secret (additional_secret_outputs, which the engine applies, not the SDK).
+SECRET_OUTPUTS = {"privateKeyPem", "privateKeyOpenssh", "privateKeyPemPkcs8"}
+
+
+def fake_pem(kind: str, name: str) -> str:
+    return f"-----BEGIN {kind}-----\nMOCK{name.replace('-', '')}\n-----END {kind}-----\n"
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SPECIAL_SIG_KEY) == SPECIAL_SECRET_SIG
+
+
+def plain(value: Any) -> Any:
+    """The value with secret wrappers removed, recursively."""
+    if is_secret(value):
+        return plain(value["value"])
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [plain(item) for item in value]
+    return value
+
+
+@dataclass
+class Registered:
+    type: str
+    name: str
+    urn: str
+    parent: str
+    inputs: dict[str, Any]
+
+    @property
+    def props(self) -> dict[str, Any]:
+        return dict(plain(self.inputs))
+
+
+@dataclass
+class StackOutput:
+    value: Any
+    secret: bool
+
+
+@dataclass
+class MockRun:
+    resources: list[Registered]
+    outputs: dict[str, StackOutput]
+    invokes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def of_type(self, type_: str) -> list[Registered]:
+        return [resource for resource in self.resources if resource.type == type_]
+
+    def one(self, type_: str) -> Registered:
+        found = self.of_type(type_)
+        assert len(found) == 1, f"expected one {type_}, found {[r.name for r in found]}"
+        return found[0]
+
+    def named(self, name: str) -> Registered:
+        return next(resource for resource in self.resources if resource.name == name)
+
+    def __iter__(self) -> Iterator[Registered]:
+        return iter(self.resources)
+
+
+def _outputs_for(type_: str, name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    state: dict[str, Any] = dict(inputs)
+    service = type_.split(":")[1].split("/")[0]
+    state.setdefault("arn", f"arn:aws:{service}:{REGION}:{ACCOUNT}:{name}")
+    if type_ == "aws:iam/role:Role":
+        state["name"] = f"{name}-a1b2c3d"
+        state["arn"] = f"arn:aws:iam::{ACCOUNT}:role/{state['name']}"
+    elif type_ == "aws:iam/instanceProfile:InstanceProfile":
+        state["arn"] = f"arn:aws:iam::{ACCOUNT}:instance-profile/{name}-a1b2c3d"
+    elif type_ == "aws:kms/key:Key":
+        state["keyId"] = "1234abcd-12ab-34cd-56ef-1234567890ab"
+        state["arn"] = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{state['keyId']}"
+    elif type_ == "aws:lb/loadBalancer:LoadBalancer":
+        state["dnsName"] = f"{name}-0123456789abcdef.elb.{REGION}.amazonaws.com"
+    elif type_ == "aws:ec2/launchTemplate:LaunchTemplate":
+        state["latestVersion"] = 1
+    elif type_ == "aws:autoscaling/group:Group":
+        state["name"] = f"{name}-a1b2c3d"
+    elif type_ == "aws:ec2/keyPair:KeyPair":
+        state["keyName"] = f"{name}-a1b2c3d"
+    elif type_ == "tls:index/privateKey:PrivateKey":
+        state["privateKeyPem"] = pulumi.Output.secret(fake_pem("PRIVATE KEY", name))
+    elif type_ in ("tls:index/selfSignedCert:SelfSignedCert", "tls:index/locallySignedCert:LocallySignedCert"):
+        state["certPem"] = fake_pem("CERTIFICATE", name)
+    elif type_ == "tls:index/certRequest:CertRequest":
+        state["certRequestPem"] = fake_pem("CERTIFICATE REQUEST", name)
+    return state
+
+
+def _invoke(token: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    if token == "aws:index/getPartition:getPartition":
+        return {"id": "aws", "partition": "aws", "dnsSuffix": "amazonaws.com", "reverseDnsPrefix": "com.amazonaws"}
+    if token == "aws:index/getCallerIdentity:getCallerIdentity":
+        return {"id": ACCOUNT, "accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/deployer", "userId": "AIDA"}
+    if token == "aws:ssm/getParameter:getParameter":
+        return {"id": args["name"], "name": args["name"], "type": "String", "value": AMI, "insecureValue": AMI}
+    if token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
+        zones = [f"{REGION}{suffix}" for suffix in "cba"]
+        return {"id": REGION, "instanceTypes": ["g6.xlarge"] * 3, "locations": zones, "locationTypes": ["az"] * 3}
+    if token == "aws:ec2/getVpc:getVpc":
+        return {"id": args["id"], "cidrBlock": BYO_VPC_CIDR}
+    raise AssertionError(f"the fake cloud has no answer for invoke {token}")
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    def __init__(self, invoke: Callable[[str, Mapping[str, Any]], dict[str, Any]]) -> None:
+        self.invoke = invoke
+        self.invokes: list[tuple[str, dict[str, Any]]] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        return f"{args.name}-id", _outputs_for(args.typ, args.name, args.inputs)
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        self.invokes.append((args.token, dict(args.args)))
+        return self.invoke(args.token, args.args), []
+
+
+class RecordingMonitor(pulumi_mocks.MockMonitor):
+    """The SDK's mock monitor, also keeping each registration's inputs and parent in order."""
+
+    def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
+        super().__init__(mocks)
+        self.registered: list[Registered] = []
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - the gRPC method name
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            from pulumi.runtime import rpc
+
+            inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)
+            self.registered.append(Registered(request.type, request.name, response.urn, request.parent, inputs))
+        return response
+
+
+def run_program(
+    config: Mapping[str, str],
+    secret_keys: tuple[str, ...] = (),
+    invoke: Callable[[str, Mapping[str, Any]], dict[str, Any]] = _invoke,
+) -> MockRun:
+    """Execute stacks/__main__.py as the stack `STACK` with `config`; raise what the program raises."""
+    settings.ROOT.set(None)
+    pulumi.runtime.set_all_config(dict(config), list(secret_keys))
+    mocks = RecordingMocks(invoke)
+    monitor = RecordingMonitor(mocks)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=STACK, preview=False, monitor=monitor)
+    root = settings.get_root_resource()
+    saved_path = list(sys.path)
+    try:
+        _sync_await(run_pulumi_func(lambda: runpy.run_path(str(PROGRAM), run_name="__main__")))
+    finally:
+        sys.path[:] = saved_path
+    assert root is not None
+    outputs: dict[str, StackOutput] = {}
+    for name, value in root.outputs.items():  # type: ignore[attr-defined]
+        output = pulumi.Output.from_input(value)
+        outputs[name] = StackOutput(_sync_await(output.future()), bool(_sync_await(output.is_secret())))
+    return MockRun(resources=monitor.registered, outputs=outputs, invokes=mocks.invokes)
