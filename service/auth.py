@@ -11,9 +11,13 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from service.security.apikeys import hash_key
+from service.security.apikeys import MalformedKey, hash_key, key_id_of
 from service.tenancy import KeySource, Principal
+
+if TYPE_CHECKING:
+    from service.security.audit import AuditLog
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +34,26 @@ class Session:
 
 
 class Authenticator:
-    def __init__(self, source: KeySource, ttl: float = 1.0) -> None:
+    def __init__(self, source: KeySource, ttl: float = 1.0, audit: AuditLog | None = None) -> None:
         self.source = source
         self.ttl = ttl
+        self.audit = audit
         self._sessions: dict[str, Session] = {}  # key hash -> session; never the key itself as a dict key
 
-    async def login(self, api_key: str) -> Session | None:
-        """A session for a valid key, or None. Cached for `ttl`; unknown keys are never cached."""
+    async def login(self, api_key: str, *, peer: str, listener: str, audit_cached: bool = True) -> Session | None:
+        """A session for a valid key, or None. Cached for `ttl`; unknown keys are never cached.
+
+        Every attempt is audited (a cached success only with `audit_cached`: HTTP sends the key on every
+        request, so it audits new sessions and failures, not each request).
+        """
         digest = hash_key(api_key)
         session = self._sessions.get(digest)
         if session is not None and not session.revoked and time.monotonic() - session.verified_at < self.ttl:
+            if audit_cached:
+                await self._audit(session.principal, api_key, peer, listener)
             return session
         principal = await asyncio.to_thread(self.source.authenticate, api_key)
+        await self._audit(principal, api_key, peer, listener)
         if principal is None:
             if session is not None:
                 session.revoked = True
@@ -53,20 +65,38 @@ class Authenticator:
         session.verified_at = time.monotonic()
         return session
 
+    async def _audit(self, principal: Principal | None, api_key: str, peer: str, listener: str) -> None:
+        audit = self.audit
+        if audit is None:
+            return
+        if principal is not None:
+            await asyncio.to_thread(audit.auth_success, tenant=principal.tenant, key_id=principal.key_id,
+                                    source=peer, listener=listener)
+            return
+        try:
+            key_id: str | None = key_id_of(api_key)
+            reason = "unknown, revoked or expired key"
+        except MalformedKey:
+            key_id, reason = None, "malformed key"
+        await asyncio.to_thread(audit.auth_failure, key_id=key_id, source=peer, listener=listener, reason=reason)
+
     def attach(self, session: Session) -> None:
         session.users += 1
 
     def detach(self, session: Session) -> None:
         session.users -= 1
 
-    async def recheck(self) -> int:
-        """Re-verify keys in use (and forget idle ones); returns how many sessions were revoked."""
+    async def recheck(self, force: bool = False) -> int:
+        """Re-verify keys in use (and forget idle ones); returns how many sessions were revoked.
+
+        `force` re-verifies every session now (after an admin refresh), whatever its age.
+        """
         revoked = 0
         for digest, session in list(self._sessions.items()):
             if session.users <= 0 and time.monotonic() - session.verified_at >= self.ttl:
                 del self._sessions[digest]
                 continue
-            if time.monotonic() - session.verified_at < self.ttl / 2:
+            if not force and time.monotonic() - session.verified_at < self.ttl / 2:
                 continue
             try:
                 principal = await asyncio.to_thread(self.source.authenticate, session._api_key)

@@ -34,7 +34,38 @@ class Settings(BaseSettings):
     tls_key_file: Path | None = Field(None, description="PEM private key for tls_cert_file.")
     tls_client_ca_file: Path | None = Field(None, description="If set, clients must present a cert from this CA.")
 
+    tls_require_client_cert: bool = Field(False, description="mTLS: refuse clients without a cert from the CA.")
+    tls_reload_interval_s: float = Field(1.0, gt=0, description="How often certificate files are checked.")
+
     tenants_file: Path | None = Field(None, description="JSON file of tenants and key hashes (a key source).")
+    vault_addr: str | None = Field(None, description="Vault/OpenBao address; makes Vault the key source.")
+    vault_auth_method: Literal["token", "approle", "aws", "gcp", "azure"] = Field(
+        "token", description="How the service logs in to Vault: a token locally, the cloud identity on VMs."
+    )
+    vault_auth_mount: str | None = Field(None, description="Auth mount path; default: the method's name.")
+    vault_role: str | None = Field(None, description="Vault role for aws, gcp and azure logins.")
+    vault_token_file: Path | None = Field(None, description="token login: file holding the token (re-read).")
+    vault_role_id: str | None = Field(None, description="approle login: the role id.")
+    vault_secret_id_file: Path | None = Field(None, description="approle login: file holding the secret id.")
+    vault_ca_file: Path | None = Field(None, description="CA bundle for Vault's TLS certificate.")
+    vault_kv_mount: str = Field("foresight", description="KV v2 mount holding tenants and key hashes.")
+    vault_stale_grace_s: float = Field(
+        300.0, ge=0, description="While Vault is unreachable, keys verified this recently keep working."
+    )
+
+    kms_provider: Literal["none", "vault-transit", "aws", "gcp", "azure", "local"] = Field(
+        "none", description="KMS wrapping the data keys of everything written to disk."
+    )
+    kms_key_id: str = Field(
+        "foresight",
+        description="Transit key name, AWS key id/ARN/alias, GCP CryptoKey name, Azure key URL, or keyring path.",
+    )
+    kms_endpoint_url: str | None = Field(None, description="AWS KMS endpoint override (VPC endpoint, tests).")
+    data_dir: Path | None = Field(None, description="Where the encrypted snapshot and the audit log live.")
+    audit_log: Path | None = Field(None, description="Audit log path; default <data_dir>/audit.log.")
+    admin_token_hash: str | None = Field(
+        None, description="Stored hash of the admin API bearer token (service.security.admin_token)."
+    )
     default_tenant_memory_bytes: int = Field(
         256 * 1024 * 1024, gt=0, description="Memory budget of the dev tenant and of tenants without a quota."
     )
@@ -58,6 +89,12 @@ class Settings(BaseSettings):
             )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.tls_require_client_cert and self.tls_client_ca_file is None:
+            raise ValueError("tls_require_client_cert needs tls_client_ca_file")
+        if self.tenants_file is not None and self.vault_addr is not None:
+            raise ValueError("choose one key source: tenants_file or vault_addr, not both")
+        if self.kms_provider == "vault-transit" and self.vault_addr is None:
+            raise ValueError("kms_provider vault-transit needs vault_addr")
         if self.dev and self.bind not in ("127.0.0.1", "::1", "localhost"):
             raise ValueError(f"dev mode binds loopback only; bind={self.bind!r} is not allowed with dev")
         return self
@@ -71,9 +108,17 @@ class Settings(BaseSettings):
         problems = []
         if not self.tls_enabled:
             problems.append("TLS is not configured: set FORESIGHT_TLS_CERT_FILE and FORESIGHT_TLS_KEY_FILE")
-        if self.tenants_file is None:
-            problems.append("no key source: set FORESIGHT_TENANTS_FILE (or use --dev for a local trial)")
+        if self.tenants_file is None and self.vault_addr is None:
+            problems.append(
+                "no key source: set FORESIGHT_VAULT_ADDR or FORESIGHT_TENANTS_FILE (or use --dev for a local trial)"
+            )
         return problems
+
+    @property
+    def audit_path(self) -> Path | None:
+        if self.audit_log is not None:
+            return self.audit_log
+        return self.data_dir / "audit.log" if self.data_dir is not None else None
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -11,18 +11,19 @@ import contextlib
 import logging
 import signal
 import socket
-import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import uvicorn
 
+from service import snapshot
 from service.auth import Authenticator
+from service.bootstrap import build_security
 from service.config import ConfigError, Settings
 from service.http.app import create_app
 from service.resp.connection import RespConnection
 from service.state import DEV_TENANT, ServiceState
-from service.tenancy import FileKeySource, KeySource, TenantQuota, TenantsFileError, TenantSpec
+from service.tenancy import TenantQuota, TenantSpec
 
 log = logging.getLogger(__name__)
 
@@ -44,34 +45,6 @@ class _EmbeddedUvicorn(uvicorn.Server):
         yield
 
 
-def build_key_source(settings: Settings) -> KeySource | None:
-    if settings.dev:
-        return None
-    problems = settings.production_problems()
-    if problems:
-        raise ConfigError("refusing to start outside dev mode:\n  " + "\n  ".join(problems))
-    assert settings.tenants_file is not None
-    try:
-        return FileKeySource(settings.tenants_file)
-    except TenantsFileError as err:
-        raise ConfigError(str(err)) from None
-
-
-def build_tls(settings: Settings) -> ssl.SSLContext | None:
-    if not settings.tls_enabled:
-        return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file))
-        if settings.tls_client_ca_file:
-            context.load_verify_locations(str(settings.tls_client_ca_file))
-            context.verify_mode = ssl.CERT_REQUIRED
-    except (OSError, ssl.SSLError) as err:
-        raise ConfigError(f"TLS material cannot be loaded (FORESIGHT_TLS_*): {err}") from None
-    return context
-
-
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -91,15 +64,20 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.key_source = build_key_source(settings)
-        self.tls = build_tls(settings)
-        authenticator = Authenticator(self.key_source, settings.auth_cache_ttl_s) if self.key_source else None
-        self.state = ServiceState(settings, authenticator)
+        self.security = build_security(settings)
+        self.key_source = self.security.key_source
+        self.tls = self.security.tls
+        authenticator = (
+            Authenticator(self.key_source, settings.auth_cache_ttl_s, self.security.audit) if self.key_source else None
+        )
+        self.state = ServiceState(settings, authenticator, self.security.audit)
         self._tasks: list[asyncio.Task[None]] = []
         self._resp: asyncio.Server | None = None
         self._http: _EmbeddedUvicorn | None = None
         self._http_sock: socket.socket | None = None
         self._stopped = asyncio.Event()
+        # Warm restarts need somewhere to write and a KMS to encrypt with: nothing reaches disk in clear.
+        self._snapshots_on = settings.data_dir is not None and self.security.cipher is not None
         self.endpoints: Endpoints | None = None
 
     def _tenant_specs(self) -> list[TenantSpec]:
@@ -111,19 +89,23 @@ class Service:
     async def start(self) -> Endpoints:
         settings = self.settings
         self.state.tenants.sync(await asyncio.to_thread(self._tenant_specs))
+        if self._snapshots_on:
+            assert settings.data_dir is not None and self.security.cipher is not None
+            restored = await asyncio.to_thread(snapshot.restore, self.state.tenants, settings.data_dir,
+                                               self.security.cipher)
+            log.info("restored %d entries from the encrypted snapshot", restored)
         loop = asyncio.get_running_loop()
         resp_sock = _listen(settings.bind, settings.resp_port)
-        self._resp = await loop.create_server(lambda: RespConnection(self.state), sock=resp_sock, ssl=self.tls)
+        tls_context = self.tls.context if self.tls else None
+        self._resp = await loop.create_server(lambda: RespConnection(self.state), sock=resp_sock, ssl=tls_context)
         self._http_sock = _listen(settings.bind, settings.http_port)
         config = uvicorn.Config(
             create_app(self.state),
             log_config=None,
             access_log=False,
             lifespan="off",
-            ssl_certfile=settings.tls_cert_file,
-            ssl_keyfile=settings.tls_key_file,
-            ssl_ca_certs=str(settings.tls_client_ca_file) if settings.tls_client_ca_file else None,
-            ssl_cert_reqs=ssl.CERT_REQUIRED if settings.tls_client_ca_file else ssl.CERT_NONE,
+            # uvicorn serves the same context as RESP, so a certificate reload reaches both listeners.
+            ssl_context_factory=self.tls.uvicorn_context_factory() if self.tls else None,
             timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
         )
         self._http = _EmbeddedUvicorn(config)
@@ -134,6 +116,8 @@ class Service:
                 raise ConfigError("HTTP listener stopped during start-up")
             await asyncio.sleep(0.01)
         self._tasks.append(asyncio.create_task(self._expire_loop()))
+        if self.tls is not None:
+            self._tasks.append(asyncio.create_task(self.tls.watch(settings.tls_reload_interval_s)))
         if self.state.authenticator is not None:
             self._tasks.append(asyncio.create_task(self.state.authenticator.run()))
             self._tasks.append(asyncio.create_task(self._tenant_refresh_loop()))
@@ -180,6 +164,15 @@ class Service:
                 async with asyncio.timeout(grace + 1):
                     await self._tasks[0]
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._snapshots_on:
+            assert self.settings.data_dir is not None and self.security.cipher is not None
+            try:
+                path = await asyncio.to_thread(snapshot.save, self.state.tenants, self.settings.data_dir,
+                                               self.security.cipher)
+                log.info("wrote encrypted snapshot %s", path)
+            except Exception as err:  # losing a warm start must not turn a clean stop into a crash
+                log.error("snapshot not written: %s", err)
+        await asyncio.to_thread(self.security.close)
         self._stopped.set()
         log.info("stopped")
 

@@ -14,6 +14,7 @@ from service.config import Settings
 
 if TYPE_CHECKING:
     from service.resp.connection import RespConnection
+    from service.security.audit import AuditLog
 
 DEV_TENANT = "default"
 REDIS_COMPAT_VERSION = "7.0.15"  # the Redis release whose replies we match, reported where clients look
@@ -28,8 +29,9 @@ class ConnectionCounters:
 
 
 class ServiceState:
-    def __init__(self, settings: Settings, authenticator: Authenticator | None) -> None:
+    def __init__(self, settings: Settings, authenticator: Authenticator | None, audit: AuditLog | None = None) -> None:
         self.settings = settings
+        self.audit = audit
         self.tenants = TenantRegistry(settings)
         self.authenticator = authenticator
         self.connections = ConnectionCounters()

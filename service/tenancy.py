@@ -48,8 +48,8 @@ class KeySource(Protocol):
     def authenticate(self, api_key: str) -> Principal | None:
         """The principal for a valid, active key; None for anything else. May block."""
 
-    def tenants(self) -> list[TenantSpec]:
-        """Every tenant with its quota. May block."""
+    def tenants(self, fresh: bool = False) -> list[TenantSpec]:
+        """Every tenant with its quota; `fresh` bypasses any cache. May block."""
 
 
 class KeyRecord(BaseModel):
@@ -79,12 +79,18 @@ class TenantsFileError(ValueError):
 
 
 class FileKeySource:
-    """Tenants and key hashes from a JSON file (no secrets in it: only hashes)."""
+    """Tenants and key hashes from a JSON file (no secrets in it: only hashes), re-read when it changes."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._mtime = 0.0
+        self._load()
+
+    def _load(self) -> None:
+        path = self.path
         try:
-            self._file = TenantsFile.model_validate(json.loads(path.read_text()))
+            mtime = path.stat().st_mtime
+            parsed = TenantsFile.model_validate(json.loads(path.read_text()))
         except FileNotFoundError:
             raise TenantsFileError(f"tenants file {path} does not exist") from None
         except json.JSONDecodeError as err:
@@ -93,14 +99,17 @@ class FileKeySource:
             first = err.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise TenantsFileError(f"tenants file {path}: {where}: {first['msg']}") from None
-        names = {t.name for t in self._file.tenants}
-        for record in self._file.keys:
+        names = {t.name for t in parsed.tenants}
+        for record in parsed.keys:
             if record.tenant not in names:
                 raise TenantsFileError(
                     f"tenants file {path}: key {record.key_id} names unknown tenant {record.tenant!r}"
                 )
-        self._by_id = {r.key_id: r for r in self._file.keys}
-        self._suspended = {t.name for t in self._file.tenants if t.suspended}
+        # Swap in one assignment each: readers on other threads see the old or the new file, never a mix.
+        self._by_id = {r.key_id: r for r in parsed.keys}
+        self._suspended = {t.name for t in parsed.tenants if t.suspended}
+        self._file = parsed
+        self._mtime = mtime
 
     def authenticate(self, api_key: str) -> Principal | None:
         try:
@@ -111,5 +120,8 @@ class FileKeySource:
             return None
         return Principal(record.tenant, record.key_id, frozenset(record.scopes))
 
-    def tenants(self) -> list[TenantSpec]:
+    def tenants(self, fresh: bool = False) -> list[TenantSpec]:
+        """The file's tenants, re-reading it first if it changed (an invalid edit keeps the last good one)."""
+        if fresh or self.path.stat().st_mtime != self._mtime:
+            self._load()
         return list(self._file.tenants)

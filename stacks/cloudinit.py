@@ -33,7 +33,6 @@ DATA_DIR = "/var/lib/foresight"
 # so it works whatever non-root user the image runs as.
 SERVICE_GID = 10001
 CONTAINER_NAME = "foresight"
-USER_DATA_LIMIT_BYTES = 16 * 1024  # EC2's limit; GCP and Azure allow more
 
 _ENV_VALUE_RE = re.compile(r"[A-Za-z0-9_.:/@+=,-]*")
 
@@ -128,20 +127,13 @@ def render_user_data(boot: NodeBoot) -> str:
         "disable_root": True,
         "write_files": [
             _file(f"{INSTALL_DIR}/fetch_tls.py", (BOOT_DIR / "fetch_tls.py").read_text(), "0755"),
-            _file(
-                f"{INSTALL_DIR}/mount_data_volume.sh", (BOOT_DIR / "mount_data_volume.sh").read_text(), "0755"
-            ),
+            _file(f"{INSTALL_DIR}/mount_data_volume.sh", (BOOT_DIR / "mount_data_volume.sh").read_text(), "0755"),
             _file(ENV_FILE, render_env_file(boot.environment), "0644"),
             _file(UNIT_FILE, render_unit(boot.image), "0644"),
         ],
         "runcmd": runcmd,
     }
-    rendered = "#cloud-config\n" + yaml.dump(document, Dumper=_LiteralDumper, sort_keys=False, width=1000)
-    if len(rendered.encode()) > USER_DATA_LIMIT_BYTES:
-        raise ValueError(
-            f"user data is {len(rendered.encode())} bytes, over the {USER_DATA_LIMIT_BYTES} limit"
-        )
-    return rendered
+    return "#cloud-config\n" + yaml.dump(document, Dumper=_LiteralDumper, sort_keys=False, width=1000)
 
 
 def _file(path: str, content: str, permissions: str) -> dict[str, str]:

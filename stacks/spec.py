@@ -47,9 +47,7 @@ DEFAULT_INSTANCE_TYPES: Mapping[Cloud, str] = {
     Cloud.AZURE: "Standard_NC4as_T4_v3",
 }
 # Ranges that only a private network (VPC, peering, VPN) can source; anything else makes the endpoint public.
-PRIVATE_RANGES = tuple(
-    IPv4Network(cidr) for cidr in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
-)
+PRIVATE_RANGES = tuple(IPv4Network(cidr) for cidr in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"))
 # The project keys of Pulumi.yaml, in the order the README lists them.
 CONFIG_KEYS = (
     "cloud",
@@ -112,9 +110,7 @@ def is_private_range(network: IPv4Network) -> bool:
 class StackSpec(BaseModel):
     """What every cloud's component is built from. Field aliases are the config key names."""
 
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", populate_by_name=True, arbitrary_types_allowed=True
-    )
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, arbitrary_types_allowed=True)
 
     project: str
     stack: str
@@ -191,9 +187,7 @@ class StackSpec(BaseModel):
             raise ValueError("this is a private key; give the public half (the .pub file) instead")
         parts = value.split()
         if "\n" in value or len(parts) < 2 or parts[0] not in _SSH_KEY_TYPES:
-            raise ValueError(
-                f"must be one OpenSSH public key line starting with one of {', '.join(_SSH_KEY_TYPES)}"
-            )
+            raise ValueError(f"must be one OpenSSH public key line starting with one of {', '.join(_SSH_KEY_TYPES)}")
         return value
 
     @property
@@ -242,9 +236,7 @@ class StackSpec(BaseModel):
                 try:
                     value = json.loads(value)
                 except json.JSONDecodeError:
-                    problems.append(
-                        (config_key(name), f'must be a list of strings, e.g. ["{_EXAMPLES[name]}"]')
-                    )
+                    problems.append((config_key(name), f'must be a list of strings, e.g. ["{_EXAMPLES[name]}"]'))
                     continue
             raw[name] = value
         problems += _missing_required(raw)
@@ -255,9 +247,7 @@ class StackSpec(BaseModel):
             problems.append((region_key, f"required; set it with `pulumi config set {region_key} <region>`"))
         token = raw.pop("vaultToken", None)
         if token is not None and not is_secret(config_key("vaultToken")):
-            problems.append(
-                (config_key("vaultToken"), "must be stored encrypted: `pulumi config set --secret ...`")
-            )
+            problems.append((config_key("vaultToken"), "must be stored encrypted: `pulumi config set --secret ...`"))
         if problems:
             raise ConfigError(problems)
         if cloud is not None:
@@ -283,13 +273,9 @@ class StackSpec(BaseModel):
 
     def _check_combinations(self) -> None:
         if self.vpc_id and not self.subnet_ids:
-            raise ConfigError.one(
-                config_key("subnetIds"), "required with foresight:vpcId (one subnet or more)"
-            )
+            raise ConfigError.one(config_key("subnetIds"), "required with foresight:vpcId (one subnet or more)")
         if self.subnet_ids and not self.vpc_id:
-            raise ConfigError.one(
-                config_key("vpcId"), "required with foresight:subnetIds (the subnets' network)"
-            )
+            raise ConfigError.one(config_key("vpcId"), "required with foresight:subnetIds (the subnets' network)")
 
 
 _EXAMPLES = {

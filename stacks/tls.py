@@ -34,9 +34,9 @@ class ServerTls:
     def material(self) -> pulumi.Output[dict[str, str]]:
         """What the node reads from Vault, named like Vault PKI's issue response; a secret Output."""
         return pulumi.Output.secret(
-            pulumi.Output.all(
-                self.server_cert.cert_pem, self.server_key.private_key_pem, self.ca.cert_pem
-            ).apply(lambda pems: {"certificate": pems[0], "private_key": pems[1], "issuing_ca": pems[2]})
+            pulumi.Output.all(self.server_cert.cert_pem, self.server_key.private_key_pem, self.ca.cert_pem).apply(
+                lambda pems: {"certificate": pems[0], "private_key": pems[1], "issuing_ca": pems[2]}
+            )
         )
 
 

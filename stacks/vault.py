@@ -84,9 +84,7 @@ def create_shared_vault(
         description=f"Foresight stack {spec.stack}: tenants' key hashes and the node's TLS material",
         opts=opts,
     )
-    node_policy = vault.Policy(
-        f"{name}-node-policy", name=layout.policy, policy=layout.node_policy_hcl(), opts=opts
-    )
+    node_policy = vault.Policy(f"{name}-node-policy", name=layout.policy, policy=layout.node_policy_hcl(), opts=opts)
     tls_secret = vault.kv.SecretV2(
         f"{name}-tls",
         mount=kv_mount.path,

@@ -16,12 +16,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from service.bench.traces import Trace
-from service.prefetch.base import USEFUL_WINDOW, Prefetcher, Predictions
+from service.prefetch.base import USEFUL_WINDOW, Predictions, Prefetcher
 from service.prefetch.calibration import OutcomeCalibrator
 from service.prefetch.coordinator import PrefetchBudget, PrefetchCoordinator
 from service.store.memory import MemoryStore, unit_size
 
-CHUNK = 4096  # requests per prefetcher batch
+CHUNK = 256  # requests per prefetcher batch (the service drains its access log in batches like these)
 
 
 class ReplayError(ValueError):

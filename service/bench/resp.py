@@ -82,8 +82,24 @@ def _require(binary: str) -> str:
 
 def run_redis_benchmark(port: int, test: str, requests: int, clients: int, pipeline: int) -> tuple[float, float, float]:
     """(requests/s, p50 ms, p99 ms) from one redis-benchmark run."""
-    argv = [_require("redis-benchmark"), "-p", str(port), "-t", test, "-n", str(requests), "-c", str(clients),
-            "-P", str(pipeline), "-r", "100000", "-d", "64", "--csv"]
+    argv = [
+        _require("redis-benchmark"),
+        "-p",
+        str(port),
+        "-t",
+        test,
+        "-n",
+        str(requests),
+        "-c",
+        str(clients),
+        "-P",
+        str(pipeline),
+        "-r",
+        "100000",
+        "-d",
+        "64",
+        "--csv",
+    ]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True).stdout
     rows = list(csv.DictReader(io.StringIO(out)))
     if not rows:
@@ -94,10 +110,28 @@ def run_redis_benchmark(port: int, test: str, requests: int, clients: int, pipel
 
 def measure(requests: int, clients: int, pipelines: list[int], rounds: int, tests: list[str]) -> list[Figure]:
     redis_port, foresight_port, http_port = _free_port(), _free_port(), _free_port()
-    redis_argv = [_require("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                  "--appendonly", "no"]
-    foresight_argv = [sys.executable, "-c", "from service.cli import main; main()", "serve", "--dev",
-                      "--resp-port", str(foresight_port), "--http-port", str(http_port)]
+    redis_argv = [
+        _require("redis-server"),
+        "--port",
+        str(redis_port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    foresight_argv = [
+        sys.executable,
+        "-c",
+        "from service.cli import main; main()",
+        "serve",
+        "--dev",
+        "--resp-port",
+        str(foresight_port),
+        "--http-port",
+        str(http_port),
+    ]
     samples: dict[tuple[str, str, int], list[tuple[float, float, float]]] = {}
     with _server(redis_argv, redis_port, "redis-server"), _server(foresight_argv, foresight_port, "foresight"):
         for _ in range(rounds):
@@ -108,21 +142,33 @@ def measure(requests: int, clients: int, pipelines: list[int], rounds: int, test
                         samples.setdefault((name, test, pipeline), []).append(result)
     figures = []
     for (name, test, pipeline), runs in samples.items():
-        figures.append(Figure(name, test, pipeline, statistics.median(r[0] for r in runs),
-                              statistics.median(r[1] for r in runs), statistics.median(r[2] for r in runs)))
+        figures.append(
+            Figure(
+                name,
+                test,
+                pipeline,
+                statistics.median(r[0] for r in runs),
+                statistics.median(r[1] for r in runs),
+                statistics.median(r[2] for r in runs),
+            )
+        )
     return figures
 
 
 def render_table(figures: list[Figure]) -> str:
     by_key = {(f.server, f.test, f.pipeline): f for f in figures}
-    lines = ["| test | pipeline | redis rps | foresight rps | ratio | redis p99 ms | foresight p99 ms | p99 ratio |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| test | pipeline | redis rps | foresight rps | ratio | redis p99 ms | foresight p99 ms | p99 ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for (server, test, pipeline), ref in sorted(by_key.items(), key=lambda kv: (kv[0][1], kv[0][2])):
         if server != "redis":
             continue
         ours = by_key[("foresight", test, pipeline)]
-        lines.append(f"| {test.upper()} | {pipeline} | {ref.rps:,.0f} | {ours.rps:,.0f} | {ours.rps / ref.rps:.2f}x "
-                     f"| {ref.p99_ms:.3f} | {ours.p99_ms:.3f} | {ours.p99_ms / ref.p99_ms:.2f}x |")
+        lines.append(
+            f"| {test.upper()} | {pipeline} | {ref.rps:,.0f} | {ours.rps:,.0f} | {ours.rps / ref.rps:.2f}x "
+            f"| {ref.p99_ms:.3f} | {ours.p99_ms:.3f} | {ours.p99_ms / ref.p99_ms:.2f}x |"
+        )
     return "\n".join(lines)
 
 
@@ -146,7 +192,15 @@ def bench_resp(
         typer.echo(f"foresight bench resp: {err}", err=True)
         raise typer.Exit(1) from None
     if as_json:
-        typer.echo(json.dumps({"cpu_count": os.cpu_count(), "requests": requests, "clients": clients,
-                               "figures": [asdict(f) for f in figures]}))
+        typer.echo(
+            json.dumps(
+                {
+                    "cpu_count": os.cpu_count(),
+                    "requests": requests,
+                    "clients": clients,
+                    "figures": [asdict(f) for f in figures],
+                }
+            )
+        )
     else:
         typer.echo(render_table(figures))

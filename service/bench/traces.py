@@ -41,7 +41,7 @@ class Trace:
 def _open_binary(path: Path) -> IO[bytes]:
     suffix = path.suffix.lower()
     if suffix == ".gz":
-        return gzip.open(path, "rb")
+        return gzip.open(path, "rb")  # type: ignore[return-value]
     if suffix == ".xz":
         return lzma.open(path, "rb")
     if suffix == ".bz2":
@@ -59,8 +59,7 @@ def _read_text(path: Path, limit: int | None) -> list[bytes]:
     """Lines of the (decompressed) file; stops early once enough lines for `limit` requests are read."""
     lines: list[bytes] = []
     with _open_binary(path) as raw:
-        stream = io.BufferedReader(raw) if not isinstance(raw, io.BufferedReader) else raw  # type: ignore[arg-type]
-        for line in stream:
+        for line in io.BufferedReader(raw):  # type: ignore[type-var]
             line = line.strip()
             if line and not line.startswith(b"#"):
                 lines.append(line)

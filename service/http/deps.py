@@ -7,6 +7,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 
 from service.cache import TenantCache
+from service.security.admin_token import verify_admin_token
+from service.security.apikeys import PREFIX as API_KEY_PREFIX
 from service.state import ServiceState
 
 
@@ -30,7 +32,9 @@ async def current_tenant(request: Request, state: State) -> TenantCache:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing API key: send 'Authorization: Bearer <key>'",
                                 headers=_CHALLENGE)
         assert state.authenticator is not None
-        session = await state.authenticator.login(api_key.strip())
+        client = request.client
+        peer = f"{client.host}:{client.port}" if client else "?"
+        session = await state.authenticator.login(api_key.strip(), peer=peer, listener="http", audit_cached=False)
         tenant = state.tenants.get(session.principal.tenant) if session else None
         if tenant is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid API key", headers=_CHALLENGE)
@@ -43,3 +47,22 @@ async def current_tenant(request: Request, state: State) -> TenantCache:
 
 
 Tenant = Annotated[TenantCache, Depends(current_tenant)]
+
+
+async def require_admin(request: Request, state: State) -> str:
+    """The admin credential: its own token, checked in constant time; a tenant key is refused outright."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing admin token", headers=_CHALLENGE)
+    if token.startswith(f"{API_KEY_PREFIX}_"):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "tenant API keys cannot use the admin API")
+    stored = state.settings.admin_token_hash
+    if stored is None or not verify_admin_token(token, stored):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid admin token", headers=_CHALLENGE)
+    client = request.client
+    return f"{client.host}:{client.port}" if client else "?"
+
+
+AdminPeer = Annotated[str, Depends(require_admin)]

@@ -14,6 +14,9 @@ from typing import ClassVar, NamedTuple
 # A prefetch counts as useful when its key is read within this many accesses after it lands. Prefetchers
 # that measure their own accuracy, and the learned one's labels, use this one definition.
 USEFUL_WINDOW = 16
+# Confidence below which a prefetch is not worth an origin fetch: issuing at confidence p gains p hits and
+# costs (1 - p) wasted slots; at this threshold a wasted slot is valued at a third of a hit.
+DEFAULT_THRESHOLD = 0.25
 
 
 class Prediction(NamedTuple):

@@ -13,7 +13,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from service.prefetch.base import Prediction
+from service.prefetch.base import DEFAULT_THRESHOLD, Prediction
 from service.prefetch.calibration import OutcomeCalibrator
 
 
@@ -32,7 +32,7 @@ class PrefetchTarget(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class PrefetchBudget:
-    threshold: float = 0.25  # minimum confidence worth an origin fetch
+    threshold: float = DEFAULT_THRESHOLD  # minimum confidence worth an origin fetch
     per_request: int = 1  # prefetches issued per access at most
     max_in_flight: int = 64  # concurrent prefetch fetches at most
 
@@ -55,7 +55,7 @@ class CoordinatorStats:
     below_threshold: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 @dataclass(slots=True)

@@ -8,6 +8,8 @@ one batch on a worker thread (torch never runs on the event loop), and lets the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import inspect
 import logging
 from collections.abc import Hashable
@@ -37,7 +39,7 @@ class PrefetchEngine:
         self.log = AccessLog(log_capacity, sample_every)
         self.coordinator = PrefetchCoordinator(target, budget or PrefetchBudget(), decode=self._decode)
         self.drift = DriftDetector()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._stopped = asyncio.Event()
         self._last_used = 0
         self._last_settled = 0
@@ -73,12 +75,12 @@ class PrefetchEngine:
                 if inspect.isawaitable(result):
                     task = asyncio.ensure_future(result)
                     self._tasks.add(task)
-                    task.add_done_callback(lambda t, k=key: self._done(t, k))
+                    task.add_done_callback(functools.partial(self._done, key=key))
                 else:
                     self.coordinator.completed(key)
         return started
 
-    def _done(self, task: asyncio.Task[Any], key: Hashable) -> None:
+    def _done(self, task: asyncio.Future[Any], *, key: Hashable) -> None:
         self._tasks.discard(task)
         self.coordinator.completed(key)
         if not task.cancelled() and task.exception() is not None:
@@ -105,10 +107,8 @@ class PrefetchEngine:
             if proposals:
                 self.issue(proposals)
             else:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopped.wait(), timeout=interval)
-                except TimeoutError:
-                    pass
 
     def stop(self) -> None:
         self._stopped.set()

@@ -53,7 +53,7 @@ class KeyCodec:
         self._opaque_id[key] = ident
         self._opaque_key[ident] = key
         if len(self._opaque_id) > self.max_opaque:
-            old, old_id = self._opaque_id.popitem(last=False)
+            _, old_id = self._opaque_id.popitem(last=False)
             self._opaque_key.pop(old_id, None)
         return ident
 

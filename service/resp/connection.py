@@ -202,7 +202,7 @@ class RespConnection(asyncio.Protocol):
         """AUTH: bind this connection to the key's tenant. Failure leaves the previous login in place."""
         authenticator = self.state.authenticator
         assert authenticator is not None
-        session = await authenticator.login(password.decode("utf-8", "replace"))
+        session = await authenticator.login(password.decode("utf-8", "replace"), peer=self.peer, listener="resp")
         if session is None:
             return r.WRONGPASS
         tenant_name = session.principal.tenant

@@ -30,7 +30,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,9 +74,7 @@ def scrub(fields: Mapping[str, Any], path: str = "") -> None:
     for name, value in fields.items():
         where = f"{path}.{name}" if path else str(name)
         if _SECRET_NAMES.search(str(name)):
-            raise AuditSecretError(
-                f"audit field {where!r} is named like a secret; audit lines never carry secrets"
-            )
+            raise AuditSecretError(f"audit field {where!r} is named like a secret; audit lines never carry secrets")
         _scrub_value(value, where)
 
 
@@ -87,9 +85,7 @@ def _scrub_value(value: Any, where: str) -> None:
         for i, item in enumerate(value):
             _scrub_value(item, f"{where}[{i}]")
     elif isinstance(value, str) and _SECRET_VALUES.search(value):
-        raise AuditSecretError(
-            f"audit field {where!r} holds a value shaped like a credential; refusing to log it"
-        )
+        raise AuditSecretError(f"audit field {where!r} holds a value shaped like a credential; refusing to log it")
     elif not isinstance(value, str | int | float | bool | type(None) | Mapping | list | tuple):
         raise AuditSecretError(f"audit field {where!r} has type {type(value).__name__}; use JSON types")
 
@@ -148,9 +144,7 @@ class AuditLog:
         scrub(fields)
         scrub(details, "details")
         with self._lock:
-            digest = self._append(
-                action, outcome, actor, tenant=tenant, key_id=key_id, source=source, details=details
-            )
+            digest = self._append(action, outcome, actor, tenant=tenant, key_id=key_id, source=source, details=details)
             if self.rotate_bytes is not None and self._size >= self.rotate_bytes:
                 self._rotate_locked()
             return digest
@@ -194,11 +188,7 @@ class AuditLog:
     def _append(self, action: str, outcome: str, actor: str, **fields: Any) -> str:
         if self._fd < 0:
             raise AuditLogError(f"audit log {self.path} is closed")
-        when = (
-            dt.datetime.fromtimestamp(self.clock(), dt.UTC)
-            .isoformat(timespec="microseconds")
-            .replace("+00:00", "Z")
-        )
+        when = dt.datetime.fromtimestamp(self.clock(), dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
         record: dict[str, Any] = {
             "seq": self._seq + 1,
             "time": when,
@@ -219,9 +209,7 @@ class AuditLog:
             raise AuditLogError(f"short write to audit log {self.path}")
         self._seq, self._head, self._size = record["seq"], record["hash"], self._size + written
         now = time.monotonic()
-        if self.fsync == "always" or (
-            self.fsync == "interval" and now - self._last_sync >= self.fsync_interval
-        ):
+        if self.fsync == "always" or (self.fsync == "interval" and now - self._last_sync >= self.fsync_interval):
             os.fsync(self._fd)
             self._last_sync = now
         return str(record["hash"])
@@ -284,9 +272,7 @@ class Verdict:
     reason: str | None = None
 
 
-def verify_lines(
-    lines: Iterable[bytes], *, expect_prev: str = GENESIS, expect_head: str | None = None
-) -> Verdict:
+def verify_lines(lines: Iterable[bytes], *, expect_prev: str = GENESIS, expect_head: str | None = None) -> Verdict:
     """Check a file's lines: each hash, each link, the open line, the close line, and optionally the head."""
     head, prev_seq, closed, count = expect_prev, None, False, 0
 
@@ -332,33 +318,26 @@ def verify_lines(
 
 
 def verify_files(paths: Iterable[Path], *, expect_head: str | None = None) -> tuple[Path | None, Verdict]:
-    """Verify files in chain order (oldest first); returns the first failing file (or None) and its verdict.
+    """Verify files in chain order (oldest first): the first failing file (or None) and the verdict.
 
-    Every file but the last must end with audit.close; each file must link to the one before it.
+    Every file but the last must end with audit.close; each file must link to the one before it. A good
+    verdict counts the lines of all files; a bad one numbers lines within the failing file.
     """
     files = list(paths)
-    prev, verdict = GENESIS, Verdict(False, 0, GENESIS, False, 1, "no files")
+    prev, total = GENESIS, 0
+    verdict = Verdict(False, 0, GENESIS, False, 1, "no files")
     for index, path in enumerate(files):
         last = index == len(files) - 1
         with path.open("rb") as file:
-            verdict = verify_lines(
-                file,
-                expect_prev=prev if index else _first_prev(path),
-                expect_head=expect_head if last else None,
-            )
+            start = prev if index else _first_prev(path)
+            verdict = verify_lines(file, expect_prev=start, expect_head=expect_head if last else None)
         if verdict.ok and not last and not verdict.closed:
-            verdict = Verdict(
-                False,
-                verdict.lines,
-                verdict.head,
-                False,
-                verdict.lines + 1,
-                "file does not end with audit.close but is followed by another",
-            )
+            reason = "file does not end with audit.close but another file follows it"
+            verdict = Verdict(False, verdict.lines, verdict.head, False, verdict.lines + 1, reason)
         if not verdict.ok:
             return path, verdict
-        prev = verdict.head
-    return None, verdict
+        prev, total = verdict.head, total + verdict.lines
+    return None, replace(verdict, lines=total)
 
 
 def _first_prev(path: Path) -> str:

@@ -79,9 +79,7 @@ class VaultKeySource:
         self._stripes = [threading.Lock() for _ in range(64)]  # single-flight per key id, bounded
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._unknown: OrderedDict[str, float] = OrderedDict()
-        self._owner: OrderedDict[str, str] = (
-            OrderedDict()
-        )  # key id -> tenant never changes while the key exists
+        self._owner: OrderedDict[str, str] = OrderedDict()  # key id -> tenant never changes while the key exists
         self._down_until = 0.0
         self._reachable = True
         self._tenants: tuple[list[TenantSpec], float] | None = None
@@ -118,10 +116,13 @@ class VaultKeySource:
                 return self._stale(entry, api_key)
         return _decide(entry, api_key) if entry is not None else None
 
-    def tenants(self) -> list[TenantSpec]:
-        """Every live tenant and its quota, cached `tenants_ttl`; the last known list while Vault is down."""
+    def tenants(self, fresh: bool = False) -> list[TenantSpec]:
+        """Every live tenant and its quota, cached `tenants_ttl` (`fresh` reads Vault now, and forgets cached
+        keys); the last known list while Vault is down."""
         cached = self._tenants
-        if cached is not None and self._clock() - cached[1] < self.tenants_ttl:
+        if fresh:
+            self.forget()
+        elif cached is not None and self._clock() - cached[1] < self.tenants_ttl:
             return list(cached[0])
         started = self._clock()
         try:

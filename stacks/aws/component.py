@@ -101,9 +101,9 @@ class GpuNode(pulumi.ComponentResource):
             instance_profile_arn=self.identity.instance_profile.arn,
             key_arn=self.key.key.arn,
             # The Vault role and TLS secret must exist before a node boots and asks for them.
-            user_data=pulumi.Output.all(
-                self.key.key.arn, self.vault_auth.role.id, self.vault.tls_secret.id
-            ).apply(lambda values: user_data(values[0])),
+            user_data=pulumi.Output.all(self.key.key.arn, self.vault_auth.role.id, self.vault.tls_secret.id).apply(
+                lambda values: user_data(values[0])
+            ),
             parent=self,
         )
         self.outputs = StackOutputs(

@@ -14,6 +14,7 @@ stack's KMS key.
 from __future__ import annotations
 
 import base64
+import gzip
 from dataclasses import dataclass
 
 import pulumi
@@ -31,6 +32,15 @@ ROOT_VOLUME_GB = 100  # the AMI uses about 50 GB; the rest holds the service ima
 DATA_DISK_MODEL = "Amazon Elastic Block Store"
 METADATA_HOP_LIMIT = 2
 HEALTH_CHECK_GRACE_SECONDS = 1200  # first boot pulls a multi-GB CUDA image
+USER_DATA_LIMIT_BYTES = 16 * 1024  # EC2 limit, before base64
+
+
+def encode_user_data(text: str) -> str:
+    """Base64 of the gzipped document (cloud-init inflates it); mtime 0 keeps it identical across runs."""
+    packed = gzip.compress(text.encode(), mtime=0)
+    if len(packed) > USER_DATA_LIMIT_BYTES:
+        raise ValueError(f"user data is {len(packed)} bytes gzipped, over EC2's {USER_DATA_LIMIT_BYTES}")
+    return base64.b64encode(packed).decode()
 
 
 def instance_family(instance_type: str) -> str:
@@ -114,9 +124,7 @@ def create_compute(
                 delete_on_termination="true",
             )
         ],
-        user_data=pulumi.Output.from_input(user_data).apply(
-            lambda text: base64.b64encode(text.encode()).decode()
-        ),
+        user_data=pulumi.Output.from_input(user_data).apply(encode_user_data),
         update_default_version=True,
         tag_specifications=[
             aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=tags)
@@ -150,9 +158,7 @@ def create_compute(
                     )
                 ),
                 overrides=[
-                    aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateOverrideArgs(
-                        instance_type=instance_type
-                    )
+                    aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateOverrideArgs(instance_type=instance_type)
                     for instance_type in spec.instance_types
                 ],
             ),
@@ -162,8 +168,7 @@ def create_compute(
             preferences=aws.autoscaling.GroupInstanceRefreshPreferencesArgs(min_healthy_percentage=0),
         ),
         tags=[
-            aws.autoscaling.GroupTagArgs(key=key, value=value, propagate_at_launch=True)
-            for key, value in tags.items()
+            aws.autoscaling.GroupTagArgs(key=key, value=value, propagate_at_launch=True) for key, value in tags.items()
         ],
         opts=opts,
     )

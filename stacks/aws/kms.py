@@ -86,9 +86,7 @@ def create_key(
         customer_master_key_spec="SYMMETRIC_DEFAULT",
         enable_key_rotation=True,
         deletion_window_in_days=30,
-        policy=pulumi.Output.from_input(node_role_arn).apply(
-            lambda arn: key_policy(partition, account_id, arn)
-        ),
+        policy=pulumi.Output.from_input(node_role_arn).apply(lambda arn: key_policy(partition, account_id, arn)),
         tags=spec.tags(),
         opts=opts,
     )

@@ -33,9 +33,7 @@ def check_network_ids(spec: StackSpec) -> None:
         raise ConfigError.one(config_key("vpcId"), f"{spec.vpc_id!r} is not a VPC id such as vpc-0abc1234")
     for subnet_id in spec.subnet_ids:
         if not re.fullmatch(r"subnet-[0-9a-f]{8,17}", subnet_id):
-            raise ConfigError.one(
-                config_key("subnetIds"), f"{subnet_id!r} is not a subnet id such as subnet-0abc1234"
-            )
+            raise ConfigError.one(config_key("subnetIds"), f"{subnet_id!r} is not a subnet id such as subnet-0abc1234")
 
 
 @dataclass(frozen=True)
@@ -93,9 +91,7 @@ def _own_network(name: str, spec: StackSpec, parent: pulumi.Resource) -> Network
         tags=_tags(spec, f"{spec.name}-vpc"),
         opts=opts,
     )
-    gateway = aws.ec2.InternetGateway(
-        f"{name}-igw", vpc_id=vpc.id, tags=_tags(spec, f"{spec.name}-igw"), opts=opts
-    )
+    gateway = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags=_tags(spec, f"{spec.name}-igw"), opts=opts)
     halves = list(OWN_VPC_CIDR.subnets(new_prefix=20))
     public_subnets, private_subnets = [], []
     for index, zone in enumerate(zones):
@@ -168,9 +164,7 @@ def _zones_offering(spec: StackSpec, parent: pulumi.Resource) -> list[str]:
     """Up to ZONE_COUNT zones of the region that offer the primary GPU type, in name order."""
     offerings = aws.ec2.get_instance_type_offerings(
         location_type="availability-zone",
-        filters=[
-            aws.ec2.GetInstanceTypeOfferingsFilterArgs(name="instance-type", values=[spec.instance_type])
-        ],
+        filters=[aws.ec2.GetInstanceTypeOfferingsFilterArgs(name="instance-type", values=[spec.instance_type])],
         opts=pulumi.InvokeOptions(parent=parent),
     )
     zones = sorted(set(offerings.locations))[:ZONE_COUNT]

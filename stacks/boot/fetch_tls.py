@@ -200,9 +200,7 @@ def write_tls_files(out_dir: Path, material: Mapping[str, str], group: int | Non
 def fetch(settings: Mapping[str, str], out_dir: Path, group: int | None) -> None:
     method = settings["FORESIGHT_VAULT_AUTH_METHOD"]
     if method not in LOGIN_METHODS:
-        raise BootstrapError(
-            f"FORESIGHT_VAULT_AUTH_METHOD={method!r} is not one of {', '.join(LOGIN_METHODS)}"
-        )
+        raise BootstrapError(f"FORESIGHT_VAULT_AUTH_METHOD={method!r} is not one of {', '.join(LOGIN_METHODS)}")
     token = LOGIN_METHODS[method](settings)
     try:
         write_tls_files(out_dir, read_tls_material(settings, token), group)

@@ -7,11 +7,12 @@ import sys
 
 import boto3
 import pytest
+from botocore.config import Config
 
 from service.security.envelope import EnvelopeCipher, TamperedEnvelope, wrapped_key_of
 from service.security.kms import KmsSettings, build_kms
 from service.security.kms.aws import AwsKms
-from service.security.kms.base import KmsError, KmsRejected, KmsUnavailable
+from service.security.kms.base import KmsError, KmsRejected, KmsUnavailable, WrappedKey
 from tests.security.helpers import replace_wrapped_blob
 from tests.servers import MotoServer
 
@@ -71,7 +72,7 @@ def test_wrong_encryption_context_is_rejected(kms_client, key_arn: str) -> None:
     blob = kms_client.encrypt(KeyId=key_arn, Plaintext=b"k" * 32, EncryptionContext={"other": "context"})
     with pytest.raises(KmsError):
         AwsKms(key_arn, client=kms_client).unwrap(
-            __import__("service.security.kms.base").security.kms.base.WrappedKey("aws-kms", key_arn, blob["CiphertextBlob"])
+            WrappedKey("aws-kms", key_arn, blob["CiphertextBlob"])
         )
 
 
@@ -84,9 +85,8 @@ def test_build_kms_from_settings(moto_server: MotoServer, key_arn: str, monkeypa
 
 
 def test_unreachable_kms_is_unavailable_not_tampered() -> None:
-    client = boto3.client("kms", endpoint_url="http://127.0.0.1:9", **CREDS,
-                          config=__import__("botocore.config").config.Config(retries={"max_attempts": 1},
-                                                                            connect_timeout=1))
+    config = Config(retries={"max_attempts": 1}, connect_timeout=1)
+    client = boto3.client("kms", endpoint_url="http://127.0.0.1:9", config=config, **CREDS)
     with pytest.raises(KmsUnavailable):
         AwsKms("alias/anything", client=client).wrap(b"k" * 32)
 

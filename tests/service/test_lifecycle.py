@@ -25,7 +25,7 @@ def test_production_refuses_without_tls_and_key_source() -> None:
                             text=True, timeout=30, env=env)
     assert result.returncode == 2
     assert "TLS is not configured: set FORESIGHT_TLS_CERT_FILE" in result.stderr
-    assert "no key source: set FORESIGHT_TENANTS_FILE" in result.stderr
+    assert "no key source: set FORESIGHT_VAULT_ADDR or FORESIGHT_TENANTS_FILE" in result.stderr
 
 
 def test_settings_errors_name_the_variable(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ stack output (value and whether it is secret). Cloud invokes answer from `INVOKE
 
 from __future__ import annotations
 
+import base64
+import gzip
 import runpy
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -16,6 +18,7 @@ from typing import Any
 
 import pulumi
 from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
 from pulumi.runtime import settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
@@ -67,7 +70,9 @@ class Registered:
     name: str
     urn: str
     parent: str
+    provider: str
     inputs: dict[str, Any]
+    struct: Any  # the inputs as the engine sends them to a policy pack (a protobuf Struct)
 
     @property
     def props(self) -> dict[str, Any]:
@@ -130,7 +135,7 @@ def _outputs_for(type_: str, name: str, inputs: Mapping[str, Any]) -> dict[str, 
     return state
 
 
-def _invoke(token: str, args: Mapping[str, Any]) -> dict[str, Any]:
+def fake_cloud_invoke(token: str, args: Mapping[str, Any]) -> dict[str, Any]:
     if token == "aws:index/getPartition:getPartition":
         return {"id": "aws", "partition": "aws", "dnsSuffix": "amazonaws.com", "reverseDnsPrefix": "com.amazonaws"}
     if token == "aws:index/getCallerIdentity:getCallerIdentity":
@@ -168,17 +173,17 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - the gRPC method name
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
-            from pulumi.runtime import rpc
-
             inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)
-            self.registered.append(Registered(request.type, request.name, response.urn, request.parent, inputs))
+            self.registered.append(
+                Registered(request.type, request.name, response.urn, request.parent, request.provider, inputs, request.object)
+            )
         return response
 
 
 def run_program(
     config: Mapping[str, str],
     secret_keys: tuple[str, ...] = (),
-    invoke: Callable[[str, Mapping[str, Any]], dict[str, Any]] = _invoke,
+    invoke: Callable[[str, Mapping[str, Any]], dict[str, Any]] = fake_cloud_invoke,
 ) -> MockRun:
     """Execute stacks/__main__.py as the stack `STACK` with `config`; raise what the program raises."""
     settings.ROOT.set(None)
@@ -198,3 +203,21 @@ def run_program(
         output = pulumi.Output.from_input(value)
         outputs[name] = StackOutput(_sync_await(output.future()), bool(_sync_await(output.is_secret())))
     return MockRun(resources=monitor.registered, outputs=outputs, invokes=mocks.invokes)
+
+
+def user_data(run: MockRun) -> str:
+    """The launch template's cloud-init document, decoded (base64, then gzip)."""
+    return gzip.decompress(base64.b64decode(run.one(LAUNCH_TEMPLATE).props["userData"])).decode()
+
+
+def ingress_rules(run: MockRun) -> list[dict[str, Any]]:
+    return [rule.props for rule in run.of_type(INGRESS_RULE)]
+
+
+LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
+AUTOSCALING_GROUP = "aws:autoscaling/group:Group"
+INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+EGRESS_RULE = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
+LOAD_BALANCER = "aws:lb/loadBalancer:LoadBalancer"
+KMS_KEY = "aws:kms/key:Key"

@@ -183,9 +183,9 @@ class CandidateBuilder:
         if n:
             context[:] = np.asarray(ctx_rows, dtype=np.int64)
         if flat_rows:
-            index, slot = np.asarray(flat_index), np.asarray(flat_slot)
-            cand_raw[index, slot] = np.asarray(flat_rows, dtype=np.float64)
-            cand_token[index, slot] = np.asarray(flat_tokens, dtype=np.int64)
+            rows_at, slots_at = np.asarray(flat_index), np.asarray(flat_slot)
+            cand_raw[rows_at, slots_at] = np.asarray(flat_rows, dtype=np.float64)
+            cand_token[rows_at, slots_at] = np.asarray(flat_tokens, dtype=np.int64)
         return Batch(context, buckets, runs, cand_keys, cand_token, cand_raw)
 
 

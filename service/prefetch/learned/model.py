@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from service.prefetch.learned.features import HISTORY, KEY_BUCKETS, N_FEATURES, N_SOURCES, N_TOKENS
+from service.prefetch.learned.features import KEY_BUCKETS, N_FEATURES, N_SOURCES, N_TOKENS
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,4 +58,3 @@ class PrefetchNet(nn.Module):
         ctx = ctx.unsqueeze(1).expand(-1, slots, -1)
         x = torch.cat([ctx, self.tokens(cand_token), cand_features], dim=-1)
         return self.score(x).squeeze(-1)
-

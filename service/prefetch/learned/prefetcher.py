@@ -5,6 +5,12 @@ within `window` accesses after the prefetch would land (t + distance ... t + dis
 are known only once those accesses happened, so training always lags inference and never sees the future.
 Until the network has seen `warmup` labelled accesses, candidates are ranked by their source's measured
 precision, which is what a hand-tuned hybrid of the baselines would do.
+
+The stride and Markov prefetchers also run inside as experts. Every expert's first proposal above the
+threshold is scored on the same labels (+1 when used, -threshold/(1-threshold) when not: the break-even
+that the threshold itself expresses), and each batch is answered by the expert with the best recent score,
+the network included. The network wins where it learned something; where it has not (yet), the tenant gets
+the better simple prefetcher instead of a worse guess.
 """
 
 from __future__ import annotations
@@ -18,19 +24,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.prefetch.base import USEFUL_WINDOW, Prediction, Predictions, Prefetcher
+from service.prefetch.base import DEFAULT_THRESHOLD, USEFUL_WINDOW, Prediction, Predictions, Prefetcher
 from service.prefetch.learned.features import (
     HISTORY,
     MAX_CANDIDATES,
     N_FEATURES,
     N_SOURCES,
-    RAW_COLUMNS,
     Batch,
     CandidateBuilder,
     candidate_features,
 )
 from service.prefetch.learned.model import ModelConfig, PrefetchNet
 from service.prefetch.learned.runtime import InferenceRunner, ModelInputs
+from service.prefetch.markov import MarkovPrefetcher
+from service.prefetch.stride import StridePrefetcher
 
 _BEST_SOURCE = N_SOURCES + 4  # feature column holding the candidate's best source precision
 
@@ -47,6 +54,7 @@ class TrainConfig:
     lr: float = 3e-3
     warmup: int = 2048  # labelled accesses before the network takes over ranking
     min_confidence: float = 0.05  # proposals below this are not returned at all
+    threshold: float = DEFAULT_THRESHOLD  # the coordinator's: what an expert's proposal must reach to count
     seed: int = 0
 
 
@@ -91,11 +99,16 @@ class _Buffer:
         return inputs, self.label[idx], self.mask[idx]
 
 
+# Ties go to the earlier expert: the network has to be measurably better to take over.
+EXPERTS = ("stride", "markov", "network")
+
+
 @dataclass(slots=True)
 class _Pending:
     start: int  # absolute index of the batch's first access
     keys: list[list[int]]
     inputs: ModelInputs
+    firsts: list[list[int | None]]  # per expert, per access: its first proposal above threshold
 
 
 class LearnedPrefetcher(Prefetcher):
@@ -104,7 +117,7 @@ class LearnedPrefetcher(Prefetcher):
     def __init__(
         self,
         lead: int = 0,
-        max_candidates: int = 4,
+        max_candidates: int = 2,
         device: str = "cpu",
         cuda_graphs: bool = True,
         config: TrainConfig | None = None,
@@ -130,6 +143,12 @@ class LearnedPrefetcher(Prefetcher):
         self._log: list[int] = []  # recent keys, for labelling
         self._log_start = 0  # absolute index of _log[0]
         self._since_training = 0
+        self.experts: dict[str, Prefetcher] = {
+            "stride": StridePrefetcher(lead, max_candidates),
+            "markov": MarkovPrefetcher(lead, max_candidates),
+        }
+        self.expert_score = dict.fromkeys(EXPERTS, 0.0)  # decayed net usefulness of each expert's proposals
+        self.chosen = EXPERTS[0]
 
     # -- inference ---------------------------------------------------------------------------------
 
@@ -150,10 +169,19 @@ class LearnedPrefetcher(Prefetcher):
         batch = self.builder.build(keys)
         inputs = self._inputs(batch)
         probs = self.runner(inputs) if self.warmed_up else inputs.cand_features[..., _BEST_SOURCE]
+        answers = {"network": self._proposals(batch.cand_keys, probs)}
+        for name, expert in self.experts.items():
+            answers[name] = expert.access_batch(keys)
+        threshold = self.config.threshold
+        firsts = [
+            [next((p.key for p in props if p.confidence >= threshold), None) for props in answers[name]]
+            for name in EXPERTS
+        ]
         self._log.extend(keys)
-        self._pending.append(_Pending(start, batch.cand_keys, inputs))
+        self._pending.append(_Pending(start, batch.cand_keys, inputs, firsts))
+        self.chosen = max(EXPERTS, key=lambda name: (self.expert_score[name], -EXPERTS.index(name)))
         self._learn()
-        return self._proposals(batch.cand_keys, probs)
+        return answers[self.chosen]
 
     def _inputs(self, batch: Batch) -> ModelInputs:
         accuracy = self.source_accuracy
@@ -224,20 +252,28 @@ class LearnedPrefetcher(Prefetcher):
         n = len(pending.keys)
         label = np.zeros((n, MAX_CANDIDATES), dtype=np.float32)
         mask = np.zeros((n, MAX_CANDIDATES), dtype=np.float32)
+        used = [0] * len(EXPERTS)
+        issued = [0] * len(EXPERTS)
         for i, cands in enumerate(pending.keys):
-            if not cands:
-                continue
             base = offset + i + d
             window = set(log[base : base + w])
             for slot, cand in enumerate(cands):
                 mask[i, slot] = 1.0
                 if cand in window:
                     label[i, slot] = 1.0
+            for e, first in enumerate(pending.firsts):
+                if first[i] is not None:
+                    issued[e] += 1
+                    used[e] += first[i] in window
+        cost = self.config.threshold / (1.0 - self.config.threshold)
+        decay = 0.5 ** (n / 4096)
+        for e, name in enumerate(EXPERTS):
+            net = used[e] - cost * (issued[e] - used[e])
+            self.expert_score[name] = self.expert_score[name] * decay + net
         self.buffer.add(pending.inputs, label, mask)
         self.labelled += n
         self._since_training += n
         bits = pending.inputs.cand_features[..., :N_SOURCES] * mask[..., None]
-        decay = 0.5 ** (n / 4096)
         self._source_all = self._source_all * decay + bits.sum(axis=(0, 1))
         self._source_pos = self._source_pos * decay + (bits * label[..., None]).sum(axis=(0, 1))
 
@@ -257,4 +293,3 @@ class LearnedPrefetcher(Prefetcher):
             self.last_loss = float(loss.detach())
             self.train_steps += 1
         model.eval()
-

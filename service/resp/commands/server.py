@@ -22,7 +22,9 @@ def _info_sections(conn: RespConnection) -> dict[str, list[tuple[str, object]]]:
     store = tenant.store
     uptime = int(time.time() - state.started)
     expires = store.keys_with_ttl()
-    keyspace: list[tuple[str, object]] = [("db0", f"keys={len(store)},expires={expires},avg_ttl=0")] if len(store) else []
+    keyspace: list[tuple[str, object]] = []
+    if len(store):
+        keyspace.append(("db0", f"keys={len(store)},expires={expires},avg_ttl=0"))
     return {
         "server": [
             ("redis_version", REDIS_COMPAT_VERSION),

@@ -1,0 +1,108 @@
+"""Where the `tenants` and `keys` commands act: Vault, the service's admin API, the audit log.
+
+Precedence, per setting: the standard environment (`VAULT_ADDR`/`VAULT_TOKEN`/`VAULT_CACERT`, or the `BAO_*`
+equivalents; `FORESIGHT_ADMIN_URL`/`FORESIGHT_ADMIN_TOKEN`/`FORESIGHT_ADMIN_CA`; `FORESIGHT_AUDIT_LOG`) wins
+over the local deployment recorded by `foresight local up` in the state directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from onboarding.errors import InvalidInput, NotFound
+from onboarding.state import Deployment, StatePaths, default_state_dir, load_deployment, read_secret
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where tenants connect; goes into the connection snippet."""
+
+    resp_host: str
+    resp_port: int
+    http_url: str
+    ca_cert: Path | None
+
+
+@dataclass(frozen=True)
+class Target:
+    vault_addr: str
+    vault_token: str
+    vault_ca: Path | None
+    kv_mount: str
+    admin_url: str | None
+    admin_token: str | None
+    admin_ca: Path | None
+    endpoints: Endpoints | None
+    audit_log: Path
+    paths: StatePaths
+    deployment: Deployment | None
+
+    def __repr__(self) -> str:  # the dataclass default would print the tokens
+        return f"Target(vault_addr={self.vault_addr!r}, admin_url={self.admin_url!r})"
+
+
+def _env(*names: str) -> str | None:
+    for name in names:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+def resolve(state_dir: Path | None = None, admin_url: str | None = None) -> Target:
+    """The deployment to act on; NotFound with what to do when there is none."""
+    paths = StatePaths(state_dir or default_state_dir())
+    deployment = load_deployment(paths)
+
+    vault_addr = _env("VAULT_ADDR", "BAO_ADDR") or (deployment.vault_addr if deployment else None)
+    if vault_addr is None:
+        raise NotFound("no deployment", "run `foresight local up`, or set VAULT_ADDR and VAULT_TOKEN")
+    vault_token = _env("VAULT_TOKEN", "BAO_TOKEN")
+    if vault_token is None:
+        if deployment is None:
+            raise InvalidInput("Vault token", "VAULT_ADDR is set but VAULT_TOKEN (or BAO_TOKEN) is not")
+        vault_token = _read_token(deployment.vault_token_file, "Vault operator token")
+    vault_ca_env = _env("VAULT_CACERT", "BAO_CACERT")
+    local_vault = deployment is not None and vault_addr == deployment.vault_addr
+    vault_ca = Path(vault_ca_env) if vault_ca_env else (deployment.ca_cert if deployment and local_vault else None)
+
+    admin_url = admin_url or _env("FORESIGHT_ADMIN_URL") or (deployment.http_url if deployment else None)
+    admin_token = _env("FORESIGHT_ADMIN_TOKEN")
+    local_admin = deployment is not None and admin_url == deployment.http_url
+    if admin_url is not None and admin_token is None:
+        if deployment is None or not local_admin:
+            raise InvalidInput("admin token", f"admin URL {admin_url} given but FORESIGHT_ADMIN_TOKEN is not set")
+        admin_token = _read_token(deployment.admin_token_file, "admin token")
+    admin_ca_env = _env("FORESIGHT_ADMIN_CA")
+    admin_ca = Path(admin_ca_env) if admin_ca_env else (deployment.ca_cert if deployment and local_admin else None)
+
+    endpoints: Endpoints | None = None
+    if deployment is not None and local_admin:
+        endpoints = Endpoints(deployment.resp_host, deployment.resp_port, deployment.http_url, deployment.ca_cert)
+    elif admin_url is not None:
+        endpoints = Endpoints(urlsplit(admin_url).hostname or "localhost", 6380, admin_url, admin_ca)
+
+    audit_env = _env("FORESIGHT_AUDIT_LOG")
+    audit_log = Path(audit_env) if audit_env else (deployment.audit_log if deployment else paths.onboarding_audit)
+    return Target(
+        vault_addr=vault_addr,
+        vault_token=vault_token,
+        vault_ca=vault_ca,
+        kv_mount=deployment.vault_kv_mount if deployment and local_vault else "foresight",
+        admin_url=admin_url,
+        admin_token=admin_token,
+        admin_ca=admin_ca,
+        endpoints=endpoints,
+        audit_log=audit_log,
+        paths=paths,
+        deployment=deployment,
+    )
+
+
+def _read_token(path: Path, what: str) -> str:
+    try:
+        return read_secret(path)
+    except FileNotFoundError:
+        raise NotFound(what, f"{path} is missing; run `foresight local up` again") from None

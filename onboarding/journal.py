@@ -1,0 +1,92 @@
+"""Tenant creations in flight, so that none is left half-done.
+
+`tenants create` notes the tenant here before writing to Vault and removes the note when it finishes or has
+rolled back. A note survives when the rollback itself failed (Vault went away half-way) or the process died;
+the next command that reaches Vault (`recover`) finishes the rollback. Notes of a creation still running in
+another process are left alone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from onboarding.local.processes import is_alive, start_time
+
+
+class Journal:
+    def __init__(self, path: Path, vault_addr: str) -> None:
+        self.path = path
+        self.vault_addr = vault_addr
+
+    def begin(self, tenant: str) -> None:
+        with self._entries() as entries:
+            entries.append({
+                "tenant": tenant,
+                "vault_addr": self.vault_addr,
+                "pid": os.getpid(),
+                "start_time": start_time(os.getpid()),
+                "started": time.time(),
+                "rollback_pending": False,
+            })
+
+    def done(self, tenant: str) -> None:
+        with self._entries() as entries:
+            entries[:] = [e for e in entries if not self._is(e, tenant)]
+
+    def rollback_pending(self, tenant: str) -> None:
+        """The rollback failed: any later command may finish it."""
+        with self._entries() as entries:
+            for entry in entries:
+                if self._is(entry, tenant):
+                    entry["rollback_pending"] = True
+
+    def pending(self) -> list[str]:
+        """Tenants of this Vault whose creation must be rolled back: failed, or their process died."""
+        with self._entries() as entries:
+            return [
+                e["tenant"]
+                for e in entries
+                if e["vault_addr"] == self.vault_addr
+                and (e["rollback_pending"] or not is_alive(e["pid"], e.get("start_time")))
+            ]
+
+    def recover(self, rollback: Callable[[str], None]) -> list[str]:
+        """Roll back every pending creation; those whose rollback fails stay for next time."""
+        finished = []
+        for tenant in self.pending():
+            try:
+                rollback(tenant)
+            except Exception:  # Vault still away: the note stays
+                continue
+            self.done(tenant)
+            finished.append(tenant)
+        return finished
+
+    def _is(self, entry: dict[str, Any], tenant: str) -> bool:
+        return bool(entry["tenant"] == tenant and entry["vault_addr"] == self.vault_addr)
+
+    @contextmanager
+    def _entries(self) -> Iterator[list[dict[str, Any]]]:
+        """The notes, under an exclusive lock; changes made to the list are written back."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with os.fdopen(os.dup(fd), "r+") as file:
+                text = file.read()
+                entries: list[dict[str, Any]] = json.loads(text) if text.strip() else []
+                before = list(map(dict, entries))
+                yield entries
+                if entries != before:
+                    file.seek(0)
+                    file.truncate()
+                    file.write(json.dumps(entries))
+        finally:
+            os.close(fd)

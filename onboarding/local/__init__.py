@@ -1,0 +1,1 @@
+"""`foresight local`: OpenBao, a CA, the service and a demo tenant on this machine, under a state directory."""

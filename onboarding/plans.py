@@ -1,0 +1,48 @@
+"""Plans: named quota presets for `tenants create --plan`, and custom quotas from flags."""
+
+from __future__ import annotations
+
+from service.tenancy import TenantQuota
+
+from onboarding.errors import InvalidInput
+
+MIB = 1024 * 1024
+
+PLANS: dict[str, TenantQuota] = {
+    "starter": TenantQuota(memory_bytes=64 * MIB, requests_per_second=500),
+    "pro": TenantQuota(memory_bytes=1024 * MIB, requests_per_second=5_000),
+    "enterprise": TenantQuota(memory_bytes=8192 * MIB, requests_per_second=0),  # 0: no rate limit
+}
+CUSTOM = "custom"
+
+
+def quota_for(
+    plan: str, *, memory_mib: int | None = None, rps: float | None = None, origin: str | None = None
+) -> TenantQuota:
+    """The quota of `plan`, with `memory_mib`/`rps` overriding it (required for the custom plan)."""
+    if plan == CUSTOM:
+        if memory_mib is None or rps is None:
+            raise InvalidInput("plan custom", "needs both --memory (MiB) and --rps (0 for unlimited)")
+        base = TenantQuota()
+    elif plan in PLANS:
+        base = PLANS[plan]
+    else:
+        choices = ", ".join([*PLANS, CUSTOM])
+        raise InvalidInput(f"plan {plan!r}", f"unknown plan; choose one of {choices}")
+    if memory_mib is not None and memory_mib <= 0:
+        raise InvalidInput("--memory", "must be a positive number of MiB")
+    if rps is not None and rps < 0:
+        raise InvalidInput("--rps", "must be 0 (unlimited) or more")
+    return TenantQuota(
+        memory_bytes=memory_mib * MIB if memory_mib is not None else base.memory_bytes,
+        requests_per_second=rps if rps is not None else base.requests_per_second,
+        origin=origin,
+    )
+
+
+def plan_of(quota: TenantQuota) -> str:
+    """The plan whose quota this is, or "custom"."""
+    for name, preset in PLANS.items():
+        if (preset.memory_bytes, preset.requests_per_second) == (quota.memory_bytes, quota.requests_per_second):
+            return name
+    return CUSTOM

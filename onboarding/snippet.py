@@ -1,0 +1,29 @@
+"""The connection snippet printed after `tenants create` and `local up`: redis-cli, redis-py and curl."""
+
+from __future__ import annotations
+
+import shlex
+
+from onboarding.context import Endpoints
+
+
+def connection_snippet(endpoints: Endpoints, api_key: str) -> dict[str, str]:
+    """Commands that connect as the tenant over TLS, keyed by client."""
+    ca = str(endpoints.ca_cert) if endpoints.ca_cert else None
+    cacert = f" --cacert {shlex.quote(ca)}" if ca else ""
+    redis_cli = (
+        f"redis-cli --tls{cacert} -h {endpoints.resp_host} -p {endpoints.resp_port} "
+        f"--no-auth-warning -a {shlex.quote(api_key)} GET greeting"
+    )
+    ca_arg = f", ssl_ca_certs={ca!r}" if ca else ""
+    redis_py = (
+        "import redis\n"
+        f"r = redis.Redis(host={endpoints.resp_host!r}, port={endpoints.resp_port}, ssl=True{ca_arg},\n"
+        f"                password={api_key!r})\n"
+        "r.set('greeting', 'hello'); print(r.get('greeting'))"
+    )
+    curl = (
+        f"curl{cacert} -H {shlex.quote('Authorization: Bearer ' + api_key)} "
+        f"{endpoints.http_url.rstrip('/')}/v1/keys/greeting"
+    )
+    return {"redis-cli": redis_cli, "redis-py": redis_py, "curl": curl}

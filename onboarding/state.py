@@ -1,0 +1,182 @@
+"""The local state directory: where `foresight local up` keeps everything, and `deployment.json`, which is
+how the `tenants` and `keys` commands find the local deployment without flags.
+
+Layout (directory mode 0700; every secret 0600)::
+
+    deployment.json          endpoints, CA path, Vault address, where the secrets are (no secret in it)
+    tls/                     ca.crt, ca.key, server.crt, server.key
+    openbao/                 config.hcl, data/ (raft storage), init.json (unseal key + root token)
+    secrets/                 operator.token, service.token, admin.token, demo.key
+    run/                     <process>.pid
+    logs/                    openbao.log, service.log
+    audit/                   onboarding.jsonl (these commands), service.jsonl (the service)
+    origin/<tenant>/         the demo origin (a directory of objects)
+    data/                    the service's data dir (snapshots)
+    pending.json             tenant creations in flight (rolled back if their process died)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from service.security.local_ca import write_private
+
+STATE_DIR_ENV = "FORESIGHT_STATE_DIR"
+DEPLOYMENT_VERSION = 1
+
+
+def default_state_dir() -> Path:
+    """`$FORESIGHT_STATE_DIR`, else `$XDG_STATE_HOME/foresight`, else `~/.local/state/foresight`."""
+    if os.environ.get(STATE_DIR_ENV):
+        return Path(os.environ[STATE_DIR_ENV]).expanduser()
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base).expanduser() / "foresight"
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    root: Path
+
+    @property
+    def deployment(self) -> Path:
+        return self.root / "deployment.json"
+
+    @property
+    def tls(self) -> Path:
+        return self.root / "tls"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.tls / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.tls / "ca.key"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.tls / "server.crt"
+
+    @property
+    def server_key(self) -> Path:
+        return self.tls / "server.key"
+
+    @property
+    def openbao(self) -> Path:
+        return self.root / "openbao"
+
+    @property
+    def openbao_config(self) -> Path:
+        return self.openbao / "config.hcl"
+
+    @property
+    def openbao_data(self) -> Path:
+        return self.openbao / "data"
+
+    @property
+    def openbao_init(self) -> Path:
+        return self.openbao / "init.json"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets"
+
+    @property
+    def operator_token(self) -> Path:
+        return self.secrets / "operator.token"
+
+    @property
+    def service_token(self) -> Path:
+        return self.secrets / "service.token"
+
+    @property
+    def admin_token(self) -> Path:
+        return self.secrets / "admin.token"
+
+    @property
+    def demo_key(self) -> Path:
+        return self.secrets / "demo.key"
+
+    def pid_file(self, name: str) -> Path:
+        return self.root / "run" / f"{name}.pid"
+
+    def log_file(self, name: str) -> Path:
+        return self.root / "logs" / f"{name}.log"
+
+    @property
+    def onboarding_audit(self) -> Path:
+        return self.root / "audit" / "onboarding.jsonl"
+
+    @property
+    def service_audit(self) -> Path:
+        return self.root / "audit" / "service.jsonl"
+
+    @property
+    def origin(self) -> Path:
+        return self.root / "origin"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def pending(self) -> Path:
+        return self.root / "pending.json"
+
+    def create(self) -> None:
+        """Make the directory tree, private to this user."""
+        for path in (self.root, self.tls, self.openbao, self.secrets, self.root / "run", self.root / "logs",
+                     self.root / "audit", self.data):
+            path.mkdir(parents=True, exist_ok=True)
+            path.chmod(0o700)
+        self.origin.mkdir(exist_ok=True)
+
+
+class Deployment(BaseModel):
+    """What `local up` started and where; read by every other command. Holds paths to secrets, never secrets."""
+
+    version: int = DEPLOYMENT_VERSION
+    state_dir: Path
+    resp_host: str
+    resp_port: int
+    http_port: int
+    http_url: str
+    ca_cert: Path = Field(description="CA bundle for the service's and OpenBao's TLS certificates.")
+    vault_addr: str
+    vault_port: int
+    vault_kv_mount: str = "foresight"
+    vault_token_file: Path = Field(description="The operator token (onboarding policy).")
+    admin_token_file: Path
+    audit_log: Path = Field(description="Audit log of onboarding actions.")
+    service_audit_log: Path
+    origin: Path
+    demo_tenant: str
+    origin_latency_ms: float = 0.0
+
+
+def read_secret(path: Path) -> str:
+    return path.read_text().strip()
+
+
+def write_secret(path: Path, value: str) -> None:
+    write_private(path, value.encode() + b"\n")
+
+
+def load_deployment(paths: StatePaths) -> Deployment | None:
+    try:
+        return Deployment.model_validate_json(paths.deployment.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def save_deployment(paths: StatePaths, deployment: Deployment) -> None:
+    write_private(paths.deployment, (deployment.model_dump_json(indent=2) + "\n").encode(), mode=0o644)
+
+
+def dump_json(value: object) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,59 @@
+"""Admin operations behind the admin API, kept apart from HTTP so they are plain, testable functions."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from service.state import ServiceState
+
+
+class RefreshFailed(RuntimeError):
+    """The key source could not be read; the tenants already served are unchanged."""
+
+
+def tenant_usage(state: ServiceState) -> list[dict[str, Any]]:
+    connections = state.connections.per_tenant
+    return [
+        {
+            "name": t.name,
+            "keys": len(t.store),
+            "used_bytes": t.store.used,
+            "budget_bytes": t.store.budget,
+            "requests_per_second": t.bucket.rate if t.bucket else 0.0,
+            "hits": t.store.stats.hits,
+            "misses": t.store.stats.misses,
+            "connections": connections.get(t.name, 0),
+        }
+        for t in state.tenants
+    ]
+
+
+async def refresh(state: ServiceState, peer: str) -> list[str]:
+    authenticator = state.authenticator
+    if authenticator is None:
+        return [t.name for t in state.tenants]
+    source = authenticator.source
+    try:
+        specs = await asyncio.to_thread(source.tenants, fresh=True)
+    except Exception as err:
+        raise RefreshFailed(f"key source unavailable: {type(err).__name__}") from None
+    state.tenants.sync(specs)
+    await authenticator.recheck(force=True)
+    await _audit(state, "admin.tenants.refresh", peer, tenants=len(specs))
+    return [spec.name for spec in specs]
+
+
+async def purge(state: ServiceState, name: str, peer: str) -> int | None:
+    tenant = state.tenants.get(name)
+    if tenant is None:
+        return None
+    removed = len(tenant.store)
+    tenant.store.flush()
+    await _audit(state, "admin.tenant.purge", peer, tenant=name, keys_removed=removed)
+    return removed
+
+
+async def _audit(state: ServiceState, action: str, peer: str, tenant: str | None = None, **details: Any) -> None:
+    if state.audit is not None:
+        await asyncio.to_thread(state.audit.record, action, actor="admin", tenant=tenant, source=peer, **details)

@@ -1,0 +1,127 @@
+"""`foresight bench`: trace replay and the benchmark report (the RESP benchmark joins this group)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from service.bench.replay import ReplayResult
+
+app = typer.Typer(help="Benchmarks: RESP throughput against redis-server, trace replay.", no_args_is_help=True)
+
+_LARGE = 200_000  # requests above which replay shows a progress bar on an interactive stderr
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+@app.command()
+def replay(
+    trace: Annotated[Path, typer.Argument(help="Trace file: ARC .lis, key-per-line text or CSV; .gz/.zst/.xz.")],
+    fmt: Annotated[str, typer.Option("--format", help="auto, lis, text or csv.")] = "auto",
+    limit: Annotated[int | None, typer.Option(help="Replay only the first N requests.")] = None,
+    cache_frac: Annotated[float | None, typer.Option(help="Cache size as a fraction of unique keys.")] = None,
+    cache_size: Annotated[int | None, typer.Option(help="Cache size in entries.")] = None,
+    policy: Annotated[str, typer.Option(help="Eviction policy: lru or s3fifo.")] = "s3fifo",
+    prefetcher: Annotated[str, typer.Option(help="none, stride, markov or learned.")] = "none",
+    budget: Annotated[int, typer.Option(help="Prefetches per request at most.")] = 1,
+    lead: Annotated[int, typer.Option(help="Requests before a prefetch lands (0: at once).")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda, for the learned prefetcher.")] = "cpu",
+    threshold: Annotated[float, typer.Option(help="Minimum confidence to prefetch.")] = 0.25,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bar.")] = None,
+) -> None:
+    """Replay a trace through the service's store, eviction policy, prefetcher and coordinator."""
+    from service.bench.replay import ReplayError, resolve_cache_size
+    from service.bench.replay import replay as run_replay
+    from service.bench.traces import TraceError, load_trace
+    from service.prefetch import make_prefetcher
+    from service.store.policies import POLICIES
+
+    if policy not in POLICIES:
+        raise _fail(f"unknown eviction policy {policy!r}; choose one of: {', '.join(sorted(POLICIES))}")
+    if device not in ("cpu", "cuda"):
+        raise _fail(f"--device must be cpu or cuda, got {device!r}")
+    try:
+        size = resolve_cache_size(1, cache_frac, cache_size)  # validates the pair before reading the trace
+        loaded = load_trace(trace, fmt, limit)
+        size = resolve_cache_size(loaded.unique, cache_frac, cache_size)
+        if device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise _fail("--device cuda asked for, but torch sees no CUDA device")
+        engine = make_prefetcher(prefetcher, lead=lead, device=device)
+        show = progress if progress is not None else (len(loaded) > _LARGE and sys.stderr.isatty())
+        if show:
+            result = _with_progress(
+                len(loaded),
+                lambda tick: run_replay(
+                    loaded, size, engine, policy=policy, budget=budget, lead=lead, threshold=threshold, progress=tick
+                ),
+            )
+        else:
+            result = run_replay(loaded, size, engine, policy=policy, budget=budget, lead=lead, threshold=threshold)
+    except (TraceError, ReplayError, ValueError) as err:
+        raise _fail(str(err)) from None
+    if as_json:
+        typer.echo(json.dumps(result.as_dict()))
+        return
+    typer.echo(
+        f"{result.trace}: {result.requests} requests, {result.unique} unique, cache {result.cache_size} "
+        f"({result.policy}), prefetcher {result.prefetcher} (budget {result.budget}, lead {result.lead})\n"
+        f"  hits {result.hits}  misses {result.misses}  miss ratio {result.miss_ratio:.4f}  "
+        f"hit ratio {1 - result.miss_ratio:.4f}\n"
+        f"  prefetch issued {result.prefetch_issued}  used {result.prefetch_used}  "
+        f"late {result.prefetch_late}  in {result.seconds:.1f}s"
+    )
+
+
+def _with_progress(total: int, run: Callable[[Callable[[int], None]], ReplayResult]) -> ReplayResult:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("replay"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    ) as bar:
+        task = bar.add_task("replay", total=total)
+        return run(lambda n: bar.advance(task, n))
+
+
+@app.command()
+def report(
+    traces: Annotated[list[Path], typer.Argument(help="Trace files (or directories of them).")],
+    out: Annotated[Path, typer.Option(help="Directory for results.json, results.md and PNG plots.")] = Path(
+        "out/bench-report"
+    ),
+    fracs: Annotated[str, typer.Option(help="Cache sizes as fractions of unique keys.")] = "0.01,0.05,0.1",
+    leads: Annotated[str, typer.Option(help="Prefetch leads.")] = "0,10",
+    prefetchers: Annotated[str, typer.Option(help="Prefetchers to compare.")] = "none,stride,markov,learned",
+    policy: Annotated[str, typer.Option(help="Eviction policy.")] = "s3fifo",
+    limit: Annotated[int | None, typer.Option(help="First N requests of each trace.")] = 1_000_000,
+    budget: Annotated[int, typer.Option(help="Prefetches per request at most.")] = 1,
+    jobs: Annotated[int, typer.Option(help="Parallel worker processes.")] = 1,
+) -> None:
+    """Run traces x cache sizes x prefetchers x leads; write a Markdown table, JSON and PNG plots."""
+    from service.bench.report import MatrixSpec, ReportError, run_matrix, write_report
+
+    try:
+        spec = MatrixSpec.parse(traces, fracs, leads, prefetchers, policy, limit, budget)
+        rows = run_matrix(spec, jobs=jobs, log=lambda line: typer.echo(line, err=True))
+        written = write_report(rows, spec, out)
+    except (ReportError, ValueError) as err:
+        raise _fail(str(err)) from None
+    for path in written:
+        typer.echo(str(path))

@@ -1,0 +1,221 @@
+"""The benchmark matrix: traces x cache sizes x prefetchers x leads, as JSON, a Markdown table and plots.
+
+A prefetcher's proposals depend only on the trace (never on the cache), so each (trace, lead, prefetcher)
+computes them once and replays them at every cache size: the same numbers `bench replay` gives, for a
+third of the model time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.bench.replay import CHUNK, ReplayError, replay, resolve_cache_size
+from service.bench.traces import TraceError, load_trace
+from service.prefetch import PREFETCHERS, make_prefetcher
+
+_TRACE_SUFFIXES = (".lis", ".txt", ".csv", ".gz", ".zst", ".xz", ".bz2")
+
+
+class ReportError(ValueError):
+    """A report matrix that cannot run."""
+
+
+@dataclass(frozen=True, slots=True)
+class MatrixSpec:
+    traces: tuple[Path, ...]
+    fracs: tuple[float, ...]
+    leads: tuple[int, ...]
+    prefetchers: tuple[str, ...]
+    policy: str
+    limit: int | None
+    budget: int
+
+    @classmethod
+    def parse(
+        cls,
+        paths: Sequence[Path],
+        fracs: str,
+        leads: str,
+        prefetchers: str,
+        policy: str,
+        limit: int | None,
+        budget: int,
+    ) -> MatrixSpec:
+        traces: list[Path] = []
+        for path in paths:
+            if path.is_dir():
+                traces += sorted(
+                    p
+                    for p in path.iterdir()
+                    if p.is_file()
+                    and p.name.endswith(_TRACE_SUFFIXES)
+                    and "README" not in p.name
+                    and "LICENSE" not in p.name
+                    and "README" not in p.stem
+                )
+            elif path.is_file():
+                traces.append(path)
+            else:
+                raise ReportError(f"trace file not found: {path}")
+        if not traces:
+            raise ReportError("no trace files given")
+        names = tuple(n.strip() for n in prefetchers.split(",") if n.strip())
+        unknown = [n for n in names if n not in PREFETCHERS]
+        if unknown:
+            raise ReportError(f"unknown prefetcher(s) {', '.join(unknown)}; choose from {', '.join(PREFETCHERS)}")
+        try:
+            frac_values = tuple(float(f) for f in fracs.split(","))
+            lead_values = tuple(int(v) for v in leads.split(","))
+        except ValueError as err:
+            raise ReportError(f"bad --fracs or --leads: {err}") from None
+        return cls(tuple(traces), frac_values, lead_values, names, policy, limit, budget)
+
+
+def _unit(path: Path, lead: int, name: str, spec: MatrixSpec) -> list[dict[str, Any]]:
+    """One trace, lead and prefetcher at every cache size."""
+    import torch
+
+    torch.set_num_threads(1)
+    trace = load_trace(path, limit=spec.limit)
+    prefetcher = make_prefetcher(name, lead=lead)
+    keys = trace.keys.tolist()
+    predictions = None
+    if name != "none" and spec.budget > 0:
+        predictions = []
+        for begin in range(0, len(keys), CHUNK):
+            predictions.extend(prefetcher.access_batch(keys[begin : begin + CHUNK]))
+    rows = []
+    for frac in spec.fracs:
+        size = resolve_cache_size(trace.unique, frac, None)
+        result = replay(
+            trace, size, prefetcher, policy=spec.policy, budget=spec.budget, lead=lead, predictions=predictions
+        )
+        rows.append({**result.as_dict(), "cache_frac": frac})
+    return rows
+
+
+def run_matrix(spec: MatrixSpec, jobs: int = 1, log: Callable[[str], None] = lambda line: None) -> list[dict]:
+    """Every cell of the matrix, sorted by trace, lead, size and prefetcher."""
+    units = [(path, lead, name) for path in spec.traces for lead in spec.leads for name in spec.prefetchers]
+    # Learned units on the largest traces take longest: start them first.
+    units.sort(key=lambda u: (u[2] != "learned", -u[0].stat().st_size))
+    rows: list[dict[str, Any]] = []
+    try:
+        if jobs <= 1:
+            for unit in units:
+                rows += _unit(*unit, spec)
+                log(f"done {unit[0].name} lead={unit[1]} {unit[2]}")
+        else:
+            with ProcessPoolExecutor(max_workers=jobs) as pool:
+                futures = {pool.submit(_unit, *unit, spec): unit for unit in units}
+                for future in as_completed(futures):
+                    rows += future.result()
+                    unit = futures[future]
+                    log(f"done {unit[0].name} lead={unit[1]} {unit[2]}")
+    except (TraceError, ReplayError) as err:
+        raise ReportError(str(err)) from None
+    order = {name: i for i, name in enumerate(PREFETCHERS)}
+    rows.sort(key=lambda r: (r["trace"], r["lead"], r["cache_frac"], order[r["prefetcher"]]))
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (trace, lead, size): each prefetcher's miss ratio and learned / best-simple."""
+    cells: dict[tuple[str, int, float], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["trace"], row["lead"], row["cache_frac"])
+        cell = cells.setdefault(
+            key,
+            {
+                "trace": row["trace"],
+                "lead": row["lead"],
+                "cache_frac": row["cache_frac"],
+                "cache_size": row["cache_size"],
+                "requests": row["requests"],
+            },
+        )
+        cell[row["prefetcher"]] = row["miss_ratio"]
+    out = []
+    for cell in cells.values():
+        simple = [cell[n] for n in ("stride", "markov") if n in cell]
+        if "learned" in cell and simple:
+            best = min(simple)
+            cell["learned_vs_best"] = cell["learned"] / best if best > 0 else (1.0 if cell["learned"] == 0 else 0.0)
+        out.append(cell)
+    return out
+
+
+def _markdown(cells: list[dict[str, Any]], spec: MatrixSpec) -> str:
+    names = [n for n in PREFETCHERS if n in spec.prefetchers]
+    lines = [
+        f"Miss ratio, policy `{spec.policy}`, budget {spec.budget}, first {spec.limit or 'all'} requests; "
+        "`learned/best` is the learned miss ratio over the better of stride and Markov.",
+        "",
+    ]
+    for lead in spec.leads:
+        lines += [
+            f"### lead {lead}",
+            "",
+            "| trace | cache | " + " | ".join(names) + " | learned/best |",
+            "|---|---:|" + "---:|" * (len(names) + 1),
+        ]
+        for c in (c for c in cells if c["lead"] == lead):
+            ratio = c.get("learned_vs_best")
+            lines.append(
+                f"| {c['trace']} | {c['cache_frac']:.0%} ({c['cache_size']}) | "
+                + " | ".join(f"{c[n]:.4f}" if n in c else "" for n in names)
+                + f" | {'' if ratio is None else f'{ratio:.3f}'} |"
+            )
+        lines.append("")
+    ratios = [c["learned_vs_best"] for c in cells if "learned_vs_best" in c]
+    if ratios:
+        wins = sum(r <= 1.0 for r in ratios)
+        lines.append(
+            f"learned <= best simple in {wins} of {len(ratios)} cells; mean learned/best "
+            f"{sum(ratios) / len(ratios):.3f}, worst {max(ratios):.3f}."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plots(cells: list[dict[str, Any]], spec: MatrixSpec, out: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    names = [n for n in PREFETCHERS if n in spec.prefetchers]
+    for lead in spec.leads:
+        subset = [c for c in cells if c["lead"] == lead]
+        labels = [f"{c['trace']}\n{c['cache_frac']:.0%}" for c in subset]
+        fig, ax = plt.subplots(figsize=(max(8, len(subset) * 0.45), 4.5))
+        width = 0.8 / len(names)
+        for i, name in enumerate(names):
+            xs = [j + i * width for j in range(len(subset))]
+            ax.bar(xs, [c.get(name, 0.0) for c in subset], width, label=name)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(subset))], labels, rotation=90, fontsize=6)
+        ax.set_ylabel("miss ratio")
+        ax.set_title(f"miss ratio by prefetcher, lead {lead}, policy {spec.policy}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"miss_ratio_lead{lead}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_report(rows: list[dict[str, Any]], spec: MatrixSpec, out: Path) -> list[Path]:
+    """results.json (every cell), results.md (the table) and one PNG per lead when matplotlib is there."""
+    out.mkdir(parents=True, exist_ok=True)
+    cells = summarize(rows)
+    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    (out / "results.md").write_text(_markdown(cells, spec))
+    return [out / "results.json", out / "results.md", *_plots(cells, spec, out)]

@@ -1,0 +1,133 @@
+"""Turn Settings into the security parts a Service runs with: key source, Vault session, TLS, KMS, audit.
+
+Each builder raises ConfigError with the setting to fix; the cloud and KMS SDKs are imported only for the
+provider that is configured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from service.config import ConfigError, Settings
+from service.tenancy import FileKeySource, KeySource, TenantsFileError
+
+if TYPE_CHECKING:
+    from service.security.audit import AuditLog
+    from service.security.envelope import EnvelopeCipher
+    from service.security.tls import ServerTLS
+    from service.security.vault_auth import VaultSession
+
+_KMS_PROVIDERS = {"vault-transit": "vault-transit", "aws": "aws-kms", "gcp": "gcp-kms", "azure": "azure-keyvault",
+                  "local": "local"}
+
+
+@dataclass
+class SecurityParts:
+    key_source: KeySource | None
+    vault: VaultSession | None
+    tls: ServerTLS | None
+    cipher: EnvelopeCipher | None
+    audit: AuditLog | None
+
+    def close(self) -> None:
+        if self.vault is not None:
+            self.vault.stop()
+        if self.audit is not None:
+            self.audit.close()
+
+
+def build_vault_session(settings: Settings) -> VaultSession | None:
+    """Log in to Vault with the configured method and keep the token renewed. Blocks."""
+    if settings.vault_addr is None:
+        return None
+    from service.security.vault_auth import VaultAuthError, VaultAuthSettings, VaultSession
+
+    auth = VaultAuthSettings(
+        addr=settings.vault_addr,
+        method=settings.vault_auth_method,
+        mount=settings.vault_auth_mount,
+        role=settings.vault_role,
+        ca_cert=settings.vault_ca_file,
+        token_file=settings.vault_token_file,
+        role_id=settings.vault_role_id,
+        secret_id_file=settings.vault_secret_id_file,
+    )
+    session = VaultSession(auth)
+    try:
+        session.start()
+    except VaultAuthError as err:
+        raise ConfigError(f"cannot log in to Vault at {settings.vault_addr} (FORESIGHT_VAULT_*): {err}") from None
+    return session
+
+
+def build_key_source(settings: Settings, vault: VaultSession | None) -> KeySource | None:
+    if settings.dev:
+        return None
+    if vault is not None:
+        from service.security.vault_source import VaultKeySource
+
+        return VaultKeySource(vault.client, settings.vault_kv_mount, cache_ttl=settings.auth_cache_ttl_s / 2,
+                              negative_ttl=settings.auth_cache_ttl_s / 2, stale_grace=settings.vault_stale_grace_s)
+    assert settings.tenants_file is not None
+    try:
+        return FileKeySource(settings.tenants_file)
+    except TenantsFileError as err:
+        raise ConfigError(str(err)) from None
+
+
+def build_tls(settings: Settings) -> ServerTLS | None:
+    if not settings.tls_enabled:
+        return None
+    from service.security.tls import ServerTLS, TLSConfigError
+
+    assert settings.tls_cert_file is not None and settings.tls_key_file is not None
+    try:
+        return ServerTLS(settings.tls_cert_file, settings.tls_key_file, client_ca_file=settings.tls_client_ca_file,
+                         require_client_cert=settings.tls_require_client_cert)
+    except TLSConfigError as err:
+        raise ConfigError(f"TLS (FORESIGHT_TLS_*): {err}") from None
+
+
+def build_cipher(settings: Settings, vault: VaultSession | None) -> EnvelopeCipher | None:
+    if settings.kms_provider == "none":
+        return None
+    from service.security.envelope import EnvelopeCipher
+    from service.security.kms import KmsError, KmsSettings, build_kms
+
+    kms_settings = KmsSettings(provider=_KMS_PROVIDERS[settings.kms_provider],
+                               key=settings.kms_key_id, aws_endpoint_url=settings.kms_endpoint_url)
+    try:
+        return EnvelopeCipher(build_kms(kms_settings, vault_client=vault.client if vault else None))
+    except KmsError as err:
+        raise ConfigError(f"KMS (FORESIGHT_KMS_*): {err}") from None
+
+
+def build_audit(settings: Settings, cipher: EnvelopeCipher | None) -> AuditLog | None:
+    path = settings.audit_path
+    if path is None:
+        return None
+    from service.security.audit import AuditLog
+
+    try:
+        return AuditLog(path, archive=cipher, rotate_bytes=64 * 1024 * 1024)
+    except OSError as err:
+        raise ConfigError(f"audit log {path} (FORESIGHT_AUDIT_LOG): {err.strerror}") from None
+
+
+def build_security(settings: Settings) -> SecurityParts:
+    """Everything security-related, in dependency order; a failure releases what was already built."""
+    problems = [] if settings.dev else settings.production_problems()
+    if problems:
+        raise ConfigError("refusing to start outside dev mode:\n  " + "\n  ".join(problems))
+    vault = build_vault_session(settings)
+    try:
+        key_source = build_key_source(settings, vault)
+        tls = build_tls(settings)
+        cipher = build_cipher(settings, vault)
+        audit = build_audit(settings, cipher)
+    except BaseException:
+        if vault is not None:
+            vault.stop()
+        raise
+    return SecurityParts(key_source, vault, tls, cipher, audit)

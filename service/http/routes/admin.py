@@ -1,0 +1,56 @@
+"""The admin API that onboarding drives: tenant usage, an immediate refresh from the key source, data purge."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel, Field
+
+from service import admin
+from service.http.deps import AdminPeer, State
+
+router = APIRouter(prefix="/admin/v1", tags=["admin"])
+
+
+class TenantUsage(BaseModel):
+    name: str
+    keys: int = Field(description="Keys resident in memory.")
+    used_bytes: int
+    budget_bytes: int
+    requests_per_second: float = Field(description="Rate quota; 0 means unlimited.")
+    hits: int
+    misses: int
+    connections: int = Field(description="Open RESP connections bound to the tenant.")
+
+
+class TenantNames(BaseModel):
+    tenants: list[str]
+
+
+class Purged(BaseModel):
+    tenant: str
+    keys_removed: int
+
+
+@router.get("/tenants")
+async def list_tenants(state: State, _: AdminPeer) -> list[TenantUsage]:
+    """Every tenant this process serves, with its usage."""
+    return [TenantUsage(**usage) for usage in admin.tenant_usage(state)]
+
+
+@router.post("/tenants/refresh")
+async def refresh_tenants(state: State, peer: AdminPeer) -> TenantNames:
+    """Re-read tenants and keys from the key source now, instead of at the next periodic refresh."""
+    try:
+        names = await admin.refresh(state, peer)
+    except admin.RefreshFailed as err:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(err)) from None
+    return TenantNames(tenants=names)
+
+
+@router.delete("/tenants/{name}/data")
+async def purge_tenant(name: str, state: State, peer: AdminPeer) -> Purged:
+    """Drop everything cached for a tenant (onboarding calls this when it deletes the tenant)."""
+    removed = await admin.purge(state, name, peer)
+    if removed is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no tenant {name!r} in this process")
+    return Purged(tenant=name, keys_removed=removed)

@@ -1,0 +1,106 @@
+"""Warm restart: tenants' entries written on shutdown and read back on start, always envelope-encrypted.
+
+The snapshot is one envelope (a fresh AES-256-GCM data key wrapped by the KMS) bound to its purpose by
+associated data, written atomically with mode 0600. It is deleted once restored, so a later crash can never
+resurrect stale data. A snapshot that fails authentication is moved aside and the service starts cold:
+it never serves bytes it cannot prove it wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from pathlib import Path
+
+from service.cache import TenantRegistry
+from service.security.envelope import EnvelopeCipher, EnvelopeError
+from service.store import now_ms
+
+log = logging.getLogger(__name__)
+
+AAD = b"foresight-snapshot-v1"
+FILENAME = "snapshot.fse"
+_MAGIC = b"FSNP1"
+_TENANT = struct.Struct(">HI")  # name length, entry count
+_ENTRY = struct.Struct(">IIq")  # key length, value length, deadline (ms, 0 = none)
+
+
+def encode(tenants: TenantRegistry) -> bytes:
+    parts = [_MAGIC]
+    for tenant in tenants:
+        store = tenant.store
+        keys = [k for k in list(store.keys()) if store.entry(k) is not None]
+        name = tenant.name.encode()
+        parts.append(_TENANT.pack(len(name), len(keys)) + name)
+        for key in keys:
+            entry = store.entry(key)
+            assert entry is not None and isinstance(key, bytes)
+            parts.append(_ENTRY.pack(len(key), len(entry.value), entry.expires_at) + key + entry.value)
+    return b"".join(parts)
+
+
+def decode(data: bytes) -> dict[str, list[tuple[bytes, bytes, int]]]:
+    if not data.startswith(_MAGIC):
+        raise ValueError("not a Foresight snapshot")
+    result: dict[str, list[tuple[bytes, bytes, int]]] = {}
+    pos = len(_MAGIC)
+    while pos < len(data):
+        name_len, count = _TENANT.unpack_from(data, pos)
+        pos += _TENANT.size
+        name = data[pos:pos + name_len].decode()
+        pos += name_len
+        entries = result.setdefault(name, [])
+        for _ in range(count):
+            key_len, value_len, deadline = _ENTRY.unpack_from(data, pos)
+            pos += _ENTRY.size
+            key = data[pos:pos + key_len]
+            pos += key_len
+            entries.append((key, data[pos:pos + value_len], deadline))
+            pos += value_len
+    return result
+
+
+def save(tenants: TenantRegistry, data_dir: Path, cipher: EnvelopeCipher) -> Path:
+    """Encrypt and write every tenant's live entries. Blocks (KMS call, disk)."""
+    path = data_dir / FILENAME
+    data_dir.mkdir(parents=True, exist_ok=True)
+    envelope = cipher.encrypt(encode(tenants), AAD)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(envelope)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def restore(tenants: TenantRegistry, data_dir: Path, cipher: EnvelopeCipher) -> int:
+    """Load a snapshot into the tenants that still exist; returns entries restored. Blocks."""
+    path = data_dir / FILENAME
+    if not path.exists():
+        return 0
+    try:
+        snapshot = decode(cipher.decrypt(path.read_bytes(), AAD))
+    except (EnvelopeError, ValueError, struct.error) as err:
+        rejected = path.with_suffix(".rejected")
+        os.replace(path, rejected)
+        log.error("snapshot %s failed verification (%s); moved to %s, starting cold", path, err, rejected)
+        return 0
+    restored = 0
+    now = now_ms()
+    for name, entries in snapshot.items():
+        tenant = tenants.get(name)
+        if tenant is None:
+            continue  # the tenant was deleted while we were down
+        for key, value, deadline in entries:
+            if deadline and deadline <= now:
+                continue
+            try:
+                tenant.store.set(key, value, deadline)
+            except ValueError:
+                continue  # a budget shrunk below this entry while we were down
+            restored += 1
+    path.unlink()
+    return restored

@@ -1,0 +1,244 @@
+"""The hash-chained audit log and `foresight audit verify`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from service.security.apikeys import new_key
+from service.security.audit import (
+    ARCHIVE_AAD,
+    GENESIS,
+    AuditLog,
+    AuditLogError,
+    AuditSecretError,
+    line_hash,
+    verify_files,
+    verify_lines,
+)
+from service.security.audit_cli import app as audit_app
+from service.security.envelope import EnvelopeCipher
+from service.security.kms.local import LocalKms
+
+
+def write_events(path: Path, count: int = 5) -> AuditLog:
+    log = AuditLog(path, fsync="always")
+    for i in range(count):
+        log.auth_success(tenant="acme", key_id=f"key{i:09d}", source=f"10.0.0.{i}:5000", listener="resp")
+    return log
+
+
+def lines_of(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def verdict_of(lines: list[bytes]):  # type: ignore[no-untyped-def]
+    return verify_lines(lines)
+
+
+@pytest.fixture
+def log_file(tmp_path: Path) -> Path:
+    path = tmp_path / "audit.jsonl"
+    write_events(path).close()
+    return path
+
+
+def test_lines_carry_who_what_where_when_and_chain(log_file: Path) -> None:
+    records = [json.loads(line) for line in lines_of(log_file)]
+    assert records[0]["action"] == "audit.open"
+    assert records[0]["prev"] == GENESIS
+    first = records[1]
+    assert {k: first[k] for k in ("action", "outcome", "actor", "tenant", "key_id", "source")} == {
+        "action": "auth", "outcome": "success", "actor": "key:key000000000", "tenant": "acme",
+        "key_id": "key000000000", "source": "10.0.0.0:5000",
+    }
+    assert first["time"].endswith("Z")
+    for before, after in zip(records, records[1:], strict=False):
+        assert after["prev"] == before["hash"] == line_hash(before)
+    assert log_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_intact_log_verifies(log_file: Path) -> None:
+    verdict = verdict_of(lines_of(log_file))
+    assert verdict.ok
+    assert verdict.lines == 6
+    assert not verdict.closed
+
+
+def test_edited_line_is_detected(log_file: Path) -> None:
+    lines = lines_of(log_file)
+    lines[3] = lines[3].replace(b'"tenant":"acme"', b'"tenant":"evil"')
+    verdict = verdict_of(lines)
+    assert (verdict.ok, verdict.bad_line) == (False, 4)
+    assert "edited" in (verdict.reason or "")
+
+
+def test_edited_line_with_recomputed_hash_breaks_the_next_link(log_file: Path) -> None:
+    lines = lines_of(log_file)
+    record = json.loads(lines[2])
+    record["outcome"] = "failure"
+    record["hash"] = line_hash(record)
+    lines[2] = json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    verdict = verdict_of(lines)
+    assert (verdict.ok, verdict.bad_line) == (False, 4)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "bad_line", "reason"),
+    [
+        (lambda ls: ls[:2] + ls[3:], 3, "dropped"),
+        (lambda ls: ls[:2] + [ls[3], ls[2]] + ls[4:], 3, "reordered"),
+        (lambda ls: ls[:3] + [ls[1]] + ls[3:], 4, "inserted"),
+        (lambda ls: ls[1:], 1, "dropped from the start"),
+        (lambda ls: ls[:-1] + [ls[-1][:-10]], 6, "incomplete"),
+        (lambda ls: ls[:3] + [b"not json\n"] + ls[3:], 4, "invalid JSON"),
+    ],
+)
+def test_dropped_reordered_inserted_and_torn_lines_are_detected(log_file: Path, mutate, bad_line, reason) -> None:  # type: ignore[no-untyped-def]
+    verdict = verdict_of(mutate(lines_of(log_file)))
+    assert (verdict.ok, verdict.bad_line) == (False, bad_line)
+    assert reason in (verdict.reason or "")
+
+
+def test_lines_dropped_from_the_end_are_caught_with_the_recorded_head(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = write_events(path)
+    head = log.head
+    log.close()
+    path.write_bytes(b"".join(lines_of(path)[:-2]))
+    assert verify_lines(lines_of(path)).ok  # a shorter chain is still a chain...
+    verdict = verify_lines(lines_of(path), expect_head=head)  # ...unless the head was recorded elsewhere
+    assert not verdict.ok
+    assert "dropped from the end" in (verdict.reason or "")
+
+
+def test_reopening_continues_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_events(path, 2).close()
+    with AuditLog(path) as log:
+        log.record("tenant.create", actor="admin:ops", tenant="beta", source="10.1.1.1:443")
+    records = [json.loads(line) for line in lines_of(path)]
+    assert [r["seq"] for r in records] == [0, 1, 2, 3]
+    assert verify_lines(lines_of(path)).ok
+
+
+def test_torn_last_line_is_trimmed_and_recorded_on_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_events(path, 2).close()
+    with path.open("ab") as file:
+        file.write(b'{"seq":3,"action":"au')  # the process died mid-write
+    with AuditLog(path) as log:
+        log.record("key.revoke", actor="admin:ops", tenant="acme", key_id="abcdefghijkl")
+    records = [json.loads(line) for line in lines_of(path)]
+    assert records[-2]["action"] == "audit.recovered"
+    assert records[-2]["details"] == {"discarded_bytes": 21}
+    assert verify_lines(lines_of(path)).ok
+
+
+def test_refuses_to_append_to_a_log_that_ends_badly(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_events(path, 2).close()
+    lines = lines_of(path)
+    path.write_bytes(b"".join([*lines[:-1], lines[-1].replace(b"acme", b"evil")]))
+    with pytest.raises(AuditLogError, match="does not verify"):
+        AuditLog(path)
+
+
+def test_rotation_chains_files_and_encrypts_the_archive(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    cipher = EnvelopeCipher(LocalKms.generate())
+    log = AuditLog(path, rotate_bytes=1200, archive=cipher)
+    for i in range(12):
+        log.record("auth", actor="key:k", tenant="acme", key_id=f"k{i:011d}", source="127.0.0.1:1")
+    log.close()
+    archives = sorted(tmp_path.glob("audit.*.jsonl.fse"))
+    assert len(archives) >= 2
+    assert not list(tmp_path.glob("audit.*.jsonl"))  # no plaintext left behind
+    plain = []
+    for archive in archives:
+        out = archive.with_suffix("")
+        cipher.decrypt_file(archive, out, ARCHIVE_AAD)
+        plain.append(out)
+    bad, verdict = verify_files([*plain, path])
+    assert bad is None, verdict
+    assert verdict.ok
+    dropped_middle = [plain[0], path] if len(plain) > 1 else [path]
+    bad, verdict = verify_files(dropped_middle)
+    assert bad is not None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"details_token": "x"},
+        {"api_key": "x"},
+        {"password": "hunter2"},
+        {"note": "client sent fsk_abcdefghijkl_" + "A" * 43},
+        {"note": "hvs.CAESIJ" + "a" * 30},
+        {"nested": {"list": ["eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.sig"]}},
+        {"pem": "-----BEGIN EC PRIVATE KEY-----\nMHc..."},
+        {"blob": b"bytes"},
+    ],
+)
+def test_scrub_refuses_anything_that_looks_like_a_secret(tmp_path: Path, fields: dict) -> None:
+    with AuditLog(tmp_path / "audit.jsonl") as log:
+        with pytest.raises(AuditSecretError) as info:
+            log.record("admin.action", actor="admin:ops", **fields)
+        assert "hunter2" not in str(info.value)
+        assert "AAAA" not in str(info.value)
+
+
+def test_an_issued_key_can_never_reach_the_file(tmp_path: Path) -> None:
+    key = new_key()
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as log:
+        for attempt in ({"source": key.secret}, {"actor": key.secret}, {"tenant": key.secret}):
+            with pytest.raises(AuditSecretError):
+                log.record("auth", **{"actor": "x", **attempt})
+        log.auth_failure(key_id=key.key_id, source="1.2.3.4:5", listener="http", reason="revoked")
+    text = path.read_text()
+    assert key.key_id in text
+    assert key.secret not in text
+    assert key.secret.split("_", 2)[2] not in text
+
+
+def cli() -> typer.Typer:
+    """The root CLI mounts the audit group like this (service/cli.py)."""
+    root = typer.Typer()
+    root.add_typer(audit_app, name="audit")
+    return root
+
+
+def test_cli_verify_exit_codes_and_messages(log_file: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(cli(), ["audit", "verify", str(log_file)])
+    assert ok.exit_code == 0, ok.output
+    assert "ok: 6 lines verified" in ok.output
+    lines = lines_of(log_file)
+    log_file.write_bytes(b"".join([lines[0], lines[1], lines[3], lines[2], *lines[4:]]))
+    bad = runner.invoke(cli(), ["audit", "verify", str(log_file)])
+    assert bad.exit_code == 1
+    assert f"{log_file}:3:" in bad.output
+
+
+def test_cli_verify_json(log_file: Path) -> None:
+    result = CliRunner().invoke(cli(), ["audit", "verify", "--json", str(log_file)])
+    assert result.exit_code == 0
+    report = json.loads(result.output)
+    assert report["ok"] is True
+    assert report["lines_verified"] == 6
+    assert len(report["head"]) == 64
+    lines = lines_of(log_file)
+    log_file.write_bytes(b"".join(lines[:2] + lines[3:]))
+    result = CliRunner().invoke(cli(), ["audit", "verify", "--json", "--head", report["head"], str(log_file)])
+    assert result.exit_code == 1
+    assert json.loads(result.output)["line"] == 3
+
+
+def test_cli_missing_file_is_a_usage_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli(), ["audit", "verify", str(tmp_path / "nope.jsonl")])
+    assert result.exit_code == 2

@@ -1,0 +1,173 @@
+"""Server TLS: TLS 1.2+ only, hot reload without dropping connections, mTLS, uvicorn, and Vault PKI."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import ssl
+import time
+from pathlib import Path
+
+import httpx
+import hvac
+import pytest
+
+from service.security.local_ca import CertificateAuthority
+from service.security.tls import ServerTLS, TLSConfigError, client_context
+from service.security.vault_pki import VaultPkiCertificates, VaultPkiError
+from tests.security.conftest import TlsFiles
+from tests.security.tls_servers import connect, echo, echo_server, serial_of, uvicorn_server
+
+
+def wait_for_new_serial(port: int, context: ssl.SSLContext, old: int, limit: float = 3.0) -> int:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        with connect(port, context) as sock:
+            serial = serial_of(sock)
+        if serial != old:
+            return serial
+        time.sleep(0.05)
+    raise AssertionError("server kept presenting the old certificate")
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+def test_only_tls_1_2_and_later_are_accepted(tls_files: TlsFiles) -> None:
+    tls = ServerTLS(tls_files.cert_file, tls_files.key_file)
+    assert tls.context.minimum_version == ssl.TLSVersion.TLSv1_2
+    with echo_server(tls) as port:
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            context = client_context(tls_files.ca_file)
+            context.maximum_version = version
+            with connect(port, context) as sock:
+                assert sock.version() == {ssl.TLSVersion.TLSv1_2: "TLSv1.2", ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[version]
+        legacy = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        legacy.load_verify_locations(tls_files.ca_file)
+        legacy.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer TLS 1.0/1.1 at all
+        legacy.minimum_version = ssl.TLSVersion.TLSv1
+        legacy.maximum_version = ssl.TLSVersion.TLSv1_2
+        with connect(port, legacy) as sock:  # control: this client works when it may use TLS 1.2
+            assert sock.version() == "TLSv1.2"
+        legacy.maximum_version = ssl.TLSVersion.TLSv1_1
+        with pytest.raises(ssl.SSLError, match="(?i)protocol version|unsupported protocol|EOF"):
+            connect(port, legacy)
+
+
+def test_rotated_certificate_serves_new_handshakes_and_keeps_old_connections(tls_files: TlsFiles) -> None:
+    tls = ServerTLS(tls_files.cert_file, tls_files.key_file)
+    context = client_context(tls_files.ca_file)
+    with echo_server(tls) as port, connect(port, context) as long_lived:
+        old_serial = serial_of(long_lived)
+        assert echo(long_lived, "before") == "- before"
+        tls_files.rotate()
+        new_serial = wait_for_new_serial(port, context, old_serial)
+        assert echo(long_lived, "after") == "- after"  # the established connection never noticed
+        assert serial_of(long_lived) == old_serial != new_serial
+        assert tls.reloads == 1
+
+
+def test_half_written_rotation_keeps_the_current_certificate(
+    tls_files: TlsFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    tls = ServerTLS(tls_files.cert_file, tls_files.key_file)
+    context = client_context(tls_files.ca_file)
+    fresh = tls_files.ca.issue("localhost", dns_names=["localhost"])
+    with echo_server(tls, watch_interval=60) as port:
+        with connect(port, context) as sock:
+            old_serial = serial_of(sock)
+        tls_files.cert_file.write_bytes(fresh.cert_pem)  # certificate first, key not yet
+        with caplog.at_level(logging.ERROR):
+            assert tls.reload() is False
+            assert tls.reload() is False
+        assert sum("does not load" in r.getMessage() for r in caplog.records) == 1  # said once, not every tick
+        with connect(port, context) as sock:
+            assert serial_of(sock) == old_serial
+        tls_files.key_file.write_bytes(fresh.key_pem)
+        assert tls.reload() is True
+        with connect(port, context) as sock:
+            assert serial_of(sock) != old_serial
+
+
+def test_mtls_requires_a_client_certificate_from_the_ca(tls_files: TlsFiles, tmp_path: Path) -> None:
+    tls = ServerTLS(tls_files.cert_file, tls_files.key_file, client_ca_file=tls_files.ca_file, require_client_cert=True)
+    tls_files.ca.issue("app-7", client=True).write(tmp_path / "client.crt", tmp_path / "client.key")
+    CertificateAuthority.create("Rogue CA").issue("mallory", client=True).write(tmp_path / "rogue.crt", tmp_path / "rogue.key")
+    with echo_server(tls) as port:
+        with connect(port, client_context(tls_files.ca_file, tmp_path / "client.crt", tmp_path / "client.key")) as sock:
+            assert echo(sock, "hello") == "app-7 hello"
+        for cert, key in ((None, None), (tmp_path / "rogue.crt", tmp_path / "rogue.key")):
+            with pytest.raises((ssl.SSLError, ConnectionError)):  # noqa: PT012 - TLS 1.3 reports it on first read
+                with connect(port, client_context(tls_files.ca_file, cert, key)) as sock:
+                    echo(sock, "let me in")
+
+
+def test_optional_client_certificates_are_verified_when_presented(tls_files: TlsFiles, tmp_path: Path) -> None:
+    tls = ServerTLS(tls_files.cert_file, tls_files.key_file, client_ca_file=tls_files.ca_file)
+    tls_files.ca.issue("app-8", client=True).write(tmp_path / "c.crt", tmp_path / "c.key")
+    with echo_server(tls) as port:
+        with connect(port, client_context(tls_files.ca_file)) as sock:
+            assert echo(sock, "anon") == "- anon"
+        with connect(port, client_context(tls_files.ca_file, tmp_path / "c.crt", tmp_path / "c.key")) as sock:
+            assert echo(sock, "named") == "app-8 named"
+
+
+def peer_der(response: httpx.Response) -> bytes:
+    """The certificate the server presented on the connection that carried `response`."""
+    return bytes(response.extensions["network_stream"].get_extra_info("ssl_object").getpeercert(True))
+
+
+def test_uvicorn_serves_the_reloadable_context(tls_files: TlsFiles) -> None:
+    tls = ServerTLS(tls_files.cert_file, tls_files.key_file)
+    context = client_context(tls_files.ca_file)
+    with uvicorn_server(tls) as port, httpx.Client(verify=context, base_url=f"https://localhost:{port}") as client:
+        first = client.get("/ping")
+        assert first.json() == {"pong": "ok"}
+        old_der = peer_der(first)
+        tls_files.rotate()
+        with connect(port, context) as probe:
+            wait_for_new_serial(port, context, serial_of(probe))
+        again = client.get("/ping")  # same keep-alive connection, still up, still the old certificate
+        assert peer_der(again) == old_der
+        with httpx.Client(verify=context) as fresh:
+            new = fresh.get(f"https://localhost:{port}/ping")
+            assert peer_der(new) != old_der
+
+
+def test_configuration_errors_name_the_problem(tls_files: TlsFiles, tmp_path: Path) -> None:
+    with pytest.raises(TLSConfigError, match="client_ca_file"):
+        ServerTLS(tls_files.cert_file, tls_files.key_file, require_client_cert=True)
+    with pytest.raises(TLSConfigError, match="cannot load TLS certificate"):
+        ServerTLS(tmp_path / "missing.crt", tls_files.key_file)
+
+
+def test_world_readable_key_is_warned_about(tls_files: TlsFiles, caplog: pytest.LogCaptureFixture) -> None:
+    tls_files.key_file.chmod(0o644)
+    with caplog.at_level(logging.WARNING):
+        ServerTLS(tls_files.cert_file, tls_files.key_file)
+    assert "readable by group or others" in caplog.text
+
+
+def test_vault_pki_issues_certificates_the_server_can_use(service_client: hvac.Client, tmp_path: Path) -> None:
+    pki = VaultPkiCertificates(
+        service_client, role="foresight-server", common_name="localhost", ip_sans=["127.0.0.1"],
+        directory=tmp_path, ttl="1h",
+    )
+    assert pki.needs_renewal()
+    first = pki.issue()
+    assert pki.key_file.stat().st_mode & 0o777 == 0o600
+    assert not pki.needs_renewal()
+    assert pki.needs_renewal(now=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=45))
+    tls = ServerTLS(pki.cert_file, pki.key_file)
+    context = client_context(pki.ca_file)
+    with echo_server(tls) as port, connect(port, context) as long_lived:
+        assert serial_of(long_lived) == first.serial_number
+        second = pki.issue()
+        assert wait_for_new_serial(port, context, first.serial_number) == second.serial_number
+        assert echo(long_lived, "still here") == "- still here"
+
+
+def test_vault_pki_refusal_is_a_clear_error(service_client: hvac.Client, tmp_path: Path) -> None:
+    pki = VaultPkiCertificates(service_client, role="foresight-server", common_name="evil.example.com",
+                               directory=tmp_path)
+    with pytest.raises(VaultPkiError, match="refused 'evil.example.com'"):
+        pki.issue()
+    assert not pki.key_file.exists()

@@ -1,0 +1,237 @@
+"""Issue 3's acceptance, end to end on the real service: Vault-held keys on a real OpenBao, TLS on both
+listeners, Vault-transit envelope encryption of the snapshot, a hash-chained audit log and the admin API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import hvac
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from service.security.admin_token import new_admin_token
+from service.security.apikeys import IssuedKey, hash_key
+from service.security.vault_keys import VaultKeyAdmin, service_policy
+from service.snapshot import FILENAME as SNAPSHOT
+from service.tenancy import TenantSpec
+from tests.servers import OpenBao
+from tests.service.harness import RunningService, running_service
+from tests.tlsutil import PKI
+
+MOUNT = "fs-e2e"
+TRANSIT_KEY = "fs-e2e-snapshots"
+SERVICE_POLICY = "fs-e2e-service"  # its own name: other suites set up the default policy for another mount
+NO_RETRY = Retry(NoBackoff(), 0)
+
+
+@dataclass
+class Deployment:
+    svc: RunningService
+    admin: VaultKeyAdmin
+    keys: dict[str, IssuedKey]
+    pki: PKI
+    admin_token: str
+    data_dir: Path
+    settings: dict[str, object]
+
+    def redis(self, key: str, **kwargs: object) -> redis.Redis:
+        return redis.Redis(port=self.svc.resp_port, ssl=True, ssl_ca_certs=str(self.pki.ca_cert), password=key,
+                           retry=NO_RETRY, **kwargs)  # type: ignore[arg-type]
+
+    def http(self) -> httpx.Client:
+        import ssl
+
+        return httpx.Client(base_url=self.svc.endpoints.http_url,
+                            verify=ssl.create_default_context(cafile=str(self.pki.ca_cert)))
+
+
+@pytest.fixture(scope="module")
+def vault_admin(openbao: OpenBao) -> VaultKeyAdmin:
+    root = openbao.client()
+    if "transit/" not in root.sys.list_mounted_secrets_engines()["data"]:
+        root.sys.enable_secrets_engine("transit", path="transit")
+    root.secrets.transit.create_key(TRANSIT_KEY, mount_point="transit")
+    admin = VaultKeyAdmin(root, MOUNT)
+    admin.setup(transit=("transit", TRANSIT_KEY))
+    root.sys.create_or_update_policy(SERVICE_POLICY, service_policy(MOUNT, transit=("transit", TRANSIT_KEY)))
+    return admin
+
+
+@pytest.fixture
+def deployment(openbao: OpenBao, vault_admin: VaultKeyAdmin, pki: PKI, tmp_path: Path) -> Iterator[Deployment]:
+    keys = {}
+    for tenant in ("acme", "globex"):
+        name = f"{tenant}-{tmp_path.name[-6:].lower().replace('_', '-')}".strip("-")
+        vault_admin.create_tenant(TenantSpec(name=name))
+        keys[tenant] = vault_admin.issue_key(name)
+    root: hvac.Client = vault_admin.client
+    token = root.auth.token.create(policies=[SERVICE_POLICY], ttl="1h")["auth"]
+    token_file = tmp_path / "vault-token"
+    token_file.write_text(token["client_token"])
+    token_file.chmod(0o600)
+    admin_token = new_admin_token()
+    data_dir = tmp_path / "data"
+    settings: dict[str, object] = dict(
+        tls_cert_file=pki.cert, tls_key_file=pki.key, vault_addr=openbao.addr, vault_token_file=token_file,
+        vault_kv_mount=MOUNT, kms_provider="vault-transit", kms_key_id=TRANSIT_KEY, data_dir=data_dir,
+        admin_token_hash=hash_key(admin_token), auth_cache_ttl_s=0.5,
+    )
+    with running_service(**settings) as svc:
+        yield Deployment(svc, vault_admin, keys, pki, admin_token, data_dir, settings)
+    for key in keys.values():
+        tenant = vault_admin.get_key(key.key_id).tenant
+        vault_admin.delete_tenant(tenant)
+
+
+def _tenant_of(deployment: Deployment, who: str) -> str:
+    return deployment.admin.get_key(deployment.keys[who].key_id).tenant
+
+
+def test_vault_keys_work_over_resp_and_https_and_isolate_tenants(deployment: Deployment) -> None:
+    acme, globex = deployment.redis(deployment.keys["acme"].secret), deployment.redis(deployment.keys["globex"].secret)
+    acme.set("order:1", "acme-only")
+    assert globex.get("order:1") is None
+    with deployment.http() as http:
+        auth = {"Authorization": f"Bearer {deployment.keys['globex'].secret}"}
+        assert http.get("/v1/keys/order:1", headers=auth).status_code == 404
+        assert http.put("/v1/keys/order:1", content=b"globex-only", headers=auth).status_code == 204
+    assert acme.get("order:1") == b"acme-only"
+    assert globex.get("order:1") == b"globex-only"
+
+
+def test_redis_cli_tls_auth_with_vault_key(deployment: Deployment) -> None:
+    key = deployment.keys["acme"].secret
+    out = subprocess.run(["redis-cli", "--tls", "--cacert", str(deployment.pki.ca_cert), "-p",
+                          str(deployment.svc.resp_port), "--no-auth-warning", "-a", key, "PING"],
+                         capture_output=True, text=True, timeout=10)
+    assert out.stdout == "PONG\n"
+
+
+def test_revoked_key_is_refused_within_one_second_on_every_listener(deployment: Deployment) -> None:
+    key = deployment.keys["acme"]
+    connected = deployment.redis(key.secret)
+    assert connected.set("k", "v") is True
+    deployment.admin.revoke_key(key.key_id)
+    revoked_at = time.monotonic()
+    refused_resp = refused_http = None
+    with deployment.http() as http:
+        while time.monotonic() - revoked_at < 3 and (refused_resp is None or refused_http is None):
+            try:
+                connected.get("k")
+            except redis.AuthenticationError:
+                refused_resp = refused_resp or time.monotonic() - revoked_at
+            status = http.get("/v1/keys/k", headers={"Authorization": f"Bearer {key.secret}"}).status_code
+            if status == 401:
+                refused_http = refused_http or time.monotonic() - revoked_at
+            time.sleep(0.02)
+    assert refused_resp is not None and refused_resp <= 1.0
+    assert refused_http is not None and refused_http <= 1.0
+    with pytest.raises(redis.AuthenticationError):
+        deployment.redis(key.secret).ping()
+
+
+def test_rotation_keeps_old_key_for_the_overlap_then_refuses_it(deployment: Deployment) -> None:
+    old = deployment.keys["globex"]
+    new = deployment.admin.rotate_key(old.key_id, overlap=dt.timedelta(seconds=1.5))
+    assert deployment.redis(new.secret).ping() is True
+    assert deployment.redis(old.secret).ping() is True  # still inside the overlap window
+    time.sleep(2.6)  # overlap plus the cache TTL
+    with pytest.raises(redis.AuthenticationError):
+        deployment.redis(old.secret).ping()
+    assert deployment.redis(new.secret).ping() is True
+
+
+def test_admin_api_needs_the_admin_token_never_a_tenant_key(deployment: Deployment) -> None:
+    with deployment.http() as http:
+        assert http.get("/admin/v1/tenants").status_code == 401
+        tenant_key = {"Authorization": f"Bearer {deployment.keys['acme'].secret}"}
+        assert http.get("/admin/v1/tenants", headers=tenant_key).status_code == 403
+        assert http.get("/admin/v1/tenants", headers={"Authorization": "Bearer fsadm_wrong"}).status_code == 401
+        admin = {"Authorization": f"Bearer {deployment.admin_token}"}
+        new_tenant = f"late-{int(time.time() * 1000) % 10**8}"
+        deployment.admin.create_tenant(TenantSpec(name=new_tenant))
+        key = deployment.admin.issue_key(new_tenant)
+        refreshed = http.post("/admin/v1/tenants/refresh", headers=admin)
+        assert refreshed.status_code == 200 and new_tenant in refreshed.json()["tenants"]
+        assert deployment.redis(key.secret).set("x", "1") is True  # usable at once, no periodic wait
+        usage = {t["name"]: t for t in http.get("/admin/v1/tenants", headers=admin).json()}
+        assert usage[new_tenant]["keys"] == 1
+        purged = http.delete(f"/admin/v1/tenants/{new_tenant}/data", headers=admin)
+        assert purged.json() == {"tenant": new_tenant, "keys_removed": 1}
+        assert http.delete("/admin/v1/tenants/nope/data", headers=admin).status_code == 404
+        deployment.admin.delete_tenant(new_tenant)
+
+
+def test_audit_log_records_auth_and_verifies(deployment: Deployment) -> None:
+    key = deployment.keys["acme"]
+    deployment.redis(key.secret).ping()
+    with pytest.raises(redis.AuthenticationError):
+        deployment.redis(key.secret[:-3] + "xyz").ping()
+    audit = deployment.data_dir / "audit.log"
+    text = audit.read_text()
+    assert f'"key_id":"{key.key_id}"' in text.replace(" ", "")
+    assert '"outcome":"failure"' in text.replace(" ", "")
+    assert key.secret not in text
+    verify = subprocess.run([sys.executable, "-c", "from service.cli import main; main()", "audit", "verify",
+                             str(audit)], capture_output=True, text=True, timeout=30)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_snapshot_is_encrypted_and_restores_after_restart(deployment: Deployment) -> None:
+    key = deployment.keys["acme"]
+    deployment.redis(key.secret).set("warm", "plaintext-marker-value", ex=600)
+    deployment.svc.call(deployment.svc.service.stop())
+    snapshot = deployment.data_dir / SNAPSHOT
+    raw = snapshot.read_bytes()
+    assert b"plaintext-marker-value" not in raw and b"warm" not in raw
+    with running_service(**deployment.settings) as svc:
+        client = redis.Redis(port=svc.resp_port, ssl=True, ssl_ca_certs=str(deployment.pki.ca_cert),
+                             password=key.secret)
+        assert client.get("warm") == b"plaintext-marker-value"
+        assert 590 < client.ttl("warm") <= 600
+    assert (deployment.data_dir / SNAPSHOT).exists()  # written again on this clean stop
+
+
+def test_tampered_snapshot_is_rejected_and_service_starts_cold(deployment: Deployment,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    key = deployment.keys["acme"]
+    deployment.redis(key.secret).set("warm", "v")
+    deployment.svc.call(deployment.svc.service.stop())
+    snapshot = deployment.data_dir / SNAPSHOT
+    raw = bytearray(snapshot.read_bytes())
+    raw[-20] ^= 0x01
+    snapshot.write_bytes(bytes(raw))
+    with caplog.at_level(logging.ERROR), running_service(**deployment.settings) as svc:
+        client = redis.Redis(port=svc.resp_port, ssl=True, ssl_ca_certs=str(deployment.pki.ca_cert),
+                             password=key.secret)
+        assert client.get("warm") is None
+    assert "failed verification" in caplog.text
+    assert snapshot.with_suffix(".rejected").exists()
+
+
+def test_no_issued_key_appears_in_logs(deployment: Deployment, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG):
+        for who in ("acme", "globex"):
+            deployment.redis(deployment.keys[who].secret).set("k", "v")
+        deployment.admin.revoke_key(deployment.keys["acme"].key_id)
+        time.sleep(0.8)
+        with pytest.raises(redis.AuthenticationError):
+            deployment.redis(deployment.keys["acme"].secret).ping()
+        with deployment.http() as http:
+            http.get("/v1/keys/k", headers={"Authorization": f"Bearer {deployment.keys['globex'].secret}"})
+    captured = caplog.text + (deployment.data_dir / "audit.log").read_text()
+    assert deployment.keys["acme"].key_id in captured  # the public id is there, so the scan looks at the right text
+    for key in deployment.keys.values():
+        assert key.secret not in captured
+        assert key.secret.rsplit("_", 1)[1] not in captured
+    assert deployment.admin_token not in captured
