@@ -22,11 +22,13 @@ image="localhost/foresight:test-$run_id"
 container="foresight-test-$run_id"
 keep="${KEEP_IMAGES:-0}"
 work="$(mktemp -d)"
+cache_dir="${CACHE_DIR:-$repo/.cache/images}"
 started_at=$SECONDS
 
 log() { printf '[test-image %4ss] %s\n' "$((SECONDS - started_at))" "$*" >&2; }
 fail() { log "FAIL: $*"; exit 1; }
 now() { date +%s.%N; }
+stamp() { local t=$SECONDS line; while IFS= read -r line; do printf '%4ss %s\n' "$((SECONDS - t))" "$line"; done; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 
 cleanup() {
@@ -56,38 +58,38 @@ base_s=$(elapsed "$t0" "$(now)")
 log "base image $base_image ready in ${base_s}s"
 
 # --- build -------------------------------------------------------------------------------------
+# Everything the build borrows from this host goes in one directory mounted at /mnt for RUN steps only.
+# /mnt exists in the base image, so the mount leaves no mount point behind in a layer.
+buildenv="$work/buildenv"
+mkdir -p "$buildenv/wheels"
+# pip inside the build trusts the host's CA bundle (a TLS-inspecting proxy may sit in front of PyPI).
+cp "${HOST_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}" "$buildenv/ca.crt"
+printf '[global]\ncert = /mnt/ca.crt\nfind-links = /mnt/wheels\n' > "$buildenv/pip.conf"
+build_args=(--build-arg PIP_CONFIG_FILE=/mnt/pip.conf)
 torch_wheel="${TORCH_WHEEL:-$(find /opt/wheels -maxdepth 1 -name 'torch-*+cpu-cp311-*.whl' 2>/dev/null | sort -V | tail -n 1)}"
-build_args=()
-volumes=()
 if [[ -n "$torch_wheel" ]]; then
   wheel_name="$(basename "$torch_wheel")"
+  ln "$torch_wheel" "$buildenv/wheels/" 2>/dev/null || cp "$torch_wheel" "$buildenv/wheels/"
   torch_version="${wheel_name#torch-}"
   torch_version="${torch_version%%-*}"
   build_args+=(--build-arg "TORCH_SPEC=torch==$torch_version" --build-arg "TORCH_INDEX_URL=https://pypi.org/simple")
-  volumes+=(--volume "$(dirname "$torch_wheel"):/wheels:ro")
-  find_links="find-links = /wheels"
 else
-  build_args+=(--build-arg "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" --build-arg "TORCH_SPEC=torch==2.13.0+cpu")
-  find_links=""
+  build_args+=(--build-arg "TORCH_SPEC=torch==2.13.0+cpu" --build-arg "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu")
 fi
-# pip inside the build trusts the host's CA bundle (a TLS-inspecting proxy may sit in front of PyPI).
-# Both files are mounted only while RUN steps execute: they never reach a layer.
-ca_bundle="${HOST_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
-printf '[global]\ncert = /run/foresight-build/ca.crt\n%s\n' "$find_links" > "$work/pip.conf"
-volumes+=(--volume "$ca_bundle:/run/foresight-build/ca.crt:ro" --volume "$work/pip.conf:/etc/pip.conf:ro")
 
 layers=(--layers=false)
 [[ "$keep" == 1 ]] && layers=(--layers=true)
 revision="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
+build_log="$cache_dir/build.log"
 log "building $image (torch: ${torch_wheel:-CPU index})"
 t0=$(now)
 podman build "${layers[@]}" --format docker --file "$here/service/Dockerfile" --tag "$image" \
   --build-arg "BASE_IMAGE=$base_image" \
   --build-arg "REVISION=$revision" \
   --build-arg "CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-  "${build_args[@]}" "${volumes[@]}" \
-  "$repo" >"$work/build.log" 2>&1 || { tail -n 60 "$work/build.log" >&2; fail "podman build failed"; }
+  --volume "$buildenv:/mnt:ro" "${build_args[@]}" \
+  "$repo" 2>&1 | stamp >"$build_log" || { tail -n 60 "$build_log" >&2; fail "podman build failed (log: $build_log)"; }
 build_s=$(elapsed "$t0" "$(now)")
 size_bytes=$(podman image inspect --format '{{.Size}}' "$image")
 log "built in ${build_s}s, $((size_bytes / 1000000)) MB"
@@ -102,8 +104,7 @@ exposed="$(inspect '{{json .Config.ExposedPorts}}')"
 [[ "$exposed" == *6380/tcp* && "$exposed" == *8443/tcp* ]] || fail "ports 6380/8443 not exposed: $exposed"
 # No build-time mount and no private key anywhere in the image's file system.
 in_image() { podman run --rm --no-healthcheck --entrypoint /bin/sh "$image" -c "$1"; }
-in_image 'test ! -e /etc/pip.conf && test ! -e /run/foresight-build && test ! -e /wheels' \
-  || fail "a build-time mount left a trace in the image"
+in_image 'test -z "$(ls -A /mnt)" && test ! -e /etc/pip.conf' || fail "a build-time mount left a trace in the image"
 in_image '! grep -rIlE -- "-----BEGIN ([A-Z]+ )?PRIVATE KEY-----" /opt /etc /root /var/lib/foresight' \
   || fail "the image holds a private key"
 if podman history --no-trunc --format '{{.CreatedBy}}' "$image" | grep -qiE 'PRIVATE KEY|fsk_[a-z2-7]{12}_'; then

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from onboarding.local.processes import is_alive, start_time
+
+log = logging.getLogger(__name__)
 
 
 class Journal:
@@ -63,7 +66,8 @@ class Journal:
         for tenant in self.pending():
             try:
                 rollback(tenant)
-            except Exception:  # Vault still away: the note stays
+            except Exception as err:  # Vault still away: the note stays
+                log.info("rollback of tenant %s still pending: %s", tenant, type(err).__name__)
                 continue
             self.done(tenant)
             finished.append(tenant)

@@ -21,7 +21,7 @@ from onboarding.errors import EXIT_FAILURE, OnboardingError
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-JsonOption = typer.Option(False, "--json", help="Print one JSON object (for scripts) instead of tables.")
+JsonOption = typer.Option("--json", help="Print one JSON object (for scripts) instead of tables.")
 
 
 def emit_json(value: Any) -> None:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from service.tenancy import TenantQuota
-
 from onboarding.errors import InvalidInput
+from service.tenancy import TenantQuota
 
 MIB = 1024 * 1024
 

@@ -11,9 +11,9 @@ def connection_snippet(endpoints: Endpoints, api_key: str) -> dict[str, str]:
     """Commands that connect as the tenant over TLS, keyed by client."""
     ca = str(endpoints.ca_cert) if endpoints.ca_cert else None
     cacert = f" --cacert {shlex.quote(ca)}" if ca else ""
-    redis_cli = (
-        f"redis-cli --tls{cacert} -h {endpoints.resp_host} -p {endpoints.resp_port} "
-        f"--no-auth-warning -a {shlex.quote(api_key)} GET greeting"
+    redis_cli = (  # the key in the environment, not on the command line other users can see
+        f"REDISCLI_AUTH={shlex.quote(api_key)} redis-cli --tls{cacert} -h {endpoints.resp_host} "
+        f"-p {endpoints.resp_port} GET greeting"
     )
     ca_arg = f", ssl_ca_certs={ca!r}" if ca else ""
     redis_py = (

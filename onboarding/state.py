@@ -17,13 +17,13 @@ Layout (directory mode 0700; every secret 0600)::
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from onboarding.local.processes import ManagedProcess
 from service.security.local_ca import write_private
 
 STATE_DIR_ENV = "FORESIGHT_STATE_DIR"
@@ -102,6 +102,10 @@ class StatePaths:
     def demo_key(self) -> Path:
         return self.secrets / "demo.key"
 
+    def process(self, name: str) -> ManagedProcess:
+        """One of the deployment's background processes ("openbao", "service")."""
+        return ManagedProcess(name, self.pid_file(name), self.log_file(name))
+
     def pid_file(self, name: str) -> Path:
         return self.root / "run" / f"{name}.pid"
 
@@ -128,13 +132,18 @@ class StatePaths:
     def pending(self) -> Path:
         return self.root / "pending.json"
 
+    @property
+    def marker(self) -> Path:
+        """Proves a directory is a Foresight state directory before `down --purge` deletes it."""
+        return self.root / ".foresight-state"
+
     def create(self) -> None:
         """Make the directory tree, private to this user."""
         for path in (self.root, self.tls, self.openbao, self.secrets, self.root / "run", self.root / "logs",
-                     self.root / "audit", self.data):
+                     self.root / "audit", self.data, self.origin):
             path.mkdir(parents=True, exist_ok=True)
             path.chmod(0o700)
-        self.origin.mkdir(exist_ok=True)
+        self.marker.touch()
 
 
 class Deployment(BaseModel):
@@ -149,6 +158,7 @@ class Deployment(BaseModel):
     ca_cert: Path = Field(description="CA bundle for the service's and OpenBao's TLS certificates.")
     vault_addr: str
     vault_port: int
+    vault_cluster_port: int
     vault_kv_mount: str = "foresight"
     vault_token_file: Path = Field(description="The operator token (onboarding policy).")
     admin_token_file: Path
@@ -176,7 +186,3 @@ def load_deployment(paths: StatePaths) -> Deployment | None:
 
 def save_deployment(paths: StatePaths, deployment: Deployment) -> None:
     write_private(paths.deployment, (deployment.model_dump_json(indent=2) + "\n").encode(), mode=0o644)
-
-
-def dump_json(value: object) -> str:
-    return json.dumps(value, indent=2, sort_keys=True, default=str)

@@ -73,6 +73,13 @@ class CreatedTenant(Outcome):
 
 
 @dataclass
+class NewKey(Outcome):
+    key: IssuedKey | None = None
+    info: KeyInfo | None = None
+    replaced: KeyInfo | None = None
+
+
+@dataclass
 class TenantView(Outcome):
     spec: TenantSpec = field(default_factory=lambda: TenantSpec(name="unset"))
     keys: list[KeyInfo] = field(default_factory=list)
@@ -129,8 +136,8 @@ class Onboarder:
         validate_name(name)
         self.recover()
         spec = TenantSpec(name=name, quota=quota)
-        with self._audited("tenant.create", tenant=name, plan_memory_bytes=quota.memory_bytes,
-                           plan_rps=quota.requests_per_second):
+        with self._audited("tenant.create", tenant=name, memory_bytes=quota.memory_bytes,
+                           requests_per_second=quota.requests_per_second):
             if self._call("look up tenant", self.key_admin.get_tenant, name) is not None:
                 raise Conflict(f"tenant {name!r} already exists",
                                "choose another name, or `foresight keys issue` for another key")
@@ -225,12 +232,13 @@ class Onboarder:
 
     # -- keys ------------------------------------------------------------------------------------------------
 
-    def issue_key(self, tenant: str, scopes: list[str], ttl: dt.timedelta | None = None) -> tuple[IssuedKey, Outcome]:
+    def issue_key(self, tenant: str, scopes: list[str], ttl: dt.timedelta | None = None) -> NewKey:
         validate_name(tenant)
         with self._audited("key.issue", tenant=tenant, scopes=sorted(scopes)) as event:
             key = self._call("issue key", self.key_admin.issue_key, tenant, scopes, ttl=ttl)
             event["key_id"] = key.key_id
-        return key, Outcome(self._refresh())
+            info = self._call("read the new key", self.key_admin.get_key, key.key_id)
+        return NewKey(self._refresh(), key, info)
 
     def list_keys(self, tenant: str) -> list[KeyInfo]:
         validate_name(tenant)
@@ -239,12 +247,15 @@ class Onboarder:
             keys: list[KeyInfo] = self._call("list keys", self.key_admin.list_keys, tenant)
         return sorted(keys, key=lambda k: k.created)
 
-    def rotate_key(self, key_id: str, overlap: dt.timedelta) -> tuple[IssuedKey, Outcome]:
+    def rotate_key(self, key_id: str, overlap: dt.timedelta) -> NewKey:
         key_id = _key_id(key_id)
         with self._audited("key.rotate", key_id=key_id, overlap_s=int(overlap.total_seconds())) as event:
             new = self._call(f"rotate key {key_id}", self.key_admin.rotate_key, key_id, overlap=overlap)
             event["new_key_id"] = new.key_id
-        return new, Outcome(self._refresh())
+            info = self._call("read the new key", self.key_admin.get_key, new.key_id)
+            event["tenant"] = info.tenant
+            old = self._call("read the old key", self.key_admin.get_key, key_id)
+        return NewKey(self._refresh(), new, info, old)
 
     def revoke_key(self, key_id: str) -> tuple[KeyInfo, Outcome]:
         key_id = _key_id(key_id)

@@ -29,7 +29,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv with $($python --version)" >&2
   "$python" -m venv .venv
 fi
-extras="[test,stacks]"
+extras="[test,stacks,gcp,azure]"
 [ "$profile" = test ] || extras=""
 echo "==> pip install torch (CPU) and foresight$extras" >&2
 .venv/bin/pip install -q --upgrade pip >&2

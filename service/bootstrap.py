@@ -52,6 +52,12 @@ def build_vault_session(settings: Settings) -> VaultSession | None:
         token_file=settings.vault_token_file,
         role_id=settings.vault_role_id,
         secret_id_file=settings.vault_secret_id_file,
+        aws_header_value=settings.vault_aws_header_value,
+        aws_sts_region=settings.vault_aws_sts_region,
+        gcp_audience=settings.vault_gcp_audience,
+        azure_client_id=settings.vault_azure_client_id,
+        jwt_source=settings.vault_jwt_source,
+        jwt_file=settings.vault_jwt_file,
     )
     session = VaultSession(auth)
     try:

@@ -38,8 +38,20 @@ def _mount_groups(argv: list[str]) -> None:
         except ModuleNotFoundError as err:
             if not err.name or not module.startswith(err.name):
                 raise
-            continue  # group not built yet in this checkout
+            group = _unavailable(name, help_text)
         app.add_typer(group, name=name, help=help_text)
+
+
+def _unavailable(name: str, help_text: str) -> typer.Typer:
+    """A group whose code is not in this build says so plainly instead of 'No such command'."""
+    group = typer.Typer(help=help_text)
+
+    @group.callback(invoke_without_command=True)
+    def missing() -> None:
+        typer.echo(f"foresight {name}: not available in this build of Foresight", err=True)
+        raise typer.Exit(2)
+
+    return group
 
 
 def main() -> None:

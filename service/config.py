@@ -39,7 +39,7 @@ class Settings(BaseSettings):
 
     tenants_file: Path | None = Field(None, description="JSON file of tenants and key hashes (a key source).")
     vault_addr: str | None = Field(None, description="Vault/OpenBao address; makes Vault the key source.")
-    vault_auth_method: Literal["token", "approle", "aws", "gcp", "azure"] = Field(
+    vault_auth_method: Literal["token", "approle", "aws", "gcp", "azure", "jwt"] = Field(
         "token", description="How the service logs in to Vault: a token locally, the cloud identity on VMs."
     )
     vault_auth_mount: str | None = Field(None, description="Auth mount path; default: the method's name.")
@@ -48,6 +48,14 @@ class Settings(BaseSettings):
     vault_role_id: str | None = Field(None, description="approle login: the role id.")
     vault_secret_id_file: Path | None = Field(None, description="approle login: file holding the secret id.")
     vault_ca_file: Path | None = Field(None, description="CA bundle for Vault's TLS certificate.")
+    vault_aws_header_value: str | None = Field(None, description="aws login: X-Vault-AWS-IAM-Server-ID, if required.")
+    vault_aws_sts_region: str = Field("us-east-1", description="aws login: must match the server's sts_region.")
+    vault_gcp_audience: str | None = Field(None, description="gcp login: token audience; default http://vault/<role>.")
+    vault_azure_client_id: str | None = Field(None, description="azure login: user-assigned identity client id.")
+    vault_jwt_source: Literal["file", "gcp", "azure"] = Field(
+        "file", description="jwt login: where the identity token comes from (OpenBao on GCP/Azure VMs)."
+    )
+    vault_jwt_file: Path | None = Field(None, description="jwt login with jwt_source=file: the token file.")
     vault_kv_mount: str = Field("foresight", description="KV v2 mount holding tenants and key hashes.")
     vault_stale_grace_s: float = Field(
         300.0, ge=0, description="While Vault is unreachable, keys verified this recently keep working."

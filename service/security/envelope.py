@@ -158,8 +158,7 @@ class EnvelopeCipher:
         provider = self._providers.get(wrapped.provider)
         if provider is None:
             raise EnvelopeError(
-                f"envelope's data key is wrapped by {wrapped.provider!r}; "
-                f"configured: {sorted(self._providers)}"
+                f"envelope's data key is wrapped by {wrapped.provider!r}; configured: {sorted(self._providers)}"
             )
         try:
             dek = provider.unwrap(wrapped)
@@ -228,9 +227,7 @@ def _parse_header(header: bytes) -> tuple[int, bytes, WrappedKey]:
         raise TamperedEnvelope("envelope header is corrupt (segment size 0)")
     try:
         block = json.loads(header[_FIXED.size :])
-        wrapped = WrappedKey(
-            str(block["kms"]), str(block["key"]), base64.b64decode(block["dek"], validate=True)
-        )
+        wrapped = WrappedKey(str(block["kms"]), str(block["key"]), base64.b64decode(block["dek"], validate=True))
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise TamperedEnvelope("envelope key block is corrupt") from None
     return segment_size, prefix, wrapped

@@ -54,18 +54,14 @@ class ServerTLS:
         but verified when presented.
         """
         if require_client_cert and client_ca_file is None:
-            raise TLSConfigError(
-                "require_client_cert needs client_ca_file (the CA that signs client certificates)"
-            )
+            raise TLSConfigError("require_client_cert needs client_ca_file (the CA that signs client certificates)")
         self.cert_file = Path(cert_file)
         self.key_file = Path(key_file)
         self.client_ca_file = Path(client_ca_file) if client_ca_file else None
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.context.set_ciphers(TLS12_CIPHERS)
-        self.context.options |= (
-            ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
-        )
+        self.context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
         if self.client_ca_file is not None:
             self._load_client_ca()
             self.context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
@@ -141,9 +137,7 @@ class ServerTLS:
     def _warn_if_key_readable_by_others(self) -> None:
         mode = self.key_file.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning(
-                "TLS key %s is readable by group or others (mode %o); use 0600", self.key_file, mode & 0o777
-            )
+            log.warning("TLS key %s is readable by group or others (mode %o); use 0600", self.key_file, mode & 0o777)
 
 
 def peer_common_name(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
@@ -158,9 +152,7 @@ def peer_common_name(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | 
     return None
 
 
-def client_context(
-    ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None
-) -> ssl.SSLContext:
+def client_context(ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None) -> ssl.SSLContext:
     """A client context trusting `ca_file`, with a client certificate if given (mTLS); for tools, tests."""
     context = ssl.create_default_context(cafile=str(ca_file))
     context.minimum_version = ssl.TLSVersion.TLSv1_2

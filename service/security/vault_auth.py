@@ -49,31 +49,19 @@ class VaultAuthSettings(BaseModel):
     role: str | None = Field(default=None, description="Vault role (aws, gcp, azure, jwt).")
     namespace: str | None = None
     ca_cert: Path | None = Field(default=None, description="CA bundle for Vault's TLS certificate.")
-    timeout: float = Field(
-        2.0, gt=0, description="Seconds per Vault request; bounds AUTH latency when Vault is away."
-    )
+    timeout: float = Field(2.0, gt=0, description="Seconds per Vault request; bounds AUTH latency when Vault is away.")
     token: SecretStr | None = None
-    token_file: Path | None = Field(
-        default=None, description="token: re-read on every login (a Vault Agent sink)."
-    )
+    token_file: Path | None = Field(default=None, description="token: re-read on every login (a Vault Agent sink).")
     role_id: str | None = None
     secret_id: SecretStr | None = None
     secret_id_file: Path | None = None
-    aws_sts_url: str = Field(
-        "https://sts.amazonaws.com/", description="Must match the Vault server's sts_endpoint."
-    )
+    aws_sts_url: str = Field("https://sts.amazonaws.com/", description="Must match the Vault server's sts_endpoint.")
     aws_sts_region: str = Field(default="us-east-1", description="Must match the Vault server's sts_region.")
-    aws_header_value: str | None = Field(
-        None, description="X-Vault-AWS-IAM-Server-ID, if the server requires it."
-    )
-    gcp_audience: str | None = Field(
-        None, description="Identity token audience; default http://vault/<role>."
-    )
+    aws_header_value: str | None = Field(None, description="X-Vault-AWS-IAM-Server-ID, if the server requires it.")
+    gcp_audience: str | None = Field(None, description="Identity token audience; default http://vault/<role>.")
     gcp_metadata_url: str = GCP_METADATA
     azure_resource: str = "https://management.azure.com/"
-    azure_client_id: str | None = Field(
-        default=None, description="Client id of a user-assigned managed identity."
-    )
+    azure_client_id: str | None = Field(default=None, description="Client id of a user-assigned managed identity.")
     azure_imds_url: str = AZURE_IMDS
     jwt_source: Literal["file", "gcp", "azure"] = "file"
     jwt_file: Path | None = None
@@ -82,9 +70,7 @@ class VaultAuthSettings(BaseModel):
 def new_client(settings: VaultAuthSettings) -> hvac.Client:
     """An unauthenticated client for `settings.addr` with the request timeout and CA bundle set."""
     verify: bool | str = str(settings.ca_cert) if settings.ca_cert else True
-    return hvac.Client(
-        url=settings.addr, timeout=settings.timeout, verify=verify, namespace=settings.namespace
-    )
+    return hvac.Client(url=settings.addr, timeout=settings.timeout, verify=verify, namespace=settings.namespace)
 
 
 def login(settings: VaultAuthSettings, client: hvac.Client | None = None) -> dict[str, Any]:
@@ -111,9 +97,7 @@ def login(settings: VaultAuthSettings, client: hvac.Client | None = None) -> dic
             reply = client.adapter.login(f"/v1/auth/{mount}/login", json=payload)
         elif method == "gcp":
             role = _role(settings)
-            jwt = gcp_identity_token(
-                settings.gcp_audience or f"http://vault/{role}", settings.gcp_metadata_url
-            )
+            jwt = gcp_identity_token(settings.gcp_audience or f"http://vault/{role}", settings.gcp_metadata_url)
             reply = client.auth.gcp.login(role, jwt, mount_point=mount)
         elif method == "azure":
             jwt = azure_msi_token(settings.azure_resource, settings.azure_client_id, settings.azure_imds_url)
@@ -131,8 +115,7 @@ def login(settings: VaultAuthSettings, client: hvac.Client | None = None) -> dic
             reply = client.auth.jwt.jwt_login(_role(settings), _jwt(settings), path=mount)
     except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized) as err:
         raise VaultAuthError(
-            f"Vault refused the {method} login at auth/{mount} ({type(err).__name__}); "
-            "check the role and its bindings"
+            f"Vault refused the {method} login at auth/{mount} ({type(err).__name__}); check the role and its bindings"
         ) from None
     except hvac.exceptions.InvalidPath:
         raise VaultAuthError(f"no {method} auth method mounted at auth/{mount}") from None
@@ -140,6 +123,8 @@ def login(settings: VaultAuthSettings, client: hvac.Client | None = None) -> dic
         raise VaultAuthError(
             f"cannot reach Vault at {settings.addr} for {method} login ({type(err).__name__})"
         ) from None
+    except hvac.exceptions.VaultError as err:  # sealed, rate-limited, internal error
+        raise VaultAuthError(f"Vault failed the {method} login ({type(err).__name__}); retry later") from None
     auth: dict[str, Any] = reply["auth"]
     log.info(
         "logged in to Vault with %s (policies %s, ttl %ss)",
@@ -212,9 +197,7 @@ def azure_msi_token(resource: str, client_id: str | None = None, imds_url: str =
 
 def azure_instance_metadata(imds_url: str = AZURE_IMDS) -> dict[str, Any]:
     """The VM's compute metadata (subscriptionId, resourceGroupName, name, vmScaleSetName) from IMDS."""
-    reply = _metadata_get(
-        f"{imds_url}/metadata/instance?api-version=2021-02-01", {"Metadata": "true"}, "Azure IMDS"
-    )
+    reply = _metadata_get(f"{imds_url}/metadata/instance?api-version=2021-02-01", {"Metadata": "true"}, "Azure IMDS")
     compute: dict[str, Any] = reply.json()["compute"]
     return compute
 
@@ -294,9 +277,7 @@ class VaultSession:
         if self._expires_at is None and self.logins == 0:
             self.login()
         self._stop.clear()
-        self._thread = threading.Thread(
-            target=self._loop, args=(check_interval,), name="vault-renewal", daemon=True
-        )
+        self._thread = threading.Thread(target=self._loop, args=(check_interval,), name="vault-renewal", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -339,9 +320,7 @@ def _token(settings: VaultAuthSettings) -> str:
 
 def _jwt(settings: VaultAuthSettings) -> str:
     if settings.jwt_source == "gcp":
-        return gcp_identity_token(
-            settings.gcp_audience or f"http://vault/{_role(settings)}", settings.gcp_metadata_url
-        )
+        return gcp_identity_token(settings.gcp_audience or f"http://vault/{_role(settings)}", settings.gcp_metadata_url)
     if settings.jwt_source == "azure":
         return azure_msi_token(settings.azure_resource, settings.azure_client_id, settings.azure_imds_url)
     if settings.jwt_file is None:

@@ -165,13 +165,13 @@ class VaultKeyAdmin:
         """Create the tenant and its policy. Creating an existing tenant with the same spec is a no-op."""
         existing = self._read_meta(spec.name)
         if existing is not None:
-            if existing[0].spec == spec and not existing[0].deleting:
+            if existing[0].deleting:
+                raise TenantExists(f"tenant {spec.name!r} is being deleted; run the deletion again to finish it")
+            if existing[0].spec == spec:
                 return spec
             raise TenantExists(f"tenant {spec.name!r} already exists with a different spec (use update)")
         with _vault_errors(f"create tenant {spec.name!r}"):
-            self.client.sys.create_or_update_policy(
-                tenant_policy_name(spec.name), tenant_policy(spec.name, self.mount)
-            )
+            self.client.sys.create_or_update_policy(tenant_policy_name(spec.name), tenant_policy(spec.name, self.mount))
             try:
                 meta = TenantMeta(spec=spec, created=utcnow())
                 self._kv.create_or_update_secret(
@@ -211,15 +211,11 @@ class VaultKeyAdmin:
         """Remove the tenant's keys, policy and records, refusing its keys first. Safe to re-run."""
         current = self._read_meta(name)
         if current is not None and not current[0].deleting:
-            self._cas_write(
-                self._meta_path(name), current[0].model_copy(update={"deleting": True}), current[1]
-            )
+            self._cas_write(self._meta_path(name), current[0].model_copy(update={"deleting": True}), current[1])
         with _vault_errors(f"delete tenant {name!r}"):
             for key_id in self._list(f"tenants/{name}/keys/"):
                 self._kv.delete_metadata_and_all_versions(f"keyids/{key_id}", mount_point=self.mount)
-                self._kv.delete_metadata_and_all_versions(
-                    self._key_path(name, key_id), mount_point=self.mount
-                )
+                self._kv.delete_metadata_and_all_versions(self._key_path(name, key_id), mount_point=self.mount)
             self.client.sys.delete_policy(tenant_policy_name(name))
             self._kv.delete_metadata_and_all_versions(self._meta_path(name), mount_point=self.mount)
         log.info("deleted tenant %s", name)
@@ -254,9 +250,7 @@ class VaultKeyAdmin:
                     mount_point=self.mount,
                 )
             except BaseException:
-                self._quietly(
-                    self._kv.delete_metadata_and_all_versions, f"keyids/{key.key_id}", mount_point=self.mount
-                )
+                self._quietly(self._kv.delete_metadata_and_all_versions, f"keyids/{key.key_id}", mount_point=self.mount)
                 raise
         log.info("issued key %s for tenant %s", key.key_id, tenant)
         return key
@@ -339,9 +333,7 @@ class VaultKeyAdmin:
     def _read(self, path: str) -> tuple[dict[str, Any], int] | None:
         with _vault_errors(f"read {self.mount}/{path}"):
             try:
-                reply = self._kv.read_secret_version(
-                    path, mount_point=self.mount, raise_on_deleted_version=True
-                )
+                reply = self._kv.read_secret_version(path, mount_point=self.mount, raise_on_deleted_version=True)
             except hvac.exceptions.InvalidPath:
                 return None
         return reply["data"]["data"], int(reply["data"]["metadata"]["version"])
@@ -414,9 +406,7 @@ class _vault_errors:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc is None or isinstance(exc, VaultKeyStoreError):
             return
-        if isinstance(
-            exc, requests.RequestException | hvac.exceptions.VaultDown | hvac.exceptions.BadGateway
-        ):
+        if isinstance(exc, requests.RequestException | hvac.exceptions.VaultDown | hvac.exceptions.BadGateway):
             raise VaultUnavailable(f"cannot {self.what}: Vault unreachable ({type(exc).__name__})") from None
         if isinstance(exc, hvac.exceptions.Forbidden):
             raise VaultKeyStoreError(f"cannot {self.what}: the Vault token lacks permission") from None

@@ -92,14 +92,14 @@ def _own_network(name: str, spec: StackSpec, parent: pulumi.Resource) -> Network
         opts=opts,
     )
     gateway = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags=_tags(spec, f"{spec.name}-igw"), opts=opts)
-    halves = list(OWN_VPC_CIDR.subnets(new_prefix=20))
+    blocks = list(OWN_VPC_CIDR.subnets(new_prefix=20))
     public_subnets, private_subnets = [], []
     for index, zone in enumerate(zones):
         public_subnets.append(
             aws.ec2.Subnet(
                 f"{name}-public-{index}",
                 vpc_id=vpc.id,
-                cidr_block=str(halves[index]),
+                cidr_block=str(blocks[index]),
                 availability_zone=zone,
                 map_public_ip_on_launch=False,
                 tags=_tags(spec, f"{spec.name}-public-{zone}"),
@@ -110,7 +110,7 @@ def _own_network(name: str, spec: StackSpec, parent: pulumi.Resource) -> Network
             aws.ec2.Subnet(
                 f"{name}-private-{index}",
                 vpc_id=vpc.id,
-                cidr_block=str(halves[ZONE_COUNT + index]),
+                cidr_block=str(blocks[ZONE_COUNT + index]),
                 availability_zone=zone,
                 map_public_ip_on_launch=False,
                 tags=_tags(spec, f"{spec.name}-private-{zone}"),

@@ -11,7 +11,7 @@ import base64
 import binascii
 import gzip
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from pulumi_policy import (
@@ -77,7 +77,8 @@ def _truthy(value: Any) -> bool:
 
 
 def _list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list | tuple) else []
+    # The analyzer hands lists and dicts over as proxies (Sequence / Mapping), not as list and dict.
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, str | bytes) else []
 
 
 def _dict(value: Any) -> Mapping[str, Any]:

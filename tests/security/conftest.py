@@ -30,8 +30,15 @@ def bao_root(openbao: OpenBao) -> hvac.Client:
         client.secrets.pki.generate_root("internal", "Foresight Test Root", mount_point="pki")
         client.secrets.pki.create_or_update_role(
             "foresight-server",
-            {"allowed_domains": "localhost", "allow_localhost": True, "allow_bare_domains": True,
-             "allow_ip_sans": True, "max_ttl": "72h", "key_type": "ec", "key_bits": 256},
+            {
+                "allowed_domains": "localhost",
+                "allow_localhost": True,
+                "allow_bare_domains": True,
+                "allow_ip_sans": True,
+                "max_ttl": "72h",
+                "key_type": "ec",
+                "key_bits": 256,
+            },
             mount_point="pki",
         )
     VaultKeyAdmin(client).setup(transit=("transit", TRANSIT_KEY), pki=("pki", "foresight-server"))

@@ -35,13 +35,17 @@ def b64url(data: bytes) -> str:
 class JwtIssuer:
     """Signs RS256 JWTs the way a cloud identity provider would (with a test key)."""
 
-    key: rsa.RSAPrivateKey = field(default_factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    key: rsa.RSAPrivateKey = field(
+        default_factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
 
     @property
     def public_pem(self) -> str:
-        return self.key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ).decode()
+        return (
+            self.key.public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode()
+        )
 
     def sign(self, claims: dict[str, Any]) -> str:
         header = b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "test"}).encode())
@@ -55,10 +59,14 @@ class FakeMetadata:
     issuer: JwtIssuer
     url: str = ""
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
-    vm: dict[str, str] = field(default_factory=lambda: {
-        "subscriptionId": "sub-1", "resourceGroupName": "rg-foresight", "name": "foresight-vm-0",
-        "vmScaleSetName": "",
-    })
+    vm: dict[str, str] = field(
+        default_factory=lambda: {
+            "subscriptionId": "sub-1",
+            "resourceGroupName": "rg-foresight",
+            "name": "foresight-vm-0",
+            "vmScaleSetName": "",
+        }
+    )
 
     def answer(self, path: str, headers: dict[str, str]) -> tuple[int, str]:
         self.requests.append((path, headers))
@@ -68,14 +76,25 @@ class FakeMetadata:
         if parsed.path.startswith("/computeMetadata/v1/instance/service-accounts/"):
             if headers.get("Metadata-Flavor") != "Google":
                 return 403, "missing Metadata-Flavor header"
-            claims = {"iss": "https://accounts.google.com", "aud": query["audience"], "iat": now, "exp": now + 600,
-                      "sub": "1234567890", "email": "foresight@p.iam.gserviceaccount.com"}
+            claims = {
+                "iss": "https://accounts.google.com",
+                "aud": query["audience"],
+                "iat": now,
+                "exp": now + 600,
+                "sub": "1234567890",
+                "email": "foresight@p.iam.gserviceaccount.com",
+            }
             return 200, self.issuer.sign(claims)
         if parsed.path == "/metadata/identity/oauth2/token":
             if headers.get("Metadata") != "true":
                 return 400, json.dumps({"error": "missing Metadata header"})
-            claims = {"iss": "https://sts.windows.net/tenant/", "aud": query["resource"], "iat": now,
-                      "exp": now + 600, "sub": query.get("client_id", "system-assigned")}
+            claims = {
+                "iss": "https://sts.windows.net/tenant/",
+                "aud": query["resource"],
+                "iat": now,
+                "exp": now + 600,
+                "sub": query.get("client_id", "system-assigned"),
+            }
             return 200, json.dumps({"access_token": self.issuer.sign(claims), "expires_in": "600"})
         if parsed.path == "/metadata/instance":
             if headers.get("Metadata") != "true":
@@ -99,13 +118,13 @@ def http_server(answer: Any) -> Iterator[str]:
             self.end_headers()
             self.wfile.write(data)
 
-        do_GET = do_POST = do_PUT = _handle  # noqa: N815
+        do_GET = do_POST = do_PUT = _handle
 
         def log_message(self, *args: Any) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -136,13 +155,20 @@ def fake_vault_aws_auth(sts_endpoint: str, role: str, server_id: str) -> Iterato
             return 400, json.dumps({"errors": ["missing or wrong X-Vault-AWS-IAM-Server-ID or role"]})
         headers = {k: v[0] for k, v in signed.items()}
         headers["Host"] = urllib.parse.urlparse(url).netloc
-        reply = requests.post(sts_endpoint + "/", data=base64.b64decode(login["iam_request_body"]),
-                              headers=headers, timeout=5)
+        reply = requests.post(
+            sts_endpoint + "/", data=base64.b64decode(login["iam_request_body"]), headers=headers, timeout=5
+        )
         if reply.status_code != 200:
             return 400, json.dumps({"errors": [f"error making upstream request: {reply.status_code}"]})
         arn = reply.text.split("<Arn>")[1].split("</Arn>")[0]
-        auth = {"client_token": "s.fake-aws-token", "accessor": "a", "policies": ["foresight-service"],
-                "lease_duration": 60, "renewable": True, "metadata": {"canonical_arn": arn}}
+        auth = {
+            "client_token": "s.fake-aws-token",
+            "accessor": "a",
+            "policies": ["foresight-service"],
+            "lease_duration": 60,
+            "renewable": True,
+            "metadata": {"canonical_arn": arn},
+        }
         return 200, json.dumps({"auth": auth})
 
     with http_server(answer) as url:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,11 +56,15 @@ def test_lines_carry_who_what_where_when_and_chain(log_file: Path) -> None:
     assert records[0]["prev"] == GENESIS
     first = records[1]
     assert {k: first[k] for k in ("action", "outcome", "actor", "tenant", "key_id", "source")} == {
-        "action": "auth", "outcome": "success", "actor": "key:key000000000", "tenant": "acme",
-        "key_id": "key000000000", "source": "10.0.0.0:5000",
+        "action": "auth",
+        "outcome": "success",
+        "actor": "key:key000000000",
+        "tenant": "acme",
+        "key_id": "key000000000",
+        "source": "10.0.0.0:5000",
     }
     assert first["time"].endswith("Z")
-    for before, after in zip(records, records[1:], strict=False):
+    for before, after in itertools.pairwise(records):
         assert after["prev"] == before["hash"] == line_hash(before)
     assert log_file.stat().st_mode & 0o777 == 0o600
 
@@ -91,11 +98,11 @@ def test_edited_line_with_recomputed_hash_breaks_the_next_link(log_file: Path) -
     ("mutate", "bad_line", "reason"),
     [
         (lambda ls: ls[:2] + ls[3:], 3, "dropped"),
-        (lambda ls: ls[:2] + [ls[3], ls[2]] + ls[4:], 3, "reordered"),
-        (lambda ls: ls[:3] + [ls[1]] + ls[3:], 4, "inserted"),
+        (lambda ls: [*ls[:2], ls[3], ls[2], *ls[4:]], 3, "reordered"),
+        (lambda ls: [*ls[:3], ls[1], *ls[3:]], 4, "inserted"),
         (lambda ls: ls[1:], 1, "dropped from the start"),
-        (lambda ls: ls[:-1] + [ls[-1][:-10]], 6, "incomplete"),
-        (lambda ls: ls[:3] + [b"not json\n"] + ls[3:], 4, "invalid JSON"),
+        (lambda ls: [*ls[:-1], ls[-1][:-10]], 6, "incomplete"),
+        (lambda ls: [*ls[:3], b"not json\n", *ls[3:]], 4, "invalid JSON"),
     ],
 )
 def test_dropped_reordered_inserted_and_torn_lines_are_detected(log_file: Path, mutate, bad_line, reason) -> None:  # type: ignore[no-untyped-def]
@@ -242,3 +249,15 @@ def test_cli_verify_json(log_file: Path) -> None:
 def test_cli_missing_file_is_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli(), ["audit", "verify", str(tmp_path / "nope.jsonl")])
     assert result.exit_code == 2
+
+
+def test_foresight_audit_verify_through_the_real_cli(log_file: Path) -> None:
+    run = [sys.executable, "-c", "from service.cli import main; main()", "audit", "verify", str(log_file)]
+    ok = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "ok: 6 lines verified" in ok.stdout
+    lines = lines_of(log_file)
+    log_file.write_bytes(b"".join(lines[:4] + lines[5:]))
+    bad = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1
+    assert f"{log_file}:5:" in bad.stderr

@@ -71,15 +71,15 @@ def test_rewrap_moves_envelopes_to_a_new_key_via_reencrypt(kms_client, key_arn: 
 def test_wrong_encryption_context_is_rejected(kms_client, key_arn: str) -> None:  # type: ignore[no-untyped-def]
     blob = kms_client.encrypt(KeyId=key_arn, Plaintext=b"k" * 32, EncryptionContext={"other": "context"})
     with pytest.raises(KmsError):
-        AwsKms(key_arn, client=kms_client).unwrap(
-            WrappedKey("aws-kms", key_arn, blob["CiphertextBlob"])
-        )
+        AwsKms(key_arn, client=kms_client).unwrap(WrappedKey("aws-kms", key_arn, blob["CiphertextBlob"]))
 
 
 def test_build_kms_from_settings(moto_server: MotoServer, key_arn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    settings = KmsSettings(provider="aws-kms", key=key_arn, aws_region="us-east-1", aws_endpoint_url=moto_server.endpoint)
+    settings = KmsSettings(
+        provider="aws-kms", key=key_arn, aws_region="us-east-1", aws_endpoint_url=moto_server.endpoint
+    )
     cipher = EnvelopeCipher(build_kms(settings))
     assert cipher.decrypt(cipher.encrypt(b"ok")) == b"ok"
 

@@ -31,11 +31,11 @@ from service.security.local_ca import CertificateAuthority
 from tests.security.helpers import replace_wrapped_blob
 
 pytest.importorskip("azure.keyvault.keys")
-from azure.core.credentials import AccessToken, AccessTokenInfo  # noqa: E402
+from azure.core.credentials import AccessToken, AccessTokenInfo
 
-from service.security.kms.azure import AzureKeyVaultKms  # noqa: E402
+from service.security.kms.azure import AzureKeyVaultKms
 
-TOKEN = "fake-entra-token"  # noqa: S105 - the fake vault's expected bearer token, not a real credential
+TOKEN = "fake-entra-token"
 OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
 
@@ -84,8 +84,13 @@ class FakeKeyVault:
         self.calls.append(f"{method} {op or 'key'} {version[-2:]}")
         if method == "GET":
             numbers = key.public_key().public_numbers()
-            jwk = {"kid": kid, "kty": "RSA", "key_ops": ["wrapKey", "unwrapKey"],
-                   "n": b64url(numbers.n.to_bytes(256, "big")), "e": b64url(numbers.e.to_bytes(3, "big"))}
+            jwk = {
+                "kid": kid,
+                "kty": "RSA",
+                "key_ops": ["wrapKey", "unwrapKey"],
+                "n": b64url(numbers.n.to_bytes(256, "big")),
+                "e": b64url(numbers.e.to_bytes(3, "big")),
+            }
             return 200, {"key": jwk, "attributes": {"enabled": True}}
         if op == "wrapkey":
             return 200, {"kid": kid, "value": b64url(key.public_key().encrypt(unb64url(body["value"]), OAEP))}
@@ -104,8 +109,11 @@ def serve(vault: FakeKeyVault, local_ca: CertificateAuthority, tmp: Path) -> Ite
             raw = self.rfile.read(length) if length else b""
             if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                 self.send_response(401)
-                self.send_header("WWW-Authenticate", 'Bearer authorization="https://login.microsoftonline.com/'
-                                 'tenant", resource="https://vault.azure.net"')
+                self.send_header(
+                    "WWW-Authenticate",
+                    'Bearer authorization="https://login.microsoftonline.com/'
+                    'tenant", resource="https://vault.azure.net"',
+                )
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
@@ -117,7 +125,7 @@ def serve(vault: FakeKeyVault, local_ca: CertificateAuthority, tmp: Path) -> Ite
             self.end_headers()
             self.wfile.write(data)
 
-        do_GET = do_POST = _reply  # noqa: N815
+        do_GET = do_POST = _reply
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -129,7 +137,7 @@ def serve(vault: FakeKeyVault, local_ca: CertificateAuthority, tmp: Path) -> Ite
     context.load_cert_chain(tmp / "kv.crt", tmp / "kv.key")
     server.socket = context.wrap_socket(server.socket, server_side=True)
     vault.base = f"https://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield server
@@ -145,8 +153,12 @@ def key_vault(local_ca: CertificateAuthority, tmp_path: Path) -> Iterator[tuple[
     ca_file = tmp_path / "ca.crt"
     ca_file.write_bytes(local_ca.cert_pem)
     for _ in serve(vault, local_ca, tmp_path):
-        kms = AzureKeyVaultKms(f"{vault.base}/keys/data", credential=FakeCredential(),
-                               verify_challenge_resource=False, connection_verify=str(ca_file))
+        kms = AzureKeyVaultKms(
+            f"{vault.base}/keys/data",
+            credential=FakeCredential(),
+            verify_challenge_resource=False,
+            connection_verify=str(ca_file),
+        )
         yield vault, kms
 
 

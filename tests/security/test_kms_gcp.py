@@ -26,8 +26,8 @@ from service.security.kms.gcp import GcpKms, crc32c
 from tests.security.helpers import replace_wrapped_blob
 
 pytest.importorskip("google.cloud.kms")
-from google.cloud import kms_v1  # noqa: E402
-from google.cloud.kms_v1.services.key_management_service.transports import (  # noqa: E402
+from google.cloud import kms_v1
+from google.cloud.kms_v1.services.key_management_service.transports import (
     KeyManagementServiceGrpcTransport,
 )
 
@@ -76,11 +76,13 @@ def fake_kms() -> Iterator[tuple[FakeCloudKms, GcpKms]]:
     fake = FakeCloudKms()
     handlers = {
         "Encrypt": grpc.unary_unary_rpc_method_handler(
-            fake.encrypt, request_deserializer=kms_v1.EncryptRequest.deserialize,
+            fake.encrypt,
+            request_deserializer=kms_v1.EncryptRequest.deserialize,
             response_serializer=kms_v1.EncryptResponse.serialize,
         ),
         "Decrypt": grpc.unary_unary_rpc_method_handler(
-            fake.decrypt, request_deserializer=kms_v1.DecryptRequest.deserialize,
+            fake.decrypt,
+            request_deserializer=kms_v1.DecryptRequest.deserialize,
             response_serializer=kms_v1.DecryptResponse.serialize,
         ),
     }

@@ -49,7 +49,6 @@ def test_tampered_wrapped_key_is_rejected(bao_root: hvac.Client) -> None:
         EnvelopeCipher(kms).decrypt(replace_wrapped_blob(envelope, forged.encode()))
 
 
-
 def test_rotation_then_rewrap_moves_dek_to_new_version_without_touching_data(
     bao_root: hvac.Client, rotating_key: str
 ) -> None:
@@ -75,6 +74,6 @@ def test_unreachable_vault_is_unavailable_not_tampered() -> None:
 
 def test_missing_key_is_a_configuration_error(openbao: OpenBao, bao_root: hvac.Client) -> None:
     client = token_client(openbao.addr, bao_root, "root")
-    with pytest.raises(KmsError, match="does not exist|may not use") as info:
+    with pytest.raises(KmsError, match=r"does not exist|may not use") as info:
         VaultTransitKms(client, "no-such-key").unwrap(WrappedKey("vault-transit", "no-such-key", b"vault:v1:AAAA"))
     assert not isinstance(info.value, KmsRejected)

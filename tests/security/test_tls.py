@@ -48,7 +48,7 @@ def test_only_tls_1_2_and_later_are_accepted(tls_files: TlsFiles) -> None:
         with connect(port, legacy) as sock:  # control: this client works when it may use TLS 1.2
             assert sock.version() == "TLSv1.2"
         legacy.maximum_version = ssl.TLSVersion.TLSv1_1
-        with pytest.raises(ssl.SSLError, match="(?i)protocol version|unsupported protocol|EOF"):
+        with pytest.raises(ssl.SSLError, match=r"(?i)protocol version|unsupported protocol|EOF"):
             connect(port, legacy)
 
 
@@ -87,17 +87,27 @@ def test_half_written_rotation_keeps_the_current_certificate(
             assert serial_of(sock) != old_serial
 
 
+def refused(port: int, context: ssl.SSLContext) -> bool:
+    """True if the server will not talk over this context (TLS 1.3 reports a refused client cert on read)."""
+    try:
+        with connect(port, context) as sock:
+            echo(sock, "let me in")
+    except (ssl.SSLError, ConnectionError):
+        return True
+    return False
+
+
 def test_mtls_requires_a_client_certificate_from_the_ca(tls_files: TlsFiles, tmp_path: Path) -> None:
     tls = ServerTLS(tls_files.cert_file, tls_files.key_file, client_ca_file=tls_files.ca_file, require_client_cert=True)
     tls_files.ca.issue("app-7", client=True).write(tmp_path / "client.crt", tmp_path / "client.key")
-    CertificateAuthority.create("Rogue CA").issue("mallory", client=True).write(tmp_path / "rogue.crt", tmp_path / "rogue.key")
+    CertificateAuthority.create("Rogue CA").issue("mallory", client=True).write(
+        tmp_path / "rogue.crt", tmp_path / "rogue.key"
+    )
     with echo_server(tls) as port:
         with connect(port, client_context(tls_files.ca_file, tmp_path / "client.crt", tmp_path / "client.key")) as sock:
             assert echo(sock, "hello") == "app-7 hello"
-        for cert, key in ((None, None), (tmp_path / "rogue.crt", tmp_path / "rogue.key")):
-            with pytest.raises((ssl.SSLError, ConnectionError)):  # noqa: PT012 - TLS 1.3 reports it on first read
-                with connect(port, client_context(tls_files.ca_file, cert, key)) as sock:
-                    echo(sock, "let me in")
+        assert refused(port, client_context(tls_files.ca_file))
+        assert refused(port, client_context(tls_files.ca_file, tmp_path / "rogue.crt", tmp_path / "rogue.key"))
 
 
 def test_optional_client_certificates_are_verified_when_presented(tls_files: TlsFiles, tmp_path: Path) -> None:
@@ -148,8 +158,12 @@ def test_world_readable_key_is_warned_about(tls_files: TlsFiles, caplog: pytest.
 
 def test_vault_pki_issues_certificates_the_server_can_use(service_client: hvac.Client, tmp_path: Path) -> None:
     pki = VaultPkiCertificates(
-        service_client, role="foresight-server", common_name="localhost", ip_sans=["127.0.0.1"],
-        directory=tmp_path, ttl="1h",
+        service_client,
+        role="foresight-server",
+        common_name="localhost",
+        ip_sans=["127.0.0.1"],
+        directory=tmp_path,
+        ttl="1h",
     )
     assert pki.needs_renewal()
     first = pki.issue()
@@ -166,8 +180,9 @@ def test_vault_pki_issues_certificates_the_server_can_use(service_client: hvac.C
 
 
 def test_vault_pki_refusal_is_a_clear_error(service_client: hvac.Client, tmp_path: Path) -> None:
-    pki = VaultPkiCertificates(service_client, role="foresight-server", common_name="evil.example.com",
-                               directory=tmp_path)
-    with pytest.raises(VaultPkiError, match="refused 'evil.example.com'"):
+    pki = VaultPkiCertificates(
+        service_client, role="foresight-server", common_name="evil.example.com", directory=tmp_path
+    )
+    with pytest.raises(VaultPkiError, match=r"refused 'evil\.example\.com'"):
         pki.issue()
     assert not pki.key_file.exists()

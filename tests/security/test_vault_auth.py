@@ -127,8 +127,13 @@ class AwsIdentity:
 
 @pytest.fixture(scope="module")
 def aws_identity(auth_moto: AuthMoto) -> AwsIdentity:
-    iam = boto3.client("iam", endpoint_url=auth_moto.endpoint, region_name="us-east-1",
-                       aws_access_key_id="setup", aws_secret_access_key="setup")  # noqa: S106
+    iam = boto3.client(
+        "iam",
+        endpoint_url=auth_moto.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="setup",
+        aws_secret_access_key="setup",
+    )
     user = iam.create_user(UserName="foresight-node")["User"]
     key = iam.create_access_key(UserName="foresight-node")["AccessKey"]
     return AwsIdentity(key["AccessKeyId"], key["SecretAccessKey"], user["Arn"])
@@ -139,15 +144,21 @@ def replay_to_sts(payload: dict[str, str], sts_endpoint: str) -> requests.Respon
     url = base64.b64decode(payload["iam_request_url"]).decode()
     headers = {k: v[0] for k, v in json.loads(base64.b64decode(payload["iam_request_headers"])).items()}
     headers["Host"] = urllib.parse.urlparse(url).netloc
-    return requests.post(sts_endpoint + "/", data=base64.b64decode(payload["iam_request_body"]), headers=headers,
-                         timeout=5)
+    return requests.post(
+        sts_endpoint + "/", data=base64.b64decode(payload["iam_request_body"]), headers=headers, timeout=5
+    )
 
 
 def test_aws_login_payload_has_the_shape_vault_expects(aws_identity: AwsIdentity) -> None:
     creds = Credentials(aws_identity.access_key, aws_identity.secret_key, "session-token-xyz")
     payload = aws_iam_login_payload(role="foresight", header_value=SERVER_ID, credentials=creds)
-    assert set(payload) == {"iam_http_request_method", "iam_request_url", "iam_request_body",
-                            "iam_request_headers", "role"}
+    assert set(payload) == {
+        "iam_http_request_method",
+        "iam_request_url",
+        "iam_request_body",
+        "iam_request_headers",
+        "role",
+    }
     assert payload["iam_http_request_method"] == "POST"
     assert base64.b64decode(payload["iam_request_url"]) == b"https://sts.amazonaws.com/"
     assert base64.b64decode(payload["iam_request_body"]) == b"Action=GetCallerIdentity&Version=2011-06-15"
@@ -162,9 +173,7 @@ def test_aws_login_payload_has_the_shape_vault_expects(aws_identity: AwsIdentity
     assert aws_identity.secret_key not in json.dumps(payload)
 
 
-def test_aws_signature_is_accepted_by_sts_and_tampering_is_not(
-    aws_identity: AwsIdentity, auth_moto: AuthMoto
-) -> None:
+def test_aws_signature_is_accepted_by_sts_and_tampering_is_not(aws_identity: AwsIdentity, auth_moto: AuthMoto) -> None:
     creds = Credentials(aws_identity.access_key, aws_identity.secret_key)
     payload = aws_iam_login_payload(role="foresight", header_value=SERVER_ID, credentials=creds)
     reply = replay_to_sts(payload, auth_moto.endpoint)
@@ -186,7 +195,7 @@ def test_aws_login_end_to_end_through_a_vault_stand_in(
         settings = VaultAuthSettings(addr=vault, method="aws", role="foresight", aws_header_value=SERVER_ID)
         session = VaultSession(settings)
         session.login()
-        assert session.client.token == "s.fake-aws-token"  # noqa: S105 - the stand-in's token
+        assert session.client.token == "s.fake-aws-token"
         with pytest.raises(VaultAuthError, match="refused the aws login"):
             login(settings.model_copy(update={"aws_header_value": "wrong-server"}))
 
@@ -210,16 +219,25 @@ def mount_jwt(root: hvac.Client, path: str, issuer: JwtIssuer, bound_issuer: str
     if f"{path}/" not in root.sys.list_auth_methods()["data"]:
         root.sys.enable_auth_method("jwt", path=path)
     root.auth.jwt.configure(jwt_validation_pubkeys=[issuer.public_pem], bound_issuer=bound_issuer, path=path)
-    root.auth.jwt.create_role(role, user_claim="sub", allowed_redirect_uris=[], bound_audiences=[audience],
-                              token_policies=["foresight-service"], token_ttl="5m", path=path)
+    root.auth.jwt.create_role(
+        role,
+        user_claim="sub",
+        allowed_redirect_uris=[],
+        bound_audiences=[audience],
+        token_policies=["foresight-service"],
+        token_ttl="5m",
+        path=path,
+    )
 
 
-def test_jwt_login_with_gcp_identity_token(openbao: OpenBao, bao_root: hvac.Client, issuer: JwtIssuer,
-                                           metadata: FakeMetadata) -> None:
+def test_jwt_login_with_gcp_identity_token(
+    openbao: OpenBao, bao_root: hvac.Client, issuer: JwtIssuer, metadata: FakeMetadata
+) -> None:
     role = unique("gce")
     mount_jwt(bao_root, "jwt", issuer, "https://accounts.google.com", role, f"http://vault/{role}")
-    settings = VaultAuthSettings(addr=openbao.addr, method="jwt", role=role, jwt_source="gcp",
-                                 gcp_metadata_url=metadata.url)
+    settings = VaultAuthSettings(
+        addr=openbao.addr, method="jwt", role=role, jwt_source="gcp", gcp_metadata_url=metadata.url
+    )
     session = VaultSession(settings)
     session.login()
     assert "foresight-service" in policies_of(session.client)
@@ -228,33 +246,46 @@ def test_jwt_login_with_gcp_identity_token(openbao: OpenBao, bao_root: hvac.Clie
     assert headers["Metadata-Flavor"] == "Google"
 
 
-def test_gcp_method_login_reaches_vault_with_role_and_jwt(openbao: OpenBao, bao_root: hvac.Client,
-                                                         issuer: JwtIssuer, metadata: FakeMetadata) -> None:
+def test_gcp_method_login_reaches_vault_with_role_and_jwt(
+    openbao: OpenBao, bao_root: hvac.Client, issuer: JwtIssuer, metadata: FakeMetadata
+) -> None:
     # OpenBao has no gcp plugin; a jwt method mounted at auth/gcp accepts the same {role, jwt} login body.
     role = unique("gce")
     mount_jwt(bao_root, "gcp", issuer, "https://accounts.google.com", role, f"http://vault/{role}")
-    session = VaultSession(VaultAuthSettings(addr=openbao.addr, method="gcp", role=role,
-                                             gcp_metadata_url=metadata.url))
+    session = VaultSession(VaultAuthSettings(addr=openbao.addr, method="gcp", role=role, gcp_metadata_url=metadata.url))
     session.login()
     assert "foresight-service" in policies_of(session.client)
 
 
-def test_gcp_login_with_the_wrong_audience_is_refused(openbao: OpenBao, bao_root: hvac.Client,
-                                                      issuer: JwtIssuer, metadata: FakeMetadata) -> None:
+def test_gcp_login_with_the_wrong_audience_is_refused(
+    openbao: OpenBao, bao_root: hvac.Client, issuer: JwtIssuer, metadata: FakeMetadata
+) -> None:
     role = unique("gce")
     mount_jwt(bao_root, "jwt", issuer, "https://accounts.google.com", role, f"http://vault/{role}")
-    settings = VaultAuthSettings(addr=openbao.addr, method="jwt", role=role, jwt_source="gcp",
-                                 gcp_metadata_url=metadata.url, gcp_audience="http://vault/someone-else")
+    settings = VaultAuthSettings(
+        addr=openbao.addr,
+        method="jwt",
+        role=role,
+        jwt_source="gcp",
+        gcp_metadata_url=metadata.url,
+        gcp_audience="http://vault/someone-else",
+    )
     with pytest.raises(VaultAuthError, match="refused the jwt login"):
         login(settings)
 
 
-def test_azure_managed_identity_login(openbao: OpenBao, bao_root: hvac.Client, issuer: JwtIssuer,
-                                      metadata: FakeMetadata) -> None:
+def test_azure_managed_identity_login(
+    openbao: OpenBao, bao_root: hvac.Client, issuer: JwtIssuer, metadata: FakeMetadata
+) -> None:
     role = unique("az")
     mount_jwt(bao_root, "azure", issuer, "https://sts.windows.net/tenant/", role, "https://management.azure.com/")
-    settings = VaultAuthSettings(addr=openbao.addr, method="azure", role=role, azure_imds_url=metadata.url,
-                                 azure_client_id="user-assigned-client-id")
+    settings = VaultAuthSettings(
+        addr=openbao.addr,
+        method="azure",
+        role=role,
+        azure_imds_url=metadata.url,
+        azure_client_id="user-assigned-client-id",
+    )
     session = VaultSession(settings)
     session.login()
     assert "foresight-service" in policies_of(session.client)

@@ -144,9 +144,7 @@ def test_service_policy_reads_hashes_but_cannot_write(
         service_client.sys.create_or_update_policy("foresight-tenant-evil", 'path "*" { capabilities = ["sudo"] }')
 
 
-def test_failed_key_write_rolls_back_the_key_id_index(
-    openbao: OpenBao, bao_root: hvac.Client, tenant: str
-) -> None:
+def test_failed_key_write_rolls_back_the_key_id_index(openbao: OpenBao, bao_root: hvac.Client, tenant: str) -> None:
     # A token that may write the index but not key records: the second step fails, the first is undone.
     bao_root.sys.create_or_update_policy(
         "test-half-writer",

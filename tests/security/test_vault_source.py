@@ -147,9 +147,7 @@ def test_cache_answers_repeat_auth_without_vault_reads(
     assert len(reads) == 5  # after the TTL: key record and tenant meta again; the index never changes
 
 
-def test_unknown_key_flood_costs_few_vault_reads(
-    service_vault: hvac.Client, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unknown_key_flood_costs_few_vault_reads(service_vault: hvac.Client, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = FakeClock()
     source = VaultKeySource(service_vault, clock=clock)
     reads = count_reads(source, monkeypatch)

@@ -2,7 +2,7 @@
 
 `run_program(config)` sets the stack config, executes `stacks/__main__.py`, waits for every registration, and
 returns a `MockRun`: each registered resource (type, name, inputs as the engine saw them, parent) and each
-stack output (value and whether it is secret). Cloud invokes answer from `INVOKES`, like a small fake AWS.
+stack output (value and whether it is secret). Invokes are answered by `fake_cloud_invoke`, a small fake AWS.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from typing import Any
 
 import pulumi
 from pulumi.runtime import mocks as pulumi_mocks
-from pulumi.runtime import rpc
-from pulumi.runtime import settings
+from pulumi.runtime import rpc, settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 from pulumi_policy.deserialize import SPECIAL_SECRET_SIG, SPECIAL_SIG_KEY
@@ -32,6 +31,14 @@ ACCOUNT = "123456789012"
 REGION = "us-east-1"
 AMI = "ami-0abcdef1234567890"
 BYO_VPC_CIDR = "10.20.0.0/16"
+
+LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
+AUTOSCALING_GROUP = "aws:autoscaling/group:Group"
+INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+EGRESS_RULE = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
+LOAD_BALANCER = "aws:lb/loadBalancer:LoadBalancer"
+KMS_KEY = "aws:kms/key:Key"
 
 # The acceptance baseline: only the required config.
 REQUIRED_CONFIG = {
@@ -127,11 +134,13 @@ def _outputs_for(type_: str, name: str, inputs: Mapping[str, Any]) -> dict[str, 
     elif type_ == "aws:ec2/keyPair:KeyPair":
         state["keyName"] = f"{name}-a1b2c3d"
     elif type_ == "tls:index/privateKey:PrivateKey":
-        state["privateKeyPem"] = pulumi.Output.secret(fake_pem("PRIVATE KEY", name))
+        state["privateKeyPem"] = fake_pem("PRIVATE KEY", name)
     elif type_ in ("tls:index/selfSignedCert:SelfSignedCert", "tls:index/locallySignedCert:LocallySignedCert"):
         state["certPem"] = fake_pem("CERTIFICATE", name)
     elif type_ == "tls:index/certRequest:CertRequest":
         state["certRequestPem"] = fake_pem("CERTIFICATE REQUEST", name)
+    for key in SECRET_OUTPUTS & state.keys():
+        state[key] = pulumi.Output.secret(state[key])
     return state
 
 
@@ -170,14 +179,20 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         super().__init__(mocks)
         self.registered: list[Registered] = []
 
-    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - the gRPC method name
+    def RegisterResource(self, request: Any) -> Any:
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
             inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)
             self.registered.append(
-                Registered(request.type, request.name, response.urn, request.parent, request.provider, inputs, request.object)
+                Registered(
+                    request.type, request.name, response.urn, request.parent, request.provider, inputs, request.object
+                )
             )
         return response
+
+
+def _execute_program() -> None:
+    runpy.run_path(str(PROGRAM), run_name="__main__")
 
 
 def run_program(
@@ -194,7 +209,7 @@ def run_program(
     root = settings.get_root_resource()
     saved_path = list(sys.path)
     try:
-        _sync_await(run_pulumi_func(lambda: runpy.run_path(str(PROGRAM), run_name="__main__")))
+        _sync_await(run_pulumi_func(_execute_program))
     finally:
         sys.path[:] = saved_path
     assert root is not None
@@ -208,16 +223,3 @@ def run_program(
 def user_data(run: MockRun) -> str:
     """The launch template's cloud-init document, decoded (base64, then gzip)."""
     return gzip.decompress(base64.b64decode(run.one(LAUNCH_TEMPLATE).props["userData"])).decode()
-
-
-def ingress_rules(run: MockRun) -> list[dict[str, Any]]:
-    return [rule.props for rule in run.of_type(INGRESS_RULE)]
-
-
-LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
-AUTOSCALING_GROUP = "aws:autoscaling/group:Group"
-INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
-EGRESS_RULE = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
-SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
-LOAD_BALANCER = "aws:lb/loadBalancer:LoadBalancer"
-KMS_KEY = "aws:kms/key:Key"

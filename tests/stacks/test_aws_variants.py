@@ -42,7 +42,9 @@ def test_bring_your_own_network_creates_no_network(run_stack: RunStack) -> None:
     subnets = ["subnet-0aaaaaaaaaaaaaaa1", "subnet-0bbbbbbbbbbbbbbb2"]
     assert run.one(AUTOSCALING_GROUP).props["vpcZoneIdentifiers"] == subnets
     assert run.one(LOAD_BALANCER).props["subnets"] == subnets
-    assert all(group.props["vpcId"] == "vpc-0123456789abcdef0" for group in run.of_type("aws:ec2/securityGroup:SecurityGroup"))
+    assert all(
+        group.props["vpcId"] == "vpc-0123456789abcdef0" for group in run.of_type("aws:ec2/securityGroup:SecurityGroup")
+    )
     # A public endpoint in given (public) subnets: the node needs an address to reach out; only the LB gets in.
     assert run.one(LAUNCH_TEMPLATE).props["networkInterfaces"][0]["associatePublicIpAddress"] == "true"
     assert {rule.props.get("cidrIpv4") for rule in run.of_type(INGRESS_RULE)} == {"203.0.113.0/24", None}
@@ -111,7 +113,7 @@ def test_ssh_is_never_open_to_the_world_even_when_the_service_is(run_stack: RunS
 
 
 def test_vault_token_reaches_the_provider_as_a_secret_and_nothing_else(run_stack: RunStack) -> None:
-    token = "hvs.CAESIJlWh1Xo2n3m4b5v6c7x8z9aAbBcCdDeEfF"  # noqa: S105 - a test value
+    token = "hvs.CAESIJlWh1Xo2n3m4b5v6c7x8z9aAbBcCdDeEfF"
     run = run_stack({"foresight:vaultToken": token}, secret_keys=("foresight:vaultToken",))
     provider = run.one("pulumi:providers:vault")
     assert is_secret(provider.inputs["token"])

@@ -22,7 +22,10 @@ PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\\nb3BlbnNzaC1rZXktdjEAAAAA\\n
         ({"foresight:allowedCidrs": '["2001:db8::/32"]'}, "foresight:allowedCidrs: '2001:db8::/32' is IPv6"),
         ({"foresight:allowedCidrs": "203.0.113.0/24"}, "foresight:allowedCidrs: must be a list of strings"),
         ({"foresight:vaultAddress": None}, "foresight:vaultAddress: required"),
-        ({"foresight:vaultAddress": "http://vault:8200"}, "foresight:vaultAddress: 'http://vault:8200' must be an https"),
+        (
+            {"foresight:vaultAddress": "http://vault:8200"},
+            "foresight:vaultAddress: 'http://vault:8200' must be an https",
+        ),
         ({"foresight:vaultAddress": "https://vault/v1/x"}, "foresight:vaultAddress: 'https://vault/v1/x' must be the"),
         ({"aws:region": None}, "aws:region: required"),
         ({"foresight:instanceType": "m5.large"}, "foresight:instanceType: 'm5.large' is not an NVIDIA GPU type"),
@@ -41,7 +44,9 @@ PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\\nb3BlbnNzaC1rZXktdjEAAAAA\\n
         ({"foresight:vaultToken": "hvs.plaintext"}, "foresight:vaultToken: must be stored encrypted"),
     ],
 )
-def test_bad_config_fails_with_the_key_to_fix(run_stack: RunStack, overrides: dict[str, str | None], expected: str) -> None:
+def test_bad_config_fails_with_the_key_to_fix(
+    run_stack: RunStack, overrides: dict[str, str | None], expected: str
+) -> None:
     with pytest.raises(ConfigError) as failure:
         run_stack(overrides)
     assert expected in str(failure.value), str(failure.value)
@@ -61,7 +66,9 @@ def test_instance_type_not_offered_in_the_region_names_the_key(run_stack: RunSta
             return {"id": "us-east-1", "instanceTypes": [], "locations": [], "locationTypes": []}
         return fake_cloud_invoke(token, args)
 
-    with pytest.raises(ConfigError, match=r"foresight:instanceType: g6\.xlarge is not offered in any zone of us-east-1"):
+    with pytest.raises(
+        ConfigError, match=r"foresight:instanceType: g6\.xlarge is not offered in any zone of us-east-1"
+    ):
         run_stack(invoke=no_offerings)
 
 

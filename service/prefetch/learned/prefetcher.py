@@ -40,6 +40,7 @@ from service.prefetch.markov import MarkovPrefetcher
 from service.prefetch.stride import StridePrefetcher
 
 _BEST_SOURCE = N_SOURCES + 4  # feature column holding the candidate's best source precision
+_TIMELY = 2  # accesses after landing within which an expert's first proposal counts as timely
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,10 +262,14 @@ class LearnedPrefetcher(Prefetcher):
                 mask[i, slot] = 1.0
                 if cand in window:
                     label[i, slot] = 1.0
+            # Experts are judged on timeliness: the key must be needed right after the prefetch lands. A
+            # later use could have been served by a later prefetch, and a prefetch that jumps ahead leaves
+            # the key needed next to miss.
+            timely = set(log[base : base + _TIMELY])
             for e, first in enumerate(pending.firsts):
                 if first[i] is not None:
                     issued[e] += 1
-                    used[e] += first[i] in window
+                    used[e] += first[i] in timely
         cost = self.config.threshold / (1.0 - self.config.threshold)
         decay = 0.5 ** (n / 4096)
         for e, name in enumerate(EXPERTS):

@@ -36,12 +36,8 @@ class KmsSettings(BaseModel):
         ),
     )
     vault_mount: str = Field(default="transit", description="vault-transit: the transit mount.")
-    aws_region: str | None = Field(
-        None, description="aws-kms: region; default from the instance/environment."
-    )
-    aws_endpoint_url: str | None = Field(
-        None, description="aws-kms: endpoint override (VPC endpoint, tests)."
-    )
+    aws_region: str | None = Field(None, description="aws-kms: region; default from the instance/environment.")
+    aws_endpoint_url: str | None = Field(None, description="aws-kms: endpoint override (VPC endpoint, tests).")
 
 
 def build_kms(settings: KmsSettings, *, vault_client: Any = None) -> KmsProvider:

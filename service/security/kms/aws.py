@@ -48,9 +48,7 @@ class AwsKms(KmsProvider):
         return self.key_id
 
     def wrap(self, dek: bytes) -> WrappedKey:
-        reply = self._call(
-            "encrypt", KeyId=self.key_id, Plaintext=check_dek(dek), EncryptionContext=ENCRYPTION_CONTEXT
-        )
+        reply = self._call("encrypt", KeyId=self.key_id, Plaintext=check_dek(dek), EncryptionContext=ENCRYPTION_CONTEXT)
         return WrappedKey(self.name, reply["KeyId"], reply["CiphertextBlob"])
 
     def unwrap(self, wrapped: WrappedKey) -> bytes:

@@ -68,9 +68,7 @@ class AzureKeyVaultKms(KmsProvider):
         result = self._call("wrap", client.wrap_key, self._algorithm, dek)
         key_ref = result.key_id or ""
         if not self._parse(key_ref).version:
-            raise KmsError(
-                f"Key Vault did not name the key version for {self.key_id}: grant keys/get to the identity"
-            )
+            raise KmsError(f"Key Vault did not name the key version for {self.key_id}: grant keys/get to the identity")
         return WrappedKey(self.name, key_ref, bytes(result.encrypted_key))
 
     def unwrap(self, wrapped: WrappedKey) -> bytes:

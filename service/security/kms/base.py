@@ -36,9 +36,7 @@ class WrappedKey:
     blob: bytes  # the wrapped DEK as the KMS returned it
 
     def __repr__(self) -> str:  # the blob is not secret, but it is noise in logs
-        return (
-            f"WrappedKey(provider={self.provider!r}, key_ref={self.key_ref!r}, blob=<{len(self.blob)} bytes>)"
-        )
+        return f"WrappedKey(provider={self.provider!r}, key_ref={self.key_ref!r}, blob=<{len(self.blob)} bytes>)"
 
 
 class KmsProvider(ABC):

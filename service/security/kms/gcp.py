@@ -42,9 +42,7 @@ class GcpKms(KmsProvider):
 
     def wrap(self, dek: bytes) -> WrappedKey:
         check_dek(dek)
-        reply = self._call(
-            "encrypt", {"name": self.key_name, "plaintext": dek, "plaintext_crc32c": crc32c(dek)}
-        )
+        reply = self._call("encrypt", {"name": self.key_name, "plaintext": dek, "plaintext_crc32c": crc32c(dek)})
         if not reply.verified_plaintext_crc32c or reply.ciphertext_crc32c != crc32c(reply.ciphertext):
             raise KmsError("Cloud KMS encrypt: checksum mismatch (data corrupted in transit)")
         return WrappedKey(self.name, self.key_name, bytes(reply.ciphertext))

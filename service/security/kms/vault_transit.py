@@ -47,9 +47,7 @@ class VaultTransitKms(KmsProvider):
     def unwrap(self, wrapped: WrappedKey) -> bytes:
         self._check_provider(wrapped)
         ciphertext = _ciphertext(wrapped)
-        reply = self._call(
-            self.client.secrets.transit.decrypt_data, ciphertext=ciphertext, key=wrapped.key_ref
-        )
+        reply = self._call(self.client.secrets.transit.decrypt_data, ciphertext=ciphertext, key=wrapped.key_ref)
         return base64.b64decode(reply["data"]["plaintext"])
 
     def rewrap(self, wrapped: WrappedKey) -> WrappedKey:
@@ -66,9 +64,7 @@ class VaultTransitKms(KmsProvider):
         except hvac.exceptions.InvalidRequest as err:
             _raise_rejected_or_error(err, self.mount, key or self.key_name)
         except hvac.exceptions.Forbidden:
-            raise KmsError(
-                f"Vault token may not use transit key {self.mount}/{key or self.key_name}"
-            ) from None
+            raise KmsError(f"Vault token may not use transit key {self.mount}/{key or self.key_name}") from None
         except hvac.exceptions.InvalidPath:
             raise KmsError(f"transit key {self.mount}/{key or self.key_name} does not exist") from None
         except (

@@ -1,0 +1,99 @@
+"""`foresight keys`: issue, list, rotate and revoke a tenant's API keys. A key's secret is printed once, by
+the command that makes it; everything else names keys by their public id."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from onboarding import output
+from onboarding.tenants import NewKey, parse_duration, parse_scopes
+from onboarding.tenants_cli import AdminUrl, Json, onboarder
+from service.security.vault_keys import KeyInfo
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+@app.command()
+def issue(
+    tenant: str,
+    scopes: Annotated[str, typer.Option(help="Comma-separated: read, write, admin.")] = "read,write",
+    ttl: Annotated[str | None, typer.Option(help="Lifetime, e.g. 90d or 12h (default: no expiry).")] = None,
+    admin_url: AdminUrl = None,
+    as_json: Json = False,
+) -> None:
+    """A new key for TENANT, printed once."""
+    with output.reported(as_json):
+        lifetime = parse_duration(ttl, "--ttl") if ttl else None
+        with onboarder(admin_url) as onboard:
+            new = onboard.issue_key(tenant, parse_scopes(scopes), lifetime)
+        _print_new_key(new, as_json)
+
+
+@app.command("list")
+def list_(tenant: str, admin_url: AdminUrl = None, as_json: Json = False) -> None:
+    """TENANT's keys: id, scopes, state, dates (never the secret or its hash)."""
+    with output.reported(as_json), onboarder(admin_url) as onboard:
+        keys = onboard.list_keys(tenant)
+        if as_json:
+            output.emit_json({"tenant": tenant, "keys": [_key_json(k) for k in keys]})
+            return
+        output.out.print(keys_table(keys, title=f"Keys of {tenant}"))
+
+
+@app.command()
+def rotate(
+    key_id: str,
+    overlap: Annotated[str, typer.Option(help="How long the old key keeps working, e.g. 1h or 7d.")] = "24h",
+    admin_url: AdminUrl = None,
+    as_json: Json = False,
+) -> None:
+    """Replace KEY_ID with a new key (printed once); the old one works for --overlap more, then expires."""
+    with output.reported(as_json):
+        window = parse_duration(overlap, "--overlap")
+        with onboarder(admin_url) as onboard:
+            new = onboard.rotate_key(key_id, window)
+        _print_new_key(new, as_json)
+
+
+@app.command()
+def revoke(key_id: str, admin_url: AdminUrl = None, as_json: Json = False) -> None:
+    """Refuse KEY_ID from now on, on every listener (within a second)."""
+    with output.reported(as_json), onboarder(admin_url) as onboard:
+        info, outcome = onboard.revoke_key(key_id)
+        if as_json:
+            output.emit_json({**_key_json(info), "warnings": outcome.warnings})
+            return
+        output.warn(outcome.warnings)
+        output.out.print(f"Key {info.key_id} of tenant {info.tenant} revoked.")
+
+
+def _print_new_key(new: NewKey, as_json: bool) -> None:
+    key, info, replaced = new.key, new.info, new.replaced
+    assert key is not None and info is not None
+    if as_json:
+        record: dict[str, Any] = {**_key_json(info), "api_key": key.secret, "warnings": new.warnings}
+        if replaced is not None:
+            record["replaces"] = {"key_id": replaced.key_id, "expires": replaced.expires}
+        output.emit_json(record)
+        return
+    output.warn(new.warnings)
+    output.out.print(f"Key [bold]{key.key_id}[/] for tenant {info.tenant} (shown once; store it now):")
+    output.out.print(key.secret, markup=False)
+    if replaced is not None and replaced.expires is not None:
+        output.out.print(f"Key {replaced.key_id} keeps working until {replaced.expires:%Y-%m-%d %H:%M:%S} UTC.")
+
+
+def _key_json(info: KeyInfo) -> dict[str, Any]:
+    return info.model_dump(mode="json", exclude={"hash"})
+
+
+def keys_table(keys: Sequence[KeyInfo], title: str = "Keys") -> Table:
+    table = Table("key id", "scopes", "state", "created", "expires", "rotated to", title=title)
+    for k in keys:
+        table.add_row(k.key_id, ",".join(k.scopes), k.state, f"{k.created:%Y-%m-%d %H:%M}",
+                      f"{k.expires:%Y-%m-%d %H:%M}" if k.expires else "-", k.rotated_to or "-")
+    return table

@@ -1,0 +1,82 @@
+"""The service as a background process of the local deployment: `foresight serve` with TLS, Vault as its
+key source and KMS, the admin API behind the admin token, and the demo origin."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from onboarding.admin_client import AdminClient
+from onboarding.errors import LocalFailure
+from onboarding.local.openbao import TRANSIT_KEY
+from onboarding.local.processes import ManagedProcess
+from onboarding.state import Deployment, StatePaths, read_secret
+from service.security.apikeys import hash_key
+
+READY_TIMEOUT_S = 90.0
+# Environment the service must not inherit from the shell that runs `local up`: its settings come from here.
+_FOREIGN = ("FORESIGHT_", "VAULT_", "BAO_")
+
+
+@dataclass
+class LocalService:
+    paths: StatePaths
+    deployment: Deployment
+
+    @property
+    def process(self) -> ManagedProcess:
+        return self.paths.process("service")
+
+    def admin(self) -> AdminClient:
+        return AdminClient(self.deployment.http_url, read_secret(self.paths.admin_token), ca_cert=self.paths.ca_cert)
+
+    def settings_env(self) -> dict[str, str]:
+        d, p = self.deployment, self.paths
+        return {
+            "FORESIGHT_BIND": d.resp_host,
+            "FORESIGHT_RESP_PORT": str(d.resp_port),
+            "FORESIGHT_HTTP_PORT": str(d.http_port),
+            "FORESIGHT_TLS_CERT_FILE": str(p.server_cert),
+            "FORESIGHT_TLS_KEY_FILE": str(p.server_key),
+            "FORESIGHT_ORIGIN": str(p.origin),
+            "FORESIGHT_ORIGIN_LATENCY_MS": f"{d.origin_latency_ms:g}",
+            "FORESIGHT_DATA_DIR": str(p.data),
+            "FORESIGHT_VAULT_ADDR": d.vault_addr,
+            "FORESIGHT_VAULT_AUTH_METHOD": "token",
+            "FORESIGHT_VAULT_TOKEN_FILE": str(p.service_token),
+            "FORESIGHT_VAULT_CA_FILE": str(p.ca_cert),
+            "FORESIGHT_VAULT_KV_MOUNT": d.vault_kv_mount,
+            "FORESIGHT_KMS_PROVIDER": "vault-transit",
+            "FORESIGHT_KMS_KEY_ID": TRANSIT_KEY,
+            "FORESIGHT_AUDIT_LOG": str(d.service_audit_log),
+            "FORESIGHT_ADMIN_TOKEN_HASH": hash_key(read_secret(p.admin_token)),
+        }
+
+    def start(self) -> bool:
+        """Start unless running; True if started. Returns once /readyz says ready."""
+        if self.process.pid() is not None:
+            return False
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)}
+        env.update(self.settings_env())
+        argv = [sys.executable, "-c", "from service.cli import main; main()", "serve"]
+        self.process.start(argv, env, cwd=self.paths.root)
+        self.wait_ready()
+        return True
+
+    def wait_ready(self) -> None:
+        admin = self.admin()
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while time.monotonic() < deadline:
+                if self.process.pid() is None:
+                    raise LocalFailure("start the service", f"it exited; its log says:\n{self.process.log_tail()}")
+                if admin.ready():
+                    return
+                time.sleep(0.1)
+        finally:
+            admin.close()
+        raise LocalFailure(
+            "start the service", f"not ready within {READY_TIMEOUT_S:.0f}s (see {self.process.log_file})"
+        )

@@ -1,0 +1,295 @@
+"""`foresight local up|status|down`: the whole product on this machine, owned by one state directory.
+
+`up` is idempotent: it starts what is not running (OpenBao, then the service), unseals, re-applies the
+Vault set-up, reuses the demo tenant and its stored key, and reports. Whatever one `up` started is stopped
+again if a later step of that same `up` fails. `down` stops the service, then OpenBao (SIGTERM, then
+SIGKILL); `--purge` also deletes the state directory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import os
+import shutil
+import socket
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hvac
+
+from onboarding.auditing import OnboardingAudit
+from onboarding.context import Endpoints
+from onboarding.errors import LocalFailure
+from onboarding.journal import Journal
+from onboarding.local import demo, pki
+from onboarding.local.openbao import OpenBao
+from onboarding.local.serve import LocalService
+from onboarding.plans import PLANS
+from onboarding.state import (
+    Deployment,
+    StatePaths,
+    load_deployment,
+    read_secret,
+    save_deployment,
+    write_secret,
+)
+from onboarding.tenants import Onboarder
+from service.security.admin_token import new_admin_token
+from service.security.apikeys import MalformedKey, key_id_of
+from service.security.vault_keys import DEFAULT_MOUNT, VaultKeyAdmin, VaultKeyStoreError
+
+DEFAULT_RESP_PORT = 6380
+DEFAULT_HTTP_PORT = 8443
+DEFAULT_VAULT_PORT = 8200
+DEFAULT_ORIGIN_LATENCY_MS = 5.0  # the demo origin stands in for an object store a few milliseconds away
+DEMO_TENANT = "demo"
+HOST = "127.0.0.1"
+PROCESSES = ("openbao", "service")  # start order; stopped in reverse
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """Ports: None keeps the deployment's (or the default), 0 picks a free one."""
+
+    resp_port: int | None = None
+    http_port: int | None = None
+    vault_port: int | None = None
+    origin_latency_ms: float | None = None
+    demo: bool = True
+
+
+@dataclass
+class UpResult:
+    deployment: Deployment
+    tenant: str
+    api_key: str
+    key_id: str
+    started: list[str] = field(default_factory=list)
+    demo: list[demo.PhaseResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ProcessStatus:
+    name: str
+    pid: int | None
+    health: str
+
+
+class LocalStack:
+    def __init__(self, state_dir: Path) -> None:
+        self.paths = StatePaths(state_dir)
+
+    # -- up --------------------------------------------------------------------------------------------------
+
+    def up(self, options: UpOptions, step: Callable[[str], None] = lambda _: None) -> UpResult:
+        self.paths.create()
+        with self._lock():
+            started: list[str] = []
+            try:
+                return self._up(options, step, started)
+            except BaseException:
+                self._stop(reversed(started))
+                raise
+
+    def _up(self, options: UpOptions, step: Callable[[str], None], started: list[str]) -> UpResult:
+        paths = self.paths
+        deployment = self._plan(options)
+        save_deployment(paths, deployment)
+        bao = OpenBao(paths, deployment.vault_port, deployment.vault_cluster_port)
+        service = LocalService(paths, deployment)
+
+        step("certificates")
+        if pki.ensure_tls(paths):
+            bao.reload_tls()
+        if not paths.admin_token.exists():
+            write_secret(paths.admin_token, new_admin_token())
+
+        step("OpenBao")
+        if bao.start():
+            started.append("openbao")
+        bao.unseal()
+        bao.configure(deployment.vault_kv_mount)
+
+        step("service")
+        demo_keys = demo.seed_origin(paths.origin, deployment.demo_tenant)
+        if service.start():
+            started.append("service")
+
+        step("demo tenant")
+        onboard = self._onboarder(deployment)
+        try:
+            onboard.recover()
+            api_key, warnings = self._demo_key(onboard, deployment.demo_tenant)
+        finally:
+            onboard.close()
+        result = UpResult(deployment, deployment.demo_tenant, api_key, key_id_of(api_key), started, [], warnings)
+
+        if options.demo:
+            step("demo workload")
+            try:
+                result.demo = demo.run_demo(
+                    deployment.resp_host, deployment.resp_port, paths.ca_cert, api_key, demo_keys
+                )
+            except (OSError, RuntimeError) as err:
+                result.warnings.append(f"demo workload failed: {type(err).__name__}: {err}")
+        return result
+
+    def _plan(self, options: UpOptions) -> Deployment:
+        """The deployment's ports and paths: kept from the last `up`, changed only when nothing runs."""
+        paths = self.paths
+        previous = load_deployment(paths)
+        running = {name for name, pid in self._pids().items() if pid is not None}
+
+        def port(asked: int | None, kept: int | None, default: int, owner: str, flag: str) -> int:
+            if kept is not None and owner in running:
+                if asked not in (None, 0, kept):
+                    raise LocalFailure(f"{flag} {asked}", f"the running deployment uses {kept}; "
+                                       "run `foresight local down` first")
+                return kept
+            chosen = asked if asked is not None else (kept if kept is not None else default)
+            if chosen == 0:
+                return _free_port()
+            if not _port_free(chosen):
+                raise LocalFailure(f"port {chosen}", f"in use by another program; pass {flag} (0 picks a free one)")
+            return chosen
+
+        resp_port = port(options.resp_port, previous.resp_port if previous else None, DEFAULT_RESP_PORT, "service",
+                         "--resp-port")
+        http_port = port(options.http_port, previous.http_port if previous else None, DEFAULT_HTTP_PORT, "service",
+                         "--http-port")
+        vault_port = port(options.vault_port, previous.vault_port if previous else None, DEFAULT_VAULT_PORT, "openbao",
+                          "--vault-port")
+        # raft remembers its cluster address: keep it once OpenBao has been initialised
+        cluster_port = previous.vault_cluster_port if previous and paths.openbao_init.exists() else 0
+        if cluster_port == 0 or ("openbao" not in running and not _port_free(cluster_port)):
+            cluster_port = _free_port()
+        latency = options.origin_latency_ms
+        if latency is None:
+            latency = previous.origin_latency_ms if previous else DEFAULT_ORIGIN_LATENCY_MS
+        return Deployment(
+            state_dir=paths.root,
+            resp_host=HOST,
+            resp_port=resp_port,
+            http_port=http_port,
+            http_url=f"https://{HOST}:{http_port}",
+            ca_cert=paths.ca_cert,
+            vault_addr=f"https://{HOST}:{vault_port}",
+            vault_port=vault_port,
+            vault_cluster_port=cluster_port,
+            vault_kv_mount=DEFAULT_MOUNT,
+            vault_token_file=paths.operator_token,
+            admin_token_file=paths.admin_token,
+            audit_log=paths.onboarding_audit,
+            service_audit_log=paths.service_audit,
+            origin=paths.origin,
+            demo_tenant=DEMO_TENANT,
+            origin_latency_ms=latency,
+        )
+
+    def _onboarder(self, deployment: Deployment) -> Onboarder:
+        client = hvac.Client(url=deployment.vault_addr, token=read_secret(self.paths.operator_token),
+                             verify=str(self.paths.ca_cert), timeout=5)
+        service = LocalService(self.paths, deployment)
+        endpoints = Endpoints(deployment.resp_host, deployment.resp_port, deployment.http_url, deployment.ca_cert)
+        return Onboarder(
+            VaultKeyAdmin(client, deployment.vault_kv_mount),
+            service.admin(),
+            OnboardingAudit(deployment.audit_log),
+            Journal(self.paths.pending, deployment.vault_addr),
+            endpoints,
+        )
+
+    def _demo_key(self, onboard: Onboarder, tenant: str) -> tuple[str, list[str]]:
+        """The demo tenant's key: the stored one while it is usable, else a new one (the tenant made if needed)."""
+        key_admin = onboard.key_admin
+        try:
+            if key_admin.get_tenant(tenant) is None:
+                created = onboard.create_tenant(tenant, PLANS["pro"])
+                assert created.key is not None
+                write_secret(self.paths.demo_key, created.key.secret)
+                return created.key.secret, created.warnings
+            stored = read_secret(self.paths.demo_key) if self.paths.demo_key.exists() else None
+            if stored is not None:
+                info = key_admin.get_key(key_id_of(stored), tenant=tenant)
+                if info.usable_at(dt.datetime.now(dt.UTC)):
+                    return stored, []
+        except (VaultKeyStoreError, MalformedKey):
+            pass  # a stored key Vault no longer knows: issue another below
+        new = onboard.issue_key(tenant, ["read", "write"])
+        assert new.key is not None
+        write_secret(self.paths.demo_key, new.key.secret)
+        return new.key.secret, new.warnings
+
+    # -- status and down -------------------------------------------------------------------------------------
+
+    def deployment(self) -> Deployment | None:
+        return load_deployment(self.paths)
+
+    def status(self) -> list[ProcessStatus]:
+        deployment = self.deployment()
+        pids = self._pids()
+        rows = []
+        bao_health = "stopped"
+        if deployment is not None and pids["openbao"] is not None:
+            code = OpenBao(self.paths, deployment.vault_port, deployment.vault_cluster_port).health()
+            bao_health = {200: "active", 429: "standby", 501: "not initialised", 503: "sealed"}.get(
+                code or 0, "not answering"
+            )
+        rows.append(ProcessStatus("openbao", pids["openbao"], bao_health))
+        service_health = "stopped"
+        if deployment is not None and pids["service"] is not None:
+            admin = LocalService(self.paths, deployment).admin()
+            try:
+                service_health = "ready" if admin.ready() else "not ready"
+            finally:
+                admin.close()
+        rows.append(ProcessStatus("service", pids["service"], service_health))
+        return rows
+
+    def down(self, purge: bool = False) -> list[str]:
+        """Stop everything (service first); with `purge` delete the state directory. Returns what stopped."""
+        if not self.paths.root.exists():
+            return []
+        with self._lock():
+            stopped = self._stop(reversed(PROCESSES))
+        if purge:
+            if not self.paths.marker.exists():
+                raise LocalFailure(f"purge {self.paths.root}", "not a Foresight state directory; not deleting it")
+            shutil.rmtree(self.paths.root)
+        return stopped
+
+    def _stop(self, names: Iterable[str]) -> list[str]:
+        return [name for name in names if self.paths.process(name).stop()]
+
+    def _pids(self) -> dict[str, int | None]:
+        return {name: self.paths.process(name).pid() for name in PROCESSES}
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        """One `up` or `down` at a time per state directory."""
+        fd = os.open(self.paths.root / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is no owner
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True

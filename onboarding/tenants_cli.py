@@ -1,0 +1,201 @@
+"""`foresight tenants`: create, list, show, suspend, resume and delete tenants (exit codes: docs/onboarding.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from onboarding import output
+from onboarding.context import resolve
+from onboarding.errors import OnboardingError
+from onboarding.plans import CUSTOM, PLANS, plan_of, quota_for
+from onboarding.snippet import connection_snippet
+from onboarding.tenants import CreatedTenant, Onboarder, TenantView, parse_scopes
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+
+Json = Annotated[bool, output.JsonOption]
+AdminUrl = Annotated[
+    str | None,
+    typer.Option("--admin-url", envvar="FORESIGHT_ADMIN_URL", help="Service admin API (default: the local one)."),
+]
+
+
+@contextmanager
+def onboarder(admin_url: str | None) -> Iterator[Onboarder]:
+    target = resolve(admin_url=admin_url)
+    onboard = Onboarder.connect(target)
+    try:
+        yield onboard
+    finally:
+        onboard.close()
+
+
+@app.command()
+def create(
+    name: Annotated[str, typer.Argument(help="Tenant name: a DNS label (a-z, 0-9, '-', at most 63).")],
+    plan: Annotated[str, typer.Option(help=f"Quota plan: {', '.join(PLANS)} or {CUSTOM}.")] = "starter",
+    memory: Annotated[int | None, typer.Option(help="Memory budget in MiB (overrides the plan).")] = None,
+    rps: Annotated[float | None, typer.Option(help="Requests per second, 0 unlimited (overrides the plan).")] = None,
+    origin: Annotated[str | None, typer.Option(help="The tenant's own origin (fsspec URL).")] = None,
+    scopes: Annotated[str, typer.Option(help="Scopes of the first key, comma-separated.")] = "read,write",
+    admin_url: AdminUrl = None,
+    as_json: Json = False,
+) -> None:
+    """Create a tenant with its quotas, Vault policy and first API key (shown once), then print how to connect."""
+    with output.reported(as_json):
+        quota = quota_for(plan, memory_mib=memory, rps=rps, origin=origin)
+        with onboarder(admin_url) as onboard, output.progress(f"Creating tenant {name}...", as_json):
+            created = onboard.create_tenant(name, quota, parse_scopes(scopes))
+        _print_created(created, as_json)
+
+
+def _print_created(created: CreatedTenant, as_json: bool) -> None:
+    assert created.key is not None
+    spec = created.spec
+    snippet = connection_snippet(created.endpoints, created.key.secret) if created.endpoints else {}
+    if as_json:
+        output.emit_json({
+            "tenant": spec.name,
+            "plan": plan_of(spec.quota),
+            "quota": spec.quota.model_dump(mode="json"),
+            "key_id": created.key.key_id,
+            "api_key": created.key.secret,
+            "endpoints": _endpoints_json(created),
+            "snippet": snippet,
+            "warnings": created.warnings,
+        })
+        return
+    output.warn(created.warnings)
+    out = output.out
+    out.print(f"Tenant [bold]{spec.name}[/] created (plan {plan_of(spec.quota)}: "
+              f"{_mib(spec.quota.memory_bytes)}, {_rps(spec.quota.requests_per_second)}).")
+    out.print(f"API key [bold]{created.key.key_id}[/] (shown once; store it now):")
+    out.print(created.key.secret, markup=False)
+    for client, text in snippet.items():
+        out.print(f"\n[dim]# {client}[/]")
+        out.print(text, markup=False)
+
+
+def _endpoints_json(created: CreatedTenant) -> dict[str, Any] | None:
+    ends = created.endpoints
+    if ends is None:
+        return None
+    return {"resp_host": ends.resp_host, "resp_port": ends.resp_port, "http_url": ends.http_url,
+            "ca_cert": str(ends.ca_cert) if ends.ca_cert else None}
+
+
+@app.command("list")
+def list_(admin_url: AdminUrl = None, as_json: Json = False) -> None:
+    """Every tenant with its plan, quotas, state and (when the service answers) usage."""
+    with output.reported(as_json), onboarder(admin_url) as onboard:
+        listing = onboard.list_tenants()
+        if as_json:
+            output.emit_json({"tenants": [_tenant_json(v) for v in listing.tenants], "warnings": listing.warnings})
+            return
+        output.warn(listing.warnings)
+        table = Table("tenant", "plan", "memory", "rate", "state", "used memory", title="Tenants")
+        for view in listing.tenants:
+            used = (view.usage or {}).get("used_bytes")
+            table.add_row(view.spec.name, plan_of(view.spec.quota), _mib(view.spec.quota.memory_bytes),
+                          _rps(view.spec.quota.requests_per_second), _state(view),
+                          _mib(used) if isinstance(used, int) else "-")
+        output.out.print(table)
+
+
+@app.command()
+def show(name: str, admin_url: AdminUrl = None, as_json: Json = False) -> None:
+    """One tenant: quotas, state, keys (ids and state, never secrets) and usage."""
+    with output.reported(as_json), onboarder(admin_url) as onboard:
+        view = onboard.show_tenant(name)
+        if as_json:
+            output.emit_json({**_tenant_json(view), "warnings": view.warnings})
+            return
+        output.warn(view.warnings)
+        quota = view.spec.quota
+        output.out.print(f"[bold]{view.spec.name}[/]  plan {plan_of(quota)}  {_mib(quota.memory_bytes)}  "
+                         f"{_rps(quota.requests_per_second)}  {_state(view)}")
+        if quota.origin:
+            output.out.print(f"origin {quota.origin}", markup=False)
+        from onboarding.keys_cli import keys_table
+
+        output.out.print(keys_table(view.keys))
+        if view.usage:
+            u = view.usage
+            output.out.print(f"in memory: {u.get('keys', 0)} keys, {_mib(u.get('used_bytes', 0))}; "
+                             f"hits {u.get('hits', 0)}, misses {u.get('misses', 0)}; "
+                             f"connections {u.get('connections', 0)}", markup=False)
+
+
+@app.command()
+def suspend(name: str, admin_url: AdminUrl = None, as_json: Json = False) -> None:
+    """Refuse the tenant's keys (its data stays) until `resume`."""
+    _set_suspended(name, True, admin_url, as_json)
+
+
+@app.command()
+def resume(name: str, admin_url: AdminUrl = None, as_json: Json = False) -> None:
+    """Accept a suspended tenant's keys again."""
+    _set_suspended(name, False, admin_url, as_json)
+
+
+def _set_suspended(name: str, suspended: bool, admin_url: str | None, as_json: bool) -> None:
+    with output.reported(as_json), onboarder(admin_url) as onboard:
+        outcome = onboard.set_suspended(name, suspended)
+        if as_json:
+            output.emit_json({"tenant": name, "suspended": suspended, "warnings": outcome.warnings})
+            return
+        output.warn(outcome.warnings)
+        output.out.print(f"Tenant {name} {'suspended' if suspended else 'resumed'}.")
+
+
+@app.command()
+def delete(
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    admin_url: AdminUrl = None,
+    as_json: Json = False,
+) -> None:
+    """Delete a tenant: its keys, Vault policy, records and cached data. Asks first unless --yes."""
+    with output.reported(as_json):
+        if not yes and (as_json or not typer.confirm(f"Delete tenant {name!r} with all its keys and data?",
+                                                     err=True)):
+            raise OnboardingError(f"delete tenant {name!r}", "not confirmed (pass --yes)")
+        with onboarder(admin_url) as onboard, output.progress(f"Deleting tenant {name}...", as_json):
+            outcome = onboard.delete_tenant(name)
+        if as_json:
+            output.emit_json({"tenant": name, "deleted": True, "warnings": outcome.warnings})
+            return
+        output.warn(outcome.warnings)
+        output.out.print(f"Tenant {name} deleted.")
+
+
+def _tenant_json(view: TenantView) -> dict[str, Any]:
+    return {
+        "tenant": view.spec.name,
+        "plan": plan_of(view.spec.quota),
+        "quota": view.spec.quota.model_dump(mode="json"),
+        "suspended": view.spec.suspended,
+        "keys": [k.model_dump(mode="json", exclude={"hash"}) for k in view.keys],
+        "usage": view.usage,
+    }
+
+
+def _state(view: TenantView) -> str:
+    return "suspended" if view.spec.suspended else "active"
+
+
+def _mib(n: int) -> str:
+    """Bytes for people: 0 B, 12 KiB, 1.1 MiB, 1024 MiB."""
+    if n < 1024 * 1024:
+        return f"{n // 1024} KiB" if n >= 1024 else f"{n} B"
+    mib = n / (1024 * 1024)
+    return f"{mib:.0f} MiB" if mib >= 10 or mib == int(mib) else f"{mib:.1f} MiB"
+
+
+def _rps(rps: float) -> str:
+    return "unlimited" if rps == 0 else f"{rps:g} req/s"

@@ -1,0 +1,105 @@
+"""Input rules: tenant names, plans, durations, key ids, and the connection snippet."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import pytest
+
+from onboarding.context import Endpoints
+from onboarding.errors import EXIT_CONFLICT, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_VAULT, InvalidInput, from_key_store
+from onboarding.plans import MIB, PLANS, plan_of, quota_for
+from onboarding.snippet import connection_snippet
+from onboarding.tenants import _key_id, parse_duration, validate_name
+from service.security.apikeys import new_key
+from service.security.vault_keys import TenantExists, TenantNotFound, VaultUnavailable
+
+
+@pytest.mark.parametrize("name", ["acme", "a", "team-7", "0x", "a" * 63])
+def test_dns_labels_are_valid_names(name: str) -> None:
+    assert validate_name(name) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("", "is empty"),
+        ("a" * 64, "64 characters long"),
+        ("Acme", "uppercase"),
+        ("-acme", "starts or ends with '-'"),
+        ("acme-", "starts or ends with '-'"),
+        ("ac_me", "contains '_'"),
+        ("ac.me", "contains '.'"),
+        ("acmé", "contains 'é'"),
+        ("a/b*", "contains '*', '/'"),
+    ],
+)
+def test_invalid_names_say_why(name: str, why: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        validate_name(name)
+    assert why in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_plans_map_to_quotas_and_back() -> None:
+    for name, quota in PLANS.items():
+        assert quota_for(name) == quota
+        assert plan_of(quota) == name
+    assert PLANS["starter"].memory_bytes < PLANS["pro"].memory_bytes < PLANS["enterprise"].memory_bytes
+
+
+def test_flags_override_a_plan_and_make_it_custom() -> None:
+    quota = quota_for("pro", memory_mib=2048)
+    assert quota.memory_bytes == 2048 * MIB and quota.requests_per_second == PLANS["pro"].requests_per_second
+    assert plan_of(quota) == "custom"
+    assert quota_for("custom", memory_mib=10, rps=0).requests_per_second == 0
+
+
+@pytest.mark.parametrize(
+    ("plan", "kwargs", "message"),
+    [
+        ("gold", {}, "unknown plan; choose one of starter, pro, enterprise, custom"),
+        ("custom", {"memory_mib": 10}, "needs both --memory"),
+        ("starter", {"memory_mib": 0}, "positive"),
+        ("starter", {"rps": -1}, "0 (unlimited) or more"),
+    ],
+)
+def test_bad_plans_are_refused(plan: str, kwargs: dict, message: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        quota_for(plan, **kwargs)
+
+
+def test_durations() -> None:
+    assert parse_duration("90s", "--ttl") == dt.timedelta(seconds=90)
+    assert parse_duration("30d", "--ttl") == dt.timedelta(days=30)
+    with pytest.raises(InvalidInput, match="not a duration"):
+        parse_duration("1 week", "--ttl")
+
+
+def test_a_pasted_key_becomes_its_id_and_is_never_echoed() -> None:
+    key = new_key()
+    assert _key_id(key.secret) == key.key_id
+    with pytest.raises(InvalidInput) as err:
+        _key_id(key.secret[:-3])
+    assert key.secret[:-3] not in str(err.value)
+    with pytest.raises(InvalidInput, match="not a key id"):
+        _key_id("NOPE")
+
+
+def test_key_store_errors_map_to_exit_codes() -> None:
+    assert from_key_store("x", TenantNotFound("no tenant")).exit_code == EXIT_NOT_FOUND
+    assert from_key_store("x", TenantExists("exists")).exit_code == EXIT_CONFLICT
+    assert from_key_store("x", VaultUnavailable("down")).exit_code == EXIT_VAULT
+    assert from_key_store("x", TenantExists("exists")).exit_code != EXIT_USAGE
+
+
+def test_snippet_connects_over_tls_with_the_ca_and_keeps_the_key_off_argv() -> None:
+    key = new_key().secret
+    snippet = connection_snippet(Endpoints("127.0.0.1", 6390, "https://127.0.0.1:8443", Path("/s/ca.crt")), key)
+    assert snippet["redis-cli"].startswith(f"REDISCLI_AUTH={key} redis-cli --tls --cacert /s/ca.crt")
+    assert "-p 6390" in snippet["redis-cli"] and " -a " not in snippet["redis-cli"]
+    assert "ssl=True" in snippet["redis-py"] and "ssl_ca_certs='/s/ca.crt'" in snippet["redis-py"]
+    assert snippet["curl"].endswith("https://127.0.0.1:8443/v1/keys/greeting")
+    assert f"Bearer {key}" in snippet["curl"]

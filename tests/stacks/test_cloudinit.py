@@ -1,0 +1,113 @@
+"""The node's user data, checked by the real tools: cloud-init's schema, systemd's unit verifier, sh's parser."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stacks.cloudinit import NodeBoot, render_env_file, render_user_data
+from stacks.policies.rules import SECRET_PATTERNS
+from tests.stacks.conftest import RunStack
+from tests.stacks.mockrun import MockRun, user_data
+
+SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHrYwJmqmn0Dbj1o4Qh0XGnQKiqLQ9Nn3mTBRJm8Ifj8 ops@example"
+
+
+def _files(document: str) -> dict[str, str]:
+    return {entry["path"]: entry["content"] for entry in yaml.safe_load(document)["write_files"]}
+
+
+@pytest.fixture(scope="module")
+def documents(baseline: MockRun, run_stack: RunStack) -> dict[str, str]:
+    return {
+        "baseline": user_data(baseline),
+        "ssh+spot": user_data(run_stack({"foresight:sshPublicKey": SSH_KEY, "foresight:spot": "true"})),
+    }
+
+
+@pytest.mark.skipif(shutil.which("cloud-init") is None, reason="cloud-init is not installed")
+@pytest.mark.parametrize("variant", ["baseline", "ssh+spot"])
+def test_user_data_passes_cloud_init_schema(documents: dict[str, str], variant: str, tmp_path: Path) -> None:
+    path = tmp_path / "user-data.yaml"
+    path.write_text(documents[variant])
+    result = subprocess.run(
+        ["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Valid cloud-config" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_service_unit_passes_systemd_verify(documents: dict[str, str], tmp_path: Path) -> None:
+    unit = _files(documents["baseline"])["/etc/systemd/system/foresight.service"]
+    # This machine has no Docker: point the unit at a stub so verify checks the unit, not the host.
+    docker = tmp_path / "docker"
+    docker.write_text("#!/bin/sh\n")
+    docker.chmod(0o755)
+    (tmp_path / "foresight.service").write_text(unit.replace("/usr/bin/docker", str(docker)))
+    (tmp_path / "docker.service").write_text("[Service]\nExecStart=/bin/true\n")
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(tmp_path / "foresight.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_service_unit_restarts_the_gpu_container_after_fetching_tls(documents: dict[str, str]) -> None:
+    unit = _files(documents["baseline"])["/etc/systemd/system/foresight.service"]
+    lines = unit.splitlines()
+    starts = [line for line in lines if line.startswith("ExecStartPre=")]
+    assert starts[0] == "ExecStartPre=/usr/bin/mountpoint -q /var/lib/foresight"
+    assert starts[1].startswith(
+        "ExecStartPre=/usr/bin/python3 /usr/local/lib/foresight/fetch_tls.py --out /run/foresight/tls"
+    )
+    run = next(line for line in lines if line.startswith("ExecStart="))
+    for flag in (
+        "--gpus all",
+        "--publish 6380:6380",
+        "--publish 8443:8443",
+        "/run/foresight/tls:/etc/foresight/tls:ro",
+    ):
+        assert flag in run
+    assert "Restart=always" in lines
+    assert "WantedBy=multi-user.target" in lines
+
+
+def test_data_volume_script_parses_in_sh() -> None:
+    script = Path(__file__).resolve().parents[2] / "stacks/boot/mount_data_volume.sh"
+    for shell in ("sh", "bash"):
+        result = subprocess.run([shell, "-n", str(script)], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+
+
+def test_installed_fetch_script_is_byte_for_byte_the_tested_one(documents: dict[str, str]) -> None:
+    installed = _files(documents["baseline"])["/usr/local/lib/foresight/fetch_tls.py"]
+    source = Path(__file__).resolve().parents[2] / "stacks/boot/fetch_tls.py"
+    assert installed == source.read_text()
+
+
+def test_user_data_matches_no_secret_pattern(documents: dict[str, str]) -> None:
+    for document in documents.values():
+        assert [what for what, pattern in SECRET_PATTERNS.items() if pattern.search(document)] == []
+
+
+def test_env_file_refuses_values_that_would_break_out() -> None:
+    assert render_env_file({"FORESIGHT_A": "https://vault:8200"}) == "FORESIGHT_A=https://vault:8200\n"
+    for value in ("a b", "a\nEVIL=1", 'a"b', "$(id)"):
+        with pytest.raises(ValueError, match="not safe"):
+            render_env_file({"FORESIGHT_A": value})
+
+
+def test_ssh_is_switched_off_without_a_key() -> None:
+    def runcmd(ssh: bool) -> list[list[str]]:
+        boot = NodeBoot(image="ghcr.io/foresight/foresight:0.1.0", environment={}, data_disk_model="x", ssh_enabled=ssh)
+        return list(yaml.safe_load(render_user_data(boot))["runcmd"])
+
+    assert ["sh", "-c", "systemctl disable --now ssh.socket ssh.service || true"] in runcmd(False)
+    assert not any("ssh" in " ".join(command) for command in runcmd(True))
