@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from service.security.envelope import EnvelopeCipher
     from service.security.tls import ServerTLS
     from service.security.vault_auth import VaultSession
+    from service.security.vault_pki import VaultPkiCertificates
 
 _KMS_PROVIDERS = {"vault-transit": "vault-transit", "aws": "aws-kms", "gcp": "gcp-kms", "azure": "azure-keyvault",
                   "local": "local"}
@@ -27,6 +28,7 @@ class SecurityParts:
     key_source: KeySource | None
     vault: VaultSession | None
     tls: ServerTLS | None
+    pki: VaultPkiCertificates | None
     cipher: EnvelopeCipher | None
     audit: AuditLog | None
 
@@ -82,14 +84,44 @@ def build_key_source(settings: Settings, vault: VaultSession | None) -> KeySourc
         raise ConfigError(str(err)) from None
 
 
-def build_tls(settings: Settings) -> ServerTLS | None:
+def build_pki(settings: Settings, vault: VaultSession | None) -> VaultPkiCertificates | None:
+    """Certificates from Vault PKI, issued now into <data_dir>/tls and renewed while serving. Blocks."""
+    if settings.tls_vault_pki_role is None:
+        return None
+    from service.security.vault_pki import VaultPkiCertificates, VaultPkiError
+
+    assert vault is not None and settings.data_dir is not None
+    names = [n for n in settings.tls_alt_names if not _is_ip(n)]
+    pki = VaultPkiCertificates(vault.client, role=settings.tls_vault_pki_role, common_name=settings.tls_common_name,
+                               directory=settings.data_dir / "tls", alt_names=names,
+                               ip_sans=[n for n in settings.tls_alt_names if _is_ip(n)],
+                               mount=settings.tls_vault_pki_mount)
+    try:
+        pki.issue()
+    except VaultPkiError as err:
+        raise ConfigError(f"TLS from Vault PKI (FORESIGHT_TLS_VAULT_PKI_*): {err}") from None
+    return pki
+
+
+def _is_ip(name: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def build_tls(settings: Settings, pki: VaultPkiCertificates | None) -> ServerTLS | None:
     if not settings.tls_enabled:
         return None
     from service.security.tls import ServerTLS, TLSConfigError
 
-    assert settings.tls_cert_file is not None and settings.tls_key_file is not None
+    cert_file, key_file = (pki.cert_file, pki.key_file) if pki else (settings.tls_cert_file, settings.tls_key_file)
+    assert cert_file is not None and key_file is not None
     try:
-        return ServerTLS(settings.tls_cert_file, settings.tls_key_file, client_ca_file=settings.tls_client_ca_file,
+        return ServerTLS(cert_file, key_file, client_ca_file=settings.tls_client_ca_file,
                          require_client_cert=settings.tls_require_client_cert)
     except TLSConfigError as err:
         raise ConfigError(f"TLS (FORESIGHT_TLS_*): {err}") from None
@@ -129,11 +161,12 @@ def build_security(settings: Settings) -> SecurityParts:
     vault = build_vault_session(settings)
     try:
         key_source = build_key_source(settings, vault)
-        tls = build_tls(settings)
+        pki = build_pki(settings, vault)
+        tls = build_tls(settings, pki)
         cipher = build_cipher(settings, vault)
         audit = build_audit(settings, cipher)
     except BaseException:
         if vault is not None:
             vault.stop()
         raise
-    return SecurityParts(key_source, vault, tls, cipher, audit)
+    return SecurityParts(key_source, vault, tls, pki, cipher, audit)

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     tls_key_file: Path | None = Field(None, description="PEM private key for tls_cert_file.")
     tls_client_ca_file: Path | None = Field(None, description="If set, clients must present a cert from this CA.")
 
+    tls_vault_pki_role: str | None = Field(
+        None, description="Issue the server certificate from this Vault PKI role (instead of cert files)."
+    )
+    tls_vault_pki_mount: str = Field("pki", description="Vault PKI mount for tls_vault_pki_role.")
+    tls_common_name: str = Field("localhost", description="Server name on a Vault-issued certificate.")
+    tls_alt_names: list[str] = Field(default_factory=list, description="Extra DNS names/IPs on that certificate.")
     tls_require_client_cert: bool = Field(False, description="mTLS: refuse clients without a cert from the CA.")
     tls_reload_interval_s: float = Field(1.0, gt=0, description="How often certificate files are checked.")
 
@@ -97,6 +103,11 @@ class Settings(BaseSettings):
             )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.tls_vault_pki_role is not None:
+            if self.tls_cert_file is not None:
+                raise ValueError("choose one certificate source: tls_cert_file or tls_vault_pki_role")
+            if self.vault_addr is None or self.data_dir is None:
+                raise ValueError("tls_vault_pki_role needs vault_addr and data_dir (where the certificate is kept)")
         if self.tls_require_client_cert and self.tls_client_ca_file is None:
             raise ValueError("tls_require_client_cert needs tls_client_ca_file")
         if self.tenants_file is not None and self.vault_addr is not None:
@@ -109,13 +120,16 @@ class Settings(BaseSettings):
 
     @property
     def tls_enabled(self) -> bool:
-        return self.tls_cert_file is not None
+        return self.tls_cert_file is not None or self.tls_vault_pki_role is not None
 
     def production_problems(self) -> list[str]:
         """What stops this configuration from serving outside dev mode."""
         problems = []
         if not self.tls_enabled:
-            problems.append("TLS is not configured: set FORESIGHT_TLS_CERT_FILE and FORESIGHT_TLS_KEY_FILE")
+            problems.append(
+                "TLS is not configured: set FORESIGHT_TLS_CERT_FILE and FORESIGHT_TLS_KEY_FILE "
+                "(or FORESIGHT_TLS_VAULT_PKI_ROLE)"
+            )
         if self.tenants_file is None and self.vault_addr is None:
             problems.append(
                 "no key source: set FORESIGHT_VAULT_ADDR or FORESIGHT_TENANTS_FILE (or use --dev for a local trial)"

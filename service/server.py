@@ -118,6 +118,8 @@ class Service:
         self._tasks.append(asyncio.create_task(self._expire_loop()))
         if self.tls is not None:
             self._tasks.append(asyncio.create_task(self.tls.watch(settings.tls_reload_interval_s)))
+        if self.security.pki is not None:
+            self._tasks.append(asyncio.create_task(self.security.pki.keep_fresh()))
         if self.state.authenticator is not None:
             self._tasks.append(asyncio.create_task(self.state.authenticator.run()))
             self._tasks.append(asyncio.create_task(self._tenant_refresh_loop()))

@@ -1,7 +1,8 @@
 """Vault wiring all clouds share: the provider, the KV v2 mount, the node's read-only policy, the TLS secret.
 
 Layout (what the service reads, `VaultLayout` names it):
-  <kv mount>/data/tenants/*                     tenants' API key hashes, written by `foresight tenants`
+  <kv mount>/data/tenants/*                     tenants and their API key hashes, written by `foresight tenants`
+  <kv mount>/data/keyids/*                      key id -> tenant index the service reads on AUTH
   <kv mount>/data/deployments/<stack>/tls       this node's certificate, private key and CA
 The node's policy reads those paths and nothing else; it cannot write anywhere. The cloud's auth role that
 hands out this policy (AWS IAM, GCP, Azure) lives in `stacks/<cloud>/vault.py`.
@@ -43,11 +44,12 @@ class VaultLayout:
         return f"deployments/{self.stack}/tls"
 
     def node_policy_hcl(self) -> str:
-        """Read its tenants' key hashes and its own TLS material; no write, no other deployment."""
+        """Read its tenants, their key hashes and its own TLS material; no write, no other deployment."""
         return (
             f"# Foresight node of stack {self.stack}: read-only.\n"
             f'path "{self.kv_mount}/data/tenants/*" {{\n  capabilities = ["read"]\n}}\n'
             f'path "{self.kv_mount}/metadata/tenants/*" {{\n  capabilities = ["read", "list"]\n}}\n'
+            f'path "{self.kv_mount}/data/keyids/*" {{\n  capabilities = ["read"]\n}}\n'
             f'path "{self.kv_mount}/data/{self.tls_path}" {{\n  capabilities = ["read"]\n}}\n'
         )
 

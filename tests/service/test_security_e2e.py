@@ -30,6 +30,7 @@ from tests.tlsutil import PKI
 
 MOUNT = "fs-e2e"
 TRANSIT_KEY = "fs-e2e-snapshots"
+PKI_MOUNT, PKI_ROLE = "fs-e2e-pki", "foresight-server"
 SERVICE_POLICY = "fs-e2e-service"  # its own name: other suites set up the default policy for another mount
 NO_RETRY = Retry(NoBackoff(), 0)
 
@@ -61,9 +62,17 @@ def vault_admin(openbao: OpenBao) -> VaultKeyAdmin:
     if "transit/" not in root.sys.list_mounted_secrets_engines()["data"]:
         root.sys.enable_secrets_engine("transit", path="transit")
     root.secrets.transit.create_key(TRANSIT_KEY, mount_point="transit")
+    if f"{PKI_MOUNT}/" not in root.sys.list_mounted_secrets_engines()["data"]:
+        root.sys.enable_secrets_engine("pki", path=PKI_MOUNT, config={"max_lease_ttl": "87600h"})
+        root.secrets.pki.generate_root("internal", "Foresight e2e Root", mount_point=PKI_MOUNT)
+        root.secrets.pki.create_or_update_role(
+            PKI_ROLE, {"allowed_domains": "localhost", "allow_localhost": True, "allow_bare_domains": True,
+                       "allow_ip_sans": True, "max_ttl": "72h", "key_type": "ec", "key_bits": 256},
+            mount_point=PKI_MOUNT)
     admin = VaultKeyAdmin(root, MOUNT)
     admin.setup(transit=("transit", TRANSIT_KEY))
-    root.sys.create_or_update_policy(SERVICE_POLICY, service_policy(MOUNT, transit=("transit", TRANSIT_KEY)))
+    root.sys.create_or_update_policy(
+        SERVICE_POLICY, service_policy(MOUNT, transit=("transit", TRANSIT_KEY), pki=(PKI_MOUNT, PKI_ROLE)))
     return admin
 
 
@@ -235,3 +244,78 @@ def test_no_issued_key_appears_in_logs(deployment: Deployment, caplog: pytest.Lo
         assert key.secret not in captured
         assert key.secret.rsplit("_", 1)[1] not in captured
     assert deployment.admin_token not in captured
+
+
+def test_certificate_from_vault_pki(deployment: Deployment, tmp_path: Path) -> None:
+    settings = {k: v for k, v in deployment.settings.items() if k not in ("tls_cert_file", "tls_key_file")}
+    settings.update(tls_vault_pki_role=PKI_ROLE, tls_vault_pki_mount=PKI_MOUNT, tls_common_name="localhost",
+                    tls_alt_names=["127.0.0.1"], data_dir=tmp_path / "pki-data")
+    with running_service(**settings) as svc:
+        ca = tmp_path / "pki-data" / "tls" / "ca.crt"
+        client = redis.Redis(port=svc.resp_port, ssl=True, ssl_ca_certs=str(ca),
+                             password=deployment.keys["acme"].secret)
+        assert client.ping() is True
+        with pytest.raises(redis.ConnectionError):  # the file-based test CA does not vouch for it
+            redis.Redis(port=svc.resp_port, ssl=True, ssl_ca_certs=str(deployment.pki.ca_cert),
+                        password=deployment.keys["acme"].secret, retry=NO_RETRY).ping()
+
+
+def test_certificate_rotation_keeps_established_connections(deployment: Deployment, tmp_path: Path) -> None:
+    import shutil
+
+    from tests.tlsutil import make_pki
+
+    cert_dir = tmp_path / "live"
+    cert_dir.mkdir()
+    shutil.copy(deployment.pki.cert, cert_dir / "server.pem")
+    shutil.copy(deployment.pki.key, cert_dir / "server.key")
+    settings = dict(deployment.settings, tls_cert_file=cert_dir / "server.pem", tls_key_file=cert_dir / "server.key",
+                    tls_reload_interval_s=0.1, data_dir=tmp_path / "rot-data")
+    with running_service(**settings) as svc:
+        key = deployment.keys["acme"].secret
+        before = redis.Redis(port=svc.resp_port, ssl=True, ssl_ca_certs=str(deployment.pki.ca_cert), password=key,
+                             single_connection_client=True)
+        assert before.set("k", "v") is True
+        rotated = make_pki(tmp_path / "rotated")
+        shutil.copy(rotated.key, cert_dir / "server.key")
+        shutil.copy(rotated.cert, cert_dir / "server.pem")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis(port=svc.resp_port, ssl=True, ssl_ca_certs=str(rotated.ca_cert), password=key,
+                            retry=NO_RETRY).ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the rotated certificate was never served")
+        assert before.get("k") == b"v"  # the connection made before the rotation is still up
+        import ssl
+
+        for ca, works in ((rotated.ca_cert, True), (deployment.pki.ca_cert, False)):  # HTTPS moved over too
+            with httpx.Client(verify=ssl.create_default_context(cafile=str(ca))) as http:
+                if works:
+                    assert http.get(svc.endpoints.http_url + "/healthz").status_code == 200
+                else:
+                    with pytest.raises(httpx.ConnectError):
+                        http.get(svc.endpoints.http_url + "/healthz")
+
+
+def test_mutual_tls_refuses_clients_without_a_certificate(deployment: Deployment, tmp_path: Path) -> None:
+    from service.security.local_ca import CertificateAuthority
+
+    client_ca = CertificateAuthority.create("e2e client CA")
+    (tmp_path / "client-ca.pem").write_bytes(client_ca.cert_pem)
+    client_cert = client_ca.issue("app-1", client=True)
+    client_cert.write(tmp_path / "client.pem", tmp_path / "client.key")
+    settings = dict(deployment.settings, tls_client_ca_file=tmp_path / "client-ca.pem", tls_require_client_cert=True,
+                    data_dir=tmp_path / "mtls-data")
+    with running_service(**settings) as svc:
+        key = deployment.keys["acme"].secret
+        with_cert = redis.Redis(port=svc.resp_port, ssl=True, ssl_ca_certs=str(deployment.pki.ca_cert), password=key,
+                                ssl_certfile=str(tmp_path / "client.pem"), ssl_keyfile=str(tmp_path / "client.key"))
+        assert with_cert.ping() is True
+        without = redis.Redis(port=svc.resp_port, ssl=True, ssl_ca_certs=str(deployment.pki.ca_cert), password=key,
+                              retry=NO_RETRY)
+        with pytest.raises(redis.ConnectionError):
+            without.ping()

@@ -238,6 +238,7 @@ def test_vault_policy_reads_tenants_and_own_tls_and_writes_nothing(baseline: Moc
     assert rules == {
         "foresight-aws-test/data/tenants/*": '"read"',
         "foresight-aws-test/metadata/tenants/*": '"read", "list"',
+        "foresight-aws-test/data/keyids/*": '"read"',
         "foresight-aws-test/data/deployments/aws-test/tls": '"read"',
     }
 

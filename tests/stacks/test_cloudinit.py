@@ -111,3 +111,23 @@ def test_ssh_is_switched_off_without_a_key() -> None:
 
     assert ["sh", "-c", "systemctl disable --now ssh.socket ssh.service || true"] in runcmd(False)
     assert not any("ssh" in " ".join(command) for command in runcmd(True))
+
+
+def test_service_settings_accept_the_node_environment(
+    documents: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The env file the node writes, read by the service's own settings loader (what `foresight serve` does)."""
+    from service.config import load_settings
+
+    text = _files(documents["baseline"])["/etc/foresight/foresight.env"]
+    environment = dict(line.split("=", 1) for line in text.splitlines())
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert settings.vault_addr == "https://vault.example.test:8200"
+    assert (settings.vault_auth_method, settings.vault_auth_mount) == ("aws", "foresight-aws-test-aws")
+    assert (settings.vault_role, settings.vault_kv_mount) == ("foresight-aws-test-node", "foresight-aws-test")
+    assert settings.kms_provider == "aws" and settings.kms_key_id.startswith("arn:aws:kms:us-east-1:")
+    assert settings.tls_cert_file == Path("/etc/foresight/tls/tls.crt")
+    assert settings.tls_key_file == Path("/etc/foresight/tls/tls.key")
+    assert settings.data_dir == Path("/var/lib/foresight")

@@ -153,6 +153,7 @@ def node_vault(openbao: OpenBao, monkeypatch: pytest.MonkeyPatch) -> Iterator[tu
     kv.create_or_update_secret(layout.tls_path, secret=MATERIAL, mount_point=layout.kv_mount)
     kv.create_or_update_secret("deployments/other/tls", secret=MATERIAL, mount_point=layout.kv_mount)
     kv.create_or_update_secret("tenants/acme/keys/k1", secret={"hash": "abc"}, mount_point=layout.kv_mount)
+    kv.create_or_update_secret("keyids/k1", secret={"tenant": "acme"}, mount_point=layout.kv_mount)
     admin.sys.create_or_update_policy(layout.policy, layout.node_policy_hcl())
     token = admin.auth.token.create(policies=[layout.policy], ttl="5m")["auth"]["client_token"]
     for name, value in {
@@ -211,10 +212,14 @@ def test_node_policy_reads_tenants_and_own_tls_but_writes_nothing(
         "data"
     ] == {"hash": "abc"}
     assert kv.list_secrets("tenants/", mount_point=mount)["data"]["keys"] == ["acme/"]
+    assert kv.read_secret_version("keyids/k1", mount_point=mount, raise_on_deleted_version=True)["data"]["data"] == {
+        "tenant": "acme"
+    }
     assert kv.read_secret_version(layout.tls_path, mount_point=mount, raise_on_deleted_version=True)["data"]["data"]
     forbidden = [
         lambda: kv.create_or_update_secret("tenants/acme/keys/k2", secret={"hash": "x"}, mount_point=mount),
         lambda: kv.create_or_update_secret(layout.tls_path, secret=MATERIAL, mount_point=mount),
+        lambda: kv.create_or_update_secret("keyids/k2", secret={"tenant": "evil"}, mount_point=mount),
         lambda: kv.delete_metadata_and_all_versions("tenants/acme/keys/k1", mount_point=mount),
         lambda: kv.read_secret_version("deployments/other/tls", mount_point=mount, raise_on_deleted_version=True),
     ]

@@ -40,7 +40,6 @@ from service.prefetch.markov import MarkovPrefetcher
 from service.prefetch.stride import StridePrefetcher
 
 _BEST_SOURCE = N_SOURCES + 4  # feature column holding the candidate's best source precision
-_TIMELY = 2  # accesses after landing within which an expert's first proposal counts as timely
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +120,7 @@ class LearnedPrefetcher(Prefetcher):
         max_candidates: int = 2,
         device: str = "cpu",
         cuda_graphs: bool = True,
+        use_experts: bool = True,
         config: TrainConfig | None = None,
         model_config: ModelConfig | None = None,
     ) -> None:
@@ -149,7 +149,8 @@ class LearnedPrefetcher(Prefetcher):
             "markov": MarkovPrefetcher(lead, max_candidates),
         }
         self.expert_score = dict.fromkeys(EXPERTS, 0.0)  # decayed net usefulness of each expert's proposals
-        self.chosen = EXPERTS[0]
+        self.use_experts = use_experts  # False: always answer with the network (tests, ablations)
+        self.chosen = EXPERTS[0] if use_experts else "network"
 
     # -- inference ---------------------------------------------------------------------------------
 
@@ -180,7 +181,8 @@ class LearnedPrefetcher(Prefetcher):
         ]
         self._log.extend(keys)
         self._pending.append(_Pending(start, batch.cand_keys, inputs, firsts))
-        self.chosen = max(EXPERTS, key=lambda name: (self.expert_score[name], -EXPERTS.index(name)))
+        if self.use_experts:
+            self.chosen = max(EXPERTS, key=lambda name: (self.expert_score[name], -EXPERTS.index(name)))
         self._learn()
         return answers[self.chosen]
 
@@ -262,14 +264,10 @@ class LearnedPrefetcher(Prefetcher):
                 mask[i, slot] = 1.0
                 if cand in window:
                     label[i, slot] = 1.0
-            # Experts are judged on timeliness: the key must be needed right after the prefetch lands. A
-            # later use could have been served by a later prefetch, and a prefetch that jumps ahead leaves
-            # the key needed next to miss.
-            timely = set(log[base : base + _TIMELY])
             for e, first in enumerate(pending.firsts):
                 if first[i] is not None:
                     issued[e] += 1
-                    used[e] += first[i] in timely
+                    used[e] += first[i] in window
         cost = self.config.threshold / (1.0 - self.config.threshold)
         decay = 0.5 ** (n / 4096)
         for e, name in enumerate(EXPERTS):

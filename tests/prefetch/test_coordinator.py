@@ -1,0 +1,83 @@
+"""The coordinator: threshold, budget, never what is cached or in flight, and its books."""
+
+from __future__ import annotations
+
+from service.prefetch.base import Prediction
+from service.prefetch.coordinator import PrefetchBudget, PrefetchCoordinator
+
+
+class FakeCache:
+    def __init__(self, resident: set[int] = frozenset(), in_flight: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+        self.resident = set(resident)
+        self.flying = set(in_flight)
+        self.fetched: list[int] = []
+
+    def is_resident(self, key: int) -> bool:
+        return key in self.resident
+
+    def in_flight(self, key: int) -> bool:
+        return key in self.flying
+
+    def prefetch(self, key: int) -> None:
+        self.fetched.append(key)
+
+
+def proposals(*keys: int, confidence: float = 0.9) -> list[Prediction]:
+    return [Prediction(k, confidence) for k in keys]
+
+
+def test_coordinator_respects_the_per_request_budget() -> None:
+    cache = FakeCache()
+    coordinator = PrefetchCoordinator(cache, PrefetchBudget(per_request=2))
+    coordinator.consider(proposals(1, 2, 3, 4))
+    assert cache.fetched == [1, 2]
+
+
+def test_coordinator_never_prefetches_cached_or_in_flight_keys() -> None:
+    cache = FakeCache(resident={1}, in_flight={2})
+    coordinator = PrefetchCoordinator(cache, PrefetchBudget(per_request=1))
+    coordinator.consider(proposals(1, 2, 3))
+    assert cache.fetched == [3]
+    coordinator.consider(proposals(3, 4))  # 3 is now outstanding
+    assert cache.fetched == [3, 4]
+    assert coordinator.stats.skipped_resident == 1
+    assert coordinator.stats.skipped_in_flight == 2
+
+
+def test_coordinator_skips_proposals_below_threshold() -> None:
+    cache = FakeCache()
+    coordinator = PrefetchCoordinator(cache, PrefetchBudget(threshold=0.5, per_request=4))
+    coordinator.consider([Prediction(1, 0.9), Prediction(2, 0.4), Prediction(3, 0.8)])
+    assert cache.fetched == [1]
+
+
+def test_coordinator_caps_concurrent_fetches() -> None:
+    cache = FakeCache()
+    coordinator = PrefetchCoordinator(cache, PrefetchBudget(per_request=1, max_in_flight=2))
+    for key in range(5):
+        coordinator.consider(proposals(key))
+    assert cache.fetched == [0, 1]
+    coordinator.completed(0)
+    coordinator.consider(proposals(7))
+    assert cache.fetched == [0, 1, 7]
+
+
+def test_coordinator_counts_used_late_and_wasted() -> None:
+    cache = FakeCache()
+    coordinator = PrefetchCoordinator(cache, PrefetchBudget(per_request=3), horizon=3)
+    coordinator.consider(proposals(1, 2, 3))
+    coordinator.on_access(1, hit=True)
+    coordinator.on_access(2, hit=False)
+    for key in (10, 11, 12):
+        coordinator.on_access(key, hit=False)
+    stats = coordinator.stats
+    assert (stats.issued, stats.used, stats.late, stats.wasted) == (3, 1, 1, 1)
+
+
+def test_budget_rejects_nonsense() -> None:
+    for bad in ({"threshold": 1.5}, {"per_request": -1}, {"max_in_flight": 0}):
+        try:
+            PrefetchBudget(**bad)  # type: ignore[arg-type]
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad} accepted")

@@ -1,0 +1,114 @@
+"""The learned prefetcher learns stride and successor patterns, and beats both on a richer one (CPU)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from service.prefetch.learned.features import delta_token
+from service.prefetch.learned.prefetcher import LearnedPrefetcher, TrainConfig
+from service.prefetch.markov import MarkovPrefetcher
+from service.prefetch.stride import StridePrefetcher
+
+torch.set_num_threads(1)
+FAST = TrainConfig(warmup=512, train_every=256, buffer=4096)
+
+
+def top1_accuracy(prefetcher, keys: list[int], start: int, chunk: int = 128) -> float:  # type: ignore[no-untyped-def]
+    """Share of accesses after `start` whose first proposal is the key read `distance` accesses later."""
+    d = prefetcher.distance
+    proposals = []
+    for i in range(0, len(keys), chunk):
+        proposals += prefetcher.access_batch(keys[i : i + chunk])
+    hits = total = 0
+    for t in range(start, len(keys) - d):
+        total += 1
+        hits += bool(proposals[t]) and proposals[t][0].key == keys[t + d]
+    return hits / total
+
+
+def stride_runs(n: int, seed: int) -> list[int]:
+    """Runs of 32 keys at a run-specific stride, each starting somewhere new."""
+    rng = random.Random(seed)
+    keys: list[int] = []
+    while len(keys) < n:
+        base, step = rng.randrange(10**9), rng.choice([1, 2, 8, -1])
+        keys += [base + step * i for i in range(32)]
+    return keys[:n]
+
+
+def successor_cycle(n: int, seed: int) -> list[int]:
+    """A fixed random tour of 300 keys, repeated: only successors predict it."""
+    rng = random.Random(seed)
+    tour = rng.sample(range(10**6), 300)
+    return (tour * (n // 300 + 1))[:n]
+
+
+def test_network_learns_a_stride_pattern_within_bounded_steps() -> None:
+    learned = LearnedPrefetcher(config=FAST, use_experts=False)
+    accuracy = top1_accuracy(learned, stride_runs(4000, seed=1), start=3000)
+    assert learned.train_steps <= 100
+    assert accuracy > 0.85
+
+
+def test_network_learns_a_successor_pattern_within_bounded_steps() -> None:
+    learned = LearnedPrefetcher(config=FAST, use_experts=False)
+    accuracy = top1_accuracy(learned, successor_cycle(4000, seed=2), start=3000)
+    assert learned.train_steps <= 100
+    assert accuracy > 0.9
+
+
+def test_network_beats_stride_and_markov_on_alternating_deltas() -> None:
+    # +1, +3, +1, +3, ... from fresh bases: no constant stride and no key ever repeats.
+    rng = random.Random(3)
+    keys: list[int] = []
+    while len(keys) < 5000:
+        key = rng.randrange(10**9)
+        for i in range(40):
+            keys.append(key)
+            key += 1 if i % 2 == 0 else 3
+    keys = keys[:5000]
+    learned = top1_accuracy(LearnedPrefetcher(config=FAST), keys, start=3500)
+    stride = top1_accuracy(StridePrefetcher(), keys, start=3500)
+    markov = top1_accuracy(MarkovPrefetcher(), keys, start=3500)
+    assert learned > 0.8
+    assert learned > stride + 0.3
+    assert learned > markov + 0.3
+
+
+def test_learned_respects_the_lead() -> None:
+    learned = LearnedPrefetcher(lead=5, config=FAST)
+    assert top1_accuracy(learned, stride_runs(3000, seed=4), start=2000) > 0.7
+
+
+def test_predictions_use_only_the_past() -> None:
+    keys = successor_cycle(2000, seed=5)
+    a = LearnedPrefetcher(config=FAST)
+    b = LearnedPrefetcher(config=FAST)
+    first = a.access_batch(keys[:1000])
+    b.access_batch(keys[:1000][:500])
+    # The same prefix gives the same proposals whatever follows it.
+    assert b.access_batch(keys[500:1000]) == first[500:]
+
+
+def test_delta_tokens_are_distinct_for_small_deltas_and_bounded() -> None:
+    small = {delta_token(d) for d in range(-16, 17)}
+    assert len(small) == 33
+    assert delta_token(10**15) == delta_token(10**16)
+    assert delta_token(100) != delta_token(-100)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_inference_matches_eager() -> None:
+    from service.bench.inference import random_inputs
+    from service.prefetch.learned.model import PrefetchNet
+    from service.prefetch.learned.runtime import InferenceRunner
+
+    model = PrefetchNet().cuda()
+    inputs = random_inputs(16, np.random.default_rng(0))
+    eager = InferenceRunner(model, "cuda", cuda_graphs=False)(inputs)
+    graphs = InferenceRunner(model, "cuda", cuda_graphs=True)(inputs)
+    np.testing.assert_allclose(eager, graphs, rtol=1e-4, atol=1e-5)
