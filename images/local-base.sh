@@ -4,13 +4,13 @@
 #
 # usage: images/local-base.sh [IMAGE_NAME]        (default localhost/foresight-base:bookworm)
 # env:   DEBIAN_MIRROR   mirror debootstrap uses  (default: the first Debian mirror apt uses here)
-#        CACHE_DIR       where the tarball lives  (default: <repo>/.cache/images)
+#        FORESIGHT_IMAGES_CACHE  where the tarball lives (default: ~/.cache/foresight/images, outside the
+#                        repository so that fresh clones, CI's included, reuse it)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-repo="$(dirname "$here")"
 image="${1:-localhost/foresight-base:bookworm}"
-cache_dir="${CACHE_DIR:-$repo/.cache/images}"
+cache_dir="${FORESIGHT_IMAGES_CACHE:-$HOME/.cache/foresight/images}"
 suite=bookworm
 packages=python3,ca-certificates
 
@@ -25,8 +25,6 @@ mirror="${mirror:-http://deb.debian.org/debian}"
 
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$here/containers.conf}"
 mkdir -p "$cache_dir"
-# Keep the cache out of git without touching the repository's .gitignore.
-[[ -f "$repo/.cache/.gitignore" ]] || printf '*\n' > "$repo/.cache/.gitignore"
 
 tarball="$cache_dir/debian-$suite-minbase-python3.tar"
 if [[ ! -s "$tarball" ]]; then

@@ -8,8 +8,11 @@
 #
 # usage: images/test-image.sh
 # env:   KEEP_IMAGES=1   keep the image and build layers (faster reruns while editing)
-#        TORCH_WHEEL     CPU torch wheel to install (default: the newest /opt/wheels/torch-*+cpu-cp311-*.whl)
-#        HOST_CA_BUNDLE  CA bundle pip inside the build trusts (default /etc/ssl/certs/ca-certificates.crt)
+#        TORCH_WHEEL     CPU torch wheel to install (default: the newest /opt/wheels/torch-*+cpu-cp311-*.whl,
+#                        else torch 2.13.0+cpu from the PyTorch CPU index)
+#        HOST_CA_BUNDLE  CA bundle pip trusts inside the build (default /etc/ssl/certs/ca-certificates.crt)
+#        FORESIGHT_IMAGES_CACHE  debootstrap tarball, wheelhouse, build log (default ~/.cache/foresight/images)
+#        PYTHON          a Python 3.11 with pip, to fill the wheelhouse (default python3)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,7 +25,7 @@ image="localhost/foresight:test-$run_id"
 container="foresight-test-$run_id"
 keep="${KEEP_IMAGES:-0}"
 work="$(mktemp -d)"
-cache_dir="${CACHE_DIR:-$repo/.cache/images}"
+cache_dir="${FORESIGHT_IMAGES_CACHE:-$HOME/.cache/foresight/images}"
 started_at=$SECONDS
 
 log() { printf '[test-image %4ss] %s\n' "$((SECONDS - started_at))" "$*" >&2; }
@@ -58,31 +61,45 @@ base_s=$(elapsed "$t0" "$(now)")
 log "base image $base_image ready in ${base_s}s"
 
 # --- build -------------------------------------------------------------------------------------
-# Everything the build borrows from this host goes in one directory mounted at /mnt for RUN steps only.
-# /mnt exists in the base image, so the mount leaves no mount point behind in a layer.
-buildenv="$work/buildenv"
-mkdir -p "$buildenv/wheels"
-# pip inside the build trusts the host's CA bundle (a TLS-inspecting proxy may sit in front of PyPI).
-cp "${HOST_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}" "$buildenv/ca.crt"
-printf '[global]\ncert = /mnt/ca.crt\nfind-links = /mnt/wheels\n' > "$buildenv/pip.conf"
-build_args=(--build-arg PIP_CONFIG_FILE=/mnt/pip.conf)
+# Everything the build borrows from this host sits in one directory mounted at /mnt for RUN steps only
+# (/mnt exists in the base image, so the mount leaves no mount point in a layer): a pip.conf that makes
+# pip install from a wheelhouse filled here once (the CPU torch wheel plus pyproject's dependencies),
+# and the host CA bundle. The Dockerfile is the one a real build uses; only PIP_CONFIG_FILE and
+# TORCH_SPEC differ.
+buildenv="$cache_dir/buildenv"
+wheels="$buildenv/wheels"
+python="${PYTHON:-python3}"
 torch_wheel="${TORCH_WHEEL:-$(find /opt/wheels -maxdepth 1 -name 'torch-*+cpu-cp311-*.whl' 2>/dev/null | sort -V | tail -n 1)}"
 if [[ -n "$torch_wheel" ]]; then
-  wheel_name="$(basename "$torch_wheel")"
-  ln "$torch_wheel" "$buildenv/wheels/" 2>/dev/null || cp "$torch_wheel" "$buildenv/wheels/"
-  torch_version="${wheel_name#torch-}"
+  torch_version="$(basename "$torch_wheel")"
+  torch_version="${torch_version#torch-}"
   torch_version="${torch_version%%-*}"
-  build_args+=(--build-arg "TORCH_SPEC=torch==$torch_version" --build-arg "TORCH_INDEX_URL=https://pypi.org/simple")
+  torch_source=("$torch_wheel")
 else
-  build_args+=(--build-arg "TORCH_SPEC=torch==2.13.0+cpu" --build-arg "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu")
+  torch_version="2.13.0+cpu"
+  torch_source=(--extra-index-url https://download.pytorch.org/whl/cpu "torch==$torch_version")
 fi
+"$python" -c 'import sys, tomllib
+deps = tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]
+print("\n".join(d for d in deps if not d.startswith("torch")))' "$repo/pyproject.toml" > "$work/requirements.txt"
+stamp_file="$wheels/.filled-for-$( (cat "$work/requirements.txt"; echo "$torch_version") | sha256sum | cut -c1-16)"
+if [[ ! -f "$stamp_file" ]]; then
+  log "filling the wheelhouse $wheels"
+  rm -rf "$wheels" && mkdir -p "$wheels"
+  "$python" -m pip download --quiet --only-binary=:all: --python-version 3.11 --dest "$wheels" \
+    --requirement "$work/requirements.txt" "${torch_source[@]}" >&2
+  touch "$stamp_file"
+fi
+cp "${HOST_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}" "$buildenv/ca.crt"
+printf '[global]\nno-index = true\nfind-links = /mnt/wheels\ncert = /mnt/ca.crt\n' > "$buildenv/pip.conf"
+build_args=(--build-arg PIP_CONFIG_FILE=/mnt/pip.conf --build-arg "TORCH_SPEC=torch==$torch_version")
 
 layers=(--layers=false)
 [[ "$keep" == 1 ]] && layers=(--layers=true)
 revision="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
 build_log="$cache_dir/build.log"
-log "building $image (torch: ${torch_wheel:-CPU index})"
+log "building $image (torch $torch_version)"
 t0=$(now)
 podman build "${layers[@]}" --format docker --file "$here/service/Dockerfile" --tag "$image" \
   --build-arg "BASE_IMAGE=$base_image" \

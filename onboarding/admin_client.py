@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from onboarding.errors import NotFound, ServiceFailure
 class AdminClient:
     def __init__(self, url: str, token: str, *, ca_cert: Path | None = None, timeout: float = 5.0) -> None:
         self.url = url.rstrip("/")
-        verify: Any = str(ca_cert) if ca_cert is not None else True
+        verify: Any = ssl.create_default_context(cafile=str(ca_cert)) if ca_cert is not None else True
         self._http = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token}"},

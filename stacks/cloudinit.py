@@ -54,7 +54,6 @@ def service_environment(
     return {
         "FORESIGHT_TLS_CERT_FILE": f"{CONTAINER_TLS_DIR}/tls.crt",
         "FORESIGHT_TLS_KEY_FILE": f"{CONTAINER_TLS_DIR}/tls.key",
-        "FORESIGHT_TLS_CA_FILE": f"{CONTAINER_TLS_DIR}/ca.pem",
         "FORESIGHT_VAULT_ADDR": spec.vault_address,
         "FORESIGHT_VAULT_AUTH_METHOD": spec.cloud.value,
         "FORESIGHT_VAULT_AUTH_MOUNT": layout.auth_mount,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from onboarding.context import resolve
 from onboarding.errors import EXIT_LOCAL, EXIT_NOT_FOUND, EXIT_SERVICE, EXIT_VAULT, VaultFailure
@@ -54,7 +57,11 @@ class Local:
 
     def redis(self, api_key: str) -> redis.Redis:
         return redis.Redis(host=self.up["resp_host"], port=self.up["resp_port"], ssl=True,
-                           ssl_ca_certs=self.up["ca_cert"], password=api_key, socket_timeout=5)
+                           ssl_ca_certs=self.up["ca_cert"], password=api_key, socket_timeout=5,
+                           retry=Retry(NoBackoff(), 0))  # see a refusal when it happens, not after retries
+
+    def https(self) -> httpx.Client:
+        return httpx.Client(verify=ssl.create_default_context(cafile=self.up["ca_cert"]))
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +118,7 @@ def test_two_tenants_over_tls_see_only_their_own_keys_and_revocation_refuses(loc
     assert demo.get("greeting") == b"demo's" and other.get("greeting") == b"acme's"
     assert demo.get("objects/00001") is not None  # the demo origin, read through
     assert other.get("objects/00001") is None  # ... is the demo tenant's alone
-    with httpx.Client(verify=local.up["ca_cert"]) as http:
+    with local.https() as http:
         reply = http.get(f"{local.up['http_url']}/v1/keys/greeting",
                          headers={"Authorization": f"Bearer {acme['api_key']}"})
         assert reply.status_code == 200 and reply.content == b"acme's"
@@ -138,7 +145,7 @@ def _refused(client: redis.Redis) -> bool:
 
 
 def test_admin_api_takes_the_admin_token_never_a_tenant_key(local: Local) -> None:
-    with httpx.Client(verify=local.up["ca_cert"]) as http:
+    with local.https() as http:
         url = f"{local.up['http_url']}/admin/v1/tenants"
         assert http.get(url).status_code == 401
         assert http.get(url, headers={"Authorization": f"Bearer {local.up['api_key']}"}).status_code == 403

@@ -40,6 +40,7 @@ from service.prefetch.markov import MarkovPrefetcher
 from service.prefetch.stride import StridePrefetcher
 
 _BEST_SOURCE = N_SOURCES + 4  # feature column holding the candidate's best source precision
+_LATER_USE = 0.75  # training target of a candidate read within the window but not first
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,10 +261,14 @@ class LearnedPrefetcher(Prefetcher):
         for i, cands in enumerate(pending.keys):
             base = offset + i + d
             window = set(log[base : base + w])
+            needed_first = log[base]
             for slot, cand in enumerate(cands):
                 mask[i, slot] = 1.0
-                if cand in window:
+                if cand == needed_first:
                     label[i, slot] = 1.0
+                elif cand in window:
+                    # Useful, but a later prefetch could still catch it: rank the key needed first above it.
+                    label[i, slot] = _LATER_USE
             for e, first in enumerate(pending.firsts):
                 if first[i] is not None:
                     issued[e] += 1

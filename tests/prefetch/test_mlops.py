@@ -1,0 +1,149 @@
+"""A/B assignment, checkpoints (encrypted, promoted, rolled back), drift detection, the async engine."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from service.prefetch.base import Prediction, Prefetcher
+from service.prefetch.coordinator import PrefetchBudget
+from service.prefetch.engine import PrefetchEngine
+from service.prefetch.learned.prefetcher import LearnedPrefetcher, TrainConfig
+from service.prefetch.mlops.ab import ABAssignment, LiveComparison
+from service.prefetch.mlops.checkpoints import CheckpointError, CheckpointRegistry
+from service.prefetch.mlops.drift import DriftDetector
+
+torch.set_num_threads(1)
+
+
+class XorCipher:
+    """Stands in for envelope encryption: keyed by the context, so a swapped checkpoint fails."""
+
+    def _pad(self, n: int, context: bytes) -> bytes:
+        stream = b""
+        counter = 0
+        while len(stream) < n:
+            stream += hashlib.sha256(context + counter.to_bytes(8, "big")).digest()
+            counter += 1
+        return stream[:n]
+
+    def encrypt(self, plaintext: bytes, context: bytes) -> bytes:
+        tag = hashlib.sha256(context + plaintext).digest()
+        body = plaintext + tag
+        return bytes(a ^ b for a, b in zip(body, self._pad(len(body), context), strict=True))
+
+    def decrypt(self, ciphertext: bytes, context: bytes) -> bytes:
+        body = bytes(a ^ b for a, b in zip(ciphertext, self._pad(len(ciphertext), context), strict=True))
+        plaintext, tag = body[:-32], body[-32:]
+        if hashlib.sha256(context + plaintext).digest() != tag:
+            raise ValueError("authentication failed")
+        return plaintext
+
+
+def test_ab_assignment_is_stable_per_tenant() -> None:
+    ab = ABAssignment({"markov": 1, "learned": 1})
+    first = {f"tenant-{i}": ab.arm(f"tenant-{i}") for i in range(400)}
+    again = ABAssignment({"learned": 1, "markov": 1})  # same arms in another order, another process
+    assert all(again.arm(t) == arm for t, arm in first.items())
+    share = sum(arm == "learned" for arm in first.values()) / len(first)
+    assert 0.4 < share < 0.6
+    assert ABAssignment({"markov": 1, "learned": 1}, salt="next").arm("tenant-1") in {"markov", "learned"}
+
+
+def test_live_comparison_aggregates_per_arm() -> None:
+    live = LiveComparison(ABAssignment({"stride": 1, "learned": 0}))
+    live.record_read("acme", hit=True)
+    live.record_read("acme", hit=False)
+    live.record_prefetch("acme", issued=4, used=3)
+    summary = live.summary()
+    assert summary == {"stride": {"tenants": 1, "miss_ratio": 0.5, "prefetch_accuracy": 0.75, "requests": 2}}
+
+
+def _trained(seed: int) -> LearnedPrefetcher:
+    learned = LearnedPrefetcher(config=TrainConfig(warmup=256, train_every=128, seed=seed))
+    learned.access_batch(list(range(600)))
+    return learned
+
+
+def test_checkpoint_round_trip_is_encrypted_and_restores_predictions(tmp_path: Path) -> None:
+    source = _trained(seed=1)
+    registry = CheckpointRegistry(tmp_path, tenant="acme", cipher=XorCipher())
+    version = registry.save(source.state_dict(), metric=0.5)
+    assert b"model" not in (tmp_path / f"v{version:04d}.ckpt").read_bytes()  # not plaintext at rest
+
+    restored = LearnedPrefetcher(config=TrainConfig(warmup=256, train_every=128, seed=2))
+    restored.load_state_dict(registry.load(version))
+    probe = list(range(5000, 5064))
+    for a, b in zip(source.state_dict()["model"].values(), restored.state_dict()["model"].values(), strict=True):
+        assert torch.equal(a, b)
+    assert restored.access_batch(probe)[-1][0].key == source.access_batch(probe)[-1][0].key
+
+    other = CheckpointRegistry(tmp_path, tenant="globex", cipher=XorCipher())
+    with pytest.raises(CheckpointError):
+        other.load(version)  # bound to acme's context
+
+
+def test_promotion_needs_a_better_metric_and_rollback_restores_the_previous(tmp_path: Path) -> None:
+    registry = CheckpointRegistry(tmp_path, tenant="acme")
+    v1 = registry.save({"w": torch.zeros(1)}, metric=0.40)
+    assert registry.promote_if_better(v1)
+    v2 = registry.save({"w": torch.ones(1)}, metric=0.401)
+    assert not registry.promote_if_better(v2)  # within the margin: keep serving v1
+    v3 = registry.save({"w": torch.ones(1)}, metric=0.50)
+    assert registry.promote_if_better(v3)
+    assert registry.record_live_metric(0.45) is None
+    assert registry.record_live_metric(0.30) == v1  # live accuracy fell well below v1's: roll back
+    assert CheckpointRegistry(tmp_path, tenant="acme").serving == v1  # the index survives a restart
+
+
+def test_drift_detector_fires_when_accuracy_falls() -> None:
+    drift = DriftDetector(window=100, drop=0.3)
+    assert not any(drift.update(1.0 if i % 10 < 8 else 0.0) for i in range(1000))
+    fired = [drift.update(1.0 if i % 10 < 3 else 0.0) for i in range(300)]
+    assert any(fired)
+    assert drift.detections == 1
+
+
+class NextKey(Prefetcher):
+    name = "next"
+
+    def access(self, key: int) -> list[Prediction]:
+        return [Prediction(key + 1, 0.9)]
+
+
+class AsyncCache:
+    def __init__(self) -> None:
+        self.data: set[bytes] = set()
+        self.fetching: set[bytes] = set()
+
+    def is_resident(self, key: bytes) -> bool:
+        return key in self.data
+
+    def in_flight(self, key: bytes) -> bool:
+        return key in self.fetching
+
+    async def prefetch(self, key: bytes) -> None:
+        self.fetching.add(key)
+        await asyncio.sleep(0)
+        self.fetching.discard(key)
+        self.data.add(key)
+
+
+async def test_engine_prefetches_in_the_background() -> None:
+    cache = AsyncCache()
+    engine = PrefetchEngine(cache, NextKey(), PrefetchBudget(per_request=1))
+    worker = asyncio.create_task(engine.run(interval=0.001))
+    for i in range(5):
+        engine.on_access(f"obj:{i}".encode(), hit=False)
+    for _ in range(200):
+        if b"obj:5" in cache.data:
+            break
+        await asyncio.sleep(0.005)
+    engine.stop()
+    await worker
+    assert {b"obj:1", b"obj:5"} <= cache.data
+    assert engine.coordinator.outstanding == 0
