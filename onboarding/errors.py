@@ -30,11 +30,6 @@ class OnboardingError(Exception):
         super().__init__(f"{what}: {why}")
         self.what, self.why = what, why
 
-    def extend(self, more: str) -> None:
-        """Add to the reason (what else happened while handling this failure)."""
-        self.why = f"{self.why}; {more}"
-        self.args = (f"{self.what}: {self.why}",)
-
 
 class InvalidInput(OnboardingError):
     exit_code = EXIT_USAGE

@@ -151,12 +151,15 @@ class Onboarder:
                 step = "load the tenant into the service"
                 if self.admin is not None and name not in self.admin.refresh():
                     raise ServiceFailure(step, f"the service did not load tenant {name!r} after a refresh")
-            except BaseException as err:
+            except OnboardingError as err:
                 if isinstance(err, Conflict) and step == "create tenant in Vault":
                     if self.journal:  # created at the same moment by someone else: theirs, not ours to undo
                         self.journal.done(name)
                     raise
-                self._roll_back_create(name, err)
+                undone = self._roll_back_create(name)
+                raise type(err)(f"create tenant {name!r}", f"{step}: {err.why}; {undone}") from None
+            except BaseException:
+                self._roll_back_create(name)
                 raise
             if self.journal:
                 self.journal.done(name)
@@ -165,20 +168,20 @@ class Onboarder:
                                           "next refresh (within a few seconds)"]
         return CreatedTenant(warnings=warnings, spec=spec, key=key, endpoints=self.endpoints)
 
-    def _roll_back_create(self, name: str, err: BaseException) -> None:
+    def _roll_back_create(self, name: str) -> str:
+        """Delete whatever the failed create made; says how that went, for the error line."""
         try:
             self.key_admin.delete_tenant(name)
         except Exception as undo_err:
             if self.journal:
                 self.journal.rollback_pending(name)
-            if isinstance(err, OnboardingError):
-                err.extend("rollback pending: it finishes on the next command that reaches Vault")
             self.audit.record("tenant.create.rollback", outcome="failure", tenant=name,
                               reason=type(undo_err).__name__)
-            return
+            return "rollback pending: it finishes on the next command that reaches Vault"
         if self.journal:
             self.journal.done(name)
         self.audit.record("tenant.create.rollback", tenant=name)
+        return "nothing was left behind"
 
     def recover(self) -> list[str]:
         """Finish the rollback of creations that failed or died half-way."""

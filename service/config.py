@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     origin_latency_ms: float = Field(0.0, ge=0, description="Latency added to every origin read (benchmarks).")
     origin_max_concurrency: int = Field(64, gt=0, description="Concurrent origin reads per process.")
     active_expire_interval_s: float = Field(0.1, gt=0, description="How often expired keys are swept.")
+    max_request_bytes: int = Field(
+        256 * 1024 * 1024, gt=0, description="Largest RESP request buffered for an authenticated client."
+    )
     auth_cache_ttl_s: float = Field(1.0, ge=0, description="How long a verified key is trusted before rechecking.")
     shutdown_grace_s: float = Field(10.0, ge=0, description="Time in-flight requests get to finish on shutdown.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

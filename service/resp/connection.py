@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 COMMANDS: dict[bytes, Command] = build_table()
 _RATE_LIMITED = "ERR rate limit exceeded: tenant '{}' allows {:g} requests per second"
 _HIGH_WATER = 1 << 20  # pause reading when this much reply data waits to be sent
+# Before AUTH a client may buffer only this much: nobody can make the server hold gigabytes unauthenticated.
+UNAUTHENTICATED_MAX_REQUEST = 64 * 1024
 
 
 class RespConnection(asyncio.Protocol):
@@ -85,6 +87,12 @@ class RespConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
+        limit = UNAUTHENTICATED_MAX_REQUEST if self.tenant is None else self.state.settings.max_request_bytes
+        if self.reader.len() > limit:
+            self._write(r.error(f"ERR Protocol error: request larger than {limit} bytes"))
+            self.close_after_reply = True
+            self.close()
+            return
         if self._busy is None:
             self._drain_sync()
 

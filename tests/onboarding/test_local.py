@@ -158,7 +158,8 @@ def test_service_down_during_create_leaves_no_tenant(local: Local) -> None:
     assert local.paths.process("service").stop()
     result = local.run("tenants", "create", "orphan")
     assert result.returncode == EXIT_SERVICE, result.stderr
-    assert result.stderr.startswith("error: load the tenant into the service:")
+    assert result.stderr.startswith("error: create tenant 'orphan': load the tenant into the service: service at")
+    assert result.stderr.strip().endswith("unreachable (ConnectError); nothing was left behind")
     restarted = local.json("local", "up", "--no-demo")
     assert restarted["started"] == ["service"]
     assert local.run("tenants", "show", "orphan").returncode == EXIT_NOT_FOUND
@@ -219,7 +220,7 @@ def test_down_stops_everything_it_started(local: Local) -> None:
     for pid in pids:
         assert pid is not None and not Path(f"/proc/{pid}").exists()
     for port in (local.up["resp_port"], int(local.up["http_url"].rsplit(":", 1)[1])):
-        with pytest.raises(OSError):
+        with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
     assert local.json("local", "down")["stopped"] == []
     purged = local.json("local", "down", "--purge")

@@ -138,3 +138,17 @@ def test_tenants_file_errors_name_the_field(tmp_path: Path, pki: PKI) -> None:
         tls_cert_file=pki.cert, tls_key_file=pki.key, tenants_file=bad
     ):
         pass
+
+
+def test_unauthenticated_client_cannot_make_the_server_buffer_much(prod_service: ProductionService) -> None:
+    import socket
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(prod_service.pki.ca_cert))
+    with socket.create_connection(("127.0.0.1", prod_service.svc.resp_port)) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as sock:
+        sock.sendall(b"*2\r\n$3\r\nGET\r\n$100000000\r\n" + b"x" * 70_000)
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    assert reply == b"-ERR Protocol error: request larger than 65536 bytes\r\n"
