@@ -38,7 +38,7 @@ async def refresh(state: ServiceState, peer: str) -> list[str]:
         specs = await asyncio.to_thread(source.tenants, fresh=True)
     except Exception as err:
         raise RefreshFailed(f"key source unavailable: {type(err).__name__}") from None
-    state.tenants.sync(specs)
+    await state.apply_tenants(specs)
     await authenticator.recheck(force=True)
     await _audit(state, "admin.tenants.refresh", peer, tenants=len(specs))
     return [spec.name for spec in specs]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 from service.config import Settings
 from service.origin import Origin, SingleFlight, open_origin
@@ -58,6 +58,8 @@ class TenantCache:
                 semaphore=origin_slots,
             )
         self.bucket: TokenBucket | None = None
+        # The prefetch engine's access-log append, set while one runs: reads report (key, hit) through it.
+        self.observe: Callable[[bytes, bool], None] | None = None
         self.origin_fetches = 0
         self.origin_errors = 0
         self.rate_limited = 0
@@ -98,6 +100,8 @@ class TenantCache:
     async def get(self, key: bytes) -> bytes | None:
         """A read as the HTTP API makes it: the store first, then the origin. Raises OriginError."""
         value = self.store.get(key)
+        if self.observe is not None:
+            self.observe(key, value is not None)
         if value is None and self.origin is not None:
             value = await self.read_through(key)
         return value

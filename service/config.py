@@ -91,6 +91,21 @@ class Settings(BaseSettings):
     origin_latency_ms: float = Field(0.0, ge=0, description="Latency added to every origin read (benchmarks).")
     origin_max_concurrency: int = Field(64, gt=0, description="Concurrent origin reads per process.")
     active_expire_interval_s: float = Field(0.1, gt=0, description="How often expired keys are swept.")
+    prefetcher: Literal["none", "stride", "markov", "learned"] = Field(
+        "learned", description="Prefetcher for tenants with an origin (unless prefetch_ab_arms assigns one)."
+    )
+    prefetch_ab_arms: dict[str, float] = Field(
+        default_factory=dict,
+        description='A/B test: prefetcher name -> weight, e.g. {"learned": 1, "markov": 1}; stable per tenant.',
+    )
+    prefetch_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the learned model runs.")
+    prefetch_lead: int = Field(0, ge=0, description="Accesses between a prediction and its use the model aims at.")
+    prefetch_threshold: float = Field(0.25, ge=0, le=1, description="Minimum confidence worth an origin fetch.")
+    prefetch_per_request: int = Field(1, ge=0, description="Prefetches issued per read at most.")
+    prefetch_max_in_flight: int = Field(64, ge=1, description="Concurrent prefetch fetches per tenant at most.")
+    prefetch_checkpoint_interval_s: float = Field(
+        300.0, gt=0, description="How often a learned model is checkpointed, compared and promoted or rolled back."
+    )
     max_request_bytes: int = Field(
         256 * 1024 * 1024, gt=0, description="Largest RESP request buffered for an authenticated client."
     )
@@ -117,6 +132,9 @@ class Settings(BaseSettings):
             raise ValueError("choose one key source: tenants_file or vault_addr, not both")
         if self.kms_provider == "vault-transit" and self.vault_addr is None:
             raise ValueError("kms_provider vault-transit needs vault_addr")
+        unknown_arms = set(self.prefetch_ab_arms) - {"none", "stride", "markov", "learned"}
+        if unknown_arms:
+            raise ValueError(f"prefetch_ab_arms names unknown prefetchers: {', '.join(sorted(unknown_arms))}")
         if self.dev and self.bind not in ("127.0.0.1", "::1", "localhost"):
             raise ValueError(f"dev mode binds loopback only; bind={self.bind!r} is not allowed with dev")
         return self

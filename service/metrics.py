@@ -56,10 +56,35 @@ class ServiceCollector(Collector):
             for t in tenants:
                 gauge.add_metric([t.name], read(t))
             yield gauge
+        yield from self._prefetch_metrics()
         counters = self.state.connections
         yield GaugeMetricFamily("foresight_resp_connections", "Open RESP connections.", value=counters.current)
         commands = self.state.commands_processed()
         yield CounterMetricFamily("foresight_resp_commands_total", "RESP commands processed.", value=commands)
+
+
+    def _prefetch_metrics(self) -> Iterator[Metric]:
+        running = self.state.prefetch.running if self.state.prefetch is not None else {}
+        outcomes = {
+            "issued": "Prefetches started.",
+            "used": "Prefetched keys read (as hits) soon after.",
+            "late": "Reads that missed while their prefetch was still on its way.",
+            "wasted": "Prefetches nobody read within the horizon.",
+        }
+        for outcome, doc in outcomes.items():
+            family = CounterMetricFamily(f"foresight_prefetch_{outcome}_total", doc, labels=["tenant", "arm"])
+            for name, tp in running.items():
+                family.add_metric([name, tp.arm], getattr(tp.engine.coordinator.stats, outcome))
+            yield family
+        latency = CounterMetricFamily("foresight_prefetch_model_seconds_total",
+                                      "Time the prefetcher spent predicting and training.", labels=["tenant", "arm"])
+        steps = CounterMetricFamily("foresight_prefetch_model_batches_total", "Prediction batches run.",
+                                    labels=["tenant", "arm"])
+        for name, tp in running.items():
+            latency.add_metric([name, tp.arm], tp.engine.step_seconds)
+            steps.add_metric([name, tp.arm], tp.engine.steps)
+        yield latency
+        yield steps
 
 
 def render(state: ServiceState) -> bytes:

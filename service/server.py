@@ -21,6 +21,7 @@ from service.auth import Authenticator
 from service.bootstrap import build_security
 from service.config import ConfigError, Settings
 from service.http.app import create_app
+from service.prefetching import PrefetchManager
 from service.resp.connection import RespConnection
 from service.state import DEV_TENANT, ServiceState
 from service.tenancy import TenantQuota, TenantSpec
@@ -70,7 +71,8 @@ class Service:
         authenticator = (
             Authenticator(self.key_source, settings.auth_cache_ttl_s, self.security.audit) if self.key_source else None
         )
-        self.state = ServiceState(settings, authenticator, self.security.audit)
+        prefetch = PrefetchManager(settings, self.security.cipher)
+        self.state = ServiceState(settings, authenticator, self.security.audit, prefetch)
         self._tasks: list[asyncio.Task[None]] = []
         self._resp: asyncio.Server | None = None
         self._http: _EmbeddedUvicorn | None = None
@@ -88,12 +90,14 @@ class Service:
 
     async def start(self) -> Endpoints:
         settings = self.settings
-        self.state.tenants.sync(await asyncio.to_thread(self._tenant_specs))
+        specs = await asyncio.to_thread(self._tenant_specs)
+        self.state.tenants.sync(specs)
         if self._snapshots_on:
             assert settings.data_dir is not None and self.security.cipher is not None
             restored = await asyncio.to_thread(snapshot.restore, self.state.tenants, settings.data_dir,
                                                self.security.cipher)
             log.info("restored %d entries from the encrypted snapshot", restored)
+        await self.state.apply_tenants(specs)  # the prefetch engines start once the data is back
         loop = asyncio.get_running_loop()
         resp_sock = _listen(settings.bind, settings.resp_port)
         tls_context = self.tls.context if self.tls else None
@@ -144,7 +148,7 @@ class Service:
         while True:
             await asyncio.sleep(TENANT_REFRESH_S)
             try:
-                self.state.tenants.sync(await asyncio.to_thread(self._tenant_specs))
+                await self.state.apply_tenants(await asyncio.to_thread(self._tenant_specs))
             except Exception as err:  # keep serving the tenants we know; the source may be briefly down
                 log.warning("tenant refresh failed: %s", err)
 
@@ -166,6 +170,8 @@ class Service:
                 async with asyncio.timeout(grace + 1):
                     await self._tasks[0]
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.state.prefetch is not None:
+            await self.state.prefetch.stop()
         if self._snapshots_on:
             assert self.settings.data_dir is not None and self.security.cipher is not None
             try:

@@ -13,8 +13,10 @@ from service.cache import TenantCache, TenantRegistry
 from service.config import Settings
 
 if TYPE_CHECKING:
+    from service.prefetching import PrefetchManager
     from service.resp.connection import RespConnection
     from service.security.audit import AuditLog
+    from service.tenancy import TenantSpec
 
 DEV_TENANT = "default"
 REDIS_COMPAT_VERSION = "7.0.15"  # the Redis release whose replies we match, reported where clients look
@@ -29,9 +31,11 @@ class ConnectionCounters:
 
 
 class ServiceState:
-    def __init__(self, settings: Settings, authenticator: Authenticator | None, audit: AuditLog | None = None) -> None:
+    def __init__(self, settings: Settings, authenticator: Authenticator | None, audit: AuditLog | None = None,
+                 prefetch: PrefetchManager | None = None) -> None:
         self.settings = settings
         self.audit = audit
+        self.prefetch = prefetch
         self.tenants = TenantRegistry(settings)
         self.authenticator = authenticator
         self.connections = ConnectionCounters()
@@ -45,6 +49,12 @@ class ServiceState:
     @property
     def auth_required(self) -> bool:
         return self.authenticator is not None
+
+    async def apply_tenants(self, specs: list[TenantSpec]) -> None:
+        """Serve exactly these tenants (with these quotas), starting and stopping their prefetch engines."""
+        self.tenants.sync(specs)
+        if self.prefetch is not None:
+            await self.prefetch.sync(self.tenants)
 
     def commands_processed(self) -> int:
         """Commands of closed connections plus those of open ones (counted per connection, off the hot path)."""

@@ -10,16 +10,13 @@ request uses only the requests before it.
 from __future__ import annotations
 
 import time
-from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from service.bench.traces import Trace
-from service.prefetch.base import USEFUL_WINDOW, Predictions, Prefetcher
-from service.prefetch.calibration import OutcomeCalibrator
-from service.prefetch.coordinator import PrefetchBudget, PrefetchCoordinator
-from service.store.memory import MemoryStore, unit_size
+from service.prefetch.base import Predictions, Prefetcher
+from service.prefetch.shadow import CacheAwarePrefetcher, CacheModel, CacheSimulation
 
 CHUNK = 256  # requests per prefetcher batch (the service drains its access log in batches like these)
 
@@ -51,45 +48,6 @@ class ReplayResult:
         return asdict(self)
 
 
-class ReplayCache:
-    """The `PrefetchTarget` of a replay: a `MemoryStore` plus prefetches that land `lead` requests later."""
-
-    def __init__(self, store: MemoryStore, lead: int) -> None:
-        self.store = store
-        self.lead = lead
-        self.now = 0
-        self._arrivals: deque[tuple[int, Hashable]] = deque()
-        self._in_flight: set[Hashable] = set()
-        self.on_landed: Callable[[Hashable], None] = lambda key: None
-
-    def is_resident(self, key: Any) -> bool:
-        return key in self.store
-
-    def in_flight(self, key: Any) -> bool:
-        return key in self._in_flight
-
-    def prefetch(self, key: Any) -> None:
-        self._in_flight.add(key)
-        self._arrivals.append((self.now + self.lead + 1, key))
-
-    def land_due(self) -> None:
-        """Insert every prefetch due before the current request."""
-        arrivals, store = self._arrivals, self.store
-        while arrivals and arrivals[0][0] <= self.now:
-            _, key = arrivals.popleft()
-            self._in_flight.discard(key)
-            self.on_landed(key)
-            if key not in store:
-                store.set(key, b"", prefetched=True)
-
-    def read(self, key: Hashable) -> bool:
-        """A demand read: a hit, or a miss that fetches the key and inserts it."""
-        if self.store.get(key) is not None:
-            return True
-        self.store.set(key, b"")
-        return False
-
-
 def resolve_cache_size(unique: int, cache_frac: float | None, cache_size: int | None) -> int:
     """Cache entries from a fraction of the trace's unique keys or an absolute size (exactly one)."""
     if cache_frac is not None and cache_size is not None:
@@ -114,31 +72,27 @@ def replay(
     lead: int = 0,
     threshold: float = 0.25,
     max_in_flight: int = 64,
-    calibrate: bool = False,
     progress: Callable[[int], None] | None = None,
     predictions: list[Predictions] | None = None,
 ) -> ReplayResult:
     """Replay `trace`; `predictions`, when given, are the prefetcher's proposals computed beforehand.
 
-    Proposals depend only on the trace, never on the cache, so a benchmark matrix may compute them once per
-    trace and lead and replay them at several cache sizes; the prefetcher is then not called again.
+    A simple prefetcher's proposals depend only on the trace, so a benchmark matrix may compute them once per
+    trace and lead and replay them at several cache sizes; the prefetcher is then not called again. A
+    cache-aware one (the learned prefetcher) is told this cache's model first; given `predictions` must then
+    have been selected for this very cache (`report` does that).
     """
     if lead != prefetcher.lead:
         raise ReplayError(f"prefetcher built for lead {prefetcher.lead}, replay asked for lead {lead}")
     if budget < 0:
         raise ReplayError(f"--budget must be >= 0, got {budget}")
     start = time.perf_counter()
-    store = MemoryStore(cache_size, policy, sizer=unit_size)
-    cache = ReplayCache(store, lead)
-    coordinator = PrefetchCoordinator(
-        cache,
-        PrefetchBudget(threshold=threshold, per_request=budget, max_in_flight=max_in_flight),
-        calibrator=OutcomeCalibrator() if calibrate else None,
-        horizon=lead + 1 + 2 * USEFUL_WINDOW,
-    )
-    cache.on_landed = coordinator.completed
+    model = CacheModel(cache_size, policy, lead, budget, threshold, max_in_flight)
+    sim = CacheSimulation(model)
     keys: list[int] = trace.keys.tolist()
     issue = budget > 0 and prefetcher.name != "none"
+    if issue and predictions is None and isinstance(prefetcher, CacheAwarePrefetcher):
+        prefetcher.attach_cache(model)
     for begin in range(0, len(keys), CHUNK):
         chunk = keys[begin : begin + CHUNK]
         if not issue:
@@ -147,15 +101,11 @@ def replay(
             proposals = predictions[begin : begin + CHUNK]
         else:
             proposals = prefetcher.access_batch(chunk)
-        for offset, key in enumerate(chunk):
-            cache.now = begin + offset
-            cache.land_due()
-            hit = cache.read(key)
-            coordinator.on_access(key, hit)
-            if proposals[offset]:
-                coordinator.consider(proposals[offset])
+        for key, props in zip(chunk, proposals, strict=True):
+            sim.request(key, props)
         if progress is not None:
             progress(len(chunk))
+    coordinator, store = sim.coordinator, sim.store
     coordinator.settle()
     stats = store.stats
     requests = len(keys)

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 from service.prefetch.base import NoPrefetcher, Prediction, Prefetcher
 from service.prefetch.markov import MarkovPrefetcher
+from service.prefetch.shadow import CacheModel
 from service.prefetch.stride import StridePrefetcher
 
 PREFETCHERS = ("none", "stride", "markov", "learned")
 
 
-def make_prefetcher(name: str, lead: int = 0, device: str = "cpu") -> Prefetcher:
-    """Build a prefetcher by name, with an error that lists the valid names."""
+def make_prefetcher(name: str, lead: int = 0, device: str = "cpu", cache: CacheModel | None = None) -> Prefetcher:
+    """Build a prefetcher by name, with an error that lists the valid names.
+
+    `cache` describes the cache the prefetches go to; the learned prefetcher uses it to pick among its arms
+    by their effect on shadow copies of that cache (the simple ones do not need it).
+    """
     if name == "learned":
         from service.prefetch.learned.prefetcher import LearnedPrefetcher
 
-        return LearnedPrefetcher(lead=lead, device=device)
+        return LearnedPrefetcher(lead=lead, device=device, cache=cache)
     simple: dict[str, type[Prefetcher]] = {
         "none": NoPrefetcher,
         "stride": StridePrefetcher,
@@ -31,4 +36,4 @@ def make_prefetcher(name: str, lead: int = 0, device: str = "cpu") -> Prefetcher
     return cls(lead=lead)
 
 
-__all__ = ["PREFETCHERS", "Prediction", "Prefetcher", "make_prefetcher"]
+__all__ = ["PREFETCHERS", "CacheModel", "Prediction", "Prefetcher", "make_prefetcher"]

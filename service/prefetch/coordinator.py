@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from service.prefetch.base import DEFAULT_THRESHOLD, Prediction
-from service.prefetch.calibration import OutcomeCalibrator
 
 
 class PrefetchTarget(Protocol):
@@ -60,22 +59,17 @@ class CoordinatorStats:
 
 @dataclass(slots=True)
 class PrefetchCoordinator:
-    """Issues prefetches for one tenant's cache.
-
-    With a calibrator, proposals are judged by the realised hit rate of earlier prefetches made at the same
-    confidence in this cache, and every issued prefetch reports its outcome (read as a hit within `horizon`
-    accesses, or not) back to it.
-    """
+    """Issues prefetches for one tenant's cache; an issued prefetch is settled as used (read as a hit within
+    `horizon` accesses), late (read as a miss first) or wasted (not read within the horizon)."""
 
     target: PrefetchTarget
     budget: PrefetchBudget = field(default_factory=PrefetchBudget)
     decode: Callable[[int], Hashable | None] = lambda key: key  # prefetcher key -> cache key
-    calibrator: OutcomeCalibrator | None = None
     horizon: int = 64  # accesses after issue within which a read settles a prefetch as used
     stats: CoordinatorStats = field(default_factory=CoordinatorStats)
     _outstanding: set[Hashable] = field(default_factory=set)
-    # issued and not yet settled: key -> (raw confidence, access count when issued), oldest first
-    _recent: OrderedDict[Hashable, tuple[float, int]] = field(default_factory=OrderedDict)
+    # issued and not yet settled: key -> access count when issued, oldest first
+    _recent: OrderedDict[Hashable, int] = field(default_factory=OrderedDict)
     _clock: int = 0
 
     @property
@@ -88,12 +82,9 @@ class PrefetchCoordinator:
         budget = self.budget
         if budget.per_request == 0:
             return issued
-        target, calibrate = self.target, self.calibrator
+        target = self.target
         for proposal in proposals:
-            confidence = proposal.confidence if calibrate is None else calibrate(proposal.confidence)
-            if confidence < budget.threshold:
-                if calibrate is not None:
-                    continue  # calibration can reorder proposals, so a later one may still pass
+            if proposal.confidence < budget.threshold:
                 self.stats.below_threshold += 1
                 break  # proposals come best first
             if len(self._outstanding) >= budget.max_in_flight:
@@ -109,7 +100,7 @@ class PrefetchCoordinator:
                 self.stats.skipped_resident += 1
                 continue
             self._outstanding.add(key)
-            self._recent[key] = (proposal.confidence, self._clock)
+            self._recent[key] = self._clock
             self.stats.issued += 1
             issued.append((key, target.prefetch(key)))
             if len(issued) >= budget.per_request:
@@ -126,23 +117,15 @@ class PrefetchCoordinator:
         recent = self._recent
         if not recent:
             return
-        settled = recent.pop(key, None)
-        if settled is not None:
+        if recent.pop(key, None) is not None:
             if hit:
                 self.stats.used += 1
             else:
                 self.stats.late += 1
-            if self.calibrator is not None:
-                self.calibrator.record(settled[0], hit)
         deadline = self._clock - self.horizon
-        while recent:
-            oldest = next(iter(recent.values()))
-            if oldest[1] > deadline:
-                break
+        while recent and next(iter(recent.values())) <= deadline:
             recent.popitem(last=False)
             self.stats.wasted += 1
-            if self.calibrator is not None:
-                self.calibrator.record(oldest[0], False)
 
     def settle(self) -> None:
         """Count every prefetch still unread as wasted (end of a replay, or of an A/B window)."""

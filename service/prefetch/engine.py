@@ -12,6 +12,8 @@ import contextlib
 import functools
 import inspect
 import logging
+import threading
+import time
 from collections.abc import Hashable
 from typing import Any
 
@@ -43,6 +45,10 @@ class PrefetchEngine:
         self._stopped = asyncio.Event()
         self._last_used = 0
         self._last_settled = 0
+        # Held while the prefetcher runs; checkpointing takes it too, so weights never change mid-batch.
+        self.model_lock = threading.Lock()
+        self.steps = 0
+        self.step_seconds = 0.0  # time spent predicting (and training), for the model-latency metric
 
     def _decode(self, ident: int) -> Hashable:
         return self.codec.decode(ident)
@@ -61,7 +67,11 @@ class PrefetchEngine:
             coordinator.on_access(key, hit)
         self._check_drift()
         ids = [self.codec.encode(key) for key, _ in batch]  # type: ignore[arg-type]
-        proposals = self.prefetcher.access_batch(ids)
+        started = time.perf_counter()
+        with self.model_lock:
+            proposals = self.prefetcher.access_batch(ids)
+        self.step_seconds += time.perf_counter() - started
+        self.steps += 1
         return [(key, props) for (key, _), props in zip(batch, proposals, strict=True)]
 
     def issue(self, proposals: list[tuple[Hashable, Predictions]]) -> int:

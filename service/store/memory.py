@@ -140,6 +140,10 @@ class MemoryStore:
             self.policy.resize(key, size)
             entry = old
         else:
+            # Make room before admitting, so the newcomer is never its own victim (an LRU prefetch enters
+            # at the cold end and would otherwise be evicted the moment it arrived).
+            while self._data and self.used + size > self.budget:
+                self._evict_one()
             entry = Entry(value, size, 0, prefetched)
             self._data[key] = entry
             self.used += size

@@ -74,8 +74,17 @@ def test_cli_replay_prints_the_required_json_fields(tmp_path: Path) -> None:
     out = runner.invoke(app, ["replay", str(path), "--cache-size", "50", "--prefetcher", "stride", "--json"])
     assert out.exit_code == 0, out.output
     result = json.loads(out.stdout)
-    for field in ("requests", "unique", "cache_size", "hits", "misses", "miss_ratio", "prefetch_issued",
-                  "prefetch_used", "seconds"):
+    for field in (
+        "requests",
+        "unique",
+        "cache_size",
+        "hits",
+        "misses",
+        "miss_ratio",
+        "prefetch_issued",
+        "prefetch_used",
+        "seconds",
+    ):
         assert field in result
     assert result["requests"] == 3000
     assert result["unique"] == 300
@@ -103,8 +112,21 @@ def test_cli_rejects_bad_input_with_one_clear_line(tmp_path: Path, args: list[st
 def test_report_writes_table_and_json(tmp_path: Path) -> None:
     trace = tmp_path / "scan.txt"
     trace.write_text("\n".join(str(i % 400) for i in range(4000)))
-    out = runner.invoke(app, ["report", str(trace), "--out", str(tmp_path / "r"), "--prefetchers",
-                              "none,stride,markov", "--fracs", "0.05", "--leads", "0"])
+    out = runner.invoke(
+        app,
+        [
+            "report",
+            str(trace),
+            "--out",
+            str(tmp_path / "r"),
+            "--prefetchers",
+            "none,stride,markov",
+            "--fracs",
+            "0.05",
+            "--leads",
+            "0",
+        ],
+    )
     assert out.exit_code == 0, out.output
     table = (tmp_path / "r" / "results.md").read_text()
     assert "| scan | 5% (20) |" in table

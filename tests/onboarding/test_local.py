@@ -22,6 +22,7 @@ from redis.retry import Retry
 
 from onboarding.context import resolve
 from onboarding.errors import EXIT_LOCAL, EXIT_NOT_FOUND, EXIT_SERVICE, EXIT_VAULT, VaultFailure
+from onboarding.local.processes import is_alive
 from onboarding.plans import PLANS
 from onboarding.state import StatePaths
 from onboarding.tenants import Onboarder
@@ -159,7 +160,7 @@ def test_service_down_during_create_leaves_no_tenant(local: Local) -> None:
     result = local.run("tenants", "create", "orphan")
     assert result.returncode == EXIT_SERVICE, result.stderr
     assert result.stderr.startswith("error: create tenant 'orphan': load the tenant into the service: service at")
-    assert result.stderr.strip().endswith("unreachable (ConnectError); nothing was left behind")
+    assert result.stderr.strip().endswith("unreachable (ConnectionError); nothing was left behind")
     restarted = local.json("local", "up", "--no-demo")
     assert restarted["started"] == ["service"]
     assert local.run("tenants", "show", "orphan").returncode == EXIT_NOT_FOUND
@@ -218,7 +219,7 @@ def test_down_stops_everything_it_started(local: Local) -> None:
     down = local.json("local", "down")
     assert down["stopped"] == ["service", "openbao"]
     for pid in pids:
-        assert pid is not None and not Path(f"/proc/{pid}").exists()
+        assert pid is not None and not is_alive(pid, None)  # gone, or a zombie its new parent has yet to reap
     for port in (local.up["resp_port"], int(local.up["http_url"].rsplit(":", 1)[1])):
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()

@@ -27,7 +27,7 @@ def origin_dir(tmp_path: Path) -> Path:
 
 
 def test_miss_reads_through_then_hits_memory(origin_dir: Path) -> None:
-    with running_service(dev=True, origin=str(origin_dir / "default")) as svc:
+    with running_service(dev=True, prefetcher="none", origin=str(origin_dir / "default")) as svc:
         client = redis.Redis(port=svc.resp_port)
         assert client.get("greeting") == b"hello from origin"
         assert client.get("users/42") == b'{"name": "Ada"}'
@@ -41,7 +41,7 @@ def test_miss_reads_through_then_hits_memory(origin_dir: Path) -> None:
 
 
 def test_concurrent_readers_of_one_key_cause_one_fetch(origin_dir: Path) -> None:
-    with running_service(dev=True, origin=str(origin_dir / "default"), origin_latency_ms=300) as svc:
+    with running_service(dev=True, prefetcher="none", origin=str(origin_dir / "default"), origin_latency_ms=300) as svc:
         results: list[bytes | None] = []
         barrier = threading.Barrier(20)
 
@@ -61,14 +61,14 @@ def test_concurrent_readers_of_one_key_cause_one_fetch(origin_dir: Path) -> None
 
 
 def test_pipeline_order_survives_a_read_through(origin_dir: Path) -> None:
-    with running_service(dev=True, origin=str(origin_dir / "default"), origin_latency_ms=50) as svc:
+    with running_service(dev=True, prefetcher="none", origin=str(origin_dir / "default"), origin_latency_ms=50) as svc:
         pipe = redis.Redis(port=svc.resp_port).pipeline(transaction=False)
         pipe.set("local", "1").get("greeting").incr("local").get("users/42").get("local")
         assert pipe.execute() == [True, b"hello from origin", 2, b'{"name": "Ada"}', b"2"]
 
 
 def test_origin_timeout_is_a_clear_error_not_a_hang(origin_dir: Path) -> None:
-    with running_service(dev=True, origin=str(origin_dir / "default"), origin_latency_ms=2000,
+    with running_service(dev=True, prefetcher="none", origin=str(origin_dir / "default"), origin_latency_ms=2000,
                          origin_timeout_s=0.2) as svc:
         client = redis.Redis(port=svc.resp_port, socket_timeout=5)
         started = time.monotonic()
@@ -83,7 +83,7 @@ def test_origin_timeout_is_a_clear_error_not_a_hang(origin_dir: Path) -> None:
 def test_origin_failure_is_reported_over_resp_and_http(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
-    with running_service(dev=True, origin=str(not_a_dir)) as svc:
+    with running_service(dev=True, prefetcher="none", origin=str(not_a_dir)) as svc:
         with pytest.raises(redis.ResponseError, match="origin read failed"):
             redis.Redis(port=svc.resp_port).get("child")
         with httpx.Client(base_url=svc.endpoints.http_url) as http:
@@ -127,7 +127,7 @@ def test_s3_origin_through_moto_server(moto_server: MotoServer, monkeypatch: pyt
     s3 = boto3.client("s3", endpoint_url=moto_server.endpoint)
     s3.create_bucket(Bucket="origin-bucket")
     s3.put_object(Bucket="origin-bucket", Key="data/default/report.csv", Body=b"a,b\n1,2\n")
-    with running_service(dev=True, origin="s3://origin-bucket/data/default") as svc:
+    with running_service(dev=True, prefetcher="none", origin="s3://origin-bucket/data/default") as svc:
         client = redis.Redis(port=svc.resp_port)
         assert client.get("report.csv") == b"a,b\n1,2\n"
         assert client.get("absent.csv") is None

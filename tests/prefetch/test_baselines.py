@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import time
 
+import pytest
+
 from service.prefetch import make_prefetcher
 from service.prefetch.access_log import AccessLog
 from service.prefetch.keys import KeyCodec
@@ -39,12 +41,8 @@ def test_markov_learns_successors_at_the_lead_distance() -> None:
 
 
 def test_make_prefetcher_rejects_unknown_names() -> None:
-    try:
+    with pytest.raises(ValueError, match="stride"):
         make_prefetcher("oracle")
-    except ValueError as err:
-        assert "stride" in str(err)
-    else:
-        raise AssertionError("expected ValueError")
 
 
 def test_key_codec_keeps_numbers_adjacent_and_round_trips() -> None:

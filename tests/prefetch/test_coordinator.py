@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from service.prefetch.base import Prediction
 from service.prefetch.coordinator import PrefetchBudget, PrefetchCoordinator
 
@@ -76,8 +78,5 @@ def test_coordinator_counts_used_late_and_wasted() -> None:
 
 def test_budget_rejects_nonsense() -> None:
     for bad in ({"threshold": 1.5}, {"per_request": -1}, {"max_in_flight": 0}):
-        try:
+        with pytest.raises(ValueError, match="prefetch"):
             PrefetchBudget(**bad)  # type: ignore[arg-type]
-        except ValueError:
-            continue
-        raise AssertionError(f"{bad} accepted")

@@ -78,7 +78,7 @@ def test_drain_answers_in_flight_pipeline_before_closing(tmp_path: Path) -> None
     origin = tmp_path / "origin"
     origin.mkdir()
     (origin / "slow").write_bytes(b"loaded")
-    with running_service(dev=True, origin=str(origin), origin_latency_ms=500) as svc:
+    with running_service(dev=True, prefetcher="none", origin=str(origin), origin_latency_ms=500) as svc:
         client = redis.Redis(port=svc.resp_port)
         result: list[object] = []
         pipe = client.pipeline(transaction=False)

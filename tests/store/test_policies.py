@@ -28,6 +28,15 @@ def test_lru_evicts_least_recently_used() -> None:
     assert 2 not in store and all(k in store for k in (1, 3, 4))
 
 
+def test_prefetch_into_a_full_lru_cache_survives_until_the_next_insert() -> None:
+    store = _store("lru", 3)
+    for key in (1, 2, 3):
+        store.set(key, b"")
+    store.set(99, b"", prefetched=True)
+    assert 99 in store and 1 not in store
+    assert store.get(99) == b"" and store.stats.prefetch_used == 1
+
+
 def test_lru_puts_prefetched_keys_first_in_line() -> None:
     store = _store("lru", 3)
     store.set(1, b"")

@@ -6,11 +6,15 @@ are known only once those accesses happened, so training always lags inference a
 Until the network has seen `warmup` labelled accesses, candidates are ranked by their source's measured
 precision, which is what a hand-tuned hybrid of the baselines would do.
 
-The stride and Markov prefetchers also run inside as experts. Every expert's first proposal above the
-threshold is scored on the same labels (+1 when used, -threshold/(1-threshold) when not: the break-even
-that the threshold itself expresses), and each batch is answered by the expert with the best recent score,
-the network included. The network wins where it learned something; where it has not (yet), the tenant gets
-the better simple prefetcher instead of a worse guess.
+The stride and Markov prefetchers also run inside, as arms beside the network. Which arm feeds the cache is
+decided by its effect on the cache, not by its accuracy: once told the cache's model (`attach_cache`), the
+prefetcher keeps one shadow cache per arm plus one that never prefetches (`service/prefetch/shadow.py`) and
+serves the arm whose shadow missed least lately. The network wins where what it learned pays off in this
+cache; where it does not (yet), the tenant gets the better simple prefetcher, or none.
+
+Without a cache model, arms are scored on the labels instead: an arm's first proposal above the threshold
+counts +1 when used and -threshold/(1-threshold) when not (the break-even the threshold expresses), and each
+batch is answered by the arm with the best recent score.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from service.prefetch.learned.features import (
 from service.prefetch.learned.model import ModelConfig, PrefetchNet
 from service.prefetch.learned.runtime import InferenceRunner, ModelInputs
 from service.prefetch.markov import MarkovPrefetcher
+from service.prefetch.shadow import ArmProposals, CacheModel, SelectorConfig, ShadowSelector
 from service.prefetch.stride import StridePrefetcher
 
 _BEST_SOURCE = N_SOURCES + 4  # feature column holding the candidate's best source precision
@@ -100,7 +105,7 @@ class _Buffer:
         return inputs, self.label[idx], self.mask[idx]
 
 
-# Ties go to the earlier expert: the network has to be measurably better to take over.
+# Ties go to the earlier arm: the network has to be measurably better to take over.
 EXPERTS = ("stride", "markov", "network")
 
 
@@ -124,6 +129,8 @@ class LearnedPrefetcher(Prefetcher):
         use_experts: bool = True,
         config: TrainConfig | None = None,
         model_config: ModelConfig | None = None,
+        cache: CacheModel | None = None,
+        selector_config: SelectorConfig | None = None,
     ) -> None:
         super().__init__(lead, max_candidates)
         self.config = config = config or TrainConfig()
@@ -152,6 +159,14 @@ class LearnedPrefetcher(Prefetcher):
         self.expert_score = dict.fromkeys(EXPERTS, 0.0)  # decayed net usefulness of each expert's proposals
         self.use_experts = use_experts  # False: always answer with the network (tests, ablations)
         self.chosen = EXPERTS[0] if use_experts else "network"
+        self.arms = EXPERTS
+        self.selector_config = selector_config
+        self.selector: ShadowSelector | None = None
+        self.attach_cache(cache)
+
+    def attach_cache(self, model: CacheModel | None) -> None:
+        """Choose arms by their misses in shadows of this cache from now on (None: by label scores)."""
+        self.selector = None if model is None else ShadowSelector(self.arms, model, self.selector_config)
 
     # -- inference ---------------------------------------------------------------------------------
 
@@ -168,6 +183,16 @@ class LearnedPrefetcher(Prefetcher):
 
     def access_batch(self, keys: Sequence[int]) -> list[Predictions]:
         keys = list(keys)
+        answers = self.propose_arms(keys)
+        if not self.use_experts:
+            return answers["network"]
+        if self.selector is not None:
+            return self.selector.select_batch(keys, answers)
+        return answers[self.chosen]
+
+    def propose_arms(self, keys: Sequence[int]) -> ArmProposals:
+        """Record the accesses and learn from them; each arm's proposals per access (cache-independent)."""
+        keys = list(keys)
         start = self._log_start + len(self._log)
         batch = self.builder.build(keys)
         inputs = self._inputs(batch)
@@ -182,10 +207,9 @@ class LearnedPrefetcher(Prefetcher):
         ]
         self._log.extend(keys)
         self._pending.append(_Pending(start, batch.cand_keys, inputs, firsts))
-        if self.use_experts:
-            self.chosen = max(EXPERTS, key=lambda name: (self.expert_score[name], -EXPERTS.index(name)))
+        self.chosen = max(EXPERTS, key=lambda name: (self.expert_score[name], -EXPERTS.index(name)))
         self._learn()
-        return answers[self.chosen]
+        return answers
 
     def _inputs(self, batch: Batch) -> ModelInputs:
         accuracy = self.source_accuracy

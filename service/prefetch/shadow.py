@@ -1,0 +1,212 @@
+"""Shadow caches: key-only copies of a tenant's cache, one per candidate prefetcher ("arm"), so the real cache
+is fed by the arm whose copy missed least lately.
+
+Prediction accuracy is not what a tenant pays for. A prefetcher that is right more often can still lose if
+its mistakes push the working set out, and which arm wins depends on the cache's size and policy. A shadow
+runs the same store, policy and coordinator as the real cache (unit-size entries, the real capacity in
+entries), sees every request and only its own arm's proposals, and counts its misses. Like the ghost lists of
+ARC and LIRS, it judges decisions by what they would have done to requests already served, so choosing never
+uses the future. An arm that never prefetches is always one of them: the selector's cache is not meant to do
+worse than no prefetching either.
+
+`CacheSimulation` is also the replay benchmark's loop body, so a selector that keeps one arm throughout gives
+exactly that arm's benchmark result.
+
+Cost: one key-only cache per arm. Shadows of caches above `SelectorConfig.max_entries` are set-sampled
+(SHARDS-style: only keys whose hash falls in 1/rate of the hash space, capacity / rate), which bounds their
+memory and most of their CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from service.prefetch.base import DEFAULT_THRESHOLD, USEFUL_WINDOW, Predictions
+from service.prefetch.coordinator import PrefetchBudget, PrefetchCoordinator
+from service.store.memory import MemoryStore, unit_size
+
+NO_PREFETCH = "none"
+ArmProposals = Mapping[str, list[Predictions]]  # arm -> one proposal list per access
+
+
+@dataclass(frozen=True, slots=True)
+class CacheModel:
+    """The real cache, as much as a simulation of it needs: capacity in entries, policy, prefetch rules."""
+
+    capacity: int
+    policy: str = "s3fifo"
+    lead: int = 0
+    per_request: int = 1
+    threshold: float = DEFAULT_THRESHOLD
+    max_in_flight: int = 64
+
+    @property
+    def budget(self) -> PrefetchBudget:
+        return PrefetchBudget(self.threshold, self.per_request, self.max_in_flight)
+
+    @property
+    def horizon(self) -> int:
+        """Requests after issue within which a read settles a prefetch as used (bookkeeping only)."""
+        return self.lead + 1 + 2 * USEFUL_WINDOW
+
+
+def in_sample(key: Hashable, rate: int) -> bool:
+    """Whether a key belongs to a 1/rate spatial sample (rate a power of two): Fibonacci hashing of hash(key)."""
+    return rate == 1 or ((hash(key) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> (64 - rate.bit_length() + 1) == 0
+
+
+class SimulatedCache:
+    """A `PrefetchTarget` over a `MemoryStore` whose prefetches land `lead` requests after they are issued.
+
+    With `sample_rate` > 1 it stands for a set-sampled cache: prefetches of keys outside the sample complete
+    at once without being stored (they still use up the request's budget, as the real ones would).
+    """
+
+    def __init__(self, store: MemoryStore, lead: int, sample_rate: int = 1) -> None:
+        self.store = store
+        self.lead = lead
+        self.sample_rate = sample_rate
+        self.now = 0
+        self._arrivals: deque[tuple[int, Hashable]] = deque()
+        self._in_flight: set[Hashable] = set()
+        self.on_landed: Callable[[Hashable], None] = lambda key: None
+
+    def is_resident(self, key: Any) -> bool:
+        return key in self.store
+
+    def in_flight(self, key: Any) -> bool:
+        return key in self._in_flight
+
+    def prefetch(self, key: Any) -> None:
+        if self.sample_rate > 1 and not in_sample(key, self.sample_rate):
+            self.on_landed(key)
+            return
+        self._in_flight.add(key)
+        self._arrivals.append((self.now + self.lead + 1, key))
+
+    def land_due(self) -> None:
+        """Insert every prefetch due before the current request."""
+        arrivals, store = self._arrivals, self.store
+        while arrivals and arrivals[0][0] <= self.now:
+            _, key = arrivals.popleft()
+            self._in_flight.discard(key)
+            self.on_landed(key)
+            if key not in store:
+                store.set(key, b"", prefetched=True)
+
+    def read(self, key: Hashable) -> bool:
+        """A demand read: a hit, or a miss that fetches the key and inserts it."""
+        if self.store.get(key) is not None:
+            return True
+        self.store.set(key, b"")
+        return False
+
+
+class CacheSimulation:
+    """A unit-size cache and its prefetch coordinator, driven one request at a time."""
+
+    def __init__(self, model: CacheModel, sample_rate: int = 1) -> None:
+        store = MemoryStore(max(1, model.capacity // sample_rate), model.policy, sizer=unit_size)
+        self.cache = SimulatedCache(store, model.lead, sample_rate)
+        self.coordinator = PrefetchCoordinator(self.cache, model.budget, horizon=model.horizon)
+        self.cache.on_landed = self.coordinator.completed
+        self.requests = 0
+
+    @property
+    def store(self) -> MemoryStore:
+        return self.cache.store
+
+    def request(self, key: Hashable, proposals: Predictions) -> bool:
+        """Serve one read (landing due prefetches first), then consider the proposals made after it."""
+        cache = self.cache
+        cache.now = self.requests
+        self.requests += 1
+        cache.land_due()
+        hit = cache.read(key)
+        self.coordinator.on_access(key, hit)
+        if proposals:
+            self.coordinator.consider(proposals)
+        return hit
+
+    def skip(self, proposals: Predictions) -> None:
+        """A request for a key outside the sample: time passes and proposals are considered, nothing is read."""
+        self.cache.now = self.requests
+        self.requests += 1
+        if proposals:
+            self.coordinator.consider(proposals)
+
+
+@dataclass(frozen=True, slots=True)
+class SelectorConfig:
+    """Chosen on synthetic phase workloads (`tests/prefetch/workloads.py`), never on the benchmark traces."""
+
+    half_life: int = 8192  # requests over which a shadow's misses lose half their weight
+    margin: float = 0.02  # a challenger must miss this share less than the serving arm...
+    min_margin: float = 8.0  # ...and at least this many (decayed) misses less, to take over
+    max_entries: int = 1 << 16  # shadows of larger caches are set-sampled down to about this many entries
+
+
+class ShadowSelector:
+    """Routes each request's proposals from the arm whose shadow cache missed least, with hysteresis.
+
+    Arms earlier in `arms` win ties; `none` (no prefetching) is always an arm, the last one.
+    """
+
+    def __init__(self, arms: Sequence[str], model: CacheModel, config: SelectorConfig | None = None) -> None:
+        self.config = config = config or SelectorConfig()
+        self.arms = tuple(a for a in arms if a != NO_PREFETCH) + (NO_PREFETCH,)
+        self.sample_rate = 1 << max(0, math.ceil(math.log2(max(1, model.capacity) / config.max_entries)))
+        self._shadows = [CacheSimulation(model, self.sample_rate) for _ in self.arms]
+        self.misses = [0.0] * len(self.arms)  # decayed miss counts, one per arm
+        self._decay = 0.5 ** (1.0 / config.half_life)
+        self._serving = 0
+        self.switches = 0
+        self.served = dict.fromkeys(self.arms, 0)  # requests whose proposals came from each arm
+
+    @property
+    def serving(self) -> str:
+        return self.arms[self._serving]
+
+    def select_batch(self, keys: Sequence[int], answers: ArmProposals) -> list[Predictions]:
+        """For each request in order: update every shadow with it, then return the serving arm's proposals."""
+        empty: list[Predictions] = [[] for _ in keys]
+        columns = [answers.get(arm, empty) if arm != NO_PREFETCH else empty for arm in self.arms]
+        shadows, misses, decay, rate = self._shadows, self.misses, self._decay, self.sample_rate
+        arm_range = range(len(self.arms))
+        out: list[Predictions] = []
+        for i, key in enumerate(keys):
+            if rate == 1 or in_sample(key, rate):
+                for a in arm_range:
+                    misses[a] = misses[a] * decay + (not shadows[a].request(key, columns[a][i]))
+                self._reconsider()
+            else:
+                for a in arm_range:
+                    shadows[a].skip(columns[a][i])
+            self.served[self.arms[self._serving]] += 1
+            out.append(columns[self._serving][i])
+        return out
+
+    def _reconsider(self) -> None:
+        misses, serving = self.misses, self._serving
+        best = min(range(len(misses)), key=misses.__getitem__)  # the first of equals
+        current = misses[serving]
+        if best != serving and current - misses[best] > max(self.config.min_margin, self.config.margin * current):
+            self._serving = best
+            self.switches += 1
+
+
+@runtime_checkable
+class CacheAwarePrefetcher(Protocol):
+    """A prefetcher whose arms' proposals do not depend on the cache, and whose choice among them does."""
+
+    arms: tuple[str, ...]
+
+    def propose_arms(self, keys: Sequence[int]) -> ArmProposals:
+        """Record the accesses; every arm's proposals for each of them."""
+
+    def attach_cache(self, model: CacheModel | None) -> None:
+        """Choose among arms with shadows of this cache from now on (None: without shadows)."""

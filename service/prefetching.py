@@ -1,0 +1,165 @@
+"""Prefetching inside the running service: which prefetcher each tenant gets, its engine task, and its model's
+versions.
+
+A tenant's prefetcher comes from the A/B assignment when `prefetch_ab_arms` is set (stable per tenant), else
+from `prefetcher`; tenants without an origin get none (there is nothing to prefetch from). A learned model is
+checkpointed every `prefetch_checkpoint_interval_s` with its live prefetch accuracy as the metric, encrypted by
+the deployment's KMS; a better version is promoted, and a serving version that falls well below its
+predecessor is rolled back and its predecessor's weights loaded. Nothing is checkpointed without a KMS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from service.cache import TenantCache, TenantRegistry
+from service.config import Settings
+
+if TYPE_CHECKING:
+    from service.prefetch.engine import PrefetchEngine
+    from service.prefetch.mlops.checkpoints import CheckpointRegistry
+    from service.security.envelope import EnvelopeCipher
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class TenantPrefetch:
+    """One tenant's engine, its background task and (for a learned model) its checkpoint registry."""
+
+    def __init__(self, tenant: TenantCache, arm: str, engine: PrefetchEngine,
+                 checkpoints: CheckpointRegistry | None, interval: float) -> None:
+        self.tenant, self.arm, self.engine, self.checkpoints = tenant, arm, engine, checkpoints
+        self.interval = interval
+        self._used = self._issued = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        """Start the engine (and checkpoint) tasks and route the tenant's reads to the access log."""
+        self._tasks.append(asyncio.create_task(self.engine.run()))
+        if self.checkpoints is not None:
+            self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
+        self.tenant.observe = self.engine.log.append
+
+    def restore(self) -> int | None:
+        """Load the serving checkpoint, if any, into the model. Blocks."""
+        if self.checkpoints is None or self.checkpoints.serving is None:
+            return None
+        state = self.checkpoints.load(self.checkpoints.serving)
+        with self.engine.model_lock:
+            self.engine.prefetcher.load_state_dict(state)  # type: ignore[attr-defined]
+        return self.checkpoints.serving
+
+    def checkpoint(self) -> None:
+        """Save the model with the accuracy it achieved since the last checkpoint; promote or roll back. Blocks."""
+        assert self.checkpoints is not None
+        stats = self.engine.coordinator.stats
+        issued, used = stats.issued - self._issued, stats.used - self._used
+        if issued == 0:
+            return
+        self._issued, self._used = stats.issued, stats.used
+        accuracy = used / issued
+        rolled_back = self.checkpoints.record_live_metric(accuracy)
+        if rolled_back is not None:
+            state = self.checkpoints.load(rolled_back)
+            with self.engine.model_lock:
+                self.engine.prefetcher.load_state_dict(state)  # type: ignore[attr-defined]
+            log.warning("tenant %s: prefetch accuracy fell to %.3f; rolled back to model v%d",
+                        self.tenant.name, accuracy, rolled_back)
+            return
+        with self.engine.model_lock:
+            state = self.engine.prefetcher.state_dict()  # type: ignore[attr-defined]
+        version = self.checkpoints.save(state, accuracy, {"issued": issued})
+        if self.checkpoints.promote_if_better(version):
+            log.info("tenant %s: promoted model v%d (prefetch accuracy %.3f)", self.tenant.name, version, accuracy)
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await asyncio.to_thread(self.checkpoint)
+            except Exception as err:  # a failed checkpoint must not stop prefetching
+                log.error("tenant %s: checkpoint failed: %s", self.tenant.name, err)
+
+    async def stop(self) -> None:
+        self.tenant.observe = None
+        self.engine.stop()
+        for task in self._tasks[1:]:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class PrefetchManager:
+    """Keeps one TenantPrefetch per tenant that has an origin and a prefetcher."""
+
+    def __init__(self, settings: Settings, cipher: EnvelopeCipher | None) -> None:
+        self.settings = settings
+        self.cipher = cipher
+        self.running: dict[str, TenantPrefetch] = {}
+        self._assignment: Any = None
+        if settings.prefetch_ab_arms:
+            from service.prefetch.mlops.ab import ABAssignment
+
+            self._assignment = ABAssignment(settings.prefetch_ab_arms)
+        self._device: str | None = None
+
+    def arm(self, tenant: str) -> str:
+        return self._assignment.arm(tenant) if self._assignment is not None else self.settings.prefetcher
+
+    async def sync(self, tenants: TenantRegistry) -> None:
+        """Start engines for new tenants with an origin; stop those of tenants that went away."""
+        for name in [n for n in self.running if tenants.get(n) is not self.running[n].tenant]:
+            await self.running.pop(name).stop()
+        for tenant in tenants:
+            if tenant.name in self.running or tenant.origin is None:
+                continue
+            arm = self.arm(tenant.name)
+            if arm == "none":
+                continue
+            running = await asyncio.to_thread(self._build, tenant, arm)
+            running.start()
+            self.running[tenant.name] = running
+
+    def _build(self, tenant: TenantCache, arm: str) -> TenantPrefetch:
+        from service.prefetch import make_prefetcher
+        from service.prefetch.coordinator import PrefetchBudget
+        from service.prefetch.engine import PrefetchEngine
+
+        settings = self.settings
+        device = "cpu"
+        if arm == "learned":
+            self._device = self._device or resolve_device(settings.prefetch_device)
+            device = self._device
+        budget = PrefetchBudget(settings.prefetch_threshold, settings.prefetch_per_request,
+                                settings.prefetch_max_in_flight)
+        engine = PrefetchEngine(tenant, make_prefetcher(arm, lead=settings.prefetch_lead, device=device), budget)
+        checkpoints = None
+        if arm == "learned" and settings.data_dir is not None and self.cipher is not None:
+            from service.prefetch.mlops.checkpoints import CheckpointRegistry
+
+            checkpoints = CheckpointRegistry(settings.data_dir / "models" / tenant.name, tenant.name, self.cipher)
+        running = TenantPrefetch(tenant, arm, engine, checkpoints, settings.prefetch_checkpoint_interval_s)
+        version = running.restore()
+        if version is not None:
+            log.info("tenant %s: loaded model v%d", tenant.name, version)
+        return running
+
+    async def stop(self) -> None:
+        for name in list(self.running):
+            running = self.running.pop(name)
+            if running.checkpoints is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(running.checkpoint)
+            await running.stop()
