@@ -87,13 +87,17 @@ fi
 deps = tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]
 print("\n".join(d for d in deps if not d.startswith("torch")))' "$repo/pyproject.toml" > "$work/requirements.txt"
 stamp_file="$wheels/.filled-for-$( (cat "$work/requirements.txt"; echo "$torch_version") | sha256sum | cut -c1-16)"
+wheelhouse_s=0
 if [[ ! -f "$stamp_file" ]]; then
   log "filling the wheelhouse $wheels"
+  t0=$(now)
   rm -rf "$wheels" && mkdir -p "$wheels"
   "$python" -m pip download --only-binary=:all: --python-version 3.11 --dest "$wheels" \
     --requirement "$work/requirements.txt" "${torch_source[@]}" >"$cache_dir/wheelhouse.log" 2>&1 \
     || { tail -n 30 "$cache_dir/wheelhouse.log" >&2; fail "pip download failed (log: $cache_dir/wheelhouse.log)"; }
   touch "$stamp_file"
+  wheelhouse_s=$(elapsed "$t0" "$(now)")
+  log "wheelhouse filled in ${wheelhouse_s}s"
 fi
 cp "${HOST_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}" "$buildenv/ca.crt"
 printf '[global]\nno-index = true\nfind-links = /mnt/wheels\ncert = /mnt/ca.crt\n' > "$buildenv/pip.conf"
@@ -221,5 +225,5 @@ exit_code="$(podman inspect --format '{{.State.ExitCode}}' "$container")"
 [[ "$exit_code" == 0 ]] || fail "SIGTERM ended the service with exit code $exit_code, not 0"
 log "SIGTERM drained and exited 0 in ${stop_s}s"
 
-printf 'base_image_s=%s build_s=%s image_bytes=%s cold_start_to_ready_s=%s stop_s=%s total_s=%s\n' \
-  "$base_s" "$build_s" "$size_bytes" "$ready_s" "$stop_s" "$((SECONDS - started_at))"
+printf 'base_image_s=%s wheelhouse_s=%s build_s=%s image_bytes=%s cold_start_to_ready_s=%s stop_s=%s total_s=%s\n' \
+  "$base_s" "$wheelhouse_s" "$build_s" "$size_bytes" "$ready_s" "$stop_s" "$((SECONDS - started_at))"

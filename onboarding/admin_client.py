@@ -14,7 +14,8 @@ from onboarding.errors import NotFound, ServiceFailure
 
 
 class AdminClient:
-    def __init__(self, url: str, token: str, *, ca_cert: Path | None = None, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, token: str, *, ca_cert: Path | None = None, timeout: float = 30.0) -> None:
+        """`timeout` bounds each call; a refresh may start prefetch engines (the first loads torch: seconds)."""
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._http = requests.Session()
@@ -25,7 +26,7 @@ class AdminClient:
     def ready(self) -> bool:
         """True when /readyz answers 200; False for anything else, including no answer."""
         try:
-            return self._http.get(f"{self.url}/readyz", timeout=self.timeout).status_code == 200
+            return self._http.get(f"{self.url}/readyz", timeout=2).status_code == 200
         except requests.RequestException:
             return False
 

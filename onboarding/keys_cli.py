@@ -73,7 +73,6 @@ def revoke(key_id: str, admin_url: AdminUrl = None, as_json: Json = False) -> No
 
 def _print_new_key(new: NewKey, as_json: bool) -> None:
     key, info, replaced = new.key, new.info, new.replaced
-    assert key is not None and info is not None
     if as_json:
         record: dict[str, Any] = {**_key_json(info), "api_key": key.secret, "warnings": new.warnings}
         if replaced is not None:

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from onboarding import output
 from onboarding.context import Endpoints
+from onboarding.errors import InvalidInput
 from onboarding.local.stack import LocalStack, UpOptions, UpResult
 from onboarding.snippet import connection_snippet
 from onboarding.state import STATE_DIR_ENV, default_state_dir
@@ -37,12 +38,18 @@ def up(
         float | None, typer.Option(help="Latency added to each demo-origin read (default 5 ms, an object store).")
     ] = None,
     demo: Annotated[bool, typer.Option(help="Run the demo workload.")] = True,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="NAME=VALUE",
+                     help="A service setting (FORESIGHT_<NAME>), e.g. prefetcher=markov; kept for later ups; "
+                          "NAME= removes it. Repeatable."),
+    ] = None,
     state_dir: StateDir = None,
     as_json: Json = False,
 ) -> None:
     """Start OpenBao, the CA, the service (TLS) and a demo tenant on this machine; safe to run again."""
-    options = UpOptions(resp_port, http_port, vault_port, origin_latency_ms, demo)
     with output.reported(as_json):
+        options = UpOptions(resp_port, http_port, vault_port, origin_latency_ms, demo, _settings(settings or []))
         stack = _stack(state_dir)
         status = output.progress("Starting...", as_json)
         with status as spinner:
@@ -55,6 +62,16 @@ def up(
             output.emit_json(_up_json(result))
         else:
             _print_up(result)
+
+
+def _settings(pairs: list[str]) -> dict[str, str]:
+    settings = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise InvalidInput(f"--set {pair}", "expected NAME=VALUE, e.g. --set prefetcher=markov")
+        settings[name.strip().lower().removeprefix("foresight_")] = value
+    return settings
 
 
 def _up_json(result: UpResult) -> dict[str, Any]:
@@ -95,11 +112,12 @@ def _print_up(result: UpResult) -> None:
         table.add_row(name, value)
     out.print(table)
     if result.demo:
-        demo = Table("demo workload", "requests", "hit ratio", "p50 read", "p99 read", "origin reads",
-                     title=f"Demo (origin adds {d.origin_latency_ms:g} ms per read)")
+        demo = Table("demo", "reads", "hit ratio", "p50", "p99", "origin reads", "prefetch",
+                     title=f"Demo workload (the origin adds {d.origin_latency_ms:g} ms per read)")
         for phase in result.demo:
             demo.add_row(phase.name, str(phase.requests), f"{phase.hit_ratio:.1%}", f"{phase.p50_ms:.2f} ms",
-                         f"{phase.p99_ms:.2f} ms", str(phase.origin_fetches))
+                         f"{phase.p99_ms:.2f} ms", str(phase.origin_fetches),
+                         f"{phase.prefetch_issued} ({phase.prefetch_used} used)")
         out.print(demo)
     endpoints = Endpoints(d.resp_host, d.resp_port, d.http_url, d.ca_cert)
     out.print("Connect as the demo tenant:")

@@ -167,6 +167,9 @@ class Deployment(BaseModel):
     origin: Path
     demo_tenant: str
     origin_latency_ms: float = 0.0
+    service_settings: dict[str, str] = Field(
+        default_factory=dict, description="More service settings (`local up --set NAME=VALUE`), FORESIGHT_<NAME>."
+    )
 
 
 def read_secret(path: Path) -> str:

@@ -58,35 +58,35 @@ def parse_scopes(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Outcome:
     """What a command did, plus what went only half right (printed as warnings)."""
 
     warnings: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CreatedTenant(Outcome):
-    spec: TenantSpec = field(default_factory=lambda: TenantSpec(name="unset"))
-    key: IssuedKey | None = None
+    spec: TenantSpec
+    key: IssuedKey
     endpoints: Endpoints | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class NewKey(Outcome):
-    key: IssuedKey | None = None
-    info: KeyInfo | None = None
+    key: IssuedKey
+    info: KeyInfo
     replaced: KeyInfo | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TenantView(Outcome):
-    spec: TenantSpec = field(default_factory=lambda: TenantSpec(name="unset"))
+    spec: TenantSpec
     keys: list[KeyInfo] = field(default_factory=list)
     usage: dict[str, Any] | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TenantList(Outcome):
     tenants: list[TenantView] = field(default_factory=list)
 
@@ -215,7 +215,7 @@ class Onboarder:
             spec = self._require(name)
             self._call(action.replace(".", " "), self.key_admin.update_tenant,
                        spec.model_copy(update={"suspended": suspended}))
-        return Outcome(self._refresh())
+        return Outcome(warnings=self._refresh())
 
     def delete_tenant(self, name: str) -> Outcome:
         """Refuse the tenant's keys, remove keys, policy and records from Vault, drop its cached data."""
@@ -231,7 +231,7 @@ class Onboarder:
                 self.admin.drop_data(name)
             except OnboardingError as err:
                 warnings.append(f"{err} (the data is unreachable: the tenant's keys are gone)")
-        return Outcome(warnings)
+        return Outcome(warnings=warnings)
 
     # -- keys ------------------------------------------------------------------------------------------------
 
@@ -241,7 +241,7 @@ class Onboarder:
             key = self._call("issue key", self.key_admin.issue_key, tenant, scopes, ttl=ttl)
             event["key_id"] = key.key_id
             info = self._call("read the new key", self.key_admin.get_key, key.key_id)
-        return NewKey(self._refresh(), key, info)
+        return NewKey(warnings=self._refresh(), key=key, info=info)
 
     def list_keys(self, tenant: str) -> list[KeyInfo]:
         validate_name(tenant)
@@ -258,14 +258,14 @@ class Onboarder:
             info = self._call("read the new key", self.key_admin.get_key, new.key_id)
             event["tenant"] = info.tenant
             old = self._call("read the old key", self.key_admin.get_key, key_id)
-        return NewKey(self._refresh(), new, info, old)
+        return NewKey(warnings=self._refresh(), key=new, info=info, replaced=old)
 
     def revoke_key(self, key_id: str) -> tuple[KeyInfo, Outcome]:
         key_id = _key_id(key_id)
         with self._audited("key.revoke", key_id=key_id) as event:
             info: KeyInfo = self._call(f"revoke key {key_id}", self.key_admin.revoke_key, key_id)
             event["tenant"] = info.tenant
-        return info, Outcome(self._refresh())
+        return info, Outcome(warnings=self._refresh())
 
     # -- internals -------------------------------------------------------------------------------------------
 

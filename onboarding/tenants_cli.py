@@ -55,7 +55,6 @@ def create(
 
 
 def _print_created(created: CreatedTenant, as_json: bool) -> None:
-    assert created.key is not None
     spec = created.spec
     snippet = connection_snippet(created.endpoints, created.key.secret) if created.endpoints else {}
     if as_json:

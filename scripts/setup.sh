@@ -33,6 +33,11 @@ extras="[test,stacks,gcp,azure]"
 [ "$profile" = test ] || extras=""
 echo "==> pip install torch (CPU) and foresight$extras" >&2
 .venv/bin/pip install -q --upgrade pip >&2
-# Pin the CPU wheel first: an unpinned torch pulls a multi-GB CUDA build.
-.venv/bin/pip install -q "${TORCH_SPEC:-torch==2.13.0}" >&2
-.venv/bin/pip install -q -e ".$extras" >&2
+# torch is pinned to the CPU build in the same resolve as the project: left to the range in pyproject.toml,
+# or to a bare version, pip picks a multi-GB CUDA build. The +cpu wheel comes from the machine's wheelhouse
+# or, failing that, from PyTorch's CPU index. TORCH_SPEC overrides it (the service image wants CUDA).
+torch_spec="${TORCH_SPEC:-torch==2.13.0+cpu}"
+if ! .venv/bin/pip install -q "$torch_spec" -e ".$extras" >&2; then
+  echo "==> retrying with PyTorch's CPU index" >&2
+  .venv/bin/pip install -q --extra-index-url https://download.pytorch.org/whl/cpu "$torch_spec" -e ".$extras" >&2
+fi

@@ -4,7 +4,7 @@
 # passwords, root login and password SSH allowed, host keys, machine-id, cloud-init state, logs and shell
 # history). The verify gate must reject it before 80-harden.sh and pass it after. Then remove the container.
 #
-# usage: images/packer/test-hardening.sh
+# usage: images/packer/test-hardening.sh      (KEEP_IMAGES=1 keeps the base image)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -19,6 +19,9 @@ fail() { log "FAIL: $*"; exit 1; }
 cleanup() {
   local rc=$?
   podman rm --force --time 0 "$container" >/dev/null 2>&1 || true
+  if [[ "${KEEP_IMAGES:-0}" != 1 ]]; then
+    podman rmi "$base_image" >/dev/null 2>&1 || true
+  fi
   exit "$rc"
 }
 trap cleanup EXIT

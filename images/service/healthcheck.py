@@ -27,9 +27,7 @@ def healthz_status() -> int:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            host, port, timeout=TIMEOUT_S, context=context
-        )
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(host, port, timeout=TIMEOUT_S, context=context)
     else:
         conn = http.client.HTTPConnection(host, port, timeout=TIMEOUT_S)
     try:

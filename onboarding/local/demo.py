@@ -1,14 +1,16 @@
 """The demo: a directory origin of objects for the demo tenant, and a short workload over RESP+TLS whose
-report shows hit ratio and read latency.
+report shows hit ratio, read latency and what the prefetcher did.
 
-Each `Phase` replays the same trace from a cold cache (its keys deleted first) and reads the tenant's INFO
-counters around it. Today there is one phase, plain read-through; a phase with the prefetcher on is one more
-`Phase` whose `prepare` turns it on for the tenant, and the report grows a row.
+Each `Phase` replays the same trace as one tenant from a cold cache (its keys deleted first), reading the
+tenant's INFO counters and the service's prefetch metrics around it. Which prefetcher a tenant runs is the
+service's choice (`FORESIGHT_PREFETCHER`, default learned); a with/without comparison is a second phase as a
+tenant whose prefetcher is off, and the report grows a row.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import socket
 import ssl
 import statistics
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import hiredis
+import requests
 
 DEMO_OBJECTS = 256
 TRACE_LENGTH = 800
@@ -84,18 +87,33 @@ class RespClient:
 
 
 @dataclass(frozen=True)
+class Target:
+    """Where the demo connects: RESP for the workload, HTTPS for the prefetch metrics."""
+
+    host: str
+    port: int
+    http_url: str
+    ca_cert: Path
+
+
+@dataclass(frozen=True)
 class Phase:
-    name: str
+    tenant: str
+    api_key: str
     prepare: Callable[[RespClient], None] | None = None
 
 
 @dataclass(frozen=True)
 class PhaseResult:
     name: str
+    tenant: str
+    prefetcher: str | None
     requests: int
     hits: int
     misses: int
     origin_fetches: int
+    prefetch_issued: int
+    prefetch_used: int
     hit_ratio: float
     p50_ms: float
     p99_ms: float
@@ -104,43 +122,61 @@ class PhaseResult:
         return asdict(self)
 
 
-PHASES = (Phase("read-through, no prefetch"),)
+def prefetch_counters(target: Target, tenant: str) -> tuple[str | None, dict[str, int]]:
+    """The tenant's prefetcher (its A/B arm) and prefetch counters, from the service's /metrics."""
+    try:
+        reply = requests.get(f"{target.http_url}/metrics", verify=str(target.ca_cert), timeout=5)
+    except requests.RequestException:
+        return None, {}
+    arm, counters = None, {}
+    pattern = re.compile(r'^foresight_prefetch_(\w+)_total\{([^}]*)\} ([0-9.e+]+)$')
+    for line in reply.text.splitlines():
+        match = pattern.match(line)
+        if match is None:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2)))
+        if labels.get("tenant") == tenant:
+            counters[match.group(1)] = int(float(match.group(3)))
+            arm = labels.get("arm", arm)
+    return arm, counters
 
 
-def run_phase(client: RespClient, phase: Phase, trace: Sequence[str]) -> PhaseResult:
-    unique = sorted(set(trace))
-    for i in range(0, len(unique), 128):
-        client.command("DEL", *unique[i : i + 128])
-    if phase.prepare is not None:
-        phase.prepare(client)
-    before = client.stats()
-    latencies = []
-    for key in trace:
-        start = time.perf_counter()
-        client.command("GET", key)
-        latencies.append((time.perf_counter() - start) * 1000)
-    after = client.stats()
+def run_phase(target: Target, phase: Phase, trace: Sequence[str]) -> PhaseResult:
+    client = RespClient(target.host, target.port, target.ca_cert, phase.api_key)
+    try:
+        unique = sorted(set(trace))
+        for i in range(0, len(unique), 128):
+            client.command("DEL", *unique[i : i + 128])
+        if phase.prepare is not None:
+            phase.prepare(client)
+        before, (_, prefetch_before) = client.stats(), prefetch_counters(target, phase.tenant)
+        latencies = []
+        for key in trace:
+            start = time.perf_counter()
+            client.command("GET", key)
+            latencies.append((time.perf_counter() - start) * 1000)
+        after, (arm, prefetch_after) = client.stats(), prefetch_counters(target, phase.tenant)
+    finally:
+        client.close()
     hits = after.get("keyspace_hits", 0) - before.get("keyspace_hits", 0)
     misses = after.get("keyspace_misses", 0) - before.get("keyspace_misses", 0)
-    cuts = statistics.quantiles(latencies, n=100)
     return PhaseResult(
-        name=phase.name,
+        name=f"{arm} prefetch" if arm else "no prefetch",
+        tenant=phase.tenant,
+        prefetcher=arm,
         requests=len(trace),
         hits=hits,
         misses=misses,
         origin_fetches=after.get("origin_fetches", 0) - before.get("origin_fetches", 0),
+        prefetch_issued=prefetch_after.get("issued", 0) - prefetch_before.get("issued", 0),
+        prefetch_used=prefetch_after.get("used", 0) - prefetch_before.get("used", 0),
         hit_ratio=hits / max(1, hits + misses),
         p50_ms=statistics.median(latencies),
-        p99_ms=cuts[98],
+        p99_ms=statistics.quantiles(latencies, n=100)[98],
     )
 
 
-def run_demo(
-    host: str, port: int, ca_cert: Path, api_key: str, keys: Sequence[str], phases: Sequence[Phase] = PHASES
-) -> list[PhaseResult]:
+def run_demo(target: Target, phases: Sequence[Phase], keys: Sequence[str]) -> list[PhaseResult]:
+    """Each phase replays the same trace over the same objects (each tenant has its copy in the origin)."""
     trace = demo_trace(keys)
-    client = RespClient(host, port, ca_cert, api_key)
-    try:
-        return [run_phase(client, phase, trace) for phase in phases]
-    finally:
-        client.close()
+    return [run_phase(target, phase, trace) for phase in phases]

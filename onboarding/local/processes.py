@@ -71,8 +71,11 @@ class ManagedProcess:
             return None
         return record[0]
 
-    def start(self, argv: list[str], env: Mapping[str, str], cwd: Path | None = None) -> int:
-        """Start detached (own session, output to the log file) and record the pid."""
+    def start(
+        self, argv: list[str], env: Mapping[str, str], cwd: Path | None = None, fingerprint: str | None = None
+    ) -> int:
+        """Start detached (own session, output to the log file) and record the pid (and `fingerprint`, a
+        digest of the configuration it started with)."""
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
@@ -85,8 +88,19 @@ class ManagedProcess:
                 cwd=cwd,
                 start_new_session=True,  # survives the CLI; Ctrl-C in the terminal does not reach it
             )
-        self.pid_file.write_text(json.dumps({"pid": proc.pid, "start_time": start_time(proc.pid)}))
+        record = {"pid": proc.pid, "start_time": start_time(proc.pid), "fingerprint": fingerprint}
+        self.pid_file.write_text(json.dumps(record))
         return proc.pid
+
+    def fingerprint(self) -> str | None:
+        """The configuration digest the running process started with; None if not running or not recorded."""
+        if self.pid() is None:
+            return None
+        try:
+            value = json.loads(self.pid_file.read_text()).get("fingerprint")
+        except (FileNotFoundError, ValueError):
+            return None
+        return str(value) if value else None
 
     def exited_early(self) -> bool:
         """True if the recorded process is gone (it started and died)."""

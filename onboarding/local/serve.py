@@ -3,13 +3,15 @@ key source and KMS, the admin API behind the admin token, and the demo origin.""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import time
 from dataclasses import dataclass
 
 from onboarding.admin_client import AdminClient
-from onboarding.errors import LocalFailure
+from onboarding.errors import InvalidInput, LocalFailure
 from onboarding.local.openbao import TRANSIT_KEY
 from onboarding.local.processes import ManagedProcess
 from onboarding.state import Deployment, StatePaths, read_secret
@@ -18,6 +20,23 @@ from service.security.apikeys import hash_key
 READY_TIMEOUT_S = 90.0
 # Environment the service must not inherit from the shell that runs `local up`: its settings come from here.
 _FOREIGN = ("FORESIGHT_", "VAULT_", "BAO_")
+# Settings `local up` decides; `--set` may not change them.
+MANAGED = frozenset({
+    "dev", "bind", "resp_port", "http_port", "tls_cert_file", "tls_key_file", "tenants_file", "origin",
+    "origin_latency_ms", "data_dir", "audit_log", "admin_token_hash", "kms_provider", "kms_key_id",
+}) | {"vault_" + name for name in ("addr", "auth_method", "token_file", "ca_file", "kv_mount")}
+
+
+def check_settings(settings: dict[str, str]) -> None:
+    """InvalidInput unless every name is a service setting that `local up` leaves to the operator."""
+    from service.config import Settings
+
+    for name in settings:
+        if name in MANAGED:
+            raise InvalidInput(f"--set {name}", "is managed by `foresight local up`; use its own option if any")
+        if name not in Settings.model_fields:
+            raise InvalidInput(f"--set {name}", "is not a service setting (see `foresight serve --help` and "
+                               "service/config.py)")
 
 
 @dataclass
@@ -33,8 +52,10 @@ class LocalService:
         return AdminClient(self.deployment.http_url, read_secret(self.paths.admin_token), ca_cert=self.paths.ca_cert)
 
     def settings_env(self) -> dict[str, str]:
+        """The service's FORESIGHT_* settings: the operator's `--set`s, then what `local up` manages."""
         d, p = self.deployment, self.paths
-        return {
+        extra = {f"FORESIGHT_{name.upper()}": value for name, value in d.service_settings.items()}
+        return extra | {
             "FORESIGHT_BIND": d.resp_host,
             "FORESIGHT_RESP_PORT": str(d.resp_port),
             "FORESIGHT_HTTP_PORT": str(d.http_port),
@@ -61,9 +82,22 @@ class LocalService:
         env = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)}
         env.update(self.settings_env())
         argv = [sys.executable, "-c", "from service.cli import main; main()", "serve"]
-        self.process.start(argv, env, cwd=self.paths.root)
+        self.process.start(argv, env, cwd=self.paths.root, fingerprint=self.fingerprint())
         self.wait_ready()
         return True
+
+    def fingerprint(self) -> str:
+        """A digest of the settings, to tell whether the running service has the current ones."""
+        return hashlib.sha256(json.dumps(self.settings_env(), sort_keys=True).encode()).hexdigest()
+
+    def outdated(self) -> bool:
+        """True if the service runs with other settings than the deployment's now."""
+        running = self.process.fingerprint()
+        return running is not None and running != self.fingerprint()
+
+    def restart(self) -> None:
+        self.process.stop()
+        self.start()
 
     def wait_ready(self) -> None:
         admin = self.admin()

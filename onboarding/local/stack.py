@@ -13,6 +13,7 @@ import fcntl
 import os
 import shutil
 import socket
+import statistics
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from onboarding.errors import LocalFailure
 from onboarding.journal import Journal
 from onboarding.local import demo, pki
 from onboarding.local.openbao import OpenBao
-from onboarding.local.serve import LocalService
+from onboarding.local.serve import LocalService, check_settings
 from onboarding.plans import PLANS
 from onboarding.state import (
     Deployment,
@@ -59,6 +60,7 @@ class UpOptions:
     vault_port: int | None = None
     origin_latency_ms: float | None = None
     demo: bool = True
+    service_settings: dict[str, str] = field(default_factory=dict)  # merged into the kept ones; "" removes
 
 
 @dataclass
@@ -116,7 +118,10 @@ class LocalStack:
 
         step("service")
         demo_keys = demo.seed_origin(paths.origin, deployment.demo_tenant)
-        if service.start():
+        if service.outdated():
+            service.restart()  # `--set` changed its settings
+            started.append("service")
+        elif service.start():
             started.append("service")
 
         step("demo tenant")
@@ -131,10 +136,9 @@ class LocalStack:
         if options.demo:
             step("demo workload")
             try:
-                result.demo = demo.run_demo(
-                    deployment.resp_host, deployment.resp_port, paths.ca_cert, api_key, demo_keys
-                )
-            except (OSError, RuntimeError) as err:
+                target = demo.Target(deployment.resp_host, deployment.resp_port, deployment.http_url, paths.ca_cert)
+                result.demo = demo.run_demo(target, [demo.Phase(deployment.demo_tenant, api_key)], demo_keys)
+            except (OSError, RuntimeError, statistics.StatisticsError) as err:
                 result.warnings.append(f"demo workload failed: {type(err).__name__}: {err}")
         return result
 
@@ -170,6 +174,9 @@ class LocalStack:
         latency = options.origin_latency_ms
         if latency is None:
             latency = previous.origin_latency_ms if previous else DEFAULT_ORIGIN_LATENCY_MS
+        check_settings(options.service_settings)
+        settings = {**(previous.service_settings if previous else {}), **options.service_settings}
+        settings = {name: value for name, value in settings.items() if value != ""}
         return Deployment(
             state_dir=paths.root,
             resp_host=HOST,
@@ -188,6 +195,7 @@ class LocalStack:
             origin=paths.origin,
             demo_tenant=DEMO_TENANT,
             origin_latency_ms=latency,
+            service_settings=settings,
         )
 
     def _onboarder(self, deployment: Deployment) -> Onboarder:
@@ -209,7 +217,6 @@ class LocalStack:
         try:
             if key_admin.get_tenant(tenant) is None:
                 created = onboard.create_tenant(tenant, PLANS["pro"])
-                assert created.key is not None
                 write_secret(self.paths.demo_key, created.key.secret)
                 return created.key.secret, created.warnings
             stored = read_secret(self.paths.demo_key) if self.paths.demo_key.exists() else None
@@ -220,7 +227,6 @@ class LocalStack:
         except (VaultKeyStoreError, MalformedKey):
             pass  # a stored key Vault no longer knows: issue another below
         new = onboard.issue_key(tenant, ["read", "write"])
-        assert new.key is not None
         write_secret(self.paths.demo_key, new.key.secret)
         return new.key.secret, new.warnings
 

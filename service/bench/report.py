@@ -1,8 +1,10 @@
 """The benchmark matrix: traces x cache sizes x prefetchers x leads, as JSON, a Markdown table and plots.
 
-A prefetcher's proposals depend only on the trace (never on the cache), so each (trace, lead, prefetcher)
-computes them once and replays them at every cache size: the same numbers `bench replay` gives, for a
-third of the model time.
+A simple prefetcher's proposals depend only on the trace (never on the cache), so each (trace, lead,
+prefetcher) computes them once and replays them at every cache size. The learned prefetcher's arms are
+cache-independent too; only its choice among them depends on the cache, so its arms run once and a fresh
+shadow selector picks for each size. Either way: the same numbers `bench replay` gives, for a third of the
+model time.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 from service.bench.replay import CHUNK, ReplayError, replay, resolve_cache_size
 from service.bench.traces import TraceError, load_trace
 from service.prefetch import PREFETCHERS, make_prefetcher
+from service.prefetch.base import Predictions
+from service.prefetch.shadow import CacheAwarePrefetcher, CacheModel
 
 _TRACE_SUFFIXES = (".lis", ".txt", ".csv", ".gz", ".zst", ".xz", ".bz2")
 
@@ -84,14 +88,21 @@ def _unit(path: Path, lead: int, name: str, spec: MatrixSpec) -> list[dict[str, 
     trace = load_trace(path, limit=spec.limit)
     prefetcher = make_prefetcher(name, lead=lead)
     keys = trace.keys.tolist()
-    predictions = None
-    if name != "none" and spec.budget > 0:
-        predictions = []
-        for begin in range(0, len(keys), CHUNK):
-            predictions.extend(prefetcher.access_batch(keys[begin : begin + CHUNK]))
+    chunks = [keys[begin : begin + CHUNK] for begin in range(0, len(keys), CHUNK)]
+    propose = name != "none" and spec.budget > 0
+    aware = prefetcher if propose and isinstance(prefetcher, CacheAwarePrefetcher) else None
+    arms = [aware.propose_arms(chunk) for chunk in chunks] if aware is not None else []
+    predictions: list[Predictions] | None = None
+    if propose and aware is None:
+        predictions = [p for chunk in chunks for p in prefetcher.access_batch(chunk)]
     rows = []
     for frac in spec.fracs:
         size = resolve_cache_size(trace.unique, frac, None)
+        if aware is not None:
+            selector = aware.selector_for(CacheModel(size, spec.policy, lead, spec.budget))
+            predictions = [
+                p for chunk, answers in zip(chunks, arms, strict=True) for p in selector.select_batch(chunk, answers)
+            ]
         result = replay(
             trace, size, prefetcher, policy=spec.policy, budget=spec.budget, lead=lead, predictions=predictions
         )

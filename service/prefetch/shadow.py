@@ -158,11 +158,13 @@ class ShadowSelector:
 
     def __init__(self, arms: Sequence[str], model: CacheModel, config: SelectorConfig | None = None) -> None:
         self.config = config = config or SelectorConfig()
-        self.arms = tuple(a for a in arms if a != NO_PREFETCH) + (NO_PREFETCH,)
+        self.arms = (*(a for a in arms if a != NO_PREFETCH), NO_PREFETCH)
         self.sample_rate = 1 << max(0, math.ceil(math.log2(max(1, model.capacity) / config.max_entries)))
         self._shadows = [CacheSimulation(model, self.sample_rate) for _ in self.arms]
         self.misses = [0.0] * len(self.arms)  # decayed miss counts, one per arm
-        self._decay = 0.5 ** (1.0 / config.half_life)
+        # A sampled shadow sees about one request in `sample_rate`: decay and margin per request seen.
+        self._decay = 0.5 ** (self.sample_rate / config.half_life)
+        self._min_margin = config.min_margin / self.sample_rate
         self._serving = 0
         self.switches = 0
         self.served = dict.fromkeys(self.arms, 0)  # requests whose proposals came from each arm
@@ -194,7 +196,7 @@ class ShadowSelector:
         misses, serving = self.misses, self._serving
         best = min(range(len(misses)), key=misses.__getitem__)  # the first of equals
         current = misses[serving]
-        if best != serving and current - misses[best] > max(self.config.min_margin, self.config.margin * current):
+        if best != serving and current - misses[best] > max(self._min_margin, self.config.margin * current):
             self._serving = best
             self.switches += 1
 
@@ -207,6 +209,9 @@ class CacheAwarePrefetcher(Protocol):
 
     def propose_arms(self, keys: Sequence[int]) -> ArmProposals:
         """Record the accesses; every arm's proposals for each of them."""
+
+    def selector_for(self, model: CacheModel) -> ShadowSelector:
+        """A fresh selector among this prefetcher's arms, with shadows of the given cache."""
 
     def attach_cache(self, model: CacheModel | None) -> None:
         """Choose among arms with shadows of this cache from now on (None: without shadows)."""

@@ -21,7 +21,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from onboarding.context import resolve
-from onboarding.errors import EXIT_LOCAL, EXIT_NOT_FOUND, EXIT_SERVICE, EXIT_VAULT, VaultFailure
+from onboarding.errors import EXIT_LOCAL, EXIT_NOT_FOUND, EXIT_SERVICE, EXIT_USAGE, EXIT_VAULT, VaultFailure
+from onboarding.local import demo
 from onboarding.local.processes import is_alive
 from onboarding.plans import PLANS
 from onboarding.state import StatePaths
@@ -86,9 +87,15 @@ def test_up_prints_endpoints_tenant_key_and_the_demo(local: Local) -> None:
     assert up["api_key"].startswith(f"fsk_{up['key_id']}_") and up["tenant"] == "demo"
     assert up["started"] == ["openbao", "service"]
     [phase] = up["demo"]
-    assert phase["requests"] == phase["hits"] + phase["misses"] > 0
-    assert 0 < phase["hit_ratio"] < 1 and phase["origin_fetches"] == phase["misses"]
-    assert phase["p99_ms"] >= phase["p50_ms"] > 0
+    assert phase["tenant"] == "demo" and phase["requests"] == phase["hits"] + phase["misses"] > 0
+    assert 0 < phase["hit_ratio"] < 1 and phase["p99_ms"] >= phase["p50_ms"] > 0
+    # a read that finds its object's prefetch in flight waits for it instead of fetching again
+    assert phase["misses"] - phase["prefetch_issued"] <= phase["origin_fetches"]
+    assert phase["origin_fetches"] <= phase["misses"] + phase["prefetch_issued"]
+    objects = demo.demo_trace([f"objects/{i:05d}" for i in range(demo.DEMO_OBJECTS)])
+    assert phase["misses"] <= len(set(objects))  # cold, every object misses at most once; prefetch only lowers it
+    if phase["prefetcher"]:
+        assert phase["name"] == f"{phase['prefetcher']} prefetch"
 
 
 def test_secrets_in_the_state_dir_are_private(local: Local) -> None:
@@ -135,6 +142,19 @@ def test_two_tenants_over_tls_see_only_their_own_keys_and_revocation_refuses(loc
                          headers={"Authorization": f"Bearer {acme['api_key']}"})
         assert reply.status_code == 401
     assert demo.get("greeting") == b"demo's"
+
+
+def test_set_changes_a_service_setting_and_restarts_the_service(local: Local) -> None:
+    without = local.json("local", "up", "--set", "prefetcher=none")
+    assert without["started"] == ["service"] and without["api_key"] == local.up["api_key"]
+    [phase] = without["demo"]
+    assert phase["name"] == "no prefetch" and phase["prefetch_issued"] == 0
+    assert phase["origin_fetches"] == phase["misses"]  # every miss, and only a miss, reads the origin
+    assert local.json("local", "up", "--no-demo", "--set", "prefetcher=none")["started"] == []
+    for bad, why in (("resp_port=1", "managed by `foresight local up`"), ("colour=blue", "not a service setting"),
+                     ("prefetcher", "expected NAME=VALUE")):
+        result = local.run("local", "up", "--set", bad)
+        assert result.returncode == EXIT_USAGE and why in result.stderr, result.stderr
 
 
 def _refused(client: redis.Redis) -> bool:

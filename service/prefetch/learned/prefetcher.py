@@ -164,9 +164,12 @@ class LearnedPrefetcher(Prefetcher):
         self.selector: ShadowSelector | None = None
         self.attach_cache(cache)
 
+    def selector_for(self, model: CacheModel) -> ShadowSelector:
+        return ShadowSelector(self.arms, model, self.selector_config)
+
     def attach_cache(self, model: CacheModel | None) -> None:
         """Choose arms by their misses in shadows of this cache from now on (None: by label scores)."""
-        self.selector = None if model is None else ShadowSelector(self.arms, model, self.selector_config)
+        self.selector = None if model is None else self.selector_for(model)
 
     # -- inference ---------------------------------------------------------------------------------
 

@@ -1,0 +1,107 @@
+"""Shadow-cache selection: the cache ends up fed by the arm that misses least in it, whatever the arms' accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from service.bench.replay import replay
+from service.bench.traces import Trace
+from service.prefetch.base import Prediction, Predictions, Prefetcher
+from service.prefetch.learned.prefetcher import LearnedPrefetcher, TrainConfig
+from service.prefetch.markov import MarkovPrefetcher
+from service.prefetch.shadow import CacheModel, SelectorConfig, ShadowSelector, in_sample
+from service.prefetch.stride import StridePrefetcher
+from tests.prefetch.workloads import arm_miss_ratio, arm_proposals, phase_mix, selected_miss_ratio
+
+torch.set_num_threads(1)
+
+
+class Polluter(Prefetcher):
+    """Sure of itself and always wrong: proposes a key nobody ever reads."""
+
+    name = "polluter"
+
+    def __init__(self, lead: int = 0) -> None:
+        super().__init__(lead)
+        self._next = -1
+
+    def access(self, key: int) -> Predictions:
+        self._next -= 1
+        return [Prediction(self._next, 1.0)]
+
+
+def as_trace(keys: list[int]) -> Trace:
+    return Trace("synthetic", np.array(keys, dtype=np.int64))
+
+
+def test_a_selector_that_keeps_one_arm_gives_exactly_that_arms_replay() -> None:
+    keys = phase_mix(20_000, seed=7, kinds=("scan",))
+    trace = as_trace(keys)
+    answers = arm_proposals(keys, {"stride": StridePrefetcher()})
+    model = CacheModel(200)
+    selected, selector = selected_miss_ratio(trace, answers, model)
+    assert selector.served["stride"] == len(keys)
+    assert selected == arm_miss_ratio(trace, answers["stride"], model)
+
+
+def test_an_arm_that_pollutes_the_cache_is_dropped_for_no_prefetching() -> None:
+    # A Zipf working set that just fits: every wasted prefetch evicts something that will be read again.
+    keys = phase_mix(30_000, seed=8, kinds=("hot",))
+    trace = as_trace(keys)
+    answers = arm_proposals(keys, {"polluter": Polluter()})
+    model = CacheModel(500)
+    selected, selector = selected_miss_ratio(trace, answers, model)
+    alone = arm_miss_ratio(trace, answers["polluter"], model)
+    none = arm_miss_ratio(trace, [[] for _ in keys], model)
+    assert none < 0.95 * alone
+    assert selected <= none * 1.02
+    assert selector.served["none"] > 0.95 * len(keys)
+
+
+@pytest.mark.parametrize("lead", [0, 10])
+def test_selection_over_phases_is_no_worse_than_the_better_single_arm(lead: int) -> None:
+    keys = phase_mix(60_000, seed=9, kinds=("scan", "tour", "noisy"))
+    trace = as_trace(keys)
+    answers = arm_proposals(keys, {"stride": StridePrefetcher(lead), "markov": MarkovPrefetcher(lead)})
+    model = CacheModel(round(0.05 * trace.unique), lead=lead)
+    stride, markov = (arm_miss_ratio(trace, answers[a], model) for a in ("stride", "markov"))
+    selected, selector = selected_miss_ratio(trace, answers, model)
+    assert selected <= min(stride, markov) * 1.01
+    assert selector.served["stride"] > 0 and selector.served["markov"] > 0
+
+
+def test_sampled_shadows_pick_the_same_arms() -> None:
+    keys = phase_mix(40_000, seed=10, kinds=("scan", "tour"))
+    trace = as_trace(keys)
+    answers = arm_proposals(keys, {"stride": StridePrefetcher(), "markov": MarkovPrefetcher()})
+    model = CacheModel(2000)
+    exact, _ = selected_miss_ratio(trace, answers, model)
+    sampled, selector = selected_miss_ratio(trace, answers, model, SelectorConfig(max_entries=500))
+    assert selector.sample_rate == 4
+    assert sampled <= exact * 1.03
+
+
+def test_key_samples_have_the_asked_for_rate() -> None:
+    share = sum(in_sample(k, 8) for k in range(80_000)) / 80_000
+    assert 0.11 < share < 0.14
+    assert all(in_sample(k, 1) for k in range(100))
+
+
+def test_selector_always_offers_no_prefetching_as_the_last_arm() -> None:
+    selector = ShadowSelector(("stride", "markov"), CacheModel(10))
+    assert selector.arms == ("stride", "markov", "none")
+    assert selector.serving == "stride"
+
+
+def test_learned_prefetcher_in_a_replay_selects_with_shadows_of_that_cache() -> None:
+    keys = phase_mix(12_000, seed=11, kinds=("scan", "tour"))
+    trace = as_trace(keys)
+    prefetcher = LearnedPrefetcher(config=TrainConfig(warmup=512, train_every=256, buffer=4096))
+    learned = replay(trace, 300, prefetcher, lead=0)
+    assert prefetcher.selector is not None
+    assert prefetcher.selector.served["stride"] + prefetcher.selector.served["network"] > 0
+    stride = replay(trace, 300, StridePrefetcher(), lead=0)
+    markov = replay(trace, 300, MarkovPrefetcher(), lead=0)
+    assert learned.miss_ratio <= min(stride.miss_ratio, markov.miss_ratio) * 1.02
