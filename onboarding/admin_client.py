@@ -30,10 +30,10 @@ class AdminClient:
         except requests.RequestException:
             return False
 
-    def refresh(self) -> list[str]:
-        """Make the service re-read tenants and keys from Vault now; the tenants it then serves."""
-        reply = self._call("POST", "/admin/v1/tenants/refresh", "refresh the service's tenants")
-        return list(reply.get("tenants", []))
+    def refresh_tenant(self, tenant: str) -> bool:
+        """Make the service re-read one tenant (and its keys) from Vault now; True if it serves it."""
+        reply = self._call("POST", f"/admin/v1/tenants/{tenant}/refresh", f"refresh tenant {tenant!r} in the service")
+        return bool(reply.get("served"))
 
     def list_tenants(self) -> list[dict[str, Any]]:
         """Every tenant the service holds, with its usage (name, keys, used_bytes, hits, misses, ...)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from onboarding.errors import InvalidInput
+from service.prefetch import PREFETCHERS
 from service.tenancy import TenantQuota
 
 MIB = 1024 * 1024
@@ -16,7 +17,8 @@ CUSTOM = "custom"
 
 
 def quota_for(
-    plan: str, *, memory_mib: int | None = None, rps: float | None = None, origin: str | None = None
+    plan: str, *, memory_mib: int | None = None, rps: float | None = None, origin: str | None = None,
+    prefetcher: str | None = None,
 ) -> TenantQuota:
     """The quota of `plan`, with `memory_mib`/`rps` overriding it (required for the custom plan)."""
     if plan == CUSTOM:
@@ -32,10 +34,13 @@ def quota_for(
         raise InvalidInput("--memory", "must be a positive number of MiB")
     if rps is not None and rps < 0:
         raise InvalidInput("--rps", "must be 0 (unlimited) or more")
+    if prefetcher is not None and prefetcher not in PREFETCHERS:
+        raise InvalidInput("--prefetcher", f"unknown prefetcher {prefetcher!r}; choose one of {', '.join(PREFETCHERS)}")
     return TenantQuota(
         memory_bytes=memory_mib * MIB if memory_mib is not None else base.memory_bytes,
         requests_per_second=rps if rps is not None else base.requests_per_second,
         origin=origin,
+        prefetcher=prefetcher,
     )
 
 

@@ -98,9 +98,9 @@ class StatePaths:
     def admin_token(self) -> Path:
         return self.secrets / "admin.token"
 
-    @property
-    def demo_key(self) -> Path:
-        return self.secrets / "demo.key"
+    def demo_key(self, tenant: str) -> Path:
+        """The stored key of a demo tenant (so a second `up` can print and use it again)."""
+        return self.secrets / f"{tenant}.key"
 
     def process(self, name: str) -> ManagedProcess:
         """One of the deployment's background processes ("openbao", "service")."""

@@ -149,7 +149,7 @@ class Onboarder:
                 step = "issue the first API key"
                 key = self._call(step, self.key_admin.issue_key, name, scopes or list(DEFAULT_SCOPES))
                 step = "load the tenant into the service"
-                if self.admin is not None and name not in self.admin.refresh():
+                if self.admin is not None and not self.admin.refresh_tenant(name):
                     raise ServiceFailure(step, f"the service did not load tenant {name!r} after a refresh")
             except OnboardingError as err:
                 if isinstance(err, Conflict) and step == "create tenant in Vault":
@@ -215,7 +215,7 @@ class Onboarder:
             spec = self._require(name)
             self._call(action.replace(".", " "), self.key_admin.update_tenant,
                        spec.model_copy(update={"suspended": suspended}))
-        return Outcome(warnings=self._refresh())
+        return Outcome(warnings=self._refresh(name))
 
     def delete_tenant(self, name: str) -> Outcome:
         """Refuse the tenant's keys, remove keys, policy and records from Vault, drop its cached data."""
@@ -225,7 +225,7 @@ class Onboarder:
             self._call(f"delete tenant {name!r}", self.key_admin.delete_tenant, name)  # also finishes a half delete
             if not existed:
                 raise NotFound(f"delete tenant {name!r}", f"no tenant {name!r}")
-        warnings = self._refresh()
+        warnings = self._refresh(name)
         if self.admin is not None:
             try:
                 self.admin.drop_data(name)
@@ -241,7 +241,7 @@ class Onboarder:
             key = self._call("issue key", self.key_admin.issue_key, tenant, scopes, ttl=ttl)
             event["key_id"] = key.key_id
             info = self._call("read the new key", self.key_admin.get_key, key.key_id)
-        return NewKey(warnings=self._refresh(), key=key, info=info)
+        return NewKey(warnings=self._refresh(tenant), key=key, info=info)
 
     def list_keys(self, tenant: str) -> list[KeyInfo]:
         validate_name(tenant)
@@ -258,14 +258,14 @@ class Onboarder:
             info = self._call("read the new key", self.key_admin.get_key, new.key_id)
             event["tenant"] = info.tenant
             old = self._call("read the old key", self.key_admin.get_key, key_id)
-        return NewKey(warnings=self._refresh(), key=new, info=info, replaced=old)
+        return NewKey(warnings=self._refresh(info.tenant), key=new, info=info, replaced=old)
 
     def revoke_key(self, key_id: str) -> tuple[KeyInfo, Outcome]:
         key_id = _key_id(key_id)
         with self._audited("key.revoke", key_id=key_id) as event:
             info: KeyInfo = self._call(f"revoke key {key_id}", self.key_admin.revoke_key, key_id)
             event["tenant"] = info.tenant
-        return info, Outcome(warnings=self._refresh())
+        return info, Outcome(warnings=self._refresh(info.tenant))
 
     # -- internals -------------------------------------------------------------------------------------------
 
@@ -282,12 +282,12 @@ class Onboarder:
         except VaultKeyStoreError as err:
             raise from_key_store(what, err) from None
 
-    def _refresh(self) -> list[str]:
+    def _refresh(self, tenant: str) -> list[str]:
         """Tell the service now (it also polls Vault every few seconds, so a failure here is a warning)."""
         if self.admin is None:
             return []
         try:
-            self.admin.refresh()
+            self.admin.refresh_tenant(tenant)
         except OnboardingError as err:
             return [f"{err} (the service picks the change up from Vault within a few seconds)"]
         return []

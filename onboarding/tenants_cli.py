@@ -42,13 +42,17 @@ def create(
     memory: Annotated[int | None, typer.Option(help="Memory budget in MiB (overrides the plan).")] = None,
     rps: Annotated[float | None, typer.Option(help="Requests per second, 0 unlimited (overrides the plan).")] = None,
     origin: Annotated[str | None, typer.Option(help="The tenant's own origin (fsspec URL).")] = None,
+    prefetcher: Annotated[
+        str | None,
+        typer.Option(help="The tenant's prefetcher: none, stride, markov or learned (default: the service's)."),
+    ] = None,
     scopes: Annotated[str, typer.Option(help="Scopes of the first key, comma-separated.")] = "read,write",
     admin_url: AdminUrl = None,
     as_json: Json = False,
 ) -> None:
     """Create a tenant with its quotas, Vault policy and first API key (shown once), then print how to connect."""
     with output.reported(as_json):
-        quota = quota_for(plan, memory_mib=memory, rps=rps, origin=origin)
+        quota = quota_for(plan, memory_mib=memory, rps=rps, origin=origin, prefetcher=prefetcher)
         with onboarder(admin_url) as onboard, output.progress(f"Creating tenant {name}...", as_json):
             created = onboard.create_tenant(name, quota, parse_scopes(scopes))
         _print_created(created, as_json)

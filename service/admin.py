@@ -38,10 +38,24 @@ async def refresh(state: ServiceState, peer: str) -> list[str]:
         specs = await asyncio.to_thread(source.tenants, fresh=True)
     except Exception as err:
         raise RefreshFailed(f"key source unavailable: {type(err).__name__}") from None
-    await state.apply_tenants(specs)
+    await state.apply_tenants(specs, wait=False)
     await authenticator.recheck(force=True)
     await _audit(state, "admin.tenants.refresh", peer, tenants=len(specs))
     return [spec.name for spec in specs]
+
+
+async def refresh_tenant(state: ServiceState, name: str, peer: str) -> bool:
+    """Re-read one tenant (and forget its cached keys); True if the service now serves it."""
+    authenticator = state.authenticator
+    if authenticator is None:
+        return state.tenants.get(name) is not None
+    try:
+        spec = await asyncio.to_thread(authenticator.source.tenant, name)
+    except Exception as err:
+        raise RefreshFailed(f"key source unavailable: {type(err).__name__}") from None
+    await state.apply_tenant(name, spec)
+    await _audit(state, "admin.tenant.refresh", peer, tenant=name, served=spec is not None)
+    return spec is not None
 
 
 async def purge(state: ServiceState, name: str, peer: str) -> int | None:

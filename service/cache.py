@@ -67,6 +67,7 @@ class TenantCache:
 
     def apply(self, spec: TenantSpec) -> None:
         """Take new quotas without losing data (a smaller budget evicts down to it)."""
+        self.prefetcher = spec.quota.prefetcher
         rate = spec.quota.requests_per_second
         self.bucket = TokenBucket(rate) if rate else None
         self.store.set_budget(spec.quota.memory_bytes)
@@ -140,9 +141,17 @@ class TenantRegistry:
         for name in list(self._caches):
             if name not in wanted:
                 del self._caches[name]
-        for name, spec in wanted.items():
-            cache = self._caches.get(name)
-            if cache is None:
-                self._caches[name] = TenantCache(spec, self.settings, self._origin_slots)
-            else:
-                cache.apply(spec)
+        for spec in wanted.values():
+            self.upsert(spec)
+
+    def upsert(self, spec: TenantSpec) -> TenantCache:
+        """Add one tenant, or apply its changed quotas."""
+        cache = self._caches.get(spec.name)
+        if cache is None:
+            cache = self._caches[spec.name] = TenantCache(spec, self.settings, self._origin_slots)
+        else:
+            cache.apply(spec)
+        return cache
+
+    def remove(self, name: str) -> bool:
+        return self._caches.pop(name, None) is not None

@@ -114,18 +114,35 @@ class PrefetchManager:
 
             self._assignment = ABAssignment(settings.prefetch_ab_arms)
         self._device: str | None = None
+        self._lock = asyncio.Lock()  # one sync at a time: engines are started and stopped in order
+        self._background: set[asyncio.Task[None]] = set()
 
-    def arm(self, tenant: str) -> str:
-        return self._assignment.arm(tenant) if self._assignment is not None else self.settings.prefetcher
+    def arm(self, tenant: TenantCache) -> str:
+        """The tenant's own prefetcher if it has one, else its A/B arm, else the deployment's default."""
+        if tenant.prefetcher is not None:
+            return tenant.prefetcher
+        return self._assignment.arm(tenant.name) if self._assignment is not None else self.settings.prefetcher
+
+    def sync_soon(self, tenants: TenantRegistry) -> None:
+        task = asyncio.create_task(self.sync(tenants))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def sync(self, tenants: TenantRegistry) -> None:
-        """Start engines for new tenants with an origin; stop those of tenants that went away."""
-        for name in [n for n in self.running if tenants.get(n) is not self.running[n].tenant]:
-            await self.running.pop(name).stop()
-        for tenant in tenants:
+        """Start engines for tenants with an origin and a prefetcher; stop those of tenants that went away
+        or changed prefetcher."""
+        async with self._lock:
+            await self._sync(tenants)
+
+    async def _sync(self, tenants: TenantRegistry) -> None:
+        for name in list(self.running):
+            running = self.running[name]
+            if tenants.get(name) is not running.tenant or self.arm(running.tenant) != running.arm:
+                await self.running.pop(name).stop()
+        for tenant in list(tenants):
             if tenant.name in self.running or tenant.origin is None:
                 continue
-            arm = self.arm(tenant.name)
+            arm = self.arm(tenant)
             if arm == "none":
                 continue
             running = await asyncio.to_thread(self._build, tenant, arm)
@@ -157,6 +174,9 @@ class PrefetchManager:
         return running
 
     async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         for name in list(self.running):
             running = self.running.pop(name)
             if running.checkpoints is not None:

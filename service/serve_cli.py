@@ -9,8 +9,6 @@ from typing import Annotated
 
 import typer
 
-from service.config import ConfigError, load_settings
-from service.logs import setup_logging
 
 
 def serve(
@@ -31,6 +29,8 @@ def serve(
     the --config file; flags win over the environment, which wins over the file. Outside --dev the service
     refuses to start without TLS and a key source.
     """
+    from service.config import ConfigError, load_settings
+    from service.logs import setup_logging
     from service.server import run
 
     try:

@@ -50,11 +50,27 @@ class ServiceState:
     def auth_required(self) -> bool:
         return self.authenticator is not None
 
-    async def apply_tenants(self, specs: list[TenantSpec]) -> None:
-        """Serve exactly these tenants (with these quotas), starting and stopping their prefetch engines."""
+    async def apply_tenants(self, specs: list[TenantSpec], wait: bool = True) -> None:
+        """Serve exactly these tenants (with these quotas), starting and stopping their prefetch engines
+        (in the background unless `wait`: a first learned model takes seconds to load)."""
         self.tenants.sync(specs)
-        if self.prefetch is not None:
+        await self._sync_prefetch(wait)
+
+    async def apply_tenant(self, name: str, spec: TenantSpec | None) -> None:
+        """Serve one tenant as `spec` says, or stop serving it (None), leaving the others untouched."""
+        if spec is None:
+            self.tenants.remove(name)
+        else:
+            self.tenants.upsert(spec)
+        await self._sync_prefetch(wait=False)
+
+    async def _sync_prefetch(self, wait: bool) -> None:
+        if self.prefetch is None:
+            return
+        if wait:
             await self.prefetch.sync(self.tenants)
+        else:
+            self.prefetch.sync_soon(self.tenants)
 
     def commands_processed(self) -> int:
         """Commands of closed connections plus those of open ones (counted per connection, off the hot path)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
@@ -28,6 +28,9 @@ class TenantQuota(BaseModel):
     )
     origin: str | None = Field(
         None, description="fsspec URL read through on a miss (file:///srv/data, s3://bucket/prefix); none: no origin."
+    )
+    prefetcher: Literal["none", "stride", "markov", "learned"] | None = Field(
+        None, description="This tenant's prefetcher; unset: the deployment's choice (or its A/B assignment)."
     )
 
 
@@ -50,6 +53,9 @@ class KeySource(Protocol):
 
     def tenants(self, fresh: bool = False) -> list[TenantSpec]:
         """Every tenant with its quota; `fresh` bypasses any cache. May block."""
+
+    def tenant(self, name: str) -> TenantSpec | None:
+        """One tenant, read now (None if it does not exist or is being deleted). May block."""
 
 
 class KeyRecord(BaseModel):
@@ -125,3 +131,6 @@ class FileKeySource:
         if fresh or self.path.stat().st_mtime != self._mtime:
             self._load()
         return list(self._file.tenants)
+
+    def tenant(self, name: str) -> TenantSpec | None:
+        return next((t for t in self.tenants(fresh=True) if t.name == name), None)

@@ -41,12 +41,15 @@ from onboarding.tenants import Onboarder
 from service.security.admin_token import new_admin_token
 from service.security.apikeys import MalformedKey, key_id_of
 from service.security.vault_keys import DEFAULT_MOUNT, VaultKeyAdmin, VaultKeyStoreError
+from service.tenancy import TenantQuota
 
 DEFAULT_RESP_PORT = 6380
 DEFAULT_HTTP_PORT = 8443
 DEFAULT_VAULT_PORT = 8200
 DEFAULT_ORIGIN_LATENCY_MS = 5.0  # the demo origin stands in for an object store a few milliseconds away
 DEMO_TENANT = "demo"
+# The same workload as a tenant whose prefetcher is off: the demo's "without prefetch" row.
+BASELINE_TENANT = "demo-noprefetch"
 HOST = "127.0.0.1"
 PROCESSES = ("openbao", "service")  # start order; stopped in reverse
 
@@ -118,6 +121,7 @@ class LocalStack:
 
         step("service")
         demo_keys = demo.seed_origin(paths.origin, deployment.demo_tenant)
+        demo.seed_origin(paths.origin, BASELINE_TENANT)
         if service.outdated():
             service.restart()  # `--set` changed its settings
             started.append("service")
@@ -128,7 +132,10 @@ class LocalStack:
         onboard = self._onboarder(deployment)
         try:
             onboard.recover()
-            api_key, warnings = self._demo_key(onboard, deployment.demo_tenant)
+            api_key, warnings = self._demo_key(onboard, deployment.demo_tenant, PLANS["pro"])
+            baseline_quota = PLANS["pro"].model_copy(update={"prefetcher": "none"})
+            baseline_key, baseline_warnings = self._demo_key(onboard, BASELINE_TENANT, baseline_quota)
+            warnings += baseline_warnings
         finally:
             onboard.close()
         result = UpResult(deployment, deployment.demo_tenant, api_key, key_id_of(api_key), started, [], warnings)
@@ -137,7 +144,8 @@ class LocalStack:
             step("demo workload")
             try:
                 target = demo.Target(deployment.resp_host, deployment.resp_port, deployment.http_url, paths.ca_cert)
-                result.demo = demo.run_demo(target, [demo.Phase(deployment.demo_tenant, api_key)], demo_keys)
+                phases = [demo.Phase(BASELINE_TENANT, baseline_key), demo.Phase(deployment.demo_tenant, api_key)]
+                result.demo = demo.run_demo(target, phases, demo_keys)
             except (OSError, RuntimeError, statistics.StatisticsError) as err:
                 result.warnings.append(f"demo workload failed: {type(err).__name__}: {err}")
         return result
@@ -211,15 +219,16 @@ class LocalStack:
             endpoints,
         )
 
-    def _demo_key(self, onboard: Onboarder, tenant: str) -> tuple[str, list[str]]:
-        """The demo tenant's key: the stored one while it is usable, else a new one (the tenant made if needed)."""
+    def _demo_key(self, onboard: Onboarder, tenant: str, quota: TenantQuota) -> tuple[str, list[str]]:
+        """A demo tenant's key: the stored one while it is usable, else a new one (the tenant made if needed)."""
         key_admin = onboard.key_admin
+        key_file = self.paths.demo_key(tenant)
         try:
             if key_admin.get_tenant(tenant) is None:
-                created = onboard.create_tenant(tenant, PLANS["pro"])
-                write_secret(self.paths.demo_key, created.key.secret)
+                created = onboard.create_tenant(tenant, quota)
+                write_secret(key_file, created.key.secret)
                 return created.key.secret, created.warnings
-            stored = read_secret(self.paths.demo_key) if self.paths.demo_key.exists() else None
+            stored = read_secret(key_file) if key_file.exists() else None
             if stored is not None:
                 info = key_admin.get_key(key_id_of(stored), tenant=tenant)
                 if info.usable_at(dt.datetime.now(dt.UTC)):
@@ -227,7 +236,7 @@ class LocalStack:
         except (VaultKeyStoreError, MalformedKey):
             pass  # a stored key Vault no longer knows: issue another below
         new = onboard.issue_key(tenant, ["read", "write"])
-        write_secret(self.paths.demo_key, new.key.secret)
+        write_secret(key_file, new.key.secret)
         return new.key.secret, new.warnings
 
     # -- status and down -------------------------------------------------------------------------------------

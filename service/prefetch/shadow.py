@@ -144,9 +144,8 @@ class CacheSimulation:
 class SelectorConfig:
     """Chosen on synthetic phase workloads (`tests/prefetch/workloads.py`), never on the benchmark traces."""
 
-    half_life: int = 8192  # requests over which a shadow's misses lose half their weight
-    margin: float = 0.02  # a challenger must miss this share less than the serving arm...
-    min_margin: float = 8.0  # ...and at least this many (decayed) misses less, to take over
+    half_life: int = 1024  # requests over which a shadow's misses lose half their weight
+    margin: float = 8.0  # decayed misses by which a challenger must beat the serving arm to take over
     max_entries: int = 1 << 16  # shadows of larger caches are set-sampled down to about this many entries
 
 
@@ -164,7 +163,7 @@ class ShadowSelector:
         self.misses = [0.0] * len(self.arms)  # decayed miss counts, one per arm
         # A sampled shadow sees about one request in `sample_rate`: decay and margin per request seen.
         self._decay = 0.5 ** (self.sample_rate / config.half_life)
-        self._min_margin = config.min_margin / self.sample_rate
+        self._margin = config.margin / self.sample_rate
         self._serving = 0
         self.switches = 0
         self.served = dict.fromkeys(self.arms, 0)  # requests whose proposals came from each arm
@@ -195,8 +194,7 @@ class ShadowSelector:
     def _reconsider(self) -> None:
         misses, serving = self.misses, self._serving
         best = min(range(len(misses)), key=misses.__getitem__)  # the first of equals
-        current = misses[serving]
-        if best != serving and current - misses[best] > max(self._min_margin, self.config.margin * current):
+        if best != serving and misses[serving] - misses[best] > self._margin:
             self._serving = best
             self.switches += 1
 

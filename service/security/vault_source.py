@@ -136,6 +136,19 @@ class VaultKeySource:
         self._tenants = (specs, started)
         return list(specs)
 
+    def tenant(self, name: str) -> TenantSpec | None:
+        """One live tenant, read from Vault now; its cached keys are forgotten so key changes show at once."""
+        try:
+            meta = self._read_tenant(name)
+        except _Unreachable:
+            raise ConnectionError("Vault is unreachable") from None
+        with self._lock:
+            stale = [k for k, e in self._entries.items() if e.key.tenant == name]
+        for key_id in stale:
+            self.forget(key_id)
+        self._tenants = None  # the next full list is read again, with this tenant's change in it
+        return None if meta is None or meta.deleting else meta.spec
+
     def forget(self, key_id: str | None = None) -> None:
         """Drop cached answers (one key's, or all) so the next AUTH asks Vault: for in-process revocation."""
         with self._lock:

@@ -86,7 +86,13 @@ def test_up_prints_endpoints_tenant_key_and_the_demo(local: Local) -> None:
         assert up[field], field
     assert up["api_key"].startswith(f"fsk_{up['key_id']}_") and up["tenant"] == "demo"
     assert up["started"] == ["openbao", "service"]
-    [phase] = up["demo"]
+    baseline, phase = up["demo"]
+    assert baseline["tenant"] == "demo-noprefetch" and baseline["prefetcher"] is None
+    assert baseline["name"] == "no prefetch" and baseline["prefetch_issued"] == 0
+    assert baseline["requests"] == phase["requests"]
+    # with the default (learned) prefetcher the same trace misses less than without one
+    assert phase["prefetcher"] == "learned" and phase["prefetch_used"] > 0
+    assert phase["hit_ratio"] > baseline["hit_ratio"]
     assert phase["tenant"] == "demo" and phase["requests"] == phase["hits"] + phase["misses"] > 0
     assert 0 < phase["hit_ratio"] < 1 and phase["p99_ms"] >= phase["p50_ms"] > 0
     # a read that finds its object's prefetch in flight waits for it instead of fetching again
@@ -101,7 +107,7 @@ def test_up_prints_endpoints_tenant_key_and_the_demo(local: Local) -> None:
 def test_secrets_in_the_state_dir_are_private(local: Local) -> None:
     paths = local.paths
     for secret in (paths.openbao_init, paths.ca_key, paths.server_key, paths.operator_token, paths.service_token,
-                   paths.admin_token, paths.demo_key):
+                   paths.admin_token, paths.demo_key("demo"), paths.demo_key("demo-noprefetch")):
         assert secret.stat().st_mode & 0o777 == 0o600, secret
     assert paths.root.stat().st_mode & 0o777 == 0o700
     assert "fsk_" not in paths.deployment.read_text() and "fsadm_" not in paths.deployment.read_text()
@@ -147,8 +153,8 @@ def test_two_tenants_over_tls_see_only_their_own_keys_and_revocation_refuses(loc
 def test_set_changes_a_service_setting_and_restarts_the_service(local: Local) -> None:
     without = local.json("local", "up", "--set", "prefetcher=none")
     assert without["started"] == ["service"] and without["api_key"] == local.up["api_key"]
-    [phase] = without["demo"]
-    assert phase["name"] == "no prefetch" and phase["prefetch_issued"] == 0
+    _, phase = without["demo"]
+    assert phase["tenant"] == "demo" and phase["name"] == "no prefetch" and phase["prefetch_issued"] == 0
     assert phase["origin_fetches"] == phase["misses"]  # every miss, and only a miss, reads the origin
     assert local.json("local", "up", "--no-demo", "--set", "prefetcher=none")["started"] == []
     for bad, why in (("resp_port=1", "managed by `foresight local up`"), ("colour=blue", "not a service setting"),

@@ -34,10 +34,10 @@ class FakeAdmin:
         self.refreshes = 0
         self.dropped: list[str] = []
 
-    def refresh(self) -> list[str]:
+    def refresh_tenant(self, tenant: str) -> bool:
         self._check()
         self.refreshes += 1
-        return [t.name for t in self.key_admin.list_tenants()]
+        return self.key_admin.get_tenant(tenant) is not None
 
     def drop_data(self, tenant: str) -> None:
         self._check()

@@ -126,7 +126,7 @@ PHASES = {"long": (4_000, 64_000), "short": (500, 4_000)}
 
 def sweep(n: int = 150_000, seeds: Sequence[int] = (1, 2)) -> None:
     """Worst and mean selected/best-single-arm over phase mixes, sizes and leads, per candidate config."""
-    configs = [SelectorConfig(half_life=h, margin=m) for h in (512, 1024, 2048, 4096, 16384) for m in (0.0, 0.05)]
+    configs = [SelectorConfig(half_life=h) for h in (512, 1024, 2048, 4096, 16384)]
     ratios: dict[SelectorConfig, list[float]] = {c: [] for c in configs}
     for (phases, (shortest, longest)), seed in itertools.product(PHASES.items(), seeds):
         keys = phase_mix(n, seed, shortest=shortest, longest=longest)

@@ -105,3 +105,14 @@ def test_learned_model_checkpoints_are_encrypted_and_restored(sequential_origin:
     assert (models / "v0002.ckpt").exists()  # the clean stop checkpointed again
     with running_service(**settings) as svc:
         assert svc.state.prefetch.running["default"].checkpoints.serving in (1, 2)
+
+
+def test_a_tenant_can_choose_its_own_prefetcher(tmp_path: Path, pki: PKI) -> None:
+    origin = tmp_path / "origin"
+    for name in ("plain", "eager"):
+        (origin / name).mkdir(parents=True)
+    tenants = tmp_path / "tenants.json"
+    write_tenants_file(tenants, {"plain": {"prefetcher": "none"}, "eager": {"prefetcher": "markov"}})
+    with running_service(tls_cert_file=pki.cert, tls_key_file=pki.key, tenants_file=tenants, origin=str(origin),
+                         prefetcher="stride") as svc:
+        assert {n: r.arm for n, r in svc.state.prefetch.running.items()} == {"eager": "markov"}

@@ -170,15 +170,21 @@ def test_admin_api_needs_the_admin_token_never_a_tenant_key(deployment: Deployme
         new_tenant = f"late-{int(time.time() * 1000) % 10**8}"
         deployment.admin.create_tenant(TenantSpec(name=new_tenant))
         key = deployment.admin.issue_key(new_tenant)
+        one = http.post(f"/admin/v1/tenants/{new_tenant}/refresh", headers=admin)
+        assert one.json() == {"tenant": new_tenant, "served": True}
+        assert deployment.redis(key.secret).set("x", "1") is True  # usable at once, no periodic wait
         refreshed = http.post("/admin/v1/tenants/refresh", headers=admin)
         assert refreshed.status_code == 200 and new_tenant in refreshed.json()["tenants"]
-        assert deployment.redis(key.secret).set("x", "1") is True  # usable at once, no periodic wait
         usage = {t["name"]: t for t in http.get("/admin/v1/tenants", headers=admin).json()}
         assert usage[new_tenant]["keys"] == 1
         purged = http.delete(f"/admin/v1/tenants/{new_tenant}/data", headers=admin)
         assert purged.json() == {"tenant": new_tenant, "keys_removed": 1}
         assert http.delete("/admin/v1/tenants/nope/data", headers=admin).status_code == 404
         deployment.admin.delete_tenant(new_tenant)
+        gone = http.post(f"/admin/v1/tenants/{new_tenant}/refresh", headers=admin)
+        assert gone.json() == {"tenant": new_tenant, "served": False}
+        with pytest.raises(redis.AuthenticationError):
+            deployment.redis(key.secret).ping()
 
 
 def test_audit_log_records_auth_and_verifies(deployment: Deployment) -> None:

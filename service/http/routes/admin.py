@@ -47,6 +47,21 @@ async def refresh_tenants(state: State, peer: AdminPeer) -> TenantNames:
     return TenantNames(tenants=names)
 
 
+class TenantServed(BaseModel):
+    tenant: str
+    served: bool = Field(description="True when the tenant exists in the key source and this process serves it.")
+
+
+@router.post("/tenants/{name}/refresh")
+async def refresh_tenant(name: str, state: State, peer: AdminPeer) -> TenantServed:
+    """Re-read one tenant and its keys now: what onboarding calls after creating or changing a tenant."""
+    try:
+        served = await admin.refresh_tenant(state, name, peer)
+    except admin.RefreshFailed as err:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(err)) from None
+    return TenantServed(tenant=name, served=served)
+
+
 @router.delete("/tenants/{name}/data")
 async def purge_tenant(name: str, state: State, peer: AdminPeer) -> Purged:
     """Drop everything cached for a tenant (onboarding calls this when it deletes the tenant)."""
