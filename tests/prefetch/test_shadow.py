@@ -48,7 +48,7 @@ def test_a_selector_that_keeps_one_arm_gives_exactly_that_arms_replay() -> None:
 
 def test_an_arm_that_pollutes_the_cache_is_dropped_for_no_prefetching() -> None:
     # A Zipf working set that just fits: every wasted prefetch evicts something that will be read again.
-    keys = phase_mix(30_000, seed=8, kinds=("hot",))
+    keys = phase_mix(15_000, seed=8, kinds=("hot",))
     trace = as_trace(keys)
     answers = arm_proposals(keys, {"polluter": Polluter()})
     model = CacheModel(500)
@@ -62,7 +62,7 @@ def test_an_arm_that_pollutes_the_cache_is_dropped_for_no_prefetching() -> None:
 
 @pytest.mark.parametrize("lead", [0, 10])
 def test_selection_over_phases_is_no_worse_than_the_better_single_arm(lead: int) -> None:
-    keys = phase_mix(60_000, seed=9, kinds=("scan", "tour", "noisy"))
+    keys = phase_mix(24_000, seed=9, kinds=("scan", "tour", "noisy"), shortest=2_000, longest=8_000)
     trace = as_trace(keys)
     answers = arm_proposals(keys, {"stride": StridePrefetcher(lead), "markov": MarkovPrefetcher(lead)})
     model = CacheModel(round(0.05 * trace.unique), lead=lead)
@@ -73,7 +73,7 @@ def test_selection_over_phases_is_no_worse_than_the_better_single_arm(lead: int)
 
 
 def test_sampled_shadows_pick_the_same_arms() -> None:
-    keys = phase_mix(40_000, seed=10, kinds=("scan", "tour"))
+    keys = phase_mix(16_000, seed=10, kinds=("scan", "tour"), shortest=2_000, longest=8_000)
     trace = as_trace(keys)
     answers = arm_proposals(keys, {"stride": StridePrefetcher(), "markov": MarkovPrefetcher()})
     model = CacheModel(2000)
@@ -96,7 +96,7 @@ def test_selector_always_offers_no_prefetching_as_the_last_arm() -> None:
 
 
 def test_learned_prefetcher_in_a_replay_selects_with_shadows_of_that_cache() -> None:
-    keys = phase_mix(12_000, seed=11, kinds=("scan", "tour"))
+    keys = phase_mix(8_000, seed=11, kinds=("scan", "tour"), shortest=2_000, longest=4_000)
     trace = as_trace(keys)
     prefetcher = LearnedPrefetcher(config=TrainConfig(warmup=512, train_every=256, buffer=4096))
     learned = replay(trace, 300, prefetcher, lead=0)
