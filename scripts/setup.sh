@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 profile="${1:-run}"
 
 run_packages=(python3-venv openssl)
-test_packages=(redis-server redis-tools packer cloud-init podman buildah runc debootstrap uidmap slirp4netns fuse-overlayfs)
+test_packages=(redis-server redis-tools packer cloud-init podman buildah runc netavark iptables debootstrap uidmap
+               slirp4netns fuse-overlayfs shellcheck curl systemd)
 packages=("${run_packages[@]}")
 [ "$profile" = test ] && packages+=("${test_packages[@]}")
 
@@ -40,4 +41,9 @@ torch_spec="${TORCH_SPEC:-torch==2.13.0+cpu}"
 if ! .venv/bin/pip install -q "$torch_spec" -e ".$extras" >&2; then
   echo "==> retrying with PyTorch's CPU index" >&2
   .venv/bin/pip install -q --extra-index-url https://download.pytorch.org/whl/cpu "$torch_spec" -e ".$extras" >&2
+fi
+
+if [ "$profile" = test ]; then
+  # checkov and hadolint live in their own virtualenv (checkov pins boto3/botocore below the project's).
+  images/install-tools.sh >/dev/null
 fi
