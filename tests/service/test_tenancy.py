@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def test_auth_with_tenant_username(prod_service: ProductionService) -> None:
 
 def test_http_tenant_isolation_and_auth(prod_service: ProductionService) -> None:
     url = prod_service.svc.endpoints.http_url
-    with httpx.Client(base_url=url, verify=str(prod_service.pki.ca_cert)) as http:
+    with httpx.Client(base_url=url, verify=ssl.create_default_context(cafile=str(prod_service.pki.ca_cert))) as http:
         acme = {"Authorization": f"Bearer {prod_service.keys['acme'].secret}"}
         globex = {"Authorization": f"Bearer {prod_service.keys['globex'].secret}"}
         assert http.put("/v1/keys/doc", content=b"acme-data", headers=acme).status_code == 204
@@ -123,7 +124,7 @@ def test_rate_quota_gives_clear_error_and_recovers(tmp_path: Path, pki: PKI) -> 
         assert all(free.get("k") is None for _ in range(300))  # the other tenant is unaffected
         time.sleep(0.3)
         assert limited.get("k") is None  # refilled
-        with httpx.Client(base_url=svc.endpoints.http_url, verify=str(pki.ca_cert)) as http:
+        with httpx.Client(base_url=svc.endpoints.http_url, verify=ssl.create_default_context(cafile=str(pki.ca_cert))) as http:
             headers = {"Authorization": f"Bearer {keys['limited'].secret}"}
             codes = [http.get("/v1/keys/k", headers=headers).status_code for _ in range(80)]
             assert 429 in codes
@@ -142,7 +143,6 @@ def test_tenants_file_errors_name_the_field(tmp_path: Path, pki: PKI) -> None:
 
 def test_unauthenticated_client_cannot_make_the_server_buffer_much(prod_service: ProductionService) -> None:
     import socket
-    import ssl
 
     context = ssl.create_default_context(cafile=str(prod_service.pki.ca_cert))
     with socket.create_connection(("127.0.0.1", prod_service.svc.resp_port)) as raw, \

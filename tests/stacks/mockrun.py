@@ -7,6 +7,7 @@ stack output (value and whether it is secret). Invokes are answered by `fake_clo
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import runpy
@@ -201,6 +202,8 @@ def run_program(
     invoke: Callable[[str, Mapping[str, Any]], dict[str, Any]] = fake_cloud_invoke,
 ) -> MockRun:
     """Execute stacks/__main__.py as the stack `STACK` with `config`; raise what the program raises."""
+    # Pulumi's runtime asks for the thread's current loop; an async test run earlier may have closed it.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     settings.ROOT.set(None)
     pulumi.runtime.set_all_config(dict(config), list(secret_keys))
     mocks = RecordingMocks(invoke)
