@@ -124,7 +124,8 @@ def test_rate_quota_gives_clear_error_and_recovers(tmp_path: Path, pki: PKI) -> 
         assert all(free.get("k") is None for _ in range(300))  # the other tenant is unaffected
         time.sleep(0.3)
         assert limited.get("k") is None  # refilled
-        with httpx.Client(base_url=svc.endpoints.http_url, verify=ssl.create_default_context(cafile=str(pki.ca_cert))) as http:
+        verify = ssl.create_default_context(cafile=str(pki.ca_cert))
+        with httpx.Client(base_url=svc.endpoints.http_url, verify=verify) as http:
             headers = {"Authorization": f"Bearer {keys['limited'].secret}"}
             codes = [http.get("/v1/keys/k", headers=headers).status_code for _ in range(80)]
             assert 429 in codes
