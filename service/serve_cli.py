@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 
-
 def serve(
     dev: Annotated[
         bool, typer.Option("--dev", help="Local trial: 127.0.0.1 only, plain TCP, tenant 'default', no AUTH.")

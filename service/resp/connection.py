@@ -108,19 +108,23 @@ class RespConnection(asyncio.Protocol):
     def _drain_sync(self) -> None:
         """Answer every complete command in the buffer; hand over to a task at the first that must wait."""
         out: list[bytes] = []
-        execute = self.execute
-        while not self.close_after_reply:
-            args = self._next()
-            if args is False:
-                break
-            reply = execute(args)
-            if type(reply) is bytes:
-                out.append(reply)
-            else:
-                if out:
-                    self._write(b"".join(out))
-                self._busy = asyncio.ensure_future(self._drain_async(reply))  # type: ignore[arg-type]
-                return
+        execute, gets = self.execute, self.reader.gets
+        try:
+            while not self.close_after_reply:
+                args = gets()
+                if args is False:
+                    break
+                reply = execute(args)
+                if type(reply) is bytes:
+                    out.append(reply)
+                else:
+                    if out:
+                        self._write(b"".join(out))
+                    self._busy = asyncio.ensure_future(self._drain_async(reply))  # type: ignore[arg-type]
+                    return
+        except hiredis.ProtocolError as err:
+            out.append(r.error(f"ERR Protocol error: {err}"))
+            self.close_after_reply = True
         if out:
             self._write(b"".join(out))
         if self.close_after_reply and self.transport is not None:
@@ -173,7 +177,8 @@ class RespConnection(asyncio.Protocol):
             return r.error("ERR Protocol error: expected an array of bulk strings")
         if cmd is None:
             return r.unknown_command(args)
-        if not cmd.arity_ok(len(args)):
+        arity, argc = cmd.arity, len(args)
+        if (argc != arity) if arity > 0 else (argc < -arity):
             return r.wrong_arity(cmd.name)
         self.commands_processed += 1
         tenant = self.tenant

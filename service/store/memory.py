@@ -124,7 +124,8 @@ class MemoryStore:
         prefetched: bool = False,
     ) -> None:
         """Insert or overwrite, then evict until the budget holds again. Raises ValueTooLarge."""
-        size = self._sizer(key, value)
+        sizer = self._sizer  # the default one inlined: this is the write hot path
+        size = len(key) + len(value) + ENTRY_OVERHEAD if sizer is entry_size else sizer(key, value)  # type: ignore[arg-type]
         if size > self.budget:
             raise ValueTooLarge(f"entry of {size} bytes exceeds the tenant budget of {self.budget} bytes")
         old = self._data.get(key)
@@ -135,9 +136,14 @@ class MemoryStore:
         if old is not None:
             if keep_ttl:
                 expires_at = old.expires_at
-            self.used += size - old.size
-            old.value, old.size, old.prefetched = value, size, False
-            self.policy.resize(key, size)
+            old_size = old.size
+            old.value, old.prefetched = value, False
+            if size != old_size:
+                self.used += size - old_size
+                old.size = size
+                self.policy.resize(key, size)
+            else:
+                self.policy.hit(key)
             entry = old
         else:
             # Make room before admitting, so the newcomer is never its own victim (an LRU prefetch enters

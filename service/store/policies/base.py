@@ -43,7 +43,8 @@ class EvictionPolicy(ABC):
         self.capacity = capacity
 
     def resize(self, key: Hashable, size: int) -> None:
-        """A resident key was overwritten with a value of another size; by default that counts as a hit."""
+        """A resident key was overwritten with a value of another size (an overwrite of the same size is
+        reported as a hit); by default that counts as a hit too."""
         self.hit(key)
 
     @abstractmethod
