@@ -59,7 +59,7 @@ class TenantCache:
             )
         self.bucket: TokenBucket | None = None
         # The prefetch engine's access-log append, set while one runs: reads report (key, hit) through it.
-        self.observe: Callable[[bytes, bool], None] | None = None
+        self.observe: Callable[[tuple[bytes, bool]], None] | None = None
         self.origin_fetches = 0
         self.origin_errors = 0
         self.rate_limited = 0
@@ -102,7 +102,7 @@ class TenantCache:
         """A read as the HTTP API makes it: the store first, then the origin. Raises OriginError."""
         value = self.store.get(key)
         if self.observe is not None:
-            self.observe(key, value is not None)
+            self.observe((key, value is not None))
         if value is None and self.origin is not None:
             value = await self.read_through(key)
         return value

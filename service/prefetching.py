@@ -34,6 +34,17 @@ def resolve_device(requested: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# Until a tenant's store holds data, its entries are assumed to be this large when sizing the shadow caches.
+ASSUMED_ENTRY_BYTES = 4096
+
+
+def entry_capacity(tenant: TenantCache) -> int:
+    """About how many entries the tenant's budget holds: what the learned prefetcher's shadow caches model."""
+    store = tenant.store
+    mean = store.used // len(store) if len(store) else ASSUMED_ENTRY_BYTES
+    return max(1, store.budget // max(1, mean))
+
+
 class TenantPrefetch:
     """One tenant's engine, its background task and (for a learned model) its checkpoint registry."""
 
@@ -49,7 +60,7 @@ class TenantPrefetch:
         self._tasks.append(asyncio.create_task(self.engine.run()))
         if self.checkpoints is not None:
             self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
-        self.tenant.observe = self.engine.log.append
+        self.tenant.observe = self.engine.record
 
     def restore(self) -> int | None:
         """Load the serving checkpoint, if any, into the model. Blocks."""
@@ -153,6 +164,7 @@ class PrefetchManager:
         from service.prefetch import make_prefetcher
         from service.prefetch.coordinator import PrefetchBudget
         from service.prefetch.engine import PrefetchEngine
+        from service.prefetch.shadow import CacheModel
 
         settings = self.settings
         device = "cpu"
@@ -161,7 +173,11 @@ class PrefetchManager:
             device = self._device
         budget = PrefetchBudget(settings.prefetch_threshold, settings.prefetch_per_request,
                                 settings.prefetch_max_in_flight)
-        engine = PrefetchEngine(tenant, make_prefetcher(arm, lead=settings.prefetch_lead, device=device), budget)
+        cache = CacheModel(capacity=entry_capacity(tenant), policy=settings.eviction_policy,
+                           lead=settings.prefetch_lead, per_request=budget.per_request, threshold=budget.threshold,
+                           max_in_flight=budget.max_in_flight)
+        prefetcher = make_prefetcher(arm, lead=settings.prefetch_lead, device=device, cache=cache)
+        engine = PrefetchEngine(tenant, prefetcher, budget)
         checkpoints = None
         if arm == "learned" and settings.data_dir is not None and self.cipher is not None:
             from service.prefetch.mlops.checkpoints import CheckpointRegistry

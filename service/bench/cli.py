@@ -1,4 +1,4 @@
-"""`foresight bench`: trace replay and the benchmark report (the RESP benchmark joins this group)."""
+"""`foresight bench`: RESP throughput against redis-server, the access log's cost, trace replay and the report."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from service.bench.resp import bench_resp
+
 if TYPE_CHECKING:
     from service.bench.replay import ReplayResult
 
 app = typer.Typer(help="Benchmarks: RESP throughput against redis-server, trace replay.", no_args_is_help=True)
+app.command("resp")(bench_resp)
 
 _LARGE = 200_000  # requests above which replay shows a progress bar on an interactive stderr
 
@@ -125,3 +128,30 @@ def report(
         raise _fail(str(err)) from None
     for path in written:
         typer.echo(str(path))
+
+
+@app.command("access-log")
+def access_log(
+    requests: Annotated[int, typer.Option(min=1000, help="Requests per redis-benchmark run.")] = 200_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """What recording reads for the prefetcher adds to a served GET (goal: under 1%).
+
+    Measures the in-process GET dispatch with and without the access log, and the server's time per served
+    GET with redis-benchmark (50 clients, -P 1 and -P 16) against `foresight serve --dev`.
+    """
+    from service.bench.hotpath import measure
+    from service.bench.resp import BenchError
+
+    try:
+        cost = measure(requests)
+    except BenchError as err:
+        raise _fail(str(err)) from None
+    if as_json:
+        typer.echo(json.dumps(cost.as_dict()))
+        return
+    typer.echo(f"GET dispatch in process: {cost.dispatch_ns:.0f} ns, with the access log "
+               f"{cost.dispatch_recorded_ns:.0f} ns (+{cost.recorder_ns:.0f} ns)")
+    for pipeline, micros in sorted(cost.served_get_us.items()):
+        typer.echo(f"served GET at -P {pipeline}: {micros:.2f} us of server time; access log overhead "
+                   f"{cost.overhead(pipeline):.2%}")

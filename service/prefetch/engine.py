@@ -39,6 +39,7 @@ class PrefetchEngine:
         self.prefetcher = prefetcher
         self.codec = codec or KeyCodec()
         self.log = AccessLog(log_capacity, sample_every)
+        self.record = self.log.recorder()  # what the service's read path calls with (key, hit)
         self.coordinator = PrefetchCoordinator(target, budget or PrefetchBudget(), decode=self._decode)
         self.drift = DriftDetector()
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -54,8 +55,8 @@ class PrefetchEngine:
         return self.codec.decode(ident)
 
     def on_access(self, key: bytes, hit: bool) -> None:
-        """Hot path, called by the GET handler: O(1), no torch, no await."""
-        self.log.append(key, hit)
+        """Record one read; the service calls `record((key, hit))` directly, which skips this frame."""
+        self.record((key, hit))
 
     def step(self) -> list[tuple[Hashable, Predictions]]:
         """Drain the log and compute proposals (blocking: run it off the event loop)."""

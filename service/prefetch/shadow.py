@@ -145,7 +145,11 @@ class SelectorConfig:
     """Chosen on synthetic phase workloads (`tests/prefetch/workloads.py`), never on the benchmark traces."""
 
     half_life: int = 1024  # requests over which a shadow's misses lose half their weight
-    margin: float = 8.0  # decayed misses by which a challenger must beat the serving arm to take over
+    # A challenger takes over when its decayed misses are below the serving arm's by more than
+    # max(margin, relative_margin * serving arm's decayed misses), on `persist` consecutive requests.
+    margin: float = 8.0  # the floor, in decayed misses
+    relative_margin: float = 0.0  # the share of the serving arm's decayed misses
+    persist: int = 1  # requests in a row the same challenger must lead by the margin
     max_entries: int = 1 << 16  # shadows of larger caches are set-sampled down to about this many entries
 
 
@@ -164,7 +168,11 @@ class ShadowSelector:
         # A sampled shadow sees about one request in `sample_rate`: decay and margin per request seen.
         self._decay = 0.5 ** (self.sample_rate / config.half_life)
         self._margin = config.margin / self.sample_rate
+        self._relative = config.relative_margin
+        self._persist = config.persist
         self._serving = 0
+        self._challenger = 0  # the arm leading the serving one by the margin, and for how many requests
+        self._streak = 0
         self.switches = 0
         self.served = dict.fromkeys(self.arms, 0)  # requests whose proposals came from each arm
 
@@ -194,8 +202,15 @@ class ShadowSelector:
     def _reconsider(self) -> None:
         misses, serving = self.misses, self._serving
         best = min(range(len(misses)), key=misses.__getitem__)  # the first of equals
-        if best != serving and misses[serving] - misses[best] > self._margin:
+        margin = max(self._margin, self._relative * misses[serving])
+        if best == serving or misses[serving] - misses[best] <= margin:
+            self._streak = 0
+            return
+        self._streak = self._streak + 1 if best == self._challenger else 1
+        self._challenger = best
+        if self._streak >= self._persist:
             self._serving = best
+            self._streak = 0
             self.switches += 1
 
 

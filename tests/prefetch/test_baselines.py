@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 
@@ -60,19 +59,15 @@ def test_access_log_is_bounded_and_sampled() -> None:
     for i in range(20):
         log.append(i, False)
     assert [k for k, _ in log.drain()] == [13, 15, 17, 19]
-    assert log.dropped == 6
+    assert log.saturated == 1  # the worker fell behind: the ring was full when drained
     assert log.drain() == []
+    assert log.saturated == 1
 
 
-def test_access_log_append_is_cheap() -> None:
-    log = AccessLog()
-    n = 200_000
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for i in range(n):
-            log.append(i, True)
-        best = min(best, (time.perf_counter() - start) / n)
-        log.drain()
-    # A served GET costs tens of microseconds; under a microsecond here keeps the hook below 1-2%.
-    assert best < 1e-6
+def test_unsampled_recorder_is_the_rings_own_append() -> None:
+    log = AccessLog(capacity=8)
+    record = log.recorder()
+    for i in range(3):
+        record((i, i % 2 == 0))
+    assert log.drain() == [(0, True), (1, False), (2, True)]
+    assert log.saturated == 0

@@ -105,3 +105,38 @@ def test_learned_prefetcher_in_a_replay_selects_with_shadows_of_that_cache() -> 
     stride = replay(trace, 300, StridePrefetcher(), lead=0)
     markov = replay(trace, 300, MarkovPrefetcher(), lead=0)
     assert learned.miss_ratio <= min(stride.miss_ratio, markov.miss_ratio) * 1.02
+
+
+def test_at_low_miss_rates_the_selector_still_reaches_the_clearly_better_arm() -> None:
+    # One loop of consecutive keys: stride misses once per lap, Markov only in the first lap. Both arms miss
+    # about one request in a thousand once warm, far below any fixed margin's reach.
+    keys = phase_mix(12_000, seed=4, kinds=("loop",), shortest=12_000, longest=12_000)
+    trace = as_trace(keys)
+    answers = arm_proposals(keys, {"stride": StridePrefetcher(), "markov": MarkovPrefetcher()})
+    model = CacheModel(round(0.05 * trace.unique))
+    stride = arm_miss_ratio(trace, answers["stride"], model)
+    assert stride < 0.002
+    selected, selector = selected_miss_ratio(trace, answers, model)
+    assert selector.serving == "markov"
+    assert selected < 0.75 * stride
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_on_a_short_trace_selection_stays_within_a_bounded_margin_of_the_best_arm(seed: int) -> None:
+    keys = phase_mix(8_000, seed=seed, shortest=500, longest=4_000)
+    trace = as_trace(keys)
+    for lead in (0, 10):
+        answers = arm_proposals(keys, {"stride": StridePrefetcher(lead), "markov": MarkovPrefetcher(lead)})
+        model = CacheModel(round(0.05 * trace.unique), lead=lead)
+        best = min(arm_miss_ratio(trace, answers[a], model) for a in answers)
+        assert selected_miss_ratio(trace, answers, model)[0] <= best * 1.02
+
+
+def test_a_challenger_must_lead_by_the_margin_for_persist_requests_in_a_row() -> None:
+    keys = list(range(1_000))  # fresh sequential keys: stride hits, the polluter misses every one
+    answers = arm_proposals(keys, {"polluter": Polluter(), "stride": StridePrefetcher()})
+    for persist in (1, 50):
+        selector = ShadowSelector(("polluter", "stride"), CacheModel(100), SelectorConfig(margin=1.0, persist=persist))
+        selector.select_batch(keys, answers)
+        assert selector.serving == "stride" and selector.switches == 1
+        assert persist <= selector.served["polluter"] <= persist + 5

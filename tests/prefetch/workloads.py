@@ -9,7 +9,17 @@ each kind with its own keys, so returning to a kind finds (or has lost) its keys
 - hot: Zipf(1.1) reads of 5k keys (caching works, every prefetch is a gamble);
 - noisy tour: a tour where half the reads are random keys (Markov stays above threshold and wastes half).
 
-`python -m tests.prefetch.workloads` runs the sweep that chose `SelectorConfig` (docs/prefetch.md).
+Two kinds where every arm misses well under 1 % once warm, added to choose the selector's relative margin:
+
+- loop: a run of 500 to 4k consecutive keys read round and round (stride misses at every wrap, Markov
+  misses the first lap and then almost nothing);
+- long scan: sequential runs of 2k to 20k fresh keys (stride misses at each jump, Markov at every key).
+
+Short traces (8k requests of short phases) stand for the benchmark's smallest traces, where a switch's
+warm-up is a large part of the whole.
+
+`python -m tests.prefetch.workloads [PART PARTS]` runs the sweep that chose `SelectorConfig` (docs/prefetch.md);
+PART/PARTS splits the candidate configurations over processes.
 """
 
 from __future__ import annotations
@@ -64,16 +74,35 @@ def _noisy_tour(rng: random.Random, n: int, state: dict) -> list[int]:
     return _tour(rng, n, state, noise=0.5, name="noisy")
 
 
+def _loop(rng: random.Random, n: int, _state: dict) -> list[int]:
+    base, length = 4 * _REGION + rng.randrange(10**6), rng.randint(500, 4_000)
+    return [base + i % length for i in range(n)]
+
+
+def _long_scan(rng: random.Random, n: int, state: dict) -> list[int]:
+    keys: list[int] = []
+    while len(keys) < n:
+        base = state.get("long_scan", 5 * _REGION) + rng.randrange(1, 10**4)  # always fresh keys
+        run = rng.randint(2_000, 20_000)
+        keys += range(base, base + run)
+        state["long_scan"] = base + run
+    return keys[:n]
+
+
 KINDS: dict[str, Callable[[random.Random, int, dict], list[int]]] = {
     "scan": _scan,
     "tour": _tour,
     "hot": _hot,
     "noisy": _noisy_tour,
+    "loop": _loop,
+    "long_scan": _long_scan,
 }
+PHASE_KINDS = ("scan", "tour", "hot", "noisy")
+LOW_MISS_KINDS = ("loop", "long_scan")
 
 
 def phase_mix(
-    n: int, seed: int, kinds: Sequence[str] = tuple(KINDS), shortest: int = 4_000, longest: int = 64_000
+    n: int, seed: int, kinds: Sequence[str] = PHASE_KINDS, shortest: int = 4_000, longest: int = 64_000
 ) -> list[int]:
     """Phases of random kinds and log-uniform lengths."""
     rng = random.Random(seed)
@@ -123,28 +152,53 @@ class _Named(Prefetcher):
 
 PHASES = {"long": (4_000, 64_000), "short": (500, 4_000)}
 
+# name -> (requests, seed, kinds, shortest phase, longest phase)
+SWEEP_WORKLOADS: dict[str, tuple[int, int, Sequence[str], int, int]] = {
+    "long": (60_000, 1, PHASE_KINDS, 4_000, 64_000),
+    "short-phases": (60_000, 2, PHASE_KINDS, 500, 4_000),
+    "low-miss": (60_000, 3, LOW_MISS_KINDS, 4_000, 64_000),
+    "loop": (30_000, 4, ("loop",), 30_000, 30_000),
+    **{f"short-trace{seed}": (8_000, seed, PHASE_KINDS, 500, 4_000) for seed in (5, 6, 7)},
+    "short-low-miss": (8_000, 8, LOW_MISS_KINDS, 1_000, 4_000),
+}
 
-def sweep(n: int = 150_000, seeds: Sequence[int] = (1, 2)) -> None:
-    """Worst and mean selected/best-single-arm over phase mixes, sizes and leads, per candidate config."""
-    configs = [SelectorConfig(half_life=h) for h in (512, 1024, 2048, 4096, 16384)]
-    ratios: dict[SelectorConfig, list[float]] = {c: [] for c in configs}
-    for (phases, (shortest, longest)), seed in itertools.product(PHASES.items(), seeds):
-        keys = phase_mix(n, seed, shortest=shortest, longest=longest)
-        trace = Trace(f"{phases}{seed}", np.array(keys, dtype=np.int64))
+CANDIDATES = [
+    SelectorConfig(margin=m, relative_margin=r, persist=k)
+    for m, r, k in itertools.product((1.0, 2.0, 8.0), (0.0, 0.25, 0.5), (1, 128))
+]
+
+
+def sweep(configs: Sequence[SelectorConfig] = CANDIDATES) -> dict[SelectorConfig, dict[str, float]]:
+    """Selected/best-single-arm (stride, Markov) per config and case: workloads x cache 1/5/10 % x lead 0/10."""
+    ratios: dict[SelectorConfig, dict[str, float]] = {c: {} for c in configs}
+    for name, (n, seed, kinds, shortest, longest) in SWEEP_WORKLOADS.items():
+        keys = phase_mix(n, seed, kinds, shortest, longest)
+        trace = Trace(name, np.array(keys, dtype=np.int64))
         for lead in (0, 10):
             answers = arm_proposals(keys, {"stride": StridePrefetcher(lead), "markov": MarkovPrefetcher(lead)})
             for frac in (0.01, 0.05, 0.1):
                 model = CacheModel(max(1, round(trace.unique * frac)), lead=lead)
                 best = min(arm_miss_ratio(trace, answers[a], model) for a in answers)
                 for config in configs:
-                    ratio = selected_miss_ratio(trace, answers, model, config)[0] / best
-                    ratios[config].append(ratio)
-                    print(f"{trace.name} lead {lead} frac {frac} {config}: {ratio:.3f}", file=sys.stderr, flush=True)
-    for config, values in ratios.items():
-        print(f"{config}: worst {max(values):.3f} mean {sum(values) / len(values):.3f}")
+                    ratio = selected_miss_ratio(trace, answers, model, config)[0] / max(best, 1e-9)
+                    ratios[config][f"{name} lead {lead} frac {frac}"] = ratio
+                    print(f"{name} lead {lead} frac {frac} best {best:.4f} {config}: {ratio:.3f}", file=sys.stderr)
+    return ratios
+
+
+def summary(ratios: dict[str, float]) -> str:
+    values = list(ratios.values())
+    low = [v for k, v in ratios.items() if "low-miss" in k or k.startswith("loop")]
+    short = [v for k, v in ratios.items() if k.startswith("short-")]
+    return (
+        f"worst {max(values):.3f} mean {sum(values) / len(values):.3f} | low-miss worst {max(low):.3f}"
+        f" mean {sum(low) / len(low):.3f} | short worst {max(short):.3f} mean {sum(short) / len(short):.3f}"
+    )
 
 
 if __name__ == "__main__":
     started = time.perf_counter()
-    sweep()
+    part, parts = (int(a) for a in sys.argv[1:3]) if len(sys.argv) > 2 else (0, 1)
+    for config, values in sweep(CANDIDATES[part::parts]).items():
+        print(f"{config}: {summary(values)}", flush=True)
     print(f"{time.perf_counter() - started:.0f} s")

@@ -42,8 +42,9 @@ async def _read_through(conn: RespConnection, key: bytes) -> bytes:
 def get(conn: RespConnection, args: list[bytes]) -> Reply:
     tenant = conn.tenant
     value = tenant.store.get(args[1])
-    if tenant.observe is not None:
-        tenant.observe(args[1], value is not None)
+    observe = tenant.observe
+    if observe is not None:
+        observe((args[1], value is not None))
     if value is not None:
         return r.bulk(value)
     if tenant.origin is None:
@@ -70,7 +71,7 @@ def mget(conn: RespConnection, args: list[bytes]) -> Reply:
     observe = conn.tenant.observe
     if observe is not None:
         for key, value in zip(keys, values, strict=True):
-            observe(key, value is not None)
+            observe((key, value is not None))
     if conn.tenant.origin is not None and None in values:
         return _mget_through(conn, keys, values)
     return r.array(conn.null if v is None else r.bulk(v) for v in values)

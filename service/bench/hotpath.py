@@ -1,0 +1,93 @@
+"""`foresight bench access-log`: what recording reads for the prefetcher costs on the GET path.
+
+Two measurements in one run. In process: the RESP dispatch of pipelined GETs (parse, look up, reply) on a
+connection whose tenant records reads, and on one whose tenant does not, alternating rounds; the difference
+is the recorder's cost per GET. Served: `redis-benchmark` GETs against `foresight serve --dev`, whose
+reciprocal throughput is what one served GET costs the single-threaded server. The overhead is the first
+over the second: the share of a served GET that the access log adds.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from service.config import Settings
+from service.prefetch.access_log import AccessLog
+from service.resp.connection import RespConnection
+from service.state import DEV_TENANT, ServiceState
+from service.tenancy import TenantQuota, TenantSpec
+
+
+class _NullTransport:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("127.0.0.1", 0)
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class AccessLogCost:
+    dispatch_ns: float  # in-process RESP dispatch of one GET, reads not recorded
+    dispatch_recorded_ns: float  # the same with the access log recording every read
+    served_get_us: dict[int, float]  # pipeline depth -> server time per served GET (1 / redis-benchmark rps)
+
+    @property
+    def recorder_ns(self) -> float:
+        return self.dispatch_recorded_ns - self.dispatch_ns
+
+    def overhead(self, pipeline: int) -> float:
+        """The recorder's share of one served GET at this pipeline depth."""
+        return self.recorder_ns / (self.served_get_us[pipeline] * 1000)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "recorder_ns": self.recorder_ns,
+                "overhead": {str(p): self.overhead(p) for p in self.served_get_us}}
+
+
+def _encode(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
+
+
+def dispatch_cost(rounds: int = 9, batches: int = 4000, keys: int = 10_000) -> tuple[float, float]:
+    """Median ns per pipelined GET without and with the access log recording (alternating rounds)."""
+    state = ServiceState(Settings(dev=True), None)
+    state.tenants.sync([TenantSpec(name=DEV_TENANT, quota=TenantQuota(memory_bytes=1 << 30))])
+    tenant = state.tenants.get(DEV_TENANT)
+    assert tenant is not None
+    for i in range(keys):
+        tenant.store.set(b"key:%08d" % i, b"x" * 64)
+    connection = RespConnection(state)
+    connection.connection_made(_NullTransport())  # type: ignore[arg-type]
+    rng = random.Random(7)
+    chunk = b"".join(_encode(b"GET", b"key:%08d" % rng.randrange(keys)) for _ in range(16))
+    log = AccessLog()
+    samples: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(rounds):
+        for recorded in (False, True):
+            tenant.observe = log.recorder() if recorded else None
+            start = time.perf_counter()
+            for _ in range(batches):
+                connection.data_received(chunk)
+            samples[recorded].append((time.perf_counter() - start) / (batches * 16) * 1e9)
+            log.drain()
+    return statistics.median(samples[False]), statistics.median(samples[True])
+
+
+def measure(requests: int = 200_000, pipelines: tuple[int, ...] = (1, 16)) -> AccessLogCost:
+    from service.bench.resp import measure as resp_measure
+
+    plain, recorded = dispatch_cost()
+    figures = resp_measure(requests, 50, list(pipelines), 1, ["get"])
+    served = {f.pipeline: 1e6 / f.rps for f in figures if f.server == "foresight"}
+    return AccessLogCost(plain, recorded, served)
