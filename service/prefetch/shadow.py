@@ -147,7 +147,7 @@ class SelectorConfig:
     half_life: int = 1024  # requests over which a shadow's misses lose half their weight
     # A challenger takes over when its decayed misses are below the serving arm's by more than
     # max(margin, relative_margin * serving arm's decayed misses), on `persist` consecutive requests.
-    margin: float = 8.0  # the floor, in decayed misses
+    margin: float = 1.0  # the floor, in decayed misses
     relative_margin: float = 0.0  # the share of the serving arm's decayed misses
     persist: int = 1  # requests in a row the same challenger must lead by the margin
     max_entries: int = 1 << 16  # shadows of larger caches are set-sampled down to about this many entries

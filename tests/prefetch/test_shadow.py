@@ -110,7 +110,7 @@ def test_learned_prefetcher_in_a_replay_selects_with_shadows_of_that_cache() -> 
 def test_at_low_miss_rates_the_selector_still_reaches_the_clearly_better_arm() -> None:
     # One loop of consecutive keys: stride misses once per lap, Markov only in the first lap. Both arms miss
     # about one request in a thousand once warm, far below any fixed margin's reach.
-    keys = phase_mix(12_000, seed=4, kinds=("loop",), shortest=12_000, longest=12_000)
+    keys = phase_mix(30_000, seed=4, kinds=("loop",), shortest=30_000, longest=30_000)
     trace = as_trace(keys)
     answers = arm_proposals(keys, {"stride": StridePrefetcher(), "markov": MarkovPrefetcher()})
     model = CacheModel(round(0.05 * trace.unique))

@@ -16,7 +16,8 @@ Two kinds where every arm misses well under 1 % once warm, added to choose the s
 - long scan: sequential runs of 2k to 20k fresh keys (stride misses at each jump, Markov at every key).
 
 Short traces (8k requests of short phases) stand for the benchmark's smallest traces, where a switch's
-warm-up is a large part of the whole.
+warm-up is a large part of the whole; in three of them (hot with noisy tours or tours) the arms are within a
+few percent of each other and of no prefetching, so switching can only cost.
 
 `python -m tests.prefetch.workloads [PART PARTS]` runs the sweep that chose `SelectorConfig` (docs/prefetch.md);
 PART/PARTS splits the candidate configurations over processes.
@@ -160,11 +161,14 @@ SWEEP_WORKLOADS: dict[str, tuple[int, int, Sequence[str], int, int]] = {
     "loop": (30_000, 4, ("loop",), 30_000, 30_000),
     **{f"short-trace{seed}": (8_000, seed, PHASE_KINDS, 500, 4_000) for seed in (5, 6, 7)},
     "short-low-miss": (8_000, 8, LOW_MISS_KINDS, 1_000, 4_000),
+    # Short traces whose arms are within a few percent of each other and of no prefetching: switching only costs.
+    **{f"short-close{seed}": (8_000, seed, ("hot", "noisy"), 500, 4_000) for seed in (5, 6)},
+    "short-close-tour": (8_000, 5, ("hot", "tour"), 500, 4_000),
 }
 
 CANDIDATES = [
     SelectorConfig(margin=m, relative_margin=r, persist=k)
-    for m, r, k in itertools.product((1.0, 2.0, 8.0), (0.0, 0.25, 0.5), (1, 128))
+    for m, r, k in itertools.product((1.0, 2.0, 8.0), (0.0, 0.25), (1, 16, 128))
 ]
 
 
@@ -189,7 +193,7 @@ def sweep(configs: Sequence[SelectorConfig] = CANDIDATES) -> dict[SelectorConfig
 def summary(ratios: dict[str, float]) -> str:
     values = list(ratios.values())
     low = [v for k, v in ratios.items() if "low-miss" in k or k.startswith("loop")]
-    short = [v for k, v in ratios.items() if k.startswith("short-")]
+    short = [v for k, v in ratios.items() if k.startswith(("short-trace", "short-low", "short-close"))]
     return (
         f"worst {max(values):.3f} mean {sum(values) / len(values):.3f} | low-miss worst {max(low):.3f}"
         f" mean {sum(low) / len(low):.3f} | short worst {max(short):.3f} mean {sum(short) / len(short):.3f}"
