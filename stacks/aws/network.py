@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from ipaddress import IPv4Network
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -195,66 +196,29 @@ def _security_groups(
         tags=_tags(spec, f"{spec.name}-node"),
         opts=opts,
     )
+    ingress, egress = aws.vpc.SecurityGroupIngressRule, aws.vpc.SecurityGroupEgressRule
+
+    def rule(kind: type[Any], resource_name: str, group: aws.ec2.SecurityGroup, port: int, description: str,
+             **peer: Any) -> None:
+        """One TCP port to or from one peer (`cidr_ipv4=` or `referenced_security_group_id=`)."""
+        kind(resource_name, security_group_id=group.id, ip_protocol="tcp", from_port=port, to_port=port,
+             description=description, tags=spec.tags(), opts=opts, **peer)
+
     for port in SERVICE_PORTS:
+        service = _port_name(port)
         for index, cidr in enumerate(sources):
-            aws.vpc.SecurityGroupIngressRule(
-                f"{name}-lb-in-{port}-{index}",
-                security_group_id=lb_group.id,
-                ip_protocol="tcp",
-                from_port=port,
-                to_port=port,
-                cidr_ipv4=cidr,
-                description=f"{_port_name(port)} from {cidr}",
-                tags=spec.tags(),
-                opts=opts,
-            )
-        aws.vpc.SecurityGroupEgressRule(
-            f"{name}-lb-out-{port}",
-            security_group_id=lb_group.id,
-            ip_protocol="tcp",
-            from_port=port,
-            to_port=port,
-            referenced_security_group_id=node_group.id,
-            description=f"{_port_name(port)} to the node",
-            tags=spec.tags(),
-            opts=opts,
-        )
-        aws.vpc.SecurityGroupIngressRule(
-            f"{name}-node-in-{port}",
-            security_group_id=node_group.id,
-            ip_protocol="tcp",
-            from_port=port,
-            to_port=port,
-            referenced_security_group_id=lb_group.id,
-            description=f"{_port_name(port)} and health checks from the load balancer",
-            tags=spec.tags(),
-            opts=opts,
-        )
+            rule(ingress, f"{name}-lb-in-{port}-{index}", lb_group, port, f"{service} from {cidr}", cidr_ipv4=cidr)
+        rule(egress, f"{name}-lb-out-{port}", lb_group, port, f"{service} to the node",
+             referenced_security_group_id=node_group.id)
+        rule(ingress, f"{name}-node-in-{port}", node_group, port,
+             f"{service} and health checks from the load balancer", referenced_security_group_id=lb_group.id)
     if spec.ssh_public_key is not None:
         for index, cidr in enumerate(source for source in sources if IPv4Network(source) != WORLD):
-            aws.vpc.SecurityGroupIngressRule(
-                f"{name}-node-ssh-{index}",
-                security_group_id=node_group.id,
-                ip_protocol="tcp",
-                from_port=SSH_PORT,
-                to_port=SSH_PORT,
-                cidr_ipv4=cidr,
-                description=f"break-glass SSH from {cidr}",
-                tags=spec.tags(),
-                opts=opts,
-            )
+            rule(ingress, f"{name}-node-ssh-{index}", node_group, SSH_PORT, f"break-glass SSH from {cidr}",
+                 cidr_ipv4=cidr)
     for port in sorted({443, spec.vault_port}):
-        aws.vpc.SecurityGroupEgressRule(
-            f"{name}-node-out-{port}",
-            security_group_id=node_group.id,
-            ip_protocol="tcp",
-            from_port=port,
-            to_port=port,
-            cidr_ipv4=str(WORLD),
-            description="HTTPS out (registry, SSM, KMS, STS)" if port == 443 else "Vault",
-            tags=spec.tags(),
-            opts=opts,
-        )
+        rule(egress, f"{name}-node-out-{port}", node_group, port,
+             "HTTPS out (registry, SSM, KMS, STS)" if port == 443 else "Vault", cidr_ipv4=str(WORLD))
     return lb_group, node_group
 
 
