@@ -38,6 +38,7 @@ from onboarding.state import (
     write_secret,
 )
 from onboarding.tenants import Onboarder
+from service.net import free_port
 from service.security.admin_token import new_admin_token
 from service.security.apikeys import MalformedKey, key_id_of
 from service.security.vault_keys import DEFAULT_MOUNT, VaultKeyAdmin, VaultKeyStoreError
@@ -164,7 +165,7 @@ class LocalStack:
                 return kept
             chosen = asked if asked is not None else (kept if kept is not None else default)
             if chosen == 0:
-                return _free_port()
+                return free_port(HOST)
             if not _port_free(chosen):
                 raise LocalFailure(f"port {chosen}", f"in use by another program; pass {flag} (0 picks a free one)")
             return chosen
@@ -178,7 +179,7 @@ class LocalStack:
         # raft remembers its cluster address: keep it once OpenBao has been initialised
         cluster_port = previous.vault_cluster_port if previous and paths.openbao_init.exists() else 0
         if cluster_port == 0 or ("openbao" not in running and not _port_free(cluster_port)):
-            cluster_port = _free_port()
+            cluster_port = free_port(HOST)
         latency = options.origin_latency_ms
         if latency is None:
             latency = previous.origin_latency_ms if previous else DEFAULT_ORIGIN_LATENCY_MS
@@ -292,12 +293,6 @@ class LocalStack:
             yield
         finally:
             os.close(fd)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def _port_free(port: int) -> bool:

@@ -24,6 +24,8 @@ from typing import Annotated
 
 import typer
 
+from service.net import free_port
+
 
 class BenchError(RuntimeError):
     """A benchmark prerequisite is missing or a server failed to start."""
@@ -37,12 +39,6 @@ class Figure:
     rps: float
     p50_ms: float
     p99_ms: float
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes], name: str, timeout: float = 30) -> None:
@@ -109,7 +105,7 @@ def run_redis_benchmark(port: int, test: str, requests: int, clients: int, pipel
 
 
 def measure(requests: int, clients: int, pipelines: list[int], rounds: int, tests: list[str]) -> list[Figure]:
-    redis_port, foresight_port, http_port = _free_port(), _free_port(), _free_port()
+    redis_port, foresight_port, http_port = free_port(), free_port(), free_port()
     redis_argv = [
         _require("redis-server"),
         "--port",
