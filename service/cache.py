@@ -58,8 +58,9 @@ class TenantCache:
                 semaphore=origin_slots,
             )
         self.bucket: TokenBucket | None = None
-        # The prefetch engine's access-log append, set while one runs: reads report (key, hit) through it.
-        self.observe: Callable[[tuple[bytes, bool]], None] | None = None
+        # The prefetch engine's access-log recorders, set while one runs: every read reports its key to one.
+        self.record_hit: Callable[[bytes], None] | None = None
+        self.record_miss: Callable[[bytes], None] | None = None
         self.origin_fetches = 0
         self.origin_errors = 0
         self.rate_limited = 0
@@ -101,8 +102,9 @@ class TenantCache:
     async def get(self, key: bytes) -> bytes | None:
         """A read as the HTTP API makes it: the store first, then the origin. Raises OriginError."""
         value = self.store.get(key)
-        if self.observe is not None:
-            self.observe((key, value is not None))
+        record = self.record_hit if value is not None else self.record_miss
+        if record is not None:
+            record(key)
         if value is None and self.origin is not None:
             value = await self.read_through(key)
         return value

@@ -60,7 +60,7 @@ class TenantPrefetch:
         self._tasks.append(asyncio.create_task(self.engine.run()))
         if self.checkpoints is not None:
             self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
-        self.tenant.observe = self.engine.record
+        self.tenant.record_hit, self.tenant.record_miss = self.engine.recorders
 
     def restore(self) -> int | None:
         """Load the serving checkpoint, if any, into the model. Blocks."""
@@ -103,7 +103,7 @@ class TenantPrefetch:
                 log.error("tenant %s: checkpoint failed: %s", self.tenant.name, err)
 
     async def stop(self) -> None:
-        self.tenant.observe = None
+        self.tenant.record_hit = self.tenant.record_miss = None
         self.engine.stop()
         for task in self._tasks[1:]:
             task.cancel()

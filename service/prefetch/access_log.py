@@ -1,10 +1,11 @@
 """The per-tenant access log: a bounded, sampled ring the GET path appends to and the prefetch worker drains.
 
-The hot path is one C-level `deque.append` of a `(key, hit)` tuple (no Python frame, no lock, no torch): the
-service calls the bound method `recorder()` returns. When the worker falls behind, the oldest entries fall off
-the ring instead of growing memory, and the drain notes it. Sampling keeps every n-th access (that path runs a
-Python counter first): sequences stay contiguous between gaps, which is what the delta and successor models
-need.
+A hit, the hot path, costs one C-level `deque.append` of the key the read already holds: no Python frame, no
+lock, no torch and no allocation (a `(key, hit)` tuple per read was most of the log's cost, mostly through
+the garbage collector tracking them). A miss is about to go to the origin, so it can afford a small wrapper
+that marks it. When the worker falls behind, the oldest entries fall off the ring instead of growing memory,
+and the drain notes it. Sampling keeps every n-th access (that path runs a Python counter first): sequences
+stay contiguous between gaps, which is what the delta and successor models need.
 """
 
 from __future__ import annotations
@@ -13,6 +14,16 @@ from collections import deque
 from collections.abc import Callable, Hashable
 
 Access = tuple[Hashable, bool]
+Recorder = Callable[[Hashable], None]
+
+
+class _Miss:
+    """A ring entry for a read that missed (any other entry is the key of a hit)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: Hashable) -> None:
+        self.key = key
 
 
 class AccessLog:
@@ -21,34 +32,39 @@ class AccessLog:
             raise ValueError("access log needs capacity >= 1 and sample_every >= 1")
         self.capacity = capacity
         self.sample_every = sample_every
-        self._ring: deque[Access] = deque(maxlen=capacity)
+        self._ring: deque[Hashable] = deque(maxlen=capacity)
         self._tick = 0
         self.drained = 0
         self.saturated = 0  # drains that found the ring full: accesses may have fallen off before them
 
-    def recorder(self) -> Callable[[Access], None]:
-        """The cheapest callable that records one `(key, hit)` read: the ring's own append when not sampling."""
-        return self._ring.append if self.sample_every == 1 else self._sampled
+    def recorders(self) -> tuple[Recorder, Recorder]:
+        """The cheapest callables that record a hit and a miss of a key: a hit is the ring's own append when
+        not sampling."""
+        hit = self._ring.append if self.sample_every == 1 else self._sampled
+        return hit, self._miss
 
-    def _sampled(self, access: Access) -> None:
+    def _miss(self, key: Hashable) -> None:
+        (self._ring.append if self.sample_every == 1 else self._sampled)(_Miss(key))
+
+    def _sampled(self, entry: Hashable) -> None:
         self._tick += 1
         if self._tick >= self.sample_every:
             self._tick = 0
-            self._ring.append(access)
+            self._ring.append(entry)
 
     def append(self, key: Hashable, hit: bool) -> None:
         """Record a read (every `sample_every`-th one)."""
-        self.recorder()((key, hit))
+        self.recorders()[0 if hit else 1](key)
 
     def drain(self) -> list[Access]:
-        """Everything logged since the last drain, oldest first. Safe against appends from another thread:
-        it pops only as many entries as were there when it started."""
+        """Everything logged since the last drain as `(key, hit)`, oldest first. Safe against appends from
+        another thread: it pops only as many entries as were there when it started."""
         ring = self._ring
         if len(ring) == self.capacity:
             self.saturated += 1
-        out = [ring.popleft() for _ in range(len(ring))]
-        self.drained += len(out)
-        return out
+        entries = [ring.popleft() for _ in range(len(ring))]
+        self.drained += len(entries)
+        return [(e.key, False) if type(e) is _Miss else (e, True) for e in entries]
 
     def __len__(self) -> int:
         return len(self._ring)

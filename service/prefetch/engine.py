@@ -1,6 +1,6 @@
 """One tenant's prefetch engine: access log in, prefetches out.
 
-The service calls `on_access` on every GET (cheap: a sampled append to a ring) and runs `run()` as a
+The service records every GET in the access log (cheap: a sampled append to a ring) and runs `run()` as a
 background task. The worker drains the log, settles earlier prefetches, asks the prefetcher for proposals in
 one batch on a worker thread (torch never runs on the event loop), and lets the coordinator issue them.
 """
@@ -39,7 +39,7 @@ class PrefetchEngine:
         self.prefetcher = prefetcher
         self.codec = codec or KeyCodec()
         self.log = AccessLog(log_capacity, sample_every)
-        self.record = self.log.recorder()  # what the service's read path calls with (key, hit)
+        self.recorders = self.log.recorders()  # what the service's read path calls with the key: (hit, miss)
         self.coordinator = PrefetchCoordinator(target, budget or PrefetchBudget(), decode=self._decode)
         self.drift = DriftDetector()
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -55,8 +55,8 @@ class PrefetchEngine:
         return self.codec.decode(ident)
 
     def on_access(self, key: bytes, hit: bool) -> None:
-        """Record one read; the service calls `record((key, hit))` directly, which skips this frame."""
-        self.record((key, hit))
+        """Record one read; the service calls `recorders` directly, which skips this frame."""
+        self.log.append(key, hit)
 
     def step(self) -> list[tuple[Hashable, Predictions]]:
         """Drain the log and compute proposals (blocking: run it off the event loop)."""

@@ -60,7 +60,7 @@ def test_learned_prefetcher_runs_on_cpu_in_the_service(sequential_origin: Path) 
 def test_tenants_without_origin_get_no_engine() -> None:
     with running_service(dev=True, prefetcher="stride") as svc:
         assert svc.state.prefetch.running == {}
-        assert svc.state.tenants.get("default").observe is None
+        assert svc.state.tenants.get("default").record_hit is None
 
 
 def test_ab_arms_are_assigned_per_tenant_and_stable(tmp_path: Path, pki: PKI) -> None:
@@ -116,3 +116,47 @@ def test_a_tenant_can_choose_its_own_prefetcher(tmp_path: Path, pki: PKI) -> Non
     with running_service(tls_cert_file=pki.cert, tls_key_file=pki.key, tenants_file=tenants, origin=str(origin),
                          prefetcher="stride") as svc:
         assert {n: r.arm for n, r in svc.state.prefetch.running.items()} == {"eager": "markov"}
+
+
+def test_every_read_path_records_hits_and_misses_in_order() -> None:
+    """RESP GET and MGET and the HTTP API's reads all reach the access log, hit or miss, in request order."""
+    import asyncio
+
+    from service.config import Settings
+    from service.prefetch.access_log import AccessLog
+    from service.resp.connection import RespConnection
+    from service.state import DEV_TENANT, ServiceState
+    from service.tenancy import TenantSpec
+
+    class Transport:
+        written = b""
+
+        def write(self, data: bytes) -> None:
+            self.written += data
+
+        def is_closing(self) -> bool:
+            return False
+
+        def get_extra_info(self, name: str) -> object:
+            return ("127.0.0.1", 0)
+
+        def set_write_buffer_limits(self, high: int) -> None:
+            pass
+
+    state = ServiceState(Settings(dev=True), None)
+    state.tenants.sync([TenantSpec(name=DEV_TENANT)])
+    tenant = state.tenants.get(DEV_TENANT)
+    tenant.store.set(b"a", b"1")
+    tenant.store.set(b"c", b"3")
+    log = AccessLog()
+    tenant.record_hit, tenant.record_miss = log.recorders()
+    transport = Transport()
+    connection = RespConnection(state)
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    connection.data_received(b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*2\r\n$3\r\nGET\r\n$1\r\nb\r\n"
+                             b"*4\r\n$4\r\nMGET\r\n$1\r\nc\r\n$1\r\nd\r\n$1\r\na\r\n")
+    asyncio.run(tenant.get(b"e"))
+    asyncio.run(tenant.get(b"c"))
+    assert transport.written == b"$1\r\n1\r\n$-1\r\n*3\r\n$1\r\n3\r\n$-1\r\n$1\r\n1\r\n"
+    assert log.drain() == [(b"a", True), (b"b", False), (b"c", True), (b"d", False), (b"a", True),
+                           (b"e", False), (b"c", True)]

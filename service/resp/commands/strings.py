@@ -42,11 +42,14 @@ async def _read_through(conn: RespConnection, key: bytes) -> bytes:
 def get(conn: RespConnection, args: list[bytes]) -> Reply:
     tenant = conn.tenant
     value = tenant.store.get(args[1])
-    observe = tenant.observe
-    if observe is not None:
-        observe((args[1], value is not None))
     if value is not None:
+        record = tenant.record_hit
+        if record is not None:
+            record(args[1])
         return r.bulk(value)
+    record = tenant.record_miss
+    if record is not None:
+        record(args[1])
     if tenant.origin is None:
         return conn.null
     return _read_through(conn, args[1])
@@ -68,10 +71,10 @@ def mget(conn: RespConnection, args: list[bytes]) -> Reply:
     store = conn.tenant.store
     keys = args[1:]
     values = [store.get(k) for k in keys]
-    observe = conn.tenant.observe
-    if observe is not None:
+    hit, miss = conn.tenant.record_hit, conn.tenant.record_miss
+    if hit is not None and miss is not None:
         for key, value in zip(keys, values, strict=True):
-            observe((key, value is not None))
+            (miss if value is None else hit)(key)
     if conn.tenant.origin is not None and None in values:
         return _mget_through(conn, keys, values)
     return r.array(conn.null if v is None else r.bulk(v) for v in values)
