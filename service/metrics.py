@@ -19,9 +19,11 @@ _TENANT_COUNTERS = {
     "misses": ("foresight_cache_misses_total", "Reads not in memory (read through to the origin if any)."),
     "evictions": ("foresight_evictions_total", "Keys evicted to stay within the tenant budget."),
     "expired": ("foresight_expired_keys_total", "Keys removed because their TTL passed."),
-    "prefetch_inserted": ("foresight_prefetch_inserted_total", "Keys inserted by the prefetcher."),
-    "prefetch_used": ("foresight_prefetch_used_total", "Prefetched keys read before eviction."),
-    "prefetch_evicted_unused": ("foresight_prefetch_wasted_total", "Prefetched keys evicted without a read."),
+    # What happened to prefetched entries in the store; the engine's own counters are foresight_prefetch_*.
+    "prefetch_inserted": ("foresight_cache_prefetch_inserted_total", "Entries inserted by a prefetch."),
+    "prefetch_used": ("foresight_cache_prefetch_hits_total", "Prefetched entries read before eviction."),
+    "prefetch_evicted_unused": ("foresight_cache_prefetch_evicted_unused_total",
+                                "Prefetched entries evicted without a read."),
 }
 
 

@@ -46,6 +46,9 @@ def test_stride_prefetch_turns_a_sequential_scan_into_hits(sequential_origin: Pa
     assert warm >= 150, f"only {warm} of 200 sequential reads were prefetched"
     assert stats.issued >= warm and stats.used >= 150
     assert 'foresight_prefetch_used_total{arm="stride",tenant="default"}' in metrics
+    assert 'foresight_cache_prefetch_hits_total{tenant="default"}' in metrics
+    families = [line.split()[2] for line in metrics.splitlines() if line.startswith("# TYPE ")]
+    assert len(families) == len(set(families)), "a metric family is exposed twice: Prometheus rejects the scrape"
 
 
 def test_learned_prefetcher_runs_on_cpu_in_the_service(sequential_origin: Path) -> None:
