@@ -37,9 +37,8 @@ import numpy as np
 from service.bench.replay import CHUNK, replay
 from service.bench.traces import Trace
 from service.prefetch.base import Predictions, Prefetcher
-from service.prefetch.markov import MarkovPrefetcher
+from service.prefetch.learned.prefetcher import LearnedPrefetcher
 from service.prefetch.shadow import CacheModel, SelectorConfig, ShadowSelector
-from service.prefetch.stride import StridePrefetcher
 
 _REGION = 10**7  # key regions of the phase kinds never overlap
 
@@ -164,6 +163,9 @@ SWEEP_WORKLOADS: dict[str, tuple[int, int, Sequence[str], int, int]] = {
     # Short traces whose arms are within a few percent of each other and of no prefetching: switching only costs.
     **{f"short-close{seed}": (8_000, seed, ("hot", "noisy"), 500, 4_000) for seed in (5, 6)},
     "short-close-tour": (8_000, 5, ("hot", "tour"), 500, 4_000),
+    # The same near-ties over long traces: a selector that switches on noise pays for it at every switch.
+    "close": (60_000, 9, ("hot", "noisy"), 500, 4_000),
+    "close-tour": (60_000, 10, ("hot", "tour"), 500, 4_000),
 }
 
 CANDIDATES = [
@@ -172,17 +174,29 @@ CANDIDATES = [
 ]
 
 
+def learned_arms(keys: list[int], lead: int) -> dict[str, list[Predictions]]:
+    """The learned prefetcher's arms (stride, Markov, network) over the whole trace, as its selector sees them."""
+    learned = LearnedPrefetcher(lead=lead)
+    out: dict[str, list[Predictions]] = {arm: [] for arm in learned.arms}
+    for b in range(0, len(keys), CHUNK):
+        for arm, proposals in learned.propose_arms(keys[b : b + CHUNK]).items():
+            out[arm] += proposals
+    return out
+
+
 def sweep(configs: Sequence[SelectorConfig] = CANDIDATES) -> dict[SelectorConfig, dict[str, float]]:
-    """Selected/best-single-arm (stride, Markov) per config and case: workloads x cache 1/5/10 % x lead 0/10."""
+    """Selected/best-single-arm (stride, Markov) per config and case: workloads x cache 1/5/10 % x lead 0/10.
+
+    The selector chooses among the learned prefetcher's arms, the network included, as in the service."""
     ratios: dict[SelectorConfig, dict[str, float]] = {c: {} for c in configs}
     for name, (n, seed, kinds, shortest, longest) in SWEEP_WORKLOADS.items():
         keys = phase_mix(n, seed, kinds, shortest, longest)
         trace = Trace(name, np.array(keys, dtype=np.int64))
         for lead in (0, 10):
-            answers = arm_proposals(keys, {"stride": StridePrefetcher(lead), "markov": MarkovPrefetcher(lead)})
+            answers = learned_arms(keys, lead)
             for frac in (0.01, 0.05, 0.1):
                 model = CacheModel(max(1, round(trace.unique * frac)), lead=lead)
-                best = min(arm_miss_ratio(trace, answers[a], model) for a in answers)
+                best = min(arm_miss_ratio(trace, answers[a], model) for a in ("stride", "markov"))
                 for config in configs:
                     ratio = selected_miss_ratio(trace, answers, model, config)[0] / max(best, 1e-9)
                     ratios[config][f"{name} lead {lead} frac {frac}"] = ratio
@@ -194,13 +208,19 @@ def summary(ratios: dict[str, float]) -> str:
     values = list(ratios.values())
     low = [v for k, v in ratios.items() if "low-miss" in k or k.startswith("loop")]
     short = [v for k, v in ratios.items() if k.startswith(("short-trace", "short-low", "short-close"))]
+    close = [v for k, v in ratios.items() if k.startswith("close")]
     return (
-        f"worst {max(values):.3f} mean {sum(values) / len(values):.3f} | low-miss worst {max(low):.3f}"
+        f"worst {max(values):.3f} mean {sum(values) / len(values):.3f} above 1: {sum(v > 1 for v in values)}"
+        f" | low-miss worst {max(low):.3f}"
         f" mean {sum(low) / len(low):.3f} | short worst {max(short):.3f} mean {sum(short) / len(short):.3f}"
+        f" | long close worst {max(close):.3f} mean {sum(close) / len(close):.3f}"
     )
 
 
 if __name__ == "__main__":
+    import torch
+
+    torch.set_num_threads(1)
     started = time.perf_counter()
     part, parts = (int(a) for a in sys.argv[1:3]) if len(sys.argv) > 2 else (0, 1)
     for config, values in sweep(CANDIDATES[part::parts]).items():
