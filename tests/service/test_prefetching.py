@@ -125,26 +125,18 @@ def test_every_read_path_records_hits_and_misses_in_order() -> None:
     """RESP GET and MGET and the HTTP API's reads all reach the access log, hit or miss, in request order."""
     import asyncio
 
+    from service.bench.hotpath import NullTransport
     from service.config import Settings
     from service.prefetch.access_log import AccessLog
     from service.resp.connection import RespConnection
     from service.state import DEV_TENANT, ServiceState
     from service.tenancy import TenantSpec
 
-    class Transport:
+    class Transport(NullTransport):
         written = b""
 
         def write(self, data: bytes) -> None:
             self.written += data
-
-        def is_closing(self) -> bool:
-            return False
-
-        def get_extra_info(self, name: str) -> object:
-            return ("127.0.0.1", 0)
-
-        def set_write_buffer_limits(self, high: int) -> None:
-            pass
 
     state = ServiceState(Settings(dev=True), None)
     state.tenants.sync([TenantSpec(name=DEV_TENANT)])
