@@ -150,8 +150,9 @@ def access_log(
     if as_json:
         typer.echo(json.dumps(cost.as_dict()))
         return
-    typer.echo(f"GET dispatch in process: {cost.dispatch_ns:.0f} ns, with the access log "
-               f"{cost.dispatch_recorded_ns:.0f} ns (+{cost.recorder_ns:.0f} ns)")
+    typer.echo(f"GET dispatch in process: {cost.dispatch_ns:.0f} ns; the access log adds "
+               f"{cost.added_ns['drained']:.0f} ns while the worker keeps up, {cost.added_ns['full']:.0f} ns "
+               "with the ring full")
     for pipeline, micros in sorted(cost.served_get_us.items()):
         typer.echo(f"served GET at -P {pipeline}: {micros:.2f} us of server time; access log overhead "
                    f"{cost.overhead(pipeline):.2%}")

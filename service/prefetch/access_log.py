@@ -26,8 +26,14 @@ class _Miss:
         self.key = key
 
 
+# Enough for ~200 ms of reads at 80k GET/s between two drains. A bigger ring costs the GET path more once the
+# worker falls behind: keeping more request keys alive spreads reads over more memory (`foresight bench
+# access-log` measures a full ring).
+DEFAULT_CAPACITY = 1 << 14
+
+
 class AccessLog:
-    def __init__(self, capacity: int = 1 << 16, sample_every: int = 1) -> None:
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, sample_every: int = 1) -> None:
         if capacity < 1 or sample_every < 1:
             raise ValueError("access log needs capacity >= 1 and sample_every >= 1")
         self.capacity = capacity

@@ -17,7 +17,7 @@ import time
 from collections.abc import Hashable
 from typing import Any
 
-from service.prefetch.access_log import AccessLog
+from service.prefetch.access_log import DEFAULT_CAPACITY, AccessLog
 from service.prefetch.base import Predictions, Prefetcher
 from service.prefetch.coordinator import PrefetchBudget, PrefetchCoordinator, PrefetchTarget
 from service.prefetch.keys import KeyCodec
@@ -32,7 +32,7 @@ class PrefetchEngine:
         target: PrefetchTarget,
         prefetcher: Prefetcher,
         budget: PrefetchBudget | None = None,
-        log_capacity: int = 1 << 16,
+        log_capacity: int = DEFAULT_CAPACITY,
         sample_every: int = 1,
         codec: KeyCodec | None = None,
     ) -> None:
