@@ -103,6 +103,13 @@ class Settings(BaseSettings):
     prefetch_threshold: float = Field(0.25, ge=0, le=1, description="Minimum confidence worth an origin fetch.")
     prefetch_per_request: int = Field(1, ge=0, description="Prefetches issued per read at most.")
     prefetch_max_in_flight: int = Field(64, ge=1, description="Concurrent prefetch fetches per tenant at most.")
+    prefetch_cpu_share: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="Share of wall time all tenants' prefetch workers together may compute: they share the "
+        "interpreter with the request path, so more slows reads; under load the access log is then sampled.",
+    )
     prefetch_checkpoint_interval_s: float = Field(
         300.0, gt=0, description="How often a learned model is checkpointed, compared and promoted or rolled back."
     )

@@ -125,6 +125,7 @@ class PrefetchManager:
 
             self._assignment = ABAssignment(settings.prefetch_ab_arms)
         self._device: str | None = None
+        self._cpu: Any = None  # the workers' shared CpuBudget, made with the first engine
         self._lock = asyncio.Lock()  # one sync at a time: engines are started and stopped in order
         self._background: set[asyncio.Task[None]] = set()
 
@@ -163,7 +164,7 @@ class PrefetchManager:
     def _build(self, tenant: TenantCache, arm: str) -> TenantPrefetch:
         from service.prefetch import make_prefetcher
         from service.prefetch.coordinator import PrefetchBudget
-        from service.prefetch.engine import PrefetchEngine
+        from service.prefetch.engine import CpuBudget, PrefetchEngine
         from service.prefetch.shadow import CacheModel
 
         settings = self.settings
@@ -177,7 +178,8 @@ class PrefetchManager:
                            lead=settings.prefetch_lead, per_request=budget.per_request, threshold=budget.threshold,
                            max_in_flight=budget.max_in_flight)
         prefetcher = make_prefetcher(arm, lead=settings.prefetch_lead, device=device, cache=cache)
-        engine = PrefetchEngine(tenant, prefetcher, budget)
+        self._cpu = self._cpu or CpuBudget(settings.prefetch_cpu_share)
+        engine = PrefetchEngine(tenant, prefetcher, budget, cpu=self._cpu)
         checkpoints = None
         if arm == "learned" and settings.data_dir is not None and self.cipher is not None:
             from service.prefetch.mlops.checkpoints import CheckpointRegistry

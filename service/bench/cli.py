@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,10 @@ from service.bench.resp import bench_resp
 if TYPE_CHECKING:
     from service.bench.replay import ReplayResult
 
-app = typer.Typer(help="Benchmarks: RESP throughput against redis-server, trace replay.", no_args_is_help=True)
+app = typer.Typer(
+    help="Benchmarks: RESP against redis-server, trace replay, what the access log and the prefetch engine cost.",
+    no_args_is_help=True,
+)
 app.command("resp")(bench_resp)
 
 _LARGE = 200_000  # requests above which replay shows a progress bar on an interactive stderr
@@ -156,3 +160,39 @@ def access_log(
     for pipeline, micros in sorted(cost.served_get_us.items()):
         typer.echo(f"served GET at -P {pipeline}: {micros:.2f} us of server time; access log overhead "
                    f"{cost.overhead(pipeline):.2%}")
+
+
+@app.command("prefetch-load")
+def prefetch_load(
+    prefetchers: Annotated[str, typer.Option(help="Comma-separated prefetchers to compare with none.")] = "learned",
+    requests: Annotated[int, typer.Option(min=1000, help="GETs per redis-benchmark run.")] = 200_000,
+    rounds: Annotated[int, typer.Option(min=1, help="Alternating rounds; medians are reported.")] = 3,
+    cpu_share: Annotated[
+        float | None, typer.Option(min=0.001, max=1.0, help="FORESIGHT_PREFETCH_CPU_SHARE for the servers.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """What a running prefetch engine costs a busy server's GET throughput (ratio to no prefetcher).
+
+    Runs `foresight serve --dev` over a scratch directory origin with each prefetcher and without one, in
+    alternating rounds, and measures GETs with redis-benchmark (50 clients, -P 1 and -P 16).
+    """
+    from service.bench.prefetch_load import as_json as to_json
+    from service.bench.prefetch_load import measure
+    from service.bench.resp import BenchError
+    from service.prefetch import PREFETCHERS
+
+    names = [p.strip() for p in prefetchers.split(",") if p.strip()]
+    unknown = sorted(set(names) - set(PREFETCHERS))
+    if unknown:
+        raise _fail(f"unknown prefetcher(s): {', '.join(unknown)} (choose from {', '.join(PREFETCHERS)})")
+    try:
+        figures = measure(names, requests, rounds=rounds, cpu_share=cpu_share)
+    except (BenchError, subprocess.CalledProcessError) as err:
+        raise _fail(str(err)) from None
+    if as_json:
+        typer.echo(json.dumps(to_json(figures, cpu_share)))
+        return
+    typer.echo("| prefetcher | pipeline | GET rps | ratio to none | p99 ms |\n|---|---:|---:|---:|---:|")
+    for f in figures:
+        typer.echo(f"| {f.prefetcher} | {f.pipeline} | {f.rps:,.0f} | {f.rps_ratio:.2f}x | {f.p99_ms:.3f} |")

@@ -55,9 +55,10 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], name: str, timeout:
 
 
 @contextmanager
-def _server(argv: list[str], port: int, name: str) -> Iterator[None]:
+def server_process(argv: list[str], port: int, name: str, env: dict[str, str] | None = None) -> Iterator[None]:
+    """Run a server until the block ends; returns once it accepts connections on `port`."""
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=log)
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
         try:
             _wait_for_port(port, proc, name)
             yield
@@ -129,7 +130,10 @@ def measure(requests: int, clients: int, pipelines: list[int], rounds: int, test
         str(http_port),
     ]
     samples: dict[tuple[str, str, int], list[tuple[float, float, float]]] = {}
-    with _server(redis_argv, redis_port, "redis-server"), _server(foresight_argv, foresight_port, "foresight"):
+    with (
+        server_process(redis_argv, redis_port, "redis-server"),
+        server_process(foresight_argv, foresight_port, "foresight"),
+    ):
         for _ in range(rounds):
             for test in tests:
                 for pipeline in pipelines:

@@ -150,3 +150,52 @@ async def test_engine_prefetches_in_the_background() -> None:
     await worker
     assert {b"obj:1", b"obj:5"} <= cache.data
     assert engine.coordinator.outstanding == 0
+
+
+class Recording(NextKey):
+    """NextKey that remembers every batch it was asked about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[int]] = []
+
+    def access_batch(self, keys):  # type: ignore[no-untyped-def]
+        self.batches.append(list(keys))
+        return super().access_batch(keys)
+
+
+def test_a_step_settles_every_access_but_predicts_from_the_newest_in_chunks() -> None:
+    from service.prefetch.engine import CHUNK
+
+    prefetcher = Recording()
+    engine = PrefetchEngine(AsyncCache(), prefetcher, PrefetchBudget(per_request=1), max_batch=300)
+    for i in range(1000):
+        engine.on_access(f"obj:{i:04d}".encode(), hit=False)
+    proposals = engine.step()
+    assert [key for key, _ in proposals] == [f"obj:{i:04d}".encode() for i in range(700, 1000)]
+    assert engine.unpredicted == 700
+    assert all(len(batch) <= CHUNK for batch in prefetcher.batches)
+    assert sum(map(len, prefetcher.batches)) == 300
+    assert engine.coordinator._clock == 1000  # every access was settled, predicted from or not
+    assert engine.last_step_cpu_s > 0
+
+
+def test_cpu_budget_lends_a_share_of_wall_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.prefetch import engine as engine_module
+
+    clock = [100.0]
+    monkeypatch.setattr(engine_module.time, "monotonic", lambda: clock[0])
+    budget = engine_module.CpuBudget(0.1, burst_s=0.05)
+    assert budget.wait_s() == 0  # starts with its burst
+    budget.charge(0.25)  # a step that overdrew: 0.2 s of CPU owed, repaid at 0.1 s per second
+    assert budget.wait_s() == pytest.approx(2.0)
+    clock[0] += 1.0
+    assert budget.wait_s() == pytest.approx(1.0)
+    clock[0] += 60.0
+    assert budget.wait_s() == 0
+    budget.charge(0.05)  # idle time does not bank more than the burst
+    assert budget.wait_s() == pytest.approx(0.0)
+    budget.charge(0.01)
+    assert budget.wait_s() == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="CPU share"):
+        engine_module.CpuBudget(0.0)
