@@ -82,11 +82,18 @@ class ServiceCollector(Collector):
                                       "Time the prefetcher spent predicting and training.", labels=["tenant", "arm"])
         steps = CounterMetricFamily("foresight_prefetch_model_batches_total", "Prediction batches run.",
                                     labels=["tenant", "arm"])
+        unpredicted = CounterMetricFamily(
+            "foresight_prefetch_unpredicted_total",
+            "Reads the worker settled but did not predict from: the workers were at their CPU share.",
+            labels=["tenant", "arm"],
+        )
         for name, tp in running.items():
             latency.add_metric([name, tp.arm], tp.engine.step_seconds)
             steps.add_metric([name, tp.arm], tp.engine.steps)
+            unpredicted.add_metric([name, tp.arm], tp.engine.unpredicted)
         yield latency
         yield steps
+        yield unpredicted
 
 
 def render(state: ServiceState) -> bytes:

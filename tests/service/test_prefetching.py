@@ -47,6 +47,7 @@ def test_stride_prefetch_turns_a_sequential_scan_into_hits(sequential_origin: Pa
     assert stats.issued >= warm and stats.used >= 150
     assert 'foresight_prefetch_used_total{arm="stride",tenant="default"}' in metrics
     assert 'foresight_cache_prefetch_hits_total{tenant="default"}' in metrics
+    assert 'foresight_prefetch_unpredicted_total{arm="stride",tenant="default"} 0.0' in metrics  # a slow scan
     families = [line.split()[2] for line in metrics.splitlines() if line.startswith("# TYPE ")]
     assert len(families) == len(set(families)), "a metric family is exposed twice: Prometheus rejects the scrape"
 
