@@ -8,7 +8,8 @@ The worker thread still shares the interpreter lock with the event loop, and the
 caches are pure Python (tens of microseconds per access): unbounded, a busy tenant's worker took 40 % of the
 process and halved GET throughput. So every worker draws on one process-wide `CpuBudget` (a share of wall
 time), a step predicts for at most `max_batch` of the newest accesses (older ones are still settled, just not
-predicted from: the log becomes a sample under load), and the step gives the lock back between chunks.
+predicted from: the log becomes a sample under load), the step gives the lock back between chunks, and a
+worker that is behind steps at most every `busy_interval`.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ class PrefetchEngine:
             log.info("prefetch accuracy drifted to %.3f; retraining", self.drift.recent)
             retrain()
 
-    async def run(self, interval: float = 0.002) -> None:
+    async def run(self, interval: float = 0.002, busy_interval: float = 0.02) -> None:
         """The background worker; returns after `stop()`."""
         while not self._stopped.is_set():
             wait = max(self.cpu.wait_s(), 0.0)
@@ -171,13 +172,16 @@ class PrefetchEngine:
                     await asyncio.wait_for(self._stopped.wait(), timeout=wait)
                 continue
             self.last_step_cpu_s = 0.0
+            unpredicted = self.unpredicted
             proposals = await asyncio.to_thread(self.step)
             self.cpu.charge(self.last_step_cpu_s)
             if proposals:
                 self.issue(proposals)
-            else:
+            # Behind (reads were left unpredicted): fewer, fuller steps, since each costs the event loop a hand-off.
+            pause = busy_interval if self.unpredicted > unpredicted else 0.0 if proposals else interval
+            if pause:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopped.wait(), timeout=interval)
+                    await asyncio.wait_for(self._stopped.wait(), timeout=pause)
 
     def stop(self) -> None:
         self._stopped.set()
