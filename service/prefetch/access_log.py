@@ -1,11 +1,11 @@
 """The per-tenant access log: a bounded, sampled ring the GET path appends to and the prefetch worker drains.
 
 A hit, the hot path, costs one C-level `deque.append` of the key the read already holds: no Python frame, no
-lock, no torch and no allocation (a `(key, hit)` tuple per read was most of the log's cost, mostly through
-the garbage collector tracking them). A miss is about to go to the origin, so it can afford a small wrapper
-that marks it. When the worker falls behind, the oldest entries fall off the ring instead of growing memory,
-and the drain notes it. Sampling keeps every n-th access (that path runs a Python counter first): sequences
-stay contiguous between gaps, which is what the delta and successor models need.
+lock, no torch and no allocation (a `(key, hit)` tuple per read cost two to three times as much: an allocation
+the garbage collector tracks for as long as the ring holds it). A miss is about to go to the origin, so it can
+afford a small wrapper that marks it. When the worker falls behind, the oldest entries fall off the ring instead
+of growing memory, and the drain notes it. Sampling keeps every n-th access (that path runs a Python counter
+first): sequences stay contiguous between gaps, which is what the delta and successor models need.
 """
 
 from __future__ import annotations
