@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from service.bench.resp import run_redis_benchmark, server_process
+from service.bench.resp import dev_server_argv, run_redis_benchmark, server_process
 from service.net import free_port
 
 
@@ -28,11 +27,6 @@ class LoadFigure:
     rps: float
     p99_ms: float
     rps_ratio: float  # against no prefetcher, medians of the same rounds
-
-
-def _serve_argv(resp_port: int, http_port: int, origin: str) -> list[str]:
-    return [sys.executable, "-c", "from service.cli import main; main()", "serve", "--dev", "--origin", origin,
-            "--resp-port", str(resp_port), "--http-port", str(http_port)]
 
 
 def measure(prefetchers: list[str], requests: int = 200_000, pipelines: tuple[int, ...] = (1, 16), rounds: int = 3,
@@ -46,7 +40,8 @@ def measure(prefetchers: list[str], requests: int = 200_000, pipelines: tuple[in
                 if cpu_share is not None:
                     env["FORESIGHT_PREFETCH_CPU_SHARE"] = str(cpu_share)
                 resp_port, http_port = free_port(), free_port()
-                with server_process(_serve_argv(resp_port, http_port, origin), resp_port, "foresight", env):
+                argv = dev_server_argv(resp_port, http_port, "--origin", origin)
+                with server_process(argv, resp_port, "foresight", env):
                     run_redis_benchmark(resp_port, "set", requests, 50, 1)
                     for pipeline in pipelines:
                         rps, _, p99 = run_redis_benchmark(resp_port, "get", requests, 50, pipeline)

@@ -70,6 +70,12 @@ def server_process(argv: list[str], port: int, name: str, env: dict[str, str] | 
                 proc.kill()
 
 
+def dev_server_argv(resp_port: int, http_port: int, *options: str) -> list[str]:
+    """`foresight serve --dev` on these ports, run by this interpreter (the benchmark's own install)."""
+    return [sys.executable, "-c", "from service.cli import main; main()", "serve", "--dev",
+            "--resp-port", str(resp_port), "--http-port", str(http_port), *options]
+
+
 def _require(binary: str) -> str:
     path = shutil.which(binary)
     if path is None:
@@ -118,17 +124,7 @@ def measure(requests: int, clients: int, pipelines: list[int], rounds: int, test
         "--appendonly",
         "no",
     ]
-    foresight_argv = [
-        sys.executable,
-        "-c",
-        "from service.cli import main; main()",
-        "serve",
-        "--dev",
-        "--resp-port",
-        str(foresight_port),
-        "--http-port",
-        str(http_port),
-    ]
+    foresight_argv = dev_server_argv(foresight_port, http_port)
     samples: dict[tuple[str, str, int], list[tuple[float, float, float]]] = {}
     with (
         server_process(redis_argv, redis_port, "redis-server"),

@@ -166,22 +166,19 @@ class PrefetchEngine:
     async def run(self, interval: float = 0.002, busy_interval: float = 0.02) -> None:
         """The background worker; returns after `stop()`."""
         while not self._stopped.is_set():
-            wait = max(self.cpu.wait_s(), 0.0)
-            if wait:
+            rest = self.cpu.wait_s()
+            if not rest:
+                self.last_step_cpu_s = 0.0
+                unpredicted = self.unpredicted
+                proposals = await asyncio.to_thread(self.step)
+                self.cpu.charge(self.last_step_cpu_s)
+                if proposals:
+                    self.issue(proposals)
+                # Behind (reads left unpredicted): fewer, fuller steps, as each costs the event loop a hand-off.
+                rest = busy_interval if self.unpredicted > unpredicted else 0.0 if proposals else interval
+            if rest:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopped.wait(), timeout=wait)
-                continue
-            self.last_step_cpu_s = 0.0
-            unpredicted = self.unpredicted
-            proposals = await asyncio.to_thread(self.step)
-            self.cpu.charge(self.last_step_cpu_s)
-            if proposals:
-                self.issue(proposals)
-            # Behind (reads were left unpredicted): fewer, fuller steps, since each costs the event loop a hand-off.
-            pause = busy_interval if self.unpredicted > unpredicted else 0.0 if proposals else interval
-            if pause:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopped.wait(), timeout=pause)
+                    await asyncio.wait_for(self._stopped.wait(), timeout=rest)
 
     def stop(self) -> None:
         self._stopped.set()
