@@ -107,8 +107,13 @@ class Settings(BaseSettings):
         0.1,
         gt=0,
         le=1,
-        description="Share of wall time all tenants' prefetch workers together may compute: they share the "
-        "interpreter with the request path, so more slows reads; under load the access log is then sampled.",
+        description="Share of wall time all tenants' prefetchers together may compute (their worker threads and "
+        "child processes); above it the access log is sampled. In a thread, more slows reads.",
+    )
+    prefetch_isolation: Literal["process", "thread"] = Field(
+        "process",
+        description="Where prefetchers compute: a child process per tenant (the request path keeps the "
+        "interpreter lock) or the engine's worker thread (no extra process, but it shares the lock).",
     )
     prefetch_checkpoint_interval_s: float = Field(
         300.0, gt=0, description="How often a learned model is checkpointed, compared and promoted or rolled back."

@@ -87,13 +87,20 @@ class ServiceCollector(Collector):
             "Reads the worker settled but did not predict from: the workers were at their CPU share.",
             labels=["tenant", "arm"],
         )
+        failures = CounterMetricFamily(
+            "foresight_prefetch_failures_total",
+            "Prediction steps that failed (a prefetcher process that died is started afresh).",
+            labels=["tenant", "arm"],
+        )
         for name, tp in running.items():
             latency.add_metric([name, tp.arm], tp.engine.step_seconds)
             steps.add_metric([name, tp.arm], tp.engine.steps)
             unpredicted.add_metric([name, tp.arm], tp.engine.unpredicted)
+            failures.add_metric([name, tp.arm], tp.engine.failures)
         yield latency
         yield steps
         yield unpredicted
+        yield failures
 
 
 def render(state: ServiceState) -> bytes:

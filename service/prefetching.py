@@ -19,6 +19,7 @@ from service.cache import TenantCache, TenantRegistry
 from service.config import Settings
 
 if TYPE_CHECKING:
+    from service.prefetch.base import Prefetcher
     from service.prefetch.engine import PrefetchEngine
     from service.prefetch.mlops.checkpoints import CheckpointRegistry
     from service.security.envelope import EnvelopeCipher
@@ -110,6 +111,7 @@ class TenantPrefetch:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await asyncio.to_thread(self.engine.prefetcher.close)
 
 
 class PrefetchManager:
@@ -157,7 +159,11 @@ class PrefetchManager:
             arm = self.arm(tenant)
             if arm == "none":
                 continue
-            running = await asyncio.to_thread(self._build, tenant, arm)
+            try:
+                running = await asyncio.to_thread(self._build, tenant, arm)
+            except Exception as err:  # the tenant is still served, without prefetching
+                log.error("tenant %s: the %s prefetcher did not start: %s", tenant.name, arm, err)
+                continue
             running.start()
             self.running[tenant.name] = running
 
@@ -177,7 +183,12 @@ class PrefetchManager:
         cache = CacheModel(capacity=entry_capacity(tenant), policy=settings.eviction_policy,
                            lead=settings.prefetch_lead, per_request=budget.per_request, threshold=budget.threshold,
                            max_in_flight=budget.max_in_flight)
-        prefetcher = make_prefetcher(arm, lead=settings.prefetch_lead, device=device, cache=cache)
+        if settings.prefetch_isolation == "process":
+            from service.prefetch.isolated import ProcessPrefetcher
+
+            prefetcher: Prefetcher = ProcessPrefetcher(arm, lead=settings.prefetch_lead, device=device, cache=cache)
+        else:
+            prefetcher = make_prefetcher(arm, lead=settings.prefetch_lead, device=device, cache=cache)
         self._cpu = self._cpu or CpuBudget(settings.prefetch_cpu_share)
         engine = PrefetchEngine(tenant, prefetcher, budget, cpu=self._cpu)
         checkpoints = None

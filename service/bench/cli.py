@@ -170,12 +170,16 @@ def prefetch_load(
     cpu_share: Annotated[
         float | None, typer.Option(min=0.001, max=1.0, help="FORESIGHT_PREFETCH_CPU_SHARE for the servers.")
     ] = None,
+    isolation: Annotated[
+        str, typer.Option(help="Comma-separated FORESIGHT_PREFETCH_ISOLATION values to run each prefetcher with.")
+    ] = "process,thread",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """What a running prefetch engine costs a busy server's GET throughput (ratio to no prefetcher).
 
-    Runs `foresight serve --dev` over a scratch directory origin with each prefetcher and without one, in
-    alternating rounds, and measures GETs with redis-benchmark (50 clients, -P 1 and -P 16).
+    Runs `foresight serve --dev` over a scratch directory origin without a prefetcher and with each one (in a
+    child process and in the worker thread), in alternating rounds, and measures GETs with redis-benchmark (50
+    clients, -P 1 and -P 16) and the share of them the prefetcher predicted from.
     """
     from service.bench.prefetch_load import as_json as to_json
     from service.bench.prefetch_load import measure
@@ -186,13 +190,19 @@ def prefetch_load(
     unknown = sorted(set(names) - set(PREFETCHERS))
     if unknown:
         raise _fail(f"unknown prefetcher(s): {', '.join(unknown)} (choose from {', '.join(PREFETCHERS)})")
+    isolations = tuple(i.strip() for i in isolation.split(",") if i.strip())
+    if not isolations or set(isolations) - {"process", "thread"}:
+        raise _fail(f"--isolation takes process and/or thread, got {isolation!r}")
     try:
-        figures = measure(names, requests, rounds=rounds, cpu_share=cpu_share)
+        figures = measure(names, requests, rounds=rounds, cpu_share=cpu_share, isolations=isolations)
     except (BenchError, subprocess.CalledProcessError) as err:
         raise _fail(str(err)) from None
     if as_json:
         typer.echo(json.dumps(to_json(figures, cpu_share)))
         return
-    typer.echo("| prefetcher | pipeline | GET rps | ratio to none | p99 ms |\n|---|---:|---:|---:|---:|")
+    typer.echo("| prefetcher | isolation | pipeline | GET rps | ratio to none | p99 ms | GETs predicted |\n"
+               "|---|---|---:|---:|---:|---:|---:|")
     for f in figures:
-        typer.echo(f"| {f.prefetcher} | {f.pipeline} | {f.rps:,.0f} | {f.rps_ratio:.2f}x | {f.p99_ms:.3f} |")
+        predicted = "" if f.predicted is None else f"{f.predicted:.0%}"
+        typer.echo(f"| {f.prefetcher} | {f.isolation} | {f.pipeline} | {f.rps:,.0f} | {f.rps_ratio:.2f}x | "
+                   f"{f.p99_ms:.3f} | {predicted} |")

@@ -47,6 +47,15 @@ class Prefetcher(ABC):
         """Record several accesses in order; one proposal list per access, each using only the past."""
         return [self.access(key) for key in keys]
 
+    @property
+    def offloaded_cpu_s(self) -> float:
+        """CPU seconds spent for this prefetcher outside the calling thread (a child process): CPU budgets
+        charge it too."""
+        return 0.0
+
+    def close(self) -> None:  # noqa: B027 - optional: most prefetchers hold nothing to release
+        """Release what the prefetcher holds beyond memory (a child process)."""
+
 
 class NoPrefetcher(Prefetcher):
     """Proposes nothing: the baseline of baselines."""

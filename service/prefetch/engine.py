@@ -92,7 +92,8 @@ class PrefetchEngine:
         self.steps = 0
         self.step_seconds = 0.0  # time spent predicting (and training), for the model-latency metric
         self.unpredicted = 0  # accesses settled but not predicted from: the worker was over its budget
-        self.last_step_cpu_s = 0.0  # the worker thread's CPU time in the last step: what the budget is charged
+        self.last_step_cpu_s = 0.0  # CPU time of the last step (its thread's and a child's): what the budget is charged
+        self.failures = 0  # steps that raised (a prefetcher process that died, a model error)
 
     def _decode(self, ident: int) -> Hashable:
         return self.codec.decode(ident)
@@ -104,7 +105,7 @@ class PrefetchEngine:
     def step(self) -> list[tuple[Hashable, Predictions]]:
         """Drain the log, settle every access, and predict from the newest `max_batch` of them (blocking: run
         it off the event loop)."""
-        cpu_started = time.thread_time()
+        cpu_started = time.thread_time() + self.prefetcher.offloaded_cpu_s
         batch = self.log.drain()
         if not batch:
             return []
@@ -124,7 +125,7 @@ class PrefetchEngine:
             time.sleep(0)  # let the event loop take the interpreter lock between chunks
         self.step_seconds += time.perf_counter() - started
         self.steps += 1
-        self.last_step_cpu_s = time.thread_time() - cpu_started
+        self.last_step_cpu_s = time.thread_time() + self.prefetcher.offloaded_cpu_s - cpu_started
         return [(key, props) for (key, _), props in zip(batch, proposals, strict=True)]
 
     def issue(self, proposals: list[tuple[Hashable, Predictions]]) -> int:
@@ -163,19 +164,25 @@ class PrefetchEngine:
             log.info("prefetch accuracy drifted to %.3f; retraining", self.drift.recent)
             retrain()
 
-    async def run(self, interval: float = 0.002, busy_interval: float = 0.02) -> None:
-        """The background worker; returns after `stop()`."""
+    async def run(self, interval: float = 0.002, busy_interval: float = 0.02, failed_interval: float = 1.0) -> None:
+        """The background worker; returns after `stop()`. A step that fails is logged and the worker goes on."""
         while not self._stopped.is_set():
             rest = self.cpu.wait_s()
             if not rest:
                 self.last_step_cpu_s = 0.0
                 unpredicted = self.unpredicted
-                proposals = await asyncio.to_thread(self.step)
+                try:
+                    proposals = await asyncio.to_thread(self.step)
+                except Exception as err:  # reads are still served; prefetching resumes with the next step
+                    self.failures += 1
+                    log.error("prefetch step failed (%d so far): %s", self.failures, err)
+                    rest = failed_interval
+                else:
+                    if proposals:
+                        self.issue(proposals)
+                    # Behind (reads left unpredicted): fewer, fuller steps, as each costs the event loop a hand-off.
+                    rest = busy_interval if self.unpredicted > unpredicted else 0.0 if proposals else interval
                 self.cpu.charge(self.last_step_cpu_s)
-                if proposals:
-                    self.issue(proposals)
-                # Behind (reads left unpredicted): fewer, fuller steps, as each costs the event loop a hand-off.
-                rest = busy_interval if self.unpredicted > unpredicted else 0.0 if proposals else interval
             if rest:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopped.wait(), timeout=rest)

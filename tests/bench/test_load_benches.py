@@ -13,24 +13,32 @@ from service.bench.cli import app
 runner = CliRunner()
 
 
-def test_prefetch_load_rejects_an_unknown_prefetcher_before_starting_anything() -> None:
-    out = runner.invoke(app, ["prefetch-load", "--prefetchers", "stride,oracle"])
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--prefetchers", "stride,oracle", "unknown prefetcher(s): oracle"),
+    ("--isolation", "process,fork", "--isolation takes process and/or thread, got 'process,fork'"),
+])
+def test_prefetch_load_rejects_bad_input_before_starting_anything(option: str, value: str, message: str) -> None:
+    out = runner.invoke(app, ["prefetch-load", option, value])
     assert out.exit_code == 2
-    assert "unknown prefetcher(s): oracle" in out.output
+    assert message in out.output
     assert "Traceback" not in out.output
 
 
 @pytest.mark.skipif(shutil.which("redis-benchmark") is None, reason="needs redis-tools")
-def test_prefetch_load_reports_each_prefetcher_against_none_per_pipeline() -> None:
+def test_prefetch_load_reports_each_prefetcher_and_isolation_against_none_per_pipeline() -> None:
     out = runner.invoke(app, ["prefetch-load", "--prefetchers", "stride", "--requests", "2000", "--rounds", "1",
                               "--cpu-share", "0.2", "--json"])
     assert out.exit_code == 0, out.output
     report = json.loads(out.output)
     assert report["cpu_share"] == 0.2
-    rows = {(f["prefetcher"], f["pipeline"]): f for f in report["figures"]}
-    assert set(rows) == {("none", 1), ("stride", 1), ("none", 16), ("stride", 16)}
+    rows = {(f["prefetcher"], f["isolation"], f["pipeline"]): f for f in report["figures"]}
+    arms = {("none", ""), ("stride", "process"), ("stride", "thread")}
+    assert set(rows) == {(*arm, pipeline) for arm in arms for pipeline in (1, 16)}
     for pipeline in (1, 16):
-        assert rows[("none", pipeline)]["rps_ratio"] == 1.0
-        stride = rows[("stride", pipeline)]
-        assert stride["rps"] > 0 and stride["p99_ms"] > 0
-        assert stride["rps_ratio"] == pytest.approx(stride["rps"] / rows[("none", pipeline)]["rps"])
+        none = rows[("none", "", pipeline)]
+        assert none["rps_ratio"] == 1.0 and none["predicted"] is None
+        for isolation in ("process", "thread"):
+            stride = rows[("stride", isolation, pipeline)]
+            assert stride["rps"] > 0 and stride["p99_ms"] > 0
+            assert stride["rps_ratio"] == pytest.approx(stride["rps"] / none["rps"])
+            assert 0 < stride["predicted"] <= 1  # read from the server's own metrics

@@ -3,6 +3,7 @@ and learned models are checkpointed encrypted and restored."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -52,13 +53,20 @@ def test_stride_prefetch_turns_a_sequential_scan_into_hits(sequential_origin: Pa
     assert len(families) == len(set(families)), "a metric family is exposed twice: Prometheus rejects the scrape"
 
 
-def test_learned_prefetcher_runs_on_cpu_in_the_service(sequential_origin: Path) -> None:
-    with running_service(dev=True, origin=str(sequential_origin), prefetcher="learned", prefetch_device="cpu") as svc:
+@pytest.mark.parametrize("isolation", ["process", "thread"])
+def test_learned_prefetcher_runs_on_cpu_in_the_service(sequential_origin: Path, isolation: str) -> None:
+    with running_service(dev=True, origin=str(sequential_origin), prefetcher="learned", prefetch_device="cpu",
+                         prefetch_isolation=isolation) as svc:
         warm = _scan(svc.resp_port, 200)
         running = svc.state.prefetch.running["default"]
         assert running.arm == "learned"
         assert running.engine.steps > 0 and running.engine.step_seconds > 0
+        child = getattr(running.engine.prefetcher, "pid", None)
+        assert (child is not None and child != os.getpid()) == (isolation == "process")
     assert warm >= 100
+    if child is not None:
+        with pytest.raises(ProcessLookupError):
+            os.kill(child, 0)  # stopping the service stopped and reaped the tenant's prefetcher process
 
 
 def test_tenants_without_origin_get_no_engine() -> None:

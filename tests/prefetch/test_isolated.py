@@ -1,0 +1,105 @@
+"""A prefetcher in a child process answers exactly as it would in-process, survives its child's death, and is
+charged for the child's CPU."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+import pytest
+import torch
+
+from service.prefetch import make_prefetcher
+from service.prefetch.coordinator import PrefetchBudget
+from service.prefetch.engine import PrefetchEngine
+from service.prefetch.isolated import PrefetcherProcessError, ProcessPrefetcher
+from service.prefetch.shadow import CacheModel
+from tests.prefetch.test_mlops import AsyncCache
+
+STRIDED = [1000 + 3 * i for i in range(200)] + [5000 + 7 * i for i in range(200)]
+
+
+@pytest.fixture
+def stride_process():  # type: ignore[no-untyped-def]
+    prefetcher = ProcessPrefetcher("stride", lead=2)
+    yield prefetcher
+    prefetcher.close()
+
+
+def test_a_process_prefetcher_proposes_what_the_same_prefetcher_does_in_process(stride_process) -> None:  # type: ignore[no-untyped-def]
+    expected = make_prefetcher("stride", lead=2).access_batch(STRIDED)
+    assert sum(map(len, expected)) > 300  # mostly non-empty: the comparison covers real proposals
+    assert stride_process.pid not in (None, os.getpid())
+    batched = stride_process.access_batch(STRIDED[:150])
+    assert batched + [stride_process.access(key) for key in STRIDED[150:]] == expected
+    assert stride_process.offloaded_cpu_s > 0
+
+
+def test_a_dead_child_fails_one_call_and_the_next_call_starts_a_new_one(stride_process) -> None:  # type: ignore[no-untyped-def]
+    first = stride_process.pid
+    os.kill(first, signal.SIGKILL)
+    with pytest.raises(PrefetcherProcessError, match=r"stride prefetcher process stopped .*next call starts a new one"):
+        stride_process.access_batch([1, 2, 3])
+    fresh = make_prefetcher("stride", lead=2).access_batch(STRIDED)
+    assert stride_process.access_batch(STRIDED) == fresh  # a new child: it remembers nothing of the old one
+    assert stride_process.pid not in (None, first)
+    assert stride_process.restarts == 1
+
+
+def test_a_child_that_cannot_build_its_prefetcher_fails_the_constructor_with_its_reason() -> None:
+    with pytest.raises(PrefetcherProcessError, match="unknown prefetcher 'nope'"):
+        ProcessPrefetcher("nope")
+
+
+def test_a_learned_models_checkpoint_crosses_the_process_boundary_on_the_cpu() -> None:
+    cache = CacheModel(capacity=64)
+    source, target = ProcessPrefetcher("learned", cache=cache), ProcessPrefetcher("learned", cache=cache)
+    try:
+        reads = STRIDED * 6
+        for begin in range(0, len(reads), 128):  # as the engine sends them; a batch is labelled once it has passed
+            source.access_batch(reads[begin : begin + 128])
+        state = source.state_dict()
+        assert state["labelled"] > 2048
+        weights = state["model"]
+        assert all(t.device.type == "cpu" for t in weights.values())
+        target.load_state_dict(state)
+        loaded = target.state_dict()
+        assert loaded["labelled"] == state["labelled"]
+        assert all(torch.equal(loaded["model"][name], tensor) for name, tensor in weights.items())
+        with pytest.raises(PrefetcherProcessError, match="checkpoint is for model"):
+            target.load_state_dict({**state, "model_config": {"hidden": -1}})
+        assert target.access_batch([1, 2, 3])  # the child kept serving after the failed call
+    finally:
+        source.close()
+        target.close()
+
+
+def test_the_engine_charges_the_childs_cpu_to_its_budget(stride_process) -> None:  # type: ignore[no-untyped-def]
+    engine = PrefetchEngine(AsyncCache(), stride_process, PrefetchBudget(per_request=1))
+    for i in range(400):
+        engine.on_access(f"obj:{3 * i:05d}".encode(), hit=False)
+    before = stride_process.offloaded_cpu_s
+    assert engine.step()
+    assert stride_process.offloaded_cpu_s > before
+    assert engine.last_step_cpu_s >= stride_process.offloaded_cpu_s - before
+
+
+async def test_the_engine_logs_a_failed_step_and_goes_on(stride_process, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    cache = AsyncCache()
+    engine = PrefetchEngine(cache, stride_process, PrefetchBudget(per_request=1))
+    os.kill(stride_process.pid, signal.SIGKILL)
+    worker = asyncio.create_task(engine.run(interval=0.001, failed_interval=0.01))
+    with caplog.at_level(logging.ERROR, logger="service.prefetch.engine"):
+        for i in range(1, 2000):
+            engine.on_access(f"obj:{i:05d}".encode(), hit=True)
+            if b"obj:%05d" % (i + 1) in cache.data:
+                break
+            await asyncio.sleep(0.01)
+    engine.stop()
+    await worker
+    assert engine.failures == 1
+    assert "prefetch step failed (1 so far)" in caplog.text
+    assert stride_process.restarts == 1
+    assert len(cache.data) > 0  # prefetching resumed with a new child
