@@ -82,6 +82,8 @@ class ServiceCollector(Collector):
                                       "Time the prefetcher spent predicting and training.", labels=["tenant", "arm"])
         steps = CounterMetricFamily("foresight_prefetch_model_batches_total", "Prediction batches run.",
                                     labels=["tenant", "arm"])
+        predicted = CounterMetricFamily("foresight_prefetch_predicted_total", "Reads the prefetcher predicted from.",
+                                        labels=["tenant", "arm"])
         unpredicted = CounterMetricFamily(
             "foresight_prefetch_unpredicted_total",
             "Reads the worker settled but did not predict from: the workers were at their CPU share.",
@@ -95,10 +97,12 @@ class ServiceCollector(Collector):
         for name, tp in running.items():
             latency.add_metric([name, tp.arm], tp.engine.step_seconds)
             steps.add_metric([name, tp.arm], tp.engine.steps)
+            predicted.add_metric([name, tp.arm], tp.engine.predicted)
             unpredicted.add_metric([name, tp.arm], tp.engine.unpredicted)
             failures.add_metric([name, tp.arm], tp.engine.failures)
         yield latency
         yield steps
+        yield predicted
         yield unpredicted
         yield failures
 

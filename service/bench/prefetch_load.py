@@ -35,7 +35,8 @@ class LoadFigure:
 
 
 def _read_counts(http_port: int) -> tuple[float, float]:
-    """(reads, reads left unpredicted) so far, from the server's /metrics."""
+    """(reads, reads predicted from) so far, from the server's /metrics. Reads, not the engine's own count
+    of what it settled: under load some fall off the access log before the worker drains them."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as reply:
@@ -43,7 +44,7 @@ def _read_counts(http_port: int) -> tuple[float, float]:
     totals = {family.name: sum(sample.value for sample in family.samples if sample.name.endswith("_total"))
               for family in text_string_to_metric_families(text)}
     reads = totals.get("foresight_cache_hits", 0.0) + totals.get("foresight_cache_misses", 0.0)
-    return reads, totals.get("foresight_prefetch_unpredicted", 0.0)
+    return reads, totals.get("foresight_prefetch_predicted", 0.0)
 
 
 def measure(prefetchers: list[str], requests: int = 200_000, pipelines: tuple[int, ...] = (1, 16), rounds: int = 3,
@@ -62,12 +63,12 @@ def measure(prefetchers: list[str], requests: int = 200_000, pipelines: tuple[in
                 argv = dev_server_argv(resp_port, http_port, "--origin", origin)
                 with server_process(argv, resp_port, "foresight", env):
                     run_redis_benchmark(resp_port, "set", requests, 50, 1)
-                    reads, unpredicted = _read_counts(http_port)
+                    reads, predicted_reads = _read_counts(http_port)
                     for pipeline in pipelines:
                         rps, _, p99 = run_redis_benchmark(resp_port, "get", requests, 50, pipeline)
-                        now_reads, now_unpredicted = _read_counts(http_port)
-                        predicted = 1 - (now_unpredicted - unpredicted) / max(1.0, now_reads - reads)
-                        reads, unpredicted = now_reads, now_unpredicted
+                        now_reads, now_predicted = _read_counts(http_port)
+                        predicted = (now_predicted - predicted_reads) / max(1.0, now_reads - reads)
+                        reads, predicted_reads = now_reads, now_predicted
                         samples.setdefault((arm, pipeline), []).append((rps, p99, predicted))
     medians = {key: tuple(statistics.median(run[i] for run in runs) for i in range(3))
                for key, runs in samples.items()}

@@ -91,6 +91,7 @@ class PrefetchEngine:
         self.max_batch = max_batch
         self.steps = 0
         self.step_seconds = 0.0  # time spent predicting (and training), for the model-latency metric
+        self.predicted = 0  # accesses predicted from
         self.unpredicted = 0  # accesses settled but not predicted from: the worker was over its budget
         self.last_step_cpu_s = 0.0  # CPU time of the last step (its thread's and a child's): what the budget is charged
         self.failures = 0  # steps that raised (a prefetcher process that died, a model error)
@@ -125,6 +126,7 @@ class PrefetchEngine:
             time.sleep(0)  # let the event loop take the interpreter lock between chunks
         self.step_seconds += time.perf_counter() - started
         self.steps += 1
+        self.predicted += len(ids)
         self.last_step_cpu_s = time.thread_time() + self.prefetcher.offloaded_cpu_s - cpu_started
         return [(key, props) for (key, _), props in zip(batch, proposals, strict=True)]
 

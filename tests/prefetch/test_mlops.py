@@ -173,7 +173,7 @@ def test_a_step_settles_every_access_but_predicts_from_the_newest_in_chunks() ->
         engine.on_access(f"obj:{i:04d}".encode(), hit=False)
     proposals = engine.step()
     assert [key for key, _ in proposals] == [f"obj:{i:04d}".encode() for i in range(700, 1000)]
-    assert engine.unpredicted == 700
+    assert engine.unpredicted == 700 and engine.predicted == 300
     assert all(len(batch) <= CHUNK for batch in prefetcher.batches)
     assert sum(map(len, prefetcher.batches)) == 300
     assert engine.coordinator._clock == 1000  # every access was settled, predicted from or not

@@ -4,6 +4,7 @@ and learned models are checkpointed encrypted and restored."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -49,6 +50,8 @@ def test_stride_prefetch_turns_a_sequential_scan_into_hits(sequential_origin: Pa
     assert 'foresight_prefetch_used_total{arm="stride",tenant="default"}' in metrics
     assert 'foresight_cache_prefetch_hits_total{tenant="default"}' in metrics
     assert 'foresight_prefetch_unpredicted_total{arm="stride",tenant="default"} 0.0' in metrics  # a slow scan
+    predicted = re.search(r'^foresight_prefetch_predicted_total\{arm="stride",tenant="default"\} (\S+)$', metrics, re.M)
+    assert predicted is not None and float(predicted.group(1)) >= 190  # all 200 reads, the last few perhaps not yet
     families = [line.split()[2] for line in metrics.splitlines() if line.startswith("# TYPE ")]
     assert len(families) == len(set(families)), "a metric family is exposed twice: Prometheus rejects the scrape"
 
