@@ -128,6 +128,7 @@ class PrefetchManager:
             self._assignment = ABAssignment(settings.prefetch_ab_arms)
         self._device: str | None = None
         self._cpu: Any = None  # the workers' shared CpuBudget, made with the first engine
+        self._host: Any = None  # the child process all tenants' prefetchers compute in (isolation "process")
         self._lock = asyncio.Lock()  # one sync at a time: engines are started and stopped in order
         self._background: set[asyncio.Task[None]] = set()
 
@@ -184,9 +185,11 @@ class PrefetchManager:
                            lead=settings.prefetch_lead, per_request=budget.per_request, threshold=budget.threshold,
                            max_in_flight=budget.max_in_flight)
         if settings.prefetch_isolation == "process":
-            from service.prefetch.isolated import ProcessPrefetcher
+            from service.prefetch.isolated import PrefetchHost, ProcessPrefetcher
 
-            prefetcher: Prefetcher = ProcessPrefetcher(arm, lead=settings.prefetch_lead, device=device, cache=cache)
+            self._host = self._host or PrefetchHost()
+            prefetcher: Prefetcher = ProcessPrefetcher(arm, lead=settings.prefetch_lead, device=device, cache=cache,
+                                                       host=self._host)
         else:
             prefetcher = make_prefetcher(arm, lead=settings.prefetch_lead, device=device, cache=cache)
         self._cpu = self._cpu or CpuBudget(settings.prefetch_cpu_share)
@@ -212,3 +215,5 @@ class PrefetchManager:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(running.checkpoint)
             await running.stop()
+        if self._host is not None:
+            await asyncio.to_thread(self._host.close)

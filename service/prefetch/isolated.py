@@ -1,21 +1,24 @@
-"""A prefetcher that computes in a child process, so its work never holds the server's interpreter lock.
+"""Prefetchers that compute in a child process, so their work never holds the server's interpreter lock.
 
 The engine's worker thread shares the lock with the event loop, and most of a prefetcher's work is pure Python
-(the learned one's candidate features and shadow caches, about 20 us per read): in the thread it is taken from
-the requests. In a child, the server's side of a call is pickling a batch of integer keys and unpickling the
-proposals; waiting on the pipe releases the lock.
+(the learned one's candidate features and shadow caches): in the thread it is taken from the requests. In a
+child, the server's side of a call is pickling a batch of integer keys and unpickling the proposals; waiting on
+the socket releases the lock.
 
-The child is a fresh interpreter (`python -m service.prefetch.isolated FD`), not a fork: CUDA cannot start in a
-forked child, a fork would copy the server's heap, and multiprocessing's spawn would re-run the parent's main
-script. It talks over a socket pair with plain pickles (not multiprocessing's, which would pass tensors as
-shared memory; tensors cross on the CPU). Pickles are safe here: both ends are Foresight's own processes and
-nobody else holds the socket pair. A child that dies is started afresh by the next call, with a new model; the
-call that found it dead raises `PrefetcherProcessError`.
+One child (`PrefetchHost`) runs every tenant's prefetcher, each under its own id: a child that imports torch
+holds about 360 MB, which a process per tenant would multiply, and the tenants' work shares one CPU budget
+anyway. The child is a fresh interpreter (`python -m service.prefetch.isolated FD`), not a fork: CUDA cannot
+start in a forked child, a fork would copy the server's heap, and multiprocessing's spawn would re-run the
+parent's main script. Messages are plain pickles (not multiprocessing's, which would pass tensors as shared
+memory; tensors cross on the CPU); that is safe here because both ends are Foresight's own processes and
+nobody else holds the socket pair. A child that dies fails the call in flight with `PrefetcherProcessError`;
+the next call starts a new child, where each prefetcher starts over with a new model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import pickle
 import socket
@@ -33,8 +36,6 @@ from service.prefetch.shadow import CacheModel
 
 START_TIMEOUT_S = 120.0  # a cold child imports torch; on a loaded 2-core machine that can take most of a minute
 CALL_TIMEOUT_S = 60.0  # a batch with a training round takes well under a second; longer means the child hangs
-
-
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -50,38 +51,40 @@ def _on_cpu(value: Any) -> Any:
     return to() if callable(to) else value
 
 
-def _serve(conn: Connection) -> None:
-    """The child's loop: build the prefetcher the first message names, then one reply per request, until the
-    parent says close or goes away."""
-    from service.prefetch import make_prefetcher
+def _handle(prefetchers: dict[int, Prefetcher], ident: int, op: str, arg: Any) -> Any:
+    """One request, in the child."""
+    if op == "create":
+        from service.prefetch import make_prefetcher
 
-    try:
-        name, lead, device, cache = pickle.loads(conn.recv_bytes())  # noqa: S301 - our parent, a private socket pair
-        prefetcher = make_prefetcher(name, lead=lead, device=device, cache=cache)
-    except Exception as err:  # reported to the parent, which raises it as the start's error
-        conn.send_bytes(pickle.dumps(("error", f"{type(err).__name__}: {err}", 0.0)))
-        return
-    conn.send_bytes(pickle.dumps(("ok", None, 0.0)))
+        name, lead, device, cache = arg
+        prefetchers[ident] = make_prefetcher(name, lead=lead, device=device, cache=cache)
+        return None
+    if op == "drop":
+        prefetchers.pop(ident, None)
+        return None
+    prefetcher = prefetchers[ident]
+    if op == "access":
+        return [[tuple(p) for p in props] for props in prefetcher.access_batch(arg)]
+    if op == "state_dict":
+        return _on_cpu(prefetcher.state_dict())  # type: ignore[attr-defined]
+    if op == "load_state_dict":
+        return prefetcher.load_state_dict(arg)  # type: ignore[attr-defined]
+    if op == "retrain":
+        return getattr(prefetcher, "retrain", lambda: None)()
+    raise ValueError(f"unknown request {op!r}")
+
+
+def _serve(conn: Connection) -> None:
+    """The child's loop: one reply per request, until the parent goes away."""
+    prefetchers: dict[int, Prefetcher] = {}
     while True:
         try:
-            op, arg = pickle.loads(conn.recv_bytes())  # noqa: S301 - our parent, a private socket pair
+            ident, op, arg = pickle.loads(conn.recv_bytes())  # noqa: S301 - our parent, a private socket pair
         except EOFError:
             return
         started = time.process_time()
         try:
-            if op == "access":
-                result: Any = [[tuple(p) for p in props] for props in prefetcher.access_batch(arg)]
-            elif op == "state_dict":
-                result = _on_cpu(prefetcher.state_dict())  # type: ignore[attr-defined]
-            elif op == "load_state_dict":
-                result = prefetcher.load_state_dict(arg)  # type: ignore[attr-defined]
-            elif op == "retrain":
-                result = getattr(prefetcher, "retrain", lambda: None)()
-            elif op == "close":
-                return
-            else:
-                raise ValueError(f"unknown request {op!r}")
-            reply = ("ok", result, time.process_time() - started)
+            reply = ("ok", _handle(prefetchers, ident, op, arg), time.process_time() - started)
         except Exception as err:  # the parent raises it; the child keeps serving
             reply = ("error", f"{type(err).__name__}: {err}", time.process_time() - started)
         try:
@@ -90,53 +93,72 @@ def _serve(conn: Connection) -> None:
             return
 
 
-class ProcessPrefetcher(Prefetcher):
-    """`make_prefetcher(name, ...)` run in a spawned child; the same calls, thread-safe, blocking (use it off
-    the event loop, as the engine does)."""
+class PrefetchHost:
+    """The child process and the socket to it; thread-safe, blocking (use it off the event loop)."""
 
-    name = "process"
-
-    def __init__(self, inner: str, lead: int = 0, device: str = "cpu", cache: CacheModel | None = None,
-                 start_timeout_s: float = START_TIMEOUT_S) -> None:
-        super().__init__(lead)
-        self.inner = inner
-        self._args = (inner, lead, device, cache)
-        self._start_timeout_s = start_timeout_s
-        self._lock = threading.Lock()  # one request on the pipe at a time
+    def __init__(self, start_timeout_s: float = START_TIMEOUT_S, call_timeout_s: float = CALL_TIMEOUT_S) -> None:
+        self.start_timeout_s, self.call_timeout_s = start_timeout_s, call_timeout_s
+        self._lock = threading.Lock()  # one request on the socket at a time
         self._conn: Connection | None = None
         self._process: subprocess.Popen[bytes] | None = None
-        self.restarts = 0  # children started after one died
-        self._child_cpu_s = 0.0
-        with self._lock:
-            self._start()
+        self._created: dict[int, tuple[Any, ...]] = {}  # ids whose prefetcher exists in the current child
+        self.starts = 0
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
-    @property
-    def offloaded_cpu_s(self) -> float:
-        return self._child_cpu_s
+    def create(self, ident: int, spec: tuple[Any, ...]) -> float:
+        """Build prefetcher `ident` from `spec` (`make_prefetcher` arguments) in the child unless it is there;
+        returns the child's CPU seconds."""
+        with self._lock:
+            return self._ensure(ident, spec)
+
+    def call(self, ident: int, spec: tuple[Any, ...], op: str, arg: Any = None) -> tuple[Any, float]:
+        """(result, the child's CPU seconds) of one request for prefetcher `ident`, built first if this child
+        does not have it (a new child after the last one died)."""
+        with self._lock:
+            cpu_s = self._ensure(ident, spec)
+            result, spent = self._request(ident, op, arg, self.call_timeout_s)
+            return result, cpu_s + spent
+
+    def _ensure(self, ident: int, spec: tuple[Any, ...]) -> float:
+        if self._conn is None:
+            self._start()
+        if ident in self._created:
+            return 0.0
+        _, cpu_s = self._request(ident, "create", spec, self.start_timeout_s)
+        self._created[ident] = spec
+        return float(cpu_s)
+
+    def drop(self, ident: int) -> None:
+        """Forget a prefetcher (the child frees it); a no-op when the child is gone."""
+        with self._lock:
+            if self._created.pop(ident, None) is not None and self._conn is not None:
+                with contextlib.suppress(PrefetcherProcessError):
+                    self._request(ident, "drop", None, self.call_timeout_s)
+
+    def close(self) -> None:
+        """Stop the child (closing its socket ends it; killed after 5 s)."""
+        with self._lock:
+            self._discard()
 
     def _start(self) -> None:
         parent, child = socket.socketpair()
         # The package's own root first, so the child imports this same code whatever the working directory.
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (_PACKAGE_ROOT, os.environ.get("PYTHONPATH"))))}
+        path = os.pathsep.join(filter(None, (_PACKAGE_ROOT, os.environ.get("PYTHONPATH"))))
         with child:
-            process = subprocess.Popen([sys.executable, "-m", __name__, str(child.fileno())], pass_fds=[child.fileno()],
-                                       env=env, stdin=subprocess.DEVNULL)
-        conn = Connection(parent.detach())
-        self._conn, self._process = conn, process
-        try:
-            conn.send_bytes(pickle.dumps(self._args))
-            self._reply(self._start_timeout_s)
-        except (PrefetcherProcessError, OSError):
-            self._discard()
-            raise
+            self._process = subprocess.Popen([sys.executable, "-m", __name__, str(child.fileno())],
+                                             pass_fds=[child.fileno()], env={**os.environ, "PYTHONPATH": path},
+                                             stdin=subprocess.DEVNULL)
+        self._conn = Connection(parent.detach())
+        self._created = {}
+        self.starts += 1
 
     def _discard(self) -> None:
         conn, process = self._conn, self._process
         self._conn = self._process = None
+        self._created = {}
         if conn is not None:
             conn.close()
         if process is not None:
@@ -146,10 +168,11 @@ class ProcessPrefetcher(Prefetcher):
                 process.kill()
                 process.wait()
 
-    def _reply(self, timeout_s: float = CALL_TIMEOUT_S) -> Any:
+    def _request(self, ident: int, op: str, arg: Any, timeout_s: float) -> tuple[Any, float]:
         conn, process = self._conn, self._process
         assert conn is not None and process is not None
         try:
+            conn.send_bytes(pickle.dumps((ident, op, arg)))
             if not conn.poll(timeout_s):
                 process.kill()
                 raise EOFError(f"no answer within {timeout_s:.0f} s")
@@ -157,22 +180,40 @@ class ProcessPrefetcher(Prefetcher):
         except (EOFError, OSError) as err:
             self._discard()
             reason = str(err) or "connection closed"
-            raise PrefetcherProcessError(f"the {self.inner} prefetcher process stopped (exit code "
-                                         f"{process.returncode}, {reason}); the next call starts a new one") from err
-        self._child_cpu_s += cpu_s
+            raise PrefetcherProcessError(f"the prefetcher process stopped (exit code {process.returncode}, "
+                                         f"{reason}); the next call starts a new one") from err
         if status == "error":
-            raise PrefetcherProcessError(f"the {self.inner} prefetcher failed: {result}")
-        return result
+            raise PrefetcherProcessError(f"{op} failed in the prefetcher process: {result}")
+        return result, cpu_s
+
+
+_ids = itertools.count(1)
+
+
+class ProcessPrefetcher(Prefetcher):
+    """`make_prefetcher(inner, ...)` run in a `PrefetchHost`'s child (its own host when none is given); the same
+    calls, thread-safe, blocking. Built in the child at once, so a bad name fails here."""
+
+    name = "process"
+
+    def __init__(self, inner: str, lead: int = 0, device: str = "cpu", cache: CacheModel | None = None,
+                 host: PrefetchHost | None = None) -> None:
+        super().__init__(lead)
+        self.inner = inner
+        self.host = host or PrefetchHost()
+        self._owns_host = host is None
+        self._ident = next(_ids)
+        self._spec = (inner, lead, device, cache)
+        self._child_cpu_s = self.host.create(self._ident, self._spec)
+
+    @property
+    def offloaded_cpu_s(self) -> float:
+        return self._child_cpu_s
 
     def _call(self, op: str, arg: Any = None) -> Any:
-        with self._lock:
-            if self._conn is None:
-                self.restarts += 1
-                self._start()
-            assert self._conn is not None
-            with contextlib.suppress(OSError):  # a dead child: the reply's EOF says so
-                self._conn.send_bytes(pickle.dumps((op, arg)))
-            return self._reply()
+        result, cpu_s = self.host.call(self._ident, self._spec, op, arg)
+        self._child_cpu_s += cpu_s
+        return result
 
     def access(self, key: int) -> Predictions:
         return self.access_batch([key])[0]
@@ -191,12 +232,10 @@ class ProcessPrefetcher(Prefetcher):
         self._call("retrain")
 
     def close(self) -> None:
-        """Ask the child to exit and wait for it (killed after 5 s)."""
-        with self._lock:
-            if self._conn is not None:
-                with contextlib.suppress(OSError):
-                    self._conn.send_bytes(pickle.dumps(("close", None)))
-            self._discard()
+        """Free the prefetcher in the child, and stop the child if this prefetcher started it."""
+        self.host.drop(self._ident)
+        if self._owns_host:
+            self.host.close()
 
 
 if __name__ == "__main__":

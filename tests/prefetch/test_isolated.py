@@ -1,5 +1,5 @@
-"""A prefetcher in a child process answers exactly as it would in-process, survives its child's death, and is
-charged for the child's CPU."""
+"""Prefetchers in a child process answer exactly as they would in-process, keep their own state when they share
+the child, survive its death, and are charged for its CPU."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from service.prefetch import make_prefetcher
 from service.prefetch.coordinator import PrefetchBudget
 from service.prefetch.engine import PrefetchEngine
-from service.prefetch.isolated import PrefetcherProcessError, ProcessPrefetcher
+from service.prefetch.isolated import PrefetcherProcessError, PrefetchHost, ProcessPrefetcher
 from service.prefetch.shadow import CacheModel
 from tests.prefetch.test_mlops import AsyncCache
 
@@ -31,31 +31,61 @@ def stride_process():  # type: ignore[no-untyped-def]
 def test_a_process_prefetcher_proposes_what_the_same_prefetcher_does_in_process(stride_process) -> None:  # type: ignore[no-untyped-def]
     expected = make_prefetcher("stride", lead=2).access_batch(STRIDED)
     assert sum(map(len, expected)) > 300  # mostly non-empty: the comparison covers real proposals
-    assert stride_process.pid not in (None, os.getpid())
+    assert stride_process.host.pid not in (None, os.getpid())
     batched = stride_process.access_batch(STRIDED[:150])
     assert batched + [stride_process.access(key) for key in STRIDED[150:]] == expected
     assert stride_process.offloaded_cpu_s > 0
 
 
-def test_a_dead_child_fails_one_call_and_the_next_call_starts_a_new_one(stride_process) -> None:  # type: ignore[no-untyped-def]
-    first = stride_process.pid
-    os.kill(first, signal.SIGKILL)
-    with pytest.raises(PrefetcherProcessError, match=r"stride prefetcher process stopped .*next call starts a new one"):
-        stride_process.access_batch([1, 2, 3])
-    fresh = make_prefetcher("stride", lead=2).access_batch(STRIDED)
-    assert stride_process.access_batch(STRIDED) == fresh  # a new child: it remembers nothing of the old one
-    assert stride_process.pid not in (None, first)
-    assert stride_process.restarts == 1
+def test_tenants_share_one_child_but_not_their_state() -> None:
+    host = PrefetchHost()
+    try:
+        first, second = ProcessPrefetcher("stride", host=host), ProcessPrefetcher("markov", host=host)
+        other = [9000 - 5 * i for i in range(400)]
+        assert first.access_batch(STRIDED) == make_prefetcher("stride").access_batch(STRIDED)
+        assert second.access_batch(other) == make_prefetcher("markov").access_batch(other)
+        assert host.starts == 1
+        first.close()  # frees it in the child, which keeps serving the other
+        assert second.access_batch(other) == make_prefetcher("markov").access_batch(other * 2)[len(other):]
+        assert host.pid is not None
+    finally:
+        host.close()
+    assert host.pid is None
+
+
+def test_a_dead_child_fails_one_call_and_the_next_call_starts_a_new_one() -> None:
+    host = PrefetchHost()
+    try:
+        first, second = ProcessPrefetcher("stride", lead=2, host=host), ProcessPrefetcher("stride", host=host)
+        first.access_batch(STRIDED)
+        old = host.pid
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        with pytest.raises(PrefetcherProcessError, match=r"prefetcher process stopped .*next call starts a new one"):
+            first.access_batch([1, 2, 3])
+        # A new child, where each prefetcher starts over: it remembers nothing of the old one.
+        assert first.access_batch(STRIDED) == make_prefetcher("stride", lead=2).access_batch(STRIDED)
+        assert second.access_batch(STRIDED) == make_prefetcher("stride").access_batch(STRIDED)
+        assert host.pid not in (None, old)
+        assert host.starts == 2
+    finally:
+        host.close()
 
 
 def test_a_child_that_cannot_build_its_prefetcher_fails_the_constructor_with_its_reason() -> None:
-    with pytest.raises(PrefetcherProcessError, match="unknown prefetcher 'nope'"):
-        ProcessPrefetcher("nope")
+    host = PrefetchHost()
+    try:
+        with pytest.raises(PrefetcherProcessError, match=r"create failed .*unknown prefetcher 'nope'"):
+            ProcessPrefetcher("nope", host=host)
+        assert ProcessPrefetcher("stride", host=host).access_batch([1, 2, 3])  # the child is still serving
+    finally:
+        host.close()
 
 
 def test_a_learned_models_checkpoint_crosses_the_process_boundary_on_the_cpu() -> None:
     cache = CacheModel(capacity=64)
-    source, target = ProcessPrefetcher("learned", cache=cache), ProcessPrefetcher("learned", cache=cache)
+    source = ProcessPrefetcher("learned", cache=cache)
+    target = ProcessPrefetcher("learned", cache=cache, host=source.host)
     try:
         reads = STRIDED * 6
         for begin in range(0, len(reads), 128):  # as the engine sends them; a batch is labelled once it has passed
@@ -89,7 +119,7 @@ def test_the_engine_charges_the_childs_cpu_to_its_budget(stride_process) -> None
 async def test_the_engine_logs_a_failed_step_and_goes_on(stride_process, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
     cache = AsyncCache()
     engine = PrefetchEngine(cache, stride_process, PrefetchBudget(per_request=1))
-    os.kill(stride_process.pid, signal.SIGKILL)
+    os.kill(stride_process.host.pid, signal.SIGKILL)
     worker = asyncio.create_task(engine.run(interval=0.001, failed_interval=0.01))
     with caplog.at_level(logging.ERROR, logger="service.prefetch.engine"):
         for i in range(1, 2000):
@@ -101,5 +131,5 @@ async def test_the_engine_logs_a_failed_step_and_goes_on(stride_process, caplog:
     await worker
     assert engine.failures == 1
     assert "prefetch step failed (1 so far)" in caplog.text
-    assert stride_process.restarts == 1
+    assert stride_process.host.starts == 2
     assert len(cache.data) > 0  # prefetching resumed with a new child

@@ -64,7 +64,8 @@ def test_learned_prefetcher_runs_on_cpu_in_the_service(sequential_origin: Path, 
         running = svc.state.prefetch.running["default"]
         assert running.arm == "learned"
         assert running.engine.steps > 0 and running.engine.step_seconds > 0
-        child = getattr(running.engine.prefetcher, "pid", None)
+        host = getattr(running.engine.prefetcher, "host", None)
+        child = host.pid if host is not None else None
         assert (child is not None and child != os.getpid()) == (isolation == "process")
     assert warm >= 100
     if child is not None:
@@ -92,6 +93,8 @@ def test_ab_arms_are_assigned_per_tenant_and_stable(tmp_path: Path, pki: PKI) ->
         with running_service(tls_cert_file=pki.cert, tls_key_file=pki.key, tenants_file=tenants,
                              origin=str(origin), prefetch_ab_arms=arms) as svc:
             assert {n: r.arm for n, r in svc.state.prefetch.running.items()} == expected
+            hosts = {r.engine.prefetcher.host.pid for r in svc.state.prefetch.running.values()}  # type: ignore[attr-defined]
+            assert len(hosts) == 1 and None not in hosts  # twelve tenants, one prefetcher process
 
 
 def test_unknown_ab_arm_is_a_config_error() -> None:
