@@ -110,10 +110,11 @@ class Settings(BaseSettings):
         description="Share of wall time all tenants' prefetchers together may compute (their worker threads and "
         "child processes); above it the access log is sampled. In a thread, more slows reads.",
     )
-    prefetch_isolation: Literal["process", "thread"] = Field(
-        "process",
-        description="Where prefetchers compute: a child process per tenant (the request path keeps the "
-        "interpreter lock) or the engine's worker thread (no extra process, but it shares the lock).",
+    prefetch_isolation: Literal["auto", "process", "thread"] = Field(
+        "auto",
+        description="Where prefetchers compute: one child process for all tenants (the request path keeps the "
+        "interpreter lock), the engine's worker thread (no extra process, but it shares the lock), or auto: "
+        "the learned prefetcher in the process, the simple ones (cheaper than the trip to it) in the thread.",
     )
     prefetch_checkpoint_interval_s: float = Field(
         300.0, gt=0, description="How often a learned model is checkpointed, compared and promoted or rolled back."

@@ -184,7 +184,7 @@ class PrefetchManager:
         cache = CacheModel(capacity=entry_capacity(tenant), policy=settings.eviction_policy,
                            lead=settings.prefetch_lead, per_request=budget.per_request, threshold=budget.threshold,
                            max_in_flight=budget.max_in_flight)
-        if settings.prefetch_isolation == "process":
+        if settings.prefetch_isolation == "process" or (settings.prefetch_isolation == "auto" and arm == "learned"):
             from service.prefetch.isolated import PrefetchHost, ProcessPrefetcher
 
             self._host = self._host or PrefetchHost()

@@ -4,12 +4,13 @@ The service records every GET in the access log (cheap: a sampled append to a ri
 background task. The worker drains the log, settles earlier prefetches, asks the prefetcher for proposals on a
 worker thread (torch never runs on the event loop), and lets the coordinator issue them.
 
-The worker thread still shares the interpreter lock with the event loop, and the learned prefetcher's shadow
-caches are pure Python (tens of microseconds per access): unbounded, a busy tenant's worker took 40 % of the
-process and halved GET throughput. So every worker draws on one process-wide `CpuBudget` (a share of wall
-time), a step predicts for at most `max_batch` of the newest accesses (older ones are still settled, just not
-predicted from: the log becomes a sample under load), the step gives the lock back between chunks, and a
-worker that is behind steps at most every `busy_interval`.
+The worker thread shares the interpreter lock with the event loop, and the learned prefetcher costs about
+100 us of CPU per access (features, training, inference, its baselines and shadow caches, mostly Python):
+unbounded, a busy tenant's worker took 40 % of the process and halved GET throughput. So the service runs
+prefetchers in a child process (`isolated.py`), every worker draws on one process-wide `CpuBudget` (a share of
+wall time, charged with the thread's CPU and the child's), a step predicts for at most `max_batch` of the
+newest accesses (older ones are still settled, just not predicted from: the log becomes a sample under load),
+the step gives the lock back between chunks, and a worker that is behind steps at most every `busy_interval`.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ def test_stride_prefetch_turns_a_sequential_scan_into_hits(sequential_origin: Pa
     with running_service(dev=True, origin=str(sequential_origin), prefetcher="stride") as svc:
         warm = _scan(svc.resp_port, 200)
         stats = svc.state.prefetch.running["default"].engine.coordinator.stats
+        assert svc.state.prefetch.running["default"].engine.prefetcher.name == "stride"  # auto: in the thread
         with httpx.Client(base_url=svc.endpoints.http_url) as http:
             metrics = http.get("/metrics").text
     assert cold == 0
@@ -56,7 +57,7 @@ def test_stride_prefetch_turns_a_sequential_scan_into_hits(sequential_origin: Pa
     assert len(families) == len(set(families)), "a metric family is exposed twice: Prometheus rejects the scrape"
 
 
-@pytest.mark.parametrize("isolation", ["process", "thread"])
+@pytest.mark.parametrize("isolation", ["auto", "thread"])
 def test_learned_prefetcher_runs_on_cpu_in_the_service(sequential_origin: Path, isolation: str) -> None:
     with running_service(dev=True, origin=str(sequential_origin), prefetcher="learned", prefetch_device="cpu",
                          prefetch_isolation=isolation) as svc:
@@ -66,7 +67,7 @@ def test_learned_prefetcher_runs_on_cpu_in_the_service(sequential_origin: Path, 
         assert running.engine.steps > 0 and running.engine.step_seconds > 0
         host = getattr(running.engine.prefetcher, "host", None)
         child = host.pid if host is not None else None
-        assert (child is not None and child != os.getpid()) == (isolation == "process")
+        assert (child is not None and child != os.getpid()) == (isolation == "auto")  # auto: learned in the process
     assert warm >= 100
     if child is not None:
         with pytest.raises(ProcessLookupError):
@@ -91,7 +92,7 @@ def test_ab_arms_are_assigned_per_tenant_and_stable(tmp_path: Path, pki: PKI) ->
     assert set(expected.values()) == {"stride", "markov"}  # both arms are used by this tenant set
     for _ in range(2):  # a restart keeps every tenant on its arm
         with running_service(tls_cert_file=pki.cert, tls_key_file=pki.key, tenants_file=tenants,
-                             origin=str(origin), prefetch_ab_arms=arms) as svc:
+                             origin=str(origin), prefetch_ab_arms=arms, prefetch_isolation="process") as svc:
             assert {n: r.arm for n, r in svc.state.prefetch.running.items()} == expected
             hosts = {r.engine.prefetcher.host.pid for r in svc.state.prefetch.running.values()}  # type: ignore[attr-defined]
             assert len(hosts) == 1 and None not in hosts  # twelve tenants, one prefetcher process
