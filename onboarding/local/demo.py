@@ -101,6 +101,11 @@ class Phase:
     tenant: str
     api_key: str
     prepare: Callable[[RespClient], None] | None = None
+    prefetched: bool = False  # the tenant should have a prefetch engine: wait for it before replaying
+
+
+# A first start builds the learned prefetcher in a new process that imports torch: seconds on a cold machine.
+PREFETCH_START_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,19 @@ def prefetch_counters(target: Target, tenant: str) -> tuple[str | None, dict[str
     return arm, counters
 
 
+def wait_for_prefetcher(target: Target, tenant: str, timeout_s: float = PREFETCH_START_TIMEOUT_S) -> bool:
+    """Whether the tenant's prefetch engine is running (its counters are in /metrics) within the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while prefetch_counters(target, tenant)[0] is None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def run_phase(target: Target, phase: Phase, trace: Sequence[str]) -> PhaseResult:
+    if phase.prefetched:
+        wait_for_prefetcher(target, phase.tenant)  # if it never comes, the row says "no prefetch"
     client = RespClient(target.host, target.port, target.ca_cert, phase.api_key)
     try:
         unique = sorted(set(trace))

@@ -38,6 +38,7 @@ from onboarding.state import (
     write_secret,
 )
 from onboarding.tenants import Onboarder
+from service.config import Settings
 from service.net import free_port
 from service.security.admin_token import new_admin_token
 from service.security.apikeys import MalformedKey, key_id_of
@@ -145,7 +146,11 @@ class LocalStack:
             step("demo workload")
             try:
                 target = demo.Target(deployment.resp_host, deployment.resp_port, deployment.http_url, paths.ca_cert)
-                phases = [demo.Phase(BASELINE_TENANT, baseline_key), demo.Phase(deployment.demo_tenant, api_key)]
+                settings = deployment.service_settings
+                default = Settings.model_fields["prefetcher"].default
+                prefetched = settings.get("prefetcher", default) != "none" or "prefetch_ab_arms" in settings
+                phases = [demo.Phase(BASELINE_TENANT, baseline_key),
+                          demo.Phase(deployment.demo_tenant, api_key, prefetched=prefetched)]
                 result.demo = demo.run_demo(target, phases, demo_keys)
             except (OSError, RuntimeError, statistics.StatisticsError) as err:
                 result.warnings.append(f"demo workload failed: {type(err).__name__}: {err}")

@@ -92,7 +92,7 @@ def test_up_prints_endpoints_tenant_key_and_the_demo(local: Local) -> None:
     assert baseline["requests"] == phase["requests"]
     # with the default (learned) prefetcher the same trace misses less than without one
     assert phase["prefetcher"] == "learned" and phase["prefetch_used"] > 0
-    assert phase["hit_ratio"] > baseline["hit_ratio"]
+    assert phase["hit_ratio"] >= baseline["hit_ratio"] + 0.05  # measured: 69 % -> 79 %; the demo waits for the model
     assert phase["tenant"] == "demo" and phase["requests"] == phase["hits"] + phase["misses"] > 0
     assert 0 < phase["hit_ratio"] < 1 and phase["p99_ms"] >= phase["p50_ms"] > 0
     # a read that finds its object's prefetch in flight waits for it instead of fetching again
