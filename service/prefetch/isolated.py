@@ -39,6 +39,18 @@ CALL_TIMEOUT_S = 60.0  # a batch with a training round takes well under a second
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
+# The child gets its settings in its first message; it needs no credential the server holds.
+_WITHHELD_PREFIXES = ("FORESIGHT_", "VAULT_", "BAO_", "AWS_", "AZURE_", "GOOGLE_")
+
+
+def child_environment() -> dict[str, str]:
+    """The server's environment without its credentials and settings, and with this package importable first
+    (so the child runs this same code whatever the working directory)."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(_WITHHELD_PREFIXES)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (_PACKAGE_ROOT, os.environ.get("PYTHONPATH"))))
+    return env
+
+
 class PrefetcherProcessError(RuntimeError):
     """The child process failed a call, died, or did not start."""
 
@@ -145,11 +157,9 @@ class PrefetchHost:
 
     def _start(self) -> None:
         parent, child = socket.socketpair()
-        # The package's own root first, so the child imports this same code whatever the working directory.
-        path = os.pathsep.join(filter(None, (_PACKAGE_ROOT, os.environ.get("PYTHONPATH"))))
         with child:
             self._process = subprocess.Popen([sys.executable, "-m", __name__, str(child.fileno())],
-                                             pass_fds=[child.fileno()], env={**os.environ, "PYTHONPATH": path},
+                                             pass_fds=[child.fileno()], env=child_environment(),
                                              stdin=subprocess.DEVNULL)
         self._conn = Connection(parent.detach())
         self._created = {}

@@ -133,3 +133,19 @@ async def test_the_engine_logs_a_failed_step_and_goes_on(stride_process, caplog:
     assert "prefetch step failed (1 so far)" in caplog.text
     assert stride_process.host.starts == 2
     assert len(cache.data) > 0  # prefetching resumed with a new child
+
+
+def test_the_child_gets_no_credential_from_the_servers_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORESIGHT_VAULT_TOKEN", "hvs.not-for-the-child")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-not-for-the-child")
+    monkeypatch.setenv("FORESIGHT_TEST_MARKER_OK", "x")
+    host = PrefetchHost()
+    try:
+        ProcessPrefetcher("stride", host=host)
+        assert host.pid is not None
+        with open(f"/proc/{host.pid}/environ", "rb") as environ:
+            names = {entry.split(b"=", 1)[0] for entry in environ.read().split(b"\0") if entry}
+        assert b"PATH" in names and b"PYTHONPATH" in names  # the environment is there, minus credentials
+        assert not {b"FORESIGHT_VAULT_TOKEN", b"AWS_SECRET_ACCESS_KEY", b"FORESIGHT_TEST_MARKER_OK"} & names
+    finally:
+        host.close()
