@@ -113,7 +113,7 @@ class PrefetchHost:
         self._lock = threading.Lock()  # one request on the socket at a time
         self._conn: Connection | None = None
         self._process: subprocess.Popen[bytes] | None = None
-        self._created: dict[int, tuple[Any, ...]] = {}  # ids whose prefetcher exists in the current child
+        self._created: set[int] = set()  # ids whose prefetcher exists in the current child
         self.starts = 0
 
     @property
@@ -140,13 +140,14 @@ class PrefetchHost:
         if ident in self._created:
             return 0.0
         _, cpu_s = self._request(ident, "create", spec, self.start_timeout_s)
-        self._created[ident] = spec
+        self._created.add(ident)
         return float(cpu_s)
 
     def drop(self, ident: int) -> None:
         """Forget a prefetcher (the child frees it); a no-op when the child is gone."""
         with self._lock:
-            if self._created.pop(ident, None) is not None and self._conn is not None:
+            if ident in self._created and self._conn is not None:
+                self._created.discard(ident)
                 with contextlib.suppress(PrefetcherProcessError):
                     self._request(ident, "drop", None, self.call_timeout_s)
 
@@ -162,13 +163,13 @@ class PrefetchHost:
                                              pass_fds=[child.fileno()], env=child_environment(),
                                              stdin=subprocess.DEVNULL)
         self._conn = Connection(parent.detach())
-        self._created = {}
+        self._created = set()
         self.starts += 1
 
     def _discard(self) -> None:
         conn, process = self._conn, self._process
         self._conn = self._process = None
-        self._created = {}
+        self._created = set()
         if conn is not None:
             conn.close()
         if process is not None:
