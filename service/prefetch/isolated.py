@@ -120,28 +120,26 @@ class PrefetchHost:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
-    def create(self, ident: int, spec: tuple[Any, ...]) -> float:
-        """Build prefetcher `ident` from `spec` (`make_prefetcher` arguments) in the child unless it is there;
-        returns the child's CPU seconds."""
+    def create(self, ident: int, spec: tuple[Any, ...]) -> None:
+        """Build prefetcher `ident` from `spec` (`make_prefetcher` arguments) in the child unless it is there."""
         with self._lock:
-            return self._ensure(ident, spec)
+            self._ensure(ident, spec)
 
     def call(self, ident: int, spec: tuple[Any, ...], op: str, arg: Any = None) -> tuple[Any, float]:
-        """(result, the child's CPU seconds) of one request for prefetcher `ident`, built first if this child
-        does not have it (a new child after the last one died)."""
+        """(result, the child's CPU seconds for it) of one request for prefetcher `ident`, built first if this
+        child does not have it (a new child after the last one died). Building is start-up work, not counted:
+        importing torch is seconds of CPU, which a budget would make the next steps wait out many times over."""
         with self._lock:
-            cpu_s = self._ensure(ident, spec)
-            result, spent = self._request(ident, op, arg, self.call_timeout_s)
-            return result, cpu_s + spent
+            self._ensure(ident, spec)
+            result, cpu_s = self._request(ident, op, arg, self.call_timeout_s)
+            return result, cpu_s
 
-    def _ensure(self, ident: int, spec: tuple[Any, ...]) -> float:
+    def _ensure(self, ident: int, spec: tuple[Any, ...]) -> None:
         if self._conn is None:
             self._start()
-        if ident in self._created:
-            return 0.0
-        _, cpu_s = self._request(ident, "create", spec, self.start_timeout_s)
-        self._created.add(ident)
-        return float(cpu_s)
+        if ident not in self._created:
+            self._request(ident, "create", spec, self.start_timeout_s)
+            self._created.add(ident)
 
     def drop(self, ident: int) -> None:
         """Forget a prefetcher (the child frees it); a no-op when the child is gone."""
@@ -215,7 +213,8 @@ class ProcessPrefetcher(Prefetcher):
         self._owns_host = host is None
         self._ident = next(_ids)
         self._spec = (inner, lead, device, cache)
-        self._child_cpu_s = self.host.create(self._ident, self._spec)
+        self._child_cpu_s = 0.0
+        self.host.create(self._ident, self._spec)
 
     @property
     def offloaded_cpu_s(self) -> float:

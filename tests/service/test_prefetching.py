@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -72,6 +73,28 @@ def test_learned_prefetcher_runs_on_cpu_in_the_service(sequential_origin: Path, 
     if child is not None:
         with pytest.raises(ProcessLookupError):
             os.kill(child, 0)  # stopping the service stopped and reaped the tenant's prefetcher process
+
+
+def test_a_killed_prefetcher_process_costs_one_step_and_prefetching_resumes(sequential_origin: Path) -> None:
+    with running_service(dev=True, origin=str(sequential_origin), prefetcher="learned", prefetch_device="cpu") as svc:
+        _scan(svc.resp_port, 50)
+        engine = svc.state.prefetch.running["default"].engine
+        host = engine.prefetcher.host  # type: ignore[attr-defined]
+        first, steps = host.pid, engine.steps
+        os.kill(first, signal.SIGKILL)
+        client = redis.Redis(port=svc.resp_port)
+        deadline = time.monotonic() + 60  # the new child imports torch: seconds
+        i = 50
+        while time.monotonic() < deadline and not (host.starts == 2 and engine.steps > steps + 5):
+            assert client.get(f"item:{i % 400:05d}") == b"v%d" % (i % 400)  # reads are served all along
+            time.sleep(0.004)
+            i += 1
+        second = host.pid
+        with httpx.Client(base_url=svc.endpoints.http_url) as http:
+            metrics = http.get("/metrics").text
+    assert engine.failures == 1 and host.starts == 2 and second not in (None, first)
+    assert engine.steps > steps + 5  # predicting again, in the new child
+    assert 'foresight_prefetch_failures_total{arm="learned",tenant="default"} 1.0' in metrics
 
 
 def test_tenants_without_origin_get_no_engine() -> None:
