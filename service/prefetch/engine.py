@@ -4,8 +4,8 @@ The service records every GET in the access log (cheap: a sampled append to a ri
 background task. The worker drains the log, settles earlier prefetches, asks the prefetcher for proposals on a
 worker thread (torch never runs on the event loop), and lets the coordinator issue them.
 
-The worker thread shares the interpreter lock with the event loop, and the learned prefetcher costs about
-100 us of CPU per access (features, training, inference, its baselines and shadow caches, mostly Python):
+The worker thread shares the interpreter lock with the event loop, and the learned prefetcher costs 66-100
+us of CPU per access (features, training, inference, its baselines and shadow caches, mostly Python):
 unbounded, a busy tenant's worker took 40 % of the process and halved GET throughput. So the service runs
 prefetchers in a child process (`isolated.py`), every worker draws on one process-wide `CpuBudget` (a share of
 wall time, charged with the thread's CPU and the child's), a step predicts for at most `max_batch` of the

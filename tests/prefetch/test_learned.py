@@ -79,6 +79,20 @@ def test_network_beats_stride_and_markov_on_alternating_deltas() -> None:
     assert learned > markov + 0.3
 
 
+def test_training_rounds_space_out_once_the_model_has_settled() -> None:
+    config = TrainConfig(warmup=256, train_every=128, steps=1, settled_after=2048, settled_train_every=512)
+    learned = LearnedPrefetcher(config=config)
+    steps_at: dict[int, int] = {}  # labelled accesses -> optimiser steps so far
+    keys = [random.Random(3).randrange(1000) for _ in range(6144)]
+    for begin in range(0, len(keys), 128):
+        learned.access_batch(keys[begin : begin + 128])
+        steps_at[learned.labelled] = learned.train_steps
+    def steps_between(low: int, high: int) -> int:
+        return steps_at[max(n for n in steps_at if n <= high)] - steps_at[min(n for n in steps_at if n >= low)]
+    assert steps_between(512, 2048) >= 10  # one round per 128 labelled accesses before settling (~12)
+    assert steps_between(2560, 5632) <= 7  # one per 512 after (~6), not ~24
+
+
 def test_learned_respects_the_lead() -> None:
     learned = LearnedPrefetcher(lead=5, config=FAST)
     assert top1_accuracy(learned, stride_runs(3000, seed=4), start=2000) > 0.7

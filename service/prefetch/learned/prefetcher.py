@@ -55,6 +55,10 @@ class TrainConfig:
     window: int = USEFUL_WINDOW  # accesses after landing within which a prefetch counts as used
     buffer: int = 16384  # labelled accesses kept for training (a sliding window)
     train_every: int = 1024  # labelled accesses between training rounds
+    # Once the model has learned from this many accesses, rounds come `settled_train_every` apart: training is
+    # the largest share of the per-read CPU, and drift detection still triggers extra rounds.
+    settled_after: int = 32768
+    settled_train_every: int = 4096
     steps: int = 4  # optimiser steps per round
     batch: int = 256  # accesses per optimiser step
     lr: float = 3e-3
@@ -272,10 +276,12 @@ class LearnedPrefetcher(Prefetcher):
         if keep > 4 * horizon + 4096:
             del self._log[:keep]
             self._log_start += keep
-        if self.labelled >= self.config.warmup // 2 and self._since_training >= self.config.train_every:
-            rounds = self._since_training // self.config.train_every
-            self._since_training -= rounds * self.config.train_every
-            self._train(rounds * self.config.steps)
+        config = self.config
+        every = config.train_every if self.labelled < config.settled_after else config.settled_train_every
+        if self.labelled >= config.warmup // 2 and self._since_training >= every:
+            rounds = self._since_training // every
+            self._since_training -= rounds * every
+            self._train(rounds * config.steps)
 
     def _label(self, pending: _Pending) -> None:
         d, w = self.distance, self.config.window
