@@ -30,6 +30,17 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+def _check_device(device: str) -> None:
+    """A clear error for a device this machine cannot run, before any work (torch is imported only for cuda)."""
+    if device not in ("cpu", "cuda"):
+        raise _fail(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise _fail("--device cuda asked for, but torch sees no CUDA device")
+
+
 @app.command()
 def replay(
     trace: Annotated[Path, typer.Argument(help="Trace file: ARC .lis, key-per-line text or CSV; .gz/.zst/.xz.")],
@@ -55,17 +66,11 @@ def replay(
 
     if policy not in POLICIES:
         raise _fail(f"unknown eviction policy {policy!r}; choose one of: {', '.join(sorted(POLICIES))}")
-    if device not in ("cpu", "cuda"):
-        raise _fail(f"--device must be cpu or cuda, got {device!r}")
+    _check_device(device)
     try:
         size = resolve_cache_size(1, cache_frac, cache_size)  # validates the pair before reading the trace
         loaded = load_trace(trace, fmt, limit)
         size = resolve_cache_size(loaded.unique, cache_frac, cache_size)
-        if device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise _fail("--device cuda asked for, but torch sees no CUDA device")
         engine = make_prefetcher(prefetcher, lead=lead, device=device)
         show = progress if progress is not None else (len(loaded) > _LARGE and sys.stderr.isatty())
         if show:
@@ -160,6 +165,34 @@ def access_log(
     for pipeline, micros in sorted(cost.served_get_us.items()):
         typer.echo(f"served GET at -P {pipeline}: {micros:.2f} us of server time; access log overhead "
                    f"{cost.overhead(pipeline):.2%}")
+
+
+@app.command("learned-cost")
+def learned_cost(
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    warmup: Annotated[int, typer.Option(min=0, help="Reads before timing; the schedule settles at 32,768.")] = 50_000,
+    reads: Annotated[int, typer.Option(min=128, help="Reads timed.")] = 20_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """The learned prefetcher's CPU per read and its parts, settled training against training every 1,024 reads.
+
+    Under load this cost decides how many of a tenant's reads the model predicts from (FORESIGHT_PREFETCH_CPU_SHARE
+    divided by it). Random keys, batches of 128, a 5,000-entry cache, one torch thread.
+    """
+    from service.bench.learned_cost import as_json as to_json
+    from service.bench.learned_cost import measure
+
+    _check_device(device)
+    costs = measure(device, warmup, reads)
+    if as_json:
+        typer.echo(json.dumps(to_json(costs)))
+        return
+    parts = list(costs[0].parts_us)
+    typer.echo(f"| schedule | us per read | {' | '.join(parts)} |\n|---|---:|{'---:|' * len(parts)}")
+    for cost in costs:
+        cells = " | ".join(f"{cost.parts_us.get(part, 0.0):.1f}" for part in parts)
+        typer.echo(f"| {cost.schedule} | {cost.us_per_read:.1f} | {cells} |")
+    typer.echo(f"settled / every-1024: {to_json(costs)['ratio']:.2f}x on {device}")
 
 
 @app.command("prefetch-load")

@@ -42,3 +42,27 @@ def test_prefetch_load_reports_each_prefetcher_and_isolation_against_none_per_pi
             assert stride["rps"] > 0 and stride["p99_ms"] > 0
             assert stride["rps_ratio"] == pytest.approx(stride["rps"] / none["rps"])
             assert 0 < stride["predicted"] <= 1  # read from the server's own metrics
+
+
+def test_learned_cost_reports_both_schedules_with_parts_that_add_up() -> None:
+    out = runner.invoke(app, ["learned-cost", "--warmup", "3072", "--reads", "512", "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    baseline, settled = report["costs"]
+    assert (baseline["schedule"], settled["schedule"]) == ("every-1024", "settled")
+    for cost in (baseline, settled):
+        assert cost["device"] == "cpu" and cost["us_per_read"] > 0
+        assert {"features", "shadows", "inference"} <= set(cost["parts_us"])
+        assert sum(cost["parts_us"].values()) <= cost["us_per_read"]  # parts are timed inside the whole
+    assert report["ratio"] == pytest.approx(settled["us_per_read"] / baseline["us_per_read"])
+
+
+@pytest.mark.parametrize(("device", "message"), [("tpu", "--device must be cpu or cuda, got 'tpu'"),
+                                                 ("cuda", "torch sees no CUDA device")])
+def test_learned_cost_refuses_a_device_it_cannot_run(device: str, message: str) -> None:
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = runner.invoke(app, ["learned-cost", "--device", device])
+    assert out.exit_code == 2 and message in out.output and "Traceback" not in out.output
