@@ -20,6 +20,7 @@ from service.config import Settings
 
 if TYPE_CHECKING:
     from service.prefetch.base import Prefetcher
+    from service.prefetch.coordinator import PrefetchBudget
     from service.prefetch.engine import PrefetchEngine
     from service.prefetch.mlops.checkpoints import CheckpointRegistry
     from service.security.envelope import EnvelopeCipher
@@ -171,7 +172,6 @@ class PrefetchManager:
     def _build(self, tenant: TenantCache, arm: str) -> TenantPrefetch:
         from service.prefetch import make_prefetcher
         from service.prefetch.coordinator import PrefetchBudget
-        from service.prefetch.engine import CpuBudget, PrefetchEngine
         from service.prefetch.shadow import CacheModel
 
         settings = self.settings
@@ -192,6 +192,17 @@ class PrefetchManager:
                                                        host=self._host)
         else:
             prefetcher = make_prefetcher(arm, lead=settings.prefetch_lead, device=device, cache=cache)
+        try:
+            return self._attach(tenant, arm, prefetcher, budget)
+        except BaseException:
+            prefetcher.close()  # no half-built tenant keeps a prefetcher in the shared process
+            raise
+
+    def _attach(self, tenant: TenantCache, arm: str, prefetcher: Prefetcher, budget: PrefetchBudget) -> TenantPrefetch:
+        """The engine and checkpoints around a built prefetcher; loads the serving model if there is one."""
+        from service.prefetch.engine import CpuBudget, PrefetchEngine
+
+        settings = self.settings
         self._cpu = self._cpu or CpuBudget(settings.prefetch_cpu_share)
         engine = PrefetchEngine(tenant, prefetcher, budget, cpu=self._cpu)
         checkpoints = None
@@ -200,7 +211,11 @@ class PrefetchManager:
 
             checkpoints = CheckpointRegistry(settings.data_dir / "models" / tenant.name, tenant.name, self.cipher)
         running = TenantPrefetch(tenant, arm, engine, checkpoints, settings.prefetch_checkpoint_interval_s)
-        version = running.restore()
+        try:
+            version = running.restore()
+        except Exception as err:  # an unreadable checkpoint must not cost the tenant its prefetcher
+            log.error("tenant %s: could not load the serving model (%s); starting a new one", tenant.name, err)
+            version = None
         if version is not None:
             log.info("tenant %s: loaded model v%d", tenant.name, version)
         return running

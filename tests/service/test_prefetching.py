@@ -147,6 +147,11 @@ def test_learned_model_checkpoints_are_encrypted_and_restored(sequential_origin:
     assert (models / "v0002.ckpt").exists()  # the clean stop checkpointed again
     with running_service(**settings) as svc:
         assert svc.state.prefetch.running["default"].checkpoints.serving in (1, 2)
+    for checkpoint in models.glob("v*.ckpt"):
+        checkpoint.write_bytes(b"not a checkpoint")  # damaged on disk: the tenant keeps prefetching, afresh
+    with running_service(**settings) as svc:
+        running = svc.state.prefetch.running["default"]
+        assert running.arm == "learned" and _scan(svc.resp_port, 100) >= 40
 
 
 def test_a_tenant_can_choose_its_own_prefetcher(tmp_path: Path, pki: PKI) -> None:
