@@ -6,13 +6,17 @@ The hot path only increments plain integers; this collector turns them into labe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service.state import ServiceState
+
+if TYPE_CHECKING:
+    from service.prefetching import TenantPrefetch
 
 _TENANT_COUNTERS = {
     "hits": ("foresight_cache_hits_total", "Reads answered from memory."),
@@ -67,44 +71,26 @@ class ServiceCollector(Collector):
 
     def _prefetch_metrics(self) -> Iterator[Metric]:
         running = self.state.prefetch.running if self.state.prefetch is not None else {}
-        outcomes = {
-            "issued": "Prefetches started.",
-            "used": "Prefetched keys read (as hits) soon after.",
-            "late": "Reads that missed while their prefetch was still on its way.",
-            "wasted": "Prefetches nobody read within the horizon.",
+        # metric name -> (help, where the per-tenant value lives)
+        counters: dict[str, tuple[str, Callable[[TenantPrefetch], float]]] = {
+            "issued": ("Prefetches started.", lambda tp: tp.engine.coordinator.stats.issued),
+            "used": ("Prefetched keys read (as hits) soon after.", lambda tp: tp.engine.coordinator.stats.used),
+            "late": ("Reads that missed while their prefetch was still on its way.",
+                     lambda tp: tp.engine.coordinator.stats.late),
+            "wasted": ("Prefetches nobody read within the horizon.", lambda tp: tp.engine.coordinator.stats.wasted),
+            "model_seconds": ("Time the prefetcher spent predicting and training.", lambda tp: tp.engine.step_seconds),
+            "model_batches": ("Prediction batches run.", lambda tp: tp.engine.steps),
+            "predicted": ("Reads the prefetcher predicted from.", lambda tp: tp.engine.predicted),
+            "unpredicted": ("Reads the worker settled but did not predict from: the workers were at their CPU share.",
+                            lambda tp: tp.engine.unpredicted),
+            "failures": ("Prediction steps that failed (a prefetcher process that died is started afresh).",
+                         lambda tp: tp.engine.failures),
         }
-        for outcome, doc in outcomes.items():
-            family = CounterMetricFamily(f"foresight_prefetch_{outcome}_total", doc, labels=["tenant", "arm"])
+        for metric, (doc, value) in counters.items():
+            family = CounterMetricFamily(f"foresight_prefetch_{metric}_total", doc, labels=["tenant", "arm"])
             for name, tp in running.items():
-                family.add_metric([name, tp.arm], getattr(tp.engine.coordinator.stats, outcome))
+                family.add_metric([name, tp.arm], value(tp))
             yield family
-        latency = CounterMetricFamily("foresight_prefetch_model_seconds_total",
-                                      "Time the prefetcher spent predicting and training.", labels=["tenant", "arm"])
-        steps = CounterMetricFamily("foresight_prefetch_model_batches_total", "Prediction batches run.",
-                                    labels=["tenant", "arm"])
-        predicted = CounterMetricFamily("foresight_prefetch_predicted_total", "Reads the prefetcher predicted from.",
-                                        labels=["tenant", "arm"])
-        unpredicted = CounterMetricFamily(
-            "foresight_prefetch_unpredicted_total",
-            "Reads the worker settled but did not predict from: the workers were at their CPU share.",
-            labels=["tenant", "arm"],
-        )
-        failures = CounterMetricFamily(
-            "foresight_prefetch_failures_total",
-            "Prediction steps that failed (a prefetcher process that died is started afresh).",
-            labels=["tenant", "arm"],
-        )
-        for name, tp in running.items():
-            latency.add_metric([name, tp.arm], tp.engine.step_seconds)
-            steps.add_metric([name, tp.arm], tp.engine.steps)
-            predicted.add_metric([name, tp.arm], tp.engine.predicted)
-            unpredicted.add_metric([name, tp.arm], tp.engine.unpredicted)
-            failures.add_metric([name, tp.arm], tp.engine.failures)
-        yield latency
-        yield steps
-        yield predicted
-        yield unpredicted
-        yield failures
 
 
 def render(state: ServiceState) -> bytes:

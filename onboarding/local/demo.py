@@ -146,14 +146,11 @@ def prefetch_counters(target: Target, tenant: str) -> tuple[str | None, dict[str
     return arm, counters
 
 
-def wait_for_prefetcher(target: Target, tenant: str, timeout_s: float = PREFETCH_START_TIMEOUT_S) -> bool:
-    """Whether the tenant's prefetch engine is running (its counters are in /metrics) within the timeout."""
+def wait_for_prefetcher(target: Target, tenant: str, timeout_s: float = PREFETCH_START_TIMEOUT_S) -> None:
+    """Until the tenant's prefetch engine runs (its counters are in /metrics), or the timeout passes."""
     deadline = time.monotonic() + timeout_s
-    while prefetch_counters(target, tenant)[0] is None:
-        if time.monotonic() >= deadline:
-            return False
+    while prefetch_counters(target, tenant)[0] is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    return True
 
 
 def run_phase(target: Target, phase: Phase, trace: Sequence[str]) -> PhaseResult:
