@@ -17,6 +17,7 @@ from typing import Any
 from service.bench.traces import Trace
 from service.prefetch.base import Predictions, Prefetcher
 from service.prefetch.shadow import CacheAwarePrefetcher, CacheModel, CacheSimulation
+from service.store.memory import MemoryStore
 
 CHUNK = 256  # requests per prefetcher batch (the service drains its access log in batches like these)
 
@@ -106,6 +107,7 @@ def replay(
         if progress is not None:
             progress(len(chunk))
     coordinator, store = sim.coordinator, sim.store
+    assert isinstance(store, MemoryStore)  # the service's store, not a shadow's key set
     coordinator.settle()
     stats = store.stats
     requests = len(keys)

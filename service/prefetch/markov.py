@@ -9,8 +9,13 @@ oldest inserted half when full, so memory stays bounded on traces with millions 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
+from operator import itemgetter
 
 from service.prefetch.base import Prediction, Predictions, Prefetcher
+
+Successor = tuple[int, float, int]  # (successor, share of the key's transitions, total transitions)
+_BY_COUNT = itemgetter(1)
 
 
 class SuccessorTable:
@@ -50,14 +55,23 @@ class SuccessorTable:
                 succ[other] = max(1, succ[other] // 2)
             succ[key] = 1
 
-    def successors(self, key: int) -> list[tuple[int, float, int]]:
-        """(successor, share of the key's transitions, total transitions), most frequent first."""
+    def successors(self, key: int) -> list[Successor]:
+        """(successor, share of the key's transitions, total transitions), most frequent first (ties: the
+        earlier seen). Every learned read asks this twice, so the common single successor skips the sort."""
         succ = self._table.get(key)
         if not succ:
             return []
+        if len(succ) == 1:
+            ((only, count),) = succ.items()
+            return [(only, 1.0, count)]
         total = sum(succ.values())
-        ranked = sorted(succ.items(), key=lambda item: -item[1])
-        return [(s, count / total, total) for s, count in ranked]
+        return [(s, count / total, total) for s, count in sorted(succ.items(), key=_BY_COUNT, reverse=True)]
+
+
+def markov_predictions(successors: Sequence[Successor], limit: int) -> Predictions:
+    """The Markov prefetcher's proposals from a key's successors. Share times total/(total+1): a successor
+    seen once is a coin flip, not a certainty."""
+    return [Prediction(s, share * total / (total + 1)) for s, share, total in successors[:limit]]
 
 
 class MarkovPrefetcher(Prefetcher):
@@ -69,8 +83,4 @@ class MarkovPrefetcher(Prefetcher):
 
     def access(self, key: int) -> Predictions:
         self.table.record(key)
-        # Share times total/(total+1): a successor seen once is a coin flip, not a certainty.
-        return [
-            Prediction(s, share * total / (total + 1))
-            for s, share, total in self.table.successors(key)[: self.max_candidates]
-        ]
+        return markov_predictions(self.table.successors(key), self.max_candidates)

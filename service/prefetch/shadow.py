@@ -12,7 +12,8 @@ worse than no prefetching either.
 `CacheSimulation` is also the replay benchmark's loop body, so a selector that keeps one arm throughout gives
 exactly that arm's benchmark result.
 
-Cost: one key-only cache per arm. Shadows of caches above `SelectorConfig.max_entries` are set-sampled
+Cost: one key-only cache per arm (`KeyOnlyStore`: the store's eviction policy without its byte, expiry and
+statistics books, which were half a shadow's time). Shadows of caches above `SelectorConfig.max_entries` are set-sampled
 (SHARDS-style: only keys whose hash falls in 1/rate of the hash space, capacity / rate), which bounds their
 memory and most of their CPU.
 """
@@ -28,6 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 from service.prefetch.base import DEFAULT_THRESHOLD, USEFUL_WINDOW, Predictions
 from service.prefetch.coordinator import PrefetchBudget, PrefetchCoordinator
 from service.store.memory import MemoryStore, unit_size
+from service.store.policies import make_policy
 
 NO_PREFETCH = "none"
 ArmProposals = Mapping[str, list[Predictions]]  # arm -> one proposal list per access
@@ -59,6 +61,44 @@ def in_sample(key: Hashable, rate: int) -> bool:
     return rate == 1 or ((hash(key) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> (64 - rate.bit_length() + 1) == 0
 
 
+class KeyOnlyStore:
+    """What a shadow needs of a unit-size `MemoryStore`: which keys are resident. The same eviction policy
+    class chooses the victims, so it hits and misses exactly as the store would (a test replays both)."""
+
+    def __init__(self, capacity: int, policy: str) -> None:
+        self.capacity = capacity
+        self.policy = make_policy(policy, capacity)
+        self._keys: set[Hashable] = set()
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def get(self, key: Hashable) -> bytes | None:
+        """b"" for a resident key (a hit the policy sees), None otherwise."""
+        if key in self._keys:
+            self.policy.hit(key)
+            return b""
+        return None
+
+    def set(self, key: Hashable, value: bytes, *, prefetched: bool = False) -> None:
+        """Insert a key, evicting first while full (an insert of a resident key counts as a hit, as in the
+        store)."""
+        keys, policy = self._keys, self.policy
+        if key in keys:
+            policy.hit(key)
+            return
+        while keys and len(keys) >= self.capacity:
+            keys.remove(policy.evict())
+        keys.add(key)
+        policy.admit(key, 1, prefetched=prefetched)
+
+
+Store = MemoryStore | KeyOnlyStore
+
+
 class SimulatedCache:
     """A `PrefetchTarget` over a `MemoryStore` whose prefetches land `lead` requests after they are issued.
 
@@ -66,7 +106,7 @@ class SimulatedCache:
     at once without being stored (they still use up the request's budget, as the real ones would).
     """
 
-    def __init__(self, store: MemoryStore, lead: int, sample_rate: int = 1) -> None:
+    def __init__(self, store: Store, lead: int, sample_rate: int = 1) -> None:
         self.store = store
         self.lead = lead
         self.sample_rate = sample_rate
@@ -107,17 +147,23 @@ class SimulatedCache:
 
 
 class CacheSimulation:
-    """A unit-size cache and its prefetch coordinator, driven one request at a time."""
+    """A unit-size cache and its prefetch coordinator, driven one request at a time. The replay's cache is a
+    `MemoryStore`, the service's own; a shadow needs only its keys (`key_only`)."""
 
-    def __init__(self, model: CacheModel, sample_rate: int = 1) -> None:
-        store = MemoryStore(max(1, model.capacity // sample_rate), model.policy, sizer=unit_size)
+    def __init__(self, model: CacheModel, sample_rate: int = 1, key_only: bool = False) -> None:
+        capacity = max(1, model.capacity // sample_rate)
+        store: Store = (
+            KeyOnlyStore(capacity, model.policy)
+            if key_only
+            else MemoryStore(capacity, model.policy, sizer=unit_size)
+        )
         self.cache = SimulatedCache(store, model.lead, sample_rate)
         self.coordinator = PrefetchCoordinator(self.cache, model.budget, horizon=model.horizon)
         self.cache.on_landed = self.coordinator.completed
         self.requests = 0
 
     @property
-    def store(self) -> MemoryStore:
+    def store(self) -> Store:
         return self.cache.store
 
     def request(self, key: Hashable, proposals: Predictions) -> bool:
@@ -163,7 +209,7 @@ class ShadowSelector:
         self.config = config = config or SelectorConfig()
         self.arms = (*(a for a in arms if a != NO_PREFETCH), NO_PREFETCH)
         self.sample_rate = 1 << max(0, math.ceil(math.log2(max(1, model.capacity) / config.max_entries)))
-        self._shadows = [CacheSimulation(model, self.sample_rate) for _ in self.arms]
+        self._shadows = [CacheSimulation(model, self.sample_rate, key_only=True) for _ in self.arms]
         self.misses = [0.0] * len(self.arms)  # decayed miss counts, one per arm
         # A sampled shadow sees about one request in `sample_rate`: decay and margin per request seen.
         self._decay = 0.5 ** (self.sample_rate / config.half_life)

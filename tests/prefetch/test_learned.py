@@ -126,3 +126,20 @@ def test_cuda_graph_inference_matches_eager() -> None:
     eager = InferenceRunner(model, "cuda", cuda_graphs=False)(inputs)
     graphs = InferenceRunner(model, "cuda", cuda_graphs=True)(inputs)
     np.testing.assert_allclose(eager, graphs, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("lead", [0, 10])
+def test_the_arms_propose_exactly_what_the_simple_prefetchers_would(lead: int) -> None:
+    # The Markov arm reads the candidate builder's successor table instead of keeping a second one.
+    rng = random.Random(5)
+    keys = successor_cycle(3_000, seed=6) + [rng.randrange(500) for _ in range(3_000)] + stride_runs(2_000, seed=7)
+    learned = LearnedPrefetcher(lead=lead, config=FAST)
+    markov, stride = MarkovPrefetcher(lead), StridePrefetcher(lead)
+    proposed = 0
+    for begin in range(0, len(keys), 128):
+        chunk = keys[begin : begin + 128]
+        arms = learned.propose_arms(chunk)
+        assert arms["markov"] == markov.access_batch(chunk)
+        assert arms["stride"] == stride.access_batch(chunk)
+        proposed += sum(map(bool, arms["markov"]))
+    assert proposed > 4_000  # the tour and the hot keys have successors

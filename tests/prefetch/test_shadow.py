@@ -11,8 +11,9 @@ from service.bench.traces import Trace
 from service.prefetch.base import Prediction, Predictions, Prefetcher
 from service.prefetch.learned.prefetcher import LearnedPrefetcher, TrainConfig
 from service.prefetch.markov import MarkovPrefetcher
-from service.prefetch.shadow import CacheModel, SelectorConfig, ShadowSelector, in_sample
+from service.prefetch.shadow import CacheModel, KeyOnlyStore, SelectorConfig, ShadowSelector, in_sample
 from service.prefetch.stride import StridePrefetcher
+from service.store.memory import MemoryStore, unit_size
 from tests.prefetch.workloads import arm_miss_ratio, arm_proposals, phase_mix, selected_miss_ratio
 
 torch.set_num_threads(1)
@@ -140,3 +141,28 @@ def test_a_challenger_must_lead_by_the_margin_for_persist_requests_in_a_row() ->
         selector.select_batch(keys, answers)
         assert selector.serving == "stride" and selector.switches == 1
         assert persist <= selector.served["polluter"] <= persist + 5
+
+
+@pytest.mark.parametrize("policy", ["s3fifo", "lru"])
+def test_a_key_only_shadow_store_hits_and_misses_exactly_like_the_memory_store(policy: str) -> None:
+    # Shadows run on KeyOnlyStore for speed; the replay's cache is a MemoryStore. Reads, demand inserts and
+    # prefetched inserts (which S3-FIFO admits differently), over keys that recur, overflow and come back.
+    rng = np.random.default_rng(3)
+    fast, full = KeyOnlyStore(300, policy), MemoryStore(300, policy, sizer=unit_size)
+    outcomes = []
+    for step, key in enumerate(rng.zipf(1.2, 60_000) % 2_000):
+        key = int(key)
+        if step % 3 == 2:  # a prefetch landing
+            if key not in full:
+                full.set(key, b"", prefetched=True)
+                fast.set(key, b"", prefetched=True)
+            continue
+        hit = full.get(key) is not None
+        assert (fast.get(key) is not None) == hit
+        if not hit:
+            full.set(key, b"")
+            fast.set(key, b"")
+        outcomes.append(hit)
+        assert len(fast) == len(full)
+    assert set(full.keys()) == {k for k in range(2_000) if k in fast}
+    assert 0.2 < np.mean(outcomes) < 0.95  # both hits and misses were compared

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.prefetch.markov import SuccessorTable
+from service.prefetch.markov import Successor, SuccessorTable
 
 HISTORY = 8  # deltas of context the sequence model sees
 MAX_CANDIDATES = 8
@@ -57,6 +57,7 @@ class Batch:
     cand_keys: list[list[int]]  # per access, the candidate keys in slot order
     cand_token: np.ndarray  # [n, MAX_CANDIDATES] int64 (PAD_TOKEN in empty slots)
     cand_raw: np.ndarray  # [n, MAX_CANDIDATES, RAW_COLUMNS] float64
+    successors: list[list[Successor]]  # per access, the key's Markov successors: the Markov arm proposes them
 
     def __len__(self) -> int:
         return len(self.cand_keys)
@@ -96,8 +97,9 @@ class CandidateBuilder:
         if self.count % 64 == 0:
             self._top_deltas = [d for d, _ in self._votes.most_common(2) if d != 0]
 
-    def observe(self, key: int) -> tuple[list[int], list[list[float]], int]:
-        """Record one access; returns (candidate keys, raw columns per candidate, stride run)."""
+    def observe(self, key: int) -> tuple[list[int], list[list[float]], int, list[Successor]]:
+        """Record one access; returns (candidate keys, raw columns per candidate, stride run, the key's Markov
+        successors)."""
         recent = self._recent
         if recent:
             delta = key - recent[-1]
@@ -134,7 +136,8 @@ class CandidateBuilder:
             add(key + self._stride * d, 0)
             add(key + self._stride * (d + 1), 1)
         add(key + d, 2)
-        for slot, (succ, share, total) in enumerate(self.successors.successors(key)[:2]):
+        successors = self.successors.successors(key)
+        for slot, (succ, share, total) in enumerate(successors[:2]):
             add(succ, 3 + slot, share, total)
         if prev is not None:
             for succ, share, total in self.successors_prev.successors(prev)[:1]:
@@ -150,7 +153,7 @@ class CandidateBuilder:
             seen = last_seen.get(cand)
             row[3] = -1.0 if seen is None else float(count - seen)
             rows.append(row)
-        return keys, rows, min(self._run, 8)
+        return keys, rows, min(self._run, 8), successors
 
     def context(self) -> list[int]:
         return list(self._deltas)
@@ -164,14 +167,16 @@ class CandidateBuilder:
         cand_token = np.zeros((n, MAX_CANDIDATES), dtype=np.int64)
         cand_raw = np.zeros((n, MAX_CANDIDATES, RAW_COLUMNS), dtype=np.float64)
         cand_keys: list[list[int]] = []
+        successors: list[list[Successor]] = []
         ctx_rows: list[list[int]] = []
         flat_rows: list[list[float]] = []
         flat_tokens: list[int] = []
         flat_index: list[int] = []
         flat_slot: list[int] = []
         for i, key in enumerate(keys):
-            cands, rows, run = self.observe(key)
+            cands, rows, run, succ = self.observe(key)
             cand_keys.append(cands)
+            successors.append(succ)
             ctx_rows.append(list(self._deltas))
             buckets[i] = key_bucket(key)
             runs[i] = run
@@ -186,7 +191,7 @@ class CandidateBuilder:
             rows_at, slots_at = np.asarray(flat_index), np.asarray(flat_slot)
             cand_raw[rows_at, slots_at] = np.asarray(flat_rows, dtype=np.float64)
             cand_token[rows_at, slots_at] = np.asarray(flat_tokens, dtype=np.int64)
-        return Batch(context, buckets, runs, cand_keys, cand_token, cand_raw)
+        return Batch(context, buckets, runs, cand_keys, cand_token, cand_raw, successors)
 
 
 def candidate_features(cand_raw: np.ndarray, source_accuracy: np.ndarray, stride_run: np.ndarray) -> np.ndarray:

@@ -40,7 +40,7 @@ from service.prefetch.learned.features import (
 )
 from service.prefetch.learned.model import ModelConfig, PrefetchNet
 from service.prefetch.learned.runtime import InferenceRunner, ModelInputs
-from service.prefetch.markov import MarkovPrefetcher
+from service.prefetch.markov import markov_predictions
 from service.prefetch.shadow import ArmProposals, CacheModel, SelectorConfig, ShadowSelector
 from service.prefetch.stride import StridePrefetcher
 
@@ -156,10 +156,9 @@ class LearnedPrefetcher(Prefetcher):
         self._log: list[int] = []  # recent keys, for labelling
         self._log_start = 0  # absolute index of _log[0]
         self._since_training = 0
-        self.experts: dict[str, Prefetcher] = {
-            "stride": StridePrefetcher(lead, max_candidates),
-            "markov": MarkovPrefetcher(lead, max_candidates),
-        }
+        # The Markov arm proposes from the candidate builder's successor table (the same one a
+        # `MarkovPrefetcher` would keep), so only the stride arm runs a prefetcher of its own.
+        self.stride = StridePrefetcher(lead, max_candidates)
         self.expert_score = dict.fromkeys(EXPERTS, 0.0)  # decayed net usefulness of each expert's proposals
         self.use_experts = use_experts  # False: always answer with the network (tests, ablations)
         self.chosen = EXPERTS[0] if use_experts else "network"
@@ -204,9 +203,12 @@ class LearnedPrefetcher(Prefetcher):
         batch = self.builder.build(keys)
         inputs = self._inputs(batch)
         probs = self.runner(inputs) if self.warmed_up else inputs.cand_features[..., _BEST_SOURCE]
-        answers = {"network": self._proposals(batch.cand_keys, probs)}
-        for name, expert in self.experts.items():
-            answers[name] = expert.access_batch(keys)
+        limit = self.max_candidates
+        answers = {
+            "network": self._proposals(batch.cand_keys, probs),
+            "stride": self.stride.access_batch(keys),
+            "markov": [markov_predictions(successors, limit) for successors in batch.successors],
+        }
         threshold = self.config.threshold
         firsts = [
             [next((p.key for p in props if p.confidence >= threshold), None) for props in answers[name]]
