@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.prefetch.learned.features import delta_token
+from service.prefetch.learned.features import delta_token, delta_tokens, key_bucket, key_buckets
 from service.prefetch.learned.prefetcher import LearnedPrefetcher, TrainConfig
 from service.prefetch.markov import MarkovPrefetcher
 from service.prefetch.stride import StridePrefetcher
@@ -113,6 +113,19 @@ def test_delta_tokens_are_distinct_for_small_deltas_and_bounded() -> None:
     assert len(small) == 33
     assert delta_token(10**15) == delta_token(10**16)
     assert delta_token(100) != delta_token(-100)
+
+
+EDGES = [0, 1, -1, 16, -16, 17, -17, 31, 32, -33, 2**40 - 1, 2**40, 2**53 - 1, 2**53 + 1, 2**63 - 1, -(2**63)]
+
+
+@pytest.mark.parametrize("beyond_int64", [False, True])
+def test_vectorised_tokens_and_buckets_equal_the_scalar_ones(beyond_int64: bool) -> None:
+    rng = random.Random(9)
+    values = EDGES + [rng.randrange(-(2**62), 2**62) >> rng.randrange(62) for _ in range(2_000)]
+    if beyond_int64:  # keys and deltas past int64 take the per-value path
+        values += [2**64 + 5, -(2**70)]
+    assert delta_tokens(values).tolist() == [delta_token(v) for v in values]
+    assert key_buckets(values).tolist() == [key_bucket(v) for v in values]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -47,6 +47,44 @@ def key_bucket(key: int) -> int:
     return ((key * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> (64 - 12)
 
 
+def _as_int64(values: list[int]) -> np.ndarray | None:
+    """`values` as int64, or None where one does not fit (the callers then fall back to Python ints)."""
+    try:
+        return np.array(values, dtype=np.int64)
+    except OverflowError:
+        return None
+
+
+def delta_tokens(deltas: list[int]) -> np.ndarray:
+    """`delta_token` of each delta, vectorised (a batch has several candidates per access)."""
+    exact = _as_int64(deltas)
+    if exact is None:
+        return np.array([delta_token(d) for d in deltas], dtype=np.int64)
+    # frexp's exponent is the bit length; float64 rounding shows only above 2**53, far past the 40-bit cap.
+    bits = np.minimum(np.frexp(np.abs(exact.astype(np.float64)))[1], _LARGE_BITS) - 5
+    large = 1 + 2 * _SMALL + 1 + np.where(exact > 0, bits, _LARGE_BITS - 4 + bits)
+    return np.where((exact >= -_SMALL) & (exact <= _SMALL), 1 + exact + _SMALL, large).astype(np.int64)
+
+
+def key_buckets(keys: list[int]) -> np.ndarray:
+    """`key_bucket` of each key, vectorised: uint64 arithmetic wraps modulo 2**64 as the mask does."""
+    exact = _as_int64(keys)
+    if exact is None:
+        return np.array([key_bucket(k) for k in keys], dtype=np.int64)
+    return ((exact.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - 12)).astype(np.int64)
+
+
+def _propose(found: dict[int, list[float]], cand: int, source_bit: int, share: float = 0.0, total: int = 0) -> None:
+    """Add a source's candidate, or its bit to a candidate already proposed (keeping the larger Markov share)."""
+    row = found.get(cand)
+    if row is None:
+        found[cand] = [source_bit, share, total, 0.0]
+        return
+    row[0] = int(row[0]) | source_bit
+    if share > row[1]:
+        row[1], row[2] = share, total
+
+
 @dataclass(slots=True)
 class Batch:
     """Model inputs for n accesses: what the network and the trainer consume."""
@@ -99,17 +137,19 @@ class CandidateBuilder:
 
     def observe(self, key: int) -> tuple[list[int], list[list[float]], int, list[Successor]]:
         """Record one access; returns (candidate keys, raw columns per candidate, stride run, the key's Markov
-        successors)."""
+        successors). Runs once per read the model sees, so it keeps attributes in locals and rows plain."""
         recent = self._recent
-        if recent:
-            delta = key - recent[-1]
+        prev = recent[-1] if recent else None
+        run = self._run
+        if prev is not None:
+            delta = key - prev
             self._deltas.append(delta_token(delta))
             if delta == self._stride and delta != 0:
-                self._run += 1
+                run += 1
             else:
-                self._stride, self._run = delta, 0
+                self._stride, run = delta, 0
+            self._run = run
         self._note_far_delta(key)
-        prev = recent[-1] if recent else None
         recent.append(key)
         self.successors.record(key)
         self.successors_prev.record(key)
@@ -121,29 +161,19 @@ class CandidateBuilder:
         last_seen[key] = self.count
 
         d = self.distance
-        found: dict[int, list[float]] = {}  # candidate -> [mask, markov share, markov total, age]
-
-        def add(cand: int, source: int, share: float = 0.0, total: float = 0.0) -> None:
-            row = found.get(cand)
-            if row is None:
-                found[cand] = [float(1 << source), share, total, 0.0]
-            else:
-                row[0] = float(int(row[0]) | (1 << source))
-                if share > row[1]:
-                    row[1], row[2] = share, total
-
-        if self._run >= 1:
-            add(key + self._stride * d, 0)
-            add(key + self._stride * (d + 1), 1)
-        add(key + d, 2)
+        found: dict[int, list[float]] = {}  # candidate -> [source mask, markov share, markov total, age]
+        if run >= 1:
+            _propose(found, key + self._stride * d, 1 << 0)
+            _propose(found, key + self._stride * (d + 1), 1 << 1)
+        _propose(found, key + d, 1 << 2)
         successors = self.successors.successors(key)
         for slot, (succ, share, total) in enumerate(successors[:2]):
-            add(succ, 3 + slot, share, total)
+            _propose(found, succ, 1 << (3 + slot), share, total)
         if prev is not None:
             for succ, share, total in self.successors_prev.successors(prev)[:1]:
-                add(succ, 5, share, total)
+                _propose(found, succ, 1 << 5, share, total)
         for slot, delta in enumerate(self._top_deltas):
-            add(key + delta, 6 + slot)
+            _propose(found, key + delta, 1 << (6 + slot))
         found.pop(key, None)
         keys = list(found)[:MAX_CANDIDATES]
         rows = []
@@ -161,37 +191,40 @@ class CandidateBuilder:
     def build(self, keys: list[int]) -> Batch:
         """Observe `keys` in order and return the model inputs after each access."""
         n = len(keys)
-        context = np.zeros((n, HISTORY), dtype=np.int64)
-        buckets = np.zeros(n, dtype=np.int64)
-        runs = np.zeros(n, dtype=np.float32)
-        cand_token = np.zeros((n, MAX_CANDIDATES), dtype=np.int64)
-        cand_raw = np.zeros((n, MAX_CANDIDATES, RAW_COLUMNS), dtype=np.float64)
         cand_keys: list[list[int]] = []
         successors: list[list[Successor]] = []
         ctx_rows: list[list[int]] = []
+        runs: list[int] = []
         flat_rows: list[list[float]] = []
-        flat_tokens: list[int] = []
-        flat_index: list[int] = []
-        flat_slot: list[int] = []
-        for i, key in enumerate(keys):
-            cands, rows, run, succ = self.observe(key)
+        flat_deltas: list[int] = []
+        counts: list[int] = []
+        observe, deltas = self.observe, self._deltas
+        for key in keys:
+            cands, rows, run, succ = observe(key)
             cand_keys.append(cands)
             successors.append(succ)
-            ctx_rows.append(list(self._deltas))
-            buckets[i] = key_bucket(key)
-            runs[i] = run
-            for slot, (cand, row) in enumerate(zip(cands, rows, strict=True)):
-                flat_rows.append(row)
-                flat_tokens.append(delta_token(cand - key))
-                flat_index.append(i)
-                flat_slot.append(slot)
-        if n:
-            context[:] = np.asarray(ctx_rows, dtype=np.int64)
+            ctx_rows.append(list(deltas))
+            runs.append(run)
+            counts.append(len(cands))
+            flat_rows += rows
+            flat_deltas += [cand - key for cand in cands]
+        cand_token = np.zeros((n, MAX_CANDIDATES), dtype=np.int64)
+        cand_raw = np.zeros((n, MAX_CANDIDATES, RAW_COLUMNS), dtype=np.float64)
         if flat_rows:
-            rows_at, slots_at = np.asarray(flat_index), np.asarray(flat_slot)
+            per_access = np.asarray(counts)
+            rows_at = np.repeat(np.arange(n), per_access)
+            slots_at = np.arange(len(flat_rows)) - np.repeat(np.cumsum(per_access) - per_access, per_access)
             cand_raw[rows_at, slots_at] = np.asarray(flat_rows, dtype=np.float64)
-            cand_token[rows_at, slots_at] = np.asarray(flat_tokens, dtype=np.int64)
-        return Batch(context, buckets, runs, cand_keys, cand_token, cand_raw, successors)
+            cand_token[rows_at, slots_at] = delta_tokens(flat_deltas)
+        return Batch(
+            np.asarray(ctx_rows, dtype=np.int64).reshape(n, HISTORY),
+            key_buckets(keys) if n else np.zeros(0, dtype=np.int64),
+            np.asarray(runs, dtype=np.float32),
+            cand_keys,
+            cand_token,
+            cand_raw,
+            successors,
+        )
 
 
 def candidate_features(cand_raw: np.ndarray, source_accuracy: np.ndarray, stride_run: np.ndarray) -> np.ndarray:
