@@ -107,8 +107,16 @@ class Settings(BaseSettings):
         0.1,
         gt=0,
         le=1,
-        description="Share of wall time all tenants' prefetchers together may compute (their worker threads and "
-        "child processes); above it the access log is sampled. In a thread, more slows reads.",
+        description="Share of wall time all tenants' prefetch worker threads together may compute in the server "
+        "process, where they hold the interpreter lock reads need; above it the access log is sampled.",
+    )
+    prefetch_process_share: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Share of one core the prefetch child process may compute for all tenants (it does not hold "
+        "the server's lock); above it the access log is sampled. Unset: a whole core where the server may use 4 "
+        "or more (its CPU affinity and cgroup limit), else prefetch_cpu_share.",
     )
     prefetch_isolation: Literal["auto", "process", "thread"] = Field(
         "auto",

@@ -36,6 +36,20 @@ def resolve_device(requested: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# A host with this many cores has one to spare for the prefetch process beside the server's event loop.
+SPARE_CORE_FROM = 4
+
+
+def process_share(settings: Settings) -> float:
+    """The prefetch child's CPU share: as configured, else a whole core where one is spare (the child then
+    takes a core, not the server's interpreter lock), else the worker threads' share."""
+    if settings.prefetch_process_share is not None:
+        return settings.prefetch_process_share
+    from service.prefetch.engine import available_cores
+
+    return 1.0 if available_cores() >= SPARE_CORE_FROM else settings.prefetch_cpu_share
+
+
 # Until a tenant's store holds data, its entries are assumed to be this large when sizing the shadow caches.
 ASSUMED_ENTRY_BYTES = 4096
 
@@ -128,7 +142,8 @@ class PrefetchManager:
 
             self._assignment = ABAssignment(settings.prefetch_ab_arms)
         self._device: str | None = None
-        self._cpu: Any = None  # the workers' shared CpuBudget, made with the first engine
+        self._cpu: Any = None  # the worker threads' shared CpuBudget, made with the first engine
+        self._process_cpu: Any = None  # the child process's, likewise
         self._host: Any = None  # the child process all tenants' prefetchers compute in (isolation "process")
         self._lock = asyncio.Lock()  # one sync at a time: engines are started and stopped in order
         self._background: set[asyncio.Task[None]] = set()
@@ -204,7 +219,8 @@ class PrefetchManager:
 
         settings = self.settings
         self._cpu = self._cpu or CpuBudget(settings.prefetch_cpu_share)
-        engine = PrefetchEngine(tenant, prefetcher, budget, cpu=self._cpu)
+        self._process_cpu = self._process_cpu or CpuBudget(process_share(settings))
+        engine = PrefetchEngine(tenant, prefetcher, budget, cpu=self._cpu, process_cpu=self._process_cpu)
         checkpoints = None
         if arm == "learned" and settings.data_dir is not None and self.cipher is not None:
             from service.prefetch.mlops.checkpoints import CheckpointRegistry

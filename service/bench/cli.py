@@ -203,19 +203,28 @@ def prefetch_load(
     cpu_share: Annotated[
         float | None, typer.Option(min=0.001, max=1.0, help="FORESIGHT_PREFETCH_CPU_SHARE for the servers.")
     ] = None,
+    process_share: Annotated[
+        float | None,
+        typer.Option(min=0.001, max=1.0, help="FORESIGHT_PREFETCH_PROCESS_SHARE (unset: a core where one is spare)."),
+    ] = None,
     isolation: Annotated[
         str, typer.Option(help="Comma-separated FORESIGHT_PREFETCH_ISOLATION values to run each prefetcher with.")
     ] = "process,thread",
+    device: Annotated[str, typer.Option(help="cpu or cuda, for the learned model.")] = "cpu",
+    warmup: Annotated[
+        int, typer.Option(min=0, help="GETs (-P 16) once the engine runs, before measuring (its training settles).")
+    ] = 100_000,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """What a running prefetch engine costs a busy server's GET throughput (ratio to no prefetcher).
 
     Runs `foresight serve --dev` over a scratch directory origin without a prefetcher and with each one (in a
-    child process and in the worker thread), in alternating rounds, and measures GETs with redis-benchmark (50
-    clients, -P 1 and -P 16) and the share of them the prefetcher predicted from.
+    child process and in the worker thread), in alternating rounds; waits until each server's prefetch engine
+    runs, fills and warms it, and measures GETs with redis-benchmark (50 clients, -P 1 and -P 16) and the share
+    of them the prefetcher predicted from.
     """
+    from service.bench.prefetch_load import LoadSetup, measure
     from service.bench.prefetch_load import as_json as to_json
-    from service.bench.prefetch_load import measure
     from service.bench.resp import BenchError
     from service.prefetch import PREFETCHERS
 
@@ -226,12 +235,15 @@ def prefetch_load(
     isolations = tuple(i.strip() for i in isolation.split(",") if i.strip())
     if not isolations or set(isolations) - {"process", "thread"}:
         raise _fail(f"--isolation takes process and/or thread, got {isolation!r}")
+    _check_device(device)
+    setup = LoadSetup(requests=requests, rounds=rounds, cpu_share=cpu_share, process_share=process_share,
+                      device=device, warmup=warmup, isolations=isolations)
     try:
-        figures = measure(names, requests, rounds=rounds, cpu_share=cpu_share, isolations=isolations)
+        figures = measure(names, setup)
     except (BenchError, subprocess.CalledProcessError) as err:
         raise _fail(str(err)) from None
     if as_json:
-        typer.echo(json.dumps(to_json(figures, cpu_share)))
+        typer.echo(json.dumps(to_json(figures, setup)))
         return
     typer.echo("| prefetcher | isolation | pipeline | GET rps | ratio to none | p99 ms | GETs predicted |\n"
                "|---|---|---:|---:|---:|---:|---:|")

@@ -3,11 +3,13 @@
 The access log is a few tens of nanoseconds per GET (`bench access-log`), but the engine's worker shares the
 interpreter lock with the event loop, so under load its computing is taken from the requests. This runs
 `foresight serve --dev` over a directory origin once with no prefetcher and once per prefetcher asked for,
-alternating rounds, fills it with SETs, and measures GET throughput and p99 with redis-benchmark (50 clients,
-keys drawn from 100k, so some GETs miss and read through to the origin, as a cache's do). The ratio to the
-no-prefetcher run in the same round is the engine's cost at the configured `FORESIGHT_PREFETCH_CPU_SHARE`;
-beside it, the share of GETs the prefetcher predicted from (read from the server's /metrics), since a smaller
-share costs less. Each prefetcher runs with each isolation asked for: in a child process or in the worker thread.
+alternating rounds. Each server's prefetch engine must be running first (a learned one waits for its child
+process), then it is filled with SETs and warmed with GETs, and GET throughput and p99 are measured with
+redis-benchmark (50 clients, keys drawn from 100k, so some GETs miss and read through to the origin, as a
+cache's do). The ratio to the no-prefetcher run in the same round is the engine's cost at the configured CPU
+shares; beside it, the share of GETs the prefetcher predicted from (read from the server's /metrics), since a
+smaller share costs less. Each prefetcher runs with each isolation asked for: in a child process or in the
+worker thread.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from __future__ import annotations
 import os
 import statistics
 import tempfile
+import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from service.bench.resp import dev_server_argv, run_redis_benchmark, server_process
+from service.bench.resp import BenchError, dev_server_argv, run_redis_benchmark, server_process
 from service.net import free_port
 
 
@@ -34,38 +37,78 @@ class LoadFigure:
     predicted: float | None  # share of the GETs the prefetcher predicted from (the rest were over its CPU share)
 
 
-def _read_counts(http_port: int) -> tuple[float, float]:
-    """(reads, reads predicted from) so far, from the server's /metrics. Reads, not the engine's own count
-    of what it settled: under load some fall off the access log before the worker drains them."""
+@dataclass(frozen=True)
+class LoadSetup:
+    """What every server in a run gets, beside its prefetcher and isolation."""
+
+    requests: int = 200_000  # GETs per measured redis-benchmark run
+    pipelines: tuple[int, ...] = (1, 16)
+    rounds: int = 3
+    cpu_share: float | None = None  # FORESIGHT_PREFETCH_CPU_SHARE (None: the service's default)
+    process_share: float | None = None  # FORESIGHT_PREFETCH_PROCESS_SHARE (None: the service's default)
+    device: str = "cpu"  # FORESIGHT_PREFETCH_DEVICE for the learned model
+    warmup: int = 100_000  # GETs (-P 16) once the engine runs, before measuring: its model's training settles
+    isolations: tuple[str, ...] = ("process",)
+
+    def environment(self, prefetcher: str, isolation: str) -> dict[str, str]:
+        env = {**os.environ, "FORESIGHT_PREFETCHER": prefetcher, "FORESIGHT_PREFETCH_DEVICE": self.device,
+               "FORESIGHT_PREFETCH_ISOLATION": isolation or "thread"}
+        for name, value in (("CPU_SHARE", self.cpu_share), ("PROCESS_SHARE", self.process_share)):
+            if value is not None:
+                env[f"FORESIGHT_PREFETCH_{name}"] = str(value)
+        return env
+
+
+# A learned engine starts once its child process has imported torch and built the model: seconds on a CPU,
+# longer with a cold CUDA context.
+ENGINE_START_TIMEOUT_S = 180.0
+
+
+def _metric_totals(http_port: int) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as reply:
         text = reply.read().decode()
-    totals = {family.name: sum(sample.value for sample in family.samples if sample.name.endswith("_total"))
-              for family in text_string_to_metric_families(text)}
+    return {family.name: sum(sample.value for sample in family.samples if sample.name.endswith("_total"))
+            for family in text_string_to_metric_families(text) if family.samples}
+
+
+def _read_counts(http_port: int) -> tuple[float, float]:
+    """(reads, reads predicted from) so far, from the server's /metrics. Reads, not the engine's own count
+    of what it settled: under load some fall off the access log before the worker drains them."""
+    totals = _metric_totals(http_port)
     reads = totals.get("foresight_cache_hits", 0.0) + totals.get("foresight_cache_misses", 0.0)
     return reads, totals.get("foresight_prefetch_predicted", 0.0)
 
 
-def measure(prefetchers: list[str], requests: int = 200_000, pipelines: tuple[int, ...] = (1, 16), rounds: int = 3,
-            cpu_share: float | None = None, isolations: tuple[str, ...] = ("process",)) -> list[LoadFigure]:
-    arms = [("none", ""), *((p, iso) for p in prefetchers if p != "none" for iso in isolations)]
+def _wait_for_engine(http_port: int, prefetcher: str) -> None:
+    """Until the server's prefetch engine runs (its counters are in /metrics): before it does, a run would
+    measure a server without one."""
+    deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
+    while "foresight_prefetch_predicted" not in _metric_totals(http_port):
+        if time.monotonic() > deadline:
+            raise BenchError(f"the {prefetcher} prefetch engine did not start within {ENGINE_START_TIMEOUT_S:.0f} s")
+        time.sleep(0.2)
+
+
+def measure(prefetchers: list[str], setup: LoadSetup) -> list[LoadFigure]:
+    arms = [("none", ""), *((p, iso) for p in prefetchers if p != "none" for iso in setup.isolations)]
     samples: dict[tuple[tuple[str, str], int], list[tuple[float, float, float]]] = {}
     with tempfile.TemporaryDirectory() as origin:
-        for _ in range(rounds):
+        for _ in range(setup.rounds):
             for arm in arms:
                 prefetcher, isolation = arm
-                env = {**os.environ, "FORESIGHT_PREFETCHER": prefetcher, "FORESIGHT_PREFETCH_DEVICE": "cpu",
-                       "FORESIGHT_PREFETCH_ISOLATION": isolation or "thread"}
-                if cpu_share is not None:
-                    env["FORESIGHT_PREFETCH_CPU_SHARE"] = str(cpu_share)
                 resp_port, http_port = free_port(), free_port()
                 argv = dev_server_argv(resp_port, http_port, "--origin", origin)
-                with server_process(argv, resp_port, "foresight", env):
-                    run_redis_benchmark(resp_port, "set", requests, 50, 1)
+                with server_process(argv, resp_port, "foresight", setup.environment(prefetcher, isolation)):
+                    if prefetcher != "none":
+                        _wait_for_engine(http_port, prefetcher)
+                    run_redis_benchmark(resp_port, "set", setup.requests, 50, 1)
+                    if setup.warmup:
+                        run_redis_benchmark(resp_port, "get", setup.warmup, 50, 16)
                     reads, predicted_reads = _read_counts(http_port)
-                    for pipeline in pipelines:
-                        rps, _, p99 = run_redis_benchmark(resp_port, "get", requests, 50, pipeline)
+                    for pipeline in setup.pipelines:
+                        rps, _, p99 = run_redis_benchmark(resp_port, "get", setup.requests, 50, pipeline)
                         now_reads, now_predicted = _read_counts(http_port)
                         predicted = (now_predicted - predicted_reads) / max(1.0, now_reads - reads)
                         reads, predicted_reads = now_reads, now_predicted
@@ -80,5 +123,5 @@ def measure(prefetchers: list[str], requests: int = 200_000, pipelines: tuple[in
     ]
 
 
-def as_json(figures: list[LoadFigure], cpu_share: float | None) -> dict[str, Any]:
-    return {"cpu_count": os.cpu_count(), "cpu_share": cpu_share, "figures": [asdict(f) for f in figures]}
+def as_json(figures: list[LoadFigure], setup: LoadSetup) -> dict[str, Any]:
+    return {"cpu_count": os.cpu_count(), "setup": asdict(setup), "figures": [asdict(f) for f in figures]}

@@ -60,7 +60,12 @@ def server_process(argv: list[str], port: int, name: str, env: dict[str, str] | 
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
         try:
-            _wait_for_port(port, proc, name)
+            try:
+                _wait_for_port(port, proc, name)
+            except BenchError as err:
+                log.seek(0)
+                tail = log.read().decode(errors="replace").strip().splitlines()[-15:]
+                raise BenchError("\n".join([str(err), *(f"  {line}" for line in tail)])) from None
             yield
         finally:
             proc.terminate()

@@ -4,13 +4,15 @@ The service records every GET in the access log (cheap: a sampled append to a ri
 background task. The worker drains the log, settles earlier prefetches, asks the prefetcher for proposals on a
 worker thread (torch never runs on the event loop), and lets the coordinator issue them.
 
-The worker thread shares the interpreter lock with the event loop, and the learned prefetcher costs 66-100
+The worker thread shares the interpreter lock with the event loop, and the learned prefetcher costs 60-90
 us of CPU per access (features, training, inference, its baselines and shadow caches, mostly Python):
 unbounded, a busy tenant's worker took 40 % of the process and halved GET throughput. So the service runs
-prefetchers in a child process (`isolated.py`), every worker draws on one process-wide `CpuBudget` (a share of
-wall time, charged with the thread's CPU and the child's), a step predicts for at most `max_batch` of the
-newest accesses (older ones are still settled, just not predicted from: the log becomes a sample under load),
-the step gives the lock back between chunks, and a worker that is behind steps at most every `busy_interval`.
+the learned prefetcher in a child process (`isolated.py`); every worker draws on two process-wide
+`CpuBudget`s, one for the CPU its thread spends under the lock and one for what its child computes (a child
+takes a core, not the lock, so where cores are spare it may take more); a step predicts for at most
+`max_batch` of the newest accesses (older ones are still settled, just not predicted from: the log becomes a
+sample under load), the step gives the lock back between chunks, and a worker that is behind steps at most
+every `busy_interval`.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import contextlib
 import functools
 import inspect
 import logging
+import os
 import threading
 import time
 from collections.abc import Hashable
+from pathlib import Path
 from typing import Any
 
 from service.prefetch.access_log import DEFAULT_CAPACITY, AccessLog
@@ -64,6 +68,16 @@ class CpuBudget:
         return 0.0 if self._credit > 0 else -self._credit / self.share
 
 
+def available_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> float:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 quota (a container's CPU limit)."""
+    cores = float(len(os.sched_getaffinity(0)))
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    return cores if quota == "max" else min(cores, int(quota) / int(period))
+
+
 class PrefetchEngine:
     def __init__(
         self,
@@ -75,6 +89,7 @@ class PrefetchEngine:
         codec: KeyCodec | None = None,
         cpu: CpuBudget | None = None,
         max_batch: int = 512,
+        process_cpu: CpuBudget | None = None,
     ) -> None:
         self.prefetcher = prefetcher
         self.codec = codec or KeyCodec()
@@ -88,13 +103,15 @@ class PrefetchEngine:
         self._last_settled = 0
         # Held while the prefetcher runs; checkpointing takes it too, so weights never change mid-batch.
         self.model_lock = threading.Lock()
-        self.cpu = cpu or CpuBudget(1.0)
+        self.cpu = cpu or CpuBudget(1.0)  # the worker thread's CPU, taken from the event loop's interpreter
+        self.process_cpu = process_cpu or self.cpu  # what a child computes for this engine
         self.max_batch = max_batch
         self.steps = 0
         self.step_seconds = 0.0  # time spent predicting (and training), for the model-latency metric
         self.predicted = 0  # accesses predicted from
         self.unpredicted = 0  # accesses settled but not predicted from: the worker was over its budget
-        self.last_step_cpu_s = 0.0  # CPU time of the last step (its thread's and a child's): what the budget is charged
+        self.last_step_cpu_s = 0.0  # the worker thread's CPU time in the last step: what `cpu` is charged
+        self.last_step_offloaded_s = 0.0  # a child's CPU time for the last step: what `process_cpu` is charged
         self.failures = 0  # steps that raised (a prefetcher process that died, a model error)
 
     def _decode(self, ident: int) -> Hashable:
@@ -107,7 +124,7 @@ class PrefetchEngine:
     def step(self) -> list[tuple[Hashable, Predictions]]:
         """Drain the log, settle every access, and predict from the newest `max_batch` of them (blocking: run
         it off the event loop)."""
-        cpu_started = time.thread_time() + self.prefetcher.offloaded_cpu_s
+        thread_started, offloaded_started = time.thread_time(), self.prefetcher.offloaded_cpu_s
         batch = self.log.drain()
         if not batch:
             return []
@@ -128,7 +145,8 @@ class PrefetchEngine:
         self.step_seconds += time.perf_counter() - started
         self.steps += 1
         self.predicted += len(ids)
-        self.last_step_cpu_s = time.thread_time() + self.prefetcher.offloaded_cpu_s - cpu_started
+        self.last_step_cpu_s = time.thread_time() - thread_started
+        self.last_step_offloaded_s = self.prefetcher.offloaded_cpu_s - offloaded_started
         return [(key, props) for (key, _), props in zip(batch, proposals, strict=True)]
 
     def issue(self, proposals: list[tuple[Hashable, Predictions]]) -> int:
@@ -170,9 +188,9 @@ class PrefetchEngine:
     async def run(self, interval: float = 0.002, busy_interval: float = 0.02, failed_interval: float = 1.0) -> None:
         """The background worker; returns after `stop()`. A step that fails is logged and the worker goes on."""
         while not self._stopped.is_set():
-            rest = self.cpu.wait_s()
+            rest = max(self.cpu.wait_s(), self.process_cpu.wait_s())
             if not rest:
-                self.last_step_cpu_s = 0.0
+                self.last_step_cpu_s = self.last_step_offloaded_s = 0.0
                 unpredicted = self.unpredicted
                 try:
                     proposals = await asyncio.to_thread(self.step)
@@ -186,6 +204,7 @@ class PrefetchEngine:
                     # Behind (reads left unpredicted): fewer, fuller steps, as each costs the event loop a hand-off.
                     rest = busy_interval if self.unpredicted > unpredicted else 0.0 if proposals else interval
                 self.cpu.charge(self.last_step_cpu_s)
+                self.process_cpu.charge(self.last_step_offloaded_s)
             if rest:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopped.wait(), timeout=rest)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
+import tempfile
 
 import pytest
 from typer.testing import CliRunner
 
 from service.bench.cli import app
+from service.bench.resp import BenchError, dev_server_argv, server_process
+from service.net import free_port
 
 runner = CliRunner()
 
@@ -16,6 +20,7 @@ runner = CliRunner()
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("--prefetchers", "stride,oracle", "unknown prefetcher(s): oracle"),
     ("--isolation", "process,fork", "--isolation takes process and/or thread, got 'process,fork'"),
+    ("--device", "tpu", "--device must be cpu or cuda, got 'tpu'"),
 ])
 def test_prefetch_load_rejects_bad_input_before_starting_anything(option: str, value: str, message: str) -> None:
     out = runner.invoke(app, ["prefetch-load", option, value])
@@ -27,10 +32,10 @@ def test_prefetch_load_rejects_bad_input_before_starting_anything(option: str, v
 @pytest.mark.skipif(shutil.which("redis-benchmark") is None, reason="needs redis-tools")
 def test_prefetch_load_reports_each_prefetcher_and_isolation_against_none_per_pipeline() -> None:
     out = runner.invoke(app, ["prefetch-load", "--prefetchers", "stride", "--requests", "2000", "--rounds", "1",
-                              "--cpu-share", "0.2", "--json"])
+                              "--cpu-share", "0.2", "--process-share", "0.5", "--warmup", "1000", "--json"])
     assert out.exit_code == 0, out.output
     report = json.loads(out.output)
-    assert report["cpu_share"] == 0.2
+    assert (report["setup"]["cpu_share"], report["setup"]["process_share"], report["setup"]["warmup"]) == (0.2, 0.5, 1000)
     rows = {(f["prefetcher"], f["isolation"], f["pipeline"]): f for f in report["figures"]}
     arms = {("none", ""), ("stride", "process"), ("stride", "thread")}
     assert set(rows) == {(*arm, pipeline) for arm in arms for pipeline in (1, 16)}
@@ -66,3 +71,23 @@ def test_learned_cost_refuses_a_device_it_cannot_run(device: str, message: str) 
         pytest.skip("this machine has a GPU")
     out = runner.invoke(app, ["learned-cost", "--device", device])
     assert out.exit_code == 2 and message in out.output and "Traceback" not in out.output
+
+
+def test_a_server_that_dies_at_start_up_is_reported_with_its_own_last_words() -> None:
+    argv = [sys.executable, "-c", "import sys; print('bad setting: FORESIGHT_X'); sys.exit(3)"]
+    with pytest.raises(BenchError, match=r"exited with code 3 during start-up\n  bad setting: FORESIGHT_X"):
+        with server_process(argv, free_port(), "foresight"):
+            pass
+
+
+def test_the_load_bench_waits_for_a_prefetch_engine_and_says_when_none_comes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.bench import prefetch_load
+
+    monkeypatch.setattr(prefetch_load, "ENGINE_START_TIMEOUT_S", 1.0)
+    resp_port, http_port = free_port(), free_port()
+    setup = prefetch_load.LoadSetup()
+    with tempfile.TemporaryDirectory() as origin, server_process(
+        dev_server_argv(resp_port, http_port, "--origin", origin), resp_port, "foresight",
+        setup.environment("none", ""),
+    ), pytest.raises(BenchError, match="the stride prefetch engine did not start within 1 s"):
+        prefetch_load._wait_for_engine(http_port, "stride")

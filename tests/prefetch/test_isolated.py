@@ -13,7 +13,7 @@ import torch
 
 from service.prefetch import make_prefetcher
 from service.prefetch.coordinator import PrefetchBudget
-from service.prefetch.engine import PrefetchEngine
+from service.prefetch.engine import CpuBudget, PrefetchEngine
 from service.prefetch.isolated import PrefetcherProcessError, PrefetchHost, ProcessPrefetcher
 from service.prefetch.shadow import CacheModel
 from tests.prefetch.test_mlops import AsyncCache
@@ -106,14 +106,37 @@ def test_a_learned_models_checkpoint_crosses_the_process_boundary_on_the_cpu() -
         target.close()
 
 
-def test_the_engine_charges_the_childs_cpu_to_its_budget(stride_process) -> None:  # type: ignore[no-untyped-def]
-    engine = PrefetchEngine(AsyncCache(), stride_process, PrefetchBudget(per_request=1))
+def test_the_engine_charges_the_childs_cpu_to_the_process_budget(stride_process) -> None:  # type: ignore[no-untyped-def]
+    threads, process = CpuBudget(1.0), CpuBudget(1.0)
+    engine = PrefetchEngine(AsyncCache(), stride_process, PrefetchBudget(per_request=1), cpu=threads,
+                            process_cpu=process)
     for i in range(400):
         engine.on_access(f"obj:{3 * i:05d}".encode(), hit=False)
     before = stride_process.offloaded_cpu_s
     assert engine.step()
-    assert stride_process.offloaded_cpu_s > before
-    assert engine.last_step_cpu_s >= stride_process.offloaded_cpu_s - before
+    child = stride_process.offloaded_cpu_s - before
+    assert child > 0
+    assert engine.last_step_offloaded_s == pytest.approx(child)
+    assert 0 < engine.last_step_cpu_s  # the thread's own share: drain, settle, pickle
+
+
+async def test_a_spent_process_budget_pauses_the_worker_and_spares_the_thread_budget(stride_process) -> None:  # type: ignore[no-untyped-def]
+    threads, process = CpuBudget(1.0, burst_s=1.0), CpuBudget(1e-5, burst_s=1e-9)
+    engine = PrefetchEngine(AsyncCache(), stride_process, PrefetchBudget(per_request=1), cpu=threads,
+                            process_cpu=process)
+    worker = asyncio.create_task(engine.run(interval=0.001))
+    try:
+        for i in range(2_000):
+            engine.on_access(f"obj:{3 * i:05d}".encode(), hit=False)
+            if i % 100 == 0:
+                await asyncio.sleep(0.005)
+    finally:
+        engine.stop()
+        await worker
+    # At this share even the first step's few microseconds of child CPU are seconds of debt: no second step.
+    assert engine.steps == 1
+    assert process.wait_s() > 1.0
+    assert threads.wait_s() == 0  # the thread's own CPU is far within its budget
 
 
 async def test_the_engine_logs_a_failed_step_and_goes_on(stride_process, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]

@@ -199,3 +199,30 @@ def test_cpu_budget_lends_a_share_of_wall_time(monkeypatch: pytest.MonkeyPatch) 
     assert budget.wait_s() == pytest.approx(0.1)
     with pytest.raises(ValueError, match="CPU share"):
         engine_module.CpuBudget(0.0)
+
+
+def test_available_cores_respects_a_cgroup_quota(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from service.prefetch import engine as engine_module
+
+    monkeypatch.setattr(engine_module.os, "sched_getaffinity", lambda pid: set(range(8)))
+    cpu_max = tmp_path / "cpu.max"
+    assert engine_module.available_cores(cpu_max) == 8  # no cgroup file: the affinity
+    cpu_max.write_text("max 100000\n")
+    assert engine_module.available_cores(cpu_max) == 8
+    cpu_max.write_text("150000 100000\n")  # a container limited to 1.5 CPUs
+    assert engine_module.available_cores(cpu_max) == 1.5
+    cpu_max.write_text("garbage\n")
+    assert engine_module.available_cores(cpu_max) == 8
+
+
+@pytest.mark.parametrize(("cores", "configured", "expected"), [(16, None, 1.0), (4, None, 1.0), (2, None, 0.1),
+                                                                (1.5, None, 0.1), (16, 0.3, 0.3), (2, 0.5, 0.5)])
+def test_the_prefetch_process_gets_a_core_where_one_is_spare(monkeypatch: pytest.MonkeyPatch, cores: float,
+                                                              configured: float | None, expected: float) -> None:
+    from service import prefetching
+    from service.config import Settings
+    from service.prefetch import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "available_cores", lambda: cores)
+    settings = Settings(prefetch_cpu_share=0.1, prefetch_process_share=configured)
+    assert prefetching.process_share(settings) == expected
