@@ -35,7 +35,8 @@ def test_prefetch_load_reports_each_prefetcher_and_isolation_against_none_per_pi
                               "--cpu-share", "0.2", "--process-share", "0.5", "--warmup", "1000", "--json"])
     assert out.exit_code == 0, out.output
     report = json.loads(out.output)
-    assert (report["setup"]["cpu_share"], report["setup"]["process_share"], report["setup"]["warmup"]) == (0.2, 0.5, 1000)
+    setup = report["setup"]
+    assert (setup["cpu_share"], setup["process_share"], setup["warmup"]) == (0.2, 0.5, 1000)
     rows = {(f["prefetcher"], f["isolation"], f["pipeline"]): f for f in report["figures"]}
     arms = {("none", ""), ("stride", "process"), ("stride", "thread")}
     assert set(rows) == {(*arm, pipeline) for arm in arms for pipeline in (1, 16)}
@@ -75,9 +76,11 @@ def test_learned_cost_refuses_a_device_it_cannot_run(device: str, message: str) 
 
 def test_a_server_that_dies_at_start_up_is_reported_with_its_own_last_words() -> None:
     argv = [sys.executable, "-c", "import sys; print('bad setting: FORESIGHT_X'); sys.exit(3)"]
-    with pytest.raises(BenchError, match=r"exited with code 3 during start-up\n  bad setting: FORESIGHT_X"):
-        with server_process(argv, free_port(), "foresight"):
-            pass
+    with (
+        pytest.raises(BenchError, match=r"exited with code 3 during start-up\n  bad setting: FORESIGHT_X"),
+        server_process(argv, free_port(), "foresight"),
+    ):
+        pass
 
 
 def test_the_load_bench_waits_for_a_prefetch_engine_and_says_when_none_comes(monkeypatch: pytest.MonkeyPatch) -> None:

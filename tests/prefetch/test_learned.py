@@ -156,3 +156,15 @@ def test_the_arms_propose_exactly_what_the_simple_prefetchers_would(lead: int) -
         assert arms["stride"] == stride.access_batch(chunk)
         proposed += sum(map(bool, arms["markov"]))
     assert proposed > 4_000  # the tour and the hot keys have successors
+
+
+def test_a_learned_prefetcher_computes_on_one_cpu_thread_unless_told_otherwise() -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        LearnedPrefetcher(cpu_threads=None)
+        assert torch.get_num_threads() == 2
+        LearnedPrefetcher()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
