@@ -176,8 +176,9 @@ def learned_cost(
 ) -> None:
     """The learned prefetcher's CPU per read and its parts, settled training against training every 1,024 reads.
 
-    Under load this cost decides how many of a tenant's reads the model predicts from (FORESIGHT_PREFETCH_CPU_SHARE
-    divided by it). Random keys, batches of 128, a 5,000-entry cache, one torch thread.
+    Under load this cost decides how many of a tenant's reads the model predicts from (its CPU share,
+    FORESIGHT_PREFETCH_PROCESS_SHARE, divided by it). Random keys, batches of 128, a 5,000-entry cache, one
+    torch thread.
     """
     from service.bench.learned_cost import as_json as to_json
     from service.bench.learned_cost import measure
