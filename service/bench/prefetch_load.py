@@ -81,6 +81,21 @@ def _read_counts(http_port: int) -> tuple[float, float]:
     return reads, totals.get("foresight_prefetch_predicted", 0.0)
 
 
+def _caught_up_counts(http_port: int, quiet_s: float = 0.1, limit_s: float = 3.0) -> tuple[float, float]:
+    """`_read_counts` once the engine has caught up with the reads so far (its count held still for `quiet_s`).
+    Predictions lag reads by a step: taken at once, a run's last ones would count in the next run, and a run's
+    share could exceed 1."""
+    deadline = time.monotonic() + limit_s
+    last = _read_counts(http_port)
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = _read_counts(http_port)
+        if now == last:
+            break
+        last = now
+    return last
+
+
 def _wait_for_engine(http_port: int, prefetcher: str) -> None:
     """Until the server's prefetch engine runs (its counters are in /metrics): before it does, a run would
     measure a server without one."""
@@ -106,10 +121,10 @@ def measure(prefetchers: list[str], setup: LoadSetup) -> list[LoadFigure]:
                     run_redis_benchmark(resp_port, "set", setup.requests, 50, 1)
                     if setup.warmup:
                         run_redis_benchmark(resp_port, "get", setup.warmup, 50, 16)
-                    reads, predicted_reads = _read_counts(http_port)
+                    reads, predicted_reads = _caught_up_counts(http_port)
                     for pipeline in setup.pipelines:
                         rps, _, p99 = run_redis_benchmark(resp_port, "get", setup.requests, 50, pipeline)
-                        now_reads, now_predicted = _read_counts(http_port)
+                        now_reads, now_predicted = _caught_up_counts(http_port)
                         predicted = (now_predicted - predicted_reads) / max(1.0, now_reads - reads)
                         reads, predicted_reads = now_reads, now_predicted
                         samples.setdefault((arm, pipeline), []).append((rps, p99, predicted))
