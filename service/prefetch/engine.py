@@ -4,7 +4,7 @@ The service records every GET in the access log (cheap: a sampled append to a ri
 background task. The worker drains the log, settles earlier prefetches, asks the prefetcher for proposals on a
 worker thread (torch never runs on the event loop), and lets the coordinator issue them.
 
-The worker thread shares the interpreter lock with the event loop, and the learned prefetcher costs 60-90
+The worker thread shares the interpreter lock with the event loop, and the learned prefetcher costs 55-85
 us of CPU per access (features, training, inference, its baselines and shadow caches, mostly Python):
 unbounded, a busy tenant's worker took 40 % of the process and halved GET throughput. So the service runs
 the learned prefetcher in a child process (`isolated.py`); every worker draws on two process-wide
@@ -69,8 +69,10 @@ class CpuBudget:
 
 
 def available_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> float:
-    """Cores this process may use: its CPU affinity, capped by a cgroup v2 quota (a container's CPU limit)."""
-    cores = float(len(os.sched_getaffinity(0)))
+    """Cores this process may use: its CPU affinity (where the OS has one), capped by a cgroup v2 quota (a
+    container's CPU limit)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = float(len(affinity(0)) if affinity is not None else os.cpu_count() or 1)
     try:
         quota, period = cpu_max.read_text().split()[:2]
     except (OSError, ValueError):

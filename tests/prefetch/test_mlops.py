@@ -213,6 +213,9 @@ def test_available_cores_respects_a_cgroup_quota(tmp_path, monkeypatch: pytest.M
     assert engine_module.available_cores(cpu_max) == 1.5
     cpu_max.write_text("garbage\n")
     assert engine_module.available_cores(cpu_max) == 8
+    monkeypatch.delattr(engine_module.os, "sched_getaffinity")  # an OS without affinity: its core count
+    monkeypatch.setattr(engine_module.os, "cpu_count", lambda: 6)
+    assert engine_module.available_cores(tmp_path / "none") == 6
 
 
 @pytest.mark.parametrize(("cores", "configured", "expected"), [(16, None, 1.0), (4, None, 1.0), (2, None, 0.1),
