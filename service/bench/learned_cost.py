@@ -3,8 +3,9 @@
 Under load the service predicts from as many reads as the prefetch CPU share pays for, so this cost decides how
 much of a busy tenant's traffic the model sees. Random keys in batches of 128 (the engine's chunk), a
 shadow-selected cache of 5,000 entries (small enough that its shadows are exact, not sampled), one torch
-thread; after a warm-up, the reads are timed with each part timed on its own. The baseline in the same run is
-the same prefetcher training every 1,024 reads throughout, which is what it did before its schedule settled.
+thread (the prefetcher's own setting); after a warm-up, the reads are timed with each part timed on its own.
+The baseline in the same run is the same prefetcher training every 1,024 reads throughout, which is what it
+did before its schedule settled.
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ def measure_one(settled: bool, device: str = "cpu", warmup: int = 50_000, reads:
     from service.prefetch.learned.prefetcher import LearnedPrefetcher, TrainConfig
     from service.prefetch.shadow import CacheModel
 
-    torch.set_num_threads(1)
     config = TrainConfig() if settled else TrainConfig(settled_after=1 << 62)
     learned = LearnedPrefetcher(device=device, cache=CacheModel(capacity=CACHE_ENTRIES), config=config)
     rng = random.Random(seed)

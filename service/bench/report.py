@@ -81,10 +81,7 @@ class MatrixSpec:
 
 
 def _unit(path: Path, lead: int, name: str, spec: MatrixSpec) -> list[dict[str, Any]]:
-    """One trace, lead and prefetcher at every cache size."""
-    import torch
-
-    torch.set_num_threads(1)
+    """One trace, lead and prefetcher at every cache size (a learned prefetcher computes on one torch thread)."""
     trace = load_trace(path, limit=spec.limit)
     prefetcher = make_prefetcher(name, lead=lead)
     keys = trace.keys.tolist()

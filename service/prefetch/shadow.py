@@ -100,7 +100,8 @@ Store = MemoryStore | KeyOnlyStore
 
 
 class SimulatedCache:
-    """A `PrefetchTarget` over a `MemoryStore` whose prefetches land `lead` requests after they are issued.
+    """A `PrefetchTarget` over a store (or a shadow's key set) whose prefetches land `lead` requests after they
+    are issued.
 
     With `sample_rate` > 1 it stands for a set-sampled cache: prefetches of keys outside the sample complete
     at once without being stored (they still use up the request's budget, as the real ones would).

@@ -183,7 +183,7 @@ class CandidateBuilder:
             seen = last_seen.get(cand)
             row[3] = -1.0 if seen is None else float(count - seen)
             rows.append(row)
-        return keys, rows, min(self._run, 8), successors
+        return keys, rows, min(run, 8), successors
 
     def context(self) -> list[int]:
         return list(self._deltas)
@@ -218,7 +218,7 @@ class CandidateBuilder:
             cand_token[rows_at, slots_at] = delta_tokens(flat_deltas)
         return Batch(
             np.asarray(ctx_rows, dtype=np.int64).reshape(n, HISTORY),
-            key_buckets(keys) if n else np.zeros(0, dtype=np.int64),
+            key_buckets(keys),
             np.asarray(runs, dtype=np.float32),
             cand_keys,
             cand_token,
