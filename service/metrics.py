@@ -83,6 +83,9 @@ class ServiceCollector(Collector):
             "predicted": ("Reads the prefetcher predicted from.", lambda tp: tp.engine.predicted),
             "unpredicted": ("Reads the worker settled but did not predict from: the workers were at their CPU share.",
                             lambda tp: tp.engine.unpredicted),
+            "issue_lag_reads": ("Reads that came after a predicted read before its proposals were issued, summed "
+                                "over predicted reads (over foresight_prefetch_predicted_total: the mean lag).",
+                                lambda tp: tp.engine.issue_lag_reads),
             "failures": ("Prediction steps that failed (a prefetcher process that died is started afresh).",
                          lambda tp: tp.engine.failures),
         }

@@ -2,7 +2,8 @@
 
 The service records every GET in the access log (cheap: a sampled append to a ring) and runs `run()` as a
 background task. The worker drains the log, settles earlier prefetches, asks the prefetcher for proposals on a
-worker thread (torch never runs on the event loop), and lets the coordinator issue them.
+worker thread (torch never runs on the event loop), and lets the coordinator issue them on the event loop, a
+chunk at a time as the thread predicts them (under load a whole step is thousands of reads).
 
 The worker thread shares the interpreter lock with the event loop, and the learned prefetcher costs 55-85
 us of CPU per access (features, training, inference, its baselines and shadow caches, mostly Python):
@@ -25,7 +26,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from service.prefetch.mlops.drift import DriftDetector
 log = logging.getLogger(__name__)
 
 CHUNK = 128  # accesses predicted between two releases of the interpreter lock
+Emit = Callable[[list[tuple[Hashable, Predictions]], int], Any]
 
 
 class CpuBudget:
@@ -115,6 +117,8 @@ class PrefetchEngine:
         self.last_step_cpu_s = 0.0  # the worker thread's CPU time in the last step: what `cpu` is charged
         self.last_step_offloaded_s = 0.0  # a child's CPU time for the last step: what `process_cpu` is charged
         self.failures = 0  # steps that raised (a prefetcher process that died, a model error)
+        # Summed over predicted reads: reads logged after each one before its proposals reached the coordinator.
+        self.issue_lag_reads = 0
 
     def _decode(self, ident: int) -> Hashable:
         return self.codec.decode(ident)
@@ -123,9 +127,13 @@ class PrefetchEngine:
         """Record one read; the service calls `recorders` directly, which skips this frame."""
         self.log.append(key, hit)
 
-    def step(self) -> list[tuple[Hashable, Predictions]]:
+    def step(self, emit: Emit | None = None) -> list[tuple[Hashable, Predictions]]:
         """Drain the log, settle every access, and predict from the newest `max_batch` of them (blocking: run
-        it off the event loop)."""
+        it off the event loop).
+
+        `emit` is handed each chunk's proposals, with how many of the batch's reads came after them, as soon as
+        the chunk is predicted (the worker issues them from there instead of waiting for the whole step:
+        under load a step takes tens of milliseconds, thousands of reads)."""
         thread_started, offloaded_started = time.thread_time(), self.prefetcher.offloaded_cpu_s
         batch = self.log.drain()
         if not batch:
@@ -138,21 +146,31 @@ class PrefetchEngine:
             self.unpredicted += len(batch) - self.max_batch
             batch = batch[-self.max_batch :]
         ids = [self.codec.encode(key) for key, _ in batch]  # type: ignore[arg-type]
-        proposals: list[Predictions] = []
+        out: list[tuple[Hashable, Predictions]] = []
         started = time.perf_counter()
         for begin in range(0, len(ids), CHUNK):
             with self.model_lock:
-                proposals += self.prefetcher.access_batch(ids[begin : begin + CHUNK])
+                proposals = self.prefetcher.access_batch(ids[begin : begin + CHUNK])
+            chunk = [(key, props) for (key, _), props in zip(batch[begin : begin + CHUNK], proposals, strict=True)]
+            out += chunk
+            if emit is not None:
+                emit(chunk, max(0, len(ids) - begin - CHUNK))
             time.sleep(0)  # let the event loop take the interpreter lock between chunks
         self.step_seconds += time.perf_counter() - started
         self.steps += 1
         self.predicted += len(ids)
         self.last_step_cpu_s = time.thread_time() - thread_started
         self.last_step_offloaded_s = self.prefetcher.offloaded_cpu_s - offloaded_started
-        return [(key, props) for (key, _), props in zip(batch, proposals, strict=True)]
+        return out
 
-    def issue(self, proposals: list[tuple[Hashable, Predictions]]) -> int:
-        """Hand proposals to the coordinator (on the event loop); returns how many prefetches started."""
+    def issue(self, proposals: list[tuple[Hashable, Predictions]], reads_after: int = 0) -> int:
+        """Hand proposals to the coordinator (on the event loop); returns how many prefetches started.
+
+        `reads_after`: reads of the step's batch that came after the last of these; with the reads logged since
+        the drain, it is how late the proposals are."""
+        arrived = len(self.log)  # reads logged since the drain (all of them while the ring has room)
+        n = len(proposals)
+        self.issue_lag_reads += n * (arrived + reads_after) + n * (n - 1) // 2
         started = 0
         for _, props in proposals:
             if not props:
@@ -189,20 +207,23 @@ class PrefetchEngine:
 
     async def run(self, interval: float = 0.002, busy_interval: float = 0.02, failed_interval: float = 1.0) -> None:
         """The background worker; returns after `stop()`. A step that fails is logged and the worker goes on."""
+        loop = asyncio.get_running_loop()
+
+        def emit(chunk: list[tuple[Hashable, Predictions]], reads_after: int) -> None:
+            loop.call_soon_threadsafe(self.issue, chunk, reads_after)  # each chunk's proposals, as they come
+
         while not self._stopped.is_set():
             rest = max(self.cpu.wait_s(), self.process_cpu.wait_s())
             if not rest:
                 self.last_step_cpu_s = self.last_step_offloaded_s = 0.0
                 unpredicted = self.unpredicted
                 try:
-                    proposals = await asyncio.to_thread(self.step)
+                    proposals = await asyncio.to_thread(self.step, emit)
                 except Exception as err:  # reads are still served; prefetching resumes with the next step
                     self.failures += 1
                     log.error("prefetch step failed (%d so far): %s", self.failures, err)
                     rest = failed_interval
                 else:
-                    if proposals:
-                        self.issue(proposals)
                     # Behind (reads left unpredicted): fewer, fuller steps, as each costs the event loop a hand-off.
                     rest = busy_interval if self.unpredicted > unpredicted else 0.0 if proposals else interval
                 self.cpu.charge(self.last_step_cpu_s)

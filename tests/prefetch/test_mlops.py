@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 from pathlib import Path
 
 import pytest
@@ -178,6 +179,68 @@ def test_a_step_settles_every_access_but_predicts_from_the_newest_in_chunks() ->
     assert sum(map(len, prefetcher.batches)) == 300
     assert engine.coordinator._clock == 1000  # every access was settled, predicted from or not
     assert engine.last_step_cpu_s > 0
+
+
+def test_a_step_hands_over_each_chunk_as_it_is_predicted() -> None:
+    from service.prefetch.engine import CHUNK
+
+    engine = PrefetchEngine(AsyncCache(), Recording(), PrefetchBudget(per_request=1), max_batch=300)
+    for i in range(300):
+        engine.on_access(f"obj:{i:04d}".encode(), hit=False)
+    emitted: list[tuple[list, int]] = []
+    proposals = engine.step(lambda chunk, reads_after: emitted.append((chunk, reads_after)))
+    assert [len(chunk) for chunk, _ in emitted] == [CHUNK, CHUNK, 300 - 2 * CHUNK]
+    assert [after for _, after in emitted] == [300 - CHUNK, 300 - 2 * CHUNK, 0]
+    assert [pair for chunk, _ in emitted for pair in chunk] == proposals
+
+
+def test_issue_counts_how_many_reads_late_the_proposals_are() -> None:
+    engine = PrefetchEngine(AsyncCache(), NextKey(), PrefetchBudget(per_request=1))
+    for i in range(3):
+        engine.on_access(f"new:{i}".encode(), hit=True)  # logged after the step's drain
+    proposals = [(f"obj:{i}".encode(), [Prediction(i, 1.0)]) for i in range(4)]
+    engine.issue(proposals, reads_after=10)
+    # The last proposal's read had 10 of the batch and the 3 new reads after it; each earlier one, one more.
+    assert engine.issue_lag_reads == (13 + 14 + 15 + 16)
+
+
+class Gated(NextKey):
+    """NextKey whose later batches wait until the cache has seen a prefetch: only a worker that issues each
+    chunk's proposals before predicting the next lets it through quickly."""
+
+    def __init__(self, prefetched: threading.Event) -> None:
+        super().__init__()
+        self.prefetched, self.batches, self.waited = prefetched, 0, []
+
+    def access_batch(self, keys):  # type: ignore[no-untyped-def]
+        self.batches += 1
+        if self.batches > 1:
+            self.waited.append(self.prefetched.wait(timeout=2.0))
+        return super().access_batch(keys)
+
+
+async def test_the_worker_issues_a_chunk_before_the_step_ends() -> None:
+    from service.prefetch.engine import CHUNK
+
+    prefetched = threading.Event()
+
+    class Signalling(AsyncCache):
+        def prefetch(self, key: bytes):  # type: ignore[no-untyped-def]
+            prefetched.set()
+            return super().prefetch(key)
+
+    prefetcher = Gated(prefetched)
+    engine = PrefetchEngine(Signalling(), prefetcher, PrefetchBudget(per_request=1))
+    for i in range(2 * CHUNK):
+        engine.on_access(f"obj:{i:04d}".encode(), hit=False)
+    worker = asyncio.create_task(engine.run(interval=0.001))
+    for _ in range(400):
+        if prefetcher.waited:
+            break
+        await asyncio.sleep(0.005)
+    engine.stop()
+    await worker
+    assert prefetcher.waited == [True]  # the first chunk's prefetch started while the second was predicted
 
 
 def test_cpu_budget_lends_a_share_of_wall_time(monkeypatch: pytest.MonkeyPatch) -> None:
