@@ -66,32 +66,32 @@ class S3FIFOPolicy(EvictionPolicy):
             del self._main[key]
 
     def evict(self) -> Hashable:
+        # Every replay and shadow cache evicts once per miss when full: attributes are kept in locals.
+        small, main, freq, sizes = self._small, self._main, self._freq, self._size
         while True:
-            if self._small and (self._small_bytes > self._small_limit or not self._main):
-                key, _ = self._small.popitem(last=False)
-                size = self._size[key]
-                self._small_bytes -= size
-                if self._freq[key] >= self._move_threshold:
-                    self._freq[key] = 0
-                    self._main[key] = None
+            if small and (self._small_bytes > self._small_limit or not main):
+                key, _ = small.popitem(last=False)
+                self._small_bytes -= sizes[key]
+                if freq[key] >= self._move_threshold:
+                    freq[key] = 0
+                    main[key] = None
                     continue
-                self._remember_ghost(key)
+                ghost = self._ghost
+                ghost[key] = None
+                # The ghost remembers about as many keys as the cache holds (the victim still counts).
+                bound = max(1, len(freq))
+                while len(ghost) > bound:
+                    ghost.popitem(last=False)
             else:
-                key, _ = self._main.popitem(last=False)
-                freq = self._freq[key]
-                if freq > 0:
-                    self._freq[key] = freq - 1
-                    self._main[key] = None
+                key, _ = main.popitem(last=False)
+                count = freq[key]
+                if count > 0:
+                    freq[key] = count - 1
+                    main[key] = None
                     continue
-            del self._freq[key]
-            del self._size[key]
+            del freq[key]
+            del sizes[key]
             return key
-
-    def _remember_ghost(self, key: Hashable) -> None:
-        self._ghost[key] = None
-        # The ghost remembers about as many keys as the cache holds.
-        while len(self._ghost) > max(1, len(self._freq)):
-            self._ghost.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._freq)
