@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -252,3 +253,68 @@ def prefetch_load(
         predicted = "" if f.predicted is None else f"{f.predicted:.0%}"
         typer.echo(f"| {f.prefetcher} | {f.isolation} | {f.pipeline} | {f.rps:,.0f} | {f.rps_ratio:.2f}x | "
                    f"{f.p99_ms:.3f} | {predicted} |")
+
+
+@app.command("live-replay")
+def live_replay(
+    trace: Annotated[Path, typer.Argument(help="Trace file: ARC .lis, key-per-line text or CSV; .gz/.zst/.xz.")],
+    fmt: Annotated[str, typer.Option("--format", help="auto, lis, text or csv.")] = "auto",
+    limit: Annotated[int, typer.Option(min=1, help="Replay only the first N requests.")] = 50_000,
+    cache_frac: Annotated[float | None, typer.Option(help="Cache size as a fraction of unique keys.")] = None,
+    cache_size: Annotated[int | None, typer.Option(help="Cache size in entries.")] = None,
+    prefetchers: Annotated[str, typer.Option(help="Comma-separated prefetchers (none is a baseline).")] = (
+        "none,stride,learned"
+    ),
+    rates: Annotated[str, typer.Option(help="Comma-separated reads per second; max: as fast as it answers.")] = (
+        "1000,10000,max"
+    ),
+    connections: Annotated[int, typer.Option(min=1, help="Client connections; more than 1 interleaves the trace.")] = 1,
+    pipeline: Annotated[int, typer.Option(min=1, help="GETs sent together on a connection.")] = 8,
+    device: Annotated[str, typer.Option(help="cpu or cuda, for the learned model.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """How much of a prefetcher's replay hit ratio a running server keeps at a read rate.
+
+    Replays the trace's keys as GETs against `foresight serve --dev` (a fresh server, cold cache and model, per
+    prefetcher and rate) over a scratch directory origin holding every key, in order, paced, in pipelined
+    batches, and prints the live hit ratio beside `bench replay`'s for the same trace, cache size and prefetcher (lead
+    0), with what the engine predicted from and how many reads late its proposals were issued.
+    """
+    from service.bench.live_replay import as_json as to_json
+    from service.bench.live_replay import measure
+    from service.bench.replay import ReplayError, resolve_cache_size
+    from service.bench.resp import BenchError
+    from service.bench.traces import TraceError, load_trace
+    from service.prefetch import PREFETCHERS
+
+    names = [p.strip() for p in prefetchers.split(",") if p.strip()]
+    unknown = sorted(set(names) - set(PREFETCHERS))
+    if not names or unknown:
+        given = ", ".join(unknown) or "(none given)"
+        raise _fail(f"unknown prefetcher(s): {given} (choose from {', '.join(PREFETCHERS)})")
+    try:
+        targets = [None if r.strip() == "max" else float(r) for r in rates.split(",") if r.strip()]
+    except ValueError:
+        raise _fail(f"--rates takes reads per second or max, got {rates!r}") from None
+    if not targets or any(t is not None and t <= 0 for t in targets):
+        raise _fail(f"--rates takes positive reads per second or max, got {rates!r}")
+    _check_device(device)
+    try:
+        resolve_cache_size(1, cache_frac, cache_size)  # validates the pair before reading the trace
+        loaded = load_trace(trace, fmt, limit)
+        size = resolve_cache_size(loaded.unique, cache_frac, cache_size)
+        environment = {**os.environ, "FORESIGHT_PREFETCH_DEVICE": device}
+        figures = measure(loaded, size, names, targets, environment, connections, pipeline,
+                          progress=lambda line: typer.echo(f"live-replay: {line}", err=True))
+    except (TraceError, ReplayError, BenchError, ValueError) as err:
+        raise _fail(str(err)) from None
+    if as_json:
+        typer.echo(json.dumps(to_json(figures, loaded, size)))
+        return
+    typer.echo(f"{loaded.name}: {len(loaded)} requests, {loaded.unique} unique, cache {size} entries\n")
+    typer.echo("| prefetcher | target reads/s | reads/s | live hit ratio | replay hit ratio | issued | used | "
+               "predicted | lag (reads) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for f in figures:
+        target = "max" if f.target_rate is None else f"{f.target_rate:,.0f}"
+        typer.echo(f"| {f.prefetcher} | {target} | {f.rate:,.0f} | {f.hit_ratio:.4f} | {f.replay_hit_ratio:.4f} | "
+                   f"{f.issued:,} | {f.used:,} | {f.predicted:.0%} | {f.lag_reads:,.0f} |")

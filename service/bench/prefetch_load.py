@@ -14,16 +14,20 @@ worker thread.
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from service.bench.resp import BenchError, dev_server_argv, run_redis_benchmark, server_process
 from service.net import free_port
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,8 @@ class LoadSetup:
 ENGINE_START_TIMEOUT_S = 180.0
 
 
-def _metric_totals(http_port: int) -> dict[str, float]:
+def metric_totals(http_port: int) -> dict[str, float]:
+    """Each counter family's total over its labels, from a dev server's /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as reply:
@@ -76,31 +81,31 @@ def _metric_totals(http_port: int) -> dict[str, float]:
 def _read_counts(http_port: int) -> tuple[float, float]:
     """(reads, reads predicted from) so far, from the server's /metrics. Reads, not the engine's own count
     of what it settled: under load some fall off the access log before the worker drains them."""
-    totals = _metric_totals(http_port)
+    totals = metric_totals(http_port)
     reads = totals.get("foresight_cache_hits", 0.0) + totals.get("foresight_cache_misses", 0.0)
     return reads, totals.get("foresight_prefetch_predicted", 0.0)
 
 
-def _caught_up_counts(http_port: int, quiet_s: float = 0.1, limit_s: float = 3.0) -> tuple[float, float]:
-    """`_read_counts` once the engine has caught up with the reads so far (its count held still for `quiet_s`).
+def once_settled(read: Callable[[], T], quiet_s: float = 0.1, limit_s: float = 3.0) -> T:
+    """`read()` once the engine has caught up with the reads so far (the value held still for `quiet_s`).
     Predictions lag reads by a step: taken at once, a run's last ones would count in the next run, and a run's
     share could exceed 1."""
     deadline = time.monotonic() + limit_s
-    last = _read_counts(http_port)
+    last = read()
     while time.monotonic() < deadline:
         time.sleep(quiet_s)
-        now = _read_counts(http_port)
+        now = read()
         if now == last:
             break
         last = now
     return last
 
 
-def _wait_for_engine(http_port: int, prefetcher: str) -> None:
+def wait_for_engine(http_port: int, prefetcher: str) -> None:
     """Until the server's prefetch engine runs (its counters are in /metrics): before it does, a run would
     measure a server without one."""
     deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
-    while "foresight_prefetch_predicted" not in _metric_totals(http_port):
+    while "foresight_prefetch_predicted" not in metric_totals(http_port):
         if time.monotonic() > deadline:
             raise BenchError(f"the {prefetcher} prefetch engine did not start within {ENGINE_START_TIMEOUT_S:.0f} s")
         time.sleep(0.2)
@@ -117,14 +122,14 @@ def measure(prefetchers: list[str], setup: LoadSetup) -> list[LoadFigure]:
                 argv = dev_server_argv(resp_port, http_port, "--origin", origin)
                 with server_process(argv, resp_port, "foresight", setup.environment(prefetcher, isolation)):
                     if prefetcher != "none":
-                        _wait_for_engine(http_port, prefetcher)
+                        wait_for_engine(http_port, prefetcher)
                     run_redis_benchmark(resp_port, "set", setup.requests, 50, 1)
                     if setup.warmup:
                         run_redis_benchmark(resp_port, "get", setup.warmup, 50, 16)
-                    reads, predicted_reads = _caught_up_counts(http_port)
+                    reads, predicted_reads = once_settled(functools.partial(_read_counts, http_port))
                     for pipeline in setup.pipelines:
                         rps, _, p99 = run_redis_benchmark(resp_port, "get", setup.requests, 50, pipeline)
-                        now_reads, now_predicted = _caught_up_counts(http_port)
+                        now_reads, now_predicted = once_settled(functools.partial(_read_counts, http_port))
                         predicted = (now_predicted - predicted_reads) / max(1.0, now_reads - reads)
                         reads, predicted_reads = now_reads, now_predicted
                         samples.setdefault((arm, pipeline), []).append((rps, p99, predicted))

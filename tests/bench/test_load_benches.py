@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import shutil
 import sys
 import tempfile
@@ -95,4 +96,44 @@ def test_the_load_bench_waits_for_a_prefetch_engine_and_says_when_none_comes(mon
         dev_server_argv(resp_port, http_port, "--origin", origin), resp_port, "foresight",
         setup.environment("none", ""),
     ), pytest.raises(BenchError, match="the stride prefetch engine did not start within 1 s"):
-        prefetch_load._wait_for_engine(http_port, "stride")
+        prefetch_load.wait_for_engine(http_port, "stride")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--prefetchers", "none,oracle"], "unknown prefetcher(s): oracle"),
+    (["--rates", "1000,fast"], "--rates takes reads per second or max, got '1000,fast'"),
+    (["--rates", "0"], "--rates takes positive reads per second or max, got '0'"),
+    (["--cache-frac", "0.1", "--cache-size", "10"], "give --cache-frac or --cache-size, not both"),
+])
+def test_live_replay_rejects_bad_input_before_starting_anything(
+    args: list[str], message: str, tmp_path: pathlib.Path
+) -> None:
+    trace = tmp_path / "keys.txt"
+    trace.write_text("1\n2\n3\n")
+    out = runner.invoke(app, ["live-replay", str(trace), *args])
+    assert out.exit_code == 2
+    assert message in out.output
+    assert "Traceback" not in out.output
+
+
+def test_live_replay_matches_the_replay_without_a_prefetcher_and_keeps_strides_gain(tmp_path: pathlib.Path) -> None:
+    """Paced in order on one connection, a server without a prefetcher is the replay's cache exactly (same store,
+    policy and capacity); stride's prefetches turn most of a sequential scan into hits (not all: each one is
+    issued after its read and fetched from the origin while reads go on)."""
+    # Scans of fresh keys with a hot set of 20 read between them: some hits without prefetching, many with.
+    keys = [k for run in range(12) for i in range(150) for k in (run * 1000 + i, *((90_000 + i % 20,) * (i % 3 == 0)))]
+    trace = tmp_path / "scans.txt"
+    trace.write_text("\n".join(map(str, keys)))
+    out = runner.invoke(app, ["live-replay", str(trace), "--cache-size", "200", "--prefetchers", "none,stride",
+                              "--rates", "400", "--pipeline", "1", "--json"], env={"FORESIGHT_PREFETCH_LEAD": "4"})
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)  # progress goes to stderr
+    assert (report["requests"], report["unique"], report["cache_size"]) == (2400, 1820, 200)
+    none, stride = report["figures"]
+    assert none["prefetcher"] == "none" and none["hit_ratio"] == pytest.approx(none["replay_hit_ratio"], abs=1e-9)
+    assert 0.1 < none["hit_ratio"] < 0.4  # the hot set's re-reads
+    assert none["issued"] == 0
+    assert stride["replay_hit_ratio"] > 0.8
+    assert stride["hit_ratio"] > none["hit_ratio"] + 0.4
+    assert stride["used"] > 0.4 * len(keys) and stride["predicted"] > 0.95
+    assert 350 < stride["rate"] < 450

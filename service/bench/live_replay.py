@@ -1,0 +1,149 @@
+"""`foresight bench live-replay`: how much of a prefetcher's replay gain a running server keeps at a read rate.
+
+`bench replay` predicts from every read and lands a prefetch `--lead` reads later. A live server predicts from
+what its engine keeps up with, issues proposals a step later and fetches them from a real origin while reads
+go on. This replays a trace's keys as GETs against `foresight serve --dev` (a fresh server, cold cache and cold
+model for each prefetcher and rate), paced at a target rate over a few pipelined connections, and reads the
+hit ratio from the server's counters; beside it, the offline replay of the same trace, cache size and
+prefetcher in the same run. Keys are `k:<zero-padded number>` so the stride prefetcher sees the numbers; every
+key is a small object in a scratch directory origin, so every miss reads through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import hiredis
+
+from service.bench.prefetch_load import metric_totals, once_settled, wait_for_engine
+from service.bench.replay import replay
+from service.bench.resp import BenchError, dev_server_argv, server_process
+from service.bench.traces import Trace
+from service.net import free_port
+from service.prefetch import make_prefetcher
+from service.store.memory import ENTRY_OVERHEAD
+
+VALUE = b"v" * 64  # every object's value: a fixed entry size makes the memory budget an exact entry count
+MAX_OBJECTS = 200_000  # one origin file per unique key
+
+
+@dataclass(frozen=True)
+class LiveFigure:
+    prefetcher: str
+    target_rate: float | None  # reads per second asked for (None: as fast as the server answers)
+    rate: float  # reads per second achieved
+    hit_ratio: float  # the live server's
+    replay_hit_ratio: float  # the offline replay's, same trace, cache size and prefetcher, lead 0
+    issued: int
+    used: int
+    predicted: float  # share of the reads the engine predicted from
+    lag_reads: float  # mean reads between a predicted read and its proposals' issue
+
+
+def key_name(key: int) -> bytes:
+    return b"k:%012d" % key
+
+
+def seed_origin(root: Path, keys: Sequence[int]) -> None:
+    """One object per unique key in `root` (a dev server's `--origin` is its one tenant's folder)."""
+    for key in keys:
+        (root / key_name(key).decode()).write_bytes(VALUE)
+
+
+async def send_paced(port: int, keys: list[bytes], rate: float | None, connections: int = 1, batch: int = 8) -> float:
+    """GET every key, batch j on connection j % connections, no earlier than j * batch / rate seconds in; returns
+    the seconds taken. Raises BenchError on an error reply or a key the origin did not have."""
+    batches = [keys[i : i + batch] for i in range(0, len(keys), batch)]
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+
+    async def connection(first: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        parser = hiredis.Reader()
+        try:
+            for j in range(first, len(batches), connections):
+                if rate is not None:
+                    delay = start + j * batch / rate - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                writer.write(b"".join(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(k), k) for k in batches[j]))
+                pending = len(batches[j])
+                while pending:
+                    data = await reader.read(1 << 16)
+                    if not data:
+                        raise BenchError("the server closed the connection mid-replay")
+                    parser.feed(data)
+                    while (reply := parser.gets()) is not False:
+                        if isinstance(reply, hiredis.ReplyError) or reply is None:
+                            raise BenchError(f"GET failed mid-replay: {reply!r}")
+                        pending -= 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(connection(c) for c in range(min(connections, len(batches)))))
+    return loop.time() - start
+
+
+def _counts(http_port: int) -> dict[str, float]:
+    totals = metric_totals(http_port)
+    return {name: totals.get(f"foresight_{name}", 0.0) for name in (
+        "cache_hits", "cache_misses", "prefetch_issued", "prefetch_used", "prefetch_predicted",
+        "prefetch_issue_lag_reads")}
+
+
+def replay_hit_ratio(trace: Trace, cache_size: int, prefetcher: str) -> float:
+    return 1.0 - replay(trace, cache_size, make_prefetcher(prefetcher), lead=0).miss_ratio
+
+
+def measure_one(trace: Trace, cache_size: int, prefetcher: str, rate: float | None, origin: Path,
+                environment: dict[str, str], connections: int = 1, pipeline: int = 8) -> tuple[float, dict[str, float]]:
+    """(seconds, counter deltas) of one replay against a fresh server."""
+    resp_port, http_port = free_port(), free_port()
+    argv = dev_server_argv(resp_port, http_port, "--origin", str(origin))
+    env = {**environment, "FORESIGHT_PREFETCHER": prefetcher,
+           "FORESIGHT_DEFAULT_TENANT_MEMORY_BYTES": str(cache_size * (len(key_name(0)) + len(VALUE) + ENTRY_OVERHEAD))}
+    keys = [key_name(k) for k in trace.keys.tolist()]
+    with server_process(argv, resp_port, "foresight", env):
+        if prefetcher != "none":
+            wait_for_engine(http_port, prefetcher)
+        before = _counts(http_port)
+        seconds = asyncio.run(send_paced(resp_port, keys, rate, connections, pipeline))
+        after = once_settled(functools.partial(_counts, http_port), quiet_s=0.2, limit_s=5.0)
+    return seconds, {name: after[name] - before[name] for name in after}
+
+
+def measure(trace: Trace, cache_size: int, prefetchers: Sequence[str], rates: Sequence[float | None],
+            environment: dict[str, str] | None = None, connections: int = 1, pipeline: int = 8,
+            progress: Callable[[str], None] = lambda line: None) -> list[LiveFigure]:
+    if trace.unique > MAX_OBJECTS:
+        raise BenchError(f"{trace.unique} unique keys: the scratch origin holds at most {MAX_OBJECTS} (use --limit)")
+    figures = []
+    with tempfile.TemporaryDirectory() as scratch:
+        origin = Path(scratch)
+        seed_origin(origin, sorted(set(trace.keys.tolist())))
+        for prefetcher in prefetchers:
+            offline = replay_hit_ratio(trace, cache_size, prefetcher)
+            for rate in rates:
+                progress(f"{prefetcher} at {'max' if rate is None else f'{rate:g}'} reads/s")
+                seconds, delta = measure_one(trace, cache_size, prefetcher, rate, origin,
+                                             environment or dict(os.environ), connections, pipeline)
+                reads = delta["cache_hits"] + delta["cache_misses"]
+                predicted = delta["prefetch_predicted"]
+                figures.append(LiveFigure(
+                    prefetcher, rate, len(trace) / seconds, delta["cache_hits"] / max(1.0, reads), offline,
+                    int(delta["prefetch_issued"]), int(delta["prefetch_used"]), predicted / max(1.0, reads),
+                    delta["prefetch_issue_lag_reads"] / max(1.0, predicted)))
+    return figures
+
+
+def as_json(figures: list[LiveFigure], trace: Trace, cache_size: int) -> dict[str, Any]:
+    return {"trace": trace.name, "requests": len(trace), "unique": trace.unique, "cache_size": cache_size,
+            "cpu_count": os.cpu_count(),
+            "figures": [asdict(f) for f in figures]}
