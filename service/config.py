@@ -99,7 +99,11 @@ class Settings(BaseSettings):
         description='A/B test: prefetcher name -> weight, e.g. {"learned": 1, "markov": 1}; stable per tenant.',
     )
     prefetch_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the learned model runs.")
-    prefetch_lead: int = Field(0, ge=0, description="Accesses between a prediction and its use the model aims at.")
+    prefetch_lead: int = Field(
+        4, ge=0, description="Reads between a prediction and the read it aims at. A live engine issues a read's "
+        "proposals a read or more after it, and the origin takes time: aimed at the very next read (0), they land "
+        "late (`foresight bench live-replay` measures it)."
+    )
     prefetch_threshold: float = Field(0.25, ge=0, le=1, description="Minimum confidence worth an origin fetch.")
     prefetch_per_request: int = Field(1, ge=0, description="Prefetches issued per read at most.")
     prefetch_max_in_flight: int = Field(64, ge=1, description="Concurrent prefetch fetches per tenant at most.")

@@ -125,7 +125,7 @@ def test_live_replay_matches_the_replay_without_a_prefetcher_and_keeps_strides_g
     trace = tmp_path / "scans.txt"
     trace.write_text("\n".join(map(str, keys)))
     out = runner.invoke(app, ["live-replay", str(trace), "--cache-size", "200", "--prefetchers", "none,stride",
-                              "--rates", "400", "--pipeline", "1", "--json"], env={"FORESIGHT_PREFETCH_LEAD": "4"})
+                              "--rates", "400", "--pipeline", "1", "--json"])
     assert out.exit_code == 0, out.output
     report = json.loads(out.stdout)  # progress goes to stderr
     assert (report["requests"], report["unique"], report["cache_size"]) == (2400, 1820, 200)
