@@ -31,6 +31,25 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+def _echo_table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> None:
+    """A Markdown table: the first `text_columns` left-aligned, the rest (numbers) right-aligned."""
+    typer.echo(f"| {' | '.join(header)} |\n|{'---|' * text_columns}{'---:|' * (len(header) - text_columns)}")
+    for row in rows:
+        typer.echo(f"| {' | '.join(row)} |")
+
+
+def _prefetcher_names(text: str) -> list[str]:
+    """Comma-separated prefetcher names, each one the service knows; raises a clear error otherwise."""
+    from service.prefetch import PREFETCHERS
+
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = sorted(set(names) - set(PREFETCHERS))
+    if not names or unknown:
+        given = ", ".join(unknown) or "(none given)"
+        raise _fail(f"unknown prefetcher(s): {given} (choose from {', '.join(PREFETCHERS)})")
+    return names
+
+
 def _check_device(device: str) -> None:
     """A clear error for a device this machine cannot run, before any work (torch is imported only for cuda)."""
     if device not in ("cpu", "cuda"):
@@ -190,10 +209,9 @@ def learned_cost(
         typer.echo(json.dumps(to_json(costs)))
         return
     parts = list(costs[0].parts_us)
-    typer.echo(f"| schedule | us per read | {' | '.join(parts)} |\n|---|---:|{'---:|' * len(parts)}")
-    for cost in costs:
-        cells = " | ".join(f"{cost.parts_us.get(part, 0.0):.1f}" for part in parts)
-        typer.echo(f"| {cost.schedule} | {cost.us_per_read:.1f} | {cells} |")
+    _echo_table(["schedule", "us per read", *parts],
+                [[c.schedule, f"{c.us_per_read:.1f}", *(f"{c.parts_us.get(p, 0.0):.1f}" for p in parts)]
+                 for c in costs])
     typer.echo(f"settled / every-1024: {to_json(costs)['ratio']:.2f}x on {device}")
 
 
@@ -228,12 +246,8 @@ def prefetch_load(
     from service.bench.prefetch_load import LoadSetup, measure
     from service.bench.prefetch_load import as_json as to_json
     from service.bench.resp import BenchError
-    from service.prefetch import PREFETCHERS
 
-    names = [p.strip() for p in prefetchers.split(",") if p.strip()]
-    unknown = sorted(set(names) - set(PREFETCHERS))
-    if unknown:
-        raise _fail(f"unknown prefetcher(s): {', '.join(unknown)} (choose from {', '.join(PREFETCHERS)})")
+    names = _prefetcher_names(prefetchers)
     isolations = tuple(i.strip() for i in isolation.split(",") if i.strip())
     if not isolations or set(isolations) - {"process", "thread"}:
         raise _fail(f"--isolation takes process and/or thread, got {isolation!r}")
@@ -247,12 +261,9 @@ def prefetch_load(
     if as_json:
         typer.echo(json.dumps(to_json(figures, setup)))
         return
-    typer.echo("| prefetcher | isolation | pipeline | GET rps | ratio to none | p99 ms | GETs predicted |\n"
-               "|---|---|---:|---:|---:|---:|---:|")
-    for f in figures:
-        predicted = "" if f.predicted is None else f"{f.predicted:.0%}"
-        typer.echo(f"| {f.prefetcher} | {f.isolation} | {f.pipeline} | {f.rps:,.0f} | {f.rps_ratio:.2f}x | "
-                   f"{f.p99_ms:.3f} | {predicted} |")
+    _echo_table(["prefetcher", "isolation", "pipeline", "GET rps", "ratio to none", "p99 ms", "GETs predicted"],
+                [[f.prefetcher, f.isolation, str(f.pipeline), f"{f.rps:,.0f}", f"{f.rps_ratio:.2f}x", f"{f.p99_ms:.3f}",
+                  "" if f.predicted is None else f"{f.predicted:.0%}"] for f in figures], text_columns=2)
 
 
 @app.command("live-replay")
@@ -285,13 +296,8 @@ def live_replay(
     from service.bench.replay import ReplayError, resolve_cache_size
     from service.bench.resp import BenchError
     from service.bench.traces import TraceError, load_trace
-    from service.prefetch import PREFETCHERS
 
-    names = [p.strip() for p in prefetchers.split(",") if p.strip()]
-    unknown = sorted(set(names) - set(PREFETCHERS))
-    if not names or unknown:
-        given = ", ".join(unknown) or "(none given)"
-        raise _fail(f"unknown prefetcher(s): {given} (choose from {', '.join(PREFETCHERS)})")
+    names = _prefetcher_names(prefetchers)
     try:
         targets = [None if r.strip() == "max" else float(r) for r in rates.split(",") if r.strip()]
     except ValueError:
@@ -312,9 +318,8 @@ def live_replay(
         typer.echo(json.dumps(to_json(figures, loaded, size)))
         return
     typer.echo(f"{loaded.name}: {len(loaded)} requests, {loaded.unique} unique, cache {size} entries\n")
-    typer.echo("| prefetcher | target reads/s | reads/s | live hit ratio | replay hit ratio | issued | used | "
-               "predicted | lag (reads) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for f in figures:
-        target = "max" if f.target_rate is None else f"{f.target_rate:,.0f}"
-        typer.echo(f"| {f.prefetcher} | {target} | {f.rate:,.0f} | {f.hit_ratio:.4f} | {f.replay_hit_ratio:.4f} | "
-                   f"{f.issued:,} | {f.used:,} | {f.predicted:.0%} | {f.lag_reads:,.0f} |")
+    _echo_table(["prefetcher", "target reads/s", "reads/s", "live hit ratio", "replay hit ratio", "issued", "used",
+                 "predicted", "lag (reads)"],
+                [[f.prefetcher, "max" if f.target_rate is None else f"{f.target_rate:,.0f}", f"{f.rate:,.0f}",
+                  f"{f.hit_ratio:.4f}", f"{f.replay_hit_ratio:.4f}", f"{f.issued:,}", f"{f.used:,}",
+                  f"{f.predicted:.0%}", f"{f.lag_reads:,.0f}"] for f in figures])
