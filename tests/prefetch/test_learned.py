@@ -168,3 +168,18 @@ def test_a_learned_prefetcher_computes_on_one_cpu_thread_unless_told_otherwise()
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_retraining_is_spread_one_step_per_batch_so_answers_do_not_wait_for_it() -> None:
+    config = TrainConfig(warmup=64, train_every=10**9, settled_train_every=10**9, buffer=1024)
+    p = LearnedPrefetcher(config=config)
+    for start in range(0, 600, 4):
+        p.access_batch(list(range(start, start + 4)))
+    assert p.buffer.filled and p.train_steps == 0  # no scheduled round in this config
+    p.retrain(steps=5)
+    assert p.train_steps == 0  # the call itself trains nothing
+    steps = []
+    for start in range(600, 628, 4):
+        p.access_batch(list(range(start, start + 4)))
+        steps.append(p.train_steps)
+    assert steps == [1, 2, 3, 4, 5, 5, 5]
