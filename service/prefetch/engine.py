@@ -168,6 +168,8 @@ class PrefetchEngine:
 
         `reads_after`: reads of the step's batch that came after the last of these; with the reads logged since
         the drain, it is how late the proposals are."""
+        if self._stopped.is_set():  # a chunk handed over while the engine was stopping: nothing may start now
+            return 0
         arrived = len(self.log)  # reads logged since the drain (all of them while the ring has room)
         n = len(proposals)
         self.issue_lag_reads += n * (arrived + reads_after) + n * (n - 1) // 2

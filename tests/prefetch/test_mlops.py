@@ -204,6 +204,14 @@ def test_issue_counts_how_many_reads_late_the_proposals_are() -> None:
     assert engine.issue_lag_reads == (13 + 14 + 15 + 16)
 
 
+def test_a_stopped_engine_issues_nothing_more() -> None:
+    cache = AsyncCache()
+    engine = PrefetchEngine(cache, NextKey(), PrefetchBudget(per_request=1))
+    engine.stop()
+    assert engine.issue([(b"obj:1", [Prediction(2, 1.0)])]) == 0
+    assert engine.coordinator.stats.issued == 0
+
+
 class Gated(NextKey):
     """NextKey whose later batches wait until the cache has seen a prefetch: only a worker that issues each
     chunk's proposals before predicting the next lets it through quickly."""
