@@ -3,10 +3,11 @@
 `bench replay` predicts from every read and lands a prefetch `--lead` reads later. A live server predicts from
 what its engine keeps up with, issues proposals a step later and fetches them from a real origin while reads
 go on. This replays a trace's keys as GETs against `foresight serve --dev` (a fresh server, cold cache and cold
-model for each prefetcher and rate), paced at a target rate over a few pipelined connections, and reads the
-hit ratio from the server's counters; beside it, the offline replay of the same trace, cache size and
-prefetcher in the same run. Keys are `k:<zero-padded number>` so the stride prefetcher sees the numbers; every
-key is a small object in a scratch directory origin, so every miss reads through.
+model for each prefetcher and rate), paced at a target rate, in order on one connection unless asked for
+more (more interleave the trace, as concurrent clients do), and reads the hit ratio from the server's
+counters; beside it, the offline replay (lead 0) of the same trace, cache size and prefetcher in the same
+run. Keys are `k:<zero-padded number>` so the stride prefetcher sees the numbers; every key is a small object
+in a scratch directory origin, so every miss reads through.
 """
 
 from __future__ import annotations
