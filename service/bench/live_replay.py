@@ -23,11 +23,10 @@ from typing import Any
 
 import hiredis
 
-from service.bench.prefetch_load import metric_totals, once_settled, wait_for_engine
+from service.bench.prefetch_load import metric_totals, once_settled, prefetching_server
 from service.bench.replay import replay
-from service.bench.resp import BenchError, dev_server_argv, server_process
+from service.bench.resp import BenchError
 from service.bench.traces import Trace
-from service.net import free_port
 from service.prefetch import make_prefetcher
 from service.store.memory import ENTRY_OVERHEAD
 
@@ -106,14 +105,10 @@ def replay_hit_ratio(trace: Trace, cache_size: int, prefetcher: str) -> float:
 def measure_one(trace: Trace, cache_size: int, prefetcher: str, rate: float | None, origin: Path,
                 environment: dict[str, str], connections: int = 1, pipeline: int = 8) -> tuple[float, dict[str, float]]:
     """(seconds, counter deltas) of one replay against a fresh server."""
-    resp_port, http_port = free_port(), free_port()
-    argv = dev_server_argv(resp_port, http_port, "--origin", str(origin))
     env = {**environment, "FORESIGHT_PREFETCHER": prefetcher,
            "FORESIGHT_DEFAULT_TENANT_MEMORY_BYTES": str(cache_size * (len(key_name(0)) + len(VALUE) + ENTRY_OVERHEAD))}
     keys = [key_name(k) for k in trace.keys.tolist()]
-    with server_process(argv, resp_port, "foresight", env):
-        if prefetcher != "none":
-            wait_for_engine(http_port, prefetcher)
+    with prefetching_server(str(origin), env) as (resp_port, http_port):
         before = _counts(http_port)
         seconds = asyncio.run(send_paced(resp_port, keys, rate, connections, pipeline))
         after = once_settled(functools.partial(_counts, http_port), quiet_s=0.2, limit_s=5.0)

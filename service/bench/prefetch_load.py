@@ -14,13 +14,14 @@ worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import statistics
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -111,6 +112,18 @@ def wait_for_engine(http_port: int, prefetcher: str) -> None:
         time.sleep(0.2)
 
 
+@contextlib.contextmanager
+def prefetching_server(origin: str, env: dict[str, str]) -> Iterator[tuple[int, int]]:
+    """A `foresight serve --dev` over the `origin` directory whose prefetch engine (`FORESIGHT_PREFETCHER` in
+    `env`) already runs; yields its (RESP port, HTTP port)."""
+    resp_port, http_port = free_port(), free_port()
+    with server_process(dev_server_argv(resp_port, http_port, "--origin", origin), resp_port, "foresight", env):
+        prefetcher = env.get("FORESIGHT_PREFETCHER", "none")
+        if prefetcher != "none":
+            wait_for_engine(http_port, prefetcher)
+        yield resp_port, http_port
+
+
 def measure(prefetchers: list[str], setup: LoadSetup) -> list[LoadFigure]:
     arms = [("none", ""), *((p, iso) for p in prefetchers if p != "none" for iso in setup.isolations)]
     samples: dict[tuple[tuple[str, str], int], list[tuple[float, float, float]]] = {}
@@ -118,11 +131,7 @@ def measure(prefetchers: list[str], setup: LoadSetup) -> list[LoadFigure]:
         for _ in range(setup.rounds):
             for arm in arms:
                 prefetcher, isolation = arm
-                resp_port, http_port = free_port(), free_port()
-                argv = dev_server_argv(resp_port, http_port, "--origin", origin)
-                with server_process(argv, resp_port, "foresight", setup.environment(prefetcher, isolation)):
-                    if prefetcher != "none":
-                        wait_for_engine(http_port, prefetcher)
+                with prefetching_server(origin, setup.environment(prefetcher, isolation)) as (resp_port, http_port):
                     run_redis_benchmark(resp_port, "set", setup.requests, 50, 1)
                     if setup.warmup:
                         run_redis_benchmark(resp_port, "get", setup.warmup, 50, 16)

@@ -13,9 +13,9 @@ worse than no prefetching either.
 exactly that arm's benchmark result.
 
 Cost: one key-only cache per arm (`KeyOnlyStore`: the store's eviction policy without its byte, expiry and
-statistics books, which were half a shadow's time). Shadows of caches above `SelectorConfig.max_entries` are set-sampled
-(SHARDS-style: only keys whose hash falls in 1/rate of the hash space, capacity / rate), which bounds their
-memory and most of their CPU.
+statistics books, which were half a shadow's time). Shadows of caches above `SelectorConfig.max_entries` are
+set-sampled (SHARDS-style: only keys whose hash falls in 1/rate of the hash space, capacity / rate), which
+bounds their memory and most of their CPU.
 """
 
 from __future__ import annotations
