@@ -16,7 +16,7 @@ import asyncio
 import functools
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,14 +47,17 @@ class LiveFigure:
     lag_reads: float  # mean reads between a predicted read and its proposals' issue
 
 
-def key_name(key: int) -> bytes:
-    return b"k:%012d" % key
+def key_names(keys: Sequence[int]) -> list[bytes]:
+    """`k:<number>`, zero-padded to one width for the whole trace (at least 12 digits): every entry then has the
+    same size, so the memory budget is an exact entry count."""
+    width = max([12, *(len(str(k)) for k in keys)])
+    return [b"k:%0*d" % (width, k) for k in keys]
 
 
-def seed_origin(root: Path, keys: Sequence[int]) -> None:
-    """One object per unique key in `root` (a dev server's `--origin` is its one tenant's folder)."""
-    for key in keys:
-        (root / key_name(key).decode()).write_bytes(VALUE)
+def seed_origin(root: Path, names: Iterable[bytes]) -> None:
+    """One object per key name in `root` (a dev server's `--origin` is its one tenant's folder)."""
+    for name in names:
+        (root / name.decode()).write_bytes(VALUE)
 
 
 async def send_paced(port: int, keys: list[bytes], rate: float | None, connections: int = 1, batch: int = 8) -> float:
@@ -102,12 +105,11 @@ def replay_hit_ratio(trace: Trace, cache_size: int, prefetcher: str) -> float:
     return 1.0 - replay(trace, cache_size, make_prefetcher(prefetcher), lead=0).miss_ratio
 
 
-def measure_one(trace: Trace, cache_size: int, prefetcher: str, rate: float | None, origin: Path,
+def measure_one(keys: list[bytes], cache_size: int, prefetcher: str, rate: float | None, origin: Path,
                 environment: dict[str, str], connections: int = 1, pipeline: int = 8) -> tuple[float, dict[str, float]]:
-    """(seconds, counter deltas) of one replay against a fresh server."""
+    """(seconds, counter deltas) of one replay of the key names against a fresh server."""
     env = {**environment, "FORESIGHT_PREFETCHER": prefetcher,
-           "FORESIGHT_DEFAULT_TENANT_MEMORY_BYTES": str(cache_size * (len(key_name(0)) + len(VALUE) + ENTRY_OVERHEAD))}
-    keys = [key_name(k) for k in trace.keys.tolist()]
+           "FORESIGHT_DEFAULT_TENANT_MEMORY_BYTES": str(cache_size * (len(keys[0]) + len(VALUE) + ENTRY_OVERHEAD))}
     with prefetching_server(str(origin), env) as (resp_port, http_port):
         before = _counts(http_port)
         seconds = asyncio.run(send_paced(resp_port, keys, rate, connections, pipeline))
@@ -123,12 +125,13 @@ def measure(trace: Trace, cache_size: int, prefetchers: Sequence[str], rates: Se
     figures = []
     with tempfile.TemporaryDirectory() as scratch:
         origin = Path(scratch)
-        seed_origin(origin, sorted(set(trace.keys.tolist())))
+        names = key_names(trace.keys.tolist())
+        seed_origin(origin, set(names))
         for prefetcher in prefetchers:
             offline = replay_hit_ratio(trace, cache_size, prefetcher)
             for rate in rates:
                 progress(f"{prefetcher} at {'max' if rate is None else f'{rate:g}'} reads/s")
-                seconds, delta = measure_one(trace, cache_size, prefetcher, rate, origin,
+                seconds, delta = measure_one(names, cache_size, prefetcher, rate, origin,
                                              environment or dict(os.environ), connections, pipeline)
                 reads = delta["cache_hits"] + delta["cache_misses"]
                 predicted = delta["prefetch_predicted"]

@@ -137,3 +137,11 @@ def test_live_replay_matches_the_replay_without_a_prefetcher_and_keeps_strides_g
     assert stride["hit_ratio"] > none["hit_ratio"] + 0.4
     assert stride["used"] > 0.4 * len(keys) and stride["predicted"] > 0.95
     assert 350 < stride["rate"] < 450
+
+
+def test_live_replay_names_every_key_at_one_width_so_entries_are_one_size() -> None:
+    from service.bench.live_replay import key_names
+
+    assert key_names([7, 12]) == [b"k:000000000007", b"k:000000000012"]
+    names = key_names([5, -3, 10**14])
+    assert len({len(n) for n in names}) == 1 and names[1] == b"k:-00000000000003"
