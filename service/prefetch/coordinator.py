@@ -68,7 +68,7 @@ class PrefetchCoordinator:
     horizon: int = 64  # accesses after issue within which a read settles a prefetch as used
     stats: CoordinatorStats = field(default_factory=CoordinatorStats)
     _outstanding: set[Hashable] = field(default_factory=set)
-    # issued and not yet settled: key -> access count when issued, oldest first
+    # issued and not yet settled: key -> access count when issued (reads before it included), oldest first
     _recent: OrderedDict[Hashable, int] = field(default_factory=OrderedDict)
     _clock: int = 0
 
@@ -76,8 +76,12 @@ class PrefetchCoordinator:
     def outstanding(self) -> int:
         return len(self._outstanding)
 
-    def consider(self, proposals: Iterable[Prediction]) -> list[tuple[Hashable, Any]]:
-        """Issue the best proposals the budget allows; returns (key, whatever target.prefetch returned)."""
+    def consider(self, proposals: Iterable[Prediction], reads_since: int = 0) -> list[tuple[Hashable, Any]]:
+        """Issue the best proposals the budget allows; returns (key, whatever target.prefetch returned).
+
+        `reads_since`: reads that happened after the last one settled (`on_access`) and before this issue. The
+        service issues while its worker predicts, hundreds of reads after the drain under load: a prefetch's
+        horizon starts at its issue, not at the drain, and a read from before the issue does not settle it."""
         issued: list[tuple[Hashable, Any]] = []
         budget = self.budget
         if budget.per_request == 0:
@@ -100,7 +104,7 @@ class PrefetchCoordinator:
                 self.stats.skipped_resident += 1
                 continue
             self._outstanding.add(key)
-            self._recent[key] = self._clock
+            self._recent[key] = self._clock + reads_since
             self.stats.issued += 1
             issued.append((key, target.prefetch(key)))
             if len(issued) >= budget.per_request:
@@ -117,7 +121,9 @@ class PrefetchCoordinator:
         recent = self._recent
         if not recent:
             return
-        if recent.pop(key, None) is not None:
+        issued_at = recent.get(key)
+        if issued_at is not None and issued_at < self._clock:
+            del recent[key]
             if hit:
                 self.stats.used += 1
             else:

@@ -177,7 +177,7 @@ class PrefetchEngine:
         for _, props in proposals:
             if not props:
                 continue
-            for key, result in self.coordinator.consider(props):
+            for key, result in self.coordinator.consider(props, arrived):
                 started += 1
                 if inspect.isawaitable(result):
                     task = asyncio.ensure_future(result)

@@ -80,3 +80,20 @@ def test_budget_rejects_nonsense() -> None:
     for bad in ({"threshold": 1.5}, {"per_request": -1}, {"max_in_flight": 0}):
         with pytest.raises(ValueError, match="prefetch"):
             PrefetchBudget(**bad)  # type: ignore[arg-type]
+
+
+def test_a_prefetch_issued_after_unsettled_reads_is_settled_only_by_later_ones() -> None:
+    """The service issues while its worker predicts, many reads after the drain: the horizon starts at the
+    issue, and a read from before it (still in the access log) does not count as using the prefetch."""
+    cache = FakeCache()
+    coordinator = PrefetchCoordinator(cache, PrefetchBudget(per_request=2), horizon=3)
+    coordinator.consider(proposals(1, 2), reads_since=10)
+    coordinator.on_access(1, hit=True)  # one of the 10 reads logged before the issue
+    for key in range(100, 109):
+        coordinator.on_access(key, hit=True)
+    assert (coordinator.stats.used, coordinator.stats.wasted) == (0, 0)  # 10 reads in: nothing settled yet
+    coordinator.on_access(1, hit=True)  # the first read after the issue
+    coordinator.on_access(200, hit=False)
+    assert (coordinator.stats.used, coordinator.stats.wasted) == (1, 0)
+    coordinator.on_access(201, hit=False)  # the third read after the issue: 2's horizon has passed
+    assert (coordinator.stats.used, coordinator.stats.wasted) == (1, 1)
