@@ -80,6 +80,11 @@ class ServiceCollector(Collector):
             "wasted": ("Prefetches nobody read within the horizon.", lambda tp: tp.engine.coordinator.stats.wasted),
             "model_seconds": ("Time the prefetcher spent predicting and training.", lambda tp: tp.engine.step_seconds),
             "model_batches": ("Prediction batches run.", lambda tp: tp.engine.steps),
+            "logged": ("Reads the access log recorded and the worker settled (under load, a sample: a worker that "
+                       "is behind records only the reads it settles and predicts from).",
+                       lambda tp: tp.engine.log.drained),
+            "log_overflows": ("Drains that found the access log's ring full: reads fell off it unsettled (a step that "
+                              "outlasted the ring).", lambda tp: tp.engine.log.saturated),
             "predicted": ("Reads the prefetcher predicted from.", lambda tp: tp.engine.predicted),
             "unpredicted": ("Reads the worker settled but did not predict from: the workers were at their CPU share.",
                             lambda tp: tp.engine.unpredicted),

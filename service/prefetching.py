@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from service.cache import TenantCache, TenantRegistry
 from service.config import Settings
 
 if TYPE_CHECKING:
+    from service.prefetch.access_log import Recorder
     from service.prefetch.base import Prefetcher
     from service.prefetch.coordinator import PrefetchBudget
     from service.prefetch.engine import PrefetchEngine
@@ -61,6 +63,11 @@ def entry_capacity(tenant: TenantCache) -> int:
     return max(1, store.budget // max(1, mean))
 
 
+def route_reads(tenant: TenantCache, recorders: tuple[Recorder, Recorder] | None) -> None:
+    """Point the tenant's read path at an access log's (hit, miss) recorders, or at nothing."""
+    tenant.record_hit, tenant.record_miss = recorders or (None, None)
+
+
 class TenantPrefetch:
     """One tenant's engine, its background task and (for a learned model) its checkpoint registry."""
 
@@ -76,7 +83,7 @@ class TenantPrefetch:
         self._tasks.append(asyncio.create_task(self.engine.run()))
         if self.checkpoints is not None:
             self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
-        self.tenant.record_hit, self.tenant.record_miss = self.engine.recorders
+        route_reads(self.tenant, self.engine.recorders)
 
     def restore(self) -> int | None:
         """Load the serving checkpoint, if any, into the model. Blocks."""
@@ -119,7 +126,7 @@ class TenantPrefetch:
                 log.error("tenant %s: checkpoint failed: %s", self.tenant.name, err)
 
     async def stop(self) -> None:
-        self.tenant.record_hit = self.tenant.record_miss = None
+        route_reads(self.tenant, None)
         self.engine.stop()
         for task in self._tasks[1:]:
             task.cancel()
@@ -220,7 +227,8 @@ class PrefetchManager:
         settings = self.settings
         self._cpu = self._cpu or CpuBudget(settings.prefetch_cpu_share)
         self._process_cpu = self._process_cpu or CpuBudget(process_share(settings))
-        engine = PrefetchEngine(tenant, prefetcher, budget, cpu=self._cpu, process_cpu=self._process_cpu)
+        engine = PrefetchEngine(tenant, prefetcher, budget, cpu=self._cpu, process_cpu=self._process_cpu,
+                                route=functools.partial(route_reads, tenant))
         checkpoints = None
         if arm == "learned" and settings.data_dir is not None and self.cipher is not None:
             from service.prefetch.mlops.checkpoints import CheckpointRegistry

@@ -40,6 +40,7 @@ class LoadFigure:
     p99_ms: float
     rps_ratio: float  # against no prefetcher, medians of the same rounds
     predicted: float | None  # share of the GETs the prefetcher predicted from (the rest were over its CPU share)
+    logged: float | None  # share of the GETs the access log recorded (a worker that is behind records a sample)
 
 
 @dataclass(frozen=True)
@@ -79,12 +80,12 @@ def metric_totals(http_port: int) -> dict[str, float]:
             for family in text_string_to_metric_families(text) if family.samples}
 
 
-def _read_counts(http_port: int) -> tuple[float, float]:
-    """(reads, reads predicted from) so far, from the server's /metrics. Reads, not the engine's own count
-    of what it settled: under load some fall off the access log before the worker drains them."""
+def _read_counts(http_port: int) -> tuple[float, float, float]:
+    """(reads, reads predicted from, reads logged) so far, from the server's /metrics. Reads, not the engine's
+    own count of what it settled: under load it records and settles a sample."""
     totals = metric_totals(http_port)
     reads = totals.get("foresight_cache_hits", 0.0) + totals.get("foresight_cache_misses", 0.0)
-    return reads, totals.get("foresight_prefetch_predicted", 0.0)
+    return reads, totals.get("foresight_prefetch_predicted", 0.0), totals.get("foresight_prefetch_logged", 0.0)
 
 
 def once_settled(read: Callable[[], T], quiet_s: float = 0.1, limit_s: float = 3.0) -> T:
@@ -126,7 +127,7 @@ def prefetching_server(origin: str, env: dict[str, str]) -> Iterator[tuple[int, 
 
 def measure(prefetchers: list[str], setup: LoadSetup) -> list[LoadFigure]:
     arms = [("none", ""), *((p, iso) for p in prefetchers if p != "none" for iso in setup.isolations)]
-    samples: dict[tuple[tuple[str, str], int], list[tuple[float, float, float]]] = {}
+    samples: dict[tuple[tuple[str, str], int], list[tuple[float, float, float, float]]] = {}
     with tempfile.TemporaryDirectory() as origin:
         for _ in range(setup.rounds):
             for arm in arms:
@@ -135,19 +136,20 @@ def measure(prefetchers: list[str], setup: LoadSetup) -> list[LoadFigure]:
                     run_redis_benchmark(resp_port, "set", setup.requests, 50, 1)
                     if setup.warmup:
                         run_redis_benchmark(resp_port, "get", setup.warmup, 50, 16)
-                    reads, predicted_reads = once_settled(functools.partial(_read_counts, http_port))
+                    before = once_settled(functools.partial(_read_counts, http_port))
                     for pipeline in setup.pipelines:
                         rps, _, p99 = run_redis_benchmark(resp_port, "get", setup.requests, 50, pipeline)
-                        now_reads, now_predicted = once_settled(functools.partial(_read_counts, http_port))
-                        predicted = (now_predicted - predicted_reads) / max(1.0, now_reads - reads)
-                        reads, predicted_reads = now_reads, now_predicted
-                        samples.setdefault((arm, pipeline), []).append((rps, p99, predicted))
-    medians = {key: tuple(statistics.median(run[i] for run in runs) for i in range(3))
+                        now = once_settled(functools.partial(_read_counts, http_port))
+                        reads = max(1.0, now[0] - before[0])
+                        predicted, logged = ((now[i] - before[i]) / reads for i in (1, 2))
+                        before = now
+                        samples.setdefault((arm, pipeline), []).append((rps, p99, predicted, logged))
+    medians = {key: tuple(statistics.median(run[i] for run in runs) for i in range(4))
                for key, runs in samples.items()}
     return [
         LoadFigure(prefetcher, isolation, pipeline, rps, p99, rps / medians[(("none", ""), pipeline)][0],
-                   predicted if prefetcher != "none" else None)
-        for ((prefetcher, isolation), pipeline), (rps, p99, predicted) in sorted(
+                   *((predicted, logged) if prefetcher != "none" else (None, None)))
+        for ((prefetcher, isolation), pipeline), (rps, p99, predicted, logged) in sorted(
             medians.items(), key=lambda kv: (kv[0][1], arms.index(kv[0][0])))
     ]
 

@@ -51,6 +51,7 @@ def test_prefetch_load_reports_each_prefetcher_and_isolation_against_none_per_pi
             # Read from the server's own metrics once the engine caught up with the run (the warm-up's lagging
             # predictions had made a share of 1.01).
             assert 0 < stride["predicted"] <= 1, report
+            assert stride["predicted"] <= stride["logged"] <= 1, report  # predicted from what it logged
 
 
 def test_learned_cost_reports_both_schedules_with_parts_that_add_up() -> None:
@@ -145,3 +146,15 @@ def test_live_replay_names_every_key_at_one_width_so_entries_are_one_size() -> N
     assert key_names([7, 12]) == [b"k:000000000007", b"k:000000000012"]
     names = key_names([5, -3, 10**14])
     assert len({len(n) for n in names}) == 1 and names[1] == b"k:-00000000000003"
+
+
+def test_access_log_overhead_is_the_drained_cost_over_a_served_get() -> None:
+    """The engine keeps the ring drained (a worker that is behind records a sample instead of overflowing it),
+    so that regime is the overhead; the full ring's is reported beside it."""
+    from service.bench.hotpath import AccessLogCost
+
+    cost = AccessLogCost(1000.0, {"drained": 20.0, "full": 40.0}, {1: 10.0, 16: 4.0})
+    assert cost.overhead(16) == pytest.approx(0.005) and cost.overhead(1) == pytest.approx(0.002)
+    report = cost.as_dict()
+    assert report["overhead"]["16"] == pytest.approx(0.005)
+    assert report["overhead_full_ring"]["16"] == pytest.approx(0.01)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -249,6 +250,75 @@ async def test_the_worker_issues_a_chunk_before_the_step_ends() -> None:
     engine.stop()
     await worker
     assert prefetcher.waited == [True]  # the first chunk's prefetch started while the second was predicted
+
+
+class ReadPath:
+    """What the engine routes: a tenant's read path, which records each read with whatever it points at."""
+
+    def __init__(self) -> None:
+        self.recorders = None
+        self.reads = 0
+
+    def route(self, recorders) -> None:  # type: ignore[no-untyped-def]
+        self.recorders = recorders
+
+    async def read_steadily(self, per_ms: int, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while loop.time() < deadline:
+            for _ in range(per_ms):
+                if self.recorders is not None:
+                    self.recorders[0](f"obj:{self.reads:06d}".encode())
+                self.reads += 1
+            await asyncio.sleep(0.001)
+
+
+class Slow(Recording):
+    """Takes 20 ms a batch, so reads pile up between steps."""
+
+    def access_batch(self, keys):  # type: ignore[no-untyped-def]
+        time.sleep(0.02)
+        return super().access_batch(keys)
+
+
+async def _run_reads(max_batch: int) -> tuple[PrefetchEngine, ReadPath]:
+    path = ReadPath()
+    engine = PrefetchEngine(AsyncCache(), Slow(), PrefetchBudget(per_request=1), max_batch=max_batch,
+                            route=path.route)
+    path.route(engine.recorders)
+    worker = asyncio.create_task(engine.run(interval=0.001, busy_interval=0.1))
+    await path.read_steadily(per_ms=10, seconds=1.0)
+    engine.stop()
+    await worker
+    return engine, path
+
+
+async def test_a_worker_that_is_behind_records_only_what_it_settles_and_predicts_from() -> None:
+    """Steps every 100 ms predicting from 32 reads of ~500: between the reads that settle a step's prefetches
+    and the 32 the next step predicts from, the read path records nothing."""
+    engine, path = await _run_reads(max_batch=32)
+    recorded = engine.log.drained + len(engine.log)
+    assert recorded < 0.5 * path.reads, (recorded, path.reads)
+    assert engine.steps >= 5
+    assert engine.predicted >= 0.8 * engine.steps * 32  # each step still found its full window of newest reads
+
+
+async def test_a_worker_that_keeps_up_records_every_read() -> None:
+    engine, path = await _run_reads(max_batch=100_000)
+    assert engine.log.drained + len(engine.log) == path.reads
+
+
+async def test_stopping_a_paused_worker_leaves_the_read_path_unrecorded() -> None:
+    path = ReadPath()
+    engine = PrefetchEngine(AsyncCache(), NextKey(), PrefetchBudget(per_request=1), max_batch=8, route=path.route)
+    path.route(engine.recorders)
+    engine.read_rate = 10_000.0
+    idle = asyncio.create_task(engine._idle(1.0, behind=True))
+    await asyncio.sleep(0.1)  # past the settle window (6.4 ms): paused
+    assert path.recorders is None and not engine.recording
+    engine.stop()
+    await idle
+    assert path.recorders is None
 
 
 def test_cpu_budget_lends_a_share_of_wall_time(monkeypatch: pytest.MonkeyPatch) -> None:

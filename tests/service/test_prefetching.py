@@ -54,6 +54,8 @@ def test_stride_prefetch_turns_a_sequential_scan_into_hits(sequential_origin: Pa
     assert 'foresight_prefetch_unpredicted_total{arm="stride",tenant="default"} 0.0' in metrics  # a slow scan
     predicted = re.search(r'^foresight_prefetch_predicted_total\{arm="stride",tenant="default"\} (\S+)$', metrics, re.M)
     assert predicted is not None and float(predicted.group(1)) >= 190  # all 200 reads, the last few perhaps not yet
+    logged = re.search(r'^foresight_prefetch_logged_total\{arm="stride",tenant="default"\} (\S+)$', metrics, re.M)
+    assert logged is not None and float(logged.group(1)) >= float(predicted.group(1))  # kept up: every read logged
     lag = re.search(r'^foresight_prefetch_issue_lag_reads_total\{arm="stride",tenant="default"\} (\S+)$', metrics, re.M)
     assert lag is not None
     assert float(lag.group(1)) < float(predicted.group(1))  # a slow scan: proposals out before the next read, mostly
