@@ -13,13 +13,8 @@ the learned prefetcher in a child process (`isolated.py`); every worker draws on
 takes a core, not the lock, so where cores are spare it may take more); a step predicts for at most
 `max_batch` of the newest accesses (older ones are still settled, just not predicted from: the log becomes a
 sample under load), the step gives the lock back between chunks, and a worker that is behind steps at most
-every `busy_interval`.
-
-A worker that is behind also stops the read path from recording while it waits: it needs only the reads that
-settle its last prefetches and the newest `max_batch` its next step predicts from. Every other read would cost
-the GET path an append (and, once the ring is full, the free of the entry it pushes out) and the worker a
-settlement, to be dropped unpredicted. So the log becomes a sample of contiguous windows, timed from the read
-rate it measures, and in between a GET costs what it costs without a prefetcher.
+every `busy_interval`. A worker that is behind also records only the reads it settles and predicts from
+(`windows.py`).
 """
 
 from __future__ import annotations
@@ -36,20 +31,17 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
-from service.prefetch.access_log import DEFAULT_CAPACITY, AccessLog, Recorder
+from service.prefetch.access_log import DEFAULT_CAPACITY, AccessLog
 from service.prefetch.base import Predictions, Prefetcher
 from service.prefetch.coordinator import PrefetchBudget, PrefetchCoordinator, PrefetchTarget
 from service.prefetch.keys import KeyCodec
 from service.prefetch.mlops.drift import DriftDetector
+from service.prefetch.windows import RecordingWindows, Route
 
 log = logging.getLogger(__name__)
 
 CHUNK = 128  # accesses predicted between two releases of the interpreter lock
-# A pause in recording shorter than this is not worth the two extra wake-ups of the worker it costs.
-MIN_PAUSE_S = 0.005
 Emit = Callable[[list[tuple[Hashable, Predictions]], int], Any]
-# Points the read path at the access log's (hit, miss) recorders, or at nothing (None): reads go unrecorded.
-Route = Callable[[tuple[Recorder, Recorder] | None], None]
 
 
 class CpuBudget:
@@ -130,12 +122,11 @@ class PrefetchEngine:
         self.failures = 0  # steps that raised (a prefetcher process that died, a model error)
         # Summed over predicted reads: reads logged after each one before its proposals reached the coordinator.
         self.issue_lag_reads = 0
-        self._route = route  # None: the read path records always (the caller routed `recorders` itself)
-        self.recording = True
-        self._recording_since = time.monotonic()
-        self._recorded_s = 0.0  # seconds recorded since the last drain
-        self.read_rate = 0.0  # reads a second while recording, measured at the last step
         self.last_drained = 0
+        # `route` points the read path at `recorders` or at nothing; without one it records always (the caller
+        # routed `recorders` itself).
+        self.windows = (RecordingWindows(route, self.recorders, self.coordinator.horizon, max_batch)
+                        if route is not None else None)
 
     def _decode(self, ident: int) -> Hashable:
         return self.codec.decode(ident)
@@ -188,14 +179,16 @@ class PrefetchEngine:
         the drain, it is how late the proposals are."""
         if self._stopped.is_set():  # a chunk handed over while the engine was stopping: nothing may start now
             return 0
-        arrived = len(self.log)  # reads logged since the drain (all of them while the ring has room)
+        windows = self.windows
+        logged = len(self.log)  # reads logged since the drain (all of them while the ring has room)
+        arrived = windows.reads_since_step() if windows is not None and windows.sampling else logged
         n = len(proposals)
         self.issue_lag_reads += n * (arrived + reads_after) + n * (n - 1) // 2
         started = 0
         for _, props in proposals:
             if not props:
                 continue
-            for key, result in self.coordinator.consider(props, arrived):
+            for key, result in self.coordinator.consider(props, logged):
                 started += 1
                 if inspect.isawaitable(result):
                     task = asyncio.ensure_future(result)
@@ -203,6 +196,8 @@ class PrefetchEngine:
                     task.add_done_callback(functools.partial(self._done, key=key))
                 else:
                     self.coordinator.completed(key)
+        if started and windows is not None:
+            windows.issued()
         return started
 
     def _done(self, task: asyncio.Future[Any], *, key: Hashable) -> None:
@@ -232,14 +227,13 @@ class PrefetchEngine:
         def emit(chunk: list[tuple[Hashable, Predictions]], reads_after: int) -> None:
             loop.call_soon_threadsafe(self.issue, chunk, reads_after)  # each chunk's proposals, as they come
 
-        self._take_recorded_s()  # the read rate counts from here
         while not self._stopped.is_set():
             rest = max(self.cpu.wait_s(), self.process_cpu.wait_s())
-            behind = False
             if not rest:
                 self.last_step_cpu_s = self.last_step_offloaded_s = 0.0
                 unpredicted = self.unpredicted
-                recorded_s = self._take_recorded_s()
+                if self.windows is not None:
+                    self.windows.step_starting()
                 try:
                     proposals = await asyncio.to_thread(self.step, emit)
                 except Exception as err:  # reads are still served; prefetching resumes with the next step
@@ -247,59 +241,24 @@ class PrefetchEngine:
                     log.error("prefetch step failed (%d so far): %s", self.failures, err)
                     rest = failed_interval
                 else:
-                    if recorded_s > 0:
-                        self.read_rate = self.last_drained / recorded_s
                     # Behind (reads left unpredicted): fewer, fuller steps, as each costs the event loop a hand-off.
                     behind = self.unpredicted > unpredicted
+                    if self.windows is not None:
+                        behind = self.windows.step_done(self.last_drained, behind)
                     rest = busy_interval if behind else 0.0 if proposals else interval
                 self.cpu.charge(self.last_step_cpu_s)
                 self.process_cpu.charge(self.last_step_offloaded_s)
                 rest = max(rest, self.cpu.wait_s(), self.process_cpu.wait_s())
-            if rest:
-                await self._idle(rest, behind)
+            if rest and self.windows is not None:
+                await self.windows.idle(rest, self._rest)
+            elif rest:
+                await self._rest(rest)
 
     async def _rest(self, seconds: float) -> bool:
         """Wait `seconds`, or until stopped; True when stopped."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopped.wait(), timeout=seconds)
         return self._stopped.is_set()
-
-    async def _idle(self, seconds: float, behind: bool) -> None:
-        """Wait `seconds` until the next step. Behind, record only the reads that settle the last step's
-        prefetches (the coordinator's horizon) and the `max_batch` the next step will predict from."""
-        rate = self.read_rate
-        if not behind or self._route is None or rate <= 0:
-            await self._rest(seconds)
-            return
-        settle_s = self.coordinator.horizon / rate
-        fill_s = self.max_batch / rate
-        pause_s = seconds - settle_s - fill_s
-        if pause_s < MIN_PAUSE_S:
-            await self._rest(seconds)
-            return
-        if await self._rest(settle_s):
-            return
-        self._record(False)
-        if await self._rest(pause_s):
-            return  # stopping: whoever stops the engine unroutes the read path
-        self._record(True)
-        await self._rest(fill_s)
-
-    def _record(self, on: bool) -> None:
-        """Route the read path to the recorders (on) or to nothing, keeping the time spent recording."""
-        assert self._route is not None
-        now = time.monotonic()
-        if self.recording:
-            self._recorded_s += now - self._recording_since
-        self.recording, self._recording_since = on, now
-        self._route(self.recorders if on else None)
-
-    def _take_recorded_s(self) -> float:
-        """Seconds the read path recorded since the last call (the last drain)."""
-        now = time.monotonic()
-        recorded = self._recorded_s + (now - self._recording_since if self.recording else 0.0)
-        self._recorded_s, self._recording_since = 0.0, now
-        return recorded
 
     def stop(self) -> None:
         self._stopped.set()
