@@ -262,5 +262,7 @@ class PrefetchEngine:
 
     def stop(self) -> None:
         self._stopped.set()
+        if self.windows is not None:
+            self.windows.close()
         for task in list(self._tasks):
             task.cancel()

@@ -41,10 +41,11 @@ class RecordingWindows:
         self._step_started = self._since
         self._cycle_s = 0.0  # between the last two step starts
         self._filling = False  # recording the reads the next step predicts from
-        self._settle_until = 0.0
+        self._timer: asyncio.TimerHandle | None = None  # ends the running settle window
+        self._closed = False
 
     def _set(self, on: bool) -> None:
-        if on == self.recording:
+        if on == self.recording or self._closed:
             return
         now = time.monotonic()
         if self.recording:
@@ -60,7 +61,8 @@ class RecordingWindows:
         self._recorded_s, self._since, self._step_started = 0.0, now, now
         if self.sampling:
             self._filling = False
-            self._set(False)
+            if self._timer is None:  # else a settle window still runs: its timer ends the recording
+                self._set(False)
 
     def step_done(self, drained: int, unpredicted: bool) -> bool:
         """The step drained `drained` reads and left some `unpredicted` or not; returns whether the worker is
@@ -83,14 +85,22 @@ class RecordingWindows:
         if not self.sampling:
             return
         wait = SETTLE_MARGIN * self.horizon / self.read_rate
-        self._settle_until = time.monotonic() + wait
         self._set(True)
-        asyncio.get_running_loop().call_later(wait, self._settled)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(wait, self._settled)
 
     def _settled(self) -> None:
-        # A later issue moved the deadline; the fill window keeps recording until the step.
-        if self.sampling and not self._filling and time.monotonic() >= self._settle_until - 0.001:
+        self._timer = None
+        if self.sampling and not self._filling:  # the fill window keeps recording until the step
             self._set(False)
+
+    def close(self) -> None:
+        """The worker stopped: route nothing more. The read path may already belong to the tenant's next
+        engine (a changed prefetcher), which a late settle window must not unroute."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
 
     async def idle(self, seconds: float, rest: Callable[[float], Awaitable[bool]]) -> None:
         """Wait `seconds` for the next step (`rest` waits, returning True when the worker stops meanwhile);

@@ -342,6 +342,20 @@ async def test_a_settle_window_records_the_horizon_after_an_issue_then_stops() -
     assert path.recorders is None and not windows.recording
 
 
+async def test_a_stopped_engines_settle_window_leaves_the_next_engines_recording_alone() -> None:
+    """A tenant whose prefetcher changes gets a new engine at once; the old one's pending settle window must not
+    unroute the new one's recorders when it ends."""
+    path = ReadPath()
+    old = PrefetchEngine(AsyncCache(), NextKey(), PrefetchBudget(per_request=1), max_batch=8, route=path.route)
+    assert old.windows is not None
+    old.windows.read_rate, old.windows.sampling = 10_000.0, True
+    old.windows.issued()  # a settle window of ~10 ms is running
+    old.stop()
+    path.route(("new hit", "new miss"))  # type: ignore[arg-type]
+    await asyncio.sleep(0.03)
+    assert path.recorders == ("new hit", "new miss")
+
+
 async def test_sampling_ends_only_when_the_reads_between_steps_fit_one_step() -> None:
     """A sampled drain holds only the windows, often no more than a step predicts from: the worker stays behind
     while the rate measured in them says more reads came since the last step (else it would record every read
