@@ -20,11 +20,11 @@ from service.cache import TenantCache, TenantRegistry
 from service.config import Settings
 
 if TYPE_CHECKING:
-    from service.prefetch.access_log import Recorder
     from service.prefetch.base import Prefetcher
     from service.prefetch.coordinator import PrefetchBudget
     from service.prefetch.engine import PrefetchEngine
     from service.prefetch.mlops.checkpoints import CheckpointRegistry
+    from service.prefetch.windows import Recorders
     from service.security.envelope import EnvelopeCipher
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def entry_capacity(tenant: TenantCache) -> int:
     return max(1, store.budget // max(1, mean))
 
 
-def route_reads(tenant: TenantCache, recorders: tuple[Recorder, Recorder] | None) -> None:
+def route_reads(tenant: TenantCache, recorders: Recorders | None) -> None:
     """Point the tenant's read path at an access log's (hit, miss) recorders, or at nothing."""
     tenant.record_hit, tenant.record_miss = recorders or (None, None)
 

@@ -7,8 +7,8 @@ is the recorder's cost per GET, once with the log drained as the worker drains i
 `redis-benchmark` GETs against `foresight serve --dev`, whose reciprocal throughput is what one served GET
 costs the single-threaded server. The overhead is the first over the second, drained: the share of a served
 GET that the access log adds. The ring is not full in service: a worker that is behind stops the recording
-between its windows instead of letting it overflow (`engine.py`), and `foresight_prefetch_log_overflows_total`
-counts the drains that found it full anyway (a step that outlasted the ring).
+between its windows instead of letting it overflow (`service/prefetch/windows.py`), and
+`foresight_prefetch_log_overflows_total` counts the drains that found it full anyway.
 """
 
 from __future__ import annotations

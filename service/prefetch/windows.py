@@ -4,10 +4,11 @@ A worker predicts from at most `max_batch` reads a step. Once it is behind (its 
 unpredicted) it needs two kinds of reads only: those right after each chunk of prefetches it issued, which
 settle them (the coordinator's horizon), and the newest `max_batch` before its next step. Every other read
 would cost the GET path an append (and, with the ring full, the free of the entry it pushes out) and the worker
-a settlement, only to be dropped unpredicted: on a saturated 16-core host a 512-read step takes ~100 ms, and
-recording through it logged 80-95 % of reads. So between the windows the read path is routed to nothing, where
-a GET costs what it costs without a prefetcher. Windows are timed from the read rate measured while recording.
-All of it runs on the event loop, which is also where reads are recorded.
+a settlement, only to be dropped unpredicted: under load a step takes tens of milliseconds (65-70 ms for 512
+reads on the dev box), and recording through the steps logged 77-97 % of reads on a 16-core host. So between
+the windows the read path is routed to nothing, where a GET costs what it costs without a prefetcher. Windows
+are timed from the read rate measured while recording. All of it runs on the event loop, which is also where
+reads are recorded.
 """
 
 from __future__ import annotations
