@@ -18,21 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.prefetch.learned.features import HISTORY, KEY_BUCKETS, MAX_CANDIDATES, N_FEATURES, N_SOURCES, N_TOKENS
 from service.prefetch.learned.model import PrefetchNet
-from service.prefetch.learned.runtime import InferenceRunner, ModelInputs
+from service.prefetch.learned.runtime import InferenceRunner, random_inputs
 
 BATCHES = (1, 16, 256, 4096)
-
-
-def random_inputs(batch: int, rng: np.random.Generator) -> ModelInputs:
-    return ModelInputs(
-        rng.integers(1, N_TOKENS, size=(batch, HISTORY)),
-        rng.integers(0, KEY_BUCKETS, size=batch),
-        rng.random((batch, N_SOURCES), dtype=np.float32),
-        rng.integers(1, N_TOKENS, size=(batch, MAX_CANDIDATES)),
-        rng.random((batch, MAX_CANDIDATES, N_FEATURES), dtype=np.float32),
-    )
 
 
 def measure(runner: InferenceRunner, batch: int, seconds: float, rng: np.random.Generator) -> dict[str, Any]:

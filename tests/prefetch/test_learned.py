@@ -130,9 +130,8 @@ def test_vectorised_tokens_and_buckets_equal_the_scalar_ones(beyond_int64: bool)
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_inference_matches_eager() -> None:
-    from service.bench.inference import random_inputs
     from service.prefetch.learned.model import PrefetchNet
-    from service.prefetch.learned.runtime import InferenceRunner
+    from service.prefetch.learned.runtime import InferenceRunner, random_inputs
 
     model = PrefetchNet().cuda()
     inputs = random_inputs(16, np.random.default_rng(0))
@@ -183,3 +182,28 @@ def test_retraining_is_spread_one_step_per_batch_so_answers_do_not_wait_for_it()
         p.access_batch(list(range(start, start + 4)))
         steps.append(p.train_steps)
     assert steps == [1, 2, 3, 4, 5, 5, 5]
+
+
+def test_warming_up_leaves_the_model_and_its_training_as_they_were() -> None:
+    """On CUDA the prefetcher warms up at construction (graph capture, a backward pass, an optimiser step on
+    zero gradients): the same calls on the CPU must leave it answering and training exactly as an unwarmed one."""
+    keys = stride_runs(2048, seed=3)
+    cold, warm = LearnedPrefetcher(config=FAST), LearnedPrefetcher(config=FAST)
+    warm.warm_up()
+    assert not warm.optimizer.state
+    assert all(torch.equal(a, b) for a, b in zip(cold.model.parameters(), warm.model.parameters(), strict=True))
+    for i in range(0, len(keys), 128):
+        assert cold.access_batch(keys[i : i + 128]) == warm.access_batch(keys[i : i + 128])
+    assert cold.train_steps == warm.train_steps > 0
+    assert all(torch.equal(a, b) for a, b in zip(cold.model.parameters(), warm.model.parameters(), strict=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_cuda_prefetcher_has_its_graphs_before_its_first_read() -> None:
+    from service.prefetch.learned.runtime import BATCH_BUCKETS
+
+    p = LearnedPrefetcher(config=FAST, device="cuda")
+    assert sorted(p.runner._graphs) == list(BATCH_BUCKETS[:-1])
+    assert not p.optimizer.state
+    p.load_state_dict(p.state_dict())  # a rollback: the old graphs are dropped and captured again at once
+    assert sorted(p.runner._graphs) == list(BATCH_BUCKETS[:-1])

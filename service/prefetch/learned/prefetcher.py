@@ -39,7 +39,7 @@ from service.prefetch.learned.features import (
     candidate_features,
 )
 from service.prefetch.learned.model import ModelConfig, PrefetchNet
-from service.prefetch.learned.runtime import InferenceRunner, ModelInputs
+from service.prefetch.learned.runtime import BATCH_BUCKETS, InferenceRunner, ModelInputs, random_inputs
 from service.prefetch.markov import markov_predictions
 from service.prefetch.shadow import ArmProposals, CacheModel, SelectorConfig, ShadowSelector
 from service.prefetch.stride import StridePrefetcher
@@ -173,6 +173,31 @@ class LearnedPrefetcher(Prefetcher):
         self.selector_config = selector_config
         self.selector: ShadowSelector | None = None
         self.attach_cache(cache)
+        if self.device.type == "cuda":
+            self.warm_up()
+
+    def warm_up(self) -> None:
+        """Pay the device's first-use costs now, not on a live read: on an H200 host the network's first
+        inference with CUDA graphs and its first training stalled the engine 107 and 300 ms (graph capture,
+        lazily loaded kernels, optimiser state), and at 1,000 reads a second its proposals came 16-21 reads
+        late, against 2-3 warmed up (README). Leaves the weights, the optimiser and the random streams as they
+        were."""
+        self._capture_graphs()
+        self.model.train()
+        self.model(*random_inputs(self.config.batch, np.random.default_rng(0)).tensors(self.device)).sum().backward()
+        for param in self.model.parameters():
+            if param.grad is not None:
+                param.grad.zero_()  # Adam moves nothing on a zero gradient
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.state.clear()  # the first real step starts its moments afresh
+        self.model.eval()
+
+    def _capture_graphs(self) -> None:
+        """Run a batch of each size live steps use (graph replays on CUDA capture on first use)."""
+        rng = np.random.default_rng(0)
+        for size in BATCH_BUCKETS[:-1]:
+            self.runner(random_inputs(size, rng))
 
     def selector_for(self, model: CacheModel) -> ShadowSelector:
         return ShadowSelector(self.arms, model, self.selector_config)
@@ -275,6 +300,8 @@ class LearnedPrefetcher(Prefetcher):
         self._source_all = state["source_all"].numpy().copy()
         self.labelled = max(self.labelled, int(state["labelled"]))
         self.runner.invalidate()
+        if self.device.type == "cuda":
+            self._capture_graphs()  # a rollback must not stall the next live step either
 
     # -- online learning ---------------------------------------------------------------------------
 

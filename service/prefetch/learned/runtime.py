@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from service.prefetch.learned.features import HISTORY, KEY_BUCKETS, MAX_CANDIDATES, N_FEATURES, N_SOURCES, N_TOKENS
 from service.prefetch.learned.model import PrefetchNet
 
 BATCH_BUCKETS = (1, 16, 256, 4096)
@@ -126,6 +127,17 @@ class InferenceRunner:
             widths = tuple(a.shape[1] for a in _columns(inputs))
             graph = self._graphs[size] = _Graph(self.model, size, widths, inputs.cand_token.shape[1])
         return graph.run(inputs)
+
+
+def random_inputs(batch: int, rng: np.random.Generator) -> ModelInputs:
+    """Valid inputs of no meaning: for timing the network, and for paying a device's first-use costs."""
+    return ModelInputs(
+        rng.integers(1, N_TOKENS, size=(batch, HISTORY)),
+        rng.integers(0, KEY_BUCKETS, size=batch),
+        rng.random((batch, N_SOURCES), dtype=np.float32),
+        rng.integers(1, N_TOKENS, size=(batch, MAX_CANDIDATES)),
+        rng.random((batch, MAX_CANDIDATES, N_FEATURES), dtype=np.float32),
+    )
 
 
 def _slice(inputs: ModelInputs, start: int, stop: int) -> ModelInputs:
