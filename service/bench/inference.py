@@ -19,9 +19,7 @@ import numpy as np
 import torch
 
 from service.prefetch.learned.model import PrefetchNet
-from service.prefetch.learned.runtime import InferenceRunner, random_inputs
-
-BATCHES = (1, 16, 256, 4096)
+from service.prefetch.learned.runtime import BATCH_BUCKETS, InferenceRunner, random_inputs
 
 
 def measure(runner: InferenceRunner, batch: int, seconds: float, rng: np.random.Generator) -> dict[str, Any]:
@@ -61,7 +59,7 @@ def run(device: str, seconds: float, cpu_threads: int) -> dict[str, Any]:
     for label, dev, graphs in modes:
         model = PrefetchNet().to(dev).eval()
         runner = InferenceRunner(model, dev, cuda_graphs=graphs)
-        results[label] = [measure(runner, b, seconds, rng) for b in BATCHES]
+        results[label] = [measure(runner, b, seconds, rng) for b in BATCH_BUCKETS]  # the sizes graphs are captured for
     return results
 
 
