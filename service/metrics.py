@@ -86,6 +86,9 @@ class ServiceCollector(Collector):
             "log_overflows": ("Drains that found the access log's ring full: reads fell off it unsettled (a step that "
                               "outlasted the ring).", lambda tp: tp.engine.log.saturated),
             "predicted": ("Reads the prefetcher predicted from.", lambda tp: tp.engine.predicted),
+            "fast_answered": ("Predicted reads whose issued proposals came from the engine's own stride prefetcher, "
+                              "which scored better live than the prefetcher's later answers.",
+                              lambda tp: tp.engine.fast_answered),
             "unpredicted": ("Reads the worker settled but did not predict from: the workers were at their CPU share.",
                             lambda tp: tp.engine.unpredicted),
             "issue_lag_reads": ("Reads that came after a predicted read before its proposals were issued, summed "

@@ -322,7 +322,7 @@ def live_replay(
         return
     typer.echo(f"{loaded.name}: {len(loaded)} requests, {loaded.unique} unique, cache {size} entries\n")
     _echo_table(["prefetcher", "target reads/s", "reads/s", "live hit ratio", "replay hit ratio", "issued", "used",
-                 "predicted", "lag (reads)"],
+                 "predicted", "lag (reads)", "stride-answered"],
                 [[f.prefetcher, "max" if f.target_rate is None else f"{f.target_rate:,.0f}", f"{f.rate:,.0f}",
                   f"{f.hit_ratio:.4f}", f"{f.replay_hit_ratio:.4f}", f"{f.issued:,}", f"{f.used:,}",
-                  f"{f.predicted:.0%}", f"{f.lag_reads:,.0f}"] for f in figures])
+                  f"{f.predicted:.0%}", f"{f.lag_reads:,.0f}", f"{f.fast_share:.0%}"] for f in figures])

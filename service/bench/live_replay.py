@@ -45,6 +45,7 @@ class LiveFigure:
     used: int
     predicted: float  # share of the reads the engine predicted from
     lag_reads: float  # mean reads between a predicted read and its proposals' issue
+    fast_share: float  # share of the predicted reads answered by the engine's own stride (paths.py)
 
 
 def key_names(keys: Sequence[int]) -> list[bytes]:
@@ -98,7 +99,7 @@ def _counts(http_port: int) -> dict[str, float]:
     totals = metric_totals(http_port)
     return {name: totals.get(f"foresight_{name}", 0.0) for name in (
         "cache_hits", "cache_misses", "prefetch_issued", "prefetch_used", "prefetch_predicted",
-        "prefetch_issue_lag_reads")}
+        "prefetch_issue_lag_reads", "prefetch_fast_answered")}
 
 
 def replay_hit_ratio(trace: Trace, cache_size: int, prefetcher: str) -> float:
@@ -138,7 +139,8 @@ def measure(trace: Trace, cache_size: int, prefetchers: Sequence[str], rates: Se
                 figures.append(LiveFigure(
                     prefetcher, rate, len(trace) / seconds, delta["cache_hits"] / max(1.0, reads), offline,
                     int(delta["prefetch_issued"]), int(delta["prefetch_used"]), predicted / max(1.0, reads),
-                    delta["prefetch_issue_lag_reads"] / max(1.0, predicted)))
+                    delta["prefetch_issue_lag_reads"] / max(1.0, predicted),
+                    delta["prefetch_fast_answered"] / max(1.0, predicted)))
     return figures
 
 

@@ -48,6 +48,12 @@ class Prefetcher(ABC):
         return [self.access(key) for key in keys]
 
     @property
+    def serving_arm(self) -> str | None:
+        """For a prefetcher that chooses among arms (the learned one), the arm whose proposals it returns now;
+        None for one without arms."""
+        return None
+
+    @property
     def offloaded_cpu_s(self) -> float:
         """CPU seconds spent for this prefetcher outside the calling thread (a child process): CPU budgets
         charge it too."""

@@ -111,6 +111,10 @@ class PrefetchCoordinator:
                 break
         return issued
 
+    def unsettled(self, key: Hashable) -> bool:
+        """Whether this coordinator issued a prefetch of the key that no read has settled yet."""
+        return key in self._recent or key in self._outstanding
+
     def completed(self, key: Hashable) -> None:
         """The origin fetch for a prefetched key finished (inserted, or failed)."""
         self._outstanding.discard(key)

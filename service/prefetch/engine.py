@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,14 @@ from service.prefetch.base import Predictions, Prefetcher
 from service.prefetch.coordinator import PrefetchBudget, PrefetchCoordinator, PrefetchTarget
 from service.prefetch.keys import KeyCodec
 from service.prefetch.mlops.drift import DriftDetector
+from service.prefetch.paths import FAST, MODEL, AnswerSources
+from service.prefetch.shadow import NO_PREFETCH
 from service.prefetch.windows import RecordingWindows, Route
 
 log = logging.getLogger(__name__)
 
 CHUNK = 128  # accesses predicted between two releases of the interpreter lock
-Emit = Callable[[list[tuple[Hashable, Predictions]], int], Any]
+Emit = Callable[[list[tuple[Hashable, Predictions]], int, str], Any]
 
 
 class CpuBudget:
@@ -123,6 +126,11 @@ class PrefetchEngine:
         # Summed over predicted reads: reads logged after each one before its proposals reached the coordinator.
         self.issue_lag_reads = 0
         self.last_drained = 0
+        # For a prefetcher with arms (the learned one): its answers against the engine's own on-time stride
+        # answers (`paths.py`); built once the prefetcher first says which arm it serves.
+        self.sources: AnswerSources | None = None
+        self.fast_answered = 0  # predicted reads whose issued proposals were the engine's stride answers
+        self._backlog: deque[tuple[Hashable, int]] = deque(maxlen=max_batch)  # drained, not yet given to it
         # `route` points the read path at `recorders` or at nothing; without one it records always (the caller
         # routed `recorders` itself).
         self.windows = (RecordingWindows(route, self.recorders, self.coordinator.horizon, max_batch)
@@ -135,52 +143,85 @@ class PrefetchEngine:
         """Record one read; the service calls `recorders` directly, which skips this frame."""
         self.log.append(key, hit)
 
-    def step(self, emit: Emit | None = None) -> list[tuple[Hashable, Predictions]]:
+    def step(self, emit: Emit | None = None, learn: bool = True) -> list[tuple[Hashable, Predictions]]:
         """Drain the log, settle every access, and predict from the newest `max_batch` of them (blocking: run
-        it off the event loop).
+        it off the event loop); returns the serving source's proposals.
 
-        `emit` is handed each chunk's proposals, with how many of the batch's reads came after them, as soon as
-        the chunk is predicted (the worker issues them from there instead of waiting for the whole step:
-        under load a step takes tens of milliseconds, thousands of reads)."""
+        `emit` is handed each chunk's proposals, with how many of the batch's reads came after them and their
+        source, as soon as the chunk is predicted (the worker issues them from there instead of waiting for the
+        whole step: under load a step takes tens of milliseconds, thousands of reads).
+
+        With answer sources (a prefetcher with arms), the engine's stride answers the newest reads at once, and
+        the prefetcher predicts from the reads drained since it last did (at most `max_batch`; a `CHUNK` while
+        the stride answers are the ones issued) only if `learn`: its CPU budget has credit."""
         thread_started, offloaded_started = time.thread_time(), self.prefetcher.offloaded_cpu_s
         batch = self.log.drain()
         self.last_drained = len(batch)
-        if not batch:
+        if not batch and not (learn and self._backlog):
             return []
-        coordinator = self.coordinator
+        coordinator, sources = self.coordinator, self.sources
         for key, hit in batch:
             coordinator.on_access(key, hit)
+        if sources is not None:
+            for key, _ in batch:
+                sources.on_access(key)
+            sources.rescore()
         self._check_drift()
         if len(batch) > self.max_batch:
             self.unpredicted += len(batch) - self.max_batch
             batch = batch[-self.max_batch :]
-        ids = [self.codec.encode(key) for key, _ in batch]  # type: ignore[arg-type]
+        todo = [(key, self.codec.encode(key)) for key, _ in batch]  # type: ignore[arg-type]
         out: list[tuple[Hashable, Predictions]] = []
-        started = time.perf_counter()
-        for begin in range(0, len(ids), CHUNK):
-            with self.model_lock:
-                proposals = self.prefetcher.access_batch(ids[begin : begin + CHUNK])
-            chunk = [(key, props) for (key, _), props in zip(batch[begin : begin + CHUNK], proposals, strict=True)]
-            out += chunk
+        if sources is not None:
+            fast = [(key, props) for (key, _), props in zip(todo, sources.fast.access_batch([i for _, i in todo]),
+                                                           strict=True)]
             if emit is not None:
-                emit(chunk, max(0, len(ids) - begin - CHUNK))
+                emit(fast, 0, FAST)
+            if sources.serving == FAST:
+                out = fast
+                self.fast_answered += len(fast)
+            self._backlog.extend(todo)
+            todo = []
+            if learn:
+                todo = list(self._backlog)[-CHUNK:] if sources.serving == FAST else list(self._backlog)
+                self._backlog.clear()
+        started = time.perf_counter()
+        for begin in range(0, len(todo), CHUNK):
+            part = todo[begin : begin + CHUNK]
+            with self.model_lock:
+                proposals = self.prefetcher.access_batch([i for _, i in part])
+            chunk = [(key, props) for (key, _), props in zip(part, proposals, strict=True)]
+            if emit is not None:
+                emit(chunk, max(0, len(todo) - begin - CHUNK), MODEL)
+            if sources is None or sources.serving == MODEL:
+                out += chunk
             time.sleep(0)  # let the event loop take the interpreter lock between chunks
         self.step_seconds += time.perf_counter() - started
         self.steps += 1
-        self.predicted += len(ids)
+        self.predicted += len(out)
         self.last_step_cpu_s = time.thread_time() - thread_started
         self.last_step_offloaded_s = self.prefetcher.offloaded_cpu_s - offloaded_started
+        if sources is None and self.prefetcher.serving_arm is not None:
+            self.sources = AnswerSources(coordinator, self.prefetcher.lead)
         return out
 
-    def issue(self, proposals: list[tuple[Hashable, Predictions]], reads_after: int = 0) -> int:
+    def issue(self, proposals: list[tuple[Hashable, Predictions]], reads_after: int = 0, source: str = MODEL) -> int:
         """Hand proposals to the coordinator (on the event loop); returns how many prefetches started.
 
         `reads_after`: reads of the step's batch that came after the last of these; with the reads logged since
-        the drain, it is how late the proposals are."""
+        the drain, it is how late the proposals are. `source`: whose they are (`paths.py`): with answer
+        sources, both are scored and only the serving one's issued."""
         if self._stopped.is_set():  # a chunk handed over while the engine was stopping: nothing may start now
             return 0
-        windows = self.windows
         logged = len(self.log)  # reads logged since the drain (all of them while the ring has room)
+        sources = self.sources
+        if sources is not None:
+            for _, props in proposals:
+                if props:
+                    sources.score(source, props, logged)
+            if source != sources.serving or self.prefetcher.serving_arm == NO_PREFETCH:
+                return 0
+        windows = self.windows
         arrived = windows.reads_since_step() if windows is not None and windows.sampling else logged
         n = len(proposals)
         self.issue_lag_reads += n * (arrived + reads_after) + n * (n - 1) // 2
@@ -224,18 +265,18 @@ class PrefetchEngine:
         """The background worker; returns after `stop()`. A step that fails is logged and the worker goes on."""
         loop = asyncio.get_running_loop()
 
-        def emit(chunk: list[tuple[Hashable, Predictions]], reads_after: int) -> None:
-            loop.call_soon_threadsafe(self.issue, chunk, reads_after)  # each chunk's proposals, as they come
+        def emit(chunk: list[tuple[Hashable, Predictions]], reads_after: int, source: str) -> None:
+            loop.call_soon_threadsafe(self.issue, chunk, reads_after, source)  # each chunk's proposals, as they come
 
         while not self._stopped.is_set():
-            rest = max(self.cpu.wait_s(), self.process_cpu.wait_s())
+            rest, learn = self._wait_s()
             if not rest:
                 self.last_step_cpu_s = self.last_step_offloaded_s = 0.0
                 unpredicted = self.unpredicted
                 if self.windows is not None:
                     self.windows.step_starting()
                 try:
-                    proposals = await asyncio.to_thread(self.step, emit)
+                    proposals = await asyncio.to_thread(self.step, emit, learn)
                 except Exception as err:  # reads are still served; prefetching resumes with the next step
                     self.failures += 1
                     log.error("prefetch step failed (%d so far): %s", self.failures, err)
@@ -248,11 +289,20 @@ class PrefetchEngine:
                     rest = busy_interval if behind else 0.0 if proposals else interval
                 self.cpu.charge(self.last_step_cpu_s)
                 self.process_cpu.charge(self.last_step_offloaded_s)
-                rest = max(rest, self.cpu.wait_s(), self.process_cpu.wait_s())
+                rest = max(rest, self._wait_s()[0])
             if rest and self.windows is not None:
                 await self.windows.idle(rest, self._rest)
             elif rest:
                 await self._rest(rest)
+
+    def _wait_s(self) -> tuple[float, bool]:
+        """How long until the next step may start, and whether the prefetcher computes in it. Both budgets must
+        have credit, unless the engine has answer sources: its stride answers need only the worker thread's,
+        and the prefetcher joins the steps its own budget pays for."""
+        thread_s, offloaded_s = self.cpu.wait_s(), self.process_cpu.wait_s()
+        if self.sources is not None:
+            return thread_s, not offloaded_s
+        return max(thread_s, offloaded_s), True
 
     async def _rest(self, seconds: float) -> bool:
         """Wait `seconds`, or until stopped; True when stopped."""

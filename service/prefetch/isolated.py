@@ -76,7 +76,7 @@ def _handle(prefetchers: dict[int, Prefetcher], ident: int, op: str, arg: Any) -
         return None
     prefetcher = prefetchers[ident]
     if op == "access":
-        return [[tuple(p) for p in props] for props in prefetcher.access_batch(arg)]
+        return [[tuple(p) for p in props] for props in prefetcher.access_batch(arg)], prefetcher.serving_arm
     if op == "state_dict":
         return _on_cpu(prefetcher.state_dict())  # type: ignore[attr-defined]
     if op == "load_state_dict":
@@ -214,6 +214,7 @@ class ProcessPrefetcher(Prefetcher):
         self._ident = next(_ids)
         self._spec = (inner, lead, device, cache)
         self._child_cpu_s = 0.0
+        self._serving_arm: str | None = None
         self.host.create(self._ident, self._spec)
 
     @property
@@ -225,11 +226,17 @@ class ProcessPrefetcher(Prefetcher):
         self._child_cpu_s += cpu_s
         return result
 
+    @property
+    def serving_arm(self) -> str | None:
+        """The child's prefetcher's serving arm, as of the last batch."""
+        return self._serving_arm
+
     def access(self, key: int) -> Predictions:
         return self.access_batch([key])[0]
 
     def access_batch(self, keys: Sequence[int]) -> list[Predictions]:
-        return [[Prediction(*p) for p in props] for props in self._call("access", list(keys))]
+        proposals, self._serving_arm = self._call("access", list(keys))
+        return [[Prediction(*p) for p in props] for props in proposals]
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = self._call("state_dict")

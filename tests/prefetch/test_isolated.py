@@ -86,10 +86,13 @@ def test_a_learned_models_checkpoint_crosses_the_process_boundary_on_the_cpu() -
     cache = CacheModel(capacity=64)
     source = ProcessPrefetcher("learned", cache=cache)
     target = ProcessPrefetcher("learned", cache=cache, host=source.host)
+    source_arms = ("stride", "markov", "network", "none")
+    assert source.serving_arm is None  # no batch yet
     try:
         reads = STRIDED * 6
         for begin in range(0, len(reads), 128):  # as the engine sends them; a batch is labelled once it has passed
             source.access_batch(reads[begin : begin + 128])
+        assert source.serving_arm in source_arms  # the child's choice crosses with each batch
         state = source.state_dict()
         assert state["labelled"] > 2048
         weights = state["model"]

@@ -191,7 +191,7 @@ def test_a_step_hands_over_each_chunk_as_it_is_predicted() -> None:
     for i in range(300):
         engine.on_access(f"obj:{i:04d}".encode(), hit=False)
     emitted: list[tuple[list, int]] = []
-    proposals = engine.step(lambda chunk, reads_after: emitted.append((chunk, reads_after)))
+    proposals = engine.step(lambda chunk, reads_after, source: emitted.append((chunk, reads_after)))
     assert [len(chunk) for chunk, _ in emitted] == [CHUNK, CHUNK, 300 - 2 * CHUNK]
     assert [after for _, after in emitted] == [300 - CHUNK, 300 - 2 * CHUNK, 0]
     assert [pair for chunk, _ in emitted for pair in chunk] == proposals

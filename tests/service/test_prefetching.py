@@ -52,6 +52,8 @@ def test_stride_prefetch_turns_a_sequential_scan_into_hits(sequential_origin: Pa
     assert 'foresight_prefetch_used_total{arm="stride",tenant="default"}' in metrics
     assert 'foresight_cache_prefetch_hits_total{tenant="default"}' in metrics
     assert 'foresight_prefetch_unpredicted_total{arm="stride",tenant="default"} 0.0' in metrics  # a slow scan
+    # A prefetcher without arms is issued as it is: the engine runs no stride of its own beside it.
+    assert 'foresight_prefetch_fast_answered_total{arm="stride",tenant="default"} 0.0' in metrics
     predicted = re.search(r'^foresight_prefetch_predicted_total\{arm="stride",tenant="default"\} (\S+)$', metrics, re.M)
     assert predicted is not None and float(predicted.group(1)) >= 190  # all 200 reads, the last few perhaps not yet
     logged = re.search(r'^foresight_prefetch_logged_total\{arm="stride",tenant="default"\} (\S+)$', metrics, re.M)
@@ -71,6 +73,7 @@ def test_learned_prefetcher_runs_on_cpu_in_the_service(sequential_origin: Path, 
         running = svc.state.prefetch.running["default"]
         assert running.arm == "learned"
         assert running.engine.steps > 0 and running.engine.step_seconds > 0
+        assert running.engine.sources is not None  # it serves one of its arms: its own stride answers beside it
         host = getattr(running.engine.prefetcher, "host", None)
         child = host.pid if host is not None else None
         assert (child is not None and child != os.getpid()) == (isolation == "auto")  # auto: learned in the process

@@ -216,6 +216,12 @@ class LearnedPrefetcher(Prefetcher):
     def warmed_up(self) -> bool:
         return self.labelled >= self.config.warmup
 
+    @property
+    def serving_arm(self) -> str:
+        if not self.use_experts:
+            return "network"
+        return self.selector.serving if self.selector is not None else self.chosen
+
     def access(self, key: int) -> Predictions:
         return self.access_batch([key])[0]
 

@@ -1,0 +1,145 @@
+"""The engine's choice between a prefetcher's own answers and its on-time stride answers (`paths.py`)."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+from service.prefetch.base import Prediction, Predictions, Prefetcher
+from service.prefetch.coordinator import PrefetchBudget, PrefetchCoordinator
+from service.prefetch.engine import CHUNK, CpuBudget, PrefetchEngine
+from service.prefetch.paths import FAST, MODEL, AnswerSources
+
+
+class SyncCache:
+    """A target whose prefetches land at once."""
+
+    def __init__(self) -> None:
+        self.data: set[Hashable] = set()
+        self.prefetched: list[Hashable] = []
+
+    def is_resident(self, key: Hashable) -> bool:
+        return key in self.data
+
+    def in_flight(self, key: Hashable) -> bool:
+        return False
+
+    def prefetch(self, key: Hashable) -> None:
+        self.prefetched.append(key)
+        self.data.add(key)
+
+
+def test_the_source_whose_proposals_are_read_takes_over() -> None:
+    sources = AnswerSources(PrefetchCoordinator(SyncCache(), PrefetchBudget()), lead=0)
+    assert sources.serving == MODEL
+    for i in range(200):
+        sources.on_access(i)
+        sources.score(MODEL, [Prediction(10**6 + i, 0.9)], 0)  # never read
+        sources.score(FAST, [Prediction(i + 1, 0.9)], 0)  # the next read
+        sources.rescore()
+    assert sources.serving == FAST
+    assert sources.scores[FAST] > 100 > 0 > sources.scores[MODEL]
+    assert sources.switches == 1
+
+
+def test_a_key_the_engine_prefetched_and_nobody_read_does_not_discount_the_other_source() -> None:
+    cache = SyncCache()
+    coordinator = PrefetchCoordinator(cache, PrefetchBudget())
+    sources = AnswerSources(coordinator, lead=0)
+    coordinator.consider([Prediction(7, 0.9)])  # the serving source's prefetch: 7 is resident now, unread
+    assert cache.is_resident(7)
+    sources.score(MODEL, [Prediction(7, 0.9)], 0)
+    sources.score(FAST, [Prediction(7, 0.9)], 0)
+    sources.on_access(7)
+    coordinator.on_access(7, True)
+    cache.data.add(8)  # resident by a read, not by a prefetch: proposing it is worth nothing
+    sources.score(MODEL, [Prediction(8, 0.9)], 0)
+    sources.on_access(8)
+    sources.rescore()
+    assert sources.scores == {MODEL: 1.0, FAST: 1.0}
+
+
+class Armed(Prefetcher):
+    """A prefetcher with arms whose answers are never read (none while it serves no arm, as the learned one);
+    records what it was asked."""
+
+    name = "armed"
+
+    def __init__(self, serving: str = "network") -> None:
+        super().__init__(lead=0)
+        self.serving = serving
+        self.calls: list[list[int]] = []
+
+    @property
+    def serving_arm(self) -> str:
+        return self.serving
+
+    def access(self, key: int) -> Predictions:
+        raise AssertionError("the engine asks in batches")
+
+    def access_batch(self, keys: Sequence[int]) -> list[Predictions]:
+        self.calls.append(list(keys))
+        if self.serving == "none":
+            return [[] for _ in keys]
+        return [[Prediction(key + 50_000, 0.9)] for key in keys]  # obj:5xxxx, never read here
+
+
+def _run_steps(engine: PrefetchEngine, reads: range, per_step: int = 1) -> None:
+    cache = engine.coordinator.target
+    assert isinstance(cache, SyncCache)
+    for begin in range(reads.start, reads.stop, per_step):
+        for i in range(begin, begin + per_step):
+            key = f"obj:{i:05d}".encode()
+            engine.on_access(key, hit=key in cache.data)
+        engine.step(engine.issue)
+
+
+def test_the_engine_issues_its_stride_answers_once_they_score_better() -> None:
+    cache = SyncCache()
+    engine = PrefetchEngine(cache, Armed(), PrefetchBudget(per_request=1))
+    _run_steps(engine, range(0, 2000))
+    assert engine.sources is not None and engine.sources.serving == FAST
+    assert engine.sources.scores[MODEL] < 0 < engine.sources.scores[FAST]
+    assert engine.fast_answered > 1900
+    assert cache.prefetched[-1] == b"obj:02000"  # stride's answer to the last read, not the model's (obj:51999)
+    assert engine.coordinator.stats.used > 1900
+
+
+def test_nothing_is_issued_while_the_prefetcher_serves_no_arm() -> None:
+    cache = SyncCache()
+    engine = PrefetchEngine(cache, Armed(serving="none"), PrefetchBudget(per_request=1))
+    _run_steps(engine, range(0, 1000))
+    assert engine.sources is not None
+    assert cache.prefetched == []  # the engine's stride answers are not issued either
+
+
+def test_steps_without_the_prefetchers_budget_leave_it_the_newest_reads_for_later() -> None:
+    armed = Armed()
+    engine = PrefetchEngine(SyncCache(), armed, PrefetchBudget(per_request=1), max_batch=300)
+    _run_steps(engine, range(0, 8), per_step=8)  # the first step: the engine learns the prefetcher has arms
+    assert engine.sources is not None and engine.sources.serving == MODEL
+    armed.calls.clear()
+    for begin in range(8, 408, 100):
+        for i in range(begin, begin + 100):
+            engine.on_access(f"obj:{i:05d}".encode(), hit=False)
+        engine.step(engine.issue, learn=False)
+    assert armed.calls == []
+    engine.step(engine.issue)
+    asked = [key for call in armed.calls for key in call]
+    assert len(asked) == 300 and max(len(call) for call in armed.calls) == CHUNK  # the newest max_batch, in chunks
+    assert asked == [engine.codec.encode(f"obj:{i:05d}".encode()) for i in range(108, 408)]
+    engine.sources.serving = FAST
+    engine.sources.rescore = lambda: FAST  # type: ignore[method-assign]
+    armed.calls.clear()
+    _run_steps(engine, range(408, 708), per_step=300)
+    assert [len(call) for call in armed.calls] == [CHUNK]  # while stride answers, it only learns from a chunk
+
+
+def test_the_stride_answers_need_only_the_worker_threads_budget() -> None:
+    child = CpuBudget(0.1)
+    child.charge(1.0)  # ten seconds of waiting
+    engine = PrefetchEngine(SyncCache(), Armed(), PrefetchBudget(per_request=1), cpu=CpuBudget(1.0),
+                            process_cpu=child)
+    wait_s, learn = engine._wait_s()
+    assert wait_s > 5 and learn
+    _run_steps(engine, range(0, 8))
+    assert engine._wait_s() == (0.0, False)
