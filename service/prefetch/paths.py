@@ -4,15 +4,27 @@ The learned prefetcher picks among its arms with shadow caches (`shadow.py`), on
 its answers came at once. Live they come late whenever it is behind: on the dev box at 1,000 reads a second its
 proposals reached the coordinator 150-210 reads after the read they came from, and on lirs-ps the learned
 engine kept 0.37 of reads as hits where the stride engine, answering in its worker thread 2-3 reads late, kept
-0.79 (`foresight bench live-replay`). A late answer is judged by the shadows as if it were on time.
+0.79 (`foresight bench live-replay`). The shadows judge a late answer as if it were on time.
 
-So the engine of a prefetcher with arms also runs its own stride prefetcher on the newest reads of every drain
-(a few microseconds a read, in the worker thread), and scores both sources of proposals on the reads that
-follow their issue: the coordinator's own settlement run on books that fetch nothing (`used` within the
-horizon, `wasted` otherwise), net usefulness at the threshold's break-even (a wasted prefetch costs
-threshold / (1 - threshold) of a used one), decayed. The better source's proposals are issued; the other is
-only scored. Where the prefetcher serves no arm at all (its shadows say prefetching hurts this cache), neither
-is issued.
+So the engine of a prefetcher with arms also runs its own stride prefetcher on the newest reads of its drains
+(a few microseconds a read, in the worker thread), scores both sources of proposals live, and chooses whose
+to issue:
+
+- the engine's stride has not been useful lately (its score below, at most zero): the prefetcher's. It then
+  answers only every `PROBE_EVERY`-th step, and the engine steps when both CPU budgets allow, as it did
+  without it: on keys without order (redis-benchmark's) answering every step cost a 2-core server 7-16 % of
+  its GET rate for nothing;
+- the prefetcher serves its stride arm: the engine's stride, the same arm without the trip through it;
+- the prefetcher's answers come within `lead + 1` reads of their read (a decayed mean): its own, since its
+  prefetches can still land before the read they aim at, and its shadows' verdict on the arms holds;
+- else whichever scores better live. Both sources' proposals are settled on the reads that follow their issue
+  by the coordinator's own rule, on books that fetch nothing (`used` within the horizon, `wasted` otherwise),
+  net usefulness at the threshold's break-even (a wasted prefetch costs threshold / (1 - threshold) of a used
+  one), decayed; the other source must lead by a margin. The score does not see what the cache does with a
+  prefetch (an entry evicted before its read still counts as used), which is why it decides only between late
+  answers and on-time ones.
+
+Where the prefetcher serves no arm at all (its shadows say prefetching hurts this cache), nothing is issued.
 """
 
 from __future__ import annotations
@@ -27,6 +39,9 @@ from service.prefetch.stride import StridePrefetcher
 FAST = "fast"  # the engine's own stride prefetcher
 MODEL = "model"  # the prefetcher's answers
 SOURCES = (MODEL, FAST)
+FAST_ARM = "stride"  # the arm of the prefetcher's that FAST copies
+LAG_HALF_LIFE = 256  # reads over which the prefetcher's measured lag loses half its weight
+PROBE_EVERY = 8  # steps between answers of the engine's stride while they are not useful
 
 
 class _Unfetched:
@@ -50,7 +65,8 @@ class _Unfetched:
 
 
 class AnswerSources:
-    """Scores the prefetcher's answers and the engine's stride answers live; `serving` is the one to issue."""
+    """The prefetcher's answers and the engine's stride answers, their lag and live scores; `serving` is the
+    source to issue."""
 
     def __init__(self, coordinator: PrefetchCoordinator, lead: int, half_life: int = 1024,
                  margin: float = 1.0) -> None:
@@ -66,6 +82,8 @@ class AnswerSources:
         self._reads = 0  # reads since the last rescore
         self.serving = MODEL  # until the stride answers have shown themselves better
         self.switches = 0
+        self.model_lag = 0.0  # decayed mean: reads between a read and the prefetcher's answers to it
+        self._steps = 0
 
     def on_access(self, key: Hashable) -> None:
         """A read settled: it settles the scored proposals of either source it was read after."""
@@ -80,8 +98,32 @@ class AnswerSources:
         for key, _ in book.consider(proposals, reads_since):
             book.completed(key)
 
-    def rescore(self) -> str:
-        """Fold the settlements since the last call into the scores; returns the source to serve."""
+    def note_lag(self, source: str, reads: int, mean_lag: float) -> None:
+        """`reads` of `source`'s answers reached the engine `mean_lag` reads after their read, on average."""
+        if source == MODEL and reads:
+            keep = 0.5 ** (reads / LAG_HALF_LIFE)
+            self.model_lag = self.model_lag * keep + mean_lag * (1.0 - keep)
+
+    @property
+    def model_on_time(self) -> bool:
+        """Whether the prefetcher's answers come before the read they aim at (`lead + 1` reads on)."""
+        return self.model_lag <= self.fast.distance
+
+    @property
+    def fast_useful(self) -> bool:
+        """Whether the engine's stride answers have been worth more than they wasted lately."""
+        return self.scores[FAST] > 0
+
+    def fast_due(self) -> bool:
+        """Whether the engine's stride answers this step: always while they are useful, else every
+        `PROBE_EVERY`-th step (on keys without order, it proposes nothing worth issuing, and each answer costs
+        the worker thread, under the interpreter lock, a few microseconds)."""
+        self._steps += 1
+        return self.fast_useful or self._steps % PROBE_EVERY == 0
+
+    def rescore(self, arm: str | None) -> str:
+        """Fold the settlements since the last call into the scores; returns the source to serve, given the
+        prefetcher's serving `arm`."""
         decay = 0.5 ** (self._reads / self._half_life)
         self._reads = 0
         for name, book in self._books.items():
@@ -89,8 +131,16 @@ class AnswerSources:
             seen_used, seen_wasted = self._counted[name]
             self._counted[name] = used, wasted
             self.scores[name] = self.scores[name] * decay + (used - seen_used) - self._cost * (wasted - seen_wasted)
-        other = FAST if self.serving == MODEL else MODEL
-        if self.scores[other] > self.scores[self.serving] + self._margin:
-            self.serving = other
-            self.switches += 1
-        return self.serving
+        if not self.fast_useful:
+            serving = MODEL
+        elif arm == FAST_ARM:
+            serving = FAST  # the same arm, answered sooner
+        elif self.model_on_time:
+            serving = MODEL  # its shadows chose the arm for this cache; on time, their verdict holds
+        else:
+            other = FAST if self.serving == MODEL else MODEL
+            better = self.scores[other] > self.scores[self.serving] + self._margin
+            serving = other if better else self.serving
+        self.switches += serving != self.serving
+        self.serving = serving
+        return serving

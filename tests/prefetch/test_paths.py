@@ -7,7 +7,7 @@ from collections.abc import Hashable, Sequence
 from service.prefetch.base import Prediction, Predictions, Prefetcher
 from service.prefetch.coordinator import PrefetchBudget, PrefetchCoordinator
 from service.prefetch.engine import CHUNK, CpuBudget, PrefetchEngine
-from service.prefetch.paths import FAST, MODEL, AnswerSources
+from service.prefetch.paths import FAST, MODEL, PROBE_EVERY, AnswerSources
 
 
 class SyncCache:
@@ -28,17 +28,32 @@ class SyncCache:
         self.data.add(key)
 
 
-def test_the_source_whose_proposals_are_read_takes_over() -> None:
-    sources = AnswerSources(PrefetchCoordinator(SyncCache(), PrefetchBudget()), lead=0)
-    assert sources.serving == MODEL
-    for i in range(200):
+def _score_useless_model_and_useful_stride(sources: AnswerSources, arm: str, reads: range) -> None:
+    for i in reads:
         sources.on_access(i)
         sources.score(MODEL, [Prediction(10**6 + i, 0.9)], 0)  # never read
         sources.score(FAST, [Prediction(i + 1, 0.9)], 0)  # the next read
-        sources.rescore()
+        sources.rescore(arm)
+
+
+def test_while_the_prefetcher_is_late_the_source_whose_proposals_are_read_takes_over() -> None:
+    sources = AnswerSources(PrefetchCoordinator(SyncCache(), PrefetchBudget()), lead=4)
+    assert sources.serving == MODEL and sources.model_on_time
+    sources.note_lag(MODEL, 1024, 40.0)
+    assert not sources.model_on_time
+    _score_useless_model_and_useful_stride(sources, "network", range(200))
     assert sources.serving == FAST
     assert sources.scores[FAST] > 100 > 0 > sources.scores[MODEL]
     assert sources.switches == 1
+
+
+def test_an_on_time_prefetcher_keeps_its_arm_and_its_stride_arm_is_answered_sooner() -> None:
+    sources = AnswerSources(PrefetchCoordinator(SyncCache(), PrefetchBudget()), lead=4)
+    sources.note_lag(MODEL, 1024, 4.0)  # within lead + 1 reads: its prefetches can still land in time
+    _score_useless_model_and_useful_stride(sources, "network", range(200))
+    assert sources.scores[FAST] > sources.scores[MODEL] and sources.serving == MODEL  # its shadows' verdict holds
+    assert sources.rescore("stride") == FAST  # the same arm, without the trip through the prefetcher
+    assert sources.rescore("markov") == MODEL
 
 
 def test_a_key_the_engine_prefetched_and_nobody_read_does_not_discount_the_other_source() -> None:
@@ -54,7 +69,7 @@ def test_a_key_the_engine_prefetched_and_nobody_read_does_not_discount_the_other
     cache.data.add(8)  # resident by a read, not by a prefetch: proposing it is worth nothing
     sources.score(MODEL, [Prediction(8, 0.9)], 0)
     sources.on_access(8)
-    sources.rescore()
+    sources.rescore("network")
     assert sources.scores == {MODEL: 1.0, FAST: 1.0}
 
 
@@ -83,20 +98,25 @@ class Armed(Prefetcher):
         return [[Prediction(key + 50_000, 0.9)] for key in keys]  # obj:5xxxx, never read here
 
 
-def _run_steps(engine: PrefetchEngine, reads: range, per_step: int = 1) -> None:
+def _run_steps(engine: PrefetchEngine, reads: range, per_step: int = 1, model_late_by: int = 0) -> None:
+    """Reads in steps; the prefetcher's answers reach the event loop `model_late_by` reads after their step."""
     cache = engine.coordinator.target
     assert isinstance(cache, SyncCache)
+
+    def emit(chunk: list[tuple[Hashable, Predictions]], reads_after: int, source: str) -> None:
+        engine.issue(chunk, reads_after + (model_late_by if source == MODEL else 0), source)
+
     for begin in range(reads.start, reads.stop, per_step):
         for i in range(begin, begin + per_step):
             key = f"obj:{i:05d}".encode()
             engine.on_access(key, hit=key in cache.data)
-        engine.step(engine.issue)
+        engine.step(emit)
 
 
-def test_the_engine_issues_its_stride_answers_once_they_score_better() -> None:
+def test_the_engine_issues_its_stride_answers_while_the_prefetcher_is_late_and_they_score_better() -> None:
     cache = SyncCache()
     engine = PrefetchEngine(cache, Armed(), PrefetchBudget(per_request=1))
-    _run_steps(engine, range(0, 2000))
+    _run_steps(engine, range(0, 2000), model_late_by=100)
     assert engine.sources is not None and engine.sources.serving == FAST
     assert engine.sources.scores[MODEL] < 0 < engine.sources.scores[FAST]
     assert engine.fast_answered > 1900
@@ -104,11 +124,19 @@ def test_the_engine_issues_its_stride_answers_once_they_score_better() -> None:
     assert engine.coordinator.stats.used > 1900
 
 
+def test_an_on_time_prefetchers_answers_are_issued() -> None:
+    cache = SyncCache()
+    engine = PrefetchEngine(cache, Armed(), PrefetchBudget(per_request=1))
+    _run_steps(engine, range(0, 500))
+    assert engine.sources is not None and engine.sources.serving == MODEL and engine.fast_answered == 0
+    assert cache.prefetched[-1] == b"obj:50499"
+
+
 def test_nothing_is_issued_while_the_prefetcher_serves_no_arm() -> None:
     cache = SyncCache()
     engine = PrefetchEngine(cache, Armed(serving="none"), PrefetchBudget(per_request=1))
-    _run_steps(engine, range(0, 1000))
-    assert engine.sources is not None
+    _run_steps(engine, range(0, 1000), model_late_by=100)
+    assert engine.sources is not None and engine.sources.serving == FAST
     assert cache.prefetched == []  # the engine's stride answers are not issued either
 
 
@@ -128,18 +156,41 @@ def test_steps_without_the_prefetchers_budget_leave_it_the_newest_reads_for_late
     assert len(asked) == 300 and max(len(call) for call in armed.calls) == CHUNK  # the newest max_batch, in chunks
     assert asked == [engine.codec.encode(f"obj:{i:05d}".encode()) for i in range(108, 408)]
     engine.sources.serving = FAST
-    engine.sources.rescore = lambda: FAST  # type: ignore[method-assign]
+    engine.sources.rescore = lambda arm: FAST  # type: ignore[method-assign]
     armed.calls.clear()
     _run_steps(engine, range(408, 708), per_step=300)
     assert [len(call) for call in armed.calls] == [CHUNK]  # while stride answers, it only learns from a chunk
 
 
-def test_the_stride_answers_need_only_the_worker_threads_budget() -> None:
+def test_useful_stride_answers_need_only_the_worker_threads_budget() -> None:
     child = CpuBudget(0.1)
     child.charge(1.0)  # ten seconds of waiting
     engine = PrefetchEngine(SyncCache(), Armed(), PrefetchBudget(per_request=1), cpu=CpuBudget(1.0),
                             process_cpu=child)
-    wait_s, learn = engine._wait_s()
-    assert wait_s > 5 and learn
     _run_steps(engine, range(0, 8))
+    wait_s, learn = engine._wait_s()
+    assert wait_s > 5 and learn  # not useful yet: the engine waits for both budgets, as without them
+    _run_steps(engine, range(8, 300))
+    assert engine.sources is not None and engine.sources.fast_useful
     assert engine._wait_s() == (0.0, False)
+
+
+def test_stride_answers_that_are_not_useful_come_only_every_few_steps() -> None:
+    engine = PrefetchEngine(SyncCache(), Armed(), PrefetchBudget(per_request=1))
+    _run_steps(engine, range(0, 1))
+    assert engine.sources is not None
+    asked: list[int] = []
+    answer = engine.sources.fast.access_batch
+
+    def counted(keys: Sequence[int]) -> list[Predictions]:
+        asked.extend(keys)
+        return answer(keys)
+
+    engine.sources.fast.access_batch = counted  # type: ignore[method-assign]
+    cache = engine.coordinator.target
+    assert isinstance(cache, SyncCache)
+    for i in range(800):  # keys without order: stride's guesses are never read
+        engine.on_access(f"obj:{(i * 7919) % 99991:05d}".encode(), hit=False)
+        engine.step(engine.issue)
+    assert not engine.sources.fast_useful and engine.fast_answered == 0
+    assert len(asked) == 800 // PROBE_EVERY
