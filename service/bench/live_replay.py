@@ -45,7 +45,7 @@ class LiveFigure:
     used: int
     predicted: float  # share of the reads the engine predicted from
     lag_reads: float  # mean reads between a predicted read and its proposals' issue
-    fast_share: float  # share of the predicted reads answered by the engine's own stride (paths.py)
+    fast_share: float  # share of the predicted reads answered by the engine's own stride (answers.py)
 
 
 def key_names(keys: Sequence[int]) -> list[bytes]:

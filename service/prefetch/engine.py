@@ -14,7 +14,8 @@ takes a core, not the lock, so where cores are spare it may take more); a step p
 `max_batch` of the newest accesses (older ones are still settled, just not predicted from: the log becomes a
 sample under load), the step gives the lock back between chunks, and a worker that is behind steps at most
 every `busy_interval`. A worker that is behind also records only the reads it settles and predicts from
-(`windows.py`).
+(`windows.py`). For a prefetcher with arms (the learned one) the engine also answers with a stride prefetcher of
+its own, issued when the prefetcher's answers come late and score worse live (`answers.py`).
 """
 
 from __future__ import annotations
@@ -33,18 +34,18 @@ from pathlib import Path
 from typing import Any
 
 from service.prefetch.access_log import DEFAULT_CAPACITY, AccessLog
+from service.prefetch.answers import FAST, MODEL, AnswerSources
 from service.prefetch.base import Predictions, Prefetcher
 from service.prefetch.coordinator import PrefetchBudget, PrefetchCoordinator, PrefetchTarget
 from service.prefetch.keys import KeyCodec
 from service.prefetch.mlops.drift import DriftDetector
-from service.prefetch.paths import FAST, MODEL, AnswerSources
 from service.prefetch.shadow import NO_PREFETCH
 from service.prefetch.windows import RecordingWindows, Route
 
 log = logging.getLogger(__name__)
 
 CHUNK = 128  # accesses predicted between two releases of the interpreter lock
-FAST_READS = 32  # the newest reads of a drain the engine's own stride answers (`paths.py`)
+FAST_READS = 32  # the newest reads of a drain the engine's own stride answers (`answers.py`)
 Emit = Callable[[list[tuple[Hashable, Predictions]], int, str], Any]
 
 
@@ -128,7 +129,7 @@ class PrefetchEngine:
         self.issue_lag_reads = 0
         self.last_drained = 0
         # For a prefetcher with arms (the learned one): its answers against the engine's own on-time stride
-        # answers (`paths.py`); built once the prefetcher first says which arm it serves.
+        # answers (`answers.py`); built once the prefetcher first says which arm it serves.
         self.sources: AnswerSources | None = None
         self.fast_answered = 0  # predicted reads whose issued proposals were the engine's stride answers
         self._backlog: deque[tuple[Hashable, int]] = deque(maxlen=max_batch)  # drained, not yet given to it
@@ -212,7 +213,7 @@ class PrefetchEngine:
         """Hand proposals to the coordinator (on the event loop); returns how many prefetches started.
 
         `reads_after`: reads of the step's batch that came after the last of these; with the reads logged since
-        the drain, it is how late the proposals are. `source`: whose they are (`paths.py`): with answer
+        the drain, it is how late the proposals are. `source`: whose they are (`answers.py`): with answer
         sources, both are scored and only the serving one's issued."""
         if self._stopped.is_set():  # a chunk handed over while the engine was stopping: nothing may start now
             return 0
@@ -305,7 +306,7 @@ class PrefetchEngine:
 
     def _wait_s(self) -> tuple[float, bool]:
         """How long until the next step may start, and whether the prefetcher computes in it. Both budgets must
-        have credit, unless the engine's own stride answers are useful (`paths.py`): they need only the worker
+        have credit, unless the engine's own stride answers are useful (`answers.py`): they need only the worker
         thread's, and the prefetcher joins the steps its own budget pays for."""
         thread_s, offloaded_s = self.cpu.wait_s(), self.process_cpu.wait_s()
         if self.sources is not None and self.sources.fast_useful:

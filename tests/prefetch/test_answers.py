@@ -1,13 +1,13 @@
-"""The engine's choice between a prefetcher's own answers and its on-time stride answers (`paths.py`)."""
+"""The engine's choice between a prefetcher's own answers and its on-time stride answers (`answers.py`)."""
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
+from service.prefetch.answers import FAST, MODEL, PROBE_EVERY, AnswerSources
 from service.prefetch.base import Prediction, Predictions, Prefetcher
 from service.prefetch.coordinator import PrefetchBudget, PrefetchCoordinator
 from service.prefetch.engine import CHUNK, CpuBudget, PrefetchEngine
-from service.prefetch.paths import FAST, MODEL, PROBE_EVERY, AnswerSources
 
 
 class SyncCache:
