@@ -153,9 +153,9 @@ class PrefetchEngine:
         source, as soon as the chunk is predicted (the worker issues them from there instead of waiting for the
         whole step: under load a step takes tens of milliseconds, thousands of reads).
 
-        With answer sources (a prefetcher with arms), the engine's stride answers the newest `FAST_READS` at once, and
-        the prefetcher predicts from the reads drained since it last did (at most `max_batch`; a `CHUNK` while
-        the stride answers are the ones issued) only if `learn`: its CPU budget has credit."""
+        With answer sources (a prefetcher with arms), the engine's stride answers the newest `FAST_READS` at
+        once, and the prefetcher predicts from the reads drained since it last did (at most `max_batch`; a
+        `CHUNK` while the stride answers are the ones issued) only if `learn`: its CPU budget has credit."""
         thread_started, offloaded_started = time.thread_time(), self.prefetcher.offloaded_cpu_s
         batch = self.log.drain()
         self.last_drained = len(batch)
@@ -174,16 +174,16 @@ class PrefetchEngine:
             batch = batch[-self.max_batch :]
         todo = [(key, self.codec.encode(key)) for key, _ in batch]  # type: ignore[arg-type]
         out: list[tuple[Hashable, Predictions]] = []
-        if sources is not None and sources.fast_due():
-            newest = todo[-FAST_READS:]  # an older read's answers would aim at reads already served
-            fast = [(key, props) for (key, _), props in zip(newest, sources.fast.access_batch([i for _, i in newest]),
-                                                           strict=True)]
-            if emit is not None:
-                emit(fast, 0, FAST)
-            if sources.serving == FAST:
-                out = fast
-                self.fast_answered += len(fast)
         if sources is not None:
+            if sources.fast_due():
+                newest = todo[-FAST_READS:]  # an older read's answers would aim at reads already served
+                answers = sources.fast.access_batch([i for _, i in newest])
+                fast = [(key, props) for (key, _), props in zip(newest, answers, strict=True)]
+                if emit is not None:
+                    emit(fast, 0, FAST)
+                if sources.serving == FAST:
+                    out = fast
+                    self.fast_answered += len(fast)
             self._backlog.extend(todo)
             todo = []
             if learn:
