@@ -292,7 +292,8 @@ def live_replay(
     Replays the trace's keys as GETs against `foresight serve --dev` (a fresh server, cold cache and model, per
     prefetcher and rate) over a scratch directory origin holding every key, in order, paced, in pipelined
     batches, and prints the live hit ratio beside `bench replay`'s for the same trace, cache size and prefetcher (lead
-    0), with what the engine predicted from and how many reads late its proposals were issued.
+    0), with what the engine predicted from, how many reads late its proposals were issued, and the share of
+    them the engine's own stride answered (a learned engine whose answers came late).
     """
     from service.bench.live_replay import as_json as to_json
     from service.bench.live_replay import measure
