@@ -10,7 +10,7 @@ So the engine of a prefetcher with arms also runs its own stride prefetcher on t
 (a few microseconds a read, in the worker thread), scores both sources of proposals live, and chooses whose
 to issue:
 
-- the engine's stride has not been useful lately (its score below, at most zero): the prefetcher's. It then
+- the engine's stride has not been useful lately (its score at most zero): the prefetcher's. It then
   answers only every `PROBE_EVERY`-th step, and the engine steps when both CPU budgets allow, as it did
   without it: on keys without order (redis-benchmark's) answering every step cost a 2-core server 7-16 % of
   its GET rate for nothing;
