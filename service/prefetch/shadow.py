@@ -95,6 +95,14 @@ class KeyOnlyStore:
         keys.add(key)
         policy.admit(key, 1, prefetched=prefetched)
 
+    def read(self, key: Hashable) -> bool:
+        """A demand read: `get`, then `set` on a miss, in one call (a shadow does this for every request)."""
+        if key in self._keys:
+            self.policy.hit(key)
+            return True
+        self.set(key, b"")
+        return False
+
 
 Store = MemoryStore | KeyOnlyStore
 
@@ -141,9 +149,12 @@ class SimulatedCache:
 
     def read(self, key: Hashable) -> bool:
         """A demand read: a hit, or a miss that fetches the key and inserts it."""
-        if self.store.get(key) is not None:
+        store = self.store
+        if isinstance(store, KeyOnlyStore):
+            return store.read(key)
+        if store.get(key) is not None:
             return True
-        self.store.set(key, b"")
+        store.set(key, b"")
         return False
 
 
@@ -159,7 +170,9 @@ class CacheSimulation:
             else MemoryStore(capacity, model.policy, sizer=unit_size)
         )
         self.cache = SimulatedCache(store, model.lead, sample_rate)
-        self.coordinator = PrefetchCoordinator(self.cache, model.budget, horizon=model.horizon)
+        # A shadow is judged by its misses alone: its coordinator keeps no used/wasted books.
+        self._settles = not key_only
+        self.coordinator = PrefetchCoordinator(self.cache, model.budget, horizon=model.horizon if self._settles else 0)
         self.cache.on_landed = self.coordinator.completed
         self.requests = 0
 
@@ -174,7 +187,8 @@ class CacheSimulation:
         self.requests += 1
         cache.land_due()
         hit = cache.read(key)
-        self.coordinator.on_access(key, hit)
+        if self._settles:
+            self.coordinator.on_access(key, hit)
         if proposals:
             self.coordinator.consider(proposals)
         return hit

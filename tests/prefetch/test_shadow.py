@@ -11,7 +11,14 @@ from service.bench.traces import Trace
 from service.prefetch.base import Prediction, Predictions, Prefetcher
 from service.prefetch.learned.prefetcher import LearnedPrefetcher, TrainConfig
 from service.prefetch.markov import MarkovPrefetcher
-from service.prefetch.shadow import CacheModel, KeyOnlyStore, SelectorConfig, ShadowSelector, in_sample
+from service.prefetch.shadow import (
+    CacheModel,
+    CacheSimulation,
+    KeyOnlyStore,
+    SelectorConfig,
+    ShadowSelector,
+    in_sample,
+)
 from service.prefetch.stride import StridePrefetcher
 from service.store.memory import MemoryStore, unit_size
 from tests.prefetch.workloads import arm_miss_ratio, arm_proposals, phase_mix, selected_miss_ratio
@@ -166,3 +173,18 @@ def test_a_key_only_shadow_store_hits_and_misses_exactly_like_the_memory_store(p
         assert len(fast) == len(full)
     assert set(full.keys()) == {k for k in range(2_000) if k in fast}
     assert 0.2 < np.mean(outcomes) < 0.95  # both hits and misses were compared
+
+
+@pytest.mark.parametrize("lead", [0, 10])
+def test_a_shadow_simulation_misses_like_the_replays_and_keeps_no_books(lead: int) -> None:
+    # A shadow reads through KeyOnlyStore.read and keeps no used/wasted books; the replay's simulation does both
+    # the long way. Proposals (the next key, often already resident or in flight) exercise every skip.
+    rng = np.random.default_rng(5)
+    model = CacheModel(200, "s3fifo", lead)
+    shadow, replay = CacheSimulation(model, key_only=True), CacheSimulation(model)
+    for key in (int(k) for k in rng.zipf(1.3, 30_000) % 3_000):
+        proposals = [Prediction(key + 1, 0.9)]
+        assert shadow.request(key, proposals) == replay.request(key, proposals)
+    assert shadow.coordinator.stats.issued == replay.coordinator.stats.issued > 1_000
+    assert replay.coordinator.stats.used > 0 and shadow.coordinator.stats.used == 0
+    assert not shadow.coordinator.unsettled(key + 1) and not shadow.coordinator._recent
