@@ -118,13 +118,21 @@ class Settings(BaseSettings):
         None,
         gt=0,
         le=1,
-        description="Share of one core the prefetch child process may compute for all tenants (it does not hold "
-        "the server's lock); above it the access log is sampled. Unset: a whole core where the server may use 4 "
-        "or more (its CPU affinity and cgroup limit), else prefetch_cpu_share.",
+        description="Share of one core each prefetch child process may compute for the tenants it serves (it does "
+        "not hold the server's lock); above it the access log is sampled. Unset: a whole core where the server "
+        "may use 4 or more (its CPU affinity and cgroup limit), else prefetch_cpu_share.",
+    )
+    prefetch_processes: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Child processes the tenants' prefetchers are spread over (each computes on one core and "
+        "holds its own model runtime, about 360 MB with torch). Unset: one per 4 cores the server may use, at "
+        "least one. Started as tenants need them.",
     )
     prefetch_isolation: Literal["auto", "process", "thread"] = Field(
         "auto",
-        description="Where prefetchers compute: one child process for all tenants (the request path keeps the "
+        description="Where prefetchers compute: child processes shared by the tenants (the request path keeps the "
         "interpreter lock), the engine's worker thread (no extra process, but it shares the lock), or auto: "
         "the learned prefetcher in the process, the simple ones (cheaper than the trip to it) in the thread.",
     )

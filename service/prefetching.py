@@ -52,6 +52,16 @@ def process_share(settings: Settings) -> float:
     return 1.0 if available_cores() >= SPARE_CORE_FROM else settings.prefetch_cpu_share
 
 
+def process_count(settings: Settings) -> int:
+    """How many prefetch child processes tenants are spread over: as configured, else one per 4 cores the server
+    may use (each child computes on one core), at least one."""
+    if settings.prefetch_processes is not None:
+        return settings.prefetch_processes
+    from service.prefetch.engine import available_cores
+
+    return max(1, int(available_cores() // SPARE_CORE_FROM))
+
+
 # Until a tenant's store holds data, its entries are assumed to be this large when sizing the shadow caches.
 ASSUMED_ENTRY_BYTES = 4096
 
@@ -150,8 +160,8 @@ class PrefetchManager:
             self._assignment = ABAssignment(settings.prefetch_ab_arms)
         self._device: str | None = None
         self._cpu: Any = None  # the worker threads' shared CpuBudget, made with the first engine
-        self._process_cpu: Any = None  # the child process's, likewise
-        self._host: Any = None  # the child process all tenants' prefetchers compute in (isolation "process")
+        self._pool: Any = None  # the child processes tenants' prefetchers compute in (isolation "process")
+        self._process_cpu: dict[Any, Any] = {}  # each child's CpuBudget, by its PrefetchHost
         self._lock = asyncio.Lock()  # one sync at a time: engines are started and stopped in order
         self._background: set[asyncio.Task[None]] = set()
 
@@ -207,11 +217,11 @@ class PrefetchManager:
                            lead=settings.prefetch_lead, per_request=budget.per_request, threshold=budget.threshold,
                            max_in_flight=budget.max_in_flight)
         if settings.prefetch_isolation == "process" or (settings.prefetch_isolation == "auto" and arm == "learned"):
-            from service.prefetch.isolated import PrefetchHost, ProcessPrefetcher
+            from service.prefetch.isolated import PrefetchPool, ProcessPrefetcher
 
-            self._host = self._host or PrefetchHost()
+            self._pool = self._pool or PrefetchPool(process_count(settings))
             prefetcher: Prefetcher = ProcessPrefetcher(arm, lead=settings.prefetch_lead, device=device, cache=cache,
-                                                       host=self._host)
+                                                       host=self._pool.host())
         else:
             prefetcher = make_prefetcher(arm, lead=settings.prefetch_lead, device=device, cache=cache)
         try:
@@ -226,8 +236,11 @@ class PrefetchManager:
 
         settings = self.settings
         self._cpu = self._cpu or CpuBudget(settings.prefetch_cpu_share)
-        self._process_cpu = self._process_cpu or CpuBudget(process_share(settings))
-        engine = PrefetchEngine(tenant, prefetcher, budget, cpu=self._cpu, process_cpu=self._process_cpu,
+        host = getattr(prefetcher, "host", None)  # the child it computes in, if any: tenants there share its budget
+        process_cpu = None
+        if host is not None:
+            process_cpu = self._process_cpu.setdefault(host, CpuBudget(process_share(settings)))
+        engine = PrefetchEngine(tenant, prefetcher, budget, cpu=self._cpu, process_cpu=process_cpu,
                                 route=functools.partial(route_reads, tenant))
         checkpoints = None
         if arm == "learned" and settings.data_dir is not None and self.cipher is not None:
@@ -254,5 +267,5 @@ class PrefetchManager:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(running.checkpoint)
             await running.stop()
-        if self._host is not None:
-            await asyncio.to_thread(self._host.close)
+        if self._pool is not None:
+            await asyncio.to_thread(self._pool.close)

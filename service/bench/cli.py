@@ -216,6 +216,41 @@ def learned_cost(
     typer.echo(f"settled / every-1024: {to_json(costs)['ratio']:.2f}x on {device}")
 
 
+@app.command("prefetch-pool")
+def prefetch_pool(
+    processes: Annotated[str, typer.Option(help="Comma-separated pool sizes; the first is the baseline.")] = "1,2",
+    tenants: Annotated[int, typer.Option(min=1, help="Learned prefetchers, one thread each.")] = 2,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    warmup: Annotated[int, typer.Option(min=0, help="Reads per tenant before measuring (training settles).")] = 20_000,
+    seconds: Annotated[float, typer.Option(min=0.5, help="Seconds measured per pool size.")] = 10.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Reads a second that several tenants' learned prefetchers predict from, over pools of child processes.
+
+    Each child computes on one core (FORESIGHT_PREFETCH_PROCESSES spreads tenants over several). Random keys,
+    batches of 128, a 5,000-entry cache, no CPU budget: the children's capacity. Prints every tenant's total and
+    the least served tenant's, and the ratio to the first pool size.
+    """
+    from service.bench.pool import as_json as to_json
+    from service.bench.pool import measure
+
+    try:
+        sizes = [int(size) for size in processes.split(",") if size.strip()]
+    except ValueError:
+        raise _fail(f"--processes takes comma-separated whole numbers, got {processes!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise _fail(f"--processes needs pool sizes of 1 or more, got {processes!r}")
+    _check_device(device)
+    figures = measure(sizes, tenants, device, warmup, seconds)
+    report = to_json(figures)
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    _echo_table(["processes", "tenants", "reads/s", "slowest tenant", "ratio"],
+                [[str(f["processes"]), str(f["tenants"]), f"{f['reads_per_s']:,.0f}",
+                  f"{f['slowest_tenant_reads_per_s']:,.0f}", f"{f['ratio']:.2f}x"] for f in report["figures"]])
+
+
 @app.command("prefetch-load")
 def prefetch_load(
     prefetchers: Annotated[str, typer.Option(help="Comma-separated prefetchers to compare with none.")] = "learned",

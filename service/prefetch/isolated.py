@@ -5,14 +5,15 @@ The engine's worker thread shares the lock with the event loop, and most of a pr
 child, the server's side of a call is pickling a batch of integer keys and unpickling the proposals; waiting on
 the socket releases the lock.
 
-One child (`PrefetchHost`) runs every tenant's prefetcher, each under its own id: a child that imports torch
-holds about 360 MB, which a process per tenant would multiply, and the tenants' work shares one CPU budget
-anyway. The child is a fresh interpreter (`python -m service.prefetch.isolated FD`), not a fork: CUDA cannot
-start in a forked child, a fork would copy the server's heap, and multiprocessing's spawn would re-run the
-parent's main script. Messages are plain pickles (not multiprocessing's, which would pass tensors as shared
-memory; tensors cross on the CPU); that is safe here because both ends are Foresight's own processes and
-nobody else holds the socket pair. A child that dies fails the call in flight with `PrefetcherProcessError`;
-the next call starts a new child, where each prefetcher starts over with a new model.
+A child (`PrefetchHost`) runs many tenants' prefetchers, each under its own id: a child that imports torch holds
+about 360 MB, which a process per tenant would multiply. But a child computes on one core, so a host with cores to
+spare runs a few (`PrefetchPool`): each new prefetcher goes to the child with the fewest, and tenants in different
+children predict in parallel. A child is a fresh interpreter (`python -m service.prefetch.isolated FD`), not a
+fork: CUDA cannot start in a forked child, a fork would copy the server's heap, and multiprocessing's spawn would
+re-run the parent's main script. Messages are plain pickles (not multiprocessing's, which would pass tensors as
+shared memory; tensors cross on the CPU); that is safe here because both ends are Foresight's own processes and
+nobody else holds the socket pair. A child that dies fails the call in flight with `PrefetcherProcessError`; the
+next call starts a new child, where each prefetcher starts over with a new model.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class PrefetchHost:
         self._conn: Connection | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._created: set[int] = set()  # ids whose prefetcher exists in the current child
+        self.members: set[int] = set()  # ids created and not dropped, whichever child incarnation holds them
         self.starts = 0
 
     @property
@@ -124,6 +126,7 @@ class PrefetchHost:
         """Build prefetcher `ident` from `spec` (`make_prefetcher` arguments) in the child unless it is there."""
         with self._lock:
             self._ensure(ident, spec)
+            self.members.add(ident)
 
     def call(self, ident: int, spec: tuple[Any, ...], op: str, arg: Any = None) -> tuple[Any, float]:
         """(result, the child's CPU seconds for it) of one request for prefetcher `ident`, built first if this
@@ -144,6 +147,7 @@ class PrefetchHost:
     def drop(self, ident: int) -> None:
         """Forget a prefetcher (the child frees it); a no-op when the child is gone."""
         with self._lock:
+            self.members.discard(ident)
             if ident in self._created and self._conn is not None:
                 self._created.discard(ident)
                 with contextlib.suppress(PrefetcherProcessError):
@@ -194,6 +198,32 @@ class PrefetchHost:
         if status == "error":
             raise PrefetcherProcessError(f"{op} failed in the prefetcher process: {result}")
         return result, cpu_s
+
+
+class PrefetchPool:
+    """Up to `size` children; a new prefetcher goes to the child with the fewest prefetchers, and a child is
+    started only when every started one has some. Place one prefetcher at a time: `host()` counts those created."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"a prefetch pool needs at least one process, got {size}")
+        self.size = size
+        self.hosts: list[PrefetchHost] = []
+        self._lock = threading.Lock()
+
+    def host(self) -> PrefetchHost:
+        """The child the next prefetcher should go to (its process starts with that prefetcher's `create`)."""
+        with self._lock:
+            idle = [host for host in self.hosts if not host.members]
+            if not idle and len(self.hosts) < self.size:
+                self.hosts.append(PrefetchHost())
+            return min(self.hosts, key=lambda host: len(host.members))
+
+    def close(self) -> None:
+        """Stop every child."""
+        with self._lock:
+            for host in self.hosts:
+                host.close()
 
 
 _ids = itertools.count(1)

@@ -14,7 +14,7 @@ import torch
 from service.prefetch import make_prefetcher
 from service.prefetch.coordinator import PrefetchBudget
 from service.prefetch.engine import CpuBudget, PrefetchEngine
-from service.prefetch.isolated import PrefetcherProcessError, PrefetchHost, ProcessPrefetcher
+from service.prefetch.isolated import PrefetcherProcessError, PrefetchHost, PrefetchPool, ProcessPrefetcher
 from service.prefetch.shadow import CacheModel
 from tests.prefetch.test_mlops import AsyncCache
 
@@ -51,6 +51,38 @@ def test_tenants_share_one_child_but_not_their_state() -> None:
     finally:
         host.close()
     assert host.pid is None
+
+
+def test_a_pool_starts_a_child_only_when_the_others_have_tenants_and_fills_the_emptiest() -> None:
+    pool = PrefetchPool(3)
+    try:
+        first = ProcessPrefetcher("stride", host=pool.host())
+        second = ProcessPrefetcher("stride", host=pool.host())
+        assert len(pool.hosts) == 2 and first.host is not second.host
+        more = [ProcessPrefetcher("markov", host=pool.host()) for _ in range(4)]
+        assert len(pool.hosts) == 3 and sorted(len(h.members) for h in pool.hosts) == [2, 2, 2]
+        pids = {host.pid for host in pool.hosts}
+        assert len(pids) == 3 and None not in pids and os.getpid() not in pids
+        second.close()  # its child now has the fewest: the next tenant goes there, no fourth child starts
+        assert pool.host() is second.host and len(pool.hosts) == 3
+        # Each child answers for its own tenants, the same as in-process.
+        assert first.access_batch(STRIDED) == make_prefetcher("stride").access_batch(STRIDED)
+        assert more[-1].access_batch(STRIDED) == make_prefetcher("markov").access_batch(STRIDED)
+        # One child's death costs only its own tenants a call.
+        os.kill(first.host.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        with pytest.raises(PrefetcherProcessError):
+            first.access_batch(STRIDED)
+        others = [host for host in pool.hosts if host is not first.host]
+        assert [p.access_batch([1, 2, 3]) for p in more if p.host in others]
+        assert all(host.starts == 1 for host in others)
+    finally:
+        pool.close()
+    assert all(host.pid is None for host in pool.hosts)
+
+
+def test_a_pool_needs_a_process() -> None:
+    with pytest.raises(ValueError, match="at least one process"):
+        PrefetchPool(0)
 
 
 def test_a_dead_child_fails_one_call_and_the_next_call_starts_a_new_one() -> None:

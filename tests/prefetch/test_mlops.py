@@ -445,3 +445,15 @@ def test_the_prefetch_process_gets_a_core_where_one_is_spare(monkeypatch: pytest
     monkeypatch.setattr(engine_module, "available_cores", lambda: cores)
     settings = Settings(prefetch_cpu_share=0.1, prefetch_process_share=configured)
     assert prefetching.process_share(settings) == expected
+
+
+@pytest.mark.parametrize(("cores", "configured", "expected"), [(16, None, 4), (7.5, None, 1), (8, None, 2),
+                                                                (2, None, 1), (1, None, 1), (2, 3, 3), (64, 1, 1)])
+def test_tenants_are_spread_over_a_prefetch_process_per_four_cores(monkeypatch: pytest.MonkeyPatch, cores: float,
+                                                                    configured: int | None, expected: int) -> None:
+    from service import prefetching
+    from service.config import Settings
+    from service.prefetch import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "available_cores", lambda: cores)
+    assert prefetching.process_count(Settings(prefetch_processes=configured)) == expected

@@ -111,7 +111,8 @@ def test_tenants_without_origin_get_no_engine() -> None:
         assert svc.state.tenants.get("default").record_hit is None
 
 
-def test_ab_arms_are_assigned_per_tenant_and_stable(tmp_path: Path, pki: PKI) -> None:
+@pytest.mark.parametrize("processes", [1, 3])
+def test_ab_arms_are_assigned_per_tenant_and_stable(tmp_path: Path, pki: PKI, processes: int) -> None:
     origin = tmp_path / "origin"
     names = [f"t{i}" for i in range(12)]
     for name in names:
@@ -123,10 +124,17 @@ def test_ab_arms_are_assigned_per_tenant_and_stable(tmp_path: Path, pki: PKI) ->
     assert set(expected.values()) == {"stride", "markov"}  # both arms are used by this tenant set
     for _ in range(2):  # a restart keeps every tenant on its arm
         with running_service(tls_cert_file=pki.cert, tls_key_file=pki.key, tenants_file=tenants,
-                             origin=str(origin), prefetch_ab_arms=arms, prefetch_isolation="process") as svc:
+                             origin=str(origin), prefetch_ab_arms=arms, prefetch_isolation="process",
+                             prefetch_processes=processes) as svc:
+            running = svc.state.prefetch.running.values()
             assert {n: r.arm for n, r in svc.state.prefetch.running.items()} == expected
-            hosts = {r.engine.prefetcher.host.pid for r in svc.state.prefetch.running.values()}  # type: ignore[attr-defined]
-            assert len(hosts) == 1 and None not in hosts  # twelve tenants, one prefetcher process
+            pids = [r.engine.prefetcher.host.pid for r in running]  # type: ignore[attr-defined]
+            # Twelve tenants spread evenly over the processes, each process with a CPU budget of its own.
+            assert None not in pids and sorted(pids.count(pid) for pid in set(pids)) == [12 // processes] * processes
+            budgets = {pid: {id(r.engine.process_cpu) for r in running if r.engine.prefetcher.host.pid == pid}  # type: ignore[attr-defined]
+                       for pid in set(pids)}
+            assert all(len(ids) == 1 for ids in budgets.values())
+            assert len(set.union(*budgets.values())) == processes
 
 
 def test_unknown_ab_arm_is_a_config_error() -> None:
