@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.prefetch.markov import DEFAULT_MAX_KEYS
 from service.store.policies import POLICIES
 
 
@@ -129,6 +130,14 @@ class Settings(BaseSettings):
         description="Child processes the tenants' prefetchers are spread over (each computes on one core and "
         "holds its own model runtime, about 360 MB with torch). Unset: one per 4 cores the server may use, at "
         "least one. Started as tenants need them.",
+    )
+    prefetch_max_keys: int = Field(
+        DEFAULT_MAX_KEYS,
+        ge=1024,
+        description="Keys a tenant's Markov or learned prefetcher remembers (successors, last reads; the oldest "
+        "half goes when full): most of its memory, about 0.07 KB a key for Markov and 0.33 KB for the learned "
+        "one, so up to 75 / 340 MB a tenant at the default on a large key space. Fewer forget keys that come back "
+        "after longer (`foresight bench replay --max-keys` shows what that costs on a trace).",
     )
     prefetch_isolation: Literal["auto", "process", "thread"] = Field(
         "auto",

@@ -221,9 +221,10 @@ class PrefetchManager:
 
             self._pool = self._pool or PrefetchPool(process_count(settings))
             prefetcher: Prefetcher = ProcessPrefetcher(arm, lead=settings.prefetch_lead, device=device, cache=cache,
-                                                       host=self._pool.host())
+                                                       host=self._pool.host(), max_keys=settings.prefetch_max_keys)
         else:
-            prefetcher = make_prefetcher(arm, lead=settings.prefetch_lead, device=device, cache=cache)
+            prefetcher = make_prefetcher(arm, lead=settings.prefetch_lead, device=device, cache=cache,
+                                         max_keys=settings.prefetch_max_keys)
         try:
             return self._attach(tenant, arm, prefetcher, budget)
         except BaseException:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from service.bench.resp import bench_resp
+from service.prefetch.markov import DEFAULT_MAX_KEYS
 
 if TYPE_CHECKING:
     from service.bench.replay import ReplayResult
@@ -74,6 +75,9 @@ def replay(
     lead: Annotated[int, typer.Option(help="Requests before a prefetch lands (0: at once).")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda, for the learned prefetcher.")] = "cpu",
     threshold: Annotated[float, typer.Option(help="Minimum confidence to prefetch.")] = 0.25,
+    max_keys: Annotated[
+        int, typer.Option(min=1024, help="Keys a Markov or learned prefetcher remembers (FORESIGHT_PREFETCH_MAX_KEYS).")
+    ] = DEFAULT_MAX_KEYS,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bar.")] = None,
 ) -> None:
@@ -91,7 +95,7 @@ def replay(
         size = resolve_cache_size(1, cache_frac, cache_size)  # validates the pair before reading the trace
         loaded = load_trace(trace, fmt, limit)
         size = resolve_cache_size(loaded.unique, cache_frac, cache_size)
-        engine = make_prefetcher(prefetcher, lead=lead, device=device)
+        engine = make_prefetcher(prefetcher, lead=lead, device=device, max_keys=max_keys)
         show = progress if progress is not None else (len(loaded) > _LARGE and sys.stderr.isatty())
         if show:
             result = _with_progress(

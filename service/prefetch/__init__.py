@@ -7,27 +7,30 @@ never imports torch.
 from __future__ import annotations
 
 from service.prefetch.base import NoPrefetcher, Prediction, Prefetcher
-from service.prefetch.markov import MarkovPrefetcher
+from service.prefetch.markov import DEFAULT_MAX_KEYS, MarkovPrefetcher
 from service.prefetch.shadow import CacheModel
 from service.prefetch.stride import StridePrefetcher
 
 PREFETCHERS = ("none", "stride", "markov", "learned")
 
 
-def make_prefetcher(name: str, lead: int = 0, device: str = "cpu", cache: CacheModel | None = None) -> Prefetcher:
+def make_prefetcher(name: str, lead: int = 0, device: str = "cpu", cache: CacheModel | None = None,
+                    max_keys: int = DEFAULT_MAX_KEYS) -> Prefetcher:
     """Build a prefetcher by name, with an error that lists the valid names.
 
     `cache` describes the cache the prefetches go to; the learned prefetcher uses it to pick among its arms
-    by their effect on shadow copies of that cache (the simple ones do not need it).
+    by their effect on shadow copies of that cache (the simple ones do not need it). `max_keys` bounds the keys
+    the Markov and learned prefetchers remember, which is most of their memory.
     """
     if name == "learned":
         from service.prefetch.learned.prefetcher import LearnedPrefetcher
 
-        return LearnedPrefetcher(lead=lead, device=device, cache=cache)
+        return LearnedPrefetcher(lead=lead, device=device, cache=cache, max_keys=max_keys)
+    if name == "markov":
+        return MarkovPrefetcher(lead=lead, max_keys=max_keys)
     simple: dict[str, type[Prefetcher]] = {
         "none": NoPrefetcher,
         "stride": StridePrefetcher,
-        "markov": MarkovPrefetcher,
     }
     try:
         cls = simple[name]

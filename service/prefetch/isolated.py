@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from service.prefetch.base import Prediction, Predictions, Prefetcher
+from service.prefetch.markov import DEFAULT_MAX_KEYS
 from service.prefetch.shadow import CacheModel
 
 START_TIMEOUT_S = 120.0  # a cold child imports torch; on a loaded 2-core machine that can take most of a minute
@@ -69,8 +70,8 @@ def _handle(prefetchers: dict[int, Prefetcher], ident: int, op: str, arg: Any) -
     if op == "create":
         from service.prefetch import make_prefetcher
 
-        name, lead, device, cache = arg
-        prefetchers[ident] = make_prefetcher(name, lead=lead, device=device, cache=cache)
+        name, lead, device, cache, max_keys = arg
+        prefetchers[ident] = make_prefetcher(name, lead=lead, device=device, cache=cache, max_keys=max_keys)
         return None
     if op == "drop":
         prefetchers.pop(ident, None)
@@ -236,13 +237,13 @@ class ProcessPrefetcher(Prefetcher):
     name = "process"
 
     def __init__(self, inner: str, lead: int = 0, device: str = "cpu", cache: CacheModel | None = None,
-                 host: PrefetchHost | None = None) -> None:
+                 host: PrefetchHost | None = None, max_keys: int = DEFAULT_MAX_KEYS) -> None:
         super().__init__(lead)
         self.inner = inner
         self.host = host or PrefetchHost()
         self._owns_host = host is None
         self._ident = next(_ids)
-        self._spec = (inner, lead, device, cache)
+        self._spec = (inner, lead, device, cache, max_keys)
         self._child_cpu_s = 0.0
         self._serving_arm: str | None = None
         self.host.create(self._ident, self._spec)

@@ -15,17 +15,22 @@ from operator import itemgetter
 from service.prefetch.base import Prediction, Predictions, Prefetcher
 
 Successor = tuple[int, float, int]  # (successor, share of the key's transitions, total transitions)
+DEFAULT_MAX_KEYS = 1 << 20  # keys a table remembers; the replays' setting, FORESIGHT_PREFETCH_MAX_KEYS's default
 _BY_COUNT = itemgetter(1)
 
 
 class SuccessorTable:
-    """key -> {successor: count}, bounded in keys and successors per key."""
+    """key -> {successor: count}, bounded in keys and successors per key.
 
-    def __init__(self, distance: int, max_keys: int = 1 << 20, ways: int = 4) -> None:
+    A key followed once by one successor, most keys on a large key space, maps to that successor itself rather
+    than to a one-entry dict: the int is already held elsewhere, and the dict was over half of a key's 0.3 KB.
+    """
+
+    def __init__(self, distance: int, max_keys: int = DEFAULT_MAX_KEYS, ways: int = 4) -> None:
         self.distance = distance
         self.max_keys = max_keys
         self.ways = ways
-        self._table: dict[int, dict[int, int]] = {}
+        self._table: dict[int, int | dict[int, int]] = {}
         self._recent: deque[int] = deque(maxlen=distance)
 
     def record(self, key: int) -> None:
@@ -41,8 +46,10 @@ class SuccessorTable:
             if len(self._table) >= self.max_keys:
                 for old in list(self._table)[: self.max_keys // 2]:
                     del self._table[old]
-            self._table[prev] = {key: 1}
+            self._table[prev] = key  # {key: 1}
             return
+        if not isinstance(succ, dict):
+            succ = self._table[prev] = {succ: 1}
         if key in succ:
             succ[key] += 1
         elif len(succ) < self.ways:
@@ -59,8 +66,10 @@ class SuccessorTable:
         """(successor, share of the key's transitions, total transitions), most frequent first (ties: the
         earlier seen). Every learned read asks this twice, so the common single successor skips the sort."""
         succ = self._table.get(key)
-        if not succ:
+        if succ is None:
             return []
+        if not isinstance(succ, dict):
+            return [(succ, 1.0, 1)]
         if len(succ) == 1:
             ((only, count),) = succ.items()
             return [(only, 1.0, count)]
@@ -77,7 +86,7 @@ def markov_predictions(successors: Sequence[Successor], limit: int) -> Predictio
 class MarkovPrefetcher(Prefetcher):
     name = "markov"
 
-    def __init__(self, lead: int = 0, max_candidates: int = 2, max_keys: int = 1 << 20) -> None:
+    def __init__(self, lead: int = 0, max_candidates: int = 2, max_keys: int = DEFAULT_MAX_KEYS) -> None:
         super().__init__(lead, max_candidates)
         self.table = SuccessorTable(self.distance, max_keys=max_keys)
 

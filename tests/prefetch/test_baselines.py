@@ -9,7 +9,7 @@ import pytest
 from service.prefetch import make_prefetcher
 from service.prefetch.access_log import AccessLog
 from service.prefetch.keys import KeyCodec
-from service.prefetch.markov import MarkovPrefetcher
+from service.prefetch.markov import MarkovPrefetcher, SuccessorTable
 from service.prefetch.stride import StridePrefetcher
 
 
@@ -37,6 +37,37 @@ def test_markov_learns_successors_at_the_lead_distance() -> None:
             out = markov.access(key)
     assert out[0].key == cycle[1]  # last access was 60; two later comes 91
     assert out[0].confidence > 0.8
+
+
+def test_successor_counts_shares_ties_and_replacement() -> None:
+    table = SuccessorTable(distance=1, ways=2)
+    for key in [7, 100, 7, 100, 7, 200, 7, 300, 5, 1]:
+        table.record(key)
+    # After 7: 100, 100, 200, then 300 replaced the weakest (200) and halved the rest (100: 2 -> 1).
+    assert table.successors(7) == [(100, 0.5, 2), (300, 0.5, 2)]  # a tie: the earlier seen first
+    assert table.successors(300) == [(5, 1.0, 1)]  # one successor seen once
+    assert table.successors(100) == [(7, 1.0, 2)]  # one successor seen twice
+    assert table.successors(1) == []  # read last: no successor yet
+
+
+def test_a_key_followed_once_by_one_successor_costs_no_dict() -> None:
+    # On a large key space most keys are seen once: a dict per key was over half of a key's memory.
+    table = SuccessorTable(distance=1, max_keys=1 << 20)
+    rng = random.Random(2)
+    for _ in range(20_000):
+        table.record(rng.randrange(1 << 40))
+    values = list(table._table.values())
+    assert len(values) == 19_999 and not any(isinstance(v, dict) for v in values)
+    key = next(iter(table._table))
+    assert table.successors(key) == [(table._table[key], 1.0, 1)]
+
+
+def test_the_learned_prefetcher_remembers_at_most_max_keys() -> None:
+    learned = make_prefetcher("learned", max_keys=1024)
+    learned.access_batch(random.Random(3).sample(range(1 << 40), 5_000))
+    builder = learned.builder  # type: ignore[attr-defined]
+    sizes = [len(builder.successors._table), len(builder.successors_prev._table), len(builder._last_seen)]
+    assert all(512 <= size <= 1024 for size in sizes), sizes
 
 
 def test_make_prefetcher_rejects_unknown_names() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import signal
 
 import pytest
@@ -35,6 +36,19 @@ def test_a_process_prefetcher_proposes_what_the_same_prefetcher_does_in_process(
     batched = stride_process.access_batch(STRIDED[:150])
     assert batched + [stride_process.access(key) for key in STRIDED[150:]] == expected
     assert stride_process.offloaded_cpu_s > 0
+
+
+def test_a_process_prefetcher_remembers_as_many_keys_as_asked() -> None:
+    # A tour of 3,000 keys read twice: with 1,024 keys remembered, the second lap finds the first's successors
+    # forgotten; with the default, it predicts them.
+    tour = random.Random(4).sample(range(10**9), 3_000) * 2
+    bounded = ProcessPrefetcher("markov", max_keys=1024)
+    try:
+        proposed = bounded.access_batch(tour)
+    finally:
+        bounded.close()
+    assert proposed == make_prefetcher("markov", max_keys=1024).access_batch(tour)
+    assert sum(map(len, proposed[3_000:])) < 100 < sum(map(len, make_prefetcher("markov").access_batch(tour)[3_000:]))
 
 
 def test_tenants_share_one_child_but_not_their_state() -> None:

@@ -105,6 +105,11 @@ def test_a_killed_prefetcher_process_costs_one_step_and_prefetching_resumes(sequ
     assert 'foresight_prefetch_failures_total{arm="learned",tenant="default"} 1.0' in metrics
 
 
+def test_the_keys_a_prefetcher_remembers_are_configured(sequential_origin: Path) -> None:
+    with running_service(dev=True, origin=str(sequential_origin), prefetcher="markov", prefetch_max_keys=4096) as svc:
+        assert svc.state.prefetch.running["default"].engine.prefetcher.table.max_keys == 4096  # type: ignore[attr-defined]
+
+
 def test_tenants_without_origin_get_no_engine() -> None:
     with running_service(dev=True, prefetcher="stride") as svc:
         assert svc.state.prefetch.running == {}
@@ -142,6 +147,14 @@ def test_unknown_ab_arm_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="unknown prefetchers: oracle"):
         load_settings(prefetch_ab_arms={"oracle": 1.0, "stride": 1.0})
+
+
+@pytest.mark.parametrize(("field", "value"), [("prefetch_max_keys", 10), ("prefetch_processes", 0)])
+def test_prefetch_bounds_below_their_minimum_are_config_errors(field: str, value: int) -> None:
+    from service.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match=field):
+        load_settings(**{field: value})
 
 
 def test_learned_model_checkpoints_are_encrypted_and_restored(sequential_origin: Path, tmp_path: Path) -> None:

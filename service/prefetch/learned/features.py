@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.prefetch.markov import Successor, SuccessorTable
+from service.prefetch.markov import DEFAULT_MAX_KEYS, Successor, SuccessorTable
 
 HISTORY = 8  # deltas of context the sequence model sees
 MAX_CANDIDATES = 8
@@ -104,7 +104,7 @@ class Batch:
 class CandidateBuilder:
     """Keeps the simple predictors' state and turns each access into a ranked-candidate problem."""
 
-    def __init__(self, distance: int, max_keys: int = 1 << 20) -> None:
+    def __init__(self, distance: int, max_keys: int = DEFAULT_MAX_KEYS) -> None:
         self.distance = distance
         self.successors = SuccessorTable(distance, max_keys=max_keys)
         self.successors_prev = SuccessorTable(distance + 1, max_keys=max_keys)

@@ -40,7 +40,7 @@ from service.prefetch.learned.features import (
 )
 from service.prefetch.learned.model import ModelConfig, PrefetchNet
 from service.prefetch.learned.runtime import BATCH_BUCKETS, InferenceRunner, ModelInputs, random_inputs
-from service.prefetch.markov import markov_predictions
+from service.prefetch.markov import DEFAULT_MAX_KEYS, markov_predictions
 from service.prefetch.shadow import ArmProposals, CacheModel, SelectorConfig, ShadowSelector
 from service.prefetch.stride import StridePrefetcher
 
@@ -136,6 +136,7 @@ class LearnedPrefetcher(Prefetcher):
         cache: CacheModel | None = None,
         selector_config: SelectorConfig | None = None,
         cpu_threads: int | None = 1,
+        max_keys: int = DEFAULT_MAX_KEYS,
     ) -> None:
         super().__init__(lead, max_candidates)
         if cpu_threads is not None:
@@ -150,7 +151,7 @@ class LearnedPrefetcher(Prefetcher):
         self.model = PrefetchNet(model_config).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.runner = InferenceRunner(self.model, self.device, cuda_graphs=cuda_graphs)
-        self.builder = CandidateBuilder(self.distance)
+        self.builder = CandidateBuilder(self.distance, max_keys)
         self.buffer = _Buffer(config.buffer)
         self.labelled = 0  # accesses labelled so far
         self.train_steps = 0
