@@ -135,9 +135,9 @@ class Settings(BaseSettings):
         DEFAULT_MAX_KEYS,
         ge=1024,
         description="Keys a tenant's Markov or learned prefetcher remembers (successors, last reads; the oldest "
-        "half goes when full): most of its memory, about 0.07 KB a key for Markov and 0.33 KB for the learned "
-        "one, so up to 75 / 340 MB a tenant at the default on a large key space. Fewer forget keys that come back "
-        "after longer (`foresight bench replay --max-keys` shows what that costs on a trace).",
+        "half goes when full): most of its memory on a large key space, about 0.07 KB a key for Markov and 0.27 "
+        "KB for the learned one (`foresight bench prefetch-memory`), so up to 75 / 280 MB a tenant at the default. "
+        "Fewer forget keys that come back after longer (`foresight bench replay --max-keys` shows the cost).",
     )
     prefetch_isolation: Literal["auto", "process", "thread"] = Field(
         "auto",

@@ -255,6 +255,35 @@ def prefetch_pool(
                   f"{f['slowest_tenant_reads_per_s']:,.0f}", f"{f['ratio']:.2f}x"] for f in report["figures"]])
 
 
+@app.command("prefetch-memory")
+def prefetch_memory(
+    reads: Annotated[int, typer.Option(min=1024, help="Random reads, nearly all of new keys.")] = DEFAULT_MAX_KEYS,
+    max_keys: Annotated[
+        int, typer.Option(min=1024, help="Keys remembered at most (FORESIGHT_PREFETCH_MAX_KEYS).")
+    ] = DEFAULT_MAX_KEYS,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """What the Markov and learned prefetchers hold per key they remember, against a set of the same keys.
+
+    Their per-key state (successor tables, last reads) is most of a tenant's prefetcher memory on a large key
+    space and is bounded by FORESIGHT_PREFETCH_MAX_KEYS. Each runs in a fresh interpreter; resident memory
+    before and after. Linux only (/proc).
+    """
+    from service.bench.memory import as_json as to_json
+    from service.bench.memory import measure
+
+    if not Path("/proc/self/statm").exists():
+        raise _fail("prefetch-memory reads /proc/self/statm: Linux only")
+    figures = measure(reads, max_keys)
+    if as_json:
+        typer.echo(json.dumps(to_json(figures)))
+        return
+    _echo_table(["state", "reads", "keys remembered", "MB", "KB per key", "ratio to set"],
+                [[f.prefetcher, f"{f.reads:,}", f"{f.keys:,}", f"{f.mb:.0f}", f"{f.kb_per_key:.3f}",
+                  "n/a" if f.ratio is None else f"{f.ratio:.2f}x"]
+                 for f in figures])
+
+
 @app.command("prefetch-load")
 def prefetch_load(
     prefetchers: Annotated[str, typer.Option(help="Comma-separated prefetchers to compare with none.")] = "learned",

@@ -158,3 +158,35 @@ def test_access_log_overhead_is_the_drained_cost_over_a_served_get() -> None:
     report = cost.as_dict()
     assert report["overhead"]["16"] == pytest.approx(0.005)
     assert report["overhead_full_ring"]["16"] == pytest.approx(0.01)
+
+
+def test_prefetch_pool_reports_each_pool_size_against_the_first() -> None:
+    out = runner.invoke(app, ["prefetch-pool", "--processes", "1,2", "--tenants", "2", "--warmup", "256",
+                              "--seconds", "0.5", "--json"])
+    assert out.exit_code == 0, out.output
+    one, two = json.loads(out.output)["figures"]
+    assert (one["processes"], two["processes"]) == (1, 2) and one["ratio"] == 1.0
+    for figure in (one, two):
+        assert figure["tenants"] == 2 and figure["device"] == "cpu"
+        assert 0 < figure["slowest_tenant_reads_per_s"] <= figure["reads_per_s"] / 2
+    assert two["ratio"] == pytest.approx(two["reads_per_s"] / one["reads_per_s"])
+
+
+@pytest.mark.parametrize(("processes", "message"), [("0,2", "pool sizes of 1 or more"),
+                                                    ("1,x", "comma-separated whole numbers")])
+def test_prefetch_pool_rejects_bad_sizes(processes: str, message: str) -> None:
+    out = runner.invoke(app, ["prefetch-pool", "--processes", processes])
+    assert out.exit_code == 2 and message in out.output and "Traceback" not in out.output
+
+
+def test_prefetch_memory_reports_each_prefetchers_memory_per_key_against_a_set() -> None:
+    out = runner.invoke(app, ["prefetch-memory", "--reads", "200000", "--json"])
+    assert out.exit_code == 0, out.output
+    figures = {f["prefetcher"]: f for f in json.loads(out.output)["figures"]}
+    assert list(figures) == ["set", "markov", "learned"] and figures["set"]["ratio"] == 1.0
+    assert all(199_990 <= f["keys"] <= 200_000 for f in figures.values())  # nearly every read a new key
+    # A key seen once costs Markov little more than the set's entry (it cost 4.7x with a dict per key); the
+    # learned builder keeps two tables and a last-read map.
+    assert 0 < figures["markov"]["kb_per_key"] < 2 * figures["set"]["kb_per_key"] < figures["learned"]["kb_per_key"]
+    bounded = runner.invoke(app, ["prefetch-memory", "--reads", "20000", "--max-keys", "4096", "--json"])
+    assert all(f["keys"] <= 4096 for f in json.loads(bounded.output)["figures"])
