@@ -33,10 +33,10 @@ rng = random.Random(0)
 before = resident_mb()
 if name == "markov":
     prefetcher = MarkovPrefetcher(lead=4, max_keys=max_keys)
-    feed, remembered = prefetcher.access_batch, prefetcher.table._table
+    feed, remembered = prefetcher.access_batch, prefetcher.table
 elif name == "learned":
     prefetcher = CandidateBuilder(distance=5, max_keys=max_keys)
-    feed, remembered = prefetcher.build, prefetcher.successors._table
+    feed, remembered = prefetcher.build, prefetcher.successors
 else:  # the baseline: a set of the keys, emptied when full like the tables (the oldest half; here all of it)
     remembered = set()
     def feed(keys):

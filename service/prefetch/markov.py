@@ -33,6 +33,10 @@ class SuccessorTable:
         self._table: dict[int, int | dict[int, int]] = {}
         self._recent: deque[int] = deque(maxlen=distance)
 
+    def __len__(self) -> int:
+        """Keys remembered (each with its successors)."""
+        return len(self._table)
+
     def record(self, key: int) -> None:
         """Note that `key` was read `distance` accesses after the key that left the window."""
         recent = self._recent

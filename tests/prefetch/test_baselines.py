@@ -57,7 +57,7 @@ def test_a_key_followed_once_by_one_successor_costs_no_dict() -> None:
     for _ in range(20_000):
         table.record(rng.randrange(1 << 40))
     values = list(table._table.values())
-    assert len(values) == 19_999 and not any(isinstance(v, dict) for v in values)
+    assert len(table) == 19_999 and not any(isinstance(v, dict) for v in values)
     key = next(iter(table._table))
     assert table.successors(key) == [(table._table[key], 1.0, 1)]
 
@@ -66,7 +66,7 @@ def test_the_learned_prefetcher_remembers_at_most_max_keys() -> None:
     learned = make_prefetcher("learned", max_keys=1024)
     learned.access_batch(random.Random(3).sample(range(1 << 40), 5_000))
     builder = learned.builder  # type: ignore[attr-defined]
-    sizes = [len(builder.successors._table), len(builder.successors_prev._table), len(builder._last_seen)]
+    sizes = [len(builder.successors), len(builder.successors_prev), len(builder._last_seen)]
     assert all(512 <= size <= 1024 for size in sizes), sizes
 
 
