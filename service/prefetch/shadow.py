@@ -170,9 +170,8 @@ class CacheSimulation:
             else MemoryStore(capacity, model.policy, sizer=unit_size)
         )
         self.cache = SimulatedCache(store, model.lead, sample_rate)
-        # A shadow is judged by its misses alone: its coordinator keeps no used/wasted books.
-        self._settles = not key_only
-        self.coordinator = PrefetchCoordinator(self.cache, model.budget, horizon=model.horizon if self._settles else 0)
+        # A shadow is judged by its misses alone: its coordinator keeps no used/wasted books (horizon 0).
+        self.coordinator = PrefetchCoordinator(self.cache, model.budget, horizon=0 if key_only else model.horizon)
         self.cache.on_landed = self.coordinator.completed
         self.requests = 0
 
@@ -187,8 +186,7 @@ class CacheSimulation:
         self.requests += 1
         cache.land_due()
         hit = cache.read(key)
-        if self._settles:
-            self.coordinator.on_access(key, hit)
+        self.coordinator.on_access(key, hit)
         if proposals:
             self.coordinator.consider(proposals)
         return hit
