@@ -102,6 +102,21 @@ class ServiceCollector(Collector):
             for name, tp in running.items():
                 family.add_metric([name, tp.arm], value(tp))
             yield family
+        hosts = self.state.prefetch.processes if self.state.prefetch is not None else []
+        tenants = GaugeMetricFamily("foresight_prefetch_process_tenants",
+                                    "Tenants whose prefetcher computes in each prefetch child process.",
+                                    labels=["process"])
+        resident = GaugeMetricFamily("foresight_prefetch_process_resident_bytes",
+                                     "Resident memory of each running prefetch child process (its tenants' models "
+                                     "and tables; FORESIGHT_PREFETCH_MAX_KEYS bounds the tables).",
+                                     labels=["process"])
+        for index, host in enumerate(hosts):
+            tenants.add_metric([str(index)], len(host.members))
+            rss = host.resident_bytes()
+            if rss is not None:
+                resident.add_metric([str(index)], rss)
+        yield tenants
+        yield resident
 
 
 def render(state: ServiceState) -> bytes:

@@ -165,6 +165,11 @@ class PrefetchManager:
         self._lock = asyncio.Lock()  # one sync at a time: engines are started and stopped in order
         self._background: set[asyncio.Task[None]] = set()
 
+    @property
+    def processes(self) -> list[Any]:
+        """The prefetch child processes' hosts (`PrefetchHost`), in start order; none before the first is needed."""
+        return list(self._pool.hosts) if self._pool is not None else []
+
     def arm(self, tenant: TenantCache) -> str:
         """The tenant's own prefetcher if it has one, else its A/B arm, else the deployment's default."""
         if tenant.prefetcher is not None:

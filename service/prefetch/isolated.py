@@ -123,6 +123,18 @@ class PrefetchHost:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    def resident_bytes(self) -> int | None:
+        """The child's resident memory (Linux /proc), None while it is not running. Its tenants' models and
+        tables live there, not in the server's own memory."""
+        pid = self.pid
+        if pid is None:
+            return None
+        try:
+            with open(f"/proc/{pid}/statm") as statm:
+                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
+
     def create(self, ident: int, spec: tuple[Any, ...]) -> None:
         """Build prefetcher `ident` from `spec` (`make_prefetcher` arguments) in the child unless it is there."""
         with self._lock:

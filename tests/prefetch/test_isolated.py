@@ -77,6 +77,7 @@ def test_a_pool_starts_a_child_only_when_the_others_have_tenants_and_fills_the_e
         assert len(pool.hosts) == 3 and sorted(len(h.members) for h in pool.hosts) == [2, 2, 2]
         pids = {host.pid for host in pool.hosts}
         assert len(pids) == 3 and None not in pids and os.getpid() not in pids
+        assert all((host.resident_bytes() or 0) > 10e6 for host in pool.hosts)  # each an interpreter of its own
         second.close()  # its child now has the fewest: the next tenant goes there, no fourth child starts
         assert pool.host() is second.host and len(pool.hosts) == 3
         # Each child answers for its own tenants, the same as in-process.
@@ -91,7 +92,7 @@ def test_a_pool_starts_a_child_only_when_the_others_have_tenants_and_fills_the_e
         assert all(host.starts == 1 for host in others)
     finally:
         pool.close()
-    assert all(host.pid is None for host in pool.hosts)
+    assert all(host.pid is None and host.resident_bytes() is None for host in pool.hosts)
 
 
 def test_a_pool_needs_a_process() -> None:

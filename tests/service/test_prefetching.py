@@ -77,6 +77,14 @@ def test_learned_prefetcher_runs_on_cpu_in_the_service(sequential_origin: Path, 
         host = getattr(running.engine.prefetcher, "host", None)
         child = host.pid if host is not None else None
         assert (child is not None and child != os.getpid()) == (isolation == "auto")  # auto: learned in the process
+        with httpx.Client(base_url=svc.endpoints.http_url) as http:
+            metrics = http.get("/metrics").text
+    resident = re.search(r'^foresight_prefetch_process_resident_bytes\{process="0"\} (\S+)$', metrics, re.M)
+    if child is not None:  # the child imported torch: well over 100 MB, and it serves the one tenant
+        assert resident is not None and float(resident.group(1)) > 100e6
+        assert 'foresight_prefetch_process_tenants{process="0"} 1.0' in metrics
+    else:
+        assert resident is None and "foresight_prefetch_process_tenants{" not in metrics
     assert warm >= 100
     if child is not None:
         with pytest.raises(ProcessLookupError):
