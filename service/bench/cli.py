@@ -78,6 +78,7 @@ def replay(
     max_keys: Annotated[
         int, typer.Option(min=1024, help="Keys a Markov or learned prefetcher remembers (FORESIGHT_PREFETCH_MAX_KEYS).")
     ] = DEFAULT_MAX_KEYS,
+    seed: Annotated[int, typer.Option(min=0, help="The learned model's seed: how much of a result is its luck.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bar.")] = None,
 ) -> None:
@@ -95,7 +96,7 @@ def replay(
         size = resolve_cache_size(1, cache_frac, cache_size)  # validates the pair before reading the trace
         loaded = load_trace(trace, fmt, limit)
         size = resolve_cache_size(loaded.unique, cache_frac, cache_size)
-        engine = make_prefetcher(prefetcher, lead=lead, device=device, max_keys=max_keys)
+        engine = make_prefetcher(prefetcher, lead=lead, device=device, max_keys=max_keys, seed=seed)
         show = progress if progress is not None else (len(loaded) > _LARGE and sys.stderr.isatty())
         if show:
             result = _with_progress(

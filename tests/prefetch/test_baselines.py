@@ -70,6 +70,15 @@ def test_the_learned_prefetcher_remembers_at_most_max_keys() -> None:
     assert all(512 <= size <= 1024 for size in sizes), sizes
 
 
+def test_make_prefetcher_seeds_the_learned_model() -> None:
+    import torch
+
+    first, again, other = (make_prefetcher("learned", seed=seed) for seed in (3, 3, 4))
+    assert first.config.seed == 3  # type: ignore[attr-defined]
+    weights = [next(p.model.parameters()) for p in (first, again, other)]  # type: ignore[attr-defined]
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+
+
 def test_make_prefetcher_rejects_unknown_names() -> None:
     with pytest.raises(ValueError, match="stride"):
         make_prefetcher("oracle")
