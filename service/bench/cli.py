@@ -272,9 +272,10 @@ def prefetch_memory(
     """
     from service.bench.memory import as_json as to_json
     from service.bench.memory import measure
+    from service.prefetch.isolated import resident_bytes
 
-    if not Path("/proc/self/statm").exists():
-        raise _fail("prefetch-memory reads /proc/self/statm: Linux only")
+    if resident_bytes() is None:
+        raise _fail("prefetch-memory reads resident memory from /proc: Linux only")
     figures = measure(reads, max_keys)
     if as_json:
         typer.echo(json.dumps(to_json(figures)))

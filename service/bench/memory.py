@@ -21,12 +21,12 @@ from typing import Any
 # Run in the child: prints {"keys": remembered keys, "mb": resident growth}.
 _CHILD = """
 import json, random, sys
+from service.prefetch.isolated import resident_bytes
 from service.prefetch.learned.features import CandidateBuilder
 from service.prefetch.markov import MarkovPrefetcher
 
 def resident_mb():
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * 4096 / 2**20
+    return resident_bytes() / 2**20
 
 name, reads, max_keys = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rng = random.Random(0)

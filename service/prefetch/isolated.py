@@ -53,6 +53,15 @@ def child_environment() -> dict[str, str]:
     return env
 
 
+def resident_bytes(pid: int | str = "self") -> int | None:
+    """A process's resident memory from Linux /proc; None where there is no such process or no /proc."""
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class PrefetcherProcessError(RuntimeError):
     """The child process failed a call, died, or did not start."""
 
@@ -127,13 +136,7 @@ class PrefetchHost:
         """The child's resident memory (Linux /proc), None while it is not running. Its tenants' models and
         tables live there, not in the server's own memory."""
         pid = self.pid
-        if pid is None:
-            return None
-        try:
-            with open(f"/proc/{pid}/statm") as statm:
-                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            return None
+        return None if pid is None else resident_bytes(pid)
 
     def create(self, ident: int, spec: tuple[Any, ...]) -> None:
         """Build prefetcher `ident` from `spec` (`make_prefetcher` arguments) in the child unless it is there."""
