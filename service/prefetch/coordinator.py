@@ -99,7 +99,7 @@ class PrefetchCoordinator:
             if len(self._outstanding) >= budget.max_in_flight:
                 self.stats.skipped_concurrency += 1
                 break
-            key = proposal.key if decode is same_key else decode(proposal.key)
+            key = decode(proposal.key)
             if key is None:
                 continue  # names no key (a stride below zero, a forgotten opaque key)
             if key in self._outstanding or target.in_flight(key):
