@@ -30,10 +30,10 @@ class PoolFigure:
     slowest_tenant_reads_per_s: float  # the least served tenant: a pool that starves one does not look good
 
 
-def _drive(prefetcher: Any, seed: int, batches: int | None, stop: threading.Event, counts: list[int],
-           slot: int) -> None:
-    """Feed one tenant's prefetcher batches of random keys: `batches` of them, or until `stop` is set."""
-    rng = random.Random(seed)
+def _drive(prefetcher: Any, slot: int, batches: int | None, stop: threading.Event, counts: list[int]) -> None:
+    """Feed tenant `slot`'s prefetcher batches of random keys (its own seed): `batches` of them, or until `stop`
+    is set."""
+    rng = random.Random(slot)
     done = 0
     while (batches is None or done < batches) and not stop.is_set():
         prefetcher.access_batch([rng.randrange(KEY_SPACE) for _ in range(CHUNK)])
@@ -45,7 +45,7 @@ def _run_all(prefetchers: Sequence[Any], batches: int | None, seconds: float | N
     """Every tenant's thread at once; reads each answered."""
     stop = threading.Event()
     counts = [0] * len(prefetchers)
-    threads = [threading.Thread(target=_drive, args=(p, i, batches, stop, counts, i), daemon=True)
+    threads = [threading.Thread(target=_drive, args=(p, i, batches, stop, counts), daemon=True)
                for i, p in enumerate(prefetchers)]
     for thread in threads:
         thread.start()

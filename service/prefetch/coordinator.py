@@ -16,11 +16,6 @@ from typing import Any, Protocol
 from service.prefetch.base import DEFAULT_THRESHOLD, Prediction
 
 
-def same_key(key: int) -> Hashable:
-    """The default decoding: the prefetcher's keys are the cache's (the replay and the shadows)."""
-    return key
-
-
 class PrefetchTarget(Protocol):
     """What the coordinator needs from a cache."""
 
@@ -69,7 +64,7 @@ class PrefetchCoordinator:
 
     target: PrefetchTarget
     budget: PrefetchBudget = field(default_factory=PrefetchBudget)
-    decode: Callable[[int], Hashable | None] = same_key  # prefetcher key -> cache key
+    decode: Callable[[int], Hashable | None] = lambda key: key  # prefetcher key -> cache key
     horizon: int = 64  # accesses after issue within which a read settles a prefetch as used; 0: no books kept
     stats: CoordinatorStats = field(default_factory=CoordinatorStats)
     _outstanding: set[Hashable] = field(default_factory=set)
@@ -91,7 +86,7 @@ class PrefetchCoordinator:
         budget = self.budget
         if budget.per_request == 0:
             return issued
-        target, decode = self.target, self.decode
+        target = self.target
         for proposal in proposals:
             if proposal.confidence < budget.threshold:
                 self.stats.below_threshold += 1
@@ -99,7 +94,7 @@ class PrefetchCoordinator:
             if len(self._outstanding) >= budget.max_in_flight:
                 self.stats.skipped_concurrency += 1
                 break
-            key = decode(proposal.key)
+            key = self.decode(proposal.key)
             if key is None:
                 continue  # names no key (a stride below zero, a forgotten opaque key)
             if key in self._outstanding or target.in_flight(key):
