@@ -105,6 +105,12 @@ class Settings(BaseSettings):
         "proposals a read or more after it, and the origin takes time: aimed at the very next read (0), they land "
         "late (`foresight bench live-replay` measures it)."
     )
+    prefetch_tune_lead: bool = Field(
+        True, description="Tune the lead of stride answers live (the tenant's stride prefetcher, or a learned engine's "
+        "own stride while it serves), from prefetch_lead up or down by what the cache used; the right one depends on "
+        "the read rate, the origin's latency, client pipelining and the cache (README, 'Where stride answers aim'). "
+        "Markov and learned predictions keep prefetch_lead: their tables and model are learned for one distance."
+    )
     prefetch_threshold: float = Field(0.25, ge=0, le=1, description="Minimum confidence worth an origin fetch.")
     prefetch_per_request: int = Field(1, ge=0, description="Prefetches issued per read at most.")
     prefetch_max_in_flight: int = Field(64, ge=1, description="Concurrent prefetch fetches per tenant at most.")

@@ -75,8 +75,11 @@ class ServiceCollector(Collector):
         counters: dict[str, tuple[str, Callable[[TenantPrefetch], float]]] = {
             "issued": ("Prefetches started.", lambda tp: tp.engine.coordinator.stats.issued),
             "used": ("Prefetched keys read (as hits) soon after.", lambda tp: tp.engine.coordinator.stats.used),
-            "late": ("Reads that missed while their prefetch was still on its way.",
-                     lambda tp: tp.engine.coordinator.stats.late),
+            "late": ("Prefetched keys read as a miss first: while the prefetch was on its way, or after it was "
+                     "evicted unread.", lambda tp: tp.engine.coordinator.stats.late),
+            "late_in_flight": ("Of the late ones, those whose fetch was still running when the read was settled: "
+                               "aimed too near (the stride lead tuner moves out on them).",
+                               lambda tp: tp.engine.coordinator.stats.late_in_flight),
             "wasted": ("Prefetches nobody read within the horizon.", lambda tp: tp.engine.coordinator.stats.wasted),
             "model_seconds": ("Time the prefetcher spent predicting and training.", lambda tp: tp.engine.step_seconds),
             "model_batches": ("Prediction batches run.", lambda tp: tp.engine.steps),
@@ -102,6 +105,13 @@ class ServiceCollector(Collector):
             for name, tp in running.items():
                 family.add_metric([name, tp.arm], value(tp))
             yield family
+        lead = GaugeMetricFamily("foresight_prefetch_stride_lead",
+                                 "Reads ahead the tenant's stride answers aim now (tuned live unless "
+                                 "FORESIGHT_PREFETCH_TUNE_LEAD is false).", labels=["tenant", "arm"])
+        for name, tp in running.items():
+            if (aim := tp.engine.stride_lead) is not None:
+                lead.add_metric([name, tp.arm], aim)
+        yield lead
         hosts = self.state.prefetch.processes if self.state.prefetch is not None else []
         tenants = GaugeMetricFamily("foresight_prefetch_process_tenants",
                                     "Tenants whose prefetcher computes in each prefetch child process.",

@@ -247,7 +247,7 @@ class PrefetchManager:
         if host is not None:
             process_cpu = self._process_cpu.setdefault(host, CpuBudget(process_share(settings)))
         engine = PrefetchEngine(tenant, prefetcher, budget, cpu=self._cpu, process_cpu=process_cpu,
-                                route=functools.partial(route_reads, tenant))
+                                route=functools.partial(route_reads, tenant), tune_lead=settings.prefetch_tune_lead)
         checkpoints = None
         if arm == "learned" and settings.data_dir is not None and self.cipher is not None:
             from service.prefetch.mlops.checkpoints import CheckpointRegistry

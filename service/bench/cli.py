@@ -355,6 +355,8 @@ def live_replay(
     connections: Annotated[int, typer.Option(min=1, help="Client connections; more than 1 interleaves the trace.")] = 1,
     pipeline: Annotated[int, typer.Option(min=1, help="GETs sent together on a connection.")] = 8,
     device: Annotated[str, typer.Option(help="cpu or cuda, for the learned model.")] = "cpu",
+    lead_tuning: Annotated[str, typer.Option(help="on, off or on,off: whether the engine tunes its stride answers' "
+                                             "lead live (off: FORESIGHT_PREFETCH_LEAD throughout).")] = "on",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """How much of a prefetcher's replay hit ratio a running server keeps at a read rate.
@@ -379,21 +381,27 @@ def live_replay(
     if not targets or any(t is not None and t <= 0 for t in targets):
         raise _fail(f"--rates takes positive reads per second or max, got {rates!r}")
     _check_device(device)
+    tunings = {"on": True, "off": False}
+    modes = [m.strip() for m in lead_tuning.split(",") if m.strip()]
+    if not modes or any(m not in tunings for m in modes):
+        raise _fail(f"--lead-tuning takes on, off or on,off, got {lead_tuning!r}")
     try:
         resolve_cache_size(1, cache_frac, cache_size)  # validates the pair before reading the trace
         loaded = load_trace(trace, fmt, limit)
         size = resolve_cache_size(loaded.unique, cache_frac, cache_size)
         environment = {**os.environ, "FORESIGHT_PREFETCH_DEVICE": device}
         figures = measure(loaded, size, names, targets, environment, connections, pipeline,
-                          progress=lambda line: typer.echo(f"live-replay: {line}", err=True))
+                          progress=lambda line: typer.echo(f"live-replay: {line}", err=True),
+                          tunings=[tunings[m] for m in dict.fromkeys(modes)])
     except (TraceError, ReplayError, BenchError, ValueError) as err:
         raise _fail(str(err)) from None
     if as_json:
         typer.echo(json.dumps(to_json(figures, loaded, size)))
         return
     typer.echo(f"{loaded.name}: {len(loaded)} requests, {loaded.unique} unique, cache {size} entries\n")
-    _echo_table(["prefetcher", "target reads/s", "reads/s", "live hit ratio", "replay hit ratio", "issued", "used",
-                 "predicted", "lag (reads)", "stride-answered"],
-                [[f.prefetcher, "max" if f.target_rate is None else f"{f.target_rate:,.0f}", f"{f.rate:,.0f}",
-                  f"{f.hit_ratio:.4f}", f"{f.replay_hit_ratio:.4f}", f"{f.issued:,}", f"{f.used:,}",
+    _echo_table(["prefetcher", "target reads/s", "stride lead", "reads/s", "live hit ratio", "replay hit ratio",
+                 "issued", "used", "predicted", "lag (reads)", "stride-answered"],
+                [[f.prefetcher, "max" if f.target_rate is None else f"{f.target_rate:,.0f}",
+                  "-" if f.stride_lead is None else f"{f.stride_lead:.0f} ({'tuned' if f.tune_lead else 'fixed'})",
+                  f"{f.rate:,.0f}", f"{f.hit_ratio:.4f}", f"{f.replay_hit_ratio:.4f}", f"{f.issued:,}", f"{f.used:,}",
                   f"{f.predicted:.0%}", f"{f.lag_reads:,.0f}", f"{f.fast_share:.0%}"] for f in figures])

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import os
 import tempfile
+import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +48,8 @@ class LiveFigure:
     predicted: float  # share of the reads the engine predicted from
     lag_reads: float  # mean reads between a predicted read and its proposals' issue
     fast_share: float  # share of the predicted reads answered by the engine's own stride (answers.py)
+    tune_lead: bool  # whether the engine tuned its stride answers' lead live (lead.py)
+    stride_lead: float | None  # their lead when the run ended (None: no stride answers)
 
 
 def key_names(keys: Sequence[int]) -> list[bytes]:
@@ -102,25 +106,40 @@ def _counts(http_port: int) -> dict[str, float]:
         "prefetch_issue_lag_reads", "prefetch_fast_answered")}
 
 
+def stride_lead(http_port: int) -> float | None:
+    """The dev server's one tenant's `foresight_prefetch_stride_lead`, None where it has no stride answers."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    samples = [sample.value for family in text_string_to_metric_families(text)
+               if family.name == "foresight_prefetch_stride_lead" for sample in family.samples]
+    return samples[0] if samples else None
+
+
 def replay_hit_ratio(trace: Trace, cache_size: int, prefetcher: str) -> float:
     return 1.0 - replay(trace, cache_size, make_prefetcher(prefetcher), lead=0).miss_ratio
 
 
 def measure_one(keys: list[bytes], cache_size: int, prefetcher: str, rate: float | None, origin: Path,
-                environment: dict[str, str], connections: int = 1, pipeline: int = 8) -> tuple[float, dict[str, float]]:
-    """(seconds, counter deltas) of one replay of the key names against a fresh server."""
-    env = {**environment, "FORESIGHT_PREFETCHER": prefetcher,
+                environment: dict[str, str], connections: int = 1, pipeline: int = 8,
+                tune_lead: bool = True) -> tuple[float, dict[str, float], float | None]:
+    """(seconds, counter deltas, stride lead at the end) of one replay of the key names against a fresh server."""
+    env = {**environment, "FORESIGHT_PREFETCHER": prefetcher, "FORESIGHT_PREFETCH_TUNE_LEAD": str(tune_lead).lower(),
            "FORESIGHT_DEFAULT_TENANT_MEMORY_BYTES": str(cache_size * (len(keys[0]) + len(VALUE) + ENTRY_OVERHEAD))}
     with prefetching_server(str(origin), env) as (resp_port, http_port):
         before = _counts(http_port)
         seconds = asyncio.run(send_paced(resp_port, keys, rate, connections, pipeline))
         after = once_settled(functools.partial(_counts, http_port), quiet_s=0.2, limit_s=5.0)
-    return seconds, {name: after[name] - before[name] for name in after}
+        lead = stride_lead(http_port)
+    return seconds, {name: after[name] - before[name] for name in after}, lead
 
 
 def measure(trace: Trace, cache_size: int, prefetchers: Sequence[str], rates: Sequence[float | None],
             environment: dict[str, str] | None = None, connections: int = 1, pipeline: int = 8,
-            progress: Callable[[str], None] = lambda line: None) -> list[LiveFigure]:
+            progress: Callable[[str], None] = lambda line: None,
+            tunings: Sequence[bool] = (True,)) -> list[LiveFigure]:
+    """One figure per prefetcher, rate and lead tuning (`tunings`: on, off or both; `none` runs once)."""
     if trace.unique > MAX_OBJECTS:
         raise BenchError(f"{trace.unique} unique keys: the scratch origin holds at most {MAX_OBJECTS} (use --limit)")
     figures = []
@@ -130,17 +149,18 @@ def measure(trace: Trace, cache_size: int, prefetchers: Sequence[str], rates: Se
         seed_origin(origin, set(names))
         for prefetcher in prefetchers:
             offline = replay_hit_ratio(trace, cache_size, prefetcher)
-            for rate in rates:
-                progress(f"{prefetcher} at {'max' if rate is None else f'{rate:g}'} reads/s")
-                seconds, delta = measure_one(names, cache_size, prefetcher, rate, origin,
-                                             environment or dict(os.environ), connections, pipeline)
+            for rate, tune in itertools.product(rates, tunings[:1] if prefetcher == "none" else tunings):
+                progress(f"{prefetcher} at {'max' if rate is None else f'{rate:g}'} reads/s, lead "
+                         f"{'tuned' if tune else 'fixed'}")
+                seconds, delta, lead = measure_one(names, cache_size, prefetcher, rate, origin,
+                                                   environment or dict(os.environ), connections, pipeline, tune)
                 reads = delta["cache_hits"] + delta["cache_misses"]
                 predicted = delta["prefetch_predicted"]
                 figures.append(LiveFigure(
                     prefetcher, rate, len(trace) / seconds, delta["cache_hits"] / max(1.0, reads), offline,
                     int(delta["prefetch_issued"]), int(delta["prefetch_used"]), predicted / max(1.0, reads),
                     delta["prefetch_issue_lag_reads"] / max(1.0, predicted),
-                    delta["prefetch_fast_answered"] / max(1.0, predicted)))
+                    delta["prefetch_fast_answered"] / max(1.0, predicted), tune, lead))
     return figures
 
 

@@ -71,7 +71,8 @@ class AnswerSources:
     def __init__(self, coordinator: PrefetchCoordinator, lead: int, half_life: int = 1024,
                  margin: float = 1.0) -> None:
         """`coordinator`: the engine's, which issues the serving source's proposals."""
-        self.fast = StridePrefetcher(lead)
+        self.fast = StridePrefetcher(lead)  # aimable: the engine may tune its lead while it serves
+        self.distance = lead + 1  # where the prefetcher's answers aim
         budget = coordinator.budget
         self._books = {name: PrefetchCoordinator(_Unfetched(coordinator), budget, coordinator.decode,
                                                  coordinator.horizon) for name in SOURCES}
@@ -107,7 +108,7 @@ class AnswerSources:
     @property
     def model_on_time(self) -> bool:
         """Whether the prefetcher's answers come before the read they aim at (`lead + 1` reads on)."""
-        return self.model_lag <= self.fast.distance
+        return self.model_lag <= self.distance
 
     @property
     def fast_useful(self) -> bool:

@@ -31,13 +31,17 @@ class Prefetcher(ABC):
     """Observes one tenant's accesses and proposes what comes next, best first."""
 
     name: ClassVar[str]
+    aimable: ClassVar[bool] = False  # whether `aim_at` may move its aim once built
 
     def __init__(self, lead: int = 0, max_candidates: int = 4) -> None:
+        self._set_lead(lead)
+        self.max_candidates = max_candidates
+
+    def _set_lead(self, lead: int) -> None:
         if lead < 0:
             raise ValueError(f"prefetch lead must be >= 0, got {lead}")
         self.lead = lead
         self.distance = lead + 1  # how many accesses ahead a useful prediction looks
-        self.max_candidates = max_candidates
 
     @abstractmethod
     def access(self, key: int) -> Predictions:
@@ -46,6 +50,13 @@ class Prefetcher(ABC):
     def access_batch(self, keys: Sequence[int]) -> list[Predictions]:
         """Record several accesses in order; one proposal list per access, each using only the past."""
         return [self.access(key) for key in keys]
+
+    def aim_at(self, lead: int) -> None:
+        """Aim later proposals `lead` reads ahead (the engine tunes the aim live, `lead.py`). Only an `aimable`
+        prefetcher: the others keep successor tables or a model learned for the distance they were built with."""
+        if not self.aimable:
+            raise TypeError(f"the {self.name} prefetcher's lead is fixed when it is built")
+        self._set_lead(lead)
 
     @property
     def serving_arm(self) -> str | None:

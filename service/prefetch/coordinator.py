@@ -46,7 +46,8 @@ class PrefetchBudget:
 class CoordinatorStats:
     issued: int = 0
     used: int = 0  # read as a hit within the horizon after being issued
-    late: int = 0  # read as a miss while (or before) the prefetch was on its way
+    late: int = 0  # read as a miss first: while the prefetch was on its way, or after it was evicted
+    late_in_flight: int = 0  # of those, read while its fetch was still running when the read was settled
     wasted: int = 0  # not read within the horizon
     skipped_resident: int = 0
     skipped_in_flight: int = 0
@@ -133,6 +134,7 @@ class PrefetchCoordinator:
                 self.stats.used += 1
             else:
                 self.stats.late += 1
+                self.stats.late_in_flight += key in self._outstanding  # aimed too near: `lead.py` moves out
         deadline = self._clock - self.horizon
         while recent and next(iter(recent.values())) <= deadline:
             recent.popitem(last=False)

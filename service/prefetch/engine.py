@@ -15,7 +15,8 @@ takes a core, not the lock, so where cores are spare it may take more); a step p
 sample under load), the step gives the lock back between chunks, and a worker that is behind steps at most
 every `busy_interval`. A worker that is behind also records only the reads it settles and predicts from
 (`windows.py`). For a prefetcher with arms (the learned one) the engine also answers with a stride prefetcher of
-its own, issued when the prefetcher's answers come late and score worse live (`answers.py`).
+its own, issued when the prefetcher's answers come late and score worse live (`answers.py`). Where stride
+answers are issued, the engine tunes how far ahead they aim from what the cache used (`lead.py`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from service.prefetch.answers import FAST, MODEL, AnswerSources
 from service.prefetch.base import Predictions, Prefetcher
 from service.prefetch.coordinator import PrefetchBudget, PrefetchCoordinator, PrefetchTarget
 from service.prefetch.keys import KeyCodec
+from service.prefetch.lead import MAX_LEAD, LeadTuner
 from service.prefetch.mlops.drift import DriftDetector
 from service.prefetch.shadow import NO_PREFETCH
 from service.prefetch.windows import RecordingWindows, Route
@@ -102,6 +104,7 @@ class PrefetchEngine:
         max_batch: int = 512,
         process_cpu: CpuBudget | None = None,
         route: Route | None = None,
+        tune_lead: bool = False,
     ) -> None:
         self.prefetcher = prefetcher
         self.codec = codec or KeyCodec()
@@ -133,6 +136,10 @@ class PrefetchEngine:
         self.sources: AnswerSources | None = None
         self.fast_answered = 0  # predicted reads whose issued proposals were the engine's stride answers
         self._backlog: deque[tuple[Hashable, int]] = deque(maxlen=max_batch)  # drained, not yet given to it
+        # The live aim of the serving stride answers (`lead.py`): the tenant's stride prefetcher, or the engine's
+        # own while it serves; the used prefetches it judges by are the coordinator's since the last step.
+        self.tuner = LeadTuner(min(prefetcher.lead, MAX_LEAD)) if tune_lead else None
+        self._outcomes_seen = (0, 0)  # the coordinator's (used, late_in_flight) at the last step
         # `route` points the read path at `recorders` or at nothing; without one it records always (the caller
         # routed `recorders` itself).
         self.windows = (RecordingWindows(route, self.recorders, self.coordinator.horizon, max_batch)
@@ -164,6 +171,7 @@ class PrefetchEngine:
         coordinator, sources = self.coordinator, self.sources
         for key, hit in batch:
             coordinator.on_access(key, hit)
+        self._tune(len(batch))
         if sources is not None:
             for key, _ in batch:
                 sources.on_access(key)
@@ -208,6 +216,25 @@ class PrefetchEngine:
         if sources is None and self.prefetcher.serving_arm is not None:
             self.sources = AnswerSources(coordinator, self.prefetcher.lead)
         return out
+
+    @property
+    def stride_lead(self) -> int | None:
+        """The lead the stride answers aim with (the tuner's choice, between probes); None without stride answers."""
+        if self.sources is not None:
+            return self.tuner.lead if self.tuner is not None else self.sources.fast.lead
+        if not self.prefetcher.aimable:
+            return None
+        return self.tuner.lead if self.tuner is not None else self.prefetcher.lead
+
+    def _tune(self, reads: int) -> None:
+        """Hand the tuner the reads just settled and the prefetches they used; aim the serving stride answers."""
+        stats = self.coordinator.stats
+        (used, in_flight), (seen_used, seen_in_flight) = (stats.used, stats.late_in_flight), self._outcomes_seen
+        self._outcomes_seen = used, in_flight
+        sources = self.sources
+        aimed = self.prefetcher if sources is None else sources.fast if sources.serving == FAST else None
+        if self.tuner is not None and aimed is not None and aimed.aimable:
+            aimed.aim_at(self.tuner.observe(reads, used - seen_used, in_flight - seen_in_flight))
 
     def issue(self, proposals: list[tuple[Hashable, Predictions]], reads_after: int = 0, source: str = MODEL) -> int:
         """Hand proposals to the coordinator (on the event loop); returns how many prefetches started.

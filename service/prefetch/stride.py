@@ -17,6 +17,7 @@ _EMA = 0.02  # weight of one outcome in a rule's running accuracy (about the las
 
 class StridePrefetcher(Prefetcher):
     name = "stride"
+    aimable = True
 
     def __init__(self, lead: int = 0, max_candidates: int = 2, window: int = USEFUL_WINDOW) -> None:
         super().__init__(lead, max_candidates)
@@ -40,7 +41,7 @@ class StridePrefetcher(Prefetcher):
                 del counts[old]
             else:
                 counts[old] -= 1
-        if len(self._guesses) >= self.distance + self.window - 1:
+        while len(self._guesses) >= self.distance + self.window - 1:  # more than one after the aim came closer
             rule, guess = self._guesses.popleft()
             self.accuracy[rule] += _EMA * ((guess in counts) - self.accuracy[rule])
 

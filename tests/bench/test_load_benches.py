@@ -104,6 +104,7 @@ def test_the_load_bench_waits_for_a_prefetch_engine_and_says_when_none_comes(mon
     (["--prefetchers", "none,oracle"], "unknown prefetcher(s): oracle"),
     (["--rates", "1000,fast"], "--rates takes reads per second or max, got '1000,fast'"),
     (["--rates", "0"], "--rates takes positive reads per second or max, got '0'"),
+    (["--lead-tuning", "on,maybe"], "--lead-tuning takes on, off or on,off, got 'on,maybe'"),
     (["--cache-frac", "0.1", "--cache-size", "10"], "give --cache-frac or --cache-size, not both"),
 ])
 def test_live_replay_rejects_bad_input_before_starting_anything(
@@ -133,7 +134,8 @@ def test_live_replay_matches_the_replay_without_a_prefetcher_and_keeps_strides_g
     none, stride = report["figures"]
     assert none["prefetcher"] == "none" and none["hit_ratio"] == pytest.approx(none["replay_hit_ratio"], abs=1e-9)
     assert 0.1 < none["hit_ratio"] < 0.4  # the hot set's re-reads
-    assert none["issued"] == 0
+    assert none["issued"] == 0 and none["stride_lead"] is None
+    assert stride["tune_lead"] is True and 0 <= stride["stride_lead"] <= 32
     assert stride["replay_hit_ratio"] > 0.8
     assert stride["hit_ratio"] > none["hit_ratio"] + 0.4
     assert stride["used"] > 0.4 * len(keys) and stride["predicted"] > 0.95

@@ -76,6 +76,15 @@ def test_coordinator_counts_used_late_and_wasted() -> None:
     assert (stats.issued, stats.used, stats.late, stats.wasted) == (3, 1, 1, 1)
 
 
+def test_a_late_read_is_told_apart_by_whether_its_fetch_was_still_running() -> None:
+    coordinator = PrefetchCoordinator(FakeCache(), PrefetchBudget(per_request=2))
+    coordinator.consider(proposals(1, 2))
+    coordinator.completed(2)  # landed (and, read as a miss below, evicted unread before its read)
+    coordinator.on_access(1, hit=False)
+    coordinator.on_access(2, hit=False)
+    assert (coordinator.stats.late, coordinator.stats.late_in_flight) == (2, 1)
+
+
 def test_budget_rejects_nonsense() -> None:
     for bad in ({"threshold": 1.5}, {"per_request": -1}, {"max_in_flight": 0}):
         with pytest.raises(ValueError, match="prefetch"):

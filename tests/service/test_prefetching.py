@@ -42,8 +42,10 @@ def test_stride_prefetch_turns_a_sequential_scan_into_hits(sequential_origin: Pa
         cold = _scan(svc.resp_port, 200)
     with running_service(dev=True, origin=str(sequential_origin), prefetcher="stride") as svc:
         warm = _scan(svc.resp_port, 200)
-        stats = svc.state.prefetch.running["default"].engine.coordinator.stats
-        assert svc.state.prefetch.running["default"].engine.prefetcher.name == "stride"  # auto: in the thread
+        engine = svc.state.prefetch.running["default"].engine
+        stats = engine.coordinator.stats
+        assert engine.prefetcher.name == "stride"  # auto: in the thread
+        assert engine.tuner is not None  # its lead is tuned live by default
         with httpx.Client(base_url=svc.endpoints.http_url) as http:
             metrics = http.get("/metrics").text
     assert cold == 0
@@ -54,6 +56,7 @@ def test_stride_prefetch_turns_a_sequential_scan_into_hits(sequential_origin: Pa
     assert 'foresight_prefetch_unpredicted_total{arm="stride",tenant="default"} 0.0' in metrics  # a slow scan
     # A prefetcher without arms is issued as it is: the engine runs no stride of its own beside it.
     assert 'foresight_prefetch_fast_answered_total{arm="stride",tenant="default"} 0.0' in metrics
+    assert re.search(r'^foresight_prefetch_stride_lead\{arm="stride",tenant="default"\} \d+\.0$', metrics, re.M)
     predicted = re.search(r'^foresight_prefetch_predicted_total\{arm="stride",tenant="default"\} (\S+)$', metrics, re.M)
     assert predicted is not None and float(predicted.group(1)) >= 190  # all 200 reads, the last few perhaps not yet
     logged = re.search(r'^foresight_prefetch_logged_total\{arm="stride",tenant="default"\} (\S+)$', metrics, re.M)
@@ -116,6 +119,18 @@ def test_a_killed_prefetcher_process_costs_one_step_and_prefetching_resumes(sequ
 def test_the_keys_a_prefetcher_remembers_are_configured(sequential_origin: Path) -> None:
     with running_service(dev=True, origin=str(sequential_origin), prefetcher="markov", prefetch_max_keys=4096) as svc:
         assert svc.state.prefetch.running["default"].engine.prefetcher.table.max_keys == 4096  # type: ignore[attr-defined]
+
+
+def test_a_fixed_lead_is_configured_and_only_stride_answers_have_one_to_tune(sequential_origin: Path) -> None:
+    with running_service(dev=True, origin=str(sequential_origin), prefetcher="stride", prefetch_lead=6,
+                         prefetch_tune_lead=False) as svc:
+        engine = svc.state.prefetch.running["default"].engine
+        _scan(svc.resp_port, 50, pause=0)
+        assert engine.tuner is None and engine.stride_lead == 6 and engine.prefetcher.distance == 7
+    with running_service(dev=True, origin=str(sequential_origin), prefetcher="markov") as svc:
+        assert svc.state.prefetch.running["default"].engine.stride_lead is None
+        with httpx.Client(base_url=svc.endpoints.http_url) as http:
+            assert "foresight_prefetch_stride_lead{" not in http.get("/metrics").text
 
 
 def test_tenants_without_origin_get_no_engine() -> None:

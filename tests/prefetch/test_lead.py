@@ -1,0 +1,143 @@
+"""The live aim of stride answers (`lead.py`): hill climbing on the prefetches the cache used."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+
+import pytest
+
+from service.prefetch import make_prefetcher
+from service.prefetch.base import Predictions
+from service.prefetch.coordinator import PrefetchBudget
+from service.prefetch.engine import PrefetchEngine
+from service.prefetch.lead import DUEL, LeadTuner
+from service.prefetch.stride import StridePrefetcher
+
+
+def _climb(tuner: LeadTuner, used_per_read: Callable[[int], float], duels: int) -> list[int]:
+    """Feed the tuner `duels` comparisons' worth of epochs whose outcome depends on the aim alone; the aims."""
+    aims = []
+    for _ in range(duels * len(DUEL)):
+        aim = tuner.aim
+        aims.append(aim)
+        tuner.observe(tuner.epoch, round(tuner.epoch * used_per_read(aim)))
+    return aims
+
+
+def test_the_tuner_climbs_to_the_aim_that_uses_the_most_prefetches_from_either_side() -> None:
+    def peaked(aim: int) -> float:
+        return max(0.0, 0.9 - 0.05 * abs(aim - 9))
+
+    for start in (0, 4, 30):
+        tuner = LeadTuner(start)
+        _climb(tuner, peaked, duels=80)
+        assert abs(tuner.lead - 9) <= 1, start
+
+
+def test_the_tuner_stays_put_when_the_aim_makes_no_difference_and_probes_ever_less() -> None:
+    tuner = LeadTuner(4, max_rest=32)
+    aims = _climb(tuner, lambda aim: 0.5, duels=100)
+    assert tuner.lead == 4 and tuner.moves == 0
+    assert set(aims) == {3, 4, 5}  # probes one step either side, alternately
+    assert aims[:8].count(4) == 4  # at first every duel is half probes
+    assert aims[-100:].count(4) >= 80  # later a rest, longer after each probe given up, comes before each duel
+
+
+def test_a_duel_runs_the_current_aim_around_the_probe_and_is_repeated_until_it_has_a_verdict() -> None:
+    tuner = LeadTuner(8, epoch=100)
+    assert _climb(tuner, lambda aim: 0.5, duels=1) == [8, 10, 10, 8]  # a step is a quarter of the aim
+    assert _climb(tuner, lambda aim: 0.5, duels=1) == [8, 10, 10, 8]  # a tie: the same probe again
+    # The probe's epochs take more reads with more used in all, but fewer per read: per read decides.
+    for aim, reads, used in ((8, 100, 50), (10, 300, 90), (10, 100, 30), (8, 100, 50)):
+        assert tuner.aim == aim
+        tuner.observe(reads, used)
+    assert tuner.lead == 8 and tuner.moves == 0
+    assert _climb(tuner, lambda aim: 0.5, duels=2)[:5] == [8, 8, 6, 6, 8]  # given up: a rest, then the other way
+
+
+def test_the_tuner_keeps_within_its_bounds() -> None:
+    tuner = LeadTuner(0, max_lead=2)
+    aims = _climb(tuner, lambda aim: 0.1 * aim, duels=10)
+    assert tuner.lead == 2 and max(aims) == 2 and min(aims) >= 0
+    with pytest.raises(ValueError, match="max_lead"):
+        LeadTuner(5, max_lead=4)
+    with pytest.raises(ValueError, match="max_lead"):
+        LeadTuner(0, max_lead=0)
+
+
+def test_only_stride_may_be_aimed_once_built() -> None:
+    stride = StridePrefetcher(lead=0)
+    stride.access_batch([10, 11])
+    stride.aim_at(7)
+    assert stride.access(12)[0].key == 12 + 8
+    with pytest.raises(ValueError, match="lead"):
+        stride.aim_at(-1)
+    with pytest.raises(TypeError, match="fixed"):
+        make_prefetcher("markov").aim_at(3)
+
+
+class DelayedCache:
+    """A target whose prefetches land `delay` reads after their issue and which keeps at most `keep` unread
+    prefetched keys (the oldest go first): a prefetch aimed too near comes late, one aimed too far is evicted."""
+
+    def __init__(self, delay: int, keep: int) -> None:
+        self.delay, self.keep, self.now = delay, keep, 0
+        self.flying: dict[Hashable, tuple[int, asyncio.Future[None]]] = {}  # key -> (the read it lands before, fetch)
+        self.unread: OrderedDict[Hashable, None] = OrderedDict()
+
+    def is_resident(self, key: Hashable) -> bool:
+        return key in self.unread
+
+    def in_flight(self, key: Hashable) -> bool:
+        return key in self.flying
+
+    def prefetch(self, key: Hashable) -> asyncio.Future[None]:
+        fetch = asyncio.get_running_loop().create_future()
+        self.flying[key] = (self.now + self.delay, fetch)
+        return fetch
+
+    def read(self, key: Hashable) -> bool:
+        self.now += 1
+        for landed in [k for k, (due, _) in self.flying.items() if due <= self.now]:
+            self.flying.pop(landed)[1].set_result(None)
+            self.unread[landed] = None
+        while len(self.unread) > self.keep:
+            self.unread.popitem(last=False)
+        return self.unread.pop(key, False) is None
+
+
+async def _scan(engine: PrefetchEngine, cache: DelayedCache, reads: range, per_step: int = 1) -> int:
+    """A sequential scan read through the engine `per_step` reads a step; returns the hits."""
+    def emit(chunk: list[tuple[Hashable, Predictions]], reads_after: int, source: str) -> None:
+        engine.issue(chunk, reads_after, source)
+
+    hits = 0
+    for begin in range(reads.start, reads.stop, per_step):
+        for i in range(begin, begin + per_step):
+            key = f"obj:{i:06d}".encode()
+            hit = cache.read(key)
+            hits += hit
+            engine.on_access(key, hit)
+        await asyncio.sleep(0)  # the landed fetches' callbacks: the coordinator hears they completed
+        engine.step(emit)
+    return hits
+
+
+async def _fixed_and_tuned(delay: int, keep: int) -> tuple[PrefetchEngine, int, PrefetchEngine, int]:
+    engines = []
+    for tune in (False, True):
+        cache = DelayedCache(delay, keep)
+        engine = PrefetchEngine(cache, StridePrefetcher(lead=0), PrefetchBudget(per_request=1), tune_lead=tune)
+        await _scan(engine, cache, range(10_000))
+        engines += [engine, await _scan(engine, cache, range(10_000, 12_000))]
+    return engines[0], engines[1], engines[2], engines[3]
+
+
+def test_a_stride_engine_tunes_its_aim_past_the_fetch_delay_and_short_of_eviction() -> None:
+    fixed, fixed_hits, tuned, tuned_hits = asyncio.run(_fixed_and_tuned(delay=6, keep=6))
+    assert fixed.tuner is None and fixed.stride_lead == 0
+    assert fixed.coordinator.stats.late_in_flight > 10_000  # aimed at the next read, every prefetch came late
+    assert tuned.tuner is not None and 5 <= tuned.stride_lead <= 11  # lands before its read, unevicted
+    assert fixed_hits < 50 and tuned_hits > 1_800
