@@ -125,19 +125,18 @@ async def _scan(engine: PrefetchEngine, cache: DelayedCache, reads: range, per_s
     return hits
 
 
-async def _fixed_and_tuned(delay: int, keep: int) -> tuple[PrefetchEngine, int, PrefetchEngine, int]:
-    engines = []
-    for tune in (False, True):
-        cache = DelayedCache(delay, keep)
-        engine = PrefetchEngine(cache, StridePrefetcher(lead=0), PrefetchBudget(per_request=1), tune_lead=tune)
-        await _scan(engine, cache, range(10_000))
-        engines += [engine, await _scan(engine, cache, range(10_000, 12_000))]
-    return engines[0], engines[1], engines[2], engines[3]
+async def _warmed(delay: int, keep: int, tune: bool) -> tuple[PrefetchEngine, int]:
+    """A stride engine after a 10,000-read scan, and its hits over the next 2,000."""
+    cache = DelayedCache(delay, keep)
+    engine = PrefetchEngine(cache, StridePrefetcher(lead=0), PrefetchBudget(per_request=1), tune_lead=tune)
+    await _scan(engine, cache, range(10_000))
+    return engine, await _scan(engine, cache, range(10_000, 12_000))
 
 
 def test_a_stride_engine_tunes_its_aim_past_the_fetch_delay_and_short_of_eviction() -> None:
-    fixed, fixed_hits, tuned, tuned_hits = asyncio.run(_fixed_and_tuned(delay=6, keep=6))
+    fixed, fixed_hits = asyncio.run(_warmed(delay=6, keep=6, tune=False))
+    tuned, tuned_hits = asyncio.run(_warmed(delay=6, keep=6, tune=True))
     assert fixed.tuner is None and fixed.stride_lead == 0
     assert fixed.coordinator.stats.late_in_flight > 10_000  # aimed at the next read, every prefetch came late
-    assert tuned.tuner is not None and 5 <= tuned.stride_lead <= 11  # lands before its read, unevicted
+    assert tuned.tuner is not None and tuned.stride_lead in range(5, 12)  # lands before its read, unevicted
     assert fixed_hits < 50 and tuned_hits > 1_800
