@@ -17,7 +17,6 @@ import functools
 import itertools
 import os
 import tempfile
-import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 import hiredis
 
-from service.bench.prefetch_load import metric_totals, once_settled, prefetching_server
+from service.bench.prefetch_load import metric_totals, once_settled, prefetching_server, scrape
 from service.bench.replay import replay
 from service.bench.resp import BenchError
 from service.bench.traces import Trace
@@ -108,13 +107,8 @@ def _counts(http_port: int) -> dict[str, float]:
 
 def stride_lead(http_port: int) -> float | None:
     """The dev server's one tenant's `foresight_prefetch_stride_lead`, None where it has no stride answers."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    samples = [sample.value for family in text_string_to_metric_families(text)
-               if family.name == "foresight_prefetch_stride_lead" for sample in family.samples]
-    return samples[0] if samples else None
+    samples = scrape(http_port).get("foresight_prefetch_stride_lead")
+    return samples[0][1] if samples else None
 
 
 def replay_hit_ratio(trace: Trace, cache_size: int, prefetcher: str) -> float:

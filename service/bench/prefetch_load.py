@@ -70,14 +70,20 @@ class LoadSetup:
 ENGINE_START_TIMEOUT_S = 180.0
 
 
-def metric_totals(http_port: int) -> dict[str, float]:
-    """Each counter family's total over its labels, from a dev server's /metrics."""
+def scrape(http_port: int) -> dict[str, list[tuple[str, float]]]:
+    """Each metric family's samples (name, value), from a dev server's /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as reply:
         text = reply.read().decode()
-    return {family.name: sum(sample.value for sample in family.samples if sample.name.endswith("_total"))
+    return {family.name: [(sample.name, sample.value) for sample in family.samples]
             for family in text_string_to_metric_families(text) if family.samples}
+
+
+def metric_totals(http_port: int) -> dict[str, float]:
+    """Each counter family's total over its labels, from a dev server's /metrics."""
+    return {name: sum(value for sample, value in samples if sample.endswith("_total"))
+            for name, samples in scrape(http_port).items()}
 
 
 def _read_counts(http_port: int) -> tuple[float, float, float]:

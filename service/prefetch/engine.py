@@ -220,11 +220,10 @@ class PrefetchEngine:
     @property
     def stride_lead(self) -> int | None:
         """The lead the stride answers aim with (the tuner's choice, between probes); None without stride answers."""
-        if self.sources is not None:
-            return self.tuner.lead if self.tuner is not None else self.sources.fast.lead
-        if not self.prefetcher.aimable:
+        aimed = self.sources.fast if self.sources is not None else self.prefetcher
+        if not aimed.aimable:
             return None
-        return self.tuner.lead if self.tuner is not None else self.prefetcher.lead
+        return self.tuner.lead if self.tuner is not None else aimed.lead
 
     def _tune(self, reads: int) -> None:
         """Hand the tuner the reads just settled and the prefetches they used; aim the serving stride answers."""
