@@ -9,11 +9,13 @@ from collections.abc import Callable, Hashable
 import pytest
 
 from service.prefetch import make_prefetcher
-from service.prefetch.base import Predictions
+from service.prefetch.answers import FAST, MODEL
+from service.prefetch.base import Predictions, Prefetcher
 from service.prefetch.coordinator import PrefetchBudget
 from service.prefetch.engine import PrefetchEngine
 from service.prefetch.lead import DUEL, LeadTuner
 from service.prefetch.stride import StridePrefetcher
+from tests.prefetch.test_answers import Armed
 
 
 def _climb(tuner: LeadTuner, used_per_read: Callable[[int], float], duels: int) -> list[int]:
@@ -108,10 +110,12 @@ class DelayedCache:
         return self.unread.pop(key, False) is None
 
 
-async def _scan(engine: PrefetchEngine, cache: DelayedCache, reads: range, per_step: int = 1) -> int:
-    """A sequential scan read through the engine `per_step` reads a step; returns the hits."""
+async def _scan(engine: PrefetchEngine, cache: DelayedCache, reads: range, per_step: int = 1,
+                model_late_by: int = 0) -> int:
+    """A sequential scan read through the engine `per_step` reads a step (a prefetcher's own answers reaching it
+    `model_late_by` reads late); returns the hits."""
     def emit(chunk: list[tuple[Hashable, Predictions]], reads_after: int, source: str) -> None:
-        engine.issue(chunk, reads_after, source)
+        engine.issue(chunk, reads_after + (model_late_by if source == MODEL else 0), source)
 
     hits = 0
     for begin in range(reads.start, reads.stop, per_step):
@@ -125,12 +129,15 @@ async def _scan(engine: PrefetchEngine, cache: DelayedCache, reads: range, per_s
     return hits
 
 
-async def _warmed(delay: int, keep: int, tune: bool) -> tuple[PrefetchEngine, int]:
-    """A stride engine after a 10,000-read scan, and its hits over the next 2,000."""
+async def _warmed(delay: int, keep: int, tune: bool, prefetcher: Prefetcher | None = None,
+                  model_late_by: int = 0) -> tuple[PrefetchEngine, int]:
+    """An engine (stride unless another prefetcher is given) after a 10,000-read scan, and its hits over the next
+    2,000."""
     cache = DelayedCache(delay, keep)
-    engine = PrefetchEngine(cache, StridePrefetcher(lead=0), PrefetchBudget(per_request=1), tune_lead=tune)
-    await _scan(engine, cache, range(10_000))
-    return engine, await _scan(engine, cache, range(10_000, 12_000))
+    engine = PrefetchEngine(cache, prefetcher or StridePrefetcher(lead=0), PrefetchBudget(per_request=1),
+                            tune_lead=tune)
+    await _scan(engine, cache, range(10_000), model_late_by=model_late_by)
+    return engine, await _scan(engine, cache, range(10_000, 12_000), model_late_by=model_late_by)
 
 
 def test_a_stride_engine_tunes_its_aim_past_the_fetch_delay_and_short_of_eviction() -> None:
@@ -140,3 +147,11 @@ def test_a_stride_engine_tunes_its_aim_past_the_fetch_delay_and_short_of_evictio
     assert fixed.coordinator.stats.late_in_flight > 10_000  # aimed at the next read, every prefetch came late
     assert tuned.tuner is not None and tuned.stride_lead in range(5, 12)  # lands before its read, unevicted
     assert fixed_hits < 50 and tuned_hits > 1_800
+
+
+def test_an_engine_with_arms_tunes_its_own_stride_answers_while_they_are_issued() -> None:
+    armed = Armed()  # its answers (never read) come 100 reads late: the engine's own stride answers instead
+    engine, hits = asyncio.run(_warmed(delay=6, keep=6, tune=True, prefetcher=armed, model_late_by=100))
+    assert engine.sources is not None and engine.sources.serving == FAST
+    assert engine.stride_lead in range(5, 12) and engine.sources.fast.lead > 0 == armed.lead  # the model keeps its own
+    assert hits > 1_800
