@@ -227,12 +227,14 @@ class PrefetchEngine:
 
     def _tune(self, reads: int) -> None:
         """Hand the tuner the reads just settled and the prefetches they used; aim the serving stride answers."""
+        if self.tuner is None:
+            return
         stats = self.coordinator.stats
         (used, in_flight), (seen_used, seen_in_flight) = (stats.used, stats.late_in_flight), self._outcomes_seen
         self._outcomes_seen = used, in_flight
         sources = self.sources
         aimed = self.prefetcher if sources is None else sources.fast if sources.serving == FAST else None
-        if self.tuner is not None and aimed is not None and aimed.aimable:
+        if aimed is not None and aimed.aimable:
             aimed.aim_at(self.tuner.observe(reads, used - seen_used, in_flight - seen_in_flight))
 
     def issue(self, proposals: list[tuple[Hashable, Predictions]], reads_after: int = 0, source: str = MODEL) -> int:

@@ -82,7 +82,7 @@ class LeadTuner:
         noise = (rate * (1 - rate) / max(1, reads) + probe_rate * (1 - probe_rate) / max(1, probe_reads)) ** 0.5
         if in_flight > used and self.lead < self.max_lead:
             self._up = True
-            self._move(min(self.max_lead, self.lead + max(1, self.lead // 4)))
+            self._move(min(self.max_lead, self.lead + self._step))
         elif probe_rate - rate > self.z * noise:
             self._move(self._probe)
         elif rate - probe_rate > self.z * noise or self._duels >= self.max_duels:
@@ -101,8 +101,12 @@ class LeadTuner:
         self._tally = {False: [0, 0, 0], True: [0, 0, 0]}
         self._probe = self._next_probe()
 
+    @property
+    def _step(self) -> int:
+        return max(1, self.lead // 4)
+
     def _next_probe(self) -> int:
-        step = max(1, self.lead // 4)
+        step = self._step
         if self.lead + step > self.max_lead if self._up else self.lead - step < 0:
             self._up = not self._up
         return self.lead + step if self._up else self.lead - step
