@@ -258,25 +258,37 @@ def prefetch_pool(
 
 @app.command("prefetch-memory")
 def prefetch_memory(
-    reads: Annotated[int, typer.Option(min=1024, help="Random reads, nearly all of new keys.")] = DEFAULT_MAX_KEYS,
+    reads: Annotated[
+        int, typer.Option(min=1024, help="Reads fed: random keys, nearly all new, or the trace's first N.")
+    ] = DEFAULT_MAX_KEYS,
     max_keys: Annotated[
         int, typer.Option(min=1024, help="Keys remembered at most (FORESIGHT_PREFETCH_MAX_KEYS).")
     ] = DEFAULT_MAX_KEYS,
+    trace: Annotated[
+        Path | None,
+        typer.Option(help="Feed this trace's keys instead of random ones (formats as `bench replay`'s, auto)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """What the Markov and learned prefetchers hold per key they remember, against a set of the same keys.
 
     Their per-key state (successor tables, last reads) is most of a tenant's prefetcher memory on a large key
-    space and is bounded by FORESIGHT_PREFETCH_MAX_KEYS. Each runs in a fresh interpreter; resident memory
+    space and is bounded by FORESIGHT_PREFETCH_MAX_KEYS. Random keys each have one successor, the cheapest
+    case; a trace's keys recur with several (--trace). Each runs in a fresh interpreter; resident memory
     before and after. Linux only (/proc).
     """
     from service.bench.memory import as_json as to_json
     from service.bench.memory import measure
+    from service.bench.traces import TraceError, load_trace
     from service.prefetch.isolated import resident_bytes
 
     if resident_bytes() is None:
         raise _fail("prefetch-memory reads resident memory from /proc: Linux only")
-    figures = measure(reads, max_keys)
+    try:
+        keys = load_trace(trace, limit=reads).keys if trace is not None else None
+    except TraceError as err:
+        raise _fail(str(err)) from None
+    figures = measure(reads, max_keys, keys)
     if as_json:
         typer.echo(json.dumps(to_json(figures)))
         return

@@ -192,3 +192,27 @@ def test_prefetch_memory_reports_each_prefetchers_memory_per_key_against_a_set()
     assert 0 < figures["markov"]["kb_per_key"] < 2 * figures["set"]["kb_per_key"] < figures["learned"]["kb_per_key"]
     bounded = runner.invoke(app, ["prefetch-memory", "--reads", "20000", "--max-keys", "4096", "--json"])
     assert all(f["keys"] <= 4096 for f in json.loads(bounded.output)["figures"])
+
+
+def test_prefetch_memory_on_a_trace_counts_the_successors_its_keys_recur_with(tmp_path: pathlib.Path) -> None:
+    """Random keys are each followed once; a trace's keys recur, each followed by several successors, and
+    every successor a table holds costs memory: the random figure would understate a real tenant's."""
+    import random
+
+    rng, keys = random.Random(0), list(range(50_000))
+    lines = []
+    for _ in range(4):  # four tours in different orders: up to four successors a key
+        rng.shuffle(keys)
+        lines += [str(key) for key in keys]
+    trace = tmp_path / "tours.txt"
+    trace.write_text("\n".join(lines) + "\n")
+    out = runner.invoke(app, ["prefetch-memory", "--trace", str(trace), "--json"])
+    assert out.exit_code == 0, out.output
+    traced = {f["prefetcher"]: f for f in json.loads(out.output)["figures"]}
+    assert all(f["reads"] == 200_000 and f["keys"] == 50_000 for f in traced.values())
+    random_keys = runner.invoke(app, ["prefetch-memory", "--reads", "50000", "--json"])
+    once = {f["prefetcher"]: f for f in json.loads(random_keys.output)["figures"]}
+    assert traced["markov"]["kb_per_key"] > 1.5 * once["markov"]["kb_per_key"]
+    assert traced["learned"]["kb_per_key"] > 1.5 * once["learned"]["kb_per_key"]
+    missing = runner.invoke(app, ["prefetch-memory", "--trace", str(tmp_path / "absent.txt")])
+    assert missing.exit_code == 2 and "trace file not found" in missing.output and "Traceback" not in missing.output
