@@ -142,10 +142,11 @@ class Settings(BaseSettings):
         DEFAULT_MAX_KEYS,
         ge=1024,
         description="Keys a tenant's Markov or learned prefetcher remembers (successors, last reads; the oldest "
-        "half goes when full): most of its memory on a large key space. Per key, Markov 0.07 KB read once to 0.2-0.4 "
-        "KB recurring with several successors, the learned one 0.19 to 0.5-1.0 KB (`foresight bench "
-        "prefetch-memory [--trace]`): at the default 75 / 190 MB a tenant on keys read once, up to 290 / 650 MB on the "
-        "ARC traces' keys. Fewer forget keys that come back after longer (`foresight bench replay --max-keys` shows the cost).",
+        "half goes when full): most of its memory on a large key space. Per key, Markov 0.07 KB read once to "
+        "0.15-0.33 KB recurring with several successors, the learned one 0.19 to 0.38-0.74 KB (`foresight bench "
+        "prefetch-memory [--trace]`): at the default 75 / 190 MB a tenant on keys read once, up to 210 / 500 MB on "
+        "the ARC traces' keys. Fewer forget keys that come back after longer (`foresight bench replay --max-keys` "
+        "shows the cost).",
     )
     prefetch_isolation: Literal["auto", "process", "thread"] = Field(
         "auto",

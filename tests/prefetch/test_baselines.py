@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -57,9 +58,44 @@ def test_a_key_followed_once_by_one_successor_costs_no_dict() -> None:
     for _ in range(20_000):
         table.record(rng.randrange(1 << 40))
     values = list(table._table.values())
-    assert len(table) == 19_999 and not any(isinstance(v, dict) for v in values)
+    assert len(table) == 19_999 and not any(isinstance(v, list) for v in values)
     key = next(iter(table._table))
     assert table.successors(key) == [(table._table[key], 1.0, 1)]
+
+
+def _reference_successors(keys: list[int], ways: int) -> dict[int, list[tuple[int, float, int]]]:
+    """The table's rule written plainly, a dict of counts per key (its earlier form): most frequent first,
+    ties to the earlier seen; a new successor beyond `ways` replaces the first-seen weakest and halves the rest."""
+    counts: dict[int, dict[int, int]] = {}
+    for prev, key in itertools.pairwise(keys):
+        succ = counts.setdefault(prev, {})
+        if key in succ:
+            succ[key] += 1
+        elif len(succ) < ways:
+            succ[key] = 1
+        else:
+            del succ[min(succ, key=succ.__getitem__)]
+            for other in succ:
+                succ[other] = max(1, succ[other] // 2)
+            succ[key] = 1
+    ranked = {}
+    for prev, succ in counts.items():
+        total = sum(succ.values())
+        ranked[prev] = [(s, c / total, total) for s, c in sorted(succ.items(), key=lambda item: item[1], reverse=True)]
+    return ranked
+
+
+@pytest.mark.parametrize("ways", [2, 4])
+def test_compact_successor_lists_rank_as_a_dict_of_counts_does(ways: int) -> None:
+    # Keys with several successors are flat lists now (a dict cost 224 bytes a key): the proposals must not move.
+    rng = random.Random(ways)
+    keys = [rng.choice(range(12)) if rng.random() < 0.7 else rng.randrange(40) for _ in range(5_000)]
+    table = SuccessorTable(distance=1, ways=ways)
+    for key in keys:
+        table.record(key)
+    expected = _reference_successors(keys, ways)
+    assert {key: table.successors(key) for key in expected} == expected
+    assert sum(isinstance(v, list) and len(v) == 2 * ways for v in table._table.values()) >= 10  # full entries hit
 
 
 def test_the_learned_prefetcher_remembers_at_most_max_keys() -> None:
