@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from service import __version__
-from service.http.routes import admin, health, keys
+from service.http.routes import admin, health, keys, stats
 from service.state import ServiceState
 
 
@@ -18,5 +18,6 @@ def create_app(state: ServiceState) -> FastAPI:
     app.state.service = state
     app.include_router(health.router)
     app.include_router(keys.router)
+    app.include_router(stats.router)
     app.include_router(admin.router)
     return app

@@ -58,7 +58,7 @@ def test_health_readiness_openapi(dev_service: RunningService) -> None:
         assert http.get("/healthz").json() == {"status": "ok"}
         assert http.get("/readyz").json() == {"status": "ready"}
         paths = http.get("/openapi.json").json()["paths"]
-        assert {"/v1/keys/{key}", "/v1/mget", "/healthz", "/readyz", "/metrics"} <= set(paths)
+        assert {"/v1/keys/{key}", "/v1/mget", "/v1/stats", "/healthz", "/readyz", "/metrics"} <= set(paths)
         dev_service.state.draining = True
         assert http.get("/readyz").status_code == 503
 

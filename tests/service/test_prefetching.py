@@ -40,15 +40,25 @@ def _scan(port: int, n: int, pause: float = 0.004) -> int:
 def test_stride_prefetch_turns_a_sequential_scan_into_hits(sequential_origin: Path) -> None:
     with running_service(dev=True, origin=str(sequential_origin), prefetcher="none") as svc:
         cold = _scan(svc.resp_port, 200)
+        unprefetched = redis.Redis(port=svc.resp_port).info("prefetch")
     with running_service(dev=True, origin=str(sequential_origin), prefetcher="stride") as svc:
         warm = _scan(svc.resp_port, 200)
         engine = svc.state.prefetch.running["default"].engine
         stats = engine.coordinator.stats
         assert engine.prefetcher.name == "stride"  # auto: in the thread
         assert engine.tuner is not None  # its lead is tuned live by default
+        info = redis.Redis(port=svc.resp_port).info("prefetch")
         with httpx.Client(base_url=svc.endpoints.http_url) as http:
             metrics = http.get("/metrics").text
+            shown = http.get("/v1/stats").json()["prefetch"]
     assert cold == 0
+    # What the tenant itself sees (RESP INFO, HTTP /v1/stats): the same books under the same names.
+    assert unprefetched == {"prefetcher": "none", "prefetched_inserted": 0, "prefetched_hits": 0,
+                            "prefetched_evicted_unused": 0}
+    assert info["prefetcher"] == info["prefetch_serving_arm"] == "stride"
+    assert isinstance(info["prefetch_stride_lead"], int)
+    assert info["prefetch_issued"] >= info["prefetch_used"] >= 150 and info["prefetched_hits"] >= 150
+    assert set(shown) == set(info) and shown["prefetch_used"] >= info["prefetch_used"]  # counters only grow
     assert warm >= 150, f"only {warm} of 200 sequential reads were prefetched"
     assert stats.issued >= warm and stats.used >= 150
     assert 'foresight_prefetch_used_total{arm="stride",tenant="default"}' in metrics
@@ -77,6 +87,10 @@ def test_learned_prefetcher_runs_on_cpu_in_the_service(sequential_origin: Path, 
         assert running.arm == "learned"
         assert running.engine.steps > 0 and running.engine.step_seconds > 0
         assert running.engine.sources is not None  # it serves one of its arms: its own stride answers beside it
+        info = redis.Redis(port=svc.resp_port).info("prefetch")
+        assert info["prefetcher"] == "learned"
+        assert info["prefetch_serving_arm"] in {"stride", "markov", "network", "none"}
+        assert info["prefetch_reads_predicted"] > 0 and info["prefetch_mean_lag_reads"] >= 0
         host = getattr(running.engine.prefetcher, "host", None)
         child = host.pid if host is not None else None
         assert (child is not None and child != os.getpid()) == (isolation == "auto")  # auto: learned in the process

@@ -114,8 +114,16 @@ def test_vault_keys_work_over_resp_and_https_and_isolate_tenants(deployment: Dep
         auth = {"Authorization": f"Bearer {deployment.keys['globex'].secret}"}
         assert http.get("/v1/keys/order:1", headers=auth).status_code == 404
         assert http.put("/v1/keys/order:1", content=b"globex-only", headers=auth).status_code == 204
+        # A tenant's figures are its own: globex missed twice and holds one key; acme's read is not in them.
+        mine = http.get("/v1/stats", headers=auth).json()
+        assert mine["tenant"] == _tenant_of(deployment, "globex")
+        assert (mine["stats"]["keyspace_hits"], mine["stats"]["keyspace_misses"]) == (0, 2)
+        assert 0 < mine["memory"]["used_memory"] < mine["memory"]["maxmemory"]
+        assert mine["prefetch"]["prefetcher"] == "none"  # no origin to prefetch from
+        assert http.get("/v1/stats").status_code == 401
     assert acme.get("order:1") == b"acme-only"
     assert globex.get("order:1") == b"globex-only"
+    assert acme.info("stats")["keyspace_hits"] == 1 and acme.info("server")["tenant"] == _tenant_of(deployment, "acme")
 
 
 def test_redis_cli_tls_auth_with_vault_key(deployment: Deployment) -> None:

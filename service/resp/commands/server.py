@@ -1,4 +1,5 @@
-"""Introspection commands: INFO, COMMAND and CONFIG GET, scoped to the caller's tenant."""
+"""Introspection commands: INFO, COMMAND and CONFIG GET, scoped to the caller's tenant (INFO's tenant sections:
+`service/stats.py`)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from typing import TYPE_CHECKING
 from service.resp import replies as r
 from service.resp.commands import Command, Reply
 from service.state import REDIS_COMPAT_VERSION
+from service.stats import memory_section, prefetch_section, stats_section
 
 if TYPE_CHECKING:
     from service.resp.connection import RespConnection
 
-_DEFAULT_SECTIONS = ("server", "clients", "memory", "stats", "keyspace")
+_DEFAULT_SECTIONS = ("server", "clients", "memory", "stats", "prefetch", "keyspace")
 
 
 def _info_sections(conn: RespConnection) -> dict[str, list[tuple[str, object]]]:
@@ -41,22 +43,13 @@ def _info_sections(conn: RespConnection) -> dict[str, list[tuple[str, object]]]:
         "clients": [
             ("connected_clients", state.connections.per_tenant.get(tenant.name, 0)),
         ],
-        "memory": [
-            ("used_memory", store.used),
-            ("maxmemory", store.budget),
-            ("maxmemory_policy", store.policy.name),
-        ],
+        "memory": list(memory_section(tenant).items()),
         "stats": [
             ("total_connections_received", state.connections.total),
             ("total_commands_processed", state.commands_processed()),
-            ("keyspace_hits", store.stats.hits),
-            ("keyspace_misses", store.stats.misses),
-            ("expired_keys", store.stats.expired),
-            ("evicted_keys", store.stats.evictions),
-            ("origin_fetches", tenant.origin_fetches),
-            ("origin_errors", tenant.origin_errors),
-            ("rate_limited_commands", tenant.rate_limited),
+            *stats_section(tenant).items(),
         ],
+        "prefetch": list(prefetch_section(state, tenant).items()),
         "keyspace": keyspace,
     }
 
