@@ -171,7 +171,7 @@ class PrefetchEngine:
         coordinator, sources = self.coordinator, self.sources
         for key, hit in batch:
             coordinator.on_access(key, hit)
-        self._tune(len(batch))
+        self._judge(len(batch))
         if sources is not None:
             for key, _ in batch:
                 sources.on_access(key)
@@ -225,17 +225,23 @@ class PrefetchEngine:
             return None
         return self.tuner.lead if self.tuner is not None else aimed.lead
 
-    def _tune(self, reads: int) -> None:
-        """Hand the tuner the reads just settled and the prefetches they used; aim the serving stride answers."""
-        if self.tuner is None:
+    def _judge(self, reads: int) -> None:
+        """Hand the reads just settled and the prefetches they used to what judges by them: the lead tuner, which
+        aims the serving stride answers, and the answer sources' duel."""
+        sources = self.sources
+        if self.tuner is None and sources is None:
             return
         stats = self.coordinator.stats
         (used, in_flight), (seen_used, seen_in_flight) = (stats.used, stats.late_in_flight), self._outcomes_seen
         self._outcomes_seen = used, in_flight
-        sources = self.sources
+        used, in_flight = used - seen_used, in_flight - seen_in_flight
+        if sources is not None:
+            sources.observe(reads, used)
+        if self.tuner is None:
+            return
         aimed = self.prefetcher if sources is None else sources.fast if sources.serving == FAST else None
         if aimed is not None and aimed.aimable:
-            aimed.aim_at(self.tuner.observe(reads, used - seen_used, in_flight - seen_in_flight))
+            aimed.aim_at(self.tuner.observe(reads, used, in_flight))
 
     def issue(self, proposals: list[tuple[Hashable, Predictions]], reads_after: int = 0, source: str = MODEL) -> int:
         """Hand proposals to the coordinator (on the event loop); returns how many prefetches started.

@@ -12,8 +12,9 @@ from service.prefetch import make_prefetcher
 from service.prefetch.answers import FAST, MODEL
 from service.prefetch.base import Predictions, Prefetcher
 from service.prefetch.coordinator import PrefetchBudget
+from service.prefetch.duel import DUEL
 from service.prefetch.engine import PrefetchEngine
-from service.prefetch.lead import DUEL, LeadTuner
+from service.prefetch.lead import LeadTuner
 from service.prefetch.stride import StridePrefetcher
 from tests.prefetch.test_answers import Armed
 

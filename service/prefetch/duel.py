@@ -1,0 +1,94 @@
+"""Live duels between two ways of prefetching, judged by the prefetches the real cache used.
+
+The offline replay can compare prefetchers on a trace; a live server cannot run two at once on one cache. So it
+takes turns: epochs of `epoch` settled reads alternate the current choice and a probe, in the order current,
+probe, probe, current (which cancels a workload's linear drift), and after the four compares the prefetches used
+per read under each. The probe wins if it is better by more than `z` standard errors; it loses if it is worse
+by as much, or after `max_duels` duels without a verdict (else they duel again, on the tallies so far: live a
+difference is a few percent and a tenant's reads are noisy). Probing costs the probe's worse epochs, so each
+probe lost is followed by a rest without probes, twice as long as the last (1 epoch, 2, 4, up to `max_rest`),
+until a probe wins again.
+
+What is compared is up to the caller: the aim of stride answers (`lead.py`), or whose answers to issue
+(`answers.py`).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+DUEL = (False, True, True, False)  # epochs of one comparison: is it the probe's?
+
+
+class Verdict(Enum):
+    PROBE = "probe"  # the probe is better: adopt it
+    CURRENT = "current"  # the current choice is better, or no verdict came in time: keep it, rest
+    PENDING = "pending"  # within the noise: duel again
+
+
+class Duel:
+    """Which of the current choice and the probe serves now, and the verdict after each four epochs."""
+
+    def __init__(self, epoch: int = 256, z: float = 2.0, max_duels: int = 4, max_rest: int = 32) -> None:
+        self.epoch, self.z, self.max_duels, self.max_rest = epoch, z, max_duels, max_rest
+        self._slot = 0  # which epoch of the duel runs now
+        self._duels = 0  # duels of the current choice against the current probe so far
+        self._epoch_reads = 0
+        self._rest = 0  # epochs of the current choice, no probe, before the next duel
+        self._backoff = 0  # the rest after the next probe lost: doubles with each, 0 after a probe wins
+        self.tallies = {False: [0, 0, 0], True: [0, 0, 0]}  # current / probe: [reads, used, read in flight]
+
+    @property
+    def probing(self) -> bool:
+        """Whether the probe serves now."""
+        return DUEL[self._slot] and not self._rest
+
+    def observe(self, reads: int, used: int, in_flight: int = 0) -> bool:
+        """`reads` settled, `used` prefetches used among them and `in_flight` read while still being fetched,
+        under whichever `probing` said. True when a duel has just ended: the caller asks `verdict()` and
+        answers with `adopted()`, `kept()` or nothing (a pending verdict)."""
+        self._epoch_reads += reads
+        if self._rest:
+            if self._epoch_reads >= self.epoch:
+                self._epoch_reads, self._rest = 0, self._rest - 1
+            return False
+        tally = self.tallies[DUEL[self._slot]]
+        tally[0] += reads
+        tally[1] += used
+        tally[2] += in_flight
+        if self._epoch_reads < self.epoch:
+            return False
+        self._epoch_reads = 0
+        self._slot = (self._slot + 1) % len(DUEL)
+        if self._slot:
+            return False
+        self._duels += 1
+        return True
+
+    def verdict(self) -> Verdict:
+        (reads, used, _), (probe_reads, probe_used, _) = self.tallies[False], self.tallies[True]
+        rate, probe_rate = used / max(1, reads), probe_used / max(1, probe_reads)
+        # Used prefetches per read are near binomial shares: their difference's standard error.
+        noise = (rate * (1 - rate) / max(1, reads) + probe_rate * (1 - probe_rate) / max(1, probe_reads)) ** 0.5
+        if probe_rate - rate > self.z * noise:
+            return Verdict.PROBE
+        if rate - probe_rate > self.z * noise or self._duels >= self.max_duels:
+            return Verdict.CURRENT
+        return Verdict.PENDING
+
+    def adopted(self, changed: bool = True) -> None:
+        """The caller moved to the probe (or, `changed` False, stayed for a reason of its own): fresh tallies;
+        a change ends the backoff."""
+        if changed:
+            self._backoff = 0
+        self._restart()
+
+    def kept(self) -> None:
+        """The caller keeps its choice and gives the probe up: a rest, longer than the last."""
+        self._backoff = min(self.max_rest, max(1, 2 * self._backoff))
+        self._rest = self._backoff
+        self._restart()
+
+    def _restart(self) -> None:
+        self._duels = 0
+        self.tallies = {False: [0, 0, 0], True: [0, 0, 0]}
