@@ -31,7 +31,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -124,12 +123,7 @@ class PrefetchEngine:
         self.max_batch = max_batch
         self.steps = 0
         self.step_seconds = 0.0  # time spent predicting (and training), for the model-latency metric
-        self._predicted_here = 0  # reads whose issued proposals a step returned (`predicted`)
-        self._predicted_aside = 0  # ... or the model thread issued (`_predict_aside`): one writer each
-        self._settled = 0  # reads settled so far
-        self._model_thread: ThreadPoolExecutor | None = None
-        self._model_job: Future[None] | None = None
-        self._aside_costs: deque[tuple[float, float]] = deque()  # the model thread's (own, child) CPU seconds
+        self.predicted = 0  # accesses predicted from
         self.unpredicted = 0  # accesses settled but not predicted from: the worker was over its budget
         self.last_step_cpu_s = 0.0  # the worker thread's CPU time in the last step: what `cpu` is charged
         self.last_step_offloaded_s = 0.0  # a child's CPU time for the last step: what `process_cpu` is charged
@@ -158,27 +152,18 @@ class PrefetchEngine:
         """Record one read; the service calls `recorders` directly, which skips this frame."""
         self.log.append(key, hit)
 
-    def step(self, emit: Emit | None = None, learn: bool = True,
-             background: bool = False) -> list[tuple[Hashable, Predictions]]:
+    def step(self, emit: Emit | None = None, learn: bool = True) -> list[tuple[Hashable, Predictions]]:
         """Drain the log, settle every access, and predict from the newest `max_batch` of them (blocking: run
         it off the event loop); returns the serving source's proposals.
 
-        `emit` is handed each chunk's proposals, with how many reads came after them and their source, as soon
-        as the chunk is predicted (the worker issues them from there instead of waiting for the whole step:
-        under load a step takes tens of milliseconds, thousands of reads).
+        `emit` is handed each chunk's proposals, with how many of the batch's reads came after them and their
+        source, as soon as the chunk is predicted (the worker issues them from there instead of waiting for the
+        whole step: under load a step takes tens of milliseconds, thousands of reads).
 
         With answer sources (a prefetcher with arms), the engine's stride answers the newest `FAST_READS` at
         once, and the prefetcher predicts from the reads drained since it last did (at most `max_batch`; a
-        `CHUNK` while the stride answers are the ones issued) only if `learn`: its CPU budget has credit. With
-        `background` (the worker's own steps) and stride answers worth issuing, the prefetcher is asked on a
-        thread of its own and the step returns without it: else each step, and so the stride answers to the
-        reads that come meanwhile, waited for the trip to its child (an H200 host's learned engine issued 3.7-5.3
-        reads after the read where the stride engine issued 2.2-3.4). Its chunks go out through `emit`; the
-        reads drained meanwhile wait for the step after it is back. A failure on that thread is raised by the
-        next step."""
-        self._raise_model_failure()
+        `CHUNK` while the stride answers are the ones issued) only if `learn`: its CPU budget has credit."""
         thread_started, offloaded_started = time.thread_time(), self.prefetcher.offloaded_cpu_s
-        learn = learn and self._model_job is None
         batch = self.log.drain()
         self.last_drained = len(batch)
         if not batch and not (learn and self._backlog):
@@ -186,7 +171,6 @@ class PrefetchEngine:
         coordinator, sources = self.coordinator, self.sources
         for key, hit in batch:
             coordinator.on_access(key, hit)
-        self._settled += len(batch)
         self._judge(len(batch))
         if sources is not None:
             for key, _ in batch:
@@ -213,23 +197,6 @@ class PrefetchEngine:
             if learn:
                 todo = list(self._backlog)[-CHUNK:] if sources.serving == FAST else list(self._backlog)
                 self._backlog.clear()
-            if todo and background and emit is not None and sources.fast_useful:
-                self._predict_aside(todo, emit)
-                todo = []
-        out += self._predict(todo, emit, self._settled)
-        self.steps += 1
-        self._predicted_here += len(out)
-        self.last_step_cpu_s = time.thread_time() - thread_started
-        self.last_step_offloaded_s = self.prefetcher.offloaded_cpu_s - offloaded_started
-        if sources is None and self.prefetcher.serving_arm is not None:
-            self.sources = AnswerSources(coordinator, self.prefetcher.lead)
-        return out
-
-    def _predict(self, todo: list[tuple[Hashable, int]], emit: Emit | None,
-                 settled_at: int) -> list[tuple[Hashable, Predictions]]:
-        """Ask the prefetcher about `todo`, a chunk at a time; returns the chunks to count as issued
-        (`settled_at`: the reads settled when `todo` was drained, so that a chunk's lag counts those since)."""
-        out: list[tuple[Hashable, Predictions]] = []
         started = time.perf_counter()
         for begin in range(0, len(todo), CHUNK):
             part = todo[begin : begin + CHUNK]
@@ -237,49 +204,18 @@ class PrefetchEngine:
                 proposals = self.prefetcher.access_batch([i for _, i in part])
             chunk = [(key, props) for (key, _), props in zip(part, proposals, strict=True)]
             if emit is not None:
-                emit(chunk, max(0, len(todo) - begin - CHUNK) + self._settled - settled_at, MODEL)
-            if self.sources is None or self.sources.serving == MODEL:
+                emit(chunk, max(0, len(todo) - begin - CHUNK), MODEL)
+            if sources is None or sources.serving == MODEL:
                 out += chunk
             time.sleep(0)  # let the event loop take the interpreter lock between chunks
         self.step_seconds += time.perf_counter() - started
+        self.steps += 1
+        self.predicted += len(out)
+        self.last_step_cpu_s = time.thread_time() - thread_started
+        self.last_step_offloaded_s = self.prefetcher.offloaded_cpu_s - offloaded_started
+        if sources is None and self.prefetcher.serving_arm is not None:
+            self.sources = AnswerSources(coordinator, self.prefetcher.lead)
         return out
-
-    def _predict_aside(self, todo: list[tuple[Hashable, int]], emit: Emit) -> None:
-        """`_predict` on the engine's model thread; its CPU is charged when the worker next charges its budgets."""
-
-        def job(settled_at: int) -> None:
-            thread_started, offloaded_started = time.thread_time(), self.prefetcher.offloaded_cpu_s
-            try:
-                self._predicted_aside += len(self._predict(todo, emit, settled_at))
-            finally:
-                self._aside_costs.append((time.thread_time() - thread_started,
-                                          self.prefetcher.offloaded_cpu_s - offloaded_started))
-
-        if self._model_thread is None:
-            self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="prefetch-model")
-        self._model_job = self._model_thread.submit(job, self._settled)
-
-    def _raise_model_failure(self) -> None:
-        """Let the next step start the model again once its last job is back; raise what that job raised."""
-        job = self._model_job
-        if job is None or not job.done():
-            return
-        self._model_job = None
-        if (err := job.exception()) is not None:
-            raise err
-
-    @property
-    def predicted(self) -> int:
-        """Reads whose proposals were the ones issued (the stride answers' or the prefetcher's)."""
-        return self._predicted_here + self._predicted_aside
-
-    def take_aside_costs(self) -> tuple[float, float]:
-        """The model thread's CPU (its own, its child's) since the last call, for the worker's budgets."""
-        own = child = 0.0
-        while self._aside_costs:
-            thread_s, offloaded_s = self._aside_costs.popleft()
-            own, child = own + thread_s, child + offloaded_s
-        return own, child
 
     @property
     def stride_lead(self) -> int | None:
@@ -379,7 +315,7 @@ class PrefetchEngine:
                 if self.windows is not None:
                     self.windows.step_starting()
                 try:
-                    proposals = await asyncio.to_thread(self.step, emit, learn, True)
+                    proposals = await asyncio.to_thread(self.step, emit, learn)
                 except Exception as err:  # reads are still served; prefetching resumes with the next step
                     self.failures += 1
                     log.error("prefetch step failed (%d so far): %s", self.failures, err)
@@ -394,19 +330,13 @@ class PrefetchEngine:
                     # loop a hand-off: a quarter of the GET rate on a 16-core host).
                     flowing = proposals and (self.sources is None or self.sources.serving != FAST)
                     rest = busy_interval if behind else 0.0 if flowing else interval
-                aside_s, aside_offloaded_s = self.take_aside_costs()
-                self.cpu.charge(self.last_step_cpu_s + aside_s)
-                self.process_cpu.charge(self.last_step_offloaded_s + aside_offloaded_s)
+                self.cpu.charge(self.last_step_cpu_s)
+                self.process_cpu.charge(self.last_step_offloaded_s)
                 rest = max(rest, self._wait_s()[0])
             if rest and self.windows is not None:
                 await self.windows.idle(rest, self._rest)
             elif rest:
                 await self._rest(rest)
-        if self._model_thread is not None:  # a job still asking the prefetcher finishes before the caller closes it
-            with contextlib.suppress(Exception):
-                if self._model_job is not None:
-                    await asyncio.wrap_future(self._model_job)
-            self._model_thread.shutdown(wait=False)
 
     def _wait_s(self) -> tuple[float, bool]:
         """How long until the next step may start, and whether the prefetcher computes in it. Both budgets must

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import random
-import time
 from collections.abc import Hashable, Sequence
 
 from service.prefetch.answers import FAST, MODEL, PROBE_EVERY, AnswerSources
@@ -236,41 +234,3 @@ def test_stride_answers_that_are_not_useful_come_only_every_few_steps() -> None:
         engine.step(engine.issue)
     assert not engine.sources.fast_useful and engine.fast_answered == 0
     assert len(asked) == 800 // PROBE_EVERY
-
-
-class Slow(Armed):
-    """Takes `seconds` a call to answer (never read), as a prefetcher in a busy child does; aims 2 reads ahead."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self._set_lead(2)
-        self.seconds = seconds
-
-    def access_batch(self, keys: Sequence[int]) -> list[Predictions]:
-        time.sleep(self.seconds)
-        return super().access_batch(keys)
-
-
-async def _read_live(engine: PrefetchEngine, cache: SyncCache, reads: int, every_s: float) -> list[bool]:
-    """A sequential scan, a read every `every_s`, while the engine's worker runs; whether each read hit."""
-    worker = asyncio.create_task(engine.run())
-    hits = []
-    for i in range(reads):
-        key = f"obj:{i:05d}".encode()
-        hits.append(key in cache.data)
-        engine.on_access(key, hits[-1])
-        await asyncio.sleep(every_s)
-    engine.stop()
-    await worker
-    return hits
-
-
-def test_a_slow_prefetcher_does_not_hold_up_the_engines_stride_answers() -> None:
-    # 50 ms a call is 25 reads here. Asked within the step, the stride answers to those reads waited for it and
-    # came after the reads they aimed at (the last 500 reads: 0 hits); on a thread of its own, each step answers.
-    cache, slow = SyncCache(), Slow(0.05)
-    engine = PrefetchEngine(cache, slow, PrefetchBudget(per_request=1))
-    hits = asyncio.run(_read_live(engine, cache, 1000, 0.002))
-    assert engine.sources is not None and engine.sources.serving == FAST  # the model's answers are late
-    assert len(slow.calls) >= 10  # it was asked all along, on its thread
-    assert sum(hits[500:]) > 450
