@@ -15,8 +15,9 @@ takes a core, not the lock, so where cores are spare it may take more); a step p
 sample under load), the step gives the lock back between chunks, and a worker that is behind steps at most
 every `busy_interval`. A worker that is behind also records only the reads it settles and predicts from
 (`windows.py`). For a prefetcher with arms (the learned one) the engine also answers with a stride prefetcher of
-its own, issued when the prefetcher's answers come late and score worse live (`answers.py`). Where stride
-answers are issued, the engine tunes how far ahead they aim from what the cache used (`lead.py`).
+its own, issued when the prefetcher's answers come late and score worse live, or when a duel on the real cache
+finds them used more (`answers.py`). Where stride answers are issued, the engine tunes how far ahead they aim
+from what the cache used (`lead.py`).
 """
 
 from __future__ import annotations
