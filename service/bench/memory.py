@@ -11,9 +11,9 @@ in CPython.
 
 Random keys are each followed by one successor, the cheapest entry a table has. A trace's keys (`trace`) are
 read again and followed by several, which costs more a key: on the ARC traces about 3x the random figure
-(README). Keys go in as fresh integers in batches of 4096, as a live tenant's arrive
-in its prefetcher's process, so the tables' own copies of them count and the batches' transient arrays stay
-small beside the state measured.
+(README). Keys go in as fresh integers in batches of 4096, as a live tenant's arrive in its prefetcher's
+process, so the tables' own copies of them count and the batches' transient arrays stay small beside the state
+measured.
 """
 
 from __future__ import annotations

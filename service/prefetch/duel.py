@@ -76,11 +76,9 @@ class Duel:
             return Verdict.CURRENT
         return Verdict.PENDING
 
-    def adopted(self, changed: bool = True) -> None:
-        """The caller moved to the probe (or, `changed` False, stayed for a reason of its own): fresh tallies;
-        a change ends the backoff."""
-        if changed:
-            self._backoff = 0
+    def adopted(self) -> None:
+        """The caller moved to the probe, or elsewhere for a reason of its own: fresh tallies, no backoff."""
+        self._backoff = 0
         self._restart()
 
     def kept(self) -> None:

@@ -70,10 +70,9 @@ class LeadTuner:
             self._probe = self._next_probe()
 
     def _move(self, lead: int) -> None:
-        changed = lead != self.lead
-        self.moves += changed
+        self.moves += 1
         self.lead = lead
-        self._duel.adopted(changed)
+        self._duel.adopted()
         self._probe = self._next_probe()
 
     @property
