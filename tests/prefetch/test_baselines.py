@@ -51,8 +51,9 @@ def test_successor_counts_shares_ties_and_replacement() -> None:
     assert table.successors(1) == []  # read last: no successor yet
 
 
-def test_a_key_followed_once_by_one_successor_costs_no_dict() -> None:
-    # On a large key space most keys are seen once: a dict per key was over half of a key's memory.
+def test_a_key_followed_once_by_one_successor_costs_no_container() -> None:
+    # On a large key space most keys are seen once: a container per key (a dict, now a list) was over half of a
+    # key's memory.
     table = SuccessorTable(distance=1, max_keys=1 << 20)
     rng = random.Random(2)
     for _ in range(20_000):
