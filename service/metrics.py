@@ -77,8 +77,8 @@ class ServiceCollector(Collector):
             "used": ("Prefetched keys read (as hits) soon after.", lambda tp: tp.engine.coordinator.stats.used),
             "late": ("Prefetched keys read as a miss first: while the prefetch was on its way, or after it was "
                      "evicted unread.", lambda tp: tp.engine.coordinator.stats.late),
-            "late_in_flight": ("Of the late ones, those whose fetch was still running when the read was settled: "
-                               "aimed too near (the stride lead tuner moves out on them).",
+            "late_in_flight": ("Of the late ones, those whose fetch was still running when they were read: aimed "
+                               "too near (the stride lead tuner moves out on them).",
                                lambda tp: tp.engine.coordinator.stats.late_in_flight),
             "wasted": ("Prefetches nobody read within the horizon.", lambda tp: tp.engine.coordinator.stats.wasted),
             "model_seconds": ("Time the prefetcher spent predicting and training.", lambda tp: tp.engine.step_seconds),

@@ -13,17 +13,19 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Hashable
 
-Access = tuple[Hashable, bool]
+# (key, hit): hit is True, False, or None for a miss that found the key's load already in flight (a prefetch
+# issued too late to land before its read, which the lead tuner must tell from one that never came).
+Access = tuple[Hashable, bool | None]
 Recorder = Callable[[Hashable], None]
 
 
 class _Miss:
     """A ring entry for a read that missed (any other entry is the key of a hit)."""
 
-    __slots__ = ("key",)
+    __slots__ = ("in_flight", "key")
 
-    def __init__(self, key: Hashable) -> None:
-        self.key = key
+    def __init__(self, key: Hashable, in_flight: bool) -> None:
+        self.key, self.in_flight = key, in_flight
 
 
 # Enough for ~200 ms of reads at 80k GET/s between two drains. A bigger ring costs the GET path more once the
@@ -33,9 +35,13 @@ DEFAULT_CAPACITY = 1 << 14
 
 
 class AccessLog:
-    def __init__(self, capacity: int = DEFAULT_CAPACITY, sample_every: int = 1) -> None:
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, sample_every: int = 1,
+                 in_flight: Callable[[Hashable], bool] = lambda key: False) -> None:
+        """`in_flight`: whether a key's load is running (the cache's), asked when a read misses: the miss then
+        joins that load, and only at this moment can anyone tell a prefetch that came too late from none."""
         if capacity < 1 or sample_every < 1:
             raise ValueError("access log needs capacity >= 1 and sample_every >= 1")
+        self._in_flight = in_flight
         self.capacity = capacity
         self.sample_every = sample_every
         self._ring: deque[Hashable] = deque(maxlen=capacity)
@@ -50,7 +56,7 @@ class AccessLog:
         return hit, self._miss
 
     def _miss(self, key: Hashable) -> None:
-        (self._ring.append if self.sample_every == 1 else self._sampled)(_Miss(key))
+        (self._ring.append if self.sample_every == 1 else self._sampled)(_Miss(key, self._in_flight(key)))
 
     def _sampled(self, entry: Hashable) -> None:
         self._tick += 1
@@ -63,14 +69,14 @@ class AccessLog:
         self.recorders()[0 if hit else 1](key)
 
     def drain(self) -> list[Access]:
-        """Everything logged since the last drain as `(key, hit)`, oldest first. Safe against appends from
+        """Everything logged since the last drain as `Access` pairs, oldest first. Safe against appends from
         another thread: it pops only as many entries as were there when it started."""
         ring = self._ring
         if len(ring) == self.capacity:
             self.saturated += 1
         entries = [ring.popleft() for _ in range(len(ring))]
         self.drained += len(entries)
-        return [(e.key, False) if type(e) is _Miss else (e, True) for e in entries]
+        return [(e.key, None if e.in_flight else False) if type(e) is _Miss else (e, True) for e in entries]
 
     def __len__(self) -> int:
         return len(self._ring)

@@ -47,7 +47,7 @@ class CoordinatorStats:
     issued: int = 0
     used: int = 0  # read as a hit within the horizon after being issued
     late: int = 0  # read as a miss first: while the prefetch was on its way, or after it was evicted
-    late_in_flight: int = 0  # of those, read while its fetch was still running when the read was settled
+    late_in_flight: int = 0  # of those, read while its fetch was still running
     wasted: int = 0  # not read within the horizon
     skipped_resident: int = 0
     skipped_in_flight: int = 0
@@ -121,8 +121,9 @@ class PrefetchCoordinator:
         """The origin fetch for a prefetched key finished (inserted, or failed)."""
         self._outstanding.discard(key)
 
-    def on_access(self, key: Hashable, hit: bool) -> None:
-        """A read happened; settles an earlier prefetch of the key, and those whose horizon passed."""
+    def on_access(self, key: Hashable, hit: bool | None) -> None:
+        """A read happened; settles an earlier prefetch of the key, and those whose horizon passed. `hit` None: a
+        miss that found the key's load in flight (`access_log.py`)."""
         self._clock += 1
         recent = self._recent
         if not recent:
@@ -134,7 +135,8 @@ class PrefetchCoordinator:
                 self.stats.used += 1
             else:
                 self.stats.late += 1
-                self.stats.late_in_flight += key in self._outstanding  # aimed too near: `lead.py` moves out
+                # Aimed too near (`lead.py` moves out). Its fetch may have finished since the read: ask both.
+                self.stats.late_in_flight += hit is None or key in self._outstanding
         deadline = self._clock - self.horizon
         while recent and next(iter(recent.values())) <= deadline:
             recent.popitem(last=False)

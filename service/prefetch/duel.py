@@ -5,7 +5,13 @@ takes turns: epochs of `epoch` settled reads alternate the current choice and a 
 probe, probe, current (which cancels a workload's linear drift), and after the four compares the prefetches used
 per read under each. The probe wins if it is better by more than `z` standard errors; it loses if it is worse
 by as much, or after `max_duels` duels without a verdict (else they duel again, on the tallies so far: live a
-difference is a few percent and a tenant's reads are noisy). Probing costs the probe's worse epochs, so each
+difference is a few percent and a tenant's reads are noisy).
+
+The standard error is the larger of two. Reads taken as independent draws (binomial) give one. But a workload's
+phases move whole epochs (a run of sequential reads, then none), and a phase change inside a duel is not
+cancelled by its order: a probe then wins or loses on the phase, not on its merit. So the two epochs of each
+choice in a duel also measure how much epochs differ by themselves, and the duels so far give the standard error
+of the difference from that. Probing costs the probe's worse epochs, so each
 probe lost is followed by a rest without probes, twice as long as the last (1 epoch, 2, 4, up to `max_rest`),
 until a probe wins again.
 
@@ -34,6 +40,8 @@ class Duel:
         self._slot = 0  # which epoch of the duel runs now
         self._duels = 0  # duels of the current choice against the current probe so far
         self._epoch_reads = 0
+        self._epoch_used = 0
+        self._rates: list[float] = []  # used per read of each epoch of the duels so far, in `DUEL` order
         self._rest = 0  # epochs of the current choice, no probe, before the next duel
         self._backoff = 0  # the rest after the next probe lost: doubles with each, 0 after a probe wins
         self.tallies = {False: [0, 0, 0], True: [0, 0, 0]}  # current / probe: [reads, used, read in flight]
@@ -56,9 +64,11 @@ class Duel:
         tally[0] += reads
         tally[1] += used
         tally[2] += in_flight
+        self._epoch_used += used
         if self._epoch_reads < self.epoch:
             return False
-        self._epoch_reads = 0
+        self._rates.append(self._epoch_used / self._epoch_reads)
+        self._epoch_reads = self._epoch_used = 0
         self._slot = (self._slot + 1) % len(DUEL)
         if self._slot:
             return False
@@ -69,12 +79,26 @@ class Duel:
         (reads, used, _), (probe_reads, probe_used, _) = self.tallies[False], self.tallies[True]
         rate, probe_rate = used / max(1, reads), probe_used / max(1, probe_reads)
         # Used prefetches per read are near binomial shares: their difference's standard error.
-        noise = (rate * (1 - rate) / max(1, reads) + probe_rate * (1 - probe_rate) / max(1, probe_reads)) ** 0.5
+        binomial = (rate * (1 - rate) / max(1, reads) + probe_rate * (1 - probe_rate) / max(1, probe_reads)) ** 0.5
+        noise = max(binomial, self._epoch_noise())
         if probe_rate - rate > self.z * noise:
             return Verdict.PROBE
         if rate - probe_rate > self.z * noise or self._duels >= self.max_duels:
             return Verdict.CURRENT
         return Verdict.PENDING
+
+    def _epoch_noise(self) -> float:
+        """The standard error of the probe's lead from how much epochs of the same choice differ (0 before a
+        whole duel)."""
+        duels = len(self._rates) // len(DUEL)
+        if not duels:
+            return 0.0
+        rates = self._rates
+        # An epoch's variance: the squared difference of a choice's two epochs in a duel averages twice it.
+        variance = sum((rates[i] - rates[i + 3]) ** 2 + (rates[i + 1] - rates[i + 2]) ** 2
+                       for i in range(0, duels * len(DUEL), len(DUEL))) / (4 * duels)
+        # Each choice's mean rate averages 2 x duels epochs: their difference's variance is variance / duels.
+        return (variance / duels) ** 0.5
 
     def adopted(self) -> None:
         """The caller moved to the probe, or elsewhere for a reason of its own: fresh tallies, no backoff."""
@@ -89,4 +113,5 @@ class Duel:
 
     def _restart(self) -> None:
         self._duels = 0
+        self._rates = []
         self.tallies = {False: [0, 0, 0], True: [0, 0, 0]}

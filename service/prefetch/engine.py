@@ -109,7 +109,7 @@ class PrefetchEngine:
     ) -> None:
         self.prefetcher = prefetcher
         self.codec = codec or KeyCodec()
-        self.log = AccessLog(log_capacity, sample_every)
+        self.log = AccessLog(log_capacity, sample_every, target.in_flight)
         self.recorders = self.log.recorders()  # what the service's read path calls with the key: (hit, miss)
         self.coordinator = PrefetchCoordinator(target, budget or PrefetchBudget(), decode=self._decode)
         self.drift = DriftDetector()

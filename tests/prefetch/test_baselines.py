@@ -141,6 +141,18 @@ def test_access_log_is_bounded_and_sampled() -> None:
     assert log.saturated == 1
 
 
+def test_a_miss_notes_whether_the_keys_load_was_in_flight_when_it_was_read() -> None:
+    flying = {b"b"}
+    log = AccessLog(capacity=8, in_flight=flying.__contains__)
+    hit, miss = log.recorders()
+    miss(b"a")
+    miss(b"b")  # joins the prefetch of b on its way
+    flying.clear()  # it lands before the worker drains
+    hit(b"c")
+    log.append(b"b", False)
+    assert log.drain() == [(b"a", False), (b"b", None), (b"c", True), (b"b", False)]
+
+
 def test_unsampled_hit_recorder_is_the_rings_own_append() -> None:
     log = AccessLog(capacity=8)
     hit, miss = log.recorders()

@@ -85,6 +85,16 @@ def test_a_late_read_is_told_apart_by_whether_its_fetch_was_still_running() -> N
     assert (coordinator.stats.late, coordinator.stats.late_in_flight) == (2, 1)
 
 
+def test_a_read_that_found_its_prefetch_in_flight_counts_so_though_the_fetch_finished_before_the_step() -> None:
+    coordinator = PrefetchCoordinator(FakeCache(), PrefetchBudget(per_request=2))
+    coordinator.consider(proposals(1, 2))
+    coordinator.completed(1)
+    coordinator.completed(2)  # both landed between their reads and the step that settles them
+    coordinator.on_access(1, hit=None)  # the read joined the load in flight (`AccessLog`)
+    coordinator.on_access(2, hit=False)  # the read came after it landed and was evicted
+    assert (coordinator.stats.late, coordinator.stats.late_in_flight) == (2, 1)
+
+
 def test_budget_rejects_nonsense() -> None:
     for bad in ({"threshold": 1.5}, {"per_request": -1}, {"max_in_flight": 0}):
         with pytest.raises(ValueError, match="prefetch"):

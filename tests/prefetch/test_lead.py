@@ -12,17 +12,18 @@ from service.prefetch import make_prefetcher
 from service.prefetch.answers import FAST, MODEL
 from service.prefetch.base import Predictions, Prefetcher
 from service.prefetch.coordinator import PrefetchBudget
-from service.prefetch.duel import DUEL
+from service.prefetch.duel import DUEL, Duel, Verdict
 from service.prefetch.engine import PrefetchEngine
 from service.prefetch.lead import LeadTuner
 from service.prefetch.stride import StridePrefetcher
 from tests.prefetch.test_answers import Armed
 
 
-def _climb(tuner: LeadTuner, used_per_read: Callable[[int], float], duels: int) -> list[int]:
-    """Feed the tuner `duels` comparisons' worth of epochs whose outcome depends on the aim alone; the aims."""
+def _climb(tuner: LeadTuner, used_per_read: Callable[[int], float], duels: int = 0, reads: int = 0) -> list[int]:
+    """Feed the tuner `duels` comparisons' worth of epochs, or `reads` reads' worth, whose outcome depends on the
+    aim alone; the aim of each epoch."""
     aims = []
-    for _ in range(duels * len(DUEL)):
+    for _ in range(duels * len(DUEL) + reads // tuner.epoch):
         aim = tuner.aim
         aims.append(aim)
         tuner.observe(tuner.epoch, round(tuner.epoch * used_per_read(aim)))
@@ -35,17 +36,18 @@ def test_the_tuner_climbs_to_the_aim_that_uses_the_most_prefetches_from_either_s
 
     for start in (0, 4, 30):
         tuner = LeadTuner(start)
-        _climb(tuner, peaked, duels=80)
+        _climb(tuner, peaked, reads=80_000)
         assert abs(tuner.lead - 9) <= 1, start
 
 
 def test_the_tuner_stays_put_when_the_aim_makes_no_difference_and_probes_ever_less() -> None:
-    tuner = LeadTuner(4, max_rest=32)
-    aims = _climb(tuner, lambda aim: 0.5, duels=100)
+    tuner = LeadTuner(4)
+    aims = _climb(tuner, lambda aim: 0.5, reads=400_000)
     assert tuner.lead == 4 and tuner.moves == 0
     assert set(aims) == {3, 4, 5}  # probes one step either side, alternately
     assert aims[:8].count(4) == 4  # at first every duel is half probes
-    assert aims[-100:].count(4) >= 80  # later a rest, longer after each probe given up, comes before each duel
+    later = aims[-len(aims) // 4 :]
+    assert later.count(4) >= 0.8 * len(later)  # later a rest, longer after each probe given up, comes before each duel
 
 
 def test_a_duel_runs_the_current_aim_around_the_probe_and_is_repeated_until_it_has_a_verdict() -> None:
@@ -58,6 +60,19 @@ def test_a_duel_runs_the_current_aim_around_the_probe_and_is_repeated_until_it_h
         tuner.observe(reads, used)
     assert tuner.lead == 8 and tuner.moves == 0
     assert _climb(tuner, lambda aim: 0.5, duels=2)[:5] == [8, 8, 6, 6, 8]  # given up: a rest, then the other way
+
+
+def test_a_phase_change_inside_a_duel_is_no_verdict_though_the_reads_alone_would_give_one() -> None:
+    def duel(rates: tuple[float, ...]) -> Verdict:
+        judge = Duel(epoch=32)
+        for rate in rates:  # current, probe, probe, current
+            judge.observe(32, round(32 * rate))
+        return judge.verdict()
+
+    # The same totals: steady, the probe is ahead by 0.25 a read in both halves; with the trace's sequential run
+    # ending in the middle of the duel, it is ahead only across the change.
+    assert duel((0.25, 0.5, 0.5, 0.25)) is Verdict.PROBE
+    assert duel((0.5, 0.75, 0.25, 0.0)) is Verdict.PENDING
 
 
 def test_the_tuner_keeps_within_its_bounds() -> None:

@@ -1,0 +1,151 @@
+"""A live tenant's stride engine on a trace, simulated, to choose the lead tuner's epochs without live noise.
+
+Live runs of one configuration differ by up to 0.04 in hit ratio (`foresight bench live-replay`: thread timing),
+more than the tuner's choices differ, so its epochs are chosen here: the service's engine, coordinator, store
+and eviction policy, driven one burst at a time. A client pipelines `burst` reads; the engine steps after each
+burst (the live worker drains about 8 reads a step at 1,000 reads a second, pipeline 8); a prefetch lands
+`delay` reads after its issue. Misses of keys whose load is in flight are recorded as the service records them.
+On the four development traces this reproduces the live shape: at burst 8 and delay 2 lirs-ps keeps 0.97 of
+its reads aimed 8 ahead (live 0.97) and 0.69 aimed 4 ahead (live 0.79), lirs-multi2 does best aimed 2-4.
+
+`python -m tests.prefetch.lead_sim TRACE...` prints, for each trace and each (burst, delay) of `SETTINGS`, the
+best fixed lead's hit ratio and each tuner's hit ratio, final lead and moves, and each tuner's mean and worst
+hit ratio as a share of the best fixed lead's (10,000 requests, cache 5 % of their keys, s3fifo, starting at
+lead 4 as the service does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections import deque
+from collections.abc import Hashable
+from multiprocessing import Pool
+from typing import NamedTuple
+
+from service.bench.live_replay import key_names
+from service.bench.traces import load_trace
+from service.prefetch.base import Predictions
+from service.prefetch.coordinator import PrefetchBudget
+from service.prefetch.duel import Duel
+from service.prefetch.engine import PrefetchEngine
+from service.prefetch.lead import MAX_LEAD, LeadTuner
+from service.prefetch.stride import StridePrefetcher
+from service.store.memory import MemoryStore, unit_size
+
+SETTINGS = ((8, 2), (8, 6), (1, 2), (1, 6))  # (burst, delay)
+FIXED = (0, 1, 2, 3, 4, 6, 8, 10, 12, 16, 24)
+START = 4  # FORESIGHT_PREFETCH_LEAD's default
+
+
+class Tuner(NamedTuple):
+    """A lead tuner to compare: epoch length in reads, and whether its duels' standard error counts epochs."""
+
+    epoch: int
+    epoch_noise: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.epoch}{'e' if self.epoch_noise else 'b'}"
+
+    def build(self) -> LeadTuner:
+        scale = 256 // self.epoch  # as many reads dueling before a probe is given up, and resting after
+        tuner = LeadTuner(START, MAX_LEAD, self.epoch, 2.0, 4 * scale, 32 * scale)
+        if not self.epoch_noise:
+            tuner._duel = _BinomialDuel(tuner.epoch, 2.0, 4 * scale, 32 * scale)
+        return tuner
+
+
+class _BinomialDuel(Duel):
+    def _epoch_noise(self) -> float:
+        return 0.0
+
+
+TUNERS = (Tuner(256, False), Tuner(256, True), Tuner(64, True), Tuner(32, False), Tuner(32, True))
+
+
+class _Origin:
+    """The tenant's cache as the engine sees it: prefetches land `delay` reads after their issue."""
+
+    def __init__(self, store: MemoryStore, delay: int) -> None:
+        self.store, self.delay, self.now = store, delay, 0
+        self._arrivals: deque[tuple[int, Hashable]] = deque()
+        self._flying: dict[Hashable, asyncio.Future[None]] = {}
+
+    def is_resident(self, key: Hashable) -> bool:
+        return key in self.store
+
+    def in_flight(self, key: Hashable) -> bool:
+        return key in self._flying
+
+    def prefetch(self, key: Hashable) -> asyncio.Future[None]:
+        self._flying[key] = fetch = asyncio.get_running_loop().create_future()
+        self._arrivals.append((self.now + self.delay, key))
+        return fetch
+
+    def read(self, key: Hashable) -> bool:
+        self.now += 1
+        while self._arrivals and self._arrivals[0][0] <= self.now:
+            _, landed = self._arrivals.popleft()
+            if landed not in self.store:
+                self.store.set(landed, b"", prefetched=True)
+            self._flying.pop(landed).set_result(None)
+        if self.store.get(key) is not None:
+            return True
+        if key not in self._flying:  # a miss that joins a load in flight waits for it instead
+            self.store.set(key, b"")
+        return False
+
+
+async def simulate(keys: list[bytes], capacity: int, burst: int, delay: int, lead: int,
+                   tuner: LeadTuner | None) -> tuple[float, int, int]:
+    """(hit ratio, final lead, moves) of a stride engine at a fixed `lead`, or tuned by `tuner`."""
+    origin = _Origin(MemoryStore(capacity, "s3fifo", sizer=unit_size), delay)
+    engine = PrefetchEngine(origin, StridePrefetcher(lead), PrefetchBudget(per_request=1), tune_lead=tuner is not None)
+    engine.tuner = tuner
+
+    def emit(chunk: list[tuple[Hashable, Predictions]], reads_after: int, source: str) -> None:
+        engine.issue(chunk, reads_after, source)
+
+    hits = 0
+    for begin in range(0, len(keys), burst):
+        for key in keys[begin : begin + burst]:
+            hit = origin.read(key)
+            hits += hit
+            engine.on_access(key, hit)
+        await asyncio.sleep(0)  # landed fetches tell the coordinator
+        engine.step(emit)
+    return hits / len(keys), engine.stride_lead or 0, tuner.moves if tuner is not None else 0
+
+
+def _job(args: tuple[str, int, int, int | Tuner]) -> tuple[tuple[str, int, int, int | Tuner], tuple[float, int, int]]:
+    path, burst, delay, what = args
+    trace = load_trace(path, limit=10_000)
+    keys, capacity = key_names(trace.keys.tolist()), max(1, trace.unique // 20)
+    if isinstance(what, Tuner):
+        return args, asyncio.run(simulate(keys, capacity, burst, delay, START, what.build()))
+    return args, asyncio.run(simulate(keys, capacity, burst, delay, what, None))
+
+
+def main(paths: list[str]) -> None:
+    jobs = [(p, b, d, w) for p in paths for b, d in SETTINGS for w in (*FIXED, *TUNERS)]
+    with Pool(2) as pool:
+        results = dict(pool.imap_unordered(_job, jobs))
+    shares: dict[Tuner, list[float]] = {t: [] for t in TUNERS}
+    for path in paths:
+        for burst, delay in SETTINGS:
+            best = max(FIXED, key=lambda lead: results[(path, burst, delay, lead)][0])
+            best_hits = results[(path, burst, delay, best)][0]
+            line = f"{path.rsplit('/', 1)[-1]:24} burst {burst} delay {delay}: fixed {best} {best_hits:.4f} |"
+            for tuner in TUNERS:
+                hits, lead, moves = results[(path, burst, delay, tuner)]
+                shares[tuner].append(hits / best_hits)
+                line += f" {tuner.name} {hits:.4f} ({lead}, {moves})"
+            print(line, flush=True)
+    for tuner, values in shares.items():
+        mean = sum(values) / len(values)
+        print(f"tuner {tuner.name}: mean {mean:.4f} worst {min(values):.4f} of the best fixed lead")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
