@@ -16,6 +16,7 @@ from service.prefetch.duel import DUEL, Duel, Verdict
 from service.prefetch.engine import PrefetchEngine
 from service.prefetch.lead import LeadTuner
 from service.prefetch.stride import StridePrefetcher
+from tests.prefetch.lead_sim import simulate
 from tests.prefetch.test_answers import Armed
 
 
@@ -171,3 +172,14 @@ def test_an_engine_with_arms_tunes_its_own_stride_answers_while_they_are_issued(
     assert engine.sources is not None and engine.sources.serving == FAST
     assert engine.stride_lead in range(5, 12) and engine.sources.fast.lead > 0 == armed.lead  # the model keeps its own
     assert hits > 1_800
+
+
+def test_with_pipelined_reads_the_tuner_climbs_past_a_fetch_that_lands_after_the_next_burst() -> None:
+    # Bursts of 8 reads, an engine step after each, prefetches landing 6 reads after issue: by the step that
+    # settles a late read its fetch has landed, so only the read itself can tell it came while in flight.
+    scan = [b"k:%06d" % i for i in range(12_000)]
+    fixed, _, _ = asyncio.run(simulate(scan, 500, burst=8, delay=6, lead=4, tuner=None))
+    tuned, lead, _ = asyncio.run(simulate(scan, 500, burst=8, delay=6, lead=4, tuner=LeadTuner(4)))
+    assert fixed < 0.2  # aimed 4 ahead, nearly every prefetch is read while still being fetched
+    assert lead >= 10 and tuned > 0.9
+
