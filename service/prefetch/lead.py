@@ -16,8 +16,8 @@ aim moves up a step without a verdict. Below the origin's latency every aim uses
 with nothing would never leave it.
 
 Epochs are short (32 settled reads; a probe is given up after 32 duels without a verdict, 4,096 reads, and rests
-up to 256 epochs, 8,192 reads): a workload's phases are longer than that, so both sides of a duel see the same
-phase, and a move takes 128 reads where it took 1,024. Chosen on a simulation of the live engine, without live
+up to 256 epochs, 8,192 reads): the shorter a duel, the likelier both its sides fall in the same phase of the
+workload, and a move takes 128 reads where it took 1,024. Chosen on a simulation of the live engine, without live
 noise (`python -m tests.prefetch.lead_sim`, docs/prefetch.md): on the four development traces the tuned stride
 engine kept 0.948 of the best fixed lead's hits on average, against 0.941 with epochs of 256 reads (and 0.925
 with epochs of 32 judged by the binomial error alone, `duel.py`); on six traces it was not chosen on, 0.927
