@@ -182,4 +182,3 @@ def test_with_pipelined_reads_the_tuner_climbs_past_a_fetch_that_lands_after_the
     tuned, lead, _ = asyncio.run(simulate(scan, 500, burst=8, delay=6, lead=4, tuner=LeadTuner(4)))
     assert fixed < 0.2  # aimed 4 ahead, nearly every prefetch is read while still being fetched
     assert lead >= 10 and tuned > 0.9
-
