@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Sequence
 from multiprocessing import Pool
 from typing import NamedTuple
 
@@ -28,7 +28,7 @@ from service.bench.traces import load_trace
 from service.prefetch.base import Predictions
 from service.prefetch.coordinator import PrefetchBudget
 from service.prefetch.duel import Duel
-from service.prefetch.engine import PrefetchEngine
+from service.prefetch.engine import Emit, PrefetchEngine
 from service.prefetch.lead import MAX_LEAD, LeadTuner
 from service.prefetch.stride import StridePrefetcher
 from service.store.memory import MemoryStore, unit_size
@@ -97,6 +97,20 @@ class _Origin:
         return False
 
 
+async def drive(engine: PrefetchEngine, read: Callable[[bytes], bool], keys: Sequence[bytes], burst: int,
+                emit: Emit) -> int:
+    """Read `keys` through `read` and the engine's log, `burst` at a time with a step after each; the hits."""
+    hits = 0
+    for begin in range(0, len(keys), burst):
+        for key in keys[begin : begin + burst]:
+            hit = read(key)
+            hits += hit
+            engine.on_access(key, hit)
+        await asyncio.sleep(0)  # landed fetches tell the coordinator
+        engine.step(emit)
+    return hits
+
+
 async def simulate(keys: list[bytes], capacity: int, burst: int, delay: int, lead: int,
                    tuner: LeadTuner | None) -> tuple[float, int, int]:
     """(hit ratio, final lead, moves) of a stride engine at a fixed `lead`, or tuned by `tuner`."""
@@ -107,14 +121,7 @@ async def simulate(keys: list[bytes], capacity: int, burst: int, delay: int, lea
     def emit(chunk: list[tuple[Hashable, Predictions]], reads_after: int, source: str) -> None:
         engine.issue(chunk, reads_after, source)
 
-    hits = 0
-    for begin in range(0, len(keys), burst):
-        for key in keys[begin : begin + burst]:
-            hit = origin.read(key)
-            hits += hit
-            engine.on_access(key, hit)
-        await asyncio.sleep(0)  # landed fetches tell the coordinator
-        engine.step(emit)
+    hits = await drive(engine, origin.read, keys, burst, emit)
     return hits / len(keys), engine.stride_lead or 0, tuner.moves if tuner is not None else 0
 
 

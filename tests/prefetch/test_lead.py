@@ -16,7 +16,7 @@ from service.prefetch.duel import DUEL, Duel, Verdict
 from service.prefetch.engine import PrefetchEngine
 from service.prefetch.lead import LeadTuner
 from service.prefetch.stride import StridePrefetcher
-from tests.prefetch.lead_sim import simulate
+from tests.prefetch.lead_sim import drive, simulate
 from tests.prefetch.test_answers import Armed
 
 
@@ -127,23 +127,13 @@ class DelayedCache:
         return self.unread.pop(key, False) is None
 
 
-async def _scan(engine: PrefetchEngine, cache: DelayedCache, reads: range, per_step: int = 1,
-                model_late_by: int = 0) -> int:
-    """A sequential scan read through the engine `per_step` reads a step (a prefetcher's own answers reaching it
+async def _scan(engine: PrefetchEngine, cache: DelayedCache, reads: range, model_late_by: int = 0) -> int:
+    """A sequential scan read through the engine a read a step (a prefetcher's own answers reaching it
     `model_late_by` reads late); returns the hits."""
     def emit(chunk: list[tuple[Hashable, Predictions]], reads_after: int, source: str) -> None:
         engine.issue(chunk, reads_after + (model_late_by if source == MODEL else 0), source)
 
-    hits = 0
-    for begin in range(reads.start, reads.stop, per_step):
-        for i in range(begin, begin + per_step):
-            key = f"obj:{i:06d}".encode()
-            hit = cache.read(key)
-            hits += hit
-            engine.on_access(key, hit)
-        await asyncio.sleep(0)  # the landed fetches' callbacks: the coordinator hears they completed
-        engine.step(emit)
-    return hits
+    return await drive(engine, cache.read, [f"obj:{i:06d}".encode() for i in reads], 1, emit)
 
 
 async def _warmed(delay: int, keep: int, tune: bool, prefetcher: Prefetcher | None = None,
