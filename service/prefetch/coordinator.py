@@ -72,6 +72,11 @@ class PrefetchCoordinator:
     # issued and not yet settled: key -> access count when issued (reads before it included), oldest first
     _recent: OrderedDict[Hashable, int] = field(default_factory=OrderedDict)
     _clock: int = 0
+    # With `track_waits`: the reads each used prefetch spent in the cache between landing and its read, since the
+    # last `take_waits()` (the lead tuner aims nearer by them, `lead.py`), and the landing clock of each landed one.
+    track_waits: bool = False
+    _waits: list[int] = field(default_factory=list)
+    _landed: dict[Hashable, int] = field(default_factory=dict)
 
     @property
     def outstanding(self) -> int:
@@ -117,9 +122,17 @@ class PrefetchCoordinator:
         """Whether this coordinator issued a prefetch of the key that no read has settled yet."""
         return key in self._recent or key in self._outstanding
 
-    def completed(self, key: Hashable) -> None:
-        """The origin fetch for a prefetched key finished (inserted, or failed)."""
+    def completed(self, key: Hashable, reads_since: int = 0) -> None:
+        """The origin fetch for a prefetched key finished (inserted, or failed); `reads_since` as in `consider`:
+        reads after the last settled one and before it landed."""
         self._outstanding.discard(key)
+        if self.track_waits and key in self._recent:
+            self._landed[key] = self._clock + reads_since
+
+    def take_waits(self) -> list[int]:
+        """The waits noted since the last call (`track_waits`)."""
+        waits, self._waits = self._waits, []
+        return waits
 
     def on_access(self, key: Hashable, hit: bool | None) -> None:
         """A read happened; settles an earlier prefetch of the key, and those whose horizon passed. `hit` None: a
@@ -131,18 +144,22 @@ class PrefetchCoordinator:
         issued_at = recent.get(key)
         if issued_at is not None and issued_at < self._clock:
             del recent[key]
+            landed = self._landed.pop(key, None)
             if hit:
                 self.stats.used += 1
+                if landed is not None:  # the reads between its landing and this one (none if noted after it)
+                    self._waits.append(max(0, self._clock - 1 - landed))
             else:
                 self.stats.late += 1
                 # Aimed too near (`lead.py` moves out). Its fetch may have finished since the read: ask both.
                 self.stats.late_in_flight += hit is None or key in self._outstanding
         deadline = self._clock - self.horizon
         while recent and next(iter(recent.values())) <= deadline:
-            recent.popitem(last=False)
+            self._landed.pop(recent.popitem(last=False)[0], None)
             self.stats.wasted += 1
 
     def settle(self) -> None:
         """Count every prefetch still unread as wasted (end of a replay, or of an A/B window)."""
         self.stats.wasted += len(self._recent)
         self._recent.clear()
+        self._landed.clear()

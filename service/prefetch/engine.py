@@ -111,7 +111,8 @@ class PrefetchEngine:
         self.codec = codec or KeyCodec()
         self.log = AccessLog(log_capacity, sample_every, target.in_flight)
         self.recorders = self.log.recorders()  # what the service's read path calls with the key: (hit, miss)
-        self.coordinator = PrefetchCoordinator(target, budget or PrefetchBudget(), decode=self._decode)
+        self.coordinator = PrefetchCoordinator(target, budget or PrefetchBudget(), decode=self._decode,
+                                               track_waits=tune_lead)
         self.drift = DriftDetector()
         self._tasks: set[asyncio.Future[Any]] = set()
         self._stopped = asyncio.Event()
@@ -240,9 +241,10 @@ class PrefetchEngine:
             sources.observe(reads, used)
         if self.tuner is None:
             return
+        waits = self.coordinator.take_waits()
         aimed = self.prefetcher if sources is None else sources.fast if sources.serving == FAST else None
         if aimed is not None and aimed.aimable:
-            aimed.aim_at(self.tuner.observe(reads, used, in_flight))
+            aimed.aim_at(self.tuner.observe(reads, used, in_flight, waits))
 
     def issue(self, proposals: list[tuple[Hashable, Predictions]], reads_after: int = 0, source: str = MODEL) -> int:
         """Hand proposals to the coordinator (on the event loop); returns how many prefetches started.
@@ -276,14 +278,14 @@ class PrefetchEngine:
                     self._tasks.add(task)
                     task.add_done_callback(functools.partial(self._done, key=key))
                 else:
-                    self.coordinator.completed(key)
+                    self.coordinator.completed(key, logged)
         if started and windows is not None:
             windows.issued()
         return started
 
     def _done(self, task: asyncio.Future[Any], *, key: Hashable) -> None:
         self._tasks.discard(task)
-        self.coordinator.completed(key)
+        self.coordinator.completed(key, len(self.log))  # landed after the reads logged since the drain
         if not task.cancelled() and task.exception() is not None:
             log.debug("prefetch of %r failed: %s", key, task.exception())
 

@@ -26,9 +26,15 @@ against 0.913.
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Iterable
+from itertools import accumulate
+
 from service.prefetch.duel import Duel, Verdict
 
 MAX_LEAD = 32  # half the coordinator's 64-read horizon: a prefetch must settle as used within it
+WAIT_QUANTILE = 0.1  # the aim comes nearer by the wait this share of the current aim's used prefetches stayed under
+MIN_WAITS = 16  # used prefetches whose waits are enough to aim nearer by them
 
 
 class LeadTuner:
@@ -44,6 +50,7 @@ class LeadTuner:
         self._duel = Duel(epoch, z, max_duels, max_rest)
         self._up = True
         self._probe = self._next_probe()
+        self._waits = [0] * (max_lead + 1)  # the current aim's used prefetches by their wait (the last: longer)
 
     @property
     def epoch(self) -> int:
@@ -54,10 +61,15 @@ class LeadTuner:
         """The lead proposals should be aimed with now (the probe's during its epochs)."""
         return self._probe if self._duel.probing else self.lead
 
-    def observe(self, reads: int, used: int, in_flight: int = 0) -> int:
+    def observe(self, reads: int, used: int, in_flight: int = 0, waits: Iterable[int] = ()) -> int:
         """`reads` settled, `used` prefetches used among them and `in_flight` read while still being fetched: the
         outcome of proposals aimed with the last `aim` returned (they settle on the reads after their issue).
-        Returns the aim from now on."""
+        `waits`: of the used ones, the reads each stayed in the cache between landing and its read. Returns the
+        aim from now on."""
+        if not self._duel.probing:
+            counts, last = self._waits, self.max_lead
+            for wait in waits:
+                counts[min(wait, last)] += 1
         if self._duel.observe(reads, used, in_flight):
             self._decide()
         return self.aim
@@ -69,6 +81,11 @@ class LeadTuner:
             self._up = True
             self._move(min(self.max_lead, self.lead + self._step))
             return
+        wait = self._short_wait()
+        if wait and in_flight * 10 <= used and self.lead:
+            self._up = False
+            self._move(max(0, self.lead - wait))
+            return
         verdict = self._duel.verdict()
         if verdict is Verdict.PROBE:
             self._move(self._probe)
@@ -77,9 +94,18 @@ class LeadTuner:
             self._duel.kept()
             self._probe = self._next_probe()
 
+    def _short_wait(self) -> int:
+        """The wait that `WAIT_QUANTILE` of the current aim's used prefetches stayed under (0 with fewer than
+        `MIN_WAITS` of them)."""
+        cumulative = list(accumulate(self._waits))
+        if cumulative[-1] < MIN_WAITS:
+            return 0
+        return bisect_right(cumulative, int(cumulative[-1] * WAIT_QUANTILE))
+
     def _move(self, lead: int) -> None:
         self.moves += 1
         self.lead = lead
+        self._waits = [0] * (self.max_lead + 1)
         self._duel.adopted()
         self._probe = self._next_probe()
 

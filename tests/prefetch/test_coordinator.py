@@ -95,6 +95,23 @@ def test_a_read_that_found_its_prefetch_in_flight_counts_so_though_the_fetch_fin
     assert (coordinator.stats.late, coordinator.stats.late_in_flight) == (2, 1)
 
 
+def test_each_used_prefetch_notes_how_many_reads_it_waited_in_the_cache_after_landing() -> None:
+    coordinator = PrefetchCoordinator(FakeCache(), PrefetchBudget(per_request=3), track_waits=True)
+    coordinator.consider(proposals(1, 2, 3))
+    coordinator.completed(1, reads_since=0)  # landed before any read
+    coordinator.completed(2, reads_since=2)  # landed after two reads not yet settled
+    coordinator.completed(3, reads_since=9)  # noted landing after its read: it waited for nothing
+    for key, hit in ((10, False), (11, False), (12, False), (1, True), (3, True), (2, True)):
+        coordinator.on_access(key, hit)
+    assert coordinator.take_waits() == [3, 0, 3]  # 1: reads 10-12 between; 3: none; 2: reads 12, 1 and 3
+    assert coordinator.take_waits() == []
+    untracked = PrefetchCoordinator(FakeCache(), PrefetchBudget(per_request=1))
+    untracked.consider(proposals(1))
+    untracked.completed(1)
+    untracked.on_access(1, True)
+    assert untracked.take_waits() == [] and untracked.stats.used == 1
+
+
 def test_budget_rejects_nonsense() -> None:
     for bad in ({"threshold": 1.5}, {"per_request": -1}, {"max_in_flight": 0}):
         with pytest.raises(ValueError, match="prefetch"):

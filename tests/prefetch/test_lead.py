@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
@@ -74,6 +75,20 @@ def test_a_phase_change_inside_a_duel_is_no_verdict_though_the_reads_alone_would
     # ending in the middle of the duel, it is ahead only across the change.
     assert duel((0.25, 0.5, 0.5, 0.25)) is Verdict.PROBE
     assert duel((0.5, 0.75, 0.25, 0.0)) is Verdict.PENDING
+
+
+def test_the_tuner_aims_nearer_by_the_wait_its_used_prefetches_had_to_spare() -> None:
+    def one_duel(tuner: LeadTuner, in_flight: int, waits: list[int]) -> int:
+        for _ in DUEL:
+            tuner.observe(32, 16, in_flight, waits)  # the same outcome at either aim: no verdict
+        return tuner.lead
+
+    # A tenth of the used prefetches waited 2 reads or less after landing: 2 nearer loses none of those.
+    assert one_duel(LeadTuner(8), 0, [2] * 2 + [5] * 14) == 6
+    assert one_duel(LeadTuner(8), 0, [0] * 2 + [5] * 14) == 8  # more than a tenth had no time to spare
+    assert one_duel(LeadTuner(8), 4, [5] * 16) == 8  # a quarter read while still in flight: not nearer
+    assert one_duel(LeadTuner(8), 0, [5] * 3) == 8  # too few to tell (the current aim's epochs only count)
+    assert one_duel(LeadTuner(3), 0, [40] * 16) == 0  # no nearer than 0
 
 
 def test_the_tuner_keeps_within_its_bounds() -> None:
@@ -162,6 +177,17 @@ def test_an_engine_with_arms_tunes_its_own_stride_answers_while_they_are_issued(
     assert engine.sources is not None and engine.sources.serving == FAST
     assert engine.stride_lead in range(5, 12) and engine.sources.fast.lead > 0 == armed.lead  # the model keeps its own
     assert hits > 1_800
+
+
+def test_on_short_runs_the_tuner_comes_nearer_at_once_where_prefetches_land_well_before_their_reads() -> None:
+    # Runs of 12 sequential keys from random places, a read a step, prefetches landing 2 reads after issue: aimed 1
+    # ahead they land in time, and each read further aims past more of a run's keys. Adjacent aims differ too
+    # little for a duel to tell within 1,000 reads; the prefetches' spare wait tells at the first duel.
+    rng = random.Random(5)
+    runs = [b"k:%09d" % (base + i) for base in rng.sample(range(10**8), 84) for i in range(12)]
+    fixed, _, _ = asyncio.run(simulate(runs, 500, burst=1, delay=2, lead=4, tuner=None))
+    tuned, lead, _ = asyncio.run(simulate(runs, 500, burst=1, delay=2, lead=4, tuner=LeadTuner(4)))
+    assert lead <= 2 and tuned > fixed + 0.1
 
 
 def test_with_pipelined_reads_the_tuner_climbs_past_a_fetch_that_lands_after_the_next_burst() -> None:
