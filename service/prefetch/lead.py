@@ -15,13 +15,22 @@ exception: where more of the current aim's prefetches were read while still bein
 aim moves up a step without a verdict. Below the origin's latency every aim uses nothing, and comparing nothing
 with nothing would never leave it.
 
+And the other way: each used prefetch tells how many reads it waited in the cache between landing and its read
+(the coordinator notes it, `track_waits`). Where a tenth of the current aim's used prefetches waited less than
+`w` reads, and hardly any (under a tenth as many as were used) were read in flight, an aim `w` nearer would have landed
+them all the same, and it would aim `w` fewer keys past the start of each run. So after a duel the aim comes `w`
+nearer without a verdict. A duel could not tell: neighbouring aims differ by a key a run, within a duel's noise
+on short runs, so the tuner stayed at 3-5 where 1 was best (lirs-multi2 without pipelining, a prefetch landing 2
+reads after issue: 0.59-0.63 of reads as hits against 0.74 aimed 1 ahead, in the simulation below).
+
 Epochs are short (32 settled reads; a probe is given up after 32 duels without a verdict, 4,096 reads, and rests
 up to 256 epochs, 8,192 reads): the shorter a duel, the likelier both its sides fall in the same phase of the
 workload, and a move takes 128 reads where it took 1,024. Chosen on a simulation of the live engine, without live
-noise (`python -m tests.prefetch.lead_sim`, docs/prefetch.md): on the four development traces the tuned stride
-engine kept 0.948 of the best fixed lead's hits on average, against 0.941 with epochs of 256 reads (and 0.925
-with epochs of 32 judged by the binomial error alone, `duel.py`); on six traces it was not chosen on, 0.927
-against 0.913.
+noise (`python -m tests.prefetch.lead_sim`, README "How the tuner was chosen"), each tuner started at 7 points of
+each trace: on the four development traces the tuned stride engine kept 0.970 of the best fixed lead's hits on
+average (0.945 without aiming nearer by the waits, 0.949 with epochs of 256 reads, 0.957 with epochs of 32 judged
+by the binomial error alone, `duel.py`); on six traces it was not chosen on, 0.944 (0.934 without aiming
+nearer, 0.951 with the binomial error alone).
 """
 
 from __future__ import annotations

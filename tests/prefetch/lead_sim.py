@@ -1,17 +1,21 @@
-"""A live tenant's stride engine on a trace, simulated, to choose the lead tuner's epochs without live noise.
+"""A live tenant's stride engine on a trace, simulated, to choose the lead tuner without live noise.
 
-Live runs of one configuration differ by up to 0.04 in hit ratio (`foresight bench live-replay`: thread timing),
-more than the tuner's choices differ, so its epochs are chosen here: the service's engine, coordinator, store
-and eviction policy, driven one burst at a time. A client pipelines `burst` reads; the engine steps after each
-burst (the live worker drains about 8 reads a step at 1,000 reads a second, pipeline 8); a prefetch lands
-`delay` reads after its issue. Misses of keys whose load is in flight are recorded as the service records them.
-On the four development traces this reproduces the live shape: at burst 8 and delay 2 lirs-ps keeps 0.97 of
-its reads aimed 8 ahead (live 0.97) and 0.69 aimed 4 ahead (live 0.79), lirs-multi2 does best aimed 2-4.
+Live runs of one configuration differ by up to 0.04 in hit ratio (`foresight bench live-replay`), more than the
+tuner's choices differ, so the tuner is chosen here: the service's engine, coordinator, store and eviction
+policy, driven one burst at a time. A client pipelines `burst` reads; the engine steps after each burst (the live
+worker drains about 8 reads a step at 1,000 reads a second, pipeline 8); a prefetch lands `delay` reads after its
+issue. Misses of keys whose load is in flight are recorded as the service records them. On the four development
+traces this reproduces the live shape: at burst 8 and delay 2 lirs-ps keeps 0.97 of its reads aimed 8 ahead
+(live 0.97) and 0.69 aimed 4 ahead (live 0.79), lirs-multi2 does best aimed 2-4.
+
+Where a tuner's duels fall among a trace's phases decides much of its path: started a few steps later, the same
+tuner may end elsewhere (lirs-ps at burst 8, delay 6: 0.73-0.92 of the best fixed lead's hits from 7 starts).
+That is much of a live run's spread, so each tuner runs from each of `OFFSETS`.
 
 `python -m tests.prefetch.lead_sim TRACE...` prints, for each trace and each (burst, delay) of `SETTINGS`, the
-best fixed lead's hit ratio and each tuner's hit ratio, final lead and moves, and each tuner's mean and worst
-hit ratio as a share of the best fixed lead's (10,000 requests, cache 5 % of their keys, s3fifo, starting at
-lead 4 as the service does).
+best fixed lead and its hit ratio, and each tuner's lowest and highest hit ratio over the offsets with its final
+leads; then each tuner's mean and worst hit ratio as a share of the best fixed lead's (10,000 requests, cache 5 %
+of their keys, s3fifo, starting at lead 4 as the service does).
 """
 
 from __future__ import annotations
@@ -39,18 +43,20 @@ START = 4  # FORESIGHT_PREFETCH_LEAD's default
 
 
 class Tuner(NamedTuple):
-    """A lead tuner to compare: epoch length in reads, and whether its duels' standard error counts epochs."""
+    """A lead tuner to compare: epoch length in reads, whether its duels' standard error counts epochs, and whether
+    it aims nearer by the wait its used prefetches had to spare."""
 
     epoch: int
     epoch_noise: bool
+    waits: bool = True
 
     @property
     def name(self) -> str:
-        return f"{self.epoch}{'e' if self.epoch_noise else 'b'}"
+        return f"{self.epoch}{'e' if self.epoch_noise else 'b'}{'' if self.waits else '-nowait'}"
 
     def build(self) -> LeadTuner:
         scale = 256 // self.epoch  # as many reads dueling before a probe is given up, and resting after
-        tuner = LeadTuner(START, MAX_LEAD, self.epoch, 2.0, 4 * scale, 32 * scale)
+        tuner = (LeadTuner if self.waits else _NoWaitTuner)(START, MAX_LEAD, self.epoch, 2.0, 4 * scale, 32 * scale)
         if not self.epoch_noise:
             tuner._duel = _BinomialDuel(tuner.epoch, 2.0, 4 * scale, 32 * scale)
         return tuner
@@ -61,7 +67,13 @@ class _BinomialDuel(Duel):
         return 0.0
 
 
-TUNERS = (Tuner(256, False), Tuner(256, True), Tuner(64, True), Tuner(32, False), Tuner(32, True))
+class _NoWaitTuner(LeadTuner):
+    def _short_wait(self) -> int:
+        return 0
+
+
+TUNERS = (Tuner(256, True), Tuner(32, False), Tuner(32, True, waits=False), Tuner(32, True))
+OFFSETS = (0, 4, 8, 12, 16, 24, 32)  # engine steps before the tuner starts: where the trace's phases meet its duels
 
 
 class _Origin:
@@ -112,42 +124,53 @@ async def drive(engine: PrefetchEngine, read: Callable[[bytes], bool], keys: Seq
 
 
 async def simulate(keys: list[bytes], capacity: int, burst: int, delay: int, lead: int,
-                   tuner: LeadTuner | None) -> tuple[float, int, int]:
-    """(hit ratio, final lead, moves) of a stride engine at a fixed `lead`, or tuned by `tuner`."""
+                   tuner: LeadTuner | None, offset: int = 0) -> tuple[float, int, int]:
+    """(hit ratio, final lead, moves) of a stride engine at a fixed `lead`, or tuned by `tuner` from its `offset`-th
+    step on."""
     origin = _Origin(MemoryStore(capacity, "s3fifo", sizer=unit_size), delay)
     engine = PrefetchEngine(origin, StridePrefetcher(lead), PrefetchBudget(per_request=1), tune_lead=tuner is not None)
-    engine.tuner = tuner
+    engine.tuner = None
 
     def emit(chunk: list[tuple[Hashable, Predictions]], reads_after: int, source: str) -> None:
         engine.issue(chunk, reads_after, source)
 
-    hits = await drive(engine, origin.read, keys, burst, emit)
+    hits = await drive(engine, origin.read, keys[: offset * burst], burst, emit)
+    stats = engine.coordinator.stats
+    engine.tuner, engine._outcomes_seen = tuner, (stats.used, stats.late_in_flight)
+    engine.coordinator.take_waits()
+    hits += await drive(engine, origin.read, keys[offset * burst :], burst, emit)
     return hits / len(keys), engine.stride_lead or 0, tuner.moves if tuner is not None else 0
 
 
-def _job(args: tuple[str, int, int, int | Tuner]) -> tuple[tuple[str, int, int, int | Tuner], tuple[float, int, int]]:
-    path, burst, delay, what = args
+Job = tuple[str, int, int, int | Tuner, int]  # trace, burst, delay, fixed lead or tuner, offset
+
+
+def _job(args: Job) -> tuple[Job, tuple[float, int, int]]:
+    path, burst, delay, what, offset = args
     trace = load_trace(path, limit=10_000)
     keys, capacity = key_names(trace.keys.tolist()), max(1, trace.unique // 20)
     if isinstance(what, Tuner):
-        return args, asyncio.run(simulate(keys, capacity, burst, delay, START, what.build()))
+        return args, asyncio.run(simulate(keys, capacity, burst, delay, START, what.build(), offset))
     return args, asyncio.run(simulate(keys, capacity, burst, delay, what, None))
 
 
 def main(paths: list[str]) -> None:
-    jobs = [(p, b, d, w) for p in paths for b, d in SETTINGS for w in (*FIXED, *TUNERS)]
+    jobs: list[Job] = [(p, b, d, lead, 0) for p in paths for b, d in SETTINGS for lead in FIXED]
+    jobs += [(p, b, d, t, o) for p in paths for b, d in SETTINGS for t in TUNERS for o in OFFSETS]
     with Pool(2) as pool:
-        results = dict(pool.imap_unordered(_job, jobs))
+        results = dict(pool.imap_unordered(_job, jobs, chunksize=4))
     shares: dict[Tuner, list[float]] = {t: [] for t in TUNERS}
     for path in paths:
         for burst, delay in SETTINGS:
-            best = max(FIXED, key=lambda lead: results[(path, burst, delay, lead)][0])
-            best_hits = results[(path, burst, delay, best)][0]
+            best = max(FIXED, key=lambda lead: results[(path, burst, delay, lead, 0)][0])
+            best_hits = results[(path, burst, delay, best, 0)][0]
             line = f"{path.rsplit('/', 1)[-1]:24} burst {burst} delay {delay}: fixed {best} {best_hits:.4f} |"
             for tuner in TUNERS:
-                hits, lead, moves = results[(path, burst, delay, tuner)]
-                shares[tuner].append(hits / best_hits)
-                line += f" {tuner.name} {hits:.4f} ({lead}, {moves})"
+                runs = [results[(path, burst, delay, tuner, o)] for o in OFFSETS]
+                shares[tuner] += [hits / best_hits for hits, _, _ in runs]
+                low, high = min(hits for hits, _, _ in runs), max(hits for hits, _, _ in runs)
+                leads = ",".join(str(lead) for _, lead, _ in runs)
+                line += f" {tuner.name} {low:.3f}-{high:.3f} ({leads})"
             print(line, flush=True)
     for tuner, values in shares.items():
         mean = sum(values) / len(values)
