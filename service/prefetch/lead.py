@@ -17,11 +17,12 @@ with nothing would never leave it.
 
 And the other way: each used prefetch tells how many reads it waited in the cache between landing and its read
 (the coordinator notes it, `track_waits`). Where a tenth of the current aim's used prefetches waited less than
-`w` reads, and hardly any (under a tenth as many as were used) were read in flight, an aim `w` nearer would have landed
-them all the same, and it would aim `w` fewer keys past the start of each run. So after a duel the aim comes `w`
-nearer without a verdict. A duel could not tell: neighbouring aims differ by a key a run, within a duel's noise
-on short runs, so the tuner stayed at 3-5 where 1 was best (lirs-multi2 without pipelining, a prefetch landing 2
-reads after issue: 0.59-0.63 of reads as hits against 0.74 aimed 1 ahead, in the simulation below).
+`w` reads, and hardly any (under a tenth as many as were used) were read in flight, an aim `w` nearer would have
+landed them all the same, and it would aim `w` fewer keys past the start of each run. So after a duel the aim
+comes `w` nearer without a verdict. A duel could not tell: neighbouring aims differ by a key a run, within a
+duel's noise on short runs, so the tuner stayed at 3-5 where 1 was best (lirs-multi2 without pipelining, a
+prefetch landing 2 reads after issue: 0.59-0.63 of reads as hits against 0.74 aimed 1 ahead, in the simulation
+below).
 
 Epochs are short (32 settled reads; a probe is given up after 32 duels without a verdict, 4,096 reads, and rests
 up to 256 epochs, 8,192 reads): the shorter a duel, the likelier both its sides fall in the same phase of the
