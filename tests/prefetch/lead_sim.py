@@ -21,6 +21,7 @@ of their keys, s3fifo, starting at lead 4 as the service does).
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
@@ -145,10 +146,16 @@ async def simulate(keys: list[bytes], capacity: int, burst: int, delay: int, lea
 Job = tuple[str, int, int, int | Tuner, int]  # trace, burst, delay, fixed lead or tuner, offset
 
 
+@functools.cache
+def _trace(path: str) -> tuple[list[bytes], int]:
+    """The trace's first 10,000 keys and the cache size for them (5 % of their unique keys), read once a worker."""
+    trace = load_trace(path, limit=10_000)
+    return key_names(trace.keys.tolist()), max(1, trace.unique // 20)
+
+
 def _job(args: Job) -> tuple[Job, tuple[float, int, int]]:
     path, burst, delay, what, offset = args
-    trace = load_trace(path, limit=10_000)
-    keys, capacity = key_names(trace.keys.tolist()), max(1, trace.unique // 20)
+    keys, capacity = _trace(path)
     if isinstance(what, Tuner):
         return args, asyncio.run(simulate(keys, capacity, burst, delay, START, what.build(), offset))
     return args, asyncio.run(simulate(keys, capacity, burst, delay, what, None))
