@@ -11,9 +11,10 @@ The standard error is the larger of two. Reads taken as independent draws (binom
 phases move whole epochs (a run of sequential reads, then none), and a phase change inside a duel is not
 cancelled by its order: a probe then wins or loses on the phase, not on its merit. So the two epochs of each
 choice in a duel also measure how much epochs differ by themselves, and the duels so far give the standard error
-of the difference from that. Probing costs the probe's worse epochs, so each
-probe lost is followed by a rest without probes, twice as long as the last (1 epoch, 2, 4, up to `max_rest`),
-until a probe wins again.
+of the difference from that.
+
+Probing costs the probe's worse epochs, so each probe lost is followed by a rest without probes, twice as long as
+the last (1 epoch, 2, 4, up to `max_rest`), until a probe wins again.
 
 What is compared is up to the caller: the aim of stride answers (`lead.py`), or whose answers to issue
 (`answers.py`).
