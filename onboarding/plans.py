@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from onboarding.errors import InvalidInput
 from service.prefetch import PREFETCHERS
+from service.prefetch.markov import MIN_MAX_KEYS
 from service.tenancy import TenantQuota
 
 MIB = 1024 * 1024
@@ -18,7 +19,7 @@ CUSTOM = "custom"
 
 def quota_for(
     plan: str, *, memory_mib: int | None = None, rps: float | None = None, origin: str | None = None,
-    prefetcher: str | None = None,
+    prefetcher: str | None = None, prefetch_max_keys: int | None = None,
 ) -> TenantQuota:
     """The quota of `plan`, with `memory_mib`/`rps` overriding it (required for the custom plan)."""
     if plan == CUSTOM:
@@ -36,11 +37,14 @@ def quota_for(
         raise InvalidInput("--rps", "must be 0 (unlimited) or more")
     if prefetcher is not None and prefetcher not in PREFETCHERS:
         raise InvalidInput("--prefetcher", f"unknown prefetcher {prefetcher!r}; choose one of {', '.join(PREFETCHERS)}")
+    if prefetch_max_keys is not None and prefetch_max_keys < MIN_MAX_KEYS:
+        raise InvalidInput("--prefetch-max-keys", f"must be at least {MIN_MAX_KEYS} (or unset: the service's bound)")
     return TenantQuota(
         memory_bytes=memory_mib * MIB if memory_mib is not None else base.memory_bytes,
         requests_per_second=rps if rps is not None else base.requests_per_second,
         origin=origin,
         prefetcher=prefetcher,
+        prefetch_max_keys=prefetch_max_keys,
     )
 
 

@@ -46,13 +46,20 @@ def create(
         str | None,
         typer.Option(help="The tenant's prefetcher: none, stride, markov or learned (default: the service's)."),
     ] = None,
+    prefetch_max_keys: Annotated[
+        int | None,
+        typer.Option(help="Keys its Markov or learned prefetcher remembers (at least 1024), which bounds the "
+                     "prefetcher's memory: about 0.2-0.75 KB a key for the learned one (default: the service's "
+                     "FORESIGHT_PREFETCH_MAX_KEYS)."),
+    ] = None,
     scopes: Annotated[str, typer.Option(help="Scopes of the first key, comma-separated.")] = "read,write",
     admin_url: AdminUrl = None,
     as_json: Json = False,
 ) -> None:
     """Create a tenant with its quotas, Vault policy and first API key (shown once), then print how to connect."""
     with output.reported(as_json):
-        quota = quota_for(plan, memory_mib=memory, rps=rps, origin=origin, prefetcher=prefetcher)
+        quota = quota_for(plan, memory_mib=memory, rps=rps, origin=origin, prefetcher=prefetcher,
+                          prefetch_max_keys=prefetch_max_keys)
         with onboarder(admin_url) as onboard, output.progress(f"Creating tenant {name}...", as_json):
             created = onboard.create_tenant(name, quota, parse_scopes(scopes))
         _print_created(created, as_json)
@@ -124,6 +131,9 @@ def show(name: str, admin_url: AdminUrl = None, as_json: Json = False) -> None:
                          f"{_rps(quota.requests_per_second)}  {_state(view)}")
         if quota.origin:
             output.out.print(f"origin {quota.origin}", markup=False)
+        if quota.prefetcher or quota.prefetch_max_keys:
+            bound = f", remembering up to {quota.prefetch_max_keys:,} keys" if quota.prefetch_max_keys else ""
+            output.out.print(f"prefetcher {quota.prefetcher or 'the service default'}{bound}", markup=False)
         from onboarding.keys_cli import keys_table
 
         output.out.print(keys_table(view.keys))

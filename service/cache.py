@@ -69,6 +69,7 @@ class TenantCache:
     def apply(self, spec: TenantSpec) -> None:
         """Take new quotas without losing data (a smaller budget evicts down to it)."""
         self.prefetcher = spec.quota.prefetcher
+        self.prefetch_max_keys = spec.quota.prefetch_max_keys
         rate = spec.quota.requests_per_second
         self.bucket = TokenBucket(rate) if rate else None
         self.store.set_budget(spec.quota.memory_bytes)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.prefetch.markov import DEFAULT_MAX_KEYS
+from service.prefetch.markov import DEFAULT_MAX_KEYS, MIN_MAX_KEYS
 from service.store.policies import POLICIES
 
 
@@ -140,13 +140,13 @@ class Settings(BaseSettings):
     )
     prefetch_max_keys: int = Field(
         DEFAULT_MAX_KEYS,
-        ge=1024,
+        ge=MIN_MAX_KEYS,
         description="Keys a tenant's Markov or learned prefetcher remembers (successors, last reads; the oldest "
         "half goes when full): most of its memory on a large key space. Per key, Markov 0.07 KB read once to "
         "0.15-0.33 KB recurring with several successors, the learned one 0.19 to 0.38-0.74 KB (`foresight bench "
         "prefetch-memory [--trace]`): at the default 75 / 190 MB a tenant on keys read once, up to 210 / 500 MB on "
         "the ARC traces' keys. Fewer forget keys that come back after longer (`foresight bench replay --max-keys` "
-        "shows the cost).",
+        "shows the cost). A tenant's quota may set its own (`tenants create --prefetch-max-keys`).",
     )
     prefetch_isolation: Literal["auto", "process", "thread"] = Field(
         "auto",

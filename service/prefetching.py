@@ -81,9 +81,10 @@ def route_reads(tenant: TenantCache, recorders: Recorders | None) -> None:
 class TenantPrefetch:
     """One tenant's engine, its background task and (for a learned model) its checkpoint registry."""
 
-    def __init__(self, tenant: TenantCache, arm: str, engine: PrefetchEngine,
+    def __init__(self, tenant: TenantCache, arm: str, max_keys: int, engine: PrefetchEngine,
                  checkpoints: CheckpointRegistry | None, interval: float) -> None:
         self.tenant, self.arm, self.engine, self.checkpoints = tenant, arm, engine, checkpoints
+        self.spec = (arm, max_keys)  # what it was built with: a tenant whose quota changes either gets a new one
         self.interval = interval
         self._used = self._issued = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -176,6 +177,10 @@ class PrefetchManager:
             return tenant.prefetcher
         return self._assignment.arm(tenant.name) if self._assignment is not None else self.settings.prefetcher
 
+    def max_keys(self, tenant: TenantCache) -> int:
+        """The keys the tenant's prefetcher remembers: its quota's bound, else the deployment's."""
+        return tenant.prefetch_max_keys or self.settings.prefetch_max_keys
+
     def sync_soon(self, tenants: TenantRegistry) -> None:
         task = asyncio.create_task(self.sync(tenants))
         self._background.add(task)
@@ -183,14 +188,15 @@ class PrefetchManager:
 
     async def sync(self, tenants: TenantRegistry) -> None:
         """Start engines for tenants with an origin and a prefetcher; stop those of tenants that went away
-        or changed prefetcher."""
+        or changed prefetcher or its bound (the next sync starts them anew)."""
         async with self._lock:
             await self._sync(tenants)
 
     async def _sync(self, tenants: TenantRegistry) -> None:
         for name in list(self.running):
             running = self.running[name]
-            if tenants.get(name) is not running.tenant or self.arm(running.tenant) != running.arm:
+            tenant = running.tenant
+            if tenants.get(name) is not tenant or (self.arm(tenant), self.max_keys(tenant)) != running.spec:
                 await self.running.pop(name).stop()
         for tenant in list(tenants):
             if tenant.name in self.running or tenant.origin is None:
@@ -218,6 +224,7 @@ class PrefetchManager:
             device = self._device
         budget = PrefetchBudget(settings.prefetch_threshold, settings.prefetch_per_request,
                                 settings.prefetch_max_in_flight)
+        max_keys = self.max_keys(tenant)
         cache = CacheModel(capacity=entry_capacity(tenant), policy=settings.eviction_policy,
                            lead=settings.prefetch_lead, per_request=budget.per_request, threshold=budget.threshold,
                            max_in_flight=budget.max_in_flight)
@@ -226,17 +233,18 @@ class PrefetchManager:
 
             self._pool = self._pool or PrefetchPool(process_count(settings))
             prefetcher: Prefetcher = ProcessPrefetcher(arm, lead=settings.prefetch_lead, device=device, cache=cache,
-                                                       host=self._pool.host(), max_keys=settings.prefetch_max_keys)
+                                                       host=self._pool.host(), max_keys=max_keys)
         else:
             prefetcher = make_prefetcher(arm, lead=settings.prefetch_lead, device=device, cache=cache,
-                                         max_keys=settings.prefetch_max_keys)
+                                         max_keys=max_keys)
         try:
-            return self._attach(tenant, arm, prefetcher, budget)
+            return self._attach(tenant, arm, max_keys, prefetcher, budget)
         except BaseException:
             prefetcher.close()  # no half-built tenant keeps a prefetcher in the shared process
             raise
 
-    def _attach(self, tenant: TenantCache, arm: str, prefetcher: Prefetcher, budget: PrefetchBudget) -> TenantPrefetch:
+    def _attach(self, tenant: TenantCache, arm: str, max_keys: int, prefetcher: Prefetcher,
+                budget: PrefetchBudget) -> TenantPrefetch:
         """The engine and checkpoints around a built prefetcher; loads the serving model if there is one."""
         from service.prefetch.engine import CpuBudget, PrefetchEngine
 
@@ -253,7 +261,7 @@ class PrefetchManager:
             from service.prefetch.mlops.checkpoints import CheckpointRegistry
 
             checkpoints = CheckpointRegistry(settings.data_dir / "models" / tenant.name, tenant.name, self.cipher)
-        running = TenantPrefetch(tenant, arm, engine, checkpoints, settings.prefetch_checkpoint_interval_s)
+        running = TenantPrefetch(tenant, arm, max_keys, engine, checkpoints, settings.prefetch_checkpoint_interval_s)
         try:
             version = running.restore()
         except Exception as err:  # an unreadable checkpoint must not cost the tenant its prefetcher

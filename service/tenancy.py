@@ -14,6 +14,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from service.prefetch.markov import MIN_MAX_KEYS
 from service.security.apikeys import MalformedKey, key_id_of, verify_key
 
 TENANT_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -31,6 +32,13 @@ class TenantQuota(BaseModel):
     )
     prefetcher: Literal["none", "stride", "markov", "learned"] | None = Field(
         None, description="This tenant's prefetcher; unset: the deployment's choice (or its A/B assignment)."
+    )
+    prefetch_max_keys: int | None = Field(
+        None,
+        ge=MIN_MAX_KEYS,
+        description="Keys this tenant's Markov or learned prefetcher remembers, which bounds what it holds in the "
+        "prefetch process (about 0.07-0.33 KB a key for Markov, 0.19-0.74 KB for the learned one); unset: the "
+        "deployment's prefetch_max_keys.",
     )
 
 

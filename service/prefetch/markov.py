@@ -16,6 +16,7 @@ from service.prefetch.base import Prediction, Predictions, Prefetcher
 
 Successor = tuple[int, float, int]  # (successor, share of the key's transitions, total transitions)
 DEFAULT_MAX_KEYS = 1 << 20  # keys a table remembers; the replays' setting, FORESIGHT_PREFETCH_MAX_KEYS's default
+MIN_MAX_KEYS = 1024  # the least a deployment or a tenant may set: below it a table forgets within a few reads
 _BY_COUNT = itemgetter(1)
 
 

@@ -34,6 +34,16 @@ def test_create_json_prints_tenant_and_its_key_once(vault_env: Path) -> None:
     assert "hash" not in json.loads(shown.stdout)["keys"][0]
 
 
+def test_a_tenants_prefetcher_and_its_bound_are_kept_in_vault(vault_env: Path) -> None:
+    name = unique("bound")
+    created = invoke("tenants", "create", name, "--prefetcher", "markov", "--prefetch-max-keys", "65536", "--json")
+    assert created.exit_code == 0, created.output
+    quota = json.loads(invoke("tenants", "show", name, "--json").stdout)["quota"]
+    assert (quota["prefetcher"], quota["prefetch_max_keys"]) == ("markov", 65536)
+    shown = invoke("tenants", "show", name)
+    assert "prefetcher markov, remembering up to 65,536 keys" in shown.stdout
+
+
 def test_people_get_the_key_and_a_connection_snippet(vault_env: Path) -> None:
     result = invoke("tenants", "create", unique("human"), "--plan", "starter")
     assert result.exit_code == 0, result.output
@@ -47,6 +57,7 @@ def test_people_get_the_key_and_a_connection_snippet(vault_env: Path) -> None:
         (["tenants", "create", "Bad_Name"], EXIT_USAGE, "invalid tenant name 'Bad_Name'"),
         (["tenants", "create", "ok-name", "--plan", "gold"], EXIT_USAGE, "unknown plan"),
         (["tenants", "create", "ok-name", "--plan", "custom"], EXIT_USAGE, "needs both --memory"),
+        (["tenants", "create", "ok-name", "--prefetch-max-keys", "10"], EXIT_USAGE, "--prefetch-max-keys: must be"),
         (["tenants", "show", "no-such-tenant"], EXIT_NOT_FOUND, "no such tenant"),
         (["keys", "revoke", "aaaaaaaaaaaa"], EXIT_NOT_FOUND, "no key aaaaaaaaaaaa"),
         (["keys", "issue", "no-such-tenant"], EXIT_NOT_FOUND, "no tenant"),

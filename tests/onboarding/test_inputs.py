@@ -57,6 +57,12 @@ def test_flags_override_a_plan_and_make_it_custom() -> None:
     assert quota_for("custom", memory_mib=10, rps=0).requests_per_second == 0
 
 
+def test_a_tenants_prefetch_bound_rides_on_its_plan() -> None:
+    quota = quota_for("pro", prefetch_max_keys=65536)
+    assert quota.prefetch_max_keys == 65536 and plan_of(quota) == "pro"  # memory and rate are the plan's
+    assert quota_for("pro").prefetch_max_keys is None  # unset: the service's bound
+
+
 @pytest.mark.parametrize(
     ("plan", "kwargs", "message"),
     [
@@ -64,6 +70,7 @@ def test_flags_override_a_plan_and_make_it_custom() -> None:
         ("custom", {"memory_mib": 10}, "needs both --memory"),
         ("starter", {"memory_mib": 0}, "positive"),
         ("starter", {"rps": -1}, "0 (unlimited) or more"),
+        ("starter", {"prefetch_max_keys": 1000}, "must be at least 1024"),
     ],
 )
 def test_bad_plans_are_refused(plan: str, kwargs: dict, message: str) -> None:

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from service.prefetch.mlops.ab import ABAssignment
+from service.tenancy import TenantQuota, TenantSpec
 from tests.service.harness import running_service, write_tenants_file
 from tests.tlsutil import PKI
 
@@ -133,6 +134,28 @@ def test_a_killed_prefetcher_process_costs_one_step_and_prefetching_resumes(sequ
 def test_the_keys_a_prefetcher_remembers_are_configured(sequential_origin: Path) -> None:
     with running_service(dev=True, origin=str(sequential_origin), prefetcher="markov", prefetch_max_keys=4096) as svc:
         assert svc.state.prefetch.running["default"].engine.prefetcher.table.max_keys == 4096  # type: ignore[attr-defined]
+
+
+def test_a_tenants_quota_bounds_the_keys_its_prefetcher_remembers(tmp_path: Path, pki: PKI) -> None:
+    origin = tmp_path / "origin"
+    for name in ("small", "plain"):
+        (origin / name).mkdir(parents=True)
+    tenants = tmp_path / "tenants.json"
+    write_tenants_file(tenants, {"small": {"prefetch_max_keys": 4096}, "plain": {}})
+    with running_service(tls_cert_file=pki.cert, tls_key_file=pki.key, tenants_file=tenants, origin=str(origin),
+                         prefetcher="markov", prefetch_max_keys=8192) as svc:
+        state = svc.state
+
+        def bounds() -> dict[str, int]:
+            return {name: running.engine.prefetcher.table.max_keys for name, running in state.prefetch.running.items()}
+
+        assert bounds() == {"small": 4096, "plain": 8192}  # the deployment's bound where the quota sets none
+        small = state.prefetch.running["small"]
+        spec = TenantSpec(name="small", quota=TenantQuota(prefetch_max_keys=2048))
+        svc.call(state.apply_tenant("small", spec))
+        svc.call(state.prefetch.sync(state.tenants))  # after the sync the change started in the background
+        assert bounds() == {"small": 2048, "plain": 8192}
+        assert state.prefetch.running["small"] is not small and small.engine._stopped.is_set()
 
 
 def test_a_fixed_lead_is_configured_and_only_stride_answers_have_one_to_tune(sequential_origin: Path) -> None:
