@@ -25,6 +25,10 @@ from __future__ import annotations
 from enum import Enum
 
 DUEL = (False, True, True, False)  # epochs of one comparison: is it the probe's?
+# Epochs of 32 settled reads; a probe is given up after 32 duels without a verdict (4,096 reads), and rests last up
+# to 256 epochs (8,192 reads). Chosen for the lead tuner and then for the answer sources on simulations of the live
+# engine (`tests/prefetch/lead_sim.py`, `tests/prefetch/answer_sim.py`; README).
+EPOCH, MAX_DUELS, MAX_REST = 32, 32, 256
 
 
 class Verdict(Enum):
@@ -36,7 +40,8 @@ class Verdict(Enum):
 class Duel:
     """Which of the current choice and the probe serves now, and the verdict after each four epochs."""
 
-    def __init__(self, epoch: int = 256, z: float = 2.0, max_duels: int = 4, max_rest: int = 32) -> None:
+    def __init__(self, epoch: int = EPOCH, z: float = 2.0, max_duels: int = MAX_DUELS,
+                 max_rest: int = MAX_REST) -> None:
         self.epoch, self.z, self.max_duels, self.max_rest = epoch, z, max_duels, max_rest
         self._slot = 0  # which epoch of the duel runs now
         self._duels = 0  # duels of the current choice against the current probe so far

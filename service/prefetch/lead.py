@@ -40,7 +40,7 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from itertools import accumulate
 
-from service.prefetch.duel import Duel, Verdict
+from service.prefetch.duel import EPOCH, MAX_DUELS, MAX_REST, Duel, Verdict
 
 MAX_LEAD = 32  # half the coordinator's 64-read horizon: a prefetch must settle as used within it
 WAIT_QUANTILE = 0.1  # the aim comes nearer by the wait this share of the current aim's used prefetches stayed under
@@ -50,8 +50,8 @@ MIN_WAITS = 16  # used prefetches whose waits are enough to aim nearer by them
 class LeadTuner:
     """Chooses the aim (`lead`) of later proposals from the prefetches used at each aim so far."""
 
-    def __init__(self, lead: int, max_lead: int = MAX_LEAD, epoch: int = 32, z: float = 2.0,
-                 max_duels: int = 32, max_rest: int = 256) -> None:
+    def __init__(self, lead: int, max_lead: int = MAX_LEAD, epoch: int = EPOCH, z: float = 2.0,
+                 max_duels: int = MAX_DUELS, max_rest: int = MAX_REST) -> None:
         if max_lead < 1 or not 0 <= lead <= max_lead:
             raise ValueError(f"the lead tuner needs max_lead >= 1 and a starting lead within [0, max_lead], got "
                              f"{lead} and {max_lead}")
