@@ -187,8 +187,8 @@ class PrefetchManager:
         task.add_done_callback(self._background.discard)
 
     async def sync(self, tenants: TenantRegistry) -> None:
-        """Start engines for tenants with an origin and a prefetcher; stop those of tenants that went away
-        or changed prefetcher or its bound (the next sync starts them anew)."""
+        """Start engines for tenants with an origin and a prefetcher; stop those of tenants that went away, and
+        restart those whose prefetcher or its bound changed."""
         async with self._lock:
             await self._sync(tenants)
 
