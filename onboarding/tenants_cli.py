@@ -15,6 +15,7 @@ from onboarding.errors import OnboardingError
 from onboarding.plans import CUSTOM, PLANS, plan_of, quota_for
 from onboarding.snippet import connection_snippet
 from onboarding.tenants import CreatedTenant, Onboarder, TenantView, parse_scopes
+from service.prefetch.markov import MIN_MAX_KEYS
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 
@@ -48,9 +49,9 @@ def create(
     ] = None,
     prefetch_max_keys: Annotated[
         int | None,
-        typer.Option(help="Keys its Markov or learned prefetcher remembers (at least 1024), which bounds the "
-                     "prefetcher's memory: about 0.2-0.75 KB a key for the learned one (default: the service's "
-                     "FORESIGHT_PREFETCH_MAX_KEYS)."),
+        typer.Option(help=f"Keys its Markov or learned prefetcher remembers (at least {MIN_MAX_KEYS}), which "
+                     "bounds the prefetcher's memory: about 0.2-0.75 KB a key for the learned one (default: the "
+                     "service's FORESIGHT_PREFETCH_MAX_KEYS)."),
     ] = None,
     scopes: Annotated[str, typer.Option(help="Scopes of the first key, comma-separated.")] = "read,write",
     admin_url: AdminUrl = None,

@@ -83,8 +83,7 @@ class TenantPrefetch:
 
     def __init__(self, tenant: TenantCache, arm: str, max_keys: int, engine: PrefetchEngine,
                  checkpoints: CheckpointRegistry | None, interval: float) -> None:
-        self.tenant, self.arm, self.engine, self.checkpoints = tenant, arm, engine, checkpoints
-        self.spec = (arm, max_keys)  # what it was built with: a tenant whose quota changes either gets a new one
+        self.tenant, self.arm, self.max_keys, self.engine, self.checkpoints = tenant, arm, max_keys, engine, checkpoints
         self.interval = interval
         self._used = self._issued = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -196,7 +195,8 @@ class PrefetchManager:
         for name in list(self.running):
             running = self.running[name]
             tenant = running.tenant
-            if tenants.get(name) is not tenant or (self.arm(tenant), self.max_keys(tenant)) != running.spec:
+            built = (running.arm, running.max_keys)  # a tenant whose quota changes either gets a new engine
+            if tenants.get(name) is not tenant or (self.arm(tenant), self.max_keys(tenant)) != built:
                 await self.running.pop(name).stop()
         for tenant in list(tenants):
             if tenant.name in self.running or tenant.origin is None:
