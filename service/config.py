@@ -108,9 +108,9 @@ class Settings(BaseSettings):
     prefetch_tune_lead: bool = Field(
         True, description="Tune the lead of stride answers live (the tenant's stride prefetcher, or a learned engine's "
         "own stride while it serves), from prefetch_lead up or down (within 0-32) by what the cache used; the right "
-        "one depends on the read rate, the origin's latency, client pipelining and the cache (README, 'Where stride "
-        "answers aim'). Markov and learned predictions keep prefetch_lead: their tables and model are learned for one "
-        "distance."
+        "one depends on the read rate, the origin's latency, client pipelining and the cache (docs/prefetch-live.md, "
+        "'Where stride answers aim'). Markov and learned predictions keep prefetch_lead: their tables and model are "
+        "learned for one distance."
     )
     prefetch_threshold: float = Field(0.25, ge=0, le=1, description="Minimum confidence worth an origin fetch.")
     prefetch_per_request: int = Field(1, ge=0, description="Prefetches issued per read at most.")

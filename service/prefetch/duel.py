@@ -27,7 +27,7 @@ from enum import Enum
 DUEL = (False, True, True, False)  # epochs of one comparison: is it the probe's?
 # Epochs of 32 settled reads; a probe is given up after 32 duels without a verdict (4,096 reads), and rests last up
 # to 256 epochs (8,192 reads). Chosen for the lead tuner and then for the answer sources on simulations of the live
-# engine (`tests/prefetch/lead_sim.py`, `tests/prefetch/answer_sim.py`; README).
+# engine (`tests/prefetch/lead_sim.py`, `tests/prefetch/answer_sim.py`; docs/prefetch-live.md).
 EPOCH, MAX_DUELS, MAX_REST = 32, 32, 256
 
 

@@ -27,11 +27,11 @@ below).
 Epochs are short (32 settled reads; a probe is given up after 32 duels without a verdict, 4,096 reads, and rests
 up to 256 epochs, 8,192 reads): the shorter a duel, the likelier both its sides fall in the same phase of the
 workload, and a move takes 128 reads where it took 1,024. Chosen on a simulation of the live engine, without live
-noise (`python -m tests.prefetch.lead_sim`, README "How the tuner was chosen"), each tuner started at 7 points of
-each trace: on the four development traces the tuned stride engine kept 0.970 of the best fixed lead's hits on
-average (0.945 without aiming nearer by the waits, 0.949 with epochs of 256 reads, 0.957 with epochs of 32 judged
-by the binomial error alone, `duel.py`); on six traces it was not chosen on, 0.944 (0.934 without aiming
-nearer, 0.951 with the binomial error alone).
+noise (`python -m tests.prefetch.lead_sim`, docs/prefetch-live.md "How the tuner was chosen"), each tuner started
+at 7 points of each trace: on the four development traces the tuned stride engine kept 0.970 of the best fixed
+lead's hits on average (0.945 without aiming nearer by the waits, 0.949 with epochs of 256 reads, 0.957 with
+epochs of 32 judged by the binomial error alone, `duel.py`); on six traces it was not chosen on, 0.944 (0.934
+without aiming nearer, 0.951 with the binomial error alone).
 """
 
 from __future__ import annotations

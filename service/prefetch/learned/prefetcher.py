@@ -181,8 +181,8 @@ class LearnedPrefetcher(Prefetcher):
         """Pay the device's first-use costs now, not on a live read: on an H200 host the network's first
         inference with CUDA graphs and its first training stalled the engine 107 and 300 ms (graph capture,
         lazily loaded kernels, optimiser state), and at 1,000 reads a second its proposals came 16-21 reads
-        late, against 2-3 warmed up (README). Leaves the weights, the optimiser and the random streams as they
-        were."""
+        late, against 2-3 warmed up (docs/prefetch-live.md). Leaves the weights, the optimiser and the random
+        streams as they were."""
         self._capture_graphs()
         self.model.train()
         self.model(*random_inputs(self.config.batch, np.random.default_rng(0)).tensors(self.device)).sum().backward()
