@@ -110,6 +110,13 @@ class MemoryStore:
         self.policy.hit(key)
         return entry.value
 
+    def touch(self, key: Hashable) -> bool:
+        """Count an access for the eviction policy without reading the value (Redis's TOUCH); False when absent."""
+        if self._live(key) is None:
+            return False
+        self.policy.hit(key)
+        return True
+
     def entry(self, key: Hashable) -> Entry | None:
         """The live entry without counting a read (for TTL, STRLEN, write-modify commands)."""
         return self._live(key)

@@ -40,6 +40,19 @@ def test_miss_reads_through_then_hits_memory(origin_dir: Path) -> None:
         assert tenant.store.stats.hits >= 2
 
 
+def test_getex_reads_through_like_get_and_sets_the_loaded_keys_expiry(origin_dir: Path) -> None:
+    with running_service(dev=True, prefetcher="none", origin=str(origin_dir / "default"), origin_latency_ms=20) as svc:
+        client = redis.Redis(port=svc.resp_port)
+        assert client.getex("greeting", ex=100) == b"hello from origin"  # a miss: loaded, then given its expiry
+        assert 99 <= client.ttl("greeting") <= 100
+        assert client.getex("greeting", persist=True) == b"hello from origin"
+        assert client.ttl("greeting") == -1
+        assert client.getex("nope", ex=10) is None
+        with pytest.raises(redis.ResponseError, match="invalid expire time in 'getex' command"):
+            client.execute_command("GETEX", "users/42", "EX", "0")  # loaded, but the expiry is refused
+        assert svc.state.tenants.get("default").origin_fetches == 3
+
+
 def test_concurrent_readers_of_one_key_cause_one_fetch(origin_dir: Path) -> None:
     with running_service(dev=True, prefetcher="none", origin=str(origin_dir / "default"), origin_latency_ms=300) as svc:
         results: list[bytes | None] = []

@@ -31,6 +31,25 @@ def test_redis_py_round_trip(dev_service: RunningService, protocol: int) -> None
 
 
 @pytest.mark.parametrize("protocol", [2, 3])
+def test_redis_py_cache_idioms(dev_service: RunningService, protocol: int) -> None:
+    """What cache libraries call besides SET EX (flask-caching's setex, setnx-based locks, getex to extend a TTL)."""
+    client = redis.Redis(port=dev_service.resp_port, protocol=protocol)
+    client.delete("page", "lock", "hits")
+    assert client.setex("page", 60, "<html>") is True
+    assert 59 <= client.ttl("page") <= 60
+    assert client.psetex("page", 120_000, "<html2>") is True
+    assert 119 <= client.ttl("page") <= 120
+    assert client.setnx("lock", "owner-1") is True
+    assert client.setnx("lock", "owner-2") is False
+    assert client.getset("lock", "owner-3") == b"owner-1"
+    assert client.getex("page", ex=300) == b"<html2>"
+    assert 299 <= client.ttl("page") <= 300
+    assert client.getex("page", persist=True) == b"<html2>" and client.ttl("page") == -1
+    assert client.type("page") in (b"string", "string") and client.type("gone") in (b"none", "none")
+    assert client.touch("page", "lock", "gone") == 2
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
 def test_redis_py_pipeline(dev_service: RunningService, protocol: int) -> None:
     client = redis.Redis(port=dev_service.resp_port, protocol=protocol)
     pipe = client.pipeline(transaction=False)

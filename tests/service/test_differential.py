@@ -64,6 +64,28 @@ CASES: dict[str, list[Cmd]] = {
         ("EXPIRE", "p", "10", "GT"), ("EXPIRE", "p", "10", "LT"), ("TTL", "p"), ("EXPIRE", "k", "-1"), ("GET", "k"),
         ("EXISTS", "k"), ("SET", "z", "v"), ("PEXPIRE", "z", "0"), ("EXISTS", "z"),
     ],
+    "setex_setnx_getset": [
+        ("SETEX", "k", "100", "v"), ("GET", "k"), ("TTL", "k"), ("SETEX", "k", "0", "v"), ("SETEX", "k", "-1", "v"),
+        ("SETEX", "k", "abc", "v"), ("SETEX", "k", "9223372036854775807", "v"), ("SETEX", "k", "10"),
+        ("PSETEX", "k", "100000", "w"), ("GET", "k"), ("TTL", "k"), ("PSETEX", "k", "0", "w"),
+        ("PSETEX", "k", "1.5", "w"), ("PSETEX", "k", "9223372036854775807", "w"), ("SETNX", "k", "x"),
+        ("SETNX", "new", "x"), ("GET", "new"), ("SETNX", "new"), ("GETSET", "k", "y"), ("TTL", "k"),
+        ("GETSET", "fresh", "z"), ("GET", "fresh"), ("GETSET", "k"), ("SET", "n", "1"), ("SETNX", "n", "2"),
+        ("INCR", "n"),
+    ],
+    "getex": [
+        ("SET", "k", "v"), ("GETEX", "k"), ("TTL", "k"), ("GETEX", "k", "EX", "100"), ("TTL", "k"),
+        ("GETEX", "k", "px", "50000"), ("TTL", "k"), ("GETEX", "k", "PERSIST"), ("TTL", "k"), ("GETEX", "k", "EX"),
+        ("GETEX", "k", "EX", "0"), ("GETEX", "k", "EX", "-3"), ("GETEX", "k", "EX", "abc"), ("GETEX", "k", "FOO"),
+        ("GETEX", "k", "EX", "9223372036854775807"), ("GETEX", "k", "EX", "10", "PX", "100"),
+        ("GETEX", "k", "EX", "10", "PERSIST"), ("GETEX", "k", "PERSIST", "EX", "10"), ("GETEX", "k", "KEEPTTL"),
+        ("GETEX", "k", "NX"), ("GETEX", "k", "GET"), ("GETEX", "k", "EX", "5", "EX", "7"), ("TTL", "k"),
+        ("GETEX", "k", "PERSIST", "PERSIST"), ("TTL", "k"), ("GETEX", "missing", "EX", "abc"), ("GETEX", "missing"),
+        ("GETEX", "k", "EXAT", "99999999999"), ("EXISTS", "k"), ("GETEX", "k", "PXAT", "1"), ("EXISTS", "k"),
+        ("GETEX", "k"), ("SET", "k", "v"), ("GETEX", "k", "EXAT", "1"), ("EXISTS", "k"), ("GETEX",),
+    ],
+    "type_touch": [("SET", "k", "v"), ("TYPE", "k"), ("TYPE", "missing"), ("TYPE",), ("TYPE", "k", "x"),
+                   ("TOUCH", "k", "k", "missing"), ("TOUCH", "missing"), ("TOUCH",)],
     "select": [("SELECT", "0"), ("SELECT", "1"), ("SELECT", "abc"), ("SELECT", "-1"), ("SELECT", "99999999999")],
     "client": [("CLIENT", "GETNAME"), ("CLIENT", "SETNAME", "worker-1"), ("CLIENT", "GETNAME"),
                ("CLIENT", "SETNAME", "bad name"), ("CLIENT", "SETNAME"), ("CLIENT", "NOSUCH"), ("CLIENT",)],
@@ -77,7 +99,8 @@ CASES: dict[str, list[Cmd]] = {
 
 RESP3_CASES: dict[str, list[Cmd]] = {
     "nulls": [("GET", "missing"), ("MGET", "a", "missing"), ("SET", "k", "v", "XX"), ("CLIENT", "GETNAME"),
-              ("SET", "k", "v"), ("SET", "k", "w", "GET"), ("GETDEL", "missing")],
+              ("SET", "k", "v"), ("SET", "k", "w", "GET"), ("GETDEL", "missing"), ("GETEX", "missing", "PERSIST"),
+              ("GETSET", "missing", "v"), ("GETSET", "missing", "w"), ("TYPE", "k")],
     "config_map": [("CONFIG", "GET", "databases")],
 }
 

@@ -23,6 +23,15 @@ def exists(conn: RespConnection, args: list[bytes]) -> Reply:
     return r.integer(sum(1 for key in args[1:] if key in store))
 
 
+def type_(conn: RespConnection, args: list[bytes]) -> Reply:
+    return b"+none\r\n" if args[1] not in conn.tenant.store else b"+string\r\n"  # a cache of strings only
+
+
+def touch(conn: RespConnection, args: list[bytes]) -> Reply:
+    store = conn.tenant.store
+    return r.integer(sum(1 for key in args[1:] if store.touch(key)))
+
+
 def dbsize(conn: RespConnection, args: list[bytes]) -> Reply:
     return r.integer(len(conn.tenant.store))
 
@@ -121,5 +130,8 @@ COMMANDS = [
     _cmd("ttl", 2, "readonly fast", ttl, "Returns the expiration time in seconds of a key."),
     _cmd("pttl", 2, "readonly fast", pttl, "Returns the expiration time in milliseconds of a key.", "2.6.0"),
     _cmd("persist", 2, "write fast", persist, "Removes the expiration time of a key.", "2.2.0"),
+    _cmd("type", 2, "readonly fast", type_, "Determines the type of value stored at a key."),
+    _cmd("touch", -2, "readonly fast", touch, "Returns the number of existing keys out of those specified after "
+         "updating the time they were last accessed.", "3.2.1", -1),
     _cmd("dbsize", 1, "readonly fast", dbsize, "Returns the number of keys in the database."),
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from service.origin import OriginError
@@ -147,6 +148,102 @@ def set_(conn: RespConnection, args: list[bytes]) -> Reply:
     return reply
 
 
+def _set_expiring(conn: RespConnection, args: list[bytes], name: str, unit_ms: int) -> Reply:
+    deadline = _expiry_ms(name, args[2], unit_ms, absolute=False)
+    if isinstance(deadline, bytes):
+        return deadline
+    try:
+        conn.tenant.store.set(args[1], args[3], deadline)
+    except ValueTooLarge:
+        return r.OOM
+    return r.OK
+
+
+def setex(conn: RespConnection, args: list[bytes]) -> Reply:
+    return _set_expiring(conn, args, "setex", 1000)
+
+
+def psetex(conn: RespConnection, args: list[bytes]) -> Reply:
+    return _set_expiring(conn, args, "psetex", 1)
+
+
+def setnx(conn: RespConnection, args: list[bytes]) -> Reply:
+    store = conn.tenant.store
+    if store.entry(args[1]) is not None:
+        return r.ZERO
+    try:
+        store.set(args[1], args[2])
+    except ValueTooLarge:
+        return r.OOM
+    return r.ONE
+
+
+def getset(conn: RespConnection, args: list[bytes]) -> Reply:
+    store = conn.tenant.store
+    old = store.entry(args[1])
+    reply = conn.null if old is None else r.bulk(old.value)
+    try:
+        store.set(args[1], args[2])
+    except ValueTooLarge:
+        return r.OOM
+    return reply
+
+
+_PERSIST = b"PERSIST"
+
+
+def _getex_options(args: list[bytes]) -> tuple[bytes | None, bytes] | bytes:
+    """GETEX's (option, its argument) after Redis's rules (one kind of expiry, or PERSIST; the same option may
+    repeat, the last one counts), or its syntax error."""
+    chosen: bytes | None = None
+    raw = b""
+    i, argc = 2, len(args)
+    while i < argc:
+        opt = args[i].upper()
+        if opt in _SET_EXPIRE_UNITS and chosen in (None, opt) and i + 1 < argc:
+            chosen, raw = opt, args[i + 1]
+            i += 1
+        elif opt == _PERSIST and chosen in (None, opt):
+            chosen = opt
+        else:
+            return r.SYNTAX
+        i += 1
+    return chosen, raw
+
+
+def getex(conn: RespConnection, args: list[bytes]) -> Reply:
+    """GET, then set or clear the key's expiry. A miss reads through as GET does; an invalid expiry is reported
+    only for a key that exists, as Redis does."""
+    options = _getex_options(args)
+    if isinstance(options, bytes):
+        return options
+    reply = get(conn, args[:2])
+    if isinstance(reply, bytes):
+        return _expire_after_get(conn, args[1], options, reply)
+    return _getex_through(conn, args[1], options, reply)
+
+
+async def _getex_through(conn: RespConnection, key: bytes, options: tuple[bytes | None, bytes],
+                         pending: Awaitable[bytes]) -> bytes:
+    return _expire_after_get(conn, key, options, await pending)
+
+
+def _expire_after_get(conn: RespConnection, key: bytes, options: tuple[bytes | None, bytes], reply: bytes) -> bytes:
+    option, raw = options
+    if option is None or reply == conn.null or reply.startswith(b"-"):  # nothing to expire, or an origin error
+        return reply
+    store = conn.tenant.store
+    if option == _PERSIST:
+        store.expire_at(key, 0)
+        return reply
+    unit_ms, absolute = _SET_EXPIRE_UNITS[option]
+    deadline = _expiry_ms("getex", raw, unit_ms, absolute)
+    if isinstance(deadline, bytes):
+        return deadline
+    store.expire_at(key, deadline)  # a deadline already past (EXAT 1) deletes the key, as in Redis
+    return reply
+
+
 def mset(conn: RespConnection, args: list[bytes]) -> Reply:
     if len(args) % 2 == 0:
         return r.wrong_arity("mset")
@@ -233,6 +330,14 @@ COMMANDS = [
     _cmd("get", 2, "readonly fast", get, "Returns the string value of a key."),
     _cmd("set", -3, "write denyoom", set_, "Sets the string value of a key, ignoring its type."),
     _cmd("mget", -2, "readonly fast", mget, "Atomically returns the string values of one or more keys.", last_key=-1),
+    _cmd("setex", 4, "write denyoom", setex, "Sets the string value and expiration time of a key.", "2.0.0"),
+    _cmd("psetex", 4, "write denyoom", psetex, "Sets both string value and expiration time in milliseconds of a key.",
+         "2.6.0"),
+    _cmd("setnx", 3, "write denyoom fast", setnx, "Set the string value of a key only when the key doesn't exist."),
+    _cmd("getset", 3, "write denyoom fast", getset, "Returns the previous string value of a key after setting it to a "
+         "new value."),
+    _cmd("getex", -2, "write fast", getex, "Returns the string value of a key after setting its expiration time.",
+         "6.2.0"),
     _cmd("mset", -3, "write denyoom", mset, "Atomically creates or modifies the string values of keys.", "1.0.1", -1),
     _cmd("getdel", 2, "write fast", getdel, "Returns the string value of a key after deleting the key.", "6.2.0"),
     _cmd("append", 3, "write denyoom", append, "Appends a string to the value of a key.", "2.0.0"),
