@@ -13,6 +13,11 @@ class OriginTimeout(OriginError):
     """The origin did not answer in time."""
 
 
+class UnmappableKey(OriginError):
+    """The key names no object the origin could hold (an empty, '.' or '..' path segment): the client's mistake,
+    not the origin's failure."""
+
+
 class Origin(Protocol):
     description: str
 

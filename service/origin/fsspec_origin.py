@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import fsspec
 
-from service.origin.base import OriginError, OriginTimeout
+from service.origin.base import OriginError, OriginTimeout, UnmappableKey
 
 
 class FsspecOrigin:
@@ -41,7 +41,7 @@ class FsspecOrigin:
         text = key.decode("utf-8", "surrogateescape")
         parts = text.split("/")
         if text.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise OriginError("key cannot be mapped to an origin object (empty, '.' or '..' path segment)")
+            raise UnmappableKey("key cannot be mapped to an origin object (empty, '.' or '..' path segment)")
         return posixpath.join(self._root, *(quote(p, safe="@:=+,-_.~") for p in parts))
 
     def _read(self, path: str) -> bytes | None:

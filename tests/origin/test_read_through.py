@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from service.origin import FsspecOrigin, OriginError, OriginTimeout, SingleFlight
+from service.origin import FsspecOrigin, OriginTimeout, SingleFlight, UnmappableKey
 from tests.servers import MotoServer
 from tests.service.harness import running_service
 
@@ -109,8 +109,18 @@ def test_keys_cannot_escape_the_origin_root(origin_dir: Path) -> None:
     (origin_dir / "secret").write_bytes(b"outside")
     origin = FsspecOrigin(str(origin_dir / "default"))
     for key in (b"../secret", b"/etc/passwd", b"a//b", b"./greeting"):
-        with pytest.raises(OriginError, match="path segment"):
+        with pytest.raises(UnmappableKey, match="path segment"):
             origin.path_for(key)
+
+
+def test_a_key_no_origin_object_could_have_is_the_clients_error_not_the_origins(origin_dir: Path) -> None:
+    with running_service(dev=True, prefetcher="none", origin=str(origin_dir / "default")) as svc:
+        with httpx.Client(base_url=svc.endpoints.http_url) as http:
+            refused = http.get("/v1/keys/a//greeting")
+            assert refused.status_code == 400 and "path segment" in refused.json()["detail"]
+            assert http.get("/v1/keys/greeting").status_code == 200
+        with pytest.raises(redis.ResponseError, match=r"^origin: key cannot be mapped"):
+            redis.Redis(port=svc.resp_port).get("a//b")
 
 
 async def test_singleflight_shares_errors_and_survives_cancelled_reader() -> None:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, 
 from pydantic import BaseModel, Field
 
 from service.http.deps import Tenant
-from service.origin import OriginError, OriginTimeout
+from service.origin import OriginError, OriginTimeout, UnmappableKey
 from service.store import ValueTooLarge, now_ms
 
 router = APIRouter(prefix="/v1", tags=["keys"])
@@ -20,6 +20,8 @@ MAX_VALUE_BYTES = 64 * 1024 * 1024
 async def _read(tenant: Tenant, key: str) -> bytes | None:
     try:
         return await tenant.get(key.encode())
+    except UnmappableKey as err:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"origin: {err}") from None
     except OriginTimeout as err:
         raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, f"origin: {err}") from None
     except OriginError as err:
