@@ -124,7 +124,9 @@ class PrefetchCoordinator:
 
     def completed(self, key: Hashable, reads_since: int = 0) -> None:
         """The origin fetch for a prefetched key finished (inserted, or failed); `reads_since` as in `consider`:
-        reads after the last settled one and before it landed."""
+        reads after the last settled one and before it landed. A second notice of the same landing changes nothing."""
+        if key not in self._outstanding:
+            return
         self._outstanding.discard(key)
         if self.track_waits and key in self._recent:
             self._landed[key] = self._clock + reads_since

@@ -19,10 +19,13 @@ And the other way: each used prefetch tells how many reads it waited in the cach
 (the coordinator notes it, `track_waits`). Where a tenth of the current aim's used prefetches waited less than
 `w` reads, and hardly any (under a tenth as many as were used) were read in flight, an aim `w` nearer would have
 landed them all the same, and it would aim `w` fewer keys past the start of each run. So after a duel the aim
-comes `w` nearer without a verdict. A duel could not tell: neighbouring aims differ by a key a run, within a
-duel's noise on short runs, so the tuner stayed at 3-5 where 1 was best (lirs-multi2 without pipelining, a
-prefetch landing 2 reads after issue: 0.59-0.63 of reads as hits against 0.74 aimed 1 ahead, in the simulation
-below).
+comes `w - 1` nearer without a verdict: one read is kept to spare, because a wait is counted from when the engine
+hears of the landing, which may be a read or a burst after the landing itself (simulated both ways, the tuner
+coming `w` nearer kept 0.952 of the best fixed lead's hits where landings were heard at once and 0.970 where they
+were heard after the burst; `w - 1` kept 0.966 and 0.966). A duel could not tell: neighbouring aims differ by a
+key a run, within a duel's noise on short runs, so the tuner stayed at 3-5 where 1 was best (lirs-multi2 without
+pipelining, a prefetch landing 2 reads after issue: 0.59-0.63 of reads as hits against 0.74 aimed 1 ahead, in the
+simulation below).
 
 Epochs are short (32 settled reads; a probe is given up after 32 duels without a verdict, 4,096 reads, and rests
 up to 256 epochs, 8,192 reads): the shorter a duel, the likelier both its sides fall in the same phase of the
@@ -31,7 +34,7 @@ noise (`python -m tests.prefetch.lead_sim`, docs/prefetch-live.md "How the tuner
 at 7 points of each trace: on the four development traces the tuned stride engine kept 0.970 of the best fixed
 lead's hits on average (0.945 without aiming nearer by the waits, 0.949 with epochs of 256 reads, 0.957 with
 epochs of 32 judged by the binomial error alone, `duel.py`); on six traces it was not chosen on, 0.944 (0.934
-without aiming nearer, 0.951 with the binomial error alone).
+without aiming nearer, 0.951 with the binomial error alone). With the read to spare: 0.966 and 0.947.
 """
 
 from __future__ import annotations
@@ -91,10 +94,10 @@ class LeadTuner:
             self._up = True
             self._move(min(self.max_lead, self.lead + self._step))
             return
-        wait = self._short_wait()
-        if wait and in_flight * 10 <= used and self.lead:
+        nearer = self._short_wait() - 1  # one read to spare: when the engine hears of a landing varies by a read
+        if nearer > 0 and in_flight * 10 <= used and self.lead:
             self._up = False
-            self._move(max(0, self.lead - wait))
+            self._move(max(0, self.lead - nearer))
             return
         verdict = self._duel.verdict()
         if verdict is Verdict.PROBE:

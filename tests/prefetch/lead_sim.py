@@ -16,6 +16,11 @@ That is much of a live run's spread, so each tuner runs from each of `OFFSETS`.
 best fixed lead and its hit ratio, and each tuner's lowest and highest hit ratio over the offsets with its final
 leads; then each tuner's mean and worst hit ratio as a share of the best fixed lead's (10,000 requests, cache 5 %
 of their keys, s3fifo, starting at lead 4 as the service does).
+
+`--landings read` (first argument) tells the engine of each landed prefetch at the read it lands at, instead of by
+the callback after the burst's reads (the default, under which the tuner was chosen): a used prefetch's wait then
+counts every read after its landing, as the service's callback, which runs before the loop's next reads, does
+when reads come one at a time (docs/prefetch-live.md, "When the engine hears of a landing").
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ class _Origin:
         self.store, self.delay, self.now = store, delay, 0
         self._arrivals: deque[tuple[int, Hashable]] = deque()
         self._flying: dict[Hashable, asyncio.Future[None]] = {}
+        self.on_landed: Callable[[Hashable], None] = lambda key: None  # told at once, before the read it lands at
 
     def is_resident(self, key: Hashable) -> bool:
         return key in self.store
@@ -103,6 +109,7 @@ class _Origin:
             if landed not in self.store:
                 self.store.set(landed, b"", prefetched=True)
             self._flying.pop(landed).set_result(None)
+            self.on_landed(landed)
         if self.store.get(key) is not None:
             return True
         if key not in self._flying:  # a miss that joins a load in flight waits for it instead
@@ -125,12 +132,15 @@ async def drive(engine: PrefetchEngine, read: Callable[[bytes], bool], keys: Seq
 
 
 async def simulate(keys: list[bytes], capacity: int, burst: int, delay: int, lead: int,
-                   tuner: LeadTuner | None, offset: int = 0) -> tuple[float, int, int]:
+                   tuner: LeadTuner | None, offset: int = 0, landings: str = "burst") -> tuple[float, int, int]:
     """(hit ratio, final lead, moves) of a stride engine at a fixed `lead`, or tuned by `tuner` from its `offset`-th
-    step on."""
+    step on. `landings`: when the engine hears of a landed prefetch, at the end of the burst (the callback after
+    the burst's reads, as the tuner was chosen) or at the read it lands at (`read`)."""
     origin = _Origin(MemoryStore(capacity, "s3fifo", sizer=unit_size), delay)
     engine = PrefetchEngine(origin, StridePrefetcher(lead), PrefetchBudget(per_request=1), tune_lead=tuner is not None)
     engine.tuner = None
+    if landings == "read":
+        origin.on_landed = lambda key: engine.coordinator.completed(key, len(engine.log))
 
     def emit(chunk: list[tuple[Hashable, Predictions]], reads_after: int, source: str) -> None:
         engine.issue(chunk, reads_after, source)
@@ -143,7 +153,7 @@ async def simulate(keys: list[bytes], capacity: int, burst: int, delay: int, lea
     return hits / len(keys), engine.stride_lead or 0, tuner.moves if tuner is not None else 0
 
 
-Job = tuple[str, int, int, int | Tuner, int]  # trace, burst, delay, fixed lead or tuner, offset
+Job = tuple[str, int, int, int | Tuner, int, str]  # trace, burst, delay, fixed lead or tuner, offset, landings
 
 
 @functools.cache
@@ -154,26 +164,26 @@ def _trace(path: str) -> tuple[list[bytes], int]:
 
 
 def _job(args: Job) -> tuple[Job, tuple[float, int, int]]:
-    path, burst, delay, what, offset = args
+    path, burst, delay, what, offset, landings = args
     keys, capacity = _trace(path)
     if isinstance(what, Tuner):
-        return args, asyncio.run(simulate(keys, capacity, burst, delay, START, what.build(), offset))
-    return args, asyncio.run(simulate(keys, capacity, burst, delay, what, None))
+        return args, asyncio.run(simulate(keys, capacity, burst, delay, START, what.build(), offset, landings))
+    return args, asyncio.run(simulate(keys, capacity, burst, delay, what, None, landings=landings))
 
 
-def main(paths: list[str]) -> None:
-    jobs: list[Job] = [(p, b, d, lead, 0) for p in paths for b, d in SETTINGS for lead in FIXED]
-    jobs += [(p, b, d, t, o) for p in paths for b, d in SETTINGS for t in TUNERS for o in OFFSETS]
+def main(paths: list[str], landings: str = "burst") -> None:
+    jobs: list[Job] = [(p, b, d, lead, 0, landings) for p in paths for b, d in SETTINGS for lead in FIXED]
+    jobs += [(p, b, d, t, o, landings) for p in paths for b, d in SETTINGS for t in TUNERS for o in OFFSETS]
     with Pool(2) as pool:
         results = dict(pool.imap_unordered(_job, jobs, chunksize=4))
     shares: dict[Tuner, list[float]] = {t: [] for t in TUNERS}
     for path in paths:
         for burst, delay in SETTINGS:
-            best = max(FIXED, key=lambda lead: results[(path, burst, delay, lead, 0)][0])
-            best_hits = results[(path, burst, delay, best, 0)][0]
+            best = max(FIXED, key=lambda lead: results[(path, burst, delay, lead, 0, landings)][0])
+            best_hits = results[(path, burst, delay, best, 0, landings)][0]
             line = f"{path.rsplit('/', 1)[-1]:24} burst {burst} delay {delay}: fixed {best} {best_hits:.4f} |"
             for tuner in TUNERS:
-                runs = [results[(path, burst, delay, tuner, o)] for o in OFFSETS]
+                runs = [results[(path, burst, delay, tuner, o, landings)] for o in OFFSETS]
                 shares[tuner] += [hits / best_hits for hits, _, _ in runs]
                 low, high = min(hits for hits, _, _ in runs), max(hits for hits, _, _ in runs)
                 leads = ",".join(str(lead) for _, lead, _ in runs)
@@ -185,4 +195,7 @@ def main(paths: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["--landings"]:
+        main(sys.argv[3:], sys.argv[2])
+    else:
+        main(sys.argv[1:])

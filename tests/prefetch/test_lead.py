@@ -83,12 +83,15 @@ def test_the_tuner_aims_nearer_by_the_wait_its_used_prefetches_had_to_spare() ->
             tuner.observe(32, 16, in_flight, waits)  # the same outcome at either aim: no verdict
         return tuner.lead
 
-    # A tenth of the used prefetches waited 2 reads or less after landing: 2 nearer loses none of those.
-    assert one_duel(LeadTuner(8), 0, [2] * 2 + [5] * 14) == 6
+    # A tenth of the used prefetches waited 3 reads or less after landing: 3 nearer would lose none of those, and
+    # the tuner keeps one read to spare.
+    assert one_duel(LeadTuner(8), 0, [3] * 2 + [5] * 14) == 6
+    assert one_duel(LeadTuner(8), 0, [1] * 2 + [5] * 14) == 8  # one read to spare is all they had
     assert one_duel(LeadTuner(8), 0, [0] * 2 + [5] * 14) == 8  # more than a tenth had no time to spare
     assert one_duel(LeadTuner(8), 4, [5] * 16) == 8  # a quarter read while still in flight: not nearer
     assert one_duel(LeadTuner(8), 0, [5] * 3) == 8  # too few to tell (the current aim's epochs only count)
     assert one_duel(LeadTuner(3), 0, [40] * 16) == 0  # no nearer than 0
+    assert one_duel(LeadTuner(8), 0, [40] * 16) == 0
 
 
 def test_the_tuner_keeps_within_its_bounds() -> None:
@@ -182,11 +185,12 @@ def test_an_engine_with_arms_tunes_its_own_stride_answers_while_they_are_issued(
 def test_on_short_runs_the_tuner_comes_nearer_at_once_where_prefetches_land_well_before_their_reads() -> None:
     # Runs of 12 sequential keys from random places, a read a step, prefetches landing 2 reads after issue: aimed 1
     # ahead they land in time, and each read further aims past more of a run's keys. Adjacent aims differ too
-    # little for a duel to tell within 1,000 reads; the prefetches' spare wait tells at the first duel.
+    # little for a duel to tell within 1,000 reads; the prefetches' spare wait tells at the first duels. The engine
+    # hears of each landing before the next read, as the service's callback does when reads come one at a time.
     rng = random.Random(5)
     runs = [b"k:%09d" % (base + i) for base in rng.sample(range(10**8), 84) for i in range(12)]
-    fixed, _, _ = asyncio.run(simulate(runs, 500, burst=1, delay=2, lead=4, tuner=None))
-    tuned, lead, _ = asyncio.run(simulate(runs, 500, burst=1, delay=2, lead=4, tuner=LeadTuner(4)))
+    fixed, _, _ = asyncio.run(simulate(runs, 500, burst=1, delay=2, lead=4, tuner=None, landings="read"))
+    tuned, lead, _ = asyncio.run(simulate(runs, 500, burst=1, delay=2, lead=4, tuner=LeadTuner(4), landings="read"))
     assert lead <= 2 and tuned > fixed + 0.1
 
 
