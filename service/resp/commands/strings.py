@@ -148,15 +148,20 @@ def set_(conn: RespConnection, args: list[bytes]) -> Reply:
     return reply
 
 
+def _write(conn: RespConnection, key: bytes, value: bytes, deadline: int = 0, keep_ttl: bool = False) -> bytes | None:
+    """Store a value; the OOM reply when it cannot fit the tenant's budget, else None."""
+    try:
+        conn.tenant.store.set(key, value, deadline, keep_ttl=keep_ttl)
+    except ValueTooLarge:
+        return r.OOM
+    return None
+
+
 def _set_expiring(conn: RespConnection, args: list[bytes], name: str, unit_ms: int) -> Reply:
     deadline = _expiry_ms(name, args[2], unit_ms, absolute=False)
     if isinstance(deadline, bytes):
         return deadline
-    try:
-        conn.tenant.store.set(args[1], args[3], deadline)
-    except ValueTooLarge:
-        return r.OOM
-    return r.OK
+    return _write(conn, args[1], args[3], deadline) or r.OK
 
 
 def setex(conn: RespConnection, args: list[bytes]) -> Reply:
@@ -168,25 +173,15 @@ def psetex(conn: RespConnection, args: list[bytes]) -> Reply:
 
 
 def setnx(conn: RespConnection, args: list[bytes]) -> Reply:
-    store = conn.tenant.store
-    if store.entry(args[1]) is not None:
+    if conn.tenant.store.entry(args[1]) is not None:
         return r.ZERO
-    try:
-        store.set(args[1], args[2])
-    except ValueTooLarge:
-        return r.OOM
-    return r.ONE
+    return _write(conn, args[1], args[2]) or r.ONE
 
 
 def getset(conn: RespConnection, args: list[bytes]) -> Reply:
-    store = conn.tenant.store
-    old = store.entry(args[1])
-    reply = conn.null if old is None else r.bulk(old.value)
-    try:
-        store.set(args[1], args[2])
-    except ValueTooLarge:
-        return r.OOM
-    return reply
+    old = conn.tenant.store.entry(args[1])
+    reply = conn.null if old is None else r.bulk(old.value)  # before the write, which updates the entry in place
+    return _write(conn, args[1], args[2]) or reply
 
 
 _PERSIST = b"PERSIST"
@@ -265,18 +260,10 @@ def getdel(conn: RespConnection, args: list[bytes]) -> Reply:
     return r.bulk(value)
 
 
-def _write_keeping_ttl(conn: RespConnection, key: bytes, value: bytes) -> bytes | None:
-    try:
-        conn.tenant.store.set(key, value, keep_ttl=True)
-    except ValueTooLarge:
-        return r.OOM
-    return None
-
-
 def append(conn: RespConnection, args: list[bytes]) -> Reply:
     entry = conn.tenant.store.entry(args[1])
     value = args[2] if entry is None else entry.value + args[2]
-    return _write_keeping_ttl(conn, args[1], value) or r.integer(len(value))
+    return _write(conn, args[1], value, keep_ttl=True) or r.integer(len(value))
 
 
 def strlen(conn: RespConnection, args: list[bytes]) -> Reply:
@@ -297,7 +284,7 @@ def _incr_by(conn: RespConnection, key: bytes, delta: int) -> bytes:
     ):
         return r.OVERFLOW
     result = current + delta
-    return _write_keeping_ttl(conn, key, b"%d" % result) or r.integer(result)
+    return _write(conn, key, b"%d" % result, keep_ttl=True) or r.integer(result)
 
 
 def incr(conn: RespConnection, args: list[bytes]) -> Reply:
