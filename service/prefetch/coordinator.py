@@ -127,7 +127,7 @@ class PrefetchCoordinator:
         reads after the last settled one and before it landed. A second notice of the same landing changes nothing."""
         if key not in self._outstanding:
             return
-        self._outstanding.discard(key)
+        self._outstanding.remove(key)
         if self.track_waits and key in self._recent:
             self._landed[key] = self._clock + reads_since
 

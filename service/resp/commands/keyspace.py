@@ -23,8 +23,11 @@ def exists(conn: RespConnection, args: list[bytes]) -> Reply:
     return r.integer(sum(1 for key in args[1:] if key in store))
 
 
+_STRING, _NONE = r.simple("string"), r.simple("none")
+
+
 def type_(conn: RespConnection, args: list[bytes]) -> Reply:
-    return b"+none\r\n" if args[1] not in conn.tenant.store else b"+string\r\n"  # a cache of strings only
+    return _STRING if args[1] in conn.tenant.store else _NONE  # a cache of strings only
 
 
 def touch(conn: RespConnection, args: list[bytes]) -> Reply:
