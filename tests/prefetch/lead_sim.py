@@ -195,7 +195,9 @@ def main(paths: list[str], landings: str = "burst") -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--landings"]:
+    if sys.argv[1:2] != ["--landings"]:
+        main(sys.argv[1:])
+    elif sys.argv[2:3] in (["burst"], ["read"]):
         main(sys.argv[3:], sys.argv[2])
     else:
-        main(sys.argv[1:])
+        sys.exit("--landings: burst (the callback after the burst's reads) or read (at the read it lands at)")
