@@ -34,7 +34,7 @@ def test_redis_py_round_trip(dev_service: RunningService, protocol: int) -> None
 def test_redis_py_cache_idioms(dev_service: RunningService, protocol: int) -> None:
     """What cache libraries call besides SET EX (flask-caching's setex, setnx-based locks, getex to extend a TTL)."""
     client = redis.Redis(port=dev_service.resp_port, protocol=protocol)
-    client.delete("page", "lock", "hits")
+    client.delete("page", "lock")
     assert client.setex("page", 60, "<html>") is True
     assert 59 <= client.ttl("page") <= 60
     assert client.psetex("page", 120_000, "<html2>") is True

@@ -141,11 +141,7 @@ def set_(conn: RespConnection, args: list[bytes]) -> Reply:
     reply = (conn.null if old is None else r.bulk(old.value)) if want_get else r.OK
     if (nx and old is not None) or (xx and old is None):
         return reply if want_get else conn.null
-    try:
-        store.set(key, args[2], deadline, keep_ttl=keep_ttl)
-    except ValueTooLarge:
-        return r.OOM
-    return reply
+    return _write(conn, key, args[2], deadline, keep_ttl) or reply
 
 
 def _write(conn: RespConnection, key: bytes, value: bytes, deadline: int = 0, keep_ttl: bool = False) -> bytes | None:
