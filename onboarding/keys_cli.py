@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from onboarding import output
-from onboarding.tenants import NewKey, parse_duration, parse_scopes
+from onboarding.tenants import SCOPES_HELP, NewKey, parse_duration, parse_scopes
 from onboarding.tenants_cli import AdminUrl, Json, onboarder
 from service.security.vault_keys import KeyInfo
 
@@ -20,7 +20,7 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 @app.command()
 def issue(
     tenant: str,
-    scopes: Annotated[str, typer.Option(help="Comma-separated: read, write, admin.")] = "read,write",
+    scopes: Annotated[str, typer.Option(help=f"Comma-separated: {SCOPES_HELP}.")] = "read,write",
     ttl: Annotated[str | None, typer.Option(help="Lifetime, e.g. 90d or 12h (default: no expiry).")] = None,
     admin_url: AdminUrl = None,
     as_json: Json = False,

@@ -25,6 +25,7 @@ from service.security.vault_keys import KeyInfo, VaultKeyAdmin, VaultKeyStoreErr
 from service.tenancy import TENANT_NAME_PATTERN, TenantQuota, TenantSpec
 
 DEFAULT_SCOPES = ("read", "write")
+SCOPES_HELP = "read (GET, MGET, SCAN, ...), write (SET, DEL, INCR, ...), admin (FLUSHDB, FLUSHALL)"
 
 
 def validate_name(name: str) -> str:

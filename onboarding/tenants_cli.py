@@ -14,7 +14,7 @@ from onboarding.context import resolve
 from onboarding.errors import OnboardingError
 from onboarding.plans import CUSTOM, PLANS, plan_of, quota_for
 from onboarding.snippet import connection_snippet
-from onboarding.tenants import CreatedTenant, Onboarder, TenantView, parse_scopes
+from onboarding.tenants import SCOPES_HELP, CreatedTenant, Onboarder, TenantView, parse_scopes
 from service.prefetch.markov import MIN_MAX_KEYS
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
@@ -53,7 +53,9 @@ def create(
                      "bounds the prefetcher's memory: about 0.2-0.75 KB a key for the learned one (default: the "
                      "service's FORESIGHT_PREFETCH_MAX_KEYS)."),
     ] = None,
-    scopes: Annotated[str, typer.Option(help="Scopes of the first key, comma-separated.")] = "read,write",
+    scopes: Annotated[
+        str, typer.Option(help=f"Scopes of the first key, comma-separated: {SCOPES_HELP}.")
+    ] = "read,write",
     admin_url: AdminUrl = None,
     as_json: Json = False,
 ) -> None:

@@ -50,6 +50,10 @@ class TenantSpec(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Principal:
+    """An API key's tenant and what the key may do. Scopes follow Redis's ACL categories: "read" runs the
+    commands that read keys (and the HTTP reads), "write" those that change them, "admin" the ones that empty
+    the tenant's whole keyspace (FLUSHDB, FLUSHALL)."""
+
     tenant: str
     key_id: str
     scopes: frozenset[str] = field(default_factory=lambda: frozenset({"read", "write"}))

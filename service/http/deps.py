@@ -22,8 +22,8 @@ State = Annotated[ServiceState, Depends(get_state)]
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="foresight"'}
 
 
-async def current_tenant(request: Request, state: State) -> TenantCache:
-    """Authenticate the request and charge it to the tenant's rate quota."""
+async def _current_tenant(request: Request, state: State, scope: str) -> TenantCache:
+    """Authenticate the request, check the key's scope, and charge it to the tenant's rate quota."""
     tenant = state.dev_tenant()
     if tenant is None:
         header = request.headers.get("authorization", "")
@@ -36,8 +36,10 @@ async def current_tenant(request: Request, state: State) -> TenantCache:
         peer = f"{client.host}:{client.port}" if client else "?"
         session = await state.authenticator.login(api_key.strip(), peer=peer, listener="http", audit_cached=False)
         tenant = state.tenants.get(session.principal.tenant) if session else None
-        if tenant is None:
+        if session is None or tenant is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid API key", headers=_CHALLENGE)
+        if scope not in session.principal.scopes:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"this API key lacks the '{scope}' scope this request needs")
     if not tenant.admit():
         rate = tenant.bucket.rate if tenant.bucket else 0
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
@@ -46,7 +48,16 @@ async def current_tenant(request: Request, state: State) -> TenantCache:
     return tenant
 
 
-Tenant = Annotated[TenantCache, Depends(current_tenant)]
+async def reading_tenant(request: Request, state: State) -> TenantCache:
+    return await _current_tenant(request, state, "read")
+
+
+async def writing_tenant(request: Request, state: State) -> TenantCache:
+    return await _current_tenant(request, state, "write")
+
+
+Reader = Annotated[TenantCache, Depends(reading_tenant)]  # the caller's tenant, for a key with the read scope
+Writer = Annotated[TenantCache, Depends(writing_tenant)]  # ... with the write scope
 
 
 async def require_admin(request: Request, state: State) -> str:

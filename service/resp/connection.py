@@ -43,6 +43,7 @@ class RespConnection(asyncio.Protocol):
         self.null = r.NULL2
         self.tenant: TenantCache = None  # type: ignore[assignment]  # None until AUTH (or the dev tenant)
         self.session: Session | None = None
+        self.scopes: frozenset[str] | None = None  # the key's scopes; None: every one (the dev tenant)
         self.close_after_reply = False
         self.commands_processed = 0
         self.local_port = 0
@@ -189,6 +190,9 @@ class RespConnection(asyncio.Protocol):
             if self.session is not None and self.session.revoked:
                 self._unbind()
                 return cmd.handler(self, args) if cmd.no_auth else r.NOAUTH
+            scopes = self.scopes
+            if scopes is not None and cmd.scope is not None and cmd.scope not in scopes:
+                return r.no_permission(cmd.name, cmd.scope)
             if tenant.bucket is not None and cmd.touches_data and not tenant.admit():
                 return r.error(_RATE_LIMITED.format(tenant.name, tenant.bucket.rate))
         return cmd.handler(self, args)
@@ -198,6 +202,7 @@ class RespConnection(asyncio.Protocol):
         self._unbind()
         self.tenant = tenant
         self.session = session
+        self.scopes = session.principal.scopes if session is not None else None
         per_tenant = self.state.connections.per_tenant
         per_tenant[tenant.name] = per_tenant.get(tenant.name, 0) + 1
         if session is not None and self.state.authenticator is not None:
@@ -210,6 +215,7 @@ class RespConnection(asyncio.Protocol):
             self.state.authenticator.detach(self.session)
         self.tenant = None  # type: ignore[assignment]
         self.session = None
+        self.scopes = None
 
     async def login(self, user: bytes | None, password: bytes) -> bytes:
         """AUTH: bind this connection to the key's tenant. Failure leaves the previous login in place."""

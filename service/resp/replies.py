@@ -82,3 +82,9 @@ def unknown_command(args: list[bytes]) -> bytes:
 
 def unknown_subcommand(command: str, sub: bytes) -> bytes:
     return error(f"ERR unknown subcommand '{sub[:128].decode('utf-8', 'replace')}'. Try {command.upper()} HELP.")
+
+
+def no_permission(command: str, scope: str) -> bytes:
+    """Redis's NOPERM (client libraries raise their permission error on it), naming the scope to issue."""
+    return error(f"NOPERM this API key has no permissions to run the '{command}' command: it needs the '{scope}' "
+                 "scope")

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 from tests import servers
 from tests.service.harness import RawClient, running_service
@@ -86,6 +87,40 @@ CASES: dict[str, list[Cmd]] = {
     ],
     "type_touch": [("SET", "k", "v"), ("TYPE", "k"), ("TYPE", "missing"), ("TYPE",), ("TYPE", "k", "x"),
                    ("TOUCH", "k", "k", "missing"), ("TOUCH", "missing"), ("TOUCH",)],
+    "expireat_expiretime": [
+        ("SET", "k", "v"), ("EXPIREAT", "k", "99999999999"), ("EXPIRETIME", "k"), ("PEXPIRETIME", "k"),
+        ("EXPIREAT", "k", "99999999999", "NX"), ("PEXPIREAT", "k", "99999999999001", "GT"), ("EXPIRETIME", "k"),
+        ("PEXPIRETIME", "k"), ("PEXPIREAT", "k", "99999999999000", "LT"), ("PEXPIRETIME", "k"),
+        ("EXPIREAT", "k", "99999999998", "XX", "GT"), ("EXPIRETIME", "missing"), ("PEXPIRETIME", "missing"),
+        ("EXPIREAT", "missing", "99999999999"), ("SET", "p", "v"), ("EXPIRETIME", "p"), ("PEXPIRETIME", "p"),
+        ("EXPIREAT", "p", "99999999999", "LT"), ("SET", "p", "v"), ("EXPIREAT", "p", "1"), ("EXISTS", "p"),
+        ("SET", "p", "v"), ("PEXPIREAT", "p", "0"), ("EXISTS", "p"), ("EXPIREAT", "k", "abc"),
+        ("EXPIREAT", "k", "9223372036854775807"), ("EXPIREAT", "k", "-9223372036854775808"),
+        ("PEXPIREAT", "k", "9223372036854775807"), ("PEXPIRETIME", "k"), ("EXPIRETIME", "k"),
+        ("EXPIREAT", "k", "10", "NX", "XX"), ("EXPIREAT", "k", "10", "FOO"), ("EXPIREAT", "k"),
+        ("EXPIRETIME",), ("PEXPIRETIME", "k", "x"),
+    ],
+    "msetnx": [("MSETNX", "a", "1", "b", "2"), ("MSETNX", "b", "3", "c", "4"), ("MGET", "a", "b", "c"),
+               ("MSETNX", "c", "5", "c", "6"), ("GET", "c"), ("MSETNX", "a"), ("MSETNX", "a", "1", "b"), ("MSETNX",)],
+    "flush": [("SET", "a", "1"), ("SET", "b", "2", "EX", "100"), ("FLUSHDB",), ("GET", "a"), ("DBSIZE",),
+              ("SET", "a", "1"), ("FLUSHALL", "ASYNC"), ("DBSIZE",), ("FLUSHDB", "sync"), ("FLUSHDB", "x"),
+              ("FLUSHALL", "SYNC", "x"), ("flushall", "async"), ("FLUSHALL", "LAZY")],
+    "keys_scan_one_key": [  # replies whose order cannot differ: an empty keyspace, then one key
+        ("SCAN", "0"), ("KEYS", "*"), ("SET", "k", "v"), ("SCAN", "0"),
+        ("SCAN", "0", "MATCH", "k*"), ("SCAN", "0", "MATCH", "x*"), ("SCAN", "0", "TYPE", "string"),
+        ("SCAN", "0", "TYPE", "hash"), ("SCAN", "0", "TYPE", "nosuch"), ("SCAN", "0", "match", "[k]", "count", "5",
+                                                                               "type", "STRING"),
+        ("KEYS", "*"), ("KEYS", "k"), ("KEYS", "?"), ("KEYS", "[a-z]"), ("KEYS", "[^k]"), ("KEYS", "[k"),
+        ("KEYS", "\\k"), ("KEYS", "k*"), ("KEYS", "*k*"), ("KEYS", "**"), ("KEYS", "kk"), ("KEYS", ""),
+        ("SET", "", "empty"), ("KEYS", "**"), ("KEYS", ""), ("DEL", "k"), ("KEYS", "*"), ("SCAN", "0"),
+    ],
+    "scan_errors": [
+        ("SCAN", "abc"), ("SCAN", "1.5"), ("SCAN", " 1"), ("SCAN", "99999999999999999999999"),
+        ("SCAN", "18446744073709551615"), ("SCAN", "-1"), ("SCAN", "+0"), ("SCAN", ""), ("SCAN", "0", "COUNT", "0"),
+        ("SCAN", "0", "COUNT", "-1"), ("SCAN", "0", "COUNT", "x"), ("SCAN", "0", "COUNT"), ("SCAN", "0", "MATCH"),
+        ("SCAN", "0", "FOO", "1"), ("SCAN", "0", "TYPE"), ("SCAN", "abc", "COUNT", "0"), ("SCAN",), ("KEYS",),
+        ("KEYS", "a", "b"),
+    ],
     "select": [("SELECT", "0"), ("SELECT", "1"), ("SELECT", "abc"), ("SELECT", "-1"), ("SELECT", "99999999999")],
     "client": [("CLIENT", "GETNAME"), ("CLIENT", "SETNAME", "worker-1"), ("CLIENT", "GETNAME"),
                ("CLIENT", "SETNAME", "bad name"), ("CLIENT", "SETNAME"), ("CLIENT", "NOSUCH"), ("CLIENT",)],
@@ -142,20 +177,14 @@ def test_replies_match_redis_resp3(case: str, reference: int, foresight: int) ->
 
 
 def _assert_same(case: str, commands: list[Cmd], reference: int, foresight: int, resp3: bool) -> None:
-    RawClient(reference).send(("FLUSHALL",))
-    _delete_all(foresight)
+    for port in (reference, foresight):
+        RawClient(port).send(("FLUSHALL",))
     expected = _replay(reference, commands, resp3)
     actual = _replay(foresight, commands, resp3)
     for cmd, want, got in zip(commands, expected, actual, strict=True):
         assert got == want, f"{case}: {cmd!r}: redis replied {want!r}, foresight replied {got!r}"
 
 
-def _delete_all(port: int) -> None:
-    client = RawClient(port)
-    keys = ["k", "v", "new", "fresh", "fresh2", "bin", "n", "s", "max", "min", "big", "a", "b", "c", "p", "z",
-            "missing", "nope"]
-    client.send(("DEL", *keys))
-    client.close()
 
 
 def test_pipeline_replies_match_redis(reference: int, foresight: int) -> None:
@@ -176,3 +205,27 @@ def test_expired_keys_look_the_same(reference: int, foresight: int) -> None:
         RawClient(port).send(*setup)
     time.sleep(0.2)
     assert RawClient(foresight).send(*probe) == RawClient(reference).send(*probe)
+
+
+GLOB_KEYS = [b"hello", b"hallo", b"hxllo", b"hllo", b"heeello", b"h]llo", b"h-llo", b"a*b", b"a[b", b"a\\b", b"x?y",
+             b"", b"^", b"[", b"]", b"Z", b"z", b"-", b"\\", "\u00fcber".encode(), b"\x00\xff", b"user:1", b"user:10",
+             b"user:2:name", b"a", b"ab", b"abc", b"a\nb"]
+GLOB_PATTERNS = [b"*", b"h?llo", b"h*llo", b"h[ae]llo", b"h[^e]llo", b"h[a-b]llo", b"h[b-a]llo", b"h[]llo",
+                 b"h[^]llo", b"h[a-]", b"h[\\]]llo", b"a\\*b", b"a\\[b", b"a[\\[]b", b"a\\\\b", b"x\\?y", b"[", b"[^",
+                 b"\\", b"[z-a]", b"[Z]", b"user:*", b"user:?", b"user:[0-9]*", b"*:name", b"**a**", b"a*", b"*b*c*",
+                 b"*\x00*", b"", b"[a", b"ab\\", b"?", b"??", b"*?", b"[-]", b"[a-c-z]", b"[\\^]", b"a?b", b"[!a]",
+                 "\u00fc*".encode(), b"\xc3?ber", b"a.b", b"a\\nb", b"*\n*"]
+
+
+def test_keys_and_scan_match_patterns_as_redis_does(reference: int, foresight: int) -> None:
+    """Glob rules (classes, ranges, escapes, the empty key) by real clients: KEYS, and SCAN walked to its end."""
+    clients = [redis.Redis(port=port) for port in (reference, foresight)]
+    for client in clients:
+        client.flushall()
+        client.mset(dict.fromkeys(GLOB_KEYS, b"v"))
+    for pattern in GLOB_PATTERNS:
+        want, got = (sorted(client.keys(pattern)) for client in clients)
+        assert got == want, f"KEYS {pattern!r}"
+        scanned = sorted(clients[1].scan_iter(match=pattern, count=3))
+        assert scanned == want, f"SCAN MATCH {pattern!r}"
+    assert sorted(clients[1].scan_iter(_type="string")) == sorted(GLOB_KEYS)

@@ -104,6 +104,10 @@ def test_value_larger_than_budget_is_refused_with_oom(tmp_path: Path, pki: PKI) 
         with pytest.raises(redis.exceptions.OutOfMemoryError, match="used memory > 'maxmemory'"):
             client.set("big", "z" * 4096)
         assert client.set("small", "ok") is True
+        for write_all in (client.mset, client.msetnx):  # all or nothing: the small pair before it is not kept
+            with pytest.raises(redis.exceptions.OutOfMemoryError):
+                write_all({"first": "a", "big": "z" * 4096})
+            assert client.exists("first", "big") == 0
 
 
 def test_rate_quota_gives_clear_error_and_recovers(tmp_path: Path, pki: PKI) -> None:

@@ -8,7 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
-from service.http.deps import Tenant
+from service.cache import TenantCache
+from service.http.deps import Reader, Writer
 from service.origin import OriginError, OriginTimeout, UnmappableKey
 from service.store import ValueTooLarge, now_ms
 
@@ -17,7 +18,7 @@ router = APIRouter(prefix="/v1", tags=["keys"])
 MAX_VALUE_BYTES = 64 * 1024 * 1024
 
 
-async def _read(tenant: Tenant, key: str) -> bytes | None:
+async def _read(tenant: TenantCache, key: str) -> bytes | None:
     try:
         return await tenant.get(key.encode())
     except UnmappableKey as err:
@@ -30,7 +31,7 @@ async def _read(tenant: Tenant, key: str) -> bytes | None:
 
 @router.get("/keys/{key:path}", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}}, 404: {"description": "No such key"}})
-async def get_key(key: str, tenant: Tenant) -> Response:
+async def get_key(key: str, tenant: Reader) -> Response:
     """Read a key (reading through to the origin on a miss)."""
     value = await _read(tenant, key)
     if value is None:
@@ -46,7 +47,7 @@ async def get_key(key: str, tenant: Tenant) -> Response:
 async def put_key(
     key: str,
     request: Request,
-    tenant: Tenant,
+    tenant: Writer,
     ttl: Annotated[int | None, Query(gt=0, description="Expire after this many seconds.")] = None,
     ttl_header: Annotated[int | None, Header(alias="Foresight-TTL", gt=0,
                                              description="Expire after this many seconds.")] = None,
@@ -66,7 +67,7 @@ async def put_key(
 
 
 @router.delete("/keys/{key:path}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
-async def delete_key(key: str, tenant: Tenant) -> Response:
+async def delete_key(key: str, tenant: Writer) -> Response:
     """Delete a key; 404 when it did not exist."""
     if not tenant.store.delete(key.encode()):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such key")
@@ -97,6 +98,6 @@ def _item(key: str, value: bytes | None) -> MGetItem:
 
 
 @router.post("/mget")
-async def mget(body: MGetRequest, tenant: Tenant) -> MGetResponse:
+async def mget(body: MGetRequest, tenant: Reader) -> MGetResponse:
     """Read many keys at once, in order (misses read through to the origin)."""
     return MGetResponse(items=[_item(key, await _read(tenant, key)) for key in body.keys])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from service.http.deps import State, Tenant
+from service.http.deps import Reader, State
 from service.stats import Section, memory_section, prefetch_section, stats_section
 
 router = APIRouter(prefix="/v1", tags=["stats"])
@@ -20,7 +20,7 @@ class TenantStats(BaseModel):
 
 
 @router.get("/stats")
-async def tenant_stats(tenant: Tenant, state: State) -> TenantStats:
+async def tenant_stats(tenant: Reader, state: State) -> TenantStats:
     """The caller's tenant's memory, reads and prefetching: the names RESP `INFO` uses."""
     return TenantStats(tenant=tenant.name, memory=memory_section(tenant), stats=stats_section(tenant),
                        prefetch=prefetch_section(state, tenant))

@@ -26,6 +26,9 @@ class Command:
     summary: str = ""
     since: str = "1.0.0"
     subcommands: dict[bytes, Command] = field(default_factory=dict)
+    # The API key scope it needs, as Redis's ACL categories go: @read commands "read", @write ones "write"
+    # (those that also return a value, GETSET or GETDEL, included). Derived from the flags unless given.
+    scope: str | None = None
 
     no_auth: bool = field(init=False)
     touches_data: bool = field(init=False)  # charged against the tenant's rate quota
@@ -33,6 +36,9 @@ class Command:
     def __post_init__(self) -> None:
         object.__setattr__(self, "no_auth", "no_auth" in self.flags)
         object.__setattr__(self, "touches_data", "connection" not in self.flags)
+        if self.scope is None:
+            derived = "write" if "write" in self.flags else "read" if "readonly" in self.flags else None
+            object.__setattr__(self, "scope", derived)
 
     def arity_ok(self, argc: int) -> bool:
         return argc == self.arity if self.arity > 0 else argc >= -self.arity

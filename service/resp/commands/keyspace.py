@@ -1,12 +1,14 @@
-"""Key lifecycle commands: DEL, EXISTS and the TTL family, with Redis 7's option and overflow rules."""
+"""Key lifecycle commands: DEL, EXISTS, the TTL family (Redis 7's option and overflow rules), KEYS and SCAN."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import re
+from typing import TYPE_CHECKING, cast
 
 from service.resp import replies as r
 from service.resp.commands import Command, Reply
 from service.resp.commands.strings import LLONG_MAX, LLONG_MIN, parse_int
+from service.resp.pattern import compile_glob
 from service.store import now_ms
 
 if TYPE_CHECKING:
@@ -42,7 +44,7 @@ def dbsize(conn: RespConnection, args: list[bytes]) -> Reply:
 _EXPIRE_FLAGS = (b"NX", b"XX", b"GT", b"LT")
 
 
-def _expire(conn: RespConnection, args: list[bytes], name: str, unit_ms: int) -> Reply:
+def _expire(conn: RespConnection, args: list[bytes], name: str, unit_ms: int, absolute: bool = False) -> Reply:
     flags = set()
     for raw in args[3:]:
         opt = raw.upper()
@@ -61,9 +63,10 @@ def _expire(conn: RespConnection, args: list[bytes], name: str, unit_ms: int) ->
             return r.invalid_expire(name)
         when *= 1000
     now = now_ms()
-    if when > LLONG_MAX - now:
-        return r.invalid_expire(name)
-    when += now
+    if not absolute:
+        if when > LLONG_MAX - now:
+            return r.invalid_expire(name)
+        when += now
     store = conn.tenant.store
     entry = store.entry(args[1])
     if entry is None:
@@ -91,14 +94,22 @@ def pexpire(conn: RespConnection, args: list[bytes]) -> Reply:
     return _expire(conn, args, "pexpire", 1)
 
 
-def _ttl(conn: RespConnection, key: bytes, in_ms: bool) -> bytes:
+def expireat(conn: RespConnection, args: list[bytes]) -> Reply:
+    return _expire(conn, args, "expireat", 1000, absolute=True)
+
+
+def pexpireat(conn: RespConnection, args: list[bytes]) -> Reply:
+    return _expire(conn, args, "pexpireat", 1, absolute=True)
+
+
+def _ttl(conn: RespConnection, key: bytes, in_ms: bool, absolute: bool = False) -> bytes:
     entry = conn.tenant.store.entry(key)
     if entry is None:
         return r.integer(-2)
     if not entry.expires_at:
         return r.integer(-1)
-    remaining = max(entry.expires_at - now_ms(), 0)
-    return r.integer(remaining if in_ms else (remaining + 500) // 1000)
+    when = entry.expires_at if absolute else max(entry.expires_at - now_ms(), 0)
+    return r.integer(when if in_ms else (when + 500) // 1000)
 
 
 def ttl(conn: RespConnection, args: list[bytes]) -> Reply:
@@ -107,6 +118,14 @@ def ttl(conn: RespConnection, args: list[bytes]) -> Reply:
 
 def pttl(conn: RespConnection, args: list[bytes]) -> Reply:
     return _ttl(conn, args[1], in_ms=True)
+
+
+def expiretime(conn: RespConnection, args: list[bytes]) -> Reply:
+    return _ttl(conn, args[1], in_ms=False, absolute=True)
+
+
+def pexpiretime(conn: RespConnection, args: list[bytes]) -> Reply:
+    return _ttl(conn, args[1], in_ms=True, absolute=True)
 
 
 def persist(conn: RespConnection, args: list[bytes]) -> Reply:
@@ -118,8 +137,60 @@ def persist(conn: RespConnection, args: list[bytes]) -> Reply:
     return r.ONE
 
 
+def keys(conn: RespConnection, args: list[bytes]) -> Reply:
+    store, matches = conn.tenant.store, compile_glob(args[1])
+    names = cast("list[bytes]", list(store.keys()))  # a tenant's store is keyed by bytes (the replay's by ints)
+    return r.array(r.bulk(key) for key in names if matches(key) and key in store)
+
+
+_ULONG_MAX = 2**64 - 1
+_CURSOR_RE = re.compile(rb"^[+-]?[0-9]*$")
+_INVALID_CURSOR = r.error("ERR invalid cursor")
+
+
+def _parse_cursor(raw: bytes) -> int | None:
+    """Redis's strtoul: an optional sign (a minus wraps around), digits, nothing else; the empty string is 0."""
+    if not _CURSOR_RE.match(raw):
+        return None
+    digits = raw.lstrip(b"+-")
+    value = int(digits) if digits else 0
+    if value > _ULONG_MAX:
+        return None
+    return (-value) % 2**64 if raw.startswith(b"-") else value
+
+
+def scan(conn: RespConnection, args: list[bytes]) -> Reply:
+    cursor = _parse_cursor(args[1])
+    if cursor is None:
+        return _INVALID_CURSOR
+    count, pattern, kind = 10, b"*", None
+    i, argc = 2, len(args)
+    while i < argc:
+        opt = args[i].lower()
+        if i + 1 >= argc or opt not in (b"count", b"match", b"type"):
+            return r.SYNTAX
+        if opt == b"count":
+            parsed = parse_int(args[i + 1])
+            if parsed is None:
+                return r.NOT_INTEGER
+            if parsed < 1:
+                return r.SYNTAX
+            count = parsed
+        elif opt == b"match":
+            pattern = args[i + 1]
+        else:
+            kind = args[i + 1].lower()
+        i += 2
+    following, listed = conn.tenant.store.scan(cursor, count)
+    found = cast("list[bytes]", listed)
+    if kind is not None and kind != b"string":  # a cache of strings only; Redis 7.0 filters an unknown type out
+        found = []
+    matches = compile_glob(pattern)
+    return r.array([r.bulk(b"%d" % following), r.array(r.bulk(key) for key in found if matches(key))])
+
+
 def _cmd(name: str, arity: int, flags: str, handler, summary: str, since: str = "1.0.0", last_key: int = 1):
-    first = 0 if name == "dbsize" else 1
+    first = 0 if name in ("dbsize", "keys", "scan") else 1
     return Command(name, arity, frozenset(flags.split()), handler, first, last_key if first else 0, first, "generic",
                    summary, since)
 
@@ -137,4 +208,13 @@ COMMANDS = [
     _cmd("touch", -2, "readonly fast", touch, "Returns the number of existing keys out of those specified after "
          "updating the time they were last accessed.", "3.2.1", -1),
     _cmd("dbsize", 1, "readonly fast", dbsize, "Returns the number of keys in the database."),
+    _cmd("expireat", -3, "write fast", expireat, "Sets the expiration time of a key to a Unix timestamp.", "1.2.0"),
+    _cmd("pexpireat", -3, "write fast", pexpireat, "Sets the expiration time of a key to a Unix milliseconds "
+         "timestamp.", "2.6.0"),
+    _cmd("expiretime", 2, "readonly fast", expiretime, "Returns the expiration time of a key as a Unix timestamp.",
+         "7.0.0"),
+    _cmd("pexpiretime", 2, "readonly fast", pexpiretime, "Returns the expiration time of a key as a Unix "
+         "milliseconds timestamp.", "7.0.0"),
+    _cmd("keys", 2, "readonly", keys, "Returns all key names that match a pattern."),
+    _cmd("scan", -2, "readonly", scan, "Iterates over the key names in the database.", "2.8.0"),
 ]

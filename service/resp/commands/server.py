@@ -1,8 +1,9 @@
-"""Introspection commands: INFO, COMMAND and CONFIG GET, scoped to the caller's tenant (INFO's tenant sections:
-`service/stats.py`)."""
+"""Server commands, scoped to the caller's tenant: INFO, COMMAND, CONFIG GET (INFO's tenant sections:
+`service/stats.py`) and FLUSHDB/FLUSHALL, which empty the tenant's keyspace and no other."""
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import os
 import time
@@ -139,11 +140,36 @@ def config(conn: RespConnection, args: list[bytes]) -> Reply:
     return r.mapping([(r.bulk(k.encode()), r.bulk(v.encode())) for k, v in matched], conn.protocol == 3)
 
 
+def flush(conn: RespConnection, args: list[bytes]) -> Reply:
+    """The tenant's keys are its one database, so FLUSHALL empties the same keys as FLUSHDB. Keys read again
+    come back from the origin; the audit log records who emptied the cache and how much went."""
+    if len(args) > 2 or (len(args) == 2 and args[1].lower() not in (b"sync", b"async")):
+        return r.SYNTAX
+    store = conn.tenant.store
+    removed = len(store)
+    store.flush()
+    return _audited_flush(conn, args[0].decode("ascii", "replace").lower(), removed)
+
+
+async def _audited_flush(conn: RespConnection, command: str, removed: int) -> bytes:
+    audit = conn.state.audit
+    if audit is not None:
+        key_id = conn.session.principal.key_id if conn.session is not None else None
+        await asyncio.to_thread(audit.record, "tenant.flush", actor=f"key:{key_id}" if key_id else "dev",
+                                tenant=conn.tenant.name, key_id=key_id, source=conn.peer, command=command,
+                                keys_removed=removed)
+    return r.OK
+
+
 COMMANDS = [
     Command("info", -1, frozenset({"connection"}), info, group="server",
             summary="Returns information and statistics about the server."),
     Command("command", -1, frozenset({"connection"}), command, group="server",
             summary="Returns detailed information about all commands.", since="2.8.13"),
     Command("config", -2, frozenset({"admin"}), config, group="server",
-            summary="A container for server configuration commands.", since="2.0.0"),
+            summary="A container for server configuration commands.", since="2.0.0", scope="read"),
+    Command("flushdb", -1, frozenset({"write"}), flush, group="server", scope="admin",
+            summary="Removes all keys from the current database."),
+    Command("flushall", -1, frozenset({"write"}), flush, group="server", scope="admin",
+            summary="Removes all keys from all databases."),
 ]

@@ -235,16 +235,27 @@ def _expire_after_get(conn: RespConnection, key: bytes, options: tuple[bytes | N
     return reply
 
 
-def mset(conn: RespConnection, args: list[bytes]) -> Reply:
+def _mset_all(conn: RespConnection, args: list[bytes], name: str, only_new: bool) -> Reply:
+    """MSET and MSETNX write all pairs or none: a value over the budget is refused before the first write."""
     if len(args) % 2 == 0:
-        return r.wrong_arity("mset")
+        return r.wrong_arity(name)
     store = conn.tenant.store
-    try:
-        for i in range(1, len(args), 2):
-            store.set(args[i], args[i + 1])
-    except ValueTooLarge:
+    pairs = [(args[i], args[i + 1]) for i in range(1, len(args), 2)]
+    if not all(store.fits(key, value) for key, value in pairs):
         return r.OOM
-    return r.OK
+    if only_new and any(store.entry(key) is not None for key, _ in pairs):
+        return r.ZERO
+    for key, value in pairs:
+        store.set(key, value)
+    return r.ONE if only_new else r.OK
+
+
+def mset(conn: RespConnection, args: list[bytes]) -> Reply:
+    return _mset_all(conn, args, "mset", only_new=False)
+
+
+def msetnx(conn: RespConnection, args: list[bytes]) -> Reply:
+    return _mset_all(conn, args, "msetnx", only_new=True)
 
 
 def getdel(conn: RespConnection, args: list[bytes]) -> Reply:
@@ -322,6 +333,8 @@ COMMANDS = [
     _cmd("getex", -2, "write fast", getex, "Returns the string value of a key after setting its expiration time.",
          "6.2.0"),
     _cmd("mset", -3, "write denyoom", mset, "Atomically creates or modifies the string values of keys.", "1.0.1", -1),
+    _cmd("msetnx", -3, "write denyoom", msetnx, "Atomically modifies the string values of one or more keys only when "
+         "all keys don't exist.", "1.0.1", -1),
     _cmd("getdel", 2, "write fast", getdel, "Returns the string value of a key after deleting the key.", "6.2.0"),
     _cmd("append", 3, "write denyoom", append, "Appends a string to the value of a key.", "2.0.0"),
     _cmd("strlen", 2, "readonly fast", strlen, "Returns the length of a string value.", "2.2.0"),

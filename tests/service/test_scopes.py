@@ -1,0 +1,119 @@
+"""An API key does what its scopes allow and nothing more, on both listeners: "read" reads, "write" writes,
+"admin" empties the tenant's keyspace (FLUSHDB/FLUSHALL), which never reaches another tenant."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from service.security.apikeys import IssuedKey, new_key
+from tests.service.harness import RunningService, running_service
+from tests.tlsutil import PKI
+
+KEYS = {  # name: (tenant, scopes)
+    "app": ("acme", ["read", "write"]),
+    "reader": ("acme", ["read"]),
+    "writer": ("acme", ["write"]),
+    "owner": ("acme", ["admin", "read", "write"]),
+    "neighbour": ("globex", ["read", "write"]),
+}
+
+
+@dataclass
+class Scoped:
+    svc: RunningService
+    keys: dict[str, IssuedKey]
+    pki: PKI
+    audit: Path
+
+    def redis(self, name: str) -> redis.Redis:
+        return redis.Redis(port=self.svc.resp_port, ssl=True, ssl_ca_certs=str(self.pki.ca_cert),
+                           password=self.keys[name].secret)
+
+    def http(self) -> httpx.Client:
+        verify = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        return httpx.Client(base_url=self.svc.endpoints.http_url, verify=verify)
+
+    def bearer(self, name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[name].secret}"}
+
+
+@pytest.fixture
+def scoped(tmp_path: Path, pki: PKI) -> Iterator[Scoped]:
+    keys = {name: new_key() for name in KEYS}
+    tenants_file = tmp_path / "tenants.json"
+    tenants_file.write_text(json.dumps({
+        "tenants": [{"name": "acme"}, {"name": "globex"}],
+        "keys": [{"key_id": keys[name].key_id, "tenant": tenant, "hash": keys[name].key_hash, "scopes": scopes}
+                 for name, (tenant, scopes) in KEYS.items()],
+    }))
+    audit = tmp_path / "audit.log"
+    with running_service(tls_cert_file=pki.cert, tls_key_file=pki.key, tenants_file=tenants_file,
+                         audit_log=audit) as svc:
+        yield Scoped(svc, keys, pki, audit)
+
+
+def test_a_read_only_key_reads_and_cannot_write(scoped: Scoped) -> None:
+    scoped.redis("app").set("page", "cached")
+    reader = scoped.redis("reader")
+    assert reader.get("page") == b"cached"
+    assert reader.mget(["page", "nope"]) == [b"cached", None]
+    assert reader.ttl("page") == -1 and reader.exists("page") == 1
+    for write in (lambda: reader.set("page", "defaced"), lambda: reader.delete("page"),
+                  lambda: reader.incr("hits"), lambda: reader.getdel("page"), lambda: reader.expire("page", 1)):
+        with pytest.raises(redis.exceptions.NoPermissionError, match="needs the 'write' scope"):
+            write()
+    assert scoped.redis("app").get("page") == b"cached"
+    assert reader.ping() is True  # connection commands need no scope
+
+
+def test_a_write_only_key_writes_and_cannot_read(scoped: Scoped) -> None:
+    writer = scoped.redis("writer")
+    assert writer.set("event", "1") is True
+    assert writer.incr("event") == 2
+    with pytest.raises(redis.exceptions.NoPermissionError, match="run the 'get' command: it needs the 'read'"):
+        writer.get("event")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        writer.scan()
+    assert scoped.redis("app").get("event") == b"2"
+
+
+def test_flushing_needs_the_admin_scope_and_empties_only_the_own_tenant(scoped: Scoped) -> None:
+    app, owner, neighbour = scoped.redis("app"), scoped.redis("owner"), scoped.redis("neighbour")
+    app.mset({"a": "1", "b": "2", "c": "3"})
+    neighbour.set("theirs", "kept")
+    for flush in (app.flushdb, app.flushall):
+        with pytest.raises(redis.exceptions.NoPermissionError, match="needs the 'admin' scope"):
+            flush()
+    assert app.dbsize() == 3
+    assert owner.flushall() is True
+    assert app.dbsize() == 0 and app.get("a") is None
+    assert neighbour.get("theirs") == b"kept" and neighbour.dbsize() == 1
+    events = [json.loads(line) for line in scoped.audit.read_text().splitlines()]
+    flushes = [e for e in events if e["action"] == "tenant.flush"]
+    assert len(flushes) == 1
+    assert flushes[0]["tenant"] == "acme" and flushes[0]["key_id"] == scoped.keys["owner"].key_id
+    assert flushes[0]["details"] == {"command": "flushall", "keys_removed": 3}
+    assert scoped.keys["owner"].secret not in scoped.audit.read_text()
+
+
+def test_http_checks_the_same_scopes(scoped: Scoped) -> None:
+    with scoped.http() as http:
+        assert http.put("/v1/keys/doc", content=b"v1", headers=scoped.bearer("app")).status_code == 204
+        refused = http.put("/v1/keys/doc", content=b"v2", headers=scoped.bearer("reader"))
+        assert refused.status_code == 403
+        assert refused.json()["detail"] == "this API key lacks the 'write' scope this request needs"
+        assert http.delete("/v1/keys/doc", headers=scoped.bearer("reader")).status_code == 403
+        assert http.get("/v1/keys/doc", headers=scoped.bearer("reader")).content == b"v1"
+        assert http.post("/v1/mget", json={"keys": ["doc"]}, headers=scoped.bearer("reader")).status_code == 200
+        assert http.get("/v1/keys/doc", headers=scoped.bearer("writer")).status_code == 403
+        assert http.get("/v1/stats", headers=scoped.bearer("writer")).status_code == 403
+        assert http.put("/v1/keys/doc", content=b"v3", headers=scoped.bearer("writer")).status_code == 204
+        assert http.get("/v1/keys/doc", headers=scoped.bearer("app")).content == b"v3"
