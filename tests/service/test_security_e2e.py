@@ -126,6 +126,23 @@ def test_vault_keys_work_over_resp_and_https_and_isolate_tenants(deployment: Dep
     assert acme.info("stats")["keyspace_hits"] == 1 and acme.info("server")["tenant"] == _tenant_of(deployment, "acme")
 
 
+def test_scopes_issued_in_vault_are_enforced(deployment: Deployment) -> None:
+    tenant = _tenant_of(deployment, "acme")
+    deployment.redis(deployment.keys["acme"].secret).set("report", "q3")
+    reader = deployment.admin.issue_key(tenant, ["read"])
+    owner = deployment.admin.issue_key(tenant, ["read", "write", "admin"])
+    read_only = deployment.redis(reader.secret)
+    assert read_only.get("report") == b"q3"
+    with pytest.raises(redis.exceptions.NoPermissionError, match="'set' command: it needs the 'write' scope"):
+        read_only.set("report", "defaced")
+    with pytest.raises(redis.exceptions.NoPermissionError, match="needs the 'admin' scope"):
+        deployment.redis(deployment.keys["acme"].secret).flushdb()
+    with deployment.http() as http:
+        assert http.delete("/v1/keys/report", headers={"Authorization": f"Bearer {reader.secret}"}).status_code == 403
+    assert deployment.redis(owner.secret).flushdb() is True
+    assert read_only.get("report") is None
+
+
 def test_redis_cli_tls_auth_with_vault_key(deployment: Deployment) -> None:
     key = deployment.keys["acme"].secret
     out = subprocess.run(["redis-cli", "--tls", "--cacert", str(deployment.pki.ca_cert), "-p",
