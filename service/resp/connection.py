@@ -17,7 +17,8 @@ import hiredis
 from service.auth import Session
 from service.cache import TenantCache
 from service.resp import replies as r
-from service.resp.commands import Command, build_table
+from service.resp.commands import Command, Handler, build_table
+from service.resp.commands.transactions import RUN_INSIDE_MULTI
 from service.state import ServiceState
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,10 @@ class RespConnection(asyncio.Protocol):
         self.tenant: TenantCache = None  # type: ignore[assignment]  # None until AUTH (or the dev tenant)
         self.session: Session | None = None
         self.scopes: frozenset[str] | None = None  # the key's scopes; None: every one (the dev tenant)
+        self.queued: list[tuple[Handler, list[bytes]]] | None = None  # MULTI's queue; None outside MULTI
+        self.queue_failed = False  # a command was refused inside MULTI: EXEC aborts
+        self.queued_bytes = 0  # the queue's argument bytes
+        self.watching: dict[bytes, int] = {}  # WATCHed key -> the store's change count when watched
         self.close_after_reply = False
         self.commands_processed = 0
         self.local_port = 0
@@ -170,17 +175,18 @@ class RespConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def execute(self, args: Any) -> bytes | Awaitable[bytes]:
-        """Run one parsed command: lookup, arity, auth and quota checks in Redis's order, then the handler."""
+        """Run one parsed command: lookup, arity, auth, scope and quota checks in Redis's order, then the handler
+        (or, inside MULTI, the queue)."""
         try:
             cmd = COMMANDS.get(args[0].lower())
         except (AttributeError, TypeError, IndexError, KeyError):
             self.close_after_reply = True
             return r.error("ERR Protocol error: expected an array of bulk strings")
         if cmd is None:
-            return r.unknown_command(args)
+            return self._refuse(r.unknown_command(args))
         arity, argc = cmd.arity, len(args)  # Command.arity_ok, inlined: one call less per command
         if (argc != arity) if arity > 0 else (argc < -arity):
-            return r.wrong_arity(cmd.name)
+            return self._refuse(r.wrong_arity(cmd.name), cmd.name)
         self.commands_processed += 1
         tenant = self.tenant
         if tenant is None:
@@ -192,10 +198,34 @@ class RespConnection(asyncio.Protocol):
                 return cmd.handler(self, args) if cmd.no_auth else r.NOAUTH
             scopes = self.scopes
             if scopes is not None and cmd.scope is not None and cmd.scope not in scopes:
-                return r.no_permission(cmd.name, cmd.scope)
+                return self._refuse(r.no_permission(cmd.name, cmd.scope))
             if tenant.bucket is not None and cmd.touches_data and not tenant.admit():
-                return r.error(_RATE_LIMITED.format(tenant.name, tenant.bucket.rate))
+                return self._refuse(r.error(_RATE_LIMITED.format(tenant.name, tenant.bucket.rate)))
+            if self.queued is not None and cmd.name not in RUN_INSIDE_MULTI:
+                return self._queue(cmd, args)
         return cmd.handler(self, args)
+
+    def _queue(self, cmd: Command, args: list[bytes]) -> bytes:
+        """Queue a command for EXEC, within the request limit: one tenant's transaction cannot hold the
+        server's memory any more than one request can."""
+        self.queued_bytes += sum(map(len, args))
+        limit = self.state.settings.max_request_bytes
+        if self.queued_bytes > limit:
+            return self._refuse(r.error(f"ERR transaction larger than {limit} bytes; EXEC will discard it"))
+        self.queued.append((cmd.handler, args))  # type: ignore[union-attr]  # the caller checked it
+        return r.QUEUED
+
+    def _refuse(self, reply: bytes, name: str = "") -> bytes:
+        """A command refused inside MULTI fails the whole transaction (EXECABORT), as in Redis; a refused EXEC
+        ends it there and then, and says why with EXECABORT even outside MULTI (Redis 7.0 does)."""
+        if name == "exec":
+            self.queued, self.queue_failed = None, False
+            self.unwatch_all()
+            reason = reply[1:-2].split(b" ", 1)[1]  # without the error code
+            return b"-EXECABORT Transaction discarded because of: " + reason + b"\r\n"
+        if self.queued is not None:
+            self.queue_failed = True
+        return reply
 
     # state changes used by handlers -------------------------------------------------------------------
     def _bind(self, tenant: TenantCache, session: Session | None = None) -> None:
@@ -209,6 +239,8 @@ class RespConnection(asyncio.Protocol):
             self.state.authenticator.attach(session)
 
     def _unbind(self) -> None:
+        self.unwatch_all()
+        self.queued, self.queue_failed = None, False
         if self.tenant is not None:
             self.state.connections.per_tenant[self.tenant.name] -= 1
         if self.session is not None and self.state.authenticator is not None:
@@ -232,6 +264,27 @@ class RespConnection(asyncio.Protocol):
             return r.WRONGPASS
         self._bind(tenant, session)
         return r.OK
+
+    @property
+    def null_array(self) -> bytes:
+        return r.NULL3 if self.protocol == 3 else r.NULL_ARRAY2
+
+    def watch(self, keys: list[bytes]) -> None:
+        store = self.tenant.store
+        for key in keys:
+            if key not in self.watching:
+                self.watching[key] = store.watch(key)
+
+    def watched_keys_changed(self) -> bool:
+        store = self.tenant.store
+        return any(store.changed_since(key, count) for key, count in self.watching.items())
+
+    def unwatch_all(self) -> None:
+        if self.watching:
+            store = self.tenant.store
+            for key in self.watching:
+                store.unwatch(key)
+            self.watching = {}
 
     def set_name(self, name: bytes) -> bytes | None:
         """CLIENT SETNAME's rule; returns the error reply or None."""

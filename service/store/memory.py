@@ -82,6 +82,7 @@ class MemoryStore:
         self._scans: OrderedDict[int, list[Hashable]] = OrderedDict()  # scan snapshots by number, oldest first
         self._scan_number = 0  # the newest snapshot's
         self._scan_inserted = -1  # `_inserted` when it was taken
+        self._watched: dict[Hashable, list[int]] = {}  # WATCHed key -> [watchers, changes since first watched]
 
     def __len__(self) -> int:
         return len(self._data)
@@ -178,6 +179,8 @@ class MemoryStore:
         size = len(key) + len(value) + ENTRY_OVERHEAD if sizer is entry_size else sizer(key, value)  # type: ignore[arg-type]
         if size > self.budget:
             raise ValueTooLarge(f"entry of {size} bytes exceeds the tenant budget of {self.budget} bytes")
+        if self._watched:
+            self._changed(key)
         old = self._data.get(key)
         if old is not None and old.expires_at and old.expires_at <= self._clock():
             self._remove(key, old)
@@ -233,6 +236,8 @@ class MemoryStore:
         if expires_at and expires_at <= self._clock():
             self.delete(key)
             return True
+        if self._watched:
+            self._changed(key)
         self._set_deadline(key, entry, expires_at)
         return True
 
@@ -244,12 +249,16 @@ class MemoryStore:
         return True
 
     def _remove(self, key: Hashable, entry: Entry) -> None:
+        if self._watched:
+            self._changed(key)
         del self._data[key]
         self.used -= entry.size
         self.policy.forget(key)
 
     def _evict_one(self) -> None:
         key = self.policy.evict()
+        if self._watched:
+            self._changed(key)
         entry = self._data.pop(key)
         self.used -= entry.size
         self.stats.evictions += 1
@@ -274,7 +283,35 @@ class MemoryStore:
             heapq.heapify(self._deadlines)
         return removed
 
+    def watch(self, key: Hashable) -> int:
+        """Start watching a key for changes (Redis's WATCH); returns the change count to compare later."""
+        self._live(key)  # a key already past its deadline goes now, not as a change after the watch
+        counts = self._watched.setdefault(key, [0, 0])
+        counts[0] += 1
+        return counts[1]
+
+    def changed_since(self, key: Hashable, count: int) -> bool:
+        """Whether the watched key was written, deleted, evicted or expired after `watch` returned `count`."""
+        self._live(key)  # expired by now counts as changed, as in Redis's EXEC
+        counts = self._watched.get(key)
+        return counts is None or counts[1] != count
+
+    def unwatch(self, key: Hashable) -> None:
+        counts = self._watched.get(key)
+        if counts is not None:
+            counts[0] -= 1
+            if not counts[0]:
+                del self._watched[key]
+
+    def _changed(self, key: Hashable) -> None:
+        counts = self._watched.get(key)
+        if counts is not None:
+            counts[1] += 1
+
     def flush(self) -> None:
+        for key, counts in self._watched.items():
+            if key in self._data:  # as Redis: a flush changes the watched keys it removes
+                counts[1] += 1
         for key in list(self._data):
             self.policy.forget(key)
         self._data.clear()

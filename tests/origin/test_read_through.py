@@ -40,6 +40,17 @@ def test_miss_reads_through_then_hits_memory(origin_dir: Path) -> None:
         assert tenant.store.stats.hits >= 2
 
 
+def test_a_transaction_reads_through_in_order(origin_dir: Path) -> None:
+    """redis-py's default pipeline (MULTI/EXEC): a GET that misses inside it loads from the origin, and the
+    commands after it still run, in order, with their replies in place."""
+    with running_service(dev=True, prefetcher="none", origin=str(origin_dir / "default"), origin_latency_ms=20) as svc:
+        client = redis.Redis(port=svc.resp_port)
+        pipe = client.pipeline()
+        pipe.set("local", "v").get("users/42").append("local", "+").get("greeting").get("nope").get("local")
+        assert pipe.execute() == [True, b'{"name": "Ada"}', 2, b"hello from origin", None, b"v+"]
+        assert client.get("users/42") == b'{"name": "Ada"}' and svc.state.tenants.get("default").origin_fetches == 3
+
+
 def test_getex_reads_through_like_get_and_sets_the_loaded_keys_expiry(origin_dir: Path) -> None:
     with running_service(dev=True, prefetcher="none", origin=str(origin_dir / "default"), origin_latency_ms=20) as svc:
         client = redis.Redis(port=svc.resp_port)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import redis
 
+from service.security.apikeys import new_key
 from tests.service.conftest import ProductionService
-from tests.service.harness import RunningService
+from tests.service.harness import RunningService, running_service
+from tests.tlsutil import PKI
 
 
 @pytest.mark.parametrize("protocol", [2, 3])
@@ -61,6 +65,34 @@ def test_redis_py_pipeline(dev_service: RunningService, protocol: int) -> None:
     assert client.mget([f"k{i}" for i in range(0, 500, 100)]) == [b"1", b"101", b"201", b"301", b"401"]
 
 
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_redis_py_transactions_and_watch(dev_service: RunningService, protocol: int) -> None:
+    """redis-py's default pipeline is MULTI/EXEC; `transaction()` retries a WATCHed check-and-set until no other
+    client wrote the key in between."""
+    client, rival = (redis.Redis(port=dev_service.resp_port, protocol=protocol) for _ in range(2))
+    client.delete("counter", "audit")
+    pipe = client.pipeline()
+    pipe.set("counter", 1).incrby("counter", 9).get("counter").get("absent")
+    assert pipe.execute() == [True, 10, b"10", None]
+    attempts = []
+
+    def double(tx: redis.client.Pipeline) -> None:
+        value = int(tx.get("counter"))
+        attempts.append(value)
+        if len(attempts) == 1:
+            rival.set("counter", 100)  # another client writes between WATCH and EXEC: the first try must fail
+        tx.multi()
+        tx.set("counter", value * 2)
+
+    client.transaction(double, "counter")
+    assert attempts == [10, 100] and client.get("counter") == b"200"
+    bad = client.pipeline()
+    bad.set("audit", "x").incr("audit").execute_command("NOSUCH")
+    with pytest.raises(redis.ResponseError):
+        bad.execute()
+    assert client.get("audit") is None  # a command refused while queueing discards the whole transaction
+
+
 def test_redis_py_resp3_hello_reports_protocol(dev_service: RunningService) -> None:
     client = redis.Redis(port=dev_service.resp_port, protocol=3)
     hello = client.execute_command("HELLO", "3")
@@ -99,3 +131,35 @@ def test_redis_cli_dev_mode_commands(dev_service: RunningService) -> None:
     assert "redis_version:7.0.15" in run("INFO", "server")
     assert run("COMMAND", "COUNT").strip().isdigit()
     assert "summary" in run("COMMAND", "DOCS", "get")
+
+
+def test_django_cache_framework_over_tls(tmp_path: Path, pki: PKI) -> None:
+    """Django's own Redis cache backend, unchanged: add/get/set with timeouts, many-key calls, incr, touch,
+    delete and clear() (FLUSHDB, so the key carries the admin scope)."""
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure()
+    from django.core.cache.backends.redis import RedisCache
+
+    key = new_key()
+    tenants = tmp_path / "tenants.json"
+    tenants.write_text(json.dumps({"tenants": [{"name": "web"}, {"name": "other"}], "keys": [
+        {"key_id": key.key_id, "tenant": "web", "hash": key.key_hash, "scopes": ["read", "write", "admin"]}]}))
+    with running_service(tls_cert_file=pki.cert, tls_key_file=pki.key, tenants_file=tenants) as svc:
+        location = f"rediss://:{key.secret}@127.0.0.1:{svc.resp_port}/0"
+        cache = RedisCache(location, {"OPTIONS": {"ssl_ca_certs": str(pki.ca_cert)}, "KEY_PREFIX": "site"})
+        cache.set("page:/", {"html": "<h1>hi</h1>"}, timeout=60)
+        assert cache.get("page:/") == {"html": "<h1>hi</h1>"}
+        assert cache.add("page:/", "other") is False and cache.add("fresh", 1) is True
+        cache.set_many({"a": 1, "b": [2, 3]}, timeout=None)
+        assert cache.get_many(["a", "b", "nope"]) == {"a": 1, "b": [2, 3]}
+        assert cache.incr("a", 41) == 42 and cache.decr("a") == 41
+        assert cache.touch("a", timeout=30) is True and cache.touch("nope") is False
+        assert cache.has_key("b") and cache.delete("b") and not cache.has_key("b")
+        assert cache.get_or_set("computed", lambda: "value", timeout=10) == "value"
+        assert svc.state.tenants.get("web").store.entry(b"site:1:computed") is not None  # Django's key layout
+        cache.clear()
+        assert cache.get("page:/") is None and cache.get_many(["a", "fresh"]) == {}
+        assert len(svc.state.tenants.get("web").store) == 0
+        cache.close()

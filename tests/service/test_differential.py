@@ -121,6 +121,26 @@ CASES: dict[str, list[Cmd]] = {
         ("SCAN", "0", "FOO", "1"), ("SCAN", "0", "TYPE"), ("SCAN", "abc", "COUNT", "0"), ("SCAN",), ("KEYS",),
         ("KEYS", "a", "b"),
     ],
+    "multi_exec": [
+        ("MULTI",), ("SET", "a", "1"), ("INCR", "a"), ("GET", "a"), ("EXEC",), ("EXEC",), ("DISCARD",), ("MULTI",),
+        ("MULTI",), ("SET", "a", "2"), ("DISCARD",), ("GET", "a"), ("MULTI",), ("SET", "a"), ("INCR", "a"),
+        ("EXEC",), ("GET", "a"), ("MULTI",), ("NOSUCH",), ("EXEC",), ("MULTI",), ("SET", "s", "x"), ("INCR", "s"),
+        ("GET", "s"), ("EXEC",), ("MULTI",), ("WATCH", "a"), ("EXEC",), ("MULTI", "x"), ("EXEC", "x"), ("WATCH",),
+        ("UNWATCH",), ("MULTI",), ("UNWATCH",), ("PING",), ("ECHO", "e"), ("EXEC",), ("MULTI",), ("EXEC",),
+        ("MULTI",), ("SET", "k", "v", "EX", "0"), ("GET", "k"), ("EXEC",), ("MULTI",), ("MSETNX", "a"),
+        ("DISCARD",), ("multi",), ("del", "a"), ("exec",), ("GET", "a"),
+    ],
+    "watch": [
+        ("SET", "a", "1"), ("WATCH", "a"), ("SET", "a", "2"), ("MULTI",), ("GET", "a"), ("EXEC",),
+        ("WATCH", "a"), ("GET", "a"), ("MULTI",), ("GET", "a"), ("EXEC",), ("WATCH", "nokey"), ("MULTI",), ("EXEC",),
+        ("WATCH", "a"), ("FLUSHDB",), ("MULTI",), ("EXEC",), ("WATCH", "gone"), ("FLUSHDB",), ("MULTI",), ("EXEC",),
+        ("SET", "a", "1"), ("WATCH", "a"), ("EXPIRE", "a", "100"), ("MULTI",), ("EXEC",), ("WATCH", "a"),
+        ("PERSIST", "a"), ("MULTI",), ("EXEC",), ("WATCH", "a", "b"), ("UNWATCH",), ("SET", "a", "z"), ("MULTI",),
+        ("EXEC",), ("WATCH", "a"), ("MULTI",), ("DISCARD",), ("SET", "a", "q"), ("MULTI",), ("EXEC",),
+        ("WATCH", "a"), ("DEL", "a"), ("MULTI",), ("SET", "a", "r"), ("EXEC",), ("GET", "a"), ("WATCH", "b"),
+        ("SET", "b", "1", "NX"), ("MULTI",), ("EXEC",), ("WATCH", "b"), ("SET", "b", "2", "NX"), ("MULTI",),
+        ("EXEC",), ("WATCH", "b"), ("WATCH", "b"), ("INCR", "b"), ("MULTI",), ("EXEC",),
+    ],
     "select": [("SELECT", "0"), ("SELECT", "1"), ("SELECT", "abc"), ("SELECT", "-1"), ("SELECT", "99999999999")],
     "client": [("CLIENT", "GETNAME"), ("CLIENT", "SETNAME", "worker-1"), ("CLIENT", "GETNAME"),
                ("CLIENT", "SETNAME", "bad name"), ("CLIENT", "SETNAME"), ("CLIENT", "NOSUCH"), ("CLIENT",)],
@@ -137,6 +157,8 @@ RESP3_CASES: dict[str, list[Cmd]] = {
               ("SET", "k", "v"), ("SET", "k", "w", "GET"), ("GETDEL", "missing"), ("GETEX", "missing", "PERSIST"),
               ("GETSET", "missing", "v"), ("GETSET", "missing", "w"), ("TYPE", "k")],
     "config_map": [("CONFIG", "GET", "databases")],
+    "watch_null": [("SET", "a", "1"), ("WATCH", "a"), ("SET", "a", "2"), ("MULTI",), ("GET", "a"), ("EXEC",),
+                   ("MULTI",), ("GET", "a"), ("GET", "missing"), ("EXEC",)],
 }
 
 

@@ -70,6 +70,10 @@ def test_a_read_only_key_reads_and_cannot_write(scoped: Scoped) -> None:
                   lambda: reader.incr("hits"), lambda: reader.getdel("page"), lambda: reader.expire("page", 1)):
         with pytest.raises(redis.exceptions.NoPermissionError, match="needs the 'write' scope"):
             write()
+    transaction = reader.pipeline()  # MULTI/EXEC: the refused SET discards the whole transaction
+    transaction.get("page").set("page", "defaced")
+    with pytest.raises(redis.exceptions.ResponseError):
+        transaction.execute()
     assert scoped.redis("app").get("page") == b"cached"
     assert reader.ping() is True  # connection commands need no scope
 

@@ -14,7 +14,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.service.conftest import ProductionService
-from tests.service.harness import running_service, write_tenants_file
+from tests.service.harness import RawClient, running_service, write_tenants_file
 from tests.tlsutil import PKI
 
 NO_RETRY = Retry(NoBackoff(), 0)  # an auth failure must surface at once, not after redis-py's backoff
@@ -157,3 +157,16 @@ def test_unauthenticated_client_cannot_make_the_server_buffer_much(prod_service:
         while chunk := sock.recv(4096):
             reply += chunk
     assert reply == b"-ERR Protocol error: request larger than 65536 bytes\r\n"
+
+
+def test_a_transaction_cannot_queue_more_than_one_request_may_hold() -> None:
+    with running_service(dev=True, max_request_bytes=4096) as svc:
+        client = RawClient(svc.resp_port)  # one command a write: each request is within the limit, the queue not
+        assert client.send(("MULTI",)) == b"+OK\r\n"
+        assert client.send(("SET", "k0", "x" * 1500)) == b"+QUEUED\r\n"
+        assert client.send(("SET", "k1", "x" * 1500)) == b"+QUEUED\r\n"
+        assert client.send(("SET", "k2", "x" * 1500)).startswith(b"-ERR transaction larger than 4096 bytes")
+        assert client.send(("EXEC",)).startswith(b"-EXECABORT")
+        assert client.send(("EXISTS", "k0", "k1", "k2")) == b":0\r\n"  # discarded whole
+        assert client.send(("MULTI",), ("SET", "k0", "x" * 1500), ("SET", "k1", "x" * 1500), ("EXEC",)).endswith(
+            b"*2\r\n+OK\r\n+OK\r\n")  # the limit is per transaction
