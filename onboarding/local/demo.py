@@ -27,8 +27,14 @@ DEMO_OBJECTS = 256
 TRACE_LENGTH = 800
 
 
+GREETING = b"hello from the demo origin: read through once, now served from the cache\n"
+
+
 def seed_origin(origin: Path, tenant: str, count: int = DEMO_OBJECTS) -> list[str]:
-    """`count` objects under `<origin>/<tenant>/objects/` (written once); returns their keys."""
+    """`count` objects under `<origin>/<tenant>/objects/` (written once), and the `greeting` the connection
+    snippet reads; returns the objects' keys."""
+    (origin / tenant).mkdir(parents=True, exist_ok=True)
+    (origin / tenant / "greeting").write_bytes(GREETING)
     folder = origin / tenant / "objects"
     keys = [f"objects/{i:05d}" for i in range(count)]
     if not folder.is_dir() or len(list(folder.iterdir())) < count:

@@ -102,6 +102,19 @@ def test_up_prints_endpoints_tenant_key_and_the_demo(local: Local) -> None:
     assert phase["misses"] <= len(set(objects))  # cold, every object misses at most once; prefetch only lowers it
     if phase["prefetcher"]:
         assert phase["name"] == f"{phase['prefetcher']} prefetch"
+    assert local.redis(up["api_key"]).get("greeting") == demo.GREETING  # what the printed snippet reads
+
+
+def test_a_read_only_key_issued_by_the_cli_reads_and_cannot_write(local: Local) -> None:
+    issued = local.json("keys", "issue", "demo", "--scopes", "read")
+    reader, owner = local.redis(issued["api_key"]), local.redis(local.up["api_key"])
+    owner.set("report", "q3")
+    assert reader.get("report") == b"q3"
+    with pytest.raises(redis.exceptions.NoPermissionError, match="needs the 'write' scope"):
+        reader.set("report", "defaced")
+    with pytest.raises(redis.exceptions.NoPermissionError, match="needs the 'admin' scope"):
+        owner.flushdb()  # the demo key is read,write
+    assert owner.get("report") == b"q3"
 
 
 def test_secrets_in_the_state_dir_are_private(local: Local) -> None:
