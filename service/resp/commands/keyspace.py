@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, cast
 from service.resp import replies as r
 from service.resp.commands import Command, Reply
 from service.resp.commands.strings import LLONG_MAX, LLONG_MIN, parse_int
-from service.resp.pattern import compile_glob
 from service.store import now_ms
+from service.store.pattern import compile_glob
 
 if TYPE_CHECKING:
     from service.resp.connection import RespConnection
