@@ -1,10 +1,12 @@
-"""Admin operations behind the admin API, kept apart from HTTP so they are plain, testable functions."""
+"""Admin operations behind the admin API (and a tenant emptying its own keyspace, which RESP and HTTP both
+offer), kept apart from the protocols so they are plain, testable functions."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+from service.cache import TenantCache
 from service.state import ServiceState
 
 
@@ -68,6 +70,18 @@ async def purge(state: ServiceState, name: str, peer: str) -> int | None:
     return removed
 
 
-async def _audit(state: ServiceState, action: str, peer: str, tenant: str | None = None, **details: Any) -> None:
+async def flush(state: ServiceState, tenant: TenantCache, key_id: str | None, peer: str, via: str) -> int:
+    """A tenant empties its own keyspace (FLUSHDB, FLUSHALL, DELETE /v1/keys; the key's admin scope was checked
+    by the protocol). Keys read again come back from the origin; the audit log keeps who did it and how much
+    went. The store is emptied before the first await, so a client's next command already sees it empty."""
+    removed = len(tenant.store)
+    tenant.store.flush()
+    await _audit(state, "tenant.flush", peer, tenant=tenant.name, actor=f"key:{key_id}" if key_id else "dev",
+                 key_id=key_id, via=via, keys_removed=removed)
+    return removed
+
+
+async def _audit(state: ServiceState, action: str, peer: str, tenant: str | None = None, actor: str = "admin",
+                 **details: Any) -> None:
     if state.audit is not None:
-        await asyncio.to_thread(state.audit.record, action, actor="admin", tenant=tenant, source=peer, **details)
+        await asyncio.to_thread(state.audit.record, action, actor=actor, tenant=tenant, source=peer, **details)

@@ -40,6 +40,7 @@ async def _current_tenant(request: Request, state: State, scope: str) -> TenantC
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid API key", headers=_CHALLENGE)
         if scope not in session.principal.scopes:
             raise HTTPException(status.HTTP_403_FORBIDDEN, f"this API key lacks the '{scope}' scope this request needs")
+        request.state.key_id = session.principal.key_id  # for the audit log of what the request changes
     if not tenant.admit():
         rate = tenant.bucket.rate if tenant.bucket else 0
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
@@ -56,8 +57,13 @@ async def writing_tenant(request: Request, state: State) -> TenantCache:
     return await _current_tenant(request, state, "write")
 
 
+async def keyspace_admin_tenant(request: Request, state: State) -> TenantCache:
+    return await _current_tenant(request, state, "admin")
+
+
 Reader = Annotated[TenantCache, Depends(reading_tenant)]  # the caller's tenant, for a key with the read scope
 Writer = Annotated[TenantCache, Depends(writing_tenant)]  # ... with the write scope
+KeyspaceAdmin = Annotated[TenantCache, Depends(keyspace_admin_tenant)]  # ... with the admin scope
 
 
 async def require_admin(request: Request, state: State) -> str:

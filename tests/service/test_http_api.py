@@ -53,6 +53,30 @@ def test_mget_keeps_order_and_encodes_binary(dev_service: RunningService) -> Non
         assert http.post("/v1/mget", content=b"not json").status_code == 422
 
 
+def test_listing_keys_pages_like_scan_and_deleting_all_empties_the_tenant(dev_service: RunningService) -> None:
+    resp = redis.Redis(port=dev_service.resp_port)
+    resp.mset({**{f"user:{i}": "u" for i in range(250)}, "session:1": "s", b"bin:\xff": "b"})
+    with _http(dev_service) as http:
+        names: list[dict[str, str]] = []
+        cursor, pages = "0", 0
+        while True:
+            page = http.get("/v1/keys", params={"match": "user:*", "cursor": cursor, "count": 40}).json()
+            names += page["keys"]
+            cursor, pages = page["cursor"], pages + 1
+            if cursor == "0":
+                break
+        assert pages == 7  # 252 keys examined 40 at a time
+        assert sorted(n["key"] for n in names) == sorted(f"user:{i}" for i in range(250))
+        everything = http.get("/v1/keys", params={"count": 1000}).json()
+        assert everything["cursor"] == "0" and len(everything["keys"]) == 252
+        assert {"key": base64.b64encode(b"bin:\xff").decode(), "encoding": "base64"} in everything["keys"]
+        for bad in ({"cursor": "-1"}, {"cursor": "abc"}, {"count": 0}, {"count": 10_001}):
+            assert http.get("/v1/keys", params=bad).status_code == 422, bad
+        assert http.get("/v1/keys", params={"cursor": str(2**64)}).status_code == 400
+        assert http.delete("/v1/keys").json() == {"removed": 252}
+        assert resp.dbsize() == 0 and http.get("/v1/keys").json() == {"cursor": "0", "keys": []}
+
+
 def test_health_readiness_openapi(dev_service: RunningService) -> None:
     with _http(dev_service) as http:
         assert http.get("/healthz").json() == {"status": "ok"}

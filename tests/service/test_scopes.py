@@ -104,7 +104,7 @@ def test_flushing_needs_the_admin_scope_and_empties_only_the_own_tenant(scoped: 
     flushes = [e for e in events if e["action"] == "tenant.flush"]
     assert len(flushes) == 1
     assert flushes[0]["tenant"] == "acme" and flushes[0]["key_id"] == scoped.keys["owner"].key_id
-    assert flushes[0]["details"] == {"command": "flushall", "keys_removed": 3}
+    assert flushes[0]["details"] == {"via": "flushall", "keys_removed": 3}
     assert scoped.keys["owner"].secret not in scoped.audit.read_text()
 
 
@@ -121,3 +121,13 @@ def test_http_checks_the_same_scopes(scoped: Scoped) -> None:
         assert http.get("/v1/stats", headers=scoped.bearer("writer")).status_code == 403
         assert http.put("/v1/keys/doc", content=b"v3", headers=scoped.bearer("writer")).status_code == 204
         assert http.get("/v1/keys/doc", headers=scoped.bearer("app")).content == b"v3"
+        assert http.get("/v1/keys", headers=scoped.bearer("writer")).status_code == 403
+        assert http.delete("/v1/keys", headers=scoped.bearer("app")).status_code == 403
+        assert http.get("/v1/keys", headers=scoped.bearer("reader")).json()["keys"] == [
+            {"key": "doc", "encoding": "utf-8"}]
+        flushed = http.delete("/v1/keys", headers=scoped.bearer("owner"))
+        assert flushed.status_code == 200 and flushed.json() == {"removed": 1}
+        assert http.get("/v1/keys/doc", headers=scoped.bearer("app")).status_code == 404
+    audited = [json.loads(line) for line in scoped.audit.read_text().splitlines()]
+    assert [e["details"] for e in audited if e["action"] == "tenant.flush"] == [
+        {"via": "DELETE /v1/keys", "keys_removed": 1}]

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import base64
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
+from service import admin
 from service.cache import TenantCache
-from service.http.deps import Reader, Writer
+from service.http.deps import KeyspaceAdmin, Reader, State, Writer
 from service.origin import OriginError, OriginTimeout, UnmappableKey
 from service.store import ValueTooLarge, now_ms
+from service.store.pattern import compile_glob
 
 router = APIRouter(prefix="/v1", tags=["keys"])
 
@@ -27,6 +29,57 @@ async def _read(tenant: TenantCache, key: str) -> bytes | None:
         raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, f"origin: {err}") from None
     except OriginError as err:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"origin: {err}") from None
+
+
+class KeyName(BaseModel):
+    key: str = Field(description="The key, as text when it is UTF-8, else base64.")
+    encoding: str = Field(description="'utf-8' or 'base64'.")
+
+
+class KeyPage(BaseModel):
+    cursor: str = Field(description="Pass it back for the next page; '0' when the listing is complete. A string: "
+                        "cursors are 64-bit, beyond what JSON numbers carry exactly.")
+    keys: list[KeyName]
+
+
+def _name(key: bytes) -> KeyName:
+    try:
+        return KeyName(key=key.decode("utf-8"), encoding="utf-8")
+    except UnicodeDecodeError:
+        return KeyName(key=base64.b64encode(key).decode(), encoding="base64")
+
+
+@router.get("/keys")
+async def list_keys(
+    tenant: Reader,
+    match: Annotated[str, Query(description="Redis glob: *, ?, [a-z], [^x], \\ escapes.")] = "*",
+    cursor: Annotated[str, Query(pattern=r"^[0-9]{1,20}$", description="'0' to start, then the cursor returned.")]
+    = "0",
+    count: Annotated[int, Query(ge=1, le=10_000, description="Keys examined per page (before `match`).")] = 100,
+) -> KeyPage:
+    """List the tenant's keys a page at a time, as SCAN does: a key present for the whole listing is returned
+    at least once (some may come twice); a page may be short, or empty, before the cursor is '0'."""
+    position = int(cursor)
+    if position >= 2**64:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "cursor must be below 2**64")
+    following, found = tenant.store.scan(position, count)
+    matches = compile_glob(match.encode())
+    names = cast("list[bytes]", found)  # a tenant's store is keyed by bytes
+    return KeyPage(cursor=str(following), keys=[_name(key) for key in names if matches(key)])
+
+
+class Flushed(BaseModel):
+    removed: int = Field(description="How many keys the tenant's keyspace held.")
+
+
+@router.delete("/keys")
+async def delete_all_keys(request: Request, tenant: KeyspaceAdmin, state: State) -> Flushed:
+    """Empty the tenant's keyspace (FLUSHDB); needs a key with the admin scope, and is audited. Keys read again
+    come back from the origin."""
+    client = request.client
+    peer = f"{client.host}:{client.port}" if client else "?"
+    key_id = getattr(request.state, "key_id", None)  # None: the dev tenant, which has no key
+    return Flushed(removed=await admin.flush(state, tenant, key_id, peer, "DELETE /v1/keys"))
 
 
 @router.get("/keys/{key:path}", response_class=Response,

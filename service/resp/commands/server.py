@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import os
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
+from service import admin
 from service.resp import replies as r
 from service.resp.commands import Command, Reply
 from service.state import REDIS_COMPAT_VERSION
@@ -141,23 +142,15 @@ def config(conn: RespConnection, args: list[bytes]) -> Reply:
 
 
 def flush(conn: RespConnection, args: list[bytes]) -> Reply:
-    """The tenant's keys are its one database, so FLUSHALL empties the same keys as FLUSHDB. Keys read again
-    come back from the origin; the audit log records who emptied the cache and how much went."""
+    """The tenant's keys are its one database, so FLUSHALL empties the same keys as FLUSHDB."""
     if len(args) > 2 or (len(args) == 2 and args[1].lower() not in (b"sync", b"async")):
         return r.SYNTAX
-    store = conn.tenant.store
-    removed = len(store)
-    store.flush()
-    return _audited_flush(conn, args[0].decode("ascii", "replace").lower(), removed)
+    key_id = conn.session.principal.key_id if conn.session is not None else None
+    return _flushed(admin.flush(conn.state, conn.tenant, key_id, conn.peer, args[0].decode("ascii").lower()))
 
 
-async def _audited_flush(conn: RespConnection, command: str, removed: int) -> bytes:
-    audit = conn.state.audit
-    if audit is not None:
-        key_id = conn.session.principal.key_id if conn.session is not None else None
-        await asyncio.to_thread(audit.record, "tenant.flush", actor=f"key:{key_id}" if key_id else "dev",
-                                tenant=conn.tenant.name, key_id=key_id, source=conn.peer, command=command,
-                                keys_removed=removed)
+async def _flushed(flushing: Awaitable[int]) -> bytes:
+    await flushing
     return r.OK
 
 
