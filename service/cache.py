@@ -64,6 +64,8 @@ class TenantCache:
         self.origin_fetches = 0
         self.origin_errors = 0
         self.rate_limited = 0
+        self.connections_received = 0  # INFO shows a tenant its own traffic, never the server's
+        self.commands_of_closed = 0  # commands of its connections that have ended (open ones count their own)
         self.apply(spec)
 
     def apply(self, spec: TenantSpec) -> None:

@@ -51,6 +51,7 @@ class RespConnection(asyncio.Protocol):
         self.watching: dict[bytes, int] = {}  # WATCHed key -> the store's change count when watched
         self.close_after_reply = False
         self.commands_processed = 0
+        self.commands_at_bind = 0  # commands_processed when it bound to its tenant
         self.local_port = 0
         self.peer = "?"
         self._busy: asyncio.Task[None] | None = None
@@ -233,6 +234,8 @@ class RespConnection(asyncio.Protocol):
         self.tenant = tenant
         self.session = session
         self.scopes = session.principal.scopes if session is not None else None
+        self.commands_at_bind = self.commands_processed
+        tenant.connections_received += 1
         per_tenant = self.state.connections.per_tenant
         per_tenant[tenant.name] = per_tenant.get(tenant.name, 0) + 1
         if session is not None and self.state.authenticator is not None:
@@ -243,6 +246,7 @@ class RespConnection(asyncio.Protocol):
         self.queued, self.queue_failed = None, False
         if self.tenant is not None:
             self.state.connections.per_tenant[self.tenant.name] -= 1
+            self.tenant.commands_of_closed += self.commands_processed - self.commands_at_bind
         if self.session is not None and self.state.authenticator is not None:
             self.state.authenticator.detach(self.session)
         self.tenant = None  # type: ignore[assignment]

@@ -35,6 +35,22 @@ def test_tenant_key_cannot_read_other_tenant(prod_service: ProductionService) ->
     assert acme.dbsize() == 1 and globex.dbsize() == 1
 
 
+def test_info_counts_the_callers_own_traffic_only(prod_service: ProductionService) -> None:
+    """A tenant's INFO never reveals how busy the others are: connections and commands are its own."""
+    acme, globex = _client(prod_service, "acme"), _client(prod_service, "globex")
+    for _ in range(3):
+        _client(prod_service, "acme").ping()  # three more acme connections, each AUTH + PING
+    pipe = acme.pipeline(transaction=False)
+    for i in range(200):
+        pipe.set(f"k{i}", "v")
+    pipe.execute()
+    stats = globex.info("stats")
+    assert stats["total_connections_received"] == 1
+    assert stats["total_commands_processed"] < 10  # its handshake and this INFO; none of acme's 200
+    mine = acme.info("stats")
+    assert mine["total_connections_received"] == 4 and mine["total_commands_processed"] >= 203
+
+
 def test_unauthenticated_and_wrong_keys_are_refused(prod_service: ProductionService) -> None:
     anon = redis.Redis(port=prod_service.svc.resp_port, ssl=True, ssl_ca_certs=str(prod_service.pki.ca_cert),
                        retry=NO_RETRY)

@@ -47,13 +47,20 @@ def _info_sections(conn: RespConnection) -> dict[str, list[tuple[str, object]]]:
         ],
         "memory": list(memory_section(tenant).items()),
         "stats": [
-            ("total_connections_received", state.connections.total),
-            ("total_commands_processed", state.commands_processed()),
+            ("total_connections_received", tenant.connections_received),
+            ("total_commands_processed", _tenant_commands(conn)),
             *stats_section(tenant).items(),
         ],
         "prefetch": list(prefetch_section(state, tenant).items()),
         "keyspace": keyspace,
     }
+
+
+def _tenant_commands(conn: RespConnection) -> int:
+    """The tenant's own commands: its ended connections' and its open ones' (other tenants' never show)."""
+    tenant = conn.tenant
+    return tenant.commands_of_closed + sum(
+        c.commands_processed - c.commands_at_bind for c in conn.state.resp_clients if c.tenant is tenant)
 
 
 def info(conn: RespConnection, args: list[bytes]) -> Reply:
