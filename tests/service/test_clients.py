@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,22 @@ def test_redis_py_transactions_and_watch(dev_service: RunningService, protocol: 
     with pytest.raises(redis.ResponseError):
         bad.execute()
     assert client.get("audit") is None  # a command refused while queueing discards the whole transaction
+    # A lock without Lua: SET NX PX to take it; release only if still ours, with WATCH + MULTI/EXEC.
+    assert client.set("lock", "me", nx=True, px=10_000) and not rival.set("lock", "them", nx=True, px=10_000)
+
+    def release_as(token: bytes) -> Callable[[redis.client.Pipeline], None]:
+        def release(tx: redis.client.Pipeline) -> None:
+            owned = tx.get("lock") == token
+            tx.multi()
+            if owned:
+                tx.delete("lock")
+
+        return release
+
+    rival.transaction(release_as(b"them"), "lock")  # not the owner: nothing deleted
+    assert client.get("lock") == b"me"
+    client.transaction(release_as(b"me"), "lock")
+    assert client.get("lock") is None
 
 
 def test_redis_py_resp3_hello_reports_protocol(dev_service: RunningService) -> None:
