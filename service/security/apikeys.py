@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 PREFIX = "fsk"
 _KEY_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
-_KEY_RE = re.compile(r"^fsk_([a-z2-7]{12})_([A-Za-z0-9_-]{43})$")
+_KEY_RE = re.compile(r"fsk_([a-z2-7]{12})_([A-Za-z0-9_-]{43})")
 _HASH_DOMAIN = b"foresight-apikey-v1\x00"
 
 
@@ -42,7 +42,7 @@ def new_key() -> IssuedKey:
 
 def key_id_of(api_key: str) -> str:
     """The public key id inside a key; raises MalformedKey without echoing the input."""
-    match = _KEY_RE.match(api_key)
+    match = _KEY_RE.fullmatch(api_key)
     if match is None:
         raise MalformedKey("not a Foresight API key (expected fsk_<key id>_<secret>)")
     return match.group(1)

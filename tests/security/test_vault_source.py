@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import hvac
 import pytest
 
+from service.security.apikeys import MalformedKey, key_id_of
 from service.security.vault_keys import VaultKeyAdmin
 from service.security.vault_source import VaultKeySource
 from service.tenancy import Principal, TenantSpec
@@ -76,6 +77,9 @@ def test_wrong_secret_malformed_and_unknown_keys_are_refused(
     assert source.authenticate(forged) is None
     assert source.authenticate("not-a-key") is None
     assert source.authenticate("fsk_aaaaaaaaaaaa_" + "A" * 43) is None
+    assert source.authenticate(key.secret + "\n") is None  # a key's shape is the whole string, not a prefix
+    with pytest.raises(MalformedKey):
+        key_id_of(key.secret + "\n")
 
 
 def test_tenant_a_secret_cannot_pass_as_tenant_b_key(

@@ -49,6 +49,8 @@ CASES: dict[str, list[Cmd]] = {
         ("SET", "max", "9223372036854775807"), ("INCR", "max"), ("INCRBY", "max", "0"),
         ("SET", "min", "-9223372036854775808"), ("DECR", "min"), ("DECRBY", "n", "-9223372036854775808"),
         ("DECRBY", "n", "-9223372036854775807"), ("SET", "big", "99999999999999999999"), ("INCR", "big"),
+        ("SET", "s", "5\n"), ("INCR", "s"), ("INCRBY", "n", "1\n"), ("EXPIRE", "n", "10\n"),
+        ("SCAN", "0\n"), ("SCAN", "0", "COUNT", "5\n"),
     ],
     "multi_key": [("MSET", "a", "1", "b", "2", "c", "3"), ("MGET", "a", "nope", "c"), ("EXISTS", "a", "a", "nope"),
                   ("DEL", "a", "a", "nope"), ("UNLINK", "b", "c"), ("MGET", "a", "b", "c"), ("DBSIZE",)],

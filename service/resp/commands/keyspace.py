@@ -144,13 +144,13 @@ def keys(conn: RespConnection, args: list[bytes]) -> Reply:
 
 
 _ULONG_MAX = 2**64 - 1
-_CURSOR_RE = re.compile(rb"^[+-]?[0-9]*$")
+_CURSOR_RE = re.compile(rb"[+-]?[0-9]*")
 _INVALID_CURSOR = r.error("ERR invalid cursor")
 
 
 def _parse_cursor(raw: bytes) -> int | None:
     """Redis's strtoul: an optional sign (a minus wraps around), digits, nothing else; the empty string is 0."""
-    if not _CURSOR_RE.match(raw):
+    if not _CURSOR_RE.fullmatch(raw):
         return None
     digits = raw.lstrip(b"+-")
     value = int(digits) if digits else 0

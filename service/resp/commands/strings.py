@@ -17,12 +17,12 @@ if TYPE_CHECKING:
 
 LLONG_MAX = 2**63 - 1
 LLONG_MIN = -(2**63)
-_INT_RE = re.compile(rb"^(?:0|-?[1-9][0-9]{0,18})$")
+_INT_RE = re.compile(rb"0|-?[1-9][0-9]{0,18}")
 
 
 def parse_int(value: bytes) -> int | None:
     """Redis's string2ll: canonical base-10 signed 64-bit integers only (no '+', spaces, leading zeros)."""
-    if not _INT_RE.match(value):
+    if not _INT_RE.fullmatch(value):  # fullmatch: "$" would let a trailing newline through
         return None
     number = int(value)
     return number if LLONG_MIN <= number <= LLONG_MAX else None
