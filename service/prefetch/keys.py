@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 NUMBER_BITS = 40
 _NUMBER_LIMIT = 1 << NUMBER_BITS
-_TRAILING_DIGITS = re.compile(rb"^(.*?)(\d{1,12})$", re.DOTALL)
+_TRAILING_DIGITS = re.compile(rb"(.*?)(\d{1,12})", re.DOTALL)
 
 
 class KeyCodec:
@@ -29,7 +29,7 @@ class KeyCodec:
         self._next_opaque = 0
 
     def encode(self, key: bytes) -> int:
-        match = _TRAILING_DIGITS.match(key)
+        match = _TRAILING_DIGITS.fullmatch(key)
         if match is not None:
             prefix, digits = match.groups()
             number = int(digits)

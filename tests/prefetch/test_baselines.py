@@ -129,6 +129,7 @@ def test_key_codec_keeps_numbers_adjacent_and_round_trips() -> None:
     opaque = codec.encode(b"session-abc")
     assert codec.decode(opaque) == b"session-abc"
     assert codec.decode(codec.encode(b"img/7") - 8) is None  # stride below zero names no key
+    assert codec.decode(codec.encode(b"line7\n")) == b"line7\n"  # digits must end the key, a newline too
 
 
 def test_access_log_is_bounded_and_sampled() -> None:
