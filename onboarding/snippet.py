@@ -7,8 +7,9 @@ import shlex
 from onboarding.context import Endpoints
 
 
-def connection_snippet(endpoints: Endpoints, api_key: str) -> dict[str, str]:
-    """Commands that connect as the tenant over TLS, keyed by client."""
+def connection_snippet(endpoints: Endpoints, api_key: str, can_write: bool = True) -> dict[str, str]:
+    """Commands that connect as the tenant over TLS, keyed by client; a key without the write scope reads only
+    (the service would refuse the SET)."""
     ca = str(endpoints.ca_cert) if endpoints.ca_cert else None
     cacert = f" --cacert {shlex.quote(ca)}" if ca else ""
     redis_cli = (  # the key in the environment, not on the command line other users can see
@@ -20,7 +21,8 @@ def connection_snippet(endpoints: Endpoints, api_key: str) -> dict[str, str]:
         "import redis\n"
         f"r = redis.Redis(host={endpoints.resp_host!r}, port={endpoints.resp_port}, ssl=True{ca_arg},\n"
         f"                password={api_key!r})\n"
-        "r.set('greeting', 'hello'); print(r.get('greeting'))"
+        + ("r.set('greeting', 'hello'); " if can_write else "")
+        + "print(r.get('greeting'))"
     )
     curl = (
         f"curl{cacert} -H {shlex.quote('Authorization: Bearer ' + api_key)} "

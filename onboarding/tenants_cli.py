@@ -64,13 +64,15 @@ def create(
         quota = quota_for(plan, memory_mib=memory, rps=rps, origin=origin, prefetcher=prefetcher,
                           prefetch_max_keys=prefetch_max_keys)
         with onboarder(admin_url) as onboard, output.progress(f"Creating tenant {name}...", as_json):
-            created = onboard.create_tenant(name, quota, parse_scopes(scopes))
-        _print_created(created, as_json)
+            key_scopes = parse_scopes(scopes)
+            created = onboard.create_tenant(name, quota, key_scopes)
+        _print_created(created, as_json, can_write="write" in key_scopes)
 
 
-def _print_created(created: CreatedTenant, as_json: bool) -> None:
+def _print_created(created: CreatedTenant, as_json: bool, can_write: bool) -> None:
     spec = created.spec
-    snippet = connection_snippet(created.endpoints, created.key.secret) if created.endpoints else {}
+    ends = created.endpoints
+    snippet = connection_snippet(ends, created.key.secret, can_write) if ends else {}
     if as_json:
         output.emit_json({
             "tenant": spec.name,

@@ -110,3 +110,6 @@ def test_snippet_connects_over_tls_with_the_ca_and_keeps_the_key_off_argv() -> N
     assert "ssl=True" in snippet["redis-py"] and "ssl_ca_certs='/s/ca.crt'" in snippet["redis-py"]
     assert snippet["curl"].endswith("https://127.0.0.1:8443/v1/keys/greeting")
     assert f"Bearer {key}" in snippet["curl"]
+    assert "r.set(" in snippet["redis-py"]
+    read_only = connection_snippet(Endpoints("127.0.0.1", 6390, "https://x", None), key, can_write=False)
+    assert "r.set(" not in read_only["redis-py"] and "r.get('greeting')" in read_only["redis-py"]
