@@ -236,6 +236,8 @@ class MemoryStore:
         if expires_at and expires_at <= self._clock():
             self.delete(key)
             return True
+        if not expires_at and not entry.expires_at:
+            return True  # no deadline to clear: nothing changes, and a WATCH must not see a change (as in Redis)
         if self._watched:
             self._changed(key)
         self._set_deadline(key, entry, expires_at)

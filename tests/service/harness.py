@@ -114,3 +114,17 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+Cmd = tuple[bytes | str | int, ...]
+
+
+def replay(port: int, commands: list[Cmd], resp3: bool) -> list[bytes]:
+    """Each command's raw reply, one round trip each, on a fresh connection (RESP3 after HELLO 3)."""
+    client = RawClient(port)
+    try:
+        if resp3:
+            client.send(("HELLO", "3"))
+        return [client.send(cmd) for cmd in commands]
+    finally:
+        client.close()

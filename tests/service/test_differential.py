@@ -7,15 +7,11 @@ SELECT's range matches Foresight's single database per tenant.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
 
-from tests import servers
-from tests.service.harness import RawClient, running_service
-
-Cmd = tuple[bytes | str | int, ...]
+from tests.service.harness import Cmd, RawClient, replay
 
 CASES: dict[str, list[Cmd]] = {
     "ping_echo": [("PING",), ("PING", "hello"), ("PING", "a", "b"), ("ECHO", "x y"), ("ECHO",), ("echo", "a", "b")],
@@ -142,6 +138,8 @@ CASES: dict[str, list[Cmd]] = {
         ("WATCH", "a"), ("DEL", "a"), ("MULTI",), ("SET", "a", "r"), ("EXEC",), ("GET", "a"), ("WATCH", "b"),
         ("SET", "b", "1", "NX"), ("MULTI",), ("EXEC",), ("WATCH", "b"), ("SET", "b", "2", "NX"), ("MULTI",),
         ("EXEC",), ("WATCH", "b"), ("WATCH", "b"), ("INCR", "b"), ("MULTI",), ("EXEC",),
+        ("SET", "p", "v"), ("WATCH", "p"), ("GETEX", "p", "PERSIST"), ("PERSIST", "p"), ("MULTI",), ("EXEC",),
+        ("WATCH", "p"), ("GETEX", "p", "EX", "100"), ("MULTI",), ("EXEC",),
     ],
     "select": [("SELECT", "0"), ("SELECT", "1"), ("SELECT", "abc"), ("SELECT", "-1"), ("SELECT", "99999999999")],
     "client": [("CLIENT", "GETNAME"), ("CLIENT", "SETNAME", "worker-1"), ("CLIENT", "GETNAME"),
@@ -164,32 +162,6 @@ RESP3_CASES: dict[str, list[Cmd]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def reference() -> Iterator[int]:
-    port = servers.free_port()
-    argv = [servers.find_binary("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--databases", "1"]
-    with servers.process(argv, "redis-reference"):
-        servers.wait_until(lambda: servers.tcp_open(port), "reference redis-server")
-        yield port
-
-
-@pytest.fixture(scope="module")
-def foresight() -> Iterator[int]:
-    with running_service(dev=True) as svc:
-        yield svc.resp_port
-
-
-def _replay(port: int, commands: list[Cmd], resp3: bool) -> list[bytes]:
-    client = RawClient(port)
-    try:
-        if resp3:
-            client.send(("HELLO", "3"))
-        return [client.send(cmd) for cmd in commands]
-    finally:
-        client.close()
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_replies_match_redis_resp2(case: str, reference: int, foresight: int) -> None:
     _assert_same(case, CASES[case], reference, foresight, resp3=False)
@@ -203,8 +175,8 @@ def test_replies_match_redis_resp3(case: str, reference: int, foresight: int) ->
 def _assert_same(case: str, commands: list[Cmd], reference: int, foresight: int, resp3: bool) -> None:
     for port in (reference, foresight):
         RawClient(port).send(("FLUSHALL",))
-    expected = _replay(reference, commands, resp3)
-    actual = _replay(foresight, commands, resp3)
+    expected = replay(reference, commands, resp3)
+    actual = replay(foresight, commands, resp3)
     for cmd, want, got in zip(commands, expected, actual, strict=True):
         assert got == want, f"{case}: {cmd!r}: redis replied {want!r}, foresight replied {got!r}"
 
