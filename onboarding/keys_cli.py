@@ -47,13 +47,15 @@ def list_(tenant: str, admin_url: AdminUrl = None, as_json: Json = False) -> Non
 @app.command()
 def rotate(
     key_id: str,
-    overlap: Annotated[str, typer.Option(help="How long the old key keeps working, e.g. 1h or 7d.")] = "24h",
+    overlap: Annotated[
+        str, typer.Option(help="How long the old key keeps working, e.g. 1h or 7d; 0s stops it at once.")
+    ] = "24h",
     admin_url: AdminUrl = None,
     as_json: Json = False,
 ) -> None:
     """Replace KEY_ID with a new key (printed once); the old one works for --overlap more, then expires."""
     with output.reported(as_json):
-        window = parse_duration(overlap, "--overlap")
+        window = parse_duration(overlap, "--overlap", allow_zero=True)  # 0s: the old key stops at once
         with onboarder(admin_url) as onboard:
             new = onboard.rotate_key(key_id, window)
         _print_new_key(new, as_json)

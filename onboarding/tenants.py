@@ -46,13 +46,22 @@ def validate_name(name: str) -> str:
     raise InvalidInput(f"invalid tenant name {name!r}", f"{why} (a DNS label: 1-63 of a-z, 0-9, '-')")
 
 
-def parse_duration(text: str, what: str) -> dt.timedelta:
-    """`90s`, `15m`, `12h`, `30d`: InvalidInput otherwise."""
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION = dt.timedelta(days=36500)  # a hundred years: beyond it, an expiry date would overflow
+
+
+def parse_duration(text: str, what: str, allow_zero: bool = False) -> dt.timedelta:
+    """`90s`, `15m`, `12h`, `30d`, up to a hundred years; zero only where it means "at once" (`allow_zero`).
+    InvalidInput otherwise: a key that expires as it is issued, or an expiry past year 9999, is a mistake."""
     match = re.fullmatch(r"(\d+)([smhd])", text.strip())
     if match is None:
         raise InvalidInput(what, f"{text!r} is not a duration like 90s, 15m, 12h or 30d")
-    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
-    return dt.timedelta(**{unit: int(match.group(1))})
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds == 0 and not allow_zero:
+        raise InvalidInput(what, f"{text!r} is zero; give a positive duration")
+    if seconds > MAX_DURATION.total_seconds():
+        raise InvalidInput(what, f"{text!r} is longer than {MAX_DURATION.days} days")
+    return dt.timedelta(seconds=seconds)
 
 
 def parse_scopes(text: str) -> list[str]:

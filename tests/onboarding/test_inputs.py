@@ -83,6 +83,12 @@ def test_durations() -> None:
     assert parse_duration("30d", "--ttl") == dt.timedelta(days=30)
     with pytest.raises(InvalidInput, match="not a duration"):
         parse_duration("1 week", "--ttl")
+    with pytest.raises(InvalidInput, match="'0d' is zero"):
+        parse_duration("0d", "--ttl")  # a key that expires as it is issued
+    assert parse_duration("0s", "--overlap", allow_zero=True) == dt.timedelta(0)
+    assert parse_duration("36500d", "--ttl") == dt.timedelta(days=36500)
+    with pytest.raises(InvalidInput, match="longer than 36500 days"):
+        parse_duration("99999999999d", "--ttl")  # was an OverflowError from the expiry date
 
 
 def test_a_pasted_key_becomes_its_id_and_is_never_echoed() -> None:
