@@ -57,6 +57,7 @@ def verbatim(text: str, resp3: bool) -> bytes:
 
 # Error texts, exactly as Redis 7 words them.
 NOT_INTEGER = error("ERR value is not an integer or out of range")
+NOT_INT32 = error("ERR value is out of range, value must between -2147483648 and 2147483647")  # a C int argument
 SYNTAX = error("ERR syntax error")
 NOAUTH = error("NOAUTH Authentication required.")
 WRONGPASS = error("WRONGPASS invalid username-password pair or user is disabled.")

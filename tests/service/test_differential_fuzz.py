@@ -69,12 +69,14 @@ def _command(rng: random.Random) -> Cmd:
         lambda: ("APPEND", key, value), lambda: ("PERSIST", key),
         lambda: (rng.choice(["EXPIRE", "PEXPIRE"]), key, rng.choice(LONG_EXPIRIES), *relative_flags),
         lambda: (rng.choice(["EXPIREAT", "PEXPIREAT"]), key, rng.choice(ABSOLUTE_EXPIRIES), *flags),
+        lambda: (rng.choice(["RENAME", "RENAMENX"]), key, rng.choice(KEYS)),
+        lambda: ("COPY", key, rng.choice(KEYS), *_pick(rng, ["REPLACE", "DB", "0", "1"], 0, 2)),
         lambda: ("MULTI",), lambda: ("EXEC",), lambda: ("DISCARD",), lambda: ("WATCH", *_pick(rng, KEYS)),
         lambda: ("UNWATCH",), lambda: ("FLUSHDB",), lambda: ("PING",), lambda: ("ECHO", value),
         lambda: ("NOSUCH", key), lambda: ("GET",), lambda: ("SET", key),
     ]
-    weights = [6, 8, 2, 2, 2, 2, 2, 3, 2, 2, 1, 2, 1, 2, 1, 1, 2, 3, 2, 3, 2, 3, 2, 3, 3, 3, 3, 1, 2, 1, 1, 1, 1,
-               1, 1, 1]
+    weights = [6, 8, 2, 2, 2, 2, 2, 3, 2, 2, 1, 2, 1, 2, 1, 1, 2, 3, 2, 3, 2, 3, 2, 3, 3, 2, 2, 3, 3, 1, 2, 1, 1,
+               1, 1, 1, 1, 1]
     return rng.choices(makers, weights)[0]()
 
 

@@ -49,7 +49,7 @@ def select(conn: RespConnection, args: list[bytes]) -> Reply:
     if index is None:
         return r.NOT_INTEGER
     if not -(2**31) <= index < 2**31:
-        return r.error("ERR value is out of range, value must between -2147483648 and 2147483647")
+        return r.NOT_INT32
     return r.OK if index == 0 else r.error("ERR DB index is out of range")
 
 

@@ -1,4 +1,5 @@
-"""Key lifecycle commands: DEL, EXISTS, the TTL family (Redis 7's option and overflow rules), KEYS and SCAN."""
+"""Key lifecycle commands: DEL, EXISTS, the TTL family (Redis 7's option and overflow rules), RENAME, COPY, KEYS
+and SCAN."""
 
 from __future__ import annotations
 
@@ -137,6 +138,63 @@ def persist(conn: RespConnection, args: list[bytes]) -> Reply:
     return r.ONE
 
 
+_NO_SUCH_KEY = r.error("ERR no such key")
+
+
+def _rename(conn: RespConnection, args: list[bytes], only_new: bool) -> Reply:
+    """The value and its deadline move to the new name, whatever was there goes (RENAMENX: unless something
+    was). The old name goes first, so the move never needs room for two copies."""
+    store, source, target = conn.tenant.store, args[1], args[2]
+    entry = store.entry(source)
+    if entry is None:
+        return _NO_SUCH_KEY
+    if source == target:
+        return r.ZERO if only_new else r.OK
+    if only_new and store.entry(target) is not None:
+        return r.ZERO
+    value, deadline = entry.value, entry.expires_at
+    store.delete(source)
+    store.set(target, value, deadline)
+    return r.ONE if only_new else r.OK
+
+
+def rename(conn: RespConnection, args: list[bytes]) -> Reply:
+    return _rename(conn, args, only_new=False)
+
+
+def renamenx(conn: RespConnection, args: list[bytes]) -> Reply:
+    return _rename(conn, args, only_new=True)
+
+
+def copy(conn: RespConnection, args: list[bytes]) -> Reply:
+    replace = False
+    i = 3
+    while i < len(args):
+        opt = args[i].upper()
+        if opt == b"REPLACE":
+            replace = True
+        elif opt == b"DB" and i + 1 < len(args):
+            db = parse_int(args[i + 1])
+            if db is None:
+                return r.NOT_INTEGER
+            if not -(2**31) <= db < 2**31:
+                return r.NOT_INT32
+            if db != 0:  # a tenant's keys are its one database
+                return r.error("ERR DB index is out of range")
+            i += 1
+        else:
+            return r.SYNTAX
+        i += 1
+    store, source, target = conn.tenant.store, args[1], args[2]
+    if source == target:
+        return r.error("ERR source and destination objects are the same")
+    entry = store.entry(source)
+    if entry is None or (not replace and store.entry(target) is not None):
+        return r.ZERO
+    store.set(target, entry.value, entry.expires_at)
+    return r.ONE
+
+
 def keys(conn: RespConnection, args: list[bytes]) -> Reply:
     store, matches = conn.tenant.store, compile_glob(args[1])
     names = cast("list[bytes]", list(store.keys()))  # a tenant's store is keyed by bytes (the replay's by ints)
@@ -215,6 +273,10 @@ COMMANDS = [
          "7.0.0"),
     _cmd("pexpiretime", 2, "readonly fast", pexpiretime, "Returns the expiration time of a key as a Unix "
          "milliseconds timestamp.", "7.0.0"),
+    _cmd("rename", 3, "write", rename, "Renames a key and overwrites the destination.", last_key=2),
+    _cmd("renamenx", 3, "write fast", renamenx, "Renames a key only when the target key name doesn't exist.",
+         last_key=2),
+    _cmd("copy", -3, "write denyoom", copy, "Copies the value of a key to a new key.", "6.2.0", 2),
     _cmd("keys", 2, "readonly", keys, "Returns all key names that match a pattern."),
     _cmd("scan", -2, "readonly", scan, "Iterates over the key names in the database.", "2.8.0"),
 ]
