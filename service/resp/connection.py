@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
 from typing import Any, cast
 
@@ -53,7 +54,10 @@ class RespConnection(asyncio.Protocol):
         self.commands_processed = 0
         self.commands_at_bind = 0  # commands_processed when it bound to its tenant
         self.local_port = 0
+        self.local_addr = "?"
         self.peer = "?"
+        self.connected_at = self.last_active = time.monotonic()  # CLIENT LIST's age and idle
+        self.last_command = ""
         self._busy: asyncio.Task[None] | None = None
         self._paused = False
 
@@ -64,6 +68,7 @@ class RespConnection(asyncio.Protocol):
         sockname = transport.get_extra_info("sockname")
         peer = transport.get_extra_info("peername")
         self.local_port = sockname[1] if sockname else 0
+        self.local_addr = f"{sockname[0]}:{sockname[1]}" if sockname else "?"
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         counters = self.state.connections
         counters.current += 1
@@ -93,6 +98,7 @@ class RespConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()  # once a read, not once a command
         self.reader.feed(data)
         limit = UNAUTHENTICATED_MAX_REQUEST if self.tenant is None else self.state.settings.max_request_bytes
         if self.reader.len() > limit:
@@ -171,6 +177,12 @@ class RespConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def kill(self) -> None:
+        """CLIENT KILL: drop the connection now. A TLS close would wait for the peer's close_notify, which an idle
+        client never sends, and the connection would linger in CLIENT LIST for the shutdown timeout."""
+        if self.transport is not None:
+            self.transport.abort()
+
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
@@ -189,6 +201,7 @@ class RespConnection(asyncio.Protocol):
         if (argc != arity) if arity > 0 else (argc < -arity):
             return self._refuse(r.wrong_arity(cmd.name), cmd.name)
         self.commands_processed += 1
+        self.last_command = cmd.name
         tenant = self.tenant
         if tenant is None:
             if not cmd.no_auth:
@@ -205,6 +218,26 @@ class RespConnection(asyncio.Protocol):
             if self.queued is not None and cmd.name not in RUN_INSIDE_MULTI:
                 return self._queue(cmd, args)
         return cmd.handler(self, args)
+
+    def lacks_scope(self, cmd: Command) -> bytes | None:
+        """NOPERM when the key may not run `cmd` (a subcommand's own check; `execute` inlines the same test)."""
+        if self.scopes is not None and cmd.scope is not None and cmd.scope not in self.scopes:
+            return self._refuse(r.no_permission(cmd.name, cmd.scope))
+        return None
+
+    def describe(self) -> str:
+        """This connection as one CLIENT LIST line: Redis's field names, those this server can fill."""
+        now = time.monotonic()
+        multi = -1 if self.queued is None else len(self.queued)
+        fields: dict[str, object] = {
+            "id": self.client_id, "addr": self.peer, "laddr": self.local_addr, "name": self.name.decode(),
+            "age": int(now - self.connected_at), "idle": int(now - self.last_active),
+            "flags": "N" if multi < 0 else "x", "db": 0, "sub": 0, "psub": 0, "multi": multi,
+            "watch": len(self.watching), "cmd": self.last_command,
+            "user": self.tenant.name if self.tenant is not None else "default", "resp": self.protocol,
+            **self.lib_info,
+        }
+        return " ".join(f"{k}={v}" for k, v in fields.items())
 
     def _queue(self, cmd: Command, args: list[bytes]) -> bytes:
         """Queue a command for EXEC, within the request limit: one tenant's transaction cannot hold the

@@ -131,3 +131,26 @@ def test_http_checks_the_same_scopes(scoped: Scoped) -> None:
     audited = [json.loads(line) for line in scoped.audit.read_text().splitlines()]
     assert [e["details"] for e in audited if e["action"] == "tenant.flush"] == [
         {"via": "DELETE /v1/keys", "keys_removed": 1}]
+
+
+def test_client_list_info_and_kill_see_only_the_callers_tenant(scoped: Scoped) -> None:
+    owner, app, neighbour = scoped.redis("owner"), scoped.redis("app"), scoped.redis("neighbour")
+    owner.client_setname("admin-console")
+    app.client_setname("web-1")
+    neighbour.client_setname("theirs")
+    app.set("page", "x" * 100)
+    listed = owner.client_list()
+    assert {c["name"] for c in listed} == {"admin-console", "web-1"}  # never globex's connection
+    assert all(c["user"] == "acme" for c in listed)
+    web = next(c for c in listed if c["name"] == "web-1")
+    assert web["cmd"] == "set" and web["addr"].startswith("127.0.0.1:")
+    me = owner.client_info()
+    assert me["name"] == "admin-console" and me["cmd"] == "client|info"
+    theirs = int(neighbour.client_id())
+    assert owner.client_kill_filter(_id=theirs) == 0  # another tenant's connection cannot be touched
+    assert neighbour.ping() is True
+    with pytest.raises(redis.exceptions.NoPermissionError, match=r"'client\|list' command: it needs the 'admin'"):
+        app.client_list()
+    assert owner.client_kill_filter(_id=int(web["id"])) == 1
+    assert web["id"] not in {c["id"] for c in owner.client_list()}  # closed (redis-py would reconnect)
+    assert owner.memory_usage("page") >= 100 + len("page") and owner.memory_usage("nope") is None

@@ -136,9 +136,86 @@ def _client_setinfo(conn: RespConnection, args: list[bytes]) -> Reply:
     return r.OK
 
 
-def _sub(name: str, arity: int, handler, summary: str, since: str) -> Command:
+def _tenant_clients(conn: RespConnection) -> list[RespConnection]:
+    """The caller's tenant's connections, oldest first: CLIENT never shows or touches another tenant's."""
+    return sorted((c for c in conn.state.resp_clients if c.tenant is conn.tenant), key=lambda c: c.client_id)
+
+
+_CLIENT_TYPES = (b"normal", b"master", b"replica", b"slave", b"pubsub")
+
+
+def _unknown_type(raw: bytes) -> bytes:
+    return r.error(f"ERR Unknown client type '{raw.decode('utf-8', 'replace')}'")
+
+
+def _client_list(conn: RespConnection, args: list[bytes]) -> Reply:
+    clients = _tenant_clients(conn)
+    if len(args) == 4 and args[2].lower() == b"type":
+        if args[3].lower() not in _CLIENT_TYPES:
+            return _unknown_type(args[3])
+        clients = clients if args[3].lower() == b"normal" else []
+    elif len(args) > 3 and args[2].lower() == b"id":
+        ids = [parse_int(raw) for raw in args[3:]]
+        if None in ids:
+            return r.error("ERR Invalid client ID")
+        clients = [c for c in clients if c.client_id in ids]
+    elif len(args) != 2:
+        return r.SYNTAX
+    return r.verbatim("".join(c.describe() + "\n" for c in clients), conn.protocol == 3)
+
+
+def _client_info(conn: RespConnection, args: list[bytes]) -> Reply:
+    return r.verbatim(conn.describe() + "\n", conn.protocol == 3)
+
+
+def _client_kill(conn: RespConnection, args: list[bytes]) -> Reply:
+    """Redis's two forms: `CLIENT KILL addr` (OK, may kill the caller) and filters (a count, SKIPME yes by
+    default). Only the caller's tenant's connections match, and a USER other than the tenant is no user."""
+    old_form = len(args) == 3
+    filters: dict[bytes, bytes] = {b"addr": args[2]} if old_form else {}
+    skip_me = not old_form
+    for i in range(2, len(args) if not old_form else 2, 2):
+        opt = args[i].lower()
+        if i + 1 >= len(args) or opt not in (b"id", b"type", b"addr", b"laddr", b"user", b"skipme"):
+            return r.SYNTAX
+        value = args[i + 1]
+        if opt == b"id" and ((n := parse_int(value)) is None or n < 1):
+            return r.error("ERR client-id should be greater than 0")
+        if opt == b"type" and value.lower() not in _CLIENT_TYPES:
+            return _unknown_type(value)
+        if opt == b"user" and value != conn.tenant.name.encode():
+            return r.error(f"ERR No such user '{value.decode('utf-8', 'replace')}'")
+        if opt == b"skipme":
+            if value.lower() not in (b"yes", b"no"):
+                return r.SYNTAX
+            skip_me = value.lower() == b"yes"
+        filters[opt] = value
+    killed = 0
+    for client in _tenant_clients(conn):
+        if (client is conn and skip_me) or not _matches(client, filters):
+            continue
+        killed += 1
+        if client is conn:
+            conn.close_after_reply = True
+        else:
+            client.kill()
+    if old_form:
+        return r.OK if killed else r.error("ERR No such client")
+    return r.integer(killed)
+
+
+def _matches(client: RespConnection, filters: dict[bytes, bytes]) -> bool:
+    return all((
+        b"id" not in filters or filters[b"id"] == b"%d" % client.client_id,
+        b"type" not in filters or filters[b"type"].lower() == b"normal",
+        b"addr" not in filters or filters[b"addr"] == client.peer.encode(),
+        b"laddr" not in filters or filters[b"laddr"] == client.local_addr.encode(),
+    ))
+
+
+def _sub(name: str, arity: int, handler, summary: str, since: str, scope: str | None = None) -> Command:
     return Command(f"client|{name}", arity, frozenset({"connection"}), handler, group="connection",
-                   summary=summary, since=since)
+                   summary=summary, since=since, scope=scope)
 
 
 CLIENT_SUBCOMMANDS = {
@@ -147,6 +224,9 @@ CLIENT_SUBCOMMANDS = {
     b"id": _sub("id", 2, _client_id, "Returns the unique client ID of the connection.", "5.0.0"),
     b"setinfo": _sub("setinfo", 4, _client_setinfo, "Sets information specific to the client or connection.",
                      "7.2.0"),
+    b"list": _sub("list", -2, _client_list, "Lists open connections (the tenant's own).", "2.4.0", "admin"),
+    b"info": _sub("info", 2, _client_info, "Returns information about the connection.", "6.2.0"),
+    b"kill": _sub("kill", -3, _client_kill, "Terminates open connections (the tenant's own).", "2.4.0", "admin"),
 }
 
 
@@ -158,7 +238,8 @@ def client(conn: RespConnection, args: list[bytes]) -> Reply:
         return r.wrong_arity(sub.name)
     if conn.tenant is None:  # checked after the subcommand's arity, in Redis's order
         return r.NOAUTH
-    return sub.handler(conn, args)
+    conn.last_command = sub.name
+    return conn.lacks_scope(sub) or sub.handler(conn, args)
 
 
 def _cmd(name: str, arity: int, flags: str, handler, summary: str, since: str = "1.0.0",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from service import admin
 from service.resp import replies as r
 from service.resp.commands import Command, Reply
+from service.resp.commands.strings import parse_int
 from service.state import REDIS_COMPAT_VERSION
 from service.stats import memory_section, prefetch_section, stats_section
 
@@ -148,6 +149,24 @@ def config(conn: RespConnection, args: list[bytes]) -> Reply:
     return r.mapping([(r.bulk(k.encode()), r.bulk(v.encode())) for k, v in matched], conn.protocol == 3)
 
 
+def memory(conn: RespConnection, args: list[bytes]) -> Reply:
+    """MEMORY USAGE: the bytes the entry is charged against the tenant's budget (key, value and overhead)."""
+    if args[1].lower() != b"usage":
+        return r.unknown_subcommand("memory", args[1])
+    if len(args) < 3:
+        return r.wrong_arity("memory|usage")
+    for i in range(3, len(args), 2):  # SAMPLES n, repeatable; nothing is sampled here
+        if args[i].lower() != b"samples" or i + 1 >= len(args):
+            return r.SYNTAX
+        samples = parse_int(args[i + 1])
+        if samples is None:
+            return r.NOT_INTEGER
+        if samples < 0:
+            return r.SYNTAX
+    entry = conn.tenant.store.entry(args[2])
+    return conn.null if entry is None else r.integer(entry.size)
+
+
 def flush(conn: RespConnection, args: list[bytes]) -> Reply:
     """The tenant's keys are its one database, so FLUSHALL empties the same keys as FLUSHDB."""
     if len(args) > 2 or (len(args) == 2 and args[1].lower() not in (b"sync", b"async")):
@@ -168,6 +187,8 @@ COMMANDS = [
             summary="Returns detailed information about all commands.", since="2.8.13"),
     Command("config", -2, frozenset({"admin"}), config, group="server",
             summary="A container for server configuration commands.", since="2.0.0", scope="read"),
+    Command("memory", -2, frozenset({"readonly"}), memory, group="server", since="4.0.0",
+            summary="A container for memory diagnostics commands."),
     Command("flushdb", -1, frozenset({"write"}), flush, group="server", scope="admin",
             summary="Removes all keys from the current database."),
     Command("flushall", -1, frozenset({"write"}), flush, group="server", scope="admin",
