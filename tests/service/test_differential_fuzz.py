@@ -27,22 +27,15 @@ def _pick(rng: random.Random, pool: list[str], low: int = 1, high: int = 3) -> l
     return [rng.choice(pool) for _ in range(rng.randint(low, high))]
 
 
-def _set_options(rng: random.Random) -> list[str]:
-    options: list[str] = []
-    for _ in range(rng.randint(0, 3)):
-        choice = rng.choice(["NX", "XX", "GET", "KEEPTTL", "EX", "PX", "EXAT", "PXAT", "nx", "BOGUS"])
-        options.append(choice)
-        if choice in ("EX", "PX"):
-            options.append(rng.choice(LONG_EXPIRIES))
-        elif choice in ("EXAT", "PXAT"):
-            options.append(rng.choice(ABSOLUTE_EXPIRIES))
-    return options
+SET_OPTIONS = ["NX", "XX", "GET", "KEEPTTL", "EX", "PX", "EXAT", "PXAT", "nx", "BOGUS"]
+GETEX_OPTIONS = ["EX", "PX", "EXAT", "PXAT", "PERSIST", "KEEPTTL"]
 
 
-def _getex_options(rng: random.Random) -> list[str]:
+def _options(rng: random.Random, names: list[str], most: int) -> list[str]:
+    """Up to `most` options, each expiry with an argument from its pool (repeats and conflicts included)."""
     options: list[str] = []
-    for _ in range(rng.randint(0, 2)):
-        choice = rng.choice(["EX", "PX", "EXAT", "PXAT", "PERSIST", "KEEPTTL"])
+    for _ in range(rng.randint(0, most)):
+        choice = rng.choice(names)
         options.append(choice)
         if choice in ("EX", "PX"):
             options.append(rng.choice(LONG_EXPIRIES))
@@ -56,10 +49,11 @@ def _command(rng: random.Random) -> Cmd:
     flags = _pick(rng, ["NX", "XX", "GT", "LT", "FOO"], 0, 2)  # GT, LT: for absolute deadlines only, as two
     relative_flags = [f for f in flags if f not in ("GT", "LT")]  # relative ones tie when read in the same ms
     makers = [
-        lambda: ("GET", key), lambda: ("SET", key, value, *_set_options(rng)), lambda: ("SETNX", key, value),
-        lambda: ("SETEX", key, rng.choice(LONG_EXPIRIES), value), lambda: ("PSETEX", key, rng.choice(LONG_EXPIRIES),
-                                                                            value),
-        lambda: ("GETSET", key, value), lambda: ("GETDEL", key), lambda: ("GETEX", key, *_getex_options(rng)),
+        lambda: ("GET", key), lambda: ("SET", key, value, *_options(rng, SET_OPTIONS, 3)),
+        lambda: ("SETNX", key, value), lambda: ("SETEX", key, rng.choice(LONG_EXPIRIES), value),
+        lambda: ("PSETEX", key, rng.choice(LONG_EXPIRIES), value),
+        lambda: ("GETSET", key, value), lambda: ("GETDEL", key),
+        lambda: ("GETEX", key, *_options(rng, GETEX_OPTIONS, 2)),
         lambda: ("MGET", *_pick(rng, KEYS)), lambda: ("MSET", *[x for k in _pick(rng, KEYS) for x in (k, value)]),
         lambda: ("MSETNX", *[x for k in _pick(rng, KEYS) for x in (k, rng.choice(VALUES))]),
         lambda: ("DEL", *_pick(rng, KEYS)), lambda: ("UNLINK", *_pick(rng, KEYS)),
