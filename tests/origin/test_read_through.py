@@ -51,6 +51,15 @@ def test_a_transaction_reads_through_in_order(origin_dir: Path) -> None:
         assert client.get("users/42") == b'{"name": "Ada"}' and svc.state.tenants.get("default").origin_fetches == 3
 
 
+def test_getrange_reads_through_then_slices(origin_dir: Path) -> None:
+    with running_service(dev=True, prefetcher="none", origin=str(origin_dir / "default")) as svc:
+        client = redis.Redis(port=svc.resp_port)
+        assert client.getrange("users/42", 2, 5) == b"name"  # a miss: the whole object loaded, then the range
+        assert client.get("users/42") == b'{"name": "Ada"}'  # ... and cached whole
+        assert client.getrange("missing/object", 0, -1) == b""  # Redis's answer for a key that is nowhere
+        assert svc.state.tenants.get("default").origin_fetches == 2
+
+
 def test_getex_reads_through_like_get_and_sets_the_loaded_keys_expiry(origin_dir: Path) -> None:
     with running_service(dev=True, prefetcher="none", origin=str(origin_dir / "default"), origin_latency_ms=20) as svc:
         client = redis.Redis(port=svc.resp_port)

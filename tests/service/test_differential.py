@@ -98,6 +98,16 @@ CASES: dict[str, list[Cmd]] = {
         ("EXPIREAT", "k", "10", "NX", "XX"), ("EXPIREAT", "k", "10", "FOO"), ("EXPIREAT", "k"),
         ("EXPIRETIME",), ("PEXPIRETIME", "k", "x"),
     ],
+    "getrange": [
+        ("SET", "s", "Hello World"), ("GETRANGE", "s", "0", "4"), ("GETRANGE", "s", "-5", "-1"),
+        ("GETRANGE", "s", "0", "-1"), ("GETRANGE", "s", "5", "2"), ("GETRANGE", "s", "-1", "-5"),
+        ("GETRANGE", "s", "-100", "100"), ("GETRANGE", "s", "100", "200"), ("GETRANGE", "s", "0", "0"),
+        ("GETRANGE", "s", "-3", "2"), ("GETRANGE", "missing", "0", "-1"), ("GETRANGE", "s", "a", "1"),
+        ("GETRANGE", "s", "1", "1.5"), ("GETRANGE", "s", "1"), ("SUBSTR", "s", "0", "2"), ("SET", "e", ""),
+        ("GETRANGE", "e", "0", "-1"), ("GETRANGE", "s", "9223372036854775807", "-9223372036854775808"),
+        ("GETRANGE", "s", "-9223372036854775808", "9223372036854775807"), ("SET", "b", b"\x00\r\n\xff"),
+        ("GETRANGE", "b", "1", "2"),
+    ],
     "rename_copy": [
         ("RENAME", "nope", "b"), ("RENAMENX", "nope", "b"), ("SET", "a", "1", "EX", "100"), ("RENAME", "a", "a"),
         ("RENAMENX", "a", "a"), ("RENAME", "a", "b"), ("GET", "a"), ("GET", "b"), ("TTL", "b"), ("SET", "c", "3"),

@@ -18,7 +18,7 @@ KEYS = ["a", "b", "c", "n"]
 VALUES = ["", "0", "1", "-1", "10", "9223372036854775807", "-9223372036854775808", "abc", "1.5", " 1", "5\n",
           "x" * 20, "\x00\xff"]
 NUMBERS = ["0", "1", "-1", "10", "abc", "", "1.5", "9223372036854775807", "-9223372036854775808",
-           "99999999999999999999", "+1", "01"]
+           "99999999999999999999", "+1", "01", "-3", "2"]
 LONG_EXPIRIES = ["0", "-1", "abc", "100000", "9223372036854775807", "1.5", "4611686018427387", "-100000"]
 ABSOLUTE_EXPIRIES = ["1", "0", "-5", "99999999999", "99999999999999", "abc"]
 
@@ -61,6 +61,7 @@ def _command(rng: random.Random) -> Cmd:
         lambda: ("TOUCH", *_pick(rng, KEYS)), lambda: ("TYPE", key), lambda: ("STRLEN", key),
         lambda: ("INCR", key), lambda: ("DECR", key), lambda: ("INCRBY", key, number), lambda: ("DECRBY", key, number),
         lambda: ("APPEND", key, value), lambda: ("PERSIST", key),
+        lambda: ("GETRANGE", key, number, rng.choice(NUMBERS)),
         lambda: (rng.choice(["EXPIRE", "PEXPIRE"]), key, rng.choice(LONG_EXPIRIES), *relative_flags),
         lambda: (rng.choice(["EXPIREAT", "PEXPIREAT"]), key, rng.choice(ABSOLUTE_EXPIRIES), *flags),
         lambda: (rng.choice(["RENAME", "RENAMENX"]), key, rng.choice(KEYS)),
@@ -69,8 +70,8 @@ def _command(rng: random.Random) -> Cmd:
         lambda: ("UNWATCH",), lambda: ("FLUSHDB",), lambda: ("PING",), lambda: ("ECHO", value),
         lambda: ("NOSUCH", key), lambda: ("GET",), lambda: ("SET", key),
     ]
-    weights = [6, 8, 2, 2, 2, 2, 2, 3, 2, 2, 1, 2, 1, 2, 1, 1, 2, 3, 2, 3, 2, 3, 2, 3, 3, 2, 2, 3, 3, 1, 2, 1, 1,
-               1, 1, 1, 1, 1]
+    weights = [6, 8, 2, 2, 2, 2, 2, 3, 2, 2, 1, 2, 1, 2, 1, 1, 2, 3, 2, 3, 2, 3, 2, 2, 3, 3, 2, 2, 3, 3, 1, 2, 1,
+               1, 1, 1, 1, 1, 1]
     return rng.choices(makers, weights)[0]()
 
 

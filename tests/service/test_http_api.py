@@ -77,6 +77,29 @@ def test_listing_keys_pages_like_scan_and_deleting_all_empties_the_tenant(dev_se
         assert resp.dbsize() == 0 and http.get("/v1/keys").json() == {"cursor": "0", "keys": []}
 
 
+def test_a_byte_range_of_a_value(dev_service: RunningService) -> None:
+    with _http(dev_service) as http:
+        http.put("/v1/keys/blob", content=b"0123456789")
+        whole = http.get("/v1/keys/blob")
+        assert whole.status_code == 200 and whole.headers["accept-ranges"] == "bytes"
+        for header, body, span in (("bytes=2-5", b"2345", "2-5"), ("bytes=7-", b"789", "7-9"),
+                                   ("bytes=-3", b"789", "7-9"), ("bytes=-30", b"0123456789", "0-9"),
+                                   ("bytes=5-100", b"56789", "5-9"), ("bytes=0-0", b"0", "0-0")):
+            part = http.get("/v1/keys/blob", headers={"Range": header})
+            assert (part.status_code, part.content) == (206, body), header
+            assert part.headers["content-range"] == f"bytes {span}/10", header
+        for header in ("bytes=10-", "bytes=-0", "bytes=99-100"):
+            refused = http.get("/v1/keys/blob", headers={"Range": header})
+            assert refused.status_code == 416 and refused.headers["content-range"] == "bytes */10", header
+        for header in ("bytes=5-2", "bytes=0-1,3-4", "items=0-1", "bytes=-", "bytes=a-b"):  # ignored: all of it
+            ignored = http.get("/v1/keys/blob", headers={"Range": header})
+            assert (ignored.status_code, ignored.content) == (200, b"0123456789"), header
+        assert http.get("/v1/keys/nope", headers={"Range": "bytes=0-1"}).status_code == 404
+        http.put("/v1/keys/empty", content=b"")
+        for header in ("bytes=0-", "bytes=-5"):  # nothing in an empty value can be sent
+            assert http.get("/v1/keys/empty", headers={"Range": header}).status_code == 416, header
+
+
 def test_health_readiness_openapi(dev_service: RunningService) -> None:
     with _http(dev_service) as http:
         assert http.get("/healthz").json() == {"status": "ok"}

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from service import admin
 from service.cache import TenantCache
 from service.http.deps import KeyspaceAdmin, Reader, State, Writer
+from service.http.ranges import Unsatisfiable, byte_range
 from service.origin import OriginError, OriginTimeout, UnmappableKey
 from service.store import ValueTooLarge, now_ms
 from service.store.pattern import compile_glob
@@ -83,17 +84,33 @@ async def delete_all_keys(request: Request, tenant: KeyspaceAdmin, state: State)
 
 
 @router.get("/keys/{key:path}", response_class=Response,
-            responses={200: {"content": {"application/octet-stream": {}}}, 404: {"description": "No such key"}})
-async def get_key(key: str, tenant: Reader) -> Response:
-    """Read a key (reading through to the origin on a miss)."""
+            responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "The byte range"},
+                       404: {"description": "No such key"}, 416: {"description": "The range starts past the end"}})
+async def get_key(
+    key: str,
+    tenant: Reader,
+    range_header: Annotated[str | None, Header(alias="Range", description="One byte range, e.g. bytes=0-1023 "
+                                               "(206 Partial Content; 416 when it starts past the end).")] = None,
+) -> Response:
+    """Read a key (reading through to the origin on a miss), or one byte range of it."""
     value = await _read(tenant, key)
     if value is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such key")
     entry = tenant.store.entry(key.encode())
-    headers = {}
+    headers = {"Accept-Ranges": "bytes"}
     if entry is not None and entry.expires_at:
         headers["Foresight-TTL-Ms"] = str(max(entry.expires_at - now_ms(), 0))
-    return Response(value, media_type="application/octet-stream", headers=headers)
+    try:
+        span = byte_range(range_header, len(value)) if range_header else None
+    except Unsatisfiable:
+        raise HTTPException(status.HTTP_416_RANGE_NOT_SATISFIABLE, f"the value has {len(value)} bytes",
+                            headers={"Content-Range": f"bytes */{len(value)}"}) from None
+    if span is None:
+        return Response(value, media_type="application/octet-stream", headers=headers)
+    first, last = span
+    headers["Content-Range"] = f"bytes {first}-{last}/{len(value)}"
+    return Response(value[first:last + 1], status.HTTP_206_PARTIAL_CONTENT, headers,
+                    media_type="application/octet-stream")
 
 
 @router.put("/keys/{key:path}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)

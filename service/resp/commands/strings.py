@@ -235,6 +235,34 @@ def _expire_after_get(conn: RespConnection, key: bytes, options: tuple[bytes | N
     return reply
 
 
+def getrange(conn: RespConnection, args: list[bytes]) -> Reply:
+    """A byte range of the value, Redis's inclusive and negative-from-the-end indexes. A miss reads through to
+    the origin as GET does (Redis answers "" for a missing key): a range of a cached object is the object's."""
+    start, end = parse_int(args[2]), parse_int(args[3])
+    if start is None or end is None:
+        return r.NOT_INTEGER
+    reply = get(conn, args[:2])
+    if isinstance(reply, bytes):
+        return _range_of(conn, reply, start, end)
+    return _getrange_through(conn, reply, start, end)
+
+
+async def _getrange_through(conn: RespConnection, pending: Awaitable[bytes], start: int, end: int) -> bytes:
+    return _range_of(conn, await pending, start, end)
+
+
+def _range_of(conn: RespConnection, reply: bytes, start: int, end: int) -> bytes:
+    if reply.startswith(b"-"):  # the origin's error
+        return reply
+    value = b"" if reply == conn.null else reply[reply.index(b"\r\n") + 2:-2]  # GET's bulk reply, unwrapped
+    size = len(value)
+    if start < 0 and end < 0 and start > end:
+        return r.bulk(b"")
+    start, end = max(start + size if start < 0 else start, 0), max(end + size if end < 0 else end, 0)
+    end = min(end, size - 1)
+    return r.bulk(b"" if start > end or size == 0 else value[start:end + 1])
+
+
 def _mset_all(conn: RespConnection, args: list[bytes], name: str, only_new: bool) -> Reply:
     """MSET and MSETNX write all pairs or none: a value over the budget is refused before the first write."""
     if len(args) % 2 == 0:
@@ -336,6 +364,8 @@ COMMANDS = [
     _cmd("msetnx", -3, "write denyoom", msetnx, "Atomically modifies the string values of one or more keys only when "
          "all keys don't exist.", "1.0.1", -1),
     _cmd("getdel", 2, "write fast", getdel, "Returns the string value of a key after deleting the key.", "6.2.0"),
+    _cmd("getrange", 4, "readonly", getrange, "Returns a substring of the string stored at a key.", "2.4.0"),
+    _cmd("substr", 4, "readonly", getrange, "Returns a substring from a string value.", "1.0.0"),
     _cmd("append", 3, "write denyoom", append, "Appends a string to the value of a key.", "2.0.0"),
     _cmd("strlen", 2, "readonly fast", strlen, "Returns the length of a string value.", "2.2.0"),
     _cmd("incr", 2, "write denyoom fast", incr, "Increments the integer value of a key by one."),
