@@ -95,6 +95,10 @@ def test_a_byte_range_of_a_value(dev_service: RunningService) -> None:
             ignored = http.get("/v1/keys/blob", headers={"Range": header})
             assert (ignored.status_code, ignored.content) == (200, b"0123456789"), header
         assert http.get("/v1/keys/nope", headers={"Range": "bytes=0-1"}).status_code == 404
+        head = http.head("/v1/keys/blob")
+        assert (head.status_code, head.content, head.headers["content-length"]) == (200, b"", "10")
+        assert http.head("/v1/keys/blob", headers={"Range": "bytes=-4"}).headers["content-range"] == "bytes 6-9/10"
+        assert http.head("/v1/keys/nope").status_code == 404
         http.put("/v1/keys/empty", content=b"")
         for header in ("bytes=0-", "bytes=-5"):  # nothing in an empty value can be sent
             assert http.get("/v1/keys/empty", headers={"Range": header}).status_code == 416, header

@@ -83,6 +83,7 @@ async def delete_all_keys(request: Request, tenant: KeyspaceAdmin, state: State)
     return Flushed(removed=await admin.flush(state, tenant, key_id, peer, "DELETE /v1/keys"))
 
 
+@router.head("/keys/{key:path}", response_class=Response, include_in_schema=False)  # GET's, without the body
 @router.get("/keys/{key:path}", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "The byte range"},
                        404: {"description": "No such key"}, 416: {"description": "The range starts past the end"}})
@@ -92,7 +93,8 @@ async def get_key(
     range_header: Annotated[str | None, Header(alias="Range", description="One byte range, e.g. bytes=0-1023 "
                                                "(206 Partial Content; 416 when it starts past the end).")] = None,
 ) -> Response:
-    """Read a key (reading through to the origin on a miss), or one byte range of it."""
+    """Read a key (reading through to the origin on a miss), or one byte range of it; HEAD answers the same
+    status and headers (its length among them) without the body."""
     value = await _read(tenant, key)
     if value is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such key")
