@@ -16,6 +16,7 @@ from service.store.policies import EvictionPolicy, make_policy
 
 SCAN_SNAPSHOTS = 8  # scans of one store that keep their place at once (each holds 8 bytes per key)
 _SNAPSHOT_SPAN = 1 << 32  # a cursor is snapshot number x this + the place in that snapshot
+SCAN_IDLE_MS = 60_000  # snapshots unread this long are dropped (a scan that resumes later restarts)
 
 # Dict slot, entry object and bookkeeping per key, roughly what CPython spends beyond key and value bytes.
 ENTRY_OVERHEAD = 96
@@ -82,6 +83,7 @@ class MemoryStore:
         self._scans: OrderedDict[int, list[Hashable]] = OrderedDict()  # scan snapshots by number, oldest first
         self._scan_number = 0  # the newest snapshot's
         self._scan_inserted = -1  # `_inserted` when it was taken
+        self._scan_used_at = 0  # when a scan last read a snapshot (clock ms)
         self._watched: dict[Hashable, list[int]] = {}  # WATCHed key -> [watchers, changes since first watched]
 
     def __len__(self) -> int:
@@ -125,6 +127,7 @@ class MemoryStore:
                 while len(snapshots) > SCAN_SNAPSHOTS:
                     snapshots.popitem(last=False)
         snapshots.move_to_end(number)
+        self._scan_used_at = self._clock()
         stop = place + count
         found = [key for key in keys[place:stop] if self._live(key) is not None]
         return (number * _SNAPSHOT_SPAN + stop if stop < len(keys) else 0), found
@@ -268,9 +271,12 @@ class MemoryStore:
             self.stats.prefetch_evicted_unused += 1
 
     def active_expire(self, limit: int = 1000) -> int:
-        """Remove up to `limit` keys whose deadline has passed; returns how many went."""
+        """Remove up to `limit` keys whose deadline has passed; returns how many went. Scan snapshots no scan
+        has read for SCAN_IDLE_MS go too: an abandoned scan does not keep its copy of the key list."""
         removed = 0
         now = self._clock()
+        if self._scans and now - self._scan_used_at > SCAN_IDLE_MS:
+            self._scans.clear()
         heap = self._deadlines
         while heap and heap[0][0] <= now and removed < limit:
             deadline, _, key = heapq.heappop(heap)

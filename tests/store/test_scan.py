@@ -7,7 +7,7 @@ from collections.abc import Hashable
 from typing import cast
 
 from service.store import MemoryStore
-from service.store.memory import SCAN_SNAPSHOTS
+from service.store.memory import SCAN_IDLE_MS, SCAN_SNAPSHOTS
 
 
 def _scan_all(store: MemoryStore, count: int, between: object = None) -> list[bytes]:
@@ -132,3 +132,22 @@ def test_a_flush_ends_nothing_it_should_not() -> None:
     store.set(b"after", b"v")
     rest = _scan_all_from(store, cursor)
     assert all(key == b"after" for key in rest)  # nothing flushed comes back
+
+
+def test_snapshots_of_abandoned_scans_are_dropped_and_a_late_scan_still_finishes() -> None:
+    now = [1_000_000]
+    store = MemoryStore(1 << 30, "lru", clock=lambda: now[0])
+    for i in range(100):
+        store.set(b"k%d" % i, b"v")
+    cursor, seen = store.scan(0, 30)
+    now[0] += SCAN_IDLE_MS - 1
+    store.active_expire()
+    assert store._scans  # still in use
+    now[0] += 2
+    store.active_expire()
+    assert not store._scans  # the copy of the key list is gone
+    found = set(seen)
+    while cursor:
+        cursor, keys = store.scan(cursor, 30)
+        found.update(keys)
+    assert len(found) == 100  # the late scan restarted on a new snapshot and missed nothing
