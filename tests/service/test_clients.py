@@ -148,6 +148,14 @@ def test_redis_cli_dev_mode_commands(dev_service: RunningService) -> None:
     assert "redis_version:7.0.15" in run("INFO", "server")
     assert run("COMMAND", "COUNT").strip().isdigit()
     assert "summary" in run("COMMAND", "DOCS", "get")
+    run("FLUSHDB")
+    run("MSET", "a", "1", "bb", "22", "ccc", "333")
+    # redis-cli's key tools: --bigkeys reads TYPE and STRLEN over SCAN, --memkeys MEMORY USAGE (key + value + 96)
+    assert "Biggest string found '\"ccc\"' has 3 bytes" in run("--bigkeys")
+    assert "3 strings with 300 bytes" in run("--memkeys")
+    info = redis.Redis(port=dev_service.resp_port).info()  # the fields redis-cli --stat and monitors read
+    assert (info["blocked_clients"], info["loading"], info["rdb_bgsave_in_progress"]) == (0, 0, 0)
+    assert info["used_memory_human"] == f"{info['used_memory']}B" and info["maxmemory_human"] == "256.00M"
 
 
 def test_django_cache_framework_over_tls(tmp_path: Path, pki: PKI) -> None:

@@ -19,7 +19,20 @@ from service.stats import memory_section, prefetch_section, stats_section
 if TYPE_CHECKING:
     from service.resp.connection import RespConnection
 
-_DEFAULT_SECTIONS = ("server", "clients", "memory", "stats", "prefetch", "keyspace")
+_DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "prefetch", "keyspace")
+# What redis-cli --stat and other monitors read, with this server's honest values (no fork, no AOF, no loading).
+_PERSISTENCE: list[tuple[str, object]] = [
+    ("loading", 0), ("async_loading", 0), ("rdb_bgsave_in_progress", 0), ("aof_enabled", 0),
+    ("aof_rewrite_in_progress", 0),
+]
+
+
+def _human(size: int) -> str:
+    """Redis's bytesToHuman: 512B, 1.50K, 2.00M, ..."""
+    for unit, scale in (("P", 1 << 50), ("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.2f}{unit}"
+    return f"{size}B"
 
 
 def _info_sections(conn: RespConnection) -> dict[str, list[tuple[str, object]]]:
@@ -45,8 +58,11 @@ def _info_sections(conn: RespConnection) -> dict[str, list[tuple[str, object]]]:
         ],
         "clients": [
             ("connected_clients", state.connections.per_tenant.get(tenant.name, 0)),
+            ("blocked_clients", 0),  # no blocking commands
         ],
-        "memory": list(memory_section(tenant).items()),
+        "memory": [*memory_section(tenant).items(), ("used_memory_human", _human(store.used)),
+                   ("maxmemory_human", _human(store.budget))],
+        "persistence": _PERSISTENCE,
         "stats": [
             ("total_connections_received", tenant.connections_received),
             ("total_commands_processed", _tenant_commands(conn)),
