@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -49,21 +50,16 @@ async def _current_tenant(request: Request, state: State, scope: str) -> TenantC
     return tenant
 
 
-async def reading_tenant(request: Request, state: State) -> TenantCache:
-    return await _current_tenant(request, state, "read")
+def _tenant_with(scope: str) -> Callable[[Request, ServiceState], Awaitable[TenantCache]]:
+    async def tenant_with_scope(request: Request, state: State) -> TenantCache:
+        return await _current_tenant(request, state, scope)
+
+    return tenant_with_scope
 
 
-async def writing_tenant(request: Request, state: State) -> TenantCache:
-    return await _current_tenant(request, state, "write")
-
-
-async def keyspace_admin_tenant(request: Request, state: State) -> TenantCache:
-    return await _current_tenant(request, state, "admin")
-
-
-Reader = Annotated[TenantCache, Depends(reading_tenant)]  # the caller's tenant, for a key with the read scope
-Writer = Annotated[TenantCache, Depends(writing_tenant)]  # ... with the write scope
-KeyspaceAdmin = Annotated[TenantCache, Depends(keyspace_admin_tenant)]  # ... with the admin scope
+Reader = Annotated[TenantCache, Depends(_tenant_with("read"))]  # the caller's tenant, for a key with the read scope
+Writer = Annotated[TenantCache, Depends(_tenant_with("write"))]  # ... with the write scope
+KeyspaceAdmin = Annotated[TenantCache, Depends(_tenant_with("admin"))]  # ... with the admin scope
 
 
 async def require_admin(request: Request, state: State) -> str:

@@ -57,7 +57,7 @@ class RespConnection(asyncio.Protocol):
         self.local_addr = "?"
         self.peer = "?"
         self.connected_at = self.last_active = time.monotonic()  # CLIENT LIST's age and idle
-        self.last_command = ""
+        self.last_command = b""  # CLIENT LIST's cmd: the last command of the last read (noted once a read)
         self._busy: asyncio.Task[None] | None = None
         self._paused = False
 
@@ -122,26 +122,34 @@ class RespConnection(asyncio.Protocol):
         """Answer every complete command in the buffer; hand over to a task at the first that must wait."""
         out: list[bytes] = []
         execute, gets = self.execute, self.reader.gets
+        last: Any = None
         try:
             while not self.close_after_reply:
                 args = gets()
                 if args is False:
                     break
+                last = args
                 reply = execute(args)
                 if type(reply) is bytes:
                     out.append(reply)
                 else:
                     if out:
                         self._write(b"".join(out))
+                    self._note_command(last)
                     self._busy = asyncio.ensure_future(self._drain_async(reply))  # type: ignore[arg-type]
                     return
         except hiredis.ProtocolError as err:
             out.append(r.error(f"ERR Protocol error: {err}"))
             self.close_after_reply = True
+        self._note_command(last)
         if out:
             self._write(b"".join(out))
         if self.close_after_reply and self.transport is not None:
             self.transport.close()
+
+    def _note_command(self, args: Any) -> None:
+        if type(args) is list and args and type(args[0]) is bytes:
+            self.last_command = args[0]
 
     async def _drain_async(self, pending: Awaitable[bytes]) -> None:
         try:
@@ -151,6 +159,7 @@ class RespConnection(asyncio.Protocol):
                 args = self._next()
                 if args is False:
                     break
+                self._note_command(args)
                 reply = self.execute(args)
                 if type(reply) is not bytes:
                     if out:
@@ -201,7 +210,6 @@ class RespConnection(asyncio.Protocol):
         if (argc != arity) if arity > 0 else (argc < -arity):
             return self._refuse(r.wrong_arity(cmd.name), cmd.name)
         self.commands_processed += 1
-        self.last_command = cmd.name
         tenant = self.tenant
         if tenant is None:
             if not cmd.no_auth:
@@ -233,7 +241,7 @@ class RespConnection(asyncio.Protocol):
             "id": self.client_id, "addr": self.peer, "laddr": self.local_addr, "name": self.name.decode(),
             "age": int(now - self.connected_at), "idle": int(now - self.last_active),
             "flags": "N" if multi < 0 else "x", "db": 0, "sub": 0, "psub": 0, "multi": multi,
-            "watch": len(self.watching), "cmd": self.last_command,
+            "watch": len(self.watching), "cmd": self.last_command.decode("utf-8", "replace").lower(),
             "user": self.tenant.name if self.tenant is not None else "default", "resp": self.protocol,
             **self.lib_info,
         }

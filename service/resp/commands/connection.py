@@ -238,7 +238,7 @@ def client(conn: RespConnection, args: list[bytes]) -> Reply:
         return r.wrong_arity(sub.name)
     if conn.tenant is None:  # checked after the subcommand's arity, in Redis's order
         return r.NOAUTH
-    conn.last_command = sub.name
+    conn.last_command = sub.name.encode()  # Redis names the subcommand; the read's own note comes after
     return conn.lacks_scope(sub) or sub.handler(conn, args)
 
 
