@@ -119,12 +119,16 @@ class RawClient:
 Cmd = tuple[bytes | str | int, ...]
 
 
-def replay(port: int, commands: list[Cmd], resp3: bool) -> list[bytes]:
-    """Each command's raw reply, one round trip each, on a fresh connection (RESP3 after HELLO 3)."""
-    client = RawClient(port)
+def replay(port: int, commands: list[Cmd], resp3: bool, on: list[int] | None = None) -> list[bytes]:
+    """Each command's raw reply, one round trip each, on fresh connections (RESP3 after HELLO 3): all on one,
+    or command i on connection `on[i]`, so that one client's WATCH can see another's writes."""
+    on = on or [0] * len(commands)
+    clients = [RawClient(port) for _ in range(max(on, default=0) + 1)]
     try:
         if resp3:
-            client.send(("HELLO", "3"))
-        return [client.send(cmd) for cmd in commands]
+            for client in clients:
+                client.send(("HELLO", "3"))
+        return [clients[i].send(cmd) for i, cmd in zip(on, commands, strict=True)]
     finally:
-        client.close()
+        for client in clients:
+            client.close()

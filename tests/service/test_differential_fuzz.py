@@ -1,10 +1,10 @@
 """Random command sequences, replayed on Debian's redis-server (7.0) and on Foresight, must get the same
 replies byte for byte: the hand-written differential cases pick the edges we thought of, these the ones we
 did not. Small pools of keys and values make commands collide on the same keys (an INCR on a value SET
-earlier, a WATCHed key written in between); relative expiries are never short, so no reply depends on how
-long the two servers take; commands whose replies depend on time or on hash order (TTL, EXPIRETIME, SCAN,
-KEYS, INFO, DBSIZE, which counts a key set with a deadline already past until Redis happens to reclaim it)
-are left to the other tests."""
+earlier, a WATCHed key written in between, by the same client or a second one); relative expiries are never
+short, so no reply depends on how long the two servers take; commands whose replies depend on time or on
+hash order (TTL, EXPIRETIME, SCAN, KEYS, INFO, DBSIZE, which counts a key set with a deadline already past
+until Redis happens to reclaim it) are left to the other tests."""
 
 from __future__ import annotations
 
@@ -78,14 +78,21 @@ def _command(rng: random.Random) -> Cmd:
 @pytest.mark.parametrize("seed", range(6))
 def test_random_sequences_get_the_replies_redis_gives(seed: int, reference: int, foresight: int) -> None:
     rng = random.Random(seed)
-    commands = [_command(rng) for _ in range(1500)]
+    commands, on = _sequence(rng, 1500)
     resp3 = seed % 3 == 2
     for port in (reference, foresight):
         RawClient(port).send(("FLUSHALL",))
-    expected = replay(reference, commands, resp3)
-    actual = replay(foresight, commands, resp3)
+    expected = replay(reference, commands, resp3, on)
+    actual = replay(foresight, commands, resp3, on)
     for i, (cmd, want, got) in enumerate(zip(commands, expected, actual, strict=True)):
-        assert got == want, f"seed {seed}, command {i} {cmd!r}: redis replied {want!r}, foresight {got!r}"
+        assert got == want, f"seed {seed}, command {i} {cmd!r} on client {on[i]}: redis replied {want!r}, " \
+                            f"foresight {got!r}"
+
+
+def _sequence(rng: random.Random, length: int) -> tuple[list[Cmd], list[int]]:
+    """Commands, and which of two clients sends each (mostly the first: the second writes under its WATCH)."""
+    commands = [_command(rng) for _ in range(length)]
+    return commands, [0 if rng.random() < 0.8 else 1 for _ in commands]
 
 
 if __name__ == "__main__":  # a longer hunt: python -m tests.service.test_differential_fuzz [SEEDS] [LENGTH]
@@ -103,11 +110,11 @@ if __name__ == "__main__":  # a longer hunt: python -m tests.service.test_differ
         servers.wait_until(lambda: servers.tcp_open(port), "reference redis-server")
         for seed in range(100, 100 + seeds):
             rng = random.Random(seed)
-            commands = [_command(rng) for _ in range(length)]
+            commands, on = _sequence(rng, length)
             for server in (port, svc.resp_port):
                 RawClient(server).send(("FLUSHALL",))
             resp3 = seed % 2 == 0
-            pairs = zip(replay(port, commands, resp3), replay(svc.resp_port, commands, resp3), strict=True)
+            pairs = zip(replay(port, commands, resp3, on), replay(svc.resp_port, commands, resp3, on), strict=True)
             first = next(((i, w, g) for i, (w, g) in enumerate(pairs) if w != g), None)
             if first is not None:
                 mismatches += 1
