@@ -64,20 +64,22 @@ async def purge(state: ServiceState, name: str, peer: str) -> int | None:
     tenant = state.tenants.get(name)
     if tenant is None:
         return None
-    removed = len(tenant.store)
-    tenant.store.flush()
-    await _audit(state, "admin.tenant.purge", peer, tenant=name, keys_removed=removed)
-    return removed
+    return await _empty(state, tenant, "admin.tenant.purge", peer)
 
 
 async def flush(state: ServiceState, tenant: TenantCache, key_id: str | None, peer: str, via: str) -> int:
     """A tenant empties its own keyspace (FLUSHDB, FLUSHALL, DELETE /v1/keys; the key's admin scope was checked
-    by the protocol). Keys read again come back from the origin; the audit log keeps who did it and how much
-    went. The store is emptied before the first await, so a client's next command already sees it empty."""
+    by the protocol). Keys read again come back from the origin."""
+    return await _empty(state, tenant, "tenant.flush", peer, actor=f"key:{key_id}" if key_id else "dev",
+                        key_id=key_id, via=via)
+
+
+async def _empty(state: ServiceState, tenant: TenantCache, action: str, peer: str, **audit: Any) -> int:
+    """Empty a tenant's store, then audit who did it and how many keys went. The store is emptied before the
+    first await, so a client's next command already sees it empty."""
     removed = len(tenant.store)
     tenant.store.flush()
-    await _audit(state, "tenant.flush", peer, tenant=tenant.name, actor=f"key:{key_id}" if key_id else "dev",
-                 key_id=key_id, via=via, keys_removed=removed)
+    await _audit(state, action, peer, tenant=tenant.name, keys_removed=removed, **audit)
     return removed
 
 

@@ -25,7 +25,6 @@ REDIS_COMPAT_VERSION = "7.0.15"  # the Redis release whose replies we match, rep
 @dataclass
 class ConnectionCounters:
     current: int = 0
-    total: int = 0
     commands: int = 0
     per_tenant: dict[str, int] = field(default_factory=dict)
 

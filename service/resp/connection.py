@@ -72,7 +72,6 @@ class RespConnection(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         counters = self.state.connections
         counters.current += 1
-        counters.total += 1
         self.state.resp_clients.add(self)
         dev = self.state.dev_tenant()
         if dev is not None:
