@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 venv=.venv/bin
 packages=(typer click rich markdown-it-py mdurl pygments shellingham pydantic pydantic-core pydantic-settings
           python-dotenv typing-inspection annotated-types typing-extensions fastapi starlette anyio idna annotated-doc
-          opentelemetry-api uvicorn h11 httptools uvloop websockets watchfiles hiredis prometheus-client fsspec
+          opentelemetry-api uvicorn h11 httptools uvloop websockets watchfiles hiredis lupa prometheus-client fsspec
           cryptography cffi pycparser zstandard httpx httpcore certifi)
 pins=()
 for name in "${packages[@]}"; do

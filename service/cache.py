@@ -8,11 +8,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING
 
 from service.config import Settings
 from service.origin import Origin, SingleFlight, open_origin
 from service.store.memory import MemoryStore
 from service.tenancy import TenantSpec
+
+if TYPE_CHECKING:
+    from service.resp.scripting import ScriptEngine
 
 
 class RateLimited(Exception):
@@ -61,6 +65,7 @@ class TenantCache:
         # The prefetch engine's access-log recorders, set while one runs: every read reports its key to one.
         self.record_hit: Callable[[bytes], None] | None = None
         self.record_miss: Callable[[bytes], None] | None = None
+        self.scripts: ScriptEngine | None = None  # its Lua runtime, made at its first EVAL or SCRIPT
         self.origin_fetches = 0
         self.origin_errors = 0
         self.rate_limited = 0

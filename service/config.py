@@ -160,6 +160,18 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         256 * 1024 * 1024, gt=0, description="Largest RESP request buffered for an authenticated client."
     )
+    scripting: bool = Field(
+        True, description="Whether tenants may run Lua scripts (EVAL, EVALSHA, SCRIPT). A script holds the event "
+        "loop while it runs, as in Redis, so every tenant waits for it: the limits below bound that."
+    )
+    script_time_limit_ms: int = Field(
+        500, gt=0, le=60_000, description="A script running longer than this is stopped with an error (Redis "
+        "would only start answering BUSY); its writes so far stay, as after any script error."
+    )
+    script_memory_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024 * 1024, description="Memory one tenant's Lua runtime may allocate (its compiled "
+        "scripts and their values); past it a script fails with an out-of-memory error."
+    )
     auth_cache_ttl_s: float = Field(1.0, ge=0, description="How long a verified key is trusted before rechecking.")
     shutdown_grace_s: float = Field(10.0, ge=0, description="Time in-flight requests get to finish on shutdown.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

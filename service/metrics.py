@@ -46,6 +46,12 @@ class ServiceCollector(Collector):
             "foresight_origin_fetches_total": ("Origin reads started.", lambda t: t.origin_fetches),
             "foresight_origin_errors_total": ("Origin reads that failed or timed out.", lambda t: t.origin_errors),
             "foresight_rate_limited_total": ("Commands refused by the rate quota.", lambda t: t.rate_limited),
+            "foresight_script_runs_total": ("Lua scripts run (EVAL, EVALSHA).",
+                                            lambda t: t.scripts.stats.runs if t.scripts else 0),
+            "foresight_scripts_stopped_total": ("Scripts stopped at the time limit (script_time_limit_ms).",
+                                                lambda t: t.scripts.stats.stopped if t.scripts else 0),
+            "foresight_scripts_out_of_memory_total": ("Scripts that ran out of the tenant's script memory.",
+                                                      lambda t: t.scripts.stats.out_of_memory if t.scripts else 0),
         }
         for name, (doc, read) in per_tenant.items():
             family = CounterMetricFamily(name, doc, labels=["tenant"])
@@ -56,6 +62,8 @@ class ServiceCollector(Collector):
             "foresight_memory_used_bytes": ("Bytes charged to the tenant's budget.", lambda t: t.store.used),
             "foresight_memory_budget_bytes": ("The tenant's memory budget.", lambda t: t.store.budget),
             "foresight_keys": ("Keys resident in the tenant's store.", lambda t: len(t.store)),
+            "foresight_script_memory_bytes": ("Memory the tenant's Lua runtime holds.",
+                                              lambda t: t.scripts.memory_used if t.scripts else 0),
         }
         for name, (doc, read) in gauges.items():
             gauge = GaugeMetricFamily(name, doc, labels=["tenant"])

@@ -17,8 +17,10 @@ Section = dict[str, int | float | str]
 
 
 def memory_section(tenant: TenantCache) -> Section:
-    store = tenant.store
-    return {"used_memory": store.used, "maxmemory": store.budget, "maxmemory_policy": store.policy.name}
+    store, scripts = tenant.store, tenant.scripts
+    return {"used_memory": store.used, "maxmemory": store.budget, "maxmemory_policy": store.policy.name,
+            "used_memory_lua": scripts.memory_used if scripts is not None else 0,
+            "number_of_cached_scripts": len(scripts) if scripts is not None else 0}
 
 
 def stats_section(tenant: TenantCache) -> Section:

@@ -33,6 +33,7 @@ UNAUTHENTICATED_MAX_REQUEST = 64 * 1024
 
 class RespConnection(asyncio.Protocol):
     commands = COMMANDS
+    cache_only = False  # True while a script runs its calls: reads see the cache and never wait for the origin
 
     def __init__(self, state: ServiceState) -> None:
         self.state = state

@@ -132,3 +132,13 @@ def replay(port: int, commands: list[Cmd], resp3: bool, on: list[int] | None = N
     finally:
         for client in clients:
             client.close()
+
+
+def assert_same_replies(case: str, commands: list[Cmd], reference: int, foresight: int, resp3: bool) -> None:
+    """Replay `commands` on both servers, each emptied first, and compare every reply byte for byte."""
+    for port in (reference, foresight):
+        RawClient(port).send(("FLUSHALL",), ("SCRIPT", "FLUSH"))
+    expected = replay(reference, commands, resp3)
+    actual = replay(foresight, commands, resp3)
+    for cmd, want, got in zip(commands, expected, actual, strict=True):
+        assert got == want, f"{case}: {cmd!r}: redis replied {want!r}, foresight replied {got!r}"

@@ -11,7 +11,7 @@ import time
 import pytest
 import redis
 
-from tests.service.harness import Cmd, RawClient, replay
+from tests.service.harness import Cmd, RawClient, assert_same_replies
 
 CASES: dict[str, list[Cmd]] = {
     "ping_echo": [("PING",), ("PING", "hello"), ("PING", "a", "b"), ("ECHO", "x y"), ("ECHO",), ("echo", "a", "b")],
@@ -202,23 +202,12 @@ RESP3_CASES: dict[str, list[Cmd]] = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_replies_match_redis_resp2(case: str, reference: int, foresight: int) -> None:
-    _assert_same(case, CASES[case], reference, foresight, resp3=False)
+    assert_same_replies(case, CASES[case], reference, foresight, resp3=False)
 
 
 @pytest.mark.parametrize("case", sorted(RESP3_CASES))
 def test_replies_match_redis_resp3(case: str, reference: int, foresight: int) -> None:
-    _assert_same(case, RESP3_CASES[case], reference, foresight, resp3=True)
-
-
-def _assert_same(case: str, commands: list[Cmd], reference: int, foresight: int, resp3: bool) -> None:
-    for port in (reference, foresight):
-        RawClient(port).send(("FLUSHALL",))
-    expected = replay(reference, commands, resp3)
-    actual = replay(foresight, commands, resp3)
-    for cmd, want, got in zip(commands, expected, actual, strict=True):
-        assert got == want, f"{case}: {cmd!r}: redis replied {want!r}, foresight replied {got!r}"
-
-
+    assert_same_replies(case, RESP3_CASES[case], reference, foresight, resp3=True)
 
 
 def test_pipeline_replies_match_redis(reference: int, foresight: int) -> None:

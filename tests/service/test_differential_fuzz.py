@@ -4,7 +4,8 @@ did not. Small pools of keys and values make commands collide on the same keys (
 earlier, a WATCHed key written in between, by the same client or a second one); relative expiries are never
 short, so no reply depends on how long the two servers take; commands whose replies depend on time or on
 hash order (TTL, EXPIRETIME, SCAN, KEYS, INFO, DBSIZE, which counts a key set with a deadline already past
-until Redis happens to reclaim it) are left to the other tests."""
+until Redis happens to reclaim it) are left to the other tests. Scripts call the same commands from Lua, with
+redis.call, redis.pcall and pcall, so the conversions and error texts meet the same edge values."""
 
 from __future__ import annotations
 
@@ -27,6 +28,18 @@ def _pick(rng: random.Random, pool: list[str], low: int = 1, high: int = 3) -> l
     return [rng.choice(pool) for _ in range(rng.randint(low, high))]
 
 
+SCRIPTS = [  # each called with KEYS = (two keys) and ARGV = (a command name, a value)
+    "return redis.call(ARGV[1], KEYS[1], ARGV[2])",
+    "return redis.pcall(ARGV[1], KEYS[1], ARGV[2])",
+    "local ok, e = pcall(redis.call, ARGV[1], KEYS[1], ARGV[2]) return {tostring(ok), e}",
+    "if redis.call('GET', KEYS[1]) == ARGV[2] then return redis.call('DEL', KEYS[1]) else return 0 end",
+    "local v = redis.call('INCRBY', KEYS[1], ARGV[2]) return {v, redis.call('GET', KEYS[1])}",
+    "return {redis.call('MGET', KEYS[1], KEYS[2]), redis.call('EXISTS', KEYS[1], KEYS[2])}",
+    "return tonumber(redis.call('GET', KEYS[1]))",
+    "redis.setresp(3) return redis.call('GET', KEYS[1])",
+    "redis.call('SET', KEYS[2], ARGV[2]) return redis.call('APPEND', KEYS[1], redis.call('GET', KEYS[2]))",
+]
+CALLED = ["GET", "SET", "INCRBY", "APPEND", "GETSET", "DEL", "STRLEN", "GETDEL", "SETNX", "INCR", "NOSUCH", "MULTI"]
 SET_OPTIONS = ["NX", "XX", "GET", "KEEPTTL", "EX", "PX", "EXAT", "PXAT", "nx", "BOGUS"]
 GETEX_OPTIONS = ["EX", "PX", "EXAT", "PXAT", "PERSIST", "KEEPTTL"]
 
@@ -69,9 +82,11 @@ def _command(rng: random.Random) -> Cmd:
         lambda: ("MULTI",), lambda: ("EXEC",), lambda: ("DISCARD",), lambda: ("WATCH", *_pick(rng, KEYS)),
         lambda: ("UNWATCH",), lambda: ("FLUSHDB",), lambda: ("PING",), lambda: ("ECHO", value),
         lambda: ("NOSUCH", key), lambda: ("GET",), lambda: ("SET", key),
+        lambda: (rng.choice(["EVAL", "EVAL", "EVAL_RO"]), rng.choice(SCRIPTS), "2", key, rng.choice(KEYS),
+                 rng.choice(CALLED), value),
     ]
     weights = [6, 8, 2, 2, 2, 2, 2, 3, 2, 2, 1, 2, 1, 2, 1, 1, 2, 3, 2, 3, 2, 3, 2, 2, 3, 3, 2, 2, 3, 3, 1, 2, 1,
-               1, 1, 1, 1, 1, 1]
+               1, 1, 1, 1, 1, 1, 4]
     return rng.choices(makers, weights)[0]()
 
 

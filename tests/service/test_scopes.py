@@ -89,6 +89,22 @@ def test_a_write_only_key_writes_and_cannot_read(scoped: Scoped) -> None:
     assert scoped.redis("app").get("event") == b"2"
 
 
+def test_scripts_pass_each_call_through_the_same_scope_check(scoped: Scoped) -> None:
+    """A script is no way around a key's scopes: its calls are checked one by one, as Redis checks ACLs."""
+    scoped.redis("app").set("page", "cached")
+    reader, writer = scoped.redis("reader"), scoped.redis("writer")
+    assert reader.eval("return redis.call('GET', KEYS[1])", 1, "page") == b"cached"
+    assert reader.eval_ro("return redis.call('GET', KEYS[1])", 1, "page") == b"cached"
+    with pytest.raises(redis.exceptions.NoPermissionError, match="'set' command: it needs the 'write' scope"):
+        reader.eval("redis.call('SET', KEYS[1], 'defaced')", 1, "page")
+    with pytest.raises(redis.exceptions.NoPermissionError, match="'get' command: it needs the 'read' scope"):
+        writer.eval("return redis.call('GET', KEYS[1])", 1, "page")
+    with pytest.raises(redis.exceptions.NoPermissionError, match="'eval_ro' command: it needs the 'read' scope"):
+        writer.eval_ro("return 1", 0)
+    assert writer.eval("return redis.call('INCR', KEYS[1])", 1, "hits") == 1
+    assert scoped.redis("app").get("page") == b"cached"
+
+
 def test_flushing_needs_the_admin_scope_and_empties_only_the_own_tenant(scoped: Scoped) -> None:
     app, owner, neighbour = scoped.redis("app"), scoped.redis("owner"), scoped.redis("neighbour")
     app.mset({"a": "1", "b": "2", "c": "3"})

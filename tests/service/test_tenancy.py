@@ -35,6 +35,19 @@ def test_tenant_key_cannot_read_other_tenant(prod_service: ProductionService) ->
     assert acme.dbsize() == 1 and globex.dbsize() == 1
 
 
+def test_scripts_and_their_cache_are_the_tenants_own(prod_service: ProductionService) -> None:
+    acme, globex = _client(prod_service, "acme"), _client(prod_service, "globex")
+    acme.set("plan", "acme-plan")
+    sha = acme.script_load("return redis.call('GET', KEYS[1])")
+    assert acme.evalsha(sha, 1, "plan") == b"acme-plan"
+    assert globex.script_exists(sha) == [False]
+    with pytest.raises(redis.exceptions.NoScriptError):
+        globex.evalsha(sha, 1, "plan")
+    assert globex.eval("return redis.call('GET', KEYS[1])", 1, "plan") is None
+    globex.script_flush()
+    assert acme.script_exists(sha) == [True]
+
+
 def test_info_counts_the_callers_own_traffic_only(prod_service: ProductionService) -> None:
     """A tenant's INFO never reveals how busy the others are: connections and commands are its own."""
     acme, globex = _client(prod_service, "acme"), _client(prod_service, "globex")

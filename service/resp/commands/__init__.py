@@ -45,10 +45,10 @@ class Command:
 
 
 def build_table() -> dict[bytes, Command]:
-    from service.resp.commands import connection, keyspace, server, strings, transactions
+    from service.resp.commands import connection, keyspace, scripting, server, strings, transactions
 
     table: dict[bytes, Command] = {}
-    for module in (connection, keyspace, server, strings, transactions):
+    for module in (connection, keyspace, scripting, server, strings, transactions):
         for command in module.COMMANDS:
             table[command.name.encode()] = command
     return table

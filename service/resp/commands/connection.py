@@ -249,11 +249,12 @@ def _cmd(name: str, arity: int, flags: str, handler, summary: str, since: str = 
 
 
 COMMANDS = [
-    _cmd("auth", -2, "no_auth fast", auth, "Authenticates the connection."),
-    _cmd("hello", -1, "no_auth fast", hello, "Handshakes with the Redis server.", "6.0.0"),
+    _cmd("auth", -2, "noscript no_auth fast", auth, "Authenticates the connection."),
+    _cmd("hello", -1, "noscript no_auth fast", hello, "Handshakes with the Redis server.", "6.0.0"),
     _cmd("ping", -1, "fast", ping, "Returns the server's liveliness response."),
     _cmd("echo", 2, "fast", echo, "Returns the given string."),
     _cmd("select", 2, "fast", select, "Changes the selected database."),
-    _cmd("quit", -1, "no_auth fast", quit_, "Closes the connection."),
-    _cmd("client", -2, "no_auth", client, "A container for client connection commands.", "2.4.0", CLIENT_SUBCOMMANDS),
+    _cmd("quit", -1, "noscript no_auth fast", quit_, "Closes the connection."),
+    _cmd("client", -2, "noscript no_auth", client, "A container for client connection commands.", "2.4.0",
+         CLIENT_SUBCOMMANDS),
 ]

@@ -196,17 +196,26 @@ async def _flushed(flushing: Awaitable[int]) -> bytes:
     return r.OK
 
 
+def time_(conn: RespConnection, args: list[bytes]) -> Reply:
+    """TIME: the server's clock (rate limiters' scripts read it), seconds and microseconds."""
+    seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    return r.array((r.bulk(b"%d" % seconds), r.bulk(b"%d" % micros)))
+
+
 COMMANDS = [
+    Command("time", 1, frozenset({"fast", "connection"}), time_, group="server", since="2.6.0",
+            summary="Returns the server time."),
     Command("info", -1, frozenset({"connection"}), info, group="server",
             summary="Returns information and statistics about the server."),
     Command("command", -1, frozenset({"connection"}), command, group="server",
             summary="Returns detailed information about all commands.", since="2.8.13"),
-    Command("config", -2, frozenset({"admin"}), config, group="server",
+    Command("config", -2, frozenset({"admin", "noscript"}), config, group="server",
             summary="A container for server configuration commands.", since="2.0.0", scope="read"),
     Command("memory", -2, frozenset({"readonly"}), memory, group="server", since="4.0.0",
             summary="A container for memory diagnostics commands."),
-    Command("flushdb", -1, frozenset({"write"}), flush, group="server", scope="admin",
+    # Not from scripts: a flush waits for its audit record, and a script cannot wait.
+    Command("flushdb", -1, frozenset({"write", "noscript"}), flush, group="server", scope="admin",
             summary="Removes all keys from the current database."),
-    Command("flushall", -1, frozenset({"write"}), flush, group="server", scope="admin",
+    Command("flushall", -1, frozenset({"write", "noscript"}), flush, group="server", scope="admin",
             summary="Removes all keys from all databases."),
 ]

@@ -79,7 +79,7 @@ def unwatch(conn: RespConnection, args: list[bytes]) -> Reply:
 
 
 def _cmd(name: str, arity: int, handler, summary: str, since: str, last_key: int = 0) -> Command:
-    return Command(name, arity, frozenset({"connection", "fast"}), handler, 1 if last_key else 0, last_key,
+    return Command(name, arity, frozenset({"connection", "fast", "noscript"}), handler, 1 if last_key else 0, last_key,
                    1 if last_key else 0, "transactions", summary, since)
 
 

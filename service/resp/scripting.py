@@ -1,0 +1,442 @@
+"""Lua scripting (EVAL and friends) for one tenant: Redis 7.0's Lua 5.1 semantics in a sandboxed runtime.
+
+Each tenant gets its own Lua runtime, so one tenant's scripts, globals and memory never meet another's. A
+script runs on the event loop like any command (that is what makes it atomic), so it is bounded: an
+instruction-count hook stops a script that runs past the time limit, and the runtime's allocator refuses
+memory past the memory limit. What is left out of Redis's Lua environment is left out because it could
+escape the sandbox or dodge the limits: `coroutine` (a coroutine runs without the hook), bytecode loading,
+`setfenv`/`getfenv`; cjson, cmsgpack, struct and bit are not built.
+
+Conversions between Lua values and replies, the error formats and the read-only global table follow Redis
+7.0 byte for byte where the differential test checks them (tests/service/test_scripting.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lupa import lua51
+
+# Scripts that EVAL compiled are dropped oldest-first past this many (Redis 7.4 does the same); SCRIPT LOAD's stay.
+EVAL_SCRIPTS_KEPT = 500
+
+# The chunk that builds the sandbox. It receives Python's command bridge, sha1 and clock, and returns the runner
+# and the compiler. Every library function it uses is captured as a local first, so a script that changes a
+# shared metatable cannot change how the runner behaves.
+_BOOTSTRAP = r"""
+local py_call, py_pcall, py_error_text, py_error_of, py_setresp, py_resp, py_sha1hex, clock = ...
+local sethook, getinfo = debug.sethook, debug.getinfo
+local format, gsub, sub = string.format, string.gsub, string.sub
+local concat = table.concat
+local type, select, error, rawget, rawset, tostring = type, select, error, rawget, rawset, tostring
+local pcall, xpcall, setfenv, loadstring, unpack = pcall, xpcall, setfenv, loadstring, unpack
+local setmetatable, collectgarbage = setmetatable, collectgarbage
+local SCRIPT = '@user_script'
+
+local protected = setmetatable({}, {__mode = 'k'})
+local function readonly(source)
+  local proxy = {}
+  protected[proxy] = true
+  return setmetatable(proxy, {
+    __index = source,
+    __newindex = function() error('Attempt to modify a readonly table', 2) end,
+    __metatable = false,
+  })
+end
+
+local function copy(library, names)
+  local t = {}
+  for _, name in pairs(names) do t[name] = library[name] end
+  return readonly(t)
+end
+
+-- redis.* ----------------------------------------------------------------------------------------------------
+-- call, pcall, sha1hex and setresp are Python's own callables, not Lua wrappers: a Lua function reached by
+-- `return redis.call(...)` would replace the script's frame (a tail call), and the error could not name the
+-- script's line as Redis does.
+local redis = {
+  call = py_call,
+  pcall = py_pcall,
+  error_reply = function(...)
+    local msg = ...
+    if select('#', ...) ~= 1 or type(msg) ~= 'string' then return {err = 'ERR wrong number or type of arguments'} end
+    if sub(msg, 1, 1) ~= '-' then msg = '-' .. msg end
+    return {err = py_error_text(msg)}
+  end,
+  status_reply = function(...)
+    local msg = ...
+    if select('#', ...) ~= 1 or type(msg) ~= 'string' then return {err = 'ERR wrong number or type of arguments'} end
+    return {ok = msg}
+  end,
+  sha1hex = py_sha1hex,
+  setresp = py_setresp,
+  -- Scripts' log lines would put tenant data in the operator's log: accepted and dropped.
+  log = function() end,
+  set_repl = function() end,
+  replicate_commands = function() return true end,
+  LOG_DEBUG = 0, LOG_VERBOSE = 1, LOG_NOTICE = 2, LOG_WARNING = 3,
+  REPL_NONE = 0, REPL_AOF = 1, REPL_SLAVE = 2, REPL_REPLICA = 2, REPL_ALL = 3,
+  REDIS_VERSION = '7.0.15', REDIS_VERSION_NUM = 0x07000f,
+}
+
+-- Redis 7.0's pcall hands back an error table's message, not the table (redis.call's error is a Python exception,
+-- whose text is that message).
+local function script_pcall(...)
+  local results = {pcall(...)}
+  if not results[1] then
+    local err = results[2]
+    if type(err) == 'userdata' then results[2] = py_error_of(err)
+    elseif type(err) == 'table' then
+      local msg = rawget(err, 'err')
+      if type(msg) == 'string' or type(msg) == 'number' then results[2] = msg end
+    end
+  end
+  return unpack(results, 1, table.maxn(results))
+end
+
+local globals
+-- loadstring as Redis has it, minus bytecode (a known sandbox escape) and with the script's globals.
+local function script_loadstring(chunk, name)
+  if type(chunk) == 'string' and sub(chunk, 1, 1) == '\27' then return nil, 'bytecode is not allowed' end
+  local fn, err = loadstring(chunk, name)
+  if fn then setfenv(fn, globals) end
+  return fn, err
+end
+
+-- A message handler that a stopped script's error reaches runs inside the hook, where Lua turns hooks off: a
+-- handler that loops would never be stopped. Once stopped, the script's handlers are skipped.
+local function script_xpcall(fn, msgh)
+  return xpcall(fn, function(err)
+    if stopped ~= nil then return err end
+    if type(err) == 'userdata' then err = {err = py_error_of(err)} end  -- redis.call's error, as Redis's table
+    return msgh(err)
+  end)
+end
+
+local function script_rawset(t, key, value)
+  if protected[t] then error('Attempt to modify a readonly table', 0) end
+  return rawset(t, key, value)
+end
+
+local function script_setmetatable(t, metatable)
+  if protected[t] then error('Attempt to modify a readonly table', 0) end
+  return setmetatable(t, metatable)
+end
+
+local env = {
+  assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs, pcall = script_pcall,
+  rawequal = rawequal, rawget = rawget, rawset = script_rawset, select = select, setmetatable = script_setmetatable,
+  tonumber = tonumber, tostring = tostring, type = type, unpack = unpack,
+  xpcall = script_xpcall, collectgarbage = collectgarbage, gcinfo = gcinfo, loadstring = script_loadstring,
+  load = function(chunk, name)
+    if type(chunk) ~= 'string' then return nil, 'load takes a string here' end
+    return script_loadstring(chunk, name)
+  end,
+  _VERSION = _VERSION,
+  string = copy(string, {'byte', 'char', 'dump', 'find', 'format', 'gmatch', 'gsub', 'len', 'lower', 'match',
+                         'rep', 'reverse', 'sub', 'upper'}),
+  table = copy(table, {'concat', 'insert', 'maxn', 'remove', 'sort', 'getn', 'setn', 'foreach', 'foreachi'}),
+  math = copy(math, {'abs', 'acos', 'asin', 'atan', 'atan2', 'ceil', 'cos', 'cosh', 'deg', 'exp', 'floor', 'fmod',
+                     'frexp', 'huge', 'ldexp', 'log', 'log10', 'max', 'min', 'modf', 'pi', 'pow', 'rad', 'random',
+                     'randomseed', 'sin', 'sinh', 'sqrt', 'tan', 'tanh'}),
+  redis = readonly(redis),
+}
+-- Strings index the sandbox's string table; a script sees their metatable read-only, as in Redis.
+local string_metatable = getmetatable('')
+string_metatable.__index = env.string
+local string_metatable_view = readonly(string_metatable)
+env.getmetatable = function(value)
+  if type(value) == 'string' then return string_metatable_view end
+  return getmetatable(value)
+end
+globals = readonly(setmetatable(env, {__index = function(_, key)
+  error("Script attempted to access nonexistent global variable '" .. tostring(key) .. "'", 2)
+end}))
+env._G = globals
+
+-- running ----------------------------------------------------------------------------------------------------
+local function hook()
+  if stopped == nil then
+    if clock() < deadline then return end
+    stopped = {err = 'ERR script stopped: it ran past the time limit of ' .. limit_ms .. ' ms'}
+    sethook(hook, '', 1)  -- from now on every instruction of the script raises, so pcall cannot keep it alive
+  end
+  local info = getinfo(2, 'S')
+  if info and info.source == SCRIPT then error(stopped, 0) end
+end
+
+-- The message handler: a string error becomes an error table; both get the script line that raised it.
+local function handler(err)
+  local level, info = 2, getinfo(2, 'Sl')
+  while info and info.source ~= SCRIPT do level = level + 1; info = getinfo(level, 'Sl') end
+  local msg
+  if type(err) == 'userdata' then msg = py_error_of(err)  -- redis.call's error: the reply's text
+  elseif type(err) == 'table' then msg = rawget(err, 'err') end
+  if type(msg) ~= 'string' then msg = 'ERR ' .. tostring(err) end
+  return {err = msg, line = info and info.currentline}
+end
+
+local function clean(text) return (gsub(text, '[\r\n]', ' ')) end
+
+local encode
+local function encode_table(value, null, out)
+  local err = rawget(value, 'err')
+  if type(err) == 'string' then out[#out + 1] = '-' .. clean(err) .. '\r\n'; return end
+  local ok = rawget(value, 'ok')
+  if type(ok) == 'string' then out[#out + 1] = '+' .. clean(ok) .. '\r\n'; return end
+  local header = #out + 1
+  out[header] = ''
+  local n = 0
+  while rawget(value, n + 1) ~= nil do n = n + 1; encode(rawget(value, n), null, out) end
+  out[header] = '*' .. n .. '\r\n'
+end
+
+encode = function(value, null, out)
+  local kind = type(value)
+  if kind == 'string' then out[#out + 1] = '$' .. #value .. '\r\n' .. value .. '\r\n'
+  elseif kind == 'number' then out[#out + 1] = format(':%d\r\n', value)  -- C's cast, as Redis's (long long)
+  elseif kind == 'boolean' then
+    if resp == 3 and null == '_\r\n' then out[#out + 1] = value and '#t\r\n' or '#f\r\n'
+    elseif value then out[#out + 1] = ':1\r\n'
+    else out[#out + 1] = resp == 3 and ':0\r\n' or null end
+  elseif kind == 'table' then encode_table(value, null, out)
+  else out[#out + 1] = null end
+end
+
+local function run(fn, sha, null, limit_s, nkeys, ...)
+  local args, keys, argv = {...}, {}, {}
+  for i = 1, nkeys do keys[i] = args[i] end
+  for i = nkeys + 1, select('#', ...) do argv[i - nkeys] = args[i] end
+  rawset(env, 'KEYS', keys)
+  rawset(env, 'ARGV', argv)
+  stopped, deadline, limit_ms = nil, clock() + limit_s, format('%d', limit_s * 1000)
+  sethook(hook, '', 10000)  -- instructions between clock checks
+  local ok, result = xpcall(fn, handler)
+  sethook()
+  local out = {}
+  resp = py_resp()  -- the protocol the script last set with redis.setresp
+  if ok then
+    ok, result = pcall(encode, result, null, out)
+    if ok then return concat(out), false end
+    result = {err = 'ERR ' .. tostring(result)}
+  end
+  if result == 'not enough memory' then return nil, false end  -- the caller says so, with the limit
+  if type(result) ~= 'table' then result = {err = 'ERR ' .. tostring(result)} end
+  local where = result.line and ', on ' .. SCRIPT .. ':' .. result.line or ''
+  return '-' .. clean(result.err) .. ' script: ' .. sha .. where .. '.\r\n', stopped ~= nil
+end
+
+local function compile(body)
+  local fn, err = loadstring(body, SCRIPT)
+  if not fn then return nil, err end
+  setfenv(fn, globals)
+  return fn, nil
+end
+
+return run, compile, collectgarbage
+"""
+
+
+_SHEBANG_FLAGS = ("no-writes", "allow-oom", "allow-stale", "no-cluster", "allow-cross-slot-keys")
+
+
+class ScriptError(Exception):
+    """A script that cannot be compiled or a shebang that cannot be read; the message is Redis's error line."""
+
+
+def sha1hex(body: bytes) -> str:
+    return hashlib.sha1(body).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1; not a security use
+
+
+def read_shebang(body: bytes) -> tuple[bytes, bool]:
+    """The script without its `#!lua flags=...` line (kept as an empty line, so line numbers hold) and whether
+    it declared `no-writes`. Raises ScriptError where Redis 7.0's evalExtractShebangFlags refuses it."""
+    if not body.startswith(b"#!"):
+        return body, False
+    line, newline, rest = body.partition(b"\n")
+    if not newline:
+        raise ScriptError("ERR Invalid script shebang")
+    engine, *options = line.decode("utf-8", "replace").split()
+    if engine != "#!lua":
+        raise ScriptError(f"ERR Unexpected engine in script shebang: {engine}")
+    read_only = False
+    for option in options:
+        if not option.startswith("flags="):
+            raise ScriptError(f"ERR Unknown lua shebang option: {option}")
+        flags = option[len("flags="):]
+        for flag in flags.split(",") if flags else []:
+            if flag not in _SHEBANG_FLAGS:
+                raise ScriptError(f"ERR Unexpected flag in script shebang: {flag}")
+            read_only = read_only or flag == "no-writes"
+    return newline + rest, read_only
+
+
+@dataclass
+class ScriptStats:
+    """What the operator's metrics show of a tenant's scripts."""
+
+    runs: int = 0
+    stopped: int = 0  # past the time limit
+    out_of_memory: int = 0
+
+
+class Script:
+    """A compiled script and what its shebang declared."""
+
+    __slots__ = ("function", "read_only", "sha")
+
+    def __init__(self, sha: str, function: Any, read_only: bool) -> None:
+        self.sha, self.function, self.read_only = sha, function, read_only
+
+
+class CommandError(Exception):
+    """A redis.call that failed, raised into the script. Its `text` is the error as the script sees it."""
+
+    def __init__(self, text: bytes) -> None:
+        super().__init__(text.decode("utf-8", "replace"))
+        self.text = text
+
+
+def error_text(line: bytes) -> bytes:
+    """Redis's luaPushErrorBuff: a reply's "-CODE message" (or a bare message, which gets ERR) as a script sees it."""
+    code, message = b"ERR", line
+    if line.startswith(b"-"):
+        first, space, rest = line[1:].partition(b" ")
+        code, message = (first, rest) if space else (b"ERR", line[1:])
+    return code + b" " + message.strip(b"\r\n")
+
+
+def _sha1hex(*args: Any) -> bytes:
+    """redis.sha1hex: of a string, or of a number as Lua writes it (%.14g)."""
+    if len(args) != 1:
+        raise CommandError(b"ERR wrong number of arguments")
+    value = args[0]
+    text = value if type(value) is bytes else b"%.14g" % value if type(value) in (int, float) else b""
+    return sha1hex(text).encode()
+
+
+def _error_of(exc: BaseException) -> bytes:
+    return exc.text if isinstance(exc, CommandError) else f"ERR {exc}".encode()
+
+
+# What a script's call runs: the command's arguments and the script's protocol in, (Lua value, None) or
+# (None, error line) out.
+Dispatch = Callable[[list[bytes], int], tuple[Any, bytes | None]]
+
+
+class ScriptEngine:
+    """One tenant's Lua runtime and script cache. `run` is synchronous: `dispatch` answers each redis.call from the
+    cache alone (the caller read the declared keys through before)."""
+
+    def __init__(self, time_limit_s: float, memory_bytes: int) -> None:
+        self.time_limit_s = time_limit_s
+        self.memory_bytes = memory_bytes
+        self._lua = lua51.LuaRuntime(encoding=None, register_eval=False, register_builtins=False,
+                                     unpack_returned_tuples=True, max_memory=memory_bytes)
+        self._dispatch: Dispatch | None = None
+        self._resp = 2
+        self.stats = ScriptStats()
+        self._run, self._compile, self._collect = self._lua.execute(
+            _BOOTSTRAP, self._call, self._pcall, error_text, _error_of, self._set_resp, lambda: self._resp,
+            _sha1hex, time.monotonic,
+        )
+        self._loaded: dict[str, Script] = {}  # SCRIPT LOAD: kept until SCRIPT FLUSH
+        self._evaluated: OrderedDict[str, Script] = OrderedDict()  # EVAL: the least recently run go first
+
+    def __len__(self) -> int:
+        return len(self._loaded.keys() | self._evaluated.keys())
+
+    @property
+    def memory_used(self) -> int:
+        return int(self._lua.get_memory_used() or 0)
+
+    def load(self, body: bytes, *, keep: bool) -> Script:
+        """Compile (or find) a script; `keep` for SCRIPT LOAD, which the EVAL cache's eviction never drops.
+        Raises ScriptError with Redis's compile error."""
+        sha = sha1hex(body)
+        script = self.find(sha)
+        if script is None:
+            source, read_only = read_shebang(body)
+            try:
+                function, err = self._compile(source)
+            except lua51.LuaMemoryError:
+                raise ScriptError("ERR Error compiling script: the tenant's script memory is full") from None
+            if function is None:
+                raise ScriptError(f"ERR Error compiling script (new function): {err.decode('utf-8', 'replace')}")
+            script = Script(sha, function, read_only)
+        if keep:
+            self._loaded[sha] = script
+        elif sha not in self._loaded:
+            self._evaluated[sha] = script
+            self._evaluated.move_to_end(sha)
+            while len(self._evaluated) > EVAL_SCRIPTS_KEPT:
+                self._evaluated.popitem(last=False)
+        return script
+
+    def find(self, sha: str) -> Script | None:
+        return self._loaded.get(sha) or self._evaluated.get(sha)
+
+    def flush(self) -> None:
+        self._loaded.clear()
+        self._evaluated.clear()
+        self._collect()
+
+    def run(self, script: Script, keys: list[bytes], argv: list[bytes], null: bytes, dispatch: Dispatch) -> bytes:
+        """Run a script to its reply, in the protocol whose null is `null`."""
+        self._dispatch, self._resp = dispatch, 2
+        self.stats.runs += 1
+        try:
+            reply, stopped = self._run(script.function, script.sha.encode(), null, self.time_limit_s, len(keys),
+                                       *keys, *argv)
+        except lua51.LuaMemoryError:
+            reply, stopped = None, False
+        finally:
+            self._dispatch = None
+        if stopped:
+            self.stats.stopped += 1
+        if reply is None:
+            self.stats.out_of_memory += 1
+            self._collect()
+            return b"-ERR script ran out of memory: the tenant's scripts may use %d bytes script: %b.\r\n" % (
+                self.memory_bytes, script.sha.encode())
+        return reply
+
+    def table(self, items: list[Any] | dict[bytes, Any]) -> Any:
+        return self._lua.table_from(items)
+
+    # what the sandbox calls ----------------------------------------------------------------------------------
+    def _set_resp(self, *args: Any) -> None:
+        if len(args) != 1:
+            raise CommandError(b"ERR redis.setresp() requires one argument.")
+        if type(args[0]) is not int or args[0] not in (2, 3):
+            raise CommandError(b"ERR RESP version must be 2 or 3.")
+        self._resp = args[0]
+
+    def _command(self, args: tuple[Any, ...]) -> tuple[Any, bytes | None]:
+        if not args:
+            return None, b"Please specify at least one argument for this redis lib call"
+        argv: list[bytes] = []
+        for arg in args:
+            if type(arg) is bytes:
+                argv.append(arg)
+            elif type(arg) in (int, float):
+                argv.append(b"%.17g" % arg)  # Lua numbers are doubles; Redis formats them so
+            else:
+                return None, b"Lua redis lib command arguments must be strings or integers"
+        assert self._dispatch is not None, "redis.call outside a script run"
+        return self._dispatch(argv, self._resp)
+
+    def _call(self, *args: Any) -> Any:
+        value, err = self._command(args)
+        if err is not None:
+            raise CommandError(error_text(err))
+        return value
+
+    def _pcall(self, *args: Any) -> Any:
+        value, err = self._command(args)
+        return self.table({b"err": error_text(err)}) if err is not None else value

@@ -1,0 +1,331 @@
+"""Lua scripting: Redis 7.0's semantics byte for byte against redis-server, real clients (redis-py's Lock and
+registered scripts), and what a server shared by tenants adds: time and memory limits, a sandbox, per-tenant
+script caches, scopes checked on every call, and the declared keys read through to the origin."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from service.resp.scripting import EVAL_SCRIPTS_KEPT, ScriptEngine, ScriptError, read_shebang
+from tests.service.harness import Cmd, RawClient, assert_same_replies, running_service
+
+LOCK_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"
+RATE_LIMIT = ("local n = redis.call('INCR', KEYS[1]) if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end "
+              "return {n, redis.call('TTL', KEYS[1])}")
+RETURN_1_SHA = "e0e1f9fabfc9d4800c877a703b823ac0578ff8db"
+
+CASES: dict[str, list[Cmd]] = {
+    "lua_to_reply": [
+        ("EVAL", "return 1", "0"), ("EVAL", "return 3.99", "0"), ("EVAL", "return -3.5", "0"),
+        ("EVAL", "return -0.5", "0"), ("EVAL", "return 2^53", "0"), ("EVAL", "return 1e30", "0"),
+        ("EVAL", "return 0/0", "0"), ("EVAL", "return true", "0"), ("EVAL", "return false", "0"),
+        ("EVAL", "return nil", "0"), ("EVAL", "", "0"), ("EVAL", "return", "0"), ("EVAL", "return 1, 2", "0"),
+        ("EVAL", "return 'a\\r\\nb'", "0"), ("EVAL", "return {1, 2, {3, 'a'}}", "0"),
+        ("EVAL", "return {1, nil, 3}", "0"),
+        ("EVAL", "return {1, 'two', {ok='x'}, {err='E y'}, true, false}", "0"), ("EVAL", "return {ok='fine'}", "0"),
+        ("EVAL", "return {err='bad thing'}", "0"), ("EVAL", "return {err=''}", "0"), ("EVAL", "return {err=5}", "0"),
+        ("EVAL", "return {ok=5}", "0"), ("EVAL", "return {1, 2, x=3}", "0"),
+        ("EVAL", "local a = {} a.x = 1 return a", "0"),
+        ("EVAL", "return {ok='a\\r\\nb'}", "0"), ("EVAL", "local t = {} for i = 1, 100 do t[i] = i end return t", "0"),
+        ("EVAL", "return tostring(3.0)", "0"), ("EVAL", "return tostring(1/3)", "0"),
+        ("EVAL", "return tonumber('0x10')", "0"),
+        ("EVAL", "return string.format('%d-%s %.3f', 5, 'x', 1/3)", "0"), ("EVAL", "return math.floor(-2.5)", "0"),
+        ("EVAL", "return table.concat({'a', 'b'}, ',')", "0"), ("EVAL", "return ('x'):upper()", "0"),
+        ("EVAL", "return _VERSION", "0"), ("EVAL", "return redis.REDIS_VERSION", "0"),
+    ],
+    "keys_and_argv": [
+        ("EVAL", "return {KEYS[1], ARGV[1], #KEYS, #ARGV}", "1", "a", "b", "c"), ("EVAL", "return KEYS", "1", "a"),
+        ("EVAL", "return ARGV", "0", "a", "b"), ("EVAL", "return KEYS[2]", "1", "a", "b"),
+        ("EVAL", "return #ARGV[1]", "0", "x" * 1000), ("EVAL", "return redis.call('SET', KEYS[1], ARGV[1])", "1", "bin",
+                                                        b"\x00\xff\r\n"),
+        ("EVAL", "return redis.call('GET', KEYS[1])", "1", "bin"), ("EVAL", "KEYS[1] = 'z' return KEYS[1]", "1", "a"),
+    ],
+    "numkeys_errors": [("EVAL", "return 1", "-1"), ("EVAL", "return 1", "2", "a"), ("EVAL", "return 1", "x"),
+                       ("EVAL", "return 1", "00"), ("EVAL", "return 1"), ("EVALSHA", "abc"), ("eval", "return 1", "1"),
+                       ("EVALSHA", "abc", "0"), ("EVAL", "return (", "0"), ("EVAL", "return (", "-1")],
+    "calls": [
+        ("SET", "k", "v"), ("EVAL", "return redis.call('GET', KEYS[1])", "1", "k"),
+        ("EVAL", "return redis.call('get', 'missing')", "0"), ("EVAL", "return {redis.call('GET', 'missing')}", "0"),
+        ("EVAL", "return type(redis.call('MGET', 'k', 'nope')[2])", "0"),
+        ("EVAL", "return redis.call('SET', 'k', 'w')", "0"), ("EVAL", "return redis.call('SET', 'k', 'v').ok", "0"),
+        ("EVAL", "return redis.call('SET', 'k', 'x', 'GET')", "0"), ("EVAL", "return redis.call('TYPE', 'k')", "0"),
+        ("EVAL", "return redis.call('MSET', 'a', 1, 'b', 2.5)", "0"),
+        ("EVAL", "return redis.call('MGET', 'a', 'b', 'c')",
+                                                                      "0"),
+        ("EVAL", "return redis.call('SET', 'n', 0.1)", "0"), ("GET", "n"),
+        ("EVAL", "return redis.call('SET', 'n', 1e20)",
+                                                                           "0"),
+        ("GET", "n"), ("EVAL", "return redis.call('SET', 'n', 123456789012345)", "0"), ("GET", "n"),
+        ("EVAL", "return redis.call('INCRBY', 'c', '5')", "0"), ("EVAL", "return redis.call('INCRBY', 'c', 5)", "0"),
+        ("EVAL", "return redis.call('EXISTS', 'k', 'k', 'nope')", "0"), ("EVAL", "return redis.call('DBSIZE')", "0"),
+        ("EVAL", "return redis.call('PING')", "0"), ("EVAL", "return redis.call('PING', 'x')", "0"),
+        ("EVAL", "return redis.call('ECHO', 'hi')", "0"), ("EVAL", "return redis.call('SELECT', 0)", "0"),
+        ("EVAL", "return redis.call('DEL', 'nope')", "0"), ("EVAL", "return redis.call('TIME')[1] > '0'", "0"),
+        ("EVAL", "redis.call('SET', KEYS[1], 'x', 'EX', 100) return redis.call('TTL', KEYS[1])", "1", "t"),
+    ],
+    "call_errors": [
+        ("SET", "k", "v"), ("EVAL", "return redis.call('INCR', KEYS[1])", "1", "k"),
+        ("EVAL", "\n\nlocal a = 1\nreturn redis.call('INCR', 'k')", "0"),
+        ("EVAL", "local function f()\n return redis.call('INCR','k')\nend\n\nreturn f()", "0"),
+        ("EVAL", "return redis.call('NOPE')", "0"), ("EVAL", "return redis.call('GET')", "0"),
+        ("EVAL", "return redis.call('get', 'a', 'b')", "0"), ("EVAL", "return redis.call()", "0"),
+        ("EVAL", "return redis.call('GET', {})", "0"), ("EVAL", "return redis.call('SET', 'z', true)", "0"),
+        ("EVAL", "return redis.call('SET', 'z', nil)", "0"), ("EVAL", "return redis.call('INCRBY', 'c', 2.5)", "0"),
+        ("EVAL", "return redis.call('EXPIRE', 'x', 'y')", "0"), ("EVAL", "return redis.call('ECHO')", "0"),
+        ("EVAL", "return redis.call('MULTI')", "0"), ("EVAL", "return redis.call('EVAL', 'return 1', 0)", "0"),
+        ("EVAL", "return redis.call('AUTH', 'x')", "0"), ("EVAL", "return redis.call('WATCH', 'x')", "0"),
+        ("EVAL", "return redis.call('SCRIPT', 'FLUSH')", "0"), ("EVAL", "return redis.call('QUIT')", "0"),
+        ("EVAL", "return redis.call('HELLO')", "0"), ("EVAL", "return redis.call('CLIENT', 'ID')", "0"),
+        ("EVAL", "return redis.call('CONFIG', 'GET', 'x')", "0"),
+    ],
+    "pcall": [
+        ("SET", "k", "v"), ("EVAL", "return redis.pcall('INCR', KEYS[1])", "1", "k"),
+        ("EVAL", "local r = redis.pcall('INCR', KEYS[1]); return r['err']", "1", "k"),
+        ("EVAL", "return redis.pcall('NOPE')", "0"), ("EVAL", "return redis.pcall('GET')", "0"),
+        ("EVAL", "return redis.pcall('SET', 'a')", "0"), ("EVAL", "return {redis.pcall('INCR', 'k')}", "0"),
+        ("EVAL", "local ok, e = pcall(function() return redis.call('INCR', 'k') end) return e", "0"),
+        ("EVAL", "local ok, e = pcall(function() return redis.call('NOPE') end) return e", "0"),
+        ("EVAL", "local ok, err = pcall(redis.call, 'INCR', 'k') return {tostring(ok), err}", "0"),
+        ("EVAL", "local ok, e = pcall(function() error('boom') end) return e", "0"),
+        ("EVAL", "local ok, e = pcall(function() error({err='X y'}) end) return {e, type(e)}", "0"),
+        ("EVAL", "local ok, e = pcall(function() return x end) return e", "0"),
+        ("EVAL", "local ok, v = xpcall(function() error('x') end, function(e) return 'handled: ' .. e end) return v",
+         "0"),
+        ("EVAL", "local ok, v = xpcall(function() return redis.call('INCR','k') end, function(e) return type(e) end) "
+                 "return v", "0"),
+    ],
+    "script_errors": [
+        ("EVAL", "error('boom')", "0"), ("EVAL", "\nerror('boom')", "0"), ("EVAL", "error({err='X custom'})", "0"),
+        ("EVAL", "error({err='lower'})", "0"), ("EVAL", "return nil + 1", "0"), ("EVAL", "return x", "0"),
+        ("EVAL", "x = 1", "0"), ("EVAL", "string.x = 1 return 1", "0"), ("EVAL", "KEYS = 5 return 1", "0"),
+        ("EVAL", "rawset(_G, 'y', 1) return y", "0"), ("EVAL", "setmetatable(_G, nil) return 1", "0"),
+        ("EVAL", "getmetatable('').__index = {} return 1", "0"), ("EVAL", "return getmetatable('').__index == string",
+                                                                   "0"),
+        ("EVAL", "return type(os)", "0"), ("EVAL", "return type(debug)", "0"), ("EVAL", "return type(require)", "0"),
+        ("EVAL", "return type(setfenv)", "0"), ("EVAL", "return type(getfenv)", "0"),
+        ("EVAL", "return type(print)", "0"),
+        ("EVAL", "return type(newproxy)", "0"), ("EVAL", "return type(dofile)", "0"),
+        ("EVAL", "return type(module)", "0"),
+        ("EVAL", "return {type(loadstring), type(load), type(setmetatable), type(unpack), type(_G)}", "0"),
+    ],
+    "redis_library": [
+        ("EVAL", "return redis.error_reply('My err')", "0"), ("EVAL", "return redis.error_reply('lower')", "0"),
+        ("EVAL", "return redis.error_reply('-WRONGTYPE custom msg')", "0"),
+        ("EVAL", "return redis.error_reply('')", "0"),
+        ("EVAL", "return redis.error_reply('-')", "0"), ("EVAL", "return redis.error_reply('a\\r\\nb')", "0"),
+        ("EVAL", "return redis.error_reply()", "0"), ("EVAL", "return redis.status_reply('GOOD')", "0"),
+        ("EVAL", "return redis.status_reply('a\\nb')", "0"), ("EVAL", "return redis.status_reply(5)", "0"),
+        ("EVAL", "return redis.sha1hex('')", "0"), ("EVAL", "return redis.sha1hex('abc')", "0"),
+        ("EVAL", "return redis.sha1hex(123)", "0"), ("EVAL", "return redis.sha1hex()", "0"),
+        ("EVAL", "return redis.setresp()", "0"), ("EVAL", "redis.setresp(4)", "0"),
+        ("EVAL", "redis.setresp(2) return redis.call('GET', 'nope')", "0"),
+        ("EVAL", "return redis.log(redis.LOG_WARNING, 'hello')", "0"), ("EVAL", "return redis.LOG_WARNING", "0"),
+    ],
+    "script_cache": [
+        ("EVALSHA", RETURN_1_SHA, "0"), ("SCRIPT", "LOAD", "return 1"), ("EVALSHA", RETURN_1_SHA, "0"),
+        ("EVALSHA", RETURN_1_SHA.upper(), "0"), ("EVALSHA_RO", RETURN_1_SHA, "0"), ("EVALSHA", RETURN_1_SHA, "1"),
+        ("SCRIPT", "EXISTS", RETURN_1_SHA.upper(), "x"), ("SCRIPT", "FLUSH"), ("SCRIPT", "EXISTS", RETURN_1_SHA),
+        ("EVALSHA", RETURN_1_SHA, "0"), ("EVAL", "return 1", "0"), ("SCRIPT", "EXISTS", RETURN_1_SHA),
+        ("SCRIPT", "FLUSH", "ASYNC"), ("SCRIPT", "flush", "sync"), ("SCRIPT", "FLUSH", "NOPE"),
+        ("SCRIPT", "FLUSH", "SYNC", "ASYNC"), ("SCRIPT", "KILL"), ("SCRIPT", "KILL", "x"), ("SCRIPT", "NOPE"),
+        ("SCRIPT",), ("SCRIPT", "EXISTS"), ("SCRIPT", "LOAD"), ("SCRIPT", "LOAD", "a", "b"),
+        ("SCRIPT", "LOAD", "return ("),
+    ],
+    "read_only_and_shebang": [
+        ("EVAL_RO", "return redis.call('SET', 'a', 'b')", "0"), ("EVAL_RO", "return redis.call('DEL', 'a')", "0"),
+        ("EVAL_RO", "return redis.call('GET', 'a')", "0"),
+        ("EVAL_RO", "return redis.call('EVAL_RO', 'return 1', 0)", "0"),
+        ("EVAL", "#!lua\nreturn 1", "0"), ("EVAL", "#!lua flags=no-writes\nreturn redis.call('SET','a','b')", "0"),
+        ("EVAL", "#!lua flags=no-writes\nreturn redis.call('GET','a')", "0"), ("EVAL", "#!python\nreturn 1", "0"),
+        ("EVAL", "#!lua flags=bogus\nreturn 1", "0"), ("EVAL", "#!lua foo=bar\nreturn 1", "0"),
+        ("EVAL", "#!lua flags=allow-oom,no-cluster\nreturn 2", "0"), ("EVAL", "#!lua\nerror('x')", "0"),
+        ("EVAL", "#!lua\nreturn (", "0"), ("EVAL", "#!lua", "0"), ("EVAL", "#!lua flags=\nreturn 3", "0"),
+        ("EVAL", "#!  lua\nreturn 1", "0"), ("EVAL", "#!lua flags=a,,b\nreturn 1", "0"),
+    ],
+    "patterns_clients_use": [
+        ("SET", "lock", "token-1"), ("EVAL", LOCK_RELEASE, "1", "lock", "token-2"), ("GET", "lock"),
+        ("EVAL", LOCK_RELEASE, "1", "lock", "token-1"), ("GET", "lock"), ("EVAL", RATE_LIMIT, "1", "rl", "60"),
+        ("EVAL", RATE_LIMIT, "1", "rl", "60"),
+    ],
+    "in_transactions": [
+        ("MULTI",), ("EVAL", "return redis.call('INCR', 'm')", "0"), ("EVAL", "return (", "0"), ("EXEC",),
+        ("MULTI",), ("EVAL", "return redis.call('INCR', 'm')", "0"), ("EVAL", "return redis.call('INCR', 'm')", "0"),
+        ("EXEC",), ("MULTI",), ("EVAL", "return 1"), ("EXEC",),
+    ],
+}
+
+RESP3_CASES: dict[str, list[Cmd]] = {  # not `setresp(3) return false`: redis-server 7.0.15 never answers it
+    "resp3": [
+        ("EVAL", "return nil", "0"), ("EVAL", "return false", "0"), ("EVAL", "return true", "0"),
+        ("EVAL", "redis.setresp(3) return true", "0"),
+        ("EVAL", "redis.setresp(3) return redis.call('GET', 'missing')", "0"),
+        ("EVAL", "redis.setresp(3) return type(redis.call('MGET', 'k', 'nope')[2])", "0"),
+        ("EVAL", "redis.setresp(3) return {1, nil, 3}", "0"), ("EVAL", "return {1, false, 3}", "0"),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_scripts_answer_as_redis_does(case: str, reference: int, foresight: int) -> None:
+    assert_same_replies(case, CASES[case], reference, foresight, resp3=False)
+
+
+@pytest.mark.parametrize("case", sorted(RESP3_CASES))
+def test_scripts_answer_as_redis_does_in_resp3(case: str, reference: int, foresight: int) -> None:
+    assert_same_replies(case, RESP3_CASES[case], reference, foresight, resp3=True)
+
+
+def test_redis_py_lock_and_registered_scripts(foresight: int) -> None:
+    """redis-py's Lock runs on Lua (release, extend, reacquire); a registered script survives SCRIPT FLUSH by
+    reloading itself on NOSCRIPT."""
+    client = redis.Redis(port=foresight)
+    client.delete("job-lock", "counter")
+    lock = client.lock("job-lock", timeout=5)
+    assert lock.acquire(blocking=False)
+    assert not client.lock("job-lock", timeout=5).acquire(blocking=False)
+    assert lock.extend(10) and 5_000 < client.pttl("job-lock") <= 15_000
+    assert lock.reacquire() and client.pttl("job-lock") <= 5_000
+    stranger = client.lock("job-lock", timeout=5)
+    stranger.local.token = b"not-the-owner"
+    with pytest.raises(redis.exceptions.LockNotOwnedError):
+        stranger.release()
+    lock.release()
+    assert not lock.locked()
+
+    add = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    assert add(keys=["counter"], args=[5]) == 5
+    client.script_flush()
+    assert add(keys=["counter"], args=[2]) == 7
+    with client.pipeline() as pipe:
+        pipe.evalsha(add.sha, 1, "counter", 1).eval("return ARGV[1]", 0, "x")
+        assert pipe.execute() == [8, b"x"]
+
+
+def test_watch_sees_a_scripts_write(foresight: int) -> None:
+    watcher, writer = redis.Redis(port=foresight), redis.Redis(port=foresight)
+    watcher.set("balance", 10)
+    with watcher.pipeline() as pipe:
+        pipe.watch("balance")
+        writer.eval("return redis.call('INCRBY', KEYS[1], 5)", 1, "balance")
+        pipe.multi()
+        pipe.set("balance", 0)
+        with pytest.raises(redis.exceptions.WatchError):
+            pipe.execute()
+    assert watcher.get("balance") == b"15"
+
+
+def test_foresight_only_refusals(foresight: int) -> None:
+    """Where Foresight refuses what Redis allows, on purpose: a flush waits for its audit record, which a script
+    cannot do; coroutines would run without the time limit's hook."""
+    client = RawClient(foresight)
+    assert client.send(("EVAL", "return redis.call('FLUSHDB')", "0")).startswith(
+        b"-ERR This Redis command is not allowed from script script: ")
+    assert b"nonexistent global variable 'coroutine'" in client.send(("EVAL", "return coroutine", "0"))
+    assert client.send(("EVAL", "return loadstring(string.dump(function() return 1 end))", "0")) == b"$-1\r\n"
+    assert b"nonexistent global variable 'debug'" in client.send(("EVAL", "return loadstring('return debug')()", "0"))
+
+
+@pytest.mark.parametrize("body", [
+    "while true do end",
+    "while true do pcall(function() while true do end end) end",
+    "local ok, e = pcall(function() while true do end end) return e",
+    "while true do xpcall(function() while true do end end, function() while true do end end) end",
+    "local s = 0 for i = 1, 1e12 do s = s + i end return s",
+])
+def test_a_script_past_the_time_limit_is_stopped(body: str) -> None:
+    """Every tenant waits while a script runs, so a loop is stopped, however it tries to catch the error."""
+    with running_service(dev=True, script_time_limit_ms=100) as svc:
+        client = redis.Redis(port=svc.resp_port)
+        with pytest.raises(redis.ResponseError, match="script stopped: it ran past the time limit of 100 ms"):
+            client.eval(body, 0)
+        assert client.eval("return redis.call('SET', 'after', 'ok')", 0) == b"OK"
+        assert client.get("after") == b"ok"
+        with httpx.Client(base_url=svc.endpoints.http_url) as http:
+            metrics = http.get("/metrics").text
+        assert 'foresight_scripts_stopped_total{tenant="default"} 1.0' in metrics
+        assert 'foresight_script_runs_total{tenant="default"} 2.0' in metrics
+
+
+def test_a_script_past_the_memory_limit_fails_and_the_runtime_recovers() -> None:
+    with running_service(dev=True, script_memory_bytes=2 * 1024 * 1024) as svc:
+        client = redis.Redis(port=svc.resp_port)
+        for body in ("return #string.rep('x', 1e8)", "local t = {} for i = 1, 1e7 do t[i] = i end return #t"):
+            with pytest.raises(redis.ResponseError, match="script ran out of memory: the tenant's scripts may use "
+                                                          "2097152 bytes"):
+                client.eval(body, 0)
+            assert client.eval("return #string.rep('x', 1e5)", 0) == 100_000
+        memory = client.info("memory")
+        assert memory["number_of_cached_scripts"] == 3
+        assert 0 < memory["used_memory_lua"] < 2 * 1024 * 1024
+
+
+def test_declared_keys_read_through_and_undeclared_ones_see_the_cache(tmp_path: Path) -> None:
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    (origin / "profile").write_bytes(b"from-origin")
+    (origin / "other").write_bytes(b"also-there")
+    with running_service(dev=True, origin=str(origin), prefetcher="none") as svc:
+        client = redis.Redis(port=svc.resp_port)
+        assert client.eval("return redis.call('GET', KEYS[1])", 1, "profile") == b"from-origin"
+        assert client.eval("return redis.call('GET', 'other')", 0) is None  # undeclared: not cached, not fetched
+        assert client.eval("return redis.call('GET', KEYS[1])", 1, "absent") is None
+        assert client.eval("return redis.call('APPEND', KEYS[1], '!')", 1, "other") == len(b"also-there!")
+        tenant = svc.state.tenants.get("default")
+        assert tenant is not None and tenant.origin_fetches == 3
+
+
+def test_scripting_can_be_turned_off() -> None:
+    with running_service(dev=True, scripting=False) as svc:
+        client = redis.Redis(port=svc.resp_port)
+        with pytest.raises(redis.ResponseError, match="scripting is turned off"):
+            client.eval("return 1", 0)
+
+
+def test_scripts_are_atomic_against_other_clients(foresight: int) -> None:
+    """Nothing runs between a script's calls: 4 clients x 200 read-modify-write scripts lose no increment."""
+    redis.Redis(port=foresight).set("shared", 0)
+    body = "local v = tonumber(redis.call('GET', KEYS[1])) redis.call('SET', KEYS[1], v + 1) return v + 1"
+
+    def work() -> None:
+        client = redis.Redis(port=foresight)
+        for _ in range(200):
+            client.eval(body, 1, "shared")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert redis.Redis(port=foresight).get("shared") == b"800"
+
+
+def test_eval_cache_is_bounded_but_loaded_scripts_stay() -> None:
+    engine = ScriptEngine(time_limit_s=1, memory_bytes=8 * 1024 * 1024)
+    kept = engine.load(b"return 'kept'", keep=True)
+    first = engine.load(b"return 0", keep=False)
+    for i in range(1, EVAL_SCRIPTS_KEPT + 1):
+        engine.load(b"return %d" % i, keep=False)
+    assert engine.find(first.sha) is None
+    assert engine.find(kept.sha) is kept
+    assert len(engine) == EVAL_SCRIPTS_KEPT + 1
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    (b"#!lua", "ERR Invalid script shebang"),
+    (b"#!python\n", "ERR Unexpected engine in script shebang: #!python"),
+    (b"#!lua flags=no-writes,bogus\n", "ERR Unexpected flag in script shebang: bogus"),
+    (b"#!lua mode=x\n", "ERR Unknown lua shebang option: mode=x"),
+])
+def test_shebang_errors(body: bytes, error: str) -> None:
+    with pytest.raises(ScriptError, match=error):
+        read_shebang(body)
+
+
+def test_shebang_keeps_line_numbers_and_reads_no_writes() -> None:
+    assert read_shebang(b"#!lua flags=no-writes\nreturn 1") == (b"\nreturn 1", True)
+    assert read_shebang(b"return 1") == (b"return 1", False)
