@@ -29,7 +29,7 @@ EVAL_SCRIPTS_KEPT = 500
 # and the compiler. Every library function it uses is captured as a local first, so a script that changes a
 # shared metatable cannot change how the runner behaves.
 _BOOTSTRAP = r"""
-local py_call, py_pcall, py_error_text, py_error_of, py_setresp, py_resp, py_sha1hex, clock = ...
+local py_call, py_pcall, py_error_text, py_error_of, py_setresp, py_sha1hex, clock = ...
 local sethook, getinfo = debug.sethook, debug.getinfo
 local format, gsub, sub = string.format, string.gsub, string.sub
 local concat = table.concat
@@ -56,9 +56,11 @@ local function copy(library, names)
 end
 
 -- redis.* ----------------------------------------------------------------------------------------------------
--- call, pcall, sha1hex and setresp are Python's own callables, not Lua wrappers: a Lua function reached by
+-- call, pcall and sha1hex are Python's own callables, not Lua wrappers: a Lua function reached by
 -- `return redis.call(...)` would replace the script's frame (a tail call), and the error could not name the
 -- script's line as Redis does.
+local resp = 2  -- the protocol the running script chose (redis.setresp)
+local deadline, limit_ms, stopped = 0, '0', nil  -- the running script's time limit, and its error once stopped
 local redis = {
   call = py_call,
   pcall = py_pcall,
@@ -74,7 +76,13 @@ local redis = {
     return {ok = msg}
   end,
   sha1hex = py_sha1hex,
-  setresp = py_setresp,
+  setresp = function(...)
+    local version = ...
+    if select('#', ...) ~= 1 then error('redis.setresp() requires one argument.', 0) end
+    if version ~= 2 and version ~= 3 then error('RESP version must be 2 or 3.', 0) end
+    resp = version
+    py_setresp(version)  -- redis.call's replies are converted for this protocol
+  end,
   -- Scripts' log lines would put tenant data in the operator's log: accepted and dropped.
   log = function() end,
   set_repl = function() end,
@@ -208,18 +216,17 @@ encode = function(value, null, out)
   else out[#out + 1] = null end
 end
 
-local function run(fn, sha, null, limit_s, nkeys, ...)
+local function run(fn, sha, null, stop_at, limit_s, nkeys, ...)
   local args, keys, argv = {...}, {}, {}
   for i = 1, nkeys do keys[i] = args[i] end
   for i = nkeys + 1, select('#', ...) do argv[i - nkeys] = args[i] end
   rawset(env, 'KEYS', keys)
   rawset(env, 'ARGV', argv)
-  stopped, deadline, limit_ms = nil, clock() + limit_s, format('%d', limit_s * 1000)
+  resp, stopped, deadline, limit_ms = 2, nil, stop_at, format('%d', limit_s * 1000)
   sethook(hook, '', 10000)  -- instructions between clock checks
   local ok, result = xpcall(fn, handler)
   sethook()
   local out = {}
-  resp = py_resp()  -- the protocol the script last set with redis.setresp
   if ok then
     ok, result = pcall(encode, result, null, out)
     if ok then return concat(out), false end
@@ -342,8 +349,7 @@ class ScriptEngine:
         self._resp = 2
         self.stats = ScriptStats()
         self._run, self._compile, self._collect = self._lua.execute(
-            _BOOTSTRAP, self._call, self._pcall, error_text, _error_of, self._set_resp, lambda: self._resp,
-            _sha1hex, time.monotonic,
+            _BOOTSTRAP, self._call, self._pcall, error_text, _error_of, self._set_resp, _sha1hex, time.monotonic,
         )
         self._loaded: dict[str, Script] = {}  # SCRIPT LOAD: kept until SCRIPT FLUSH
         self._evaluated: OrderedDict[str, Script] = OrderedDict()  # EVAL: the least recently run go first
@@ -391,8 +397,8 @@ class ScriptEngine:
         self._dispatch, self._resp = dispatch, 2
         self.stats.runs += 1
         try:
-            reply, stopped = self._run(script.function, script.sha.encode(), null, self.time_limit_s, len(keys),
-                                       *keys, *argv)
+            reply, stopped = self._run(script.function, script.sha.encode(), null,
+                                       time.monotonic() + self.time_limit_s, self.time_limit_s, len(keys), *keys, *argv)
         except lua51.LuaMemoryError:
             reply, stopped = None, False
         finally:
@@ -410,12 +416,8 @@ class ScriptEngine:
         return self._lua.table_from(items)
 
     # what the sandbox calls ----------------------------------------------------------------------------------
-    def _set_resp(self, *args: Any) -> None:
-        if len(args) != 1:
-            raise CommandError(b"ERR redis.setresp() requires one argument.")
-        if type(args[0]) is not int or args[0] not in (2, 3):
-            raise CommandError(b"ERR RESP version must be 2 or 3.")
-        self._resp = args[0]
+    def _set_resp(self, version: int) -> None:
+        self._resp = version
 
     def _command(self, args: tuple[Any, ...]) -> tuple[Any, bytes | None]:
         if not args:

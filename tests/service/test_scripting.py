@@ -122,7 +122,7 @@ CASES: dict[str, list[Cmd]] = {
         ("EVAL", "return redis.status_reply('a\\nb')", "0"), ("EVAL", "return redis.status_reply(5)", "0"),
         ("EVAL", "return redis.sha1hex('')", "0"), ("EVAL", "return redis.sha1hex('abc')", "0"),
         ("EVAL", "return redis.sha1hex(123)", "0"), ("EVAL", "return redis.sha1hex()", "0"),
-        ("EVAL", "return redis.setresp()", "0"), ("EVAL", "redis.setresp(4)", "0"),
+        ("EVAL", "redis.setresp()", "0"), ("EVAL", "redis.setresp(4)", "0"),
         ("EVAL", "redis.setresp(2) return redis.call('GET', 'nope')", "0"),
         ("EVAL", "return redis.log(redis.LOG_WARNING, 'hello')", "0"), ("EVAL", "return redis.LOG_WARNING", "0"),
     ],

@@ -9,8 +9,6 @@ it is seen only if cached. The runtime (`service/resp/scripting.py`) bounds its 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from service.origin import OriginError
@@ -77,19 +75,12 @@ async def _read_through_then_run(conn: RespConnection, engine: ScriptEngine, scr
 
 def _run(conn: RespConnection, engine: ScriptEngine, script: Script, keys: list[bytes], argv: list[bytes],
          read_only: bool) -> bytes:
-    null = conn.null  # the script's reply goes to this client, in its protocol
-    with _script_client(conn):
-        return engine.run(script, keys, argv, null, lambda args, resp: _call(conn, engine, args, resp, read_only))
-
-
-@contextmanager
-def _script_client(conn: RespConnection) -> Iterator[None]:
-    """The caller's connection, set up for the script's calls: replies in the script's protocol, reads from the
-    cache alone. Nothing else sees the connection meanwhile: the script runs without yielding the loop."""
-    protocol, null = conn.protocol, conn.null
+    """Run the script on the caller's connection, set up for its calls: replies in the script's protocol, reads
+    from the cache alone. Nothing else sees the connection meanwhile: the script runs without yielding the loop."""
+    protocol, null = conn.protocol, conn.null  # the script's own reply goes to this client, in its protocol
     conn.cache_only = True
     try:
-        yield
+        return engine.run(script, keys, argv, null, lambda args, resp: _call(conn, engine, args, resp, read_only))
     finally:
         conn.protocol, conn.null = protocol, null
         del conn.cache_only
