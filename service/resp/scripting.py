@@ -192,11 +192,45 @@ end
 local function clean(text) return (gsub(text, '[\r\n]', ' ')) end
 
 local encode
+local function bulk(text) return '$' .. #text .. '\r\n' .. text .. '\r\n' end
+
+-- RESP3's types as Redis 7.0 writes them from a table's field; to a RESP2 client, as RESP2 has them.
+local function encode_typed(value, null, out)
+  local resp3 = null == '_\r\n'
+  local double, big, verbatim = rawget(value, 'double'), rawget(value, 'big_number'), rawget(value, 'verbatim_string')
+  local map, set = rawget(value, 'map'), rawget(value, 'set')
+  if type(double) == 'number' then
+    local text = format('%.17g', double)
+    out[#out + 1] = resp3 and ',' .. text .. '\r\n' or bulk(text)
+  elseif type(big) == 'string' then
+    out[#out + 1] = resp3 and '(' .. clean(big) .. '\r\n' or bulk(big)
+  elseif type(verbatim) == 'table' and type(rawget(verbatim, 'format')) == 'string'
+      and type(rawget(verbatim, 'string')) == 'string' then
+    local text = rawget(verbatim, 'string')
+    out[#out + 1] = resp3 and '=' .. (#text + 4) .. '\r\n' .. rawget(verbatim, 'format') .. ':' .. text .. '\r\n'
+                    or bulk(text)
+  elseif type(map) == 'table' or type(set) == 'table' then
+    local header, n = #out + 1, 0
+    out[header] = ''
+    for key, item in next, map or set do
+      n = n + 1
+      encode(key, null, out)
+      if map then encode(item, null, out) end
+    end
+    if map then out[header] = resp3 and '%' .. n .. '\r\n' or '*' .. 2 * n .. '\r\n'
+    else out[header] = (resp3 and '~' or '*') .. n .. '\r\n' end
+  else
+    return false
+  end
+  return true
+end
+
 local function encode_table(value, null, out)
   local err = rawget(value, 'err')
   if type(err) == 'string' then out[#out + 1] = '-' .. clean(err) .. '\r\n'; return end
   local ok = rawget(value, 'ok')
   if type(ok) == 'string' then out[#out + 1] = '+' .. clean(ok) .. '\r\n'; return end
+  if encode_typed(value, null, out) then return end
   local header = #out + 1
   out[header] = ''
   local n = 0
@@ -206,7 +240,7 @@ end
 
 encode = function(value, null, out)
   local kind = type(value)
-  if kind == 'string' then out[#out + 1] = '$' .. #value .. '\r\n' .. value .. '\r\n'
+  if kind == 'string' then out[#out + 1] = bulk(value)
   elseif kind == 'number' then out[#out + 1] = format(':%d\r\n', value)  -- C's cast, as Redis's (long long)
   elseif kind == 'boolean' then
     if resp == 3 and null == '_\r\n' then out[#out + 1] = value and '#t\r\n' or '#f\r\n'

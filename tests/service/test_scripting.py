@@ -152,6 +152,13 @@ CASES: dict[str, list[Cmd]] = {
         ("EVAL", LOCK_RELEASE, "1", "lock", "token-1"), ("GET", "lock"), ("EVAL", RATE_LIMIT, "1", "rl", "60"),
         ("EVAL", RATE_LIMIT, "1", "rl", "60"),
     ],
+    "resp3_types": [
+        ("EVAL", "return {double=3.5}", "0"), ("EVAL", "return {double=0.1}", "0"), ("EVAL", "return {map={a=1}}", "0"),
+        ("EVAL", "return {set={a=true}}", "0"), ("EVAL", "return {big_number='123456789012345678901234567890'}", "0"),
+        ("EVAL", "return {verbatim_string={format='txt', string='hello'}}", "0"),
+        ("EVAL", "redis.setresp(3) return type(redis.call('COMMAND', 'DOCS', 'get').map)", "0"),
+        ("EVAL", "redis.setresp(3) return redis.call('INFO', 'server').verbatim_string.format", "0"),
+    ],
     "in_transactions": [
         ("MULTI",), ("EVAL", "return redis.call('INCR', 'm')", "0"), ("EVAL", "return (", "0"), ("EXEC",),
         ("MULTI",), ("EVAL", "return redis.call('INCR', 'm')", "0"), ("EVAL", "return redis.call('INCR', 'm')", "0"),
@@ -166,6 +173,9 @@ RESP3_CASES: dict[str, list[Cmd]] = {  # not `setresp(3) return false`: redis-se
         ("EVAL", "redis.setresp(3) return redis.call('GET', 'missing')", "0"),
         ("EVAL", "redis.setresp(3) return type(redis.call('MGET', 'k', 'nope')[2])", "0"),
         ("EVAL", "redis.setresp(3) return {1, nil, 3}", "0"), ("EVAL", "return {1, false, 3}", "0"),
+        ("EVAL", "return {double=3.5}", "0"), ("EVAL", "return {map={a={1, 'x'}}}", "0"),
+        ("EVAL", "return {set={a=true}}", "0"), ("EVAL", "return {big_number='123456789012345678901234567890'}", "0"),
+        ("EVAL", "return {verbatim_string={format='txt', string='hello'}}", "0"),
     ],
 }
 

@@ -111,8 +111,9 @@ def _call(conn: RespConnection, engine: ScriptEngine, args: list[bytes], resp: i
 
 
 def _from_reply(engine: ScriptEngine, data: bytes, pos: int, resp: int) -> tuple[Any, int]:
-    """A RESP reply as Redis hands it to Lua: bulk -> string, integer -> number, status -> {ok=}, error ->
-    {err=}, array -> table, null -> false (nil after redis.setresp(3))."""
+    """A RESP reply as Redis 7.0 hands it to Lua: bulk -> string, integer -> number, status -> {ok=}, error ->
+    {err=}, array -> table, null -> false (nil after redis.setresp(3)); RESP3's map, set, double, big number and
+    verbatim string -> {map=}, {set=}, {double=}, {big_number=}, {verbatim_string={format=, string=}}."""
     end = data.index(b"\r\n", pos)
     kind, line, pos = data[pos:pos + 1], data[pos + 1:end], end + 2
     null = None if resp == 3 else False
@@ -131,16 +132,26 @@ def _from_reply(engine: ScriptEngine, data: bytes, pos: int, resp: int) -> tuple
         return line == b"t", pos
     if kind == b",":
         return engine.table({b"double": float(line)}), pos
-    if kind == b"*":
-        count = int(line)
-        if count < 0:
-            return null, pos
-        items = []
-        for _ in range(count):
-            item, pos = _from_reply(engine, data, pos, resp)
-            items.append(item)
-        return engine.table(items), pos
-    raise ValueError(f"a {kind!r} reply cannot be handed to a script")
+    if kind == b"(":
+        return engine.table({b"big_number": line}), pos
+    if kind == b"=":
+        size = int(line)
+        text, pos = data[pos:pos + size], pos + size + 2
+        return engine.table({b"verbatim_string": engine.table({b"format": text[:3], b"string": text[4:]})}), pos
+    if kind not in (b"*", b"%", b"~"):
+        raise ValueError(f"a {kind!r} reply cannot be handed to a script")
+    count = int(line)
+    if count < 0:
+        return null, pos
+    items = []
+    for _ in range(count * 2 if kind == b"%" else count):
+        item, pos = _from_reply(engine, data, pos, resp)
+        items.append(item)
+    if kind == b"%":  # {map = {field = value, ...}}
+        return engine.table({b"map": engine.table(dict(zip(items[::2], items[1::2], strict=True)))}), pos
+    if kind == b"~":  # {set = {member = true, ...}}
+        return engine.table({b"set": engine.table(dict.fromkeys(items, True))}), pos
+    return engine.table(items), pos
 
 
 def eval_(conn: RespConnection, args: list[bytes]) -> Reply:
