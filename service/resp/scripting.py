@@ -32,7 +32,7 @@ _BOOTSTRAP = r"""
 local py_call, py_pcall, py_error_text, py_error_of, py_setresp, py_sha1hex, clock = ...
 local sethook, getinfo = debug.sethook, debug.getinfo
 local format, gsub, sub = string.format, string.gsub, string.sub
-local concat = table.concat
+local concat, maxn = table.concat, table.maxn
 local type, select, error, rawget, rawset, tostring = type, select, error, rawget, rawset, tostring
 local pcall, xpcall, setfenv, loadstring, unpack = pcall, xpcall, setfenv, loadstring, unpack
 local setmetatable, collectgarbage = setmetatable, collectgarbage
@@ -104,7 +104,7 @@ local function script_pcall(...)
       if type(msg) == 'string' or type(msg) == 'number' then results[2] = msg end
     end
   end
-  return unpack(results, 1, table.maxn(results))
+  return unpack(results, 1, maxn(results))
 end
 
 local globals
@@ -279,7 +279,14 @@ local function compile(body)
   return fn, nil
 end
 
-return run, compile, collectgarbage
+-- After a script ran out of memory, or a flush: a full collection, with the collector running again in case a
+-- script stopped it.
+local function reclaim()
+  collectgarbage('restart')
+  collectgarbage('collect')
+end
+
+return run, compile, reclaim
 """
 
 
@@ -382,7 +389,7 @@ class ScriptEngine:
         self._dispatch: Dispatch | None = None
         self._resp = 2
         self.stats = ScriptStats()
-        self._run, self._compile, self._collect = self._lua.execute(
+        self._run, self._compile, self._reclaim = self._lua.execute(
             _BOOTSTRAP, self._call, self._pcall, error_text, _error_of, self._set_resp, _sha1hex, time.monotonic,
         )
         self._loaded: dict[str, Script] = {}  # SCRIPT LOAD: kept until SCRIPT FLUSH
@@ -424,7 +431,7 @@ class ScriptEngine:
     def flush(self) -> None:
         self._loaded.clear()
         self._evaluated.clear()
-        self._collect()
+        self._reclaim()
 
     def run(self, script: Script, keys: list[bytes], argv: list[bytes], null: bytes, dispatch: Dispatch) -> bytes:
         """Run a script to its reply, in the protocol whose null is `null`."""
@@ -441,7 +448,7 @@ class ScriptEngine:
             self.stats.stopped += 1
         if reply is None:
             self.stats.out_of_memory += 1
-            self._collect()
+            self._reclaim()
             return b"-ERR script ran out of memory: the tenant's scripts may use %d bytes script: %b.\r\n" % (
                 self.memory_bytes, script.sha.encode())
         return reply
