@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from service.resp import replies as r
+
 if TYPE_CHECKING:
     from service.resp.connection import RespConnection
 
@@ -42,6 +44,16 @@ class Command:
 
     def arity_ok(self, argc: int) -> bool:
         return argc == self.arity if self.arity > 0 else argc >= -self.arity
+
+
+def find_subcommand(container: str, table: dict[bytes, Command], args: list[bytes]) -> Command | bytes:
+    """The subcommand args[1] names, or Redis's error for an unknown one or one with the wrong arity."""
+    sub = table.get(args[1].lower())
+    if sub is None:
+        return r.unknown_subcommand(container, args[1])
+    if not sub.arity_ok(len(args)):
+        return r.wrong_arity(sub.name)
+    return sub
 
 
 def build_table() -> dict[bytes, Command]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from service.resp import replies as r
-from service.resp.commands import Command, Reply
+from service.resp.commands import Command, Reply, find_subcommand
 from service.resp.commands.strings import parse_int
 from service.state import REDIS_COMPAT_VERSION
 
@@ -231,11 +231,9 @@ CLIENT_SUBCOMMANDS = {
 
 
 def client(conn: RespConnection, args: list[bytes]) -> Reply:
-    sub = CLIENT_SUBCOMMANDS.get(args[1].lower())
-    if sub is None:
-        return r.unknown_subcommand("client", args[1])
-    if not sub.arity_ok(len(args)):
-        return r.wrong_arity(sub.name)
+    sub = find_subcommand("client", CLIENT_SUBCOMMANDS, args)
+    if isinstance(sub, bytes):
+        return sub
     if conn.tenant is None:  # checked after the subcommand's arity, in Redis's order
         return r.NOAUTH
     conn.last_command = sub.name.encode()  # Redis names the subcommand; the read's own note comes after

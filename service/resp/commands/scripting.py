@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.origin import OriginError
 from service.resp import replies as r
-from service.resp.commands import Command, Reply
+from service.resp.commands import Command, Reply, find_subcommand
 from service.resp.commands.strings import parse_int
 from service.resp.scripting import Script, ScriptEngine, ScriptError
 
@@ -231,12 +231,8 @@ SCRIPT_SUBCOMMANDS = {
 
 
 def script(conn: RespConnection, args: list[bytes]) -> Reply:
-    sub = SCRIPT_SUBCOMMANDS.get(args[1].lower())
-    if sub is None:
-        return r.unknown_subcommand("script", args[1])
-    if not sub.arity_ok(len(args)):
-        return r.wrong_arity(sub.name)
-    return sub.handler(conn, args)
+    sub = find_subcommand("script", SCRIPT_SUBCOMMANDS, args)
+    return sub if isinstance(sub, bytes) else sub.handler(conn, args)
 
 
 def _cmd(name: str, handler, summary: str, since: str, flags: str = "") -> Command:
