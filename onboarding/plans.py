@@ -19,7 +19,7 @@ CUSTOM = "custom"
 
 def quota_for(
     plan: str, *, memory_mib: int | None = None, rps: float | None = None, origin: str | None = None,
-    prefetcher: str | None = None, prefetch_max_keys: int | None = None,
+    prefetcher: str | None = None, prefetch_max_keys: int | None = None, scripting: bool = True,
 ) -> TenantQuota:
     """The quota of `plan`, with `memory_mib`/`rps` overriding it (required for the custom plan)."""
     if plan == CUSTOM:
@@ -45,6 +45,7 @@ def quota_for(
         origin=origin,
         prefetcher=prefetcher,
         prefetch_max_keys=prefetch_max_keys,
+        scripting=scripting,
     )
 
 

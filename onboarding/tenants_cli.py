@@ -56,13 +56,18 @@ def create(
     scopes: Annotated[
         str, typer.Option(help=f"Scopes of the first key, comma-separated: {SCOPES_HELP}.")
     ] = "read,write",
+    scripting: Annotated[
+        bool, typer.Option(help="Whether it may run Lua scripts (EVAL). A script holds every tenant's requests "
+                           "while it runs; a Lua pattern function cannot be interrupted: --no-scripting for "
+                           "tenants not trusted with that.")
+    ] = True,
     admin_url: AdminUrl = None,
     as_json: Json = False,
 ) -> None:
     """Create a tenant with its quotas, Vault policy and first API key (shown once), then print how to connect."""
     with output.reported(as_json):
         quota = quota_for(plan, memory_mib=memory, rps=rps, origin=origin, prefetcher=prefetcher,
-                          prefetch_max_keys=prefetch_max_keys)
+                          prefetch_max_keys=prefetch_max_keys, scripting=scripting)
         with onboarder(admin_url) as onboard, output.progress(f"Creating tenant {name}...", as_json):
             key_scopes = parse_scopes(scopes)
             created = onboard.create_tenant(name, quota, key_scopes)
@@ -139,6 +144,8 @@ def show(name: str, admin_url: AdminUrl = None, as_json: Json = False) -> None:
         if quota.prefetcher or quota.prefetch_max_keys:
             bound = f", remembering up to {quota.prefetch_max_keys:,} keys" if quota.prefetch_max_keys else ""
             output.out.print(f"prefetcher {quota.prefetcher or 'the service default'}{bound}", markup=False)
+        if not quota.scripting:
+            output.out.print("Lua scripts turned off (EVAL answers an error)", markup=False)
         from onboarding.keys_cli import keys_table
 
         output.out.print(keys_table(view.keys))

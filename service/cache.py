@@ -77,6 +77,7 @@ class TenantCache:
         """Take new quotas without losing data (a smaller budget evicts down to it)."""
         self.prefetcher = spec.quota.prefetcher
         self.prefetch_max_keys = spec.quota.prefetch_max_keys
+        self.scripting = spec.quota.scripting
         rate = spec.quota.requests_per_second
         self.bucket = TokenBucket(rate) if rate else None
         self.store.set_budget(spec.quota.memory_bytes)

@@ -40,6 +40,11 @@ class TenantQuota(BaseModel):
         "prefetch process (about 0.07-0.33 KB a key for Markov, 0.19-0.74 KB for the learned one); unset: the "
         "deployment's prefetch_max_keys.",
     )
+    scripting: bool = Field(
+        True, description="Whether the tenant may run Lua scripts (EVAL, EVALSHA). A script holds every tenant's "
+        "requests while it runs, within the service's script_time_limit_ms, except inside one Lua pattern "
+        "function, which no limit interrupts: off for tenants not trusted with that.",
+    )
 
 
 class TenantSpec(BaseModel):

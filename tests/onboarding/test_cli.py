@@ -44,6 +44,18 @@ def test_a_tenants_prefetcher_and_its_bound_are_kept_in_vault(vault_env: Path) -
     assert "prefetcher markov, remembering up to 65,536 keys" in shown.stdout
 
 
+def test_a_tenant_without_scripts_keeps_that_in_vault(vault_env: Path) -> None:
+    name = unique("noscripts")
+    created = invoke("tenants", "create", name, "--no-scripting", "--json")
+    assert created.exit_code == 0, created.output
+    assert json.loads(created.stdout)["quota"]["scripting"] is False
+    assert json.loads(invoke("tenants", "show", name, "--json").stdout)["quota"]["scripting"] is False
+    assert "Lua scripts turned off" in invoke("tenants", "show", name).stdout
+    other = unique("scripts")
+    assert invoke("tenants", "create", other, "--json").exit_code == 0
+    assert json.loads(invoke("tenants", "show", other, "--json").stdout)["quota"]["scripting"] is True
+
+
 def test_people_get_the_key_and_a_connection_snippet(vault_env: Path) -> None:
     result = invoke("tenants", "create", unique("human"), "--plan", "starter")
     assert result.exit_code == 0, result.output

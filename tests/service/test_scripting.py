@@ -12,7 +12,8 @@ import pytest
 import redis
 
 from service.resp.scripting import EVAL_SCRIPTS_KEPT, ScriptEngine, ScriptError, read_shebang
-from tests.service.harness import Cmd, RawClient, assert_same_replies, running_service
+from tests.service.harness import Cmd, RawClient, assert_same_replies, running_service, write_tenants_file
+from tests.tlsutil import PKI
 
 LOCK_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"
 RATE_LIMIT = ("local n = redis.call('INCR', KEYS[1]) if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end "
@@ -292,8 +293,22 @@ def test_declared_keys_read_through_and_undeclared_ones_see_the_cache(tmp_path: 
 def test_scripting_can_be_turned_off() -> None:
     with running_service(dev=True, scripting=False) as svc:
         client = redis.Redis(port=svc.resp_port)
-        with pytest.raises(redis.ResponseError, match="scripting is turned off"):
+        with pytest.raises(redis.ResponseError, match="scripting is turned off on this server"):
             client.eval("return 1", 0)
+
+
+def test_scripting_can_be_turned_off_for_one_tenant(tmp_path: Path, pki: PKI) -> None:
+    tenants = tmp_path / "tenants.json"
+    keys = write_tenants_file(tenants, {"untrusted": {"scripting": False}, "trusted": {}})
+    with running_service(tls_cert_file=pki.cert, tls_key_file=pki.key, tenants_file=tenants) as svc:
+        def client(tenant: str) -> redis.Redis:
+            return redis.Redis(port=svc.resp_port, ssl=True, ssl_ca_certs=str(pki.ca_cert),
+                               password=keys[tenant].secret)
+
+        with pytest.raises(redis.ResponseError, match="scripting is turned off for tenant 'untrusted'"):
+            client("untrusted").eval("return 1", 0)
+        assert client("untrusted").set("k", "v") is True
+        assert client("trusted").eval("return 1", 0) == 1
 
 
 def test_scripts_are_atomic_against_other_clients(foresight: int) -> None:

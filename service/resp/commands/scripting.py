@@ -34,6 +34,9 @@ def _engine(conn: RespConnection) -> ScriptEngine:
 def _evaluate(conn: RespConnection, args: list[bytes], *, by_sha: bool, read_only: bool) -> Reply:
     if not conn.state.settings.scripting:
         return r.error("ERR scripting is turned off on this server (the operator's FORESIGHT_SCRIPTING setting)")
+    if not conn.tenant.scripting:
+        return r.error(f"ERR scripting is turned off for tenant '{conn.tenant.name}' (its quota: tenants create "
+                       "--no-scripting)")
     numkeys = parse_int(args[2])
     if numkeys is None:
         return r.NOT_INTEGER
