@@ -185,7 +185,9 @@ local function handler(err)
   local msg
   if type(err) == 'userdata' then msg = py_error_of(err)  -- redis.call's error: the reply's text
   elseif type(err) == 'table' then msg = rawget(err, 'err') end
-  if type(msg) ~= 'string' then msg = 'ERR ' .. tostring(err) end
+  if type(msg) ~= 'string' then  -- error({}) or error(nil): redis-server 7.0.15 crashes on the first
+    msg = type(err) == 'table' and 'ERR the script raised a table without an err field' or 'ERR ' .. tostring(err)
+  end
   return {err = msg, line = info and info.currentline}
 end
 

@@ -232,13 +232,16 @@ def test_watch_sees_a_scripts_write(foresight: int) -> None:
 
 def test_foresight_only_refusals(foresight: int) -> None:
     """Where Foresight refuses what Redis allows, on purpose: a flush waits for its audit record, which a script
-    cannot do; coroutines would run without the time limit's hook."""
+    cannot do; coroutines would run without the time limit's hook; and where redis-server has no answer."""
     client = RawClient(foresight)
     assert client.send(("EVAL", "return redis.call('FLUSHDB')", "0")).startswith(
         b"-ERR This Redis command is not allowed from script script: ")
     assert b"nonexistent global variable 'coroutine'" in client.send(("EVAL", "return coroutine", "0"))
     assert client.send(("EVAL", "return loadstring(string.dump(function() return 1 end))", "0")) == b"$-1\r\n"
     assert b"nonexistent global variable 'debug'" in client.send(("EVAL", "return loadstring('return debug')()", "0"))
+    assert client.send(("EVAL", "error({})", "0")).startswith(  # redis-server 7.0.15 crashes on this one
+        b"-ERR the script raised a table without an err field script: ")
+    assert client.send(("EVAL", "error(nil)", "0")).startswith(b"-ERR nil script: ")
 
 
 @pytest.mark.parametrize("body", [
