@@ -5,7 +5,7 @@ earlier, a WATCHed key written in between, by the same client or a second one); 
 short, so no reply depends on how long the two servers take; commands whose replies depend on time or on
 hash order (TTL, EXPIRETIME, SCAN, KEYS, INFO, DBSIZE, which counts a key set with a deadline already past
 until Redis happens to reclaim it) are left to the other tests. Scripts call the same commands from Lua, with
-redis.call, redis.pcall and pcall, so the conversions and error texts meet the same edge values."""
+redis.call, redis.pcall and pcall, and through cjson, so the conversions and error texts meet the same edge values."""
 
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ SCRIPTS = [  # each called with KEYS = (two keys) and ARGV = (a command name, a 
     "return tonumber(redis.call('GET', KEYS[1]))",
     "redis.setresp(3) return redis.call('GET', KEYS[1])",
     "redis.call('SET', KEYS[2], ARGV[2]) return redis.call('APPEND', KEYS[1], redis.call('GET', KEYS[2]))",
+    "return cjson.encode({redis.call('GET', KEYS[1]), redis.call('MGET', KEYS[1], KEYS[2]), ARGV[2]})",
+    "local ok, v = pcall(cjson.decode, redis.call('GET', KEYS[1])) return {tostring(ok), ok and cjson.encode(v) or v}",
 ]
 CALLED = ["GET", "SET", "INCRBY", "APPEND", "GETSET", "DEL", "STRLEN", "GETDEL", "SETNX", "INCR", "NOSUCH", "MULTI"]
 SET_OPTIONS = ["NX", "XX", "GET", "KEEPTTL", "EX", "PX", "EXAT", "PXAT", "nx", "BOGUS"]
