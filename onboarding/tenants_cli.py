@@ -58,8 +58,8 @@ def create(
     ] = "read,write",
     scripting: Annotated[
         bool, typer.Option(help="Whether it may run Lua scripts (EVAL). A script holds every tenant's requests "
-                           "while it runs; a Lua pattern function cannot be interrupted: --no-scripting for "
-                           "tenants not trusted with that.")
+                           "while it runs, up to the service's time limit: --no-scripting for tenants not "
+                           "trusted with that.")
     ] = True,
     admin_url: AdminUrl = None,
     as_json: Json = False,

@@ -42,8 +42,7 @@ class TenantQuota(BaseModel):
     )
     scripting: bool = Field(
         True, description="Whether the tenant may run Lua scripts (EVAL, EVALSHA). A script holds every tenant's "
-        "requests while it runs, within the service's script_time_limit_ms, except inside one Lua pattern "
-        "function, which no limit interrupts: off for tenants not trusted with that.",
+        "requests while it runs, up to the service's script_time_limit_ms: off for tenants not trusted with that.",
     )
 
 

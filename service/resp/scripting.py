@@ -28,7 +28,9 @@ EVAL_SCRIPTS_KEPT = 500
 
 _LUA = resources.files("service.resp") / "lua"
 _SANDBOX = (_LUA / "sandbox.lua").read_text()  # builds the sandbox, the runner and the compiler
-_CJSON = (_LUA / "cjson.lua").read_bytes()  # handed to the sandbox, which loads it as a Lua chunk
+# Handed to the sandbox, which loads them as Lua chunks of its own:
+_CJSON = (_LUA / "cjson.lua").read_bytes()
+_PATTERNS = (_LUA / "patterns.lua").read_bytes()
 
 
 _SHEBANG_FLAGS = ("no-writes", "allow-oom", "allow-stale", "no-cluster", "allow-cross-slot-keys")
@@ -132,7 +134,7 @@ class ScriptEngine:
         self.stats = ScriptStats()
         self._run, self._compile, self._reclaim = self._lua.execute(
             _SANDBOX, self._call, self._pcall, error_text, _error_of, self._set_resp, _sha1hex, time.monotonic,
-            _CJSON,
+            _CJSON, _PATTERNS,
         )
         self._loaded: dict[str, Script] = {}  # SCRIPT LOAD: kept until SCRIPT FLUSH
         self._evaluated: OrderedDict[str, Script] = OrderedDict()  # EVAL: the least recently run go first

@@ -4,6 +4,7 @@ script caches, scopes checked on every call, and the declared keys read through 
 
 from __future__ import annotations
 
+import random
 import threading
 from pathlib import Path
 
@@ -227,6 +228,55 @@ def test_scripts_answer_as_redis_does(case: str, reference: int, foresight: int)
 @pytest.mark.parametrize("case", sorted(RESP3_CASES))
 def test_scripts_answer_as_redis_does_in_resp3(case: str, reference: int, foresight: int) -> None:
     assert_same_replies(case, RESP3_CASES[case], reference, foresight, resp3=True)
+
+
+PATTERN_PROBE = """
+local s, p, how = ARGV[1], ARGV[2], ARGV[3]
+local ok, result = pcall(function()
+  if how == 'find' then return {string.find(s, p)} end
+  if how == 'match' then return {string.match(s, p)} end
+  if how == 'gsub' then return {string.gsub(s, p, '<%0%1>')} end
+  local found = {}
+  for a, b in string.gmatch(s, p) do found[#found + 1] = a; found[#found + 1] = b or false end
+  return found
+end)
+if ok then return result end
+return {'error', result}
+"""
+PATTERN_ITEMS = ["a", "b", ".", "%a", "%d", "%s", "%A", "[ab]", "[^a]", "[a-c1]", "%%", "(", ")", "()", "%b()",
+                 "%f[%a]", "%1", "^", "$", "x"]
+
+
+def _pattern(rng: random.Random) -> str:
+    """Random patterns with at least two quantifiers, so that Foresight's Lua matcher (not C's) answers them."""
+    parts = [rng.choice(PATTERN_ITEMS) for _ in range(rng.randint(2, 6))]
+    for i in rng.sample(range(len(parts)), 2):
+        parts[i] += rng.choice("*+-?")
+    return "".join(parts)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pattern_functions_answer_as_redis_does(seed: int, reference: int, foresight: int) -> None:
+    """string.find, match, gsub and gmatch through Foresight's interruptible matcher, against Redis's C one."""
+    rng = random.Random(seed)
+    commands: list[Cmd] = [
+        ("EVAL", PATTERN_PROBE, "0", "".join(rng.choice("ab1 ()%x") for _ in range(rng.randint(0, 14))),
+         _pattern(rng), rng.choice(["find", "match", "gsub", "gmatch"]))
+        for _ in range(400)
+    ]
+    assert_same_replies(f"patterns seed {seed}", commands, reference, foresight, resp3=False)
+
+
+def test_a_pathological_pattern_is_stopped_by_the_time_limit() -> None:
+    """C's matcher would run for hours on this (Redis's does); the sandbox's Lua matcher is stopped in time."""
+    with running_service(dev=True, script_time_limit_ms=200) as svc:
+        client = redis.Redis(port=svc.resp_port)
+        for body in ("return string.find(string.rep('a', 20000), string.rep('a*', 12) .. 'b')",
+                     "return string.gsub(string.rep('a', 1e6), 'a*b', '')",
+                     "for w in string.gmatch(string.rep('a', 5e4), '.-.-b') do end"):
+            with pytest.raises(redis.ResponseError, match="script stopped: it ran past the time limit of 200 ms"):
+                client.eval(body, 0)
+        assert client.eval("return string.find(string.rep('a', 1e6) .. 'b', 'ab')", 0) == 1_000_000
 
 
 def test_redis_py_lock_and_registered_scripts(foresight: int) -> None:

@@ -1,15 +1,17 @@
--- The chunk that builds a tenant's sandbox. It receives Python's command bridge, sha1, clock and cjson's source,
--- and returns the runner, the compiler and the collector. Every library function it uses is captured as a local
+-- The chunk that builds a tenant's sandbox. It receives Python's command bridge, sha1, clock, and the sources of
+-- cjson and of the pattern functions, and returns the runner, the compiler and the collector. Every library function it uses is captured as a local
 -- first, so a script that changes a shared metatable cannot change how the runner behaves.
-local py_call, py_pcall, py_error_text, py_error_of, py_setresp, py_sha1hex, clock, cjson_source = ...
+local py_call, py_pcall, py_error_text, py_error_of, py_setresp, py_sha1hex, clock = ...
+local cjson_source, patterns_source = select(8, ...)
 local sethook, getinfo = debug.sethook, debug.getinfo
 local format, gsub, sub = string.format, string.gsub, string.sub
 local concat, maxn = table.concat, table.maxn
 local type, select, error, rawget, rawset, tostring = type, select, error, rawget, rawset, tostring
 local pcall, xpcall, setfenv, loadstring, unpack = pcall, xpcall, setfenv, loadstring, unpack
 local setmetatable, collectgarbage = setmetatable, collectgarbage
-local SCRIPT, CJSON = '@user_script', '=cjson'
+local SCRIPT, CJSON, PATTERNS = '@user_script', '=cjson', '=patterns'
 local cjson = loadstring(cjson_source, CJSON)()
+local patterns = loadstring(patterns_source, PATTERNS)()
 
 local protected = setmetatable({}, {__mode = 'k'})
 local function readonly(source)
@@ -22,9 +24,10 @@ local function readonly(source)
   })
 end
 
-local function copy(library, names)
+local function copy(library, names, replaced)
   local t = {}
   for _, name in pairs(names) do t[name] = library[name] end
+  for name, fn in pairs(replaced or {}) do t[name] = fn end
   return readonly(t)
 end
 
@@ -119,8 +122,8 @@ local env = {
     return script_loadstring(chunk, name)
   end,
   _VERSION = _VERSION,
-  string = copy(string, {'byte', 'char', 'dump', 'find', 'format', 'gmatch', 'gsub', 'len', 'lower', 'match',
-                         'rep', 'reverse', 'sub', 'upper'}),
+  string = copy(string, {'byte', 'char', 'dump', 'format', 'len', 'lower', 'rep', 'reverse', 'sub', 'upper'},
+                patterns),  -- find, match, gmatch and gsub: C's where bounded, else Lua's, which the hook stops
   table = copy(table, {'concat', 'insert', 'maxn', 'remove', 'sort', 'getn', 'setn', 'foreach', 'foreachi'}),
   math = copy(math, {'abs', 'acos', 'asin', 'atan', 'atan2', 'ceil', 'cos', 'cosh', 'deg', 'exp', 'floor', 'fmod',
                      'frexp', 'huge', 'ldexp', 'log', 'log10', 'max', 'min', 'modf', 'pi', 'pow', 'rad', 'random',
@@ -149,7 +152,8 @@ local function hook()
     sethook(hook, '', 1)  -- from now on every instruction of the script raises, so pcall cannot keep it alive
   end
   local info = getinfo(2, 'S')
-  if info and (info.source == SCRIPT or info.source == CJSON) then error(stopped, 0) end  -- not in the runner
+  local source = info and info.source
+  if source == SCRIPT or source == CJSON or source == PATTERNS then error(stopped, 0) end  -- not in the runner
 end
 
 -- The message handler: a string error becomes an error table; both get the script line that raised it.
