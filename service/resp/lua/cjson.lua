@@ -26,8 +26,9 @@ local function note_caller()
 end
 
 -- luaL_argerror's text: the name the caller used for the function ('?' when it was called by pcall).
-local function bad_argument(extra)
-  local name = getinfo(2, 'n').name or '?'  -- level 2: encode or decode, as its caller named it
+local function bad_argument(own_name, extra)
+  local caller = getinfo(3, 'S')  -- level 2: encode or decode, as its caller named it ('?' for pcall)
+  local name = getinfo(2, 'n').name or (caller and caller.what == 'tail' and own_name) or '?'
   raise(format("bad argument #1 to '%s' (%s)", name, extra))
 end
 
@@ -99,7 +100,7 @@ end
 
 local function encode(...)
   note_caller()
-  if select('#', ...) ~= 1 then bad_argument('expected 1 argument') end
+  if select('#', ...) ~= 1 then bad_argument('encode', 'expected 1 argument') end
   local out = {}
   append((...), 0, out)
   return concat(out)
@@ -232,11 +233,13 @@ end
 
 local function decode(...)
   note_caller()
-  if select('#', ...) ~= 1 then bad_argument('expected 1 argument') end
+  if select('#', ...) ~= 1 then bad_argument('decode', 'expected 1 argument') end
   local text = ...
   local kind = type(text)
   if kind == 'number' then text = format('%.14g', text)
-  elseif kind ~= 'string' then bad_argument(format('string expected, got %s', kind == 'nil' and 'no value' or kind)) end
+  elseif kind ~= 'string' then
+    bad_argument('decode', format('string expected, got %s', kind == 'nil' and 'no value' or kind))
+  end
   if #text >= 2 and (byte(text, 1) == 0 or byte(text, 2) == 0) then
     raise('JSON parser does not support UTF-16 or UTF-32')
   end

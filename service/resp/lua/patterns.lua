@@ -13,10 +13,13 @@ local C_BUDGET = 1e8  -- matcher steps C may take in one call (about a tenth of 
 
 -- Errors as luaL_error raises them: prefixed with the position of the code that called string.find & co. Each
 -- public function notes its caller on entry (a replacement function may call another: gsub notes itself again).
+-- A call in a tail position (`return string.find(...)`) has left its caller's line behind, so its error names
+-- none where Redis's, made in C, does.
 local where, fname, namewhat = '', '?', ''
-local function note_caller()
+local function note_caller(own_name)
   local info, caller = getinfo(2, 'n'), getinfo(3, 'Sl')  -- the public function, and its caller
-  fname, namewhat = info.name or '?', info.namewhat
+  -- Unnamed when C called it (pcall: '?', as Lua says) or a tail call left no caller (Redis, in C, has one).
+  fname, namewhat = info.name or (caller and caller.what == 'tail' and own_name) or '?', info.namewhat
   where = (caller and caller.currentline > 0) and format('%s:%d: ', caller.short_src, caller.currentline) or ''
 end
 
@@ -340,17 +343,17 @@ local function str_find_aux(find_mode, ...)
 end
 
 function M.find(...)
-  note_caller()
+  note_caller('find')
   return str_find_aux(true, ...)
 end
 
 function M.match(...)
-  note_caller()
+  note_caller('match')
   return str_find_aux(false, ...)
 end
 
 function M.gmatch(...)
-  note_caller()
+  note_caller('gmatch')
   local s, p = check_string((...), 1), check_string(select(2, ...), 2)
   if bounded(s, p) then return c_gmatch(s, p) end
   local ms = new_state(s, p)
@@ -415,7 +418,7 @@ local function add_value(ms, out, s, e, repl, kind)
 end
 
 function M.gsub(...)
-  note_caller()
+  note_caller('gsub')
   local src, p = check_string((...), 1), check_string(select(2, ...), 2)
   local repl, max_n = select(3, ...)
   local kind = type(repl)
