@@ -5,7 +5,8 @@ script runs on the event loop like any command (that is what makes it atomic), s
 instruction-count hook stops a script that runs past the time limit, and the runtime's allocator refuses
 memory past the memory limit. What is left out of Redis's Lua environment is left out because it could
 escape the sandbox or dodge the limits: `coroutine` (a coroutine runs without the hook), bytecode loading,
-`setfenv`/`getfenv`; cmsgpack, struct and bit are not built. The sandbox and cjson are Lua, in `lua/`.
+`setfenv`/`getfenv`; cmsgpack, struct and bit are not built. The sandbox, cjson and the pattern functions
+(find, match, gmatch, gsub) are Lua, in `lua/`.
 
 Conversions between Lua values and replies, the error formats and the read-only global table follow Redis
 7.0 byte for byte where the differential test checks them (tests/service/test_scripting.py).

@@ -433,6 +433,11 @@ def test_scripting_can_be_turned_off_for_one_tenant(tmp_path: Path, pki: PKI) ->
 
         with pytest.raises(redis.ResponseError, match="scripting is turned off for tenant 'untrusted'"):
             client("untrusted").eval("return 1", 0)
+        with pytest.raises(redis.ResponseError, match="scripting is turned off for tenant 'untrusted'"):
+            client("untrusted").script_load("return 1")
+        assert client("untrusted").script_exists(RETURN_1_SHA) == [False]
+        assert client("untrusted").script_flush() is True
+        assert svc.state.tenants.get("untrusted").scripts is None  # no runtime was made for it
         assert client("untrusted").set("k", "v") is True
         assert client("trusted").eval("return 1", 0) == 1
 

@@ -23,20 +23,21 @@ if TYPE_CHECKING:
 _NOSCRIPT = r.error("NOSCRIPT No matching script. Please use EVAL.")
 
 
-def _engine(conn: RespConnection) -> ScriptEngine:
+def _engine(conn: RespConnection) -> ScriptEngine | bytes:
+    """The tenant's runtime, made on first use; or the error, where scripting is turned off for it."""
     tenant = conn.tenant
+    settings = conn.state.settings
+    if not settings.scripting:
+        return r.error("ERR scripting is turned off on this server (the operator's FORESIGHT_SCRIPTING setting)")
+    if not tenant.scripting:
+        return r.error(f"ERR scripting is turned off for tenant '{tenant.name}' (its quota: tenants create "
+                       "--no-scripting)")
     if tenant.scripts is None:
-        settings = conn.state.settings
         tenant.scripts = ScriptEngine(settings.script_time_limit_ms / 1000, settings.script_memory_bytes)
     return tenant.scripts
 
 
 def _evaluate(conn: RespConnection, args: list[bytes], *, by_sha: bool, read_only: bool) -> Reply:
-    if not conn.state.settings.scripting:
-        return r.error("ERR scripting is turned off on this server (the operator's FORESIGHT_SCRIPTING setting)")
-    if not conn.tenant.scripting:
-        return r.error(f"ERR scripting is turned off for tenant '{conn.tenant.name}' (its quota: tenants create "
-                       "--no-scripting)")
     numkeys = parse_int(args[2])
     if numkeys is None:
         return r.NOT_INTEGER
@@ -45,6 +46,8 @@ def _evaluate(conn: RespConnection, args: list[bytes], *, by_sha: bool, read_onl
     if numkeys > len(args) - 3:
         return r.error("ERR Number of keys can't be greater than number of args")
     engine = _engine(conn)
+    if isinstance(engine, bytes):
+        return engine
     if by_sha:
         found = engine.find(args[1].decode("latin-1").lower())
         if found is None:
@@ -175,21 +178,26 @@ def evalsha_ro(conn: RespConnection, args: list[bytes]) -> Reply:
 
 # SCRIPT -------------------------------------------------------------------------------------------------------
 def _script_load(conn: RespConnection, args: list[bytes]) -> Reply:
+    engine = _engine(conn)
+    if isinstance(engine, bytes):
+        return engine
     try:
-        return r.bulk(_engine(conn).load(args[2], keep=True).sha.encode())
+        return r.bulk(engine.load(args[2], keep=True).sha.encode())
     except ScriptError as err:
         return r.error(str(err))
 
 
 def _script_exists(conn: RespConnection, args: list[bytes]) -> Reply:
-    engine = _engine(conn)
-    return r.array(r.ONE if engine.find(sha.decode("latin-1").lower()) else r.ZERO for sha in args[2:])
+    """Without a runtime (no script yet, or scripting off) no script exists: none is made to say so."""
+    engine = conn.tenant.scripts
+    return r.array(r.ONE if engine and engine.find(sha.decode("latin-1").lower()) else r.ZERO for sha in args[2:])
 
 
 def _script_flush(conn: RespConnection, args: list[bytes]) -> Reply:
     if len(args) > 3 or (len(args) == 3 and args[2].lower() not in (b"sync", b"async")):
         return r.error("ERR SCRIPT FLUSH only support SYNC|ASYNC option")
-    _engine(conn).flush()
+    if conn.tenant.scripts is not None:
+        conn.tenant.scripts.flush()
     return r.OK
 
 
