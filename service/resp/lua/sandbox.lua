@@ -1,6 +1,7 @@
 -- The chunk that builds a tenant's sandbox. It receives Python's command bridge, sha1, clock, and the sources of
--- cjson and of the pattern functions, and returns the runner, the compiler and the collector. Every library function it uses is captured as a local
--- first, so a script that changes a shared metatable cannot change how the runner behaves.
+-- cjson and of the pattern functions, and returns the runner, the compiler and the collector. Every library
+-- function it uses is captured as a local first, so a script that changes a shared metatable cannot change how
+-- the runner behaves.
 local py_call, py_pcall, py_error_text, py_error_of, py_setresp, py_sha1hex, clock = ...
 local cjson_source, patterns_source = select(8, ...)
 local sethook, getinfo = debug.sethook, debug.getinfo
