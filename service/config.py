@@ -165,8 +165,8 @@ class Settings(BaseSettings):
         "loop while it runs, as in Redis, so every tenant waits for it: the limits below bound that."
     )
     script_time_limit_ms: int = Field(
-        500, gt=0, le=60_000, description="A script running longer than this is stopped with an error (Redis "
-        "would only start answering BUSY); its writes so far stay, as after any script error."
+        500, gt=0, le=60_000, description="A script running longer than this is stopped with an error and its "
+        "writes are undone (Redis would only start answering BUSY, and cannot kill a script that wrote)."
     )
     script_memory_bytes: int = Field(
         32 * 1024 * 1024, ge=1024 * 1024, description="Memory one tenant's Lua runtime may allocate (its compiled "

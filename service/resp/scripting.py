@@ -178,8 +178,10 @@ class ScriptEngine:
         self._evaluated.clear()
         self._reclaim()
 
-    def run(self, script: Script, keys: list[bytes], argv: list[bytes], null: bytes, dispatch: Dispatch) -> bytes:
-        """Run a script to its reply, in the protocol whose null is `null`."""
+    def run(self, script: Script, keys: list[bytes], argv: list[bytes], null: bytes,
+            dispatch: Dispatch) -> tuple[bytes, bool]:
+        """Run a script to its reply, in the protocol whose null is `null`, and whether the time limit stopped it
+        (the caller then undoes its writes, as the reply says)."""
         self._dispatch, self._resp = dispatch, 2
         self.stats.runs += 1
         try:
@@ -195,8 +197,8 @@ class ScriptEngine:
             self.stats.out_of_memory += 1
             self._reclaim()
             return b"-ERR script ran out of memory: the tenant's scripts may use %d bytes script: %b.\r\n" % (
-                self.memory_bytes, script.sha.encode())
-        return reply
+                self.memory_bytes, script.sha.encode()), False
+        return reply, stopped
 
     def table(self, items: list[Any] | dict[bytes, Any]) -> Any:
         return self._lua.table_from(items)

@@ -388,6 +388,26 @@ def test_a_script_past_the_time_limit_is_stopped(body: str) -> None:
         assert 'foresight_script_runs_total{tenant="default"} 2.0' in metrics
 
 
+def test_a_stopped_script_leaves_none_of_its_writes_behind() -> None:
+    """Other clients see a script whole or not at all: the writes of one the time limit stops are undone (values,
+    deadlines, deletions); a script that fails on its own keeps its writes, as in Redis."""
+    with running_service(dev=True, script_time_limit_ms=100) as svc:
+        client = redis.Redis(port=svc.resp_port)
+        client.set("balance", 10)
+        client.set("session", "abc", ex=1000)
+        client.set("ttl-less", "x")
+        body = ("redis.call('INCRBY', 'balance', 5) redis.call('SET', 'fresh', 'v') redis.call('DEL', 'session') "
+                "redis.call('EXPIRE', 'ttl-less', 50) redis.call('MSET', 'balance', 99, 'other', 1) while true do end")
+        with pytest.raises(redis.ResponseError, match="time limit of 100 ms; its writes were undone"):
+            client.eval(body, 0)
+        assert client.mget("balance", "fresh", "other") == [b"10", None, None]
+        assert client.get("session") == b"abc" and 990 < client.ttl("session") <= 1000
+        assert client.ttl("ttl-less") == -1
+        with pytest.raises(redis.ResponseError, match="attempt to perform arithmetic"):
+            client.eval("redis.call('INCRBY', 'balance', 5) return nil + 1", 0)
+        assert client.get("balance") == b"15"
+
+
 def test_a_script_past_the_memory_limit_fails_and_the_runtime_recovers() -> None:
     with running_service(dev=True, script_memory_bytes=2 * 1024 * 1024) as svc:
         client = redis.Redis(port=svc.resp_port)

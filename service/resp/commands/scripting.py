@@ -16,6 +16,7 @@ from service.resp import replies as r
 from service.resp.commands import Command, Reply, find_subcommand
 from service.resp.commands.strings import parse_int
 from service.resp.scripting import Script, ScriptEngine, ScriptError
+from service.store.memory import MemoryStore
 
 if TYPE_CHECKING:
     from service.resp.connection import RespConnection
@@ -79,21 +80,50 @@ async def _read_through_then_run(conn: RespConnection, engine: ScriptEngine, scr
     return _run(conn, engine, script, keys, argv, read_only)
 
 
+class _Undo:
+    """The keys a script's writes touched, as they were before it: a script is all or nothing to other clients,
+    so one the time limit stops must not leave half its writes behind (Redis, which cannot stop a script that
+    wrote, keeps it running instead). A script that fails on its own keeps its writes, as in Redis."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.before: dict[bytes, tuple[bytes, int] | None] = {}  # key -> (value, deadline), None: absent
+
+    def note(self, cmd: Command, args: list[bytes]) -> None:
+        last = cmd.last_key if cmd.last_key > 0 else len(args) + cmd.last_key
+        for key in args[cmd.first_key:last + 1:cmd.step] if cmd.step else ():
+            if key not in self.before:
+                entry = self.store.entry(key)
+                self.before[key] = None if entry is None else (entry.value, entry.expires_at)
+
+    def undo(self) -> None:
+        for key, before in self.before.items():
+            if before is None:
+                self.store.delete(key)
+            else:
+                self.store.set(key, before[0], before[1])
+
+
 def _run(conn: RespConnection, engine: ScriptEngine, script: Script, keys: list[bytes], argv: list[bytes],
          read_only: bool) -> bytes:
     """Run the script on the caller's connection, set up for its calls: replies in the script's protocol, reads
     from the cache alone. Nothing else sees the connection meanwhile: the script runs without yielding the loop."""
     protocol, null = conn.protocol, conn.null  # the script's own reply goes to this client, in its protocol
+    undo = _Undo(conn.tenant.store)
     conn.cache_only = True
     try:
-        return engine.run(script, keys, argv, null, lambda args, resp: _call(conn, engine, args, resp, read_only))
+        reply, stopped = engine.run(script, keys, argv, null,
+                                    lambda args, resp: _call(conn, engine, args, resp, read_only, undo))
     finally:
         conn.protocol, conn.null = protocol, null
         del conn.cache_only
+    if stopped:
+        undo.undo()  # the error says so: "its writes were undone"
+    return reply
 
 
-def _call(conn: RespConnection, engine: ScriptEngine, args: list[bytes], resp: int,
-          read_only: bool) -> tuple[Any, bytes | None]:
+def _call(conn: RespConnection, engine: ScriptEngine, args: list[bytes], resp: int, read_only: bool,
+          undo: _Undo) -> tuple[Any, bytes | None]:
     """One redis.call: the checks in Redis 7.0's order (scriptCall), then the command's own handler."""
     cmd = conn.commands.get(args[0].lower())
     if cmd is None:
@@ -107,6 +137,8 @@ def _call(conn: RespConnection, engine: ScriptEngine, args: list[bytes], resp: i
     refused = conn.lacks_scope(cmd)
     if refused is not None:
         return None, refused[:-2]
+    if "write" in cmd.flags:
+        undo.note(cmd, args)
     conn.protocol, conn.null = resp, r.NULL3 if resp == 3 else r.NULL2
     reply = cmd.handler(conn, args)
     if type(reply) is not bytes:  # a handler that waits: none of those is allowed here, so this is a bug

@@ -149,7 +149,7 @@ env._G = globals
 local function hook()
   if stopped == nil then
     if clock() < deadline then return end
-    stopped = {err = 'ERR script stopped: it ran past the time limit of ' .. limit_ms .. ' ms'}
+    stopped = {err = 'ERR script stopped: it ran past the time limit of ' .. limit_ms .. ' ms; its writes were undone'}
     sethook(hook, '', 1)  -- from now on every instruction of the script raises, so pcall cannot keep it alive
   end
   local info = getinfo(2, 'S')
