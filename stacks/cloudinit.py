@@ -43,19 +43,26 @@ class NodeBoot:
 
     image: str
     environment: Mapping[str, str]
-    data_disk_model: str
+    data_disk: str  # which disk mount_data_volume.sh formats: its model (AWS) or its stable /dev path (GCP)
     ssh_enabled: bool
 
 
 def service_environment(
-    spec: StackSpec, layout: VaultLayout, kms_provider: str, kms_key_id: str, extra: Mapping[str, str]
+    spec: StackSpec,
+    layout: VaultLayout,
+    vault_login: Mapping[str, str],
+    kms_provider: str,
+    kms_key_id: str,
+    extra: Mapping[str, str],
 ) -> dict[str, str]:
-    """The container's FORESIGHT_* settings plus what fetch_tls.py reads; `extra` adds cloud SDK settings."""
+    """The container's FORESIGHT_* settings plus what fetch_tls.py reads. `vault_login` names the cloud's Vault
+    login (FORESIGHT_VAULT_AUTH_METHOD and its options), which both the service and fetch_tls.py read;
+    `extra` adds cloud SDK settings."""
     return {
         "FORESIGHT_TLS_CERT_FILE": f"{CONTAINER_TLS_DIR}/tls.crt",
         "FORESIGHT_TLS_KEY_FILE": f"{CONTAINER_TLS_DIR}/tls.key",
         "FORESIGHT_VAULT_ADDR": spec.vault_address,
-        "FORESIGHT_VAULT_AUTH_METHOD": spec.cloud.value,
+        **vault_login,
         "FORESIGHT_VAULT_AUTH_MOUNT": layout.auth_mount,
         "FORESIGHT_VAULT_ROLE": layout.role,
         "FORESIGHT_VAULT_KV_MOUNT": layout.kv_mount,
@@ -112,7 +119,7 @@ WantedBy=multi-user.target
 def render_user_data(boot: NodeBoot) -> str:
     """The `#cloud-config` document; it passes `cloud-init schema` and holds no secret."""
     runcmd: list[Any] = [
-        [f"{INSTALL_DIR}/mount_data_volume.sh", boot.data_disk_model, f"{SERVICE_GID}:{SERVICE_GID}"],
+        [f"{INSTALL_DIR}/mount_data_volume.sh", boot.data_disk, f"{SERVICE_GID}:{SERVICE_GID}"],
         # The GPU AMIs ship the NVIDIA container toolkit; make sure Docker's runtime config knows it.
         ["sh", "-c", "if command -v nvidia-ctk; then nvidia-ctk runtime configure --runtime=docker; fi"],
         ["systemctl", "restart", "docker.service"],

@@ -103,6 +103,11 @@ def config_key(name: str) -> str:
     return f"{NAMESPACE}:{name}"
 
 
+def label_value(text: str) -> str:
+    """`text` as a Google Cloud label value: lowercased, other characters as `-`, at most 63 characters."""
+    return re.sub(r"[^a-z0-9_-]", "-", text.lower())[:63]
+
+
 def is_private_range(network: IPv4Network) -> bool:
     return any(network.subnet_of(private) for private in PRIVATE_RANGES)
 
@@ -214,8 +219,17 @@ class StackSpec(BaseModel):
         return urlsplit(self.vault_address).port or 443
 
     def tags(self) -> dict[str, str]:
-        """Tags (labels) every taggable resource carries; the policy pack requires them."""
+        """Tags every taggable AWS resource carries; the policy pack requires them."""
         return {"foresight:project": self.project, "foresight:stack": self.stack, "managed-by": "pulumi"}
+
+    def labels(self) -> dict[str, str]:
+        """The same as `tags()` in Google Cloud's label grammar (keys and values: lowercase letters, digits, `_`
+        and `-`, at most 63 characters), which has no `:`."""
+        return {
+            "foresight-project": label_value(self.project),
+            "foresight-stack": label_value(self.stack),
+            "managed-by": "pulumi",
+        }
 
     @classmethod
     def from_values(

@@ -41,9 +41,16 @@ class ServerTls:
 
 
 def create_server_tls(
-    name: str, common_name: str, dns_names: pulumi.Input[list[str]], parent: pulumi.Resource
+    name: str,
+    common_name: str,
+    parent: pulumi.Resource,
+    dns_names: pulumi.Input[list[str]] | None = None,
+    ip_addresses: pulumi.Input[list[str]] | None = None,
 ) -> ServerTls:
-    """A CA named after the stack and a server certificate for `dns_names`, all children of `parent`."""
+    """A CA named after the stack and a server certificate for the endpoint, all children of `parent`.
+
+    The endpoint is a DNS name where the cloud gives the load balancer one (AWS) and an IP address where it
+    does not (a Google Cloud forwarding rule): clients check whichever subject alternative name is there."""
     opts = pulumi.ResourceOptions(parent=parent)
     ca_key = tls.PrivateKey(f"{name}-ca-key", algorithm="ECDSA", ecdsa_curve="P256", opts=opts)
     ca = tls.SelfSignedCert(
@@ -61,6 +68,7 @@ def create_server_tls(
         private_key_pem=server_key.private_key_pem,
         subject=tls.CertRequestSubjectArgs(common_name=common_name, organization="Foresight"),
         dns_names=dns_names,
+        ip_addresses=ip_addresses,
         opts=opts,
     )
     server_cert = tls.LocallySignedCert(

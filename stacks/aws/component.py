@@ -82,13 +82,18 @@ class GpuNode(pulumi.ComponentResource):
 
         def user_data(key_arn: str) -> str:
             environment = service_environment(
-                spec, layout, "aws", key_arn, {"AWS_REGION": spec.region, "AWS_DEFAULT_REGION": spec.region}
+                spec,
+                layout,
+                vault_login={"FORESIGHT_VAULT_AUTH_METHOD": "aws"},
+                kms_provider="aws",
+                kms_key_id=key_arn,
+                extra={"AWS_REGION": spec.region, "AWS_DEFAULT_REGION": spec.region},
             )
             return render_user_data(
                 NodeBoot(
                     image=spec.image,
                     environment=environment,
-                    data_disk_model=DATA_DISK_MODEL,
+                    data_disk=DATA_DISK_MODEL,
                     ssh_enabled=spec.ssh_public_key is not None,
                 )
             )

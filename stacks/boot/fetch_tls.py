@@ -3,10 +3,18 @@
 
 cloud-init installs this file on the node and systemd runs it (ExecStartPre) with the settings of
 /etc/foresight/foresight.env: FORESIGHT_VAULT_ADDR, FORESIGHT_VAULT_AUTH_METHOD, FORESIGHT_VAULT_AUTH_MOUNT,
-FORESIGHT_VAULT_ROLE, FORESIGHT_VAULT_KV_MOUNT and FORESIGHT_TLS_VAULT_PATH. It logs in (AWS: Vault's IAM
-auth method, with an sts:GetCallerIdentity request signed by the instance role's IMDSv2 credentials), reads
-the KV v2 secret, writes ca.pem, tls.crt and tls.key into --out (mode 0640, group --group), and revokes its
-token. No static secret exists on the node. Standard library only, Python 3.10+: the OS's python3 runs it.
+FORESIGHT_VAULT_ROLE, FORESIGHT_VAULT_KV_MOUNT and FORESIGHT_TLS_VAULT_PATH. It logs in, reads the KV v2
+secret, writes ca.pem, tls.crt and tls.key into --out (mode 0640, group --group), and revokes its token.
+
+Login methods (FORESIGHT_VAULT_AUTH_METHOD):
+  aws  Vault's IAM auth method, with an sts:GetCallerIdentity request signed by the instance role's IMDSv2
+       credentials.
+  jwt  Vault's (and OpenBao's) jwt auth method, with FORESIGHT_VAULT_JWT_SOURCE=gcp: the VM service
+       account's identity token (format=full) from the GCP metadata server, for the audience
+       FORESIGHT_VAULT_GCP_AUDIENCE (default http://vault/<role>). The service logs in the same way
+       (service/security/vault_auth.py) and reads the same settings.
+
+No static secret exists on the node. Standard library only, Python 3.10+: the OS's python3 runs it.
 """
 
 from __future__ import annotations
@@ -20,12 +28,14 @@ import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 IMDS_ENDPOINT = "http://169.254.169.254"
+GCP_METADATA = "http://metadata.google.internal"
 # Vault's AWS auth method sends the request to its configured STS endpoint; the global one is its default.
 STS_URL = "https://sts.amazonaws.com/"
 STS_HOST = "sts.amazonaws.com"
@@ -41,6 +51,8 @@ SETTINGS = (
     "FORESIGHT_VAULT_KV_MOUNT",
     "FORESIGHT_TLS_VAULT_PATH",
 )
+# Read only by the jwt login; AWS nodes leave them unset, so unlike SETTINGS they are optional.
+JWT_SETTINGS = ("FORESIGHT_VAULT_JWT_SOURCE", "FORESIGHT_VAULT_GCP_AUDIENCE")
 
 
 class BootstrapError(RuntimeError):
@@ -151,11 +163,8 @@ def vault_json(
     return dict(json.loads(raw)) if raw.strip() else {}
 
 
-def login_aws(settings: Mapping[str, str]) -> str:
-    """Log in with the instance role and return a Vault token."""
-    credentials = instance_credentials(os.environ.get("FORESIGHT_IMDS_ENDPOINT", IMDS_ENDPOINT))
-    now = datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017 - datetime.UTC needs 3.11; nodes may run 3.10
-    payload = aws_login_payload(settings["FORESIGHT_VAULT_ROLE"], credentials, now)
+def vault_login(settings: Mapping[str, str], payload: Mapping[str, object]) -> str:
+    """POST `payload` to the configured auth mount's login endpoint and return the client token."""
     path = f"auth/{settings['FORESIGHT_VAULT_AUTH_MOUNT']}/login"
     response = vault_json("POST", settings["FORESIGHT_VAULT_ADDR"], path, payload=payload)
     auth = response.get("auth")
@@ -164,7 +173,53 @@ def login_aws(settings: Mapping[str, str]) -> str:
     return str(auth["client_token"])
 
 
-LOGIN_METHODS: dict[str, Callable[[Mapping[str, str]], str]] = {"aws": login_aws}
+def login_aws(settings: Mapping[str, str]) -> str:
+    """Log in with the instance role and return a Vault token."""
+    credentials = instance_credentials(os.environ.get("FORESIGHT_IMDS_ENDPOINT", IMDS_ENDPOINT))
+    now = datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017 - datetime.UTC needs 3.11; nodes may run 3.10
+    return vault_login(settings, aws_login_payload(settings["FORESIGHT_VAULT_ROLE"], credentials, now))
+
+
+def gcp_identity_token(audience: str, metadata: str = GCP_METADATA) -> str:
+    """The VM's default service account identity token for `audience`, from the GCP metadata server.
+
+    format=full adds the instance's claims (project, zone, instance), which a role may bind; the service asks
+    for the same token.
+    """
+    query = urllib.parse.urlencode({"audience": audience, "format": "full"})
+    url = f"{metadata}/computeMetadata/v1/instance/service-accounts/default/identity?{query}"
+    try:
+        return http_request("GET", url, {"Metadata-Flavor": "Google"}).decode().strip()
+    except BootstrapError as err:
+        raise BootstrapError(
+            f"no identity token from the GCP metadata server ({err}); does the VM have a service account?"
+        ) from None
+
+
+def gcp_jwt(settings: Mapping[str, str]) -> str:
+    """The identity token for FORESIGHT_VAULT_GCP_AUDIENCE, by default http://vault/<role> as the service uses."""
+    audience = settings.get("FORESIGHT_VAULT_GCP_AUDIENCE") or f"http://vault/{settings['FORESIGHT_VAULT_ROLE']}"
+    return gcp_identity_token(audience, os.environ.get("FORESIGHT_VAULT_GCP_METADATA_URL", GCP_METADATA))
+
+
+# FORESIGHT_VAULT_JWT_SOURCE -> where the identity token comes from. The service also reads a token file or
+# Azure's IMDS; the boot script supports only the clouds that have a stack logging in with jwt.
+JWT_SOURCES: dict[str, Callable[[Mapping[str, str]], str]] = {"gcp": gcp_jwt}
+
+
+def login_jwt(settings: Mapping[str, str]) -> str:
+    """Log in with the cloud identity's OIDC token (Vault's and OpenBao's jwt auth) and return a Vault token."""
+    source = settings.get("FORESIGHT_VAULT_JWT_SOURCE", "")
+    if source not in JWT_SOURCES:
+        shown = repr(source) if source else "unset"
+        raise BootstrapError(
+            f"FORESIGHT_VAULT_JWT_SOURCE is {shown}; the boot script's jwt login supports {', '.join(JWT_SOURCES)}"
+        )
+    jwt = JWT_SOURCES[source](settings)
+    return vault_login(settings, {"role": settings["FORESIGHT_VAULT_ROLE"], "jwt": jwt})
+
+
+LOGIN_METHODS: dict[str, Callable[[Mapping[str, str]], str]] = {"aws": login_aws, "jwt": login_jwt}
 
 
 def read_tls_material(settings: Mapping[str, str], token: str) -> dict[str, str]:
@@ -217,8 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"fetch_tls: missing settings: {', '.join(missing)}", file=sys.stderr)
         return 2
+    settings = {name: os.environ[name] for name in SETTINGS + JWT_SETTINGS if os.environ.get(name)}
     try:
-        fetch({name: os.environ[name] for name in SETTINGS}, args.out, args.group)
+        fetch(settings, args.out, args.group)
     except BootstrapError as err:
         print(f"fetch_tls: {err}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
 from pulumi_policy import PolicyPack
 from rules import POLICIES
 
-PolicyPack("foresight-aws", POLICIES)
+PolicyPack("foresight", POLICIES)

@@ -7,23 +7,28 @@ from pathlib import Path
 
 import pytest
 
-from tests.stacks.mockrun import REQUIRED_CONFIG, MockRun, run_program
+from tests.stacks.mockrun import GCP_REQUIRED_CONFIG, REQUIRED_CONFIG, MockRun, run_program
 
 RunStack = Callable[..., MockRun]
+GCP_STACK = "gcp-test"
 STACKS_TESTS = Path(__file__).parent
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """pulumi_aws warns about its own deprecated resources when its modules load; not ours to fix."""
+    """pulumi_aws and pulumi_gcp warn about their own deprecated resources when their modules load; not ours."""
     for item in items:
         if item.path.is_relative_to(STACKS_TESTS):
-            item.add_marker(pytest.mark.filterwarnings("ignore::DeprecationWarning:pulumi_aws.*"))
+            for provider in ("pulumi_aws", "pulumi_gcp"):
+                item.add_marker(pytest.mark.filterwarnings(f"ignore::DeprecationWarning:{provider}.*"))
 
 
 def _run(
-    overrides: Mapping[str, str | None] | None = None, secret_keys: tuple[str, ...] = (), **kwargs: object
+    overrides: Mapping[str, str | None] | None = None,
+    secret_keys: tuple[str, ...] = (),
+    base: Mapping[str, str] = REQUIRED_CONFIG,
+    **kwargs: object,
 ) -> MockRun:
-    config = dict(REQUIRED_CONFIG)
+    config = dict(base)
     for key, value in (overrides or {}).items():
         if value is None:
             config.pop(key, None)
@@ -42,3 +47,21 @@ def run_stack() -> RunStack:
 def baseline() -> MockRun:
     """The program run with only the required config (the acceptance baseline)."""
     return _run()
+
+
+def _run_gcp(
+    overrides: Mapping[str, str | None] | None = None, secret_keys: tuple[str, ...] = (), **kwargs: object
+) -> MockRun:
+    return _run(overrides, secret_keys, base=GCP_REQUIRED_CONFIG, stack=GCP_STACK, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def run_gcp_stack() -> RunStack:
+    """`run_gcp_stack({...})`: the Google Cloud stack `gcp-test`, its required config plus overrides."""
+    return _run_gcp
+
+
+@pytest.fixture(scope="session")
+def gcp_baseline() -> MockRun:
+    """The Google Cloud program run with only the required config (and the provider's project)."""
+    return _run_gcp()

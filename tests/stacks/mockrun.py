@@ -32,6 +32,15 @@ ACCOUNT = "123456789012"
 REGION = "us-east-1"
 AMI = "ami-0abcdef1234567890"
 BYO_VPC_CIDR = "10.20.0.0/16"
+GCP_PROJECT = "acme-cache"
+GCP_PROJECT_NUMBER = "987654321098"
+GCP_REGION = "us-central1"
+GCP_ZONES = [f"{GCP_REGION}-{suffix}" for suffix in "fcba"]
+GCP_ZONES_WITHOUT_GPU = {f"{GCP_REGION}-b"}
+GCP_IMAGE = "https://www.googleapis.com/compute/v1/projects/deeplearning-platform-release/global/images/common-gpu-v1"
+GCP_EXTERNAL_ADDRESS = "198.51.100.7"
+GCP_INTERNAL_ADDRESS = "10.42.0.9"
+BYO_SUBNET_CIDR = "10.30.0.0/20"
 
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 AUTOSCALING_GROUP = "aws:autoscaling/group:Group"
@@ -45,6 +54,15 @@ KMS_KEY = "aws:kms/key:Key"
 REQUIRED_CONFIG = {
     "foresight:cloud": "aws",
     "aws:region": REGION,
+    "foresight:allowedCidrs": '["203.0.113.0/24"]',
+    "foresight:vaultAddress": "https://vault.example.test:8200",
+}
+
+# The Google Cloud baseline: only the required config, and the provider's project.
+GCP_REQUIRED_CONFIG = {
+    "foresight:cloud": "gcp",
+    "gcp:region": GCP_REGION,
+    "gcp:project": GCP_PROJECT,
     "foresight:allowedCidrs": '["203.0.113.0/24"]',
     "foresight:vaultAddress": "https://vault.example.test:8200",
 }
@@ -114,8 +132,34 @@ class MockRun:
         return iter(self.resources)
 
 
+def _resource_id(type_: str, name: str) -> str:
+    if type_ == "gcp:kms/cryptoKey:CryptoKey":
+        return f"projects/{GCP_PROJECT}/locations/{GCP_REGION}/keyRings/foresight-keyring-1a2b3c4/cryptoKeys/{name}"
+    return f"{name}-id"
+
+
+def _gcp_outputs(type_: str, name: str, state: dict[str, Any]) -> dict[str, Any]:
+    link = f"https://www.googleapis.com/compute/v1/projects/{GCP_PROJECT}"
+    if type_ == "gcp:serviceaccount/account:Account":
+        state["email"] = f"{state['accountId']}@{GCP_PROJECT}.iam.gserviceaccount.com"
+    elif type_ == "gcp:compute/address:Address":
+        state["address"] = GCP_EXTERNAL_ADDRESS if state.get("addressType") == "EXTERNAL" else GCP_INTERNAL_ADDRESS
+    elif type_ == "gcp:compute/network:Network":
+        state["selfLink"] = f"{link}/global/networks/{name}-1a2b3c4"
+    elif type_ == "gcp:compute/subnetwork:Subnetwork":
+        state["selfLink"] = f"{link}/regions/{GCP_REGION}/subnetworks/{name}-1a2b3c4"
+    elif type_ == "gcp:compute/instanceTemplate:InstanceTemplate":
+        state["selfLinkUnique"] = f"{link}/global/instanceTemplates/{name}-1a2b3c4?uniqueId=42"
+    elif type_ == "gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager":
+        state["name"] = f"{name}-1a2b3c4"
+        state["instanceGroup"] = f"{link}/regions/{GCP_REGION}/instanceGroups/{state['name']}"
+    return state
+
+
 def _outputs_for(type_: str, name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
     state: dict[str, Any] = dict(inputs)
+    if type_.startswith("gcp:"):
+        return _gcp_outputs(type_, name, state)
     service = type_.split(":")[1].split("/")[0]
     state.setdefault("arn", f"arn:aws:{service}:{REGION}:{ACCOUNT}:{name}")
     if type_ == "aws:iam/role:Role":
@@ -157,6 +201,26 @@ def fake_cloud_invoke(token: str, args: Mapping[str, Any]) -> dict[str, Any]:
         return {"id": REGION, "instanceTypes": ["g6.xlarge"] * 3, "locations": zones, "locationTypes": ["az"] * 3}
     if token == "aws:ec2/getVpc:getVpc":
         return {"id": args["id"], "cidrBlock": BYO_VPC_CIDR}
+    if token.startswith("gcp:"):
+        return _fake_gcp_invoke(token, args)
+    raise AssertionError(f"the fake cloud has no answer for invoke {token}")
+
+
+def _fake_gcp_invoke(token: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    if token == "gcp:organizations/getProject:getProject":
+        return {"id": f"projects/{GCP_PROJECT}", "projectId": GCP_PROJECT, "number": GCP_PROJECT_NUMBER}
+    if token == "gcp:compute/getZones:getZones":
+        return {"id": args["region"], "names": [zone for zone in GCP_ZONES if zone.startswith(args["region"])]}
+    if token == "gcp:compute/getMachineTypes:getMachineTypes":
+        wanted = args["filter"].removeprefix("name = ")
+        offered = args["zone"] not in GCP_ZONES_WITHOUT_GPU and wanted.startswith(("g2-", "a2-", "a3-"))
+        return {"id": args["zone"], "machineTypes": [{"name": wanted, "guestCpus": 4}] if offered else []}
+    if token == "gcp:compute/getImage:getImage":
+        return {"id": GCP_IMAGE, "selfLink": GCP_IMAGE, "family": args["family"]}
+    if token == "gcp:compute/getSubnetwork:getSubnetwork":
+        name = args.get("name") or args["selfLink"].rsplit("/", 1)[1]
+        link = f"https://www.googleapis.com/compute/v1/projects/{GCP_PROJECT}/regions/{GCP_REGION}/subnetworks/{name}"
+        return {"id": link, "selfLink": link, "ipCidrRange": BYO_SUBNET_CIDR, "name": name}
     raise AssertionError(f"the fake cloud has no answer for invoke {token}")
 
 
@@ -166,7 +230,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
         self.invokes: list[tuple[str, dict[str, Any]]] = []
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        return f"{args.name}-id", _outputs_for(args.typ, args.name, args.inputs)
+        return _resource_id(args.typ, args.name), _outputs_for(args.typ, args.name, args.inputs)
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         self.invokes.append((args.token, dict(args.args)))
@@ -200,15 +264,16 @@ def run_program(
     config: Mapping[str, str],
     secret_keys: tuple[str, ...] = (),
     invoke: Callable[[str, Mapping[str, Any]], dict[str, Any]] = fake_cloud_invoke,
+    stack: str = STACK,
 ) -> MockRun:
-    """Execute stacks/__main__.py as the stack `STACK` with `config`; raise what the program raises."""
+    """Execute stacks/__main__.py as the stack `stack` with `config`; raise what the program raises."""
     # Pulumi's runtime asks for the thread's current loop; an async test run earlier may have closed it.
     asyncio.set_event_loop(asyncio.new_event_loop())
     settings.ROOT.set(None)
     pulumi.runtime.set_all_config(dict(config), list(secret_keys))
     mocks = RecordingMocks(invoke)
     monitor = RecordingMonitor(mocks)
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=STACK, preview=False, monitor=monitor)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
     root = settings.get_root_resource()
     saved_path = list(sys.path)
     try:

@@ -72,7 +72,7 @@ def test_instance_type_not_offered_in_the_region_names_the_key(run_stack: RunSta
         run_stack(invoke=no_offerings)
 
 
-@pytest.mark.parametrize(("cloud", "region_key"), [("gcp", "gcp:region"), ("azure", "azure-native:location")])
+@pytest.mark.parametrize(("cloud", "region_key"), [("azure", "azure-native:location")])
 def test_other_clouds_say_they_are_not_implemented_yet(run_stack: RunStack, cloud: str, region_key: str) -> None:
     with pytest.raises(ConfigError, match=f"foresight:cloud: not implemented yet: foresight:cloud={cloud}"):
         run_stack({"foresight:cloud": cloud, "aws:region": None, region_key: "somewhere-1"})

@@ -1,8 +1,10 @@
 """The node's boot-time Vault client (stacks/boot/fetch_tls.py), checked against botocore, hvac and OpenBao.
 
-OpenBao has no AWS auth method, so the login itself is proven by signing: the signature equals botocore's
-and the request matches what hvac's `iam_login` sends. Everything after the login (reading the TLS secret,
-writing the files, revoking the token) and the node's Vault policy run against a real OpenBao server.
+OpenBao has no AWS auth method, so the AWS login itself is proven by signing: the signature equals botocore's
+and the request matches what hvac's `iam_login` sends. The GCP login runs for real against OpenBao's jwt auth
+method, which trusts a test key as Google's issuer; a fake metadata server hands out tokens signed with it.
+Everything after the login (reading the TLS secret, writing the files, revoking the token) and the node's
+Vault policy run against a real OpenBao server.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import json
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -81,8 +84,8 @@ def test_login_request_matches_hvac_iam_login() -> None:
     ours = fetch_tls.aws_login_payload("foresight-dev-node", CREDENTIALS, datetime.datetime.now(datetime.UTC))
     assert captured["url"] == "/v1/auth/foresight-dev-aws/login"
     assert sorted(ours) == sorted(reference)
-    for field in ("role", "iam_http_request_method", "iam_request_url", "iam_request_body"):
-        assert ours[field] == reference[field], field
+    for key in ("role", "iam_http_request_method", "iam_request_url", "iam_request_body"):
+        assert ours[key] == reference[key], key
     our_headers = json.loads(base64.b64decode(ours["iam_request_headers"]))
     hvac_headers = json.loads(base64.b64decode(reference["iam_request_headers"]))
     assert set(our_headers) <= set(hvac_headers)
@@ -141,11 +144,13 @@ def test_instance_credentials_come_through_imdsv2(imds: str) -> None:
         fetch_tls.http_request("GET", f"{imds}/latest/meta-data/iam/security-credentials/")
 
 
-@pytest.fixture
-def node_vault(openbao: OpenBao, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[hvac.Client, VaultLayout, str]]:
-    """A stack's Vault layout in OpenBao, the TLS secret written, and a token holding only the node policy."""
+@contextmanager
+def stack_in_vault(
+    openbao: OpenBao, monkeypatch: pytest.MonkeyPatch, config: Mapping[str, str], auth_method: str
+) -> Iterator[tuple[hvac.Client, VaultLayout]]:
+    """A stack's Vault layout in OpenBao with the TLS secret written, and fetch_tls's settings in the environment."""
     stack = f"t{os.urandom(4).hex()}"
-    spec = StackSpec.from_values("foresight", stack, REQUIRED_CONFIG.get)
+    spec = StackSpec.from_values("foresight", stack, config.get)
     layout = VaultLayout.for_spec(spec)
     admin = openbao.client()
     admin.sys.enable_secrets_engine("kv", path=layout.kv_mount, options={"version": "2"})
@@ -155,20 +160,29 @@ def node_vault(openbao: OpenBao, monkeypatch: pytest.MonkeyPatch) -> Iterator[tu
     kv.create_or_update_secret("tenants/acme/keys/k1", secret={"hash": "abc"}, mount_point=layout.kv_mount)
     kv.create_or_update_secret("keyids/k1", secret={"tenant": "acme"}, mount_point=layout.kv_mount)
     admin.sys.create_or_update_policy(layout.policy, layout.node_policy_hcl())
-    token = admin.auth.token.create(policies=[layout.policy], ttl="5m")["auth"]["client_token"]
     for name, value in {
         "FORESIGHT_VAULT_ADDR": openbao.addr,
-        "FORESIGHT_VAULT_AUTH_METHOD": "aws",
+        "FORESIGHT_VAULT_AUTH_METHOD": auth_method,
         "FORESIGHT_VAULT_AUTH_MOUNT": layout.auth_mount,
         "FORESIGHT_VAULT_ROLE": layout.role,
         "FORESIGHT_VAULT_KV_MOUNT": layout.kv_mount,
         "FORESIGHT_TLS_VAULT_PATH": layout.tls_path,
     }.items():
         monkeypatch.setenv(name, value)
-    # OpenBao ships no AWS auth method; stand in for the login with a token of the node's policy.
-    monkeypatch.setitem(fetch_tls.LOGIN_METHODS, "aws", lambda _settings: token)
-    yield admin, layout, token
-    admin.sys.disable_secrets_engine(layout.kv_mount)
+    try:
+        yield admin, layout
+    finally:
+        admin.sys.disable_secrets_engine(layout.kv_mount)
+
+
+@pytest.fixture
+def node_vault(openbao: OpenBao, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[hvac.Client, VaultLayout, str]]:
+    """An AWS stack's Vault layout in OpenBao, and a token holding only the node policy."""
+    with stack_in_vault(openbao, monkeypatch, REQUIRED_CONFIG, "aws") as (admin, layout):
+        token = admin.auth.token.create(policies=[layout.policy], ttl="5m")["auth"]["client_token"]
+        # OpenBao ships no AWS auth method; stand in for the login with a token of the node's policy.
+        monkeypatch.setitem(fetch_tls.LOGIN_METHODS, "aws", lambda _settings: token)
+        yield admin, layout, token
 
 
 def test_fetch_writes_tls_files_readable_by_the_service_group_and_revokes_its_token(

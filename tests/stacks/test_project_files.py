@@ -98,17 +98,30 @@ def _stack_config(path: str) -> dict[str, str]:
     }
 
 
-def test_example_stack_file_deploys(run_stack: RunStack) -> None:
-    config = _stack_config("Pulumi.aws-example.yaml")
-    project_keys = {key: value for key, value in config.items() if key.startswith("foresight:")}
-    for key, value in yaml.safe_load((ROOT / "Pulumi.aws-example.yaml").read_text())["config"].items():
+def _check_example(path: str) -> dict[str, str]:
+    """The example's config, after checking each project key's value against its declared type."""
+    config = _stack_config(path)
+    for key, value in yaml.safe_load((ROOT / path).read_text())["config"].items():
         if key in PROJECT["config"]:
             declaration = PROJECT["config"][key]
             assert _matches(declaration["type"], declaration.get("items"), value), key
-    run = run_stack(config)
-    assert set(project_keys) >= {f"foresight:{name}" for name in REQUIRED_KEYS}
+    assert set(config) >= {f"foresight:{name}" for name in REQUIRED_KEYS}
+    return config
+
+
+def test_example_stack_file_deploys(run_stack: RunStack) -> None:
+    run = run_stack(_check_example("Pulumi.aws-example.yaml"))
     overrides = run.one("aws:autoscaling/group:Group").props["mixedInstancesPolicy"]["launchTemplate"]["overrides"]
     assert [o["instanceType"] for o in overrides] == ["g6.xlarge", "g5.xlarge", "g6e.xlarge"]
+
+
+def test_gcp_example_stack_file_deploys(run_gcp_stack: RunStack) -> None:
+    config = _check_example("Pulumi.gcp-example.yaml")
+    assert config["foresight:cloud"] == "gcp" and config["gcp:region"]
+    run = run_gcp_stack(config)
+    group = run.one("gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager").props
+    selections = group["instanceFlexibilityPolicy"]["instanceSelections"]
+    assert [s["machineTypes"] for s in selections] == [["g2-standard-4"], ["g2-standard-8"]]
 
 
 def test_policy_pack_project_file_is_python() -> None:

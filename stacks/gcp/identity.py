@@ -1,0 +1,45 @@
+"""Google Cloud identity: the node's own service account, and nothing granted to it here.
+
+Its one permission, use of the stack's Cloud KMS key, is granted on the key itself (`kms.py`), so the account
+holds no project-wide role at all. Logging in to Vault needs no permission either: the node presents the
+identity token the metadata server signs for any VM's account.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gcp as gcp
+
+from stacks.spec import StackSpec
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    account: gcp.serviceaccount.Account
+
+    @property
+    def email(self) -> pulumi.Output[str]:
+        return self.account.email
+
+
+def account_id(spec: StackSpec) -> str:
+    """A service account id (6-30 characters, `[a-z][-a-z0-9]*[a-z0-9]`) unique to this project and stack: the
+    stack's name as far as it fits, then a digest of the full name so two long names never collide."""
+    stem = re.sub(r"[^a-z0-9-]", "-", spec.stack.lower()).strip("-")[:19]
+    digest = hashlib.sha256(spec.name.encode()).hexdigest()[:6]
+    return f"fs-{stem}-{digest}" if stem else f"fs-node-{digest}"
+
+
+def create_identity(name: str, spec: StackSpec, parent: pulumi.Resource) -> NodeIdentity:
+    account = gcp.serviceaccount.Account(
+        f"{name}-node",
+        account_id=account_id(spec),
+        display_name=f"Foresight node of stack {spec.stack}",
+        description="Runs the Foresight GPU node; may use the stack's Cloud KMS key and nothing else.",
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+    return NodeIdentity(account=account)

@@ -1,0 +1,237 @@
+"""The node's boot-time Vault login on Google Cloud (stacks/boot/fetch_tls.py, jwt method), against OpenBao.
+
+OpenBao's real jwt auth method trusts a test key in place of Google's (`bound_issuer` is Google's issuer), and a
+fake metadata server on loopback hands out identity tokens shaped like Google's, signed with that key. The
+role comes from the Google Cloud Pulumi program itself, so these tests prove the stack's Vault wiring lets its
+node in, and only its node.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+import urllib.parse
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hvac
+import hvac.exceptions
+import pytest
+
+from stacks.boot import fetch_tls
+from stacks.vault import VaultLayout
+from tests.security.metadata_fakes import JwtIssuer, http_server
+from tests.servers import OpenBao
+from tests.stacks.mockrun import GCP_PROJECT, GCP_REQUIRED_CONFIG, run_program
+from tests.stacks.test_fetch_tls import MATERIAL, stack_in_vault
+
+GOOGLE_ISSUER = "https://accounts.google.com"
+IDENTITY_PATH = "/computeMetadata/v1/instance/service-accounts/default/identity"
+
+
+@dataclass
+class GceMetadata:
+    """The GCE metadata server's identity endpoint on loopback: tokens for `email`, signed by `issuer`.
+
+    Not `metadata_fakes.FakeMetadata`: that one matches header names case-sensitively, so it refuses urllib's
+    `Metadata-flavor` (HTTP and Google's server do not), and its service account cannot be changed.
+    """
+
+    issuer: JwtIssuer
+    email: str
+    url: str = ""
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    issued: list[str] = field(default_factory=list)
+
+    def answer(self, method: str, path: str, headers: dict[str, str], _body: bytes) -> tuple[int, str]:
+        headers = {name.lower(): value for name, value in headers.items()}
+        self.requests.append((path, headers))
+        url = urllib.parse.urlparse(path)
+        if method != "GET" or url.path != IDENTITY_PATH:
+            return 404, "not found"
+        if headers.get("metadata-flavor") != "Google":
+            return 403, "Missing Metadata-Flavor:Google header."
+        audience = dict(urllib.parse.parse_qsl(url.query)).get("audience")
+        if not audience:
+            return 400, "non-empty audience parameter required"
+        now = int(time.time())
+        claims = {
+            "iss": GOOGLE_ISSUER,
+            "aud": audience,
+            "azp": "104000000000000000001",
+            "sub": "104000000000000000001",
+            "email": self.email,
+            "email_verified": True,
+            "iat": now,
+            "exp": now + 3600,
+        }
+        self.issued.append(self.issuer.sign(claims))
+        return 200, self.issued[-1]
+
+
+@dataclass
+class GcpNode:
+    admin: hvac.Client
+    layout: VaultLayout
+    role: dict[str, Any]  # the jwt role as the Pulumi program registers it
+    metadata: GceMetadata
+    vault_tokens: list[str]  # what the real jwt login returned, so a test can check they were revoked
+
+
+@pytest.fixture(scope="module")
+def issuer() -> JwtIssuer:
+    return JwtIssuer()
+
+
+@pytest.fixture
+def gce_metadata(issuer: JwtIssuer) -> Iterator[GceMetadata]:
+    fake = GceMetadata(issuer, email="nobody@example.invalid")  # the gcp_node fixture names the node's account
+    with http_server(fake.answer) as url:
+        fake.url = url
+        yield fake
+
+
+def bind_node_role(admin: hvac.Client, layout: VaultLayout, role: Mapping[str, Any], **changes: Any) -> None:
+    """Create the program's jwt role in OpenBao as `pulumi up` would (with `changes` to its fields)."""
+    fields = {
+        "role_type": role["roleType"],
+        "user_claim": role["userClaim"],
+        "bound_audiences": role["boundAudiences"],
+        "bound_claims": role["boundClaims"],
+        "bound_claims_type": role["boundClaimsType"],
+        "token_policies": role["tokenPolicies"],
+        "token_ttl": int(role["tokenTtl"]),
+        "token_max_ttl": int(role["tokenMaxTtl"]),
+        **changes,
+    }
+    admin.auth.jwt.create_role(role["roleName"], allowed_redirect_uris=[], path=layout.auth_mount, **fields)
+
+
+@pytest.fixture
+def gcp_node(openbao: OpenBao, gce_metadata: GceMetadata, monkeypatch: pytest.MonkeyPatch) -> Iterator[GcpNode]:
+    """A Google Cloud stack's Vault wiring, made in OpenBao from what the Pulumi program registers, and the
+    node's settings; the metadata server speaks for the node's service account."""
+    with stack_in_vault(openbao, monkeypatch, GCP_REQUIRED_CONFIG, "jwt") as (admin, layout):
+        run = run_program(GCP_REQUIRED_CONFIG, stack=layout.stack)
+        backend = run.one("vault:jwt/authBackend:AuthBackend").props
+        role = run.one("vault:jwt/authBackendRole:AuthBackendRole").props
+        assert (backend["path"], role["roleName"], role["tokenPolicies"]) == (
+            layout.auth_mount,
+            layout.role,
+            [layout.policy],
+        )
+        admin.sys.enable_auth_method(backend["type"], path=layout.auth_mount)
+        # Google's keys come from its discovery URL in production; here the issuer's one key stands in.
+        admin.auth.jwt.configure(
+            jwt_validation_pubkeys=[gce_metadata.issuer.public_pem],
+            bound_issuer=backend["boundIssuer"],
+            path=layout.auth_mount,
+        )
+        bind_node_role(admin, layout, role)
+        gce_metadata.email = role["boundClaims"]["email"]
+        assert gce_metadata.email.endswith(f"@{GCP_PROJECT}.iam.gserviceaccount.com")
+        monkeypatch.setenv("FORESIGHT_VAULT_JWT_SOURCE", "gcp")
+        monkeypatch.setenv("FORESIGHT_VAULT_GCP_METADATA_URL", gce_metadata.url)
+        monkeypatch.delenv("FORESIGHT_VAULT_GCP_AUDIENCE", raising=False)
+        vault_tokens: list[str] = []
+
+        def recording_login(settings: Mapping[str, str]) -> str:
+            vault_tokens.append(fetch_tls.login_jwt(settings))
+            return vault_tokens[-1]
+
+        monkeypatch.setitem(fetch_tls.LOGIN_METHODS, "jwt", recording_login)
+        try:
+            yield GcpNode(admin, layout, role, gce_metadata, vault_tokens)
+        finally:
+            admin.sys.disable_auth_method(layout.auth_mount)
+
+
+def node_settings() -> dict[str, str]:
+    """What `main` hands to `fetch`: the required settings and the jwt ones that are set."""
+    return {name: os.environ[name] for name in fetch_tls.SETTINGS + fetch_tls.JWT_SETTINGS if name in os.environ}
+
+
+def test_gcp_node_logs_in_with_its_identity_token_writes_tls_files_and_revokes_its_token(
+    gcp_node: GcpNode, tmp_path: Path
+) -> None:
+    out = tmp_path / "tls"
+    assert fetch_tls.main(["--out", str(out), "--group", str(os.getgid())]) == 0
+    assert (out / "tls.crt").read_text() == MATERIAL["certificate"]
+    assert (out / "tls.key").read_text() == MATERIAL["private_key"]
+    assert (out / "ca.pem").read_text() == MATERIAL["issuing_ca"]
+    for name in ("tls.crt", "tls.key", "ca.pem"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o640
+        assert (out / name).stat().st_gid == os.getgid()
+    [(path, headers)] = gcp_node.metadata.requests
+    url = urllib.parse.urlparse(path)
+    assert url.path == IDENTITY_PATH
+    assert dict(urllib.parse.parse_qsl(url.query)) == {
+        "audience": f"http://vault/{gcp_node.layout.role}",
+        "format": "full",
+    }
+    assert headers["metadata-flavor"] == "Google"
+    [token] = gcp_node.vault_tokens
+    with pytest.raises(hvac.exceptions.Forbidden):
+        gcp_node.admin.auth.token.lookup(token)
+
+
+def test_gcp_node_requests_the_configured_audience(
+    gcp_node: GcpNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    audience = "https://vault.example.test/gce"
+    bind_node_role(gcp_node.admin, gcp_node.layout, gcp_node.role, bound_audiences=[audience])
+    monkeypatch.setenv("FORESIGHT_VAULT_GCP_AUDIENCE", audience)
+    assert fetch_tls.main(["--out", str(tmp_path / "tls")]) == 0
+    [(path, _headers)] = gcp_node.metadata.requests
+    assert dict(urllib.parse.parse_qsl(urllib.parse.urlparse(path).query))["audience"] == audience
+
+
+def test_identity_token_of_another_service_account_is_refused_without_echoing_it(
+    gcp_node: GcpNode, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gcp_node.metadata.email = "intruder@other-project.iam.gserviceaccount.com"
+    out = tmp_path / "tls"
+    with pytest.raises(fetch_tls.BootstrapError, match=f"auth/{gcp_node.layout.auth_mount}/login -> HTTP 400") as info:
+        fetch_tls.fetch(node_settings(), out, None)
+    assert fetch_tls.main(["--out", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("fetch_tls: POST ") and "HTTP 400" in error
+    assert "error validating claims" in error and "email" in error
+    assert len(gcp_node.metadata.issued) == 2
+    for jwt in gcp_node.metadata.issued:
+        assert jwt not in str(info.value) and jwt not in error
+    assert gcp_node.vault_tokens == []
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("source", "shown"), [("file", "'file'"), ("azure", "'azure'"), (None, "unset")])
+def test_jwt_login_names_an_unsupported_source(
+    source: str | None, shown: str, gce_metadata: GceMetadata, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FORESIGHT_VAULT_GCP_METADATA_URL", gce_metadata.url)
+    settings = {"FORESIGHT_VAULT_ROLE": "foresight-node", "FORESIGHT_VAULT_AUTH_MOUNT": "foresight-gcp"}
+    if source is not None:
+        settings["FORESIGHT_VAULT_JWT_SOURCE"] = source
+    expected = f"FORESIGHT_VAULT_JWT_SOURCE is {shown}; the boot script's jwt login supports gcp"
+    with pytest.raises(fetch_tls.BootstrapError) as info:
+        fetch_tls.login_jwt(settings)
+    assert str(info.value) == expected
+    assert gce_metadata.requests == []
+
+
+def test_unreachable_metadata_server_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORESIGHT_VAULT_GCP_METADATA_URL", "http://127.0.0.1:9")
+    settings = {
+        "FORESIGHT_VAULT_ADDR": "http://127.0.0.1:9",
+        "FORESIGHT_VAULT_ROLE": "foresight-node",
+        "FORESIGHT_VAULT_AUTH_MOUNT": "foresight-gcp",
+        "FORESIGHT_VAULT_JWT_SOURCE": "gcp",
+    }
+    with pytest.raises(fetch_tls.BootstrapError) as info:
+        fetch_tls.login_jwt(settings)
+    message = str(info.value)
+    assert message.startswith("no identity token from the GCP metadata server (GET http://127.0.0.1:9/computeMetadata/")
+    assert "does the VM have a service account?" in message
