@@ -83,9 +83,7 @@ else
   torch_version="2.13.0+cpu"
   torch_source=(--extra-index-url https://download.pytorch.org/whl/cpu "torch==$torch_version")
 fi
-"$python" -c 'import sys, tomllib
-deps = tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]
-print("\n".join(d for d in deps if not d.startswith("torch")))' "$repo/pyproject.toml" > "$work/requirements.txt"
+"$python" "$repo/images/service/requirements.py" "$repo/pyproject.toml" --no-torch > "$work/requirements.txt"
 stamp_file="$wheels/.filled-for-$( (cat "$work/requirements.txt"; echo "$torch_version") | sha256sum | cut -c1-16)"
 wheelhouse_s=0
 if [[ ! -f "$stamp_file" ]]; then
@@ -152,6 +150,10 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localh
 printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > "$work/ext.cnf"
 openssl x509 -req -in "$work/server.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" -CAcreateserial -days 1 \
   -extfile "$work/ext.cnf" -out "$work/conf/server.crt" 2>/dev/null
+# Each cloud's KMS provider finds its SDK: a node on AWS, Google Cloud or Azure runs this same image.
+podman run --rm --no-healthcheck --entrypoint /opt/foresight/bin/python "$image" -c '
+import boto3, google.cloud.kms, azure.keyvault.keys, azure.identity
+' || fail "a cloud KMS SDK is missing from the image"
 # The image's own code mints the key, so the test needs nothing installed on the host.
 podman run --rm --no-healthcheck --entrypoint /opt/foresight/bin/python "$image" -c '
 import json

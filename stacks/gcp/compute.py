@@ -89,7 +89,7 @@ def zones_offering(spec: StackSpec, parent: pulumi.Resource) -> list[str]:
 
 
 def node_metadata(spec: StackSpec, user_data: str) -> dict[str, str]:
-    metadata = {"user-data": user_data, "block-project-ssh-keys": "TRUE", "install-nvidia-driver": "True"}
+    metadata = {"user-data": user_data, "block-project-ssh-keys": "TRUE"}
     if spec.ssh_public_key is None:
         metadata["enable-oslogin"] = "TRUE"
     else:  # OS Login would ignore the key
