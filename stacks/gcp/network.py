@@ -143,64 +143,35 @@ def create_firewall(
     targets = [node_email]
 
     def rule(
-        suffix: str,
-        description: str,
-        ports: list[int] | None,
-        *,
-        egress: bool = False,
-        ranges: list[str],
-        deny: bool = False,
-        priority: int = ALLOW_PRIORITY,
+        suffix: str, description: str, ranges: list[str], ports: list[int] | None, *, egress: bool = False
     ) -> gcp.compute.Firewall:
-        protocol = [gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[str(p) for p in ports])] if ports else []
+        """Allow TCP `ports` from (ingress) or to (egress) `ranges`; with no ports, deny everything, last."""
+        allows = [gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[str(port) for port in ports])] if ports else None
         return gcp.compute.Firewall(
             f"{name}-{suffix}",
             network=network.network,
-            description=description,
+            description=f"Foresight {spec.stack}: {description}",
             direction="EGRESS" if egress else "INGRESS",
-            priority=priority,
+            priority=ALLOW_PRIORITY if ports else DENY_EGRESS_PRIORITY,
             source_ranges=None if egress else ranges,
             destination_ranges=ranges if egress else None,
-            allows=None if deny else protocol,
-            denies=[gcp.compute.FirewallDenyArgs(protocol="all")] if deny else None,
+            allows=allows,
+            denies=None if ports else [gcp.compute.FirewallDenyArgs(protocol="all")],
             target_service_accounts=targets,
             opts=opts,
         )
 
+    world = [str(WORLD)]
     rules = [
-        rule(
-            "service-in",
-            f"Foresight {spec.stack}: RESP and HTTPS from the allowed CIDRs",
-            list(SERVICE_PORTS),
-            ranges=sources,
-        ),
-        rule(
-            "health-in",
-            f"Foresight {spec.stack}: HTTPS /healthz from Google's health checkers",
-            [HTTPS_PORT],
-            ranges=list(HEALTH_CHECK_RANGES),
-        ),
-        rule(
-            "out",
-            f"Foresight {spec.stack}: HTTPS (registry, Google APIs) and Vault out",
-            sorted({443, spec.vault_port}),
-            egress=True,
-            ranges=[str(WORLD)],
-        ),
-        rule(
-            "deny-out",
-            f"Foresight {spec.stack}: no other egress",
-            None,
-            egress=True,
-            ranges=[str(WORLD)],
-            deny=True,
-            priority=DENY_EGRESS_PRIORITY,
-        ),
+        rule("service-in", "RESP and HTTPS from the allowed CIDRs", sources, list(SERVICE_PORTS)),
+        rule("health-in", "HTTPS /healthz from Google's health checkers", list(HEALTH_CHECK_RANGES), [HTTPS_PORT]),
+        rule("out", "HTTPS (registry, Google APIs) and Vault out", world, sorted({443, spec.vault_port}), egress=True),
+        rule("deny-out", "no other egress", world, None, egress=True),
     ]
     if spec.ssh_public_key is not None:
         ssh_sources = [cidr for cidr in sources if IPv4Network(cidr) != WORLD]
         if ssh_sources:
-            rules.append(rule("ssh-in", f"Foresight {spec.stack}: break-glass SSH", [SSH_PORT], ranges=ssh_sources))
+            rules.append(rule("ssh-in", "break-glass SSH", ssh_sources, [SSH_PORT]))
     return rules
 
 
