@@ -1,16 +1,17 @@
-"""Azure: not implemented yet. It will mirror stacks/aws/ file for file (component, network, identity, kms,
-compute, vault) and must not import the AWS or Google Cloud SDKs."""
+"""Azure: `foresight:azure:GpuNode` and its parts (component, network, identity, kms, compute, vault), file for
+file as stacks/aws/.
+
+Importing this package imports pulumi_azure_native, pulumi_tls and pulumi_vault, never an AWS or Google
+Cloud SDK.
+"""
 
 from __future__ import annotations
 
-from typing import NoReturn
+from stacks.azure.component import GpuNode, GpuNodeArgs
+from stacks.spec import StackOutputs, StackSpec
 
-from stacks.spec import ConfigError, StackSpec
+__all__ = ["GpuNode", "GpuNodeArgs", "deploy"]
 
 
-def deploy(spec: StackSpec) -> NoReturn:
-    raise ConfigError.one(
-        "foresight:cloud",
-        f"not implemented yet: foresight:cloud={spec.cloud} lands with the Azure stack issue "
-        "that follows issue 6; use foresight:cloud=aws for now",
-    )
+def deploy(spec: StackSpec) -> StackOutputs:
+    return GpuNode("foresight", GpuNodeArgs.from_spec(spec)).outputs

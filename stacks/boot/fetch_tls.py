@@ -11,8 +11,10 @@ Login methods (FORESIGHT_VAULT_AUTH_METHOD):
        credentials.
   jwt  Vault's (and OpenBao's) jwt auth method, with FORESIGHT_VAULT_JWT_SOURCE=gcp: the VM service
        account's identity token (format=full) from the GCP metadata server, for the audience
-       FORESIGHT_VAULT_GCP_AUDIENCE (default http://vault/<role>). The service logs in the same way
-       (service/security/vault_auth.py) and reads the same settings.
+       FORESIGHT_VAULT_GCP_AUDIENCE (default http://vault/<role>); with FORESIGHT_VAULT_JWT_SOURCE=azure: the
+       managed identity's access token for https://management.azure.com/ from the Azure IMDS, of the
+       user-assigned identity FORESIGHT_VAULT_AZURE_CLIENT_ID (unset: the VM's only identity). The service
+       logs in the same way (service/security/vault_auth.py) and reads the same settings.
 
 No static secret exists on the node. Standard library only, Python 3.10+: the OS's python3 runs it.
 """
@@ -36,6 +38,9 @@ from pathlib import Path
 
 IMDS_ENDPOINT = "http://169.254.169.254"
 GCP_METADATA = "http://metadata.google.internal"
+# What the service asks Azure's IMDS (at IMDS_ENDPOINT too) for: an Azure Resource Manager token.
+AZURE_RESOURCE = "https://management.azure.com/"
+AZURE_IMDS_API_VERSION = "2018-02-01"
 # Vault's AWS auth method sends the request to its configured STS endpoint; the global one is its default.
 STS_URL = "https://sts.amazonaws.com/"
 STS_HOST = "sts.amazonaws.com"
@@ -52,7 +57,7 @@ SETTINGS = (
     "FORESIGHT_TLS_VAULT_PATH",
 )
 # Read only by the jwt login; AWS nodes leave them unset, so unlike SETTINGS they are optional.
-JWT_SETTINGS = ("FORESIGHT_VAULT_JWT_SOURCE", "FORESIGHT_VAULT_GCP_AUDIENCE")
+JWT_SETTINGS = ("FORESIGHT_VAULT_JWT_SOURCE", "FORESIGHT_VAULT_GCP_AUDIENCE", "FORESIGHT_VAULT_AZURE_CLIENT_ID")
 
 
 class BootstrapError(RuntimeError):
@@ -202,9 +207,48 @@ def gcp_jwt(settings: Mapping[str, str]) -> str:
     return gcp_identity_token(audience, os.environ.get("FORESIGHT_VAULT_GCP_METADATA_URL", GCP_METADATA))
 
 
-# FORESIGHT_VAULT_JWT_SOURCE -> where the identity token comes from. The service also reads a token file or
-# Azure's IMDS; the boot script supports only the clouds that have a stack logging in with jwt.
-JWT_SOURCES: dict[str, Callable[[Mapping[str, str]], str]] = {"gcp": gcp_jwt}
+def azure_msi_token(resource: str, client_id: str | None = None, imds: str = IMDS_ENDPOINT) -> str:
+    """A managed identity's access token for `resource` from the Azure IMDS, asked for as the service asks.
+
+    `client_id` picks a user-assigned identity; without it IMDS answers for the VM's only identity.
+    """
+    params = {"api-version": AZURE_IMDS_API_VERSION, "resource": resource}
+    if client_id:
+        params["client_id"] = client_id
+    url = f"{imds}/metadata/identity/oauth2/token?{urllib.parse.urlencode(params)}"
+    if client_id:
+        hint = (
+            f"is a managed identity with client id {client_id} assigned to the VM? "
+            "(FORESIGHT_VAULT_AZURE_CLIENT_ID takes its client id, not its principal id)"
+        )
+    else:
+        hint = "is a managed identity assigned to the VM? With several, set FORESIGHT_VAULT_AZURE_CLIENT_ID"
+    try:
+        raw = http_request("GET", url, {"Metadata": "true"})
+    except BootstrapError as err:
+        raise BootstrapError(f"no access token from the Azure IMDS ({err}); {hint}") from None
+    try:
+        token = json.loads(raw).get("access_token")
+    except (ValueError, AttributeError):
+        token = None
+    if not isinstance(token, str) or not token:
+        # The reply is not shown: a malformed one may still carry a token.
+        raise BootstrapError(f"the Azure IMDS answered GET {url} without an access_token")
+    return token
+
+
+def azure_jwt(settings: Mapping[str, str]) -> str:
+    """The managed identity's Azure Resource Manager token, of FORESIGHT_VAULT_AZURE_CLIENT_ID if set."""
+    return azure_msi_token(
+        AZURE_RESOURCE,
+        settings.get("FORESIGHT_VAULT_AZURE_CLIENT_ID"),
+        os.environ.get("FORESIGHT_IMDS_ENDPOINT", IMDS_ENDPOINT),
+    )
+
+
+# FORESIGHT_VAULT_JWT_SOURCE -> where the identity token comes from. The service also reads a token file; the
+# boot script supports only the clouds that have a stack logging in with jwt.
+JWT_SOURCES: dict[str, Callable[[Mapping[str, str]], str]] = {"gcp": gcp_jwt, "azure": azure_jwt}
 
 
 def login_jwt(settings: Mapping[str, str]) -> str:

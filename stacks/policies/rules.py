@@ -1,5 +1,5 @@
-"""Foresight's AWS and Google Cloud guardrails as pulumi_policy resource policies, one function and one policy
-per rule: each check knows every cloud's resource types, so a rule lives in one place and holds on both clouds.
+"""Foresight's AWS, Google Cloud and Azure guardrails as pulumi_policy resource policies, one function and one
+policy per rule: each check knows every cloud's resource types, so a rule lives in one place and holds on every cloud.
 
 `__main__.py` next to this file is the PolicyPack entry point (`pulumi up --policy-pack stacks/policies`);
 tests call each policy's `validate` with resource properties. Self-contained on purpose: a published pack
@@ -29,11 +29,19 @@ REQUIRED_LABELS = ("foresight-project", "foresight-stack", "managed-by")
 ADMIN_PORTS = (22, 3389)
 WORLD_CIDRS = ("0.0.0.0/0", "::/0")
 MAX_METADATA_HOP_LIMIT = 2
-MAX_KMS_ROTATION_SECONDS = 365 * 24 * 60 * 60
+MAX_KEY_ROTATION_DAYS = 365
+MAX_KMS_ROTATION_SECONDS = MAX_KEY_ROTATION_DAYS * 24 * 60 * 60
 # x86_64 NVIDIA families of the Deep Learning Base GPU AMI (kept equal to stacks/aws/compute.py by a test).
 GPU_FAMILIES = frozenset({"g4dn", "g5", "g6", "g6e", "gr6", "p4d", "p4de", "p5", "p5e", "p5en", "p6-b200"})
 # NVIDIA GPU machine families on Google Cloud (kept equal to stacks/gcp/compute.py by a test).
 GCP_GPU_FAMILIES = frozenset({"a2", "a3", "g2"})
+# NVIDIA GPU VM series on Azure (kept equal to stacks/azure/compute.py by a test).
+AZURE_GPU_SERIES = frozenset({"NCas_T4_v3", "NCads_A100_v4", "NCads_H100_v5"})
+# An Azure size is its series with the vCPU count inside: Standard_NC4as_T4_v3 is 4 vCPUs of NCas_T4_v3.
+AZURE_SIZE = re.compile(r"Standard_([A-Z]+)\d+([a-z]*)_(.+)")
+# Azure sources that mean anyone besides the world CIDRs: the wildcard and the Internet service tag (lower case).
+AZURE_WORLD_SOURCES = ("*", "any", "internet")
+AZURE_PLATFORM_KEY = "EncryptionAtRestWithPlatformKey"
 AWS_MANAGED_EBS_KEYS = ("alias/aws/ebs",)
 
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
@@ -84,8 +92,34 @@ GCP_LABELED_TYPES = frozenset(
         "gcp:compute/forwardingRule:ForwardingRule",
     }
 )
+AZURE_SCALE_SET = "azure-native:compute:VirtualMachineScaleSet"
+AZURE_VM = "azure-native:compute:VirtualMachine"
+AZURE_DISK = "azure-native:compute:Disk"
+AZURE_KEY = "azure-native:keyvault:Key"
+AZURE_VAULT = "azure-native:keyvault:Vault"
+AZURE_NSG = "azure-native:network:NetworkSecurityGroup"
+AZURE_SECURITY_RULE = "azure-native:network:SecurityRule"
+AZURE_TAGGED_TYPES = frozenset(
+    {
+        AZURE_DISK,
+        AZURE_KEY,
+        AZURE_NSG,
+        AZURE_SCALE_SET,
+        AZURE_VAULT,
+        AZURE_VM,
+        "azure-native:compute:DiskEncryptionSet",
+        "azure-native:managedidentity:UserAssignedIdentity",
+        "azure-native:network:LoadBalancer",
+        "azure-native:network:NatGateway",
+        "azure-native:network:PublicIPAddress",
+        "azure-native:network:VirtualNetwork",
+        "azure-native:resources:ResourceGroup",
+    }
+)
 # Cloud KMS rotation periods: seconds with up to nine fractional digits, then 's' ("7776000s").
 KMS_DURATION = re.compile(r"(\d+(?:\.\d{1,9})?)s")
+# Key Vault rotation times: ISO 8601 durations of years, months and days ("P90D", "P3M", "P1Y10D").
+ISO_DURATION = re.compile(r"P(?=\d)(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)D)?")
 # What must never sit in user data: private keys, cloud access keys, Vault/OpenBao tokens, assigned passwords.
 SECRET_PATTERNS = {
     "a private key": re.compile(r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----"),
@@ -150,8 +184,38 @@ def _gcp_disks(resource_type: str, props: Mapping[str, Any]) -> Iterator[tuple[s
         yield "disk", "diskEncryptionKey.kmsKeySelfLink", _dict(props.get("diskEncryptionKey")).get("kmsKeySelfLink")
 
 
+def _azure_vm_profile(resource_type: str, props: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """What an Azure VM or each VM of a scale set is made of: storageProfile, osProfile, userData."""
+    if resource_type == AZURE_SCALE_SET:
+        return _dict(props.get("virtualMachineProfile"))
+    return props if resource_type == AZURE_VM else None
+
+
+def _disk_encryption_set(disk: Any) -> Any:
+    return _dict(_dict(_dict(disk).get("managedDisk")).get("diskEncryptionSet")).get("id")
+
+
+def _azure_disks(resource_type: str, props: Mapping[str, Any]) -> Iterator[tuple[str, str, Any]]:
+    """(which disk, how to give it a customer-managed key, its disk encryption set) of every Azure managed disk.
+
+    A disk encryption set is what holds the customer-managed key: a disk without one uses a platform-managed key.
+    """
+    profile = _azure_vm_profile(resource_type, props)
+    if profile is not None:
+        storage = _dict(profile.get("storageProfile"))
+        fix = "set managedDisk.diskEncryptionSet.id to a disk encryption set"
+        yield "OS disk", fix, _disk_encryption_set(storage.get("osDisk"))
+        for disk in _list(storage.get("dataDisks")):
+            yield f"data disk lun {disk.get('lun', '?')}", fix, _disk_encryption_set(disk)
+    elif resource_type == AZURE_DISK:
+        encryption = _dict(props.get("encryption"))
+        fix = "set encryption.diskEncryptionSetId to a disk encryption set, with a customer-key encryption.type"
+        platform = encryption.get("type") == AZURE_PLATFORM_KEY
+        yield "disk", fix, None if platform else encryption.get("diskEncryptionSetId")
+
+
 def check_volumes_encrypted(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """AWS volumes need a customer-managed KMS key; Google Cloud disks without a Cloud KMS key use Google's."""
+    """AWS volumes need a customer-managed KMS key; Google Cloud and Azure disks default to the provider's key."""
     for what, ebs in _volumes(args.resource_type, args.props):
         problem = _ebs_problem(ebs)
         if problem:
@@ -159,6 +223,9 @@ def check_volumes_encrypted(args: ResourceValidationArgs, report: ReportViolatio
     for what, key_property, key in _gcp_disks(args.resource_type, args.props):
         if not key:
             report(f"{what} is encrypted with Google's default key; set {key_property} to a Cloud KMS key.", None)
+    for what, fix, encryption_set in _azure_disks(args.resource_type, args.props):
+        if not encryption_set:
+            report(f"{what} is encrypted with a platform-managed key; {fix}.", None)
 
 
 def _rotation_period_problem(period: Any) -> str | None:
@@ -174,8 +241,49 @@ def _rotation_period_problem(period: Any) -> str | None:
     return None
 
 
+def _iso_days(duration: Any) -> int | None:
+    """Days in an ISO 8601 duration of years, months and days, a month 30 days and a year 365; None if malformed."""
+    match = ISO_DURATION.fullmatch(str(duration))
+    if not match:
+        return None
+    years, months, days = (int(part or 0) for part in match.groups())
+    return years * 365 + months * 30 + days
+
+
+def _key_rotation_problem(policy: Mapping[str, Any]) -> str | None:
+    limit = f"rotate at least every {MAX_KEY_ROTATION_DAYS} days (P1Y)"
+    triggers = [
+        _dict(action.get("trigger"))
+        for action in _list(policy.get("lifetimeActions"))
+        if str(_dict(action.get("action")).get("type")).lower() == "rotate"
+    ]
+    if not triggers:
+        return f"Key Vault key rotation is off; add a rotationPolicy lifetime action 'rotate' and {limit}."
+    trigger = triggers[0]
+    # Each duration with its sign: a key rotates timeAfterCreate after creation, or timeBeforeExpiry before it expires.
+    if trigger.get("timeAfterCreate"):
+        durations = [("timeAfterCreate", trigger["timeAfterCreate"], 1)]
+    elif trigger.get("timeBeforeExpiry"):
+        expiry = _dict(policy.get("attributes")).get("expiryTime")
+        if not expiry:
+            return f"rotation by timeBeforeExpiry needs rotationPolicy.attributes.expiryTime to ever rotate; {limit}."
+        durations = [("expiryTime", expiry, 1), ("timeBeforeExpiry", trigger["timeBeforeExpiry"], -1)]
+    else:
+        return f"the 'rotate' lifetime action has no timeAfterCreate or timeBeforeExpiry; {limit}."
+    after = 0
+    for name, value, sign in durations:
+        days = _iso_days(value)
+        if days is None:
+            return f"{name} {value!r} is not an ISO 8601 duration in years, months or days like 'P90D'; {limit}."
+        after += sign * days
+    if after > MAX_KEY_ROTATION_DAYS:
+        when = " less ".join(f"{name} {value}" for name, value, _sign in durations)
+        return f"rotation at {when} ({after} days after creation) is too long; {limit}."
+    return None
+
+
 def check_kms_rotation(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """Only symmetric encryption keys rotate on their own, on AWS and on Google Cloud alike."""
+    """AWS and Google Cloud rotate only symmetric encryption keys; Key Vault rotates every key type it holds."""
     props = args.props
     if args.resource_type == KMS_KEY:
         symmetric = props.get("customerMasterKeySpec") in (None, "SYMMETRIC_DEFAULT")
@@ -186,10 +294,19 @@ def check_kms_rotation(args: ResourceValidationArgs, report: ReportViolation) ->
         problem = _rotation_period_problem(props.get("rotationPeriod"))
         if problem:
             report(problem, None)
+    elif args.resource_type == AZURE_KEY:
+        problem = _key_rotation_problem(_dict(_dict(props.get("properties")).get("rotationPolicy")))
+        if problem:
+            report(problem, None)
+    # Purge protection is the other half of a Key Vault key's lifecycle, so it is checked here rather than with the
+    # disks: it keeps a deleted key and the versions rotation retires recoverable, and without them the disks
+    # encrypted under them are lost (which is why disk encryption sets refuse a vault without it).
+    elif args.resource_type == AZURE_VAULT and not _truthy(_dict(props.get("properties")).get("enablePurgeProtection")):
+        report("Key Vault purge protection is off; set properties.enablePurgeProtection to true.", None)
 
 
 def check_imdsv2(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """AWS only: Google Cloud has no IMDSv1 to turn off, its metadata server always requires Metadata-Flavor."""
+    """AWS only: Google Cloud and Azure have no IMDSv1 to turn off, their metadata servers always require a header."""
     if args.resource_type not in (LAUNCH_TEMPLATE, INSTANCE):
         return
     options = _dict(args.props.get("metadataOptions"))
@@ -222,6 +339,24 @@ def _ingress_rules(resource_type: str, props: Mapping[str, Any]) -> Iterator[tup
         for allow in _list(props.get("allows")):
             for low, high in _port_ranges(allow.get("ports")):
                 yield str(allow.get("protocol")).lower(), low, high, cidrs
+    elif resource_type == AZURE_NSG:
+        for rule in _list(props.get("securityRules")):
+            yield from _azure_inbound_allow(rule)
+    elif resource_type == AZURE_SECURITY_RULE:
+        yield from _azure_inbound_allow(props)
+
+
+def _azure_inbound_allow(rule: Mapping[str, Any]) -> Iterator[tuple[str, Any, Any, list[str]]]:
+    """An inbound Allow rule of an Azure network security group, once per destination port range; '*' is all."""
+    if str(rule.get("direction")).lower() != "inbound" or str(rule.get("access")).lower() != "allow":
+        return
+    protocol = str(rule.get("protocol")).lower()
+    sources = [rule["sourceAddressPrefix"]] if rule.get("sourceAddressPrefix") else []
+    sources += _list(rule.get("sourceAddressPrefixes"))
+    ports = [rule["destinationPortRange"]] if rule.get("destinationPortRange") else []
+    ports += _list(rule.get("destinationPortRanges"))
+    for low, high in _port_ranges(["0-65535" if port == "*" else port for port in ports]):
+        yield "all" if protocol in ("*", "any") else protocol, low, high, sources
 
 
 def _gcp_firewall_admits(props: Mapping[str, Any]) -> bool:
@@ -230,7 +365,7 @@ def _gcp_firewall_admits(props: Mapping[str, Any]) -> bool:
 
 
 def _port_ranges(ports: Any) -> list[tuple[int, int]]:
-    """Google Cloud's "22" and "1000-2000" port strings as ranges; a rule without ports opens them all."""
+    """Google Cloud's and Azure's "22" and "1000-2000" port strings as ranges; a rule without ports opens them all."""
     ranges = []
     for spec in _list(ports):
         low, _, high = str(spec).partition("-")
@@ -248,10 +383,14 @@ def _opens_admin_port(protocol: str, from_port: Any, to_port: Any) -> bool:
     return any(low <= port <= high for port in ADMIN_PORTS)
 
 
+def _is_world(source: Any) -> bool:
+    return source in WORLD_CIDRS or str(source).lower() in AZURE_WORLD_SOURCES
+
+
 def check_no_world_admin_ingress(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """AWS security groups and their rules, and Google Cloud firewall rules, through one list of ingress rules."""
+    """AWS security groups, Google Cloud firewall rules and Azure security rules, through one list of ingress rules."""
     for protocol, from_port, to_port, cidrs in _ingress_rules(args.resource_type, args.props):
-        world = [cidr for cidr in cidrs if cidr in WORLD_CIDRS]
+        world = [cidr for cidr in cidrs if _is_world(cidr)]
         if world and _opens_admin_port(protocol, from_port, to_port):
             report(
                 f"ingress {protocol} {from_port}-{to_port} from {', '.join(world)} opens an admin port "
@@ -280,8 +419,27 @@ def _machine_types(resource_type: str, props: Mapping[str, Any]) -> list[str]:
     return []
 
 
+def _vm_sizes(resource_type: str, props: Mapping[str, Any]) -> list[str]:
+    if resource_type == AZURE_VM:
+        size = _dict(props.get("hardwareProfile")).get("vmSize")
+        return [size] if size else []
+    if resource_type == AZURE_SCALE_SET:
+        # A scale set of several sizes has the sku "Mix" and lists the sizes in its skuProfile.
+        sku = _dict(props.get("sku")).get("name")
+        sizes = [sku] if sku and sku != "Mix" else []
+        return sizes + [
+            size["name"] for size in _list(_dict(props.get("skuProfile")).get("vmSizes")) if size.get("name")
+        ]
+    return []
+
+
+def _azure_series(size: str) -> str | None:
+    match = AZURE_SIZE.fullmatch(size)
+    return f"{match[1]}{match[2]}_{match[3]}" if match else None
+
+
 def check_gpu_instance_families(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """AWS types are `<family>.<size>`, Google Cloud machine types `<family>-<rest>`; fallback types count too."""
+    """AWS types are `<family>.<size>`, Google Cloud's `<family>-<rest>`, Azure's AZURE_SIZE; fallbacks count too."""
     for instance_type in _instance_types(args.resource_type, args.props):
         if str(instance_type).rsplit(".", 1)[0] not in GPU_FAMILIES:
             report(f"{instance_type} is not an NVIDIA GPU type ({', '.join(sorted(GPU_FAMILIES))}).", None)
@@ -289,6 +447,20 @@ def check_gpu_instance_families(args: ResourceValidationArgs, report: ReportViol
         if str(machine_type).split("-", 1)[0] not in GCP_GPU_FAMILIES:
             families = ", ".join(sorted(GCP_GPU_FAMILIES))
             report(f"{machine_type} is not an NVIDIA GPU machine type ({families}).", None)
+    for size in _vm_sizes(args.resource_type, args.props):
+        if _azure_series(str(size)) not in AZURE_GPU_SERIES:
+            report(f"{size} is not an NVIDIA GPU size ({', '.join(sorted(AZURE_GPU_SERIES))}).", None)
+
+
+def _decoded(encoded: Any) -> str:
+    """Base64 user data as text, gunzipped where gzipped; what is not base64 stays as it is."""
+    try:
+        raw = base64.b64decode(str(encoded), validate=True)
+    except binascii.Error:
+        return str(encoded)
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    return raw.decode("utf-8", "replace")
 
 
 def _aws_user_data(resource_type: str, props: Mapping[str, Any]) -> str | None:
@@ -300,19 +472,11 @@ def _aws_user_data(resource_type: str, props: Mapping[str, Any]) -> str | None:
         encoded = props.get("userDataBase64")
     else:
         return None
-    if not encoded:
-        return None
-    try:
-        raw = base64.b64decode(str(encoded), validate=True)
-    except binascii.Error:
-        return str(encoded)
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    return raw.decode("utf-8", "replace")
+    return _decoded(encoded) if encoded else None
 
 
 def _user_data(resource_type: str, props: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
-    """(where, text) of every boot script a resource hands its instances; Google Cloud's are plain text."""
+    """(where, text) of every boot script a resource hands its instances; only Google Cloud's are plain text."""
     text = _aws_user_data(resource_type, props)
     if text is not None:
         yield "user data", text
@@ -323,13 +487,24 @@ def _user_data(resource_type: str, props: Mapping[str, Any]) -> Iterator[tuple[s
                 yield f"metadata {key}", str(metadata[key])
         if props.get("metadataStartupScript"):
             yield "metadataStartupScript", str(props["metadataStartupScript"])
+    profile = _azure_vm_profile(resource_type, props)
+    if profile is not None:
+        custom_data = _dict(profile.get("osProfile")).get("customData")
+        if custom_data:
+            yield "osProfile.customData", _decoded(custom_data)
+        if profile.get("userData"):
+            yield "userData", _decoded(profile["userData"])
 
 
 def check_no_secrets_in_user_data(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Boot scripts on every cloud; on Azure also the admin password, a secret the VM's definition would carry."""
     for where, text in _user_data(args.resource_type, args.props):
         for what, pattern in SECRET_PATTERNS.items():
             if pattern.search(text):
                 report(f"{where} contains {what}; deliver secrets through Vault or the KMS key instead.", None)
+    profile = _azure_vm_profile(args.resource_type, args.props)
+    if profile is not None and _dict(profile.get("osProfile")).get("adminPassword"):
+        report("osProfile.adminPassword is set; use SSH keys; no password.", None)
 
 
 def _tags(resource_type: str, props: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -339,8 +514,8 @@ def _tags(resource_type: str, props: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def check_required_tags(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """AWS tags and Google Cloud labels: two lists of keys because label keys cannot contain ':'."""
-    if args.resource_type in TAGGABLE_TYPES:
+    """AWS and Azure tags, Google Cloud labels: two lists of keys because label keys cannot contain ':'."""
+    if args.resource_type in TAGGABLE_TYPES or args.resource_type in AZURE_TAGGED_TYPES:
         kind, required, carried = "tags", REQUIRED_TAGS, _tags(args.resource_type, args.props)
     elif args.resource_type in GCP_LABELED_TYPES:
         kind, required, carried = "labels", REQUIRED_LABELS, _dict(args.props.get("labels"))
@@ -361,42 +536,49 @@ POLICIES = [
     _policy(
         "ebs-encrypted-with-customer-key",
         "AWS: every EBS volume is encrypted with a customer-managed KMS key. "
-        "Google Cloud: every persistent disk of a template, instance or Disk is encrypted with a Cloud KMS key.",
+        "Google Cloud: every persistent disk of a template, instance or Disk is encrypted with a Cloud KMS key. "
+        "Azure: the OS disk and every data disk of a VM or scale set, and every Disk, are encrypted through a disk "
+        "encryption set (a customer-managed key).",
         check_volumes_encrypted,
     ),
     _policy(
         "kms-key-rotation",
         "AWS: symmetric KMS keys rotate automatically. "
-        "Google Cloud: symmetric Cloud KMS keys have a rotationPeriod of 365 days at most.",
+        "Google Cloud: symmetric Cloud KMS keys have a rotationPeriod of 365 days at most. "
+        "Azure: Key Vault keys have a rotation policy that rotates them within 365 days, and Key Vaults have purge "
+        "protection on.",
         check_kms_rotation,
     ),
     _policy(
         "imdsv2-required",
         "AWS: instances require IMDSv2 tokens, hop limit 2 at most. "
-        "Google Cloud: nothing to check, its metadata server always requires the Metadata-Flavor header.",
+        "Google Cloud and Azure: nothing to check, their metadata servers always require a header "
+        "(Metadata-Flavor, Metadata: true).",
         check_imdsv2,
     ),
     _policy(
         "no-world-admin-ingress",
-        "No ingress from 0.0.0.0/0 or ::/0 on admin ports (SSH, RDP): AWS security groups and their rules, "
-        "enabled Google Cloud ingress firewall rules.",
+        "No ingress from anywhere (0.0.0.0/0, ::/0; on Azure also *, Any, Internet) on admin ports (SSH, RDP): "
+        "AWS security groups and their rules, enabled Google Cloud ingress firewall rules, inbound Allow rules of "
+        "Azure network security groups.",
         check_no_world_admin_ingress,
     ),
     _policy(
         "gpu-instance-families",
         f"Only NVIDIA GPU types run the node, fallback types included: AWS {', '.join(sorted(GPU_FAMILIES))}; "
-        f"Google Cloud {', '.join(sorted(GCP_GPU_FAMILIES))}.",
+        f"Google Cloud {', '.join(sorted(GCP_GPU_FAMILIES))}; Azure {', '.join(sorted(AZURE_GPU_SERIES))}.",
         check_gpu_instance_families,
     ),
     _policy(
         "no-secrets-in-user-data",
         "Boot scripts hold no private key, access key, Vault token or password: AWS user data; Google Cloud "
-        "metadata user-data, startup-script and metadataStartupScript.",
+        "metadata user-data, startup-script and metadataStartupScript; Azure customData and userData, and Azure VMs "
+        "set no admin password.",
         check_no_secrets_in_user_data,
     ),
     _policy(
         "required-tags",
-        f"AWS taggable resources carry the tags {', '.join(REQUIRED_TAGS)}; Google Cloud labeled resources "
+        f"AWS and Azure tagged resources carry the tags {', '.join(REQUIRED_TAGS)}; Google Cloud labeled resources "
         f"carry the labels {', '.join(REQUIRED_LABELS)}.",
         check_required_tags,
     ),

@@ -7,18 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.stacks.mockrun import GCP_REQUIRED_CONFIG, REQUIRED_CONFIG, MockRun, run_program
+from tests.stacks.mockrun import AZURE_REQUIRED_CONFIG, GCP_REQUIRED_CONFIG, REQUIRED_CONFIG, MockRun, run_program
 
 RunStack = Callable[..., MockRun]
 GCP_STACK = "gcp-test"
+AZURE_STACK = "azure-test"
 STACKS_TESTS = Path(__file__).parent
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """pulumi_aws and pulumi_gcp warn about their own deprecated resources when their modules load; not ours."""
+    """The cloud providers' SDKs warn about their own deprecated resources when their modules load; not ours."""
     for item in items:
         if item.path.is_relative_to(STACKS_TESTS):
-            for provider in ("pulumi_aws", "pulumi_gcp"):
+            for provider in ("pulumi_aws", "pulumi_gcp", "pulumi_azure_native"):
                 item.add_marker(pytest.mark.filterwarnings(f"ignore::DeprecationWarning:{provider}.*"))
 
 
@@ -65,3 +66,21 @@ def run_gcp_stack() -> RunStack:
 def gcp_baseline() -> MockRun:
     """The Google Cloud program run with only the required config (and the provider's project)."""
     return _run_gcp()
+
+
+def _run_azure(
+    overrides: Mapping[str, str | None] | None = None, secret_keys: tuple[str, ...] = (), **kwargs: object
+) -> MockRun:
+    return _run(overrides, secret_keys, base=AZURE_REQUIRED_CONFIG, stack=AZURE_STACK, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def run_azure_stack() -> RunStack:
+    """`run_azure_stack({...})`: the Azure stack `azure-test`, its required config plus overrides."""
+    return _run_azure
+
+
+@pytest.fixture(scope="session")
+def azure_baseline() -> MockRun:
+    """The Azure program run with only the required config."""
+    return _run_azure()

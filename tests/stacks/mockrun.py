@@ -41,6 +41,13 @@ GCP_IMAGE = "https://www.googleapis.com/compute/v1/projects/deeplearning-platfor
 GCP_EXTERNAL_ADDRESS = "198.51.100.7"
 GCP_INTERNAL_ADDRESS = "10.42.0.9"
 BYO_SUBNET_CIDR = "10.30.0.0/20"
+AZURE_SUBSCRIPTION = "00000000-1111-2222-3333-444444444444"
+AZURE_TENANT = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+AZURE_LOCATION = "westeurope"
+AZURE_NODE_PRINCIPAL = "9f8e7d6c-5b4a-3928-1706-f5e4d3c2b1a0"
+AZURE_NODE_CLIENT = "12121212-3434-5656-7878-909090909090"
+AZURE_DES_PRINCIPAL = "d15d15d1-5d15-d15d-15d1-5d15d15d15d1"
+AZURE_INTERNAL_ADDRESS = "10.42.0.4"
 
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 AUTOSCALING_GROUP = "aws:autoscaling/group:Group"
@@ -63,6 +70,14 @@ GCP_REQUIRED_CONFIG = {
     "foresight:cloud": "gcp",
     "gcp:region": GCP_REGION,
     "gcp:project": GCP_PROJECT,
+    "foresight:allowedCidrs": '["203.0.113.0/24"]',
+    "foresight:vaultAddress": "https://vault.example.test:8200",
+}
+
+# The Azure baseline: only the required config.
+AZURE_REQUIRED_CONFIG = {
+    "foresight:cloud": "azure",
+    "azure-native:location": AZURE_LOCATION,
     "foresight:allowedCidrs": '["203.0.113.0/24"]',
     "foresight:vaultAddress": "https://vault.example.test:8200",
 }
@@ -133,6 +148,10 @@ class MockRun:
 
 
 def _resource_id(type_: str, name: str) -> str:
+    if type_.startswith("azure-native:"):
+        provider, kind = type_.split(":")[1:]
+        group = f"/subscriptions/{AZURE_SUBSCRIPTION}/resourceGroups/foresight-rg"
+        return f"{group}/providers/Microsoft.{provider}/{kind}/{name}"
     if type_ == "gcp:kms/cryptoKey:CryptoKey":
         return f"projects/{GCP_PROJECT}/locations/{GCP_REGION}/keyRings/foresight-keyring-1a2b3c4/cryptoKeys/{name}"
     return f"{name}-id"
@@ -156,10 +175,40 @@ def _gcp_outputs(type_: str, name: str, state: dict[str, Any]) -> dict[str, Any]
     return state
 
 
+def _azure_outputs(type_: str, name: str, state: dict[str, Any]) -> dict[str, Any]:
+    kind = type_.rsplit(":", 1)[1]
+    state.setdefault("name", f"{name}1a2b3c4")
+    if kind == "UserAssignedIdentity":
+        state.update(principalId=AZURE_NODE_PRINCIPAL, clientId=AZURE_NODE_CLIENT, tenantId=AZURE_TENANT)
+    elif kind == "Vault":
+        state["name"] = state["vaultName"]
+    elif kind == "Key":
+        state["keyUri"] = f"https://{state['vaultName']}.vault.azure.net/keys/{name}"
+        state["keyUriWithVersion"] = f"{state['keyUri']}/0123456789abcdef0123456789abcdef"
+    elif kind == "DiskEncryptionSet":
+        state["identity"] = {"type": "SystemAssigned", "principalId": AZURE_DES_PRINCIPAL, "tenantId": AZURE_TENANT}
+    elif kind == "PublicIPAddress":
+        state["ipAddress"] = "198.51.100.9"
+        label = (state.get("dnsSettings") or {}).get("domainNameLabel")
+        if label:
+            state["dnsSettings"] = {**state["dnsSettings"], "fqdn": f"{label}.{AZURE_LOCATION}.cloudapp.azure.com"}
+    elif kind == "LoadBalancer":
+        state["frontendIPConfigurations"] = [
+            {**frontend, "privateIPAddress": None if frontend.get("publicIPAddress") else AZURE_INTERNAL_ADDRESS}
+            for frontend in state["frontendIPConfigurations"]
+        ]
+    elif kind == "VirtualMachineScaleSet":  # identities go in as a list of ids and come back as a map
+        ids = state["identity"]["userAssignedIdentities"]
+        state["identity"] = {**state["identity"], "userAssignedIdentities": {key: {} for key in ids}}
+    return state
+
+
 def _outputs_for(type_: str, name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
     state: dict[str, Any] = dict(inputs)
     if type_.startswith("gcp:"):
         return _gcp_outputs(type_, name, state)
+    if type_.startswith("azure-native:"):
+        return _azure_outputs(type_, name, state)
     service = type_.split(":")[1].split("/")[0]
     state.setdefault("arn", f"arn:aws:{service}:{REGION}:{ACCOUNT}:{name}")
     if type_ == "aws:iam/role:Role":
@@ -203,6 +252,15 @@ def fake_cloud_invoke(token: str, args: Mapping[str, Any]) -> dict[str, Any]:
         return {"id": args["id"], "cidrBlock": BYO_VPC_CIDR}
     if token.startswith("gcp:"):
         return _fake_gcp_invoke(token, args)
+    if token == "azure-native:authorization:getClientConfig":
+        return {
+            "clientId": "deployer",
+            "objectId": "deployer-object",
+            "subscriptionId": AZURE_SUBSCRIPTION,
+            "tenantId": AZURE_TENANT,
+        }
+    if token == "azure-native:network:getSubnet":
+        return {"id": f"{args['virtualNetworkName']}/{args['subnetName']}", "addressPrefix": BYO_SUBNET_CIDR}
     raise AssertionError(f"the fake cloud has no answer for invoke {token}")
 
 

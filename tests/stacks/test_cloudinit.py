@@ -13,6 +13,7 @@ from stacks.cloudinit import NodeBoot, render_env_file, render_user_data
 from stacks.policies.rules import SECRET_PATTERNS
 from tests.stacks.conftest import RunStack
 from tests.stacks.mockrun import MockRun, user_data
+from tests.stacks.test_azure_stack import azure_user_data
 from tests.stacks.test_gcp_stack import gcp_user_data
 
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHrYwJmqmn0Dbj1o4Qh0XGnQKiqLQ9Nn3mTBRJm8Ifj8 ops@example"
@@ -23,18 +24,27 @@ def _files(document: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def documents(baseline: MockRun, run_stack: RunStack, gcp_baseline: MockRun, run_gcp_stack: RunStack) -> dict[str, str]:
+def documents(
+    baseline: MockRun,
+    run_stack: RunStack,
+    gcp_baseline: MockRun,
+    run_gcp_stack: RunStack,
+    azure_baseline: MockRun,
+    run_azure_stack: RunStack,
+) -> dict[str, str]:
     ssh_spot = {"foresight:sshPublicKey": SSH_KEY, "foresight:spot": "true"}
     return {
         "baseline": user_data(baseline),
         "ssh+spot": user_data(run_stack(ssh_spot)),
         "gcp": gcp_user_data(gcp_baseline),
         "gcp ssh+spot": gcp_user_data(run_gcp_stack(ssh_spot)),
+        "azure": azure_user_data(azure_baseline),
+        "azure ssh+spot": azure_user_data(run_azure_stack(ssh_spot)),
     }
 
 
 @pytest.mark.skipif(shutil.which("cloud-init") is None, reason="cloud-init is not installed")
-@pytest.mark.parametrize("variant", ["baseline", "ssh+spot", "gcp", "gcp ssh+spot"])
+@pytest.mark.parametrize("variant", ["baseline", "ssh+spot", "gcp", "gcp ssh+spot", "azure", "azure ssh+spot"])
 def test_user_data_passes_cloud_init_schema(documents: dict[str, str], variant: str, tmp_path: Path) -> None:
     path = tmp_path / "user-data.yaml"
     path.write_text(documents[variant])

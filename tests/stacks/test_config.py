@@ -72,14 +72,6 @@ def test_instance_type_not_offered_in_the_region_names_the_key(run_stack: RunSta
         run_stack(invoke=no_offerings)
 
 
-@pytest.mark.parametrize(("cloud", "region_key"), [("azure", "azure-native:location")])
-def test_other_clouds_say_they_are_not_implemented_yet(run_stack: RunStack, cloud: str, region_key: str) -> None:
-    with pytest.raises(ConfigError, match=f"foresight:cloud: not implemented yet: foresight:cloud={cloud}"):
-        run_stack({"foresight:cloud": cloud, "aws:region": None, region_key: "somewhere-1"})
-    with pytest.raises(ConfigError, match=f"{region_key}: required"):
-        run_stack({"foresight:cloud": cloud})
-
-
 def _spec(**values: str) -> StackSpec:
     config = {**REQUIRED_CONFIG, **{f"foresight:{key}": value for key, value in values.items()}}
     return StackSpec.from_values("foresight", "dev", config.get)

@@ -124,6 +124,14 @@ def test_gcp_example_stack_file_deploys(run_gcp_stack: RunStack) -> None:
     assert [s["machineTypes"] for s in selections] == [["g2-standard-4"], ["g2-standard-8"]]
 
 
+def test_azure_example_stack_file_deploys(run_azure_stack: RunStack) -> None:
+    config = _check_example("Pulumi.azure-example.yaml")
+    assert config["foresight:cloud"] == "azure" and config["azure-native:location"]
+    run = run_azure_stack(config)
+    sizes = run.one("azure-native:compute:VirtualMachineScaleSet").props["skuProfile"]["vmSizes"]
+    assert [size["name"] for size in sizes] == ["Standard_NC4as_T4_v3", "Standard_NC8as_T4_v3"]
+
+
 def test_policy_pack_project_file_is_python() -> None:
     pack = yaml.safe_load((ROOT / "stacks/policies/PulumiPolicy.yaml").read_text())
     assert pack["runtime"]["name"] == "python"

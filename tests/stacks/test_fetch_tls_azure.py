@@ -1,0 +1,357 @@
+"""The node's boot-time Vault login on Azure (stacks/boot/fetch_tls.py, jwt method), against OpenBao.
+
+OpenBao's real jwt auth method trusts a test key in place of Entra ID's (`bound_issuer` is the tenant's v1
+issuer), and a fake Azure IMDS on loopback hands out managed-identity access tokens shaped like Entra ID's,
+signed with that key. The auth method's issuer and the role come from the Azure Pulumi program itself, so these
+tests prove the stack's Vault wiring lets its node's identity in, and only it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+import urllib.parse
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hvac
+import hvac.exceptions
+import pytest
+
+from service.security import vault_auth
+from stacks.boot import fetch_tls
+from stacks.vault import VaultLayout
+from tests.security.metadata_fakes import JwtIssuer, http_server
+from tests.servers import OpenBao
+from tests.stacks.mockrun import (
+    AZURE_NODE_CLIENT,
+    AZURE_NODE_PRINCIPAL,
+    AZURE_REQUIRED_CONFIG,
+    AZURE_TENANT,
+    run_program,
+)
+from tests.stacks.test_fetch_tls import MATERIAL, stack_in_vault
+
+TENANT_ID = AZURE_TENANT
+AZURE_ISSUER = f"https://sts.windows.net/{TENANT_ID}/"  # Entra ID's v1 issuer, which IMDS tokens carry
+ARM_RESOURCE = "https://management.azure.com/"
+TOKEN_PATH = "/metadata/identity/oauth2/token"
+API_VERSION = "2018-02-01"
+RESOURCE_GROUP = "/subscriptions/0d3e5a7c-1b2f-4c6d-8e9a-b1c2d3e4f5a6/resourceGroups/foresight"
+
+
+@dataclass(frozen=True)
+class ManagedIdentity:
+    """A user-assigned managed identity: its client (application) id, principal (object) id and resource id."""
+
+    client_id: str
+    principal_id: str
+    name: str
+
+    @property
+    def resource_id(self) -> str:
+        return f"{RESOURCE_GROUP}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{self.name}"
+
+
+NODE = ManagedIdentity(AZURE_NODE_CLIENT, AZURE_NODE_PRINCIPAL, "foresight-node")  # the mock cloud's node
+INTRUDER = ManagedIdentity("b2d5f8a1-3c6e-4b9f-a2d5-e8a1b3c6d9f2", "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d", "other-app")
+
+
+def error_reply(description: str) -> tuple[int, str]:
+    return 400, json.dumps({"error": "invalid_request", "error_description": description})
+
+
+@dataclass
+class AzureImds:
+    """The Azure IMDS token endpoint on loopback: tokens for the identities assigned to the VM, signed by `issuer`.
+
+    Not `metadata_fakes.FakeMetadata`: that one matches header names case-sensitively (urllib sends
+    `Metadata`, but HTTP and Azure do not care), ignores which identities the VM has and issues no `oid`.
+    """
+
+    issuer: JwtIssuer
+    identities: list[ManagedIdentity]
+    url: str = ""
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    issued: list[str] = field(default_factory=list)
+
+    def answer(self, method: str, path: str, headers: dict[str, str], _body: bytes) -> tuple[int, str]:
+        headers = {name.lower(): value for name, value in headers.items()}
+        self.requests.append((path, headers))
+        url = urllib.parse.urlparse(path)
+        if method != "GET" or url.path != TOKEN_PATH:
+            return 404, "not found"
+        if headers.get("metadata") != "true":
+            return error_reply("Required metadata header not specified")
+        query = dict(urllib.parse.parse_qsl(url.query))
+        if query.get("api-version") != API_VERSION:
+            return error_reply("Invalid or missing api-version")
+        if not query.get("resource"):
+            return error_reply("Required query variable 'resource' is missing")
+        if "client_id" in query:
+            chosen = [identity for identity in self.identities if identity.client_id == query["client_id"]]
+        elif len(self.identities) > 1:
+            return error_reply(
+                "Multiple user assigned identities exist, please specify the clientId / resourceId of the identity "
+                "in the token request"
+            )
+        else:
+            chosen = self.identities
+        if not chosen:
+            return error_reply("Identity not found")
+        identity, now = chosen[0], int(time.time())
+        claims = {
+            "iss": AZURE_ISSUER,
+            "aud": query["resource"],
+            "tid": TENANT_ID,
+            "oid": identity.principal_id,
+            "sub": identity.principal_id,
+            "appid": identity.client_id,
+            "xms_mirid": identity.resource_id,
+            "ver": "1.0",
+            "iat": now,
+            "nbf": now,
+            "exp": now + 86400,
+        }
+        self.issued.append(self.issuer.sign(claims))
+        reply = {
+            "access_token": self.issued[-1],
+            "client_id": identity.client_id,
+            "expires_in": "86400",
+            "expires_on": str(now + 86400),
+            "not_before": str(now),
+            "resource": query["resource"],
+            "token_type": "Bearer",
+        }
+        return 200, json.dumps(reply)
+
+
+@dataclass
+class AzureNode:
+    admin: hvac.Client
+    layout: VaultLayout
+    role: dict[str, Any]  # the jwt role in the shape the Pulumi program registers it
+    imds: AzureImds
+    vault_tokens: list[str]  # what the real jwt login returned, so a test can check they were revoked
+
+
+@pytest.fixture(scope="module")
+def issuer() -> JwtIssuer:
+    return JwtIssuer()
+
+
+@pytest.fixture
+def azure_imds(issuer: JwtIssuer, monkeypatch: pytest.MonkeyPatch) -> Iterator[AzureImds]:
+    """IMDS of a VM with the node's identity and another one assigned, at FORESIGHT_IMDS_ENDPOINT."""
+    fake = AzureImds(issuer, identities=[NODE, INTRUDER])
+    with http_server(fake.answer) as url:
+        fake.url = url
+        monkeypatch.setenv("FORESIGHT_IMDS_ENDPOINT", url)
+        yield fake
+
+
+@pytest.fixture
+def azure_stack(openbao: OpenBao, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[hvac.Client, VaultLayout]]:
+    with stack_in_vault(openbao, monkeypatch, AZURE_REQUIRED_CONFIG, "jwt") as (admin, layout):
+        yield admin, layout
+
+
+@pytest.fixture
+def program_auth(azure_stack: tuple[hvac.Client, VaultLayout]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The jwt auth method and role as the Azure Pulumi program registers them for this stack."""
+    _admin, layout = azure_stack
+    run = run_program(AZURE_REQUIRED_CONFIG, stack=layout.stack)
+    backend = run.one("vault:jwt/authBackend:AuthBackend").props
+    role = run.one("vault:jwt/authBackendRole:AuthBackendRole").props
+    return backend, role
+
+
+def bind_node_role(admin: hvac.Client, layout: VaultLayout, role: Mapping[str, Any], **changes: Any) -> None:
+    """Create the program's jwt role in OpenBao as `pulumi up` would (with `changes` to its fields)."""
+    fields = {
+        "role_type": role["roleType"],
+        "user_claim": role["userClaim"],
+        "bound_audiences": role["boundAudiences"],
+        "bound_claims": role["boundClaims"],
+        "bound_claims_type": role["boundClaimsType"],
+        "token_policies": role["tokenPolicies"],
+        "token_ttl": int(role["tokenTtl"]),
+        "token_max_ttl": int(role["tokenMaxTtl"]),
+        **changes,
+    }
+    admin.auth.jwt.create_role(role["roleName"], allowed_redirect_uris=[], path=layout.auth_mount, **fields)
+
+
+@pytest.fixture
+def azure_node(
+    azure_stack: tuple[hvac.Client, VaultLayout],
+    program_auth: tuple[dict[str, Any], dict[str, Any]],
+    azure_imds: AzureImds,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[AzureNode]:
+    """An Azure stack's Vault wiring in OpenBao and the node's settings, naming the node's managed identity."""
+    admin, layout = azure_stack
+    backend, role = program_auth
+    assert (backend["path"], role["roleName"], role["tokenPolicies"]) == (
+        layout.auth_mount,
+        layout.role,
+        [layout.policy],
+    )
+    admin.sys.enable_auth_method(backend["type"], path=layout.auth_mount)
+    # Entra ID's keys come from its discovery URL in production; here the issuer's one key stands in.
+    admin.auth.jwt.configure(
+        jwt_validation_pubkeys=[azure_imds.issuer.public_pem],
+        bound_issuer=backend["boundIssuer"],
+        path=layout.auth_mount,
+    )
+    bind_node_role(admin, layout, role)
+    monkeypatch.setenv("FORESIGHT_VAULT_JWT_SOURCE", "azure")
+    monkeypatch.setenv("FORESIGHT_VAULT_AZURE_CLIENT_ID", NODE.client_id)
+    vault_tokens: list[str] = []
+
+    def recording_login(settings: Mapping[str, str]) -> str:
+        vault_tokens.append(fetch_tls.login_jwt(settings))
+        return vault_tokens[-1]
+
+    monkeypatch.setitem(fetch_tls.LOGIN_METHODS, "jwt", recording_login)
+    try:
+        yield AzureNode(admin, layout, role, azure_imds, vault_tokens)
+    finally:
+        admin.sys.disable_auth_method(layout.auth_mount)
+
+
+def fetch_tls_settings() -> dict[str, str]:
+    """What `main` hands to `fetch`: the required settings and the jwt ones that are set."""
+    return {name: os.environ[name] for name in fetch_tls.SETTINGS + fetch_tls.JWT_SETTINGS if name in os.environ}
+
+
+def token_query(path: str) -> dict[str, str]:
+    """The query of an IMDS request, blank values kept (a `client_id=` must show)."""
+    url = urllib.parse.urlparse(path)
+    assert url.path == TOKEN_PATH
+    return dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
+
+
+def test_azure_node_logs_in_with_its_managed_identity_writes_tls_files_and_revokes_its_token(
+    azure_node: AzureNode, tmp_path: Path
+) -> None:
+    out = tmp_path / "tls"
+    assert fetch_tls.main(["--out", str(out), "--group", str(os.getgid())]) == 0
+    assert (out / "tls.crt").read_text() == MATERIAL["certificate"]
+    assert (out / "tls.key").read_text() == MATERIAL["private_key"]
+    assert (out / "ca.pem").read_text() == MATERIAL["issuing_ca"]
+    for name in ("tls.crt", "tls.key", "ca.pem"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o640
+        assert (out / name).stat().st_gid == os.getgid()
+    [(path, headers)] = azure_node.imds.requests
+    assert token_query(path) == {"api-version": API_VERSION, "resource": ARM_RESOURCE, "client_id": NODE.client_id}
+    assert headers["metadata"] == "true"
+    [token] = azure_node.vault_tokens
+    with pytest.raises(hvac.exceptions.Forbidden):
+        azure_node.admin.auth.token.lookup(token)
+
+
+def test_without_a_client_id_the_vms_only_identity_logs_in(
+    azure_node: AzureNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    azure_node.imds.identities = [NODE]
+    monkeypatch.delenv("FORESIGHT_VAULT_AZURE_CLIENT_ID")
+    assert fetch_tls.main(["--out", str(tmp_path / "tls")]) == 0
+    [(path, _headers)] = azure_node.imds.requests
+    assert token_query(path) == {"api-version": API_VERSION, "resource": ARM_RESOURCE}
+    assert len(azure_node.vault_tokens) == 1
+
+
+def test_access_token_of_another_managed_identity_is_refused_without_echoing_it(
+    azure_node: AzureNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FORESIGHT_VAULT_AZURE_CLIENT_ID", INTRUDER.client_id)
+    out = tmp_path / "tls"
+    with pytest.raises(
+        fetch_tls.BootstrapError, match=f"auth/{azure_node.layout.auth_mount}/login -> HTTP 400"
+    ) as info:
+        fetch_tls.fetch(fetch_tls_settings(), out, None)
+    assert fetch_tls.main(["--out", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("fetch_tls: POST ") and "HTTP 400" in error
+    assert "error validating claims" in error and "oid" in error
+    assert len(azure_node.imds.issued) == 2
+    for jwt in azure_node.imds.issued:
+        assert jwt not in str(info.value) and jwt not in error
+    assert azure_node.vault_tokens == []
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("assigned", "client_id", "azure_says", "hint"),
+    [
+        (
+            [NODE],
+            "c3e6a9b2-4d7f-4ca0-b3e6-f9b2c4d7e0a3",
+            "Identity not found",
+            "is a managed identity with client id c3e6a9b2-4d7f-4ca0-b3e6-f9b2c4d7e0a3 assigned to the VM? "
+            "(FORESIGHT_VAULT_AZURE_CLIENT_ID takes its client id, not its principal id)",
+        ),
+        ([], None, "Identity not found", "is a managed identity assigned to the VM?"),
+        ([NODE, INTRUDER], None, "Multiple user assigned identities exist", "With several, set"),
+    ],
+    ids=["unknown-client-id", "no-identity", "several-identities"],
+)
+def test_imds_refusal_is_a_bootstrap_error_naming_the_azure_imds_and_the_likely_cause(
+    assigned: list[ManagedIdentity],
+    client_id: str | None,
+    azure_says: str,
+    hint: str,
+    azure_node: AzureNode,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    azure_node.imds.identities = assigned
+    if client_id is None:
+        monkeypatch.delenv("FORESIGHT_VAULT_AZURE_CLIENT_ID")
+    else:
+        monkeypatch.setenv("FORESIGHT_VAULT_AZURE_CLIENT_ID", client_id)
+    with pytest.raises(fetch_tls.BootstrapError) as info:
+        fetch_tls.azure_jwt(fetch_tls_settings())
+    message = str(info.value)
+    assert message.startswith(f"no access token from the Azure IMDS (GET {azure_node.imds.url}{TOKEN_PATH}?")
+    assert "HTTP 400" in message and azure_says in message
+    assert hint in message
+    out = tmp_path / "tls"
+    assert fetch_tls.main(["--out", str(out)]) == 1
+    assert capsys.readouterr().err == f"fetch_tls: {message}\n"
+    assert azure_node.vault_tokens == [] and azure_node.imds.issued == []
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("reply", ['{"token_type": "Bearer"}', "<html>captive portal</html>", '["a", "b"]'])
+def test_imds_reply_without_an_access_token_is_named_without_showing_it(
+    reply: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with http_server(lambda *_request: (200, reply)) as url:
+        monkeypatch.setenv("FORESIGHT_IMDS_ENDPOINT", url)
+        with pytest.raises(fetch_tls.BootstrapError) as info:
+            fetch_tls.azure_jwt({})
+    assert str(info.value) == (
+        f"the Azure IMDS answered GET {url}{TOKEN_PATH}?api-version={API_VERSION}"
+        "&resource=https%3A%2F%2Fmanagement.azure.com%2F without an access_token"
+    )
+
+
+@pytest.mark.parametrize("client_id", [NODE.client_id, None])
+def test_node_asks_imds_exactly_as_the_service_does(client_id: str | None, azure_imds: AzureImds) -> None:
+    azure_imds.identities = [NODE]
+    settings = {"FORESIGHT_VAULT_AZURE_CLIENT_ID": client_id} if client_id else {}
+    node_token = fetch_tls.azure_jwt(settings)
+    service_token = vault_auth.azure_msi_token(
+        vault_auth.VaultAuthSettings().azure_resource, client_id, imds_url=azure_imds.url
+    )
+    [(node_path, node_headers), (service_path, service_headers)] = azure_imds.requests
+    assert node_path == service_path
+    assert node_headers["metadata"] == service_headers["metadata"] == "true"
+    assert (node_token, service_token) == tuple(azure_imds.issued)
