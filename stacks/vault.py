@@ -5,7 +5,8 @@ Layout (what the service reads, `VaultLayout` names it):
   <kv mount>/data/keyids/*                      key id -> tenant index the service reads on AUTH
   <kv mount>/data/deployments/<stack>/tls       this node's certificate, private key and CA
 The node's policy reads those paths and nothing else; it cannot write anywhere. The cloud's auth role that
-hands out this policy (AWS IAM, GCP, Azure) lives in `stacks/<cloud>/vault.py`.
+hands out this policy lives in `stacks/<cloud>/vault.py`: AWS's IAM method, or, on Google Cloud and Azure, a jwt
+method (`create_jwt_auth`) that checks the identity token the cloud's metadata service signs for the node.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import pulumi
 import pulumi_vault as vault
 
 from stacks.spec import StackSpec
+
+# The node's Vault token: renewed by the service while it runs, re-issued by a fresh login after.
+TOKEN_TTL_SECONDS = 3600
+TOKEN_MAX_TTL_SECONDS = 4 * 3600
 
 
 @dataclass(frozen=True)
@@ -95,3 +100,60 @@ def create_shared_vault(
         opts=opts,
     )
     return SharedVault(provider=provider, kv_mount=kv_mount, node_policy=node_policy, tls_secret=tls_secret)
+
+
+@dataclass(frozen=True)
+class NodeToken:
+    """What the cloud's identity token for the node looks like: who signs it, for whom, and the claim (with
+    its value) that names the node and no other machine."""
+
+    issuer: str
+    audience: str
+    claim: str
+    value: pulumi.Input[str]
+    description: str
+
+
+@dataclass(frozen=True)
+class JwtNodeAuth:
+    backend: vault.jwt.AuthBackend
+    role: vault.jwt.AuthBackendRole
+
+
+def create_jwt_auth(
+    name: str,
+    spec: StackSpec,
+    layout: VaultLayout,
+    token: NodeToken,
+    node_policy: vault.Policy,
+    provider: vault.Provider,
+    parent: pulumi.Resource,
+) -> JwtNodeAuth:
+    """A jwt auth method that trusts `token.issuer` (its keys from the issuer's discovery document; Vault needs
+    no cloud credential) and a role that gives the node's policy to tokens for `token.audience` whose
+    `token.claim` is `token.value`."""
+    opts = pulumi.ResourceOptions(parent=parent, provider=provider)
+    backend = vault.jwt.AuthBackend(
+        f"{name}-{spec.cloud}-auth",
+        type="jwt",
+        path=layout.auth_mount,
+        oidc_discovery_url=token.issuer,
+        bound_issuer=token.issuer,
+        description=token.description,
+        opts=opts,
+    )
+    role = vault.jwt.AuthBackendRole(
+        f"{name}-node",
+        backend=backend.path,
+        role_name=layout.role,
+        role_type="jwt",
+        bound_audiences=[token.audience],
+        bound_claims_type="string",
+        bound_claims=pulumi.Output.from_input(token.value).apply(lambda value: {token.claim: value}),
+        user_claim="sub",
+        token_policies=[node_policy.name],
+        token_ttl=TOKEN_TTL_SECONDS,
+        token_max_ttl=TOKEN_MAX_TTL_SECONDS,
+        opts=opts,
+    )
+    return JwtNodeAuth(backend=backend, role=role)

@@ -13,10 +13,7 @@ import pulumi
 import pulumi_vault as vault
 
 from stacks.spec import StackSpec
-from stacks.vault import VaultLayout
-
-TOKEN_TTL_SECONDS = 3600
-TOKEN_MAX_TTL_SECONDS = 4 * 3600
+from stacks.vault import TOKEN_MAX_TTL_SECONDS, TOKEN_TTL_SECONDS, VaultLayout
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import stat
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from stacks.boot import fetch_tls
 from stacks.spec import StackSpec
 from stacks.vault import VaultLayout
 from tests.servers import OpenBao
-from tests.stacks.mockrun import REQUIRED_CONFIG
+from tests.stacks.mockrun import REQUIRED_CONFIG, run_program
 
 CREDENTIALS = fetch_tls.AwsCredentials(
     "ASIAEXAMPLEEXAMPLE12", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "IQoJb3JpZ2luX2VjEMOCKTOKEN=="
@@ -173,6 +174,65 @@ def stack_in_vault(
         yield admin, layout
     finally:
         admin.sys.disable_secrets_engine(layout.kv_mount)
+
+
+@dataclass
+class JwtStack:
+    """A Google Cloud or Azure stack's Vault wiring in OpenBao, as its Pulumi program registers it."""
+
+    admin: hvac.Client
+    layout: VaultLayout
+    role: dict[str, Any]  # the jwt role as the program registers it
+    vault_tokens: list[str]  # what fetch_tls's real jwt login returned, so a test can check they were revoked
+
+
+def bind_node_role(admin: hvac.Client, layout: VaultLayout, role: Mapping[str, Any], **changes: Any) -> None:
+    """Create the program's jwt role in OpenBao as `pulumi up` would (with `changes` to its fields)."""
+    fields = {
+        "role_type": role["roleType"],
+        "user_claim": role["userClaim"],
+        "bound_audiences": role["boundAudiences"],
+        "bound_claims": role["boundClaims"],
+        "bound_claims_type": role["boundClaimsType"],
+        "token_policies": role["tokenPolicies"],
+        "token_ttl": int(role["tokenTtl"]),
+        "token_max_ttl": int(role["tokenMaxTtl"]),
+        **changes,
+    }
+    admin.auth.jwt.create_role(role["roleName"], allowed_redirect_uris=[], path=layout.auth_mount, **fields)
+
+
+@contextmanager
+def jwt_stack_in_vault(
+    openbao: OpenBao, monkeypatch: pytest.MonkeyPatch, config: Mapping[str, str], issuer_key_pem: str
+) -> Iterator[JwtStack]:
+    """`stack_in_vault` plus the jwt auth method and node role that the stack's Pulumi program registers, made in
+    OpenBao; the one test key `issuer_key_pem` stands in for the keys the cloud publishes at its discovery URL."""
+    with stack_in_vault(openbao, monkeypatch, config, "jwt") as (admin, layout):
+        run = run_program(config, stack=layout.stack)
+        backend = run.one("vault:jwt/authBackend:AuthBackend").props
+        role = run.one("vault:jwt/authBackendRole:AuthBackendRole").props
+        assert (backend["path"], role["roleName"], role["tokenPolicies"]) == (
+            layout.auth_mount,
+            layout.role,
+            [layout.policy],
+        )
+        admin.sys.enable_auth_method(backend["type"], path=layout.auth_mount)
+        admin.auth.jwt.configure(
+            jwt_validation_pubkeys=[issuer_key_pem], bound_issuer=backend["boundIssuer"], path=layout.auth_mount
+        )
+        bind_node_role(admin, layout, role)
+        vault_tokens: list[str] = []
+
+        def recording_login(settings: Mapping[str, str]) -> str:
+            vault_tokens.append(fetch_tls.login_jwt(settings))
+            return vault_tokens[-1]
+
+        monkeypatch.setitem(fetch_tls.LOGIN_METHODS, "jwt", recording_login)
+        try:
+            yield JwtStack(admin, layout, role, vault_tokens)
+        finally:
+            admin.sys.disable_auth_method(layout.auth_mount)
 
 
 @pytest.fixture

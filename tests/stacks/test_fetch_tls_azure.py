@@ -13,10 +13,9 @@ import os
 import stat
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import hvac
 import hvac.exceptions
@@ -24,7 +23,6 @@ import pytest
 
 from service.security import vault_auth
 from stacks.boot import fetch_tls
-from stacks.vault import VaultLayout
 from tests.security.metadata_fakes import JwtIssuer, http_server
 from tests.servers import OpenBao
 from tests.stacks.mockrun import (
@@ -32,9 +30,8 @@ from tests.stacks.mockrun import (
     AZURE_NODE_PRINCIPAL,
     AZURE_REQUIRED_CONFIG,
     AZURE_TENANT,
-    run_program,
 )
-from tests.stacks.test_fetch_tls import MATERIAL, stack_in_vault
+from tests.stacks.test_fetch_tls import MATERIAL, JwtStack, jwt_stack_in_vault
 
 TENANT_ID = AZURE_TENANT
 AZURE_ISSUER = f"https://sts.windows.net/{TENANT_ID}/"  # Entra ID's v1 issuer, which IMDS tokens carry
@@ -132,11 +129,8 @@ class AzureImds:
 
 @dataclass
 class AzureNode:
-    admin: hvac.Client
-    layout: VaultLayout
-    role: dict[str, Any]  # the jwt role in the shape the Pulumi program registers it
+    stack: JwtStack
     imds: AzureImds
-    vault_tokens: list[str]  # what the real jwt login returned, so a test can check they were revoked
 
 
 @pytest.fixture(scope="module")
@@ -155,73 +149,14 @@ def azure_imds(issuer: JwtIssuer, monkeypatch: pytest.MonkeyPatch) -> Iterator[A
 
 
 @pytest.fixture
-def azure_stack(openbao: OpenBao, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[hvac.Client, VaultLayout]]:
-    with stack_in_vault(openbao, monkeypatch, AZURE_REQUIRED_CONFIG, "jwt") as (admin, layout):
-        yield admin, layout
-
-
-@pytest.fixture
-def program_auth(azure_stack: tuple[hvac.Client, VaultLayout]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The jwt auth method and role as the Azure Pulumi program registers them for this stack."""
-    _admin, layout = azure_stack
-    run = run_program(AZURE_REQUIRED_CONFIG, stack=layout.stack)
-    backend = run.one("vault:jwt/authBackend:AuthBackend").props
-    role = run.one("vault:jwt/authBackendRole:AuthBackendRole").props
-    return backend, role
-
-
-def bind_node_role(admin: hvac.Client, layout: VaultLayout, role: Mapping[str, Any], **changes: Any) -> None:
-    """Create the program's jwt role in OpenBao as `pulumi up` would (with `changes` to its fields)."""
-    fields = {
-        "role_type": role["roleType"],
-        "user_claim": role["userClaim"],
-        "bound_audiences": role["boundAudiences"],
-        "bound_claims": role["boundClaims"],
-        "bound_claims_type": role["boundClaimsType"],
-        "token_policies": role["tokenPolicies"],
-        "token_ttl": int(role["tokenTtl"]),
-        "token_max_ttl": int(role["tokenMaxTtl"]),
-        **changes,
-    }
-    admin.auth.jwt.create_role(role["roleName"], allowed_redirect_uris=[], path=layout.auth_mount, **fields)
-
-
-@pytest.fixture
-def azure_node(
-    azure_stack: tuple[hvac.Client, VaultLayout],
-    program_auth: tuple[dict[str, Any], dict[str, Any]],
-    azure_imds: AzureImds,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[AzureNode]:
-    """An Azure stack's Vault wiring in OpenBao and the node's settings, naming the node's managed identity."""
-    admin, layout = azure_stack
-    backend, role = program_auth
-    assert (backend["path"], role["roleName"], role["tokenPolicies"]) == (
-        layout.auth_mount,
-        layout.role,
-        [layout.policy],
-    )
-    admin.sys.enable_auth_method(backend["type"], path=layout.auth_mount)
-    # Entra ID's keys come from its discovery URL in production; here the issuer's one key stands in.
-    admin.auth.jwt.configure(
-        jwt_validation_pubkeys=[azure_imds.issuer.public_pem],
-        bound_issuer=backend["boundIssuer"],
-        path=layout.auth_mount,
-    )
-    bind_node_role(admin, layout, role)
-    monkeypatch.setenv("FORESIGHT_VAULT_JWT_SOURCE", "azure")
-    monkeypatch.setenv("FORESIGHT_VAULT_AZURE_CLIENT_ID", NODE.client_id)
-    vault_tokens: list[str] = []
-
-    def recording_login(settings: Mapping[str, str]) -> str:
-        vault_tokens.append(fetch_tls.login_jwt(settings))
-        return vault_tokens[-1]
-
-    monkeypatch.setitem(fetch_tls.LOGIN_METHODS, "jwt", recording_login)
-    try:
-        yield AzureNode(admin, layout, role, azure_imds, vault_tokens)
-    finally:
-        admin.sys.disable_auth_method(layout.auth_mount)
+def azure_node(openbao: OpenBao, azure_imds: AzureImds, monkeypatch: pytest.MonkeyPatch) -> Iterator[AzureNode]:
+    """An Azure stack's Vault wiring, made in OpenBao from what the Pulumi program registers, and the node's
+    settings, naming the node's managed identity."""
+    with jwt_stack_in_vault(openbao, monkeypatch, AZURE_REQUIRED_CONFIG, azure_imds.issuer.public_pem) as stack:
+        assert stack.role["boundClaims"] == {"oid": NODE.principal_id}
+        monkeypatch.setenv("FORESIGHT_VAULT_JWT_SOURCE", "azure")
+        monkeypatch.setenv("FORESIGHT_VAULT_AZURE_CLIENT_ID", NODE.client_id)
+        yield AzureNode(stack, azure_imds)
 
 
 def fetch_tls_settings() -> dict[str, str]:
@@ -250,9 +185,9 @@ def test_azure_node_logs_in_with_its_managed_identity_writes_tls_files_and_revok
     [(path, headers)] = azure_node.imds.requests
     assert token_query(path) == {"api-version": API_VERSION, "resource": ARM_RESOURCE, "client_id": NODE.client_id}
     assert headers["metadata"] == "true"
-    [token] = azure_node.vault_tokens
+    [token] = azure_node.stack.vault_tokens
     with pytest.raises(hvac.exceptions.Forbidden):
-        azure_node.admin.auth.token.lookup(token)
+        azure_node.stack.admin.auth.token.lookup(token)
 
 
 def test_without_a_client_id_the_vms_only_identity_logs_in(
@@ -263,7 +198,7 @@ def test_without_a_client_id_the_vms_only_identity_logs_in(
     assert fetch_tls.main(["--out", str(tmp_path / "tls")]) == 0
     [(path, _headers)] = azure_node.imds.requests
     assert token_query(path) == {"api-version": API_VERSION, "resource": ARM_RESOURCE}
-    assert len(azure_node.vault_tokens) == 1
+    assert len(azure_node.stack.vault_tokens) == 1
 
 
 def test_access_token_of_another_managed_identity_is_refused_without_echoing_it(
@@ -272,7 +207,7 @@ def test_access_token_of_another_managed_identity_is_refused_without_echoing_it(
     monkeypatch.setenv("FORESIGHT_VAULT_AZURE_CLIENT_ID", INTRUDER.client_id)
     out = tmp_path / "tls"
     with pytest.raises(
-        fetch_tls.BootstrapError, match=f"auth/{azure_node.layout.auth_mount}/login -> HTTP 400"
+        fetch_tls.BootstrapError, match=f"auth/{azure_node.stack.layout.auth_mount}/login -> HTTP 400"
     ) as info:
         fetch_tls.fetch(fetch_tls_settings(), out, None)
     assert fetch_tls.main(["--out", str(out)]) == 1
@@ -282,7 +217,7 @@ def test_access_token_of_another_managed_identity_is_refused_without_echoing_it(
     assert len(azure_node.imds.issued) == 2
     for jwt in azure_node.imds.issued:
         assert jwt not in str(info.value) and jwt not in error
-    assert azure_node.vault_tokens == []
+    assert azure_node.stack.vault_tokens == []
     assert not out.exists()
 
 
@@ -325,7 +260,7 @@ def test_imds_refusal_is_a_bootstrap_error_naming_the_azure_imds_and_the_likely_
     out = tmp_path / "tls"
     assert fetch_tls.main(["--out", str(out)]) == 1
     assert capsys.readouterr().err == f"fetch_tls: {message}\n"
-    assert azure_node.vault_tokens == [] and azure_node.imds.issued == []
+    assert azure_node.stack.vault_tokens == [] and azure_node.imds.issued == []
     assert not out.exists()
 
 

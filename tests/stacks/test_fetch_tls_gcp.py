@@ -12,21 +12,19 @@ import os
 import stat
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import hvac
 import hvac.exceptions
 import pytest
 
 from stacks.boot import fetch_tls
-from stacks.vault import VaultLayout
 from tests.security.metadata_fakes import JwtIssuer, http_server
 from tests.servers import OpenBao
-from tests.stacks.mockrun import GCP_PROJECT, GCP_REQUIRED_CONFIG, run_program
-from tests.stacks.test_fetch_tls import MATERIAL, stack_in_vault
+from tests.stacks.mockrun import GCP_PROJECT, GCP_REQUIRED_CONFIG
+from tests.stacks.test_fetch_tls import MATERIAL, JwtStack, bind_node_role, jwt_stack_in_vault
 
 GOOGLE_ISSUER = "https://accounts.google.com"
 IDENTITY_PATH = "/computeMetadata/v1/instance/service-accounts/default/identity"
@@ -74,11 +72,8 @@ class GceMetadata:
 
 @dataclass
 class GcpNode:
-    admin: hvac.Client
-    layout: VaultLayout
-    role: dict[str, Any]  # the jwt role as the Pulumi program registers it
+    stack: JwtStack
     metadata: GceMetadata
-    vault_tokens: list[str]  # what the real jwt login returned, so a test can check they were revoked
 
 
 @pytest.fixture(scope="module")
@@ -94,59 +89,17 @@ def gce_metadata(issuer: JwtIssuer) -> Iterator[GceMetadata]:
         yield fake
 
 
-def bind_node_role(admin: hvac.Client, layout: VaultLayout, role: Mapping[str, Any], **changes: Any) -> None:
-    """Create the program's jwt role in OpenBao as `pulumi up` would (with `changes` to its fields)."""
-    fields = {
-        "role_type": role["roleType"],
-        "user_claim": role["userClaim"],
-        "bound_audiences": role["boundAudiences"],
-        "bound_claims": role["boundClaims"],
-        "bound_claims_type": role["boundClaimsType"],
-        "token_policies": role["tokenPolicies"],
-        "token_ttl": int(role["tokenTtl"]),
-        "token_max_ttl": int(role["tokenMaxTtl"]),
-        **changes,
-    }
-    admin.auth.jwt.create_role(role["roleName"], allowed_redirect_uris=[], path=layout.auth_mount, **fields)
-
-
 @pytest.fixture
 def gcp_node(openbao: OpenBao, gce_metadata: GceMetadata, monkeypatch: pytest.MonkeyPatch) -> Iterator[GcpNode]:
     """A Google Cloud stack's Vault wiring, made in OpenBao from what the Pulumi program registers, and the
     node's settings; the metadata server speaks for the node's service account."""
-    with stack_in_vault(openbao, monkeypatch, GCP_REQUIRED_CONFIG, "jwt") as (admin, layout):
-        run = run_program(GCP_REQUIRED_CONFIG, stack=layout.stack)
-        backend = run.one("vault:jwt/authBackend:AuthBackend").props
-        role = run.one("vault:jwt/authBackendRole:AuthBackendRole").props
-        assert (backend["path"], role["roleName"], role["tokenPolicies"]) == (
-            layout.auth_mount,
-            layout.role,
-            [layout.policy],
-        )
-        admin.sys.enable_auth_method(backend["type"], path=layout.auth_mount)
-        # Google's keys come from its discovery URL in production; here the issuer's one key stands in.
-        admin.auth.jwt.configure(
-            jwt_validation_pubkeys=[gce_metadata.issuer.public_pem],
-            bound_issuer=backend["boundIssuer"],
-            path=layout.auth_mount,
-        )
-        bind_node_role(admin, layout, role)
-        gce_metadata.email = role["boundClaims"]["email"]
+    with jwt_stack_in_vault(openbao, monkeypatch, GCP_REQUIRED_CONFIG, gce_metadata.issuer.public_pem) as stack:
+        gce_metadata.email = stack.role["boundClaims"]["email"]
         assert gce_metadata.email.endswith(f"@{GCP_PROJECT}.iam.gserviceaccount.com")
         monkeypatch.setenv("FORESIGHT_VAULT_JWT_SOURCE", "gcp")
         monkeypatch.setenv("FORESIGHT_VAULT_GCP_METADATA_URL", gce_metadata.url)
         monkeypatch.delenv("FORESIGHT_VAULT_GCP_AUDIENCE", raising=False)
-        vault_tokens: list[str] = []
-
-        def recording_login(settings: Mapping[str, str]) -> str:
-            vault_tokens.append(fetch_tls.login_jwt(settings))
-            return vault_tokens[-1]
-
-        monkeypatch.setitem(fetch_tls.LOGIN_METHODS, "jwt", recording_login)
-        try:
-            yield GcpNode(admin, layout, role, gce_metadata, vault_tokens)
-        finally:
-            admin.sys.disable_auth_method(layout.auth_mount)
+        yield GcpNode(stack, gce_metadata)
 
 
 def node_settings() -> dict[str, str]:
@@ -169,20 +122,20 @@ def test_gcp_node_logs_in_with_its_identity_token_writes_tls_files_and_revokes_i
     url = urllib.parse.urlparse(path)
     assert url.path == IDENTITY_PATH
     assert dict(urllib.parse.parse_qsl(url.query)) == {
-        "audience": f"http://vault/{gcp_node.layout.role}",
+        "audience": f"http://vault/{gcp_node.stack.layout.role}",
         "format": "full",
     }
     assert headers["metadata-flavor"] == "Google"
-    [token] = gcp_node.vault_tokens
+    [token] = gcp_node.stack.vault_tokens
     with pytest.raises(hvac.exceptions.Forbidden):
-        gcp_node.admin.auth.token.lookup(token)
+        gcp_node.stack.admin.auth.token.lookup(token)
 
 
 def test_gcp_node_requests_the_configured_audience(
     gcp_node: GcpNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     audience = "https://vault.example.test/gce"
-    bind_node_role(gcp_node.admin, gcp_node.layout, gcp_node.role, bound_audiences=[audience])
+    bind_node_role(gcp_node.stack.admin, gcp_node.stack.layout, gcp_node.stack.role, bound_audiences=[audience])
     monkeypatch.setenv("FORESIGHT_VAULT_GCP_AUDIENCE", audience)
     assert fetch_tls.main(["--out", str(tmp_path / "tls")]) == 0
     [(path, _headers)] = gcp_node.metadata.requests
@@ -194,7 +147,9 @@ def test_identity_token_of_another_service_account_is_refused_without_echoing_it
 ) -> None:
     gcp_node.metadata.email = "intruder@other-project.iam.gserviceaccount.com"
     out = tmp_path / "tls"
-    with pytest.raises(fetch_tls.BootstrapError, match=f"auth/{gcp_node.layout.auth_mount}/login -> HTTP 400") as info:
+    with pytest.raises(
+        fetch_tls.BootstrapError, match=f"auth/{gcp_node.stack.layout.auth_mount}/login -> HTTP 400"
+    ) as info:
         fetch_tls.fetch(node_settings(), out, None)
     assert fetch_tls.main(["--out", str(out)]) == 1
     error = capsys.readouterr().err
@@ -203,7 +158,7 @@ def test_identity_token_of_another_service_account_is_refused_without_echoing_it
     assert len(gcp_node.metadata.issued) == 2
     for jwt in gcp_node.metadata.issued:
         assert jwt not in str(info.value) and jwt not in error
-    assert gcp_node.vault_tokens == []
+    assert gcp_node.stack.vault_tokens == []
     assert not out.exists()
 
 
