@@ -154,40 +154,48 @@ def _security_group(
     rules are left alone."""
     sources = [str(cidr) for cidr in spec.allowed_cidrs] or [subnet_cidr]
 
-    def rule(
-        rule_name: str,
-        priority: int,
-        ports: list[int] | None,
-        *,
-        sources: list[str] | None = None,
-        source: str | None = None,
-        outbound: bool = False,
+    def inbound(
+        rule_name: str, priority: int, ports: list[int], ranges: list[str] | None = None, tag: str | None = None
     ) -> azure.network.SecurityRuleArgs:
-        """Allow TCP `ports` in from `sources`/`source`, or out to the internet; with no ports, deny all out."""
+        """Allow TCP `ports` in from the CIDR `ranges` or from the service `tag`."""
         return azure.network.SecurityRuleArgs(
             name=rule_name,
             priority=priority,
-            direction="Outbound" if outbound else "Inbound",
+            direction="Inbound",
+            access="Allow",
+            protocol="Tcp",
+            source_address_prefixes=ranges,
+            source_address_prefix=tag,
+            source_port_range="*",
+            destination_address_prefix="*",
+            destination_port_ranges=[str(port) for port in ports],
+        )
+
+    def outbound(rule_name: str, priority: int, ports: list[int] | None) -> azure.network.SecurityRuleArgs:
+        """Allow TCP `ports` out to the internet; with none, deny everything out to it."""
+        return azure.network.SecurityRuleArgs(
+            name=rule_name,
+            priority=priority,
+            direction="Outbound",
             access="Allow" if ports else "Deny",
             protocol="Tcp" if ports else "*",
-            source_address_prefix=source if not outbound else "*",
-            source_address_prefixes=sources,
+            source_address_prefix="*",
             source_port_range="*",
-            destination_address_prefix="Internet" if outbound else "*",
+            destination_address_prefix="Internet",
             destination_port_ranges=[str(port) for port in ports] if ports else None,
             destination_port_range=None if ports else "*",
         )
 
     rules = [
-        rule("service-in", 100, list(SERVICE_PORTS), sources=sources),
-        rule("health-probe-in", 110, [HTTPS_PORT], source="AzureLoadBalancer"),
-        rule("https-vault-out", 100, sorted({443, spec.vault_port}), outbound=True),
-        rule("deny-internet-out", 4000, None, outbound=True),
+        inbound("service-in", 100, list(SERVICE_PORTS), ranges=sources),
+        inbound("health-probe-in", 110, [HTTPS_PORT], tag="AzureLoadBalancer"),
+        outbound("https-vault-out", 100, sorted({443, spec.vault_port})),
+        outbound("deny-internet-out", 4000, None),
     ]
     if spec.ssh_public_key is not None:
         ssh_sources = [cidr for cidr in sources if IPv4Network(cidr) != WORLD]
         if ssh_sources:
-            rules.append(rule("ssh-in", 120, [SSH_PORT], sources=ssh_sources))
+            rules.append(inbound("ssh-in", 120, [SSH_PORT], ranges=ssh_sources))
     return azure.network.NetworkSecurityGroup(
         f"{name}-node",
         resource_group_name=group.name,
