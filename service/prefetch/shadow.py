@@ -31,6 +31,8 @@ from service.prefetch.coordinator import PrefetchBudget, PrefetchCoordinator
 from service.store.memory import MemoryStore, unit_size
 from service.store.policies import make_policy
 
+_ABSENT = object()  # a KeyOnlyStore lookup's miss (a handle may be None)
+
 NO_PREFETCH = "none"
 ArmProposals = Mapping[str, list[Predictions]]  # arm -> one proposal list per access
 
@@ -62,13 +64,14 @@ def in_sample(key: Hashable, rate: int) -> bool:
 
 
 class KeyOnlyStore:
-    """What a shadow needs of a unit-size `MemoryStore`: which keys are resident. The same eviction policy
-    class chooses the victims, so it hits and misses exactly as the store would (a test replays both)."""
+    """What a shadow needs of a unit-size `MemoryStore`: which keys are resident (with the policy's handle for
+    each). The same eviction policy class chooses the victims, so it hits and misses exactly as the store
+    would (a test replays both)."""
 
     def __init__(self, capacity: int, policy: str) -> None:
         self.capacity = capacity
         self.policy = make_policy(policy, capacity)
-        self._keys: set[Hashable] = set()
+        self._keys: dict[Hashable, Any] = {}
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._keys
@@ -78,27 +81,29 @@ class KeyOnlyStore:
 
     def get(self, key: Hashable) -> bytes | None:
         """b"" for a resident key (a hit the policy sees), None otherwise."""
-        if key in self._keys:
-            self.policy.hit(key)
-            return b""
-        return None
+        handle = self._keys.get(key, _ABSENT)
+        if handle is _ABSENT:
+            return None
+        self.policy.hit(key, handle)
+        return b""
 
     def set(self, key: Hashable, value: bytes, *, prefetched: bool = False) -> None:
         """Insert a key, evicting first while full (an insert of a resident key counts as a hit, as in the
         store)."""
         keys, policy = self._keys, self.policy
-        if key in keys:
-            policy.hit(key)
+        handle = keys.get(key, _ABSENT)
+        if handle is not _ABSENT:
+            policy.hit(key, handle)
             return
         while keys and len(keys) >= self.capacity:
-            keys.remove(policy.evict())
-        keys.add(key)
-        policy.admit(key, 1, prefetched=prefetched)
+            del keys[policy.evict()]
+        keys[key] = policy.admit(key, 1, prefetched=prefetched)
 
     def read(self, key: Hashable) -> bool:
         """A demand read: `get`, then `set` on a miss, in one call (a shadow does this for every request)."""
-        if key in self._keys:
-            self.policy.hit(key)
+        handle = self._keys.get(key, _ABSENT)
+        if handle is not _ABSENT:
+            self.policy.hit(key, handle)
             return True
         self.set(key, b"")
         return False
@@ -165,9 +170,7 @@ class CacheSimulation:
     def __init__(self, model: CacheModel, sample_rate: int = 1, key_only: bool = False) -> None:
         capacity = max(1, model.capacity // sample_rate)
         store: Store = (
-            KeyOnlyStore(capacity, model.policy)
-            if key_only
-            else MemoryStore(capacity, model.policy, sizer=unit_size)
+            KeyOnlyStore(capacity, model.policy) if key_only else MemoryStore(capacity, model.policy, sizer=unit_size)
         )
         self.cache = SimulatedCache(store, model.lead, sample_rate)
         # A shadow is judged by its misses alone: its coordinator keeps no used/wasted books (horizon 0).

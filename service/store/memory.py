@@ -47,6 +47,9 @@ class Entry:
     size: int
     expires_at: int = 0  # wall-clock ms; 0 means no deadline
     prefetched: bool = False  # inserted by the prefetcher and not read since
+    # The eviction policy's per-key state: the entry is its record, so a read touches no other memory.
+    freq: int = 0
+    small: bool = False
 
 
 @dataclass(slots=True)
@@ -154,14 +157,15 @@ class MemoryStore:
         if entry.prefetched:
             entry.prefetched = False
             self.stats.prefetch_used += 1
-        self.policy.hit(key)
+        self.policy.hit(key, entry)
         return entry.value
 
     def touch(self, key: Hashable) -> bool:
         """Count an access for the eviction policy without reading the value (Redis's TOUCH); False when absent."""
-        if self._live(key) is None:
+        entry = self._live(key)
+        if entry is None:
             return False
-        self.policy.hit(key)
+        self.policy.hit(key, entry)
         return True
 
     def entry(self, key: Hashable) -> Entry | None:
@@ -196,10 +200,10 @@ class MemoryStore:
             old.value, old.prefetched = value, False
             if size != old_size:
                 self.used += size - old_size
+                self.policy.resize(key, size, old)
                 old.size = size
-                self.policy.resize(key, size)
             else:
-                self.policy.hit(key)
+                self.policy.hit(key, old)
             entry = old
         else:
             # Make room before admitting, so the newcomer is never its own victim (an LRU prefetch enters
@@ -210,7 +214,7 @@ class MemoryStore:
             self._data[key] = entry
             self._inserted += 1
             self.used += size
-            self.policy.admit(key, size, prefetched=prefetched)
+            self.policy.admit(key, size, prefetched=prefetched, record=entry)
             if prefetched:
                 self.stats.prefetch_inserted += 1
         if expires_at or entry.expires_at:
@@ -326,4 +330,3 @@ class MemoryStore:
         self._deadlines = []
         self._scans.clear()
         self.used = 0
-

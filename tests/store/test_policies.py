@@ -104,3 +104,21 @@ def test_budget_shrink_evicts_down_immediately() -> None:
         store.set(key, b"")
     store.set_budget(10)
     assert len(store) == 10 and store.stats.evictions == 90
+
+
+def test_s3fifo_keeps_its_per_key_state_in_the_stores_entries() -> None:
+    """The entry is the policy's record: reads bump its counter (2 bits), and an overwrite of another size
+    moves the probation queue's byte count by the difference, however the store orders its own update."""
+    store = MemoryStore(1000, "s3fifo")
+    store.set(b"k", b"x" * 10, prefetched=True)  # prefetched keys start on probation (the small queue)
+    entry = store.entry(b"k")
+    assert entry is not None and entry.small and entry.freq == 0
+    for expected in (1, 2, 3, 3):
+        store.get(b"k")
+        assert entry.freq == expected
+    policy = store.policy
+    before = entry.size
+    assert policy._small_bytes == before  # type: ignore[attr-defined]
+    store.set(b"k", b"x" * 50)
+    assert store.entry(b"k") is entry and entry.size == before + 40
+    assert policy._small_bytes == entry.size  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable
+from typing import Any
 
 from service.store.policies.base import EvictionPolicy
 
@@ -17,13 +18,13 @@ class LRUPolicy(EvictionPolicy):
         super().__init__(capacity)
         self._order: OrderedDict[Hashable, None] = OrderedDict()
 
-    def admit(self, key: Hashable, size: int, *, prefetched: bool = False) -> None:
+    def admit(self, key: Hashable, size: int, *, prefetched: bool = False, record: Any = None) -> None:
         self._order[key] = None
         if prefetched:
             # An unused prefetch is the first thing to go; a read promotes it like any other key.
             self._order.move_to_end(key, last=False)
 
-    def hit(self, key: Hashable) -> None:
+    def hit(self, key: Hashable, handle: Any) -> None:
         self._order.move_to_end(key)
 
     def forget(self, key: Hashable) -> None:

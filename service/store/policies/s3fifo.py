@@ -9,14 +9,32 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable
+from typing import Protocol
 
 from service.store.policies.base import EvictionPolicy
 
 _MAX_FREQ = 3
 
 
+class Resident(Protocol):
+    """A resident key's record: the store's own entry, or a `_Record` where the caller has none."""
+
+    freq: int
+    size: int
+    small: bool
+
+
+class _Record:
+    __slots__ = ("freq", "size", "small")
+
+    def __init__(self, size: int) -> None:
+        self.freq = 0
+        self.size = size
+        self.small = False
+
+
 class S3FIFOPolicy(EvictionPolicy):
-    """Three FIFO queues: small (probation), main, and ghost (keys only)."""
+    """Three FIFO queues: small (probation) and main, which map keys to their records, and ghost (keys only)."""
 
     name = "s3fifo"
 
@@ -25,73 +43,70 @@ class S3FIFOPolicy(EvictionPolicy):
         self._small_fraction = small_fraction
         self._small_limit = max(1, int(capacity * small_fraction))
         self._move_threshold = move_threshold
-        self._small: OrderedDict[Hashable, None] = OrderedDict()
-        self._main: OrderedDict[Hashable, None] = OrderedDict()
+        self._small: OrderedDict[Hashable, Resident] = OrderedDict()
+        self._main: OrderedDict[Hashable, Resident] = OrderedDict()
         self._ghost: OrderedDict[Hashable, None] = OrderedDict()
-        self._freq: dict[Hashable, int] = {}
-        self._size: dict[Hashable, int] = {}
         self._small_bytes = 0
 
     def set_capacity(self, capacity: int) -> None:
         super().set_capacity(capacity)
         self._small_limit = max(1, int(capacity * self._small_fraction))
 
-    def admit(self, key: Hashable, size: int, *, prefetched: bool = False) -> None:
-        self._freq[key] = 0
-        self._size[key] = size
+    def admit(self, key: Hashable, size: int, *, prefetched: bool = False, record: Resident | None = None) -> Resident:
+        resident: Resident = _Record(size) if record is None else record
+        resident.freq, resident.size = 0, size
         if not prefetched and self._ghost.pop(key, 0) is None:
-            self._main[key] = None
+            resident.small = False
+            self._main[key] = resident
         else:
-            self._small[key] = None
+            resident.small = True
+            self._small[key] = resident
             self._small_bytes += size
+        return resident
 
-    def hit(self, key: Hashable) -> None:
-        freq = self._freq[key]
+    def hit(self, key: Hashable, handle: Resident) -> None:
+        freq = handle.freq
         if freq < _MAX_FREQ:
-            self._freq[key] = freq + 1
+            handle.freq = freq + 1
 
-    def resize(self, key: Hashable, size: int) -> None:
-        if key in self._small:
-            self._small_bytes += size - self._size[key]
-        self._size[key] = size
-        self.hit(key)
+    def resize(self, key: Hashable, size: int, handle: Resident) -> None:
+        if handle.small:
+            self._small_bytes += size - handle.size
+        handle.size = size
+        self.hit(key, handle)
 
     def forget(self, key: Hashable) -> None:
-        if self._freq.pop(key, None) is None:
-            return
-        size = self._size.pop(key)
-        if self._small.pop(key, 0) is None:
-            self._small_bytes -= size
+        resident = self._small.pop(key, None)
+        if resident is not None:
+            self._small_bytes -= resident.size
         else:
-            del self._main[key]
+            self._main.pop(key, None)
 
     def evict(self) -> Hashable:
         # Every replay and shadow cache evicts once per miss when full: attributes are kept in locals.
-        small, main, freq, sizes = self._small, self._main, self._freq, self._size
+        small, main = self._small, self._main
         while True:
             if small and (self._small_bytes > self._small_limit or not main):
-                key, _ = small.popitem(last=False)
-                self._small_bytes -= sizes[key]
-                if freq[key] >= self._move_threshold:
-                    freq[key] = 0
-                    main[key] = None
+                key, resident = small.popitem(last=False)
+                self._small_bytes -= resident.size
+                if resident.freq >= self._move_threshold:
+                    resident.freq, resident.small = 0, False
+                    main[key] = resident
                     continue
                 ghost = self._ghost
                 ghost[key] = None
                 # The ghost remembers about as many keys as the cache holds (the victim still counts).
-                bound = max(1, len(freq))
+                bound = len(small) + len(main) + 1
                 while len(ghost) > bound:
                     ghost.popitem(last=False)
             else:
-                key, _ = main.popitem(last=False)
-                count = freq[key]
+                key, resident = main.popitem(last=False)
+                count = resident.freq
                 if count > 0:
-                    freq[key] = count - 1
-                    main[key] = None
+                    resident.freq = count - 1
+                    main[key] = resident
                     continue
-            del freq[key]
-            del sizes[key]
             return key
 
     def __len__(self) -> int:
-        return len(self._freq)
+        return len(self._small) + len(self._main)
