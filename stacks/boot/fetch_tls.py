@@ -71,16 +71,24 @@ class AwsCredentials:
     session_token: str | None = None
 
 
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy, whatever the environment says
+
+
 def http_request(
     method: str,
     url: str,
     headers: Mapping[str, str] | None = None,
     body: bytes | None = None,
     timeout: float = 10.0,
+    *,
+    metadata: bool = False,
 ) -> bytes:
+    """One request; `metadata` ones (the cloud's metadata service) never go through a configured proxy, as
+    Azure's IMDS refuses proxied requests and no proxy can reach a link-local address anyway."""
     request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))  # noqa: S310
+    open_url = _DIRECT.open if metadata else urllib.request.urlopen
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - IMDS and Vault URLs
+        with open_url(request, timeout=timeout) as response:
             return bytes(response.read())
     except urllib.error.HTTPError as err:
         detail = err.read(300).decode("utf-8", "replace").strip()
@@ -91,13 +99,14 @@ def http_request(
 
 def instance_credentials(imds: str = IMDS_ENDPOINT) -> AwsCredentials:
     """The instance role's temporary credentials, read through IMDSv2 (session token first)."""
-    token = http_request("PUT", f"{imds}/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "300"})
+    ttl = {"X-aws-ec2-metadata-token-ttl-seconds": "300"}
+    token = http_request("PUT", f"{imds}/latest/api/token", ttl, metadata=True)
     headers = {"X-aws-ec2-metadata-token": token.decode()}
     base = f"{imds}/latest/meta-data/iam/security-credentials/"
-    roles = http_request("GET", base, headers).decode().split()
+    roles = http_request("GET", base, headers, metadata=True).decode().split()
     if not roles:
         raise BootstrapError("the instance has no IAM role (instance profile)")
-    document = json.loads(http_request("GET", base + roles[0], headers))
+    document = json.loads(http_request("GET", base + roles[0], headers, metadata=True))
     return AwsCredentials(document["AccessKeyId"], document["SecretAccessKey"], document.get("Token"))
 
 
@@ -194,7 +203,7 @@ def gcp_identity_token(audience: str, metadata: str = GCP_METADATA) -> str:
     query = urllib.parse.urlencode({"audience": audience, "format": "full"})
     url = f"{metadata}/computeMetadata/v1/instance/service-accounts/default/identity?{query}"
     try:
-        return http_request("GET", url, {"Metadata-Flavor": "Google"}).decode().strip()
+        return http_request("GET", url, {"Metadata-Flavor": "Google"}, metadata=True).decode().strip()
     except BootstrapError as err:
         raise BootstrapError(
             f"no identity token from the GCP metadata server ({err}); does the VM have a service account?"
@@ -224,7 +233,7 @@ def azure_msi_token(resource: str, client_id: str | None = None, imds: str = IMD
     else:
         hint = "is a managed identity assigned to the VM? With several, set FORESIGHT_VAULT_AZURE_CLIENT_ID"
     try:
-        raw = http_request("GET", url, {"Metadata": "true"})
+        raw = http_request("GET", url, {"Metadata": "true"}, metadata=True)
     except BootstrapError as err:
         raise BootstrapError(f"no access token from the Azure IMDS ({err}); {hint}") from None
     try:

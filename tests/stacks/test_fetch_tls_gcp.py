@@ -12,6 +12,7 @@ import os
 import stat
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,3 +191,19 @@ def test_unreachable_metadata_server_is_named(monkeypatch: pytest.MonkeyPatch) -
     message = str(info.value)
     assert message.startswith("no identity token from the GCP metadata server (GET http://127.0.0.1:9/computeMetadata/")
     assert "does the VM have a service account?" in message
+
+
+def test_metadata_requests_bypass_a_configured_proxy(
+    gce_metadata: GceMetadata, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node behind an egress proxy sets http(s)_proxy for Vault; the metadata service must still be asked
+    directly (no proxy reaches a link-local address, and Azure's IMDS refuses proxied requests)."""
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(urllib.request, "_opener", None)  # urlopen reads the proxies again, as a fresh process
+    token = fetch_tls.gcp_identity_token("http://vault/foresight-node", gce_metadata.url)
+    assert token == gce_metadata.issued[-1]
+    with pytest.raises(fetch_tls.BootstrapError, match="failed"):  # the same URL, not as metadata, takes the proxy
+        fetch_tls.http_request("GET", f"{gce_metadata.url}{IDENTITY_PATH}?audience=x", {"Metadata-Flavor": "Google"})
