@@ -43,7 +43,7 @@ class NodeBoot:
 
     image: str
     environment: Mapping[str, str]
-    data_disk: str  # which disk mount_data_volume.sh formats: its model (AWS) or its stable /dev path (GCP)
+    data_disk: str  # the disk mount_data_volume.sh formats: its model (AWS) or stable /dev path (GCP, Azure)
     ssh_enabled: bool
 
 

@@ -219,7 +219,7 @@ class StackSpec(BaseModel):
         return urlsplit(self.vault_address).port or 443
 
     def tags(self) -> dict[str, str]:
-        """Tags every taggable AWS resource carries; the policy pack requires them."""
+        """Tags every taggable AWS and Azure resource carries; the policy pack requires them."""
         return {"foresight:project": self.project, "foresight:stack": self.stack, "managed-by": "pulumi"}
 
     def labels(self) -> dict[str, str]:

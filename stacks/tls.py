@@ -49,8 +49,8 @@ def create_server_tls(
 ) -> ServerTls:
     """A CA named after the stack and a server certificate for the endpoint, all children of `parent`.
 
-    The endpoint is a DNS name where the cloud gives the load balancer one (AWS) and an IP address where it
-    does not (a Google Cloud forwarding rule): clients check whichever subject alternative name is there."""
+    The endpoint is a DNS name where the load balancer has one (AWS; Azure's public address) and an IP address
+    where it does not (Google Cloud; Azure's private frontend): clients check whichever name is there."""
     opts = pulumi.ResourceOptions(parent=parent)
     ca_key = tls.PrivateKey(f"{name}-ca-key", algorithm="ECDSA", ecdsa_curve="P256", opts=opts)
     ca = tls.SelfSignedCert(

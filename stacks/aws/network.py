@@ -198,61 +198,27 @@ def _security_groups(
     )
     ingress, egress = aws.vpc.SecurityGroupIngressRule, aws.vpc.SecurityGroupEgressRule
 
-    def rule(
-        kind: type[Any], resource_name: str, group: aws.ec2.SecurityGroup, port: int, description: str, **peer: Any
-    ) -> None:
+    def rule(kind: type[Any], resource_name: str, group: aws.ec2.SecurityGroup, port: int, description: str,
+             **peer: Any) -> None:
         """One TCP port to or from one peer (`cidr_ipv4=` or `referenced_security_group_id=`)."""
-        kind(
-            resource_name,
-            security_group_id=group.id,
-            ip_protocol="tcp",
-            from_port=port,
-            to_port=port,
-            description=description,
-            tags=spec.tags(),
-            opts=opts,
-            **peer,
-        )
+        kind(resource_name, security_group_id=group.id, ip_protocol="tcp", from_port=port, to_port=port,
+             description=description, tags=spec.tags(), opts=opts, **peer)
 
     for port in SERVICE_PORTS:
         service = _port_name(port)
         for index, cidr in enumerate(sources):
             rule(ingress, f"{name}-lb-in-{port}-{index}", lb_group, port, f"{service} from {cidr}", cidr_ipv4=cidr)
-        rule(
-            egress,
-            f"{name}-lb-out-{port}",
-            lb_group,
-            port,
-            f"{service} to the node",
-            referenced_security_group_id=node_group.id,
-        )
-        rule(
-            ingress,
-            f"{name}-node-in-{port}",
-            node_group,
-            port,
-            f"{service} and health checks from the load balancer",
-            referenced_security_group_id=lb_group.id,
-        )
+        rule(egress, f"{name}-lb-out-{port}", lb_group, port, f"{service} to the node",
+             referenced_security_group_id=node_group.id)
+        rule(ingress, f"{name}-node-in-{port}", node_group, port,
+             f"{service} and health checks from the load balancer", referenced_security_group_id=lb_group.id)
     if spec.ssh_public_key is not None:
         for index, cidr in enumerate(source for source in sources if IPv4Network(source) != WORLD):
-            rule(
-                ingress,
-                f"{name}-node-ssh-{index}",
-                node_group,
-                SSH_PORT,
-                f"break-glass SSH from {cidr}",
-                cidr_ipv4=cidr,
-            )
+            rule(ingress, f"{name}-node-ssh-{index}", node_group, SSH_PORT, f"break-glass SSH from {cidr}",
+                 cidr_ipv4=cidr)
     for port in sorted({443, spec.vault_port}):
-        rule(
-            egress,
-            f"{name}-node-out-{port}",
-            node_group,
-            port,
-            "HTTPS out (registry, SSM, KMS, STS)" if port == 443 else "Vault",
-            cidr_ipv4=str(WORLD),
-        )
+        rule(egress, f"{name}-node-out-{port}", node_group, port,
+             "HTTPS out (registry, SSM, KMS, STS)" if port == 443 else "Vault", cidr_ipv4=str(WORLD))
     return lb_group, node_group
 
 

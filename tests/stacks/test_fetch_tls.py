@@ -235,6 +235,30 @@ def jwt_stack_in_vault(
             admin.sys.disable_auth_method(layout.auth_mount)
 
 
+def node_settings() -> dict[str, str]:
+    """What `main` hands to `fetch`: the required settings and the jwt ones that are set."""
+    return {name: os.environ[name] for name in fetch_tls.SETTINGS + fetch_tls.JWT_SETTINGS if name in os.environ}
+
+
+def assert_refused_without_echo(
+    stack: JwtStack, issued: list[str], claim: str, out: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A login with another machine's token: Vault refuses it on `claim`, `fetch` and `main` fail, no token
+    (the cloud's or Vault's) appears in an error, and no file is written."""
+    refused = f"auth/{stack.layout.auth_mount}/login -> HTTP 400"
+    with pytest.raises(fetch_tls.BootstrapError, match=refused) as info:
+        fetch_tls.fetch(node_settings(), out, None)
+    assert fetch_tls.main(["--out", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("fetch_tls: POST ") and "HTTP 400" in error
+    assert "error validating claims" in error and claim in error
+    assert len(issued) == 2
+    for jwt in issued:
+        assert jwt not in str(info.value) and jwt not in error
+    assert stack.vault_tokens == []
+    assert not out.exists()
+
+
 @pytest.fixture
 def node_vault(openbao: OpenBao, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[hvac.Client, VaultLayout, str]]:
     """An AWS stack's Vault layout in OpenBao, and a token holding only the node policy."""

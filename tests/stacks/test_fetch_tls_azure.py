@@ -31,7 +31,13 @@ from tests.stacks.mockrun import (
     AZURE_REQUIRED_CONFIG,
     AZURE_TENANT,
 )
-from tests.stacks.test_fetch_tls import MATERIAL, JwtStack, jwt_stack_in_vault
+from tests.stacks.test_fetch_tls import (
+    MATERIAL,
+    JwtStack,
+    assert_refused_without_echo,
+    jwt_stack_in_vault,
+    node_settings,
+)
 
 TENANT_ID = AZURE_TENANT
 AZURE_ISSUER = f"https://sts.windows.net/{TENANT_ID}/"  # Entra ID's v1 issuer, which IMDS tokens carry
@@ -159,11 +165,6 @@ def azure_node(openbao: OpenBao, azure_imds: AzureImds, monkeypatch: pytest.Monk
         yield AzureNode(stack, azure_imds)
 
 
-def fetch_tls_settings() -> dict[str, str]:
-    """What `main` hands to `fetch`: the required settings and the jwt ones that are set."""
-    return {name: os.environ[name] for name in fetch_tls.SETTINGS + fetch_tls.JWT_SETTINGS if name in os.environ}
-
-
 def token_query(path: str) -> dict[str, str]:
     """The query of an IMDS request, blank values kept (a `client_id=` must show)."""
     url = urllib.parse.urlparse(path)
@@ -205,20 +206,7 @@ def test_access_token_of_another_managed_identity_is_refused_without_echoing_it(
     azure_node: AzureNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("FORESIGHT_VAULT_AZURE_CLIENT_ID", INTRUDER.client_id)
-    out = tmp_path / "tls"
-    with pytest.raises(
-        fetch_tls.BootstrapError, match=f"auth/{azure_node.stack.layout.auth_mount}/login -> HTTP 400"
-    ) as info:
-        fetch_tls.fetch(fetch_tls_settings(), out, None)
-    assert fetch_tls.main(["--out", str(out)]) == 1
-    error = capsys.readouterr().err
-    assert error.startswith("fetch_tls: POST ") and "HTTP 400" in error
-    assert "error validating claims" in error and "oid" in error
-    assert len(azure_node.imds.issued) == 2
-    for jwt in azure_node.imds.issued:
-        assert jwt not in str(info.value) and jwt not in error
-    assert azure_node.stack.vault_tokens == []
-    assert not out.exists()
+    assert_refused_without_echo(azure_node.stack, azure_node.imds.issued, "oid", tmp_path / "tls", capsys)
 
 
 @pytest.mark.parametrize(
@@ -252,7 +240,7 @@ def test_imds_refusal_is_a_bootstrap_error_naming_the_azure_imds_and_the_likely_
     else:
         monkeypatch.setenv("FORESIGHT_VAULT_AZURE_CLIENT_ID", client_id)
     with pytest.raises(fetch_tls.BootstrapError) as info:
-        fetch_tls.azure_jwt(fetch_tls_settings())
+        fetch_tls.azure_jwt(node_settings())
     message = str(info.value)
     assert message.startswith(f"no access token from the Azure IMDS (GET {azure_node.imds.url}{TOKEN_PATH}?")
     assert "HTTP 400" in message and azure_says in message

@@ -25,7 +25,13 @@ from stacks.boot import fetch_tls
 from tests.security.metadata_fakes import JwtIssuer, http_server
 from tests.servers import OpenBao
 from tests.stacks.mockrun import GCP_PROJECT, GCP_REQUIRED_CONFIG
-from tests.stacks.test_fetch_tls import MATERIAL, JwtStack, bind_node_role, jwt_stack_in_vault
+from tests.stacks.test_fetch_tls import (
+    MATERIAL,
+    JwtStack,
+    assert_refused_without_echo,
+    bind_node_role,
+    jwt_stack_in_vault,
+)
 
 GOOGLE_ISSUER = "https://accounts.google.com"
 IDENTITY_PATH = "/computeMetadata/v1/instance/service-accounts/default/identity"
@@ -103,11 +109,6 @@ def gcp_node(openbao: OpenBao, gce_metadata: GceMetadata, monkeypatch: pytest.Mo
         yield GcpNode(stack, gce_metadata)
 
 
-def node_settings() -> dict[str, str]:
-    """What `main` hands to `fetch`: the required settings and the jwt ones that are set."""
-    return {name: os.environ[name] for name in fetch_tls.SETTINGS + fetch_tls.JWT_SETTINGS if name in os.environ}
-
-
 def test_gcp_node_logs_in_with_its_identity_token_writes_tls_files_and_revokes_its_token(
     gcp_node: GcpNode, tmp_path: Path
 ) -> None:
@@ -147,20 +148,7 @@ def test_identity_token_of_another_service_account_is_refused_without_echoing_it
     gcp_node: GcpNode, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     gcp_node.metadata.email = "intruder@other-project.iam.gserviceaccount.com"
-    out = tmp_path / "tls"
-    with pytest.raises(
-        fetch_tls.BootstrapError, match=f"auth/{gcp_node.stack.layout.auth_mount}/login -> HTTP 400"
-    ) as info:
-        fetch_tls.fetch(node_settings(), out, None)
-    assert fetch_tls.main(["--out", str(out)]) == 1
-    error = capsys.readouterr().err
-    assert error.startswith("fetch_tls: POST ") and "HTTP 400" in error
-    assert "error validating claims" in error and "email" in error
-    assert len(gcp_node.metadata.issued) == 2
-    for jwt in gcp_node.metadata.issued:
-        assert jwt not in str(info.value) and jwt not in error
-    assert gcp_node.stack.vault_tokens == []
-    assert not out.exists()
+    assert_refused_without_echo(gcp_node.stack, gcp_node.metadata.issued, "email", tmp_path / "tls", capsys)
 
 
 @pytest.mark.parametrize(("source", "shown"), [("file", "'file'"), ("aws", "'aws'"), (None, "unset")])

@@ -15,9 +15,6 @@ import grpc
 import pytest
 from google.protobuf import empty_pb2, struct_pb2
 from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
-from pulumi_policy import PolicyCustomTimeouts, PolicyResourceOptions, ResourceValidationArgs, ResourceValidationPolicy
-from pulumi_policy.deserialize import deserialize_properties
-from pulumi_policy.proxy import unknown_checking_proxy
 
 from stacks.aws.compute import GPU_FAMILIES
 from stacks.azure.compute import GPU_SERIES as AZURE_GPU_SERIES
@@ -26,27 +23,11 @@ from stacks.policies import rules
 from stacks.spec import StackSpec
 from tests.stacks.conftest import RunStack
 from tests.stacks.mockrun import REQUIRED_CONFIG, ROOT, MockRun, Registered
+from tests.stacks.policy_harness import POLICIES, TAGS, Case, violations
+from tests.stacks.test_policies_azure import AZURE_CASES
+from tests.stacks.test_policies_gcp import GCP_CASES
 
-POLICIES: dict[str, ResourceValidationPolicy] = {policy.name: policy for policy in rules.POLICIES}
 KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
-TAGS = {"foresight:project": "foresight", "foresight:stack": "dev", "managed-by": "pulumi"}
-
-
-def violations(policy_name: str, resource_type: str, props: dict[str, Any]) -> list[str]:
-    """Run one policy the way the analyzer does: engine-style properties behind the unknown-checking proxy."""
-    found: list[str] = []
-    options = PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), [])
-    args = ResourceValidationArgs(
-        resource_type, unknown_checking_proxy(deserialize_properties(props)), "urn:test", "test", options, None
-    )
-    policy = POLICIES[policy_name]
-    assert policy.validate is not None and not isinstance(policy.validate, list)
-
-    def report(message: str, _urn: str | None = None) -> None:
-        found.append(message)
-
-    policy.validate(args, report)
-    return found
 
 
 def _template(**changes: Any) -> dict[str, Any]:
@@ -62,7 +43,7 @@ def _template(**changes: Any) -> dict[str, Any]:
 
 
 LT = rules.LAUNCH_TEMPLATE
-CASES = [
+CASES: list[Case] = [
     # (policy, resource type, properties, expected violation fragment or None)
     ("ebs-encrypted-with-customer-key", LT, _template(), None),
     (
@@ -174,7 +155,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("policy", "resource_type", "props", "expected"), CASES)
+@pytest.mark.parametrize(("policy", "resource_type", "props", "expected"), CASES + GCP_CASES + AZURE_CASES)
 def test_policy_on_good_and_bad_properties(
     policy: str, resource_type: str, props: dict[str, Any], expected: str | None
 ) -> None:
@@ -185,10 +166,23 @@ def test_policy_on_good_and_bad_properties(
         assert found and any(expected in message for message in found), found
 
 
-def test_every_policy_is_mandatory_and_covered_both_ways() -> None:
+def test_every_policy_is_mandatory() -> None:
     assert all(policy.enforcement_level == rules.EnforcementLevel.MANDATORY for policy in rules.POLICIES)
-    for name in POLICIES:
-        outcomes = {expected is None for policy, _type, _props, expected in CASES if policy == name}
+
+
+# IMDSv2 has no Google Cloud or Azure counterpart; every other rule has a branch per cloud.
+@pytest.mark.parametrize(
+    ("cases", "names"),
+    [
+        (CASES, POLICIES.keys()),
+        (GCP_CASES, POLICIES.keys() - {"imdsv2-required"}),
+        (AZURE_CASES, POLICIES.keys() - {"imdsv2-required"}),
+    ],
+    ids=["aws", "gcp", "azure"],
+)
+def test_every_cloud_branch_is_covered_both_ways(cases: list[Case], names: set[str]) -> None:
+    for name in names:
+        outcomes = {expected is None for policy, _type, _props, expected in cases if policy == name}
         assert outcomes == {True, False}, name
 
 

@@ -1,4 +1,4 @@
-"""The policy pack on Azure properties: every rule's Azure branch, good and bad."""
+"""The policy pack on Azure properties: the case table (test_policies.py runs it) and checks of its messages."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from stacks.policies import rules
-from tests.stacks.test_policies import POLICIES, TAGS, violations
+from tests.stacks.policy_harness import TAGS, Case, violations
 
 ENCRYPTION_SET_ID = (
     "/subscriptions/00000000-1111-2222-3333-444444444444/resourceGroups/foresight-dev"
@@ -119,7 +117,7 @@ AS, AV, AK = rules.AZURE_SCALE_SET, rules.AZURE_VM, rules.AZURE_KEY
 T4, A100, H100 = "Standard_NC4as_T4_v3", "Standard_NC24ads_A100_v4", "Standard_NC40ads_H100_v5"
 OPEN_SSH = "opens an admin port"
 CUSTOMER_KEY = {"diskEncryptionSetId": ENCRYPTION_SET_ID, "type": "EncryptionAtRestWithCustomerKey"}
-AZURE_CASES = [
+AZURE_CASES: list[Case] = [
     ("ebs-encrypted-with-customer-key", AS, _scale_set(), None),
     (
         "ebs-encrypted-with-customer-key",
@@ -309,23 +307,6 @@ AZURE_CASES = [
     ("required-tags", "azure-native:compute:DiskEncryptionSet", {"tags": LABELS}, "foresight:project"),
     ("required-tags", rules.AZURE_SECURITY_RULE, _security_rule(), None),
 ]
-
-
-@pytest.mark.parametrize(("policy", "resource_type", "props", "expected"), AZURE_CASES)
-def test_policy_on_good_and_bad_properties(
-    policy: str, resource_type: str, props: dict[str, Any], expected: str | None
-) -> None:
-    found = violations(policy, resource_type, props)
-    if expected is None:
-        assert found == []
-    else:
-        assert found and any(expected in message for message in found), found
-
-
-def test_every_azure_branch_is_covered_both_ways() -> None:
-    for name in POLICIES.keys() - {"imdsv2-required"}:
-        outcomes = {expected is None for policy, _type, _props, expected in AZURE_CASES if policy == name}
-        assert outcomes == {True, False}, name
 
 
 def test_an_azure_data_disk_without_an_encryption_set_is_named_by_its_lun() -> None:

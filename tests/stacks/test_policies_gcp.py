@@ -1,4 +1,4 @@
-"""The policy pack on Google Cloud properties: every rule's Google Cloud branch, good and bad."""
+"""The policy pack on Google Cloud properties: the case table (test_policies.py runs it) and checks of its messages."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from stacks.policies import rules
-from tests.stacks.test_policies import POLICIES, TAGS, violations
+from tests.stacks.policy_harness import TAGS, Case, violations
 
 KMS_KEY_LINK = "projects/foresight-dev/locations/us-central1/keyRings/foresight/cryptoKeys/disks"
 LABELS = {"foresight-project": "foresight", "foresight-stack": "dev", "managed-by": "pulumi"}
@@ -52,7 +52,7 @@ def _flexible_group(*machine_types: str) -> dict[str, Any]:
 
 GT, GI = rules.GCP_INSTANCE_TEMPLATE, rules.GCP_INSTANCE
 SSH, HTTPS = {"protocol": "tcp", "ports": ["22"]}, {"protocol": "tcp", "ports": ["443"]}
-GCP_CASES = [
+GCP_CASES: list[Case] = [
     ("ebs-encrypted-with-customer-key", GT, _gcp_template(), None),
     (
         "ebs-encrypted-with-customer-key",
@@ -144,23 +144,6 @@ GCP_CASES = [
     ("required-tags", "gcp:compute/forwardingRule:ForwardingRule", {"labels": LABELS}, None),
     ("required-tags", rules.GCP_FIREWALL, _firewall(HTTPS), None),
 ]
-
-
-@pytest.mark.parametrize(("policy", "resource_type", "props", "expected"), GCP_CASES)
-def test_policy_on_good_and_bad_properties(
-    policy: str, resource_type: str, props: dict[str, Any], expected: str | None
-) -> None:
-    found = violations(policy, resource_type, props)
-    if expected is None:
-        assert found == []
-    else:
-        assert found and any(expected in message for message in found), found
-
-
-def test_every_google_cloud_branch_is_covered_both_ways() -> None:
-    for name in POLICIES.keys() - {"imdsv2-required"}:
-        outcomes = {expected is None for policy, _type, _props, expected in GCP_CASES if policy == name}
-        assert outcomes == {True, False}, name
 
 
 def test_a_template_data_disk_without_a_key_is_named_alone() -> None:
