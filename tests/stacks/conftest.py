@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.security.metadata_fakes import JwtIssuer
 from tests.stacks.mockrun import AZURE_REQUIRED_CONFIG, GCP_REQUIRED_CONFIG, REQUIRED_CONFIG, MockRun, run_program
 
 RunStack = Callable[..., MockRun]
@@ -84,3 +85,9 @@ def run_azure_stack() -> RunStack:
 def azure_baseline() -> MockRun:
     """The Azure program run with only the required config."""
     return _run_azure()
+
+
+@pytest.fixture(scope="session")
+def issuer() -> JwtIssuer:
+    """A test key standing in for a cloud's token signer (Google's, Entra ID's) in the boot login tests."""
+    return JwtIssuer()

@@ -139,11 +139,6 @@ class AzureNode:
     imds: AzureImds
 
 
-@pytest.fixture(scope="module")
-def issuer() -> JwtIssuer:
-    return JwtIssuer()
-
-
 @pytest.fixture
 def azure_imds(issuer: JwtIssuer, monkeypatch: pytest.MonkeyPatch) -> Iterator[AzureImds]:
     """IMDS of a VM with the node's identity and another one assigned, at FORESIGHT_IMDS_ENDPOINT."""

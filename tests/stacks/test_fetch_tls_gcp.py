@@ -83,11 +83,6 @@ class GcpNode:
     metadata: GceMetadata
 
 
-@pytest.fixture(scope="module")
-def issuer() -> JwtIssuer:
-    return JwtIssuer()
-
-
 @pytest.fixture
 def gce_metadata(issuer: JwtIssuer) -> Iterator[GceMetadata]:
     fake = GceMetadata(issuer, email="nobody@example.invalid")  # the gcp_node fixture names the node's account
