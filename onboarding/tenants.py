@@ -20,6 +20,7 @@ from onboarding.auditing import OnboardingAudit
 from onboarding.context import Endpoints, Target
 from onboarding.errors import Conflict, InvalidInput, NotFound, OnboardingError, ServiceFailure, from_key_store
 from onboarding.journal import Journal
+from onboarding.plans import quota_for
 from service.security.apikeys import IssuedKey, MalformedKey, key_id_of
 from service.security.vault_keys import KeyInfo, VaultKeyAdmin, VaultKeyStoreError
 from service.tenancy import TENANT_NAME_PATTERN, TenantQuota, TenantSpec
@@ -225,6 +226,18 @@ class Onboarder:
             spec = self._require(name)
             self._call(action.replace(".", " "), self.key_admin.update_tenant,
                        spec.model_copy(update={"suspended": suspended}))
+        return Outcome(warnings=self._refresh(name))
+
+    def set_plan(self, name: str, plan: str) -> Outcome:
+        """Move a tenant to a plan's memory and rate quotas, keeping its other settings (origin, prefetcher)."""
+        validate_name(name)
+        preset = quota_for(plan)
+        with self._audited("tenant.plan", tenant=name, plan=plan):
+            spec = self._require(name)
+            quota = spec.quota.model_copy(
+                update={"memory_bytes": preset.memory_bytes, "requests_per_second": preset.requests_per_second}
+            )
+            self._call("change plan", self.key_admin.update_tenant, spec.model_copy(update={"quota": quota}))
         return Outcome(warnings=self._refresh(name))
 
     def delete_tenant(self, name: str) -> Outcome:

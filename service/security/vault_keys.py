@@ -195,7 +195,7 @@ class VaultKeyAdmin:
             if current is None or current[0].deleting:
                 raise TenantNotFound(f"no tenant {spec.name!r}")
             meta, version = current
-            if self._cas_write(self._meta_path(spec.name), meta.model_copy(update={"spec": spec}), version):
+            if self.write_record(self._meta_path(spec.name), meta.model_copy(update={"spec": spec}), version):
                 return spec
         raise VaultKeyStoreError(f"tenant {spec.name!r} kept changing under the update; retry")
 
@@ -204,16 +204,16 @@ class VaultKeyAdmin:
         return None if current is None or current[0].deleting else current[0].spec
 
     def list_tenants(self) -> list[TenantSpec]:
-        names = [n.rstrip("/") for n in self._list("tenants/")]
+        names = [n.rstrip("/") for n in self.list_records("tenants/")]
         return [spec for spec in (self.get_tenant(n) for n in names) if spec is not None]
 
     def delete_tenant(self, name: str) -> None:
         """Remove the tenant's keys, policy and records, refusing its keys first. Safe to re-run."""
         current = self._read_meta(name)
         if current is not None and not current[0].deleting:
-            self._cas_write(self._meta_path(name), current[0].model_copy(update={"deleting": True}), current[1])
+            self.write_record(self._meta_path(name), current[0].model_copy(update={"deleting": True}), current[1])
         with _vault_errors(f"delete tenant {name!r}"):
-            for key_id in self._list(f"tenants/{name}/keys/"):
+            for key_id in self.list_records(f"tenants/{name}/keys/"):
                 self._kv.delete_metadata_and_all_versions(f"keyids/{key_id}", mount_point=self.mount)
                 self._kv.delete_metadata_and_all_versions(self._key_path(name, key_id), mount_point=self.mount)
             self.client.sys.delete_policy(tenant_policy_name(name))
@@ -268,7 +268,7 @@ class VaultKeyAdmin:
         old_expiry = now + overlap if info.expires is None else min(info.expires, now + overlap)
         try:
             for _ in range(_CAS_RETRIES):
-                if self._cas_write(
+                if self.write_record(
                     self._key_path(info.tenant, key_id),
                     info.model_copy(update={"expires": old_expiry, "rotated_to": new.key_id}),
                     version,
@@ -296,7 +296,7 @@ class VaultKeyAdmin:
             if info.state == "revoked":
                 return info
             revoked = info.model_copy(update={"state": "revoked", "revoked_at": utcnow()})
-            if self._cas_write(self._key_path(info.tenant, key_id), revoked, version):
+            if self.write_record(self._key_path(info.tenant, key_id), revoked, version):
                 log.info("revoked key %s of tenant %s", key_id, info.tenant)
                 return revoked
         raise VaultKeyStoreError(f"key {key_id} kept changing during revocation; retry")
@@ -305,7 +305,7 @@ class VaultKeyAdmin:
         return self._read_key(key_id, tenant)[0]
 
     def list_keys(self, tenant: str) -> list[KeyInfo]:
-        return [self._read_key(key_id, tenant)[0] for key_id in self._list(f"tenants/{tenant}/keys/")]
+        return [self._read_key(key_id, tenant)[0] for key_id in self.list_records(f"tenants/{tenant}/keys/")]
 
     # -- internals -----------------------------------------------------------------------------------------
 
@@ -330,7 +330,9 @@ class VaultKeyAdmin:
                     raise
         raise VaultKeyStoreError("could not allocate a unique key id")
 
-    def _read(self, path: str) -> tuple[dict[str, Any], int] | None:
+    def read_record(self, path: str) -> tuple[dict[str, Any], int] | None:
+        """The record at `path` in the mount and its version (0 to create it with `write_record`); public
+        because the marketplace integrations keep their customer records beside the tenants'."""
         with _vault_errors(f"read {self.mount}/{path}"):
             try:
                 reply = self._kv.read_secret_version(path, mount_point=self.mount, raise_on_deleted_version=True)
@@ -339,20 +341,20 @@ class VaultKeyAdmin:
         return reply["data"]["data"], int(reply["data"]["metadata"]["version"])
 
     def _read_meta(self, tenant: str) -> tuple[TenantMeta, int] | None:
-        found = self._read(self._meta_path(tenant))
+        found = self.read_record(self._meta_path(tenant))
         return None if found is None else (TenantMeta.model_validate(found[0]), found[1])
 
     def _read_key(self, key_id: str, tenant: str | None) -> tuple[KeyInfo, int]:
-        index = self._read(f"keyids/{key_id}")
+        index = self.read_record(f"keyids/{key_id}")
         owner = index[0]["tenant"] if index else None
         if owner is None or (tenant is not None and owner != tenant):
             raise KeyNotFound(f"no key {key_id}" + (f" for tenant {tenant!r}" if tenant else ""))
-        found = self._read(self._key_path(owner, key_id))
+        found = self.read_record(self._key_path(owner, key_id))
         if found is None:
             raise KeyNotFound(f"no key {key_id}")
         return KeyInfo.model_validate(found[0]), found[1]
 
-    def _cas_write(self, path: str, record: BaseModel, version: int) -> bool:
+    def write_record(self, path: str, record: BaseModel, version: int) -> bool:
         """Write if the record is still at `version`; False if someone else changed it first."""
         with _vault_errors(f"write {self.mount}/{path}"):
             try:
@@ -365,12 +367,16 @@ class VaultKeyAdmin:
                     return False
                 raise
 
-    def _list(self, path: str) -> list[str]:
+    def list_records(self, path: str) -> list[str]:
         with _vault_errors(f"list {self.mount}/{path}"):
             try:
                 return list(self._kv.list_secrets(path, mount_point=self.mount)["data"]["keys"])
             except hvac.exceptions.InvalidPath:
                 return []
+
+    def delete_record(self, path: str) -> None:
+        with _vault_errors(f"delete {self.mount}/{path}"):
+            self._kv.delete_metadata_and_all_versions(path, mount_point=self.mount)
 
     def _delete_key(self, tenant: str, key_id: str) -> None:
         self._kv.delete_metadata_and_all_versions(self._key_path(tenant, key_id), mount_point=self.mount)

@@ -1,0 +1,101 @@
+"""AWS Marketplace fulfilment against real parts where they run here: OpenBao for tenants and purchase
+records, the real service (TLS, Vault key source, admin API) for quotas, keys and usage counters, moto for
+SQS and EventBridge. Only the Marketplace Metering and Entitlement APIs are a fake (aws_fake.py says why)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import hvac
+import pytest
+import redis
+
+from marketplace.aws.fulfilment import AwsMarketplace
+from marketplace.aws.settings import AwsMarketplaceSettings
+from onboarding.admin_client import AdminClient
+from onboarding.auditing import OnboardingAudit
+from onboarding.context import Endpoints
+from onboarding.tenants import Onboarder
+from service.security.admin_token import new_admin_token
+from service.security.apikeys import hash_key
+from service.security.vault_keys import VaultKeyAdmin, service_policy
+from tests.marketplace.aws_fake import MarketplaceFake, marketplace_fake
+from tests.servers import MotoServer, OpenBao
+from tests.service.harness import RunningService, running_service
+from tests.tlsutil import PKI, make_pki
+
+MOUNT = "fs-mp"
+SERVICE_POLICY = "fs-mp-service"
+PRODUCT = "prod-foresight-test"
+UNIT = 100  # requests per metered unit in these tests, so a few hundred reads make whole units
+
+
+@dataclass
+class Deployment:
+    svc: RunningService
+    pki: PKI
+    key_admin: VaultKeyAdmin
+    admin_url: str
+    admin_token: str
+    endpoints: Endpoints
+    audit_log: Path
+
+    def onboarder(self, admin_url: str | None = None) -> Onboarder:
+        admin = AdminClient(admin_url or self.admin_url, self.admin_token, ca_cert=self.pki.ca_cert)
+        return Onboarder(self.key_admin, admin, OnboardingAudit(self.audit_log), None, self.endpoints)
+
+    def redis(self, api_key: str) -> redis.Redis:
+        return redis.Redis(port=self.svc.resp_port, ssl=True, ssl_ca_certs=str(self.pki.ca_cert), password=api_key)
+
+
+@pytest.fixture(scope="module")
+def deployment(openbao: OpenBao, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    root: hvac.Client = openbao.client()
+    if f"{MOUNT}/" not in root.sys.list_mounted_secrets_engines()["data"]:
+        root.sys.enable_secrets_engine("kv", path=MOUNT, options={"version": "2"})
+    root.sys.create_or_update_policy(SERVICE_POLICY, service_policy(MOUNT))
+    work = tmp_path_factory.mktemp("marketplace")
+    pki = make_pki(work / "pki")
+    token_file = work / "vault-token"
+    token_file.write_text(root.auth.token.create(policies=[SERVICE_POLICY], ttl="1h")["auth"]["client_token"])
+    token_file.chmod(0o600)
+    admin_token = new_admin_token()
+    with running_service(
+        tls_cert_file=pki.cert, tls_key_file=pki.key, vault_addr=openbao.addr, vault_token_file=token_file,
+        vault_kv_mount=MOUNT, admin_token_hash=hash_key(admin_token), auth_cache_ttl_s=0.2,
+    ) as svc:
+        endpoints = Endpoints("localhost", svc.resp_port, svc.endpoints.http_url, pki.ca_cert)
+        yield Deployment(svc, pki, VaultKeyAdmin(root, MOUNT), svc.endpoints.http_url, admin_token, endpoints,
+                         work / "onboarding-audit.log")
+
+
+@pytest.fixture
+def fake() -> Iterator[MarketplaceFake]:
+    with marketplace_fake(PRODUCT, {"starter", "pro", "enterprise", "requests"}) as running:
+        yield running
+
+
+@pytest.fixture
+def aws_session() -> boto3.session.Session:
+    return boto3.session.Session(region_name="us-east-1", aws_access_key_id="testing",
+                                 aws_secret_access_key="testing")
+
+
+@pytest.fixture
+def settings(fake: MarketplaceFake, moto_server: MotoServer) -> AwsMarketplaceSettings:
+    return AwsMarketplaceSettings(
+        product_code=PRODUCT, metering_endpoint_url=fake.endpoint, entitlement_endpoint_url=fake.endpoint,
+        sqs_endpoint_url=moto_server.endpoint, requests_per_unit=UNIT,
+    )
+
+
+@pytest.fixture
+def marketplace(
+    deployment: Deployment, settings: AwsMarketplaceSettings, aws_session: boto3.session.Session
+) -> Iterator[AwsMarketplace]:
+    onboarder = deployment.onboarder()
+    yield AwsMarketplace(settings, onboarder, aws_session)
+    onboarder.close()

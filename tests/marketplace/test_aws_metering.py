@@ -1,0 +1,138 @@
+"""Metering: the real service's read counters become BatchMeterUsage records, each hour billed exactly once
+through failures, crashes, unprocessed records and service restarts."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from marketplace.aws.fulfilment import AwsMarketplace, Registration
+from marketplace.aws.metering import Metering
+from marketplace.aws.records import PendingUsage
+from tests.marketplace.aws_fake import ApiError, MarketplaceFake
+from tests.marketplace.conftest import Deployment
+
+HOUR = dt.timedelta(hours=1)
+
+
+def reads(deployment: Deployment, registration: Registration, count: int) -> None:
+    """`count` GETs on the tenant (misses count as reads too)."""
+    assert registration.key is not None
+    pipe = deployment.redis(registration.key.secret).pipeline(transaction=False)
+    for i in range(count):
+        pipe.get(f"k{i % 7}")
+    pipe.execute()
+
+
+@pytest.fixture
+def bought(marketplace: AwsMarketplace, fake: MarketplaceFake) -> tuple[Registration, str]:
+    token, license_arn = fake.purchase("111122223333", "pro")
+    return marketplace.register(token), license_arn
+
+
+def this_hour() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def test_reads_become_whole_units_and_the_remainder_carries_over(
+    marketplace: AwsMarketplace, fake: MarketplaceFake, deployment: Deployment, bought: tuple[Registration, str]
+) -> None:
+    registration, license_arn = bought
+    metering = Metering(marketplace)
+    reads(deployment, registration, 250)
+    first = metering.run(now=this_hour() - HOUR + dt.timedelta(minutes=5), tenants=[registration.tenant])
+    assert [(m.quantity, m.status) for m in first.metered] == [(2, "Success")]
+
+    again = metering.run(now=this_hour() - HOUR + dt.timedelta(minutes=50), tenants=[registration.tenant])
+    assert again.metered == [] and "already metered this hour" in again.skipped[registration.tenant]
+
+    reads(deployment, registration, 60)  # 50 carried + 60 = 1 unit, 10 carried
+    metering.run(now=this_hour() + dt.timedelta(minutes=1), tenants=[registration.tenant])
+    assert fake.usage(license_arn) == [2, 1]
+    sent = [r for op, req in fake.calls if op == "BatchMeterUsage" for r in req["UsageRecords"]]
+    assert {r["CustomerAWSAccountId"] for r in sent} == {"111122223333"}
+    assert {r["LicenseArn"] for r in sent} == {license_arn} and {r["Dimension"] for r in sent} == {"requests"}
+    assert "CustomerIdentifier" not in sent[0]
+    record = marketplace.records.get(registration.tenant)
+    assert record is not None and record.unbilled_requests == 10 and record.pending is None
+
+
+def test_a_failed_call_leaves_the_record_pending_and_it_is_resent_unchanged(
+    marketplace: AwsMarketplace, fake: MarketplaceFake, deployment: Deployment, bought: tuple[Registration, str]
+) -> None:
+    registration, license_arn = bought
+    metering = Metering(marketplace)
+    reads(deployment, registration, 300)
+    fake.fail_next.append(ApiError("DisabledApiException", "metering is disabled"))  # not retried by botocore
+    failed = metering.run(tenants=[registration.tenant])
+    assert failed.errors and "DisabledApiException" in failed.errors[0]
+    record = marketplace.records.get(registration.tenant)
+    assert record is not None and record.pending is not None and record.pending.quantity == 3
+
+    reads(deployment, registration, 500)  # new reads wait for the next record; the pending one goes as it was
+    resent = metering.run(tenants=[registration.tenant])
+    assert [(m.quantity, m.status) for m in resent.metered] == [(3, "Success")]
+    assert fake.usage(license_arn) == [3]
+
+
+def test_a_crash_after_sending_does_not_bill_the_hour_twice(
+    marketplace: AwsMarketplace, fake: MarketplaceFake, deployment: Deployment, bought: tuple[Registration, str]
+) -> None:
+    registration, license_arn = bought
+    metering = Metering(marketplace)
+    reads(deployment, registration, 400)
+    metering.run(tenants=[registration.tenant])
+    confirmed = marketplace.records.get(registration.tenant)
+    assert confirmed is not None and confirmed.last_metered is not None
+    lost = PendingUsage(timestamp=confirmed.last_metered, quantity=4, requests_seen=confirmed.requests_seen,
+                        remainder=confirmed.unbilled_requests)
+    marketplace.records.update(registration.tenant, lambda r: r.model_copy(update={"pending": lost}))  # the crash
+
+    report = metering.run(tenants=[registration.tenant])
+    assert [m.status for m in report.metered] == ["Success"]  # AWS: identical record, idempotent
+    assert fake.usage(license_arn) == [4]
+    assert len([op for op, _ in fake.calls if op == "BatchMeterUsage"]) == 2
+
+
+def test_unprocessed_records_are_resent_next_run(
+    marketplace: AwsMarketplace, fake: MarketplaceFake, deployment: Deployment, bought: tuple[Registration, str]
+) -> None:
+    registration, license_arn = bought
+    metering = Metering(marketplace)
+    reads(deployment, registration, 100)
+    fake.unprocessed_next = 1
+    assert [m.status for m in metering.run(tenants=[registration.tenant]).metered] == ["Unprocessed"]
+    assert fake.usage(license_arn) == []
+    assert [m.status for m in metering.run(tenants=[registration.tenant]).metered] == ["Success"]
+    assert fake.usage(license_arn) == [1]
+
+
+def test_a_service_restart_counts_the_new_counter_as_new_usage(
+    marketplace: AwsMarketplace, fake: MarketplaceFake, deployment: Deployment, bought: tuple[Registration, str]
+) -> None:
+    registration, license_arn = bought
+    marketplace.records.update(registration.tenant, lambda r: r.model_copy(update={"requests_seen": 10**9}))
+    reads(deployment, registration, 200)  # the counter (200) is below what was seen: the service restarted
+    Metering(marketplace).run(tenants=[registration.tenant])
+    assert fake.usage(license_arn) == [2]
+
+
+def test_many_purchases_go_in_batches_of_25(
+    marketplace: AwsMarketplace, fake: MarketplaceFake, deployment: Deployment
+) -> None:
+    tenants = []
+    for _ in range(27):
+        token, _ = fake.purchase("222233334444", "starter")
+        tenants.append(marketplace.register(token).tenant)
+    report = Metering(marketplace).run(tenants=tenants)
+    assert len([m for m in report.metered if m.status == "Success"]) == 27
+    sizes = [len(req["UsageRecords"]) for op, req in fake.calls if op == "BatchMeterUsage"]
+    assert sizes == [25, 2]
+
+
+def test_metering_needs_the_admin_api(deployment: Deployment, settings, aws_session) -> None:
+    onboarder = deployment.onboarder()
+    onboarder.admin = None
+    with pytest.raises(Exception, match="FORESIGHT_ADMIN_URL"):
+        Metering(AwsMarketplace(settings, onboarder, aws_session)).run()
