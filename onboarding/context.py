@@ -1,7 +1,8 @@
 """Where the `tenants` and `keys` commands act: Vault, the service's admin API, the audit log.
 
 Precedence, per setting: the standard environment (`VAULT_ADDR`/`VAULT_TOKEN`/`VAULT_CACERT`, or the `BAO_*`
-equivalents; `FORESIGHT_ADMIN_URL`/`FORESIGHT_ADMIN_TOKEN`/`FORESIGHT_ADMIN_CA`; `FORESIGHT_AUDIT_LOG`) wins
+equivalents; `FORESIGHT_ADMIN_URL`/`FORESIGHT_ADMIN_TOKEN`/`FORESIGHT_ADMIN_CA`; `FORESIGHT_AUDIT_LOG`;
+`FORESIGHT_VAULT_KV_MOUNT`, the same variable the service reads) wins
 over the local deployment recorded by `foresight local up` in the state directory.
 """
 
@@ -90,7 +91,8 @@ def resolve(state_dir: Path | None = None, admin_url: str | None = None) -> Targ
         vault_addr=vault_addr,
         vault_token=vault_token,
         vault_ca=vault_ca,
-        kv_mount=deployment.vault_kv_mount if deployment and local_vault else "foresight",
+        kv_mount=_env("FORESIGHT_VAULT_KV_MOUNT")
+        or (deployment.vault_kv_mount if deployment and local_vault else "foresight"),
         admin_url=admin_url,
         admin_token=admin_token,
         admin_ca=admin_ca,

@@ -1,4 +1,5 @@
-"""Locating the image tooling: Debian packages on PATH, linters in images/install-tools.sh's virtualenv.
+"""Locating the image tooling: Debian packages on PATH, linters in the project's virtualenv or
+images/install-tools.sh's.
 
 Outside CI a missing tool skips its tests with the command that installs it; in CI (CI=true) it fails them,
 so a machine without the tools can never pass the image checks by skipping them.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ TOOLS_BIN = Path(os.environ.get("FORESIGHT_TOOLS_DIR", Path.home() / ".cache/for
 HOW_TO_INSTALL = {
     "hadolint": "images/install-tools.sh",
     "checkov": "images/install-tools.sh",
+    "cfn-lint": "scripts/setup.sh test (pyproject's test extra)",
     "packer": "apt-get install packer",
     "cloud-init": "apt-get install cloud-init",
     "shellcheck": "apt-get install shellcheck",
@@ -31,7 +34,8 @@ HOW_TO_INSTALL = {
 
 def require_tool(name: str) -> str:
     """The tool's path; skips (or, in CI, fails) the calling test when it is not installed."""
-    found = shutil.which(name) or shutil.which(name, path=str(TOOLS_BIN))
+    beside_python = Path(sys.executable).parent  # the project's virtualenv, not on PATH under .venv/bin/python
+    found = shutil.which(name) or shutil.which(name, path=os.pathsep.join([str(beside_python), str(TOOLS_BIN)]))
     if found:
         return found
     message = f"{name} is not installed; run: {HOW_TO_INSTALL.get(name, name)}"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from onboarding.context import Endpoints
+from onboarding.context import Endpoints, resolve
 from onboarding.errors import EXIT_CONFLICT, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_VAULT, InvalidInput, from_key_store
 from onboarding.plans import MIB, PLANS, plan_of, quota_for
 from onboarding.snippet import connection_snippet
@@ -119,3 +119,13 @@ def test_snippet_connects_over_tls_with_the_ca_and_keeps_the_key_off_argv() -> N
     assert "r.set(" in snippet["redis-py"]
     read_only = connection_snippet(Endpoints("127.0.0.1", 6390, "https://x", None), key, can_write=False)
     assert "r.set(" not in read_only["redis-py"] and "r.get('greeting')" in read_only["redis-py"]
+
+
+def test_the_kv_mount_comes_from_the_services_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FORESIGHT_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("VAULT_ADDR", "http://127.0.0.1:1")
+    monkeypatch.setenv("VAULT_TOKEN", "t")
+    monkeypatch.delenv("FORESIGHT_VAULT_KV_MOUNT", raising=False)
+    assert resolve().kv_mount == "foresight"
+    monkeypatch.setenv("FORESIGHT_VAULT_KV_MOUNT", "tenants-prod")
+    assert resolve().kv_mount == "tenants-prod"

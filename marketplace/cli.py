@@ -1,0 +1,197 @@
+"""`foresight marketplace`: build the listings' launch artifacts, and run AWS Marketplace SaaS fulfilment.
+
+The `aws` commands act on the deployment `foresight tenants` acts on (VAULT_ADDR/VAULT_TOKEN and
+FORESIGHT_ADMIN_URL/FORESIGHT_ADMIN_TOKEN, or the local one) and read the listing from FORESIGHT_AWS_MP_*;
+AWS credentials come from the standard chain (an instance role in production). Exit codes: docs/onboarding.md.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from onboarding import output
+from onboarding.context import resolve
+from onboarding.errors import InvalidInput
+from onboarding.tenants import Onboarder
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+aws = typer.Typer(no_args_is_help=True, help="AWS Marketplace SaaS: registration, lifecycle events, metering.")
+app.add_typer(aws, name="aws")
+
+Json = Annotated[bool, output.JsonOption]
+AdminUrl = Annotated[
+    str | None,
+    typer.Option("--admin-url", envvar="FORESIGHT_ADMIN_URL", help="Service admin API (default: the local one)."),
+]
+
+
+@app.command()
+def build(
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the artifacts into.")] = Path(
+        "dist/marketplace"
+    ),
+    as_json: Json = False,
+) -> None:
+    """Write every listing's launch artifacts, generated from the same spec as the stacks.
+
+    aws/foresight.template.json (AMI with CloudFormation) and aws/eventbridge-pattern.json (the rule that
+    feeds lifecycle events to the fulfilment queue).
+    """
+    from marketplace.aws.events import EVENT_PATTERN
+    from marketplace.aws.template import render
+
+    with output.reported(as_json):
+        written = {
+            "aws/foresight.template.json": render(),
+            "aws/eventbridge-pattern.json": EVENT_PATTERN,
+        }
+        paths = []
+        for name, document in written.items():
+            path = out / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(document, indent=2) + "\n")
+            temporary.replace(path)  # never a half-written template where the old one was
+            paths.append(str(path))
+        if as_json:
+            output.emit_json({"written": paths})
+        else:
+            for path_text in paths:
+                output.out.print(f"wrote {path_text}", markup=False)
+
+
+@aws.command()
+def register(
+    token: Annotated[str, typer.Argument(help="The x-amzn-marketplace-token the buyer's browser posted.")],
+    admin_url: AdminUrl = None,
+    as_json: Json = False,
+) -> None:
+    """Turn a purchase into a tenant with its plan and first API key (what the registration page does)."""
+    from marketplace.aws.landing import registration_json
+
+    with output.reported(as_json), _marketplace(admin_url) as marketplace:
+        with output.progress("registering the purchase", as_json):
+            body = registration_json(marketplace.register(token))
+        if as_json:
+            output.emit_json(body)
+            return
+        output.warn(body["warnings"])
+        output.out.print(f"Tenant [bold]{body['tenant']}[/] (plan {body['plan']}).")
+        if body["api_key"]:
+            output.out.print("API key (shown once; store it now):")
+            output.out.print(body["api_key"], markup=False)
+
+
+@aws.command()
+def serve(
+    tls_cert: Annotated[Path, typer.Option("--tls-cert", help="PEM certificate chain for the page.")],
+    tls_key: Annotated[Path, typer.Option("--tls-key", help="PEM private key of --tls-cert.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8444,
+    admin_url: AdminUrl = None,
+) -> None:
+    """Serve the registration page (POST /aws/register) over HTTPS: the listing's fulfilment URL."""
+    import uvicorn
+
+    from marketplace.aws.landing import create_app
+
+    with output.reported(False), _marketplace(admin_url) as marketplace:
+        for path in (tls_cert, tls_key):
+            if not path.is_file():
+                raise InvalidInput(f"--tls-{'cert' if path == tls_cert else 'key'}", f"{path} is not a file")
+        uvicorn.run(create_app(marketplace), host=host, port=port, ssl_certfile=str(tls_cert),
+                    ssl_keyfile=str(tls_key), log_level="info")
+
+
+@aws.command()
+def events(
+    once: Annotated[bool, typer.Option("--once", help="Poll one batch and exit (for cron or a test).")] = False,
+    wait: Annotated[int, typer.Option(min=0, max=20, help="Long-poll seconds per receive.")] = 20,
+    admin_url: AdminUrl = None,
+    as_json: Json = False,
+) -> None:
+    """Consume lifecycle events from FORESIGHT_AWS_MP_QUEUE_URL and reconcile the tenants they name."""
+    from marketplace.aws.events import EventQueue, Reconciler
+    from marketplace.aws.metering import Metering
+
+    with output.reported(as_json), _marketplace(admin_url) as marketplace:
+        queue_url = marketplace.settings.queue_url
+        if not queue_url:
+            raise InvalidInput("FORESIGHT_AWS_MP_QUEUE_URL", "is not set; the lifecycle events arrive on that queue")
+        sqs = marketplace.boto.client("sqs", endpoint_url=marketplace.settings.sqs_endpoint_url)
+        queue = EventQueue(Reconciler(marketplace, Metering(marketplace)), sqs, queue_url)
+        handled: list[dict[str, Any]] = []
+        while True:
+            for item in queue.poll(wait):
+                handled.append(asdict(item))
+                if not as_json:
+                    actions = "; ".join(f"{o.tenant} {o.action}" for o in item.outcomes) or "no known tenant"
+                    output.out.print(f"{item.detail_type}: {item.error or actions}", markup=False)
+            if once:
+                break
+            time.sleep(0 if wait else 1)
+        if as_json:
+            output.emit_json({"handled": handled})
+
+
+@aws.command()
+def meter(admin_url: AdminUrl = None, as_json: Json = False) -> None:
+    """Report this hour's usage of every purchase (BatchMeterUsage); run it hourly. Safe to re-run."""
+    from marketplace.aws.fulfilment import MarketplaceFailure
+    from marketplace.aws.metering import Metering
+
+    with output.reported(as_json), _marketplace(admin_url) as marketplace:
+        report = Metering(marketplace).run()
+        if as_json:
+            output.emit_json({"metered": [asdict(m) for m in report.metered], "skipped": report.skipped,
+                              "errors": report.errors})
+        else:
+            for m in report.metered:
+                output.out.print(f"{m.tenant} {m.timestamp:%Y-%m-%dT%H:%M:%SZ} {m.quantity} {m.status}", markup=False)
+            for tenant, why in report.skipped.items():
+                output.out.print(f"{tenant} skipped: {why}", markup=False)
+        if report.errors:
+            raise MarketplaceFailure("meter usage", "; ".join(report.errors))
+
+
+@aws.command()
+def reconcile(admin_url: AdminUrl = None, as_json: Json = False) -> None:
+    """Make every purchase's tenant match its entitlements now (after an outage, or on a schedule)."""
+    from marketplace.aws.events import Reconciler
+    from marketplace.aws.metering import Metering
+
+    with output.reported(as_json), _marketplace(admin_url) as marketplace:
+        reconciler = Reconciler(marketplace, Metering(marketplace))
+        outcomes = [reconciler.reconcile(tenant) for tenant in marketplace.records.tenants()]
+        if as_json:
+            output.emit_json({"reconciled": [asdict(o) for o in outcomes]})
+        else:
+            for outcome in outcomes:
+                output.out.print(f"{outcome.tenant} {outcome.action}", markup=False)
+
+
+@contextmanager
+def _marketplace(admin_url: str | None) -> Iterator[Any]:
+    from marketplace.aws.fulfilment import AwsMarketplace
+    from marketplace.aws.settings import AwsMarketplaceSettings
+
+    try:
+        settings = AwsMarketplaceSettings()
+    except ValidationError as err:
+        first = err.errors()[0]
+        name = "FORESIGHT_AWS_MP_" + "_".join(str(part) for part in first["loc"]).upper()
+        raise InvalidInput(name, first["msg"]) from None
+    onboarder = Onboarder.connect(resolve(admin_url=admin_url))
+    try:
+        yield AwsMarketplace(settings, onboarder)
+    finally:
+        onboarder.close()

@@ -1,0 +1,431 @@
+"""The AWS Marketplace launch template: the real validators pass it, it cannot drift from the AWS stack, it opens
+nothing to the world by default, and its first boot mints a key that the service's own key source accepts."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from cryptography import x509
+
+from marketplace.aws import template
+from service.config import Settings
+from service.tenancy import FileKeySource
+from stacks.aws.compute import DATA_DEVICE, GPU_FAMILIES, METADATA_HOP_LIMIT, ROOT_DEVICE, ROOT_VOLUME_GB
+from stacks.aws.identity import KMS_ACTIONS
+from stacks.aws.kms import key_policy
+from stacks.aws.network import WORLD
+from stacks.spec import DEFAULT_INSTANCE_TYPES, HTTPS_PORT, RESP_PORT, SERVICE_PORTS, Cloud, StackSpec
+from tests.images.tools import require_tool
+from tests.security.metadata_fakes import http_server
+from tests.servers import MotoServer
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE_CONTRACT = REPO / "images/packer/cloud-init/user-data.example.yaml"
+SAMPLE = {
+    "KeyArn": "arn:aws:kms:us-east-1:123456789012:key/0d5b9e0e-1111-2222-3333-444455556666",
+    "Region": "us-east-1",
+    "SecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:demo-foresight-api-key-AbCdEf",
+    "Tenant": "default",
+    "PublicIp": "198.51.100.7",
+}
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, Any]:
+    return template.render("9.9.9")
+
+
+@pytest.fixture(scope="module")
+def template_file(rendered: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cfn") / "foresight.template.json"
+    path.write_text(json.dumps(rendered, indent=2))
+    return path
+
+
+def resources(rendered: Mapping[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in rendered["Resources"].items() if r["Type"] == kind}
+
+
+def launch_data(rendered: Mapping[str, Any]) -> dict[str, Any]:
+    (lt,) = resources(rendered, "AWS::EC2::LaunchTemplate").values()
+    return dict(lt["Properties"]["LaunchTemplateData"])
+
+
+def resolve(node: Any, has_key: bool = False) -> Any:
+    """The user data's intrinsics with SAMPLE's values, the way CloudFormation would fill them in."""
+    by_intrinsic = {json.dumps(v, sort_keys=True): SAMPLE[k] for k, v in template._intrinsics().items() if k in SAMPLE}
+    if isinstance(node, dict):
+        if json.dumps(node, sort_keys=True) in by_intrinsic:
+            return by_intrinsic[json.dumps(node, sort_keys=True)]
+        if "Fn::Base64" in node:
+            return resolve(node["Fn::Base64"], has_key)
+        if "Fn::Join" in node:
+            separator, parts = node["Fn::Join"]
+            return separator.join(resolve(part, has_key) for part in parts)
+        if "Fn::If" in node:
+            condition, yes, no = node["Fn::If"]
+            assert condition == "HasKeyName"
+            return resolve(yes if has_key else no, has_key)
+        raise AssertionError(f"unexpected intrinsic in the user data: {node}")
+    return node
+
+
+def user_data_text(rendered: Mapping[str, Any], has_key: bool = False) -> str:
+    return str(resolve(launch_data(rendered)["UserData"], has_key))
+
+
+# --- the real validators -------------------------------------------------------------------------------------
+
+
+def test_cfn_lint_finds_nothing(template_file: Path) -> None:
+    result = subprocess.run(
+        [require_tool("cfn-lint"), "--include-checks", "I", "--", str(template_file)], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def test_cfn_lint_would_catch_a_broken_template(rendered: dict[str, Any], tmp_path: Path) -> None:
+    broken = json.loads(json.dumps(rendered))
+    broken["Resources"]["Instance"]["DependsOn"].append("NoSuchResource")
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(broken))
+    result = subprocess.run([require_tool("cfn-lint"), str(path)], capture_output=True, text=True)
+    assert result.returncode != 0 and "NoSuchResource" in result.stdout
+
+
+def test_checkov_has_no_failed_or_skipped_check(rendered: dict[str, Any], template_file: Path) -> None:
+    checkov = require_tool("checkov")
+    result = subprocess.run(
+        [checkov, "--file", str(template_file), "--framework", "cloudformation", "--skip-download", "--output", "json"],
+        capture_output=True,
+        text=True,
+    )
+    report = json.loads(result.stdout)
+    summary = report["summary"]
+    assert summary["failed"] == 0, json.dumps(report["results"]["failed_checks"], indent=1)
+    assert summary["skipped"] == 0 and summary["parsing_errors"] == 0, summary
+    assert summary["resource_count"] == len(rendered["Resources"]), summary
+    assert summary["passed"] >= 20, summary  # the checks really ran
+
+
+# --- no drift from the AWS stack ------------------------------------------------------------------------------
+
+
+def test_every_offered_instance_type_is_one_the_stack_deploys(rendered: dict[str, Any]) -> None:
+    parameter = rendered["Parameters"]["InstanceType"]
+    offered = parameter["AllowedValues"]
+    assert parameter["Default"] == DEFAULT_INSTANCE_TYPES[Cloud.AWS] == offered[0]
+    assert {t.rsplit(".", 1)[0] for t in offered} == GPU_FAMILIES
+    config = {
+        "aws:region": "us-east-1",
+        "foresight:cloud": "aws",
+        "foresight:allowedCidrs": '["203.0.113.0/24"]',
+        "foresight:vaultAddress": "https://vault.example.com:8200",
+        "foresight:fallbackInstanceTypes": json.dumps(offered),
+    }
+    spec = StackSpec.from_values("foresight", "test", config.get)
+    from stacks.aws.compute import check_instance_types
+
+    check_instance_types(spec)  # raises ConfigError naming the first type the stack would refuse
+    assert set(spec.instance_types) == set(offered)
+
+
+def test_security_group_admits_the_service_ports_from_the_allowed_cidr_only(rendered: dict[str, Any]) -> None:
+    group = rendered["Resources"]["SecurityGroup"]["Properties"]
+    ingress = group["SecurityGroupIngress"]
+    assert sorted(rule["FromPort"] for rule in ingress) == sorted(SERVICE_PORTS)
+    assert all(rule["FromPort"] == rule["ToPort"] and rule["CidrIp"] == {"Ref": "AllowedCidr"} for rule in ingress)
+    assert [(rule["FromPort"], rule["ToPort"]) for rule in group["SecurityGroupEgress"]] == [(443, 443)]
+    outputs = json.dumps(rendered["Outputs"])
+    assert f"rediss://${{ElasticIp.PublicIp}}:{RESP_PORT}" in outputs
+    assert f"https://${{ElasticIp.PublicIp}}:{HTTPS_PORT}" in outputs
+
+
+def test_node_role_and_key_policy_grant_the_stacks_kms_actions(rendered: dict[str, Any]) -> None:
+    statements = rendered["Resources"]["NodePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    kms = next(s for s in statements if s["Resource"] == {"Fn::GetAtt": ["Key", "Arn"]})
+    assert kms["Action"] == list(KMS_ACTIONS)
+    policy = rendered["Resources"]["Key"]["Properties"]["KeyPolicy"]
+    unsubbed = json.loads(json.dumps(policy), object_hook=lambda d: d.get("Fn::Sub", d) if len(d) == 1 else d)
+    stack = json.loads(key_policy("${AWS::Partition}", "${AWS::AccountId}", "${NodeRole.Arn}"))
+    by_sid = {s["Sid"]: s for s in stack["Statement"]}
+    assert unsubbed["Statement"] == [by_sid["AccountAdministersTheKeyThroughIam"], by_sid["NodeRoleUsesTheKey"]]
+    assert by_sid["NodeRoleUsesTheKey"]["Action"] == list(KMS_ACTIONS)
+
+
+def test_volumes_and_metadata_match_the_stacks_launch_template(rendered: dict[str, Any]) -> None:
+    data = launch_data(rendered)
+    devices = {m["DeviceName"]: m["Ebs"]["VolumeSize"] for m in data["BlockDeviceMappings"]}
+    assert devices == {ROOT_DEVICE: ROOT_VOLUME_GB, DATA_DEVICE: {"Ref": "VolumeSizeGb"}}
+    assert data["MetadataOptions"]["HttpPutResponseHopLimit"] == METADATA_HOP_LIMIT
+    volume = rendered["Parameters"]["VolumeSizeGb"]
+    field = StackSpec.model_fields["volume_size_gb"]
+    assert volume["Default"] == field.default
+    with pytest.raises(ValueError, match="greater than or equal"):
+        StackSpec.model_validate({**_spec_fields(), "volumeSizeGb": volume["MinValue"] - 1})
+    with pytest.raises(ValueError, match="less than or equal"):
+        StackSpec.model_validate({**_spec_fields(), "volumeSizeGb": volume["MaxValue"] + 1})
+
+
+def _spec_fields() -> dict[str, Any]:
+    return {
+        "project": "foresight",
+        "stack": "test",
+        "cloud": "aws",
+        "region": "us-east-1",
+        "allowedCidrs": ["203.0.113.0/24"],
+        "vaultAddress": "https://vault.example.com:8200",
+        "instanceType": "g6.xlarge",
+    }
+
+
+def test_service_settings_follow_the_images_contract_and_pass_production_checks(
+    rendered: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    contract = yaml.safe_load(IMAGE_CONTRACT.read_text())
+    contract_env = next(f for f in contract["write_files"] if f["path"] == "/etc/foresight/foresight.env")["content"]
+    environment = _staged_env(user_data_text(rendered))
+    for name in ("FORESIGHT_TLS_CERT_FILE", "FORESIGHT_TLS_KEY_FILE", "FORESIGHT_TENANTS_FILE"):
+        assert f"{name}={environment[name]}\n" in contract_env
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()  # what the service reads from the env file docker passes it
+    assert settings.production_problems() == []
+    assert (settings.kms_provider, settings.kms_key_id) == ("aws", SAMPLE["KeyArn"])
+    assert environment["AWS_REGION"] == SAMPLE["Region"]
+
+
+def _staged_env(text: str) -> dict[str, str]:
+    document = yaml.safe_load(text)
+    content = next(f for f in document["write_files"] if f["path"] == template.STAGED_ENV_FILE)["content"]
+    return dict(line.split("=", 1) for line in content.splitlines())
+
+
+# --- nothing open, nothing secret -----------------------------------------------------------------------------
+
+
+def test_no_parameter_default_opens_a_port_to_the_world(rendered: dict[str, Any]) -> None:
+    parameters = rendered["Parameters"]
+    assert "Default" not in parameters["AllowedCidr"]
+    assert all(p.get("Default") != str(WORLD) for p in parameters.values())
+    pattern = re.compile(parameters["AllowedCidr"]["AllowedPattern"])
+    assert pattern.fullmatch("203.0.113.0/24") and pattern.fullmatch("10.0.0.0/8")
+    assert not any(pattern.fullmatch(bad) for bad in ("203.0.113.0", "256.1.1.1/24", "1.2.3.4/33", "::/0", ""))
+    text = json.dumps(rendered["Resources"])
+    assert text.count(f'"CidrIp": "{WORLD}"') == 1  # the HTTPS egress rule, nothing inbound
+    vpc_pattern = re.compile(parameters["VpcCidr"]["AllowedPattern"])
+    assert vpc_pattern.fullmatch(parameters["VpcCidr"]["Default"]) and not vpc_pattern.fullmatch("10.0.0.0/24")
+
+
+def test_ssh_needs_a_key_pair_and_is_never_open_to_the_world(rendered: dict[str, Any]) -> None:
+    ssh = rendered["Resources"]["SshIngress"]
+    assert ssh["Condition"] == "SshAllowed" and ssh["Properties"]["CidrIp"] == {"Ref": "AllowedCidr"}
+    condition = rendered["Conditions"]["SshAllowed"]["Fn::And"]
+    assert {"Condition": "HasKeyName"} in condition
+    assert {"Fn::Not": [{"Fn::Equals": [{"Ref": "AllowedCidr"}, str(WORLD)]}]} in condition
+    assert "systemctl disable --now ssh.socket" in user_data_text(rendered, has_key=False)
+    assert "ssh.socket" not in user_data_text(rendered, has_key=True)
+
+
+def test_imdsv2_is_required(rendered: dict[str, Any]) -> None:
+    options = launch_data(rendered)["MetadataOptions"]
+    assert options["HttpTokens"] == "required" and options["HttpEndpoint"] == "enabled"
+    assert "LaunchTemplate" in rendered["Resources"]["Instance"]["Properties"]
+
+
+def test_every_volume_and_the_secret_are_encrypted_with_the_rotating_cmk(rendered: dict[str, Any]) -> None:
+    key_arn = {"Fn::GetAtt": ["Key", "Arn"]}
+    mappings = launch_data(rendered)["BlockDeviceMappings"]
+    assert len(mappings) == 2
+    assert all(m["Ebs"]["Encrypted"] is True and m["Ebs"]["KmsKeyId"] == key_arn for m in mappings)
+    assert not resources(rendered, "AWS::EC2::Volume")
+    assert "BlockDeviceMappings" not in rendered["Resources"]["Instance"]["Properties"]
+    key = rendered["Resources"]["Key"]["Properties"]
+    assert key["EnableKeyRotation"] is True and key["KeySpec"] == "SYMMETRIC_DEFAULT"
+    assert rendered["Resources"]["ApiKeySecret"]["Properties"]["KmsKeyId"] == {"Ref": "Key"}
+
+
+def test_iam_statements_name_their_resources_and_actions(rendered: dict[str, Any]) -> None:
+    statements = [
+        s
+        for policy in resources(rendered, "AWS::IAM::RolePolicy").values()
+        for s in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    assert statements
+    for statement in statements:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        assert statement["Effect"] == "Allow" and "*" not in json.dumps(statement["Resource"]), statement
+        assert not any("*" in action for action in actions), statement
+    secret = [s for s in statements if s["Resource"] == {"Ref": "ApiKeySecret"}]
+    assert [s["Action"] for s in secret] == ["secretsmanager:PutSecretValue"]
+    assert not any("Policies" in r["Properties"] for r in resources(rendered, "AWS::IAM::Role").values())
+
+
+def test_user_data_holds_no_secret_and_fits_ec2s_limit(rendered: dict[str, Any]) -> None:
+    text = user_data_text(rendered)
+    assert len(text.encode()) < 16 * 1024
+    for needle in (
+        r"PRIVATE KEY",
+        r"fsk_[a-z2-7]{12}_",
+        r"AKIA[0-9A-Z]{16}",
+        r"(?i)password\s*[:=]",
+        r"[A-Za-z0-9+/]{40,}",
+    ):
+        assert not re.search(needle, text), needle
+    assert not re.search(r"(?i)(token|secret|password|passwd|api_key)=", "".join(_staged_env(text)))
+    outputs = json.dumps(rendered["Outputs"])
+    assert "fsk_" not in outputs and "PRIVATE KEY" not in outputs
+
+
+def test_user_data_passes_cloud_init_schema(rendered: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "user-data.yaml"
+    path.write_text(user_data_text(rendered))
+    result = subprocess.run(
+        [require_tool("cloud-init"), "schema", "--config-file", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and "Valid cloud-config" in result.stdout, result.stdout + result.stderr
+    runcmd = yaml.safe_load(path.read_text())["runcmd"]
+    assert runcmd[-1][1:4] == [SAMPLE["SecretArn"], SAMPLE["Tenant"], SAMPLE["PublicIp"]]
+
+
+def test_first_boot_script_passes_shellcheck() -> None:
+    script = REPO / "marketplace/aws/first_boot.sh"
+    result = subprocess.run([require_tool("shellcheck"), str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+# --- first boot, for real: IMDSv2 fake, the moto server's Secrets Manager, the service's key source -----------
+
+
+@pytest.fixture
+def imds() -> Iterator[str]:
+    """IMDSv2 as EC2 serves it, with the Elastic IP showing up only on the second look."""
+    token = "imds-token"
+    seen = {"public-ipv4": 0}
+    metadata = {"local-ipv4": "10.42.0.17", "public-hostname": "ec2-198-51-100-7.compute-1.amazonaws.com"}
+
+    def answer(method: str, path: str, raw_headers: dict[str, str], _body: bytes) -> tuple[int, str]:
+        headers = {name.lower(): value for name, value in raw_headers.items()}
+        if method == "PUT" and path == "/latest/api/token":
+            return (200, token) if headers.get("x-aws-ec2-metadata-token-ttl-seconds") else (400, "no ttl")
+        if headers.get("x-aws-ec2-metadata-token") != token:
+            return 401, "IMDSv2 token required"
+        name = path.removeprefix("/latest/meta-data/")
+        if name == "public-ipv4":
+            seen[name] += 1
+            return (200, SAMPLE["PublicIp"]) if seen[name] > 1 else (404, "not associated yet")
+        return (200, metadata[name]) if name in metadata else (404, "not found")
+
+    with http_server(answer) as url:
+        yield url
+
+
+def run_first_boot(out: Path, secret_arn: str, imds_url: str, moto: MotoServer) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "FORESIGHT_IMDS_ENDPOINT": imds_url,
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto.endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "marketplace.aws.first_boot",
+        "--out",
+        str(out),
+        "--tenant",
+        "acme",
+        "--secret-arn",
+        secret_arn,
+        "--public-ip",
+        SAMPLE["PublicIp"],
+    ]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+
+
+def test_first_boot_mints_a_key_the_service_accepts(imds: str, moto_server: MotoServer, tmp_path: Path) -> None:
+    aws = {
+        "region_name": "us-east-1",
+        "endpoint_url": moto_server.endpoint,
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing",
+    }
+    key_id = boto3.client("kms", **aws).create_key()["KeyMetadata"]["KeyId"]
+    secrets = boto3.client("secretsmanager", **aws)
+    arn = secrets.create_secret(Name=f"first-boot-{tmp_path.name}", KmsKeyId=key_id)["ARN"]
+
+    result = run_first_boot(tmp_path, arn, imds, moto_server)
+
+    assert result.returncode == 0, result.stderr
+    document = json.loads(secrets.get_secret_value(SecretId=arn)["SecretString"])
+    principal = FileKeySource(tmp_path / "tenants.json").authenticate(document["api_key"])
+    assert principal is not None and principal.tenant == "acme" == document["tenant"]
+    assert principal.key_id == document["key_id"] and "admin" in principal.scopes
+    assert FileKeySource(tmp_path / "tenants.json").authenticate(document["api_key"][:-1] + "A") is None
+    assert document["api_key"] not in (tmp_path / "tenants.json").read_text()
+    assert document["api_key"] not in result.stdout + result.stderr
+    assert (tmp_path / "tls.key").stat().st_mode & 0o077 == 0
+    assert document["ca_certificate"] == (tmp_path / "ca.crt").read_text()
+    _assert_tls_serves(tmp_path, host="ec2-198-51-100-7.compute-1.amazonaws.com")
+    sans = x509.load_pem_x509_certificate((tmp_path / "tls.crt").read_bytes()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    assert {str(ip) for ip in sans.value.get_values_for_type(x509.IPAddress)} == {SAMPLE["PublicIp"], "10.42.0.17"}
+
+
+def test_first_boot_writes_nothing_when_the_secret_cannot_be_put(
+    imds: str, moto_server: MotoServer, tmp_path: Path
+) -> None:
+    missing = "arn:aws:secretsmanager:us-east-1:123456789012:secret:no-such-secret-AbCdEf"
+    result = run_first_boot(tmp_path, missing, imds, moto_server)
+    assert result.returncode == 1 and "PutSecretValue" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def _assert_tls_serves(conf: Path, host: str) -> None:
+    """A client that trusts only the secret's CA completes a handshake with the minted certificate for `host`."""
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(conf / "tls.crt", conf / "tls.key")
+    client_context = ssl.create_default_context(cafile=str(conf / "ca.crt"))
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def serve() -> None:
+            connection, _ = listener.accept()
+            with server_context.wrap_socket(connection, server_side=True) as tls:
+                tls.sendall(b"ok")
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        with (
+            socket.create_connection(("127.0.0.1", port)) as raw,
+            client_context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            assert tls.recv(2) == b"ok"
+        thread.join(timeout=5)
+
+
+def test_first_boot_imports_only_what_the_service_image_has() -> None:
+    """It runs inside the service image, which has no Pulumi SDK and no stacks/ dependencies."""
+    probe = (
+        "import sys, marketplace.aws.first_boot; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pulumi', 'pulumi_aws', 'stacks', 'boto3')))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True)
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,117 @@
+"""`foresight marketplace aws ...` as an operator or a cron job runs it: configuration from the environment,
+one JSON object with --json, one error line and the documented exit code otherwise."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from marketplace import cli
+from marketplace.aws.settings import AwsMarketplaceSettings
+from tests.marketplace.aws_fake import MarketplaceFake
+from tests.marketplace.conftest import MOUNT, PRODUCT, UNIT, Deployment
+from tests.marketplace.test_aws_events import Bus, license_event
+from tests.servers import OpenBao
+
+
+@pytest.fixture
+def env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, deployment: Deployment, openbao: OpenBao,  # type: ignore[no-untyped-def]
+    settings: AwsMarketplaceSettings,
+) -> None:
+    """The deployment and listing through the variables the commands document; no local state."""
+    monkeypatch.setenv("FORESIGHT_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("VAULT_ADDR", openbao.addr)
+    monkeypatch.setenv("VAULT_TOKEN", openbao.token)
+    monkeypatch.setenv("FORESIGHT_ADMIN_URL", deployment.admin_url)
+    monkeypatch.setenv("FORESIGHT_ADMIN_TOKEN", deployment.admin_token)
+    monkeypatch.setenv("FORESIGHT_ADMIN_CA", str(deployment.pki.ca_cert))
+    monkeypatch.setenv("FORESIGHT_AUDIT_LOG", str(tmp_path / "audit.log"))
+    monkeypatch.setenv("FORESIGHT_AWS_MP_PRODUCT_CODE", PRODUCT)
+    monkeypatch.setenv("FORESIGHT_AWS_MP_METERING_ENDPOINT_URL", str(settings.metering_endpoint_url))
+    monkeypatch.setenv("FORESIGHT_AWS_MP_ENTITLEMENT_ENDPOINT_URL", str(settings.entitlement_endpoint_url))
+    monkeypatch.setenv("FORESIGHT_AWS_MP_SQS_ENDPOINT_URL", str(settings.sqs_endpoint_url))
+    monkeypatch.setenv("FORESIGHT_AWS_MP_REQUESTS_PER_UNIT", str(UNIT))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("FORESIGHT_VAULT_KV_MOUNT", MOUNT)
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(cli.app, list(args))
+
+
+def test_register_prints_the_tenant_and_its_key_once_as_json(env: None, fake: MarketplaceFake,
+                                                              deployment: Deployment) -> None:
+    token, license_arn = fake.purchase("111122223333", "pro")
+    first = run("aws", "register", token, "--json")
+    assert first.exit_code == 0, first.output
+    body = json.loads(first.stdout)
+    assert body["plan"] == "pro" and body["license_arn"] == license_arn
+    assert deployment.redis(body["api_key"]).ping()
+    assert "redis-cli" in body["snippet"]
+
+
+def test_a_bad_token_is_one_line_and_exit_2(env: None) -> None:
+    result = run("aws", "register", "regtoken-nope")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: registration token: AWS Marketplace refused it (InvalidTokenException)")
+
+
+def test_a_missing_product_code_names_the_variable(env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FORESIGHT_AWS_MP_PRODUCT_CODE")
+    result = run("aws", "meter", "--json")
+    assert result.exit_code == 2
+    assert json.loads(result.stdout)["error"].startswith("FORESIGHT_AWS_MP_PRODUCT_CODE:")
+
+
+def test_an_unknown_plan_in_the_dimension_map_is_refused(env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORESIGHT_AWS_MP_PLAN_DIMENSIONS", '{"gold": "platinum"}')
+    result = run("aws", "reconcile")
+    assert result.exit_code == 2 and "unknown plan(s) platinum" in result.stderr
+
+
+def test_meter_and_reconcile_report_as_json(env: None, fake: MarketplaceFake) -> None:
+    token, license_arn = fake.purchase("111122223333", "starter")
+    tenant = json.loads(run("aws", "register", token, "--json").stdout)["tenant"]
+    metered = json.loads(run("aws", "meter", "--json").stdout)
+    assert tenant in [m["tenant"] for m in metered["metered"]]
+    assert fake.usage(license_arn) == [0]
+
+    fake.entitle(license_arn, "enterprise")
+    reconciled = json.loads(run("aws", "reconcile", "--json").stdout)["reconciled"]
+    assert {"tenant": tenant, "action": "plan enterprise"} in reconciled
+
+
+def test_events_once_handles_the_queue(env: None, fake: MarketplaceFake, monkeypatch: pytest.MonkeyPatch,
+                                       aws_session, moto_server) -> None:  # type: ignore[no-untyped-def]
+    bus = Bus(aws_session, moto_server)
+    monkeypatch.setenv("FORESIGHT_AWS_MP_QUEUE_URL", bus.queue_url)
+    token, license_arn = fake.purchase("111122223333", "starter")
+    tenant = json.loads(run("aws", "register", token, "--json").stdout)["tenant"]
+    fake.entitle(license_arn, "pro")
+    bus.publish("License Updated - Manufacturer", license_event(license_arn))
+
+    result = run("aws", "events", "--once", "--wait", "1", "--json")
+    assert result.exit_code == 0, result.output
+    outcomes = [o for h in json.loads(result.stdout)["handled"] for o in h["outcomes"]]
+    assert outcomes == [{"tenant": tenant, "action": "plan pro"}]
+
+
+def test_events_needs_a_queue(env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FORESIGHT_AWS_MP_QUEUE_URL", raising=False)
+    result = run("aws", "events", "--once")
+    assert result.exit_code == 2 and "FORESIGHT_AWS_MP_QUEUE_URL" in result.stderr
+
+
+def test_build_writes_the_listing_artifacts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = run("build", "--out", str(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    written = json.loads(result.stdout)["written"]
+    template = json.loads((tmp_path / "aws/foresight.template.json").read_text())
+    assert template["Parameters"]["ImageId"]["Type"] == "AWS::EC2::Image::Id"
+    pattern = json.loads((tmp_path / "aws/eventbridge-pattern.json").read_text())
+    assert pattern["source"] == ["aws.marketplace", "aws.agreement-marketplace"]
+    assert sorted(written) == sorted(str(p) for p in tmp_path.rglob("*.json"))  # no temporary left behind
