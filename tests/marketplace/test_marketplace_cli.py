@@ -4,6 +4,8 @@ one JSON object with --json, one error line and the documented exit code otherwi
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner, Result
@@ -115,3 +117,14 @@ def test_build_writes_the_listing_artifacts(tmp_path) -> None:  # type: ignore[n
     pattern = json.loads((tmp_path / "aws/eventbridge-pattern.json").read_text())
     assert pattern["source"] == ["aws.marketplace", "aws.agreement-marketplace"]
     assert sorted(written) == sorted(str(p) for p in tmp_path.rglob("*.json"))  # no temporary left behind
+
+
+def test_the_installed_foresight_command_mounts_the_group(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Run outside the checkout, so only the installed package (pyproject's package list) can answer."""
+    result = subprocess.run(
+        [sys.executable, "-c", "from service.cli import main; main()", "marketplace", "aws", "--help"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    for command in ("register", "serve", "events", "meter", "reconcile"):
+        assert command in result.stdout
