@@ -1,9 +1,8 @@
 """AWS Marketplace lifecycle events, from the SQS queue an EventBridge rule feeds, kept in step by reconciling.
 
 An event is a hint, not the truth: it names a license (or the buyer's account), and `reconcile` re-reads that
-license's entitlements and makes the tenant match: plan changed -> new quota; entitlement gone -> final usage
-metered, tenant suspended; entitlement back -> tenant resumed. So a lost, duplicated or reordered event cannot
-leave a tenant wrong, and `foresight marketplace aws reconcile` repairs everything after an outage.
+license's entitlements and applies them (`marketplace/lifecycle.py`), so `foresight marketplace aws reconcile`
+also repairs everything after an outage.
 
 A message is deleted only once handled; one that fails (Vault or AWS down) comes back after the queue's
 visibility timeout, and one that cannot be parsed is left for the queue's dead-letter redrive.
@@ -22,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from marketplace.aws.fulfilment import AwsMarketplace, api_failure
 from marketplace.aws.metering import Metering
-from marketplace.aws.records import Subscription
+from marketplace.lifecycle import Lifecycle, Outcome
 from onboarding.errors import OnboardingError
 
 log = logging.getLogger(__name__)
@@ -43,12 +42,6 @@ _LICENSE_ARN = re.compile(r"^arn:aws[a-z-]*:license-manager:")
 
 
 @dataclass(frozen=True)
-class Outcome:
-    tenant: str
-    action: str  # what reconcile did: unchanged, plan <p>, resumed, ended
-
-
-@dataclass(frozen=True)
 class Handled:
     message_id: str
     detail_type: str
@@ -59,34 +52,14 @@ class Handled:
 class Reconciler:
     def __init__(self, marketplace: AwsMarketplace, metering: Metering) -> None:
         self.marketplace = marketplace
-        self.metering = metering
+        self.lifecycle = Lifecycle(marketplace.records, marketplace.onboarder, metering)
 
     def reconcile(self, tenant: str) -> Outcome:
         """Make `tenant` match its license's entitlements now."""
-        onboarder, records = self.marketplace.onboarder, self.marketplace.records
-        record = records.get(tenant)
+        record = self.marketplace.records.get(tenant)
         if record is None:
             return Outcome(tenant, "no purchase record")
-        plan = self.marketplace.entitled_plan(record.license_arn)
-        if plan is None:
-            if record.subscription is Subscription.ENDED:
-                return Outcome(tenant, "unchanged")
-            final = self.metering.run(tenants=[tenant], final=True)  # inside AWS's one-hour final window
-            if final.errors:
-                log.error("final metering of %s: %s (left pending; `meter` retries it)", tenant, final.errors)
-            onboarder.set_suspended(tenant, True)
-            self._set(tenant, subscription=Subscription.ENDED)
-            return Outcome(tenant, "ended")
-        actions = []
-        if plan != record.plan:
-            onboarder.set_plan(tenant, plan)
-            actions.append(f"plan {plan}")
-        if record.subscription is Subscription.ENDED:
-            onboarder.set_suspended(tenant, False)
-            actions.append("resumed")
-        if actions:
-            self._set(tenant, plan=plan, subscription=Subscription.ACTIVE)
-        return Outcome(tenant, ", ".join(actions) or "unchanged")
+        return self.lifecycle.apply(tenant, record, self.marketplace.entitled_plan(record.license_arn))
 
     def tenants_named_by(self, event: dict[str, Any]) -> list[str]:
         """The tenants an event is about: by license ARN, else by the buyer's account id."""
@@ -98,9 +71,6 @@ class Reconciler:
             return named
         accounts = set(_acceptor_accounts(event.get("detail", {})))
         return [t for t, r in known.items() if r is not None and r.aws_account_id in accounts]
-
-    def _set(self, tenant: str, **changes: Any) -> None:
-        self.marketplace.records.update(tenant, lambda r: r.model_copy(update=changes))
 
 
 class EventQueue:

@@ -18,7 +18,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from marketplace.aws.records import CustomerRecord, CustomerRecords, tenant_name
+from marketplace.aws.records import CustomerRecord, records, tenant_of
 from marketplace.aws.settings import AwsMarketplaceSettings
 from onboarding.context import Endpoints
 from onboarding.errors import EXIT_SERVICE, Conflict, InvalidInput, OnboardingError
@@ -70,7 +70,7 @@ class AwsMarketplace:
     ) -> None:
         self.settings = settings
         self.onboarder = onboarder
-        self.records = CustomerRecords(onboarder.key_admin)
+        self.records = records(onboarder.key_admin)
         self.boto = boto = session or boto3.session.Session(region_name=settings.region)
         self.metering = boto.client(
             "meteringmarketplace", endpoint_url=settings.metering_endpoint_url, config=_RETRIES
@@ -91,7 +91,7 @@ class AwsMarketplace:
                 "it holds no entitlement to a plan yet; AWS can take a few minutes after the purchase, so try the "
                 "setup link again shortly",
             )
-        tenant = tenant_name(purchase.license_arn)
+        tenant = tenant_of(purchase.license_arn)
         record = CustomerRecord(
             license_arn=purchase.license_arn,
             aws_account_id=purchase.aws_account_id,

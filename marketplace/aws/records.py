@@ -1,104 +1,24 @@
-"""The AWS Marketplace customer behind each marketplace tenant, kept in Vault beside the tenant's own records
-(`<mount>/marketplace/aws/<tenant>`), so the event consumer, the metering job and the landing page agree on
-it whichever host they run on. Every write is check-and-set: two writers never lose each other's update."""
+"""The AWS purchase behind a marketplace tenant. Since June 2026 new SaaS listings identify a purchase by its
+license and the buyer's account (one account may hold several concurrent agreements), so the license is the
+tenant."""
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from enum import StrEnum
+from marketplace.records import PurchaseRecord, PurchaseRecords, tenant_name
+from service.security.vault_keys import VaultKeyAdmin
 
-from pydantic import BaseModel, Field
-
-from onboarding.errors import from_key_store
-from service.security.vault_keys import VaultKeyAdmin, VaultKeyStoreError
-
-PREFIX = "marketplace/aws/"
-_CAS_RETRIES = 8
+CLOUD = "aws"
 
 
-def tenant_name(license_arn: str) -> str:
-    """A stable DNS-label tenant name for one purchase. A buyer account may hold several concurrent agreements,
-    each with its own license, so the license (not the account) is the tenant; a hash of its ARN fits a DNS
-    label and says nothing about the buyer."""
-    return "aws-" + hashlib.sha256(license_arn.encode()).hexdigest()[:16]
-
-
-class Subscription(StrEnum):
-    ACTIVE = "active"
-    ENDED = "ended"  # no entitlement left: final usage metered, the tenant suspended
-
-
-class PendingUsage(BaseModel):
-    """A usage record sent (or about to be) but not yet confirmed: resent as it is until AWS confirms it, so a
-    crash between sending and recording bills the hour exactly once."""
-
-    timestamp: dt.datetime
-    quantity: int = Field(ge=0)
-    requests_seen: int = Field(ge=0, description="The service's request counter that this record accounts up to.")
-    remainder: int = Field(ge=0, description="Requests left over after quantity whole units.")
-
-
-class CustomerRecord(BaseModel):
+class CustomerRecord(PurchaseRecord):
     license_arn: str
     aws_account_id: str
     product_code: str
-    plan: str
-    subscription: Subscription = Subscription.ACTIVE
-    registered: dt.datetime
-    requests_seen: int = Field(0, ge=0, description="Service request counter at the last confirmed record.")
-    unbilled_requests: int = Field(0, ge=0, description="Requests counted but not yet a whole unit.")
-    last_metered: dt.datetime | None = Field(None, description="Timestamp of the last confirmed usage record.")
-    pending: PendingUsage | None = None
 
 
-class CustomerRecords:
-    """Vault failures come out as onboarding errors (exit codes and messages the CLI already prints)."""
-
-    def __init__(self, key_admin: VaultKeyAdmin) -> None:
-        self._kv = key_admin
-
-    def get(self, tenant: str) -> CustomerRecord | None:
-        with _vault(f"read the purchase record of {tenant}"):
-            found = self._kv.read_record(PREFIX + tenant)
-        return None if found is None else CustomerRecord.model_validate(found[0])
-
-    def tenants(self) -> list[str]:
-        with _vault("list purchases"):
-            return [name.rstrip("/") for name in self._kv.list_records(PREFIX)]
-
-    def tenant_exists(self, tenant: str) -> bool:
-        with _vault(f"look up tenant {tenant}"):
-            return self._kv.get_tenant(tenant) is not None
-
-    def create(self, tenant: str, record: CustomerRecord) -> bool:
-        """Write a new record; False if one exists already (a second registration of the same purchase)."""
-        with _vault(f"record the purchase of {tenant}"):
-            return self._kv.write_record(PREFIX + tenant, record, 0)
-
-    def update(self, tenant: str, change: Callable[[CustomerRecord], CustomerRecord]) -> CustomerRecord:
-        """Apply `change` to the current record and write it back, retrying if another writer got there first."""
-        with _vault(f"update the purchase record of {tenant}"):
-            for _ in range(_CAS_RETRIES):
-                found = self._kv.read_record(PREFIX + tenant)
-                if found is None:
-                    raise VaultKeyStoreError(f"no purchase record for tenant {tenant!r}")
-                updated = change(CustomerRecord.model_validate(found[0]))
-                if self._kv.write_record(PREFIX + tenant, updated, found[1]):
-                    return updated
-            raise VaultKeyStoreError(f"the purchase record of {tenant!r} kept changing under the update; retry")
-
-    def delete(self, tenant: str) -> None:
-        """Undo `create` (a registration that failed after writing it)."""
-        with _vault(f"delete the purchase record of {tenant}"):
-            self._kv.delete_record(PREFIX + tenant)
+def records(key_admin: VaultKeyAdmin) -> PurchaseRecords[CustomerRecord]:
+    return PurchaseRecords(key_admin, CLOUD, CustomerRecord)
 
 
-@contextmanager
-def _vault(what: str) -> Iterator[None]:
-    try:
-        yield
-    except VaultKeyStoreError as err:
-        raise from_key_store(what, err) from None
+def tenant_of(license_arn: str) -> str:
+    return tenant_name(CLOUD, license_arn)

@@ -14,7 +14,7 @@ import redis
 from marketplace.aws.events import EVENT_PATTERN, EventQueue, Reconciler
 from marketplace.aws.fulfilment import AwsMarketplace, Registration
 from marketplace.aws.metering import Metering
-from marketplace.aws.records import Subscription
+from marketplace.records import Subscription
 from onboarding.plans import PLANS
 from tests import servers
 from tests.marketplace.aws_fake import ApiError, MarketplaceFake

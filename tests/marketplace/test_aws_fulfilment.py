@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from marketplace.aws.fulfilment import AwsMarketplace, MarketplaceFailure, NotEntitled
 from marketplace.aws.landing import create_app
-from marketplace.aws.records import PREFIX, tenant_name
+from marketplace.aws.records import tenant_of
 from onboarding.errors import InvalidInput, ServiceFailure
 from onboarding.plans import PLANS
 from tests.marketplace.aws_fake import ApiError, MarketplaceFake
@@ -25,7 +25,7 @@ def test_a_purchase_becomes_a_tenant_with_its_plan_and_a_working_key(
     token, license_arn = fake.purchase("111122223333", "pro")
     registration = marketplace.register(token)
 
-    assert registration.tenant == tenant_name(license_arn)
+    assert registration.tenant == tenant_of(license_arn)
     assert registration.plan == "pro"
     assert registration.purchase.aws_account_id == "111122223333"
     assert registration.key is not None
@@ -36,7 +36,8 @@ def test_a_purchase_becomes_a_tenant_with_its_plan_and_a_working_key(
     assert client.get("greeting") == b"hello"
     record = marketplace.records.get(registration.tenant)
     assert record is not None and record.license_arn == license_arn and record.plan == "pro"
-    assert registration.key.secret not in str(deployment.key_admin.read_record(PREFIX + registration.tenant))
+    stored = deployment.key_admin.read_record(marketplace.records.path(registration.tenant))
+    assert stored is not None and registration.key.secret not in str(stored)
 
 
 def test_registering_the_same_purchase_again_issues_no_second_key(
@@ -85,7 +86,7 @@ def test_refused_registrations_leave_nothing_behind(
     setup(fake, used)
     with pytest.raises(error, match=says):
         marketplace.register(used)
-    tenant = tenant_name(license_arn)
+    tenant = tenant_of(license_arn)
     assert marketplace.records.get(tenant) is None
     assert deployment.key_admin.get_tenant(tenant) is None
 
@@ -98,7 +99,7 @@ def test_a_service_failure_half_way_rolls_the_purchase_back(
     token, license_arn = fake.purchase("777788889999", "pro")
     with pytest.raises(ServiceFailure):
         marketplace.register(token)
-    tenant = tenant_name(license_arn)
+    tenant = tenant_of(license_arn)
     assert marketplace.records.get(tenant) is None
     assert deployment.key_admin.get_tenant(tenant) is None
 

@@ -9,7 +9,7 @@ import pytest
 
 from marketplace.aws.fulfilment import AwsMarketplace, Registration
 from marketplace.aws.metering import Metering
-from marketplace.aws.records import PendingUsage
+from marketplace.records import PendingUsage
 from tests.marketplace.aws_fake import ApiError, MarketplaceFake
 from tests.marketplace.conftest import Deployment
 

@@ -1,0 +1,151 @@
+"""Hourly usage to a marketplace: each purchase's reads, in whole units, billed exactly once.
+
+The service counts each tenant's reads (hits + misses) since it started. Each run turns the growth of that
+counter since the last confirmed record into whole units, carrying the remainder. A record is first written
+to the purchase's Vault record as *pending*, then sent, then confirmed; a pending record is resent unchanged
+until the marketplace confirms it (both AWS's and Azure's metering APIs are idempotent for an identical
+record), so a crash at any point neither loses nor double-bills an hour. A counter that went down means the
+service restarted: its new value is all new usage (reads between the last run and the restart are the one
+thing that cannot be recovered). Each cloud supplies only the call that sends a batch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Generic, Protocol
+
+from marketplace.records import PendingUsage, PurchaseRecords, RecordT, Subscription
+from onboarding.errors import OnboardingError, ServiceFailure
+from onboarding.tenants import Onboarder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Metered:
+    tenant: str
+    timestamp: dt.datetime
+    quantity: int
+    status: str  # the marketplace's word for the outcome, or Unprocessed (resent next run)
+
+
+@dataclass
+class MeteringReport:
+    metered: list[Metered] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # tenant -> why
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: str
+    settled: bool  # True: billed, or refused for good (confirm it); False: send it again next run
+
+
+Batch = list[tuple[str, RecordT, PendingUsage]]
+
+
+class UsageSender(Protocol[RecordT]):
+    batch_size: int
+
+    def send(self, batch: Batch[RecordT]) -> dict[str, Answer]:
+        """Send one batch; an answer per tenant the marketplace answered for. Raises OnboardingError when
+        the whole call failed (every record stays pending)."""
+
+
+class UsageMeter(Generic[RecordT]):
+    def __init__(
+        self, records: PurchaseRecords[RecordT], onboarder: Onboarder, requests_per_unit: int,
+        sender: UsageSender[RecordT],
+    ) -> None:
+        self.records = records
+        self.onboarder = onboarder
+        self.requests_per_unit = requests_per_unit
+        self.sender = sender
+
+    def run(
+        self, now: dt.datetime | None = None, tenants: Iterable[str] | None = None, final: bool = False
+    ) -> MeteringReport:
+        """Meter every purchase (or `tenants`) once for the current hour. `final` meters now even if this hour
+        was metered already: the last record before an entitlement ends."""
+        now = now or dt.datetime.now(dt.UTC)
+        report = MeteringReport()
+        usage = self._usage()
+        pending: Batch[RecordT] = []
+        for tenant in tenants if tenants is not None else self.records.tenants():
+            record = self.records.get(tenant)
+            if record is None:
+                report.skipped[tenant] = "no purchase record"
+                continue
+            prepared = self._prepare(tenant, record, usage.get(tenant), now, final, report)
+            if prepared is not None:
+                pending.append((tenant, record, prepared))
+        size = self.sender.batch_size
+        for start in range(0, len(pending), size):
+            self._send(pending[start:start + size], report)
+        return report
+
+    def _usage(self) -> dict[str, int]:
+        if self.onboarder.admin is None:
+            raise ServiceFailure("meter usage", "needs the service's admin API: set FORESIGHT_ADMIN_URL and "
+                                 "FORESIGHT_ADMIN_TOKEN")
+        tenants = self.onboarder.admin.list_tenants()
+        return {t["name"]: int(t.get("hits", 0)) + int(t.get("misses", 0)) for t in tenants}
+
+    def _prepare(
+        self, tenant: str, record: RecordT, counter: int | None, now: dt.datetime, final: bool,
+        report: MeteringReport,
+    ) -> PendingUsage | None:
+        if record.pending is not None:
+            return record.pending  # sent before but never confirmed: the very same record again
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        if record.subscription is Subscription.ENDED:
+            report.skipped[tenant] = "subscription ended"
+            return None
+        if not final and record.last_metered is not None and record.last_metered >= hour:
+            report.skipped[tenant] = "already metered this hour"
+            return None
+        if counter is None:
+            report.skipped[tenant] = "the service does not serve this tenant (suspended or not loaded)"
+            return None
+        grown = counter - record.requests_seen if counter >= record.requests_seen else counter
+        quantity, remainder = divmod(record.unbilled_requests + grown, self.requests_per_unit)
+        timestamp = now.replace(microsecond=0) if final else hour
+        prepared = PendingUsage(timestamp=timestamp, quantity=quantity, requests_seen=counter, remainder=remainder)
+
+        def stage(current: RecordT) -> RecordT:
+            return current if current.pending is not None else current.model_copy(update={"pending": prepared})
+
+        return self.records.update(tenant, stage).pending  # another run's staged record if it won the race
+
+    def _send(self, batch: Batch[RecordT], report: MeteringReport) -> None:
+        try:
+            answers = self.sender.send(batch)
+        except OnboardingError as err:
+            report.errors.append(f"{err} ({len(batch)} records stay pending)")
+            return
+        for tenant, _, usage in batch:
+            answer = answers.get(tenant)
+            if answer is None:
+                report.metered.append(Metered(tenant, usage.timestamp, usage.quantity, "Unprocessed"))
+                continue
+            if answer.settled:
+                self._confirm(tenant, usage, report)
+            report.metered.append(Metered(tenant, usage.timestamp, usage.quantity, answer.status))
+
+    def _confirm(self, tenant: str, usage: PendingUsage, report: MeteringReport) -> None:
+        def commit(current: RecordT) -> RecordT:
+            if current.pending != usage:
+                return current  # confirmed by another run already
+            return current.model_copy(update={
+                "requests_seen": usage.requests_seen, "unbilled_requests": usage.remainder,
+                "last_metered": usage.timestamp, "pending": None,
+            })
+
+        try:
+            self.records.update(tenant, commit)
+        except OnboardingError as err:  # stays pending: resent (identically, so not billed twice) next run
+            report.errors.append(str(err))
