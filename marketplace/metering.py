@@ -69,8 +69,8 @@ class UsageMeter(Generic[RecordT]):
     def run(
         self, now: dt.datetime | None = None, tenants: Iterable[str] | None = None, final: bool = False
     ) -> MeteringReport:
-        """Meter every purchase (or `tenants`) once for the current hour. `final` meters now even if this hour
-        was metered already: the last record before an entitlement ends."""
+        """Meter every purchase (or `tenants`) once per hour slot (see `_slot`). `final` is the last record before
+        an entitlement ends: it takes the current hour's slot, which no regular record has used yet."""
         now = now or dt.datetime.now(dt.UTC)
         report = MeteringReport()
         usage = self._usage()
@@ -101,20 +101,19 @@ class UsageMeter(Generic[RecordT]):
     ) -> PendingUsage | None:
         if record.pending is not None:
             return record.pending  # sent before but never confirmed: the very same record again
-        hour = now.replace(minute=0, second=0, microsecond=0)
+        slot = _slot(now, record.registered, final)
         if record.subscription is Subscription.ENDED:
             report.skipped[tenant] = "subscription ended"
             return None
-        if not final and record.last_metered is not None and record.last_metered >= hour:
-            report.skipped[tenant] = "already metered this hour"
+        if record.last_metered is not None and record.last_metered >= slot:
+            report.skipped[tenant] = f"already metered for the hour from {slot:%H:%M}"
             return None
         if counter is None:
             report.skipped[tenant] = "the service does not serve this tenant (suspended or not loaded)"
             return None
         grown = counter - record.requests_seen if counter >= record.requests_seen else counter
         quantity, remainder = divmod(record.unbilled_requests + grown, self.requests_per_unit)
-        timestamp = now.replace(microsecond=0) if final else hour
-        prepared = PendingUsage(timestamp=timestamp, quantity=quantity, requests_seen=counter, remainder=remainder)
+        prepared = PendingUsage(timestamp=slot, quantity=quantity, requests_seen=counter, remainder=remainder)
 
         def stage(current: RecordT) -> RecordT:
             return current if current.pending is not None else current.model_copy(update={"pending": prepared})
@@ -149,3 +148,13 @@ class UsageMeter(Generic[RecordT]):
             self.records.update(tenant, commit)
         except OnboardingError as err:  # stays pending: resent (identically, so not billed twice) next run
             report.errors.append(str(err))
+
+
+def _slot(now: dt.datetime, registered: dt.datetime, final: bool) -> dt.datetime:
+    """The hour a record is stamped with. A regular run reports the hour that just ended (run it a few minutes
+    past the hour), never one before the purchase existed; the final record takes the current hour. Azure
+    accepts one event per resource, dimension and hour, so distinct slots are what let the final record in."""
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    if final:
+        return hour
+    return max(hour - dt.timedelta(hours=1), registered.replace(minute=0, second=0, microsecond=0))

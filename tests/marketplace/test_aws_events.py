@@ -19,7 +19,7 @@ from onboarding.plans import PLANS
 from tests import servers
 from tests.marketplace.aws_fake import ApiError, MarketplaceFake
 from tests.marketplace.conftest import Deployment
-from tests.marketplace.test_aws_metering import reads
+from tests.marketplace.test_aws_metering import reads, registered_hours_ago
 from tests.servers import MotoServer
 
 
@@ -99,7 +99,8 @@ def test_an_ended_license_is_metered_one_last_time_then_suspended_and_can_come_b
 ) -> None:
     registration, license_arn = bought
     assert registration.key is not None
-    Metering(marketplace).run(tenants=[registration.tenant])  # this hour's record went out already
+    registered_hours_ago(marketplace, registration.tenant, 2)
+    Metering(marketplace).run(tenants=[registration.tenant])  # the last hour's record went out already
     reads(deployment, registration, 120)
     fake.deprovision(license_arn)
     bus.publish("License Deprovisioned - Manufacturer", license_event(license_arn))

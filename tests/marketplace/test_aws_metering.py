@@ -31,6 +31,12 @@ def bought(marketplace: AwsMarketplace, fake: MarketplaceFake) -> tuple[Registra
     return marketplace.register(token), license_arn
 
 
+def registered_hours_ago(marketplace: AwsMarketplace, tenant: str, hours: int) -> None:
+    """Move a purchase back in time, so runs at earlier hours (which AWS still accepts) have slots to fill."""
+    then = dt.datetime.now(dt.UTC) - hours * HOUR
+    marketplace.records.update(tenant, lambda r: r.model_copy(update={"registered": then}))
+
+
 def this_hour() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
 
@@ -39,16 +45,18 @@ def test_reads_become_whole_units_and_the_remainder_carries_over(
     marketplace: AwsMarketplace, fake: MarketplaceFake, deployment: Deployment, bought: tuple[Registration, str]
 ) -> None:
     registration, license_arn = bought
+    registered_hours_ago(marketplace, registration.tenant, 3)
     metering = Metering(marketplace)
     reads(deployment, registration, 250)
-    first = metering.run(now=this_hour() - HOUR + dt.timedelta(minutes=5), tenants=[registration.tenant])
-    assert [(m.quantity, m.status) for m in first.metered] == [(2, "Success")]
+    first = metering.run(now=this_hour() - 2 * HOUR + dt.timedelta(minutes=5), tenants=[registration.tenant])
+    assert [(m.quantity, m.status, m.timestamp) for m in first.metered] == [(2, "Success", this_hour() - 3 * HOUR)]
 
-    again = metering.run(now=this_hour() - HOUR + dt.timedelta(minutes=50), tenants=[registration.tenant])
-    assert again.metered == [] and "already metered this hour" in again.skipped[registration.tenant]
+    again = metering.run(now=this_hour() - 2 * HOUR + dt.timedelta(minutes=50), tenants=[registration.tenant])
+    assert again.metered == [] and "already metered" in again.skipped[registration.tenant]
 
     reads(deployment, registration, 60)  # 50 carried + 60 = 1 unit, 10 carried
-    metering.run(now=this_hour() + dt.timedelta(minutes=1), tenants=[registration.tenant])
+    later = metering.run(now=this_hour() + dt.timedelta(minutes=1), tenants=[registration.tenant])
+    assert [m.timestamp for m in later.metered] == [this_hour() - HOUR]  # the hour that just ended
     assert fake.usage(license_arn) == [2, 1]
     sent = [r for op, req in fake.calls if op == "BatchMeterUsage" for r in req["UsageRecords"]]
     assert {r["CustomerAWSAccountId"] for r in sent} == {"111122223333"}
