@@ -76,11 +76,9 @@ def register(
     as_json: Json = False,
 ) -> None:
     """Turn a purchase into a tenant with its plan and first API key (what the registration page does)."""
-    from marketplace.aws.landing import registration_json
-
     with output.reported(as_json), _marketplace(admin_url) as marketplace:
         with output.progress("registering the purchase", as_json):
-            body = registration_json(marketplace.register(token))
+            body = marketplace.register(token).to_json()
         if as_json:
             output.emit_json(body)
             return
@@ -146,8 +144,8 @@ def events(
 @aws.command()
 def meter(admin_url: AdminUrl = None, as_json: Json = False) -> None:
     """Report this hour's usage of every purchase (BatchMeterUsage); run it hourly. Safe to re-run."""
-    from marketplace.aws.fulfilment import MarketplaceFailure
     from marketplace.aws.metering import Metering
+    from marketplace.errors import MarketplaceFailure
 
     with output.reported(as_json), _marketplace(admin_url) as marketplace:
         report = Metering(marketplace).run()

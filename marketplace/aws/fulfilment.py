@@ -20,11 +20,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from marketplace.aws.records import CustomerRecord, records, tenant_of
 from marketplace.aws.settings import AwsMarketplaceSettings
-from onboarding.context import Endpoints
-from onboarding.errors import EXIT_SERVICE, Conflict, InvalidInput, OnboardingError
+from marketplace.errors import MarketplaceFailure, NotEntitled
+from marketplace.registration import Registration
+from onboarding.errors import Conflict, InvalidInput
 from onboarding.plans import PLANS, quota_for
 from onboarding.tenants import Onboarder
-from service.security.apikeys import IssuedKey
 
 log = logging.getLogger(__name__)
 
@@ -33,33 +33,14 @@ _BAD_TOKEN = ("InvalidTokenException", "ExpiredTokenException")
 _RETRIES = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=20)
 
 
-class MarketplaceFailure(OnboardingError):
-    """AWS Marketplace's APIs could not be reached or refused the call (permissions, throttling, outage)."""
-
-    exit_code = EXIT_SERVICE
-
-
-class NotEntitled(OnboardingError):
-    """The purchase holds no entitlement to any plan (not paid yet, expired, or a dimension we do not map)."""
-
-    exit_code = 4
-
-
 @dataclass(frozen=True)
 class Purchase:
     license_arn: str
     aws_account_id: str
     product_code: str
 
-
-@dataclass(frozen=True, kw_only=True)
-class Registration:
-    tenant: str
-    plan: str
-    purchase: Purchase
-    key: IssuedKey | None  # None when the purchase was registered before: keys are shown once
-    endpoints: Endpoints | None
-    warnings: list[str]
+    def ids(self) -> dict[str, str]:
+        return {"license_arn": self.license_arn, "aws_account_id": self.aws_account_id}
 
 
 class AwsMarketplace:
@@ -112,7 +93,7 @@ class AwsMarketplace:
             raise
         log.info("registered AWS Marketplace purchase as tenant %s (plan %s)", tenant, plan)
         return Registration(
-            tenant=tenant, plan=plan, purchase=purchase, key=created.key,
+            tenant=tenant, plan=plan, purchase=purchase.ids(), key=created.key,
             endpoints=self.onboarder.endpoints, warnings=created.warnings,
         )
 
@@ -173,11 +154,7 @@ class AwsMarketplace:
     def _already(self, tenant: str, purchase: Purchase) -> Registration:
         record = self.records.get(tenant)
         plan = record.plan if record is not None else "unknown"
-        return Registration(
-            tenant=tenant, plan=plan, purchase=purchase, key=None, endpoints=self.onboarder.endpoints,
-            warnings=[f"this purchase is already set up as tenant {tenant}; its first API key was shown then "
-                      f"(an operator can issue another: `foresight keys issue {tenant}`)"],
-        )
+        return Registration.already(tenant, plan, purchase.ids(), self.onboarder.endpoints)
 
     def _undo_record(self, tenant: str) -> None:
         try:

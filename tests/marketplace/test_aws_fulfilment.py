@@ -10,9 +10,10 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from marketplace.aws.fulfilment import AwsMarketplace, MarketplaceFailure, NotEntitled
+from marketplace.aws.fulfilment import AwsMarketplace
 from marketplace.aws.landing import create_app
 from marketplace.aws.records import tenant_of
+from marketplace.errors import MarketplaceFailure, NotEntitled
 from onboarding.errors import InvalidInput, ServiceFailure
 from onboarding.plans import PLANS
 from tests.marketplace.aws_fake import ApiError, MarketplaceFake
@@ -27,7 +28,7 @@ def test_a_purchase_becomes_a_tenant_with_its_plan_and_a_working_key(
 
     assert registration.tenant == tenant_of(license_arn)
     assert registration.plan == "pro"
-    assert registration.purchase.aws_account_id == "111122223333"
+    assert registration.purchase == {"license_arn": license_arn, "aws_account_id": "111122223333"}
     assert registration.key is not None
     spec = deployment.key_admin.get_tenant(registration.tenant)
     assert spec is not None and spec.quota.memory_bytes == PLANS["pro"].memory_bytes

@@ -1,0 +1,92 @@
+"""What a registration hands back, on every cloud, and the page and JSON that show it once.
+
+The page is the only place the buyer's first API key appears: it is never cached, framed or referred, and
+`Accept: application/json` gets the same object for automation.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from marketplace.errors import NotEntitled
+from onboarding.context import Endpoints
+from onboarding.errors import InvalidInput, OnboardingError
+from onboarding.snippet import connection_snippet
+from service.security.apikeys import IssuedKey
+
+HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Registration:
+    tenant: str
+    plan: str
+    purchase: dict[str, str]  # the marketplace's ids for the purchase (license, account, subscription, ...)
+    key: IssuedKey | None  # None when the purchase was registered before: keys are shown once
+    endpoints: Endpoints | None
+    warnings: list[str]
+
+    @classmethod
+    def already(cls, tenant: str, plan: str, purchase: dict[str, str], endpoints: Endpoints | None) -> Registration:
+        return cls(
+            tenant=tenant, plan=plan, purchase=purchase, key=None, endpoints=endpoints,
+            warnings=[f"this purchase is already set up as tenant {tenant}; its first API key was shown then "
+                      f"(an operator can issue another: `foresight keys issue {tenant}`)"],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """What the page, the CLI's --json and the tests all read."""
+        body: dict[str, Any] = {
+            "tenant": self.tenant,
+            "plan": self.plan,
+            **self.purchase,
+            "api_key": self.key.secret if self.key else None,
+            "key_id": self.key.key_id if self.key else None,
+            "endpoints": None,
+            "snippet": {},
+            "warnings": self.warnings,
+        }
+        if self.endpoints is not None:
+            ends = self.endpoints
+            body["endpoints"] = {"resp_host": ends.resp_host, "resp_port": ends.resp_port, "http_url": ends.http_url}
+            if self.key:
+                body["snippet"] = connection_snippet(ends, self.key.secret)
+        return body
+
+
+def registered(registration: Registration, wants_json: bool) -> Response:
+    body = registration.to_json()
+    lines = [f"Tenant {registration.tenant}, plan {registration.plan}."]
+    if registration.key:
+        lines.append(f"Your API key (shown once; store it now): {registration.key.secret}")
+    lines += registration.warnings
+    lines += [f"{client}: {text}" for client, text in body["snippet"].items()]
+    page = _page("Foresight is ready" if registration.key else "Already set up", lines)
+    return _reply(wants_json, 201 if registration.key else 200, body, page)
+
+
+def refused(err: OnboardingError, wants_json: bool) -> Response:
+    """400 for bad input, 402 for a purchase that cannot be served (yet), 503 for anything to retry later."""
+    status = 400 if isinstance(err, InvalidInput) else 402 if isinstance(err, NotEntitled) else 503
+    return _reply(wants_json, status, {"error": str(err)}, _page("Setup could not finish", [str(err)]))
+
+
+def _reply(wants_json: bool, status: int, body: dict[str, Any], page: str) -> Response:
+    if wants_json:
+        return JSONResponse(body, status_code=status, headers=HEADERS)
+    return HTMLResponse(page, status_code=status, headers=HEADERS)
+
+
+def _page(title: str, lines: list[str]) -> str:
+    items = "".join(f"<pre>{html.escape(line)}</pre>" for line in lines)
+    title = html.escape(title)
+    return f"<!doctype html><html><head><title>{title}</title></head><body><h1>{title}</h1>{items}</body></html>"
