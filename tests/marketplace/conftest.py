@@ -1,6 +1,7 @@
-"""AWS Marketplace fulfilment against real parts where they run here: OpenBao for tenants and purchase
-records, the real service (TLS, Vault key source, admin API) for quotas, keys and usage counters, moto for
-SQS and EventBridge. Only the Marketplace Metering and Entitlement APIs are a fake (aws_fake.py says why)."""
+"""Marketplace fulfilment against real parts where they run here: OpenBao for tenants and purchase records,
+the real service (TLS, Vault key source, admin API) for quotas, keys and usage counters, moto for SQS and
+EventBridge, azure-identity and PyJWT as the Azure side's clients. Only the marketplaces' own APIs (and Entra
+ID's token and key endpoints) are fakes, built from their published contracts (aws_fake.py, azure_fake.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import redis
 
 from marketplace.aws.fulfilment import AwsMarketplace
 from marketplace.aws.settings import AwsMarketplaceSettings
+from marketplace.azure.fulfilment import AzureMarketplace
+from marketplace.azure.settings import AzureMarketplaceSettings
 from onboarding.admin_client import AdminClient
 from onboarding.auditing import OnboardingAudit
 from onboarding.context import Endpoints
@@ -23,6 +26,7 @@ from service.security.admin_token import new_admin_token
 from service.security.apikeys import hash_key
 from service.security.vault_keys import VaultKeyAdmin, service_policy
 from tests.marketplace.aws_fake import MarketplaceFake, marketplace_fake
+from tests.marketplace.azure_fake import AzureFake, azure_fake
 from tests.servers import MotoServer, OpenBao
 from tests.service.harness import RunningService, running_service
 from tests.tlsutil import PKI, make_pki
@@ -98,4 +102,31 @@ def marketplace(
 ) -> Iterator[AwsMarketplace]:
     onboarder = deployment.onboarder()
     yield AwsMarketplace(settings, onboarder, aws_session)
+    onboarder.close()
+
+
+AZURE_OFFER = "foresight-saas"
+
+
+@pytest.fixture
+def azure(deployment: Deployment) -> Iterator[AzureFake]:
+    with azure_fake(deployment.pki, AZURE_OFFER, {"requests"}) as running:
+        yield running
+
+
+@pytest.fixture
+def azure_settings(azure: AzureFake, monkeypatch: pytest.MonkeyPatch) -> AzureMarketplaceSettings:
+    monkeypatch.setenv("AZURE_CLIENT_SECRET", azure.client_secret)  # azure-identity's variable, read at connect
+    return AzureMarketplaceSettings(
+        tenant_id=azure.tenant_id, client_id=azure.client_id, offer_id=AZURE_OFFER, api_url=azure.base,
+        authority=azure.base, ca_file=azure.pki.ca_cert, requests_per_unit=UNIT,
+    )
+
+
+@pytest.fixture
+def azure_marketplace(deployment: Deployment, azure_settings: AzureMarketplaceSettings) -> Iterator[AzureMarketplace]:
+    onboarder = deployment.onboarder()
+    marketplace = AzureMarketplace(azure_settings, onboarder)
+    yield marketplace
+    marketplace.api.close()
     onboarder.close()
