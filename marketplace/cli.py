@@ -25,7 +25,9 @@ from onboarding.tenants import Onboarder
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 aws = typer.Typer(no_args_is_help=True, help="AWS Marketplace SaaS: registration, lifecycle events, metering.")
+azure = typer.Typer(no_args_is_help=True, help="Azure Marketplace SaaS: landing page, webhook, metering.")
 app.add_typer(aws, name="aws")
+app.add_typer(azure, name="azure")
 
 Json = Annotated[bool, output.JsonOption]
 AdminUrl = Annotated[
@@ -76,17 +78,10 @@ def register(
     as_json: Json = False,
 ) -> None:
     """Turn a purchase into a tenant with its plan and first API key (what the registration page does)."""
-    with output.reported(as_json), _marketplace(admin_url) as marketplace:
+    with output.reported(as_json), _aws(admin_url) as marketplace:
         with output.progress("registering the purchase", as_json):
             body = marketplace.register(token).to_json()
-        if as_json:
-            output.emit_json(body)
-            return
-        output.warn(body["warnings"])
-        output.out.print(f"Tenant [bold]{body['tenant']}[/] (plan {body['plan']}).")
-        if body["api_key"]:
-            output.out.print("API key (shown once; store it now):")
-            output.out.print(body["api_key"], markup=False)
+        _print_registration(body, as_json)
 
 
 @aws.command()
@@ -102,12 +97,16 @@ def serve(
 
     from marketplace.aws.landing import create_app
 
-    with output.reported(False), _marketplace(admin_url) as marketplace:
-        for path in (tls_cert, tls_key):
-            if not path.is_file():
-                raise InvalidInput(f"--tls-{'cert' if path == tls_cert else 'key'}", f"{path} is not a file")
-        uvicorn.run(create_app(marketplace), host=host, port=port, ssl_certfile=str(tls_cert),
-                    ssl_keyfile=str(tls_key), log_level="info")
+    with output.reported(False), _aws(admin_url) as marketplace:
+        _require_files(tls_cert, tls_key)
+        uvicorn.run(
+            create_app(marketplace),
+            host=host,
+            port=port,
+            ssl_certfile=str(tls_cert),
+            ssl_keyfile=str(tls_key),
+            log_level="info",
+        )
 
 
 @aws.command()
@@ -121,7 +120,7 @@ def events(
     from marketplace.aws.events import EventQueue, Reconciler
     from marketplace.aws.metering import Metering
 
-    with output.reported(as_json), _marketplace(admin_url) as marketplace:
+    with output.reported(as_json), _aws(admin_url) as marketplace:
         queue_url = marketplace.settings.queue_url
         if not queue_url:
             raise InvalidInput("FORESIGHT_AWS_MP_QUEUE_URL", "is not set; the lifecycle events arrive on that queue")
@@ -143,15 +142,16 @@ def events(
 
 @aws.command()
 def meter(admin_url: AdminUrl = None, as_json: Json = False) -> None:
-    """Report this hour's usage of every purchase (BatchMeterUsage); run it hourly. Safe to re-run."""
+    """Report the last hour's usage of every purchase (BatchMeterUsage); run it hourly. Safe to re-run."""
     from marketplace.aws.metering import Metering
     from marketplace.errors import MarketplaceFailure
 
-    with output.reported(as_json), _marketplace(admin_url) as marketplace:
+    with output.reported(as_json), _aws(admin_url) as marketplace:
         report = Metering(marketplace).run()
         if as_json:
-            output.emit_json({"metered": [asdict(m) for m in report.metered], "skipped": report.skipped,
-                              "errors": report.errors})
+            output.emit_json(
+                {"metered": [asdict(m) for m in report.metered], "skipped": report.skipped, "errors": report.errors}
+            )
         else:
             for m in report.metered:
                 output.out.print(f"{m.tenant} {m.timestamp:%Y-%m-%dT%H:%M:%SZ} {m.quantity} {m.status}", markup=False)
@@ -167,29 +167,137 @@ def reconcile(admin_url: AdminUrl = None, as_json: Json = False) -> None:
     from marketplace.aws.events import Reconciler
     from marketplace.aws.metering import Metering
 
-    with output.reported(as_json), _marketplace(admin_url) as marketplace:
+    with output.reported(as_json), _aws(admin_url) as marketplace:
         reconciler = Reconciler(marketplace, Metering(marketplace))
-        outcomes = [reconciler.reconcile(tenant) for tenant in marketplace.records.tenants()]
-        if as_json:
-            output.emit_json({"reconciled": [asdict(o) for o in outcomes]})
-        else:
-            for outcome in outcomes:
-                output.out.print(f"{outcome.tenant} {outcome.action}", markup=False)
+        _print_outcomes([reconciler.reconcile(tenant) for tenant in marketplace.records.tenants()], as_json)
+
+
+@azure.command("register")
+def azure_register(
+    token: Annotated[str, typer.Argument(help="The ?token= the Marketplace put on the landing page URL.")],
+    admin_url: AdminUrl = None,
+    as_json: Json = False,
+) -> None:
+    """Turn a SaaS subscription into an activated tenant with its plan and first key (what the page does)."""
+    with output.reported(as_json), _azure(admin_url) as marketplace:
+        with output.progress("registering the subscription", as_json):
+            body = marketplace.register(token).to_json()
+        _print_registration(body, as_json)
+
+
+@azure.command("serve")
+def azure_serve(
+    tls_cert: Annotated[Path, typer.Option("--tls-cert", help="PEM certificate chain for the page.")],
+    tls_key: Annotated[Path, typer.Option("--tls-key", help="PEM private key of --tls-cert.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8444,
+    admin_url: AdminUrl = None,
+) -> None:
+    """Serve the landing page (GET /azure/landing) and the webhook (POST /azure/webhook) over HTTPS."""
+    import uvicorn
+
+    from marketplace.azure.landing import create_app
+    from marketplace.azure.metering import Metering
+    from marketplace.azure.webhook import TokenVerifier, Webhook
+
+    with output.reported(False), _azure(admin_url) as marketplace:
+        _require_files(tls_cert, tls_key)
+        app_ = create_app(marketplace, Webhook(marketplace, Metering(marketplace)), TokenVerifier(marketplace.settings))
+        uvicorn.run(app_, host=host, port=port, ssl_certfile=str(tls_cert), ssl_keyfile=str(tls_key),
+                    log_level="info")
+
+
+@azure.command("meter")
+def azure_meter(admin_url: AdminUrl = None, as_json: Json = False) -> None:
+    """Report the last hour's usage of every subscription (batch usage events); run it hourly. Safe to re-run."""
+    from marketplace.azure.metering import Metering
+
+    with output.reported(as_json), _azure(admin_url) as marketplace:
+        _print_metering(Metering(marketplace).run(), as_json)
+
+
+@azure.command("reconcile")
+def azure_reconcile(admin_url: AdminUrl = None, as_json: Json = False) -> None:
+    """Make every subscription's tenant match its status and plan now (after an outage, or on a schedule)."""
+    from marketplace.azure.metering import Metering
+    from marketplace.azure.webhook import Webhook
+
+    with output.reported(as_json), _azure(admin_url) as marketplace:
+        webhook = Webhook(marketplace, Metering(marketplace))
+        _print_outcomes([webhook.reconcile(tenant) for tenant in marketplace.records.tenants()], as_json)
+
+
+def _print_registration(body: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        output.emit_json(body)
+        return
+    output.warn(body["warnings"])
+    output.out.print(f"Tenant [bold]{body['tenant']}[/] (plan {body['plan']}).")
+    if body["api_key"]:
+        output.out.print("API key (shown once; store it now):")
+        output.out.print(body["api_key"], markup=False)
+
+
+def _print_metering(report: Any, as_json: bool) -> None:
+    from marketplace.errors import MarketplaceFailure
+
+    if as_json:
+        output.emit_json({"metered": [asdict(m) for m in report.metered], "skipped": report.skipped,
+                          "errors": report.errors})
+    else:
+        for m in report.metered:
+            output.out.print(f"{m.tenant} {m.timestamp:%Y-%m-%dT%H:%M:%SZ} {m.quantity} {m.status}", markup=False)
+        for tenant, why in report.skipped.items():
+            output.out.print(f"{tenant} skipped: {why}", markup=False)
+    if report.errors:
+        raise MarketplaceFailure("meter usage", "; ".join(report.errors))
+
+
+def _print_outcomes(outcomes: list[Any], as_json: bool) -> None:
+    if as_json:
+        output.emit_json({"reconciled": [asdict(o) for o in outcomes]})
+        return
+    for outcome in outcomes:
+        output.out.print(f"{outcome.tenant} {outcome.action}", markup=False)
+
+
+def _require_files(tls_cert: Path, tls_key: Path) -> None:
+    for option, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+        if not path.is_file():
+            raise InvalidInput(option, f"{path} is not a file")
+
+
+def _settings(model: Any, prefix: str) -> Any:
+    try:
+        return model()
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise InvalidInput(prefix + "_".join(str(part) for part in first["loc"]).upper(), first["msg"]) from None
 
 
 @contextmanager
-def _marketplace(admin_url: str | None) -> Iterator[Any]:
+def _aws(admin_url: str | None) -> Iterator[Any]:
     from marketplace.aws.fulfilment import AwsMarketplace
     from marketplace.aws.settings import AwsMarketplaceSettings
 
-    try:
-        settings = AwsMarketplaceSettings()
-    except ValidationError as err:
-        first = err.errors()[0]
-        name = "FORESIGHT_AWS_MP_" + "_".join(str(part) for part in first["loc"]).upper()
-        raise InvalidInput(name, first["msg"]) from None
+    settings = _settings(AwsMarketplaceSettings, "FORESIGHT_AWS_MP_")
     onboarder = Onboarder.connect(resolve(admin_url=admin_url))
     try:
         yield AwsMarketplace(settings, onboarder)
+    finally:
+        onboarder.close()
+
+
+@contextmanager
+def _azure(admin_url: str | None) -> Iterator[Any]:
+    from marketplace.azure.fulfilment import AzureMarketplace
+    from marketplace.azure.settings import AzureMarketplaceSettings
+
+    settings = _settings(AzureMarketplaceSettings, "FORESIGHT_AZURE_MP_")
+    onboarder = Onboarder.connect(resolve(admin_url=admin_url))
+    try:
+        marketplace = AzureMarketplace(settings, onboarder)
+        yield marketplace
+        marketplace.api.close()
     finally:
         onboarder.close()

@@ -12,7 +12,9 @@ from typer.testing import CliRunner, Result
 
 from marketplace import cli
 from marketplace.aws.settings import AwsMarketplaceSettings
+from marketplace.azure.settings import AzureMarketplaceSettings
 from tests.marketplace.aws_fake import MarketplaceFake
+from tests.marketplace.azure_fake import AzureFake
 from tests.marketplace.conftest import MOUNT, PRODUCT, UNIT, Deployment
 from tests.marketplace.test_aws_events import Bus, license_event
 from tests.servers import OpenBao
@@ -128,3 +130,33 @@ def test_the_installed_foresight_command_mounts_the_group(tmp_path) -> None:  # 
     assert result.returncode == 0, result.stderr
     for command in ("register", "serve", "events", "meter", "reconcile"):
         assert command in result.stdout
+
+
+@pytest.fixture
+def azure_env(env: None, monkeypatch: pytest.MonkeyPatch, azure: AzureFake,
+              azure_settings: AzureMarketplaceSettings) -> None:
+    for name in ("tenant_id", "client_id", "offer_id", "api_url", "authority", "ca_file", "requests_per_unit"):
+        monkeypatch.setenv(f"FORESIGHT_AZURE_MP_{name.upper()}", str(getattr(azure_settings, name)))
+
+
+def test_azure_register_meter_and_reconcile(azure_env: None, azure: AzureFake, deployment: Deployment) -> None:
+    token, subscription_id = azure.purchase("starter")
+    registered = run("azure", "register", token, "--json")
+    assert registered.exit_code == 0, registered.output
+    body = json.loads(registered.stdout)
+    assert body["subscription_id"] == subscription_id and deployment.redis(body["api_key"]).ping()
+
+    deployment.redis(body["api_key"]).mget([f"k{i}" for i in range(100)])
+    metered = json.loads(run("azure", "meter", "--json").stdout)
+    assert {"tenant": body["tenant"], "quantity": 1, "status": "Accepted"}.items() <= next(
+        m for m in metered["metered"] if m["tenant"] == body["tenant"]).items()
+
+    azure.subscriptions[subscription_id]["planId"] = "pro"
+    reconciled = json.loads(run("azure", "reconcile", "--json").stdout)["reconciled"]
+    assert {"tenant": body["tenant"], "action": "plan pro"} in reconciled
+
+
+def test_azure_settings_errors_name_the_variable(azure_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FORESIGHT_AZURE_MP_OFFER_ID")
+    result = run("azure", "meter")
+    assert result.exit_code == 2 and "FORESIGHT_AZURE_MP_OFFER_ID" in result.stderr
