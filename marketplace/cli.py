@@ -45,30 +45,35 @@ def build(
 ) -> None:
     """Write every listing's launch artifacts, generated from the same spec as the stacks.
 
-    aws/foresight.template.json (AMI with CloudFormation) and aws/eventbridge-pattern.json (the rule that
-    feeds lifecycle events to the fulfilment queue).
+    aws/foresight.template.json (AMI with CloudFormation), aws/eventbridge-pattern.json (the rule that feeds
+    lifecycle events to the fulfilment queue), and azure/mainTemplate.json, azure/createUiDefinition.json and
+    azure/app.zip (the managed application package Partner Center takes).
     """
     from marketplace.aws.events import EVENT_PATTERN
     from marketplace.aws.template import render
+    from marketplace.azure.template import package
 
     with output.reported(as_json):
-        written = {
-            "aws/foresight.template.json": render(),
-            "aws/eventbridge-pattern.json": EVENT_PATTERN,
-        }
-        paths = []
-        for name, document in written.items():
-            path = out / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_suffix(".tmp")
-            temporary.write_text(json.dumps(document, indent=2) + "\n")
-            temporary.replace(path)  # never a half-written template where the old one was
-            paths.append(str(path))
+        paths = [
+            _write_json(out / "aws/foresight.template.json", render()),
+            _write_json(out / "aws/eventbridge-pattern.json", EVENT_PATTERN),
+        ]
+        archive = package(out / "azure")
+        paths += [str(archive.parent / name) for name in ("mainTemplate.json", "createUiDefinition.json")]
+        paths.append(str(archive))
         if as_json:
             output.emit_json({"written": paths})
         else:
             for path_text in paths:
                 output.out.print(f"wrote {path_text}", markup=False)
+
+
+def _write_json(path: Path, document: Any) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(document, indent=2) + "\n")
+    temporary.replace(path)  # never a half-written template where the old one was
+    return str(path)
 
 
 @aws.command()
@@ -169,7 +174,7 @@ def reconcile(admin_url: AdminUrl = None, as_json: Json = False) -> None:
 
     with output.reported(as_json), _aws(admin_url) as marketplace:
         reconciler = Reconciler(marketplace, Metering(marketplace))
-        _print_outcomes([reconciler.reconcile(tenant) for tenant in marketplace.records.tenants()], as_json)
+        _reconcile_all(reconciler.reconcile, marketplace.records.tenants(), as_json)
 
 
 @azure.command("register")
@@ -224,7 +229,7 @@ def azure_reconcile(admin_url: AdminUrl = None, as_json: Json = False) -> None:
 
     with output.reported(as_json), _azure(admin_url) as marketplace:
         webhook = Webhook(marketplace, Metering(marketplace))
-        _print_outcomes([webhook.reconcile(tenant) for tenant in marketplace.records.tenants()], as_json)
+        _reconcile_all(webhook.reconcile, marketplace.records.tenants(), as_json)
 
 
 def _print_registration(body: dict[str, Any], as_json: bool) -> None:
@@ -249,16 +254,36 @@ def _print_metering(report: Any, as_json: bool) -> None:
             output.out.print(f"{m.tenant} {m.timestamp:%Y-%m-%dT%H:%M:%SZ} {m.quantity} {m.status}", markup=False)
         for tenant, why in report.skipped.items():
             output.out.print(f"{tenant} skipped: {why}", markup=False)
-    if report.errors:
-        raise MarketplaceFailure("meter usage", "; ".join(report.errors))
+    _fail_on(report.errors, MarketplaceFailure("meter usage", "; ".join(report.errors)), as_json)
 
 
-def _print_outcomes(outcomes: list[Any], as_json: bool) -> None:
+def _reconcile_all(reconcile: Any, tenants: list[str], as_json: bool) -> None:
+    """Every tenant, even when one fails (its error is reported and the exit code says so)."""
+    from marketplace.errors import MarketplaceFailure
+    from onboarding.errors import OnboardingError
+
+    outcomes, errors = [], {}
+    for tenant in tenants:
+        try:
+            outcomes.append(asdict(reconcile(tenant)))
+        except OnboardingError as err:
+            errors[tenant] = str(err)
     if as_json:
-        output.emit_json({"reconciled": [asdict(o) for o in outcomes]})
+        output.emit_json({"reconciled": outcomes, "errors": errors})
+    else:
+        for outcome in outcomes:
+            output.out.print(f"{outcome['tenant']} {outcome['action']}", markup=False)
+    failure = MarketplaceFailure("reconcile", "; ".join(f"{t}: {why}" for t, why in errors.items()))
+    _fail_on(bool(errors), failure, as_json)
+
+
+def _fail_on(failed: object, failure: Exception, as_json: bool) -> None:
+    """Exit with the failure's code; with --json the object already printed holds the errors (one object)."""
+    if not failed:
         return
-    for outcome in outcomes:
-        output.out.print(f"{outcome.tenant} {outcome.action}", markup=False)
+    if as_json:
+        raise typer.Exit(getattr(failure, "exit_code", 1))
+    raise failure
 
 
 def _require_files(tls_cert: Path, tls_key: Path) -> None:

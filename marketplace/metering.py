@@ -58,7 +58,10 @@ class UsageSender(Protocol[RecordT]):
 
 class UsageMeter(Generic[RecordT]):
     def __init__(
-        self, records: PurchaseRecords[RecordT], onboarder: Onboarder, requests_per_unit: int,
+        self,
+        records: PurchaseRecords[RecordT],
+        onboarder: Onboarder,
+        requests_per_unit: int,
         sender: UsageSender[RecordT],
     ) -> None:
         self.records = records
@@ -85,18 +88,24 @@ class UsageMeter(Generic[RecordT]):
                 pending.append((tenant, record, prepared))
         size = self.sender.batch_size
         for start in range(0, len(pending), size):
-            self._send(pending[start:start + size], report)
+            self._send(pending[start : start + size], report)
         return report
 
     def _usage(self) -> dict[str, int]:
         if self.onboarder.admin is None:
-            raise ServiceFailure("meter usage", "needs the service's admin API: set FORESIGHT_ADMIN_URL and "
-                                 "FORESIGHT_ADMIN_TOKEN")
+            raise ServiceFailure(
+                "meter usage", "needs the service's admin API: set FORESIGHT_ADMIN_URL and FORESIGHT_ADMIN_TOKEN"
+            )
         tenants = self.onboarder.admin.list_tenants()
         return {t["name"]: int(t.get("hits", 0)) + int(t.get("misses", 0)) for t in tenants}
 
     def _prepare(
-        self, tenant: str, record: RecordT, counter: int | None, now: dt.datetime, final: bool,
+        self,
+        tenant: str,
+        record: RecordT,
+        counter: int | None,
+        now: dt.datetime,
+        final: bool,
         report: MeteringReport,
     ) -> PendingUsage | None:
         if record.pending is not None:
@@ -139,10 +148,14 @@ class UsageMeter(Generic[RecordT]):
         def commit(current: RecordT) -> RecordT:
             if current.pending != usage:
                 return current  # confirmed by another run already
-            return current.model_copy(update={
-                "requests_seen": usage.requests_seen, "unbilled_requests": usage.remainder,
-                "last_metered": usage.timestamp, "pending": None,
-            })
+            return current.model_copy(
+                update={
+                    "requests_seen": usage.requests_seen,
+                    "unbilled_requests": usage.remainder,
+                    "last_metered": usage.timestamp,
+                    "pending": None,
+                }
+            )
 
         try:
             self.records.update(tenant, commit)

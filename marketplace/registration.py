@@ -38,9 +38,15 @@ class Registration:
     @classmethod
     def already(cls, tenant: str, plan: str, purchase: dict[str, str], endpoints: Endpoints | None) -> Registration:
         return cls(
-            tenant=tenant, plan=plan, purchase=purchase, key=None, endpoints=endpoints,
-            warnings=[f"this purchase is already set up as tenant {tenant}; its first API key was shown then "
-                      f"(an operator can issue another: `foresight keys issue {tenant}`)"],
+            tenant=tenant,
+            plan=plan,
+            purchase=purchase,
+            key=None,
+            endpoints=endpoints,
+            warnings=[
+                f"this purchase is already set up as tenant {tenant}; its first API key was shown then "
+                f"(an operator can issue another: `foresight keys issue {tenant}`)"
+            ],
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -73,7 +73,7 @@ _IMAGE_RE = re.compile(
     r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)+"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
-_SSH_KEY_TYPES = (
+SSH_KEY_TYPES = (
     "ssh-ed25519",
     "ecdsa-sha2-nistp256",
     "ecdsa-sha2-nistp384",
@@ -191,8 +191,8 @@ class StackSpec(BaseModel):
         if "PRIVATE KEY" in value:
             raise ValueError("this is a private key; give the public half (the .pub file) instead")
         parts = value.split()
-        if "\n" in value or len(parts) < 2 or parts[0] not in _SSH_KEY_TYPES:
-            raise ValueError(f"must be one OpenSSH public key line starting with one of {', '.join(_SSH_KEY_TYPES)}")
+        if "\n" in value or len(parts) < 2 or parts[0] not in SSH_KEY_TYPES:
+            raise ValueError(f"must be one OpenSSH public key line starting with one of {', '.join(SSH_KEY_TYPES)}")
         return value
 
     @property

@@ -101,8 +101,9 @@ class EventQueue:
         try:
             outcomes = [self.reconciler.reconcile(t) for t in self.reconciler.tenants_named_by(event)]
         except OnboardingError as err:
-            log.error("event %s (%s) not handled, retried after the visibility timeout: %s",
-                      message_id, detail_type, err)
+            log.error(
+                "event %s (%s) not handled, retried after the visibility timeout: %s", message_id, detail_type, err
+            )
             return Handled(message_id, detail_type, [], error=str(err))
         try:
             self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])

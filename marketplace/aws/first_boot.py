@@ -1,54 +1,25 @@
-"""First boot of a marketplace instance: a buyer has no Vault, so the instance mints its own TLS and first key.
+"""First boot of an AWS Marketplace instance: its addresses from IMDSv2, its first key into Secrets Manager.
 
-`first_boot.sh` runs this inside the service image (`python -m marketplace.aws.first_boot`), so the key format,
-its hash and the tenants file are the service's own code, not a copy. It reads the instance's addresses from
-IMDSv2 (waiting until the stack's Elastic IP is associated, which is also when the instance can reach AWS),
-issues a certificate for them from a CA whose key is never written, then puts the plaintext key and the CA
-certificate into the stack's Secrets Manager secret *before* writing tls.crt, tls.key, ca.crt and tenants.json
-(key hashes only), so that a failed put leaves nothing behind and the next attempt starts over.
+`first_boot.sh` runs this inside the service image (`python -m marketplace.aws.first_boot`); the minting itself
+is `marketplace/first_boot.py`, shared with Azure. It reads the instance's addresses from IMDSv2 (waiting until
+the stack's Elastic IP is associated, which is also when the instance can reach AWS), then puts the plaintext
+key and the CA certificate into the stack's Secrets Manager secret before any file is written.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-from service.security.apikeys import new_key
-from service.security.local_ca import CertificateAuthority, IssuedCert, write_private
-from service.tenancy import KeyRecord, TenantsFile, TenantSpec
+from marketplace.first_boot import Addresses, FirstBootError, provision
 
 IMDS_ENDPOINT = "http://169.254.169.254"
-# Long enough that a trial never meets an expiry, short enough that a leaked key does not live for a decade.
-CERT_DAYS = 825
-# The buyer's only key may do everything within the tenant, FLUSHDB included.
-FIRST_KEY_SCOPES = ["read", "write", "admin"]
 ASSOCIATION_TIMEOUT_S = 600.0
-
-
-class FirstBootError(RuntimeError):
-    """A step failed; the message names it and never carries the key."""
-
-
-@dataclass(frozen=True)
-class Addresses:
-    public_ip: str
-    public_hostname: str | None
-    private_ip: str
-
-
-@dataclass(frozen=True)
-class Minted:
-    tls: IssuedCert
-    ca_pem: bytes
-    api_key: str
-    tenants: TenantsFile
 
 
 def _imds(endpoint: str, method: str, path: str, headers: dict[str, str]) -> str | None:
@@ -92,37 +63,6 @@ def wait_for_addresses(endpoint: str, public_ip: str, timeout_s: float = ASSOCIA
         time.sleep(2)
 
 
-def mint(tenant: str, addresses: Addresses) -> Minted:
-    """A CA, a server certificate for the addresses, and the tenant's first key with its tenants file."""
-    ca = CertificateAuthority.create(common_name=f"Foresight {tenant} CA ({addresses.public_ip})", days=CERT_DAYS)
-    names = [addresses.public_hostname] if addresses.public_hostname else []
-    tls = ca.issue(
-        addresses.public_hostname or addresses.public_ip,
-        dns_names=names,
-        ip_addresses=[addresses.public_ip, addresses.private_ip],
-        days=CERT_DAYS,
-    )
-    key = new_key()
-    tenants = TenantsFile(
-        tenants=[TenantSpec(name=tenant)],
-        keys=[KeyRecord(key_id=key.key_id, tenant=tenant, hash=key.key_hash, scopes=FIRST_KEY_SCOPES)],
-    )
-    return Minted(tls=tls, ca_pem=ca.cert_pem, api_key=key.secret, tenants=tenants)
-
-
-def secret_document(minted: Minted, addresses: Addresses) -> str:
-    """What the buyer reads from the secret: the key, its tenant, and the CA to trust."""
-    return json.dumps(
-        {
-            "tenant": minted.tenants.tenants[0].name,
-            "key_id": minted.tenants.keys[0].key_id,
-            "api_key": minted.api_key,
-            "host": addresses.public_hostname or addresses.public_ip,
-            "ca_certificate": minted.ca_pem.decode(),
-        }
-    )
-
-
 def put_secret(secret_arn: str, document: str) -> None:
     import boto3  # only here: the rest of the module runs without an AWS SDK
     import botocore.exceptions
@@ -135,13 +75,6 @@ def put_secret(secret_arn: str, document: str) -> None:
         raise FirstBootError(f"PutSecretValue on {secret_arn} failed: {err}") from None
 
 
-def write_files(out: Path, minted: Minted) -> None:
-    """tenants.json last: its presence is what tells first_boot.sh that this already ran."""
-    write_private(out / "ca.crt", minted.ca_pem, mode=0o644)
-    minted.tls.write(out / "tls.crt", out / "tls.key")
-    write_private(out / "tenants.json", minted.tenants.model_dump_json(indent=2).encode(), mode=0o600)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, required=True, help="directory for the TLS files and tenants.json")
@@ -151,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         addresses = wait_for_addresses(os.environ.get("FORESIGHT_IMDS_ENDPOINT", IMDS_ENDPOINT), args.public_ip)
-        minted = mint(args.tenant, addresses)
-        put_secret(args.secret_arn, secret_document(minted, addresses))
-        write_files(args.out, minted)
+        minted = provision(args.out, args.tenant, addresses, lambda document: put_secret(args.secret_arn, document))
     except FirstBootError as err:
         print(f"first_boot: {err}", file=sys.stderr)
         return 1

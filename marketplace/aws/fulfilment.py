@@ -53,9 +53,7 @@ class AwsMarketplace:
         self.onboarder = onboarder
         self.records = records(onboarder.key_admin)
         self.boto = boto = session or boto3.session.Session(region_name=settings.region)
-        self.metering = boto.client(
-            "meteringmarketplace", endpoint_url=settings.metering_endpoint_url, config=_RETRIES
-        )
+        self.metering = boto.client("meteringmarketplace", endpoint_url=settings.metering_endpoint_url, config=_RETRIES)
         self.entitlement = boto.client(
             "marketplace-entitlement", endpoint_url=settings.entitlement_endpoint_url, config=_RETRIES
         )
@@ -93,8 +91,12 @@ class AwsMarketplace:
             raise
         log.info("registered AWS Marketplace purchase as tenant %s (plan %s)", tenant, plan)
         return Registration(
-            tenant=tenant, plan=plan, purchase=purchase.ids(), key=created.key,
-            endpoints=self.onboarder.endpoints, warnings=created.warnings,
+            tenant=tenant,
+            plan=plan,
+            purchase=purchase.ids(),
+            key=created.key,
+            endpoints=self.onboarder.endpoints,
+            warnings=created.warnings,
         )
 
     def resolve(self, token: str) -> Purchase:

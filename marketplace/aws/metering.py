@@ -59,8 +59,12 @@ class BatchMeterUsage:
 
 class Metering(UsageMeter[CustomerRecord]):
     def __init__(self, marketplace: AwsMarketplace) -> None:
-        super().__init__(marketplace.records, marketplace.onboarder, marketplace.settings.requests_per_unit,
-                         BatchMeterUsage(marketplace))
+        super().__init__(
+            marketplace.records,
+            marketplace.onboarder,
+            marketplace.settings.requests_per_unit,
+            BatchMeterUsage(marketplace),
+        )
 
 
 def _utc(value: Any) -> dt.datetime | None:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from annotated_types import Ge, Le
 
+from marketplace.first_boot import CONF_DIR
+from marketplace.launch import CIDR_PATTERN, PLACEHOLDER, SSH_OFF, cloud_config
 from service.tenancy import TENANT_NAME_PATTERN
 from stacks.aws.compute import (
     DATA_DEVICE,
@@ -37,7 +37,7 @@ from stacks.aws.compute import (
 from stacks.aws.identity import KMS_ACTIONS, SSM_CORE_POLICY
 from stacks.aws.kms import key_policy
 from stacks.aws.network import OWN_VPC_CIDR, SSH_PORT, WORLD
-from stacks.cloudinit import BOOT_DIR, DATA_DIR, ENV_FILE, INSTALL_DIR, SERVICE_GID, render_env_file
+from stacks.cloudinit import DATA_DIR
 from stacks.spec import (
     DEFAULT_INSTANCE_TYPES,
     DEFAULT_VOLUME_SIZE_GB,
@@ -49,20 +49,10 @@ from stacks.spec import (
 )
 
 HERE = Path(__file__).parent
-# The image's first-boot contract (images/packer/cloud-init/user-data.example.yaml): TLS and tenants live here.
-CONF_DIR = "/etc/foresight/conf"
-STAGED_ENV_FILE = f"{ENV_FILE}.first-boot"
-# The service image's user and group (uid = gid = 10001, the stack's SERVICE_GID) own the data and conf dirs.
-SERVICE_IDS = f"{SERVICE_GID}:{SERVICE_GID}"
 SUBNET_BITS = 12  # one /20, the size of the stack's subnets
-CIDR_PATTERN = (
-    r"^((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
-    r"/(3[0-2]|[12]?[0-9])$"
-)
 VPC_CIDR_PATTERN = CIDR_PATTERN.removesuffix(r"/(3[0-2]|[12]?[0-9])$") + r"/(1[6-9]|20)$"
 # The stack's key-policy statements for its Auto Scaling group; a single instance has none.
 _AUTOSCALING_SIDS = frozenset({"AutoScalingEncryptsVolumes", "AutoScalingGrantsVolumeAttachments"})
-_PLACEHOLDER = re.compile(r"@@(\w+)@@")
 
 
 def instance_types() -> list[str]:
@@ -90,27 +80,8 @@ def service_environment() -> dict[str, str]:
 
 def user_data_text() -> str:
     """The `#cloud-config` document with `@@Name@@` where a stack value goes (see `_intrinsics`)."""
-    document = {
-        "ssh_pwauth": False,
-        "disable_root": True,
-        "write_files": [
-            _file(f"{INSTALL_DIR}/mount_data_volume.sh", (BOOT_DIR / "mount_data_volume.sh").read_text(), "0755"),
-            _file(f"{INSTALL_DIR}/first_boot.sh", (HERE / "first_boot.sh").read_text(), "0755"),
-            _file(STAGED_ENV_FILE, render_env_file(service_environment()), "0640"),
-            # The AMI's unit does not know about the data volume; without it the service must not start.
-            _file(
-                "/etc/systemd/system/foresight.service.d/10-data-volume.conf",
-                f"[Unit]\nRequiresMountsFor={DATA_DIR}\n",
-                "0644",
-            ),
-        ],
-        "runcmd": [
-            "@@SshOff@@",
-            [f"{INSTALL_DIR}/mount_data_volume.sh", DATA_DISK_MODEL, SERVICE_IDS],
-            [f"{INSTALL_DIR}/first_boot.sh", "@@SecretArn@@", "@@Tenant@@", "@@PublicIp@@", SERVICE_IDS],
-        ],
-    }
-    return "#cloud-config\n" + yaml.dump(document, Dumper=_LiteralDumper, sort_keys=False, width=1000)
+    return cloud_config(HERE / "first_boot.sh", service_environment(), DATA_DISK_MODEL,
+                        ["SecretArn", "Tenant", "PublicIp"])
 
 
 def render(version: str | None = None) -> dict[str, Any]:
@@ -421,14 +392,14 @@ def _intrinsics() -> dict[str, Any]:
         "SecretArn": {"Ref": "ApiKeySecret"},
         "Tenant": {"Ref": "TenantName"},
         "PublicIp": {"Fn::GetAtt": ["ElasticIp", "PublicIp"]},
-        "SshOff": {"Fn::If": ["HasKeyName", "true", "systemctl disable --now ssh.socket ssh.service || true"]},
+        "SshOff": {"Fn::If": ["HasKeyName", "true", SSH_OFF]},
     }
 
 
 def user_data() -> dict[str, Any]:
     """`user_data_text()` as Fn::Base64 of Fn::Join, each placeholder replaced by its intrinsic."""
     intrinsics = _intrinsics()
-    parts = _PLACEHOLDER.split(user_data_text())
+    parts = PLACEHOLDER.split(user_data_text())
     joined = [intrinsics[part] if index % 2 else part for index, part in enumerate(parts) if part]
     return {"Fn::Base64": {"Fn::Join": ["", joined]}}
 
@@ -526,18 +497,3 @@ def _outputs() -> dict[str, Any]:
         "KmsKeyArn": {"Description": "The stack's KMS key", "Value": {"Fn::GetAtt": ["Key", "Arn"]}},
         "InstanceId": {"Description": "The node", "Value": {"Ref": "Instance"}},
     }
-
-
-def _file(path: str, content: str, permissions: str) -> dict[str, str]:
-    return {"path": path, "owner": "root:root", "permissions": permissions, "content": content}
-
-
-class _LiteralDumper(yaml.SafeDumper):
-    """Multi-line strings as `|` blocks, so the scripts in the user data stay readable."""
-
-
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
-
-
-_LiteralDumper.add_representer(str, _represent_str)

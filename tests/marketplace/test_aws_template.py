@@ -6,11 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import ssl
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ import yaml
 from cryptography import x509
 
 from marketplace.aws import template
+from marketplace.launch import STAGED_ENV_FILE
 from service.config import Settings
 from service.tenancy import FileKeySource
 from stacks.aws.compute import DATA_DEVICE, GPU_FAMILIES, METADATA_HOP_LIMIT, ROOT_DEVICE, ROOT_VOLUME_GB
@@ -31,6 +29,7 @@ from stacks.spec import DEFAULT_INSTANCE_TYPES, HTTPS_PORT, RESP_PORT, SERVICE_P
 from tests.images.tools import require_tool
 from tests.security.metadata_fakes import http_server
 from tests.servers import MotoServer
+from tests.tlsutil import assert_tls_serves
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -212,7 +211,7 @@ def test_service_settings_follow_the_images_contract_and_pass_production_checks(
 
 def _staged_env(text: str) -> dict[str, str]:
     document = yaml.safe_load(text)
-    content = next(f for f in document["write_files"] if f["path"] == template.STAGED_ENV_FILE)["content"]
+    content = next(f for f in document["write_files"] if f["path"] == STAGED_ENV_FILE)["content"]
     return dict(line.split("=", 1) for line in content.splitlines())
 
 
@@ -382,7 +381,7 @@ def test_first_boot_mints_a_key_the_service_accepts(imds: str, moto_server: Moto
     assert document["api_key"] not in result.stdout + result.stderr
     assert (tmp_path / "tls.key").stat().st_mode & 0o077 == 0
     assert document["ca_certificate"] == (tmp_path / "ca.crt").read_text()
-    _assert_tls_serves(tmp_path, host="ec2-198-51-100-7.compute-1.amazonaws.com")
+    assert_tls_serves(tmp_path, host="ec2-198-51-100-7.compute-1.amazonaws.com")
     sans = x509.load_pem_x509_certificate((tmp_path / "tls.crt").read_bytes()).extensions.get_extension_for_class(
         x509.SubjectAlternativeName
     )
@@ -396,29 +395,6 @@ def test_first_boot_writes_nothing_when_the_secret_cannot_be_put(
     result = run_first_boot(tmp_path, missing, imds, moto_server)
     assert result.returncode == 1 and "PutSecretValue" in result.stderr
     assert list(tmp_path.iterdir()) == []
-
-
-def _assert_tls_serves(conf: Path, host: str) -> None:
-    """A client that trusts only the secret's CA completes a handshake with the minted certificate for `host`."""
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_context.load_cert_chain(conf / "tls.crt", conf / "tls.key")
-    client_context = ssl.create_default_context(cafile=str(conf / "ca.crt"))
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        port = listener.getsockname()[1]
-
-        def serve() -> None:
-            connection, _ = listener.accept()
-            with server_context.wrap_socket(connection, server_side=True) as tls:
-                tls.sendall(b"ok")
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
-        with (
-            socket.create_connection(("127.0.0.1", port)) as raw,
-            client_context.wrap_socket(raw, server_hostname=host) as tls,
-        ):
-            assert tls.recv(2) == b"ok"
-        thread.join(timeout=5)
 
 
 def test_first_boot_imports_only_what_the_service_image_has() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zipfile
 
 import pytest
 from typer.testing import CliRunner, Result
@@ -118,7 +119,12 @@ def test_build_writes_the_listing_artifacts(tmp_path) -> None:  # type: ignore[n
     assert template["Parameters"]["ImageId"]["Type"] == "AWS::EC2::Image::Id"
     pattern = json.loads((tmp_path / "aws/eventbridge-pattern.json").read_text())
     assert pattern["source"] == ["aws.marketplace", "aws.agreement-marketplace"]
-    assert sorted(written) == sorted(str(p) for p in tmp_path.rglob("*.json"))  # no temporary left behind
+    ui = json.loads((tmp_path / "azure/createUiDefinition.json").read_text())
+    assert ui["handler"] == "Microsoft.Azure.CreateUIDef"
+    with zipfile.ZipFile(tmp_path / "azure/app.zip") as package:
+        assert sorted(package.namelist()) == ["createUiDefinition.json", "mainTemplate.json"]
+    on_disk = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert sorted(written) == sorted(str(p) for p in on_disk)  # everything reported, no temporary left behind
 
 
 def test_the_installed_foresight_command_mounts_the_group(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -151,9 +157,15 @@ def test_azure_register_meter_and_reconcile(azure_env: None, azure: AzureFake, d
     assert {"tenant": body["tenant"], "quantity": 1, "status": "Accepted"}.items() <= next(
         m for m in metered["metered"] if m["tenant"] == body["tenant"]).items()
 
+    gone_token, gone_id = azure.purchase("starter")
+    gone = json.loads(run("azure", "register", gone_token, "--json").stdout)["tenant"]
+    del azure.subscriptions[gone_id]  # the Marketplace no longer knows it: that tenant fails, the others go on
     azure.subscriptions[subscription_id]["planId"] = "pro"
-    reconciled = json.loads(run("azure", "reconcile", "--json").stdout)["reconciled"]
-    assert {"tenant": body["tenant"], "action": "plan pro"} in reconciled
+    result = run("azure", "reconcile", "--json")
+    assert result.exit_code == 6
+    report = json.loads(result.stdout)  # one object, errors included
+    assert {"tenant": body["tenant"], "action": "plan pro"} in report["reconciled"]
+    assert "answered 404" in report["errors"][gone] and body["tenant"] not in report["errors"]
 
 
 def test_azure_settings_errors_name_the_variable(azure_env: None, monkeypatch: pytest.MonkeyPatch) -> None:

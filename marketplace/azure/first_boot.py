@@ -1,0 +1,124 @@
+"""First boot of an Azure Marketplace VM: its first key into the managed application's Key Vault secret.
+
+`first_boot.sh` runs this inside the service image (`python -m marketplace.azure.first_boot`); the minting is
+`marketplace/first_boot.py`, shared with AWS. ARM knows the VM's addresses before it boots (a static public IP
+with a DNS label, the NIC's private address), so they come as arguments, not from IMDS. What does come from
+Azure's Instance Metadata Service is an access token of the VM's user-assigned identity for Key Vault, with
+which the document is PUT to the one secret the identity may set (Key Vault REST API, no SDK: the role
+assignment on that secret is the identity's only write). A fresh role assignment can take minutes to reach
+Key Vault, so 401/403 and IMDS's "identity not ready yet" answers are retried until a deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from marketplace.first_boot import Addresses, FirstBootError, provision
+
+IMDS_ENDPOINT = "http://169.254.169.254"
+IMDS_API_VERSION = "2018-02-01"
+KEY_VAULT_API_VERSION = "7.4"
+RETRY_TIMEOUT_S = 900.0
+# Answers that mean "not yet". IMDS: 400 "Identity not found" until the identity reaches the VM, 404/410 while
+# it updates, 429 and 5xx when busy. Key Vault: 401/403 until the role assignment reaches it, 429 and 5xx.
+_IMDS_RETRY = frozenset({400, 404, 410, 429, 500, 502, 503, 504})
+_VAULT_RETRY = frozenset({401, 403, 429, 500, 502, 503, 504})
+
+
+class _NotYet(Exception):
+    """A retryable answer; its text says which."""
+
+
+def _request(request: urllib.request.Request, retry: frozenset[int]) -> bytes:
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - IMDS or the vault's https URI
+            return bytes(response.read())
+    except urllib.error.HTTPError as err:
+        summary = f"{request.get_method()} {request.full_url.split('?')[0]} -> HTTP {err.code}"
+        if err.code in retry:
+            raise _NotYet(summary) from None
+        raise FirstBootError(summary) from None
+    except OSError as err:
+        raise _NotYet(f"{request.full_url.split('?')[0]}: {err}") from None
+
+
+def identity_token(endpoint: str, resource: str, client_id: str) -> str:
+    """An access token of the user-assigned identity `client_id` for `resource`, from IMDS."""
+    query = urllib.parse.urlencode({"api-version": IMDS_API_VERSION, "resource": resource, "client_id": client_id})
+    url = f"{endpoint}/metadata/identity/oauth2/token?{query}"
+    request = urllib.request.Request(url, headers={"Metadata": "true"})  # noqa: S310 - IMDS's fixed address
+    body = json.loads(_request(request, _IMDS_RETRY))
+    token = body.get("access_token") if isinstance(body, dict) else None
+    if not isinstance(token, str) or not token:
+        raise FirstBootError("IMDS answered the token request without an access_token")
+    return token
+
+
+def put_secret(secret_uri: str, token: str, document: str) -> None:
+    """Set a new version of the secret (Key Vault's Set Secret: PUT {vault}/secrets/{name})."""
+    if urllib.parse.urlsplit(secret_uri).scheme != "https":
+        raise FirstBootError(f"{secret_uri} is not an https:// Key Vault secret URI")
+    body = json.dumps({"value": document, "contentType": "application/json"}).encode()
+    request = urllib.request.Request(  # noqa: S310 - https only, checked above
+        f"{secret_uri.rstrip('/')}?api-version={KEY_VAULT_API_VERSION}",
+        data=body,
+        method="PUT",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    _request(request, _VAULT_RETRY)
+
+
+def put_with_retries(
+    imds: str, resource: str, client_id: str, secret_uri: str, document: str, timeout_s: float = RETRY_TIMEOUT_S
+) -> None:
+    """Token, then PUT; both again while Azure says "not yet", until `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    delay = 2.0
+    while True:
+        try:
+            put_secret(secret_uri, identity_token(imds, resource, client_id), document)
+            return
+        except _NotYet as err:
+            if time.monotonic() + delay > deadline:
+                raise FirstBootError(f"gave up setting {secret_uri}: {err}") from None
+        time.sleep(delay)
+        delay = min(delay * 2, 30.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--out", type=Path, required=True, help="directory for the TLS files and tenants.json")
+    parser.add_argument("--tenant", required=True, help="the first tenant's name")
+    parser.add_argument("--secret-uri", required=True, help="https://<vault>.vault.azure.net/secrets/<name>")
+    parser.add_argument("--resource", required=True, help="Key Vault's token audience in this cloud")
+    parser.add_argument("--client-id", required=True, help="the VM's user-assigned identity")
+    parser.add_argument("--public-ip", required=True)
+    parser.add_argument("--dns-name", required=True, help="the public IP's DNS name")
+    parser.add_argument("--private-ip", required=True)
+    args = parser.parse_args(argv)
+    imds = os.environ.get("FORESIGHT_IMDS_ENDPOINT", IMDS_ENDPOINT)
+    addresses = Addresses(public_ip=args.public_ip, public_hostname=args.dns_name, private_ip=args.private_ip)
+    try:
+        minted = provision(
+            args.out,
+            args.tenant,
+            addresses,
+            lambda document: put_with_retries(imds, args.resource, args.client_id, args.secret_uri, document),
+        )
+    except FirstBootError as err:
+        print(f"first_boot: {err}", file=sys.stderr)
+        return 1
+    print(f"first_boot: tenant {args.tenant}, key {minted.tenants.keys[0].key_id}; the key is in {args.secret_uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

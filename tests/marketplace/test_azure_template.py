@@ -1,0 +1,615 @@
+"""The Azure Marketplace managed application: checkov passes it (but for four findings we accept, each with its
+reason), it keeps our encoding of arm-ttk's blocking rules (not arm-ttk itself, which needs PowerShell), it cannot
+drift from the Azure stack, it opens nothing to the world by default, and its first boot mints a key that the
+service's own key source accepts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import ssl
+import subprocess
+import sys
+import threading
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+import yaml
+from cryptography import x509
+
+from marketplace.azure import template
+from marketplace.azure.offer import USAGE_ATTRIBUTION_ID
+from marketplace.launch import STAGED_ENV_FILE
+from service.config import Settings
+from service.security.local_ca import CertificateAuthority
+from service.tenancy import FileKeySource
+from stacks.azure.compute import (
+    DATA_DISK_LUN,
+    GPU_SERIES,
+    IMAGE,
+    NO_LOGIN_KEY,
+    OS_DISK_GB,
+    check_instance_types,
+    gpu_series,
+)
+from stacks.azure.kms import CRYPTO_SERVICE_ENCRYPTION_USER, CRYPTO_USER, EXPIRE_AFTER, KEY_SIZE, ROTATE_AFTER
+from stacks.spec import DEFAULT_INSTANCE_TYPES, SERVICE_PORTS, Cloud, StackSpec
+from tests.images.tools import require_tool
+from tests.tlsutil import assert_tls_serves
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = {
+    "KeyUri": "https://fsabc123.vault.azure.net/keys/foresight",
+    "ClientId": "11111111-2222-3333-4444-555555555555",
+    "SecretUri": "https://fsabc123.vault.azure.net/secrets/foresight-api-key",
+    "Audience": "https://vault.azure.net",
+    "Tenant": "default",
+    "PublicIp": "198.51.100.7",
+    "DnsName": "foresight-abc123.westeurope.cloudapp.azure.com",
+    "PrivateIp": "10.42.0.4",
+    "SshOff": "systemctl disable --now ssh.socket ssh.service || true",
+}
+# checkov findings we accept, and why (docs/marketplace-azure.md says the same).
+ACCEPTED_CHECKOV = {
+    "CKV_AZURE_112": "HSM-backed keys need a Premium vault; the stack's key is a software RSA 3072 key",
+    "CKV_AZURE_41": "the secret holds a key that never expires; first boot replaces the placeholder version",
+    "CKV_AZURE_97": "encryption at host needs a subscription feature the buyer may not have registered",
+    "CKV_AZURE_151": "the same check for VMs (named Windows); the disks use the customer-managed key already",
+}
+# arm-ttk's "apiVersions Should Be Recent": the newest GA version, or under 730 days old. These types' newest GA
+# versions (azure-rest-api-specs, reviewed 2026-11-27) are older than that.
+NEWEST_GA_WHEN_REVIEWED = {
+    ("Microsoft.Authorization/roleAssignments", "2022-04-01"),
+    ("Microsoft.ManagedIdentity/userAssignedIdentities", "2024-11-30"),
+}
+# Hosts of Azure's cloud environments (arm-ttk's AllEnvironments cache): never literal in a template.
+AZURE_HOSTS = (
+    "management.azure.com",
+    "management.core.windows.net",
+    "login.microsoftonline.com",
+    "graph.windows.net",
+    "graph.microsoft.com",
+    "vault.azure.net",
+    "core.windows.net",
+    "database.windows.net",
+    "azuredatalakestore.net",
+    "azuredatalakeanalytics.net",
+    "batch.core.windows.net",
+    "gallery.azure.com",
+    "portal.azure.com",
+    "servicebus.windows.net",
+    "azurecr.io",
+    "usgovcloudapi.net",
+    "chinacloudapi.cn",
+)
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, dict[str, Any]]:
+    return template.render("9.9.9")
+
+
+@pytest.fixture(scope="module")
+def main(rendered: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return rendered["mainTemplate.json"]
+
+
+@pytest.fixture(scope="module")
+def ui(rendered: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return rendered["createUiDefinition.json"]
+
+
+def resources(main: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [r for r in main["resources"] if r["type"] == kind]
+
+
+def vm(main: dict[str, Any]) -> dict[str, Any]:
+    (machine,) = resources(main, "Microsoft.Compute/virtualMachines")
+    return machine
+
+
+def custom_data(main: dict[str, Any], has_ssh_key: bool = False) -> str:
+    """The VM's custom data the way ARM would compute it, with SAMPLE's values."""
+    expression = vm(main)["properties"]["osProfile"]["customData"]
+    _, names = template.custom_data_format()
+    values = template.custom_data_values()
+    assert expression == f"[base64(format(variables('cloudConfig'), {', '.join(values[n] for n in names)}))]"
+    sample = {**SAMPLE, "SshOff": "true" if has_ssh_key else SAMPLE["SshOff"]}
+    return str(main["variables"]["cloudConfig"].format(*(sample[name] for name in names)))
+
+
+def all_elements(ui: dict[str, Any]) -> list[dict[str, Any]]:
+    steps = ui["parameters"]["steps"]
+    return [*ui["parameters"]["basics"], *(element for step in steps for element in step["elements"])]
+
+
+# --- the real validator ---------------------------------------------------------------------------------------
+
+
+def test_checkov_fails_only_the_accepted_checks(main: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "mainTemplate.json"
+    path.write_text(json.dumps(main, indent=2))
+    command = [require_tool("checkov"), "--file", str(path), "--framework", "arm", "--skip-download", "-o", "json"]
+    report = json.loads(subprocess.run(command, capture_output=True, text=True).stdout)
+    summary = report["summary"]
+    failed = {check["check_id"] for check in report["results"]["failed_checks"]}
+    assert failed == set(ACCEPTED_CHECKOV), json.dumps(report["results"]["failed_checks"], indent=1)
+    assert summary["failed"] == len(ACCEPTED_CHECKOV) and summary["skipped"] == 0 == summary["parsing_errors"]
+    assert summary["resource_count"] == len(main["resources"]), summary
+    assert summary["passed"] >= 30, summary  # the checks really ran
+
+
+# --- our encoding of arm-ttk's blocking rules (named as arm-ttk names them) -------------------------------------
+
+
+def test_location_should_not_be_hardcoded(main: dict[str, Any]) -> None:
+    location = main["parameters"]["location"]
+    assert location == {**location, "type": "string", "defaultValue": "[resourceGroup().location]"}
+    outside_parameters = json.dumps({k: v for k, v in main.items() if k != "parameters"})
+    assert not re.search(r"(resourceGroup|deployment)\(\)\.location", outside_parameters, re.IGNORECASE)
+    for resource in main["resources"]:
+        assert resource.get("location", "[parameters('location')]") == "[parameters('location')]", resource["name"]
+
+
+def test_resources_should_have_location(main: dict[str, Any]) -> None:
+    unlocated = {"Microsoft.Resources/deployments", "Microsoft.Authorization/roleAssignments"}
+    for resource in main["resources"]:
+        top_level = resource["type"].count("/") == 1 and resource["type"] not in unlocated
+        assert ("location" in resource) == top_level, resource["name"]
+
+
+def test_apiversions_should_be_recent(main: dict[str, Any]) -> None:
+    today = dt.date.today()
+    for resource in main["resources"]:
+        version = resource["apiVersion"]
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", version), f"{resource['type']}: {version} is not a GA date"
+        age = (today - dt.date.fromisoformat(version)).days
+        newest = (resource["type"], version) in NEWEST_GA_WHEN_REVIEWED
+        assert age <= 730 or newest, f"{resource['type']} {version} is {age} days old"
+
+
+def test_secure_string_parameters_cannot_have_default(main: dict[str, Any]) -> None:
+    for name, parameter in main["parameters"].items():
+        if parameter["type"].lower() in ("securestring", "secureobject"):
+            assert "defaultValue" not in parameter, name
+
+
+def test_outputs_must_not_contain_secrets(main: dict[str, Any]) -> None:
+    secure = [n for n, p in main["parameters"].items() if p["type"].lower() in ("securestring", "secureobject")]
+    for name, output in main["outputs"].items():
+        text = json.dumps(output)
+        assert not re.search(r"\s*\[.*?\W*list\w+\s*\(", text) and "password" not in name.lower(), name
+        assert not any(re.search(rf"parameters\s*\(\s*'{p}'", text) for p in secure), name
+        assert "fsk_" not in text and "PRIVATE KEY" not in text
+
+
+def test_parameters_must_be_referenced(main: dict[str, Any]) -> None:
+    body = json.dumps({k: v for k, v in main.items() if k != "parameters"})
+    for name in main["parameters"]:
+        assert f"parameters('{name}')" in body, name
+
+
+def test_variables_must_be_referenced(main: dict[str, Any]) -> None:
+    body = json.dumps({k: v for k, v in main.items() if k != "variables"}) + json.dumps(main["variables"])
+    for name in main["variables"]:
+        assert f"variables('{name}')" in body, name
+
+
+def test_createuidefinition_outputs_match_maintemplate_parameters(main: dict[str, Any], ui: dict[str, Any]) -> None:
+    outputs = ui["parameters"]["outputs"]
+    assert set(outputs) == set(main["parameters"])  # "Outputs Must Be Present In Template Parameters", both ways
+    assert outputs["location"] == "[location()]"  # "Location Should Be In Outputs"
+    names = {element["name"] for element in all_elements(ui)}
+    for name, value in outputs.items():  # "Controls In Outputs Must Exist"
+        match = re.fullmatch(r"\[(basics\('(\w+)'\)|steps\('(\w+)'\)\.(\w+)|location\(\))\]", value)
+        assert match and (match[2] or match[4] or "location") in names | {"location"}, (name, value)
+
+
+def test_deploymenttemplate_must_not_contain_hardcoded_uri(main: dict[str, Any]) -> None:
+    text = json.dumps(main)
+    for match in re.finditer("|".join(re.escape(host) for host in AZURE_HOSTS), text, re.IGNORECASE):
+        assert text[: match.start()].endswith("https://schema."), f"hardcoded {match[0]}"
+
+
+def test_managedidentityextension_must_not_be_used(main: dict[str, Any]) -> None:
+    assert "ManagedIdentityExtension" not in json.dumps(main)
+    assert not any(r["type"].endswith("/extensions") for r in main["resources"])
+
+
+def test_vm_images_should_use_latest_version(main: dict[str, Any]) -> None:
+    assert vm(main)["properties"]["storageProfile"]["imageReference"]["version"] == "latest"
+
+
+def test_vm_size_should_be_a_parameter(main: dict[str, Any], ui: dict[str, Any]) -> None:
+    assert vm(main)["properties"]["hardwareProfile"]["vmSize"] == "[parameters('vmSize')]"
+    (selector,) = [e for e in all_elements(ui) if e["type"] == "Microsoft.Compute.SizeSelector"]
+    assert (
+        main["parameters"]["vmSize"]["defaultValue"] in selector["constraints"]["allowedSizes"]
+    )  # "VMSizes Must Match Template"
+    assert selector["constraints"]["allowedSizes"] == main["parameters"]["vmSize"]["allowedValues"]
+
+
+def test_adminusername_should_not_be_a_literal(main: dict[str, Any], ui: dict[str, Any]) -> None:
+    assert vm(main)["properties"]["osProfile"]["adminUsername"] == "[parameters('adminUsername')]"
+    (user,) = [e for e in all_elements(ui) if e["type"] == "Microsoft.Compute.UserNameTextBox"]
+    assert "defaultValue" not in user  # "Usernames Should Not Have A Default"
+
+
+def test_password_boxes_must_have_min_length_because_there_are_none(main: dict[str, Any], ui: dict[str, Any]) -> None:
+    assert not [
+        e
+        for e in all_elements(ui)
+        if e["type"] in ("Microsoft.Common.PasswordBox", "Microsoft.Compute.CredentialsCombo")
+    ]
+    assert not [p for p in main["parameters"].values() if p["type"].lower() == "securestring"]
+
+
+def test_ids_should_be_derived_from_resourceids(main: dict[str, Any]) -> None:
+    allowed = re.compile(
+        r"\s*\[\s*(extensionResourceId|resourceId|subscriptionResourceId|tenantResourceId|if|parameters|reference|variables|subscription|guid)\s*\("
+    )
+    exempt = {"tenantId", "clientId", "objectId", "keyId", "subscriptionId"}
+
+    def walk(node: Any) -> Iterator[tuple[str, Any]]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield key, value
+                yield from walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                yield from walk(item)
+
+    for key, value in walk(main["resources"]):
+        if key.lower().endswith("id") and key not in exempt and isinstance(value, str):
+            assert allowed.match(value), (key, value)
+
+
+def test_textboxes_are_well_formed_and_tooltips_present(ui: dict[str, Any]) -> None:
+    assert ui["handler"] == "Microsoft.Azure.CreateUIDef" and ui["version"] == "0.1.2-preview"
+    assert ui["$schema"].endswith("/0.1.2-preview/CreateUIDefinition.MultiVm.json#")
+    for element in all_elements(ui):
+        assert element["toolTip"], element["name"]
+        if element["type"] == "Microsoft.Common.TextBox":
+            constraints = element["constraints"]
+            assert constraints["regex"] and constraints["validationMessage"], element["name"]
+
+
+def _break(main: dict[str, Any], how: str) -> dict[str, Any]:
+    broken: dict[str, Any] = json.loads(json.dumps(main))
+    machine = next(r for r in broken["resources"] if r["type"] == "Microsoft.Compute/virtualMachines")
+    if how == "location":
+        machine["location"] = "westeurope"
+    elif how == "api":
+        machine["apiVersion"] = "2019-07-01"
+    elif how == "size":
+        machine["properties"]["hardwareProfile"]["vmSize"] = "Standard_NC4as_T4_v3"
+    elif how == "image":
+        machine["properties"]["storageProfile"]["imageReference"]["version"] = "1.0.0"
+    elif how == "uri":
+        broken["outputs"]["portal"] = {"type": "string", "value": "https://portal.azure.com/"}
+    elif how == "parameter":
+        broken["parameters"]["unused"] = {"type": "string", "defaultValue": ""}
+    return broken
+
+
+@pytest.mark.parametrize(
+    ("how", "rule"),
+    [
+        ("location", test_location_should_not_be_hardcoded),
+        ("api", test_apiversions_should_be_recent),
+        ("image", test_vm_images_should_use_latest_version),
+        ("uri", test_deploymenttemplate_must_not_contain_hardcoded_uri),
+        ("parameter", test_parameters_must_be_referenced),
+    ],
+)
+def test_our_arm_ttk_rules_catch_a_broken_template(main: dict[str, Any], how: str, rule: Any) -> None:
+    rule(main)
+    with pytest.raises(AssertionError):
+        rule(_break(main, how))
+
+
+def test_vm_size_rule_catches_a_literal_size(main: dict[str, Any], ui: dict[str, Any]) -> None:
+    with pytest.raises(AssertionError):
+        test_vm_size_should_be_a_parameter(_break(main, "size"), ui)
+
+
+# --- no drift from the Azure stack ----------------------------------------------------------------------------
+
+
+def test_every_offered_size_is_one_the_stack_deploys(main: dict[str, Any]) -> None:
+    offered = main["parameters"]["vmSize"]["allowedValues"]
+    assert offered[0] == main["parameters"]["vmSize"]["defaultValue"] == DEFAULT_INSTANCE_TYPES[Cloud.AZURE]
+    assert {gpu_series(size) for size in offered} == GPU_SERIES
+    spec = StackSpec.model_validate(
+        {
+            "project": "foresight",
+            "stack": "test",
+            "cloud": "azure",
+            "region": "westeurope",
+            "allowedCidrs": ["203.0.113.0/24"],
+            "vaultAddress": "https://vault.example.com:8200",
+            "instanceType": offered[0],
+            "fallbackInstanceTypes": offered[1:],
+        }
+    )
+    check_instance_types(spec)  # raises ConfigError naming the first size the stack would refuse
+
+
+def test_key_vault_key_and_disks_match_the_stack(main: dict[str, Any]) -> None:
+    (vault,) = resources(main, "Microsoft.KeyVault/vaults")
+    assert vault["properties"]["enableRbacAuthorization"] and vault["properties"]["enablePurgeProtection"]
+    (key,) = resources(main, "Microsoft.KeyVault/vaults/keys")
+    properties = key["properties"]
+    assert (properties["kty"], properties["keySize"]) == ("RSA", KEY_SIZE)
+    policy = properties["rotationPolicy"]
+    assert policy["attributes"]["expiryTime"] == EXPIRE_AFTER
+    assert policy["lifetimeActions"] == [{"action": {"type": "rotate"}, "trigger": {"timeAfterCreate": ROTATE_AFTER}}]
+    storage = vm(main)["properties"]["storageProfile"]
+    disk_set = "[resourceId('Microsoft.Compute/diskEncryptionSets', 'foresight-disks')]"
+    disks = [storage["osDisk"], *storage["dataDisks"]]
+    assert all(d["managedDisk"]["diskEncryptionSet"]["id"] == disk_set for d in disks)
+    assert storage["osDisk"]["diskSizeGB"] == OS_DISK_GB and storage["dataDisks"][0]["lun"] == DATA_DISK_LUN
+    (encryption_set,) = resources(main, "Microsoft.Compute/diskEncryptionSets")
+    assert encryption_set["properties"]["rotationToLatestKeyVersionEnabled"] is True
+
+
+def test_roles_are_the_stacks_and_scoped_to_one_key_or_secret(main: dict[str, Any]) -> None:
+    grants = resources(main, "Microsoft.Authorization/roleAssignments")
+    by_role = {g["properties"]["roleDefinitionId"].split("'")[-2]: g["scope"] for g in grants}
+    key_scope = "[format('Microsoft.KeyVault/vaults/{0}/keys/foresight', variables('vaultName'))]"
+    secret_scope = "[format('Microsoft.KeyVault/vaults/{0}/secrets/foresight-api-key', variables('vaultName'))]"
+    assert by_role == {
+        CRYPTO_SERVICE_ENCRYPTION_USER: key_scope,
+        CRYPTO_USER: key_scope,
+        template.SECRETS_OFFICER: secret_scope,
+        template.SECRETS_USER: secret_scope,
+    }
+    assert not resources(main, "Microsoft.Authorization/roleDefinitions")
+
+
+def test_marketplace_image_is_built_on_the_stacks_image() -> None:
+    packer = (REPO / "images/packer/azure/foresight.pkr.hcl").read_text()
+    for part in ("publisher", "offer", "sku"):
+        default = re.search(rf'variable "image_{part}" {{\s*type\s*=\s*string\s*default\s*=\s*"([^"]+)"', packer)
+        assert default and default[1] == IMAGE[part], part
+
+
+def test_service_settings_pass_production_checks(main: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    document = yaml.safe_load(custom_data(main))
+    staged = next(f for f in document["write_files"] if f["path"] == STAGED_ENV_FILE)["content"]
+    environment = dict(line.split("=", 1) for line in staged.splitlines())
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.production_problems() == []
+    assert (settings.kms_provider, settings.kms_key_id) == ("azure", SAMPLE["KeyUri"])
+    assert environment["AZURE_CLIENT_ID"] == SAMPLE["ClientId"]
+
+
+# --- nothing open, nothing secret -----------------------------------------------------------------------------
+
+
+def test_service_ports_only_from_the_allowed_cidr_which_has_no_default(
+    main: dict[str, Any], ui: dict[str, Any]
+) -> None:
+    assert "defaultValue" not in main["parameters"]["allowedCidr"]
+    rules = {
+        r["name"].split("/")[1]: r for r in resources(main, "Microsoft.Network/networkSecurityGroups/securityRules")
+    }
+    inbound = [r["properties"] for r in rules.values() if r["properties"]["direction"] == "Inbound"]
+    assert all(p["sourceAddressPrefix"] == "[parameters('allowedCidr')]" for p in inbound)
+    assert rules["service-in"]["properties"]["destinationPortRanges"] == [str(port) for port in SERVICE_PORTS]
+    (box,) = [e for e in all_elements(ui) if e["name"] == "allowedCidr"]
+    pattern = re.compile(box["constraints"]["regex"])
+    assert pattern.fullmatch("203.0.113.0/24") and pattern.fullmatch("10.0.0.0/8")
+    assert not any(pattern.fullmatch(bad) for bad in ("*", "Internet", "203.0.113.0", "256.1.1.1/24", "::/0", ""))
+
+
+def test_ssh_needs_a_key_and_is_never_open_to_the_world(main: dict[str, Any]) -> None:
+    (ssh,) = [r for r in main["resources"] if r["name"].endswith("/ssh-in")]
+    condition = ssh["condition"]
+    assert "not(empty(parameters('sshPublicKey')))" in condition
+    assert "not(equals(parameters('allowedCidr'), '0.0.0.0/0'))" in condition
+    linux = vm(main)["properties"]["osProfile"]["linuxConfiguration"]
+    assert linux["disablePasswordAuthentication"] is True
+    assert "variables('noLoginKey')" in linux["ssh"]["publicKeys"][0]["keyData"]
+    assert main["variables"]["noLoginKey"] == NO_LOGIN_KEY
+    assert "systemctl disable --now ssh.socket" in custom_data(main, has_ssh_key=False)
+    assert "ssh.socket" not in custom_data(main, has_ssh_key=True)
+
+
+def test_custom_data_holds_no_secret_and_fits_azures_limit(main: dict[str, Any]) -> None:
+    text = custom_data(main)
+    assert len(text.encode()) < 64 * 1024
+    for needle in (r"PRIVATE KEY", r"fsk_[a-z2-7]{12}_", r"(?i)password\s*[:=]", r"[A-Za-z0-9+/]{60,}"):
+        assert not re.search(needle, text), needle
+
+
+def test_custom_data_passes_cloud_init_schema(main: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "custom-data.yaml"
+    path.write_text(custom_data(main))
+    result = subprocess.run(
+        [require_tool("cloud-init"), "schema", "--config-file", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and "Valid cloud-config" in result.stdout, result.stdout + result.stderr
+    runcmd = yaml.safe_load(path.read_text())["runcmd"]
+    assert runcmd[-1][1:8] == [
+        SAMPLE[n] for n in ("SecretUri", "Audience", "ClientId", "Tenant", "PublicIp", "DnsName", "PrivateIp")
+    ]
+
+
+def test_first_boot_script_passes_shellcheck() -> None:
+    result = subprocess.run(
+        [require_tool("shellcheck"), str(REPO / "marketplace/azure/first_boot.sh")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout
+
+
+def test_usage_attribution_and_package(main: dict[str, Any], tmp_path: Path) -> None:
+    names = [r["name"] for r in resources(main, "Microsoft.Resources/deployments")]
+    assert names == [f"pid-{USAGE_ATTRIBUTION_ID}"]
+    archive = template.package(tmp_path, "9.9.9")
+    with zipfile.ZipFile(archive) as bundle:
+        assert sorted(bundle.namelist()) == ["createUiDefinition.json", "mainTemplate.json"]
+        assert json.loads(bundle.read("mainTemplate.json")) == main
+
+
+# --- first boot, for real, against a FAKE of IMDS's identity endpoint and Key Vault's Set Secret ---------------
+
+
+@dataclass
+class FakeAzure:
+    """IMDS's token endpoint and Key Vault's Set Secret as their REST references describe them (no Azure here):
+    the token needs `Metadata: true`, api-version, resource and client_id; Set Secret needs that bearer token,
+    api-version and a JSON `value`, and answers 403 `refusals` times first, as while a role assignment
+    propagates."""
+
+    client_id: str
+    refusals: int = 1
+    token: str = "eyJ0eXAiOiJKV1QifQ.fake.token"
+    secrets: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"foresight-api-key": []})
+
+    def answer(self, method: str, url: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        if parts.path == "/metadata/identity/oauth2/token":
+            if headers.get("metadata") != "true" or method != "GET":
+                return 400, {"error": "invalid_request", "error_description": "Required metadata header not specified"}
+            if query.get("client_id") != self.client_id or query.get("resource") != SAMPLE["Audience"]:
+                return 400, {"error": "invalid_request", "error_description": "Identity not found"}
+            return 200, {"access_token": self.token, "resource": query["resource"], "token_type": "Bearer"}
+        name = parts.path.removeprefix("/secrets/")
+        if method != "PUT" or query.get("api-version") != "7.4":
+            return 400, {"error": {"code": "BadParameter"}}
+        if headers.get("authorization") != f"Bearer {self.token}":
+            return 401, {"error": {"code": "Unauthorized"}}
+        if self.refusals > 0:
+            self.refusals -= 1
+            return 403, {"error": {"code": "Forbidden", "innererror": {"code": "ForbiddenByRbac"}}}
+        if name not in self.secrets:
+            return 404, {"error": {"code": "VaultNotFound"}}
+        self.secrets[name].append(json.loads(body))
+        return 200, {"value": json.loads(body)["value"], "id": f"{url.split('?')[0]}/0123abcd"}
+
+
+def _serve(fake: FakeAzure, context: ssl.SSLContext | None) -> tuple[ThreadingHTTPServer, str]:
+    class Handler(BaseHTTPRequestHandler):
+        def _handle(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            status, reply = fake.answer(self.command, self.path, headers, body)
+            data = json.dumps(reply).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_PUT = _handle
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if context is not None:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    scheme = "https" if context else "http"
+    return server, f"{scheme}://{'localhost' if context else '127.0.0.1'}:{server.server_address[1]}"
+
+
+@dataclass
+class Endpoints:
+    fake: FakeAzure
+    imds: str
+    vault: str
+    ca_file: Path
+
+
+@pytest.fixture
+def azure(tmp_path: Path) -> Iterator[Endpoints]:
+    """The fake IMDS on plain HTTP (as Azure's) and the fake vault on HTTPS with a test CA's certificate."""
+    ca = CertificateAuthority.create(common_name="fake Key Vault CA")
+    issued = ca.issue("localhost", dns_names=["localhost"], ip_addresses=["127.0.0.1"])
+    issued.write(tmp_path / "vault.crt", tmp_path / "vault.key")
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "vault.crt", tmp_path / "vault.key")
+    fake = FakeAzure(client_id=SAMPLE["ClientId"])
+    imds, imds_url = _serve(fake, None)
+    vault, vault_url = _serve(fake, context)
+    try:
+        yield Endpoints(fake, imds_url, vault_url, tmp_path / "ca.pem")
+    finally:
+        for server in (imds, vault):
+            server.shutdown()
+            server.server_close()
+
+
+def run_first_boot(out: Path, azure: Endpoints, secret: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "FORESIGHT_IMDS_ENDPOINT": azure.imds, "SSL_CERT_FILE": str(azure.ca_file)}
+    arguments = {
+        "--out": str(out),
+        "--tenant": "acme",
+        "--secret-uri": f"{azure.vault}/secrets/{secret}",
+        "--resource": SAMPLE["Audience"],
+        "--client-id": SAMPLE["ClientId"],
+        "--public-ip": SAMPLE["PublicIp"],
+        "--dns-name": SAMPLE["DnsName"],
+        "--private-ip": SAMPLE["PrivateIp"],
+    }
+    argv = [sys.executable, "-m", "marketplace.azure.first_boot", *(x for pair in arguments.items() for x in pair)]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+
+
+def test_first_boot_mints_a_key_the_service_accepts(azure: Endpoints, tmp_path: Path) -> None:
+    out = tmp_path / "conf"
+    out.mkdir()
+    result = run_first_boot(out, azure, "foresight-api-key")
+
+    assert result.returncode == 0, result.stderr
+    assert azure.fake.refusals == 0  # the 403 of a propagating role assignment was retried
+    (written,) = azure.fake.secrets["foresight-api-key"]
+    assert written["contentType"] == "application/json"
+    document = json.loads(written["value"])
+    principal = FileKeySource(out / "tenants.json").authenticate(document["api_key"])
+    assert principal is not None and principal.tenant == "acme" == document["tenant"]
+    assert principal.key_id == document["key_id"] and "admin" in principal.scopes
+    assert document["api_key"] not in (out / "tenants.json").read_text()
+    assert document["api_key"] not in result.stdout + result.stderr
+    assert document["host"] == SAMPLE["DnsName"] and document["ca_certificate"] == (out / "ca.crt").read_text()
+    assert (out / "tls.key").stat().st_mode & 0o077 == 0
+    assert_tls_serves(out, host=SAMPLE["DnsName"])
+    sans = x509.load_pem_x509_certificate((out / "tls.crt").read_bytes()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    assert {str(ip) for ip in sans.value.get_values_for_type(x509.IPAddress)} == {
+        SAMPLE["PublicIp"],
+        SAMPLE["PrivateIp"],
+    }
+
+
+def test_first_boot_writes_nothing_when_the_secret_cannot_be_set(azure: Endpoints, tmp_path: Path) -> None:
+    out = tmp_path / "conf"
+    out.mkdir()
+    result = run_first_boot(out, azure, "no-such-secret")
+    assert result.returncode == 1 and "HTTP 404" in result.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_first_boot_imports_only_what_the_service_image_has() -> None:
+    """It runs inside the service image, which has no Pulumi SDK or stacks/, and needs no Azure SDK."""
+    probe = (
+        "import sys, marketplace.azure.first_boot; "
+        "print(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('pulumi', 'pulumi_azure_native', 'stacks', 'azure')))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True)
+    assert result.stdout.strip() == "[]"
