@@ -10,6 +10,7 @@ the next attempt starts over.
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,3 +95,11 @@ def provision(out: Path, tenant: str, addresses: Addresses, put_secret: Callable
     put_secret(secret_document(minted, addresses))
     write_files(out, minted)
     return minted
+
+
+def base_arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The options every cloud's first boot takes; each cloud adds where its addresses and secret store are."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--out", type=Path, required=True, help="directory for the TLS files and tenants.json")
+    parser.add_argument("--tenant", required=True, help="the first tenant's name")
+    return parser

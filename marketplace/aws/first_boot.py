@@ -14,9 +14,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
-from marketplace.first_boot import Addresses, FirstBootError, provision
+from marketplace.first_boot import Addresses, FirstBootError, base_arguments, provision
 
 IMDS_ENDPOINT = "http://169.254.169.254"
 ASSOCIATION_TIMEOUT_S = 600.0
@@ -75,13 +74,15 @@ def put_secret(secret_arn: str, document: str) -> None:
         raise FirstBootError(f"PutSecretValue on {secret_arn} failed: {err}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--out", type=Path, required=True, help="directory for the TLS files and tenants.json")
-    parser.add_argument("--tenant", required=True, help="the first tenant's name")
+def arguments() -> argparse.ArgumentParser:
+    parser = base_arguments(__doc__)
     parser.add_argument("--secret-arn", required=True, help="the Secrets Manager secret the key goes to")
     parser.add_argument("--public-ip", required=True, help="the Elastic IP to wait for")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments().parse_args(argv)
     try:
         addresses = wait_for_addresses(os.environ.get("FORESIGHT_IMDS_ENDPOINT", IMDS_ENDPOINT), args.public_ip)
         minted = provision(args.out, args.tenant, addresses, lambda document: put_secret(args.secret_arn, document))

@@ -9,15 +9,15 @@ has no Vault and runs one node:
 - one public subnet and an Elastic IP instead of private subnets behind a NAT gateway and a load balancer: the
   address survives stop/start, the certificate names it, and the security group admits the service ports (and
   SSH, only with a key pair and never from 0.0.0.0/0) from `AllowedCidr` alone; the node may leave only to HTTPS;
-- TLS and the first API key are minted on the instance at first boot (`first_boot.sh`, `first_boot.py`); the key
-  reaches the buyer through a Secrets Manager secret encrypted with the same key, the role's only write.
+- TLS and the first API key are minted on the instance at first boot (`marketplace/first_boot.sh`,
+  `first_boot.py`); the key reaches the buyer through a Secrets Manager secret encrypted with the same key,
+  the role's only write.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
-from pathlib import Path
 from typing import Any
 
 from annotated_types import Ge, Le
@@ -48,7 +48,6 @@ from stacks.spec import (
     StackSpec,
 )
 
-HERE = Path(__file__).parent
 SUBNET_BITS = 12  # one /20, the size of the stack's subnets
 VPC_CIDR_PATTERN = CIDR_PATTERN.removesuffix(r"/(3[0-2]|[12]?[0-9])$") + r"/(1[6-9]|20)$"
 # The stack's key-policy statements for its Auto Scaling group; a single instance has none.
@@ -80,8 +79,8 @@ def service_environment() -> dict[str, str]:
 
 def user_data_text() -> str:
     """The `#cloud-config` document with `@@Name@@` where a stack value goes (see `_intrinsics`)."""
-    return cloud_config(HERE / "first_boot.sh", service_environment(), DATA_DISK_MODEL,
-                        ["SecretArn", "Tenant", "PublicIp"])
+    options = {"--secret-arn": "SecretArn", "--tenant": "Tenant", "--public-ip": "PublicIp"}
+    return cloud_config("aws", service_environment(), DATA_DISK_MODEL, options)
 
 
 def render(version: str | None = None) -> dict[str, Any]:

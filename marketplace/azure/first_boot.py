@@ -19,9 +19,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
-from marketplace.first_boot import Addresses, FirstBootError, provision
+from marketplace.first_boot import Addresses, FirstBootError, base_arguments, provision
 
 IMDS_ENDPOINT = "http://169.254.169.254"
 IMDS_API_VERSION = "2018-02-01"
@@ -93,17 +92,19 @@ def put_with_retries(
         delay = min(delay * 2, 30.0)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--out", type=Path, required=True, help="directory for the TLS files and tenants.json")
-    parser.add_argument("--tenant", required=True, help="the first tenant's name")
+def arguments() -> argparse.ArgumentParser:
+    parser = base_arguments(__doc__)
     parser.add_argument("--secret-uri", required=True, help="https://<vault>.vault.azure.net/secrets/<name>")
     parser.add_argument("--resource", required=True, help="Key Vault's token audience in this cloud")
     parser.add_argument("--client-id", required=True, help="the VM's user-assigned identity")
     parser.add_argument("--public-ip", required=True)
     parser.add_argument("--dns-name", required=True, help="the public IP's DNS name")
     parser.add_argument("--private-ip", required=True)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments().parse_args(argv)
     imds = os.environ.get("FORESIGHT_IMDS_ENDPOINT", IMDS_ENDPOINT)
     addresses = Addresses(public_ip=args.public_ip, public_hostname=args.dns_name, private_ip=args.private_ip)
     try:

@@ -7,7 +7,7 @@ Where it differs, it is because a marketplace buyer has no Vault and runs one no
 - a single VM instead of a scale set, and no load balancer or NAT gateway: the node keeps its state
   (certificate, tenants file, data disk) on its own disks, so a replacement would mint a new key and
   certificate; a static public IP with a DNS label is its address, and the certificate names both;
-- TLS and the first API key are minted on the VM at first boot (`first_boot.sh`, `first_boot.py`); the key
+- TLS and the first API key are minted on the VM at first boot (`marketplace/first_boot.sh`, `first_boot.py`); the key
   reaches the buyer through a Key Vault secret that the VM's identity may set (a role on that one secret) and
   the object id the buyer names may read.
 """
@@ -40,7 +40,6 @@ from stacks.azure.network import OWN_SUBNET_CIDR, OWN_VNET_CIDR, SSH_PORT, WORLD
 from stacks.cloudinit import DATA_DIR
 from stacks.spec import DEFAULT_INSTANCE_TYPES, HTTPS_PORT, RESP_PORT, SERVICE_PORTS, Cloud, StackSpec
 
-HERE = Path(__file__).parent
 # Built-in Key Vault data roles the stack has no use for: set (and read) secrets; read secrets.
 SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
 SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
@@ -122,8 +121,9 @@ def service_environment() -> dict[str, str]:
 
 def custom_data_text() -> str:
     """The `#cloud-config` document with `@@Name@@` where a deployment value goes (`custom_data_values`)."""
-    arguments = ["SecretUri", "Audience", "ClientId", "Tenant", "PublicIp", "DnsName", "PrivateIp"]
-    return cloud_config(HERE / "first_boot.sh", service_environment(), DATA_DISK_PATH, arguments)
+    options = {"--secret-uri": "SecretUri", "--resource": "Audience", "--client-id": "ClientId", "--tenant": "Tenant",
+               "--public-ip": "PublicIp", "--dns-name": "DnsName", "--private-ip": "PrivateIp"}
+    return cloud_config("azure", service_environment(), DATA_DISK_PATH, options)
 
 
 def custom_data_values() -> dict[str, str]:

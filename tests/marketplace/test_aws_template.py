@@ -18,7 +18,7 @@ import yaml
 from cryptography import x509
 
 from marketplace.aws import template
-from marketplace.launch import STAGED_ENV_FILE
+from marketplace.launch import SERVICE_IDS, STAGED_ENV_FILE
 from service.config import Settings
 from service.tenancy import FileKeySource
 from stacks.aws.compute import DATA_DEVICE, GPU_FAMILIES, METADATA_HOP_LIMIT, ROOT_DEVICE, ROOT_VOLUME_GB
@@ -299,13 +299,10 @@ def test_user_data_passes_cloud_init_schema(rendered: dict[str, Any], tmp_path: 
     )
     assert result.returncode == 0 and "Valid cloud-config" in result.stdout, result.stdout + result.stderr
     runcmd = yaml.safe_load(path.read_text())["runcmd"]
-    assert runcmd[-1][1:4] == [SAMPLE["SecretArn"], SAMPLE["Tenant"], SAMPLE["PublicIp"]]
-
-
-def test_first_boot_script_passes_shellcheck() -> None:
-    script = REPO / "marketplace/aws/first_boot.sh"
-    result = subprocess.run([require_tool("shellcheck"), str(script)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout
+    assert runcmd[-1][1:3] == ["aws", SERVICE_IDS]
+    options = dict(zip(runcmd[-1][3::2], runcmd[-1][4::2], strict=True))
+    assert options == {"--secret-arn": SAMPLE["SecretArn"], "--tenant": SAMPLE["Tenant"],
+                       "--public-ip": SAMPLE["PublicIp"]}
 
 
 # --- first boot, for real: IMDSv2 fake, the moto server's Secrets Manager, the service's key source -----------

@@ -26,7 +26,7 @@ from cryptography import x509
 
 from marketplace.azure import template
 from marketplace.azure.offer import USAGE_ATTRIBUTION_ID
-from marketplace.launch import STAGED_ENV_FILE
+from marketplace.launch import SERVICE_IDS, STAGED_ENV_FILE
 from service.config import Settings
 from service.security.local_ca import CertificateAuthority
 from service.tenancy import FileKeySource
@@ -440,16 +440,12 @@ def test_custom_data_passes_cloud_init_schema(main: dict[str, Any], tmp_path: Pa
     )
     assert result.returncode == 0 and "Valid cloud-config" in result.stdout, result.stdout + result.stderr
     runcmd = yaml.safe_load(path.read_text())["runcmd"]
-    assert runcmd[-1][1:8] == [
-        SAMPLE[n] for n in ("SecretUri", "Audience", "ClientId", "Tenant", "PublicIp", "DnsName", "PrivateIp")
-    ]
-
-
-def test_first_boot_script_passes_shellcheck() -> None:
-    result = subprocess.run(
-        [require_tool("shellcheck"), str(REPO / "marketplace/azure/first_boot.sh")], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stdout
+    assert runcmd[-1][1:3] == ["azure", SERVICE_IDS]
+    options = dict(zip(runcmd[-1][3::2], runcmd[-1][4::2], strict=True))
+    assert options == {"--secret-uri": SAMPLE["SecretUri"], "--resource": SAMPLE["Audience"],
+                       "--client-id": SAMPLE["ClientId"], "--tenant": SAMPLE["Tenant"],
+                       "--public-ip": SAMPLE["PublicIp"], "--dns-name": SAMPLE["DnsName"],
+                       "--private-ip": SAMPLE["PrivateIp"]}
 
 
 def test_usage_attribution_and_package(main: dict[str, Any], tmp_path: Path) -> None:

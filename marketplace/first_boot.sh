@@ -1,0 +1,37 @@
+#!/bin/sh
+# First boot of a Foresight marketplace node, on any cloud: mint the TLS files and the first API key inside
+# the service image (`python -m marketplace.<cloud>.first_boot`, which also hands the key to the buyer through
+# the cloud's secret store), then give foresight.service its settings and start it. The image's unit waits
+# for /etc/foresight/foresight.env, so the service cannot start before its certificate and tenants exist.
+#
+#   first_boot.sh <cloud> <service uid:gid> <the cloud's first_boot options...>
+set -eu
+
+if [ "$#" -lt 2 ]; then
+  echo "usage: first_boot.sh <cloud> <service uid:gid> <the cloud's first_boot options...>" >&2
+  exit 2
+fi
+cloud=$1
+service_ids=$2
+shift 2
+conf=/etc/foresight/conf
+env_file=/etc/foresight/foresight.env
+staged_env=$env_file.first-boot
+
+# Once tenants.json exists the key is in the secret store and the files stay as they are.
+if [ ! -s "$conf/tenants.json" ]; then
+  install -d -m 0700 -o "${service_ids%:*}" -g "${service_ids#*:}" "$conf"
+  # FORESIGHT_IMAGE: the service image the VM image build loaded.
+  # shellcheck source=/dev/null
+  . /etc/foresight/image.env
+  # Host networking: the node's identity comes from the metadata service at 169.254.169.254.
+  docker run --rm --network host --user "$service_ids" --volume "$conf:/out" \
+    --entrypoint /opt/foresight/bin/python "$FORESIGHT_IMAGE" -m "marketplace.$cloud.first_boot" --out /out "$@"
+fi
+chmod 0400 "$conf/tls.key"
+if [ -e "$staged_env" ]; then
+  install -m 0640 -o root -g root "$staged_env" "$env_file"
+  rm -f "$staged_env"
+fi
+systemctl daemon-reload
+systemctl start foresight.service
