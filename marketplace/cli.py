@@ -98,20 +98,10 @@ def serve(
     admin_url: AdminUrl = None,
 ) -> None:
     """Serve the registration page (POST /aws/register) over HTTPS: the listing's fulfilment URL."""
-    import uvicorn
-
     from marketplace.aws.landing import create_app
 
     with output.reported(False), _aws(admin_url) as marketplace:
-        _require_files(tls_cert, tls_key)
-        uvicorn.run(
-            create_app(marketplace),
-            host=host,
-            port=port,
-            ssl_certfile=str(tls_cert),
-            ssl_keyfile=str(tls_key),
-            log_level="info",
-        )
+        _serve(create_app(marketplace), tls_cert, tls_key, host, port)
 
 
 @aws.command()
@@ -199,17 +189,13 @@ def azure_serve(
     admin_url: AdminUrl = None,
 ) -> None:
     """Serve the landing page (GET /azure/landing) and the webhook (POST /azure/webhook) over HTTPS."""
-    import uvicorn
-
     from marketplace.azure.landing import create_app
     from marketplace.azure.metering import Metering
     from marketplace.azure.webhook import TokenVerifier, Webhook
 
     with output.reported(False), _azure(admin_url) as marketplace:
-        _require_files(tls_cert, tls_key)
         app_ = create_app(marketplace, Webhook(marketplace, Metering(marketplace)), TokenVerifier(marketplace.settings))
-        uvicorn.run(app_, host=host, port=port, ssl_certfile=str(tls_cert), ssl_keyfile=str(tls_key),
-                    log_level="info")
+        _serve(app_, tls_cert, tls_key, host, port)
 
 
 @azure.command("meter")
@@ -286,10 +272,16 @@ def _fail_on(failed: object, failure: Exception, as_json: bool) -> None:
     raise failure
 
 
-def _require_files(tls_cert: Path, tls_key: Path) -> None:
+def _serve(app_: Any, tls_cert: Path, tls_key: Path, host: str, port: int) -> None:
+    """HTTPS only: the pages carry purchase tokens and the buyer's first key. No access log: Azure puts the
+    purchase token in the landing page's query string, which an access log would keep."""
+    import uvicorn
+
     for option, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
         if not path.is_file():
             raise InvalidInput(option, f"{path} is not a file")
+    uvicorn.run(app_, host=host, port=port, ssl_certfile=str(tls_cert), ssl_keyfile=str(tls_key), log_level="info",
+                access_log=False)
 
 
 def _settings(model: Any, prefix: str) -> Any:

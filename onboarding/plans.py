@@ -55,3 +55,14 @@ def plan_of(quota: TenantQuota) -> str:
         if (preset.memory_bytes, preset.requests_per_second) == (quota.memory_bytes, quota.requests_per_second):
             return name
     return CUSTOM
+
+
+def check_plan_map(mapping: dict[str, str]) -> dict[str, str]:
+    """A marketplace's plan (or dimension) -> Foresight plan map, refused with the plans to choose from when it
+    names one that does not exist or maps nothing."""
+    unknown = sorted(set(mapping.values()) - set(PLANS))
+    if unknown:
+        raise ValueError(f"unknown plan(s) {', '.join(unknown)}; plans are {', '.join(PLANS)}")
+    if not mapping:
+        raise ValueError("map at least one marketplace plan to a Foresight plan")
+    return mapping

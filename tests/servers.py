@@ -10,15 +10,18 @@ import os
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from service.net import free_port
@@ -129,3 +132,40 @@ def openbao_dev_server() -> Iterator[OpenBao]:
         addr = f"http://127.0.0.1:{port}"
         wait_until(lambda: http_ok(addr + "/v1/sys/health"), "OpenBao")
         yield OpenBao(addr, token)
+
+
+@contextmanager
+def http_server(answer: Callable[..., tuple[int, str]], tls: tuple[Path, Path] | None = None,
+                host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve `answer(method, path, headers, body) -> (status, text)` on loopback (over TLS with a (cert, key)
+    pair) for the fakes of APIs nothing here implements; yields the base URL (`host` names it)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _handle(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            status, text = answer(self.command, self.path, dict(self.headers.items()), body)
+            data = text.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json" if text[:1] in "{[" else "text/plain")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"{'https' if tls else 'http'}://{host}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

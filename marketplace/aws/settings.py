@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from onboarding.plans import PLANS
+from onboarding.plans import PLANS, check_plan_map
 
 
 class AwsMarketplaceSettings(BaseSettings):
@@ -33,15 +33,7 @@ class AwsMarketplaceSettings(BaseSettings):
     entitlement_endpoint_url: str | None = Field(None, description="Entitlement API endpoint override.")
     sqs_endpoint_url: str | None = Field(None, description="SQS endpoint override.")
 
-    @field_validator("plan_dimensions")
-    @classmethod
-    def _known_plans(cls, mapping: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(mapping.values()) - set(PLANS))
-        if unknown:
-            raise ValueError(f"unknown plan(s) {', '.join(unknown)}; plans are {', '.join(PLANS)}")
-        if not mapping:
-            raise ValueError("map at least one contract dimension to a plan")
-        return mapping
+    _known_plans = field_validator("plan_dimensions")(lambda mapping: check_plan_map(mapping))
 
     @model_validator(mode="after")
     def _usage_is_not_a_plan(self) -> AwsMarketplaceSettings:

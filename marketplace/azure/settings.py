@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from onboarding.plans import PLANS
+from onboarding.plans import PLANS, check_plan_map
 
 
 class AzureMarketplaceSettings(BaseSettings):
@@ -31,12 +31,4 @@ class AzureMarketplaceSettings(BaseSettings):
     authority: str = Field("https://login.microsoftonline.com", description="Entra ID, for tokens and signing keys.")
     ca_file: Path | None = Field(None, description="CA bundle for both (a TLS-inspecting proxy, tests).")
 
-    @field_validator("plans")
-    @classmethod
-    def _known_plans(cls, mapping: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(mapping.values()) - set(PLANS))
-        if unknown:
-            raise ValueError(f"unknown plan(s) {', '.join(unknown)}; plans are {', '.join(PLANS)}")
-        if not mapping:
-            raise ValueError("map at least one offer plan to a Foresight plan")
-        return mapping
+    _known_plans = field_validator("plans")(lambda mapping: check_plan_map(mapping))

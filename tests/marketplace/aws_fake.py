@@ -23,8 +23,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.servers import http_server
 
 FINAL_WINDOW = dt.timedelta(hours=1)
 
@@ -178,42 +179,22 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-class _Handler(BaseHTTPRequestHandler):
-    fake: MarketplaceFake
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        service, _, operation = self.headers.get("X-Amz-Target", "").partition(".")
-        try:
-            if service not in ("AWSMPMeteringService", "AWSMPEntitlementService"):
-                raise ApiError("UnknownOperationException", f"not an AWS Marketplace JSON 1.1 call: {self.path}")
-            request = json.loads(body or b"{}")
-            if request.get("UsageRecords"):
-                request["UsageRecords"] = [{**r, "Timestamp": _time(r["Timestamp"])} for r in request["UsageRecords"]]
-            status, reply = 200, self.fake.call(operation, request)
-        except ApiError as err:
-            status, reply = err.status, {"__type": err.code, "message": err.message}
-        payload = json.dumps(_jsonable(reply)).encode()
-        self.send_response(status)
-        for name, value in {"Content-Type": "application/x-amz-json-1.1", "Content-Length": str(len(payload))}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+def _answer(fake: MarketplaceFake, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
+    service, _, operation = headers.get("X-Amz-Target", "").partition(".")
+    try:
+        if method != "POST" or service not in ("AWSMPMeteringService", "AWSMPEntitlementService"):
+            raise ApiError("UnknownOperationException", f"not an AWS Marketplace JSON 1.1 call: {method} {path}")
+        request = json.loads(body or b"{}")
+        if request.get("UsageRecords"):
+            request["UsageRecords"] = [{**r, "Timestamp": _time(r["Timestamp"])} for r in request["UsageRecords"]]
+        return 200, json.dumps(_jsonable(fake.call(operation, request)))
+    except ApiError as err:
+        return err.status, json.dumps({"__type": err.code, "message": err.message})
 
 
 @contextmanager
 def marketplace_fake(product_code: str, dimensions: set[str]) -> Iterator[MarketplaceFake]:
     fake = MarketplaceFake(product_code, dimensions)
-    handler = type("Handler", (_Handler,), {"fake": fake})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    fake.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with http_server(lambda *request: _answer(fake, *request)) as url:
+        fake.endpoint = url
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()

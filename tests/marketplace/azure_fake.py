@@ -22,14 +22,12 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import ssl
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -37,6 +35,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from marketplace.azure.fulfilment import MARKETPLACE_APP_ID, SCOPE
+from tests.servers import http_server
 from tests.tlsutil import PKI
 
 
@@ -207,49 +206,24 @@ class AzureFake:
         return 200, {"result": results, "count": len(results)}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    fake: AzureFake
-
-    def _serve(self) -> None:
-        url = urlsplit(self.path)
-        raw = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        with self.fake.lock:
-            if url.path.startswith("/api/"):
-                if parse_qs(url.query).get("api-version") != ["2018-08-31"]:
-                    status, reply = 400, {"error": {"code": "BadArgument", "message": "api-version"}}
-                else:
-                    body = json.loads(raw) if raw else {}
-                    self.fake.calls.append((self.command, url.path, body))
-                    status, reply = self.fake.api(self.command, url.path, headers, body)
-            else:
-                form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
-                status, reply = self.fake.entra(self.command, url.path, form)
-        payload = b"" if reply is None else json.dumps(reply).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    do_GET = do_POST = do_PATCH = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+def _answer(fake: AzureFake, method: str, path: str, raw_headers: dict[str, str], raw: bytes) -> tuple[int, str]:
+    url = urlsplit(path)
+    headers = {k.lower(): v for k, v in raw_headers.items()}
+    with fake.lock:
+        if not url.path.startswith("/api/"):
+            status, reply = fake.entra(method, url.path, {k: v[0] for k, v in parse_qs(raw.decode()).items()})
+        elif parse_qs(url.query).get("api-version") != ["2018-08-31"]:
+            status, reply = 400, {"error": {"code": "BadArgument", "message": "api-version"}}
+        else:
+            body = json.loads(raw) if raw else {}
+            fake.calls.append((method, url.path, body))
+            status, reply = fake.api(method, url.path, headers, body)
+    return status, "" if reply is None else json.dumps(reply)
 
 
 @contextmanager
 def azure_fake(pki: PKI, offer_id: str, dimensions: set[str]) -> Iterator[AzureFake]:
     fake = AzureFake(str(uuid.uuid4()), str(uuid.uuid4()), "publisher-app-secret", offer_id, dimensions, pki)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"fake": fake}))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(pki.cert, pki.key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    fake.base = f"https://localhost:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with http_server(lambda *request: _answer(fake, *request), tls=(pki.cert, pki.key), host="localhost") as url:
+        fake.base = url
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -27,8 +27,7 @@ from stacks.aws.kms import key_policy
 from stacks.aws.network import WORLD
 from stacks.spec import DEFAULT_INSTANCE_TYPES, HTTPS_PORT, RESP_PORT, SERVICE_PORTS, Cloud, StackSpec
 from tests.images.tools import require_tool
-from tests.security.metadata_fakes import http_server
-from tests.servers import MotoServer
+from tests.servers import MotoServer, http_server
 from tests.tlsutil import assert_tls_serves
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -8,14 +8,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import ssl
 import subprocess
 import sys
-import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -42,6 +39,7 @@ from stacks.azure.compute import (
 from stacks.azure.kms import CRYPTO_SERVICE_ENCRYPTION_USER, CRYPTO_USER, EXPIRE_AFTER, KEY_SIZE, ROTATE_AFTER
 from stacks.spec import DEFAULT_INSTANCE_TYPES, SERVICE_PORTS, Cloud, StackSpec
 from tests.images.tools import require_tool
+from tests.servers import http_server
 from tests.tlsutil import assert_tls_serves
 
 REPO = Path(__file__).resolve().parents[2]
@@ -495,30 +493,9 @@ class FakeAzure:
         return 200, {"value": json.loads(body)["value"], "id": f"{url.split('?')[0]}/0123abcd"}
 
 
-def _serve(fake: FakeAzure, context: ssl.SSLContext | None) -> tuple[ThreadingHTTPServer, str]:
-    class Handler(BaseHTTPRequestHandler):
-        def _handle(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            headers = {name.lower(): value for name, value in self.headers.items()}
-            status, reply = fake.answer(self.command, self.path, headers, body)
-            data = json.dumps(reply).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        do_GET = do_PUT = _handle
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    if context is not None:
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    scheme = "https" if context else "http"
-    return server, f"{scheme}://{'localhost' if context else '127.0.0.1'}:{server.server_address[1]}"
+def _answer(fake: FakeAzure, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
+    status, reply = fake.answer(method, path, {name.lower(): value for name, value in headers.items()}, body)
+    return status, json.dumps(reply)
 
 
 @dataclass
@@ -536,17 +513,14 @@ def azure(tmp_path: Path) -> Iterator[Endpoints]:
     issued = ca.issue("localhost", dns_names=["localhost"], ip_addresses=["127.0.0.1"])
     issued.write(tmp_path / "vault.crt", tmp_path / "vault.key")
     (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tmp_path / "vault.crt", tmp_path / "vault.key")
     fake = FakeAzure(client_id=SAMPLE["ClientId"])
-    imds, imds_url = _serve(fake, None)
-    vault, vault_url = _serve(fake, context)
-    try:
+    vault_tls = (tmp_path / "vault.crt", tmp_path / "vault.key")
+
+    def answer(*request: Any) -> tuple[int, str]:
+        return _answer(fake, *request)
+
+    with http_server(answer) as imds_url, http_server(answer, tls=vault_tls, host="localhost") as vault_url:
         yield Endpoints(fake, imds_url, vault_url, tmp_path / "ca.pem")
-    finally:
-        for server in (imds, vault):
-            server.shutdown()
-            server.server_close()
 
 
 def run_first_boot(out: Path, azure: Endpoints, secret: str) -> subprocess.CompletedProcess[str]:

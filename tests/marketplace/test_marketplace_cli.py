@@ -4,16 +4,20 @@ one JSON object with --json, one error line and the documented exit code otherwi
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 import zipfile
 
+import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
 from marketplace import cli
 from marketplace.aws.settings import AwsMarketplaceSettings
 from marketplace.azure.settings import AzureMarketplaceSettings
+from service.net import free_port
+from tests import servers
 from tests.marketplace.aws_fake import MarketplaceFake
 from tests.marketplace.azure_fake import AzureFake
 from tests.marketplace.conftest import MOUNT, PRODUCT, UNIT, Deployment
@@ -172,3 +176,23 @@ def test_azure_settings_errors_name_the_variable(azure_env: None, monkeypatch: p
     monkeypatch.delenv("FORESIGHT_AZURE_MP_OFFER_ID")
     result = run("azure", "meter")
     assert result.exit_code == 2 and "FORESIGHT_AZURE_MP_OFFER_ID" in result.stderr
+
+
+def test_serve_refuses_to_start_without_its_certificate(env: None, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = run("aws", "serve", "--tls-cert", str(tmp_path / "none.pem"), "--tls-key", str(tmp_path / "none.key"))
+    assert result.exit_code == 2 and "--tls-cert" in result.stderr
+
+
+def test_serve_answers_over_tls(env: None, deployment: Deployment, fake: MarketplaceFake) -> None:
+    port = free_port()
+    argv = [sys.executable, "-c", "from service.cli import main; main()", "marketplace", "aws", "serve",
+            "--tls-cert", str(deployment.pki.cert), "--tls-key", str(deployment.pki.key), "--port", str(port)]
+    with servers.process(argv, "marketplace-aws-serve"):
+        servers.wait_until(lambda: servers.tcp_open(port), "the registration page", timeout=60)
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(deployment.pki.ca_cert))) as client:
+            token, _ = fake.purchase("111122223333", "starter")
+            page = client.post(f"https://localhost:{port}/aws/register", data={"x-amzn-marketplace-token": token},
+                               headers={"Accept": "application/json"})
+            assert page.status_code == 201 and deployment.redis(page.json()["api_key"]).ping()
+            bad = client.post(f"https://localhost:{port}/aws/register", data={"x-amzn-marketplace-token": "nope"})
+            assert bad.status_code == 400 and "InvalidTokenException" in bad.text

@@ -23,8 +23,8 @@ import pytest
 
 from service.security import vault_auth
 from stacks.boot import fetch_tls
-from tests.security.metadata_fakes import JwtIssuer, http_server
-from tests.servers import OpenBao
+from tests.security.metadata_fakes import JwtIssuer
+from tests.servers import OpenBao, http_server
 from tests.stacks.mockrun import (
     AZURE_NODE_CLIENT,
     AZURE_NODE_PRINCIPAL,

@@ -22,8 +22,8 @@ import hvac.exceptions
 import pytest
 
 from stacks.boot import fetch_tls
-from tests.security.metadata_fakes import JwtIssuer, http_server
-from tests.servers import OpenBao
+from tests.security.metadata_fakes import JwtIssuer
+from tests.servers import OpenBao, http_server
 from tests.stacks.mockrun import GCP_PROJECT, GCP_REQUIRED_CONFIG
 from tests.stacks.test_fetch_tls import (
     MATERIAL,
