@@ -34,6 +34,10 @@ AdminUrl = Annotated[
     str | None,
     typer.Option("--admin-url", envvar="FORESIGHT_ADMIN_URL", help="Service admin API (default: the local one)."),
 ]
+TlsCert = Annotated[Path, typer.Option("--tls-cert", help="PEM certificate chain for the pages.")]
+TlsKey = Annotated[Path, typer.Option("--tls-key", help="PEM private key of --tls-cert.")]
+Host = Annotated[str, typer.Option(help="Address to listen on.")]
+Port = Annotated[int, typer.Option(help="Port to listen on.")]
 
 
 @app.command()
@@ -91,10 +95,10 @@ def register(
 
 @aws.command()
 def serve(
-    tls_cert: Annotated[Path, typer.Option("--tls-cert", help="PEM certificate chain for the page.")],
-    tls_key: Annotated[Path, typer.Option("--tls-key", help="PEM private key of --tls-cert.")],
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8444,
+    tls_cert: TlsCert,
+    tls_key: TlsKey,
+    host: Host = "127.0.0.1",
+    port: Port = 8444,
     admin_url: AdminUrl = None,
 ) -> None:
     """Serve the registration page (POST /aws/register) over HTTPS: the listing's fulfilment URL."""
@@ -182,10 +186,10 @@ def azure_register(
 
 @azure.command("serve")
 def azure_serve(
-    tls_cert: Annotated[Path, typer.Option("--tls-cert", help="PEM certificate chain for the page.")],
-    tls_key: Annotated[Path, typer.Option("--tls-key", help="PEM private key of --tls-cert.")],
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8444,
+    tls_cert: TlsCert,
+    tls_key: TlsKey,
+    host: Host = "127.0.0.1",
+    port: Port = 8444,
     admin_url: AdminUrl = None,
 ) -> None:
     """Serve the landing page (GET /azure/landing) and the webhook (POST /azure/webhook) over HTTPS."""
