@@ -26,8 +26,10 @@ from onboarding.tenants import Onboarder
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 aws = typer.Typer(no_args_is_help=True, help="AWS Marketplace SaaS: registration, lifecycle events, metering.")
 azure = typer.Typer(no_args_is_help=True, help="Azure Marketplace SaaS: landing page, webhook, metering.")
+gcp = typer.Typer(no_args_is_help=True, help="Google Cloud Marketplace SaaS: sign-up, Pub/Sub events, metering.")
 app.add_typer(aws, name="aws")
 app.add_typer(azure, name="azure")
+app.add_typer(gcp, name="gcp")
 
 Json = Annotated[bool, output.JsonOption]
 AdminUrl = Annotated[
@@ -125,18 +127,7 @@ def events(
             raise InvalidInput("FORESIGHT_AWS_MP_QUEUE_URL", "is not set; the lifecycle events arrive on that queue")
         sqs = marketplace.boto.client("sqs", endpoint_url=marketplace.settings.sqs_endpoint_url)
         queue = EventQueue(Reconciler(marketplace, Metering(marketplace)), sqs, queue_url)
-        handled: list[dict[str, Any]] = []
-        while True:
-            for item in queue.poll(wait):
-                handled.append(asdict(item))
-                if not as_json:
-                    actions = "; ".join(f"{o.tenant} {o.action}" for o in item.outcomes) or "no known tenant"
-                    output.out.print(f"{item.detail_type}: {item.error or actions}", markup=False)
-            if once:
-                break
-            time.sleep(0 if wait else 1)
-        if as_json:
-            output.emit_json({"handled": handled})
+        _consume(lambda: queue.poll(wait), once, as_json)
 
 
 @aws.command()
@@ -220,6 +211,84 @@ def azure_reconcile(admin_url: AdminUrl = None, as_json: Json = False) -> None:
     with output.reported(as_json), _azure(admin_url) as marketplace:
         webhook = Webhook(marketplace, Metering(marketplace))
         _reconcile_all(webhook.reconcile, marketplace.records.tenants(), as_json)
+
+
+@gcp.command("register")
+def gcp_register(
+    token: Annotated[str, typer.Argument(help="The x-gcp-marketplace-token JWT the buyer's browser posted.")],
+    admin_url: AdminUrl = None,
+    as_json: Json = False,
+) -> None:
+    """Turn an order into an approved tenant with its plan and first key (what the sign-up page does)."""
+    with output.reported(as_json), _gcp(admin_url) as marketplace:
+        with output.progress("registering the order", as_json):
+            body = marketplace.register(token).to_json()
+        _print_registration(body, as_json)
+
+
+@gcp.command("serve")
+def gcp_serve(tls_cert: TlsCert, tls_key: TlsKey, host: Host = "127.0.0.1", port: Port = 8444,
+              admin_url: AdminUrl = None) -> None:
+    """Serve the sign-up page (POST /gcp/signup) over HTTPS: the listing's sign-up URL."""
+    from marketplace.gcp.landing import create_app
+
+    with output.reported(False), _gcp(admin_url) as marketplace:
+        _serve(create_app(marketplace), tls_cert, tls_key, host, port)
+
+
+@gcp.command("events")
+def gcp_events(
+    once: Annotated[bool, typer.Option("--once", help="Pull one batch and exit (for cron or a test).")] = False,
+    admin_url: AdminUrl = None,
+    as_json: Json = False,
+) -> None:
+    """Consume Procurement events from FORESIGHT_GCP_MP_SUBSCRIPTION and reconcile the orders they name."""
+    from marketplace.gcp.events import Reconciler, Subscription
+    from marketplace.gcp.metering import Metering
+
+    with output.reported(as_json), _gcp(admin_url) as marketplace:
+        if not marketplace.settings.subscription:
+            raise InvalidInput("FORESIGHT_GCP_MP_SUBSCRIPTION", "is not set; the Procurement events arrive there")
+        subscription = Subscription(Reconciler(marketplace, Metering(marketplace)), marketplace.settings.subscription)
+        _consume(subscription.poll, once, as_json)
+
+
+@gcp.command("meter")
+def gcp_meter(admin_url: AdminUrl = None, as_json: Json = False) -> None:
+    """Report the last hour's usage of every order (Service Control); run it hourly. Safe to re-run."""
+    from marketplace.gcp.metering import Metering
+
+    with output.reported(as_json), _gcp(admin_url) as marketplace:
+        _print_metering(Metering(marketplace).run(), as_json)
+
+
+@gcp.command("reconcile")
+def gcp_reconcile(admin_url: AdminUrl = None, as_json: Json = False) -> None:
+    """Make every order's tenant match its entitlement now (after an outage, or on a schedule)."""
+    from marketplace.gcp.events import Reconciler
+    from marketplace.gcp.metering import Metering
+
+    with output.reported(as_json), _gcp(admin_url) as marketplace:
+        reconciler = Reconciler(marketplace, Metering(marketplace))
+        _reconcile_all(reconciler.reconcile, marketplace.records.tenants(), as_json)
+
+
+def _consume(poll: Any, once: bool, as_json: bool) -> None:
+    """Handle batches until interrupted (or one with --once); pulls that find nothing pause a second."""
+    handled: list[dict[str, Any]] = []
+    while True:
+        batch = poll()
+        for item in batch:
+            handled.append(asdict(item))
+            if not as_json:
+                actions = "; ".join(f"{o.tenant} {o.action}" for o in item.outcomes) or "no known tenant"
+                output.out.print(f"{item.event}: {item.error or actions}", markup=False)
+        if once:
+            break
+        if not batch:
+            time.sleep(1)
+    if as_json:
+        output.emit_json({"handled": handled})
 
 
 def _print_registration(body: dict[str, Any], as_json: bool) -> None:
@@ -318,6 +387,21 @@ def _azure(admin_url: str | None) -> Iterator[Any]:
     onboarder = Onboarder.connect(resolve(admin_url=admin_url))
     try:
         marketplace = AzureMarketplace(settings, onboarder)
+        yield marketplace
+        marketplace.api.close()
+    finally:
+        onboarder.close()
+
+
+@contextmanager
+def _gcp(admin_url: str | None) -> Iterator[Any]:
+    from marketplace.gcp.fulfilment import GcpMarketplace
+    from marketplace.gcp.settings import GcpMarketplaceSettings
+
+    settings = _settings(GcpMarketplaceSettings, "FORESIGHT_GCP_MP_")
+    onboarder = Onboarder.connect(resolve(admin_url=admin_url))
+    try:
+        marketplace = GcpMarketplace(settings, onboarder)
         yield marketplace
         marketplace.api.close()
     finally:

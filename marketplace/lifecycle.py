@@ -24,6 +24,16 @@ class Outcome:
     action: str  # unchanged, plan <p>, resumed, ended, or a combination
 
 
+@dataclass(frozen=True)
+class Handled:
+    """One lifecycle message: what it was, what reconciling it did, or why it was left for redelivery."""
+
+    message_id: str
+    event: str  # the marketplace's event type
+    outcomes: list[Outcome]
+    error: str | None = None
+
+
 class Lifecycle(Generic[RecordT]):
     def __init__(self, records: PurchaseRecords[RecordT], onboarder: Onboarder, meter: UsageMeter[RecordT]) -> None:
         self.records = records

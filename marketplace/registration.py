@@ -9,7 +9,9 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
+from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from marketplace.errors import NotEntitled
@@ -18,6 +20,7 @@ from onboarding.errors import InvalidInput, OnboardingError
 from onboarding.snippet import connection_snippet
 from service.security.apikeys import IssuedKey
 
+MAX_FORM_BYTES = 16 * 1024
 HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
@@ -84,6 +87,19 @@ def refused(err: OnboardingError, wants_json: bool) -> Response:
     """400 for bad input, 402 for a purchase that cannot be served (yet), 503 for anything to retry later."""
     status = 400 if isinstance(err, InvalidInput) else 402 if isinstance(err, NotEntitled) else 503
     return _reply(wants_json, status, {"error": str(err)}, _page("Setup could not finish", [str(err)]))
+
+
+async def form_token(request: Request, field: str) -> str:
+    """The one `field` of the form a marketplace posts the buyer's browser with; InvalidInput otherwise."""
+    if "application/x-www-form-urlencoded" not in request.headers.get("content-type", ""):
+        raise InvalidInput("registration", "expected the form the marketplace posts (x-www-form-urlencoded)")
+    raw = await request.body()
+    if len(raw) > MAX_FORM_BYTES:
+        raise InvalidInput("registration", "the form is too large")
+    values = parse_qs(raw.decode("utf-8", "replace")).get(field, [])
+    if len(values) != 1:
+        raise InvalidInput("registration", f"the form must carry exactly one {field}")
+    return values[0]
 
 
 def _reply(wants_json: bool, status: int, body: dict[str, Any], page: str) -> Response:

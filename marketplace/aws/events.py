@@ -14,14 +14,13 @@ import json
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from marketplace.aws.fulfilment import AwsMarketplace, api_failure
 from marketplace.aws.metering import Metering
-from marketplace.lifecycle import Lifecycle, Outcome
+from marketplace.lifecycle import Handled, Lifecycle, Outcome
 from onboarding.errors import OnboardingError
 
 log = logging.getLogger(__name__)
@@ -39,14 +38,6 @@ EVENT_PATTERN = {
     ],
 }
 _LICENSE_ARN = re.compile(r"^arn:aws[a-z-]*:license-manager:")
-
-
-@dataclass(frozen=True)
-class Handled:
-    message_id: str
-    detail_type: str
-    outcomes: list[Outcome]
-    error: str | None = None  # set when the message was left on the queue
 
 
 class Reconciler:

@@ -18,6 +18,8 @@ from marketplace.aws.fulfilment import AwsMarketplace
 from marketplace.aws.settings import AwsMarketplaceSettings
 from marketplace.azure.fulfilment import AzureMarketplace
 from marketplace.azure.settings import AzureMarketplaceSettings
+from marketplace.gcp.fulfilment import GcpMarketplace
+from marketplace.gcp.settings import GcpMarketplaceSettings
 from onboarding.admin_client import AdminClient
 from onboarding.auditing import OnboardingAudit
 from onboarding.context import Endpoints
@@ -27,6 +29,7 @@ from service.security.apikeys import hash_key
 from service.security.vault_keys import VaultKeyAdmin, service_policy
 from tests.marketplace.aws_fake import MarketplaceFake, marketplace_fake
 from tests.marketplace.azure_fake import AzureFake, azure_fake
+from tests.marketplace.gcp_fake import GcpFake, gcp_fake
 from tests.servers import MotoServer, OpenBao
 from tests.service.harness import RunningService, running_service
 from tests.tlsutil import PKI, make_pki
@@ -127,6 +130,35 @@ def azure_settings(azure: AzureFake, monkeypatch: pytest.MonkeyPatch) -> AzureMa
 def azure_marketplace(deployment: Deployment, azure_settings: AzureMarketplaceSettings) -> Iterator[AzureMarketplace]:
     onboarder = deployment.onboarder()
     marketplace = AzureMarketplace(azure_settings, onboarder)
+    yield marketplace
+    marketplace.api.close()
+    onboarder.close()
+
+
+GCP_SERVICE = "foresight.endpoints.foresight-partner.cloud.goog"
+
+
+@pytest.fixture
+def gcp(deployment: Deployment) -> Iterator[GcpFake]:
+    with gcp_fake(deployment.pki, GCP_SERVICE) as running:
+        yield running
+
+
+@pytest.fixture
+def gcp_settings(gcp: GcpFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> GcpMarketplaceSettings:
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(gcp.key_file(tmp_path)))  # google-auth's own variable
+    return GcpMarketplaceSettings(
+        provider_id=gcp.provider, signup_audience=gcp.audience, service_name=GCP_SERVICE,
+        subscription="projects/foresight-partner/subscriptions/procurement", requests_per_unit=UNIT,
+        procurement_url=gcp.base, pubsub_url=gcp.base, servicecontrol_url=gcp.base, certs_url=gcp.certs_url,
+        ca_file=gcp.pki.ca_cert,
+    )
+
+
+@pytest.fixture
+def gcp_marketplace(deployment: Deployment, gcp_settings: GcpMarketplaceSettings) -> Iterator[GcpMarketplace]:
+    onboarder = deployment.onboarder()
+    marketplace = GcpMarketplace(gcp_settings, onboarder)
     yield marketplace
     marketplace.api.close()
     onboarder.close()

@@ -16,11 +16,13 @@ from typer.testing import CliRunner, Result
 from marketplace import cli
 from marketplace.aws.settings import AwsMarketplaceSettings
 from marketplace.azure.settings import AzureMarketplaceSettings
+from marketplace.gcp.settings import GcpMarketplaceSettings
 from service.net import free_port
 from tests import servers
 from tests.marketplace.aws_fake import MarketplaceFake
 from tests.marketplace.azure_fake import AzureFake
 from tests.marketplace.conftest import MOUNT, PRODUCT, UNIT, Deployment
+from tests.marketplace.gcp_fake import GcpFake
 from tests.marketplace.test_aws_events import Bus, license_event
 from tests.servers import OpenBao
 
@@ -196,3 +198,37 @@ def test_serve_answers_over_tls(env: None, deployment: Deployment, fake: Marketp
             assert page.status_code == 201 and deployment.redis(page.json()["api_key"]).ping()
             bad = client.post(f"https://localhost:{port}/aws/register", data={"x-amzn-marketplace-token": "nope"})
             assert bad.status_code == 400 and "InvalidTokenException" in bad.text
+
+
+@pytest.fixture
+def gcp_env(env: None, monkeypatch: pytest.MonkeyPatch, gcp_settings: GcpMarketplaceSettings) -> None:
+    for name in ("provider_id", "signup_audience", "service_name", "subscription", "requests_per_unit",
+                 "procurement_url", "pubsub_url", "servicecontrol_url", "certs_url", "ca_file"):
+        monkeypatch.setenv(f"FORESIGHT_GCP_MP_{name.upper()}", str(getattr(gcp_settings, name)))
+
+
+def test_gcp_register_events_meter_and_reconcile(gcp_env: None, gcp: GcpFake, deployment: Deployment) -> None:
+    token, entitlement_id = gcp.purchase("starter")
+    registered = run("gcp", "register", token, "--json")
+    assert registered.exit_code == 0, registered.output
+    body = json.loads(registered.stdout)
+    assert body["entitlement_id"] == entitlement_id and deployment.redis(body["api_key"]).ping()
+
+    gcp.entitlements[entitlement_id].update(state="ENTITLEMENT_PENDING_PLAN_CHANGE_APPROVAL", newPendingPlan="pro")
+    gcp.publish("ENTITLEMENT_PLAN_CHANGE_REQUESTED", entitlement_id)
+    handled = json.loads(run("gcp", "events", "--once", "--json").stdout)["handled"]
+    assert [o for h in handled for o in h["outcomes"]] == [{"tenant": body["tenant"], "action": "plan pro"}]
+
+    metered = json.loads(run("gcp", "meter", "--json").stdout)["metered"]
+    assert any(m["tenant"] == body["tenant"] and m["status"] == "Reported" for m in metered)
+    assert gcp.billed(entitlement_id) == [0]
+
+    gcp.entitlements[entitlement_id]["state"] = "ENTITLEMENT_CANCELLED"
+    reconciled = json.loads(run("gcp", "reconcile", "--json").stdout)["reconciled"]
+    assert {"tenant": body["tenant"], "action": "ended"} in reconciled
+
+
+def test_gcp_events_needs_a_subscription(gcp_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FORESIGHT_GCP_MP_SUBSCRIPTION")
+    result = run("gcp", "events", "--once")
+    assert result.exit_code == 2 and "FORESIGHT_GCP_MP_SUBSCRIPTION" in result.stderr

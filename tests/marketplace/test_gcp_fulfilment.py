@@ -1,0 +1,227 @@
+"""Google Cloud Marketplace SaaS: a Google-signed sign-up JWT turns the buyer's order into an approved tenant
+with a working key; Procurement events from Pub/Sub keep it in step (plan changes approved or rejected,
+cancellation metered then suspended); Service Control is charged once per hour. The real google-auth and
+PyJWT talk to the contract fake (gcp_fake.py) over HTTPS."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from marketplace.errors import MarketplaceFailure
+from marketplace.gcp.events import Reconciler, Subscription
+from marketplace.gcp.fulfilment import GcpMarketplace
+from marketplace.gcp.landing import create_app
+from marketplace.gcp.metering import Metering
+from marketplace.gcp.records import tenant_of
+from marketplace.records import Subscription as State
+from onboarding.errors import InvalidInput
+from onboarding.plans import PLANS
+from tests.marketplace.conftest import Deployment
+from tests.marketplace.gcp_fake import GcpFake
+from tests.marketplace.test_aws_events import refused
+from tests.servers import wait_until
+
+HOUR = dt.timedelta(hours=1)
+
+
+def sign_up(client: TestClient, token: str) -> Any:
+    return client.post("/gcp/signup", data={"x-gcp-marketplace-token": token}, headers={"Accept": "application/json"})
+
+
+@pytest.fixture
+def client(gcp_marketplace: GcpMarketplace) -> TestClient:
+    return TestClient(create_app(gcp_marketplace))
+
+
+@pytest.fixture
+def events(gcp_marketplace: GcpMarketplace) -> Subscription:
+    reconciler = Reconciler(gcp_marketplace, Metering(gcp_marketplace))
+    return Subscription(reconciler, "projects/foresight-partner/subscriptions/procurement")
+
+
+def test_sign_up_approves_the_account_and_order_and_hands_out_a_working_key(
+    client: TestClient, gcp: GcpFake, deployment: Deployment
+) -> None:
+    token, entitlement_id = gcp.purchase("pro")
+    reply = sign_up(client, token)
+    assert reply.status_code == 201, reply.text
+    body = reply.json()
+    assert body["tenant"] == tenant_of(entitlement_id) and body["plan"] == "pro"
+    assert gcp.entitlements[entitlement_id]["state"] == "ENTITLEMENT_ACTIVE"
+    account = gcp.entitlements[entitlement_id]["account"].rsplit("/", 1)[-1]
+    assert gcp.accounts[account]["state"] == "ACCOUNT_ACTIVE"
+    assert deployment.redis(body["api_key"]).ping()
+    spec = deployment.key_admin.get_tenant(body["tenant"])
+    assert spec is not None and spec.quota.memory_bytes == PLANS["pro"].memory_bytes
+
+    again = sign_up(client, token)
+    assert again.status_code == 200 and again.json()["api_key"] is None
+
+
+@pytest.mark.parametrize(
+    ("forge", "says"),
+    [
+        (lambda f, acct: f.signup_token(acct, aud="someone-else.example.com"), "Audience"),
+        (lambda f, acct: f.signup_token(acct, iss="https://accounts.google.com"), "issuer"),
+        (lambda f, acct: f.signup_token(acct, exp=1), "expired"),
+        (lambda f, acct: f.signup_token(acct)[:-4] + "AAAA", "Signature"),
+    ],
+    ids=["audience", "issuer", "expired", "signature"],
+)
+def test_sign_up_refuses_tokens_google_did_not_issue_for_this_listing(
+    client: TestClient, gcp: GcpFake, deployment: Deployment, forge, says  # type: ignore[no-untyped-def]
+) -> None:
+    _, entitlement_id = gcp.purchase("pro")
+    account = gcp.entitlements[entitlement_id]["account"].rsplit("/", 1)[-1]
+    reply = sign_up(client, forge(gcp, account))
+    assert reply.status_code == 400 and says.lower() in reply.json()["error"].lower()
+    assert gcp.accounts[account]["state"] == "ACCOUNT_ACTIVATION_REQUESTED"  # nothing approved
+    assert deployment.key_admin.get_tenant(tenant_of(entitlement_id)) is None
+
+
+def test_an_unmapped_plan_or_no_order_yet_gets_402(client: TestClient, gcp: GcpFake) -> None:
+    token, _ = gcp.purchase("platinum")
+    assert sign_up(client, token).status_code == 402
+    token, entitlement_id = gcp.purchase("pro")
+    gcp.entitlements.pop(entitlement_id)
+    reply = sign_up(client, token)
+    assert reply.status_code == 402 and "try the sign-up link again" in reply.json()["error"]
+
+
+def test_a_failed_approval_removes_the_tenant(
+    gcp_marketplace: GcpMarketplace, gcp: GcpFake, deployment: Deployment
+) -> None:
+    token, entitlement_id = gcp.purchase("starter")
+    original = gcp.api
+
+    def refuse_approval(method: str, path: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
+        if path.endswith(f"{entitlement_id}:approve"):
+            return 503, {"error": {"code": 503, "message": "backend unavailable"}}
+        return original(method, path, query, body)
+
+    gcp.api = refuse_approval  # type: ignore[method-assign]
+    with pytest.raises(MarketplaceFailure, match="answered 503"):
+        gcp_marketplace.register(token)
+    tenant = tenant_of(entitlement_id)
+    assert deployment.key_admin.get_tenant(tenant) is None and gcp_marketplace.records.get(tenant) is None
+    gcp.api = original  # type: ignore[method-assign]
+    assert gcp_marketplace.register(token).key is not None
+
+
+def test_missing_provider_credentials_name_the_variable(
+    gcp_settings, deployment: Deployment, monkeypatch: pytest.MonkeyPatch, tmp_path  # type: ignore[no-untyped-def]
+) -> None:
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    with pytest.raises(InvalidInput, match="GOOGLE_APPLICATION_CREDENTIALS"):
+        GcpMarketplace(gcp_settings, deployment.onboarder())
+
+
+def test_a_plan_change_is_approved_and_applied(
+    gcp_marketplace: GcpMarketplace, gcp: GcpFake, events: Subscription, deployment: Deployment
+) -> None:
+    token, entitlement_id = gcp.purchase("starter")
+    tenant = gcp_marketplace.register(token).tenant
+    gcp.entitlements[entitlement_id].update(state="ENTITLEMENT_PENDING_PLAN_CHANGE_APPROVAL", newPendingPlan="pro")
+    gcp.publish("ENTITLEMENT_PLAN_CHANGE_REQUESTED", entitlement_id)
+    handled = events.poll()
+    assert [(o.tenant, o.action) for h in handled for o in h.outcomes] == [(tenant, "plan pro")]
+    assert gcp.entitlements[entitlement_id]["plan"] == "pro" and not gcp.messages  # acknowledged
+    spec = deployment.key_admin.get_tenant(tenant)
+    assert spec is not None and spec.quota.memory_bytes == PLANS["pro"].memory_bytes
+
+
+def test_a_change_to_a_plan_not_offered_is_rejected(
+    gcp_marketplace: GcpMarketplace, gcp: GcpFake, events: Subscription
+) -> None:
+    token, entitlement_id = gcp.purchase("starter")
+    gcp_marketplace.register(token)
+    gcp.entitlements[entitlement_id].update(state="ENTITLEMENT_PENDING_PLAN_CHANGE_APPROVAL",
+                                            newPendingPlan="platinum")
+    gcp.publish("ENTITLEMENT_PLAN_CHANGE_REQUESTED", entitlement_id)
+    assert "refused" in events.poll()[0].outcomes[0].action
+    assert gcp.entitlements[entitlement_id]["plan"] == "starter"
+    assert any(path.endswith(":rejectPlanChange") for _, path, _ in gcp.calls)
+
+
+def test_cancellation_meters_once_more_then_suspends(
+    gcp_marketplace: GcpMarketplace, gcp: GcpFake, events: Subscription, deployment: Deployment
+) -> None:
+    token, entitlement_id = gcp.purchase("pro")
+    registration = gcp_marketplace.register(token)
+    assert registration.key is not None
+    key = registration.key.secret
+    deployment.redis(key).mget([f"k{i}" for i in range(230)])
+    gcp.entitlements[entitlement_id]["state"] = "ENTITLEMENT_CANCELLED"
+    gcp.publish("ENTITLEMENT_CANCELLED", entitlement_id)
+    assert [o.action for h in events.poll() for o in h.outcomes] == ["ended"]
+    record = gcp_marketplace.records.get(registration.tenant)
+    assert record is not None and record.subscription is State.ENDED
+    wait_until(lambda: refused(deployment, key), "the cancelled tenant's key refused", timeout=3)
+
+
+def test_a_failure_leaves_the_event_for_redelivery_and_bad_messages_stay(
+    gcp_marketplace: GcpMarketplace, gcp: GcpFake, events: Subscription
+) -> None:
+    token, entitlement_id = gcp.purchase("starter")
+    gcp_marketplace.register(token)
+    gcp.entitlements[entitlement_id]["plan"] = "pro"
+    gcp.publish("ENTITLEMENT_PLAN_CHANGED", entitlement_id)
+    gcp.publish("?", data=b"not json")
+    original = gcp.api
+
+    def entitlement_down(method: str, path: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
+        if path.endswith(entitlement_id) and method == "GET":
+            return 503, {"error": {"code": 503, "message": "backend unavailable"}}
+        return original(method, path, query, body)
+
+    gcp.api = entitlement_down  # type: ignore[method-assign]
+    first = events.poll()
+    assert all(h.error for h in first) and len(gcp.messages) == 2
+    gcp.api = original  # type: ignore[method-assign]
+    second = events.poll()
+    assert [o.action for h in second for o in h.outcomes] == ["plan pro"]
+    assert len(gcp.messages) == 1  # the unparseable one waits for the dead-letter policy
+
+
+def test_metering_charges_each_hour_once_to_the_usage_reporting_id(
+    gcp_marketplace: GcpMarketplace, gcp: GcpFake, deployment: Deployment
+) -> None:
+    token, entitlement_id = gcp.purchase("pro")
+    registration = gcp_marketplace.register(token)
+    assert registration.key is not None
+    then = dt.datetime.now(dt.UTC) - 3 * HOUR
+    gcp_marketplace.records.update(registration.tenant, lambda r: r.model_copy(update={"registered": then}))
+    deployment.redis(registration.key.secret).mget([f"k{i}" for i in range(250)])
+    metering = Metering(gcp_marketplace)
+    hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    first = metering.run(now=hour - HOUR + dt.timedelta(minutes=5), tenants=[registration.tenant])
+    assert [(m.quantity, m.status) for m in first.metered] == [(2, "Reported")]
+    operation = next(iter(gcp.reported.values()))
+    assert operation["consumerId"] == f"project:{gcp.entitlements[entitlement_id]['usageReportingId']}"
+    assert operation["metricValueSets"][0]["metricName"].endswith("/requests")
+
+    record = gcp_marketplace.records.get(registration.tenant)
+    assert record is not None and record.last_metered is not None
+    from marketplace.records import PendingUsage
+
+    again = PendingUsage(timestamp=record.last_metered, quantity=2, requests_seen=record.requests_seen,
+                         remainder=record.unbilled_requests)
+    gcp_marketplace.records.update(registration.tenant, lambda r: r.model_copy(update={"pending": again}))
+    metering.run(tenants=[registration.tenant])  # the resend after a crash: the same operation id
+    assert gcp.billed(entitlement_id) == [2]
+
+
+def test_metering_after_cancellation_is_refused_for_good(
+    gcp_marketplace: GcpMarketplace, gcp: GcpFake, deployment: Deployment
+) -> None:
+    token, entitlement_id = gcp.purchase("pro")
+    registration = gcp_marketplace.register(token)
+    gcp.entitlements[entitlement_id]["state"] = "ENTITLEMENT_CANCELLED"
+    report = Metering(gcp_marketplace).run(tenants=[registration.tenant])
+    assert [m.status for m in report.metered] == ["Error 7"]
+    record = gcp_marketplace.records.get(registration.tenant)
+    assert record is not None and record.pending is None  # settled: never resent
