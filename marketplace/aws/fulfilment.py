@@ -58,6 +58,10 @@ class AwsMarketplace:
             "marketplace-entitlement", endpoint_url=settings.entitlement_endpoint_url, config=_RETRIES
         )
 
+    def close(self) -> None:
+        self.metering.close()
+        self.entitlement.close()
+
     def register(self, token: str) -> Registration:
         """The tenant for the purchase behind `token`, created with its first key unless it exists already."""
         if not token.strip():

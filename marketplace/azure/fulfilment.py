@@ -90,6 +90,9 @@ class AzureMarketplace:
         self.records = records(onboarder.key_admin)
         self.api = api or MarketplaceApi(settings)
 
+    def close(self) -> None:
+        self.api.close()
+
     def register(self, token: str) -> Registration:
         """The tenant for the subscription behind `token`, created and activated unless it exists already."""
         if not token.strip():

@@ -91,6 +91,9 @@ class GcpMarketplace:
         self.api = api or GoogleApis(settings)
         self._provider = f"{settings.procurement_url.rstrip('/')}/v1/providers/{settings.provider_id}"
 
+    def close(self) -> None:
+        self.api.close()
+
     def register(self, token: str) -> Registration:
         """The tenant for the order behind a sign-up token, created and approved unless it exists already."""
         account_id = self.verify(token)

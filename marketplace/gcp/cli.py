@@ -1,0 +1,63 @@
+"""`foresight marketplace gcp`: the SaaS listing's sign-up page, Procurement events and metering."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+
+from marketplace.commands import AdminUrl, Host, Json, Once, Port, TlsCert, TlsKey, connected, consume, saas_commands
+from marketplace.commands import serve as serve_pages
+from onboarding import output
+from onboarding.errors import InvalidInput
+
+app = typer.Typer(no_args_is_help=True, help="Google Cloud Marketplace SaaS: sign-up, Pub/Sub events, metering.")
+
+
+@contextmanager
+def connect(admin_url: str | None) -> Iterator[Any]:
+    from marketplace.gcp.fulfilment import GcpMarketplace
+    from marketplace.gcp.settings import GcpMarketplaceSettings
+
+    with connected(GcpMarketplaceSettings, "FORESIGHT_GCP_MP_", GcpMarketplace, admin_url) as marketplace:
+        yield marketplace
+
+
+def _metering(marketplace: Any) -> Any:
+    from marketplace.gcp.metering import Metering
+
+    return Metering(marketplace)
+
+
+def _reconciler(marketplace: Any) -> Any:
+    from marketplace.gcp.events import Reconciler
+
+    return Reconciler(marketplace, _metering(marketplace))
+
+
+saas_commands(app, connect, argument_help="The x-gcp-marketplace-token JWT the buyer's browser posted.",
+              meter=_metering, reconciler=lambda marketplace: _reconciler(marketplace).reconcile)
+
+
+@app.command()
+def serve(tls_cert: TlsCert, tls_key: TlsKey, host: Host = "127.0.0.1", port: Port = 8444,
+          admin_url: AdminUrl = None) -> None:
+    """Serve the sign-up page (POST /gcp/signup) over HTTPS: the listing's sign-up URL."""
+    from marketplace.gcp.landing import create_app
+
+    with output.reported(False), connect(admin_url) as marketplace:
+        serve_pages(create_app(marketplace), tls_cert, tls_key, host, port)
+
+
+@app.command()
+def events(once: Once = False, admin_url: AdminUrl = None, as_json: Json = False) -> None:
+    """Consume Procurement events from FORESIGHT_GCP_MP_SUBSCRIPTION and reconcile the orders they name."""
+    from marketplace.gcp.events import Subscription
+
+    with output.reported(as_json), connect(admin_url) as marketplace:
+        if not marketplace.settings.subscription:
+            raise InvalidInput("FORESIGHT_GCP_MP_SUBSCRIPTION", "is not set; the Procurement events arrive there")
+        subscription = Subscription(_reconciler(marketplace), marketplace.settings.subscription)
+        consume(subscription.poll, once, as_json)
