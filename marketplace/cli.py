@@ -31,12 +31,14 @@ def build(
     """Write every listing's launch artifacts, generated from the same spec as the stacks.
 
     aws/foresight.template.json (AMI with CloudFormation), aws/eventbridge-pattern.json (the rule that feeds
-    lifecycle events to the fulfilment queue), and azure/mainTemplate.json, azure/createUiDefinition.json and
-    azure/app.zip (the managed application package Partner Center takes).
+    lifecycle events to the fulfilment queue); azure/mainTemplate.json, azure/createUiDefinition.json and
+    azure/app.zip (the managed application package Partner Center takes); gcp/ (the Terraform VM solution
+    module with its blueprint metadata and test tfvars).
     """
     from marketplace.aws.events import EVENT_PATTERN
     from marketplace.aws.template import render
     from marketplace.azure.template import package
+    from marketplace.gcp.template import package as gcp_package
 
     with output.reported(as_json):
         paths = [
@@ -46,6 +48,8 @@ def build(
         archive = package(out / "azure")
         paths += [str(archive.parent / name) for name in ("mainTemplate.json", "createUiDefinition.json")]
         paths.append(str(archive))
+        gcp_dir = gcp_package(out / "gcp")
+        paths += sorted(str(path) for path in gcp_dir.iterdir())
         if as_json:
             output.emit_json({"written": paths})
         else:

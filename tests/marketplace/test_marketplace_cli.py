@@ -129,6 +129,8 @@ def test_build_writes_the_listing_artifacts(tmp_path) -> None:  # type: ignore[n
     assert ui["handler"] == "Microsoft.Azure.CreateUIDef"
     with zipfile.ZipFile(tmp_path / "azure/app.zip") as package:
         assert sorted(package.namelist()) == ["createUiDefinition.json", "mainTemplate.json"]
+    main_tf = (tmp_path / "gcp/main.tf").read_text()
+    assert 'resource "google_compute_instance"' in main_tf and (tmp_path / "gcp/metadata.yaml").is_file()
     on_disk = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert sorted(written) == sorted(str(p) for p in on_disk)  # everything reported, no temporary left behind
 
