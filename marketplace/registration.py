@@ -1,4 +1,5 @@
-"""What a registration hands back, on every cloud, and the page and JSON that show it once.
+"""Registering a purchase, on every cloud: the transaction (`register_purchase`), what it hands back, and
+the page and JSON that show it once.
 
 The page is the only place the buyer's first API key appears: it is never cached, framed or referred, and
 `Accept: application/json` gets the same object for automation.
@@ -7,6 +8,8 @@ The page is the only place the buyer's first API key appears: it is never cached
 from __future__ import annotations
 
 import html
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -15,10 +18,15 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from marketplace.errors import NotEntitled
+from marketplace.records import PurchaseRecords, RecordT
 from onboarding.context import Endpoints
-from onboarding.errors import InvalidInput, OnboardingError
+from onboarding.errors import Conflict, InvalidInput, OnboardingError
+from onboarding.plans import quota_for
 from onboarding.snippet import connection_snippet
+from onboarding.tenants import Onboarder
 from service.security.apikeys import IssuedKey
+
+log = logging.getLogger(__name__)
 
 MAX_FORM_BYTES = 16 * 1024
 HEADERS = {
@@ -70,6 +78,37 @@ class Registration:
             if self.key:
                 body["snippet"] = connection_snippet(ends, self.key.secret)
         return body
+
+
+def register_purchase(
+    records: PurchaseRecords[RecordT], onboarder: Onboarder, tenant: str, record: RecordT, purchase: dict[str, str],
+    activate: Callable[[], None] = lambda: None,
+) -> Registration:
+    """The registration transaction every marketplace shares: record the purchase, create the tenant and its
+    first key, then `activate` (tell the marketplace to start billing). A step that fails undoes the ones
+    before it, so the buyer can simply retry; a purchase registered before gets no second key (activation is
+    repeated, idempotently, in case it was what failed)."""
+    fresh = records.create(tenant, record)
+    if not fresh and records.tenant_exists(tenant):
+        activate()
+        return Registration.already(tenant, record.plan, purchase, onboarder.endpoints)
+    try:
+        created = onboarder.create_tenant(tenant, quota_for(record.plan))
+    except Conflict:  # a concurrent registration of the same purchase made it first
+        return Registration.already(tenant, record.plan, purchase, onboarder.endpoints)
+    except BaseException:
+        if fresh:
+            records.delete(tenant)
+        raise
+    try:
+        activate()
+    except BaseException:
+        onboarder.delete_tenant(tenant)  # nobody pays for it: no tenant, no key
+        records.delete(tenant)
+        raise
+    log.info("registered a marketplace purchase as tenant %s (plan %s)", tenant, record.plan)
+    return Registration(tenant=tenant, plan=record.plan, purchase=purchase, key=created.key,
+                        endpoints=onboarder.endpoints, warnings=created.warnings)
 
 
 def registered(registration: Registration, wants_json: bool) -> Response:

@@ -9,7 +9,6 @@ concurrent agreements), so that is what this keys on; the legacy `CustomerIdenti
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,12 +20,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from marketplace.aws.records import CustomerRecord, records, tenant_of
 from marketplace.aws.settings import AwsMarketplaceSettings
 from marketplace.errors import MarketplaceFailure, NotEntitled
-from marketplace.registration import Registration
-from onboarding.errors import Conflict, InvalidInput
-from onboarding.plans import PLANS, quota_for
+from marketplace.registration import Registration, register_purchase
+from onboarding.errors import InvalidInput
+from onboarding.plans import PLANS
 from onboarding.tenants import Onboarder
-
-log = logging.getLogger(__name__)
 
 _BAD_TOKEN = ("InvalidTokenException", "ExpiredTokenException")
 # Client-side retries with backoff for throttling and 5xx; what still fails is reported, not swallowed.
@@ -82,26 +79,7 @@ class AwsMarketplace:
             plan=plan,
             registered=dt.datetime.now(dt.UTC),
         )
-        fresh = self.records.create(tenant, record)
-        if not fresh and self.records.tenant_exists(tenant):
-            return self._already(tenant, purchase)
-        try:
-            created = self.onboarder.create_tenant(tenant, quota_for(plan))
-        except Conflict:  # a concurrent registration of the same purchase made it first
-            return self._already(tenant, purchase)
-        except BaseException:
-            if fresh:
-                self._undo_record(tenant)
-            raise
-        log.info("registered AWS Marketplace purchase as tenant %s (plan %s)", tenant, plan)
-        return Registration(
-            tenant=tenant,
-            plan=plan,
-            purchase=purchase.ids(),
-            key=created.key,
-            endpoints=self.onboarder.endpoints,
-            warnings=created.warnings,
-        )
+        return register_purchase(self.records, self.onboarder, tenant, record, purchase.ids())
 
     def resolve(self, token: str) -> Purchase:
         try:
@@ -156,17 +134,6 @@ class AwsMarketplace:
             if not reply.get("NextToken"):
                 return
             request["NextToken"] = reply["NextToken"]
-
-    def _already(self, tenant: str, purchase: Purchase) -> Registration:
-        record = self.records.get(tenant)
-        plan = record.plan if record is not None else "unknown"
-        return Registration.already(tenant, plan, purchase.ids(), self.onboarder.endpoints)
-
-    def _undo_record(self, tenant: str) -> None:
-        try:
-            self.records.delete(tenant)
-        except Exception as err:  # the tenant failed already; a leftover record is retried by the next register
-            log.error("could not remove the purchase record of %s after a failed registration: %s", tenant, err)
 
 
 def _positive(value: dict[str, Any] | None) -> bool:

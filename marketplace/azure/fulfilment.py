@@ -9,7 +9,6 @@ holds a key to something nobody pays for and can simply retry.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 import uuid
 from typing import Any
@@ -21,12 +20,9 @@ from azure.identity import CertificateCredential, ClientSecretCredential
 from marketplace.azure.records import SubscriptionRecord, records, tenant_of
 from marketplace.azure.settings import AzureMarketplaceSettings
 from marketplace.errors import MarketplaceFailure, NotEntitled
-from marketplace.registration import Registration
-from onboarding.errors import Conflict, InvalidInput
-from onboarding.plans import quota_for
+from marketplace.registration import Registration, register_purchase
+from onboarding.errors import InvalidInput
 from onboarding.tenants import Onboarder
-
-log = logging.getLogger(__name__)
 
 API_VERSION = "2018-08-31"
 MARKETPLACE_APP_ID = "20e940b3-4c77-4b0b-9a53-9e16a1b010a7"  # the Marketplace API's own Entra app (its resource)
@@ -115,33 +111,8 @@ class AzureMarketplace:
             plan=plan,
             registered=dt.datetime.now(dt.UTC),
         )
-        fresh = self.records.create(tenant, record)
-        if not fresh and self.records.tenant_exists(tenant):
-            self._activate(subscription)  # a retry after a failed activation, or a second visit: idempotent
-            return Registration.already(tenant, plan, _ids(subscription), self.onboarder.endpoints)
-        try:
-            created = self.onboarder.create_tenant(tenant, quota_for(plan))
-        except Conflict:
-            return Registration.already(tenant, plan, _ids(subscription), self.onboarder.endpoints)
-        except BaseException:
-            if fresh:
-                self.records.delete(tenant)
-            raise
-        try:
-            self._activate(subscription)
-        except BaseException:
-            self.onboarder.delete_tenant(tenant)  # nobody pays for it: no tenant, no key
-            self.records.delete(tenant)
-            raise
-        log.info("registered Azure Marketplace subscription as tenant %s (plan %s)", tenant, plan)
-        return Registration(
-            tenant=tenant,
-            plan=plan,
-            purchase=_ids(subscription),
-            key=created.key,
-            endpoints=self.onboarder.endpoints,
-            warnings=created.warnings,
-        )
+        return register_purchase(self.records, self.onboarder, tenant, record, _ids(subscription),
+                                 activate=lambda: self._activate(subscription))
 
     def resolve(self, token: str) -> dict[str, Any]:
         """The subscription a landing-page token stands for; refused if it belongs to another offer."""

@@ -9,7 +9,6 @@ that approval fails the tenant is removed again, so nobody holds a key to an ord
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from typing import Any
 
 import google.auth
@@ -23,12 +22,9 @@ from google.auth.transport.requests import AuthorizedSession, Request
 from marketplace.errors import MarketplaceFailure, NotEntitled
 from marketplace.gcp.records import EntitlementRecord, records, tenant_of
 from marketplace.gcp.settings import GcpMarketplaceSettings
-from marketplace.registration import Registration
-from onboarding.errors import Conflict, InvalidInput
-from onboarding.plans import quota_for
+from marketplace.registration import Registration, register_purchase
+from onboarding.errors import InvalidInput
 from onboarding.tenants import Onboarder
-
-log = logging.getLogger(__name__)
 
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 # Entitlement states that can be set up now; every other state is answered by the lifecycle.
@@ -113,33 +109,8 @@ class GcpMarketplace:
             usage_reporting_id=entitlement.get("usageReportingId", ""),
             registered=dt.datetime.now(dt.UTC),
         )
-        fresh = self.records.create(tenant, record)
-        if not fresh and self.records.tenant_exists(tenant):
-            self._approve_entitlement(entitlement)
-            return Registration.already(tenant, plan, purchase, self.onboarder.endpoints)
-        try:
-            created = self.onboarder.create_tenant(tenant, quota_for(plan))
-        except Conflict:
-            return Registration.already(tenant, plan, purchase, self.onboarder.endpoints)
-        except BaseException:
-            if fresh:
-                self.records.delete(tenant)
-            raise
-        try:
-            self._approve_entitlement(entitlement)
-        except BaseException:
-            self.onboarder.delete_tenant(tenant)  # nobody pays for it: no tenant, no key
-            self.records.delete(tenant)
-            raise
-        log.info("registered Google Cloud Marketplace order as tenant %s (plan %s)", tenant, plan)
-        return Registration(
-            tenant=tenant,
-            plan=plan,
-            purchase=purchase,
-            key=created.key,
-            endpoints=self.onboarder.endpoints,
-            warnings=created.warnings,
-        )
+        return register_purchase(self.records, self.onboarder, tenant, record, purchase,
+                                 activate=lambda: self._approve_entitlement(entitlement))
 
     def verify(self, token: str) -> str:
         """The Procurement account id in a sign-up JWT; InvalidInput unless Google signed it for this listing."""
