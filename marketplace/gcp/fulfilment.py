@@ -183,15 +183,18 @@ class GcpMarketplace:
             )
 
     def _pending_entitlement(self, account_id: str) -> dict[str, Any]:
+        """The order to set up: one awaiting activation first (an account may buy again after its first order
+        is active), else an active one (a repeated sign-up)."""
         reply = self.api.call(
             "GET",
             f"{self._provider}/entitlements",
             "list the account's entitlements",
             params={"filter": f"account={account_id}"},
         )
-        for entitlement in reply.get("entitlements", []):
-            if entitlement.get("state") in _REGISTRABLE:
-                return dict(entitlement)
+        for state in _REGISTRABLE:
+            for entitlement in reply.get("entitlements", []):
+                if entitlement.get("state") == state:
+                    return dict(entitlement)
         raise NotEntitled(
             "register order",
             "the account has no order to set up yet; Google can take a few "

@@ -225,3 +225,16 @@ def test_metering_after_cancellation_is_refused_for_good(
     assert [m.status for m in report.metered] == ["Error 7"]
     record = gcp_marketplace.records.get(registration.tenant)
     assert record is not None and record.pending is None  # settled: never resent
+
+
+def test_a_second_order_of_the_same_account_gets_its_own_tenant(
+    client: TestClient, gcp: GcpFake, deployment: Deployment
+) -> None:
+    token, first_id = gcp.purchase("starter")
+    assert sign_up(client, token).status_code == 201
+    account = gcp.entitlements[first_id]["account"]
+    _, second_id = gcp.purchase("pro")
+    gcp.entitlements[second_id]["account"] = account  # the same buyer orders again
+    second = sign_up(client, token)
+    assert second.status_code == 201 and second.json()["tenant"] == tenant_of(second_id)
+    assert deployment.key_admin.get_tenant(tenant_of(first_id)) is not None
