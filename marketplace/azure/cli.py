@@ -11,13 +11,17 @@ import typer
 from marketplace.commands import AdminUrl, Host, Port, TlsCert, TlsKey, connected, saas_commands
 from marketplace.commands import serve as serve_pages
 from onboarding import output
+from onboarding.errors import InvalidInput
 
 app = typer.Typer(no_args_is_help=True, help="Azure Marketplace SaaS: landing page, webhook, metering.")
 
 
 @contextmanager
 def connect(admin_url: str | None) -> Iterator[Any]:
-    from marketplace.azure.fulfilment import AzureMarketplace
+    try:
+        from marketplace.azure.fulfilment import AzureMarketplace
+    except ModuleNotFoundError as err:  # the base install leaves the cloud SDKs out
+        raise InvalidInput("foresight[azure]", f"{err.name} is not installed: pip install 'foresight[azure]'") from None
     from marketplace.azure.settings import AzureMarketplaceSettings
 
     with connected(AzureMarketplaceSettings, "FORESIGHT_AZURE_MP_", AzureMarketplace, admin_url) as marketplace:

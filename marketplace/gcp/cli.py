@@ -18,7 +18,10 @@ app = typer.Typer(no_args_is_help=True, help="Google Cloud Marketplace SaaS: sig
 
 @contextmanager
 def connect(admin_url: str | None) -> Iterator[Any]:
-    from marketplace.gcp.fulfilment import GcpMarketplace
+    try:
+        from marketplace.gcp.fulfilment import GcpMarketplace
+    except ModuleNotFoundError as err:  # the base install leaves the cloud SDKs out
+        raise InvalidInput("foresight[gcp]", f"{err.name} is not installed: pip install 'foresight[gcp]'") from None
     from marketplace.gcp.settings import GcpMarketplaceSettings
 
     with connected(GcpMarketplaceSettings, "FORESIGHT_GCP_MP_", GcpMarketplace, admin_url) as marketplace:

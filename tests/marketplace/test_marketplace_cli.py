@@ -234,3 +234,14 @@ def test_gcp_events_needs_a_subscription(gcp_env: None, monkeypatch: pytest.Monk
     monkeypatch.delenv("FORESIGHT_GCP_MP_SUBSCRIPTION")
     result = run("gcp", "events", "--once")
     assert result.exit_code == 2 and "FORESIGHT_GCP_MP_SUBSCRIPTION" in result.stderr
+
+
+@pytest.mark.parametrize(("cloud", "sdk"), [("azure", "azure.identity"), ("gcp", "google.auth")])
+def test_a_missing_cloud_sdk_says_which_extra_to_install(
+    cloud: str, sdk: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, sdk, None)  # as if the extra were not installed
+    monkeypatch.delitem(sys.modules, f"marketplace.{cloud}.fulfilment", raising=False)
+    result = run(cloud, "meter")
+    assert result.exit_code == 2
+    assert f"pip install 'foresight[{cloud}]'" in result.stderr
