@@ -14,6 +14,7 @@ from marketplace.azure.cli import app as azure
 from marketplace.commands import Json
 from marketplace.gcp.cli import app as gcp
 from onboarding import output
+from onboarding.errors import InvalidInput
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(aws, name="aws")
@@ -35,12 +36,15 @@ def build(
     azure/app.zip (the managed application package Partner Center takes); gcp/ (the Terraform VM solution
     module with its blueprint metadata and test tfvars).
     """
-    from marketplace.aws.events import EVENT_PATTERN
-    from marketplace.aws.template import render
-    from marketplace.azure.template import package
-    from marketplace.gcp.template import package as gcp_package
-
     with output.reported(as_json):
+        try:  # the templates are built from the stacks' parts, which need the stacks extra (Pulumi)
+            from marketplace.aws.events import EVENT_PATTERN
+            from marketplace.aws.template import render
+            from marketplace.azure.template import package
+            from marketplace.gcp.template import package as gcp_package
+        except ModuleNotFoundError as err:
+            why = f"{err.name} is not installed: pip install 'foresight[stacks]'"
+            raise InvalidInput("foresight[stacks]", why) from None
         paths = [
             _write_json(out / "aws/foresight.template.json", render()),
             _write_json(out / "aws/eventbridge-pattern.json", EVENT_PATTERN),

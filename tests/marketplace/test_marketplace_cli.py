@@ -245,3 +245,14 @@ def test_a_missing_cloud_sdk_says_which_extra_to_install(
     result = run(cloud, "meter")
     assert result.exit_code == 2
     assert f"pip install 'foresight[{cloud}]'" in result.stderr
+
+
+def test_build_without_the_stacks_extra_says_which_to_install(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    for name in [m for m in sys.modules if m.startswith(("stacks", "marketplace.aws.template", "marketplace.azure.t",
+                                                         "marketplace.azure.ui", "marketplace.gcp.t",
+                                                         "marketplace.gcp.blueprint", "marketplace.launch"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "pulumi", None)  # as on a base install
+    result = run("build", "--out", str(tmp_path))
+    assert result.exit_code == 2
+    assert "pip install 'foresight[stacks]'" in result.stderr and not list(tmp_path.iterdir())
