@@ -57,8 +57,10 @@ class Authenticator:
         if principal is None:
             if session is not None:
                 session.revoked = True
-                del self._sessions[digest]
+                if self._sessions.get(digest) is session:  # another login or the re-check may have gone first
+                    del self._sessions[digest]
             return None
+        session = self._sessions.get(digest)  # as it is now: an overlapping login may have made one meanwhile
         if session is None or session.revoked or session.principal != principal:
             session = Session(principal, api_key)
             self._sessions[digest] = session
