@@ -24,8 +24,9 @@ def bao_root(openbao: OpenBao) -> hvac.Client:
     """Root client on an OpenBao with the key store, transit and PKI set up the way `foresight local up` will."""
     client = openbao.client()
     mounts = client.sys.list_mounted_secrets_engines()["data"]
-    if "transit/" not in mounts:
+    if "transit/" not in mounts:  # another suite on this OpenBao may have mounted transit but not pki
         client.sys.enable_secrets_engine("transit", path="transit")
+    if "pki/" not in mounts:
         client.sys.enable_secrets_engine("pki", path="pki", config={"max_lease_ttl": "87600h"})
         client.secrets.pki.generate_root("internal", "Foresight Test Root", mount_point="pki")
         client.secrets.pki.create_or_update_role(
