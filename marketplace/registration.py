@@ -7,6 +7,7 @@ The page is the only place the buyer's first API key appears: it is never cached
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from marketplace.errors import NotEntitled
@@ -126,6 +127,28 @@ def refused(err: OnboardingError, wants_json: bool) -> Response:
     """400 for bad input, 402 for a purchase that cannot be served (yet), 503 for anything to retry later."""
     status = 400 if isinstance(err, InvalidInput) else 402 if isinstance(err, NotEntitled) else 503
     return _reply(wants_json, status, {"error": str(err)}, _page("Setup could not finish", [str(err)]))
+
+
+def form_page(title: str, path: str, field: str, register: Callable[[str], Registration]) -> FastAPI:
+    """The page a marketplace posts the buyer's browser to with a token in form `field` (AWS, Google Cloud);
+    `register` blocks (cloud SDKs, Vault), so it runs off the event loop."""
+    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.post(path)
+    async def register_page(request: Request) -> Response:
+        wants_json = "application/json" in request.headers.get("accept", "")
+        try:
+            token = await form_token(request, field)
+            registration = await asyncio.to_thread(register, token)
+        except OnboardingError as err:
+            return refused(err, wants_json)
+        return registered(registration, wants_json)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
 
 
 async def form_token(request: Request, field: str) -> str:
