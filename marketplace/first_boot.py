@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from service.security.apikeys import new_key
 from service.security.local_ca import CertificateAuthority, IssuedCert, write_private
@@ -103,3 +105,25 @@ def base_arguments(doc: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="directory for the TLS files and tenants.json")
     parser.add_argument("--tenant", required=True, help="the first tenant's name")
     return parser
+
+
+RETRY_TIMEOUT_S = 900.0  # role grants reach a new secret store within minutes; give up after fifteen
+_T = TypeVar("_T")
+
+
+class NotYet(Exception):
+    """The cloud answered "not yet" (a grant still propagating, a server busy): worth another try."""
+
+
+def with_retries(step: Callable[[], _T], what: str, timeout_s: float = RETRY_TIMEOUT_S) -> _T:
+    """`step()` again while the cloud says "not yet", backing off, until `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    delay = 2.0
+    while True:
+        try:
+            return step()
+        except NotYet as err:
+            if time.monotonic() + delay > deadline:
+                raise FirstBootError(f"gave up {what}: {err}") from None
+        time.sleep(delay)
+        delay = min(delay * 2, 30.0)

@@ -15,25 +15,27 @@ import argparse
 import json
 import os
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
-from marketplace.first_boot import Addresses, FirstBootError, base_arguments, provision
+from marketplace.first_boot import (
+    RETRY_TIMEOUT_S,
+    Addresses,
+    FirstBootError,
+    NotYet,
+    base_arguments,
+    provision,
+    with_retries,
+)
 
 IMDS_ENDPOINT = "http://169.254.169.254"
 IMDS_API_VERSION = "2018-02-01"
 KEY_VAULT_API_VERSION = "7.4"
-RETRY_TIMEOUT_S = 900.0
 # Answers that mean "not yet". IMDS: 400 "Identity not found" until the identity reaches the VM, 404/410 while
 # it updates, 429 and 5xx when busy. Key Vault: 401/403 until the role assignment reaches it, 429 and 5xx.
 _IMDS_RETRY = frozenset({400, 404, 410, 429, 500, 502, 503, 504})
 _VAULT_RETRY = frozenset({401, 403, 429, 500, 502, 503, 504})
-
-
-class _NotYet(Exception):
-    """A retryable answer; its text says which."""
 
 
 def _request(request: urllib.request.Request, retry: frozenset[int]) -> bytes:
@@ -43,10 +45,10 @@ def _request(request: urllib.request.Request, retry: frozenset[int]) -> bytes:
     except urllib.error.HTTPError as err:
         summary = f"{request.get_method()} {request.full_url.split('?')[0]} -> HTTP {err.code}"
         if err.code in retry:
-            raise _NotYet(summary) from None
+            raise NotYet(summary) from None
         raise FirstBootError(summary) from None
     except OSError as err:
-        raise _NotYet(f"{request.full_url.split('?')[0]}: {err}") from None
+        raise NotYet(f"{request.full_url.split('?')[0]}: {err}") from None
 
 
 def identity_token(endpoint: str, resource: str, client_id: str) -> str:
@@ -79,17 +81,8 @@ def put_with_retries(
     imds: str, resource: str, client_id: str, secret_uri: str, document: str, timeout_s: float = RETRY_TIMEOUT_S
 ) -> None:
     """Token, then PUT; both again while Azure says "not yet", until `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    delay = 2.0
-    while True:
-        try:
-            put_secret(secret_uri, identity_token(imds, resource, client_id), document)
-            return
-        except _NotYet as err:
-            if time.monotonic() + delay > deadline:
-                raise FirstBootError(f"gave up setting {secret_uri}: {err}") from None
-        time.sleep(delay)
-        delay = min(delay * 2, 30.0)
+    with_retries(lambda: put_secret(secret_uri, identity_token(imds, resource, client_id), document),
+                 f"setting {secret_uri}", timeout_s)
 
 
 def arguments() -> argparse.ArgumentParser:

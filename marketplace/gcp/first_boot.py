@@ -19,28 +19,26 @@ import json
 import os
 import re
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from typing import TypeVar
 
-from marketplace.first_boot import Addresses, FirstBootError, base_arguments, provision
+from marketplace.first_boot import (
+    Addresses,
+    FirstBootError,
+    NotYet,
+    base_arguments,
+    provision,
+    with_retries,
+)
 from service.security.kms.gcp import crc32c
 
 METADATA_ENDPOINT = "http://169.254.169.254"
 SECRET_MANAGER_ENDPOINT = "https://secretmanager.googleapis.com"  # noqa: S105 - an API, not a secret
-RETRY_TIMEOUT_S = 900.0
 _SECRET_RE = re.compile(r"projects/[^/]+/secrets/[A-Za-z0-9_-]{1,255}")
 # Answers that mean "not yet": the metadata server's 404 while the service account attaches, 429 and 5xx;
 # Secret Manager's 403 until the grant propagates, 429 and 5xx.
 _METADATA_RETRY = frozenset({404, 429, 500, 502, 503, 504})
 _SECRETS_RETRY = frozenset({403, 429, 500, 502, 503, 504})
-_T = TypeVar("_T")
-
-
-class _NotYet(Exception):
-    """A retryable answer; its text says which."""
 
 
 def _request(request: urllib.request.Request, retry: frozenset[int]) -> bytes:
@@ -50,10 +48,10 @@ def _request(request: urllib.request.Request, retry: frozenset[int]) -> bytes:
     except urllib.error.HTTPError as err:
         summary = f"{request.get_method()} {request.full_url} -> HTTP {err.code}"
         if err.code in retry:
-            raise _NotYet(summary) from None
+            raise NotYet(summary) from None
         raise FirstBootError(summary) from None
     except OSError as err:
-        raise _NotYet(f"{request.full_url}: {err}") from None
+        raise NotYet(f"{request.full_url}: {err}") from None
 
 
 def _metadata(endpoint: str, path: str) -> str:
@@ -67,7 +65,7 @@ def read_addresses(endpoint: str, public_ip: str) -> Addresses:
     """The VM's internal address, once the metadata server reports `public_ip` as its external one."""
     external = _metadata(endpoint, "network-interfaces/0/access-configs/0/external-ip")
     if external != public_ip:
-        raise _NotYet(f"the metadata server reports external IP {external or 'none'}, not {public_ip}")
+        raise NotYet(f"the metadata server reports external IP {external or 'none'}, not {public_ip}")
     return Addresses(
         public_ip=public_ip, public_hostname=None, private_ip=_metadata(endpoint, "network-interfaces/0/ip")
     )
@@ -94,20 +92,6 @@ def add_version(endpoint: str, secret: str, token: str, document: str) -> None:
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
     _request(request, _SECRETS_RETRY)
-
-
-def with_retries(step: Callable[[], _T], what: str, timeout_s: float = RETRY_TIMEOUT_S) -> _T:
-    """`step()` again while Google Cloud says "not yet", backing off, until `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    delay = 2.0
-    while True:
-        try:
-            return step()
-        except _NotYet as err:
-            if time.monotonic() + delay > deadline:
-                raise FirstBootError(f"gave up {what}: {err}") from None
-        time.sleep(delay)
-        delay = min(delay * 2, 30.0)
 
 
 def arguments() -> argparse.ArgumentParser:
