@@ -16,6 +16,7 @@ GROUPS: dict[str, tuple[str, str, str]] = {
     "tenants": ("onboarding.tenants_cli", "app", "Create, list, suspend and delete tenants."),
     "keys": ("onboarding.keys_cli", "app", "Issue, list, rotate and revoke API keys."),
     "marketplace": ("marketplace.cli", "app", "Marketplace artifacts and fulfilment."),
+    "kubernetes": ("stacks.kubernetes.cli", "app", "The scale-out workload's Kubernetes manifests."),
 }
 
 app = typer.Typer(

@@ -13,7 +13,9 @@ Login methods (FORESIGHT_VAULT_AUTH_METHOD):
        account's identity token (format=full) from the GCP metadata server, for the audience
        FORESIGHT_VAULT_GCP_AUDIENCE (default http://vault/<role>); with FORESIGHT_VAULT_JWT_SOURCE=azure: the
        managed identity's access token for https://management.azure.com/ from the Azure IMDS, of the
-       user-assigned identity FORESIGHT_VAULT_AZURE_CLIENT_ID (unset: the VM's only identity). The service
+       user-assigned identity FORESIGHT_VAULT_AZURE_CLIENT_ID (unset: the VM's only identity); with
+       FORESIGHT_VAULT_JWT_SOURCE=file: the token in FORESIGHT_VAULT_JWT_FILE (a Kubernetes pod's projected
+       service-account token; stacks/kubernetes runs this script as the pod's init container). The service
        logs in the same way (service/security/vault_auth.py) and reads the same settings.
 
 No static secret exists on the node. Standard library only, Python 3.10+: the OS's python3 runs it.
@@ -57,7 +59,12 @@ SETTINGS = (
     "FORESIGHT_TLS_VAULT_PATH",
 )
 # Read only by the jwt login; AWS nodes leave them unset, so unlike SETTINGS they are optional.
-JWT_SETTINGS = ("FORESIGHT_VAULT_JWT_SOURCE", "FORESIGHT_VAULT_GCP_AUDIENCE", "FORESIGHT_VAULT_AZURE_CLIENT_ID")
+JWT_SETTINGS = (
+    "FORESIGHT_VAULT_JWT_SOURCE",
+    "FORESIGHT_VAULT_GCP_AUDIENCE",
+    "FORESIGHT_VAULT_AZURE_CLIENT_ID",
+    "FORESIGHT_VAULT_JWT_FILE",
+)
 
 
 class BootstrapError(RuntimeError):
@@ -255,9 +262,22 @@ def azure_jwt(settings: Mapping[str, str]) -> str:
     )
 
 
-# FORESIGHT_VAULT_JWT_SOURCE -> where the identity token comes from. The service also reads a token file; the
-# boot script supports only the clouds that have a stack logging in with jwt.
-JWT_SOURCES: dict[str, Callable[[Mapping[str, str]], str]] = {"gcp": gcp_jwt, "azure": azure_jwt}
+def file_jwt(settings: Mapping[str, str]) -> str:
+    """The token in FORESIGHT_VAULT_JWT_FILE, read at each login: the kubelet rotates a projected token in place."""
+    path = settings.get("FORESIGHT_VAULT_JWT_FILE")
+    if not path:
+        raise BootstrapError("FORESIGHT_VAULT_JWT_SOURCE is 'file' but FORESIGHT_VAULT_JWT_FILE is unset")
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as err:
+        raise BootstrapError(f"cannot read the identity token file {path}: {err.strerror}") from None
+    if not token:
+        raise BootstrapError(f"the identity token file {path} is empty")
+    return token
+
+
+# FORESIGHT_VAULT_JWT_SOURCE -> where the identity token comes from, as the service's own jwt login reads it.
+JWT_SOURCES: dict[str, Callable[[Mapping[str, str]], str]] = {"gcp": gcp_jwt, "azure": azure_jwt, "file": file_jwt}
 
 
 def login_jwt(settings: Mapping[str, str]) -> str:

@@ -146,7 +146,7 @@ def test_identity_token_of_another_service_account_is_refused_without_echoing_it
     assert_refused_without_echo(gcp_node.stack, gcp_node.metadata.issued, "email", tmp_path / "tls", capsys)
 
 
-@pytest.mark.parametrize(("source", "shown"), [("file", "'file'"), ("aws", "'aws'"), (None, "unset")])
+@pytest.mark.parametrize(("source", "shown"), [("aws", "'aws'"), ("s3", "'s3'"), (None, "unset")])
 def test_jwt_login_names_an_unsupported_source(
     source: str | None, shown: str, gce_metadata: GceMetadata, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -154,7 +154,7 @@ def test_jwt_login_names_an_unsupported_source(
     settings = {"FORESIGHT_VAULT_ROLE": "foresight-node", "FORESIGHT_VAULT_AUTH_MOUNT": "foresight-gcp"}
     if source is not None:
         settings["FORESIGHT_VAULT_JWT_SOURCE"] = source
-    expected = f"FORESIGHT_VAULT_JWT_SOURCE is {shown}; the boot script's jwt login supports gcp, azure"
+    expected = f"FORESIGHT_VAULT_JWT_SOURCE is {shown}; the boot script's jwt login supports gcp, azure, file"
     with pytest.raises(fetch_tls.BootstrapError) as info:
         fetch_tls.login_jwt(settings)
     assert str(info.value) == expected

@@ -1,0 +1,114 @@
+"""`foresight:kubernetes:Workload`: the scale-out workload in a managed cluster, from one `WorkloadSpec`.
+
+It creates, all as its children (and through `WorkloadArgs.provider` when one is given), exactly what
+`manifests.render` renders, each dict as the matching pulumi_kubernetes typed resource:
+- a ServiceAccount without an API token, and the ConfigMap of the service's settings;
+- a NetworkPolicy (ingress on the service ports from allowedCidrs; egress to DNS, HTTPS, Vault, the shared tier);
+- a headless Service for the StatefulSet and the LoadBalancer Service of the service ports;
+- the StatefulSet (TLS init container, GPU service container, one data volume per pod);
+- a PodDisruptionBudget of one pod.
+Its outputs are the load balancer's address (hostname or IP), the namespace and the name. This is the only
+module of stacks/kubernetes that imports pulumi_kubernetes, so rendering YAML never needs it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from stacks.kubernetes.manifests import Manifest, headless_name, render
+from stacks.kubernetes.spec import WorkloadSpec
+from stacks.spec import HTTPS_PORT, RESP_PORT
+
+COMPONENT_TYPE = "foresight:kubernetes:Workload"
+T = TypeVar("T")
+
+# (apiVersion, kind) -> the typed resource; a manifest of any other kind is a bug in the renderer.
+RESOURCE_TYPES: dict[tuple[str, str], Callable[..., pulumi.CustomResource]] = {
+    ("v1", "ServiceAccount"): k8s.core.v1.ServiceAccount,
+    ("v1", "ConfigMap"): k8s.core.v1.ConfigMap,
+    ("v1", "Service"): k8s.core.v1.Service,
+    ("networking.k8s.io/v1", "NetworkPolicy"): k8s.networking.v1.NetworkPolicy,
+    ("apps/v1", "StatefulSet"): k8s.apps.v1.StatefulSet,
+    ("policy/v1", "PodDisruptionBudget"): k8s.policy.v1.PodDisruptionBudget,
+}
+
+
+@dataclass(frozen=True)
+class WorkloadArgs:
+    """The validated spec, and the cluster's provider (None: the stack's default kubeconfig)."""
+
+    spec: WorkloadSpec
+    provider: k8s.Provider | None = None
+
+
+class Workload(pulumi.ComponentResource):
+    """Foresight's pods behind one load balancer, with their identity, settings, policy and budget."""
+
+    service_account: k8s.core.v1.ServiceAccount
+    config_map: k8s.core.v1.ConfigMap
+    network_policy: k8s.networking.v1.NetworkPolicy
+    headless_service: k8s.core.v1.Service
+    load_balancer: k8s.core.v1.Service
+    stateful_set: k8s.apps.v1.StatefulSet
+    disruption_budget: k8s.policy.v1.PodDisruptionBudget
+    endpoint: pulumi.Output[str]
+
+    def __init__(self, name: str, args: WorkloadArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(COMPONENT_TYPE, name, None, opts)
+        spec = args.spec
+        children: dict[tuple[str, str], pulumi.CustomResource] = {}
+        for manifest in render(spec, managed_by="pulumi"):
+            kind, object_name = manifest["kind"], manifest["metadata"]["name"]
+            # The pods come last and wait for what they read, so a first rollout never starts without them.
+            after = list(children.values()) if kind == "StatefulSet" else []
+            options = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=after)
+            resource_type = RESOURCE_TYPES[(manifest["apiVersion"], kind)]
+            children[(kind, object_name)] = resource_type(
+                f"{name}-{kind.lower()}-{object_name}", opts=options, **_resource_args(manifest)
+            )
+        self.service_account = _typed(children, "ServiceAccount", spec.name, k8s.core.v1.ServiceAccount)
+        self.config_map = _typed(children, "ConfigMap", f"{spec.name}-env", k8s.core.v1.ConfigMap)
+        self.network_policy = _typed(children, "NetworkPolicy", spec.name, k8s.networking.v1.NetworkPolicy)
+        self.headless_service = _typed(children, "Service", headless_name(spec), k8s.core.v1.Service)
+        self.load_balancer = _typed(children, "Service", spec.name, k8s.core.v1.Service)
+        self.stateful_set = _typed(children, "StatefulSet", spec.name, k8s.apps.v1.StatefulSet)
+        self.disruption_budget = _typed(children, "PodDisruptionBudget", spec.name, k8s.policy.v1.PodDisruptionBudget)
+        self.endpoint = self.load_balancer.status.apply(_ingress_address)
+        self.register_outputs(
+            {
+                "endpoint": self.endpoint,
+                "namespace": spec.namespace,
+                "name": spec.name,
+                "respPort": RESP_PORT,
+                "httpsPort": HTTPS_PORT,
+            }
+        )
+
+
+def _resource_args(manifest: Manifest) -> dict[str, Any]:
+    """The manifest's top-level fields as the typed resource's keyword arguments (`automountServiceAccountToken`
+    -> `automount_service_account_token`); nested dicts keep Kubernetes' own camelCase keys, which the SDK sends
+    as they are."""
+    return {
+        re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower(): value
+        for key, value in manifest.items()
+        if key not in ("apiVersion", "kind")
+    }
+
+
+def _typed(children: dict[tuple[str, str], pulumi.CustomResource], kind: str, name: str, cls: type[T]) -> T:
+    resource = children[(kind, name)]
+    assert isinstance(resource, cls), (kind, name)
+    return resource
+
+
+def _ingress_address(status: Any) -> str:
+    """The load balancer's hostname (AWS) or IP (Google Cloud, Azure); empty until the cloud assigns one."""
+    ingress = (status.load_balancer.ingress if status and status.load_balancer else None) or []
+    return next((entry.hostname or entry.ip for entry in ingress if entry.hostname or entry.ip), "")

@@ -1,0 +1,154 @@
+"""`foresight:kubernetes:Workload` under `pulumi.runtime.set_mocks`: it registers exactly the rendered manifests as
+typed pulumi_kubernetes resources, all parented to it and through the given provider, and no secret."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pytest
+from pulumi.runtime import settings
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from stacks.kubernetes.component import COMPONENT_TYPE, Workload, WorkloadArgs
+from stacks.kubernetes.manifests import render
+from tests.stacks.mockrun import MockRun, RecordingMonitor, StackOutput
+from tests.stacks.test_kubernetes_manifests import SHARED_TIER, spec_of
+
+LB_HOSTNAME = "k8s-cache-foresight-0123456789.elb.us-east-1.amazonaws.com"
+SPEC = spec_of(**SHARED_TIER)
+TYPES = {
+    "ServiceAccount": "kubernetes:core/v1:ServiceAccount",
+    "ConfigMap": "kubernetes:core/v1:ConfigMap",
+    "NetworkPolicy": "kubernetes:networking.k8s.io/v1:NetworkPolicy",
+    "Service": "kubernetes:core/v1:Service",
+    "StatefulSet": "kubernetes:apps/v1:StatefulSet",
+    "PodDisruptionBudget": "kubernetes:policy/v1:PodDisruptionBudget",
+}
+
+
+class ClusterMocks(pulumi.runtime.Mocks):
+    """A cluster that assigns the LoadBalancer Service a hostname, as EKS's load balancer controller does."""
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        state = dict(args.inputs)
+        if args.typ == TYPES["Service"] and state["spec"].get("type") == "LoadBalancer":
+            state["status"] = {"loadBalancer": {"ingress": [{"hostname": LB_HOSTNAME}]}}
+        return f"{args.name}-id", state
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        raise AssertionError(f"the workload invokes nothing, yet asked for {args.token}")
+
+
+class DependencyMonitor(RecordingMonitor):
+    """The project's recording monitor, also keeping each registration's explicit dependencies."""
+
+    def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
+        super().__init__(mocks)
+        self.dependencies: dict[str, list[str]] = {}
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)
+        self.dependencies[response.urn] = list(request.dependencies)
+        return response
+
+
+DEPENDENCIES: dict[str, list[str]] = {}
+
+
+def run_workload(with_provider: bool) -> tuple[MockRun, Workload]:
+    """Register the component in a fresh mock engine; the returned run holds every registration in order."""
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    settings.ROOT.set(None)
+    monitor = DependencyMonitor(ClusterMocks())
+    pulumi.runtime.set_mocks(ClusterMocks(), project="foresight", stack="k8s-test", preview=False, monitor=monitor)
+    made: list[Workload] = []
+
+    def program() -> None:
+        provider = k8s.Provider("cluster", kubeconfig="{}") if with_provider else None
+        workload = Workload("cache", WorkloadArgs(SPEC, provider))
+        pulumi.export("endpoint", workload.endpoint)
+        made.append(workload)
+
+    _sync_await(run_pulumi_func(program))
+    DEPENDENCIES.update(monitor.dependencies)
+    root = settings.get_root_resource()
+    outputs = {}
+    for name, value in root.outputs.items():  # type: ignore[union-attr]
+        output = pulumi.Output.from_input(value)
+        outputs[name] = StackOutput(_sync_await(output.future()), bool(_sync_await(output.is_secret())))
+    return MockRun(resources=monitor.registered, outputs=outputs), made[0]
+
+
+@pytest.fixture(scope="module")
+def with_provider() -> tuple[MockRun, Workload]:
+    return run_workload(with_provider=True)
+
+
+def test_component_registers_exactly_the_rendered_manifests_as_typed_resources(
+    with_provider: tuple[MockRun, Workload],
+) -> None:
+    run, _ = with_provider
+    children = [r for r in run if r.type.startswith("kubernetes:")]
+    rendered = render(SPEC, managed_by="pulumi")
+    by_name = {resource.name: resource for resource in children}
+    assert len(by_name) == len(children) == len(rendered)
+    for manifest in rendered:
+        resource = by_name[f"cache-{manifest['kind'].lower()}-{manifest['metadata']['name']}"]
+        assert resource.type == TYPES[manifest["kind"]]
+        fields = {key: value for key, value in manifest.items() if key not in ("apiVersion", "kind")}
+        assert {key: resource.props[key] for key in fields} == json.loads(json.dumps(fields)), manifest["kind"]
+    statefulset = run.one(TYPES["StatefulSet"])
+    before = rendered[: [m["kind"] for m in rendered].index("StatefulSet")]
+    read_first = {by_name[f"cache-{m['kind'].lower()}-{m['metadata']['name']}"].urn for m in before}
+    assert read_first <= set(DEPENDENCIES[statefulset.urn]), "the pods wait for what they read"
+
+
+def test_every_child_is_parented_to_the_component_and_uses_the_given_provider(
+    with_provider: tuple[MockRun, Workload],
+) -> None:
+    run, _ = with_provider
+    component = run.one(COMPONENT_TYPE)
+    provider = run.one("pulumi:providers:kubernetes")
+    children = [r for r in run if r.type.startswith("kubernetes:")]
+    assert len(children) == 7
+    for child in children:
+        assert child.parent == component.urn, child.name
+        assert child.provider.startswith(provider.urn), child.name
+
+
+def test_children_are_typed_attributes_and_the_endpoint_is_the_load_balancers_address(
+    with_provider: tuple[MockRun, Workload],
+) -> None:
+    run, workload = with_provider
+    assert isinstance(workload.load_balancer, k8s.core.v1.Service)
+    assert isinstance(workload.stateful_set, k8s.apps.v1.StatefulSet)
+    assert isinstance(workload.disruption_budget, k8s.policy.v1.PodDisruptionBudget)
+    assert isinstance(workload.network_policy, k8s.networking.v1.NetworkPolicy)
+    assert run.outputs["endpoint"] == StackOutput(LB_HOSTNAME, False)
+    managed_by = {
+        r.props["metadata"]["labels"]["app.kubernetes.io/managed-by"] for r in run if r.type in TYPES.values()
+    }
+    assert managed_by == {"pulumi"}
+
+
+def test_no_secret_reaches_the_engine(with_provider: tuple[MockRun, Workload]) -> None:
+    """The shared tier's password is named (its Secret) and pointed at (its file), never carried."""
+    run, _ = with_provider
+    recorded = json.dumps([r.inputs for r in run if r.type.startswith("kubernetes:")])
+    assert not [r for r in run if r.type.endswith(":Secret")]
+    assert "secretKeyRef" not in recorded and "BEGIN " not in recorded
+    config = run.one(TYPES["ConfigMap"]).props["data"]
+    assert config["FORESIGHT_SHARED_TIER_PASSWORD_FILE"].endswith("/password")
+    assert all(not value.startswith("eyJ") for value in config.values())  # no JWT either
+
+
+def test_without_a_provider_children_use_the_default_one() -> None:
+    run, _ = run_workload(with_provider=False)
+    children = [r for r in run if r.type.startswith("kubernetes:")]
+    assert len(children) == 7 and not run.of_type("pulumi:providers:kubernetes")
+    assert all("cluster" not in child.provider for child in children)
