@@ -17,6 +17,7 @@ from service.tenancy import TenantSpec
 
 if TYPE_CHECKING:
     from service.resp.scripting import ScriptEngine
+    from service.shared_tier import SharedTier
 
 
 class RateLimited(Exception):
@@ -61,6 +62,10 @@ class TenantCache:
                 latency_ms=settings.origin_latency_ms,
                 semaphore=origin_slots,
             )
+        self.shared: SharedTier | None = None  # set by SharedTier.attach in a scaled-out deployment
+        self.reads_through = self.origin is not None  # whether a memory miss is worth a load (origin or tier)
+        self._stale: set[bytes] = set()  # keys another node changed while this node was loading them
+        self._flush_epoch = 0  # bumped when another node flushes the tenant: loads begun before must not land
         self.bucket: TokenBucket | None = None
         # The prefetch engine's access-log recorders, set while one runs: every read reports its key to one.
         self.record_hit: Callable[[bytes], None] | None = None
@@ -96,17 +101,45 @@ class TenantCache:
         return key in self.flights
 
     async def _load(self, key: bytes, prefetched: bool) -> bytes | None:
-        assert self.origin is not None
-        self.origin_fetches += 1
+        epoch = self._flush_epoch
+        value, expires_at = None, 0
         try:
-            value = await self.origin.fetch(key)
-        except Exception:
-            self.origin_errors += 1
-            raise
-        # A write that landed while the fetch was in flight is newer than the origin's copy: keep it.
-        if value is not None and key not in self.store:
-            self.store.set(key, value, prefetched=prefetched)
-        return value
+            if self.shared is not None and (shared := await self.shared.get(self.name, key)) is not None:
+                value, expires_at = shared
+            if value is None and self.origin is not None:
+                self.origin_fetches += 1
+                try:
+                    value = await self.origin.fetch(key)
+                except Exception:
+                    self.origin_errors += 1
+                    raise
+                if value is not None and self.shared is not None:
+                    self.shared.fill(self.name, key, value)
+            # A write that landed while the load was in flight is newer than the loaded copy: keep it. So is
+            # another node's, whose invalidation arrived meanwhile: the next read loads that one.
+            if value is not None and key not in self.store and key not in self._stale and epoch == self._flush_epoch:
+                self.store.set(key, value, expires_at, prefetched=prefetched, loaded=True)
+            return value
+        finally:
+            self._stale.discard(key)
+
+    def drop_remote(self, keys: list[bytes] | None) -> None:
+        """Another node changed these keys (None: flushed the tenant), so drop this node's copies; a key this
+        node wrote since and has not sent yet stays (its write reaches the tier later, and wins)."""
+        store = self.store
+        unsent = store.written or set()
+        if keys is None:
+            self._flush_epoch += 1
+            kept = [(key, entry.value, entry.expires_at) for key in unsent if (entry := store.entry(key)) is not None]
+            store.flush(local=True)
+            for key, value, expires_at in kept:
+                store.set(key, value, expires_at, loaded=True)
+            return
+        for key in keys:
+            if key not in unsent:
+                store.discard(key)
+                if key in self.flights:
+                    self._stale.add(key)
 
     async def get(self, key: bytes) -> bytes | None:
         """A read as the HTTP API makes it: the store first, then the origin. Raises OriginError."""
@@ -114,12 +147,13 @@ class TenantCache:
         record = self.record_hit if value is not None else self.record_miss
         if record is not None:
             record(key)
-        if value is None and self.origin is not None:
+        if value is None and self.reads_through:
             value = await self.read_through(key)
         return value
 
     async def read_through(self, key: bytes) -> bytes | None:
-        """Load a key the store just missed (joining an in-flight load). Raises OriginError."""
+        """Load a key the store just missed from the shared tier or the origin (joining an in-flight load).
+        Raises OriginError."""
         return await self.flights.do(key, self._load(key, prefetched=False))
 
     def prefetch(self, key: bytes) -> asyncio.Task[bytes | None] | None:
@@ -136,6 +170,13 @@ class TenantRegistry:
         self.settings = settings
         self._caches: dict[str, TenantCache] = {}
         self._origin_slots = asyncio.Semaphore(settings.origin_max_concurrency)
+        self.shared: SharedTier | None = None
+
+    def share(self, tier: SharedTier) -> None:
+        """Put every tenant, now and later, on the deployment's shared tier."""
+        self.shared = tier
+        for cache in self._caches.values():
+            tier.attach(cache)
 
     def __iter__(self):
         return iter(self._caches.values())
@@ -160,6 +201,8 @@ class TenantRegistry:
         cache = self._caches.get(spec.name)
         if cache is None:
             cache = self._caches[spec.name] = TenantCache(spec, self.settings, self._origin_slots)
+            if self.shared is not None:
+                self.shared.attach(cache)
         else:
             cache.apply(spec)
         return cache

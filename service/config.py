@@ -11,6 +11,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +22,23 @@ from service.store.policies import POLICIES
 
 class ConfigError(ValueError):
     """Configuration that cannot run; the message names the setting (and its variable) to fix."""
+
+
+def shared_tier_url_problem(url: str) -> str | None:
+    """Why a shared tier URL cannot be used, or None: TLS unless the tier is on this machine, no secret in it."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("rediss", "redis") or not parts.hostname:
+        return f"{url!r} must look like rediss://host:6379"
+    if parts.password is not None or parts.username is not None:
+        return "the URL must not carry a user or password (secrets do not belong in settings that get logged); " \
+            "use shared_tier_username and shared_tier_password_file"
+    if parts.scheme == "redis" and parts.hostname not in ("127.0.0.1", "::1", "localhost"):
+        return f"{parts.hostname} is not loopback, so the tier must be reached over TLS (rediss://)"
+    if parts.path not in ("", "/") and not parts.path.lstrip("/").isdigit():
+        return f"{parts.path!r} is not a database number"
+    if parts.query or parts.fragment:
+        return "the URL takes no query or fragment; the other shared_tier_* settings say the rest"
+    return None
 
 
 class Settings(BaseSettings):
@@ -91,6 +109,28 @@ class Settings(BaseSettings):
     origin_timeout_s: float = Field(5.0, gt=0, description="An origin read slower than this fails the request.")
     origin_latency_ms: float = Field(0.0, ge=0, description="Latency added to every origin read (benchmarks).")
     origin_max_concurrency: int = Field(64, gt=0, description="Concurrent origin reads per process.")
+    shared_tier_url: str | None = Field(
+        None,
+        description="Valkey/Redis every node of a scaled-out deployment shares (rediss://host:port[/db]): reads try "
+        "it before the origin, clients' writes reach the other nodes through it (docs/scale-out.md). No user or "
+        "password in the URL: use shared_tier_password_file. redis:// only to a loopback address.",
+    )
+    shared_tier_password_file: Path | None = Field(
+        None, description="File holding the shared tier's AUTH password (re-read on reconnect), if it needs one."
+    )
+    shared_tier_username: str | None = Field(None, description="ACL user for the shared tier (default: 'default').")
+    shared_tier_ca_file: Path | None = Field(None, description="CA bundle for the shared tier's TLS certificate.")
+    shared_tier_ttl_s: int = Field(
+        3600, gt=0, description="How long a value read from the origin stays in the shared tier (bounds how stale "
+        "it can get against the origin); values clients write keep their own TTL."
+    )
+    shared_tier_timeout_s: float = Field(
+        0.25, gt=0, description="A shared tier call slower than this counts as an error and the read goes to the "
+        "origin: the tier may speed reads up, never hold them."
+    )
+    shared_tier_channel: str = Field(
+        "foresight:invalidate", min_length=1, description="Pub/sub channel that carries writes between the nodes."
+    )
     active_expire_interval_s: float = Field(0.1, gt=0, description="How often expired keys are swept.")
     prefetcher: Literal["none", "stride", "markov", "learned"] = Field(
         "learned", description="Prefetcher for tenants with an origin (unless prefetch_ab_arms assigns one)."
@@ -198,6 +238,12 @@ class Settings(BaseSettings):
         unknown_arms = set(self.prefetch_ab_arms) - {"none", "stride", "markov", "learned"}
         if unknown_arms:
             raise ValueError(f"prefetch_ab_arms names unknown prefetchers: {', '.join(sorted(unknown_arms))}")
+        if self.shared_tier_url is not None:
+            problem = shared_tier_url_problem(self.shared_tier_url)
+            if problem:
+                raise ValueError(f"shared_tier_url: {problem}")
+        elif self.shared_tier_password_file is not None:
+            raise ValueError("shared_tier_password_file needs shared_tier_url")
         if self.dev and self.bind not in ("127.0.0.1", "::1", "localhost"):
             raise ValueError(f"dev mode binds loopback only; bind={self.bind!r} is not allowed with dev")
         return self

@@ -30,6 +30,18 @@ _TENANT_COUNTERS = {
                                 "Prefetched entries evicted without a read."),
 }
 
+_SHARED_TIER_COUNTERS = {
+    "hits": "Memory misses the shared tier answered (no origin read).",
+    "misses": "Memory misses the shared tier did not hold.",
+    "errors": "Shared tier calls that failed or timed out (reads then went to the origin).",
+    "fills": "Origin values this node put into the shared tier.",
+    "fills_skipped": "Origin values not offered to the shared tier because too many were on their way.",
+    "writes": "Clients' writes and deletes this node sent to the shared tier.",
+    "invalidations_sent": "Messages that told the other nodes to drop keys.",
+    "invalidations_received": "Messages from other nodes that dropped keys here.",
+    "resubscribes": "Times the invalidation subscription came back after a gap (memory was emptied).",
+}
+
 
 class ServiceCollector(Collector):
     def __init__(self, state: ServiceState) -> None:
@@ -75,7 +87,16 @@ class ServiceCollector(Collector):
         yield GaugeMetricFamily("foresight_resp_connections", "Open RESP connections.", value=counters.current)
         commands = self.state.commands_processed()
         yield CounterMetricFamily("foresight_resp_commands_total", "RESP commands processed.", value=commands)
+        yield from self._shared_tier_metrics()
 
+    def _shared_tier_metrics(self) -> Iterator[Metric]:
+        tier = self.state.tenants.shared
+        if tier is None:
+            return
+        for attr, doc in _SHARED_TIER_COUNTERS.items():
+            yield CounterMetricFamily(f"foresight_shared_tier_{attr}_total", doc, value=getattr(tier.stats, attr))
+        yield GaugeMetricFamily("foresight_shared_tier_up", "1 while the shared tier's last call succeeded.",
+                                value=int(tier.connected))
 
     def _prefetch_metrics(self) -> Iterator[Metric]:
         running = self.state.prefetch.running if self.state.prefetch is not None else {}

@@ -23,6 +23,7 @@ from service.config import ConfigError, Settings
 from service.http.app import create_app
 from service.prefetching import PrefetchManager
 from service.resp.connection import RespConnection
+from service.shared_tier import SharedTier
 from service.state import DEV_TENANT, ServiceState
 from service.tenancy import TenantQuota, TenantSpec
 
@@ -78,8 +79,11 @@ class Service:
         self._http: _EmbeddedUvicorn | None = None
         self._http_sock: socket.socket | None = None
         self._stopped = asyncio.Event()
-        # Warm restarts need somewhere to write and a KMS to encrypt with: nothing reaches disk in clear.
-        self._snapshots_on = settings.data_dir is not None and self.security.cipher is not None
+        # Warm restarts need somewhere to write and a KMS to encrypt with: nothing reaches disk in clear. With a
+        # shared tier the tier is the warm state: a node's snapshot would bring back values other nodes replaced.
+        self._snapshots_on = (settings.data_dir is not None and self.security.cipher is not None
+                              and settings.shared_tier_url is None)
+        self.shared_tier = SharedTier(settings, self.state.tenants) if settings.shared_tier_url else None
         self.endpoints: Endpoints | None = None
 
     def _tenant_specs(self) -> list[TenantSpec]:
@@ -97,6 +101,9 @@ class Service:
             restored = await asyncio.to_thread(snapshot.restore, self.state.tenants, settings.data_dir,
                                                self.security.cipher)
             log.info("restored %d entries from the encrypted snapshot", restored)
+        if self.shared_tier is not None:
+            await self.shared_tier.start()
+            self.state.tenants.share(self.shared_tier)
         await self.state.apply_tenants(specs)  # the prefetch engines start once the data is back
         loop = asyncio.get_running_loop()
         resp_sock = _listen(settings.bind, settings.resp_port)
@@ -172,6 +179,8 @@ class Service:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.state.prefetch is not None:
             await self.state.prefetch.stop()
+        if self.shared_tier is not None:
+            await self.shared_tier.close()
         if self._snapshots_on:
             assert self.settings.data_dir is not None and self.security.cipher is not None
             try:

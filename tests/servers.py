@@ -82,12 +82,21 @@ class RedisServer:
 
 
 @contextmanager
-def redis_server() -> Iterator[RedisServer]:
+def redis_server(tls: tuple[Path, Path, Path] | None = None, password: str | None = None) -> Iterator[RedisServer]:
+    """Plain TCP, or with `tls` = (CA, certificate, key) TLS only (the port is the TLS port); `password`: AUTH."""
     binary = find_binary("redis-server")
     if binary is None:
         raise RuntimeError("redis-server not found: apt-get install -y redis-server")
     port = free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    argv = [binary, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    if tls is None:
+        argv += ["--port", str(port)]
+    else:
+        ca, cert, key = tls
+        argv += ["--port", "0", "--tls-port", str(port), "--tls-ca-cert-file", str(ca), "--tls-cert-file", str(cert),
+                 "--tls-key-file", str(key), "--tls-auth-clients", "no"]
+    if password is not None:
+        argv += ["--requirepass", password]
     with process(argv, "redis-server"):
         wait_until(lambda: tcp_open(port), "redis-server")
         yield RedisServer(port)

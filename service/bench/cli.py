@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -417,3 +419,61 @@ def live_replay(
                   "-" if f.stride_lead is None else f"{f.stride_lead:.0f} ({'tuned' if f.tune_lead else 'fixed'})",
                   f"{f.rate:,.0f}", f"{f.hit_ratio:.4f}", f"{f.replay_hit_ratio:.4f}", f"{f.issued:,}", f"{f.used:,}",
                   f"{f.predicted:.0%}", f"{f.lag_reads:,.0f}", f"{f.fast_share:.0%}"] for f in figures])
+
+
+@app.command("shared-tier")
+def shared_tier(
+    trace: Annotated[Path, typer.Argument(help="Trace file: ARC .lis, key-per-line text or CSV; .gz/.zst/.xz.")],
+    fmt: Annotated[str, typer.Option("--format", help="auto, lis, text or csv.")] = "auto",
+    limit: Annotated[int, typer.Option(min=1, help="Replay only the first N requests.")] = 100_000,
+    nodes: Annotated[int, typer.Option(min=1, max=64, help="Service nodes behind the balancer.")] = 4,
+    cache_frac: Annotated[float, typer.Option(min=0.0001, max=1.0, help="Each node's memory, as a fraction of the "
+                                              "trace's unique keys.")] = 0.05,
+    value_bytes: Annotated[int, typer.Option(min=1, max=1 << 20, help="Size of every object.")] = 1024,
+    origin_latency_ms: Annotated[float, typer.Option(min=0, help="Latency of each origin read.")] = 20.0,
+    concurrency: Annotated[int, typer.Option(min=1, max=4096, help="Reads in flight.")] = 64,
+    tier_url: Annotated[str | None, typer.Option(
+        help="Use this Valkey/Redis (rediss://...; FORESIGHT_SHARED_TIER_* settings apply); default: a redis-server "
+        "started on loopback.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """What a shared Valkey/Redis tier saves several nodes: origin reads and latency, nodes alone vs shared.
+
+    Replays the trace across --nodes service nodes (request i to node i mod N), first each node on its own, then
+    all on one shared tier, and prints both runs and the shared run's ratios. Needs redis-server (Debian:
+    redis-server) unless --tier-url is given.
+    """
+    from service.bench.resp import BenchError, server_process
+    from service.bench.shared_tier import measure
+    from service.bench.traces import TraceError, load_trace
+    from service.config import shared_tier_url_problem
+    from service.net import free_port
+
+    if tier_url is not None and (problem := shared_tier_url_problem(tier_url)):
+        raise _fail(f"--tier-url: {problem}")
+    try:
+        loaded = load_trace(trace, fmt, limit)
+        with contextlib.ExitStack() as stack:
+            if tier_url is None:
+                port = free_port()
+                binary = shutil.which("redis-server")
+                if binary is None:
+                    raise BenchError("redis-server not found: apt-get install -y redis-server, or pass --tier-url")
+                stack.enter_context(server_process(
+                    [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                    port, "redis-server"))
+                tier_url = f"redis://127.0.0.1:{port}"
+            report = measure(loaded, tier_url, nodes, cache_frac, value_bytes, origin_latency_ms, concurrency)
+    except (TraceError, BenchError) as err:
+        raise _fail(str(err)) from None
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    typer.echo(f"{loaded.name}: {report['requests']} requests, {report['unique']} unique, {nodes} nodes, each "
+               f"caching {cache_frac:.0%} of the keys; origin {origin_latency_ms:g} ms, {concurrency} in flight\n")
+    _echo_table(["nodes", "origin reads", "memory hits", "tier hits", "mean ms", "p50 ms", "p99 ms", "seconds"],
+                [[run["mode"], f"{run['origin_reads']:,}", f"{run['memory_hits']:,}", f"{run['tier_hits']:,}",
+                  f"{run['mean_ms']:.2f}", f"{run['p50_ms']:.2f}", f"{run['p99_ms']:.2f}", f"{run['seconds']:.1f}"]
+                 for run in report["runs"]])
+    typer.echo(f"\nshared/alone: origin reads {report['origin_reads_ratio']:.3f}x, mean latency "
+               f"{report['mean_latency_ratio']:.3f}x, p99 latency {report['p99_latency_ratio']:.3f}x")

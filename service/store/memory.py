@@ -88,6 +88,11 @@ class MemoryStore:
         self._scan_inserted = -1  # `_inserted` when it was taken
         self._scan_used_at = 0  # when a scan last read a snapshot (clock ms)
         self._watched: dict[Hashable, list[int]] = {}  # WATCHed key -> [watchers, changes since first watched]
+        # With a shared tier (service/shared_tier.py): the keys clients changed since the tier last heard, whether a
+        # client flushed everything, and the tier's wake-up when the first change arrives. None: no shared tier.
+        self.written: set[Hashable] | None = None
+        self.flushed = False
+        self.on_written: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self._data)
@@ -180,14 +185,18 @@ class MemoryStore:
         *,
         keep_ttl: bool = False,
         prefetched: bool = False,
+        loaded: bool = False,
     ) -> None:
-        """Insert or overwrite, then evict until the budget holds again. Raises ValueTooLarge."""
+        """Insert or overwrite, then evict until the budget holds again. Raises ValueTooLarge. `loaded`: the value
+        came from the origin or the shared tier, not from a client, so the shared tier need not hear of it."""
         sizer = self._sizer  # the default one inlined: this is the write hot path
         size = len(key) + len(value) + ENTRY_OVERHEAD if sizer is entry_size else sizer(key, value)  # type: ignore[arg-type]
         if size > self.budget:
             raise ValueTooLarge(f"entry of {size} bytes exceeds the tenant budget of {self.budget} bytes")
         if self._watched:
             self._changed(key)
+        if self.written is not None and not loaded:
+            self._note_written(key)
         old = self._data.get(key)
         if old is not None and old.expires_at and old.expires_at <= self._clock():
             self._remove(key, old)
@@ -247,6 +256,8 @@ class MemoryStore:
             return True  # no deadline to clear: nothing changes, and a WATCH must not see a change (as in Redis)
         if self._watched:
             self._changed(key)
+        if self.written is not None:
+            self._note_written(key)
         self._set_deadline(key, entry, expires_at)
         return True
 
@@ -254,8 +265,23 @@ class MemoryStore:
         entry = self._live(key)
         if entry is None:
             return False
+        if self.written is not None:
+            self._note_written(key)
         self._remove(key, entry)
         return True
+
+    def discard(self, key: Hashable) -> None:
+        """Drop a key another node changed (its new value is in the shared tier); not a write of this node's."""
+        entry = self._data.get(key)
+        if entry is not None:
+            self._remove(key, entry)
+
+    def _note_written(self, key: Hashable) -> None:
+        written = self.written
+        assert written is not None
+        if not written and not self.flushed and self.on_written is not None:
+            self.on_written()
+        written.add(key)
 
     def _remove(self, key: Hashable, entry: Entry) -> None:
         if self._watched:
@@ -320,7 +346,13 @@ class MemoryStore:
         if counts is not None:
             counts[1] += 1
 
-    def flush(self) -> None:
+    def flush(self, *, local: bool = False) -> None:
+        """Remove every key. `local`: another node flushed, so the shared tier need not hear of it."""
+        if self.written is not None and not local:
+            if not self.written and not self.flushed and self.on_written is not None:
+                self.on_written()
+            self.written.clear()  # the flush covers them
+            self.flushed = True
         for key, counts in self._watched.items():
             if key in self._data:  # as Redis: a flush changes the watched keys it removes
                 counts[1] += 1

@@ -62,7 +62,7 @@ def _evaluate(conn: RespConnection, args: list[bytes], *, by_sha: bool, read_onl
     keys, argv = args[3:3 + numkeys], args[3 + numkeys:]
     read_only = read_only or script.read_only
     tenant = conn.tenant
-    if tenant.origin is not None:
+    if tenant.reads_through:
         missing = [key for key in dict.fromkeys(keys) if key not in tenant.store]
         if missing:
             return _read_through_then_run(conn, engine, script, keys, argv, read_only, missing)

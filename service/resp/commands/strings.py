@@ -51,7 +51,7 @@ def get(conn: RespConnection, args: list[bytes]) -> Reply:
     record = tenant.record_miss
     if record is not None:
         record(args[1])
-    if tenant.origin is None or conn.cache_only:
+    if not tenant.reads_through or conn.cache_only:
         return conn.null
     return _read_through(conn, args[1])
 
@@ -76,7 +76,7 @@ def mget(conn: RespConnection, args: list[bytes]) -> Reply:
     if hit is not None and miss is not None:
         for key, value in zip(keys, values, strict=True):
             (miss if value is None else hit)(key)
-    if conn.tenant.origin is not None and not conn.cache_only and None in values:
+    if conn.tenant.reads_through and not conn.cache_only and None in values:
         return _mget_through(conn, keys, values)
     return r.array(conn.null if v is None else r.bulk(v) for v in values)
 

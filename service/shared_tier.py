@@ -1,0 +1,334 @@
+"""The shared tier: one Valkey/Redis that every node of a scaled-out deployment reads before its origin.
+
+Behind one load balancer, N nodes would each read every object from the slow origin; with the tier, the first
+node's read fills it and the others get the object in one round trip. The tier also carries clients' writes
+from node to node, so each node's memory is a near cache of it (docs/scale-out.md has the whole contract):
+
+- a read that misses memory asks the tier, then the origin (one load per key and node: TenantCache's
+  single-flight). An origin value fills the tier only where the key is absent (SET NX), so it never overwrites
+  a client's write made meanwhile, and it expires after shared_tier_ttl_s;
+- a client's write, delete, TTL change or flush, whichever command made it (SET, INCR, EXPIRE, a script, a
+  transaction), changes memory at once and, batched per event-loop turn, reaches the tier (the value with its
+  deadline, or a delete) and the other nodes: one pub/sub message makes them drop their copies. Last writer
+  wins; read-modify-write commands are atomic on one node, not across nodes;
+- the tier may speed reads up, never hold them: a call slower than shared_tier_timeout_s or an error counts,
+  is logged at most once a minute, and the read goes to the origin. Writes that could not be sent stay marked
+  and are retried. Invalidations missed while the subscription was down cannot be known, so a node that
+  resubscribes empties its memory (it refills from the tier).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import struct
+import time
+from collections.abc import Coroutine, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as aioredis
+from redis.credentials import CredentialProvider
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
+
+from service.config import ConfigError, Settings
+from service.store.memory import now_ms
+
+if TYPE_CHECKING:
+    from service.cache import TenantCache, TenantRegistry
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = b"fs:"
+WRITE_BATCH = 512  # keys per pipeline and per invalidation message
+MAX_PENDING_FILLS = 1024  # origin values on their way to the tier; past it a fill is skipped, not queued
+LOG_EVERY_S = 60.0
+_KIND_KEYS, _KIND_FLUSH = b"k", b"f"
+_LENGTH = struct.Struct(">I")
+
+
+def tier_key(tenant: str, key: bytes) -> bytes:
+    """Tenant names are DNS labels (no ':'), so the prefix keeps every tenant's keys apart."""
+    return b"%s%s:%s" % (KEY_PREFIX, tenant.encode(), key)
+
+
+def encode_message(node: bytes, kind: bytes, tenant: str, keys: Iterable[bytes] = ()) -> bytes:
+    body = b"".join(_LENGTH.pack(len(key)) + key for key in keys)
+    return b"%s\x00%s%s\x00%s" % (node, kind, tenant.encode(), body)
+
+
+def decode_message(data: bytes) -> tuple[bytes, bytes, str, list[bytes]]:
+    """(node, kind, tenant, keys); raises ValueError on a message no node of ours wrote."""
+    node, sep, rest = data.partition(b"\x00")
+    tenant, sep2, body = rest[1:].partition(b"\x00")
+    if not sep or not sep2 or rest[:1] not in (_KIND_KEYS, _KIND_FLUSH):
+        raise ValueError("not an invalidation message")
+    keys, at = [], 0
+    while at < len(body):
+        (length,) = _LENGTH.unpack_from(body, at)
+        at += _LENGTH.size
+        keys.append(body[at : at + length])
+        at += length
+    if at != len(body):
+        raise ValueError("truncated invalidation message")
+    return node, rest[:1], tenant.decode(), keys
+
+
+def _batches(keys: list[bytes]) -> Iterator[list[bytes]]:
+    for start in range(0, len(keys), WRITE_BATCH):
+        yield keys[start : start + WRITE_BATCH]
+
+
+class _PasswordFile(CredentialProvider):
+    """Read on every new connection, so a rotated password is picked up without a restart."""
+
+    def __init__(self, username: str | None, path: Any) -> None:
+        self.username = username
+        self.path = path
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        password = self.path.read_text().strip() if self.path is not None else ""
+        if self.username:
+            return (self.username, password)
+        return (password,)
+
+    async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
+        return self.get_credentials()  # a small local file: reading it is quicker than a thread hop
+
+
+@dataclass
+class TierStats:
+    hits: int = 0
+    misses: int = 0
+    errors: int = 0
+    fills: int = 0
+    fills_skipped: int = 0
+    writes: int = 0
+    invalidations_sent: int = 0
+    invalidations_received: int = 0
+    resubscribes: int = 0
+
+
+class SharedTier:
+    """One process's connection to the tier: reads, fills, write propagation and the invalidation listener."""
+
+    def __init__(self, settings: Settings, registry: TenantRegistry) -> None:
+        assert settings.shared_tier_url is not None
+        self.settings = settings
+        self.url = settings.shared_tier_url
+        self._registry = registry
+        self.node_id = secrets.token_hex(8).encode()
+        self.stats = TierStats()
+        self.connected = False
+        self._client = self._open(settings.shared_tier_timeout_s)
+        self._listener_client = self._open(None)  # a subscriber waits for messages: no read timeout
+        self._pending: set[str] = set()  # tenants whose writes are being sent
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._listener: asyncio.Task[None] | None = None
+        self._logged_at: dict[str, float] = {}
+
+    def _open(self, read_timeout: float | None) -> aioredis.Redis:
+        s = self.settings
+        options: dict[str, Any] = {
+            "socket_connect_timeout": s.shared_tier_timeout_s,
+            "socket_timeout": read_timeout,
+            "credential_provider": _PasswordFile(s.shared_tier_username, s.shared_tier_password_file)
+            if s.shared_tier_password_file is not None or s.shared_tier_username
+            else None,
+        }
+        if self.url.startswith("rediss://"):
+            options["ssl_cert_reqs"] = "required"
+            options["ssl_ca_certs"] = str(s.shared_tier_ca_file) if s.shared_tier_ca_file else None
+        if read_timeout is None:
+            options["health_check_interval"] = 15  # a dead subscription is noticed, not waited on forever
+            return aioredis.Redis.from_url(self.url, **options)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=64, timeout=s.shared_tier_timeout_s, **options
+        )
+        return aioredis.Redis(connection_pool=pool)
+
+    async def start(self) -> None:
+        """Check the tier answers; a refused password stops the start, an unreachable tier only warns."""
+        try:
+            await self._client.ping()
+            self.connected = True
+        except (AuthenticationError, ResponseError) as err:
+            raise ConfigError(f"shared tier {self.url} refused this node ({err}): check shared_tier_username and "
+                              "shared_tier_password_file") from None
+        except (RedisError, OSError) as err:
+            log.warning("shared tier %s unreachable (%s): reads go to the origin until it answers", self.url, err)
+        self._listener = asyncio.create_task(self._listen())
+        log.info("shared tier %s (node %s)", self.url, self.node_id.decode())
+
+    async def close(self, grace_s: float = 2.0) -> None:
+        """Send what is still marked (within `grace_s`), then disconnect."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace_s)
+        tasks = [t for t in (self._listener, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._client.aclose()
+        await self._listener_client.aclose()
+
+    def attach(self, cache: TenantCache) -> None:
+        """Start carrying this tenant's writes to the tier (after any snapshot restore: that is no write)."""
+        cache.shared = self
+        cache.reads_through = True
+        store = cache.store
+        store.written, store.flushed = set(), False
+        store.on_written = lambda: self._send_soon(cache)
+
+    def _failed(self, what: str, err: BaseException) -> None:
+        self.stats.errors += 1
+        self.connected = False
+        now = time.monotonic()
+        if now - self._logged_at.get(what, -LOG_EVERY_S) >= LOG_EVERY_S:
+            self._logged_at[what] = now
+            log.warning("shared tier %s failed (%s: %s); counted in foresight_shared_tier_errors_total", what,
+                        type(err).__name__, err)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def get(self, tenant: str, key: bytes) -> tuple[bytes, int] | None:
+        """The tier's value and its deadline (epoch ms, 0 for none), or None when it has none or cannot answer
+        in time."""
+        target = tier_key(tenant, key)
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.get(target)
+                pipe.pttl(target)
+                value, ttl_ms = await pipe.execute()
+        except (RedisError, OSError) as err:
+            self._failed("read", err)
+            return None
+        self.connected = True
+        if value is None:
+            self.stats.misses += 1
+            return None
+        self.stats.hits += 1
+        return value, now_ms() + ttl_ms if ttl_ms > 0 else 0
+
+    def fill(self, tenant: str, key: bytes, value: bytes) -> None:
+        """Offer an origin value to the tier in the background (only where absent: a client's write wins)."""
+        if len(self._tasks) >= MAX_PENDING_FILLS:
+            self.stats.fills_skipped += 1
+            return
+        self._spawn(self._fill(tier_key(tenant, key), value))
+
+    async def _fill(self, key: bytes, value: bytes) -> None:
+        try:
+            if await self._client.set(key, value, ex=self.settings.shared_tier_ttl_s, nx=True):
+                self.stats.fills += 1
+        except (RedisError, OSError) as err:
+            self._failed("fill", err)
+
+    def _send_soon(self, cache: TenantCache) -> None:
+        if cache.name not in self._pending:
+            self._pending.add(cache.name)
+            self._spawn(self._send(cache))
+
+    async def _send(self, cache: TenantCache) -> None:
+        """Send the tenant's marked writes until none are left (retrying with backoff while the tier fails)."""
+        store = cache.store
+        failures = 0
+        try:
+            await asyncio.sleep(0)  # let the rest of this turn's commands (a pipeline, a transaction) mark theirs
+            while (store.written or store.flushed) and self._registry.get(cache.name) is cache:
+                assert store.written is not None
+                keys, store.written = store.written, set()
+                flushed, store.flushed = store.flushed, False
+                try:
+                    if flushed:
+                        await self._send_flush(cache.name)
+                    for batch in _batches(list(keys)):  # type: ignore[arg-type]  # store keys are bytes
+                        await self._send_writes(cache, batch)
+                        keys.difference_update(batch)
+                    failures = 0
+                except (RedisError, OSError) as err:
+                    self._failed("write", err)
+                    store.written |= keys  # the values are read again when sent: a newer write is not undone
+                    store.flushed = store.flushed or flushed
+                    failures += 1
+                    await asyncio.sleep(min(0.05 * 2**failures, 5.0))
+        finally:
+            self._pending.discard(cache.name)
+
+    async def _send_writes(self, cache: TenantCache, keys: list[bytes]) -> None:
+        now = now_ms()
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                entry = cache.store.entry(key)
+                target = tier_key(cache.name, key)
+                if entry is None or (entry.expires_at and entry.expires_at <= now):
+                    pipe.delete(target)
+                elif entry.expires_at:
+                    pipe.set(target, entry.value, pxat=entry.expires_at)
+                else:
+                    pipe.set(target, entry.value)
+            pipe.publish(self.settings.shared_tier_channel, encode_message(self.node_id, _KIND_KEYS, cache.name, keys))
+            await pipe.execute()
+        self.stats.writes += len(keys)
+        self.stats.invalidations_sent += 1
+
+    async def _send_flush(self, tenant: str) -> None:
+        cursor: int = 0
+        pattern = tier_key(tenant, b"*")
+        while True:
+            cursor, found = await self._client.scan(cursor, match=pattern, count=1000)
+            if found:
+                await self._client.unlink(*found)
+            if not cursor:
+                break
+        await self._client.publish(self.settings.shared_tier_channel,
+                                   encode_message(self.node_id, _KIND_FLUSH, tenant))
+        self.stats.invalidations_sent += 1
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        subscribed_before = False
+        while True:
+            pubsub = self._listener_client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.settings.shared_tier_channel)
+                if subscribed_before:
+                    self._forget_everything()
+                subscribed_before, backoff = True, 0.1
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._apply(message["data"])
+            except (RedisError, OSError) as err:
+                self._failed("subscription", err)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                await pubsub.aclose()
+
+    def _forget_everything(self) -> None:
+        """After a gap in the subscription, writes other nodes made meanwhile are unknown: nothing local is
+        trusted but this node's own unsent writes."""
+        self.stats.resubscribes += 1
+        log.warning("shared tier subscription restored: emptying this node's memory of other nodes' keys")
+        for cache in list(self._registry):
+            cache.drop_remote(None)
+
+    def _apply(self, data: bytes) -> None:
+        try:
+            node, kind, tenant, keys = decode_message(data)
+        except (ValueError, struct.error):
+            log.warning("ignored a message on %s that no Foresight node wrote", self.settings.shared_tier_channel)
+            return
+        if node == self.node_id:
+            return
+        cache = self._registry.get(tenant)
+        if cache is None:
+            return
+        self.stats.invalidations_received += 1
+        if kind == _KIND_FLUSH:
+            cache.drop_remote(None)
+        else:
+            cache.drop_remote(keys)

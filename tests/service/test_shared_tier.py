@@ -1,0 +1,240 @@
+"""Two real service nodes sharing one real redis-server (TLS, password) as their shared tier."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from service.cache import TenantCache
+from service.config import ConfigError, Settings, load_settings
+from service.shared_tier import decode_message, encode_message, tier_key
+from service.tenancy import TenantQuota, TenantSpec
+from tests import servers
+from tests.service.harness import RunningService, running_service
+from tests.tlsutil import PKI
+
+PASSWORD = "tier-password-for-tests"
+
+
+def eventually(check: Callable[[], Any], what: str, timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.02)
+    raise AssertionError(f"{what} did not happen within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def tier(pki: PKI) -> Iterator[servers.RedisServer]:
+    with servers.redis_server(tls=(pki.ca_cert, pki.cert, pki.key), password=PASSWORD) as server:
+        yield server
+
+
+@pytest.fixture
+def tier_client(tier: servers.RedisServer, pki: PKI) -> Iterator[redis.Redis]:
+    client = redis.Redis(host="localhost", port=tier.port, ssl=True, ssl_ca_certs=str(pki.ca_cert), password=PASSWORD)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Path:
+    root = tmp_path / "origin"
+    root.mkdir()
+    (root / "report").write_bytes(b"from the origin")
+    return root
+
+
+def node_settings(tier: servers.RedisServer, pki: PKI, origin: Path, tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    password_file = tmp_path / "tier-password"
+    password_file.write_text(PASSWORD + "\n")
+    return {
+        "dev": True, "origin": str(origin), "prefetcher": "none",
+        "shared_tier_url": f"rediss://localhost:{tier.port}", "shared_tier_password_file": password_file,
+        "shared_tier_ca_file": pki.ca_cert, **extra,
+    }
+
+
+@pytest.fixture
+def two_nodes(tier: servers.RedisServer, pki: PKI, origin: Path, tmp_path: Path,
+              tier_client: redis.Redis) -> Iterator[tuple[RunningService, RunningService]]:
+    settings = node_settings(tier, pki, origin, tmp_path)
+    with ExitStack() as stack:
+        a = stack.enter_context(running_service(**settings))
+        b = stack.enter_context(running_service(**settings))
+        yield a, b
+
+
+def client(node: RunningService) -> redis.Redis:
+    return redis.Redis(port=node.resp_port)
+
+
+def tenant(node: RunningService) -> TenantCache:
+    cache = node.state.tenants.get("default")
+    assert cache is not None
+    return cache
+
+
+def test_a_second_node_reads_what_the_first_fetched_from_the_tier_not_the_origin(
+        two_nodes: tuple[RunningService, RunningService], tier_client: redis.Redis) -> None:
+    a, b = two_nodes
+    assert client(a).get("report") == b"from the origin"
+    eventually(lambda: tier_client.get(tier_key("default", b"report")), "the origin value filling the tier")
+    assert 0 < tier_client.ttl(tier_key("default", b"report")) <= 3600  # origin values expire: bounded staleness
+    assert client(b).get("report") == b"from the origin"
+    assert (tenant(a).origin_fetches, tenant(b).origin_fetches) == (1, 0)
+    assert b.service.shared_tier is not None and b.service.shared_tier.stats.hits == 1
+
+
+def test_a_client_write_on_one_node_replaces_the_other_nodes_copy(
+        two_nodes: tuple[RunningService, RunningService]) -> None:
+    a, b = two_nodes
+    assert client(a).get("report") == client(b).get("report") == b"from the origin"  # both hold a copy now
+    client(a).set("report", "rewritten", px=60_000)
+    eventually(lambda: client(b).get("report") == b"rewritten", "node b reading a's write")
+    assert 50_000 < client(b).pttl("report") <= 60_000  # the TTL travelled with the value
+    client(b).set("counter", 41)
+    client(b).incr("counter")
+    eventually(lambda: client(a).get("counter") == b"42", "node a reading b's INCR")
+
+
+def test_a_delete_on_one_node_sends_the_other_back_to_the_origin(
+        two_nodes: tuple[RunningService, RunningService], tier_client: redis.Redis) -> None:
+    a, b = two_nodes
+    client(a).set("report", "client value")
+    eventually(lambda: client(b).get("report") == b"client value", "node b reading a's write")
+    client(a).delete("report")
+    eventually(lambda: tier_client.exists(tier_key("default", b"report")) == 0, "the delete reaching the tier")
+    # As on one node: a deleted key is read through to the origin again.
+    eventually(lambda: client(b).get("report") == b"from the origin", "node b reading the origin again")
+
+
+def test_a_flush_on_one_node_empties_the_tenant_everywhere(
+        two_nodes: tuple[RunningService, RunningService], tier_client: redis.Redis) -> None:
+    a, b = two_nodes
+    client(a).mset({"one": "1", "two": "2"})
+    eventually(lambda: client(b).get("two") == b"2", "node b reading a's write")
+    tier_client.set(b"fs:other:one", b"another tenant's")  # a flush is one tenant's
+    client(b).flushdb()
+    eventually(lambda: tier_client.keys("fs:default:*") == [], "the flush reaching the tier")
+    eventually(lambda: len(tenant(a).store) == 0, "node a dropping its copies")
+    assert tier_client.get(b"fs:other:one") == b"another tenant's"
+    assert client(a).get("one") is None
+
+
+def test_an_origin_value_never_overwrites_a_client_write_in_the_tier(
+        two_nodes: tuple[RunningService, RunningService], tier_client: redis.Redis) -> None:
+    a, _ = two_nodes
+    tier_client.set(tier_key("default", b"report"), b"written by a client elsewhere")
+    shared = a.service.shared_tier
+    assert shared is not None
+    shared_fill = shared.fill
+    a.call(_call_soon(lambda: shared_fill("default", b"report", b"stale origin copy")))
+    time.sleep(0.2)
+    assert tier_client.get(tier_key("default", b"report")) == b"written by a client elsewhere"
+
+
+async def _call_soon(work: Callable[[], None]) -> None:
+    work()
+
+
+def test_a_node_keeps_its_unsent_write_when_another_nodes_invalidation_arrives(
+        two_nodes: tuple[RunningService, RunningService]) -> None:
+    a, _ = two_nodes
+    cache = tenant(a)
+
+    async def race() -> bytes | None:
+        cache.store.set(b"k", b"mine, newer")  # marked, not yet sent (the send waits for this turn to end)
+        cache.drop_remote([b"k", b"other"])
+        return cache.store.get(b"k")
+
+    assert a.call(race()) == b"mine, newer"
+
+
+def test_a_lost_subscription_empties_memory_and_resumes(
+        two_nodes: tuple[RunningService, RunningService], tier_client: redis.Redis) -> None:
+    a, b = two_nodes
+    client(a).get("report")
+    assert len(tenant(a).store) == 1
+    tier_client.client_kill_filter(_type="pubsub")
+    shared = a.service.shared_tier
+    assert shared is not None
+    eventually(lambda: shared.stats.resubscribes >= 1, "node a resubscribing")
+    assert len(tenant(a).store) == 0  # writes missed during the gap cannot be known: nothing stale is served
+    client(b).set("after", "the gap")
+    eventually(lambda: client(a).get("after") == b"the gap", "invalidations flowing again")
+
+
+def test_an_unreachable_tier_sends_reads_to_the_origin(origin: Path, pki: PKI, tmp_path: Path) -> None:
+    from service.net import free_port
+
+    closed = servers.RedisServer(free_port())
+    with running_service(**node_settings(closed, pki, origin, tmp_path)) as node:
+        assert client(node).get("report") == b"from the origin"
+        client(node).set("local", "still works")
+        assert client(node).get("local") == b"still works"
+        shared = node.service.shared_tier
+        assert shared is not None and shared.stats.errors >= 1 and not shared.connected
+        metrics = node.call(_metrics(node))
+        assert "foresight_shared_tier_errors_total" in metrics and "foresight_shared_tier_up 0.0" in metrics
+
+
+async def _metrics(node: RunningService) -> str:
+    from service.metrics import render
+
+    return render(node.state).decode()
+
+
+def test_a_wrong_password_stops_the_start_with_the_setting_to_fix(
+        tier: servers.RedisServer, pki: PKI, origin: Path, tmp_path: Path) -> None:
+    settings = node_settings(tier, pki, origin, tmp_path)
+    settings["shared_tier_password_file"].write_text("not the password")
+    with pytest.raises(ConfigError, match="shared_tier_password_file"), running_service(**settings):
+        pass
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("rediss://:hunter2@tier:6379", "must not carry a user or password"),
+    ("rediss://admin@tier:6379", "must not carry a user or password"),
+    ("redis://tier.internal:6379", "must be reached over TLS"),
+    ("http://tier:6379", "must look like rediss://host:6379"),
+    ("rediss://tier:6379/cache", "not a database number"),
+])
+def test_unsafe_or_malformed_tier_urls_are_refused(url: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem) as err:
+        load_settings(dev=True, shared_tier_url=url)
+    assert "hunter2" not in str(err.value)  # the refusal does not echo a secret
+
+
+def test_loopback_may_skip_tls_and_a_password_file_needs_a_url(tmp_path: Path) -> None:
+    assert Settings(shared_tier_url="redis://127.0.0.1:6379").shared_tier_url == "redis://127.0.0.1:6379"
+    with pytest.raises(ConfigError, match="needs shared_tier_url"):
+        load_settings(dev=True, shared_tier_password_file=str(tmp_path / "p"))
+
+
+def test_invalidation_messages_round_trip_and_strangers_are_refused() -> None:
+    keys = [b"a", b"", b"with\x00nul", b"x" * 70_000]
+    assert decode_message(encode_message(b"node1", b"k", "acme", keys)) == (b"node1", b"k", "acme", keys)
+    assert decode_message(encode_message(b"node1", b"f", "acme")) == (b"node1", b"f", "acme", [])
+    for garbage in (b"hello", b"node\x00zacme\x00", encode_message(b"n", b"k", "acme", [b"abc"])[:-1]):
+        with pytest.raises(ValueError, match="invalidation message"):
+            decode_message(garbage)
+
+
+def test_a_tenant_added_later_is_on_the_tier_too(two_nodes: tuple[RunningService, RunningService]) -> None:
+    a, _ = two_nodes
+    spec = TenantSpec(name="late", quota=TenantQuota(memory_bytes=1 << 20))
+
+    async def add() -> bool:
+        cache = a.state.tenants.upsert(spec)
+        return cache.shared is a.service.shared_tier and cache.store.written == set()
+
+    assert a.call(add())
