@@ -118,7 +118,18 @@ class Settings(BaseSettings):
     shared_tier_password_file: Path | None = Field(
         None, description="File holding the shared tier's AUTH password (re-read on reconnect), if it needs one."
     )
+    shared_tier_auth: Literal["password", "aws", "gcp", "azure"] = Field(
+        "password",
+        description="How this node proves itself to the shared tier: password (shared_tier_password_file; unset, no "
+        "AUTH), or its cloud identity, no stored secret: aws (ElastiCache IAM auth: shared_tier_username is the "
+        "ElastiCache user id, shared_tier_aws_cache the replication group), gcp (Memorystore for Valkey IAM auth, "
+        "the service account's access token), azure (Azure Cache for Redis with Entra ID: shared_tier_username is "
+        "the managed identity's object id).",
+    )
     shared_tier_username: str | None = Field(None, description="ACL user for the shared tier (default: 'default').")
+    shared_tier_aws_cache: str | None = Field(
+        None, description="aws auth: the ElastiCache replication group id the IAM token is signed for."
+    )
     shared_tier_ca_file: Path | None = Field(None, description="CA bundle for the shared tier's TLS certificate.")
     shared_tier_ttl_s: int = Field(
         3600, gt=0, description="How long a value read from the origin stays in the shared tier (bounds how stale "
@@ -244,6 +255,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"shared_tier_url: {problem}")
         elif self.shared_tier_password_file is not None:
             raise ValueError("shared_tier_password_file needs shared_tier_url")
+        if self.shared_tier_auth != "password" and self.shared_tier_password_file is not None:
+            raise ValueError(f"shared_tier_auth {self.shared_tier_auth} uses the cloud identity: unset "
+                             "shared_tier_password_file")
+        if self.shared_tier_auth in ("aws", "azure") and not self.shared_tier_username:
+            raise ValueError(f"shared_tier_auth {self.shared_tier_auth} needs shared_tier_username")
+        if self.shared_tier_auth == "aws" and not self.shared_tier_aws_cache:
+            raise ValueError("shared_tier_auth aws needs shared_tier_aws_cache (the replication group id)")
         if self.dev and self.bind not in ("127.0.0.1", "::1", "localhost"):
             raise ValueError(f"dev mode binds loopback only; bind={self.bind!r} is not allowed with dev")
         return self

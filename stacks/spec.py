@@ -62,6 +62,8 @@ CONFIG_KEYS = (
     "subnetIds",
     "sshPublicKey",
     "volumeSizeGb",
+    "scaleOut",
+    "nodes",
 )
 REQUIRED_KEYS = ("cloud", "allowedCidrs", "vaultAddress")
 _LIST_KEYS = frozenset({"allowedCidrs", "fallbackInstanceTypes", "subnetIds"})
@@ -131,6 +133,9 @@ class StackSpec(BaseModel):
     subnet_ids: tuple[str, ...] = Field(default=(), alias="subnetIds")
     ssh_public_key: str | None = Field(default=None, alias="sshPublicKey")
     volume_size_gb: int = Field(default=DEFAULT_VOLUME_SIZE_GB, ge=20, le=16384, alias="volumeSizeGb")
+    # Scale-out (stacks/cluster.py): a managed cluster's GPU pool of `nodes`, one pod each, on a shared tier.
+    scale_out: bool = Field(default=False, alias="scaleOut")
+    nodes: int = Field(default=2, ge=1, le=64)
     # A secret Output (never a plain string), kept out of the model's repr and dumps.
     vault_token: Any = Field(default=None, alias="vaultToken", exclude=True, repr=False)
 
@@ -290,6 +295,10 @@ class StackSpec(BaseModel):
             raise ConfigError.one(config_key("subnetIds"), "required with foresight:vpcId (one subnet or more)")
         if self.subnet_ids and not self.vpc_id:
             raise ConfigError.one(config_key("vpcId"), "required with foresight:subnetIds (the subnets' network)")
+        if self.scale_out and self.ssh_public_key:
+            raise ConfigError.one(
+                config_key("sshPublicKey"), "not with foresight:scaleOut: cluster nodes take no SSH key (use kubectl)"
+            )
 
 
 _EXAMPLES = {

@@ -107,7 +107,7 @@ class NodeToken:
     """What the cloud's identity token for the node looks like: who signs it, for whom, and the claim (with
     its value) that names the node and no other machine."""
 
-    issuer: str
+    issuer: pulumi.Input[str]
     audience: str
     claim: str
     value: pulumi.Input[str]

@@ -14,8 +14,8 @@ module of stacks/kubernetes that imports pulumi_kubernetes, so rendering YAML ne
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pulumi
@@ -41,10 +41,16 @@ RESOURCE_TYPES: dict[tuple[str, str], Callable[..., pulumi.CustomResource]] = {
 
 @dataclass(frozen=True)
 class WorkloadArgs:
-    """The validated spec, and the cluster's provider (None: the stack's default kubeconfig)."""
+    """The validated spec, and the cluster's provider (None: the stack's default kubeconfig).
+
+    A stack knows some values only once the cloud has made them (the KMS key's ARN, the shared tier's endpoint,
+    the pods' cloud role): `settings` adds or replaces those ConfigMap entries and `service_account_annotations`
+    those annotations, as Pulumi inputs. The spec holds what is known before (names, ports, the shape)."""
 
     spec: WorkloadSpec
     provider: k8s.Provider | None = None
+    settings: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    service_account_annotations: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
 
 
 class Workload(pulumi.ComponentResource):
@@ -65,6 +71,11 @@ class Workload(pulumi.ComponentResource):
         children: dict[tuple[str, str], pulumi.CustomResource] = {}
         for manifest in render(spec, managed_by="pulumi"):
             kind, object_name = manifest["kind"], manifest["metadata"]["name"]
+            if kind == "ConfigMap" and args.settings:
+                manifest["data"] = {**manifest["data"], **args.settings}
+            if kind == "ServiceAccount" and args.service_account_annotations:
+                annotations = manifest["metadata"].get("annotations", {})
+                manifest["metadata"]["annotations"] = {**annotations, **args.service_account_annotations}
             # The pods come last and wait for what they read, so a first rollout never starts without them.
             after = list(children.values()) if kind == "StatefulSet" else []
             options = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=after)

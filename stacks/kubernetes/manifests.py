@@ -81,7 +81,13 @@ def environment(spec: WorkloadSpec) -> dict[str, str]:
         env["FORESIGHT_PREFETCH_DEVICE"] = "cpu"
     if spec.shared_tier_url is not None:
         env["FORESIGHT_SHARED_TIER_URL"] = spec.shared_tier_url
-        env["FORESIGHT_SHARED_TIER_PASSWORD_FILE"] = f"{SHARED_TIER_SECRET_DIR}/password"
+        env["FORESIGHT_SHARED_TIER_AUTH"] = spec.shared_tier_auth
+        if spec.shared_tier_password_secret is not None:
+            env["FORESIGHT_SHARED_TIER_PASSWORD_FILE"] = f"{SHARED_TIER_SECRET_DIR}/password"
+        if spec.shared_tier_username is not None:
+            env["FORESIGHT_SHARED_TIER_USERNAME"] = spec.shared_tier_username
+        if spec.shared_tier_aws_cache is not None:
+            env["FORESIGHT_SHARED_TIER_AWS_CACHE"] = spec.shared_tier_aws_cache
     return dict(sorted({**env, **spec.extra_env}.items()))
 
 

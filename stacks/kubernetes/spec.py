@@ -17,7 +17,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from stacks.spec import DEFAULT_IMAGE, StackSpec
@@ -56,6 +56,9 @@ RENDERED_ENV_KEYS = frozenset(
         "FORESIGHT_PREFETCH_DEVICE",
         "FORESIGHT_SHARED_TIER_URL",
         "FORESIGHT_SHARED_TIER_PASSWORD_FILE",
+        "FORESIGHT_SHARED_TIER_AUTH",
+        "FORESIGHT_SHARED_TIER_USERNAME",
+        "FORESIGHT_SHARED_TIER_AWS_CACHE",
         "NVIDIA_VISIBLE_DEVICES",
     }
 )
@@ -103,10 +106,23 @@ class WorkloadSpec(BaseModel):
     shared_tier_url: str | None = Field(
         None, description="Shared Valkey/Redis tier, rediss://host:port; its password comes from a Secret."
     )
+    shared_tier_auth: Literal["password", "aws", "gcp", "azure"] = Field(
+        "password",
+        description="How pods prove themselves to the shared tier: a password from sharedTierPasswordSecret, or "
+        "their cloud identity with no stored secret (aws: ElastiCache IAM auth, gcp: Memorystore for Valkey IAM "
+        "auth, azure: Azure Cache for Redis with Entra ID); the service's shared_tier_auth.",
+    )
+    shared_tier_username: str | None = Field(
+        None, description="The tier's user: the ElastiCache user id (aws), the managed identity's object id (azure)."
+    )
+    shared_tier_aws_cache: str | None = Field(
+        None, description="aws auth: the ElastiCache replication group id the pods' IAM tokens are signed for."
+    )
     shared_tier_password_secret: str | None = Field(
         None,
         validate_default=True,
-        description="Name of the Secret whose key `password` is the shared tier's password (with sharedTierUrl).",
+        description="Name of the Secret whose key `password` is the shared tier's password (with sharedTierUrl and "
+        "sharedTierAuth password).",
     )
     storage_class: str | None = Field(None, description="StorageClass of the data volumes; unset: the default.")
     data_volume_gb: int = Field(20, ge=1, le=16384, description="Size of each pod's data volume in GiB.")
@@ -222,13 +238,27 @@ class WorkloadSpec(BaseModel):
     @classmethod
     def _check_password_secret(cls, value: str | None, info: ValidationInfo) -> str | None:
         # Runs after shared_tier_url (declared earlier), so the error lands on the key that is missing or extra.
-        if "shared_tier_url" not in info.data:
-            return value  # the URL itself was refused; that error says enough
-        if info.data["shared_tier_url"] is not None and value is None:
-            raise ValueError("required with sharedTierUrl: the Secret holding the shared tier's password")
-        if info.data["shared_tier_url"] is None and value is not None:
+        if "shared_tier_url" not in info.data or "shared_tier_auth" not in info.data:
+            return value  # the URL or the auth itself was refused; that error says enough
+        url, auth = info.data["shared_tier_url"], info.data["shared_tier_auth"]
+        if url is not None and auth == "password" and value is None:
+            raise ValueError("required with sharedTierUrl: the Secret holding the shared tier's password (or set "
+                             "sharedTierAuth to the cloud's identity: aws, gcp or azure)")
+        if url is None and value is not None:
             raise ValueError("only with sharedTierUrl (the shared tier this Secret's password is for)")
+        if auth != "password" and value is not None:
+            raise ValueError(f"not with sharedTierAuth {auth}: the pods use their cloud identity, no password")
         return value
+
+    @model_validator(mode="after")
+    def _check_tier_identity(self) -> WorkloadSpec:
+        if self.shared_tier_url is None:
+            return self
+        if self.shared_tier_auth in ("aws", "azure") and not self.shared_tier_username:
+            raise ValueError(f"sharedTierUsername: required with sharedTierAuth {self.shared_tier_auth}")
+        if self.shared_tier_auth == "aws" and not self.shared_tier_aws_cache:
+            raise ValueError("sharedTierAwsCache: required with sharedTierAuth aws (the replication group id)")
+        return self
 
     @property
     def vault_port(self) -> int:

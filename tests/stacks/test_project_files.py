@@ -82,6 +82,8 @@ def test_pulumi_yaml_defaults_are_the_programs_defaults() -> None:
         "subnetIds": [],
         "sshPublicKey": "",
         "volumeSizeGb": DEFAULT_VOLUME_SIZE_GB,
+        "scaleOut": False,
+        "nodes": 2,
     }
 
 
