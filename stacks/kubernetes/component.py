@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pulumi
 import pulumi_kubernetes as k8s
 
+from stacks.kubernetes.device_plugin import device_plugin_manifest
 from stacks.kubernetes.manifests import Manifest, headless_name, render
 from stacks.kubernetes.spec import WorkloadSpec
 from stacks.spec import HTTPS_PORT, RESP_PORT
@@ -123,3 +124,15 @@ def _ingress_address(status: Any) -> str:
     """The load balancer's hostname (AWS) or IP (Google Cloud, Azure); empty until the cloud assigns one."""
     ingress = (status.load_balancer.ingress if status and status.load_balancer else None) or []
     return next((entry.hostname or entry.ip for entry in ingress if entry.hostname or entry.ip), "")
+
+
+def create_device_plugin(
+    name: str, node_selector: Mapping[str, str], provider: k8s.Provider | None, parent: pulumi.Resource
+) -> k8s.apps.v1.DaemonSet:
+    """NVIDIA's device plugin on the GPU pool (stacks/kubernetes/device_plugin.py says which clusters need it)."""
+    manifest = device_plugin_manifest(node_selector)
+    return k8s.apps.v1.DaemonSet(
+        f"{name}-nvidia-device-plugin",
+        opts=pulumi.ResourceOptions(parent=parent, provider=provider),
+        **_resource_args(manifest),
+    )

@@ -18,7 +18,13 @@ from __future__ import annotations
 from typing import Any
 
 from stacks.cloudinit import CONTAINER_TLS_DIR, DATA_DIR
-from stacks.kubernetes.pod import PORT_NAMES, SHARED_TIER_SECRET_DIR, VAULT_TOKEN_FILE, pod_template
+from stacks.kubernetes.pod import (
+    PORT_NAMES,
+    SHARED_TIER_CA_DIR,
+    SHARED_TIER_SECRET_DIR,
+    VAULT_TOKEN_FILE,
+    pod_template,
+)
 from stacks.kubernetes.spec import WorkloadSpec
 from stacks.spec import HTTPS_PORT, RESP_PORT, SERVICE_PORTS
 
@@ -88,6 +94,8 @@ def environment(spec: WorkloadSpec) -> dict[str, str]:
             env["FORESIGHT_SHARED_TIER_USERNAME"] = spec.shared_tier_username
         if spec.shared_tier_aws_cache is not None:
             env["FORESIGHT_SHARED_TIER_AWS_CACHE"] = spec.shared_tier_aws_cache
+        if spec.shared_tier_ca_config_map is not None:
+            env["FORESIGHT_SHARED_TIER_CA_FILE"] = f"{SHARED_TIER_CA_DIR}/ca.pem"
     return dict(sorted({**env, **spec.extra_env}.items()))
 
 

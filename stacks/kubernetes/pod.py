@@ -21,6 +21,7 @@ VAULT_TOKEN_DIR = "/var/run/secrets/foresight/vault"  # noqa: S105 - a path, not
 VAULT_TOKEN_FILE = f"{VAULT_TOKEN_DIR}/token"
 VAULT_TOKEN_TTL_S = 3600
 SHARED_TIER_SECRET_DIR = "/var/run/secrets/foresight/shared-tier"  # noqa: S105 - a path
+SHARED_TIER_CA_DIR = "/etc/foresight/shared-tier-ca"
 # The init container runs the VM's boot script, which the image installs with the `stacks` package. No --group:
 # the emptyDir belongs to root (group fsGroup), so the non-root script could not chown it; it writes the files
 # as the service's own user instead.
@@ -67,7 +68,7 @@ def pod_template(spec: WorkloadSpec, labels: dict[str, str]) -> Manifest:
     if spec.gpus_per_pod:
         # GPU node pools carry this taint (EKS, GKE and AKS add it) so that only GPU workloads land there.
         pod["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
-    return {"metadata": {"labels": labels}, "spec": pod}
+    return {"metadata": {"labels": {**spec.pod_labels, **labels}}, "spec": pod}
 
 
 def _spread(labels: dict[str, str], topology_key: str, when_unsatisfiable: str) -> Manifest:
@@ -133,6 +134,8 @@ def _service_container(spec: WorkloadSpec) -> Manifest:
     ]
     if spec.shared_tier_password_secret is not None:
         mounts.append({"name": "shared-tier-password", "mountPath": SHARED_TIER_SECRET_DIR, "readOnly": True})
+    if spec.shared_tier_ca_config_map is not None:
+        mounts.append({"name": "shared-tier-ca", "mountPath": SHARED_TIER_CA_DIR, "readOnly": True})
     container: Manifest = {
         "name": "foresight",
         "image": spec.image,
@@ -188,4 +191,7 @@ def _volumes(spec: WorkloadSpec) -> list[Manifest]:
             "items": [{"key": "password", "path": "password"}],
         }
         volumes.append({"name": "shared-tier-password", "secret": secret})
+    if spec.shared_tier_ca_config_map is not None:
+        ca = {"name": spec.shared_tier_ca_config_map, "items": [{"key": "ca.pem", "path": "ca.pem"}]}
+        volumes.append({"name": "shared-tier-ca", "configMap": ca})
     return volumes

@@ -59,6 +59,7 @@ RENDERED_ENV_KEYS = frozenset(
         "FORESIGHT_SHARED_TIER_AUTH",
         "FORESIGHT_SHARED_TIER_USERNAME",
         "FORESIGHT_SHARED_TIER_AWS_CACHE",
+        "FORESIGHT_SHARED_TIER_CA_FILE",
         "NVIDIA_VISIBLE_DEVICES",
     }
 )
@@ -118,6 +119,10 @@ class WorkloadSpec(BaseModel):
     shared_tier_aws_cache: str | None = Field(
         None, description="aws auth: the ElastiCache replication group id the pods' IAM tokens are signed for."
     )
+    shared_tier_ca_config_map: str | None = Field(
+        None, description="ConfigMap whose key `ca.pem` is the CA of the tier's certificate, where the public CAs in "
+        "the image do not cover it (Memorystore's per-instance CA); unset: the image's CA store."
+    )
     shared_tier_password_secret: str | None = Field(
         None,
         validate_default=True,
@@ -125,6 +130,9 @@ class WorkloadSpec(BaseModel):
         "sharedTierAuth password).",
     )
     storage_class: str | None = Field(None, description="StorageClass of the data volumes; unset: the default.")
+    pod_labels: dict[str, str] = Field(
+        default_factory=dict, description="Extra labels on the pods, e.g. azure.workload.identity/use: 'true'."
+    )
     data_volume_gb: int = Field(20, ge=1, le=16384, description="Size of each pod's data volume in GiB.")
     cpu_request: str = Field("2", description="CPU each pod is guaranteed.")
     cpu_limit: str = Field("4", description="CPU each pod may use at most.")
@@ -169,7 +177,7 @@ class WorkloadSpec(BaseModel):
             raise ValueError(f"{value!r} must be lowercase letters, digits and '-', at most 40 characters")
         return value
 
-    @field_validator("namespace", "shared_tier_password_secret", "storage_class")
+    @field_validator("namespace", "shared_tier_password_secret", "shared_tier_ca_config_map", "storage_class")
     @classmethod
     def _check_dns_label(cls, value: str | None) -> str | None:
         if value is not None and not _NAMESPACE_RE.fullmatch(value):
