@@ -40,6 +40,7 @@ _SHARED_TIER_COUNTERS = {
     "invalidations_sent": "Messages that told the other nodes to drop keys.",
     "invalidations_received": "Messages from other nodes that dropped keys here.",
     "resubscribes": "Times the invalidation subscription came back after a gap (memory was emptied).",
+    "renewals": "Times the invalidation subscription moved to a fresh connection (a credential's lifetime).",
 }
 
 

@@ -238,3 +238,24 @@ def test_a_tenant_added_later_is_on_the_tier_too(two_nodes: tuple[RunningService
         return cache.shared is a.service.shared_tier and cache.store.written == set()
 
     assert a.call(add())
+
+
+def test_a_subscription_renewed_for_a_fresh_credential_misses_no_write(
+        tier: servers.RedisServer, pki: PKI, origin: Path, tmp_path: Path, tier_client: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.shared_tier_auth import PasswordFile
+
+    monkeypatch.setattr(PasswordFile, "renew_after_s", 0.2)  # as a cloud token's connection would be, but often
+    settings = node_settings(tier, pki, origin, tmp_path)
+    with running_service(**settings) as a, running_service(**settings) as b:
+        keys = [f"k{i}" for i in range(20)]
+        for round_ in range(15):
+            client(b).mset({key: f"{key}-{round_}" for key in keys})
+            for key in keys:  # a holds a copy of every key between b's rounds, so a missed message shows
+                eventually(lambda key=key, round_=round_: client(a).get(key) == f"{key}-{round_}".encode(),
+                           f"node a reading {key} of round {round_}")
+            time.sleep(0.05)
+        shared = a.service.shared_tier
+        assert shared is not None
+        assert shared.stats.renewals >= 3 and shared.stats.resubscribes == 0  # renewed, never with a gap
+        assert len(tenant(a).store) >= len(keys)
