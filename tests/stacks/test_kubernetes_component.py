@@ -60,7 +60,7 @@ class DependencyMonitor(RecordingMonitor):
 DEPENDENCIES: dict[str, list[str]] = {}
 
 
-def run_workload(with_provider: bool) -> tuple[MockRun, Workload]:
+def run_workload(with_provider: bool, **deploy_time: Any) -> tuple[MockRun, Workload]:
     """Register the component in a fresh mock engine; the returned run holds every registration in order."""
     asyncio.set_event_loop(asyncio.new_event_loop())
     settings.ROOT.set(None)
@@ -70,7 +70,8 @@ def run_workload(with_provider: bool) -> tuple[MockRun, Workload]:
 
     def program() -> None:
         provider = k8s.Provider("cluster", kubeconfig="{}") if with_provider else None
-        workload = Workload("cache", WorkloadArgs(SPEC, provider))
+        extra = {key: {k: pulumi.Output.from_input(v) for k, v in value.items()} for key, value in deploy_time.items()}
+        workload = Workload("cache", WorkloadArgs(SPEC, provider, **extra))
         pulumi.export("endpoint", workload.endpoint)
         made.append(workload)
 
@@ -152,3 +153,19 @@ def test_without_a_provider_children_use_the_default_one() -> None:
     children = [r for r in run if r.type.startswith("kubernetes:")]
     assert len(children) == 7 and not run.of_type("pulumi:providers:kubernetes")
     assert all("cluster" not in child.provider for child in children)
+
+
+def test_values_the_cloud_knows_only_at_deploy_time_reach_the_config_map_and_service_account() -> None:
+    key_arn = "arn:aws:kms:us-east-1:123456789012:key/0f0e0d0c-0b0a-0908-0706-050403020100"
+    role = "arn:aws:iam::123456789012:role/foresight-pods"
+    run, _ = run_workload(
+        with_provider=True,
+        settings={"FORESIGHT_KMS_KEY_ID": key_arn, "FORESIGHT_SHARED_TIER_AUTH": "aws"},
+        service_account_annotations={"eks.amazonaws.com/role-arn": role},
+    )
+    data = run.one(TYPES["ConfigMap"]).props["data"]
+    assert data["FORESIGHT_KMS_KEY_ID"] == key_arn  # replaced the spec's own value
+    assert data["FORESIGHT_SHARED_TIER_AUTH"] == "aws"
+    assert data["FORESIGHT_VAULT_ROLE"] == SPEC.vault_role  # the rest as rendered
+    account = run.one(TYPES["ServiceAccount"]).props["metadata"]
+    assert account["annotations"] == {"eks.amazonaws.com/role-arn": role}
