@@ -70,6 +70,7 @@ def workload_spec(
     service_annotations: Mapping[str, str] | None = None,
     extra_env: Mapping[str, str] | None = None,
     extra_egress_ports: tuple[int, ...] = (),
+    pod_labels: Mapping[str, str] | None = None,
 ) -> WorkloadSpec:
     """The workload of a scale-out stack. The KMS key and the tier's endpoint are `deploy_time_settings`."""
     return WorkloadSpec(
@@ -93,6 +94,7 @@ def workload_spec(
         service_annotations=dict(service_annotations or {}),
         extra_env=dict(extra_env or {}),
         extra_egress_ports=(tier_port, *extra_egress_ports),
+        pod_labels=dict(pod_labels or {}),
     )
 
 

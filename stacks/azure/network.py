@@ -86,7 +86,6 @@ class Endpoint:
 def create_network(
     name: str, spec: StackSpec, group: azure.resources.ResourceGroup, parent: pulumi.Resource
 ) -> Network:
-    opts = pulumi.ResourceOptions(parent=parent)
     if spec.vpc_id is not None:
         match = _SUBNET_RE.fullmatch(spec.subnet_ids[0])
         assert match is not None  # check_network_ids ran first
@@ -101,6 +100,31 @@ def create_network(
         return Network(
             subnet_id=pulumi.Output.from_input(spec.subnet_ids[0]), subnet_cidr=prefix, security_group=security_group
         )
+    own = create_virtual_network(name, spec, group, parent)
+    security_group = _security_group(name, spec, group, str(OWN_SUBNET_CIDR), parent)
+    return Network(
+        subnet_id=own.subnet.id,
+        subnet_cidr=str(OWN_SUBNET_CIDR),
+        security_group=security_group,
+        vnet=own.vnet,
+        subnet=own.subnet,
+        nat_gateway=own.nat_gateway,
+    )
+
+
+@dataclass(frozen=True)
+class VirtualNetwork:
+    vnet: azure.network.VirtualNetwork
+    subnet: azure.network.Subnet
+    nat_gateway: azure.network.NatGateway
+
+
+def create_virtual_network(
+    name: str, spec: StackSpec, group: azure.resources.ResourceGroup, parent: pulumi.Resource
+) -> VirtualNetwork:
+    """The own network: `OWN_VNET_CIDR` with one subnet `OWN_SUBNET_CIDR` whose only way out is a NAT gateway
+    (the single node's network, and the scale-out cluster's node subnet)."""
+    opts = pulumi.ResourceOptions(parent=parent)
     nat_address = azure.network.PublicIPAddress(
         f"{name}-nat-ip",
         resource_group_name=group.name,
@@ -136,15 +160,7 @@ def create_network(
         default_outbound_access=False,
         opts=opts,
     )
-    security_group = _security_group(name, spec, group, str(OWN_SUBNET_CIDR), parent)
-    return Network(
-        subnet_id=subnet.id,
-        subnet_cidr=str(OWN_SUBNET_CIDR),
-        security_group=security_group,
-        vnet=vnet,
-        subnet=subnet,
-        nat_gateway=nat_gateway,
-    )
+    return VirtualNetwork(vnet=vnet, subnet=subnet, nat_gateway=nat_gateway)
 
 
 def _security_group(

@@ -1,7 +1,9 @@
 """Google Cloud: `foresight:gcp:GpuNode` and its parts (component, network, identity, kms, compute, vault),
-file for file as stacks/aws/.
+file for file as stacks/aws/; with `foresight:scaleOut: true`, `foresight:gcp:ScaleOut` (scale_out, cluster,
+tier) on GKE and Memorystore instead.
 
-Importing this package imports pulumi_gcp, pulumi_tls and pulumi_vault, never an AWS or Azure SDK.
+Importing this package imports pulumi_gcp, pulumi_tls and pulumi_vault, never an AWS or Azure SDK; the
+scale-out component, which also needs pulumi_kubernetes, is imported only when chosen.
 """
 
 from __future__ import annotations
@@ -13,4 +15,8 @@ __all__ = ["GpuNode", "GpuNodeArgs", "deploy"]
 
 
 def deploy(spec: StackSpec) -> StackOutputs:
+    if spec.scale_out:
+        from stacks.gcp.scale_out import ScaleOut, ScaleOutArgs
+
+        return ScaleOut("foresight", ScaleOutArgs.from_spec(spec)).outputs
     return GpuNode("foresight", GpuNodeArgs.from_spec(spec)).outputs

@@ -52,6 +52,8 @@ AUTOSCALING_GROUP = "aws:autoscaling/group:Group"
 SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
 SECURITY_GROUP_RULE = "aws:ec2/securityGroupRule:SecurityGroupRule"
 INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+# AWS scale-out (EKS, ElastiCache): a managed node group's instances come from its launch template.
+EKS_NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 TAGGABLE_TYPES = frozenset(
     {
         AUTOSCALING_GROUP,
@@ -74,6 +76,16 @@ TAGGABLE_TYPES = frozenset(
         "aws:lb/loadBalancer:LoadBalancer",
         "aws:lb/targetGroup:TargetGroup",
         "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule",
+        EKS_NODE_GROUP,
+        "aws:eks/accessEntry:AccessEntry",
+        "aws:eks/addon:Addon",
+        "aws:eks/cluster:Cluster",
+        "aws:elasticache/parameterGroup:ParameterGroup",
+        "aws:elasticache/replicationGroup:ReplicationGroup",
+        "aws:elasticache/subnetGroup:SubnetGroup",
+        "aws:elasticache/user:User",
+        "aws:elasticache/userGroup:UserGroup",
+        "aws:iam/openIdConnectProvider:OpenIdConnectProvider",
     }
 )
 GCP_INSTANCE_TEMPLATE = "gcp:compute/instanceTemplate:InstanceTemplate"
@@ -82,6 +94,10 @@ GCP_DISK = "gcp:compute/disk:Disk"
 GCP_CRYPTO_KEY = "gcp:kms/cryptoKey:CryptoKey"
 GCP_GROUP_MANAGER = "gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager"
 GCP_FIREWALL = "gcp:compute/firewall:Firewall"
+# Google Cloud scale-out (GKE, Memorystore): node boot disks are a node config's, the tier is labeled.
+GCP_CLUSTER = "gcp:container/cluster:Cluster"
+GCP_NODE_POOL = "gcp:container/nodePool:NodePool"
+GCP_MEMORYSTORE = "gcp:memorystore/instance:Instance"
 GCP_LABELED_TYPES = frozenset(
     {
         GCP_CRYPTO_KEY,
@@ -90,6 +106,7 @@ GCP_LABELED_TYPES = frozenset(
         GCP_INSTANCE_TEMPLATE,
         "gcp:compute/address:Address",
         "gcp:compute/forwardingRule:ForwardingRule",
+        GCP_MEMORYSTORE,
     }
 )
 AZURE_SCALE_SET = "azure-native:compute:VirtualMachineScaleSet"
@@ -99,6 +116,8 @@ AZURE_KEY = "azure-native:keyvault:Key"
 AZURE_VAULT = "azure-native:keyvault:Vault"
 AZURE_NSG = "azure-native:network:NetworkSecurityGroup"
 AZURE_SECURITY_RULE = "azure-native:network:SecurityRule"
+# Azure scale-out (AKS, Azure Cache for Redis): every node disk of a cluster goes through its disk encryption set.
+AZURE_MANAGED_CLUSTER = "azure-native:containerservice:ManagedCluster"
 AZURE_TAGGED_TYPES = frozenset(
     {
         AZURE_DISK,
@@ -114,6 +133,12 @@ AZURE_TAGGED_TYPES = frozenset(
         "azure-native:network:PublicIPAddress",
         "azure-native:network:VirtualNetwork",
         "azure-native:resources:ResourceGroup",
+        AZURE_MANAGED_CLUSTER,
+        "azure-native:containerservice:AgentPool",
+        "azure-native:network:PrivateEndpoint",
+        "azure-native:privatedns:PrivateZone",
+        "azure-native:privatedns:VirtualNetworkLink",
+        "azure-native:redis:Redis",
     }
 )
 # Cloud KMS rotation periods: seconds with up to nine fractional digits, then 's' ("7776000s").
@@ -182,6 +207,9 @@ def _gcp_disks(resource_type: str, props: Mapping[str, Any]) -> Iterator[tuple[s
             yield what, "kmsKeySelfLink", disk.get("kmsKeySelfLink")
     elif resource_type == GCP_DISK:
         yield "disk", "diskEncryptionKey.kmsKeySelfLink", _dict(props.get("diskEncryptionKey")).get("kmsKeySelfLink")
+    elif resource_type in (GCP_CLUSTER, GCP_NODE_POOL) and "nodeConfig" in props:
+        key = _dict(props.get("nodeConfig")).get("bootDiskKmsKey")
+        yield "node boot disk", "nodeConfig.bootDiskKmsKey", key
 
 
 def _azure_vm_profile(resource_type: str, props: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -212,10 +240,20 @@ def _azure_disks(resource_type: str, props: Mapping[str, Any]) -> Iterator[tuple
         fix = "set encryption.diskEncryptionSetId to a disk encryption set, with a customer-key encryption.type"
         platform = encryption.get("type") == AZURE_PLATFORM_KEY
         yield "disk", fix, None if platform else encryption.get("diskEncryptionSetId")
+    elif resource_type == AZURE_MANAGED_CLUSTER:
+        yield "node OS disk", "set diskEncryptionSetID to a disk encryption set", props.get("diskEncryptionSetID")
+
+
+def _node_group_without_template(resource_type: str, props: Mapping[str, Any]) -> bool:
+    """An EKS node group without a launch template gets EKS's defaults: volumes under the account's default EBS
+    encryption and EKS's own metadata options, neither of which the pack can see."""
+    return resource_type == EKS_NODE_GROUP and not props.get("launchTemplate")
 
 
 def check_volumes_encrypted(args: ResourceValidationArgs, report: ReportViolation) -> None:
     """AWS volumes need a customer-managed KMS key; Google Cloud and Azure disks default to the provider's key."""
+    if _node_group_without_template(args.resource_type, args.props):
+        report("node group has no launch template; give it one whose volumes use a customer-managed key.", None)
     for what, ebs in _volumes(args.resource_type, args.props):
         problem = _ebs_problem(ebs)
         if problem:
@@ -307,6 +345,8 @@ def check_kms_rotation(args: ResourceValidationArgs, report: ReportViolation) ->
 
 def check_imdsv2(args: ResourceValidationArgs, report: ReportViolation) -> None:
     """AWS only: Google Cloud and Azure have no IMDSv1 to turn off, their metadata servers always require a header."""
+    if _node_group_without_template(args.resource_type, args.props):
+        report("node group has no launch template; give it one with metadataOptions.httpTokens 'required'.", None)
     if args.resource_type not in (LAUNCH_TEMPLATE, INSTANCE):
         return
     options = _dict(args.props.get("metadataOptions"))
@@ -405,6 +445,8 @@ def _instance_types(resource_type: str, props: Mapping[str, Any]) -> list[str]:
     if resource_type == AUTOSCALING_GROUP:
         template = _dict(_dict(props.get("mixedInstancesPolicy")).get("launchTemplate"))
         return [o["instanceType"] for o in _list(template.get("overrides")) if o.get("instanceType")]
+    if resource_type == EKS_NODE_GROUP:
+        return [str(instance_type) for instance_type in _list(props.get("instanceTypes"))]
     return []
 
 
@@ -535,10 +577,12 @@ def _policy(name: str, description: str, validate: Callable[..., None]) -> Resou
 POLICIES = [
     _policy(
         "ebs-encrypted-with-customer-key",
-        "AWS: every EBS volume is encrypted with a customer-managed KMS key. "
-        "Google Cloud: every persistent disk of a template, instance or Disk is encrypted with a Cloud KMS key. "
+        "AWS: every EBS volume is encrypted with a customer-managed KMS key, an EKS node group's through its launch "
+        "template. "
+        "Google Cloud: every persistent disk of a template, instance or Disk, and every GKE node's boot disk, is "
+        "encrypted with a Cloud KMS key. "
         "Azure: the OS disk and every data disk of a VM or scale set, and every Disk, are encrypted through a disk "
-        "encryption set (a customer-managed key).",
+        "encryption set (a customer-managed key), and so are every AKS cluster's node disks (diskEncryptionSetID).",
         check_volumes_encrypted,
     ),
     _policy(
@@ -551,7 +595,7 @@ POLICIES = [
     ),
     _policy(
         "imdsv2-required",
-        "AWS: instances require IMDSv2 tokens, hop limit 2 at most. "
+        "AWS: instances require IMDSv2 tokens, hop limit 2 at most; EKS node groups get them from a launch template. "
         "Google Cloud and Azure: nothing to check, their metadata servers always require a header "
         "(Metadata-Flavor, Metadata: true).",
         check_imdsv2,
@@ -565,7 +609,8 @@ POLICIES = [
     ),
     _policy(
         "gpu-instance-families",
-        f"Only NVIDIA GPU types run the node, fallback types included: AWS {', '.join(sorted(GPU_FAMILIES))}; "
+        "Only NVIDIA GPU types run the node, fallback types and EKS node groups' types included: "
+        f"AWS {', '.join(sorted(GPU_FAMILIES))}; "
         f"Google Cloud {', '.join(sorted(GCP_GPU_FAMILIES))}; Azure {', '.join(sorted(AZURE_GPU_SERIES))}.",
         check_gpu_instance_families,
     ),

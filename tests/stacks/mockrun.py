@@ -172,7 +172,7 @@ def _gcp_outputs(type_: str, name: str, state: dict[str, Any]) -> dict[str, Any]
     elif type_ == "gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager":
         state["name"] = f"{name}-1a2b3c4"
         state["instanceGroup"] = f"{link}/regions/{GCP_REGION}/instanceGroups/{state['name']}"
-    return state
+    return _gcp_scale_out_outputs(type_, name, state)
 
 
 def _azure_outputs(type_: str, name: str, state: dict[str, Any]) -> dict[str, Any]:
@@ -200,7 +200,7 @@ def _azure_outputs(type_: str, name: str, state: dict[str, Any]) -> dict[str, An
     elif kind == "VirtualMachineScaleSet":  # identities go in as a list of ids and come back as a map
         ids = state["identity"]["userAssignedIdentities"]
         state["identity"] = {**state["identity"], "userAssignedIdentities": {key: {} for key in ids}}
-    return state
+    return _azure_scale_out_outputs(kind, name, state)
 
 
 def _outputs_for(type_: str, name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -209,6 +209,10 @@ def _outputs_for(type_: str, name: str, inputs: Mapping[str, Any]) -> dict[str, 
         return _gcp_outputs(type_, name, state)
     if type_.startswith("azure-native:"):
         return _azure_outputs(type_, name, state)
+    if type_ == "kubernetes:core/v1:Service" and pulumi.runtime.get_config("foresight:cloud") == "gcp":
+        return _gke_service_outputs(state)
+    if type_ == "kubernetes:core/v1:Service" and pulumi.runtime.get_config("foresight:cloud") == "azure":
+        return _aks_service_outputs(state)
     service = type_.split(":")[1].split("/")[0]
     state.setdefault("arn", f"arn:aws:{service}:{REGION}:{ACCOUNT}:{name}")
     if type_ == "aws:iam/role:Role":
@@ -233,6 +237,7 @@ def _outputs_for(type_: str, name: str, inputs: Mapping[str, Any]) -> dict[str, 
         state["certPem"] = fake_pem("CERTIFICATE", name)
     elif type_ == "tls:index/certRequest:CertRequest":
         state["certRequestPem"] = fake_pem("CERTIFICATE REQUEST", name)
+    _aws_scale_out_outputs(type_, name, state)
     for key in SECRET_OUTPUTS & state.keys():
         state[key] = pulumi.Output.secret(state[key])
     return state
@@ -250,6 +255,8 @@ def fake_cloud_invoke(token: str, args: Mapping[str, Any]) -> dict[str, Any]:
         return {"id": REGION, "instanceTypes": ["g6.xlarge"] * 3, "locations": zones, "locationTypes": ["az"] * 3}
     if token == "aws:ec2/getVpc:getVpc":
         return {"id": args["id"], "cidrBlock": BYO_VPC_CIDR}
+    if token == "aws:iam/getSessionContext:getSessionContext":
+        return _fake_aws_session_context(args)
     if token.startswith("gcp:"):
         return _fake_gcp_invoke(token, args)
     if token == "azure-native:authorization:getClientConfig":
@@ -261,6 +268,8 @@ def fake_cloud_invoke(token: str, args: Mapping[str, Any]) -> dict[str, Any]:
         }
     if token == "azure-native:network:getSubnet":
         return {"id": f"{args['virtualNetworkName']}/{args['subnetName']}", "addressPrefix": BYO_SUBNET_CIDR}
+    if token == "azure-native:containerservice:listManagedClusterUserCredentials":
+        return _fake_aks_user_credentials(args)
     raise AssertionError(f"the fake cloud has no answer for invoke {token}")
 
 
@@ -272,7 +281,8 @@ def _fake_gcp_invoke(token: str, args: Mapping[str, Any]) -> dict[str, Any]:
     if token == "gcp:compute/getMachineTypes:getMachineTypes":
         wanted = args["filter"].removeprefix("name = ")
         offered = args["zone"] not in GCP_ZONES_WITHOUT_GPU and wanted.startswith(("g2-", "a2-", "a3-"))
-        return {"id": args["zone"], "machineTypes": [{"name": wanted, "guestCpus": 4}] if offered else []}
+        machine = {"name": wanted, "guestCpus": 4, "accelerators": _gcp_accelerators(wanted)}
+        return {"id": args["zone"], "machineTypes": [machine] if offered else []}
     if token == "gcp:compute/getImage:getImage":
         return {"id": GCP_IMAGE, "selfLink": GCP_IMAGE, "family": args["family"]}
     if token == "gcp:compute/getSubnetwork:getSubnetwork":
@@ -349,3 +359,151 @@ def run_program(
 def user_data(run: MockRun) -> str:
     """The launch template's cloud-init document, decoded (base64, then gzip)."""
     return gzip.decompress(base64.b64decode(run.one(LAUNCH_TEMPLATE).props["userData"])).decode()
+
+
+# --- Azure scale-out (AKS, Azure Cache for Redis): stacks/azure/scale_out.py ----------------------------------
+AZURE_POD_PRINCIPAL = "70d5a1b2-c3d4-4e5f-8a9b-0c1d2e3f4a5b"
+AZURE_POD_CLIENT = "c11e0000-aaaa-4bbb-8ccc-dddddddddddd"
+AZURE_CLUSTER_PRINCIPAL = "c1a5e7e2-1111-4222-8333-444455556666"
+AZURE_OIDC_ISSUER = f"https://{AZURE_LOCATION}.oic.prod-aks.azure.com/{AZURE_TENANT}/0f1e2d3c-4b5a-6978-8a9b-acbdcedf0123/"
+# What AKS returns for an Entra ID cluster's user credentials in the exec format: the API server and its CA, and
+# a kubelogin invocation; no client certificate, key or token.
+AZURE_USER_KUBECONFIG = f"""apiVersion: v1
+kind: Config
+clusters:
+- name: foresight-aks
+  cluster:
+    certificate-authority-data: TU9DS0NB
+    server: https://foresight-aks-1a2b3c4d.hcp.{AZURE_LOCATION}.azmk8s.io:443
+contexts:
+- name: foresight-aks
+  context: {{cluster: foresight-aks, user: clusterUser_foresight-rg_foresight-aks}}
+current-context: foresight-aks
+users:
+- name: clusterUser_foresight-rg_foresight-aks
+  user:
+    exec:
+      apiVersion: client.authentication.k8s.io/v1beta1
+      command: kubelogin
+      args: [get-token, --environment, AzurePublicCloud, --server-id, 6dae42f8-4368-4678-94ff-3960e28e3630,
+             --client-id, 80faf920-1908-4b52-b5ef-a8e7bedfc67a, --tenant-id, {AZURE_TENANT}, --login, devicecode]
+      provideClusterInfo: false
+"""
+
+
+def _azure_scale_out_outputs(kind: str, name: str, state: dict[str, Any]) -> dict[str, Any]:
+    if kind == "UserAssignedIdentity" and name.endswith("-pods"):
+        state.update(principalId=AZURE_POD_PRINCIPAL, clientId=AZURE_POD_CLIENT)
+    elif kind == "UserAssignedIdentity" and name.endswith("-control-plane"):
+        state.update(principalId=AZURE_CLUSTER_PRINCIPAL, clientId="c0c0c0c0-1111-4222-8333-444455556666")
+    elif kind == "ManagedCluster":
+        state["oidcIssuerProfile"] = {**state.get("oidcIssuerProfile", {}), "issuerURL": AZURE_OIDC_ISSUER}
+        ids = state["identity"]["userAssignedIdentities"]  # a list of ids in, a map back, as on a scale set
+        state["identity"] = {**state["identity"], "userAssignedIdentities": {key: {} for key in ids}}
+    elif kind == "Redis":
+        state.update(hostName=f"{state['name']}.redis.cache.windows.net", sslPort=6380, port=6379)
+    return state
+
+
+AZURE_LB_ADDRESS = "198.51.100.20"
+AZURE_INTERNAL_LB_ADDRESS = "10.42.0.40"
+
+
+def _aks_service_outputs(state: dict[str, Any]) -> dict[str, Any]:
+    """AKS gives a LoadBalancer Service a public address, or one in the subnet with the internal annotation."""
+    if state.get("spec", {}).get("type") == "LoadBalancer":
+        annotations = state.get("metadata", {}).get("annotations") or {}
+        internal = annotations.get("service.beta.kubernetes.io/azure-load-balancer-internal") == "true"
+        address = AZURE_INTERNAL_LB_ADDRESS if internal else AZURE_LB_ADDRESS
+        state["status"] = {"loadBalancer": {"ingress": [{"ip": address}]}}
+    return state
+
+
+def _fake_aks_user_credentials(args: Mapping[str, Any]) -> dict[str, Any]:
+    assert args.get("format") == "exec", "an Entra ID cluster's credentials in the exec (kubelogin) format"
+    value = base64.b64encode(AZURE_USER_KUBECONFIG.encode()).decode()
+    return {"kubeconfigs": [{"name": "clusterUser", "value": value}]}
+
+
+# --- Google Cloud scale-out (GKE, Memorystore for Valkey): stacks/gcp/scale_out.py ------------------------------
+GCP_CLUSTER_ENDPOINT = "34.118.0.10"
+GCP_CLUSTER_CA = base64.b64encode(b"MOCK GKE CLUSTER CA").decode()
+GCP_LB_ADDRESS = "198.51.100.20"
+GCP_TIER_ADDRESS = "10.42.0.20"
+GCP_TIER_CA = "-----BEGIN CERTIFICATE-----\nMOCKMEMORYSTORECA\n-----END CERTIFICATE-----"
+# What Compute Engine's machine types report as their GPUs (the g2 family carries L4s, one per 4 to 32 vCPUs).
+GCP_MACHINE_ACCELERATORS = {"g2-": "nvidia-l4", "a2-highgpu": "nvidia-tesla-a100", "a3-highgpu": "nvidia-h100-80gb"}
+
+
+def _gcp_accelerators(machine_type: str) -> list[dict[str, Any]]:
+    return [
+        {"guestAcceleratorType": gpu, "guestAcceleratorCount": 1}
+        for prefix, gpu in GCP_MACHINE_ACCELERATORS.items()
+        if machine_type.startswith(prefix)
+    ]
+
+
+def _gcp_scale_out_outputs(type_: str, name: str, state: dict[str, Any]) -> dict[str, Any]:
+    if type_ == "gcp:serviceaccount/account:Account":
+        state["name"] = f"projects/{GCP_PROJECT}/serviceAccounts/{state['email']}"
+    elif type_ == "gcp:container/cluster:Cluster":
+        state.update(name=f"{name}-1a2b3c4", endpoint=GCP_CLUSTER_ENDPOINT)
+        state["masterAuth"] = {**state.get("masterAuth", {}), "clusterCaCertificate": GCP_CLUSTER_CA}
+    elif type_ == "gcp:memorystore/instance:Instance":
+        connections = [
+            {"pscAutoConnection": {"connectionType": kind, "ipAddress": address, "port": 6379}}
+            for kind, address in (
+                ("CONNECTION_TYPE_PRIMARY", GCP_TIER_ADDRESS),
+                ("CONNECTION_TYPE_READER", "10.42.0.21"),
+            )
+        ]
+        state["endpoints"] = [{"connections": connections}]
+        state["managedServerCas"] = [{"caCerts": [{"certificates": [GCP_TIER_CA]}]}]
+    return state
+
+
+def _gke_service_outputs(state: dict[str, Any]) -> dict[str, Any]:
+    """GKE gives a LoadBalancer Service an IP address (external, or internal with the Internal annotation)."""
+    if state.get("spec", {}).get("type") == "LoadBalancer":
+        internal = "Internal" in (state.get("metadata", {}).get("annotations") or {}).values()
+        state["status"] = {"loadBalancer": {"ingress": [{"ip": "10.42.0.30" if internal else GCP_LB_ADDRESS}]}}
+    return state
+
+
+# --- AWS scale-out (EKS, ElastiCache): stacks/aws/scale_out.py --------------------------------------------------
+EKS_OIDC_ISSUER = f"https://oidc.eks.{REGION}.amazonaws.com/id/0123456789ABCDEF0123456789ABCDEF"
+EKS_ENDPOINT = "https://0123456789ABCDEF0123456789ABCDEF.gr7.us-east-1.eks.amazonaws.com"
+EKS_CLUSTER_SECURITY_GROUP = "sg-0c1u5te7000000000"
+EKS_LB_HOSTNAME = f"a0123456789abcdef0123456789abcde-0123456789abcdef.elb.{REGION}.amazonaws.com"
+ELASTICACHE_PRIMARY = "master.foresight-aws-test.abc123.use1.cache.amazonaws.com"
+AWS_NLB_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer-type"
+
+
+def _aws_scale_out_outputs(type_: str, name: str, state: dict[str, Any]) -> None:
+    if type_ == "aws:eks/cluster:Cluster":
+        state["identities"] = [{"oidcs": [{"issuer": EKS_OIDC_ISSUER}]}]
+        state["endpoint"] = EKS_ENDPOINT
+        state["certificateAuthority"] = {"data": base64.b64encode(b"MOCK EKS CA").decode()}
+        state["vpcConfig"] = {**state["vpcConfig"], "clusterSecurityGroupId": EKS_CLUSTER_SECURITY_GROUP}
+        state["arn"] = f"arn:aws:eks:{REGION}:{ACCOUNT}:cluster/{state['name']}"
+    elif type_ == "aws:iam/openIdConnectProvider:OpenIdConnectProvider":
+        state["arn"] = f"arn:aws:iam::{ACCOUNT}:oidc-provider/{state['url'].removeprefix('https://')}"
+    elif type_ == "aws:elasticache/replicationGroup:ReplicationGroup":
+        state["primaryEndpointAddress"] = ELASTICACHE_PRIMARY
+        state["arn"] = f"arn:aws:elasticache:{REGION}:{ACCOUNT}:replicationgroup:{state['replicationGroupId']}"
+    elif type_ == "aws:elasticache/user:User":
+        state["arn"] = f"arn:aws:elasticache:{REGION}:{ACCOUNT}:user:{state['userId']}"
+    elif type_ in ("aws:elasticache/subnetGroup:SubnetGroup", "aws:elasticache/parameterGroup:ParameterGroup"):
+        state.setdefault("name", f"{name}-a1b2c3d")
+    elif type_ == "kubernetes:core/v1:Service" and AWS_NLB_ANNOTATION in (state["metadata"].get("annotations") or {}):
+        state["status"] = {"loadBalancer": {"ingress": [{"hostname": EKS_LB_HOSTNAME}]}}
+
+
+def _fake_aws_session_context(args: Mapping[str, Any]) -> dict[str, Any]:
+    """IAM's reading of a caller ARN: an assumed-role session's issuer is the role (path included)."""
+    arn = args["arn"]
+    issuer = arn
+    if ":assumed-role/" in arn:
+        head, _, session = arn.partition(":assumed-role/")
+        issuer = f"arn:aws:iam::{head.rsplit(':', 1)[1]}:role/{session.split('/')[0]}"
+    return {"id": arn, "arn": arn, "issuerArn": issuer, "issuerId": "AROA", "issuerName": issuer.rsplit("/", 1)[-1]}

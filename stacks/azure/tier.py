@@ -1,0 +1,151 @@
+"""Azure scale-out shared tier: Azure Cache for Redis, reachable only through a private endpoint, Entra ID only.
+
+It creates, as children of the calling component (`scale_out.py`):
+- an Azure Cache for Redis (`SKU`): TLS 1.2 or newer on 6380 only (the non-TLS port is off), no public network
+  access, Entra ID authentication on and access-key authentication off, so no password exists to leak;
+  `allkeys-lru` eviction, since the tier is a cache of the origin;
+- a private endpoint for it in the cluster's node subnet, and the private DNS zone
+  `privatelink.redis.cache.windows.net` linked to the virtual network, so the cache's own host name resolves to
+  the endpoint's private address from the pods (and its certificate still matches);
+- a custom access policy that allows the commands of service/shared_tier.py on keys under `fs:` and nothing else,
+  assigned to the pods' managed identity (object id), which is the user name the pods present with their token.
+
+Why Standard C1 and private endpoint rather than Premium with VNet injection: the tier holds transient copies of
+origin objects that every node can refetch, so Premium's persistence, clustering and larger sizes buy nothing it
+needs at about four times the price; a private endpoint works on every tier and keeps the cache off the
+internet just as well. Raise `SKU`'s capacity for a larger working set.
+
+Accepted gap: Azure Cache for Redis offers customer-managed keys only for Premium's persistence files, which this
+tier does not write; its data in memory and any platform snapshots use Microsoft-managed keys. The tier holds
+transient cache data, the origin stays the system of record, and the snapshots and audit logs that need the
+stack's key are encrypted by the service itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_azure_native as azure
+
+from stacks.spec import StackSpec
+
+SKU = azure.redis.SkuArgs(name="Standard", family="C", capacity=1)
+TLS_PORT = 6380
+PRIVATE_DNS_ZONE = "privatelink.redis.cache.windows.net"
+# service/shared_tier.py's commands (reads with PTTL, fills with SET NX EX, writes with SET PXAT, DEL, a flush by
+# SCAN and UNLINK, the invalidation channel, and PING for health) on its key prefix `fs:`. Azure Cache for Redis
+# 6 has no channel rules, so the channel is not named here.
+ACCESS_POLICY_COMMANDS = ("ping", "get", "pttl", "set", "del", "unlink", "scan", "publish", "subscribe", "unsubscribe")
+KEY_PATTERN = "fs:*"
+ACCESS_POLICY_PERMISSIONS = " ".join([*(f"+{command}" for command in ACCESS_POLICY_COMMANDS), f"~{KEY_PATTERN}"])
+ACCESS_POLICY = "foresight-node"
+
+
+@dataclass(frozen=True)
+class SharedTier:
+    cache: azure.redis.Redis
+    access_policy: azure.redis.AccessPolicy
+    access_assignment: azure.redis.AccessPolicyAssignment
+    private_endpoint: azure.network.PrivateEndpoint
+    dns_zone: azure.privatedns.PrivateZone
+    dns_link: azure.privatedns.VirtualNetworkLink
+    dns_zone_group: azure.network.PrivateDnsZoneGroup
+
+    @property
+    def url(self) -> pulumi.Output[str]:
+        """The tier's TLS URL, as the service's shared_tier_url takes it."""
+        return pulumi.Output.concat("rediss://", self.cache.host_name, f":{TLS_PORT}")
+
+
+def create_tier(
+    name: str,
+    spec: StackSpec,
+    group: azure.resources.ResourceGroup,
+    subnet_id: pulumi.Input[str],
+    vnet_id: pulumi.Input[str],
+    pods_principal_id: pulumi.Input[str],
+    parent: pulumi.Resource,
+) -> SharedTier:
+    opts = pulumi.ResourceOptions(parent=parent)
+    cache = azure.redis.Redis(
+        f"{name}-tier",
+        resource_group_name=group.name,
+        location=spec.region,
+        sku=SKU,
+        enable_non_ssl_port=False,
+        minimum_tls_version="1.2",
+        public_network_access="Disabled",
+        disable_access_key_authentication=True,
+        redis_configuration=azure.redis.RedisCommonPropertiesRedisConfigurationArgs(
+            aad_enabled="true", maxmemory_policy="allkeys-lru"
+        ),
+        tags=spec.tags(),
+        opts=opts,
+    )
+    access_policy = azure.redis.AccessPolicy(
+        f"{name}-tier-policy",
+        resource_group_name=group.name,
+        cache_name=cache.name,
+        access_policy_name=ACCESS_POLICY,
+        permissions=ACCESS_POLICY_PERMISSIONS,
+        opts=opts,
+    )
+    access_assignment = azure.redis.AccessPolicyAssignment(
+        f"{name}-tier-pods",
+        resource_group_name=group.name,
+        cache_name=cache.name,
+        access_policy_name=ACCESS_POLICY,
+        object_id=pods_principal_id,
+        object_id_alias="foresight-pods",
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=[access_policy]),
+    )
+    private_endpoint = azure.network.PrivateEndpoint(
+        f"{name}-tier-endpoint",
+        resource_group_name=group.name,
+        location=spec.region,
+        subnet=azure.network.SubnetArgs(id=subnet_id),
+        private_link_service_connections=[
+            azure.network.PrivateLinkServiceConnectionArgs(
+                name="redis", private_link_service_id=cache.id, group_ids=["redisCache"]
+            )
+        ],
+        tags=spec.tags(),
+        opts=opts,
+    )
+    dns_zone = azure.privatedns.PrivateZone(
+        f"{name}-tier-dns",
+        resource_group_name=group.name,
+        private_zone_name=PRIVATE_DNS_ZONE,
+        location="global",
+        tags=spec.tags(),
+        opts=opts,
+    )
+    dns_link = azure.privatedns.VirtualNetworkLink(
+        f"{name}-tier-dns-link",
+        resource_group_name=group.name,
+        private_zone_name=dns_zone.name,
+        location="global",
+        virtual_network=azure.privatedns.SubResourceArgs(id=vnet_id),
+        registration_enabled=False,
+        tags=spec.tags(),
+        opts=opts,
+    )
+    dns_zone_group = azure.network.PrivateDnsZoneGroup(
+        f"{name}-tier-dns-group",
+        resource_group_name=group.name,
+        private_endpoint_name=private_endpoint.name,
+        private_dns_zone_configs=[
+            azure.network.PrivateDnsZoneConfigArgs(name="redis", private_dns_zone_id=dns_zone.id)
+        ],
+        opts=opts,
+    )
+    return SharedTier(
+        cache=cache,
+        access_policy=access_policy,
+        access_assignment=access_assignment,
+        private_endpoint=private_endpoint,
+        dns_zone=dns_zone,
+        dns_link=dns_link,
+        dns_zone_group=dns_zone_group,
+    )
