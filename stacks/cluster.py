@@ -71,6 +71,8 @@ def workload_spec(
     extra_env: Mapping[str, str] | None = None,
     extra_egress_ports: tuple[int, ...] = (),
     pod_labels: Mapping[str, str] | None = None,
+    tolerations: tuple[dict[str, str], ...] = (),
+    shared_tier_ca_config_map: str | None = None,
 ) -> WorkloadSpec:
     """The workload of a scale-out stack. The KMS key and the tier's endpoint are `deploy_time_settings`."""
     return WorkloadSpec(
@@ -95,6 +97,8 @@ def workload_spec(
         extra_env=dict(extra_env or {}),
         extra_egress_ports=(tier_port, *extra_egress_ports),
         pod_labels=dict(pod_labels or {}),
+        tolerations=tolerations,
+        shared_tier_ca_config_map=shared_tier_ca_config_map,
     )
 
 

@@ -134,16 +134,6 @@ def kubeconfig(name: str, endpoint: str, certificate_authority: str, region: str
     )
 
 
-def _after(resource: pulumi.Resource) -> pulumi.ResourceTransformation:
-    """A transformation making every resource it reaches (a component's children too) wait for `resource`."""
-
-    def transformation(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult:
-        opts = pulumi.ResourceOptions.merge(args.opts, pulumi.ResourceOptions(depends_on=[resource]))
-        return pulumi.ResourceTransformationResult(props=args.props, opts=opts)
-
-    return transformation
-
-
 class ScaleOut(pulumi.ComponentResource):
     """Foresight's GPU pods on EKS behind one load balancer, sharing an ElastiCache tier, with Vault and TLS."""
 
@@ -241,12 +231,10 @@ class ScaleOut(pulumi.ComponentResource):
                     tier_aws_cache=self.tier.replication_group.replication_group_id,
                 ),
                 service_account_annotations={ROLE_ARN_ANNOTATION: self.pods_role.arn},
+                # Its objects live in the namespace; the pods want their role's permissions and a disk to mount.
+                depends_on=[self.namespace, self.pods_policy, self.storage_class],
             ),
-            # Its objects live in the namespace; the pods want their role's permissions and a disk to mount.
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                transformations=[_after(self.namespace), _after(self.pods_policy), _after(self.storage_class)],
-            ),
+            opts=pulumi.ResourceOptions(parent=self),
         )
         # The certificate names the load balancer, so TLS and its Vault secret come after the Service (the pods'
         # init container retries until the secret is there).

@@ -23,9 +23,7 @@ cluster's name as `instanceId`.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from typing import Any
 
 import pulumi
 import pulumi_azure_native as azure
@@ -61,7 +59,6 @@ SPOT_TOLERATION = {
     "value": "spot",
     "effect": "NoSchedule",
 }
-_GPU_POD_TYPES = ("kubernetes:apps/v1:StatefulSet", "kubernetes:apps/v1:DaemonSet")
 
 
 @dataclass(frozen=True)
@@ -93,29 +90,6 @@ def cloudapp_fqdn(spec: StackSpec) -> str:
     return f"{dns_label(spec)}.{spec.region}.cloudapp.azure.com"
 
 
-def tolerate_spot(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult | None:
-    """On a Spot GPU pool, the GPU pods (the workload's and the device plugin's) tolerate AKS's Spot taint."""
-    if args.type_ not in _GPU_POD_TYPES:
-        return None
-    props: dict[str, Any] = copy.deepcopy(dict(args.props))
-    pod = props["spec"]["template"]["spec"]
-    pod["tolerations"] = [*pod.get("tolerations", []), SPOT_TOLERATION]
-    return pulumi.ResourceTransformationResult(props=props, opts=args.opts)
-
-
-def after(*resources: pulumi.Resource) -> pulumi.ResourceTransformation:
-    """Every resource the transformation reaches waits for `resources` (a component's children do not inherit
-    its depends_on)."""
-
-    def transformation(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult:
-        extra = pulumi.ResourceOptions(depends_on=list(resources))
-        return pulumi.ResourceTransformationResult(
-            props=args.props, opts=pulumi.ResourceOptions.merge(args.opts, extra)
-        )
-
-    return transformation
-
-
 class ScaleOut(pulumi.ComponentResource):
     """`foresight:nodes` Foresight pods on an AKS GPU pool behind one load balancer, sharing Azure Cache for Redis."""
 
@@ -129,9 +103,9 @@ class ScaleOut(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ScaleOutArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         spec = args.spec
-        if spec.spot:
-            opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(transformations=[tolerate_spot]))
         super().__init__(COMPONENT_TYPE, name, None, opts)
+        # On a Spot GPU pool the GPU pods (the workload's and the device plugin's) tolerate AKS's Spot taint.
+        gpu_tolerations = (SPOT_TOLERATION,) if spec.spot else ()
         client = azure.authorization.get_client_config(opts=pulumi.InvokeOptions(parent=self))
         layout = VaultLayout.for_spec(spec)
         child = pulumi.ResourceOptions(parent=self)
@@ -199,7 +173,9 @@ class ScaleOut(pulumi.ComponentResource):
             allow_volume_expansion=True,
             opts=in_cluster,
         )
-        self.device_plugin = create_device_plugin(name, GPU_POOL_LABELS, self.kubernetes, parent=self)
+        self.device_plugin = create_device_plugin(
+            name, GPU_POOL_LABELS, self.kubernetes, parent=self, tolerations=gpu_tolerations
+        )
 
         public = spec.public_endpoint
         service_annotations = {DNS_LABEL_ANNOTATION: dns_label(spec)} if public else {INTERNAL_LB_ANNOTATION: "true"}
@@ -221,27 +197,24 @@ class ScaleOut(pulumi.ComponentResource):
                     storage_class=STORAGE_CLASS,
                     service_annotations=service_annotations,
                     pod_labels={USE_WORKLOAD_IDENTITY_LABEL: "true"},
+                    tolerations=gpu_tolerations,
                 ),
                 provider=self.kubernetes,
                 settings=settings,
                 service_account_annotations={CLIENT_ID_ANNOTATION: self.pod_identity.client_id},
-            ),
-            # The pods start once their namespace, disks, GPUs and every permission they use exist.
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                transformations=[
-                    after(
-                        self.namespace,
-                        self.storage_class,
-                        self.device_plugin,
-                        self.cluster.gpu_pool,
-                        self.federated_credential,
-                        self.tier.access_assignment,
-                        self.tier.dns_zone_group,
-                        *self.key.users,
-                    )
+                # The pods start once their namespace, disks, GPUs and every permission they use exist.
+                depends_on=[
+                    self.namespace,
+                    self.storage_class,
+                    self.device_plugin,
+                    self.cluster.gpu_pool,
+                    self.federated_credential,
+                    self.tier.access_assignment,
+                    self.tier.dns_zone_group,
+                    *self.key.users,
                 ],
             ),
+            opts=pulumi.ResourceOptions(parent=self),
         )
 
         if public:

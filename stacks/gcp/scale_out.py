@@ -13,8 +13,8 @@ It creates, all as its children:
   the pods' connection role, and a ConfigMap holding the instance's CA;
 - Kubernetes: a provider whose kubeconfig runs gke-gcloud-auth-plugin (no credential in state), the
   `foresight` namespace (restricted Pod Security), a CMEK pd-balanced StorageClass, and the
-  `foresight:kubernetes:Workload` (stacks/kubernetes/component.py) through a second provider that waits for
-  the namespace, the StorageClass, the CA ConfigMap and every grant the pods use;
+  `foresight:kubernetes:Workload` (stacks/kubernetes/component.py), whose objects wait for the namespace, the
+  StorageClass, the CA ConfigMap and every grant the pods use;
 - TLS (`stacks/tls.py`): a CA and a server certificate for the load balancer's IP address, once GKE assigns it;
 - Vault (`stacks/vault.py`, `stacks/cluster.py`): the provider, KV mount, TLS secret and read-only policy, and a
   jwt auth method trusting the cluster's OIDC issuer with a role bound to the workload's service account.
@@ -58,7 +58,6 @@ from stacks.gcp.tier import (
     memorystore_service_agent,
 )
 from stacks.kubernetes.component import Workload, WorkloadArgs
-from stacks.kubernetes.pod import SHARED_TIER_CA_DIR
 from stacks.spec import HTTPS_PORT, RESP_PORT, ConfigError, StackOutputs, StackSpec, config_key
 from stacks.tls import ServerTls, create_server_tls
 from stacks.vault import JwtNodeAuth, SharedVault, VaultLayout, create_shared_vault
@@ -68,7 +67,6 @@ STORAGE_CLASS = "foresight-cmek"
 # GKE's metadata server, which hands the pods their Workload Identity tokens: 169.254.169.254:80, and 988 on
 # the node itself under Dataplane V2.
 METADATA_PORTS = (80, 988)
-TIER_CA_FILE = f"{SHARED_TIER_CA_DIR}/ca.pem"
 INTERNAL_LB = {"networking.gke.io/load-balancer-type": "Internal"}
 
 
@@ -107,7 +105,6 @@ class ScaleOut(pulumi.ComponentResource):
     gke: GkeCluster
     tier: SharedTier
     kubernetes: k8s.Provider
-    workload_provider: k8s.Provider
     namespace: k8s.core.v1.Namespace
     storage_class: k8s.storage.v1.StorageClass
     tier_ca: k8s.core.v1.ConfigMap
@@ -187,25 +184,6 @@ class ScaleOut(pulumi.ComponentResource):
         )
         self.tier_ca = create_tier_ca_config_map(name, self.tier, self.kubernetes, self.namespace, parent=self)
 
-        # The Workload's children do not inherit its depends_on, but they do wait for their provider: this one
-        # is registered only once the namespace, the StorageClass, the CA and the pods' grants exist.
-        self.workload_provider = k8s.Provider(
-            f"{name}-gke-workload",
-            kubeconfig=kubeconfig(self.gke.cluster),
-            delete_unreachable=False,
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                depends_on=[
-                    self.namespace,
-                    self.storage_class,
-                    self.tier_ca,
-                    self.gke.gpu_pool,
-                    self.gke.workload_identity,
-                    self.tier.connection_user,
-                    *self.key.users,
-                ],
-            ),
-        )
         workload = workload_spec(
             spec,
             layout,
@@ -216,20 +194,27 @@ class ScaleOut(pulumi.ComponentResource):
             service_annotations={} if spec.public_endpoint else INTERNAL_LB,
             extra_env={"GOOGLE_CLOUD_PROJECT": project_id},
             extra_egress_ports=METADATA_PORTS,
-        ).model_copy(update={"shared_tier_ca_config_map": CA_CONFIG_MAP})
-        settings = deploy_time_settings(kms_key_id=key_id, tier_url=self.tier.url, tier_auth="gcp")
-        # The renderer writes the CA file's setting only with a shared tier URL in the spec; this one is
-        # deploy-time, so the setting comes with the other deploy-time ones.
-        settings["FORESIGHT_SHARED_TIER_CA_FILE"] = TIER_CA_FILE
+            shared_tier_ca_config_map=CA_CONFIG_MAP,
+        )
         self.workload = Workload(
             name,
             WorkloadArgs(
                 spec=workload,
-                provider=self.workload_provider,
-                settings=settings,
+                provider=self.kubernetes,
+                settings=deploy_time_settings(kms_key_id=key_id, tier_url=self.tier.url, tier_auth="gcp"),
                 service_account_annotations={WORKLOAD_IDENTITY_ANNOTATION: self.identity.pod_email},
+                # The pods start once their namespace, disks, tier CA, GPUs and every grant they use exist.
+                depends_on=[
+                    self.namespace,
+                    self.storage_class,
+                    self.tier_ca,
+                    self.gke.gpu_pool,
+                    self.gke.workload_identity,
+                    self.tier.connection_user,
+                    *self.key.users,
+                ],
             ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.tier_ca]),
+            opts=pulumi.ResourceOptions(parent=self),
         )
 
         self.tls = create_server_tls(

@@ -14,7 +14,7 @@ module of stacks/kubernetes that imports pulumi_kubernetes, so rendering YAML ne
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -52,6 +52,9 @@ class WorkloadArgs:
     provider: k8s.Provider | None = None
     settings: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     service_account_annotations: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    # What every object waits for (its namespace, the disks' StorageClass, the pods' cloud permissions): a
+    # component's children do not inherit the component's own depends_on.
+    depends_on: Sequence[pulumi.Resource] = ()
 
 
 class Workload(pulumi.ComponentResource):
@@ -79,7 +82,7 @@ class Workload(pulumi.ComponentResource):
                 manifest["metadata"]["annotations"] = {**annotations, **args.service_account_annotations}
             # The pods come last and wait for what they read, so a first rollout never starts without them.
             after = list(children.values()) if kind == "StatefulSet" else []
-            options = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=after)
+            options = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[*args.depends_on, *after])
             resource_type = RESOURCE_TYPES[(manifest["apiVersion"], kind)]
             children[(kind, object_name)] = resource_type(
                 f"{name}-{kind.lower()}-{object_name}", opts=options, **_resource_args(manifest)
@@ -127,10 +130,14 @@ def _ingress_address(status: Any) -> str:
 
 
 def create_device_plugin(
-    name: str, node_selector: Mapping[str, str], provider: k8s.Provider | None, parent: pulumi.Resource
+    name: str,
+    node_selector: Mapping[str, str],
+    provider: k8s.Provider | None,
+    parent: pulumi.Resource,
+    tolerations: Sequence[Mapping[str, str]] = (),
 ) -> k8s.apps.v1.DaemonSet:
     """NVIDIA's device plugin on the GPU pool (stacks/kubernetes/device_plugin.py says which clusters need it)."""
-    manifest = device_plugin_manifest(node_selector)
+    manifest = device_plugin_manifest(node_selector, tolerations)
     return k8s.apps.v1.DaemonSet(
         f"{name}-nvidia-device-plugin",
         opts=pulumi.ResourceOptions(parent=parent, provider=provider),

@@ -7,7 +7,7 @@ EKS's NVIDIA AMIs and AKS's GPU pools install the driver and the container toolk
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 IMAGE = "nvcr.io/nvidia/k8s-device-plugin:v0.17.0"
@@ -15,13 +15,17 @@ NAME = "nvidia-device-plugin"
 NAMESPACE = "kube-system"
 
 
-def device_plugin_manifest(node_selector: Mapping[str, str]) -> dict[str, Any]:
+def device_plugin_manifest(
+    node_selector: Mapping[str, str], tolerations: Sequence[Mapping[str, str]] = ()
+) -> dict[str, Any]:
+    """`tolerations`: taints of the pool beyond the GPU one (AKS's Spot taint)."""
     labels = {"app.kubernetes.io/name": NAME}
     pod = {
         "nodeSelector": dict(node_selector),
         "tolerations": [
             {"key": "CriticalAddonsOnly", "operator": "Exists"},
             {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+            *(dict(toleration) for toleration in tolerations),
         ],
         "priorityClassName": "system-node-critical",
         "automountServiceAccountToken": False,

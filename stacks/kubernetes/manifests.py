@@ -94,8 +94,8 @@ def environment(spec: WorkloadSpec) -> dict[str, str]:
             env["FORESIGHT_SHARED_TIER_USERNAME"] = spec.shared_tier_username
         if spec.shared_tier_aws_cache is not None:
             env["FORESIGHT_SHARED_TIER_AWS_CACHE"] = spec.shared_tier_aws_cache
-        if spec.shared_tier_ca_config_map is not None:
-            env["FORESIGHT_SHARED_TIER_CA_FILE"] = f"{SHARED_TIER_CA_DIR}/ca.pem"
+    if spec.shared_tier_ca_config_map is not None:  # mounted whenever named: a stack may give the URL at deploy time
+        env["FORESIGHT_SHARED_TIER_CA_FILE"] = f"{SHARED_TIER_CA_DIR}/ca.pem"
     return dict(sorted({**env, **spec.extra_env}.items()))
 
 

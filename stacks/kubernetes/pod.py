@@ -68,6 +68,8 @@ def pod_template(spec: WorkloadSpec, labels: dict[str, str]) -> Manifest:
     if spec.gpus_per_pod:
         # GPU node pools carry this taint (EKS, GKE and AKS add it) so that only GPU workloads land there.
         pod["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+    if spec.tolerations:
+        pod["tolerations"] = [*pod.get("tolerations", []), *(dict(t) for t in spec.tolerations)]
     return {"metadata": {"labels": {**spec.pod_labels, **labels}}, "spec": pod}
 
 

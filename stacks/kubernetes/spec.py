@@ -133,6 +133,10 @@ class WorkloadSpec(BaseModel):
     pod_labels: dict[str, str] = Field(
         default_factory=dict, description="Extra labels on the pods, e.g. azure.workload.identity/use: 'true'."
     )
+    tolerations: tuple[dict[str, str], ...] = Field(
+        default=(), description="Taints of the pool the pods tolerate beyond the GPU one (key, operator, value, "
+        "effect), e.g. AKS's kubernetes.azure.com/scalesetpriority=spot:NoSchedule on Spot pools."
+    )
     data_volume_gb: int = Field(20, ge=1, le=16384, description="Size of each pod's data volume in GiB.")
     cpu_request: str = Field("2", description="CPU each pod is guaranteed.")
     cpu_limit: str = Field("4", description="CPU each pod may use at most.")
@@ -232,6 +236,17 @@ class WorkloadSpec(BaseModel):
                     f"{key} looks like a secret; a ConfigMap is readable by anyone who can read the namespace. "
                     "Mount it from a Secret as a file and give its *_FILE setting instead"
                 )
+        return value
+
+    @field_validator("tolerations")
+    @classmethod
+    def _check_tolerations(cls, value: tuple[dict[str, str], ...]) -> tuple[dict[str, str], ...]:
+        for toleration in value:
+            unknown = set(toleration) - {"key", "operator", "value", "effect"}
+            if unknown or "key" not in toleration:
+                raise ValueError(f"{toleration} is not a toleration: it takes key, and operator, value, effect")
+            if toleration.get("effect", "NoSchedule") not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+                raise ValueError(f"{toleration['effect']!r} is not a taint effect")
         return value
 
     @field_validator("extra_egress_ports")

@@ -114,6 +114,7 @@ class Registered:
     provider: str
     inputs: dict[str, Any]
     struct: Any  # the inputs as the engine sends them to a policy pack (a protobuf Struct)
+    dependencies: list[str] = field(default_factory=list)  # the URNs it explicitly waits for (depends_on)
 
     @property
     def props(self) -> dict[str, Any]:
@@ -306,7 +307,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
-    """The SDK's mock monitor, also keeping each registration's inputs and parent in order."""
+    """The SDK's mock monitor, also keeping each registration's inputs, parent and dependencies in order."""
 
     def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
         super().__init__(mocks)
@@ -318,7 +319,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)
             self.registered.append(
                 Registered(
-                    request.type, request.name, response.urn, request.parent, request.provider, inputs, request.object
+                    request.type, request.name, response.urn, request.parent, request.provider, inputs, request.object,
+                    list(request.dependencies),
                 )
             )
         return response

@@ -54,27 +54,9 @@ POD_ACCESS_STRING = (
 )
 
 
-class DependencyMonitor(mockrun.RecordingMonitor):
-    """The recording monitor, also keeping each registration's explicit dependencies (the last run's)."""
-
-    dependencies: dict[str, list[str]] = {}
-
-    def RegisterResource(self, request: Any) -> Any:
-        response = super().RegisterResource(request)
-        DependencyMonitor.dependencies[response.urn] = list(request.dependencies)
-        return response
-
-
 @pytest.fixture(scope="module")
-def scale_out(run_stack: RunStack) -> Iterator[MockRun]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(mockrun, "RecordingMonitor", DependencyMonitor)
-        yield run_stack(SCALE_OUT)
-
-
-@pytest.fixture(scope="module")
-def dependencies(scale_out: MockRun) -> dict[str, list[str]]:
-    return dict(DependencyMonitor.dependencies)
+def scale_out(run_stack: RunStack) -> MockRun:
+    return run_stack(SCALE_OUT)
 
 
 @pytest.fixture(scope="module")
@@ -446,19 +428,17 @@ def test_kubernetes_provider_logs_in_with_aws_eks_get_token_and_stores_no_creden
     assert kubeconfig["clusters"][0]["cluster"]["server"] == mockrun.EKS_ENDPOINT
 
 
-def test_kubernetes_objects_wait_for_the_admin_access_namespace_role_and_storage(
-    scale_out: MockRun, dependencies: dict[str, list[str]]
-) -> None:
+def test_kubernetes_objects_wait_for_the_admin_access_namespace_role_and_storage(scale_out: MockRun) -> None:
     provider = scale_out.one("pulumi:providers:kubernetes")
     association = scale_out.one("aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
-    assert association.urn in dependencies[provider.urn]
+    assert association.urn in provider.dependencies
     needed = {
         scale_out.one("kubernetes:core/v1:Namespace").urn,
         scale_out.one("kubernetes:storage.k8s.io/v1:StorageClass").urn,
         next(p.urn for p in scale_out.of_type("aws:iam/rolePolicy:RolePolicy") if p.name == "foresight-pods"),
     }
     for child in _workload_children(scale_out):
-        assert needed <= set(dependencies[child.urn]), child.name
+        assert needed <= set(child.dependencies), child.name
 
 
 def test_outputs_keep_their_names_and_hold_no_secret(scale_out: MockRun) -> None:

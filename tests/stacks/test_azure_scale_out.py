@@ -9,7 +9,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pulumi
 import pytest
 import yaml
 
@@ -131,21 +130,18 @@ def test_workload_runs_on_the_gpu_pool_with_workload_identity(scale_out: MockRun
 
 
 def test_pods_wait_for_their_namespace_permissions_and_tier(scale_out: MockRun) -> None:
-    """A component's children do not inherit its depends_on; the transformation gives it to each of them."""
-    from stacks.azure.scale_out import after
-
-    marker = object.__new__(pulumi.CustomResource)  # a resource not registered: the transformation only lists it
-    args = pulumi.ResourceTransformationArgs(
-        None,  # type: ignore[arg-type]
-        STATEFUL_SET,
-        "pods",
-        {"spec": {}},
-        pulumi.ResourceOptions(),
-    )
-    result = after(marker)(args)
-    assert result is not None and result.opts is not None and result.opts.depends_on == [marker]
-    assert result.props == {"spec": {}}
-    assert scale_out.one("kubernetes:core/v1:Namespace").props["metadata"]["name"] == "foresight"
+    needed = {
+        scale_out.one("kubernetes:core/v1:Namespace").urn,
+        scale_out.one("kubernetes:storage.k8s.io/v1:StorageClass").urn,
+        scale_out.one(DAEMON_SET).urn,
+        scale_out.one("azure-native:managedidentity:FederatedIdentityCredential").urn,
+        scale_out.one("azure-native:redis:AccessPolicyAssignment").urn,
+    }
+    workload = scale_out.one("foresight:kubernetes:Workload")
+    children = [r for r in scale_out if r.parent == workload.urn]
+    assert len(children) == 7
+    for child in children:
+        assert needed <= set(child.dependencies), child.name
 
 
 def test_storage_class_encrypts_data_disks_with_the_stacks_key(scale_out: MockRun) -> None:

@@ -13,8 +13,9 @@ import yaml
 from stacks.cluster import service_account_subject
 from stacks.gcp.cluster import GPU_POOL_LABELS, place_pool
 from stacks.gcp.kms import KEY_USER_ROLE
-from stacks.gcp.scale_out import STORAGE_CLASS, TIER_CA_FILE
+from stacks.gcp.scale_out import STORAGE_CLASS
 from stacks.gcp.tier import CA_CONFIG_MAP
+from stacks.kubernetes.pod import SHARED_TIER_CA_DIR
 from stacks.spec import ConfigError
 from tests.stacks.conftest import RunStack
 from tests.stacks.mockrun import (
@@ -35,6 +36,7 @@ from tests.stacks.mockrun import (
 from tests.stacks.policy_harness import POLICIES, violations
 
 SCALE_OUT = {"foresight:scaleOut": "true", "foresight:nodes": "3"}
+TIER_CA_FILE = f"{SHARED_TIER_CA_DIR}/ca.pem"
 COMPONENT = "foresight:gcp:ScaleOut"
 CLUSTER = "gcp:container/cluster:Cluster"
 NODE_POOL = "gcp:container/nodePool:NodePool"
@@ -93,7 +95,7 @@ def test_scale_out_is_one_component_instead_of_a_gpu_node(scale_out: MockRun) ->
     types = Counter(resource.type for resource in scale_out)
     assert types[CLUSTER] == 1 and types[NODE_POOL] == 2 and types[MEMORYSTORE] == 1
     assert types[CONNECTION_POLICY] == 1 and types["foresight:kubernetes:Workload"] == 1
-    assert types[K8S_PROVIDER] == 2 and types["kubernetes:core/v1:Namespace"] == 1
+    assert types[K8S_PROVIDER] == 1 and types["kubernetes:core/v1:Namespace"] == 1
     assert types["kubernetes:storage.k8s.io/v1:StorageClass"] == 1 and types[CONFIG_MAP] == 2
     assert types[STATEFUL_SET] == 1 and types["vault:jwt/authBackendRole:AuthBackendRole"] == 1
     assert types[ACCOUNT] == 2 and types[KEY_MEMBER] == 4
@@ -314,10 +316,17 @@ def test_kubernetes_providers_log_in_with_the_gcloud_plugin_and_hold_no_credenti
         user = config["users"][0]["user"]
         assert set(user) == {"exec"} and user["exec"]["command"] == "gke-gcloud-auth-plugin"
         assert not any(word in provider.props["kubeconfig"] for word in ("token", "client-key", "password"))
-    workload_provider = scale_out.named("foresight-gke-workload")
+    (provider,) = providers  # the workload's objects go through the one cluster provider
     workload = scale_out.one("foresight:kubernetes:Workload")
     children = [r for r in scale_out if r.parent == workload.urn]
-    assert children and all(r.provider.startswith(workload_provider.urn) for r in children)
+    assert len(children) == 7 and all(r.provider.startswith(provider.urn) for r in children)
+    needed = {
+        scale_out.one("kubernetes:core/v1:Namespace").urn,
+        scale_out.one("kubernetes:storage.k8s.io/v1:StorageClass").urn,
+        scale_out.named("foresight-tier-ca").urn,
+    }
+    for child in children:  # a component's children do not inherit its depends_on: WorkloadArgs passes it on
+        assert needed <= set(child.dependencies), child.name
 
 
 def test_namespace_and_cmek_storage_class_carry_the_data_volumes(scale_out: MockRun) -> None:

@@ -44,27 +44,11 @@ class ClusterMocks(pulumi.runtime.Mocks):
         raise AssertionError(f"the workload invokes nothing, yet asked for {args.token}")
 
 
-class DependencyMonitor(RecordingMonitor):
-    """The project's recording monitor, also keeping each registration's explicit dependencies."""
-
-    def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
-        super().__init__(mocks)
-        self.dependencies: dict[str, list[str]] = {}
-
-    def RegisterResource(self, request: Any) -> Any:
-        response = super().RegisterResource(request)
-        self.dependencies[response.urn] = list(request.dependencies)
-        return response
-
-
-DEPENDENCIES: dict[str, list[str]] = {}
-
-
 def run_workload(with_provider: bool, **deploy_time: Any) -> tuple[MockRun, Workload]:
     """Register the component in a fresh mock engine; the returned run holds every registration in order."""
     asyncio.set_event_loop(asyncio.new_event_loop())
     settings.ROOT.set(None)
-    monitor = DependencyMonitor(ClusterMocks())
+    monitor = RecordingMonitor(ClusterMocks())
     pulumi.runtime.set_mocks(ClusterMocks(), project="foresight", stack="k8s-test", preview=False, monitor=monitor)
     made: list[Workload] = []
 
@@ -76,7 +60,6 @@ def run_workload(with_provider: bool, **deploy_time: Any) -> tuple[MockRun, Work
         made.append(workload)
 
     _sync_await(run_pulumi_func(program))
-    DEPENDENCIES.update(monitor.dependencies)
     root = settings.get_root_resource()
     outputs = {}
     for name, value in root.outputs.items():  # type: ignore[union-attr]
@@ -106,7 +89,7 @@ def test_component_registers_exactly_the_rendered_manifests_as_typed_resources(
     statefulset = run.one(TYPES["StatefulSet"])
     before = rendered[: [m["kind"] for m in rendered].index("StatefulSet")]
     read_first = {by_name[f"cache-{m['kind'].lower()}-{m['metadata']['name']}"].urn for m in before}
-    assert read_first <= set(DEPENDENCIES[statefulset.urn]), "the pods wait for what they read"
+    assert read_first <= set(statefulset.dependencies), "the pods wait for what they read"
 
 
 def test_every_child_is_parented_to_the_component_and_uses_the_given_provider(

@@ -79,3 +79,15 @@ def test_device_plugin_is_nvidias_pinned_unprivileged_daemonset_on_the_gpu_pool(
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert plugin["securityContext"]["allowPrivilegeEscalation"] is False
     assert pod["volumes"] == [{"name": "device-plugin", "hostPath": {"path": "/var/lib/kubelet/device-plugins"}}]
+
+
+def test_extra_tolerations_reach_the_pods_and_malformed_ones_are_refused() -> None:
+    spot = {"key": "kubernetes.azure.com/scalesetpriority", "operator": "Equal", "value": "spot",
+            "effect": "NoSchedule"}
+    tolerations = pod_spec(render(spec_of(tolerations=[spot])))["tolerations"]
+    assert tolerations == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}, spot]
+    assert spot in device_plugin_manifest({}, [spot])["spec"]["template"]["spec"]["tolerations"]
+    with pytest.raises(SpecError, match="not a toleration"):
+        spec_of(tolerations=[{"operator": "Exists"}])
+    with pytest.raises(SpecError, match="not a taint effect"):
+        spec_of(tolerations=[{"key": "a", "effect": "Sometimes"}])
