@@ -463,7 +463,8 @@ def shared_tier(
                     [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                     port, "redis-server"))
                 tier_url = f"redis://127.0.0.1:{port}"
-            report = measure(loaded, tier_url, nodes, cache_frac, value_bytes, origin_latency_ms, concurrency)
+            report = measure(loaded, tier_url, nodes, cache_frac, value_bytes, origin_latency_ms, concurrency,
+                             progress=lambda line: typer.echo(f"shared-tier: {line}", err=True))
     except (TraceError, BenchError) as err:
         raise _fail(str(err)) from None
     if as_json:

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -105,15 +105,19 @@ async def _run(mode: str, settings: Settings, origin: str, budget: int, nodes: i
 
 
 def measure(trace: Trace, tier_url: str, nodes: int, cache_frac: float, value_bytes: int, origin_latency_ms: float,
-            concurrency: int) -> dict[str, Any]:
-    """Both runs and their ratios, as one JSON-ready object."""
+            concurrency: int, progress: Callable[[str], None] = lambda _line: None) -> dict[str, Any]:
+    """Both runs and their ratios, as one JSON-ready object; `progress` hears each run start and end."""
     keys = [str(k).encode() for k in trace.keys.tolist()]
     unique = trace.unique
     budget = max(1, int(unique * cache_frac)) * entry_size(keys[0], b"x" * value_bytes)
     settings = Settings(shared_tier_url=tier_url, origin_latency_ms=origin_latency_ms, prefetcher="none")
     with memory_origin(trace.keys, value_bytes) as origin:
-        alone = asyncio.run(_run("alone", settings, origin, budget, nodes, keys, concurrency))
-        shared = asyncio.run(_run("shared", settings, origin, budget, nodes, keys, concurrency))
+        runs = []
+        for mode in ("alone", "shared"):
+            progress(f"{len(keys):,} requests over {nodes} nodes, {mode}")
+            runs.append(asyncio.run(_run(mode, settings, origin, budget, nodes, keys, concurrency)))
+            progress(f"{mode}: {runs[-1].origin_reads:,} origin reads in {runs[-1].seconds:.1f} s")
+        alone, shared = runs
     return {
         "trace": trace.name, "requests": len(keys), "unique": unique, "nodes": nodes, "cache_frac": cache_frac,
         "origin_latency_ms": origin_latency_ms, "concurrency": concurrency,

@@ -18,7 +18,8 @@ def test_nodes_on_a_shared_tier_read_each_object_from_the_origin_about_once(tmp_
     out = runner.invoke(app, ["shared-tier", str(trace), "--nodes", "3", "--cache-frac", "0.1", "--value-bytes", "64",
                               "--origin-latency-ms", "1", "--concurrency", "8", "--json"])
     assert out.exit_code == 0, out.output
-    report = json.loads(out.output)
+    report = json.loads(out.stdout)
+    assert "shared-tier: 3,000 requests over 3 nodes, alone" in out.stderr  # progress, beside the JSON
     alone, shared = report["runs"]
     assert (alone["mode"], shared["mode"], report["requests"], report["unique"]) == ("alone", "shared", 3000, 300)
     # Alone, each node's 30-key memory misses nearly every read of a 300-key loop; shared, the tier holds them all.
