@@ -295,6 +295,12 @@ class StackSpec(BaseModel):
             raise ConfigError.one(config_key("subnetIds"), "required with foresight:vpcId (one subnet or more)")
         if self.subnet_ids and not self.vpc_id:
             raise ConfigError.one(config_key("vpcId"), "required with foresight:subnetIds (the subnets' network)")
+        if self.scale_out and not self.allowed_cidrs:
+            raise ConfigError.one(
+                config_key("allowedCidrs"),
+                "required with foresight:scaleOut: the cluster's load balancer admits these ranges only (give your "
+                "network's private range, e.g. 10.0.0.0/8, to keep it internal)",
+            )
         if self.scale_out and self.ssh_public_key:
             raise ConfigError.one(
                 config_key("sshPublicKey"), "not with foresight:scaleOut: cluster nodes take no SSH key (use kubectl)"

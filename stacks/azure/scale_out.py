@@ -76,12 +76,6 @@ class ScaleOutArgs:
                 config_key("fallbackInstanceTypes"),
                 "not with foresight:scaleOut on Azure: an AKS node pool has one VM size (foresight:instanceType)",
             )
-        if not spec.allowed_cidrs:
-            raise ConfigError.one(
-                config_key("allowedCidrs"),
-                "required with foresight:scaleOut: the load balancer's source ranges (give your network's private "
-                "range, e.g. 10.0.0.0/8, for a private endpoint)",
-            )
         return cls(spec=spec)
 
 

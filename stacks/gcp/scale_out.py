@@ -58,7 +58,7 @@ from stacks.gcp.tier import (
     memorystore_service_agent,
 )
 from stacks.kubernetes.component import Workload, WorkloadArgs
-from stacks.spec import HTTPS_PORT, RESP_PORT, ConfigError, StackOutputs, StackSpec, config_key
+from stacks.spec import HTTPS_PORT, RESP_PORT, ConfigError, StackOutputs, StackSpec
 from stacks.tls import ServerTls, create_server_tls
 from stacks.vault import JwtNodeAuth, SharedVault, VaultLayout, create_shared_vault
 
@@ -81,12 +81,6 @@ class ScaleOutArgs:
         check_instance_types(spec)
         check_network_ids(spec)
         check_cluster_spec(spec)
-        if not spec.allowed_cidrs:
-            raise ConfigError.one(
-                config_key("allowedCidrs"),
-                "required with foresight:scaleOut: the load balancer admits these ranges only (private ones keep "
-                "it internal)",
-            )
         return cls(spec=spec)
 
 

@@ -562,3 +562,9 @@ def test_example_stack_file_deploys_a_scale_out_stack(run_stack: RunStack) -> No
     run = run_stack(as_engine)
     group = run.one(NODE_GROUP).props
     assert (group["scalingConfig"]["desiredSize"], group["instanceTypes"]) == (3, ["g6.xlarge", "g5.xlarge"])
+
+
+def test_scale_out_without_allowed_ranges_names_the_key(run_stack: RunStack) -> None:
+    with pytest.raises(ConfigError) as err:
+        run_stack({**SCALE_OUT, "foresight:allowedCidrs": "[]"})
+    assert err.value.keys == ["foresight:allowedCidrs"]

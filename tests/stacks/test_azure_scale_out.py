@@ -398,7 +398,7 @@ def test_bring_your_own_network_puts_nodes_and_endpoint_in_the_given_subnet(run_
     ("overrides", "key", "fragment"),
     [
         ({"foresight:fallbackInstanceTypes": '["Standard_NC8as_T4_v3"]'}, "foresight:fallbackInstanceTypes", "one VM"),
-        ({"foresight:allowedCidrs": "[]"}, "foresight:allowedCidrs", "source ranges"),
+        ({"foresight:allowedCidrs": "[]"}, "foresight:allowedCidrs", "admits these ranges only"),
         ({"foresight:instanceType": "Standard_D4s_v5"}, "foresight:instanceType", "NVIDIA GPU"),
     ],
 )
