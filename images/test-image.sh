@@ -84,6 +84,9 @@ else
   torch_source=(--extra-index-url https://download.pytorch.org/whl/cpu "torch==$torch_version")
 fi
 "$python" "$repo/images/service/requirements.py" "$repo/pyproject.toml" --no-torch > "$work/requirements.txt"
+# pip evaluates dependencies' markers with the interpreter that downloads, not --python-version: wheels that only
+# the image's older Python (Debian's 3.11.2) needs are named here. redis needs async-timeout below 3.11.3.
+printf '%s\n' "async-timeout>=4.0.3" >> "$work/requirements.txt"
 stamp_file="$wheels/.filled-for-$( (cat "$work/requirements.txt"; echo "$torch_version") | sha256sum | cut -c1-16)"
 wheelhouse_s=0
 if [[ ! -f "$stamp_file" ]]; then
