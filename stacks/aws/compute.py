@@ -119,7 +119,7 @@ def create_compute(
         network_interfaces=[
             aws.ec2.LaunchTemplateNetworkInterfaceArgs(
                 device_index=0,
-                security_groups=[network.node_security_group.id],
+                security_groups=[endpoint.node_security_group.id],
                 associate_public_ip_address="true" if network.node_public_ip else "false",
                 delete_on_termination="true",
             )

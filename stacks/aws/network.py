@@ -44,8 +44,6 @@ class Network:
     node_subnet_ids: list[pulumi.Output[str]]
     lb_subnet_ids: list[pulumi.Output[str]]
     node_public_ip: bool
-    lb_security_group: aws.ec2.SecurityGroup
-    node_security_group: aws.ec2.SecurityGroup
     vpc: aws.ec2.Vpc | None = None
     nat_gateway: aws.ec2.NatGateway | None = None
 
@@ -55,6 +53,8 @@ class Endpoint:
     load_balancer: aws.lb.LoadBalancer
     target_groups: dict[int, aws.lb.TargetGroup]
     listeners: dict[int, aws.lb.Listener]
+    lb_security_group: aws.ec2.SecurityGroup
+    node_security_group: aws.ec2.SecurityGroup
 
     @property
     def host(self) -> pulumi.Output[str]:
@@ -62,11 +62,10 @@ class Endpoint:
 
 
 def create_network(name: str, spec: StackSpec, parent: pulumi.Resource) -> Network:
-    """The VPC, subnets and security groups for one node, children of `parent`."""
+    """The VPC and subnets (yours, or new ones with their gateways), children of `parent`."""
     if spec.vpc_id is not None:
         vpc = aws.ec2.get_vpc(id=spec.vpc_id, opts=pulumi.InvokeOptions(parent=parent))
         subnets = [pulumi.Output.from_input(subnet_id) for subnet_id in spec.subnet_ids]
-        lb_group, node_group = _security_groups(name, spec, spec.vpc_id, vpc.cidr_block, parent)
         # Given subnets serve the node and the load balancer alike; an internet-facing endpoint needs public
         # subnets, where the node needs a public address to reach out (its group still admits only the LB).
         return Network(
@@ -75,8 +74,6 @@ def create_network(name: str, spec: StackSpec, parent: pulumi.Resource) -> Netwo
             node_subnet_ids=subnets,
             lb_subnet_ids=subnets,
             node_public_ip=spec.public_endpoint,
-            lb_security_group=lb_group,
-            node_security_group=node_group,
         )
     return _own_network(name, spec, parent)
 
@@ -147,15 +144,12 @@ def _own_network(name: str, spec: StackSpec, parent: pulumi.Resource) -> Network
         aws.ec2.RouteTableAssociation(
             f"{name}-private-{index}", subnet_id=private.id, route_table_id=private_routes.id, opts=opts
         )
-    lb_group, node_group = _security_groups(name, spec, vpc.id, str(OWN_VPC_CIDR), parent)
     return Network(
         vpc_id=vpc.id,
         vpc_cidr=str(OWN_VPC_CIDR),
         node_subnet_ids=[subnet.id for subnet in private_subnets],
         lb_subnet_ids=[subnet.id for subnet in (public_subnets if spec.public_endpoint else private_subnets)],
         node_public_ip=False,
-        lb_security_group=lb_group,
-        node_security_group=node_group,
         vpc=vpc,
         nat_gateway=nat_gateway,
     )
@@ -223,14 +217,16 @@ def _security_groups(
 
 
 def create_endpoint(name: str, spec: StackSpec, network: Network, parent: pulumi.Resource) -> Endpoint:
-    """The Network Load Balancer: a stable DNS name for the certificate, TCP passthrough to the node's TLS."""
+    """The Network Load Balancer: a stable DNS name for the certificate, TCP passthrough to the node's TLS; and
+    the two security groups of that path (the balancer's from the allowed CIDRs, the node's from the balancer)."""
     opts = pulumi.ResourceOptions(parent=parent)
+    lb_group, node_group = _security_groups(name, spec, network.vpc_id, network.vpc_cidr, parent)
     load_balancer = aws.lb.LoadBalancer(
         f"{name}-nlb",
         load_balancer_type="network",
         internal=not spec.public_endpoint,
         subnets=network.lb_subnet_ids,
-        security_groups=[network.lb_security_group.id],
+        security_groups=[lb_group.id],
         enable_cross_zone_load_balancing=True,
         tags=_tags(spec, f"{spec.name}-nlb"),
         opts=opts,
@@ -263,7 +259,13 @@ def create_endpoint(name: str, spec: StackSpec, network: Network, parent: pulumi
             tags=spec.tags(),
             opts=opts,
         )
-    return Endpoint(load_balancer=load_balancer, target_groups=target_groups, listeners=listeners)
+    return Endpoint(
+        load_balancer=load_balancer,
+        target_groups=target_groups,
+        listeners=listeners,
+        lb_security_group=lb_group,
+        node_security_group=node_group,
+    )
 
 
 def _port_name(port: int) -> str:

@@ -2,8 +2,8 @@
 
 It creates, all as its children (stacks/cluster.py is the contract every cloud's scale-out keeps):
 - network (`network.py`, as the single node has it): the VPC with public and private subnets, or the given
-  ones; the own load balancer subnets are tagged for Kubernetes' load balancer discovery. Its load balancer and
-  node security groups stay unattached here: EKS's cluster security group and the NLB's rules take their place;
+  ones; the own load balancer subnets are tagged for Kubernetes' load balancer discovery (the single node's
+  security groups belong to its endpoint; here EKS's cluster security group and the NLB's rules take their place);
 - kms (`kms.py`): the customer-managed key, with rotation; its policy lets the EKS control plane's role use it
   (Kubernetes secrets), and the Auto Scaling service role for the nodes' volumes;
 - cluster (`cluster.py`): the EKS cluster (secrets encrypted with the key, logs on, access entries only, the

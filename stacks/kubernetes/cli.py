@@ -56,7 +56,13 @@ def render_command(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of YAML.")] = False,
 ) -> None:
-    """Render the workload's manifests from a spec file."""
+    """Render the workload's manifests from a spec file.
+
+    The spec's keys are WorkloadSpec's (docs/kubernetes.md; stacks/kubernetes/example.yaml is a complete one).
+    Nothing in it or in the output is a secret. Exit 2 names the key to fix. For example:
+
+        foresight kubernetes render -c workload.yaml -o manifests/ && kubectl apply -f manifests/
+    """
     try:
         manifests = render(load_spec(config))
     except SpecError as err:

@@ -568,3 +568,11 @@ def test_scale_out_without_allowed_ranges_names_the_key(run_stack: RunStack) -> 
     with pytest.raises(ConfigError) as err:
         run_stack({**SCALE_OUT, "foresight:allowedCidrs": "[]"})
     assert err.value.keys == ["foresight:allowedCidrs"]
+
+
+def test_scale_out_creates_no_single_node_security_groups(scale_out: MockRun) -> None:
+    """The single node's balancer and node groups belong to its endpoint; here only the tier has a group."""
+    groups = [group.name for group in scale_out.of_type(mockrun.SECURITY_GROUP)]
+    assert groups == ["foresight-tier"]
+    rules = [rule.name for rule in scale_out.of_type(mockrun.INGRESS_RULE)]
+    assert rules and not [name for name in rules if name.startswith(("foresight-lb", "foresight-node"))]
