@@ -118,6 +118,10 @@ AZURE_NSG = "azure-native:network:NetworkSecurityGroup"
 AZURE_SECURITY_RULE = "azure-native:network:SecurityRule"
 # Azure scale-out (AKS, Azure Cache for Redis): every node disk of a cluster goes through its disk encryption set.
 AZURE_MANAGED_CLUSTER = "azure-native:containerservice:ManagedCluster"
+# The scale-out stacks' shared tiers (service/shared_tier.py): TLS only, reached with a cloud identity, no password.
+ELASTICACHE_GROUP = "aws:elasticache/replicationGroup:ReplicationGroup"
+ELASTICACHE_USER = "aws:elasticache/user:User"
+AZURE_REDIS = "azure-native:redis:Redis"
 AZURE_TAGGED_TYPES = frozenset(
     {
         AZURE_DISK,
@@ -138,7 +142,7 @@ AZURE_TAGGED_TYPES = frozenset(
         "azure-native:network:PrivateEndpoint",
         "azure-native:privatedns:PrivateZone",
         "azure-native:privatedns:VirtualNetworkLink",
-        "azure-native:redis:Redis",
+        AZURE_REDIS,
     }
 )
 # Cloud KMS rotation periods: seconds with up to nine fractional digits, then 's' ("7776000s").
@@ -568,6 +572,41 @@ def check_required_tags(args: ResourceValidationArgs, report: ReportViolation) -
         report(f"missing required {kind}: {', '.join(missing)}.", None)
 
 
+def _shared_tier_problems(resource_type: str, props: Mapping[str, Any]) -> Iterator[str]:
+    if resource_type == ELASTICACHE_GROUP:
+        if not _truthy(props.get("transitEncryptionEnabled")):
+            yield "requires TLS in transit (transitEncryptionEnabled)"
+        if not _truthy(props.get("atRestEncryptionEnabled")) or not props.get("kmsKeyId"):
+            yield "encrypts at rest with a customer-managed key (atRestEncryptionEnabled and kmsKeyId)"
+        if props.get("authToken") or props.get("authTokenWoVersion"):
+            yield "carries no AUTH token: users that IAM authenticates"
+    elif resource_type == ELASTICACHE_USER:
+        mode = _dict(props.get("authenticationMode")).get("type")
+        if props.get("passwords") or _dict(props.get("authenticationMode")).get("passwords") or mode == "password":
+            yield "has no password: IAM authentication"
+        if mode == "no-password-required" and not str(props.get("accessString", "")).startswith("off"):
+            yield "without a password is switched off (access string 'off ...')"
+    elif resource_type == GCP_MEMORYSTORE:
+        if props.get("transitEncryptionMode") != "SERVER_AUTHENTICATION":
+            yield "requires TLS in transit (transitEncryptionMode SERVER_AUTHENTICATION)"
+        if props.get("authorizationMode") != "IAM_AUTH":
+            yield "authenticates clients by IAM (authorizationMode IAM_AUTH)"
+    elif resource_type == AZURE_REDIS:
+        if _truthy(props.get("enableNonSslPort")):
+            yield "has no plain-text port (enableNonSslPort false)"
+        if props.get("minimumTlsVersion") != "1.2":
+            yield "accepts TLS 1.2 and later only (minimumTlsVersion 1.2)"
+        if not _truthy(props.get("disableAccessKeyAuthentication")):
+            yield "has no access keys (disableAccessKeyAuthentication true)"
+        if str(_dict(props.get("redisConfiguration")).get("aadEnabled", "")).lower() != "true":
+            yield "authenticates clients with Entra ID (redisConfiguration.aadEnabled)"
+
+
+def check_shared_tier(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    for problem in _shared_tier_problems(args.resource_type, args.props):
+        report(f"the shared tier {problem}.", None)
+
+
 def _policy(name: str, description: str, validate: Callable[..., None]) -> ResourceValidationPolicy:
     return ResourceValidationPolicy(
         name=name, description=description, validate=validate, enforcement_level=EnforcementLevel.MANDATORY
@@ -620,6 +659,15 @@ POLICIES = [
         "metadata user-data, startup-script and metadataStartupScript; Azure customData and userData, and Azure VMs "
         "set no admin password.",
         check_no_secrets_in_user_data,
+    ),
+    _policy(
+        "shared-tier-tls-and-identity",
+        "The scale-out shared tier speaks TLS only and admits clients by their cloud identity, never a password: "
+        "AWS ElastiCache replication groups require TLS, encrypt at rest with a customer-managed key and carry no "
+        "AUTH token, and their users authenticate by IAM (a user without a password is switched off); Google "
+        "Cloud Memorystore instances use SERVER_AUTHENTICATION and IAM_AUTH; Azure Cache for Redis has no plain "
+        "port, TLS 1.2 and later, no access keys and Entra ID authentication.",
+        check_shared_tier,
     ),
     _policy(
         "required-tags",

@@ -152,6 +152,12 @@ CASES: list[Case] = [
     ("required-tags", rules.AUTOSCALING_GROUP, {"tags": [{"key": k, "value": v} for k, v in TAGS.items()]}, None),
     ("required-tags", rules.AUTOSCALING_GROUP, {"tags": []}, "missing required tags"),
     ("required-tags", "aws:kms/alias:Alias", {}, None),
+    # the shared tier (tests/stacks/test_policies_tier.py has every branch)
+    ("shared-tier-tls-and-identity", "aws:elasticache/replicationGroup:ReplicationGroup",
+     {"transitEncryptionEnabled": True, "atRestEncryptionEnabled": True, "kmsKeyId": "arn:aws:kms:key"}, None),
+    ("shared-tier-tls-and-identity", "aws:elasticache/replicationGroup:ReplicationGroup",
+     {"transitEncryptionEnabled": False, "atRestEncryptionEnabled": True, "kmsKeyId": "arn:aws:kms:key"},
+     "TLS in transit"),
 ]
 
 

@@ -306,6 +306,12 @@ AZURE_CASES: list[Case] = [
     ("required-tags", "azure-native:network:NatGateway", {"tags": TAGS}, None),
     ("required-tags", "azure-native:compute:DiskEncryptionSet", {"tags": LABELS}, "foresight:project"),
     ("required-tags", rules.AZURE_SECURITY_RULE, _security_rule(), None),
+    ("shared-tier-tls-and-identity", "azure-native:redis:Redis",
+     {"enableNonSslPort": False, "minimumTlsVersion": "1.2", "disableAccessKeyAuthentication": True,
+      "redisConfiguration": {"aadEnabled": "true"}}, None),
+    ("shared-tier-tls-and-identity", "azure-native:redis:Redis",
+     {"enableNonSslPort": True, "minimumTlsVersion": "1.2", "disableAccessKeyAuthentication": True,
+      "redisConfiguration": {"aadEnabled": "true"}}, "plain-text port"),
 ]
 
 

@@ -143,6 +143,10 @@ GCP_CASES: list[Case] = [
     ("required-tags", "gcp:compute/address:Address", {}, "missing required labels"),
     ("required-tags", "gcp:compute/forwardingRule:ForwardingRule", {"labels": LABELS}, None),
     ("required-tags", rules.GCP_FIREWALL, _firewall(HTTPS), None),
+    ("shared-tier-tls-and-identity", "gcp:memorystore/instance:Instance",
+     {"transitEncryptionMode": "SERVER_AUTHENTICATION", "authorizationMode": "IAM_AUTH"}, None),
+    ("shared-tier-tls-and-identity", "gcp:memorystore/instance:Instance",
+     {"transitEncryptionMode": "SERVER_AUTHENTICATION", "authorizationMode": "AUTH_DISABLED"}, "IAM_AUTH"),
 ]
 
 
