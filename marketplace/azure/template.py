@@ -30,7 +30,6 @@ from marketplace.launch import PLACEHOLDER, SSH_OFF, cloud_config
 from stacks.azure.compute import ADMIN_USER, DATA_DISK_LUN, DATA_DISK_PATH, NO_LOGIN_KEY, OS_DISK_GB
 from stacks.azure.kms import (
     CRYPTO_SERVICE_ENCRYPTION_USER,
-    CRYPTO_USER,
     EXPIRE_AFTER,
     KEY_SIZE,
     ROTATE_AFTER,
@@ -466,7 +465,7 @@ def _role_assignments() -> list[dict[str, Any]]:
     )
     return [
         _grant("'disks'", key, CRYPTO_SERVICE_ENCRYPTION_USER, disks, DISK_SET),
-        _grant("'node'", key, CRYPTO_USER, node, IDENTITY),
+        _grant("'node'", key, CRYPTO_SERVICE_ENCRYPTION_USER, node, IDENTITY),
         _grant("'node'", secret, SECRETS_OFFICER, node, IDENTITY),
         _grant("parameters('keyReaderObjectId')", secret, SECRETS_USER, "parameters('keyReaderObjectId')", None),
     ]

@@ -3,9 +3,9 @@
 A Key Vault (RBAC authorization, soft delete for 90 days, purge protection, which a disk encryption set
 requires) holding one RSA 3072 key that rotates itself every 90 days and expires after two years unless
 rotated. A disk encryption set wraps the disks' keys with it and follows each rotation. Two principals may use
-the key, by role assignments on the key alone: the disk encryption set's identity (Key Vault Crypto Service
-Encryption User: wrap and unwrap) and the node's identity (Key Vault Crypto User: the service's envelope
-encryption).
+the key, by role assignments on the key alone, both as Key Vault Crypto Service Encryption User (read the key,
+wrap and unwrap with it: no encrypt, decrypt or sign): the disk encryption set's identity, and the node's (or
+pods') identity for the service's envelope encryption, which only wraps and unwraps data keys.
 
 The vault's name is global and, under purge protection, stays reserved for 90 days after `pulumi destroy`; it
 ends in part of the node identity's object id, which each deployment gets afresh, so a stack can be destroyed
@@ -28,7 +28,6 @@ KEY_SIZE = 3072
 SOFT_DELETE_DAYS = 90
 # Built-in role definition ids (https://learn.microsoft.com/azure/role-based-access-control/built-in-roles).
 CRYPTO_SERVICE_ENCRYPTION_USER = "e147488a-f6f5-4113-8e2d-b22465e65bf6"
-CRYPTO_USER = "12338af0-0e69-4776-bea7-57ae8d297424"
 
 
 @dataclass(frozen=True)
@@ -115,7 +114,7 @@ def create_key(
             encryption_set.identity.apply(lambda identity: identity.principal_id if identity else ""),
             CRYPTO_SERVICE_ENCRYPTION_USER,
         ),
-        "node": (node_principal_id, CRYPTO_USER),
+        "node": (node_principal_id, CRYPTO_SERVICE_ENCRYPTION_USER),
     }
     users = [
         azure.authorization.RoleAssignment(

@@ -36,7 +36,7 @@ from stacks.azure.compute import (
     check_instance_types,
     gpu_series,
 )
-from stacks.azure.kms import CRYPTO_SERVICE_ENCRYPTION_USER, CRYPTO_USER, EXPIRE_AFTER, KEY_SIZE, ROTATE_AFTER
+from stacks.azure.kms import CRYPTO_SERVICE_ENCRYPTION_USER, EXPIRE_AFTER, KEY_SIZE, ROTATE_AFTER
 from stacks.spec import DEFAULT_INSTANCE_TYPES, SERVICE_PORTS, Cloud, StackSpec
 from tests.images.tools import require_tool
 from tests.servers import http_server
@@ -360,15 +360,15 @@ def test_key_vault_key_and_disks_match_the_stack(main: dict[str, Any]) -> None:
 
 def test_roles_are_the_stacks_and_scoped_to_one_key_or_secret(main: dict[str, Any]) -> None:
     grants = resources(main, "Microsoft.Authorization/roleAssignments")
-    by_role = {g["properties"]["roleDefinitionId"].split("'")[-2]: g["scope"] for g in grants}
+    by_role = sorted((g["properties"]["roleDefinitionId"].split("'")[-2], g["scope"]) for g in grants)
     key_scope = "[format('Microsoft.KeyVault/vaults/{0}/keys/foresight', variables('vaultName'))]"
     secret_scope = "[format('Microsoft.KeyVault/vaults/{0}/secrets/foresight-api-key', variables('vaultName'))]"
-    assert by_role == {
-        CRYPTO_SERVICE_ENCRYPTION_USER: key_scope,
-        CRYPTO_USER: key_scope,
-        template.SECRETS_OFFICER: secret_scope,
-        template.SECRETS_USER: secret_scope,
-    }
+    assert by_role == sorted([
+        (CRYPTO_SERVICE_ENCRYPTION_USER, key_scope),  # the disk encryption set
+        (CRYPTO_SERVICE_ENCRYPTION_USER, key_scope),  # the node: wrap and unwrap only
+        (template.SECRETS_OFFICER, secret_scope),
+        (template.SECRETS_USER, secret_scope),
+    ])
     assert not resources(main, "Microsoft.Authorization/roleDefinitions")
 
 

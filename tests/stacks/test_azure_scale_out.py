@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from stacks.azure.cluster import GPU_POOL_LABELS, GPU_TAINT, with_kubelogin_login
-from stacks.azure.kms import CRYPTO_SERVICE_ENCRYPTION_USER, CRYPTO_USER
+from stacks.azure.kms import CRYPTO_SERVICE_ENCRYPTION_USER
 from stacks.azure.scale_out import CLIENT_ID_ANNOTATION, DNS_LABEL_ANNOTATION, SPOT_TOLERATION, cloudapp_fqdn
 from stacks.azure.tier import ACCESS_POLICY_COMMANDS, KEY_PATTERN
 from stacks.spec import ConfigError, StackSpec
@@ -194,7 +194,7 @@ def test_kms_roles_are_scoped_to_the_one_key(scale_out: MockRun) -> None:
     }
     assert on_key == {
         AZURE_DES_PRINCIPAL: DEFINITIONS + CRYPTO_SERVICE_ENCRYPTION_USER,
-        AZURE_POD_PRINCIPAL: DEFINITIONS + CRYPTO_USER,
+        AZURE_POD_PRINCIPAL: DEFINITIONS + CRYPTO_SERVICE_ENCRYPTION_USER,  # wrap/unwrap only
     }
     assert all(props["scope"] == key_id + "foresight-key" for props in granted.values() if "/Key/" in props["scope"])
 

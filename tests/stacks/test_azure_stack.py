@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 from stacks.azure.compute import DATA_DISK_PATH, IMAGE, NO_LOGIN_KEY
-from stacks.azure.kms import CRYPTO_SERVICE_ENCRYPTION_USER, CRYPTO_USER
+from stacks.azure.kms import CRYPTO_SERVICE_ENCRYPTION_USER
 from stacks.azure.vault import IDENTITY_AUDIENCE
 from tests.stacks.mockrun import (
     AZURE_DES_PRINCIPAL,
@@ -99,7 +99,7 @@ def test_only_the_encryption_set_and_the_node_may_use_the_key(azure_baseline: Mo
     definitions = f"/subscriptions/{AZURE_SUBSCRIPTION}/providers/Microsoft.Authorization/roleDefinitions/"
     assert {principal: role["roleDefinitionId"] for principal, role in roles.items()} == {
         AZURE_DES_PRINCIPAL: definitions + CRYPTO_SERVICE_ENCRYPTION_USER,
-        AZURE_NODE_PRINCIPAL: definitions + CRYPTO_USER,
+        AZURE_NODE_PRINCIPAL: definitions + CRYPTO_SERVICE_ENCRYPTION_USER,  # wrap/unwrap only
     }
     assert all(role["scope"] == key_id and role["principalType"] == "ServicePrincipal" for role in roles.values())
 
