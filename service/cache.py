@@ -100,13 +100,13 @@ class TenantCache:
     def in_flight(self, key: Hashable) -> bool:
         return key in self.flights
 
-    async def _load(self, key: bytes, prefetched: bool) -> bytes | None:
+    async def _load(self, key: bytes, prefetched: bool, from_origin: bool = True) -> bytes | None:
         epoch = self._flush_epoch
         value, expires_at = None, 0
         try:
             if self.shared is not None and (shared := await self.shared.get(self.name, key)) is not None:
                 value, expires_at = shared
-            if value is None and self.origin is not None:
+            if value is None and from_origin and self.origin is not None:
                 self.origin_fetches += 1
                 try:
                     value = await self.origin.fetch(key)
@@ -123,6 +123,14 @@ class TenantCache:
         finally:
             self._stale.discard(key)
 
+    async def load_shared(self, keys: list[bytes]) -> None:
+        """Bring these keys from the shared tier into memory where it holds them (a failing tier loads nothing).
+        Its own flights: a read joining one of these would not get the origin's copy."""
+        await asyncio.gather(
+            *(self.flights.do(("shared", key), self._load(key, False, from_origin=False)) for key in keys),
+            return_exceptions=True,
+        )
+
     def drop_remote(self, keys: list[bytes] | None) -> None:
         """Another node changed these keys (None: flushed the tenant), so drop this node's copies; a key this
         node wrote since and has not sent yet stays (its write reaches the tier later, and wins)."""
@@ -138,7 +146,7 @@ class TenantCache:
         for key in keys:
             if key not in unsent:
                 store.discard(key)
-                if key in self.flights:
+                if key in self.flights or ("shared", key) in self.flights:
                     self._stale.add(key)
 
     async def get(self, key: bytes) -> bytes | None:

@@ -223,9 +223,23 @@ class RespConnection(asyncio.Protocol):
                 return self._refuse(r.no_permission(cmd.name, cmd.scope))
             if tenant.bucket is not None and cmd.touches_data and not tenant.admit():
                 return self._refuse(r.error(_RATE_LIMITED.format(tenant.name, tenant.bucket.rate)))
+            if tenant.shared is not None and cmd.first_key and cmd.keys_to_load(args):
+                missing = [key for key in cmd.keys(args) if key not in tenant.store]
+                if missing:
+                    return self._run_after_loading(cmd, args, tenant, missing)
             if self.queued is not None and cmd.name not in RUN_INSIDE_MULTI:
                 return self._queue(cmd, args)
         return cmd.handler(self, args)
+
+    async def _run_after_loading(self, cmd: Command, args: list[bytes], tenant: TenantCache,
+                                 missing: list[bytes]) -> bytes:
+        """Bring keys another node holds into memory, then queue or run the command as if they had been there:
+        DEL, INCR or EXPIRE on a key this node never read acts on the deployment's value, not on nothing."""
+        await tenant.load_shared(missing)
+        if self.queued is not None and cmd.name not in RUN_INSIDE_MULTI:
+            return self._queue(cmd, args)
+        reply = cmd.handler(self, args)
+        return reply if isinstance(reply, bytes) else await reply
 
     def lacks_scope(self, cmd: Command) -> bytes | None:
         """NOPERM when the key may not run `cmd` (a subcommand's own check; `execute` inlines the same test)."""

@@ -259,3 +259,22 @@ def test_a_subscription_renewed_for_a_fresh_credential_misses_no_write(
         assert shared is not None
         assert shared.stats.renewals >= 3 and shared.stats.resubscribes == 0  # renewed, never with a gap
         assert len(tenant(a).store) >= len(keys)
+
+
+def test_commands_on_a_key_this_node_never_read_act_on_the_deployments_value(
+        two_nodes: tuple[RunningService, RunningService], tier_client: redis.Redis) -> None:
+    a, b = two_nodes
+    client(a).set("counter", 41)
+    client(a).set("doomed", "x")
+    client(a).set("session", "s", ex=600)
+    eventually(lambda: tier_client.get(tier_key("default", b"session")), "a's writes reaching the tier")
+    assert client(b).incr("counter") == 42  # not 1: b loads the value a wrote before incrementing
+    assert client(b).exists("doomed") == 1 and client(b).delete("doomed") == 1
+    assert 500 < client(b).ttl("session") <= 600
+    assert client(b).set("session", "other", nx=True) is None  # NX sees the key another node wrote
+    eventually(lambda: tier_client.exists(tier_key("default", b"doomed")) == 0, "b's DEL reaching the tier")
+    eventually(lambda: client(a).get("counter") == b"42", "a reading b's INCR")
+    assert client(a).get("doomed") is None
+    with client(b).pipeline(transaction=True) as pipe:  # inside MULTI the keys are loaded when queued
+        pipe.incr("counter").expire("counter", 300)
+        assert pipe.execute() == [43, True]

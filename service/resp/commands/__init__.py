@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from service.resp.connection import RespConnection
 
 Reply = bytes | Awaitable[bytes]
+_LOADS_OR_OVERWRITES = frozenset({"get", "mget", "getex", "getrange", "substr", "set", "mset", "setex", "psetex"})
 Handler = Callable[["RespConnection", list[bytes]], Reply]
 
 
@@ -34,16 +35,30 @@ class Command:
 
     no_auth: bool = field(init=False)
     touches_data: bool = field(init=False)  # charged against the tenant's rate quota
+    # With a shared tier: whether the keys it names must be in memory before it runs (it reads, tests or changes
+    # what is there). Not for commands that load their own keys (GET, MGET, GETEX, GETRANGE, scripts) or that only
+    # overwrite (SET without options, MSET, SETEX, PSETEX).
+    needs_keys: bool = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "no_auth", "no_auth" in self.flags)
         object.__setattr__(self, "touches_data", "connection" not in self.flags)
+        object.__setattr__(self, "needs_keys", self.first_key > 0 and self.name not in _LOADS_OR_OVERWRITES)
         if self.scope is None:
             derived = "write" if "write" in self.flags else "read" if "readonly" in self.flags else None
             object.__setattr__(self, "scope", derived)
 
     def arity_ok(self, argc: int) -> bool:
         return argc == self.arity if self.arity > 0 else argc >= -self.arity
+
+    def keys(self, args: list[bytes]) -> list[bytes]:
+        """The key arguments, by Redis's (first, last, step) convention."""
+        last = len(args) + self.last_key if self.last_key < 0 else self.last_key
+        return args[self.first_key : last + 1 : self.step] if self.first_key else []
+
+    def keys_to_load(self, args: list[bytes]) -> bool:
+        """Whether this call needs its keys in memory first (SET with options tests the key; plain SET does not)."""
+        return self.needs_keys or (self.name == "set" and len(args) > 3)
 
 
 def find_subcommand(container: str, table: dict[bytes, Command], args: list[bytes]) -> Command | bytes:

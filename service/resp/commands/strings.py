@@ -344,8 +344,9 @@ def decrby(conn: RespConnection, args: list[bytes]) -> Reply:
     return _incr_by(conn, args[1], -delta)
 
 
-def _cmd(name: str, arity: int, flags: str, handler, summary: str, since: str = "1.0.0", last_key: int = 1):
-    return Command(name, arity, frozenset(flags.split()), handler, 1, last_key, 1, "string", summary, since)
+def _cmd(name: str, arity: int, flags: str, handler, summary: str, since: str = "1.0.0", last_key: int = 1,
+         step: int = 1):
+    return Command(name, arity, frozenset(flags.split()), handler, 1, last_key, step, "string", summary, since)
 
 
 COMMANDS = [
@@ -360,9 +361,10 @@ COMMANDS = [
          "new value."),
     _cmd("getex", -2, "write fast", getex, "Returns the string value of a key after setting its expiration time.",
          "6.2.0"),
-    _cmd("mset", -3, "write denyoom", mset, "Atomically creates or modifies the string values of keys.", "1.0.1", -1),
+    _cmd("mset", -3, "write denyoom", mset, "Atomically creates or modifies the string values of keys.", "1.0.1", -1,
+         2),
     _cmd("msetnx", -3, "write denyoom", msetnx, "Atomically modifies the string values of one or more keys only when "
-         "all keys don't exist.", "1.0.1", -1),
+         "all keys don't exist.", "1.0.1", -1, 2),
     _cmd("getdel", 2, "write fast", getdel, "Returns the string value of a key after deleting the key.", "6.2.0"),
     _cmd("getrange", 4, "readonly", getrange, "Returns a substring of the string stored at a key.", "2.4.0"),
     _cmd("substr", 4, "readonly", getrange, "Returns a substring from a string value.", "1.0.0"),
