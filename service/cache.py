@@ -131,6 +131,12 @@ class TenantCache:
             return_exceptions=True,
         )
 
+    async def delete(self, key: bytes) -> bool:
+        """Delete a key, also one only another node has held (with a shared tier); False when there was none."""
+        if self.shared is not None and key not in self.store:
+            await self.load_shared([key])
+        return self.store.delete(key)
+
     def drop_remote(self, keys: list[bytes] | None) -> None:
         """Another node changed these keys (None: flushed the tenant), so drop this node's copies; a key this
         node wrote since and has not sent yet stays (its write reaches the tier later, and wins)."""

@@ -278,3 +278,16 @@ def test_commands_on_a_key_this_node_never_read_act_on_the_deployments_value(
     with client(b).pipeline(transaction=True) as pipe:  # inside MULTI the keys are loaded when queued
         pipe.incr("counter").expire("counter", 300)
         assert pipe.execute() == [43, True]
+
+
+def test_an_http_delete_removes_a_key_only_another_node_held(
+        two_nodes: tuple[RunningService, RunningService], tier_client: redis.Redis) -> None:
+    import httpx
+
+    a, b = two_nodes
+    client(a).set("note", "from a")
+    eventually(lambda: tier_client.get(tier_key("default", b"note")), "a's write reaching the tier")
+    with httpx.Client(base_url=b.endpoints.http_url) as http:
+        assert http.delete("/v1/keys/note").status_code == 204
+        assert http.delete("/v1/keys/note").status_code == 404
+    eventually(lambda: client(a).get("note") is None, "a dropping its copy")

@@ -141,7 +141,7 @@ async def put_key(
 @router.delete("/keys/{key:path}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
 async def delete_key(key: str, tenant: Writer) -> Response:
     """Delete a key; 404 when it did not exist."""
-    if not tenant.store.delete(key.encode()):
+    if not await tenant.delete(key.encode()):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such key")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
