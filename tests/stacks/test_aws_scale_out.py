@@ -18,6 +18,7 @@ from stacks.cluster import service_account_subject
 from stacks.spec import ConfigError
 from tests.stacks import mockrun
 from tests.stacks.conftest import RunStack
+from tests.stacks.kubernetes_objects import assert_valid
 from tests.stacks.mockrun import (
     ACCOUNT,
     EKS_CLUSTER_SECURITY_GROUP,
@@ -576,3 +577,9 @@ def test_scale_out_creates_no_single_node_security_groups(scale_out: MockRun) ->
     assert groups == ["foresight-tier"]
     rules = [rule.name for rule in scale_out.of_type(mockrun.INGRESS_RULE)]
     assert rules and not [name for name in rules if name.startswith(("foresight-lb", "foresight-node"))]
+
+
+def test_every_kubernetes_object_the_stack_creates_passes_kubernetes_schemas(scale_out: MockRun) -> None:
+    kinds = assert_valid(scale_out)  # the deploy-time settings and annotations merged in, as the cluster gets them
+    assert {"ConfigMap", "Namespace", "NetworkPolicy", "PodDisruptionBudget", "Service", "ServiceAccount",
+            "StatefulSet", "StorageClass"} <= set(kinds)

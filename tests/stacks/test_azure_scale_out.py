@@ -18,6 +18,7 @@ from stacks.azure.scale_out import CLIENT_ID_ANNOTATION, DNS_LABEL_ANNOTATION, S
 from stacks.azure.tier import ACCESS_POLICY_COMMANDS, KEY_PATTERN
 from stacks.spec import ConfigError, StackSpec
 from tests.stacks.conftest import RunStack
+from tests.stacks.kubernetes_objects import assert_valid
 from tests.stacks.mockrun import (
     AZURE_CLUSTER_PRINCIPAL,
     AZURE_DES_PRINCIPAL,
@@ -423,3 +424,9 @@ def test_example_scale_out_stack_file_deploys(run_azure_stack: RunStack) -> None
     run.one(COMPONENT)
     assert run.one(POOL).props["count"] == int(config["foresight:nodes"])
     assert Path(ROOT / "Pulumi.azure-scale-out-example.yaml").read_text().count("scaleOut") >= 1
+
+
+def test_every_kubernetes_object_the_stack_creates_passes_kubernetes_schemas(scale_out: MockRun) -> None:
+    kinds = assert_valid(scale_out)  # the deploy-time settings and annotations merged in, as the cluster gets them
+    assert {"ConfigMap", "Namespace", "NetworkPolicy", "PodDisruptionBudget", "Service", "ServiceAccount",
+            "StatefulSet", "StorageClass"} <= set(kinds)

@@ -18,6 +18,7 @@ from stacks.gcp.tier import CA_CONFIG_MAP
 from stacks.kubernetes.pod import SHARED_TIER_CA_DIR
 from stacks.spec import ConfigError
 from tests.stacks.conftest import RunStack
+from tests.stacks.kubernetes_objects import assert_valid
 from tests.stacks.mockrun import (
     GCP_CLUSTER_ENDPOINT,
     GCP_LB_ADDRESS,
@@ -448,3 +449,9 @@ def test_scale_out_example_stack_file_deploys(run_gcp_stack: RunStack) -> None:
     gpu = run.named("foresight-gpu").props
     assert gpu["nodeCount"] * len(gpu["nodeLocations"]) == int(config["foresight:nodes"])
     assert yaml.safe_load((ROOT / "Pulumi.gcp-scale-out-example.yaml").read_text())["config"]["gcp:project"]
+
+
+def test_every_kubernetes_object_the_stack_creates_passes_kubernetes_schemas(scale_out: MockRun) -> None:
+    kinds = assert_valid(scale_out)  # the deploy-time settings and annotations merged in, as the cluster gets them
+    assert {"ConfigMap", "Namespace", "NetworkPolicy", "PodDisruptionBudget", "Service", "ServiceAccount",
+            "StatefulSet", "StorageClass"} <= set(kinds)
