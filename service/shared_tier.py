@@ -141,8 +141,11 @@ class SharedTier:
             await self._client.ping()
             self.connected = True
         except (AuthenticationError, ResponseError) as err:
-            raise ConfigError(f"shared tier {self.url} refused this node ({err}): check shared_tier_username and "
-                              "shared_tier_password_file") from None
+            raise ConfigError(
+                f"shared tier {self.url} refused this node ({err}): check shared_tier_auth "
+                f"({self.settings.shared_tier_auth}) and what it uses: shared_tier_username, "
+                "shared_tier_password_file, or the node's cloud identity and its grant on the tier"
+            ) from None
         except (RedisError, OSError) as err:
             log.warning("shared tier %s unreachable (%s): reads go to the origin until it answers", self.url, err)
         self._listener = asyncio.create_task(self._listen())
