@@ -7,10 +7,13 @@ so a machine without the tools can never pass the image checks by skipping them.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +37,15 @@ HOW_TO_INSTALL = {
 
 # Tools no registry this project may use (PyPI, Debian, npm) ships: their tests skip, in CI too, and say so.
 NOT_INSTALLABLE = {"terraform": "HashiCorp's release binary (no PyPI, Debian or npm package)"}
+
+
+def run_checkov(target: Path, framework: str, cwd: Path | None = None, timeout: float = 300) -> dict[str, Any]:
+    """checkov's JSON report on one file or directory for one framework (offline: --skip-download)."""
+    where = "--directory" if target.is_dir() else "--file"
+    command = [require_tool("checkov"), where, str(target), "--framework", framework, "--skip-download", "-o", "json"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
 
 
 def require_tool(name: str) -> str:

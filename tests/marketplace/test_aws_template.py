@@ -26,7 +26,7 @@ from stacks.aws.identity import KMS_ACTIONS
 from stacks.aws.kms import key_policy
 from stacks.aws.network import WORLD
 from stacks.spec import DEFAULT_INSTANCE_TYPES, HTTPS_PORT, RESP_PORT, SERVICE_PORTS, Cloud, StackSpec
-from tests.images.tools import require_tool
+from tests.images.tools import require_tool, run_checkov
 from tests.servers import MotoServer, http_server
 from tests.tlsutil import assert_tls_serves
 
@@ -107,13 +107,7 @@ def test_cfn_lint_would_catch_a_broken_template(rendered: dict[str, Any], tmp_pa
 
 
 def test_checkov_has_no_failed_or_skipped_check(rendered: dict[str, Any], template_file: Path) -> None:
-    checkov = require_tool("checkov")
-    result = subprocess.run(
-        [checkov, "--file", str(template_file), "--framework", "cloudformation", "--skip-download", "--output", "json"],
-        capture_output=True,
-        text=True,
-    )
-    report = json.loads(result.stdout)
+    report = run_checkov(template_file, "cloudformation")
     summary = report["summary"]
     assert summary["failed"] == 0, json.dumps(report["results"]["failed_checks"], indent=1)
     assert summary["skipped"] == 0 and summary["parsing_errors"] == 0, summary

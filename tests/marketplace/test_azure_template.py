@@ -38,7 +38,7 @@ from stacks.azure.compute import (
 )
 from stacks.azure.kms import CRYPTO_SERVICE_ENCRYPTION_USER, EXPIRE_AFTER, KEY_SIZE, ROTATE_AFTER
 from stacks.spec import DEFAULT_INSTANCE_TYPES, SERVICE_PORTS, Cloud, StackSpec
-from tests.images.tools import require_tool
+from tests.images.tools import require_tool, run_checkov
 from tests.servers import http_server
 from tests.tlsutil import assert_tls_serves
 
@@ -134,8 +134,7 @@ def all_elements(ui: dict[str, Any]) -> list[dict[str, Any]]:
 def test_checkov_fails_only_the_accepted_checks(main: dict[str, Any], tmp_path: Path) -> None:
     path = tmp_path / "mainTemplate.json"
     path.write_text(json.dumps(main, indent=2))
-    command = [require_tool("checkov"), "--file", str(path), "--framework", "arm", "--skip-download", "-o", "json"]
-    report = json.loads(subprocess.run(command, capture_output=True, text=True).stdout)
+    report = run_checkov(path, "arm")
     summary = report["summary"]
     failed = {check["check_id"] for check in report["results"]["failed_checks"]}
     assert failed == set(ACCEPTED_CHECKOV), json.dumps(report["results"]["failed_checks"], indent=1)

@@ -42,7 +42,7 @@ from stacks.gcp.compute import (
 from stacks.gcp.kms import DESTROY_SCHEDULED_DURATION, KEY_USER_ROLE, ROTATION_PERIOD, compute_service_agent
 from stacks.gcp.network import OWN_SUBNET_CIDR, SSH_PORT
 from stacks.spec import DEFAULT_INSTANCE_TYPES, DEFAULT_VOLUME_SIZE_GB, SERVICE_PORTS, Cloud, StackSpec
-from tests.images.tools import require_tool
+from tests.images.tools import require_tool, run_checkov
 from tests.servers import http_server
 from tests.tlsutil import assert_tls_serves
 
@@ -133,17 +133,7 @@ def test_every_file_parses(files: dict[str, str], parsed: dict[str, dict[str, An
 
 
 def test_checkov_fails_only_the_accepted_checks(module_dir: Path) -> None:
-    command = [
-        require_tool("checkov"),
-        "--directory",
-        str(module_dir),
-        "--framework",
-        "terraform",
-        "--skip-download",
-        "-o",
-        "json",
-    ]
-    report = json.loads(subprocess.run(command, capture_output=True, text=True, timeout=300).stdout)
+    report = run_checkov(module_dir, "terraform")
     summary = report["summary"]
     failed = {check["check_id"] for check in report["results"]["failed_checks"]}
     assert failed == set(ACCEPTED_CHECKOV), json.dumps(report["results"]["failed_checks"], indent=1)

@@ -31,3 +31,12 @@ def violations(policy_name: str, resource_type: str, props: dict[str, Any]) -> l
 
     policy.validate(args, report)
     return found
+
+
+def assert_case(policy_name: str, resource_type: str, props: dict[str, Any], expected: str | None) -> None:
+    """One Case: no violation when `expected` is None, else a violation whose message holds `expected`."""
+    found = violations(policy_name, resource_type, props)
+    if expected is None:
+        assert found == []
+    else:
+        assert found and any(expected in message for message in found), found

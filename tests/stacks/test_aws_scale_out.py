@@ -35,7 +35,7 @@ from tests.stacks.mockrun import (
     fake_pem,
     is_secret,
 )
-from tests.stacks.policy_harness import POLICIES, violations
+from tests.stacks.policy_harness import POLICIES, assert_case, violations
 
 SCALE_OUT = {"foresight:scaleOut": "true", "foresight:nodes": "3"}
 KEY_ARN = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -517,11 +517,7 @@ NODE_GROUP_PROPS = {"instanceTypes": ["g6.xlarge"], "launchTemplate": {"id": "lt
 def test_policies_know_the_scale_out_resource_types(
     policy: str, resource_type: str, props: dict[str, Any], expected: str | None
 ) -> None:
-    found = violations(policy, resource_type, props)
-    if expected is None:
-        assert found == []
-    else:
-        assert found and any(expected in message for message in found), found
+    assert_case(policy, resource_type, props, expected)
 
 
 def test_rendered_kubernetes_objects_are_valid_kubernetes(scale_out: MockRun) -> None:

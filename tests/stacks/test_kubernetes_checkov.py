@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 from stacks.kubernetes.cli import to_yaml
 from stacks.kubernetes.manifests import render
-from tests.images.tools import require_tool
+from tests.images.tools import run_checkov
 from tests.stacks.test_kubernetes_manifests import SHARED_TIER, spec_of
 
 # checkov findings we accept, and why (docs/kubernetes.md says the same). None today: a finding is fixed in the
@@ -20,17 +19,7 @@ def test_checkov_fails_only_the_accepted_checks(tmp_path: Path) -> None:
     rendered = render(spec_of(**SHARED_TIER, storageClass="gp3"))
     path = tmp_path / "workload.yaml"
     path.write_text(to_yaml(rendered))
-    command = [
-        require_tool("checkov"),
-        "--file",
-        str(path),
-        "--framework",
-        "kubernetes",
-        "--skip-download",
-        "-o",
-        "json",
-    ]
-    report = json.loads(subprocess.run(command, capture_output=True, text=True, timeout=240).stdout)
+    report = run_checkov(path, "kubernetes")
     summary = report["summary"]
     failed = {check["check_id"] for check in report["results"]["failed_checks"]}
     assert failed == set(ACCEPTED_CHECKOV), json.dumps(report["results"]["failed_checks"], indent=1)
@@ -46,16 +35,6 @@ def test_checkov_bites_on_a_weakened_pod(tmp_path: Path) -> None:
     statefulset["spec"]["template"]["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
     path = tmp_path / "weak.yaml"
     path.write_text(to_yaml(rendered))
-    command = [
-        require_tool("checkov"),
-        "--file",
-        str(path),
-        "--framework",
-        "kubernetes",
-        "--skip-download",
-        "-o",
-        "json",
-    ]
-    report = json.loads(subprocess.run(command, capture_output=True, text=True, timeout=240).stdout)
+    report = run_checkov(path, "kubernetes")
     failed = {check["check_id"] for check in report["results"]["failed_checks"]}
     assert {"CKV_K8S_20", "CKV_K8S_43"} <= failed, failed

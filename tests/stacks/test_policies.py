@@ -23,7 +23,7 @@ from stacks.policies import rules
 from stacks.spec import StackSpec
 from tests.stacks.conftest import RunStack
 from tests.stacks.mockrun import REQUIRED_CONFIG, ROOT, MockRun, Registered
-from tests.stacks.policy_harness import POLICIES, TAGS, Case, violations
+from tests.stacks.policy_harness import POLICIES, TAGS, Case, assert_case, violations
 from tests.stacks.test_policies_azure import AZURE_CASES
 from tests.stacks.test_policies_gcp import GCP_CASES
 
@@ -165,11 +165,7 @@ CASES: list[Case] = [
 def test_policy_on_good_and_bad_properties(
     policy: str, resource_type: str, props: dict[str, Any], expected: str | None
 ) -> None:
-    found = violations(policy, resource_type, props)
-    if expected is None:
-        assert found == []
-    else:
-        assert found and any(expected in message for message in found), found
+    assert_case(policy, resource_type, props, expected)
 
 
 def test_every_policy_is_mandatory() -> None:
