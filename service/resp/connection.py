@@ -223,7 +223,7 @@ class RespConnection(asyncio.Protocol):
                 return self._refuse(r.no_permission(cmd.name, cmd.scope))
             if tenant.bucket is not None and cmd.touches_data and not tenant.admit():
                 return self._refuse(r.error(_RATE_LIMITED.format(tenant.name, tenant.bucket.rate)))
-            if tenant.shared is not None and cmd.first_key and cmd.keys_to_load(args):
+            if tenant.shared is not None and cmd.keys_to_load(args):
                 missing = [key for key in cmd.keys(args) if key not in tenant.store]
                 if missing:
                     return self._run_after_loading(cmd, args, tenant, missing)

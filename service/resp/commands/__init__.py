@@ -52,9 +52,11 @@ class Command:
         return argc == self.arity if self.arity > 0 else argc >= -self.arity
 
     def keys(self, args: list[bytes]) -> list[bytes]:
-        """The key arguments, by Redis's (first, last, step) convention."""
+        """The key arguments, by Redis's (first, last, step) convention (step 0: the command names no key)."""
+        if not self.step:
+            return []
         last = len(args) + self.last_key if self.last_key < 0 else self.last_key
-        return args[self.first_key : last + 1 : self.step] if self.first_key else []
+        return args[self.first_key : last + 1 : self.step]
 
     def keys_to_load(self, args: list[bytes]) -> bool:
         """Whether this call needs its keys in memory first (SET with options tests the key; plain SET does not)."""

@@ -90,8 +90,7 @@ class _Undo:
         self.before: dict[bytes, tuple[bytes, int] | None] = {}  # key -> (value, deadline), None: absent
 
     def note(self, cmd: Command, args: list[bytes]) -> None:
-        last = cmd.last_key if cmd.last_key > 0 else len(args) + cmd.last_key
-        for key in args[cmd.first_key:last + 1:cmd.step] if cmd.step else ():
+        for key in cmd.keys(args):
             if key not in self.before:
                 entry = self.store.entry(key)
                 self.before[key] = None if entry is None else (entry.value, entry.expires_at)
