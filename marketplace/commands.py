@@ -61,7 +61,8 @@ def saas_commands(app: typer.Typer, connect: Connect, *, argument_help: str, met
 
     @app.command()
     def register(
-        token: Annotated[str, typer.Argument(help=argument_help)], admin_url: AdminUrl = None, as_json: Json = False
+        token: Annotated[str, typer.Argument(help=argument_help + " Put `--` before it: a token may begin with '-'.")],
+        admin_url: AdminUrl = None, as_json: Json = False,
     ) -> None:
         """Turn a purchase into a tenant with its plan and first API key (what the registration page does)."""
         with output.reported(as_json), connect(admin_url) as marketplace:

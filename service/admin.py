@@ -37,10 +37,9 @@ async def refresh(state: ServiceState, peer: str) -> list[str]:
         return [t.name for t in state.tenants]
     source = authenticator.source
     try:
-        specs = await asyncio.to_thread(source.tenants, fresh=True)
+        specs = await state.reload_tenants(lambda: source.tenants(fresh=True), wait=False)
     except Exception as err:
         raise RefreshFailed(f"key source unavailable: {type(err).__name__}") from None
-    await state.apply_tenants(specs, wait=False)
     await authenticator.recheck(force=True)
     await _audit(state, "admin.tenants.refresh", peer, tenants=len(specs))
     return [spec.name for spec in specs]
@@ -52,10 +51,9 @@ async def refresh_tenant(state: ServiceState, name: str, peer: str) -> bool:
     if authenticator is None:
         return state.tenants.get(name) is not None
     try:
-        spec = await asyncio.to_thread(authenticator.source.tenant, name)
+        spec = await state.reload_tenant(name, authenticator.source.tenant)
     except Exception as err:
         raise RefreshFailed(f"key source unavailable: {type(err).__name__}") from None
-    await state.apply_tenant(name, spec)
     await _audit(state, "admin.tenant.refresh", peer, tenant=name, served=spec is not None)
     return spec is not None
 

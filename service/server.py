@@ -104,7 +104,7 @@ class Service:
         if self.shared_tier is not None:
             await self.shared_tier.start()
             self.state.tenants.share(self.shared_tier)
-        await self.state.apply_tenants(specs)  # the prefetch engines start once the data is back
+        await self.state.sync_prefetch()  # the prefetch engines start once the data is back
         loop = asyncio.get_running_loop()
         resp_sock = _listen(settings.bind, settings.resp_port)
         tls_context = self.tls.context if self.tls else None
@@ -155,7 +155,7 @@ class Service:
         while True:
             await asyncio.sleep(TENANT_REFRESH_S)
             try:
-                await self.state.apply_tenants(await asyncio.to_thread(self._tenant_specs))
+                await self.state.reload_tenants(self._tenant_specs)
             except Exception as err:  # keep serving the tenants we know; the source may be briefly down
                 log.warning("tenant refresh failed: %s", err)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -44,26 +46,39 @@ class ServiceState:
         self._ids = itertools.count(1)
         self.ready = False
         self.draining = False
+        self._reloading = asyncio.Lock()
 
     @property
     def auth_required(self) -> bool:
         return self.authenticator is not None
 
-    async def apply_tenants(self, specs: list[TenantSpec], wait: bool = True) -> None:
-        """Serve exactly these tenants (with these quotas), starting and stopping their prefetch engines
-        (in the background unless `wait`: a first learned model takes seconds to load)."""
-        self.tenants.sync(specs)
-        await self._sync_prefetch(wait)
+    async def reload_tenants(self, read: Callable[[], list[TenantSpec]], wait: bool = True) -> list[TenantSpec]:
+        """Read every tenant off the event loop and serve exactly those, starting and stopping their prefetch
+        engines (in the background unless `wait`: a first learned model takes seconds to load).
 
-    async def apply_tenant(self, name: str, spec: TenantSpec | None) -> None:
-        """Serve one tenant as `spec` says, or stop serving it (None), leaving the others untouched."""
-        if spec is None:
-            self.tenants.remove(name)
-        else:
-            self.tenants.upsert(spec)
-        await self._sync_prefetch(wait=False)
+        Reloads run one at a time, read and apply together: a list read before a single tenant's reload and
+        applied after it would stop serving a tenant just created (or serve one just deleted) until the next
+        list, so a tenant's first login could be refused."""
+        async with self._reloading:
+            specs = await asyncio.to_thread(read)
+            self.tenants.sync(specs)
+        await self.sync_prefetch(wait)
+        return specs
 
-    async def _sync_prefetch(self, wait: bool) -> None:
+    async def reload_tenant(self, name: str, read: Callable[[str], TenantSpec | None]) -> TenantSpec | None:
+        """Read one tenant off the event loop and serve it as it now is, or stop serving it (None), leaving
+        the others untouched; one reload at a time, as `reload_tenants` says why."""
+        async with self._reloading:
+            spec = await asyncio.to_thread(read, name)
+            if spec is None:
+                self.tenants.remove(name)
+            else:
+                self.tenants.upsert(spec)
+        await self.sync_prefetch(wait=False)
+        return spec
+
+    async def sync_prefetch(self, wait: bool = True) -> None:
+        """One prefetch engine per served tenant (started, or stopped for a tenant no longer served)."""
         if self.prefetch is None:
             return
         if wait:

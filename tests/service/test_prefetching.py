@@ -152,7 +152,7 @@ def test_a_tenants_quota_bounds_the_keys_its_prefetcher_remembers(tmp_path: Path
         assert bounds() == {"small": 4096, "plain": 8192}  # the deployment's bound where the quota sets none
         small = state.prefetch.running["small"]
         spec = TenantSpec(name="small", quota=TenantQuota(prefetch_max_keys=2048))
-        svc.call(state.apply_tenant("small", spec))
+        svc.call(state.reload_tenant("small", lambda _: spec))
         svc.call(state.prefetch.sync(state.tenants))  # after the sync the change started in the background
         assert bounds() == {"small": 2048, "plain": 8192}
         assert state.prefetch.running["small"] is not small and small.engine._stopped.is_set()

@@ -7,8 +7,10 @@ import datetime as dt
 import logging
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,6 +212,41 @@ def test_admin_api_needs_the_admin_token_never_a_tenant_key(deployment: Deployme
         assert gone.json() == {"tenant": new_tenant, "served": False}
         with pytest.raises(redis.AuthenticationError):
             deployment.redis(key.secret).ping()
+
+
+def test_a_tenant_list_read_before_a_tenant_refresh_never_undoes_it(deployment: Deployment) -> None:
+    """The race behind a new tenant's first login being refused now and then: the periodic (or an admin) list
+    read starts, the tenant is created and refreshed, then the older list is applied. The list is held open
+    here so the order is certain."""
+    source = deployment.svc.state.authenticator.source  # type: ignore[union-attr]
+    listed, release = threading.Event(), threading.Event()
+    read_list = source.tenants
+
+    def slow_list(fresh: bool = False) -> list[TenantSpec]:
+        specs = read_list(fresh)  # read before the new tenant exists
+        listed.set()
+        release.wait(30)
+        return specs
+
+    new_tenant = f"raced-{int(time.time() * 1000) % 10**8}"
+    admin = {"Authorization": f"Bearer {deployment.admin_token}"}
+    source.tenants = slow_list  # type: ignore[method-assign]
+    try:
+        with deployment.http() as http, ThreadPoolExecutor(2) as pool:
+            full = pool.submit(http.post, "/admin/v1/tenants/refresh", headers=admin)
+            assert listed.wait(30)
+            deployment.admin.create_tenant(TenantSpec(name=new_tenant))
+            key = deployment.admin.issue_key(new_tenant)
+            one = pool.submit(http.post, f"/admin/v1/tenants/{new_tenant}/refresh", headers=admin, timeout=30)
+            time.sleep(0.5)  # time for the tenant's refresh to overtake the list, were reloads not one at a time
+            release.set()
+            assert full.result().status_code == 200
+            assert one.result().json() == {"tenant": new_tenant, "served": True}
+        assert deployment.redis(key.secret).ping()
+    finally:
+        release.set()
+        del source.tenants
+        deployment.admin.delete_tenant(new_tenant)
 
 
 def test_audit_log_records_auth_and_verifies(deployment: Deployment) -> None:
