@@ -64,8 +64,15 @@ class TenantCache:
             )
         self.shared: SharedTier | None = None  # set by SharedTier.attach in a scaled-out deployment
         self.reads_through = self.origin is not None  # whether a memory miss is worth a load (origin or tier)
-        self._stale: set[bytes] = set()  # keys another node changed while this node was loading them
-        self._flush_epoch = 0  # bumped when another node flushes the tenant: loads begun before must not land
+        # What makes a load stale (with a shared tier): a change to its key, here or on another node, or a flush of
+        # the tenant after the load began. Counted per key only while loads of it are in flight.
+        self._loading: dict[bytes, int] = {}  # key -> its loads in flight (a read's and a command's may overlap)
+        self._changes: dict[bytes, int] = {}  # key -> changes since its first load in flight began
+        self._flush_epoch = 0
+        # This node's writes the tier has not confirmed yet (sent or being sent), and those of them another node
+        # changed meanwhile: whichever reached the tier last is read back once ours is confirmed.
+        self.unconfirmed: set[bytes] = set()
+        self.contested: set[bytes] = set()
         self.bucket: TokenBucket | None = None
         # The prefetch engine's access-log recorders, set while one runs: every read reports its key to one.
         self.record_hit: Callable[[bytes], None] | None = None
@@ -102,6 +109,8 @@ class TenantCache:
 
     async def _load(self, key: bytes, prefetched: bool, from_origin: bool = True) -> bytes | None:
         epoch = self._flush_epoch
+        self._loading[key] = self._loading.get(key, 0) + 1
+        changes = self._changes.get(key, 0)
         value, expires_at = None, 0
         try:
             if self.shared is not None and (shared := await self.shared.get(self.name, key)) is not None:
@@ -115,13 +124,25 @@ class TenantCache:
                     raise
                 if value is not None and self.shared is not None:
                     self.shared.fill(self.name, key, value)
-            # A write that landed while the load was in flight is newer than the loaded copy: keep it. So is
-            # another node's, whose invalidation arrived meanwhile: the next read loads that one.
-            if value is not None and key not in self.store and key not in self._stale and epoch == self._flush_epoch:
+            # A change made while the load was in flight (a client's here, even one deleted since, or another
+            # node's) is newer than the loaded copy: keep it, or let the next read load it.
+            fresh = self._changes.get(key, 0) == changes and epoch == self._flush_epoch
+            if value is not None and fresh and key not in self.store:
                 self.store.set(key, value, expires_at, prefetched=prefetched, loaded=True)
             return value
         finally:
-            self._stale.discard(key)
+            if left := self._loading[key] - 1:
+                self._loading[key] = left
+            else:
+                del self._loading[key]
+                self._changes.pop(key, None)
+
+    def changed(self, key: bytes | None) -> None:
+        """A key changed (None: the tenant was flushed), here or on another node: loads in flight are stale."""
+        if key is None:
+            self._flush_epoch += 1
+        elif key in self._loading:
+            self._changes[key] = self._changes.get(key, 0) + 1
 
     async def load_shared(self, keys: list[bytes]) -> None:
         """Bring these keys from the shared tier into memory where it holds them (a failing tier loads nothing).
@@ -138,22 +159,39 @@ class TenantCache:
         return self.store.delete(key)
 
     def drop_remote(self, keys: list[bytes] | None) -> None:
-        """Another node changed these keys (None: flushed the tenant), so drop this node's copies; a key this
-        node wrote since and has not sent yet stays (its write reaches the tier later, and wins)."""
+        """Another node changed these keys (None: flushed the tenant), so drop this node's copies. A key this node
+        wrote and has not sent yet stays (its write reaches the tier later, and wins); one sent but unconfirmed
+        stays until confirmed, then is read back (the tier's order decides which write won)."""
         store = self.store
         unsent = store.written or set()
         if keys is None:
-            self._flush_epoch += 1
-            kept = [(key, entry.value, entry.expires_at) for key in unsent if (entry := store.entry(key)) is not None]
+            self.changed(None)
+            ours = unsent | self.unconfirmed
+            self.contested |= self.unconfirmed - unsent
+            kept = [(key, entry.value, entry.expires_at) for key in ours if (entry := store.entry(key)) is not None]
             store.flush(local=True)
             for key, value, expires_at in kept:
                 store.set(key, value, expires_at, loaded=True)
             return
         for key in keys:
-            if key not in unsent:
+            self.changed(key)
+            if key in unsent:
+                continue
+            if key in self.unconfirmed:
+                self.contested.add(key)
+            else:
                 store.discard(key)
-                if key in self.flights or ("shared", key) in self.flights:
-                    self._stale.add(key)
+
+    def confirmed(self, keys: list[bytes]) -> None:
+        """The tier holds these writes of this node's now: a copy another node raced is read back from the tier,
+        unless a newer write of this node's is still to be sent."""
+        unsent = self.store.written or set()
+        for key in keys:
+            self.unconfirmed.discard(key)
+            if key in self.contested:
+                self.contested.discard(key)
+                if key not in unsent:
+                    self.store.discard(key)
 
     async def get(self, key: bytes) -> bytes | None:
         """A read as the HTTP API makes it: the store first, then the origin. Raises OriginError."""

@@ -168,7 +168,7 @@ class SharedTier:
         cache.reads_through = True
         store = cache.store
         store.written, store.flushed = set(), False
-        store.on_written = lambda: self._send_soon(cache)
+        store.on_change = lambda key: self._changed_here(cache, key)  # type: ignore[arg-type]  # store keys are bytes
 
     def _failed(self, what: str, err: BaseException) -> None:
         self.stats.errors += 1
@@ -197,7 +197,7 @@ class SharedTier:
             self._failed("read", err)
             return None
         self.connected = True
-        if value is None:
+        if value is None or ttl_ms == -2:  # -2: it expired between the GET and the PTTL
             self.stats.misses += 1
             return None
         self.stats.hits += 1
@@ -217,6 +217,12 @@ class SharedTier:
         except (RedisError, OSError) as err:
             self._failed("fill", err)
 
+    def _changed_here(self, cache: TenantCache, key: bytes | None) -> None:
+        """A client changed `key` (None: flushed the tenant) on this node: stale loads must not land, and the tier
+        must hear of it."""
+        cache.changed(key)
+        self._send_soon(cache)
+
     def _send_soon(self, cache: TenantCache) -> None:
         if cache.name not in self._pending:
             self._pending.add(cache.name)
@@ -232,16 +238,23 @@ class SharedTier:
                 assert store.written is not None
                 keys, store.written = store.written, set()
                 flushed, store.flushed = store.flushed, False
+                cache.unconfirmed |= keys  # type: ignore[arg-type]  # store keys are bytes
                 try:
                     if flushed:
                         await self._send_flush(cache.name)
+                        flushed = False  # done: a later batch's failure must not flush again
                     for batch in _batches(list(keys)):  # type: ignore[arg-type]  # store keys are bytes
                         await self._send_writes(cache, batch)
                         keys.difference_update(batch)
+                        cache.confirmed(batch)
                     failures = 0
                 except (RedisError, OSError) as err:
                     self._failed("write", err)
-                    store.written |= keys  # the values are read again when sent: a newer write is not undone
+                    # Resent with the values of then, so a newer write is not undone; resent after any other
+                    # node's write that raced them, so they win as unsent writes do.
+                    store.written |= keys
+                    cache.unconfirmed -= keys
+                    cache.contested -= keys
                     store.flushed = store.flushed or flushed
                     failures += 1
                     await asyncio.sleep(min(0.05 * 2**failures, 5.0))

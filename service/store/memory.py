@@ -89,10 +89,11 @@ class MemoryStore:
         self._scan_used_at = 0  # when a scan last read a snapshot (clock ms)
         self._watched: dict[Hashable, list[int]] = {}  # WATCHed key -> [watchers, changes since first watched]
         # With a shared tier (service/shared_tier.py): the keys clients changed since the tier last heard, whether a
-        # client flushed everything, and the tier's wake-up when the first change arrives. None: no shared tier.
+        # client flushed everything, and who hears of each client change (the key; None for a flush): the tier's
+        # sender, and the loads in flight that the change makes stale. None: no shared tier.
         self.written: set[Hashable] | None = None
         self.flushed = False
-        self.on_written: Callable[[], None] | None = None
+        self.on_change: Callable[[Hashable | None], None] | None = None
 
     def __len__(self) -> int:
         return len(self._data)
@@ -277,11 +278,10 @@ class MemoryStore:
             self._remove(key, entry)
 
     def _note_written(self, key: Hashable) -> None:
-        written = self.written
-        assert written is not None
-        if not written and not self.flushed and self.on_written is not None:
-            self.on_written()
-        written.add(key)
+        assert self.written is not None
+        self.written.add(key)
+        if self.on_change is not None:
+            self.on_change(key)
 
     def _remove(self, key: Hashable, entry: Entry) -> None:
         if self._watched:
@@ -349,10 +349,10 @@ class MemoryStore:
     def flush(self, *, local: bool = False) -> None:
         """Remove every key. `local`: another node flushed, so the shared tier need not hear of it."""
         if self.written is not None and not local:
-            if not self.written and not self.flushed and self.on_written is not None:
-                self.on_written()
             self.written.clear()  # the flush covers them
             self.flushed = True
+            if self.on_change is not None:
+                self.on_change(None)
         for key, counts in self._watched.items():
             if key in self._data:  # as Redis: a flush changes the watched keys it removes
                 counts[1] += 1

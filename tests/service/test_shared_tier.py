@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -291,3 +292,138 @@ def test_an_http_delete_removes_a_key_only_another_node_held(
         assert http.delete("/v1/keys/note").status_code == 204
         assert http.delete("/v1/keys/note").status_code == 404
     eventually(lambda: client(a).get("note") is None, "a dropping its copy")
+
+
+class HeldReads:
+    """Holds a node's first tier read after the tier answered, as a slow network would, until released."""
+
+    def __init__(self, node: RunningService) -> None:
+        shared = node.service.shared_tier
+        assert shared is not None
+        self.shared, self.read = shared, shared.get
+        self.answered, self.release = asyncio.Event(), asyncio.Event()
+        shared.get = self._get  # type: ignore[method-assign]
+
+    async def _get(self, tenant: str, key: bytes) -> tuple[bytes, int] | None:
+        answer = await self.read(tenant, key)
+        if not self.answered.is_set():
+            self.answered.set()
+            await self.release.wait()
+        return answer
+
+
+def _written_on_b(b: RunningService, tier_client: redis.Redis, value: str) -> None:
+    client(b).set("k", value)
+    eventually(lambda: tier_client.get(tier_key("default", b"k")) == value.encode(), "b's write reaching the tier")
+
+
+@pytest.mark.parametrize("change", ["delete", "set then delete", "flush"])
+def test_a_read_in_flight_never_undoes_this_nodes_delete_or_flush(
+        two_nodes: tuple[RunningService, RunningService], tier_client: redis.Redis, change: str) -> None:
+    """A read loads the tier's copy; before it lands, a client here deletes the key or flushes the tenant. The
+    loaded copy is older than that: landing, it would come back here and be sent to the tier as a write."""
+    a, b = two_nodes
+    _written_on_b(b, tier_client, "v1")
+    cache = tenant(a)
+
+    async def race() -> None:
+        held = HeldReads(a)
+        reading = asyncio.create_task(cache.get(b"k"))
+        await held.answered.wait()
+        if change == "delete":
+            await cache.delete(b"k")
+        elif change == "set then delete":  # what MULTI SET k v2; DEL k; EXEC does
+            cache.store.set(b"k", b"v2")
+            cache.store.delete(b"k")
+        else:
+            cache.store.flush()
+        held.release.set()
+        await reading
+
+    a.call(race())
+    eventually(lambda: tier_client.exists(tier_key("default", b"k")) == 0, "the change reaching the tier")
+    time.sleep(0.2)  # any write the stale copy caused would reach the tier by now
+    assert tier_client.exists(tier_key("default", b"k")) == 0
+    assert cache.store.get(b"k") is None
+    assert client(b).get("k") is None
+
+
+def test_a_second_load_of_a_key_keeps_what_made_the_first_stale(
+        two_nodes: tuple[RunningService, RunningService], tier_client: redis.Redis) -> None:
+    """A read's load holds v1; another node writes v2; a command here (EXISTS, INCR, ...) loads k again and
+    finishes first. The read's v1 must still not land."""
+    a, b = two_nodes
+    _written_on_b(b, tier_client, "v1")
+    cache, shared = tenant(a), a.service.shared_tier
+    assert shared is not None
+    held = HeldReads(a)
+    reading = asyncio.run_coroutine_threadsafe(cache.get(b"k"), a.loop)
+    received = shared.stats.invalidations_received
+    eventually(held.answered.is_set, "the first load's tier answer")
+    client(b).set("k", "v2")
+    eventually(lambda: shared.stats.invalidations_received > received, "b's invalidation reaching a")
+    a.call(cache.load_shared([b"k"]))
+    a.loop.call_soon_threadsafe(held.release.set)
+    assert reading.result(10) == b"v1"  # that read began before b's write: it may answer v1, not keep it
+    assert client(a).get("k") == b"v2"
+
+
+def test_a_failed_batch_after_a_flush_does_not_flush_again(
+        two_nodes: tuple[RunningService, RunningService], tier_client: redis.Redis) -> None:
+    """FLUSHDB then 600 writes in one turn go as a flush and two batches; the second batch fails once. Its
+    retry must not flush the tier again: that would delete the first batch and writes other nodes made since."""
+    a, b = two_nodes
+    shared = a.service.shared_tier
+    assert shared is not None
+    send = shared._send_writes
+    calls = 0
+
+    async def second_fails_once(cache: TenantCache, keys: list[bytes]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            await asyncio.to_thread(client(b).set, "from-b", "after the flush")
+            raise redis.ConnectionError("the tier went away for a moment")
+        await send(cache, keys)
+
+    shared._send_writes = second_fails_once  # type: ignore[method-assign]
+    with client(a).pipeline(transaction=True) as pipe:
+        pipe.flushdb().mset({f"key{i:03}": "x" for i in range(600)})
+        pipe.execute()
+    eventually(lambda: len(tier_client.keys("fs:default:key*")) == 600, "every write reaching the tier")
+    time.sleep(0.2)
+    assert len(tier_client.keys("fs:default:key*")) == 600
+    assert tier_client.get(tier_key("default", b"from-b")) == b"after the flush"
+
+
+@pytest.mark.parametrize("send", ["in a later batch", "failing once"])
+def test_another_nodes_write_while_ours_is_sent_never_becomes_a_delete(
+        two_nodes: tuple[RunningService, RunningService], tier_client: redis.Redis, send: str) -> None:
+    """While a's writes are on their way (a later batch waiting, or a batch the tier timed out), b writes one of
+    the keys. a must not drop its write and then send that key as a DEL: both writes would be lost."""
+    a, b = two_nodes
+    shared = a.service.shared_tier
+    assert shared is not None
+    sent = shared._send_writes
+    raced: list[bytes] = []
+
+    async def b_writes_meanwhile(cache: TenantCache, keys: list[bytes]) -> None:
+        if not raced:
+            received = shared.stats.invalidations_received
+            raced.append(key := sorted(set(written) - set(keys))[0] if send == "in a later batch" else keys[0])
+            await asyncio.to_thread(client(b).set, key, "b's write")
+            while shared.stats.invalidations_received == received:
+                await asyncio.sleep(0.01)
+            if send == "failing once":
+                raise redis.TimeoutError("no answer from the tier in time")
+        await sent(cache, keys)
+
+    written = [f"key{i:03}".encode() for i in range(600 if send == "in a later batch" else 1)]
+    shared._send_writes = b_writes_meanwhile  # type: ignore[method-assign]
+    client(a).mset(dict.fromkeys(written, "a's write"))
+    eventually(lambda: len(tier_client.keys("fs:default:key*")) == len(written), "a's writes reaching the tier")
+    time.sleep(0.2)
+    key = raced[0]
+    in_tier = tier_client.get(tier_key("default", key))
+    assert in_tier in (b"a's write", b"b's write")  # last writer wins; nobody deleted it
+    eventually(lambda: client(a).get(key) == client(b).get(key) == in_tier, "both nodes agreeing with the tier")
