@@ -3,6 +3,10 @@
 The key source may block (Vault over HTTP), so it is only ever called from a worker thread. A verified key
 is trusted for `ttl` seconds; a background loop re-checks every key that a live connection still uses,
 and marks its session revoked, so a revoked key stops working on every listener within about one `ttl`.
+Sessions no connection uses (every HTTP one) are never re-checked: they are forgotten once `ttl` old, and
+the next login with the key asks the source again. If the source keeps failing, a session in use is revoked
+once it has not been verified for the source's `stale_grace` (when it has one): a backstop, since the source
+itself answers from its cache only that long.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ class Authenticator:
         self.ttl = ttl
         self.audit = audit
         self._sessions: dict[str, Session] = {}  # key hash -> session; never the key itself as a dict key
+        self._rechecking = asyncio.Lock()  # one pass at a time: the run loop's and an admin refresh's
+        stale_grace = getattr(source, "stale_grace", None)  # how long the source serves answers while it fails
+        self.stale_bound: float | None = float(stale_grace) if stale_grace is not None else None
 
     async def login(self, api_key: str, *, peer: str, listener: str, audit_cached: bool = True) -> Session | None:
         """A session for a valid key, or None. Cached for `ttl`; unknown keys are never cached.
@@ -48,12 +55,17 @@ class Authenticator:
         """
         digest = hash_key(api_key)
         session = self._sessions.get(digest)
+        audited = False
         if session is not None and not session.revoked and time.monotonic() - session.verified_at < self.ttl:
-            if audit_cached:
-                await self._audit(session.principal, api_key, peer, listener)
-            return session
+            if not audit_cached:
+                return session
+            await self._audit(session.principal, api_key, peer, listener)
+            if self._sessions.get(digest) is session and not session.revoked:
+                return session
+            audited = True  # a re-check forgot it meanwhile: verify again, or no re-check would ever reach it
         principal = await asyncio.to_thread(self.source.authenticate, api_key)
-        await self._audit(principal, api_key, peer, listener)
+        if not audited or principal is None:
+            await self._audit(principal, api_key, peer, listener)
         if principal is None:
             if session is not None:
                 session.revoked = True
@@ -89,32 +101,47 @@ class Authenticator:
         session.users -= 1
 
     async def recheck(self, force: bool = False) -> int:
-        """Re-verify keys in use (and forget idle ones); returns how many sessions were revoked.
+        """Re-verify keys in use (and forget idle ones once stale); returns how many sessions were revoked.
 
-        `force` re-verifies every session now (after an admin refresh), whatever its age.
+        `force` re-verifies every session in use now (after an admin refresh), whatever its age, and forgets
+        every idle one. Passes run one at a time, and a session that a login replaced or removed while a pass
+        waited on the source is left to that login.
         """
-        revoked = 0
-        for digest, session in list(self._sessions.items()):
-            if session.users <= 0 and time.monotonic() - session.verified_at >= self.ttl:
-                del self._sessions[digest]
-                continue
-            if not force and time.monotonic() - session.verified_at < self.ttl / 2:
-                continue
-            try:
-                principal = await asyncio.to_thread(self.source.authenticate, session._api_key)
-            except Exception as err:  # a source outage must not log out everyone; the source bounds staleness
-                log.warning("key re-check failed for key id %s: %s", session.principal.key_id, type(err).__name__)
-                continue
-            if principal != session.principal:
-                session.revoked = True
-                self._sessions.pop(digest, None)
-                revoked += 1
-            else:
-                session.verified_at = time.monotonic()
-        return revoked
+        async with self._rechecking:
+            revoked = 0
+            for digest, session in list(self._sessions.items()):
+                if self._sessions.get(digest) is not session:
+                    continue
+                age = time.monotonic() - session.verified_at
+                if session.users <= 0:
+                    if force or age >= self.ttl:  # its next login asks the source again
+                        del self._sessions[digest]
+                    continue
+                if not force and age < self.ttl / 2:
+                    continue
+                try:
+                    principal = await asyncio.to_thread(self.source.authenticate, session._api_key)
+                except Exception as err:  # a source outage must not log out everyone; the source bounds staleness
+                    log.warning("key re-check failed for key id %s: %s", session.principal.key_id,
+                                type(err).__name__)
+                    bound = self.stale_bound
+                    if bound is None or time.monotonic() - session.verified_at <= bound:
+                        continue
+                    principal = None  # unverified for longer than the source would serve it stale: revoke
+                if principal != session.principal:
+                    session.revoked = True
+                    if self._sessions.get(digest) is session:
+                        del self._sessions[digest]
+                    revoked += 1
+                else:
+                    session.verified_at = time.monotonic()
+            return revoked
 
     async def run(self) -> None:
-        """Re-check forever, twice per ttl."""
+        """Re-check forever, twice per ttl; a failing pass is logged, and the next one runs as usual."""
         while True:
             await asyncio.sleep(max(self.ttl / 2, 0.05))
-            await self.recheck()
+            try:
+                await self.recheck()
+            except Exception:
+                log.exception("key re-check pass failed")

@@ -18,7 +18,7 @@ import hiredis
 from service.auth import Session
 from service.cache import TenantCache
 from service.resp import replies as r
-from service.resp.commands import Command, Handler, build_table
+from service.resp.commands import Command, build_table
 from service.resp.commands.transactions import RUN_INSIDE_MULTI
 from service.state import ServiceState
 
@@ -47,7 +47,7 @@ class RespConnection(asyncio.Protocol):
         self.tenant: TenantCache = None  # type: ignore[assignment]  # None until AUTH (or the dev tenant)
         self.session: Session | None = None
         self.scopes: frozenset[str] | None = None  # the key's scopes; None: every one (the dev tenant)
-        self.queued: list[tuple[Handler, list[bytes]]] | None = None  # MULTI's queue; None outside MULTI
+        self.queued: list[tuple[Command, list[bytes]]] | None = None  # MULTI's queue; None outside MULTI
         self.queue_failed = False  # a command was refused inside MULTI: EXEC aborts
         self.queued_bytes = 0  # the queue's argument bytes
         self.watching: dict[bytes, int] = {}  # WATCHed key -> the store's change count when watched
@@ -268,8 +268,26 @@ class RespConnection(asyncio.Protocol):
         limit = self.state.settings.max_request_bytes
         if self.queued_bytes > limit:
             return self._refuse(r.error(f"ERR transaction larger than {limit} bytes; EXEC will discard it"))
-        self.queued.append((cmd.handler, args))  # type: ignore[union-attr]  # the caller checked it
+        self.queued.append((cmd, args))  # type: ignore[union-attr]  # the caller checked it
         return r.QUEUED
+
+    def run_queued(self, cmd: Command, args: list[bytes], queued_for: TenantCache) -> bytes | Awaitable[bytes]:
+        """Run a command EXEC took from the queue, checked again against the login in force now, as Redis does:
+        a queued AUTH (or HELLO AUTH; Redis queues both) switches key, and maybe tenant, part-way through EXEC,
+        and the queue-time checks were made for the old key. `queued_for` is the tenant it was queued for."""
+        tenant = self.tenant
+        if tenant is None or (self.session is not None and self.session.revoked):
+            return r.NOAUTH  # revoked while EXEC waited on the origin: nothing more runs on that key
+        if self.scopes is not None and cmd.scope is not None and cmd.scope not in self.scopes:
+            return r.no_permission(cmd.name, cmd.scope)
+        if tenant is not queued_for:  # the queue-time rate charge and key loading were the old tenant's
+            if tenant.bucket is not None and cmd.touches_data and not tenant.admit():
+                return r.error(_RATE_LIMITED.format(tenant.name, tenant.bucket.rate))
+            if tenant.shared is not None and cmd.keys_to_load(args):
+                missing = [key for key in cmd.keys(args) if key not in tenant.store]
+                if missing:
+                    return self._run_after_loading(cmd, args, tenant, missing)
+        return cmd.handler(self, args)
 
     def _refuse(self, reply: bytes, name: str = "") -> bytes:
         """A command refused inside MULTI fails the whole transaction (EXECABORT), as in Redis; a refused EXEC

@@ -7,11 +7,11 @@ is always compared (in constant time) with the cached *hash*; the cache never re
 valid". Unknown key ids are remembered for at most `negative_ttl`, which keeps a flood of random keys from
 becoming a flood of Vault reads.
 
-When Vault is unreachable (or refuses the service token), keys that Vault confirmed within the last
-`stale_grace` seconds keep working, with their last known state and expiry, and everything else is
-refused; after a failure, Vault is retried at most every `retry_interval` seconds so AUTH does not wait on
-a dead Vault each time. Calls block on Vault (bounded by the hvac client's timeout): the server calls
-`authenticate` and `tenants` from worker threads. Thread-safe.
+When Vault is unreachable (or refuses the service token, or answers with any error but "no such path"), keys
+that Vault confirmed within the last `stale_grace` seconds keep working, with their last known state and
+expiry, and everything else is refused; after a failure, Vault is retried at most every `retry_interval`
+seconds so AUTH does not wait on a dead Vault each time. Calls block on Vault (bounded by the hvac client's
+timeout): the server calls `authenticate` and `tenants` from worker threads. Thread-safe.
 """
 
 from __future__ import annotations
@@ -35,14 +35,12 @@ from service.tenancy import Principal, TenantSpec
 
 log = logging.getLogger(__name__)
 
-_UNREACHABLE = (
-    requests.RequestException,
-    hvac.exceptions.VaultDown,
-    hvac.exceptions.BadGateway,
-    hvac.exceptions.InternalServerError,
-    hvac.exceptions.Forbidden,  # an expired service token: serve from cache while it is renewed
-    hvac.exceptions.RateLimitExceeded,
-)
+# Any Vault error but "no such path" (InvalidPath, caught before these) means no answer: serve from the cache
+# within stale_grace, refuse the rest. That includes a 504 from a load balancer (UnexpectedError), a 501
+# (VaultNotInitialized), and Forbidden/Unauthorized (an expired or missing service token, while it is renewed).
+_UNREACHABLE = (requests.RequestException, hvac.exceptions.VaultError)
+# Errors an operator must fix (the service token or the request itself): logged at ERROR, not WARNING.
+_MISCONFIGURED = (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized, hvac.exceptions.InvalidRequest)
 
 
 class _Unreachable(Exception):
@@ -117,12 +115,11 @@ class VaultKeySource:
         return _decide(entry, api_key) if entry is not None else None
 
     def tenants(self, fresh: bool = False) -> list[TenantSpec]:
-        """Every live tenant and its quota, cached `tenants_ttl` (`fresh` reads Vault now, and forgets cached
-        keys); the last known list while Vault is down."""
+        """Every live tenant and its quota, cached `tenants_ttl` (`fresh` reads Vault now, and once that read
+        succeeded forgets cached keys: a refresh during an outage keeps the stale grace); the last known list
+        while Vault is down."""
         cached = self._tenants
-        if fresh:
-            self.forget()
-        elif cached is not None and self._clock() - cached[1] < self.tenants_ttl:
+        if not fresh and cached is not None and self._clock() - cached[1] < self.tenants_ttl:
             return list(cached[0])
         started = self._clock()
         try:
@@ -132,6 +129,8 @@ class VaultKeySource:
             if cached is None:
                 raise ConnectionError("Vault is unreachable and no tenant list is cached") from None
             return list(cached[0])
+        if fresh:
+            self.forget()
         specs = [m.spec for m in metas if m is not None and not m.deleting]
         self._tenants = (specs, started)
         return list(specs)
@@ -223,7 +222,7 @@ class VaultKeySource:
     def _mark_unreachable(self, err: BaseException) -> None:
         self._down_until = self._clock() + self.retry_interval
         if self._reachable:
-            level = logging.ERROR if isinstance(err, hvac.exceptions.Forbidden) else logging.WARNING
+            level = logging.ERROR if isinstance(err, _MISCONFIGURED) else logging.WARNING
             log.log(
                 level,
                 "Vault unavailable (%s); serving keys confirmed in the last %.0fs, refusing others",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import logging
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import hvac
 import pytest
@@ -244,3 +246,74 @@ def test_tenants_lists_live_tenants_and_survives_an_outage(
     assert tenant in {t.name for t in source.tenants()}
     with pytest.raises(ConnectionError):
         VaultKeySource(service_vault).tenants()
+
+
+def test_a_fresh_tenant_read_during_an_outage_keeps_the_stale_grace(
+    key_admin: VaultKeyAdmin, service_vault: hvac.Client, tenant: str
+) -> None:
+    """An admin refresh asks for a fresh list: forgetting the cached keys before the read failed refused every key
+    (and revoked every session) for the rest of the outage."""
+    key, revoked = key_admin.issue_key(tenant), key_admin.issue_key(tenant)
+    clock = FakeClock()
+    source = VaultKeySource(service_vault, clock=clock, stale_grace=60)
+    assert source.authenticate(key.secret) is not None and source.authenticate(revoked.secret) is not None
+    assert tenant in {t.name for t in source.tenants()}
+    address, service_vault.url = service_vault.url, "http://127.0.0.1:9"  # Vault goes away
+    clock.now += 5
+    assert tenant in {t.name for t in source.tenants(fresh=True)}  # the last known list
+    assert source.authenticate(key.secret) is not None  # still within stale_grace
+    service_vault.url = address  # back: a fresh read now forgets the cache, so a revocation shows at once
+    clock.now += 2  # past retry_interval
+    assert source.authenticate(revoked.secret) is not None  # cached within cache_ttl
+    key_admin.revoke_key(revoked.key_id)
+    source.tenants(fresh=True)
+    assert source.authenticate(revoked.secret) is None and source.authenticate(key.secret) is not None
+
+
+@pytest.fixture
+def error_page() -> Iterator[Callable[[int], str]]:
+    """A load balancer in front of Vault that answers every request with one status code and no JSON."""
+    servers: list[http.server.HTTPServer] = []
+
+    def serve(status: int) -> str:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_LIST = do_POST = do_GET
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("status", [504, 501, 401, 400])
+def test_any_vault_error_but_not_found_is_an_outage(
+    key_admin: VaultKeyAdmin, service_vault: hvac.Client, tenant: str, error_page: Callable[[int], str],
+    status: int,
+) -> None:
+    """A 504 from a load balancer (hvac's UnexpectedError), a 501 (VaultNotInitialized), ... used to escape
+    authenticate(): AUTH failed with an internal error instead of using the stale grace."""
+    key, never_seen = key_admin.issue_key(tenant), key_admin.issue_key(tenant)
+    clock = FakeClock()
+    source = VaultKeySource(service_vault, clock=clock, stale_grace=60)
+    assert source.authenticate(key.secret) is not None and source.tenants()
+    service_vault.url = error_page(status)
+    clock.now += 5
+    assert source.authenticate(key.secret) is not None
+    assert not source.vault_reachable
+    assert source.authenticate(never_seen.secret) is None
+    assert tenant in {t.name for t in source.tenants(fresh=True)}
+    clock.now += 56  # confirmed 61 s ago: beyond stale_grace
+    assert source.authenticate(key.secret) is None

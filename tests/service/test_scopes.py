@@ -23,6 +23,7 @@ KEYS = {  # name: (tenant, scopes)
     "writer": ("acme", ["write"]),
     "owner": ("acme", ["admin", "read", "write"]),
     "neighbour": ("globex", ["read", "write"]),
+    "intruder": ("globex", ["admin", "read", "write"]),
 }
 
 
@@ -122,6 +123,34 @@ def test_flushing_needs_the_admin_scope_and_empties_only_the_own_tenant(scoped: 
     assert flushes[0]["tenant"] == "acme" and flushes[0]["key_id"] == scoped.keys["owner"].key_id
     assert flushes[0]["details"] == {"via": "flushall", "keys_removed": 3}
     assert scoped.keys["owner"].secret not in scoped.audit.read_text()
+
+
+@pytest.mark.parametrize("login", [("AUTH", "{}"), ("HELLO", "2", "AUTH", "default", "{}")])
+def test_a_login_queued_inside_multi_does_not_carry_the_old_keys_scopes_into_exec(
+        scoped: Scoped, login: tuple[str, ...]) -> None:
+    """Redis 7.0 queues AUTH and HELLO AUTH inside MULTI; they switch key, and here tenant, at their turn in EXEC.
+    The commands queued after them were checked against the old key: EXEC checks them again against the new."""
+    scoped.redis("app").set("page", "cached")
+    intruder = redis.Redis(port=scoped.svc.resp_port, ssl=True, ssl_ca_certs=str(scoped.pki.ca_cert),
+                           password=scoped.keys["intruder"].secret, single_connection_client=True)
+    assert intruder.ping() is True
+    conn = intruder.connection
+    assert conn is not None
+    reader = tuple(part.format(scoped.keys["reader"].secret) for part in login)
+    sent = [("MULTI",), reader, ("SET", "page", "defaced"), ("FLUSHALL",), ("GET", "page"), ("EXEC",)]
+    for command in sent:
+        conn.send_command(*command)
+    replies = [conn.read_response() for _ in sent]
+    assert replies[:5] == [b"OK"] + [b"QUEUED"] * 4
+    switched, set_, flush, get = replies[5]
+    assert switched == b"OK" or isinstance(switched, list)  # HELLO 2's map arrives as a flat array
+    assert isinstance(set_, redis.exceptions.NoPermissionError) and "'write' scope" in str(set_)
+    assert isinstance(flush, redis.exceptions.NoPermissionError) and "'admin' scope" in str(flush)
+    assert get == b"cached"  # the read-only key may read: it runs on acme, the tenant now logged in
+    app = scoped.redis("app")
+    assert app.get("page") == b"cached" and app.dbsize() == 1
+    with pytest.raises(redis.exceptions.NoPermissionError):  # the connection is the reader's from now on
+        intruder.set("page", "defaced")
 
 
 def test_http_checks_the_same_scopes(scoped: Scoped) -> None:

@@ -6,6 +6,10 @@ unknown command, a wrong arity or a missing scope fails the transaction at once,
 the queue with no other client's command in between, except where a command reads through to the origin:
 while that read waits, other clients run. A cache entry's origin copy is the same either way; a client that
 needs a strict check-and-set guards it with WATCH, which sees every write, expiry, eviction and flush.
+
+AUTH and HELLO AUTH are queued, as in Redis 7.0, and switch the login at their turn in EXEC; so EXEC checks each
+command again against the login in force when it runs (`RespConnection.run_queued`), as Redis re-checks ACLs:
+a read-only key AUTHed inside MULTI gets NOPERM for the writes queued after it, under any key it follows.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from service.resp import replies as r
 from service.resp.commands import Command, Reply
 
 if TYPE_CHECKING:
-    from service.resp.commands import Handler
+    from service.cache import TenantCache
     from service.resp.connection import RespConnection
 
 _EXECABORT = r.error("EXECABORT Transaction discarded because of previous errors.")
@@ -40,20 +44,21 @@ def exec_(conn: RespConnection, args: list[bytes]) -> Reply:
         return _EXECABORT
     if changed:
         return conn.null_array
+    tenant = conn.tenant  # every command was queued for it: AUTH outside MULTI empties the queue
     replies: list[bytes] = []
-    for i, (handler, command) in enumerate(queued):
-        reply = handler(conn, command)
+    for i, (cmd, command) in enumerate(queued):
+        reply = conn.run_queued(cmd, command, tenant)
         if type(reply) is not bytes:
-            return _exec_after_wait(conn, queued[i + 1:], replies, reply)
+            return _exec_after_wait(conn, queued[i + 1:], replies, reply, tenant)
         replies.append(reply)
     return r.array(replies)
 
 
-async def _exec_after_wait(conn: RespConnection, rest: list[tuple[Handler, list[bytes]]], replies: list[bytes],
-                           pending: Reply) -> bytes:
+async def _exec_after_wait(conn: RespConnection, rest: list[tuple[Command, list[bytes]]], replies: list[bytes],
+                           pending: Reply, tenant: TenantCache) -> bytes:
     replies.append(await pending)  # type: ignore[misc]
-    for handler, command in rest:
-        reply = handler(conn, command)
+    for cmd, command in rest:
+        reply = conn.run_queued(cmd, command, tenant)
         replies.append(reply if type(reply) is bytes else await reply)  # type: ignore[misc]
     return r.array(replies)
 
