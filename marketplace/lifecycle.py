@@ -7,6 +7,7 @@ marketplace's current answer is idempotent, so lost, repeated or reordered event
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from typing import Any, Generic
@@ -16,6 +17,8 @@ from marketplace.records import PurchaseRecords, RecordT, Subscription
 from onboarding.tenants import Onboarder
 
 log = logging.getLogger(__name__)
+
+_FINAL_RUNS = 3  # at most one older record can be pending, so two runs reach the final hour; one to spare
 
 
 @dataclass(frozen=True)
@@ -45,9 +48,7 @@ class Lifecycle(Generic[RecordT]):
         if plan is None:
             if record.subscription is Subscription.ENDED:
                 return Outcome(tenant, "unchanged")
-            final = self.meter.run(tenants=[tenant], final=True)  # inside the marketplace's final window
-            if final.errors:
-                log.error("final metering of %s: %s (left pending; `meter` retries it)", tenant, final.errors)
+            self._meter_final(tenant)
             self.onboarder.set_suspended(tenant, True)
             self._set(tenant, subscription=Subscription.ENDED)
             return Outcome(tenant, "ended")
@@ -61,6 +62,25 @@ class Lifecycle(Generic[RecordT]):
         if actions:
             self._set(tenant, plan=plan, subscription=Subscription.ACTIVE)
         return Outcome(tenant, ", ".join(actions) or "unchanged")
+
+    def _meter_final(self, tenant: str) -> None:
+        """Meter up to the end, inside the marketplace's final window. A run that finds an older record still
+        pending only resends that one; once it is settled, run again for the final hour itself, or the usage
+        after it would never be billed (no regular run meters an ended purchase)."""
+        now = dt.datetime.now(dt.UTC)
+        final_slot = now.replace(minute=0, second=0, microsecond=0)
+        for _ in range(_FINAL_RUNS):
+            report = self.meter.run(now=now, tenants=[tenant], final=True)
+            record = self.records.get(tenant)
+            if record is None or record.pending is not None:
+                log.error("final metering of %s: %s (left pending; `meter` retries it)", tenant,
+                          report.errors or "not confirmed")
+                return
+            if report.errors:  # settled all the same (a record too old to bill, already logged): go on
+                log.error("final metering of %s: %s", tenant, report.errors)
+            if not report.metered or (record.last_metered is not None and record.last_metered >= final_slot):
+                return  # the final hour is metered, or there was nothing to meter
+        log.error("final metering of %s did not reach the hour from %s", tenant, f"{final_slot:%H:%M}")
 
     def _set(self, tenant: str, **changes: Any) -> None:
         self.records.update(tenant, lambda r: r.model_copy(update=changes))

@@ -6,7 +6,9 @@ to the purchase's Vault record as *pending*, then sent, then confirmed; a pendin
 until the marketplace confirms it (both AWS's and Azure's metering APIs are idempotent for an identical
 record), so a crash at any point neither loses nor double-bills an hour. A counter that went down means the
 service restarted: its new value is all new usage (reads between the last run and the restart are the one
-thing that cannot be recovered). Each cloud supplies only the call that sends a batch.
+thing that cannot be recovered). A record the marketplace will no longer take (older than its window) is
+settled as *lost*: logged at ERROR and reported, never resent forever in a batch it would block. Each cloud
+supplies only the call that sends a batch.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol
 
-from marketplace.records import PendingUsage, PurchaseRecords, RecordT, Subscription
+from marketplace.records import PendingUsage, PurchaseRecord, PurchaseRecords, RecordT, Subscription
 from onboarding.errors import OnboardingError, ServiceFailure
 from onboarding.tenants import Onboarder
 
@@ -43,6 +45,7 @@ class MeteringReport:
 class Answer:
     status: str
     settled: bool  # True: billed, or refused for good (confirm it); False: send it again next run
+    lost: bool = False  # settled without being billed because it came too late: the operator must hear of it
 
 
 Batch = list[tuple[str, RecordT, PendingUsage]]
@@ -111,23 +114,29 @@ class UsageMeter(Generic[RecordT]):
         if record.pending is not None:
             return record.pending  # sent before but never confirmed: the very same record again
         slot = _slot(now, record.registered, final)
-        if record.subscription is Subscription.ENDED:
-            report.skipped[tenant] = "subscription ended"
-            return None
-        if record.last_metered is not None and record.last_metered >= slot:
-            report.skipped[tenant] = f"already metered for the hour from {slot:%H:%M}"
+        why = _not_due(record, slot)
+        if why is not None:
+            report.skipped[tenant] = why
             return None
         if counter is None:
             report.skipped[tenant] = "the service does not serve this tenant (suspended or not loaded)"
             return None
-        grown = counter - record.requests_seen if counter >= record.requests_seen else counter
-        quantity, remainder = divmod(record.unbilled_requests + grown, self.requests_per_unit)
-        prepared = PendingUsage(timestamp=slot, quantity=quantity, requests_seen=counter, remainder=remainder)
+        seen = counter
 
         def stage(current: RecordT) -> RecordT:
-            return current if current.pending is not None else current.model_copy(update={"pending": prepared})
+            """Judged again on the record as it is now: another run (a final one, say) may have staged, metered
+            or ended it since it was read, and its quantity must follow from what that run confirmed."""
+            if current.pending is not None or _not_due(current, slot) is not None:
+                return current
+            grown = seen - current.requests_seen if seen >= current.requests_seen else seen
+            quantity, remainder = divmod(current.unbilled_requests + grown, self.requests_per_unit)
+            prepared = PendingUsage(timestamp=slot, quantity=quantity, requests_seen=seen, remainder=remainder)
+            return current.model_copy(update={"pending": prepared})
 
-        return self.records.update(tenant, stage).pending  # another run's staged record if it won the race
+        staged = self.records.update(tenant, stage)
+        if staged.pending is None:
+            report.skipped[tenant] = _not_due(staged, slot) or "metered by another run"
+        return staged.pending  # another run's staged record if it won the race
 
     def _send(self, batch: Batch[RecordT], report: MeteringReport) -> None:
         try:
@@ -140,6 +149,11 @@ class UsageMeter(Generic[RecordT]):
             if answer is None:
                 report.metered.append(Metered(tenant, usage.timestamp, usage.quantity, "Unprocessed"))
                 continue
+            if answer.lost:
+                log.error("usage of %s for the hour from %s (%d units) is lost: the marketplace refused it as %s",
+                          tenant, f"{usage.timestamp:%Y-%m-%d %H:%M}", usage.quantity, answer.status)
+                report.errors.append(f"usage of {tenant} for the hour from {usage.timestamp:%Y-%m-%d %H:%M} "
+                                     f"({usage.quantity} units) is lost: refused as {answer.status}")
             if answer.settled:
                 self._confirm(tenant, usage, report)
             report.metered.append(Metered(tenant, usage.timestamp, usage.quantity, answer.status))
@@ -161,6 +175,15 @@ class UsageMeter(Generic[RecordT]):
             self.records.update(tenant, commit)
         except OnboardingError as err:  # stays pending: resent (identically, so not billed twice) next run
             report.errors.append(str(err))
+
+
+def _not_due(record: PurchaseRecord, slot: dt.datetime) -> str | None:
+    """Why `record` gets no new record for `slot`, or None when it does."""
+    if record.subscription is Subscription.ENDED:
+        return "subscription ended"
+    if record.last_metered is not None and record.last_metered >= slot:
+        return f"already metered for the hour from {slot:%H:%M}"
+    return None
 
 
 def _slot(now: dt.datetime, registered: dt.datetime, final: bool) -> dt.datetime:

@@ -87,8 +87,9 @@ def register_purchase(
 ) -> Registration:
     """The registration transaction every marketplace shares: record the purchase, create the tenant and its
     first key, then `activate` (tell the marketplace to start billing). A step that fails undoes the ones
-    before it, so the buyer can simply retry; a purchase registered before gets no second key (activation is
-    repeated, idempotently, in case it was what failed)."""
+    before it (only what this call made), so the buyer can simply retry; a purchase registered before, or
+    being registered by a concurrent request, gets no second key (activation is repeated, idempotently, in
+    case it was what failed)."""
     fresh = records.create(tenant, record)
     if not fresh and records.tenant_exists(tenant):
         activate()
@@ -104,8 +105,11 @@ def register_purchase(
     try:
         activate()
     except BaseException:
-        onboarder.delete_tenant(tenant)  # nobody pays for it: no tenant, no key
-        records.delete(tenant)
+        # Nobody pays for it: no tenant, no key. Only what this call made is undone: the record may be an
+        # earlier attempt's, and a concurrent registration of the purchase gets Conflict above, not the tenant.
+        onboarder.delete_tenant(tenant)
+        if fresh:
+            records.delete(tenant)
         raise
     log.info("registered a marketplace purchase as tenant %s (plan %s)", tenant, record.plan)
     return Registration(tenant=tenant, plan=record.plan, purchase=purchase, key=created.key,

@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 
 # Billed, or already billed (an identical record); CustomerNotSubscribed will never be billed: settled too.
 _SETTLED = ("Success", "DuplicateRecord", "CustomerNotSubscribed")
+_OUT_OF_BOUNDS = "TimestampOutOfBoundsException"
+# A record refused alone for its time and stamped this long ago is too old (not ahead of AWS's clock): lost.
+_TOO_OLD = dt.timedelta(hours=1)
 
 
 class BatchMeterUsage:
@@ -41,7 +44,11 @@ class BatchMeterUsage:
         ]
         try:
             reply = self.marketplace.metering.batch_meter_usage(UsageRecords=records)
-        except (ClientError, BotoCoreError) as err:
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") != _OUT_OF_BOUNDS:
+                raise api_failure("BatchMeterUsage", err) from None
+            return self._out_of_bounds(batch, err)
+        except BotoCoreError as err:
             raise api_failure("BatchMeterUsage", err) from None
         answers = {}
         for result in reply.get("Results", []):  # UnprocessedRecords get no answer: resent next run
@@ -55,6 +62,19 @@ class BatchMeterUsage:
                 log.warning("AWS answered %s for %s's usage at %s", status, tenant, sent.get("Timestamp"))
             answers[tenant] = Answer(status, settled=status in _SETTLED)
         return answers
+
+    def _out_of_bounds(self, batch: Batch[CustomerRecord], err: ClientError) -> dict[str, Answer]:
+        """AWS refuses the whole call for one record out of its time window: send each record alone, so the
+        others are billed and a record too old to ever be taken is settled as lost instead of blocking them."""
+        if len(batch) > 1:
+            answers: dict[str, Answer] = {}
+            for one in batch:
+                answers.update(self.send([one]))
+            return answers
+        tenant, _, usage = batch[0]
+        if dt.datetime.now(dt.UTC) - usage.timestamp < _TOO_OLD:  # ahead of AWS's clock, not too old: resend
+            raise api_failure("BatchMeterUsage", err) from None
+        return {tenant: Answer(_OUT_OF_BOUNDS, settled=True, lost=True)}
 
 
 class Metering(UsageMeter[CustomerRecord]):

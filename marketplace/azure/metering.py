@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 # Accepted, or already accepted; Expired (over 24 hours old) and a subscription that is gone never will be.
 _SETTLED = ("Accepted", "Duplicate", "Expired", "ResourceNotFound", "ResourceNotAuthorized")
+_LOST = ("Expired",)  # usage the buyer did consume and will never be billed for: reported, not just logged
 
 
 class BatchUsageEvent:
@@ -50,7 +51,7 @@ class BatchUsageEvent:
             status = str(result.get("status"))
             if status != "Accepted":
                 log.warning("Azure answered %s for %s's usage at %s", status, tenant, result.get("effectiveStartTime"))
-            answers[tenant] = Answer(status, settled=status in _SETTLED)
+            answers[tenant] = Answer(status, settled=status in _SETTLED, lost=status in _LOST)
         return answers
 
 

@@ -119,6 +119,26 @@ def test_an_ended_license_is_metered_one_last_time_then_suspended_and_can_come_b
     assert deployment.redis(key).ping()
 
 
+def test_the_final_metering_bills_the_usage_after_an_older_pending_record(
+    marketplace: AwsMarketplace, fake: MarketplaceFake, deployment: Deployment
+) -> None:
+    token, license_arn = fake.purchase("111122223333", "pro")
+    registration = marketplace.register(token)
+    registered_hours_ago(marketplace, registration.tenant, 3)
+    metering = Metering(marketplace)
+    reads(deployment, registration, 300)
+    fake.fail_next.append(ApiError("DisabledApiException", "blip"))
+    metering.run(tenants=[registration.tenant])  # the last hour's 3 units stay pending
+    reads(deployment, registration, 500)  # used before the license ended
+    fake.deprovision(license_arn)
+
+    assert Reconciler(marketplace, metering).reconcile(registration.tenant).action == "ended"
+    assert fake.usage(license_arn) == [3, 5]  # the older record, then the final hour's
+    record = marketplace.records.get(registration.tenant)
+    assert record is not None and record.subscription is Subscription.ENDED and record.pending is None
+    assert record.requests_seen == 800
+
+
 def test_an_agreement_event_without_a_license_finds_the_buyer_by_account(
     marketplace: AwsMarketplace, fake: MarketplaceFake, bus: Bus, queue: EventQueue, bought: tuple[Registration, str]
 ) -> None:

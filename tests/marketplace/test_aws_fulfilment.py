@@ -6,16 +6,22 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import threading
 
 import pytest
 from fastapi.testclient import TestClient
 
 from marketplace.aws.fulfilment import AwsMarketplace
 from marketplace.aws.landing import create_app
-from marketplace.aws.records import tenant_of
+from marketplace.aws.records import CLOUD, CustomerRecord, tenant_of
 from marketplace.errors import MarketplaceFailure, NotEntitled
+from marketplace.records import PurchaseRecords
+from marketplace.registration import Registration, register_purchase
 from onboarding.errors import InvalidInput, ServiceFailure
 from onboarding.plans import PLANS
+from onboarding.tenants import Onboarder
+from service.security.vault_keys import VaultKeyAdmin
+from service.tenancy import TenantSpec
 from tests.marketplace.aws_fake import ApiError, MarketplaceFake
 from tests.marketplace.conftest import Deployment
 
@@ -90,6 +96,68 @@ def test_refused_registrations_leave_nothing_behind(
     tenant = tenant_of(license_arn)
     assert marketplace.records.get(tenant) is None
     assert deployment.key_admin.get_tenant(tenant) is None
+
+
+def test_a_double_submitted_registration_never_undoes_what_the_other_one_made(
+    marketplace: AwsMarketplace, fake: MarketplaceFake, deployment: Deployment
+) -> None:
+    """B finds A's purchase record but no tenant yet, and reaches Vault's create_tenant before A creates it;
+    B's activation then fails. B must not hand A's tenant a second key, nor delete what A made and showed."""
+    token, license_arn = fake.purchase("111122223333", "pro")
+    purchase, tenant = marketplace.resolve(token), tenant_of(license_arn)
+    a_recorded, b_creating, a_done = threading.Event(), threading.Event(), threading.Event()
+
+    class RecordsA(PurchaseRecords[CustomerRecord]):
+        def create(self, tenant: str, record: CustomerRecord) -> bool:
+            made = super().create(tenant, record)
+            a_recorded.set()
+            b_creating.wait(10)
+            return made
+
+    class KeyAdminB(VaultKeyAdmin):
+        def create_tenant(self, spec: TenantSpec) -> TenantSpec:
+            b_creating.set()
+            a_done.wait(10)
+            return super().create_tenant(spec)
+
+    def record() -> CustomerRecord:
+        return CustomerRecord(license_arn=license_arn, aws_account_id="111122223333",
+                              product_code=purchase.product_code, plan="pro", registered=dt.datetime.now(dt.UTC))
+
+    onboarder = marketplace.onboarder
+    onboarder_b = Onboarder(KeyAdminB(deployment.key_admin.client, deployment.key_admin.mount), onboarder.admin,
+                            onboarder.audit, None, onboarder.endpoints)
+    results: dict[str, Registration | Exception] = {}
+
+    def register_a() -> None:
+        records = RecordsA(deployment.key_admin, CLOUD, CustomerRecord)
+        results["a"] = register_purchase(records, onboarder, tenant, record(), purchase.ids())
+        a_done.set()
+
+    def register_b() -> None:
+        def activation_fails() -> None:
+            raise MarketplaceFailure("activate", "AWS is away")
+        a_recorded.wait(10)
+        try:
+            results["b"] = register_purchase(marketplace.records, onboarder_b, tenant, record(), purchase.ids(),
+                                             activate=activation_fails)
+        except MarketplaceFailure as err:
+            results["b"] = err
+
+    threads = [threading.Thread(target=register_a), threading.Thread(target=register_b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    a, b = results["a"], results["b"]
+    assert isinstance(a, Registration) and isinstance(b, MarketplaceFailure)
+    assert len(deployment.key_admin.list_keys(tenant)) <= 1  # never a second key
+    if a.key is not None:  # a key handed to the buyer keeps working
+        assert deployment.key_admin.get_tenant(tenant) is not None
+    assert marketplace.records.get(tenant) is not None  # A's purchase record: not B's to delete
+    retry = marketplace.register(token)  # whatever the buyer was shown, following the link again finishes it
+    assert (a.key is None) == (retry.key is not None)
+    assert len(deployment.key_admin.list_keys(tenant)) == 1
 
 
 def test_a_service_failure_half_way_rolls_the_purchase_back(

@@ -4,12 +4,16 @@ through failures, crashes, unprocessed records and service restarts."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import pytest
 
+from marketplace.aws.events import Reconciler
 from marketplace.aws.fulfilment import AwsMarketplace, Registration
-from marketplace.aws.metering import Metering
-from marketplace.records import PendingUsage
+from marketplace.aws.metering import BatchMeterUsage, Metering
+from marketplace.aws.records import CLOUD, CustomerRecord
+from marketplace.metering import UsageMeter
+from marketplace.records import PendingUsage, PurchaseRecords, Subscription
 from tests.marketplace.aws_fake import ApiError, MarketplaceFake
 from tests.marketplace.conftest import Deployment
 
@@ -114,6 +118,62 @@ def test_unprocessed_records_are_resent_next_run(
     assert fake.usage(license_arn) == []
     assert [m.status for m in metering.run(tenants=[registration.tenant]).metered] == ["Success"]
     assert fake.usage(license_arn) == [1]
+
+
+def test_a_record_too_old_for_aws_is_settled_as_lost_and_does_not_block_its_batch(
+    marketplace: AwsMarketplace, fake: MarketplaceFake, deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    (stale_token, _), (healthy_token, healthy_arn) = fake.purchase("111122223333", "pro"), fake.purchase(
+        "444455556666", "pro")
+    stale, healthy = marketplace.register(stale_token), marketplace.register(healthy_token)
+    registered_hours_ago(marketplace, stale.tenant, 30)
+    registered_hours_ago(marketplace, healthy.tenant, 3)
+    metering = Metering(marketplace)
+    reads(deployment, stale, 300)
+    fake.fail_next.append(ApiError("DisabledApiException", "outage"))  # stays pending past AWS's window
+    metering.run(now=this_hour() - 26 * HOUR + dt.timedelta(minutes=5), tenants=[stale.tenant])
+    reads(deployment, healthy, 200)
+
+    with caplog.at_level("ERROR", logger="marketplace.metering"):
+        report = metering.run(tenants=[stale.tenant, healthy.tenant])  # one batch: AWS refuses it as a whole
+    assert {(m.tenant, m.status) for m in report.metered} == {
+        (stale.tenant, "TimestampOutOfBoundsException"), (healthy.tenant, "Success")}
+    assert fake.usage(healthy_arn) == [2]
+    lost_hour = f"{this_hour() - 27 * HOUR:%Y-%m-%d %H:%M}"
+    assert [e for e in report.errors if stale.tenant in e and lost_hour in e and "3 units" in e and "lost" in e]
+    assert [r for r in caplog.records if r.levelname == "ERROR" and stale.tenant in r.getMessage()
+            and lost_hour in r.getMessage() and "3 units" in r.getMessage()]
+    record = marketplace.records.get(stale.tenant)
+    assert record is not None and record.pending is None  # settled: later runs meter the tenant again
+    reads(deployment, stale, 100)
+    assert [m.status for m in metering.run(tenants=[stale.tenant]).metered] == ["Success"]
+
+
+def test_a_run_that_overlaps_the_final_run_does_not_bill_the_same_reads_again(
+    marketplace: AwsMarketplace, fake: MarketplaceFake, deployment: Deployment, bought: tuple[Registration, str]
+) -> None:
+    registration, license_arn = bought
+    registered_hours_ago(marketplace, registration.tenant, 3)
+    reads(deployment, registration, 300)
+
+    class EndedMeanwhile(PurchaseRecords[CustomerRecord]):
+        """The license ends (and the final run meters these reads) after the regular run read the record."""
+
+        def update(self, tenant: str, change: Callable[[CustomerRecord], CustomerRecord]) -> CustomerRecord:
+            if fake.purchases[license_arn].entitlements:
+                fake.deprovision(license_arn)
+                assert Reconciler(marketplace, Metering(marketplace)).reconcile(tenant).action == "ended"
+            return super().update(tenant, change)
+
+    records = EndedMeanwhile(marketplace.onboarder.key_admin, CLOUD, CustomerRecord)
+    regular = UsageMeter(records, marketplace.onboarder, marketplace.settings.requests_per_unit,
+                         BatchMeterUsage(marketplace))
+    report = regular.run(tenants=[registration.tenant])
+    assert report.metered == [] and report.skipped[registration.tenant] == "subscription ended"
+    assert fake.usage(license_arn) == [3]  # by the final run alone
+    record = marketplace.records.get(registration.tenant)
+    assert record is not None and record.subscription is Subscription.ENDED and record.pending is None
+    assert record.last_metered == this_hour()  # the final slot: not moved back to the regular one
 
 
 def test_a_service_restart_counts_the_new_counter_as_new_usage(

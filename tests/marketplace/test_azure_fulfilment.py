@@ -258,6 +258,21 @@ def test_metering_keeps_the_record_pending_through_an_api_outage(
     assert azure.billed(subscription_id) == [1]
 
 
+def test_an_expired_usage_event_is_settled_as_lost_and_reported(
+    azure_marketplace: AzureMarketplace, azure: AzureFake, deployment: Deployment
+) -> None:
+    token, subscription_id = azure.purchase("pro")
+    registration = azure_marketplace.register(token)
+    old = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0) - 27 * HOUR
+    stale = PendingUsage(timestamp=old, quantity=3, requests_seen=0, remainder=0)  # left by a long outage
+    azure_marketplace.records.update(registration.tenant, lambda r: r.model_copy(update={"pending": stale}))
+    report = Metering(azure_marketplace).run(tenants=[registration.tenant])
+    assert [m.status for m in report.metered] == ["Expired"] and azure.billed(subscription_id) == []
+    assert [e for e in report.errors if registration.tenant in e and "3 units" in e and "lost" in e]
+    record = azure_marketplace.records.get(registration.tenant)
+    assert record is not None and record.pending is None
+
+
 def test_reconcile_repairs_a_missed_notification(azure_marketplace: AzureMarketplace, azure: AzureFake) -> None:
     token, subscription_id = azure.purchase("pro")
     tenant = azure_marketplace.register(token).tenant
