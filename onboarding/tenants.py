@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import hvac
-from pydantic import BaseModel
 
 from onboarding.admin_client import AdminClient
 from onboarding.auditing import OnboardingAudit
@@ -30,8 +26,6 @@ from service.security.vault_keys import KeyInfo, VaultKeyAdmin, VaultKeyStoreErr
 from service.tenancy import TENANT_NAME_PATTERN, TenantQuota, TenantSpec
 
 DEFAULT_SCOPES = ("read", "write")
-_CREATIONS = "onboarding/creations/"  # claims of creations in progress, in the KV mount (see `_creating`)
-_CREATION_LEASE = dt.timedelta(minutes=10)  # a create takes seconds; a claim this old was left by a dead one
 SCOPES_HELP = "read (GET, MGET, SCAN, ...), write (SET, DEL, INCR, ...), admin (FLUSHDB, FLUSHALL)"
 
 
@@ -108,11 +102,6 @@ class TenantList(Outcome):
     tenants: list[TenantView] = field(default_factory=list)
 
 
-class _Creation(BaseModel):
-    owner: str
-    started: dt.datetime
-
-
 class Onboarder:
     def __init__(
         self,
@@ -159,7 +148,7 @@ class Onboarder:
         self.recover()
         spec = TenantSpec(name=name, quota=quota)
         with self._audited("tenant.create", tenant=name, memory_bytes=quota.memory_bytes,
-                           requests_per_second=quota.requests_per_second), self._creating(name):
+                           requests_per_second=quota.requests_per_second):
             if self._call("look up tenant", self.key_admin.get_tenant, name) is not None:
                 raise Conflict(f"tenant {name!r} already exists",
                                "choose another name, or `foresight keys issue` for another key")
@@ -167,7 +156,7 @@ class Onboarder:
                 self.journal.begin(name)
             step = "create tenant in Vault"
             try:
-                self._call(step, self.key_admin.create_tenant, spec)
+                self._call(step, self.key_admin.create_tenant, spec, exclusive=True)  # a concurrent create's: Conflict
                 step = "issue the first API key"
                 key = self._call(step, self.key_admin.issue_key, name, scopes or list(DEFAULT_SCOPES))
                 step = "load the tenant into the service"
@@ -189,34 +178,6 @@ class Onboarder:
         warnings = [] if self.admin else ["no service admin API configured: the service loads the tenant on its "
                                           "next refresh (within a few seconds)"]
         return CreatedTenant(warnings=warnings, spec=spec, key=key, endpoints=self.endpoints)
-
-    @contextmanager
-    def _creating(self, name: str) -> Iterator[None]:
-        """Only one `create` of a name at a time. Vault's create_tenant accepts an identical existing tenant,
-        so without this a second, concurrent create (a double-submitted registration) would take the first's
-        tenant for its own: issue it a second key and, failing later, delete it. The claim is taken before the
-        tenant is looked up, so a second create either sees the claim or the finished tenant (Conflict either
-        way); a claim older than the lease was left by a creation that died, and is taken over."""
-        path = _CREATIONS + name
-        now = dt.datetime.now(dt.UTC)
-        claim = _Creation(owner=uuid.uuid4().hex, started=now)
-        found = self._call("claim the tenant name", self.key_admin.read_record, path)
-        version = 0
-        if found is not None:
-            if now - _Creation.model_validate(found[0]).started < _CREATION_LEASE:
-                raise Conflict(f"tenant {name!r} is being created", "by another request at this moment; retry")
-            version = found[1]
-        if not self._call("claim the tenant name", self.key_admin.write_record, path, claim, version):
-            raise Conflict(f"tenant {name!r} is being created", "by another request at this moment; retry")
-        try:
-            yield
-        finally:
-            try:
-                held = self.key_admin.read_record(path)
-                if held is not None and held[0].get("owner") == claim.owner:
-                    self.key_admin.delete_record(path)
-            except VaultKeyStoreError:
-                pass  # Vault gone: the claim runs out with its lease
 
     def _roll_back_create(self, name: str) -> str:
         """Delete whatever the failed create made; says how that went, for the error line."""

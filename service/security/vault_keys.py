@@ -161,12 +161,16 @@ class VaultKeyAdmin:
 
     # -- tenants -------------------------------------------------------------------------------------------
 
-    def create_tenant(self, spec: TenantSpec) -> TenantSpec:
-        """Create the tenant and its policy. Creating an existing tenant with the same spec is a no-op."""
+    def create_tenant(self, spec: TenantSpec, *, exclusive: bool = False) -> TenantSpec:
+        """Create the tenant and its policy. Creating an existing tenant with the same spec is a no-op, unless
+        `exclusive`: a caller that goes on to issue the first key, and deletes the tenant if a later step fails,
+        must know the tenant is its own, not a concurrent create's."""
         existing = self._read_meta(spec.name)
         if existing is not None:
             if existing[0].deleting:
                 raise TenantExists(f"tenant {spec.name!r} is being deleted; run the deletion again to finish it")
+            if exclusive:
+                raise TenantExists(f"tenant {spec.name!r} already exists")
             if existing[0].spec == spec:
                 return spec
             raise TenantExists(f"tenant {spec.name!r} already exists with a different spec (use update)")
@@ -179,7 +183,7 @@ class VaultKeyAdmin:
                 )
             except hvac.exceptions.InvalidRequest as err:
                 if _is_cas_conflict(err):  # created concurrently: same spec is fine, another is TenantExists
-                    return self.create_tenant(spec)
+                    return self.create_tenant(spec, exclusive=exclusive)
                 self._quietly(self.client.sys.delete_policy, tenant_policy_name(spec.name))
                 raise
             except BaseException:

@@ -61,8 +61,8 @@ class VaultGoesAway(VaultKeyAdmin):
     gone = False
     tripped = False
 
-    def create_tenant(self, spec: TenantSpec) -> TenantSpec:
-        created = super().create_tenant(spec)
+    def create_tenant(self, spec: TenantSpec, *, exclusive: bool = False) -> TenantSpec:
+        created = super().create_tenant(spec, exclusive=exclusive)
         if not self.tripped:
             self.gone = self.tripped = True
         return created

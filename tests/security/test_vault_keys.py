@@ -51,6 +51,8 @@ def test_create_tenant_is_idempotent_but_refuses_a_different_spec(key_admin: Vau
     assert key_admin.create_tenant(spec) == spec
     with pytest.raises(TenantExists):
         key_admin.create_tenant(TenantSpec(name=spec.name, suspended=True))
+    with pytest.raises(TenantExists, match="already exists"):  # onboarding's create must know the tenant is its own
+        key_admin.create_tenant(spec, exclusive=True)
 
 
 def test_issue_stores_only_the_hash(key_admin: VaultKeyAdmin, bao_root: hvac.Client, tenant: str) -> None:
