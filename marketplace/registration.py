@@ -90,6 +90,7 @@ def register_purchase(
     before it (only what this call made), so the buyer can simply retry; a purchase registered before, or
     being registered by a concurrent request, gets no second key (activation is repeated, idempotently, in
     case it was what failed)."""
+    onboarder.recover()  # a tenant an earlier attempt left half-made (its process died) is not "already set up"
     fresh = records.create(tenant, record)
     if not fresh and records.tenant_exists(tenant):
         activate()

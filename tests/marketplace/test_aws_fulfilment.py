@@ -4,8 +4,11 @@ service; bad tokens, other products and unpaid purchases are refused with nothin
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -18,6 +21,7 @@ from marketplace.errors import MarketplaceFailure, NotEntitled
 from marketplace.records import PurchaseRecords
 from marketplace.registration import Registration, register_purchase
 from onboarding.errors import InvalidInput, ServiceFailure
+from onboarding.journal import Journal
 from onboarding.plans import PLANS
 from onboarding.tenants import Onboarder
 from service.security.vault_keys import VaultKeyAdmin
@@ -172,6 +176,34 @@ def test_a_service_failure_half_way_rolls_the_purchase_back(
 
     retry = AwsMarketplace(settings, deployment.onboarder(), aws_session)  # the buyer tries again: it works
     assert retry.register(token).key is not None
+
+
+def test_a_registration_retried_after_its_process_died_half_way_gets_a_key(
+    deployment: Deployment, fake: MarketplaceFake, settings, aws_session, tmp_path  # type: ignore[no-untyped-def]
+) -> None:
+    """The first attempt recorded the purchase and created the tenant, then its process died before issuing the
+    key. The retry must not answer "already set up" (no key was ever shown): the half-made tenant is rolled
+    back, as the journal says, and made again with its key."""
+    journal = Journal(tmp_path / "pending.json", str(deployment.key_admin.client.url))
+    base = deployment.onboarder()
+    onboarder = Onboarder(base.key_admin, base.admin, base.audit, journal, base.endpoints)
+    marketplace = AwsMarketplace(settings, onboarder, aws_session)
+    token, license_arn = fake.purchase("111122223333", "pro")
+    tenant = tenant_of(license_arn)
+    marketplace.records.create(tenant, CustomerRecord(
+        license_arn=license_arn, aws_account_id="111122223333", product_code=fake.product_code, plan="pro",
+        registered=dt.datetime.now(dt.UTC)))
+    journal.begin(tenant)
+    deployment.key_admin.create_tenant(TenantSpec(name=tenant))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    entries = json.loads(journal.path.read_text())
+    entries[-1]["pid"], entries[-1]["start_time"] = int(dead.stdout), None
+    journal.path.write_text(json.dumps(entries))
+
+    retry = marketplace.register(token)
+    assert retry.key is not None and not retry.warnings
+    assert [k.key_id for k in deployment.key_admin.list_keys(tenant)] == [retry.key.key_id]
+    assert journal.pending() == []
 
 
 def test_the_key_never_reaches_the_logs(
