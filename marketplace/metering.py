@@ -4,11 +4,11 @@ The service counts each tenant's reads (hits + misses) since it started. Each ru
 counter since the last confirmed record into whole units, carrying the remainder. A record is first written
 to the purchase's Vault record as *pending*, then sent, then confirmed; a pending record is resent unchanged
 until the marketplace confirms it (both AWS's and Azure's metering APIs are idempotent for an identical
-record), so a crash at any point neither loses nor double-bills an hour. A counter that went down means the
-service restarted: its new value is all new usage (reads between the last run and the restart are the one
-thing that cannot be recovered). A record the marketplace will no longer take (older than its window) is
-settled as *lost*: logged at ERROR and reported, never resent forever in a batch it would block. Each cloud
-supplies only the call that sends a batch.
+record), so a crash at any point neither loses nor double-bills an hour. A counter whose process started
+anew (or, from a service that does not say when, a counter that went down) is all new usage (reads between
+the last run and the restart are the one thing that cannot be recovered). A record the marketplace will no
+longer take (older than its window) is settled as *lost*: logged at ERROR and reported, never resent forever
+in a batch it would block. Each cloud supplies only the call that sends a batch.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import datetime as dt
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Generic, Protocol
+from typing import Generic, NamedTuple, Protocol
 
 from marketplace.records import PendingUsage, PurchaseRecord, PurchaseRecords, RecordT, Subscription
 from onboarding.errors import OnboardingError, ServiceFailure
@@ -94,19 +94,20 @@ class UsageMeter(Generic[RecordT]):
             self._send(pending[start : start + size], report)
         return report
 
-    def _usage(self) -> dict[str, int]:
+    def _usage(self) -> dict[str, Counter]:
         if self.onboarder.admin is None:
             raise ServiceFailure(
                 "meter usage", "needs the service's admin API: set FORESIGHT_ADMIN_URL and FORESIGHT_ADMIN_TOKEN"
             )
         tenants = self.onboarder.admin.list_tenants()
-        return {t["name"]: int(t.get("hits", 0)) + int(t.get("misses", 0)) for t in tenants}
+        return {t["name"]: Counter(int(t.get("hits", 0)) + int(t.get("misses", 0)), t.get("counting_since"))
+                for t in tenants}
 
     def _prepare(
         self,
         tenant: str,
         record: RecordT,
-        counter: int | None,
+        counter: Counter | None,
         now: dt.datetime,
         final: bool,
         report: MeteringReport,
@@ -121,16 +122,19 @@ class UsageMeter(Generic[RecordT]):
         if counter is None:
             report.skipped[tenant] = "the service does not serve this tenant (suspended or not loaded)"
             return None
-        seen = counter
+        seen, since = counter
 
         def stage(current: RecordT) -> RecordT:
             """Judged again on the record as it is now: another run (a final one, say) may have staged, metered
             or ended it since it was read, and its quantity must follow from what that run confirmed."""
             if current.pending is not None or _not_due(current, slot) is not None:
                 return current
-            grown = seen - current.requests_seen if seen >= current.requests_seen else seen
+            restarted = seen < current.requests_seen or (
+                since is not None and current.counting_since is not None and since != current.counting_since)
+            grown = seen if restarted else seen - current.requests_seen
             quantity, remainder = divmod(current.unbilled_requests + grown, self.requests_per_unit)
-            prepared = PendingUsage(timestamp=slot, quantity=quantity, requests_seen=seen, remainder=remainder)
+            prepared = PendingUsage(timestamp=slot, quantity=quantity, requests_seen=seen, remainder=remainder,
+                                    counting_since=since)
             return current.model_copy(update={"pending": prepared})
 
         staged = self.records.update(tenant, stage)
@@ -165,6 +169,7 @@ class UsageMeter(Generic[RecordT]):
             return current.model_copy(
                 update={
                     "requests_seen": usage.requests_seen,
+                    "counting_since": usage.counting_since,
                     "unbilled_requests": usage.remainder,
                     "last_metered": usage.timestamp,
                     "pending": None,
@@ -175,6 +180,13 @@ class UsageMeter(Generic[RecordT]):
             self.records.update(tenant, commit)
         except OnboardingError as err:  # stays pending: resent (identically, so not billed twice) next run
             report.errors.append(str(err))
+
+
+class Counter(NamedTuple):
+    """A tenant's read counter in the service, and when the service process that counts it started."""
+
+    reads: int
+    since: float | None
 
 
 def _not_due(record: PurchaseRecord, slot: dt.datetime) -> str | None:

@@ -39,6 +39,7 @@ class PendingUsage(BaseModel):
     quantity: int = Field(ge=0)
     requests_seen: int = Field(ge=0, description="The service's request counter that this record accounts up to.")
     remainder: int = Field(ge=0, description="Requests left over after quantity whole units.")
+    counting_since: float | None = Field(None, description="When the service's counter began (its process's start).")
 
 
 class PurchaseRecord(BaseModel):
@@ -48,6 +49,9 @@ class PurchaseRecord(BaseModel):
     requests_seen: int = Field(0, ge=0, description="Service request counter at the last confirmed record.")
     unbilled_requests: int = Field(0, ge=0, description="Requests counted but not yet a whole unit.")
     last_metered: dt.datetime | None = Field(None, description="Timestamp of the last confirmed usage record.")
+    counting_since: float | None = Field(
+        None, description="When the counter of the last confirmed record began: another value means the service "
+                          "restarted, and its whole counter is new usage (None: a service that does not say).")
     pending: PendingUsage | None = None
 
 

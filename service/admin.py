@@ -26,6 +26,7 @@ def tenant_usage(state: ServiceState) -> list[dict[str, Any]]:
             "hits": t.store.stats.hits,
             "misses": t.store.stats.misses,
             "connections": connections.get(t.name, 0),
+            "counting_since": state.started,  # the counters above start with the process: metering spots a restart
         }
         for t in state.tenants
     ]

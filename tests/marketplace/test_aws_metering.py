@@ -186,6 +186,21 @@ def test_a_service_restart_counts_the_new_counter_as_new_usage(
     assert fake.usage(license_arn) == [2]
 
 
+def test_a_restarted_counter_that_passed_the_old_value_is_all_new_usage(
+    marketplace: AwsMarketplace, fake: MarketplaceFake, deployment: Deployment, bought: tuple[Registration, str]
+) -> None:
+    """The last record saw 100 reads of an earlier service process; this one has counted 200 since it started.
+    Growth from 100 would bill 100 of them; the service says its counter started anew, so all 200 are billed."""
+    registration, license_arn = bought
+    marketplace.records.update(registration.tenant, lambda r: r.model_copy(
+        update={"requests_seen": 100, "counting_since": 1.0}))  # an earlier process's counter
+    reads(deployment, registration, 200)
+    Metering(marketplace).run(tenants=[registration.tenant])
+    assert fake.usage(license_arn) == [2]
+    record = marketplace.records.get(registration.tenant)
+    assert record is not None and record.counting_since not in (None, 1.0)  # this process's, for the next run
+
+
 def test_many_purchases_go_in_batches_of_25(
     marketplace: AwsMarketplace, fake: MarketplaceFake, deployment: Deployment
 ) -> None:

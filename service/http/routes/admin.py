@@ -20,6 +20,7 @@ class TenantUsage(BaseModel):
     hits: int
     misses: int
     connections: int = Field(description="Open RESP connections bound to the tenant.")
+    counting_since: float = Field(description="When hits and misses began counting (the process's start, epoch s).")
 
 
 class TenantNames(BaseModel):
