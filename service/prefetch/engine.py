@@ -357,8 +357,9 @@ class PrefetchEngine:
         return self._stopped.is_set()
 
     def stop(self) -> None:
+        """Issue nothing more. Prefetches in flight finish (the origin's timeout bounds them): each is the tenant's
+        single-flight load of its key, which a client's read of that key may have joined, so cancelling it would
+        cancel that read."""
         self._stopped.set()
         if self.windows is not None:
             self.windows.close()
-        for task in list(self._tasks):
-            task.cancel()

@@ -3,6 +3,7 @@ and learned models are checkpointed encrypted and restored."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -288,3 +289,36 @@ def test_every_read_path_records_hits_and_misses_in_order() -> None:
     assert transport.written == b"$1\r\n1\r\n$-1\r\n*3\r\n$1\r\n3\r\n$-1\r\n$1\r\n1\r\n"
     assert log.drain() == [(b"a", True), (b"b", False), (b"c", True), (b"d", False), (b"a", True),
                            (b"e", False), (b"c", True)]
+
+
+async def test_restarting_a_tenants_engine_never_cancels_a_client_read_joined_to_a_prefetch(tmp_path: Path) -> None:
+    """A client miss joins the prefetch already fetching its key (one origin read); then the tenant's engine is
+    replaced (its prefetcher changed). The client must get its value: the prefetch's fetch is the client's too."""
+    from service.cache import TenantRegistry
+    from service.config import Settings
+    from service.prefetching import PrefetchManager
+
+    (tmp_path / "t").mkdir()
+    for i in range(200):
+        (tmp_path / "t" / f"k{i}").write_bytes(b"v%d" % i)
+    settings = Settings(origin=f"file://{tmp_path}", origin_latency_ms=300, prefetcher="stride",
+                        prefetch_isolation="thread", prefetch_tune_lead=False)
+    registry = TenantRegistry(settings)
+    registry.sync([TenantSpec(name="t")])
+    manager = PrefetchManager(settings, None)
+    await manager.sync(registry)
+    tenant = registry.get("t")
+    assert tenant is not None
+    try:
+        for i in range(6):
+            await tenant.get(b"k%d" % i)
+        await asyncio.sleep(0.05)
+        prefetching = [k for k in (b"k%d" % i for i in range(6, 40)) if tenant.in_flight(k)]
+        assert prefetching, "the stride engine issued no prefetch"
+        reading = asyncio.ensure_future(tenant.get(prefetching[-1]))  # joins the prefetch's fetch
+        await asyncio.sleep(0.01)
+        registry.upsert(TenantSpec(name="t", quota=TenantQuota(prefetcher="markov")))
+        await manager.sync(registry)  # the stride engine stops, a Markov one starts
+        assert await reading == b"v%d" % int(prefetching[-1][1:])
+    finally:
+        await manager.stop()
