@@ -15,7 +15,7 @@ from pathlib import Path
 
 from service.cache import TenantRegistry
 from service.security.envelope import EnvelopeCipher, EnvelopeError
-from service.store import now_ms
+from service.store import ValueTooLarge, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +27,19 @@ _ENTRY = struct.Struct(">IIq")  # key length, value length, deadline (ms, 0 = no
 
 
 def encode(tenants: TenantRegistry) -> bytes:
+    """Each live entry is read exactly once: a key that expires mid-encode is simply left out, never half-counted."""
     parts = [_MAGIC]
     for tenant in tenants:
         store = tenant.store
-        keys = [k for k in list(store.keys()) if store.entry(k) is not None]
-        name = tenant.name.encode()
-        parts.append(_TENANT.pack(len(name), len(keys)) + name)
-        for key in keys:
+        live = []
+        for key in list(store.keys()):  # a copy: reading an expired entry removes it from the store
             entry = store.entry(key)
-            assert entry is not None and isinstance(key, bytes)
-            parts.append(_ENTRY.pack(len(key), len(entry.value), entry.expires_at) + key + entry.value)
+            if entry is not None and isinstance(key, bytes):
+                live.append((key, entry.value, entry.expires_at))
+        name = tenant.name.encode()
+        parts.append(_TENANT.pack(len(name), len(live)) + name)
+        for key, value, deadline in live:
+            parts.append(_ENTRY.pack(len(key), len(value), deadline) + key + value)
     return b"".join(parts)
 
 
@@ -94,13 +97,17 @@ def restore(tenants: TenantRegistry, data_dir: Path, cipher: EnvelopeCipher) -> 
         tenant = tenants.get(name)
         if tenant is None:
             continue  # the tenant was deleted while we were down
+        too_large = 0
         for key, value, deadline in entries:
             if deadline and deadline <= now:
                 continue
             try:
                 tenant.store.set(key, value, deadline)
-            except ValueError:
-                continue  # a budget shrunk below this entry while we were down
+            except (ValueTooLarge, ValueError):
+                too_large += 1  # the budget shrank below this entry while we were down: skip it, still start
+                continue
             restored += 1
+        if too_large:
+            log.warning("snapshot: skipped %d entries of tenant %s that no longer fit its budget", too_large, name)
     path.unlink()
     return restored

@@ -14,6 +14,11 @@ any edited, inserted, dropped or reordered line, and a file missing its first li
 catch that, and see docs/security.md for why a plain hash chain does not stop someone who can rewrite the
 whole file.
 
+One writer per file: `AuditLog` holds an exclusive lock on ``<file>.writer.lock`` while open, and refuses to open a
+log another process (or another `AuditLog`) is writing, since two writers would fork the chain. With `archive`,
+rotated files are envelope-encrypted; if the KMS fails then, the event is still recorded, the error logged, and
+the plaintext rotated file is encrypted at the next rotation or open.
+
 Before anything is written, `scrub` refuses fields whose name or value looks like a credential (API keys,
 Vault tokens, JWTs, private keys), so a caller's mistake fails loudly instead of leaking. Writing blocks
 (a write and, per the fsync policy, an fsync): call `record` from a worker thread in async code.
@@ -22,6 +27,7 @@ Vault tokens, JWTs, private keys), so a caller's mistake fails loudly instead of
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
@@ -114,14 +120,23 @@ class AuditLog:
         self.rotate_bytes, self.archive, self.clock = rotate_bytes, archive, clock
         self._lock = threading.Lock()
         self._last_sync = time.monotonic()
+        self._fd = -1
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        seq, head, recovered = _tail_state(self.path)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._seq, self._head, self._size = seq, head, os.fstat(self._fd).st_size
-        if seq < 0:
-            self._append("audit.open", "success", "system", details={"previous_file": None})
-        elif recovered:
-            self._append("audit.recovered", "success", "system", details={"discarded_bytes": recovered})
+        self._lock_fd = _lock_exclusively(self.path)
+        try:
+            seq, head, recovered = _tail_state(self.path)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._seq, self._head, self._size = seq, head, os.fstat(self._fd).st_size
+            if seq < 0:
+                self._append("audit.open", "success", "system", details={"previous_file": None})
+            elif recovered:
+                self._append("audit.recovered", "success", "system", details={"discarded_bytes": recovered})
+        except BaseException:
+            if self._fd >= 0:
+                os.close(self._fd)
+            os.close(self._lock_fd)
+            raise
+        self._archive_leftovers()
 
     @property
     def head(self) -> str:
@@ -174,10 +189,15 @@ class AuditLog:
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:
-                if self.fsync != "never":
-                    os.fsync(self._fd)
-                os.close(self._fd)
-                self._fd = -1
+                fd, self._fd = self._fd, -1
+                try:
+                    if self.fsync != "never":
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)  # releases the writer's lock
+                self._lock_fd = -1
 
     def __enter__(self) -> AuditLog:
         return self
@@ -218,18 +238,60 @@ class AuditLog:
         stamp = dt.datetime.fromtimestamp(self.clock(), dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         rotated = self.path.with_name(f"{self.path.stem}.{stamp}{self.path.suffix}")
         self._append("audit.close", "success", "system", details={"next_file": self.path.name})
-        os.fsync(self._fd)
-        os.close(self._fd)
+        fd, self._fd = self._fd, -1  # never closed twice, whatever fails below (the number may be reused)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(self.path, rotated)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
         self._size = 0
         self._append("audit.open", "success", "system", details={"previous_file": rotated.name})
+        archived = self._archive_leftovers()
+        return archived.get(rotated, rotated)
+
+    def _archive_leftovers(self) -> dict[Path, Path]:
+        """Encrypt every plaintext rotated file of this log (this rotation's, and any an earlier KMS failure left).
+
+        A KMS failure is logged, not raised: the event that triggered the rotation is already written, and the
+        file stays plaintext only until the next rotation or open retries it. Returns plaintext -> archive.
+        """
         if self.archive is None:
-            return rotated
-        encrypted = rotated.with_name(rotated.name + ".fse")
-        self.archive.encrypt_file(rotated, encrypted, ARCHIVE_AAD)
-        rotated.unlink()
-        return encrypted
+            return {}
+        pattern = re.compile(re.escape(self.path.stem) + r"\.\d{8}T\d{12}Z" + re.escape(self.path.suffix))
+        done: dict[Path, Path] = {}
+        for rotated in sorted(p for p in self.path.parent.iterdir() if pattern.fullmatch(p.name)):
+            encrypted = rotated.with_name(rotated.name + ".fse")
+            try:
+                self.archive.encrypt_file(rotated, encrypted, ARCHIVE_AAD)
+            except Exception as err:  # the KMS or the disk failing must not fail the caller's event
+                log.error("audit archive %s not encrypted (%s: %s); retried at the next rotation or open",
+                          rotated, type(err).__name__, err)
+                continue
+            rotated.unlink()
+            done[rotated] = encrypted
+        return done
+
+
+def _lock_exclusively(path: Path) -> int:
+    """Hold ``<path>.writer.lock`` exclusively (released on close or exit), or refuse: two writers fork the chain.
+
+    Not ``<path>.lock``: callers that serialize whole open-append-close cycles (onboarding's CLI) hold that one.
+    """
+    lock_path = path.with_name(path.name + ".writer.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AuditLogError(
+            f"audit log {path} is already open for writing (lock {lock_path} is held by another process or "
+            "AuditLog); two writers would fork its hash chain"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _tail_state(path: Path) -> tuple[int, str, int]:
@@ -273,11 +335,28 @@ class Verdict:
 
 
 def verify_lines(lines: Iterable[bytes], *, expect_prev: str = GENESIS, expect_head: str | None = None) -> Verdict:
-    """Check a file's lines: each hash, each link, the open line, the close line, and optionally the head."""
-    head, prev_seq, closed, count = expect_prev, None, False, 0
+    """Check a file's lines: each hash, each link, the open line, the close line, and optionally the head.
 
-    def bad(number: int, reason: str) -> Verdict:
-        return Verdict(False, number - 1, head, closed, number, reason)
+    `expect_head` is a head recorded elsewhere earlier: the log has grown since, so it passes when any verified
+    line has that hash and fails only when none does (lines dropped from the end, back past it).
+    """
+    verdict, seen = _verify_lines(lines, expect_prev, expect_head)
+    if verdict.ok and expect_head is not None and not seen:
+        return _no_head(verdict)
+    return verdict
+
+
+def _no_head(verdict: Verdict) -> Verdict:
+    reason = "chain never reaches the expected head (lines dropped from the end)"
+    return Verdict(False, verdict.lines, verdict.head, verdict.closed, verdict.lines + 1, reason)
+
+
+def _verify_lines(lines: Iterable[bytes], expect_prev: str, watch: str | None) -> tuple[Verdict, bool]:
+    """The verdict without a head check, and whether a verified line's hash was `watch`."""
+    head, prev_seq, closed, count, seen = expect_prev, None, False, 0, False
+
+    def bad(number: int, reason: str) -> tuple[Verdict, bool]:
+        return Verdict(False, number - 1, head, closed, number, reason), seen
 
     for number, raw in enumerate(lines, start=1):
         count = number
@@ -303,18 +382,10 @@ def verify_lines(lines: Iterable[bytes], *, expect_prev: str = GENESIS, expect_h
         if prev_seq is not None and record["seq"] != prev_seq + 1:
             return bad(number, f"sequence jumps from {prev_seq} to {record['seq']} (dropped or reordered)")
         head, prev_seq, closed = record["hash"], record["seq"], record["action"] == "audit.close"
+        seen = seen or head == watch
     if count == 0:
-        return Verdict(False, 0, head, False, 1, "empty file")
-    if expect_head is not None and head != expect_head:
-        return Verdict(
-            False,
-            count,
-            head,
-            closed,
-            count + 1,
-            "chain ends before the expected head (lines dropped from the end)",
-        )
-    return Verdict(True, count, head, closed)
+        return Verdict(False, 0, head, False, 1, "empty file"), seen
+    return Verdict(True, count, head, closed), seen
 
 
 def verify_files(paths: Iterable[Path], *, expect_head: str | None = None) -> tuple[Path | None, Verdict]:
@@ -324,16 +395,19 @@ def verify_files(paths: Iterable[Path], *, expect_head: str | None = None) -> tu
     verdict counts the lines of all files; a bad one numbers lines within the failing file.
     """
     files = list(paths)
-    prev, total = GENESIS, 0
+    prev, total, seen = GENESIS, 0, False
     verdict = Verdict(False, 0, GENESIS, False, 1, "no files")
     for index, path in enumerate(files):
         last = index == len(files) - 1
         with path.open("rb") as file:
             start = prev if index else _first_prev(path)
-            verdict = verify_lines(file, expect_prev=start, expect_head=expect_head if last else None)
+            verdict, seen_here = _verify_lines(file, start, expect_head)
+        seen = seen or seen_here
         if verdict.ok and not last and not verdict.closed:
             reason = "file does not end with audit.close but another file follows it"
             verdict = Verdict(False, verdict.lines, verdict.head, False, verdict.lines + 1, reason)
+        if verdict.ok and last and expect_head is not None and not seen:
+            verdict = _no_head(verdict)
         if not verdict.ok:
             return path, verdict
         prev, total = verdict.head, total + verdict.lines

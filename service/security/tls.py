@@ -1,10 +1,12 @@
 """Server-side TLS for the RESP and HTTP listeners: TLS 1.2+, optional client certificates, hot reload.
 
-`ServerTLS` owns one `ssl.SSLContext`. Certificate rotation re-loads the new chain into that *same*
-context: OpenSSL copies the certificate into each connection when it starts, so new handshakes present the
-new certificate and established connections carry on undisturbed. A new pair is first loaded into a
-scratch context; only a pair that loads cleanly (certificate and key match) touches the live one, so a
-half-written rotation (new certificate, old key) is skipped until both files are in place.
+`ServerTLS.context` is the one context both listeners serve. Each certificate rotation loads the new pair
+into a *fresh* context, and the listeners' context hands every new handshake over to the newest one (its
+SNI callback, which OpenSSL runs for every ClientHello, with or without SNI), so new handshakes present the
+new certificate and established connections carry on undisturbed. A fresh context per pair matters: loading
+an ECDSA pair into a context that holds an RSA one only fills the ECDSA slot, and clients that can only do
+RSA would go on getting the old certificate. A pair that does not load cleanly (a half-written rotation: new
+certificate, old key) is skipped until both files are in place.
 
 Threading: OpenSSL does not promise that changing a context is safe while another thread starts a
 connection from it, so reloads run on the event loop that serves the listeners (`watch()` is a coroutine
@@ -58,13 +60,11 @@ class ServerTLS:
         self.cert_file = Path(cert_file)
         self.key_file = Path(key_file)
         self.client_ca_file = Path(client_ca_file) if client_ca_file else None
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self.context.set_ciphers(TLS12_CIPHERS)
-        self.context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
-        if self.client_ca_file is not None:
-            self._load_client_ca()
-            self.context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+        self.require_client_cert = require_client_cert
+        self._client_ca = self._read_client_ca()
+        self.context = self._new_context()  # what the listeners hold; hands each handshake to `_current`
+        self.context.sni_callback = self._select
+        self._current: ssl.SSLContext | None = None
         self._loaded_digest = ""
         self._failed_digest = ""
         self.reloads = 0
@@ -91,8 +91,9 @@ class ServerTLS:
             cert_copy.write_bytes(cert)
             key_copy.touch(mode=0o600)
             key_copy.write_bytes(key)
+            fresh = self._new_context()
             try:
-                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_copy, key_copy)
+                fresh.load_cert_chain(cert_copy, key_copy)
             except (ssl.SSLError, ValueError) as err:
                 self._note_failure(
                     digest,
@@ -100,7 +101,9 @@ class ServerTLS:
                     "keeping the current certificate",
                 )
                 return False
-            self.context.load_cert_chain(cert_copy, key_copy)
+            if self._current is None:
+                self.context.load_cert_chain(cert_copy, key_copy)  # the first pair: the listeners' own
+            self._current = fresh
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         if self._loaded_digest:
@@ -122,12 +125,33 @@ class ServerTLS:
         """For `uvicorn.Config(ssl_context_factory=...)`: uvicorn serves this context, so reloads reach it."""
         return lambda _config, _default: self.context
 
-    def _load_client_ca(self) -> None:
-        assert self.client_ca_file is not None
+    def _select(self, ssl_object: ssl.SSLObject | ssl.SSLSocket, _server_name: str | None,
+                _context: ssl.SSLContext) -> None:
+        """Start this handshake on the newest pair's context."""
+        current = self._current
+        if current is not None and ssl_object.context is not current:
+            ssl_object.context = current
+
+    def _new_context(self) -> ssl.SSLContext:
+        """A server context with the service's TLS policy and client CA, and no certificate yet."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(TLS12_CIPHERS)
+        context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+        if self._client_ca is not None:
+            context.load_verify_locations(cadata=self._client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED if self.require_client_cert else ssl.CERT_OPTIONAL
+        return context
+
+    def _read_client_ca(self) -> str | None:
+        if self.client_ca_file is None:
+            return None
         try:
-            self.context.load_verify_locations(cafile=self.client_ca_file)
-        except (OSError, ssl.SSLError) as err:
+            cadata = self.client_ca_file.read_text()
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cadata=cadata)
+        except (OSError, ValueError, ssl.SSLError) as err:
             raise TLSConfigError(f"cannot load client CA file {self.client_ca_file}: {err}") from None
+        return cadata
 
     def _note_failure(self, digest: str, message: str) -> None:
         if digest != self._failed_digest:  # say it once per bad state, not every second

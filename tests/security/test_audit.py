@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+import service.security.audit as audit_module
 from service.security.apikeys import new_key
 from service.security.audit import (
     ARCHIVE_AAD,
@@ -25,6 +27,7 @@ from service.security.audit import (
 )
 from service.security.audit_cli import app as audit_app
 from service.security.envelope import EnvelopeCipher
+from service.security.kms.base import KmsUnavailable, WrappedKey
 from service.security.kms.local import LocalKms
 
 
@@ -261,3 +264,105 @@ def test_foresight_audit_verify_through_the_real_cli(log_file: Path) -> None:
     bad = subprocess.run(run, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1
     assert f"{log_file}:5:" in bad.stderr
+
+
+def test_a_shipped_head_still_verifies_after_the_log_grew(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = write_events(path, 3)
+    shipped = log.head  # recorded off the box; the log carries on
+    log.record("tenant.create", actor="admin:ops", tenant="beta")
+    log.close()
+    assert verify_lines(lines_of(path), expect_head=shipped).ok
+    assert verify_files([path], expect_head=shipped)[0] is None
+    path.write_bytes(b"".join(lines_of(path)[:3]))  # dropped from the end back past the shipped head
+    verdict = verify_lines(lines_of(path), expect_head=shipped)
+    assert not verdict.ok and "dropped from the end" in (verdict.reason or "")
+    assert verify_files([path], expect_head=shipped)[0] == path
+    assert not verify_lines(lines_of(path), expect_head="f" * 64).ok  # a head the log never had
+
+
+def test_a_head_shipped_before_a_rotation_verifies_across_files(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = write_events(path, 2)
+    shipped = log.head
+    rotated = log.rotate()
+    log.record("tenant.create", actor="admin:ops", tenant="beta")
+    log.close()
+    bad, verdict = verify_files([rotated, path], expect_head=shipped)
+    assert bad is None, verdict
+    bad, verdict = verify_files([path], expect_head=shipped)  # not in the files given
+    assert bad == path and "dropped from the end" in (verdict.reason or "")
+
+
+def test_a_second_writer_on_the_same_log_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    first = write_events(path, 1)
+    with pytest.raises(AuditLogError, match=f"{path}.*already open"):
+        AuditLog(path)
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom service.security.audit import AuditLog, AuditLogError\n"
+        "try:\n    AuditLog(Path(sys.argv[1]))\nexcept AuditLogError as err:\n    print(err)\n    sys.exit(3)\n"
+    )
+    other = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+    assert other.returncode == 3 and str(path) in other.stdout
+    first.record("tenant.create", actor="admin:ops", tenant="beta")
+    first.close()
+    with AuditLog(path) as reopened:  # the lock goes with the writer
+        reopened.record("tenant.delete", actor="admin:ops", tenant="beta")
+    assert verify_lines(lines_of(path)).ok
+
+
+class FlakyKms(LocalKms):
+    down = False
+
+    def wrap(self, dek: bytes) -> WrappedKey:
+        if self.down:
+            raise KmsUnavailable("KMS unreachable")
+        return super().wrap(dek)
+
+
+def test_kms_failure_during_rotation_fails_no_event_and_the_archive_is_encrypted_later(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    kms = FlakyKms({"v1": b"k" * 32}, "v1")
+    cipher = EnvelopeCipher(kms)
+    log = AuditLog(path, archive=cipher, rotate_bytes=600)
+    kms.down = True
+    for i in range(3):
+        log.record("auth", actor=f"key:{i}")  # rotates, the KMS refuses: the event stands, no exception
+    plaintext = sorted(tmp_path.glob("audit.*.jsonl"))
+    assert plaintext and not list(tmp_path.glob("*.fse"))
+    kms.down = False
+    log.close()
+    reopened = AuditLog(path, archive=cipher, rotate_bytes=600)  # retried at open
+    assert not list(tmp_path.glob("audit.*.jsonl")) and len(list(tmp_path.glob("*.fse"))) == len(plaintext)
+    kms.down = True
+    reopened.rotate()
+    kms.down = False
+    archive = reopened.rotate()  # ...and at the next rotation, with this rotation's own file
+    reopened.close()
+    assert archive.suffix == ".fse"
+    assert not list(tmp_path.glob("audit.*.jsonl")) and len(list(tmp_path.glob("*.fse"))) == len(plaintext) + 2
+    plain = []
+    for encrypted in sorted(tmp_path.glob("*.fse")):
+        cipher.decrypt_file(encrypted, encrypted.with_suffix(""), ARCHIVE_AAD)
+        plain.append(encrypted.with_suffix(""))
+    assert verify_files([*plain, path])[0] is None
+
+
+def test_a_failed_rotation_never_closes_a_reused_descriptor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = write_events(path, 1)
+
+    def refuse(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(audit_module.os, "replace", refuse)
+    with pytest.raises(OSError, match="No space"):
+        log.rotate()
+    monkeypatch.undo()
+    with (tmp_path / "other").open("wb") as other:  # likely takes the log's old descriptor number
+        log.close()
+        other.write(b"still open")
+        other.flush()
+        os.fstat(other.fileno())
+    assert (tmp_path / "other").read_bytes() == b"still open"

@@ -57,7 +57,9 @@ def test_rewrap_moves_envelopes_to_a_new_key_via_reencrypt(kms_client, key_arn: 
     old = EnvelopeCipher(AwsKms(key_arn, client=kms_client))
     envelope = old.encrypt(b"checkpoint" * 50, b"ckpt")
     new_arn = kms_client.create_key(Description="successor")["KeyMetadata"]["Arn"]
-    new = EnvelopeCipher(AwsKms(new_arn, client=kms_client))
+    with pytest.raises(TamperedEnvelope, match="not this provider's configured key"):
+        EnvelopeCipher(AwsKms(new_arn, client=kms_client)).rewrap(envelope)  # the old key must be named to move off it
+    new = EnvelopeCipher(AwsKms(new_arn, client=kms_client, previous=[key_arn]))
     rewrapped = new.rewrap(envelope)
     assert wrapped_key_of(rewrapped).key_ref == new_arn
     assert rewrapped.endswith(envelope[-(500 + 16) :])
@@ -66,6 +68,21 @@ def test_rewrap_moves_envelopes_to_a_new_key_via_reencrypt(kms_client, key_arn: 
     context = {"foresight:purpose": "data-key"}
     reply = kms_client.decrypt(CiphertextBlob=wrapped_key_of(rewrapped).blob, EncryptionContext=context)
     assert reply["KeyId"] == new_arn
+
+
+def test_header_naming_another_key_is_refused(kms_client, key_arn: str) -> None:  # type: ignore[no-untyped-def]
+    """The header is not authenticated: it must not choose the key (e.g. one in an attacker's account)."""
+    other_arn = kms_client.create_key(Description="someone else's")["KeyMetadata"]["Arn"]
+    forged = EnvelopeCipher(AwsKms(other_arn, client=kms_client)).encrypt(b"forged entries", b"snapshot")
+    kms_client.create_alias(AliasName="alias/foresight-forge-test", TargetKeyId=key_arn)
+    key_id = key_arn.rsplit("/", 1)[1]
+    for configured in (key_arn, key_id, "alias/foresight-forge-test"):
+        cipher = EnvelopeCipher(AwsKms(configured, client=kms_client))
+        with pytest.raises(TamperedEnvelope, match="not this provider's configured key"):
+            cipher.decrypt(forged, b"snapshot")
+        with pytest.raises(TamperedEnvelope, match="not this provider's configured key"):
+            cipher.rewrap(forged)
+        assert cipher.decrypt(cipher.encrypt(b"ours", b"snapshot"), b"snapshot") == b"ours"  # ARN in header: same key
 
 
 def test_wrong_encryption_context_is_rejected(kms_client, key_arn: str) -> None:  # type: ignore[no-untyped-def]

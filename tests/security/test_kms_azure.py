@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from service.security.envelope import EnvelopeCipher, TamperedEnvelope, wrapped_key_of
-from service.security.kms.base import KmsError, KmsRejected
+from service.security.kms.base import KmsError, KmsRejected, WrappedKey
 from service.security.local_ca import CertificateAuthority
 from tests.security.helpers import replace_wrapped_blob
 
@@ -202,3 +202,47 @@ def test_bad_key_url_is_a_configuration_error() -> None:
     with pytest.raises(KmsError, match="not a Key Vault key URL"):
         AzureKeyVaultKms("https://example.invalid/secrets", credential=FakeCredential()).wrap(b"k" * 32)
     assert not issubclass(KmsError, KmsRejected)
+
+
+def test_header_naming_another_vault_or_key_is_refused_without_calling_it(
+    key_vault: tuple[FakeKeyVault, AzureKeyVaultKms], local_ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    vault, kms = key_vault
+    attacker_vault = FakeKeyVault()
+    attacker_vault.rotate()
+    (tmp_path / "attacker").mkdir()
+    for _ in serve(attacker_vault, local_ca, tmp_path / "attacker"):
+        attacker = AzureKeyVaultKms(f"{attacker_vault.base}/keys/data", credential=FakeCredential(),
+                                    verify_challenge_resource=False, connection_verify=str(tmp_path / "ca.crt"))
+        forged = EnvelopeCipher(attacker).encrypt(b"forged entries", b"snapshot")
+        attacker_vault.calls.clear()
+        with pytest.raises(TamperedEnvelope, match="not this provider's configured key"):
+            EnvelopeCipher(kms).decrypt(forged, b"snapshot")
+        assert attacker_vault.calls == [] and vault.calls == []  # refused before any request, to either vault
+    wrapped = kms.wrap(b"k" * 32)
+    version = wrapped.key_ref.rsplit("/", 1)[1]
+    for key_ref in (
+        f"{vault.base}/keys/other/{version}",  # another key in our vault
+        f"{vault.base}/keys/data",  # no version
+        f"{vault.base}/secrets/data/{version}",
+        f"{vault.base.replace('https://', 'https://x@')}/keys/data/{version}",
+        f"{vault.base}/keys/data/{version}?api-version=1",
+    ):
+        with pytest.raises(KmsRejected):
+            kms.unwrap(WrappedKey("azure-keyvault", key_ref, wrapped.blob))
+    same_key = wrapped.key_ref.replace("/keys/data/", "/keys/DATA/")  # Key Vault names are case-insensitive
+    assert kms.unwrap(WrappedKey("azure-keyvault", same_key, wrapped.blob)) == b"k" * 32
+
+
+def test_previous_key_unwraps_for_rewrap_onto_the_configured_one(
+    key_vault: tuple[FakeKeyVault, AzureKeyVaultKms], tmp_path: Path
+) -> None:
+    vault, kms = key_vault
+    envelope = EnvelopeCipher(kms).encrypt(b"old key's data")
+    moved = AzureKeyVaultKms(f"{vault.base}/keys/data2", credential=FakeCredential(), previous=[kms.key_id],
+                             verify_challenge_resource=False, connection_verify=str(tmp_path / "ca.crt"))
+    assert moved.accepts(wrapped_key_of(envelope).key_ref)
+    assert not AzureKeyVaultKms(f"{vault.base}/keys/data2", credential=FakeCredential()).accepts(
+        wrapped_key_of(envelope).key_ref
+    )
+    assert EnvelopeCipher(moved).decrypt(envelope) == b"old key's data"

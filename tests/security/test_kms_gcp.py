@@ -152,3 +152,21 @@ def test_unknown_key_is_a_configuration_error(fake_kms: tuple[FakeCloudKms, GcpK
     assert not isinstance(info.value, KmsRejected)
     with pytest.raises(KmsError, match="wrapped by 'aws-kms'"):
         kms.unwrap(WrappedKey("aws-kms", KEY, b"x"))
+
+
+def test_header_naming_another_key_is_refused_without_a_call(fake_kms: tuple[FakeCloudKms, GcpKms]) -> None:
+    fake, kms = fake_kms
+    wrapped = kms.wrap(b"k" * 32)
+    fake.calls.clear()
+    for other in (
+        "projects/attacker/locations/global/keyRings/foresight/cryptoKeys/data",
+        KEY + "-other",
+        KEY.rsplit("/", 1)[0] + "/other/cryptoKeyVersions/1",
+    ):
+        with pytest.raises(KmsRejected, match="not this provider's configured key"):
+            kms.unwrap(WrappedKey("gcp-kms", other, wrapped.blob))
+    assert fake.calls == []
+    # A version suffix names the same CryptoKey; decrypt is asked with the CryptoKey name.
+    assert kms.unwrap(WrappedKey("gcp-kms", f"{KEY}/cryptoKeyVersions/1", wrapped.blob)) == b"k" * 32
+    assert GcpKms(f"{KEY}/cryptoKeyVersions/1", client=kms.client).unwrap(wrapped) == b"k" * 32
+    assert GcpKms(KEY + "-new", client=kms.client, previous=[KEY]).accepts(KEY)

@@ -77,3 +77,17 @@ def test_missing_key_is_a_configuration_error(openbao: OpenBao, bao_root: hvac.C
     with pytest.raises(KmsError, match=r"does not exist|may not use") as info:
         VaultTransitKms(client, "no-such-key").unwrap(WrappedKey("vault-transit", "no-such-key", b"vault:v1:AAAA"))
     assert not isinstance(info.value, KmsRejected)
+
+
+def test_header_naming_another_transit_key_is_refused(bao_root: hvac.Client, rotating_key: str) -> None:
+    """The header is not authenticated: it must not choose another key the token can reach."""
+    forged = EnvelopeCipher(VaultTransitKms(bao_root, rotating_key)).encrypt(b"forged entries", b"snapshot")
+    ours = EnvelopeCipher(VaultTransitKms(bao_root, TRANSIT_KEY))
+    with pytest.raises(TamperedEnvelope, match="not this provider's configured key"):
+        ours.decrypt(forged, b"snapshot")
+    with pytest.raises(TamperedEnvelope, match="not this provider's configured key"):
+        ours.rewrap(forged)
+    moving = EnvelopeCipher(VaultTransitKms(bao_root, TRANSIT_KEY, previous=[rotating_key]))
+    moved = moving.rewrap(forged)  # named as a previous key: envelopes move off it
+    assert wrapped_key_of(moved).key_ref == TRANSIT_KEY
+    assert ours.decrypt(moved, b"snapshot") == b"forged entries"

@@ -11,6 +11,10 @@ from pathlib import Path
 import httpx
 import hvac
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 
 from service.security.local_ca import CertificateAuthority
 from service.security.tls import ServerTLS, TLSConfigError, client_context
@@ -186,3 +190,52 @@ def test_vault_pki_refusal_is_a_clear_error(service_client: hvac.Client, tmp_pat
     with pytest.raises(VaultPkiError, match=r"refused 'evil\.example\.com'"):
         pki.issue()
     assert not pki.key_file.exists()
+
+
+def _self_signed(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, common_name: str, cert_file: Path,
+                 key_file: Path) -> None:
+    now = dt.datetime.now(dt.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_file.chmod(0o600)
+
+
+def _common_name_served(port: int, rsa_only: bool) -> str | None:
+    """The CN a client gets; an RSA-only TLS 1.2 client, when asked. None: no handshake was possible."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    if rsa_only:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
+    try:
+        with connect(port, context) as sock:
+            der = sock.getpeercert(binary_form=True)
+    except (ssl.SSLError, ConnectionError):
+        return None
+    assert der is not None
+    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+
+
+@pytest.mark.parametrize("listener", [echo_server, uvicorn_server], ids=["resp-asyncio", "http-uvicorn"])
+def test_rsa_to_ecdsa_rotation_never_serves_the_old_certificate(tmp_path: Path, listener) -> None:  # type: ignore[no-untyped-def]
+    cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
+    _self_signed(rsa.generate_private_key(public_exponent=65537, key_size=2048), "OLD-RSA", cert_file, key_file)
+    tls = ServerTLS(cert_file, key_file)
+    with listener(tls) as port:
+        assert _common_name_served(port, rsa_only=True) == "CN=OLD-RSA"
+        _self_signed(ec.generate_private_key(ec.SECP256R1()), "NEW-EC", cert_file, key_file)
+        deadline = time.monotonic() + 5
+        while tls.reloads == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tls.reloads == 1
+        assert _common_name_served(port, rsa_only=False) == "CN=NEW-EC"
+        assert _common_name_served(port, rsa_only=True) is None  # no RSA certificate left: refused, not the old one

@@ -35,6 +35,13 @@ class KmsSettings(BaseModel):
             "azure-keyvault: key URL without version; local: path of the keyring file"
         ),
     )
+    previous_keys: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Keys (same form as `key`, not local) whose envelopes may still be unwrapped, to rewrap them onto `key`; "
+            "envelopes naming any other key are refused"
+        ),
+    )
     vault_mount: str = Field(default="transit", description="vault-transit: the transit mount.")
     aws_region: str | None = Field(None, description="aws-kms: region; default from the instance/environment.")
     aws_endpoint_url: str | None = Field(None, description="aws-kms: endpoint override (VPC endpoint, tests).")
@@ -47,19 +54,24 @@ def build_kms(settings: KmsSettings, *, vault_client: Any = None) -> KmsProvider
 
         if vault_client is None:
             raise KmsError("vault-transit needs a Vault client (configure Vault auth)")
-        return VaultTransitKms(vault_client, settings.key, settings.vault_mount)
+        return VaultTransitKms(vault_client, settings.key, settings.vault_mount, previous=settings.previous_keys)
     if settings.provider == "aws-kms":
         from service.security.kms.aws import AwsKms
 
-        return AwsKms(settings.key, region=settings.aws_region, endpoint_url=settings.aws_endpoint_url)
+        return AwsKms(
+            settings.key,
+            region=settings.aws_region,
+            endpoint_url=settings.aws_endpoint_url,
+            previous=settings.previous_keys,
+        )
     if settings.provider == "gcp-kms":
         from service.security.kms.gcp import GcpKms
 
-        return GcpKms(settings.key)
+        return GcpKms(settings.key, previous=settings.previous_keys)
     if settings.provider == "azure-keyvault":
         from service.security.kms.azure import AzureKeyVaultKms
 
-        return AzureKeyVaultKms(settings.key)
+        return AzureKeyVaultKms(settings.key, previous=settings.previous_keys)
     from service.security.kms.local import LocalKms
 
     path = Path(settings.key)

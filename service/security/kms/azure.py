@@ -6,12 +6,18 @@ that wrapped, so `key_ref` in headers is the *versioned* key URL. After a rotati
 envelopes keep opening as long as the old version stays enabled, and `rewrap` moves DEKs to the new one.
 The identity needs keys/get, wrapKey and unwrapKey ("Key Vault Crypto Service Encryption User"); keys/get
 lets the SDK learn the current version and wrap locally with the public key.
+
+Headers are not authenticated, so unwrap accepts only a versioned URL of the configured key (same vault, same
+key name, any version) or of one of `previous`, and builds the URL it calls from the configured vault: a
+forged header can neither pick another key nor send the service to another vault.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from service.security.kms.base import (
     KmsError,
@@ -27,9 +33,16 @@ class AzureKeyVaultKms(KmsProvider):
     name = "azure-keyvault"
 
     def __init__(
-        self, key_id: str, *, credential: Any = None, algorithm: str = "RSA-OAEP-256", **client_kwargs: Any
+        self,
+        key_id: str,
+        *,
+        credential: Any = None,
+        algorithm: str = "RSA-OAEP-256",
+        previous: Sequence[str] = (),
+        **client_kwargs: Any,
     ) -> None:
         """`credential`: an azure-identity credential; default: a managed identity via DefaultAzureCredential.
+        `previous`: key URLs whose envelopes may still be unwrapped, to `rewrap` them onto this key.
         `client_kwargs` pass through to CryptographyClient (e.g. `transport`, `connection_verify`)."""
         from azure.core import exceptions
         from azure.keyvault.keys import KeyVaultKeyIdentifier
@@ -46,6 +59,7 @@ class AzureKeyVaultKms(KmsProvider):
         self._credential = credential
         self._client_kwargs = client_kwargs
         self.key_id = key_id.rstrip("/")
+        self.previous = tuple(key.rstrip("/") for key in previous)
         self._current: Any = None
         self._by_version: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -53,6 +67,21 @@ class AzureKeyVaultKms(KmsProvider):
     @property
     def key_ref(self) -> str:
         return self._current.key_id if self._current is not None else self.key_id
+
+    def accepts(self, key_ref: str) -> bool:
+        return self._versioned_url(key_ref) is not None
+
+    def _versioned_url(self, key_ref: str) -> str | None:
+        """The URL to unwrap with, built from our own configured vault and key name plus the header's version;
+        None when the header names no version or another vault or key."""
+        parts = _key_parts(key_ref)
+        if parts is None or not parts[2]:
+            return None
+        for known in (self.key_id, *self.previous):
+            ours = _key_parts(known)
+            if ours is not None and (ours[0].lower(), ours[1].lower()) == (parts[0].lower(), parts[1].lower()):
+                return f"{ours[0]}/keys/{ours[1]}/{parts[2]}"
+        return None
 
     def refresh(self) -> None:
         """Forget the current key version; the next wrap asks Key Vault for the newest one."""
@@ -72,11 +101,13 @@ class AzureKeyVaultKms(KmsProvider):
         return WrappedKey(self.name, key_ref, bytes(result.encrypted_key))
 
     def unwrap(self, wrapped: WrappedKey) -> bytes:
-        self._check_provider(wrapped)
+        self._check_key(wrapped)
+        url = self._versioned_url(wrapped.key_ref)
+        assert url is not None  # _check_key accepted it
         with self._lock:
-            client = self._by_version.get(wrapped.key_ref)
+            client = self._by_version.get(url)
             if client is None:
-                client = self._by_version[wrapped.key_ref] = self._client(wrapped.key_ref)
+                client = self._by_version[url] = self._client(url)
         return bytes(self._call("unwrap", client.unwrap_key, self._algorithm, wrapped.blob).key)
 
     def rewrap(self, wrapped: WrappedKey) -> WrappedKey:
@@ -106,3 +137,24 @@ class AzureKeyVaultKms(KmsProvider):
             raise KmsError(f"Key Vault {operation} failed: HTTP {err.status_code}") from None
         except errors.ServiceRequestError as err:
             raise KmsUnavailable(f"Key Vault unreachable: {type(err).__name__}") from None
+
+
+def _key_parts(url: str) -> tuple[str, str, str] | None:
+    """(vault URL, key name, version or "") of a plain Key Vault key URL; None for anything else."""
+    try:
+        parts = urlsplit(url.rstrip("/"))
+        segments = parts.path.strip("/").split("/")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            return None
+    except ValueError:
+        return None
+    if parts.scheme != "https" or not parts.netloc or len(segments) not in (2, 3) or segments[0] != "keys":
+        return None
+    name, version = segments[1], segments[2] if len(segments) == 3 else ""
+    if not (_plain(name.replace("-", "")) and (not version or _plain(version))):
+        return None
+    return f"https://{parts.netloc}", name, version
+
+
+def _plain(text: str) -> bool:
+    return text.isascii() and text.isalnum()

@@ -1,7 +1,9 @@
 """The one interface every KMS provider implements: wrap, unwrap and re-wrap 256-bit data keys.
 
 A provider never sees the data, only data keys (DEKs). `WrappedKey.key_ref` names the KMS key (and, where the
-KMS needs it to decrypt, the key version) that wrapped the DEK; it is stored in each envelope's header.
+KMS needs it to decrypt, the key version) that wrapped the DEK; it is stored in each envelope's header. That
+header is not authenticated, so a provider unwraps only with its configured key (any version of it) or a
+`previous` key it was explicitly given: a header naming any other key is refused before the KMS is called.
 
 Errors are split so callers can react correctly: `KmsRejected` means the KMS refused the wrapped key as
 invalid (tampered, wrong key); `KmsUnavailable` means it could not be reached (retry later, never report
@@ -50,6 +52,10 @@ class KmsProvider(ABC):
         """The key new data keys are wrapped with (as stored in headers)."""
 
     @abstractmethod
+    def accepts(self, key_ref: str) -> bool:
+        """Whether a header's `key_ref` names this provider's configured key (any version) or a `previous` one."""
+
+    @abstractmethod
     def wrap(self, dek: bytes) -> WrappedKey:
         """Wrap a data key with the current key version. Blocks."""
 
@@ -68,6 +74,13 @@ class KmsProvider(ABC):
     def _check_provider(self, wrapped: WrappedKey) -> None:
         if wrapped.provider != self.name:
             raise KmsError(f"data key was wrapped by {wrapped.provider!r}, this provider is {self.name!r}")
+
+    def _check_key(self, wrapped: WrappedKey) -> None:
+        """Refuse a header naming a key that is not ours: whoever can write the data dir could otherwise choose
+        the key (their own, in their own account or vault) that unwraps the DEK of a forged object."""
+        self._check_provider(wrapped)
+        if not self.accepts(wrapped.key_ref):
+            raise KmsRejected(f"the data key names {wrapped.key_ref[:300]!r}, not this provider's configured key")
 
 
 def check_dek(dek: bytes) -> bytes:

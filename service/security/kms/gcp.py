@@ -5,10 +5,15 @@ picks the key version from the ciphertext on decrypt, so `key_ref` is the Crypto
 (new primary version) old envelopes keep opening and `rewrap` (decrypt, then encrypt under the primary)
 moves their DEKs to the new version. Every call carries CRC32C checksums both ways, as Google recommends,
 so corruption in transit is caught. Needs roles/cloudkms.cryptoKeyEncrypterDecrypter on the key.
+
+Headers are not authenticated, so unwrap accepts only a header naming the configured CryptoKey (a
+``/cryptoKeyVersions/N`` suffix on either side is ignored: decrypt takes the CryptoKey) or one of `previous`,
+and asks Cloud KMS to decrypt with that CryptoKey; any other key is refused without a call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from service.security.kms.base import (
@@ -24,12 +29,14 @@ from service.security.kms.base import (
 class GcpKms(KmsProvider):
     name = "gcp-kms"
 
-    def __init__(self, key_name: str, *, client: Any = None) -> None:
-        """`client`: a `kms.KeyManagementServiceClient`; default: one with Application Default Credentials."""
+    def __init__(self, key_name: str, *, client: Any = None, previous: Sequence[str] = ()) -> None:
+        """`client`: a `kms.KeyManagementServiceClient`; default: one with Application Default Credentials.
+        `previous`: CryptoKeys whose envelopes may still be unwrapped, to `rewrap` them onto this one."""
         from google.api_core import exceptions
 
         self._errors = exceptions
         self.key_name = key_name
+        self._accepted = {crypto_key(name) for name in (key_name, *previous)}
         if client is None:
             from google.cloud import kms
 
@@ -40,6 +47,9 @@ class GcpKms(KmsProvider):
     def key_ref(self) -> str:
         return self.key_name
 
+    def accepts(self, key_ref: str) -> bool:
+        return crypto_key(key_ref) in self._accepted
+
     def wrap(self, dek: bytes) -> WrappedKey:
         check_dek(dek)
         reply = self._call("encrypt", {"name": self.key_name, "plaintext": dek, "plaintext_crc32c": crc32c(dek)})
@@ -48,9 +58,9 @@ class GcpKms(KmsProvider):
         return WrappedKey(self.name, self.key_name, bytes(reply.ciphertext))
 
     def unwrap(self, wrapped: WrappedKey) -> bytes:
-        self._check_provider(wrapped)
+        self._check_key(wrapped)
         request = {
-            "name": wrapped.key_ref,
+            "name": crypto_key(wrapped.key_ref),
             "ciphertext": wrapped.blob,
             "ciphertext_crc32c": crc32c(wrapped.blob),
         }
@@ -69,6 +79,11 @@ class GcpKms(KmsProvider):
             raise KmsUnavailable(f"Cloud KMS {operation} unavailable: {type(err).__name__}") from None
         except errors.GoogleAPICallError as err:
             raise KmsError(f"Cloud KMS {operation} failed: {type(err).__name__}: {err.message}") from None
+
+
+def crypto_key(name: str) -> str:
+    """The CryptoKey resource name of a CryptoKey or CryptoKeyVersion name (decrypt wants the CryptoKey)."""
+    return name.split("/cryptoKeyVersions/", 1)[0].rstrip("/")
 
 
 def _crc_table() -> list[int]:

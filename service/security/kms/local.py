@@ -55,6 +55,9 @@ class LocalKms(KmsProvider):
     def key_ref(self) -> str:
         return self._primary
 
+    def accepts(self, key_ref: str) -> bool:
+        return key_ref in self._keys
+
     def rotate(self) -> str:
         """Add a key version and make it primary; older versions keep unwrapping. Returns the new version."""
         with self._lock:
@@ -72,7 +75,7 @@ class LocalKms(KmsProvider):
         return WrappedKey(self.name, version, blob)
 
     def unwrap(self, wrapped: WrappedKey) -> bytes:
-        self._check_provider(wrapped)
+        self._check_key(wrapped)
         key = self._keys.get(wrapped.key_ref)
         if key is None:
             raise KmsRejected(f"local keyring has no key version {wrapped.key_ref!r}")

@@ -5,12 +5,16 @@ Vault's ciphertext (``vault:v<version>:...``) names the key version itself, so `
 version and never appears in this process. Needs a token whose policy grants `update` on
 ``<mount>/encrypt/<key>``, ``<mount>/decrypt/<key>`` and ``<mount>/rewrap/<key>``
 (`service.security.vault_keys.service_policy` writes that).
+
+Headers are not authenticated, so unwrap and rewrap accept only a header naming the configured key (or one of
+`previous`, keys envelopes are being moved off): a forged header cannot make the service decrypt with another
+transit key its token happens to reach.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import hvac
@@ -30,14 +34,21 @@ from service.security.kms.base import (
 class VaultTransitKms(KmsProvider):
     name = "vault-transit"
 
-    def __init__(self, client: hvac.Client, key_name: str, mount: str = "transit") -> None:
+    def __init__(
+        self, client: hvac.Client, key_name: str, mount: str = "transit", *, previous: Sequence[str] = ()
+    ) -> None:
+        """`previous`: transit keys whose envelopes may still be unwrapped, to `rewrap` them onto `key_name`."""
         self.client = client
         self.key_name = key_name
         self.mount = mount
+        self.previous = tuple(previous)
 
     @property
     def key_ref(self) -> str:
         return self.key_name
+
+    def accepts(self, key_ref: str) -> bool:
+        return key_ref == self.key_name or key_ref in self.previous
 
     def wrap(self, dek: bytes) -> WrappedKey:
         plaintext = base64.b64encode(check_dek(dek)).decode()
@@ -45,13 +56,13 @@ class VaultTransitKms(KmsProvider):
         return WrappedKey(self.name, self.key_name, reply["data"]["ciphertext"].encode())
 
     def unwrap(self, wrapped: WrappedKey) -> bytes:
-        self._check_provider(wrapped)
+        self._check_key(wrapped)
         ciphertext = _ciphertext(wrapped)
         reply = self._call(self.client.secrets.transit.decrypt_data, ciphertext=ciphertext, key=wrapped.key_ref)
         return base64.b64decode(reply["data"]["plaintext"])
 
     def rewrap(self, wrapped: WrappedKey) -> WrappedKey:
-        self._check_provider(wrapped)
+        self._check_key(wrapped)
         if wrapped.key_ref != self.key_name:  # moving to another transit key: no native call for that
             return self.wrap(self.unwrap(wrapped))
         reply = self._call(self.client.secrets.transit.rewrap_data, ciphertext=_ciphertext(wrapped))

@@ -1,0 +1,67 @@
+"""The encrypted warm-restart snapshot: written whole while keys expire under it, restored whatever budgets are now."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from service import snapshot
+from service.cache import TenantRegistry
+from service.config import Settings
+from service.security.envelope import EnvelopeCipher
+from service.security.kms.local import LocalKms
+from service.store import MemoryStore, now_ms
+from service.tenancy import TenantQuota, TenantSpec
+
+
+def registry(memory_bytes: int = 1 << 20) -> TenantRegistry:
+    tenants = TenantRegistry(Settings())
+    tenants.upsert(TenantSpec(name="acme", quota=TenantQuota(memory_bytes=memory_bytes)))
+    return tenants
+
+
+@pytest.fixture
+def cipher(tmp_path: Path) -> EnvelopeCipher:
+    return EnvelopeCipher(LocalKms.generate(tmp_path / "keyring.json"))
+
+
+def test_a_key_expiring_during_encode_does_not_lose_the_snapshot(tmp_path: Path, cipher: EnvelopeCipher) -> None:
+    clock, step = [1000], [0]
+
+    def tick() -> int:  # every read of the clock is a little later: time passes while the snapshot is encoded
+        clock[0] += step[0]
+        return clock[0]
+
+    tenants = registry()
+    tenant = tenants.get("acme")
+    assert tenant is not None
+    tenant.store = store = MemoryStore(1 << 20, clock=tick)
+    far = now_ms() + 3_600_000
+    for i in range(10):
+        store.set(b"k%d" % i, b"v", far)
+    store.set(b"expiring", b"v", 1015)  # live on a first look at it, expired on any second one
+    step[0] = 1
+    snapshot.save(tenants, tmp_path, cipher)
+    written = snapshot.decode(cipher.decrypt((tmp_path / snapshot.FILENAME).read_bytes(), snapshot.AAD))
+    assert {key for key, _value, _deadline in written["acme"]} >= {b"k%d" % i for i in range(10)}
+    assert snapshot.restore(registry(), tmp_path, cipher) == 10  # `expiring` is long past on the real clock
+
+
+def test_entries_over_a_lowered_budget_are_skipped_and_the_rest_restore(tmp_path: Path, cipher: EnvelopeCipher,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    before = registry(1 << 20)
+    tenant = before.get("acme")
+    assert tenant is not None
+    tenant.store.set(b"big", b"x" * 100_000, 0)
+    tenant.store.set(b"small", b"y", 0)
+    snapshot.save(before, tmp_path, cipher)
+    after = registry(64 * 1024)  # the tenant's budget was lowered while the service was down
+    with caplog.at_level(logging.WARNING, logger="service.snapshot"):
+        assert snapshot.restore(after, tmp_path, cipher) == 1
+    restored = after.get("acme")
+    assert restored is not None
+    assert restored.store.get(b"small") == b"y" and restored.store.get(b"big") is None
+    assert "skipped 1 entries of tenant acme" in caplog.text
+    assert not (tmp_path / snapshot.FILENAME).exists()  # restored once: the next start is cold, not a crash loop
