@@ -6,18 +6,22 @@ Each tenant has its own MemoryStore, so a tenant's writes and scans can only eve
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
 from service.config import Settings
 from service.origin import Origin, SingleFlight, open_origin
-from service.store.memory import MemoryStore
+from service.store.memory import MemoryStore, ValueTooLarge
 from service.tenancy import TenantSpec
 
 if TYPE_CHECKING:
     from service.resp.scripting import ScriptEngine
     from service.shared_tier import SharedTier
+
+log = logging.getLogger(__name__)
+_TOO_LARGE_LOG_INTERVAL_S = 60.0
 
 
 class RateLimited(Exception):
@@ -47,6 +51,11 @@ class TokenBucket:
 
 class TenantCache:
     """One tenant's data: reads, writes, read-through and the quotas that bound them."""
+
+    # Loaded values larger than the whole budget: served, not cached; logged at most once a minute.
+    too_large_to_cache = 0
+    _too_large_logged_at = -_TOO_LARGE_LOG_INTERVAL_S
+    _too_large_unlogged = 0
 
     def __init__(self, spec: TenantSpec, settings: Settings, origin_slots: asyncio.Semaphore | None = None) -> None:
         self.name = spec.name
@@ -128,7 +137,10 @@ class TenantCache:
             # node's) is newer than the loaded copy: keep it, or let the next read load it.
             fresh = self._changes.get(key, 0) == changes and epoch == self._flush_epoch
             if value is not None and fresh and key not in self.store:
-                self.store.set(key, value, expires_at, prefetched=prefetched, loaded=True)
+                try:
+                    self.store.set(key, value, expires_at, prefetched=prefetched, loaded=True)
+                except ValueTooLarge:
+                    self._too_large(len(value))  # a readable object: served uncached, never turned into an error
             return value
         finally:
             if left := self._loading[key] - 1:
@@ -136,6 +148,16 @@ class TenantCache:
             else:
                 del self._loading[key]
                 self._changes.pop(key, None)
+
+    def _too_large(self, size: int) -> None:
+        """Count a loaded value that cannot be cached; the log says so at most once a minute per tenant."""
+        self.too_large_to_cache += 1
+        self._too_large_unlogged += 1
+        now = time.monotonic()
+        if now - self._too_large_logged_at >= _TOO_LARGE_LOG_INTERVAL_S:
+            log.warning("tenant %s: %d loaded value(s) larger than its memory budget of %d bytes served uncached "
+                        "(the latest %d bytes)", self.name, self._too_large_unlogged, self.store.budget, size)
+            self._too_large_logged_at, self._too_large_unlogged = now, 0
 
     def changed(self, key: bytes | None) -> None:
         """A key changed (None: the tenant was flushed), here or on another node: loads in flight are stale."""

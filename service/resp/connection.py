@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable
 from typing import Any, cast
@@ -29,6 +30,44 @@ _RATE_LIMITED = "ERR rate limit exceeded: tenant '{}' allows {:g} requests per s
 _HIGH_WATER = 1 << 20  # pause reading when this much reply data waits to be sent
 # Before AUTH a client may buffer only this much: nobody can make the server hold gigabytes unauthenticated.
 UNAUTHENTICATED_MAX_REQUEST = 64 * 1024
+# Redis 7.0's own limits before AUTH, checked on each request's headers as they arrive: at most this many
+# arguments, each at most this long (the requests before it are answered, then its error, then the close).
+UNAUTHENTICATED_MAX_ARGS = 10
+UNAUTHENTICATED_MAX_BULK = 16 * 1024
+_UNAUTH_MULTIBULK = r.error("ERR Protocol error: unauthenticated multibulk length")
+_UNAUTH_BULK = r.error("ERR Protocol error: unauthenticated bulk length")
+_INTERNAL_ERROR = r.error("ERR internal error")
+_LENGTH = re.compile(rb"-?[0-9]{1,19}")
+
+
+def _first_request(buf: bytearray) -> int | bytes | None:
+    """Walk the headers of the first request in `buf` as Redis does for a client that has not authenticated:
+    Redis's error when it breaks a limit above, else its length once it is complete (0 until then); None when it
+    is not an array of bulk strings (hiredis, or the dispatch, refuses that)."""
+    end = buf.find(b"\r\n")
+    if end < 0:
+        return 0
+    if buf[:1] != b"*" or not _LENGTH.fullmatch(buf, 1, end):
+        return None
+    count = int(buf[1:end])
+    if count > UNAUTHENTICATED_MAX_ARGS:
+        return _UNAUTH_MULTIBULK
+    pos = end + 2
+    for _ in range(count):
+        end = buf.find(b"\r\n", pos)
+        if end < 0:
+            return 0
+        if buf[pos:pos + 1] != b"$" or not _LENGTH.fullmatch(buf, pos + 1, end):
+            return None
+        size = int(buf[pos + 1:end])
+        if size > UNAUTHENTICATED_MAX_BULK:
+            return _UNAUTH_BULK
+        if size < 0:
+            return None
+        pos = end + 2 + size + 2
+        if pos > len(buf):
+            return 0
+    return pos
 
 
 class RespConnection(asyncio.Protocol):
@@ -39,6 +78,12 @@ class RespConnection(asyncio.Protocol):
         self.state = state
         self.transport: asyncio.Transport | None = None
         self.reader = hiredis.Reader()
+        # Bytes received since the last complete request: the request-size limits' measure. Not reader.len(), which
+        # drops what hiredis has parsed of a request still arriving (a huge array, sent in pieces, never grew it).
+        self.request_bytes = 0
+        # Until the first AUTH binds it, a copy of what hiredis holds, from the next request on: Redis's limits
+        # on an unauthenticated request are on its headers, which hiredis does not show until it is complete.
+        self._unauthenticated: bytearray | None = bytearray()
         self.client_id = state.next_client_id()
         self.name = b""
         self.lib_info: dict[str, str] = {}
@@ -99,24 +144,48 @@ class RespConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()  # once a read, not once a command
-        self.reader.feed(data)
+        self.request_bytes += len(data)
         limit = UNAUTHENTICATED_MAX_REQUEST if self.tenant is None else self.state.settings.max_request_bytes
-        if self.reader.len() > limit:
+        if self.request_bytes > limit:
             self._write(r.error(f"ERR Protocol error: request larger than {limit} bytes"))
             self.close_after_reply = True
             self.close()
             return
+        self.reader.feed(data)
+        if self._unauthenticated is not None:
+            self._unauthenticated += data
         if self._busy is None:
             self._drain_sync()
 
     # dispatch -----------------------------------------------------------------------------------------
     def _next(self) -> Any:
+        if self._unauthenticated is not None and (refusal := self._check_unauthenticated()) is not None:
+            self._write(refusal)
+            self.close_after_reply = True
+            return False
         try:
-            return self.reader.gets()
+            args = self.reader.gets()
         except hiredis.ProtocolError as err:
             self._write(r.error(f"ERR Protocol error: {err}"))
             self.close_after_reply = True
             return False
+        if args is not False:
+            self.request_bytes = self.reader.len()
+        return args
+
+    def _check_unauthenticated(self) -> bytes | None:
+        """Redis's error when the next request breaks its limits before AUTH; else None, and a complete request
+        leaves the copy (hiredis parses the same bytes next)."""
+        buf = self._unauthenticated
+        assert buf is not None
+        first = _first_request(buf)
+        if first is None:
+            self._unauthenticated = None  # not a request hiredis will let through: the byte limit still holds
+        elif isinstance(first, bytes):
+            return first
+        elif first:
+            del buf[:first]
+        return None
 
     def _drain_sync(self) -> None:
         """Answer every complete command in the buffer; hand over to a task at the first that must wait."""
@@ -125,11 +194,20 @@ class RespConnection(asyncio.Protocol):
         last: Any = None
         try:
             while not self.close_after_reply:
+                if self._unauthenticated is not None and (refusal := self._check_unauthenticated()) is not None:
+                    out.append(refusal)
+                    self.close_after_reply = True
+                    break
                 args = gets()
                 if args is False:
                     break
+                self.request_bytes = self.reader.len()  # the next request's bytes so far (its parse starts anew)
                 last = args
-                reply = execute(args)
+                try:
+                    reply = execute(args)
+                except Exception:  # a bug in one command: it answers an error, the rest of the pipeline runs
+                    log.exception("command failed on connection %d", self.client_id)
+                    reply = _INTERNAL_ERROR
                 if type(reply) is bytes:
                     out.append(reply)
                 else:
@@ -171,7 +249,7 @@ class RespConnection(asyncio.Protocol):
                 self._write(b"".join(out))
         except Exception:
             log.exception("command failed on connection %d", self.client_id)
-            self._write(r.error("ERR internal error"))
+            self._write(_INTERNAL_ERROR)
             self.close_after_reply = True
         finally:
             self._busy = None
@@ -304,6 +382,7 @@ class RespConnection(asyncio.Protocol):
     # state changes used by handlers -------------------------------------------------------------------
     def _bind(self, tenant: TenantCache, session: Session | None = None) -> None:
         self._unbind()
+        self._unauthenticated = None  # Redis's checks end at the first login (a revoked key keeps the byte limit)
         self.tenant = tenant
         self.session = session
         self.scopes = session.principal.scopes if session is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from service.resp.connection import COMMANDS
 from service.security.apikeys import new_key
 from tests.service.conftest import ProductionService
 from tests.service.harness import RunningService, running_service
@@ -64,6 +66,23 @@ def test_redis_py_pipeline(dev_service: RunningService, protocol: int) -> None:
     results = pipe.execute()
     assert results[1::2] == list(range(1, 501))
     assert client.mget([f"k{i}" for i in range(0, 500, 100)]) == [b"1", b"101", b"201", b"301", b"401"]
+
+
+def test_a_command_that_fails_unexpectedly_answers_an_error_and_the_pipeline_goes_on(
+        dev_service: RunningService, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in one command costs that command an error reply, not the connection and the replies of the
+    commands pipelined with it."""
+    def broken(conn: object, args: list[bytes]) -> bytes:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(COMMANDS, b"echo", dataclasses.replace(COMMANDS[b"echo"], handler=broken))
+    client = redis.Redis(port=dev_service.resp_port)
+    pipe = client.pipeline(transaction=False)
+    pipe.set("k", "1").echo("x").get("k")
+    done, failed, read = pipe.execute(raise_on_error=False)
+    assert (done, read) == (True, b"1")
+    assert isinstance(failed, redis.ResponseError) and str(failed) == "internal error"
+    assert client.ping() is True  # the same connection
 
 
 @pytest.mark.parametrize("protocol", [2, 3])

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import socket
 import time
 
 import httpx
+import pytest
 import redis
 
+from service.http.routes import keys as keys_routes
 from tests.service.harness import RunningService
 
 
@@ -40,6 +43,65 @@ def test_ttl_by_query_or_header(dev_service: RunningService) -> None:
         assert http.put("/v1/keys/x", content=b"1", params={"ttl": "soon"}).status_code == 422
         time.sleep(1.2)
         assert http.get("/v1/keys/h").status_code == 404
+
+
+def test_ttl_is_bounded_as_expire_bounds_it(dev_service: RunningService) -> None:
+    """A deadline past a signed 64-bit count of milliseconds is refused (RESP's EXPIRE and SET EX refuse it):
+    stored, it gave TTL replies no client could parse and broke the snapshot of every tenant."""
+    resp = redis.Redis(port=dev_service.resp_port)
+    with _http(dev_service) as http:
+        for params, headers in (({"ttl": "99999999999999999999"}, {}), ({"ttl": str(2**63 // 1000)}, {}),
+                                ({}, {"Foresight-TTL": "99999999999999999999"})):
+            refused = http.put("/v1/keys/k", content=b"1", params=params, headers=headers)
+            assert refused.status_code == 400 and "ttl too large" in refused.json()["detail"]
+        assert http.get("/v1/keys/k").status_code == 404
+        assert http.put("/v1/keys/k", content=b"1", params={"ttl": 10**15}).status_code == 204  # about 32M years
+        assert 10**15 - 2 <= resp.ttl("k") <= 10**15
+
+
+def _raw_put(svc: RunningService, head: bytes, body: list[bytes]) -> bytes:
+    """Send a PUT's head and then `body` (never finishing it), and return the status line it gets back."""
+    with socket.create_connection(("127.0.0.1", httpx.URL(svc.endpoints.http_url).port), timeout=5) as sock:
+        sock.sendall(b"PUT /v1/keys/big HTTP/1.1\r\nHost: localhost\r\n" + head + b"\r\n")
+        try:
+            for piece in body:
+                sock.sendall(piece)
+        except OSError:  # it answered and closed before the rest arrived
+            pass
+        return sock.recv(4096).split(b"\r\n", 1)[0]
+
+
+def test_put_refuses_a_body_over_the_limit_without_buffering_it(dev_service: RunningService,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A declared length over the limit is refused before any of the body is read; a chunked body as soon as
+    more than the limit has arrived (the server used to read it all first, a 300 MB PUT included)."""
+    monkeypatch.setattr(keys_routes, "MAX_VALUE_BYTES", 4096)
+    too_large = b"HTTP/1.1 413 Request Entity Too Large"
+    assert _raw_put(dev_service, b"Content-Length: 300000000\r\n", [b"x" * 100]) == too_large
+    chunked = [b"400\r\n" + b"x" * 1024 + b"\r\n"] * 5  # 5 KiB, and no last chunk: it never ends
+    assert _raw_put(dev_service, b"Transfer-Encoding: chunked\r\n", chunked) == too_large
+    with _http(dev_service) as http:
+        assert http.put("/v1/keys/big", content=b"x" * 4096).status_code == 204  # at the limit
+        assert http.put("/v1/keys/big", content=iter([b"x" * 4096])).status_code == 204  # chunked, at the limit
+        assert http.put("/v1/keys/big", content=b"x" * 4097).status_code == 413
+
+
+def test_keys_that_are_not_utf8_are_addressed_by_their_bytes(dev_service: RunningService) -> None:
+    """%FF and %FE are two keys, the RESP keys b"\\xff" and b"\\xfe" (decoded as UTF-8 they were one, and
+    neither)."""
+    resp = redis.Redis(port=dev_service.resp_port)
+    with _http(dev_service) as http:
+        assert http.put("/v1/keys/bin%FF", content=b"ff").status_code == 204
+        assert http.put("/v1/keys/bin%FE", content=b"fe").status_code == 204
+        assert http.get("/v1/keys/bin%FF").content == b"ff" and http.get("/v1/keys/bin%fe").content == b"fe"
+        assert resp.get(b"bin\xff") == b"ff" and resp.get(b"bin\xfe") == b"fe"
+        resp.set(b"\xc3\x28/x y", b"resp")
+        assert http.get("/v1/keys/%C3%28/x%20y").content == b"resp"
+        assert http.delete("/v1/keys/bin%FF").status_code == 204
+        assert resp.exists(b"bin\xff", b"bin\xfe") == 1
+        assert http.get("/v1/keys/caf%C3%A9").status_code == 404
+        assert http.put("/v1/keys/café", content=b"utf8").status_code == 204  # UTF-8 keys as before
+        assert resp.get("café") == b"utf8"
 
 
 def test_mget_keeps_order_and_encodes_binary(dev_service: RunningService) -> None:

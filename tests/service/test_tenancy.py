@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tests import servers
 from tests.service.conftest import ProductionService
 from tests.service.harness import RawClient, running_service, write_tenants_file
 from tests.tlsutil import PKI
@@ -139,6 +141,36 @@ def test_value_larger_than_budget_is_refused_with_oom(tmp_path: Path, pki: PKI) 
             assert client.exists("first", "big") == 0
 
 
+def test_rename_or_copy_to_a_name_that_does_not_fit_is_refused_and_keeps_the_value() -> None:
+    """Near the budget a longer name makes the entry too large: RENAME, RENAMENX and COPY answer OOM, and the
+    value stays under its old name (it was deleted before the write that failed, and the connection dropped)."""
+    oom = b"-OOM command not allowed when used memory > 'maxmemory'.\r\n"
+    with running_service(dev=True, default_tenant_memory_bytes=4096) as svc:
+        client = RawClient(svc.resp_port)
+        assert client.send(("SET", "a", "v" * 3800, "EX", "100")) == b"+OK\r\n"
+        for command in (("RENAME", "a", "k" * 300), ("RENAMENX", "a", "k" * 300), ("COPY", "a", "k" * 300)):
+            assert client.send(command, ("PING",)) == oom + b"+PONG\r\n", command
+            assert client.send(("STRLEN", "a"), ("EXISTS", "k" * 300)) == b":3800\r\n:0\r\n"
+        assert client.send(("TTL", "a")) == b":100\r\n"
+        assert client.send(("RENAME", "a", "b")) == b"+OK\r\n"  # a name that fits still moves it
+        assert client.send(("STRLEN", "b")) == b":3800\r\n"
+
+
+def test_an_origin_object_larger_than_the_budget_is_served_uncached(tmp_path: Path) -> None:
+    """It cannot be cached, but it can be read: GET, MGET and HTTP GET answer it (each read loads it again)
+    rather than an internal error that closed every connection waiting on the load."""
+    (tmp_path / "big").write_bytes(b"b" * 5000)  # the dev tenant reads the origin's root
+    with running_service(dev=True, default_tenant_memory_bytes=4096, origin=str(tmp_path)) as svc:
+        client = RawClient(svc.resp_port)
+        assert client.send(("GET", "big"), ("PING",)) == b"$5000\r\n" + b"b" * 5000 + b"\r\n+PONG\r\n"
+        assert client.send(("MGET", "big", "nope"), ("PING",)) == (
+            b"*2\r\n$5000\r\n" + b"b" * 5000 + b"\r\n$-1\r\n+PONG\r\n")
+        response = httpx.get(f"{svc.endpoints.http_url}/v1/keys/big")
+        assert (response.status_code, response.content) == (200, b"b" * 5000)
+        tenant = svc.state.tenants.get("default")
+        assert "big" not in tenant.store and tenant.too_large_to_cache == 3
+
+
 def test_rate_quota_gives_clear_error_and_recovers(tmp_path: Path, pki: PKI) -> None:
     tenants = tmp_path / "tenants.json"
     keys = write_tenants_file(tenants, {"limited": {"requests_per_second": 50}, "free": {}})
@@ -175,17 +207,74 @@ def test_tenants_file_errors_name_the_field(tmp_path: Path, pki: PKI) -> None:
         pass
 
 
-def test_unauthenticated_client_cannot_make_the_server_buffer_much(prod_service: ProductionService) -> None:
-    import socket
+def _exchange(port: int, pieces: list[bytes], ca: Path | None = None) -> tuple[bytes, bool]:
+    """Send `pieces` one write at a time (a pause between, so the server reads them apart), stopping once the
+    server has closed; then everything it answered, and whether it closed the connection."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=2)
+    sock = raw if ca is None else ssl.create_default_context(cafile=str(ca)).wrap_socket(
+        raw, server_hostname="localhost")
+    reply, closed = b"", False
+    with sock:
+        try:
+            for piece in pieces:
+                sock.sendall(piece)
+                time.sleep(0.01)
+        except OSError:  # closed after its error: what it said is still there to read
+            pass
+        sock.settimeout(0.5)
+        try:
+            while chunk := sock.recv(65536):
+                reply += chunk
+            closed = True
+        except TimeoutError:
+            pass
+        except OSError:
+            closed = True
+    return reply, closed
 
-    context = ssl.create_default_context(cafile=str(prod_service.pki.ca_cert))
-    with socket.create_connection(("127.0.0.1", prod_service.svc.resp_port)) as raw, \
-            context.wrap_socket(raw, server_hostname="localhost") as sock:
-        sock.sendall(b"*2\r\n$3\r\nGET\r\n$100000000\r\n" + b"x" * 70_000)
-        reply = b""
-        while chunk := sock.recv(4096):
-            reply += chunk
-    assert reply == b"-ERR Protocol error: request larger than 65536 bytes\r\n"
+
+def _bulks(count: int, size: int) -> list[bytes]:
+    return [b"$%d\r\n%b\r\n" % (size, b"x" * size)] * count
+
+
+def test_unauthenticated_client_cannot_make_the_server_buffer_much(prod_service: ProductionService) -> None:
+    """Within Redis's limits on each argument, a request sent in pieces is still cut off at 64 KiB: hiredis
+    drops what it has parsed of an array still arriving, so its buffer never shows the request's size."""
+    reply, closed = _exchange(prod_service.svc.resp_port, [b"*10\r\n", *_bulks(10, 16_000)], prod_service.pki.ca_cert)
+    assert (reply, closed) == (b"-ERR Protocol error: request larger than 65536 bytes\r\n", True)
+
+
+def test_an_authenticated_request_sent_in_pieces_is_held_to_max_request_bytes() -> None:
+    with running_service(dev=True, max_request_bytes=4096) as svc:
+        reply, closed = _exchange(svc.resp_port, [b"*100000\r\n", *_bulks(100, 100)])
+        assert (reply, closed) == (b"-ERR Protocol error: request larger than 4096 bytes\r\n", True)
+        assert RawClient(svc.resp_port).send(("SET", "k", "x" * 4000)) == b"+OK\r\n"  # one request at the limit
+
+
+UNAUTHENTICATED: dict[str, list[bytes]] = {
+    "a_huge_array_sent_in_pieces": [b"*100000\r\n", *_bulks(30, 4000)],
+    "eleven_arguments": [b"*11\r\n"],
+    "ten_arguments": [b"*10\r\n", *_bulks(10, 10)],
+    "an_argument_over_16_kib": [b"*2\r\n$3\r\nGET\r\n$16385\r\n", b"x" * 16385 + b"\r\n"],
+    "an_argument_of_16_kib": [b"*2\r\n$3\r\nGET\r\n$16384\r\n", b"x" * 16384 + b"\r\n"],
+    "replies_before_the_refusal": [b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPING\r\n*12\r\n"],
+}
+
+
+def test_unauthenticated_requests_meet_redis_limits(tmp_path: Path, pki: PKI) -> None:
+    """Before AUTH, Redis 7.0 refuses a request of more than 10 arguments, or with one longer than 16 KiB, as
+    soon as its header arrives, and closes the connection; a request after a pipelined AUTH is no longer held
+    to that (Foresight answers what redis-server with `requirepass` answers, byte for byte)."""
+    tenants_file = tmp_path / "tenants.json"
+    keys = write_tenants_file(tenants_file, {"acme": {}})
+    secret = keys["acme"].secret.encode()
+    auth_then_long = RawClient.encode("AUTH", secret) + RawClient.encode("SET", "k", "x" * 20_000)
+    cases = {**UNAUTHENTICATED, "auth_then_a_long_argument": [auth_then_long]}
+    with servers.redis_server(tls=(pki.ca_cert, pki.cert, pki.key), password=secret.decode()) as reference, \
+            running_service(tls_cert_file=pki.cert, tls_key_file=pki.key, tenants_file=tenants_file) as svc:
+        for case, pieces in cases.items():
+            expected = _exchange(reference.port, pieces, pki.ca_cert)
+            assert _exchange(svc.resp_port, pieces, pki.ca_cert) == expected, case
 
 
 def test_a_transaction_cannot_queue_more_than_one_request_may_hold() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from typing import Annotated, cast
+from urllib.parse import unquote_to_bytes
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, Field
@@ -13,6 +14,7 @@ from service.cache import TenantCache
 from service.http.deps import KeyspaceAdmin, Reader, State, Writer
 from service.http.ranges import Unsatisfiable, byte_range
 from service.origin import OriginError, OriginTimeout, UnmappableKey
+from service.resp.commands.strings import LLONG_MAX
 from service.store import ValueTooLarge, now_ms
 from service.store.pattern import compile_glob
 
@@ -21,15 +23,28 @@ router = APIRouter(prefix="/v1", tags=["keys"])
 MAX_VALUE_BYTES = 64 * 1024 * 1024
 
 
-async def _read(tenant: TenantCache, key: str) -> bytes | None:
+async def _read(tenant: TenantCache, key: bytes) -> bytes | None:
     try:
-        return await tenant.get(key.encode())
+        return await tenant.get(key)
     except UnmappableKey as err:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"origin: {err}") from None
     except OriginTimeout as err:
         raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, f"origin: {err}") from None
     except OriginError as err:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"origin: {err}") from None
+
+
+_KEY_PATH = b"/v1/keys/"
+
+
+def _key(request: Request, key: str) -> bytes:
+    """The key's bytes as the client sent them, percent-decoded from the raw path: the server decodes the path
+    as UTF-8 with replacement, so a key that is not UTF-8 (%FF, %FE) would be unreachable, and such keys would
+    collide."""
+    raw = request.scope.get("raw_path")
+    if isinstance(raw, bytes) and raw.startswith(_KEY_PATH):
+        return unquote_to_bytes(raw[len(_KEY_PATH):])
+    return key.encode()
 
 
 class KeyName(BaseModel):
@@ -89,16 +104,18 @@ async def delete_all_keys(request: Request, tenant: KeyspaceAdmin, state: State)
                        404: {"description": "No such key"}, 416: {"description": "The range starts past the end"}})
 async def get_key(
     key: str,
+    request: Request,
     tenant: Reader,
     range_header: Annotated[str | None, Header(alias="Range", description="One byte range, e.g. bytes=0-1023 "
                                                "(206 Partial Content; 416 when it starts past the end).")] = None,
 ) -> Response:
     """Read a key (reading through to the origin on a miss), or one byte range of it; HEAD answers the same
     status and headers (its length among them) without the body."""
-    value = await _read(tenant, key)
+    name = _key(request, key)
+    value = await _read(tenant, name)
     if value is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such key")
-    entry = tenant.store.entry(key.encode())
+    entry = tenant.store.entry(name)
     headers = {"Accept-Ranges": "bytes"}
     if entry is not None and entry.expires_at:
         headers["Foresight-TTL-Ms"] = str(max(entry.expires_at - now_ms(), 0))
@@ -128,20 +145,41 @@ async def put_key(
     if ttl is not None and ttl_header is not None and ttl != ttl_header:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "ttl query and Foresight-TTL header disagree")
     seconds = ttl if ttl is not None else ttl_header
-    value = await request.body()
-    if len(value) > MAX_VALUE_BYTES:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"values are limited to {MAX_VALUE_BYTES} bytes")
+    deadline = now_ms() + seconds * 1000 if seconds else 0
+    if seconds and (seconds > LLONG_MAX // 1000 or deadline > LLONG_MAX):  # EXPIRE's and SET EX's bound
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "ttl too large: the deadline in milliseconds must fit in "
+                            "a signed 64-bit integer, as for EXPIRE")
+    value = await _body(request)
     try:
-        tenant.store.set(key.encode(), value, now_ms() + seconds * 1000 if seconds else 0)
+        tenant.store.set(_key(request, key), value, deadline)
     except ValueTooLarge as err:
         raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, str(err)) from None
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+async def _body(request: Request) -> bytes:
+    """The request body, refused (413) by its declared length before any of it is read, or once more than the
+    limit has arrived: a client cannot make the server buffer more than one value's worth."""
+    limit = MAX_VALUE_BYTES
+    declared = request.headers.get("content-length", "")
+    size = int(declared) if declared.isdigit() else 0
+    chunks: list[bytes] = []
+    if size <= limit:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                break
+            chunks.append(chunk)
+    if size > limit:
+        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"values are limited to {limit} bytes")
+    return b"".join(chunks)
+
+
 @router.delete("/keys/{key:path}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
-async def delete_key(key: str, tenant: Writer) -> Response:
+async def delete_key(key: str, request: Request, tenant: Writer) -> Response:
     """Delete a key; 404 when it did not exist."""
-    if not await tenant.delete(key.encode()):
+    if not await tenant.delete(_key(request, key)):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such key")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -172,4 +210,4 @@ def _item(key: str, value: bytes | None) -> MGetItem:
 @router.post("/mget")
 async def mget(body: MGetRequest, tenant: Reader) -> MGetResponse:
     """Read many keys at once, in order (misses read through to the origin)."""
-    return MGetResponse(items=[_item(key, await _read(tenant, key)) for key in body.keys])
+    return MGetResponse(items=[_item(key, await _read(tenant, key.encode())) for key in body.keys])

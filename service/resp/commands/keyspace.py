@@ -143,7 +143,8 @@ _NO_SUCH_KEY = r.error("ERR no such key")
 
 def _rename(conn: RespConnection, args: list[bytes], only_new: bool) -> Reply:
     """The value and its deadline move to the new name, whatever was there goes (RENAMENX: unless something
-    was). The old name goes first, so the move never needs room for two copies."""
+    was). The old name goes first, so the move never needs room for two copies; a longer name that would not
+    fit the tenant's budget is refused (OOM) before the old one goes, so the value is never lost."""
     store, source, target = conn.tenant.store, args[1], args[2]
     entry = store.entry(source)
     if entry is None:
@@ -153,6 +154,8 @@ def _rename(conn: RespConnection, args: list[bytes], only_new: bool) -> Reply:
     if only_new and store.entry(target) is not None:
         return r.ZERO
     value, deadline = entry.value, entry.expires_at
+    if not store.fits(target, value):
+        return r.OOM
     store.delete(source)
     store.set(target, value, deadline)
     return r.ONE if only_new else r.OK
@@ -191,6 +194,8 @@ def copy(conn: RespConnection, args: list[bytes]) -> Reply:
     entry = store.entry(source)
     if entry is None or (not replace and store.entry(target) is not None):
         return r.ZERO
+    if not store.fits(target, entry.value):  # the copy alone would exceed the budget: nothing changes
+        return r.OOM
     store.set(target, entry.value, entry.expires_at)
     return r.ONE
 
