@@ -133,8 +133,8 @@ def build_cipher(settings: Settings, vault: VaultSession | None) -> EnvelopeCiph
     from service.security.envelope import EnvelopeCipher
     from service.security.kms import KmsError, KmsSettings, build_kms
 
-    kms_settings = KmsSettings(provider=_KMS_PROVIDERS[settings.kms_provider],
-                               key=settings.kms_key_id, aws_endpoint_url=settings.kms_endpoint_url)
+    kms_settings = KmsSettings(provider=_KMS_PROVIDERS[settings.kms_provider], key=settings.kms_key_id,
+                               previous_keys=settings.kms_previous_key_ids, aws_endpoint_url=settings.kms_endpoint_url)
     try:
         return EnvelopeCipher(build_kms(kms_settings, vault_client=vault.client if vault else None))
     except KmsError as err:

@@ -94,6 +94,12 @@ class Settings(BaseSettings):
         description="Transit key name, AWS key id/ARN/alias, GCP CryptoKey name, Azure key URL, or keyring path.",
     )
     kms_endpoint_url: str | None = Field(None, description="AWS KMS endpoint override (VPC endpoint, tests).")
+    kms_previous_key_ids: list[str] = Field(
+        default_factory=list,
+        description="Keys (as kms_key_id) that wrapped what is on disk before a move to kms_key_id (an AWS alias "
+                    "pointed at a new key, another Azure key): still unwrapped. An envelope naming any other key is "
+                    "refused (its header is not authenticated).",
+    )
     data_dir: Path | None = Field(None, description="Where the encrypted snapshot and the audit log live.")
     audit_log: Path | None = Field(None, description="Audit log path; default <data_dir>/audit.log.")
     admin_token_hash: str | None = Field(

@@ -115,3 +115,25 @@ def test_importing_the_aws_adapter_imports_no_other_cloud_sdk() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_service_unwraps_with_the_previous_keys_it_is_given(  # type: ignore[no-untyped-def]
+    kms_client, key_arn: str, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the key moved (an alias pointed at a new key), what the old key wrapped still opens when, and only
+    when, the service's settings name it."""
+    from service.bootstrap import build_cipher
+    from service.config import Settings
+
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    envelope = EnvelopeCipher(AwsKms(key_arn, client=kms_client)).encrypt(b"warm", b"snapshot")
+    new_arn = kms_client.create_key(Description="successor")["KeyMetadata"]["Arn"]
+    common = {"dev": True, "kms_provider": "aws", "kms_key_id": new_arn, "kms_endpoint_url": moto_server.endpoint}
+    without = build_cipher(Settings(**common), None)
+    assert without is not None
+    with pytest.raises(TamperedEnvelope):
+        without.decrypt(envelope, b"snapshot")
+    cipher = build_cipher(Settings(**common, kms_previous_key_ids=[key_arn]), None)
+    assert cipher is not None and cipher.decrypt(envelope, b"snapshot") == b"warm"
