@@ -201,7 +201,6 @@ class RespConnection(asyncio.Protocol):
                 args = gets()
                 if args is False:
                     break
-                self.request_bytes = self.reader.len()  # the next request's bytes so far (its parse starts anew)
                 last = args
                 try:
                     reply = execute(args)
@@ -214,11 +213,14 @@ class RespConnection(asyncio.Protocol):
                     if out:
                         self._write(b"".join(out))
                     self._note_command(last)
+                    self.request_bytes = self.reader.len()
                     self._busy = asyncio.ensure_future(self._drain_async(reply))  # type: ignore[arg-type]
                     return
         except hiredis.ProtocolError as err:
             out.append(r.error(f"ERR Protocol error: {err}"))
             self.close_after_reply = True
+        if last is not None:  # requests answered: what counts against the limit now is the next one's bytes so far
+            self.request_bytes = self.reader.len()  # (once per drain, not per command: this is the hot path)
         self._note_command(last)
         if out:
             self._write(b"".join(out))
