@@ -133,8 +133,10 @@ class TenantCache:
                     raise
                 if value is not None and self.shared is not None:
                     self.shared.fill(self.name, key, value)
-            # A change made while the load was in flight (a client's here, even one deleted since, or another
-            # node's) is newer than the loaded copy: keep it, or let the next read load it.
+            # A change made while the load was in flight is newer than the loaded copy: keep it, or let the next
+            # read load it. A client's write here always stays (the key is in the store); with a shared tier, so
+            # does a DEL or FLUSH here or another node's change. On one node a key deleted meanwhile may come back
+            # from the origin, as the next read would bring it.
             fresh = self._changes.get(key, 0) == changes and epoch == self._flush_epoch
             if value is not None and fresh and key not in self.store:
                 try:
