@@ -12,7 +12,7 @@ from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
 from service.config import Settings
-from service.origin import Origin, SingleFlight, open_origin
+from service.origin import Origin, ReadSlots, SingleFlight, open_origin
 from service.store.memory import MemoryStore, ValueTooLarge
 from service.tenancy import TenantSpec
 
@@ -57,7 +57,7 @@ class TenantCache:
     _too_large_logged_at = -_TOO_LARGE_LOG_INTERVAL_S
     _too_large_unlogged = 0
 
-    def __init__(self, spec: TenantSpec, settings: Settings, origin_slots: asyncio.Semaphore | None = None) -> None:
+    def __init__(self, spec: TenantSpec, settings: Settings, origin_slots: ReadSlots | None = None) -> None:
         self.name = spec.name
         self.store = MemoryStore(spec.quota.memory_bytes, settings.eviction_policy)
         self.flights: SingleFlight[bytes | None] = SingleFlight()
@@ -69,7 +69,7 @@ class TenantCache:
                 tenant=None if spec.quota.origin else spec.name,
                 timeout_s=settings.origin_timeout_s,
                 latency_ms=settings.origin_latency_ms,
-                semaphore=origin_slots,
+                slots=origin_slots,
             )
         self.shared: SharedTier | None = None  # set by SharedTier.attach in a scaled-out deployment
         self.reads_through = self.origin is not None  # whether a memory miss is worth a load (origin or tier)
@@ -245,7 +245,7 @@ class TenantRegistry:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._caches: dict[str, TenantCache] = {}
-        self._origin_slots = asyncio.Semaphore(settings.origin_max_concurrency)
+        self._origin_slots = ReadSlots(settings.origin_max_concurrency)
         self.shared: SharedTier | None = None
 
     def share(self, tier: SharedTier) -> None:
@@ -285,3 +285,7 @@ class TenantRegistry:
 
     def remove(self, name: str) -> bool:
         return self._caches.pop(name, None) is not None
+
+    def close(self) -> None:
+        """Stop the origins' read threads (reads in flight finish): for the service's stop."""
+        self._origin_slots.close()

@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from service.cache import TenantCache, TenantRegistry
@@ -73,6 +75,13 @@ def entry_capacity(tenant: TenantCache) -> int:
     return max(1, store.budget // max(1, mean))
 
 
+# Threads the engines' steps and checkpoints run on: their own, never the default executor that the origin reads
+# and the rest of the service share (a hung prefetch child would block a thread per busy tenant for a minute and
+# starve every tenant's reads). Each child gets its own few, so one that hangs stalls only its own tenants.
+HOST_THREADS = 2  # per child: one tenant's step computes in the server while another's waits on the child
+THREAD_STEP_THREADS = 2  # for every prefetcher that computes in the server (isolation "thread")
+
+
 def route_reads(tenant: TenantCache, recorders: Recorders | None) -> None:
     """Point the tenant's read path at an access log's (hit, miss) recorders, or at nothing."""
     tenant.record_hit, tenant.record_miss = recorders or (None, None)
@@ -87,6 +96,10 @@ class TenantPrefetch:
         self.interval = interval
         self._used = self._issued = 0
         self._tasks: list[asyncio.Task[None]] = []
+        # One checkpoint at a time (the loop's and the clean stop's would race on the same version), and none
+        # after close: a cancelled checkpoint's thread runs on, and its next call would rebuild the closed model.
+        self._checkpointing = threading.Lock()
+        self._closed = False
 
     def start(self) -> None:
         """Start the engine (and checkpoint) tasks and route the tenant's reads to the access log."""
@@ -105,7 +118,13 @@ class TenantPrefetch:
         return self.checkpoints.serving
 
     def checkpoint(self) -> None:
-        """Save the model with the accuracy it achieved since the last checkpoint; promote or roll back. Blocks."""
+        """Save the model with the accuracy it achieved since the last checkpoint; promote or roll back. Blocks,
+        also while another checkpoint runs; does nothing once the prefetcher is closed."""
+        with self._checkpointing:
+            if not self._closed:
+                self._checkpoint()
+
+    def _checkpoint(self) -> None:
         assert self.checkpoints is not None
         stats = self.engine.coordinator.stats
         issued, used = stats.issued - self._issued, stats.used - self._used
@@ -131,7 +150,7 @@ class TenantPrefetch:
         while True:
             await asyncio.sleep(self.interval)
             try:
-                await asyncio.to_thread(self.checkpoint)
+                await self._in_executor(self.checkpoint)
             except Exception as err:  # a failed checkpoint must not stop prefetching
                 log.error("tenant %s: checkpoint failed: %s", self.tenant.name, err)
 
@@ -143,7 +162,17 @@ class TenantPrefetch:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await asyncio.to_thread(self.engine.prefetcher.close)
+        await self._in_executor(self._close)
+
+    def _close(self) -> None:
+        """Close the prefetcher once a checkpoint in progress (its task cancelled, its thread not) has finished."""
+        with self._checkpointing:
+            self._closed = True
+            self.engine.prefetcher.close()
+
+    async def _in_executor(self, call: Any) -> Any:
+        """Run a blocking call on the engine's threads (the prefetcher's own), not the default executor."""
+        return await asyncio.get_running_loop().run_in_executor(self.engine.executor, call)
 
 
 class PrefetchManager:
@@ -164,6 +193,10 @@ class PrefetchManager:
         self._process_cpu: dict[Any, Any] = {}  # each child's CpuBudget, by its PrefetchHost
         self._lock = asyncio.Lock()  # one sync at a time: engines are started and stopped in order
         self._background: set[asyncio.Task[None]] = set()
+        # The prefetchers' threads (see HOST_THREADS): one executor per child, keyed by its PrefetchHost (None for
+        # prefetchers in the server), and one for building prefetchers, one at a time like syncs.
+        self._executors: dict[Any, ThreadPoolExecutor] = {}
+        self._builder: ThreadPoolExecutor | None = None
 
     @property
     def processes(self) -> list[Any]:
@@ -205,7 +238,7 @@ class PrefetchManager:
             if arm == "none":
                 continue
             try:
-                running = await asyncio.to_thread(self._build, tenant, arm)
+                running = await self._off_loop(self._build, tenant, arm)
             except Exception as err:  # the tenant is still served, without prefetching
                 log.error("tenant %s: the %s prefetcher did not start: %s", tenant.name, arm, err)
                 continue
@@ -254,8 +287,13 @@ class PrefetchManager:
         process_cpu = None
         if host is not None:
             process_cpu = self._process_cpu.setdefault(host, CpuBudget(process_share(settings)))
+        executor = self._executors.get(host)
+        if executor is None:
+            threads, name = (HOST_THREADS, "prefetch-host") if host is not None else (THREAD_STEP_THREADS, "prefetch")
+            executor = self._executors[host] = ThreadPoolExecutor(threads, thread_name_prefix=name)
         engine = PrefetchEngine(tenant, prefetcher, budget, cpu=self._cpu, process_cpu=process_cpu,
-                                route=functools.partial(route_reads, tenant), tune_lead=settings.prefetch_tune_lead)
+                                route=functools.partial(route_reads, tenant), tune_lead=settings.prefetch_tune_lead,
+                                executor=executor)
         checkpoints = None
         if arm == "learned" and settings.data_dir is not None and self.cipher is not None:
             from service.prefetch.mlops.checkpoints import CheckpointRegistry
@@ -279,7 +317,16 @@ class PrefetchManager:
             running = self.running.pop(name)
             if running.checkpoints is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.to_thread(running.checkpoint)
+                    await running._in_executor(running.checkpoint)
             await running.stop()
         if self._pool is not None:
-            await asyncio.to_thread(self._pool.close)
+            await self._off_loop(self._pool.close)
+        for executor in (*self._executors.values(), *filter(None, [self._builder])):
+            executor.shutdown(wait=False)
+        self._executors.clear()
+        self._builder = None
+
+    async def _off_loop(self, call: Any, *args: Any) -> Any:
+        """Build or close prefetchers on a thread of the manager's own (one at a time, like syncs)."""
+        self._builder = self._builder or ThreadPoolExecutor(1, thread_name_prefix="prefetch-build")
+        return await asyncio.get_running_loop().run_in_executor(self._builder, call, *args)

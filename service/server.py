@@ -189,6 +189,7 @@ class Service:
                 log.info("wrote encrypted snapshot %s", path)
             except Exception as err:  # losing a warm start must not turn a clean stop into a crash
                 log.error("snapshot not written: %s", err)
+        self.state.tenants.close()
         await asyncio.to_thread(self.security.close)
         self._stopped.set()
         log.info("stopped")

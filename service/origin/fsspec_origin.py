@@ -1,19 +1,35 @@
 """One origin class for a local directory, S3, GCS and Azure Blob: fsspec speaks to all of them.
 
 Keys map to object paths under a root; a key that would escape the root (`..`, absolute paths) is refused
-rather than read. fsspec calls block, so they run in worker threads bounded by a semaphore.
+rather than read. fsspec calls block, so they run in worker threads bounded by a semaphore (`ReadSlots`): threads
+of the origins' own, never the default executor that prefetch steps, checkpoints and audit writes share (a read waiting
+there for a thread spends its timeout queued behind them, and fails).
 """
 
 from __future__ import annotations
 
 import asyncio
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote
 
 import fsspec
 
 from service.origin.base import OriginError, OriginTimeout, UnmappableKey
+
+
+class ReadSlots:
+    """The origin reads a process may have in flight, and threads of their own to run them: as many as slots, so a
+    read never waits for a thread. Shared by every tenant's origin (the registry owns it)."""
+
+    def __init__(self, size: int) -> None:
+        self.semaphore = asyncio.Semaphore(size)
+        self.pool = ThreadPoolExecutor(size, thread_name_prefix="origin")  # threads start as reads need them
+
+    def close(self) -> None:
+        """Stop the threads once the reads in flight finish: for the service's stop."""
+        self.pool.shutdown(wait=False)
 
 
 class FsspecOrigin:
@@ -23,7 +39,7 @@ class FsspecOrigin:
         *,
         timeout_s: float = 5.0,
         latency_ms: float = 0.0,
-        semaphore: asyncio.Semaphore | None = None,
+        slots: ReadSlots | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
         try:
@@ -33,7 +49,7 @@ class FsspecOrigin:
         self._root = root.rstrip("/")
         self._timeout_s = timeout_s
         self._latency_s = latency_ms / 1000.0
-        self._semaphore = semaphore or asyncio.Semaphore(64)
+        self._slots = slots or ReadSlots(64)
         self.description = url
 
     def path_for(self, key: bytes) -> str:
@@ -56,15 +72,17 @@ class FsspecOrigin:
 
     async def fetch(self, key: bytes) -> bytes | None:
         path = self.path_for(key)
-        async with self._semaphore:
+        async with self._slots.semaphore:
             try:
                 async with asyncio.timeout(self._timeout_s):
                     if self._latency_s:
                         await asyncio.sleep(self._latency_s)
-                    return await asyncio.to_thread(self._read, path)
+                    try:
+                        return await asyncio.get_running_loop().run_in_executor(self._slots.pool, self._read, path)
+                    except RuntimeError:  # the pool was shut down: the service is stopping
+                        raise OriginError(f"origin closed before reading {path}") from None
             except TimeoutError:
                 raise OriginTimeout(f"origin timed out after {self._timeout_s:g}s reading {path}") from None
-
 
 def open_origin(url: str, tenant: str | None = None, **kwargs: Any) -> FsspecOrigin:
     """An origin rooted at `url`, or at `url/<tenant>` when it is a deployment-wide default."""

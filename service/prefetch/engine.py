@@ -32,6 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +107,12 @@ class PrefetchEngine:
         process_cpu: CpuBudget | None = None,
         route: Route | None = None,
         tune_lead: bool = False,
+        executor: Executor | None = None,
     ) -> None:
         self.prefetcher = prefetcher
+        # Where steps run: the service gives engines threads of their own, so a step stuck on a hung child never
+        # takes a thread from the default executor the origin reads and the rest of the service share.
+        self.executor = executor
         self.codec = codec or KeyCodec()
         self.log = AccessLog(log_capacity, sample_every, target.in_flight)
         self.recorders = self.log.recorders()  # what the service's read path calls with the key: (hit, miss)
@@ -318,7 +323,7 @@ class PrefetchEngine:
                 if self.windows is not None:
                     self.windows.step_starting()
                 try:
-                    proposals = await asyncio.to_thread(self.step, emit, learn)
+                    proposals = await loop.run_in_executor(self.executor, self.step, emit, learn)
                 except Exception as err:  # reads are still served; prefetching resumes with the next step
                     self.failures += 1
                     log.error("prefetch step failed (%d so far): %s", self.failures, err)

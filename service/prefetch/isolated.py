@@ -147,8 +147,11 @@ class PrefetchHost:
     def call(self, ident: int, spec: tuple[Any, ...], op: str, arg: Any = None) -> tuple[Any, float]:
         """(result, the child's CPU seconds for it) of one request for prefetcher `ident`, built first if this
         child does not have it (a new child after the last one died). Building is start-up work, not counted:
-        importing torch is seconds of CPU, which a budget would make the next steps wait out many times over."""
+        importing torch is seconds of CPU, which a budget would make the next steps wait out many times over.
+        A dropped prefetcher is not rebuilt: the call fails (a late caller would leak a fresh model in the child)."""
         with self._lock:
+            if ident not in self.members:
+                raise PrefetcherProcessError(f"prefetcher {ident} was closed")
             self._ensure(ident, spec)
             result, cpu_s = self._request(ident, op, arg, self.call_timeout_s)
             return result, cpu_s

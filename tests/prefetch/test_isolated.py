@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from service.prefetch.coordinator import PrefetchBudget
 from service.prefetch.engine import CpuBudget, PrefetchEngine
 from service.prefetch.isolated import PrefetcherProcessError, PrefetchHost, PrefetchPool, ProcessPrefetcher
 from service.prefetch.shadow import CacheModel
-from tests.prefetch.test_mlops import AsyncCache
+from tests.prefetch.test_mlops import AsyncCache, NextKey
 
 STRIDED = [1000 + 3 * i for i in range(200)] + [5000 + 7 * i for i in range(200)]
 
@@ -224,3 +225,64 @@ def test_the_child_gets_no_credential_from_the_servers_environment(monkeypatch: 
         assert not {b"FORESIGHT_VAULT_TOKEN", b"AWS_SECRET_ACCESS_KEY", b"FORESIGHT_TEST_MARKER_OK"} & names
     finally:
         host.close()
+
+
+def test_a_closed_prefetcher_is_not_rebuilt_by_a_late_call() -> None:
+    host = PrefetchHost()
+    try:
+        prefetcher = ProcessPrefetcher("stride", host=host)
+        prefetcher.close()
+        with pytest.raises(PrefetcherProcessError, match="was closed"):
+            prefetcher.access_batch([1, 2, 3])  # e.g. a checkpoint that outlived its tenant's stop
+        assert host.members == set() and host._created == set()  # the child holds no model for it
+    finally:
+        host.close()
+
+
+class Checkpointable(NextKey):
+    """NextKey with weights to checkpoint; remembers whether they were asked for after it was closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+        self.read_after_close = 0
+
+    def state_dict(self) -> dict[str, object]:
+        self.read_after_close += self.closed
+        return {"weights": torch.zeros(2)}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_stop_waits_for_a_checkpoint_in_progress_before_closing_the_prefetcher(tmp_path: Path) -> None:
+    """A checkpoint is under way (held on the model lock) when the tenant's engine stops: stop cancels its task but
+    not its thread, so it must let that checkpoint finish before closing the prefetcher, or the checkpoint reads
+    (in a child: rebuilds) a closed model."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.prefetch.mlops.checkpoints import CheckpointRegistry
+    from service.prefetching import TenantPrefetch
+    from tests.prefetch.test_mlops import XorCipher
+
+    class Tenant(AsyncCache):
+        name = "t"
+
+    prefetcher = Checkpointable()
+    threads = ThreadPoolExecutor(2)
+    engine = PrefetchEngine(Tenant(), prefetcher, executor=threads)
+    checkpoints = CheckpointRegistry(tmp_path, "t", XorCipher())
+    running = TenantPrefetch(Tenant(), "learned", 100, engine, checkpoints, interval=0.01)  # type: ignore[arg-type]
+    engine.coordinator.stats.issued = 10  # evidence to checkpoint
+    try:
+        with engine.model_lock:  # the next checkpoint starts and waits here, mid-way
+            running.start()
+            await asyncio.sleep(0.2)
+            stopping = asyncio.create_task(running.stop())
+            await asyncio.sleep(0.2)
+            assert not stopping.done() and not prefetcher.closed  # waits for the checkpoint
+        await stopping
+    finally:
+        await asyncio.to_thread(threads.shutdown)
+    assert prefetcher.closed and prefetcher.read_after_close == 0
+    assert [p.name for p in tmp_path.glob("v*.ckpt")] == ["v0001.ckpt"]  # saved once, before the close

@@ -322,3 +322,75 @@ async def test_restarting_a_tenants_engine_never_cancels_a_client_read_joined_to
         assert await reading == b"v%d" % int(prefetching[-1][1:])
     finally:
         await manager.stop()
+
+
+async def test_a_hung_prefetch_child_never_starves_other_tenants_reads(tmp_path: Path) -> None:
+    """Busy tenants' steps all wait on one hung (SIGSTOPped) prefetch child, as many as the default executor has
+    threads: a tenant without a prefetcher must still read through to its origin at once, not time out waiting
+    for a thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.cache import TenantRegistry
+    from service.config import Settings
+    from service.prefetching import PrefetchManager
+
+    threads = 4
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(threads))
+    busy = [f"t{i}" for i in range(threads)]
+    for name in [*busy, "victim"]:
+        (tmp_path / name).mkdir()
+        for i in range(4):
+            (tmp_path / name / f"k{i}").write_bytes(b"v%d" % i)
+    settings = Settings(origin=f"file://{tmp_path}", origin_timeout_s=2.0, prefetcher="stride",
+                        prefetch_isolation="process", prefetch_processes=1, prefetch_tune_lead=False)
+    registry = TenantRegistry(settings)
+    victim_spec = TenantSpec(name="victim", quota=TenantQuota(prefetcher="none"))
+    registry.sync([TenantSpec(name=n) for n in busy] + [victim_spec])
+    manager = PrefetchManager(settings, None)
+    await manager.sync(registry)
+    assert sorted(manager.running) == busy
+    pid = manager.processes[0].pid
+    assert pid is not None
+    victim = registry.get("victim")
+    assert victim is not None
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        for name in busy:  # each busy tenant records reads, so its next step asks the hung child
+            tenant = registry.get(name)
+            assert tenant is not None
+            for i in range(1, 4):
+                tenant.store.set(b"h%d" % i, b"x")
+                await tenant.get(b"h%d" % i)
+        await asyncio.sleep(0.3)  # the steps are under way, stuck on the child
+        started = time.monotonic()
+        assert await victim.get(b"k1") == b"v1"
+        assert time.monotonic() - started < 1.0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        await manager.stop()
+
+
+async def test_origin_reads_have_threads_of_their_own(tmp_path: Path) -> None:
+    """With every default-executor thread busy (checkpoints, audit writes, anything on asyncio.to_thread), a
+    read-through miss still reads its origin at once."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.cache import TenantRegistry
+    from service.config import Settings
+
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(2))
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "k").write_bytes(b"v")
+    registry = TenantRegistry(Settings(origin=f"file://{tmp_path}", origin_timeout_s=1.0))
+    registry.sync([TenantSpec(name="t")])
+    tenant = registry.get("t")
+    assert tenant is not None
+    release = threading.Event()
+    blocked = [loop.run_in_executor(None, release.wait) for _ in range(2)]
+    try:
+        assert await tenant.get(b"k") == b"v"
+    finally:
+        release.set()
+        await asyncio.gather(*blocked)
