@@ -209,8 +209,8 @@ def test_vault_stopped_during_create_leaves_no_half_tenant(local: Local, monkeyp
     onboard = Onboarder.connect(resolve(local.state))
     create = onboard.key_admin.create_tenant
 
-    def create_then_lose_vault(spec: TenantSpec) -> TenantSpec:
-        created = create(spec)
+    def create_then_lose_vault(spec: TenantSpec, *, exclusive: bool = False) -> TenantSpec:
+        created = create(spec, exclusive=exclusive)
         assert local.paths.process("openbao").stop()
         return created
 
