@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from onboarding.errors import InvalidInput
 from service.prefetch import PREFETCHERS
 from service.prefetch.markov import MIN_MAX_KEYS
@@ -33,8 +35,8 @@ def quota_for(
         raise InvalidInput(f"plan {plan!r}", f"unknown plan; choose one of {choices}")
     if memory_mib is not None and memory_mib <= 0:
         raise InvalidInput("--memory", "must be a positive number of MiB")
-    if rps is not None and rps < 0:
-        raise InvalidInput("--rps", "must be 0 (unlimited) or more")
+    if rps is not None and not (math.isfinite(rps) and rps >= 0):
+        raise InvalidInput("--rps", "must be a finite number, 0 (unlimited) or more")
     if prefetcher is not None and prefetcher not in PREFETCHERS:
         raise InvalidInput("--prefetcher", f"unknown prefetcher {prefetcher!r}; choose one of {', '.join(PREFETCHERS)}")
     if prefetch_max_keys is not None and prefetch_max_keys < MIN_MAX_KEYS:

@@ -138,7 +138,14 @@ class StatePaths:
         return self.root / ".foresight-state"
 
     def create(self) -> None:
-        """Make the directory tree, private to this user."""
+        """Make the directory tree, private to this user. A directory that exists, holds anything and is not one
+        of ours is refused untouched: `down --purge` deletes what carries the marker, so it must never be a
+        user's directory named by a typo."""
+        if self.root.is_dir() and not self.marker.exists() and any(self.root.iterdir()):
+            from onboarding.errors import InvalidInput
+
+            raise InvalidInput(f"state directory {self.root}", "exists and is not a Foresight state directory (no "
+                               f"{self.marker.name}); choose a new or empty one")
         for path in (self.root, self.tls, self.openbao, self.secrets, self.root / "run", self.root / "logs",
                      self.root / "audit", self.data, self.origin):
             path.mkdir(parents=True, exist_ok=True)

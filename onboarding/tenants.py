@@ -128,13 +128,15 @@ class Onboarder:
         admin = None
         if target.admin_url is not None and target.admin_token is not None:
             admin = AdminClient(target.admin_url, target.admin_token, ca_cert=target.admin_ca)
-        return cls(
+        onboarder = cls(
             VaultKeyAdmin(client, target.kv_mount),
             admin,
             OnboardingAudit(target.audit_log),
             Journal(target.paths.pending, target.vault_addr),
             target.endpoints,
         )
+        onboarder.recover()  # a creation whose process died is undone before any command sees its half tenant
+        return onboarder
 
     def close(self) -> None:
         if self.admin is not None:
@@ -145,6 +147,8 @@ class Onboarder:
     def create_tenant(self, name: str, quota: TenantQuota, scopes: list[str] | None = None) -> CreatedTenant:
         """A new tenant and its first key; everything undone if a step fails. Refuses an existing name."""
         validate_name(name)
+        if scopes is not None and not scopes:
+            raise InvalidInput("--scopes", f"names no scope; choose from {SCOPES_HELP}")
         self.recover()
         spec = TenantSpec(name=name, quota=quota)
         with self._audited("tenant.create", tenant=name, memory_bytes=quota.memory_bytes,

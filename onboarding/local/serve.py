@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from onboarding.admin_client import AdminClient
 from onboarding.errors import InvalidInput, LocalFailure
@@ -37,6 +38,28 @@ def check_settings(settings: dict[str, str]) -> None:
         if name not in Settings.model_fields:
             raise InvalidInput(f"--set {name}", "is not a service setting (see `foresight serve --help` and "
                                "service/config.py)")
+        value = settings[name]
+        if value != "":  # "" removes a kept setting
+            _check_value(name, value, Settings.model_fields[name])
+
+
+def _check_value(name: str, value: str, field: Any) -> None:
+    """Refuse a value the service would refuse at start (after `local up` had stopped the running one): read as
+    the service reads FORESIGHT_* variables, a plain string, or JSON for lists and mappings; bounds included."""
+    from typing import Annotated
+
+    from pydantic import TypeAdapter, ValidationError
+
+    adapter: TypeAdapter[Any] = TypeAdapter(
+        Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation  # type: ignore[arg-type]
+    )
+    try:
+        adapter.validate_strings(value)
+    except ValidationError as as_string:
+        try:
+            adapter.validate_json(value)
+        except ValidationError:
+            raise InvalidInput(f"--set {name}", as_string.errors()[0]["msg"]) from None
 
 
 @dataclass

@@ -70,6 +70,8 @@ def test_a_tenants_prefetch_bound_rides_on_its_plan() -> None:
         ("custom", {"memory_mib": 10}, "needs both --memory"),
         ("starter", {"memory_mib": 0}, "positive"),
         ("starter", {"rps": -1}, "0 (unlimited) or more"),
+        ("starter", {"rps": float("inf")}, "must be a finite number"),
+        ("starter", {"rps": float("nan")}, "must be a finite number"),
         ("starter", {"prefetch_max_keys": 1000}, "must be at least 1024"),
     ],
 )
@@ -129,3 +131,38 @@ def test_the_kv_mount_comes_from_the_services_variable(monkeypatch: pytest.Monke
     assert resolve().kv_mount == "foresight"
     monkeypatch.setenv("FORESIGHT_VAULT_KV_MOUNT", "tenants-prod")
     assert resolve().kv_mount == "tenants-prod"
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"prefetcher": "bogus"}, "--set prefetcher: Input should be 'none', 'stride', 'markov' or 'learned'"),
+        ({"origin_max_concurrency": "0"}, "--set origin_max_concurrency: Input should be greater than 0"),
+        ({"origin_max_concurrency": "many"}, "--set origin_max_concurrency: Input should be a valid integer"),
+    ],
+)
+def test_local_up_refuses_a_setting_value_the_service_would_refuse(setting: dict[str, str], message: str) -> None:
+    """Checked before `local up` stops the running service or saves anything: a bad value must not take a healthy
+    deployment down and stay saved for every later `up`."""
+    from onboarding.local.serve import check_settings
+
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        check_settings(setting)
+    check_settings({"origin_max_concurrency": "8", "kms_previous_key_ids": '["old"]', "prefetcher": ""})
+
+
+def test_a_state_directory_that_holds_something_else_is_never_adopted(tmp_path: Path) -> None:
+    """`down --purge` deletes a directory that carries the marker: `up` must not mark a user's directory."""
+    from onboarding.state import StatePaths
+
+    mine = tmp_path / "notes"
+    mine.mkdir(mode=0o755)
+    (mine / "notes.txt").write_text("precious")
+    with pytest.raises(InvalidInput, match="is not a Foresight state directory"):
+        StatePaths(mine).create()
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and mine.stat().st_mode & 0o777 == 0o755
+    fresh, empty = StatePaths(tmp_path / "new"), StatePaths(tmp_path / "empty")
+    (tmp_path / "empty").mkdir()
+    for paths in (fresh, empty, fresh):  # new, empty, or ours already
+        paths.create()
+        assert paths.marker.exists()

@@ -13,7 +13,7 @@ import hvac
 import pytest
 
 from onboarding.auditing import OnboardingAudit
-from onboarding.errors import Conflict, NotFound, ServiceFailure, VaultFailure
+from onboarding.errors import Conflict, InvalidInput, NotFound, ServiceFailure, VaultFailure
 from onboarding.journal import Journal
 from onboarding.plans import PLANS
 from onboarding.tenants import Onboarder
@@ -246,3 +246,35 @@ def test_every_action_is_audited_in_a_valid_chain_without_secrets(onboard: Onboa
         assert action in actions
     _, verdict = verify_files([log])
     assert verdict.ok
+
+
+def test_any_command_finishes_the_rollback_of_a_creation_whose_process_died(
+    bao: OpenBao, operator_token: str, key_admin: VaultKeyAdmin, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tenants create` was killed between creating the tenant and issuing its key. The next command of any kind
+    (here: connecting to list tenants) must not show, or issue keys to, that half tenant."""
+    from onboarding.context import resolve
+
+    monkeypatch.setenv("VAULT_ADDR", bao.addr)
+    monkeypatch.setenv("VAULT_TOKEN", operator_token)
+    half = unique("killed")
+    key_admin.create_tenant(TenantSpec(name=half))
+    target = resolve()
+    journal = Journal(target.paths.pending, target.vault_addr)
+    journal.begin(half)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    entries = json.loads(target.paths.pending.read_text())
+    entries[-1]["pid"], entries[-1]["start_time"] = int(dead.stdout), None
+    target.paths.pending.write_text(json.dumps(entries))
+
+    onboard = Onboarder.connect(target)
+    try:
+        assert half not in [t.spec.name for t in onboard.list_tenants().tenants]
+        assert key_admin.get_tenant(half) is None and journal.pending() == []
+    finally:
+        onboard.close()
+
+
+def test_an_empty_scope_list_is_refused(onboard: Onboarder) -> None:
+    with pytest.raises(InvalidInput, match="--scopes"):
+        onboard.create_tenant(unique("noscope"), PLANS["starter"], scopes=[])
