@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from onboarding.errors import LocalFailure
 from onboarding.local.processes import is_alive, start_time
 
 log = logging.getLogger(__name__)
@@ -78,19 +79,31 @@ class Journal:
 
     @contextmanager
     def _entries(self) -> Iterator[list[dict[str, Any]]]:
-        """The notes, under an exclusive lock; changes made to the list are written back."""
+        """The notes, under an exclusive lock (on a file of its own, so the notes can be replaced whole); changes
+        made to the list are written to a new file that then replaces the old, so a process killed while writing
+        leaves the old notes, never half of the new."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        lock = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            with os.fdopen(os.dup(fd), "r+") as file:
-                text = file.read()
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                text = self.path.read_text()
+            except FileNotFoundError:
+                text = ""
+            try:
                 entries: list[dict[str, Any]] = json.loads(text) if text.strip() else []
-                before = list(map(dict, entries))
-                yield entries
-                if entries != before:
-                    file.seek(0)
-                    file.truncate()
+            except json.JSONDecodeError as err:
+                raise LocalFailure(f"tenant creations in flight ({self.path})",
+                                   f"not valid JSON ({err}); fix or remove the file") from None
+            before = list(map(dict, entries))
+            yield entries
+            if entries != before:
+                fresh = self.path.with_name(self.path.name + ".new")
+                fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as file:
                     file.write(json.dumps(entries))
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(fresh, self.path)
         finally:
-            os.close(fd)
+            os.close(lock)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import hvac
 import pytest
 
 from onboarding.auditing import OnboardingAudit
-from onboarding.errors import Conflict, InvalidInput, NotFound, ServiceFailure, VaultFailure
+from onboarding.errors import Conflict, InvalidInput, LocalFailure, NotFound, ServiceFailure, VaultFailure
 from onboarding.journal import Journal
 from onboarding.plans import PLANS
 from onboarding.tenants import Onboarder
@@ -278,3 +279,14 @@ def test_any_command_finishes_the_rollback_of_a_creation_whose_process_died(
 def test_an_empty_scope_list_is_refused(onboard: Onboarder) -> None:
     with pytest.raises(InvalidInput, match="--scopes"):
         onboard.create_tenant(unique("noscope"), PLANS["starter"], scopes=[])
+
+
+def test_a_torn_journal_names_its_file_and_a_rewrite_replaces_it_whole(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "pending.json", "http://vault")
+    journal.begin("acme")
+    journal.done("acme")
+    assert json.loads((tmp_path / "pending.json").read_text()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pending.json", "pending.json.lock"]  # no temporary left
+    (tmp_path / "pending.json").write_text('[{"tenant": "acme", "vault_')  # as a process killed mid-write left it
+    with pytest.raises(LocalFailure, match=re.escape(str(tmp_path / "pending.json"))):
+        journal.pending()
