@@ -75,7 +75,8 @@ def create_shared_vault(
     parent: pulumi.Resource,
 ) -> SharedVault:
     """The Vault provider for `spec.vault_address` and the Vault resources every cloud needs."""
-    # No token: the provider's own sources (VAULT_TOKEN, the token helper). No token ever reaches the node.
+    # The token: the optional secret `foresight:vaultToken` (kept a secret Output), else the provider's own sources
+    # (VAULT_TOKEN, the token helper). No token ever reaches the node.
     provider = vault.Provider(
         f"{name}-vault",
         address=spec.vault_address,
