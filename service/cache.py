@@ -80,8 +80,8 @@ class TenantCache:
         self._flush_epoch = 0
         # This node's writes the tier has not confirmed yet (sent or being sent), and those of them another node
         # changed meanwhile: whichever reached the tier last is read back once ours is confirmed.
-        self.unconfirmed: set[bytes] = set()
-        self.contested: set[bytes] = set()
+        self._unconfirmed: set[bytes] = set()
+        self._contested: set[bytes] = set()
         self.bucket: TokenBucket | None = None
         # The prefetch engine's access-log recorders, set while one runs: every read reports its key to one.
         self.record_hit: Callable[[bytes], None] | None = None
@@ -190,8 +190,8 @@ class TenantCache:
         unsent = store.written or set()
         if keys is None:
             self.changed(None)
-            ours = unsent | self.unconfirmed
-            self.contested |= self.unconfirmed - unsent
+            ours = unsent | self._unconfirmed
+            self._contested |= self._unconfirmed - unsent
             kept = [(key, entry.value, entry.expires_at) for key in ours if (entry := store.entry(key)) is not None]
             store.flush(local=True)
             for key, value, expires_at in kept:
@@ -201,19 +201,29 @@ class TenantCache:
             self.changed(key)
             if key in unsent:
                 continue
-            if key in self.unconfirmed:
-                self.contested.add(key)
+            if key in self._unconfirmed:
+                self._contested.add(key)
             else:
                 store.discard(key)
+
+    def sending(self, keys: set[bytes]) -> None:
+        """These writes of this node's are on their way to the tier (unconfirmed until `confirmed`)."""
+        self._unconfirmed |= keys
+
+    def unsent(self, keys: set[bytes]) -> None:
+        """Sending these failed: they are marked to be sent again (after any other node's write that raced them,
+        so they win as unsent writes do)."""
+        self._unconfirmed -= keys
+        self._contested -= keys
 
     def confirmed(self, keys: list[bytes]) -> None:
         """The tier holds these writes of this node's now: a copy another node raced is read back from the tier,
         unless a newer write of this node's is still to be sent."""
         unsent = self.store.written or set()
         for key in keys:
-            self.unconfirmed.discard(key)
-            if key in self.contested:
-                self.contested.discard(key)
+            self._unconfirmed.discard(key)
+            if key in self._contested:
+                self._contested.discard(key)
                 if key not in unsent:
                     self.store.discard(key)
 

@@ -150,7 +150,7 @@ class TenantPrefetch:
         while True:
             await asyncio.sleep(self.interval)
             try:
-                await self._in_executor(self.checkpoint)
+                await self.run_blocking(self.checkpoint)
             except Exception as err:  # a failed checkpoint must not stop prefetching
                 log.error("tenant %s: checkpoint failed: %s", self.tenant.name, err)
 
@@ -162,7 +162,7 @@ class TenantPrefetch:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._in_executor(self._close)
+        await self.run_blocking(self._close)
 
     def _close(self) -> None:
         """Close the prefetcher once a checkpoint in progress (its task cancelled, its thread not) has finished."""
@@ -170,7 +170,7 @@ class TenantPrefetch:
             self._closed = True
             self.engine.prefetcher.close()
 
-    async def _in_executor(self, call: Any) -> Any:
+    async def run_blocking(self, call: Any) -> Any:
         """Run a blocking call on the engine's threads (the prefetcher's own), not the default executor."""
         return await asyncio.get_running_loop().run_in_executor(self.engine.executor, call)
 
@@ -317,7 +317,7 @@ class PrefetchManager:
             running = self.running.pop(name)
             if running.checkpoints is not None:
                 with contextlib.suppress(Exception):
-                    await running._in_executor(running.checkpoint)
+                    await running.run_blocking(running.checkpoint)
             await running.stop()
         if self._pool is not None:
             await self._off_loop(self._pool.close)

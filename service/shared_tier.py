@@ -238,7 +238,7 @@ class SharedTier:
                 assert store.written is not None
                 keys, store.written = store.written, set()
                 flushed, store.flushed = store.flushed, False
-                cache.unconfirmed |= keys  # type: ignore[arg-type]  # store keys are bytes
+                cache.sending(keys)  # type: ignore[arg-type]  # store keys are bytes
                 try:
                     if flushed:
                         await self._send_flush(cache.name)
@@ -250,11 +250,8 @@ class SharedTier:
                     failures = 0
                 except (RedisError, OSError) as err:
                     self._failed("write", err)
-                    # Resent with the values of then, so a newer write is not undone; resent after any other
-                    # node's write that raced them, so they win as unsent writes do.
-                    store.written |= keys
-                    cache.unconfirmed -= keys
-                    cache.contested -= keys
+                    store.written |= keys  # resent with the values of then, so a newer write is not undone
+                    cache.unsent(keys)  # type: ignore[arg-type]
                     store.flushed = store.flushed or flushed
                     failures += 1
                     await asyncio.sleep(min(0.05 * 2**failures, 5.0))
