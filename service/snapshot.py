@@ -4,6 +4,10 @@ The snapshot is one envelope (a fresh AES-256-GCM data key wrapped by the KMS) b
 associated data, written atomically with mode 0600. It is deleted once restored, so a later crash can never
 resurrect stale data. A snapshot that fails authentication is moved aside and the service starts cold:
 it never serves bytes it cannot prove it wrote.
+
+Each tenant's entries are written coldest first, in its eviction policy's order. Restore walks them from the
+hottest end and keeps what its budget holds now, so a budget lowered while the service was down keeps the hot
+entries, and restoring evicts nothing. (Older snapshots, in insertion order, read the same way.)
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 
 from service.cache import TenantRegistry
 from service.security.envelope import EnvelopeCipher, EnvelopeError
-from service.store import ValueTooLarge, now_ms
+from service.store import MemoryStore, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +29,17 @@ _MAGIC = b"FSNP1"
 _TENANT = struct.Struct(">HI")  # name length, entry count
 _ENTRY = struct.Struct(">IIq")  # key length, value length, deadline (ms, 0 = none)
 
+SavedEntry = tuple[bytes, bytes, int]  # key, value, deadline
+
 
 def encode(tenants: TenantRegistry) -> bytes:
-    """Each live entry is read exactly once: a key that expires mid-encode is simply left out, never half-counted."""
+    """Each live entry is read exactly once: a key that expires mid-encode is simply left out, never half-counted.
+    A tenant's entries go coldest first."""
     parts = [_MAGIC]
     for tenant in tenants:
         store = tenant.store
         live = []
-        for key in list(store.keys()):  # a copy: reading an expired entry removes it from the store
+        for key in store.coldest_first():  # a copy: reading an expired entry removes it from the store
             entry = store.entry(key)
             if entry is not None and isinstance(key, bytes):
                 live.append((key, entry.value, entry.expires_at))
@@ -43,10 +50,10 @@ def encode(tenants: TenantRegistry) -> bytes:
     return b"".join(parts)
 
 
-def decode(data: bytes) -> dict[str, list[tuple[bytes, bytes, int]]]:
+def decode(data: bytes) -> dict[str, list[SavedEntry]]:
     if not data.startswith(_MAGIC):
         raise ValueError("not a Foresight snapshot")
-    result: dict[str, list[tuple[bytes, bytes, int]]] = {}
+    result: dict[str, list[SavedEntry]] = {}
     pos = len(_MAGIC)
     while pos < len(data):
         name_len, count = _TENANT.unpack_from(data, pos)
@@ -79,8 +86,22 @@ def save(tenants: TenantRegistry, data_dir: Path, cipher: EnvelopeCipher) -> Pat
     return path
 
 
+def _fitting(store: MemoryStore, entries: list[SavedEntry]) -> tuple[list[SavedEntry], int]:
+    """The entries (coldest first) that fit the store's free budget, taken from the hottest end, coldest first
+    again; and how many did not fit."""
+    room = store.budget - store.used
+    kept: list[SavedEntry] = []
+    for key, value, deadline in reversed(entries):
+        size = store.size_of(key, value)
+        if size <= room:
+            room -= size
+            kept.append((key, value, deadline))
+    kept.reverse()
+    return kept, len(entries) - len(kept)
+
+
 def restore(tenants: TenantRegistry, data_dir: Path, cipher: EnvelopeCipher) -> int:
-    """Load a snapshot into the tenants that still exist; returns entries restored. Blocks."""
+    """Load a snapshot into the tenants that still exist; returns the entries resident afterwards. Blocks."""
     path = data_dir / FILENAME
     if not path.exists():
         return 0
@@ -97,17 +118,12 @@ def restore(tenants: TenantRegistry, data_dir: Path, cipher: EnvelopeCipher) -> 
         tenant = tenants.get(name)
         if tenant is None:
             continue  # the tenant was deleted while we were down
-        too_large = 0
-        for key, value, deadline in entries:
-            if deadline and deadline <= now:
-                continue
-            try:
-                tenant.store.set(key, value, deadline)
-            except (ValueTooLarge, ValueError):
-                too_large += 1  # the budget shrank below this entry while we were down: skip it, still start
-                continue
-            restored += 1
-        if too_large:
-            log.warning("snapshot: skipped %d entries of tenant %s that no longer fit its budget", too_large, name)
+        kept, skipped = _fitting(tenant.store, [entry for entry in entries if not entry[2] or entry[2] > now])
+        for key, value, deadline in kept:
+            tenant.store.set(key, value, deadline)
+        restored += sum(1 for key, _value, _deadline in kept if key in tenant.store)
+        if skipped:
+            # The budget was lowered while we were down: the coldest entries stay out, and the service still starts.
+            log.warning("snapshot: skipped %d entries of tenant %s that no longer fit its budget", skipped, name)
     path.unlink()
     return restored

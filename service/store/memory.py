@@ -16,10 +16,21 @@ from service.store.policies import EvictionPolicy, make_policy
 
 SCAN_SNAPSHOTS = 8  # scans of one store that keep their place at once (each holds 8 bytes per key)
 _SNAPSHOT_SPAN = 1 << 32  # a cursor is snapshot number x this + the place in that snapshot
-SCAN_IDLE_MS = 60_000  # snapshots unread this long are dropped (a scan that resumes later restarts)
+SCAN_IDLE_MS = 60_000  # a snapshot unread this long is dropped (a scan that resumes later restarts)
+# A snapshot keeps its keys alive after they are deleted or evicted, outside the budget. Together the snapshots
+# may pin this share of the budget, the least recently read dropped first; the one a scan reads now always stays,
+# and a snapshot of the whole store weighs less than the budget (each entry is charged more than its key costs
+# there). So a store and its scans hold at most about twice the budget, however many scans run while keys churn.
+SCAN_PINNED_SHARE = 1.0
+_PINNED_PER_KEY = 48  # what a snapshot's key costs beyond its bytes: a bytes object's header, a list slot
 
-# Dict slot, entry object and bookkeeping per key, roughly what CPython spends beyond key and value bytes.
-ENTRY_OVERHEAD = 96
+# What CPython spends per entry beyond the key's and value's bytes: the two bytes objects' headers, the entry
+# object, its size as an int, and a slot in the store's dict and in the policy's queue. Measured with tracemalloc
+# on CPython 3.11 at 282 to 341 bytes (it moves with how full the dicts are between their doublings); this is
+# the middle, so a budget bounds the real memory of its entries within about 10%. A key with a deadline also has
+# an item in the deadline heap, about 100 bytes not charged. A test keeps this calibrated
+# (tests/store/test_policies.py).
+ENTRY_OVERHEAD = 312
 
 
 def entry_size(key: Hashable, value: bytes) -> int:
@@ -53,6 +64,15 @@ class Entry:
 
 
 @dataclass(slots=True)
+class _Snapshot:
+    """One scan's copy of the key list."""
+
+    keys: list[Hashable]
+    pinned: int  # what its keys would hold once gone from the store, in the budget's units
+    used_at: int  # when a scan last read it (clock ms)
+
+
+@dataclass(slots=True)
 class StoreStats:
     hits: int = 0
     misses: int = 0
@@ -83,10 +103,9 @@ class MemoryStore:
         self.used = 0
         self.stats = StoreStats()
         self._inserted = 0  # keys ever added: a scan snapshot taken at this count still holds every live key
-        self._scans: OrderedDict[int, list[Hashable]] = OrderedDict()  # scan snapshots by number, oldest first
+        self._scans: OrderedDict[int, _Snapshot] = OrderedDict()  # scan snapshots by number, least recently read first
         self._scan_number = 0  # the newest snapshot's
         self._scan_inserted = -1  # `_inserted` when it was taken
-        self._scan_used_at = 0  # when a scan last read a snapshot (clock ms)
         self._watched: dict[Hashable, list[int]] = {}  # WATCHed key -> [watchers, changes since first watched]
         # With a shared tier (service/shared_tier.py): the keys clients changed since the tier last heard, whether a
         # client flushed everything, and who hears of each client change (the key; None for a flush): the tier's
@@ -105,6 +124,14 @@ class MemoryStore:
     def keys(self) -> Iterable[Hashable]:
         return self._data.keys()
 
+    def coldest_first(self) -> list[Hashable]:
+        """The resident keys, the eviction policy's likeliest victims first and the hottest last."""
+        return self.policy.coldest_first()
+
+    def size_of(self, key: Hashable, value: bytes) -> int:
+        """What this entry would be charged against the budget."""
+        return self._sizer(key, value)
+
     def fits(self, key: Hashable, value: bytes) -> bool:
         """Whether `set` would accept this entry (checked first by commands that must write all or nothing)."""
         return self._sizer(key, value) <= self.budget
@@ -114,32 +141,50 @@ class MemoryStore:
 
         Redis's contract: a key present from a scan's first call to its last is returned at least once, and
         the cursor is a plain number any connection may hand back. Here it names a snapshot of the key list
-        and a place in it. Any snapshot taken at or after a scan's first call holds every key that stays for
-        the whole scan, so a scan starts on the newest one while no key has been added since, and a cursor
-        whose snapshot was dropped (a flush, or more scans in progress at once than SCAN_SNAPSHOTS) restarts
-        on such a one: some keys come twice, which Redis allows too, and a scan among more concurrent ones than
-        that, with writes between its calls, may restart until fewer remain. A new snapshot copies the key list
-        (C speed, about 13 ms a million keys on the dev box); no call sorts, hashes or walks the store in
-        Python, so a scan never stalls the other tenants' commands for long.
+        and a place in it. A snapshot taken at or after a scan's first call holds every key that stays for the
+        whole scan. So a scan starts on the newest snapshot while no key has been added since, and a cursor whose
+        snapshot was dropped restarts on the newest one, which was taken after the dropped one's scan began (or,
+        after a flush or once every snapshot went idle, on a new one): some keys come twice, which Redis allows
+        too, and restarts take no new snapshot, so concurrent scans cannot keep pushing each other out.
+        Snapshots are dropped when unread for SCAN_IDLE_MS, and the least recently read first when there are
+        more than SCAN_SNAPSHOTS or their keys could pin more than SCAN_PINNED_SHARE of the budget once deleted
+        or evicted. A new snapshot copies the key list and sums its key lengths (C speed, about 30 ms a million
+        keys on the dev box); no call sorts, hashes or walks the store in Python, so a scan never stalls the
+        other tenants' commands for long.
         """
         number, place = divmod(cursor, _SNAPSHOT_SPAN)
         snapshots = self._scans
-        keys = snapshots.get(number) if cursor else None
-        if keys is None:
-            place = 0
-            number = self._scan_number
-            keys = snapshots.get(number) if self._scan_inserted == self._inserted else None
-            if keys is None:
-                number = self._scan_number = self._scan_number % (_SNAPSHOT_SPAN - 1) + 1
-                self._scan_inserted = self._inserted
-                keys = snapshots[number] = list(self._data)
-                while len(snapshots) > SCAN_SNAPSHOTS:
-                    snapshots.popitem(last=False)
+        snapshot = snapshots.get(number) if cursor else None
+        if snapshot is None:
+            number, place = self._scan_start(number if cursor else 0), 0
+            snapshot = snapshots[number]
         snapshots.move_to_end(number)
-        self._scan_used_at = self._clock()
+        snapshot.used_at = self._clock()
+        keys = snapshot.keys
         stop = place + count
         found = [key for key in keys[place:stop] if self._live(key) is not None]
         return (number * _SNAPSHOT_SPAN + stop if stop < len(keys) else 0), found
+
+    def _scan_start(self, lost: int) -> int:
+        """The snapshot a scan starts on; `lost`: the number of the dropped snapshot it resumes from, else 0."""
+        newest, snapshots = self._scan_number, self._scans
+        if newest in snapshots and (self._scan_inserted == self._inserted or 0 < lost < newest):
+            return newest
+        number = self._scan_number = newest % (_SNAPSHOT_SPAN - 1) + 1
+        self._scan_inserted = self._inserted
+        keys = list(self._data)
+        snapshots[number] = _Snapshot(keys, self._pinned(keys), self._clock())
+        limit = self.budget * SCAN_PINNED_SHARE
+        while len(snapshots) > 1 and (
+                len(snapshots) > SCAN_SNAPSHOTS or sum(kept.pinned for kept in snapshots.values()) > limit):
+            snapshots.popitem(last=False)
+        return number
+
+    def _pinned(self, keys: list[Hashable]) -> int:
+        """What these keys would hold in a snapshot once gone from the store, in the budget's units."""
+        if self._sizer is entry_size:
+            return sum(map(len, keys)) + _PINNED_PER_KEY * len(keys)  # type: ignore[arg-type]
+        return len(keys)  # a budget of entries (the replay benchmark's unit sizes)
 
     def keys_with_ttl(self) -> int:
         """How many resident keys have a deadline (INFO keyspace's `expires`)."""
@@ -301,12 +346,14 @@ class MemoryStore:
             self.stats.prefetch_evicted_unused += 1
 
     def active_expire(self, limit: int = 1000) -> int:
-        """Remove up to `limit` keys whose deadline has passed; returns how many went. Scan snapshots no scan
-        has read for SCAN_IDLE_MS go too: an abandoned scan does not keep its copy of the key list."""
+        """Remove up to `limit` keys whose deadline has passed; returns how many went. Scan snapshots unread for
+        SCAN_IDLE_MS go too, each on its own: an abandoned scan does not keep its copy of the key list, even
+        while other scans go on."""
         removed = 0
         now = self._clock()
-        if self._scans and now - self._scan_used_at > SCAN_IDLE_MS:
-            self._scans.clear()
+        scans = self._scans
+        while scans and now - next(iter(scans.values())).used_at > SCAN_IDLE_MS:
+            scans.popitem(last=False)
         heap = self._deadlines
         while heap and heap[0][0] <= now and removed < limit:
             deadline, _, key = heapq.heappop(heap)

@@ -3,6 +3,10 @@
 Python's fnmatch differs where clients notice: Redis negates a class with `^` (fnmatch: `!`), escapes with
 a backslash inside and outside classes, swaps a reversed range (`[z-a]`), leaves `[` unterminated as a class
 running to the pattern's end, and matches bytes, not text.
+
+Redis compares a range's bounds and the key's byte as C `char`s, which are signed on x86: there a range from
+byte 0xFF to `a` runs from -1 to 97, so it matches 0xFF and 0x00 to `a`, not `a` to 0xFF. Ranges here follow
+x86 (ARM builds of Redis, whose `char` is unsigned, differ for bytes 0x80 and above).
 """
 
 from __future__ import annotations
@@ -12,6 +16,11 @@ from collections.abc import Callable
 from functools import lru_cache
 
 Matcher = Callable[[bytes], bool]
+
+
+def _signed(byte: int) -> int:
+    """A byte as x86's signed C `char`."""
+    return byte - 256 if byte >= 0x80 else byte
 
 
 def _class(pattern: bytes, i: int) -> tuple[bytes, int]:
@@ -26,8 +35,8 @@ def _class(pattern: bytes, i: int) -> tuple[bytes, int]:
             members.add(pattern[i + 1])
             i += 2
         elif i + 2 < end and pattern[i + 1] == ord("-"):
-            low, high = sorted((pattern[i], pattern[i + 2]))
-            members.update(range(low, high + 1))
+            low, high = sorted((_signed(pattern[i]), _signed(pattern[i + 2])))
+            members.update(byte & 0xFF for byte in range(low, high + 1))
             i += 3
         else:
             members.add(pattern[i])

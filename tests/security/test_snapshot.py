@@ -13,11 +13,12 @@ from service.config import Settings
 from service.security.envelope import EnvelopeCipher
 from service.security.kms.local import LocalKms
 from service.store import MemoryStore, now_ms
+from service.store.policies import POLICIES
 from service.tenancy import TenantQuota, TenantSpec
 
 
-def registry(memory_bytes: int = 1 << 20) -> TenantRegistry:
-    tenants = TenantRegistry(Settings())
+def registry(memory_bytes: int = 1 << 20, policy: str = "s3fifo") -> TenantRegistry:
+    tenants = TenantRegistry(Settings(eviction_policy=policy))
     tenants.upsert(TenantSpec(name="acme", quota=TenantQuota(memory_bytes=memory_bytes)))
     return tenants
 
@@ -65,3 +66,27 @@ def test_entries_over_a_lowered_budget_are_skipped_and_the_rest_restore(tmp_path
     assert restored.store.get(b"small") == b"y" and restored.store.get(b"big") is None
     assert "skipped 1 entries of tenant acme" in caplog.text
     assert not (tmp_path / snapshot.FILENAME).exists()  # restored once: the next start is cold, not a crash loop
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_a_lowered_budget_restores_the_hot_entries_and_counts_only_those_resident(
+        tmp_path: Path, cipher: EnvelopeCipher, caplog: pytest.LogCaptureFixture, policy: str) -> None:
+    before = registry(1_000_000, policy)
+    tenant = before.get("acme")
+    assert tenant is not None
+    keys = [b"k%04d" % i for i in range(1000)]
+    for key in keys:
+        tenant.store.set(key, b"v" * 500)
+    hot = keys[::10]
+    for _ in range(3):
+        for key in hot:
+            tenant.store.get(key)
+    snapshot.save(before, tmp_path, cipher)
+    after = registry(200_000, policy)  # a fifth of the budget: about a quarter of the entries fit
+    with caplog.at_level(logging.WARNING, logger="service.snapshot"):
+        restored = snapshot.restore(after, tmp_path, cipher)
+    store = after.get("acme").store  # type: ignore[union-attr]
+    assert restored == len(store) and 200 < restored < 300
+    assert all(key in store for key in hot)  # the ones read before the shutdown, not the last ones written
+    assert store.stats.evictions == 0 and store.used <= store.budget
+    assert f"skipped {1000 - restored} entries of tenant acme" in caplog.text

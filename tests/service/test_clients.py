@@ -13,6 +13,7 @@ import redis
 
 from service.resp.connection import COMMANDS
 from service.security.apikeys import new_key
+from service.store.memory import ENTRY_OVERHEAD
 from tests.service.conftest import ProductionService
 from tests.service.harness import RunningService, running_service
 from tests.tlsutil import PKI
@@ -169,9 +170,9 @@ def test_redis_cli_dev_mode_commands(dev_service: RunningService) -> None:
     assert "summary" in run("COMMAND", "DOCS", "get")
     run("FLUSHDB")
     run("MSET", "a", "1", "bb", "22", "ccc", "333")
-    # redis-cli's key tools: --bigkeys reads TYPE and STRLEN over SCAN, --memkeys MEMORY USAGE (key + value + 96)
+    # redis-cli's key tools: --bigkeys reads TYPE and STRLEN over SCAN, --memkeys MEMORY USAGE (key + value + overhead)
     assert "Biggest string found '\"ccc\"' has 3 bytes" in run("--bigkeys")
-    assert "3 strings with 300 bytes" in run("--memkeys")
+    assert f"3 strings with {12 + 3 * ENTRY_OVERHEAD} bytes" in run("--memkeys")
     info = redis.Redis(port=dev_service.resp_port).info()  # the fields redis-cli --stat and monitors read
     assert (info["blocked_clients"], info["loading"], info["rdb_bgsave_in_progress"]) == (0, 0, 0)
     assert info["used_memory_human"] == f"{info['used_memory']}B" and info["maxmemory_human"] == "256.00M"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import random
+import tracemalloc
 
 import pytest
 
@@ -122,3 +124,47 @@ def test_s3fifo_keeps_its_per_key_state_in_the_stores_entries() -> None:
     store.set(b"k", b"x" * 50)
     assert store.entry(b"k") is entry and entry.size == before + 40
     assert policy._small_bytes == entry.size  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_the_budget_charges_about_what_cpython_spends_per_entry(policy: str) -> None:
+    """ENTRY_OVERHEAD stays calibrated: for small values, where it matters most, what the entries really take
+    (tracemalloc) is within 0.8 to 1.25 times what the budget charges. The sizes straddle a doubling of the
+    dicts, where the real cost per entry is highest and lowest."""
+    for entries in (10_000, 11_000, 40_000, 50_000):
+        gc.collect()
+        tracemalloc.start()
+        try:
+            store = MemoryStore(1 << 40, policy)
+            base, _ = tracemalloc.get_traced_memory()
+            for i in range(entries):
+                store.set(b"key:%08d" % i, b"%016d" % i)  # each value its own object, as values from clients are
+            gc.collect()
+            real = tracemalloc.get_traced_memory()[0] - base
+        finally:
+            tracemalloc.stop()
+        assert 0.8 <= real / store.used <= 1.25, f"{entries} entries: real/charged {real / store.used:.2f}"
+
+
+def test_s3fifo_ghost_does_not_keep_evicted_long_keys_in_memory() -> None:
+    """The ghost queue remembers evicted keys outside the budget: by their hashes, so a budget's worth of long
+    keys pushed out by short ones leaves the store at about its budget (it was twice with the keys kept)."""
+    budget, key_bytes = 4 << 20, 64 << 10
+    gc.collect()
+    tracemalloc.start()
+    try:
+        store = MemoryStore(budget, "s3fifo")
+        long_keys = [b"%06d" % i + b"k" * key_bytes for i in range(budget // (key_bytes + 400))]
+        for key in long_keys:
+            store.set(key, b"")
+        i = 0
+        while any(key in store for key in long_keys):
+            store.set(b"s%d" % i, b"%016d" % i)
+            i += 1
+        del long_keys
+        gc.collect()
+        real = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert store.stats.evictions > 60
+    assert real < 1.5 * budget, f"{real / budget:.2f} x the budget"

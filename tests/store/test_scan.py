@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+import tracemalloc
 from collections.abc import Hashable
 from typing import cast
 
 from service.store import MemoryStore
 from service.store.memory import SCAN_IDLE_MS, SCAN_SNAPSHOTS
+from tests.service.harness import RawClient, running_service
 
 
 def _scan_all(store: MemoryStore, count: int, between: object = None) -> list[bytes]:
@@ -151,3 +153,90 @@ def test_snapshots_of_abandoned_scans_are_dropped_and_a_late_scan_still_finishes
         cursor, keys = store.scan(cursor, 30)
         found.update(keys)
     assert len(found) == 100  # the late scan restarted on a new snapshot and missed nothing
+
+
+def test_an_abandoned_scan_loses_its_snapshot_while_another_scan_goes_on() -> None:
+    now = [1_000_000]
+    store = MemoryStore(1 << 30, "lru", clock=lambda: now[0])
+    for i in range(100):
+        store.set(b"k%d" % i, b"v")
+    abandoned, _ = store.scan(0, 10)
+    store.set(b"late", b"v")  # the next scan needs a snapshot of its own
+    active, seen = store.scan(0, 10)
+    assert len(store._scans) == 2
+    for _ in range(3):  # the active scan reads every 30 s: after 90 s the abandoned one is long idle
+        now[0] += SCAN_IDLE_MS // 2
+        store.active_expire()
+        active, keys = store.scan(active, 10)
+        seen += keys
+    assert len(store._scans) == 1  # only the active scan's copy of the key list is left
+    seen += _scan_all_from(store, active)
+    assert sorted(seen) == sorted(store.keys())
+    assert len(set(_scan_all_from(store, abandoned))) == 101  # the abandoned cursor restarts and misses nothing
+
+
+def test_more_concurrent_scans_than_snapshots_all_finish_with_writes_between_every_call() -> None:
+    """A restarted scan resumes on the newest snapshot rather than taking one, so scans that lost theirs do not
+    push the others' out in turn, and every one of them ends with every key that stayed."""
+    store = MemoryStore(1 << 30, "lru")
+    stable = [b"stable:%d" % i for i in range(200)]
+    for key in stable:
+        store.set(key, b"v")
+    scans = 2 * SCAN_SNAPSHOTS
+    cursors, seen, written = [0] * scans, [set[Hashable]() for _ in range(scans)], 0
+    for round_ in range(1000):
+        for i in range(scans):
+            if round_ and not cursors[i]:
+                continue
+            store.set(b"new:%d" % written, b"v")
+            written += 1
+            cursors[i], keys = store.scan(cursors[i], 20)
+            seen[i].update(keys)
+        if not any(cursors):
+            break
+    assert not any(cursors), "some scans never finished"
+    assert all(set(stable) <= found for found in seen)
+
+
+def test_a_scan_kept_alone_by_its_weight_still_finishes_beside_a_new_scan() -> None:
+    """Long keys: one snapshot of the store weighs most of the budget, so a second scan's snapshot pushes the
+    first one's out; the first resumes on the second's and both return every key that stayed."""
+    store = MemoryStore(1 << 20, "lru")
+    stable = [b"%04d" % i + b"k" * 20_000 for i in range(40)]
+    for key in stable:
+        store.set(key, b"")
+    first, seen_first = store.scan(0, 5)
+    store.set(b"new", b"")
+    second, seen_second = store.scan(0, 5)
+    assert len(store._scans) == 1  # two would pin more than the budget
+    while first or second:
+        store.set(b"more", b"v")
+        if first:
+            first, keys = store.scan(first, 5)
+            seen_first += keys
+        if second:
+            second, keys = store.scan(second, 5)
+            seen_second += keys
+    assert set(stable) <= set(seen_first) and set(stable) <= set(seen_second)
+
+
+def test_scan_snapshots_do_not_keep_evicted_keys_beyond_about_the_budget() -> None:
+    """A budget's worth of fresh long-named keys, then a scan nobody finishes, over and over (the keys evicted
+    since each scan began stay referenced by its snapshot): the tenant's memory stays within about twice its
+    budget (it was 7.8 times with every snapshot kept while any scan was read)."""
+    budget, key_bytes = 8 << 20, 256 << 10
+    tracemalloc.start()
+    try:
+        with running_service(dev=True, prefetcher="none", default_tenant_memory_bytes=budget) as svc:
+            client = RawClient(svc.resp_port)
+            base, _ = tracemalloc.get_traced_memory()
+            worst = 0
+            for round_ in range(9):
+                for i in range(budget // key_bytes):
+                    client.send(("SET", b"%03d-%04d-" % (round_, i) + b"k" * key_bytes, b""))
+                worst = max(worst, tracemalloc.get_traced_memory()[0] - base)
+                client.send(("SCAN", "0", "COUNT", "1"))
+            assert svc.state.tenants.get("default").store.stats.evictions > 200
+    finally:
+        tracemalloc.stop()
+    assert worst < 2.5 * budget, f"{worst / budget:.1f} x the budget"

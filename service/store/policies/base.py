@@ -46,6 +46,11 @@ class EvictionPolicy(ABC):
     def evict(self) -> Hashable:
         """Choose a resident key to evict, stop tracking it and return it. Only called when non-empty."""
 
+    @abstractmethod
+    def coldest_first(self) -> list[Hashable]:
+        """The resident keys, the likeliest victims first and the hottest last (a warm-restart snapshot is
+        written in this order, so restoring it into a smaller budget keeps the hot ones)."""
+
     def set_capacity(self, capacity: int) -> None:
         """The store's budget changed (a tenant's quota was edited)."""
         self.capacity = capacity

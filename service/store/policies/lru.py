@@ -33,5 +33,8 @@ class LRUPolicy(EvictionPolicy):
     def evict(self) -> Hashable:
         return self._order.popitem(last=False)[0]
 
+    def coldest_first(self) -> list[Hashable]:
+        return list(self._order)
+
     def __len__(self) -> int:
         return len(self._order)

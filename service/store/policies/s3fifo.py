@@ -3,6 +3,12 @@
 A small probationary FIFO (10% of capacity) filters one-hit wonders, so a scan of cold keys passes through
 it without touching the main FIFO where the working set lives. A ghost FIFO of recently evicted keys lets a
 key that comes back skip probation. Hits only bump a 2-bit counter: no list surgery on the read path.
+
+The ghost holds the evicted keys' hashes, not the keys: it only answers "was this key evicted lately?", and a
+key of any length costs it the same, about 130 bytes outside the budget (it holds as many as the cache does, so
+less than half the budget even for the smallest entries), so evicted long keys do not stay in memory. Two keys
+with one hash would share a ghost entry (64-bit hashes: never in practice), which at worst admits a key
+straight to main.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ class _Record:
 
 
 class S3FIFOPolicy(EvictionPolicy):
-    """Three FIFO queues: small (probation) and main, which map keys to their records, and ghost (keys only)."""
+    """Three FIFO queues: small (probation) and main, which map keys to their records, and ghost (key hashes)."""
 
     name = "s3fifo"
 
@@ -45,7 +51,7 @@ class S3FIFOPolicy(EvictionPolicy):
         self._move_threshold = move_threshold
         self._small: OrderedDict[Hashable, Resident] = OrderedDict()
         self._main: OrderedDict[Hashable, Resident] = OrderedDict()
-        self._ghost: OrderedDict[Hashable, None] = OrderedDict()
+        self._ghost: OrderedDict[int, None] = OrderedDict()
         self._small_bytes = 0
 
     def set_capacity(self, capacity: int) -> None:
@@ -55,7 +61,7 @@ class S3FIFOPolicy(EvictionPolicy):
     def admit(self, key: Hashable, size: int, *, prefetched: bool = False, record: Resident | None = None) -> Resident:
         resident: Resident = _Record(size) if record is None else record
         resident.freq, resident.size = 0, size
-        if not prefetched and self._ghost.pop(key, 0) is None:
+        if not prefetched and self._ghost.pop(hash(key), 0) is None:
             resident.small = False
             self._main[key] = resident
         else:
@@ -94,7 +100,7 @@ class S3FIFOPolicy(EvictionPolicy):
                     main[key] = resident
                     continue
                 ghost = self._ghost
-                ghost[key] = None
+                ghost[hash(key)] = None
                 # The ghost remembers about as many keys as the cache holds (the victim still counts).
                 bound = len(small) + len(main) + 1
                 while len(ghost) > bound:
@@ -107,6 +113,14 @@ class S3FIFOPolicy(EvictionPolicy):
                     main[key] = resident
                     continue
             return key
+
+    def coldest_first(self) -> list[Hashable]:
+        """By read count (the 2-bit counter), fewest first; among equals probation before main, each oldest first."""
+        by_freq: list[list[Hashable]] = [[] for _ in range(_MAX_FREQ + 1)]
+        for queue in (self._small, self._main):
+            for key, resident in queue.items():
+                by_freq[resident.freq].append(key)
+        return [key for keys in by_freq for key in keys]
 
     def __len__(self) -> int:
         return len(self._small) + len(self._main)
