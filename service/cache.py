@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from service.config import Settings
 from service.origin import Origin, ReadSlots, SingleFlight, open_origin
+from service.origin.base import ObjectTooLarge
 from service.store.memory import MemoryStore, ValueTooLarge
 from service.tenancy import TenantSpec
 
@@ -39,6 +40,13 @@ class TokenBucket:
         self._tokens = self.burst
         self._last = time.monotonic()
 
+    def retune(self, rate: float) -> None:
+        """Take a new rate, keeping the tokens left (up to the new burst): a quota change is no free refill."""
+        self.take(0)  # refill at the old rate up to now
+        self.rate = rate
+        self.burst = max(rate, 1.0)
+        self._tokens = min(self._tokens, self.burst)
+
     def take(self, n: int = 1) -> bool:
         now = time.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
@@ -52,7 +60,8 @@ class TokenBucket:
 class TenantCache:
     """One tenant's data: reads, writes, read-through and the quotas that bound them."""
 
-    # Loaded values larger than the whole budget: served, not cached; logged at most once a minute.
+    # Origin objects larger than the whole budget: refused (over the budget) or served uncached (the key and the
+    # entry's overhead tipped them over); logged at most once a minute.
     too_large_to_cache = 0
     _too_large_logged_at = -_TOO_LARGE_LOG_INTERVAL_S
     _too_large_unlogged = 0
@@ -100,7 +109,12 @@ class TenantCache:
         self.prefetch_max_keys = spec.quota.prefetch_max_keys
         self.scripting = spec.quota.scripting
         rate = spec.quota.requests_per_second
-        self.bucket = TokenBucket(rate) if rate else None
+        if not rate:
+            self.bucket = None
+        elif self.bucket is None:
+            self.bucket = TokenBucket(rate)
+        elif self.bucket.rate != rate:  # every refresh applies the spec again: only a change retunes the bucket
+            self.bucket.retune(rate)
         self.store.set_budget(spec.quota.memory_bytes)
 
     def admit(self, commands: int = 1) -> bool:
@@ -125,9 +139,13 @@ class TenantCache:
             if self.shared is not None and (shared := await self.shared.get(self.name, key)) is not None:
                 value, expires_at = shared
             if value is None and from_origin and self.origin is not None:
+                self.origin.path_for(key)  # an unmappable key is the client's mistake: no read, nothing counted
                 self.origin_fetches += 1
                 try:
-                    value = await self.origin.fetch(key)
+                    value = await self.origin.fetch(key, self.store.budget)
+                except ObjectTooLarge as err:  # refused before it was read: the tenant's budget, not the origin
+                    self._too_large(err.size)
+                    raise
                 except Exception:
                     self.origin_errors += 1
                     raise
@@ -139,6 +157,8 @@ class TenantCache:
             # from the origin, as the next read would bring it.
             fresh = self._changes.get(key, 0) == changes and epoch == self._flush_epoch
             if value is not None and fresh and key not in self.store:
+                # A prefetch a client's read joined is that read's load: cached as demanded, not as a prefetch.
+                prefetched = prefetched and not self.flights.demanded(key)
                 try:
                     self.store.set(key, value, expires_at, prefetched=prefetched, loaded=True)
                 except ValueTooLarge:
@@ -152,12 +172,12 @@ class TenantCache:
                 self._changes.pop(key, None)
 
     def _too_large(self, size: int) -> None:
-        """Count a loaded value that cannot be cached; the log says so at most once a minute per tenant."""
+        """Count an origin object that cannot be cached; the log says so at most once a minute per tenant."""
         self.too_large_to_cache += 1
         self._too_large_unlogged += 1
         now = time.monotonic()
         if now - self._too_large_logged_at >= _TOO_LARGE_LOG_INTERVAL_S:
-            log.warning("tenant %s: %d loaded value(s) larger than its memory budget of %d bytes served uncached "
+            log.warning("tenant %s: %d origin object(s) too large for its memory budget of %d bytes, not cached "
                         "(the latest %d bytes)", self.name, self._too_large_unlogged, self.store.budget, size)
             self._too_large_logged_at, self._too_large_unlogged = now, 0
 

@@ -1,31 +1,82 @@
 """One origin class for a local directory, S3, GCS and Azure Blob: fsspec speaks to all of them.
 
-Keys map to object paths under a root; a key that would escape the root (`..`, absolute paths) is refused
-rather than read. fsspec calls block, so they run in worker threads bounded by a semaphore (`ReadSlots`): threads
-of the origins' own, never the default executor that prefetch steps, checkpoints and audit writes share (a read waiting
-there for a thread spends its timeout queued behind them, and fails).
+A key maps to the object at `<root>/<key>`, its '/'-separated segments as they are (no quoting); a key that would
+escape the root (`..`, absolute paths) is refused rather than read. fsspec calls block, so they run on threads of
+the origins' own (`ReadSlots`), never the default executor that prefetch steps, checkpoints and audit writes share
+(a read waiting there for a thread spends its timeout queued behind them, and fails).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import logging
+import os
 import posixpath
+import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
-from urllib.parse import quote
+from typing import Any, TypeVar
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
-from service.origin.base import OriginError, OriginTimeout, UnmappableKey
+from service.origin.base import MAX_OBJECT_BYTES, ObjectTooLarge, OriginError, OriginTimeout, UnmappableKey, shown_key
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_LOG_EVERY_S = 60.0
 
 
 class ReadSlots:
-    """The origin reads a process may have in flight, and threads of their own to run them: as many as slots, so a
-    read never waits for a thread. Shared by every tenant's origin (the registry owns it)."""
+    """The origin reads a process may have in flight, and threads of their own to run them. A slot is taken before
+    a read's thread starts and given back when that thread finishes, not when the read waiting on it gives up: a
+    read that timed out on a hung origin keeps its slot while its thread is stuck. With as many threads as slots, a
+    read never waits for a thread, and the pool's queue never holds more reads than there are slots. Each origin
+    (every tenant has its own) holds at most `per_origin` slots, three quarters of them, so one tenant's hung or
+    slow origin always leaves the others a quarter, and a deployment with one tenant still has most of them. Shared by every tenant's origin (the registry owns it)."""
 
     def __init__(self, size: int) -> None:
-        self.semaphore = asyncio.Semaphore(size)
+        self.size = size
+        self.per_origin = max(1, size - size // 4)
+        self._free = asyncio.Semaphore(size)
         self.pool = ThreadPoolExecutor(size, thread_name_prefix="origin")  # threads start as reads need them
+
+    def share(self) -> asyncio.Semaphore:
+        """A new origin's own share of the slots."""
+        return asyncio.Semaphore(self.per_origin)
+
+    async def run(self, share: asyncio.Semaphore, read: Callable[..., T], *args: Any, delay_s: float = 0.0) -> T:
+        """`read(*args)` on a thread, once the origin's share and the process have a slot free (and `delay_s` has
+        passed, for benchmarks). Cancelled while it waits, it holds nothing; cancelled while its thread runs, the
+        thread keeps the slot until it finishes."""
+        await share.acquire()
+        try:
+            await self._free.acquire()
+        except BaseException:
+            share.release()
+            raise
+        try:
+            if delay_s:
+                await asyncio.sleep(delay_s)
+            work = self.pool.submit(read, *args)
+        except BaseException:
+            self._release(share)
+            raise
+        loop = asyncio.get_running_loop()
+        work.add_done_callback(lambda _: self._release_soon(loop, share))
+        return await asyncio.wrap_future(work)
+
+    def _release(self, share: asyncio.Semaphore) -> None:
+        self._free.release()
+        share.release()
+
+    def _release_soon(self, loop: asyncio.AbstractEventLoop, share: asyncio.Semaphore) -> None:
+        """From the read's thread, once it finished: the slot goes back on the loop that owns the semaphores."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the service has stopped, nobody waits for one
+            loop.call_soon_threadsafe(self._release, share)
 
     def close(self) -> None:
         """Stop the threads once the reads in flight finish: for the service's stop."""
@@ -47,42 +98,88 @@ class FsspecOrigin:
         except (ImportError, ValueError) as err:
             raise OriginError(f"origin {url!r} cannot be opened: {err}") from None
         self._root = root.rstrip("/")
+        self._local = isinstance(self._fs, LocalFileSystem)
         self._timeout_s = timeout_s
         self._latency_s = latency_ms / 1000.0
         self._slots = slots or ReadSlots(64)
+        self._share = self._slots.share()
+        self._logged_at: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
+        self._log_lock = threading.Lock()
         self.description = url
 
     def path_for(self, key: bytes) -> str:
-        """Object path of a key; keys are UTF-8 with '/' allowed, percent-quoting anything else unsafe."""
-        text = key.decode("utf-8", "surrogateescape")
-        parts = text.split("/")
-        if text.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise UnmappableKey("key cannot be mapped to an origin object (empty, '.' or '..' path segment)")
-        return posixpath.join(self._root, *(quote(p, safe="@:=+,-_.~") for p in parts))
-
-    def _read(self, path: str) -> bytes | None:
+        """The object path of a key: its '/'-separated segments under the root, as they are (`a b.txt` reads the
+        object `a b.txt`). An object store's names are UTF-8, so a key that is not UTF-8 names none there; a local
+        directory's names are any bytes, and such a key names the file of exactly those bytes."""
+        if b"\0" in key:
+            raise UnmappableKey("key cannot be mapped to an origin object (a NUL byte)")
         try:
-            return bytes(self._fs.cat_file(path))
-        except FileNotFoundError:
-            return None
-        except IsADirectoryError:
-            return None
-        except Exception as err:  # every backend raises its own types; the client gets one clear error
-            raise OriginError(f"origin read failed for {path}: {type(err).__name__}: {err}") from None
+            text = os.fsdecode(key) if self._local else key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UnmappableKey("key cannot be mapped to an origin object (not UTF-8, as object names are)") from None
+        if any(p in ("", ".", "..") for p in text.split("/")):
+            raise UnmappableKey("key cannot be mapped to an origin object (an empty, '.' or '..' path segment)")
+        return posixpath.join(self._root, text)
 
-    async def fetch(self, key: bytes) -> bytes | None:
+    def _read(self, key: bytes, path: str, limit: int) -> bytes | None:
+        try:
+            info = self._fs.info(path)
+            if info.get("type") == "directory":
+                return None
+            size = info.get("size") if info.get("type") == "file" else None  # a pipe or device has no size to trust
+            if size is not None and size > limit:
+                raise ObjectTooLarge(f"origin object for key {shown_key(key)} is {size} bytes, over the {limit} bytes "
+                                     "this tenant can load", size)
+            expected = limit if size is None else size
+            data = self._fs.cat_file(path, start=0, end=expected + 1) if expected else b""
+            if size is not None and len(data) > size:  # it grew since `info`: read again, a byte past the limit
+                data = self._fs.cat_file(path, start=0, end=limit + 1)
+            if len(data) > limit:
+                raise ObjectTooLarge(f"origin object for key {shown_key(key)} is over the {limit} bytes this tenant "
+                                     "can load", len(data))
+            return bytes(data)
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        except OSError as err:
+            if err.errno == errno.ENAMETOOLONG:  # no object can have that name
+                return None
+            raise self._failed(key, path, err) from None
+        except ObjectTooLarge:
+            raise
+        except Exception as err:  # every backend raises its own types; the client gets one clear error
+            raise self._failed(key, path, err) from None
+
+    def _failed(self, key: bytes, path: str, err: Exception) -> OriginError:
+        self._log("failed", f"{path}: {type(err).__name__}: {err}")
+        return OriginError(f"origin read failed for key {shown_key(key)}: {type(err).__name__}")
+
+    def _log(self, what: str, detail: str) -> None:
+        """The server's log gets the path and the backend's text, at most once a minute per origin and kind (from
+        the loop and the read threads alike)."""
+        with self._log_lock:
+            self._unlogged[what] = self._unlogged.get(what, 0) + 1
+            now = time.monotonic()
+            if now - self._logged_at.get(what, -_LOG_EVERY_S) < _LOG_EVERY_S:
+                return
+            self._logged_at[what] = now
+            count = self._unlogged.pop(what)
+        log.warning("origin %s: %d read(s) %s since the last report, the latest: %s", self.description, count, what,
+                    detail)
+
+    async def fetch(self, key: bytes, limit: int = MAX_OBJECT_BYTES) -> bytes | None:
+        """The object's bytes or None; the wait for a slot counts against the timeout."""
         path = self.path_for(key)
-        async with self._slots.semaphore:
-            try:
-                async with asyncio.timeout(self._timeout_s):
-                    if self._latency_s:
-                        await asyncio.sleep(self._latency_s)
-                    try:
-                        return await asyncio.get_running_loop().run_in_executor(self._slots.pool, self._read, path)
-                    except RuntimeError:  # the pool was shut down: the service is stopping
-                        raise OriginError(f"origin closed before reading {path}") from None
-            except TimeoutError:
-                raise OriginTimeout(f"origin timed out after {self._timeout_s:g}s reading {path}") from None
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await self._slots.run(self._share, self._read, key, path, min(limit, MAX_OBJECT_BYTES),
+                                             delay_s=self._latency_s)
+        except TimeoutError:
+            self._log("timed out", path)
+            raise OriginTimeout(f"origin timed out after {self._timeout_s:g}s reading key {shown_key(key)}") from None
+        except RuntimeError:  # the pool was shut down: the service is stopping
+            raise OriginError(f"origin closed before reading key {shown_key(key)}") from None
+
 
 def open_origin(url: str, tenant: str | None = None, **kwargs: Any) -> FsspecOrigin:
     """An origin rooted at `url`, or at `url/<tenant>` when it is a deployment-wide default."""

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import boto3
 import httpx
 import pytest
 import redis
 
-from service.origin import FsspecOrigin, OriginTimeout, SingleFlight, UnmappableKey
+from service.cache import TenantRegistry
+from service.config import Settings
+from service.origin import FsspecOrigin, OriginTimeout, ReadSlots, SingleFlight, UnmappableKey
+from service.tenancy import TenantQuota, TenantSpec
 from tests.servers import MotoServer
-from tests.service.harness import running_service
+from tests.service.harness import RawClient, running_service
+
+# Names real buckets and directories hold: each must read the object of exactly that name.
+ORDINARY_NAMES = ["hello world.txt", "café.json", "a(1).csv", "100%", "Q1 & Q2!.pdf", "dir with space/x+y=z.txt"]
 
 
 @pytest.fixture
@@ -125,12 +137,72 @@ def test_origin_failure_is_reported_over_resp_and_http(tmp_path: Path) -> None:
         assert svc.state.tenants.get("default").origin_errors == 2
 
 
+def test_origin_errors_name_the_key_and_the_error_kind_never_the_servers_path(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The client learns which key failed and how; the origin's root and the backend's text stay in the log."""
+    not_a_dir = tmp_path / "secret-origin-root"
+    not_a_dir.write_text("x")
+    with caplog.at_level(logging.WARNING), \
+            running_service(dev=True, prefetcher="none", origin=str(not_a_dir)) as svc:
+        reply = RawClient(svc.resp_port).send(("GET", "child"), ("PING",))
+        assert reply == b"-ERR origin: origin read failed for key 'child': NotADirectoryError\r\n+PONG\r\n"
+        with httpx.Client(base_url=svc.endpoints.http_url) as http:
+            detail = http.get("/v1/keys/child").json()["detail"]
+        assert detail == "origin: origin read failed for key 'child': NotADirectoryError"
+    assert f"{not_a_dir}/child: NotADirectoryError" in caplog.text  # the operator still sees where and why
+
+
+def test_a_key_too_long_for_the_filesystem_is_a_miss_not_an_origin_error(origin_dir: Path) -> None:
+    with running_service(dev=True, prefetcher="none", origin=str(origin_dir / "default")) as svc:
+        assert RawClient(svc.resp_port).send(("GET", "x" * 300), ("PING",)) == b"$-1\r\n+PONG\r\n"
+        assert httpx.get(f"{svc.endpoints.http_url}/v1/keys/{'x' * 300}").status_code == 404
+        assert svc.state.tenants.get("default").origin_errors == 0
+
+
 def test_keys_cannot_escape_the_origin_root(origin_dir: Path) -> None:
     (origin_dir / "secret").write_bytes(b"outside")
     origin = FsspecOrigin(str(origin_dir / "default"))
     for key in (b"../secret", b"/etc/passwd", b"a//b", b"./greeting"):
         with pytest.raises(UnmappableKey, match="path segment"):
             origin.path_for(key)
+    with pytest.raises(UnmappableKey, match="a NUL byte"):
+        origin.path_for(b"greeting\x00.txt")
+
+
+def test_object_names_with_spaces_accents_and_symbols_read_through_from_a_directory(origin_dir: Path) -> None:
+    root = origin_dir / "default"
+    (root / "dir with space").mkdir()
+    for name in ORDINARY_NAMES:
+        (root / name).write_bytes(f"data of {name}".encode())
+    (root / "hello%20world.txt").write_bytes(b"not this one")  # what the key used to be quoted to
+    with running_service(dev=True, prefetcher="none", origin=str(root)) as svc:
+        _assert_each_name_reads_its_own_object(svc)
+
+
+def test_a_key_that_is_not_utf8_reads_the_file_of_exactly_those_bytes_from_a_directory(origin_dir: Path) -> None:
+    """A directory's names are bytes: the key b'\\xff.bin' reads the file named b'\\xff.bin'."""
+    (origin_dir / "default" / os.fsdecode(b"\xff.bin")).write_bytes(b"latin-1 named")
+    with running_service(dev=True, prefetcher="none", origin=str(origin_dir / "default")) as svc:
+        client = RawClient(svc.resp_port)
+        assert client.send(("GET", b"\xff.bin"), ("GET", b"\xfe"), ("PING",)) == (
+            b"$13\r\nlatin-1 named\r\n$-1\r\n+PONG\r\n")
+        assert svc.state.tenants.get("default").origin_errors == 0
+        svc.state.tenants.get("default").store.flush()
+        with httpx.Client(base_url=svc.endpoints.http_url) as http:
+            assert http.get("/v1/keys/%FF.bin").content == b"latin-1 named"
+            assert http.get("/v1/keys/%FE").status_code == 404
+
+
+def test_unmappable_keys_are_not_counted_as_origin_reads(origin_dir: Path) -> None:
+    """Refused before anything is read, they must not trip origin-health alerts."""
+    with running_service(dev=True, prefetcher="none", origin=str(origin_dir / "default")) as svc:
+        client = RawClient(svc.resp_port)
+        for key in (b"a//b", b"../x", b"/etc/passwd", b"./y", b"z/"):
+            assert client.send(("GET", key)).startswith(b"-ERR origin: key cannot be mapped"), key
+        assert client.send(("GET", "greeting")) == b"$17\r\nhello from origin\r\n"
+        metrics = httpx.get(f"{svc.endpoints.http_url}/metrics").text
+        assert 'foresight_origin_fetches_total{tenant="default"} 1.0' in metrics
+        assert 'foresight_origin_errors_total{tenant="default"} 0.0' in metrics
 
 
 def test_a_key_no_origin_object_could_have_is_the_clients_error_not_the_origins(origin_dir: Path) -> None:
@@ -161,13 +233,18 @@ async def test_singleflight_shares_errors_and_survives_cancelled_reader() -> Non
     assert flights.started == 1 and "k" not in flights
 
 
-def test_s3_origin_through_moto_server(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def s3(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A boto3 client of the moto server, with the environment that points the service's s3fs at it."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server.endpoint)
     monkeypatch.setenv("FSSPEC_S3_ENDPOINT_URL", moto_server.endpoint)
-    s3 = boto3.client("s3", endpoint_url=moto_server.endpoint)
+    return boto3.client("s3", endpoint_url=moto_server.endpoint)
+
+
+def test_s3_origin_through_moto_server(s3: Any) -> None:
     s3.create_bucket(Bucket="origin-bucket")
     s3.put_object(Bucket="origin-bucket", Key="data/default/report.csv", Body=b"a,b\n1,2\n")
     with running_service(dev=True, prefetcher="none", origin="s3://origin-bucket/data/default") as svc:
@@ -176,3 +253,124 @@ def test_s3_origin_through_moto_server(moto_server: MotoServer, monkeypatch: pyt
         assert client.get("absent.csv") is None
         assert client.get("report.csv") == b"a,b\n1,2\n"
         assert svc.state.tenants.get("default").origin_fetches == 2
+
+
+def test_object_names_with_spaces_accents_and_symbols_read_through_from_s3(s3: Any) -> None:
+    s3.create_bucket(Bucket="named-objects")
+    for name in ORDINARY_NAMES:
+        s3.put_object(Bucket="named-objects", Key=f"data/default/{name}", Body=f"data of {name}".encode())
+    s3.put_object(Bucket="named-objects", Key="data/default/hello%20world.txt", Body=b"not this one")
+    s3.put_object(Bucket="named-objects", Key="data/default/empty", Body=b"")  # a range read of it would be refused
+    with running_service(dev=True, prefetcher="none", origin="s3://named-objects/data/default") as svc:
+        _assert_each_name_reads_its_own_object(svc)
+        assert RawClient(svc.resp_port).send(("GET", "empty")) == b"$0\r\n\r\n"
+
+
+def test_a_key_that_is_not_utf8_names_no_s3_object_and_the_connection_stays(s3: Any) -> None:
+    s3.create_bucket(Bucket="utf8-only")
+    s3.put_object(Bucket="utf8-only", Key="data/default/plain", Body=b"hello")
+    with running_service(dev=True, prefetcher="none", origin="s3://utf8-only/data/default") as svc:
+        client = RawClient(svc.resp_port)
+        assert client.send(("GET", b"\xff"), ("GET", "plain")) == (
+            b"-ERR origin: key cannot be mapped to an origin object (not UTF-8, as object names are)\r\n"
+            b"$5\r\nhello\r\n")
+        with httpx.Client(base_url=svc.endpoints.http_url) as http:
+            assert http.get("/v1/keys/%FF").status_code == 400
+        tenant = svc.state.tenants.get("default")
+        assert (tenant.origin_fetches, tenant.origin_errors) == (1, 0)
+
+
+def _assert_each_name_reads_its_own_object(svc: Any) -> None:
+    client = redis.Redis(port=svc.resp_port)
+    for name in ORDINARY_NAMES:
+        assert client.get(name) == f"data of {name}".encode(), name
+    svc.state.tenants.get("default").store.flush()
+    with httpx.Client(base_url=svc.endpoints.http_url) as http:
+        for name in ORDINARY_NAMES:
+            assert http.get("/v1/keys/" + quote(name, safe="")).content == f"data of {name}".encode(), name
+    assert svc.state.tenants.get("default").origin_errors == 0
+
+
+@contextlib.contextmanager
+def _registry(**settings: Any) -> Iterator[TenantRegistry]:
+    registry = TenantRegistry(Settings(dev=True, **settings))
+    try:
+        yield registry
+    finally:
+        registry.close()
+
+
+def _release_hung_reads(fifos: list[Path]) -> None:
+    """A writer end lets a read blocked opening a FIFO go on (to fail: a pipe is no object)."""
+    for fifo in fifos:
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_RDWR | os.O_NONBLOCK))
+
+
+async def test_a_hung_origin_holds_only_its_own_share_of_the_read_threads(tmp_path: Path) -> None:
+    """Reads of one tenant's origin that never return (a blackholed endpoint, an NFS stall; FIFOs here) time out
+    but keep their threads: the other tenant's reads must still be answered, and the hung tenant's slots come back
+    only when its threads finish."""
+    hung, healthy = tmp_path / "hung", tmp_path / "healthy"
+    hung.mkdir()
+    healthy.mkdir()
+    slots = 4
+    fifos = [hung / f"k{i}" for i in range(slots)]
+    for fifo in fifos:
+        os.mkfifo(fifo)  # opening one for reading blocks until a writer comes
+    (hung / "later").write_bytes(b"alpha again")
+    (healthy / "k").write_bytes(b"beta's data")
+    with _registry(origin_max_concurrency=slots, origin_timeout_s=1.0) as registry:
+        registry.sync([TenantSpec(name="alpha", quota=TenantQuota(origin=f"file://{hung}")),
+                       TenantSpec(name="beta", quota=TenantQuota(origin=f"file://{healthy}"))])
+        alpha, beta = registry.get("alpha"), registry.get("beta")
+        assert alpha is not None and beta is not None
+        try:
+            stuck = await asyncio.gather(*(alpha.get(b"k%d" % i) for i in range(slots)), return_exceptions=True)
+            assert all(isinstance(result, OriginTimeout) for result in stuck), stuck
+            for _ in range(3):
+                beta.store.delete(b"k")
+                assert await beta.get(b"k") == b"beta's data"
+        finally:
+            _release_hung_reads(fifos)
+        deadline = time.monotonic() + 10
+        while True:  # the freed threads give alpha its slot back
+            try:
+                assert await alpha.get(b"later") == b"alpha again"
+                break
+            except OriginTimeout:
+                assert time.monotonic() < deadline, "alpha's slot never came back"
+
+
+async def test_the_wait_for_a_read_slot_counts_against_the_reads_timeout(origin_dir: Path) -> None:
+    slots = ReadSlots(1)
+    holder = FsspecOrigin(str(origin_dir / "default"), latency_ms=3000, timeout_s=30, slots=slots)
+    waiter = FsspecOrigin(str(origin_dir / "default"), timeout_s=0.3, slots=slots)
+    holding = asyncio.ensure_future(holder.fetch(b"greeting"))  # takes the only slot for 3 s
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    try:
+        with pytest.raises(OriginTimeout, match=r"origin timed out after 0.3s reading key 'users/42'"):
+            await waiter.fetch(b"users/42")
+        assert time.monotonic() - started < 2.0
+    finally:
+        holding.cancel()
+        slots.close()
+
+
+async def test_one_tenants_many_slow_reads_leave_the_other_tenants_slots_free(origin_dir: Path) -> None:
+    """40 concurrent 400 ms reads of one origin on 4 slots: another origin's read is answered at once, not after
+    the queue ahead of it drains."""
+    slots = ReadSlots(4)
+    busy = FsspecOrigin(str(origin_dir / "default"), latency_ms=400, timeout_s=30, slots=slots)
+    other = FsspecOrigin(str(origin_dir / "default"), timeout_s=5, slots=slots)
+    reads = [asyncio.ensure_future(busy.fetch(b"greeting")) for _ in range(40)]
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    try:
+        assert await other.fetch(b"users/42") == b'{"name": "Ada"}'
+        assert time.monotonic() - started < 1.0  # before: about 4 s, behind the whole queue
+    finally:
+        for read in reads:
+            read.cancel()
+        slots.close()

@@ -6,6 +6,7 @@ import json
 import socket
 import ssl
 import time
+import tracemalloc
 from pathlib import Path
 
 import httpx
@@ -14,6 +15,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from service.store.memory import ENTRY_OVERHEAD
 from tests import servers
 from tests.service.conftest import ProductionService
 from tests.service.harness import RawClient, running_service, write_tenants_file
@@ -145,28 +147,53 @@ def test_rename_or_copy_to_a_name_that_does_not_fit_is_refused_and_keeps_the_val
     """Near the budget a longer name makes the entry too large: RENAME, RENAMENX and COPY answer OOM, and the
     value stays under its old name (it was deleted before the write that failed, and the connection dropped)."""
     oom = b"-OOM command not allowed when used memory > 'maxmemory'.\r\n"
+    size = 4096 - ENTRY_OVERHEAD - 200  # with a one-byte name the entry fits; with a 300-byte one it does not
     with running_service(dev=True, default_tenant_memory_bytes=4096) as svc:
         client = RawClient(svc.resp_port)
-        assert client.send(("SET", "a", "v" * 3800, "EX", "100")) == b"+OK\r\n"
+        assert client.send(("SET", "a", "v" * size, "EX", "100")) == b"+OK\r\n"
         for command in (("RENAME", "a", "k" * 300), ("RENAMENX", "a", "k" * 300), ("COPY", "a", "k" * 300)):
             assert client.send(command, ("PING",)) == oom + b"+PONG\r\n", command
-            assert client.send(("STRLEN", "a"), ("EXISTS", "k" * 300)) == b":3800\r\n:0\r\n"
+            assert client.send(("STRLEN", "a"), ("EXISTS", "k" * 300)) == b":%d\r\n:0\r\n" % size
         assert client.send(("TTL", "a")) == b":100\r\n"
         assert client.send(("RENAME", "a", "b")) == b"+OK\r\n"  # a name that fits still moves it
-        assert client.send(("STRLEN", "b")) == b":3800\r\n"
+        assert client.send(("STRLEN", "b")) == b":%d\r\n" % size
 
 
-def test_an_origin_object_larger_than_the_budget_is_served_uncached(tmp_path: Path) -> None:
-    """It cannot be cached, but it can be read: GET, MGET and HTTP GET answer it (each read loads it again)
-    rather than an internal error that closed every connection waiting on the load."""
-    (tmp_path / "big").write_bytes(b"b" * 5000)  # the dev tenant reads the origin's root
+def test_an_origin_object_larger_than_the_budget_is_refused_unread(tmp_path: Path) -> None:
+    """A tenant's read cannot make the server load more than the tenant may hold: the object's size is checked
+    before it is read, and the error says so (GET, MGET and HTTP GET alike, the connection kept)."""
+    budget = 1024 * 1024
+    with open(tmp_path / "big", "wb") as big:  # the dev tenant reads the origin's root
+        big.truncate(64 * budget)  # sparse: 64 MiB that take no disk
+    with running_service(dev=True, default_tenant_memory_bytes=budget, origin=str(tmp_path)) as svc:
+        client = RawClient(svc.resp_port)
+        refused = (b"-ERR origin: origin object for key 'big' is 67108864 bytes, over the 1048576 bytes this tenant "
+                   b"can load")
+        tracemalloc.start()
+        try:
+            assert client.send(("GET", "big"), ("PING",)) == refused + b"\r\n+PONG\r\n"
+            assert client.send(("MGET", "nope", "big"), ("PING",)) == refused + b"\r\n+PONG\r\n"
+            response = httpx.get(f"{svc.endpoints.http_url}/v1/keys/big")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert response.status_code == 502 and "over the 1048576 bytes" in response.json()["detail"]
+        assert peak < 2 * budget, peak
+        tenant = svc.state.tenants.get("default")
+        assert "big" not in tenant.store and tenant.too_large_to_cache == 3 and tenant.origin_errors == 0
+
+
+def test_an_origin_object_that_fits_the_budget_only_without_its_key_is_served_uncached(tmp_path: Path) -> None:
+    """Within the budget but not with the entry's key and overhead: it can be read, not cached (each read loads it
+    again), rather than an internal error that closed every connection waiting on the load."""
+    (tmp_path / "big").write_bytes(b"b" * 4090)
     with running_service(dev=True, default_tenant_memory_bytes=4096, origin=str(tmp_path)) as svc:
         client = RawClient(svc.resp_port)
-        assert client.send(("GET", "big"), ("PING",)) == b"$5000\r\n" + b"b" * 5000 + b"\r\n+PONG\r\n"
+        assert client.send(("GET", "big"), ("PING",)) == b"$4090\r\n" + b"b" * 4090 + b"\r\n+PONG\r\n"
         assert client.send(("MGET", "big", "nope"), ("PING",)) == (
-            b"*2\r\n$5000\r\n" + b"b" * 5000 + b"\r\n$-1\r\n+PONG\r\n")
+            b"*2\r\n$4090\r\n" + b"b" * 4090 + b"\r\n$-1\r\n+PONG\r\n")
         response = httpx.get(f"{svc.endpoints.http_url}/v1/keys/big")
-        assert (response.status_code, response.content) == (200, b"b" * 5000)
+        assert (response.status_code, response.content) == (200, b"b" * 4090)
         tenant = svc.state.tenants.get("default")
         assert "big" not in tenant.store and tenant.too_large_to_cache == 3
 
@@ -194,6 +221,31 @@ def test_rate_quota_gives_clear_error_and_recovers(tmp_path: Path, pki: PKI) -> 
             headers = {"Authorization": f"Bearer {keys['limited'].secret}"}
             codes = [http.get("/v1/keys/k", headers=headers).status_code for _ in range(80)]
             assert 429 in codes
+
+
+def test_a_tenant_refresh_neither_refills_nor_resets_the_rate_bucket() -> None:
+    """The service applies every tenant's spec again every few seconds: the same rate keeps the bucket as it is, a
+    new one keeps the tokens left, so a client that keeps its bucket empty gets no extra burst from either."""
+    from service.cache import TenantRegistry
+    from service.config import Settings
+    from service.tenancy import TenantQuota, TenantSpec
+
+    rate = 100
+    registry = TenantRegistry(Settings(dev=True))
+    spec = TenantSpec(name="t", quota=TenantQuota(requests_per_second=rate))
+    registry.sync([spec])
+    tenant = registry.get("t")
+    assert tenant is not None
+    admitted = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 0.5:
+        registry.sync([spec])  # as the refresh loop does, much more often
+        admitted += sum(tenant.admit() for _ in range(50))
+    elapsed = time.monotonic() - started
+    assert admitted <= rate * elapsed * 1.01 + rate + 1, admitted  # one burst, then the rate: no refill per sync
+    registry.sync([TenantSpec(name="t", quota=TenantQuota(requests_per_second=2 * rate))])  # the quota doubles
+    assert sum(tenant.admit() for _ in range(2 * rate)) <= rate  # the bucket stays nearly empty, not a new full one
+    registry.close()
 
 
 def test_tenants_file_errors_name_the_field(tmp_path: Path, pki: PKI) -> None:
