@@ -4,6 +4,7 @@ marketplace's SaaS fulfilment and metering (marketplace/<cloud>/cli.py, on marke
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,20 +46,40 @@ def build(
         except ModuleNotFoundError as err:
             why = f"{err.name} is not installed: pip install 'foresight[stacks]'"
             raise InvalidInput("foresight[stacks]", why) from None
-        paths = [
-            _write_json(out / "aws/foresight.template.json", render()),
-            _write_json(out / "aws/eventbridge-pattern.json", EVENT_PATTERN),
-        ]
-        archive = package(out / "azure")
-        paths += [str(archive.parent / name) for name in ("mainTemplate.json", "createUiDefinition.json")]
-        paths.append(str(archive))
-        gcp_dir = gcp_package(out / "gcp")
-        paths += sorted(str(path) for path in gcp_dir.iterdir())
+        _check_out(out)
+        try:
+            paths = [
+                _write_json(out / "aws/foresight.template.json", render()),
+                _write_json(out / "aws/eventbridge-pattern.json", EVENT_PATTERN),
+            ]
+            archive = package(out / "azure")
+            paths += [str(archive.parent / name) for name in ("mainTemplate.json", "createUiDefinition.json")]
+            paths.append(str(archive))
+            gcp_dir = gcp_package(out / "gcp")
+            paths += sorted(str(path) for path in gcp_dir.iterdir())
+        except OSError as err:  # full disk, a file where a cloud's directory goes, permissions changed under us
+            raise InvalidInput(f"--out {out}", f"cannot write {err.filename or 'into it'}: {err.strerror}") from None
         if as_json:
             output.emit_json({"written": paths})
         else:
             for path_text in paths:
                 output.out.print(f"wrote {path_text}", markup=False)
+
+
+def _check_out(out: Path) -> None:
+    """--out is a directory this process can create and write, checked before anything is built."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InvalidInput(f"--out {out}", "not a directory") from None
+    except NotADirectoryError:
+        raise InvalidInput(f"--out {out}", "a part of the path is a file, not a directory") from None
+    except OSError as err:
+        raise InvalidInput(f"--out {out}", f"cannot create it: {err.strerror}") from None
+    if not out.is_dir():
+        raise InvalidInput(f"--out {out}", "not a directory")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise InvalidInput(f"--out {out}", "not writable")
 
 
 def _write_json(path: Path, document: Any) -> str:

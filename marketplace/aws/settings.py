@@ -3,8 +3,11 @@ events arrive, and how the listing's dimensions map onto Foresight's plans. Read
 
 from __future__ import annotations
 
+import json
+from typing import Annotated
+
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from onboarding.plans import PLANS, check_plan_map
 
@@ -19,7 +22,7 @@ class AwsMarketplaceSettings(BaseSettings):
     queue_url: str | None = Field(
         None, description="SQS queue subscribed to the listing's subscription and entitlement SNS topics."
     )
-    plan_dimensions: dict[str, str] = Field(
+    plan_dimensions: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=lambda: {plan: plan for plan in PLANS},
         description="Contract dimension -> Foresight plan. The buyer's highest entitled plan wins.",
     )
@@ -33,6 +36,10 @@ class AwsMarketplaceSettings(BaseSettings):
     entitlement_endpoint_url: str | None = Field(None, description="Entitlement API endpoint override.")
     sqs_endpoint_url: str | None = Field(None, description="SQS endpoint override.")
 
+    # decoded here rather than by pydantic-settings, so that a value that is not JSON fails validation naming the field
+    _decoded = field_validator("plan_dimensions", mode="before")(
+        lambda value: json.loads(value) if isinstance(value, str) else value
+    )
     _known_plans = field_validator("plan_dimensions")(lambda mapping: check_plan_map(mapping))
 
     @model_validator(mode="after")

@@ -5,10 +5,12 @@ AZURE_CLIENT_CERTIFICATE_PATH), never from a Foresight setting."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from onboarding.plans import PLANS, check_plan_map
 
@@ -19,7 +21,7 @@ class AzureMarketplaceSettings(BaseSettings):
     tenant_id: str = Field(min_length=1, description="The publisher's Entra tenant (the app's home).")
     client_id: str = Field(min_length=1, description="The Entra app id in the offer's technical configuration.")
     offer_id: str = Field(min_length=1, description="The SaaS offer; purchases of any other offer are refused.")
-    plans: dict[str, str] = Field(
+    plans: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=lambda: {plan: plan for plan in PLANS},
         description="Offer plan id -> Foresight plan.",
     )
@@ -31,4 +33,8 @@ class AzureMarketplaceSettings(BaseSettings):
     authority: str = Field("https://login.microsoftonline.com", description="Entra ID, for tokens and signing keys.")
     ca_file: Path | None = Field(None, description="CA bundle for both (a TLS-inspecting proxy, tests).")
 
+    # decoded here rather than by pydantic-settings, so that a value that is not JSON fails validation naming the field
+    _decoded = field_validator("plans", mode="before")(
+        lambda value: json.loads(value) if isinstance(value, str) else value
+    )
     _known_plans = field_validator("plans")(lambda mapping: check_plan_map(mapping))

@@ -8,10 +8,30 @@ from typing import Any
 
 import typer
 
-from marketplace.commands import AdminUrl, Host, Json, Once, Port, TlsCert, TlsKey, connected, consume, saas_commands
+from marketplace.commands import (
+    AdminUrl,
+    EventsJson,
+    Host,
+    Once,
+    Port,
+    TlsCert,
+    TlsKey,
+    connected,
+    consume,
+    environment_help,
+    events_reported,
+    saas_commands,
+)
 from marketplace.commands import serve as serve_pages
+from marketplace.gcp.settings import GcpMarketplaceSettings
 from onboarding import output
 from onboarding.errors import InvalidInput
+
+PREFIX = "FORESIGHT_GCP_MP_"
+ENVIRONMENT = environment_help(
+    GcpMarketplaceSettings, PREFIX, "the service account in GOOGLE_APPLICATION_CREDENTIALS (or the host's own)",
+    "docs/marketplace-gcp.md"
+)
 
 app = typer.Typer(no_args_is_help=True, help="Google Cloud Marketplace SaaS: sign-up, Pub/Sub events, metering.")
 
@@ -22,9 +42,7 @@ def connect(admin_url: str | None) -> Iterator[Any]:
         from marketplace.gcp.fulfilment import GcpMarketplace
     except ModuleNotFoundError as err:  # the base install leaves the cloud SDKs out
         raise InvalidInput("foresight[gcp]", f"{err.name} is not installed: pip install 'foresight[gcp]'") from None
-    from marketplace.gcp.settings import GcpMarketplaceSettings
-
-    with connected(GcpMarketplaceSettings, "FORESIGHT_GCP_MP_", GcpMarketplace, admin_url) as marketplace:
+    with connected(GcpMarketplaceSettings, PREFIX, GcpMarketplace, admin_url) as marketplace:
         yield marketplace
 
 
@@ -41,10 +59,11 @@ def _reconciler(marketplace: Any) -> Any:
 
 
 saas_commands(app, connect, argument_help="The x-gcp-marketplace-token JWT the buyer's browser posted.",
-              meter=_metering, reconciler=lambda marketplace: _reconciler(marketplace).reconcile)
+              meter=_metering, reconciler=lambda marketplace: _reconciler(marketplace).reconcile,
+              environment=ENVIRONMENT)
 
 
-@app.command()
+@app.command(epilog=ENVIRONMENT)
 def serve(tls_cert: TlsCert, tls_key: TlsKey, host: Host = "127.0.0.1", port: Port = 8444,
           admin_url: AdminUrl = None) -> None:
     """Serve the sign-up page (POST /gcp/signup) over HTTPS: the listing's sign-up URL."""
@@ -54,12 +73,12 @@ def serve(tls_cert: TlsCert, tls_key: TlsKey, host: Host = "127.0.0.1", port: Po
         serve_pages(create_app(marketplace), tls_cert, tls_key, host, port)
 
 
-@app.command()
-def events(once: Once = False, admin_url: AdminUrl = None, as_json: Json = False) -> None:
+@app.command(epilog=ENVIRONMENT)
+def events(once: Once = False, admin_url: AdminUrl = None, as_json: EventsJson = False) -> None:
     """Consume Procurement events from FORESIGHT_GCP_MP_SUBSCRIPTION and reconcile the orders they name."""
     from marketplace.gcp.events import Subscription
 
-    with output.reported(as_json), connect(admin_url) as marketplace:
+    with events_reported(as_json, once), connect(admin_url) as marketplace:
         if not marketplace.settings.subscription:
             raise InvalidInput("FORESIGHT_GCP_MP_SUBSCRIPTION", "is not set; the Procurement events arrive there")
         subscription = Subscription(_reconciler(marketplace), marketplace.settings.subscription)

@@ -36,7 +36,8 @@ class ReadSlots:
     read that timed out on a hung origin keeps its slot while its thread is stuck. With as many threads as slots, a
     read never waits for a thread, and the pool's queue never holds more reads than there are slots. Each origin
     (every tenant has its own) holds at most `per_origin` slots, three quarters of them, so one tenant's hung or
-    slow origin always leaves the others a quarter, and a deployment with one tenant still has most of them. Shared by every tenant's origin (the registry owns it)."""
+    slow origin always leaves the others a quarter, and a deployment with one tenant still has most of them.
+    Shared by every tenant's origin (the registry owns it)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
