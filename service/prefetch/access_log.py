@@ -4,8 +4,11 @@ A hit, the hot path, costs one C-level `deque.append` of the key the read alread
 lock, no torch and no allocation (a `(key, hit)` tuple per read cost two to three times as much: an allocation
 the garbage collector tracks for as long as the ring holds it). A miss is about to go to the origin, so it can
 afford a small wrapper that marks it. When the worker falls behind, the oldest entries fall off the ring instead
-of growing memory, and the drain notes it. Sampling keeps every n-th access (that path runs a Python counter
-first): sequences stay contiguous between gaps, which is what the delta and successor models need.
+of growing memory, and the drain notes it.
+
+Sampling (`sample_every`; the service never sets it and records every read) keeps every n-th access, through a
+Python counter. It does not keep sequences whole: the delta and successor models see every n-th key of a run, and
+a workload whose period shares a factor with n aliases (with n = 2, reads alternating A, B log only B).
 """
 
 from __future__ import annotations

@@ -80,8 +80,10 @@ class AnswerSources:
         self.fast = StridePrefetcher(lead)  # aimable: the engine may tune its lead while it serves
         self.distance = lead + 1  # where the prefetcher's answers aim
         budget = coordinator.budget
+        # The books' target never holds what they issue: an issued, unsettled key counts as resident there.
         self._books = {name: PrefetchCoordinator(_Unfetched(coordinator), budget, coordinator.decode,
-                                                 coordinator.horizon) for name in SOURCES}
+                                                 coordinator.horizon, target_sees_issues=False)
+                       for name in SOURCES}
         self._cost = budget.threshold / (1.0 - budget.threshold) if budget.threshold < 1 else 1.0
         self._half_life, self._margin = half_life, margin
         self.scores = dict.fromkeys(SOURCES, 0.0)  # decayed used - cost x wasted

@@ -48,7 +48,7 @@ class CoordinatorStats:
     used: int = 0  # read as a hit within the horizon after being issued
     late: int = 0  # read as a miss first: while the prefetch was on its way, or after it was evicted
     late_in_flight: int = 0  # of those, read while its fetch was still running
-    wasted: int = 0  # not read within the horizon
+    wasted: int = 0  # not read within the horizon, or issued again before any read (evicted unread, or not loaded)
     skipped_resident: int = 0
     skipped_in_flight: int = 0
     skipped_concurrency: int = 0
@@ -67,6 +67,10 @@ class PrefetchCoordinator:
     budget: PrefetchBudget = field(default_factory=PrefetchBudget)
     decode: Callable[[int], Hashable | None] = lambda key: key  # prefetcher key -> cache key
     horizon: int = 64  # accesses after issue within which a read settles a prefetch as used; 0: no books kept
+    # False for a target that never holds what this coordinator issues (a scoring book whose prefetch fetches
+    # nothing, `answers.py`): a key issued and not settled yet then counts as resident, as it would be had the
+    # prefetch been made, instead of being issued again.
+    target_sees_issues: bool = True
     stats: CoordinatorStats = field(default_factory=CoordinatorStats)
     _outstanding: set[Hashable] = field(default_factory=set)
     # issued and not yet settled: key -> access count when issued (reads before it included), oldest first
@@ -106,11 +110,16 @@ class PrefetchCoordinator:
             if key in self._outstanding or target.in_flight(key):
                 self.stats.skipped_in_flight += 1
                 continue
-            if target.is_resident(key):
+            if target.is_resident(key) or (not self.target_sees_issues and key in self._recent):
                 self.stats.skipped_resident += 1
                 continue
             self._outstanding.add(key)
             if self.horizon:
+                if self._recent.pop(key, None) is not None:
+                    # Issued before and never read (it landed and was evicted, or its load failed): that issue
+                    # is wasted, and this one joins the back of the expiry order, which must stay oldest first.
+                    self._landed.pop(key, None)
+                    self.stats.wasted += 1
                 self._recent[key] = self._clock + reads_since
             self.stats.issued += 1
             issued.append((key, target.prefetch(key)))

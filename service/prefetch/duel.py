@@ -16,6 +16,11 @@ of the difference from that.
 Probing costs the probe's worse epochs, so each probe lost is followed by a rest without probes, twice as long as
 the last (1 epoch, 2, 4, up to `max_rest`), until a probe wins again.
 
+All of this is counted in reads, not in the caller's steps, which settle hundreds of reads each under load: a
+rest ends after its epochs' reads, however few steps brought them, and a duel counts towards `max_duels` as many
+times as its reads fill four epochs. Only a duel's epochs end with a step, the first to complete them: a step's
+reads all came under one choice, and the current choice's epochs and the probe's must not share them.
+
 What is compared is up to the caller: the aim of stride answers (`lead.py`), or whose answers to issue
 (`answers.py`).
 """
@@ -47,6 +52,7 @@ class Duel:
         self._duels = 0  # duels of the current choice against the current probe so far
         self._epoch_reads = 0
         self._epoch_used = 0
+        self._duel_reads = 0  # reads of the duel under way
         self._rates: list[float] = []  # used per read of each epoch of the duels so far, in `DUEL` order
         self._rest = 0  # epochs of the current choice, no probe, before the next duel
         self._backoff = 0  # the rest after the next probe lost: doubles with each, 0 after a probe wins
@@ -60,12 +66,14 @@ class Duel:
     def observe(self, reads: int, used: int, in_flight: int = 0) -> bool:
         """`reads` settled, `used` prefetches used among them and `in_flight` read while still being fetched,
         under whichever `probing` said. True when a duel has just ended: the caller asks `verdict()` and
-        answers with `adopted()`, `kept()` or nothing (a pending verdict)."""
-        self._epoch_reads += reads
+        answers with `adopted()`, `kept()` or nothing (a pending verdict). Reads past a rest's end go to the
+        duel's first epoch, the current choice's as the rest's, with their share of `used` and `in_flight`."""
         if self._rest:
-            if self._epoch_reads >= self.epoch:
-                self._epoch_reads, self._rest = 0, self._rest - 1
-            return False
+            reads, used, in_flight = self._rest_through(reads, used, in_flight)
+            if not reads:
+                return False
+        self._epoch_reads += reads
+        self._duel_reads += reads
         tally = self.tallies[DUEL[self._slot]]
         tally[0] += reads
         tally[1] += used
@@ -78,8 +86,21 @@ class Duel:
         self._slot = (self._slot + 1) % len(DUEL)
         if self._slot:
             return False
-        self._duels += 1
+        # A duel whose steps were long holds the reads of several: it counts as many towards giving the probe up.
+        self._duels += max(1, self._duel_reads // (len(DUEL) * self.epoch))
+        self._duel_reads = 0
         return True
+
+    def _rest_through(self, reads: int, used: int, in_flight: int) -> tuple[int, int, int]:
+        """Count `reads` against the rest; returns the reads past its end, with their share of `used` and
+        `in_flight` (none while it lasts)."""
+        epochs, self._epoch_reads = divmod(self._epoch_reads + reads, self.epoch)
+        if epochs < self._rest:
+            self._rest -= epochs
+            return 0, 0, 0
+        past = (epochs - self._rest) * self.epoch + self._epoch_reads
+        self._rest = self._epoch_reads = 0
+        return past, used * past // reads, in_flight * past // reads
 
     def verdict(self) -> Verdict:
         (reads, used, _), (probe_reads, probe_used, _) = self.tallies[False], self.tallies[True]
@@ -119,5 +140,6 @@ class Duel:
 
     def _restart(self) -> None:
         self._duels = 0
+        self._duel_reads = 0
         self._rates = []
         self.tallies = {False: [0, 0, 0], True: [0, 0, 0]}

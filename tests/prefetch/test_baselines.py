@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import random
+import tracemalloc
 
 import pytest
 
 from service.prefetch import make_prefetcher
 from service.prefetch.access_log import AccessLog
-from service.prefetch.keys import KeyCodec
+from service.prefetch.keys import MAX_PREFIXES, KeyCodec
 from service.prefetch.markov import MarkovPrefetcher, SuccessorTable
 from service.prefetch.stride import StridePrefetcher
 
@@ -130,6 +131,38 @@ def test_key_codec_keeps_numbers_adjacent_and_round_trips() -> None:
     assert codec.decode(opaque) == b"session-abc"
     assert codec.decode(codec.encode(b"img/7") - 8) is None  # stride below zero names no key
     assert codec.decode(codec.encode(b"line7\n")) == b"line7\n"  # digits must end the key, a newline too
+
+
+
+def test_key_codec_holds_no_more_bytes_than_its_bound() -> None:
+    codec = KeyCodec(max_bytes=1 << 20)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        first = codec.encode(b"session:first".ljust(1024, b"x"))
+        for i in range(5_000):  # 5 MB of distinct opaque keys
+            codec.encode(b"session:%d:".ljust(1024, b"x") % i)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert codec.retained_bytes <= 1 << 20 and held < 1.5 * (1 << 20)
+    assert codec.decode(first) is None  # forgotten, oldest first
+    last = codec.encode(b"session:4999:".ljust(1024, b"x"))
+    assert codec.decode(last) == b"session:4999:".ljust(1024, b"x")
+
+
+def test_one_off_numbered_keys_leave_prefix_slots_for_the_keys_that_come_back() -> None:
+    codec = KeyCodec()
+    one_off = codec.encode(b"tmp/first/part1")
+    user = codec.encode(b"user:00001")
+    for i in range(MAX_PREFIXES):  # each its own prefix, never seen again
+        codec.encode(b"tmp/%d/part1" % i)
+        if i % 64 == 0:
+            codec.encode(b"user:00001")  # in use: not the least recently encoded
+    assert codec.decode(one_off) is None
+    assert codec.encode(b"user:00002") == user + 1 and codec.decode(user + 5) == b"user:00006"
+    late = codec.encode(b"order:00001")  # a prefix first seen after the slots filled up still gets one
+    assert codec.decode(late + 1) == b"order:00002"
 
 
 def test_access_log_is_bounded_and_sampled() -> None:

@@ -133,3 +133,54 @@ def test_a_prefetch_issued_after_unsettled_reads_is_settled_only_by_later_ones()
     assert (coordinator.stats.used, coordinator.stats.wasted) == (1, 0)
     coordinator.on_access(201, hit=False)  # the third read after the issue: 2's horizon has passed
     assert (coordinator.stats.used, coordinator.stats.wasted) == (1, 1)
+
+
+class EvictingCache(FakeCache):
+    """A prefetch lands at once; `evict` drops a key unread, as a small cache's eviction policy would."""
+
+    def prefetch(self, key: int) -> None:
+        super().prefetch(key)
+        self.resident.add(key)
+
+    def evict(self, key: int) -> None:
+        self.resident.discard(key)
+
+
+def test_a_key_issued_again_before_its_first_issue_settled_settles_the_first_as_wasted() -> None:
+    """A prefetch that landed and was evicted unread is proposed again: two issues, two settlements, and the
+    re-issued key moves to the back of the expiry order instead of holding back the keys issued after it."""
+    cache = EvictingCache()
+    coordinator = PrefetchCoordinator(cache, PrefetchBudget(per_request=1), horizon=64)
+
+    def issue(key: int) -> None:
+        for issued, _ in coordinator.consider(proposals(key)):
+            coordinator.completed(issued)
+
+    issue(1)  # at read 0
+    coordinator.on_access(100, hit=True)
+    issue(2)  # at read 1
+    cache.evict(1)
+    for key in range(200, 210):
+        coordinator.on_access(key, hit=False)
+    issue(1)  # at read 11, its first issue unread
+    stats = coordinator.stats
+    assert (stats.issued, stats.wasted) == (3, 1)
+    for key in range(300, 354):  # to read 65, the first past the horizon of 2 (issued at read 1)
+        coordinator.on_access(key, hit=False)
+    assert stats.wasted == 2 and not coordinator.unsettled(2)
+    coordinator.on_access(2, hit=True)  # read after its horizon: not used
+    coordinator.settle()
+    assert stats.used == 0
+    assert stats.used + stats.late + stats.wasted == stats.issued == 3
+
+
+def test_a_scoring_book_counts_its_own_unsettled_issue_as_resident_instead_of_issuing_it_again() -> None:
+    """A book whose target never holds its prefetches (`answers.py`) would have the first prefetch in the cache:
+    a second proposal of the key before its read is no second prefetch, and costs nothing."""
+    book = PrefetchCoordinator(FakeCache(), PrefetchBudget(per_request=1), target_sees_issues=False)
+    for _ in range(3):
+        for key, _ in book.consider(proposals(1)):
+            book.completed(key)
+    book.on_access(1, hit=True)
+    stats = book.stats
+    assert (stats.issued, stats.skipped_resident, stats.used, stats.wasted) == (1, 2, 1, 0)

@@ -77,6 +77,31 @@ def test_a_phase_change_inside_a_duel_is_no_verdict_though_the_reads_alone_would
     assert duel((0.5, 0.75, 0.25, 0.0)) is Verdict.PENDING
 
 
+
+def test_a_rest_lasts_its_epochs_in_reads_however_many_reads_a_step_settles() -> None:
+    duel = Duel(epoch=32)
+    for _ in range(5):
+        duel.kept()  # five probes lost: a rest of 16 epochs
+    assert not duel.observe(512, 0)  # one busy step settles the whole rest
+    duel.observe(32, 0)  # the duel's first epoch, the current choice's
+    assert duel.probing
+
+
+def test_the_reads_a_step_settles_past_a_rests_end_count_for_the_current_choice_with_their_share_of_used() -> None:
+    duel = Duel(epoch=32)
+    duel.kept()  # a rest of one epoch
+    duel.observe(96, 30)  # 32 reads of rest, then 64 of the duel's first epoch (the current choice, as resting)
+    assert duel.tallies[False] == [64, 20, 0] and duel.probing
+
+
+def test_a_probe_is_given_up_after_its_duels_reads_not_after_so_many_steps() -> None:
+    """An epoch ends with the step that completes it (all of a step's reads came under one choice), so under
+    load a duel is four steps of hundreds of reads; a duel counts as many duels as its reads would fill."""
+    duel = Duel(epoch=32, max_duels=32)
+    ended = [duel.observe(512, 256) for _ in range(2 * len(DUEL))]  # two duels, 4,096 reads, no difference
+    assert ended.count(True) == 2 and duel.verdict() is Verdict.CURRENT
+
+
 def test_the_tuner_aims_nearer_by_the_wait_its_used_prefetches_had_to_spare() -> None:
     def one_duel(tuner: LeadTuner, in_flight: int, waits: list[int]) -> int:
         for _ in DUEL:

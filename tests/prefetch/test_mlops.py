@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
+import random
+import stat
 import threading
 import time
 from pathlib import Path
@@ -16,8 +19,9 @@ from service.prefetch.base import Prediction, Prefetcher
 from service.prefetch.coordinator import PrefetchBudget
 from service.prefetch.engine import PrefetchEngine
 from service.prefetch.learned.prefetcher import LearnedPrefetcher, TrainConfig
-from service.prefetch.mlops.ab import ABAssignment, LiveComparison
-from service.prefetch.mlops.checkpoints import CheckpointError, CheckpointRegistry
+from service.prefetch.mlops import checkpoints
+from service.prefetch.mlops.ab import ABAssignment, LiveComparison, check_weights
+from service.prefetch.mlops.checkpoints import KEEP_NEWEST, CheckpointError, CheckpointRegistry
 from service.prefetch.mlops.drift import DriftDetector
 from service.prefetch.windows import RecordingWindows
 
@@ -56,6 +60,40 @@ def test_ab_assignment_is_stable_per_tenant() -> None:
     share = sum(arm == "learned" for arm in first.values()) / len(first)
     assert 0.4 < share < 0.6
     assert ABAssignment({"markov": 1, "learned": 1}, salt="next").arm("tenant-1") in {"markov", "learned"}
+
+
+
+TENANTS = [f"tenant-{i}" for i in range(20_000)]
+
+
+def test_ab_arms_get_tenants_in_proportion_to_their_weights() -> None:
+    ab = ABAssignment({"learned": 0.2, "stride": 0.3, "markov": 0.5, "none": 0.0})
+    arms = [ab.arm(t) for t in TENANTS]
+    for arm, weight in (("learned", 0.2), ("stride", 0.3), ("markov", 0.5)):
+        assert abs(arms.count(arm) / len(TENANTS) - weight) < 0.015, arm
+    assert "none" not in arms  # a zero weight is never chosen
+
+
+def test_adding_an_ab_arm_moves_tenants_only_to_the_new_arm() -> None:
+    before = ABAssignment({"learned": 0.5, "stride": 0.5})
+    after = ABAssignment({"learned": 0.5, "stride": 0.5, "baseline": 0.1})  # sorts before both
+    moved = [(before.arm(t), after.arm(t)) for t in TENANTS if before.arm(t) != after.arm(t)]
+    assert {new for _, new in moved} == {"baseline"}
+    assert abs(len(moved) / len(TENANTS) - 0.1 / 1.1) < 0.01
+
+
+@pytest.mark.parametrize(("arms", "named"), [({"learned": float("nan"), "stride": 1.0}, "'learned'"),
+                                             ({"learned": float("inf"), "stride": 1.0}, "'learned'"),
+                                             ({"learned": 1.0, "stride": -0.5}, "'stride'"),
+                                             ({"learned": 0.0, "stride": 0.0}, "above 0"),
+                                             ({}, "above 0")])
+def test_ab_weights_that_cannot_split_tenants_are_refused_naming_the_arm(arms: dict[str, float],
+                                                                         named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        check_weights(arms)
+    with pytest.raises(ValueError, match=named):
+        ABAssignment(arms)
+    assert check_weights({"learned": 1, "stride": 0}) == {"learned": 1.0, "stride": 0.0}
 
 
 def test_live_comparison_aggregates_per_arm() -> None:
@@ -104,6 +142,100 @@ def test_promotion_needs_a_better_metric_and_rollback_restores_the_previous(tmp_
     assert CheckpointRegistry(tmp_path, tenant="acme").serving == v1  # the index survives a restart
 
 
+def test_a_one_step_rollback_keeps_the_version_it_rolled_back_from_until_the_next_save(tmp_path: Path) -> None:
+    """`record_live_metric` commits before its caller loads: a caller whose load fails serves the version it
+    rolled back from again, though three versions came after it."""
+    registry = CheckpointRegistry(tmp_path, tenant="acme")
+    for metric in (0.4, 0.5):
+        registry.promote_if_better(registry.save({"w": torch.zeros(1)}, metric=metric))
+    for _ in range(KEEP_NEWEST):
+        registry.promote_if_better(registry.save({"w": torch.zeros(1)}, metric=0.1))
+    assert registry.record_live_metric(0.2) == 1
+    assert registry.promote_if_better(2, margin=-1.0) and registry.serving == 2
+    assert registry.load(2)["w"].item() == 0.0
+
+
+
+def _versions_on_disk(directory: Path) -> set[int]:
+    return {int(path.stem[1:]) for path in directory.glob("v*.ckpt")}
+
+
+def test_checkpoints_are_pruned_to_the_serving_its_predecessor_and_the_newest(tmp_path: Path) -> None:
+    registry = CheckpointRegistry(tmp_path, tenant="acme", cipher=XorCipher())
+    rng = random.Random(0)
+    for i in range(50):
+        version = registry.save({"w": torch.full((1,), float(i))}, metric=rng.random())
+        registry.promote_if_better(version)
+        assert len(_versions_on_disk(tmp_path)) <= KEEP_NEWEST + 2
+    serving = registry.serving
+    assert serving is not None and registry.load(serving)["w"].item() == serving - 1
+    # The versions 1 and 2 serve and served before it; the 48 later ones are not better: the newest three stay.
+    pinned = CheckpointRegistry(tmp_path / "pinned", tenant="acme")
+    for i, metric in enumerate([0.4, 0.5] + [0.3] * 48):
+        pinned.promote_if_better(pinned.save({"w": torch.full((1,), float(i))}, metric=metric))
+    assert _versions_on_disk(tmp_path / "pinned") == {1, 2, 48, 49, 50}
+    reopened = CheckpointRegistry(tmp_path / "pinned", tenant="acme")
+    assert reopened.serving == 2 and reopened.load(2)["w"].item() == 1.0
+    assert reopened.rollback_target(0.1) == 1 and reopened.load(1)["w"].item() == 0.0
+
+
+@pytest.mark.parametrize("index", ['{"versions": [', '{"versions": [], "serving": null}', "[]",
+                                   '{"versions": [], "serving": "v1", "history": []}'])
+def test_a_torn_or_foreign_index_is_a_checkpoint_error_naming_the_file(tmp_path: Path, index: str) -> None:
+    (tmp_path / "index.json").write_text(index)
+    with pytest.raises(CheckpointError, match=str(tmp_path / "index.json")):
+        CheckpointRegistry(tmp_path, tenant="acme")
+
+
+def test_checkpoint_writes_are_synced_before_the_rename_and_the_rename_after(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    fsync, replace = checkpoints.os.fsync, checkpoints.os.replace
+
+    def noting_fsync(fd: int) -> None:
+        events.append("sync directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "sync file")
+        fsync(fd)
+
+    def noting_replace(src: Path, dst: Path) -> None:
+        events.append(f"rename {Path(dst).name}")
+        replace(src, dst)
+
+    monkeypatch.setattr(checkpoints.os, "fsync", noting_fsync)
+    monkeypatch.setattr(checkpoints.os, "replace", noting_replace)
+    CheckpointRegistry(tmp_path, tenant="acme").save({"w": torch.zeros(1)}, metric=0.5)
+    assert events == ["sync file", "rename v0001.ckpt", "sync directory",
+                      "sync file", "rename index.json", "sync directory"]
+
+
+def test_a_rollback_changes_the_index_only_when_committed_after_the_load(tmp_path: Path) -> None:
+    registry = CheckpointRegistry(tmp_path, tenant="acme")
+    v1 = registry.save({"w": torch.zeros(1)}, metric=0.5)
+    registry.promote_if_better(v1)
+    v2 = registry.save({"w": torch.ones(1)}, metric=0.6)
+    registry.promote_if_better(v2)
+    assert registry.rollback_target(0.58) is None
+    target = registry.rollback_target(0.3)
+    assert target == v1 and registry.serving == v2
+    assert CheckpointRegistry(tmp_path, tenant="acme").serving == v2  # a failed load would leave v2 serving
+    registry.commit_serving(target)
+    assert registry.serving == CheckpointRegistry(tmp_path, tenant="acme").serving == v1
+
+
+@pytest.mark.parametrize("model_config", [{"hidden": 32}, None])
+def test_versions_of_another_model_config_are_not_rolled_back_to_nor_stand_in_the_way_of_promotion(
+    tmp_path: Path, model_config: dict[str, int] | None
+) -> None:
+    previous_release = CheckpointRegistry(tmp_path, tenant="acme")
+    v1 = previous_release.save({"model_config": {"hidden": 16}, "w": torch.zeros(2)}, metric=0.8)
+    previous_release.promote_if_better(v1)
+    registry = CheckpointRegistry(tmp_path, tenant="acme", model_config=model_config)
+    assert registry.compatible(v1) is (model_config is None)  # without a config of its own, any may be tried
+    v2 = registry.save({"model_config": {"hidden": 32}, "w": torch.zeros(3)}, metric=0.5)
+    assert registry.info(v2).meta["model_config"] == {"hidden": 32}
+    assert registry.promote_if_better(v2)  # v1 cannot be loaded into this model: no bar to clear
+    assert registry.rollback_target(0.0) is None  # v1 is the only version before it, of another config
+
+
 def test_drift_detector_fires_when_accuracy_falls() -> None:
     drift = DriftDetector(window=100, drop=0.3)
     assert not any(drift.update(1.0 if i % 10 < 8 else 0.0) for i in range(1000))
@@ -113,6 +245,29 @@ def test_drift_detector_fires_when_accuracy_falls() -> None:
     # The new level becomes the reference: a steady (if worse) model does not keep retraining.
     assert not any(drift.update(1.0 if i % 10 < 3 else 0.0) for i in range(1000))
     assert drift.detections == settled
+
+
+
+def test_one_drop_in_accuracy_is_one_detection() -> None:
+    """While the window slides down from the old level its mean keeps falling; the detector must not fire at
+    each 30 % step of that fall (each firing queues more retraining)."""
+    drift = DriftDetector()
+    fired = [i for i, outcome in enumerate([1.0] * 5000 + [0.0] * 10000) if drift.update(outcome)]
+    assert len(fired) == 1 and drift.detections == 1
+    assert 5000 < fired[0] < 5000 + drift.window
+
+
+def test_after_a_detection_the_next_full_window_sets_the_reference() -> None:
+    drift = DriftDetector(window=100, drop=0.3)
+    for _ in range(500):
+        drift.update(1.0)
+    assert any(drift.update(0.5) for _ in range(100))
+    assert drift.reference is None  # refractory: the level after the drop is not known yet
+    for _ in range(100):
+        assert not drift.update(0.5)
+    assert drift.reference == pytest.approx(0.5)
+    assert any(drift.update(0.2) for _ in range(100))  # a second drop from the new level is detected
+    assert drift.detections == 2
 
 
 class NextKey(Prefetcher):

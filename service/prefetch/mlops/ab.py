@@ -1,37 +1,53 @@
 """Per-tenant A/B assignment between prefetchers, and the live metrics that compare them.
 
-A tenant's arm is a hash of (experiment salt, tenant id): stable across restarts and processes with no
-state to store, and a new salt reshuffles everyone for the next experiment.
+A tenant's arm is chosen by weighted rendezvous hashing: each (experiment salt, tenant, arm) hashes to a draw
+from an exponential distribution, divided by the arm's weight, and the smallest wins, so an arm gets tenants in
+proportion to its weight. It is stable across restarts and processes with no state to store (sha256, not
+Python's salted `hash`), a new salt reshuffles everyone for the next experiment, and adding, removing or
+reweighting one arm moves tenants only to or from that arm.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+
+def check_weights(arms: Mapping[str, float]) -> dict[str, float]:
+    """The arms' weights as floats; ValueError, naming the arm, unless each is finite and >= 0 and one is > 0
+    (what a configuration validator calls)."""
+    weights: dict[str, float] = {}
+    for name, weight in arms.items():
+        try:
+            value = float(weight)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"A/B arm {name!r} has weight {weight!r}: a weight must be a finite number >= 0")
+        weights[name] = value
+    if not any(weights.values()):
+        raise ValueError(f"A/B arms need a weight above 0, got {dict(arms)!r}")
+    return weights
 
 
 class ABAssignment:
     """Weighted, deterministic assignment of tenants to arms (prefetcher names)."""
 
     def __init__(self, arms: Mapping[str, float], salt: str = "prefetch-ab-1") -> None:
-        if not arms or any(w < 0 for w in arms.values()) or sum(arms.values()) <= 0:
-            raise ValueError("A/B arms need at least one positive weight and no negative ones")
-        total = sum(arms.values())
         self.salt = salt
-        self._cumulative: list[tuple[float, str]] = []
-        acc = 0.0
-        for name, weight in sorted(arms.items()):
-            acc += weight / total
-            self._cumulative.append((acc, name))
+        self._weights = sorted((name, weight) for name, weight in check_weights(arms).items() if weight > 0)
 
     def arm(self, tenant: str) -> str:
-        digest = hashlib.sha256(f"{self.salt}\0{tenant}".encode()).digest()
-        point = int.from_bytes(digest[:8], "big") / 2**64
-        for edge, name in self._cumulative:
-            if point < edge:
-                return name
-        return self._cumulative[-1][1]
+        return min(self._weights, key=lambda arm: self._draw(tenant, arm[0]) / arm[1])[0]
+
+    def _draw(self, tenant: str, arm: str) -> float:
+        """The tenant's exponential draw (mean 1) for an arm. Divided by the arm's weight, the smallest of them
+        names the tenant's arm: each arm's with a probability of its share of the weights."""
+        digest = hashlib.sha256(f"{self.salt}\0{tenant}\0{arm}".encode()).digest()
+        uniform = ((int.from_bytes(digest[:8], "big") >> 11) + 1) / 2**53  # in (0, 1]: its log is finite
+        return -math.log(uniform)
 
 
 @dataclass(slots=True)

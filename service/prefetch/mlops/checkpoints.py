@@ -1,8 +1,15 @@
 """Versioned model checkpoints: saved (encrypted when a cipher is given), promoted when better, rolled back.
 
 Layout under the registry directory: `v0001.ckpt`, `v0002.ckpt`, ... and `index.json`, which records each
-version's metric and which version serves. Writes go to a temporary file and are renamed into place, so a
-crash never leaves a torn checkpoint or index.
+version's metric, its model config, which version serves and which served before it. Writes go to a temporary
+file that is synced and renamed into place, and the directory is synced after the rename, so neither a crash
+nor a power loss leaves a torn checkpoint or index. Only the serving version, the one a rollback would load and
+the newest `KEEP_NEWEST` are kept: the others are deleted once the index no longer names them.
+
+Serving changes in two steps, so that the index never names a version the model could not load:
+`rollback_target` (or a version just saved) says which version to load, and `commit_serving` records it once it
+has loaded. A version saved from another model config (an older release's) is never rolled back to, and a
+serving one of another config does not stand in the way of promoting a version of this one.
 """
 
 from __future__ import annotations
@@ -10,11 +17,16 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+
+KEEP_NEWEST = 3  # versions kept besides the serving one and the one a rollback would load
+_VERSION_FILE = re.compile(r"v(\d+)\.ckpt")
 
 
 class Cipher(Protocol):
@@ -26,29 +38,54 @@ class Cipher(Protocol):
 
 
 class CheckpointError(Exception):
-    """A checkpoint that is missing, unreadable, or fails to decrypt."""
+    """A checkpoint or index that is missing, unreadable, or fails to decrypt; the message names the file."""
 
 
 @dataclass(slots=True)
 class VersionInfo:
     version: int
     metric: float  # higher is better (e.g. prefetch accuracy on a held-out window)
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # "model_config": the config of the model it was saved from
 
 
 @dataclass(slots=True)
 class _Index:
     versions: list[VersionInfo] = field(default_factory=list)
     serving: int | None = None
-    history: list[int] = field(default_factory=list)  # serving versions, oldest first
+    history: list[int] = field(default_factory=list)  # the version a rollback would load, then the serving one
+
+
+def _parse_index(raw: Any) -> _Index:
+    """The index from its JSON; KeyError, TypeError or ValueError where it is not one."""
+    versions = [VersionInfo(**v) for v in raw["versions"]]
+    serving, history = raw["serving"], list(raw["history"])
+    numbers = [v.version for v in versions] + history + ([] if serving is None else [serving])
+    if not all(isinstance(number, int) for number in numbers):
+        raise TypeError("version numbers must be integers")
+    return _Index(versions, serving, history)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a rename in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class CheckpointRegistry:
-    def __init__(self, directory: str | Path, tenant: str, cipher: Cipher | None = None) -> None:
+    """One tenant's model versions. `model_config`: the config of the model they are loaded into (as the
+    checkpoint's `model_config` records it); versions saved from another one are passed over. Without it, the
+    serving version's config stands for it."""
+
+    def __init__(self, directory: str | Path, tenant: str, cipher: Cipher | None = None,
+                 model_config: Mapping[str, Any] | None = None) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.tenant = tenant
         self.cipher = cipher
+        self.model_config = dict(model_config) if model_config is not None else None
         self._index = self._load_index()
 
     # -- storage -----------------------------------------------------------------------------------
@@ -62,24 +99,48 @@ class CheckpointRegistry:
 
     def _write(self, path: Path, data: bytes) -> None:
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_bytes(data)
+        with tmp.open("wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())  # else a power loss can leave the renamed file empty
         os.replace(tmp, path)
+        _sync_directory(self.directory)
 
     def _load_index(self) -> _Index:
         path = self.directory / "index.json"
-        if not path.exists():
+        try:
+            text = path.read_bytes()
+        except FileNotFoundError:
             return _Index()
-        raw = json.loads(path.read_text())
-        return _Index(
-            versions=[VersionInfo(**v) for v in raw["versions"]],
-            serving=raw["serving"],
-            history=raw["history"],
-        )
+        except OSError as err:
+            raise CheckpointError(f"checkpoint index {path} cannot be read: {err}") from err
+        try:
+            return _parse_index(json.loads(text))
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"checkpoint index {path} is torn or not an index "
+                                  f"({type(err).__name__}: {err})") from err
 
     def _save_index(self) -> None:
         self._write(self.directory / "index.json", json.dumps(asdict(self._index), indent=1).encode())
 
-    # -- API ---------------------------------------------------------------------------------------
+    def _commit(self) -> None:
+        """Save the index trimmed to the versions kept, then delete the files of the others."""
+        index = self._index
+        if index.serving is None:
+            index.history = []
+        else:
+            previous = self._rollback_candidate()
+            index.history = [index.serving] if previous is None else [previous, index.serving]
+        newest = sorted(v.version for v in index.versions)[-KEEP_NEWEST:]
+        kept = set(newest) | set(index.history)
+        index.versions = [v for v in index.versions if v.version in kept]
+        self._save_index()
+        for path in self.directory.glob("v*.ckpt"):
+            match = _VERSION_FILE.fullmatch(path.name)
+            if match is not None and int(match.group(1)) not in kept:
+                path.unlink(missing_ok=True)
+
+    # -- versions ----------------------------------------------------------------------------------
 
     @property
     def serving(self) -> int | None:
@@ -89,19 +150,53 @@ class CheckpointRegistry:
         for v in self._index.versions:
             if v.version == version:
                 return v
-        raise CheckpointError(f"no model version {version} for tenant {self.tenant!r}")
+        raise CheckpointError(f"no model version {version} for tenant {self.tenant!r} in {self.directory}")
+
+    def _fits(self, version: int, config: Mapping[str, Any] | None) -> bool:
+        """Whether `version` is known and was saved from a model of `config` (None, or unrecorded: any)."""
+        try:
+            recorded = self.info(version).meta.get("model_config")
+        except CheckpointError:
+            return False
+        return config is None or recorded is None or recorded == config
+
+    def compatible(self, version: int) -> bool:
+        """Whether `version` can be loaded into the registry's `model_config` (any, without one)."""
+        return self._fits(version, self.model_config)
+
+    def _config(self) -> Mapping[str, Any] | None:
+        """The running model's config: the registry's, else the serving version's."""
+        if self.model_config is not None or self.serving is None:
+            return self.model_config
+        try:
+            recorded: Mapping[str, Any] | None = self.info(self.serving).meta.get("model_config")
+        except CheckpointError:
+            return None
+        return recorded
+
+    def _rollback_candidate(self) -> int | None:
+        """The newest version that served before the serving one and fits the running model's config."""
+        config = self._config()
+        earlier = [v for v in self._index.history if v != self.serving and self._fits(v, config)]
+        return earlier[-1] if earlier else None
+
+    # -- API ---------------------------------------------------------------------------------------
 
     def save(self, state: dict[str, Any], metric: float, meta: dict[str, Any] | None = None) -> int:
-        """Store a new version (not yet serving); returns its number."""
+        """Store a new version (not yet serving); returns its number. The state's `model_config`, if any, is
+        recorded with it."""
         version = max((v.version for v in self._index.versions), default=0) + 1
+        meta = dict(meta or {})
+        if "model_config" in state:
+            meta.setdefault("model_config", state["model_config"])
         buffer = io.BytesIO()
         torch.save(state, buffer)
         data = buffer.getvalue()
         if self.cipher is not None:
             data = self.cipher.encrypt(data, self._context(version))
         self._write(self._path(version), data)
-        self._index.versions.append(VersionInfo(version, metric, meta or {}))
-        self._save_index()
+        self._index.versions.append(VersionInfo(version, metric, meta))
+        self._commit()
         return version
 
     def load(self, version: int) -> dict[str, Any]:
@@ -121,27 +216,48 @@ class CheckpointRegistry:
         return state
 
     def promote_if_better(self, version: int, margin: float = 0.02) -> bool:
-        """Serve `version` if nothing serves yet or it beats the serving one's metric by `margin`."""
+        """Serve `version`, saved from the running model, if nothing serves yet, the serving version is of
+        another model config, or `version` beats its metric by `margin`. Nothing to load: the model runs it."""
         candidate = self.info(version)
-        if self.serving is not None and candidate.metric < self.info(self.serving).metric * (1 + margin):
+        if not self.compatible(version):
             return False
-        self._serve(version)
+        serving = self.serving
+        config = self.model_config if self.model_config is not None else candidate.meta.get("model_config")
+        if (serving is not None and self._fits(serving, config)
+                and candidate.metric < self.info(serving).metric * (1 + margin)):
+            return False
+        self.commit_serving(version)
         return True
 
-    def record_live_metric(self, metric: float, margin: float = 0.1) -> int | None:
-        """Live metric of the serving version; rolls back (and returns the version) when it is much worse
-        than the version served before it measured."""
-        if self.serving is None or len(self._index.history) < 2:
-            return None
-        previous = self._index.history[-2]
-        if metric < self.info(previous).metric * (1 - margin):
-            self._index.history.pop()
-            self._index.serving = previous
-            self._save_index()
+    def rollback_target(self, metric: float, margin: float = 0.1) -> int | None:
+        """The version to roll back to when the serving one's live `metric` is well below what the version
+        before it measured, or None. The index is unchanged: load the version into the model, then
+        `commit_serving(version)`; if the load fails, nothing serves that the model could not load."""
+        previous = self._rollback_candidate() if self.serving is not None else None
+        if previous is not None and metric < self.info(previous).metric * (1 - margin):
             return previous
         return None
 
+    def commit_serving(self, version: int) -> None:
+        """Record `version` as serving, once the model runs it: a rollback target, or a version just saved."""
+        self._serve(version)
+        self._commit()
+
+    def record_live_metric(self, metric: float, margin: float = 0.1) -> int | None:
+        """`rollback_target` and `commit_serving` at once, before the caller loads the version: if that load
+        fails the index names a version the model does not run. Prefer the two steps. The version rolled back
+        from stays until the next save, so such a caller can serve it again (`promote_if_better(it, -1.0)`)."""
+        version = self.rollback_target(metric, margin)
+        if version is not None:
+            self._serve(version)
+            self._save_index()
+        return version
+
     def _serve(self, version: int) -> None:
+        self.info(version)  # a CheckpointError for a version the index does not know
+        history = self._index.history
+        if version in history:
+            del history[history.index(version) + 1 :]
+        else:
+            history.append(version)
         self._index.serving = version
-        self._index.history.append(version)
-        self._save_index()

@@ -8,9 +8,11 @@ from collections import deque
 class DriftDetector:
     """Feed outcomes (1 = prediction used, 0 = not); `update` returns True once when drift sets in.
 
-    The reference is a slow moving average of accuracy; drift is the mean of the last `window` outcomes
-    falling below `(1 - drop)` of it. After a detection the reference restarts from the recent level, so a
-    retrained model is judged against what it faces now, not against the past it no longer fits.
+    The reference is a slow moving average of accuracy, started from the first full window; drift is the mean of
+    the last `window` outcomes falling below `(1 - drop)` of it. After a detection the window is emptied and the
+    next full window sets the reference anew: a retrained model is judged against what it faces now, not against
+    the past it no longer fits, and one drop fires once, not at every 30 % step of the window's slide down to the
+    new level (each firing queues more retraining).
     """
 
     def __init__(self, window: int = 2048, drop: float = 0.3, reference_weight: float = 1e-4) -> None:
@@ -41,6 +43,8 @@ class DriftDetector:
         self.reference += self.reference_weight * (outcome - self.reference)
         if self.recent < (1.0 - self.drop) * self.reference:
             self.detections += 1
-            self.reference = self.recent
+            self.reference = None
+            self._recent.clear()
+            self._sum = 0.0
             return True
         return False
