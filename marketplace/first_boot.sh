@@ -3,6 +3,8 @@
 # the service image (`python -m marketplace.<cloud>.first_boot`, which also hands the key to the buyer through
 # the cloud's secret store), then give foresight.service its settings and start it. The image's unit waits
 # for /etc/foresight/foresight.env, so the service cannot start before its certificate and tenants exist.
+# The image's foresight-first-boot.service runs this, after mount_data_volume.sh, on every boot until it succeeds;
+# it is safe to run again (a run cut short before tenants.json mints again).
 #
 #   first_boot.sh <cloud> <service uid:gid> <the cloud's first_boot options...>
 set -eu
@@ -17,6 +19,14 @@ shift 2
 conf=/etc/foresight/conf
 env_file=/etc/foresight/foresight.env
 staged_env=$env_file.first-boot
+data_dir=/var/lib/foresight
+
+# Snapshots, checkpoints and the audit log belong on the data volume: without it mounted, neither mint a key nor
+# start a service that would write them to the root disk.
+if ! mountpoint -q "$data_dir"; then
+  echo "first_boot: $data_dir is not a mount point (the data volume is not mounted); nothing minted or started" >&2
+  exit 1
+fi
 
 # Once tenants.json exists the key is in the secret store and the files stay as they are.
 if [ ! -s "$conf/tenants.json" ]; then
@@ -34,4 +44,5 @@ if [ -e "$staged_env" ]; then
   rm -f "$staged_env"
 fi
 systemctl daemon-reload
-systemctl start foresight.service
+# --no-block: foresight.service is ordered after foresight-first-boot.service, which is still running this.
+systemctl start --no-block foresight.service

@@ -6,6 +6,10 @@ module) runs the cloud's first_boot module, which mints TLS and the first key an
 through the cloud's secret store, moves the staged service settings into place and starts the service. Only
 the options differ, so each template passes `@@Name@@` placeholders that it turns into its own template
 language's expressions.
+
+The VM image's `foresight-first-boot.service` (images/packer/files/) runs both scripts, with the arguments
+this cloud-config writes to FIRST_BOOT_ENV, on every boot until first boot has succeeded: cloud-init's
+`runcmd` would run them once per instance, so a failure or a reboot half-way would leave the node dead.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import yaml
 from stacks.cloudinit import BOOT_DIR, DATA_DIR, ENV_FILE, INSTALL_DIR, SERVICE_GID, render_env_file
 
 STAGED_ENV_FILE = f"{ENV_FILE}.first-boot"
+# What the image's foresight-first-boot.service reads (EnvironmentFile=); the unit runs only while it exists.
+FIRST_BOOT_ENV = "/etc/foresight/first-boot.env"
 # The service image's user and group (uid = gid = 10001, the stacks' SERVICE_GID) own the data and conf dirs.
 SERVICE_IDS = f"{SERVICE_GID}:{SERVICE_GID}"
 PLACEHOLDER = re.compile(r"@@(\w+)@@")
@@ -27,6 +33,13 @@ CIDR_PATTERN = rf"^({_OCTET}\.){{3}}{_OCTET}/(3[0-2]|[12]?[0-9])$"
 GUID_PATTERN = r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$"
 SSH_OFF = "systemctl disable --now ssh.socket ssh.service || true"
 FIRST_BOOT = Path(__file__).with_name("first_boot.sh")
+# The image's unit does not know about the data disk, and the service must never start without it.
+# RequiresMountsFor= binds only once mount_data_volume.sh has written the fstab entry (before, there is no mount
+# unit to require); the mountpoint check holds from the start.
+DATA_VOLUME_DROP_IN = "/etc/systemd/system/foresight.service.d/10-data-volume.conf"
+DATA_VOLUME_REQUIREMENT = (
+    f"[Unit]\nRequiresMountsFor={DATA_DIR}\n\n[Service]\nExecStartPre=/usr/bin/mountpoint -q {DATA_DIR}\n"
+)
 
 
 def cloud_config(cloud: str, environment: Mapping[str, str], data_disk: str, options: Mapping[str, str]) -> str:
@@ -39,18 +52,27 @@ def cloud_config(cloud: str, environment: Mapping[str, str], data_disk: str, opt
             _file(f"{INSTALL_DIR}/mount_data_volume.sh", (BOOT_DIR / "mount_data_volume.sh").read_text(), "0755"),
             _file(f"{INSTALL_DIR}/first_boot.sh", FIRST_BOOT.read_text(), "0755"),
             _file(STAGED_ENV_FILE, render_env_file(dict(environment)), "0640"),
-            # The image's unit does not know about the data disk; without it the service must not start.
-            _file("/etc/systemd/system/foresight.service.d/10-data-volume.conf",
-                  f"[Unit]\nRequiresMountsFor={DATA_DIR}\n", "0644"),
+            _file(DATA_VOLUME_DROP_IN, DATA_VOLUME_REQUIREMENT, "0644"),
+            # Last: foresight-first-boot.service starts only once this exists, so the scripts are in place.
+            _file(FIRST_BOOT_ENV, first_boot_env(cloud, data_disk, options), "0640"),
         ],
-        "runcmd": [
-            "@@SshOff@@",
-            [f"{INSTALL_DIR}/mount_data_volume.sh", data_disk, SERVICE_IDS],
-            [f"{INSTALL_DIR}/first_boot.sh", cloud, SERVICE_IDS,
-             *(part for option, name in options.items() for part in (option, f"@@{name}@@"))],
-        ],
+        "runcmd": ["@@SshOff@@"],
     }
     return "#cloud-config\n" + yaml.dump(document, Dumper=_LiteralDumper, sort_keys=False, width=1000)
+
+
+def first_boot_env(cloud: str, data_disk: str, options: Mapping[str, str]) -> str:
+    """FIRST_BOOT_ENV: the unit passes `${X}` as one argument each and splits `$FORESIGHT_FIRST_BOOT_OPTIONS`
+    on whitespace, which none of the options' values (names, ids, addresses, URIs) contains."""
+    settings = {
+        "FORESIGHT_CLOUD": cloud,
+        "FORESIGHT_SERVICE_IDS": SERVICE_IDS,
+        "FORESIGHT_DATA_DISK": data_disk,  # a disk model has spaces: systemd keeps a quoted value whole
+        "FORESIGHT_FIRST_BOOT_OPTIONS": " ".join(
+            part for option, name in options.items() for part in (option, f"@@{name}@@")
+        ),
+    }
+    return "".join(f'{key}="{value}"\n' for key, value in settings.items())
 
 
 def _file(path: str, content: str, permissions: str) -> dict[str, str]:

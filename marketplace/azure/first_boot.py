@@ -4,8 +4,8 @@
 `marketplace/first_boot.py`, shared with AWS. ARM knows the VM's addresses before it boots (a static public IP
 with a DNS label, the NIC's private address), so they come as arguments, not from IMDS. What does come from
 Azure's Instance Metadata Service is an access token of the VM's user-assigned identity for Key Vault, with
-which the document is PUT to the one secret the identity may set (Key Vault REST API, no SDK: the role
-assignment on that secret is the identity's only write). A fresh role assignment can take minutes to reach
+which the document is PUT to the secret, creating it (Key Vault REST API, no SDK: a secrets role on the managed
+application's own vault is the identity's only write). A fresh role assignment can take minutes to reach
 Key Vault, so 401/403 and IMDS's "identity not ready yet" answers are retried until a deadline.
 """
 
@@ -64,7 +64,7 @@ def identity_token(endpoint: str, resource: str, client_id: str) -> str:
 
 
 def put_secret(secret_uri: str, token: str, document: str) -> None:
-    """Set a new version of the secret (Key Vault's Set Secret: PUT {vault}/secrets/{name})."""
+    """Key Vault's Set Secret (PUT {vault}/secrets/{name}): creates the secret, or adds a version to it."""
     if urllib.parse.urlsplit(secret_uri).scheme != "https":
         raise FirstBootError(f"{secret_uri} is not an https:// Key Vault secret URI")
     body = json.dumps({"value": document, "contentType": "application/json"}).encode()

@@ -8,13 +8,15 @@ Where it differs, it is because a marketplace buyer has no Vault and runs one no
   (certificate, tenants file, data disk) on its own disks, so a replacement would mint a new key and
   certificate; a static public IP with a DNS label is its address, and the certificate names both;
 - TLS and the first API key are minted on the VM at first boot (`marketplace/first_boot.sh`, `first_boot.py`); the key
-  reaches the buyer through a Key Vault secret that the VM's identity may set (a role on that one secret) and
-  the object id the buyer names may read.
+  reaches the buyer through a Key Vault secret that the VM's identity creates (a secrets role on the
+  application's own vault, which holds nothing else) and the object id the buyer names may read. The template
+  declares no secret: a placeholder version would become the latest again on every redeployment.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import ipaddress
 import json
 import re
 import zipfile
@@ -44,6 +46,9 @@ SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
 SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 SECRET_NAME = "foresight-api-key"  # noqa: S105 - the secret's name, not its value
 KEY_NAME = "foresight"
+# Key Vault's firewall refuses IP rules in these ranges (RFC 1918); a buyer's private range, which reaches the
+# node over peering or VPN, never reaches the vault's public endpoint anyway.
+PRIVATE_RANGES = tuple(ipaddress.IPv4Network(cidr) for cidr in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 
 
 # Newest GA version of each type in azure-rest-api-specs when last reviewed (2026-11-27); arm-ttk wants each
@@ -58,7 +63,6 @@ API_VERSIONS = {
     "Microsoft.ManagedIdentity/userAssignedIdentities": "2024-11-30",
     "Microsoft.KeyVault/vaults": "2025-05-01",
     "Microsoft.KeyVault/vaults/keys": "2025-05-01",
-    "Microsoft.KeyVault/vaults/secrets": "2025-05-01",
     "Microsoft.Compute/diskEncryptionSets": "2025-01-02",
     "Microsoft.Compute/virtualMachines": "2025-04-01",
     "Microsoft.Authorization/roleAssignments": "2022-04-01",
@@ -92,10 +96,8 @@ def _key_id() -> str:
     return rid("Microsoft.KeyVault/vaults/keys", "variables('vaultName')", f"'{KEY_NAME}'")
 
 
-def _secret_id() -> str:
-    return rid("Microsoft.KeyVault/vaults/secrets", "variables('vaultName')", f"'{SECRET_NAME}'")
-
-
+# Where first boot creates the secret: the vault's URI ends with '/'.
+_SECRET_URI = f"format('{{0}}secrets/{SECRET_NAME}', reference({_vault_id()}).vaultUri)"
 IDENTITY = rid("Microsoft.ManagedIdentity/userAssignedIdentities")
 PUBLIC_IP = rid("Microsoft.Network/publicIPAddresses")
 NIC = rid("Microsoft.Network/networkInterfaces")
@@ -130,7 +132,7 @@ def custom_data_values() -> dict[str, str]:
     return {
         "KeyUri": f"reference({_key_id()}).keyUri",
         "ClientId": f"reference({IDENTITY}).clientId",
-        "SecretUri": f"reference({_secret_id()}).secretUri",
+        "SecretUri": _SECRET_URI,
         # Key Vault's token audience in whichever Azure cloud this runs (https://vault.azure.net in public Azure).
         "Audience": "format('https://{0}', substring(environment().suffixes.keyvaultDns, 1))",
         "Tenant": "parameters('tenantName')",
@@ -186,6 +188,7 @@ def main_template(version: str) -> dict[str, Any]:
             "dnsLabel": "[format('foresight-{0}', uniqueString(resourceGroup().id))]",
             "noLoginKey": NO_LOGIN_KEY,
             "cloudConfig": cloud_config,
+            **_client_range_variables(),
         },
         "resources": [
             _usage_attribution(),
@@ -371,8 +374,31 @@ def _network() -> list[dict[str, Any]]:
     ]
 
 
+def _client_range_variables() -> dict[str, Any]:
+    """`allowedCidrIsPublic`: whether the buyer's range overlaps none of PRIVATE_RANGES. Each of those is at most
+    a /16, so comparing the first 16 bits of both networks, cut to the shorter prefix, decides it."""
+    scale = "variables('powersOfTwo')[sub(16, min(variables('allowedCidrPrefix'), {}))]"
+    overlaps = [
+        f"equals(div(variables('allowedCidrHigh16'), {scale.format(block.prefixlen)}), "
+        f"div({int(block.network_address) >> 16}, {scale.format(block.prefixlen)}))"
+        for block in PRIVATE_RANGES
+    ]
+    return {
+        "allowedCidrParts": "[split(parameters('allowedCidr'), '/')]",
+        "allowedCidrOctets": "[split(variables('allowedCidrParts')[0], '.')]",
+        "allowedCidrPrefix": "[int(variables('allowedCidrParts')[1])]",
+        "allowedCidrHigh16": (
+            "[add(mul(int(variables('allowedCidrOctets')[0]), 256), int(variables('allowedCidrOctets')[1]))]"
+        ),
+        "powersOfTwo": [2**bits for bits in range(17)],
+        "allowedCidrIsPublic": f"[not(or({', '.join(overlaps)}))]",
+    }
+
+
 def _identity_and_key() -> list[dict[str, Any]]:
-    """The stack's Key Vault, key and disk encryption set, plus the secret the node writes its first key into."""
+    """The stack's Key Vault, key and disk encryption set. The secret is first boot's to create."""
+    node_rule = f"createObject('value', reference({PUBLIC_IP}).ipAddress)"
+    client_rule = "createObject('value', parameters('allowedCidr'))"
     vault_properties = {
         "tenantId": "[subscription().tenantId]",
         "sku": {"family": "A", "name": "standard"},
@@ -381,12 +407,15 @@ def _identity_and_key() -> list[dict[str, Any]]:
         "softDeleteRetentionInDays": SOFT_DELETE_DAYS,
         "enablePurgeProtection": True,
         "enabledForDiskEncryption": True,
-        # Reachable from the node's address and the buyer's range only; the disk encryption set is a trusted
-        # service.
+        # Reachable only from the node's address and, when it overlaps none of PRIVATE_RANGES, the buyer's range;
+        # the disk encryption set is a trusted service.
         "networkAcls": {
             "defaultAction": "Deny",
             "bypass": "AzureServices",
-            "ipRules": [{"value": f"[reference({PUBLIC_IP}).ipAddress]"}, {"value": "[parameters('allowedCidr')]"}],
+            "ipRules": (
+                f"[if(variables('allowedCidrIsPublic'), createArray({node_rule}, {client_rule}), "
+                f"createArray({node_rule}))]"
+            ),
         },
     }
     rotation = {
@@ -399,8 +428,6 @@ def _identity_and_key() -> list[dict[str, Any]]:
         "keyOps": ["encrypt", "decrypt", "wrapKey", "unwrapKey"],
         "rotationPolicy": rotation,
     }
-    # Not a secret: what the buyer reads until first boot replaces it with the key.
-    placeholder = {"value": "pending: the node sets its first API key here at first boot", "contentType": "text/plain"}
     vault = f"[{_vault_id()}]"
     return [
         _resource(
@@ -418,12 +445,6 @@ def _identity_and_key() -> list[dict[str, Any]]:
             dependsOn=[vault],
         ),
         _resource(
-            "Microsoft.KeyVault/vaults/secrets",
-            f"[format('{{0}}/{SECRET_NAME}', variables('vaultName'))]",
-            placeholder,
-            dependsOn=[vault],
-        ),
-        _resource(
             "Microsoft.Compute/diskEncryptionSets",
             NAMES["Microsoft.Compute/diskEncryptionSets"],
             {
@@ -438,7 +459,7 @@ def _identity_and_key() -> list[dict[str, Any]]:
 
 
 def _grant(label: str, scope: tuple[str, str], role: str, principal: str, principal_of: str | None) -> dict[str, Any]:
-    """A role assignment on one key or secret: `scope` is (its resourceId expression, its relative path);
+    """A role assignment on the key or the vault: `scope` is (its resourceId expression, its relative path);
     `principal_of` is the resource whose service principal it is (None: a user or group the buyer names)."""
     resource_id, path = scope
     properties = {
@@ -456,9 +477,11 @@ def _grant(label: str, scope: tuple[str, str], role: str, principal: str, princi
 
 
 def _role_assignments() -> list[dict[str, Any]]:
-    """The stack's two grants on the key, the node's on its secret, and the buyer's read of that secret."""
+    """The stack's two grants on the key; the node's secrets role and the buyer's read on the vault. A role on
+    one secret needs the secret to exist first, and a template that declares it puts a placeholder version over
+    the key on every redeployment; the vault is this application's and holds no other secret."""
     key = (_key_id(), f"Microsoft.KeyVault/vaults/{{0}}/keys/{KEY_NAME}")
-    secret = (_secret_id(), f"Microsoft.KeyVault/vaults/{{0}}/secrets/{SECRET_NAME}")
+    vault = (_vault_id(), "Microsoft.KeyVault/vaults/{0}")
     node = f"reference({IDENTITY}).principalId"
     disks = (
         f"reference({DISK_SET}, '{API_VERSIONS['Microsoft.Compute/diskEncryptionSets']}', 'full').identity.principalId"
@@ -466,8 +489,8 @@ def _role_assignments() -> list[dict[str, Any]]:
     return [
         _grant("'disks'", key, CRYPTO_SERVICE_ENCRYPTION_USER, disks, DISK_SET),
         _grant("'node'", key, CRYPTO_SERVICE_ENCRYPTION_USER, node, IDENTITY),
-        _grant("'node'", secret, SECRETS_OFFICER, node, IDENTITY),
-        _grant("parameters('keyReaderObjectId')", secret, SECRETS_USER, "parameters('keyReaderObjectId')", None),
+        _grant("'node'", vault, SECRETS_OFFICER, node, IDENTITY),
+        _grant("parameters('keyReaderObjectId')", vault, SECRETS_USER, "parameters('keyReaderObjectId')", None),
     ]
 
 
@@ -527,20 +550,20 @@ def _virtual_machine() -> dict[str, Any]:
         properties,
         plan={"name": IMAGE["sku"], "publisher": IMAGE["publisher"], "product": IMAGE["offer"]},
         identity={"type": "UserAssigned", "userAssignedIdentities": {f"[{IDENTITY}]": {}}},
-        # The disk set's grant before its disks, and the node's grants and secret before first boot uses them.
-        dependsOn=[f"[{NIC}]", f"[{_secret_id()}]", *(f"[{_assignment_id(g)}]" for g in _role_assignments()[:3])],
+        # The disk set's grant before its disks, and the node's grants before first boot uses them.
+        dependsOn=[f"[{NIC}]", *(f"[{_assignment_id(g)}]" for g in _role_assignments()[:3])],
     )
 
 
 def _assignment_id(grant: dict[str, Any]) -> str:
-    """An extension resource's id: a role assignment on a key or secret."""
+    """An extension resource's id: a role assignment on the key or the vault."""
     scope_id = grant["dependsOn"][0][1:-1]
     return f"extensionResourceId({scope_id}, 'Microsoft.Authorization/roleAssignments', {grant['name'][1:-1]})"
 
 
 def _outputs() -> dict[str, Any]:
     host = f"reference({PUBLIC_IP}).dnsSettings.fqdn"
-    secret_uri = f"reference({_secret_id()}).secretUri"
+    secret_uri = _SECRET_URI
 
     def output(value: str) -> dict[str, str]:
         return {"type": "string", "value": value}

@@ -61,8 +61,8 @@ def create_ui_definition() -> dict[str, Any]:
             "allowedCidr",
             "Allowed client range",
             f"The only IPv4 range (CIDR) that may reach ports {', '.join(map(str, SERVICE_PORTS))}, and SSH "
-            f"when a key is given "
-            f"(never from {WORLD})",
+            f"when a key is given (never from {WORLD}). A public range may also read the API key from the Key "
+            f"Vault; Key Vault's firewall takes no private range (10/8, 172.16/12, 192.168/16)",
             CIDR_PATTERN,
             "An IPv4 CIDR such as 203.0.113.0/24",
         )

@@ -63,6 +63,7 @@ def test_every_build_hardens_then_verifies_after_everything_else(cloud: str) -> 
     text = (PACKER / cloud / "foresight.pkr.hcl").read_text()
     scripts = re.findall(r'"\$\{path\.root\}/\.\./provision/([^"]+)"', text)
     assert scripts == [
+        "05-apt-https.sh",
         "10-container-runtime.sh",
         "20-service.sh",
         "80-harden.sh",

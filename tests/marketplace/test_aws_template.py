@@ -8,25 +8,37 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import boto3
+import botocore.exceptions
 import pytest
 import yaml
 from cryptography import x509
 
-from marketplace.aws import template
+import marketplace.first_boot
+from marketplace.aws import first_boot, template
 from marketplace.launch import SERVICE_IDS, STAGED_ENV_FILE
 from service.config import Settings
 from service.tenancy import FileKeySource
-from stacks.aws.compute import DATA_DEVICE, GPU_FAMILIES, METADATA_HOP_LIMIT, ROOT_DEVICE, ROOT_VOLUME_GB
+from stacks.aws.compute import (
+    DATA_DEVICE,
+    DATA_DISK_MODEL,
+    GPU_FAMILIES,
+    METADATA_HOP_LIMIT,
+    ROOT_DEVICE,
+    ROOT_VOLUME_GB,
+)
 from stacks.aws.identity import KMS_ACTIONS
 from stacks.aws.kms import key_policy
 from stacks.aws.network import WORLD
 from stacks.spec import DEFAULT_INSTANCE_TYPES, HTTPS_PORT, RESP_PORT, SERVICE_PORTS, Cloud, StackSpec
 from tests.images.tools import require_tool, run_checkov
+from tests.marketplace.cloud_config import unit_commands
 from tests.servers import MotoServer, http_server
 from tests.tlsutil import assert_tls_serves
 
@@ -291,9 +303,10 @@ def test_user_data_passes_cloud_init_schema(rendered: dict[str, Any], tmp_path: 
         [require_tool("cloud-init"), "schema", "--config-file", str(path)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and "Valid cloud-config" in result.stdout, result.stdout + result.stderr
-    runcmd = yaml.safe_load(path.read_text())["runcmd"]
-    assert runcmd[-1][1:3] == ["aws", SERVICE_IDS]
-    options = dict(zip(runcmd[-1][3::2], runcmd[-1][4::2], strict=True))
+    commands = unit_commands(yaml.safe_load(path.read_text()))
+    assert commands["ExecStartPre"][1:] == [DATA_DISK_MODEL, SERVICE_IDS]
+    assert commands["ExecStart"][1:3] == ["aws", SERVICE_IDS]
+    options = dict(zip(commands["ExecStart"][3::2], commands["ExecStart"][4::2], strict=True))
     assert options == {"--secret-arn": SAMPLE["SecretArn"], "--tenant": SAMPLE["Tenant"],
                        "--public-ip": SAMPLE["PublicIp"]}
 
@@ -395,3 +408,73 @@ def test_first_boot_imports_only_what_the_service_image_has() -> None:
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True)
     assert result.stdout.strip() == "[]"
+
+
+# --- first boot waits out "not yet", as on Google Cloud and Azure ---------------------------------------------
+
+
+@pytest.fixture
+def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """with_retries' back-off without the sleeping (its deadline still counts)."""
+    monkeypatch.setattr(marketplace.first_boot, "time", SimpleNamespace(monotonic=time.monotonic, sleep=lambda _: None))
+
+
+@pytest.mark.usefixtures("no_waiting")
+def test_first_boot_waits_out_imds_answers_that_mean_not_yet() -> None:
+    """IMDS busy (503, 429) or refusing an expired token (401) is worth another look, as no answer at all is."""
+    busy = iter([503, 429, 401])
+
+    def answer(method: str, path: str, _headers: dict[str, str], _body: bytes) -> tuple[int, str]:
+        if method == "PUT":
+            return 200, "imds-token"
+        status = next(busy, 200)
+        values = {"public-ipv4": SAMPLE["PublicIp"], "local-ipv4": "10.42.0.17"}
+        name = path.removeprefix("/latest/meta-data/")
+        return (status, "busy") if status != 200 else ((200, values[name]) if name in values else (404, ""))
+
+    with http_server(answer) as url:
+        addresses = first_boot.wait_for_addresses(url, SAMPLE["PublicIp"], timeout_s=60)
+    assert (addresses.public_ip, addresses.private_ip, addresses.public_hostname) == (
+        SAMPLE["PublicIp"], "10.42.0.17", None
+    )
+    with pytest.raises(marketplace.first_boot.NotYet, match="meta-data/public-ipv4"):
+        first_boot._imds("http://127.0.0.1:9", "GET", "meta-data/public-ipv4", {})  # nothing listens there
+
+
+def test_first_boot_gives_up_on_imds_at_its_deadline_naming_the_last_answer() -> None:
+    with http_server(lambda *_: (503, "busy")) as url, pytest.raises(first_boot.FirstBootError) as raised:
+        first_boot.wait_for_addresses(url, SAMPLE["PublicIp"], timeout_s=1)
+    assert "gave up waiting for IMDS to report the Elastic IP" in str(raised.value) and "503" in str(raised.value)
+
+
+class SecretsManager:
+    """put_secret_value answering `errors` (Secrets Manager error codes) first, then success."""
+
+    def __init__(self, *errors: str) -> None:
+        self.errors = list(errors)
+        self.calls: list[dict[str, str]] = []
+
+    def put_secret_value(self, **request: str) -> dict[str, str]:
+        self.calls.append(request)
+        if self.errors:
+            code = self.errors.pop(0)
+            response = {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": 400}}
+            raise botocore.exceptions.ClientError(response, "PutSecretValue")
+        return {"ARN": request["SecretId"], "VersionId": request["ClientRequestToken"]}
+
+
+@pytest.mark.usefixtures("no_waiting")
+def test_first_boot_retries_the_put_while_the_grant_propagates_with_one_request_token() -> None:
+    secrets = SecretsManager("AccessDeniedException", "EncryptionFailure", "ThrottlingException")
+    first_boot.put_secret(secrets, SAMPLE["SecretArn"], '{"api_key": "x"}')
+    assert len(secrets.calls) == 4
+    # An attempt that succeeded unseen makes the next one a no-op, not a second version.
+    assert len({call["ClientRequestToken"] for call in secrets.calls}) == 1
+
+
+@pytest.mark.usefixtures("no_waiting")
+def test_first_boot_does_not_retry_an_answer_that_will_not_change() -> None:
+    secrets = SecretsManager("ResourceNotFoundException")
+    with pytest.raises(first_boot.FirstBootError, match=r"PutSecretValue on .*ResourceNotFoundException"):
+        first_boot.put_secret(secrets, SAMPLE["SecretArn"], '{"api_key": "x"}')
+    assert len(secrets.calls) == 1

@@ -6,7 +6,9 @@ service's own key source accepts."""
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
+import random
 import re
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from service.security.local_ca import CertificateAuthority
 from service.tenancy import FileKeySource
 from stacks.azure.compute import (
     DATA_DISK_LUN,
+    DATA_DISK_PATH,
     GPU_SERIES,
     IMAGE,
     NO_LOGIN_KEY,
@@ -39,6 +42,7 @@ from stacks.azure.compute import (
 from stacks.azure.kms import CRYPTO_SERVICE_ENCRYPTION_USER, EXPIRE_AFTER, KEY_SIZE, ROTATE_AFTER
 from stacks.spec import DEFAULT_INSTANCE_TYPES, SERVICE_PORTS, Cloud, StackSpec
 from tests.images.tools import require_tool, run_checkov
+from tests.marketplace.cloud_config import unit_commands
 from tests.servers import http_server
 from tests.tlsutil import assert_tls_serves
 
@@ -57,7 +61,6 @@ SAMPLE = {
 # checkov findings we accept, and why (docs/marketplace-azure.md says the same).
 ACCEPTED_CHECKOV = {
     "CKV_AZURE_112": "HSM-backed keys need a Premium vault; the stack's key is a software RSA 3072 key",
-    "CKV_AZURE_41": "the secret holds a key that never expires; first boot replaces the placeholder version",
     "CKV_AZURE_97": "encryption at host needs a subscription feature the buyer may not have registered",
     "CKV_AZURE_151": "the same check for VMs (named Windows); the disks use the customer-managed key already",
 }
@@ -357,18 +360,34 @@ def test_key_vault_key_and_disks_match_the_stack(main: dict[str, Any]) -> None:
     assert encryption_set["properties"]["rotationToLatestKeyVersionEnabled"] is True
 
 
-def test_roles_are_the_stacks_and_scoped_to_one_key_or_secret(main: dict[str, Any]) -> None:
+def test_roles_are_the_stacks_on_the_key_and_secrets_roles_on_the_applications_vault(main: dict[str, Any]) -> None:
     grants = resources(main, "Microsoft.Authorization/roleAssignments")
     by_role = sorted((g["properties"]["roleDefinitionId"].split("'")[-2], g["scope"]) for g in grants)
     key_scope = "[format('Microsoft.KeyVault/vaults/{0}/keys/foresight', variables('vaultName'))]"
-    secret_scope = "[format('Microsoft.KeyVault/vaults/{0}/secrets/foresight-api-key', variables('vaultName'))]"
+    vault_scope = "[format('Microsoft.KeyVault/vaults/{0}', variables('vaultName'))]"
     assert by_role == sorted([
         (CRYPTO_SERVICE_ENCRYPTION_USER, key_scope),  # the disk encryption set
         (CRYPTO_SERVICE_ENCRYPTION_USER, key_scope),  # the node: wrap and unwrap only
-        (template.SECRETS_OFFICER, secret_scope),
-        (template.SECRETS_USER, secret_scope),
+        (template.SECRETS_OFFICER, vault_scope),  # the node creates the secret: a role on it would need it first
+        (template.SECRETS_USER, vault_scope),
     ])
     assert not resources(main, "Microsoft.Authorization/roleDefinitions")
+    # The vault holds the key and, once first boot ran, the one secret: nothing else for these roles to reach.
+    assert {r["type"] for r in main["resources"] if r["type"].startswith("Microsoft.KeyVault/vaults/")} == {
+        "Microsoft.KeyVault/vaults/keys"
+    }
+
+
+def test_a_redeployment_cannot_put_a_placeholder_over_the_api_key(main: dict[str, Any]) -> None:
+    """No secret resource: ARM would PUT its value as a new latest version on every deployment of the template,
+    long after first boot wrote the key. First boot creates the secret where the template says it is."""
+    assert not resources(main, "Microsoft.KeyVault/vaults/secrets")
+    assert "pending" not in json.dumps(main)
+    deployed = {"Microsoft.KeyVault/vaults/fsabc123": {"vaultUri": "https://fsabc123.vault.azure.net/"}}
+    variables = {"vaultName": "fsabc123"}
+    assert evaluate(f"[{template.custom_data_values()['SecretUri']}]", {}, variables, deployed) == SAMPLE["SecretUri"]
+    for name in ("apiKeySecretUri", "getApiKeyCommand"):
+        assert SAMPLE["SecretUri"] in evaluate(main["outputs"][name]["value"], {}, variables, deployed)
 
 
 def test_marketplace_image_is_built_on_the_stacks_image() -> None:
@@ -391,6 +410,107 @@ def test_service_settings_pass_production_checks(main: dict[str, Any], monkeypat
 
 
 # --- nothing open, nothing secret -----------------------------------------------------------------------------
+
+
+_ARM_TOKEN = re.compile(r"\s*(?:'((?:[^']|'')*)'|(\d+)|([A-Za-z_]\w*)|(\S))")
+
+
+def evaluate(expression: str, parameters: dict[str, Any], variables: dict[str, Any], deployed: dict[str, Any]) -> Any:
+    """An ARM expression's value, for the functions this template uses: parameters and variables as given, and
+    `reference(resourceId(type, name))` as `deployed['type/name']`."""
+    tokens = [m.groups() for m in _ARM_TOKEN.finditer(expression.removeprefix("[").removesuffix("]"))]
+    position = 0
+    functions: dict[str, Any] = {
+        "parameters": lambda name: parameters[name],
+        "variables": lambda name: evaluate(variables[name], parameters, variables, deployed)
+        if isinstance(variables[name], str) and variables[name].startswith("[")
+        else variables[name],
+        "resourceId": lambda *parts: "/".join(parts),
+        "reference": lambda resource: deployed[resource],
+        "split": str.split, "int": int, "add": lambda a, b: a + b, "sub": lambda a, b: a - b,
+        "mul": lambda a, b: a * b, "div": lambda a, b: a // b, "min": min, "equals": lambda a, b: a == b,
+        "or": lambda *a: any(a), "and": lambda *a: all(a), "not": lambda a: not a,
+        "if": lambda condition, yes, no: yes if condition else no,
+        "createArray": lambda *items: list(items),
+        "createObject": lambda *kv: dict(zip(kv[::2], kv[1::2], strict=True)),
+        "format": lambda text, *args: text.format(*args),
+    }
+
+    def take(symbol: str | None = None) -> tuple[str | None, ...]:
+        nonlocal position
+        token = tokens[position]
+        assert symbol is None or token[3] == symbol, (symbol, token, expression)
+        position += 1
+        return token
+
+    def value() -> Any:
+        string, number, name, _ = take()
+        if string is not None:
+            result: Any = string.replace("''", "'")
+        elif number is not None:
+            result = int(number)
+        else:
+            assert name in functions, f"{name} is not a function this evaluator knows"
+            take("(")
+            args = []
+            while tokens[position][3] != ")":
+                args.append(value())
+                if tokens[position][3] == ",":
+                    take(",")
+            take(")")
+            result = functions[name](*args)
+        while position < len(tokens) and tokens[position][3] in (".", "["):
+            if take()[3] == ".":
+                result = result[take()[2]]
+            else:
+                result = result[value()]
+                take("]")
+        return result
+
+    result = value()
+    assert position == len(tokens), expression
+    return result
+
+
+def _is_public(cidr: str) -> bool:
+    return not any(ipaddress.IPv4Network(cidr).overlaps(block) for block in template.PRIVATE_RANGES)
+
+
+@pytest.mark.parametrize(
+    ("cidr", "public"),
+    [
+        ("203.0.113.0/24", True), ("198.51.100.7/32", True), ("11.0.0.0/8", True), ("100.64.0.0/10", True),
+        ("172.15.0.0/16", True), ("172.32.0.0/11", True), ("192.169.0.0/16", True),
+        ("10.0.0.0/8", False), ("10.20.30.0/24", False), ("172.16.0.0/12", False), ("172.31.255.0/24", False),
+        ("192.168.1.0/24", False),
+        # Public addresses, but the range takes in a private one too.
+        ("8.0.0.0/6", False), ("172.0.0.0/8", False), ("192.0.0.0/2", False), ("0.0.0.0/0", False),
+    ],
+)
+def test_key_vault_admits_the_allowed_cidr_only_when_it_is_public(
+    main: dict[str, Any], cidr: str, public: bool
+) -> None:
+    """Key Vault refuses an IP rule in a private (RFC 1918) range, and with it the whole deployment. The node's
+    own address is always admitted."""
+    (vault,) = resources(main, "Microsoft.KeyVault/vaults")
+    node = "198.51.100.7"
+    deployed = {"Microsoft.Network/publicIPAddresses/foresight-ip": {"ipAddress": node}}
+    rules = evaluate(vault["properties"]["networkAcls"]["ipRules"], {"allowedCidr": cidr}, main["variables"], deployed)
+    assert rules == [{"value": node}, *([{"value": cidr}] if public else [])]
+    assert _is_public(cidr) is public
+
+
+def test_key_vault_rule_agrees_with_ipaddress_on_any_range(main: dict[str, Any]) -> None:
+    (vault,) = resources(main, "Microsoft.KeyVault/vaults")
+    expression = vault["properties"]["networkAcls"]["ipRules"]
+    deployed = {"Microsoft.Network/publicIPAddresses/foresight-ip": {"ipAddress": "198.51.100.7"}}
+    generator = random.Random(1918)
+    for _ in range(2000):
+        prefix = generator.randint(0, 32)
+        network = ipaddress.IPv4Network((generator.getrandbits(32), prefix), strict=False)
+        cidr = str(network)
+        rules = evaluate(expression, {"allowedCidr": cidr}, main["variables"], deployed)
+        assert (len(rules) == 2) is _is_public(cidr), cidr
 
 
 def test_service_ports_only_from_the_allowed_cidr_which_has_no_default(
@@ -436,9 +556,10 @@ def test_custom_data_passes_cloud_init_schema(main: dict[str, Any], tmp_path: Pa
         [require_tool("cloud-init"), "schema", "--config-file", str(path)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and "Valid cloud-config" in result.stdout, result.stdout + result.stderr
-    runcmd = yaml.safe_load(path.read_text())["runcmd"]
-    assert runcmd[-1][1:3] == ["azure", SERVICE_IDS]
-    options = dict(zip(runcmd[-1][3::2], runcmd[-1][4::2], strict=True))
+    commands = unit_commands(yaml.safe_load(path.read_text()))
+    assert commands["ExecStartPre"][1:] == [DATA_DISK_PATH, SERVICE_IDS]
+    assert commands["ExecStart"][1:3] == ["azure", SERVICE_IDS]
+    options = dict(zip(commands["ExecStart"][3::2], commands["ExecStart"][4::2], strict=True))
     assert options == {"--secret-uri": SAMPLE["SecretUri"], "--resource": SAMPLE["Audience"],
                        "--client-id": SAMPLE["ClientId"], "--tenant": SAMPLE["Tenant"],
                        "--public-ip": SAMPLE["PublicIp"], "--dns-name": SAMPLE["DnsName"],
@@ -462,12 +583,13 @@ class FakeAzure:
     """IMDS's token endpoint and Key Vault's Set Secret as their REST references describe them (no Azure here):
     the token needs `Metadata: true`, api-version, resource and client_id; Set Secret needs that bearer token,
     api-version and a JSON `value`, and answers 403 `refusals` times first, as while a role assignment
-    propagates."""
+    propagates. It creates a secret that does not exist yet; a name other than 1-127 letters, digits and '-' is
+    a 400 BadParameter."""
 
     client_id: str
     refusals: int = 1
     token: str = "eyJ0eXAiOiJKV1QifQ.fake.token"
-    secrets: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"foresight-api-key": []})
+    secrets: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def answer(self, method: str, url: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
         parts = urlsplit(url)
@@ -486,9 +608,9 @@ class FakeAzure:
         if self.refusals > 0:
             self.refusals -= 1
             return 403, {"error": {"code": "Forbidden", "innererror": {"code": "ForbiddenByRbac"}}}
-        if name not in self.secrets:
-            return 404, {"error": {"code": "VaultNotFound"}}
-        self.secrets[name].append(json.loads(body))
+        if not re.fullmatch(r"[0-9A-Za-z-]{1,127}", name):
+            return 400, {"error": {"code": "BadParameter", "message": "The request URI contains an invalid name"}}
+        self.secrets.setdefault(name, []).append(json.loads(body))
         return 200, {"value": json.loads(body)["value"], "id": f"{url.split('?')[0]}/0123abcd"}
 
 
@@ -568,8 +690,8 @@ def test_first_boot_mints_a_key_the_service_accepts(azure: Endpoints, tmp_path: 
 def test_first_boot_writes_nothing_when_the_secret_cannot_be_set(azure: Endpoints, tmp_path: Path) -> None:
     out = tmp_path / "conf"
     out.mkdir()
-    result = run_first_boot(out, azure, "no-such-secret")
-    assert result.returncode == 1 and "HTTP 404" in result.stderr
+    result = run_first_boot(out, azure, "not_a_secret_name")
+    assert result.returncode == 1 and "HTTP 400" in result.stderr
     assert list(out.iterdir()) == []
 
 

@@ -32,6 +32,7 @@ from service.tenancy import FileKeySource
 from stacks.gcp.compute import (
     BOOT_DISK_GB,
     DATA_DEVICE_NAME,
+    DATA_DISK_PATH,
     DISK_TYPE,
     GPU_FAMILIES,
     IMAGE_FAMILY,
@@ -43,6 +44,7 @@ from stacks.gcp.kms import DESTROY_SCHEDULED_DURATION, KEY_USER_ROLE, ROTATION_P
 from stacks.gcp.network import OWN_SUBNET_CIDR, SSH_PORT
 from stacks.spec import DEFAULT_INSTANCE_TYPES, DEFAULT_VOLUME_SIZE_GB, SERVICE_PORTS, Cloud, StackSpec
 from tests.images.tools import require_tool, run_checkov
+from tests.marketplace.cloud_config import unit_commands
 from tests.servers import http_server
 from tests.tlsutil import assert_tls_serves
 
@@ -256,13 +258,15 @@ def test_user_data_rendered_by_terraform_passes_cloud_init_schema(harness: Path,
     }
     # What terraform rendered is the shared cloud-config with the values in, its scripts' `${...}` left alone.
     assert document == yaml.safe_load(PLACEHOLDER.sub(lambda m: filled[m[1]], template.user_data_text()))
-    runcmd = document["runcmd"]
-    assert runcmd[-1][1:3] == ["gcp", SERVICE_IDS]
-    assert dict(zip(runcmd[-1][3::2], runcmd[-1][4::2], strict=True)) == {
+    commands = unit_commands(document)
+    assert commands["ExecStartPre"][1:] == [DATA_DISK_PATH, SERVICE_IDS]
+    assert commands["ExecStart"][1:3] == ["gcp", SERVICE_IDS]
+    assert dict(zip(commands["ExecStart"][3::2], commands["ExecStart"][4::2], strict=True)) == {
         "--secret": SAMPLE["secret"],
         "--tenant": "acme",
         "--public-ip": SAMPLE["public_ip"],
     }
+    runcmd = document["runcmd"]
     assert "systemctl disable --now ssh.socket" in runcmd[0]
     assert "ssh.socket" not in yaml.safe_load(user_data(harness, ssh_public_key=SSH_KEY))["runcmd"][0]
 

@@ -62,7 +62,13 @@ variable "image_version" {
 variable "nvidia_container_toolkit_version" {
   type        = string
   default     = "1.17.8-1"
-  description = "Debian package version of the NVIDIA container toolkit; empty takes the newest."
+  description = "Lowest NVIDIA container toolkit package version: the base's toolkit is kept at or above it, else this one is installed; empty keeps any."
+}
+
+variable "ubuntu_mirror" {
+  type        = string
+  default     = ""
+  description = "An https:// Ubuntu mirror for the archive and security updates; empty keeps the base's hosts, switched to https (the build fails if they do not serve it)."
 }
 
 locals {
@@ -111,8 +117,10 @@ build {
     environment_vars = [
       "FORESIGHT_IMAGE=${var.service_image}",
       "NVIDIA_CTK_VERSION=${var.nvidia_container_toolkit_version}",
+      "UBUNTU_MIRROR=${var.ubuntu_mirror}",
     ]
     scripts = [
+      "${path.root}/../provision/05-apt-https.sh",
       "${path.root}/../provision/10-container-runtime.sh",
       "${path.root}/../provision/20-service.sh",
       "${path.root}/../provision/80-harden.sh",
