@@ -3,9 +3,11 @@ versions.
 
 A tenant's prefetcher comes from the A/B assignment when `prefetch_ab_arms` is set (stable per tenant), else
 from `prefetcher`; tenants without an origin get none (there is nothing to prefetch from). A learned model is
-checkpointed every `prefetch_checkpoint_interval_s` with its live prefetch accuracy as the metric, encrypted by
-the deployment's KMS; a better version is promoted, and a serving version that falls well below its
-predecessor is rolled back and its predecessor's weights loaded. Nothing is checkpointed without a KMS.
+checkpointed every `prefetch_checkpoint_interval_s` with its live prefetch accuracy as the metric (of the
+prefetches the model itself issued, `NetworkBooks`), encrypted by the deployment's KMS; a better version is
+promoted, and a serving version that falls well below its predecessor is rolled back and its predecessor's weights
+loaded. Nothing is checkpointed without a KMS. A tenant's checkpoints are deleted when the tenant is; a new
+prefetch child process reloads the serving version into each tenant's model that it rebuilds.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import asyncio
 import contextlib
 import functools
 import logging
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.cache import TenantCache, TenantRegistry
@@ -112,10 +117,27 @@ class TenantPrefetch:
         """Load the serving checkpoint, if any, into the model. Blocks."""
         if self.checkpoints is None or self.checkpoints.serving is None:
             return None
-        state = self.checkpoints.load(self.checkpoints.serving)
+        version = self.checkpoints.serving
+        state = self.checkpoints.load(version)
         with self.engine.model_lock:
             self.engine.prefetcher.load_state_dict(state)  # type: ignore[attr-defined]
-        return self.checkpoints.serving
+        return version
+
+    def serving_state(self) -> dict[str, Any] | None:
+        """The serving checkpoint, for the model rebuilt in a new prefetch child (the old child's copy died with
+        it); None without one, or where it cannot be read (logged: the model starts over). Blocks."""
+        checkpoints = self.checkpoints
+        version = checkpoints.serving if checkpoints is not None else None
+        if checkpoints is None or version is None:
+            return None
+        try:
+            state = checkpoints.load(version)
+        except Exception as err:
+            log.error("tenant %s: the prefetch process restarted and model v%d could not be read (%s); the model "
+                      "starts over", self.tenant.name, version, err)
+            return None
+        log.info("tenant %s: the prefetch process restarted; reloading model v%d", self.tenant.name, version)
+        return state
 
     def checkpoint(self) -> None:
         """Save the model with the accuracy it achieved since the last checkpoint; promote or roll back. Blocks,
@@ -126,25 +148,37 @@ class TenantPrefetch:
 
     def _checkpoint(self) -> None:
         assert self.checkpoints is not None
-        stats = self.engine.coordinator.stats
-        issued, used = stats.issued - self._issued, stats.used - self._used
+        network = self.engine.network  # the model's own prefetches: what the other sources issued says nothing of it
+        issued, used = network.issued - self._issued, network.used - self._used
         if issued == 0:
             return
-        self._issued, self._used = stats.issued, stats.used
+        self._issued, self._used = network.issued, network.used
         accuracy = used / issued
-        rolled_back = self.checkpoints.record_live_metric(accuracy)
-        if rolled_back is not None:
-            state = self.checkpoints.load(rolled_back)
-            with self.engine.model_lock:
-                self.engine.prefetcher.load_state_dict(state)  # type: ignore[attr-defined]
-            log.warning("tenant %s: prefetch accuracy fell to %.3f; rolled back to model v%d",
-                        self.tenant.name, accuracy, rolled_back)
+        previous = self.checkpoints.rollback_target(accuracy)
+        if previous is not None:
+            self._roll_back(previous, accuracy)
             return
         with self.engine.model_lock:
             state = self.engine.prefetcher.state_dict()  # type: ignore[attr-defined]
         version = self.checkpoints.save(state, accuracy, {"issued": issued})
         if self.checkpoints.promote_if_better(version):
             log.info("tenant %s: promoted model v%d (prefetch accuracy %.3f)", self.tenant.name, version, accuracy)
+
+    def _roll_back(self, version: int, accuracy: float) -> None:
+        """Load `version` into the model, then make it the serving one; where it does not load (a corrupt file,
+        another model's shape), the serving version stays, so that a restart never loads that version."""
+        assert self.checkpoints is not None
+        try:
+            state = self.checkpoints.load(version)
+            with self.engine.model_lock:
+                self.engine.prefetcher.load_state_dict(state)  # type: ignore[attr-defined]
+        except Exception as err:
+            log.error("tenant %s: prefetch accuracy fell to %.3f, but model v%d did not load (%s); v%s still serves",
+                      self.tenant.name, accuracy, version, err, self.checkpoints.serving)
+            return
+        self.checkpoints.commit_serving(version)
+        log.warning("tenant %s: prefetch accuracy fell to %.3f; rolled back to model v%d",
+                    self.tenant.name, accuracy, version)
 
     async def _checkpoint_loop(self) -> None:
         while True:
@@ -197,6 +231,7 @@ class PrefetchManager:
         # prefetchers in the server), and one for building prefetchers, one at a time like syncs.
         self._executors: dict[Any, ThreadPoolExecutor] = {}
         self._builder: ThreadPoolExecutor | None = None
+        self._seen: dict[str, TenantCache] = {}  # every tenant as of the last sync: one gone since was deleted
 
     @property
     def processes(self) -> list[Any]:
@@ -230,8 +265,13 @@ class PrefetchManager:
             tenant = running.tenant
             built = (running.arm, running.max_keys)  # a tenant whose quota changes either gets a new engine
             if tenants.get(name) is not tenant or (self.arm(tenant), self.max_keys(tenant)) != built:
-                await self.running.pop(name).stop()
+                await self.running.pop(name).stop()  # waits for a checkpoint in progress; none starts after
+        for name, seen in list(self._seen.items()):
+            if tenants.get(name) is not seen:  # deleted (perhaps created again since under the same name)
+                del self._seen[name]
+                await self._off_loop(self._forget_models, name)
         for tenant in list(tenants):
+            self._seen[tenant.name] = tenant
             if tenant.name in self.running or tenant.origin is None:
                 continue
             arm = self.arm(tenant)
@@ -278,8 +318,10 @@ class PrefetchManager:
 
     def _attach(self, tenant: TenantCache, arm: str, max_keys: int, prefetcher: Prefetcher,
                 budget: PrefetchBudget) -> TenantPrefetch:
-        """The engine and checkpoints around a built prefetcher; loads the serving model if there is one."""
+        """The engine and checkpoints around a built prefetcher; loads the serving model if there is one (and
+        again into a new prefetch child, should the one it computes in die)."""
         from service.prefetch.engine import CpuBudget, PrefetchEngine
+        from service.prefetch.isolated import ProcessPrefetcher
 
         settings = self.settings
         self._cpu = self._cpu or CpuBudget(settings.prefetch_cpu_share)
@@ -296,10 +338,10 @@ class PrefetchManager:
                                 executor=executor)
         checkpoints = None
         if arm == "learned" and settings.data_dir is not None and self.cipher is not None:
-            from service.prefetch.mlops.checkpoints import CheckpointRegistry
-
-            checkpoints = CheckpointRegistry(settings.data_dir / "models" / tenant.name, tenant.name, self.cipher)
+            checkpoints = self._checkpoints(tenant.name)
         running = TenantPrefetch(tenant, arm, max_keys, engine, checkpoints, settings.prefetch_checkpoint_interval_s)
+        if checkpoints is not None and isinstance(prefetcher, ProcessPrefetcher):
+            prefetcher.rebuild_state = running.serving_state
         try:
             version = running.restore()
         except Exception as err:  # an unreadable checkpoint must not cost the tenant its prefetcher
@@ -308,6 +350,41 @@ class PrefetchManager:
         if version is not None:
             log.info("tenant %s: loaded model v%d", tenant.name, version)
         return running
+
+    def _models(self, name: str) -> Path:
+        assert self.settings.data_dir is not None
+        return self.settings.data_dir / "models" / name
+
+    def _checkpoints(self, name: str) -> CheckpointRegistry:
+        """The tenant's checkpoint registry. One whose index cannot be read (torn, or edited by hand) is moved
+        aside, kept for a look but never loaded, and the tenant starts a new one with a new model."""
+        from service.prefetch.mlops.checkpoints import CheckpointError, CheckpointRegistry
+
+        directory = self._models(name)
+        try:
+            return CheckpointRegistry(directory, name, self.cipher)
+        except CheckpointError as err:  # it names the index file
+            aside = directory.with_name(f"{name}.unreadable-{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}")
+            directory.rename(aside)
+            log.error("tenant %s: %s; moved its checkpoints to %s, and the tenant starts a new model", name, err,
+                      aside)
+        return CheckpointRegistry(directory, name, self.cipher)
+
+    def _forget_models(self, name: str) -> None:
+        """Delete a deleted tenant's checkpoints, and any set aside as unreadable: a tenant created later under
+        its name must not start from its model (derived from the deleted tenant's reads)."""
+        if self.settings.data_dir is None:
+            return
+        directory = self._models(name)
+        for models in [directory, *directory.parent.glob(f"{name}.unreadable-*")]:
+            if not models.exists():
+                continue
+            try:
+                shutil.rmtree(models)
+            except OSError as err:
+                log.error("tenant %s was deleted, but its model checkpoints in %s were not: %s", name, models, err)
+            else:
+                log.info("tenant %s was deleted, and so were its model checkpoints in %s", name, models)
 
     async def stop(self) -> None:
         for task in list(self._background):
@@ -319,12 +396,19 @@ class PrefetchManager:
                 with contextlib.suppress(Exception):
                     await running.run_blocking(running.checkpoint)
             await running.stop()
+        # A build that a cancelled sync left running may wait on a child that hangs at start (minutes): end it. The
+        # pool closes on the builder's thread, after that build, which may have started a child.
         if self._pool is not None:
-            await self._off_loop(self._pool.close)
+            self._pool.interrupt()
+        await self._off_loop(self._close_pool)
         for executor in (*self._executors.values(), *filter(None, [self._builder])):
             executor.shutdown(wait=False)
         self._executors.clear()
         self._builder = None
+
+    def _close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
 
     async def _off_loop(self, call: Any, *args: Any) -> Any:
         """Build or close prefetchers on a thread of the manager's own (one at a time, like syncs)."""

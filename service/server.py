@@ -1,7 +1,8 @@
 """The service process: RESP and HTTP listeners on one event loop over one set of tenant stores.
 
-Start-up binds both listeners before reporting ready; shutdown stops accepting, marks /readyz draining,
-gives in-flight requests `shutdown_grace_s`, then closes.
+Start-up restores the snapshot, binds both listeners and reports ready; the prefetch engines start after, in
+the background (a learned prefetcher's child imports torch, seconds per start, and one that hangs is waited on for
+minutes). Shutdown stops accepting, marks /readyz draining, gives in-flight requests `shutdown_grace_s`, then closes.
 """
 
 from __future__ import annotations
@@ -104,7 +105,6 @@ class Service:
         if self.shared_tier is not None:
             await self.shared_tier.start()
             self.state.tenants.share(self.shared_tier)
-        await self.state.sync_prefetch()  # the prefetch engines start once the data is back
         loop = asyncio.get_running_loop()
         resp_sock = _listen(settings.bind, settings.resp_port)
         tls_context = self.tls.context if self.tls else None
@@ -142,6 +142,8 @@ class Service:
         self.state.ready = True
         log.info("serving RESP on %s:%d and HTTP on %s (tls=%s, dev=%s)", settings.bind, resp_port,
                  self.endpoints.http_url, bool(self.tls), settings.dev)
+        # The engines start once the data is back, and after the ports open: reads never wait for a prefetcher.
+        await self.state.sync_prefetch(wait=False)
         return self.endpoints
 
     async def _expire_loop(self) -> None:

@@ -17,7 +17,8 @@ every `busy_interval`. A worker that is behind also records only the reads it se
 (`windows.py`). For a prefetcher with arms (the learned one) the engine also answers with a stride prefetcher of
 its own, issued when the prefetcher's answers come late and score worse live, or when a duel on the real cache
 finds them used more (`answers.py`). Where stride answers are issued, the engine tunes how far ahead they aim
-from what the cache used (`lead.py`).
+from what the cache used (`lead.py`). Of all it issues, it counts apart the prefetches the learned model made
+itself (`NetworkBooks`): its checkpoints are judged on those. A worker whose steps keep failing backs off.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ log = logging.getLogger(__name__)
 
 CHUNK = 128  # accesses predicted between two releases of the interpreter lock
 FAST_READS = 32  # the newest reads of a drain the engine's own stride answers (`answers.py`)
+NETWORK_ARM = "network"  # the learned prefetcher's own model, beside its stride and Markov arms
+# A worker whose steps keep failing (a prefetch child that dies at every start) waits twice as long after each
+# failure in a row, up to this: each retry may start a new interpreter that imports torch, seconds of CPU.
+MAX_FAILED_INTERVAL_S = 240.0
 Emit = Callable[[list[tuple[Hashable, Predictions]], int, str], Any]
 
 
@@ -91,6 +96,37 @@ def available_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> float:
     except (OSError, ValueError):
         return cores
     return cores if quota == "max" else min(cores, int(quota) / int(period))
+
+
+class NetworkBooks:
+    """The prefetches the learned model made itself (issued from the prefetcher's answers while it served its
+    network arm) and how many of them were used, by the coordinator's rule: what its checkpoints are judged on.
+    The engine's stride answers and the prefetcher's stride and Markov arms are not the model's doing."""
+
+    def __init__(self) -> None:
+        self.issued = 0
+        self.used = 0
+        self.pending: set[Hashable] = set()  # issued, not yet read (or expired: dropped at the next step)
+
+    def issued_key(self, key: Hashable) -> None:
+        self.issued += 1
+        self.pending.add(key)
+
+    def on_access(self, coordinator: PrefetchCoordinator, key: Hashable, hit: bool | None) -> None:
+        """Settle a read of one of the model's pending keys through the coordinator, counting it if used."""
+        stats = coordinator.stats
+        used, late = stats.used, stats.late
+        coordinator.on_access(key, hit)
+        if stats.used != used:
+            self.used += 1
+        if stats.used != used or stats.late != late:
+            self.pending.discard(key)
+
+    def forget_settled(self, coordinator: PrefetchCoordinator) -> None:
+        """Drop the keys the coordinator no longer waits on (expired unread: wasted)."""
+        for key in list(self.pending):  # a copy: the event loop adds the keys it issues meanwhile
+            if not coordinator.unsettled(key):
+                self.pending.discard(key)
 
 
 class PrefetchEngine:
@@ -135,6 +171,7 @@ class PrefetchEngine:
         self.last_step_cpu_s = 0.0  # the worker thread's CPU time in the last step: what `cpu` is charged
         self.last_step_offloaded_s = 0.0  # a child's CPU time for the last step: what `process_cpu` is charged
         self.failures = 0  # steps that raised (a prefetcher process that died, a model error)
+        self.network = NetworkBooks()
         # Summed over predicted reads: reads logged after each one before its proposals reached the coordinator.
         self.issue_lag_reads = 0
         self.last_drained = 0
@@ -175,9 +212,15 @@ class PrefetchEngine:
         self.last_drained = len(batch)
         if not batch and not (learn and self._backlog):
             return []
-        coordinator, sources = self.coordinator, self.sources
+        coordinator, sources, network = self.coordinator, self.sources, self.network
+        pending = network.pending
         for key, hit in batch:
-            coordinator.on_access(key, hit)
+            if key in pending:  # one of the model's own prefetches: its checkpoints are judged on those
+                network.on_access(coordinator, key, hit)
+            else:
+                coordinator.on_access(key, hit)
+        if pending:
+            network.forget_settled(coordinator)
         self._judge(len(batch))
         if sources is not None:
             for key, _ in batch:
@@ -272,12 +315,17 @@ class PrefetchEngine:
             if source != sources.serving or self.prefetcher.serving_arm == NO_PREFETCH:
                 return 0
         self.issue_lag_reads += n * (arrived + reads_after) + n * (n - 1) // 2
+        network = source == MODEL and self.prefetcher.serving_arm == NETWORK_ARM
         started = 0
         for _, props in proposals:
             if not props:
                 continue
             for key, result in self.coordinator.consider(props, logged):
                 started += 1
+                if network:
+                    self.network.issued_key(key)
+                else:  # issued again (the coordinator counted the model's issue of it wasted): not the model's now
+                    self.network.pending.discard(key)
                 if inspect.isawaitable(result):
                     task = asyncio.ensure_future(result)
                     self._tasks.add(task)
@@ -308,9 +356,13 @@ class PrefetchEngine:
             log.info("prefetch accuracy drifted to %.3f; retraining", self.drift.recent)
             retrain()
 
-    async def run(self, interval: float = 0.002, busy_interval: float = 0.02, failed_interval: float = 1.0) -> None:
-        """The background worker; returns after `stop()`. A step that fails is logged and the worker goes on."""
+    async def run(self, interval: float = 0.002, busy_interval: float = 0.02, failed_interval: float = 1.0,
+                  max_failed_interval: float = MAX_FAILED_INTERVAL_S) -> None:
+        """The background worker; returns after `stop()`. A step that fails is logged and the worker goes on after
+        `failed_interval`, doubled for each failure in a row (up to `max_failed_interval`) until a step with reads
+        to predict from succeeds."""
         loop = asyncio.get_running_loop()
+        after_failure = failed_interval
 
         def emit(chunk: list[tuple[Hashable, Predictions]], reads_after: int, source: str) -> None:
             loop.call_soon_threadsafe(self.issue, chunk, reads_after, source)  # each chunk's proposals, as they come
@@ -319,16 +371,19 @@ class PrefetchEngine:
             rest, learn = self._wait_s()
             if not rest:
                 self.last_step_cpu_s = self.last_step_offloaded_s = 0.0
-                unpredicted = self.unpredicted
+                unpredicted, steps = self.unpredicted, self.steps
                 if self.windows is not None:
                     self.windows.step_starting()
                 try:
                     proposals = await loop.run_in_executor(self.executor, self.step, emit, learn)
                 except Exception as err:  # reads are still served; prefetching resumes with the next step
                     self.failures += 1
-                    log.error("prefetch step failed (%d so far): %s", self.failures, err)
-                    rest = failed_interval
+                    rest, after_failure = after_failure, min(2 * after_failure, max_failed_interval)
+                    log.error("prefetch step failed (%d so far): %s; the next step in %.3g s", self.failures, err,
+                              rest)
                 else:
+                    if self.steps > steps:  # a step with nothing to predict from proves nothing
+                        after_failure = failed_interval
                     # Behind (reads left unpredicted): fewer, fuller steps, as each costs the event loop a hand-off.
                     behind = self.unpredicted > unpredicted
                     if self.windows is not None:

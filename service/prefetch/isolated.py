@@ -12,8 +12,15 @@ children predict in parallel. A child is a fresh interpreter (`python -m service
 fork: CUDA cannot start in a forked child, a fork would copy the server's heap, and multiprocessing's spawn would
 re-run the parent's main script. Messages are plain pickles (not multiprocessing's, which would pass tensors as
 shared memory; tensors cross on the CPU); that is safe here because both ends are Foresight's own processes and
-nobody else holds the socket pair. A child that dies fails the call in flight with `PrefetcherProcessError`; the
-next call starts a new child, where each prefetcher starts over with a new model.
+nobody else holds the socket pair. Every request, sending included, is bounded by a deadline: a child that
+stops reading (a hung kernel, a deadlock) would otherwise block a large request's send forever, holding the socket
+that all of the child's tenants share.
+
+A child that dies, or does not answer in time (it is killed), fails the call in flight with
+`PrefetcherProcessError`; the next call starts a new child, where each prefetcher is built again and reloaded from
+the state its owner gives (`ProcessPrefetcher.rebuild_state`: the tenant's serving checkpoint), else starts over. A
+child that fails to start makes its host refuse further starts for a while, doubling up to `MAX_START_BACKOFF_S`,
+so tenants placed on it fail at once instead of each waiting out `START_TIMEOUT_S`.
 """
 
 from __future__ import annotations
@@ -23,12 +30,12 @@ import itertools
 import os
 import pickle
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from multiprocessing.connection import Connection
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +45,9 @@ from service.prefetch.shadow import CacheModel
 
 START_TIMEOUT_S = 120.0  # a cold child imports torch; on a loaded 2-core machine that can take most of a minute
 CALL_TIMEOUT_S = 60.0  # a batch with a training round takes well under a second; longer means the child hangs
+# After a child fails to start, starts are refused this long, doubling with each further failure up to the maximum.
+START_BACKOFF_S = 10.0
+MAX_START_BACKOFF_S = 600.0
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -64,6 +74,48 @@ def resident_bytes(pid: int | str = "self") -> int | None:
 
 class PrefetcherProcessError(RuntimeError):
     """The child process failed a call, died, or did not start."""
+
+
+_LENGTH = struct.Struct("!Q")
+
+
+class _Channel:
+    """Length-prefixed messages over one end of the socket pair. Given a deadline, a send or receive that has not
+    finished by then raises TimeoutError, however far it got."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def send(self, payload: bytes, deadline: float | None = None) -> None:
+        self._until(deadline)
+        self.sock.sendall(_LENGTH.pack(len(payload)) + payload)  # one write for the usual small message
+
+    def recv(self, deadline: float | None = None) -> bytearray:
+        (size,) = _LENGTH.unpack(self._read(_LENGTH.size, deadline))
+        return self._read(size, deadline)
+
+    def _read(self, size: int, deadline: float | None) -> bytearray:
+        data = bytearray(size)
+        with memoryview(data) as view:
+            got = 0
+            while got < size:
+                self._until(deadline)
+                n = self.sock.recv_into(view[got:])
+                if n == 0:
+                    raise EOFError("connection closed")
+                got += n
+        return data
+
+    def _until(self, deadline: float | None) -> None:
+        if deadline is None:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        self.sock.settimeout(left)  # sendall's timeout bounds the whole send, not each chunk
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def _on_cpu(value: Any) -> Any:
@@ -97,13 +149,13 @@ def _handle(prefetchers: dict[int, Prefetcher], ident: int, op: str, arg: Any) -
     raise ValueError(f"unknown request {op!r}")
 
 
-def _serve(conn: Connection) -> None:
+def _serve(channel: _Channel) -> None:
     """The child's loop: one reply per request, until the parent goes away."""
     prefetchers: dict[int, Prefetcher] = {}
     while True:
         try:
-            ident, op, arg = pickle.loads(conn.recv_bytes())  # noqa: S301 - our parent, a private socket pair
-        except EOFError:
+            ident, op, arg = pickle.loads(channel.recv())  # noqa: S301 - our parent, a private socket pair
+        except (EOFError, OSError):
             return
         started = time.process_time()
         try:
@@ -111,7 +163,7 @@ def _serve(conn: Connection) -> None:
         except Exception as err:  # the parent raises it; the child keeps serving
             reply = ("error", f"{type(err).__name__}: {err}", time.process_time() - started)
         try:
-            conn.send_bytes(pickle.dumps(reply))
+            channel.send(pickle.dumps(reply))
         except OSError:  # the parent went away
             return
 
@@ -119,14 +171,21 @@ def _serve(conn: Connection) -> None:
 class PrefetchHost:
     """The child process and the socket to it; thread-safe, blocking (use it off the event loop)."""
 
-    def __init__(self, start_timeout_s: float = START_TIMEOUT_S, call_timeout_s: float = CALL_TIMEOUT_S) -> None:
+    def __init__(self, start_timeout_s: float = START_TIMEOUT_S, call_timeout_s: float = CALL_TIMEOUT_S,
+                 start_backoff_s: float = START_BACKOFF_S, max_start_backoff_s: float = MAX_START_BACKOFF_S) -> None:
         self.start_timeout_s, self.call_timeout_s = start_timeout_s, call_timeout_s
+        self.start_backoff_s, self.max_start_backoff_s = start_backoff_s, max_start_backoff_s
         self._lock = threading.Lock()  # one request on the socket at a time
-        self._conn: Connection | None = None
+        self._channel: _Channel | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._created: set[int] = set()  # ids whose prefetcher exists in the current child
         self.members: set[int] = set()  # ids created and not dropped, whichever child incarnation holds them
         self.starts = 0
+        # After a failed start: no new child before `_retry_at` (monotonic); the next failure waits `_backoff_s`.
+        self._retry_at = 0.0
+        self._backoff_s = start_backoff_s
+        self._start_failure = ""
+        self._stopped = ""  # why the last child stopped
 
     @property
     def pid(self) -> int | None:
@@ -134,9 +193,12 @@ class PrefetchHost:
 
     def resident_bytes(self) -> int | None:
         """The child's resident memory (Linux /proc), None while it is not running. Its tenants' models and
-        tables live there, not in the server's own memory."""
-        pid = self.pid
-        return None if pid is None else resident_bytes(pid)
+        tables live there, not in the server's own memory. A child that exited is reaped here (its zombie's
+        memory reads 0); its socket is discarded by the next call, which fails and so counts the failure."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return None
+        return resident_bytes(process.pid)
 
     def create(self, ident: int, spec: tuple[Any, ...]) -> None:
         """Build prefetcher `ident` from `spec` (`make_prefetcher` arguments) in the child unless it is there."""
@@ -144,30 +206,40 @@ class PrefetchHost:
             self._ensure(ident, spec)
             self.members.add(ident)
 
-    def call(self, ident: int, spec: tuple[Any, ...], op: str, arg: Any = None) -> tuple[Any, float]:
+    def call(self, ident: int, spec: tuple[Any, ...], op: str, arg: Any = None,
+             rebuild_state: Callable[[], dict[str, Any] | None] | None = None) -> tuple[Any, float]:
         """(result, the child's CPU seconds for it) of one request for prefetcher `ident`, built first if this
-        child does not have it (a new child after the last one died). Building is start-up work, not counted:
-        importing torch is seconds of CPU, which a budget would make the next steps wait out many times over.
-        A dropped prefetcher is not rebuilt: the call fails (a late caller would leak a fresh model in the child)."""
+        child does not have it (a new child after the last one died) and then loaded with `rebuild_state()`
+        where that gives a state. Building is start-up work, not counted: importing torch is seconds of CPU,
+        which a budget would make the next steps wait out many times over. A dropped prefetcher is not rebuilt:
+        the call fails (a late caller would leak a fresh model in the child)."""
         with self._lock:
             if ident not in self.members:
                 raise PrefetcherProcessError(f"prefetcher {ident} was closed")
+            rebuilt = ident not in self._created
             self._ensure(ident, spec)
+            if rebuilt and rebuild_state is not None:
+                state = rebuild_state()
+                if state is not None:
+                    self._request(ident, "load_state_dict", state, self.call_timeout_s)
             result, cpu_s = self._request(ident, op, arg, self.call_timeout_s)
             return result, cpu_s
 
     def _ensure(self, ident: int, spec: tuple[Any, ...]) -> None:
-        if self._conn is None:
-            self._start()
-        if ident not in self._created:
-            self._request(ident, "create", spec, self.start_timeout_s)
-            self._created.add(ident)
+        if self._channel is None:
+            self._start(ident, spec)
+        elif ident not in self._created:
+            self._create(ident, spec)
+
+    def _create(self, ident: int, spec: tuple[Any, ...]) -> None:
+        self._request(ident, "create", spec, self.start_timeout_s)
+        self._created.add(ident)
 
     def drop(self, ident: int) -> None:
         """Forget a prefetcher (the child frees it); a no-op when the child is gone."""
         with self._lock:
             self.members.discard(ident)
-            if ident in self._created and self._conn is not None:
+            if ident in self._created and self._channel is not None:
                 self._created.discard(ident)
                 with contextlib.suppress(PrefetcherProcessError):
                     self._request(ident, "drop", None, self.call_timeout_s)
@@ -177,22 +249,57 @@ class PrefetchHost:
         with self._lock:
             self._discard()
 
-    def _start(self) -> None:
+    def interrupt(self) -> None:
+        """Kill the child if a call is waiting on it (the call fails at once): for a stop that must not wait out
+        a child that hangs, which a start may do for `start_timeout_s`."""
+        if self._lock.acquire(blocking=False):
+            self._lock.release()
+            return
+        process = self._process
+        if process is not None:
+            process.kill()
+
+    def _start(self, ident: int, spec: tuple[Any, ...]) -> None:
+        """A new child, with prefetcher `ident` built in it: the first request is what shows it started. After a
+        start that failed, refuses at once until the backoff has passed."""
+        wait_s = self._retry_at - time.monotonic()
+        if wait_s > 0:
+            raise PrefetcherProcessError(f"the prefetcher process did not start ({self._start_failure}); the next "
+                                         f"try is in {wait_s:.0f} s")
+        try:
+            self._spawn()
+            self._create(ident, spec)
+        except (PrefetcherProcessError, OSError) as err:
+            if self._channel is not None:  # it serves: only this prefetcher could not be built
+                self._backoff_s = self.start_backoff_s
+                raise
+            self._start_failure = self._stopped if isinstance(err, PrefetcherProcessError) else str(err)
+            wait_s, self._backoff_s = self._backoff_s, min(2 * self._backoff_s, self.max_start_backoff_s)
+            self._retry_at = time.monotonic() + wait_s
+            raise PrefetcherProcessError(f"the prefetcher process did not start ({self._start_failure}); the next "
+                                         f"try is in {wait_s:.0f} s") from err
+        self._backoff_s = self.start_backoff_s
+
+    def _spawn(self) -> None:
         parent, child = socket.socketpair()
         with child:
-            self._process = subprocess.Popen([sys.executable, "-m", __name__, str(child.fileno())],
-                                             pass_fds=[child.fileno()], env=child_environment(),
-                                             stdin=subprocess.DEVNULL)
-        self._conn = Connection(parent.detach())
+            try:
+                self._process = subprocess.Popen([sys.executable, "-m", __name__, str(child.fileno())],
+                                                 pass_fds=[child.fileno()], env=child_environment(),
+                                                 stdin=subprocess.DEVNULL)
+            except OSError:
+                parent.close()
+                raise
+        self._channel = _Channel(parent)
         self._created = set()
         self.starts += 1
 
     def _discard(self) -> None:
-        conn, process = self._conn, self._process
-        self._conn = self._process = None
+        channel, process = self._channel, self._process
+        self._channel = self._process = None
         self._created = set()
-        if conn is not None:
-            conn.close()
+        if channel is not None:
+            channel.close()
         if process is not None:
             try:
                 process.wait(timeout=5)
@@ -201,19 +308,23 @@ class PrefetchHost:
                 process.wait()
 
     def _request(self, ident: int, op: str, arg: Any, timeout_s: float) -> tuple[Any, float]:
-        conn, process = self._conn, self._process
-        assert conn is not None and process is not None
+        """One request and its reply, both within `timeout_s`; a child that misses it is killed."""
+        channel, process = self._channel, self._process
+        assert channel is not None and process is not None
+        deadline = time.monotonic() + timeout_s
         try:
-            conn.send_bytes(pickle.dumps((ident, op, arg)))
-            if not conn.poll(timeout_s):
-                process.kill()
-                raise EOFError(f"no answer within {timeout_s:.0f} s")
-            status, result, cpu_s = pickle.loads(conn.recv_bytes())  # noqa: S301 - our child, a private socket pair
+            channel.send(pickle.dumps((ident, op, arg)), deadline)
+            status, result, cpu_s = pickle.loads(channel.recv(deadline))  # noqa: S301 - our child, a private socket pair
         except (EOFError, OSError) as err:
+            if isinstance(err, TimeoutError):
+                process.kill()  # hung: it may never read the rest of the request nor write a reply
+                reason = f"no answer within {timeout_s:g} s"
+            else:
+                reason = str(err) or "connection closed"
             self._discard()
-            reason = str(err) or "connection closed"
-            raise PrefetcherProcessError(f"the prefetcher process stopped (exit code {process.returncode}, "
-                                         f"{reason}); the next call starts a new one") from err
+            self._stopped = f"exit code {process.returncode}, {reason}"
+            raise PrefetcherProcessError(f"the prefetcher process stopped ({self._stopped}); the next call starts a "
+                                         "new one") from err
         if status == "error":
             raise PrefetcherProcessError(f"{op} failed in the prefetcher process: {result}")
         return result, cpu_s
@@ -244,6 +355,11 @@ class PrefetchPool:
             for host in self.hosts:
                 host.close()
 
+    def interrupt(self) -> None:
+        """Kill every child a call is waiting on (`PrefetchHost.interrupt`)."""
+        for host in list(self.hosts):
+            host.interrupt()
+
 
 _ids = itertools.count(1)
 
@@ -264,6 +380,9 @@ class ProcessPrefetcher(Prefetcher):
         self._spec = (inner, lead, device, cache, max_keys)
         self._child_cpu_s = 0.0
         self._serving_arm: str | None = None
+        # What to load into the prefetcher when a new child builds it again (the old child died with its model):
+        # its owner's serving checkpoint, say. Called under the host's lock, so it must not call the host.
+        self.rebuild_state: Callable[[], dict[str, Any] | None] | None = None
         self.host.create(self._ident, self._spec)
 
     @property
@@ -271,7 +390,7 @@ class ProcessPrefetcher(Prefetcher):
         return self._child_cpu_s
 
     def _call(self, op: str, arg: Any = None) -> Any:
-        result, cpu_s = self.host.call(self._ident, self._spec, op, arg)
+        result, cpu_s = self.host.call(self._ident, self._spec, op, arg, self.rebuild_state)
         self._child_cpu_s += cpu_s
         return result
 
@@ -305,4 +424,4 @@ class ProcessPrefetcher(Prefetcher):
 
 
 if __name__ == "__main__":
-    _serve(Connection(int(sys.argv[1])))
+    _serve(_Channel(socket.socket(fileno=int(sys.argv[1]))))

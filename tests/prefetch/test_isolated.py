@@ -1,26 +1,48 @@
 """Prefetchers in a child process answer exactly as they would in-process, keep their own state when they share
-the child, survive its death, and are charged for its CPU."""
+the child, survive its death (or its hanging), and are charged for its CPU."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
 import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 import torch
 
 from service.prefetch import make_prefetcher
+from service.prefetch.base import Predictions
 from service.prefetch.coordinator import PrefetchBudget
 from service.prefetch.engine import CpuBudget, PrefetchEngine
 from service.prefetch.isolated import PrefetcherProcessError, PrefetchHost, PrefetchPool, ProcessPrefetcher
+from service.prefetch.markov import DEFAULT_MAX_KEYS
 from service.prefetch.shadow import CacheModel
 from tests.prefetch.test_mlops import AsyncCache, NextKey
 
 STRIDED = [1000 + 3 * i for i in range(200)] + [5000 + 7 * i for i in range(200)]
+STRIDE_SPEC = ("stride", 0, "cpu", None, DEFAULT_MAX_KEYS)
+
+
+def hang_new_children(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every prefetch child started while the returned file exists hangs before it reads a request, as one whose
+    driver initialisation never returns would."""
+    site, flag = tmp_path / "hanging-site", tmp_path / "hang"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, sys, time\n"
+        f"if 'service.prefetch.isolated' in sys.orig_argv and os.path.exists({str(flag)!r}):\n"
+        "    time.sleep(3600)\n"
+    )
+    flag.touch()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    return flag
 
 
 @pytest.fixture
@@ -122,6 +144,97 @@ def test_a_dead_child_fails_one_call_and_the_next_call_starts_a_new_one() -> Non
         host.close()
 
 
+def test_a_hung_child_fails_a_request_larger_than_the_socket_buffer_in_time_and_frees_the_host() -> None:
+    """A checkpoint's weights (about 330 KB) do not fit the socket's buffer: a child that stopped reading must not
+    block their send past the call's timeout, holding the host every other tenant of the child waits on."""
+    host = PrefetchHost(call_timeout_s=1.0)
+    outcomes: dict[str, tuple[object, float]] = {}
+
+    def call(name: str, ident: int, op: str, arg: object) -> None:
+        began = time.monotonic()
+        try:
+            outcome: object = host.call(ident, STRIDE_SPEC, op, arg)[0]
+        except PrefetcherProcessError as err:
+            outcome = err
+        outcomes[name] = (outcome, time.monotonic() - began)
+
+    host.create(1, STRIDE_SPEC)
+    host.create(2, STRIDE_SPEC)
+    hung = host.pid
+    assert hung is not None
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        large = threading.Thread(target=call, args=("large", 1, "load_state_dict", {"w": b"x" * 1_000_000}))
+        large.start()
+        time.sleep(0.2)
+        small = threading.Thread(target=call, args=("small", 2, "access", [1, 2, 3]))  # waits for the host
+        small.start()
+        large.join(10)
+        small.join(60)  # it starts a new child
+        error, took = outcomes["large"]
+        assert isinstance(error, PrefetcherProcessError) and "no answer within 1 s" in str(error)
+        assert took < 2.5
+        proposals, took = outcomes["small"]
+        assert proposals == (make_prefetcher("stride").access_batch([1, 2, 3]), None)  # from a new child
+        assert host.starts == 2 and host.pid not in (None, hung)
+        assert not Path(f"/proc/{hung}").exists()  # killed and reaped
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hung, signal.SIGKILL)  # unblocks the calls where they were not bounded
+        host.close()
+
+
+def test_a_child_that_hangs_at_start_is_killed_and_starts_back_off_doubling_until_one_succeeds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hanging = hang_new_children(tmp_path, monkeypatch)
+    host = PrefetchHost(start_timeout_s=1.0, start_backoff_s=1.0)
+    try:
+        with pytest.raises(PrefetcherProcessError, match="no answer within 1 s"):
+            host.create(1, STRIDE_SPEC)
+        began = time.monotonic()
+        refused = r"did not start \(.*no answer within 1 s\); the next try is in 1 s"
+        with pytest.raises(PrefetcherProcessError, match=refused):
+            host.create(2, STRIDE_SPEC)  # the next tenant fails at once instead of waiting out a start of its own
+        assert time.monotonic() - began < 0.5 and host.starts == 1
+        time.sleep(1.1)
+        with pytest.raises(PrefetcherProcessError, match="no answer within 1 s"):
+            host.create(2, STRIDE_SPEC)  # the backoff passed: one more try
+        assert host.starts == 2
+        with pytest.raises(PrefetcherProcessError, match="the next try is in 2 s"):  # doubled
+            host.create(3, STRIDE_SPEC)
+        hanging.unlink()
+        time.sleep(2.1)
+        host.create(3, STRIDE_SPEC)  # a child that starts
+        assert host.starts == 3
+        assert host.call(3, STRIDE_SPEC, "access", [1])[0] == (make_prefetcher("stride").access_batch([1]), None)
+        hanging.touch()
+        os.kill(host.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        with pytest.raises(PrefetcherProcessError, match="stopped"):
+            host.call(3, STRIDE_SPEC, "access", [1])  # the call in flight fails: not a start
+        with pytest.raises(PrefetcherProcessError, match="no answer within 1 s"):
+            host.call(3, STRIDE_SPEC, "access", [1])  # a new child, which hangs
+        with pytest.raises(PrefetcherProcessError, match="the next try is in 1 s"):  # the backoff started over
+            host.call(3, STRIDE_SPEC, "access", [1])
+    finally:
+        host.close()
+
+
+def test_a_child_that_died_while_idle_is_reaped_and_reports_no_memory() -> None:
+    host = PrefetchHost()
+    try:
+        ProcessPrefetcher("stride", host=host)
+        pid = host.pid
+        assert pid is not None and (host.resident_bytes() or 0) > 10e6
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while host.resident_bytes() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert host.resident_bytes() is None  # not a zombie's 0 bytes
+        assert not Path(f"/proc/{pid}").exists()  # reaped by the memory gauge's scrape, with nobody reading
+    finally:
+        host.close()
+
+
 def test_a_child_that_cannot_build_its_prefetcher_fails_the_constructor_with_its_reason() -> None:
     host = PrefetchHost()
     try:
@@ -211,6 +324,54 @@ async def test_the_engine_logs_a_failed_step_and_goes_on(stride_process, caplog:
     assert len(cache.data) > 0  # prefetching resumed with a new child
 
 
+class FailsWhileBroken(NextKey):
+    """NextKey that raises while `broken`, as a prefetcher whose child dies at every start; notes each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = True
+        self.calls: list[float] = []
+
+    def access_batch(self, keys: Sequence[int]) -> list[Predictions]:
+        self.calls.append(time.monotonic())
+        if self.broken:
+            raise PrefetcherProcessError("the prefetcher process stopped")
+        return super().access_batch(keys)
+
+
+async def _read_for(engine: PrefetchEngine, seconds: float, until: Callable[[], bool] = lambda: False) -> None:
+    """Log a read every 5 ms for `seconds`, or until `until()`."""
+    deadline = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < deadline and not until():
+        engine.on_access(f"obj:{i:05d}".encode(), hit=False)
+        i += 1
+        await asyncio.sleep(0.005)
+
+
+async def test_a_worker_whose_steps_keep_failing_waits_twice_as_long_each_time_until_one_succeeds() -> None:
+    prefetcher = FailsWhileBroken()
+    engine = PrefetchEngine(AsyncCache(), prefetcher, PrefetchBudget(per_request=1))
+    worker = asyncio.create_task(engine.run(interval=0.001, failed_interval=0.05, max_failed_interval=0.8))
+    try:
+        await _read_for(engine, 2.0)
+        # 0.05, 0.1, 0.2, 0.4, then 0.8 s apart: 6 tries in 2 s where a fixed interval made 40.
+        waits = [b - a for a, b in zip(prefetcher.calls, prefetcher.calls[1:], strict=False)]
+        assert 4 <= engine.failures <= 8
+        assert all(wait >= 0.9 * expected for wait, expected in zip(waits, [0.05, 0.1, 0.2, 0.4, 0.8, 0.8],
+                                                                      strict=False))
+        prefetcher.broken = False
+        await _read_for(engine, 5.0, until=lambda: engine.steps > 0)
+        assert engine.steps > 0
+        prefetcher.broken = True
+        prefetcher.calls.clear()
+        await _read_for(engine, 5.0, until=lambda: len(prefetcher.calls) >= 2)
+        assert prefetcher.calls[1] - prefetcher.calls[0] < 0.5  # a success started the wait over (it was 0.8)
+    finally:
+        engine.stop()
+        await worker
+
+
 def test_the_child_gets_no_credential_from_the_servers_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FORESIGHT_VAULT_TOKEN", "hvs.not-for-the-child")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-not-for-the-child")
@@ -273,7 +434,7 @@ async def test_stop_waits_for_a_checkpoint_in_progress_before_closing_the_prefet
     engine = PrefetchEngine(Tenant(), prefetcher, executor=threads)
     checkpoints = CheckpointRegistry(tmp_path, "t", XorCipher())
     running = TenantPrefetch(Tenant(), "learned", 100, engine, checkpoints, interval=0.01)  # type: ignore[arg-type]
-    engine.coordinator.stats.issued = 10  # evidence to checkpoint
+    engine.network.issued = 10  # evidence to checkpoint: prefetches the model made itself
     try:
         with engine.model_lock:  # the next checkpoint starts and waits here, mid-way
             running.start()
