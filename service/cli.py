@@ -4,13 +4,16 @@ so `foresight serve` never pays for Pulumi or torch imports it does not need."""
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import sys
+from typing import Annotated
 
 import typer
 
 # group name -> (module, attribute holding its typer.Typer, help line)
 GROUPS: dict[str, tuple[str, str, str]] = {
-    "bench": ("service.bench.cli", "app", "Benchmarks: RESP throughput against redis-server, trace replay."),
+    "bench": ("service.bench.cli", "app", "Benchmarks: RESP against redis-server, trace replay and its report, the "
+              "live server, the shared tier, what the access log and the prefetchers cost."),
     "audit": ("service.security.audit_cli", "app", "Verify the hash-chained audit log."),
     "local": ("onboarding.local_cli", "app", "Run the whole product on this machine."),
     "tenants": ("onboarding.tenants_cli", "app", "Create, list, suspend and delete tenants."),
@@ -21,10 +24,28 @@ GROUPS: dict[str, tuple[str, str, str]] = {
 
 app = typer.Typer(
     name="foresight",
-    help="Foresight: a multi-tenant, Redis-compatible cache with a learned prefetcher, and its deploy kit.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        try:
+            version = importlib.metadata.version("foresight")
+        except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+            version = "unknown (not installed)"
+        typer.echo(f"foresight {version}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Foresight: a multi-tenant, Redis-compatible cache with a learned prefetcher, and its deploy kit."""
 
 
 def _mount_groups(argv: list[str]) -> None:

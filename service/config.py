@@ -10,13 +10,14 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from service.prefetch.markov import DEFAULT_MAX_KEYS, MIN_MAX_KEYS
+from service.prefetch.mlops.ab import check_weights
 from service.store.policies import POLICIES
 
 
@@ -58,7 +59,9 @@ class Settings(BaseSettings):
     )
     tls_vault_pki_mount: str = Field("pki", description="Vault PKI mount for tls_vault_pki_role.")
     tls_common_name: str = Field("localhost", description="Server name on a Vault-issued certificate.")
-    tls_alt_names: list[str] = Field(default_factory=list, description="Extra DNS names/IPs on that certificate.")
+    tls_alt_names: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Extra DNS names/IPs on that certificate (comma-separated, or a JSON list)."
+    )
     tls_require_client_cert: bool = Field(False, description="mTLS: refuse clients without a cert from the CA.")
     tls_reload_interval_s: float = Field(1.0, gt=0, description="How often certificate files are checked.")
 
@@ -94,11 +97,11 @@ class Settings(BaseSettings):
         description="Transit key name, AWS key id/ARN/alias, GCP CryptoKey name, Azure key URL, or keyring path.",
     )
     kms_endpoint_url: str | None = Field(None, description="AWS KMS endpoint override (VPC endpoint, tests).")
-    kms_previous_key_ids: list[str] = Field(
+    kms_previous_key_ids: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Keys (as kms_key_id) that wrapped what is on disk before a move to kms_key_id (an AWS alias "
                     "pointed at a new key, another Azure key): still unwrapped. An envelope naming any other key is "
-                    "refused (its header is not authenticated).",
+                    "refused (its header is not authenticated). Comma-separated, or a JSON list.",
     )
     data_dir: Path | None = Field(None, description="Where the encrypted snapshot and the audit log live.")
     audit_log: Path | None = Field(None, description="Audit log path; default <data_dir>/audit.log.")
@@ -152,7 +155,7 @@ class Settings(BaseSettings):
     prefetcher: Literal["none", "stride", "markov", "learned"] = Field(
         "learned", description="Prefetcher for tenants with an origin (unless prefetch_ab_arms assigns one)."
     )
-    prefetch_ab_arms: dict[str, float] = Field(
+    prefetch_ab_arms: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=dict,
         description='A/B test: prefetcher name -> weight, e.g. {"learned": 1, "markov": 1}; stable per tenant.',
     )
@@ -233,6 +236,31 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(10.0, ge=0, description="Time in-flight requests get to finish on shutdown.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    @field_validator("tls_alt_names", "kms_previous_key_ids", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        """A list from a file, or from a variable as a JSON list or the natural comma-separated `a.example,10.0.0.7`."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not text.startswith("["):
+            return [name.strip() for name in text.split(",") if name.strip()]
+        try:
+            return json.loads(text)
+        except ValueError as err:
+            raise ValueError(f"not a JSON list ({err}); or give the names comma-separated") from None
+
+    @field_validator("prefetch_ab_arms", mode="before")
+    @classmethod
+    def _arms(cls, value: Any) -> Any:
+        """A mapping from a file, or JSON from a variable."""
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise ValueError('must be a JSON object of prefetcher weights, e.g. {"learned": 1, "stride": 1}') from None
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.eviction_policy not in POLICIES:
@@ -255,6 +283,8 @@ class Settings(BaseSettings):
         unknown_arms = set(self.prefetch_ab_arms) - {"none", "stride", "markov", "learned"}
         if unknown_arms:
             raise ValueError(f"prefetch_ab_arms names unknown prefetchers: {', '.join(sorted(unknown_arms))}")
+        if self.prefetch_ab_arms:
+            check_weights(self.prefetch_ab_arms)  # NaN, inf, negative or all-zero weights cannot split tenants
         if self.shared_tier_url is not None:
             problem = shared_tier_url_problem(self.shared_tier_url)
             if problem:
@@ -301,17 +331,12 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     """Settings with precedence: explicit overrides (CLI flags) > FORESIGHT_* environment > file > defaults."""
     values: dict[str, Any] = {}
     if config_file is not None:
-        try:
-            text = config_file.read_text()
-            values = json.loads(text) if config_file.suffix == ".json" else tomllib.loads(text)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {config_file} does not exist") from None
-        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-            raise ConfigError(f"config file {config_file} cannot be parsed: {err}") from None
-        values = {k: v for k, v in values.items() if f"FORESIGHT_{k.upper()}" not in os.environ}
+        values = {k: v for k, v in _read_file(config_file).items() if f"FORESIGHT_{k.upper()}" not in os.environ}
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return Settings(**values)
+    except SettingsError as err:  # a variable pydantic-settings could not decode; the message names its field
+        raise ConfigError(f"invalid configuration: {err} (lists and mappings take JSON)") from None
     except ValidationError as err:
         lines = []
         for problem in err.errors():
@@ -319,3 +344,26 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             where = f"{name} (FORESIGHT_{name.upper()})" if name else "settings"
             lines.append(f"{where}: {problem['msg'].removeprefix('Value error, ')}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def _read_file(config_file: Path) -> dict[str, Any]:
+    """The settings a TOML or JSON file holds; ConfigError saying what is wrong with the file otherwise."""
+    if config_file.suffix in (".yaml", ".yml"):
+        raise ConfigError(f"config file {config_file}: YAML is not supported; use .toml or .json")
+    try:
+        text = config_file.read_text(encoding="utf-8")
+        values = json.loads(text) if config_file.suffix == ".json" else tomllib.loads(text)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {config_file} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {config_file} is a directory") from None
+    except OSError as err:
+        raise ConfigError(f"config file {config_file} cannot be read: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {config_file} is not UTF-8 text") from None
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"config file {config_file} cannot be parsed: {err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {config_file} must hold a table (JSON: an object) of settings, "
+                          f"not a {type(values).__name__}")
+    return values

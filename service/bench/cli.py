@@ -6,11 +6,16 @@ import contextlib
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated
+from urllib.parse import urlsplit
 
 import typer
 
@@ -21,12 +26,32 @@ if TYPE_CHECKING:
     from service.bench.replay import ReplayResult
 
 app = typer.Typer(
-    help="Benchmarks: RESP against redis-server, trace replay, what the access log and the prefetch engine cost.",
+    help="Benchmarks: RESP against redis-server, trace replay and its report, the live server, the shared tier, what "
+    "the access log and the prefetchers cost.",
     no_args_is_help=True,
 )
 app.command("resp")(bench_resp)
 
 _LARGE = 200_000  # requests above which replay shows a progress bar on an interactive stderr
+_CACHE_FRAC_HELP = "Cache size as a fraction of unique keys (default 0.05 unless --cache-size is given)."
+
+
+class Terminated(SystemExit):
+    """SIGTERM, raised where the benchmark is, so that the servers and scratch directories it started go as on Ctrl-C
+    (the default action would end the process on the spot and leave them behind)."""
+
+
+@app.callback()
+def _bench(ctx: typer.Context) -> None:
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    raise Terminated(128 + signum)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -69,7 +94,7 @@ def replay(
     trace: Annotated[Path, typer.Argument(help="Trace file: ARC .lis, key-per-line text or CSV; .gz/.zst/.xz.")],
     fmt: Annotated[str, typer.Option("--format", help="auto, lis, text or csv.")] = "auto",
     limit: Annotated[int | None, typer.Option(help="Replay only the first N requests.")] = None,
-    cache_frac: Annotated[float | None, typer.Option(help="Cache size as a fraction of unique keys.")] = None,
+    cache_frac: Annotated[float | None, typer.Option(help=_CACHE_FRAC_HELP)] = None,
     cache_size: Annotated[int | None, typer.Option(help="Cache size in entries.")] = None,
     policy: Annotated[str, typer.Option(help="Eviction policy: lru or s3fifo.")] = "s3fifo",
     prefetcher: Annotated[str, typer.Option(help="none, stride, markov or learned.")] = "none",
@@ -84,7 +109,13 @@ def replay(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bar.")] = None,
 ) -> None:
-    """Replay a trace through the service's store, eviction policy, prefetcher and coordinator."""
+    """Replay a trace through the service's store, eviction policy, prefetcher and coordinator.
+
+    Without --cache-frac or --cache-size the cache holds 5 % of the trace's unique keys.
+    For example:
+
+        foresight bench replay ../shared/traces/lirs-sprite.txt.gz --cache-frac 0.1 --prefetcher stride
+    """
     from service.bench.replay import ReplayError, resolve_cache_size
     from service.bench.replay import replay as run_replay
     from service.bench.traces import TraceError, load_trace
@@ -151,17 +182,35 @@ def report(
     policy: Annotated[str, typer.Option(help="Eviction policy.")] = "s3fifo",
     limit: Annotated[int | None, typer.Option(help="First N requests of each trace.")] = 1_000_000,
     budget: Annotated[int, typer.Option(help="Prefetches per request at most.")] = 1,
-    jobs: Annotated[int, typer.Option(help="Parallel worker processes.")] = 1,
+    jobs: Annotated[int, typer.Option(min=1, help="Parallel worker processes.")] = 1,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object: the files written and the table's cells.")
+    ] = False,
 ) -> None:
-    """Run traces x cache sizes x prefetchers x leads; write a Markdown table, JSON and PNG plots."""
-    from service.bench.report import MatrixSpec, ReportError, run_matrix, write_report
+    """Run traces x cache sizes x prefetchers x leads; write a Markdown table, JSON and PNG plots (with matplotlib).
+
+    --out is checked before anything runs. Each finished unit's cells go to results.jsonl in --out at once, so a
+    run that fails or is stopped keeps them. For example:
+
+        foresight bench report ../shared/traces --jobs 2 --out out/bench-report
+    """
+    from service.bench.report import MatrixSpec, ReportError, prepare_out, run_matrix, summarize, write_report
+
+    def log(line: str) -> None:
+        typer.echo(line, err=True)
 
     try:
         spec = MatrixSpec.parse(traces, fracs, leads, prefetchers, policy, limit, budget)
-        rows = run_matrix(spec, jobs=jobs, log=lambda line: typer.echo(line, err=True))
-        written = write_report(rows, spec, out)
+        prepare_out(out)
+        rows = run_matrix(spec, jobs=jobs, log=log, cells_file=out / "results.jsonl")
+        written = write_report(rows, spec, out, log=log)
     except (ReportError, ValueError) as err:
         raise _fail(str(err)) from None
+    except OSError as err:  # the disk filled or --out went away while the matrix ran
+        raise _fail(f"write the report to {out}: {err.strerror or err}") from None
+    if as_json:
+        typer.echo(json.dumps({"files": [str(path) for path in written], "cells": summarize(rows)}))
+        return
     for path in written:
         typer.echo(str(path))
 
@@ -358,7 +407,7 @@ def live_replay(
     trace: Annotated[Path, typer.Argument(help="Trace file: ARC .lis, key-per-line text or CSV; .gz/.zst/.xz.")],
     fmt: Annotated[str, typer.Option("--format", help="auto, lis, text or csv.")] = "auto",
     limit: Annotated[int, typer.Option(min=1, help="Replay only the first N requests.")] = 50_000,
-    cache_frac: Annotated[float | None, typer.Option(help="Cache size as a fraction of unique keys.")] = None,
+    cache_frac: Annotated[float | None, typer.Option(help=_CACHE_FRAC_HELP)] = None,
     cache_size: Annotated[int | None, typer.Option(help="Cache size in entries.")] = None,
     prefetchers: Annotated[str, typer.Option(help="Comma-separated prefetchers (none is a baseline).")] = (
         "none,stride,learned"
@@ -379,7 +428,9 @@ def live_replay(
     prefetcher and rate) over a scratch directory origin holding every key, in order, paced, in pipelined
     batches, and prints the live hit ratio beside `bench replay`'s for the same trace, cache size and prefetcher (lead
     0), with what the engine predicted from, how many reads late its proposals were issued, and the share of
-    them the engine's own stride answered (a learned engine whose answers came late).
+    them the engine's own stride answered (a learned engine whose answers came late). For example:
+
+        foresight bench live-replay ../shared/traces/lirs-sprite.txt.gz --limit 20000 --rates 1000,max
     """
     from service.bench.live_replay import as_json as to_json
     from service.bench.live_replay import measure
@@ -441,16 +492,21 @@ def shared_tier(
 
     Replays the trace across --nodes service nodes (request i to node i mod N), first each node on its own, then
     all on one shared tier, and prints both runs and the shared run's ratios. Needs redis-server (Debian:
-    redis-server) unless --tier-url is given.
+    redis-server) unless --tier-url is given; a tier that cannot be reached stops it before the runs (exit 2).
+    For example:
+
+        foresight bench shared-tier ../shared/traces/cache2k-web07.txt.gz --nodes 4 --limit 50000
     """
     from service.bench.resp import BenchError, server_process
     from service.bench.shared_tier import measure
     from service.bench.traces import TraceError, load_trace
-    from service.config import shared_tier_url_problem
+    from service.config import ConfigError, shared_tier_url_problem
     from service.net import free_port
 
-    if tier_url is not None and (problem := shared_tier_url_problem(tier_url)):
-        raise _fail(f"--tier-url: {problem}")
+    if tier_url is not None:
+        if problem := shared_tier_url_problem(tier_url):
+            raise _fail(f"--tier-url: {problem}")
+        _check_reachable(tier_url)
     try:
         loaded = load_trace(trace, fmt, limit)
         with contextlib.ExitStack() as stack:
@@ -465,16 +521,30 @@ def shared_tier(
                 tier_url = f"redis://127.0.0.1:{port}"
             report = measure(loaded, tier_url, nodes, cache_frac, value_bytes, origin_latency_ms, concurrency,
                              progress=lambda line: typer.echo(f"shared-tier: {line}", err=True))
-    except (TraceError, BenchError) as err:
+    except (TraceError, BenchError, ConfigError) as err:
         raise _fail(str(err)) from None
+    if errors := report["runs"][1]["tier_errors"]:
+        typer.echo(f"warning: {errors:,} shared tier calls failed during the shared run (those reads went to the "
+                   "origin)", err=True)
     if as_json:
         typer.echo(json.dumps(report))
         return
     typer.echo(f"{loaded.name}: {report['requests']} requests, {report['unique']} unique, {nodes} nodes, each "
                f"caching {cache_frac:.0%} of the keys; origin {origin_latency_ms:g} ms, {concurrency} in flight\n")
-    _echo_table(["nodes", "origin reads", "memory hits", "tier hits", "mean ms", "p50 ms", "p99 ms", "seconds"],
+    _echo_table(["nodes", "origin reads", "memory hits", "tier hits", "tier errors", "mean ms", "p50 ms", "p99 ms",
+                 "seconds"],
                 [[run["mode"], f"{run['origin_reads']:,}", f"{run['memory_hits']:,}", f"{run['tier_hits']:,}",
-                  f"{run['mean_ms']:.2f}", f"{run['p50_ms']:.2f}", f"{run['p99_ms']:.2f}", f"{run['seconds']:.1f}"]
+                  f"{run['tier_errors']:,}", f"{run['mean_ms']:.2f}", f"{run['p50_ms']:.2f}", f"{run['p99_ms']:.2f}",
+                  f"{run['seconds']:.1f}"]
                  for run in report["runs"]])
     typer.echo(f"\nshared/alone: origin reads {report['origin_reads_ratio']:.3f}x, mean latency "
                f"{report['mean_latency_ratio']:.3f}x, p99 latency {report['p99_latency_ratio']:.3f}x")
+
+
+def _check_reachable(tier_url: str) -> None:
+    """Refuse a tier nothing listens on before the runs: ratios against a tier that never answered mean nothing."""
+    parts = urlsplit(tier_url)
+    try:
+        socket.create_connection((parts.hostname, parts.port or 6379), timeout=5).close()
+    except OSError as err:
+        raise _fail(f"--tier-url {tier_url}: cannot connect ({err.strerror or err})") from None

@@ -5,16 +5,23 @@ prefetcher) computes them once and replays them at every cache size. The learned
 cache-independent too; only its choice among them depends on the cache, so its arms run once and a fresh
 shadow selector picks for each size. Either way: the same numbers `bench replay` gives, for a third of the
 model time.
+
+Each unit's cells are appended to `results.jsonl` as it finishes, so a run that fails or is stopped keeps what it
+had done; the table, `results.json` and the plots are written at the end.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import signal
+import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from service.bench.replay import CHUNK, ReplayError, replay, resolve_cache_size
 from service.bench.traces import TraceError, load_trace
@@ -107,29 +114,87 @@ def _unit(path: Path, lead: int, name: str, spec: MatrixSpec) -> list[dict[str, 
     return rows
 
 
-def run_matrix(spec: MatrixSpec, jobs: int = 1, log: Callable[[str], None] = lambda line: None) -> list[dict]:
-    """Every cell of the matrix, sorted by trace, lead, size and prefetcher."""
+Unit = tuple[Path, int, str]  # trace, lead, prefetcher: one replay's proposals, replayed at every cache size
+
+
+def prepare_out(out: Path) -> None:
+    """Create `out` and check this run can write there, before any replay (ReportError saying why not)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except FileExistsError:
+        raise ReportError(f"--out {out}: exists and is not a directory") from None
+    except NotADirectoryError:
+        raise ReportError(f"--out {out}: a parent of it is not a directory") from None
+    except OSError as err:
+        raise ReportError(f"--out {out}: {err.strerror}") from None
+
+
+def run_matrix(
+    spec: MatrixSpec,
+    jobs: int = 1,
+    log: Callable[[str], None] = lambda line: None,
+    cells_file: Path | None = None,
+) -> list[dict]:
+    """Every cell of the matrix, sorted by trace, lead, size and prefetcher; each unit's cells are appended to
+    `cells_file` (JSON Lines) as it finishes, so a failure or an interrupt loses only the units still running."""
     units = [(path, lead, name) for path in spec.traces for lead in spec.leads for name in spec.prefetchers]
     # Learned units on the largest traces take longest: start them first.
     units.sort(key=lambda u: (u[2] != "learned", -u[0].stat().st_size))
     rows: list[dict[str, Any]] = []
+    done: list[Unit] = []
+    sink: TextIO | None = cells_file.open("w") if cells_file is not None else None
+
+    def finished(unit: Unit, cells: list[dict[str, Any]]) -> None:
+        rows.extend(cells)
+        done.append(unit)
+        if sink is not None:
+            sink.write("".join(json.dumps(cell) + "\n" for cell in cells))
+            sink.flush()
+        log(f"done {len(done)} of {len(units)}: {unit[0].name} lead={unit[1]} {unit[2]}")
+
     try:
-        if jobs <= 1:
-            for unit in units:
-                rows += _unit(*unit, spec)
-                log(f"done {unit[0].name} lead={unit[1]} {unit[2]}")
-        else:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
-                futures = {pool.submit(_unit, *unit, spec): unit for unit in units}
-                for future in as_completed(futures):
-                    rows += future.result()
-                    unit = futures[future]
-                    log(f"done {unit[0].name} lead={unit[1]} {unit[2]}")
-    except (TraceError, ReplayError) as err:
-        raise ReportError(str(err)) from None
+        _run_units(units, spec, jobs, finished)
+    except BaseException as err:
+        if rows and sink is not None:
+            log(f"stopped: the {len(rows)} cells finished are in {cells_file}")
+        if isinstance(err, TraceError | ReplayError):
+            raise ReportError(str(err)) from None
+        raise
+    finally:
+        if sink is not None:
+            sink.close()
     order = {name: i for i, name in enumerate(PREFETCHERS)}
     rows.sort(key=lambda r: (r["trace"], r["lead"], r["cache_frac"], order[r["prefetcher"]]))
     return rows
+
+
+def _run_units(units: list[Unit], spec: MatrixSpec, jobs: int,
+               finished: Callable[[Unit, list[dict[str, Any]]], None]) -> None:
+    if jobs <= 1:
+        for unit in units:
+            finished(unit, _unit(*unit, spec))
+        return
+    before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_start)
+    try:
+        futures = {pool.submit(_unit, *unit, spec): unit for unit in units}
+        for future in as_completed(futures):
+            finished(futures[future], future.result())
+    except BaseException:
+        # Stop now: leaving the pool normally would wait for every unit still queued or running (hours, at worst).
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in set(multiprocessing.active_children()) - before:
+            worker.terminate()
+        raise
+    pool.shutdown()
+
+
+def _worker_start() -> None:
+    """A worker forked from the CLI inherits its SIGTERM handler, whose exception the pool would hand back as the
+    unit's result and carry on with the next unit: let SIGTERM end a worker, as it ends any process."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -190,14 +255,15 @@ def _markdown(cells: list[dict[str, Any]], spec: MatrixSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plots(cells: list[dict[str, Any]], spec: MatrixSpec, out: Path) -> list[Path]:
+def _plots(cells: list[dict[str, Any]], spec: MatrixSpec, out: Path) -> list[Path] | None:
+    """One PNG per lead, or None without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return []
+        return None
     written = []
     names = [n for n in PREFETCHERS if n in spec.prefetchers]
     for lead in spec.leads:
@@ -220,10 +286,22 @@ def _plots(cells: list[dict[str, Any]], spec: MatrixSpec, out: Path) -> list[Pat
     return written
 
 
-def write_report(rows: list[dict[str, Any]], spec: MatrixSpec, out: Path) -> list[Path]:
+def write_report(
+    rows: list[dict[str, Any]], spec: MatrixSpec, out: Path, log: Callable[[str], None] = lambda line: None
+) -> list[Path]:
     """results.json (every cell), results.md (the table) and one PNG per lead when matplotlib is there."""
     out.mkdir(parents=True, exist_ok=True)
     cells = summarize(rows)
-    (out / "results.json").write_text(json.dumps(rows, indent=1))
-    (out / "results.md").write_text(_markdown(cells, spec))
-    return [out / "results.json", out / "results.md", *_plots(cells, spec, out)]
+    _write_atomically(out / "results.json", json.dumps(rows, indent=1))
+    _write_atomically(out / "results.md", _markdown(cells, spec))
+    plots = _plots(cells, spec, out)
+    if plots is None:
+        log("PNG plots skipped: matplotlib is not installed (pip install matplotlib)")
+    return [out / "results.json", out / "results.md", *(plots or [])]
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """A reader never sees half a file, and a failed write leaves the earlier one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)

@@ -90,6 +90,10 @@ def _require(binary: str) -> str:
 
 # Tests beyond redis-benchmark's own (-t): a script as rate limiters and counters call it, sent as a custom command.
 CUSTOM_TESTS = {"eval": ["EVAL", "return redis.call('INCRBY', KEYS[1], ARGV[1])", "1", "counter:__rand_int__", "1"]}
+# redis-benchmark's -t names that run one test each: `ping` and `lrange*` run several (lrange an LPUSH first), and a
+# name it does not know runs nothing.
+BENCHMARK_TESTS = ("get", "set", "incr", "mset", "lpush", "rpush", "lpop", "rpop", "sadd", "spop", "hset", "zadd",
+                   "zpopmin", "ping_inline", "ping_mbulk")
 
 
 def run_redis_benchmark(port: int, test: str, requests: int, clients: int, pipeline: int) -> tuple[float, float, float]:
@@ -179,23 +183,34 @@ def render_table(figures: list[Figure]) -> str:
 def bench_resp(
     requests: Annotated[int, typer.Option(min=1000, help="Requests per redis-benchmark run.")] = 200_000,
     clients: Annotated[int, typer.Option(min=1, help="Parallel connections (redis-benchmark -c).")] = 50,
-    pipeline: Annotated[list[int], typer.Option(help="Pipeline depths to test (repeatable).")] = [1, 16],  # noqa: B006
+    pipeline: Annotated[
+        list[int], typer.Option(min=1, help="Pipeline depths to test (repeatable).")
+    ] = [1, 16],  # noqa: B006
     rounds: Annotated[int, typer.Option(min=1, help="Alternating rounds; the median is reported.")] = 3,
-    tests: Annotated[str, typer.Option(help="Comma-separated redis-benchmark tests (-t names), or eval: a Lua script "
-                                           "that INCRBYs a random key.")] = "get,set",
+    tests: Annotated[str, typer.Option(help=f"Comma-separated tests: redis-benchmark's ({', '.join(BENCHMARK_TESTS)}) "
+                                           "or eval, a Lua script that INCRBYs a random key.")] = "get,set",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """Compare Foresight's RESP throughput and latency with redis-server on this machine.
 
     Starts redis-server and `foresight serve --dev` on free loopback ports, runs redis-benchmark against each
     in alternation (GET and SET, 50 clients, with and without -P 16 by default), and prints the medians with
-    Foresight/Redis ratios. Needs redis-server and redis-benchmark (Debian: redis-server redis-tools).
+    Foresight/Redis ratios. Needs redis-server and redis-benchmark (Debian: redis-server redis-tools). Bad input
+    and a failed run exit 2. For example:
+
+        foresight bench resp --tests get,set,eval --pipeline 1 --pipeline 16 --rounds 3
     """
+    names = list(dict.fromkeys(t.strip().lower() for t in tests.split(",") if t.strip()))
+    unknown = [name for name in names if name not in (*BENCHMARK_TESTS, *CUSTOM_TESTS)]
+    if not names or unknown:
+        typer.echo(f"error: --tests: {'unknown test ' + ', '.join(unknown) if unknown else 'no test given'}; choose "
+                   f"from {', '.join((*BENCHMARK_TESTS, *CUSTOM_TESTS))}", err=True)
+        raise typer.Exit(2)
     try:
-        figures = measure(requests, clients, pipeline, rounds, [t.strip() for t in tests.split(",") if t.strip()])
+        figures = measure(requests, clients, pipeline, rounds, names)
     except (BenchError, subprocess.CalledProcessError) as err:
-        typer.echo(f"foresight bench resp: {err}", err=True)
-        raise typer.Exit(1) from None
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     if as_json:
         typer.echo(
             json.dumps(

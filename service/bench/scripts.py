@@ -9,8 +9,8 @@ back). `foresight bench resp --tests eval,incr` measures the same served, agains
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 
 from service.bench.hotpath import NullTransport
@@ -48,8 +48,19 @@ def measure(commands: int = 20_000, rounds: int = 7) -> dict[str, float]:
 
 
 def main() -> None:
-    figures = measure()
-    if "--json" in sys.argv[1:]:
+    parser = argparse.ArgumentParser(
+        prog="python -m service.bench.scripts",
+        description="What a Lua script costs the server, in process, beside INCRBY: microseconds per command.",
+    )
+    parser.add_argument("--commands", type=int, default=20_000, help="commands per case and round (default 20000)")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds; the fastest is reported (default 7)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    for option in ("commands", "rounds"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option} must be 1 or more")
+    figures = measure(args.commands, args.rounds)
+    if args.json:
         print(json.dumps(figures))
         return
     baseline = figures["INCRBY (baseline)"]

@@ -23,9 +23,10 @@ from typing import Any
 import fsspec
 import numpy as np
 
+from service.bench.resp import BenchError
 from service.bench.traces import Trace
 from service.cache import TenantCache, TenantRegistry
-from service.config import Settings
+from service.config import Settings, load_settings
 from service.shared_tier import SharedTier
 from service.store.memory import entry_size
 from service.tenancy import TenantQuota, TenantSpec
@@ -38,6 +39,7 @@ class TierRun:
     origin_reads: int
     memory_hits: int
     tier_hits: int
+    tier_errors: int  # tier calls that failed or timed out (those reads went to the origin)
     mean_ms: float
     p50_ms: float
     p99_ms: float
@@ -84,11 +86,11 @@ async def _run(mode: str, settings: Settings, origin: str, budget: int, nodes: i
     tenant = f"bench-{uuid.uuid4().hex[:12]}"
     built = [_node(settings, tenant, origin, budget) for _ in range(nodes)]
     tiers = [SharedTier(settings, registry) for registry, _ in built] if mode == "shared" else []
-    for tier, (registry, _) in zip(tiers, built, strict=False):
-        await tier.start()
-        registry.share(tier)
-    caches = [cache for _, cache in built]
     try:
+        for tier, (registry, _) in zip(tiers, built, strict=False):
+            await tier.start()
+            registry.share(tier)
+        caches = [cache for _, cache in built]
         latencies, seconds = await _replay(caches, keys, concurrency)
     finally:
         for tier in tiers:
@@ -98,10 +100,21 @@ async def _run(mode: str, settings: Settings, origin: str, budget: int, nodes: i
         mode=mode, requests=len(keys),
         origin_reads=sum(c.origin_fetches for c in caches),
         memory_hits=sum(c.store.stats.hits for c in caches),
-        tier_hits=sum(t.stats.hits for t in tiers),
+        tier_hits=sum(t.stats.hits for t in tiers), tier_errors=sum(t.stats.errors for t in tiers),
         mean_ms=float(ms.mean()), p50_ms=float(np.percentile(ms, 50)), p99_ms=float(np.percentile(ms, 99)),
         seconds=seconds,
     )
+
+
+async def _check_tier(settings: Settings) -> None:
+    """Fail before the runs unless the tier answers this node (ConfigError if it refuses the login)."""
+    tier = SharedTier(settings, TenantRegistry(settings))
+    try:
+        await tier.start()
+    finally:
+        await tier.close()
+    if not tier.connected:
+        raise BenchError(f"shared tier {tier.url} did not answer a PING (the warning above says why)")
 
 
 def measure(trace: Trace, tier_url: str, nodes: int, cache_frac: float, value_bytes: int, origin_latency_ms: float,
@@ -110,7 +123,8 @@ def measure(trace: Trace, tier_url: str, nodes: int, cache_frac: float, value_by
     keys = [str(k).encode() for k in trace.keys.tolist()]
     unique = trace.unique
     budget = max(1, int(unique * cache_frac)) * entry_size(keys[0], b"x" * value_bytes)
-    settings = Settings(shared_tier_url=tier_url, origin_latency_ms=origin_latency_ms, prefetcher="none")
+    settings = load_settings(shared_tier_url=tier_url, origin_latency_ms=origin_latency_ms, prefetcher="none")
+    asyncio.run(_check_tier(settings))
     with memory_origin(trace.keys, value_bytes) as origin:
         runs = []
         for mode in ("alone", "shared"):

@@ -29,18 +29,21 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import hashlib
+import io
+import itertools
 import json
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
-from service.security.envelope import EnvelopeCipher
+from service.security.envelope import MAGIC, EnvelopeCipher, TamperedEnvelope
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,10 @@ class AuditSecretError(ValueError):
 
 class AuditLogError(RuntimeError):
     """The audit log cannot be opened or appended to safely."""
+
+
+class EncryptedArchive(AuditLogError):
+    """An envelope-encrypted rotated file was given to verify without the cipher that can decrypt it."""
 
 
 def canonical(record: Mapping[str, Any]) -> bytes:
@@ -388,20 +395,29 @@ def _verify_lines(lines: Iterable[bytes], expect_prev: str, watch: str | None) -
     return Verdict(True, count, head, closed), seen
 
 
-def verify_files(paths: Iterable[Path], *, expect_head: str | None = None) -> tuple[Path | None, Verdict]:
+def verify_files(
+    paths: Iterable[Path], *, expect_head: str | None = None, cipher: EnvelopeCipher | None = None
+) -> tuple[Path | None, Verdict]:
     """Verify files in chain order (oldest first): the first failing file (or None) and the verdict.
 
     Every file but the last must end with audit.close; each file must link to the one before it. A good
-    verdict counts the lines of all files; a bad one numbers lines within the failing file.
+    verdict counts the lines of all files; a bad one numbers lines within the failing file. Archived (encrypted)
+    rotated files are decrypted with `cipher`: EncryptedArchive without one; the KMS's own errors (unreachable,
+    another provider) are raised as they are, since they say nothing about the file.
     """
     files = list(paths)
     prev, total, seen = GENESIS, 0, False
     verdict = Verdict(False, 0, GENESIS, False, 1, "no files")
     for index, path in enumerate(files):
         last = index == len(files) - 1
-        with path.open("rb") as file:
-            start = prev if index else _first_prev(path)
-            verdict, seen_here = _verify_lines(file, start, expect_head)
+        try:
+            with _plaintext(path, cipher) as file:
+                first = file.readline()
+                start = prev if index else _claimed_prev(first)
+                verdict, seen_here = _verify_lines(itertools.chain([first], file) if first else (), start, expect_head)
+        except TamperedEnvelope as err:
+            reason = f"encrypted archive fails authentication: altered, or not encrypted with the key given ({err})"
+            verdict, seen_here = Verdict(False, 0, prev, False, 1, reason), False
         seen = seen or seen_here
         if verdict.ok and not last and not verdict.closed:
             reason = "file does not end with audit.close but another file follows it"
@@ -414,10 +430,31 @@ def verify_files(paths: Iterable[Path], *, expect_head: str | None = None) -> tu
     return None, replace(verdict, lines=total)
 
 
-def _first_prev(path: Path) -> str:
-    """The first file of a run links to whatever came before (not given): accept its own `prev` claim."""
+def is_archive(path: Path) -> bool:
+    """Whether `path` is an envelope-encrypted rotated file (what `archive=` leaves), by its first bytes."""
     with path.open("rb") as file:
-        try:
-            return str(json.loads(file.readline()).get("prev", GENESIS))
-        except (ValueError, AttributeError):
-            return GENESIS
+        return file.read(len(MAGIC)) == MAGIC
+
+
+@contextmanager
+def _plaintext(path: Path, cipher: EnvelopeCipher | None) -> Iterator[BinaryIO]:
+    """The file's lines: the file itself, or an archive decrypted in memory (a rotated file is about rotate_bytes)."""
+    if not is_archive(path):
+        with path.open("rb") as file:
+            yield file
+        return
+    if cipher is None:
+        raise EncryptedArchive(f"{path} is an encrypted audit archive: verifying it needs the KMS that encrypted it")
+    plain = io.BytesIO()
+    with path.open("rb") as file:
+        cipher.decrypt_stream(file, plain, ARCHIVE_AAD)
+    plain.seek(0)
+    yield plain
+
+
+def _claimed_prev(first_line: bytes) -> str:
+    """The first file of a run links to whatever came before (not given): accept its own `prev` claim."""
+    try:
+        return str(json.loads(first_line).get("prev", GENESIS))
+    except (ValueError, AttributeError):
+        return GENESIS

@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from service.security.audit import verify_files
+from service.security.audit import EncryptedArchive, is_archive, verify_files
+
+if TYPE_CHECKING:
+    from service.security.envelope import EnvelopeCipher
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+
+EXIT_TAMPERED = 1
+EXIT_BAD_INPUT = 2
+EXIT_CANNOT_VERIFY = 3  # an encrypted archive, and no KMS configured that can decrypt it now
+_HASH = re.compile(r"[0-9a-fA-F]{64}")
+_KMS_HINT = ("set the service's FORESIGHT_KMS_PROVIDER and FORESIGHT_KMS_KEY_ID (and FORESIGHT_VAULT_* for "
+             "vault-transit), or pass its --config")
+
+
+class _VerifyError(Exception):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @app.callback()
@@ -34,9 +53,29 @@ def verify(
         str | None,
         typer.Option(help="The head hash recorded elsewhere; catches lines dropped from the end of the log."),
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="The service's settings file, for the KMS that decrypts archives."),
+    ] = None,
 ) -> None:
-    """Exit 0 if every line is intact and in order; exit 1 naming the first bad line and why."""
-    bad_file, verdict = verify_files(files, expect_head=head)
+    """Exit 0 if every line is intact and in order; exit 1 naming the first bad line and why.
+
+    Rotated files the service archived (audit.<time>.log.fse, envelope-encrypted) are decrypted in memory with
+    the service's KMS: its FORESIGHT_KMS_* settings (and FORESIGHT_VAULT_* for vault-transit) from the
+    environment or --config. Exit 2: bad input; exit 3: an archive that cannot be decrypted here (no KMS
+    configured, or the KMS unreachable or refusing this caller), which says nothing about tampering.
+    """
+    try:
+        if head is not None and not _HASH.fullmatch(head):
+            raise _VerifyError(f"--head {head!r}: not a hash (expected 64 hex characters, the `head` that "
+                                "`audit verify --json` prints)", EXIT_BAD_INPUT)
+        with _archive_cipher(files, config) as cipher:
+            bad_file, verdict = verify_files(files, expect_head=head.lower() if head else None, cipher=cipher)
+    except _VerifyError as err:
+        if as_json:
+            typer.echo(json.dumps({"error": str(err), "exit_code": err.exit_code}))
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(err.exit_code) from None
     if as_json:
         typer.echo(
             json.dumps(
@@ -56,4 +95,37 @@ def verify(
         typer.echo(f"ok: {verdict.lines} lines verified, {state}, head {verdict.head}")
     else:
         typer.echo(f"tampered: {bad_file}:{verdict.bad_line}: {verdict.reason}", err=True)
-    raise typer.Exit(0 if verdict.ok else 1)
+    raise typer.Exit(0 if verdict.ok else EXIT_TAMPERED)
+
+
+@contextmanager
+def _archive_cipher(files: list[Path], config: Path | None) -> Iterator[EnvelopeCipher | None]:
+    """The service's cipher where an archive is among `files` and a KMS is configured, else None; the KMS's
+    failures (and verify_files' EncryptedArchive) become _VerifyError."""
+    from service.bootstrap import build_cipher, build_vault_session
+    from service.config import ConfigError, load_settings
+    from service.security.envelope import EnvelopeError
+    from service.security.kms import KmsError
+
+    if not any(is_archive(path) for path in files):
+        yield None
+        return
+    try:
+        settings = load_settings(config)
+    except ConfigError as err:
+        raise _VerifyError(str(err), EXIT_BAD_INPUT) from None
+    if settings.kms_provider == "local" and not Path(settings.kms_key_id).is_file():
+        # build_kms would make a new keyring there, which decrypts nothing
+        raise _VerifyError(f"local keyring {settings.kms_key_id} (FORESIGHT_KMS_KEY_ID) does not exist",
+                            EXIT_CANNOT_VERIFY)
+    vault = None
+    try:
+        vault = build_vault_session(settings) if settings.kms_provider == "vault-transit" else None
+        yield build_cipher(settings, vault)
+    except EncryptedArchive as err:
+        raise _VerifyError(f"{err}; {_KMS_HINT}", EXIT_CANNOT_VERIFY) from None
+    except (ConfigError, KmsError, EnvelopeError) as err:
+        raise _VerifyError(f"cannot decrypt the archives: {err}", EXIT_CANNOT_VERIFY) from None
+    finally:
+        if vault is not None:
+            vault.stop()

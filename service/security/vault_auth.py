@@ -85,7 +85,7 @@ def login(settings: VaultAuthSettings, client: hvac.Client | None = None) -> dic
         if method == "approle":
             secret_id = _secret(settings.secret_id, settings.secret_id_file, "secret_id")
             if not settings.role_id:
-                raise VaultAuthError("approle login needs role_id")
+                raise VaultAuthError("approle login needs the role id: set FORESIGHT_VAULT_ROLE_ID")
             reply = client.auth.approle.login(settings.role_id, secret_id, mount_point=mount)
         elif method == "aws":
             payload = aws_iam_login_payload(
@@ -324,7 +324,7 @@ def _jwt(settings: VaultAuthSettings) -> str:
     if settings.jwt_source == "azure":
         return azure_msi_token(settings.azure_resource, settings.azure_client_id, settings.azure_imds_url)
     if settings.jwt_file is None:
-        raise VaultAuthError("jwt login needs jwt_file or jwt_source gcp/azure")
+        raise VaultAuthError("jwt login needs FORESIGHT_VAULT_JWT_FILE, or FORESIGHT_VAULT_JWT_SOURCE gcp or azure")
     return settings.jwt_file.read_text().strip()
 
 
@@ -335,13 +335,14 @@ def _secret(value: SecretStr | None, file: Path | None, what: str) -> str:
         except OSError as err:
             raise VaultAuthError(f"cannot read the {what} file {file}: {err.strerror}") from None
     if value is None:
-        raise VaultAuthError(f"Vault login needs {what} (or {what}_file)")
+        raise VaultAuthError(f"Vault login needs the {what}: set FORESIGHT_VAULT_{what.upper()}_FILE to a file "
+                             "holding it")
     return value.get_secret_value()
 
 
 def _role(settings: VaultAuthSettings) -> str:
     if not settings.role:
-        raise VaultAuthError(f"{settings.method} login needs a Vault role")
+        raise VaultAuthError(f"{settings.method} login needs a Vault role: set FORESIGHT_VAULT_ROLE")
     return settings.role
 
 

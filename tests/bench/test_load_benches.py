@@ -1,12 +1,18 @@
-"""`foresight bench prefetch-load`: real servers, real redis-benchmark, small runs."""
+"""`foresight bench prefetch-load`, `resp`, `live-replay` and the rest: real servers, real redis-benchmark, small
+runs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pathlib
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -216,3 +222,61 @@ def test_prefetch_memory_on_a_trace_counts_the_successors_its_keys_recur_with(tm
     assert traced["learned"]["kb_per_key"] > 1.5 * once["learned"]["kb_per_key"]
     missing = runner.invoke(app, ["prefetch-memory", "--trace", str(tmp_path / "absent.txt")])
     assert missing.exit_code == 2 and "trace file not found" in missing.output and "Traceback" not in missing.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--pipeline", "0"], "Invalid value for '--pipeline'"),
+    (["--pipeline", "-3"], "Invalid value for '--pipeline'"),
+    (["--tests", ""], "error: --tests: no test given; choose from get, set"),
+    (["--tests", "get,bogus"], "error: --tests: unknown test bogus; choose from get, set"),
+    (["--tests", "lrange"], "error: --tests: unknown test lrange"),  # runs an LPUSH first: its figure is not LRANGE's
+])
+def test_resp_rejects_bad_pipelines_and_tests_before_starting_anything(args: list[str], message: str) -> None:
+    out = runner.invoke(app, ["resp", "--requests", "1000", "--rounds", "1", *args])
+    assert out.exit_code == 2
+    assert message in out.output
+    assert "Traceback" not in out.output and out.stdout == ""
+
+
+def test_resp_without_redis_server_is_one_error_line_and_exit_2_like_the_other_benches() -> None:
+    out = runner.invoke(app, ["resp", "--requests", "1000", "--rounds", "1"], env={"PATH": "/nonexistent"})
+    assert out.exit_code == 2
+    assert out.output == "error: redis-server not found: apt-get install -y redis-server redis-tools\n"
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+    return children
+
+
+def test_sigterm_stops_the_benchs_server_and_removes_its_scratch_origin_as_ctrl_c_does(tmp_path: pathlib.Path) -> None:
+    trace = tmp_path / "scan.txt"
+    trace.write_text("".join(f"{i}\n" for i in range(3000)))  # 30 s at 100 reads/s: it is stopped long before
+    bench = subprocess.Popen([sys.executable, "-c", "from service.cli import main; main()", "bench", "live-replay",
+                              str(trace), "--prefetchers", "none", "--rates", "100"], stderr=subprocess.PIPE, text=True)
+    server: int | None = None
+    origin: pathlib.Path | None = None
+    try:
+        deadline = time.monotonic() + 60
+        while server is None and time.monotonic() < deadline and bench.poll() is None:
+            for child in _children(bench.pid):
+                argv = pathlib.Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+                if b"serve" in argv and b"--origin" in argv:
+                    server, origin = child, pathlib.Path(argv[argv.index(b"--origin") + 1].decode())
+            time.sleep(0.1)
+        assert server is not None and origin is not None and origin.is_dir(), "the bench started no server"
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(30) == 143
+        assert not pathlib.Path(f"/proc/{server}").exists()  # stopped and reaped before the bench exited
+        assert not origin.exists()
+    finally:
+        bench.kill()
+        if server is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server, signal.SIGKILL)
+        if origin is not None:
+            shutil.rmtree(origin, ignore_errors=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +134,71 @@ def test_report_writes_table_and_json(tmp_path: Path) -> None:
     assert "| scan | 5% (20) |" in table
     rows = json.loads((tmp_path / "r" / "results.json").read_text())
     assert {r["prefetcher"] for r in rows} == {"none", "stride", "markov"}
+
+
+def _loop_trace(path: Path, keys: int = 400, requests: int = 4000) -> Path:
+    path.write_text("\n".join(str(i % keys) for i in range(requests)))
+    return path
+
+
+@pytest.mark.parametrize(("out", "message"), [
+    ("file", "--out {out}: exists and is not a directory"),
+    ("file/sub", "--out {out}: a parent of it is not a directory"),
+])
+def test_report_checks_out_before_running_anything(tmp_path: Path, out: str, message: str) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    trace = _loop_trace(tmp_path / "scan.txt")
+    result = runner.invoke(app, ["report", str(trace), "--out", str(tmp_path / out), "--prefetchers", "none",
+                                 "--fracs", "0.05", "--leads", "0"])
+    assert result.exit_code == 2
+    assert result.output == f"error: {message.format(out=tmp_path / out)}\n"  # no unit ran
+
+
+def test_report_keeps_the_finished_cells_when_a_later_unit_fails(tmp_path: Path) -> None:
+    good = _loop_trace(tmp_path / "big.txt", requests=8000)  # larger: its units run first
+    broken = tmp_path / "small.txt.gz"
+    broken.write_bytes(b"not gzip")
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["report", str(good), str(broken), "--out", str(out), "--prefetchers",
+                                 "none,stride", "--fracs", "0.05,0.1", "--leads", "0"])
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert f"stopped: the 4 cells finished are in {out / 'results.jsonl'}" in result.stderr
+    assert result.stderr.endswith(f"error: {broken}: cannot read: Not a gzipped file (b'no')\n")
+    cells = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {(c["trace"], c["prefetcher"], c["cache_frac"]) for c in cells} == {
+        ("big", p, f) for p in ("none", "stride") for f in (0.05, 0.1)}
+
+
+def test_report_json_lists_files_and_cells_and_says_when_plots_are_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    trace = _loop_trace(tmp_path / "scan.txt")
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["report", str(trace), "--out", str(out), "--prefetchers", "none,stride",
+                                 "--fracs", "0.05", "--leads", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["files"] == [str(out / "results.json"), str(out / "results.md")]
+    assert report["cells"] == [{"trace": "scan", "lead": 0, "cache_frac": 0.05, "cache_size": 20, "requests": 4000,
+                                "none": 1.0, "stride": pytest.approx(report["cells"][0]["stride"])}]
+    assert "PNG plots skipped: matplotlib is not installed" in result.stderr
+    assert "done 2 of 2: scan.txt lead=0 " in result.stderr
+
+
+@pytest.mark.parametrize("jobs", ["0", "-2"])
+def test_report_refuses_jobs_below_one(tmp_path: Path, jobs: str) -> None:
+    trace = _loop_trace(tmp_path / "scan.txt")
+    result = runner.invoke(app, ["report", str(trace), "--out", str(tmp_path / "r"), "--jobs", jobs])
+    assert result.exit_code == 2
+    assert "Invalid value for '--jobs'" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_scripts_bench_shows_its_help_instead_of_running() -> None:
+    result = subprocess.run([sys.executable, "-m", "service.bench.scripts", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: python -m service.bench.scripts")
+    assert "| command |" not in result.stdout

@@ -8,6 +8,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from service.bench.cli import app
+from service.net import free_port
+from tests.servers import redis_server
 
 runner = CliRunner()
 
@@ -34,3 +36,34 @@ def test_a_tier_url_with_a_password_is_refused_before_anything_runs(tmp_path: Pa
     out = runner.invoke(app, ["shared-tier", str(trace), "--tier-url", "rediss://:secret@tier:6379"])
     assert out.exit_code == 2
     assert "must not carry a user or password" in out.output and "Traceback" not in out.output
+
+
+def test_a_tier_nothing_listens_on_fails_before_the_runs_instead_of_reporting_ratios(tmp_path: Path) -> None:
+    trace = tmp_path / "loop.txt"
+    trace.write_text("".join(f"{i % 50}\n" for i in range(200)))
+    port = free_port()  # nothing listens there
+    out = runner.invoke(app, ["shared-tier", str(trace), "--nodes", "2", "--origin-latency-ms", "0",
+                              "--tier-url", f"redis://127.0.0.1:{port}"])
+    assert out.exit_code == 2
+    assert out.output == f"error: --tier-url redis://127.0.0.1:{port}: cannot connect (Connection refused)\n"
+
+
+def test_the_tables_count_the_tiers_failed_calls(tmp_path: Path) -> None:
+    trace = tmp_path / "loop.txt"
+    trace.write_text("".join(f"{i % 50}\n" for i in range(500)))
+    out = runner.invoke(app, ["shared-tier", str(trace), "--nodes", "2", "--value-bytes", "16",
+                              "--origin-latency-ms", "0", "--concurrency", "4", "--json"])
+    assert out.exit_code == 0, out.output
+    alone, shared = json.loads(out.stdout)["runs"]
+    assert alone["tier_errors"] == 0 and shared["tier_errors"] == 0
+
+
+def test_a_tier_that_refuses_this_node_fails_before_the_runs_with_one_line(tmp_path: Path) -> None:
+    trace = tmp_path / "loop.txt"
+    trace.write_text("".join(f"{i % 50}\n" for i in range(200)))
+    with redis_server(password="s3cret") as tier:  # and FORESIGHT_SHARED_TIER_PASSWORD_FILE is not set
+        out = runner.invoke(app, ["shared-tier", str(trace), "--nodes", "2", "--origin-latency-ms", "0",
+                                  "--tier-url", f"redis://127.0.0.1:{tier.port}"])
+    assert out.exit_code == 2
+    assert out.output.startswith(f"error: shared tier redis://127.0.0.1:{tier.port} refused this node")
+    assert "shared-tier:" not in out.output  # no run started

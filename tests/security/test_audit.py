@@ -366,3 +366,58 @@ def test_a_failed_rotation_never_closes_a_reused_descriptor(tmp_path: Path, monk
         other.flush()
         os.fstat(other.fileno())
     assert (tmp_path / "other").read_bytes() == b"still open"
+
+
+def _foresight(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FORESIGHT_")}
+    return subprocess.run([sys.executable, "-c", "from service.cli import main; main()", *args], capture_output=True,
+                          text=True, timeout=60, env={**base, **(env or {})})
+
+
+def test_cli_verifies_an_archived_rotation_with_the_services_kms_and_never_calls_it_tampered(tmp_path: Path) -> None:
+    """The service encrypts every rotated file (service/bootstrap.py); verify decrypts it with the same KMS
+    settings, and without them says it cannot verify (exit 3), which is no verdict on the file."""
+    keyring = tmp_path / "keyring.json"
+    path = tmp_path / "audit.log"
+    log = AuditLog(path, archive=EnvelopeCipher(LocalKms.generate(keyring)))
+    log.record("tenant.create", actor="admin:ops", tenant="acme")
+    archive = log.rotate()
+    log.record("tenant.delete", actor="admin:ops", tenant="acme")
+    log.close()
+    assert archive.suffix == ".fse"
+    kms = {"FORESIGHT_KMS_PROVIDER": "local", "FORESIGHT_KMS_KEY_ID": str(keyring)}
+
+    no_kms = _foresight("audit", "verify", str(archive), str(path))
+    assert no_kms.returncode == 3
+    assert "tampered" not in no_kms.stderr
+    assert no_kms.stderr.startswith(f"error: {archive} is an encrypted audit archive: verifying it needs the KMS")
+    assert "FORESIGHT_KMS_PROVIDER" in no_kms.stderr
+    as_json = _foresight("audit", "verify", "--json", str(archive), str(path))
+    assert json.loads(as_json.stdout)["exit_code"] == 3
+
+    ok = _foresight("audit", "verify", str(archive), str(path), env=kms)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("ok: 5 lines verified, open (live file)")
+
+    altered = bytearray(archive.read_bytes())
+    altered[-20] ^= 1
+    archive.write_bytes(bytes(altered))
+    bad = _foresight("audit", "verify", str(archive), str(path), env=kms)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith(f"tampered: {archive}:1: encrypted archive fails authentication")
+
+    missing = _foresight("audit", "verify", str(archive), str(path), env={**kms, "FORESIGHT_KMS_KEY_ID": "/nope.json"})
+    assert missing.returncode == 3
+    assert missing.stderr == "error: local keyring /nope.json (FORESIGHT_KMS_KEY_ID) does not exist\n"
+    assert not Path("/nope.json").exists()  # never a new keyring, which would decrypt nothing
+
+
+@pytest.mark.parametrize("head", ["deadbeef", "g" * 64, "0" * 65])
+def test_cli_refuses_a_malformed_head_as_bad_input_not_tampering(log_file: Path, head: str) -> None:
+    result = _foresight("audit", "verify", "--head", head, str(log_file))
+    assert result.returncode == 2
+    assert result.stderr == (f"error: --head {head!r}: not a hash (expected 64 hex characters, the `head` that "
+                             "`audit verify --json` prints)\n")
+    assert result.stdout == ""
+    as_json = _foresight("audit", "verify", "--json", "--head", head, str(log_file))
+    assert json.loads(as_json.stdout)["exit_code"] == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import os
 import subprocess
 import sys
@@ -93,3 +95,77 @@ def test_drain_answers_in_flight_pipeline_before_closing(tmp_path: Path) -> None
         assert result == [b"loaded", True, b"1"]
         with pytest.raises(redis.ConnectionError):
             idle.ping()
+
+
+def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`foresight serve ARGS` that is expected to refuse to start, with only the given FORESIGHT_* variables."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FORESIGHT_")}
+    return subprocess.run([*FORESIGHT, "serve", *args], capture_output=True, text=True, timeout=60,
+                          env={**base, **(env or {})})
+
+
+@pytest.mark.parametrize(("content", "name", "message"), [
+    (None, "conf.d", "is a directory"),
+    (bytes(range(128, 256)), "bin.toml", "is not UTF-8 text"),
+    (b"[1, 2]", "list.json", "must hold a table (JSON: an object) of settings, not a list"),
+    (b"resp_port: 7000\n", "settings.yaml", "YAML is not supported; use .toml or .json"),
+])
+def test_a_config_that_is_no_settings_file_is_one_line_and_exit_2(
+    tmp_path: Path, content: bytes | None, name: str, message: str
+) -> None:
+    config = tmp_path / name
+    if content is None:
+        config.mkdir()
+    else:
+        config.write_bytes(content)
+    result = _serve("--dev", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr == f"error: config file {config}{':' if name.endswith('.yaml') else ''} {message}\n"
+    assert result.stdout == ""
+
+
+def test_list_settings_take_comma_separated_variables_and_a_mapping_says_it_wants_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = {"FORESIGHT_TLS_ALT_NAMES": "cache.example, 10.0.0.7", "FORESIGHT_KMS_PREVIOUS_KEY_IDS": '["old"]'}
+    with monkeypatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        settings = load_settings()
+    assert settings.tls_alt_names == ["cache.example", "10.0.0.7"]
+    assert settings.kms_previous_key_ids == ["old"]
+    resp_port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FORESIGHT_")}
+    proc = subprocess.Popen([*FORESIGHT, "serve", "--dev", "--resp-port", str(resp_port), "--http-port", "0"],
+                            stderr=subprocess.PIPE, text=True, env={**base, **env})
+    try:
+        wait_until(lambda: tcp_open(resp_port) or proc.poll() is not None, "foresight serve --dev")
+        assert proc.poll() is None, proc.stderr.read()  # type: ignore[union-attr]
+        proc.terminate()
+        assert proc.wait(15) == 0
+    finally:
+        proc.kill()
+    refused = _serve("--dev", env={"FORESIGHT_PREFETCH_AB_ARMS": "stride"})
+    assert refused.returncode == 2
+    assert "Traceback" not in refused.stderr
+    assert ("prefetch_ab_arms (FORESIGHT_PREFETCH_AB_ARMS): must be a JSON object of prefetcher weights, e.g. "
+            '{"learned": 1, "stride": 1}') in refused.stderr
+
+
+def test_vault_login_names_the_token_file_setting_and_unknown_variables_are_warned(tmp_path: Path) -> None:
+    result = _serve(env={"FORESIGHT_TLS_CERT_FILE": str(tmp_path / "c.pem"), "FORESIGHT_TLS_KEY_FILE":
+                         str(tmp_path / "k.pem"), "FORESIGHT_VAULT_ADDR": "http://127.0.0.1:1",
+                         "FORESIGHT_VAULT_TOKEN": "s.x", "FORESIGHT_STATE_DIR": str(tmp_path)})
+    assert result.returncode == 2
+    assert result.stderr.endswith("error: cannot log in to Vault at http://127.0.0.1:1 (FORESIGHT_VAULT_*): Vault "
+                                  "login needs the token: set FORESIGHT_VAULT_TOKEN_FILE to a file holding it\n")
+    warnings = [json.loads(line)["msg"] for line in result.stderr.splitlines() if line.startswith("{")]
+    # FORESIGHT_STATE_DIR is the onboarding commands': no warning for it
+    assert warnings == ["FORESIGHT_VAULT_TOKEN is not a setting of foresight serve and is ignored; did you mean "
+                        "FORESIGHT_VAULT_TOKEN_FILE?"]
+
+
+def test_version_comes_from_the_installed_package() -> None:
+    result = subprocess.run([*FORESIGHT, "--version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    assert result.stdout == f"foresight {importlib.metadata.version('foresight')}\n"

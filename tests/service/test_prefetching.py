@@ -249,6 +249,15 @@ def test_unknown_ab_arm_is_a_config_error() -> None:
         load_settings(prefetch_ab_arms={"oracle": 1.0, "stride": 1.0})
 
 
+@pytest.mark.parametrize("arms", [{"learned": float("nan"), "stride": 1.0}, {"learned": float("inf")},
+                                  {"learned": -1.0, "stride": 2.0}, {"learned": 0.0, "stride": 0.0}])
+def test_ab_weights_that_cannot_split_tenants_are_config_errors(arms: dict[str, float]) -> None:
+    from service.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="A/B arm|weight above 0"):
+        load_settings(prefetch_ab_arms=arms)
+
+
 @pytest.mark.parametrize(("field", "value"), [("prefetch_max_keys", 10), ("prefetch_processes", 0)])
 def test_prefetch_bounds_below_their_minimum_are_config_errors(field: str, value: int) -> None:
     from service.config import ConfigError, load_settings
