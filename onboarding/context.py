@@ -3,7 +3,8 @@
 Precedence, per setting: the standard environment (`VAULT_ADDR`/`VAULT_TOKEN`/`VAULT_CACERT`, or the `BAO_*`
 equivalents; `FORESIGHT_ADMIN_URL`/`FORESIGHT_ADMIN_TOKEN`/`FORESIGHT_ADMIN_CA`; `FORESIGHT_AUDIT_LOG`;
 `FORESIGHT_VAULT_KV_MOUNT`, the same variable the service reads) wins
-over the local deployment recorded by `foresight local up` in the state directory.
+over the local deployment recorded by `foresight local up` in the state directory. Values from the environment
+and options are checked before anything connects: a URL needs http(s) and a host, a CA bundle must exist.
 """
 
 from __future__ import annotations
@@ -13,8 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from onboarding.errors import InvalidInput, NotFound
-from onboarding.state import Deployment, StatePaths, default_state_dir, load_deployment, read_secret
+from onboarding.errors import InvalidInput, NotFound, OnboardingError, ServiceFailure, VaultFailure
+from onboarding.state import (
+    Deployment,
+    StatePaths,
+    default_state_dir,
+    load_deployment,
+    read_secret,
+    state_dir_option,
+)
 
 
 @dataclass(frozen=True)
@@ -40,16 +48,42 @@ class Target:
     audit_log: Path
     paths: StatePaths
     deployment: Deployment | None
+    local_vault: bool = False  # Vault is the local deployment's OpenBao
+    local_admin: bool = False  # the admin API is the local deployment's service
 
     def __repr__(self) -> str:  # the dataclass default would print the tokens
         return f"Target(vault_addr={self.vault_addr!r}, admin_url={self.admin_url!r})"
 
 
 def _env(*names: str) -> str | None:
+    found = _env_named(*names)
+    return found[1] if found else None
+
+
+def _env_named(*names: str) -> tuple[str, str] | None:
+    """The first of `names` set (not empty) in the environment, and its value."""
     for name in names:
         if os.environ.get(name):
-            return os.environ[name]
+            return name, os.environ[name]
     return None
+
+
+def _check_url(url: str, what: str, example: str) -> str:
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range or not a number
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput(f"{what} {url!r}", f"expected a URL like {example}")
+    return url
+
+
+def _check_ca(value: str, what: str) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise InvalidInput(f"{what} {value}", "no such file" if not path.exists() else "not a file (a PEM CA bundle)")
+    return path
 
 
 def resolve(state_dir: Path | None = None, admin_url: str | None = None) -> Target:
@@ -57,19 +91,26 @@ def resolve(state_dir: Path | None = None, admin_url: str | None = None) -> Targ
     paths = StatePaths(state_dir or default_state_dir())
     deployment = load_deployment(paths)
 
-    vault_addr = _env("VAULT_ADDR", "BAO_ADDR") or (deployment.vault_addr if deployment else None)
+    vault_addr_env = _env_named("VAULT_ADDR", "BAO_ADDR")
+    if vault_addr_env is not None:
+        _check_url(vault_addr_env[1], vault_addr_env[0], "https://vault.example.com:8200")
+    vault_addr = vault_addr_env[1] if vault_addr_env else (deployment.vault_addr if deployment else None)
     if vault_addr is None:
-        raise NotFound("no deployment", "run `foresight local up`, or set VAULT_ADDR and VAULT_TOKEN")
+        raise NotFound(f"no deployment in {paths.root}", "run `foresight local up`, or set VAULT_ADDR and VAULT_TOKEN")
     vault_token = _env("VAULT_TOKEN", "BAO_TOKEN")
     if vault_token is None:
         if deployment is None:
             raise InvalidInput("Vault token", "VAULT_ADDR is set but VAULT_TOKEN (or BAO_TOKEN) is not")
         vault_token = _read_token(deployment.vault_token_file, "Vault operator token")
-    vault_ca_env = _env("VAULT_CACERT", "BAO_CACERT")
+    vault_ca_env = _env_named("VAULT_CACERT", "BAO_CACERT")
     local_vault = deployment is not None and vault_addr == deployment.vault_addr
-    vault_ca = Path(vault_ca_env) if vault_ca_env else (deployment.ca_cert if deployment and local_vault else None)
+    vault_ca = (_check_ca(vault_ca_env[1], vault_ca_env[0]) if vault_ca_env
+                else (deployment.ca_cert if deployment and local_vault else None))
 
-    admin_url = admin_url or _env("FORESIGHT_ADMIN_URL") or (deployment.http_url if deployment else None)
+    admin_url = admin_url or _env("FORESIGHT_ADMIN_URL")
+    if admin_url is not None:
+        _check_url(admin_url, "admin URL (--admin-url, FORESIGHT_ADMIN_URL)", "https://foresight.example.com:8443")
+    admin_url = admin_url or (deployment.http_url if deployment else None)
     admin_token = _env("FORESIGHT_ADMIN_TOKEN")
     local_admin = deployment is not None and admin_url == deployment.http_url
     if admin_url is not None and admin_token is None:
@@ -77,7 +118,8 @@ def resolve(state_dir: Path | None = None, admin_url: str | None = None) -> Targ
             raise InvalidInput("admin token", f"admin URL {admin_url} given but FORESIGHT_ADMIN_TOKEN is not set")
         admin_token = _read_token(deployment.admin_token_file, "admin token")
     admin_ca_env = _env("FORESIGHT_ADMIN_CA")
-    admin_ca = Path(admin_ca_env) if admin_ca_env else (deployment.ca_cert if deployment and local_admin else None)
+    admin_ca = (_check_ca(admin_ca_env, "FORESIGHT_ADMIN_CA") if admin_ca_env
+                else (deployment.ca_cert if deployment and local_admin else None))
 
     endpoints: Endpoints | None = None
     if deployment is not None and local_admin:
@@ -100,7 +142,25 @@ def resolve(state_dir: Path | None = None, admin_url: str | None = None) -> Targ
         audit_log=audit_log,
         paths=paths,
         deployment=deployment,
+        local_vault=local_vault,
+        local_admin=local_admin,
     )
+
+
+def with_local_hint(target: Target, failure: OnboardingError) -> OnboardingError:
+    """The failure, saying so when it is because a process of the local deployment is not running (the bare
+    "Vault unreachable (ConnectionError)" does not tell a stopped deployment from a network problem)."""
+    if isinstance(failure, VaultFailure) and target.local_vault:
+        process, name = "openbao", "OpenBao"
+    elif isinstance(failure, ServiceFailure) and target.local_admin:
+        process, name = "service", "service"
+    else:
+        return failure
+    if target.paths.process(process).pid() is not None:
+        return failure
+    hint = (f"the local {name} is not running (see `foresight local status`); start it with `foresight local up"
+            f"{state_dir_option(target.paths.root)}`")
+    return type(failure)(failure.what, f"{failure.why}; {hint}")
 
 
 def _read_token(path: Path, what: str) -> str:

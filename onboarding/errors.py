@@ -18,7 +18,13 @@ EXIT_NOT_FOUND = 3  # no such tenant, key or local deployment
 EXIT_CONFLICT = 4  # the tenant already exists; the key is not active
 EXIT_VAULT = 5  # Vault unreachable, sealed, or the token lacks permission
 EXIT_SERVICE = 6  # the service's admin API unreachable or refusing
-EXIT_LOCAL = 7  # the local deployment cannot start (port busy, a process died)
+EXIT_LOCAL = 7  # the local deployment cannot start (port busy, a process died) or its state is damaged
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM (kill, systemd, CI): the same clean-up as Ctrl-C
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, so that it stops what it started exactly as for Ctrl-C."""
 
 
 class OnboardingError(Exception):

@@ -10,34 +10,43 @@ import typer
 from rich.table import Table
 
 from onboarding import output
-from onboarding.tenants import SCOPES_HELP, NewKey, parse_duration, parse_scopes
-from onboarding.tenants_cli import AdminUrl, Json, onboarder
+from onboarding.tenants import SCOPES_HELP, NewKey, parse_duration, parse_key_id, parse_scopes, validate_name
+from onboarding.tenants_cli import AdminUrl, Json, StateDir, onboarder
 from service.security.vault_keys import KeyInfo
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 
 
+Tenant = Annotated[str, typer.Argument(help="The tenant's name.", show_default=False)]
+KeyId = Annotated[str, typer.Argument(help="The key's id (a whole key pasted is taken as its id).", show_default=False)]
+
+
 @app.command()
 def issue(
-    tenant: str,
+    tenant: Tenant,
     scopes: Annotated[str, typer.Option(help=f"Comma-separated: {SCOPES_HELP}.")] = "read,write",
     ttl: Annotated[str | None, typer.Option(help="Lifetime, e.g. 90d or 12h (default: no expiry).")] = None,
     admin_url: AdminUrl = None,
+    state_dir: StateDir = None,
     as_json: Json = False,
 ) -> None:
     """A new key for TENANT, printed once."""
     with output.reported(as_json):
+        validate_name(tenant)
+        key_scopes = parse_scopes(scopes)
         lifetime = parse_duration(ttl, "--ttl") if ttl else None
-        with onboarder(admin_url) as onboard:
-            new = onboard.issue_key(tenant, parse_scopes(scopes), lifetime)
+        with onboarder(admin_url, state_dir) as onboard:
+            new = onboard.issue_key(tenant, key_scopes, lifetime)
         _print_new_key(new, as_json)
 
 
 @app.command("list")
-def list_(tenant: str, admin_url: AdminUrl = None, as_json: Json = False) -> None:
+def list_(tenant: Tenant, admin_url: AdminUrl = None, state_dir: StateDir = None, as_json: Json = False) -> None:
     """TENANT's keys: id, scopes, state, dates (never the secret or its hash)."""
-    with output.reported(as_json), onboarder(admin_url) as onboard:
-        keys = onboard.list_keys(tenant)
+    with output.reported(as_json):
+        validate_name(tenant)
+        with onboarder(admin_url, state_dir) as onboard:
+            keys = onboard.list_keys(tenant)
         if as_json:
             output.emit_json({"tenant": tenant, "keys": [_key_json(k) for k in keys]})
             return
@@ -46,26 +55,30 @@ def list_(tenant: str, admin_url: AdminUrl = None, as_json: Json = False) -> Non
 
 @app.command()
 def rotate(
-    key_id: str,
+    key_id: KeyId,
     overlap: Annotated[
         str, typer.Option(help="How long the old key keeps working, e.g. 1h or 7d; 0s stops it at once.")
     ] = "24h",
     admin_url: AdminUrl = None,
+    state_dir: StateDir = None,
     as_json: Json = False,
 ) -> None:
     """Replace KEY_ID with a new key (printed once); the old one works for --overlap more, then expires."""
     with output.reported(as_json):
+        key_id = parse_key_id(key_id)
         window = parse_duration(overlap, "--overlap", allow_zero=True)  # 0s: the old key stops at once
-        with onboarder(admin_url) as onboard:
+        with onboarder(admin_url, state_dir) as onboard:
             new = onboard.rotate_key(key_id, window)
         _print_new_key(new, as_json)
 
 
 @app.command()
-def revoke(key_id: str, admin_url: AdminUrl = None, as_json: Json = False) -> None:
+def revoke(key_id: KeyId, admin_url: AdminUrl = None, state_dir: StateDir = None, as_json: Json = False) -> None:
     """Refuse KEY_ID from now on, on every listener (within a second)."""
-    with output.reported(as_json), onboarder(admin_url) as onboard:
-        info, outcome = onboard.revoke_key(key_id)
+    with output.reported(as_json):
+        key_id = parse_key_id(key_id)
+        with onboarder(admin_url, state_dir) as onboard:
+            info, outcome = onboard.revoke_key(key_id)
         if as_json:
             output.emit_json({**_key_json(info), "warnings": outcome.warnings})
             return
@@ -78,7 +91,7 @@ def _print_new_key(new: NewKey, as_json: bool) -> None:
     if as_json:
         record: dict[str, Any] = {**_key_json(info), "api_key": key.secret, "warnings": new.warnings}
         if replaced is not None:
-            record["replaces"] = {"key_id": replaced.key_id, "expires": replaced.expires}
+            record["replaces"] = {"key_id": replaced.key_id, "expires": _key_json(replaced)["expires"]}
         output.emit_json(record)
         return
     output.warn(new.warnings)

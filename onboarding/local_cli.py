@@ -10,23 +10,20 @@ from rich.table import Table
 
 from onboarding import output
 from onboarding.context import Endpoints
-from onboarding.errors import InvalidInput
-from onboarding.local.stack import LocalStack, UpOptions, UpResult
+from onboarding.errors import InvalidInput, NotFound, OnboardingError, ServiceFailure, VaultFailure
+from onboarding.local.stack import LocalStack, ProcessStatus, UpOptions, UpResult
 from onboarding.snippet import connection_snippet
-from onboarding.state import STATE_DIR_ENV, default_state_dir
+from onboarding.state import default_state_dir, state_dir_option
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 
 Json = Annotated[bool, output.JsonOption]
-StateDir = Annotated[
-    Path | None,
-    typer.Option("--state-dir", envvar=STATE_DIR_ENV, help="Where the deployment lives (default "
-                 "~/.local/state/foresight)."),
-]
+StateDir = Annotated[Path | None, output.StateDirOption]
 
 
 def _stack(state_dir: Path | None) -> LocalStack:
-    return LocalStack(state_dir or default_state_dir())
+    # absolute: the service runs in the state directory, so a relative path in its settings would miss
+    return LocalStack((state_dir or default_state_dir()).expanduser().absolute())
 
 
 @app.command()
@@ -122,32 +119,53 @@ def _print_up(result: UpResult) -> None:
     endpoints = Endpoints(d.resp_host, d.resp_port, d.http_url, d.ca_cert)
     out.print("Connect as the demo tenant:")
     out.print(connection_snippet(endpoints, result.api_key)["redis-cli"], markup=False)
-    out.print("More tenants: foresight tenants create NAME --plan pro    Stop: foresight local down")
+    flag = state_dir_option(d.state_dir)
+    out.print(f"More tenants: foresight tenants create NAME --plan pro{flag}    Stop: foresight local down{flag}",
+              markup=False)
 
 
 @app.command()
 def status(state_dir: StateDir = None, as_json: Json = False) -> None:
-    """The deployment's processes and their health."""
+    """The deployment's processes and their health. Exit 0 only when OpenBao is active and the service ready: 3 no
+    deployment, 5 OpenBao stopped or sealed, 6 the service stopped or not ready."""
     with output.reported(as_json):
         stack = _stack(state_dir)
         deployment = stack.deployment()
-        rows = stack.status()
-        if as_json:
-            output.emit_json({
-                "state_dir": str(stack.paths.root),
-                "deployment": deployment.model_dump(mode="json") if deployment else None,
-                "processes": {r.name: {"pid": r.pid, "health": r.health} for r in rows},
-            })
-            return
         if deployment is None:
-            output.out.print(f"No deployment in {stack.paths.root}; start one with `foresight local up`.")
-        table = Table("process", "pid", "health", title=f"Foresight local ({stack.paths.root})")
-        for r in rows:
-            table.add_row(r.name, str(r.pid or "-"), r.health)
-        output.out.print(table)
-        if deployment is not None:
+            raise NotFound(f"no deployment in {stack.paths.root}", "start one with `foresight local up`")
+        rows = stack.status()
+        problem = _unhealthy(stack.paths.root, rows)
+        if as_json:
+            report = {
+                "state_dir": str(stack.paths.root),
+                "deployment": deployment.model_dump(mode="json"),
+                "processes": {r.name: {"pid": r.pid, "health": r.health} for r in rows},
+                "healthy": problem is None,
+            }
+            if problem is not None:
+                report |= {"error": str(problem), "exit_code": problem.exit_code}
+            output.emit_json(report)
+        else:
+            table = Table("process", "pid", "health", title=f"Foresight local ({stack.paths.root})")
+            for r in rows:
+                table.add_row(r.name, str(r.pid or "-"), r.health)
+            output.out.print(table)
             output.out.print(f"Redis (TLS) {deployment.resp_host}:{deployment.resp_port}   HTTPS {deployment.http_url}"
                              f"   OpenBao {deployment.vault_addr}", markup=False)
+        if problem is not None:
+            output.err.print(f"error: {problem}", markup=False)
+            raise typer.Exit(problem.exit_code)
+
+
+def _unhealthy(root: Path, rows: list[ProcessStatus]) -> OnboardingError | None:
+    """Why the deployment does not serve (the exit code of what is down first), or None when it does."""
+    health = {r.name: r.health for r in rows}
+    if health == {"openbao": "active", "service": "ready"}:
+        return None
+    what = f"local deployment in {root}"
+    why = (f"not running (openbao {health['openbao']}, service {health['service']}); start it with "
+           f"`foresight local up{state_dir_option(root)}`")
+    return VaultFailure(what, why) if health["openbao"] != "active" else ServiceFailure(what, why)
 
 
 @app.command()
@@ -156,13 +174,20 @@ def down(
     state_dir: StateDir = None,
     as_json: Json = False,
 ) -> None:
-    """Stop everything `up` started (service, then OpenBao); --purge deletes all local state."""
+    """Stop everything `up` started (service, then OpenBao); --purge deletes all local state. No deployment: nothing
+    to do (exit 0); --purge of a directory that holds anything but is not a Foresight state directory: exit 2."""
     with output.reported(as_json):
         stack = _stack(state_dir)
+        deployed = stack.paths.is_ours()
         stopped = stack.down(purge)
+        purged = purge and deployed
         if as_json:
-            output.emit_json({"stopped": stopped, "purged": purge, "state_dir": str(stack.paths.root)})
+            output.emit_json({"stopped": stopped, "purged": purged, "state_dir": str(stack.paths.root)})
+            return
+        if not deployed:
+            output.out.print(f"No deployment in {stack.paths.root}; nothing to stop"
+                             + (" or delete." if purge else "."), markup=False)
             return
         output.out.print(f"Stopped: {', '.join(stopped)}." if stopped else "Nothing was running.")
-        if purge:
+        if purged:
             output.out.print(f"Deleted {stack.paths.root}.", markup=False)

@@ -8,20 +8,28 @@ is one line on stderr, `error: <what failed>: <why>`, and the exit code of its t
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from types import FrameType
 from typing import Any
 
 import typer
 from rich.console import Console
 
-from onboarding.errors import EXIT_FAILURE, OnboardingError
+from onboarding.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TERMINATED, OnboardingError, Terminated
+from onboarding.state import STATE_DIR_ENV
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 JsonOption = typer.Option("--json", help="Print one JSON object (for scripts) instead of tables.")
+StateDirOption = typer.Option(
+    "--state-dir", envvar=STATE_DIR_ENV,
+    help="The local deployment's state directory (default: $XDG_STATE_HOME/foresight, else ~/.local/state/foresight).",
+)
 
 
 def emit_json(value: Any) -> None:
@@ -43,17 +51,40 @@ def progress(message: str, as_json: bool) -> Any:
 
 @contextmanager
 def reported(as_json: bool) -> Iterator[None]:
-    """Turn failures into one line and an exit code."""
+    """Turn failures into one line and an exit code; SIGTERM interrupts like Ctrl-C (and exits 143)."""
     try:
-        yield
+        with _terminate_as_interrupt():
+            yield
     except OnboardingError as failure:
         _fail(str(failure), failure.exit_code, as_json)
+    except Terminated:
+        _fail("terminated", EXIT_TERMINATED, as_json)
     except KeyboardInterrupt:
-        _fail("interrupted", 130, as_json)
+        _fail("interrupted", EXIT_INTERRUPTED, as_json)
     except (typer.Exit, typer.Abort):
         raise
     except Exception as unexpected:  # a bug: still one line, the type names it
         _fail(f"unexpected {type(unexpected).__name__}: {unexpected}", EXIT_FAILURE, as_json)
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While the command runs, SIGTERM raises `Terminated` so that its clean-up (`finally`, rollbacks) runs; the
+    default would end the process on the spot, leaving what it had started (OpenBao, half a tenant) behind. Later
+    SIGTERMs are ignored so that they cannot cut that clean-up short (SIGKILL still can)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _fail(message: str, code: int, as_json: bool) -> None:

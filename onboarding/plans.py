@@ -41,6 +41,8 @@ def quota_for(
         raise InvalidInput("--prefetcher", f"unknown prefetcher {prefetcher!r}; choose one of {', '.join(PREFETCHERS)}")
     if prefetch_max_keys is not None and prefetch_max_keys < MIN_MAX_KEYS:
         raise InvalidInput("--prefetch-max-keys", f"must be at least {MIN_MAX_KEYS} (or unset: the service's bound)")
+    if origin is not None:
+        check_origin(origin)
     return TenantQuota(
         memory_bytes=memory_mib * MIB if memory_mib is not None else base.memory_bytes,
         requests_per_second=rps if rps is not None else base.requests_per_second,
@@ -49,6 +51,24 @@ def quota_for(
         prefetch_max_keys=prefetch_max_keys,
         scripting=scripting,
     )
+
+
+def check_origin(url: str) -> None:
+    """InvalidInput unless the service can open `url` as an origin: an fsspec URL of a protocol fsspec knows
+    (file, s3, gs, az, ...; chained ones like `simplecache::s3://...` too), or an absolute local path (a relative
+    one would be read relative to wherever the service runs)."""
+    import fsspec
+    from fsspec.core import split_protocol
+
+    *wrappers, target = url.split("::")
+    protocol, path = split_protocol(target)
+    if protocol is None and not path.startswith("/"):
+        raise InvalidInput(f"--origin {url}", "a local directory must be an absolute path (or file:///...)")
+    known = set(fsspec.available_protocols())
+    for name in [*(w.split("://")[0] for w in wrappers), protocol]:
+        if name is not None and name not in known:
+            raise InvalidInput(f"--origin {url}", f"unknown protocol {name!r}; use a directory, file://, s3://, "
+                               "gs:// or az:// (any protocol fsspec knows)")
 
 
 def plan_of(quota: TenantQuota) -> str:

@@ -5,7 +5,8 @@ Layout (directory mode 0700; every secret 0600)::
 
     deployment.json          endpoints, CA path, Vault address, where the secrets are (no secret in it)
     tls/                     ca.crt, ca.key, server.crt, server.key
-    openbao/                 config.hcl, data/ (raft storage), init.json (unseal key + root token)
+    openbao/                 config.hcl, data/ (raft storage), init.json (unseal key + root token),
+                             init.pending (only while the first `up` initialises it)
     secrets/                 operator.token, service.token, admin.token, demo.key
     run/                     <process>.pid
     logs/                    openbao.log, service.log
@@ -18,11 +19,13 @@ Layout (directory mode 0700; every secret 0600)::
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
+from onboarding.errors import InvalidInput, LocalFailure
 from onboarding.local.processes import ManagedProcess
 from service.security.local_ca import write_private
 
@@ -34,6 +37,19 @@ def default_state_dir() -> Path:
     """`$FORESIGHT_STATE_DIR`, else `$XDG_STATE_HOME/foresight`, else `~/.local/state/foresight`."""
     if os.environ.get(STATE_DIR_ENV):
         return Path(os.environ[STATE_DIR_ENV]).expanduser()
+    return xdg_state_dir()
+
+
+def state_dir_option(state_dir: Path) -> str:
+    """` --state-dir DIR` for a command printed as a next step, unless DIR is where commands look with no option
+    (a FORESIGHT_STATE_DIR given to one command is gone by the next)."""
+    if state_dir.expanduser().absolute() == xdg_state_dir().absolute():
+        return ""
+    return f" --state-dir {shlex.quote(str(state_dir))}"
+
+
+def xdg_state_dir() -> Path:
+    """`$XDG_STATE_HOME/foresight`, else `~/.local/state/foresight`: the state directory with no option at all."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base).expanduser() / "foresight"
 
@@ -81,6 +97,11 @@ class StatePaths:
     @property
     def openbao_init(self) -> Path:
         return self.openbao / "init.json"
+
+    @property
+    def openbao_initialising(self) -> Path:
+        """Present from just before OpenBao's `init` until init.json is saved: an `up` stopped in between."""
+        return self.openbao / "init.pending"
 
     @property
     def secrets(self) -> Path:
@@ -137,13 +158,21 @@ class StatePaths:
         """Proves a directory is a Foresight state directory before `down --purge` deletes it."""
         return self.root / ".foresight-state"
 
+    def check_directory(self) -> None:
+        """InvalidInput if the root exists and is not a directory (a `--state-dir` naming a file)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise InvalidInput(f"state directory {self.root}", "is not a directory")
+
+    def is_ours(self) -> bool:
+        """True if `up` made (or adopted) this directory: only such a directory is locked, stopped or purged."""
+        self.check_directory()
+        return self.marker.exists()
+
     def create(self) -> None:
         """Make the directory tree, private to this user. A directory that exists, holds anything and is not one
         of ours is refused untouched: `down --purge` deletes what carries the marker, so it must never be a
         user's directory named by a typo."""
-        if self.root.is_dir() and not self.marker.exists() and any(self.root.iterdir()):
-            from onboarding.errors import InvalidInput
-
+        if not self.is_ours() and self.root.is_dir() and any(self.root.iterdir()):
             raise InvalidInput(f"state directory {self.root}", "exists and is not a Foresight state directory (no "
                                f"{self.marker.name}); choose a new or empty one")
         for path in (self.root, self.tls, self.openbao, self.secrets, self.root / "run", self.root / "logs",
@@ -188,10 +217,24 @@ def write_secret(path: Path, value: str) -> None:
 
 
 def load_deployment(paths: StatePaths) -> Deployment | None:
+    """The deployment recorded in the state directory; None if there is none. A damaged or unreadable record is
+    a LocalFailure naming the file and what to do."""
+    paths.check_directory()
     try:
-        return Deployment.model_validate_json(paths.deployment.read_text())
+        text = paths.deployment.read_text()
     except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError) as err:
+        why = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+        raise LocalFailure(f"deployment {paths.deployment}", f"cannot read it ({why})") from None
+    try:
+        return Deployment.model_validate_json(text)
+    except ValidationError as err:
+        problem = err.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        what = problem["msg"] if problem["type"] == "json_invalid" else f"{where}: {problem['msg']}"
+        raise LocalFailure(f"deployment {paths.deployment}", f"damaged ({what}); fix it, or run `foresight local "
+                           "down --purge` and `foresight local up` to start over") from None
 
 
 def save_deployment(paths: StatePaths, deployment: Deployment) -> None:

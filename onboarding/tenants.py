@@ -22,7 +22,7 @@ from onboarding.errors import Conflict, InvalidInput, NotFound, OnboardingError,
 from onboarding.journal import Journal
 from onboarding.plans import quota_for
 from service.security.apikeys import IssuedKey, MalformedKey, key_id_of
-from service.security.vault_keys import KeyInfo, VaultKeyAdmin, VaultKeyStoreError
+from service.security.vault_keys import SCOPES, KeyInfo, VaultKeyAdmin, VaultKeyStoreError
 from service.tenancy import TENANT_NAME_PATTERN, TenantQuota, TenantSpec
 
 DEFAULT_SCOPES = ("read", "write")
@@ -66,7 +66,14 @@ def parse_duration(text: str, what: str, allow_zero: bool = False) -> dt.timedel
 
 
 def parse_scopes(text: str) -> list[str]:
-    return [s.strip() for s in text.split(",") if s.strip()]
+    """`read,write` -> ["read", "write"]; InvalidInput for an empty list or a scope that does not exist."""
+    scopes = [s.strip() for s in text.split(",") if s.strip()]
+    if not scopes:
+        raise InvalidInput("--scopes", f"names no scope; choose from {SCOPES_HELP}")
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown:
+        raise InvalidInput("--scopes", f"unknown scope {', '.join(map(repr, unknown))}; choose from {SCOPES_HELP}")
+    return scopes
 
 
 @dataclass(kw_only=True)
@@ -278,7 +285,7 @@ class Onboarder:
         return sorted(keys, key=lambda k: k.created)
 
     def rotate_key(self, key_id: str, overlap: dt.timedelta) -> NewKey:
-        key_id = _key_id(key_id)
+        key_id = parse_key_id(key_id)
         with self._audited("key.rotate", key_id=key_id, overlap_s=int(overlap.total_seconds())) as event:
             new = self._call(f"rotate key {key_id}", self.key_admin.rotate_key, key_id, overlap=overlap)
             event["new_key_id"] = new.key_id
@@ -288,7 +295,7 @@ class Onboarder:
         return NewKey(warnings=self._refresh(info.tenant), key=new, info=info, replaced=old)
 
     def revoke_key(self, key_id: str) -> tuple[KeyInfo, Outcome]:
-        key_id = _key_id(key_id)
+        key_id = parse_key_id(key_id)
         with self._audited("key.revoke", key_id=key_id) as event:
             info: KeyInfo = self._call(f"revoke key {key_id}", self.key_admin.revoke_key, key_id)
             event["tenant"] = info.tenant
@@ -352,7 +359,7 @@ class _AuditedAction:
             self.audit.record(self.action, outcome="failure", tenant=tenant, key_id=key_id, reason=reason, **fields)
 
 
-def _key_id(text: str) -> str:
+def parse_key_id(text: str) -> str:
     """A key id, or the id inside a whole key pasted by mistake (never echoed back)."""
     if text.startswith("fsk_"):
         try:

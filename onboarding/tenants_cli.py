@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from onboarding import output
-from onboarding.context import resolve
-from onboarding.errors import OnboardingError
+from onboarding.context import resolve, with_local_hint
+from onboarding.errors import OnboardingError, ServiceFailure, VaultFailure
 from onboarding.plans import CUSTOM, PLANS, plan_of, quota_for
 from onboarding.snippet import connection_snippet
-from onboarding.tenants import SCOPES_HELP, CreatedTenant, Onboarder, TenantView, parse_scopes
+from onboarding.tenants import SCOPES_HELP, CreatedTenant, Onboarder, TenantView, parse_scopes, validate_name
 from service.prefetch.markov import MIN_MAX_KEYS
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
@@ -24,14 +26,20 @@ AdminUrl = Annotated[
     str | None,
     typer.Option("--admin-url", envvar="FORESIGHT_ADMIN_URL", help="Service admin API (default: the local one)."),
 ]
+StateDir = Annotated[Path | None, output.StateDirOption]
+TenantName = Annotated[str, typer.Argument(help="The tenant's name.", show_default=False)]
 
 
 @contextmanager
-def onboarder(admin_url: str | None) -> Iterator[Onboarder]:
-    target = resolve(admin_url=admin_url)
+def onboarder(admin_url: str | None, state_dir: Path | None) -> Iterator[Onboarder]:
+    """Connected to the deployment the environment or the state directory names. Call it after checking the
+    command's own input, so that a typo is reported as such even with no deployment."""
+    target = resolve(state_dir=state_dir, admin_url=admin_url)
     onboard = Onboarder.connect(target)
     try:
         yield onboard
+    except (VaultFailure, ServiceFailure) as failure:
+        raise with_local_hint(target, failure) from None
     finally:
         onboard.close()
 
@@ -62,14 +70,16 @@ def create(
                            "trusted with that.")
     ] = True,
     admin_url: AdminUrl = None,
+    state_dir: StateDir = None,
     as_json: Json = False,
 ) -> None:
     """Create a tenant with its quotas, Vault policy and first API key (shown once), then print how to connect."""
     with output.reported(as_json):
+        validate_name(name)
         quota = quota_for(plan, memory_mib=memory, rps=rps, origin=origin, prefetcher=prefetcher,
                           prefetch_max_keys=prefetch_max_keys, scripting=scripting)
-        with onboarder(admin_url) as onboard, output.progress(f"Creating tenant {name}...", as_json):
-            key_scopes = parse_scopes(scopes)
+        key_scopes = parse_scopes(scopes)
+        with onboarder(admin_url, state_dir) as onboard, output.progress(f"Creating tenant {name}...", as_json):
             created = onboard.create_tenant(name, quota, key_scopes)
         _print_created(created, as_json, can_write="write" in key_scopes)
 
@@ -110,9 +120,9 @@ def _endpoints_json(created: CreatedTenant) -> dict[str, Any] | None:
 
 
 @app.command("list")
-def list_(admin_url: AdminUrl = None, as_json: Json = False) -> None:
+def list_(admin_url: AdminUrl = None, state_dir: StateDir = None, as_json: Json = False) -> None:
     """Every tenant with its plan, quotas, state and (when the service answers) usage."""
-    with output.reported(as_json), onboarder(admin_url) as onboard:
+    with output.reported(as_json), onboarder(admin_url, state_dir) as onboard:
         listing = onboard.list_tenants()
         if as_json:
             output.emit_json({"tenants": [_tenant_json(v) for v in listing.tenants], "warnings": listing.warnings})
@@ -128,10 +138,12 @@ def list_(admin_url: AdminUrl = None, as_json: Json = False) -> None:
 
 
 @app.command()
-def show(name: str, admin_url: AdminUrl = None, as_json: Json = False) -> None:
+def show(name: TenantName, admin_url: AdminUrl = None, state_dir: StateDir = None, as_json: Json = False) -> None:
     """One tenant: quotas, state, keys (ids and state, never secrets) and usage."""
-    with output.reported(as_json), onboarder(admin_url) as onboard:
-        view = onboard.show_tenant(name)
+    with output.reported(as_json):
+        validate_name(name)
+        with onboarder(admin_url, state_dir) as onboard:
+            view = onboard.show_tenant(name)
         if as_json:
             output.emit_json({**_tenant_json(view), "warnings": view.warnings})
             return
@@ -157,20 +169,22 @@ def show(name: str, admin_url: AdminUrl = None, as_json: Json = False) -> None:
 
 
 @app.command()
-def suspend(name: str, admin_url: AdminUrl = None, as_json: Json = False) -> None:
+def suspend(name: TenantName, admin_url: AdminUrl = None, state_dir: StateDir = None, as_json: Json = False) -> None:
     """Refuse the tenant's keys (its data stays) until `resume`."""
-    _set_suspended(name, True, admin_url, as_json)
+    _set_suspended(name, True, admin_url, state_dir, as_json)
 
 
 @app.command()
-def resume(name: str, admin_url: AdminUrl = None, as_json: Json = False) -> None:
+def resume(name: TenantName, admin_url: AdminUrl = None, state_dir: StateDir = None, as_json: Json = False) -> None:
     """Accept a suspended tenant's keys again."""
-    _set_suspended(name, False, admin_url, as_json)
+    _set_suspended(name, False, admin_url, state_dir, as_json)
 
 
-def _set_suspended(name: str, suspended: bool, admin_url: str | None, as_json: bool) -> None:
-    with output.reported(as_json), onboarder(admin_url) as onboard:
-        outcome = onboard.set_suspended(name, suspended)
+def _set_suspended(name: str, suspended: bool, admin_url: str | None, state_dir: Path | None, as_json: bool) -> None:
+    with output.reported(as_json):
+        validate_name(name)
+        with onboarder(admin_url, state_dir) as onboard:
+            outcome = onboard.set_suspended(name, suspended)
         if as_json:
             output.emit_json({"tenant": name, "suspended": suspended, "warnings": outcome.warnings})
             return
@@ -180,23 +194,33 @@ def _set_suspended(name: str, suspended: bool, admin_url: str | None, as_json: b
 
 @app.command()
 def delete(
-    name: str,
+    name: TenantName,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     admin_url: AdminUrl = None,
+    state_dir: StateDir = None,
     as_json: Json = False,
 ) -> None:
-    """Delete a tenant: its keys, Vault policy, records and cached data. Asks first unless --yes."""
+    """Delete a tenant: its keys, Vault policy, records and cached data. Asks first unless --yes (without a
+    terminal, a `y` line on stdin confirms; no answer is no)."""
     with output.reported(as_json):
-        if not yes and (as_json or not typer.confirm(f"Delete tenant {name!r} with all its keys and data?",
-                                                     err=True)):
+        validate_name(name)
+        if not yes and (as_json or not _confirmed(f"Delete tenant {name!r} with all its keys and data?")):
             raise OnboardingError(f"delete tenant {name!r}", "not confirmed (pass --yes)")
-        with onboarder(admin_url) as onboard, output.progress(f"Deleting tenant {name}...", as_json):
+        with onboarder(admin_url, state_dir) as onboard, output.progress(f"Deleting tenant {name}...", as_json):
             outcome = onboard.delete_tenant(name)
         if as_json:
             output.emit_json({"tenant": name, "deleted": True, "warnings": outcome.warnings})
             return
         output.warn(outcome.warnings)
         output.out.print(f"Tenant {name} deleted.")
+
+
+def _confirmed(question: str) -> bool:
+    """Yes if the answer read from stdin is y or yes. The question goes to stderr, and only to a person at a
+    terminal; stdout stays empty, and no answer (end of input) is no."""
+    if sys.stdin.isatty():
+        output.err.print(f"{question} [y/N]: ", end="", markup=False)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 def _tenant_json(view: TenantView) -> dict[str, Any]:

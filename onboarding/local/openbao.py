@@ -3,8 +3,9 @@ from the local CA), initialised once with a single unseal key, unsealed on every
 key store (KV v2), the KMS (transit) and the issuer of the operator and service tokens.
 
 `init.json` (the unseal key and the root token) is written 0600 the moment `init` returns; the root token is
-used only here, to set up. Operators get a token with the onboarding policy; the service one with the
-read-only service policy (plus transit).
+used only here, to set up. An `up` stopped between the two leaves `init.pending`, and the next `up` starts
+OpenBao's data over (nothing can have been stored in it). Operators get a token with the onboarding policy;
+the service one with the read-only service policy (plus transit).
 """
 
 from __future__ import annotations
@@ -105,8 +106,30 @@ class OpenBao:
         write_private(self.paths.openbao_config, config.encode())
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
         self.process.start([bao_binary(), "server", f"-config={self.paths.openbao_config}"], env)
-        self._wait(lambda code: code is not None, "answer HTTP")
+        try:
+            self._wait(lambda code: code is not None, "answer HTTP")
+        except BaseException:
+            self.process.stop()  # started here and never reported as started: nobody else would stop it
+            raise
         return True
+
+    def discard_interrupted_init(self) -> bool:
+        """Undo a first `up` stopped between OpenBao's `init` and saving init.json (Ctrl-C, SIGTERM, SIGKILL): the
+        unseal key and root token died with it, so the server can never be unsealed, and nothing was written to it
+        (only that `up` held the root token). Its raft data is deleted so that this `up` initialises it afresh.
+        If init.json was saved after all, it is kept. True if the data was deleted."""
+        if not self.paths.openbao_initialising.exists():
+            return False
+        try:
+            saved = "unseal_keys_b64" in json.loads(self.paths.openbao_init.read_text())
+        except (OSError, ValueError):
+            saved = False
+        if not saved:
+            self.process.stop()
+            shutil.rmtree(self.paths.openbao_data, ignore_errors=True)
+            self.paths.openbao_init.unlink(missing_ok=True)
+        self.paths.openbao_initialising.unlink()
+        return not saved
 
     def reload_tls(self) -> None:
         """OpenBao re-reads its listener certificate on SIGHUP."""
@@ -135,11 +158,13 @@ class OpenBao:
     def _init_and_unseal(self, client: hvac.Client) -> bool:
         initialised = False
         if self.health() == 501:
+            write_private(self.paths.openbao_initialising, b"")  # until init.json is saved (discard_interrupted_init)
             reply = client.sys.initialize(secret_shares=1, secret_threshold=1)
             write_private(
                 self.paths.openbao_init,
                 json.dumps({"unseal_keys_b64": reply["keys_base64"], "root_token": reply["root_token"]}).encode(),
             )
+            self.paths.openbao_initialising.unlink()
             initialised = True
         if self.health() == 503:
             for key in self._init()["unseal_keys_b64"]:

@@ -79,6 +79,7 @@ class ManagedProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
+            log_offset = log.seek(0, os.SEEK_END)  # where this run's output begins: `log_tail` shows only it
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -88,8 +89,14 @@ class ManagedProcess:
                 cwd=cwd,
                 start_new_session=True,  # survives the CLI; Ctrl-C in the terminal does not reach it
             )
-        record = {"pid": proc.pid, "start_time": start_time(proc.pid), "fingerprint": fingerprint}
-        self.pid_file.write_text(json.dumps(record))
+        try:
+            record = {"pid": proc.pid, "start_time": start_time(proc.pid), "fingerprint": fingerprint,
+                      "log_offset": log_offset}
+            self.pid_file.write_text(json.dumps(record))
+        except BaseException:  # interrupted before its pid file exists: no clean-up could find it later
+            proc.kill()
+            proc.wait()
+            raise
         return proc.pid
 
     def fingerprint(self) -> str | None:
@@ -126,8 +133,15 @@ class ManagedProcess:
         return True
 
     def log_tail(self, lines: int = 15) -> str:
+        """The last lines the recorded run wrote (not an earlier run's, which the log also holds)."""
         try:
-            text = self.log_file.read_text(errors="replace")
+            offset = int(json.loads(self.pid_file.read_text()).get("log_offset", 0))
+        except (FileNotFoundError, ValueError, TypeError, AttributeError):
+            offset = 0
+        try:
+            with open(self.log_file, "rb") as log:
+                log.seek(offset)
+                text = log.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
         return "\n".join(text.splitlines()[-lines:])

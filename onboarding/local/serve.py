@@ -29,7 +29,8 @@ MANAGED = frozenset({
 
 
 def check_settings(settings: dict[str, str]) -> None:
-    """InvalidInput unless every name is a service setting that `local up` leaves to the operator."""
+    """InvalidInput unless every name is a service setting that `local up` leaves to the operator, with a value the
+    service accepts."""
     from service.config import Settings
 
     for name in settings:
@@ -40,26 +41,56 @@ def check_settings(settings: dict[str, str]) -> None:
                                "service/config.py)")
         value = settings[name]
         if value != "":  # "" removes a kept setting
-            _check_value(name, value, Settings.model_fields[name])
+            _parse(name, value)
 
 
-def _check_value(name: str, value: str, field: Any) -> None:
-    """Refuse a value the service would refuse at start (after `local up` had stopped the running one): read as
-    the service reads FORESIGHT_* variables, a plain string, or JSON for lists and mappings; bounds included."""
+def _parse(name: str, value: str) -> Any:
+    """A setting's value read as the service reads FORESIGHT_* variables: a plain string, or JSON for lists and
+    mappings; bounds included. InvalidInput naming `--set NAME` if the service would refuse it."""
     from typing import Annotated
 
     from pydantic import TypeAdapter, ValidationError
 
+    from service.config import Settings
+
+    field = Settings.model_fields[name]
     adapter: TypeAdapter[Any] = TypeAdapter(
         Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation  # type: ignore[arg-type]
     )
     try:
-        adapter.validate_strings(value)
+        return adapter.validate_strings(value)
     except ValidationError as as_string:
         try:
-            adapter.validate_json(value)
+            return adapter.validate_json(value)
         except ValidationError:
             raise InvalidInput(f"--set {name}", as_string.errors()[0]["msg"]) from None
+
+
+def _check_together(env: dict[str, str], chosen: set[str]) -> None:
+    """The service's checks across settings (tls_require_client_cert needs tls_client_ca_file, ...) on exactly
+    what it will be started with, so that a refused combination stops `up` before anything is stopped or saved.
+    The environment of the shell running `up` is left out, as the service never sees it."""
+    from pydantic import ValidationError
+
+    from service.config import Settings
+
+    class Given(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls, settings_cls: Any, init_settings: Any, env_settings: Any, dotenv_settings: Any,
+            file_secret_settings: Any,
+        ) -> tuple[Any, ...]:
+            return (init_settings,)
+
+    values = {name: _parse(name, value) for name, value in
+              ((key.removeprefix("FORESIGHT_").lower(), value) for key, value in env.items())}
+    try:
+        Given(**values)
+    except ValidationError as err:
+        problem = err.errors()[0]
+        name = ".".join(str(part) for part in problem["loc"])
+        what = f"--set {name}" if name in chosen else f"--set {', '.join(sorted(chosen))}" if chosen else "settings"
+        raise InvalidInput(what, f"the service refuses it: {problem['msg'].removeprefix('Value error, ')}") from None
 
 
 @dataclass
@@ -76,6 +107,13 @@ class LocalService:
 
     def settings_env(self) -> dict[str, str]:
         """The service's FORESIGHT_* settings: the operator's `--set`s, then what `local up` manages."""
+        return self._env(hash_key(read_secret(self.paths.admin_token)))
+
+    def check_settings(self) -> None:
+        """InvalidInput if the service would refuse to start with these settings taken together."""
+        _check_together(self._env(hash_key("placeholder")), set(self.deployment.service_settings))
+
+    def _env(self, admin_token_hash: str) -> dict[str, str]:
         d, p = self.deployment, self.paths
         extra = {f"FORESIGHT_{name.upper()}": value for name, value in d.service_settings.items()}
         return extra | {
@@ -95,7 +133,7 @@ class LocalService:
             "FORESIGHT_KMS_PROVIDER": "vault-transit",
             "FORESIGHT_KMS_KEY_ID": TRANSIT_KEY,
             "FORESIGHT_AUDIT_LOG": str(d.service_audit_log),
-            "FORESIGHT_ADMIN_TOKEN_HASH": hash_key(read_secret(p.admin_token)),
+            "FORESIGHT_ADMIN_TOKEN_HASH": admin_token_hash,
         }
 
     def start(self) -> bool:
@@ -106,7 +144,11 @@ class LocalService:
         env.update(self.settings_env())
         argv = [sys.executable, "-c", "from service.cli import main; main()", "serve"]
         self.process.start(argv, env, cwd=self.paths.root, fingerprint=self.fingerprint())
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.process.stop()  # started here and never reported as started: nobody else would stop it
+            raise
         return True
 
     def fingerprint(self) -> str:

@@ -1,15 +1,19 @@
 """`foresight local up|status|down`: the whole product on this machine, owned by one state directory.
 
 `up` is idempotent: it starts what is not running (OpenBao, then the service), unseals, re-applies the
-Vault set-up, reuses the demo tenant and its stored key, and reports. Whatever one `up` started is stopped
-again if a later step of that same `up` fails. `down` stops the service, then OpenBao (SIGTERM, then
-SIGKILL); `--purge` also deletes the state directory.
+Vault set-up, reuses the demo tenant and its stored key, and reports. Every option is checked before anything
+starts. If a later step of one `up` fails (or it is interrupted), what that same `up` started is stopped
+again, a service it restarted with new settings runs again with the old ones, and the new settings are not
+kept. `down` stops the service, then OpenBao (SIGTERM, then SIGKILL); `--purge` also deletes the state
+directory. Neither touches a directory that is not a Foresight state directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
+import math
 import os
 import shutil
 import socket
@@ -23,7 +27,7 @@ import hvac
 
 from onboarding.auditing import OnboardingAudit
 from onboarding.context import Endpoints
-from onboarding.errors import LocalFailure
+from onboarding.errors import InvalidInput, LocalFailure
 from onboarding.journal import Journal
 from onboarding.local import demo, pki
 from onboarding.local.openbao import OpenBao
@@ -67,6 +71,17 @@ class UpOptions:
     demo: bool = True
     service_settings: dict[str, str] = field(default_factory=dict)  # merged into the kept ones; "" removes
 
+    def check(self) -> None:
+        """InvalidInput naming the option, for a value that would fail later (after something had started)."""
+        for flag, port in (("--resp-port", self.resp_port), ("--http-port", self.http_port),
+                           ("--vault-port", self.vault_port)):
+            if port is not None and not 0 <= port <= 65535:
+                raise InvalidInput(f"{flag} {port}", "must be 0-65535 (0 picks a free one)")
+        latency = self.origin_latency_ms
+        if latency is not None and not (math.isfinite(latency) and latency >= 0):
+            raise InvalidInput(f"--origin-latency-ms {latency:g}", "must be a number of milliseconds, 0 or more")
+        check_settings(self.service_settings)
+
 
 @dataclass
 class UpResult:
@@ -77,6 +92,15 @@ class UpResult:
     started: list[str] = field(default_factory=list)
     demo: list[demo.PhaseResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Undo:
+    """What a failing `up` puts back."""
+
+    started: list[str] = field(default_factory=list)  # stopped again
+    replaced: Deployment | None = None  # the deployment whose running service `up` stopped to apply new settings
+    kept: Deployment | None = None  # the record saved before anything started: saved again
 
 
 @dataclass
@@ -93,21 +117,43 @@ class LocalStack:
     # -- up --------------------------------------------------------------------------------------------------
 
     def up(self, options: UpOptions, step: Callable[[str], None] = lambda _: None) -> UpResult:
+        options.check()
+        fresh = not self.paths.root.exists()
         self.paths.create()
         with self._lock():
-            started: list[str] = []
+            undo = _Undo()
             try:
-                return self._up(options, step, started)
+                return self._up(options, step, undo)
             except BaseException:
-                self._stop(reversed(started))
+                self._undo(undo)
+                if fresh and undo.kept is None:  # refused before anything was saved: leave no directory behind
+                    shutil.rmtree(self.paths.root, ignore_errors=True)
                 raise
 
-    def _up(self, options: UpOptions, step: Callable[[str], None], started: list[str]) -> UpResult:
+    def _undo(self, undo: _Undo) -> None:
+        self._stop(reversed(undo.started))
+        if undo.kept is not None:
+            save_deployment(self.paths, undo.kept)
+        if undo.replaced is not None and self.paths.process("service").pid() is None:
+            # best effort: the error being raised says what failed, and the next `up` starts the service anyway
+            with contextlib.suppress(Exception):
+                LocalService(self.paths, undo.replaced).start()
+
+    def _up(self, options: UpOptions, step: Callable[[str], None], undo: _Undo) -> UpResult:
         paths = self.paths
-        deployment = self._plan(options)
-        save_deployment(paths, deployment)
-        bao = OpenBao(paths, deployment.vault_port, deployment.vault_cluster_port)
+        started = undo.started
+        previous = load_deployment(paths)
+        deployment = self._plan(options, previous)
         service = LocalService(paths, deployment)
+        service.check_settings()
+        # Until the service has run with them, the new settings are not kept: a value it refuses must not stay
+        # saved for every later `up`.
+        undo.kept = deployment.model_copy(update={
+            "origin_latency_ms": previous.origin_latency_ms if previous else DEFAULT_ORIGIN_LATENCY_MS,
+            "service_settings": previous.service_settings if previous else {},
+        })
+        save_deployment(paths, undo.kept)
+        bao = OpenBao(paths, deployment.vault_port, deployment.vault_cluster_port)
 
         step("certificates")
         if pki.ensure_tls(paths):
@@ -116,6 +162,7 @@ class LocalStack:
             write_secret(paths.admin_token, new_admin_token())
 
         step("OpenBao")
+        bao.discard_interrupted_init()
         if bao.start():
             started.append("openbao")
         bao.unseal()
@@ -125,10 +172,12 @@ class LocalStack:
         demo_keys = demo.seed_origin(paths.origin, deployment.demo_tenant)
         demo.seed_origin(paths.origin, BASELINE_TENANT)
         if service.outdated():
+            undo.replaced = previous
             service.restart()  # `--set` changed its settings
             started.append("service")
         elif service.start():
             started.append("service")
+        save_deployment(paths, deployment)
 
         step("demo tenant")
         onboard = self._onboarder(deployment)
@@ -156,10 +205,9 @@ class LocalStack:
                 result.warnings.append(f"demo workload failed: {type(err).__name__}: {err}")
         return result
 
-    def _plan(self, options: UpOptions) -> Deployment:
+    def _plan(self, options: UpOptions, previous: Deployment | None) -> Deployment:
         """The deployment's ports and paths: kept from the last `up`, changed only when nothing runs."""
         paths = self.paths
-        previous = load_deployment(paths)
         running = {name for name, pid in self._pids().items() if pid is not None}
 
         def port(asked: int | None, kept: int | None, default: int, owner: str, flag: str) -> int:
@@ -188,7 +236,6 @@ class LocalStack:
         latency = options.origin_latency_ms
         if latency is None:
             latency = previous.origin_latency_ms if previous else DEFAULT_ORIGIN_LATENCY_MS
-        check_settings(options.service_settings)
         settings = {**(previous.service_settings if previous else {}), **options.service_settings}
         settings = {name: value for name, value in settings.items() if value != ""}
         return Deployment(
@@ -272,14 +319,18 @@ class LocalStack:
         return rows
 
     def down(self, purge: bool = False) -> list[str]:
-        """Stop everything (service first); with `purge` delete the state directory. Returns what stopped."""
-        if not self.paths.root.exists():
+        """Stop everything (service first); with `purge` delete the state directory. Returns what stopped.
+
+        A directory `up` did not make (missing, empty or someone else's) has nothing to stop and is left exactly
+        as it is; purging one that holds anything is refused (InvalidInput)."""
+        if not self.paths.is_ours():
+            if purge and self.paths.root.is_dir() and any(self.paths.root.iterdir()):
+                raise InvalidInput(f"purge {self.paths.root}", "not a Foresight state directory (no "
+                                   f"{self.paths.marker.name}); not deleting it")
             return []
         with self._lock():
             stopped = self._stop(reversed(PROCESSES))
         if purge:
-            if not self.paths.marker.exists():
-                raise LocalFailure(f"purge {self.paths.root}", "not a Foresight state directory; not deleting it")
             shutil.rmtree(self.paths.root)
         return stopped
 
@@ -291,7 +342,7 @@ class LocalStack:
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
-        """One `up` or `down` at a time per state directory."""
+        """One `up` or `down` at a time per state directory (only ever one of ours: it leaves a `.lock` file)."""
         fd = os.open(self.paths.root / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

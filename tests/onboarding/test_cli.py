@@ -4,11 +4,12 @@ stderr, documented exit codes. Vault is reached through the standard VAULT_ADDR/
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from onboarding.errors import EXIT_CONFLICT, EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_VAULT
+from onboarding.errors import EXIT_CONFLICT, EXIT_FAILURE, EXIT_LOCAL, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_VAULT
 from tests.onboarding.conftest import invoke
 from tests.security.helpers import unique
 from tests.servers import free_port
@@ -153,3 +154,187 @@ def test_actions_land_in_the_audit_log_of_the_state_dir(vault_env: Path) -> None
     text = (vault_env / "audit" / "onboarding.jsonl").read_text()
     assert '"action":"tenant.create"' in text and f'"tenant":"{name}"' in text
     assert created["api_key"] not in text
+
+
+def test_keys_rotate_json_gives_every_time_in_one_format(vault_env: Path) -> None:
+    name = unique("rot-fmt")
+    first = json.loads(invoke("tenants", "create", name, "--json").stdout)
+    rotated = json.loads(invoke("keys", "rotate", first["key_id"], "--overlap", "1h", "--json").stdout)
+    iso_utc = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z"
+    assert re.fullmatch(iso_utc, rotated["created"]), rotated["created"]
+    assert re.fullmatch(iso_utc, rotated["replaces"]["expires"]), rotated["replaces"]["expires"]
+
+
+@pytest.mark.parametrize("flag", ["--resp-port", "--http-port", "--vault-port"])
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_local_up_refuses_a_port_out_of_range_and_creates_nothing(state_dir: Path, flag: str, port: str) -> None:
+    result = invoke("local", "up", "--no-demo", flag, port, "--json")
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert one_line_error(result.stderr) == f"error: {flag} {port}: must be 0-65535 (0 picks a free one)"
+    assert json.loads(result.stdout)["exit_code"] == EXIT_USAGE
+    assert not state_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--origin-latency-ms", "-5"], "--origin-latency-ms -5: must be a number of milliseconds, 0 or more"),
+        (["--origin-latency-ms", "nan"], "--origin-latency-ms nan: must be a number of milliseconds, 0 or more"),
+        (["--set", "tls_require_client_cert=true"],
+         "--set tls_require_client_cert: the service refuses it: tls_require_client_cert needs tls_client_ca_file"),
+    ],
+)
+def test_local_up_checks_every_option_before_starting_or_saving_anything(state_dir: Path, args: list[str],
+                                                                          message: str) -> None:
+    """A value the service would refuse used to start OpenBao first, fail with exit 7 naming a FORESIGHT_*
+    variable, and stay saved in deployment.json for every later `up`."""
+    result = invoke("local", "up", "--no-demo", "--resp-port", "0", "--http-port", "0", "--vault-port", "0", *args)
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert one_line_error(result.stderr) == f"error: {message}"
+    assert not state_dir.exists()  # nothing started, nothing saved
+
+
+def test_down_and_status_leave_a_directory_that_is_not_a_state_directory_untouched(state_dir: Path,
+                                                                                   tmp_path: Path) -> None:
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    down = invoke("local", "down", "--state-dir", str(mine))
+    assert down.exit_code == 0 and "No deployment" in down.stdout
+    status = invoke("local", "status", "--state-dir", str(mine))
+    assert status.exit_code == EXIT_NOT_FOUND
+    purge = invoke("local", "down", "--purge", "--state-dir", str(mine), "--json")
+    assert purge.exit_code == EXIT_USAGE
+    assert "not a Foresight state directory" in one_line_error(purge.stderr)
+    assert json.loads(purge.stdout)["exit_code"] == EXIT_USAGE
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]  # no .lock dropped in it
+
+
+def test_down_with_no_deployment_has_nothing_to_do(state_dir: Path) -> None:
+    plain = invoke("local", "down", "--purge")
+    assert plain.exit_code == 0, plain.output
+    assert plain.stdout.strip() == f"No deployment in {state_dir}; nothing to stop or delete."
+    as_json = invoke("local", "down", "--purge", "--json")
+    assert as_json.exit_code == 0
+    assert json.loads(as_json.stdout) == {"stopped": [], "purged": False, "state_dir": str(state_dir)}
+    assert not state_dir.exists()
+
+
+def test_status_without_a_deployment_exits_3(state_dir: Path) -> None:
+    result = invoke("local", "status", "--json")
+    assert result.exit_code == EXIT_NOT_FOUND, result.output
+    assert "start one with `foresight local up`" in one_line_error(result.stderr)
+    assert json.loads(result.stdout)["exit_code"] == EXIT_NOT_FOUND
+
+
+def test_a_state_dir_that_is_a_file_or_holds_a_damaged_deployment_is_one_line(state_dir: Path,
+                                                                             tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("not a directory")
+    for command in (["local", "status"], ["local", "down"], ["local", "up"], ["tenants", "list"]):
+        result = invoke(*command, "--state-dir", str(a_file))
+        assert result.exit_code == EXIT_USAGE, (command, result.output)
+        assert one_line_error(result.stderr) == f"error: state directory {a_file}: is not a directory"
+    state_dir.mkdir()
+    (state_dir / ".foresight-state").touch()
+    (state_dir / "deployment.json").write_text('{"version": 1, "oops": ')
+    for command in (["local", "status"], ["tenants", "list"], ["keys", "list", "acme"]):
+        result = invoke(*command)
+        assert result.exit_code == EXIT_LOCAL, (command, result.output)
+        line = one_line_error(result.stderr)
+        assert f"deployment {state_dir}/deployment.json: damaged (Invalid JSON" in line
+        assert "foresight local down --purge" in line
+    assert invoke("local", "down", "--purge").exit_code == 0  # the way out works
+    assert not state_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "message"),
+    [
+        ({"VAULT_CACERT": "/nonexistent"}, [], "VAULT_CACERT /nonexistent: no such file"),
+        ({"BAO_CACERT": "/"}, [], "BAO_CACERT /: not a file"),
+        ({"VAULT_ADDR": "not-a-url"}, [], "VAULT_ADDR 'not-a-url': expected a URL like https://"),
+        ({"VAULT_ADDR": "https://vault:99999"}, [], "VAULT_ADDR 'https://vault:99999': expected a URL"),
+        ({"FORESIGHT_ADMIN_TOKEN": "t"}, ["--admin-url", "notaurl"], "admin URL (--admin-url, FORESIGHT_ADMIN_URL) "
+         "'notaurl': expected a URL like https://"),
+        ({"FORESIGHT_ADMIN_TOKEN": "t", "FORESIGHT_ADMIN_CA": "/nonexistent"}, [],
+         "FORESIGHT_ADMIN_CA /nonexistent: no such file"),
+    ],
+)
+def test_bad_vault_and_admin_settings_are_input_errors(vault_env: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       env: dict[str, str], args: list[str], message: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    if "FORESIGHT_ADMIN_TOKEN" in env and not args:
+        monkeypatch.setenv("FORESIGHT_ADMIN_URL", "https://127.0.0.1:1")
+    result = invoke("tenants", "list", *args, "--json")
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert message in one_line_error(result.stderr)
+    assert json.loads(result.stdout)["exit_code"] == EXIT_USAGE
+
+
+@pytest.mark.parametrize(
+    ("origin", "why"),
+    [("notaproto://bucket/x", "unknown protocol 'notaproto'"), ("relative/dir", "must be an absolute path")],
+)
+def test_an_origin_the_service_cannot_open_is_refused_before_anything_is_written(vault_env: Path, origin: str,
+                                                                                 why: str) -> None:
+    name = unique("origin")
+    result = invoke("tenants", "create", name, "--origin", origin)
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert why in one_line_error(result.stderr)
+    assert invoke("tenants", "show", name).exit_code == EXIT_NOT_FOUND
+    assert invoke("tenants", "create", name, "--origin", "s3://bucket/prefix", "--json").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["tenants", "create", "Bad_Name"], "invalid tenant name 'Bad_Name'"),
+        (["tenants", "create", "ok-name", "--scopes", "READ"], "--scopes: unknown scope 'READ'"),
+        (["tenants", "create", "ok-name", "--origin", "notaproto://x"], "unknown protocol 'notaproto'"),
+        (["tenants", "show", "Bad_Name"], "invalid tenant name 'Bad_Name'"),
+        (["tenants", "suspend", "a_b"], "invalid tenant name 'a_b'"),
+        (["tenants", "delete", "a_b", "--yes"], "invalid tenant name 'a_b'"),
+        (["keys", "issue", "Bad_Name"], "invalid tenant name 'Bad_Name'"),
+        (["keys", "issue", "ok-name", "--scopes", "read,root"], "--scopes: unknown scope 'root'"),
+        (["keys", "issue", "ok-name", "--ttl", "soon"], "not a duration"),
+        (["keys", "list", "Bad_Name"], "invalid tenant name 'Bad_Name'"),
+        (["keys", "rotate", "NOPE"], "'NOPE' is not a key id"),
+        (["keys", "revoke", "NOPE"], "'NOPE' is not a key id"),
+    ],
+)
+def test_input_is_checked_before_looking_for_a_deployment(state_dir: Path, args: list[str], message: str) -> None:
+    """With no deployment at all, a typo is still reported as the typo (exit 2), not as 'no deployment' (exit 3)."""
+    result = invoke(*args)
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert message in one_line_error(result.stderr)
+
+
+def test_delete_with_no_answer_is_not_confirmed_and_leaves_stdout_empty(state_dir: Path) -> None:
+    result = invoke("tenants", "delete", "acme", input="")  # stdin at its end, as with </dev/null or in CI
+    assert result.exit_code == EXIT_FAILURE
+    assert one_line_error(result.stderr) == "error: delete tenant 'acme': not confirmed (pass --yes)"
+    assert result.stdout == ""
+
+
+def test_tenants_and_keys_act_on_the_state_dir_they_are_given(vault_env: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    name = unique("elsewhere")
+    created = invoke("tenants", "create", name, "--state-dir", str(other), "--json")
+    assert created.exit_code == 0, created.output
+    issued = invoke("keys", "issue", name, "--state-dir", str(other), "--json")
+    assert issued.exit_code == 0, issued.output
+    audit = (other / "audit" / "onboarding.jsonl").read_text()  # that directory's audit log, not the default's
+    assert f'"tenant":"{name}"' in audit and '"action":"key.issue"' in audit
+    assert not (vault_env / "audit" / "onboarding.jsonl").exists()
+
+
+def test_local_commands_take_a_relative_state_dir_as_absolute(state_dir: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service runs in the state directory: a relative path in its settings named a file that was not there
+    (`up --state-dir st` failed: cannot read the token file st/secrets/service.token)."""
+    monkeypatch.chdir(tmp_path)
+    result = invoke("local", "down", "--state-dir", "st", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["state_dir"] == str(tmp_path / "st")

@@ -12,7 +12,7 @@ from onboarding.context import Endpoints, resolve
 from onboarding.errors import EXIT_CONFLICT, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_VAULT, InvalidInput, from_key_store
 from onboarding.plans import MIB, PLANS, plan_of, quota_for
 from onboarding.snippet import connection_snippet
-from onboarding.tenants import _key_id, parse_duration, validate_name
+from onboarding.tenants import parse_duration, parse_key_id, parse_scopes, validate_name
 from service.security.apikeys import new_key
 from service.security.vault_keys import TenantExists, TenantNotFound, VaultUnavailable
 
@@ -95,12 +95,12 @@ def test_durations() -> None:
 
 def test_a_pasted_key_becomes_its_id_and_is_never_echoed() -> None:
     key = new_key()
-    assert _key_id(key.secret) == key.key_id
+    assert parse_key_id(key.secret) == key.key_id
     with pytest.raises(InvalidInput) as err:
-        _key_id(key.secret[:-3])
+        parse_key_id(key.secret[:-3])
     assert key.secret[:-3] not in str(err.value)
     with pytest.raises(InvalidInput, match="not a key id"):
-        _key_id("NOPE")
+        parse_key_id("NOPE")
 
 
 def test_key_store_errors_map_to_exit_codes() -> None:
@@ -166,3 +166,31 @@ def test_a_state_directory_that_holds_something_else_is_never_adopted(tmp_path: 
     for paths in (fresh, empty, fresh):  # new, empty, or ours already
         paths.create()
         assert paths.marker.exists()
+
+
+@pytest.mark.parametrize("origin", ["/srv/data", "file:///srv/data", "s3://bucket/prefix", "gs://bucket",
+                                    "az://container/dir", "simplecache::s3://bucket/prefix"])
+def test_origins_the_service_can_open_are_accepted(origin: str) -> None:
+    assert quota_for("starter", origin=origin).origin == origin
+
+
+@pytest.mark.parametrize(
+    ("origin", "message"),
+    [
+        ("notaproto://x", "unknown protocol 'notaproto'"),
+        ("nosuch::s3://bucket", "unknown protocol 'nosuch'"),
+        ("data/objects", "must be an absolute path"),
+        ("", "must be an absolute path"),
+    ],
+)
+def test_origins_the_service_cannot_open_are_refused(origin: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        quota_for("starter", origin=origin)
+
+
+def test_scopes_must_name_known_scopes() -> None:
+    assert parse_scopes(" read, write ") == ["read", "write"]
+    with pytest.raises(InvalidInput, match="names no scope"):
+        parse_scopes(" , ")
+    with pytest.raises(InvalidInput, match="unknown scope 'READ', 'all'"):
+        parse_scopes("READ,write,all")

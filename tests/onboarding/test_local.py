@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
 import socket
 import ssl
 import subprocess
@@ -21,18 +23,31 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from onboarding.context import resolve
-from onboarding.errors import EXIT_LOCAL, EXIT_NOT_FOUND, EXIT_SERVICE, EXIT_USAGE, EXIT_VAULT, VaultFailure
+from onboarding.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_LOCAL,
+    EXIT_NOT_FOUND,
+    EXIT_SERVICE,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    EXIT_VAULT,
+    LocalFailure,
+    VaultFailure,
+)
 from onboarding.local import demo
 from onboarding.local.processes import is_alive
+from onboarding.local.serve import LocalService
 from onboarding.plans import PLANS
 from onboarding.state import StatePaths
 from onboarding.tenants import Onboarder
 from service.tenancy import TenantSpec
+from tests.onboarding.conftest import invoke
 from tests.servers import BIN, wait_until
 
 pytestmark = pytest.mark.slow
 
 FORESIGHT = str(BIN / "foresight")
+ANY_PORTS = ("--resp-port", "0", "--http-port", "0", "--vault-port", "0")
 
 
 @dataclass
@@ -131,8 +146,27 @@ def test_up_again_reuses_everything(local: Local) -> None:
     assert again["started"] == []
     for field in ("resp_port", "http_url", "ca_cert", "tenant", "api_key", "key_id"):
         assert again[field] == local.up[field]
-    status = local.json("local", "status")
+    status = local.json("local", "status")  # exit 0: up and serving
     assert {name: p["health"] for name, p in status["processes"].items()} == {"openbao": "active", "service": "ready"}
+    assert status["healthy"] is True
+
+
+def test_the_printed_next_steps_act_on_this_deployment(local: Local, tmp_path: Path) -> None:
+    """`up --state-dir X` printed `foresight tenants create ...`, which acted on the default directory instead."""
+    env = {k: v for k, v in local.env().items() if k != "FORESIGHT_STATE_DIR"} | {"XDG_STATE_HOME": str(tmp_path)}
+    up = subprocess.run([FORESIGHT, "local", "up", "--no-demo", "--state-dir", str(local.state)], env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert up.returncode == 0, up.stderr
+    hint = up.stdout.strip().splitlines()[-1]
+    create, stop = hint.removeprefix("More tenants: ").split("    Stop: ")
+    assert stop == f"foresight local down --state-dir {local.state}"
+    argv = shlex.split(create.replace("NAME", "hinted"))
+    created = subprocess.run([FORESIGHT, *argv[1:], "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert created.returncode == 0, created.stderr
+    keys = subprocess.run([FORESIGHT, "keys", "list", "hinted", "--state-dir", str(local.state), "--json"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert keys.returncode == 0, keys.stderr
+    assert [k["key_id"] for k in json.loads(keys.stdout)["keys"]] == [json.loads(created.stdout)["key_id"]]
 
 
 def test_two_tenants_over_tls_see_only_their_own_keys_and_revocation_refuses(local: Local) -> None:
@@ -176,6 +210,31 @@ def test_set_changes_a_service_setting_and_restarts_the_service(local: Local) ->
         assert result.returncode == EXIT_USAGE and why in result.stderr, result.stderr
 
 
+def test_new_settings_the_service_fails_on_are_rolled_back(local: Local, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restart with new settings that fails used to leave the service down and the settings saved, so every later
+    `up` failed the same way: the old service comes back and the new settings are not kept."""
+    kept = json.loads(local.paths.deployment.read_text())["service_settings"]
+    before = local.paths.process("service").pid()
+    wait_ready = LocalService.wait_ready
+    calls = []
+
+    def fail_once(service: LocalService) -> None:
+        calls.append(dict(service.deployment.service_settings))
+        if len(calls) == 1:
+            raise LocalFailure("start the service", "it exited (as a bad setting would make it)")
+        wait_ready(service)
+
+    monkeypatch.setattr(LocalService, "wait_ready", fail_once)
+    failed = invoke("local", "up", "--no-demo", "--set", "prefetcher=stride", "--state-dir", str(local.state))
+    assert failed.exit_code == EXIT_LOCAL, failed.output
+    assert calls == [{**kept, "prefetcher": "stride"}, kept]  # the new settings, then the old ones again
+    assert json.loads(local.paths.deployment.read_text())["service_settings"] == kept
+    after = local.paths.process("service").pid()
+    assert before is not None and after is not None and after != before and not is_alive(before, None)
+    monkeypatch.undo()
+    assert local.json("local", "up", "--no-demo")["started"] == []  # what runs is what is saved
+
+
 def _refused(client: redis.Redis) -> bool:
     try:
         client.get("greeting")
@@ -199,7 +258,9 @@ def test_service_down_during_create_leaves_no_tenant(local: Local) -> None:
     result = local.run("tenants", "create", "orphan")
     assert result.returncode == EXIT_SERVICE, result.stderr
     assert result.stderr.startswith("error: create tenant 'orphan': load the tenant into the service: service at")
-    assert result.stderr.strip().endswith("unreachable (ConnectionError); nothing was left behind")
+    assert result.stderr.strip().endswith("unreachable (ConnectionError); nothing was left behind; the local service "
+                                          "is not running (see `foresight local status`); start it with `foresight "
+                                          f"local up --state-dir {local.state}`")
     restarted = local.json("local", "up", "--no-demo")
     assert restarted["started"] == ["service"]
     assert local.run("tenants", "show", "orphan").returncode == EXIT_NOT_FOUND
@@ -263,5 +324,74 @@ def test_down_stops_everything_it_started(local: Local) -> None:
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
     assert local.json("local", "down")["stopped"] == []
+    status = local.run("local", "status", "--json")
+    assert status.returncode == EXIT_VAULT, status.stderr  # a script can tell down from up
+    assert json.loads(status.stdout)["healthy"] is False
+    assert "not running (openbao stopped, service stopped)" in status.stderr
+    offline = local.run("tenants", "list")
+    assert offline.returncode == EXIT_VAULT
+    assert offline.stderr.strip().endswith("Vault unreachable (ConnectionError); the local OpenBao is not running "
+                                           f"(see `foresight local status`); start it with `foresight local up "
+                                           f"--state-dir {local.state}`")
     purged = local.json("local", "down", "--purge")
     assert purged["purged"] and not local.state.exists()
+
+
+def test_sigterm_during_up_stops_what_it_started(tmp_path: Path) -> None:
+    """`kill`, systemd and CI runners send SIGTERM: it used to end `up` on the spot and leave OpenBao running."""
+    other = Local(tmp_path / "term", {})
+    proc = subprocess.Popen([FORESIGHT, "local", "up", "--no-demo", *ANY_PORTS], env=other.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    bao = other.paths.process("openbao")
+    try:
+        wait_until(lambda: bao.pid() is not None, "OpenBao started", timeout=60)
+        pid = bao.pid()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == EXIT_TERMINATED, stderr
+        assert stderr.strip() == "error: terminated" and stdout == ""
+        assert pid is not None and not is_alive(pid, None)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        other.run("local", "down", "--purge")
+
+
+def test_an_up_interrupted_during_openbao_init_leaves_a_state_dir_the_next_up_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped after OpenBao's init and before init.json was saved, the unseal key was lost and every later `up`
+    failed (`init.json is missing`) until `down --purge`."""
+    from hvac.api.system_backend.init import Init
+
+    state = tmp_path / "init"
+    initialize = Init.initialize
+
+    def initialize_then_interrupt(self: Init, *args: Any, **kwargs: Any) -> Any:
+        initialize(self, *args, **kwargs)  # the server is initialised; its keys go with this process
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Init, "initialize", initialize_then_interrupt)
+    first = invoke("local", "up", "--no-demo", *ANY_PORTS, "--state-dir", str(state))
+    assert first.exit_code == EXIT_INTERRUPTED, first.output
+    monkeypatch.undo()
+    other = Local(state, {})
+    try:
+        assert other.paths.process("openbao").pid() is None  # what the interrupted up started, it stopped
+        again = other.run("local", "up", "--no-demo", "--json", *ANY_PORTS, timeout=180)
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["started"] == ["openbao", "service"]
+        assert other.json("local", "status")["healthy"] is True
+    finally:
+        other.run("local", "down", "--purge")
+
+
+def test_a_failed_start_shows_only_its_own_log_lines(tmp_path: Path) -> None:
+    """The log keeps every run's output; the error of a failed start quoted the earlier runs' lines too."""
+    process = StatePaths(tmp_path).process("service")
+    for run in ("first", "second"):
+        process.start(["sh", "-c", f"echo {run} run failed"], {"PATH": os.environ["PATH"]})
+        wait_until(lambda: process.pid() is None, "the process to exit", timeout=10)
+    assert process.log_tail() == "second run failed"
+    assert process.log_file.read_text() == "first run failed\nsecond run failed\n"
