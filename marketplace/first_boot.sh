@@ -1,8 +1,9 @@
 #!/bin/sh
 # First boot of a Foresight marketplace node, on any cloud: mint the TLS files and the first API key inside
 # the service image (`python -m marketplace.<cloud>.first_boot`, which also hands the key to the buyer through
-# the cloud's secret store), then give foresight.service its settings and start it. The image's unit waits
-# for /etc/foresight/foresight.env, so the service cannot start before its certificate and tenants exist.
+# the cloud's secret store and keeps the CA's key wrapped by the node's KMS key, for renewals), then give
+# foresight.service its settings and start it. The image's unit waits for /etc/foresight/foresight.env, so the
+# service cannot start before its certificate and tenants exist.
 # The image's foresight-first-boot.service runs this, after mount_data_volume.sh, on every boot until it succeeds;
 # it is safe to run again (a run cut short before tenants.json mints again).
 #
@@ -34,8 +35,9 @@ if [ ! -s "$conf/tenants.json" ]; then
   # FORESIGHT_IMAGE: the service image the VM image build loaded.
   # shellcheck source=/dev/null
   . /etc/foresight/image.env
-  # Host networking: the node's identity comes from the metadata service at 169.254.169.254.
-  docker run --rm --network host --user "$service_ids" --volume "$conf:/out" \
+  # Host networking: the node's identity comes from the metadata service at 169.254.169.254. The service's own
+  # settings name the KMS key that wraps the CA's key.
+  docker run --rm --network host --user "$service_ids" --volume "$conf:/out" --env-file "$staged_env" \
     --entrypoint /opt/foresight/bin/python "$FORESIGHT_IMAGE" -m "marketplace.$cloud.first_boot" --out /out "$@"
 fi
 chmod 0400 "$conf/tls.key"

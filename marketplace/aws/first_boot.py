@@ -1,11 +1,12 @@
 """First boot of an AWS Marketplace instance: its addresses from IMDSv2, its first key into Secrets Manager.
 
 `first_boot.sh` runs this inside the service image (`python -m marketplace.aws.first_boot`); the minting itself
-is `marketplace/first_boot.py`, shared with Azure. It reads the instance's addresses from IMDSv2 (waiting until
-the stack's Elastic IP is associated, which is also when the instance can reach AWS), then puts the plaintext
-key and the CA certificate into the stack's Secrets Manager secret before any file is written. Both steps
-retry what means "not yet" (IMDS busy or not answering; the role's grant, its credentials or the key policy
-still propagating) until a deadline, as on Google Cloud and Azure.
+is `marketplace/first_boot.py`, shared with Google Cloud and Azure. It reads the instance's addresses from IMDSv2
+(waiting until the stack's Elastic IP is associated, which is also when the instance can reach AWS), wraps the
+CA's key with the stack's KMS key (foresight.env's FORESIGHT_KMS_KEY_ID, in the environment), then puts the
+plaintext key and the CA certificate into the stack's Secrets Manager secret before any file is written. Each
+step retries what means "not yet" (IMDS busy or not answering; the role's grant, its credentials or the key
+policy still propagating) until a deadline, as on Google Cloud and Azure.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from marketplace.first_boot import (
     FirstBootError,
     NotYet,
     base_arguments,
+    node_cipher,
     provision,
     with_retries,
 )
@@ -127,10 +129,11 @@ def arguments() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = arguments().parse_args(argv)
     try:
+        cipher = node_cipher()
         addresses = wait_for_addresses(os.environ.get("FORESIGHT_IMDS_ENDPOINT", IMDS_ENDPOINT), args.public_ip)
         client = secrets_client(args.secret_arn)
         minted = provision(
-            args.out, args.tenant, addresses, lambda document: put_secret(client, args.secret_arn, document)
+            args.out, args.tenant, addresses, lambda document: put_secret(client, args.secret_arn, document), cipher
         )
     except FirstBootError as err:
         print(f"first_boot: {err}", file=sys.stderr)

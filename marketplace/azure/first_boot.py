@@ -6,7 +6,8 @@ with a DNS label, the NIC's private address), so they come as arguments, not fro
 Azure's Instance Metadata Service is an access token of the VM's user-assigned identity for Key Vault, with
 which the document is PUT to the secret, creating it (Key Vault REST API, no SDK: a secrets role on the managed
 application's own vault is the identity's only write). A fresh role assignment can take minutes to reach
-Key Vault, so 401/403 and IMDS's "identity not ready yet" answers are retried until a deadline.
+Key Vault, so 401/403 and IMDS's "identity not ready yet" answers are retried until a deadline. The CA's key is
+wrapped with the application's Key Vault key (foresight.env's FORESIGHT_KMS_KEY_ID, in the environment) first.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from marketplace.first_boot import (
     FirstBootError,
     NotYet,
     base_arguments,
+    node_cipher,
     provision,
     with_retries,
 )
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             args.tenant,
             addresses,
             lambda document: put_with_retries(imds, args.resource, args.client_id, args.secret_uri, document),
+            node_cipher(),
         )
     except FirstBootError as err:
         print(f"first_boot: {err}", file=sys.stderr)

@@ -8,7 +8,8 @@ metadata.google.internal, so no DNS is needed inside the container) gives the in
 external one, and signs an access token of the VM's service account. With that token the document is added as
 a new version of the one secret the account may add versions to (Secret Manager REST API, no SDK: the
 secretVersionAdder role on that secret is the account's only write). A fresh IAM grant can take minutes to
-reach Secret Manager, so 403 and the servers' "busy" answers are retried until a deadline.
+reach Secret Manager, so 403 and the servers' "busy" answers are retried until a deadline. The CA's key is
+wrapped with the deployment's Cloud KMS key (foresight.env's FORESIGHT_KMS_KEY_ID, in the environment) first.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from marketplace.first_boot import (
     FirstBootError,
     NotYet,
     base_arguments,
+    node_cipher,
     provision,
     with_retries,
 )
@@ -115,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     try:
+        cipher = node_cipher()
         addresses = with_retries(lambda: read_addresses(metadata, args.public_ip), "reading the VM's addresses")
-        minted = provision(args.out, args.tenant, addresses, put)
+        minted = provision(args.out, args.tenant, addresses, put, cipher)
     except FirstBootError as err:
         print(f"first_boot: {err}", file=sys.stderr)
         return 1

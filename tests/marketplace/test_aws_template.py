@@ -24,6 +24,8 @@ import marketplace.first_boot
 from marketplace.aws import first_boot, template
 from marketplace.launch import SERVICE_IDS, STAGED_ENV_FILE
 from service.config import Settings
+from service.security.envelope import EnvelopeCipher
+from service.security.kms.aws import AwsKms
 from service.tenancy import FileKeySource
 from stacks.aws.compute import (
     DATA_DEVICE,
@@ -38,6 +40,7 @@ from stacks.aws.kms import key_policy
 from stacks.aws.network import WORLD
 from stacks.spec import DEFAULT_INSTANCE_TYPES, HTTPS_PORT, RESP_PORT, SERVICE_PORTS, Cloud, StackSpec
 from tests.images.tools import require_tool, run_checkov
+from tests.marketplace.ca_key import assert_ca_key_sealed
 from tests.marketplace.cloud_config import unit_commands
 from tests.servers import MotoServer, http_server
 from tests.tlsutil import assert_tls_serves
@@ -337,13 +340,29 @@ def imds() -> Iterator[str]:
         yield url
 
 
-def run_first_boot(out: Path, secret_arn: str, imds_url: str, moto: MotoServer) -> subprocess.CompletedProcess[str]:
+def moto_clients(moto: MotoServer) -> dict[str, str]:
+    return {
+        "region_name": "us-east-1",
+        "endpoint_url": moto.endpoint,
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing",
+    }
+
+
+def run_first_boot(
+    out: Path, secret_arn: str, imds_url: str, moto: MotoServer, kms_key_arn: str
+) -> subprocess.CompletedProcess[str]:
+    """The module as first_boot.sh runs it: foresight.env's KMS settings (the stack's key) in the environment."""
     env = {
         **os.environ,
         "FORESIGHT_IMDS_ENDPOINT": imds_url,
         "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto.endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "FORESIGHT_KMS_PROVIDER": "aws",
+        "FORESIGHT_KMS_KEY_ID": kms_key_arn,
+        "FORESIGHT_KMS_ENDPOINT_URL": moto.endpoint,
     }
     argv = [
         sys.executable,
@@ -362,17 +381,13 @@ def run_first_boot(out: Path, secret_arn: str, imds_url: str, moto: MotoServer) 
 
 
 def test_first_boot_mints_a_key_the_service_accepts(imds: str, moto_server: MotoServer, tmp_path: Path) -> None:
-    aws = {
-        "region_name": "us-east-1",
-        "endpoint_url": moto_server.endpoint,
-        "aws_access_key_id": "testing",
-        "aws_secret_access_key": "testing",
-    }
-    key_id = boto3.client("kms", **aws).create_key()["KeyMetadata"]["KeyId"]
+    aws = moto_clients(moto_server)
+    kms = boto3.client("kms", **aws)
+    key_arn = kms.create_key()["KeyMetadata"]["Arn"]
     secrets = boto3.client("secretsmanager", **aws)
-    arn = secrets.create_secret(Name=f"first-boot-{tmp_path.name}", KmsKeyId=key_id)["ARN"]
+    arn = secrets.create_secret(Name=f"first-boot-{tmp_path.name}", KmsKeyId=key_arn)["ARN"]
 
-    result = run_first_boot(tmp_path, arn, imds, moto_server)
+    result = run_first_boot(tmp_path, arn, imds, moto_server, key_arn)
 
     assert result.returncode == 0, result.stderr
     document = json.loads(secrets.get_secret_value(SecretId=arn)["SecretString"])
@@ -389,13 +404,15 @@ def test_first_boot_mints_a_key_the_service_accepts(imds: str, moto_server: Moto
         x509.SubjectAlternativeName
     )
     assert {str(ip) for ip in sans.value.get_values_for_type(x509.IPAddress)} == {SAMPLE["PublicIp"], "10.42.0.17"}
+    assert_ca_key_sealed(tmp_path, EnvelopeCipher(AwsKms(key_arn, client=kms)))  # the stack's key opens it
 
 
 def test_first_boot_writes_nothing_when_the_secret_cannot_be_put(
     imds: str, moto_server: MotoServer, tmp_path: Path
 ) -> None:
+    key_arn = boto3.client("kms", **moto_clients(moto_server)).create_key()["KeyMetadata"]["Arn"]
     missing = "arn:aws:secretsmanager:us-east-1:123456789012:secret:no-such-secret-AbCdEf"
-    result = run_first_boot(tmp_path, missing, imds, moto_server)
+    result = run_first_boot(tmp_path, missing, imds, moto_server, key_arn)
     assert result.returncode == 1 and "PutSecretValue" in result.stderr
     assert list(tmp_path.iterdir()) == []
 

@@ -42,6 +42,7 @@ from stacks.azure.compute import (
 from stacks.azure.kms import CRYPTO_SERVICE_ENCRYPTION_USER, EXPIRE_AFTER, KEY_SIZE, ROTATE_AFTER
 from stacks.spec import DEFAULT_INSTANCE_TYPES, SERVICE_PORTS, Cloud, StackSpec
 from tests.images.tools import require_tool, run_checkov
+from tests.marketplace.ca_key import KEYRING, assert_ca_key_sealed, local_cipher
 from tests.marketplace.cloud_config import unit_commands
 from tests.servers import http_server
 from tests.tlsutil import assert_tls_serves
@@ -645,7 +646,14 @@ def azure(tmp_path: Path) -> Iterator[Endpoints]:
 
 
 def run_first_boot(out: Path, azure: Endpoints, secret: str) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "FORESIGHT_IMDS_ENDPOINT": azure.imds, "SSL_CERT_FILE": str(azure.ca_file)}
+    """The module as first_boot.sh runs it, with a local keyring beside `out` as the KMS foresight.env names."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "FORESIGHT_IMDS_ENDPOINT": azure.imds,
+        "SSL_CERT_FILE": str(azure.ca_file),
+        "FORESIGHT_KMS_PROVIDER": "local",
+        "FORESIGHT_KMS_KEY_ID": str(out.parent / KEYRING),
+    }
     arguments = {
         "--out": str(out),
         "--tenant": "acme",
@@ -685,6 +693,7 @@ def test_first_boot_mints_a_key_the_service_accepts(azure: Endpoints, tmp_path: 
         SAMPLE["PublicIp"],
         SAMPLE["PrivateIp"],
     }
+    assert_ca_key_sealed(out, local_cipher(tmp_path / KEYRING))
 
 
 def test_first_boot_writes_nothing_when_the_secret_cannot_be_set(azure: Endpoints, tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ from stacks.gcp.kms import DESTROY_SCHEDULED_DURATION, KEY_USER_ROLE, ROTATION_P
 from stacks.gcp.network import OWN_SUBNET_CIDR, SSH_PORT
 from stacks.spec import DEFAULT_INSTANCE_TYPES, DEFAULT_VOLUME_SIZE_GB, SERVICE_PORTS, Cloud, StackSpec
 from tests.images.tools import require_tool, run_checkov
+from tests.marketplace.ca_key import KEYRING, assert_ca_key_sealed, local_cipher
 from tests.marketplace.cloud_config import unit_commands
 from tests.servers import http_server
 from tests.tlsutil import assert_tls_serves
@@ -527,11 +528,14 @@ def google(tmp_path: Path) -> Iterator[Endpoints]:
 
 
 def run_first_boot(out: Path, google: Endpoints, secret: str) -> subprocess.CompletedProcess[str]:
+    """The module as first_boot.sh runs it, with a local keyring beside `out` as the KMS foresight.env names."""
     env = {
         "PATH": "/usr/bin:/bin",
         "FORESIGHT_METADATA_ENDPOINT": google.metadata,
         "FORESIGHT_SECRET_MANAGER_ENDPOINT": google.secret_manager,
         "SSL_CERT_FILE": str(google.ca_file),
+        "FORESIGHT_KMS_PROVIDER": "local",
+        "FORESIGHT_KMS_KEY_ID": str(out.parent / KEYRING),
     }
     argv = [
         sys.executable,
@@ -570,6 +574,7 @@ def test_first_boot_mints_a_key_the_service_accepts(google: Endpoints, tmp_path:
         x509.SubjectAlternativeName
     )
     assert {str(ip) for ip in sans.value.get_values_for_type(x509.IPAddress)} == {SAMPLE["public_ip"], PRIVATE_IP}
+    assert_ca_key_sealed(out, local_cipher(tmp_path / KEYRING))
 
 
 def test_first_boot_writes_nothing_when_the_secret_cannot_be_added_to(google: Endpoints, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from types import ModuleType
 import pytest
 import yaml
 
+from marketplace import first_boot
 from marketplace.aws import first_boot as aws_first_boot
 from marketplace.aws import template as aws_template
 from marketplace.azure import first_boot as azure_first_boot
@@ -24,7 +25,7 @@ from marketplace.gcp import template as gcp_template
 from marketplace.launch import DATA_VOLUME_DROP_IN, FIRST_BOOT, FIRST_BOOT_ENV, SERVICE_IDS
 from stacks.cloudinit import BOOT_DIR, DATA_DIR, ENV_FILE, INSTALL_DIR
 from tests.images.tools import require_tool
-from tests.marketplace.cloud_config import FIRST_BOOT_UNIT, REPO, unit_commands, written_files
+from tests.marketplace.cloud_config import FIRST_BOOT_UNIT, REPO, first_boot_env, unit_commands, written_files
 
 CLOUDS: list[tuple[Callable[[], str], ModuleType]] = [
     (aws_template.user_data_text, aws_first_boot),
@@ -86,7 +87,43 @@ def test_first_boot_runs_from_the_images_unit_until_it_succeeds_not_once_from_ru
     service = (REPO / "images/packer/files/foresight.service").read_text()
     assert "foresight-first-boot.service" in next(line for line in service.splitlines() if line.startswith("After="))
     provision = (REPO / "images/packer/provision/20-service.sh").read_text()
-    assert "systemctl enable foresight.service foresight-first-boot.service" in provision
+    assert "systemctl enable foresight.service foresight-first-boot.service foresight-tls-renew.timer" in provision
+
+
+def _unit_settings(text: str) -> dict[str, list[str]]:
+    """Each `Key=value` of a unit file, continuation lines joined; a key given twice keeps both values."""
+    settings: dict[str, list[str]] = {}
+    for line in text.replace("\\\n", " ").splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+@pytest.mark.parametrize("user_data", [user_data for user_data, _ in CLOUDS], ids=CLOUD_IDS)
+def test_the_tls_renewal_runs_daily_on_a_first_booted_node_with_options_the_module_accepts(
+    user_data: Callable[[], str],
+) -> None:
+    """The timer's unit runs `python -m marketplace.first_boot renew` in the service image, as the service's user,
+    with the service's settings (its KMS key unwraps the CA's key) and the conf directory writable where --conf
+    says; only on a marketplace node whose first boot has finished."""
+    unit = _unit_settings((REPO / "images/packer/files/foresight-tls-renew.service").read_text())
+    assert unit["Type"] == ["oneshot"]
+    assert set(unit["ConditionPathExists"]) == {FIRST_BOOT_ENV, ENV_FILE}
+    assert unit["EnvironmentFile"] == ["/etc/foresight/image.env", FIRST_BOOT_ENV]
+    environment = first_boot_env(yaml.safe_load(user_data()))
+    (command,) = unit["ExecStart"]
+    words = [environment.get(word[2:-1], word) if word.startswith("${") else word for word in command.split()]
+    assert words[:2] == ["/usr/bin/docker", "run"]
+    option = {words[i]: words[i + 1] for i in range(2, words.index("-m")) if words[i].startswith("--")}
+    assert option["--user"] == SERVICE_IDS and option["--env-file"] == ENV_FILE
+    assert words[words.index("-m") + 1] == "marketplace.first_boot"
+    parsed = first_boot.arguments().parse_args(words[words.index("-m") + 2 :])  # exits 2 on a bad option
+    assert parsed.command == "renew" and not parsed.new_ca
+    assert option["--volume"] == f"{parsed.conf}:{parsed.conf}" and str(parsed.conf) == first_boot.CONF_DIR
+    timer = _unit_settings((REPO / "images/packer/files/foresight-tls-renew.timer").read_text())
+    assert timer["OnCalendar"] == ["daily"] and timer["Persistent"] == ["true"] and timer["RandomizedDelaySec"]
+    assert timer["WantedBy"] == ["timers.target"]
 
 
 @pytest.mark.parametrize("user_data", [user_data for user_data, _ in CLOUDS], ids=CLOUD_IDS)

@@ -254,7 +254,7 @@ def test_unknown_ab_arm_is_a_config_error() -> None:
 def test_ab_weights_that_cannot_split_tenants_are_config_errors(arms: dict[str, float]) -> None:
     from service.config import ConfigError, load_settings
 
-    with pytest.raises(ConfigError, match="A/B arm|weight above 0"):
+    with pytest.raises(ConfigError, match=r"A/B arm|weight above 0"):
         load_settings(prefetch_ab_arms=arms)
 
 

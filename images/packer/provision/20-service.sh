@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Load the service image, install foresight.service, foresight-first-boot.service and the first-boot settings for
-# cloud-init.
+# Load the service image, install foresight.service, foresight-first-boot.service, the TLS renewal's unit and
+# timer, and the first-boot settings for cloud-init.
 # Expects the file provisioners' uploads: images/packer/files/ in /tmp/foresight-files/ and the
 # service image archive (docker save / podman save) at /tmp/foresight-image.tar.
 #
@@ -19,10 +19,12 @@ printf 'FORESIGHT_IMAGE=%s\n' "$FORESIGHT_IMAGE" > /etc/foresight/image.env
 install -d -m 0700 -o "$service_uid" -g "$service_uid" /var/lib/foresight
 install -m 0644 "$files/foresight.service" /etc/systemd/system/foresight.service
 install -m 0644 "$files/foresight-first-boot.service" /etc/systemd/system/foresight-first-boot.service
+install -m 0644 "$files/foresight-tls-renew.service" /etc/systemd/system/foresight-tls-renew.service
+install -m 0644 "$files/foresight-tls-renew.timer" /etc/systemd/system/foresight-tls-renew.timer
 install -d -m 0755 /etc/cloud/cloud.cfg.d
 install -m 0644 "$files/99-foresight-hardening.cfg" /etc/cloud/cloud.cfg.d/99-foresight-hardening.cfg
 systemctl daemon-reload
-systemctl enable foresight.service foresight-first-boot.service
+systemctl enable foresight.service foresight-first-boot.service foresight-tls-renew.timer
 
 # The image runs: its CLI answers, and on a GPU builder torch sees the GPU through the nvidia runtime.
 docker run --rm --entrypoint /opt/foresight/bin/foresight "$FORESIGHT_IMAGE" --help >/dev/null
