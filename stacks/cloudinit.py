@@ -6,6 +6,9 @@ What the rendered `#cloud-config` does on first boot:
 - writes /etc/foresight/foresight.env (settings only: addresses, names, key ids; never a secret);
 - installs `foresight.service`: before each start it checks the data mount and fetches TLS; it then runs the
   image with `--gpus all` (NVIDIA container toolkit), and systemd restarts it whenever it exits;
+- installs `foresight-tls-refresh.timer`: once a day, while the service runs, it fetches TLS again, so the
+  certificate `pulumi up` renews reaches the node (fetch_tls.py replaces each file atomically, and the service
+  reloads a changed pair within a second without a restart);
 - turns SSH off entirely unless an SSH key was configured.
 """
 
@@ -26,6 +29,9 @@ BOOT_DIR = Path(__file__).parent / "boot"
 INSTALL_DIR = "/usr/local/lib/foresight"
 ENV_FILE = "/etc/foresight/foresight.env"
 UNIT_FILE = "/etc/systemd/system/foresight.service"
+REFRESH_UNIT = "foresight-tls-refresh"
+REFRESH_SERVICE_FILE = f"/etc/systemd/system/{REFRESH_UNIT}.service"
+REFRESH_TIMER_FILE = f"/etc/systemd/system/{REFRESH_UNIT}.timer"
 HOST_TLS_DIR = "/run/foresight/tls"
 CONTAINER_TLS_DIR = "/etc/foresight/tls"
 DATA_DIR = "/var/lib/foresight"
@@ -82,6 +88,41 @@ def render_env_file(environment: Mapping[str, str]) -> str:
     return "".join(f"{key}={value}\n" for key, value in environment.items())
 
 
+def _fetch_tls_command() -> str:
+    return f"/usr/bin/python3 {INSTALL_DIR}/fetch_tls.py --out {HOST_TLS_DIR} --group {SERVICE_GID}"
+
+
+def render_refresh_unit() -> str:
+    """The timer's job: fetch TLS again while the service runs (stopped, its next start fetches anyway)."""
+    return f"""[Unit]
+Description=Refresh the Foresight service's TLS certificate from Vault
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=oneshot
+EnvironmentFile={ENV_FILE}
+ExecCondition=/usr/bin/systemctl is-active --quiet foresight.service
+ExecStart={_fetch_tls_command()}
+"""
+
+
+def render_refresh_timer() -> str:
+    """Daily, spread over an hour, and caught up after the node was off: a renewal starts 30 days before expiry."""
+    return f"""[Unit]
+Description=Daily refresh of the Foresight service's TLS certificate
+
+[Timer]
+OnCalendar=daily
+RandomizedDelaySec=1h
+Persistent=true
+Unit={REFRESH_UNIT}.service
+
+[Install]
+WantedBy=timers.target
+"""
+
+
 def render_unit(image: str) -> str:
     ports = " ".join(f"--publish {port}:{port}" for port in SERVICE_PORTS)
     docker_run = (
@@ -103,7 +144,7 @@ EnvironmentFile={ENV_FILE}
 RuntimeDirectory=foresight
 RuntimeDirectoryMode=0750
 ExecStartPre=/usr/bin/mountpoint -q {DATA_DIR}
-ExecStartPre=/usr/bin/python3 {INSTALL_DIR}/fetch_tls.py --out {HOST_TLS_DIR} --group {SERVICE_GID}
+ExecStartPre={_fetch_tls_command()}
 ExecStartPre=-/usr/bin/docker rm --force {CONTAINER_NAME}
 ExecStart={docker_run}
 ExecStop=/usr/bin/docker stop --time 30 {CONTAINER_NAME}
@@ -125,6 +166,7 @@ def render_user_data(boot: NodeBoot) -> str:
         ["systemctl", "restart", "docker.service"],
         ["systemctl", "daemon-reload"],
         ["systemctl", "enable", "--now", "foresight.service"],
+        ["systemctl", "enable", "--now", f"{REFRESH_UNIT}.timer"],
     ]
     if not boot.ssh_enabled:
         runcmd.insert(0, ["sh", "-c", "systemctl disable --now ssh.socket ssh.service || true"])
@@ -136,6 +178,8 @@ def render_user_data(boot: NodeBoot) -> str:
             _file(f"{INSTALL_DIR}/mount_data_volume.sh", (BOOT_DIR / "mount_data_volume.sh").read_text(), "0755"),
             _file(ENV_FILE, render_env_file(boot.environment), "0644"),
             _file(UNIT_FILE, render_unit(boot.image), "0644"),
+            _file(REFRESH_SERVICE_FILE, render_refresh_unit(), "0644"),
+            _file(REFRESH_TIMER_FILE, render_refresh_timer(), "0644"),
         ],
         "runcmd": runcmd,
     }

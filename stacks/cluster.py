@@ -10,19 +10,23 @@ node pool, one pod per node, behind one load balancer, all on a managed Valkey/R
 - `workload_spec` builds the `WorkloadSpec` from the stack spec (names known before deploying) and
   `deploy_time_settings` the ConfigMap entries only the cloud knows (the KMS key, the tier's endpoint);
 - the TLS certificate names the load balancer's address, which the cloud assigns once the Service exists, so
-  the certificate and its Vault secret come after the workload; the pods' TLS init container fails until the
-  secret is there and Kubernetes retries it.
+  the certificate and its Vault secret come after the Service; the pods' template carries the certificate's
+  digest (`CertificateRevision`), so the pods start once the secret holds it and roll whenever `pulumi up`
+  renews it (their TLS init container fetches it at start only).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_vault as vault
 
 from stacks.kubernetes.spec import WorkloadSpec
 from stacks.spec import StackSpec
+from stacks.tls import ServerTls
 from stacks.vault import JwtNodeAuth, NodeToken, VaultLayout, create_jwt_auth
 
 K8S_NAMESPACE = "foresight"
@@ -30,6 +34,32 @@ WORKLOAD_NAME = "foresight"
 VAULT_AUDIENCE = "vault"
 # Settings the cloud fills in at deploy time; `workload_spec` gives them a stand-in the spec's checks accept.
 DEPLOY_TIME = "deploy-time"
+# The pod template's annotation holding the SHA-256 of the served certificate (PEM).
+TLS_CERTIFICATE_ANNOTATION = "foresight.dev/tls-certificate-sha256"
+
+
+@dataclass(frozen=True)
+class CertificateRevision:
+    """The pods' certificate annotation, given to the workload before the certificate exists (the certificate
+    names the workload's load balancer) and settled once the certificate and its Vault secret do."""
+
+    annotations: Mapping[str, pulumi.Output[str]]
+    _resolve: Callable[[pulumi.Output[str]], None]
+
+    @classmethod
+    def pending(cls) -> CertificateRevision:
+        digest: pulumi.Output[str]
+        resolve: Callable[[pulumi.Output[str]], None]
+        digest, resolve = pulumi.deferred_output()
+        return cls({TLS_CERTIFICATE_ANNOTATION: digest}, resolve)
+
+    def settle(self, tls: ServerTls, secret: vault.kv.SecretV2) -> None:
+        """The certificate's digest, known once its Vault secret is written: pods rolled for it fetch it."""
+        self._resolve(
+            pulumi.Output.all(tls.server_cert.cert_pem, secret.id).apply(
+                lambda values: hashlib.sha256(str(values[0]).encode()).hexdigest()
+            )
+        )
 
 
 def service_account_subject() -> str:

@@ -64,6 +64,7 @@ CONFIG_KEYS = (
     "volumeSizeGb",
     "scaleOut",
     "nodes",
+    "redisPrivateDnsZoneId",
 )
 REQUIRED_KEYS = ("cloud", "allowedCidrs", "vaultAddress")
 _LIST_KEYS = frozenset({"allowedCidrs", "fallbackInstanceTypes", "subnetIds"})
@@ -136,6 +137,9 @@ class StackSpec(BaseModel):
     # Scale-out (stacks/cluster.py): a managed cluster's GPU pool of `nodes`, one pod each, on a shared tier.
     scale_out: bool = Field(default=False, alias="scaleOut")
     nodes: int = Field(default=2, ge=1, le=64)
+    # Azure scale-out on a given virtual network that already resolves privatelink.redis.cache.windows.net (a hub's
+    # zone): the tier's private endpoint registers in that zone instead of a new one (stacks/azure/tier.py).
+    redis_private_dns_zone_id: str | None = Field(default=None, alias="redisPrivateDnsZoneId")
     # A secret Output (never a plain string), kept out of the model's repr and dumps.
     vault_token: Any = Field(default=None, alias="vaultToken", exclude=True, repr=False)
 
@@ -300,6 +304,14 @@ class StackSpec(BaseModel):
                 config_key("allowedCidrs"),
                 "required with foresight:scaleOut: the cluster's load balancer admits these ranges only (give your "
                 "network's private range, e.g. 10.0.0.0/8, to keep it internal)",
+            )
+        if self.redis_private_dns_zone_id and not (
+            self.cloud == Cloud.AZURE and self.scale_out and self.bring_your_own_network
+        ):
+            raise ConfigError.one(
+                config_key("redisPrivateDnsZoneId"),
+                "only with foresight:cloud azure, foresight:scaleOut and foresight:vpcId: it names the existing "
+                "privatelink.redis.cache.windows.net zone a given virtual network already resolves through",
             )
         if self.scale_out and self.ssh_public_key:
             raise ConfigError.one(

@@ -1,8 +1,8 @@
 """AWS identity: the node's IAM role and instance profile, least privilege.
 
-The role may use its own KMS key (encrypt, decrypt, generate data keys, describe) and carries the AWS-managed
-AmazonSSMManagedInstanceCore policy for Session Manager; nothing else. Logging in to Vault needs no permission
-(it signs sts:GetCallerIdentity, which every principal may call).
+The role may use its own KMS key (encrypt, decrypt, generate data keys, describe, re-encrypt under it) and
+carries the AWS-managed AmazonSSMManagedInstanceCore policy for Session Manager; nothing else. Logging in to Vault
+needs no permission (it signs sts:GetCallerIdentity, which every principal may call).
 """
 
 from __future__ import annotations
@@ -15,8 +15,17 @@ import pulumi_aws as aws
 
 from stacks.spec import StackSpec
 
-# What the service's envelope encryption needs from its key, and all the role gets.
-KMS_ACTIONS = ("kms:Decrypt", "kms:DescribeKey", "kms:Encrypt", "kms:GenerateDataKey")
+# What the service's envelope encryption needs from its key, and all the role gets. ReEncryptFrom and ReEncryptTo
+# (kms:ReEncrypt*, named one by one) are its rewrap (service/security/kms/aws.py), which moves a data key between
+# key versions or keys without it ever leaving KMS; every statement scopes them to the stack's key.
+KMS_ACTIONS = (
+    "kms:Decrypt",
+    "kms:DescribeKey",
+    "kms:Encrypt",
+    "kms:GenerateDataKey",
+    "kms:ReEncryptFrom",
+    "kms:ReEncryptTo",
+)
 SSM_CORE_POLICY = "AmazonSSMManagedInstanceCore"
 
 

@@ -13,6 +13,7 @@ leave only to HTTPS (image registry, SSM, KMS, STS) and to Vault's port.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Any
@@ -61,8 +62,12 @@ class Endpoint:
         return self.load_balancer.dns_name
 
 
-def create_network(name: str, spec: StackSpec, parent: pulumi.Resource) -> Network:
-    """The VPC and subnets (yours, or new ones with their gateways), children of `parent`."""
+def create_network(
+    name: str, spec: StackSpec, parent: pulumi.Resource, lb_subnet_tags: Mapping[str, str] | None = None
+) -> Network:
+    """The VPC and subnets (yours, or new ones with their gateways), children of `parent`. `lb_subnet_tags` go
+    on the own load balancer subnets' own tags (an `aws.ec2.Tag` on a subnet that tags itself would be removed
+    by the subnet's next update); given subnets are left as they are."""
     if spec.vpc_id is not None:
         vpc = aws.ec2.get_vpc(id=spec.vpc_id, opts=pulumi.InvokeOptions(parent=parent))
         subnets = [pulumi.Output.from_input(subnet_id) for subnet_id in spec.subnet_ids]
@@ -75,10 +80,10 @@ def create_network(name: str, spec: StackSpec, parent: pulumi.Resource) -> Netwo
             lb_subnet_ids=subnets,
             node_public_ip=spec.public_endpoint,
         )
-    return _own_network(name, spec, parent)
+    return _own_network(name, spec, parent, lb_subnet_tags or {})
 
 
-def _own_network(name: str, spec: StackSpec, parent: pulumi.Resource) -> Network:
+def _own_network(name: str, spec: StackSpec, parent: pulumi.Resource, lb_subnet_tags: Mapping[str, str]) -> Network:
     opts = pulumi.ResourceOptions(parent=parent)
     zones = _zones_offering(spec, parent)
     vpc = aws.ec2.Vpc(
@@ -92,6 +97,8 @@ def _own_network(name: str, spec: StackSpec, parent: pulumi.Resource) -> Network
     gateway = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags=_tags(spec, f"{spec.name}-igw"), opts=opts)
     blocks = list(OWN_VPC_CIDR.subnets(new_prefix=20))
     public_subnets, private_subnets = [], []
+    public_tags = lb_subnet_tags if spec.public_endpoint else {}
+    private_tags = {} if spec.public_endpoint else lb_subnet_tags
     for index, zone in enumerate(zones):
         public_subnets.append(
             aws.ec2.Subnet(
@@ -100,7 +107,7 @@ def _own_network(name: str, spec: StackSpec, parent: pulumi.Resource) -> Network
                 cidr_block=str(blocks[index]),
                 availability_zone=zone,
                 map_public_ip_on_launch=False,
-                tags=_tags(spec, f"{spec.name}-public-{zone}"),
+                tags={**_tags(spec, f"{spec.name}-public-{zone}"), **public_tags},
                 opts=opts,
             )
         )
@@ -111,7 +118,7 @@ def _own_network(name: str, spec: StackSpec, parent: pulumi.Resource) -> Network
                 cidr_block=str(blocks[ZONE_COUNT + index]),
                 availability_zone=zone,
                 map_public_ip_on_launch=False,
-                tags=_tags(spec, f"{spec.name}-private-{zone}"),
+                tags={**_tags(spec, f"{spec.name}-private-{zone}"), **private_tags},
                 opts=opts,
             )
         )

@@ -2,8 +2,9 @@
 
 It creates, all as its children (stacks/cluster.py is the contract every cloud's scale-out keeps):
 - network (`network.py`, as the single node has it): the VPC with public and private subnets, or the given
-  ones; the own load balancer subnets are tagged for Kubernetes' load balancer discovery (the single node's
-  security groups belong to its endpoint; here EKS's cluster security group and the NLB's rules take their place);
+  ones; the own load balancer subnets carry the tag of Kubernetes' load balancer discovery in their own tags
+  (given subnets are their owner's to tag; the single node's security groups belong to its endpoint; here EKS's
+  cluster security group and the NLB's rules take their place);
 - kms (`kms.py`): the customer-managed key, with rotation; its policy lets the EKS control plane's role use it
   (Kubernetes secrets), and the Auto Scaling service role for the nodes' volumes;
 - cluster (`cluster.py`): the EKS cluster (secrets encrypted with the key, logs on, access entries only, the
@@ -45,6 +46,7 @@ from stacks.aws.tier import PORT as TIER_PORT
 from stacks.aws.tier import SharedTier, create_tier
 from stacks.cluster import (
     K8S_NAMESPACE,
+    CertificateRevision,
     create_cluster_vault_auth,
     deploy_time_settings,
     service_account_subject,
@@ -161,14 +163,14 @@ class ScaleOut(pulumi.ComponentResource):
         caller = aws.get_caller_identity(opts=invoke)
         layout = VaultLayout.for_spec(spec)
 
-        self.network = create_network(name, spec, parent=self)
+        role = PUBLIC_ELB_TAG if spec.public_endpoint else INTERNAL_ELB_TAG
+        self.network = create_network(name, spec, parent=self, lb_subnet_tags={role: "1"})
         if len(self.network.node_subnet_ids) < MIN_ZONES:
             raise ConfigError.one(
                 config_key("instanceType"),
                 f"{spec.instance_type} is offered in fewer than {MIN_ZONES} zones of {spec.region}; scale-out "
                 "needs two",
             )
-        self._tag_load_balancer_subnets(name, spec)
         cluster_role, cluster_role_policy = create_cluster_role(name, spec, partition, parent=self)
         node_key = create_key(name, spec, partition, caller.account_id, cluster_role.arn, parent=self)
         self.key = node_key.key
@@ -209,6 +211,7 @@ class ScaleOut(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         self._create_kubernetes(name, spec)
+        certificate = CertificateRevision.pending()
         self.workload = Workload(
             name,
             WorkloadArgs(
@@ -231,17 +234,19 @@ class ScaleOut(pulumi.ComponentResource):
                     tier_aws_cache=self.tier.replication_group.replication_group_id,
                 ),
                 service_account_annotations={ROLE_ARN_ANNOTATION: self.pods_role.arn},
+                pod_annotations=certificate.annotations,
                 # Its objects live in the namespace; the pods want their role's permissions and a disk to mount.
                 depends_on=[self.namespace, self.pods_policy, self.storage_class],
             ),
             opts=pulumi.ResourceOptions(parent=self),
         )
-        # The certificate names the load balancer, so TLS and its Vault secret come after the Service (the pods'
-        # init container retries until the secret is there).
+        # The certificate names the load balancer, so TLS and its Vault secret come after the Service; the pods
+        # come after both (their template carries the certificate's digest).
         self.tls = create_server_tls(
             name, common_name=spec.name, dns_names=self.workload.endpoint.apply(lambda host: [host]), parent=self
         )
         self.vault = create_shared_vault(name, spec, layout, self.tls.material, parent=self)
+        certificate.settle(self.tls, self.vault.tls_secret)
         self.vault_auth = create_cluster_vault_auth(
             name, spec, layout, self.eks.issuer, self.vault.node_policy, self.vault.provider, parent=self
         )
@@ -257,20 +262,6 @@ class ScaleOut(pulumi.ComponentResource):
             instance_id=self.eks.name,
         )
         self.register_outputs(self.outputs.as_dict())
-
-    def _tag_load_balancer_subnets(self, name: str, spec: StackSpec) -> None:
-        """Mark the own VPC's load balancer subnets for the cloud controller; given subnets are the owner's to tag."""
-        if spec.bring_your_own_network:
-            return
-        key = PUBLIC_ELB_TAG if spec.public_endpoint else INTERNAL_ELB_TAG
-        for index, subnet_id in enumerate(self.network.lb_subnet_ids):
-            aws.ec2.Tag(
-                f"{name}-lb-subnet-{index}",
-                resource_id=subnet_id,
-                key=key,
-                value="1",
-                opts=pulumi.ResourceOptions(parent=self),
-            )
 
     def _create_kubernetes(self, name: str, spec: StackSpec) -> None:
         """The provider (once the deployer is cluster admin), the namespace, the StorageClass, the device plugin."""

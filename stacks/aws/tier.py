@@ -14,6 +14,7 @@ It creates:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -37,15 +38,27 @@ COMMANDS = ("auth", "hello", "ping", "get", "pttl", "set", "del", "unlink", "sca
 POD_ACCESS_STRING = f"on ~{KEY_PATTERN} &{CHANNEL} -@all " + " ".join(f"+{command}" for command in COMMANDS)
 # A user off and without any permission: it exists only because every user group must hold a `default` user.
 DISABLED_ACCESS_STRING = "off -@all"
+ID_LENGTH = 40  # replication group, user and user group ids
+DIGEST_LENGTH = 8
 
 
-def elasticache_id(text: str) -> str:
-    """`text` as an ElastiCache id: a letter first, then lowercase letters, digits and single hyphens, at most
-    40 characters, no hyphen at the end."""
+def _cleaned(text: str) -> str:
+    """Lowercase letters, digits and single hyphens, a letter first, no hyphen at either end."""
     cleaned = re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text.lower())).strip("-")
-    if not cleaned[:1].isalpha():
-        cleaned = f"fs-{cleaned}"
-    return cleaned[:40].rstrip("-")
+    return cleaned if cleaned[:1].isalpha() else f"fs-{cleaned}"
+
+
+def elasticache_id(name: str, role: str = "") -> str:
+    """The ElastiCache id of `role` (a user's: "pods", "default"; "" for the group) in stack `name`: a letter
+    first, then lowercase letters, digits and single hyphens, at most 40 characters. `<name>-<role>` as it is
+    when it fits; else the name cut short, a digest of the full name and role, and the role's first letters, so
+    two roles of one stack, or two stacks with a long common prefix, never share an id in one account and region."""
+    full = _cleaned(f"{name}-{role}" if role else name)
+    if len(full) <= ID_LENGTH:
+        return full
+    digest = hashlib.sha256(f"{name}\0{role}".encode()).hexdigest()[:DIGEST_LENGTH]
+    suffix = f"-{digest}" + (f"-{_cleaned(role)[:3].rstrip('-')}" if role else "")
+    return f"{_cleaned(name)[: ID_LENGTH - len(suffix)].rstrip('-')}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -109,7 +122,7 @@ def create_tier(
         tags=spec.tags(),
         opts=opts,
     )
-    pods_id = elasticache_id(f"{spec.name}-pods")
+    pods_id = elasticache_id(spec.name, "pods")
     pods_user = aws.elasticache.User(
         f"{name}-tier-pods",
         user_id=pods_id,
@@ -122,7 +135,7 @@ def create_tier(
     )
     default_user = aws.elasticache.User(
         f"{name}-tier-default",
-        user_id=elasticache_id(f"{spec.name}-default"),
+        user_id=elasticache_id(spec.name, "default"),
         user_name="default",
         engine=ENGINE,
         access_string=DISABLED_ACCESS_STRING,

@@ -8,8 +8,11 @@ It creates, as children of the calling component (`scale_out.py`):
   (`list_managed_cluster_admin_credentials` fails on it). Its OIDC issuer and workload identity are on; node OS
   disks are encrypted through the stack's disk encryption set (the Key Vault key); Azure CNI overlay with the
   Cilium dataplane enforces NetworkPolicy; a system pool of `SYSTEM_NODES` x `SYSTEM_VM_SIZE`; the stable
-  upgrade channel and weekly node image upgrades. Its API server admits only `foresight:allowedCidrs` when the
-  stack is public, and is private (reachable from the virtual network only) when the stack is private;
+  upgrade channel and weekly node image upgrades. Its API server admits only `foresight:allowedCidrs` and the
+  nodes' own egress address (the NAT gateway's, which AKS does not add by itself: without it the nodes cannot
+  reach their control plane and never join) when the stack is public, and is private (reachable from the
+  virtual network only) when the stack is private. A given network's egress address must be in
+  `foresight:allowedCidrs`;
 - the GPU pool (mode User): `foresight:nodes` x `foresight:instanceType`, Spot when `foresight:spot`, with
   the NVIDIA driver that AKS installs, tainted `nvidia.com/gpu` and labelled `GPU_POOL_LABELS` (the workload's
   node selector);
@@ -98,7 +101,9 @@ def create_cluster(
     subscription_id: str,
     deployer_object_id: str,
     parent: pulumi.Resource,
+    egress_cidr: pulumi.Input[str] | None = None,
 ) -> AksCluster:
+    """The cluster; `egress_cidr` is the own network's NAT address (None for a given network)."""
     opts = pulumi.ResourceOptions(parent=parent)
     identity = azure.managedidentity.UserAssignedIdentity(
         f"{name}-control-plane",
@@ -122,8 +127,9 @@ def create_cluster(
         )
     ]
     if spec.public_endpoint:
+        allowed: list[pulumi.Input[str]] = [str(cidr) for cidr in spec.allowed_cidrs]
         api_server = azure.containerservice.ManagedClusterAPIServerAccessProfileArgs(
-            authorized_ip_ranges=[str(cidr) for cidr in spec.allowed_cidrs]
+            authorized_ip_ranges=[*allowed, *([egress_cidr] if egress_cidr is not None else [])]
         )
     else:
         api_server = azure.containerservice.ManagedClusterAPIServerAccessProfileArgs(enable_private_cluster=True)

@@ -34,7 +34,9 @@ from stacks.tls import create_server_tls
 from stacks.vault import VaultLayout, create_shared_vault
 
 COMPONENT_TYPE = "foresight:azure:GpuNode"
-CUSTOM_DATA_LIMIT_BYTES = 64 * 1024  # Azure's limit on custom data, before base64
+# Azure's limit on custom data: "the base-64 encoded string is decoded to a binary array ... The maximum length
+# of the binary array is 65535 bytes" (the Compute API's OSProfile.customData).
+CUSTOM_DATA_LIMIT_BYTES = 65535
 
 
 @dataclass(frozen=True)

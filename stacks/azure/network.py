@@ -117,6 +117,12 @@ class VirtualNetwork:
     vnet: azure.network.VirtualNetwork
     subnet: azure.network.Subnet
     nat_gateway: azure.network.NatGateway
+    nat_address: azure.network.PublicIPAddress
+
+    @property
+    def egress_cidr(self) -> pulumi.Output[str]:
+        """The one address everything in the subnet leaves from, as a /32."""
+        return self.nat_address.ip_address.apply(lambda address: f"{address}/32")
 
 
 def create_virtual_network(
@@ -160,7 +166,7 @@ def create_virtual_network(
         default_outbound_access=False,
         opts=opts,
     )
-    return VirtualNetwork(vnet=vnet, subnet=subnet, nat_gateway=nat_gateway)
+    return VirtualNetwork(vnet=vnet, subnet=subnet, nat_gateway=nat_gateway, nat_address=nat_address)
 
 
 def _security_group(
@@ -222,11 +228,14 @@ def _security_group(
     )
 
 
-def dns_label(spec: StackSpec) -> str:
-    """The public address's DNS label (`<label>.<region>.cloudapp.azure.com`): unique in the region for this
-    project and stack, lowercase letters, digits and hyphens, starting with a letter, at most 63 characters."""
+def dns_label(spec: StackSpec, subscription_id: str) -> str:
+    """The public address's DNS label (`<label>.<region>.cloudapp.azure.com`): lowercase letters, digits and
+    hyphens, starting with a letter, at most 63 characters. Labels are unique in a region across all of Azure, and
+    every deployment's project is `foresight`, so the digest covers the subscription as well as the stack: two
+    customers' `azure-prod` stacks in one region get two labels."""
     stem = re.sub(r"[^a-z0-9-]", "-", spec.name.lower()).strip("-")[:48]
-    return f"{stem}-{hashlib.sha256(spec.name.encode()).hexdigest()[:8]}"
+    digest = hashlib.sha256(f"{subscription_id.lower()}/{spec.name}".encode()).hexdigest()[:8]
+    return f"{stem}-{digest}"
 
 
 def create_endpoint(
@@ -260,7 +269,9 @@ def create_endpoint(
             location=spec.region,
             sku=azure.network.PublicIPAddressSkuArgs(name="Standard"),
             public_ip_allocation_method="Static",
-            dns_settings=azure.network.PublicIPAddressDnsSettingsArgs(domain_name_label=dns_label(spec)),
+            dns_settings=azure.network.PublicIPAddressDnsSettingsArgs(
+                domain_name_label=dns_label(spec, subscription_id)
+            ),
             tags=spec.tags(),
             opts=opts,
         )

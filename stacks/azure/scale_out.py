@@ -39,8 +39,14 @@ from stacks.azure.cluster import (
 from stacks.azure.compute import check_instance_types
 from stacks.azure.kms import create_key
 from stacks.azure.network import check_network_ids, create_virtual_network, dns_label
-from stacks.azure.tier import TLS_PORT, create_tier
-from stacks.cluster import K8S_NAMESPACE, create_cluster_vault_auth, deploy_time_settings, workload_spec
+from stacks.azure.tier import TLS_PORT, check_private_dns_zone_id, create_tier
+from stacks.cluster import (
+    K8S_NAMESPACE,
+    CertificateRevision,
+    create_cluster_vault_auth,
+    deploy_time_settings,
+    workload_spec,
+)
 from stacks.kubernetes.component import Workload, WorkloadArgs, create_device_plugin
 from stacks.spec import HTTPS_PORT, RESP_PORT, ConfigError, StackOutputs, StackSpec, config_key
 from stacks.tls import create_server_tls
@@ -71,6 +77,7 @@ class ScaleOutArgs:
     def from_spec(cls, spec: StackSpec) -> ScaleOutArgs:
         check_instance_types(spec)
         check_network_ids(spec)
+        check_private_dns_zone_id(spec)
         if spec.fallback_instance_types:
             raise ConfigError.one(
                 config_key("fallbackInstanceTypes"),
@@ -79,9 +86,9 @@ class ScaleOutArgs:
         return cls(spec=spec)
 
 
-def cloudapp_fqdn(spec: StackSpec) -> str:
+def cloudapp_fqdn(spec: StackSpec, subscription_id: str) -> str:
     """The public load balancer address's name: the DNS label AKS gives it, in the cluster's region."""
-    return f"{dns_label(spec)}.{spec.region}.cloudapp.azure.com"
+    return f"{dns_label(spec, subscription_id)}.{spec.region}.cloudapp.azure.com"
 
 
 class ScaleOut(pulumi.ComponentResource):
@@ -105,6 +112,7 @@ class ScaleOut(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
 
         self.group = azure.resources.ResourceGroup(f"{name}-rg", location=spec.region, tags=spec.tags(), opts=child)
+        egress_cidr: pulumi.Output[str] | None = None
         if spec.vpc_id is not None:
             self.virtual_network = None
             subnet_id: pulumi.Input[str] = spec.subnet_ids[0]
@@ -112,6 +120,7 @@ class ScaleOut(pulumi.ComponentResource):
         else:
             self.virtual_network = create_virtual_network(name, spec, self.group, parent=self)
             subnet_id, vnet_id = self.virtual_network.subnet.id, self.virtual_network.vnet.id
+            egress_cidr = self.virtual_network.egress_cidr
         self.pod_identity = create_pod_identity(name, spec, self.group, parent=self)
         self.key = create_key(
             name,
@@ -132,6 +141,7 @@ class ScaleOut(pulumi.ComponentResource):
             subscription_id=client.subscription_id,
             deployer_object_id=client.object_id,
             parent=self,
+            egress_cidr=egress_cidr,
         )
         self.federated_credential = federate_pod_identity(
             name, self.group, self.pod_identity, self.cluster.oidc_issuer, parent=self
@@ -172,13 +182,18 @@ class ScaleOut(pulumi.ComponentResource):
         )
 
         public = spec.public_endpoint
-        service_annotations = {DNS_LABEL_ANNOTATION: dns_label(spec)} if public else {INTERNAL_LB_ANNOTATION: "true"}
+        service_annotations = (
+            {DNS_LABEL_ANNOTATION: dns_label(spec, client.subscription_id)}
+            if public
+            else {INTERNAL_LB_ANNOTATION: "true"}
+        )
         settings = deploy_time_settings(
             kms_key_id=self.key.key.key_uri,
             tier_url=self.tier.url,
             tier_auth="azure",
             tier_username=self.pod_identity.principal_id,
         )
+        certificate = CertificateRevision.pending()
         self.workload = Workload(
             f"{name}-workload",
             WorkloadArgs(
@@ -196,6 +211,7 @@ class ScaleOut(pulumi.ComponentResource):
                 provider=self.kubernetes,
                 settings=settings,
                 service_account_annotations={CLIENT_ID_ANNOTATION: self.pod_identity.client_id},
+                pod_annotations=certificate.annotations,
                 # The pods start once their namespace, disks, GPUs and every permission they use exist.
                 depends_on=[
                     self.namespace,
@@ -212,7 +228,7 @@ class ScaleOut(pulumi.ComponentResource):
         )
 
         if public:
-            fqdn = cloudapp_fqdn(spec)
+            fqdn = cloudapp_fqdn(spec, client.subscription_id)
             endpoint_host = self.workload.endpoint.apply(lambda _address: fqdn)  # named once the address exists
             self.tls = create_server_tls(name, common_name=spec.name, dns_names=[fqdn], parent=self)
         else:
@@ -224,6 +240,7 @@ class ScaleOut(pulumi.ComponentResource):
                 parent=self,
             )
         self.vault = create_shared_vault(name, spec, layout, self.tls.material, parent=self)
+        certificate.settle(self.tls, self.vault.tls_secret)
         self.vault_auth = create_cluster_vault_auth(
             name,
             spec,

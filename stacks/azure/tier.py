@@ -6,7 +6,9 @@ It creates, as children of the calling component (`scale_out.py`):
   `allkeys-lru` eviction, since the tier is a cache of the origin;
 - a private endpoint for it in the cluster's node subnet, and the private DNS zone
   `privatelink.redis.cache.windows.net` linked to the virtual network, so the cache's own host name resolves to
-  the endpoint's private address from the pods (and its certificate still matches);
+  the endpoint's private address from the pods (and its certificate still matches). A virtual network cannot be
+  linked to two zones of that name, so on a given network that already resolves it (a hub's zone),
+  `foresight:redisPrivateDnsZoneId` names that zone: the endpoint registers there, and no zone or link is made;
 - a custom access policy that allows the commands of service/shared_tier.py on keys under `fs:` and nothing else,
   assigned to the pods' managed identity (object id), which is the user name the pods present with their token.
 
@@ -23,12 +25,13 @@ stack's key are encrypted by the service itself.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_azure_native as azure
 
-from stacks.spec import StackSpec
+from stacks.spec import ConfigError, StackSpec, config_key
 
 SKU = azure.redis.SkuArgs(name="Standard", family="C", capacity=1)
 TLS_PORT = 6380
@@ -40,6 +43,22 @@ ACCESS_POLICY_COMMANDS = ("ping", "get", "pttl", "set", "del", "unlink", "scan",
 KEY_PATTERN = "fs:*"
 ACCESS_POLICY_PERMISSIONS = " ".join([*(f"+{command}" for command in ACCESS_POLICY_COMMANDS), f"~{KEY_PATTERN}"])
 ACCESS_POLICY = "foresight-node"
+_ZONE_ID_RE = re.compile(
+    r"/subscriptions/[0-9a-fA-F-]{36}/resourceGroups/[-\w.()]{1,90}/providers/Microsoft\.Network/privateDnsZones/"
+    + re.escape(PRIVATE_DNS_ZONE),
+    re.IGNORECASE,
+)
+
+
+def check_private_dns_zone_id(spec: StackSpec) -> None:
+    """A given zone is a private DNS zone of exactly the name the cache's private endpoint registers in."""
+    zone_id = spec.redis_private_dns_zone_id
+    if zone_id is not None and not _ZONE_ID_RE.fullmatch(zone_id):
+        raise ConfigError.one(
+            config_key("redisPrivateDnsZoneId"),
+            f"{zone_id!r} is not the resource id of a {PRIVATE_DNS_ZONE} zone "
+            f"(/subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.Network/privateDnsZones/{PRIVATE_DNS_ZONE})",
+        )
 
 
 @dataclass(frozen=True)
@@ -48,9 +67,10 @@ class SharedTier:
     access_policy: azure.redis.AccessPolicy
     access_assignment: azure.redis.AccessPolicyAssignment
     private_endpoint: azure.network.PrivateEndpoint
-    dns_zone: azure.privatedns.PrivateZone
-    dns_link: azure.privatedns.VirtualNetworkLink
     dns_zone_group: azure.network.PrivateDnsZoneGroup
+    # The stack's own zone and its link to the network; None where foresight:redisPrivateDnsZoneId names one.
+    dns_zone: azure.privatedns.PrivateZone | None = None
+    dns_link: azure.privatedns.VirtualNetworkLink | None = None
 
     @property
     def url(self) -> pulumi.Output[str]:
@@ -113,6 +133,41 @@ def create_tier(
         tags=spec.tags(),
         opts=opts,
     )
+    dns_zone, dns_link = None, None
+    zone_id: pulumi.Input[str]
+    if spec.redis_private_dns_zone_id is not None:
+        zone_id = spec.redis_private_dns_zone_id
+    else:
+        dns_zone, dns_link = _own_dns_zone(name, spec, group, vnet_id, parent)
+        zone_id = dns_zone.id
+    dns_zone_group = azure.network.PrivateDnsZoneGroup(
+        f"{name}-tier-dns-group",
+        resource_group_name=group.name,
+        private_endpoint_name=private_endpoint.name,
+        private_dns_zone_configs=[azure.network.PrivateDnsZoneConfigArgs(name="redis", private_dns_zone_id=zone_id)],
+        # The records go in once the zone resolves for the network.
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=[dns_link] if dns_link is not None else []),
+    )
+    return SharedTier(
+        cache=cache,
+        access_policy=access_policy,
+        access_assignment=access_assignment,
+        private_endpoint=private_endpoint,
+        dns_zone_group=dns_zone_group,
+        dns_zone=dns_zone,
+        dns_link=dns_link,
+    )
+
+
+def _own_dns_zone(
+    name: str,
+    spec: StackSpec,
+    group: azure.resources.ResourceGroup,
+    vnet_id: pulumi.Input[str],
+    parent: pulumi.Resource,
+) -> tuple[azure.privatedns.PrivateZone, azure.privatedns.VirtualNetworkLink]:
+    """The zone the cache's private endpoint registers in, linked to the network the pods resolve from."""
+    opts = pulumi.ResourceOptions(parent=parent)
     dns_zone = azure.privatedns.PrivateZone(
         f"{name}-tier-dns",
         resource_group_name=group.name,
@@ -131,21 +186,4 @@ def create_tier(
         tags=spec.tags(),
         opts=opts,
     )
-    dns_zone_group = azure.network.PrivateDnsZoneGroup(
-        f"{name}-tier-dns-group",
-        resource_group_name=group.name,
-        private_endpoint_name=private_endpoint.name,
-        private_dns_zone_configs=[
-            azure.network.PrivateDnsZoneConfigArgs(name="redis", private_dns_zone_id=dns_zone.id)
-        ],
-        opts=opts,
-    )
-    return SharedTier(
-        cache=cache,
-        access_policy=access_policy,
-        access_assignment=access_assignment,
-        private_endpoint=private_endpoint,
-        dns_zone=dns_zone,
-        dns_link=dns_link,
-        dns_zone_group=dns_zone_group,
-    )
+    return dns_zone, dns_link

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Fetch this node's TLS material from Vault with the machine's cloud identity, before every service start.
+"""Fetch this node's TLS material from Vault with the machine's cloud identity, at every service start and daily.
 
 cloud-init installs this file on the node and systemd runs it (ExecStartPre) with the settings of
 /etc/foresight/foresight.env: FORESIGHT_VAULT_ADDR, FORESIGHT_VAULT_AUTH_METHOD, FORESIGHT_VAULT_AUTH_MOUNT,
 FORESIGHT_VAULT_ROLE, FORESIGHT_VAULT_KV_MOUNT and FORESIGHT_TLS_VAULT_PATH. It logs in, reads the KV v2
-secret, writes ca.pem, tls.crt and tls.key into --out (mode 0640, group --group), and revokes its token.
+secret, writes ca.pem, tls.crt and tls.key into --out (mode 0640, group --group; each file replaced whole), and
+revokes its token. A daily timer runs it again while the service runs, so a renewed certificate reaches it.
 
 Login methods (FORESIGHT_VAULT_AUTH_METHOD):
   aws  Vault's IAM auth method, with an sts:GetCallerIdentity request signed by the instance role's IMDSv2
@@ -31,6 +32,7 @@ import hmac
 import json
 import os
 import sys
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -309,20 +311,26 @@ def read_tls_material(settings: Mapping[str, str], token: str) -> dict[str, str]
 
 
 def write_tls_files(out_dir: Path, material: Mapping[str, str], group: int | None) -> None:
-    """Write each file atomically, 0640 (root and `group` may read), in a 0750 directory."""
+    """Write each file atomically, 0640 (root and `group` may read), in a 0750 directory.
+
+    Each file is written under a name of its own and renamed over the old one, so a reader (the service's hot
+    reload) sees the old file or the new one, never part of one; two runs at once (the daily refresh and a
+    service start) each rename only their own files."""
     out_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     if group is not None:
         os.chown(out_dir, -1, group)
     for field, file_name in TLS_FILES.items():
-        target = out_dir / file_name
-        staging = out_dir / f".{file_name}.tmp"
-        staging.unlink(missing_ok=True)
-        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        with os.fdopen(fd, "w") as handle:
-            if group is not None:
-                os.fchown(handle.fileno(), -1, group)
-            handle.write(material[field])
-        os.replace(staging, target)
+        fd, staging = tempfile.mkstemp(prefix=f".{file_name}.", dir=out_dir)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                os.fchmod(handle.fileno(), 0o640)
+                if group is not None:
+                    os.fchown(handle.fileno(), -1, group)
+                handle.write(material[field])
+            os.replace(staging, out_dir / file_name)
+        except BaseException:
+            Path(staging).unlink(missing_ok=True)
+            raise
 
 
 def fetch(settings: Mapping[str, str], out_dir: Path, group: int | None) -> None:

@@ -31,6 +31,7 @@ import pulumi_kubernetes as k8s
 
 from stacks.cluster import (
     K8S_NAMESPACE,
+    CertificateRevision,
     create_cluster_vault_auth,
     deploy_time_settings,
     workload_spec,
@@ -190,6 +191,7 @@ class ScaleOut(pulumi.ComponentResource):
             extra_egress_ports=METADATA_PORTS,
             shared_tier_ca_config_map=CA_CONFIG_MAP,
         )
+        certificate = CertificateRevision.pending()
         self.workload = Workload(
             name,
             WorkloadArgs(
@@ -197,6 +199,7 @@ class ScaleOut(pulumi.ComponentResource):
                 provider=self.kubernetes,
                 settings=deploy_time_settings(kms_key_id=key_id, tier_url=self.tier.url, tier_auth="gcp"),
                 service_account_annotations={WORKLOAD_IDENTITY_ANNOTATION: self.identity.pod_email},
+                pod_annotations=certificate.annotations,
                 # The pods start once their namespace, disks, tier CA, GPUs and every grant they use exist.
                 depends_on=[
                     self.namespace,
@@ -215,6 +218,7 @@ class ScaleOut(pulumi.ComponentResource):
             name, common_name=spec.name, ip_addresses=self.workload.endpoint.apply(lambda host: [host]), parent=self
         )
         self.vault = create_shared_vault(name, spec, layout, self.tls.material, parent=self)
+        certificate.settle(self.tls, self.vault.tls_secret)
         self.vault_auth = create_cluster_vault_auth(
             name,
             spec,

@@ -4,8 +4,12 @@ It creates, all as its children (and through `WorkloadArgs.provider` when one is
 `manifests.render` renders, each dict as the matching pulumi_kubernetes typed resource:
 - a ServiceAccount without an API token, and the ConfigMap of the service's settings;
 - a NetworkPolicy (ingress on the service ports from allowedCidrs; egress to DNS, HTTPS, Vault, the shared tier);
-- a headless Service for the StatefulSet and the LoadBalancer Service of the service ports;
-- the StatefulSet (TLS init container, GPU service container, one data volume per pod);
+- a headless Service for the StatefulSet and the LoadBalancer Service of the service ports, which Pulumi waits
+  for until the cloud gives it an address (not for its pods: they wait for the certificate naming that address);
+- the StatefulSet (TLS init container, GPU service container, one data volume per pod), which Pulumi waits for
+  up to `STATEFUL_SET_TIMEOUTS` (a first GPU node and a multi-GB image pull take longer than the default 10
+  minutes); `WorkloadArgs.pod_annotations` roll its pods when they change (the stacks pass the certificate's
+  digest, so a renewed certificate reaches every pod);
 - a PodDisruptionBudget of one pod.
 Its outputs are the load balancer's address (hostname or IP), the namespace and the name. This is the only
 module of stacks/kubernetes that imports pulumi_kubernetes, so rendering YAML never needs it.
@@ -28,6 +32,16 @@ from stacks.spec import HTTPS_PORT, RESP_PORT
 
 COMPONENT_TYPE = "foresight:kubernetes:Workload"
 T = TypeVar("T")
+# A first rollout waits for a GPU node, the image pull and the TLS init container; an update replaces the pods one
+# at a time, each drained, restarted and probed (up to 10 minutes of startup probe on a cold volume).
+CREATE_TIMEOUT_MINUTES = 30
+UPDATE_MINUTES_PER_POD = 15
+
+
+def stateful_set_timeouts(replicas: int) -> pulumi.CustomTimeouts:
+    """How long Pulumi waits for the StatefulSet to be ready after a create or an update."""
+    update = max(CREATE_TIMEOUT_MINUTES, UPDATE_MINUTES_PER_POD * replicas)
+    return pulumi.CustomTimeouts(create=f"{CREATE_TIMEOUT_MINUTES}m", update=f"{update}m")
 
 # (apiVersion, kind) -> the typed resource; a manifest of any other kind is a bug in the renderer.
 RESOURCE_TYPES: dict[tuple[str, str], Callable[..., pulumi.CustomResource]] = {
@@ -45,13 +59,16 @@ class WorkloadArgs:
     """The validated spec, and the cluster's provider (None: the stack's default kubeconfig).
 
     A stack knows some values only once the cloud has made them (the KMS key's ARN, the shared tier's endpoint,
-    the pods' cloud role): `settings` adds or replaces those ConfigMap entries and `service_account_annotations`
-    those annotations, as Pulumi inputs. The spec holds what is known before (names, ports, the shape)."""
+    the pods' cloud role, the certificate): `settings` adds or replaces those ConfigMap entries,
+    `service_account_annotations` and `pod_annotations` those annotations, as Pulumi inputs. The spec holds what
+    is known before (names, ports, the shape)."""
 
     spec: WorkloadSpec
     provider: k8s.Provider | None = None
     settings: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     service_account_annotations: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    # Added to the pod template's annotations: a change rolls every pod (a renewed certificate, for one).
+    pod_annotations: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     # What every object waits for (its namespace, the disks' StorageClass, the pods' cloud permissions): a
     # component's children do not inherit the component's own depends_on.
     depends_on: Sequence[pulumi.Resource] = ()
@@ -80,9 +97,19 @@ class Workload(pulumi.ComponentResource):
             if kind == "ServiceAccount" and args.service_account_annotations:
                 annotations = manifest["metadata"].get("annotations", {})
                 manifest["metadata"]["annotations"] = {**annotations, **args.service_account_annotations}
-            # The pods come last and wait for what they read, so a first rollout never starts without them.
-            after = list(children.values()) if kind == "StatefulSet" else []
-            options = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[*args.depends_on, *after])
+            after: list[pulumi.Resource] = []
+            timeouts = None
+            if kind == "StatefulSet":
+                if args.pod_annotations:
+                    template = manifest["spec"]["template"]["metadata"]
+                    template["annotations"] = {**template.get("annotations", {}), **args.pod_annotations}
+                # The pods come last and wait for what they read, so a first rollout never starts without them;
+                # nothing in a pod reads the load balancer, and the stacks' certificate already waits for it.
+                after = [child for key, child in children.items() if key != ("Service", spec.name)]
+                timeouts = stateful_set_timeouts(spec.replicas)
+            options = pulumi.ResourceOptions(
+                parent=self, provider=args.provider, depends_on=[*args.depends_on, *after], custom_timeouts=timeouts
+            )
             resource_type = RESOURCE_TYPES[(manifest["apiVersion"], kind)]
             children[(kind, object_name)] = resource_type(
                 f"{name}-{kind.lower()}-{object_name}", opts=options, **_resource_args(manifest)

@@ -5,7 +5,8 @@ What comes out, in apply order (docs/kubernetes.md says why each choice):
 - ConfigMap: the non-secret FORESIGHT_* settings, the same ones the VM stacks write to foresight.env.
 - NetworkPolicy: ingress only on the service ports from allowedCidrs; egress only to DNS, HTTPS, Vault and the
   shared tier.
-- Services: a headless one naming the StatefulSet's pods, and the LoadBalancer exposing exactly SERVICE_PORTS.
+- Services: a headless one naming the StatefulSet's pods, and the LoadBalancer exposing exactly SERVICE_PORTS
+  (rendered for Pulumi, it tells the provider to wait for its address only, `WAIT_FOR_ADDRESS`).
 - StatefulSet: per-pod encrypted-data volume, an init container fetching TLS from Vault (the VM's
   fetch_tls.py, run from the image) into memory, the hardened service container with the GPU.
 - PodDisruptionBudget: a voluntary disruption takes at most one pod at a time.
@@ -29,6 +30,10 @@ from stacks.kubernetes.spec import WorkloadSpec
 from stacks.spec import HTTPS_PORT, RESP_PORT, SERVICE_PORTS
 
 Manifest = dict[str, Any]
+# pulumi-kubernetes (4.18 and later) waits for exactly this instead of its own Service check, which also wants
+# every selected pod ready: the pods wait for the certificate that names this address, so that would deadlock.
+WAIT_FOR_ANNOTATION = "pulumi.com/waitFor"
+WAIT_FOR_ADDRESS = "jsonpath={.status.loadBalancer.ingress[0]}"
 
 
 def render(spec: WorkloadSpec, *, managed_by: str = "foresight") -> list[Manifest]:
@@ -140,10 +145,13 @@ def _headless_service(spec: WorkloadSpec, managed_by: str) -> Manifest:
 
 
 def _load_balancer(spec: WorkloadSpec, managed_by: str) -> Manifest:
+    annotations = dict(spec.service_annotations)
+    if managed_by == "pulumi":
+        annotations[WAIT_FOR_ANNOTATION] = WAIT_FOR_ADDRESS
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(spec, managed_by, annotations=spec.service_annotations),
+        "metadata": _metadata(spec, managed_by, annotations=annotations),
         "spec": {
             "type": "LoadBalancer",
             # Local: the client's address reaches the pod (so the NetworkPolicy's ipBlocks hold) and no node

@@ -45,7 +45,11 @@ AZURE_PLATFORM_KEY = "EncryptionAtRestWithPlatformKey"
 AWS_MANAGED_EBS_KEYS = ("alias/aws/ebs",)
 
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
+LAUNCH_CONFIGURATION = "aws:ec2/launchConfiguration:LaunchConfiguration"
 INSTANCE = "aws:ec2/instance:Instance"
+# Root device names of the AMIs an instance boots (Ubuntu and Windows: /dev/sda1; Amazon Linux and most others:
+# /dev/xvda). A launch template without a mapping for it leaves the root volume as the AMI says, not under the key.
+ROOT_DEVICE_NAMES = ("/dev/sda1", "/dev/xvda")
 VOLUME = "aws:ebs/volume:Volume"
 KMS_KEY = "aws:kms/key:Key"
 AUTOSCALING_GROUP = "aws:autoscaling/group:Group"
@@ -197,6 +201,31 @@ def _volumes(resource_type: str, props: Mapping[str, Any]) -> Iterator[tuple[str
         yield "volume", props
 
 
+def _launch_template_root_problem(props: Mapping[str, Any]) -> str | None:
+    """A launch template's root volume is the AMI's unless a mapping names the root device."""
+    mapped = {mapping.get("deviceName") for mapping in _list(props.get("blockDeviceMappings")) if "ebs" in mapping}
+    if mapped & set(ROOT_DEVICE_NAMES):
+        return None
+    return (
+        f"launch template maps no root device ({', '.join(ROOT_DEVICE_NAMES)}), so the root volume is the AMI's, "
+        "not under a customer-managed key; add a blockDeviceMappings entry for it with encrypted and kmsKeyId."
+    )
+
+
+def _launch_configuration_problems(props: Mapping[str, Any]) -> Iterator[str]:
+    """A launch configuration cannot name a KMS key for any of its volumes: at best they use the account's default."""
+    volumes = [("root volume", _dict(props.get("rootBlockDevice")))]
+    for device in _list(props.get("ebsBlockDevices")):
+        volumes.append((f"volume {device.get('deviceName', '?')}", _dict(device)))
+    for what, device in volumes:
+        if not _truthy(device.get("encrypted")):
+            yield f"{what} is not encrypted."
+    yield (
+        "launch configuration cannot give its volumes a customer-managed KMS key; use a launch template whose "
+        "blockDeviceMappings set kmsKeyId."
+    )
+
+
 def _gcp_disks(resource_type: str, props: Mapping[str, Any]) -> Iterator[tuple[str, str, Any]]:
     """(which disk, the property that names its Cloud KMS key, that key) of every Google Cloud disk."""
     if resource_type == GCP_INSTANCE_TEMPLATE:
@@ -211,9 +240,18 @@ def _gcp_disks(resource_type: str, props: Mapping[str, Any]) -> Iterator[tuple[s
             yield what, "kmsKeySelfLink", disk.get("kmsKeySelfLink")
     elif resource_type == GCP_DISK:
         yield "disk", "diskEncryptionKey.kmsKeySelfLink", _dict(props.get("diskEncryptionKey")).get("kmsKeySelfLink")
-    elif resource_type in (GCP_CLUSTER, GCP_NODE_POOL) and "nodeConfig" in props:
+    elif resource_type == GCP_NODE_POOL or (resource_type == GCP_CLUSTER and not _truthy(props.get("enableAutopilot"))):
+        # Without a nodeConfig a pool's (and a standard cluster's default pool's) boot disks use Google's key.
         key = _dict(props.get("nodeConfig")).get("bootDiskKmsKey")
         yield "node boot disk", "nodeConfig.bootDiskKmsKey", key
+        for index, pool in enumerate(_list(props.get("nodePools"))):
+            pool_key = _dict(_dict(pool).get("nodeConfig")).get("bootDiskKmsKey")
+            what = f"node pool {_dict(pool).get('name') or index} boot disk"
+            yield what, f"nodePools[{index}].nodeConfig.bootDiskKmsKey", pool_key
+    elif resource_type == GCP_CLUSTER:
+        defaults = _dict(_dict(props.get("clusterAutoscaling")).get("autoProvisioningDefaults"))
+        key_property = "clusterAutoscaling.autoProvisioningDefaults.bootDiskKmsKey"
+        yield "Autopilot node boot disk", key_property, defaults.get("bootDiskKmsKey")
 
 
 def _azure_vm_profile(resource_type: str, props: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -262,6 +300,11 @@ def check_volumes_encrypted(args: ResourceValidationArgs, report: ReportViolatio
         problem = _ebs_problem(ebs)
         if problem:
             report(f"{what} {problem}.", None)
+    if args.resource_type == LAUNCH_TEMPLATE and (root_problem := _launch_template_root_problem(args.props)):
+        report(root_problem, None)
+    if args.resource_type == LAUNCH_CONFIGURATION:
+        for message in _launch_configuration_problems(args.props):
+            report(message, None)
     for what, key_property, key in _gcp_disks(args.resource_type, args.props):
         if not key:
             report(f"{what} is encrypted with Google's default key; set {key_property} to a Cloud KMS key.", None)
@@ -351,7 +394,7 @@ def check_imdsv2(args: ResourceValidationArgs, report: ReportViolation) -> None:
     """AWS only: Google Cloud and Azure have no IMDSv1 to turn off, their metadata servers always require a header."""
     if _node_group_without_template(args.resource_type, args.props):
         report("node group has no launch template; give it one with metadataOptions.httpTokens 'required'.", None)
-    if args.resource_type not in (LAUNCH_TEMPLATE, INSTANCE):
+    if args.resource_type not in (LAUNCH_TEMPLATE, LAUNCH_CONFIGURATION, INSTANCE):
         return
     options = _dict(args.props.get("metadataOptions"))
     if options.get("httpEndpoint") == "disabled":
@@ -380,6 +423,8 @@ def _ingress_rules(resource_type: str, props: Mapping[str, Any]) -> Iterator[tup
         yield str(props.get("ipProtocol")), props.get("fromPort"), props.get("toPort"), cidrs
     elif resource_type == GCP_FIREWALL and _gcp_firewall_admits(props):
         cidrs = _list(props.get("sourceRanges"))
+        if not cidrs and not _list(props.get("sourceTags")) and not _list(props.get("sourceServiceAccounts")):
+            cidrs = ["0.0.0.0/0"]  # an ingress rule with no source at all applies to every source
         for allow in _list(props.get("allows")):
             for low, high in _port_ranges(allow.get("ports")):
                 yield str(allow.get("protocol")).lower(), low, high, cidrs
@@ -418,6 +463,7 @@ def _port_ranges(ports: Any) -> list[tuple[int, int]]:
 
 
 def _opens_admin_port(protocol: str, from_port: Any, to_port: Any) -> bool:
+    protocol = protocol.lower()  # AWS takes "TCP" as well as "tcp"
     if protocol in ("-1", "all"):
         return True
     if protocol not in ("tcp", "6"):
@@ -576,6 +622,14 @@ def _shared_tier_problems(resource_type: str, props: Mapping[str, Any]) -> Itera
     if resource_type == ELASTICACHE_GROUP:
         if not _truthy(props.get("transitEncryptionEnabled")):
             yield "requires TLS in transit (transitEncryptionEnabled)"
+        elif props.get("transitEncryptionMode") not in (None, "required"):
+            mode = props.get("transitEncryptionMode")
+            yield f"requires TLS in transit; transitEncryptionMode {mode!r} also admits plain text, use 'required'"
+        if not props.get("userGroupIds"):
+            yield (
+                "admits clients through a user group (userGroupIds); without one the built-in default user "
+                "has full access and no password"
+            )
         if not _truthy(props.get("atRestEncryptionEnabled")) or not props.get("kmsKeyId"):
             yield "encrypts at rest with a customer-managed key (atRestEncryptionEnabled and kmsKeyId)"
         if props.get("authToken") or props.get("authTokenWoVersion"):
@@ -617,9 +671,10 @@ POLICIES = [
     _policy(
         "ebs-encrypted-with-customer-key",
         "AWS: every EBS volume is encrypted with a customer-managed KMS key, an EKS node group's through its launch "
-        "template. "
-        "Google Cloud: every persistent disk of a template, instance or Disk, and every GKE node's boot disk, is "
-        "encrypted with a Cloud KMS key. "
+        "template; a launch template maps the root device (else the AMI's root volume goes unencrypted or under "
+        "the default key), and launch configurations, which cannot name a key, are refused. "
+        "Google Cloud: every persistent disk of a template, instance or Disk, and every GKE node's boot disk (a node "
+        "pool or standard cluster without nodeConfig included), is encrypted with a Cloud KMS key. "
         "Azure: the OS disk and every data disk of a VM or scale set, and every Disk, are encrypted through a disk "
         "encryption set (a customer-managed key), and so are every AKS cluster's node disks (diskEncryptionSetID).",
         check_volumes_encrypted,
@@ -634,7 +689,8 @@ POLICIES = [
     ),
     _policy(
         "imdsv2-required",
-        "AWS: instances require IMDSv2 tokens, hop limit 2 at most; EKS node groups get them from a launch template. "
+        "AWS: instances, launch templates and launch configurations require IMDSv2 tokens, hop limit 2 at most; EKS "
+        "node groups get them from a launch template. "
         "Google Cloud and Azure: nothing to check, their metadata servers always require a header "
         "(Metadata-Flavor, Metadata: true).",
         check_imdsv2,
@@ -642,7 +698,8 @@ POLICIES = [
     _policy(
         "no-world-admin-ingress",
         "No ingress from anywhere (0.0.0.0/0, ::/0; on Azure also *, Any, Internet) on admin ports (SSH, RDP): "
-        "AWS security groups and their rules, enabled Google Cloud ingress firewall rules, inbound Allow rules of "
+        "AWS security groups and their rules (any protocol case), enabled Google Cloud ingress firewall rules (one "
+        "without sourceRanges, sourceTags or sourceServiceAccounts admits every source), inbound Allow rules of "
         "Azure network security groups.",
         check_no_world_admin_ingress,
     ),
@@ -663,8 +720,9 @@ POLICIES = [
     _policy(
         "shared-tier-tls-and-identity",
         "The scale-out shared tier speaks TLS only and admits clients by their cloud identity, never a password: "
-        "AWS ElastiCache replication groups require TLS, encrypt at rest with a customer-managed key and carry no "
-        "AUTH token, and their users authenticate by IAM (a user without a password is switched off); Google "
+        "AWS ElastiCache replication groups require TLS (transitEncryptionMode required, never preferred), encrypt "
+        "at rest with a customer-managed key, carry no AUTH token and admit clients through a user group, whose "
+        "users authenticate by IAM (a user without a password is switched off); Google "
         "Cloud Memorystore instances use SERVER_AUTHENTICATION and IAM_AUTH; Azure Cache for Redis has no plain "
         "port, TLS 1.2 and later, no access keys and Entra ID authentication.",
         check_shared_tier,

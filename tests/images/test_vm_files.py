@@ -14,7 +14,7 @@ from tests.images.tools import IMAGES, require_tool
 
 FILES = IMAGES / "packer" / "files"
 UNIT = FILES / "foresight.service"
-UNITS = sorted(FILES.glob("*.service"))
+UNITS = sorted([*FILES.glob("*.service"), *FILES.glob("*.timer")])
 SCRIPTS = sorted(IMAGES.rglob("*.sh"))
 PROVISION = IMAGES / "packer" / "provision"
 
@@ -64,8 +64,13 @@ def test_systemd_unit_verifies(unit: Path, tmp_path: Path) -> None:
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
 
 
-def test_the_images_units_are_the_first_boot_and_the_service() -> None:
-    assert [unit.name for unit in UNITS] == ["foresight-first-boot.service", "foresight.service"]
+def test_the_images_units_are_the_first_boot_the_service_and_the_tls_renewal() -> None:
+    assert [unit.name for unit in UNITS] == [
+        "foresight-first-boot.service",
+        "foresight-tls-renew.service",
+        "foresight-tls-renew.timer",
+        "foresight.service",
+    ]
 
 
 def test_systemd_unit_waits_for_instance_configuration() -> None:

@@ -1,13 +1,23 @@
-"""The Kubernetes objects a mock run of a scale-out stack created, as the manifests the cluster would receive."""
+"""The Kubernetes objects a mock run of a scale-out stack created, as the manifests the cluster would receive, and
+the order every cloud's scale-out deploys them in."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import kubernetes_validate
+import pytest
 
-from tests.stacks.mockrun import MockRun
+from stacks.cluster import TLS_CERTIFICATE_ANNOTATION
+from stacks.kubernetes.manifests import WAIT_FOR_ADDRESS, WAIT_FOR_ANNOTATION
+from tests.stacks import mockrun
+from tests.stacks.mockrun import MockRun, Registered
 from tests.stacks.test_kubernetes_manifests import KUBERNETES_VERSION
+
+WAIT_FOR_THE_ADDRESS = {WAIT_FOR_ANNOTATION: WAIT_FOR_ADDRESS}
+STATEFUL_SET = "kubernetes:apps/v1:StatefulSet"
 
 # pulumi_kubernetes type token prefix -> apiVersion group ("core" is the empty group).
 _PREFIX = "kubernetes:"
@@ -33,3 +43,39 @@ def assert_valid(run: MockRun) -> list[str]:
         kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
         checked.append(manifest["kind"])
     return sorted(checked)
+
+
+def load_balancer(run: MockRun) -> Registered:
+    (found,) = [
+        resource
+        for resource in run.of_type("kubernetes:core/v1:Service")
+        if resource.props["spec"].get("type") == "LoadBalancer"
+    ]
+    return found
+
+
+def pod_certificate_digest(run: MockRun) -> str:
+    """The certificate digest the pod template carries (a change rolls the pods)."""
+    return str(run.one(STATEFUL_SET).props["spec"]["template"]["metadata"]["annotations"][TLS_CERTIFICATE_ANNOTATION])
+
+
+def assert_deploy_order(run: MockRun) -> None:
+    """The load balancer waits for its address only, never for the pods; the certificate names that address; the
+    pods wait for the certificate's Vault secret (their template carries its digest), not for the Service."""
+    balancer = load_balancer(run)
+    annotations = balancer.props["metadata"]["annotations"]
+    assert {key: annotations[key] for key in WAIT_FOR_THE_ADDRESS} == WAIT_FOR_THE_ADDRESS
+    assert "pulumi.com/skipAwait" not in annotations
+    pods = run.one(STATEFUL_SET)
+    assert balancer.urn not in pods.dependencies
+    assert run.one("vault:kv/secretV2:SecretV2").urn in pods.dependencies
+    assert pods.custom_timeouts["create"] == "30m"
+    certificate = mockrun.fake_pem("CERTIFICATE", run.one("tls:index/locallySignedCert:LocallySignedCert").name)
+    assert pod_certificate_digest(run) == hashlib.sha256(certificate.encode()).hexdigest()
+
+
+def renewed(monkeypatch: pytest.MonkeyPatch, deploy: Callable[[], MockRun]) -> MockRun:
+    """`deploy()` again, with the certificate authority issuing a different certificate (a renewal)."""
+    issue = mockrun.fake_pem
+    monkeypatch.setattr(mockrun, "fake_pem", lambda kind, name: issue(kind, f"{name}-renewed"))
+    return deploy()

@@ -115,6 +115,7 @@ class Registered:
     inputs: dict[str, Any]
     struct: Any  # the inputs as the engine sends them to a policy pack (a protobuf Struct)
     dependencies: list[str] = field(default_factory=list)  # the URNs it explicitly waits for (depends_on)
+    custom_timeouts: dict[str, str] = field(default_factory=dict)  # create/update/delete, when the program sets them
 
     @property
     def props(self) -> dict[str, Any]:
@@ -274,6 +275,21 @@ def fake_cloud_invoke(token: str, args: Mapping[str, Any]) -> dict[str, Any]:
     raise AssertionError(f"the fake cloud has no answer for invoke {token}")
 
 
+OTHER_SUBSCRIPTION = "99999999-8888-7777-6666-555555555555"
+
+
+def in_subscription(subscription_id: str) -> Callable[[str, Mapping[str, Any]], dict[str, Any]]:
+    """The fake cloud, with the Azure deployer signed in to another subscription."""
+
+    def invoke(token: str, args: Mapping[str, Any]) -> dict[str, Any]:
+        answer = fake_cloud_invoke(token, args)
+        if token == "azure-native:authorization:getClientConfig":
+            answer = {**answer, "subscriptionId": subscription_id}
+        return answer
+
+    return invoke
+
+
 def _fake_gcp_invoke(token: str, args: Mapping[str, Any]) -> dict[str, Any]:
     if token == "gcp:organizations/getProject:getProject":
         return {"id": f"projects/{GCP_PROJECT}", "projectId": GCP_PROJECT, "number": GCP_PROJECT_NUMBER}
@@ -317,10 +333,12 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
             inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)
+            timeouts = request.customTimeouts
             self.registered.append(
                 Registered(
                     request.type, request.name, response.urn, request.parent, request.provider, inputs, request.object,
                     list(request.dependencies),
+                    {kind: value for kind in ("create", "update", "delete") if (value := getattr(timeouts, kind))},
                 )
             )
         return response
@@ -344,6 +362,10 @@ def run_program(
     mocks = RecordingMocks(invoke)
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    # A run that failed inside an apply leaves its tasks behind; the next run would wait for them forever (what
+    # pulumi.runtime.test clears too).
+    settings.SETTINGS.rpc_manager.clear()
+    settings.SETTINGS.outputs.clear()
     root = settings.get_root_resource()
     saved_path = list(sys.path)
     try:

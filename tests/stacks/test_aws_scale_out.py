@@ -13,12 +13,18 @@ import pytest
 import yaml
 
 from stacks.aws.identity import KMS_ACTIONS
-from stacks.aws.tier import COMMANDS
+from stacks.aws.tier import COMMANDS, elasticache_id
 from stacks.cluster import service_account_subject
 from stacks.spec import ConfigError
 from tests.stacks import mockrun
 from tests.stacks.conftest import RunStack
-from tests.stacks.kubernetes_objects import assert_valid
+from tests.stacks.kubernetes_objects import (
+    WAIT_FOR_THE_ADDRESS,
+    assert_deploy_order,
+    assert_valid,
+    pod_certificate_digest,
+    renewed,
+)
 from tests.stacks.mockrun import (
     ACCOUNT,
     EKS_CLUSTER_SECURITY_GROUP,
@@ -50,6 +56,7 @@ ROLE = "aws:iam/role:Role"
 POLICY = "aws:iam/rolePolicy:RolePolicy"
 CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
 STATEFUL_SET = "kubernetes:apps/v1:StatefulSet"
+SUBNET = "aws:ec2/subnet:Subnet"
 POD_ACCESS_STRING = (
     "on ~fs:* &foresight:invalidate -@all +auth +hello +ping +get +pttl +set +del +unlink +scan +publish +subscribe"
 )
@@ -127,7 +134,7 @@ def test_everything_is_a_child_of_the_component_and_the_workloads_of_the_workloa
     inner = _workload_children(scale_out)
     assert len(inner) == 7
     outer = [resource for resource in scale_out if resource is not component and resource not in inner]
-    assert len(outer) > 60
+    assert len(outer) > 55
     assert [r.name for r in outer if r.parent != component.urn] == []
     provider = scale_out.one("pulumi:providers:kubernetes")
     for resource in scale_out:
@@ -289,19 +296,48 @@ def test_private_cidrs_keep_the_api_and_the_load_balancer_private(private: MockR
     assert balancer.props["metadata"]["annotations"] == {
         "service.beta.kubernetes.io/aws-load-balancer-type": "nlb",
         "service.beta.kubernetes.io/aws-load-balancer-internal": "true",
+        **WAIT_FOR_THE_ADDRESS,
     }
-    tags = {(t.props["resourceId"], t.props["key"]) for t in private.of_type("aws:ec2/tag:Tag")}
-    assert tags == {(f"foresight-private-{i}-id", "kubernetes.io/role/internal-elb") for i in (0, 1)}
+    assert _role_tagged_subnets(private) == {
+        "kubernetes.io/role/internal-elb": ["foresight-private-0", "foresight-private-1"]
+    }
 
 
 def test_public_cidrs_get_an_internet_facing_nlb_in_tagged_public_subnets(scale_out: MockRun) -> None:
     balancer = next(
         s for s in scale_out.of_type("kubernetes:core/v1:Service") if s.props["spec"].get("type") == "LoadBalancer"
     )
-    assert balancer.props["metadata"]["annotations"] == {"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"}
+    assert balancer.props["metadata"]["annotations"] == {
+        "service.beta.kubernetes.io/aws-load-balancer-type": "nlb",
+        **WAIT_FOR_THE_ADDRESS,
+    }
     assert balancer.props["spec"]["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
-    tags = {(t.props["resourceId"], t.props["key"], t.props["value"]) for t in scale_out.of_type("aws:ec2/tag:Tag")}
-    assert tags == {(f"foresight-public-{i}-id", "kubernetes.io/role/elb", "1") for i in (0, 1)}
+    assert _role_tagged_subnets(scale_out) == {"kubernetes.io/role/elb": ["foresight-public-0", "foresight-public-1"]}
+
+
+def _role_tagged_subnets(run: MockRun) -> dict[str, list[str]]:
+    """Load balancer role tag -> the subnets whose own tags carry it (value "1")."""
+    tagged: dict[str, list[str]] = {}
+    for subnet in run.of_type(SUBNET):
+        for key, value in subnet.props["tags"].items():
+            if key.startswith("kubernetes.io/role/"):
+                assert value == "1"
+                tagged.setdefault(key, []).append(subnet.name)
+    return {key: sorted(names) for key, names in tagged.items()}
+
+
+@pytest.mark.parametrize("variant", ["scale_out", "private"])
+def test_no_ec2_tag_targets_a_subnet_the_stack_tags_itself(variant: str, request: pytest.FixtureRequest) -> None:
+    """The Subnet's next update (after a refresh) would remove a tag an aws.ec2.Tag added, and keep it removed."""
+    run: MockRun = request.getfixturevalue(variant)
+    own_subnets = {f"{subnet.name}-id" for subnet in run.of_type(SUBNET)}  # the fake cloud's ids
+    assert len(own_subnets) == 4
+    targets = {tag.props["resourceId"] for tag in run.of_type("aws:ec2/tag:Tag")}
+    assert targets & own_subnets == set()
+
+
+def test_the_single_node_subnets_carry_no_kubernetes_role(baseline: MockRun) -> None:
+    assert _role_tagged_subnets(baseline) == {}
 
 
 def test_tier_is_multi_az_valkey_with_tls_and_admits_only_the_cluster(scale_out: MockRun) -> None:
@@ -345,6 +381,39 @@ def test_tier_users_are_iam_only_with_the_services_access_and_a_disabled_default
         if resource.type.startswith("aws:elasticache/"):
             text = json.dumps(resource.props).lower()
             assert "password" not in text.replace("no-password-required", "") and "authtoken" not in text
+
+
+ELASTICACHE_ID = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+
+
+@pytest.mark.parametrize(
+    "stack",
+    [
+        "aws-scale-out-production-us-east-1",  # foresight-<stack>- is over 40 characters
+        "aws-scale-out-production-us-east-1-blue",
+        "a" * 60,
+        "prod_eu.west-1--canary",
+    ],
+)
+def test_elasticache_ids_fit_and_stay_distinct_for_long_stack_names(run_stack: RunStack, stack: str) -> None:
+    run = run_stack(SCALE_OUT, stack=stack)
+    users = [user.props["userId"] for user in run.of_type(ELASTICACHE_USER)]
+    assert len(set(users)) == 2, users
+    group = run.one("aws:elasticache/userGroup:UserGroup").props
+    replication = run.one(REPLICATION_GROUP).props
+    assert sorted(group["userIds"]) == sorted(users)
+    for identifier in [*users, group["userGroupId"], replication["replicationGroupId"]]:
+        assert len(identifier) <= 40 and ELASTICACHE_ID.fullmatch(identifier), identifier
+    pods = next(user.props for user in run.of_type(ELASTICACHE_USER) if user.props["userName"] != "default")
+    assert pods["userName"] == pods["userId"]  # IAM authentication needs the name to be the id
+
+
+def test_two_long_stack_names_with_a_common_prefix_get_their_own_tier_ids() -> None:
+    stem = "foresight-aws-scale-out-production-us-east-1"
+    blue, green = f"{stem}-blue", f"{stem}-green"
+    for role in ("", "pods", "default"):
+        assert elasticache_id(blue, role) != elasticache_id(green, role)
+    assert elasticache_id("foresight-aws-test", "pods") == "foresight-aws-test-pods"  # short names keep their ids
 
 
 def test_the_access_string_allows_every_command_the_service_sends() -> None:
@@ -579,3 +648,15 @@ def test_every_kubernetes_object_the_stack_creates_passes_kubernetes_schemas(sca
     kinds = assert_valid(scale_out)  # the deploy-time settings and annotations merged in, as the cluster gets them
     assert {"ConfigMap", "Namespace", "NetworkPolicy", "PodDisruptionBudget", "Service", "ServiceAccount",
             "StatefulSet", "StorageClass"} <= set(kinds)
+
+
+def test_load_balancer_waits_for_its_address_and_the_pods_for_the_certificate(scale_out: MockRun) -> None:
+    assert_deploy_order(scale_out)
+
+
+def test_a_renewed_certificate_rolls_the_pods(
+    scale_out: MockRun, run_stack: RunStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renewal = renewed(monkeypatch, lambda: run_stack(SCALE_OUT))
+    assert_deploy_order(renewal)
+    assert pod_certificate_digest(renewal) != pod_certificate_digest(scale_out)

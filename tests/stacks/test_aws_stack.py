@@ -16,6 +16,7 @@ from tests.stacks.mockrun import (
     KMS_KEY,
     LAUNCH_TEMPLATE,
     LOAD_BALANCER,
+    ROOT,
     SECURITY_GROUP,
     MockRun,
     fake_pem,
@@ -64,6 +65,23 @@ def test_key_policy_grants_the_node_role_only_what_it_needs(baseline: MockRun) -
             assert statement["Principal"] == {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}
     grants = statements["AutoScalingGrantsVolumeAttachments"]
     assert grants["Condition"] == {"Bool": {"kms:GrantIsForAWSResource": "true"}}
+
+
+def test_the_node_may_do_everything_the_services_kms_module_needs_on_its_key_only(baseline: MockRun) -> None:
+    """service/security/kms/aws.py's docstring lists what it calls; its rewrap is kms:ReEncrypt* (From and To)."""
+    docstring = (ROOT / "service/security/kms/aws.py").read_text().split('"""')[1]
+    needed = set(re.findall(r"kms:[A-Za-z]+\*?", re.search(r"Needs (.+?) on the key", docstring, re.S)[1]))
+    assert "kms:ReEncrypt*" in needed
+    granted = set(KMS_ACTIONS)
+    for action in needed:
+        covered = {a for a in granted if a == action or (action.endswith("*") and a.startswith(action[:-1]))}
+        assert covered, action
+    assert {"kms:ReEncryptFrom", "kms:ReEncryptTo"} <= granted
+    key_arn = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    (inline,) = json.loads(baseline.one("aws:iam/rolePolicy:RolePolicy").props["policy"])["Statement"]
+    assert {"kms:ReEncryptFrom", "kms:ReEncryptTo"} <= set(inline["Action"]) and inline["Resource"] == key_arn
+    statements = {s["Sid"]: s for s in json.loads(baseline.one(KMS_KEY).props["policy"])["Statement"]}
+    assert {"kms:ReEncryptFrom", "kms:ReEncryptTo"} <= set(statements["NodeRoleUsesTheKey"]["Action"])
 
 
 def test_every_ebs_volume_is_encrypted_with_the_stack_key(baseline: MockRun) -> None:

@@ -14,11 +14,19 @@ import yaml
 
 from stacks.azure.cluster import GPU_POOL_LABELS, GPU_TAINT, with_kubelogin_login
 from stacks.azure.kms import CRYPTO_SERVICE_ENCRYPTION_USER
+from stacks.azure.network import dns_label
 from stacks.azure.scale_out import CLIENT_ID_ANNOTATION, DNS_LABEL_ANNOTATION, SPOT_TOLERATION, cloudapp_fqdn
 from stacks.azure.tier import ACCESS_POLICY_COMMANDS, KEY_PATTERN
 from stacks.spec import ConfigError, StackSpec
 from tests.stacks.conftest import RunStack
-from tests.stacks.kubernetes_objects import assert_valid
+from tests.stacks.kubernetes_objects import (
+    WAIT_FOR_THE_ADDRESS,
+    assert_deploy_order,
+    assert_valid,
+    load_balancer,
+    pod_certificate_digest,
+    renewed,
+)
 from tests.stacks.mockrun import (
     AZURE_CLUSTER_PRINCIPAL,
     AZURE_DES_PRINCIPAL,
@@ -29,8 +37,10 @@ from tests.stacks.mockrun import (
     AZURE_REQUIRED_CONFIG,
     AZURE_SUBSCRIPTION,
     AZURE_USER_KUBECONFIG,
+    OTHER_SUBSCRIPTION,
     ROOT,
     MockRun,
+    in_subscription,
     is_secret,
     plain,
 )
@@ -48,6 +58,14 @@ STATEFUL_SET = "kubernetes:apps/v1:StatefulSet"
 DAEMON_SET = "kubernetes:apps/v1:DaemonSet"
 DEFINITIONS = f"/subscriptions/{AZURE_SUBSCRIPTION}/providers/Microsoft.Authorization/roleDefinitions/"
 SUBJECT = "system:serviceaccount:foresight:foresight"
+NAT_ADDRESS = "198.51.100.9"  # what the fake cloud gives every public IP address
+SPOKE = f"/subscriptions/{AZURE_SUBSCRIPTION}/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/spoke"
+HUB_SPOKE = {"foresight:vpcId": SPOKE, "foresight:subnetIds": f'["{SPOKE}/subnets/aks"]'}
+ZONE_KEY = "foresight:redisPrivateDnsZoneId"
+HUB_ZONE = (
+    f"/subscriptions/{AZURE_SUBSCRIPTION}/resourceGroups/hub-dns/providers/Microsoft.Network/privateDnsZones/"
+    "privatelink.redis.cache.windows.net"
+)
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +182,7 @@ def test_aks_has_no_local_accounts_and_trusts_workload_identity(scale_out: MockR
     network = cluster["networkProfile"]
     assert (network["networkPlugin"], network["networkPolicy"]) == ("azure", "cilium")
     assert network["outboundType"] == "userAssignedNATGateway"
-    assert cluster["apiServerAccessProfile"] == {"authorizedIPRanges": [ALLOWED]}
+    assert cluster["apiServerAccessProfile"] == {"authorizedIPRanges": [ALLOWED, f"{NAT_ADDRESS}/32"]}
     assert cluster["identity"]["type"] == "UserAssigned"
     assert cluster["identity"]["userAssignedIdentities"][0].endswith("/UserAssignedIdentity/foresight-control-plane")
     assert cluster["autoUpgradeProfile"] == {"upgradeChannel": "stable", "nodeOSUpgradeChannel": "NodeImage"}
@@ -379,10 +397,63 @@ def test_private_stack_has_a_private_api_server_and_an_internal_load_balancer(sp
     cluster = spot_private.one(CLUSTER).props
     assert cluster["apiServerAccessProfile"] == {"enablePrivateCluster": True}
     balancer = next(s.props for s in spot_private.of_type("kubernetes:core/v1:Service") if s.props["spec"].get("type"))
-    assert balancer["metadata"]["annotations"] == {"service.beta.kubernetes.io/azure-load-balancer-internal": "true"}
+    assert balancer["metadata"]["annotations"] == {
+        "service.beta.kubernetes.io/azure-load-balancer-internal": "true",
+        **WAIT_FOR_THE_ADDRESS,
+    }
     assert spot_private.outputs["endpointHost"].value == AZURE_INTERNAL_LB_ADDRESS
     request = spot_private.one("tls:index/certRequest:CertRequest").props
     assert request["ipAddresses"] == [AZURE_INTERNAL_LB_ADDRESS] and not request.get("dnsNames")
+
+
+def test_public_api_server_admits_the_nodes_nat_address_or_they_never_join(scale_out: MockRun) -> None:
+    """AKS adds a Standard load balancer's outbound address to the authorized ranges, not a NAT gateway's."""
+    cluster = scale_out.one(CLUSTER).props
+    assert cluster["networkProfile"]["outboundType"] == "userAssignedNATGateway"
+    (nat_address,) = scale_out.of_type("azure-native:network:PublicIPAddress")  # the NAT gateway's only
+    gateway = scale_out.one("azure-native:network:NatGateway").props
+    assert [ip["id"].rsplit("/", 1)[1] for ip in gateway["publicIpAddresses"]] == [nat_address.name]
+    assert cluster["apiServerAccessProfile"]["authorizedIPRanges"] == [ALLOWED, f"{NAT_ADDRESS}/32"]
+
+
+def test_a_given_network_authorizes_only_the_allowed_ranges(run_azure_stack: RunStack) -> None:
+    """Its egress address is unknown to the stack: docs/stacks-azure.md says to list it in allowedCidrs."""
+    vnet = f"/subscriptions/{AZURE_SUBSCRIPTION}/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/hub"
+    allowed = '["203.0.113.0/24", "192.0.2.10/32"]'
+    run = run_azure_stack(
+        {**SCALE_OUT, "foresight:vpcId": vnet, "foresight:subnetIds": f'["{vnet}/subnets/aks"]',
+         "foresight:allowedCidrs": allowed}
+    )
+    profile = run.one(CLUSTER).props["apiServerAccessProfile"]
+    assert profile == {"authorizedIPRanges": ["203.0.113.0/24", "192.0.2.10/32"]}
+
+
+def test_a_network_that_resolves_redis_private_links_already_gets_no_second_zone(run_azure_stack: RunStack) -> None:
+    """A virtual network cannot be linked to two privatelink.redis.cache.windows.net zones: the endpoint registers in
+    the hub's zone instead, and the pods wait for that registration."""
+    run = run_azure_stack({**SCALE_OUT, **HUB_SPOKE, ZONE_KEY: HUB_ZONE})
+    assert not run.of_type("azure-native:privatedns:PrivateZone")
+    assert not run.of_type("azure-native:privatedns:VirtualNetworkLink")
+    group = run.one("azure-native:network:PrivateDnsZoneGroup")
+    assert group.props["privateDnsZoneConfigs"] == [{"name": "redis", "privateDnsZoneId": HUB_ZONE}]
+    assert group.urn in run.one(STATEFUL_SET).dependencies
+
+
+def test_a_given_network_without_the_key_gets_its_own_zone_linked_to_it(run_azure_stack: RunStack) -> None:
+    run = run_azure_stack({**SCALE_OUT, **HUB_SPOKE})
+    zone = run.one("azure-native:privatedns:PrivateZone")
+    assert zone.props["privateZoneName"] == "privatelink.redis.cache.windows.net"
+    link = run.one("azure-native:privatedns:VirtualNetworkLink")
+    assert link.props["virtualNetwork"]["id"] == HUB_SPOKE["foresight:vpcId"]
+    group = run.one("azure-native:network:PrivateDnsZoneGroup")
+    assert group.props["privateDnsZoneConfigs"][0]["privateDnsZoneId"].endswith(f"/PrivateZone/{zone.name}")
+    assert link.urn in group.dependencies
+
+
+def test_the_zone_key_is_refused_on_other_clouds_by_name(run_stack: RunStack) -> None:
+    with pytest.raises(ConfigError) as raised:
+        run_stack({**SCALE_OUT, ZONE_KEY: HUB_ZONE})
+    assert raised.value.keys == [ZONE_KEY]
 
 
 def test_bring_your_own_network_puts_nodes_and_endpoint_in_the_given_subnet(run_azure_stack: RunStack) -> None:
@@ -401,6 +472,9 @@ def test_bring_your_own_network_puts_nodes_and_endpoint_in_the_given_subnet(run_
         ({"foresight:fallbackInstanceTypes": '["Standard_NC8as_T4_v3"]'}, "foresight:fallbackInstanceTypes", "one VM"),
         ({"foresight:allowedCidrs": "[]"}, "foresight:allowedCidrs", "admits these ranges only"),
         ({"foresight:instanceType": "Standard_D4s_v5"}, "foresight:instanceType", "NVIDIA GPU"),
+        ({ZONE_KEY: HUB_ZONE}, ZONE_KEY, "only with foresight:cloud azure, foresight:scaleOut and foresight:vpcId"),
+        ({**HUB_SPOKE, ZONE_KEY: HUB_ZONE.replace("redis.cache", "blob.core")}, ZONE_KEY, "not the resource id"),
+        ({**HUB_SPOKE, ZONE_KEY: "privatelink.redis.cache.windows.net"}, ZONE_KEY, "not the resource id"),
     ],
 )
 def test_config_that_aks_cannot_take_names_its_key(overrides: dict[str, str], key: str, fragment: str) -> None:
@@ -414,7 +488,22 @@ def test_config_that_aks_cannot_take_names_its_key(overrides: dict[str, str], ke
 
 def test_cloudapp_name_is_the_single_node_label_in_the_region() -> None:
     spec = StackSpec.from_values("foresight", "azure-test", {**AZURE_REQUIRED_CONFIG, **SCALE_OUT}.get)
-    assert re.fullmatch(r"foresight-azure-test-[0-9a-f]{8}\.westeurope\.cloudapp\.azure\.com", cloudapp_fqdn(spec))
+    fqdn = cloudapp_fqdn(spec, AZURE_SUBSCRIPTION)
+    assert re.fullmatch(r"foresight-azure-test-[0-9a-f]{8}\.westeurope\.cloudapp\.azure\.com", fqdn)
+    assert fqdn == f"{dns_label(spec, AZURE_SUBSCRIPTION)}.westeurope.cloudapp.azure.com"
+
+
+def test_the_same_stack_in_two_subscriptions_gets_two_dns_labels(scale_out: MockRun, run_azure_stack: RunStack) -> None:
+    """A cloudapp.azure.com label is unique in its region across all of Azure, not per subscription."""
+    other = run_azure_stack(SCALE_OUT, invoke=in_subscription(OTHER_SUBSCRIPTION))
+
+    def label(run: MockRun) -> str:
+        return str(load_balancer(run).props["metadata"]["annotations"][DNS_LABEL_ANNOTATION])
+
+    assert label(other) != label(scale_out)
+    host = other.outputs["endpointHost"].value
+    assert host == f"{label(other)}.westeurope.cloudapp.azure.com"
+    assert other.one("tls:index/certRequest:CertRequest").props["dnsNames"] == [host]
 
 
 def test_example_scale_out_stack_file_deploys(run_azure_stack: RunStack) -> None:
@@ -430,3 +519,15 @@ def test_every_kubernetes_object_the_stack_creates_passes_kubernetes_schemas(sca
     kinds = assert_valid(scale_out)  # the deploy-time settings and annotations merged in, as the cluster gets them
     assert {"ConfigMap", "Namespace", "NetworkPolicy", "PodDisruptionBudget", "Service", "ServiceAccount",
             "StatefulSet", "StorageClass"} <= set(kinds)
+
+
+def test_load_balancer_waits_for_its_address_and_the_pods_for_the_certificate(scale_out: MockRun) -> None:
+    assert_deploy_order(scale_out)
+
+
+def test_a_renewed_certificate_rolls_the_pods(
+    scale_out: MockRun, run_azure_stack: RunStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renewal = renewed(monkeypatch, lambda: run_azure_stack(SCALE_OUT))
+    assert_deploy_order(renewal)
+    assert pod_certificate_digest(renewal) != pod_certificate_digest(scale_out)

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from stacks.azure.compute import DATA_DISK_PATH, IMAGE, NO_LOGIN_KEY
 from stacks.azure.kms import CRYPTO_SERVICE_ENCRYPTION_USER
 from stacks.azure.vault import IDENTITY_AUDIENCE
+from tests.stacks.conftest import RunStack
 from tests.stacks.mockrun import (
     AZURE_DES_PRINCIPAL,
     AZURE_LOCATION,
@@ -19,7 +20,9 @@ from tests.stacks.mockrun import (
     AZURE_NODE_PRINCIPAL,
     AZURE_SUBSCRIPTION,
     AZURE_TENANT,
+    OTHER_SUBSCRIPTION,
     MockRun,
+    in_subscription,
     is_secret,
 )
 
@@ -154,6 +157,22 @@ def test_standard_load_balancer_gives_a_dns_named_tls_passthrough_endpoint(azure
     )
     rule = lb["loadBalancingRules"][0]
     assert rule["probe"]["id"].endswith("/loadBalancers/foresight-azure-test-lb/probes/healthz")
+
+
+def test_the_same_stack_in_two_subscriptions_gets_two_dns_labels(
+    azure_baseline: MockRun, run_azure_stack: RunStack
+) -> None:
+    """A cloudapp.azure.com label is unique in its region across all of Azure, and every project is `foresight`."""
+    other = run_azure_stack(invoke=in_subscription(OTHER_SUBSCRIPTION))
+
+    def label(run: MockRun) -> str:
+        return str(run.named("foresight-address").props["dnsSettings"]["domainNameLabel"])
+
+    assert label(other) != label(azure_baseline)
+    assert label(other).startswith("foresight-azure-test-") and len(label(other)) <= 63
+    host = other.outputs["endpointHost"].value
+    assert host == f"{label(other)}.{AZURE_LOCATION}.cloudapp.azure.com"
+    assert other.one("tls:index/certRequest:CertRequest").props["dnsNames"] == [host]
 
 
 def test_scale_set_of_one_repairs_a_regular_node(azure_baseline: MockRun) -> None:

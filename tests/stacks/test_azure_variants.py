@@ -126,3 +126,19 @@ def test_bad_config_fails_with_the_key_to_fix(
     with pytest.raises(ConfigError) as info:
         run_azure_stack(overrides)
     assert expected in str(info.value)
+
+
+@pytest.mark.parametrize(("size", "fits"), [(65535, True), (65536, False)])
+def test_custom_data_may_be_at_most_65535_bytes(
+    run_azure_stack: RunStack, monkeypatch: pytest.MonkeyPatch, size: int, fits: bool
+) -> None:
+    """The Compute API decodes customData to a byte array of at most 65535 bytes (not 64 KiB)."""
+    import stacks.azure.component
+
+    header = "#cloud-config\n"
+    monkeypatch.setattr(stacks.azure.component, "render_user_data", lambda _boot: header + "x" * (size - len(header)))
+    if fits:
+        assert len(azure_user_data(run_azure_stack()).encode()) == size
+    else:
+        with pytest.raises(ValueError, match="custom data is 65536 bytes, over Azure's 65535"):
+            run_azure_stack()

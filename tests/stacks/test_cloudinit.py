@@ -93,6 +93,45 @@ def test_service_unit_restarts_the_gpu_container_after_fetching_tls(documents: d
     assert "WantedBy=multi-user.target" in lines
 
 
+@pytest.mark.parametrize("variant", ["baseline", "ssh+spot", "gcp", "gcp ssh+spot", "azure", "azure ssh+spot"])
+def test_a_daily_timer_fetches_tls_again_while_the_service_runs(documents: dict[str, str], variant: str) -> None:
+    """`pulumi up` renews the certificate 30 days before it expires; the node picks it up within a day."""
+    files = _files(documents[variant])
+    timer = files["/etc/systemd/system/foresight-tls-refresh.timer"].splitlines()
+    assert {"OnCalendar=daily", "Persistent=true", "Unit=foresight-tls-refresh.service"} <= set(timer)
+    assert "WantedBy=timers.target" in timer
+    job = files["/etc/systemd/system/foresight-tls-refresh.service"].splitlines()
+    unit = files["/etc/systemd/system/foresight.service"].splitlines()
+    fetch = next(line for line in unit if "fetch_tls.py" in line).removeprefix("ExecStartPre=")
+    assert f"ExecStart={fetch}" in job  # the same files, group and settings as at start
+    assert "EnvironmentFile=/etc/foresight/foresight.env" in job and "Type=oneshot" in job
+    assert "ExecCondition=/usr/bin/systemctl is-active --quiet foresight.service" in job
+    runcmd = yaml.safe_load(documents[variant])["runcmd"]
+    assert runcmd.index(["systemctl", "enable", "--now", "foresight-tls-refresh.timer"]) > runcmd.index(
+        ["systemctl", "enable", "--now", "foresight.service"]
+    )
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_refresh_timer_and_its_job_pass_systemd_verify(documents: dict[str, str], tmp_path: Path) -> None:
+    files = _files(documents["baseline"])
+    python = tmp_path / "python3"
+    python.write_text("#!/bin/sh\n")
+    python.chmod(0o755)
+    for name in ("foresight-tls-refresh.service", "foresight-tls-refresh.timer"):
+        text = files[f"/etc/systemd/system/{name}"].replace("/usr/bin/python3", str(python))
+        (tmp_path / name).write_text(text)
+    (tmp_path / "foresight.service").write_text("[Service]\nExecStart=/bin/true\n")
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *(str(tmp_path / name) for name in (
+            "foresight-tls-refresh.timer", "foresight-tls-refresh.service"))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
 def test_data_volume_script_parses_in_sh() -> None:
     script = Path(__file__).resolve().parents[2] / "stacks/boot/mount_data_volume.sh"
     for shell in ("sh", "bash"):

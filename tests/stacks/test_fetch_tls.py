@@ -57,6 +57,31 @@ def _botocore_signed(now: datetime.datetime | None = None) -> AWSRequest:
     return request
 
 
+def test_a_refresh_replaces_each_file_whole_and_leaves_nothing_else(tmp_path: Path) -> None:
+    """The daily refresh rewrites the files under the running service: its hot reload must read the old file or
+    the new one, never a half-written one, so each is renamed into place rather than rewritten."""
+    out = tmp_path / "tls"
+    fetch_tls.write_tls_files(out, MATERIAL, None)
+    with (out / "tls.crt").open() as held:  # what a reader had open when the refresh came
+        renewed = {**MATERIAL, "certificate": MATERIAL["certificate"].replace("SERVER", "RENEWED")}
+        fetch_tls.write_tls_files(out, renewed, None)
+        assert held.read() == MATERIAL["certificate"]
+    assert (out / "tls.crt").read_text() == renewed["certificate"]
+    assert sorted(path.name for path in out.iterdir()) == ["ca.pem", "tls.crt", "tls.key"]
+    assert {stat.S_IMODE((out / name).stat().st_mode) for name in ("ca.pem", "tls.crt", "tls.key")} == {0o640}
+
+
+def test_a_run_leaves_another_runs_staging_files_alone(tmp_path: Path) -> None:
+    """A service start and the timer may write at once; neither may delete (or rename) the other's staging file."""
+    out = tmp_path / "tls"
+    out.mkdir()
+    for name in (".tls.crt.tmp", ".tls.key.tmp", ".ca.pem.tmp"):
+        (out / name).write_text("the other run's half-written file")
+    fetch_tls.write_tls_files(out, MATERIAL, None)
+    assert (out / ".tls.crt.tmp").read_text() == "the other run's half-written file"
+    assert (out / "tls.crt").read_text() == MATERIAL["certificate"]
+
+
 def test_signature_equals_botocores() -> None:
     reference = _botocore_signed()
     now = datetime.datetime.strptime(reference.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ")

@@ -18,7 +18,13 @@ from stacks.gcp.tier import CA_CONFIG_MAP
 from stacks.kubernetes.pod import SHARED_TIER_CA_DIR
 from stacks.spec import ConfigError
 from tests.stacks.conftest import RunStack
-from tests.stacks.kubernetes_objects import assert_valid
+from tests.stacks.kubernetes_objects import (
+    WAIT_FOR_THE_ADDRESS,
+    assert_deploy_order,
+    assert_valid,
+    pod_certificate_digest,
+    renewed,
+)
 from tests.stacks.mockrun import (
     GCP_CLUSTER_ENDPOINT,
     GCP_LB_ADDRESS,
@@ -146,7 +152,10 @@ def test_private_allowed_ranges_keep_the_control_plane_and_load_balancer_interna
     assert cluster["privateClusterConfig"]["enablePrivateEndpoint"] is True
     assert cluster["masterAuthorizedNetworksConfig"]["cidrBlocks"][0]["cidrBlock"] == "10.0.0.0/8"
     service = private_scale_out.named("foresight-service-foresight").props
-    assert service["metadata"]["annotations"] == {"networking.gke.io/load-balancer-type": "Internal"}
+    assert service["metadata"]["annotations"] == {
+        "networking.gke.io/load-balancer-type": "Internal",
+        **WAIT_FOR_THE_ADDRESS,
+    }
     assert service["spec"]["loadBalancerSourceRanges"] == ["10.0.0.0/8"]
     assert private_scale_out.outputs["endpointHost"].value == "10.42.0.30"
 
@@ -455,3 +464,15 @@ def test_every_kubernetes_object_the_stack_creates_passes_kubernetes_schemas(sca
     kinds = assert_valid(scale_out)  # the deploy-time settings and annotations merged in, as the cluster gets them
     assert {"ConfigMap", "Namespace", "NetworkPolicy", "PodDisruptionBudget", "Service", "ServiceAccount",
             "StatefulSet", "StorageClass"} <= set(kinds)
+
+
+def test_load_balancer_waits_for_its_address_and_the_pods_for_the_certificate(scale_out: MockRun) -> None:
+    assert_deploy_order(scale_out)
+
+
+def test_a_renewed_certificate_rolls_the_pods(
+    scale_out: MockRun, run_gcp_stack: RunStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renewal = renewed(monkeypatch, lambda: run_gcp_stack(SCALE_OUT))
+    assert_deploy_order(renewal)
+    assert pod_certificate_digest(renewal) != pod_certificate_digest(scale_out)

@@ -14,8 +14,8 @@ from pulumi.runtime import settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from stacks.kubernetes.component import COMPONENT_TYPE, Workload, WorkloadArgs
-from stacks.kubernetes.manifests import render
+from stacks.kubernetes.component import COMPONENT_TYPE, Workload, WorkloadArgs, stateful_set_timeouts
+from stacks.kubernetes.manifests import WAIT_FOR_ANNOTATION, render
 from tests.stacks.mockrun import MockRun, RecordingMonitor, StackOutput
 from tests.stacks.test_kubernetes_manifests import SHARED_TIER, spec_of
 
@@ -88,8 +88,46 @@ def test_component_registers_exactly_the_rendered_manifests_as_typed_resources(
         assert {key: resource.props[key] for key in fields} == json.loads(json.dumps(fields)), manifest["kind"]
     statefulset = run.one(TYPES["StatefulSet"])
     before = rendered[: [m["kind"] for m in rendered].index("StatefulSet")]
-    read_first = {by_name[f"cache-{m['kind'].lower()}-{m['metadata']['name']}"].urn for m in before}
+    read_first = {
+        by_name[f"cache-{m['kind'].lower()}-{m['metadata']['name']}"].urn
+        for m in before
+        if m.get("spec", {}).get("type") != "LoadBalancer"
+    }
     assert read_first <= set(statefulset.dependencies), "the pods wait for what they read"
+
+
+def test_load_balancer_waits_for_its_address_only_and_the_pods_do_not_wait_for_it(
+    with_provider: tuple[MockRun, Workload],
+) -> None:
+    """pulumi-kubernetes' own Service check also wants every selected pod ready, and the pods wait for the
+    certificate that names the load balancer's address: the Service waits for the address alone instead."""
+    run, _ = with_provider
+    balancer = run.named("cache-service-foresight")
+    annotations = balancer.props["metadata"]["annotations"]
+    assert annotations[WAIT_FOR_ANNOTATION] == "jsonpath={.status.loadBalancer.ingress[0]}"
+    assert "pulumi.com/skipAwait" not in annotations  # the certificate needs the address the wait returns
+    statefulset = run.one(TYPES["StatefulSet"])
+    assert balancer.urn not in statefulset.dependencies
+    # A first GPU node and a multi-GB image pull outlast the provider's default 10 minutes.
+    assert statefulset.custom_timeouts == {"create": "30m", "update": "30m"}
+    assert run.outputs["endpoint"] == StackOutput(LB_HOSTNAME, False)
+
+
+def test_a_larger_workload_gets_a_longer_rolling_update() -> None:
+    assert stateful_set_timeouts(1).update == "30m"
+    assert stateful_set_timeouts(8).update == "120m"
+
+
+def test_the_kubectl_manifests_carry_no_pulumi_annotation() -> None:
+    balancer = next(m for m in render(SPEC) if m.get("spec", {}).get("type") == "LoadBalancer")
+    assert not [key for key in balancer["metadata"].get("annotations", {}) if key.startswith("pulumi.com/")]
+
+
+def test_pod_annotations_reach_the_pod_template() -> None:
+    run, _ = run_workload(with_provider=True, pod_annotations={"foresight.dev/tls-certificate-sha256": "ab12"})
+    template = run.one(TYPES["StatefulSet"]).props["spec"]["template"]["metadata"]
+    assert template["annotations"] == {"foresight.dev/tls-certificate-sha256": "ab12"}
+    assert template["labels"]["app.kubernetes.io/name"] == "foresight"
 
 
 def test_every_child_is_parented_to_the_component_and_uses_the_given_provider(

@@ -43,6 +43,14 @@ def _template(**changes: Any) -> dict[str, Any]:
 
 
 LT = rules.LAUNCH_TEMPLATE
+# A launch configuration as safe as one can be: encrypted volumes (under the account's default key) and IMDSv2.
+LAUNCH_CONFIGURATION: dict[str, Any] = {
+    "imageId": "ami-0abcdef1234567890",
+    "instanceType": "g6.xlarge",
+    "rootBlockDevice": {"encrypted": True, "volumeSize": 100},
+    "ebsBlockDevices": [{"deviceName": "/dev/sdf", "encrypted": True}],
+    "metadataOptions": {"httpEndpoint": "enabled", "httpTokens": "required", "httpPutResponseHopLimit": 2},
+}
 CASES: list[Case] = [
     # (policy, resource type, properties, expected violation fragment or None)
     ("ebs-encrypted-with-customer-key", LT, _template(), None),
@@ -154,10 +162,57 @@ CASES: list[Case] = [
     ("required-tags", "aws:kms/alias:Alias", {}, None),
     # the shared tier (tests/stacks/test_policies_tier.py has every branch)
     ("shared-tier-tls-and-identity", "aws:elasticache/replicationGroup:ReplicationGroup",
-     {"transitEncryptionEnabled": True, "atRestEncryptionEnabled": True, "kmsKeyId": "arn:aws:kms:key"}, None),
+     {"transitEncryptionEnabled": True, "atRestEncryptionEnabled": True, "kmsKeyId": "arn:aws:kms:key",
+      "userGroupIds": ["foresight-dev"]}, None),
     ("shared-tier-tls-and-identity", "aws:elasticache/replicationGroup:ReplicationGroup",
-     {"transitEncryptionEnabled": False, "atRestEncryptionEnabled": True, "kmsKeyId": "arn:aws:kms:key"},
+     {"transitEncryptionEnabled": False, "atRestEncryptionEnabled": True, "kmsKeyId": "arn:aws:kms:key",
+      "userGroupIds": ["foresight-dev"]},
      "TLS in transit"),
+    # the root volume: the AMI's unless a mapping names its device; launch configurations cannot name a key
+    (
+        "ebs-encrypted-with-customer-key",
+        LT,
+        _template(blockDeviceMappings=[{"deviceName": "/dev/xvda", "ebs": {"encrypted": "true", "kmsKeyId": KEY_ARN}}]),
+        None,
+    ),
+    ("ebs-encrypted-with-customer-key", LT, _template(blockDeviceMappings=[]), "maps no root device"),
+    ("ebs-encrypted-with-customer-key", LT, {k: v for k, v in _template().items() if k != "blockDeviceMappings"},
+     "maps no root device"),
+    (
+        "ebs-encrypted-with-customer-key",
+        LT,
+        _template(blockDeviceMappings=[{"deviceName": "/dev/sdf", "ebs": {"encrypted": "true", "kmsKeyId": KEY_ARN}}]),
+        "maps no root device",
+    ),
+    ("ebs-encrypted-with-customer-key", rules.LAUNCH_CONFIGURATION, LAUNCH_CONFIGURATION, "launch template"),
+    ("ebs-encrypted-with-customer-key", rules.LAUNCH_CONFIGURATION, {}, "root volume is not encrypted"),
+    ("imdsv2-required", rules.LAUNCH_CONFIGURATION, LAUNCH_CONFIGURATION, None),
+    (
+        "imdsv2-required",
+        rules.LAUNCH_CONFIGURATION,
+        {**LAUNCH_CONFIGURATION, "metadataOptions": {"httpTokens": "optional", "httpPutResponseHopLimit": 5}},
+        "IMDSv1 is allowed",
+    ),
+    (
+        "imdsv2-required",
+        rules.LAUNCH_CONFIGURATION,
+        {**LAUNCH_CONFIGURATION, "metadataOptions": {"httpTokens": "required", "httpPutResponseHopLimit": 5}},
+        "hop limit 5",
+    ),
+    ("imdsv2-required", rules.LAUNCH_CONFIGURATION, {}, "IMDSv1 is allowed"),
+    # AWS takes the protocol in any case
+    (
+        "no-world-admin-ingress",
+        rules.INGRESS_RULE,
+        {"ipProtocol": "TCP", "fromPort": 22, "toPort": 22, "cidrIpv4": "0.0.0.0/0"},
+        "opens an admin port",
+    ),
+    (
+        "no-world-admin-ingress",
+        rules.SECURITY_GROUP,
+        {"ingress": [{"protocol": "Tcp", "fromPort": 3389, "toPort": 3389, "cidrBlocks": ["0.0.0.0/0"]}]},
+        "opens an admin port",
+    ),
 ]
 
 

@@ -51,6 +51,7 @@ def _flexible_group(*machine_types: str) -> dict[str, Any]:
 
 
 GT, GI = rules.GCP_INSTANCE_TEMPLATE, rules.GCP_INSTANCE
+GC, NP = rules.GCP_CLUSTER, rules.GCP_NODE_POOL
 SSH, HTTPS = {"protocol": "tcp", "ports": ["22"]}, {"protocol": "tcp", "ports": ["443"]}
 GCP_CASES: list[Case] = [
     ("ebs-encrypted-with-customer-key", GT, _gcp_template(), None),
@@ -71,6 +72,24 @@ GCP_CASES: list[Case] = [
     ),
     ("ebs-encrypted-with-customer-key", rules.GCP_DISK, {"diskEncryptionKey": {"kmsKeySelfLink": KMS_KEY_LINK}}, None),
     ("ebs-encrypted-with-customer-key", rules.GCP_DISK, {"size": 500}, "set diskEncryptionKey.kmsKeySelfLink"),
+    # GKE: a pool or standard cluster without nodeConfig boots from disks under Google's key
+    ("ebs-encrypted-with-customer-key", NP, {"nodeConfig": {"bootDiskKmsKey": KMS_KEY_LINK}}, None),
+    ("ebs-encrypted-with-customer-key", NP, {"nodeCount": 1}, "node boot disk is encrypted with Google's default"),
+    ("ebs-encrypted-with-customer-key", NP, {"nodeConfig": {"machineType": "g2-standard-4"}}, "nodeConfig.bootDisk"),
+    ("ebs-encrypted-with-customer-key", GC, {"initialNodeCount": 1}, "set nodeConfig.bootDiskKmsKey"),
+    (
+        "ebs-encrypted-with-customer-key",
+        GC,
+        {"nodeConfig": {"bootDiskKmsKey": KMS_KEY_LINK}, "nodePools": [{"name": "extra", "nodeCount": 1}]},
+        "node pool extra boot disk",
+    ),
+    ("ebs-encrypted-with-customer-key", GC, {"enableAutopilot": True}, "autoProvisioningDefaults.bootDiskKmsKey"),
+    (
+        "ebs-encrypted-with-customer-key",
+        GC,
+        {"enableAutopilot": True, "clusterAutoscaling": {"autoProvisioningDefaults": {"bootDiskKmsKey": KMS_KEY_LINK}}},
+        None,
+    ),
     ("kms-key-rotation", rules.GCP_CRYPTO_KEY, {"rotationPeriod": "7776000s"}, None),
     ("kms-key-rotation", rules.GCP_CRYPTO_KEY, {"rotationPeriod": "31536000s", "purpose": "ENCRYPT_DECRYPT"}, None),
     ("kms-key-rotation", rules.GCP_CRYPTO_KEY, {"rotationPeriod": "34560000s"}, "(400.0 days) is too long"),
@@ -103,6 +122,17 @@ GCP_CASES: list[Case] = [
     ("no-world-admin-ingress", rules.GCP_FIREWALL, _firewall({"protocol": "all"}), "ingress all 0-65535"),
     ("no-world-admin-ingress", rules.GCP_FIREWALL, _firewall({"protocol": "tcp"}), "ingress tcp 0-65535"),
     ("no-world-admin-ingress", rules.GCP_FIREWALL, _firewall({"protocol": "udp", "ports": ["22"]}), None),
+    # an ingress rule with no source at all admits every source
+    ("no-world-admin-ingress", rules.GCP_FIREWALL, _firewall(SSH, sourceRanges=[]), "from 0.0.0.0/0 opens an admin"),
+    ("no-world-admin-ingress", rules.GCP_FIREWALL, _firewall(SSH, sourceRanges=None), "from 0.0.0.0/0 opens an admin"),
+    ("no-world-admin-ingress", rules.GCP_FIREWALL, _firewall(SSH, sourceRanges=None, sourceTags=["bastion"]), None),
+    (
+        "no-world-admin-ingress",
+        rules.GCP_FIREWALL,
+        _firewall(SSH, sourceRanges=None, sourceServiceAccounts=["bastion@acme.iam.gserviceaccount.com"]),
+        None,
+    ),
+    ("no-world-admin-ingress", rules.GCP_FIREWALL, _firewall(SSH, sourceRanges=None, direction="EGRESS"), None),
     ("gpu-instance-families", GT, _gcp_template(), None),
     ("gpu-instance-families", GT, _gcp_template(machineType="n1-standard-4"), "n1-standard-4 is not an NVIDIA GPU"),
     ("gpu-instance-families", GT, _gcp_template(machineType="g6.xlarge"), "g6.xlarge is not an NVIDIA GPU"),

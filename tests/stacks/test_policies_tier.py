@@ -17,7 +17,8 @@ AZURE_REDIS = "azure-native:redis:Redis"
 KEY = "arn:aws:kms:us-east-1:123456789012:key/0f0e0d0c-0b0a-0908-0706-050403020100"
 
 GOOD: dict[str, dict[str, Any]] = {
-    ELASTICACHE: {"transitEncryptionEnabled": True, "atRestEncryptionEnabled": True, "kmsKeyId": KEY},
+    ELASTICACHE: {"transitEncryptionEnabled": True, "transitEncryptionMode": "required",
+                  "atRestEncryptionEnabled": True, "kmsKeyId": KEY, "userGroupIds": ["foresight-dev"]},
     MEMORYSTORE: {"transitEncryptionMode": "SERVER_AUTHENTICATION", "authorizationMode": "IAM_AUTH"},
     AZURE_REDIS: {"enableNonSslPort": False, "minimumTlsVersion": "1.2", "disableAccessKeyAuthentication": True,
                   "redisConfiguration": {"aadEnabled": "true"}},
@@ -33,6 +34,9 @@ def test_a_tier_with_tls_and_identity_passes(resource_type: str) -> None:
     (ELASTICACHE, {"transitEncryptionEnabled": False}, "TLS in transit"),
     (ELASTICACHE, {"kmsKeyId": None}, "customer-managed key"),
     (ELASTICACHE, {"authToken": "hunter2-hunter2-hunter2"}, "no AUTH token"),
+    (ELASTICACHE, {"transitEncryptionMode": "preferred"}, "'preferred' also admits plain text"),
+    (ELASTICACHE, {"userGroupIds": None}, "default user"),
+    (ELASTICACHE, {"userGroupIds": []}, "default user"),
     (MEMORYSTORE, {"transitEncryptionMode": "TRANSIT_ENCRYPTION_DISABLED"}, "SERVER_AUTHENTICATION"),
     (MEMORYSTORE, {"authorizationMode": "AUTH_DISABLED"}, "IAM_AUTH"),
     (AZURE_REDIS, {"enableNonSslPort": True}, "no plain-text port"),
@@ -44,6 +48,12 @@ def test_each_weakness_is_named(resource_type: str, change: dict[str, Any], frag
     props = {k: v for k, v in {**GOOD[resource_type], **change}.items() if v is not None}
     found = violations(POLICY, resource_type, props)
     assert len(found) == 1 and fragment in found[0], found
+
+
+def test_tls_without_a_mode_is_required_tls() -> None:
+    """ElastiCache makes a new group with transit encryption on `required` unless told `preferred`."""
+    props = {k: v for k, v in GOOD[ELASTICACHE].items() if k != "transitEncryptionMode"}
+    assert violations(POLICY, ELASTICACHE, props) == []
 
 
 @pytest.mark.parametrize(("props", "ok"), [

@@ -84,6 +84,7 @@ def test_pulumi_yaml_defaults_are_the_programs_defaults() -> None:
         "volumeSizeGb": DEFAULT_VOLUME_SIZE_GB,
         "scaleOut": False,
         "nodes": 2,
+        "redisPrivateDnsZoneId": "",
     }
 
 
