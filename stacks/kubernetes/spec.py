@@ -330,10 +330,12 @@ def load_spec(path: Path) -> WorkloadSpec:
     try:
         text = path.read_text()
     except OSError as err:
-        raise SpecError([("config", f"cannot read {path}: {err.strerror}")]) from None
+        raise SpecError([("config", f"cannot read it: {err.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise SpecError([("config", "not a text file (YAML or JSON in UTF-8)")]) from None
     try:
         values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         first_line = str(err).splitlines()[0]
-        raise SpecError([("config", f"{path} cannot be parsed: {first_line}")]) from None
+        raise SpecError([("config", f"cannot be parsed: {first_line}")]) from None
     return parse_spec(values)

@@ -70,6 +70,61 @@ def test_unparsable_or_missing_config_exits_2(tmp_path: Path) -> None:
         assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
 
 
+def test_a_binary_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "workload.yaml"
+    config.write_bytes(b"\xa6\x00\xff" * 50)
+    result = CliRunner().invoke(app, ["render", "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"foresight kubernetes render: {config}: config: not a text file (YAML or JSON in UTF-8)\n"
+
+
+def test_an_out_that_is_a_file_or_cannot_be_made_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    a_file = tmp_path / "taken"
+    a_file.write_text("keep me")
+    for out, why in ((a_file, "not a directory"), (a_file / "below", "Not a directory")):
+        result = CliRunner().invoke(app, ["render", "--config", str(EXAMPLE), "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert result.stderr == f"foresight kubernetes render: --out {out}: {why}\n"
+    assert a_file.read_text() == "keep me"
+
+
+def _render_into(out: Path, config: Path, *extra: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["render", "--config", str(config), "--out", str(out), *extra])
+    return result.exit_code, result.stderr
+
+
+def test_a_second_render_of_another_workload_never_leaves_the_first_ones_manifests_to_apply(tmp_path: Path) -> None:
+    """`kubectl apply -f DIR` applies every file: an earlier render's must not stay beside the new one's."""
+    out = tmp_path / "manifests"
+    assert _render_into(out, EXAMPLE)[0] == 0
+    first = sorted(f.name for f in out.iterdir())
+    other = tmp_path / "other.yaml"
+    other.write_text(EXAMPLE.read_text().replace("name: foresight", "name: cache2", 1))
+    code, err = _render_into(out, other)
+    assert code == 2 and "holds other files" in err and "--replace" in err, err
+    assert sorted(f.name for f in out.iterdir()) == first  # refused: nothing written
+    code, err = _render_into(out, other, "--replace")
+    assert code == 0, err
+    names = sorted(f.name for f in out.iterdir())
+    assert len(names) == len(first) and not set(names) & set(first), names
+    assert all("cache2" in name for name in names), names
+
+
+def test_replace_still_refuses_files_it_did_not_render(tmp_path: Path) -> None:
+    out = tmp_path / "manifests"
+    out.mkdir()
+    (out / "kustomization.yaml").write_text("resources: []\n")
+    code, err = _render_into(out, EXAMPLE, "--replace")
+    assert code == 2 and "kustomization.yaml" in err, err
+    assert [f.name for f in out.iterdir()] == ["kustomization.yaml"]
+
+
+def test_rendering_again_into_its_own_directory_needs_no_replace(tmp_path: Path) -> None:
+    out = tmp_path / "manifests"
+    assert _render_into(out, EXAMPLE)[0] == 0
+    assert _render_into(out, EXAMPLE) == (0, f"wrote 7 manifests to {out}\n")
+
+
 def test_foresight_command_mounts_the_group() -> None:
     """Through the real entry point, as an operator types it."""
     code = "import sys; from service.cli import main; sys.argv[0] = 'foresight'; main()"
