@@ -259,13 +259,15 @@ class Onboarder:
             self._call(f"delete tenant {name!r}", self.key_admin.delete_tenant, name)  # also finishes a half delete
             if not existed:
                 raise NotFound(f"delete tenant {name!r}", f"no tenant {name!r}")
-        warnings = self._refresh(name)
+        # Its data first, while the service still serves the tenant (after the refresh there is nothing to name
+        # it by); a service that stops serving a tenant drops its data as well, so the refresh is the backstop.
+        warnings: list[str] = []
         if self.admin is not None:
             try:
                 self.admin.drop_data(name)
             except OnboardingError as err:
-                warnings.append(f"{err} (the data is unreachable: the tenant's keys are gone)")
-        return Outcome(warnings=warnings)
+                warnings.append(f"{err} (the service drops the data when it stops serving the tenant)")
+        return Outcome(warnings=warnings + self._refresh(name))
 
     # -- keys ------------------------------------------------------------------------------------------------
 

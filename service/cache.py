@@ -1,6 +1,8 @@
 """A tenant's cache: its store, its origin and its rate quota, behind the calls both front ends make.
 
-Each tenant has its own MemoryStore, so a tenant's writes and scans can only ever evict its own keys.
+Each tenant has its own MemoryStore, so a tenant's writes and scans can only ever evict its own keys. A cache
+belongs to one incarnation of its tenant's name (TenantSpec.incarnation): a tenant deleted and created again
+gets a new, empty cache, never the old one's data.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from service.config import Settings
 from service.origin import Origin, ReadSlots, SingleFlight, open_origin
 from service.origin.base import ObjectTooLarge
 from service.store.memory import MemoryStore, ValueTooLarge
-from service.tenancy import TenantSpec
+from service.tenancy import Principal, TenantSpec
 
 if TYPE_CHECKING:
     from service.resp.scripting import ScriptEngine
@@ -68,6 +70,7 @@ class TenantCache:
 
     def __init__(self, spec: TenantSpec, settings: Settings, origin_slots: ReadSlots | None = None) -> None:
         self.name = spec.name
+        self.incarnation = spec.incarnation
         self.store = MemoryStore(spec.quota.memory_bytes, settings.eviction_policy)
         self.flights: SingleFlight[bytes | None] = SingleFlight()
         self.origin: Origin | None = None
@@ -103,6 +106,12 @@ class TenantCache:
         self.commands_of_closed = 0  # commands of its connections that have ended (open ones count their own)
         self.apply(spec)
 
+    @property
+    def tier_name(self) -> str:
+        """The tenant's name in the shared tier: its name and incarnation (tenant names are DNS labels, so no
+        '.'), so that a later tenant of the name never reads this one's keys."""
+        return self.name if self.incarnation is None else f"{self.name}.{self.incarnation}"
+
     def apply(self, spec: TenantSpec) -> None:
         """Take new quotas without losing data (a smaller budget evicts down to it)."""
         self.prefetcher = spec.quota.prefetcher
@@ -136,7 +145,7 @@ class TenantCache:
         changes = self._changes.get(key, 0)
         value, expires_at = None, 0
         try:
-            if self.shared is not None and (shared := await self.shared.get(self.name, key)) is not None:
+            if self.shared is not None and (shared := await self.shared.get(self.tier_name, key)) is not None:
                 value, expires_at = shared
             if value is None and from_origin and self.origin is not None:
                 self.origin.path_for(key)  # an unmappable key is the client's mistake: no read, nothing counted
@@ -150,7 +159,7 @@ class TenantCache:
                     self.origin_errors += 1
                     raise
                 if value is not None and self.shared is not None:
-                    self.shared.fill(self.name, key, value)
+                    self.shared.fill(self.tier_name, key, value)
             # A change made while the load was in flight is newer than the loaded copy: keep it, or let the next
             # read load it. A client's write here always stays (the key is in the store); with a shared tier, so
             # does a DEL or FLUSH here or another node's change. On one node a key deleted meanwhile may come back
@@ -293,18 +302,29 @@ class TenantRegistry:
     def get(self, name: str) -> TenantCache | None:
         return self._caches.get(name)
 
+    def serving(self, principal: Principal) -> TenantCache | None:
+        """The cache of the principal's tenant, if this process serves the incarnation its key was issued to: a key
+        of a tenant created again under a name never reaches the cache of the one before (until a refresh brings
+        the new one), nor the other way round."""
+        cache = self._caches.get(principal.tenant)
+        return cache if cache is not None and cache.incarnation == principal.incarnation else None
+
     def sync(self, specs: list[TenantSpec]) -> None:
         """Create caches for new tenants, apply changed quotas, drop deleted tenants (and their data)."""
         wanted = {spec.name: spec for spec in specs}
         for name in list(self._caches):
             if name not in wanted:
-                del self._caches[name]
+                self.remove(name)
         for spec in wanted.values():
             self.upsert(spec)
 
     def upsert(self, spec: TenantSpec) -> TenantCache:
-        """Add one tenant, or apply its changed quotas."""
+        """Add one tenant, or apply its changed quotas. A tenant deleted and created again under its name (another
+        incarnation) gets a new cache, and the old one's data goes."""
         cache = self._caches.get(spec.name)
+        if cache is not None and cache.incarnation != spec.incarnation:
+            self.remove(spec.name)
+            cache = None
         if cache is None:
             cache = self._caches[spec.name] = TenantCache(spec, self.settings, self._origin_slots)
             if self.shared is not None:
@@ -314,7 +334,14 @@ class TenantRegistry:
         return cache
 
     def remove(self, name: str) -> bool:
-        return self._caches.pop(name, None) is not None
+        """Stop serving a tenant. Its data goes with its cache, and from the shared tier too: no later tenant of
+        its name could read it there, but nothing else would ever delete it."""
+        cache = self._caches.pop(name, None)
+        if cache is None:
+            return False
+        if self.shared is not None:
+            self.shared.drop(cache)
+        return True
 
     def close(self) -> None:
         """Stop the origins' read threads (reads in flight finish): for the service's stop."""

@@ -6,8 +6,10 @@ from `prefetcher`; tenants without an origin get none (there is nothing to prefe
 checkpointed every `prefetch_checkpoint_interval_s` with its live prefetch accuracy as the metric (of the
 prefetches the model itself issued, `NetworkBooks`), encrypted by the deployment's KMS; a better version is
 promoted, and a serving version that falls well below its predecessor is rolled back and its predecessor's weights
-loaded. Nothing is checkpointed without a KMS. A tenant's checkpoints are deleted when the tenant is; a new
-prefetch child process reloads the serving version into each tenant's model that it rebuilds.
+loaded. Nothing is checkpointed without a KMS. A tenant's checkpoints are deleted when the tenant is, and a
+tenant's models directory records the tenant's incarnation: one left by an earlier tenant of the name (deleted
+while the service was down, or by a release before incarnations) is deleted, never loaded. A new prefetch child
+process reloads the serving version into each tenant's model that it rebuilds.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ def process_count(settings: Settings) -> int:
 
     return max(1, int(available_cores() // SPARE_CORE_FROM))
 
+
+# In a tenant's models directory: the incarnation (TenantSpec.incarnation) of the tenant whose reads trained them.
+INCARNATION_FILE = "incarnation"
 
 # Until a tenant's store holds data, its entries are assumed to be this large when sizing the shadow caches.
 ASSUMED_ENTRY_BYTES = 4096
@@ -338,7 +343,7 @@ class PrefetchManager:
                                 executor=executor)
         checkpoints = None
         if arm == "learned" and settings.data_dir is not None and self.cipher is not None:
-            checkpoints = self._checkpoints(tenant.name)
+            checkpoints = self._checkpoints(tenant)
         running = TenantPrefetch(tenant, arm, max_keys, engine, checkpoints, settings.prefetch_checkpoint_interval_s)
         if checkpoints is not None and isinstance(prefetcher, ProcessPrefetcher):
             prefetcher.rebuild_state = running.serving_state
@@ -355,22 +360,30 @@ class PrefetchManager:
         assert self.settings.data_dir is not None
         return self.settings.data_dir / "models" / name
 
-    def _checkpoints(self, name: str) -> CheckpointRegistry:
-        """The tenant's checkpoint registry. One whose index cannot be read (torn, or edited by hand) is moved
-        aside, kept for a look but never loaded, and the tenant starts a new one with a new model."""
+    def _checkpoints(self, tenant: TenantCache) -> CheckpointRegistry:
+        """The tenant's checkpoint registry. Models an earlier tenant of its name left are deleted first. One whose
+        index cannot be read (torn, or edited by hand) is moved aside, kept for a look but never loaded, and the
+        tenant starts a new one with a new model."""
         from service.prefetch.mlops.checkpoints import CheckpointError, CheckpointRegistry
 
+        name = tenant.name
         directory = self._models(name)
+        if directory.exists() and _recorded_incarnation(directory) != tenant.incarnation:
+            self._forget_models(name, "an earlier tenant of its name trained them")
+            if directory.exists():  # logged: no model of another tenant is ever loaded, so this one gets none
+                raise RuntimeError(f"the models in {directory} are an earlier tenant's and could not be deleted")
         try:
-            return CheckpointRegistry(directory, name, self.cipher)
+            registry = CheckpointRegistry(directory, name, self.cipher)
         except CheckpointError as err:  # it names the index file
             aside = directory.with_name(f"{name}.unreadable-{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}")
             directory.rename(aside)
             log.error("tenant %s: %s; moved its checkpoints to %s, and the tenant starts a new model", name, err,
                       aside)
-        return CheckpointRegistry(directory, name, self.cipher)
+            registry = CheckpointRegistry(directory, name, self.cipher)
+        (directory / INCARNATION_FILE).write_text(tenant.incarnation or "")
+        return registry
 
-    def _forget_models(self, name: str) -> None:
+    def _forget_models(self, name: str, why: str = "it was deleted") -> None:
         """Delete a deleted tenant's checkpoints, and any set aside as unreadable: a tenant created later under
         its name must not start from its model (derived from the deleted tenant's reads)."""
         if self.settings.data_dir is None:
@@ -382,9 +395,10 @@ class PrefetchManager:
             try:
                 shutil.rmtree(models)
             except OSError as err:
-                log.error("tenant %s was deleted, but its model checkpoints in %s were not: %s", name, models, err)
+                log.error("tenant %s: %s, but its model checkpoints in %s were not deleted: %s", name, why, models,
+                          err)
             else:
-                log.info("tenant %s was deleted, and so were its model checkpoints in %s", name, models)
+                log.info("tenant %s: %s, so its model checkpoints in %s were deleted", name, why, models)
 
     async def stop(self) -> None:
         for task in list(self._background):
@@ -414,3 +428,12 @@ class PrefetchManager:
         """Build or close prefetchers on a thread of the manager's own (one at a time, like syncs)."""
         self._builder = self._builder or ThreadPoolExecutor(1, thread_name_prefix="prefetch-build")
         return await asyncio.get_running_loop().run_in_executor(self._builder, call, *args)
+
+
+def _recorded_incarnation(directory: Path) -> str | None:
+    """The incarnation a models directory was written for; None where it records none (a tenants file's tenant,
+    or a release before incarnations)."""
+    try:
+        return (directory / INCARNATION_FILE).read_text().strip() or None
+    except FileNotFoundError:
+        return None

@@ -14,7 +14,10 @@ from node to node, so each node's memory is a near cache of it (docs/scale-out.m
 - the tier may speed reads up, never hold them: a call slower than shared_tier_timeout_s or an error counts,
   is logged at most once a minute, and the read goes to the origin. Writes that could not be sent stay marked
   and are retried. Invalidations missed while the subscription was down cannot be known, so a node that
-  resubscribes empties its memory (it refills from the tier).
+  resubscribes empties its memory (it refills from the tier);
+- a tenant's keys are kept under its name *and incarnation* (`TenantCache.tier_name`), so a tenant created under
+  a deleted tenant's name never reads what the deleted one left; a node that stops serving a tenant (deleted, or
+  replaced by a new one of its name) deletes that tenant's keys from the tier.
 """
 
 from __future__ import annotations
@@ -48,18 +51,19 @@ _KIND_KEYS, _KIND_FLUSH = b"k", b"f"
 _LENGTH = struct.Struct(">I")
 
 
-def tier_key(tenant: str, key: bytes) -> bytes:
-    """Tenant names are DNS labels (no ':'), so the prefix keeps every tenant's keys apart."""
-    return b"%s%s:%s" % (KEY_PREFIX, tenant.encode(), key)
+def tier_key(tier_name: str, key: bytes) -> bytes:
+    """`tier_name`: the tenant's (`TenantCache.tier_name`, `<name>.<incarnation>`). Tenant names are DNS labels
+    and incarnations alphanumeric (no ':', no '.' in a name), so the prefix keeps every tenant's keys apart."""
+    return b"%s%s:%s" % (KEY_PREFIX, tier_name.encode(), key)
 
 
-def encode_message(node: bytes, kind: bytes, tenant: str, keys: Iterable[bytes] = ()) -> bytes:
+def encode_message(node: bytes, kind: bytes, tier_name: str, keys: Iterable[bytes] = ()) -> bytes:
     body = b"".join(_LENGTH.pack(len(key)) + key for key in keys)
-    return b"%s\x00%s%s\x00%s" % (node, kind, tenant.encode(), body)
+    return b"%s\x00%s%s\x00%s" % (node, kind, tier_name.encode(), body)
 
 
 def decode_message(data: bytes) -> tuple[bytes, bytes, str, list[bytes]]:
-    """(node, kind, tenant, keys); raises ValueError on a message no node of ours wrote."""
+    """(node, kind, tenant's tier name, keys); raises ValueError on a message no node of ours wrote."""
     node, sep, rest = data.partition(b"\x00")
     tenant, sep2, body = rest[1:].partition(b"\x00")
     if not sep or not sep2 or rest[:1] not in (_KIND_KEYS, _KIND_FLUSH):
@@ -111,7 +115,7 @@ class SharedTier:
         self._credentials = credentials or tier_credentials(settings)
         self._client = self._open(settings.shared_tier_timeout_s)
         self._listener_client = self._open(None)  # a subscriber waits for messages: no read timeout
-        self._pending: set[str] = set()  # tenants whose writes are being sent
+        self._sending: dict[str, asyncio.Task[None]] = {}  # by tier name: the task sending a tenant's writes
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._logged_at: dict[str, float] = {}
@@ -179,15 +183,38 @@ class SharedTier:
             log.warning("shared tier %s failed (%s: %s); counted in foresight_shared_tier_errors_total", what,
                         type(err).__name__, err)
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
-    async def get(self, tenant: str, key: bytes) -> tuple[bytes, int] | None:
+    def drop(self, cache: TenantCache) -> None:
+        """This node stopped serving the tenant (deleted, or another tenant now has its name): delete its keys from
+        the tier in the background, once its last writes in flight have landed, and tell the other nodes. The cache
+        (which requests in flight may still use) is off the tier from now on."""
+        cache.shared = None
+        cache.store.on_change = None
+        self._spawn(self._drop(cache, self._sending.get(cache.tier_name)))
+
+    async def _drop(self, cache: TenantCache, sending: asyncio.Task[None] | None) -> None:
+        if sending is not None:
+            await asyncio.wait([sending])  # it stops at its next batch: the tenant is no longer the registry's
+        cache.store.written, cache.store.flushed = None, False
+        failures = 0
+        while True:
+            try:
+                await self._send_flush(cache.tier_name)
+                return
+            except (RedisError, OSError) as err:
+                self._failed("drop", err)
+                failures += 1
+                await asyncio.sleep(min(0.05 * 2**failures, 5.0))
+
+    async def get(self, tier_name: str, key: bytes) -> tuple[bytes, int] | None:
         """The tier's value and its deadline (epoch ms, 0 for none), or None when it has none or cannot answer
         in time."""
-        target = tier_key(tenant, key)
+        target = tier_key(tier_name, key)
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.get(target)
@@ -203,12 +230,12 @@ class SharedTier:
         self.stats.hits += 1
         return value, now_ms() + ttl_ms if ttl_ms > 0 else 0
 
-    def fill(self, tenant: str, key: bytes, value: bytes) -> None:
+    def fill(self, tier_name: str, key: bytes, value: bytes) -> None:
         """Offer an origin value to the tier in the background (only where absent: a client's write wins)."""
         if len(self._tasks) >= MAX_PENDING_FILLS:
             self.stats.fills_skipped += 1
             return
-        self._spawn(self._fill(tier_key(tenant, key), value))
+        self._spawn(self._fill(tier_key(tier_name, key), value))
 
     async def _fill(self, key: bytes, value: bytes) -> None:
         try:
@@ -224,9 +251,8 @@ class SharedTier:
         self._send_soon(cache)
 
     def _send_soon(self, cache: TenantCache) -> None:
-        if cache.name not in self._pending:
-            self._pending.add(cache.name)
-            self._spawn(self._send(cache))
+        if cache.tier_name not in self._sending:
+            self._sending[cache.tier_name] = self._spawn(self._send(cache))
 
     async def _send(self, cache: TenantCache) -> None:
         """Send the tenant's marked writes until none are left (retrying with backoff while the tier fails)."""
@@ -241,7 +267,7 @@ class SharedTier:
                 cache.sending(keys)  # type: ignore[arg-type]  # store keys are bytes
                 try:
                     if flushed:
-                        await self._send_flush(cache.name)
+                        await self._send_flush(cache.tier_name)
                         flushed = False  # done: a later batch's failure must not flush again
                     for batch in _batches(list(keys)):  # type: ignore[arg-type]  # store keys are bytes
                         await self._send_writes(cache, batch)
@@ -256,28 +282,29 @@ class SharedTier:
                     failures += 1
                     await asyncio.sleep(min(0.05 * 2**failures, 5.0))
         finally:
-            self._pending.discard(cache.name)
+            self._sending.pop(cache.tier_name, None)
 
     async def _send_writes(self, cache: TenantCache, keys: list[bytes]) -> None:
         now = now_ms()
         async with self._client.pipeline(transaction=False) as pipe:
             for key in keys:
                 entry = cache.store.entry(key)
-                target = tier_key(cache.name, key)
+                target = tier_key(cache.tier_name, key)
                 if entry is None or (entry.expires_at and entry.expires_at <= now):
                     pipe.delete(target)
                 elif entry.expires_at:
                     pipe.set(target, entry.value, pxat=entry.expires_at)
                 else:
                     pipe.set(target, entry.value)
-            pipe.publish(self.settings.shared_tier_channel, encode_message(self.node_id, _KIND_KEYS, cache.name, keys))
+            pipe.publish(self.settings.shared_tier_channel,
+                         encode_message(self.node_id, _KIND_KEYS, cache.tier_name, keys))
             await pipe.execute()
         self.stats.writes += len(keys)
         self.stats.invalidations_sent += 1
 
-    async def _send_flush(self, tenant: str) -> None:
+    async def _send_flush(self, tier_name: str) -> None:
         cursor: int = 0
-        pattern = tier_key(tenant, b"*")
+        pattern = tier_key(tier_name, b"*")
         while True:
             cursor, found = await self._client.scan(cursor, match=pattern, count=1000)
             if found:
@@ -285,7 +312,7 @@ class SharedTier:
             if not cursor:
                 break
         await self._client.publish(self.settings.shared_tier_channel,
-                                   encode_message(self.node_id, _KIND_FLUSH, tenant))
+                                   encode_message(self.node_id, _KIND_FLUSH, tier_name))
         self.stats.invalidations_sent += 1
 
     async def _listen(self) -> None:
@@ -343,15 +370,15 @@ class SharedTier:
 
     def _apply(self, data: bytes) -> None:
         try:
-            node, kind, tenant, keys = decode_message(data)
+            node, kind, tier_name, keys = decode_message(data)
         except (ValueError, struct.error):
             log.warning("ignored a message on %s that no Foresight node wrote", self.settings.shared_tier_channel)
             return
         if node == self.node_id:
             return
-        cache = self._registry.get(tenant)
-        if cache is None:
-            return
+        cache = self._registry.get(tier_name.partition(".")[0])
+        if cache is None or cache.tier_name != tier_name:
+            return  # a tenant this node does not serve, or another tenant of its name
         self.stats.invalidations_received += 1
         if kind == _KIND_FLUSH:
             cache.drop_remote(None)

@@ -8,6 +8,11 @@ it never serves bytes it cannot prove it wrote.
 Each tenant's entries are written coldest first, in its eviction policy's order. Restore walks them from the
 hottest end and keeps what its budget holds now, so a budget lowered while the service was down keeps the hot
 entries, and restoring evicts nothing. (Older snapshots, in insertion order, read the same way.)
+
+Each tenant's section names its incarnation (TenantSpec.incarnation), and restore skips a section whose tenant is
+now another one of that name (deleted and created again while the service was down). Sections of snapshots
+written before incarnations (`FSNP1`) have none, and restore only into tenants that have none either (those of a
+tenants file); a Vault tenant starts cold once, after the upgrade.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import logging
 import os
 import struct
 from pathlib import Path
+from typing import NamedTuple
 
 from service.cache import TenantRegistry
 from service.security.envelope import EnvelopeCipher, EnvelopeError
@@ -25,11 +31,18 @@ log = logging.getLogger(__name__)
 
 AAD = b"foresight-snapshot-v1"
 FILENAME = "snapshot.fse"
-_MAGIC = b"FSNP1"
-_TENANT = struct.Struct(">HI")  # name length, entry count
+_MAGIC = b"FSNP2"
+_MAGIC_V1 = b"FSNP1"  # before incarnations: read, never written
+_TENANT = struct.Struct(">HBI")  # name length, incarnation length (0: none), entry count
+_TENANT_V1 = struct.Struct(">HI")  # name length, entry count
 _ENTRY = struct.Struct(">IIq")  # key length, value length, deadline (ms, 0 = none)
 
 SavedEntry = tuple[bytes, bytes, int]  # key, value, deadline
+
+
+class SavedTenant(NamedTuple):
+    incarnation: str | None
+    entries: list[SavedEntry]  # coldest first
 
 
 def encode(tenants: TenantRegistry) -> bytes:
@@ -43,24 +56,35 @@ def encode(tenants: TenantRegistry) -> bytes:
             entry = store.entry(key)
             if entry is not None and isinstance(key, bytes):
                 live.append((key, entry.value, entry.expires_at))
-        name = tenant.name.encode()
-        parts.append(_TENANT.pack(len(name), len(live)) + name)
+        name, incarnation = tenant.name.encode(), (tenant.incarnation or "").encode()
+        parts.append(_TENANT.pack(len(name), len(incarnation), len(live)) + name + incarnation)
         for key, value, deadline in live:
             parts.append(_ENTRY.pack(len(key), len(value), deadline) + key + value)
     return b"".join(parts)
 
 
-def decode(data: bytes) -> dict[str, list[SavedEntry]]:
-    if not data.startswith(_MAGIC):
+def decode(data: bytes) -> dict[str, SavedTenant]:
+    """Each tenant's section by name; a snapshot of before incarnations (`FSNP1`) reads with none."""
+    if data.startswith(_MAGIC):
+        header = _TENANT
+    elif data.startswith(_MAGIC_V1):
+        header = _TENANT_V1
+    else:
         raise ValueError("not a Foresight snapshot")
-    result: dict[str, list[SavedEntry]] = {}
+    result: dict[str, SavedTenant] = {}
     pos = len(_MAGIC)
     while pos < len(data):
-        name_len, count = _TENANT.unpack_from(data, pos)
-        pos += _TENANT.size
+        if header is _TENANT:
+            name_len, incarnation_len, count = _TENANT.unpack_from(data, pos)
+        else:
+            (name_len, count), incarnation_len = _TENANT_V1.unpack_from(data, pos), 0
+        pos += header.size
         name = data[pos:pos + name_len].decode()
         pos += name_len
-        entries = result.setdefault(name, [])
+        incarnation = data[pos:pos + incarnation_len].decode() or None
+        pos += incarnation_len
+        entries: list[SavedEntry] = []
+        result[name] = SavedTenant(incarnation, entries)
         for _ in range(count):
             key_len, value_len, deadline = _ENTRY.unpack_from(data, pos)
             pos += _ENTRY.size
@@ -114,10 +138,14 @@ def restore(tenants: TenantRegistry, data_dir: Path, cipher: EnvelopeCipher) -> 
         return 0
     restored = 0
     now = now_ms()
-    for name, entries in snapshot.items():
+    for name, (incarnation, entries) in snapshot.items():
         tenant = tenants.get(name)
         if tenant is None:
             continue  # the tenant was deleted while we were down
+        if tenant.incarnation != incarnation:
+            log.warning("snapshot: skipped %d entries of tenant %s: they were an earlier tenant's of that name",
+                        len(entries), name)
+            continue
         kept, skipped = _fitting(tenant.store, [entry for entry in entries if not entry[2] or entry[2] > now])
         for key, value, deadline in kept:
             tenant.store.set(key, value, deadline)

@@ -18,6 +18,7 @@ from service.prefetch.markov import MIN_MAX_KEYS
 from service.security.apikeys import MalformedKey, key_id_of, verify_key
 
 TENANT_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+INCARNATION_PATTERN = r"^[a-z0-9]{1,64}$"  # safe in shared-tier keys and file names
 
 
 class TenantQuota(BaseModel):
@@ -50,6 +51,12 @@ class TenantSpec(BaseModel):
     name: str = Field(pattern=TENANT_NAME_PATTERN, description="DNS-label tenant name.")
     quota: TenantQuota = Field(default_factory=TenantQuota)
     suspended: bool = Field(False, description="Suspended tenants cannot authenticate.")
+    incarnation: str | None = Field(
+        None, pattern=INCARNATION_PATTERN, exclude=True,
+        description="Which tenant of this name: the key source's id for it, so that data a deleted tenant left "
+        "(in memory, the shared tier, a snapshot, model checkpoints) never reaches a later tenant given its name. "
+        "Set by the Vault source from the tenant's record, never stored in it; None for the tenants file's.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +68,7 @@ class Principal:
     tenant: str
     key_id: str
     scopes: frozenset[str] = field(default_factory=lambda: frozenset({"read", "write"}))
+    incarnation: str | None = None  # the tenant's (TenantSpec.incarnation) the key was issued to
 
 
 class KeySource(Protocol):

@@ -2,8 +2,8 @@
 
 Layout under the KV v2 mount (default ``foresight``)::
 
-    tenants/<tenant>/meta           the tenant: spec (quotas, suspended), created, deleting
-    tenants/<tenant>/keys/<key id>  one key: hash, scopes, created, expires, state, rotated_to
+    tenants/<tenant>/meta           the tenant: spec (quotas, suspended), created, uid, deleting
+    tenants/<tenant>/keys/<key id>  one key: hash, scopes, created, expires, state, rotated_to, incarnation
     keyids/<key id>                 {"tenant": ...}: finds a key's tenant in one read
 
 Policies: ``foresight-tenant-<tenant>`` reads only ``<mount>/data/tenants/<tenant>/*``;
@@ -15,6 +15,11 @@ identical tenant, revoke a revoked key, delete a deleted tenant) and undoes its 
 later step fails. Secrets never leave it except as the `IssuedKey` returned once by issue/rotate.
 Every method blocks on Vault; call it from a worker thread in async code. The reader side
 (`VaultKeySource`) lives in `vault_source`.
+
+A name can be deleted and given to a new tenant, so a tenant is one *incarnation* of its name: `TenantMeta.uid`,
+random, written at creation (a tenant created before uids existed has its `created` time instead). The service
+keys everything it holds for a tenant by it, and a key record names the incarnation it was issued to, so that a
+key a deletion missed (an issue racing it) never works for a later tenant of the name.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import secrets
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -31,7 +37,7 @@ import requests
 from pydantic import BaseModel, Field
 
 from service.security.apikeys import IssuedKey, new_key
-from service.tenancy import TENANT_NAME_PATTERN, TenantSpec
+from service.tenancy import INCARNATION_PATTERN, TENANT_NAME_PATTERN, TenantSpec
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +70,7 @@ class KeyNotFound(VaultKeyStoreError):
 
 
 class KeyNotActive(VaultKeyStoreError):
-    """The key is revoked or expired, so it cannot be rotated."""
+    """The key is revoked, expired or already rotated, so it cannot be rotated."""
 
 
 def utcnow() -> dt.datetime:
@@ -83,6 +89,10 @@ class KeyInfo(BaseModel):
     state: Literal["active", "revoked"] = "active"
     revoked_at: dt.datetime | None = None
     rotated_to: str | None = Field(default=None, description="The key that replaced this one, when rotated.")
+    incarnation: str | None = Field(
+        default=None, description="The tenant's incarnation it was issued to (TenantMeta.incarnation); none for keys "
+        "issued before incarnations existed.",
+    )
 
     def usable_at(self, now: dt.datetime) -> bool:
         return self.state == "active" and (self.expires is None or now < self.expires)
@@ -92,6 +102,34 @@ class TenantMeta(BaseModel):
     spec: TenantSpec
     created: dt.datetime
     deleting: bool = Field(default=False, description="Deletion started: the tenant no longer authenticates.")
+    uid: str | None = Field(
+        default=None, pattern=INCARNATION_PATTERN,
+        description="Random, written at creation: tells this tenant from an earlier one of the same name. None for "
+        "tenants created before uids existed.",
+    )
+
+    @property
+    def incarnation(self) -> str:
+        """The uid; for a tenant created before uids, one derived from its creation time (stable, and distinct
+        for a tenant deleted and created again by an older release, which writes a new `created`)."""
+        if self.uid is not None:
+            return self.uid
+        created = self.created if self.created.tzinfo else self.created.replace(tzinfo=dt.UTC)
+        return f"c{(created - _EPOCH) // dt.timedelta(microseconds=1):x}"
+
+    def service_spec(self) -> TenantSpec:
+        """The spec as the service serves it: with the incarnation its data is kept under."""
+        return self.spec.model_copy(update={"incarnation": self.incarnation})
+
+    def issued(self, key: KeyInfo) -> bool:
+        """Whether `key` was issued to this incarnation, not to an earlier tenant of the name. A key from before
+        incarnations has none, and is taken only by a tenant from before them too."""
+        if key.incarnation is None:
+            return self.uid is None
+        return key.incarnation == self.incarnation
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def tenant_policy_name(tenant: str) -> str:
@@ -177,7 +215,7 @@ class VaultKeyAdmin:
         with _vault_errors(f"create tenant {spec.name!r}"):
             self.client.sys.create_or_update_policy(tenant_policy_name(spec.name), tenant_policy(spec.name, self.mount))
             try:
-                meta = TenantMeta(spec=spec, created=utcnow())
+                meta = TenantMeta(spec=spec, created=utcnow(), uid=secrets.token_hex(8))
                 self._kv.create_or_update_secret(
                     self._meta_path(spec.name), meta.model_dump(mode="json"), cas=0, mount_point=self.mount
                 )
@@ -233,7 +271,8 @@ class VaultKeyAdmin:
         scope_list = sorted(set(scopes))
         if not scope_list or not set(scope_list) <= SCOPES:
             raise VaultKeyStoreError(f"scopes must be a non-empty subset of {sorted(SCOPES)}")
-        if self.get_tenant(tenant) is None:
+        current = self._read_meta(tenant)
+        if current is None or current[0].deleting:
             raise TenantNotFound(f"no tenant {tenant!r}")
         now = utcnow()
         with _vault_errors(f"issue a key for tenant {tenant!r}"):
@@ -245,6 +284,7 @@ class VaultKeyAdmin:
                 scopes=scope_list,
                 created=now,
                 expires=now + ttl if ttl else None,
+                incarnation=current[0].incarnation,  # a deletion racing this write leaves a key no later tenant takes
             )
             try:
                 self._kv.create_or_update_secret(
@@ -260,13 +300,11 @@ class VaultKeyAdmin:
         return key
 
     def rotate_key(self, key_id: str, *, overlap: dt.timedelta, tenant: str | None = None) -> IssuedKey:
-        """A new key with the same scopes and lifetime; the old one works for `overlap` more, then expires."""
+        """A new key with the same scopes and lifetime; the old one works for `overlap` more, then expires.
+        A key rotated already is refused: its expiry was cut to the overlap, so it no longer says its lifetime."""
         info, version = self._read_key(key_id, tenant)
         now = utcnow()
-        if not info.usable_at(now):
-            raise KeyNotActive(
-                f"key {key_id} is {'revoked' if info.state == 'revoked' else 'expired'}; issue a new one"
-            )
+        _check_rotatable(info, now)
         ttl = info.expires - info.created if info.expires else None
         new = self.issue_key(info.tenant, info.scopes, ttl=ttl)
         old_expiry = now + overlap if info.expires is None else min(info.expires, now + overlap)
@@ -279,6 +317,7 @@ class VaultKeyAdmin:
                 ):
                     break
                 info, version = self._read_key(key_id, info.tenant)
+                _check_rotatable(info, now)  # a concurrent rotation or revocation won: this one's key is undone
             else:
                 raise VaultKeyStoreError(f"key {key_id} kept changing during rotation; retry")
         except BaseException:
@@ -393,6 +432,15 @@ class VaultKeyAdmin:
             undo(*args, **kwargs)
         except Exception as err:
             log.error("rollback step %s failed: %s", getattr(undo, "__name__", undo), type(err).__name__)
+
+
+def _check_rotatable(info: KeyInfo, now: dt.datetime) -> None:
+    if not info.usable_at(now):
+        state = "revoked" if info.state == "revoked" else "expired"
+        raise KeyNotActive(f"key {info.key_id} is {state}; issue a new one")
+    if info.rotated_to is not None:
+        raise KeyNotActive(f"key {info.key_id} was already rotated to {info.rotated_to}; rotate {info.rotated_to} "
+                           "instead, or issue a new key")
 
 
 def _check_tenant_name(tenant: str) -> None:

@@ -5,7 +5,8 @@ reaches every listener quickly: a key record is re-read once it is older than `c
 so a revoked, expired or suspended key is refused within `cache_ttl` plus one Vault read. A presented key
 is always compared (in constant time) with the cached *hash*; the cache never remembers "this string was
 valid". Unknown key ids are remembered for at most `negative_ttl`, which keeps a flood of random keys from
-becoming a flood of Vault reads.
+becoming a flood of Vault reads. A key works only for the incarnation of its tenant it was issued to (not for a
+later tenant given the name), and the specs it lists carry each tenant's incarnation.
 
 When Vault is unreachable (or refuses the service token, or answers with any error but "no such path"), keys
 that Vault confirmed within the last `stale_grace` seconds keep working, with their last known state and
@@ -131,7 +132,7 @@ class VaultKeySource:
             return list(cached[0])
         if fresh:
             self.forget()
-        specs = [m.spec for m in metas if m is not None and not m.deleting]
+        specs = [m.service_spec() for m in metas if m is not None and not m.deleting]
         self._tenants = (specs, started)
         return list(specs)
 
@@ -146,7 +147,7 @@ class VaultKeySource:
         for key_id in stale:
             self.forget(key_id)
         self._tenants = None  # the next full list is read again, with this tenant's change in it
-        return None if meta is None or meta.deleting else meta.spec
+        return None if meta is None or meta.deleting else meta.service_spec()
 
     def forget(self, key_id: str | None = None) -> None:
         """Drop cached answers (one key's, or all) so the next AUTH asks Vault: for in-process revocation."""
@@ -239,8 +240,8 @@ class VaultKeySource:
 
 def _decide(entry: _Entry, api_key: str) -> Principal | None:
     key, tenant = entry.key, entry.tenant
-    if tenant is None or tenant.deleting or tenant.spec.suspended:
-        return None
+    if tenant is None or tenant.deleting or tenant.spec.suspended or not tenant.issued(key):
+        return None  # not issued to this tenant: to an earlier one of its name, which a deletion missed
     if not key.usable_at(dt.datetime.now(dt.UTC)) or not verify_key(api_key, key.hash):
         return None
-    return Principal(key.tenant, key.key_id, frozenset(key.scopes))
+    return Principal(key.tenant, key.key_id, frozenset(key.scopes), tenant.incarnation)

@@ -165,6 +165,14 @@ def test_keys_rotate_json_gives_every_time_in_one_format(vault_env: Path) -> Non
     assert re.fullmatch(iso_utc, rotated["replaces"]["expires"]), rotated["replaces"]["expires"]
 
 
+def test_rotating_a_key_again_is_a_conflict_naming_its_successor(vault_env: Path) -> None:
+    first = json.loads(invoke("tenants", "create", unique("rot-twice"), "--json").stdout)
+    rotated = json.loads(invoke("keys", "rotate", first["key_id"], "--json").stdout)
+    again = invoke("keys", "rotate", first["key_id"], "--json")  # a retry, after output that was lost
+    assert again.exit_code == EXIT_CONFLICT
+    assert f"already rotated to {rotated['key_id']}" in json.loads(again.stdout)["error"]
+
+
 @pytest.mark.parametrize("flag", ["--resp-port", "--http-port", "--vault-port"])
 @pytest.mark.parametrize("port", ["70000", "-1"])
 def test_local_up_refuses_a_port_out_of_range_and_creates_nothing(state_dir: Path, flag: str, port: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import struct
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,9 @@ from service.store.policies import POLICIES
 from service.tenancy import TenantQuota, TenantSpec
 
 
-def registry(memory_bytes: int = 1 << 20, policy: str = "s3fifo") -> TenantRegistry:
+def registry(memory_bytes: int = 1 << 20, policy: str = "s3fifo", incarnation: str | None = None) -> TenantRegistry:
     tenants = TenantRegistry(Settings(eviction_policy=policy))
-    tenants.upsert(TenantSpec(name="acme", quota=TenantQuota(memory_bytes=memory_bytes)))
+    tenants.upsert(TenantSpec(name="acme", quota=TenantQuota(memory_bytes=memory_bytes), incarnation=incarnation))
     return tenants
 
 
@@ -46,7 +47,7 @@ def test_a_key_expiring_during_encode_does_not_lose_the_snapshot(tmp_path: Path,
     step[0] = 1
     snapshot.save(tenants, tmp_path, cipher)
     written = snapshot.decode(cipher.decrypt((tmp_path / snapshot.FILENAME).read_bytes(), snapshot.AAD))
-    assert {key for key, _value, _deadline in written["acme"]} >= {b"k%d" % i for i in range(10)}
+    assert {key for key, _value, _deadline in written["acme"].entries} >= {b"k%d" % i for i in range(10)}
     assert snapshot.restore(registry(), tmp_path, cipher) == 10  # `expiring` is long past on the real clock
 
 
@@ -90,3 +91,31 @@ def test_a_lowered_budget_restores_the_hot_entries_and_counts_only_those_residen
     assert all(key in store for key in hot)  # the ones read before the shutdown, not the last ones written
     assert store.stats.evictions == 0 and store.used <= store.budget
     assert f"skipped {1000 - restored} entries of tenant acme" in caplog.text
+
+
+def test_a_tenant_created_again_under_the_name_while_down_gets_none_of_the_old_ones_entries(
+        tmp_path: Path, cipher: EnvelopeCipher, caplog: pytest.LogCaptureFixture) -> None:
+    before = registry(incarnation="a1")
+    before.get("acme").store.set(b"payroll", b"the old tenant's", 0)  # type: ignore[union-attr]
+    snapshot.save(before, tmp_path, cipher)
+    after = registry(incarnation="b2")  # deleted and created again while the service was down
+    with caplog.at_level(logging.WARNING, logger="service.snapshot"):
+        assert snapshot.restore(after, tmp_path, cipher) == 0
+    assert after.get("acme").store.get(b"payroll") is None  # type: ignore[union-attr]
+    assert "earlier tenant's" in caplog.text
+    snapshot.save(before, tmp_path, cipher)
+    same = registry(incarnation="a1")  # the same tenant, restarted: its entries come back
+    assert snapshot.restore(same, tmp_path, cipher) == 1
+
+
+def test_a_snapshot_from_before_incarnations_restores_only_into_tenants_without_one(
+        tmp_path: Path, cipher: EnvelopeCipher) -> None:
+    v1 = b"FSNP1" + struct.pack(">HI", 4, 1) + b"acme" + struct.pack(">IIq", 1, 1, 0) + b"kv"
+
+    def restore_into(tenants: TenantRegistry) -> int:
+        (tmp_path / snapshot.FILENAME).write_bytes(cipher.encrypt(v1, snapshot.AAD))
+        return snapshot.restore(tenants, tmp_path, cipher)
+
+    assert snapshot.decode(v1) == {"acme": snapshot.SavedTenant(None, [(b"k", b"v", 0)])}
+    assert restore_into(registry(incarnation="c18a0b")) == 0  # a Vault tenant: it may be another one by now
+    assert restore_into(registry()) == 1  # a tenants file's tenant: its name is all it ever had

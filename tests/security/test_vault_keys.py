@@ -10,9 +10,11 @@ import pytest
 
 from service.security.apikeys import hash_key
 from service.security.vault_keys import (
+    KeyInfo,
     KeyNotActive,
     KeyNotFound,
     TenantExists,
+    TenantMeta,
     TenantNotFound,
     VaultKeyAdmin,
     VaultKeyStoreError,
@@ -90,6 +92,52 @@ def test_rotate_refuses_revoked_keys_and_other_tenants(key_admin: VaultKeyAdmin,
     key_admin.revoke_key(key.key_id)
     with pytest.raises(KeyNotActive):
         key_admin.rotate_key(key.key_id, overlap=dt.timedelta(minutes=1))
+
+
+@pytest.mark.parametrize("ttl", [None, dt.timedelta(days=30)])
+def test_a_rotated_key_cannot_be_rotated_again(key_admin: VaultKeyAdmin, tenant: str, ttl: dt.timedelta | None) -> None:
+    # A retried `keys rotate` must not issue a successor that lives only for the overlap (its lifetime was taken
+    # from the old key's expiry, which the first rotation cut to the overlap).
+    old = key_admin.issue_key(tenant, ttl=ttl)
+    successor = key_admin.rotate_key(old.key_id, overlap=dt.timedelta(hours=1))
+    with pytest.raises(KeyNotActive, match=f"already rotated to {successor.key_id}"):
+        key_admin.rotate_key(old.key_id, overlap=dt.timedelta(hours=1))
+    assert key_admin.get_key(old.key_id).rotated_to == successor.key_id
+    assert [k.key_id for k in key_admin.list_keys(tenant)].count(successor.key_id) == 1
+    assert len(key_admin.list_keys(tenant)) == 2  # the refused rotation issued nothing
+    info = key_admin.get_key(successor.key_id)
+    assert info.expires is None if ttl is None else info.expires - info.created == ttl
+    assert key_admin.rotate_key(successor.key_id, overlap=dt.timedelta(hours=1))  # the successor rotates as usual
+
+
+def test_each_tenant_of_a_name_is_another_incarnation_and_its_keys_name_it(
+        key_admin: VaultKeyAdmin, bao_root: hvac.Client) -> None:
+    name = unique("again")
+    key_admin.create_tenant(TenantSpec(name=name))
+    first = TenantMeta.model_validate(kv_read(bao_root, f"tenants/{name}/meta")["data"]["data"])
+    key = key_admin.issue_key(name)
+    assert first.uid and key_admin.get_key(key.key_id).incarnation == first.incarnation == first.uid
+    key_admin.delete_tenant(name)
+    key_admin.create_tenant(TenantSpec(name=name))
+    second = TenantMeta.model_validate(kv_read(bao_root, f"tenants/{name}/meta")["data"]["data"])
+    assert second.incarnation != first.incarnation
+    assert second.issued(key_admin.get_key(key_admin.issue_key(name).key_id))
+    assert not second.issued(KeyInfo(key_id="x", tenant=name, hash="h", scopes=["read"], created=second.created,
+                                     incarnation=first.incarnation))
+    key_admin.delete_tenant(name)
+
+
+def test_a_tenant_from_before_incarnations_has_a_stable_one_and_keeps_its_old_keys() -> None:
+    created = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+    legacy = TenantMeta.model_validate({"spec": {"name": "acme"}, "created": created.isoformat()})
+    assert legacy.uid is None and legacy.incarnation == TenantMeta(spec=legacy.spec, created=created).incarnation
+    recreated = TenantMeta(spec=legacy.spec, created=created + dt.timedelta(microseconds=1))  # by an older release
+    assert recreated.incarnation != legacy.incarnation
+    old_key = KeyInfo(key_id="x", tenant="acme", hash="h", scopes=["read"], created=created)  # no incarnation
+    assert legacy.issued(old_key)  # keys issued before the upgrade keep working
+    assert not TenantMeta(spec=legacy.spec, created=created, uid="0123abcd").issued(old_key)
+    assert legacy.service_spec().incarnation == legacy.incarnation
+    assert "incarnation" not in legacy.service_spec().model_dump()  # never written back into a record
 
 
 def test_revoke_is_idempotent(key_admin: VaultKeyAdmin, tenant: str) -> None:

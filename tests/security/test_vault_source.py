@@ -66,7 +66,10 @@ def test_valid_key_authenticates_with_its_tenant_and_scopes(
     key_admin: VaultKeyAdmin, service_vault: hvac.Client, tenant: str
 ) -> None:
     key = key_admin.issue_key(tenant, ["read"])
-    assert VaultKeySource(service_vault).authenticate(key.secret) == Principal(tenant, key.key_id, frozenset({"read"}))
+    incarnation = key_admin.get_key(key.key_id).incarnation
+    assert incarnation is not None
+    assert VaultKeySource(service_vault).authenticate(key.secret) == Principal(
+        tenant, key.key_id, frozenset({"read"}), incarnation)
 
 
 def test_wrong_secret_malformed_and_unknown_keys_are_refused(
@@ -136,6 +139,30 @@ def test_suspending_or_deleting_the_tenant_refuses_its_keys(
     assert source.authenticate(key.secret) is not None
     key_admin.delete_tenant(tenant)
     wait_for_refusal(source, key.secret, limit=1.0)
+
+
+class DeletedAndCreatedMidIssue(VaultKeyAdmin):
+    """A writer whose key issue races a `tenants delete` and a `tenants create` of the same name: both run after
+    it read the tenant and before it writes the key, so the key lands under the new tenant's name."""
+
+    def __init__(self, client: hvac.Client, other: VaultKeyAdmin) -> None:
+        super().__init__(client)
+        self.other = other
+
+    def _claim_key_id(self, tenant: str):  # type: ignore[no-untyped-def]
+        self.other.delete_tenant(tenant)
+        self.other.create_tenant(TenantSpec(name=tenant))
+        return super()._claim_key_id(tenant)
+
+
+def test_a_key_issued_to_an_earlier_tenant_of_the_name_is_refused(
+    key_admin: VaultKeyAdmin, service_vault: hvac.Client, tenant: str
+) -> None:
+    stray = DeletedAndCreatedMidIssue(key_admin.client, key_admin).issue_key(tenant)
+    assert key_admin.get_key(stray.key_id).tenant == tenant  # the deletion missed it: it is the new tenant's now
+    source = VaultKeySource(service_vault, cache_ttl=0, negative_ttl=0)
+    assert source.authenticate(stray.secret) is None
+    assert source.authenticate(key_admin.issue_key(tenant).secret) is not None  # the new tenant's own keys work
 
 
 def test_cache_answers_repeat_auth_without_vault_reads(

@@ -670,6 +670,46 @@ async def test_a_deleted_tenants_models_go_with_it_and_a_new_tenant_of_its_name_
         registry.close()
 
 
+async def test_models_an_earlier_tenant_of_the_name_left_are_never_loaded(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings, _ = _learned_tenants(tmp_path, ["acme"])
+    models = tmp_path / "data" / "models" / "acme"
+    metrics = itertools.count(10, 10)  # each checkpoint well above the one before: promoted
+
+    async def run(incarnation: str, replaced_by: str | None = None) -> int | None:
+        """Serve acme (this incarnation) in a fresh manager, as a service start does; checkpoint a model; say
+        which version it loaded at the start."""
+        registry = TenantRegistry(settings)
+        registry.sync([TenantSpec(name="acme", incarnation=incarnation)])
+        manager = PrefetchManager(settings, XorCipher())  # type: ignore[arg-type]
+        try:
+            await manager.sync(registry)
+            running = manager.running["acme"]
+            assert running.checkpoints is not None
+            loaded = running.checkpoints.serving
+            state = await running.run_blocking(running.engine.prefetcher.state_dict)
+            assert running.checkpoints.promote_if_better(running.checkpoints.save(state, next(metrics) / 100))
+            if replaced_by is not None:  # deleted and created again between two refreshes
+                registry.sync([TenantSpec(name="acme", incarnation=replaced_by)])
+                await manager.sync(registry)
+                assert manager.running["acme"].checkpoints.serving is None  # type: ignore[union-attr]
+            return loaded
+        finally:
+            await manager.stop()
+            registry.close()
+
+    assert await run("a1") is None
+    assert await run("a1") == 1  # the same tenant, restarted: its model comes back
+    with caplog.at_level(logging.INFO, logger="service.prefetching"):
+        assert await run("b2") is None  # deleted and created again while the service was down
+        assert "an earlier tenant of its name trained them" in caplog.text
+        assert (models / "incarnation").read_text() == "b2"
+        assert await run("b2", replaced_by="c3") == 1
+    assert (models / "incarnation").read_text() == "c3"
+    (models / "incarnation").unlink()  # as a release before incarnations left it
+    assert await run("c3") is None
+
+
 async def test_a_restarted_prefetch_child_reloads_the_serving_model(tmp_path: Path) -> None:
     """The child died (OOM-killed, say) and the new one builds each tenant's model afresh: it must load the
     tenant's serving checkpoint, or the next checkpoint saves the untrained model."""

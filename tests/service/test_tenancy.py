@@ -248,6 +248,27 @@ def test_a_tenant_refresh_neither_refills_nor_resets_the_rate_bucket() -> None:
     registry.close()
 
 
+def test_a_tenant_created_again_under_its_name_gets_a_new_cache_and_only_its_own_keys_reach_it() -> None:
+    from service.cache import TenantRegistry
+    from service.config import Settings
+    from service.tenancy import Principal, TenantSpec
+
+    registry = TenantRegistry(Settings(dev=True))
+    registry.sync([TenantSpec(name="t", incarnation="a1")])
+    old = registry.get("t")
+    assert old is not None
+    old.store.set(b"payroll", b"the old tenant's")
+    registry.sync([TenantSpec(name="t", incarnation="a1")])  # a refresh: the same tenant keeps its data
+    assert registry.get("t") is old
+    registry.sync([TenantSpec(name="t", incarnation="b2")])  # deleted and created again between two refreshes
+    new = registry.get("t")
+    assert new is not None and new is not old and new.store.get(b"payroll") is None
+    assert registry.serving(Principal("t", "newkey", incarnation="b2")) is new
+    assert registry.serving(Principal("t", "oldkey", incarnation="a1")) is None  # a session of the old tenant's
+    assert registry.upsert(TenantSpec(name="t", incarnation="c3")) is not new  # a one-tenant refresh, the same
+    registry.close()
+
+
 def test_tenants_file_errors_name_the_field(tmp_path: Path, pki: PKI) -> None:
     from service.config import ConfigError
 
