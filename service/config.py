@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     admin_token_hash: str | None = Field(
         None, description="Stored hash of the admin API bearer token (service.security.admin_token)."
     )
+    metrics_token_file: Path | None = Field(
+        None, description="File holding the bearer token that scrapes /metrics (one word, 32+ characters; read "
+        "again when it changes). The admin token scrapes too. Unset: /metrics answers loopback clients only, since "
+        "it names every tenant and its activity."
+    )
     default_tenant_memory_bytes: int = Field(
         256 * 1024 * 1024, gt=0, description="Memory budget of the dev tenant and of tenants without a quota."
     )
@@ -233,6 +238,18 @@ class Settings(BaseSettings):
         "scripts and their values); past it a script fails with an out-of-memory error."
     )
     auth_cache_ttl_s: float = Field(1.0, ge=0, description="How long a verified key is trusted before rechecking.")
+    auth_failure_burst: int = Field(
+        20, ge=1, description="Failed logins (HTTP keys, RESP AUTH and HELLO) a client address may make in a row; "
+        "after them its logins are refused (HTTP 429, a RESP error) without asking the key source, except with "
+        "keys verified in the last auth_cache_ttl_s. IPv6 clients count per /64."
+    )
+    auth_failure_rate: float = Field(
+        2.0, gt=0, description="Failed logins per second a client address earns back after the burst."
+    )
+    auth_max_concurrent_lookups: int = Field(
+        16, ge=1, description="Logins the key source (Vault) is asked to verify at once; one that waits 2 s for "
+        "a turn is refused (HTTP 503, a RESP error) and may be retried."
+    )
     shutdown_grace_s: float = Field(10.0, ge=0, description="Time in-flight requests get to finish on shutdown.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -71,7 +71,10 @@ class Service:
         self.key_source = self.security.key_source
         self.tls = self.security.tls
         authenticator = (
-            Authenticator(self.key_source, settings.auth_cache_ttl_s, self.security.audit) if self.key_source else None
+            Authenticator(self.key_source, settings.auth_cache_ttl_s, self.security.audit,
+                          failure_burst=settings.auth_failure_burst, failure_rate=settings.auth_failure_rate,
+                          max_lookups=settings.auth_max_concurrent_lookups)
+            if self.key_source else None
         )
         prefetch = PrefetchManager(settings, self.security.cipher)
         self.state = ServiceState(settings, authenticator, self.security.audit, prefetch)
@@ -192,6 +195,8 @@ class Service:
             except Exception as err:  # losing a warm start must not turn a clean stop into a crash
                 log.error("snapshot not written: %s", err)
         self.state.tenants.close()
+        if self.state.authenticator is not None:  # the last interval's refused logins, before the audit log closes
+            await self.state.authenticator.write_summary()
         await asyncio.to_thread(self.security.close)
         self._stopped.set()
         log.info("stopped")

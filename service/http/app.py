@@ -6,6 +6,8 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.http.routes import admin, health, keys, stats
+from service.http.scrape_token import ScrapeToken
+from service.http.validators import EntityTags
 from service.state import ServiceState
 
 
@@ -16,6 +18,8 @@ def create_app(state: ServiceState) -> FastAPI:
         description="Multi-tenant cache with a learned prefetcher. Authenticate with `Authorization: Bearer <key>`.",
     )
     app.state.service = state
+    app.state.scrape_token = ScrapeToken(state.settings.metrics_token_file)
+    app.state.entity_tags = EntityTags()
     app.include_router(health.router)
     app.include_router(keys.router)
     app.include_router(stats.router)

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import hiredis
 
-from service.auth import Session
+from service.auth import LoginRefused, Session
 from service.cache import TenantCache
 from service.resp import replies as r
 from service.resp.commands import Command, build_table
@@ -411,7 +411,10 @@ class RespConnection(asyncio.Protocol):
         """AUTH: bind this connection to the key's tenant. Failure leaves the previous login in place."""
         authenticator = self.state.authenticator
         assert authenticator is not None
-        session = await authenticator.login(password.decode("utf-8", "replace"), peer=self.peer, listener="resp")
+        try:
+            session = await authenticator.login(password.decode("utf-8", "replace"), peer=self.peer, listener="resp")
+        except LoginRefused as refused:  # too many failures from this address, or no lookup slot: nothing asked
+            return r.error(f"ERR {refused}: try again in {refused.retry_after_s} s")
         if session is None:
             return r.WRONGPASS
         tenant_name = session.principal.tenant

@@ -1,6 +1,7 @@
 """The login cache under concurrency: logins for the same key that overlap while the key source is asked must
 not trip over each other (found by the marketplace suite: two connections retrying a just-suspended key), nor
-overlapping re-check passes, and a re-check must neither keep idle sessions forever nor lose a bound one."""
+overlapping re-check passes, and a re-check must neither keep idle sessions forever nor lose a bound one. And
+the limits on guessing: failed logins per source address, lookups at a time."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.auth import Authenticator
+import pytest
+
+from service import auth
+from service.auth import Authenticator, FailureLimiter, LookupsBusy, TooManyFailures, source_of
 from service.tenancy import FileKeySource, Principal
 from tests.service.harness import write_tenants_file
 
@@ -197,3 +201,97 @@ def test_a_session_the_source_cannot_verify_for_longer_than_its_stale_grace_is_r
         return within_grace, session.revoked
 
     assert asyncio.run(scenario()) == (False, True)
+
+
+class _RecordingAudit:
+    def __init__(self) -> None:
+        self.failures: list[dict[str, Any]] = []
+        self.records: list[tuple[str, dict[str, Any]]] = []
+
+    def auth_success(self, **fields: Any) -> None:
+        pass
+
+    def auth_failure(self, **fields: Any) -> None:
+        self.failures.append(fields)
+
+    def record(self, action: str, **fields: Any) -> None:
+        self.records.append((action, fields))
+
+
+def test_an_address_that_fails_too_often_is_refused_without_asking_the_source_or_auditing_each_try() -> None:
+    """Random keys of the right shape each cost a Vault read and an audit line, without limit."""
+    source = _Source("good")
+    audit = _RecordingAudit()
+    authenticator = Authenticator(source, ttl=30.0, audit=audit)  # type: ignore[arg-type]
+    now = [0.0]
+    authenticator.limiter = FailureLimiter(burst=5, rate=2.0, clock=lambda: now[0])
+
+    async def scenario() -> None:
+        for i in range(5):
+            assert await authenticator.login(f"guess{i}", peer="203.0.113.9:4000", listener="http") is None
+        for i in range(100):
+            with pytest.raises(TooManyFailures) as refused:
+                await authenticator.login(f"more{i}", peer=f"203.0.113.9:{4001 + i}", listener="resp")
+        assert refused.value.retry_after == pytest.approx(0.5) and refused.value.retry_after_s == 1
+        assert source.calls == 5 and len(audit.failures) == 5
+        assert await authenticator.login("good", peer="198.51.100.7:1", listener="http") is not None  # elsewhere
+        assert await authenticator.login("good", peer="203.0.113.9:9", listener="http") is not None  # verified
+        now[0] += 0.5  # one token back
+        assert await authenticator.login("guess-again", peer="203.0.113.9:10", listener="http") is None
+        with pytest.raises(TooManyFailures):
+            await authenticator.login("guess-more", peer="203.0.113.9:11", listener="http")
+        await authenticator.write_summary()
+        await authenticator.write_summary()  # nothing new: no line
+
+    asyncio.run(scenario())
+    assert audit.records == [("auth.throttled", {"actor": "anonymous", "outcome": "failure",
+                                                 "source": "203.0.113.9", "refused": 101,
+                                                 "listeners": ["http", "resp"],
+                                                 "reason": "too many failed logins from this address"})]
+    assert source.calls == 7  # the five, "good" once (cached after), "guess-again"
+
+
+def test_a_valid_key_gives_its_token_back_so_only_failures_use_up_the_burst() -> None:
+    now = [0.0]
+    limiter = FailureLimiter(burst=2, rate=1.0, clock=lambda: now[0])
+    authenticator = Authenticator(_Source(*(f"k{i}" for i in range(50))), ttl=0.0)
+    authenticator.limiter = limiter
+
+    async def scenario() -> None:
+        for i in range(50):  # each needs a lookup (ttl 0): none is refused
+            assert await authenticator.login(f"k{i}", peer="192.0.2.1:1", listener="resp") is not None
+        assert await authenticator.login("bad", peer="192.0.2.1:1", listener="resp") is None
+        assert await authenticator.login("k1", peer="192.0.2.1:1", listener="resp") is not None
+
+    asyncio.run(scenario())
+    assert limiter.drain_refused() == {}
+
+
+def test_lookups_run_a_bounded_number_at_a_time_and_one_that_waits_too_long_is_refused_as_busy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth, "LOOKUP_WAIT_S", 0.2)
+    source = _Source("slow1", "slow2", "next")
+    source.hold.update({"slow1", "slow2"})
+    authenticator = Authenticator(source, ttl=30.0, max_lookups=2)
+
+    async def scenario() -> None:
+        held = [asyncio.create_task(authenticator.login(k, peer=f"10.0.0.{i}:1", listener="http"))
+                for i, k in enumerate(("slow1", "slow2"))]
+        await asyncio.sleep(0.05)
+        with pytest.raises(LookupsBusy):
+            await authenticator.login("next", peer="10.0.0.9:1", listener="http")
+        assert source.calls == 2  # the third never reached the source
+        source.release.set()
+        assert all(await asyncio.gather(*held))
+        assert await authenticator.login("next", peer="10.0.0.9:1", listener="http") is not None
+
+    asyncio.run(scenario())
+    assert authenticator.limiter.drain_refused() == {}  # a busy refusal is not the client's failure
+
+
+def test_sources_are_addresses_and_ipv6_counts_per_64() -> None:
+    assert source_of("203.0.113.9:4000") == "203.0.113.9"
+    assert source_of("2001:db8:1:2:aaaa::1:443") == source_of("2001:db8:1:2:ffff::9:80") == "2001:db8:1:2::/64"
+    assert source_of("::ffff:192.0.2.1:5000") == "192.0.2.1"
+    assert source_of("::1:6379") == "::/64"
+    assert source_of("?") == "?"

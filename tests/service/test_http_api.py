@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import base64
+import secrets
 import socket
+import ssl
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
+from service.config import ConfigError
 from service.http.routes import keys as keys_routes
-from tests.service.harness import RunningService
+from service.http.validators import etag
+from service.security.admin_token import new_admin_token
+from service.security.apikeys import hash_key
+from tests.service.harness import RunningService, running_service, write_tenants_file
+from tests.tlsutil import PKI
 
 
 def _http(svc: RunningService) -> httpx.Client:
@@ -162,8 +170,88 @@ def test_a_byte_range_of_a_value(dev_service: RunningService) -> None:
         assert http.head("/v1/keys/blob", headers={"Range": "bytes=-4"}).headers["content-range"] == "bytes 6-9/10"
         assert http.head("/v1/keys/nope").status_code == 404
         http.put("/v1/keys/empty", content=b"")
-        for header in ("bytes=0-", "bytes=-5"):  # nothing in an empty value can be sent
+        for header in ("bytes=0-", "bytes=-0"):  # no first byte in an empty value; no suffix of length 0
             assert http.get("/v1/keys/empty", headers={"Range": header}).status_code == 416, header
+        suffix = http.get("/v1/keys/empty", headers={"Range": "bytes=-5"})  # satisfiable (RFC 9110, 14.1.2),
+        assert (suffix.status_code, suffix.content) == (200, b"")  # but no Content-Range can name zero bytes
+        assert http.get("/v1/keys/blob", headers={"Range": "BYTES=2-3"}).content == b"23"  # units ignore case
+
+
+def test_range_positions_of_any_length_are_answered_on_a_connection_that_stays_up(
+        dev_service: RunningService) -> None:
+    """Python's int() refuses over 4300 digits: such a Range was a 500, an ERROR traceback and a dropped
+    connection. A position that long lies past the end of every value."""
+    huge = "9" * 5000
+    with _http(dev_service) as http:
+        http.put("/v1/keys/blob", content=b"0123456789")
+        for header, status, body in ((f"bytes={huge}-", 416, None), (f"bytes={huge}-{huge}", 416, None),
+                                     (f"bytes=0-{huge}", 206, b"0123456789"), (f"bytes=-{huge}", 206, b"0123456789"),
+                                     ("bytes=00000000000000000000000000000003-4", 206, b"34")):
+            answer = http.get("/v1/keys/blob", headers={"Range": header})
+            assert answer.status_code == status, header[:40]
+            if body is None:
+                assert answer.json()["detail"] == "the value has 10 bytes"
+                assert answer.headers["content-range"] == "bytes */10"
+            else:
+                assert answer.content == body
+        assert http.get("/v1/keys/blob").content == b"0123456789"  # the same connection still serves
+
+
+def test_mget_refuses_a_key_that_is_not_unicode_with_a_json_error(dev_service: RunningService) -> None:
+    """JSON can spell a lone surrogate, which has no UTF-8 bytes: it was a 500 and an ERROR traceback."""
+    with _http(dev_service) as http:
+        refused = http.post("/v1/mget", content=b'{"keys": ["ok", "\\udcff"]}',
+                            headers={"content-type": "application/json"})
+        assert refused.status_code == 400
+        assert refused.json()["detail"].startswith("keys[1] is not Unicode text")
+        assert http.post("/v1/mget", json={"keys": ["ok"]}).status_code == 200  # the same connection
+
+
+def test_range_and_conditional_reads_carry_a_strong_etag_that_if_none_match_and_if_range_use(
+        dev_service: RunningService) -> None:
+    """If-Range was ignored (206 for a value that had changed, so a client fetching parts spliced two versions)
+    and no answer had a validator. A plain GET carries none: the hash would cost as much CPU as serving."""
+    with _http(dev_service) as http:
+        http.put("/v1/keys/doc", content=b"0123456789")
+        assert "etag" not in http.get("/v1/keys/doc").headers
+        first = http.get("/v1/keys/doc", headers={"Range": "bytes=0-3"})
+        tag = first.headers["etag"]
+        assert (first.status_code, first.content, tag) == (206, b"0123", etag(b"0123456789"))
+        assert len(tag) == 18 and http.head("/v1/keys/doc", headers={"Range": "bytes=0-"}).headers["etag"] == tag
+        for held in (tag, f"W/{tag}", f'"other", {tag}', "*"):
+            for method in ("GET", "HEAD"):
+                cached = http.request(method, "/v1/keys/doc", headers={"If-None-Match": held, "Range": "bytes=1-2"})
+                assert (cached.status_code, cached.content, cached.headers["etag"]) == (304, b"", tag), held
+        not_cached = http.get("/v1/keys/doc", headers={"If-None-Match": '"other"'})
+        assert (not_cached.status_code, not_cached.content, not_cached.headers["etag"]) == (200, b"0123456789", tag)
+        resumed = http.get("/v1/keys/doc", headers={"Range": "bytes=4-", "If-Range": tag})
+        assert (resumed.status_code, resumed.content) == (206, b"456789")
+
+        http.put("/v1/keys/doc", content=b"ABCDEFGHIJ")  # changed between the client's two parts
+        changed = http.get("/v1/keys/doc", headers={"Range": "bytes=4-", "If-Range": tag})
+        assert (changed.status_code, changed.content) == (200, b"ABCDEFGHIJ")
+        assert changed.headers["etag"] == etag(b"ABCDEFGHIJ") and "content-range" not in changed.headers
+        assert http.get("/v1/keys/doc", headers={"If-None-Match": tag}).status_code == 200
+        new_tag = changed.headers["etag"]
+        for never in (f"W/{new_tag}", "Wed, 21 Oct 2015 07:28:00 GMT", '"stale"'):  # weak tags and dates: all of it
+            whole = http.get("/v1/keys/doc", headers={"Range": "bytes=4-", "If-Range": never})
+            assert (whole.status_code, whole.content) == (200, b"ABCDEFGHIJ"), never
+        assert http.get("/v1/keys/doc", headers={"Range": "bytes=0-0", "If-Range": new_tag}).content == b"A"
+        assert http.get("/v1/keys/doc", headers={"If-Range": new_tag}).status_code == 200  # no Range: ignored
+        assert http.get("/v1/keys/nope", headers={"If-None-Match": "*"}).status_code == 404
+
+
+def test_a_large_value_keeps_its_etag_until_it_changes(dev_service: RunningService) -> None:
+    """Large values are hashed off the event loop and their tags remembered by identity: a rewrite of the same
+    size must still change the tag."""
+    first, second = b"a" * 300_000, b"a" * 299_999 + b"b"
+    with _http(dev_service) as http:
+        for value in (first, second, first):
+            http.put("/v1/keys/big", content=value)
+            for _ in range(2):
+                part = http.get("/v1/keys/big", headers={"Range": "bytes=-1"})
+                assert (part.content, part.headers["etag"]) == (value[-1:], etag(value))
+
 
 
 def test_health_readiness_openapi(dev_service: RunningService) -> None:
@@ -188,3 +276,49 @@ def test_metrics_count_hits_and_misses_per_tenant(dev_service: RunningService) -
     assert 'foresight_cache_misses_total{tenant="default"} 1.0' in text
     assert 'foresight_keys{tenant="default"} 1.0' in text
     assert "foresight_resp_connections 1.0" in text
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_metrics_need_the_scrape_token_or_a_loopback_client(tmp_path: Path, pki: PKI) -> None:
+    """/metrics names every tenant and its activity: it was open to any client of the tenant-facing port."""
+    tenants_file = tmp_path / "tenants.json"
+    keys = write_tenants_file(tenants_file, {"acme": {}, "globex": {}})
+    admin_token, token = new_admin_token(), secrets.token_hex()
+    token_file = tmp_path / "metrics-token"
+    token_file.write_text(token + "\n")
+    settings = dict(tls_cert_file=pki.cert, tls_key_file=pki.key, tenants_file=tenants_file,
+                    admin_token_hash=hash_key(admin_token))
+    remote = {"X-Forwarded-For": "203.0.113.9"}  # what uvicorn takes as the client's address from a loopback peer
+    tls = ssl.create_default_context(cafile=str(pki.ca_cert))
+
+    with running_service(**settings) as svc, httpx.Client(base_url=svc.endpoints.http_url, verify=tls) as http:
+        assert http.put("/v1/keys/k", content=b"v", headers=_bearer(keys["acme"].secret)).status_code == 204
+        assert 'foresight_keys{tenant="acme"} 1.0' in http.get("/metrics").text  # loopback: no token configured
+        for credential in ({}, _bearer(keys["globex"].secret), _bearer(token)):  # no scrape token is configured
+            refused = http.get("/metrics", headers={**remote, **credential})
+            assert refused.status_code == 401 and "acme" not in refused.text
+            assert refused.headers["www-authenticate"] == 'Bearer realm="foresight"'
+        assert 'tenant="acme"' in http.get("/metrics", headers={**remote, **_bearer(admin_token)}).text
+        assert http.get("/healthz", headers=remote).status_code == 200
+        assert http.get("/readyz", headers=remote).status_code == 200
+
+    with running_service(**settings, metrics_token_file=token_file) as svc, \
+            httpx.Client(base_url=svc.endpoints.http_url, verify=tls) as http:
+        for client in ({}, remote):  # once a token is configured, loopback clients need it too
+            for credential in ({}, _bearer(keys["acme"].secret), _bearer(secrets.token_hex())):
+                assert http.get("/metrics", headers={**client, **credential}).status_code == 401
+            for credential in (_bearer(token), _bearer(admin_token)):
+                assert 'tenant="globex"' in http.get("/metrics", headers={**client, **credential}).text
+        rotated = secrets.token_hex()
+        token_file.write_text(rotated)
+        assert http.get("/metrics", headers={**remote, **_bearer(rotated)}).status_code == 200
+        assert http.get("/metrics", headers={**remote, **_bearer(token)}).status_code == 401
+        token_file.write_text("short")  # a bad rewrite keeps the last good token
+        assert http.get("/metrics", headers={**remote, **_bearer(rotated)}).status_code == 200
+
+    with pytest.raises(ConfigError, match="FORESIGHT_METRICS_TOKEN_FILE"), \
+            running_service(**settings, metrics_token_file=token_file):
+        pass

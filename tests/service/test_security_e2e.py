@@ -3,8 +3,12 @@ listeners, Vault-transit envelope encryption of the snapshot, a hash-chained aud
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import json
 import logging
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -22,12 +26,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from service.security.admin_token import new_admin_token
-from service.security.apikeys import IssuedKey, hash_key
+from service.security.apikeys import IssuedKey, hash_key, new_key
 from service.security.vault_keys import VaultKeyAdmin, service_policy
 from service.snapshot import FILENAME as SNAPSHOT
 from service.tenancy import TenantSpec
 from tests.servers import OpenBao
-from tests.service.harness import RunningService, running_service
+from tests.service.harness import RawClient, RunningService, running_service
 from tests.tlsutil import PKI
 
 MOUNT = "fs-e2e"
@@ -262,6 +266,103 @@ def test_audit_log_records_auth_and_verifies(deployment: Deployment) -> None:
     verify = subprocess.run([sys.executable, "-c", "from service.cli import main; main()", "audit", "verify",
                              str(audit)], capture_output=True, text=True, timeout=30)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def _count_lookups(deployment: Deployment) -> list[int]:
+    """How many keys the service asked Vault about from now on (one or two KV reads each)."""
+    source = deployment.svc.state.authenticator.source  # type: ignore[union-attr]
+    asked = [0]
+    authenticate = source.authenticate
+
+    def counting(api_key: str) -> object:
+        asked[0] += 1
+        return authenticate(api_key)
+
+    source.authenticate = counting
+    return asked
+
+
+def _audit_lines(deployment: Deployment) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (deployment.data_dir / "audit.log").read_text().splitlines()]
+
+
+def _resp_from(deployment: Deployment, address: str) -> ssl.SSLSocket:
+    """A TLS connection to the RESP port whose client address is `address` (any of 127/8 on Linux)."""
+    raw = socket.create_connection(("127.0.0.1", deployment.svc.resp_port), timeout=10, source_address=(address, 0))
+    context = ssl.create_default_context(cafile=str(deployment.pki.ca_cert))
+    return context.wrap_socket(raw, server_hostname="localhost")
+
+
+def _auth(connection: ssl.SSLSocket, key: str) -> bytes:
+    connection.sendall(RawClient.encode("AUTH", key))
+    reply = b""
+    while not reply.endswith(b"\r\n"):
+        reply += connection.recv(4096)
+    return reply
+
+
+def test_a_flood_of_random_keys_costs_bounded_vault_reads_and_audit_lines(deployment: Deployment) -> None:
+    """Each unauthenticated request with a well-formed random key cost a Vault read and an audit line: 1500
+    requests, 1502 reads and 600 KB of audit. After the burst (20 failures, then 2 a second) an address is
+    answered 429 with no read and no line each; one summary line counts them."""
+    asked = _count_lookups(deployment)
+    audit_before = len(_audit_lines(deployment))
+    tls = ssl.create_default_context(cafile=str(deployment.pki.ca_cert))
+
+    async def flood() -> list[int]:
+        async with httpx.AsyncClient(base_url=deployment.svc.endpoints.http_url, verify=tls) as client:
+            turns = asyncio.Semaphore(16)
+
+            async def one() -> int:
+                async with turns:
+                    headers = {"Authorization": f"Bearer {new_key().secret}"}
+                    return (await client.get("/v1/keys/x", headers=headers)).status_code
+
+            return await asyncio.gather(*(one() for _ in range(1000)))
+
+    started = time.monotonic()
+    statuses = asyncio.run(flood())
+    elapsed = time.monotonic() - started
+    bound = 20 + 2 * elapsed + 2
+    assert set(statuses) == {401, 429}
+    assert statuses.count(401) <= bound and asked[0] <= bound, (statuses.count(401), asked[0], elapsed)
+    failures = [line for line in _audit_lines(deployment)[audit_before:] if line["outcome"] == "failure"]
+    assert len(failures) <= bound
+
+    valid = {"Authorization": f"Bearer {deployment.keys['acme'].secret}"}
+    elsewhere = httpx.HTTPTransport(verify=tls, local_address="127.0.0.2")
+    with httpx.Client(base_url=deployment.svc.endpoints.http_url, transport=elsewhere) as other:
+        started = time.monotonic()
+        assert other.get("/v1/keys/x", headers=valid).status_code == 404  # logged in: the key does not exist
+        assert time.monotonic() - started < 2.0  # no wait for the flooding address's refusals
+    with deployment.http() as http:
+        limited = http.get("/v1/keys/x", headers={"Authorization": f"Bearer {new_key().secret}"})
+        assert limited.status_code == 429 and limited.headers["retry-after"] == "1"
+        time.sleep(0.6)  # a token back: the flooding address logs in with a valid key
+        assert http.get("/v1/keys/x", headers=valid).status_code == 404
+
+    deployment.svc.call(deployment.svc.state.authenticator.write_summary())
+    summaries = [line for line in _audit_lines(deployment) if line["action"] == "auth.throttled"]
+    assert len(summaries) == 1 and summaries[0]["source"] == "127.0.0.1"
+    assert summaries[0]["details"] == {"refused": statuses.count(429) + 1, "listeners": ["http"],
+                                       "reason": "too many failed logins from this address"}
+
+
+def test_failed_resp_auths_are_limited_per_address(deployment: Deployment) -> None:
+    asked = _count_lookups(deployment)
+    started = time.monotonic()
+    with _resp_from(deployment, "127.0.0.1") as guesser:
+        replies = [_auth(guesser, new_key().secret) for _ in range(60)]
+        elapsed = time.monotonic() - started
+        guesser.sendall(RawClient.encode("PING"))
+        assert guesser.recv(100).startswith(b"-NOAUTH")
+    wrong = [r for r in replies if r.startswith(b"-WRONGPASS")]
+    refused = [r for r in replies if r.startswith(b"-ERR too many failed logins from this address: try again in")]
+    assert len(wrong) + len(refused) == 60 and 20 <= len(wrong) <= 20 + 2 * elapsed + 1 and asked[0] == len(wrong)
+    with _resp_from(deployment, "127.0.0.2") as other:
+        assert _auth(other, deployment.keys["globex"].secret) == b"+OK\r\n"
+        other.sendall(RawClient.encode("PING"))
+        assert other.recv(100) == b"+PONG\r\n"
 
 
 def test_snapshot_is_encrypted_and_restores_after_restart(deployment: Deployment) -> None:

@@ -1,11 +1,11 @@
-"""Liveness, readiness and metrics: unauthenticated, no tenant data."""
+"""Liveness and readiness (open to all: no tenant data), and metrics (every tenant's: a scrape credential)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
 from service import metrics
-from service.http.deps import State
+from service.http.deps import Scraper, State
 
 router = APIRouter(tags=["operations"])
 
@@ -26,6 +26,7 @@ async def readyz(state: State, response: Response) -> dict[str, str]:
 
 
 @router.get("/metrics", response_class=Response)
-async def prometheus(state: State) -> Response:
-    """Prometheus text exposition."""
+async def prometheus(state: State, _: Scraper) -> Response:
+    """Prometheus text exposition: `Authorization: Bearer` with the scrape token (FORESIGHT_METRICS_TOKEN_FILE) or
+    the admin token; without a scrape token configured, loopback clients need none."""
     return Response(metrics.render(state), media_type="text/plain; version=0.0.4; charset=utf-8")

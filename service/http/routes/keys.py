@@ -13,6 +13,7 @@ from service import admin
 from service.cache import TenantCache
 from service.http.deps import KeyspaceAdmin, Reader, State, Writer
 from service.http.ranges import Unsatisfiable, byte_range
+from service.http.validators import EntityTags, if_range_holds, none_match
 from service.origin import OriginError, OriginTimeout, UnmappableKey
 from service.resp.commands.strings import LLONG_MAX
 from service.store import ValueTooLarge, now_ms
@@ -98,19 +99,31 @@ async def delete_all_keys(request: Request, tenant: KeyspaceAdmin, state: State)
     return Flushed(removed=await admin.flush(state, tenant, key_id, peer, "DELETE /v1/keys"))
 
 
+def _header(name: str, description: str) -> dict[str, object]:
+    return {"name": name, "in": "header", "required": False, "schema": {"type": "string"}, "description": description}
+
+
+# Read from the request rather than declared as Header parameters: FastAPI spends about 12 us validating each
+# (measured), some 5% of a small GET each. They are documented here instead.
+_READ_HEADERS = {"parameters": [
+    _header("Range", "One byte range, e.g. bytes=0-1023 (206 Partial Content; 416 when it starts past the end)."),
+    _header("If-Range", "Apply Range only while the value still has this ETag; otherwise the whole value (200)."),
+    _header("If-None-Match", "ETags the client holds: 304 Not Modified when the value has one of them."),
+]}
+
+
 @router.head("/keys/{key:path}", response_class=Response, include_in_schema=False)  # GET's, without the body
-@router.get("/keys/{key:path}", response_class=Response,
+@router.get("/keys/{key:path}", response_class=Response, openapi_extra=_READ_HEADERS,
             responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "The byte range"},
+                       304: {"description": "The value still has the tag If-None-Match names"},
                        404: {"description": "No such key"}, 416: {"description": "The range starts past the end"}})
-async def get_key(
-    key: str,
-    request: Request,
-    tenant: Reader,
-    range_header: Annotated[str | None, Header(alias="Range", description="One byte range, e.g. bytes=0-1023 "
-                                               "(206 Partial Content; 416 when it starts past the end).")] = None,
-) -> Response:
+async def get_key(key: str, request: Request, tenant: Reader) -> Response:
     """Read a key (reading through to the origin on a miss), or one byte range of it; HEAD answers the same
-    status and headers (its length among them) without the body."""
+    status and headers (its length among them) without the body. A request with Range, If-Range or
+    If-None-Match gets the value's ETag (a hash of it); a plain one none, since hashing costs."""
+    range_header = request.headers.get("range")
+    if_range = request.headers.get("if-range")
+    if_none_match = request.headers.get("if-none-match")
     name = _key(request, key)
     value = await _read(tenant, name)
     if value is None:
@@ -119,6 +132,13 @@ async def get_key(
     headers = {"Accept-Ranges": "bytes"}
     if entry is not None and entry.expires_at:
         headers["Foresight-TTL-Ms"] = str(max(entry.expires_at - now_ms(), 0))
+    if range_header is not None or if_range is not None or if_none_match is not None:  # see validators.py
+        tags: EntityTags = request.app.state.entity_tags
+        headers["ETag"] = tag = await tags.of(value)
+        if if_none_match is not None and none_match(if_none_match, tag):
+            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+        if if_range is not None and not if_range_holds(if_range, tag):
+            range_header = None  # the value changed since the client's first part: all of it (RFC 9110, 13.1.5)
     try:
         span = byte_range(range_header, len(value)) if range_header else None
     except Unsatisfiable:
@@ -210,4 +230,16 @@ def _item(key: str, value: bytes | None) -> MGetItem:
 @router.post("/mget")
 async def mget(body: MGetRequest, tenant: Reader) -> MGetResponse:
     """Read many keys at once, in order (misses read through to the origin)."""
-    return MGetResponse(items=[_item(key, await _read(tenant, key.encode())) for key in body.keys])
+    names = [_utf8(key, index) for index, key in enumerate(body.keys)]  # all checked before any is read
+    return MGetResponse(items=[_item(key, await _read(tenant, name))
+                               for key, name in zip(body.keys, names, strict=True)])
+
+
+def _utf8(key: str, index: int) -> bytes:
+    """A key's bytes. JSON can spell a lone surrogate (\\udcff), which is no text: refused with a message that
+    does not echo it (a validation error would, and JSON cannot encode it either)."""
+    try:
+        return key.encode()
+    except UnicodeEncodeError:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"keys[{index}] is not Unicode text (it holds a lone "
+                            "surrogate); keys that are not UTF-8 are read with GET /v1/keys/{key}") from None
