@@ -53,7 +53,7 @@ async def _current_tenant(request: Request, state: State, scope: str) -> TenantC
         except LookupsBusy as refused:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"{refused}: try again",
                                 headers={"Retry-After": str(refused.retry_after_s)}) from None
-        tenant = state.tenants.get(session.principal.tenant) if session else None
+        tenant = state.tenants.serving(session.principal) if session else None
         if session is None or tenant is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid API key", headers=_CHALLENGE)
         if scope not in session.principal.scopes:

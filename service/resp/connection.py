@@ -420,7 +420,7 @@ class RespConnection(asyncio.Protocol):
         tenant_name = session.principal.tenant
         if user is not None and user not in (b"default", tenant_name.encode()):
             return r.WRONGPASS
-        tenant = self.state.tenants.get(tenant_name)
+        tenant = self.state.tenants.serving(session.principal)
         if tenant is None:
             return r.WRONGPASS
         self._bind(tenant, session)

@@ -119,8 +119,6 @@ def test_a_tenant_created_again_between_two_refreshes_gets_an_empty_cache(
         assert resp.get("payroll") is None
 
 
-@pytest.mark.xfail(strict=True, reason="the listeners bind a key to its tenant by name: service/http/deps.py and "
-                   "service/resp/connection.py must look the tenant up with TenantRegistry.serving(principal)")
 @pytest.mark.usefixtures("no_periodic_refresh")
 def test_a_key_reaches_only_the_cache_of_the_tenant_it_was_issued_to(
         settings: dict[str, Any], vault_admin: VaultKeyAdmin, pki: PKI, tenant: str) -> None:
