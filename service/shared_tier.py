@@ -13,8 +13,9 @@ from node to node, so each node's memory is a near cache of it (docs/scale-out.m
   wins; read-modify-write commands are atomic on one node, not across nodes;
 - the tier may speed reads up, never hold them: a call slower than shared_tier_timeout_s or an error counts,
   is logged at most once a minute, and the read goes to the origin. Writes that could not be sent stay marked
-  and are retried. Invalidations missed while the subscription was down cannot be known, so a node that
-  resubscribes empties its memory (it refills from the tier);
+  and are retried. A node starts serving once it is subscribed to the other nodes' messages (or gives up waiting);
+  messages missed while it served unsubscribed cannot be known, so a node that subscribes after serving (late at
+  start, or again after the subscription broke) empties its memory (it refills from the tier);
 - a tenant's keys are kept under its name *and incarnation* (`TenantCache.tier_name`), so a tenant created under
   a deleted tenant's name never reads what the deleted one left; a node that stops serving a tenant (deleted, or
   replaced by a new one of its name) deletes that tenant's keys from the tier.
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = b"fs:"
 WRITE_BATCH = 512  # keys per pipeline and per invalidation message
 MAX_PENDING_FILLS = 1024  # origin values on their way to the tier; past it a fill is skipped, not queued
+FIRST_SUBSCRIBE_WAIT_S = 5.0  # how long start() waits for the subscription of a tier that answered its PING
 LOG_EVERY_S = 60.0
 _KIND_KEYS, _KIND_FLUSH = b"k", b"f"
 _LENGTH = struct.Struct(">I")
@@ -118,6 +120,8 @@ class SharedTier:
         self._sending: dict[str, asyncio.Task[None]] = {}  # by tier name: the task sending a tenant's writes
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()  # set at the first subscription: other nodes' changes are heard
+        self._serving = False  # start() has returned: any time without a subscription from now on is unheard
         self._logged_at: dict[str, float] = {}
 
     def _open(self, read_timeout: float | None) -> aioredis.Redis:
@@ -153,6 +157,14 @@ class SharedTier:
         except (RedisError, OSError) as err:
             log.warning("shared tier %s unreachable (%s): reads go to the origin until it answers", self.url, err)
         self._listener = asyncio.create_task(self._listen())
+        if self.connected:  # until subscribed, a copy another node replaced would stay here: wait a little for it
+            try:
+                async with asyncio.timeout(FIRST_SUBSCRIBE_WAIT_S):
+                    await self._subscribed.wait()
+            except TimeoutError:
+                log.warning("shared tier %s: not subscribed after %.0f s; serving, and emptying memory once it is",
+                            self.url, FIRST_SUBSCRIBE_WAIT_S)
+        self._serving = True
         log.info("shared tier %s (node %s)", self.url, self.node_id.decode())
 
     async def close(self, grace_s: float = 2.0) -> None:
@@ -317,24 +329,26 @@ class SharedTier:
 
     async def _listen(self) -> None:
         """Keep one subscription to the channel. A credential that expires (renew_after_s) moves it to a fresh
-        connection without a gap; a subscription that broke leaves one, and memory is emptied (class docstring)."""
+        connection without a gap; a subscription that broke, or came up only after this node began serving, leaves
+        one, and memory is emptied (module docstring)."""
         renew_s = self._credentials.renew_after_s if self._credentials is not None else None
-        backoff, current, gap = 0.1, None, False
+        backoff, current = 0.1, None
         while True:
             fresh = self._listener_client.pubsub(ignore_subscribe_messages=True)
             try:
                 await fresh.subscribe(self.settings.shared_tier_channel)
                 if current is not None:
                     await self._retire(current)
-                elif gap:
+                elif self._serving:  # served unsubscribed (since a break, or since start()): messages were missed
                     self._forget_everything()
-                current, gap, backoff = fresh, False, 0.1
+                self._subscribed.set()
+                current, backoff = fresh, 0.1
                 await self._pump(current, renew_s)
             except (RedisError, OSError) as err:
                 self._failed("subscription", err)
                 for pubsub in {fresh, current} - {None}:
                     await pubsub.aclose()  # type: ignore[union-attr]
-                current, gap = None, True
+                current = None
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -361,10 +375,10 @@ class SharedTier:
         self.stats.renewals += 1
 
     def _forget_everything(self) -> None:
-        """After a gap in the subscription, writes other nodes made meanwhile are unknown: nothing local is
-        trusted but this node's own unsent writes."""
+        """After serving without a subscription (a break, or a late first one), writes other nodes made meanwhile
+        are unknown: nothing local is trusted but this node's own writes on their way."""
         self.stats.resubscribes += 1
-        log.warning("shared tier subscription restored: emptying this node's memory of other nodes' keys")
+        log.warning("shared tier subscription up after a gap: emptying this node's memory of other nodes' keys")
         for cache in list(self._registry):
             cache.drop_remote(None)
 

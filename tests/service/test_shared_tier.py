@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -11,7 +12,9 @@ from typing import Any
 
 import pytest
 import redis
+from redis.asyncio.client import PubSub
 
+from service import shared_tier
 from service.cache import TenantCache
 from service.config import ConfigError, Settings, load_settings
 from service.shared_tier import decode_message, encode_message, tier_key
@@ -172,6 +175,64 @@ def test_a_lost_subscription_empties_memory_and_resumes(
     assert len(tenant(a).store) == 0  # writes missed during the gap cannot be known: nothing stale is served
     client(b).set("after", "the gap")
     eventually(lambda: client(a).get("after") == b"the gap", "invalidations flowing again")
+
+
+def subscribers(tier_client: redis.Redis) -> int:
+    return int(tier_client.pubsub_numsub("foresight:invalidate")[0][1])
+
+
+def test_a_node_serves_only_once_it_hears_the_other_nodes(
+        two_nodes: tuple[RunningService, RunningService], tier_client: redis.Redis) -> None:
+    assert subscribers(tier_client) == 2
+
+
+class HeldSubscription:
+    """Holds the first SUBSCRIBE sent after it is made (the next node to start), as a slow tier would, until
+    released: a thread's event, since that node runs on its own loop."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.release, self.held = threading.Event(), False
+        subscribe = PubSub.subscribe
+
+        async def held_subscribe(pubsub: PubSub, *args: Any, **kwargs: Any) -> Any:
+            if not self.held:
+                self.held = True
+                await asyncio.to_thread(self.release.wait, 30)
+            return await subscribe(pubsub, *args, **kwargs)
+
+        monkeypatch.setattr(PubSub, "subscribe", held_subscribe)
+
+
+def test_a_node_subscribed_late_drops_what_other_nodes_changed_before(
+        tier: servers.RedisServer, pki: PKI, origin: Path, tmp_path: Path, tier_client: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node that serves before its subscription is up (the tier was slow to take it) cannot hear the other
+    nodes' changes meanwhile: once subscribed it must drop what it holds, its own written copies included, not keep
+    them for good."""
+    settings = node_settings(tier, pki, origin, tmp_path)
+    with running_service(**settings) as a:
+        a_tier = a.service.shared_tier
+        assert a_tier is not None
+        eventually(lambda: subscribers(tier_client) == 1, "node a subscribing")
+        held = HeldSubscription(monkeypatch)
+        monkeypatch.setattr(shared_tier, "FIRST_SUBSCRIBE_WAIT_S", 0.1)
+        try:
+            with running_service(**settings) as b:
+                assert subscribers(tier_client) == 1  # b serves, not subscribed yet
+                _written_on_b(b, tier_client, "v1")
+                assert client(b).get("report") == b"from the origin"
+                for change in (lambda: client(a).delete("k"), lambda: client(a).set("report", "rewritten")):
+                    sent = a_tier.stats.invalidations_sent
+                    change()
+                    eventually(lambda sent=sent: a_tier.stats.invalidations_sent > sent, "a's message being sent")
+                assert client(b).get("k") == b"v1"  # b missed a's messages: it cannot know yet
+                held.release.set()
+                eventually(lambda: client(b).get("k") is None, "b dropping its own copy that a deleted")
+                assert client(b).get("report") == b"rewritten"
+                b_tier = b.service.shared_tier
+                assert b_tier is not None and b_tier.stats.resubscribes == 1
+        finally:
+            held.release.set()
 
 
 def test_an_unreachable_tier_sends_reads_to_the_origin(origin: Path, pki: PKI, tmp_path: Path) -> None:
