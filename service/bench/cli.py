@@ -34,6 +34,10 @@ app.command("resp")(bench_resp)
 
 _LARGE = 200_000  # requests above which replay shows a progress bar on an interactive stderr
 _CACHE_FRAC_HELP = "Cache size as a fraction of unique keys (default 0.05 unless --cache-size is given)."
+_NEW_KEYS_HELP = (
+    "Prefetches of keys not read yet: drop, allow, or auto (drop where the trace's first accesses are numbered "
+    "largest-so-far + 1, which would leak the next new key)."
+)
 
 
 class Terminated(SystemExit):
@@ -97,7 +101,7 @@ def replay(
     cache_frac: Annotated[float | None, typer.Option(help=_CACHE_FRAC_HELP)] = None,
     cache_size: Annotated[int | None, typer.Option(help="Cache size in entries.")] = None,
     policy: Annotated[str, typer.Option(help="Eviction policy: lru or s3fifo.")] = "s3fifo",
-    prefetcher: Annotated[str, typer.Option(help="none, stride, markov or learned.")] = "none",
+    prefetcher: Annotated[str, typer.Option(help="none, stride, markov, shadow-select or learned.")] = "none",
     budget: Annotated[int, typer.Option(help="Prefetches per request at most.")] = 1,
     lead: Annotated[int, typer.Option(help="Requests before a prefetch lands (0: at once).")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda, for the learned prefetcher.")] = "cpu",
@@ -106,6 +110,7 @@ def replay(
         int, typer.Option(min=1024, help="Keys a Markov or learned prefetcher remembers (FORESIGHT_PREFETCH_MAX_KEYS).")
     ] = DEFAULT_MAX_KEYS,
     seed: Annotated[int, typer.Option(min=0, help="The learned model's seed: how much of a result is its luck.")] = 0,
+    new_keys: Annotated[str, typer.Option(help=_NEW_KEYS_HELP)] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bar.")] = None,
 ) -> None:
@@ -116,10 +121,9 @@ def replay(
 
         foresight bench replay ../shared/traces/lirs-sprite.txt.gz --cache-frac 0.1 --prefetcher stride
     """
-    from service.bench.replay import ReplayError, resolve_cache_size
+    from service.bench.replay import ReplayError, make_bench_prefetcher, resolve_cache_size
     from service.bench.replay import replay as run_replay
     from service.bench.traces import TraceError, load_trace
-    from service.prefetch import make_prefetcher
     from service.store.policies import POLICIES
 
     if policy not in POLICIES:
@@ -129,17 +133,17 @@ def replay(
         size = resolve_cache_size(1, cache_frac, cache_size)  # validates the pair before reading the trace
         loaded = load_trace(trace, fmt, limit)
         size = resolve_cache_size(loaded.unique, cache_frac, cache_size)
-        engine = make_prefetcher(prefetcher, lead=lead, device=device, max_keys=max_keys, seed=seed)
+        engine = make_bench_prefetcher(prefetcher, lead=lead, device=device, max_keys=max_keys, seed=seed)
         show = progress if progress is not None else (len(loaded) > _LARGE and sys.stderr.isatty())
         if show:
             result = _with_progress(
                 len(loaded),
-                lambda tick: run_replay(
-                    loaded, size, engine, policy=policy, budget=budget, lead=lead, threshold=threshold, progress=tick
-                ),
+                lambda tick: run_replay(loaded, size, engine, policy=policy, budget=budget, lead=lead,
+                                        threshold=threshold, progress=tick, new_keys=new_keys),
             )
         else:
-            result = run_replay(loaded, size, engine, policy=policy, budget=budget, lead=lead, threshold=threshold)
+            result = run_replay(loaded, size, engine, policy=policy, budget=budget, lead=lead, threshold=threshold,
+                                new_keys=new_keys)
     except (TraceError, ReplayError, ValueError) as err:
         raise _fail(str(err)) from None
     if as_json:
@@ -151,7 +155,9 @@ def replay(
         f"  hits {result.hits}  misses {result.misses}  miss ratio {result.miss_ratio:.4f}  "
         f"hit ratio {1 - result.miss_ratio:.4f}\n"
         f"  prefetch issued {result.prefetch_issued}  used {result.prefetch_used}  "
-        f"late {result.prefetch_late}  in {result.seconds:.1f}s"
+        f"late {result.prefetch_late}  in {result.seconds:.1f}s\n"
+        f"  new keys {result.new_keys} (first accesses numbered largest + 1: {result.first_access_numbered:.1%}), "
+        f"proposals of unread keys dropped {result.prefetch_dropped_new}"
     )
 
 
@@ -178,11 +184,14 @@ def report(
     ),
     fracs: Annotated[str, typer.Option(help="Cache sizes as fractions of unique keys.")] = "0.01,0.05,0.1",
     leads: Annotated[str, typer.Option(help="Prefetch leads.")] = "0,10",
-    prefetchers: Annotated[str, typer.Option(help="Prefetchers to compare.")] = "none,stride,markov,learned",
+    prefetchers: Annotated[
+        str, typer.Option(help="Prefetchers to compare (shadow-select: the learned one's selector, no network).")
+    ] = "none,stride,markov,shadow-select,learned",
     policy: Annotated[str, typer.Option(help="Eviction policy.")] = "s3fifo",
     limit: Annotated[int | None, typer.Option(help="First N requests of each trace.")] = 1_000_000,
     budget: Annotated[int, typer.Option(help="Prefetches per request at most.")] = 1,
     jobs: Annotated[int, typer.Option(min=1, help="Parallel worker processes.")] = 1,
+    new_keys: Annotated[str, typer.Option(help=_NEW_KEYS_HELP)] = "auto",
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object: the files written and the table's cells.")
     ] = False,
@@ -200,7 +209,7 @@ def report(
         typer.echo(line, err=True)
 
     try:
-        spec = MatrixSpec.parse(traces, fracs, leads, prefetchers, policy, limit, budget)
+        spec = MatrixSpec.parse(traces, fracs, leads, prefetchers, policy, limit, budget, new_keys)
         prepare_out(out)
         rows = run_matrix(spec, jobs=jobs, log=log, cells_file=out / "results.jsonl")
         written = write_report(rows, spec, out, log=log)

@@ -6,6 +6,10 @@ cache-independent too; only its choice among them depends on the cache, so its a
 shadow selector picks for each size. Either way: the same numbers `bench replay` gives, for a third of the
 model time.
 
+The leak guard (`--new-keys`, `replay.py`) is resolved once per trace and reaches both the replay's cache and the
+shadow caches a cache-aware prefetcher selects with, so the selection and the replay see the same prefetches.
+`shadow-select` is that selector over stride and Markov alone: the learned prefetcher without its network.
+
 Each unit's cells are appended to `results.jsonl` as it finishes, so a run that fails or is stopped keeps what it
 had done; the table, `results.json` and the plots are written at the end.
 """
@@ -23,9 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from service.bench.replay import CHUNK, ReplayError, replay, resolve_cache_size
-from service.bench.traces import TraceError, load_trace
-from service.prefetch import PREFETCHERS, make_prefetcher
+from service.bench.replay import (
+    BENCH_PREFETCHERS,
+    CHUNK,
+    NEW_KEYS,
+    ReplayError,
+    leak_guard,
+    make_bench_prefetcher,
+    replay,
+    resolve_cache_size,
+    resolve_new_keys,
+)
+from service.bench.traces import TraceError, load_trace, trace_name
 from service.prefetch.base import Predictions
 from service.prefetch.shadow import CacheAwarePrefetcher, CacheModel
 
@@ -45,6 +58,7 @@ class MatrixSpec:
     policy: str
     limit: int | None
     budget: int
+    new_keys: str = "auto"
 
     @classmethod
     def parse(
@@ -56,6 +70,7 @@ class MatrixSpec:
         policy: str,
         limit: int | None,
         budget: int,
+        new_keys: str = "auto",
     ) -> MatrixSpec:
         traces: list[Path] = []
         for path in paths:
@@ -76,21 +91,37 @@ class MatrixSpec:
         if not traces:
             raise ReportError("no trace files given")
         names = tuple(n.strip() for n in prefetchers.split(",") if n.strip())
-        unknown = [n for n in names if n not in PREFETCHERS]
+        unknown = [n for n in names if n not in BENCH_PREFETCHERS]
         if unknown:
-            raise ReportError(f"unknown prefetcher(s) {', '.join(unknown)}; choose from {', '.join(PREFETCHERS)}")
+            raise ReportError(
+                f"unknown prefetcher(s) {', '.join(unknown)}; choose from {', '.join(BENCH_PREFETCHERS)}"
+            )
+        if new_keys not in NEW_KEYS:
+            raise ReportError(f"--new-keys must be one of {', '.join(NEW_KEYS)}, got {new_keys!r}")
         try:
             frac_values = tuple(float(f) for f in fracs.split(","))
             lead_values = tuple(int(v) for v in leads.split(","))
         except ValueError as err:
             raise ReportError(f"bad --fracs or --leads: {err}") from None
-        return cls(tuple(traces), frac_values, lead_values, names, policy, limit, budget)
+        return cls(tuple(dict.fromkeys(traces)), frac_values, lead_values, names, policy, limit, budget, new_keys)
+
+    def label(self, path: Path) -> str:
+        """A trace's name in the report: without its suffixes, or its file name where that would merge two traces
+        (`a.txt` and `a.txt.gz`), or its path where even that would."""
+        name = trace_name(path)
+        if sum(trace_name(p) == name for p in self.traces) == 1:
+            return name
+        if sum(p.name == path.name for p in self.traces) == 1:
+            return path.name
+        return str(path)
 
 
 def _unit(path: Path, lead: int, name: str, spec: MatrixSpec) -> list[dict[str, Any]]:
     """One trace, lead and prefetcher at every cache size (a learned prefetcher computes on one torch thread)."""
     trace = load_trace(path, limit=spec.limit)
-    prefetcher = make_prefetcher(name, lead=lead)
+    mode = resolve_new_keys(spec.new_keys, trace)
+    guard = leak_guard(trace, mode)
+    prefetcher = make_bench_prefetcher(name, lead=lead)
     keys = trace.keys.tolist()
     chunks = [keys[begin : begin + CHUNK] for begin in range(0, len(keys), CHUNK)]
     propose = name != "none" and spec.budget > 0
@@ -103,14 +134,14 @@ def _unit(path: Path, lead: int, name: str, spec: MatrixSpec) -> list[dict[str, 
     for frac in spec.fracs:
         size = resolve_cache_size(trace.unique, frac, None)
         if aware is not None:
-            selector = aware.selector_for(CacheModel(size, spec.policy, lead, spec.budget))
+            model = CacheModel(size, spec.policy, lead, spec.budget, prefetchable=guard)
+            selector = aware.selector_for(model)
             predictions = [
                 p for chunk, answers in zip(chunks, arms, strict=True) for p in selector.select_batch(chunk, answers)
             ]
-        result = replay(
-            trace, size, prefetcher, policy=spec.policy, budget=spec.budget, lead=lead, predictions=predictions
-        )
-        rows.append({**result.as_dict(), "cache_frac": frac})
+        result = replay(trace, size, prefetcher, policy=spec.policy, budget=spec.budget, lead=lead,
+                        predictions=predictions, new_keys=mode)
+        rows.append({**result.as_dict(), "trace": spec.label(path), "cache_frac": frac})
     return rows
 
 
@@ -165,7 +196,7 @@ def run_matrix(
     finally:
         if sink is not None:
             sink.close()
-    order = {name: i for i, name in enumerate(PREFETCHERS)}
+    order = {name: i for i, name in enumerate(BENCH_PREFETCHERS)}
     rows.sort(key=lambda r: (r["trace"], r["lead"], r["cache_frac"], order[r["prefetcher"]]))
     return rows
 
@@ -217,42 +248,94 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for cell in cells.values():
         simple = [cell[n] for n in ("stride", "markov") if n in cell]
         if "learned" in cell and simple:
-            best = min(simple)
-            cell["learned_vs_best"] = cell["learned"] / best if best > 0 else (1.0 if cell["learned"] == 0 else 0.0)
+            cell["learned_vs_best"] = _ratio(cell["learned"], min(simple))
+        if "learned" in cell and "shadow-select" in cell:
+            cell["learned_vs_select"] = _ratio(cell["learned"], cell["shadow-select"])
         out.append(cell)
     return out
 
 
-def _markdown(cells: list[dict[str, Any]], spec: MatrixSpec) -> str:
-    names = [n for n in PREFETCHERS if n in spec.prefetchers]
+def _ratio(learned: float, best: float) -> float | None:
+    """learned / best. Against a best with no misses: 1.0 when learned has none either, else None (no ratio says
+    how much worse; the table shows n/a and counts it as a loss)."""
+    if best > 0:
+        return learned / best
+    return 1.0 if learned == 0 else None
+
+
+def _size_label(cell: dict[str, Any]) -> str:
+    return f"{cell['cache_frac'] * 100:g}% ({cell['cache_size']})"
+
+
+def _markdown(cells: list[dict[str, Any]], spec: MatrixSpec, guards: dict[str, tuple[str, float]]) -> str:
+    names = [n for n in BENCH_PREFETCHERS if n in spec.prefetchers]
+    ratios: list[tuple[str, str]] = []
+    if "learned" in names and ("stride" in names or "markov" in names):
+        ratios.append(("learned_vs_best", "learned/best"))
+    if "learned" in names and "shadow-select" in names:
+        ratios.append(("learned_vs_select", "learned/select"))
+    explained = {
+        "learned_vs_best": "`learned/best` is the learned miss ratio over the better of stride and Markov",
+        "learned_vs_select": "`learned/select` over `shadow-select` (the same selector without the network)",
+    }
+    limit = f"first {spec.limit} requests of each trace (all of a shorter one)" if spec.limit else "all requests"
     lines = [
-        f"Miss ratio, policy `{spec.policy}`, budget {spec.budget}, first {spec.limit or 'all'} requests; "
-        "`learned/best` is the learned miss ratio over the better of stride and Markov.",
+        f"Miss ratio, policy `{spec.policy}`, budget {spec.budget}, {limit}"
+        + "".join(f"; {explained[key]}" for key, _ in ratios)
+        + ("; n/a: the baseline had no misses and learned had some." if ratios else "."),
+        "",
+        _guard_line(spec.new_keys, guards),
         "",
     ]
     for lead in spec.leads:
         lines += [
             f"### lead {lead}",
             "",
-            "| trace | cache | " + " | ".join(names) + " | learned/best |",
-            "|---|---:|" + "---:|" * (len(names) + 1),
+            "| trace | cache | " + " | ".join([*names, *(title for _, title in ratios)]) + " |",
+            "|---|---:|" + "---:|" * (len(names) + len(ratios)),
         ]
         for c in (c for c in cells if c["lead"] == lead):
-            ratio = c.get("learned_vs_best")
+            shown = [_shown_ratio(c, key) for key, _ in ratios]
             lines.append(
-                f"| {c['trace']} | {c['cache_frac']:.0%} ({c['cache_size']}) | "
-                + " | ".join(f"{c[n]:.4f}" if n in c else "" for n in names)
-                + f" | {'' if ratio is None else f'{ratio:.3f}'} |"
+                f"| {c['trace']} | {_size_label(c)} | "
+                + " | ".join([*(f"{c[n]:.4f}" if n in c else "" for n in names), *shown])
+                + " |"
             )
         lines.append("")
-    ratios = [c["learned_vs_best"] for c in cells if "learned_vs_best" in c]
-    if ratios:
-        wins = sum(r <= 1.0 for r in ratios)
-        lines.append(
-            f"learned <= best simple in {wins} of {len(ratios)} cells; mean learned/best "
-            f"{sum(ratios) / len(ratios):.3f}, worst {max(ratios):.3f}."
-        )
+    for key, title in ratios:
+        lines.extend(_ratio_summary(cells, key, title))
     return "\n".join(lines) + "\n"
+
+
+def _shown_ratio(cell: dict[str, Any], key: str) -> str:
+    if key not in cell:
+        return ""
+    return "n/a" if cell[key] is None else f"{cell[key]:.3f}"
+
+
+def _ratio_summary(cells: list[dict[str, Any]], key: str, title: str) -> list[str]:
+    ratios = [c[key] for c in cells if key in c]
+    if not ratios:
+        return []
+    known = [r for r in ratios if r is not None]
+    wins = sum(r <= 1.0 for r in known)
+    line = f"{title}: <= 1 in {wins} of {len(ratios)} cells"
+    if len(known) < len(ratios):
+        line += f" ({len(ratios) - len(known)} n/a, counted as losses)"
+    if known:
+        line += f"; mean {sum(known) / len(known):.3f}, worst {max(known):.3f}"
+    return [line + "."]
+
+
+def _guard_line(requested: str, guards: dict[str, tuple[str, float]]) -> str:
+    """Which traces ran with proposals of unread keys dropped, with each one's share of numbered first accesses."""
+    by_mode: dict[str, list[str]] = {}
+    for trace, (mode, share) in sorted(guards.items()):
+        by_mode.setdefault(mode, []).append(f"{trace} ({share:.3f})")
+    parts = [f"{'dropped' if mode == 'drop' else 'allowed'} on {', '.join(traces)}"
+             for mode, traces in sorted(by_mode.items(), reverse=True)]
+    return (f"Prefetches of keys not read yet (`--new-keys {requested}`; in parentheses, the share of first accesses "
+            f"numbered largest-so-far + 1): {'; '.join(parts)}.")
 
 
 def _plots(cells: list[dict[str, Any]], spec: MatrixSpec, out: Path) -> list[Path] | None:
@@ -265,10 +348,10 @@ def _plots(cells: list[dict[str, Any]], spec: MatrixSpec, out: Path) -> list[Pat
     except ImportError:
         return None
     written = []
-    names = [n for n in PREFETCHERS if n in spec.prefetchers]
+    names = [n for n in BENCH_PREFETCHERS if n in spec.prefetchers]
     for lead in spec.leads:
         subset = [c for c in cells if c["lead"] == lead]
-        labels = [f"{c['trace']}\n{c['cache_frac']:.0%}" for c in subset]
+        labels = [f"{c['trace']}\n{c['cache_frac'] * 100:g}%" for c in subset]
         fig, ax = plt.subplots(figsize=(max(8, len(subset) * 0.45), 4.5))
         width = 0.8 / len(names)
         for i, name in enumerate(names):
@@ -292,8 +375,9 @@ def write_report(
     """results.json (every cell), results.md (the table) and one PNG per lead when matplotlib is there."""
     out.mkdir(parents=True, exist_ok=True)
     cells = summarize(rows)
+    guards = {row["trace"]: (row["new_keys"], row["first_access_numbered"]) for row in rows}
     _write_atomically(out / "results.json", json.dumps(rows, indent=1))
-    _write_atomically(out / "results.md", _markdown(cells, spec))
+    _write_atomically(out / "results.md", _markdown(cells, spec, guards))
     plots = _plots(cells, spec, out)
     if plots is None:
         log("PNG plots skipped: matplotlib is not installed (pip install matplotlib)")

@@ -1,24 +1,39 @@
 """Trace readers for the replay benchmark: ARC `.lis`, key-per-line text and CSV, each plain or compressed.
 
 Every reader returns the same thing, a `Trace` of integer keys in request order, so the replay loop never
-knows where a trace came from. Non-integer keys are interned to dense integers in first-seen order.
+knows where a trace came from. A key is a token: one in canonical decimal (`7`, `-3`; not `007`, `+7` or `7_0`)
+that fits an int64 is that integer, so a trace of integer keys is replayed as written. Any other token is mapped
+the way the service maps a byte key (`service/prefetch/keys.py`): trailing digits keep their number in the low
+bits, under a slot for the prefix. The codec hands out prefix slots and opaque ids in first-seen order; a replay
+must not, because the next never-seen key would then be predictable from the ids alone, a channel the service
+does not have (an id it has not handed out decodes to nothing). So here a prefix's slot and an opaque key's id
+come from a hash of the token's content, never from when it first appeared.
 """
 
 from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import io
+import itertools
 import lzma
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 
+from service.prefetch.keys import _TRAILING_DIGITS, NUMBER_BITS
+
 FORMATS = ("auto", "lis", "text", "csv")
 _COMPRESSED = {".gz": "gzip", ".zst": "zstd", ".xz": "xz", ".bz2": "bzip2"}
+BREAKPOINT = b"*"  # a LIRS simulator breakpoint line (lirs-README.txt), not a request
+_INT64 = 1 << 63
+_NUMBER_LIMIT = 1 << NUMBER_BITS
+_SLOTS = 1 << (63 - NUMBER_BITS)  # prefix slots 1.._SLOTS-1 keep every mapped id below 2^63; slot 0 is opaque keys
+_LIS_BLOCK = 1 << 16  # .lis lines converted at a time while counting requests toward --limit
 
 
 class TraceError(Exception):
@@ -27,15 +42,30 @@ class TraceError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Trace:
+    """Integer keys in request order, with what the replay needs to know about them (computed once, here)."""
+
     name: str
     keys: np.ndarray  # int64, one per request, in order
+    unique: int = field(init=False)
+    # Of the first accesses after the very first, the share whose key is the largest key so far + 1: near 1.0 when
+    # the trace's ids were handed out in first-access order (the replay's `--new-keys auto` reads it).
+    first_access_numbered: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        first = np.unique(self.keys, return_index=True)[1]
+        object.__setattr__(self, "unique", len(first))
+        object.__setattr__(self, "first_access_numbered", _numbered_share(self.keys[np.sort(first)]))
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    @property
-    def unique(self) -> int:
-        return len(np.unique(self.keys))
+
+def _numbered_share(new_keys: np.ndarray) -> float:
+    """Of keys in first-access order, the share after the first that equal the running maximum + 1."""
+    if len(new_keys) < 2:
+        return 0.0
+    before = np.maximum.accumulate(new_keys)[:-1]
+    return float(np.mean(new_keys[1:] == before + 1))
 
 
 def _open_binary(path: Path) -> IO[bytes]:
@@ -55,17 +85,12 @@ def _open_binary(path: Path) -> IO[bytes]:
     return path.open("rb")
 
 
-def _read_text(path: Path, limit: int | None) -> list[bytes]:
-    """Lines of the (decompressed) file; stops early once enough lines for `limit` requests are read."""
-    lines: list[bytes] = []
-    with _open_binary(path) as raw:
-        for line in io.BufferedReader(raw):  # type: ignore[type-var]
-            line = line.strip()
-            if line and not line.startswith(b"#"):
-                lines.append(line)
-                if limit is not None and len(lines) >= limit:
-                    break
-    return lines
+def _data_lines(raw: IO[bytes]) -> Iterator[bytes]:
+    """Stripped lines of the (decompressed) file, without blank lines and `#` comments."""
+    for line in io.BufferedReader(raw):  # type: ignore[type-var]
+        line = line.strip()
+        if line and not line.startswith(b"#"):
+            yield line
 
 
 def _inner_suffix(path: Path) -> str:
@@ -76,12 +101,12 @@ def _inner_suffix(path: Path) -> str:
 
 
 def detect_format(path: Path, first_line: bytes) -> str:
-    """Pick a format from the name, then from the first data line."""
+    """`.lis`, `.csv` and `.txt` (under any compression) name their format; any other name is read by its first
+    data line: a comma makes it CSV, exactly four integer fields `.lis`, anything else key-per-line text."""
     inner = _inner_suffix(path)
-    if inner == ".lis":
-        return "lis"
-    if inner == ".csv":
-        return "csv"
+    named = {".lis": "lis", ".csv": "csv", ".txt": "text"}
+    if inner in named:
+        return named[inner]
     if b"," in first_line:
         return "csv"
     fields = first_line.split()
@@ -90,49 +115,139 @@ def detect_format(path: Path, first_line: bytes) -> str:
     return "text"
 
 
-def _as_int_keys(tokens: list[bytes]) -> np.ndarray:
-    try:
-        return np.array([int(t) for t in tokens], dtype=np.int64)
-    except ValueError:
-        ids: dict[bytes, int] = {}
-        return np.array([ids.setdefault(t, len(ids)) for t in tokens], dtype=np.int64)
+def _canonical_int(token: bytes) -> int | None:
+    """The int64 a token spells in canonical decimal (no `+`, no leading zeros, no `-0`), else None."""
+    digits = token[1:] if token.startswith(b"-") else token
+    if not digits.isdigit() or len(digits) > 19 or (len(digits) > 1 and digits.startswith(b"0")) or token == b"-0":
+        return None  # 19 digits: int64's longest
+    value = int(digits) * (-1 if token.startswith(b"-") else 1)
+    return value if -_INT64 <= value < _INT64 else None
 
 
-def _parse_lis(lines: list[bytes], path: Path, limit: int | None) -> np.ndarray:
-    try:
-        table = np.array([line.split()[:2] for line in lines], dtype=np.int64)
-    except ValueError as err:
-        raise TraceError(f"{path}: not an ARC .lis trace (want 'start count ignore request' lines): {err}") from None
-    if table.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    starts, counts = table[:, 0], np.maximum(table[:, 1], 0)
-    total = int(counts.sum())
-    # Expand each (start, count) run into start, start+1, ..., start+count-1 without a Python loop.
-    offsets = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-    keys = np.repeat(starts, counts) + offsets
+def _digest(data: bytes, modulus: int) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big") % modulus
+
+
+def map_tokens(tokens: list[bytes]) -> np.ndarray:
+    """Keys for tokens (see the module docstring). Collisions between mapped ids, or with an integer key, are
+    resolved by probing the next slot or id, in sorted token order; the result depends only on which tokens occur."""
+    ids: dict[bytes, int] = {}
+    other: list[bytes] = []
+    for token in dict.fromkeys(tokens):
+        value = _canonical_int(token)
+        if value is None:
+            other.append(token)
+        else:
+            ids[token] = value
+    if other:
+        ids.update(_mapped_ids(sorted(other), set(ids.values())))
+    return np.fromiter((ids[t] for t in tokens), dtype=np.int64, count=len(tokens))
+
+
+def _mapped_ids(tokens: list[bytes], taken: set[int]) -> dict[bytes, int]:
+    """Ids for tokens that are not canonical integers, avoiding `taken` (the trace's integer keys) and each other."""
+    numbered: dict[tuple[bytes, int], list[tuple[bytes, int]]] = {}  # (prefix, zero-padded width) -> (token, number)
+    opaque: list[bytes] = []
+    for token in tokens:
+        match = _TRAILING_DIGITS.fullmatch(token)
+        if match is not None and int(match[2]) < _NUMBER_LIMIT:
+            prefix, digits = match.groups()
+            width = len(digits) if digits.startswith(b"0") and len(digits) > 1 else 0
+            numbered.setdefault((prefix, width), []).append((token, int(digits)))
+        else:
+            opaque.append(token)
+    ids: dict[bytes, int] = {}
+    used_slots: set[int] = set()
+    for (prefix, width), members in numbered.items():
+        slot = 1 + _digest(prefix + b"\0" + str(width).encode(), _SLOTS - 1)
+        while slot in used_slots or any(((slot << NUMBER_BITS) | n) in taken for _, n in members):
+            slot = 1 + slot % (_SLOTS - 1)
+        used_slots.add(slot)
+        ids.update((token, (slot << NUMBER_BITS) | n) for token, n in members)
+    taken = taken | set(ids.values())
+    for token in opaque:  # slot 0, below every prefix's block, as in the codec
+        ident = _digest(token, _NUMBER_LIMIT)
+        while ident in taken:
+            ident = (ident + 1) % _NUMBER_LIMIT
+        taken.add(ident)
+        ids[token] = ident
+    return ids
+
+
+def _text_tokens(lines: Iterable[bytes], path: Path, limit: int | None) -> list[bytes]:
+    """The first field of each line; `*` lines are LIRS breakpoints, not requests, and are skipped."""
+    tokens: list[bytes] = []
+    for line in lines:
+        if line == BREAKPOINT:
+            continue
+        tokens.append(line.split()[0])
+        if limit is not None and len(tokens) >= limit:
+            break
+    return tokens
+
+
+def _csv_tokens(lines: Iterable[bytes], path: Path, limit: int | None) -> list[bytes]:
+    """The `key` column's values. The first row is a header when a field of it is `key` (any case); without one,
+    a one-column file is all requests, and a wider one is an error (which column holds the keys is a guess)."""
+    rows = iter(lines)
+    first = next(rows)
+    names = [f.strip() for f in first.split(b",")]
+    lowered = [n.lower() for n in names]
+    if b"key" in lowered:
+        column = lowered.index(b"key")
+    elif len(names) == 1:
+        column, rows = 0, itertools.chain([first], rows)
+    else:
+        shown = ", ".join(n.decode(errors="replace") for n in names)
+        raise TraceError(f"{path}: no 'key' column in the CSV's first row ({shown}); add a header row that "
+                         "names the key column 'key'")
+    tokens: list[bytes] = []
+    for number, row in enumerate(rows, start=2):
+        fields = row.split(b",")
+        if column >= len(fields):
+            raise TraceError(f"{path}: data row {number} has no column {column + 1} (the key column)")
+        tokens.append(fields[column].strip())
+        if limit is not None and len(tokens) >= limit:
+            break
+    return tokens
+
+
+def _lis_keys(lines: Iterable[bytes], path: Path, limit: int | None) -> np.ndarray:
+    """Each `start count ignore request` line expands into start, start+1, ..., start+count-1."""
+    parts: list[np.ndarray] = []
+    total = 0
+    rows = iter(lines)
+    while limit is None or total < limit:
+        block = list(itertools.islice(rows, _LIS_BLOCK))
+        if not block:
+            break
+        try:
+            table = np.array([line.split()[:2] for line in block], dtype=np.int64)
+        except (ValueError, OverflowError) as err:
+            raise TraceError(
+                f"{path}: not an ARC .lis trace (want 'start count ignore request' lines): {err}"
+            ) from None
+        if table.ndim != 2 or table.shape[1] != 2:
+            raise TraceError(f"{path}: not an ARC .lis trace (want 'start count ignore request' lines)")
+        starts, counts = table[:, 0], np.maximum(table[:, 1], 0)
+        # Expand each (start, count) run without a Python loop.
+        offsets = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+        parts.append(np.repeat(starts, counts) + offsets)
+        total += len(parts[-1])
+    keys = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     return keys[:limit] if limit is not None else keys
 
 
-def _parse_csv(lines: list[bytes]) -> list[bytes]:
-    first = lines[0].split(b",")
-    column = 0
-    lowered = [f.strip().lower() for f in first]
-    header = any(not f.strip().lstrip(b"-").isdigit() for f in first)
-    if header and b"key" in lowered:
-        column = lowered.index(b"key")
-    rows = lines[1:] if header and (b"key" in lowered or len(first) > 1) else lines
-    return [row.split(b",")[column].strip() for row in rows]
-
-
-_PARSERS: dict[str, Callable[[list[bytes], Path, int | None], np.ndarray]] = {
-    "lis": _parse_lis,
-    "text": lambda lines, path, limit: _as_int_keys([line.split()[0] for line in lines]),
-    "csv": lambda lines, path, limit: _as_int_keys(_parse_csv(lines)),
+_PARSERS: dict[str, Callable[[Iterable[bytes], Path, int | None], np.ndarray]] = {
+    "lis": _lis_keys,
+    "text": lambda lines, path, limit: map_tokens(_text_tokens(lines, path, limit)),
+    "csv": lambda lines, path, limit: map_tokens(_csv_tokens(lines, path, limit)),
 }
 
 
 def load_trace(path: str | Path, fmt: str = "auto", limit: int | None = None) -> Trace:
-    """Read a trace into integer keys, at most `limit` requests (after `.lis` expansion)."""
+    """Read a trace into integer keys: at most `limit` requests, counted after `.lis` expansion and without
+    breakpoint lines; reading stops once they are read."""
     path = Path(path)
     if fmt not in FORMATS:
         raise TraceError(f"unknown trace format {fmt!r}; choose one of: {', '.join(FORMATS)}")
@@ -140,21 +255,24 @@ def load_trace(path: str | Path, fmt: str = "auto", limit: int | None = None) ->
         raise TraceError(f"trace file not found: {path}")
     if limit is not None and limit <= 0:
         raise TraceError(f"--limit must be positive, got {limit}")
-    # A .lis line expands to several requests, so reading `limit` lines is always enough.
     try:
-        lines = _read_text(path, limit)
+        with _open_binary(path) as raw:
+            lines = _data_lines(raw)
+            first = next(lines, None)
+            if first is None:
+                raise TraceError(f"{path}: trace is empty")
+            if fmt == "auto":
+                fmt = detect_format(path, first)
+            keys = _PARSERS[fmt](itertools.chain([first], lines), path, limit)
+    except TraceError:
+        raise
     except (OSError, EOFError, lzma.LZMAError) as err:
         raise TraceError(f"{path}: cannot read: {err}") from None
     except Exception as err:  # zstandard raises its own ZstdError
         raise TraceError(f"{path}: cannot decompress: {err}") from None
-    if not lines:
-        raise TraceError(f"{path}: trace is empty")
-    if fmt == "auto":
-        fmt = detect_format(path, lines[0])
-    keys = _PARSERS[fmt](lines, path, limit)
     if len(keys) == 0:
         raise TraceError(f"{path}: no requests in trace")
-    return Trace(name=trace_name(path), keys=keys[:limit] if limit is not None else keys)
+    return Trace(name=trace_name(path), keys=keys)
 
 
 def trace_name(path: Path) -> str:

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from service.prefetch.base import DEFAULT_THRESHOLD, USEFUL_WINDOW, Predictions
+from service.prefetch.base import DEFAULT_THRESHOLD, USEFUL_WINDOW, Prediction, Predictions
 from service.prefetch.coordinator import PrefetchBudget, PrefetchCoordinator
 from service.store.memory import MemoryStore, unit_size
 from service.store.policies import make_policy
@@ -47,6 +47,10 @@ class CacheModel:
     per_request: int = 1
     threshold: float = DEFAULT_THRESHOLD
     max_in_flight: int = 64
+    # Whether a key may be prefetched after request i (None: any key). The replay benchmark's leak guard
+    # (`service/bench/replay.py`): it is part of the model so that the shadows judge an arm by the prefetches the
+    # real cache would take from it, not by ones it would drop.
+    prefetchable: Callable[[Hashable, int], bool] | None = None
 
     @property
     def budget(self) -> PrefetchBudget:
@@ -177,6 +181,8 @@ class CacheSimulation:
         self.coordinator = PrefetchCoordinator(self.cache, model.budget, horizon=0 if key_only else model.horizon)
         self.cache.on_landed = self.coordinator.completed
         self.requests = 0
+        self._prefetchable = model.prefetchable
+        self.dropped = 0  # proposals `prefetchable` refused that the coordinator would have considered
 
     @property
     def store(self) -> Store:
@@ -191,7 +197,7 @@ class CacheSimulation:
         hit = cache.read(key)
         self.coordinator.on_access(key, hit)
         if proposals:
-            self.coordinator.consider(proposals)
+            self._consider(proposals)
         return hit
 
     def skip(self, proposals: Predictions) -> None:
@@ -199,7 +205,25 @@ class CacheSimulation:
         self.cache.now = self.requests
         self.requests += 1
         if proposals:
+            self._consider(proposals)
+
+    def _consider(self, proposals: Predictions) -> None:
+        prefetchable = self._prefetchable
+        if prefetchable is None:
             self.coordinator.consider(proposals)
+        else:
+            self.coordinator.consider(self._allowed(proposals, prefetchable, self.requests - 1))
+
+    def _allowed(self, proposals: Predictions, prefetchable: Callable[[Hashable, int], bool],
+                 now: int) -> Iterator[Prediction]:
+        """The proposals `prefetchable` allows after request `now`, lazily: a refused one is counted only if the
+        coordinator gets that far (within the budget) and it is at or above the threshold."""
+        threshold = self.coordinator.budget.threshold
+        for proposal in proposals:
+            if prefetchable(proposal.key, now):
+                yield proposal
+            elif proposal.confidence >= threshold:
+                self.dropped += 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
+from collections.abc import Hashable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from service.bench import replay as replay_module
 from service.bench.cli import app
-from service.bench.replay import ReplayError, replay, resolve_cache_size
+from service.bench.replay import (
+    BENCH_PREFETCHERS,
+    FirstReads,
+    ReplayError,
+    make_bench_prefetcher,
+    replay,
+    resolve_cache_size,
+)
+from service.bench.report import summarize
 from service.bench.traces import Trace, load_trace
-from service.prefetch.base import NoPrefetcher
+from service.prefetch.base import NoPrefetcher, Predictions
+from service.prefetch.shadow import CacheModel, CacheSimulation, ShadowSelector
 from service.prefetch.stride import StridePrefetcher
 
 TRACES = Path(__file__).resolve().parents[2] / ".." / "shared" / "traces"
@@ -202,3 +215,150 @@ def test_scripts_bench_shows_its_help_instead_of_running() -> None:
     assert result.returncode == 0
     assert result.stdout.startswith("usage: python -m service.bench.scripts")
     assert "| command |" not in result.stdout
+
+
+def _numbered_in_first_access_order(n: int = 4000, keys: int = 1500, seed: int = 3) -> Trace:
+    """Random accesses whose keys are then renumbered 0, 1, 2, ... in the order they are first read, as most
+    public traces were: every never-seen key is the largest so far + 1."""
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 1 << 40, size=keys)[np.minimum(rng.zipf(1.3, size=n) - 1, keys - 1)]
+    ids: dict[int, int] = {}
+    return Trace("numbered", np.array([ids.setdefault(k, len(ids)) for k in raw.tolist()], dtype=np.int64))
+
+
+class _CountsFirstAccessHits(CacheSimulation):
+    """The replay's cache, counting hits on a key's first read: only a prefetch of a never-read key makes one."""
+
+    made: list[_CountsFirstAccessHits] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.read: set[Hashable] = set()
+        self.first_access_hits = 0
+        self.made.append(self)
+
+    def request(self, key: Hashable, proposals: Predictions) -> bool:
+        hit = super().request(key, proposals)
+        if key not in self.read:
+            self.read.add(key)
+            self.first_access_hits += hit
+        return hit
+
+
+def _first_access_hits(trace: Trace, name: str, new_keys: str, monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(replay_module, "CacheSimulation", _CountsFirstAccessHits)
+    _CountsFirstAccessHits.made.clear()
+    replay(trace, max(1, trace.unique // 20), make_bench_prefetcher(name), new_keys=new_keys)
+    (real,) = _CountsFirstAccessHits.made  # the shadows are built in shadow.py, unpatched
+    return real.first_access_hits
+
+
+@pytest.mark.parametrize("name", BENCH_PREFETCHERS)
+def test_no_prefetcher_hits_a_first_access_when_ids_are_numbered_by_first_access(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trace = _numbered_in_first_access_order()
+    assert trace.first_access_numbered == 1.0
+    assert _first_access_hits(trace, name, "auto", monkeypatch) == 0
+    assert _first_access_hits(trace, name, "drop", monkeypatch) == 0
+
+
+def test_stride_hits_first_accesses_of_numbered_ids_when_new_keys_are_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The leak the guard closes: "largest + 1" is the next never-seen key.
+    trace = _numbered_in_first_access_order()
+    assert _first_access_hits(trace, "stride", "allow", monkeypatch) > trace.unique // 5
+
+
+def test_auto_allows_new_keys_where_ids_are_not_numbered_by_first_access() -> None:
+    numbered = _numbered_in_first_access_order()
+    shuffled = Trace("shuffled", np.random.default_rng(0).permutation(numbered.unique)[numbered.keys])
+    assert shuffled.first_access_numbered < 0.01
+    assert replay(numbered, 50, StridePrefetcher(), new_keys="auto").new_keys == "drop"
+    assert replay(shuffled, 50, StridePrefetcher(), new_keys="auto").new_keys == "allow"
+    with pytest.raises(ReplayError, match="--new-keys must be one of auto, allow, drop"):
+        replay(numbered, 50, StridePrefetcher(), new_keys="sometimes")
+
+
+def test_shadow_caches_drop_the_proposals_the_replayed_cache_drops() -> None:
+    # A selector judging arms by prefetches the real cache would refuse would pick an arm for its leak.
+    trace = sequential(2000)  # every read is a key's first: stride's every proposal is a never-read key
+    keys = trace.keys.tolist()
+    proposals = StridePrefetcher().access_batch(keys)
+    for guard, stride_misses_less in ((None, True), (FirstReads(trace.keys), False)):
+        selector = ShadowSelector(("stride",), CacheModel(100, prefetchable=guard))
+        selector.select_batch(keys, {"stride": proposals})
+        stride, none = selector.misses
+        assert (stride < none) is stride_misses_less
+
+
+def _one_hit_wonders(n: int = 6000, seed: int = 5) -> list[int]:
+    """Half the reads are of keys read once; the rest of a few hundred repeated keys (random 40-bit ids)."""
+    rng = np.random.default_rng(seed)
+    hot = rng.integers(0, 1 << 40, size=300)
+    return [int(rng.integers(0, 1 << 40)) if rng.random() < 0.5 else int(rng.choice(hot)) for _ in range(n)]
+
+
+def test_a_trace_replays_the_same_with_integer_or_string_keys(tmp_path: Path) -> None:
+    keys = _one_hit_wonders()
+    written = {
+        "ints.txt": "\n".join(str(k) for k in keys),
+        "opaque.txt": "\n".join(f"obj{k:x}" for k in keys),
+        "numbered.txt": "\n".join(f"user:{k}" for k in keys),
+    }
+    traces = [load_trace(_write(tmp_path / name, text)) for name, text in written.items()]
+    for name in BENCH_PREFETCHERS:
+        ratios = [replay(t, t.unique // 20, make_bench_prefetcher(name), new_keys="auto").miss_ratio for t in traces]
+        if name == "learned":
+            # Its key embedding hashes the ids themselves, so other labels shift its choices a little; a leak would
+            # move it by tenths (string keys numbered in first-seen order: 0.40 against 0.77).
+            assert max(ratios) - min(ratios) < 0.005, ratios
+        else:
+            assert ratios == [ratios[0]] * 3, (name, ratios)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_cli_replay_reports_the_leak_guard_it_ran(tmp_path: Path) -> None:
+    path = _write(tmp_path / "scan.txt", "\n".join(str(i % 300) for i in range(3000)))
+    args = ["replay", str(path), "--cache-size", "50", "--prefetcher", "stride", "--json"]
+    auto = json.loads(runner.invoke(app, args).stdout)
+    allow = json.loads(runner.invoke(app, [*args, "--new-keys", "allow"]).stdout)
+    assert (auto["new_keys"], auto["first_access_numbered"]) == ("drop", 1.0)
+    assert auto["prefetch_dropped_new"] > 250  # the first pass: every proposal is the next unread key
+    assert (allow["new_keys"], allow["prefetch_dropped_new"]) == ("allow", 0)
+    assert allow["misses"] < auto["misses"]
+    bad = runner.invoke(app, [*args, "--new-keys", "never"])
+    assert bad.exit_code == 2
+    assert "--new-keys must be one of auto, allow, drop" in bad.output
+
+
+def test_learned_vs_best_has_no_ratio_when_the_best_baseline_never_misses() -> None:
+    def row(prefetcher: str, miss_ratio: float) -> dict[str, Any]:
+        return {"trace": "t", "lead": 0, "cache_frac": 0.05, "cache_size": 5, "requests": 100,
+                "prefetcher": prefetcher, "miss_ratio": miss_ratio}
+
+    worse = summarize([row("stride", 0.0), row("markov", 0.1), row("shadow-select", 0.0), row("learned", 0.05)])
+    assert worse[0]["learned_vs_best"] is None
+    assert worse[0]["learned_vs_select"] is None
+    assert summarize([row("stride", 0.0), row("markov", 0.1), row("learned", 0.0)])[0]["learned_vs_best"] == 1.0
+    better = summarize([row("stride", 0.2), row("shadow-select", 0.1), row("learned", 0.05)])
+    assert better[0]["learned_vs_select"] == 0.5
+
+
+def test_report_keeps_traces_with_the_same_name_apart_and_shows_the_selector_and_the_guard(tmp_path: Path) -> None:
+    (tmp_path / "dup").mkdir()
+    plain = _loop_trace(tmp_path / "dup" / "a.txt", keys=200, requests=2000)
+    packed = tmp_path / "dup" / "a.txt.gz"
+    packed.write_bytes(gzip.compress("\n".join(str((i * 7) % 997) for i in range(3000)).encode()))
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["report", str(plain), str(packed), "--out", str(out), "--prefetchers",
+                                 "none,stride,markov,shadow-select", "--fracs", "0.05", "--leads", "0"])
+    assert result.exit_code == 0, result.output
+    table = (out / "results.md").read_text()
+    assert "| a.txt | 5% (10) |" in table
+    assert "| a.txt.gz | 5% (50) |" in table
+    assert "| trace | cache | none | stride | markov | shadow-select |\n" in table
+    assert "dropped on a.txt (1.000); allowed on a.txt.gz (0.0" in table
