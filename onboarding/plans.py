@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator
+from pydantic_settings import NoDecode
 
 from onboarding.errors import InvalidInput
 from service.prefetch import PREFETCHERS
@@ -88,3 +93,17 @@ def check_plan_map(mapping: dict[str, str]) -> dict[str, str]:
     if not mapping:
         raise ValueError("map at least one marketplace plan to a Foresight plan")
     return mapping
+
+
+def same_plans() -> dict[str, str]:
+    """The default plan map: each Foresight plan sold under its own name."""
+    return {plan: plan for plan in PLANS}
+
+
+def _json_object(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+# A marketplace setting mapping its plans onto Foresight's. The field decodes its JSON itself (NoDecode stops
+# pydantic-settings from doing it) so that a value that is not JSON fails validation naming the field.
+PlanMap = Annotated[dict[str, str], NoDecode, BeforeValidator(_json_object), AfterValidator(check_plan_map)]

@@ -3,13 +3,10 @@ events arrive, and how the listing's dimensions map onto Foresight's plans. Read
 
 from __future__ import annotations
 
-import json
-from typing import Annotated
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-from onboarding.plans import PLANS, check_plan_map
+from onboarding.plans import PlanMap, same_plans
 
 
 class AwsMarketplaceSettings(BaseSettings):
@@ -22,8 +19,8 @@ class AwsMarketplaceSettings(BaseSettings):
     queue_url: str | None = Field(
         None, description="SQS queue subscribed to the listing's subscription and entitlement SNS topics."
     )
-    plan_dimensions: Annotated[dict[str, str], NoDecode] = Field(
-        default_factory=lambda: {plan: plan for plan in PLANS},
+    plan_dimensions: PlanMap = Field(
+        default_factory=same_plans,
         description="Contract dimension -> Foresight plan. The buyer's highest entitled plan wins.",
     )
     usage_dimension: str = Field(
@@ -35,12 +32,6 @@ class AwsMarketplaceSettings(BaseSettings):
     metering_endpoint_url: str | None = Field(None, description="Metering API endpoint override (tests, VPC endpoint).")
     entitlement_endpoint_url: str | None = Field(None, description="Entitlement API endpoint override.")
     sqs_endpoint_url: str | None = Field(None, description="SQS endpoint override.")
-
-    # decoded here rather than by pydantic-settings, so that a value that is not JSON fails validation naming the field
-    _decoded = field_validator("plan_dimensions", mode="before")(
-        lambda value: json.loads(value) if isinstance(value, str) else value
-    )
-    _known_plans = field_validator("plan_dimensions")(lambda mapping: check_plan_map(mapping))
 
     @model_validator(mode="after")
     def _usage_is_not_a_plan(self) -> AwsMarketplaceSettings:

@@ -5,14 +5,12 @@ AZURE_CLIENT_CERTIFICATE_PATH), never from a Foresight setting."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from onboarding.plans import PLANS, check_plan_map
+from onboarding.plans import PlanMap, same_plans
 
 
 class AzureMarketplaceSettings(BaseSettings):
@@ -21,8 +19,8 @@ class AzureMarketplaceSettings(BaseSettings):
     tenant_id: str = Field(min_length=1, description="The publisher's Entra tenant (the app's home).")
     client_id: str = Field(min_length=1, description="The Entra app id in the offer's technical configuration.")
     offer_id: str = Field(min_length=1, description="The SaaS offer; purchases of any other offer are refused.")
-    plans: Annotated[dict[str, str], NoDecode] = Field(
-        default_factory=lambda: {plan: plan for plan in PLANS},
+    plans: PlanMap = Field(
+        default_factory=same_plans,
         description="Offer plan id -> Foresight plan.",
     )
     usage_dimension: str = Field("requests", min_length=1, description="The metered billing dimension's id.")
@@ -32,9 +30,3 @@ class AzureMarketplaceSettings(BaseSettings):
     api_url: str = Field("https://marketplaceapi.microsoft.com", description="SaaS fulfillment and metering API.")
     authority: str = Field("https://login.microsoftonline.com", description="Entra ID, for tokens and signing keys.")
     ca_file: Path | None = Field(None, description="CA bundle for both (a TLS-inspecting proxy, tests).")
-
-    # decoded here rather than by pydantic-settings, so that a value that is not JSON fails validation naming the field
-    _decoded = field_validator("plans", mode="before")(
-        lambda value: json.loads(value) if isinstance(value, str) else value
-    )
-    _known_plans = field_validator("plans")(lambda mapping: check_plan_map(mapping))

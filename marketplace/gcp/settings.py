@@ -5,14 +5,12 @@ GOOGLE_APPLICATION_CREDENTIALS (or the host's own identity), never from a Foresi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from onboarding.plans import PLANS, check_plan_map
+from onboarding.plans import PlanMap, same_plans
 
 
 class GcpMarketplaceSettings(BaseSettings):
@@ -28,9 +26,7 @@ class GcpMarketplaceSettings(BaseSettings):
     service_name: str = Field(
         min_length=1, description="The listing's Service Control service, e.g. foresight.endpoints.<p>.cloud.goog."
     )
-    plans: Annotated[dict[str, str], NoDecode] = Field(
-        default_factory=lambda: {plan: plan for plan in PLANS}, description="Listing plan id -> Foresight plan."
-    )
+    plans: PlanMap = Field(default_factory=same_plans, description="Listing plan id -> Foresight plan.")
     usage_metric: str = Field("requests", min_length=1, description="The metric (under service_name) metered.")
     requests_per_unit: int = Field(
         1000, gt=0, description="Reads in one unit of usage_metric; the remainder carries to the next hour."
@@ -43,9 +39,3 @@ class GcpMarketplaceSettings(BaseSettings):
         description="Where the sign-up JWT's signing certificates are published (also its issuer).",
     )
     ca_file: Path | None = Field(None, description="CA bundle for all of them (a TLS-inspecting proxy, tests).")
-
-    # decoded here rather than by pydantic-settings, so that a value that is not JSON fails validation naming the field
-    _decoded = field_validator("plans", mode="before")(
-        lambda value: json.loads(value) if isinstance(value, str) else value
-    )
-    _known_plans = field_validator("plans")(lambda mapping: check_plan_map(mapping))
