@@ -71,6 +71,9 @@ class TenantCache:
     def __init__(self, spec: TenantSpec, settings: Settings, origin_slots: ReadSlots | None = None) -> None:
         self.name = spec.name
         self.incarnation = spec.incarnation
+        # The tenant's name in the shared tier: its name and incarnation (tenant names are DNS labels, so no '.'),
+        # so that a later tenant of the name never reads this one's keys. Fixed: another incarnation gets a new cache.
+        self.tier_name = self.name if self.incarnation is None else f"{self.name}.{self.incarnation}"
         self.store = MemoryStore(spec.quota.memory_bytes, settings.eviction_policy)
         self.flights: SingleFlight[bytes | None] = SingleFlight()
         self.origin: Origin | None = None
@@ -105,12 +108,6 @@ class TenantCache:
         self.connections_received = 0  # INFO shows a tenant its own traffic, never the server's
         self.commands_of_closed = 0  # commands of its connections that have ended (open ones count their own)
         self.apply(spec)
-
-    @property
-    def tier_name(self) -> str:
-        """The tenant's name in the shared tier: its name and incarnation (tenant names are DNS labels, so no
-        '.'), so that a later tenant of the name never reads this one's keys."""
-        return self.name if self.incarnation is None else f"{self.name}.{self.incarnation}"
 
     def apply(self, spec: TenantSpec) -> None:
         """Take new quotas without losing data (a smaller budget evicts down to it)."""

@@ -123,10 +123,15 @@ class TenantPrefetch:
         if self.checkpoints is None or self.checkpoints.serving is None:
             return None
         version = self.checkpoints.serving
+        self._load(version)
+        return version
+
+    def _load(self, version: int) -> None:
+        """Load checkpoint `version` into the running model. Blocks."""
+        assert self.checkpoints is not None
         state = self.checkpoints.load(version)
         with self.engine.model_lock:
             self.engine.prefetcher.load_state_dict(state)  # type: ignore[attr-defined]
-        return version
 
     def serving_state(self) -> dict[str, Any] | None:
         """The serving checkpoint, for the model rebuilt in a new prefetch child (the old child's copy died with
@@ -174,9 +179,7 @@ class TenantPrefetch:
         another model's shape), the serving version stays, so that a restart never loads that version."""
         assert self.checkpoints is not None
         try:
-            state = self.checkpoints.load(version)
-            with self.engine.model_lock:
-                self.engine.prefetcher.load_state_dict(state)  # type: ignore[attr-defined]
+            self._load(version)
         except Exception as err:
             log.error("tenant %s: prefetch accuracy fell to %.3f, but model v%d did not load (%s); v%s still serves",
                       self.tenant.name, accuracy, version, err, self.checkpoints.serving)

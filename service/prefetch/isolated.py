@@ -264,8 +264,7 @@ class PrefetchHost:
         start that failed, refuses at once until the backoff has passed."""
         wait_s = self._retry_at - time.monotonic()
         if wait_s > 0:
-            raise PrefetcherProcessError(f"the prefetcher process did not start ({self._start_failure}); the next "
-                                         f"try is in {wait_s:.0f} s")
+            raise self._not_started(wait_s)
         try:
             self._spawn()
             self._create(ident, spec)
@@ -276,9 +275,12 @@ class PrefetchHost:
             self._start_failure = self._stopped if isinstance(err, PrefetcherProcessError) else str(err)
             wait_s, self._backoff_s = self._backoff_s, min(2 * self._backoff_s, self.max_start_backoff_s)
             self._retry_at = time.monotonic() + wait_s
-            raise PrefetcherProcessError(f"the prefetcher process did not start ({self._start_failure}); the next "
-                                         f"try is in {wait_s:.0f} s") from err
+            raise self._not_started(wait_s) from err
         self._backoff_s = self.start_backoff_s
+
+    def _not_started(self, wait_s: float) -> PrefetcherProcessError:
+        return PrefetcherProcessError(f"the prefetcher process did not start ({self._start_failure}); the next try "
+                                      f"is in {wait_s:.0f} s")
 
     def _spawn(self) -> None:
         parent, child = socket.socketpair()
