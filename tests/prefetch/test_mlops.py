@@ -137,23 +137,10 @@ def test_promotion_needs_a_better_metric_and_rollback_restores_the_previous(tmp_
     assert not registry.promote_if_better(v2)  # within the margin: keep serving v1
     v3 = registry.save({"w": torch.ones(1)}, metric=0.50)
     assert registry.promote_if_better(v3)
-    assert registry.record_live_metric(0.45) is None
-    assert registry.record_live_metric(0.30) == v1  # live accuracy fell well below v1's: roll back
+    assert registry.rollback_target(0.45) is None
+    assert registry.rollback_target(0.30) == v1  # live accuracy fell well below v1's: roll back to it
+    registry.commit_serving(v1)
     assert CheckpointRegistry(tmp_path, tenant="acme").serving == v1  # the index survives a restart
-
-
-def test_a_one_step_rollback_keeps_the_version_it_rolled_back_from_until_the_next_save(tmp_path: Path) -> None:
-    """`record_live_metric` commits before its caller loads: a caller whose load fails serves the version it
-    rolled back from again, though three versions came after it."""
-    registry = CheckpointRegistry(tmp_path, tenant="acme")
-    for metric in (0.4, 0.5):
-        registry.promote_if_better(registry.save({"w": torch.zeros(1)}, metric=metric))
-    for _ in range(KEEP_NEWEST):
-        registry.promote_if_better(registry.save({"w": torch.zeros(1)}, metric=0.1))
-    assert registry.record_live_metric(0.2) == 1
-    assert registry.promote_if_better(2, margin=-1.0) and registry.serving == 2
-    assert registry.load(2)["w"].item() == 0.0
-
 
 
 def _versions_on_disk(directory: Path) -> set[int]:

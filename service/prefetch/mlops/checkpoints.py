@@ -243,16 +243,6 @@ class CheckpointRegistry:
         self._serve(version)
         self._commit()
 
-    def record_live_metric(self, metric: float, margin: float = 0.1) -> int | None:
-        """`rollback_target` and `commit_serving` at once, before the caller loads the version: if that load
-        fails the index names a version the model does not run. Prefer the two steps. The version rolled back
-        from stays until the next save, so such a caller can serve it again (`promote_if_better(it, -1.0)`)."""
-        version = self.rollback_target(metric, margin)
-        if version is not None:
-            self._serve(version)
-            self._save_index()
-        return version
-
     def _serve(self, version: int) -> None:
         self.info(version)  # a CheckpointError for a version the index does not know
         history = self._index.history
