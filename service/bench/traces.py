@@ -25,7 +25,7 @@ from typing import IO
 
 import numpy as np
 
-from service.prefetch.keys import _TRAILING_DIGITS, NUMBER_BITS
+from service.prefetch.keys import NUMBER_BITS, TRAILING_DIGITS
 
 FORMATS = ("auto", "lis", "text", "csv")
 _COMPRESSED = {".gz": "gzip", ".zst": "zstd", ".xz": "xz", ".bz2": "bzip2"}
@@ -149,7 +149,7 @@ def _mapped_ids(tokens: list[bytes], taken: set[int]) -> dict[bytes, int]:
     numbered: dict[tuple[bytes, int], list[tuple[bytes, int]]] = {}  # (prefix, zero-padded width) -> (token, number)
     opaque: list[bytes] = []
     for token in tokens:
-        match = _TRAILING_DIGITS.fullmatch(token)
+        match = TRAILING_DIGITS.fullmatch(token)
         if match is not None and int(match[2]) < _NUMBER_LIMIT:
             prefix, digits = match.groups()
             width = len(digits) if digits.startswith(b"0") and len(digits) > 1 else 0

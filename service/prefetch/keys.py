@@ -20,7 +20,7 @@ from collections import OrderedDict
 NUMBER_BITS = 40
 _NUMBER_LIMIT = 1 << NUMBER_BITS
 _SLOT_LIMIT = 1 << 20  # prefix ids wrap here: an id stays below 2^61, an int64 for any prefetcher's arrays
-_TRAILING_DIGITS = re.compile(rb"(.*?)(\d{1,12})", re.DOTALL)
+TRAILING_DIGITS = re.compile(rb"(.*?)(\d{1,12})", re.DOTALL)
 
 MAX_PREFIXES = 4096
 MAX_OPAQUE = 1 << 18
@@ -53,7 +53,7 @@ class KeyCodec:
         self._next_opaque = 0
 
     def encode(self, key: bytes) -> int:
-        match = _TRAILING_DIGITS.fullmatch(key)
+        match = TRAILING_DIGITS.fullmatch(key)
         if match is not None:
             prefix, digits = match.groups()
             number = int(digits)
