@@ -13,7 +13,7 @@ import socket
 import ssl
 import sys
 import time  # no `from __future__ import annotations`: typer must see saas_commands' argument help at def time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -160,14 +160,16 @@ def _json_line(value: Any) -> None:
     sys.stdout.flush()
 
 
-def consume(poll: Callable[[], list[Any]], once: bool, as_json: bool) -> None:
+def consume(poll: Callable[[], Iterable[Any]], once: bool, as_json: bool) -> None:
     """Handle batches until interrupted (or one with --once); pulls that find nothing pause a second. Every
-    event is printed, and flushed, as soon as its batch is handled (with --json and no --once, as one JSON
-    line), so stopping the loop between batches loses none; --json --once prints one object."""
+    event is printed, and flushed, as soon as it is handled (with --json and no --once, as one JSON line), so
+    stopping the loop, even halfway through a batch, loses no line of an event done; --json --once prints one
+    object."""
     handled: list[dict[str, Any]] = []
     while True:
-        batch = poll()
-        for item in batch:
+        batch = 0
+        for item in poll():
+            batch += 1
             if as_json and once:
                 handled.append(asdict(item))
             elif as_json:

@@ -72,14 +72,17 @@ class EventQueue:
         self.sqs = sqs
         self.queue_url = queue_url
 
-    def poll(self, wait_seconds: int = 20) -> list[Handled]:
+    def poll(self, wait_seconds: int = 20) -> Iterator[Handled]:
+        """Receive a batch and yield each event once it is handled (and deleted): a caller that reports each as
+        it comes loses no line when it is interrupted halfway through the batch."""
         try:
             reply = self.sqs.receive_message(
                 QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_seconds
             )
         except (ClientError, BotoCoreError) as err:
             raise api_failure(f"receive from {self.queue_url}", err) from None
-        return [self._handle(message) for message in reply.get("Messages", [])]
+        for message in reply.get("Messages", []):
+            yield self._handle(message)
 
     def _handle(self, message: dict[str, Any]) -> Handled:
         message_id = message.get("MessageId", "?")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from marketplace.gcp.fulfilment import GcpMarketplace
@@ -56,17 +57,20 @@ class Subscription:
         self.api = reconciler.marketplace.api
         self.url = f"{reconciler.marketplace.settings.pubsub_url.rstrip('/')}/v1/{name}"
 
-    def poll(self, max_messages: int = 10) -> list[Handled]:
+    def poll(self, max_messages: int = 10) -> Iterator[Handled]:
+        """Pull a batch and yield each event once it is handled. The handled ones are acknowledged together at the
+        end, or when the caller stops early (Ctrl-C): only the unhandled rest is delivered again."""
         reply = self.api.call("POST", f"{self.url}:pull", "pull events", body={"maxMessages": max_messages})
-        handled, done = [], []
-        for received in reply.get("receivedMessages", []):
-            item = self._handle(received.get("message", {}))
-            handled.append(item)
-            if item.error is None:
-                done.append(received["ackId"])
-        if done:
-            self.api.call("POST", f"{self.url}:acknowledge", "acknowledge events", body={"ackIds": done})
-        return handled
+        done: list[str] = []
+        try:
+            for received in reply.get("receivedMessages", []):
+                item = self._handle(received.get("message", {}))
+                if item.error is None:
+                    done.append(received["ackId"])
+                yield item
+        finally:
+            if done:
+                self.api.call("POST", f"{self.url}:acknowledge", "acknowledge events", body={"ackIds": done})
 
     def _handle(self, message: dict[str, Any]) -> Handled:
         message_id = str(message.get("messageId", "?"))

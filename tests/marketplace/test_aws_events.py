@@ -14,6 +14,7 @@ import redis
 from marketplace.aws.events import EVENT_PATTERN, EventQueue, Reconciler
 from marketplace.aws.fulfilment import AwsMarketplace, Registration
 from marketplace.aws.metering import Metering
+from marketplace.commands import consume
 from marketplace.records import Subscription
 from onboarding.plans import PLANS
 from tests import servers
@@ -84,7 +85,7 @@ def test_a_plan_change_event_moves_the_tenant_to_the_new_quota(
     fake.entitle(license_arn, "enterprise")
     bus.publish("License Updated - Manufacturer", license_event(license_arn))
 
-    handled = queue.poll(wait_seconds=1)
+    handled = list(queue.poll(wait_seconds=1))
     assert [(o.tenant, o.action) for h in handled for o in h.outcomes] == [(registration.tenant, "plan enterprise")]
     spec = deployment.key_admin.get_tenant(registration.tenant)
     assert spec is not None and spec.quota.memory_bytes == PLANS["enterprise"].memory_bytes
@@ -156,7 +157,7 @@ def test_the_rule_ignores_other_events_and_unknown_licenses_are_acknowledged(
     bus.publish("Offer Released", {"offer": {"id": "offer-1"}})  # not a fulfilment event: the rule drops it
     assert bus.depth() == 0
     bus.publish("License Updated - Manufacturer", license_event("arn:aws:license-manager::1:license:l-unknown"))
-    handled = queue.poll(wait_seconds=1)
+    handled = list(queue.poll(wait_seconds=1))
     assert len(handled) == 1 and handled[0].outcomes == [] and handled[0].error is None
     assert bus.depth() == 0
 
@@ -168,18 +169,18 @@ def test_a_failure_leaves_the_event_on_the_queue_for_a_retry(
     fake.entitle(license_arn, "pro")
     fake.fail_next.append(ApiError("DisabledApiException", "entitlement API disabled"))
     bus.publish("License Updated - Manufacturer", license_event(license_arn))
-    first = queue.poll(wait_seconds=1)
+    first = list(queue.poll(wait_seconds=1))
     assert first[0].error is not None and "DisabledApiException" in first[0].error
     assert bus.depth() == 1
 
-    retried = queue.poll(wait_seconds=5)  # back after the one-second visibility timeout
+    retried = list(queue.poll(wait_seconds=5))  # back after the one-second visibility timeout
     assert [o.action for h in retried for o in h.outcomes] == ["plan pro"]
     assert bus.depth() == 0
 
 
 def test_a_message_that_is_not_an_event_is_left_for_the_dead_letter_queue(bus: Bus, queue: EventQueue) -> None:
     bus.sqs.send_message(QueueUrl=bus.queue_url, MessageBody="not json")
-    handled = queue.poll(wait_seconds=1)
+    handled = list(queue.poll(wait_seconds=1))
     assert handled[0].error is not None and "not JSON" in handled[0].error
     assert bus.depth() == 1
 
@@ -192,3 +193,28 @@ def test_reconcile_repairs_a_missed_event(
     reconciler = Reconciler(marketplace, Metering(marketplace))
     assert reconciler.reconcile(registration.tenant).action == "plan pro"
     assert reconciler.reconcile(registration.tenant).action == "unchanged"
+
+
+def test_ctrl_c_halfway_through_a_batch_keeps_the_line_of_each_event_done(
+    bus: Bus, queue: EventQueue, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for n in range(2):
+        bus.sqs.send_message(QueueUrl=bus.queue_url, MessageBody=json.dumps(
+            {"source": "aws.marketplace", "detail-type": "License Updated - Manufacturer",
+             "detail": license_event(f"arn:l-{n}")}))
+    named = queue.reconciler.tenants_named_by
+    calls: list[int] = []
+
+    def interrupted_on_the_second(event: dict[str, Any]) -> list[str]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return named(event)
+
+    queue.reconciler.tenants_named_by = interrupted_on_the_second  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        consume(lambda: queue.poll(wait_seconds=1), once=False, as_json=True)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(calls) == 2, "both messages arrived in one batch"
+    assert [line["event"] for line in lines] == ["License Updated - Manufacturer"]  # deleted, and said so
+    assert bus.depth() == 1  # the interrupted one comes back

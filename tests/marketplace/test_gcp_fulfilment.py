@@ -6,11 +6,13 @@ PyJWT talk to the contract fake (gcp_fake.py) over HTTPS."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from marketplace.commands import consume
 from marketplace.errors import MarketplaceFailure
 from marketplace.gcp.events import Reconciler, Subscription
 from marketplace.gcp.fulfilment import GcpMarketplace
@@ -127,7 +129,7 @@ def test_a_plan_change_is_approved_and_applied(
     tenant = gcp_marketplace.register(token).tenant
     gcp.entitlements[entitlement_id].update(state="ENTITLEMENT_PENDING_PLAN_CHANGE_APPROVAL", newPendingPlan="pro")
     gcp.publish("ENTITLEMENT_PLAN_CHANGE_REQUESTED", entitlement_id)
-    handled = events.poll()
+    handled = list(events.poll())
     assert [(o.tenant, o.action) for h in handled for o in h.outcomes] == [(tenant, "plan pro")]
     assert gcp.entitlements[entitlement_id]["plan"] == "pro" and not gcp.messages  # acknowledged
     spec = deployment.key_admin.get_tenant(tenant)
@@ -142,7 +144,8 @@ def test_a_change_to_a_plan_not_offered_is_rejected(
     gcp.entitlements[entitlement_id].update(state="ENTITLEMENT_PENDING_PLAN_CHANGE_APPROVAL",
                                             newPendingPlan="platinum")
     gcp.publish("ENTITLEMENT_PLAN_CHANGE_REQUESTED", entitlement_id)
-    assert "refused" in events.poll()[0].outcomes[0].action
+    [handled] = events.poll()
+    assert "refused" in handled.outcomes[0].action
     assert gcp.entitlements[entitlement_id]["plan"] == "starter"
     assert any(path.endswith(":rejectPlanChange") for _, path, _ in gcp.calls)
 
@@ -179,10 +182,10 @@ def test_a_failure_leaves_the_event_for_redelivery_and_bad_messages_stay(
         return original(method, path, query, body)
 
     gcp.api = entitlement_down  # type: ignore[method-assign]
-    first = events.poll()
+    first = list(events.poll())
     assert all(h.error for h in first) and len(gcp.messages) == 2
     gcp.api = original  # type: ignore[method-assign]
-    second = events.poll()
+    second = list(events.poll())
     assert [o.action for h in second for o in h.outcomes] == ["plan pro"]
     assert len(gcp.messages) == 1  # the unparseable one waits for the dead-letter policy
 
@@ -238,3 +241,27 @@ def test_a_second_order_of_the_same_account_gets_its_own_tenant(
     second = sign_up(client, token)
     assert second.status_code == 201 and second.json()["tenant"] == tenant_of(second_id)
     assert deployment.key_admin.get_tenant(tenant_of(first_id)) is not None
+
+
+def test_ctrl_c_halfway_through_a_batch_acknowledges_the_events_done(
+    gcp_marketplace: GcpMarketplace, gcp: GcpFake, events: Subscription, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token, entitlement_id = gcp.purchase("starter")
+    gcp_marketplace.register(token)
+    gcp.publish("ENTITLEMENT_PLAN_CHANGED", entitlement_id)
+    gcp.publish("ENTITLEMENT_PLAN_CHANGED", entitlement_id)
+    reconcile = events.reconciler.reconcile
+    calls: list[str] = []
+
+    def interrupted_on_the_second(tenant: str) -> Any:
+        calls.append(tenant)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return reconcile(tenant)
+
+    events.reconciler.reconcile = interrupted_on_the_second  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        consume(events.poll, once=False, as_json=True)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(calls) == 2 and [line["event"] for line in lines] == ["ENTITLEMENT_PLAN_CHANGED"]
+    assert len(gcp.messages) == 1  # the one done is acknowledged; the interrupted one is delivered again
