@@ -3,18 +3,18 @@
 Every reader returns the same thing, a `Trace` of integer keys in request order, so the replay loop never
 knows where a trace came from. A key is a token: one in canonical decimal (`7`, `-3`; not `007`, `+7` or `7_0`)
 that fits an int64 is that integer, so a trace of integer keys is replayed as written. Any other token is mapped
-the way the service maps a byte key (`service/prefetch/keys.py`): trailing digits keep their number in the low
-bits, under a slot for the prefix. The codec hands out prefix slots and opaque ids in first-seen order; a replay
-must not, because the next never-seen key would then be predictable from the ids alone, a channel the service
-does not have (an id it has not handed out decodes to nothing). So here a prefix's slot and an opaque key's id
-come from a hash of the token's content, never from when it first appeared.
+by the service's key-codec rule (`service/prefetch/keys.py`, whose functions this module calls): trailing digits
+keep their number in the low bits, under a slot for the prefix, and a prefix's slot and an opaque key's id are a
+hash of the token's content, never a count of the tokens first seen before it (the next never-seen key would then
+be predictable from the ids alone, a channel the service does not have). Unlike the codec, the reader knows every
+token before it maps one and forgets none: collisions are settled in sorted token order, also against the trace's
+integer keys, and prefixes have 2^23 - 1 slots where the codec's few thousand have 2^20.
 """
 
 from __future__ import annotations
 
 import bz2
 import gzip
-import hashlib
 import io
 import itertools
 import lzma
@@ -25,14 +25,14 @@ from typing import IO
 
 import numpy as np
 
-from service.prefetch.keys import NUMBER_BITS, TRAILING_DIGITS
+from service.prefetch.keys import NUMBER_BITS, Prefix, numbered_id, opaque_id, prefix_slot, split_number
 
 FORMATS = ("auto", "lis", "text", "csv")
 _COMPRESSED = {".gz": "gzip", ".zst": "zstd", ".xz": "xz", ".bz2": "bzip2"}
 BREAKPOINT = b"*"  # a LIRS simulator breakpoint line (lirs-README.txt), not a request
 _INT64 = 1 << 63
 _NUMBER_LIMIT = 1 << NUMBER_BITS
-_SLOTS = 1 << (63 - NUMBER_BITS)  # prefix slots 1.._SLOTS-1 keep every mapped id below 2^63; slot 0 is opaque keys
+_SLOTS = (1 << (63 - NUMBER_BITS)) - 1  # prefix slots: every mapped id stays below 2^63 (`numbered_id`)
 _LIS_BLOCK = 1 << 16  # .lis lines converted at a time while counting requests toward --limit
 
 
@@ -124,10 +124,6 @@ def _canonical_int(token: bytes) -> int | None:
     return value if -_INT64 <= value < _INT64 else None
 
 
-def _digest(data: bytes, modulus: int) -> int:
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big") % modulus
-
-
 def map_tokens(tokens: list[bytes]) -> np.ndarray:
     """Keys for tokens (see the module docstring). Collisions between mapped ids, or with an integer key, are
     resolved by probing the next slot or id, in sorted token order; the result depends only on which tokens occur."""
@@ -146,27 +142,25 @@ def map_tokens(tokens: list[bytes]) -> np.ndarray:
 
 def _mapped_ids(tokens: list[bytes], taken: set[int]) -> dict[bytes, int]:
     """Ids for tokens that are not canonical integers, avoiding `taken` (the trace's integer keys) and each other."""
-    numbered: dict[tuple[bytes, int], list[tuple[bytes, int]]] = {}  # (prefix, zero-padded width) -> (token, number)
+    numbered: dict[Prefix, list[tuple[bytes, int]]] = {}  # prefix -> (token, number)
     opaque: list[bytes] = []
     for token in tokens:
-        match = TRAILING_DIGITS.fullmatch(token)
-        if match is not None and int(match[2]) < _NUMBER_LIMIT:
-            prefix, digits = match.groups()
-            width = len(digits) if digits.startswith(b"0") and len(digits) > 1 else 0
-            numbered.setdefault((prefix, width), []).append((token, int(digits)))
-        else:
+        split = split_number(token)
+        if split is None:
             opaque.append(token)
+        else:
+            numbered.setdefault(split[0], []).append((token, split[1]))
     ids: dict[bytes, int] = {}
     used_slots: set[int] = set()
-    for (prefix, width), members in numbered.items():
-        slot = 1 + _digest(prefix + b"\0" + str(width).encode(), _SLOTS - 1)
-        while slot in used_slots or any(((slot << NUMBER_BITS) | n) in taken for _, n in members):
-            slot = 1 + slot % (_SLOTS - 1)
+    for prefix, members in numbered.items():
+        slot = prefix_slot(prefix, _SLOTS)
+        while slot in used_slots or any(numbered_id(slot, n) in taken for _, n in members):
+            slot = (slot + 1) % _SLOTS
         used_slots.add(slot)
-        ids.update((token, (slot << NUMBER_BITS) | n) for token, n in members)
+        ids.update((token, numbered_id(slot, n)) for token, n in members)
     taken = taken | set(ids.values())
-    for token in opaque:  # slot 0, below every prefix's block, as in the codec
-        ident = _digest(token, _NUMBER_LIMIT)
+    for token in opaque:  # below every prefix's block, as in the codec
+        ident = opaque_id(token)
         while ident in taken:
             ident = (ident + 1) % _NUMBER_LIMIT
         taken.add(ident)

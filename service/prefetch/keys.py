@@ -1,26 +1,39 @@
 """Maps the service's byte keys to the integer keys prefetchers work on, and back.
 
 A key that ends in digits (`user:00123`, `block/77`) keeps its number in the low bits, so stride and delta
-predictors see `user:00124` as the next key; its prefix (and zero-padding width) gets a small id in the high
-bits. Other keys get ids from a bounded table: Markov successors and the learned model still work on them,
+predictors see `user:00124` as the next key; its prefix (and zero-padding width) gets a slot in the high bits.
+Other keys get ids below every prefix's block: Markov successors and the learned model still work on them,
 strides simply never match.
+
+A prefix's slot and an opaque key's id are a hash of its bytes (blake2b, personalised per kind of id; not
+`hash()`, which is salted per process), not a count of the keys seen before it. So they are the same in every
+process whatever order the keys come in, and a learned model restored from a checkpoint after a restart still
+refers to the keys it learned on (the replay benchmark maps string keys by the same functions). Where a key hashes
+onto a slot or id a remembered key holds, it takes the next free one: which of the two moves depends on which came
+first, so only such keys can get another id in another process or after forgetting. That is rare (a new prefix
+finds its slot held at most 4,096 / 2^20 = 0.4 % of the time, a new opaque key its id 2^18 / 2^40) and bounded:
+the moved key is a new key to a restored model, and its old id decodes to nothing or to the key now holding it.
 
 The codec lives in the server process, one per tenant engine, so it is bounded in entries and in bytes: prefixes
 and opaque keys are each forgotten least recently encoded first (opaque keys before prefixes when the bytes run
-out), and an id of a forgotten one decodes to nothing. An id goes to another key only after 2^40 opaque keys or
-2^20 prefixes, and never while its own is remembered. Ids are given in first-seen order, so a codec that never
-forgets gives the ids it gave before it was bounded.
+out), and an id of a forgotten one decodes to nothing until a key hashing there takes it. An id never goes to
+another key while its own is remembered.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import OrderedDict
 
 NUMBER_BITS = 40
 _NUMBER_LIMIT = 1 << NUMBER_BITS
-_SLOT_LIMIT = 1 << 20  # prefix ids wrap here: an id stays below 2^61, an int64 for any prefetcher's arrays
-TRAILING_DIGITS = re.compile(rb"(.*?)(\d{1,12})", re.DOTALL)
+SLOT_LIMIT = 1 << 20  # prefix slots: an id stays below 2^61, an int64 for any prefetcher's arrays
+_TRAILING_DIGITS = re.compile(rb"(.*?)(\d{1,12})", re.DOTALL)
+# blake2b personalised per kind of id (changing either relabels every key a checkpoint learned on); each hash
+# copies its base (260 ns against 420 to build a personalised one).
+_PREFIX_HASH = hashlib.blake2b(digest_size=8, person=b"foresight:prefix")
+_OPAQUE_HASH = hashlib.blake2b(digest_size=8, person=b"foresight:opaque")
 
 MAX_PREFIXES = 4096
 MAX_OPAQUE = 1 << 18
@@ -34,6 +47,40 @@ ENTRY_OVERHEAD = 224
 Prefix = tuple[bytes, int]  # the bytes before the digits, and the digits' zero-padded width (0: not padded)
 
 
+def split_number(key: bytes) -> tuple[Prefix, int] | None:
+    """A numbered key's prefix and number (up to 12 trailing digits, below 2^40); None for an opaque key."""
+    match = _TRAILING_DIGITS.fullmatch(key)
+    if match is None:
+        return None
+    prefix, digits = match.groups()
+    number = int(digits)
+    if number >= _NUMBER_LIMIT:
+        return None
+    return (prefix, len(digits) if digits.startswith(b"0") and len(digits) > 1 else 0), number
+
+
+def _hash(data: bytes, base: hashlib.blake2b) -> int:
+    hasher = base.copy()
+    hasher.update(data)
+    return int.from_bytes(hasher.digest(), "big")
+
+
+def prefix_slot(prefix: Prefix, slots: int = SLOT_LIMIT) -> int:
+    """The slot a prefix takes unless a remembered one holds it (then the next free one): a hash below `slots`."""
+    data, width = prefix
+    return _hash(bytes([width]) + data, _PREFIX_HASH) % slots  # the width first: no two prefixes hash one string
+
+
+def opaque_id(key: bytes) -> int:
+    """The id an opaque key takes unless a remembered one holds it (then the next free one): a hash below 2^40."""
+    return _hash(key, _OPAQUE_HASH) % _NUMBER_LIMIT
+
+
+def numbered_id(slot: int, number: int) -> int:
+    """The id of a number under a prefix slot: slot 0's block is the opaque keys'."""
+    return ((slot + 1) << NUMBER_BITS) | number
+
+
 class KeyCodec:
     """bytes <-> int, bounded in the prefixes and opaque keys it remembers and in the bytes they take."""
 
@@ -41,26 +88,24 @@ class KeyCodec:
                  max_bytes: int = MAX_BYTES) -> None:
         if min(max_prefixes, max_opaque, max_bytes) < 1:
             raise ValueError("a key codec needs max_prefixes, max_opaque and max_bytes >= 1")
+        if max_prefixes >= SLOT_LIMIT or max_opaque >= _NUMBER_LIMIT:
+            raise ValueError(f"a key codec holds fewer than {SLOT_LIMIT} prefixes and {_NUMBER_LIMIT} opaque keys, "
+                             f"got max_prefixes={max_prefixes}, max_opaque={max_opaque}")
         self.max_prefixes = max_prefixes
         self.max_opaque = max_opaque
         self.max_bytes = max_bytes
         self.retained_bytes = 0  # keys and prefixes held, with `ENTRY_OVERHEAD` each
         self._prefix_slot: OrderedDict[Prefix, int] = OrderedDict()  # least recently encoded first
         self._slot_prefix: dict[int, Prefix] = {}
-        self._next_slot = 0
         self._opaque_id: OrderedDict[bytes, int] = OrderedDict()  # least recently encoded first
         self._opaque_key: dict[int, bytes] = {}
-        self._next_opaque = 0
 
     def encode(self, key: bytes) -> int:
-        match = TRAILING_DIGITS.fullmatch(key)
-        if match is not None:
-            prefix, digits = match.groups()
-            number = int(digits)
-            if number < _NUMBER_LIMIT:
-                width = len(digits) if digits.startswith(b"0") and len(digits) > 1 else 0
-                return ((self._slot((prefix, width)) + 1) << NUMBER_BITS) | number
-        return self._opaque(key)
+        numbered = split_number(key)
+        if numbered is None:
+            return self._opaque(key)
+        prefix, number = numbered
+        return numbered_id(self._slot(prefix), number)
 
     def _slot(self, prefix: Prefix) -> int:
         slots = self._prefix_slot
@@ -68,10 +113,9 @@ class KeyCodec:
         if slot is not None:
             slots.move_to_end(prefix)
             return slot
-        slot = self._next_slot
-        while slot in self._slot_prefix:  # wrapped around onto a prefix still remembered
-            slot = (slot + 1) % _SLOT_LIMIT
-        self._next_slot = (slot + 1) % _SLOT_LIMIT
+        slot = prefix_slot(prefix)
+        while slot in self._slot_prefix:  # a remembered prefix hashed (or moved) here first
+            slot = (slot + 1) % SLOT_LIMIT
         slots[prefix] = slot
         self._slot_prefix[slot] = prefix
         self.retained_bytes += len(prefix[0]) + ENTRY_OVERHEAD
@@ -85,11 +129,9 @@ class KeyCodec:
         if ident is not None:
             self._opaque_id.move_to_end(key)
             return ident
-        # Opaque ids live below the first prefix block; they are never adjacent to numbered keys.
-        ident = self._next_opaque
-        while ident in self._opaque_key:  # wrapped around onto a key still remembered
+        ident = opaque_id(key)
+        while ident in self._opaque_key:  # a remembered key hashed (or moved) here first
             ident = (ident + 1) % _NUMBER_LIMIT
-        self._next_opaque = (ident + 1) % _NUMBER_LIMIT
         self._opaque_id[key] = ident
         self._opaque_key[ident] = key
         self.retained_bytes += len(key) + ENTRY_OVERHEAD

@@ -11,7 +11,7 @@ import pytest
 import zstandard
 
 from service.bench.traces import Trace, TraceError, load_trace, trace_name
-from service.prefetch.keys import NUMBER_BITS
+from service.prefetch.keys import NUMBER_BITS, KeyCodec
 
 LIS = "100 3 0 0\n7 1 0 1\n200 2 0 2\n"
 
@@ -101,6 +101,12 @@ def test_string_keys_get_ids_from_their_content_not_from_first_appearance(tmp_pa
     # A never-seen string key is not the largest id so far + 1, so its id tells a prefetcher nothing.
     names = "\n".join(f"obj-{a}{b}" for a in "abcde" for b in "vwxyz")
     assert load_trace(_written(tmp_path / "n.txt", names)).first_access_numbered < 0.2
+
+
+def test_an_opaque_string_key_gets_the_id_the_service_gives_it(tmp_path: Path) -> None:
+    codec = KeyCodec()  # one rule for both: the trace reader calls the codec's functions
+    assert _keys(tmp_path / "o.txt", "session-abc\nimg/7/thumb\n") == [codec.encode(b"session-abc"),
+                                                                        codec.encode(b"img/7/thumb")]
 
 
 def test_csv_needs_a_key_header_unless_it_has_one_column(tmp_path: Path) -> None:

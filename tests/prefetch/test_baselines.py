@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import random
+import subprocess
+import sys
 import tracemalloc
 
 import pytest
 
-from service.prefetch import make_prefetcher
+from service.prefetch import keys, make_prefetcher
 from service.prefetch.access_log import AccessLog
-from service.prefetch.keys import MAX_PREFIXES, KeyCodec
+from service.prefetch.keys import MAX_PREFIXES, NUMBER_BITS, SLOT_LIMIT, KeyCodec
 from service.prefetch.markov import MarkovPrefetcher, SuccessorTable
 from service.prefetch.stride import StridePrefetcher
 
@@ -163,6 +167,63 @@ def test_one_off_numbered_keys_leave_prefix_slots_for_the_keys_that_come_back() 
     assert codec.encode(b"user:00002") == user + 1 and codec.decode(user + 5) == b"user:00006"
     late = codec.encode(b"order:00001")  # a prefix first seen after the slots filled up still gets one
     assert codec.decode(late + 1) == b"order:00002"
+
+
+MIXED_KEYS = (
+    [b"user:%05d" % i for i in range(20)] + [b"order-%d" % i for i in range(20)]
+    + [b"t%d/part%d" % (i, j) for i in range(30) for j in (1, 2)]  # a prefix each
+    + [b"session-%x" % (i * 7919) for i in range(40)] + [b"img/%d/thumb" % i for i in range(20)]
+)
+
+
+def test_key_codec_ids_do_not_depend_on_the_order_keys_are_first_seen() -> None:
+    in_order = {key: KeyCodec().encode(key) for key in MIXED_KEYS}
+    codec = KeyCodec()
+    shuffled = {key: codec.encode(key) for key in random.Random(1).sample(MIXED_KEYS, len(MIXED_KEYS))}
+    assert shuffled == in_order
+    assert all(codec.decode(ident) == key for key, ident in shuffled.items())
+
+
+_CHILD = """
+import json, sys
+from service.prefetch.keys import KeyCodec
+keys = [bytes.fromhex(k) for k in json.load(sys.stdin)]
+codec = KeyCodec()
+ids = {key: codec.encode(key) for key in reversed(keys)}
+print(json.dumps([ids[key] for key in keys]))
+"""
+
+
+def test_key_codec_ids_survive_a_restart() -> None:
+    """Processes with other `hash()` salts, first seeing the keys in another order, give every key the same id;
+    so does the next release: changing the ids relabels every key a saved checkpoint learned on."""
+    codec = KeyCodec()
+    ids = [codec.encode(key) for key in MIXED_KEYS]
+    for salt in ("1", "2"):
+        child = subprocess.run([sys.executable, "-c", _CHILD], input=json.dumps([k.hex() for k in MIXED_KEYS]),
+                               capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": salt})
+        assert json.loads(child.stdout) == ids
+    assert (codec.encode(b"user:00041"), codec.encode(b"session-abc")) == ((0x38F41 << NUMBER_BITS) | 41, 0x85B0DBE0FF)
+
+
+def test_keys_hashing_onto_a_held_slot_or_id_take_the_next_free_one_and_decode_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(keys, "opaque_id", lambda key: 7)
+    monkeypatch.setattr(keys, "prefix_slot", lambda prefix: SLOT_LIMIT - 1)  # the last slot: the next wraps to 0
+    codec = KeyCodec(max_opaque=2)
+    alpha, beta = codec.encode(b"alpha"), codec.encode(b"beta")
+    user, order = codec.encode(b"user:00041"), codec.encode(b"order-41")
+    assert (alpha, beta) == (7, 8) and (user >> NUMBER_BITS, order >> NUMBER_BITS) == (SLOT_LIMIT, 1)
+    assert [codec.decode(i) for i in (alpha, beta, user + 1, order + 1)] == [b"alpha", b"beta", b"user:00042",
+                                                                               b"order-42"]
+    assert codec.encode(b"gamma") == 9  # alpha, the least recently encoded, is forgotten to make room
+    assert codec.decode(alpha) is None and codec.decode(9) == b"gamma"
+    assert codec.encode(b"beta") == beta  # a remembered key keeps its id
+
+
+def test_a_key_codec_larger_than_its_id_space_is_refused() -> None:
+    with pytest.raises(ValueError, match="fewer than 1048576 prefixes"):
+        KeyCodec(max_prefixes=SLOT_LIMIT)
 
 
 def test_access_log_is_bounded_and_sampled() -> None:

@@ -10,14 +10,17 @@ import random
 import stat
 import threading
 import time
+from collections.abc import Hashable
 from pathlib import Path
 
 import pytest
 import torch
 
-from service.prefetch.base import Prediction, Prefetcher
+from service.prefetch.answers import MODEL
+from service.prefetch.base import Prediction, Predictions, Prefetcher
 from service.prefetch.coordinator import PrefetchBudget
 from service.prefetch.engine import PrefetchEngine
+from service.prefetch.keys import KeyCodec
 from service.prefetch.learned.prefetcher import LearnedPrefetcher, TrainConfig
 from service.prefetch.mlops import checkpoints
 from service.prefetch.mlops.ab import ABAssignment, LiveComparison, check_weights
@@ -296,6 +299,53 @@ async def test_engine_prefetches_in_the_background() -> None:
     await worker
     assert {b"obj:1", b"obj:5"} <= cache.data
     assert engine.coordinator.outstanding == 0
+
+
+def _tour(seed: int) -> list[bytes]:
+    """A fixed tour of opaque keys and numbered keys under several prefixes and zero-paddings."""
+    rng = random.Random(seed)
+    names = [b"session-%x-z" % rng.getrandbits(40) for _ in range(60)]
+    names += [prefix % rng.randrange(10**4) for prefix in (b"user:%05d", b"cart-%d", b"img/%d", b"blk%08d")
+              for _ in range(15)]
+    return rng.sample(names, len(names))
+
+
+def _model_proposals(engine: PrefetchEngine, reads: list[bytes]) -> list[list[tuple[bytes | None, float]]]:
+    """The byte keys (and confidences) the model proposes after each read, a step per 64 reads."""
+    out: list[list[tuple[bytes | None, float]]] = []
+
+    def collect(chunk: list[tuple[Hashable, Predictions]], reads_after: int, source: str) -> None:
+        if source == MODEL:
+            out.extend([(engine.codec.decode(p.key), p.confidence) for p in props] for _, props in chunk)
+
+    for begin in range(0, len(reads), 64):
+        for key in reads[begin : begin + 64]:
+            engine.on_access(key, hit=False)
+        engine.step(collect)
+    return out
+
+
+def test_a_restored_model_proposes_the_same_keys_after_a_restart_that_first_sees_keys_in_another_order(
+        tmp_path: Path) -> None:
+    config = TrainConfig(warmup=256, train_every=128, seed=3)
+    tour = _tour(seed=5)
+    model = LearnedPrefetcher(use_experts=False, config=config)
+    trained = PrefetchEngine(AsyncCache(), model)
+    _model_proposals(trained, tour * 8)
+    registry = CheckpointRegistry(tmp_path, tenant="acme")
+    version = registry.save(model.state_dict(), metric=0.5)
+
+    def restored(codec: KeyCodec) -> PrefetchEngine:
+        model = LearnedPrefetcher(use_experts=False, config=config)
+        model.load_state_dict(registry.load(version))
+        return PrefetchEngine(AsyncCache(), model, codec=codec)
+
+    # The same reads after a restore: into the process whose codec the model learned with (a rollback), and into a
+    # restarted one whose first reads are the tour's keys in another order.
+    reads = random.Random(7).sample(tour, len(tour)) + tour * 2
+    expected = _model_proposals(restored(trained.codec), reads)
+    assert sum(map(bool, expected)) > len(reads) // 2  # the model proposes, not just nothing
+    assert _model_proposals(restored(KeyCodec()), reads) == expected
 
 
 class Recording(NextKey):
