@@ -192,6 +192,9 @@ def report(
     budget: Annotated[int, typer.Option(help="Prefetches per request at most.")] = 1,
     jobs: Annotated[int, typer.Option(min=1, help="Parallel worker processes.")] = 1,
     new_keys: Annotated[str, typer.Option(help=_NEW_KEYS_HELP)] = "auto",
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Reuse the cells in --out's results.jsonl that these settings would compute, run only the "
+        "rest and append theirs (without it, results.jsonl is overwritten).")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object: the files written and the table's cells.")
     ] = False,
@@ -199,9 +202,11 @@ def report(
     """Run traces x cache sizes x prefetchers x leads; write a Markdown table, JSON and PNG plots (with matplotlib).
 
     --out is checked before anything runs. Each finished unit's cells go to results.jsonl in --out at once, so a
-    run that fails or is stopped keeps them. For example:
+    run that fails or is stopped keeps them; run it again with --resume to finish it. A cell is reused only where
+    every setting matches (trace file, limit, policy, prefetcher, lead, budget, --new-keys, cache size); the lines
+    that do not are counted on stderr and left out. For example:
 
-        foresight bench report ../shared/traces --jobs 2 --out out/bench-report
+        foresight bench report ../shared/traces --jobs 2 --out out/bench-report [--resume]
     """
     from service.bench.report import MatrixSpec, ReportError, prepare_out, run_matrix, summarize, write_report
 
@@ -211,7 +216,7 @@ def report(
     try:
         spec = MatrixSpec.parse(traces, fracs, leads, prefetchers, policy, limit, budget, new_keys)
         prepare_out(out)
-        rows = run_matrix(spec, jobs=jobs, log=log, cells_file=out / "results.jsonl")
+        rows = run_matrix(spec, jobs=jobs, log=log, cells_file=out / "results.jsonl", resume=resume)
         written = write_report(rows, spec, out, log=log)
     except (ReportError, ValueError) as err:
         raise _fail(str(err)) from None

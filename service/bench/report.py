@@ -11,7 +11,9 @@ shadow caches a cache-aware prefetcher selects with, so the selection and the re
 `shadow-select` is that selector over stride and Markov alone: the learned prefetcher without its network.
 
 Each unit's cells are appended to `results.jsonl` as it finishes, so a run that fails or is stopped keeps what it
-had done; the table, `results.json` and the plots are written at the end.
+had done; the table, `results.json` and the plots are written at the end. Each cell carries every setting that
+defines it (`unit_settings`), so a resumed run (`resume=True`) reuses exactly the cells it would have computed
+and runs the rest.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import multiprocessing
 import os
 import signal
 import tempfile
+import typing
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -32,6 +35,7 @@ from service.bench.replay import (
     CHUNK,
     NEW_KEYS,
     ReplayError,
+    ReplayResult,
     leak_guard,
     make_bench_prefetcher,
     replay,
@@ -39,9 +43,11 @@ from service.bench.replay import (
     resolve_new_keys,
 )
 from service.bench.traces import TraceError, load_trace, trace_name
-from service.prefetch.base import Predictions
+from service.prefetch.base import DEFAULT_THRESHOLD, Predictions
+from service.prefetch.markov import DEFAULT_MAX_KEYS
 from service.prefetch.shadow import CacheAwarePrefetcher, CacheModel
 
+GOAL = 0.9  # the learned prefetcher's goal: its misses at most this share of the better simple one's
 _TRACE_SUFFIXES = (".lis", ".txt", ".csv", ".gz", ".zst", ".xz", ".bz2")
 
 
@@ -92,6 +98,8 @@ class MatrixSpec:
             raise ReportError("no trace files given")
         names = tuple(n.strip() for n in prefetchers.split(",") if n.strip())
         unknown = [n for n in names if n not in BENCH_PREFETCHERS]
+        if not names:
+            raise ReportError(f"--prefetchers: none given; choose from {', '.join(BENCH_PREFETCHERS)}")
         if unknown:
             raise ReportError(
                 f"unknown prefetcher(s) {', '.join(unknown)}; choose from {', '.join(BENCH_PREFETCHERS)}"
@@ -116,12 +124,26 @@ class MatrixSpec:
         return str(path)
 
 
-def _unit(path: Path, lead: int, name: str, spec: MatrixSpec) -> list[dict[str, Any]]:
-    """One trace, lead and prefetcher at every cache size (a learned prefetcher computes on one torch thread)."""
+# What every unit runs with beyond the matrix's own settings: `bench replay`'s defaults.
+_ENGINE: dict[str, Any] = {"device": "cpu", "max_keys": DEFAULT_MAX_KEYS, "seed": 0, "threshold": DEFAULT_THRESHOLD}
+
+
+def unit_settings(path: Path, lead: int, name: str, spec: MatrixSpec) -> dict[str, Any]:
+    """Everything that decides a unit's cells besides the cache size, as its cells record it: a resumed run reuses
+    a cell only where all of these and its `cache_frac` are what this run would compute it with."""
+    return {"trace_path": str(path.resolve()), "trace_bytes": path.stat().st_size, "limit": spec.limit,
+            "policy": spec.policy, "prefetcher": name, "lead": lead, "budget": spec.budget,
+            "new_keys_asked": spec.new_keys, **_ENGINE}
+
+
+def _unit(path: Path, lead: int, name: str, spec: MatrixSpec, fracs: tuple[float, ...]) -> list[dict[str, Any]]:
+    """One trace, lead and prefetcher at the cache sizes `fracs` (a learned prefetcher computes on one torch
+    thread)."""
     trace = load_trace(path, limit=spec.limit)
     mode = resolve_new_keys(spec.new_keys, trace)
     guard = leak_guard(trace, mode)
-    prefetcher = make_bench_prefetcher(name, lead=lead)
+    prefetcher = make_bench_prefetcher(name, lead=lead, device=_ENGINE["device"], max_keys=_ENGINE["max_keys"],
+                                       seed=_ENGINE["seed"])
     keys = trace.keys.tolist()
     chunks = [keys[begin : begin + CHUNK] for begin in range(0, len(keys), CHUNK)]
     propose = name != "none" and spec.budget > 0
@@ -130,22 +152,24 @@ def _unit(path: Path, lead: int, name: str, spec: MatrixSpec) -> list[dict[str, 
     predictions: list[Predictions] | None = None
     if propose and aware is None:
         predictions = [p for chunk in chunks for p in prefetcher.access_batch(chunk)]
+    settings = unit_settings(path, lead, name, spec)
     rows = []
-    for frac in spec.fracs:
+    for frac in fracs:
         size = resolve_cache_size(trace.unique, frac, None)
         if aware is not None:
-            model = CacheModel(size, spec.policy, lead, spec.budget, prefetchable=guard)
+            model = CacheModel(size, spec.policy, lead, spec.budget, _ENGINE["threshold"], prefetchable=guard)
             selector = aware.selector_for(model)
             predictions = [
                 p for chunk, answers in zip(chunks, arms, strict=True) for p in selector.select_batch(chunk, answers)
             ]
         result = replay(trace, size, prefetcher, policy=spec.policy, budget=spec.budget, lead=lead,
-                        predictions=predictions, new_keys=mode)
-        rows.append({**result.as_dict(), "trace": spec.label(path), "cache_frac": frac})
+                        threshold=_ENGINE["threshold"], predictions=predictions, new_keys=mode)
+        rows.append({**result.as_dict(), "trace": spec.label(path), "cache_frac": frac, **settings})
     return rows
 
 
 Unit = tuple[Path, int, str]  # trace, lead, prefetcher: one replay's proposals, replayed at every cache size
+Job = tuple[Unit, tuple[float, ...]]  # a unit and the cache sizes it still has to run
 
 
 def prepare_out(out: Path) -> None:
@@ -167,15 +191,25 @@ def run_matrix(
     jobs: int = 1,
     log: Callable[[str], None] = lambda line: None,
     cells_file: Path | None = None,
+    resume: bool = False,
 ) -> list[dict]:
     """Every cell of the matrix, sorted by trace, lead, size and prefetcher; each unit's cells are appended to
-    `cells_file` (JSON Lines) as it finishes, so a failure or an interrupt loses only the units still running."""
+    `cells_file` (JSON Lines) as it finishes, so a failure or an interrupt loses only the units still running.
+
+    Without `resume` an existing `cells_file` is overwritten. With it, the cells already there that this run would
+    compute are reused, only the rest run, and theirs are appended (the lines it does not reuse are kept)."""
     units = [(path, lead, name) for path in spec.traces for lead in spec.leads for name in spec.prefetchers]
     # Learned units on the largest traces take longest: start them first.
     units.sort(key=lambda u: (u[2] != "learned", -u[0].stat().st_size))
-    rows: list[dict[str, Any]] = []
+    reused = _reusable_cells(cells_file, spec, units, log) if resume and cells_file is not None else {}
+    rows: list[dict[str, Any]] = list(reused.values())
+    jobs_left: list[Job] = [(unit, fracs) for unit in units
+                            if (fracs := tuple(f for f in spec.fracs if (unit, f) not in reused))]
+    if resume:
+        log(f"resume: reused {len(units) - len(jobs_left)} of {len(units)} units ({len(reused)} cells) from "
+            f"{cells_file}; running {len(jobs_left)}")
     done: list[Unit] = []
-    sink: TextIO | None = cells_file.open("w") if cells_file is not None else None
+    sink = _open_cells(cells_file, append=resume) if cells_file is not None else None
 
     def finished(unit: Unit, cells: list[dict[str, Any]]) -> None:
         rows.extend(cells)
@@ -183,10 +217,10 @@ def run_matrix(
         if sink is not None:
             sink.write("".join(json.dumps(cell) + "\n" for cell in cells))
             sink.flush()
-        log(f"done {len(done)} of {len(units)}: {unit[0].name} lead={unit[1]} {unit[2]}")
+        log(f"done {len(done)} of {len(jobs_left)}: {unit[0].name} lead={unit[1]} {unit[2]}")
 
     try:
-        _run_units(units, spec, jobs, finished)
+        _run_units(jobs_left, spec, jobs, finished)
     except BaseException as err:
         if rows and sink is not None:
             log(f"stopped: the {len(rows)} cells finished are in {cells_file}")
@@ -201,16 +235,100 @@ def run_matrix(
     return rows
 
 
-def _run_units(units: list[Unit], spec: MatrixSpec, jobs: int,
+def _open_cells(cells_file: Path, append: bool) -> TextIO:
+    """`cells_file` to write cells to: emptied, or appended to after a newline where a stopped run left half a
+    line (which would otherwise swallow the first new cell)."""
+    if not append:
+        return cells_file.open("w")
+    sink = cells_file.open("a")
+    if sink.tell() > 0:
+        with cells_file.open("rb") as written:
+            written.seek(-1, os.SEEK_END)
+            if written.read(1) != b"\n":
+                sink.write("\n")
+    return sink
+
+
+_CELL_TYPES = {**typing.get_type_hints(ReplayResult), "cache_frac": float}
+
+
+def _reusable_cells(cells_file: Path, spec: MatrixSpec, units: list[Unit],
+                    log: Callable[[str], None]) -> dict[tuple[Unit, float], dict[str, Any]]:
+    """The cells in `cells_file` that this run would compute, by (unit, cache_frac). A line is reused only where
+    its settings (`unit_settings`) and cache size are one of this run's; the others are counted on `log`, with
+    the first line of each kind, and left out."""
+    wanted = [unit_settings(*unit, spec) for unit in units]
+    by_settings = {_settings_text(settings, settings): unit for settings, unit in zip(wanted, units, strict=True)}
+    try:
+        lines = cells_file.read_text().splitlines()
+    except FileNotFoundError:
+        lines = []
+    found: dict[tuple[Unit, float], dict[str, Any]] = {}
+    unreadable: list[int] = []
+    repeated: list[int] = []
+    other: list[int] = []
+    why = ""
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not _is_cell(row):
+            unreadable.append(number)
+            continue
+        unit = by_settings.get(_settings_text(row, wanted[0]))
+        if unit is None or row["cache_frac"] not in spec.fracs:
+            why = why or _mismatch(row, wanted, spec.fracs)
+            other.append(number)
+        elif (unit, row["cache_frac"]) in found:
+            repeated.append(number)
+        else:
+            found[unit, row["cache_frac"]] = {**row, "trace": spec.label(unit[0])}  # the label this run gives it
+    for numbers, kind in ((unreadable, "not a whole cell (unreadable JSON or a field missing or of the wrong type)"),
+                          (other, f"from other settings ({why})"),
+                          (repeated, "a cell an earlier line has")):
+        if numbers:
+            log(f"resume: ignored {len(numbers)} line(s) of {cells_file}, first line {numbers[0]}: {kind}")
+    return found
+
+
+def _settings_text(row: dict[str, Any], names: dict[str, Any]) -> str:
+    """A cell's values of the settings `names` has, comparable across rows (absent ones as null)."""
+    return json.dumps({name: row.get(name) for name in names}, sort_keys=True)
+
+
+def _is_cell(row: object) -> bool:
+    """Whether a parsed line holds every field of a cell, each of its type (a number where a number belongs)."""
+    if not isinstance(row, dict):
+        return False
+    for name, kind in _CELL_TYPES.items():
+        value = row.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else kind):
+            return False
+    return True
+
+
+def _mismatch(row: dict[str, Any], wanted: list[dict[str, Any]], fracs: tuple[float, ...]) -> str:
+    """What sets a cell of another run apart: the settings it lacks, or its values this run has none of."""
+    missing = [name for name in wanted[0] if name not in row]
+    if missing:
+        return f"no {', '.join(missing)}: written before cells recorded them"
+    differ = [f"{name} {row[name]!r}" for name in wanted[0] if all(row[name] != w[name] for w in wanted)]
+    if row["cache_frac"] not in fracs:
+        differ.append(f"cache_frac {row['cache_frac']!r}")
+    return f"{', '.join(differ)}, which this run has not" if differ else "a combination this run has not"
+
+
+def _run_units(units: list[Job], spec: MatrixSpec, jobs: int,
                finished: Callable[[Unit, list[dict[str, Any]]], None]) -> None:
     if jobs <= 1:
-        for unit in units:
-            finished(unit, _unit(*unit, spec))
+        for unit, fracs in units:
+            finished(unit, _unit(*unit, spec, fracs))
         return
     before = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_start)
     try:
-        futures = {pool.submit(_unit, *unit, spec): unit for unit in units}
+        futures = {pool.submit(_unit, *unit, spec, fracs): unit for unit, fracs in units}
         for future in as_completed(futures):
             finished(futures[future], future.result())
     except BaseException:
@@ -229,8 +347,13 @@ def _worker_start() -> None:
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (trace, lead, size): each prefetcher's miss ratio and learned / best-simple."""
+    """One row per (trace, lead, size): each prefetcher's miss ratio, learned / best-simple, and floor / best-simple.
+
+    The floor is the fewest misses any prefetcher could have: where proposals of unread keys are dropped, every
+    key's first read misses, so at least the trace's unique keys; where they are allowed, no bound (0)."""
     cells: dict[tuple[str, int, float], dict[str, Any]] = {}
+    simple_misses: dict[tuple[str, int, float], list[int]] = {}
+    floors: dict[tuple[str, int, float], int] = {}
     for row in rows:
         key = (row["trace"], row["lead"], row["cache_frac"])
         cell = cells.setdefault(
@@ -244,11 +367,16 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             },
         )
         cell[row["prefetcher"]] = row["miss_ratio"]
+        if row["prefetcher"] in ("stride", "markov"):
+            simple_misses.setdefault(key, []).append(row["misses"])
+            floors[key] = row["unique"] if row["new_keys"] == "drop" else 0
     out = []
-    for cell in cells.values():
+    for key, cell in cells.items():
         simple = [cell[n] for n in ("stride", "markov") if n in cell]
         if "learned" in cell and simple:
             cell["learned_vs_best"] = _ratio(cell["learned"], min(simple))
+        if simple:
+            cell["floor_vs_best"] = floors[key] / min(simple_misses[key]) if floors[key] else 0.0
         if "learned" in cell and "shadow-select" in cell:
             cell["learned_vs_select"] = _ratio(cell["learned"], cell["shadow-select"])
         out.append(cell)
@@ -270,19 +398,25 @@ def _size_label(cell: dict[str, Any]) -> str:
 def _markdown(cells: list[dict[str, Any]], spec: MatrixSpec, guards: dict[str, tuple[str, float]]) -> str:
     names = [n for n in BENCH_PREFETCHERS if n in spec.prefetchers]
     ratios: list[tuple[str, str]] = []
-    if "learned" in names and ("stride" in names or "markov" in names):
+    simple = "stride" in names or "markov" in names
+    if "learned" in names and simple:
         ratios.append(("learned_vs_best", "learned/best"))
+    if simple:
+        ratios.append(("floor_vs_best", "floor/best"))
     if "learned" in names and "shadow-select" in names:
         ratios.append(("learned_vs_select", "learned/select"))
     explained = {
         "learned_vs_best": "`learned/best` is the learned miss ratio over the better of stride and Markov",
+        "floor_vs_best": "`floor/best` the fewest misses any prefetcher could have (the unique keys where unread "
+        "keys are dropped; 0 where they are allowed: no bound) over the better of stride's and Markov's",
         "learned_vs_select": "`learned/select` over `shadow-select` (the same selector without the network)",
     }
     limit = f"first {spec.limit} requests of each trace (all of a shorter one)" if spec.limit else "all requests"
+    learned_ratio = any(key != "floor_vs_best" for key, _ in ratios)
     lines = [
         f"Miss ratio, policy `{spec.policy}`, budget {spec.budget}, {limit}"
         + "".join(f"; {explained[key]}" for key, _ in ratios)
-        + ("; n/a: the baseline had no misses and learned had some." if ratios else "."),
+        + ("; n/a: the baseline had no misses and learned had some." if learned_ratio else "."),
         "",
         _guard_line(spec.new_keys, guards),
         "",
@@ -303,14 +437,25 @@ def _markdown(cells: list[dict[str, Any]], spec: MatrixSpec, guards: dict[str, t
             )
         lines.append("")
     for key, title in ratios:
-        lines.extend(_ratio_summary(cells, key, title))
+        lines.extend(_floor_summary(cells) if key == "floor_vs_best" else _ratio_summary(cells, key, title))
     return "\n".join(lines) + "\n"
 
 
 def _shown_ratio(cell: dict[str, Any], key: str) -> str:
     if key not in cell:
         return ""
-    return "n/a" if cell[key] is None else f"{cell[key]:.3f}"
+    if cell[key] is None:
+        return "n/a"
+    return "0" if key == "floor_vs_best" and cell[key] == 0 else f"{cell[key]:.3f}"
+
+
+def _floor_summary(cells: list[dict[str, Any]]) -> list[str]:
+    floors = [c["floor_vs_best"] for c in cells if "floor_vs_best" in c]
+    if not floors:
+        return []
+    bound = sum(f > GOAL for f in floors)
+    return [f"floor/best: above {GOAL} in {bound} of {len(floors)} cells, where no prefetcher can reach the goal "
+            f"(its misses at most {GOAL} of the better simple one's)."]
 
 
 def _ratio_summary(cells: list[dict[str, Any]], key: str, title: str) -> list[str]:

@@ -7,20 +7,22 @@ the table reports each figure with the Foresight/Redis ratio, so machine noise h
 from __future__ import annotations
 
 import csv
+import ctypes
 import io
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Annotated
+from typing import IO, Annotated
 
 import typer
 
@@ -54,11 +56,41 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], name: str, timeout:
     raise BenchError(f"{name} did not listen on port {port} within {timeout:.0f}s")
 
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def spawn(argv: list[str], output: IO[bytes] | None = None, env: dict[str, str] | None = None
+          ) -> subprocess.Popen[bytes]:
+    """Start a process the benchmark owns, which on Linux gets SIGTERM when the benchmark dies, even of SIGKILL
+    (which runs no clean-up: without this its servers would live on, holding their ports and scratch origins).
+
+    The signal comes when the *thread* that started the child ends (PR_SET_PDEATHSIG follows the forking thread,
+    not the process), so spawn from the main thread or one that outlives the child, as every bench does. Elsewhere
+    than Linux the child is started as it is, with no such signal."""
+    die_with_parent = _die_with(os.getpid()) if sys.platform == "linux" else None
+    return subprocess.Popen(argv, stdout=output, stderr=output, env=env, preexec_fn=die_with_parent)
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """The child's last step before exec: ask for SIGTERM when the parent's thread ends; and if the parent died
+    between the fork and this, exit now, since the request would never fire."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
+
+    def request() -> None:
+        if prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return request
+
+
 @contextmanager
 def server_process(argv: list[str], port: int, name: str, env: dict[str, str] | None = None) -> Iterator[None]:
-    """Run a server until the block ends; returns once it accepts connections on `port`."""
+    """Run a server until the block ends (and no longer than the benchmark, `spawn`); returns once it accepts
+    connections on `port`."""
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
+        proc = spawn(argv, log, env)
         try:
             try:
                 _wait_for_port(port, proc, name)

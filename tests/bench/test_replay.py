@@ -194,8 +194,10 @@ def test_report_json_lists_files_and_cells_and_says_when_plots_are_skipped(
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["files"] == [str(out / "results.json"), str(out / "results.md")]
+    stride = report["cells"][0]["stride"]
+    # Keys numbered in first-access order: new keys are dropped, so the 400 first reads are the floor.
     assert report["cells"] == [{"trace": "scan", "lead": 0, "cache_frac": 0.05, "cache_size": 20, "requests": 4000,
-                                "none": 1.0, "stride": pytest.approx(report["cells"][0]["stride"])}]
+                                "none": 1.0, "stride": stride, "floor_vs_best": pytest.approx(400 / (stride * 4000))}]
     assert "PNG plots skipped: matplotlib is not installed" in result.stderr
     assert "done 2 of 2: scan.txt lead=0 " in result.stderr
 
@@ -337,8 +339,9 @@ def test_cli_replay_reports_the_leak_guard_it_ran(tmp_path: Path) -> None:
 
 def test_learned_vs_best_has_no_ratio_when_the_best_baseline_never_misses() -> None:
     def row(prefetcher: str, miss_ratio: float) -> dict[str, Any]:
-        return {"trace": "t", "lead": 0, "cache_frac": 0.05, "cache_size": 5, "requests": 100,
-                "prefetcher": prefetcher, "miss_ratio": miss_ratio}
+        return {"trace": "t", "lead": 0, "cache_frac": 0.05, "cache_size": 5, "requests": 100, "unique": 10,
+                "new_keys": "allow", "prefetcher": prefetcher, "miss_ratio": miss_ratio,
+                "misses": round(miss_ratio * 100)}
 
     worse = summarize([row("stride", 0.0), row("markov", 0.1), row("shadow-select", 0.0), row("learned", 0.05)])
     assert worse[0]["learned_vs_best"] is None
@@ -360,5 +363,5 @@ def test_report_keeps_traces_with_the_same_name_apart_and_shows_the_selector_and
     table = (out / "results.md").read_text()
     assert "| a.txt | 5% (10) |" in table
     assert "| a.txt.gz | 5% (50) |" in table
-    assert "| trace | cache | none | stride | markov | shadow-select |\n" in table
+    assert "| trace | cache | none | stride | markov | shadow-select | floor/best |\n" in table
     assert "dropped on a.txt (1.000); allowed on a.txt.gz (0.0" in table
