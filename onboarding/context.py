@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import hvac
+
 from onboarding.errors import InvalidInput, NotFound, OnboardingError, ServiceFailure, VaultFailure
 from onboarding.state import (
     Deployment,
@@ -53,6 +55,11 @@ class Target:
 
     def __repr__(self) -> str:  # the dataclass default would print the tokens
         return f"Target(vault_addr={self.vault_addr!r}, admin_url={self.admin_url!r})"
+
+    def vault_client(self) -> hvac.Client:
+        """A client for this Vault with the operator's token; a request gives up after 5 s."""
+        return hvac.Client(url=self.vault_addr, token=self.vault_token,
+                           verify=str(self.vault_ca) if self.vault_ca else True, timeout=5)
 
 
 def _env(*names: str) -> str | None:

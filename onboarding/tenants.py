@@ -13,8 +13,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import hvac
-
 from onboarding.admin_client import AdminClient
 from onboarding.auditing import OnboardingAudit
 from onboarding.context import Endpoints, Target
@@ -126,12 +124,7 @@ class Onboarder:
 
     @classmethod
     def connect(cls, target: Target) -> Onboarder:
-        client = hvac.Client(
-            url=target.vault_addr,
-            token=target.vault_token,
-            verify=str(target.vault_ca) if target.vault_ca else True,
-            timeout=5,
-        )
+        client = target.vault_client()
         admin = None
         if target.admin_url is not None and target.admin_token is not None:
             admin = AdminClient(target.admin_url, target.admin_token, ca_cert=target.admin_ca)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Hashable
+from typing import TYPE_CHECKING, TypeVar
 
 from service.config import Settings
 from service.origin import Origin, ReadSlots, SingleFlight, open_origin
@@ -25,10 +25,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _TOO_LARGE_LOG_INTERVAL_S = 60.0
+WRITE_IF_ATTEMPTS = 3  # checks of a conditional write that another write may overtake before it gives up
+Written = TypeVar("Written")
 
 
 class RateLimited(Exception):
     """The tenant is over its request-rate quota."""
+
+
+class PreconditionFailed(Exception):
+    """A conditional write's condition is false of the key's current value: nothing was written."""
+
+
+class KeyContended(Exception):
+    """The key changed under every check of a conditional write: nothing was written, and a retry may succeed."""
 
 
 class TokenBucket:
@@ -267,6 +277,43 @@ class TenantCache:
         """Load a key the store just missed from the shared tier or the origin (joining an in-flight load).
         Raises OriginError."""
         return await self.flights.do(key, self._load(key, prefetched=False))
+
+    async def write_if(self, key: bytes, failure: Callable[[bytes | None], Awaitable[str | None]],
+                       write: Callable[[], Written]) -> Written:
+        """Run `write` unless `failure` of the key's current value (None: it has none) says why not, and raise
+        PreconditionFailed with that reason. Raises OriginError, KeyContended.
+
+        The current value is the one a GET would answer: memory, then the shared tier and the origin. A client's
+        If-Match names a tag it got from a GET, and a key only the origin holds is one a GET serves, so that a
+        create-only write (If-None-Match: *) must not replace it. Reading it this way is no read of the client's:
+        neither the hit counts nor the prefetcher see it.
+
+        The store changes only on the event loop, and only between awaits: the check and the write are
+        separated by none, so no other write of this process (HTTP, RESP, a script, a load) falls between them.
+        `failure` may await (hashing a large value), and a write may land meanwhile: the key is watched as WATCH
+        watches it, and a changed value is checked again, up to WRITE_IF_ATTEMPTS times. Across the nodes of a
+        shared tier it is not atomic: another node's write reaches this one later, and may overtake or be
+        overtaken by this one, as any two writes of two nodes do.
+        """
+        store = self.store
+        for _ in range(WRITE_IF_ATTEMPTS):
+            count = store.watch(key)
+            try:
+                entry = store.entry(key)
+                value = entry.value if entry is not None else None
+                if value is None and self.reads_through:
+                    value = await self.read_through(key)
+                reason = await failure(value)
+                # No await from here on. The value checked is still the current one when the store holds that very
+                # object, or, when the store holds none, nothing changed the key since the watch began.
+                entry = store.entry(key)
+                if (entry.value is value) if entry is not None else not store.changed_since(key, count):
+                    if reason is not None:
+                        raise PreconditionFailed(reason)
+                    return write()
+            finally:
+                store.unwatch(key)
+        raise KeyContended(f"the key changed under each of {WRITE_IF_ATTEMPTS} checks of the condition; retry")
 
     def prefetch(self, key: bytes) -> asyncio.Task[bytes | None] | None:
         """Start loading a key nobody asked for yet; None when it is resident, in flight or has no origin."""

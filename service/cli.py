@@ -18,6 +18,7 @@ GROUPS: dict[str, tuple[str, str, str]] = {
     "local": ("onboarding.local_cli", "app", "Run the whole product on this machine."),
     "tenants": ("onboarding.tenants_cli", "app", "Create, list, suspend and delete tenants."),
     "keys": ("onboarding.keys_cli", "app", "Issue, list, rotate and revoke API keys."),
+    "metrics-token": ("onboarding.metrics_token_cli", "app", "Rotate the token Prometheus scrapes /metrics with."),
     "marketplace": ("marketplace.cli", "app", "Marketplace artifacts and fulfilment."),
     "kubernetes": ("stacks.kubernetes.cli", "app", "The scale-out workload's Kubernetes manifests."),
 }

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, IPvAnyNetwork, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from service.prefetch.markov import DEFAULT_MAX_KEYS, MIN_MAX_KEYS
@@ -49,6 +49,14 @@ class Settings(BaseSettings):
     bind: str = Field("127.0.0.1", description="Address both listeners bind to.")
     resp_port: int = Field(6380, ge=0, le=65535, description="RESP (Redis protocol) port; 0 picks a free one.")
     http_port: int = Field(8443, ge=0, le=65535, description="HTTP API port; 0 picks a free one.")
+    forwarded_allow_ips: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+        default_factory=list,
+        description="Proxies (addresses or CIDR networks) whose X-Forwarded-For and X-Forwarded-Proto the HTTP "
+        "listener believes: a request one of them relays counts as the named client's, for the failed-login limiter, "
+        "the audit log and /metrics' loopback check. Empty: the headers are ignored, and a request is the connecting "
+        "address's (uvicorn's own default believes 127.0.0.1, so any local process could pick the address the "
+        "limiter counts). Comma-separated, or a JSON list.",
+    )
 
     tls_cert_file: Path | None = Field(None, description="PEM certificate chain for both listeners.")
     tls_key_file: Path | None = Field(None, description="PEM private key for tls_cert_file.")
@@ -110,8 +118,18 @@ class Settings(BaseSettings):
     )
     metrics_token_file: Path | None = Field(
         None, description="File holding the bearer token that scrapes /metrics (one word, 32+ characters; read "
-        "again when it changes). The admin token scrapes too. Unset: /metrics answers loopback clients only, since "
-        "it names every tenant and its activity."
+        "again when it changes). The admin token scrapes too. Set, it wins over vault_metrics_path. Neither: "
+        "/metrics answers loopback clients only, since it names every tenant and its activity."
+    )
+    vault_metrics_path: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$",
+        description="With keys from Vault, the path inside vault_kv_mount of the secret holding the /metrics scrape "
+        "token (the stacks' deployments/<stack>/metrics; `foresight metrics-token rotate` writes it). No secret "
+        "there: no token, as with neither set. Ignored when metrics_token_file is set.",
+    )
+    vault_metrics_refresh_s: float = Field(
+        30.0, gt=0, description="How often, at most, the scrape token is read again from vault_metrics_path; "
+        "while Vault is unreachable the last token read stays.",
     )
     default_tenant_memory_bytes: int = Field(
         256 * 1024 * 1024, gt=0, description="Memory budget of the dev tenant and of tenants without a quota."
@@ -253,7 +271,7 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(10.0, ge=0, description="Time in-flight requests get to finish on shutdown.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("tls_alt_names", "kms_previous_key_ids", mode="before")
+    @field_validator("tls_alt_names", "kms_previous_key_ids", "forwarded_allow_ips", mode="before")
     @classmethod
     def _names(cls, value: Any) -> Any:
         """A list from a file, or from a variable as a JSON list or the natural comma-separated `a.example,10.0.0.7`."""

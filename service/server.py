@@ -121,6 +121,9 @@ class Service:
             # uvicorn serves the same context as RESP, so a certificate reload reaches both listeners.
             ssl_context_factory=self.tls.uvicorn_context_factory() if self.tls else None,
             timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+            # Given explicitly, or uvicorn would believe X-Forwarded-For from 127.0.0.1 (or FORWARDED_ALLOW_IPS).
+            proxy_headers=bool(settings.forwarded_allow_ips),
+            forwarded_allow_ips=[str(network) for network in settings.forwarded_allow_ips],
         )
         self._http = _EmbeddedUvicorn(config)
         self._tasks.append(asyncio.create_task(self._http.serve(sockets=[self._http_sock])))

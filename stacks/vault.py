@@ -4,6 +4,8 @@ Layout (what the service reads, `VaultLayout` names it):
   <kv mount>/data/tenants/*                     tenants and their API key hashes, written by `foresight tenants`
   <kv mount>/data/keyids/*                      key id -> tenant index the service reads on AUTH
   <kv mount>/data/deployments/<stack>/tls       this node's certificate, private key and CA
+  <kv mount>/data/deployments/<stack>/metrics   the /metrics scrape token, written by `foresight metrics-token
+                                                rotate` (never by Pulumi: it stays out of the state)
 The node's policy reads those paths and nothing else; it cannot write anywhere. The cloud's auth role that
 hands out this policy lives in `stacks/<cloud>/vault.py`: AWS's IAM method, or, on Google Cloud and Azure, a jwt
 method (`create_jwt_auth`) that checks the identity token the cloud's metadata service signs for the node.
@@ -48,14 +50,21 @@ class VaultLayout:
         """The TLS secret's path inside the KV mount (`vault kv get -mount=<kv> <tls_path>`)."""
         return f"deployments/{self.stack}/tls"
 
+    @property
+    def metrics_path(self) -> str:
+        """The scrape token's path inside the KV mount (the service's FORESIGHT_VAULT_METRICS_PATH)."""
+        return f"deployments/{self.stack}/metrics"
+
     def node_policy_hcl(self) -> str:
-        """Read its tenants, their key hashes and its own TLS material; no write, no other deployment."""
+        """Read its tenants, their key hashes, its own TLS material and scrape token; no write, no other
+        deployment."""
         return (
             f"# Foresight node of stack {self.stack}: read-only.\n"
             f'path "{self.kv_mount}/data/tenants/*" {{\n  capabilities = ["read"]\n}}\n'
             f'path "{self.kv_mount}/metadata/tenants/*" {{\n  capabilities = ["read", "list"]\n}}\n'
             f'path "{self.kv_mount}/data/keyids/*" {{\n  capabilities = ["read"]\n}}\n'
             f'path "{self.kv_mount}/data/{self.tls_path}" {{\n  capabilities = ["read"]\n}}\n'
+            f'path "{self.kv_mount}/data/{self.metrics_path}" {{\n  capabilities = ["read"]\n}}\n'
         )
 
 

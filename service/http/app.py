@@ -5,9 +5,11 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from service import __version__
+from service.config import ConfigError
 from service.http.routes import admin, health, keys, stats
-from service.http.scrape_token import ScrapeToken
+from service.http.scrape_token import ScrapeToken, VaultSource
 from service.http.validators import EntityTags
+from service.security.vault_source import VaultKeySource
 from service.state import ServiceState
 
 
@@ -18,10 +20,25 @@ def create_app(state: ServiceState) -> FastAPI:
         description="Multi-tenant cache with a learned prefetcher. Authenticate with `Authorization: Bearer <key>`.",
     )
     app.state.service = state
-    app.state.scrape_token = ScrapeToken(state.settings.metrics_token_file)
+    app.state.scrape_token = scrape_token(state)
     app.state.entity_tags = EntityTags()
     app.include_router(health.router)
     app.include_router(keys.router)
     app.include_router(stats.router)
     app.include_router(admin.router)
     return app
+
+
+def scrape_token(state: ServiceState) -> ScrapeToken:
+    """The metrics token's source: the file if one is set, else the Vault secret beside the keys, else none."""
+    settings = state.settings
+    if settings.metrics_token_file is not None:
+        return ScrapeToken.from_file(settings.metrics_token_file)
+    if settings.vault_metrics_path is None:
+        return ScrapeToken(None)
+    keys = state.authenticator.source if state.authenticator is not None else None
+    if not isinstance(keys, VaultKeySource):
+        raise ConfigError("vault_metrics_path (FORESIGHT_VAULT_METRICS_PATH) needs keys from Vault: set "
+                          "vault_addr, outside dev mode")
+    return ScrapeToken(VaultSource(keys.client, keys.mount, settings.vault_metrics_path,
+                                   settings.vault_metrics_refresh_s))

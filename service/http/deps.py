@@ -97,7 +97,7 @@ AdminPeer = Annotated[str, Depends(require_admin)]
 
 
 def _is_loopback(request: Request) -> bool:
-    """The client connected from this machine (as uvicorn saw it: a loopback proxy may name its own client)."""
+    """The client connected from this machine (as uvicorn saw it: a proxy of forwarded_allow_ips names its own)."""
     if request.client is None:
         return False
     try:
@@ -110,9 +110,10 @@ def _is_loopback(request: Request) -> bool:
 
 async def require_scraper(request: Request, state: State) -> None:
     """/metrics names every tenant and its activity: the scrape token or the admin token, each checked in constant
-    time; without a scrape token configured, a loopback client needs neither (`foresight local up`, dev mode)."""
+    time; without a scrape token in force, a loopback client needs neither (`foresight local up`, dev mode)."""
     token = _bearer(request)
     scrape: ScrapeToken = request.app.state.scrape_token
+    await scrape.refresh()
     if token:
         stored = state.settings.admin_token_hash
         if scrape.verify(token) or (stored is not None and verify_admin_token(token, stored)):
@@ -120,8 +121,9 @@ async def require_scraper(request: Request, state: State) -> None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid metrics token", headers=_CHALLENGE)
     if not scrape.configured and _is_loopback(request):
         return
-    raise HTTPException(status.HTTP_401_UNAUTHORIZED, "metrics need 'Authorization: Bearer <token>' with the token "
-                        "of FORESIGHT_METRICS_TOKEN_FILE (or the admin token)", headers=_CHALLENGE)
+    raise HTTPException(status.HTTP_401_UNAUTHORIZED, "metrics need 'Authorization: Bearer <token>' with the scrape "
+                        "token (FORESIGHT_METRICS_TOKEN_FILE, or Vault's from `foresight metrics-token rotate`) or the "
+                        "admin token", headers=_CHALLENGE)
 
 
 Scraper = Annotated[None, Depends(require_scraper)]

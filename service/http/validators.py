@@ -8,6 +8,10 @@ Hashing costs as much CPU as serving the value (about 0.55 ms a MiB), so answers
 request can use one: it has a Range (the parts of a value fetched in pieces must come from one version of it),
 If-Range or If-None-Match. A plain GET, the way values are streamed, pays nothing. The service keeps no
 modification times: no Last-Modified, and an If-Range holding a date never matches (the whole value is sent).
+
+A PUT or DELETE may be made conditional on the key's current value with If-Match and If-None-Match
+(`WritePreconditions`); such a PUT answers with the new value's ETag, the one a GET would give, so that the
+client can make its next write conditional on it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import OrderedDict
+from dataclasses import dataclass
 from hashlib import sha256
+from typing import Literal
 
 _ENTITY_TAG = re.compile(r'\s*(W/)?("[^"]*")\s*(?:,|$)')
 
@@ -88,3 +94,61 @@ def if_range_holds(header: str, current: str) -> bool:
     """Whether If-Range lets a Range apply: a strong tag equal to `current`; a weak tag or a date never does."""
     tags = _entity_tags(header)
     return len(tags) == 1 and not tags[0][0] and tags[0][1] == current
+
+
+class MalformedPrecondition(ValueError):
+    """An If-Match or If-None-Match of a write that is neither `*` nor a list of entity tags."""
+
+
+Condition = Literal["*"] | tuple[tuple[bool, str], ...]  # any current value, or (weak, opaque tag) pairs
+
+
+def _condition(name: str, header: str) -> Condition:
+    if header.strip() == "*":
+        return "*"
+    tags = _entity_tags(header)
+    if not tags:
+        raise MalformedPrecondition(f'{name} must be * or a comma-separated list of entity tags, each quoted and '
+                                    'weak ones prefixed with W/ (e.g. "1a2b", W/"3c4d")')
+    return tuple(tags)
+
+
+@dataclass(frozen=True, slots=True)
+class WritePreconditions:
+    """The If-Match and If-None-Match of a PUT or DELETE (RFC 9110, 13.1.1 and 13.1.2), None where absent.
+
+    A GET ignores a malformed If-None-Match (it only costs a 200 instead of a 304); a write refuses one (400),
+    since ignoring it would write what the client meant to write only under a condition.
+    """
+
+    if_match: Condition | None
+    if_none_match: Condition | None
+
+    @classmethod
+    def parse(cls, if_match: str | None, if_none_match: str | None) -> WritePreconditions | None:
+        """The preconditions of a request's headers; None when it has neither. Raises MalformedPrecondition."""
+        if if_match is None and if_none_match is None:
+            return None
+        return cls(None if if_match is None else _condition("If-Match", if_match),
+                   None if if_none_match is None else _condition("If-None-Match", if_none_match))
+
+    @property
+    def needs_tag(self) -> bool:
+        """Whether evaluating them needs the current value's ETag (they name tags, not only `*`)."""
+        return isinstance(self.if_match, tuple) or isinstance(self.if_none_match, tuple)
+
+    def failure(self, value: bytes | None, tag: str | None) -> str | None:
+        """Why the write must not happen to a key whose current value is `value` (None: no value) with ETag
+        `tag`, or None when they hold. If-Match first, as section 13.2.2 orders them; it compares strongly, so
+        a weak tag never matches, while If-None-Match compares weakly."""
+        if self.if_match is not None:
+            if value is None:
+                return "If-Match: the key has no value"
+            if self.if_match != "*" and not any(not weak and opaque == tag for weak, opaque in self.if_match):
+                return "If-Match: the value's ETag is not one of those given (weak tags never match)"
+        if self.if_none_match is not None and value is not None:
+            if self.if_none_match == "*":
+                return "If-None-Match: * and the key has a value"
+            if any(opaque == tag for _, opaque in self.if_none_match):
+                return "If-None-Match: the value's ETag is one of those given"
+        return None

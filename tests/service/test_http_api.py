@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
+import json
 import secrets
 import socket
 import ssl
@@ -12,12 +14,13 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from pydantic import ValidationError
 
-from service.config import ConfigError
+from service.config import ConfigError, Settings
 from service.http.routes import keys as keys_routes
 from service.http.validators import etag
 from service.security.admin_token import new_admin_token
-from service.security.apikeys import hash_key
+from service.security.apikeys import hash_key, new_key
 from tests.service.harness import RunningService, running_service, write_tenants_file
 from tests.tlsutil import PKI
 
@@ -290,8 +293,8 @@ def test_metrics_need_the_scrape_token_or_a_loopback_client(tmp_path: Path, pki:
     token_file = tmp_path / "metrics-token"
     token_file.write_text(token + "\n")
     settings = dict(tls_cert_file=pki.cert, tls_key_file=pki.key, tenants_file=tenants_file,
-                    admin_token_hash=hash_key(admin_token))
-    remote = {"X-Forwarded-For": "203.0.113.9"}  # what uvicorn takes as the client's address from a loopback peer
+                    admin_token_hash=hash_key(admin_token), forwarded_allow_ips=["127.0.0.1"])
+    remote = {"X-Forwarded-For": "203.0.113.9"}  # the client's address, as a proxy on this host would name it
     tls = ssl.create_default_context(cafile=str(pki.ca_cert))
 
     with running_service(**settings) as svc, httpx.Client(base_url=svc.endpoints.http_url, verify=tls) as http:
@@ -322,3 +325,47 @@ def test_metrics_need_the_scrape_token_or_a_loopback_client(tmp_path: Path, pki:
     with pytest.raises(ConfigError, match="FORESIGHT_METRICS_TOKEN_FILE"), \
             running_service(**settings, metrics_token_file=token_file):
         pass
+
+
+def _failed_login_sources(audit: Path) -> set[str]:
+    """The addresses (without port) the audit log names for failed logins."""
+    events = [json.loads(line) for line in audit.read_text().splitlines()]
+    return {e["source"].rsplit(":", 1)[0] for e in events if e["action"] == "auth" and e["outcome"] == "failure"}
+
+
+def test_x_forwarded_for_names_the_client_only_when_it_comes_from_a_configured_proxy(tmp_path: Path,
+                                                                                      pki: PKI) -> None:
+    """uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise, so any local process could pick
+    the address the failed-login limiter counts and the audit log records. By default the header is ignored;
+    with forwarded_allow_ips naming the proxy, the client it names is the one limited and audited."""
+    tenants_file = tmp_path / "tenants.json"
+    write_tenants_file(tenants_file, {"acme": {}})
+    settings = dict(tls_cert_file=pki.cert, tls_key_file=pki.key, tenants_file=tenants_file,
+                    auth_failure_burst=2, auth_failure_rate=0.001)  # no failure earned back during the test
+    tls = ssl.create_default_context(cafile=str(pki.ca_cert))
+    guess = _bearer(new_key().secret)
+    forwarded = {**guess, "X-Forwarded-For": "203.0.113.9"}
+
+    ignored = tmp_path / "ignored.log"
+    with running_service(**settings, audit_log=ignored) as svc, \
+            httpx.Client(base_url=svc.endpoints.http_url, verify=tls) as http:
+        assert [http.get("/v1/keys/k", headers=forwarded).status_code for _ in range(3)] == [401, 401, 429]
+        assert http.get("/v1/keys/k", headers=guess).status_code == 429  # the connecting address was limited
+        assert _failed_login_sources(ignored) == {"127.0.0.1"}
+
+    believed = tmp_path / "believed.log"
+    with running_service(**settings, audit_log=believed, forwarded_allow_ips=["127.0.0.1"]) as svc, \
+            httpx.Client(base_url=svc.endpoints.http_url, verify=tls) as http:
+        assert [http.get("/v1/keys/k", headers=forwarded).status_code for _ in range(3)] == [401, 401, 429]
+        assert http.get("/v1/keys/k", headers=guess).status_code == 401  # the proxy itself is not limited
+        assert _failed_login_sources(believed) == {"203.0.113.9", "127.0.0.1"}
+
+
+def test_forwarded_allow_ips_takes_addresses_and_networks_only() -> None:
+    """A name or a network with host bits set would be compared as a literal by uvicorn, and never match."""
+    assert Settings(forwarded_allow_ips="127.0.0.1, 10.0.0.0/8").forwarded_allow_ips == [
+        ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/8")]
+    assert Settings().forwarded_allow_ips == []
+    for bad in ("localhost", "10.0.0.1/8", "*"):
+        with pytest.raises(ValidationError, match="not a valid IPv4 or IPv6 network"):
+            Settings(forwarded_allow_ips=bad)

@@ -249,7 +249,7 @@ def test_vault_wiring_binds_the_instance_role(baseline: MockRun) -> None:
     assert role["backend"] == "foresight-aws-test-aws"
 
 
-def test_vault_policy_reads_tenants_and_own_tls_and_writes_nothing(baseline: MockRun) -> None:
+def test_vault_policy_reads_tenants_own_tls_and_scrape_token_and_writes_nothing(baseline: MockRun) -> None:
     policy = baseline.one("vault:index/policy:Policy").props
     assert policy["name"] == "foresight-aws-test-node"
     rules = dict(re.findall(r'path "([^"]+)" \{\s*capabilities = \[([^\]]*)\]', policy["policy"]))
@@ -258,6 +258,7 @@ def test_vault_policy_reads_tenants_and_own_tls_and_writes_nothing(baseline: Moc
         "foresight-aws-test/metadata/tenants/*": '"read", "list"',
         "foresight-aws-test/data/keyids/*": '"read"',
         "foresight-aws-test/data/deployments/aws-test/tls": '"read"',
+        "foresight-aws-test/data/deployments/aws-test/metrics": '"read"',
     }
 
 

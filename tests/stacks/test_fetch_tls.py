@@ -324,13 +324,19 @@ def test_fetch_fails_cleanly_without_the_secret_and_still_revokes(
         admin.auth.token.lookup(token)
 
 
-def test_node_policy_reads_tenants_and_own_tls_but_writes_nothing(
+def test_node_policy_reads_tenants_own_tls_and_scrape_token_but_writes_nothing(
     node_vault: tuple[hvac.Client, VaultLayout, str], openbao: OpenBao
 ) -> None:
-    _admin, layout, token = node_vault
+    admin, layout, token = node_vault
     node = hvac.Client(url=openbao.addr, token=token)
     kv = node.secrets.kv.v2
     mount = layout.kv_mount
+    scrape = {"token": "a" * 64}
+    for path in (layout.metrics_path, "deployments/other/metrics"):
+        admin.secrets.kv.v2.create_or_update_secret(path, secret=scrape, mount_point=mount)
+    assert kv.read_secret_version(layout.metrics_path, mount_point=mount, raise_on_deleted_version=True)["data"][
+        "data"
+    ] == scrape
     assert kv.read_secret_version("tenants/acme/keys/k1", mount_point=mount, raise_on_deleted_version=True)["data"][
         "data"
     ] == {"hash": "abc"}
@@ -345,6 +351,9 @@ def test_node_policy_reads_tenants_and_own_tls_but_writes_nothing(
         lambda: kv.create_or_update_secret("keyids/k2", secret={"tenant": "evil"}, mount_point=mount),
         lambda: kv.delete_metadata_and_all_versions("tenants/acme/keys/k1", mount_point=mount),
         lambda: kv.read_secret_version("deployments/other/tls", mount_point=mount, raise_on_deleted_version=True),
+        lambda: kv.create_or_update_secret(layout.metrics_path, secret=scrape, mount_point=mount),
+        lambda: kv.delete_metadata_and_all_versions(layout.metrics_path, mount_point=mount),
+        lambda: kv.read_secret_version("deployments/other/metrics", mount_point=mount, raise_on_deleted_version=True),
     ]
     for attempt in forbidden:
         with pytest.raises(hvac.exceptions.Forbidden):

@@ -27,6 +27,7 @@ async def readyz(state: State, response: Response) -> dict[str, str]:
 
 @router.get("/metrics", response_class=Response)
 async def prometheus(state: State, _: Scraper) -> Response:
-    """Prometheus text exposition: `Authorization: Bearer` with the scrape token (FORESIGHT_METRICS_TOKEN_FILE) or
-    the admin token; without a scrape token configured, loopback clients need none."""
+    """Prometheus text exposition: `Authorization: Bearer` with the scrape token (FORESIGHT_METRICS_TOKEN_FILE, or
+    the Vault secret `foresight metrics-token rotate` writes) or the admin token; without a scrape token in force,
+    loopback clients need none."""
     return Response(metrics.render(state), media_type="text/plain; version=0.0.4; charset=utf-8")

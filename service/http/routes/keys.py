@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import base64
-from typing import Annotated, cast
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar, cast
 from urllib.parse import unquote_to_bytes
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
 from service import admin
-from service.cache import TenantCache
+from service.cache import KeyContended, PreconditionFailed, TenantCache
 from service.http.deps import KeyspaceAdmin, Reader, State, Writer
 from service.http.ranges import Unsatisfiable, byte_range
-from service.http.validators import EntityTags, if_range_holds, none_match
+from service.http.validators import EntityTags, MalformedPrecondition, WritePreconditions, if_range_holds, none_match
 from service.origin import OriginError, OriginTimeout, UnmappableKey
 from service.resp.commands.strings import LLONG_MAX
 from service.store import ValueTooLarge, now_ms
@@ -22,11 +23,17 @@ from service.store.pattern import compile_glob
 router = APIRouter(prefix="/v1", tags=["keys"])
 
 MAX_VALUE_BYTES = 64 * 1024 * 1024
+Answer = TypeVar("Answer")
 
 
 async def _read(tenant: TenantCache, key: bytes) -> bytes | None:
+    return await _from_origin(tenant.get(key))
+
+
+async def _from_origin(call: Awaitable[Answer]) -> Answer:
+    """The result of a call that may read the origin, its failures as HTTP errors."""
     try:
-        return await tenant.get(key)
+        return await call
     except UnmappableKey as err:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"origin: {err}") from None
     except OriginTimeout as err:
@@ -110,6 +117,10 @@ _READ_HEADERS = {"parameters": [
     _header("If-Range", "Apply Range only while the value still has this ETag; otherwise the whole value (200)."),
     _header("If-None-Match", "ETags the client holds: 304 Not Modified when the value has one of them."),
 ]}
+_WRITE_HEADERS = {"parameters": [
+    _header("If-Match", "Write only if the key has a value (*) whose strong ETag is one of these; else 412."),
+    _header("If-None-Match", "Write only if the key has no value (*) or its ETag is none of these; else 412."),
+]}
 
 
 @router.head("/keys/{key:path}", response_class=Response, include_in_schema=False)  # GET's, without the body
@@ -152,7 +163,8 @@ async def get_key(key: str, request: Request, tenant: Reader) -> Response:
                     media_type="application/octet-stream")
 
 
-@router.put("/keys/{key:path}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+@router.put("/keys/{key:path}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
+            openapi_extra=_WRITE_HEADERS, responses={412: {"description": "If-Match or If-None-Match is false"}})
 async def put_key(
     key: str,
     request: Request,
@@ -161,7 +173,8 @@ async def put_key(
     ttl_header: Annotated[int | None, Header(alias="Foresight-TTL", gt=0,
                                              description="Expire after this many seconds.")] = None,
 ) -> Response:
-    """Write a key from the raw request body; TTL from `?ttl=` or the `Foresight-TTL` header."""
+    """Write a key from the raw request body; TTL from `?ttl=` or the `Foresight-TTL` header. With If-Match or
+    If-None-Match, only while they hold, and the answer carries the new value's ETag."""
     if ttl is not None and ttl_header is not None and ttl != ttl_header:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "ttl query and Foresight-TTL header disagree")
     seconds = ttl if ttl is not None else ttl_header
@@ -169,12 +182,51 @@ async def put_key(
     if seconds and (seconds > LLONG_MAX // 1000 or deadline > LLONG_MAX):  # EXPIRE's and SET EX's bound
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "ttl too large: the deadline in milliseconds must fit in "
                             "a signed 64-bit integer, as for EXPIRE")
+    preconditions = _preconditions(request)
     value = await _body(request)
+    name = _key(request, key)
+
+    def write() -> None:
+        try:
+            tenant.store.set(name, value, deadline)
+        except ValueTooLarge as err:
+            raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, str(err)) from None
+
+    if preconditions is None:
+        write()
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    await _write_if(request, tenant, name, preconditions, write)
+    tags: EntityTags = request.app.state.entity_tags
+    return Response(status_code=status.HTTP_204_NO_CONTENT, headers={"ETag": await tags.of(value)})
+
+
+def _preconditions(request: Request) -> WritePreconditions | None:
+    """A write's If-Match and If-None-Match (each header's lines joined, as one list); 400 when malformed."""
+    headers = request.headers
+    if_match, if_none_match = headers.getlist("if-match"), headers.getlist("if-none-match")
     try:
-        tenant.store.set(_key(request, key), value, deadline)
-    except ValueTooLarge as err:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, str(err)) from None
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+        return WritePreconditions.parse(", ".join(if_match) if if_match else None,
+                                        ", ".join(if_none_match) if if_none_match else None)
+    except MalformedPrecondition as err:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(err)) from None
+
+
+async def _write_if(request: Request, tenant: TenantCache, name: bytes, preconditions: WritePreconditions,
+                    write: Callable[[], Answer]) -> Answer:
+    """`write`, if the preconditions hold of the key's current value at the moment it runs (TenantCache.write_if);
+    412 when they do not, 409 when other writes kept changing the key."""
+    tags: EntityTags = request.app.state.entity_tags
+
+    async def failure(value: bytes | None) -> str | None:
+        tag = await tags.of(value) if value is not None and preconditions.needs_tag else None
+        return preconditions.failure(value, tag)
+
+    try:
+        return await _from_origin(tenant.write_if(name, failure, write))
+    except PreconditionFailed as failed:
+        raise HTTPException(status.HTTP_412_PRECONDITION_FAILED, f"precondition failed: {failed}") from None
+    except KeyContended as contended:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(contended)) from None
 
 
 async def _body(request: Request) -> bytes:
@@ -196,10 +248,17 @@ async def _body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-@router.delete("/keys/{key:path}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+@router.delete("/keys/{key:path}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
+               openapi_extra=_WRITE_HEADERS, responses={412: {"description": "If-Match or If-None-Match is false"}})
 async def delete_key(key: str, request: Request, tenant: Writer) -> Response:
-    """Delete a key; 404 when it did not exist."""
-    if not await tenant.delete(_key(request, key)):
+    """Delete a key; 404 when it did not exist. With If-Match or If-None-Match, only while they hold."""
+    preconditions = _preconditions(request)
+    name = _key(request, key)
+    if preconditions is None:
+        deleted = await tenant.delete(name)
+    else:
+        deleted = await _write_if(request, tenant, name, preconditions, lambda: tenant.store.delete(name))
+    if not deleted:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such key")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -1,0 +1,119 @@
+"""`foresight metrics-token rotate`: mint the bearer token Prometheus scrapes /metrics with, into the deployment's
+Vault (exit codes: docs/onboarding.md).
+
+The token goes to the KV v2 secret `deployments/<stack>/metrics` of the KV mount the `tenants` commands use (the
+path `stacks.vault.VaultLayout.metrics_path` names and the node's policy reads), written with check-and-set so
+that of two rotations at once one fails instead of both printing a token. The service reads it again within
+`FORESIGHT_VAULT_METRICS_REFRESH_S`. It is printed once, on stdout, and never logged or audited: the audit
+line names the path and the version written.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Annotated, Any
+
+import hvac
+import hvac.exceptions
+import requests
+import typer
+
+from onboarding import output
+from onboarding.auditing import OnboardingAudit
+from onboarding.context import Target, resolve, with_local_hint
+from onboarding.errors import Conflict, InvalidInput, NotFound, OnboardingError, VaultFailure
+from onboarding.tenants_cli import Json, StateDir
+from service.http.scrape_token import VAULT_FIELD
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
+
+TOKEN_BYTES = 32  # 256 bits
+_STACK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def vault_path(stack: str) -> str:
+    """The scrape token's path inside the KV mount: `stacks.vault.VaultLayout.metrics_path` for `stack`."""
+    if not _STACK_NAME.fullmatch(stack) or stack in (".", ".."):
+        raise InvalidInput(f"--stack {stack!r}", "expected the Pulumi stack name: letters, digits, '-', '_', '.'")
+    return f"deployments/{stack}/metrics"
+
+
+@app.callback()
+def _group() -> None:
+    """The bearer token Prometheus scrapes /metrics with, kept in the deployment's Vault."""
+
+
+@app.command(
+    epilog="Vault is VAULT_ADDR and VAULT_TOKEN (or the local deployment's OpenBao) and the mount "
+    "FORESIGHT_VAULT_KV_MOUNT (the stack's: foresight-<stack>), as for `foresight tenants`. The nodes read the "
+    "secret at FORESIGHT_VAULT_METRICS_PATH=deployments/<stack>/metrics.\n\n"
+    "Prometheus reads the token from a file: save the output (e.g. `foresight metrics-token rotate --stack "
+    "aws-prod > /etc/prometheus/foresight-metrics-token`, mode 0600) and point the scrape job at it:\n\n"
+    "  scrape_configs:\n"
+    "    - job_name: foresight\n"
+    "      scheme: https\n"
+    "      authorization:\n"
+    "        credentials_file: /etc/prometheus/foresight-metrics-token\n\n"
+    "Prometheus reads the file again at every scrape. The old token stops working once the service has read the "
+    "new one (FORESIGHT_VAULT_METRICS_REFRESH_S, 30 s by default), so update the file right away."
+)
+def rotate(
+    stack: Annotated[str, typer.Option(help="The Pulumi stack: the token goes to deployments/<stack>/metrics.",
+                                       show_default=False)],
+    state_dir: StateDir = None,
+    as_json: Json = False,
+) -> None:
+    """Make a new 256-bit scrape token, write it to Vault in place of the old one, and print it once."""
+    with output.reported(as_json):
+        path = vault_path(stack)
+        target = resolve(state_dir=state_dir)
+        token = secrets.token_hex(TOKEN_BYTES)
+        full_path = f"{target.kv_mount}/{path}"
+        audit = OnboardingAudit(target.audit_log)
+        try:
+            version = _write(target, path, token)
+        except OnboardingError as failure:
+            _audit(audit, outcome="failure", vault_path=full_path, reason=str(failure))
+            raise with_local_hint(target, failure) from None
+        _audit(audit, vault_path=full_path, version=version)
+        if as_json:
+            output.emit_json({"token": token, "vault_path": full_path})
+            return
+        typer.echo(token)
+        output.err.print(f"Scrape token version {version} written to {full_path} (shown once; store it now). "
+                         "See `foresight metrics-token rotate --help` for Prometheus.", markup=False)
+
+
+def _audit(audit: OnboardingAudit, **fields: Any) -> None:
+    """Record the rotation; a log that cannot be written is a warning, so that a token written is never lost."""
+    try:
+        audit.record("metrics-token.rotate", **fields)
+    except OSError as err:
+        output.warn([f"audit log {audit.path} not written ({err.strerror or type(err).__name__})"])
+
+
+def _write(target: Target, path: str, token: str) -> int:
+    """Write `token` over the version now at `path`; the version written. Vault's errors as onboarding errors."""
+    what = f"rotate the metrics token at {target.kv_mount}/{path}"
+    kv = target.vault_client().secrets.kv.v2
+    try:
+        try:
+            current = int(kv.read_secret_metadata(path, mount_point=target.kv_mount)["data"]["current_version"])
+        except hvac.exceptions.InvalidPath:
+            current = 0  # never written (or no such mount: the write says which)
+        reply = kv.create_or_update_secret(path, {VAULT_FIELD: token}, cas=current, mount_point=target.kv_mount)
+    except (requests.RequestException, hvac.exceptions.VaultDown, hvac.exceptions.BadGateway) as err:
+        raise VaultFailure(what, f"Vault unreachable ({type(err).__name__})") from None
+    except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized):
+        raise VaultFailure(what, "permission denied: the Vault token may not read and write this path") from None
+    except hvac.exceptions.InvalidPath:
+        raise NotFound(what, f"no KV v2 mount {target.kv_mount!r} (FORESIGHT_VAULT_KV_MOUNT)") from None
+    except hvac.exceptions.InvalidRequest as err:
+        if "check-and-set" in " ".join(err.errors or [str(err)]):
+            raise Conflict(what, "another rotation wrote it at the same time; run the command again and give "
+                           "Prometheus the token it prints") from None
+        raise VaultFailure(what, f"Vault said {type(err).__name__}") from None
+    except hvac.exceptions.VaultError as err:
+        raise VaultFailure(what, f"Vault said {type(err).__name__}") from None
+    return int(reply["data"]["version"])
