@@ -12,8 +12,8 @@ shadow caches a cache-aware prefetcher selects with, so the selection and the re
 
 Each unit's cells are appended to `results.jsonl` as it finishes, so a run that fails or is stopped keeps what it
 had done; the table, `results.json` and the plots are written at the end. Each cell carries every setting that
-defines it (`unit_settings`), so a resumed run (`resume=True`) reuses exactly the cells it would have computed
-and runs the rest.
+defines it (`unit_settings`), so a resumed run (`resume=True`, `resume.py`) reuses exactly the cells it would have
+computed and runs the rest.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from service.bench.replay import (
     BENCH_PREFETCHERS,
@@ -42,6 +42,7 @@ from service.bench.replay import (
     resolve_cache_size,
     resolve_new_keys,
 )
+from service.bench.resume import open_cells, reusable_cells
 from service.bench.traces import TraceError, load_trace, trace_name
 from service.prefetch.base import DEFAULT_THRESHOLD, Predictions
 from service.prefetch.markov import DEFAULT_MAX_KEYS
@@ -201,7 +202,7 @@ def run_matrix(
     units = [(path, lead, name) for path in spec.traces for lead in spec.leads for name in spec.prefetchers]
     # Learned units on the largest traces take longest: start them first.
     units.sort(key=lambda u: (u[2] != "learned", -u[0].stat().st_size))
-    reused = _reusable_cells(cells_file, spec, units, log) if resume and cells_file is not None else {}
+    reused = _reused_cells(cells_file, spec, units, log) if resume and cells_file is not None else {}
     rows: list[dict[str, Any]] = list(reused.values())
     jobs_left: list[Job] = [(unit, fracs) for unit in units
                             if (fracs := tuple(f for f in spec.fracs if (unit, f) not in reused))]
@@ -209,7 +210,7 @@ def run_matrix(
         log(f"resume: reused {len(units) - len(jobs_left)} of {len(units)} units ({len(reused)} cells) from "
             f"{cells_file}; running {len(jobs_left)}")
     done: list[Unit] = []
-    sink = _open_cells(cells_file, append=resume) if cells_file is not None else None
+    sink = open_cells(cells_file, append=resume) if cells_file is not None else None
 
     def finished(unit: Unit, cells: list[dict[str, Any]]) -> None:
         rows.extend(cells)
@@ -235,88 +236,18 @@ def run_matrix(
     return rows
 
 
-def _open_cells(cells_file: Path, append: bool) -> TextIO:
-    """`cells_file` to write cells to: emptied, or appended to after a newline where a stopped run left half a
-    line (which would otherwise swallow the first new cell)."""
-    if not append:
-        return cells_file.open("w")
-    sink = cells_file.open("a")
-    if sink.tell() > 0:
-        with cells_file.open("rb") as written:
-            written.seek(-1, os.SEEK_END)
-            if written.read(1) != b"\n":
-                sink.write("\n")
-    return sink
-
-
+# What `_unit` puts in a cell besides its trace label and settings: a line lacking any, or with one of another type,
+# is not reused.
 _CELL_TYPES = {**typing.get_type_hints(ReplayResult), "cache_frac": float}
 
 
-def _reusable_cells(cells_file: Path, spec: MatrixSpec, units: list[Unit],
-                    log: Callable[[str], None]) -> dict[tuple[Unit, float], dict[str, Any]]:
-    """The cells in `cells_file` that this run would compute, by (unit, cache_frac). A line is reused only where
-    its settings (`unit_settings`) and cache size are one of this run's; the others are counted on `log`, with
-    the first line of each kind, and left out."""
-    wanted = [unit_settings(*unit, spec) for unit in units]
-    by_settings = {_settings_text(settings, settings): unit for settings, unit in zip(wanted, units, strict=True)}
-    try:
-        lines = cells_file.read_text().splitlines()
-    except FileNotFoundError:
-        lines = []
-    found: dict[tuple[Unit, float], dict[str, Any]] = {}
-    unreadable: list[int] = []
-    repeated: list[int] = []
-    other: list[int] = []
-    why = ""
-    for number, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            row = None
-        if not _is_cell(row):
-            unreadable.append(number)
-            continue
-        unit = by_settings.get(_settings_text(row, wanted[0]))
-        if unit is None or row["cache_frac"] not in spec.fracs:
-            why = why or _mismatch(row, wanted, spec.fracs)
-            other.append(number)
-        elif (unit, row["cache_frac"]) in found:
-            repeated.append(number)
-        else:
-            found[unit, row["cache_frac"]] = {**row, "trace": spec.label(unit[0])}  # the label this run gives it
-    for numbers, kind in ((unreadable, "not a whole cell (unreadable JSON or a field missing or of the wrong type)"),
-                          (other, f"from other settings ({why})"),
-                          (repeated, "a cell an earlier line has")):
-        if numbers:
-            log(f"resume: ignored {len(numbers)} line(s) of {cells_file}, first line {numbers[0]}: {kind}")
-    return found
-
-
-def _settings_text(row: dict[str, Any], names: dict[str, Any]) -> str:
-    """A cell's values of the settings `names` has, comparable across rows (absent ones as null)."""
-    return json.dumps({name: row.get(name) for name in names}, sort_keys=True)
-
-
-def _is_cell(row: object) -> bool:
-    """Whether a parsed line holds every field of a cell, each of its type (a number where a number belongs)."""
-    if not isinstance(row, dict):
-        return False
-    for name, kind in _CELL_TYPES.items():
-        value = row.get(name)
-        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else kind):
-            return False
-    return True
-
-
-def _mismatch(row: dict[str, Any], wanted: list[dict[str, Any]], fracs: tuple[float, ...]) -> str:
-    """What sets a cell of another run apart: the settings it lacks, or its values this run has none of."""
-    missing = [name for name in wanted[0] if name not in row]
-    if missing:
-        return f"no {', '.join(missing)}: written before cells recorded them"
-    differ = [f"{name} {row[name]!r}" for name in wanted[0] if all(row[name] != w[name] for w in wanted)]
-    if row["cache_frac"] not in fracs:
-        differ.append(f"cache_frac {row['cache_frac']!r}")
-    return f"{', '.join(differ)}, which this run has not" if differ else "a combination this run has not"
+def _reused_cells(cells_file: Path, spec: MatrixSpec, units: list[Unit],
+                  log: Callable[[str], None]) -> dict[tuple[Unit, float], dict[str, Any]]:
+    """The cells in `cells_file` this run would compute (`resume.reusable_cells`), by (unit, cache_frac), each under
+    the label this run gives its trace."""
+    settings = {unit: unit_settings(*unit, spec) for unit in units}
+    found = reusable_cells(cells_file, settings, spec.fracs, _CELL_TYPES, log)
+    return {key: {**cell, "trace": spec.label(key[0][0])} for key, cell in found.items()}
 
 
 def _run_units(units: list[Job], spec: MatrixSpec, jobs: int,
