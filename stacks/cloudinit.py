@@ -63,7 +63,8 @@ def service_environment(
 ) -> dict[str, str]:
     """The container's FORESIGHT_* settings plus what fetch_tls.py reads. `vault_login` names the cloud's Vault
     login (FORESIGHT_VAULT_AUTH_METHOD and its options), which both the service and fetch_tls.py read;
-    `extra` adds cloud SDK settings."""
+    `extra` adds cloud SDK settings. The keys come from Vault, so the /metrics scrape token does too: the secret
+    `foresight metrics-token rotate --stack <stack>` writes and the node policy reads."""
     return {
         "FORESIGHT_TLS_CERT_FILE": f"{CONTAINER_TLS_DIR}/tls.crt",
         "FORESIGHT_TLS_KEY_FILE": f"{CONTAINER_TLS_DIR}/tls.key",
@@ -73,6 +74,7 @@ def service_environment(
         "FORESIGHT_VAULT_ROLE": layout.role,
         "FORESIGHT_VAULT_KV_MOUNT": layout.kv_mount,
         "FORESIGHT_TLS_VAULT_PATH": layout.tls_path,
+        "FORESIGHT_VAULT_METRICS_PATH": layout.metrics_path,
         "FORESIGHT_KMS_PROVIDER": kms_provider,
         "FORESIGHT_KMS_KEY_ID": kms_key_id,
         "FORESIGHT_DATA_DIR": DATA_DIR,

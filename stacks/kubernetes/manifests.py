@@ -67,8 +67,9 @@ def headless_name(spec: WorkloadSpec) -> str:
 
 
 def environment(spec: WorkloadSpec) -> dict[str, str]:
-    """The ConfigMap's settings: stacks.cloudinit.service_environment's keys with the pod's jwt login, plus the
-    listeners (the pod binds all interfaces) and the shared tier. Settings only, never a secret."""
+    """The ConfigMap's settings: stacks.cloudinit.service_environment's keys with the pod's jwt login (the scrape
+    token's path only where tlsVaultPath names the stack), plus the listeners (the pod binds all interfaces) and
+    the shared tier. Settings only, never a secret."""
     env = {
         "FORESIGHT_BIND": "0.0.0.0",
         "FORESIGHT_RESP_PORT": str(RESP_PORT),
@@ -88,6 +89,8 @@ def environment(spec: WorkloadSpec) -> dict[str, str]:
         "FORESIGHT_DATA_DIR": DATA_DIR,
         "FORESIGHT_SHUTDOWN_GRACE_S": str(spec.shutdown_grace_s),
     }
+    if spec.vault_metrics_path is not None:
+        env["FORESIGHT_VAULT_METRICS_PATH"] = spec.vault_metrics_path
     if spec.gpus_per_pod == 0:
         env["FORESIGHT_PREFETCH_DEVICE"] = "cpu"
     if spec.shared_tier_url is not None:

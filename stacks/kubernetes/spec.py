@@ -27,6 +27,8 @@ from stacks.spec import DEFAULT_IMAGE, StackSpec
 _NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?")
 _NAMESPACE_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _VAULT_PATH_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
+# The stacks' TLS secret (stacks.vault.VaultLayout.tls_path); its deployment's scrape token sits beside it.
+_DEPLOYMENT_TLS_RE = re.compile(r"deployments/[A-Za-z0-9_][A-Za-z0-9_.-]*/tls")
 _CPU_RE = re.compile(r"[0-9]+m|[0-9]+(\.[0-9]+)?")
 _MEMORY_RE = re.compile(r"[0-9]+(Ki|Mi|Gi|Ti)?")
 _ENV_KEY_RE = re.compile(r"[A-Z][A-Z0-9_]*")
@@ -49,6 +51,7 @@ RENDERED_ENV_KEYS = frozenset(
         "FORESIGHT_VAULT_ROLE",
         "FORESIGHT_VAULT_KV_MOUNT",
         "FORESIGHT_TLS_VAULT_PATH",
+        "FORESIGHT_VAULT_METRICS_PATH",
         "FORESIGHT_KMS_PROVIDER",
         "FORESIGHT_KMS_KEY_ID",
         "FORESIGHT_DATA_DIR",
@@ -99,7 +102,10 @@ class WorkloadSpec(BaseModel):
         description="Audience of the projected token (a name or URL); the role's bound_audiences.",
     )
     vault_kv_mount: str = Field(description="KV v2 mount holding the tenants, key hashes and the TLS secret.")
-    tls_vault_path: str = Field(description="Path of the TLS secret inside the KV mount, e.g. deployments/eks/tls.")
+    tls_vault_path: str = Field(
+        description="Path of the TLS secret inside the KV mount, e.g. deployments/eks/tls. As deployments/<stack>/tls "
+        "it also names where the pods read the /metrics scrape token: deployments/<stack>/metrics."
+    )
     kms_provider: Literal["aws", "gcp", "azure", "vault-transit"] = Field(
         description="KMS wrapping the data keys of the snapshot and audit log."
     )
@@ -229,6 +235,9 @@ class WorkloadSpec(BaseModel):
         for key in value:
             if not _ENV_KEY_RE.fullmatch(key):
                 raise ValueError(f"{key!r} is not an environment variable name (A-Z, 0-9, _)")
+            if key == "FORESIGHT_VAULT_METRICS_PATH":
+                raise ValueError(f"{key} comes from tlsVaultPath: with deployments/<stack>/tls the pods read the "
+                                 "scrape token at deployments/<stack>/metrics")
             if key in RENDERED_ENV_KEYS:
                 raise ValueError(f"{key} comes from the spec's own fields (e.g. kmsKeyId); set those instead")
             if not key.endswith("_FILE") and any(word in key for word in _SECRET_WORDS):
@@ -290,6 +299,15 @@ class WorkloadSpec(BaseModel):
     @property
     def shared_tier_port(self) -> int | None:
         return None if self.shared_tier_url is None else urlsplit(self.shared_tier_url).port or 6379
+
+    @property
+    def vault_metrics_path(self) -> str | None:
+        """The scrape token's secret, deployments/<stack>/metrics, where `foresight metrics-token rotate --stack
+        <stack>` writes it (stacks.vault.VaultLayout.metrics_path); None when the TLS secret is not the stacks'
+        deployments/<stack>/tls, which names no stack."""
+        if not _DEPLOYMENT_TLS_RE.fullmatch(self.tls_vault_path):
+            return None
+        return f"{self.tls_vault_path.removesuffix('/tls')}/metrics"
 
     @property
     def bound_subject(self) -> str:

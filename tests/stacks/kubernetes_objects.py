@@ -4,13 +4,15 @@ the order every cloud's scale-out deploys them in."""
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from typing import Any
 
 import kubernetes_validate
 import pytest
 
-from stacks.cluster import TLS_CERTIFICATE_ANNOTATION
+from onboarding.metrics_token_cli import vault_path
+from stacks.cluster import TLS_CERTIFICATE_ANNOTATION, WORKLOAD_NAME
 from stacks.kubernetes.manifests import WAIT_FOR_ADDRESS, WAIT_FOR_ANNOTATION
 from tests.stacks import mockrun
 from tests.stacks.mockrun import MockRun, Registered
@@ -79,3 +81,17 @@ def renewed(monkeypatch: pytest.MonkeyPatch, deploy: Callable[[], MockRun]) -> M
     issue = mockrun.fake_pem
     monkeypatch.setattr(mockrun, "fake_pem", lambda kind, name: issue(kind, f"{name}-renewed"))
     return deploy()
+
+
+def assert_pods_read_the_scrape_token(run: MockRun, stack: str) -> None:
+    """The pods' settings name the secret `foresight metrics-token rotate --stack <stack>` writes, and the node
+    policy their Vault role hands out may read it."""
+    [settings] = [
+        resource.props["data"]
+        for resource in run.of_type("kubernetes:core/v1:ConfigMap")
+        if resource.props["metadata"]["name"] == f"{WORKLOAD_NAME}-env"
+    ]
+    assert settings.get("FORESIGHT_VAULT_METRICS_PATH") == vault_path(stack)
+    policy = run.one("vault:index/policy:Policy").props["policy"]
+    readable = dict(re.findall(r'path "([^"]+)" \{\s*capabilities = \[([^\]]*)\]', policy))
+    assert readable[f"{settings['FORESIGHT_VAULT_KV_MOUNT']}/data/{vault_path(stack)}"] == '"read"'

@@ -21,6 +21,7 @@ from tests.stacks.conftest import RunStack
 from tests.stacks.kubernetes_objects import (
     WAIT_FOR_THE_ADDRESS,
     assert_deploy_order,
+    assert_pods_read_the_scrape_token,
     assert_valid,
     pod_certificate_digest,
     renewed,
@@ -482,6 +483,10 @@ def test_vault_trusts_the_clusters_issuer_for_the_service_account_and_audience_v
     assert role["tokenPolicies"] == ["foresight-aws-test-node"]
     request = scale_out.one("tls:index/certRequest:CertRequest").props
     assert request["dnsNames"] == [EKS_LB_HOSTNAME]
+
+
+def test_pods_read_the_scrape_token_that_rotate_writes(scale_out: MockRun) -> None:
+    assert_pods_read_the_scrape_token(scale_out, "aws-test")
 
 
 def test_kubernetes_provider_logs_in_with_aws_eks_get_token_and_stores_no_credential(scale_out: MockRun) -> None:

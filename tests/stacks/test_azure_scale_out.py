@@ -22,6 +22,7 @@ from tests.stacks.conftest import RunStack
 from tests.stacks.kubernetes_objects import (
     WAIT_FOR_THE_ADDRESS,
     assert_deploy_order,
+    assert_pods_read_the_scrape_token,
     assert_valid,
     load_balancer,
     pod_certificate_digest,
@@ -301,6 +302,10 @@ def test_vault_role_is_bound_to_the_service_account_from_the_clusters_issuer(sca
     role = scale_out.one("vault:jwt/authBackendRole:AuthBackendRole").props
     assert role["boundClaims"] == {"sub": SUBJECT} and role["boundAudiences"] == ["vault"]
     assert role["tokenPolicies"] == ["foresight-azure-test-node"]
+
+
+def test_pods_read_the_scrape_token_that_rotate_writes(scale_out: MockRun) -> None:
+    assert_pods_read_the_scrape_token(scale_out, "azure-test")
 
 
 def test_endpoint_is_the_load_balancers_dns_label_and_the_certificate_names_it(scale_out: MockRun) -> None:

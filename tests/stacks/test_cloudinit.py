@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,6 +17,9 @@ from tests.stacks.mockrun import MockRun, user_data
 from tests.stacks.test_azure_stack import azure_user_data
 from tests.stacks.test_gcp_stack import gcp_user_data
 
+# Each cloud's baseline document (a key of `documents`), the fixture of its stack run, and its stack name.
+CLOUD_RUNS = {"baseline": ("baseline", "aws-test"), "gcp": ("gcp_baseline", "gcp-test"),
+              "azure": ("azure_baseline", "azure-test")}
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHrYwJmqmn0Dbj1o4Qh0XGnQKiqLQ9Nn3mTBRJm8Ifj8 ops@example"
 
 
@@ -184,3 +188,24 @@ def test_service_settings_accept_the_node_environment(
     assert settings.tls_cert_file == Path("/etc/foresight/tls/tls.crt")
     assert settings.tls_key_file == Path("/etc/foresight/tls/tls.key")
     assert settings.data_dir == Path("/var/lib/foresight")
+    assert settings.vault_metrics_path == "deployments/aws-test/metrics"
+
+
+@pytest.mark.parametrize("variant", sorted(CLOUD_RUNS))
+def test_node_reads_the_scrape_token_that_rotate_writes_and_its_policy_allows(
+    documents: dict[str, str], variant: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`foresight metrics-token rotate --stack S` writes deployments/S/metrics; the node must be told to read it."""
+    from onboarding.metrics_token_cli import vault_path
+    from service.config import load_settings
+
+    fixture, stack = CLOUD_RUNS[variant]
+    text = _files(documents[variant])["/etc/foresight/foresight.env"]
+    environment = dict(line.split("=", 1) for line in text.splitlines())
+    assert environment.get("FORESIGHT_VAULT_METRICS_PATH") == vault_path(stack)
+    policy = request.getfixturevalue(fixture).one("vault:index/policy:Policy").props["policy"]
+    readable = dict(re.findall(r'path "([^"]+)" \{\s*capabilities = \[([^\]]*)\]', policy))
+    assert readable[f"{environment['FORESIGHT_VAULT_KV_MOUNT']}/data/{vault_path(stack)}"] == '"read"'
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().vault_metrics_path == vault_path(stack)

@@ -21,6 +21,7 @@ from tests.stacks.conftest import RunStack
 from tests.stacks.kubernetes_objects import (
     WAIT_FOR_THE_ADDRESS,
     assert_deploy_order,
+    assert_pods_read_the_scrape_token,
     assert_valid,
     pod_certificate_digest,
     renewed,
@@ -368,6 +369,10 @@ def test_vault_trusts_the_clusters_issuer_for_the_workloads_service_account(scal
     assert role["boundClaims"] == {"sub": service_account_subject()}
     assert role["boundAudiences"] == ["vault"] and role["tokenPolicies"] == ["foresight-gcp-test-node"]
     assert env(scale_out)["FORESIGHT_VAULT_ROLE"] == role["roleName"]
+
+
+def test_pods_read_the_scrape_token_that_rotate_writes(scale_out: MockRun) -> None:
+    assert_pods_read_the_scrape_token(scale_out, "gcp-test")
 
 
 def test_outputs_are_the_shared_set_and_hold_no_secret(scale_out: MockRun, gcp_baseline: MockRun) -> None:

@@ -12,6 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from onboarding.metrics_token_cli import vault_path
 from service.config import Settings
 from service.http.routes.health import router as health_router
 from stacks.boot import fetch_tls
@@ -92,6 +93,7 @@ VARIANTS = {
         ({"sharedTierUrl": "rediss://tier:6379"}, "sharedTierPasswordSecret", "required with sharedTierUrl"),
         ({"sharedTierPasswordSecret": "p"}, "sharedTierPasswordSecret", "only with sharedTierUrl"),
         ({"extraEgressPorts": [70000]}, "extraEgressPorts", "not a TCP port"),
+        ({"extraEnv": {"FORESIGHT_VAULT_METRICS_PATH": "deployments/x/metrics"}}, "extraEnv", "from tlsVaultPath"),
         ({"replica": 3}, "replica", "Extra inputs are not permitted"),
     ],
 )
@@ -213,6 +215,20 @@ def test_tls_lands_in_memory_and_the_service_mounts_it_read_only() -> None:
     data = by_kind(rendered, "ConfigMap")["data"]
     assert data["FORESIGHT_TLS_CERT_FILE"] == f"{CONTAINER_TLS_DIR}/tls.crt"
     assert data["FORESIGHT_TLS_KEY_FILE"] == f"{CONTAINER_TLS_DIR}/tls.key"
+
+
+def test_pods_read_the_scrape_token_beside_the_tls_secret_where_rotate_writes_it() -> None:
+    """`foresight metrics-token rotate --stack eks` writes deployments/eks/metrics: the VaultLayout of stack eks."""
+    layout = VaultLayout(kv_mount=BASE["vaultKvMount"], auth_mount="jwt", role=BASE["vaultRole"], policy="p",
+                         stack="eks")
+    assert layout.tls_path == BASE["tlsVaultPath"]
+    for variant in VARIANTS.values():
+        data = by_kind(render(variant), "ConfigMap")["data"]
+        assert data["FORESIGHT_VAULT_METRICS_PATH"] == layout.metrics_path == vault_path("eks")
+    # A TLS secret kept elsewhere names no stack, so no scrape token is read from Vault (rather than a guessed one).
+    for elsewhere in ("pki/foresight/tls", "deployments/tls", "deployments/eks/tls/old"):
+        data = by_kind(render(spec_of(tlsVaultPath=elsewhere)), "ConfigMap")["data"]
+        assert "FORESIGHT_VAULT_METRICS_PATH" not in data
 
 
 def test_shared_tier_password_is_a_mounted_secret_file() -> None:
