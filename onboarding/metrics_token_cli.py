@@ -106,7 +106,8 @@ def _write(target: Target, path: str, token: str) -> int:
     except (requests.RequestException, hvac.exceptions.VaultDown, hvac.exceptions.BadGateway) as err:
         raise VaultFailure(what, f"Vault unreachable ({type(err).__name__})") from None
     except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized):
-        raise VaultFailure(what, "permission denied: the Vault token may not read and write this path") from None
+        raise VaultFailure(what, "permission denied: the Vault token may not read and write this path (is "
+                           "FORESIGHT_VAULT_KV_MOUNT the deployment's mount?)") from None
     except hvac.exceptions.InvalidPath:
         raise NotFound(what, f"no KV v2 mount {target.kv_mount!r} (FORESIGHT_VAULT_KV_MOUNT)") from None
     except hvac.exceptions.InvalidRequest as err:

@@ -14,7 +14,7 @@ from hvac.api.secrets_engines.kv_v2 import KvV2
 from typer.testing import CliRunner, Result
 
 from onboarding import metrics_token_cli
-from onboarding.errors import EXIT_CONFLICT, EXIT_USAGE, EXIT_VAULT
+from onboarding.errors import EXIT_CONFLICT, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_VAULT
 from onboarding.state import StatePaths
 from service import cli as foresight_cli
 from service.security.vault_keys import DEFAULT_MOUNT
@@ -104,6 +104,19 @@ def test_a_token_that_may_not_write_the_path_is_one_line_and_exit_5(
     with pytest.raises(hvac.exceptions.InvalidPath):
         root.secrets.kv.v2.read_secret_version(layout.metrics_path, mount_point=DEFAULT_MOUNT,
                                                raise_on_deleted_version=True)
+
+
+def test_a_kv_mount_that_does_not_exist_is_one_line_and_exit_3(
+    vault_env: Path, bao: OpenBao, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a token whose policy covers the path (root here), Vault says the mount is missing; a narrower token
+    gets 'permission denied' for any path outside its policy, the exit-5 case above."""
+    monkeypatch.setenv("VAULT_TOKEN", bao.token)
+    monkeypatch.setenv("FORESIGHT_VAULT_KV_MOUNT", unique("nomount"))
+    result = rotate("--stack", "prod")
+    assert result.exit_code == EXIT_NOT_FOUND
+    assert "no KV v2 mount" in one_line_error(result.stderr)
+    assert result.stdout == ""
 
 
 @pytest.mark.parametrize("stack", ["..", "a/b", "prod stack", ""])
