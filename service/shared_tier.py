@@ -376,11 +376,12 @@ class SharedTier:
 
     def _forget_everything(self) -> None:
         """After serving without a subscription (a break, or a late first one), writes other nodes made meanwhile
-        are unknown: nothing local is trusted but this node's own writes on their way."""
-        self.stats.resubscribes += 1
+        are unknown: nothing local is trusted but this node's own writes on their way. Counted once emptied, so
+        whoever sees the count (metrics, a test) sees the memory emptied too."""
         log.warning("shared tier subscription up after a gap: emptying this node's memory of other nodes' keys")
         for cache in list(self._registry):
             cache.drop_remote(None)
+        self.stats.resubscribes += 1
 
     def _apply(self, data: bytes) -> None:
         try:

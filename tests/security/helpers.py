@@ -11,7 +11,7 @@ import hvac
 
 
 def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
+    return f"{prefix}-{secrets.token_hex(8)}"
 
 
 def token_client(addr: str, root: hvac.Client, *policies: str) -> hvac.Client:

@@ -177,6 +177,36 @@ def test_a_lost_subscription_empties_memory_and_resumes(
     eventually(lambda: client(a).get("after") == b"the gap", "invalidations flowing again")
 
 
+def test_the_resubscribe_count_never_runs_ahead_of_the_emptied_memory(
+        two_nodes: tuple[RunningService, RunningService], tier_client: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A poller that sees the count must see the memory emptied: node a is held inside the drop (its loop waits on
+    a thread's event) while the count is read."""
+    a, _ = two_nodes
+    client(a).get("report")
+    cache, shared = tenant(a), a.service.shared_tier
+    assert shared is not None and len(cache.store) == 1
+    dropping, release = threading.Event(), threading.Event()
+    drop = cache.drop_remote
+
+    def held_drop(keys: list[bytes] | None) -> None:
+        if keys is None:
+            dropping.set()
+            release.wait(30)
+        drop(keys)
+
+    monkeypatch.setattr(cache, "drop_remote", held_drop)
+    tier_client.client_kill_filter(_type="pubsub")
+    try:
+        assert dropping.wait(30), "node a never emptied its memory"
+        while_dropping = (shared.stats.resubscribes, len(cache.store))
+    finally:
+        release.set()
+    assert while_dropping == (0, 1)
+    eventually(lambda: shared.stats.resubscribes == 1, "node a counting the resubscribe")
+    assert len(cache.store) == 0
+
+
 def subscribers(tier_client: redis.Redis) -> int:
     return int(tier_client.pubsub_numsub("foresight:invalidate")[0][1])
 
