@@ -1,19 +1,22 @@
-"""First boot of a marketplace node on any cloud: a buyer has no Vault, so the node mints its own TLS and first key;
-and, for the rest of the node's life, the renewal of its TLS certificate under the CA its clients trust.
+"""First boot of a marketplace node on any cloud: a buyer has no Vault, so the node mints its own TLS, first key
+and metrics scrape token; and, for the rest of the node's life, the renewal of its TLS certificate under the CA its
+clients trust.
 
 Each cloud's `first_boot.py` (`marketplace/aws/`, `marketplace/gcp/`, `marketplace/azure/`) finds the node's
 addresses and puts the result into that cloud's secret store; this module is what they share. It runs inside the
 service image, so the key format, its hash, the tenants file and the KMS are the service's own code, not a copy,
 and it imports no cloud SDK (the KMS provider that foresight.env names is imported when it is built). `provision`
-wraps the CA's private key with the node's KMS key and puts the plaintext API key and the CA certificate into the
-secret store *before* writing ca.crt, ca.key.enc, tls.crt, tls.key and tenants.json (key hashes only), so that a
-failed put leaves nothing behind and the next attempt starts over.
+wraps the CA's private key with the node's KMS key and puts the plaintext API key, the scrape token and the CA
+certificate into the secret store *before* writing ca.crt, ca.key.enc, tls.crt, tls.key, metrics.token and
+tenants.json (key hashes only), so that a failed put leaves nothing behind and the next attempt starts over.
+metrics.token is what the service's `metrics_token_file` names (first_boot.sh sets FORESIGHT_METRICS_TOKEN_FILE
+only once the file is there), so the buyer's Prometheus, given the secret's `metrics_token`, can scrape /metrics.
 
 Clients pin the CA (the secret's `ca_certificate`), so it lives ten years and its key is kept: ca.key.enc is an
 envelope (`service.security.envelope`) whose data key only the node's KMS key unwraps, never the key in clear.
 `python -m marketplace.first_boot renew`, which the image's foresight-tls-renew.timer runs daily, issues a new
 server certificate for the same names under that CA once the current one expires within 60 days; the service
-reloads the new pair by itself.
+reloads the new pair by itself. Renewal leaves tenants.json and metrics.token as they are.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -51,6 +55,8 @@ LEAF_DAYS = 825
 # Daily attempts for two months before a client could see an expired certificate.
 RENEW_WITHIN_DAYS = 60
 CA_KEY_FILE = "ca.key.enc"
+# The service's metrics_token_file on a marketplace node (first_boot.sh names it in foresight.env).
+METRICS_TOKEN_FILE = "metrics.token"  # noqa: S105 - a file name, not a secret
 # Binds the envelope to its purpose: no other Foresight envelope (a snapshot, a checkpoint) opens as the CA key.
 CA_KEY_AAD = b"foresight:marketplace:ca-key"
 COMMON_NAME_MAX = 64  # RFC 5280's ub-common-name
@@ -61,7 +67,7 @@ FIRST_KEY_SCOPES = ["read", "write", "admin"]
 
 
 class FirstBootError(RuntimeError):
-    """A step failed; the message names it and never carries the key."""
+    """A step failed; the message names it and never carries the key or the scrape token."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,7 @@ class Minted:
     ca: CertificateAuthority
     tls: IssuedCert
     api_key: str
+    metrics_token: str  # the bearer token the buyer's Prometheus presents on /metrics
     tenants: TenantsFile
 
     @property
@@ -89,7 +96,8 @@ class Minted:
 
 
 def mint(tenant: str, addresses: Addresses) -> Minted:
-    """A CA, a server certificate for the addresses, and the tenant's first key with its tenants file."""
+    """A CA, a server certificate for the addresses, the tenant's first key with its tenants file, and a scrape
+    token (256 bits, as `foresight metrics-token rotate` makes)."""
     ca = CertificateAuthority.create(common_name=ca_common_name(tenant, addresses.public_ip), days=CA_DAYS)
     tls = ca.issue(
         addresses.host,
@@ -102,7 +110,7 @@ def mint(tenant: str, addresses: Addresses) -> Minted:
         tenants=[TenantSpec(name=tenant)],
         keys=[KeyRecord(key_id=key.key_id, tenant=tenant, hash=key.key_hash, scopes=FIRST_KEY_SCOPES)],
     )
-    return Minted(ca=ca, tls=tls, api_key=key.secret, tenants=tenants)
+    return Minted(ca=ca, tls=tls, api_key=key.secret, metrics_token=secrets.token_hex(32), tenants=tenants)
 
 
 def ca_common_name(who: str, detail: str) -> str:
@@ -113,12 +121,13 @@ def ca_common_name(who: str, detail: str) -> str:
 
 
 def secret_document(minted: Minted, addresses: Addresses) -> str:
-    """What the buyer reads from the secret: the key, its tenant, and the CA to trust."""
+    """What the buyer reads from the secret: the key, its tenant, the scrape token, and the CA to trust."""
     return json.dumps(
         {
             "tenant": minted.tenants.tenants[0].name,
             "key_id": minted.tenants.keys[0].key_id,
             "api_key": minted.api_key,
+            "metrics_token": minted.metrics_token,
             "host": addresses.host,
             "ca_certificate": minted.ca_pem.decode(),
         }
@@ -130,6 +139,7 @@ def write_files(out: Path, minted: Minted, sealed_ca_key: bytes) -> None:
     write_private(out / CA_KEY_FILE, sealed_ca_key)
     write_private(out / "ca.crt", minted.ca_pem, mode=0o644)
     minted.tls.write(out / "tls.crt", out / "tls.key")
+    write_private(out / METRICS_TOKEN_FILE, minted.metrics_token.encode())
     write_private(out / "tenants.json", minted.tenants.model_dump_json(indent=2).encode(), mode=0o600)
 
 

@@ -2,8 +2,9 @@
 # First boot of a Foresight marketplace node, on any cloud: mint the TLS files and the first API key inside
 # the service image (`python -m marketplace.<cloud>.first_boot`, which also hands the key to the buyer through
 # the cloud's secret store and keeps the CA's key wrapped by the node's KMS key, for renewals), then give
-# foresight.service its settings and start it. The image's unit waits for /etc/foresight/foresight.env, so the
-# service cannot start before its certificate and tenants exist.
+# foresight.service its settings (naming the metrics scrape token's file when first boot wrote one) and start it.
+# The image's unit waits for /etc/foresight/foresight.env, so the service cannot start before its certificate and
+# tenants exist.
 # The image's foresight-first-boot.service runs this, after mount_data_volume.sh, on every boot until it succeeds;
 # it is safe to run again (a run cut short before tenants.json mints again).
 #
@@ -17,8 +18,10 @@ fi
 cloud=$1
 service_ids=$2
 shift 2
-conf=/etc/foresight/conf
-env_file=/etc/foresight/foresight.env
+etc=/etc/foresight
+# foresight.service mounts it at the same path in the container, so the settings name it by its host path.
+conf=$etc/conf
+env_file=$etc/foresight.env
 staged_env=$env_file.first-boot
 data_dir=/var/lib/foresight
 
@@ -34,7 +37,7 @@ if [ ! -s "$conf/tenants.json" ]; then
   install -d -m 0700 -o "${service_ids%:*}" -g "${service_ids#*:}" "$conf"
   # FORESIGHT_IMAGE: the service image the VM image build loaded.
   # shellcheck source=/dev/null
-  . /etc/foresight/image.env
+  . "$etc/image.env"
   # Host networking: the node's identity comes from the metadata service at 169.254.169.254. The service's own
   # settings name the KMS key that wraps the CA's key.
   docker run --rm --network host --user "$service_ids" --volume "$conf:/out" --env-file "$staged_env" \
@@ -42,6 +45,11 @@ if [ ! -s "$conf/tenants.json" ]; then
 fi
 chmod 0400 "$conf/tls.key"
 if [ -e "$staged_env" ]; then
+  # Only when first boot wrote the file (a service image from before scrape tokens does not): the service refuses
+  # to start with a metrics_token_file it cannot read. A run cut short after this may have added it already.
+  if [ -s "$conf/metrics.token" ] && ! grep -q '^FORESIGHT_METRICS_TOKEN_FILE=' "$staged_env"; then
+    echo "FORESIGHT_METRICS_TOKEN_FILE=$conf/metrics.token" >>"$staged_env"
+  fi
   install -m 0640 -o root -g root "$staged_env" "$env_file"
   rm -f "$staged_env"
 fi

@@ -4,9 +4,9 @@
 is `marketplace/first_boot.py`, shared with Google Cloud and Azure. It reads the instance's addresses from IMDSv2
 (waiting until the stack's Elastic IP is associated, which is also when the instance can reach AWS), wraps the
 CA's key with the stack's KMS key (foresight.env's FORESIGHT_KMS_KEY_ID, in the environment), then puts the
-plaintext key and the CA certificate into the stack's Secrets Manager secret before any file is written. Each
-step retries what means "not yet" (IMDS busy or not answering; the role's grant, its credentials or the key
-policy still propagating) until a deadline, as on Google Cloud and Azure.
+plaintext key, the metrics scrape token and the CA certificate into the stack's Secrets Manager secret before
+any file is written. Each step retries what means "not yet" (IMDS busy or not answering; the role's grant, its
+credentials or the key policy still propagating) until a deadline, as on Google Cloud and Azure.
 """
 
 from __future__ import annotations
@@ -138,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     except FirstBootError as err:
         print(f"first_boot: {err}", file=sys.stderr)
         return 1
-    print(f"first_boot: tenant {args.tenant}, key {minted.tenants.keys[0].key_id}; the key is in {args.secret_arn}")
+    print(
+        f"first_boot: tenant {args.tenant}, key {minted.tenants.keys[0].key_id}; the key and the metrics token are "
+        f"in {args.secret_arn}"
+    )
     return 0
 
 

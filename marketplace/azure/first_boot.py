@@ -113,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     except FirstBootError as err:
         print(f"first_boot: {err}", file=sys.stderr)
         return 1
-    print(f"first_boot: tenant {args.tenant}, key {minted.tenants.keys[0].key_id}; the key is in {args.secret_uri}")
+    print(
+        f"first_boot: tenant {args.tenant}, key {minted.tenants.keys[0].key_id}; the key and the metrics token are "
+        f"in {args.secret_uri}"
+    )
     return 0
 
 

@@ -79,6 +79,15 @@ def test_systemd_unit_waits_for_instance_configuration() -> None:
     assert "--gpus all" in text and "--cap-drop ALL" in text and "--read-only" in text
 
 
+def test_the_service_reads_the_conf_files_at_the_paths_foresight_env_names() -> None:
+    """foresight.env names conf files by their host path (on a marketplace node first_boot.sh adds
+    FORESIGHT_METRICS_TOKEN_FILE=/etc/foresight/conf/metrics.token once first boot has written that file), so the
+    container must see the conf directory at the same path."""
+    text = UNIT.read_text()
+    assert "--env-file /etc/foresight/foresight.env" in text
+    assert "--volume /etc/foresight/conf:/etc/foresight/conf:ro" in text
+
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(IMAGES)))
 def test_shell_script_passes_shellcheck(script: Path) -> None:
     result = subprocess.run(

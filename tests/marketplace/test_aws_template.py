@@ -42,6 +42,7 @@ from stacks.spec import DEFAULT_INSTANCE_TYPES, HTTPS_PORT, RESP_PORT, SERVICE_P
 from tests.images.tools import require_tool, run_checkov
 from tests.marketplace.ca_key import assert_ca_key_sealed
 from tests.marketplace.cloud_config import unit_commands
+from tests.marketplace.metrics_token import assert_scrape_token_minted
 from tests.servers import MotoServer, http_server
 from tests.tlsutil import assert_tls_serves
 
@@ -406,6 +407,7 @@ def test_first_boot_mints_a_key_the_service_accepts(imds: str, moto_server: Moto
     )
     assert {str(ip) for ip in sans.value.get_values_for_type(x509.IPAddress)} == {SAMPLE["PublicIp"], "10.42.0.17"}
     assert_ca_key_sealed(tmp_path, EnvelopeCipher(AwsKms(key_arn, client=kms)))  # the stack's key opens it
+    assert_scrape_token_minted(tmp_path, document, result.stdout + result.stderr)
 
 
 def test_first_boot_writes_nothing_when_the_secret_cannot_be_put(

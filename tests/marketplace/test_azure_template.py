@@ -44,6 +44,7 @@ from stacks.spec import DEFAULT_INSTANCE_TYPES, SERVICE_PORTS, Cloud, StackSpec
 from tests.images.tools import require_tool, run_checkov
 from tests.marketplace.ca_key import KEYRING, assert_ca_key_sealed, local_cipher
 from tests.marketplace.cloud_config import unit_commands
+from tests.marketplace.metrics_token import assert_scrape_token_minted
 from tests.servers import http_server
 from tests.tlsutil import assert_tls_serves
 
@@ -696,6 +697,7 @@ def test_first_boot_mints_a_key_the_service_accepts(azure: Endpoints, tmp_path: 
         SAMPLE["PrivateIp"],
     }
     assert_ca_key_sealed(out, local_cipher(tmp_path / KEYRING))
+    assert_scrape_token_minted(out, document, result.stdout + result.stderr)
 
 
 def test_first_boot_writes_nothing_when_the_secret_cannot_be_set(azure: Endpoints, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """A marketplace node's TLS for its whole life: first boot keeps the CA's key wrapped by the node's KMS key and
 nowhere in clear, and `renew` issues a new server certificate under that same CA once the current one nears
-expiry, touches nothing before, and says what to do (never minting a CA on its own) when it cannot.
+expiry, touches nothing before, and says what to do (never minting a CA on its own) when it cannot. Neither
+renewal nor a new CA touches the metrics scrape token that first boot handed the buyer.
 
 Real certificates, the real envelope and LocalKms; time is the `now` each call is given."""
 
@@ -22,6 +23,7 @@ from cryptography.x509.oid import NameOID
 import marketplace.first_boot
 from marketplace.first_boot import (
     CA_KEY_FILE,
+    METRICS_TOKEN_FILE,
     RENEWAL_DOCS,
     Addresses,
     FirstBootError,
@@ -38,6 +40,7 @@ from service.security.kms.base import KmsError, WrappedKey
 from service.security.kms.local import LocalKms
 from service.security.local_ca import CertificateAuthority
 from tests.marketplace.ca_key import KEYRING, assert_ca_key_sealed, local_cipher
+from tests.marketplace.metrics_token import assert_scrape_token_minted
 from tests.tlsutil import assert_tls_serves
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,6 +67,10 @@ class Node:
 
     def leaf(self) -> x509.Certificate:
         return read_certificate(self.conf / "tls.crt")
+
+    def assert_scrape_token_kept(self) -> None:
+        """metrics.token still holds the token the buyer's Prometheus was given at first boot."""
+        assert (self.conf / METRICS_TOKEN_FILE).read_text() == self.document["metrics_token"]
 
 
 def first_boot(directory: Path) -> Node:
@@ -103,7 +110,7 @@ def issue_nearly_expired_leaf(conf: Path, ca: CertificateAuthority, days: int = 
 
 
 def test_first_boot_keeps_the_ca_key_wrapped_by_the_kms_and_nowhere_in_clear(node: Node, tmp_path: Path) -> None:
-    assert sorted(node.files()) == ["ca.crt", CA_KEY_FILE, "tenants.json", "tls.crt", "tls.key"]
+    assert sorted(node.files()) == ["ca.crt", CA_KEY_FILE, METRICS_TOKEN_FILE, "tenants.json", "tls.crt", "tls.key"]
     assert_ca_key_sealed(node.conf, node.cipher)
     with pytest.raises(FirstBootError, match=f"cannot open .*{CA_KEY_FILE} with the node's KMS key"):
         load_ca(node.conf, local_cipher(tmp_path / "another-keyring.json"))
@@ -159,6 +166,32 @@ def test_first_boot_that_cannot_wrap_the_ca_key_puts_no_secret_and_writes_nothin
     assert documents == [] and list(tmp_path.iterdir()) == []
 
 
+def test_first_boot_hands_the_buyer_a_scrape_token_the_service_accepts(node: Node) -> None:
+    assert_scrape_token_minted(node.conf, node.document, output="")
+
+
+def test_a_failed_put_writes_no_scrape_token_and_the_retry_mints_a_fresh_one(tmp_path: Path) -> None:
+    """The put comes before every file, so the retry's token, the one the buyer reads, is the one on disk."""
+    cipher = local_cipher(tmp_path / KEYRING)
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    refused: list[str] = []
+
+    def put_refused(document: str) -> None:
+        refused.append(document)
+        raise FirstBootError("PutSecretValue failed: ResourceNotFoundException")
+
+    with pytest.raises(FirstBootError, match="PutSecretValue"):
+        provision(conf, "acme", ADDRESSES, put_refused, cipher)
+    assert list(conf.iterdir()) == []
+
+    documents: list[str] = []
+    provision(conf, "acme", ADDRESSES, documents.append, cipher)
+    (refused_document,), (document,) = [json.loads(d) for d in refused], [json.loads(d) for d in documents]
+    assert document["metrics_token"] != refused_document["metrics_token"]
+    assert_scrape_token_minted(conf, document, output="")
+
+
 # --- renewal ----------------------------------------------------------------------------------------------------
 
 
@@ -169,6 +202,7 @@ def test_a_certificate_far_from_expiry_is_left_untouched(node: Node) -> None:
         renewal = renew(node.conf, kms_not_needed, now)
         assert not renewal.renewed and renewal.certificate == node.leaf()
     assert node.files() == before
+    node.assert_scrape_token_kept()
 
 
 def test_a_certificate_near_expiry_is_renewed_under_the_ca_clients_pinned(node: Node) -> None:
@@ -186,6 +220,7 @@ def test_a_certificate_near_expiry_is_renewed_under_the_ca_clients_pinned(node: 
     assert {name: data for name, data in node.files().items() if name in kept} == kept
     assert stat.S_IMODE((node.conf / "tls.key").stat().st_mode) == 0o400
     assert_tls_serves(node.conf, host=ADDRESSES.host)  # the new key with the new certificate, trusted by clients
+    node.assert_scrape_token_kept()
 
 
 def test_renewal_today_gives_a_certificate_for_another_825_days(node: Node) -> None:
@@ -239,6 +274,7 @@ def test_a_new_ca_is_the_manual_step_and_renewals_go_on_under_it(node: Node) -> 
     renewal = renew(node.conf, lambda: node.cipher, node.leaf().not_valid_after_utc - 30 * DAY)
     assert renewal.renewed
     renewal.certificate.verify_directly_issued_by(ca.cert)
+    node.assert_scrape_token_kept()
 
 
 def test_a_stored_key_that_is_not_the_cas_is_refused(node: Node, tmp_path: Path) -> None:
@@ -275,8 +311,11 @@ def test_the_renew_command_renews_a_due_certificate_then_has_nothing_to_do(
     node = node_settings
     issue_nearly_expired_leaf(node.conf, load_ca(node.conf, node.cipher))
     assert main(["renew", "--conf", str(node.conf)]) == 0
-    assert "new certificate for" in capsys.readouterr().out
+    output = capsys.readouterr()
+    assert "new certificate for" in output.out
+    assert node.document["metrics_token"] not in output.out + output.err
     node.leaf().verify_directly_issued_by(node.pinned_ca)
+    node.assert_scrape_token_kept()
     before = node.files()
     assert main(["renew", "--conf", str(node.conf)]) == 0
     assert "renewal due" in capsys.readouterr().out
