@@ -40,6 +40,7 @@ from onboarding.local.serve import LocalService
 from onboarding.plans import PLANS
 from onboarding.state import StatePaths
 from onboarding.tenants import Onboarder
+from service.config import Settings
 from service.tenancy import TenantSpec
 from tests.onboarding.conftest import invoke
 from tests.servers import BIN, wait_until
@@ -47,6 +48,9 @@ from tests.servers import BIN, wait_until
 pytestmark = pytest.mark.slow
 
 FORESIGHT = str(BIN / "foresight")
+# An open connection's key is re-checked within the service's auth cache TTL, against the key source's cache of
+# half that (`service/bootstrap.py`): a revoked key is refused within 1.5 TTLs, plus slack for a loaded box.
+REFUSED_WITHIN_S = 1.5 * Settings.model_fields["auth_cache_ttl_s"].default + 2.0
 ANY_PORTS = ("--resp-port", "0", "--http-port", "0", "--vault-port", "0")
 
 
@@ -186,9 +190,7 @@ def test_two_tenants_over_tls_see_only_their_own_keys_and_revocation_refuses(loc
 
         revoked = local.run("keys", "revoke", acme["key_id"])
         assert revoked.returncode == 0, revoked.stderr
-        revoked_at = time.monotonic()
-        wait_until(lambda: _refused(other), "the open connection refusing the revoked key", timeout=2)
-        assert time.monotonic() - revoked_at < 1.5
+        wait_until(lambda: _refused(other), "the open connection refusing the revoked key", timeout=REFUSED_WITHIN_S)
         with pytest.raises(redis.AuthenticationError):
             local.redis(acme["api_key"]).ping()
         reply = http.get(f"{local.up['http_url']}/v1/keys/greeting",

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Hashable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -26,7 +27,7 @@ from service.prefetch.mlops import checkpoints
 from service.prefetch.mlops.ab import ABAssignment, LiveComparison, check_weights
 from service.prefetch.mlops.checkpoints import KEEP_NEWEST, CheckpointError, CheckpointRegistry
 from service.prefetch.mlops.drift import DriftDetector
-from service.prefetch.windows import RecordingWindows
+from service.prefetch.windows import SETTLE_MARGIN, RecordingWindows
 
 torch.set_num_threads(1)
 
@@ -446,6 +447,9 @@ async def test_the_worker_issues_a_chunk_before_the_step_ends() -> None:
     assert prefetcher.waited == [True]  # the first chunk's prefetch started while the second was predicted
 
 
+CATCH_UP_MS = 5  # how late a read loop's wake-up may be and still make up the reads it missed
+
+
 class ReadPath:
     """What the engine routes: a tenant's read path, which records each read with whatever it points at."""
 
@@ -457,13 +461,18 @@ class ReadPath:
         self.recorders = recorders
 
     async def read_steadily(self, per_ms: int, seconds: float) -> None:
+        """`per_ms` reads for each millisecond of wall time, however late the loop wakes this: a slow or loaded box
+        reads in bigger bursts, not fewer reads (a wake-up more than `CATCH_UP_MS` late skips the rest)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while loop.time() < deadline:
-            for _ in range(per_ms):
+        started = loop.time()
+        deadline, done = started + seconds, 0
+        while (now := loop.time()) < deadline:
+            due = round((now - started) * 1000 * per_ms)
+            for _ in range(min(due - done, CATCH_UP_MS * per_ms)):
                 if self.recorders is not None:
                     self.recorders[0](f"obj:{self.reads:06d}".encode())
                 self.reads += 1
+            done = due
             await asyncio.sleep(0.001)
 
 
@@ -479,20 +488,29 @@ class Slow(Recording):
         return super().access_batch(keys)
 
 
-async def _run_reads(max_batch: int, step_s: float, busy_interval: float) -> tuple[PrefetchEngine, float]:
+class LastSecond(NamedTuple):
+    """What a worker did in the last second of `_run_reads`, once its read rate was measured."""
+
+    reads: int
+    recorded: int
+    steps: int
+
+
+async def _run_reads(max_batch: int, step_s: float, busy_interval: float) -> tuple[PrefetchEngine, LastSecond]:
     """1.5 s of 10 reads a millisecond through a routed read path, the engine's worker running; returns the
-    engine and the share of reads it recorded in the last second (once its rate is measured)."""
+    engine and what it did in the last second."""
     path = ReadPath()
     engine = PrefetchEngine(AsyncCache(), Slow(step_s), PrefetchBudget(per_request=1), max_batch=max_batch,
                             route=path.route)
     path.route(engine.recorders)
     worker = asyncio.create_task(engine.run(interval=0.001, busy_interval=busy_interval))
     await path.read_steadily(per_ms=10, seconds=0.5)
-    reads, recorded = path.reads, engine.log.drained + len(engine.log)
+    reads, recorded, steps = path.reads, engine.log.drained + len(engine.log), engine.steps
     await path.read_steadily(per_ms=10, seconds=1.0)
     engine.stop()
     await worker
-    return engine, (engine.log.drained + len(engine.log) - recorded) / (path.reads - reads)
+    return engine, LastSecond(path.reads - reads, engine.log.drained + len(engine.log) - recorded,
+                              engine.steps - steps)
 
 
 @pytest.mark.parametrize(("step_s", "busy_interval"), [(0.02, 0.1), (0.05, 0.02)])
@@ -502,8 +520,12 @@ async def test_a_worker_that_is_behind_records_only_what_it_settles_and_predicts
     """Each step predicts from 32 of hundreds of reads: the read path records the reads after each issue that
     settle it and the 32 before the next step, nothing in between: neither while the worker waits nor while
     its step computes (the second case, where a step takes most of the time)."""
-    engine, recorded = await _run_reads(32, step_s, busy_interval)
-    assert recorded < 0.3, recorded  # 13-20 % expected
+    engine, second = await _run_reads(32, step_s, busy_interval)
+    # A step's windows: its 32 and the settle window of its one chunk, 128 reads at the measured rate (about 125
+    # seen), whatever the share of all reads that is. Twice that leaves room for a rate misjudged and windows
+    # ended late on a loaded box; recording every read is 600-1100 a step.
+    windows = 32 + SETTLE_MARGIN * engine.coordinator.horizon
+    assert second.recorded / second.steps <= 2 * windows, second
     assert engine.steps >= 10
     assert engine.predicted >= 0.8 * engine.steps * 32  # each step still found its full window of newest reads
     assert engine.coordinator.stats.issued > 0
@@ -512,8 +534,8 @@ async def test_a_worker_that_is_behind_records_only_what_it_settles_and_predicts
 
 
 async def test_a_worker_that_keeps_up_records_every_read() -> None:
-    _, recorded = await _run_reads(100_000, 0.02, 0.1)
-    assert recorded == 1.0
+    _, second = await _run_reads(100_000, 0.02, 0.1)
+    assert second.recorded == second.reads
 
 
 def _sampling_windows(path: ReadPath) -> RecordingWindows:

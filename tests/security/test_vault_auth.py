@@ -77,27 +77,35 @@ def approle(bao_root: hvac.Client) -> tuple[str, str]:
     if "approle/" not in bao_root.sys.list_auth_methods()["data"]:
         bao_root.sys.enable_auth_method("approle")
     bao_root.auth.approle.create_or_update_approle(
-        "foresight-svc", token_policies=["foresight-service"], token_ttl="2s", token_max_ttl="3s"
+        "foresight-svc", token_policies=["foresight-service"], token_ttl="4s", token_max_ttl="6s"
     )
     role_id = bao_root.auth.approle.read_role_id("foresight-svc")["data"]["role_id"]
     secret_id = bao_root.auth.approle.generate_secret_id("foresight-svc")["data"]["secret_id"]
     return role_id, secret_id
 
 
-def test_approle_session_renews_then_logs_in_again_at_max_ttl(openbao: OpenBao, approle: tuple[str, str]) -> None:
+def test_approle_session_renews_then_logs_in_again_at_max_ttl(
+    openbao: OpenBao, approle: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
     role_id, secret_id = approle
     settings = VaultAuthSettings(addr=openbao.addr, method="approle", role_id=role_id, secret_id=SecretStr(secret_id))
-    session = VaultSession(settings)
-    session.start(check_interval=0.1)
-    try:
-        deadline = time.monotonic() + 4.0  # longer than the 3 s max TTL of any one token
-        while time.monotonic() < deadline:
-            session.client.auth.token.lookup_self()  # raises Forbidden once a token lapses
-            time.sleep(0.2)
-    finally:
-        session.stop()
+    # Renewing once a quarter of a lease is used, every lease kept is 3 s or more (a shorter renewal means a new
+    # login): each token has 2.25 s or more left when it is renewed, slack for a loaded box.
+    session = VaultSession(settings, renew_fraction=0.25)
+    with caplog.at_level(logging.INFO, logger="service.security.vault_auth"):
+        session.start(check_interval=0.1)
+        try:
+            deadline = time.monotonic() + 7.0  # longer than the 6 s max TTL of any one token
+            while time.monotonic() < deadline:
+                session.client.auth.token.lookup_self()  # raises Forbidden once a token lapses
+                time.sleep(0.2)
+        finally:
+            session.stop()
     assert session.renewals >= 1
     assert session.logins >= 2
+    # The new login came when a renewal fell short, before the token lapsed, not once renewing it failed.
+    assert "renewal reached its max TTL; logging in again" in caplog.text
+    assert "renewal failed" not in caplog.text
 
 
 def test_wrong_approle_secret_is_refused_without_echoing_it(openbao: OpenBao, approle: tuple[str, str]) -> None:

@@ -100,17 +100,18 @@ def test_tenant_a_secret_cannot_pass_as_tenant_b_key(
     assert source.authenticate(key_a.secret).tenant == tenant  # type: ignore[union-attr]
 
 
-def test_revocation_reaches_every_listener_within_one_second(
+def test_revocation_reaches_every_listener_once_the_default_cache_ttl_passes(
     key_admin: VaultKeyAdmin, service_vault: hvac.Client, tenant: str
 ) -> None:
+    """A listener's cached answer lasts 0.5 s by default: the README's "refused within 1 s" is that and a Vault read,
+    timed end to end in test_security_e2e.py. Here on the sources' own clock, which a slow box cannot move."""
     key = key_admin.issue_key(tenant)
-    listeners = [VaultKeySource(service_vault), VaultKeySource(service_vault)]  # e.g. RESP and HTTP
+    clock = FakeClock()
+    listeners = [VaultKeySource(service_vault, clock=clock), VaultKeySource(service_vault, clock=clock)]  # RESP, HTTP
     assert all(s.authenticate(key.secret) for s in listeners)
     key_admin.revoke_key(key.key_id)
-    revoked_at = time.monotonic()
-    for source in listeners:
-        wait_for_refusal(source, key.secret)
-    assert time.monotonic() - revoked_at < 1.0
+    clock.now += 0.5
+    assert all(s.authenticate(key.secret) is None for s in listeners)
 
 
 def test_rotation_overlap_then_old_key_expires(
@@ -118,11 +119,11 @@ def test_rotation_overlap_then_old_key_expires(
 ) -> None:
     old = key_admin.issue_key(tenant)
     source = VaultKeySource(service_vault, cache_ttl=0.1)
-    new = key_admin.rotate_key(old.key_id, overlap=dt.timedelta(seconds=0.6))
+    # The overlap runs from before rotate_key's Vault writes: 3 s leaves the two checks below over 2 s of it.
+    new = key_admin.rotate_key(old.key_id, overlap=dt.timedelta(seconds=3))
     assert source.authenticate(old.secret) is not None
     assert source.authenticate(new.secret) is not None
-    time.sleep(0.7)
-    assert source.authenticate(old.secret) is None
+    wait_for_refusal(source, old.secret, limit=3 + 2)
     assert source.authenticate(new.secret) is not None
 
 
@@ -133,7 +134,7 @@ def test_suspending_or_deleting_the_tenant_refuses_its_keys(
     source = VaultKeySource(service_vault)
     assert source.authenticate(key.secret) is not None
     key_admin.update_tenant(TenantSpec(name=tenant, suspended=True))
-    wait_for_refusal(source, key.secret, limit=1.0)
+    wait_for_refusal(source, key.secret, limit=0.5 + 2)  # the default cache_ttl, and slack for a loaded box
     key_admin.update_tenant(TenantSpec(name=tenant))
     time.sleep(0.6)
     assert source.authenticate(key.secret) is not None
@@ -224,22 +225,24 @@ def black_hole() -> Iterator[str]:
 
 
 def test_hung_vault_bounds_auth_latency(
-    key_admin: VaultKeyAdmin, service_vault: hvac.Client, tenant: str, black_hole: str
+    key_admin: VaultKeyAdmin, service_vault: hvac.Client, tenant: str, black_hole: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     key = key_admin.issue_key(tenant)
     clock = FakeClock()
     source = VaultKeySource(service_vault, clock=clock, retry_interval=5)
     assert source.authenticate(key.secret) is not None
     service_vault.url = black_hole
+    reads = count_reads(source, monkeypatch)
     clock.now += 1
     start = time.monotonic()
     assert source.authenticate(key.secret) is not None  # waits one client timeout (0.5 s), then the cache
-    first = time.monotonic() - start
+    assert time.monotonic() - start < 0.5 + 2  # bounded by the timeout: the black hole never answers
+    assert len(reads) == 1
     clock.now += 1
-    start = time.monotonic()
     for _ in range(50):
         assert source.authenticate(key.secret) is not None  # within retry_interval: no waiting at all
-    assert first < 1.5 and time.monotonic() - start < 0.1
+    assert len(reads) == 1  # not one more read of the hung Vault
 
 
 def test_forbidden_service_token_falls_back_to_cache_and_logs_an_error(

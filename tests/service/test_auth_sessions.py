@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -178,9 +179,13 @@ def test_a_cached_login_whose_session_a_recheck_forgot_during_the_audit_is_verif
     assert asyncio.run(scenario()) is True
 
 
-def test_a_session_the_source_cannot_verify_for_longer_than_its_stale_grace_is_revoked() -> None:
+def test_a_session_the_source_cannot_verify_for_longer_than_its_stale_grace_is_revoked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A source error the source does not treat as an outage used to keep a live session forever: the re-check
-    logged it and carried on. Past the source's own stale bound, the session goes."""
+    logged it and carried on. Past the source's own stale bound, the session goes. The sessions' ages are read
+    from a clock the test moves, which a slow box cannot."""
+    clock = [1000.0]
+    monkeypatch.setattr(auth, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     source = _Source("live")
     source.stale_grace = 0.6  # type: ignore[attr-defined]
     authenticator = Authenticator(source, ttl=0.1)
@@ -193,10 +198,10 @@ def test_a_session_the_source_cannot_verify_for_longer_than_its_stale_grace_is_r
         assert session is not None
         authenticator.attach(session)
         source.authenticate = broken  # type: ignore[method-assign]
-        await asyncio.sleep(0.1)
+        clock[0] += 0.5  # due for a re-check, unverified for most of the grace
         await authenticator.recheck()
         within_grace = session.revoked
-        await asyncio.sleep(0.6)
+        clock[0] += 0.2
         await authenticator.recheck()
         return within_grace, session.revoked
 

@@ -8,13 +8,13 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import redis
 
 from service.config import ConfigError, load_settings
+from service.state import DEV_TENANT
 from tests.servers import free_port, tcp_open, wait_until
 from tests.service.harness import running_service
 
@@ -87,7 +87,7 @@ def test_drain_answers_in_flight_pipeline_before_closing(tmp_path: Path) -> None
         pipe.get("slow").set("after", "1").get("after")
         worker = threading.Thread(target=lambda: result.extend(pipe.execute()))
         worker.start()
-        time.sleep(0.15)  # the read-through is in flight
+        wait_until(lambda: svc.state.tenants.get(DEV_TENANT).in_flight(b"slow"), "the read-through of 'slow'")
         idle = redis.Redis(port=svc.resp_port)
         idle.ping()
         svc.call(svc.service.stop())
