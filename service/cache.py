@@ -26,7 +26,37 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _TOO_LARGE_LOG_INTERVAL_S = 60.0
 WRITE_IF_ATTEMPTS = 3  # checks of a conditional write that another write may overtake before it gives up
+# Loads one call (an MGET, a script's KEYS, keys brought from the shared tier) has in flight at once: more would only
+# wait for an origin read slot (64 is origin_max_concurrency's default), each holding a coroutine and a flight.
+LOADS_IN_FLIGHT = 64
+EVICTIONS_PER_STEP = 1000  # entries a shrunk budget evicts between two turns of the event loop: about 1 ms
+Item = TypeVar("Item")
+Loaded = TypeVar("Loaded")
 Written = TypeVar("Written")
+
+
+async def load_each(load: Callable[[Item], Awaitable[Loaded]], items: list[Item],
+                    limit: int = LOADS_IN_FLIGHT) -> list[Loaded | Exception]:
+    """`load` each item, at most `limit` at once and begun in order: each result or the exception it raised. No load
+    begins after one has failed, so the list may stop short; it still holds the first error in item order that
+    loading them all would have met (every item before one begun has been begun too)."""
+    results: dict[int, Loaded | Exception] = {}
+    begun = 0
+    failed = False
+
+    async def worker() -> None:
+        nonlocal begun, failed
+        while begun < len(items) and not failed:
+            index = begun
+            begun += 1
+            try:
+                results[index] = await load(items[index])
+            except Exception as err:  # the caller decides what an error means
+                results[index] = err
+                failed = True
+
+    await asyncio.gather(*(worker() for _ in range(min(limit, len(items)))))
+    return [results[index] for index in range(begun)]
 
 
 class RateLimited(Exception):
@@ -117,6 +147,7 @@ class TenantCache:
         self.rate_limited = 0
         self.connections_received = 0  # INFO shows a tenant its own traffic, never the server's
         self.commands_of_closed = 0  # commands of its connections that have ended (open ones count their own)
+        self._evicting: asyncio.Task[None] | None = None  # evicting down to a shrunk budget, a step at a time
         self.apply(spec)
 
     def apply(self, spec: TenantSpec) -> None:
@@ -131,7 +162,20 @@ class TenantCache:
             self.bucket = TokenBucket(rate)
         elif self.bucket.rate != rate:  # every refresh applies the spec again: only a change retunes the bucket
             self.bucket.retune(rate)
-        self.store.set_budget(spec.quota.memory_bytes)
+        over = self.store.set_budget(spec.quota.memory_bytes, evict=EVICTIONS_PER_STEP)
+        if over and self._evicting is None:
+            self._evicting = asyncio.get_running_loop().create_task(self._evict_over_budget())
+
+    async def _evict_over_budget(self) -> None:
+        """Evict down to a shrunk budget a step at a time, letting the loop serve between steps (all at once, a
+        million entries held it 1.4 s). A later quota change takes effect at the next step."""
+        try:
+            while True:
+                await asyncio.sleep(0)  # the loop's turn: other tenants' commands run between steps
+                if not self.store.evict_over_budget(EVICTIONS_PER_STEP):
+                    return
+        finally:
+            self._evicting = None
 
     def admit(self, commands: int = 1) -> bool:
         """Charge `commands` against the rate quota; False when over it."""
@@ -207,10 +251,7 @@ class TenantCache:
     async def load_shared(self, keys: list[bytes]) -> None:
         """Bring these keys from the shared tier into memory where it holds them (a failing tier loads nothing).
         Its own flights: a read joining one of these would not get the origin's copy."""
-        await asyncio.gather(
-            *(self.flights.do(("shared", key), self._load(key, False, from_origin=False)) for key in keys),
-            return_exceptions=True,
-        )
+        await load_each(lambda key: self.flights.do(("shared", key), self._load(key, False, from_origin=False)), keys)
 
     async def delete(self, key: bytes) -> bool:
         """Delete a key, also one only another node has held (with a shared tier); False when there was none."""

@@ -185,8 +185,8 @@ class ScriptEngine:
         self._dispatch, self._resp = dispatch, 2
         self.stats.runs += 1
         try:
-            reply, stopped = self._run(script.function, script.sha.encode(), null,
-                                       time.monotonic() + self.time_limit_s, self.time_limit_s, len(keys), *keys, *argv)
+            reply, stopped = self._run(script.function, script.sha.encode(), null, time.monotonic() + self.time_limit_s,
+                                       self.time_limit_s, self.table(keys), self.table(argv))
         except lua51.LuaMemoryError:
             reply, stopped = None, False
         finally:

@@ -239,6 +239,7 @@ class MemoryStore:
         size = len(key) + len(value) + ENTRY_OVERHEAD if sizer is entry_size else sizer(key, value)  # type: ignore[arg-type]
         if size > self.budget:
             raise ValueTooLarge(f"entry of {size} bytes exceeds the tenant budget of {self.budget} bytes")
+        ceiling = self.used if self.used > self.budget else self.budget  # over a shrunk budget: grow no further
         if self._watched:
             self._changed(key)
         if self.written is not None and not loaded:
@@ -263,7 +264,7 @@ class MemoryStore:
         else:
             # Make room before admitting, so the newcomer is never its own victim (an LRU prefetch enters
             # at the cold end and would otherwise be evicted the moment it arrived).
-            while self._data and self.used + size > self.budget:
+            while self._data and self.used + size > ceiling:
                 self._evict_one()
             entry = Entry(value, size, 0, prefetched)
             self._data[key] = entry
@@ -274,7 +275,7 @@ class MemoryStore:
                 self.stats.prefetch_inserted += 1
         if expires_at or entry.expires_at:
             self._set_deadline(key, entry, expires_at)
-        while self.used > self.budget:
+        while self.used > ceiling:
             self._evict_one()
 
     def _set_deadline(self, key: Hashable, entry: Entry, expires_at: int) -> None:
@@ -283,12 +284,24 @@ class MemoryStore:
             self._tiebreak += 1
             heapq.heappush(self._deadlines, (expires_at, self._tiebreak, key))
 
-    def set_budget(self, budget: int) -> None:
-        """Change the budget, evicting down to a smaller one at once."""
+    def set_budget(self, budget: int, evict: int | None = None) -> bool:
+        """Change the budget and evict down to a smaller one: at once, or at most `evict` entries now, the rest in
+        later calls of `evict_over_budget` (a million entries take over a second: the service spaces the steps out
+        so the event loop serves between them). True when the store is still over the budget."""
         self.budget = budget
         self.policy.set_capacity(budget)
-        while self.used > budget:
+        return self.evict_over_budget(evict)
+
+    def evict_over_budget(self, limit: int | None = None) -> bool:
+        """Evict while over the budget (after it shrank), at most `limit` entries; True when still over it. Until it
+        is reached, a write takes no more room than it frees: the store never grows further over it."""
+        evicted = 0
+        while self.used > self.budget:
+            if evicted == limit:
+                return True
             self._evict_one()
+            evicted += 1
+        return False
 
     def expire_at(self, key: Hashable, expires_at: int) -> bool:
         """Set (or with 0, clear) a key's deadline; False when the key does not exist."""

@@ -7,6 +7,11 @@ running to the pattern's end, and matches bytes, not text.
 Redis compares a range's bounds and the key's byte as C `char`s, which are signed on x86: there a range from
 byte 0xFF to `a` runs from -1 to 97, so it matches 0xFF and 0x00 to `a`, not `a` to 0xFF. Ranges here follow
 x86 (ARM builds of Redis, whose `char` is unsigned, differ for bytes 0x80 and above).
+
+Redis walks a pattern afresh for each key and so takes any length; here a pattern is compiled once per command,
+which costs about 1 ms per KiB of pattern on the event loop and a regex several times its size. Patterns are capped
+at MAX_PATTERN_BYTES (a glob that long has no use a key name could need; compiling it holds the loop under 0.1 s),
+and only short ones, the ones clients repeat, stay cached.
 """
 
 from __future__ import annotations
@@ -16,6 +21,12 @@ from collections.abc import Callable
 from functools import lru_cache
 
 Matcher = Callable[[bytes], bool]
+MAX_PATTERN_BYTES = 64 * 1024
+_CACHED_PATTERN_BYTES = 256  # 256 cached at most hold about a MiB, however clients vary them
+
+
+class PatternTooLong(ValueError):
+    """A KEYS or SCAN MATCH pattern over MAX_PATTERN_BYTES."""
 
 
 def _signed(byte: int) -> int:
@@ -76,9 +87,17 @@ def _pieces(pattern: bytes) -> list[bytes | None]:
     return pieces
 
 
-@lru_cache(maxsize=256)
 def compile_glob(pattern: bytes) -> Matcher:
-    """A predicate that says whether a key matches `pattern` exactly as Redis's KEYS and SCAN would.
+    """A predicate that says whether a key matches `pattern` exactly as Redis's KEYS and SCAN would. Raises
+    PatternTooLong."""
+    if len(pattern) > MAX_PATTERN_BYTES:
+        raise PatternTooLong(f"the pattern is {len(pattern)} bytes, over the {MAX_PATTERN_BYTES} bytes a key "
+                             "pattern may have here")
+    return _cached(pattern) if len(pattern) <= _CACHED_PATTERN_BYTES else _compile(pattern)
+
+
+def _compile(pattern: bytes) -> Matcher:
+    """The matcher of `pattern`.
 
     The stars split the pattern into segments of fixed length; the first must match at the key's start, the
     last at its end, and each middle one at its earliest place after the one before (for fixed-length
@@ -121,3 +140,6 @@ def compile_glob(pattern: bytes) -> Matcher:
         return place <= tail_start and tail.fullmatch(key, tail_start) is not None
 
     return matches_with_stars
+
+
+_cached = lru_cache(maxsize=256)(_compile)

@@ -47,6 +47,11 @@ CASES: dict[str, list[Cmd]] = {
                                                         b"\x00\xff\r\n"),
         ("EVAL", "return redis.call('GET', KEYS[1])", "1", "bin"), ("EVAL", "KEYS[1] = 'z' return KEYS[1]", "1", "a"),
     ],
+    "many_keys_and_argv": [  # past the 8000 or so arguments a Lua call's C stack holds
+        ("EVAL", "return {#KEYS, #ARGV, KEYS[1], ARGV[20000]}", "0", *(f"a{i}" for i in range(20_000))),
+        ("EVAL", "return {#KEYS, #ARGV, KEYS[20000], ARGV[1]}", "20000", *(f"k{i}" for i in range(20_000))),
+        ("EVAL", "return {KEYS, ARGV}", "20000", *(f"k{i}" for i in range(20_000)), *(f"a{i}" for i in range(20_000))),
+    ],
     "numkeys_errors": [("EVAL", "return 1", "-1"), ("EVAL", "return 1", "2", "a"), ("EVAL", "return 1", "x"),
                        ("EVAL", "return 1", "00"), ("EVAL", "return 1"), ("EVALSHA", "abc"), ("eval", "return 1", "1"),
                        ("EVALSHA", "abc", "0"), ("EVAL", "return (", "0"), ("EVAL", "return (", "-1")],

@@ -10,8 +10,10 @@ import random
 import pytest
 import redis
 
-from service.store.pattern import compile_glob
+from service.store import pattern as pattern_module
+from service.store.pattern import MAX_PATTERN_BYTES, PatternTooLong, compile_glob
 from tests import servers
+from tests.service.harness import running_service
 
 
 def _char(byte: int) -> int:
@@ -118,3 +120,70 @@ def test_random_patterns_with_high_bytes_match_as_a_real_redis_server_does() -> 
         for pattern in patterns:
             matches = compile_glob(pattern)
             assert {key for key in keys if matches(key)} == set(client.keys(pattern)), pattern
+
+
+# (pattern, key, whether Redis matches): each of ?, *, classes, ranges and escapes, and their edge cases.
+GLOB_CASES = [
+    (b"h?llo", b"hello", True), (b"h?llo", b"hllo", False), (b"h?llo", b"heello", False),
+    (b"h*llo", b"hllo", True), (b"h*llo", b"heeeello", True), (b"h*llo", b"hellox", False),
+    (b"**", b"x", True), (b"a*", b"a", True), (b"*a", b"ba", True), (b"*a*b*", b"xxaxxbxx", True),
+    (b"*a*b*", b"xxbxxaxx", False), (b"", b"a", False),
+    (b"h[ae]llo", b"hallo", True), (b"h[ae]llo", b"hillo", False), (b"h[^e]llo", b"hallo", True),
+    (b"h[^e]llo", b"hello", False), (b"h[a-b]llo", b"hbllo", True), (b"h[b-a]llo", b"hbllo", True),
+    (b"h[a-b]llo", b"hcllo", False), (b"[]", b"a", False), (b"[^]", b"a", True), (b"[a-]", b"-", False),
+    (b"[a-]", b"a", True), (b"[a-]", b"_", True), (b"[ab", b"b", True), (b"[ab", b"[", False), (b"[\\]]", b"]", True),
+    (b"[\\-]", b"-", True), (b"[a\\", b"\\", True),
+    (b"h\\*llo", b"h*llo", True), (b"h\\*llo", b"hello", False), (b"h\\?llo", b"h?llo", True),
+    (b"\\[a]", b"[a]", True), (b"\\[a]", b"a", False), (b"a\\", b"a\\", True), (b"\\\\", b"\\", True),
+    (b"h\\ello", b"hello", True), (b"[\xff-a]", b"\x00", True), (b"[\xff-a]", b"b", False),
+]
+
+
+@pytest.mark.parametrize(("pattern", "key", "expected"), GLOB_CASES)
+def test_glob_cases_match_as_redis_does(pattern: bytes, key: bytes, expected: bool) -> None:
+    assert redis_stringmatch(pattern, key) is expected  # the table is right about Redis
+    assert compile_glob(pattern)(key) is expected
+    long_form = pattern + b"*" * 300 if pattern.endswith(b"*") else b"*" * 300 + pattern if pattern[:1] == b"*" \
+        else None  # the same pattern over the cached length: compiled afresh, matched alike
+    if long_form is not None:
+        assert compile_glob(long_form)(key) is expected
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="Redis's ranges follow the C char's sign")
+def test_the_glob_table_agrees_with_a_real_redis_server() -> None:
+    with servers.redis_server() as server:
+        client = redis.Redis(port=server.port)
+        for pattern, key, expected in GLOB_CASES:
+            client.flushall()
+            client.set(key, b"1")
+            assert (client.keys(pattern) == [key]) is expected, (pattern, key)
+
+
+def test_only_short_patterns_stay_cached_and_absurdly_long_ones_are_refused() -> None:
+    pattern_module._cached.cache_clear()
+    short, long_ = b"user:*:profile", b"user:" + b"?" * 1000 + b"*"
+    assert compile_glob(short) is compile_glob(short)
+    assert compile_glob(long_) is not compile_glob(long_)  # compiled for the command, then freed
+    assert compile_glob(long_)(b"user:" + b"x" * 1000) and not compile_glob(long_)(b"user:x")
+    largest = b"[a]" * (MAX_PATTERN_BYTES // 3) + b"*"
+    assert compile_glob(largest)(b"a" * (MAX_PATTERN_BYTES // 3) + b"tail")
+    with pytest.raises(PatternTooLong, match=r"the pattern is 65537 bytes, over the 65536 bytes a key pattern"):
+        compile_glob(b"k" * (MAX_PATTERN_BYTES + 1))
+    for i in range(300):  # clients varying patterns: long ones are never kept, short ones up to the cache's size
+        compile_glob(b"k%d*" % i + b"?" * 400)
+    assert pattern_module._cached.cache_info().currsize == 1  # `short` alone
+    for i in range(300):
+        compile_glob(b"k%d*" % i)
+    info = pattern_module._cached.cache_info()
+    assert info.currsize == info.maxsize == 256
+
+
+def test_keys_and_scan_refuse_a_pattern_over_the_cap_with_a_clear_error() -> None:
+    too_long = b"*" + b"a" * MAX_PATTERN_BYTES
+    with running_service(dev=True, prefetcher="none") as svc:
+        client = redis.Redis(port=svc.resp_port)
+        client.set("a", "1")
+        for call in (lambda: client.keys(too_long), lambda: client.scan(0, match=too_long)):
+            with pytest.raises(redis.ResponseError, match=f"over the {MAX_PATTERN_BYTES} bytes"):
+                call()
+        assert client.keys("a*") == [b"a"] and client.ping()  # the connection still serves

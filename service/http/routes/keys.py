@@ -18,7 +18,7 @@ from service.http.validators import EntityTags, MalformedPrecondition, WritePrec
 from service.origin import OriginError, OriginTimeout, UnmappableKey
 from service.resp.commands.strings import LLONG_MAX
 from service.store import ValueTooLarge, now_ms
-from service.store.pattern import compile_glob
+from service.store.pattern import PatternTooLong, compile_glob
 
 router = APIRouter(prefix="/v1", tags=["keys"])
 
@@ -86,8 +86,11 @@ async def list_keys(
     position = int(cursor)
     if position >= 2**64:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "cursor must be below 2**64")
+    try:
+        matches = compile_glob(match.encode())
+    except PatternTooLong as err:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(err)) from None
     following, found = tenant.store.scan(position, count)
-    matches = compile_glob(match.encode())
     names = cast("list[bytes]", found)  # a tenant's store is keyed by bytes
     return KeyPage(cursor=str(following), keys=[_name(key) for key in names if matches(key)])
 

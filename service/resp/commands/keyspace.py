@@ -10,7 +10,7 @@ from service.resp import replies as r
 from service.resp.commands import Command, Reply
 from service.resp.commands.strings import LLONG_MAX, LLONG_MIN, parse_int
 from service.store import now_ms
-from service.store.pattern import compile_glob
+from service.store.pattern import PatternTooLong, compile_glob
 
 if TYPE_CHECKING:
     from service.resp.connection import RespConnection
@@ -201,7 +201,11 @@ def copy(conn: RespConnection, args: list[bytes]) -> Reply:
 
 
 def keys(conn: RespConnection, args: list[bytes]) -> Reply:
-    store, matches = conn.tenant.store, compile_glob(args[1])
+    try:
+        matches = compile_glob(args[1])
+    except PatternTooLong as err:
+        return r.error(f"ERR {err}")
+    store = conn.tenant.store
     names = cast("list[bytes]", list(store.keys()))  # a tenant's store is keyed by bytes (the replay's by ints)
     return r.array(r.bulk(key) for key in names if matches(key) and key in store)
 
@@ -244,11 +248,14 @@ def scan(conn: RespConnection, args: list[bytes]) -> Reply:
         else:
             kind = args[i + 1].lower()
         i += 2
+    try:
+        matches = compile_glob(pattern)
+    except PatternTooLong as err:
+        return r.error(f"ERR {err}")
     following, listed = conn.tenant.store.scan(cursor, count)
     found = cast("list[bytes]", listed)
     if kind is not None and kind != b"string":  # a cache of strings only; Redis 7.0 filters an unknown type out
         found = []
-    matches = compile_glob(pattern)
     return r.array([r.bulk(b"%d" % following), r.array(r.bulk(key) for key in found if matches(key))])
 
 

@@ -8,9 +8,9 @@ it is seen only if cached. The runtime (`service/resp/scripting.py`) bounds its 
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
+from service.cache import load_each
 from service.origin import OriginError
 from service.resp import replies as r
 from service.resp.commands import Command, Reply, find_subcommand
@@ -71,11 +71,10 @@ def _evaluate(conn: RespConnection, args: list[bytes], *, by_sha: bool, read_onl
 
 async def _read_through_then_run(conn: RespConnection, engine: ScriptEngine, script: Script, keys: list[bytes],
                                  argv: list[bytes], read_only: bool, missing: list[bytes]) -> bytes:
-    loaded = await asyncio.gather(*(conn.tenant.read_through(key) for key in missing), return_exceptions=True)
-    for result in loaded:
+    for result in await load_each(conn.tenant.read_through, missing):
         if isinstance(result, OriginError):
             return r.error(f"ERR origin: {result}")
-        if isinstance(result, BaseException):
+        if isinstance(result, Exception):
             raise result
     return _run(conn, engine, script, keys, argv, read_only)
 

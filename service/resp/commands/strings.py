@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
+from service.cache import load_each
 from service.origin import OriginError
 from service.resp import replies as r
 from service.resp.commands import Command, Reply
@@ -58,11 +58,11 @@ def get(conn: RespConnection, args: list[bytes]) -> Reply:
 
 async def _mget_through(conn: RespConnection, keys: list[bytes], values: list[bytes | None]) -> bytes:
     missing = [i for i, v in enumerate(values) if v is None]
-    loaded = await asyncio.gather(*(conn.tenant.read_through(keys[i]) for i in missing), return_exceptions=True)
-    for i, result in zip(missing, loaded, strict=True):
+    loaded = await load_each(conn.tenant.read_through, [keys[i] for i in missing])
+    for i, result in zip(missing, loaded, strict=False):  # stops short only after an error
         if isinstance(result, OriginError):
             return _origin_error(result)
-        if isinstance(result, BaseException):
+        if isinstance(result, Exception):
             raise result
         values[i] = result
     return r.array(conn.null if v is None else r.bulk(v) for v in values)

@@ -231,10 +231,8 @@ encode = function(value, null, out)
   else out[#out + 1] = null end
 end
 
-local function run(fn, sha, null, stop_at, limit_s, nkeys, ...)
-  local args, keys, argv = {...}, {}, {}
-  for i = 1, nkeys do keys[i] = args[i] end
-  for i = nkeys + 1, select('#', ...) do argv[i - nkeys] = args[i] end
+-- KEYS and ARGV come as tables, not as varargs: a call's arguments live on the C stack, which holds about 8000.
+local function run(fn, sha, null, stop_at, limit_s, keys, argv)
   rawset(env, 'KEYS', keys)
   rawset(env, 'ARGV', argv)
   resp, stopped, deadline, limit_ms = 2, nil, stop_at, format('%d', limit_s * 1000)
