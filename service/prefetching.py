@@ -376,13 +376,13 @@ class PrefetchManager:
             if directory.exists():  # logged: no model of another tenant is ever loaded, so this one gets none
                 raise RuntimeError(f"the models in {directory} are an earlier tenant's and could not be deleted")
         try:
-            registry = CheckpointRegistry(directory, name, self.cipher)
+            registry = CheckpointRegistry(directory, name, self.cipher, incarnation=tenant.incarnation)
         except CheckpointError as err:  # it names the index file
             aside = directory.with_name(f"{name}.unreadable-{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}")
             directory.rename(aside)
             log.error("tenant %s: %s; moved its checkpoints to %s, and the tenant starts a new model", name, err,
                       aside)
-            registry = CheckpointRegistry(directory, name, self.cipher)
+            registry = CheckpointRegistry(directory, name, self.cipher, incarnation=tenant.incarnation)
         (directory / INCARNATION_FILE).write_text(tenant.incarnation or "")
         return registry
 

@@ -14,6 +14,12 @@ any edited, inserted, dropped or reordered line, and a file missing its first li
 catch that, and see docs/security.md for why a plain hash chain does not stop someone who can rewrite the
 whole file.
 
+A failed write (disk full) is cut back off the file before the error is raised, so the chain stays verifiable
+and the next line follows the last good one. A crash inside a rotation is finished by the next writer: a live
+file that already ends with `audit.close` is moved aside then, and a new file whose predecessor was moved aside
+before its `audit.open` was written links to that predecessor's `audit.close`. `verify_files` accepts the one
+state a crash leaves that no writer has repaired yet: an empty live file after a closed one.
+
 One writer per file: `AuditLog` holds an exclusive lock on ``<file>.writer.lock`` while open, and refuses to open a
 log another process (or another `AuditLog`) is writing, since two writers would fork the chain. With `archive`,
 rotated files are envelope-encrypted; if the KMS fails then, the event is still recorded, the error logged, and
@@ -27,6 +33,7 @@ Vault tokens, JWTs, private keys), so a caller's mistake fails loudly instead of
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import fcntl
 import hashlib
 import io
@@ -54,7 +61,8 @@ FsyncPolicy = Literal["always", "interval", "never"]
 _SECRET_NAMES = re.compile(r"secret|passw|token|api_?key|private_?key|authorization|credential|cookie", re.I)
 _SECRET_VALUES = re.compile(
     r"fsk_[a-z2-7]{12}_[A-Za-z0-9_-]{16,}"  # Foresight API keys
-    r"|\bhv[sbr]\.[A-Za-z0-9_-]{20,}|\b[sbr]\.[A-Za-z0-9]{24}\b"  # Vault / OpenBao tokens
+    r"|fsadm_[A-Za-z0-9_-]{20,}"  # Foresight admin tokens
+    r"|\bhv[sbr]\.[A-Za-z0-9_-]{20,}|\b[sbr]\.[A-Za-z0-9_-]{24,}"  # Vault / OpenBao tokens (batch ones are long)
     r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\."  # JWTs
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----"
 )
@@ -131,11 +139,21 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _lock_exclusively(self.path)
         try:
-            seq, head, recovered = _tail_state(self.path)
+            last, recovered = _tail_state(self.path)
+            previous = None
+            if last is not None and last["action"] == "audit.close":  # died after closing it, before moving it
+                previous = self._rotated_name()
+                os.replace(self.path, previous)
+            elif last is None:  # new, or died after moving the closed file aside, before this one's audit.open
+                previous, last = _closed_predecessor(self.path)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            self._seq, self._head, self._size = seq, head, os.fstat(self._fd).st_size
-            if seq < 0:
-                self._append("audit.open", "success", "system", details={"previous_file": None})
+            self._size = os.fstat(self._fd).st_size
+            self._seq, self._head = (int(last["seq"]), str(last["hash"])) if last is not None else (-1, GENESIS)
+            if last is None or previous is not None:
+                details: dict[str, Any] = {"previous_file": previous.name if previous else None}
+                if previous is not None:
+                    details["completed_interrupted_rotation"] = True
+                self._append("audit.open", "success", "system", details=details)
             elif recovered:
                 self._append("audit.recovered", "success", "system", details={"discarded_bytes": recovered})
         except BaseException:
@@ -196,6 +214,8 @@ class AuditLog:
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:
+                log.info("audit log %s closed at seq %d, head %s (`audit verify --head` catches lines dropped "
+                         "after it)", self.path, self._seq, self._head)
                 fd, self._fd = self._fd, -1
                 try:
                     if self.fsync != "never":
@@ -231,19 +251,44 @@ class AuditLog:
         }
         record["hash"] = line_hash(record)
         data = canonical(record) + b"\n"
-        written = os.write(self._fd, data)
-        if written != len(data):
-            raise AuditLogError(f"short write to audit log {self.path}")
-        self._seq, self._head, self._size = record["seq"], record["hash"], self._size + written
+        self._write_line(data)
+        self._seq, self._head, self._size = record["seq"], record["hash"], self._size + len(data)
         now = time.monotonic()
         if self.fsync == "always" or (self.fsync == "interval" and now - self._last_sync >= self.fsync_interval):
             os.fsync(self._fd)
             self._last_sync = now
         return str(record["hash"])
 
-    def _rotate_locked(self) -> Path:
+    def _write_line(self, data: bytes) -> None:
+        """Write all of `data`, or none of it: a partial line (disk full) would break the chain for good."""
+        done = 0
+        try:
+            while done < len(data):
+                written = os.write(self._fd, data[done:])
+                if written == 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                done += written
+        except OSError as err:
+            if done:
+                try:
+                    os.ftruncate(self._fd, self._size)
+                except OSError as cut:  # the next writer's open trims the torn line; until then, append nothing
+                    fd, self._fd = self._fd, -1
+                    os.close(fd)
+                    raise AuditLogError(
+                        f"audit log {self.path}: a line was only partly written ({err.strerror}) and could not be "
+                        f"cut off ({cut.strerror}); the log is closed, and reopening it removes the partial line"
+                    ) from err
+            raise AuditLogError(
+                f"audit log {self.path}: the event was not recorded: {err.strerror or err}"
+            ) from err
+
+    def _rotated_name(self) -> Path:
         stamp = dt.datetime.fromtimestamp(self.clock(), dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        rotated = self.path.with_name(f"{self.path.stem}.{stamp}{self.path.suffix}")
+        return self.path.with_name(f"{self.path.stem}.{stamp}{self.path.suffix}")
+
+    def _rotate_locked(self) -> Path:
+        rotated = self._rotated_name()
         self._append("audit.close", "success", "system", details={"next_file": self.path.name})
         fd, self._fd = self._fd, -1  # never closed twice, whatever fails below (the number may be reused)
         try:
@@ -254,6 +299,7 @@ class AuditLog:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
         self._size = 0
         self._append("audit.open", "success", "system", details={"previous_file": rotated.name})
+        log.info("audit log %s rotated to %s at head %s", self.path, rotated.name, self._head)
         archived = self._archive_leftovers()
         return archived.get(rotated, rotated)
 
@@ -265,9 +311,8 @@ class AuditLog:
         """
         if self.archive is None:
             return {}
-        pattern = re.compile(re.escape(self.path.stem) + r"\.\d{8}T\d{12}Z" + re.escape(self.path.suffix))
         done: dict[Path, Path] = {}
-        for rotated in sorted(p for p in self.path.parent.iterdir() if pattern.fullmatch(p.name)):
+        for rotated in _rotated_files(self.path):
             encrypted = rotated.with_name(rotated.name + ".fse")
             try:
                 self.archive.encrypt_file(rotated, encrypted, ARCHIVE_AAD)
@@ -301,14 +346,50 @@ def _lock_exclusively(path: Path) -> int:
     return fd
 
 
-def _tail_state(path: Path) -> tuple[int, str, int]:
-    """(last seq, last hash, torn bytes removed) of an existing log; (-1, GENESIS, 0) for a new one."""
+def _rotated_files(path: Path, archived: bool = False) -> list[Path]:
+    """The plaintext (or `archived`) rotated files of the log at `path`, oldest first (names sort by time)."""
+    ending = re.escape(path.suffix + (".fse" if archived else ""))
+    pattern = re.compile(re.escape(path.stem) + r"\.\d{8}T\d{12}Z" + ending)
+    return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name))
+
+
+def _closed_predecessor(path: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """For an empty or missing live file: the newest rotated file and its `audit.close` line, when a rotation
+    moved it aside and died before the live file's `audit.open` (an archived one is a finished rotation's)."""
+    rotated = _rotated_files(path)
+    if not rotated:
+        return None, None
+    archives = _rotated_files(path, archived=True)
+    if archives and archives[-1].name.removesuffix(".fse") > rotated[-1].name:
+        return None, None
+    last = _last_record(rotated[-1])
+    details = last.get("details") if last is not None else None
+    if last is None or last.get("action") != "audit.close" or not isinstance(details, dict) \
+            or details.get("next_file") != path.name:
+        return None, None
+    return rotated[-1], last
+
+
+def _last_record(path: Path) -> dict[str, Any] | None:
+    """The last line of a rotated file, if it is a verified record."""
+    with path.open("rb") as file:
+        file.seek(max(0, path.stat().st_size - 65536))
+        lines = file.read().splitlines()
+    try:
+        last = json.loads(lines[-1])
+        return last if isinstance(last, dict) and last.get("hash") == line_hash(last) else None
+    except (IndexError, ValueError):
+        return None
+
+
+def _tail_state(path: Path) -> tuple[dict[str, Any] | None, int]:
+    """(last record, torn bytes removed) of an existing log; (None, torn) for a new or empty one."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        return -1, GENESIS, 0
+        return None, 0
     if size == 0:
-        return -1, GENESIS, 0
+        return None, 0
     with path.open("rb+") as file:
         file.seek(max(0, size - 65536))
         tail = file.read()
@@ -318,12 +399,15 @@ def _tail_state(path: Path) -> tuple[int, str, int]:
             file.truncate(size - torn)
             tail = tail[: len(tail) - torn]
             log.warning("audit log %s ended in a torn line; removed %d bytes", path, torn)
+    if torn == size:  # died writing the file's first line: as good as new
+        return None, torn
     lines = tail.splitlines()
     try:
         last = json.loads(lines[-1])
-        if last.get("hash") != line_hash(last):
+        if last.get("hash") != line_hash(last) or not isinstance(last["action"], str) \
+                or not isinstance(last["seq"], int):
             raise ValueError
-        return int(last["seq"]), str(last["hash"]), torn
+        return last, torn
     except (IndexError, ValueError, KeyError, TypeError, AttributeError):
         raise AuditLogError(
             f"audit log {path} ends in a line that does not verify; run `foresight audit verify {path}` "
@@ -400,7 +484,9 @@ def verify_files(
 ) -> tuple[Path | None, Verdict]:
     """Verify files in chain order (oldest first): the first failing file (or None) and the verdict.
 
-    Every file but the last must end with audit.close; each file must link to the one before it. A good
+    Every file but the last must end with audit.close; each file must link to the one before it. The last may
+    be empty after a closed file (a rotation that died before the new file's first line: its next writer adds
+    that line). A good
     verdict counts the lines of all files; a bad one numbers lines within the failing file. Archived (encrypted)
     rotated files are decrypted with `cipher`: EncryptedArchive without one; the KMS's own errors (unreachable,
     another provider) are raised as they are, since they say nothing about the file.
@@ -413,8 +499,12 @@ def verify_files(
         try:
             with _plaintext(path, cipher) as file:
                 first = file.readline()
-                start = prev if index else _claimed_prev(first)
-                verdict, seen_here = _verify_lines(itertools.chain([first], file) if first else (), start, expect_head)
+                if not first and last and index:  # after a closed file: a rotation died before its audit.open
+                    verdict, seen_here = Verdict(True, 0, prev, False), False
+                else:
+                    start = prev if index else _claimed_prev(first)
+                    verdict, seen_here = _verify_lines(itertools.chain([first], file) if first else (), start,
+                                                       expect_head)
         except TamperedEnvelope as err:
             reason = f"encrypted archive fails authentication: altered, or not encrypted with the key given ({err})"
             verdict, seen_here = Verdict(False, 0, prev, False, 1, reason), False

@@ -20,7 +20,7 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 
 EXIT_TAMPERED = 1
 EXIT_BAD_INPUT = 2
-EXIT_CANNOT_VERIFY = 3  # an encrypted archive, and no KMS configured that can decrypt it now
+EXIT_CANNOT_VERIFY = 3  # an encrypted archive, and no KMS that can decrypt it now (none, down, refusing, retired)
 _HASH = re.compile(r"[0-9a-fA-F]{64}")
 _KMS_HINT = ("set the service's FORESIGHT_KMS_PROVIDER and FORESIGHT_KMS_KEY_ID (and FORESIGHT_VAULT_* for "
              "vault-transit), or pass its --config")
@@ -63,7 +63,8 @@ def verify(
     Rotated files the service archived (audit.<time>.log.fse, envelope-encrypted) are decrypted in memory with
     the service's KMS: its FORESIGHT_KMS_* settings (and FORESIGHT_VAULT_* for vault-transit) from the
     environment or --config. Exit 2: bad input; exit 3: an archive that cannot be decrypted here (no KMS
-    configured, or the KMS unreachable or refusing this caller), which says nothing about tampering.
+    configured, the KMS unreachable, overloaded or refusing this caller, or its key version retired), which says
+    nothing about tampering.
     """
     try:
         if head is not None and not _HASH.fullmatch(head):
@@ -126,6 +127,9 @@ def _archive_cipher(files: list[Path], config: Path | None) -> Iterator[Envelope
         raise _VerifyError(f"{err}; {_KMS_HINT}", EXIT_CANNOT_VERIFY) from None
     except (ConfigError, KmsError, EnvelopeError) as err:
         raise _VerifyError(f"cannot decrypt the archives: {err}", EXIT_CANNOT_VERIFY) from None
+    except Exception as err:  # e.g. a KMS SDK's own error: exit 1 would say "tampered", and nothing says it is
+        raise _VerifyError(f"verifying the archives could not finish ({type(err).__name__}); this says nothing "
+                           "about tampering", EXIT_CANNOT_VERIFY) from None
     finally:
         if vault is not None:
             vault.stop()

@@ -31,6 +31,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,7 +94,7 @@ class EnvelopeCipher:
     def rewrap(self, envelope: bytes) -> bytes:
         """The same envelope with its DEK re-wrapped under the current KMS key; data bytes are untouched."""
         header, rest = _split_header(envelope)
-        return self._rewrapped_header(header) + rest
+        return self._rewrapped_header(header)[0] + rest
 
     # -- streams and files ---------------------------------------------------------------------------------
 
@@ -144,13 +145,18 @@ class EnvelopeCipher:
         with src.open("rb") as inp, _atomic_output(dst) as out:
             self.decrypt_stream(inp, out, aad)
 
-    def rewrap_file(self, path: Path) -> None:
-        """Re-wrap an encrypted file's DEK in place (atomically); the ciphertext is copied byte for byte."""
+    def rewrap_file(self, path: Path, *, dry_run: bool = False) -> bool:
+        """Re-wrap an encrypted file's DEK under the current KMS key version, in place; the data bytes are copied
+        byte for byte. Returns whether the DEK was under another version: if not, nothing is written. `dry_run`
+        asks the KMS (which changes nothing there) but never writes. The file is replaced atomically, keeping its
+        mode and owner; on any failure it is left exactly as it was."""
         with path.open("rb") as inp:
-            header = _read_header_bytes(inp)
-            with _atomic_output(path) as out:
-                out.write(self._rewrapped_header(header))
-                shutil.copyfileobj(inp, out)
+            header, moved = self._rewrapped_header(_read_header_bytes(inp))
+            if moved and not dry_run:
+                with _atomic_output(path, like=os.fstat(inp.fileno())) as out:
+                    out.write(header)
+                    shutil.copyfileobj(inp, out)
+        return moved
 
     # -- internals -----------------------------------------------------------------------------------------
 
@@ -168,16 +174,17 @@ class EnvelopeCipher:
             raise TamperedEnvelope("the wrapped data key does not unwrap to a 256-bit key")
         return dek
 
-    def _rewrapped_header(self, header: bytes) -> bytes:
+    def _rewrapped_header(self, header: bytes) -> tuple[bytes, bool]:
+        """The header with the DEK re-wrapped, and whether that moved it to another key version."""
         segment_size, prefix, wrapped = _parse_header(header)
-        if wrapped.provider == self.kms.name:
-            try:
-                new = self.kms.rewrap(wrapped)
-            except KmsRejected as err:
-                raise TamperedEnvelope(f"the KMS rejected the wrapped data key ({err})") from None
-        else:
-            new = self.kms.wrap(self._unwrap(wrapped))
-        return _header(segment_size, prefix, new)
+        if wrapped.provider != self.kms.name:
+            return _header(segment_size, prefix, self.kms.wrap(self._unwrap(wrapped))), True
+        try:
+            new = self.kms.rewrap(wrapped)
+        except KmsRejected as err:
+            raise TamperedEnvelope(f"the KMS rejected the wrapped data key ({err})") from None
+        version = self.kms.version_of(wrapped)
+        return _header(segment_size, prefix, new), version is None or version != self.kms.version_of(new)
 
 
 def wrapped_key_of(envelope_head: bytes) -> WrappedKey:
@@ -259,25 +266,58 @@ def _read_exact(src: BinaryIO, size: int) -> bytes:
 
 
 class _atomic_output:
-    """A 0600 temporary file next to `path`, fsynced and renamed over it on success, removed on failure."""
+    """A temporary file next to `path`, fsynced and renamed over it on success (then the directory is fsynced, so
+    the rename survives a power loss), removed on failure. Mode 0600, or the mode and owner of `like` (the file
+    being replaced: a rewrap run as root must not leave the service a file it cannot read)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, like: os.stat_result | None = None) -> None:
         self.path = path
+        self.like = like
         self.tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
 
     def __enter__(self) -> BinaryIO:
         fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            if self.like is not None:
+                _copy_mode_and_owner(fd, self.like, self.path)
+        except BaseException:
+            os.close(fd)
+            self.tmp.unlink(missing_ok=True)
+            raise
         self.file = os.fdopen(fd, "wb")
         return self.file
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
+            try:
+                if exc_type is None:
+                    self.file.flush()
+                    os.fsync(self.file.fileno())
+            finally:
+                self.file.close()
             if exc_type is None:
-                self.file.flush()
-                os.fsync(self.file.fileno())
-        finally:
-            self.file.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
+                os.replace(self.tmp, self.path)
+        except BaseException:
             self.tmp.unlink(missing_ok=True)
+            raise
+        if exc_type is not None:
+            self.tmp.unlink(missing_ok=True)
+            return
+        directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def _copy_mode_and_owner(fd: int, like: os.stat_result, path: Path) -> None:
+    os.fchmod(fd, stat.S_IMODE(like.st_mode))
+    created = os.fstat(fd)
+    if (created.st_uid, created.st_gid) == (like.st_uid, like.st_gid):
+        return
+    try:
+        os.fchown(fd, like.st_uid, like.st_gid)
+    except PermissionError:
+        raise EnvelopeError(
+            f"cannot give the rewritten {path.name} its owner {like.st_uid}:{like.st_gid}: run as that user or root"
+        ) from None

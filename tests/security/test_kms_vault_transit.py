@@ -7,7 +7,7 @@ import pytest
 
 from service.security.envelope import EnvelopeCipher, TamperedEnvelope, wrapped_key_of
 from service.security.kms import KmsSettings, build_kms
-from service.security.kms.base import KmsError, KmsRejected, KmsUnavailable, WrappedKey
+from service.security.kms.base import KmsError, KmsKeyRetired, KmsRejected, KmsUnavailable, WrappedKey
 from service.security.kms.vault_transit import VaultTransitKms
 from tests.security.conftest import TRANSIT_KEY
 from tests.security.helpers import replace_wrapped_blob, token_client, unique
@@ -59,10 +59,10 @@ def test_rotation_then_rewrap_moves_dek_to_new_version_without_touching_data(
     rewrapped = cipher.rewrap(envelope)
     assert wrapped_key_of(rewrapped).blob.startswith(b"vault:v2:")
     assert rewrapped.endswith(envelope[-(len(b"checkpoint") * 100 + 16) :])
-    # Retire version 1: only the re-wrapped envelope still opens.
+    # Retire version 1: only the re-wrapped envelope still opens; the other says why, not "tampered".
     bao_root.secrets.transit.update_key_configuration(rotating_key, min_decryption_version=2, mount_point="transit")
     assert cipher.decrypt(rewrapped, b"ckpt") == b"checkpoint" * 100
-    with pytest.raises(TamperedEnvelope):
+    with pytest.raises(KmsKeyRetired, match="version 1 is retired"):
         cipher.decrypt(envelope, b"ckpt")
 
 

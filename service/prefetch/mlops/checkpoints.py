@@ -10,12 +10,21 @@ Serving changes in two steps, so that the index never names a version the model 
 `rollback_target` (or a version just saved) says which version to load, and `commit_serving` records it once it
 has loaded. A version saved from another model config (an older release's) is never rolled back to, and a
 serving one of another config does not stand in the way of promoting a version of this one.
+
+Each encrypted checkpoint is bound to its tenant, its version and the tenant's incarnation (`TenantSpec.incarnation`,
+where the tenant has one): a tenant deleted and created again under the same name cannot load the deleted one's
+models, even where its models directory or its plaintext `incarnation` file was put back or edited. The index records
+the incarnation its versions were written for; versions of another one (tampering, or checkpoints written before
+this binding existed) are dropped when the registry opens. Upgrading to a release with this binding therefore costs
+each tenant with an incarnation its saved models once: they would no longer decrypt, so they are deleted, a warning
+is logged once per tenant, and the tenant trains a new model from its live reads.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -24,6 +33,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+
+log = logging.getLogger(__name__)
 
 KEEP_NEWEST = 3  # versions kept besides the serving one and the one a rollback would load
 _VERSION_FILE = re.compile(r"v(\d+)\.ckpt")
@@ -53,6 +64,7 @@ class _Index:
     versions: list[VersionInfo] = field(default_factory=list)
     serving: int | None = None
     history: list[int] = field(default_factory=list)  # the version a rollback would load, then the serving one
+    incarnation: str | None = None  # the tenant incarnation the versions were encrypted for
 
 
 def _parse_index(raw: Any) -> _Index:
@@ -62,7 +74,10 @@ def _parse_index(raw: Any) -> _Index:
     numbers = [v.version for v in versions] + history + ([] if serving is None else [serving])
     if not all(isinstance(number, int) for number in numbers):
         raise TypeError("version numbers must be integers")
-    return _Index(versions, serving, history)
+    incarnation = raw.get("incarnation")  # absent: written before checkpoints were bound to an incarnation
+    if incarnation is not None and not isinstance(incarnation, str):
+        raise TypeError("incarnation must be a string")
+    return _Index(versions, serving, history, incarnation)
 
 
 def _sync_directory(directory: Path) -> None:
@@ -77,16 +92,20 @@ def _sync_directory(directory: Path) -> None:
 class CheckpointRegistry:
     """One tenant's model versions. `model_config`: the config of the model they are loaded into (as the
     checkpoint's `model_config` records it); versions saved from another one are passed over. Without it, the
-    serving version's config stands for it."""
+    serving version's config stands for it. `incarnation`: the tenant's, bound into every encrypted checkpoint;
+    versions written for another one are dropped on open."""
 
     def __init__(self, directory: str | Path, tenant: str, cipher: Cipher | None = None,
-                 model_config: Mapping[str, Any] | None = None) -> None:
+                 model_config: Mapping[str, Any] | None = None, incarnation: str | None = None) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.tenant = tenant
         self.cipher = cipher
         self.model_config = dict(model_config) if model_config is not None else None
+        self.incarnation = incarnation
         self._index = self._load_index()
+        if self._index.incarnation != incarnation:
+            self._drop_other_incarnation()
 
     # -- storage -----------------------------------------------------------------------------------
 
@@ -94,8 +113,21 @@ class CheckpointRegistry:
         return self.directory / f"v{version:04d}.ckpt"
 
     def _context(self, version: int) -> bytes:
-        # Binds a ciphertext to its tenant and version: a checkpoint swapped between them fails to decrypt.
-        return f"foresight-model:{self.tenant}:v{version}".encode()
+        # Binds a ciphertext to its tenant, incarnation and version: one swapped between them fails to decrypt.
+        if self.incarnation is None:
+            return f"foresight-model:{self.tenant}:v{version}".encode()
+        return f"foresight-model:{self.tenant}:{self.incarnation}:v{version}".encode()
+
+    def _drop_other_incarnation(self) -> None:
+        """Forget versions encrypted for another incarnation (or before the binding): they cannot decrypt."""
+        index = self._index
+        if index.versions:
+            log.warning("tenant %s: its %d saved model versions in %s were written for another incarnation of the "
+                        "tenant, or by a release that did not bind checkpoints to it; they cannot load, so they are "
+                        "deleted and the tenant starts a new model", self.tenant, len(index.versions), self.directory)
+        self._index = _Index(incarnation=self.incarnation)
+        if index.versions or (self.directory / "index.json").exists():
+            self._commit()
 
     def _write(self, path: Path, data: bytes) -> None:
         tmp = path.with_suffix(path.suffix + ".tmp")

@@ -6,8 +6,10 @@ header is not authenticated, so a provider unwraps only with its configured key 
 `previous` key it was explicitly given: a header naming any other key is refused before the KMS is called.
 
 Errors are split so callers can react correctly: `KmsRejected` means the KMS refused the wrapped key as
-invalid (tampered, wrong key); `KmsUnavailable` means it could not be reached (retry later, never report
-tampering); `KmsError` is everything else (permissions, configuration). Messages never contain key material.
+invalid (tampered, wrong key); `KmsUnavailable` means it could not be reached or is overloaded (retry later,
+never report tampering); `KmsDenied` means it refused this caller (credentials expired, revoked or without the
+grant); `KmsKeyRetired` means the key version that wrapped the DEK may no longer decrypt (rewrap, never
+report tampering); `KmsError` is everything else (configuration). Messages never contain key material.
 All provider methods block on network I/O; call them from a worker thread in async code.
 """
 
@@ -28,7 +30,16 @@ class KmsRejected(KmsError):
 
 
 class KmsUnavailable(KmsError):
-    """The KMS could not be reached; the operation may succeed later."""
+    """The KMS could not be reached, or is overloaded; the operation may succeed later."""
+
+
+class KmsDenied(KmsError):
+    """The KMS refused this caller: its credentials expired or were revoked, or lack the grant for the key."""
+
+
+class KmsKeyRetired(KmsError):
+    """The key version that wrapped the data key is retired (may no longer decrypt): the data is intact, and
+    opens again once the version is re-allowed and the envelope rewrapped onto a current one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +81,12 @@ class KmsProvider(ABC):
         plaintext DEK never leaves the KMS.
         """
         return self.wrap(self.unwrap(wrapped))
+
+    def version_of(self, wrapped: WrappedKey) -> str | None:
+        """The key version that wrapped `wrapped`, as far as it tells without a KMS call; None where only the KMS
+        knows. Comparing it before and after `rewrap` says whether an envelope was already under the current
+        version (then `foresight kms rewrap` leaves its file alone)."""
+        return wrapped.key_ref
 
     def _check_provider(self, wrapped: WrappedKey) -> None:
         if wrapped.provider != self.name:

@@ -69,6 +69,9 @@ class GcpKms(KmsProvider):
             raise KmsError("Cloud KMS decrypt: checksum mismatch (data corrupted in transit)")
         return bytes(reply.plaintext)
 
+    def version_of(self, wrapped: WrappedKey) -> str | None:
+        return None  # the version is inside Cloud KMS's opaque ciphertext: every rewrap rewrites
+
     def _call(self, operation: str, request: dict[str, Any]) -> Any:
         errors = self._errors
         try:

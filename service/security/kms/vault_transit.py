@@ -6,6 +6,10 @@ version and never appears in this process. Needs a token whose policy grants `up
 ``<mount>/encrypt/<key>``, ``<mount>/decrypt/<key>`` and ``<mount>/rewrap/<key>``
 (`service.security.vault_keys.service_policy` writes that).
 
+Errors: 429 and 5xx (a rate limit, a proxy's 504, a sealed or uninitialized Vault) are `KmsUnavailable`; 401
+and 403 are `KmsDenied`; a ciphertext whose version is below the key's `min_decryption_version` is
+`KmsKeyRetired`, not a rejection: the data is intact.
+
 Headers are not authenticated, so unwrap and rewrap accept only a header naming the configured key (or one of
 `previous`, keys envelopes are being moved off): a forged header cannot make the service decrypt with another
 transit key its token happens to reach.
@@ -22,7 +26,9 @@ import hvac.exceptions
 import requests
 
 from service.security.kms.base import (
+    KmsDenied,
     KmsError,
+    KmsKeyRetired,
     KmsProvider,
     KmsRejected,
     KmsUnavailable,
@@ -68,24 +74,43 @@ class VaultTransitKms(KmsProvider):
         reply = self._call(self.client.secrets.transit.rewrap_data, ciphertext=_ciphertext(wrapped))
         return WrappedKey(self.name, self.key_name, reply["data"]["ciphertext"].encode())
 
+    def version_of(self, wrapped: WrappedKey) -> str | None:
+        """``<key>:v<N>``, from the ``vault:v<N>:`` prefix transit puts on every ciphertext."""
+        prefix = wrapped.blob[:32].split(b":")
+        if len(prefix) < 3 or prefix[0] != b"vault" or prefix[1][:1] != b"v" or not prefix[1][1:].isdigit():
+            return None
+        return f"{wrapped.key_ref}:{prefix[1].decode()}"
+
     def _call(self, method: Callable[..., Any], *, key: str | None = None, **params: str) -> dict[str, Any]:
+        where = f"{self.mount}/{key or self.key_name}"
         try:
             reply: dict[str, Any] = method(name=key or self.key_name, mount_point=self.mount, **params)
             return reply
         except hvac.exceptions.InvalidRequest as err:
-            _raise_rejected_or_error(err, self.mount, key or self.key_name)
-        except hvac.exceptions.Forbidden:
-            raise KmsError(f"Vault token may not use transit key {self.mount}/{key or self.key_name}") from None
+            _raise_for_bad_request(err, where, params.get("ciphertext", ""))
+        except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized) as err:
+            raise KmsDenied(f"Vault token may not use transit key {where} ({type(err).__name__}): it expired or "
+                            "was revoked, or its policy does not grant the key") from None
         except hvac.exceptions.InvalidPath:
-            raise KmsError(f"transit key {self.mount}/{key or self.key_name} does not exist") from None
-        except (
-            requests.ConnectionError,
-            requests.Timeout,
-            hvac.exceptions.VaultDown,
-            hvac.exceptions.BadGateway,
-            hvac.exceptions.InternalServerError,
-        ) as err:
+            raise KmsError(f"transit key {where} does not exist") from None
+        except (requests.ConnectionError, requests.Timeout) as err:
             raise KmsUnavailable(f"Vault transit unreachable: {type(err).__name__}") from None
+        except _UNAVAILABLE as err:
+            raise KmsUnavailable(f"Vault transit unavailable: {type(err).__name__}") from None
+        except hvac.exceptions.VaultError as err:
+            raise KmsError(f"Vault transit failed for key {where}: {type(err).__name__}") from None
+
+
+# 429 and 5xx. hvac's UnexpectedError is any status it has no class for and keeps no code: in front of Vault
+# that is a proxy's 504 or 408, so it is "try later", never a verdict on the data.
+_UNAVAILABLE = (
+    hvac.exceptions.RateLimitExceeded,
+    hvac.exceptions.InternalServerError,
+    hvac.exceptions.VaultNotInitialized,
+    hvac.exceptions.BadGateway,
+    hvac.exceptions.VaultDown,
+    hvac.exceptions.UnexpectedError,
+)
 
 
 def _ciphertext(wrapped: WrappedKey) -> str:
@@ -98,9 +123,16 @@ def _ciphertext(wrapped: WrappedKey) -> str:
     return text
 
 
-def _raise_rejected_or_error(err: hvac.exceptions.InvalidRequest, mount: str, key: str) -> NoReturn:
-    # Vault answers 400 both for bad ciphertext and for a missing encrypt key; tell them apart by message.
+def _raise_for_bad_request(err: hvac.exceptions.InvalidRequest, where: str, ciphertext: str) -> NoReturn:
+    # Vault answers 400 for bad ciphertext, for a missing key and for a retired version; tell them apart by message.
     text = " ".join(err.errors or [str(err)]).lower()
     if "not found" in text or "no existing key" in text:
-        raise KmsError(f"transit key {mount}/{key} does not exist") from None
+        raise KmsError(f"transit key {where} does not exist") from None
+    if "disallowed by policy" in text:  # "ciphertext or signature version is disallowed by policy (too old)"
+        version = ciphertext.split(":")[1][1:] if ciphertext.count(":") >= 2 else "?"
+        raise KmsKeyRetired(
+            f"transit key {where} version {version} is retired (below its min_decryption_version); the data is "
+            f"intact: lower min_decryption_version to {version}, rewrap with `foresight kms rewrap`, then raise it "
+            "again"
+        ) from None
     raise KmsRejected("Vault transit rejected the wrapped data key") from None
