@@ -137,7 +137,7 @@ class AuditLog:
         self._last_sync = time.monotonic()
         self._fd = -1
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock_exclusively(self.path)
+        self._lock_fd = lock_exclusively(self.path)
         try:
             last, recovered = _tail_state(self.path)
             previous = None
@@ -325,7 +325,7 @@ class AuditLog:
         return done
 
 
-def _lock_exclusively(path: Path) -> int:
+def lock_exclusively(path: Path) -> int:
     """Hold ``<path>.writer.lock`` exclusively (released on close or exit), or refuse: two writers fork the chain.
 
     Not ``<path>.lock``: callers that serialize whole open-append-close cycles (onboarding's CLI) hold that one.

@@ -141,14 +141,14 @@ def _roots(settings: Settings, paths: list[Path]) -> list[Path]:
 @contextmanager
 def _service_stopped(settings: Settings) -> Iterator[None]:
     """Hold the audit log's writer lock, which the running service holds, for the whole rewrap."""
-    from service.security.audit import AuditLogError, _lock_exclusively
+    from service.security.audit import AuditLogError, lock_exclusively
 
     audit = settings.audit_path
     if audit is None or not audit.parent.is_dir():
         yield  # no audit log, so no lock to check: nothing of the service has ever run here
         return
     try:
-        fd = _lock_exclusively(audit)
+        fd = lock_exclusively(audit)
     except AuditLogError:
         raise _Refused(f"the service is running (its audit log {audit} is open for writing): stop it first, since "
                        "a rewrap racing it could put back a file it has just replaced") from None
