@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, IPvAnyNetwork, ValidationError, field_validator, model_validator
+from pydantic import AllowInfNan, Field, IPvAnyNetwork, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from service.prefetch.markov import DEFAULT_MAX_KEYS, MIN_MAX_KEYS
@@ -43,7 +44,8 @@ def shared_tier_url_problem(url: str) -> str | None:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FORESIGHT_", extra="forbid")
+    # No inf or NaN in any float: an infinite grace, TTL or interval would wait forever (or crash on int()).
+    model_config = SettingsConfigDict(env_prefix="FORESIGHT_", extra="forbid", allow_inf_nan=False)
 
     dev: bool = Field(False, description="Loopback only, plain TCP, tenant 'default' without AUTH.")
     bind: str = Field("127.0.0.1", description="Address both listeners bind to.")
@@ -75,6 +77,10 @@ class Settings(BaseSettings):
 
     tenants_file: Path | None = Field(None, description="JSON file of tenants and key hashes (a key source).")
     vault_addr: str | None = Field(None, description="Vault/OpenBao address; makes Vault the key source.")
+    vault_allow_insecure_http: bool = Field(
+        False, description="Accept an http:// vault_addr on a host that is not loopback, although the service token "
+        "and the transit data keys then cross the network in clear. For tests and labs only.",
+    )
     vault_auth_method: Literal["token", "approle", "aws", "gcp", "azure", "jwt"] = Field(
         "token", description="How the service logs in to Vault: a token locally, the cloud identity on VMs."
     )
@@ -178,7 +184,8 @@ class Settings(BaseSettings):
     prefetcher: Literal["none", "stride", "markov", "learned"] = Field(
         "learned", description="Prefetcher for tenants with an origin (unless prefetch_ab_arms assigns one)."
     )
-    prefetch_ab_arms: Annotated[dict[str, float], NoDecode] = Field(
+    # inf and NaN reach check_weights, whose error names the arm
+    prefetch_ab_arms: Annotated[dict[str, Annotated[float, AllowInfNan()]], NoDecode] = Field(
         default_factory=dict,
         description='A/B test: prefetcher name -> weight, e.g. {"learned": 1, "markov": 1}; stable per tenant.',
     )
@@ -242,6 +249,20 @@ class Settings(BaseSettings):
     )
     max_request_bytes: int = Field(
         256 * 1024 * 1024, gt=0, description="Largest RESP request buffered for an authenticated client."
+    )
+    resp_max_clients: int = Field(
+        10_000, ge=1, description="RESP connections open at once, at most; one more is answered 'ERR max number of "
+        "clients reached' and closed, as Redis does. Each holds a file descriptor: keep it below the open-files limit "
+        "(the service raises its soft limit to the hard one at start)."
+    )
+    resp_max_unauthenticated_per_source: int = Field(
+        1024, ge=1, description="RESP connections one client address (IPv6: one /64) may hold before they log in; "
+        "one more is refused as over resp_max_clients. One address cannot take every connection slot without a key, "
+        "while a pool reconnecting at once through one NAT address (a restart) still gets in."
+    )
+    resp_auth_timeout_s: float = Field(
+        10.0, gt=0, description="A RESP connection that has not logged in (AUTH or HELLO AUTH) this long after it "
+        "connected is closed. Dev mode needs no login and has no deadline."
     )
     scripting: bool = Field(
         True, description="Whether tenants may run Lua scripts (EVAL, EVALSHA, SCRIPT). A script holds the event "
@@ -315,6 +336,17 @@ class Settings(BaseSettings):
             raise ValueError("choose one key source: tenants_file or vault_addr, not both")
         if self.kms_provider == "vault-transit" and self.vault_addr is None:
             raise ValueError("kms_provider vault-transit needs vault_addr")
+        if self.vault_addr is not None:
+            vault = urlsplit(self.vault_addr)
+            if vault.scheme not in ("http", "https") or not vault.hostname:
+                raise ValueError(f"vault_addr (FORESIGHT_VAULT_ADDR) {self.vault_addr!r} must look like "
+                                 "https://vault.example.com:8200")
+            if (vault.scheme == "http" and vault.hostname not in ("127.0.0.1", "::1", "localhost")
+                    and not self.vault_allow_insecure_http):
+                raise ValueError(f"vault_addr (FORESIGHT_VAULT_ADDR): {vault.hostname} is not loopback, so Vault must "
+                                 "be reached over https://; over http:// the service token and the transit data keys "
+                                 "would cross the network in clear (FORESIGHT_VAULT_ALLOW_INSECURE_HTTP=true allows "
+                                 "it, for tests and labs only)")
         unknown_arms = set(self.prefetch_ab_arms) - {"none", "stride", "markov", "learned"}
         if unknown_arms:
             raise ValueError(f"prefetch_ab_arms names unknown prefetchers: {', '.join(sorted(unknown_arms))}")
@@ -333,6 +365,8 @@ class Settings(BaseSettings):
             raise ValueError(f"shared_tier_auth {self.shared_tier_auth} needs shared_tier_username")
         if self.shared_tier_auth == "aws" and not self.shared_tier_aws_cache:
             raise ValueError("shared_tier_auth aws needs shared_tier_aws_cache (the replication group id)")
+        if self.resp_port == self.http_port != 0:
+            raise ValueError(f"resp_port and http_port are both {self.resp_port}: each listener needs its own port")
         if self.dev and self.bind not in ("127.0.0.1", "::1", "localhost"):
             raise ValueError(f"dev mode binds loopback only; bind={self.bind!r} is not allowed with dev")
         return self
@@ -375,10 +409,21 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     except ValidationError as err:
         lines = []
         for problem in err.errors():
-            name = ".".join(str(p) for p in problem["loc"])
-            where = f"{name} (FORESIGHT_{name.upper()})" if name else "settings"
-            lines.append(f"{where}: {problem['msg'].removeprefix('Value error, ')}")
+            loc, message = problem["loc"], problem["msg"].removeprefix("Value error, ")
+            if loc:
+                name = ".".join(str(p) for p in loc)
+                lines.append(f"{name} (FORESIGHT_{str(loc[0]).upper()}): {message}")
+            else:
+                lines.append(f"{_variables_named(message)}: {message}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def _variables_named(message: str) -> str:
+    """The variables of the settings a whole-model check's message names, for the user to find what to change."""
+    if "FORESIGHT_" in message:
+        return "settings"  # the message names them itself
+    named = [name for name in Settings.model_fields if re.search(rf"\b{name}\b", message)]
+    return ", ".join(f"FORESIGHT_{name.upper()}" for name in named) or "settings"
 
 
 def _read_file(config_file: Path) -> dict[str, Any]:

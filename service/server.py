@@ -2,7 +2,15 @@
 
 Start-up restores the snapshot, binds both listeners and reports ready; the prefetch engines start after, in
 the background (a learned prefetcher's child imports torch, seconds per start, and one that hangs is waited on for
-minutes). Shutdown stops accepting, marks /readyz draining, gives in-flight requests `shutdown_grace_s`, then closes.
+minutes). The snapshot file is deleted only once the service serves: a start that fails after the restore puts it
+back. SIGINT/SIGTERM during start-up cancel the start and clean up what it had started.
+
+Shutdown stops accepting, marks /readyz draining, gives in-flight requests `shutdown_grace_s`, then cuts off the
+rest, and writes the snapshot. Its entries are copied on the event loop in one step: it holds every write a client
+was told succeeded. What lands after the copy is not in it: values the origin still holds (read-throughs and
+prefetches finishing late), and commands of connections cut off at the grace deadline, which never get a reply.
+
+Every background task is supervised: one that ends while serving is logged as an error naming it.
 """
 
 from __future__ import annotations
@@ -10,10 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -22,8 +33,11 @@ from service.auth import Authenticator
 from service.bootstrap import build_security
 from service.config import ConfigError, Settings
 from service.http.app import create_app
+from service.net import raise_nofile_limit
 from service.prefetching import PrefetchManager
 from service.resp.connection import RespConnection
+from service.security.audit import AuditLogError
+from service.security.kms.base import KmsError
 from service.shared_tier import SharedTier
 from service.state import DEV_TENANT, ServiceState
 from service.tenancy import TenantQuota, TenantSpec
@@ -62,12 +76,40 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _start_problem(settings: Settings, err: KmsError | AuditLogError | OSError) -> ConfigError:
+    """A start-up failure as one line naming the setting to fix."""
+    if isinstance(err, KmsError):
+        return ConfigError(f"KMS (FORESIGHT_KMS_*): {err}")
+    if isinstance(err, AuditLogError):
+        return ConfigError(f"audit log (FORESIGHT_AUDIT_LOG, default in FORESIGHT_DATA_DIR): {err}")
+    if err.filename is None:
+        return ConfigError(f"cannot start: {err}")
+    where = f"{err.filename}: {err.strerror or err}"
+    setting = _setting_holding(settings, str(err.filename))
+    return ConfigError(f"{where} ({setting})" if setting else f"cannot start: {where}")
+
+
+def _setting_holding(settings: Settings, filename: str) -> str | None:
+    """The variable of the path setting `filename` lies in (the most specific one), if any."""
+    best: tuple[int, str] | None = None
+    filename = os.path.abspath(filename)
+    for name, value in settings:
+        if isinstance(value, Path) or (name == "kms_key_id" and settings.kms_provider == "local"):
+            path = os.path.abspath(value)
+            if (filename == path or filename.startswith(path)) and (best is None or len(path) > best[0]):
+                best = (len(path), f"FORESIGHT_{name.upper()}")
+    return best[1] if best else None
+
+
 class Service:
     """Owns the listeners and background loops of one process."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.security = build_security(settings)
+        try:
+            self.security = build_security(settings)
+        except (KmsError, AuditLogError, OSError) as err:
+            raise _start_problem(settings, err) from None
         self.key_source = self.security.key_source
         self.tls = self.security.tls
         authenticator = (
@@ -81,6 +123,7 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
         self._resp: asyncio.Server | None = None
         self._http: _EmbeddedUvicorn | None = None
+        self._http_task: asyncio.Task[None] | None = None
         self._http_sock: socket.socket | None = None
         self._stopped = asyncio.Event()
         # Warm restarts need somewhere to write and a KMS to encrypt with: nothing reaches disk in clear. With a
@@ -97,8 +140,32 @@ class Service:
         return self.key_source.tenants()
 
     async def start(self) -> Endpoints:
+        """Restore, listen, report ready. A failure (or cancellation) leaves the snapshot file for the next start."""
+        try:
+            endpoints = await self._start()
+        except BaseException:
+            if self._snapshots_on:
+                assert self.settings.data_dir is not None
+                snapshot.put_back(self.settings.data_dir)
+            raise
+        if self._snapshots_on:
+            assert self.settings.data_dir is not None
+            snapshot.forget_restored(self.settings.data_dir)
+        self.state.ready = True
+        log.info("serving RESP on %s:%d and HTTP on %s (tls=%s, dev=%s)", self.settings.bind, endpoints.resp_port,
+                 endpoints.http_url, bool(self.tls), self.settings.dev)
+        # The engines start once the data is back, and after the ports open: reads never wait for a prefetcher.
+        await self.state.sync_prefetch(wait=False)
+        return endpoints
+
+    async def _start(self) -> Endpoints:
         settings = self.settings
-        specs = await asyncio.to_thread(self._tenant_specs)
+        try:
+            specs = await asyncio.to_thread(self._tenant_specs)
+        except OSError as err:  # ConnectionError: Vault unreachable or refusing, and no tenant list to fall back on
+            source = ("FORESIGHT_TENANTS_FILE" if settings.tenants_file is not None
+                      else "FORESIGHT_VAULT_ADDR, FORESIGHT_VAULT_KV_MOUNT")
+            raise ConfigError(f"cannot read the tenants ({source}): {err}") from None
         self.state.tenants.sync(specs)
         if self._snapshots_on:
             assert settings.data_dir is not None and self.security.cipher is not None
@@ -126,31 +193,44 @@ class Service:
             forwarded_allow_ips=[str(network) for network in settings.forwarded_allow_ips],
         )
         self._http = _EmbeddedUvicorn(config)
-        self._tasks.append(asyncio.create_task(self._http.serve(sockets=[self._http_sock])))
+        self._http_task = self._supervised("HTTP listener", self._http.serve(sockets=[self._http_sock]))
         while not self._http.started:
-            if self._tasks[0].done():
-                self._tasks[0].result()
+            if self._http_task.done():
+                self._http_task.result()
                 raise ConfigError("HTTP listener stopped during start-up")
             await asyncio.sleep(0.01)
-        self._tasks.append(asyncio.create_task(self._expire_loop()))
+        self._tasks.append(self._supervised("active expiry", self._expire_loop()))
         if self.tls is not None:
-            self._tasks.append(asyncio.create_task(self.tls.watch(settings.tls_reload_interval_s)))
+            self._tasks.append(self._supervised("TLS certificate reload",
+                                                self.tls.watch(settings.tls_reload_interval_s)))
         if self.security.pki is not None:
-            self._tasks.append(asyncio.create_task(self.security.pki.keep_fresh()))
+            self._tasks.append(self._supervised("Vault PKI certificate renewal", self.security.pki.keep_fresh()))
         if self.state.authenticator is not None:
-            self._tasks.append(asyncio.create_task(self.state.authenticator.run()))
-            self._tasks.append(asyncio.create_task(self._tenant_refresh_loop()))
+            self._tasks.append(self._supervised("API key re-check", self.state.authenticator.run()))
+            self._tasks.append(self._supervised("tenant refresh", self._tenant_refresh_loop()))
         resp_port = resp_sock.getsockname()[1]
         http_port = self._http_sock.getsockname()[1]
         scheme = "https" if self.tls else "http"
         host = settings.bind if ":" not in settings.bind else f"[{settings.bind}]"
         self.endpoints = Endpoints(settings.bind, resp_port, f"{scheme}://{host}:{http_port}")
-        self.state.ready = True
-        log.info("serving RESP on %s:%d and HTTP on %s (tls=%s, dev=%s)", settings.bind, resp_port,
-                 self.endpoints.http_url, bool(self.tls), settings.dev)
-        # The engines start once the data is back, and after the ports open: reads never wait for a prefetcher.
-        await self.state.sync_prefetch(wait=False)
         return self.endpoints
+
+    def _supervised(self, name: str, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A background task whose end while serving is logged: every one of them should run until stop()."""
+        task = asyncio.create_task(work, name=name)
+        task.add_done_callback(self._ended)
+        return task
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or not self.state.ready or self.state.draining:
+            return  # stop() ends them; start() reports its own failures
+        err = task.exception()
+        if err is None:
+            log.error("background task %r ended while serving; what it does has stopped until a restart",
+                      task.get_name())
+        else:
+            log.error("background task %r failed while serving; what it does has stopped until a restart: %s: %s",
+                      task.get_name(), type(err).__name__, err, exc_info=err)
 
     async def _expire_loop(self) -> None:
         interval = self.settings.active_expire_interval_s
@@ -178,25 +258,24 @@ class Service:
             self._http.should_exit = True
         grace = self.settings.shutdown_grace_s
         await self._drain_resp(grace)
-        for task in self._tasks[1:]:
+        for task in self._tasks:
             task.cancel()
-        if self._tasks:
+        if self._http_task is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 async with asyncio.timeout(grace + 1):
-                    await self._tasks[0]
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+                    await self._http_task
+            assert self._http is not None
+            for request in list(self._http.server_state.tasks):  # past the grace: cut off, not answered after the copy
+                request.cancel()
+        await asyncio.gather(*self._tasks, *filter(None, [self._http_task]), return_exceptions=True)
         if self.state.prefetch is not None:
             await self.state.prefetch.stop()
         if self.shared_tier is not None:
             await self.shared_tier.close()
-        if self._snapshots_on:
-            assert self.settings.data_dir is not None and self.security.cipher is not None
-            try:
-                path = await asyncio.to_thread(snapshot.save, self.state.tenants, self.settings.data_dir,
-                                               self.security.cipher)
-                log.info("wrote encrypted snapshot %s", path)
-            except Exception as err:  # losing a warm start must not turn a clean stop into a crash
-                log.error("snapshot not written: %s", err)
+        # Only a service that served replaces the snapshot: before that, the file (kept or put back) is the newest
+        # state, and the stores hold none of it or a copy.
+        if self._snapshots_on and self.state.ready:
+            await self._write_snapshot()
         self.state.tenants.close()
         if self.state.authenticator is not None:  # the last interval's refused logins, before the audit log closes
             await self.state.authenticator.write_summary()
@@ -204,8 +283,19 @@ class Service:
         self._stopped.set()
         log.info("stopped")
 
+    async def _write_snapshot(self) -> None:
+        """Copy the entries on the loop (nothing writes meanwhile), encrypt and write them in a thread."""
+        assert self.settings.data_dir is not None and self.security.cipher is not None
+        try:
+            data = snapshot.encode(self.state.tenants)
+            path = await asyncio.to_thread(snapshot.write, data, self.settings.data_dir, self.security.cipher)
+            log.info("wrote encrypted snapshot %s", path)
+        except Exception as err:  # losing a warm start must not turn a clean stop into a crash
+            log.error("snapshot not written: %s: %s", type(err).__name__, err)
+
     async def _drain_resp(self, grace: float) -> None:
-        """Close idle RESP clients now, busy ones once their pipeline is answered or the grace period ends."""
+        """Close idle RESP clients now, busy ones once their pipeline is answered; cut off the rest when the grace
+        period ends (their commands stop, and none is answered after the snapshot's copy)."""
         deadline = asyncio.get_running_loop().time() + grace
         while True:
             for client in list(self.state.resp_clients):
@@ -215,24 +305,41 @@ class Service:
                 break
             await asyncio.sleep(0.02)
         for client in list(self.state.resp_clients):
-            client.close()
+            client.kill()
 
     async def run_until_signalled(self) -> None:
+        """Serve until SIGINT/SIGTERM. A signal during start-up cancels the start (a slow Vault's tenant listing
+        must not hold a stop for minutes); a failed start is cleaned up too, then its error goes on."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
-        await stop.wait()
+        starting = asyncio.create_task(self.start())
+        signalled = asyncio.create_task(stop.wait())
+        await asyncio.wait([starting, signalled], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            log.info("signal received during start-up: stopping")
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            await self.stop()
+            return
+        if starting.exception() is not None:
+            signalled.cancel()
+            with contextlib.suppress(Exception):  # the start's error is the one to report
+                await self.stop()
+            starting.result()
+        await signalled
         log.info("signal received: draining")
         await self.stop()
 
 
 def run(settings: Settings) -> None:
     """Run the service in this process until SIGINT/SIGTERM."""
+    service = Service(settings)
+    raise_nofile_limit()  # every client holds a descriptor: the usual soft limit (1024) is far below resp_max_clients
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(Service(settings).run_until_signalled())
+        asyncio.run(service.run_until_signalled())
     else:
-        uvloop.run(Service(settings).run_until_signalled())
+        uvloop.run(service.run_until_signalled())

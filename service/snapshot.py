@@ -1,9 +1,14 @@
 """Warm restart: tenants' entries written on shutdown and read back on start, always envelope-encrypted.
 
 The snapshot is one envelope (a fresh AES-256-GCM data key wrapped by the KMS) bound to its purpose by
-associated data, written atomically with mode 0600. It is deleted once restored, so a later crash can never
-resurrect stale data. A snapshot that fails authentication is moved aside and the service starts cold:
-it never serves bytes it cannot prove it wrote.
+associated data, written atomically with mode 0600. Restoring moves it to `snapshot.fse.restoring`; the service
+deletes that once it serves (`forget_restored`), so a later crash can never resurrect stale data, and puts it back
+if the start fails (`put_back`), so a port in use loses nothing. A snapshot that fails authentication is moved
+aside and the service starts cold: it never serves bytes it cannot prove it wrote. One the KMS cannot open now
+(unreachable, access denied) stays where it is for a later start, and this one starts cold.
+
+The entries are encoded on the event loop (`encode`, one consistent moment: nothing else touches the stores
+meanwhile), and only the encryption and the write go to a thread (`write`).
 
 Each tenant's entries are written coldest first, in its eviction policy's order. Restore walks them from the
 hottest end and keeps what its budget holds now, so a budget lowered while the service was down keeps the hot
@@ -31,6 +36,7 @@ log = logging.getLogger(__name__)
 
 AAD = b"foresight-snapshot-v1"
 FILENAME = "snapshot.fse"
+RESTORING = FILENAME + ".restoring"  # restored into memory, kept until the service serves
 _MAGIC = b"FSNP2"
 _MAGIC_V1 = b"FSNP1"  # before incarnations: read, never written
 _TENANT = struct.Struct(">HBI")  # name length, incarnation length (0: none), entry count
@@ -96,10 +102,16 @@ def decode(data: bytes) -> dict[str, SavedTenant]:
 
 
 def save(tenants: TenantRegistry, data_dir: Path, cipher: EnvelopeCipher) -> Path:
-    """Encrypt and write every tenant's live entries. Blocks (KMS call, disk)."""
+    """Encode, encrypt and write every tenant's live entries in one call, for callers with no event loop that
+    could write meanwhile. Blocks (KMS call, disk)."""
+    return write(encode(tenants), data_dir, cipher)
+
+
+def write(data: bytes, data_dir: Path, cipher: EnvelopeCipher) -> Path:
+    """Encrypt an encoded snapshot and write it atomically, mode 0600. Blocks (KMS call, disk)."""
     path = data_dir / FILENAME
     data_dir.mkdir(parents=True, exist_ok=True)
-    envelope = cipher.encrypt(encode(tenants), AAD)
+    envelope = cipher.encrypt(data, AAD)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
@@ -125,17 +137,27 @@ def _fitting(store: MemoryStore, entries: list[SavedEntry]) -> tuple[list[SavedE
 
 
 def restore(tenants: TenantRegistry, data_dir: Path, cipher: EnvelopeCipher) -> int:
-    """Load a snapshot into the tenants that still exist; returns the entries resident afterwards. Blocks."""
-    path = data_dir / FILENAME
-    if not path.exists():
+    """Load a snapshot into the tenants that still exist; returns the entries resident afterwards. The file moves
+    to RESTORING, for `forget_restored` or `put_back` to settle once the start has succeeded or failed (one left
+    there by a start that was killed is restored again). Blocks."""
+    path, restoring = data_dir / FILENAME, data_dir / RESTORING
+    if path.exists():
+        os.replace(path, restoring)
+    elif not restoring.exists():
         return 0
     try:
-        snapshot = decode(cipher.decrypt(path.read_bytes(), AAD))
-    except (EnvelopeError, ValueError, struct.error) as err:
-        rejected = path.with_suffix(".rejected")
-        os.replace(path, rejected)
-        log.error("snapshot %s failed verification (%s); moved to %s, starting cold", path, err, rejected)
+        opened = cipher.decrypt(restoring.read_bytes(), AAD)
+    except EnvelopeError as err:
+        return _reject(data_dir, err)
+    except Exception as err:  # the KMS (or the disk) cannot open it now: not its fault, so it waits for a later start
+        put_back(data_dir)
+        log.error("snapshot %s not restored, kept for a later start; starting cold: %s: %s", path,
+                  type(err).__name__, err)
         return 0
+    try:
+        snapshot = decode(opened)
+    except (ValueError, struct.error) as err:
+        return _reject(data_dir, err)
     restored = 0
     now = now_ms()
     for name, (incarnation, entries) in snapshot.items():
@@ -153,5 +175,25 @@ def restore(tenants: TenantRegistry, data_dir: Path, cipher: EnvelopeCipher) -> 
         if skipped:
             # The budget was lowered while we were down: the coldest entries stay out, and the service still starts.
             log.warning("snapshot: skipped %d entries of tenant %s that no longer fit its budget", skipped, name)
-    path.unlink()
     return restored
+
+
+def _reject(data_dir: Path, err: Exception) -> int:
+    path = data_dir / FILENAME
+    rejected = path.with_suffix(".rejected")
+    os.replace(data_dir / RESTORING, rejected)
+    log.error("snapshot %s failed verification (%s); moved to %s, starting cold", path, err, rejected)
+    return 0
+
+
+def forget_restored(data_dir: Path) -> None:
+    """The service that restored the snapshot serves: its entries live in memory now, and the file must never come
+    back after them."""
+    (data_dir / RESTORING).unlink(missing_ok=True)
+
+
+def put_back(data_dir: Path) -> None:
+    """The start failed after the restore: the snapshot is the next start's again (unless a newer one was written)."""
+    restoring = data_dir / RESTORING
+    if restoring.exists() and not (data_dir / FILENAME).exists():
+        os.replace(restoring, data_dir / FILENAME)

@@ -10,8 +10,12 @@ no aws/gcp/azure auth plugins).
 
 `VaultSession` owns one hvac client: it renews the token before it expires and logs in again when renewal
 can no longer extend it, updating the token *in place*, so everything holding `session.client` (the key
-source, the transit KMS, PKI issuance) carries on. Everything here blocks; the renewal loop is a daemon
-thread. Secrets are `SecretStr` and never appear in logs or error messages.
+source, the transit KMS, PKI issuance) carries on. A token can also stop working early (revoked during an
+incident, Vault restored from a backup): Vault then answers every call Forbidden, so a Forbidden answer to a
+call made with the session's token logs in again at once (at most once per `relogin_interval`: a policy
+that really forbids the path must not become a login storm) and the call is retried once with the new
+token. Everything here blocks; the renewal loop is a daemon thread. Secrets are `SecretStr` and never appear
+in logs or error messages.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any, Literal
 from urllib.parse import urlencode
 
 import hvac
+import hvac.adapters
 import hvac.exceptions
 import requests
 from pydantic import BaseModel, Field, SecretStr
@@ -40,6 +45,10 @@ AZURE_IMDS = "http://169.254.169.254"
 
 class VaultAuthError(RuntimeError):
     """Login or renewal failed; the message names the method and what to check, never a secret."""
+
+
+class VaultSessionStopped(requests.ConnectionError):
+    """A call through a stopped session's client: Vault is out of reach for the service from now on."""
 
 
 class VaultAuthSettings(BaseModel):
@@ -67,10 +76,14 @@ class VaultAuthSettings(BaseModel):
     jwt_file: Path | None = None
 
 
-def new_client(settings: VaultAuthSettings) -> hvac.Client:
+def new_client(
+    settings: VaultAuthSettings, adapter: type[hvac.adapters.Adapter] = hvac.adapters.JSONAdapter
+) -> hvac.Client:
     """An unauthenticated client for `settings.addr` with the request timeout and CA bundle set."""
     verify: bool | str = str(settings.ca_cert) if settings.ca_cert else True
-    return hvac.Client(url=settings.addr, timeout=settings.timeout, verify=verify, namespace=settings.namespace)
+    return hvac.Client(
+        url=settings.addr, timeout=settings.timeout, verify=verify, namespace=settings.namespace, adapter=adapter
+    )
 
 
 def login(settings: VaultAuthSettings, client: hvac.Client | None = None) -> dict[str, Any]:
@@ -221,6 +234,25 @@ def _metadata_get(url: str, headers: dict[str, str], what: str) -> requests.Resp
 # -- the session ---------------------------------------------------------------------------------------------
 
 
+class _SessionAdapter(hvac.adapters.JSONAdapter):
+    """The session client's transport: a Forbidden answer may mean the token was revoked, so the session is
+    asked to log in again and the request is retried once; a stopped session's client sends nothing."""
+
+    owner: VaultSession | None = None  # `session` is the adapter's requests.Session
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        session = self.owner
+        if session is not None and session.stopped:
+            raise VaultSessionStopped("the Vault session is stopped")
+        token = self.token
+        try:
+            return super().request(*args, **kwargs)
+        except hvac.exceptions.Forbidden:
+            if session is None or not session.relogin_after_forbidden(token):
+                raise
+        return super().request(*args, **kwargs)
+
+
 class VaultSession:
     """An authenticated client whose token is renewed, and replaced by a new login when it must be."""
 
@@ -229,28 +261,66 @@ class VaultSession:
         settings: VaultAuthSettings,
         *,
         renew_fraction: float = 2 / 3,
+        relogin_interval: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
-        self.client = new_client(settings)
+        self.client = new_client(settings, _SessionAdapter)
+        self.client.adapter.owner = self
+        # Logins go through a plain client, whose Forbidden (a refused login) never asks for another login.
+        self._login_client = new_client(settings)
         self.renew_fraction = renew_fraction
+        self.relogin_interval = relogin_interval
         self._clock = clock
         self._expires_at: float | None = None
         self._lease = self._login_lease = 0.0
         self._renewable = False
+        self._lock = threading.RLock()  # one login or renewal at a time; the renewal's own retry re-enters
+        self._forced_login_at: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.logins = 0
         self.renewals = 0
 
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
     def login(self) -> None:
         """Log in now (the first time, or after the token became unusable). Blocks."""
-        self._note(login(self.settings, self.client))
-        self._login_lease = self._lease
-        self.logins += 1
+        with self._lock:
+            self._note(login(self.settings, self._login_client))
+            self.client.token = self._login_client.token
+            self._login_lease = self._lease
+            self.logins += 1
+
+    def relogin_after_forbidden(self, token: str | None) -> bool:
+        """Vault answered Forbidden to a call made with `token`: log in again unless that happened less than
+        `relogin_interval` ago. True if the call is worth retrying (the client holds another token now). Blocks."""
+        with self._lock:
+            if self.client.token != token:
+                return True  # another call logged in again meanwhile
+            now = self._clock()
+            if self._forced_login_at is not None and now - self._forced_login_at < self.relogin_interval:
+                return False
+            if self.stopped or not self._can_log_in_again():
+                return False
+            self._forced_login_at = now
+            log.warning("Vault refused a call with the service token (Forbidden); logging in again in case the "
+                        "token was revoked")
+            try:
+                self.login()
+            except VaultAuthError as err:
+                log.error("Vault login after a refused call failed: %s", err)
+                return False
+            return True
 
     def refresh_if_needed(self) -> None:
         """Renew once `renew_fraction` of the lease is used; log in again if renewal falls short. Blocks."""
+        with self._lock:
+            self._refresh_if_needed()
+
+    def _refresh_if_needed(self) -> None:
         if self._expires_at is None:
             return  # a token without expiry (root, periodic without ttl) needs nothing
         remaining = self._expires_at - self._clock()
@@ -267,10 +337,14 @@ class VaultSession:
                 log.info("Vault token renewal reached its max TTL; logging in again")
             except (hvac.exceptions.VaultError, requests.RequestException) as err:
                 log.warning("Vault token renewal failed (%s); logging in again", type(err).__name__)
-        if self.settings.method == "token" and self.settings.token_file is None:
+        if not self._can_log_in_again():
             log.error("the Vault token cannot be renewed further and there is no way to log in again")
             return
         self.login()
+
+    def _can_log_in_again(self) -> bool:
+        """False for a token given as a value: logging in again would only present the same token."""
+        return self.settings.method != "token" or self.settings.token_file is not None
 
     def start(self, check_interval: float = 5.0) -> None:
         """Log in (if not yet) and renew in a daemon thread until `stop`."""
@@ -281,6 +355,10 @@ class VaultSession:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop renewing, and make every later call through `client` fail at once (`VaultSessionStopped`).
+
+        A read the service abandoned at shutdown (a tenant listing is one Vault request per tenant) then ends
+        with its current request instead of going on, and the process's exit does not wait for it."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)

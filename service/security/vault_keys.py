@@ -46,6 +46,8 @@ SCOPES = frozenset({"read", "write", "admin"})
 SERVICE_POLICY = "foresight-service"
 ONBOARDING_POLICY = "foresight-onboarding"
 TENANT_POLICY_PREFIX = "foresight-tenant-"
+# A 403 on the key store is a wrong mount or policy, never an outage: say which setting to look at.
+FORBIDDEN_HINT = "check FORESIGHT_VAULT_KV_MOUNT / the policy"
 _CAS_RETRIES = 5
 
 
@@ -467,6 +469,8 @@ class _vault_errors:
         if isinstance(exc, requests.RequestException | hvac.exceptions.VaultDown | hvac.exceptions.BadGateway):
             raise VaultUnavailable(f"cannot {self.what}: Vault unreachable ({type(exc).__name__})") from None
         if isinstance(exc, hvac.exceptions.Forbidden):
-            raise VaultKeyStoreError(f"cannot {self.what}: the Vault token lacks permission") from None
+            raise VaultKeyStoreError(
+                f"cannot {self.what}: the Vault token lacks permission: forbidden ({FORBIDDEN_HINT})"
+            ) from None
         if isinstance(exc, hvac.exceptions.VaultError):
             raise VaultKeyStoreError(f"cannot {self.what}: Vault said {type(exc).__name__}") from None

@@ -106,10 +106,25 @@ class VaultPkiCertificates:
         return True
 
     async def keep_fresh(self, check_interval: float = 60.0) -> None:
-        """Renew in a worker thread whenever due; a failure is logged and retried next interval."""
+        """Renew in a worker thread whenever due; a failure is logged and retried next interval.
+
+        Any failure, not only Vault's (a full or read-only disk, a reply missing a field): nothing watches this
+        task, so if it ended the certificate would expire unnoticed and every TLS handshake would fail."""
         while True:
             try:
                 await asyncio.to_thread(self.renew_if_needed)
             except VaultPkiError as err:
                 log.error("%s; will retry in %.0fs", err, check_interval)
+            except Exception as err:
+                log.error("TLS certificate renewal failed (%s: %s); will retry in %.0fs",
+                          type(err).__name__, _cause(err), check_interval)
             await asyncio.sleep(check_interval)
+
+
+def _cause(err: Exception) -> str:
+    """What went wrong: an OSError names its file, a KeyError the field Vault's reply lacks."""
+    if isinstance(err, OSError) and err.filename:
+        return f"{err.strerror or err}: {err.filename}"
+    if isinstance(err, KeyError):
+        return f"Vault's reply has no {err.args[0]!r}"
+    return str(err)[:200]

@@ -31,21 +31,25 @@ import hvac.exceptions
 import requests
 
 from service.security.apikeys import MalformedKey, key_id_of, verify_key
-from service.security.vault_keys import DEFAULT_MOUNT, KeyInfo, TenantMeta
+from service.security.vault_auth import VaultSessionStopped
+from service.security.vault_keys import DEFAULT_MOUNT, FORBIDDEN_HINT, KeyInfo, TenantMeta
 from service.tenancy import Principal, TenantSpec
 
 log = logging.getLogger(__name__)
 
 # Any Vault error but "no such path" (InvalidPath, caught before these) means no answer: serve from the cache
 # within stale_grace, refuse the rest. That includes a 504 from a load balancer (UnexpectedError), a 501
-# (VaultNotInitialized), and Forbidden/Unauthorized (an expired or missing service token, while it is renewed).
+# (VaultNotInitialized), and Forbidden (a wrong mount or policy: a revoked service token was already replaced
+# by the session's new login, and the read retried, before the Forbidden gets here).
 _UNREACHABLE = (requests.RequestException, hvac.exceptions.VaultError)
 # Errors an operator must fix (the service token or the request itself): logged at ERROR, not WARNING.
 _MISCONFIGURED = (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized, hvac.exceptions.InvalidRequest)
 
 
 class _Unreachable(Exception):
-    pass
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(type(cause).__name__)
+        self.cause = cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +130,9 @@ class VaultKeySource:
         try:
             names = [n.rstrip("/") for n in self._list("tenants/")]
             metas = [self._read_tenant(n) for n in names]
-        except _Unreachable:
+        except _Unreachable as err:
             if cached is None:
-                raise ConnectionError("Vault is unreachable and no tenant list is cached") from None
+                raise ConnectionError(f"{self._no_answer(err)} and no tenant list is cached") from None
             return list(cached[0])
         if fresh:
             self.forget()
@@ -140,8 +144,8 @@ class VaultKeySource:
         """One live tenant, read from Vault now; its cached keys are forgotten so key changes show at once."""
         try:
             meta = self._read_tenant(name)
-        except _Unreachable:
-            raise ConnectionError("Vault is unreachable") from None
+        except _Unreachable as err:
+            raise ConnectionError(self._no_answer(err)) from None
         with self._lock:
             stale = [k for k, e in self._entries.items() if e.key.tenant == name]
         for key_id in stale:
@@ -193,9 +197,11 @@ class VaultKeySource:
         except hvac.exceptions.InvalidPath:
             self._mark_reachable()
             return None
+        except VaultSessionStopped as err:  # the service is stopping: no outage to report
+            raise _Unreachable(err) from None
         except _UNREACHABLE as err:
             self._mark_unreachable(err)
-            raise _Unreachable from None
+            raise _Unreachable(err) from None
         self._mark_reachable()
         data: dict[str, Any] = reply["data"]["data"]
         return data
@@ -205,9 +211,17 @@ class VaultKeySource:
             return list(self.client.secrets.kv.v2.list_secrets(path, mount_point=self.mount)["data"]["keys"])
         except hvac.exceptions.InvalidPath:
             return []
+        except VaultSessionStopped as err:  # the service is stopping: no outage to report
+            raise _Unreachable(err) from None
         except _UNREACHABLE as err:
             self._mark_unreachable(err)
-            raise _Unreachable from None
+            raise _Unreachable(err) from None
+
+    def _no_answer(self, err: _Unreachable) -> str:
+        """Why Vault gave no answer: a refusal needs the operator, unlike an outage that passes."""
+        if isinstance(err.cause, hvac.exceptions.Forbidden):
+            return f"Vault refused to read the KV mount {self.mount!r}: forbidden ({FORBIDDEN_HINT})"
+        return f"Vault is unreachable ({err})"
 
     def _stale(self, entry: _Entry | None, api_key: str) -> Principal | None:
         if entry is None or self._clock() - entry.fetched > self.stale_grace:
@@ -227,7 +241,7 @@ class VaultKeySource:
             log.log(
                 level,
                 "Vault unavailable (%s); serving keys confirmed in the last %.0fs, refusing others",
-                type(err).__name__,
+                f"Forbidden: {FORBIDDEN_HINT}" if isinstance(err, hvac.exceptions.Forbidden) else type(err).__name__,
                 self.stale_grace,
             )
         self._reachable = False

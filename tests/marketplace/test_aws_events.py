@@ -20,7 +20,7 @@ from onboarding.plans import PLANS
 from tests import servers
 from tests.marketplace.aws_fake import ApiError, MarketplaceFake
 from tests.marketplace.conftest import Deployment
-from tests.marketplace.test_aws_metering import reads, registered_hours_ago
+from tests.marketplace.test_aws_metering import reads, registered_hours_ago, this_hour
 from tests.servers import MotoServer
 
 
@@ -100,7 +100,7 @@ def test_an_ended_license_is_metered_one_last_time_then_suspended_and_can_come_b
 ) -> None:
     registration, license_arn = bought
     assert registration.key is not None
-    registered_hours_ago(marketplace, registration.tenant, 2)
+    registered_hours_ago(marketplace, registration.tenant, 2, this_hour())
     Metering(marketplace).run(tenants=[registration.tenant])  # the last hour's record went out already
     reads(deployment, registration, 120)
     fake.deprovision(license_arn)
@@ -125,7 +125,7 @@ def test_the_final_metering_bills_the_usage_after_an_older_pending_record(
 ) -> None:
     token, license_arn = fake.purchase("111122223333", "pro")
     registration = marketplace.register(token)
-    registered_hours_ago(marketplace, registration.tenant, 3)
+    registered_hours_ago(marketplace, registration.tenant, 3, this_hour())
     metering = Metering(marketplace)
     reads(deployment, registration, 300)
     fake.fail_next.append(ApiError("DisabledApiException", "blip"))

@@ -4,6 +4,7 @@ the same port then race for it, so a process never gets one port twice."""
 from __future__ import annotations
 
 import socket
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -15,7 +16,7 @@ from service import net
 @pytest.fixture(autouse=True)
 def nothing_handed_out(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ports the rest of the session was given must not decide what these tests see."""
-    monkeypatch.setattr(net, "_handed_out", set(), raising=False)
+    monkeypatch.setattr(net, "_handed_out", OrderedDict(), raising=False)
 
 
 def _kernel_repeats(monkeypatch: pytest.MonkeyPatch, times: int) -> list[int]:
@@ -54,3 +55,11 @@ def test_ports_handed_out_to_many_threads_are_all_distinct() -> None:
     with ThreadPoolExecutor(8) as pool:
         ports = list(pool.map(lambda _: net.free_port(), range(400)))
     assert len(set(ports)) == len(ports)
+
+
+def test_a_long_lived_process_never_runs_out_of_ports() -> None:
+    """Only the last _REMEMBERED ports are kept out: a test session hands out tens of thousands over its life."""
+    ports = [net.free_port() for _ in range(3 * net._REMEMBERED)]
+    assert len(net._handed_out) == net._REMEMBERED
+    window = net._REMEMBERED
+    assert all(len(set(ports[i : i + window])) == window for i in range(0, len(ports) - window, 256))
