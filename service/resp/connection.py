@@ -1,24 +1,32 @@
 """One RESP client connection: parse with hiredis, dispatch through the command table, keep reply order.
 
 Most commands answer synchronously, so a burst of pipelined commands is parsed, executed and answered
-with one write. A command that must wait (a read-through to the origin, an AUTH that asks the key source)
-returns an awaitable; the connection then finishes the rest of the pipeline in a task, in order.
+with few writes. A command that must wait (a read-through to the origin, an AUTH that asks the key source)
+returns an awaitable; the connection then finishes the rest of the pipeline in a task, in order, and reads
+nothing more until it is done: what the client sends meanwhile waits in the kernel, not in this process.
+
+One client cannot hold the loop or the memory: after YIELD_EVERY commands or 64 KiB of replies of a pipeline
+the replies go out and the loop runs other clients (an EXEC runs whole, as in Redis); once more than
+_HIGH_WATER of them waits to be sent (a client that does not read), commands stop until the transport drains
+(pause_writing/resume_writing), so such a client holds about _HIGH_WATER of replies plus one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
+import sys
 import time
 from collections.abc import Awaitable
 from typing import Any, cast
 
 import hiredis
 
-from service.auth import LoginRefused, Session
+from service.auth import LoginRefused, Session, source_of
 from service.cache import TenantCache
+from service.resp import framing
 from service.resp import replies as r
+from service.resp.admission import LoginWait, admission_for
 from service.resp.commands import Command, build_table
 from service.resp.commands.transactions import RUN_INSIDE_MULTI
 from service.state import ServiceState
@@ -27,47 +35,21 @@ log = logging.getLogger(__name__)
 
 COMMANDS: dict[bytes, Command] = build_table()
 _RATE_LIMITED = "ERR rate limit exceeded: tenant '{}' allows {:g} requests per second"
-_HIGH_WATER = 1 << 20  # pause reading when this much reply data waits to be sent
-# Before AUTH a client may buffer only this much: nobody can make the server hold gigabytes unauthenticated.
-UNAUTHENTICATED_MAX_REQUEST = 64 * 1024
-# Redis 7.0's own limits before AUTH, checked on each request's headers as they arrive: at most this many
-# arguments, each at most this long (the requests before it are answered, then its error, then the close).
-UNAUTHENTICATED_MAX_ARGS = 10
-UNAUTHENTICATED_MAX_BULK = 16 * 1024
-_UNAUTH_MULTIBULK = r.error("ERR Protocol error: unauthenticated multibulk length")
-_UNAUTH_BULK = r.error("ERR Protocol error: unauthenticated bulk length")
+_HIGH_WATER = 1 << 20  # stop answering when this much reply data waits to be sent
+# One turn of a pipeline: replies are written, and other clients get the loop, once this much has been answered,
+# each command counted as its reply's bytes plus _COMMAND_COST (one running total: the hot path's only check).
+_TURN_BYTES = 64 * 1024
+_COMMAND_COST = 64
+YIELD_EVERY = _TURN_BYTES // _COMMAND_COST  # commands, at most, between other clients' turns
+# What a queued command costs besides its arguments' bytes: its args list and (cmd, args) tuple and its queue
+# slot; and each argument, its bytes object's header and list slot. Charged against max_request_bytes.
+_QUEUED_COMMAND = sys.getsizeof([]) + sys.getsizeof((None, None)) + 8
+_QUEUED_ARG = sys.getsizeof(b"") + 8
 _INTERNAL_ERROR = r.error("ERR internal error")
-_LENGTH = re.compile(rb"-?[0-9]{1,19}")
-
-
-def _first_request(buf: bytearray) -> int | bytes | None:
-    """Walk the headers of the first request in `buf` as Redis does for a client that has not authenticated:
-    Redis's error when it breaks a limit above, else its length once it is complete (0 until then); None when it
-    is not an array of bulk strings (hiredis, or the dispatch, refuses that)."""
-    end = buf.find(b"\r\n")
-    if end < 0:
-        return 0
-    if buf[:1] != b"*" or not _LENGTH.fullmatch(buf, 1, end):
-        return None
-    count = int(buf[1:end])
-    if count > UNAUTHENTICATED_MAX_ARGS:
-        return _UNAUTH_MULTIBULK
-    pos = end + 2
-    for _ in range(count):
-        end = buf.find(b"\r\n", pos)
-        if end < 0:
-            return 0
-        if buf[pos:pos + 1] != b"$" or not _LENGTH.fullmatch(buf, pos + 1, end):
-            return None
-        size = int(buf[pos + 1:end])
-        if size > UNAUTHENTICATED_MAX_BULK:
-            return _UNAUTH_BULK
-        if size < 0:
-            return None
-        pos = end + 2 + size + 2
-        if pos > len(buf):
-            return 0
-    return pos
+# What an inline request starts with: a command's letter, a quote, or a blank. Only when hiredis holds nothing
+# unparsed; but it holds nothing inside an array too, between two arguments or just past one's type byte, so
+# a read that goes on with a long request starts with '$', a length's digit or '-': never one of these.
+_INLINE_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz\"' \t\r\n")
 
 
 class RespConnection(asyncio.Protocol):
@@ -94,7 +76,7 @@ class RespConnection(asyncio.Protocol):
         self.scopes: frozenset[str] | None = None  # the key's scopes; None: every one (the dev tenant)
         self.queued: list[tuple[Command, list[bytes]]] | None = None  # MULTI's queue; None outside MULTI
         self.queue_failed = False  # a command was refused inside MULTI: EXEC aborts
-        self.queued_bytes = 0  # the queue's argument bytes
+        self.queued_bytes = 0  # the queue's memory: argument bytes and the overheads above
         self.watching: dict[bytes, int] = {}  # WATCHed key -> the store's change count when watched
         self.close_after_reply = False
         self.commands_processed = 0
@@ -106,6 +88,11 @@ class RespConnection(asyncio.Protocol):
         self.last_command = b""  # CLIENT LIST's cmd: the last command of the last read (noted once a read)
         self._busy: asyncio.Task[None] | None = None
         self._paused = False
+        self._writable = asyncio.Event()  # cleared while the transport holds more than _HIGH_WATER
+        self._writable.set()
+        self._login_wait: LoginWait | None = None  # until the first login (never in dev mode)
+        self._inline = b""  # an inline request's line still arriving (hiredis reads arrays only)
+        self._inline_error: bytes | None = None  # a bad inline line: answered after the requests before it
 
     # asyncio.Protocol ---------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -116,46 +103,79 @@ class RespConnection(asyncio.Protocol):
         self.local_port = sockname[1] if sockname else 0
         self.local_addr = f"{sockname[0]}:{sockname[1]}" if sockname else "?"
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        counters = self.state.connections
-        counters.current += 1
-        self.state.resp_clients.add(self)
-        dev = self.state.dev_tenant()
-        if dev is not None:
+        state = self.state
+        state.connections.current += 1
+        dev = state.dev_tenant()
+        admission = admission_for(state)
+        source = source_of(self.peer) if dev is None else None
+        refusal = admission.refusal(len(state.resp_clients), source)
+        state.resp_clients.add(self)  # a refused one too, until it is gone: it holds a descriptor all the same
+        if refusal is None and dev is not None:
             self._bind(dev)
+            return
+        if refusal is not None:
+            self._write(refusal)
+            self.close_after_reply = True
+            transport.close()
+            source = None  # it does not count against its address
+        # A deadline on a refused one too: a TLS close waits for the client's close_notify, which it need never send.
+        self._login_wait = LoginWait(admission, source, state.settings.resp_auth_timeout_s, self._login_expired)
 
     def connection_lost(self, exc: Exception | None) -> None:
         counters = self.state.connections
         counters.current -= 1
         counters.commands += self.commands_processed
         self.state.resp_clients.discard(self)
+        self._end_login_wait()
         self._unbind()
         if self._busy is not None:
             self._busy.cancel()
 
     def pause_writing(self) -> None:
         self._paused = True
-        if self.transport is not None:
+        self._writable.clear()
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._paused = False
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+        self._writable.set()
+        if self._busy is None and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()  # while busy, the task resumes reading once the pipeline is done
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()  # once a read, not once a command
         self.request_bytes += len(data)
-        limit = UNAUTHENTICATED_MAX_REQUEST if self.tenant is None else self.state.settings.max_request_bytes
+        limit = framing.UNAUTHENTICATED_MAX_REQUEST if self.tenant is None else self.state.settings.max_request_bytes
         if self.request_bytes > limit:
             self._write(r.error(f"ERR Protocol error: request larger than {limit} bytes"))
             self.close_after_reply = True
-            self.close()
+            if self.transport is not None:
+                self.transport.close()
             return
+        if self._inline or (data[0] in _INLINE_START and not self.reader.has_data()):
+            data = self._from_inline(data)
         self.reader.feed(data)
         if self._unauthenticated is not None:
             self._unauthenticated += data
         if self._busy is None:
-            self._drain_sync()
+            if self._paused:
+                self._continue_in_task(None)
+            else:
+                self._drain_sync()
+
+    def _from_inline(self, data: bytes) -> bytes:
+        """The inline requests at the head of what arrived, as arrays, with what follows them (hiredis parses it)."""
+        buf = self._inline + data if self._inline else data
+        encoded, used, error = framing.take_inline(buf)
+        self._inline = b""
+        if error is not None:
+            self._inline_error = error  # what follows it is never read: the connection closes
+            return encoded
+        if used < len(buf) and buf[used] != 0x2A:
+            self._inline = buf[used:]  # a line still arriving (at most framing.INLINE_MAX)
+            return encoded
+        return encoded + buf[used:]
 
     # dispatch -----------------------------------------------------------------------------------------
     def _next(self) -> Any:
@@ -165,12 +185,15 @@ class RespConnection(asyncio.Protocol):
             return False
         try:
             args = self.reader.gets()
-        except hiredis.ProtocolError as err:
-            self._write(r.error(f"ERR Protocol error: {err}"))
+        except (hiredis.ProtocolError, MemoryError) as err:
+            self._write(framing.parse_error(err))
             self.close_after_reply = True
             return False
         if args is not False:
             self.request_bytes = self.reader.len()
+        elif self._inline_error is not None:
+            self._write(self._inline_error)
+            self.close_after_reply = True
         return args
 
     def _check_unauthenticated(self) -> bytes | None:
@@ -178,7 +201,7 @@ class RespConnection(asyncio.Protocol):
         leaves the copy (hiredis parses the same bytes next)."""
         buf = self._unauthenticated
         assert buf is not None
-        first = _first_request(buf)
+        first = framing.first_request(buf)
         if first is None:
             self._unauthenticated = None  # not a request hiredis will let through: the byte limit still holds
         elif isinstance(first, bytes):
@@ -188,10 +211,14 @@ class RespConnection(asyncio.Protocol):
         return None
 
     def _drain_sync(self) -> None:
-        """Answer every complete command in the buffer; hand over to a task at the first that must wait."""
+        """Answer the complete commands in the buffer; hand over to a task at the first that must wait, or after
+        a turn's worth."""
         out: list[bytes] = []
-        execute, gets = self.execute, self.reader.gets
+        spent = 0
+        execute, gets, cost, turn = self.execute, self.reader.gets, _COMMAND_COST, _TURN_BYTES
         last: Any = None
+        pending: Any = None
+        more = False
         try:
             while not self.close_after_reply:
                 if self._unauthenticated is not None and (refusal := self._check_unauthenticated()) is not None:
@@ -200,6 +227,9 @@ class RespConnection(asyncio.Protocol):
                     break
                 args = gets()
                 if args is False:
+                    if self._inline_error is not None:
+                        out.append(self._inline_error)
+                        self.close_after_reply = True
                     break
                 last = args
                 try:
@@ -207,35 +237,48 @@ class RespConnection(asyncio.Protocol):
                 except Exception:  # a bug in one command: it answers an error, the rest of the pipeline runs
                     log.exception("command failed on connection %d", self.client_id)
                     reply = _INTERNAL_ERROR
-                if type(reply) is bytes:
-                    out.append(reply)
-                else:
-                    if out:
-                        self._write(b"".join(out))
-                    self._note_command(last)
-                    self.request_bytes = self.reader.len()
-                    self._busy = asyncio.ensure_future(self._drain_async(reply))  # type: ignore[arg-type]
-                    return
-        except hiredis.ProtocolError as err:
-            out.append(r.error(f"ERR Protocol error: {err}"))
+                if type(reply) is not bytes:
+                    pending = reply
+                    break
+                out.append(reply)
+                spent += len(reply) + cost
+                if spent >= turn:  # the rest in a task, after other clients' turn (or the client reads)
+                    more = True
+                    break
+        except (hiredis.ProtocolError, MemoryError) as err:
+            out.append(framing.parse_error(err))
             self.close_after_reply = True
         if last is not None:  # requests answered: what counts against the limit now is the next one's bytes so far
             self.request_bytes = self.reader.len()  # (once per drain, not per command: this is the hot path)
         self._note_command(last)
         if out:
             self._write(b"".join(out))
-        if self.close_after_reply and self.transport is not None:
+        if pending is not None or more:
+            self._continue_in_task(pending)
+        elif self.close_after_reply and self.transport is not None:
             self.transport.close()
 
     def _note_command(self, args: Any) -> None:
         if type(args) is list and args and type(args[0]) is bytes:
             self.last_command = args[0]
 
-    async def _drain_async(self, pending: Awaitable[bytes]) -> None:
+    def _continue_in_task(self, pending: Awaitable[bytes] | None) -> None:
+        """Finish the pipeline in a task, reading nothing more until it is done."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self._busy = asyncio.ensure_future(self._drain_async(pending))
+
+    async def _drain_async(self, pending: Awaitable[bytes] | None) -> None:
         try:
-            self._write(await pending)
+            if pending is None:
+                await asyncio.sleep(0)  # other clients' turn
+            else:
+                self._write(await pending)
             out: list[bytes] = []
+            spent = 0
             while not self.close_after_reply:
+                if self._paused:
+                    await self._writable.wait()
                 args = self._next()
                 if args is False:
                     break
@@ -244,9 +287,14 @@ class RespConnection(asyncio.Protocol):
                 if type(reply) is not bytes:
                     if out:
                         self._write(b"".join(out))
-                        out = []
+                        out, spent = [], 0
                     reply = await reply  # type: ignore[misc]
                 out.append(reply)
+                spent += len(reply) + _COMMAND_COST
+                if spent >= _TURN_BYTES:
+                    self._write(b"".join(out))
+                    out, spent = [], 0
+                    await asyncio.sleep(0)  # other clients' turn (the loop's head then waits while writes are paused)
             if out:
                 self._write(b"".join(out))
         except Exception:
@@ -255,6 +303,9 @@ class RespConnection(asyncio.Protocol):
             self.close_after_reply = True
         finally:
             self._busy = None
+            transport = self.transport
+            if not self._paused and transport is not None and not transport.is_closing():
+                transport.resume_reading()
         if self.close_after_reply and self.transport is not None:
             self.transport.close()
 
@@ -263,8 +314,16 @@ class RespConnection(asyncio.Protocol):
         return self._busy is not None
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        """Shutdown's close. A connection with no command in progress and nothing left to send is dropped at once:
+        a TLS close would wait for the client's close_notify, which an idle client never sends, for the whole grace
+        period. One that is answering finishes first (shutdown calls this again once it is idle)."""
+        transport = self.transport
+        if transport is None:
+            return
+        if self._busy is None and not transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
 
     def kill(self) -> None:
         """CLIENT KILL: drop the connection now. A TLS close would wait for the peer's close_notify, which an idle
@@ -282,8 +341,14 @@ class RespConnection(asyncio.Protocol):
         try:
             cmd = COMMANDS.get(args[0].lower())
         except (AttributeError, TypeError, IndexError, KeyError):
+            if args == [] or args is None:
+                return b""  # `*0` and `*-1`: Redis skips them without a reply
             self.close_after_reply = True
-            return r.error("ERR Protocol error: expected an array of bulk strings")
+            return framing.NOT_AN_ARRAY
+        for arg in args:  # Redis refuses these while parsing: no command runs, and the connection closes
+            if type(arg) is not bytes:
+                self.close_after_reply = True
+                return framing.not_bulk(arg)
         if cmd is None:
             return self._refuse(r.unknown_command(args))
         arity, argc = cmd.arity, len(args)  # Command.arity_ok, inlined: one call less per command
@@ -343,8 +408,8 @@ class RespConnection(asyncio.Protocol):
 
     def _queue(self, cmd: Command, args: list[bytes]) -> bytes:
         """Queue a command for EXEC, within the request limit: one tenant's transaction cannot hold the
-        server's memory any more than one request can."""
-        self.queued_bytes += sum(map(len, args))
+        server's memory any more than one request can: it counts what the queue holds, not just the bytes sent."""
+        self.queued_bytes += _QUEUED_COMMAND + _QUEUED_ARG * len(args) + sum(map(len, args))
         limit = self.state.settings.max_request_bytes
         if self.queued_bytes > limit:
             return self._refuse(r.error(f"ERR transaction larger than {limit} bytes; EXEC will discard it"))
@@ -354,7 +419,10 @@ class RespConnection(asyncio.Protocol):
     def run_queued(self, cmd: Command, args: list[bytes], queued_for: TenantCache) -> bytes | Awaitable[bytes]:
         """Run a command EXEC took from the queue, checked again against the login in force now, as Redis does:
         a queued AUTH (or HELLO AUTH; Redis queues both) switches key, and maybe tenant, part-way through EXEC,
-        and the queue-time checks were made for the old key. `queued_for` is the tenant it was queued for."""
+        and the queue-time checks were made for the old key. `queued_for` is the tenant it was queued for.
+
+        EXEC never yields between its commands (only a read-through to the origin waits): it is isolated from
+        other clients as in Redis, and its length is bounded by what `_queue` admits."""
         tenant = self.tenant
         if tenant is None or (self.session is not None and self.session.revoked):
             return r.NOAUTH  # revoked while EXEC waited on the origin: nothing more runs on that key
@@ -384,6 +452,7 @@ class RespConnection(asyncio.Protocol):
     # state changes used by handlers -------------------------------------------------------------------
     def _bind(self, tenant: TenantCache, session: Session | None = None) -> None:
         self._unbind()
+        self._end_login_wait()
         self._unauthenticated = None  # Redis's checks end at the first login (a revoked key keeps the byte limit)
         self.tenant = tenant
         self.session = session
@@ -394,6 +463,16 @@ class RespConnection(asyncio.Protocol):
         per_tenant[tenant.name] = per_tenant.get(tenant.name, 0) + 1
         if session is not None and self.state.authenticator is not None:
             self.state.authenticator.attach(session)
+
+    def _end_login_wait(self) -> None:
+        if self._login_wait is not None:
+            self._login_wait.end()
+            self._login_wait = None
+
+    def _login_expired(self, reply: bytes) -> None:
+        self._login_wait = None
+        self._write(reply)
+        self.kill()
 
     def _unbind(self) -> None:
         self.unwatch_all()

@@ -1,0 +1,156 @@
+"""What hiredis does not check of a request: Redis's limits before AUTH, and that every argument is a bulk string.
+
+hiredis parses any RESP value, so an argument can arrive as an integer, a null or a nested array; Redis refuses
+those while parsing, before any command sees them, and closes the connection. Doing the same keeps handlers
+(which take bytes) from failing on them, and an unauthenticated client from filling the log with their tracebacks.
+"""
+
+from __future__ import annotations
+
+import re
+
+from service.resp import replies as r
+
+# Before AUTH a client may buffer only this much: nobody can make the server hold gigabytes unauthenticated.
+UNAUTHENTICATED_MAX_REQUEST = 64 * 1024
+# Redis 7.0's own limits before AUTH, checked on each request's headers as they arrive: at most this many
+# arguments, each at most this long (the requests before it are answered, then its error, then the close).
+UNAUTHENTICATED_MAX_ARGS = 10
+UNAUTHENTICATED_MAX_BULK = 16 * 1024
+_UNAUTH_MULTIBULK = r.error("ERR Protocol error: unauthenticated multibulk length")
+_UNAUTH_BULK = r.error("ERR Protocol error: unauthenticated bulk length")
+_LENGTH = re.compile(rb"-?[0-9]{1,19}")
+
+NOT_AN_ARRAY = r.error("ERR Protocol error: expected an array of bulk strings")
+_INVALID_BULK = r.error("ERR Protocol error: invalid bulk length")  # Redis's answer to `$-1` as an argument
+# hiredis raises MemoryError on an array header it cannot allocate (`*4000000000`); Redis refuses such a count.
+_INVALID_MULTIBULK = r.error("ERR Protocol error: invalid multibulk length")
+_PREFIX = {int: ":", list: "*", float: ",", bool: "#", dict: "%", set: "~"}
+
+
+def not_bulk(value: object) -> bytes:
+    """Redis's protocol error for an argument that is not a bulk string."""
+    if value is None:
+        return _INVALID_BULK
+    prefix = _PREFIX.get(type(value))
+    got = f"'{prefix}'" if prefix else f"a {type(value).__name__}"
+    return r.error(f"ERR Protocol error: expected '$', got {got}")
+
+
+def parse_error(err: Exception) -> bytes:
+    """The reply to what hiredis could not parse (a ProtocolError, or a MemoryError from an absurd array length)."""
+    if isinstance(err, MemoryError):
+        return _INVALID_MULTIBULK
+    return r.error(f"ERR Protocol error: {err}")
+
+
+def first_request(buf: bytearray) -> int | bytes | None:
+    """Walk the headers of the first request in `buf` as Redis does for a client that has not authenticated:
+    Redis's error when it breaks a limit above, else its length once it is complete (0 until then); None when it
+    is not an array of bulk strings (hiredis, or the dispatch, refuses that)."""
+    end = buf.find(b"\r\n")
+    if end < 0:
+        return 0
+    if buf[:1] != b"*" or not _LENGTH.fullmatch(buf, 1, end):
+        return None
+    count = int(buf[1:end])
+    if count > UNAUTHENTICATED_MAX_ARGS:
+        return _UNAUTH_MULTIBULK
+    pos = end + 2
+    for _ in range(count):
+        end = buf.find(b"\r\n", pos)
+        if end < 0:
+            return 0
+        if buf[pos:pos + 1] != b"$" or not _LENGTH.fullmatch(buf, pos + 1, end):
+            return None
+        size = int(buf[pos + 1:end])
+        if size > UNAUTHENTICATED_MAX_BULK:
+            return _UNAUTH_BULK
+        if size < 0:
+            return None
+        pos = end + 2 + size + 2
+        if pos > len(buf):
+            return 0
+    return pos
+
+
+# Inline requests (`PING\r\n`, what telnet, `nc` and redis-benchmark's *_inline tests send): Redis reads a request
+# that does not start with '*' as one line of space-separated arguments, with its quoting rules.
+INLINE_MAX = 64 * 1024  # Redis's PROTO_INLINE_MAX_SIZE: a longer line without its newline is refused
+_INLINE_TOO_BIG = r.error("ERR Protocol error: too big inline request")
+_UNBALANCED_QUOTES = r.error("ERR Protocol error: unbalanced quotes in request")
+_ESCAPES = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b", ord("a"): b"\a"}
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def split_args(line: bytes) -> list[bytes] | None:
+    """Redis's sdssplitargs: the arguments of an inline request, or None when its quotes do not balance."""
+    args: list[bytes] = []
+    pos, end = 0, len(line)
+    while True:
+        while pos < end and line[pos] in b" \t\n\r\v\f":
+            pos += 1
+        if pos == end:
+            return args
+        current = bytearray()
+        quote = 0
+        while True:
+            if pos == end:
+                if quote:
+                    return None
+                break
+            c = line[pos]
+            if quote == 0x22:  # "...": C escapes and \xHH
+                if c == 0x5C and pos + 3 < end and line[pos + 1] == 0x78 and line[pos + 2] in _HEX \
+                        and line[pos + 3] in _HEX:
+                    current.append(int(line[pos + 2:pos + 4], 16))
+                    pos += 3
+                elif c == 0x5C and pos + 1 < end:
+                    pos += 1
+                    current += _ESCAPES.get(line[pos], line[pos:pos + 1])
+                elif c == 0x22:
+                    if pos + 1 < end and line[pos + 1] not in b" \t\n\r\v\f":
+                        return None  # a closing quote must end the argument
+                    pos += 1
+                    break
+                else:
+                    current.append(c)
+            elif quote == 0x27:  # '...': only \' is an escape
+                if c == 0x5C and pos + 1 < end and line[pos + 1] == 0x27:
+                    pos += 1
+                    current.append(0x27)
+                elif c == 0x27:
+                    if pos + 1 < end and line[pos + 1] not in b" \t\n\r\v\f":
+                        return None
+                    pos += 1
+                    break
+                else:
+                    current.append(c)
+            elif c in b" \t\n\r\v\f":
+                break
+            elif c in (0x22, 0x27):
+                quote = c
+            else:
+                current.append(c)
+            pos += 1
+        args.append(bytes(current))
+
+
+def take_inline(buf: bytes) -> tuple[bytes, int, bytes | None]:
+    """The inline requests at the head of `buf`, up to the first line that starts with '*' (an array, for hiredis)
+    or that has not arrived whole: as RESP arrays, how many bytes of `buf` they were, and the error that ends the
+    connection after them, if any. Blank lines are skipped, as Redis does."""
+    out: list[bytes] = []
+    pos, size = 0, len(buf)
+    while pos < size and buf[pos] != 0x2A:
+        end = buf.find(b"\n", pos)
+        if end < 0:
+            return b"".join(out), pos, _INLINE_TOO_BIG if size - pos > INLINE_MAX else None
+        line = buf[pos:end - 1] if end > pos and buf[end - 1] == 0x0D else buf[pos:end]
+        pos = end + 1
+        args = split_args(line)
+        if args is None:
+            return b"".join(out), pos, _UNBALANCED_QUOTES
+        if args:
+            out.append(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args))
+    return b"".join(out), pos, None
