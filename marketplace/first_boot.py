@@ -25,7 +25,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from cryptography.x509.oid import NameOID
 
 from service.bootstrap import build_cipher
 from service.config import ConfigError, load_settings
+from service.http.scrape_token import new_token
 from service.security.apikeys import new_key
 from service.security.envelope import EnvelopeCipher, EnvelopeError
 from service.security.kms.base import KmsError
@@ -110,7 +110,7 @@ def mint(tenant: str, addresses: Addresses) -> Minted:
         tenants=[TenantSpec(name=tenant)],
         keys=[KeyRecord(key_id=key.key_id, tenant=tenant, hash=key.key_hash, scopes=FIRST_KEY_SCOPES)],
     )
-    return Minted(ca=ca, tls=tls, api_key=key.secret, metrics_token=secrets.token_hex(32), tenants=tenants)
+    return Minted(ca=ca, tls=tls, api_key=key.secret, metrics_token=new_token(), tenants=tenants)
 
 
 def ca_common_name(who: str, detail: str) -> str:

@@ -11,7 +11,6 @@ line names the path and the version written.
 from __future__ import annotations
 
 import re
-import secrets
 from typing import Annotated, Any
 
 import hvac
@@ -24,11 +23,11 @@ from onboarding.auditing import OnboardingAudit
 from onboarding.context import Target, resolve, with_local_hint
 from onboarding.errors import Conflict, InvalidInput, NotFound, OnboardingError, VaultFailure
 from onboarding.tenants_cli import Json, StateDir
-from service.http.scrape_token import VAULT_FIELD
+from service.http.scrape_token import VAULT_FIELD, new_token
+from service.security.vault_keys import is_cas_conflict
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
 
-TOKEN_BYTES = 32  # 256 bits
 _STACK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -68,7 +67,7 @@ def rotate(
     with output.reported(as_json):
         path = vault_path(stack)
         target = resolve(state_dir=state_dir)
-        token = secrets.token_hex(TOKEN_BYTES)
+        token = new_token()
         full_path = f"{target.kv_mount}/{path}"
         audit = OnboardingAudit(target.audit_log)
         try:
@@ -111,7 +110,7 @@ def _write(target: Target, path: str, token: str) -> int:
     except hvac.exceptions.InvalidPath:
         raise NotFound(what, f"no KV v2 mount {target.kv_mount!r} (FORESIGHT_VAULT_KV_MOUNT)") from None
     except hvac.exceptions.InvalidRequest as err:
-        if "check-and-set" in " ".join(err.errors or [str(err)]):
+        if is_cas_conflict(err):
             raise Conflict(what, "another rotation wrote it at the same time; run the command again and give "
                            "Prometheus the token it prints") from None
         raise VaultFailure(what, f"Vault said {type(err).__name__}") from None

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import logging
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Protocol
@@ -53,6 +54,11 @@ def check_token(token: str) -> str:
     if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
         raise ValueError(f"the token must be one word of at least {MIN_TOKEN_CHARS} characters")
     return token
+
+
+def new_token() -> str:
+    """A fresh scrape token: 256 random bits as hex, for the file a marketplace node writes and for Vault."""
+    return secrets.token_hex(32)
 
 
 def _digest(token: str) -> bytes:

@@ -222,7 +222,7 @@ class VaultKeyAdmin:
                     self._meta_path(spec.name), meta.model_dump(mode="json"), cas=0, mount_point=self.mount
                 )
             except hvac.exceptions.InvalidRequest as err:
-                if _is_cas_conflict(err):  # created concurrently: same spec is fine, another is TenantExists
+                if is_cas_conflict(err):  # created concurrently: same spec is fine, another is TenantExists
                     return self.create_tenant(spec, exclusive=exclusive)
                 self._quietly(self.client.sys.delete_policy, tenant_policy_name(spec.name))
                 raise
@@ -371,7 +371,7 @@ class VaultKeyAdmin:
                 )
                 return key
             except hvac.exceptions.InvalidRequest as err:
-                if not _is_cas_conflict(err):
+                if not is_cas_conflict(err):
                     raise
         raise VaultKeyStoreError("could not allocate a unique key id")
 
@@ -408,7 +408,7 @@ class VaultKeyAdmin:
                 )
                 return True
             except hvac.exceptions.InvalidRequest as err:
-                if _is_cas_conflict(err):
+                if is_cas_conflict(err):
                     return False
                 raise
 
@@ -450,7 +450,7 @@ def _check_tenant_name(tenant: str) -> None:
         raise VaultKeyStoreError(f"invalid tenant name {tenant!r} (lowercase DNS label)")
 
 
-def _is_cas_conflict(err: hvac.exceptions.InvalidRequest) -> bool:
+def is_cas_conflict(err: hvac.exceptions.InvalidRequest) -> bool:
     return "check-and-set" in " ".join(err.errors or [str(err)])
 
 

@@ -71,5 +71,6 @@ def test_a_child_the_bench_started_exits_when_the_bench_is_sigkilled(bench: str)
         parent.kill()
         parent.wait()
         for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGKILL)
+            if _running(child):  # never a pid that has exited (and may be another process's by now)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)

