@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from service.cache import TenantRegistry
-from service.security.envelope import EnvelopeCipher, EnvelopeError
+from service.security.envelope import EnvelopeCipher, EnvelopeFormatError, TamperedEnvelope
 from service.store import MemoryStore, now_ms
 
 log = logging.getLogger(__name__)
@@ -147,9 +147,10 @@ def restore(tenants: TenantRegistry, data_dir: Path, cipher: EnvelopeCipher) -> 
         return 0
     try:
         opened = cipher.decrypt(restoring.read_bytes(), AAD)
-    except EnvelopeError as err:
+    except (TamperedEnvelope, EnvelopeFormatError) as err:
         return _reject(data_dir, err)
-    except Exception as err:  # the KMS (or the disk) cannot open it now: not its fault, so it waits for a later start
+    except Exception as err:  # the KMS (or the disk, or a KMS setting that names another provider) cannot open it
+        # now: not the file's fault, so it waits for a later start
         put_back(data_dir)
         log.error("snapshot %s not restored, kept for a later start; starting cold: %s: %s", path,
                   type(err).__name__, err)

@@ -8,7 +8,8 @@ strides simply never match.
 A prefix's slot and an opaque key's id are a hash of its bytes (blake2b, personalised per kind of id; not
 `hash()`, which is salted per process), not a count of the keys seen before it. So they are the same in every
 process whatever order the keys come in, and a learned model restored from a checkpoint after a restart still
-refers to the keys it learned on (the replay benchmark maps string keys by the same functions). Where a key hashes
+refers to the keys it learned on (the replay benchmark maps string keys by the same functions, over 2^23 - 1
+prefix slots where the codec has 2^20, so a prefix's slot there is not the service's). Where a key hashes
 onto a slot or id a remembered key holds, it takes the next free one: which of the two moves depends on which came
 first, so only such keys can get another id in another process or after forgetting. That is rare (a new prefix
 finds its slot held at most 4,096 / 2^20 = 0.4 % of the time, a new opaque key its id 2^18 / 2^40) and bounded:

@@ -68,7 +68,7 @@ class LoginWait:
             self._source = None
 
 
-# ServiceState is shared with the HTTP side and knows nothing of RESP; each service's counts live beside it here.
+# Each service's counts, beside its ServiceState (which this module keeps free of admission policy).
 _ADMISSIONS: weakref.WeakKeyDictionary[ServiceState, Admission] = weakref.WeakKeyDictionary()
 
 

@@ -3,6 +3,7 @@
 hiredis parses any RESP value, so an argument can arrive as an integer, a null or a nested array; Redis refuses
 those while parsing, before any command sees them, and closes the connection. Doing the same keeps handlers
 (which take bytes) from failing on them, and an unauthenticated client from filling the log with their tracebacks.
+A simple string (`+foo`) parses to bytes, as a bulk string does, so it is accepted where Redis would refuse it.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@ retired.
 
 A KMS key rotation leaves what is already on disk wrapped under the old version, and retiring that version
 (transit's `min_decryption_version`, a disabled Cloud KMS or Key Vault version) makes it unreadable: the snapshot
-is set aside as tampered, checkpoints stop loading, audit archives stop verifying. A rewrap replaces only each
-envelope's header (its data key, re-wrapped by the KMS); the encrypted body is copied byte for byte.
+waits unrestored (the service starts cold), checkpoints stop loading, audit archives stop verifying. A rewrap
+replaces only each envelope's header (its data key, re-wrapped by the KMS); the encrypted body is copied byte for
+byte.
 
 The service must be stopped: it rewrites the snapshot when it stops and deletes old checkpoints, and a rewrap racing
 either would put back a stale file. The service holds its audit log's writer lock while it runs, so this command
@@ -82,8 +83,8 @@ def rewrap(
          Cloud KMS, Key Vault: disable it).
 
     Anything still wrapped under a retired version no longer opens: the
-    snapshot is set aside, checkpoints are dropped, audit archives fail
-    verification.
+    snapshot is not restored (the service starts cold), checkpoints are
+    dropped, audit archives fail verification.
 
     Only each file's header changes; the encrypted data is copied byte for
     byte. The command uses the service's settings (FORESIGHT_* or --config):

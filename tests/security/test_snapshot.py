@@ -119,3 +119,22 @@ def test_a_snapshot_from_before_incarnations_restores_only_into_tenants_without_
     assert snapshot.decode(v1) == {"acme": snapshot.SavedTenant(None, [(b"k", b"v", 0)])}
     assert restore_into(registry(incarnation="c18a0b")) == 0  # a Vault tenant: it may be another one by now
     assert restore_into(registry()) == 1  # a tenants file's tenant: its name is all it ever had
+
+
+class _OtherLocalKms(LocalKms):
+    """A real local keyring under another provider name: what a deployment sees after its KMS setting changed."""
+
+    name = "other-local"
+
+
+def test_a_snapshot_of_another_configured_kms_is_kept_for_later_not_rejected(tmp_path: Path,
+                                                                           cipher: EnvelopeCipher) -> None:
+    tenants = registry()
+    tenants.get("acme").store.set(b"k", b"v")  # type: ignore[union-attr]
+    snapshot.save(tenants, tmp_path, cipher)
+    elsewhere = EnvelopeCipher(_OtherLocalKms.generate(tmp_path / "other.json"))
+    assert snapshot.restore(registry(), tmp_path, elsewhere) == 0
+    assert (tmp_path / snapshot.FILENAME).exists() and not (tmp_path / "snapshot.rejected").exists()
+    restored = registry()
+    assert snapshot.restore(restored, tmp_path, cipher) == 1  # the setting put back: the entries come back
+    assert restored.get("acme").store.get(b"k") == b"v"  # type: ignore[union-attr]

@@ -29,7 +29,7 @@ from service.security.audit import AuditLog
 from service.security.envelope import EnvelopeCipher
 from service.security.kms.local import LocalKms
 from service.security.kms.vault_transit import VaultTransitKms
-from service.server import Service
+from service.server import Service, _setting_holding
 from service.state import DEV_TENANT
 from service.tenancy import TenantSpec
 from tests.security.helpers import token_client, unique
@@ -236,3 +236,9 @@ def test_serve_raises_its_open_files_limit_to_the_hard_one() -> None:
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_a_file_error_names_the_setting_whose_directory_holds_the_file_not_a_sibling(tmp_path: Path) -> None:
+    settings = Settings(dev=True, data_dir=tmp_path / "fs")
+    assert _setting_holding(settings, str(tmp_path / "fs" / "snapshot.fse")) == "FORESIGHT_DATA_DIR"
+    assert _setting_holding(settings, str(tmp_path / "fs-old" / "snapshot.fse")) is None
