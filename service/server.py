@@ -96,7 +96,8 @@ def _setting_holding(settings: Settings, filename: str) -> str | None:
     for name, value in settings:
         if isinstance(value, Path) or (name == "kms_key_id" and settings.kms_provider == "local"):
             path = os.path.abspath(value)
-            if (filename == path or filename.startswith(path + os.sep)) and (best is None or len(path) > best[0]):
+            inside = filename.startswith((path + os.sep, path + "."))  # in its directory, or its file's temp copy
+            if (filename == path or inside) and (best is None or len(path) > best[0]):
                 best = (len(path), f"FORESIGHT_{name.upper()}")
     return best[1] if best else None
 

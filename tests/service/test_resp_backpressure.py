@@ -69,7 +69,8 @@ def test_a_pipeline_behind_a_slow_read_waits_in_the_kernel_and_shares_the_loop(t
     origin.mkdir()
     (origin / "slow").write_bytes(b"loaded")  # the dev tenant's own origin
     pings = 600_000  # 8.4 MB
-    with running_service(dev=True, prefetcher="none", origin=str(origin), origin_latency_ms=8000) as svc:
+    with running_service(dev=True, prefetcher="none", origin=str(origin), origin_latency_ms=8000,
+                         origin_timeout_s=60) as svc:
         client = RawClient(svc.resp_port)
         conn = _only_client(svc)
         tenant = svc.state.tenants.get(DEV_TENANT)

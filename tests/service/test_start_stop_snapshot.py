@@ -242,3 +242,5 @@ def test_a_file_error_names_the_setting_whose_directory_holds_the_file_not_a_sib
     settings = Settings(dev=True, data_dir=tmp_path / "fs")
     assert _setting_holding(settings, str(tmp_path / "fs" / "snapshot.fse")) == "FORESIGHT_DATA_DIR"
     assert _setting_holding(settings, str(tmp_path / "fs-old" / "snapshot.fse")) is None
+    keyring = Settings(dev=True, kms_provider="local", kms_key_id=str(tmp_path / "keyring.json"))
+    assert _setting_holding(keyring, str(tmp_path / "keyring.json.tmp")) == "FORESIGHT_KMS_KEY_ID"
