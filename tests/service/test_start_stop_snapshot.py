@@ -104,13 +104,15 @@ def test_the_stop_snapshot_holds_every_write_before_stop_while_late_loads_keep_l
                     store.set(b"late%d" % i, b"x")
                     i += 1
                 landing.set()
-                await asyncio.sleep(0)
+                await asyncio.sleep(0.001)  # a loop that never waits would starve stop()'s threads of the GIL
 
         writer = asyncio.run_coroutine_threadsafe(late_loads(), svc.loop)
-        landing.wait(10)
-        svc.call(svc.service.stop())
-        done.set()
-        writer.result(10)
+        try:
+            landing.wait(10)
+            svc.call(svc.service.stop())
+        finally:  # a writer left running would hold the loop (and the GIL) through every later test
+            done.set()
+            writer.result(10)
     saved = _saved(tmp_path)
     assert all(saved.get(b"key%d" % i) == b"v%d" % i for i in range(keys))
 
