@@ -293,6 +293,7 @@ class Service:
             log.info("wrote encrypted snapshot %s", path)
         except Exception as err:  # losing a warm start must not turn a clean stop into a crash
             log.error("snapshot not written: %s: %s", type(err).__name__, err)
+            snapshot.set_aside_stale(self.settings.data_dir)
 
     async def _drain_resp(self, grace: float) -> None:
         """Close idle RESP clients now, busy ones once their pipeline is answered; cut off the rest when the grace

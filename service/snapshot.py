@@ -5,7 +5,9 @@ associated data, written atomically with mode 0600. Restoring moves it to `snaps
 deletes that once it serves (`forget_restored`), so a later crash can never resurrect stale data, and puts it back
 if the start fails (`put_back`), so a port in use loses nothing. A snapshot that fails authentication is moved
 aside and the service starts cold: it never serves bytes it cannot prove it wrote. One the KMS cannot open now
-(unreachable, access denied) stays where it is for a later start, and this one starts cold.
+(unreachable, access denied) stays where it is for a later start, and this one starts cold; if this run then
+cannot write its own snapshot at stop, the kept one is older than what the run served and is moved aside
+(`set_aside_stale`), so no later start brings back values the run replaced or deleted.
 
 The entries are encoded on the event loop (`encode`, one consistent moment: nothing else touches the stores
 meanwhile), and only the encryption and the write go to a thread (`write`).
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 AAD = b"foresight-snapshot-v1"
 FILENAME = "snapshot.fse"
 RESTORING = FILENAME + ".restoring"  # restored into memory, kept until the service serves
+STALE = FILENAME + ".stale"  # kept for a later start, then outdated by a run that served and could not save
 _MAGIC = b"FSNP2"
 _MAGIC_V1 = b"FSNP1"  # before incarnations: read, never written
 _TENANT = struct.Struct(">HBI")  # name length, incarnation length (0: none), entry count
@@ -198,3 +201,19 @@ def put_back(data_dir: Path) -> None:
     restoring = data_dir / RESTORING
     if restoring.exists() and not (data_dir / FILENAME).exists():
         os.replace(restoring, data_dir / FILENAME)
+
+
+def set_aside_stale(data_dir: Path) -> None:
+    """The run served but wrote no snapshot: one still here was kept from before it, when the KMS could not open
+    it, and restoring it would bring back values this run replaced or deleted. Moved aside, never restored."""
+    path = data_dir / FILENAME
+    if not path.exists():
+        return
+    try:
+        os.replace(path, data_dir / STALE)
+    except OSError as err:  # the disk that refused the new snapshot may refuse this too
+        log.error("snapshot %s is older than what this run served and could not be moved aside (%s): delete it "
+                  "before the next start, or that start restores outdated values", path, err)
+    else:
+        log.error("snapshot %s is older than what this run served; moved to %s so that no start restores it",
+                  path, data_dir / STALE)

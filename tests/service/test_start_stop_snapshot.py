@@ -148,6 +148,27 @@ def test_a_snapshot_the_kms_cannot_open_now_is_kept_and_the_start_is_cold(
     assert snapshot.restore(warm, tmp_path, EnvelopeCipher(VaultTransitKms(root, transit_key))) == 1
 
 
+def test_a_kept_snapshot_is_set_aside_when_the_run_that_served_cannot_save_its_own(
+        tmp_path: Path, openbao: OpenBao, transit_key: str, caplog: pytest.LogCaptureFixture) -> None:
+    transit = EnvelopeCipher(VaultTransitKms(openbao.client(), transit_key))
+    before = TenantRegistry(Settings())
+    before.upsert(TenantSpec(name=DEV_TENANT))
+    before.get(DEV_TENANT).store.set(b"balance", b"100", 0)  # type: ignore[union-attr]
+    snapshot.save(before, tmp_path / "data", transit)
+    with running_service(**_warm(tmp_path)) as svc:  # a local keyring now: the transit snapshot is kept, start cold
+        client = redis.Redis(port=svc.resp_port)
+        assert client.get("balance") is None
+        client.delete("balance")  # what this run did, and the kept snapshot does not know
+        (tmp_path / "data" / "snapshot.tmp").mkdir()  # so this run's own snapshot cannot be written
+        with caplog.at_level(logging.ERROR, logger="service"):
+            svc.call(svc.service.stop())
+    assert "snapshot not written" in caplog.text and "older than what this run served" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["snapshot.fse.stale", "snapshot.tmp"]
+    later = TenantRegistry(Settings())
+    later.upsert(TenantSpec(name=DEV_TENANT))
+    assert snapshot.restore(later, tmp_path / "data", transit) == 0  # the deleted balance does not come back
+
+
 def _serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("FORESIGHT_")}
     return subprocess.run([*FORESIGHT, "serve", "--resp-port", "0", "--http-port", "0"], capture_output=True,
