@@ -70,9 +70,11 @@ def running_service(**settings: Any) -> Iterator[RunningService]:
     try:
         yield running
     finally:
-        running.call(running.service.stop())
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+        try:
+            running.call(running.service.stop())
+        finally:  # even after a stop that failed or hung: a loop left running would starve every later test
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
 
 
 def write_tenants_file(path: Path, tenants: dict[str, dict[str, Any]]) -> dict[str, IssuedKey]:
