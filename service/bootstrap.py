@@ -6,7 +6,10 @@ provider that is configured.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.config import ConfigError, Settings
@@ -139,6 +142,26 @@ def build_cipher(settings: Settings, vault: VaultSession | None) -> EnvelopeCiph
         return EnvelopeCipher(build_kms(kms_settings, vault_client=vault.client if vault else None))
     except KmsError as err:
         raise ConfigError(f"KMS (FORESIGHT_KMS_*): {err}") from None
+
+
+def check_local_keyring(settings: Settings) -> None:
+    """Refuse a local keyring that does not exist: build_kms makes a new one there, right for a service's first
+    start and useless to a command that must open what an existing keyring wrapped."""
+    if settings.kms_provider == "local" and not Path(settings.kms_key_id).is_file():
+        raise ConfigError(f"local keyring {settings.kms_key_id} (FORESIGHT_KMS_KEY_ID) does not exist")
+
+
+@contextmanager
+def offline_cipher(settings: Settings) -> Iterator[EnvelopeCipher | None]:
+    """The service's cipher for a command that works on its files while it is stopped (kms rewrap, audit verify),
+    with the Vault session that transit needs, stopped on the way out."""
+    check_local_keyring(settings)
+    vault = build_vault_session(settings) if settings.kms_provider == "vault-transit" else None
+    try:
+        yield build_cipher(settings, vault)
+    finally:
+        if vault is not None:
+            vault.stop()
 
 
 def build_audit(settings: Settings, cipher: EnvelopeCipher | None) -> AuditLog | None:

@@ -103,7 +103,7 @@ def verify(
 def _archive_cipher(files: list[Path], config: Path | None) -> Iterator[EnvelopeCipher | None]:
     """The service's cipher where an archive is among `files` and a KMS is configured, else None; the KMS's
     failures (and verify_files' EncryptedArchive) become _VerifyError."""
-    from service.bootstrap import build_cipher, build_vault_session
+    from service.bootstrap import check_local_keyring, offline_cipher
     from service.config import ConfigError, load_settings
     from service.security.envelope import EnvelopeError
     from service.security.kms import KmsError
@@ -115,14 +115,13 @@ def _archive_cipher(files: list[Path], config: Path | None) -> Iterator[Envelope
         settings = load_settings(config)
     except ConfigError as err:
         raise _VerifyError(str(err), EXIT_BAD_INPUT) from None
-    if settings.kms_provider == "local" and not Path(settings.kms_key_id).is_file():
-        # build_kms would make a new keyring there, which decrypts nothing
-        raise _VerifyError(f"local keyring {settings.kms_key_id} (FORESIGHT_KMS_KEY_ID) does not exist",
-                            EXIT_CANNOT_VERIFY)
-    vault = None
     try:
-        vault = build_vault_session(settings) if settings.kms_provider == "vault-transit" else None
-        yield build_cipher(settings, vault)
+        check_local_keyring(settings)
+    except ConfigError as err:
+        raise _VerifyError(str(err), EXIT_CANNOT_VERIFY) from None
+    try:
+        with offline_cipher(settings) as cipher:
+            yield cipher
     except EncryptedArchive as err:
         raise _VerifyError(f"{err}; {_KMS_HINT}", EXIT_CANNOT_VERIFY) from None
     except (ConfigError, KmsError, EnvelopeError) as err:
@@ -130,6 +129,3 @@ def _archive_cipher(files: list[Path], config: Path | None) -> Iterator[Envelope
     except Exception as err:  # e.g. a KMS SDK's own error: exit 1 would say "tampered", and nothing says it is
         raise _VerifyError(f"verifying the archives could not finish ({type(err).__name__}); this says nothing "
                            "about tampering", EXIT_CANNOT_VERIFY) from None
-    finally:
-        if vault is not None:
-            vault.stop()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -116,18 +116,17 @@ def rewrap(
 
 
 def _settings(config: Path | None) -> Settings:
+    from service.bootstrap import check_local_keyring
     from service.config import ConfigError, load_settings
 
     try:
         settings = load_settings(config)
+        check_local_keyring(settings)
     except ConfigError as err:
         raise _Refused(str(err)) from None
     if settings.kms_provider == "none":
         raise _Refused("no KMS configured: set the service's FORESIGHT_KMS_PROVIDER and FORESIGHT_KMS_KEY_ID "
                        "(and FORESIGHT_VAULT_* for vault-transit), or pass its --config")
-    if settings.kms_provider == "local" and not Path(settings.kms_key_id).is_file():
-        # build_kms would make a new keyring there, which unwraps nothing
-        raise _Refused(f"local keyring {settings.kms_key_id} (FORESIGHT_KMS_KEY_ID) does not exist")
     return settings
 
 
@@ -163,23 +162,16 @@ def _service_stopped(settings: Settings) -> Iterator[None]:
 
 @contextmanager
 def _cipher(settings: Settings) -> Iterator[EnvelopeCipher]:
-    from service.bootstrap import build_cipher, build_vault_session
+    from service.bootstrap import offline_cipher
     from service.config import ConfigError
 
-    vault = None
-    try:
-        vault = build_vault_session(settings) if settings.kms_provider == "vault-transit" else None
-        cipher = build_cipher(settings, vault)
-    except ConfigError as err:
-        if vault is not None:
-            vault.stop()
-        raise _Refused(str(err)) from None
-    assert cipher is not None  # kms_provider is not "none"
-    try:
+    with ExitStack() as stack:
+        try:
+            cipher = stack.enter_context(offline_cipher(settings))
+        except ConfigError as err:
+            raise _Refused(str(err)) from None
+        assert cipher is not None  # kms_provider is not "none"
         yield cipher
-    finally:
-        if vault is not None:
-            vault.stop()
 
 
 def _envelopes(roots: list[Path], explicit: list[Path]) -> list[tuple[Path, str | None]]:
