@@ -370,16 +370,27 @@ def _closed_predecessor(path: Path) -> tuple[Path | None, dict[str, Any] | None]
     return rotated[-1], last
 
 
+_TAIL_BYTES = 65536  # far more than one line: the last line of a file is in its last this many bytes
+
+
 def _last_record(path: Path) -> dict[str, Any] | None:
     """The last line of a rotated file, if it is a verified record."""
     with path.open("rb") as file:
-        file.seek(max(0, path.stat().st_size - 65536))
-        lines = file.read().splitlines()
+        file.seek(max(0, path.stat().st_size - _TAIL_BYTES))
+        return _verified_last(file.read())
+
+
+def _verified_last(tail: bytes) -> dict[str, Any] | None:
+    """The last line of `tail` as a record, if it is one whose hash matches its content."""
+    lines = tail.splitlines()
     try:
         last = json.loads(lines[-1])
-        return last if isinstance(last, dict) and last.get("hash") == line_hash(last) else None
     except (IndexError, ValueError):
         return None
+    if isinstance(last, dict) and last.get("hash") == line_hash(last) and isinstance(last.get("action"), str) \
+            and isinstance(last.get("seq"), int):
+        return last
+    return None
 
 
 def _tail_state(path: Path) -> tuple[dict[str, Any] | None, int]:
@@ -391,7 +402,7 @@ def _tail_state(path: Path) -> tuple[dict[str, Any] | None, int]:
     if size == 0:
         return None, 0
     with path.open("rb+") as file:
-        file.seek(max(0, size - 65536))
+        file.seek(max(0, size - _TAIL_BYTES))
         tail = file.read()
         torn = 0
         if not tail.endswith(b"\n"):  # the process died mid-write: that line was never acknowledged
@@ -401,18 +412,13 @@ def _tail_state(path: Path) -> tuple[dict[str, Any] | None, int]:
             log.warning("audit log %s ended in a torn line; removed %d bytes", path, torn)
     if torn == size:  # died writing the file's first line: as good as new
         return None, torn
-    lines = tail.splitlines()
-    try:
-        last = json.loads(lines[-1])
-        if last.get("hash") != line_hash(last) or not isinstance(last["action"], str) \
-                or not isinstance(last["seq"], int):
-            raise ValueError
-        return last, torn
-    except (IndexError, ValueError, KeyError, TypeError, AttributeError):
+    last = _verified_last(tail)
+    if last is None:
         raise AuditLogError(
             f"audit log {path} ends in a line that does not verify; run `foresight audit verify {path}` "
             "and move the file aside before restarting"
-        ) from None
+        )
+    return last, torn
 
 
 @dataclass(frozen=True, slots=True)
