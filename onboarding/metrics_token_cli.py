@@ -2,7 +2,8 @@
 Vault (exit codes: docs/onboarding.md).
 
 The token goes to the KV v2 secret `deployments/<stack>/metrics` of the KV mount the `tenants` commands use (the
-path `stacks.vault.VaultLayout.metrics_path` names and the node's policy reads), written with check-and-set so
+path `stacks.vault.VaultLayout.metrics_path` names and the node's policy reads; with `--path`, a Kubernetes
+workload's own `metricsVaultPath`), written with check-and-set so
 that of two rotations at once one fails instead of both printing a token. The service reads it again within
 `FORESIGHT_VAULT_METRICS_REFRESH_S`. It is printed once, on stdout, and never logged or audited: the audit
 line names the path and the version written.
@@ -29,6 +30,8 @@ from service.security.vault_keys import is_cas_conflict
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 _STACK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+# A KV path as a Kubernetes workload's metricsVaultPath may name it (stacks.kubernetes.spec checks the same form).
+_KV_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
 
 
 def vault_path(stack: str) -> str:
@@ -36,6 +39,20 @@ def vault_path(stack: str) -> str:
     if not _STACK_NAME.fullmatch(stack) or stack in (".", ".."):
         raise InvalidInput(f"--stack {stack!r}", "expected the Pulumi stack name: letters, digits, '-', '_', '.'")
     return f"deployments/{stack}/metrics"
+
+
+def _target_path(stack: str | None, path: str | None) -> str:
+    """Where the token goes: the stack's secret, or the path given (exactly one of the two)."""
+    if (stack is None) == (path is None):
+        raise InvalidInput("--stack/--path", "give one: --stack <stack> for deployments/<stack>/metrics, or --path "
+                           "for a Kubernetes workload's metricsVaultPath")
+    if stack is not None:
+        return vault_path(stack)
+    assert path is not None
+    if not _KV_PATH.fullmatch(path) or ".." in path:
+        raise InvalidInput(f"--path {path!r}", "expected a path inside the KV mount such as foresight/eks/metrics "
+                           "(letters, digits, '-', '_', '.', separated by '/'; no leading '/', no '..')")
+    return path
 
 
 @app.callback()
@@ -46,7 +63,8 @@ def _group() -> None:
 @app.command(
     epilog="Vault is VAULT_ADDR and VAULT_TOKEN (or the local deployment's OpenBao) and the mount "
     "FORESIGHT_VAULT_KV_MOUNT (the stack's: foresight-<stack>), as for `foresight tenants`. The nodes read the "
-    "secret at FORESIGHT_VAULT_METRICS_PATH=deployments/<stack>/metrics.\n\n"
+    "secret at FORESIGHT_VAULT_METRICS_PATH=deployments/<stack>/metrics (or a Kubernetes workload's "
+    "metricsVaultPath, which --path names).\n\n"
     "Prometheus reads the token from a file: save the output (e.g. `foresight metrics-token rotate --stack "
     "aws-prod > /etc/prometheus/foresight-metrics-token`, mode 0600) and point the scrape job at it:\n\n"
     "  scrape_configs:\n"
@@ -58,20 +76,23 @@ def _group() -> None:
     "new one (FORESIGHT_VAULT_METRICS_REFRESH_S, 30 s by default), so update the file right away."
 )
 def rotate(
-    stack: Annotated[str, typer.Option(help="The Pulumi stack: the token goes to deployments/<stack>/metrics.",
-                                       show_default=False)],
+    stack: Annotated[str | None, typer.Option(help="The Pulumi stack: the token goes to deployments/<stack>/metrics.",
+                                              show_default=False)] = None,
+    path: Annotated[str | None, typer.Option(
+        help="Write the token to this path of the KV mount instead of a stack's: a Kubernetes workload's "
+        "metricsVaultPath.", show_default=False)] = None,
     state_dir: StateDir = None,
     as_json: Json = False,
 ) -> None:
     """Make a new 256-bit scrape token, write it to Vault in place of the old one, and print it once."""
     with output.reported(as_json):
-        path = vault_path(stack)
+        secret = _target_path(stack, path)
         target = resolve(state_dir=state_dir)
         token = new_token()
-        full_path = f"{target.kv_mount}/{path}"
+        full_path = f"{target.kv_mount}/{secret}"
         audit = OnboardingAudit(target.audit_log)
         try:
-            version = _write(target, path, token)
+            version = _write(target, secret, token)
         except OnboardingError as failure:
             _audit(audit, outcome="failure", vault_path=full_path, reason=str(failure))
             raise with_local_hint(target, failure) from None

@@ -106,6 +106,12 @@ class WorkloadSpec(BaseModel):
         description="Path of the TLS secret inside the KV mount, e.g. deployments/eks/tls. As deployments/<stack>/tls "
         "it also names where the pods read the /metrics scrape token: deployments/<stack>/metrics."
     )
+    metrics_vault_path: str | None = Field(
+        None,
+        description="Path of the /metrics scrape token inside the KV mount, for a TLS secret kept elsewhere than "
+        "deployments/<stack>/tls (write it with `foresight metrics-token rotate --path`); by default "
+        "deployments/<stack>/metrics beside such a TLS secret, else none (only the admin token scrapes).",
+    )
     kms_provider: Literal["aws", "gcp", "azure", "vault-transit"] = Field(
         description="KMS wrapping the data keys of the snapshot and audit log."
     )
@@ -194,10 +200,10 @@ class WorkloadSpec(BaseModel):
             raise ValueError(f"{value!r} must be lowercase letters, digits and '-', at most 63 characters")
         return value
 
-    @field_validator("vault_auth_mount", "vault_role", "vault_kv_mount", "tls_vault_path")
+    @field_validator("vault_auth_mount", "vault_role", "vault_kv_mount", "tls_vault_path", "metrics_vault_path")
     @classmethod
-    def _check_vault_name(cls, value: str) -> str:
-        if not _VAULT_PATH_RE.fullmatch(value) or ".." in value:
+    def _check_vault_name(cls, value: str | None) -> str | None:
+        if value is not None and (not _VAULT_PATH_RE.fullmatch(value) or ".." in value):
             raise ValueError(f"{value!r} must be a Vault name or path such as deployments/eks/tls")
         return value
 
@@ -236,8 +242,8 @@ class WorkloadSpec(BaseModel):
             if not _ENV_KEY_RE.fullmatch(key):
                 raise ValueError(f"{key!r} is not an environment variable name (A-Z, 0-9, _)")
             if key == "FORESIGHT_VAULT_METRICS_PATH":
-                raise ValueError(f"{key} comes from tlsVaultPath: with deployments/<stack>/tls the pods read the "
-                                 "scrape token at deployments/<stack>/metrics")
+                raise ValueError(f"{key} comes from metricsVaultPath (by default deployments/<stack>/metrics "
+                                 "beside a tlsVaultPath of deployments/<stack>/tls); set that instead")
             if key in RENDERED_ENV_KEYS:
                 raise ValueError(f"{key} comes from the spec's own fields (e.g. kmsKeyId); set those instead")
             if not key.endswith("_FILE") and any(word in key for word in _SECRET_WORDS):
@@ -302,9 +308,11 @@ class WorkloadSpec(BaseModel):
 
     @property
     def vault_metrics_path(self) -> str | None:
-        """The scrape token's secret, deployments/<stack>/metrics, where `foresight metrics-token rotate --stack
-        <stack>` writes it (stacks.vault.VaultLayout.metrics_path); None when the TLS secret is not the stacks'
-        deployments/<stack>/tls, which names no stack."""
+        """The scrape token's secret: metricsVaultPath, else deployments/<stack>/metrics, where `foresight
+        metrics-token rotate --stack <stack>` writes it (stacks.vault.VaultLayout.metrics_path), beside a TLS
+        secret at deployments/<stack>/tls; None when the TLS secret is elsewhere, which names no stack."""
+        if self.metrics_vault_path is not None:
+            return self.metrics_vault_path
         if not _DEPLOYMENT_TLS_RE.fullmatch(self.tls_vault_path):
             return None
         return f"{self.tls_vault_path.removesuffix('/tls')}/metrics"

@@ -30,9 +30,9 @@ def rotate(*args: str) -> Result:
     return CliRunner().invoke(root, ["metrics-token", "rotate", *args])
 
 
-def stored(bao: OpenBao, stack: str) -> dict[str, Any]:
+def stored(bao: OpenBao, stack: str, path: str | None = None) -> dict[str, Any]:
     reply = bao.client().secrets.kv.v2.read_secret_version(
-        f"deployments/{stack}/metrics", mount_point=DEFAULT_MOUNT, raise_on_deleted_version=True
+        path or f"deployments/{stack}/metrics", mount_point=DEFAULT_MOUNT, raise_on_deleted_version=True
     )
     return {"data": reply["data"]["data"], "version": reply["data"]["metadata"]["version"]}
 
@@ -124,6 +124,35 @@ def test_a_stack_name_that_is_no_path_segment_is_a_usage_error(vault_env: Path, 
     result = rotate("--stack", stack)
     assert result.exit_code == EXIT_USAGE
     assert "expected the Pulumi stack name" in one_line_error(result.stderr)
+
+
+def test_path_writes_a_kubernetes_workloads_own_metrics_vault_path(vault_env: Path, bao: OpenBao) -> None:
+    path = f"foresight/{unique('eks')}/scrape"
+    result = rotate("--path", path, "--json")
+    assert result.exit_code == 0, result.output
+    reply = json.loads(result.stdout)
+    assert reply["vault_path"] == f"{DEFAULT_MOUNT}/{path}"
+    assert stored(bao, "", path) == {"data": {"token": reply["token"]}, "version": 1}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "give one: --stack <stack>"),
+        (("--stack", "prod", "--path", "a/metrics"), "give one: --stack <stack>"),
+        (("--path", "/abs/metrics"), "expected a path inside the KV mount"),
+        (("--path", "a/../b"), "expected a path inside the KV mount"),
+        (("--path", "a//b"), "expected a path inside the KV mount"),
+    ],
+)
+def test_stack_or_path_exactly_one_and_a_path_inside_the_mount(
+    vault_env: Path, bao: OpenBao, args: tuple[str, ...], message: str
+) -> None:
+    before = bao.client().secrets.kv.v2.list_secrets("", mount_point=DEFAULT_MOUNT)["data"]["keys"]
+    result = rotate(*args)
+    assert result.exit_code == EXIT_USAGE
+    assert message in one_line_error(result.stderr)
+    assert bao.client().secrets.kv.v2.list_secrets("", mount_point=DEFAULT_MOUNT)["data"]["keys"] == before
 
 
 def test_the_path_is_the_one_the_stacks_give_the_node() -> None:

@@ -93,7 +93,8 @@ VARIANTS = {
         ({"sharedTierUrl": "rediss://tier:6379"}, "sharedTierPasswordSecret", "required with sharedTierUrl"),
         ({"sharedTierPasswordSecret": "p"}, "sharedTierPasswordSecret", "only with sharedTierUrl"),
         ({"extraEgressPorts": [70000]}, "extraEgressPorts", "not a TCP port"),
-        ({"extraEnv": {"FORESIGHT_VAULT_METRICS_PATH": "deployments/x/metrics"}}, "extraEnv", "from tlsVaultPath"),
+        ({"extraEnv": {"FORESIGHT_VAULT_METRICS_PATH": "deployments/x/metrics"}}, "extraEnv", "from metricsVaultPath"),
+        ({"metricsVaultPath": "/abs/metrics"}, "metricsVaultPath", "must be a Vault name or path"),
         ({"replica": 3}, "replica", "Extra inputs are not permitted"),
     ],
 )
@@ -229,6 +230,12 @@ def test_pods_read_the_scrape_token_beside_the_tls_secret_where_rotate_writes_it
     for elsewhere in ("pki/foresight/tls", "deployments/tls", "deployments/eks/tls/old"):
         data = by_kind(render(spec_of(tlsVaultPath=elsewhere)), "ConfigMap")["data"]
         assert "FORESIGHT_VAULT_METRICS_PATH" not in data
+        # ... unless the spec names it: where `metrics-token rotate --path` writes it.
+        data = by_kind(render(spec_of(tlsVaultPath=elsewhere, metricsVaultPath="pki/foresight/scrape")),
+                       "ConfigMap")["data"]
+        assert data["FORESIGHT_VAULT_METRICS_PATH"] == "pki/foresight/scrape"
+    data = by_kind(render(spec_of(metricsVaultPath="deployments/eks/scrape")), "ConfigMap")["data"]
+    assert data["FORESIGHT_VAULT_METRICS_PATH"] == "deployments/eks/scrape"  # given, it wins over the default
 
 
 def test_shared_tier_password_is_a_mounted_secret_file() -> None:
