@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Annotated, TypeVar, cast
 from urllib.parse import unquote_to_bytes
 
@@ -24,6 +25,8 @@ router = APIRouter(prefix="/v1", tags=["keys"])
 
 MAX_VALUE_BYTES = 64 * 1024 * 1024
 Answer = TypeVar("Answer")
+
+_TOO_LARGE = HTTPStatus.REQUEST_ENTITY_TOO_LARGE  # starlette's name for 413 is deprecated, its new one too new
 
 
 async def _read(tenant: TenantCache, key: bytes) -> bytes | None:
@@ -193,7 +196,7 @@ async def put_key(
         try:
             tenant.store.set(name, value, deadline)
         except ValueTooLarge as err:
-            raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, str(err)) from None
+            raise HTTPException(_TOO_LARGE, str(err)) from None
 
     if preconditions is None:
         write()
@@ -247,7 +250,7 @@ async def _body(request: Request) -> bytes:
                 break
             chunks.append(chunk)
     if size > limit:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"values are limited to {limit} bytes")
+        raise HTTPException(_TOO_LARGE, f"values are limited to {limit} bytes")
     return b"".join(chunks)
 
 
