@@ -171,7 +171,8 @@ def build_audit(settings: Settings, cipher: EnvelopeCipher | None) -> AuditLog |
     from service.security.audit import AuditLog
 
     try:
-        return AuditLog(path, archive=cipher, rotate_bytes=64 * 1024 * 1024)
+        return AuditLog(path, archive=cipher, rotate_bytes=settings.audit_rotate_mb * 1024 * 1024,
+                        keep_files=settings.audit_keep_files or None)
     except OSError as err:
         raise ConfigError(f"audit log {path} (FORESIGHT_AUDIT_LOG): {err.strerror}") from None
 

@@ -119,6 +119,16 @@ class Settings(BaseSettings):
     )
     data_dir: Path | None = Field(None, description="Where the encrypted snapshot and the audit log live.")
     audit_log: Path | None = Field(None, description="Audit log path; default <data_dir>/audit.log.")
+    audit_rotate_mb: int = Field(
+        64, ge=1, le=4096,
+        description="Rotate the audit log when it reaches this many MiB; rotated files are encrypted with the KMS.",
+    )
+    audit_keep_files: int = Field(
+        64, ge=0,
+        description="Rotated audit files kept beside the live one: past this, the oldest are deleted, after an "
+        "`audit.pruned` line has named them. Every login writes a line of about 360 bytes, so connection churn "
+        "alone can fill a disk. 0 keeps them all (then ship them off the machine and delete them yourself).",
+    )
     admin_token_hash: str | None = Field(
         None, description="Stored hash of the admin API bearer token (service.security.admin_token)."
     )

@@ -117,7 +117,8 @@ class AuditLog:
     fsync: "always" syncs every line (strongest, a disk flush per event); "interval" syncs at most every
     `fsync_interval` seconds and on close (a crash of the machine may lose the last interval; a crash of
     the process loses nothing, the kernel has the lines); "never" leaves it to the OS.
-    `rotate_bytes`: rotate when the file grows past this size; `archive`: envelope-encrypt rotated files.
+    `rotate_bytes`: rotate when the file grows past this size; `archive`: envelope-encrypt rotated files;
+    `keep_files`: delete the oldest rotated files past this many, each rotation (None keeps them all).
     """
 
     def __init__(
@@ -128,11 +129,14 @@ class AuditLog:
         fsync_interval: float = 1.0,
         rotate_bytes: int | None = None,
         archive: EnvelopeCipher | None = None,
+        keep_files: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(path)
         self.fsync, self.fsync_interval = fsync, fsync_interval
-        self.rotate_bytes, self.archive, self.clock = rotate_bytes, archive, clock
+        if keep_files is not None and keep_files < 1:
+            raise ValueError(f"keep_files must be at least 1 (None keeps every rotated file), not {keep_files}")
+        self.rotate_bytes, self.archive, self.keep_files, self.clock = rotate_bytes, archive, keep_files, clock
         self._lock = threading.Lock()
         self._last_sync = time.monotonic()
         self._fd = -1
@@ -162,6 +166,8 @@ class AuditLog:
             os.close(self._lock_fd)
             raise
         self._archive_leftovers()
+        with self._lock:
+            self._prune_locked()  # a lowered keep_files takes effect at the next start, not only the next rotation
 
     @property
     def head(self) -> str:
@@ -301,7 +307,26 @@ class AuditLog:
         self._append("audit.open", "success", "system", details={"previous_file": rotated.name})
         log.info("audit log %s rotated to %s at head %s", self.path, rotated.name, self._head)
         archived = self._archive_leftovers()
+        self._prune_locked()
         return archived.get(rotated, rotated)
+
+    def _prune_locked(self) -> None:
+        """Delete the oldest rotated files past `keep_files`, named first in an `audit.pruned` line, so that the
+        chain itself says which files went on purpose. What remains still verifies: `verify_files` starts from its
+        first file's own link to the file before."""
+        if self.keep_files is None:
+            return
+        rotated = sorted(_rotated_files(self.path) + _rotated_files(self.path, archived=True), key=lambda p: p.name)
+        excess = rotated[:-self.keep_files]
+        if not excess:
+            return
+        self._append("audit.pruned", "success", "system",
+                     details={"files": [p.name for p in excess], "keep_files": self.keep_files})
+        for path in excess:
+            try:
+                path.unlink()
+            except OSError as err:  # the next rotation tries again (and records it again)
+                log.error("audit file %s not deleted (%s); retried at the next rotation", path, err.strerror or err)
 
     def _archive_leftovers(self) -> dict[Path, Path]:
         """Encrypt every plaintext rotated file of this log (this rotation's, and any an earlier KMS failure left).

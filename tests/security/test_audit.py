@@ -181,6 +181,51 @@ def test_rotation_chains_files_and_encrypts_the_archive(tmp_path: Path) -> None:
     assert bad is not None
 
 
+def test_keep_files_deletes_the_oldest_rotated_files_after_naming_them_and_the_rest_still_verifies(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    cipher = EnvelopeCipher(LocalKms.generate())
+    log = AuditLog(path, rotate_bytes=1200, archive=cipher, keep_files=2)
+    for i in range(30):
+        log.record("auth", actor="key:k", tenant="acme", key_id=f"k{i:011d}", source="127.0.0.1:1")
+    log.close()
+    archives = sorted(tmp_path.glob("audit.*.jsonl.fse"))
+    assert len(archives) == 2
+    plain = []
+    (tmp_path / "plain").mkdir()
+    for archive in archives:
+        out = tmp_path / "plain" / archive.with_suffix("").name  # not beside the log: it would count as rotated
+        cipher.decrypt_file(archive, out, ARCHIVE_AAD)
+        plain.append(out)
+    records = [json.loads(line) for file in [*plain, path] for line in lines_of(file)]
+    deleted = {name for r in records if r["action"] == "audit.pruned" for name in r["details"]["files"]}
+    assert len(deleted | {a.name for a in archives}) >= 5  # ~200-byte lines, 1200-byte files: 5 rotations at least
+    assert all(name < archives[0].name for name in deleted)  # the oldest went
+    assert not any((tmp_path / name).exists() for name in deleted)
+    bad, verdict = verify_files([*plain, path])  # the files kept: the chain from the oldest one left
+    assert bad is None, verdict
+    assert verdict.lines == sum(len(lines_of(p)) for p in [*plain, path])
+
+    # A lowered limit takes effect when the log is next opened.
+    AuditLog(path, keep_files=1).close()
+    assert [p.name for p in sorted(tmp_path.glob("audit.*.jsonl.fse"))] == [archives[1].name]
+    last = json.loads(lines_of(path)[-1])
+    assert last["action"] == "audit.pruned" and last["details"]["files"] == [archives[0].name]
+
+
+def test_without_keep_files_every_rotated_file_stays(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, rotate_bytes=1200)
+    for i in range(30):
+        log.record("auth", actor="key:k", tenant="acme", key_id=f"k{i:011d}", source="127.0.0.1:1")
+    log.close()
+    assert len(list(tmp_path.glob("audit.*.jsonl"))) >= 5
+    assert b"audit.pruned" not in b"".join(p.read_bytes() for p in tmp_path.glob("audit*.jsonl"))
+    with pytest.raises(ValueError, match="at least 1"):
+        AuditLog(tmp_path / "other.jsonl", keep_files=0)
+
+
 @pytest.mark.parametrize(
     "fields",
     [
@@ -421,3 +466,26 @@ def test_cli_refuses_a_malformed_head_as_bad_input_not_tampering(log_file: Path,
     assert result.stdout == ""
     as_json = _foresight("audit", "verify", "--json", "--head", head, str(log_file))
     assert json.loads(as_json.stdout)["exit_code"] == 2
+
+
+def test_the_services_settings_set_rotation_size_and_files_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.bootstrap import build_audit
+    from service.config import Settings
+
+    monkeypatch.setenv("FORESIGHT_AUDIT_ROTATE_MB", "2")
+    monkeypatch.setenv("FORESIGHT_AUDIT_KEEP_FILES", "3")
+    log = build_audit(Settings(data_dir=tmp_path), None)
+    assert log is not None
+    with log:
+        assert (log.rotate_bytes, log.keep_files) == (2 * 1024 * 1024, 3)
+    monkeypatch.setenv("FORESIGHT_AUDIT_KEEP_FILES", "0")  # keep them all
+    log = build_audit(Settings(data_dir=tmp_path), None)
+    assert log is not None
+    with log:
+        assert (log.rotate_bytes, log.keep_files) == (2 * 1024 * 1024, None)
+    monkeypatch.delenv("FORESIGHT_AUDIT_ROTATE_MB")
+    monkeypatch.delenv("FORESIGHT_AUDIT_KEEP_FILES")
+    default = Settings(data_dir=tmp_path)
+    assert (default.audit_rotate_mb, default.audit_keep_files) == (64, 64)
