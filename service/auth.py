@@ -13,6 +13,7 @@ from its source address's bucket (`FailureLimiter`: a burst, then a steady rate)
 back. Once the bucket is empty that address's logins are refused (`TooManyFailures`) without a source read or
 an audit line each; one `auth.throttled` line per address and summary interval counts them. Lookups run a
 bounded number at a time, so addresses in their thousands still cannot queue unbounded work on the source.
+A login the audit log cannot record (a full disk) is refused, with one error line a summary interval.
 """
 
 from __future__ import annotations
@@ -25,17 +26,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from service.security.apikeys import MalformedKey, hash_key, key_id_of
+from service.security.audit import AuditLog, AuditLogError
 from service.tenancy import KeySource, Principal
-
-if TYPE_CHECKING:
-    from service.security.audit import AuditLog
 
 log = logging.getLogger(__name__)
 
 LOOKUP_WAIT_S = 2.0  # how long a login waits for a lookup slot before it is refused as busy
+AUDIT_RETRY_S = 5.0  # what a login refused for want of an audit log is told to wait
 SUMMARY_INTERVAL_S = 60.0  # refused logins are audited per source once per interval
 
 
@@ -58,6 +57,10 @@ class TooManyFailures(LoginRefused):
 
 class LookupsBusy(LoginRefused):
     """Every lookup slot stayed taken for LOOKUP_WAIT_S."""
+
+
+class AuditUnavailable(LoginRefused):
+    """The audit log cannot be written (a full disk): a login it cannot record is refused, not let in unrecorded."""
 
 
 def source_of(peer: str) -> str:
@@ -159,6 +162,8 @@ class Authenticator:
         self._lookups = asyncio.Semaphore(max_lookups)
         self.summary_interval = summary_interval
         self._next_summary = time.monotonic() + summary_interval
+        self._audit_refusals = 0  # logins refused since the last error line about the audit log
+        self._audit_error_at = -math.inf  # when that line was written: at most one a summary interval
         self._sessions: dict[str, Session] = {}  # key hash -> session; never the key itself as a dict key
         self._rechecking = asyncio.Lock()  # one pass at a time: the run loop's and an admin refresh's
         stale_grace = getattr(source, "stale_grace", None)  # how long the source serves answers while it fails
@@ -170,6 +175,7 @@ class Authenticator:
         Every attempt is audited (a cached success only with `audit_cached`: HTTP sends the key on every
         request, so it audits new sessions and failures, not each request), except those the limiter refuses:
         `TooManyFailures` when the peer's address has failed too often, `LookupsBusy` when no lookup slot opens.
+        An attempt the audit log cannot record is refused (`AuditUnavailable`), whatever the key.
         """
         digest = hash_key(api_key)
         session = self._sessions.get(digest)
@@ -240,19 +246,32 @@ class Authenticator:
         await asyncio.to_thread(record)
 
     async def _audit(self, principal: Principal | None, api_key: str, peer: str, listener: str) -> None:
+        """Record the attempt; AuditUnavailable when the log cannot take it (the caller lets nobody in then)."""
         audit = self.audit
         if audit is None:
             return
-        if principal is not None:
-            await asyncio.to_thread(audit.auth_success, tenant=principal.tenant, key_id=principal.key_id,
-                                    source=peer, listener=listener)
-            return
         try:
-            key_id: str | None = key_id_of(api_key)
-            reason = "unknown, revoked or expired key"
-        except MalformedKey:
-            key_id, reason = None, "malformed key"
-        await asyncio.to_thread(audit.auth_failure, key_id=key_id, source=peer, listener=listener, reason=reason)
+            if principal is not None:
+                await asyncio.to_thread(audit.auth_success, tenant=principal.tenant, key_id=principal.key_id,
+                                        source=peer, listener=listener)
+                return
+            try:
+                key_id: str | None = key_id_of(api_key)
+                reason = "unknown, revoked or expired key"
+            except MalformedKey:
+                key_id, reason = None, "malformed key"
+            await asyncio.to_thread(audit.auth_failure, key_id=key_id, source=peer, listener=listener, reason=reason)
+        except (AuditLogError, OSError) as err:
+            self._audit_failed(err)
+            raise AuditUnavailable("the audit log cannot be written, so logins are refused", AUDIT_RETRY_S) from None
+
+    def _audit_failed(self, err: Exception) -> None:
+        """One error line a summary interval, not one a login (each would be a traceback on a disk already full)."""
+        self._audit_refusals += 1
+        now = time.monotonic()
+        if now - self._audit_error_at >= self.summary_interval:
+            log.error("refused %d login(s): the audit log cannot be written (%s)", self._audit_refusals, err)
+            self._audit_refusals, self._audit_error_at = 0, now
 
     def attach(self, session: Session) -> None:
         session.users += 1

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 
-from service.auth import LookupsBusy, TooManyFailures
+from service.auth import AuditUnavailable, LookupsBusy, TooManyFailures
 from service.cache import TenantCache
 from service.http.scrape_token import ScrapeToken
 from service.security.admin_token import verify_admin_token
@@ -50,7 +50,7 @@ async def _current_tenant(request: Request, state: State, scope: str) -> TenantC
             wait = refused.retry_after_s
             raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, f"{refused}: try again in {wait} s",
                                 headers={"Retry-After": str(wait)}) from None
-        except LookupsBusy as refused:
+        except (LookupsBusy, AuditUnavailable) as refused:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"{refused}: try again",
                                 headers={"Retry-After": str(refused.retry_after_s)}) from None
         tenant = state.tenants.serving(session.principal) if session else None

@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import os
 import socket
 import ssl
 import subprocess
@@ -379,6 +380,44 @@ def test_failed_resp_auths_are_limited_per_address(deployment: Deployment) -> No
         assert _auth(other, deployment.keys["globex"].secret) == b"+OK\r\n"
         other.sendall(RawClient.encode("PING"))
         assert other.recv(100) == b"+PONG\r\n"
+
+
+def test_a_full_audit_disk_refuses_new_logins_on_both_listeners_and_they_resume_once_it_has_room(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A login the audit log cannot record is refused with a clear answer, not let in unrecorded and not an
+    'internal error' with a traceback each; sessions made before keep working."""
+    audit = deployment.svc.state.audit
+    assert audit is not None
+    before = deployment.redis(deployment.keys["acme"].secret)
+    assert before.set("held", "1")
+    full = os.open("/dev/full", os.O_WRONLY)  # the kernel's own ENOSPC on every write
+    with audit._lock:
+        saved, audit._fd = audit._fd, full
+    try:
+        with caplog.at_level(logging.ERROR), deployment.http() as http:
+            bearer = {"Authorization": f"Bearer {deployment.keys['globex'].secret}"}
+            response = http.get("/v1/keys/held", headers=bearer)
+            assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+            assert "the audit log cannot be written, so logins are refused" in response.text
+            replies = []
+            for key in (deployment.keys["acme"].secret, new_key().secret, deployment.keys["globex"].secret):
+                with _resp_from(deployment, "127.0.0.3") as connection:
+                    replies.append(_auth(connection, key))
+            assert replies == [b"-ERR the audit log cannot be written, so logins are refused: try again in 5 s\r\n"] * 3
+            assert before.get("held") == b"1"  # logged in before: no login, no audit line needed
+        errors = [r.getMessage() for r in caplog.records if "audit log cannot be written" in r.getMessage()]
+        assert len(errors) == 1 and errors[0].startswith("refused 1 login(s)")  # once a minute, not once a login
+        assert "Traceback" not in caplog.text
+    finally:
+        with audit._lock:
+            audit._fd = saved
+        os.close(full)
+    with _resp_from(deployment, "127.0.0.3") as connection:
+        assert _auth(connection, deployment.keys["acme"].secret) == b"+OK\r\n"
+    verify = subprocess.run([sys.executable, "-c", "from service.cli import main; main()", "audit", "verify",
+                             str(deployment.data_dir / "audit.log")], capture_output=True, text=True, timeout=30)
+    assert verify.returncode == 0, verify.stderr  # nothing half-written while the disk was full
 
 
 def test_snapshot_is_encrypted_and_restores_after_restart(deployment: Deployment) -> None:
