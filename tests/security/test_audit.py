@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
@@ -24,6 +26,7 @@ from service.security.audit import (
     line_hash,
     verify_files,
     verify_lines,
+    write_plaintext,
 )
 from service.security.audit_cli import app as audit_app
 from service.security.envelope import EnvelopeCipher
@@ -36,6 +39,12 @@ def write_events(path: Path, count: int = 5) -> AuditLog:
     for i in range(count):
         log.auth_success(tenant="acme", key_id=f"key{i:09d}", source=f"10.0.0.{i}:5000", listener="resp")
     return log
+
+
+def decrypt_archive(archive: Path, out: Path, cipher: EnvelopeCipher) -> None:
+    """An archive's lines, decrypted and decompressed, as a plaintext file `out` (for verify_files and reading)."""
+    with out.open("wb") as file:
+        write_plaintext(archive, file, cipher)
 
 
 def lines_of(path: Path) -> list[bytes]:
@@ -171,7 +180,7 @@ def test_rotation_chains_files_and_encrypts_the_archive(tmp_path: Path) -> None:
     plain = []
     for archive in archives:
         out = archive.with_suffix("")
-        cipher.decrypt_file(archive, out, ARCHIVE_AAD)
+        decrypt_archive(archive, out, cipher)
         plain.append(out)
     bad, verdict = verify_files([*plain, path])
     assert bad is None, verdict
@@ -196,7 +205,7 @@ def test_keep_files_deletes_the_oldest_rotated_files_after_naming_them_and_the_r
     (tmp_path / "plain").mkdir()
     for archive in archives:
         out = tmp_path / "plain" / archive.with_suffix("").name  # not beside the log: it would count as rotated
-        cipher.decrypt_file(archive, out, ARCHIVE_AAD)
+        decrypt_archive(archive, out, cipher)
         plain.append(out)
     records = [json.loads(line) for file in [*plain, path] for line in lines_of(file)]
     deleted = {name for r in records if r["action"] == "audit.pruned" for name in r["details"]["files"]}
@@ -389,9 +398,72 @@ def test_kms_failure_during_rotation_fails_no_event_and_the_archive_is_encrypted
     assert not list(tmp_path.glob("audit.*.jsonl")) and len(list(tmp_path.glob("*.fse"))) == len(plaintext) + 2
     plain = []
     for encrypted in sorted(tmp_path.glob("*.fse")):
-        cipher.decrypt_file(encrypted, encrypted.with_suffix(""), ARCHIVE_AAD)
+        decrypt_archive(encrypted, encrypted.with_suffix(""), cipher)
         plain.append(encrypted.with_suffix(""))
     assert verify_files([*plain, path])[0] is None
+
+
+class HeldKms(LocalKms):
+    """A KMS whose wrap waits for `release`: a KMS slow to answer, held as long as the test needs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.asked = threading.Event()
+        self.release = threading.Event()
+
+    def wrap(self, dek: bytes) -> WrappedKey:
+        self.asked.set()
+        assert self.release.wait(30)
+        return super().wrap(dek)
+
+
+def test_logins_are_recorded_while_a_rotated_file_waits_for_the_kms(tmp_path: Path) -> None:
+    """Archiving runs beside the writers: a login is not held up by the KMS (or the compression) of a rotation."""
+    path = tmp_path / "audit.jsonl"
+    kms = HeldKms({"v1": os.urandom(32)}, "v1")
+    log = AuditLog(path, rotate_bytes=1200, archive=EnvelopeCipher(kms))
+    for i in range(20):  # past 1200 bytes: the rotation's file goes to the archiver, which waits for the KMS
+        log.record("auth", actor="key:k", tenant="acme", key_id=f"k{i:011d}", source="127.0.0.1:1")
+        if list(tmp_path.glob("audit.*.jsonl")):
+            break
+    assert kms.asked.wait(10)
+    log.record("auth", actor="key:late", tenant="acme", key_id="k00000000099", source="127.0.0.1:2")
+    assert b"key:late" in path.read_bytes()  # written while the archive still waits
+    assert not list(tmp_path.glob("*.fse"))
+    kms.release.set()
+    log.close()  # finishes the archive first
+    [archive] = tmp_path.glob("*.fse")
+    assert not list(tmp_path.glob("audit.*.jsonl"))
+    bad, verdict = verify_files([archive, path], cipher=EnvelopeCipher(kms))
+    assert bad is None and verdict.lines == i + 5, verdict  # open, i + 1 records, close | open, late
+
+
+def test_archives_are_compressed_inside_the_envelope_and_older_uncompressed_ones_still_verify(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    cipher = EnvelopeCipher(LocalKms.generate())
+    log = AuditLog(path, archive=cipher)
+    for i in range(2000):
+        log.auth_success(tenant="acme", key_id=f"k{i % 50:011d}", source=f"10.0.0.{i % 250}:5000", listener="resp")
+    plain_size = path.stat().st_size
+    archive = log.rotate()
+    log.close()
+    inner = tmp_path / "inner"
+    cipher.decrypt_file(archive, inner, ARCHIVE_AAD)
+    assert inner.read_bytes()[:2] == b"\x1f\x8b"  # gzip
+    assert archive.stat().st_size < plain_size / 3
+    out = tmp_path / "out.jsonl"
+    decrypt_archive(archive, out, cipher)
+    assert len(out.read_bytes()) > plain_size  # every line, and the audit.close
+    assert verify_files([archive, path], cipher=cipher)[0] is None
+
+    # An archive from before compression: the rotated file's JSON lines encrypted as they were.
+    older = archive.with_name(archive.name.removesuffix(".fse"))
+    older.write_bytes(out.read_bytes())
+    archive.unlink()
+    cipher.encrypt_file(older, archive, ARCHIVE_AAD)
+    older.unlink()
+    bad, verdict = verify_files([archive, path], cipher=cipher)
+    assert bad is None and verdict.ok
 
 
 def test_a_failed_rotation_never_closes_a_reused_descriptor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,6 +18,7 @@ from service.security.audit import AuditLog, AuditLogError, AuditSecretError, ve
 from service.security.audit_cli import app
 from service.security.envelope import EnvelopeCipher
 from service.security.kms.local import LocalKms
+from tests.security.test_audit import decrypt_archive
 
 
 class Died(BaseException):
@@ -172,7 +173,7 @@ def test_a_crash_anywhere_in_a_rotation_leaves_a_chain_that_verifies_after_resta
     plain = _chain(tmp_path)
     if archived:
         for archive in sorted(tmp_path.glob("audit.2*.log.fse")):
-            cipher.decrypt_file(archive, archive.with_suffix(""), audit_module.ARCHIVE_AAD)  # type: ignore[union-attr]
+            decrypt_archive(archive, archive.with_suffix(""), cipher)
         plain = _chain(tmp_path)
     bad, verdict = verify_files(plain)
     assert bad is None and verdict.ok, (bad, verdict)
