@@ -1,9 +1,10 @@
-"""`foresight audit`: check the hash-chained audit log."""
+"""`foresight audit`: check and read the hash-chained audit log."""
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,7 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from service.security.audit import EncryptedArchive, is_archive, verify_files
+from service.security.audit import EncryptedArchive, is_archive, verify_files, write_plaintext
+from service.security.envelope import TamperedEnvelope
 
 if TYPE_CHECKING:
     from service.security.envelope import EnvelopeCipher
@@ -34,7 +36,7 @@ class _VerifyError(Exception):
 
 @app.callback()
 def audit() -> None:
-    """Verify the hash-chained audit log."""
+    """Verify and read the hash-chained audit log."""
 
 
 @app.command()
@@ -97,6 +99,47 @@ def verify(
     else:
         typer.echo(f"tampered: {bad_file}:{verdict.bad_line}: {verdict.reason}", err=True)
     raise typer.Exit(0 if verdict.ok else EXIT_TAMPERED)
+
+
+@app.command(epilog="Example: foresight audit show /var/lib/foresight/audit.*.log.fse /var/lib/foresight/audit.log "
+               "| jq -c 'select(.action == \"auth\" and .outcome == \"failure\")'")
+def show(
+    files: Annotated[
+        list[Path],
+        typer.Argument(exists=True, dir_okay=False, readable=True,
+                       help="Audit log files: rotated, archived (audit.<time>.log.fse) or the live one."),
+    ],
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="The service's settings file, for the KMS that decrypts archives."),
+    ] = None,
+) -> None:
+    """Print the lines of audit files in the order given, as JSON lines for jq; archives are decrypted (with the
+    service's KMS, as for verify) and decompressed. Nothing is verified here: `audit verify` does that.
+
+    Exit 1: an archive fails authentication (altered; nothing of it is printed); exit 2: bad input; exit 3: an
+    archive that cannot be decrypted here.
+    """
+    out = sys.stdout.buffer
+    tampered = None
+    try:
+        with _archive_cipher(files, config) as cipher:
+            for path in files:
+                try:
+                    write_plaintext(path, out, cipher)
+                except TamperedEnvelope:
+                    tampered = path
+                    break
+        out.flush()
+    except _VerifyError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(err.exit_code) from None
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        raise typer.Exit(0) from None
+    if tampered is not None:
+        typer.echo(f"tampered: {tampered}: encrypted archive fails authentication (altered, or not encrypted with "
+                   "the key given)", err=True)
+        raise typer.Exit(EXIT_TAMPERED)
 
 
 @contextmanager

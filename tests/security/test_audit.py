@@ -491,6 +491,37 @@ def _foresight(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
                           text=True, timeout=60, env={**base, **(env or {})})
 
 
+def test_cli_show_prints_archived_and_live_lines_for_jq_and_refuses_an_altered_archive(tmp_path: Path) -> None:
+    keyring = tmp_path / "keyring.json"
+    path = tmp_path / "audit.log"
+    log = AuditLog(path, archive=EnvelopeCipher(LocalKms.generate(keyring)))
+    log.record("tenant.create", actor="admin:ops", tenant="acme")
+    archive = log.rotate()
+    log.record("tenant.delete", actor="admin:ops", tenant="acme")
+    log.close()
+    kms = {"FORESIGHT_KMS_PROVIDER": "local", "FORESIGHT_KMS_KEY_ID": str(keyring)}
+
+    shown = _foresight("audit", "show", str(archive), str(path), env=kms)
+    assert shown.returncode == 0, shown.stderr
+    records = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert [r["action"] for r in records] == [
+        "audit.open", "tenant.create", "audit.close", "audit.open", "tenant.delete"
+    ]
+    assert [r["seq"] for r in records] == list(range(5))  # the whole chain, in order
+
+    no_kms = _foresight("audit", "show", str(archive), env={})
+    assert no_kms.returncode == 3 and no_kms.stdout == ""
+    assert no_kms.stderr.startswith(f"error: {archive} is an encrypted audit archive")
+
+    altered = bytearray(archive.read_bytes())
+    altered[-20] ^= 1
+    archive.write_bytes(bytes(altered))
+    bad = _foresight("audit", "show", str(path), str(archive), env=kms)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith(f"tampered: {archive}: encrypted archive fails authentication")
+    assert [json.loads(line)["action"] for line in bad.stdout.splitlines()] == ["audit.open", "tenant.delete"]
+
+
 def test_cli_verifies_an_archived_rotation_with_the_services_kms_and_never_calls_it_tampered(tmp_path: Path) -> None:
     """The service encrypts every rotated file (service/bootstrap.py); verify decrypts it with the same KMS
     settings, and without them says it cannot verify (exit 3), which is no verdict on the file."""
