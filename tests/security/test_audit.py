@@ -491,7 +491,8 @@ def _foresight(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
                           text=True, timeout=60, env={**base, **(env or {})})
 
 
-def test_cli_show_prints_archived_and_live_lines_for_jq_and_refuses_an_altered_archive(tmp_path: Path) -> None:
+def _archived_log(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
+    """A log as the service leaves it (an archived rotation, then the live file), and the KMS settings to read it."""
     keyring = tmp_path / "keyring.json"
     path = tmp_path / "audit.log"
     log = AuditLog(path, archive=EnvelopeCipher(LocalKms.generate(keyring)))
@@ -499,7 +500,11 @@ def test_cli_show_prints_archived_and_live_lines_for_jq_and_refuses_an_altered_a
     archive = log.rotate()
     log.record("tenant.delete", actor="admin:ops", tenant="acme")
     log.close()
-    kms = {"FORESIGHT_KMS_PROVIDER": "local", "FORESIGHT_KMS_KEY_ID": str(keyring)}
+    return archive, path, {"FORESIGHT_KMS_PROVIDER": "local", "FORESIGHT_KMS_KEY_ID": str(keyring)}
+
+
+def test_cli_show_prints_archived_and_live_lines_for_jq_and_refuses_an_altered_archive(tmp_path: Path) -> None:
+    archive, path, kms = _archived_log(tmp_path)
 
     shown = _foresight("audit", "show", str(archive), str(path), env=kms)
     assert shown.returncode == 0, shown.stderr
@@ -525,15 +530,8 @@ def test_cli_show_prints_archived_and_live_lines_for_jq_and_refuses_an_altered_a
 def test_cli_verifies_an_archived_rotation_with_the_services_kms_and_never_calls_it_tampered(tmp_path: Path) -> None:
     """The service encrypts every rotated file (service/bootstrap.py); verify decrypts it with the same KMS
     settings, and without them says it cannot verify (exit 3), which is no verdict on the file."""
-    keyring = tmp_path / "keyring.json"
-    path = tmp_path / "audit.log"
-    log = AuditLog(path, archive=EnvelopeCipher(LocalKms.generate(keyring)))
-    log.record("tenant.create", actor="admin:ops", tenant="acme")
-    archive = log.rotate()
-    log.record("tenant.delete", actor="admin:ops", tenant="acme")
-    log.close()
+    archive, path, kms = _archived_log(tmp_path)
     assert archive.suffix == ".fse"
-    kms = {"FORESIGHT_KMS_PROVIDER": "local", "FORESIGHT_KMS_KEY_ID": str(keyring)}
 
     no_kms = _foresight("audit", "verify", str(archive), str(path))
     assert no_kms.returncode == 3
