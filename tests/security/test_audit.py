@@ -491,6 +491,13 @@ def _foresight(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
                           text=True, timeout=60, env={**base, **(env or {})})
 
 
+def _alter(archive: Path) -> None:
+    """Flip one bit of the last segment's ciphertext."""
+    altered = bytearray(archive.read_bytes())
+    altered[-20] ^= 1
+    archive.write_bytes(bytes(altered))
+
+
 def _archived_log(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     """A log as the service leaves it (an archived rotation, then the live file), and the KMS settings to read it."""
     keyring = tmp_path / "keyring.json"
@@ -518,9 +525,7 @@ def test_cli_show_prints_archived_and_live_lines_for_jq_and_refuses_an_altered_a
     assert no_kms.returncode == 3 and no_kms.stdout == ""
     assert no_kms.stderr.startswith(f"error: {archive} is an encrypted audit archive")
 
-    altered = bytearray(archive.read_bytes())
-    altered[-20] ^= 1
-    archive.write_bytes(bytes(altered))
+    _alter(archive)
     bad = _foresight("audit", "show", str(path), str(archive), env=kms)
     assert bad.returncode == 1
     assert bad.stderr.startswith(f"tampered: {archive}: encrypted archive fails authentication")
@@ -545,9 +550,7 @@ def test_cli_verifies_an_archived_rotation_with_the_services_kms_and_never_calls
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("ok: 5 lines verified, open (live file)")
 
-    altered = bytearray(archive.read_bytes())
-    altered[-20] ^= 1
-    archive.write_bytes(bytes(altered))
+    _alter(archive)
     bad = _foresight("audit", "verify", str(archive), str(path), env=kms)
     assert bad.returncode == 1
     assert bad.stderr.startswith(f"tampered: {archive}:1: encrypted archive fails authentication")
