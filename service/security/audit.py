@@ -121,7 +121,8 @@ class AuditLog:
     fsync: "always" syncs every line (strongest, a disk flush per event); "interval" syncs at most every
     `fsync_interval` seconds and on close (a crash of the machine may lose the last interval; a crash of
     the process loses nothing, the kernel has the lines); "never" leaves it to the OS.
-    `rotate_bytes`: rotate when the file grows past this size; `archive`: envelope-encrypt rotated files;
+    `rotate_bytes`: rotate when the file grows past this size; `archive`: compress and envelope-encrypt rotated
+    files (in a background thread);
     `keep_files`: delete the oldest rotated files past this many, each rotation (None keeps them all).
     """
 
@@ -326,7 +327,7 @@ class AuditLog:
 
     def _wake_archiver(self) -> None:
         """Have the rotated file archived and old ones pruned in the background: compressing and encrypting 64 MiB
-        (and the KMS's round trip) took 314 ms under the lock every login waits for."""
+        (and the KMS's round trip) under the lock that every login waits for held them all for about 300 ms."""
         self._archive_wanted.set()
         if self._archiver is None and not self._closing:
             self._archiver = threading.Thread(target=self._archive_until_closed, name="audit-archiver", daemon=True)
@@ -370,7 +371,8 @@ class AuditLog:
                 log.error("audit file %s not deleted (%s); retried at the next rotation", path, err.strerror or err)
 
     def _archive_leftovers(self) -> dict[Path, Path]:
-        """Encrypt every plaintext rotated file of this log (this rotation's, and any an earlier KMS failure left).
+        """Compress and encrypt every plaintext rotated file of this log (this rotation's, and any an earlier KMS
+        failure left).
 
         A KMS failure is logged, not raised: the event that triggered the rotation is already written, and the
         file stays plaintext only until the next rotation or open retries it. Returns plaintext -> archive.
