@@ -121,7 +121,8 @@ class Settings(BaseSettings):
     audit_log: Path | None = Field(None, description="Audit log path; default <data_dir>/audit.log.")
     audit_rotate_mb: int = Field(
         64, ge=1, le=4096,
-        description="Rotate the audit log when it reaches this many MiB; rotated files are encrypted with the KMS.",
+        description="Rotate the audit log when it reaches this many MiB; rotated files are compressed and encrypted "
+        "with the KMS.",
     )
     audit_keep_files: int = Field(
         64, ge=0,
