@@ -48,7 +48,7 @@ done
 
 start=$(date +%s)
 sample() {
-  echo "$(( $(date +%s) - start )) $(awk '/VmRSS/{print $2}' "/proc/$pid/status") $(ls "/proc/$pid/fd" | wc -l)" \
+  echo "$(( $(date +%s) - start )) $(awk '/VmRSS/{print $2}' "/proc/$pid/status") $(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 | wc -l)" \
        "$(awk '/Threads/{print $2}' "/proc/$pid/status") ${1:-}"
 }
 echo "seconds rss_kb fds threads"
