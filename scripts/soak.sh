@@ -48,8 +48,11 @@ done
 
 start=$(date +%s)
 sample() {
-  echo "$(( $(date +%s) - start )) $(awk '/VmRSS/{print $2}' "/proc/$pid/status") $(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 | wc -l)" \
-       "$(awk '/Threads/{print $2}' "/proc/$pid/status") ${1:-}"
+  local rss fds threads
+  rss=$(awk '/VmRSS/{print $2}' "/proc/$pid/status")
+  threads=$(awk '/Threads/{print $2}' "/proc/$pid/status")
+  fds=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 | wc -l)
+  echo "$(( $(date +%s) - start )) $rss $fds $threads ${1:-}"
 }
 echo "seconds rss_kb fds threads"
 while [ "$(date +%s)" -lt "$end" ]; do
