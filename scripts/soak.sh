@@ -5,6 +5,8 @@
 # memory, open descriptors and threads: a leak is a column that keeps growing once the caches are full.
 # Usage: scripts/soak.sh [SECONDS] [NAME=VALUE ...]  (service settings for `local up --set`, e.g. audit_rotate_mb=1)
 # Needs `scripts/setup.sh test` (redis-tools). Everything lives in a temporary state directory, removed at the end.
+# The tenants' keys go to redis-benchmark with -a (it reads no environment variable for them): throwaway keys of
+# a throwaway deployment, deleted with it, but visible in `ps` meanwhile; run it on a machine of your own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-600}

@@ -123,7 +123,7 @@ class AuditLog:
     the process loses nothing, the kernel has the lines); "never" leaves it to the OS.
     `rotate_bytes`: rotate when the file grows past this size; `archive`: compress and envelope-encrypt rotated
     files (in a background thread);
-    `keep_files`: delete the oldest rotated files past this many, each rotation (None keeps them all).
+    `keep_files`: delete the oldest rotated files past this many, at each rotation and open (None keeps them all).
     """
 
     def __init__(
