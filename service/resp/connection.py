@@ -79,6 +79,7 @@ class RespConnection(asyncio.Protocol):
         self.queued_bytes = 0  # the queue's memory: argument bytes and the overheads above
         self.watching: dict[bytes, int] = {}  # WATCHed key -> the store's change count when watched
         self.close_after_reply = False
+        self.killed = False  # CLIENT KILL dropped it: gone from CLIENT before its connection_lost comes
         self.commands_processed = 0
         self.commands_at_bind = 0  # commands_processed when it bound to its tenant
         self.local_port = 0
@@ -328,6 +329,7 @@ class RespConnection(asyncio.Protocol):
     def kill(self) -> None:
         """CLIENT KILL: drop the connection now. A TLS close would wait for the peer's close_notify, which an idle
         client never sends, and the connection would linger in CLIENT LIST for the shutdown timeout."""
+        self.killed = True
         if self.transport is not None:
             self.transport.abort()
 

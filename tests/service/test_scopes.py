@@ -196,6 +196,8 @@ def test_client_list_info_and_kill_see_only_the_callers_tenant(scoped: Scoped) -
     assert neighbour.ping() is True
     with pytest.raises(redis.exceptions.NoPermissionError, match=r"'client\|list' command: it needs the 'admin'"):
         app.client_list()
-    assert owner.client_kill_filter(_id=int(web["id"])) == 1
-    assert web["id"] not in {c["id"] for c in owner.client_list()}  # closed (redis-py would reconnect)
+    # In one read, so LIST runs before the killed connection's connection_lost: Redis frees a killed client at once
+    kill_then_list = owner.pipeline(transaction=False).client_kill_filter(_id=int(web["id"])).client_list()
+    killed, after = kill_then_list.execute()
+    assert killed == 1 and web["id"] not in {c["id"] for c in after}
     assert owner.memory_usage("page") >= 100 + len("page") and owner.memory_usage("nope") is None

@@ -137,8 +137,11 @@ def _client_setinfo(conn: RespConnection, args: list[bytes]) -> Reply:
 
 
 def _tenant_clients(conn: RespConnection) -> list[RespConnection]:
-    """The caller's tenant's connections, oldest first: CLIENT never shows or touches another tenant's."""
-    return sorted((c for c in conn.state.resp_clients if c.tenant is conn.tenant), key=lambda c: c.client_id)
+    """The caller's tenant's live connections, oldest first: CLIENT never shows or touches another tenant's. A
+    killed one is left out at once, as Redis frees it at once: its connection_lost comes loop turns later, and a
+    LIST pipelined behind the KILL would still show it."""
+    return sorted((c for c in conn.state.resp_clients if c.tenant is conn.tenant and not c.killed),
+                  key=lambda c: c.client_id)
 
 
 _CLIENT_TYPES = (b"normal", b"master", b"replica", b"slave", b"pubsub")
