@@ -169,10 +169,17 @@ def build_audit(settings: Settings, cipher: EnvelopeCipher | None) -> AuditLog |
     if path is None:
         return None
     from service.security.audit import AuditLog
+    from service.security.audit_shipping import AuditShipper
 
+    shipper = None
+    if settings.audit_ship_url:
+        try:
+            shipper = AuditShipper(settings.audit_ship_url)
+        except (ImportError, ValueError) as err:  # an unknown scheme, or its filesystem package not installed
+            raise ConfigError(f"FORESIGHT_AUDIT_SHIP_URL={settings.audit_ship_url!r}: {err}") from None
     try:
         return AuditLog(path, archive=cipher, rotate_bytes=settings.audit_rotate_mb * 1024 * 1024,
-                        keep_files=settings.audit_keep_files or None)
+                        keep_files=settings.audit_keep_files or None, shipper=shipper)
     except OSError as err:
         raise ConfigError(f"audit log {path} (FORESIGHT_AUDIT_LOG): {err.strerror}") from None
 

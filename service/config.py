@@ -128,7 +128,15 @@ class Settings(BaseSettings):
         64, ge=0,
         description="Rotated audit files kept beside the live one: past this, the oldest are deleted, after an "
         "`audit.pruned` line has named them. Every login writes a line of about 360 bytes, so connection churn "
-        "alone can fill a disk. 0 keeps them all (then ship them off the machine and delete them yourself).",
+        "alone can fill a disk. 0 keeps them all. With audit_ship_url, only files already shipped are deleted.",
+    )
+    audit_ship_url: str | None = Field(
+        None,
+        description="fsspec URL (s3://bucket/prefix, gs://bucket/prefix, az://container@account.blob.core.windows.net/"
+        "prefix, or a directory) where each rotated audit file "
+        "is copied, as <url>/<hostname>/<name>, with the machine's cloud identity: past audit_keep_files, a file is "
+        "deleted only once its copy is complete. Use a bucket with object lock or retention, so the trail outlives "
+        "the machine and its own administrators.",
     )
     admin_token_hash: str | None = Field(
         None, description="Stored hash of the admin API bearer token (service.security.admin_token)."

@@ -89,6 +89,18 @@ class ServiceCollector(Collector):
         commands = self.state.commands_processed()
         yield CounterMetricFamily("foresight_resp_commands_total", "RESP commands processed.", value=commands)
         yield from self._shared_tier_metrics()
+        yield from self._audit_metrics()
+
+    def _audit_metrics(self) -> Iterator[Metric]:
+        audit = self.state.audit
+        if audit is None or audit.shipper is None:
+            return
+        yield CounterMetricFamily("foresight_audit_shipped_files_total",
+                                  "Rotated audit files this process copied to FORESIGHT_AUDIT_SHIP_URL.",
+                                  value=audit.shipper.shipped_files)
+        yield GaugeMetricFamily("foresight_audit_unshipped_files",
+                                "Rotated audit files the last shipping pass could not copy (kept on disk, retried "
+                                "each minute): alert when it stays above 0.", value=audit.unshipped)
 
     def _shared_tier_metrics(self) -> Iterator[Metric]:
         tier = self.state.tenants.shared

@@ -24,7 +24,8 @@ One writer per file: `AuditLog` holds an exclusive lock on ``<file>.writer.lock`
 log another process (or another `AuditLog`) is writing, since two writers would fork the chain. With `archive`,
 rotated files are compressed and envelope-encrypted by a background thread (writers never wait for the KMS);
 if the KMS fails then, the error is logged and the plaintext rotated file is encrypted at the next rotation or
-open. `keep_files` deletes the oldest rotated files past a count, after an `audit.pruned` line names them.
+open. `keep_files` deletes the oldest rotated files past a count, after an `audit.pruned` line names them; with a
+`shipper` (audit_shipping), only those already copied off the machine.
 
 Before anything is written, `scrub` refuses fields whose name or value looks like a credential (API keys,
 Vault tokens, JWTs, private keys), so a caller's mistake fails loudly instead of leaking. Writing blocks
@@ -51,9 +52,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast
 
 from service.security.envelope import MAGIC, EnvelopeCipher, TamperedEnvelope
+
+if TYPE_CHECKING:
+    from service.security.audit_shipping import AuditShipper
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ _SECRET_VALUES = re.compile(
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----"
 )
 _REQUIRED = ("seq", "time", "action", "outcome", "actor", "prev", "hash")
+_SHIP_RETRY_S = 60.0  # while files wait to be shipped, the archiver retries this often (else at each rotation)
 
 
 class AuditSecretError(ValueError):
@@ -123,7 +128,8 @@ class AuditLog:
     the process loses nothing, the kernel has the lines); "never" leaves it to the OS.
     `rotate_bytes`: rotate when the file grows past this size; `archive`: compress and envelope-encrypt rotated
     files (in a background thread);
-    `keep_files`: delete the oldest rotated files past this many, at each rotation and open (None keeps them all).
+    `keep_files`: delete the oldest rotated files past this many, at each rotation and open (None keeps them all);
+    `shipper`: copy finished files off the machine (in the background), and prune only copied ones.
     """
 
     def __init__(
@@ -135,6 +141,7 @@ class AuditLog:
         rotate_bytes: int | None = None,
         archive: EnvelopeCipher | None = None,
         keep_files: int | None = None,
+        shipper: AuditShipper | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(path)
@@ -142,6 +149,8 @@ class AuditLog:
         if keep_files is not None and keep_files < 1:
             raise ValueError(f"keep_files must be at least 1 (None keeps every rotated file), not {keep_files}")
         self.rotate_bytes, self.archive, self.keep_files, self.clock = rotate_bytes, archive, keep_files, clock
+        self.shipper = shipper
+        self.unshipped = 0  # finished files the last shipping pass left behind (foresight_audit_unshipped_files)
         self._lock = threading.Lock()
         self._archiving = threading.Lock()  # one archive-and-prune pass at a time: the archiver's or rotate()'s
         self._archive_wanted = threading.Event()
@@ -174,7 +183,9 @@ class AuditLog:
                 os.close(self._fd)
             os.close(self._lock_fd)
             raise
-        self._archive_and_prune()  # leftovers of a KMS failure, and a lowered keep_files, take effect at a start too
+        self._archive_and_prune(ship=False)  # a KMS failure's leftovers and a lowered keep_files, at a start too
+        if shipper is not None:
+            self._wake_archiver()  # what an earlier run left unshipped, without holding up the start on the bucket
 
     @property
     def head(self) -> str:
@@ -228,7 +239,8 @@ class AuditLog:
         return self._archive_and_prune().get(rotated, rotated)
 
     def close(self) -> None:
-        """Finish archiving what was rotated (the archiver's last pass), then close the file and its lock."""
+        """Finish archiving (and shipping) what was rotated: the archiver's last pass. Then close the file and its
+        lock, and archive a rotation that came in meanwhile (the next start ships it)."""
         with self._lock:
             self._closing = True
             archiver = self._archiver
@@ -245,6 +257,9 @@ class AuditLog:
                         os.fsync(fd)
                 finally:
                     os.close(fd)
+        with self._archiving:
+            self._archive_leftovers()
+        with self._lock:
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)  # releases the writer's lock
                 self._lock_fd = -1
@@ -335,7 +350,7 @@ class AuditLog:
 
     def _archive_until_closed(self) -> None:
         while True:
-            self._archive_wanted.wait()
+            self._archive_wanted.wait(_SHIP_RETRY_S if self.unshipped else None)
             self._archive_wanted.clear()
             try:
                 self._archive_and_prune()
@@ -344,9 +359,11 @@ class AuditLog:
             if self._closing and not self._archive_wanted.is_set():  # a rotation during this pass gets another
                 return
 
-    def _archive_and_prune(self) -> dict[Path, Path]:
+    def _archive_and_prune(self, ship: bool = True) -> dict[Path, Path]:
         with self._archiving:
             archived = self._archive_leftovers()
+            if ship and self.shipper is not None:
+                self.unshipped = len(self.shipper.ship(_rotated_files(self.path, archived=self.archive is not None)))
             with self._lock:
                 if self._fd >= 0:
                     self._prune_locked()
@@ -360,10 +377,17 @@ class AuditLog:
             return
         rotated = sorted(_rotated_files(self.path) + _rotated_files(self.path, archived=True), key=lambda p: p.name)
         excess = rotated[:-self.keep_files]
+        details: dict[str, Any] = {"keep_files": self.keep_files}
+        if self.shipper is not None:
+            held = [p for p in excess if not self.shipper.has(p)]
+            if held:
+                log.warning("audit log %s: %d rotated files past keep_files=%d are kept until they are shipped to %s",
+                            self.path, len(held), self.keep_files, self.shipper.destination)
+            excess = [p for p in excess if self.shipper.has(p)]
+            details["shipped_to"] = self.shipper.destination
         if not excess:
             return
-        self._append("audit.pruned", "success", "system",
-                     details={"files": [p.name for p in excess], "keep_files": self.keep_files})
+        self._append("audit.pruned", "success", "system", details={"files": [p.name for p in excess], **details})
         for path in excess:
             try:
                 path.unlink()

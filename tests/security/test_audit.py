@@ -385,17 +385,21 @@ def test_kms_failure_during_rotation_fails_no_event_and_the_archive_is_encrypted
         log.record("auth", actor=f"key:{i}")  # rotates, the KMS refuses: the event stands, no exception
     plaintext = sorted(tmp_path.glob("audit.*.jsonl"))
     assert plaintext and not list(tmp_path.glob("*.fse"))
+    log.close()  # still down: close's own try fails too
+    assert sorted(tmp_path.glob("audit.*.jsonl")) == plaintext
     kms.down = False
-    log.close()
     reopened = AuditLog(path, archive=cipher, rotate_bytes=600)  # retried at open
     assert not list(tmp_path.glob("audit.*.jsonl")) and len(list(tmp_path.glob("*.fse"))) == len(plaintext)
     kms.down = True
     reopened.rotate()
     kms.down = False
     archive = reopened.rotate()  # ...and at the next rotation, with this rotation's own file
-    reopened.close()
     assert archive.suffix == ".fse"
-    assert not list(tmp_path.glob("audit.*.jsonl")) and len(list(tmp_path.glob("*.fse"))) == len(plaintext) + 2
+    kms.down = True
+    reopened.rotate()
+    kms.down = False
+    reopened.close()  # ...and at close, which a rotation racing with it would otherwise leave in plaintext
+    assert not list(tmp_path.glob("audit.*.jsonl")) and len(list(tmp_path.glob("*.fse"))) == len(plaintext) + 3
     plain = []
     for encrypted in sorted(tmp_path.glob("*.fse")):
         decrypt_archive(encrypted, encrypted.with_suffix(""), cipher)

@@ -1,0 +1,177 @@
+"""Shipping rotated audit files off the machine: to a directory and to S3 (a real moto server), pruning only what
+was shipped, and the whole chain recoverable from the copies."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from service.security.audit import AuditLog, verify_files, write_plaintext
+from service.security.audit_shipping import AuditShipper
+from service.security.envelope import EnvelopeCipher
+from service.security.kms.local import LocalKms
+from tests.servers import MotoServer
+
+
+def login_lines(log: AuditLog, count: int) -> None:
+    for i in range(count):
+        log.record("auth", actor="key:k", tenant="acme", key_id=f"k{i:011d}", source="127.0.0.1:1")
+
+
+def decrypted(archives: list[Path], cipher: EnvelopeCipher, into: Path) -> list[Path]:
+    into.mkdir(exist_ok=True)
+    plain = []
+    for archive in archives:
+        out = into / archive.with_suffix("").name
+        with out.open("wb") as file:
+            write_plaintext(archive, file, cipher)
+        plain.append(out)
+    return plain
+
+
+def records(*files: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for file in files for line in file.read_bytes().splitlines()]
+
+
+def test_every_rotated_file_reaches_the_destination_and_the_whole_chain_verifies_from_it(tmp_path: Path) -> None:
+    path, bucket = tmp_path / "node" / "audit.jsonl", tmp_path / "bucket"
+    cipher = EnvelopeCipher(LocalKms.generate())
+    log = AuditLog(path, rotate_bytes=1200, archive=cipher, keep_files=2, shipper=AuditShipper(str(bucket), "n1"))
+    login_lines(log, 40)
+    log.close()
+    kept = sorted(path.parent.glob("audit.*.jsonl.fse"))
+    shipped = sorted((bucket / "n1").iterdir())
+    assert len(kept) == 2 and len(shipped) >= 6  # ~200-byte lines, 1200-byte files: 6 rotations at least
+    assert [p.name for p in shipped[-2:]] == [p.name for p in kept]
+    assert all((bucket / "n1" / p.name).read_bytes() == p.read_bytes() for p in kept)  # the very same bytes
+    # From genesis: every line ever written is in the copies and the live file, pruned files included.
+    plain = decrypted(shipped, cipher, tmp_path / "plain")
+    bad, verdict = verify_files([*plain, path])
+    assert bad is None and verdict.ok, verdict
+    pruned = [r for r in records(*plain, path) if r["action"] == "audit.pruned"]
+    assert pruned and all(r["details"]["shipped_to"] == f"{bucket}/n1" for r in pruned)
+    assert len({n for r in pruned for n in r["details"]["files"]}) == len(shipped) - 2
+
+
+def test_nothing_unshipped_is_pruned_and_it_all_goes_once_the_destination_is_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, blocked = tmp_path / "node" / "audit.jsonl", tmp_path / "bucket"
+    blocked.write_text("a file where the destination directory should be")
+    shipper = AuditShipper(str(blocked), "n1")
+    log = AuditLog(path, rotate_bytes=1200, keep_files=1, shipper=shipper)  # no KMS: plaintext files are shipped
+    with caplog.at_level(logging.WARNING, "service.security"):
+        login_lines(log, 30)
+        log.rotate()  # one synchronous pass, so the count below is this pass's
+    rotated = sorted(path.parent.glob("audit.*.jsonl"))
+    assert len(rotated) >= 5 and log.unshipped == len(rotated)  # nothing deleted: no copy exists anywhere
+    assert b"audit.pruned" not in b"".join(p.read_bytes() for p in path.parent.glob("audit*.jsonl"))
+    assert any("not shipped" in r.message and "kept" in r.message for r in caplog.records)
+    assert any("kept until they are shipped" in r.message for r in caplog.records)
+
+    blocked.unlink()  # the destination comes back: the next pass ships them all, then prunes
+    log.rotate()
+    log.close()
+    assert log.unshipped == 0 and shipper.shipped_files == len(rotated) + 1
+    left = sorted(path.parent.glob("audit.*.jsonl"))
+    assert len(left) == 1
+    bad, verdict = verify_files([*sorted((blocked / "n1").iterdir()), path])
+    assert bad is None and verdict.ok, verdict
+
+
+def test_a_partial_copy_is_shipped_again(tmp_path: Path) -> None:
+    """A copy cut short (the machine died mid-upload) has the wrong size: the next start's pass replaces it."""
+    path, bucket = tmp_path / "node" / "audit.jsonl", tmp_path / "bucket"
+    with AuditLog(path, rotate_bytes=1200, shipper=AuditShipper(str(bucket), "n1")) as log:
+        login_lines(log, 10)
+    first = sorted(path.parent.glob("audit.*.jsonl"))[0]
+    copy = bucket / "n1" / first.name
+    copy.write_bytes(first.read_bytes()[:100])
+    shipper = AuditShipper(str(bucket), "n1")
+    with AuditLog(path, shipper=shipper):
+        pass  # the start's background pass, finished by close()
+    assert copy.read_bytes() == first.read_bytes() and shipper.shipped_files == 1
+
+
+@pytest.fixture
+def s3(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server.endpoint)  # botocore's (fsspec reads its own at import)
+    return boto3.client("s3", endpoint_url=moto_server.endpoint)
+
+
+def test_shipping_to_s3_waits_for_the_bucket_and_the_service_settings_wire_it(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.bootstrap import build_audit
+    from service.config import Settings
+
+    monkeypatch.setenv("FORESIGHT_AUDIT_SHIP_URL", "s3://audit-trail/prod")
+    monkeypatch.setenv("FORESIGHT_AUDIT_KEEP_FILES", "1")
+    cipher = EnvelopeCipher(LocalKms.generate())
+    log = build_audit(Settings(data_dir=tmp_path), cipher)
+    assert log is not None and log.shipper is not None
+    log.rotate_bytes = 1200
+    login_lines(log, 20)
+    log.rotate()
+    assert log.unshipped >= 3  # no such bucket yet: every archive kept
+    assert len(list(tmp_path.glob("audit.*.log.fse"))) == log.unshipped
+    assert "Buckets" not in s3.list_buckets() or not s3.list_buckets()["Buckets"]  # never created by the shipper
+
+    s3.create_bucket(Bucket="audit-trail")
+    log.rotate()
+    log.close()
+    assert log.unshipped == 0 and len(list(tmp_path.glob("audit.*.log.fse"))) == 1
+    listed = s3.list_objects_v2(Bucket="audit-trail", Prefix=f"prod/{log.shipper.node}/")["Contents"]
+    assert len(listed) == log.shipper.shipped_files >= 4
+    body = s3.get_object(Bucket="audit-trail", Key=listed[-1]["Key"])["Body"].read()
+    assert body == sorted(tmp_path.glob("audit.*.log.fse"))[-1].read_bytes()
+
+
+@pytest.mark.parametrize(("url", "why"), [("nope://x/y", "Protocol not known"), ("oci://b/p", "Install ocifs")])
+def test_a_destination_that_cannot_work_stops_the_start(
+    url: str, why: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.bootstrap import build_audit
+    from service.config import ConfigError, Settings
+
+    monkeypatch.setenv("FORESIGHT_AUDIT_SHIP_URL", url)
+    with pytest.raises(ConfigError, match=f"FORESIGHT_AUDIT_SHIP_URL='{url}': .*{why}"):
+        build_audit(Settings(data_dir=tmp_path), None)
+    assert not (tmp_path / "audit.log").exists()
+
+
+def test_the_running_service_ships_and_reports_it_in_its_metrics(tmp_path: Path) -> None:
+    from service.metrics import render
+    from tests.service.harness import running_service
+
+    bucket = tmp_path / "bucket"
+    with running_service(dev=True, prefetcher="none", data_dir=tmp_path / "data", audit_ship_url=str(bucket)) as svc:
+        audit = svc.state.audit
+        assert audit is not None
+        audit.rotate()
+        audit.rotate()
+        exposed = render(svc.state).decode()
+    assert "foresight_audit_shipped_files_total 2.0" in exposed and "foresight_audit_unshipped_files 0.0" in exposed
+    assert len(list(bucket.glob("*/audit.*.log*"))) == 2
+
+
+def test_the_image_carries_the_filesystems_of_every_clouds_buckets() -> None:
+    """gs:// and az:// origins and audit destinations need gcsfs and adlfs, from the extras the image installs."""
+    import fsspec
+
+    listed = subprocess.run([sys.executable, "images/service/requirements.py", "pyproject.toml"], check=True,
+                            capture_output=True, text=True, cwd=Path(__file__).parents[2]).stdout.split()
+    assert {"gcsfs", "adlfs", "s3fs"} <= {re.split(r"[<>=\[]", line)[0] for line in listed}
+    packages = {fsspec.get_filesystem_class(p).__module__.split(".")[0] for p in ("s3", "gs", "az")}
+    assert packages == {"s3fs", "gcsfs", "adlfs"}
