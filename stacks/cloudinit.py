@@ -78,6 +78,7 @@ def service_environment(
         "FORESIGHT_KMS_PROVIDER": kms_provider,
         "FORESIGHT_KMS_KEY_ID": kms_key_id,
         "FORESIGHT_DATA_DIR": DATA_DIR,
+        **spec.audit_environment(),
         **extra,
     }
 

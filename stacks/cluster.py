@@ -124,7 +124,7 @@ def workload_spec(
         storage_class=storage_class,
         data_volume_gb=spec.volume_size_gb,
         service_annotations=dict(service_annotations or {}),
-        extra_env=dict(extra_env or {}),
+        extra_env={**spec.audit_environment(), **(extra_env or {})},
         extra_egress_ports=(tier_port, *extra_egress_ports),
         pod_labels=dict(pod_labels or {}),
         tolerations=tolerations,

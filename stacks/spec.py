@@ -65,6 +65,7 @@ CONFIG_KEYS = (
     "scaleOut",
     "nodes",
     "redisPrivateDnsZoneId",
+    "auditBucket",
 )
 REQUIRED_KEYS = ("cloud", "allowedCidrs", "vaultAddress")
 _LIST_KEYS = frozenset({"allowedCidrs", "fallbackInstanceTypes", "subnetIds"})
@@ -76,6 +77,20 @@ _IMAGE_RE = re.compile(
     r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)+"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
+# Where the audit trail is shipped (foresight:auditBucket): an existing S3 or Cloud Storage bucket's name, or an
+# Azure blob container's resource id (what a role assignment is scoped to, and it holds the account's name).
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_GCS_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,61}[a-z0-9]$")
+_AZURE_CONTAINER_RE = re.compile(
+    r"^/subscriptions/[0-9a-fA-F-]{36}/resourceGroups/[-\w._()]{1,90}/providers/Microsoft\.Storage/storageAccounts/"
+    r"(?P<account>[a-z0-9]{3,24})/blobServices/default/containers/(?P<container>[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62})$"
+)
+_AUDIT_BUCKET_FORMS = {
+    "aws": "an S3 bucket name such as acme-audit (it must exist: the stack only grants the node access to it)",
+    "gcp": "a Cloud Storage bucket name such as acme-audit (it must exist: the stack only grants the node access)",
+    "azure": "a blob container's resource id, /subscriptions/<id>/resourceGroups/<group>/providers/"
+    "Microsoft.Storage/storageAccounts/<account>/blobServices/default/containers/<container>",
+}
 SSH_KEY_TYPES = (
     "ssh-ed25519",
     "ecdsa-sha2-nistp256",
@@ -140,6 +155,8 @@ class StackSpec(BaseModel):
     # Azure scale-out on a given virtual network that already resolves privatelink.redis.cache.windows.net (a hub's
     # zone): the tier's private endpoint registers in that zone instead of a new one (stacks/azure/tier.py).
     redis_private_dns_zone_id: str | None = Field(default=None, alias="redisPrivateDnsZoneId")
+    # Ship the audit trail to a bucket the customer owns (service FORESIGHT_AUDIT_SHIP_URL); see audit_ship_url.
+    audit_bucket: str | None = Field(default=None, alias="auditBucket")
     # A secret Output (never a plain string), kept out of the model's repr and dumps.
     vault_token: Any = Field(default=None, alias="vaultToken", exclude=True, repr=False)
 
@@ -222,6 +239,26 @@ class StackSpec(BaseModel):
     def instance_types(self) -> tuple[str, ...]:
         """The primary type first, then the fallbacks in the order given."""
         return (self.instance_type, *(t for t in self.fallback_instance_types if t != self.instance_type))
+
+    @property
+    def audit_prefix(self) -> str:
+        """The stack's folder in the audit bucket (each node adds its hostname below it)."""
+        return f"foresight/{self.name}"
+
+    @property
+    def audit_ship_url(self) -> str | None:
+        """FORESIGHT_AUDIT_SHIP_URL for this stack's nodes, from foresight:auditBucket."""
+        if self.audit_bucket is None:
+            return None
+        if self.cloud == Cloud.AZURE:
+            found = _AZURE_CONTAINER_RE.fullmatch(self.audit_bucket)
+            assert found is not None  # checked in _check_combinations
+            return f"az://{found['container']}@{found['account']}.blob.core.windows.net/{self.audit_prefix}"
+        return f"{'s3' if self.cloud == Cloud.AWS else 'gs'}://{self.audit_bucket}/{self.audit_prefix}"
+
+    def audit_environment(self) -> dict[str, str]:
+        """The service setting that ships the audit trail, for nodes and pods alike (empty without a bucket)."""
+        return {"FORESIGHT_AUDIT_SHIP_URL": self.audit_ship_url} if self.audit_ship_url else {}
 
     @property
     def vault_port(self) -> int:
@@ -313,6 +350,11 @@ class StackSpec(BaseModel):
                 "only with foresight:cloud azure, foresight:scaleOut and foresight:vpcId: it names the existing "
                 "privatelink.redis.cache.windows.net zone a given virtual network already resolves through",
             )
+        if self.audit_bucket is not None:
+            pattern = {Cloud.AWS: _BUCKET_RE, Cloud.GCP: _GCS_BUCKET_RE, Cloud.AZURE: _AZURE_CONTAINER_RE}[self.cloud]
+            if not pattern.fullmatch(self.audit_bucket):
+                raise ConfigError.one(config_key("auditBucket"),
+                                      f"{self.audit_bucket!r} is not {_AUDIT_BUCKET_FORMS[self.cloud]}")
         if self.scale_out and self.ssh_public_key:
             raise ConfigError.one(
                 config_key("sshPublicKey"), "not with foresight:scaleOut: cluster nodes take no SSH key (use kubectl)"

@@ -1,7 +1,8 @@
 """AWS identity: the node's IAM role and instance profile, least privilege.
 
-The role may use its own KMS key (encrypt, decrypt, generate data keys, describe, re-encrypt under it) and
-carries the AWS-managed AmazonSSMManagedInstanceCore policy for Session Manager; nothing else. Logging in to Vault
+The role may use its own KMS key (encrypt, decrypt, generate data keys, describe, re-encrypt under it), write
+its stack's folder of the audit bucket when there is one, and carries the AWS-managed
+AmazonSSMManagedInstanceCore policy for Session Manager; nothing else. Logging in to Vault
 needs no permission (it signs sts:GetCallerIdentity, which every principal may call).
 """
 
@@ -82,5 +83,32 @@ def grant_key_use(
                 }
             )
         ),
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
+def audit_shipping_policy(spec: StackSpec, partition: str) -> str:
+    """Put and read back (the shipper compares sizes) under the stack's folder; list only that folder, so that a
+    copy not there yet is a 404 rather than a 403. No delete: pruning is local, the bucket keeps everything."""
+    bucket = f"arn:{partition}:s3:::{spec.audit_bucket}"
+    return json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": ["s3:PutObject", "s3:GetObject"],
+             "Resource": f"{bucket}/{spec.audit_prefix}/*"},
+            {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket,
+             "Condition": {"StringLike": {"s3:prefix": f"{spec.audit_prefix}/*"}}},
+        ],
+    })
+
+
+def grant_audit_shipping(
+    name: str, spec: StackSpec, role: aws.iam.Role, partition: str, parent: pulumi.Resource
+) -> aws.iam.RolePolicy | None:
+    """The node's (or the pods') write access to the audit bucket, when foresight:auditBucket names one."""
+    if spec.audit_bucket is None:
+        return None
+    return aws.iam.RolePolicy(
+        f"{name}-audit", role=role.id, policy=audit_shipping_policy(spec, partition),
         opts=pulumi.ResourceOptions(parent=parent),
     )

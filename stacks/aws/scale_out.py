@@ -39,7 +39,7 @@ from stacks.aws.cluster import (
     deployer_principal_arn,
 )
 from stacks.aws.compute import check_instance_types
-from stacks.aws.identity import KMS_ACTIONS
+from stacks.aws.identity import KMS_ACTIONS, grant_audit_shipping
 from stacks.aws.kms import create_key
 from stacks.aws.network import Network, check_network_ids, create_network
 from stacks.aws.tier import PORT as TIER_PORT
@@ -145,6 +145,7 @@ class ScaleOut(pulumi.ComponentResource):
     tier: SharedTier
     pods_role: aws.iam.Role
     pods_policy: aws.iam.RolePolicy
+    pods_audit: aws.iam.RolePolicy | None  # write access to foresight:auditBucket, when given
     kubernetes: k8s.Provider
     namespace: k8s.core.v1.Namespace
     storage_class: k8s.storage.v1.StorageClass
@@ -210,6 +211,7 @@ class ScaleOut(pulumi.ComponentResource):
             ),
             opts=pulumi.ResourceOptions(parent=self),
         )
+        self.pods_audit = grant_audit_shipping(f"{name}-pods", spec, self.pods_role, partition, parent=self)
         self._create_kubernetes(name, spec)
         certificate = CertificateRevision.pending()
         self.workload = Workload(
@@ -236,7 +238,8 @@ class ScaleOut(pulumi.ComponentResource):
                 service_account_annotations={ROLE_ARN_ANNOTATION: self.pods_role.arn},
                 pod_annotations=certificate.annotations,
                 # Its objects live in the namespace; the pods want their role's permissions and a disk to mount.
-                depends_on=[self.namespace, self.pods_policy, self.storage_class],
+                depends_on=[self.namespace, self.pods_policy, self.storage_class,
+                            *([self.pods_audit] if self.pods_audit else [])],
             ),
             opts=pulumi.ResourceOptions(parent=self),
         )

@@ -1,8 +1,9 @@
 """Google Cloud identity: the node's own service account, and nothing granted to it here.
 
-Its one permission, use of the stack's Cloud KMS key, is granted on the key itself (`kms.py`), so the account
-holds no project-wide role at all. Logging in to Vault needs no permission either: the node presents the
-identity token the metadata server signs for any VM's account.
+Its permissions are granted on what it uses: the stack's Cloud KMS key (`kms.py`), and the audit bucket when
+foresight:auditBucket names one (`grant_audit_shipping`), so the account holds no project-wide role at all.
+Logging in to Vault needs no permission either: the node presents the identity token the metadata server signs
+for any VM's account.
 """
 
 from __future__ import annotations
@@ -43,3 +44,25 @@ def create_identity(name: str, spec: StackSpec, parent: pulumi.Resource) -> Node
         opts=pulumi.ResourceOptions(parent=parent),
     )
     return NodeIdentity(account=account)
+
+
+# Create objects and read them back (the shipper compares sizes); neither may delete or overwrite a retained one.
+AUDIT_ROLES = ("roles/storage.objectCreator", "roles/storage.objectViewer")
+
+
+def grant_audit_shipping(
+    name: str, spec: StackSpec, email: pulumi.Input[str], parent: pulumi.Resource
+) -> list[gcp.storage.BucketIAMMember]:
+    """The node's (or the pods') access to the audit bucket, when foresight:auditBucket names one."""
+    if spec.audit_bucket is None:
+        return []
+    return [
+        gcp.storage.BucketIAMMember(
+            f"{name}-audit-{role.rsplit('.', 1)[1]}",
+            bucket=spec.audit_bucket,
+            role=role,
+            member=pulumi.Output.concat("serviceAccount:", email),
+            opts=pulumi.ResourceOptions(parent=parent),
+        )
+        for role in AUDIT_ROLES
+    ]

@@ -48,6 +48,7 @@ from stacks.gcp.cluster import (
     oidc_issuer,
 )
 from stacks.gcp.compute import check_instance_types
+from stacks.gcp.identity import grant_audit_shipping
 from stacks.gcp.kms import KEY_USER_ROLE, NodeKey, create_key
 from stacks.gcp.network import Network, check_network_ids, create_network
 from stacks.gcp.tier import (
@@ -95,6 +96,7 @@ class ScaleOut(pulumi.ComponentResource):
     outputs: StackOutputs
     network: Network
     identity: ClusterIdentity
+    audit_grants: list[gcp.storage.BucketIAMMember]  # the pods' access to foresight:auditBucket, when given
     key: NodeKey
     key_grants: list[gcp.kms.CryptoKeyIAMMember]
     gke: GkeCluster
@@ -120,6 +122,7 @@ class ScaleOut(pulumi.ComponentResource):
         self.network = create_network(name, spec, parent=self)
         self.identity = create_cluster_identity(name, spec, project_id, parent=self)
         self.key = create_key(name, spec, project_number, self.identity.pod_email, parent=self)
+        self.audit_grants = grant_audit_shipping(f"{name}-pods", spec, self.identity.pod_email, parent=self)
         key_id = self.key.key.id
         self.key_grants = [
             gcp.kms.CryptoKeyIAMMember(
@@ -209,6 +212,7 @@ class ScaleOut(pulumi.ComponentResource):
                     self.gke.workload_identity,
                     self.tier.connection_user,
                     *self.key.users,
+                    *self.audit_grants,
                 ],
             ),
             opts=pulumi.ResourceOptions(parent=self),

@@ -85,6 +85,7 @@ def test_pulumi_yaml_defaults_are_the_programs_defaults() -> None:
         "scaleOut": False,
         "nodes": 2,
         "redisPrivateDnsZoneId": "",
+        "auditBucket": "",  # no shipping: the trail stays on the nodes
     }
 
 
