@@ -88,8 +88,9 @@ def grant_key_use(
 
 
 def audit_shipping_policy(spec: StackSpec, partition: str) -> str:
-    """Put and read back (the shipper compares sizes) under the stack's folder; list only that folder, so that a
-    copy not there yet is a 404 rather than a 403. No delete: pruning is local, the bucket keeps everything."""
+    """Put and read back (the shipper compares sizes) under the stack's folder, and list only that folder: s3fs
+    lists to look up a copy that is not there yet, and without it shipping fails. No delete: pruning is local,
+    the bucket keeps everything."""
     bucket = f"arn:{partition}:s3:::{spec.audit_bucket}"
     return json.dumps({
         "Version": "2012-10-17",
