@@ -79,12 +79,15 @@ _IMAGE_RE = re.compile(
 )
 # Where the audit trail is shipped (foresight:auditBucket): an existing S3 or Cloud Storage bucket's name, or an
 # Azure blob container's resource id (what a role assignment is scoped to, and it holds the account's name).
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_GCS_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,61}[a-z0-9]$")
 _AZURE_CONTAINER_RE = re.compile(
     r"^/subscriptions/[0-9a-fA-F-]{36}/resourceGroups/[-\w._()]{1,90}/providers/Microsoft\.Storage/storageAccounts/"
     r"(?P<account>[a-z0-9]{3,24})/blobServices/default/containers/(?P<container>[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62})$"
 )
+AUDIT_BUCKET_PATTERNS: Mapping[Cloud, re.Pattern[str]] = {  # the marketplace templates' parameters use them too
+    Cloud.AWS: re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"),
+    Cloud.GCP: re.compile(r"^[a-z0-9][a-z0-9_.-]{1,61}[a-z0-9]$"),
+    Cloud.AZURE: _AZURE_CONTAINER_RE,
+}
 _AUDIT_BUCKET_FORMS = {
     "aws": "an S3 bucket name such as acme-audit (it must exist: the stack only grants the node access to it)",
     "gcp": "a Cloud Storage bucket name such as acme-audit (it must exist: the stack only grants the node access)",
@@ -350,11 +353,9 @@ class StackSpec(BaseModel):
                 "only with foresight:cloud azure, foresight:scaleOut and foresight:vpcId: it names the existing "
                 "privatelink.redis.cache.windows.net zone a given virtual network already resolves through",
             )
-        if self.audit_bucket is not None:
-            pattern = {Cloud.AWS: _BUCKET_RE, Cloud.GCP: _GCS_BUCKET_RE, Cloud.AZURE: _AZURE_CONTAINER_RE}[self.cloud]
-            if not pattern.fullmatch(self.audit_bucket):
-                raise ConfigError.one(config_key("auditBucket"),
-                                      f"{self.audit_bucket!r} is not {_AUDIT_BUCKET_FORMS[self.cloud]}")
+        if self.audit_bucket is not None and not AUDIT_BUCKET_PATTERNS[self.cloud].fullmatch(self.audit_bucket):
+            raise ConfigError.one(config_key("auditBucket"),
+                                  f"{self.audit_bucket!r} is not {_AUDIT_BUCKET_FORMS[self.cloud]}")
         if self.scale_out and self.ssh_public_key:
             raise ConfigError.one(
                 config_key("sshPublicKey"), "not with foresight:scaleOut: cluster nodes take no SSH key (use kubectl)"

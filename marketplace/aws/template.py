@@ -34,11 +34,12 @@ from stacks.aws.compute import (
     ROOT_VOLUME_GB,
     instance_family,
 )
-from stacks.aws.identity import KMS_ACTIONS, SSM_CORE_POLICY
+from stacks.aws.identity import KMS_ACTIONS, SSM_CORE_POLICY, audit_shipping_statements
 from stacks.aws.kms import key_policy
 from stacks.aws.network import OWN_VPC_CIDR, SSH_PORT, WORLD
 from stacks.cloudinit import DATA_DIR
 from stacks.spec import (
+    AUDIT_BUCKET_PATTERNS,
     DEFAULT_INSTANCE_TYPES,
     DEFAULT_VOLUME_SIZE_GB,
     HTTPS_PORT,
@@ -52,6 +53,7 @@ SUBNET_BITS = 12  # one /20, the size of the stack's subnets
 VPC_CIDR_PATTERN = CIDR_PATTERN.removesuffix(r"/(3[0-2]|[12]?[0-9])$") + r"/(1[6-9]|20)$"
 # The stack's key-policy statements for its Auto Scaling group; a single instance has none.
 _AUTOSCALING_SIDS = frozenset({"AutoScalingEncryptsVolumes", "AutoScalingGrantsVolumeAttachments"})
+AUDIT_PREFIX = "foresight/${AWS::StackName}"  # the stacks' foresight/<project>-<stack>, for a CloudFormation stack
 
 
 def instance_types() -> list[str]:
@@ -74,6 +76,7 @@ def service_environment() -> dict[str, str]:
         "FORESIGHT_DATA_DIR": DATA_DIR,
         "AWS_REGION": "@@Region@@",
         "AWS_DEFAULT_REGION": "@@Region@@",
+        "FORESIGHT_AUDIT_SHIP_URL": "@@AuditShipUrl@@",  # empty (no AuditBucket): the trail stays on the node
     }
 
 
@@ -93,6 +96,7 @@ def render(version: str | None = None) -> dict[str, Any]:
         "Parameters": _parameters(),
         "Conditions": {
             "HasKeyName": {"Fn::Not": [{"Fn::Equals": [{"Ref": "KeyName"}, ""]}]},
+            "HasAuditBucket": {"Fn::Not": [{"Fn::Equals": [{"Ref": "AuditBucket"}, ""]}]},
             "SshAllowed": {
                 "Fn::And": [
                     {"Condition": "HasKeyName"},
@@ -147,6 +151,15 @@ def _parameters() -> dict[str, Any]:
             "ConstraintDescription": "an IPv4 CIDR of /16 to /20",
             "Description": "Address range of the VPC this stack creates",
         },
+        "AuditBucket": {
+            "Type": "String",
+            "Default": "",
+            "AllowedPattern": f"^$|{AUDIT_BUCKET_PATTERNS[Cloud.AWS].pattern}",
+            "ConstraintDescription": "an S3 bucket name, or empty",
+            "Description": "Optional existing S3 bucket for the audit trail (give it object lock): rotated audit files "
+            "go to foresight/<stack name>/, and the node deletes one only once its copy is there. Empty: kept on "
+            "the node only",
+        },
         "TenantName": {
             "Type": "String",
             "Default": "default",
@@ -161,7 +174,7 @@ def _interface() -> dict[str, Any]:
     groups = [
         ("Instance", ["ImageId", "InstanceType", "AvailabilityZone", "VolumeSizeGb"]),
         ("Access", ["AllowedCidr", "KeyName", "VpcCidr"]),
-        ("Service", ["TenantName"]),
+        ("Service", ["TenantName", "AuditBucket"]),
     ]
     labels = {
         "ImageId": "Foresight AMI",
@@ -172,6 +185,7 @@ def _interface() -> dict[str, Any]:
         "KeyName": "SSH key pair (optional)",
         "VpcCidr": "VPC CIDR",
         "TenantName": "First tenant",
+        "AuditBucket": "Audit trail bucket (optional)",
     }
     return {
         "ParameterGroups": [{"Label": {"default": label}, "Parameters": names} for label, names in groups],
@@ -367,8 +381,26 @@ def _identity() -> dict[str, Any]:
                 "PolicyDocument": {"Version": "2012-10-17", "Statement": node_policy_statements()},
             },
         },
+        "AuditPolicy": {
+            "Type": "AWS::IAM::RolePolicy",
+            "Condition": "HasAuditBucket",
+            "Properties": {
+                "RoleName": {"Ref": "NodeRole"},
+                "PolicyName": "foresight-audit",
+                "PolicyDocument": {"Version": "2012-10-17", "Statement": audit_statements()},
+            },
+        },
         "InstanceProfile": {"Type": "AWS::IAM::InstanceProfile", "Properties": {"Roles": [{"Ref": "NodeRole"}]}},
     }
+
+
+def audit_statements() -> list[dict[str, Any]]:
+    """The stacks' audit shipping statements (stacks.aws.identity), on this stack's folder of AuditBucket."""
+    return audit_shipping_statements(
+        {"Fn::Sub": f"arn:${{AWS::Partition}}:s3:::${{AuditBucket}}/{AUDIT_PREFIX}/*"},
+        {"Fn::Sub": "arn:${AWS::Partition}:s3:::${AuditBucket}"},
+        {"Fn::Sub": f"{AUDIT_PREFIX}/*"},
+    )
 
 
 def _volume(device: str, size: Any) -> dict[str, Any]:
@@ -392,6 +424,7 @@ def _intrinsics() -> dict[str, Any]:
         "Tenant": {"Ref": "TenantName"},
         "PublicIp": {"Fn::GetAtt": ["ElasticIp", "PublicIp"]},
         "SshOff": {"Fn::If": ["HasKeyName", "true", SSH_OFF]},
+        "AuditShipUrl": {"Fn::If": ["HasAuditBucket", {"Fn::Sub": f"s3://${{AuditBucket}}/{AUDIT_PREFIX}"}, ""]},
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -87,20 +88,23 @@ def grant_key_use(
     )
 
 
+def audit_shipping_statements(objects: Any, bucket: Any, listed: Any) -> list[dict[str, Any]]:
+    """Put and read back (the shipper compares sizes) the `objects` (an ARN pattern), and list only the `listed`
+    prefix of `bucket`: s3fs lists to look up a copy that is not there yet, and without it shipping fails. No
+    delete: pruning is local, the bucket keeps everything. Strings here, CloudFormation intrinsics in the AWS
+    Marketplace template."""
+    return [
+        {"Effect": "Allow", "Action": ["s3:PutObject", "s3:GetObject"], "Resource": objects},
+        {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket,
+         "Condition": {"StringLike": {"s3:prefix": listed}}},
+    ]
+
+
 def audit_shipping_policy(spec: StackSpec, partition: str) -> str:
-    """Put and read back (the shipper compares sizes) under the stack's folder, and list only that folder: s3fs
-    lists to look up a copy that is not there yet, and without it shipping fails. No delete: pruning is local,
-    the bucket keeps everything."""
+    """The stack's folder of foresight:auditBucket, as a policy document."""
     bucket = f"arn:{partition}:s3:::{spec.audit_bucket}"
-    return json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Action": ["s3:PutObject", "s3:GetObject"],
-             "Resource": f"{bucket}/{spec.audit_prefix}/*"},
-            {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket,
-             "Condition": {"StringLike": {"s3:prefix": f"{spec.audit_prefix}/*"}}},
-        ],
-    })
+    statements = audit_shipping_statements(f"{bucket}/{spec.audit_prefix}/*", bucket, f"{spec.audit_prefix}/*")
+    return json.dumps({"Version": "2012-10-17", "Statement": statements})
 
 
 def grant_audit_shipping(

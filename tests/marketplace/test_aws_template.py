@@ -35,7 +35,7 @@ from stacks.aws.compute import (
     ROOT_DEVICE,
     ROOT_VOLUME_GB,
 )
-from stacks.aws.identity import KMS_ACTIONS
+from stacks.aws.identity import KMS_ACTIONS, audit_shipping_policy
 from stacks.aws.kms import key_policy
 from stacks.aws.network import WORLD
 from stacks.spec import DEFAULT_INSTANCE_TYPES, HTTPS_PORT, RESP_PORT, SERVICE_PORTS, Cloud, StackSpec
@@ -57,6 +57,7 @@ SAMPLE = {
     "Tenant": "default",
     "PublicIp": "198.51.100.7",
 }
+STACK_NAME = "foresight-demo"
 
 
 @pytest.fixture(scope="module")
@@ -80,27 +81,31 @@ def launch_data(rendered: Mapping[str, Any]) -> dict[str, Any]:
     return dict(lt["Properties"]["LaunchTemplateData"])
 
 
-def resolve(node: Any, has_key: bool = False) -> Any:
-    """The user data's intrinsics with SAMPLE's values, the way CloudFormation would fill them in."""
+def resolve(node: Any, has_key: bool = False, audit_bucket: str = "") -> Any:
+    """The user data's intrinsics with SAMPLE's values (and `audit_bucket` as AuditBucket), the way CloudFormation
+    would fill them in."""
     by_intrinsic = {json.dumps(v, sort_keys=True): SAMPLE[k] for k, v in template._intrinsics().items() if k in SAMPLE}
+    conditions = {"HasKeyName": has_key, "HasAuditBucket": bool(audit_bucket)}
     if isinstance(node, dict):
         if json.dumps(node, sort_keys=True) in by_intrinsic:
             return by_intrinsic[json.dumps(node, sort_keys=True)]
         if "Fn::Base64" in node:
-            return resolve(node["Fn::Base64"], has_key)
+            return resolve(node["Fn::Base64"], has_key, audit_bucket)
         if "Fn::Join" in node:
             separator, parts = node["Fn::Join"]
-            return separator.join(resolve(part, has_key) for part in parts)
+            return separator.join(resolve(part, has_key, audit_bucket) for part in parts)
         if "Fn::If" in node:
             condition, yes, no = node["Fn::If"]
-            assert condition == "HasKeyName"
-            return resolve(yes if has_key else no, has_key)
+            return resolve(yes if conditions[condition] else no, has_key, audit_bucket)
+        if "Fn::Sub" in node:
+            values = {"AuditBucket": audit_bucket, "AWS::StackName": STACK_NAME, "AWS::Partition": "aws"}
+            return re.sub(r"\$\{([^}]+)\}", lambda m: values[m[1]], node["Fn::Sub"])
         raise AssertionError(f"unexpected intrinsic in the user data: {node}")
     return node
 
 
-def user_data_text(rendered: Mapping[str, Any], has_key: bool = False) -> str:
-    return str(resolve(launch_data(rendered)["UserData"], has_key))
+def user_data_text(rendered: Mapping[str, Any], has_key: bool = False, audit_bucket: str = "") -> str:
+    return str(resolve(launch_data(rendered)["UserData"], has_key, audit_bucket))
 
 
 # --- the real validators -------------------------------------------------------------------------------------
@@ -277,7 +282,8 @@ def test_iam_statements_name_their_resources_and_actions(rendered: dict[str, Any
     assert statements
     for statement in statements:
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-        assert statement["Effect"] == "Allow" and "*" not in json.dumps(statement["Resource"]), statement
+        resource = json.dumps(statement["Resource"]).replace(f"{template.AUDIT_PREFIX}/*", "")  # one folder's objects
+        assert statement["Effect"] == "Allow" and "*" not in resource, statement
         assert not any("*" in action for action in actions), statement
     secret = [s for s in statements if s["Resource"] == {"Ref": "ApiKeySecret"}]
     assert [s["Action"] for s in secret] == ["secretsmanager:PutSecretValue"]
@@ -498,3 +504,24 @@ def test_first_boot_does_not_retry_an_answer_that_will_not_change() -> None:
     with pytest.raises(first_boot.FirstBootError, match=r"PutSecretValue on .*ResourceNotFoundException"):
         first_boot.put_secret(secrets, SAMPLE["SecretArn"], '{"api_key": "x"}')
     assert len(secrets.calls) == 1
+
+
+def test_an_audit_bucket_gets_the_stacks_statements_on_this_stacks_folder_and_the_node_ships_there(
+    rendered: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = rendered["Resources"]["AuditPolicy"]
+    assert policy["Condition"] == "HasAuditBucket" and policy["Properties"]["RoleName"] == {"Ref": "NodeRole"}
+    spec = StackSpec.model_validate({**_spec_fields(), "stack": STACK_NAME.removeprefix("foresight-"),
+                                     "auditBucket": "acme-audit"})
+    statements = json.loads(json.dumps(policy["Properties"]["PolicyDocument"]["Statement"]),
+                            object_hook=lambda d: resolve(d, audit_bucket="acme-audit") if "Fn::Sub" in d else d)
+    assert statements == json.loads(audit_shipping_policy(spec, "aws"))["Statement"]  # the stack's, same folder
+    pattern = re.compile(rendered["Parameters"]["AuditBucket"]["AllowedPattern"])
+    assert all(pattern.fullmatch(ok) for ok in ("", "acme-audit", "logs.acme.example"))
+    assert not any(pattern.fullmatch(bad) for bad in ("Acme", "s3://acme-audit", "a", "acme_audit"))
+    environment = _staged_env(user_data_text(rendered, audit_bucket="acme-audit"))
+    assert environment["FORESIGHT_AUDIT_SHIP_URL"] == f"s3://acme-audit/foresight/{STACK_NAME}"
+    assert spec.audit_ship_url == environment["FORESIGHT_AUDIT_SHIP_URL"]
+    monkeypatch.setenv("FORESIGHT_AUDIT_SHIP_URL", environment["FORESIGHT_AUDIT_SHIP_URL"])
+    assert Settings().audit_ship_url == spec.audit_ship_url
+    assert _staged_env(user_data_text(rendered))["FORESIGHT_AUDIT_SHIP_URL"] == ""  # no bucket: nothing shipped
