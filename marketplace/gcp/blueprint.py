@@ -102,6 +102,11 @@ def _display() -> dict[str, dict[str, Any]]:
             "section": "service",
             "tooltip": "user:<email>, group:<email> or serviceAccount:<email>; project owners can already",
         },
+        "audit_bucket": {
+            "title": "Audit trail bucket (optional)",
+            "section": "service",
+            "tooltip": "An existing bucket's name; after deploying, run the grant_audit_bucket_command output",
+        },
     }
 
 

@@ -33,9 +33,11 @@ from marketplace.launch import CIDR_PATTERN, PLACEHOLDER, SSH_OFF, cloud_config
 from service.tenancy import TENANT_NAME_PATTERN
 from stacks.cloudinit import DATA_DIR
 from stacks.gcp.compute import BOOT_DISK_GB, DATA_DEVICE_NAME, DATA_DISK_PATH, DISK_TYPE, GPU_FAMILIES, SCOPES
+from stacks.gcp.identity import AUDIT_ROLES
 from stacks.gcp.kms import DESTROY_SCHEDULED_DURATION, KEY_USER_ROLE, ROTATION_PERIOD, compute_service_agent
 from stacks.gcp.network import ALLOW_PRIORITY, DENY_EGRESS_PRIORITY, OWN_SUBNET_CIDR, SSH_PORT, WORLD
 from stacks.spec import (
+    AUDIT_BUCKET_PATTERNS,
     DEFAULT_INSTANCE_TYPES,
     HTTPS_PORT,
     RESP_PORT,
@@ -63,6 +65,7 @@ PROVIDERS = {
 TERRAFORM_VERSION = ">= 1.3"
 _KEY = "google_kms_crypto_key.node.id"
 _NODE = "google_service_account.node.email"
+AUDIT_PREFIX = "foresight/${var.goog_cm_deployment_name}"  # the stacks' foresight/<project>-<stack>
 
 
 class Expr(str):
@@ -287,6 +290,21 @@ def variables() -> list[Variable]:
             ),
         ),
         Variable(
+            "audit_bucket",
+            "string",
+            "Optional existing Cloud Storage bucket for the audit trail (give it a locked retention policy): rotated "
+            "audit files go to foresight/<deployment>/, and the node deletes one only once its copy is there. Grant "
+            "the node's service account access with the grant_audit_bucket_command output. Empty: kept on the node",
+            "",
+            (
+                (
+                    f'var.audit_bucket == "" || can(regex({quote(AUDIT_BUCKET_PATTERNS[Cloud.GCP].pattern)}, '
+                    "var.audit_bucket))",
+                    "A Cloud Storage bucket name (lowercase letters, digits, '-', '_' and '.'), without gs://.",
+                ),
+            ),
+        ),
+        Variable(
             "api_key_readers",
             "list(string)",
             "IAM members (user:, group: or serviceAccount:) who may read the API key secret",
@@ -323,6 +341,7 @@ def service_environment() -> dict[str, str]:
         "FORESIGHT_KMS_KEY_ID": "@@KeyId@@",  # the CryptoKey's resource name
         "FORESIGHT_DATA_DIR": DATA_DIR,
         "GOOGLE_CLOUD_PROJECT": "@@Project@@",  # as the stack sets it
+        "FORESIGHT_AUDIT_SHIP_URL": "@@AuditShipUrl@@",  # empty (no audit_bucket): the trail stays on the node
     }
 
 
@@ -341,6 +360,7 @@ def user_data_values() -> dict[str, str]:
         "Tenant": "var.tenant_name",
         "PublicIp": "google_compute_address.node.address",
         "SshOff": f'var.ssh_public_key == "" ? {quote(SSH_OFF)} : "true"',
+        "AuditShipUrl": f'var.audit_bucket == "" ? "" : "gs://${{var.audit_bucket}}/{AUDIT_PREFIX}"',
     }
 
 
@@ -665,7 +685,19 @@ def outputs() -> list[tuple[str, str, str]]:
         ("kms_key_id", "The Cloud KMS key (disks, secret, the service's data keys)", _KEY),
         ("instance_name", "The node", "google_compute_instance.node.name"),
         ("node_service_account", "The node's service account", _NODE),
+        (
+            "grant_audit_bucket_command",
+            "With audit_bucket: the grant that lets the node ship its audit trail there (the bucket is yours, so "
+            "this module holds no role on it)",
+            'var.audit_bucket == "" ? "" : join(" && ", [for role in ' + _hcl_list(AUDIT_ROLES) + " : "
+            '"gcloud storage buckets add-iam-policy-binding gs://${var.audit_bucket} '
+            '--member=serviceAccount:${' + _NODE + '} --role=${role}"])',
+        ),
     ]
+
+
+def _hcl_list(items: Iterable[str]) -> str:
+    return "[" + ", ".join(quote(item) for item in items) + "]"
 
 
 def _outputs() -> list[Block]:

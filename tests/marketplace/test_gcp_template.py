@@ -40,6 +40,7 @@ from stacks.gcp.compute import (
     machine_family,
     node_metadata,
 )
+from stacks.gcp.identity import AUDIT_ROLES
 from stacks.gcp.kms import DESTROY_SCHEDULED_DURATION, KEY_USER_ROLE, ROTATION_PERIOD, compute_service_agent
 from stacks.gcp.network import OWN_SUBNET_CIDR, SSH_PORT
 from stacks.spec import DEFAULT_INSTANCE_TYPES, DEFAULT_VOLUME_SIZE_GB, SERVICE_PORTS, Cloud, StackSpec
@@ -209,6 +210,8 @@ def test_terraform_accepts_the_defaults_and_derives_names(harness: Path) -> None
         ("zone", "us-central1", "zone such as"),
         ("image", "ubuntu-2204", "Compute Engine image"),
         ("goog_cm_deployment_name", "1st", "lowercase letter"),
+        ("audit_bucket", "gs://acme-audit", "Cloud Storage bucket name"),
+        ("audit_bucket", "Acme", "Cloud Storage bucket name"),
     ],
 )
 def test_terraform_refuses_a_bad_value(harness: Path, name: str, value: str, message: str) -> None:
@@ -257,6 +260,7 @@ def test_user_data_rendered_by_terraform_passes_cloud_init_schema(harness: Path,
         "Tenant": "acme",
         "PublicIp": SAMPLE["public_ip"],
         "SshOff": SSH_OFF,
+        "AuditShipUrl": "",
     }
     # What terraform rendered is the shared cloud-config with the values in, its scripts' `${...}` left alone.
     assert document == yaml.safe_load(PLACEHOLDER.sub(lambda m: filled[m[1]], template.user_data_text()))
@@ -606,3 +610,24 @@ def test_blueprint_roles_cover_every_service_the_module_uses(files: dict[str, st
     used = set(re.findall(r'resource "google_(compute|kms|secret_manager|service_account)', files["main.tf"]))
     services = {"compute": "compute", "kms": "cloudkms", "secret_manager": "secretmanager", "service_account": "iam"}
     assert {f"{services[u]}.googleapis.com" for u in used} == set(blueprint.SERVICES)
+
+
+def test_an_audit_bucket_is_where_the_node_ships_and_the_grant_it_needs_is_an_output(
+    harness: Path, parsed: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def shipped_to(**values: str) -> str:
+        document = yaml.safe_load(user_data(harness, **values))
+        staged = next(f for f in document["write_files"] if f["path"] == STAGED_ENV_FILE)["content"]
+        return dict(line.split("=", 1) for line in staged.splitlines())["FORESIGHT_AUDIT_SHIP_URL"]
+
+    assert shipped_to() == ""  # no bucket: nothing shipped
+    url = shipped_to(audit_bucket="acme_audit")
+    stack_url = stack_spec().model_copy(update={"audit_bucket": "acme_audit"}).audit_ship_url
+    assert url == "gs://acme_audit/foresight/foresight-1"  # the stacks' layout, the deployment's name for the stack's
+    assert stack_url == "gs://acme_audit/foresight/foresight-test"
+    monkeypatch.setenv("FORESIGHT_AUDIT_SHIP_URL", url)
+    assert Settings().audit_ship_url == url
+    command = next(o["grant_audit_bucket_command"]["value"] for o in parsed["outputs.tf"]["output"]
+                   if "grant_audit_bucket_command" in o)
+    assert all(role in command for role in AUDIT_ROLES) and "add-iam-policy-binding gs://${var.audit_bucket}" in command
+    assert not [r for r in parsed["main.tf"]["resource"] if "google_storage_bucket_iam_member" in r]  # not ours
