@@ -30,6 +30,7 @@ from marketplace.azure.ui import create_ui_definition
 from marketplace.first_boot import CONF_DIR
 from marketplace.launch import PLACEHOLDER, SSH_OFF, cloud_config
 from stacks.azure.compute import ADMIN_USER, DATA_DISK_LUN, DATA_DISK_PATH, NO_LOGIN_KEY, OS_DISK_GB
+from stacks.azure.identity import BLOB_DATA_CONTRIBUTOR
 from stacks.azure.kms import (
     CRYPTO_SERVICE_ENCRYPTION_USER,
     EXPIRE_AFTER,
@@ -99,6 +100,7 @@ def _key_id() -> str:
 # Where first boot creates the secret: the vault's URI ends with '/'.
 _SECRET_URI = f"format('{{0}}secrets/{SECRET_NAME}', reference({_vault_id()}).vaultUri)"
 IDENTITY = rid("Microsoft.ManagedIdentity/userAssignedIdentities")
+_NO_AUDIT = "empty(parameters('auditContainerId'))"
 PUBLIC_IP = rid("Microsoft.Network/publicIPAddresses")
 NIC = rid("Microsoft.Network/networkInterfaces")
 DISK_SET = rid("Microsoft.Compute/diskEncryptionSets")
@@ -117,6 +119,7 @@ def service_environment() -> dict[str, str]:
         "FORESIGHT_KMS_KEY_ID": "@@KeyUri@@",
         "FORESIGHT_DATA_DIR": DATA_DIR,
         "AZURE_CLIENT_ID": "@@ClientId@@",  # azure-identity's choice among the VM's identities
+        "FORESIGHT_AUDIT_SHIP_URL": "@@AuditShipUrl@@",  # empty (no auditContainerId): the trail stays on the node
     }
 
 
@@ -140,6 +143,10 @@ def custom_data_values() -> dict[str, str]:
         "DnsName": f"reference({PUBLIC_IP}).dnsSettings.fqdn",
         "PrivateIp": f"reference({NIC}).ipConfigurations[0].properties.privateIPAddress",
         "SshOff": f"if(empty(parameters('sshPublicKey')), '{SSH_OFF}', 'true')",
+        # The stacks' foresight/<project>-<stack>, with the managed resource group's name for the stack's.
+        "AuditShipUrl": f"if({_NO_AUDIT}, '', format('az://{{0}}@{{1}}.blob.{{2}}/foresight/{{3}}', "
+        "variables('auditContainer')[12], variables('auditContainer')[8], environment().suffixes.storage, "
+        "resourceGroup().name))",
     }
 
 
@@ -188,6 +195,9 @@ def main_template(version: str) -> dict[str, Any]:
             "dnsLabel": "[format('foresight-{0}', uniqueString(resourceGroup().id))]",
             "noLoginKey": NO_LOGIN_KEY,
             "cloudConfig": cloud_config,
+            # The container id's segments (account 8, container 12), padded so that an empty id indexes too: an
+            # expression that fails on its untaken branch fails the deployment.
+            "auditContainer": "[split(concat(parameters('auditContainerId'), '/////////////'), '/')]",
             **_client_range_variables(),
         },
         "resources": [
@@ -244,6 +254,16 @@ def _parameters() -> dict[str, Any]:
         "keyReaderObjectId": {
             "type": "string",
             "metadata": {"description": "Object id of the Entra ID user or group that may read the API key"},
+        },
+        "auditContainerId": {
+            "type": "string",
+            "defaultValue": "",
+            "metadata": {
+                "description": "Optional resource id of an existing blob container for the audit trail (give it an "
+                "immutability policy): rotated audit files go to foresight/<resource group>/, and the node deletes one "
+                "only once its copy is there. Grant the node's identity access with the grantAuditContainerCommand "
+                "output. Empty: kept on the node"
+            },
         },
     }
 
@@ -579,4 +599,10 @@ def _outputs() -> dict[str, Any]:
         ),
         "keyId": output(f"[reference({_key_id()}).keyUri]"),
         "vmName": output(NAMES["Microsoft.Compute/virtualMachines"]),
+        # The container is the buyer's, outside this application's resource group: the grant is theirs to make.
+        "grantAuditContainerCommand": output(
+            f"[if({_NO_AUDIT}, '', format('az role assignment create --assignee-object-id {{0}} "
+            f"--assignee-principal-type ServicePrincipal --role {BLOB_DATA_CONTRIBUTOR} --scope {{1}}', "
+            f"reference({IDENTITY}).principalId, parameters('auditContainerId')))]"
+        ),
     }

@@ -10,7 +10,7 @@ from marketplace.azure.offer import IMAGE, VM_SIZES
 from marketplace.launch import CIDR_PATTERN, GUID_PATTERN
 from service.tenancy import TENANT_NAME_PATTERN
 from stacks.azure.network import WORLD
-from stacks.spec import DEFAULT_INSTANCE_TYPES, SERVICE_PORTS, SSH_KEY_TYPES, Cloud, StackSpec
+from stacks.spec import AUDIT_BUCKET_PATTERNS, DEFAULT_INSTANCE_TYPES, SERVICE_PORTS, SSH_KEY_TYPES, Cloud, StackSpec
 
 
 def _text_box(name: str, label: str, tool_tip: str, regex: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -30,6 +30,8 @@ def create_ui_definition() -> dict[str, Any]:
     volume = StackSpec.model_fields["volume_size_gb"]
     limits = {type(m).__name__: m for m in volume.metadata}
     ssh_key_regex = rf"^$|^({'|'.join(re.escape(kind) for kind in SSH_KEY_TYPES)}) [A-Za-z0-9+/=]+( [^\n]*)?$"
+    audit_regex = "^$|" + AUDIT_BUCKET_PATTERNS[Cloud.AZURE].pattern.replace("(?P<account>", "(").replace(
+        "(?P<container>", "(")  # the portal's regexes are JavaScript's: no named groups
     basics = [
         {
             "name": "adminUsername",
@@ -111,6 +113,18 @@ def create_ui_definition() -> dict[str, Any]:
             GUID_PATTERN,
             "An object id (a GUID)",
         ),
+        {
+            **_text_box(
+                "auditContainerId",
+                "Audit trail container (optional)",
+                "Resource id of an existing blob container that receives the audit trail; after deploying, run the "
+                "grantAuditContainerCommand output. Empty keeps the trail on the VM only",
+                audit_regex,
+                "A blob container's resource id (/subscriptions/.../containers/<name>), or nothing",
+            ),
+            "constraints": {"required": False, "regex": audit_regex,
+                            "validationMessage": "A blob container's resource id, or nothing"},
+        },
     ]
 
     def step(name: str, label: str, elements: list[dict[str, Any]]) -> dict[str, Any]:

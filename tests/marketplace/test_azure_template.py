@@ -39,6 +39,7 @@ from stacks.azure.compute import (
     check_instance_types,
     gpu_series,
 )
+from stacks.azure.identity import BLOB_DATA_CONTRIBUTOR
 from stacks.azure.kms import CRYPTO_SERVICE_ENCRYPTION_USER, EXPIRE_AFTER, KEY_SIZE, ROTATE_AFTER
 from stacks.spec import DEFAULT_INSTANCE_TYPES, SERVICE_PORTS, Cloud, StackSpec
 from tests.images.tools import require_tool, run_checkov
@@ -59,6 +60,7 @@ SAMPLE = {
     "DnsName": "foresight-abc123.westeurope.cloudapp.azure.com",
     "PrivateIp": "10.42.0.4",
     "SshOff": "systemctl disable --now ssh.socket ssh.service || true",
+    "AuditShipUrl": "",
 }
 # checkov findings we accept, and why (docs/marketplace-azure.md says the same).
 ACCEPTED_CHECKOV = {
@@ -438,6 +440,9 @@ def evaluate(expression: str, parameters: dict[str, Any], variables: dict[str, A
         "createArray": lambda *items: list(items),
         "createObject": lambda *kv: dict(zip(kv[::2], kv[1::2], strict=True)),
         "format": lambda text, *args: text.format(*args),
+        "empty": lambda value: len(value) == 0, "concat": lambda *parts: "".join(parts),
+        "environment": lambda: {"suffixes": {"storage": "core.windows.net"}},
+        "resourceGroup": lambda: {"name": "mrg-foresight-1"},
     }
 
     def take(symbol: str | None = None) -> tuple[str | None, ...]:
@@ -717,3 +722,32 @@ def test_first_boot_imports_only_what_the_service_image_has() -> None:
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True)
     assert result.stdout.strip() == "[]"
+
+
+AUDIT_CONTAINER = ("/subscriptions/11111111-2222-4333-8444-555555555555/resourceGroups/audit-rg/providers/"
+                   "Microsoft.Storage/storageAccounts/acmeaudit/blobServices/default/containers/trail")
+
+
+@pytest.mark.parametrize("container", ["", AUDIT_CONTAINER])
+def test_an_audit_container_is_where_the_node_ships_and_the_grant_it_needs_is_an_output(
+    main: dict[str, Any], ui: dict[str, Any], container: str
+) -> None:
+    parameters = {"auditContainerId": container}
+    deployed = {"Microsoft.ManagedIdentity/userAssignedIdentities/foresight-node":
+                {"principalId": "9f8e7d6c-0000-4000-8000-000000000001"}}
+    url = evaluate(template.custom_data_values()["AuditShipUrl"], parameters, main["variables"], deployed)
+    command = evaluate(main["outputs"]["grantAuditContainerCommand"]["value"], parameters, main["variables"], deployed)
+    if not container:
+        assert url == "" and command == ""  # no container: nothing shipped, nothing to grant
+        return
+    assert url == "az://trail@acmeaudit.blob.core.windows.net/foresight/mrg-foresight-1"  # the stacks' layout
+    spec = StackSpec.model_validate({"project": "foresight", "stack": "test", "cloud": "azure", "region": "westeurope",
+                                     "allowedCidrs": [], "vaultAddress": "https://vault.example.com",
+                                     "instanceType": DEFAULT_INSTANCE_TYPES[Cloud.AZURE], "auditBucket": container})
+    assert spec.audit_ship_url == "az://trail@acmeaudit.blob.core.windows.net/foresight/foresight-test"
+    assert command == (f"az role assignment create --assignee-object-id 9f8e7d6c-0000-4000-8000-000000000001 "
+                       f"--assignee-principal-type ServicePrincipal --role {BLOB_DATA_CONTRIBUTOR} --scope {container}")
+    (box,) = [e for e in all_elements(ui) if e["name"] == "auditContainerId"]
+    pattern = re.compile(box["constraints"]["regex"])
+    assert pattern.fullmatch(container) and pattern.fullmatch("") and not box["constraints"]["required"]
+    assert not pattern.fullmatch("acmeaudit/trail") and not pattern.fullmatch(container + "/x")
