@@ -4,7 +4,7 @@ to the stack's folder of the customer's bucket and nothing more, and the service
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,14 @@ def config_map(run: MockRun) -> dict[str, Any]:
     return dict(settings.props["data"])
 
 
+def assert_told_to_ship(run: MockRun, url: str, scale_out: bool, user_data_of: Callable[[MockRun], str]) -> None:
+    """The pods' ConfigMap, or the node's env file, sets FORESIGHT_AUDIT_SHIP_URL to `url`."""
+    if scale_out:
+        assert config_map(run)["FORESIGHT_AUDIT_SHIP_URL"] == url
+    else:
+        assert f"FORESIGHT_AUDIT_SHIP_URL={url}\n" in user_data_of(run)
+
+
 def assert_policies_pass(run: MockRun) -> None:
     for resource in run:
         for name in POLICIES:
@@ -69,10 +77,7 @@ def test_aws_grants_put_and_get_on_the_stacks_folder_and_a_list_limited_to_it(
          "Condition": {"StringLike": {"s3:prefix": "foresight/foresight-aws-test/*"}}},
     ]
     url = "s3://acme-audit/foresight/foresight-aws-test"
-    if scale_out:
-        assert config_map(run)["FORESIGHT_AUDIT_SHIP_URL"] == url
-    else:
-        assert f"FORESIGHT_AUDIT_SHIP_URL={url}\n" in user_data(run)
+    assert_told_to_ship(run, url, scale_out, user_data)
     assert not run.of_type("aws:s3/bucket:Bucket") and not run.of_type("aws:s3/bucketV2:BucketV2")  # theirs
     assert_policies_pass(run)
 
@@ -89,10 +94,7 @@ def test_gcp_grants_create_and_view_on_the_bucket_to_the_nodes_or_the_pods_accou
     assert {(m.props["bucket"], m.props["member"]) for m in members} == {
         ("acme_audit", f"serviceAccount:{account}@{GCP_PROJECT}.iam.gserviceaccount.com")}
     url = "gs://acme_audit/foresight/foresight-gcp-test"
-    if scale_out:
-        assert config_map(run)["FORESIGHT_AUDIT_SHIP_URL"] == url
-    else:
-        assert f"FORESIGHT_AUDIT_SHIP_URL={url}\n" in gcp_user_data(run)
+    assert_told_to_ship(run, url, scale_out, gcp_user_data)
     assert_policies_pass(run)
 
 
@@ -106,10 +108,7 @@ def test_azure_assigns_blob_data_contributor_on_the_container_only(run_azure_sta
     assert grant.props["roleDefinitionId"] == (
         f"/subscriptions/{AUDIT_SUBSCRIPTION}/providers/Microsoft.Authorization/roleDefinitions/{BLOB_DATA_CONTRIBUTOR}")
     url = "az://trail@acmeaudit.blob.core.windows.net/foresight/foresight-azure-test"
-    if scale_out:
-        assert config_map(run)["FORESIGHT_AUDIT_SHIP_URL"] == url
-    else:
-        assert f"FORESIGHT_AUDIT_SHIP_URL={url}\n" in azure_user_data(run)
+    assert_told_to_ship(run, url, scale_out, azure_user_data)
     assert_policies_pass(run)
 
 
