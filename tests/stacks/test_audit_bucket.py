@@ -189,11 +189,15 @@ def _ship_as(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys["aws_secret_access_key"])
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto.endpoint)
-    fsspec.get_filesystem_class("s3").clear_instance_cache()  # one client per arguments, not per credentials
-    shipper = AuditShipper(AUDIT_SPEC.audit_ship_url or "", host)
-    rotated = tmp_path / "audit.20261128T000000000000Z.log.fse"
-    rotated.write_bytes(b"archive" * 100)
-    shipper.ship([rotated])
+    s3fs = fsspec.get_filesystem_class("s3")
+    s3fs.clear_instance_cache()  # s3fs keeps one client per arguments, whatever the credentials
+    try:
+        shipper = AuditShipper(AUDIT_SPEC.audit_ship_url or "", host)
+        rotated = tmp_path / "audit.20261128T000000000000Z.log.fse"
+        rotated.write_bytes(b"archive" * 100)
+        shipper.ship([rotated])
+    finally:
+        s3fs.clear_instance_cache()  # later tests' S3FileSystem() must not get this user's client on this server
     return shipper
 
 
