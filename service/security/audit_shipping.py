@@ -14,6 +14,7 @@ authenticated encryption: a copy altered in the bucket fails `foresight audit ve
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 import socket
 import time
@@ -63,9 +64,12 @@ class AuditShipper:
             try:
                 size = path.stat().st_size
                 if self._remote_size(path) != size:
-                    if isinstance(self.fs, LocalFileSystem):  # not on object stores: s3fs would create the bucket
-                        self.fs.makedirs(self.prefix, exist_ok=True)
+                    local = isinstance(self.fs, LocalFileSystem)
+                    if local:  # not on object stores: s3fs would create the bucket
+                        os.makedirs(self.prefix, mode=0o700, exist_ok=True)  # the log's own privacy, not the umask's
                     self.fs.put_file(str(path), self.remote(path))
+                    if local:
+                        os.chmod(self.remote(path), 0o600)
                     if self._remote_size(path) != size:
                         raise OSError(f"the copy at {self.remote(path)} does not have the file's {size} bytes")
                     self.shipped_files += 1

@@ -52,6 +52,7 @@ def test_every_rotated_file_reaches_the_destination_and_the_whole_chain_verifies
     assert len(kept) == 2 and len(shipped) >= 6  # ~200-byte lines, 1200-byte files: 6 rotations at least
     assert [p.name for p in shipped[-2:]] == [p.name for p in kept]
     assert all((bucket / "n1" / p.name).read_bytes() == p.read_bytes() for p in kept)  # the very same bytes
+    assert (bucket / "n1").stat().st_mode & 0o777 == 0o700 and {p.stat().st_mode & 0o777 for p in shipped} == {0o600}
     # From genesis: every line ever written is in the copies and the live file, pruned files included.
     plain = decrypted(shipped, cipher, tmp_path / "plain")
     bad, verdict = verify_files([*plain, path])
