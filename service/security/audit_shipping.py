@@ -74,10 +74,10 @@ class AuditShipper:
                         raise OSError(f"the copy at {self.remote(path)} does not have the file's {size} bytes")
                     self.shipped_files += 1
                     log.info("audit file %s shipped to %s", path.name, self.destination)
-            except FileNotFoundError:
+            except FileNotFoundError as err:
                 if not path.exists():  # pruned or archived meanwhile: nothing to ship
                     continue
-                self._failed(path, "the destination does not exist")
+                self._failed(path, f"the destination does not exist: {err}")  # no such bucket, or folder
                 return [p for p in paths[index:] if p.name not in self._there]
             except Exception as err:
                 self._failed(path, f"{type(err).__name__}: {err}")
