@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,12 +44,12 @@ def audit() -> None:
 @app.command()
 def verify(
     files: Annotated[
-        list[Path],
+        list[str],
         typer.Argument(
-            exists=True,
-            dir_okay=False,
-            readable=True,
-            help="Audit log files in chain order, oldest first (rotated files, then the live one).",
+            help="Audit log files in chain order, oldest first (rotated files, then the live one). A URL "
+            "(s3://, gs://, az://, file://) of a folder that FORESIGHT_AUDIT_SHIP_URL filled stands for its files, "
+            "in name order (which is time order).",
+            show_default=False,
         ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as one JSON object.")] = False,
@@ -65,15 +67,16 @@ def verify(
     Rotated files the service archived (audit.<time>.log.fse, envelope-encrypted) are decrypted in memory with
     the service's KMS: its FORESIGHT_KMS_* settings (and FORESIGHT_VAULT_* for vault-transit) from the
     environment or --config. Exit 2: bad input; exit 3: an archive that cannot be decrypted here (no KMS
-    configured, the KMS unreachable, overloaded or refusing this caller, or its key version retired), which says
-    nothing about tampering.
+    configured, the KMS unreachable, overloaded or refusing this caller, or its key version retired) or a URL that
+    cannot be read, which says nothing about tampering.
     """
     try:
         if head is not None and not _HASH.fullmatch(head):
             raise _VerifyError(f"--head {head!r}: not a hash (expected 64 hex characters, the `head` that "
                                 "`audit verify --json` prints)", EXIT_BAD_INPUT)
-        with _archive_cipher(files, config) as cipher:
-            bad_file, verdict = verify_files(files, expect_head=head.lower() if head else None, cipher=cipher)
+        with _local_files(files) as (paths, shown), _archive_cipher(paths, config) as cipher:
+            bad_file, verdict = verify_files(paths, expect_head=head.lower() if head else None, cipher=cipher)
+            bad_name = shown.get(str(bad_file), str(bad_file)) if bad_file else None
     except _VerifyError as err:
         if as_json:
             typer.echo(json.dumps({"error": str(err), "exit_code": err.exit_code}))
@@ -84,7 +87,7 @@ def verify(
             json.dumps(
                 {
                     "ok": verdict.ok,
-                    "file": str(bad_file) if bad_file else None,
+                    "file": bad_name,
                     "line": verdict.bad_line,
                     "reason": verdict.reason,
                     "lines_verified": verdict.lines,
@@ -97,7 +100,7 @@ def verify(
         state = "closed" if verdict.closed else "open (live file)"
         typer.echo(f"ok: {verdict.lines} lines verified, {state}, head {verdict.head}")
     else:
-        typer.echo(f"tampered: {bad_file}:{verdict.bad_line}: {verdict.reason}", err=True)
+        typer.echo(f"tampered: {bad_name}:{verdict.bad_line}: {verdict.reason}", err=True)
     raise typer.Exit(0 if verdict.ok else EXIT_TAMPERED)
 
 
@@ -105,9 +108,9 @@ def verify(
                "| jq -c 'select(.action == \"auth\" and .outcome == \"failure\")'")
 def show(
     files: Annotated[
-        list[Path],
-        typer.Argument(exists=True, dir_okay=False, readable=True,
-                       help="Audit log files: rotated, archived (audit.<time>.log.fse) or the live one."),
+        list[str],
+        typer.Argument(help="Audit log files: rotated, archived (audit.<time>.log.fse) or the live one; or the URL "
+                       "of a shipped folder, for its files in name order.", show_default=False),
     ],
     config: Annotated[
         Path | None,
@@ -123,14 +126,14 @@ def show(
     out = sys.stdout.buffer
     tampered = None
     try:
-        with _archive_cipher(files, config) as cipher:
-            for path in files:
+        with _local_files(files) as (paths, shown), _archive_cipher(paths, config) as cipher:
+            for path in paths:
                 try:
                     write_plaintext(path, out, cipher)
                 except TamperedEnvelope:
-                    tampered = path
+                    tampered = shown.get(str(path), str(path))
                     break
-        out.flush()
+            out.flush()
     except _VerifyError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(err.exit_code) from None
@@ -140,6 +143,63 @@ def show(
         typer.echo(f"tampered: {tampered}: encrypted archive fails authentication (altered, or not encrypted with "
                    "the key given)", err=True)
         raise typer.Exit(EXIT_TAMPERED)
+
+
+@contextmanager
+def _local_files(items: list[str]) -> Iterator[tuple[list[Path], dict[str, str]]]:
+    """`items` as local files: paths as they are, and URLs (a shipped folder, or one file) copied into a private
+    temporary folder first; with each copy's URL by its local path, for messages. Removed on exit."""
+    paths: list[Path] = []
+    shown: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="foresight-audit-") as scratch:  # mode 0700
+        for item in items:
+            if "://" not in item:
+                path = Path(item)
+                if not path.is_file():
+                    raise _VerifyError(f"{item}: no such file", EXIT_BAD_INPUT)
+                paths.append(path)
+                continue
+            for remote, local in _fetch(item, Path(scratch) / str(len(paths))):
+                shown[str(local)] = remote
+                paths.append(local)
+        try:
+            yield paths, shown
+        except _VerifyError as err:  # name what was given, not the temporary copy
+            message = str(err)
+            for copy, given in shown.items():
+                message = message.replace(copy, given)
+            raise _VerifyError(message, err.exit_code) from None
+
+
+def _fetch(url: str, into: Path) -> list[tuple[str, Path]]:
+    """Copy the file at `url`, or every file of the folder there in name order, into `into`."""
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as err:  # an unknown scheme, or its filesystem package not installed
+        raise _VerifyError(f"{url}: {err}", EXIT_BAD_INPUT) from None
+    try:
+        if fs.isdir(root):
+            remote = sorted((p for p in fs.ls(root, detail=False) if fs.isfile(p)), key=posixpath.basename)
+        elif fs.isfile(root):
+            remote = [root]
+        else:
+            raise _VerifyError(f"{url}: no such file or folder", EXIT_BAD_INPUT)
+        if not remote:
+            raise _VerifyError(f"{url}: an empty folder", EXIT_BAD_INPUT)
+        into.mkdir()
+        copies = []
+        for name in remote:
+            local = into / posixpath.basename(name)
+            fs.get_file(name, str(local))
+            copies.append((fs.unstrip_protocol(name), local))
+        return copies
+    except _VerifyError:
+        raise
+    except Exception as err:  # no route, no permission: nothing was checked, so nothing is said about tampering
+        raise _VerifyError(f"{url} could not be read ({type(err).__name__}: {err}); this says nothing about "
+                           "tampering", EXIT_CANNOT_VERIFY) from None
 
 
 @contextmanager

@@ -8,6 +8,7 @@ import logging
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +177,62 @@ def test_the_image_carries_the_filesystems_of_every_clouds_buckets() -> None:
     assert {"gcsfs", "adlfs", "s3fs"} <= {re.split(r"[<>=\[]", line)[0] for line in listed}
     packages = {fsspec.get_filesystem_class(p).__module__.split(".")[0] for p in ("s3", "gs", "az")}
     assert packages == {"s3fs", "gcsfs", "adlfs"}
+
+
+def _cli(*args: str) -> Any:
+    """`foresight audit ...` as service/cli.py mounts it."""
+    import typer
+    from typer.testing import CliRunner
+
+    from service.security.audit_cli import app as audit_app
+
+    root = typer.Typer()
+    root.add_typer(audit_app, name="audit")
+    return CliRunner().invoke(root, list(args))
+
+
+def test_audit_verify_and_show_read_a_shipped_folder_by_its_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keyring, path, bucket = tmp_path / "keyring.json", tmp_path / "node" / "audit.jsonl", tmp_path / "bucket"
+    monkeypatch.setenv("FORESIGHT_KMS_PROVIDER", "local")
+    monkeypatch.setenv("FORESIGHT_KMS_KEY_ID", str(keyring))
+    log = AuditLog(path, rotate_bytes=1200, archive=EnvelopeCipher(LocalKms.generate(keyring)), keep_files=1,
+                   shipper=AuditShipper(str(bucket), "n1"))
+    login_lines(log, 30)
+    log.close()
+    folder = f"file://{bucket}/n1/"
+    verified = _cli("audit", "verify", "--json", folder, str(path))
+    assert verified.exit_code == 0, verified.output
+    lines = json.loads(verified.output)["lines_verified"]
+    copies = decrypted(sorted((bucket / "n1").iterdir()), EnvelopeCipher(LocalKms.from_file(keyring)), tmp_path / "p")
+    assert lines == len(records(*copies, path)) and len(copies) >= 5  # every line, the pruned files' included
+    shown = _cli("audit", "show", folder)
+    assert [json.loads(line)["seq"] for line in shown.stdout.splitlines()][:3] == [0, 1, 2]  # from genesis
+
+    second = sorted((bucket / "n1").iterdir())[1]
+    altered = bytearray(second.read_bytes())
+    altered[-20] ^= 1
+    second.write_bytes(bytes(altered))
+    tampered = _cli("audit", "verify", "--json", folder, str(path))
+    assert tampered.exit_code == 1 and json.loads(tampered.output)["file"] == f"file://{second}"  # named as given
+    for missing in (f"file://{bucket}/n2/", str(tmp_path / "nope.jsonl")):
+        refused = _cli("audit", "verify", missing)
+        assert refused.exit_code == 2 and "no such file" in refused.output
+    assert not list(Path(tempfile.gettempdir()).glob("foresight-audit-*"))  # the copies went with the command
+
+
+def test_audit_verify_reads_a_folder_shipped_to_s3(s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keyring, path = tmp_path / "keyring.json", tmp_path / "audit.log"
+    monkeypatch.setenv("FORESIGHT_KMS_PROVIDER", "local")
+    monkeypatch.setenv("FORESIGHT_KMS_KEY_ID", str(keyring))
+    s3.create_bucket(Bucket="verified-trail")
+    log = AuditLog(path, rotate_bytes=1200, archive=EnvelopeCipher(LocalKms.generate(keyring)), keep_files=1,
+                   shipper=AuditShipper("s3://verified-trail/prod", "n1"))
+    login_lines(log, 20)
+    log.close()
+    verified = _cli("audit", "verify", "--json", "s3://verified-trail/prod/n1", str(path))
+    assert verified.exit_code == 0, verified.output
+    assert json.loads(verified.output)["lines_verified"] >= 20
+    empty = _cli("audit", "verify", "s3://verified-trail/prod/nobody")
+    assert empty.exit_code == 2 and "no such file or folder" in empty.output
