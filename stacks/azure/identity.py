@@ -1,4 +1,4 @@
-"""Azure identity: the node's user-assigned managed identity, and nothing granted to it here.
+"""Azure identity: the node's user-assigned managed identity, and its role on the audit container, if any.
 
 Its permissions are role assignments on what it uses: the stack's Key Vault key (`kms.py`), and the audit
 container when foresight:auditBucket names one (`grant_audit_shipping`), so the identity holds no subscription or

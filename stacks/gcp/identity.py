@@ -1,4 +1,4 @@
-"""Google Cloud identity: the node's own service account, and nothing granted to it here.
+"""Google Cloud identity: the node's own service account, and its roles on the audit bucket, if any.
 
 Its permissions are granted on what it uses: the stack's Cloud KMS key (`kms.py`), and the audit bucket when
 foresight:auditBucket names one (`grant_audit_shipping`), so the account holds no project-wide role at all.
