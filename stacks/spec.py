@@ -83,6 +83,7 @@ _AZURE_CONTAINER_RE = re.compile(
     r"^/subscriptions/[0-9a-fA-F-]{36}/resourceGroups/[-\w._()]{1,90}/providers/Microsoft\.Storage/storageAccounts/"
     r"(?P<account>[a-z0-9]{3,24})/blobServices/default/containers/(?P<container>[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62})$"
 )
+AUDIT_FOLDER = "foresight"  # the bucket folder that every stack's and listing's own folder goes under
 AUDIT_BUCKET_PATTERNS: Mapping[Cloud, re.Pattern[str]] = {  # the marketplace templates' parameters use them too
     Cloud.AWS: re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"),
     Cloud.GCP: re.compile(r"^[a-z0-9][a-z0-9_.-]{1,61}[a-z0-9]$"),
@@ -246,7 +247,7 @@ class StackSpec(BaseModel):
     @property
     def audit_prefix(self) -> str:
         """The stack's folder in the audit bucket (each node adds its hostname below it)."""
-        return f"foresight/{self.name}"
+        return f"{AUDIT_FOLDER}/{self.name}"
 
     @property
     def audit_ship_url(self) -> str | None:

@@ -40,6 +40,7 @@ from stacks.aws.network import OWN_VPC_CIDR, SSH_PORT, WORLD
 from stacks.cloudinit import DATA_DIR
 from stacks.spec import (
     AUDIT_BUCKET_PATTERNS,
+    AUDIT_FOLDER,
     DEFAULT_INSTANCE_TYPES,
     DEFAULT_VOLUME_SIZE_GB,
     HTTPS_PORT,
@@ -53,7 +54,7 @@ SUBNET_BITS = 12  # one /20, the size of the stack's subnets
 VPC_CIDR_PATTERN = CIDR_PATTERN.removesuffix(r"/(3[0-2]|[12]?[0-9])$") + r"/(1[6-9]|20)$"
 # The stack's key-policy statements for its Auto Scaling group; a single instance has none.
 _AUTOSCALING_SIDS = frozenset({"AutoScalingEncryptsVolumes", "AutoScalingGrantsVolumeAttachments"})
-AUDIT_PREFIX = "foresight/${AWS::StackName}"  # the stacks' foresight/<project>-<stack>, for a CloudFormation stack
+AUDIT_PREFIX = f"{AUDIT_FOLDER}/${{AWS::StackName}}"  # the stacks' foresight/<project>-<stack>, for this stack
 
 
 def instance_types() -> list[str]:

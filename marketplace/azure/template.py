@@ -40,7 +40,7 @@ from stacks.azure.kms import (
 )
 from stacks.azure.network import OWN_SUBNET_CIDR, OWN_VNET_CIDR, SSH_PORT, WORLD
 from stacks.cloudinit import DATA_DIR
-from stacks.spec import DEFAULT_INSTANCE_TYPES, HTTPS_PORT, RESP_PORT, SERVICE_PORTS, Cloud, StackSpec
+from stacks.spec import AUDIT_FOLDER, DEFAULT_INSTANCE_TYPES, HTTPS_PORT, RESP_PORT, SERVICE_PORTS, Cloud, StackSpec
 
 # Built-in Key Vault data roles the stack has no use for: set (and read) secrets; read secrets.
 SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
@@ -144,7 +144,7 @@ def custom_data_values() -> dict[str, str]:
         "PrivateIp": f"reference({NIC}).ipConfigurations[0].properties.privateIPAddress",
         "SshOff": f"if(empty(parameters('sshPublicKey')), '{SSH_OFF}', 'true')",
         # The stacks' foresight/<project>-<stack>, with the managed resource group's name for the stack's.
-        "AuditShipUrl": f"if({_NO_AUDIT}, '', format('az://{{0}}@{{1}}.blob.{{2}}/foresight/{{3}}', "
+        "AuditShipUrl": f"if({_NO_AUDIT}, '', format('az://{{0}}@{{1}}.blob.{{2}}/{AUDIT_FOLDER}/{{3}}', "
         "variables('auditContainer')[12], variables('auditContainer')[8], environment().suffixes.storage, "
         "resourceGroup().name))",
     }

@@ -38,6 +38,7 @@ from stacks.gcp.kms import DESTROY_SCHEDULED_DURATION, KEY_USER_ROLE, ROTATION_P
 from stacks.gcp.network import ALLOW_PRIORITY, DENY_EGRESS_PRIORITY, OWN_SUBNET_CIDR, SSH_PORT, WORLD
 from stacks.spec import (
     AUDIT_BUCKET_PATTERNS,
+    AUDIT_FOLDER,
     DEFAULT_INSTANCE_TYPES,
     HTTPS_PORT,
     RESP_PORT,
@@ -65,7 +66,7 @@ PROVIDERS = {
 TERRAFORM_VERSION = ">= 1.3"
 _KEY = "google_kms_crypto_key.node.id"
 _NODE = "google_service_account.node.email"
-AUDIT_PREFIX = "foresight/${var.goog_cm_deployment_name}"  # the stacks' foresight/<project>-<stack>
+AUDIT_PREFIX = f"{AUDIT_FOLDER}/${{var.goog_cm_deployment_name}}"  # the stacks' foresight/<project>-<stack>
 
 
 class Expr(str):
