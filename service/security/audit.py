@@ -76,6 +76,10 @@ _SECRET_VALUES = re.compile(
 )
 _REQUIRED = ("seq", "time", "action", "outcome", "actor", "prev", "hash")
 _SHIP_RETRY_S = 60.0  # while files wait to be shipped, the archiver retries this often (else at each rotation)
+# close() waits this long for the archiver's last pass. A destination that hangs (a partition: botocore alone waits
+# 60 s per try) must not hold the shutdown past the grace systemd and Kubernetes give it, and lose the final fsync
+# to their SIGKILL; what it did not ship stays on disk, and the next start ships it.
+SHIP_ON_CLOSE_S = 10.0
 
 
 class AuditSecretError(ValueError):
@@ -152,7 +156,8 @@ class AuditLog:
         self.shipper = shipper
         self.unshipped = 0  # finished files the last shipping pass left behind (foresight_audit_unshipped_files)
         self._lock = threading.Lock()
-        self._archiving = threading.Lock()  # one archive-and-prune pass at a time: the archiver's or rotate()'s
+        self._archiving = threading.Lock()  # one archive or prune pass at a time: the archiver's, rotate()'s, close()'s
+        self._shipping = threading.Lock()  # apart from _archiving: close() must not wait on a hung copy to archive
         self._archive_wanted = threading.Event()
         self._archiver: threading.Thread | None = None  # started at the first rotation, stopped by close()
         self._closing = False
@@ -239,14 +244,18 @@ class AuditLog:
         return self._archive_and_prune().get(rotated, rotated)
 
     def close(self) -> None:
-        """Finish archiving (and shipping) what was rotated: the archiver's last pass. Then close the file and its
-        lock, and archive a rotation that came in meanwhile (the next start ships it)."""
+        """Finish archiving (and shipping, for up to SHIP_ON_CLOSE_S) what was rotated: the archiver's last pass.
+        Then close the file and its lock, and archive a rotation that came in meanwhile (the next start ships it)."""
         with self._lock:
             self._closing = True
             archiver = self._archiver
         if archiver is not None:
             self._archive_wanted.set()
-            archiver.join()
+            archiver.join(SHIP_ON_CLOSE_S if self.shipper is not None else None)
+            if archiver.is_alive() and self.shipper is not None:
+                log.warning("audit log %s: shipping to %s did not finish within %.0f s of the shutdown; the files "
+                            "not shipped stay here and the next start ships them", self.path,
+                            self.shipper.destination, SHIP_ON_CLOSE_S)
         with self._lock:
             if self._fd >= 0:
                 log.info("audit log %s closed at seq %d, head %s (`audit verify --head` catches lines dropped "
@@ -362,12 +371,13 @@ class AuditLog:
     def _archive_and_prune(self, ship: bool = True) -> dict[Path, Path]:
         with self._archiving:
             archived = self._archive_leftovers()
-            if ship and self.shipper is not None:
+        if ship and self.shipper is not None:
+            with self._shipping:
                 self.unshipped = len(self.shipper.ship(_rotated_files(self.path, archived=self.archive is not None)))
-            with self._lock:
-                if self._fd >= 0:
-                    self._prune_locked()
-            return archived
+        with self._archiving, self._lock:
+            if self._fd >= 0:  # a pass that outlived close() (a hung copy) prunes nothing: the file is closed
+                self._prune_locked()
+        return archived
 
     def _prune_locked(self) -> None:
         """Delete the oldest rotated files past `keep_files`, named first in an `audit.pruned` line, so that the

@@ -3,12 +3,16 @@ was shipped, and the whole chain recoverable from the copies."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +142,61 @@ def test_shipping_to_s3_waits_for_the_bucket_and_the_service_settings_wire_it(
     assert len(listed) == log.shipper.shipped_files >= 4
     body = s3.get_object(Bucket="audit-trail", Key=listed[-1]["Key"])["Body"].read()
     assert body == sorted(tmp_path.glob("audit.*.log.fse"))[-1].read_bytes()
+
+
+@contextlib.contextmanager
+def unanswering_endpoint() -> Iterator[tuple[str, threading.Event]]:
+    """An S3 endpoint on the far side of a partition: it takes the connection and the request, and never answers."""
+    server = socket.create_server(("127.0.0.1", 0))
+    reached, held = threading.Event(), []
+
+    def hold() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(server.accept()[0])
+                reached.set()
+
+    threading.Thread(target=hold, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}", reached
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+def test_a_destination_that_hangs_does_not_hold_the_shutdown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A copy that never ends is left behind after SHIP_ON_CLOSE_S: close() still archives every rotated file
+    (archiving does not wait on shipping), prunes nothing unshipped, and ends the file."""
+    from s3fs import S3FileSystem
+
+    from service.security import audit
+
+    monkeypatch.setattr(audit, "SHIP_ON_CLOSE_S", 1.0)
+    for name, value in [("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")]:
+        monkeypatch.setenv(name, value)
+    path = tmp_path / "audit.jsonl"
+    with unanswering_endpoint() as (endpoint, reached):
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+        S3FileSystem.clear_instance_cache()  # a cached instance would still talk to an earlier test's endpoint
+        log = AuditLog(path, rotate_bytes=1200, archive=EnvelopeCipher(LocalKms.generate()), keep_files=1,
+                       shipper=AuditShipper("s3://audit-trail/prod", "n1"))
+        login_lines(log, 20)
+        assert reached.wait(10)  # the archiver's copy is under way, and stuck
+        closing = threading.Thread(target=log.close)
+        with caplog.at_level(logging.WARNING, "service.security"):
+            closing.start()
+            closing.join(8)
+            assert not closing.is_alive(), "close() waited on a copy that never ends"
+    S3FileSystem.clear_instance_cache()
+    assert not list(tmp_path.glob("audit.*.jsonl"))  # every rotation archived, those after the stuck copy too
+    archives = list(tmp_path.glob("audit.*.jsonl.fse"))
+    assert len(archives) >= 3 and b"audit.pruned" not in path.read_bytes()  # none shipped, so none pruned
+    assert any("did not finish within 1 s" in r.message and "s3://audit-trail/prod/n1" in r.message
+               for r in caplog.records)
 
 
 @pytest.mark.parametrize(("url", "why"), [("nope://x/y", "Protocol not known"), ("oci://b/p", "Install ocifs")])
