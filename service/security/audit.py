@@ -54,6 +54,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast
 
+from service.security.background import WakeableThread
 from service.security.envelope import MAGIC, EnvelopeCipher, TamperedEnvelope
 
 if TYPE_CHECKING:
@@ -157,10 +158,12 @@ class AuditLog:
         self.unshipped = 0  # finished files the last shipping pass left behind (foresight_audit_unshipped_files)
         self._lock = threading.Lock()
         self._archiving = threading.Lock()  # one archive or prune pass at a time: the archiver's, rotate()'s, close()'s
-        self._shipping = threading.Lock()  # apart from _archiving: close() must not wait on a hung copy to archive
-        self._archive_wanted = threading.Event()
-        self._archiver: threading.Thread | None = None  # started at the first rotation, stopped by close()
-        self._closing = False
+        self._shipping = threading.Lock()  # apart from _archiving: a hung copy must not hold up an archive
+        # Compressing and encrypting 64 MiB (and the KMS's round trip) under the lock that every login waits for
+        # held them all for about 300 ms: rotated files are archived, shipped and pruned in the background.
+        self._archiver = WakeableThread("audit-archiver", self._archive_in_background)
+        self._ship_worker = None if shipper is None else WakeableThread(
+            "audit-shipper", self._ship_and_prune, lambda: _SHIP_RETRY_S if self.unshipped else None)
         self._last_sync = time.monotonic()
         self._fd = -1
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,9 +191,10 @@ class AuditLog:
                 os.close(self._fd)
             os.close(self._lock_fd)
             raise
-        self._archive_and_prune(ship=False)  # a KMS failure's leftovers and a lowered keep_files, at a start too
-        if shipper is not None:
-            self._wake_archiver()  # what an earlier run left unshipped, without holding up the start on the bucket
+        self._archive()  # a KMS failure's leftovers and a lowered keep_files, at a start too
+        self._prune()
+        if self._ship_worker is not None:
+            self._ship_worker.wake()  # what an earlier run left unshipped, without holding up the start on the bucket
 
     @property
     def head(self) -> str:
@@ -216,7 +220,7 @@ class AuditLog:
             digest = self._append(action, outcome, actor, tenant=tenant, key_id=key_id, source=source, details=details)
             if self.rotate_bytes is not None and self._size >= self.rotate_bytes:
                 self._rotate_locked()
-                self._wake_archiver()
+                self._archiver.wake()
             return digest
 
     def auth_success(self, *, tenant: str, key_id: str, source: str | None, listener: str) -> str:
@@ -241,21 +245,19 @@ class AuditLog:
         returns), start a new one."""
         with self._lock:
             rotated = self._rotate_locked()
-        return self._archive_and_prune().get(rotated, rotated)
+        archived = self._archive()
+        self._ship_and_prune()
+        return archived.get(rotated, rotated)
 
     def close(self) -> None:
-        """Finish archiving (and shipping, for up to SHIP_ON_CLOSE_S) what was rotated: the archiver's last pass.
+        """Finish archiving what was rotated, and shipping it for up to SHIP_ON_CLOSE_S: the workers' last passes.
         Then close the file and its lock, and archive a rotation that came in meanwhile (the next start ships it)."""
-        with self._lock:
-            self._closing = True
-            archiver = self._archiver
-        if archiver is not None:
-            self._archive_wanted.set()
-            archiver.join(SHIP_ON_CLOSE_S if self.shipper is not None else None)
-            if archiver.is_alive() and self.shipper is not None:
-                log.warning("audit log %s: shipping to %s did not finish within %.0f s of the shutdown; the files "
-                            "not shipped stay here and the next start ships them", self.path,
-                            self.shipper.destination, SHIP_ON_CLOSE_S)
+        self._archiver.close()  # first: its last pass wakes the shipper for the last archive
+        if self._ship_worker is not None and not self._ship_worker.close(SHIP_ON_CLOSE_S):
+            assert self.shipper is not None
+            log.warning("audit log %s: shipping to %s did not finish within %.0f s of the shutdown; the files not "
+                        "shipped stay here and the next start ships them", self.path, self.shipper.destination,
+                        SHIP_ON_CLOSE_S)
         with self._lock:
             if self._fd >= 0:
                 log.info("audit log %s closed at seq %d, head %s (`audit verify --head` catches lines dropped "
@@ -349,35 +351,27 @@ class AuditLog:
         log.info("audit log %s rotated to %s at head %s", self.path, rotated.name, self._head)
         return rotated
 
-    def _wake_archiver(self) -> None:
-        """Have the rotated file archived and old ones pruned in the background: compressing and encrypting 64 MiB
-        (and the KMS's round trip) under the lock that every login waits for held them all for about 300 ms."""
-        self._archive_wanted.set()
-        if self._archiver is None and not self._closing:
-            self._archiver = threading.Thread(target=self._archive_until_closed, name="audit-archiver", daemon=True)
-            self._archiver.start()
+    def _archive_in_background(self) -> None:
+        self._archive()
+        if self._ship_worker is not None:
+            self._ship_worker.wake()  # it prunes once the new archive is shipped
+        else:
+            self._prune()
 
-    def _archive_until_closed(self) -> None:
-        while True:
-            self._archive_wanted.wait(_SHIP_RETRY_S if self.unshipped else None)
-            self._archive_wanted.clear()
-            try:
-                self._archive_and_prune()
-            except Exception:  # e.g. the disk refusing the audit.pruned line: the next rotation tries again
-                log.exception("audit log %s: archiving or pruning rotated files failed", self.path)
-            if self._closing and not self._archive_wanted.is_set():  # a rotation during this pass gets another
-                return
-
-    def _archive_and_prune(self, ship: bool = True) -> dict[Path, Path]:
+    def _archive(self) -> dict[Path, Path]:
         with self._archiving:
-            archived = self._archive_leftovers()
-        if ship and self.shipper is not None:
+            return self._archive_leftovers()
+
+    def _ship_and_prune(self) -> None:
+        if self.shipper is not None:
             with self._shipping:
                 self.unshipped = len(self.shipper.ship(_rotated_files(self.path, archived=self.archive is not None)))
+        self._prune()
+
+    def _prune(self) -> None:
         with self._archiving, self._lock:
             if self._fd >= 0:  # a pass that outlived close() (a hung copy) prunes nothing: the file is closed
                 self._prune_locked()
-        return archived
 
     def _prune_locked(self) -> None:
         """Delete the oldest rotated files past `keep_files`, named first in an `audit.pruned` line, so that the

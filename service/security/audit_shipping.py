@@ -7,8 +7,9 @@ here: the customer makes it, with the retention or object lock the trail needs. 
 the remote object has the local file's size; `AuditLog` deletes only shipped files past `keep_files`, so a bucket
 that is down for a day costs disk, never audit lines.
 
-Shipping runs on the audit log's archiver thread, never under the lock that logins wait for. The archives are
-authenticated encryption: a copy altered in the bucket fails `foresight audit verify`, it cannot pass as another.
+Shipping runs on a thread of its own (a hung copy must not hold up archiving), never under the lock that logins
+wait for. The archives are authenticated encryption: a copy altered in the bucket fails `foresight audit verify`,
+it cannot pass as another.
 """
 
 from __future__ import annotations
