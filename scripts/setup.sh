@@ -17,6 +17,9 @@ missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+# npm installs Azurite (images/install-tools.sh). A machine with NodeSource's nodejs has npm inside it, and Debian's
+# npm package would conflict with that nodejs: both are asked for only when there is no npm at all.
+[ "$profile" = test ] && ! command -v npm >/dev/null && missing+=(nodejs npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "==> apt-get install ${missing[*]}" >&2
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -1,4 +1,5 @@
-"""Real servers on loopback for the test suite: OpenBao, moto and redis-server, started and stopped here.
+"""Real servers on loopback for the test suite: OpenBao, moto, redis-server and the object stores' emulators
+(Azurite for Azure Blob, gcp-storage-emulator for Cloud Storage), started and stopped here.
 
 Each is a real process speaking its real protocol; the tests talk to them over TCP exactly as the product
 does in production.
@@ -6,6 +7,7 @@ does in production.
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import shutil
@@ -141,6 +143,49 @@ def openbao_dev_server() -> Iterator[OpenBao]:
         addr = f"http://127.0.0.1:{port}"
         wait_until(lambda: http_ok(addr + "/v1/sys/health"), "OpenBao")
         yield OpenBao(addr, token)
+
+
+@dataclass(frozen=True)
+class Azurite:
+    """Microsoft's Azure Storage emulator (npm `azurite`), blob service only, with an account of its own."""
+
+    endpoint: str
+    account: str
+    key: str
+
+    @property
+    def connection_string(self) -> str:
+        return (f"DefaultEndpointsProtocol=http;AccountName={self.account};AccountKey={self.key};"
+                f"BlobEndpoint={self.endpoint}/{self.account};")
+
+
+@contextmanager
+def azurite(binary: str) -> Iterator[Azurite]:
+    """In memory; the account's key is made here, so no well-known emulator key is used or kept anywhere."""
+    port = free_port()
+    account, key = "foresighttest", base64.b64encode(secrets.token_bytes(64)).decode()
+    argv = [binary, "--inMemoryPersistence", "--blobHost", "127.0.0.1", "--blobPort", str(port), "--silent",
+            "--skipApiVersionCheck", "--disableProductStyleUrl"]
+    with process(argv, "azurite", env={"AZURITE_ACCOUNTS": f"{account}:{key}"}):
+        wait_until(lambda: tcp_open(port), "Azurite")
+        yield Azurite(f"http://127.0.0.1:{port}", account, key)
+
+
+@dataclass(frozen=True)
+class GcsEmulator:
+    endpoint: str  # what STORAGE_EMULATOR_HOST takes
+
+
+@contextmanager
+def gcs_emulator() -> Iterator[GcsEmulator]:
+    """PyPI's gcp-storage-emulator: Cloud Storage's JSON API (uploads, downloads, listings), in memory."""
+    port = free_port()
+    argv = [str(BIN / "gcp-storage-emulator"), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
+            "--quiet"]
+    with process(argv, "gcs-emulator"):
+        endpoint = f"http://127.0.0.1:{port}"
+        wait_until(lambda: http_ok(endpoint + "/storage/v1/b"), "gcp-storage-emulator")
+        yield GcsEmulator(endpoint)
 
 
 @contextmanager

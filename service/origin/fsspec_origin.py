@@ -28,6 +28,7 @@ from service.origin.base import MAX_OBJECT_BYTES, ObjectTooLarge, OriginError, O
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _LOG_EVERY_S = 60.0
+_BUCKET_RECHECK_S = 10.0  # while an origin's bucket is missing, how often a miss asks again (it may be made)
 
 
 class ReadSlots:
@@ -107,6 +108,10 @@ class FsspecOrigin:
         self._logged_at: dict[str, float] = {}
         self._unlogged: dict[str, int] = {}
         self._log_lock = threading.Lock()
+        # An object store's bucket, until a look at it settles that it exists (or that this identity may not see
+        # it); while it is missing, when that was last asked. A directory has none: its misses are ordinary.
+        self._bucket: str | None = None if self._local else self._root.split("/")[0] or None
+        self._bucket_missing_at: float | None = None
         self.description = url
 
     def path_for(self, key: bytes) -> str:
@@ -141,6 +146,10 @@ class FsspecOrigin:
                                      "can load", len(data))
             return bytes(data)
         except (FileNotFoundError, IsADirectoryError):
+            if self._bucket is not None and self._bucket_is_missing():
+                self._log("failed", f"{path}: the bucket {self._bucket!r} does not exist")
+                raise OriginError(f"origin read failed for key {shown_key(key)}: the origin's bucket does not "
+                                  "exist") from None
             return None
         except OSError as err:
             if err.errno == errno.ENAMETOOLONG:  # no object can have that name
@@ -150,6 +159,26 @@ class FsspecOrigin:
             raise
         except Exception as err:  # every backend raises its own types; the client gets one clear error
             raise self._failed(key, path, err) from None
+
+    def _bucket_is_missing(self) -> bool:
+        """Whether a miss is the bucket's: a misspelt or deleted bucket would otherwise make every read a silent
+        miss. Asked at the first miss, then every _BUCKET_RECHECK_S while it is missing, never once it was seen;
+        an identity that may not look at the bucket (a 403) leaves misses as misses."""
+        bucket, checked = self._bucket, self._bucket_missing_at
+        if bucket is None:
+            return False
+        if checked is not None and time.monotonic() - checked < _BUCKET_RECHECK_S:
+            return True
+        try:
+            self._fs.info(bucket)
+        except FileNotFoundError:
+            self._bucket_missing_at = time.monotonic()
+            return True
+        except Exception as err:  # e.g. no permission to see the bucket itself: cannot tell, as before
+            log.info("origin %s: the bucket %r cannot be looked at (%s), so misses are taken as the keys'",
+                     self.description, bucket, type(err).__name__)
+        self._bucket, self._bucket_missing_at = None, None
+        return False
 
     def _failed(self, key: bytes, path: str, err: Exception) -> OriginError:
         self._log("failed", f"{path}: {type(err).__name__}: {err}")

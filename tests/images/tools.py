@@ -24,6 +24,7 @@ TOOLS_BIN = Path(os.environ.get("FORESIGHT_TOOLS_DIR", Path.home() / ".cache/for
 HOW_TO_INSTALL = {
     "hadolint": "images/install-tools.sh",
     "checkov": "images/install-tools.sh",
+    "azurite-blob": "images/install-tools.sh",
     "cfn-lint": "scripts/setup.sh test (pyproject's test extra)",
     "packer": "apt-get install packer",
     "cloud-init": "apt-get install cloud-init",

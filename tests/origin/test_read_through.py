@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from service.cache import TenantRegistry
 from service.config import Settings
 from service.origin import FsspecOrigin, OriginTimeout, ReadSlots, SingleFlight, UnmappableKey
 from service.tenancy import TenantQuota, TenantSpec
+from tests.object_stores import ObjectStore
 from tests.servers import MotoServer
 from tests.service.harness import RawClient, running_service
 
@@ -244,26 +246,53 @@ def s3(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Any:
     return boto3.client("s3", endpoint_url=moto_server.endpoint)
 
 
-def test_s3_origin_through_moto_server(s3: Any) -> None:
-    s3.create_bucket(Bucket="origin-bucket")
-    s3.put_object(Bucket="origin-bucket", Key="data/default/report.csv", Body=b"a,b\n1,2\n")
-    with running_service(dev=True, prefetcher="none", origin="s3://origin-bucket/data/default") as svc:
+def test_an_origin_in_each_clouds_object_store_reads_through(object_store: ObjectStore) -> None:
+    bucket = f"origin-{secrets.token_hex(4)}"
+    object_store.create_bucket(bucket)
+    object_store.put(bucket, "data/default/report.csv", b"a,b\n1,2\n")
+    with running_service(dev=True, prefetcher="none", origin=object_store.url(bucket, "data/default")) as svc:
         client = redis.Redis(port=svc.resp_port)
         assert client.get("report.csv") == b"a,b\n1,2\n"
         assert client.get("absent.csv") is None
         assert client.get("report.csv") == b"a,b\n1,2\n"
-        assert svc.state.tenants.get("default").origin_fetches == 2
+        tenant = svc.state.tenants.get("default")
+        assert (tenant.origin_fetches, tenant.origin_errors) == (2, 0)  # absent is a miss, not an origin error
 
 
-def test_object_names_with_spaces_accents_and_symbols_read_through_from_s3(s3: Any) -> None:
-    s3.create_bucket(Bucket="named-objects")
+def test_object_names_with_spaces_accents_and_symbols_read_through_from_each_clouds_store(
+    object_store: ObjectStore,
+) -> None:
+    bucket = f"named-{secrets.token_hex(4)}"
+    object_store.create_bucket(bucket)
     for name in ORDINARY_NAMES:
-        s3.put_object(Bucket="named-objects", Key=f"data/default/{name}", Body=f"data of {name}".encode())
-    s3.put_object(Bucket="named-objects", Key="data/default/hello%20world.txt", Body=b"not this one")
-    s3.put_object(Bucket="named-objects", Key="data/default/empty", Body=b"")  # a range read of it would be refused
-    with running_service(dev=True, prefetcher="none", origin="s3://named-objects/data/default") as svc:
+        object_store.put(bucket, f"data/default/{name}", f"data of {name}".encode())
+    object_store.put(bucket, "data/default/hello%20world.txt", b"not this one")
+    object_store.put(bucket, "data/default/empty", b"")  # a range read of it would be refused
+    with running_service(dev=True, prefetcher="none", origin=object_store.url(bucket, "data/default")) as svc:
         _assert_each_name_reads_its_own_object(svc)
         assert RawClient(svc.resp_port).send(("GET", "empty")) == b"$0\r\n\r\n"
+
+
+def test_an_origin_bucket_that_does_not_exist_is_an_origin_error_until_it_is_made(
+    object_store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A misspelt bucket must not pass for an origin without those keys: every read would be a silent miss."""
+    from service.origin import fsspec_origin
+
+    bucket = f"absent-{secrets.token_hex(4)}"
+    with running_service(dev=True, prefetcher="none", origin=object_store.url(bucket, "data/default")) as svc:
+        client = RawClient(svc.resp_port)
+        assert client.send(("GET", "report.csv")) == (
+            b"-ERR origin: origin read failed for key 'report.csv': the origin's bucket does not exist\r\n")
+        with httpx.Client(base_url=svc.endpoints.http_url) as http:
+            assert http.get("/v1/keys/report.csv").status_code == 502
+        assert svc.state.tenants.get("default").origin_errors == 2
+        assert bucket not in object_store.buckets()  # reading never makes one
+
+        object_store.create_bucket(bucket)
+        object_store.put(bucket, "data/default/report.csv", b"found")
+        monkeypatch.setattr(fsspec_origin, "_BUCKET_RECHECK_S", 0.0)  # the next miss asks again
+        assert client.send(("GET", "report.csv"), ("GET", "absent.csv")) == b"$5\r\nfound\r\n$-1\r\n"
 
 
 def test_a_key_that_is_not_utf8_names_no_s3_object_and_the_connection_stays(s3: Any) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -17,14 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from service.security.audit import AuditLog, verify_files, write_plaintext
 from service.security.audit_shipping import AuditShipper
 from service.security.envelope import EnvelopeCipher
 from service.security.kms.local import LocalKms
-from tests.servers import MotoServer
+from tests.object_stores import ObjectStore
 
 
 def login_lines(log: AuditLog, count: int) -> None:
@@ -108,22 +108,14 @@ def test_a_partial_copy_is_shipped_again(tmp_path: Path) -> None:
     assert copy.read_bytes() == first.read_bytes() and shipper.shipped_files == 1
 
 
-@pytest.fixture
-def s3(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server.endpoint)  # botocore's (fsspec reads its own at import)
-    return boto3.client("s3", endpoint_url=moto_server.endpoint)
-
-
-def test_shipping_to_s3_waits_for_the_bucket_and_the_service_settings_wire_it(
-    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_shipping_to_each_clouds_store_waits_for_the_bucket_and_the_service_settings_wire_it(
+    object_store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from service.bootstrap import build_audit
     from service.config import Settings
 
-    monkeypatch.setenv("FORESIGHT_AUDIT_SHIP_URL", "s3://audit-trail/prod")
+    bucket = f"trail-{secrets.token_hex(4)}"
+    monkeypatch.setenv("FORESIGHT_AUDIT_SHIP_URL", object_store.url(bucket, "prod"))
     monkeypatch.setenv("FORESIGHT_AUDIT_KEEP_FILES", "1")
     cipher = EnvelopeCipher(LocalKms.generate())
     log = build_audit(Settings(data_dir=tmp_path), cipher)
@@ -133,16 +125,15 @@ def test_shipping_to_s3_waits_for_the_bucket_and_the_service_settings_wire_it(
     log.rotate()
     assert log.unshipped >= 3  # no such bucket yet: every archive kept
     assert len(list(tmp_path.glob("audit.*.log.fse"))) == log.unshipped
-    assert "audit-trail" not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}  # not the shipper's to make
+    assert bucket not in object_store.buckets()  # not the shipper's to make
 
-    s3.create_bucket(Bucket="audit-trail")
+    object_store.create_bucket(bucket)
     log.rotate()
     log.close()
     assert log.unshipped == 0 and len(list(tmp_path.glob("audit.*.log.fse"))) == 1
-    listed = s3.list_objects_v2(Bucket="audit-trail", Prefix=f"prod/{log.shipper.node}/")["Contents"]
+    listed = object_store.keys(bucket, f"prod/{log.shipper.node}/")
     assert len(listed) == log.shipper.shipped_files >= 4
-    body = s3.get_object(Bucket="audit-trail", Key=listed[-1]["Key"])["Body"].read()
-    assert body == sorted(tmp_path.glob("audit.*.log.fse"))[-1].read_bytes()
+    assert object_store.get(bucket, listed[-1]) == sorted(tmp_path.glob("audit.*.log.fse"))[-1].read_bytes()
 
 
 @contextlib.contextmanager
@@ -286,17 +277,19 @@ def test_audit_verify_and_show_read_a_shipped_folder_by_its_url(
     assert not list(Path(tempfile.gettempdir()).glob("foresight-audit-*"))  # the copies went with the command
 
 
-def test_audit_verify_reads_a_folder_shipped_to_s3(s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    keyring, path = tmp_path / "keyring.json", tmp_path / "audit.log"
+def test_audit_verify_reads_a_folder_shipped_to_each_clouds_store(
+    object_store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keyring, path, bucket = tmp_path / "keyring.json", tmp_path / "audit.log", f"verified-{secrets.token_hex(4)}"
     monkeypatch.setenv("FORESIGHT_KMS_PROVIDER", "local")
     monkeypatch.setenv("FORESIGHT_KMS_KEY_ID", str(keyring))
-    s3.create_bucket(Bucket="verified-trail")
+    object_store.create_bucket(bucket)
     log = AuditLog(path, rotate_bytes=1200, archive=EnvelopeCipher(LocalKms.generate(keyring)), keep_files=1,
-                   shipper=AuditShipper("s3://verified-trail/prod", "n1"))
+                   shipper=AuditShipper(object_store.url(bucket, "prod"), "n1"))
     login_lines(log, 20)
     log.close()
-    verified = _cli("audit", "verify", "--json", "s3://verified-trail/prod/n1", str(path))
+    verified = _cli("audit", "verify", "--json", object_store.url(bucket, "prod/n1"), str(path))
     assert verified.exit_code == 0, verified.output
     assert json.loads(verified.output)["lines_verified"] >= 20
-    empty = _cli("audit", "verify", "s3://verified-trail/prod/nobody")
+    empty = _cli("audit", "verify", object_store.url(bucket, "prod/nobody"))
     assert empty.exit_code == 2 and "no such file or folder" in empty.output
