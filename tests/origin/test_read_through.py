@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import boto3
 import httpx
 import pytest
 import redis
@@ -24,7 +23,6 @@ from service.config import Settings
 from service.origin import FsspecOrigin, OriginTimeout, ReadSlots, SingleFlight, UnmappableKey
 from service.tenancy import TenantQuota, TenantSpec
 from tests.object_stores import ObjectStore
-from tests.servers import MotoServer
 from tests.service.harness import RawClient, running_service
 
 # Names real buckets and directories hold: each must read the object of exactly that name.
@@ -235,17 +233,6 @@ async def test_singleflight_shares_errors_and_survives_cancelled_reader() -> Non
     assert flights.started == 1 and "k" not in flights
 
 
-@pytest.fixture
-def s3(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A boto3 client of the moto server, with the environment that points the service's s3fs at it."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server.endpoint)
-    monkeypatch.setenv("FSSPEC_S3_ENDPOINT_URL", moto_server.endpoint)
-    return boto3.client("s3", endpoint_url=moto_server.endpoint)
-
-
 def test_an_origin_in_each_clouds_object_store_reads_through(object_store: ObjectStore) -> None:
     bucket = f"origin-{secrets.token_hex(4)}"
     object_store.create_bucket(bucket)
@@ -295,10 +282,11 @@ def test_an_origin_bucket_that_does_not_exist_is_an_origin_error_until_it_is_mad
         assert client.send(("GET", "report.csv"), ("GET", "absent.csv")) == b"$5\r\nfound\r\n$-1\r\n"
 
 
-def test_a_key_that_is_not_utf8_names_no_s3_object_and_the_connection_stays(s3: Any) -> None:
-    s3.create_bucket(Bucket="utf8-only")
-    s3.put_object(Bucket="utf8-only", Key="data/default/plain", Body=b"hello")
-    with running_service(dev=True, prefetcher="none", origin="s3://utf8-only/data/default") as svc:
+def test_a_key_that_is_not_utf8_names_no_stored_object_and_the_connection_stays(object_store: ObjectStore) -> None:
+    bucket = f"utf8-only-{secrets.token_hex(4)}"
+    object_store.create_bucket(bucket)
+    object_store.put(bucket, "data/default/plain", b"hello")
+    with running_service(dev=True, prefetcher="none", origin=object_store.url(bucket, "data/default")) as svc:
         client = RawClient(svc.resp_port)
         assert client.send(("GET", b"\xff"), ("GET", "plain")) == (
             b"-ERR origin: key cannot be mapped to an origin object (not UTF-8, as object names are)\r\n"
