@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from stacks.shutdown import SERVICE_DEFAULT_GRACE_S, UNIT_STOP_MARGIN_S, service_stop_s
 from stacks.spec import SERVICE_PORTS, StackSpec
 from stacks.vault import VaultLayout
 
@@ -39,6 +40,7 @@ DATA_DIR = "/var/lib/foresight"
 # so it works whatever non-root user the image runs as.
 SERVICE_GID = 10001
 CONTAINER_NAME = "foresight"
+VM_STOP_S = service_stop_s(SERVICE_DEFAULT_GRACE_S)  # docker stop's wait before SIGKILL (the VM runs the default grace)
 
 _ENV_VALUE_RE = re.compile(r"[A-Za-z0-9_.:/@+=,-]*")
 
@@ -150,10 +152,11 @@ ExecStartPre=/usr/bin/mountpoint -q {DATA_DIR}
 ExecStartPre={_fetch_tls_command()}
 ExecStartPre=-/usr/bin/docker rm --force {CONTAINER_NAME}
 ExecStart={docker_run}
-ExecStop=/usr/bin/docker stop --time 30 {CONTAINER_NAME}
+ExecStop=/usr/bin/docker stop --time {VM_STOP_S} {CONTAINER_NAME}
 Restart=always
 RestartSec=10
 TimeoutStartSec=1200
+TimeoutStopSec={VM_STOP_S + UNIT_STOP_MARGIN_S}
 
 [Install]
 WantedBy=multi-user.target

@@ -12,6 +12,7 @@ from typing import Any
 
 from stacks.cloudinit import CONTAINER_TLS_DIR, DATA_DIR, SERVICE_GID
 from stacks.kubernetes.spec import WorkloadSpec
+from stacks.shutdown import service_stop_s
 from stacks.spec import HTTPS_PORT, RESP_PORT, SERVICE_PORTS
 
 Manifest = dict[str, Any]
@@ -27,21 +28,17 @@ SHARED_TIER_CA_DIR = "/etc/foresight/shared-tier-ca"
 # as the service's own user instead.
 FETCH_TLS_COMMAND = ["/opt/foresight/bin/python", "-m", "stacks.boot.fetch_tls", "--out", CONTAINER_TLS_DIR]
 GPU_RESOURCE = "nvidia.com/gpu"
-# Shutdown: the load balancer stops sending new connections while preStop sleeps; the service then drains RESP
-# for up to shutdown_grace_s, waits as long again for HTTP (service/server.py), writes its snapshot, and closes
-# the audit log (waiting up to service.security.audit.SHIP_ON_CLOSE_S on a bucket copy; the stacks do not import
-# the service, so the number is repeated here).
+# Shutdown: the load balancer stops sending new connections while preStop sleeps; then the service's own stop
+# (stacks/shutdown.py).
 PRESTOP_SLEEP_S = 10
-SNAPSHOT_ALLOWANCE_S = 60
-AUDIT_CLOSE_ALLOWANCE_S = 10
 # Startup: loading torch and the prefetch models from a cold volume can take minutes on a fresh node.
 STARTUP_PROBE_PERIOD_S = 10
 STARTUP_PROBE_FAILURES = 60
 
 
 def termination_grace_s(spec: WorkloadSpec) -> int:
-    """Enough for preStop, the RESP drain, the HTTP drain (grace + 1 s), the snapshot and the audit log's close."""
-    return PRESTOP_SLEEP_S + 2 * spec.shutdown_grace_s + 1 + SNAPSHOT_ALLOWANCE_S + AUDIT_CLOSE_ALLOWANCE_S
+    """Enough for preStop and the service's stop."""
+    return PRESTOP_SLEEP_S + service_stop_s(spec.shutdown_grace_s)
 
 
 def pod_template(spec: WorkloadSpec, labels: dict[str, str]) -> Manifest:

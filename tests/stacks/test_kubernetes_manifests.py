@@ -340,11 +340,8 @@ def test_probes_ask_the_services_real_health_routes_over_https() -> None:
 
 
 def test_termination_grace_outlasts_preStop_both_drains_the_snapshot_and_the_audit_close() -> None:
-    from service.security.audit import SHIP_ON_CLOSE_S
-
     spec = spec_of(shutdownGraceS=30)
     rendered = render(spec)
-    assert pod.AUDIT_CLOSE_ALLOWANCE_S >= SHIP_ON_CLOSE_S  # the repeated number kept in step with the service's
     assert pod_spec(rendered)["terminationGracePeriodSeconds"] >= pod.PRESTOP_SLEEP_S + 2 * 30 + 1 + 30 + 10
     assert by_kind(rendered, "ConfigMap")["data"]["FORESIGHT_SHUTDOWN_GRACE_S"] == "30"
 
