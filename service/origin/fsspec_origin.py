@@ -110,7 +110,7 @@ class FsspecOrigin:
         self._log_lock = threading.Lock()
         # An object store's bucket, until a look at it settles that it exists (or that this identity may not see
         # it); while it is missing, when that was last asked. A directory has none: its misses are ordinary.
-        self._bucket: str | None = None if self._local else self._root.split("/")[0] or None
+        self._bucket: str | None = (self._root.split("/")[0] or None) if _protocols(self._fs) & _BUCKET_LOOKS else None
         self._bucket_missing_at: float | None = None
         self.description = url
 
@@ -162,20 +162,19 @@ class FsspecOrigin:
 
     def _bucket_is_missing(self) -> bool:
         """Whether a miss is the bucket's: a misspelt or deleted bucket would otherwise make every read a silent
-        miss. Asked at the first miss, then every _BUCKET_RECHECK_S while it is missing, never once it was seen;
-        an identity that may not look at the bucket (a 403) leaves misses as misses."""
+        miss. Asked at the first miss, then every _BUCKET_RECHECK_S while it is missing, never once it was seen."""
         bucket, checked = self._bucket, self._bucket_missing_at
         if bucket is None:
             return False
         if checked is not None and time.monotonic() - checked < _BUCKET_RECHECK_S:
             return True
         try:
-            self._fs.info(bucket)
+            _look_at_bucket(self._fs, bucket)
         except FileNotFoundError:
             self._bucket_missing_at = time.monotonic()
             return True
-        except Exception as err:  # e.g. no permission to see the bucket itself: cannot tell, as before
-            log.info("origin %s: the bucket %r cannot be looked at (%s), so misses are taken as the keys'",
+        except Exception as err:  # a 403 (it exists; this identity may not look at it) or a network error
+            log.info("origin %s: looking at the bucket %r gave %s; it is taken to exist, and misses as the keys'",
                      self.description, bucket, type(err).__name__)
         self._bucket, self._bucket_missing_at = None, None
         return False
@@ -209,6 +208,26 @@ class FsspecOrigin:
             raise OriginTimeout(f"origin timed out after {self._timeout_s:g}s reading key {shown_key(key)}") from None
         except RuntimeError:  # the pool was shut down: the service is stopping
             raise OriginError(f"origin closed before reading key {shown_key(key)}") from None
+
+
+# The stores whose `info` of a bucket (container) asks about the bucket itself, so that FileNotFoundError means
+# it does not exist: S3's HeadBucket, Azure's container properties, Cloud Storage's bucket GET (below).
+_BUCKET_LOOKS = {"s3", "s3a", "gs", "gcs", "az", "abfs"}
+
+
+def _protocols(fs: Any) -> set[str]:
+    return {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+
+
+def _look_at_bucket(fs: Any, bucket: str) -> None:
+    """FileNotFoundError when `bucket` does not exist; a 403 says it does (S3 and Cloud Storage answer 404 for a
+    bucket that does not exist, whoever asks)."""
+    if _protocols(fs) & {"gs", "gcs"}:
+        # gcsfs's `info` answers a 403 on the bucket (roles/storage.objectViewer has no storage.buckets.get) by
+        # listing it, and an empty bucket by FileNotFoundError: the bucket's own GET tells them apart.
+        fs.call("GET", f"b/{bucket}", json_out=True)
+    else:
+        fs.info(bucket)
 
 
 def open_origin(url: str, tenant: str | None = None, **kwargs: Any) -> FsspecOrigin:

@@ -23,6 +23,7 @@ from service.config import Settings
 from service.origin import FsspecOrigin, OriginTimeout, ReadSlots, SingleFlight, UnmappableKey
 from service.tenancy import TenantQuota, TenantSpec
 from tests.object_stores import ObjectStore
+from tests.servers import http_server
 from tests.service.harness import RawClient, running_service
 
 # Names real buckets and directories hold: each must read the object of exactly that name.
@@ -277,8 +278,9 @@ def test_an_origin_bucket_that_does_not_exist_is_an_origin_error_until_it_is_mad
         assert bucket not in object_store.buckets()  # reading never makes one
 
         object_store.create_bucket(bucket)
-        object_store.put(bucket, "data/default/report.csv", b"found")
         monkeypatch.setattr(fsspec_origin, "_BUCKET_RECHECK_S", 0.0)  # the next miss asks again
+        assert client.send(("GET", "report.csv")) == b"$-1\r\n"  # made, and empty: a miss, not "does not exist"
+        object_store.put(bucket, "data/default/report.csv", b"found")
         assert client.send(("GET", "report.csv"), ("GET", "absent.csv")) == b"$5\r\nfound\r\n$-1\r\n"
 
 
@@ -306,6 +308,33 @@ def _assert_each_name_reads_its_own_object(svc: Any) -> None:
         for name in ORDINARY_NAMES:
             assert http.get("/v1/keys/" + quote(name, safe="")).content == f"data of {name}".encode(), name
     assert svc.state.tenants.get("default").origin_errors == 0
+
+
+async def test_a_cloud_storage_bucket_its_reader_may_not_look_at_still_exists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """roles/storage.objectViewer reads and lists objects but may not GET the bucket (403): an empty bucket must
+    stay a bucket whose keys miss. IAM is what gcp-storage-emulator lacks, so Cloud Storage's documented answers
+    (403 on the bucket, an empty listing, 404 on the object) come from a loopback fake."""
+    import fsspec
+
+    asked: list[str] = []
+
+    def answer(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
+        asked.append(f"{method} {path.split('?')[0]}")
+        if path.startswith("/storage/v1/b/viewer-only/o?"):
+            return 200, '{"kind": "storage#objects"}'
+        if path.startswith("/storage/v1/b/viewer-only?") or path == "/storage/v1/b/viewer-only":
+            return 403, '{"error": {"code": 403, "message": "no storage.buckets.get access"}}'
+        return 404, '{"error": {"code": 404, "message": "No such object"}}'
+
+    with http_server(answer) as endpoint:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
+        fsspec.get_filesystem_class("gs").clear_instance_cache()
+        try:
+            origin = FsspecOrigin("gs://viewer-only/data", timeout_s=20)
+            assert await origin.fetch(b"report.csv") is None
+        finally:
+            fsspec.get_filesystem_class("gs").clear_instance_cache()
+    assert "GET /storage/v1/b/viewer-only" in asked  # the bucket was looked at, and its 403 taken as "it exists"
 
 
 @contextlib.contextmanager
