@@ -76,10 +76,10 @@ _SECRET_VALUES = re.compile(
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----"
 )
 _REQUIRED = ("seq", "time", "action", "outcome", "actor", "prev", "hash")
-_SHIP_RETRY_S = 60.0  # while files wait to be shipped, the archiver retries this often (else at each rotation)
-# close() waits this long for the archiver's last pass. A destination that hangs (a partition: botocore alone waits
-# 60 s per try) must not hold the shutdown past the grace systemd and Kubernetes give it, and lose the final fsync
-# to their SIGKILL; what it did not ship stays on disk, and the next start ships it.
+_SHIP_RETRY_S = 60.0  # while files wait to be shipped, the shipper retries this often (else at each rotation)
+# close() waits this long for the shipper's last pass. A destination that hangs (a partition: botocore alone waits
+# 60 s per try) must not hold the shutdown past the grace systemd and Kubernetes give it (stacks/shutdown.py), and
+# lose the final fsync to their SIGKILL; what it did not ship stays on disk, and the next start ships it.
 SHIP_ON_CLOSE_S = 10.0
 
 
