@@ -417,6 +417,10 @@ class StackOutputs:
     vault_kv_mount: pulumi.Input[str]
     # The cloud's handle on what runs the service (AWS: the Auto Scaling group that keeps one instance alive).
     instance_id: pulumi.Input[str]
+    # Who the service runs as, for grants on what the stack does not own (tenants' origin buckets): AWS the role's
+    # ARN, Google Cloud the service account's email, Azure the managed identity's principal id (the pods' with
+    # scale-out).
+    node_identity: pulumi.Input[str]
 
     @staticmethod
     def export_name(field_name: str) -> str:

@@ -122,5 +122,6 @@ class GpuNode(pulumi.ComponentResource):
             vault_auth_mount=self.vault_auth.backend.path,
             vault_kv_mount=self.vault.kv_mount.path,
             instance_id=self.compute.group.name,
+            node_identity=self.identity.role.arn,
         )
         self.register_outputs(self.outputs.as_dict())

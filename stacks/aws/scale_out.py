@@ -263,6 +263,7 @@ class ScaleOut(pulumi.ComponentResource):
             vault_auth_mount=self.vault_auth.backend.path.apply(lambda path: path or layout.auth_mount),
             vault_kv_mount=self.vault.kv_mount.path,
             instance_id=self.eks.name,
+            node_identity=self.pods_role.arn,
         )
         self.register_outputs(self.outputs.as_dict())
 

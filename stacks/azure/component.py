@@ -147,5 +147,6 @@ class GpuNode(pulumi.ComponentResource):
             vault_auth_mount=self.vault_auth.backend.path.apply(str),
             vault_kv_mount=self.vault.kv_mount.path,
             instance_id=self.compute.scale_set.name,
+            node_identity=self.identity.principal_id,
         )
         self.register_outputs(self.outputs.as_dict())

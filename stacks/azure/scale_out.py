@@ -263,5 +263,6 @@ class ScaleOut(pulumi.ComponentResource):
             vault_auth_mount=self.vault_auth.backend.path.apply(str),
             vault_kv_mount=self.vault.kv_mount.path,
             instance_id=self.cluster.cluster.name,
+            node_identity=self.pod_identity.principal_id,
         )
         self.register_outputs(self.outputs.as_dict())

@@ -133,5 +133,6 @@ class GpuNode(pulumi.ComponentResource):
             vault_auth_mount=self.vault_auth.backend.path.apply(str),
             vault_kv_mount=self.vault.kv_mount.path,
             instance_id=self.compute.group.name,
+            node_identity=self.identity.email,
         )
         self.register_outputs(self.outputs.as_dict())

@@ -242,5 +242,6 @@ class ScaleOut(pulumi.ComponentResource):
             vault_auth_mount=self.vault_auth.backend.path.apply(str),
             vault_kv_mount=self.vault.kv_mount.path,
             instance_id=self.gke.cluster.name,
+            node_identity=self.identity.pod_email,
         )
         self.register_outputs(self.outputs.as_dict())

@@ -528,6 +528,7 @@ def test_outputs_keep_their_names_and_hold_no_secret(scale_out: MockRun) -> None
         "vaultAuthMount": "foresight-aws-test-aws",
         "vaultKvMount": "foresight-aws-test",
         "instanceId": "foresight-aws-test",
+        "nodeIdentity": f"arn:aws:iam::{ACCOUNT}:role/foresight-pods-a1b2c3d",  # the pods' IRSA role
     }
     assert not any(output.secret for output in scale_out.outputs.values())
 

@@ -288,6 +288,7 @@ def test_outputs_are_the_shared_set_and_hold_no_secret(baseline: MockRun) -> Non
         "vaultAuthMount": "foresight-aws-test-aws",
         "vaultKvMount": "foresight-aws-test",
         "instanceId": "foresight-node-a1b2c3d",
+        "nodeIdentity": f"arn:aws:iam::{ACCOUNT}:role/foresight-node-a1b2c3d",  # the role Vault's login binds
     }
     assert not any("PRIVATE KEY" in str(value) for value in outputs.values())
     assert not any(output.secret for output in baseline.outputs.values())

@@ -324,6 +324,7 @@ def test_outputs_are_the_shared_set_and_hold_no_secret(scale_out: MockRun, azure
     assert not any(output.secret for output in scale_out.outputs.values())
     assert not any("PRIVATE KEY" in str(output.value) for output in scale_out.outputs.values())
     assert scale_out.outputs["instanceId"].value == "foresight-aks1a2b3c4"
+    assert scale_out.outputs["nodeIdentity"].value == AZURE_POD_PRINCIPAL  # the pods' workload identity
     assert scale_out.outputs["vaultAuthMount"].value == "foresight-azure-test-azure"
 
 

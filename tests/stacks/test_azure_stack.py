@@ -246,6 +246,7 @@ def test_outputs_are_the_shared_set_and_hold_no_secret(azure_baseline: MockRun, 
     assert not any(output.secret for output in azure_baseline.outputs.values())
     assert not any("PRIVATE KEY" in str(output.value) for output in azure_baseline.outputs.values())
     assert azure_baseline.outputs["instanceId"].value == "foresight-node1a2b3c4"
+    assert azure_baseline.outputs["nodeIdentity"].value == AZURE_NODE_PRINCIPAL  # the one Vault's login binds
 
 
 def test_required_tags_on_every_tagged_resource(azure_baseline: MockRun) -> None:

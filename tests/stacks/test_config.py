@@ -127,4 +127,5 @@ def test_outputs_share_one_set_of_names() -> None:
         "vaultAuthMount",
         "vaultKvMount",
         "instanceId",
+        "nodeIdentity",
     ]

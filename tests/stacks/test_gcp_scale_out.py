@@ -146,6 +146,7 @@ def test_regional_cluster_is_private_cmek_encrypted_and_enforces_network_policy(
     assert cluster["ipAllocationPolicy"] == {"clusterIpv4CidrBlock": "/17", "servicesIpv4CidrBlock": "/22"}
     assert cluster["network"].endswith("/global/networks/foresight-vpc-1a2b3c4")
     assert scale_out.outputs["instanceId"].value == "foresight-gke-1a2b3c4"
+    assert scale_out.outputs["nodeIdentity"].value == account_email(scale_out, "foresight-pods")  # what pods run as
 
 
 def test_private_allowed_ranges_keep_the_control_plane_and_load_balancer_internal(private_scale_out: MockRun) -> None:

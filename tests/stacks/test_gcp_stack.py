@@ -166,6 +166,7 @@ def test_group_of_one_heals_standard_vms_in_zones_offering_the_gpu(gcp_baseline:
     assert update["maxSurgeFixed"] == 0 and update["maxUnavailableFixed"] == len(group["distributionPolicyZones"])
     assert "instanceFlexibilityPolicy" not in group
     assert gcp_baseline.outputs["instanceId"].value == "foresight-node-1a2b3c4"
+    assert gcp_baseline.outputs["nodeIdentity"].value == node_email(gcp_baseline)  # the account the KMS key names
 
 
 def test_tls_certificate_names_the_endpoint_address_and_keys_stay_secret(gcp_baseline: MockRun) -> None:
@@ -229,6 +230,7 @@ def test_outputs_are_the_shared_set_and_hold_no_secret(gcp_baseline: MockRun, ba
                 "vault_auth_mount",
                 "vault_kv_mount",
                 "instance_id",
+                "node_identity",
             )
         }
     )
