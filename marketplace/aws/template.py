@@ -529,4 +529,8 @@ def _outputs() -> dict[str, Any]:
         },
         "KmsKeyArn": {"Description": "The stack's KMS key", "Value": {"Fn::GetAtt": ["Key", "Arn"]}},
         "InstanceId": {"Description": "The node", "Value": {"Ref": "Instance"}},
+        "NodeRoleArn": {
+            "Description": "The node's role: grant it s3:GetObject and s3:ListBucket on each tenant's origin bucket",
+            "Value": {"Fn::GetAtt": ["NodeRole", "Arn"]},
+        },
     }

@@ -169,6 +169,11 @@ def test_security_group_admits_the_service_ports_from_the_allowed_cidr_only(rend
     assert f"https://${{ElasticIp.PublicIp}}:{HTTPS_PORT}" in outputs
 
 
+def test_the_node_role_is_an_output_to_grant_origin_reads_to(rendered: dict[str, Any]) -> None:
+    assert rendered["Resources"]["NodeRole"]["Type"] == "AWS::IAM::Role"
+    assert rendered["Outputs"]["NodeRoleArn"]["Value"] == {"Fn::GetAtt": ["NodeRole", "Arn"]}
+
+
 def test_node_role_and_key_policy_grant_the_stacks_kms_actions(rendered: dict[str, Any]) -> None:
     statements = rendered["Resources"]["NodePolicy"]["Properties"]["PolicyDocument"]["Statement"]
     kms = next(s for s in statements if s["Resource"] == {"Fn::GetAtt": ["Key", "Arn"]})
