@@ -599,6 +599,8 @@ def _outputs() -> dict[str, Any]:
         ),
         "keyId": output(f"[reference({_key_id()}).keyUri]"),
         "vmName": output(NAMES["Microsoft.Compute/virtualMachines"]),
+        # What to grant Storage Blob Data Reader on each tenant's origin container (the buyer's, like the audit one).
+        "nodePrincipalId": output(f"[reference({IDENTITY}).principalId]"),
         # The container is the buyer's, outside this application's resource group: the grant is theirs to make.
         "grantAuditContainerCommand": output(
             f"[if({_NO_AUDIT}, '', format('az role assignment create --assignee-object-id {{0}} "

@@ -737,6 +737,8 @@ def test_an_audit_container_is_where_the_node_ships_and_the_grant_it_needs_is_an
                 {"principalId": "9f8e7d6c-0000-4000-8000-000000000001"}}
     url = evaluate(template.custom_data_values()["AuditShipUrl"], parameters, main["variables"], deployed)
     command = evaluate(main["outputs"]["grantAuditContainerCommand"]["value"], parameters, main["variables"], deployed)
+    principal = evaluate(main["outputs"]["nodePrincipalId"]["value"], parameters, main["variables"], deployed)
+    assert principal == "9f8e7d6c-0000-4000-8000-000000000001"  # what origin containers grant their reader role to
     if not container:
         assert url == "" and command == ""  # no container: nothing shipped, nothing to grant
         return
