@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests import servers
-from tests.object_stores import AzureStore, GcsStore, ObjectStore, S3Store
+from tests.object_stores import AzureStore, GcsStore, ObjectStore, S3Store, uncached
 
 
 @pytest.fixture(scope="session")
@@ -44,11 +44,7 @@ def gcs_server() -> Iterator[servers.GcsEmulator]:
 
 @pytest.fixture(params=["s3", "gs", "az"])
 def object_store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[ObjectStore]:
-    """Each cloud's object store on its emulator, with the environment that points the product's fsspec at it.
-    Filesystem instances fsspec cached are dropped before and after: one made for another endpoint (or for none)
-    would otherwise be handed out again."""
-    import fsspec
-
+    """Each cloud's object store on its emulator, with the environment that points the product's fsspec at it."""
     store: ObjectStore
     if request.param == "s3":
         store = S3Store(request.getfixturevalue("moto_server").endpoint)
@@ -59,7 +55,5 @@ def object_store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
         store = AzureStore(server.connection_string, server.account)
     for name, value in store.environment.items():
         monkeypatch.setenv(name, value)
-    filesystem = fsspec.get_filesystem_class(store.scheme)
-    filesystem.clear_instance_cache()
-    yield store
-    filesystem.clear_instance_cache()
+    with uncached(store.scheme):
+        yield store

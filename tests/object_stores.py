@@ -9,7 +9,22 @@ identity and the real endpoint do in a cloud.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
+
+import fsspec
+
+
+@contextmanager
+def uncached(scheme: str) -> Iterator[None]:
+    """fsspec hands out a filesystem it made before, for another endpoint (or for none): dropped before and after."""
+    filesystem = fsspec.get_filesystem_class(scheme)
+    filesystem.clear_instance_cache()
+    try:
+        yield
+    finally:
+        filesystem.clear_instance_cache()
 
 
 class ObjectStore(Protocol):

@@ -146,7 +146,7 @@ class FsspecOrigin:
                                      "can load", len(data))
             return bytes(data)
         except (FileNotFoundError, IsADirectoryError):
-            if self._bucket is not None and self._bucket_is_missing():
+            if self._bucket_is_missing():
                 self._log("failed", f"{path}: the bucket {self._bucket!r} does not exist")
                 raise OriginError(f"origin read failed for key {shown_key(key)}: the origin's bucket does not "
                                   "exist") from None

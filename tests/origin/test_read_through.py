@@ -22,7 +22,7 @@ from service.cache import TenantRegistry
 from service.config import Settings
 from service.origin import FsspecOrigin, OriginTimeout, ReadSlots, SingleFlight, UnmappableKey
 from service.tenancy import TenantQuota, TenantSpec
-from tests.object_stores import ObjectStore
+from tests.object_stores import ObjectStore, uncached
 from tests.servers import http_server
 from tests.service.harness import RawClient, running_service
 
@@ -314,8 +314,6 @@ async def test_a_cloud_storage_bucket_its_reader_may_not_look_at_still_exists(mo
     """roles/storage.objectViewer reads and lists objects but may not GET the bucket (403): an empty bucket must
     stay a bucket whose keys miss. IAM is what gcp-storage-emulator lacks, so Cloud Storage's documented answers
     (403 on the bucket, an empty listing, 404 on the object) come from a loopback fake."""
-    import fsspec
-
     asked: list[str] = []
 
     def answer(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
@@ -326,14 +324,10 @@ async def test_a_cloud_storage_bucket_its_reader_may_not_look_at_still_exists(mo
             return 403, '{"error": {"code": 403, "message": "no storage.buckets.get access"}}'
         return 404, '{"error": {"code": 404, "message": "No such object"}}'
 
-    with http_server(answer) as endpoint:
+    with http_server(answer) as endpoint, uncached("gs"):
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
-        fsspec.get_filesystem_class("gs").clear_instance_cache()
-        try:
-            origin = FsspecOrigin("gs://viewer-only/data", timeout_s=20)
-            assert await origin.fetch(b"report.csv") is None
-        finally:
-            fsspec.get_filesystem_class("gs").clear_instance_cache()
+        origin = FsspecOrigin("gs://viewer-only/data", timeout_s=20)
+        assert await origin.fetch(b"report.csv") is None
     assert "GET /storage/v1/b/viewer-only" in asked  # the bucket was looked at, and its 403 taken as "it exists"
 
 

@@ -24,7 +24,7 @@ from service.security.audit import AuditLog, verify_files, write_plaintext
 from service.security.audit_shipping import AuditShipper
 from service.security.envelope import EnvelopeCipher
 from service.security.kms.local import LocalKms
-from tests.object_stores import ObjectStore
+from tests.object_stores import ObjectStore, S3Store, uncached
 
 
 def login_lines(log: AuditLog, count: int) -> None:
@@ -162,18 +162,13 @@ def test_a_destination_that_hangs_does_not_hold_the_shutdown(
 ) -> None:
     """A copy that never ends holds up neither the archiving of later rotations nor, past SHIP_ON_CLOSE_S, the
     shutdown; nothing unshipped is pruned."""
-    from s3fs import S3FileSystem
-
     from service.security import audit
 
     monkeypatch.setattr(audit, "SHIP_ON_CLOSE_S", 1.0)
-    for name, value in [("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                        ("AWS_DEFAULT_REGION", "us-east-1")]:
-        monkeypatch.setenv(name, value)
     path = tmp_path / "audit.jsonl"
-    with unanswering_endpoint() as (endpoint, reached):
-        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
-        S3FileSystem.clear_instance_cache()  # a cached instance would still talk to an earlier test's endpoint
+    with unanswering_endpoint() as (endpoint, reached), uncached("s3"):
+        for name, value in S3Store(endpoint).environment.items():
+            monkeypatch.setenv(name, value)
         log = AuditLog(path, rotate_bytes=1200, archive=EnvelopeCipher(LocalKms.generate()), keep_files=1,
                        shipper=AuditShipper("s3://audit-trail/prod", "n1"))
         login_lines(log, 10)
@@ -188,7 +183,6 @@ def test_a_destination_that_hangs_does_not_hold_the_shutdown(
             closing.start()
             closing.join(8)
             assert not closing.is_alive(), "close() waited on a copy that never ends"
-    S3FileSystem.clear_instance_cache()
     archives = list(tmp_path.glob("audit.*.jsonl.fse"))
     assert len(archives) >= 3 and b"audit.pruned" not in path.read_bytes()  # none shipped, so none pruned
     assert any("did not finish within 1 s" in r.message and "s3://audit-trail/prod/n1" in r.message
