@@ -66,9 +66,10 @@ CONFIG_KEYS = (
     "nodes",
     "redisPrivateDnsZoneId",
     "auditBucket",
+    "originBuckets",
 )
 REQUIRED_KEYS = ("cloud", "allowedCidrs", "vaultAddress")
-_LIST_KEYS = frozenset({"allowedCidrs", "fallbackInstanceTypes", "subnetIds"})
+_LIST_KEYS = frozenset({"allowedCidrs", "fallbackInstanceTypes", "subnetIds", "originBuckets"})
 
 # An OCI image reference: registry[:port]/path[:tag][@sha256:digest]. It ends up on a systemd ExecStart line,
 # so anything outside this grammar (spaces, quotes, `;`) is refused rather than escaped.
@@ -77,21 +78,22 @@ _IMAGE_RE = re.compile(
     r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)+"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
-# Where the audit trail is shipped (foresight:auditBucket): an existing S3 or Cloud Storage bucket's name, or an
-# Azure blob container's resource id (what a role assignment is scoped to, and it holds the account's name).
+# A bucket the stack grants the node access to (foresight:auditBucket, foresight:originBuckets): an existing S3 or
+# Cloud Storage bucket's name, or an Azure blob container's resource id (what a role assignment is scoped to, and it
+# holds the account's name).
 _AZURE_CONTAINER_RE = re.compile(
     r"^/subscriptions/[0-9a-fA-F-]{36}/resourceGroups/[-\w._()]{1,90}/providers/Microsoft\.Storage/storageAccounts/"
     r"(?P<account>[a-z0-9]{3,24})/blobServices/default/containers/(?P<container>[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62})$"
 )
 AUDIT_FOLDER = "foresight"  # the bucket folder that every stack's and listing's own folder goes under
-AUDIT_BUCKET_PATTERNS: Mapping[Cloud, re.Pattern[str]] = {  # the marketplace templates' parameters use them too
+BUCKET_PATTERNS: Mapping[Cloud, re.Pattern[str]] = {  # the marketplace templates' parameters use them too
     Cloud.AWS: re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"),
     Cloud.GCP: re.compile(r"^[a-z0-9][a-z0-9_.-]{1,61}[a-z0-9]$"),
     Cloud.AZURE: _AZURE_CONTAINER_RE,
 }
-_AUDIT_BUCKET_FORMS = {
-    "aws": "an S3 bucket name such as acme-audit (it must exist: the stack only grants the node access to it)",
-    "gcp": "a Cloud Storage bucket name such as acme-audit (it must exist: the stack only grants the node access)",
+_BUCKET_FORMS = {
+    "aws": "an S3 bucket name such as acme-data (it must exist: the stack only grants the node access to it)",
+    "gcp": "a Cloud Storage bucket name such as acme-data (it must exist: the stack only grants the node access)",
     "azure": "a blob container's resource id, /subscriptions/<id>/resourceGroups/<group>/providers/"
     "Microsoft.Storage/storageAccounts/<account>/blobServices/default/containers/<container>",
 }
@@ -118,6 +120,14 @@ class ConfigError(ValueError):
     @property
     def keys(self) -> list[str]:
         return [key for key, _ in self.problems]
+
+
+def container_parts(resource_id: str) -> re.Match[str]:
+    """The `account` and `container` of a blob container's resource id (the spec has checked its form)."""
+    found = _AZURE_CONTAINER_RE.fullmatch(resource_id)
+    if found is None:
+        raise ValueError(f"{resource_id!r} is not a blob container's resource id")
+    return found
 
 
 def config_key(name: str) -> str:
@@ -161,6 +171,8 @@ class StackSpec(BaseModel):
     redis_private_dns_zone_id: str | None = Field(default=None, alias="redisPrivateDnsZoneId")
     # Ship the audit trail to a bucket the customer owns (service FORESIGHT_AUDIT_SHIP_URL); see audit_ship_url.
     audit_bucket: str | None = Field(default=None, alias="auditBucket")
+    # Tenants' origin buckets, which the stack does not own: the node's (or the pods') identity gets read on each.
+    origin_buckets: tuple[str, ...] = Field(default=(), max_length=50, alias="originBuckets")  # AWS: inline policy size
     # A secret Output (never a plain string), kept out of the model's repr and dumps.
     vault_token: Any = Field(default=None, alias="vaultToken", exclude=True, repr=False)
 
@@ -200,7 +212,7 @@ class StackSpec(BaseModel):
             raise ValueError(f"{value!r} is not an instance type name")
         return value
 
-    @field_validator("fallback_instance_types", "subnet_ids", mode="before")
+    @field_validator("fallback_instance_types", "subnet_ids", "origin_buckets", mode="before")
     @classmethod
     def _parse_string_list(cls, value: Any) -> tuple[str, ...]:
         return tuple(dict.fromkeys(_string_list(value)))
@@ -255,8 +267,7 @@ class StackSpec(BaseModel):
         if self.audit_bucket is None:
             return None
         if self.cloud == Cloud.AZURE:
-            found = _AZURE_CONTAINER_RE.fullmatch(self.audit_bucket)
-            assert found is not None  # checked in _check_combinations
+            found = container_parts(self.audit_bucket)
             return f"az://{found['container']}@{found['account']}.blob.core.windows.net/{self.audit_prefix}"
         return f"{'s3' if self.cloud == Cloud.AWS else 'gs'}://{self.audit_bucket}/{self.audit_prefix}"
 
@@ -354,9 +365,13 @@ class StackSpec(BaseModel):
                 "only with foresight:cloud azure, foresight:scaleOut and foresight:vpcId: it names the existing "
                 "privatelink.redis.cache.windows.net zone a given virtual network already resolves through",
             )
-        if self.audit_bucket is not None and not AUDIT_BUCKET_PATTERNS[self.cloud].fullmatch(self.audit_bucket):
+        if self.audit_bucket is not None and not BUCKET_PATTERNS[self.cloud].fullmatch(self.audit_bucket):
             raise ConfigError.one(config_key("auditBucket"),
-                                  f"{self.audit_bucket!r} is not {_AUDIT_BUCKET_FORMS[self.cloud]}")
+                                  f"{self.audit_bucket!r} is not {_BUCKET_FORMS[self.cloud]}")
+        if wrong := [b for b in self.origin_buckets if not BUCKET_PATTERNS[self.cloud].fullmatch(b)]:
+            raise ConfigError.one(config_key("originBuckets"), f"{wrong[0]!r} is not {_BUCKET_FORMS[self.cloud]}"
+                                  + (" (a bucket, not a URL: the tenants' origins name the folders)"
+                                     if "://" in wrong[0] else ""))
         if self.scale_out and self.ssh_public_key:
             raise ConfigError.one(
                 config_key("sshPublicKey"), "not with foresight:scaleOut: cluster nodes take no SSH key (use kubectl)"
@@ -367,6 +382,7 @@ _EXAMPLES = {
     "allowedCidrs": "203.0.113.0/24",
     "fallbackInstanceTypes": "g5.xlarge",
     "subnetIds": "subnet-0abc",
+    "originBuckets": "acme-data",
 }
 
 

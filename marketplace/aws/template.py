@@ -39,8 +39,8 @@ from stacks.aws.kms import key_policy
 from stacks.aws.network import OWN_VPC_CIDR, SSH_PORT, WORLD
 from stacks.cloudinit import DATA_DIR
 from stacks.spec import (
-    AUDIT_BUCKET_PATTERNS,
     AUDIT_FOLDER,
+    BUCKET_PATTERNS,
     DEFAULT_INSTANCE_TYPES,
     DEFAULT_VOLUME_SIZE_GB,
     HTTPS_PORT,
@@ -155,7 +155,7 @@ def _parameters() -> dict[str, Any]:
         "AuditBucket": {
             "Type": "String",
             "Default": "",
-            "AllowedPattern": f"^$|{AUDIT_BUCKET_PATTERNS[Cloud.AWS].pattern}",
+            "AllowedPattern": f"^$|{BUCKET_PATTERNS[Cloud.AWS].pattern}",
             "ConstraintDescription": "an S3 bucket name, or empty",
             "Description": "Optional existing S3 bucket for the audit trail (give it object lock): rotated audit files "
             "go to foresight/<stack name>/, and the node deletes one only once its copy is there. Empty: kept on "

@@ -10,7 +10,7 @@ from marketplace.azure.offer import IMAGE, VM_SIZES
 from marketplace.launch import CIDR_PATTERN, GUID_PATTERN
 from service.tenancy import TENANT_NAME_PATTERN
 from stacks.azure.network import WORLD
-from stacks.spec import AUDIT_BUCKET_PATTERNS, DEFAULT_INSTANCE_TYPES, SERVICE_PORTS, SSH_KEY_TYPES, Cloud, StackSpec
+from stacks.spec import BUCKET_PATTERNS, DEFAULT_INSTANCE_TYPES, SERVICE_PORTS, SSH_KEY_TYPES, Cloud, StackSpec
 
 
 def _text_box(name: str, label: str, tool_tip: str, regex: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -30,7 +30,7 @@ def create_ui_definition() -> dict[str, Any]:
     volume = StackSpec.model_fields["volume_size_gb"]
     limits = {type(m).__name__: m for m in volume.metadata}
     ssh_key_regex = rf"^$|^({'|'.join(re.escape(kind) for kind in SSH_KEY_TYPES)}) [A-Za-z0-9+/=]+( [^\n]*)?$"
-    audit_regex = "^$|" + AUDIT_BUCKET_PATTERNS[Cloud.AZURE].pattern.replace("(?P<account>", "(").replace(
+    audit_regex = "^$|" + BUCKET_PATTERNS[Cloud.AZURE].pattern.replace("(?P<account>", "(").replace(
         "(?P<container>", "(")  # the portal's regexes are JavaScript's: no named groups
     basics = [
         {

@@ -37,8 +37,8 @@ from stacks.gcp.identity import AUDIT_ROLES
 from stacks.gcp.kms import DESTROY_SCHEDULED_DURATION, KEY_USER_ROLE, ROTATION_PERIOD, compute_service_agent
 from stacks.gcp.network import ALLOW_PRIORITY, DENY_EGRESS_PRIORITY, OWN_SUBNET_CIDR, SSH_PORT, WORLD
 from stacks.spec import (
-    AUDIT_BUCKET_PATTERNS,
     AUDIT_FOLDER,
+    BUCKET_PATTERNS,
     DEFAULT_INSTANCE_TYPES,
     HTTPS_PORT,
     RESP_PORT,
@@ -299,7 +299,7 @@ def variables() -> list[Variable]:
             "",
             (
                 (
-                    f'var.audit_bucket == "" || can(regex({quote(AUDIT_BUCKET_PATTERNS[Cloud.GCP].pattern)}, '
+                    f'var.audit_bucket == "" || can(regex({quote(BUCKET_PATTERNS[Cloud.GCP].pattern)}, '
                     "var.audit_bucket))",
                     "A Cloud Storage bucket name (lowercase letters, digits, '-', '_' and '.'), without gs://.",
                 ),

@@ -23,7 +23,7 @@ import pulumi
 import pulumi_aws as aws
 
 from stacks.aws.compute import DATA_DISK_MODEL, check_instance_types, create_compute
-from stacks.aws.identity import create_identity, grant_audit_shipping, grant_key_use
+from stacks.aws.identity import create_identity, grant_audit_shipping, grant_key_use, grant_origin_read
 from stacks.aws.kms import create_key
 from stacks.aws.network import check_network_ids, create_endpoint, create_network
 from stacks.aws.vault import create_aws_auth
@@ -67,6 +67,7 @@ class GpuNode(pulumi.ComponentResource):
         self.key = create_key(name, spec, partition, account_id, self.identity.role.arn, parent=self)
         self.key_use = grant_key_use(name, self.identity, self.key.key.arn, parent=self)
         self.audit_use = grant_audit_shipping(name, spec, self.identity.role, partition, parent=self)
+        self.origin_reads = grant_origin_read(name, spec, self.identity.role, partition, parent=self)
         self.tls = create_server_tls(
             name, common_name=spec.name, dns_names=self.endpoint.host.apply(lambda host: [host]), parent=self
         )

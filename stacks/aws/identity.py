@@ -1,7 +1,8 @@
 """AWS identity: the node's IAM role and instance profile, least privilege.
 
 The role may use its own KMS key (encrypt, decrypt, generate data keys, describe, re-encrypt under it), write
-its stack's folder of the audit bucket when there is one, and carries the AWS-managed
+its stack's folder of the audit bucket when there is one, read the tenants' origin buckets the stack names, and
+carries the AWS-managed
 AmazonSSMManagedInstanceCore policy for Session Manager; nothing else. Logging in to Vault
 needs no permission (it signs sts:GetCallerIdentity, which every principal may call).
 """
@@ -117,3 +118,28 @@ def grant_audit_shipping(
         f"{name}-audit", role=role.id, policy=audit_shipping_policy(spec, partition),
         opts=pulumi.ResourceOptions(parent=parent),
     )
+
+
+def origin_read_policy(spec: StackSpec, partition: str) -> str:
+    """Get every object of each foresight:originBuckets bucket, and list it: without s3:ListBucket S3 answers a
+    missing key with 403 instead of 404, so every miss would be an origin error (and the service's check that the
+    bucket exists is a HeadBucket, which needs it too). Nothing that writes."""
+    buckets = [f"arn:{partition}:s3:::{bucket}" for bucket in spec.origin_buckets]
+    statements = [
+        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": [f"{bucket}/*" for bucket in buckets]},
+        {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": buckets},
+    ]
+    return json.dumps({"Version": "2012-10-17", "Statement": statements})
+
+
+def grant_origin_read(
+    name: str, spec: StackSpec, role: aws.iam.Role, partition: str, parent: pulumi.Resource
+) -> list[aws.iam.RolePolicy]:
+    """The node's (or the pods') read on the tenants' origin buckets, when foresight:originBuckets names any. A
+    bucket in another account must also allow the role in its own bucket policy (docs/stacks-aws.md)."""
+    if not spec.origin_buckets:
+        return []
+    return [aws.iam.RolePolicy(
+        f"{name}-origins", role=role.id, policy=origin_read_policy(spec, partition),
+        opts=pulumi.ResourceOptions(parent=parent),
+    )]

@@ -39,7 +39,7 @@ from stacks.aws.cluster import (
     deployer_principal_arn,
 )
 from stacks.aws.compute import check_instance_types
-from stacks.aws.identity import KMS_ACTIONS, grant_audit_shipping
+from stacks.aws.identity import KMS_ACTIONS, grant_audit_shipping, grant_origin_read
 from stacks.aws.kms import create_key
 from stacks.aws.network import Network, check_network_ids, create_network
 from stacks.aws.tier import PORT as TIER_PORT
@@ -146,6 +146,7 @@ class ScaleOut(pulumi.ComponentResource):
     pods_role: aws.iam.Role
     pods_policy: aws.iam.RolePolicy
     pods_audit: aws.iam.RolePolicy | None  # write access to foresight:auditBucket, when given
+    pods_origins: list[aws.iam.RolePolicy]  # read on foresight:originBuckets
     kubernetes: k8s.Provider
     namespace: k8s.core.v1.Namespace
     storage_class: k8s.storage.v1.StorageClass
@@ -212,6 +213,7 @@ class ScaleOut(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.pods_audit = grant_audit_shipping(f"{name}-pods", spec, self.pods_role, partition, parent=self)
+        self.pods_origins = grant_origin_read(f"{name}-pods", spec, self.pods_role, partition, parent=self)
         self._create_kubernetes(name, spec)
         certificate = CertificateRevision.pending()
         self.workload = Workload(
@@ -239,7 +241,7 @@ class ScaleOut(pulumi.ComponentResource):
                 pod_annotations=certificate.annotations,
                 # Its objects live in the namespace; the pods want their role's permissions and a disk to mount.
                 depends_on=[self.namespace, self.pods_policy, self.storage_class,
-                            *([self.pods_audit] if self.pods_audit else [])],
+                            *([self.pods_audit] if self.pods_audit else []), *self.pods_origins],
             ),
             opts=pulumi.ResourceOptions(parent=self),
         )

@@ -24,7 +24,7 @@ import pulumi
 import pulumi_azure_native as azure
 
 from stacks.azure.compute import DATA_DISK_PATH, check_instance_types, create_compute
-from stacks.azure.identity import create_identity, grant_audit_shipping
+from stacks.azure.identity import create_identity, grant_audit_shipping, grant_origin_read
 from stacks.azure.kms import create_key
 from stacks.azure.network import check_network_ids, create_endpoint, create_network
 from stacks.azure.vault import create_azure_auth
@@ -68,6 +68,7 @@ class GpuNode(pulumi.ComponentResource):
         )
         self.identity = create_identity(name, spec, self.group, parent=self)
         self.audit_grant = grant_audit_shipping(name, spec, self.identity.principal_id, parent=self)
+        self.origin_grants = grant_origin_read(name, spec, self.identity.principal_id, parent=self)
         self.network = create_network(name, spec, self.group, parent=self)
         self.key = create_key(
             name, spec, self.group, client.tenant_id, client.subscription_id, self.identity.principal_id, parent=self

@@ -1,7 +1,8 @@
-"""Azure identity: the node's user-assigned managed identity, and its role on the audit container, if any.
+"""Azure identity: the node's user-assigned managed identity, and its roles on the audit and origin containers.
 
-Its permissions are role assignments on what it uses: the stack's Key Vault key (`kms.py`), and the audit
-container when foresight:auditBucket names one (`grant_audit_shipping`), so the identity holds no subscription or
+Its permissions are role assignments on what it uses: the stack's Key Vault key (`kms.py`), the audit
+container when foresight:auditBucket names one (`grant_audit_shipping`) and the containers foresight:originBuckets
+names (`grant_origin_read`), so the identity holds no subscription or
 resource-group role. Logging in to Vault needs no permission either:
 the node presents the access token Azure's metadata service hands any VM's identity.
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_azure_native as azure
 
-from stacks.spec import StackSpec
+from stacks.spec import StackSpec, container_parts
 
 
 @dataclass(frozen=True)
@@ -56,13 +57,36 @@ def grant_audit_shipping(
     is defined in the container's own subscription, which may not be the stack's."""
     if spec.audit_bucket is None:
         return None
-    subscription = spec.audit_bucket.split("/")[2]
+    return _assign(f"{name}-audit", spec.audit_bucket, BLOB_DATA_CONTRIBUTOR, principal_id, parent)
+
+
+# Storage Blob Data Reader: read and list blobs, nothing that writes.
+BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
+
+
+def grant_origin_read(
+    name: str, spec: StackSpec, principal_id: pulumi.Input[str], parent: pulumi.Resource
+) -> list[azure.authorization.RoleAssignment]:
+    """The node's (or the pods') read on each container foresight:originBuckets names, one assignment each, named
+    after its account and container (storage account names are global, so the pair is unique)."""
+    grants = []
+    for container in spec.origin_buckets:
+        found = container_parts(container)
+        grants.append(_assign(f"{name}-origin-{found['account']}-{found['container']}", container, BLOB_DATA_READER,
+                              principal_id, parent))
+    return grants
+
+
+def _assign(
+    name: str, container: str, role: str, principal_id: pulumi.Input[str], parent: pulumi.Resource
+) -> azure.authorization.RoleAssignment:
+    """`role` on the container: defined in the container's own subscription, which may not be the stack's."""
+    subscription = container.split("/")[2]
     return azure.authorization.RoleAssignment(
-        f"{name}-audit",
-        scope=spec.audit_bucket,
+        name,
+        scope=container,
         principal_id=principal_id,
         principal_type="ServicePrincipal",
-        role_definition_id=f"/subscriptions/{subscription}/providers/Microsoft.Authorization/roleDefinitions/"
-        f"{BLOB_DATA_CONTRIBUTOR}",
+        role_definition_id=f"/subscriptions/{subscription}/providers/Microsoft.Authorization/roleDefinitions/{role}",
         opts=pulumi.ResourceOptions(parent=parent),
     )

@@ -37,7 +37,7 @@ from stacks.azure.cluster import (
     user_kubeconfig,
 )
 from stacks.azure.compute import check_instance_types
-from stacks.azure.identity import grant_audit_shipping
+from stacks.azure.identity import grant_audit_shipping, grant_origin_read
 from stacks.azure.kms import create_key
 from stacks.azure.network import check_network_ids, create_virtual_network, dns_label
 from stacks.azure.tier import TLS_PORT, check_private_dns_zone_id, create_tier
@@ -124,6 +124,7 @@ class ScaleOut(pulumi.ComponentResource):
             egress_cidr = self.virtual_network.egress_cidr
         self.pod_identity = create_pod_identity(name, spec, self.group, parent=self)
         self.audit_grant = grant_audit_shipping(f"{name}-pods", spec, self.pod_identity.principal_id, parent=self)
+        self.origin_grants = grant_origin_read(f"{name}-pods", spec, self.pod_identity.principal_id, parent=self)
         self.key = create_key(
             name,
             spec,
@@ -225,6 +226,7 @@ class ScaleOut(pulumi.ComponentResource):
                     self.tier.dns_zone_group,
                     *self.key.users,
                     *([self.audit_grant] if self.audit_grant else []),
+                    *self.origin_grants,
                 ],
             ),
             opts=pulumi.ResourceOptions(parent=self),

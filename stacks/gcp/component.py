@@ -26,7 +26,7 @@ import pulumi_gcp as gcp
 
 from stacks.cloudinit import NodeBoot, render_user_data, service_environment
 from stacks.gcp.compute import DATA_DISK_PATH, check_instance_types, create_compute
-from stacks.gcp.identity import create_identity, grant_audit_shipping
+from stacks.gcp.identity import create_identity, grant_audit_shipping, grant_origin_read
 from stacks.gcp.kms import create_key
 from stacks.gcp.network import attach_load_balancer, check_network_ids, create_address, create_firewall, create_network
 from stacks.gcp.vault import create_gcp_auth
@@ -70,6 +70,7 @@ class GpuNode(pulumi.ComponentResource):
         self.firewall = create_firewall(name, spec, self.network, self.identity.email, parent=self)
         self.key = create_key(name, spec, project_number, self.identity.email, parent=self)
         self.audit_grants = grant_audit_shipping(name, spec, self.identity.email, parent=self)
+        self.origin_grants = grant_origin_read(name, spec, self.identity.email, parent=self)
         endpoint = create_address(name, spec, self.network, parent=self)
         self.tls = create_server_tls(
             name, common_name=spec.name, ip_addresses=endpoint.host.apply(lambda host: [host]), parent=self

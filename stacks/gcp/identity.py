@@ -1,7 +1,8 @@
-"""Google Cloud identity: the node's own service account, and its roles on the audit bucket, if any.
+"""Google Cloud identity: the node's own service account, and its roles on the audit and origin buckets, if any.
 
-Its permissions are granted on what it uses: the stack's Cloud KMS key (`kms.py`), and the audit bucket when
-foresight:auditBucket names one (`grant_audit_shipping`), so the account holds no project-wide role at all.
+Its permissions are granted on what it uses: the stack's Cloud KMS key (`kms.py`), the audit bucket when
+foresight:auditBucket names one (`grant_audit_shipping`) and the buckets foresight:originBuckets names
+(`grant_origin_read`), so the account holds no project-wide role at all.
 Logging in to Vault needs no permission either: the node presents the identity token the metadata server signs
 for any VM's account.
 """
@@ -65,4 +66,26 @@ def grant_audit_shipping(
             opts=pulumi.ResourceOptions(parent=parent),
         )
         for role in AUDIT_ROLES
+    ]
+
+
+# Read and list objects: what an origin's reads and misses need. No storage.buckets.get: the service takes the 403
+# on its bucket check as "it exists".
+ORIGIN_ROLE = "roles/storage.objectViewer"
+
+
+def grant_origin_read(
+    name: str, spec: StackSpec, email: pulumi.Input[str], parent: pulumi.Resource
+) -> list[gcp.storage.BucketIAMMember]:
+    """The node's (or the pods') read on each bucket foresight:originBuckets names; one member per bucket, named
+    after it, so adding or removing a bucket touches that bucket's grant only."""
+    return [
+        gcp.storage.BucketIAMMember(
+            f"{name}-origin-{bucket}",
+            bucket=bucket,
+            role=ORIGIN_ROLE,
+            member=pulumi.Output.concat("serviceAccount:", email),
+            opts=pulumi.ResourceOptions(parent=parent),
+        )
+        for bucket in spec.origin_buckets
     ]

@@ -48,7 +48,7 @@ from stacks.gcp.cluster import (
     oidc_issuer,
 )
 from stacks.gcp.compute import check_instance_types
-from stacks.gcp.identity import grant_audit_shipping
+from stacks.gcp.identity import grant_audit_shipping, grant_origin_read
 from stacks.gcp.kms import KEY_USER_ROLE, NodeKey, create_key
 from stacks.gcp.network import Network, check_network_ids, create_network
 from stacks.gcp.tier import (
@@ -97,6 +97,7 @@ class ScaleOut(pulumi.ComponentResource):
     network: Network
     identity: ClusterIdentity
     audit_grants: list[gcp.storage.BucketIAMMember]  # the pods' access to foresight:auditBucket, when given
+    origin_grants: list[gcp.storage.BucketIAMMember]  # the pods' read on foresight:originBuckets
     key: NodeKey
     key_grants: list[gcp.kms.CryptoKeyIAMMember]
     gke: GkeCluster
@@ -123,6 +124,7 @@ class ScaleOut(pulumi.ComponentResource):
         self.identity = create_cluster_identity(name, spec, project_id, parent=self)
         self.key = create_key(name, spec, project_number, self.identity.pod_email, parent=self)
         self.audit_grants = grant_audit_shipping(f"{name}-pods", spec, self.identity.pod_email, parent=self)
+        self.origin_grants = grant_origin_read(f"{name}-pods", spec, self.identity.pod_email, parent=self)
         key_id = self.key.key.id
         self.key_grants = [
             gcp.kms.CryptoKeyIAMMember(
@@ -213,6 +215,7 @@ class ScaleOut(pulumi.ComponentResource):
                     self.tier.connection_user,
                     *self.key.users,
                     *self.audit_grants,
+                    *self.origin_grants,
                 ],
             ),
             opts=pulumi.ResourceOptions(parent=self),

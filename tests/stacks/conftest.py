@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from tests.security.metadata_fakes import JwtIssuer
+from tests.stacks.iam_moto import IamMoto, iam_enforcing_moto
 from tests.stacks.mockrun import AZURE_REQUIRED_CONFIG, GCP_REQUIRED_CONFIG, REQUIRED_CONFIG, MockRun, run_program
 
 RunStack = Callable[..., MockRun]
@@ -91,3 +92,10 @@ def azure_baseline() -> MockRun:
 def issuer() -> JwtIssuer:
     """A test key standing in for a cloud's token signer (Google's, Entra ID's) in the boot login tests."""
     return JwtIssuer()
+
+
+@pytest.fixture(scope="session")
+def iam_moto() -> Iterator[IamMoto]:
+    """A moto server that evaluates IAM policies on every call, for the stacks' S3 grants."""
+    with iam_enforcing_moto() as moto:
+        yield moto

@@ -4,14 +4,11 @@ to the stack's folder of the customer's bucket and nothing more, and the service
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import boto3
 import botocore.exceptions
-import fsspec
 import pytest
 
 from service.security.audit_shipping import AuditShipper
@@ -19,8 +16,8 @@ from stacks.aws.identity import audit_shipping_policy
 from stacks.azure.identity import BLOB_DATA_CONTRIBUTOR
 from stacks.gcp.identity import AUDIT_ROLES
 from stacks.spec import ConfigError, StackSpec
-from tests import servers
 from tests.stacks.conftest import RunStack
+from tests.stacks.iam_moto import IamMoto
 from tests.stacks.mockrun import (
     AZURE_NODE_PRINCIPAL,
     AZURE_POD_PRINCIPAL,
@@ -143,61 +140,15 @@ def test_a_bucket_that_is_not_the_clouds_kind_is_refused_naming_the_key(
 
 
 
-@dataclass(frozen=True)
-class IamMoto:
-    """A moto server that evaluates IAM policies on every S3 call, and an admin's keys on it."""
-
-    endpoint: str
-    admin: dict[str, str]
-
-    def client(self, service: str, **keys: str) -> Any:
-        return boto3.client(service, endpoint_url=self.endpoint, region_name="us-east-1", **(keys or self.admin))
-
-    def user_with(self, name: str, policy: str) -> dict[str, str]:
-        """Keys of an IAM user holding only `policy`, as the node's role would."""
-        iam = self.client("iam")
-        iam.create_user(UserName=name)
-        iam.put_user_policy(UserName=name, PolicyName="audit", PolicyDocument=policy)
-        key = iam.create_access_key(UserName=name)["AccessKey"]
-        return {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
-
-
-@pytest.fixture(scope="module")
-def iam_moto() -> Iterator[IamMoto]:
-    port = servers.free_port()
-    argv = [str(servers.BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
-    # The first three calls go unchecked: they make the admin, whose keys sign everything after.
-    with servers.process(argv, "moto-iam", env={"INITIAL_NO_AUTH_ACTION_COUNT": "3"}):
-        servers.wait_until(lambda: servers.tcp_open(port), "moto (IAM enforced)")
-        endpoint = f"http://127.0.0.1:{port}"
-        setup = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup",
-                             aws_secret_access_key="setup")
-        setup.create_user(UserName="admin")
-        everything = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
-        setup.put_user_policy(UserName="admin", PolicyName="all", PolicyDocument=json.dumps(everything))
-        key = setup.create_access_key(UserName="admin")["AccessKey"]
-        moto = IamMoto(endpoint, {"aws_access_key_id": key["AccessKeyId"],
-                                  "aws_secret_access_key": key["SecretAccessKey"]})
-        moto.client("s3").create_bucket(Bucket="acme-audit")
-        yield moto
-
-
 def _ship_as(
     moto: IamMoto, keys: dict[str, str], host: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AuditShipper:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys["aws_access_key_id"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys["aws_secret_access_key"])
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto.endpoint)
-    s3fs = fsspec.get_filesystem_class("s3")
-    s3fs.clear_instance_cache()  # s3fs keeps one client per arguments, whatever the credentials
-    try:
+    moto.bucket("acme-audit")
+    with moto.acting_as(keys, monkeypatch):
         shipper = AuditShipper(AUDIT_SPEC.audit_ship_url or "", host)
         rotated = tmp_path / "audit.20261128T000000000000Z.log.fse"
         rotated.write_bytes(b"archive" * 100)
         shipper.ship([rotated])
-    finally:
-        s3fs.clear_instance_cache()  # later tests' S3FileSystem() must not get this user's client on this server
     return shipper
 
 

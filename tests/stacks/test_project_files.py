@@ -86,6 +86,7 @@ def test_pulumi_yaml_defaults_are_the_programs_defaults() -> None:
         "nodes": 2,
         "redisPrivateDnsZoneId": "",
         "auditBucket": "",  # no shipping: the trail stays on the nodes
+        "originBuckets": [],  # no grants on tenants' buckets: the operator's, to nodeIdentity
     }
 
 
