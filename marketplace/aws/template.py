@@ -34,7 +34,7 @@ from stacks.aws.compute import (
     ROOT_VOLUME_GB,
     instance_family,
 )
-from stacks.aws.identity import KMS_ACTIONS, SSM_CORE_POLICY, audit_shipping_statements
+from stacks.aws.identity import KMS_ACTIONS, SSM_CORE_POLICY, audit_shipping_statements, origin_read_statements
 from stacks.aws.kms import key_policy
 from stacks.aws.network import OWN_VPC_CIDR, SSH_PORT, WORLD
 from stacks.cloudinit import DATA_DIR
@@ -98,6 +98,9 @@ def render(version: str | None = None) -> dict[str, Any]:
         "Conditions": {
             "HasKeyName": {"Fn::Not": [{"Fn::Equals": [{"Ref": "KeyName"}, ""]}]},
             "HasAuditBucket": {"Fn::Not": [{"Fn::Equals": [{"Ref": "AuditBucket"}, ""]}]},
+            "HasOriginBuckets": {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "OriginBuckets"}]}, ""]}]},
+            **{condition: {"Fn::Equals": [{"Ref": "AWS::Partition"}, partition]}
+               for condition, partition in OTHER_PARTITIONS.items()},
             "SshAllowed": {
                 "Fn::And": [
                     {"Condition": "HasKeyName"},
@@ -161,6 +164,14 @@ def _parameters() -> dict[str, Any]:
             "go to foresight/<stack name>/, and the node deletes one only once its copy is there. Empty: kept on "
             "the node only",
         },
+        "OriginBuckets": {
+            "Type": "CommaDelimitedList",
+            "Default": "",
+            "AllowedPattern": f"^$|{BUCKET_PATTERNS[Cloud.AWS].pattern}",
+            "ConstraintDescription": "S3 bucket names separated by commas, or empty",
+            "Description": "Optional existing S3 buckets the tenants' origins live in, separated by commas: the node "
+            "may read and list them, nothing more. Empty: grant NodeRoleArn read yourself",
+        },
         "TenantName": {
             "Type": "String",
             "Default": "default",
@@ -175,7 +186,7 @@ def _interface() -> dict[str, Any]:
     groups = [
         ("Instance", ["ImageId", "InstanceType", "AvailabilityZone", "VolumeSizeGb"]),
         ("Access", ["AllowedCidr", "KeyName", "VpcCidr"]),
-        ("Service", ["TenantName", "AuditBucket"]),
+        ("Service", ["TenantName", "AuditBucket", "OriginBuckets"]),
     ]
     labels = {
         "ImageId": "Foresight AMI",
@@ -187,6 +198,7 @@ def _interface() -> dict[str, Any]:
         "VpcCidr": "VPC CIDR",
         "TenantName": "First tenant",
         "AuditBucket": "Audit trail bucket (optional)",
+        "OriginBuckets": "Origin buckets (optional)",
     }
     return {
         "ParameterGroups": [{"Label": {"default": label}, "Parameters": names} for label, names in groups],
@@ -391,6 +403,16 @@ def _identity() -> dict[str, Any]:
                 "PolicyDocument": {"Version": "2012-10-17", "Statement": audit_statements()},
             },
         },
+        "OriginPolicy": {
+            "Type": "AWS::IAM::RolePolicy",
+            "Condition": "HasOriginBuckets",
+            "Properties": {
+                "RoleName": {"Ref": "NodeRole"},
+                "PolicyName": "foresight-origins",
+                "PolicyDocument": {"Version": "2012-10-17",
+                                   "Statement": origin_read_statements(origin_arns("/*"), origin_arns(""))},
+            },
+        },
         "InstanceProfile": {"Type": "AWS::IAM::InstanceProfile", "Properties": {"Roles": [{"Ref": "NodeRole"}]}},
     }
 
@@ -402,6 +424,24 @@ def audit_statements() -> list[dict[str, Any]]:
         {"Fn::Sub": "arn:${AWS::Partition}:s3:::${AuditBucket}"},
         {"Fn::Sub": f"{AUDIT_PREFIX}/*"},
     )
+
+
+# The partitions besides `aws` a stack may run in, by the condition that tells: Fn::Join's delimiter takes no
+# function, so each gets its own join (origin_arns).
+OTHER_PARTITIONS = {"InAwsCn": "aws-cn", "InAwsUsGov": "aws-us-gov"}
+
+
+def origin_arns(suffix: str) -> dict[str, Any]:
+    """The ARN of each bucket OriginBuckets lists, with `suffix` (`/*`: its objects), in the stack's partition."""
+    def joined(partition: str) -> dict[str, Any]:
+        prefix = f"arn:{partition}:s3:::"
+        names = {"Fn::Join": [f"{suffix},{prefix}", {"Ref": "OriginBuckets"}]}
+        return {"Fn::Split": [",", {"Fn::Join": ["", [prefix, names, suffix]]}]}
+
+    arns = joined("aws")
+    for condition, partition in OTHER_PARTITIONS.items():
+        arns = {"Fn::If": [condition, joined(partition), arns]}
+    return arns
 
 
 def _volume(device: str, size: Any) -> dict[str, Any]:
@@ -530,7 +570,8 @@ def _outputs() -> dict[str, Any]:
         "KmsKeyArn": {"Description": "The stack's KMS key", "Value": {"Fn::GetAtt": ["Key", "Arn"]}},
         "InstanceId": {"Description": "The node", "Value": {"Ref": "Instance"}},
         "NodeRoleArn": {
-            "Description": "The node's role: grant it s3:GetObject and s3:ListBucket on each tenant's origin bucket",
+            "Description": "The node's role: grant it s3:GetObject and s3:ListBucket on each tenant's origin bucket "
+            "that OriginBuckets does not list",
             "Value": {"Fn::GetAtt": ["NodeRole", "Arn"]},
         },
     }

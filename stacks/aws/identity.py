@@ -120,15 +120,21 @@ def grant_audit_shipping(
     )
 
 
-def origin_read_policy(spec: StackSpec, partition: str) -> str:
-    """Get every object of each foresight:originBuckets bucket, and list it: without s3:ListBucket S3 answers a
-    missing key with 403 instead of 404, so every miss would be an origin error (and the service's check that the
-    bucket exists is a HeadBucket, which needs it too). Nothing that writes."""
-    buckets = [f"arn:{partition}:s3:::{bucket}" for bucket in spec.origin_buckets]
-    statements = [
-        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": [f"{bucket}/*" for bucket in buckets]},
+def origin_read_statements(objects: Any, buckets: Any) -> list[dict[str, Any]]:
+    """Get the `objects` (ARN patterns) and list the `buckets`: without s3:ListBucket S3 answers a missing key with
+    403 instead of 404, so every miss would be an origin error (and the service's check that the bucket exists is
+    a HeadBucket, which needs it too). Nothing that writes. Lists here, CloudFormation intrinsics in the AWS
+    Marketplace template."""
+    return [
+        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": objects},
         {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": buckets},
     ]
+
+
+def origin_read_policy(spec: StackSpec, partition: str) -> str:
+    """Read on each foresight:originBuckets bucket, as a policy document."""
+    buckets = [f"arn:{partition}:s3:::{bucket}" for bucket in spec.origin_buckets]
+    statements = origin_read_statements([f"{bucket}/*" for bucket in buckets], buckets)
     return json.dumps({"Version": "2012-10-17", "Statement": statements})
 
 

@@ -35,7 +35,7 @@ from stacks.aws.compute import (
     ROOT_DEVICE,
     ROOT_VOLUME_GB,
 )
-from stacks.aws.identity import KMS_ACTIONS, audit_shipping_policy
+from stacks.aws.identity import KMS_ACTIONS, audit_shipping_policy, origin_read_policy
 from stacks.aws.kms import key_policy
 from stacks.aws.network import WORLD
 from stacks.spec import DEFAULT_INSTANCE_TYPES, HTTPS_PORT, RESP_PORT, SERVICE_PORTS, Cloud, StackSpec
@@ -530,3 +530,48 @@ def test_an_audit_bucket_gets_the_stacks_statements_on_this_stacks_folder_and_th
     monkeypatch.setenv("FORESIGHT_AUDIT_SHIP_URL", environment["FORESIGHT_AUDIT_SHIP_URL"])
     assert Settings().audit_ship_url == spec.audit_ship_url
     assert _staged_env(user_data_text(rendered))["FORESIGHT_AUDIT_SHIP_URL"] == ""  # no bucket: nothing shipped
+
+
+def resolve_origins(node: Any, buckets: list[str], partition: str) -> Any:
+    """The origin policy's intrinsics with `buckets` as OriginBuckets, in `partition`, as CloudFormation would."""
+    conditions = {"InAwsCn": partition == "aws-cn", "InAwsUsGov": partition == "aws-us-gov"}
+    if isinstance(node, list):
+        return [resolve_origins(item, buckets, partition) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if node == {"Ref": "OriginBuckets"}:
+        return buckets
+    if "Fn::If" in node:
+        condition, yes, no = node["Fn::If"]
+        return resolve_origins(yes if conditions[condition] else no, buckets, partition)
+    if "Fn::Split" in node:
+        separator, text = node["Fn::Split"]
+        return resolve_origins(text, buckets, partition).split(separator)
+    if "Fn::Join" in node:
+        separator, parts = node["Fn::Join"]
+        return separator.join(resolve_origins(parts, buckets, partition))
+    return {key: resolve_origins(value, buckets, partition) for key, value in node.items()}
+
+
+@pytest.mark.parametrize("partition", ["aws", "aws-cn", "aws-us-gov"])
+@pytest.mark.parametrize("buckets", [["acme-products"], ["acme-products", "media.acme.example", "acme-logs"]],
+                         ids=["one", "three"])
+def test_origin_buckets_get_the_stacks_read_statements_in_the_stacks_partition(
+    rendered: dict[str, Any], buckets: list[str], partition: str
+) -> None:
+    policy = rendered["Resources"]["OriginPolicy"]
+    assert policy["Condition"] == "HasOriginBuckets" and policy["Properties"]["RoleName"] == {"Ref": "NodeRole"}
+    spec = StackSpec.model_validate({**_spec_fields(), "originBuckets": buckets})
+    statements = resolve_origins(policy["Properties"]["PolicyDocument"]["Statement"], buckets, partition)
+    assert statements == json.loads(origin_read_policy(spec, partition))["Statement"]  # what the stacks grant
+
+
+def test_origin_buckets_are_checked_one_by_one_and_none_grants_nothing(rendered: dict[str, Any]) -> None:
+    parameter = rendered["Parameters"]["OriginBuckets"]
+    assert parameter["Type"] == "CommaDelimitedList" and parameter["Default"] == ""
+    pattern = re.compile(parameter["AllowedPattern"])  # CloudFormation matches each item of a list against it
+    assert all(pattern.fullmatch(ok) for ok in ("", "acme-products", "media.acme.example"))
+    assert not any(pattern.fullmatch(bad) for bad in ("Acme", "s3://acme-products", "acme-products/catalog"))
+    (joined,) = rendered["Conditions"]["HasOriginBuckets"]["Fn::Not"][0]["Fn::Equals"][:1]
+    assert resolve_origins(joined, [""], "aws") == ""  # the default, [""]: no policy
+    assert resolve_origins(joined, ["acme-products"], "aws") != ""
