@@ -107,6 +107,11 @@ def _display() -> dict[str, dict[str, Any]]:
             "section": "service",
             "tooltip": "An existing bucket's name; after deploying, run the grant_audit_bucket_command output",
         },
+        "origin_buckets": {
+            "title": "Origin buckets (optional)",
+            "section": "service",
+            "tooltip": "Existing buckets' names; after deploying, run the grant_origin_buckets_command output",
+        },
     }
 
 

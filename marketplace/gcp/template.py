@@ -33,7 +33,7 @@ from marketplace.launch import CIDR_PATTERN, PLACEHOLDER, SSH_OFF, cloud_config
 from service.tenancy import TENANT_NAME_PATTERN
 from stacks.cloudinit import DATA_DIR
 from stacks.gcp.compute import BOOT_DISK_GB, DATA_DEVICE_NAME, DATA_DISK_PATH, DISK_TYPE, GPU_FAMILIES, SCOPES
-from stacks.gcp.identity import AUDIT_ROLES
+from stacks.gcp.identity import AUDIT_ROLES, ORIGIN_ROLE
 from stacks.gcp.kms import DESTROY_SCHEDULED_DURATION, KEY_USER_ROLE, ROTATION_PERIOD, compute_service_agent
 from stacks.gcp.network import ALLOW_PRIORITY, DENY_EGRESS_PRIORITY, OWN_SUBNET_CIDR, SSH_PORT, WORLD
 from stacks.spec import (
@@ -302,6 +302,21 @@ def variables() -> list[Variable]:
                     f'var.audit_bucket == "" || can(regex({quote(BUCKET_PATTERNS[Cloud.GCP].pattern)}, '
                     "var.audit_bucket))",
                     "A Cloud Storage bucket name (lowercase letters, digits, '-', '_' and '.'), without gs://.",
+                ),
+            ),
+        ),
+        Variable(
+            "origin_buckets",
+            "list(string)",
+            "Optional existing Cloud Storage buckets the tenants' origins live in. Grant the node's service account "
+            "read on them with the grant_origin_buckets_command output",
+            [],
+            (
+                (
+                    f"alltrue([for b in var.origin_buckets : can(regex({quote(BUCKET_PATTERNS[Cloud.GCP].pattern)}, "
+                    "b))])",
+                    "Each origin bucket is a Cloud Storage bucket name (lowercase letters, digits, '-', '_' and '.'), "
+                    "without gs://.",
                 ),
             ),
         ),
@@ -694,7 +709,19 @@ def outputs() -> list[tuple[str, str, str]]:
             '"gcloud storage buckets add-iam-policy-binding gs://${var.audit_bucket} '
             '--member=serviceAccount:${' + _NODE + '} --role=${role}"])',
         ),
+        (
+            "grant_origin_buckets_command",
+            "With origin_buckets: the grants that let the node read them (the buckets are yours, so this module "
+            "holds no role on them)",
+            grant_origin_read_command(_NODE),
+        ),
     ]
+
+
+def grant_origin_read_command(account: str) -> str:
+    """The HCL of the gcloud commands that give `account` (an expression) the stacks' ORIGIN_ROLE on each bucket."""
+    return ('join(" && ", [for b in var.origin_buckets : "gcloud storage buckets add-iam-policy-binding gs://${b} '
+            '--member=serviceAccount:${' + account + '} --role=' + ORIGIN_ROLE + '"])')
 
 
 def _hcl_list(items: Iterable[str]) -> str:

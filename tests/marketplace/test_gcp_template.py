@@ -40,7 +40,7 @@ from stacks.gcp.compute import (
     machine_family,
     node_metadata,
 )
-from stacks.gcp.identity import AUDIT_ROLES
+from stacks.gcp.identity import AUDIT_ROLES, ORIGIN_ROLE
 from stacks.gcp.kms import DESTROY_SCHEDULED_DURATION, KEY_USER_ROLE, ROTATION_PERIOD, compute_service_agent
 from stacks.gcp.network import OWN_SUBNET_CIDR, SSH_PORT
 from stacks.spec import DEFAULT_INSTANCE_TYPES, DEFAULT_VOLUME_SIZE_GB, SERVICE_PORTS, Cloud, StackSpec
@@ -212,6 +212,7 @@ def test_terraform_accepts_the_defaults_and_derives_names(harness: Path) -> None
         ("goog_cm_deployment_name", "1st", "lowercase letter"),
         ("audit_bucket", "gs://acme-audit", "Cloud Storage bucket name"),
         ("audit_bucket", "Acme", "Cloud Storage bucket name"),
+        ("origin_buckets", '["acme-products", "gs://acme-media"]', "Each origin bucket is a Cloud Storage bucket"),
     ],
 )
 def test_terraform_refuses_a_bad_value(harness: Path, name: str, value: str, message: str) -> None:
@@ -631,3 +632,20 @@ def test_an_audit_bucket_is_where_the_node_ships_and_the_grant_it_needs_is_an_ou
                    if "grant_audit_bucket_command" in o)
     assert all(role in command for role in AUDIT_ROLES) and "add-iam-policy-binding gs://${var.audit_bucket}" in command
     assert not [r for r in parsed["main.tf"]["resource"] if "google_storage_bucket_iam_member" in r]  # not ours
+
+
+def test_the_origin_grant_command_gives_the_nodes_account_the_stacks_read_role_on_each_bucket(
+    files: dict[str, str], tmp_path: Path
+) -> None:
+    account = "fs-node@acme-cache.iam.gserviceaccount.com"  # what google_service_account.node.email would be
+    (tmp_path / "variables.tf").write_text(files["variables.tf"])
+    expression = template.Expr(template.grant_origin_read_command(json.dumps(account)))
+    (tmp_path / "command.tf").write_text(template.hcl([template.Block("output", ("command",), [("value", expression)])]))
+    assert terraform(tmp_path, "init", "-input=false", "-backend=false").returncode == 0
+    assert apply(tmp_path)["command"] == ""  # no origin buckets: nothing to run
+    command = apply(tmp_path, origin_buckets='["acme-products", "media.acme.example"]')["command"]
+    assert command.split(" && ") == [
+        f"gcloud storage buckets add-iam-policy-binding gs://{bucket} --member=serviceAccount:{account} "
+        f"--role={ORIGIN_ROLE}" for bucket in ("acme-products", "media.acme.example")]
+    outputs = {name: value for name, _, value in template.outputs()}
+    assert outputs["grant_origin_buckets_command"] == template.grant_origin_read_command(template._NODE)
