@@ -30,7 +30,7 @@ from marketplace.azure.ui import create_ui_definition
 from marketplace.first_boot import CONF_DIR
 from marketplace.launch import PLACEHOLDER, SSH_OFF, cloud_config
 from stacks.azure.compute import ADMIN_USER, DATA_DISK_LUN, DATA_DISK_PATH, NO_LOGIN_KEY, OS_DISK_GB
-from stacks.azure.identity import BLOB_DATA_CONTRIBUTOR
+from stacks.azure.identity import BLOB_DATA_CONTRIBUTOR, BLOB_DATA_READER
 from stacks.azure.kms import (
     CRYPTO_SERVICE_ENCRYPTION_USER,
     EXPIRE_AFTER,
@@ -101,6 +101,10 @@ def _key_id() -> str:
 _SECRET_URI = f"format('{{0}}secrets/{SECRET_NAME}', reference({_vault_id()}).vaultUri)"
 IDENTITY = rid("Microsoft.ManagedIdentity/userAssignedIdentities")
 _NO_AUDIT = "empty(parameters('auditContainerId'))"
+# The start of an `az` command giving the node's identity the stacks' origin read role on a container; its scope
+# follows.
+_GRANT_READ = (f"format('az role assignment create --assignee-object-id {{0}} --assignee-principal-type "
+               f"ServicePrincipal --role {BLOB_DATA_READER} --scope ', reference({IDENTITY}).principalId)")
 PUBLIC_IP = rid("Microsoft.Network/publicIPAddresses")
 NIC = rid("Microsoft.Network/networkInterfaces")
 DISK_SET = rid("Microsoft.Compute/diskEncryptionSets")
@@ -263,6 +267,15 @@ def _parameters() -> dict[str, Any]:
                 "immutability policy): rotated audit files go to foresight/<resource group>/, and the node deletes one "
                 "only once its copy is there. Grant the node's identity access with the grantAuditContainerCommand "
                 "output. Empty: kept on the node"
+            },
+        },
+        "originContainerIds": {
+            "type": "string",
+            "defaultValue": "",
+            "metadata": {
+                "description": "Optional resource ids of existing blob containers the tenants' origins live in, "
+                "separated by commas. Grant the node's identity read on them with the grantOriginContainersCommand "
+                "output"
             },
         },
     }
@@ -606,5 +619,10 @@ def _outputs() -> dict[str, Any]:
             f"[if({_NO_AUDIT}, '', format('az role assignment create --assignee-object-id {{0}} "
             f"--assignee-principal-type ServicePrincipal --role {BLOB_DATA_CONTRIBUTOR} --scope {{1}}', "
             f"reference({IDENTITY}).principalId, parameters('auditContainerId')))]"
+        ),
+        # The same for the origin containers: one assignment of the stacks' read role per container.
+        "grantOriginContainersCommand": output(
+            f"[if(empty(parameters('originContainerIds')), '', concat({_GRANT_READ}, "
+            f"replace(parameters('originContainerIds'), ',', concat(' && ', {_GRANT_READ}))))]"
         ),
     }

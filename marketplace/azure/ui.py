@@ -30,8 +30,10 @@ def create_ui_definition() -> dict[str, Any]:
     volume = StackSpec.model_fields["volume_size_gb"]
     limits = {type(m).__name__: m for m in volume.metadata}
     ssh_key_regex = rf"^$|^({'|'.join(re.escape(kind) for kind in SSH_KEY_TYPES)}) [A-Za-z0-9+/=]+( [^\n]*)?$"
-    audit_regex = "^$|" + BUCKET_PATTERNS[Cloud.AZURE].pattern.replace("(?P<account>", "(").replace(
-        "(?P<container>", "(")  # the portal's regexes are JavaScript's: no named groups
+    container = BUCKET_PATTERNS[Cloud.AZURE].pattern.replace("(?P<account>", "(").replace(
+        "(?P<container>", "(").removeprefix("^").removesuffix("$")  # the portal's regexes are JavaScript's: no names
+    audit_regex = f"^$|^{container}$"
+    origins_regex = f"^$|^{container}(,{container})*$"
     basics = [
         {
             "name": "adminUsername",
@@ -124,6 +126,18 @@ def create_ui_definition() -> dict[str, Any]:
             ),
             "constraints": {"required": False, "regex": audit_regex,
                             "validationMessage": "A blob container's resource id, or nothing"},
+        },
+        {
+            **_text_box(
+                "originContainerIds",
+                "Origin containers (optional)",
+                "Resource ids of existing blob containers the tenants' origins live in, separated by commas; after "
+                "deploying, run the grantOriginContainersCommand output",
+                origins_regex,
+                "Blob containers' resource ids separated by commas, or nothing",
+            ),
+            "constraints": {"required": False, "regex": origins_regex,
+                            "validationMessage": "Blob containers' resource ids separated by commas, or nothing"},
         },
     ]
 

@@ -39,7 +39,7 @@ from stacks.azure.compute import (
     check_instance_types,
     gpu_series,
 )
-from stacks.azure.identity import BLOB_DATA_CONTRIBUTOR
+from stacks.azure.identity import BLOB_DATA_CONTRIBUTOR, BLOB_DATA_READER
 from stacks.azure.kms import CRYPTO_SERVICE_ENCRYPTION_USER, EXPIRE_AFTER, KEY_SIZE, ROTATE_AFTER
 from stacks.spec import DEFAULT_INSTANCE_TYPES, SERVICE_PORTS, Cloud, StackSpec
 from tests.images.tools import require_tool, run_checkov
@@ -441,6 +441,7 @@ def evaluate(expression: str, parameters: dict[str, Any], variables: dict[str, A
         "createObject": lambda *kv: dict(zip(kv[::2], kv[1::2], strict=True)),
         "format": lambda text, *args: text.format(*args),
         "empty": lambda value: len(value) == 0, "concat": lambda *parts: "".join(parts),
+        "replace": lambda text, old, new: text.replace(old, new),
         "environment": lambda: {"suffixes": {"storage": "core.windows.net"}},
         "resourceGroup": lambda: {"name": "mrg-foresight-1"},
     }
@@ -753,3 +754,25 @@ def test_an_audit_container_is_where_the_node_ships_and_the_grant_it_needs_is_an
     pattern = re.compile(box["constraints"]["regex"])
     assert pattern.fullmatch(container) and pattern.fullmatch("") and not box["constraints"]["required"]
     assert not pattern.fullmatch("acmeaudit/trail") and not pattern.fullmatch(container + "/x")
+
+
+ORIGIN_CONTAINERS = [AUDIT_CONTAINER.replace("acmeaudit", "acmedata").replace("trail", name)
+                     for name in ("products", "media")]
+
+
+@pytest.mark.parametrize("containers", [[], ORIGIN_CONTAINERS[:1], ORIGIN_CONTAINERS], ids=["none", "one", "two"])
+def test_the_origin_grant_command_gives_the_node_the_stacks_read_role_on_each_container(
+    main: dict[str, Any], ui: dict[str, Any], containers: list[str]
+) -> None:
+    principal = "9f8e7d6c-0000-4000-8000-000000000001"
+    deployed = {"Microsoft.ManagedIdentity/userAssignedIdentities/foresight-node": {"principalId": principal}}
+    command = evaluate(main["outputs"]["grantOriginContainersCommand"]["value"],
+                       {"originContainerIds": ",".join(containers)}, main["variables"], deployed)
+    assert [part for part in command.split(" && ") if part] == [
+        f"az role assignment create --assignee-object-id {principal} --assignee-principal-type ServicePrincipal "
+        f"--role {BLOB_DATA_READER} --scope {container}" for container in containers]
+    (box,) = [e for e in all_elements(ui) if e["name"] == "originContainerIds"]
+    pattern = re.compile(box["constraints"]["regex"])
+    assert pattern.fullmatch(",".join(containers)) and not box["constraints"]["required"]
+    for bad in ("acmedata/products", f"{ORIGIN_CONTAINERS[0]}, {ORIGIN_CONTAINERS[1]}", f"{ORIGIN_CONTAINERS[0]},"):
+        assert not pattern.fullmatch(bad), bad

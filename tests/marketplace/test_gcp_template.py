@@ -640,7 +640,8 @@ def test_the_origin_grant_command_gives_the_nodes_account_the_stacks_read_role_o
     account = "fs-node@acme-cache.iam.gserviceaccount.com"  # what google_service_account.node.email would be
     (tmp_path / "variables.tf").write_text(files["variables.tf"])
     expression = template.Expr(template.grant_origin_read_command(json.dumps(account)))
-    (tmp_path / "command.tf").write_text(template.hcl([template.Block("output", ("command",), [("value", expression)])]))
+    output = template.Block("output", ("command",), [("value", expression)])
+    (tmp_path / "command.tf").write_text(template.hcl([output]))
     assert terraform(tmp_path, "init", "-input=false", "-backend=false").returncode == 0
     assert apply(tmp_path)["command"] == ""  # no origin buckets: nothing to run
     command = apply(tmp_path, origin_buckets='["acme-products", "media.acme.example"]')["command"]
