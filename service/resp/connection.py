@@ -46,10 +46,11 @@ YIELD_EVERY = _TURN_BYTES // _COMMAND_COST  # commands, at most, between other c
 _QUEUED_COMMAND = sys.getsizeof([]) + sys.getsizeof((None, None)) + 8
 _QUEUED_ARG = sys.getsizeof(b"") + 8
 _INTERNAL_ERROR = r.error("ERR internal error")
-# What an inline request starts with: a command's letter, a quote, or a blank. Only when hiredis holds nothing
-# unparsed; but it holds nothing inside an array too, between two arguments or just past one's type byte, so
-# a read that goes on with a long request starts with '$', a length's digit or '-': never one of these.
-_INLINE_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz\"' \t\r\n")
+# A read that starts an inline request is recognised only when hiredis holds nothing unparsed; but it holds
+# nothing inside an array too, between two arguments or just past one's type byte, so a read that goes on with a
+# long request starts with '$', a length's digit or '-': never a byte of framing.INLINE_START. An inline request
+# behind an array in the same read is found when hiredis refuses its first byte (_inline_behind).
+_INLINE_START = framing.INLINE_START
 
 
 class RespConnection(asyncio.Protocol):
@@ -94,6 +95,10 @@ class RespConnection(asyncio.Protocol):
         self._login_wait: LoginWait | None = None  # until the first login (never in dev mode)
         self._inline = b""  # an inline request's line still arriving (hiredis reads arrays only)
         self._inline_error: bytes | None = None  # a bad inline line: answered after the requests before it
+        # What the reader was fed last, while it is all the reader may still hold: where an inline request behind an
+        # array is looked for. And the last request the reader returned, which that inline request follows.
+        self._read: bytes | None = None
+        self._previous: list[bytes] | None = None
 
     # asyncio.Protocol ---------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -157,11 +162,12 @@ class RespConnection(asyncio.Protocol):
         if self._inline or (data[0] in _INLINE_START and not self.reader.has_data()):
             data = self._from_inline(data)
         self.reader.feed(data)
+        self._read = data if self._busy is None else None  # a busy one has held an earlier read since
         if self._unauthenticated is not None:
             self._unauthenticated += data
         if self._busy is None:
             if self._paused:
-                self._continue_in_task(None)
+                self._continue_in_task(None, None)
             else:
                 self._drain_sync()
 
@@ -186,16 +192,38 @@ class RespConnection(asyncio.Protocol):
             return False
         try:
             args = self.reader.gets()
-        except (hiredis.ProtocolError, MemoryError) as err:
+        except hiredis.ProtocolError as err:
+            if not self._inline_behind(self._previous, err):
+                self._write(framing.parse_error(err))
+                self.close_after_reply = True
+                return False
+            return self._next()
+        except MemoryError as err:
             self._write(framing.parse_error(err))
             self.close_after_reply = True
             return False
         if args is not False:
+            self._previous = args
             self.request_bytes = self.reader.len()
         elif self._inline_error is not None:
             self._write(self._inline_error)
             self.close_after_reply = True
         return args
+
+    def _inline_behind(self, previous: list[bytes] | None, refusal: hiredis.ProtocolError) -> bool:
+        """True when what hiredis refused is an inline request right behind `previous` in the last read; the reader
+        is then a new one, fed that request and what follows it as _from_inline leaves them (hiredis ends a reader
+        at its first protocol error)."""
+        read = self._read
+        if read is None or previous is None:
+            return False
+        start = framing.inline_start(read, previous, str(refusal))
+        if start is None:
+            return False
+        self.reader = hiredis.Reader()
+        self._read = self._from_inline(read[start:])
+        self.reader.feed(self._read)
+        return True
 
     def _check_unauthenticated(self) -> bytes | None:
         """Redis's error when the next request breaks its limits before AUTH; else None, and a complete request
@@ -226,7 +254,13 @@ class RespConnection(asyncio.Protocol):
                     out.append(refusal)
                     self.close_after_reply = True
                     break
-                args = gets()
+                try:
+                    args = gets()
+                except hiredis.ProtocolError as err:
+                    if last is None or not self._inline_behind(last, err):
+                        raise
+                    gets = self.reader.gets
+                    continue
                 if args is False:
                     if self._inline_error is not None:
                         out.append(self._inline_error)
@@ -255,7 +289,7 @@ class RespConnection(asyncio.Protocol):
         if out:
             self._write(b"".join(out))
         if pending is not None or more:
-            self._continue_in_task(pending)
+            self._continue_in_task(pending, last)
         elif self.close_after_reply and self.transport is not None:
             self.transport.close()
 
@@ -263,8 +297,10 @@ class RespConnection(asyncio.Protocol):
         if type(args) is list and args and type(args[0]) is bytes:
             self.last_command = args[0]
 
-    def _continue_in_task(self, pending: Awaitable[bytes] | None) -> None:
-        """Finish the pipeline in a task, reading nothing more until it is done."""
+    def _continue_in_task(self, pending: Awaitable[bytes] | None, previous: list[bytes] | None) -> None:
+        """Finish the pipeline in a task, reading nothing more until it is done; `previous` is the last request
+        taken from the reader."""
+        self._previous = previous
         if self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
         self._busy = asyncio.ensure_future(self._drain_async(pending))

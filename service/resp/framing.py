@@ -8,6 +8,7 @@ A simple string (`+foo`) parses to bytes, as a bulk string does, so it is accept
 
 from __future__ import annotations
 
+import codecs
 import re
 
 from service.resp import replies as r
@@ -42,6 +43,9 @@ def parse_error(err: Exception) -> bytes:
     """The reply to what hiredis could not parse (a ProtocolError, or a MemoryError from an absurd array length)."""
     if isinstance(err, MemoryError):
         return _INVALID_MULTIBULK
+    refused = _REFUSED_TYPE.search(str(err))
+    if refused:  # Redis's words for a byte where an argument's '$' should be (escaped as hiredis shows it)
+        return r.error(f"ERR Protocol error: expected '$', got '{refused[1]}'")
     return r.error(f"ERR Protocol error: {err}")
 
 
@@ -78,6 +82,9 @@ def first_request(buf: bytearray) -> int | bytes | None:
 # Inline requests (`PING\r\n`, what telnet, `nc` and redis-benchmark's *_inline tests send): Redis reads a request
 # that does not start with '*' as one line of space-separated arguments, with its quoting rules.
 INLINE_MAX = 64 * 1024  # Redis's PROTO_INLINE_MAX_SIZE: a longer line without its newline is refused
+# What an inline request starts with: a command's letter, a quote, or a blank.
+INLINE_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz\"' \t\r\n")
+_REFUSED_TYPE = re.compile(r'got "(.+)" as reply type byte$')  # hiredis's message, the byte escaped as in C
 _INLINE_TOO_BIG = r.error("ERR Protocol error: too big inline request")
 _UNBALANCED_QUOTES = r.error("ERR Protocol error: unbalanced quotes in request")
 _ESCAPES = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b", ord("a"): b"\a"}
@@ -153,5 +160,66 @@ def take_inline(buf: bytes) -> tuple[bytes, int, bytes | None]:
         if args is None:
             return b"".join(out), pos, _UNBALANCED_QUOTES
         if args:
-            out.append(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args))
+            out.append(encode(args))
     return b"".join(out), pos, None
+
+
+def encode(request: list[bytes] | None) -> bytes:
+    """A request as every client sends it: an array of bulk strings (`*-1` for None)."""
+    if request is None:
+        return b"*-1\r\n"
+    return b"*%d\r\n" % len(request) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in request)
+
+
+def inline_start(read: bytes, request: list[bytes] | None, refusal: str) -> int | None:
+    """Where an inline request starts in `read`, when hiredis refused its first byte (`refusal`, its message) right
+    after `request`, the last request it returned from that read: Redis takes a line that does not start with '*'
+    as an inline request wherever a request may start, hiredis reads arrays only. None when the byte cannot start
+    an inline request or the place is not certain: the protocol error stands."""
+    found = _REFUSED_TYPE.search(refusal)
+    refused = codecs.escape_decode(found[1].encode())[0] if found else b""
+    if len(refused) != 1 or refused[0] not in INLINE_START:
+        return None
+    walked = _past_arrays(read)
+    if walked is not None and walked[0] > 0 and read[walked[0]] == refused[0] and walked[1] == request:
+        return walked[0]
+    return _only_place_after(read, encode(request), refused)
+
+
+def _past_arrays(read: bytes) -> tuple[int, list[bytes] | None] | None:
+    """Where the first request in `read` that is not an array starts, and the array in front of it, as hiredis
+    walks them when `read` starts where a request does; None when that walk fails (the read starts inside one)."""
+    pos, size = 0, len(read)
+    last: list[bytes] | None = None
+    while pos < size and read[pos] == 0x2A:
+        end = read.find(b"\r\n", pos)
+        if end < 0 or not _LENGTH.fullmatch(read, pos + 1, end):
+            return None
+        count, pos = int(read[pos + 1:end]), end + 2
+        args: list[bytes] = []
+        for _ in range(count):
+            end = read.find(b"\r\n", pos)
+            if end < 0 or read[pos:pos + 1] != b"$" or not _LENGTH.fullmatch(read, pos + 1, end):
+                return None
+            start = end + 2
+            pos = start + int(read[pos + 1:end]) + 2
+            if pos > size or read[pos - 2:pos] != b"\r\n":
+                return None
+            args.append(read[start:pos - 2])
+        last = None if count < 0 else args
+    return (pos, last) if pos < size else None
+
+
+def _only_place_after(read: bytes, encoded: bytes, refused: bytes) -> int | None:
+    """For a read that goes on with a request begun in an earlier one: the one position where `encoded` (the last
+    request) ends and `refused` follows; None when there is none or more than one (an array encoded unlike every
+    client encodes one, a value holding the same bytes, or the same request and byte again further on)."""
+    start = None
+    pos = read.find(refused, 1)  # the request ended in this read: at least one byte of it is in front
+    while pos >= 0:
+        if read.endswith(encoded, 0, pos) or (pos < len(encoded) and encoded.endswith(read[:pos])):
+            if start is not None:
+                return None
+            start = pos
+        pos = read.find(refused, pos + 1)
+    return start

@@ -175,9 +175,77 @@ def test_a_long_request_read_in_pieces_is_never_taken_for_inline(dev_service: Ru
     assert redis.Redis(port=dev_service.resp_port).mget("key0000", "key0199") == [b"v0", b"v199"]
 
 
-def test_an_inline_auth_logs_in(prod_service: ProductionService) -> None:
+def _received(client: RawClient, size: int) -> bytes:
+    received = b""
+    while len(received) < size:
+        chunk = client.sock.recv(65536)
+        assert chunk, received
+        received += chunk
+    return received
+
+
+PING = RawClient.encode("PING")
+
+
+@pytest.mark.parametrize(("sent", "answer"), [
+    (PING + b"PING\r\n", b"+PONG\r\n+PONG\r\n"),
+    (RawClient.encode("SET", "k", "v") + b"GET k\r\n" + RawClient.encode("ECHO", "x") + b"ECHO 'y z'\r\n" + PING,
+     b"+OK\r\n$1\r\nv\r\n$1\r\nx\r\n$3\r\ny z\r\n+PONG\r\n"),
+    (PING + b"\r\n\r\n\"PING\"\r\n", b"+PONG\r\n+PONG\r\n"),  # blank lines, then a quote starts it
+    (RawClient.encode("ECHO", "PING\r\nPING") + b"PING\r\n", b"$10\r\nPING\r\nPING\r\n+PONG\r\n"),
+    ((PING + b"PING\r\n") * 500, b"+PONG\r\n" * 1000),
+    (RawClient.encode("SET", "k", PING + b"PING") + PING + b"PING\r\n", b"+OK\r\n+PONG\r\n+PONG\r\n"),
+], ids=["one", "mixed", "blank-lines", "value-like-a-request", "many", "value-holding-the-same-bytes"])
+def test_an_inline_request_right_behind_an_array_in_one_read_is_served(
+        dev_service: RunningService, sent: bytes, answer: bytes) -> None:
+    """Redis reads a request that does not start with '*' as an inline one wherever a request may start."""
+    client = RawClient(dev_service.resp_port)
+    client.sock.sendall(sent)
+    assert _received(client, len(answer)) == answer
+    assert client.send(("PING",)) == b"+PONG\r\n"
+
+
+def test_an_inline_request_behind_a_pipeline_finished_in_a_task_is_served(dev_service: RunningService) -> None:
+    """Replies past one turn's bytes finish in a task, which takes the requests after from the reader itself."""
+    client = RawClient(dev_service.resp_port)
+    value = b"x" * 70_000  # one reply past the turn: the second GET and the PING are the task's
+    assert client.send(("SET", "big", value)) == b"+OK\r\n"
+    client.sock.sendall(RawClient.encode("GET", "big") * 2 + b"PING\r\n")
+    answer = (b"$70000\r\n" + value + b"\r\n") * 2 + b"+PONG\r\n"
+    assert _received(client, len(answer)) == answer
+
+
+def test_an_inline_request_behind_an_array_begun_in_an_earlier_read_is_served(dev_service: RunningService) -> None:
+    """The read does not start where a request does: the one place the last array's encoding ends is found."""
+    client = RawClient(dev_service.resp_port)
+    request = RawClient.encode("SET", "k", b"v" * 5000)
+    client.sock.sendall(request[:2000])
+    time.sleep(0.1)  # two reads on the server
+    client.sock.sendall(request[2000:] + PING + b"ECHO hi\r\n")
+    answer = b"+OK\r\n+PONG\r\n$2\r\nhi\r\n"
+    assert _received(client, len(answer)) == answer
+
+
+@pytest.mark.parametrize(("parts", "answer"), [
+    # Inside an array: an argument, not a request, so Redis's error.
+    ((PING + b"*2\r\n$4\r\nECHO\r\nPING\r\n" + PING,), b"+PONG\r\n-ERR Protocol error: expected '$', got 'P'\r\n"),
+    # A read that goes on with a value holding the last array and the same byte: which one ends here is not guessed.
+    ((b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$22\r\nPIN", b"G" + PING + b"PING\r\n" + PING + b"PING\r\n"),
+     b"+OK\r\n+PONG\r\n-ERR Protocol error: expected '$', got 'P'\r\n"),
+], ids=["inside-an-array", "ambiguous"])
+def test_a_byte_that_cannot_be_an_inline_requests_start_is_still_a_protocol_error(
+        dev_service: RunningService, parts: tuple[bytes, ...], answer: bytes) -> None:
+    client = RawClient(dev_service.resp_port)
+    for part in parts:
+        client.sock.sendall(part)
+        time.sleep(0.1)  # one read each on the server
+    assert _until_closed(client.sock) == answer
+
+
+@pytest.mark.parametrize("first", [b"PING\r\n", PING], ids=["inline", "array"])
+def test_an_inline_auth_logs_in(prod_service: ProductionService, first: bytes) -> None:
     sock = _tls(prod_service.svc.resp_port, prod_service.pki)
-    sock.sendall(b"PING\r\nAUTH " + prod_service.keys["acme"].secret.encode() + b"\r\nPING\r\n")
+    sock.sendall(first + b"AUTH " + prod_service.keys["acme"].secret.encode() + b"\r\n" + PING)
     expected = b"-NOAUTH Authentication required.\r\n+OK\r\n+PONG\r\n"
     received = b""
     while len(received) < len(expected) and (chunk := sock.recv(65536)):
