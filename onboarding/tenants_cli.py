@@ -50,7 +50,10 @@ def create(
     plan: Annotated[str, typer.Option(help=f"Quota plan: {', '.join(PLANS)} or {CUSTOM}.")] = "starter",
     memory: Annotated[int | None, typer.Option(help="Memory budget in MiB (overrides the plan).")] = None,
     rps: Annotated[float | None, typer.Option(help="Requests per second, 0 unlimited (overrides the plan).")] = None,
-    origin: Annotated[str | None, typer.Option(help="The tenant's own origin (fsspec URL).")] = None,
+    origin: Annotated[str | None, typer.Option(
+        help="The tenant's own origin, an fsspec URL such as s3://acme-products/catalog. The nodes read it with "
+        "their cloud identity: list its bucket in the stack's foresight:originBuckets, or grant the stack's "
+        "nodeIdentity read on it.")] = None,
     prefetcher: Annotated[
         str | None,
         typer.Option(help="The tenant's prefetcher: none, stride, markov or learned (default: the service's)."),
