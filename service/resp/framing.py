@@ -145,12 +145,20 @@ def split_args(line: bytes) -> list[bytes] | None:
 
 
 def take_inline(buf: bytes) -> tuple[bytes, int, bytes | None]:
-    """The inline requests at the head of `buf`, up to the first line that starts with '*' (an array, for hiredis)
-    or that has not arrived whole: as RESP arrays, how many bytes of `buf` they were, and the error that ends the
-    connection after them, if any. Blank lines are skipped, as Redis does."""
+    """The requests at the head of `buf` as arrays (inline ones encoded, the arrays between them as they are), up to
+    an array that has not arrived whole or that hiredis must refuse, or a line that has not arrived whole: what
+    they come to, how many bytes of `buf` they were, and the error that ends the connection after them, if any.
+    Blank lines are skipped, as Redis does. One pass, however often the two kinds alternate."""
     out: list[bytes] = []
     pos, size = 0, len(buf)
-    while pos < size and buf[pos] != 0x2A:
+    while pos < size:
+        if buf[pos] == 0x2A:
+            array = _array_at(buf, pos)
+            if array is None:
+                break
+            out.append(buf[pos:array[0]])
+            pos = array[0]
+            continue
         end = buf.find(b"\n", pos)
         if end < 0:
             return b"".join(out), pos, _INLINE_TOO_BIG if size - pos > INLINE_MAX else None
@@ -192,22 +200,32 @@ def _past_arrays(read: bytes) -> tuple[int, list[bytes] | None] | None:
     pos, size = 0, len(read)
     last: list[bytes] | None = None
     while pos < size and read[pos] == 0x2A:
-        end = read.find(b"\r\n", pos)
-        if end < 0 or not _LENGTH.fullmatch(read, pos + 1, end):
+        array = _array_at(read, pos, keep=True)
+        if array is None:
             return None
-        count, pos = int(read[pos + 1:end]), end + 2
-        args: list[bytes] = []
-        for _ in range(count):
-            end = read.find(b"\r\n", pos)
-            if end < 0 or read[pos:pos + 1] != b"$" or not _LENGTH.fullmatch(read, pos + 1, end):
-                return None
-            start = end + 2
-            pos = start + int(read[pos + 1:end]) + 2
-            if pos > size or read[pos - 2:pos] != b"\r\n":
-                return None
-            args.append(read[start:pos - 2])
-        last = None if count < 0 else args
+        pos, last = array
     return (pos, last) if pos < size else None
+
+
+def _array_at(buf: bytes, pos: int, keep: bool = False) -> tuple[int, list[bytes] | None] | None:
+    """Where the array of bulk strings at `pos` ends, and (with `keep`) its items, None for `*-1`; None when it has
+    not arrived whole or is not such an array (hiredis then waits for it, or refuses it)."""
+    end = buf.find(b"\r\n", pos)
+    if end < 0 or not _LENGTH.fullmatch(buf, pos + 1, end):
+        return None
+    count, pos = int(buf[pos + 1:end]), end + 2
+    items: list[bytes] = []
+    for _ in range(count):
+        end = buf.find(b"\r\n", pos)
+        if end < 0 or buf[pos:pos + 1] != b"$" or not _LENGTH.fullmatch(buf, pos + 1, end):
+            return None
+        start, length = end + 2, int(buf[pos + 1:end])
+        pos = start + length + 2
+        if length < 0 or pos > len(buf) or buf[pos - 2:pos] != b"\r\n":
+            return None
+        if keep:
+            items.append(buf[start:pos - 2])
+    return pos, None if count < 0 else items
 
 
 def _only_place_after(read: bytes, encoded: bytes, refused: bytes) -> int | None:

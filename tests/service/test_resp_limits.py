@@ -195,7 +195,9 @@ PING = RawClient.encode("PING")
     (RawClient.encode("ECHO", "PING\r\nPING") + b"PING\r\n", b"$10\r\nPING\r\nPING\r\n+PONG\r\n"),
     ((PING + b"PING\r\n") * 500, b"+PONG\r\n" * 1000),
     (RawClient.encode("SET", "k", PING + b"PING") + PING + b"PING\r\n", b"+OK\r\n+PONG\r\n+PONG\r\n"),
-], ids=["one", "mixed", "blank-lines", "value-like-a-request", "many", "value-holding-the-same-bytes"])
+    (b"PING\r\n" + PING + b"ECHO a\r\n" + PING, b"+PONG\r\n+PONG\r\n$1\r\na\r\n+PONG\r\n"),
+], ids=["one", "mixed", "blank-lines", "value-like-a-request", "many", "value-holding-the-same-bytes",
+        "inline-first"])
 def test_an_inline_request_right_behind_an_array_in_one_read_is_served(
         dev_service: RunningService, sent: bytes, answer: bytes) -> None:
     """Redis reads a request that does not start with '*' as an inline one wherever a request may start."""
@@ -226,13 +228,25 @@ def test_an_inline_request_behind_an_array_begun_in_an_earlier_read_is_served(de
     assert _received(client, len(answer)) == answer
 
 
+
+def test_an_array_behind_an_inline_request_may_arrive_in_pieces(dev_service: RunningService) -> None:
+    client = RawClient(dev_service.resp_port)
+    client.sock.sendall(b"PING\r\n" + PING[:10])
+    time.sleep(0.1)  # two reads on the server
+    client.sock.sendall(PING[10:] + b"ECHO a\r\n")
+    answer = b"+PONG\r\n+PONG\r\n$1\r\na\r\n"
+    assert _received(client, len(answer)) == answer
+
+
 @pytest.mark.parametrize(("parts", "answer"), [
     # Inside an array: an argument, not a request, so Redis's error.
     ((PING + b"*2\r\n$4\r\nECHO\r\nPING\r\n" + PING,), b"+PONG\r\n-ERR Protocol error: expected '$', got 'P'\r\n"),
+    # Behind an inline request, an array hiredis must refuse: still refused, after the requests in front.
+    ((b"PING\r\n*2\r\n$4\r\nECHO\r\nPING\r\n" + PING,), b"+PONG\r\n-ERR Protocol error: expected '$', got 'P'\r\n"),
     # A read that goes on with a value holding the last array and the same byte: which one ends here is not guessed.
     ((b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$22\r\nPIN", b"G" + PING + b"PING\r\n" + PING + b"PING\r\n"),
      b"+OK\r\n+PONG\r\n-ERR Protocol error: expected '$', got 'P'\r\n"),
-], ids=["inside-an-array", "ambiguous"])
+], ids=["inside-an-array", "inside-an-array-behind-inline", "ambiguous"])
 def test_a_byte_that_cannot_be_an_inline_requests_start_is_still_a_protocol_error(
         dev_service: RunningService, parts: tuple[bytes, ...], answer: bytes) -> None:
     client = RawClient(dev_service.resp_port)
