@@ -2,9 +2,8 @@
 
 The role may use its own KMS key (encrypt, decrypt, generate data keys, describe, re-encrypt under it), write
 its stack's folder of the audit bucket when there is one, read the tenants' origin buckets the stack names, and
-carries the AWS-managed
-AmazonSSMManagedInstanceCore policy for Session Manager; nothing else. Logging in to Vault
-needs no permission (it signs sts:GetCallerIdentity, which every principal may call).
+carries the AWS-managed AmazonSSMManagedInstanceCore policy for Session Manager; nothing else. Logging in to
+Vault needs no permission (it signs sts:GetCallerIdentity, which every principal may call).
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """Azure identity: the node's user-assigned managed identity, and its roles on the audit and origin containers.
 
-Its permissions are role assignments on what it uses: the stack's Key Vault key (`kms.py`), the audit
-container when foresight:auditBucket names one (`grant_audit_shipping`) and the containers foresight:originBuckets
-names (`grant_origin_read`), so the identity holds no subscription or
-resource-group role. Logging in to Vault needs no permission either:
-the node presents the access token Azure's metadata service hands any VM's identity.
+Its permissions are role assignments on what it uses: the stack's Key Vault key (`kms.py`), the audit container
+when foresight:auditBucket names one (`grant_audit_shipping`) and the containers foresight:originBuckets names
+(`grant_origin_read`), so the identity holds no subscription or resource-group role. Logging in to Vault needs no
+permission either: the node presents the access token Azure's metadata service hands any VM's identity.
 """
 
 from __future__ import annotations
