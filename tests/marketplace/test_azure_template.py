@@ -1,4 +1,4 @@
-"""The Azure Marketplace managed application: checkov passes it (but for four findings we accept, each with its
+"""The Azure Marketplace managed application: checkov passes it (but for three findings we accept, each with its
 reason), it keeps our encoding of arm-ttk's blocking rules (not arm-ttk itself, which needs PowerShell), it cannot
 drift from the Azure stack, it opens nothing to the world by default, and its first boot mints a key that the
 service's own key source accepts."""
