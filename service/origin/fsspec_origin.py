@@ -180,6 +180,10 @@ class FsspecOrigin:
         return False
 
     def _failed(self, key: bytes, path: str, err: Exception) -> OriginError:
+        if _denied(err):  # the likeliest cause on a new deployment: the bucket's read was never granted
+            self._log("denied", f"{path}: {type(err).__name__}: {err} (grant the node's identity read on the "
+                      "bucket: the stack's foresight:originBuckets, or its nodeIdentity output)")
+            return OriginError(f"origin read failed for key {shown_key(key)}: access denied")
         self._log("failed", f"{path}: {type(err).__name__}: {err}")
         return OriginError(f"origin read failed for key {shown_key(key)}: {type(err).__name__}")
 
@@ -213,6 +217,13 @@ class FsspecOrigin:
 # The stores whose `info` of a bucket (container) asks about the bucket itself, so that FileNotFoundError means
 # it does not exist: S3's HeadBucket, Azure's container properties, Cloud Storage's bucket GET (below).
 _BUCKET_LOOKS = {"s3", "s3a", "gs", "gcs", "az", "abfs"}
+
+
+def _denied(err: Exception) -> bool:
+    """A 403, in each backend's own type: s3fs's PermissionError, gcsfs's OSError("Forbidden: ..."), azure-core's
+    HttpResponseError with its status."""
+    return (isinstance(err, PermissionError) or getattr(err, "status_code", None) == 403
+            or (isinstance(err, OSError) and str(err).startswith("Forbidden")))
 
 
 def _protocols(fs: Any) -> set[str]:

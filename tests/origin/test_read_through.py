@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -20,9 +21,9 @@ import redis
 
 from service.cache import TenantRegistry
 from service.config import Settings
-from service.origin import FsspecOrigin, OriginTimeout, ReadSlots, SingleFlight, UnmappableKey
+from service.origin import FsspecOrigin, OriginError, OriginTimeout, ReadSlots, SingleFlight, UnmappableKey
 from service.tenancy import TenantQuota, TenantSpec
-from tests.object_stores import ObjectStore, uncached
+from tests.object_stores import AzureStore, ObjectStore, uncached
 from tests.servers import http_server
 from tests.service.harness import RawClient, running_service
 
@@ -329,6 +330,42 @@ async def test_a_cloud_storage_bucket_its_reader_may_not_look_at_still_exists(mo
         origin = FsspecOrigin("gs://viewer-only/data", timeout_s=20)
         assert await origin.fetch(b"report.csv") is None
     assert "GET /storage/v1/b/viewer-only" in asked  # the bucket was looked at, and its 403 taken as "it exists"
+
+
+GRANT_HINT = "foresight:originBuckets, or its nodeIdentity output"
+
+
+async def test_an_object_the_node_may_not_read_on_cloud_storage_is_access_denied_and_the_log_names_the_grant(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cloud Storage's 403 on an object (no roles/storage.objectViewer), from a loopback fake as above: the client
+    hears "access denied", the log says what to grant (gcsfs raises a bare OSError for it)."""
+    def answer(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
+        return 403, '{"error": {"code": 403, "message": "no storage.objects.get access"}}'
+
+    with http_server(answer) as endpoint, uncached("gs"), caplog.at_level(logging.WARNING, "service.origin"):
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
+        with pytest.raises(OriginError, match=r"origin read failed for key 'report\.csv': access denied$"):
+            await FsspecOrigin("gs://not-granted/data", timeout_s=20).fetch(b"report.csv")
+    assert any("denied" in r.message and GRANT_HINT in r.message for r in caplog.records)
+
+
+async def test_an_azure_origin_refusing_the_nodes_credential_is_access_denied(
+    azurite_server: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Azurite answers 403 to a request signed with another key, as Azure answers one its RBAC refuses."""
+    store = AzureStore(azurite_server.connection_string, azurite_server.account)
+    store.create_bucket("denied")
+    store.put("denied", "data/report.csv", b"secret")
+    wrong = base64.b64encode(secrets.token_bytes(64)).decode()
+    connection = ";".join(f"AccountKey={wrong}" if part.startswith("AccountKey=") else part
+                          for part in azurite_server.connection_string.split(";"))
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection)
+    with uncached("az"), caplog.at_level(logging.WARNING, "service.origin"):
+        origin = FsspecOrigin(store.url("denied", "data"), timeout_s=20)
+        with pytest.raises(OriginError, match=r"origin read failed for key 'report\.csv': access denied$"):
+            await origin.fetch(b"report.csv")
+    assert any(GRANT_HINT in r.message for r in caplog.records)
 
 
 @contextlib.contextmanager

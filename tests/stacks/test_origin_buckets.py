@@ -134,7 +134,7 @@ async def test_the_policy_lets_the_services_origin_read_and_miss_and_nothing_els
         assert await origin.fetch(b"item-1") == b"a lamp"
         assert await origin.fetch(b"item-2") is None  # a miss, not an error: the list right makes it a 404
         other = FsspecOrigin("s3://acme-private/catalog", timeout_s=20)
-        with pytest.raises(OriginError):
+        with pytest.raises(OriginError, match="access denied"):  # a bucket not listed
             await other.fetch(b"item-1")
     node = buckets.client("s3", **keys)
     for call in (lambda: node.put_object(Bucket="acme-products", Key="catalog/item-3", Body=b"1"),
@@ -152,5 +152,5 @@ async def test_without_the_list_statement_every_miss_is_an_origin_error(
     with buckets.acting_as(keys, monkeypatch):
         origin = FsspecOrigin("s3://acme-products/catalog", timeout_s=20)
         assert await origin.fetch(b"item-1") == b"a lamp"
-        with pytest.raises(OriginError):
+        with pytest.raises(OriginError, match="access denied"):
             await origin.fetch(b"item-2")
