@@ -95,8 +95,8 @@ class RespConnection(asyncio.Protocol):
         self._login_wait: LoginWait | None = None  # until the first login (never in dev mode)
         self._inline = b""  # an inline request's line still arriving (hiredis reads arrays only)
         self._inline_error: bytes | None = None  # a bad inline line: answered after the requests before it
-        # What the reader was fed last, while it is all the reader may still hold: where an inline request behind an
-        # array is looked for. And the last request the reader returned, which that inline request follows.
+        # While a read is being answered, that read (all the reader may still hold) and, in the task, the last
+        # request the reader returned: where an inline request behind an array is looked for, and what it follows.
         self._read: bytes | None = None
         self._previous: list[bytes] | None = None
 
@@ -290,7 +290,9 @@ class RespConnection(asyncio.Protocol):
             self._write(b"".join(out))
         if pending is not None or more:
             self._continue_in_task(pending, last)
-        elif self.close_after_reply and self.transport is not None:
+            return
+        self._read = None  # an idle connection holds no read (a large one's bytes would stay with it)
+        if self.close_after_reply and self.transport is not None:
             self.transport.close()
 
     def _note_command(self, args: Any) -> None:
@@ -340,6 +342,7 @@ class RespConnection(asyncio.Protocol):
             self.close_after_reply = True
         finally:
             self._busy = None
+            self._read = self._previous = None  # nor a read or a request once the task is done
             transport = self.transport
             if not self._paused and transport is not None and not transport.is_closing():
                 transport.resume_reading()

@@ -126,6 +126,22 @@ def test_a_client_that_never_reads_its_replies_costs_about_the_high_water_mark(
         assert replies == [value] * gets
 
 
+def test_an_idle_connection_holds_neither_its_last_read_nor_its_last_request() -> None:
+    """While a read is answered the connection keeps it (an inline request behind an array is looked for in it),
+    and in a task the last request too; idle, it keeps neither, so idle clients that each sent a large value do
+    not hold a copy each."""
+    with running_service(dev=True) as svc:
+        client = RawClient(svc.resp_port)
+        value = b"v" * 300_000
+        assert client.send(("SET", "big", value)) == b"+OK\r\n"
+        connection = _only_client(svc)
+        wait_until(lambda: connection._read is None, "the read dropped once answered")
+        client.sock.sendall(RawClient.encode("GET", "big") * 2)  # past one turn's bytes: the second GET in a task
+        assert _read_replies(client.sock, 2) == [value, value]
+        wait_until(lambda: not connection.busy, "the task done")
+        assert connection._read is None and connection._previous is None
+
+
 def test_a_transaction_is_charged_what_its_queue_holds_not_just_its_bytes() -> None:
     with running_service(dev=True, max_request_bytes=100_000) as svc:
         client = RawClient(svc.resp_port)
