@@ -95,8 +95,9 @@ class RespConnection(asyncio.Protocol):
         self._login_wait: LoginWait | None = None  # until the first login (never in dev mode)
         self._inline = b""  # an inline request's line still arriving (hiredis reads arrays only)
         self._inline_error: bytes | None = None  # a bad inline line: answered after the requests before it
-        # While a read is being answered, that read (all the reader may still hold) and, in the task, the last
-        # request the reader returned: where an inline request behind an array is looked for, and what it follows.
+        # While a task answers a read, that read (None once another one was fed: it is then not all the reader may
+        # hold) and the last request the reader returned: where an inline request behind an array is looked for,
+        # and what it follows. The synchronous drain has both in its locals.
         self._read: bytes | None = None
         self._previous: list[bytes] | None = None
 
@@ -162,14 +163,15 @@ class RespConnection(asyncio.Protocol):
         if self._inline or (data[0] in _INLINE_START and not self.reader.has_data()):
             data = self._from_inline(data)
         self.reader.feed(data)
-        self._read = data if self._busy is None else None  # a busy one has held an earlier read since
         if self._unauthenticated is not None:
             self._unauthenticated += data
         if self._busy is None:
             if self._paused:
-                self._continue_in_task(None, None)
+                self._continue_in_task(None, None, data)
             else:
-                self._drain_sync()
+                self._drain_sync(data)
+        else:
+            self._read = None
 
     def _from_inline(self, data: bytes) -> bytes:
         """The inline requests at the head of what arrived, as arrays, with what follows them (hiredis parses it)."""
@@ -193,10 +195,12 @@ class RespConnection(asyncio.Protocol):
         try:
             args = self.reader.gets()
         except hiredis.ProtocolError as err:
-            if not self._inline_behind(self._previous, err):
+            read = self._inline_behind(self._read, self._previous, err)
+            if read is None:
                 self._write(framing.parse_error(err))
                 self.close_after_reply = True
                 return False
+            self._read = read
             return self._next()
         except MemoryError as err:
             self._write(framing.parse_error(err))
@@ -210,20 +214,21 @@ class RespConnection(asyncio.Protocol):
             self.close_after_reply = True
         return args
 
-    def _inline_behind(self, previous: list[bytes] | None, refusal: hiredis.ProtocolError) -> bool:
-        """True when what hiredis refused is an inline request right behind `previous` in the last read; the reader
-        is then a new one, fed that request and what follows it as _from_inline leaves them (hiredis ends a reader
-        at its first protocol error)."""
-        read = self._read
+    def _inline_behind(
+        self, read: bytes | None, previous: list[bytes] | None, refusal: hiredis.ProtocolError
+    ) -> bytes | None:
+        """When what hiredis refused is an inline request right behind `previous` in `read`: a new reader (hiredis
+        ends one at its first protocol error) fed that request and what follows it as _from_inline leaves them,
+        and what it was fed (the read to look in next time). Else None."""
         if read is None or previous is None:
-            return False
+            return None
         start = framing.inline_start(read, previous, str(refusal))
         if start is None:
-            return False
+            return None
         self.reader = hiredis.Reader()
-        self._read = self._from_inline(read[start:])
-        self.reader.feed(self._read)
-        return True
+        fed = self._from_inline(read[start:])
+        self.reader.feed(fed)
+        return fed
 
     def _check_unauthenticated(self) -> bytes | None:
         """Redis's error when the next request breaks its limits before AUTH; else None, and a complete request
@@ -239,9 +244,9 @@ class RespConnection(asyncio.Protocol):
             del buf[:first]
         return None
 
-    def _drain_sync(self) -> None:
-        """Answer the complete commands in the buffer; hand over to a task at the first that must wait, or after
-        a turn's worth."""
+    def _drain_sync(self, read: bytes) -> None:
+        """Answer the complete commands in the buffer (`read` is what was just fed); hand over to a task at the
+        first that must wait, or after a turn's worth."""
         out: list[bytes] = []
         spent = 0
         execute, gets, cost, turn = self.execute, self.reader.gets, _COMMAND_COST, _TURN_BYTES
@@ -257,9 +262,10 @@ class RespConnection(asyncio.Protocol):
                 try:
                     args = gets()
                 except hiredis.ProtocolError as err:
-                    if last is None or not self._inline_behind(last, err):
+                    fed = None if last is None else self._inline_behind(read, last, err)
+                    if fed is None:
                         raise
-                    gets = self.reader.gets
+                    read, gets = fed, self.reader.gets
                     continue
                 if args is False:
                     if self._inline_error is not None:
@@ -289,20 +295,20 @@ class RespConnection(asyncio.Protocol):
         if out:
             self._write(b"".join(out))
         if pending is not None or more:
-            self._continue_in_task(pending, last)
-            return
-        self._read = None  # an idle connection holds no read (a large one's bytes would stay with it)
-        if self.close_after_reply and self.transport is not None:
+            self._continue_in_task(pending, last, read)
+        elif self.close_after_reply and self.transport is not None:
             self.transport.close()
 
     def _note_command(self, args: Any) -> None:
         if type(args) is list and args and type(args[0]) is bytes:
             self.last_command = args[0]
 
-    def _continue_in_task(self, pending: Awaitable[bytes] | None, previous: list[bytes] | None) -> None:
+    def _continue_in_task(
+        self, pending: Awaitable[bytes] | None, previous: list[bytes] | None, read: bytes
+    ) -> None:
         """Finish the pipeline in a task, reading nothing more until it is done; `previous` is the last request
-        taken from the reader."""
-        self._previous = previous
+        taken from the reader, `read` what it was last fed."""
+        self._previous, self._read = previous, read
         if self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
         self._busy = asyncio.ensure_future(self._drain_async(pending))
@@ -342,7 +348,7 @@ class RespConnection(asyncio.Protocol):
             self.close_after_reply = True
         finally:
             self._busy = None
-            self._read = self._previous = None  # nor a read or a request once the task is done
+            self._read = self._previous = None  # an idle connection holds neither (a large value's bytes)
             transport = self.transport
             if not self._paused and transport is not None and not transport.is_closing():
                 transport.resume_reading()
