@@ -23,6 +23,8 @@ from typing import Any
 import hiredis
 import requests
 
+from service.resp import framing
+
 DEMO_OBJECTS = 256
 TRACE_LENGTH = 800
 
@@ -71,8 +73,7 @@ class RespClient:
         self.command("AUTH", api_key)
 
     def command(self, *args: str | bytes) -> Any:
-        parts = [a if isinstance(a, bytes) else a.encode() for a in args]
-        self._sock.sendall(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%b\r\n" % (len(p), p) for p in parts))
+        self._sock.sendall(framing.encode([a if isinstance(a, bytes) else a.encode() for a in args]))
         while (reply := self._reader.gets()) is False:
             chunk = self._sock.recv(65536)
             if not chunk:

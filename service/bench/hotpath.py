@@ -21,6 +21,7 @@ from typing import Any
 
 from service.config import Settings
 from service.prefetch.access_log import AccessLog
+from service.resp import framing
 from service.resp.connection import RespConnection
 from service.state import DEV_TENANT, ServiceState
 from service.tenancy import TenantQuota, TenantSpec
@@ -58,10 +59,6 @@ class AccessLogCost:
                 "overhead_full_ring": {str(p): self.overhead(p, "full") for p in self.served_get_us}}
 
 
-def _encode(*args: bytes) -> bytes:
-    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
-
-
 def dispatch_cost(
     rounds: int = 121, batches: int = 1024, keys: int = 10_000, drain_every: int | None = 128
 ) -> tuple[float, float]:
@@ -81,7 +78,7 @@ def dispatch_cost(
     connection = RespConnection(state)
     connection.connection_made(NullTransport())  # type: ignore[arg-type]
     rng = random.Random(7)
-    chunk = b"".join(_encode(b"GET", b"key:%08d" % rng.randrange(keys)) for _ in range(16))
+    chunk = b"".join(framing.encode([b"GET", b"key:%08d" % rng.randrange(keys)]) for _ in range(16))
     log = AccessLog()
     if drain_every is None:
         record_hit = log.recorders()[0]
