@@ -101,10 +101,7 @@ def _key_id() -> str:
 _SECRET_URI = f"format('{{0}}secrets/{SECRET_NAME}', reference({_vault_id()}).vaultUri)"
 IDENTITY = rid("Microsoft.ManagedIdentity/userAssignedIdentities")
 _NO_AUDIT = "empty(parameters('auditContainerId'))"
-# The start of an `az` command giving the node's identity the stacks' origin read role on a container; its scope
-# follows.
-_GRANT_READ = (f"format('az role assignment create --assignee-object-id {{0}} --assignee-principal-type "
-               f"ServicePrincipal --role {BLOB_DATA_READER} --scope ', reference({IDENTITY}).principalId)")
+
 PUBLIC_IP = rid("Microsoft.Network/publicIPAddresses")
 NIC = rid("Microsoft.Network/networkInterfaces")
 DISK_SET = rid("Microsoft.Compute/diskEncryptionSets")
@@ -594,6 +591,13 @@ def _assignment_id(grant: dict[str, Any]) -> str:
     return f"extensionResourceId({scope_id}, 'Microsoft.Authorization/roleAssignments', {grant['name'][1:-1]})"
 
 
+def _az_grant(role: str) -> str:
+    """The ARM expression of an `az` command assigning `role` to the node's identity, up to the scope that follows:
+    the one shape of both grant outputs."""
+    return (f"format('az role assignment create --assignee-object-id {{0}} --assignee-principal-type "
+            f"ServicePrincipal --role {role} --scope ', reference({IDENTITY}).principalId)")
+
+
 def _outputs() -> dict[str, Any]:
     host = f"reference({PUBLIC_IP}).dnsSettings.fqdn"
     secret_uri = _SECRET_URI
@@ -616,13 +620,11 @@ def _outputs() -> dict[str, Any]:
         "nodePrincipalId": output(f"[reference({IDENTITY}).principalId]"),
         # The container is the buyer's, outside this application's resource group: the grant is theirs to make.
         "grantAuditContainerCommand": output(
-            f"[if({_NO_AUDIT}, '', format('az role assignment create --assignee-object-id {{0}} "
-            f"--assignee-principal-type ServicePrincipal --role {BLOB_DATA_CONTRIBUTOR} --scope {{1}}', "
-            f"reference({IDENTITY}).principalId, parameters('auditContainerId')))]"
+            f"[if({_NO_AUDIT}, '', concat({_az_grant(BLOB_DATA_CONTRIBUTOR)}, parameters('auditContainerId')))]"
         ),
         # The same for the origin containers: one assignment of the stacks' read role per container.
         "grantOriginContainersCommand": output(
-            f"[if(empty(parameters('originContainerIds')), '', concat({_GRANT_READ}, "
-            f"replace(parameters('originContainerIds'), ',', concat(' && ', {_GRANT_READ}))))]"
+            f"[if(empty(parameters('originContainerIds')), '', concat({_az_grant(BLOB_DATA_READER)}, "
+            f"replace(parameters('originContainerIds'), ',', concat(' && ', {_az_grant(BLOB_DATA_READER)}))))]"
         ),
     }

@@ -706,8 +706,7 @@ def outputs() -> list[tuple[str, str, str]]:
             "With audit_bucket: the grant that lets the node ship its audit trail there (the bucket is yours, so "
             "this module holds no role on it)",
             'var.audit_bucket == "" ? "" : join(" && ", [for role in ' + _hcl_list(AUDIT_ROLES) + " : "
-            '"gcloud storage buckets add-iam-policy-binding gs://${var.audit_bucket} '
-            '--member=serviceAccount:${' + _NODE + '} --role=${role}"])',
+            + _gcloud_grant("var.audit_bucket", "role", _NODE) + "])",
         ),
         (
             "grant_origin_buckets_command",
@@ -720,8 +719,14 @@ def outputs() -> list[tuple[str, str, str]]:
 
 def grant_origin_read_command(account: str) -> str:
     """The HCL of the gcloud commands that give `account` (an expression) the stacks' ORIGIN_ROLE on each bucket."""
-    return ('join(" && ", [for b in var.origin_buckets : "gcloud storage buckets add-iam-policy-binding gs://${b} '
-            '--member=serviceAccount:${' + account + '} --role=' + ORIGIN_ROLE + '"])')
+    return 'join(" && ", [for b in var.origin_buckets : ' + _gcloud_grant("b", quote(ORIGIN_ROLE), account) + "])"
+
+
+def _gcloud_grant(bucket: str, role: str, account: str) -> str:
+    """An HCL string: the gcloud command binding `role` on `bucket` to the service account `account` (each an HCL
+    expression), the one shape of both grant outputs."""
+    return (f'"gcloud storage buckets add-iam-policy-binding gs://${{{bucket}}} --member=serviceAccount:${{{account}}} '
+            f'--role=${{{role}}}"')
 
 
 def _hcl_list(items: Iterable[str]) -> str:
