@@ -121,6 +121,15 @@ def test_malformed_requests_before_auth_are_refused_once_and_log_nothing(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("service")]
 
 
+def _received(client: RawClient, size: int) -> bytes:
+    received = b""
+    while len(received) < size:
+        chunk = client.sock.recv(65536)
+        assert chunk, received
+        received += chunk
+    return received
+
+
 @pytest.mark.parametrize(("sent", "answer"), [
     (b"PING\r\n", b"+PONG\r\n"),
     (b"PING\n", b"+PONG\r\n"),
@@ -134,12 +143,7 @@ def test_inline_commands_blank_lines_and_empty_arrays_are_served_as_redis_does(
     """What telnet, `nc`, HAProxy checks and redis-benchmark's ping_inline send."""
     client = RawClient(dev_service.resp_port)
     client.sock.sendall(sent)
-    received = b""
-    while len(received) < len(answer):
-        chunk = client.sock.recv(65536)
-        assert chunk, received
-        received += chunk
-    assert received == answer
+    assert _received(client, len(answer)) == answer
     assert client.send(("PING",)) == b"+PONG\r\n"  # the connection goes on
 
 
@@ -173,15 +177,6 @@ def test_a_long_request_read_in_pieces_is_never_taken_for_inline(dev_service: Ru
     client.sock.sendall(request[cut:])
     assert client.sock.recv(100) == b"+OK\r\n"
     assert redis.Redis(port=dev_service.resp_port).mget("key0000", "key0199") == [b"v0", b"v199"]
-
-
-def _received(client: RawClient, size: int) -> bytes:
-    received = b""
-    while len(received) < size:
-        chunk = client.sock.recv(65536)
-        assert chunk, received
-        received += chunk
-    return received
 
 
 PING = RawClient.encode("PING")
