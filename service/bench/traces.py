@@ -180,21 +180,26 @@ def _text_tokens(lines: Iterable[bytes], path: Path, limit: int | None) -> list[
     return tokens
 
 
+# Header names of the key column: ours, and libCacheSim's (`obj_id` in its csv reader, `object` in its sample data).
+_KEY_COLUMNS = (b"key", b"obj_id", b"object")
+
+
 def _csv_tokens(lines: Iterable[bytes], path: Path, limit: int | None) -> list[bytes]:
-    """The `key` column's values. The first row is a header when a field of it is `key` (any case); without one,
-    a one-column file is all requests, and a wider one is an error (which column holds the keys is a guess)."""
+    """The key column's values. The first row is a header when a field of it names the keys (`_KEY_COLUMNS`, any
+    case); without one, a one-column file is all requests, and a wider one is an error (which column holds the
+    keys would be a guess)."""
     rows = iter(lines)
     first = next(rows)
     names = [f.strip() for f in first.split(b",")]
     lowered = [n.lower() for n in names]
-    if b"key" in lowered:
-        column = lowered.index(b"key")
+    if named := [n for n in _KEY_COLUMNS if n in lowered]:
+        column = lowered.index(named[0])
     elif len(names) == 1:
         column, rows = 0, itertools.chain([first], rows)
     else:
         shown = ", ".join(n.decode(errors="replace") for n in names)
-        raise TraceError(f"{path}: no 'key' column in the CSV's first row ({shown}); add a header row that "
-                         "names the key column 'key'")
+        raise TraceError(f"{path}: no key column in the CSV's first row ({shown}); add a header row that "
+                         "names the key column 'key' (a header written as a `#` comment is not read)")
     tokens: list[bytes] = []
     for number, row in enumerate(rows, start=2):
         fields = row.split(b",")

@@ -110,14 +110,24 @@ def test_an_opaque_string_key_gets_the_id_the_service_gives_it(tmp_path: Path) -
 
 
 def test_csv_needs_a_key_header_unless_it_has_one_column(tmp_path: Path) -> None:
-    (tmp_path / "wide.csv").write_text("timestamp,obj_id,size\n100,7,1\n101,8,1\n")
-    with pytest.raises(TraceError, match=r"no 'key' column in the CSV's first row \(timestamp, obj_id, size\)"):
+    (tmp_path / "wide.csv").write_text("timestamp,id,size\n100,7,1\n101,8,1\n")
+    with pytest.raises(TraceError, match=r"no key column in the CSV's first row \(timestamp, id, size\)"):
         load_trace(tmp_path / "wide.csv")
     (tmp_path / "headerless.csv").write_text("5,a\n6,b\n")
     with pytest.raises(TraceError, match=r"\(5, a\)"):
         load_trace(tmp_path / "headerless.csv")
     assert len(_keys(tmp_path / "one.csv", "u1\nu2\nu1\n")) == 3  # headerless, one column: every row a request
     assert _keys(tmp_path / "keyed.csv", "ts,Key\n1,9\n2,8\n") == [9, 8]
+
+
+def test_csv_takes_libcachesims_key_columns(tmp_path: Path) -> None:
+    # libCacheSim's csv reader names the key column obj_id; its sample data (`# time, object, ...`) names it
+    # object, in a header written as a comment, which stays a comment: the error says so.
+    assert _keys(tmp_path / "lcs.csv", "timestamp,obj_id,size\n100,7,1\n101,8,1\n") == [7, 8]
+    sample = "time, object, size, next_access_vtime\n0, 13, 737, 2\n0, 61, 248, 9\n1, 13, 737, -1\n"
+    assert _keys(tmp_path / "sample.csv", sample) == [13, 61, 13]
+    with pytest.raises(TraceError, match=r"\(0, 13, 737, 2\).*written as a `#` comment is not read"):
+        load_trace(_written(tmp_path / "commented.csv", f"# {sample}"))
 
 
 def test_limit_counts_lis_requests_not_lines(tmp_path: Path) -> None:
