@@ -269,6 +269,12 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         256 * 1024 * 1024, gt=0, description="Largest RESP request buffered for an authenticated client."
     )
+    max_request_args: int = Field(
+        1024 * 1024, ge=1, le=2**31 - 1, description="Most arguments in one RESP request (Redis allows 2^31 - 1). "
+        "A larger count is refused when its header arrives ('ERR Protocol error: invalid multibulk length'), before "
+        "anything is allocated for it: hiredis makes a list as long as the count announced, and freeing it holds the "
+        "event loop (3 billion: 10-16 s)."
+    )
     resp_max_clients: int = Field(
         10_000, ge=1, description="RESP connections open at once, at most; one more is answered 'ERR max number of "
         "clients reached' and closed, as Redis does. Each holds a file descriptor: keep it below the open-files limit "

@@ -35,6 +35,7 @@ from service.config import ConfigError, Settings
 from service.http.app import create_app
 from service.net import raise_nofile_limit
 from service.prefetching import PrefetchManager
+from service.resp import reader
 from service.resp.connection import RespConnection
 from service.security.audit import AuditLogError
 from service.security.kms.base import KmsError
@@ -177,6 +178,9 @@ class Service:
             await self.shared_tier.start()
             self.state.tenants.share(self.shared_tier)
         loop = asyncio.get_running_loop()
+        if not reader.limited():
+            log.warning("this hiredis's reader layout is not the one expected: max_request_args is not enforced, and "
+                        "a request header announcing billions of arguments can hold the event loop for seconds")
         resp_sock = _listen(settings.bind, settings.resp_port)
         tls_context = self.tls.context if self.tls else None
         self._resp = await loop.create_server(lambda: RespConnection(self.state), sock=resp_sock, ssl=tls_context)

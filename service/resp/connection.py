@@ -29,6 +29,7 @@ from service.resp import replies as r
 from service.resp.admission import LoginWait, admission_for
 from service.resp.commands import Command, build_table
 from service.resp.commands.transactions import RUN_INSIDE_MULTI
+from service.resp.reader import new_reader
 from service.state import ServiceState
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class RespConnection(asyncio.Protocol):
     def __init__(self, state: ServiceState) -> None:
         self.state = state
         self.transport: asyncio.Transport | None = None
-        self.reader = hiredis.Reader()
+        self.reader = new_reader(state.settings.max_request_args)
         # Bytes received since the last complete request: the request-size limits' measure. Not reader.len(), which
         # drops what hiredis has parsed of a request still arriving (a huge array, sent in pieces, never grew it).
         self.request_bytes = 0
@@ -225,7 +226,7 @@ class RespConnection(asyncio.Protocol):
         start = framing.inline_start(read, previous, str(refusal))
         if start is None:
             return None
-        self.reader = hiredis.Reader()
+        self.reader = new_reader(self.state.settings.max_request_args)
         fed = self._from_inline(read[start:])
         self.reader.feed(fed)
         return fed

@@ -25,8 +25,10 @@ _LENGTH = re.compile(rb"-?[0-9]{1,19}")
 
 NOT_AN_ARRAY = r.error("ERR Protocol error: expected an array of bulk strings")
 _INVALID_BULK = r.error("ERR Protocol error: invalid bulk length")  # Redis's answer to `$-1` as an argument
-# hiredis raises MemoryError on an array header it cannot allocate (`*4000000000`); Redis refuses such a count.
+# hiredis raises MemoryError on an array header it cannot allocate (`*4000000000`), and its own error on one over a
+# reader's limit (service/resp/reader.py); Redis refuses such a count.
 _INVALID_MULTIBULK = r.error("ERR Protocol error: invalid multibulk length")
+_OUT_OF_RANGE = "Multi-bulk length out of range"
 _PREFIX = {int: ":", list: "*", float: ",", bool: "#", dict: "%", set: "~"}
 
 
@@ -41,7 +43,7 @@ def not_bulk(value: object) -> bytes:
 
 def parse_error(err: Exception) -> bytes:
     """The reply to what hiredis could not parse (a ProtocolError, or a MemoryError from an absurd array length)."""
-    if isinstance(err, MemoryError):
+    if isinstance(err, MemoryError) or str(err) == _OUT_OF_RANGE:
         return _INVALID_MULTIBULK
     refused = _REFUSED_TYPE.search(str(err))
     if refused:  # Redis's words for a byte where an argument's '$' should be (escaped as hiredis shows it)

@@ -9,10 +9,12 @@ import ssl
 import time
 from pathlib import Path
 
+import hiredis
 import pytest
 import redis
 
 from service.net import raise_nofile_limit
+from service.resp import reader
 from tests.servers import wait_until
 from tests.service.conftest import ProductionService
 from tests.service.harness import RawClient, RunningService, running_service, write_tenants_file
@@ -99,6 +101,9 @@ def test_raise_nofile_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
     (b"*3\r\n$3\r\nSET\r\n$1\r\nb\r\n*1\r\n$1\r\nx\r\n", b"-ERR Protocol error: expected '$', got '*'\r\n"),
     (b"*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$-1\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
     (b"*4000000000\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
+    # Under hiredis's own limit, over max_request_args: refused at the header, before a 3-billion-slot list is made
+    # (freeing it held the event loop for 10-16 s once the client left).
+    (b"*3000000000\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
 ])
 def test_a_request_that_is_not_bulk_strings_is_a_protocol_error_and_nothing_after_it_runs(
         dev_service: RunningService, caplog: pytest.LogCaptureFixture, request_: bytes, error: bytes) -> None:
@@ -107,6 +112,27 @@ def test_a_request_that_is_not_bulk_strings_is_a_protocol_error_and_nothing_afte
     assert _until_closed(client.sock) == b"+OK\r\n" + error
     assert redis.Redis(port=dev_service.resp_port).exists("a", "b", "c") == 1
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_the_reader_limit_is_set_through_this_hiredis_layout() -> None:
+    assert reader.limited()  # else the service runs without max_request_args (and says so at start)
+    limited = reader.new_reader(3)
+    limited.feed(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*1\r\n*4\r\n")
+    assert limited.gets() == [b"SET", b"k", b"v"]
+    with pytest.raises(hiredis.ProtocolError, match="Multi-bulk length out of range"):
+        limited.gets()  # a nested array's count is held to the limit too
+    plain = reader.new_reader(2**31 - 1)
+    plain.feed(b"*4\r\n")
+    assert plain.gets() is False
+
+
+def test_max_request_args_refuses_a_longer_request_at_its_header() -> None:
+    with running_service(dev=True, max_request_args=5) as svc:
+        client = RawClient(svc.resp_port)
+        assert client.send(("MSET", "a", "1", "b", "2")) == b"+OK\r\n"
+        client.sock.sendall(b"*6\r\n$4\r\nMSET\r\n")  # the rest never needs to arrive
+        assert _until_closed(client.sock) == b"-ERR Protocol error: invalid multibulk length\r\n"
+        assert redis.Redis(port=svc.resp_port).mget("a", "b") == [b"1", b"2"]
 
 
 def test_malformed_requests_before_auth_are_refused_once_and_log_nothing(
