@@ -104,20 +104,24 @@ def resolve(state_dir: Path | None = None, admin_url: str | None = None) -> Targ
     vault_addr = vault_addr_env[1] if vault_addr_env else (deployment.vault_addr if deployment else None)
     if vault_addr is None:
         raise NotFound(f"no deployment in {paths.root}", "run `foresight local up`, or set VAULT_ADDR and VAULT_TOKEN")
+    local_vault = deployment is not None and vault_addr == deployment.vault_addr
     vault_token = _env("VAULT_TOKEN", "BAO_TOKEN")
     if vault_token is None:
-        if deployment is None:
-            raise InvalidInput("Vault token", "VAULT_ADDR is set but VAULT_TOKEN (or BAO_TOKEN) is not")
+        if deployment is None or not local_vault:  # the local operator token goes to the local OpenBao only
+            raise InvalidInput("Vault token", f"VAULT_ADDR is set to {vault_addr}, not the local deployment's "
+                               "Vault, but VAULT_TOKEN (or BAO_TOKEN) is not" if deployment else
+                               "VAULT_ADDR is set but VAULT_TOKEN (or BAO_TOKEN) is not")
         vault_token = _read_token(deployment.vault_token_file, "Vault operator token")
     vault_ca_env = _env_named("VAULT_CACERT", "BAO_CACERT")
-    local_vault = deployment is not None and vault_addr == deployment.vault_addr
     vault_ca = (_check_ca(vault_ca_env[1], vault_ca_env[0]) if vault_ca_env
                 else (deployment.ca_cert if deployment and local_vault else None))
 
     admin_url = admin_url or _env("FORESIGHT_ADMIN_URL")
     if admin_url is not None:
         _check_url(admin_url, "admin URL (--admin-url, FORESIGHT_ADMIN_URL)", "https://foresight.example.com:8443")
-    admin_url = admin_url or (deployment.http_url if deployment else None)
+    # The local service serves the local Vault's tenants only: with another Vault it would be asked to load a
+    # tenant it cannot see.
+    admin_url = admin_url or (deployment.http_url if deployment and local_vault else None)
     admin_token = _env("FORESIGHT_ADMIN_TOKEN")
     local_admin = deployment is not None and admin_url == deployment.http_url
     if admin_url is not None and admin_token is None:

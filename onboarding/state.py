@@ -168,11 +168,23 @@ class StatePaths:
         self.check_directory()
         return self.marker.exists()
 
+    def _only_onboarding_files(self) -> bool:
+        """Whether the directory holds nothing, or only what `tenants`/`keys` write here when they act on a remote
+        Vault with no local deployment (the journal and the onboarding audit log): `up` adopts those."""
+        for entry in self.root.iterdir():
+            if entry.name.startswith(self.pending.name) and entry.is_file():
+                continue
+            if entry == self.onboarding_audit.parent and entry.is_dir() and all(
+                    f.name.startswith(self.onboarding_audit.name) and f.is_file() for f in entry.iterdir()):
+                continue
+            return False
+        return True
+
     def create(self) -> None:
         """Make the directory tree, private to this user. A directory that exists, holds anything and is not one
         of ours is refused untouched: `down --purge` deletes what carries the marker, so it must never be a
         user's directory named by a typo."""
-        if not self.is_ours() and self.root.is_dir() and any(self.root.iterdir()):
+        if not self.is_ours() and self.root.is_dir() and not self._only_onboarding_files():
             raise InvalidInput(f"state directory {self.root}", "exists and is not a Foresight state directory (no "
                                f"{self.marker.name}); choose a new or empty one")
         for path in (self.root, self.tls, self.openbao, self.secrets, self.root / "run", self.root / "logs",
