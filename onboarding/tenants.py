@@ -135,6 +135,7 @@ class Onboarder:
             Journal(target.paths.pending, target.vault_addr),
             target.endpoints,
         )
+        onboarder.audit.check()  # before anything changes: an action done but not audited is the worse outcome
         onboarder.recover()  # a creation whose process died is undone before any command sees its half tenant
         return onboarder
 
