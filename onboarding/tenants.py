@@ -19,6 +19,7 @@ from onboarding.context import Endpoints, Target
 from onboarding.errors import Conflict, InvalidInput, NotFound, OnboardingError, ServiceFailure, from_key_store
 from onboarding.journal import Journal
 from onboarding.plans import quota_for
+from service.security.apikeys import PREFIX as KEY_PREFIX
 from service.security.apikeys import IssuedKey, MalformedKey, key_id_of
 from service.security.vault_keys import SCOPES, KeyInfo, VaultKeyAdmin, VaultKeyStoreError
 from service.tenancy import TENANT_NAME_PATTERN, TenantQuota, TenantSpec
@@ -27,10 +28,16 @@ DEFAULT_SCOPES = ("read", "write")
 SCOPES_HELP = "read (GET, MGET, SCAN, ...), write (SET, DEL, INCR, ...), admin (FLUSHDB, FLUSHALL)"
 
 
+_KEY_MARK = f"{KEY_PREFIX}_"  # every API key starts with it; an input holding it is never echoed
+
+
 def validate_name(name: str) -> str:
     """The name if it is a DNS label (what namespaces, policies and KV paths need); InvalidInput saying why."""
     if re.fullmatch(TENANT_NAME_PATTERN, name):
         return name
+    if _KEY_MARK in name:  # a key pasted where a name goes: said, never echoed
+        raise InvalidInput("invalid tenant name", "that is an API key, not a tenant's name (see `foresight tenants "
+                           "list`; `foresight keys list TENANT` names a key's tenant)")
     if not name:
         why = "is empty"
     elif len(name) > 63:
@@ -356,12 +363,16 @@ class _AuditedAction:
 
 
 def parse_key_id(text: str) -> str:
-    """A key id, or the id inside a whole key pasted by mistake (never echoed back)."""
+    """A key id, or the id inside a whole key pasted by mistake (with the spaces and `Bearer ` a paste brings);
+    never echoed back when it holds a key."""
+    text = re.sub(r"^bearer\s+", "", text.strip(), flags=re.IGNORECASE)
     if text.startswith("fsk_"):
         try:
             return key_id_of(text)
         except MalformedKey:
             raise InvalidInput("key id", "looks like a malformed key; pass the key id (fsk_<id>_... -> <id>)") from None
+    if _KEY_MARK in text:
+        raise InvalidInput("key id", "holds something shaped like a key; pass the key id alone (fsk_<id>_... -> <id>)")
     if not re.fullmatch(r"[a-z2-7]{12}", text):
         raise InvalidInput("key id", f"{text!r} is not a key id (12 characters of a-z, 2-7)")
     return text

@@ -101,6 +101,20 @@ def test_a_pasted_key_becomes_its_id_and_is_never_echoed() -> None:
     assert key.secret[:-3] not in str(err.value)
     with pytest.raises(InvalidInput, match="not a key id"):
         parse_key_id("NOPE")
+    # What a paste brings along: spaces, a newline, the Authorization header's scheme.
+    for pasted in (f" {key.secret}", f"{key.secret}\n", f"Bearer {key.secret}", f"bearer  {key.secret} "):
+        assert parse_key_id(pasted) == key.key_id
+    for wrapped in (f"token={key.secret}", f"'{key.secret}'"):
+        with pytest.raises(InvalidInput, match="shaped like a key") as err:
+            parse_key_id(wrapped)
+        assert key.secret not in str(err.value) and key.secret[4:20] not in str(err.value)
+
+
+def test_a_key_pasted_as_a_tenant_name_is_never_echoed() -> None:
+    key = new_key()
+    with pytest.raises(InvalidInput, match="that is an API key, not a tenant's name") as err:
+        validate_name(key.secret)
+    assert key.key_id not in str(err.value)
 
 
 def test_key_store_errors_map_to_exit_codes() -> None:
