@@ -16,12 +16,26 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from onboarding.errors import LocalFailure
 from onboarding.local.processes import is_alive, start_time
 
 log = logging.getLogger(__name__)
+
+
+class _Note(TypedDict):
+    tenant: str
+    vault_addr: str
+    pid: int
+    start_time: int | None
+    started: float
+    rollback_pending: bool
+
+
+_NOTES = TypeAdapter(list[_Note])
 
 
 class Journal:
@@ -74,11 +88,11 @@ class Journal:
             finished.append(tenant)
         return finished
 
-    def _is(self, entry: dict[str, Any], tenant: str) -> bool:
+    def _is(self, entry: _Note, tenant: str) -> bool:
         return bool(entry["tenant"] == tenant and entry["vault_addr"] == self.vault_addr)
 
     @contextmanager
-    def _entries(self) -> Iterator[list[dict[str, Any]]]:
+    def _entries(self) -> Iterator[list[_Note]]:
         """The notes, under an exclusive lock (on a file of its own, so the notes can be replaced whole); changes
         made to the list are written to a new file that then replaces the old, so a process killed while writing
         leaves the old notes, never half of the new."""
@@ -91,10 +105,14 @@ class Journal:
             except FileNotFoundError:
                 text = ""
             try:
-                entries: list[dict[str, Any]] = json.loads(text) if text.strip() else []
-            except json.JSONDecodeError as err:
+                entries: list[_Note] = _NOTES.validate_json(text) if text.strip() else []
+            except ValidationError as err:
+                problem = err.errors()[0]
+                where = ".".join(str(part) for part in problem["loc"])
+                why = f"not valid JSON ({problem['msg']})" if problem["type"] == "json_invalid" else \
+                    f"not a list of notes ({where or 'the file'}: {problem['msg']})"
                 raise LocalFailure(f"tenant creations in flight ({self.path})",
-                                   f"not valid JSON ({err}); fix or remove the file") from None
+                                   f"{why}; fix or remove the file") from None
             before = list(map(dict, entries))
             yield entries
             if entries != before:

@@ -295,3 +295,6 @@ def test_a_torn_journal_names_its_file_and_a_rewrite_replaces_it_whole(tmp_path:
     (tmp_path / "pending.json").write_text('[{"tenant": "acme", "vault_')  # as a process killed mid-write left it
     with pytest.raises(LocalFailure, match=re.escape(str(tmp_path / "pending.json"))):
         journal.pending()
+    (tmp_path / "pending.json").write_text('[{"tenant": "x"}]')  # JSON, not notes: was "unexpected KeyError"
+    with pytest.raises(LocalFailure, match=r"not a list of notes \(0.vault_addr: Field required\); fix or remove"):
+        journal.pending()
