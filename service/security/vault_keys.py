@@ -34,7 +34,7 @@ from typing import Any, Literal
 import hvac
 import hvac.exceptions
 import requests
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from service.security.apikeys import IssuedKey, new_key
 from service.tenancy import INCARNATION_PATTERN, TENANT_NAME_PATTERN, TenantSpec
@@ -53,6 +53,10 @@ _CAS_RETRIES = 5
 
 class VaultKeyStoreError(RuntimeError):
     """A key-store operation failed; the message says which tenant or key, never a secret."""
+
+
+class DamagedRecord(VaultKeyStoreError):
+    """A tenant's record that is not one (written over by hand or by a mistyped path)."""
 
 
 class VaultUnavailable(VaultKeyStoreError):
@@ -132,6 +136,18 @@ class TenantMeta(BaseModel):
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def tenant_meta(record: dict[str, Any], mount: str, tenant: str) -> TenantMeta:
+    """The tenant's record, or DamagedRecord naming its path and the first thing wrong, never its values (the
+    record may now hold a secret that was written over it)."""
+    try:
+        return TenantMeta.model_validate(record)
+    except ValidationError as err:
+        problem = err.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"]) or "the record"
+        raise DamagedRecord(f"{mount}/tenants/{tenant}/meta is not a tenant record ({where}: {problem['msg']}); "
+                            "restore an earlier version (`bao kv rollback`) or delete the tenant") from None
 
 
 def tenant_policy_name(tenant: str) -> str:
@@ -248,12 +264,25 @@ class VaultKeyAdmin:
         return None if current is None or current[0].deleting else current[0].spec
 
     def list_tenants(self) -> list[TenantSpec]:
-        names = [n.rstrip("/") for n in self.list_records("tenants/")]
-        return [spec for spec in (self.get_tenant(n) for n in names) if spec is not None]
+        """Every live tenant; a damaged record is left out with a warning, so that one does not hide the rest."""
+        specs = []
+        for name in (n.rstrip("/") for n in self.list_records("tenants/")):
+            try:
+                spec = self.get_tenant(name)
+            except DamagedRecord as err:
+                log.warning("tenant %s left out: %s", name, err)
+                continue
+            if spec is not None:
+                specs.append(spec)
+        return specs
 
     def delete_tenant(self, name: str) -> None:
-        """Remove the tenant's keys, policy and records, refusing its keys first. Safe to re-run."""
-        current = self._read_meta(name)
+        """Remove the tenant's keys, policy and records, refusing its keys first (a damaged record refuses them
+        already). Safe to re-run."""
+        try:
+            current = self._read_meta(name)
+        except DamagedRecord:
+            current = None
         if current is not None and not current[0].deleting:
             self.write_record(self._meta_path(name), current[0].model_copy(update={"deleting": True}), current[1])
         with _vault_errors(f"delete tenant {name!r}"):
@@ -387,7 +416,7 @@ class VaultKeyAdmin:
 
     def _read_meta(self, tenant: str) -> tuple[TenantMeta, int] | None:
         found = self.read_record(self._meta_path(tenant))
-        return None if found is None else (TenantMeta.model_validate(found[0]), found[1])
+        return None if found is None else (tenant_meta(found[0], self.mount, tenant), found[1])
 
     def _read_key(self, key_id: str, tenant: str | None) -> tuple[KeyInfo, int]:
         index = self.read_record(f"keyids/{key_id}")

@@ -18,6 +18,7 @@ timeout): the server calls `authenticate` and `tenants` from worker threads. Thr
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import logging
 import threading
 import time
@@ -32,7 +33,7 @@ import requests
 
 from service.security.apikeys import MalformedKey, key_id_of, verify_key
 from service.security.vault_auth import VaultSessionStopped
-from service.security.vault_keys import DEFAULT_MOUNT, FORBIDDEN_HINT, KeyInfo, TenantMeta
+from service.security.vault_keys import DEFAULT_MOUNT, FORBIDDEN_HINT, DamagedRecord, KeyInfo, TenantMeta, tenant_meta
 from service.tenancy import Principal, TenantSpec
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,13 @@ log = logging.getLogger(__name__)
 _UNREACHABLE = (requests.RequestException, hvac.exceptions.VaultError)
 # Errors an operator must fix (the service token or the request itself): logged at ERROR, not WARNING.
 _MISCONFIGURED = (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized, hvac.exceptions.InvalidRequest)
+
+
+class _Damaged(enum.Enum):
+    RECORD = "damaged"
+
+
+_DAMAGED = _Damaged.RECORD  # a tenant record that is not one (vault_keys.tenant_meta says why)
 
 
 class _Unreachable(Exception):
@@ -86,6 +94,7 @@ class VaultKeySource:
         self._down_until = 0.0
         self._reachable = True
         self._tenants: tuple[list[TenantSpec], float] | None = None
+        self._damaged: set[str] = set()  # tenants whose damaged record was reported
 
     @property
     def vault_reachable(self) -> bool:
@@ -129,16 +138,28 @@ class VaultKeySource:
         started = self._clock()
         try:
             names = [n.rstrip("/") for n in self._list("tenants/")]
-            metas = [self._read_tenant(n) for n in names]
+            metas = [(n, self._read_tenant(n)) for n in names]
         except _Unreachable as err:
             if cached is None:
                 raise ConnectionError(f"{self._no_answer(err)} and no tenant list is cached") from None
             return list(cached[0])
         if fresh:
             self.forget()
-        specs = [m.service_spec() for m in metas if m is not None and not m.deleting]
+        specs = []
+        for name, meta in metas:
+            if isinstance(meta, TenantMeta):
+                if not meta.deleting:
+                    specs.append(meta.service_spec())
+            elif meta is _DAMAGED and (known := self._last_known(name)) is not None:
+                specs.append(known)
         self._tenants = (specs, started)
         return list(specs)
+
+    def _last_known(self, name: str) -> TenantSpec | None:
+        """A tenant's spec in the last list read: what a damaged record keeps serving (dropping the tenant would
+        flush its data over what is most likely a mistyped write)."""
+        cached = self._tenants
+        return next((spec for spec in cached[0] if spec.name == name), None) if cached else None
 
     def tenant(self, name: str) -> TenantSpec | None:
         """One live tenant, read from Vault now; its cached keys are forgotten so key changes show at once."""
@@ -146,12 +167,14 @@ class VaultKeySource:
             meta = self._read_tenant(name)
         except _Unreachable as err:
             raise ConnectionError(self._no_answer(err)) from None
+        if meta is _DAMAGED:
+            return self._last_known(name)
         with self._lock:
             stale = [k for k, e in self._entries.items() if e.key.tenant == name]
         for key_id in stale:
             self.forget(key_id)
         self._tenants = None  # the next full list is read again, with this tenant's change in it
-        return None if meta is None or meta.deleting else meta.service_spec()
+        return meta.service_spec() if isinstance(meta, TenantMeta) and not meta.deleting else None
 
     def forget(self, key_id: str | None = None) -> None:
         """Drop cached answers (one key's, or all) so the next AUTH asks Vault: for in-process revocation."""
@@ -178,16 +201,29 @@ class VaultKeySource:
                 self._entries.pop(key_id, None)
                 self._remember(self._unknown, key_id, started)
             return None
-        entry = _Entry(KeyInfo.model_validate(record), self._read_tenant(tenant), started)
+        meta = self._read_tenant(tenant)
+        entry = _Entry(KeyInfo.model_validate(record), meta if isinstance(meta, TenantMeta) else None, started)
         with self._lock:
             self._remember(self._owner, key_id, tenant)
             self._remember(self._entries, key_id, entry)
             self._unknown.pop(key_id, None)
         return entry
 
-    def _read_tenant(self, tenant: str) -> TenantMeta | None:
+    def _read_tenant(self, tenant: str) -> TenantMeta | _Damaged | None:
+        """The tenant's record; _DAMAGED when it is not one, said once at ERROR until it is repaired (its keys are
+        refused meanwhile; the tenant list keeps its last known spec)."""
         record = self._read(f"tenants/{tenant}/meta")
-        return TenantMeta.model_validate(record) if record else None
+        if not record:
+            return None
+        try:
+            meta = tenant_meta(record, self.mount, tenant)
+        except DamagedRecord as err:
+            if tenant not in self._damaged:
+                self._damaged.add(tenant)
+                log.error("tenant %s: %s", tenant, err)
+            return _DAMAGED
+        self._damaged.discard(tenant)
+        return meta
 
     def _read(self, path: str) -> dict[str, Any] | None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 import hvac
 import hvac.exceptions
@@ -10,6 +11,7 @@ import pytest
 
 from service.security.apikeys import hash_key
 from service.security.vault_keys import (
+    DamagedRecord,
     KeyInfo,
     KeyNotActive,
     KeyNotFound,
@@ -158,6 +160,26 @@ def test_delete_tenant_removes_keys_policy_and_meta(
     for key in keys:
         with pytest.raises(KeyNotFound):
             key_admin.get_key(key.key_id)
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        bao_root.sys.read_policy(tenant_policy_name(tenant))
+
+
+def test_a_damaged_tenant_record_is_named_never_shown_and_can_be_deleted(
+    key_admin: VaultKeyAdmin, bao_root: hvac.Client, tenant: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = unique("t")
+    key_admin.create_tenant(TenantSpec(name=other))
+    bao_root.secrets.kv.v2.create_or_update_secret(f"tenants/{tenant}/meta", {"token": "cd" * 32},
+                                                   mount_point="foresight")
+    with pytest.raises(DamagedRecord, match=f"foresight/tenants/{tenant}/meta is not a tenant record") as err:
+        key_admin.get_tenant(tenant)
+    assert "cdcd" not in str(err.value) and "\n" not in str(err.value)
+    with caplog.at_level(logging.WARNING, logger="service.security.vault_keys"):
+        names = {spec.name for spec in key_admin.list_tenants()}
+    assert other in names and tenant not in names  # one damaged record does not hide the rest
+    assert f"tenant {tenant} left out: " in caplog.text and "cdcd" not in caplog.text
+    key_admin.delete_tenant(tenant)
+    assert key_admin.get_tenant(tenant) is None
     with pytest.raises(hvac.exceptions.InvalidPath):
         bao_root.sys.read_policy(tenant_policy_name(tenant))
 

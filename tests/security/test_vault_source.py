@@ -142,6 +142,34 @@ def test_suspending_or_deleting_the_tenant_refuses_its_keys(
     wait_for_refusal(source, key.secret, limit=1.0)
 
 
+def test_a_damaged_tenant_record_keeps_the_other_tenants_and_its_last_spec(
+    key_admin: VaultKeyAdmin, service_vault: hvac.Client, bao_root: hvac.Client, tenant: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A record written over (a mistyped `metrics-token rotate --path`) used to fail every tenant refresh."""
+    other = unique("src")
+    key_admin.create_tenant(TenantSpec(name=other))
+    key = key_admin.issue_key(tenant)
+    source = VaultKeySource(service_vault)
+    assert {tenant, other} <= {spec.name for spec in source.tenants(fresh=True)}
+    meta = f"tenants/{tenant}/meta"
+    good = bao_root.secrets.kv.v2.read_secret_version(meta, mount_point="foresight",
+                                                      raise_on_deleted_version=True)["data"]["data"]
+    bao_root.secrets.kv.v2.create_or_update_secret(meta, {"token": "ab" * 32}, mount_point="foresight")
+    with caplog.at_level(logging.ERROR, logger="service.security.vault_source"):
+        for _ in range(2):
+            names = {spec.name for spec in source.tenants(fresh=True)}
+            assert {tenant, other} <= names  # its last known spec: dropping it would flush its data
+        assert source.tenant(tenant) is not None and source.authenticate(key.secret) is None
+    damaged = [r.getMessage() for r in caplog.records if tenant in r.getMessage()]
+    assert damaged == [f"tenant {tenant}: foresight/tenants/{tenant}/meta is not a tenant record (spec: Field "
+                       "required); restore an earlier version (`bao kv rollback`) or delete the tenant"]
+    assert "abab" not in caplog.text
+    bao_root.secrets.kv.v2.create_or_update_secret(meta, good, mount_point="foresight")
+    time.sleep(0.6)  # the key's cached refusal
+    assert source.authenticate(key.secret) is not None
+
+
 class DeletedAndCreatedMidIssue(VaultKeyAdmin):
     """A writer whose key issue races a `tenants delete` and a `tenants create` of the same name: both run after
     it read the tenant and before it writes the key, so the key lands under the new tenant's name."""
