@@ -41,7 +41,7 @@ class AdminClient:
         return list(reply.get("tenants", [])) if isinstance(reply, dict) else list(reply)
 
     def drop_data(self, tenant: str) -> None:
-        self._call("DELETE", f"/admin/v1/tenants/{tenant}/data", f"drop tenant {tenant!r}'s cached data",
+        self._call("DELETE", f"/admin/v1/tenants/{tenant}/data", f"drop the cached data of tenant {tenant!r}",
                    missing_ok=True)
 
     def close(self) -> None:

@@ -3,6 +3,7 @@ the command that makes it; everything else names keys by their public id."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -14,7 +15,7 @@ from onboarding.tenants import SCOPES_HELP, NewKey, parse_duration, parse_key_id
 from onboarding.tenants_cli import AdminUrl, Json, StateDir, onboarder
 from service.security.vault_keys import KeyInfo
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(cls=output.JsonUsageGroup, no_args_is_help=True, pretty_exceptions_enable=False)
 
 
 Tenant = Annotated[str, typer.Argument(help="The tenant's name.", show_default=False)]
@@ -48,9 +49,9 @@ def list_(tenant: Tenant, admin_url: AdminUrl = None, state_dir: StateDir = None
         with onboarder(admin_url, state_dir) as onboard:
             keys = onboard.list_keys(tenant)
         if as_json:
-            output.emit_json({"tenant": tenant, "keys": [_key_json(k) for k in keys]})
+            output.emit_json({"tenant": tenant, "keys": [key_json(k) for k in keys]})
             return
-        output.out.print(keys_table(keys, title=f"Keys of {tenant}"))
+        output.print_table(keys_table(keys, title=f"Keys of {tenant}"))
 
 
 @app.command()
@@ -80,7 +81,7 @@ def revoke(key_id: KeyId, admin_url: AdminUrl = None, state_dir: StateDir = None
         with onboarder(admin_url, state_dir) as onboard:
             info, outcome = onboard.revoke_key(key_id)
         if as_json:
-            output.emit_json({**_key_json(info), "warnings": outcome.warnings})
+            output.emit_json({**key_json(info), "warnings": outcome.warnings})
             return
         output.warn(outcome.warnings)
         output.out.print(f"Key {info.key_id} of tenant {info.tenant} revoked.")
@@ -89,9 +90,9 @@ def revoke(key_id: KeyId, admin_url: AdminUrl = None, state_dir: StateDir = None
 def _print_new_key(new: NewKey, as_json: bool) -> None:
     key, info, replaced = new.key, new.info, new.replaced
     if as_json:
-        record: dict[str, Any] = {**_key_json(info), "api_key": key.secret, "warnings": new.warnings}
+        record: dict[str, Any] = {**key_json(info), "api_key": key.secret, "warnings": new.warnings}
         if replaced is not None:
-            record["replaces"] = {"key_id": replaced.key_id, "expires": _key_json(replaced)["expires"]}
+            record["replaces"] = {"key_id": replaced.key_id, "expires": key_json(replaced)["expires"]}
         output.emit_json(record)
         return
     output.warn(new.warnings)
@@ -101,13 +102,28 @@ def _print_new_key(new: NewKey, as_json: bool) -> None:
         output.out.print(f"Key {replaced.key_id} keeps working until {replaced.expires:%Y-%m-%d %H:%M:%S} UTC.")
 
 
-def _key_json(info: KeyInfo) -> dict[str, Any]:
-    return info.model_dump(mode="json", exclude={"hash"})
+def key_state(info: KeyInfo, now: dt.datetime) -> str:
+    """`active`, `revoked` or `expired`: Vault stores only the first two, and a key past its expiry (a rotated
+    key after its overlap, a --ttl run out) is refused by the service all the same."""
+    if info.state == "active" and not info.usable_at(now):
+        return "expired"
+    return info.state
+
+
+def key_json(info: KeyInfo) -> dict[str, Any]:
+    """A key for scripts: everything but its hash, with its state as of now."""
+    return {**info.model_dump(mode="json", exclude={"hash"}), "state": key_state(info, dt.datetime.now(dt.UTC))}
 
 
 def keys_table(keys: Sequence[KeyInfo], title: str = "Keys") -> Table:
-    table = Table("key id", "scopes", "state", "created", "expires", "rotated to", title=title)
+    """For `output.print_table`: ids never wrap, so they can be copied whole."""
+    now = dt.datetime.now(dt.UTC)
+    table = Table(title=title)
+    table.add_column("key id", no_wrap=True)
+    for header in ("scopes", "state", "created", "expires"):
+        table.add_column(header)
+    table.add_column("rotated to", no_wrap=True)
     for k in keys:
-        table.add_row(k.key_id, ",".join(k.scopes), k.state, f"{k.created:%Y-%m-%d %H:%M}",
+        table.add_row(k.key_id, ", ".join(k.scopes), key_state(k, now), f"{k.created:%Y-%m-%d %H:%M}",
                       f"{k.expires:%Y-%m-%d %H:%M}" if k.expires else "-", k.rotated_to or "-")
     return table

@@ -12,7 +12,7 @@ line names the path and the version written.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated
 
 import hvac
 import hvac.exceptions
@@ -27,11 +27,21 @@ from onboarding.tenants_cli import Json, StateDir
 from service.http.scrape_token import VAULT_FIELD, new_token
 from service.security.vault_keys import is_cas_conflict
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
+app = typer.Typer(cls=output.JsonUsageGroup, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None)
 
+_ACTION = "metrics-token.rotate"
 _STACK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # A KV path as a Kubernetes workload's metricsVaultPath may name it (stacks.kubernetes.spec checks the same form).
 _KV_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
+# The mount's own records, which --path must never overwrite: the tenants and their keys
+# (service.security.vault_keys: tenants/<tenant>/..., keyids/<key id>) and the stacks' secrets
+# (stacks.vault.VaultLayout: deployments/<stack>/tls and /metrics, the latter written with --stack).
+_RESERVED = {
+    "tenants": "the tenants' records",
+    "keyids": "the API keys' index",
+    "deployments": "the stacks' TLS and scrape-token secrets (for deployments/<stack>/metrics use --stack)",
+}
 
 
 def vault_path(stack: str) -> str:
@@ -52,6 +62,10 @@ def _target_path(stack: str | None, path: str | None) -> str:
     if not _KV_PATH.fullmatch(path) or ".." in path:
         raise InvalidInput(f"--path {path!r}", "expected a path inside the KV mount such as foresight/eks/metrics "
                            "(letters, digits, '-', '_', '.', separated by '/'; no leading '/', no '..')")
+    top = path.split("/", 1)[0]
+    if top in _RESERVED:
+        raise InvalidInput(f"--path {path!r}", f"{top}/ is reserved for {_RESERVED[top]}; give the workload's "
+                           "own metricsVaultPath outside tenants/, keyids/ and deployments/")
     return path
 
 
@@ -80,7 +94,8 @@ def rotate(
                                               show_default=False)] = None,
     path: Annotated[str | None, typer.Option(
         help="Write the token to this path of the KV mount instead of a stack's: a Kubernetes workload's "
-        "metricsVaultPath.", show_default=False)] = None,
+        "metricsVaultPath (not under tenants/, keyids/ or deployments/, the mount's own records).",
+        show_default=False)] = None,
     state_dir: StateDir = None,
     as_json: Json = False,
 ) -> None:
@@ -91,26 +106,19 @@ def rotate(
         token = new_token()
         full_path = f"{target.kv_mount}/{secret}"
         audit = OnboardingAudit(target.audit_log)
+        audit.check()  # before the write: a token written and not audited is the worse outcome
         try:
             version = _write(target, secret, token)
         except OnboardingError as failure:
-            _audit(audit, outcome="failure", vault_path=full_path, reason=str(failure))
+            audit.record(_ACTION, outcome="failure", vault_path=full_path, reason=str(failure))
             raise with_local_hint(target, failure) from None
-        _audit(audit, vault_path=full_path, version=version)
+        audit.record(_ACTION, vault_path=full_path, version=version)  # a line it cannot write is a warning
         if as_json:
-            output.emit_json({"token": token, "vault_path": full_path})
+            output.emit_json({"token": token, "vault_path": full_path, "version": version})
             return
         typer.echo(token)
         output.err.print(f"Scrape token version {version} written to {full_path} (shown once; store it now). "
                          "See `foresight metrics-token rotate --help` for Prometheus.", markup=False)
-
-
-def _audit(audit: OnboardingAudit, **fields: Any) -> None:
-    """Record the rotation; a log that cannot be written is a warning, so that a token written is never lost."""
-    try:
-        audit.record("metrics-token.rotate", **fields)
-    except OSError as err:
-        output.warn([f"audit log {audit.path} not written ({err.strerror or type(err).__name__})"])
 
 
 def _write(target: Target, path: str, token: str) -> int:

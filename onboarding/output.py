@@ -17,13 +17,18 @@ from types import FrameType
 from typing import Any
 
 import typer
+from rich.cells import cell_len
 from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+from typer.core import TyperGroup
 
 from onboarding.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TERMINATED, OnboardingError, Terminated
 from onboarding.state import STATE_DIR_ENV
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+_UNBOUNDED = 100_000  # a width no table reaches, to measure the narrowest it can be
 
 JsonOption = typer.Option("--json", help="Print one JSON object (for scripts) instead of tables.")
 StateDirOption = typer.Option(
@@ -35,6 +40,36 @@ StateDirOption = typer.Option(
 def emit_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
+
+
+def print_table(table: Table) -> None:
+    """Print `table` without cutting a value: each `no_wrap` column (ids, names: what people copy) is as wide
+    as its widest value, every other column as wide as its longest word. Rich fits a table to the terminal, or
+    to 80 columns in a pipe, by ellipsizing cells (`gsli2jysd6…`); a table that cannot fit without that is
+    printed wider than the terminal instead."""
+    for column in table.columns:
+        cells = [str(cell) for cell in column.cells]
+        words = [word for text in (str(column.header), *cells) for word in text.split()]
+        column.min_width = max(map(cell_len, cells if column.no_wrap else words), default=0)
+    needed = Measurement.get(out, out.options.update_width(_UNBOUNDED), table).minimum
+    if needed > out.width:
+        table.width = needed
+    out.print(table, crop=False)
+
+
+class JsonUsageGroup(TyperGroup):
+    """A command group whose usage errors (a bad option value, a missing argument, an unknown option: exit 2)
+    keep the `--json` contract as well: Typer reports them while parsing, before the command and its
+    `reported()` run, and only on stderr."""
+
+    def invoke(self, ctx: Any) -> Any:  # Any: Typer's own copy of click.Context, which it does not export
+        as_json = "--json" in ctx.args  # the command's arguments, parsed only inside super().invoke
+        try:
+            return super().invoke(ctx)
+        except typer.TyperException as usage:  # Typer's base of click's UsageError and its kin
+            if not as_json:
+                raise  # people get Typer's own message, with its pointer to --help
+            _fail(usage.format_message(), usage.exit_code, as_json)
 
 
 def warn(warnings: list[str]) -> None:

@@ -19,7 +19,7 @@ from onboarding.snippet import connection_snippet
 from onboarding.tenants import SCOPES_HELP, CreatedTenant, Onboarder, TenantView, parse_scopes, validate_name
 from service.prefetch.markov import MIN_MAX_KEYS
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(cls=output.JsonUsageGroup, no_args_is_help=True, pretty_exceptions_enable=False)
 
 Json = Annotated[bool, output.JsonOption]
 AdminUrl = Annotated[
@@ -131,13 +131,16 @@ def list_(admin_url: AdminUrl = None, state_dir: StateDir = None, as_json: Json 
             output.emit_json({"tenants": [_tenant_json(v) for v in listing.tenants], "warnings": listing.warnings})
             return
         output.warn(listing.warnings)
-        table = Table("tenant", "plan", "memory", "rate", "state", "used memory", title="Tenants")
+        table = Table(title="Tenants")
+        table.add_column("tenant", no_wrap=True)  # copied into other commands: never wrapped or cut
+        for header in ("plan", "memory", "rate", "state", "used memory"):
+            table.add_column(header)
         for view in listing.tenants:
             used = (view.usage or {}).get("used_bytes")
             table.add_row(view.spec.name, plan_of(view.spec.quota), _mib(view.spec.quota.memory_bytes),
                           _rps(view.spec.quota.requests_per_second), _state(view),
                           _mib(used) if isinstance(used, int) else "-")
-        output.out.print(table)
+        output.print_table(table)
 
 
 @app.command()
@@ -147,8 +150,11 @@ def show(name: TenantName, admin_url: AdminUrl = None, state_dir: StateDir = Non
         validate_name(name)
         with onboarder(admin_url, state_dir) as onboard:
             view = onboard.show_tenant(name)
+        from onboarding.keys_cli import key_json, keys_table  # keys_cli imports this module
+
         if as_json:
-            output.emit_json({**_tenant_json(view), "warnings": view.warnings})
+            output.emit_json({**_tenant_json(view), "keys": [key_json(k) for k in view.keys],
+                              "warnings": view.warnings})
             return
         output.warn(view.warnings)
         quota = view.spec.quota
@@ -161,9 +167,7 @@ def show(name: TenantName, admin_url: AdminUrl = None, state_dir: StateDir = Non
             output.out.print(f"prefetcher {quota.prefetcher or 'the service default'}{bound}", markup=False)
         if not quota.scripting:
             output.out.print("Lua scripts turned off (EVAL answers an error)", markup=False)
-        from onboarding.keys_cli import keys_table
-
-        output.out.print(keys_table(view.keys))
+        output.print_table(keys_table(view.keys))
         if view.usage:
             u = view.usage
             output.out.print(f"in memory: {u.get('keys', 0)} keys, {_mib(u.get('used_bytes', 0))}; "
@@ -207,7 +211,7 @@ def delete(
     terminal, a `y` line on stdin confirms; no answer is no)."""
     with output.reported(as_json):
         validate_name(name)
-        if not yes and (as_json or not _confirmed(f"Delete tenant {name!r} with all its keys and data?")):
+        if not yes and not _confirmed(f"Delete tenant {name!r} with all its keys and data?"):
             raise OnboardingError(f"delete tenant {name!r}", "not confirmed (pass --yes)")
         with onboarder(admin_url, state_dir) as onboard, output.progress(f"Deleting tenant {name}...", as_json):
             outcome = onboard.delete_tenant(name)
@@ -227,12 +231,13 @@ def _confirmed(question: str) -> bool:
 
 
 def _tenant_json(view: TenantView) -> dict[str, Any]:
+    """A tenant for scripts, without its keys: `list` does not read them (one Vault read per key), and an empty
+    list there would read as "no keys"; `show` adds them."""
     return {
         "tenant": view.spec.name,
         "plan": plan_of(view.spec.quota),
         "quota": view.spec.quota.model_dump(mode="json"),
         "suspended": view.spec.suspended,
-        "keys": [k.model_dump(mode="json", exclude={"hash"}) for k in view.keys],
         "usage": view.usage,
     }
 

@@ -14,11 +14,12 @@ from hvac.api.secrets_engines.kv_v2 import KvV2
 from typer.testing import CliRunner, Result
 
 from onboarding import metrics_token_cli
-from onboarding.errors import EXIT_CONFLICT, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_VAULT
+from onboarding.errors import EXIT_CONFLICT, EXIT_LOCAL, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_VAULT
 from onboarding.state import StatePaths
 from service import cli as foresight_cli
 from service.security.vault_keys import DEFAULT_MOUNT
 from stacks.vault import VaultLayout
+from tests.onboarding.conftest import invoke
 from tests.onboarding.test_cli import one_line_error
 from tests.security.helpers import unique
 from tests.servers import OpenBao, free_port
@@ -37,12 +38,24 @@ def stored(bao: OpenBao, stack: str, path: str | None = None) -> dict[str, Any]:
     return {"data": reply["data"]["data"], "version": reply["data"]["metadata"]["version"]}
 
 
+def test_an_audit_log_that_cannot_be_written_stops_the_rotation_before_vault(
+        vault_env: Path, bao: OpenBao, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stack = unique("audited")
+    assert rotate("--stack", stack).exit_code == 0
+    monkeypatch.setenv("FORESIGHT_AUDIT_LOG", str(tmp_path))  # a directory
+    refused = rotate("--stack", stack, "--json")
+    assert refused.exit_code == EXIT_LOCAL, refused.output
+    assert json.loads(refused.stdout)["error"].startswith(f"audit log {tmp_path}: cannot be written (Is a directory)")
+    assert stored(bao, stack)["version"] == 1  # no token written that nobody would see audited
+
+
 def test_rotate_writes_a_fresh_256_bit_token_and_prints_it_once(vault_env: Path, bao: OpenBao) -> None:
     stack = unique("prod")
     first = rotate("--stack", stack, "--json")
     assert first.exit_code == 0, first.output
     token = json.loads(first.stdout)["token"]
-    assert json.loads(first.stdout) == {"token": token, "vault_path": f"{DEFAULT_MOUNT}/deployments/{stack}/metrics"}
+    assert json.loads(first.stdout) == {"token": token, "vault_path": f"{DEFAULT_MOUNT}/deployments/{stack}/metrics",
+                                        "version": 1}
     assert len(bytes.fromhex(token)) == 32
     assert stored(bao, stack) == {"data": {"token": token}, "version": 1}
 
@@ -55,6 +68,14 @@ def test_rotate_writes_a_fresh_256_bit_token_and_prints_it_once(vault_env: Path,
     audit = StatePaths(vault_env).onboarding_audit.read_text()
     assert audit.count('"metrics-token.rotate"') == 2
     assert token not in audit and second.stdout.strip() not in audit
+
+
+def test_rotate_json_gives_the_version_written_as_people_get_it(vault_env: Path, bao: OpenBao) -> None:
+    stack = unique("versions")
+    assert rotate("--stack", stack).exit_code == 0
+    second = rotate("--stack", stack, "--json")
+    assert second.exit_code == 0, second.output
+    assert json.loads(second.stdout)["version"] == stored(bao, stack)["version"] == 2
 
 
 def test_a_rotation_racing_another_fails_and_leaves_the_others_token(
@@ -153,6 +174,39 @@ def test_stack_or_path_exactly_one_and_a_path_inside_the_mount(
     assert result.exit_code == EXIT_USAGE
     assert message in one_line_error(result.stderr)
     assert bao.client().secrets.kv.v2.list_secrets("", mount_point=DEFAULT_MOUNT)["data"]["keys"] == before
+
+
+@pytest.mark.parametrize(
+    ("path", "reserved"),
+    [
+        ("tenants/{tenant}/meta", "tenants/"),
+        ("tenants/{tenant}/keys/{key_id}", "tenants/"),
+        ("keyids/{key_id}", "keyids/"),
+        ("tenants", "tenants/"),
+        ("deployments/prod/tls", "deployments/"),
+        ("deployments/prod/metrics", "deployments/"),
+    ],
+)
+def test_path_refuses_the_mounts_own_records_before_writing(vault_env: Path, bao: OpenBao, path: str,
+                                                            reserved: str) -> None:
+    """`--path tenants/victim/meta` overwrote the tenant's record, and every `tenants` command then failed."""
+    tenant = unique("victim")
+    created = invoke("tenants", "create", tenant, "--json")
+    assert created.exit_code == 0, created.output
+    path = path.format(tenant=tenant, key_id=json.loads(created.stdout)["key_id"])
+    kv = bao.client().secrets.kv.v2
+    before = kv.list_secrets("", mount_point=DEFAULT_MOUNT)["data"]["keys"]
+    meta = kv.read_secret_metadata(f"tenants/{tenant}/meta", mount_point=DEFAULT_MOUNT)["data"]["current_version"]
+
+    result = rotate("--path", path, "--json")
+    assert result.exit_code == EXIT_USAGE
+    line = one_line_error(result.stderr)
+    assert f"{reserved} is reserved" in line
+    assert json.loads(result.stdout) == {"error": line[len("error: "):], "exit_code": EXIT_USAGE}
+    assert kv.list_secrets("", mount_point=DEFAULT_MOUNT)["data"]["keys"] == before
+    assert kv.read_secret_metadata(f"tenants/{tenant}/meta", mount_point=DEFAULT_MOUNT)["data"]["current_version"] \
+        == meta
+    assert invoke("tenants", "show", tenant).exit_code == 0
 
 
 def test_the_path_is_the_one_the_stacks_give_the_node() -> None:
