@@ -245,8 +245,9 @@ def load_deployment(paths: StatePaths) -> Deployment | None:
         problem = err.errors()[0]
         where = ".".join(str(part) for part in problem["loc"])
         what = problem["msg"] if problem["type"] == "json_invalid" else f"{where}: {problem['msg']}"
+        again = state_dir_option(paths.root)  # a hint followed as printed must purge this directory, no other
         raise LocalFailure(f"deployment {paths.deployment}", f"damaged ({what}); fix it, or run `foresight local "
-                           "down --purge` and `foresight local up` to start over") from None
+                           f"down --purge{again}` and `foresight local up{again}` to start over") from None
 
 
 def save_deployment(paths: StatePaths, deployment: Deployment) -> None:

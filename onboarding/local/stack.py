@@ -39,6 +39,7 @@ from onboarding.state import (
     load_deployment,
     read_secret,
     save_deployment,
+    state_dir_option,
     write_secret,
 )
 from onboarding.tenants import Onboarder
@@ -213,8 +214,8 @@ class LocalStack:
         def port(asked: int | None, kept: int | None, default: int, owner: str, flag: str) -> int:
             if kept is not None and owner in running:
                 if asked not in (None, 0, kept):
-                    raise LocalFailure(f"{flag} {asked}", f"the running deployment uses {kept}; "
-                                       "run `foresight local down` first")
+                    raise LocalFailure(f"{flag} {asked}", f"the running deployment uses {kept}; run `foresight "
+                                       f"local down{state_dir_option(paths.root)}` first")
                 return kept
             chosen = asked if asked is not None else (kept if kept is not None else default)
             if chosen == 0:

@@ -251,7 +251,8 @@ def test_a_state_dir_that_is_a_file_or_holds_a_damaged_deployment_is_one_line(st
         assert result.exit_code == EXIT_LOCAL, (command, result.output)
         line = one_line_error(result.stderr)
         assert f"deployment {state_dir}/deployment.json: damaged (Invalid JSON" in line
-        assert "foresight local down --purge" in line
+        # As printed, the way out purges this directory, not the default one (the hint named none).
+        assert f"foresight local down --purge --state-dir {state_dir}` and `foresight local up --state-dir" in line
     assert invoke("local", "down", "--purge").exit_code == 0  # the way out works
     assert not state_dir.exists()
 

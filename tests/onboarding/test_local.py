@@ -153,6 +153,9 @@ def test_up_again_reuses_everything(local: Local) -> None:
     status = local.json("local", "status")  # exit 0: up and serving
     assert {name: p["health"] for name, p in status["processes"].items()} == {"openbao": "active", "service": "ready"}
     assert status["healthy"] is True
+    moved = local.run("local", "up", "--no-demo", "--resp-port", str(local.up["resp_port"] + 1))
+    assert moved.returncode == EXIT_LOCAL  # the hint stops this deployment, not the default directory's
+    assert moved.stderr.strip().endswith(f"run `foresight local down --state-dir {local.state}` first")
 
 
 def test_the_printed_next_steps_act_on_this_deployment(local: Local, tmp_path: Path) -> None:
