@@ -47,6 +47,7 @@ from service.bench.traces import TraceError, load_trace, trace_name
 from service.prefetch.base import DEFAULT_THRESHOLD, Predictions
 from service.prefetch.markov import DEFAULT_MAX_KEYS
 from service.prefetch.shadow import CacheAwarePrefetcher, CacheModel
+from service.store.policies import POLICIES
 
 GOAL = 0.9  # the learned prefetcher's goal: its misses at most this share of the better simple one's
 _TRACE_SUFFIXES = (".lis", ".txt", ".csv", ".gz", ".zst", ".xz", ".bz2")
@@ -108,11 +109,24 @@ class MatrixSpec:
         if new_keys not in NEW_KEYS:
             raise ReportError(f"--new-keys must be one of {', '.join(NEW_KEYS)}, got {new_keys!r}")
         try:
-            frac_values = tuple(float(f) for f in fracs.split(","))
-            lead_values = tuple(int(v) for v in leads.split(","))
+            frac_values = tuple(dict.fromkeys(float(f) for f in fracs.split(",")))
+            lead_values = tuple(dict.fromkeys(int(v) for v in leads.split(",")))
         except ValueError as err:
             raise ReportError(f"bad --fracs or --leads: {err}") from None
-        return cls(tuple(dict.fromkeys(traces)), frac_values, lead_values, names, policy, limit, budget, new_keys)
+        # Every value is checked here, before --out's results.jsonl is touched: a unit refusing one later would
+        # leave the earlier run's cells (what --resume reuses) overwritten by nothing.
+        if bad := [f for f in frac_values if not 0.0 < f <= 1.0]:
+            raise ReportError(f"--fracs must be within (0, 1], got {bad[0]}")
+        if bad_leads := [v for v in lead_values if v < 0]:
+            raise ReportError(f"--leads must be >= 0, got {bad_leads[0]}")
+        if policy not in POLICIES:
+            raise ReportError(f"unknown eviction policy {policy!r}; choose one of: {', '.join(sorted(POLICIES))}")
+        if limit is not None and limit <= 0:
+            raise ReportError(f"--limit must be positive, got {limit}")
+        if budget < 0:
+            raise ReportError(f"--budget must be >= 0, got {budget}")
+        return cls(tuple(dict.fromkeys(traces)), frac_values, lead_values, tuple(dict.fromkeys(names)), policy, limit,
+                   budget, new_keys)
 
     def label(self, path: Path) -> str:
         """A trace's name in the report: without its suffixes, or its file name where that would merge two traces

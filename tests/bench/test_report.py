@@ -165,6 +165,31 @@ def test_a_report_without_prefetchers_is_refused_before_anything_runs(tmp_path: 
                              "learned\n")
 
 
+@pytest.mark.parametrize(("option", "value", "error"), [
+    ("--fracs", "0.05,2", "--fracs must be within (0, 1], got 2.0"),
+    ("--leads", "0,-1", "--leads must be >= 0, got -1"),
+    ("--policy", "foo", "unknown eviction policy 'foo'; choose one of: lru, s3fifo"),
+    ("--budget", "-1", "--budget must be >= 0, got -1"),
+    ("--limit", "0", "--limit must be positive, got 0"),
+])
+def test_a_bad_value_is_refused_before_the_earlier_results_are_touched(
+        tmp_path: Path, option: str, value: str, error: str) -> None:
+    """The first unit refused it after results.jsonl was truncated: the cells --resume needs were gone."""
+    trace, out = _loop(tmp_path / "loop.txt"), tmp_path / "r"
+    assert _report(trace, out, "--prefetchers", "none", "--fracs", "0.05").exit_code == 0
+    earlier = (out / "results.jsonl").read_text()
+    result = _report(trace, out, "--prefetchers", "none", "--fracs", "0.05", option, value)
+    assert (result.exit_code, result.output) == (2, f"error: {error}\n")
+    assert (out / "results.jsonl").read_text() == earlier
+
+
+def test_a_value_named_twice_is_one_column(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    result = _report(_loop(tmp_path / "loop.txt"), out, "--prefetchers", "stride,stride", "--fracs", "0.05,0.05")
+    assert result.exit_code == 0, result.output
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1
+
+
 def test_report_help_says_resume_keeps_results_jsonl() -> None:
     result = runner.invoke(app, ["report", "--help"], terminal_width=200)
     assert "--resume" in result.output
