@@ -93,9 +93,13 @@ def _check_device(device: str) -> None:
             raise _fail("--device cuda asked for, but torch sees no CUDA device")
 
 
+TraceFile = Annotated[Path, typer.Argument(help="Trace file: ARC .lis, key-per-line text or CSV; plain, .gz, .zst, "
+                                                         ".xz or .bz2.")]
+
+
 @app.command()
 def replay(
-    trace: Annotated[Path, typer.Argument(help="Trace file: ARC .lis, key-per-line text or CSV; .gz/.zst/.xz.")],
+    trace: TraceFile,
     fmt: Annotated[str, typer.Option("--format", help="auto, lis, text or csv.")] = "auto",
     limit: Annotated[int | None, typer.Option(help="Replay only the first N requests.")] = None,
     cache_frac: Annotated[float | None, typer.Option(help=_CACHE_FRAC_HELP)] = None,
@@ -418,7 +422,7 @@ def prefetch_load(
 
 @app.command("live-replay")
 def live_replay(
-    trace: Annotated[Path, typer.Argument(help="Trace file: ARC .lis, key-per-line text or CSV; .gz/.zst/.xz.")],
+    trace: TraceFile,
     fmt: Annotated[str, typer.Option("--format", help="auto, lis, text or csv.")] = "auto",
     limit: Annotated[int, typer.Option(min=1, help="Replay only the first N requests.")] = 50_000,
     cache_frac: Annotated[float | None, typer.Option(help=_CACHE_FRAC_HELP)] = None,
@@ -488,7 +492,7 @@ def live_replay(
 
 @app.command("shared-tier")
 def shared_tier(
-    trace: Annotated[Path, typer.Argument(help="Trace file: ARC .lis, key-per-line text or CSV; .gz/.zst/.xz.")],
+    trace: TraceFile,
     fmt: Annotated[str, typer.Option("--format", help="auto, lis, text or csv.")] = "auto",
     limit: Annotated[int, typer.Option(min=1, help="Replay only the first N requests.")] = 100_000,
     nodes: Annotated[int, typer.Option(min=1, max=64, help="Service nodes behind the balancer.")] = 4,

@@ -21,7 +21,7 @@ import lzma
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -77,12 +77,51 @@ def _open_binary(path: Path) -> IO[bytes]:
     if suffix == ".bz2":
         return bz2.open(path, "rb")
     if suffix == ".zst":
-        try:
-            import zstandard
-        except ImportError as err:  # pragma: no cover - zstandard is a project dependency
-            raise TraceError(f"{path}: reading .zst needs the 'zstandard' package") from err
-        return zstandard.ZstdDecompressor().stream_reader(path.open("rb"), read_across_frames=True)
+        return _ZstdFrames(path.open("rb"))  # type: ignore[return-value]  # a RawIOBase, as BufferedReader wants
     return path.open("rb")
+
+
+class _ZstdFrames(io.RawIOBase):
+    """A .zst file's frames, decompressed in turn. Input that ends inside a frame is EOFError, as gzip and lzma
+    raise: zstandard's own stream reader ends there without a word, and a cut trace replayed as a shorter one."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        import zstandard
+
+        self._raw, self._new_frame = raw, zstandard.ZstdDecompressor().decompressobj
+        self._frame = self._new_frame()
+        self._in_frame = False  # some of the current frame's input has been fed
+        self._out, self._at = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self._at == len(self._out):
+            chunk = self._raw.read(1 << 16)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("compressed file ended before the end of a zstd frame (cut short?)")
+                return 0
+            self._out, self._at = self._decompress(chunk), 0
+        size = min(len(buffer), len(self._out) - self._at)
+        buffer[:size] = self._out[self._at:self._at + size]
+        self._at += size
+        return size
+
+    def _decompress(self, chunk: bytes) -> bytes:
+        produced = []
+        while chunk:
+            produced.append(self._frame.decompress(chunk))
+            self._in_frame = not self._frame.eof
+            chunk = b""
+            if self._frame.eof:  # what follows a frame's end is the next frame
+                chunk, self._frame = self._frame.unused_data, self._new_frame()
+        return b"".join(produced)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def _data_lines(raw: IO[bytes]) -> Iterator[bytes]:
