@@ -188,6 +188,17 @@ CASES: dict[str, list[Cmd]] = {
                               ("AUTH", "default", "x")],
     "config_get": [("CONFIG", "GET", "databases"), ("CONFIG", "GET", "appendonly"), ("CONFIG", "GET", "nosuch*"),
                    ("CONFIG", "GET")],
+    # A subcommand's arity or name is checked when MULTI queues it: the transaction aborts and writes nothing (it
+    # used to queue, answer the error at EXEC and run the rest).
+    "multi_subcommand_errors": [
+        ("MULTI",), ("CONFIG", "GET"), ("SET", "a", "1"), ("EXEC",), ("GET", "a"),
+        ("MULTI",), ("CONFIG", "NOSUCH"), ("SET", "a", "2"), ("EXEC",), ("GET", "a"),
+        ("MULTI",), ("MEMORY", "USAGE"), ("SET", "a", "3"), ("EXEC",), ("GET", "a"),
+        ("MULTI",), ("CLIENT", "SETNAME"), ("SET", "a", "4"), ("EXEC",), ("GET", "a"),
+        ("MULTI",), ("SCRIPT", "NOSUCH"), ("SET", "a", "5"), ("EXEC",), ("GET", "a"),
+        ("MULTI",), ("COMMAND", "COUNT", "x"), ("SET", "a", "6"), ("EXEC",), ("GET", "a"),
+        ("MULTI",), ("CONFIG", "GET", "databases"), ("MEMORY", "USAGE", "nope"), ("SET", "a", "7"), ("EXEC",),
+    ],
 }
 
 RESP3_CASES: dict[str, list[Cmd]] = {

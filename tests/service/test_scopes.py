@@ -77,6 +77,10 @@ def test_a_read_only_key_reads_and_cannot_write(scoped: Scoped) -> None:
         transaction.execute()
     assert scoped.redis("app").get("page") == b"cached"
     assert reader.ping() is True  # connection commands need no scope
+    queued = reader.pipeline()  # a subcommand's own scope is checked as MULTI queues it (CLIENT LIST needs admin)
+    queued.execute_command("CLIENT", "LIST").get("page")
+    with pytest.raises(redis.exceptions.NoPermissionError, match=r"'client\|list' command: it needs the 'admin'"):
+        queued.execute(raise_on_error=False)  # EXECABORT; before, EXEC ran the GET and gave back its value
 
 
 def test_a_write_only_key_writes_and_cannot_read(scoped: Scoped) -> None:

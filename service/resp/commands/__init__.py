@@ -73,6 +73,14 @@ def find_subcommand(container: str, table: dict[bytes, Command], args: list[byte
     return sub
 
 
+def run_subcommand(container: str, table: dict[bytes, Command], conn: RespConnection, args: list[bytes]) -> Reply:
+    """Run the subcommand args[1] names, after its arity and scope (which MULTI checks when it queues one)."""
+    sub = find_subcommand(container, table, args)
+    if isinstance(sub, bytes):
+        return sub
+    return conn.lacks_scope(sub) or sub.handler(conn, args)
+
+
 def build_table() -> dict[bytes, Command]:
     from service.resp.commands import connection, keyspace, scripting, server, strings, transactions
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from service.cache import load_each
 from service.origin import OriginError
 from service.resp import replies as r
-from service.resp.commands import Command, Reply, find_subcommand
+from service.resp.commands import Command, Reply, run_subcommand
 from service.resp.commands.strings import parse_int
 from service.resp.scripting import Script, ScriptEngine, ScriptError
 from service.store.memory import MemoryStore
@@ -272,8 +272,7 @@ SCRIPT_SUBCOMMANDS = {
 
 
 def script(conn: RespConnection, args: list[bytes]) -> Reply:
-    sub = find_subcommand("script", SCRIPT_SUBCOMMANDS, args)
-    return sub if isinstance(sub, bytes) else sub.handler(conn, args)
+    return run_subcommand("script", SCRIPT_SUBCOMMANDS, conn, args)
 
 
 def _cmd(name: str, handler, summary: str, since: str, flags: str = "") -> Command:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from service import admin
 from service.resp import replies as r
-from service.resp.commands import Command, Reply
+from service.resp.commands import Command, Reply, run_subcommand
 from service.resp.commands.strings import parse_int
 from service.state import REDIS_COMPAT_VERSION
 from service.stats import memory_section, prefetch_section, stats_section
@@ -121,23 +121,26 @@ def _command_doc(cmd: Command, resp3: bool) -> bytes:
 
 
 def command(conn: RespConnection, args: list[bytes]) -> Reply:
-    table = conn.commands
-    resp3 = conn.protocol == 3
     if len(args) == 1:
-        return r.array(_command_info(c, resp3) for c in table.values())
-    sub = args[1].lower()
-    if sub == b"count" and len(args) == 2:
-        return r.integer(len(table))
-    if sub == b"docs":
-        names = [a.lower() for a in args[2:]] or list(table)
-        found = [(r.bulk(n), _command_doc(table[n], resp3)) for n in names if n in table]
-        return r.mapping(found, resp3)
-    if sub == b"info":
-        names = [a.lower() for a in args[2:]] or list(table)
-        return r.array(_command_info(table[n], resp3) if n in table else conn.null for n in names)
-    if sub in (b"count", b"docs", b"info"):
-        return r.wrong_arity(f"command|{sub.decode()}")
-    return r.unknown_subcommand("command", args[1])
+        return r.array(_command_info(c, conn.protocol == 3) for c in conn.commands.values())
+    return run_subcommand("command", COMMAND_SUBCOMMANDS, conn, args)
+
+
+def _command_count(conn: RespConnection, args: list[bytes]) -> Reply:
+    return r.integer(len(conn.commands))
+
+
+def _command_docs(conn: RespConnection, args: list[bytes]) -> Reply:
+    table = conn.commands
+    names = [a.lower() for a in args[2:]] or list(table)
+    found = [(r.bulk(n), _command_doc(table[n], conn.protocol == 3)) for n in names if n in table]
+    return r.mapping(found, conn.protocol == 3)
+
+
+def _command_info_of(conn: RespConnection, args: list[bytes]) -> Reply:
+    table = conn.commands
+    names = [a.lower() for a in args[2:]] or list(table)
+    return r.array(_command_info(table[n], conn.protocol == 3) if n in table else conn.null for n in names)
 
 
 def _config_values(conn: RespConnection) -> dict[str, str]:
@@ -154,11 +157,10 @@ def _config_values(conn: RespConnection) -> dict[str, str]:
 
 
 def config(conn: RespConnection, args: list[bytes]) -> Reply:
-    sub = args[1].lower()
-    if sub != b"get":
-        return r.unknown_subcommand("config", args[1])
-    if len(args) < 3:
-        return r.wrong_arity("config|get")
+    return run_subcommand("config", CONFIG_SUBCOMMANDS, conn, args)
+
+
+def _config_get(conn: RespConnection, args: list[bytes]) -> Reply:
     values = _config_values(conn)
     patterns = [a.decode("utf-8", "replace").lower() for a in args[2:]]
     matched = [(k, v) for k, v in values.items() if any(fnmatch.fnmatchcase(k, p) for p in patterns)]
@@ -166,11 +168,11 @@ def config(conn: RespConnection, args: list[bytes]) -> Reply:
 
 
 def memory(conn: RespConnection, args: list[bytes]) -> Reply:
+    return run_subcommand("memory", MEMORY_SUBCOMMANDS, conn, args)
+
+
+def _memory_usage(conn: RespConnection, args: list[bytes]) -> Reply:
     """MEMORY USAGE: the bytes the entry is charged against the tenant's budget (key, value and overhead)."""
-    if args[1].lower() != b"usage":
-        return r.unknown_subcommand("memory", args[1])
-    if len(args) < 3:
-        return r.wrong_arity("memory|usage")
     for i in range(3, len(args), 2):  # SAMPLES n, repeatable; nothing is sampled here
         if args[i].lower() != b"samples" or i + 1 >= len(args):
             return r.SYNTAX
@@ -202,17 +204,39 @@ def time_(conn: RespConnection, args: list[bytes]) -> Reply:
     return r.array((r.bulk(b"%d" % seconds), r.bulk(b"%d" % micros)))
 
 
+def _sub(name: str, arity: int, flags: str, handler, summary: str, since: str, scope: str | None = None) -> Command:
+    return Command(name, arity, frozenset(flags.split()), handler, group="server", summary=summary, since=since,
+                   scope=scope)
+
+
+COMMAND_SUBCOMMANDS = {
+    b"count": _sub("command|count", 2, "connection", _command_count, "Returns a count of commands.", "2.8.13"),
+    b"docs": _sub("command|docs", -2, "connection", _command_docs, "Returns documentary information about one, "
+                  "multiple or all commands.", "7.0.0"),
+    b"info": _sub("command|info", -2, "connection", _command_info_of, "Returns information about one, multiple or "
+                  "all commands.", "2.8.13"),
+}
+CONFIG_SUBCOMMANDS = {
+    b"get": _sub("config|get", -3, "admin noscript", _config_get, "Returns the effective values of configuration "
+                 "parameters.", "2.0.0", scope="read"),
+}
+MEMORY_SUBCOMMANDS = {
+    b"usage": _sub("memory|usage", -3, "readonly", _memory_usage, "Estimates the memory usage of a key.", "4.0.0"),
+}
+
 COMMANDS = [
     Command("time", 1, frozenset({"fast", "connection"}), time_, group="server", since="2.6.0",
             summary="Returns the server time."),
     Command("info", -1, frozenset({"connection"}), info, group="server",
             summary="Returns information and statistics about the server."),
     Command("command", -1, frozenset({"connection"}), command, group="server",
-            summary="Returns detailed information about all commands.", since="2.8.13"),
+            summary="Returns detailed information about all commands.", since="2.8.13",
+            subcommands=COMMAND_SUBCOMMANDS),
     Command("config", -2, frozenset({"admin", "noscript"}), config, group="server",
-            summary="A container for server configuration commands.", since="2.0.0", scope="read"),
+            summary="A container for server configuration commands.", since="2.0.0", scope="read",
+            subcommands=CONFIG_SUBCOMMANDS),
     Command("memory", -2, frozenset({"readonly"}), memory, group="server", since="4.0.0",
-            summary="A container for memory diagnostics commands."),
+            summary="A container for memory diagnostics commands.", subcommands=MEMORY_SUBCOMMANDS),
     # Not from scripts: a flush waits for its audit record, and a script cannot wait.
     Command("flushdb", -1, frozenset({"write", "noscript"}), flush, group="server", scope="admin",
             summary="Removes all keys from the current database."),
