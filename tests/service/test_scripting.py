@@ -54,7 +54,10 @@ CASES: dict[str, list[Cmd]] = {
     ],
     "numkeys_errors": [("EVAL", "return 1", "-1"), ("EVAL", "return 1", "2", "a"), ("EVAL", "return 1", "x"),
                        ("EVAL", "return 1", "00"), ("EVAL", "return 1"), ("EVALSHA", "abc"), ("eval", "return 1", "1"),
-                       ("EVALSHA", "abc", "0"), ("EVAL", "return (", "0"), ("EVAL", "return (", "-1")],
+                       ("EVALSHA", "abc", "0"), ("EVAL", "return (", "0"), ("EVAL", "return (", "-1"),
+                       # A SHA that is not 40 characters is NOSCRIPT before numkeys is read; one that is, after.
+                       ("EVALSHA", "abc", "5", "a"), ("EVALSHA_RO", "abc", "x"), ("EVALSHA", "f" * 40, "x"),
+                       ("EVALSHA", "f" * 40, "5", "a")],
     "calls": [
         ("SET", "k", "v"), ("EVAL", "return redis.call('GET', KEYS[1])", "1", "k"),
         ("EVAL", "return redis.call('get', 'missing')", "0"), ("EVAL", "return {redis.call('GET', 'missing')}", "0"),

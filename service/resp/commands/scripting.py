@@ -39,6 +39,8 @@ def _engine(conn: RespConnection) -> ScriptEngine | bytes:
 
 
 def _evaluate(conn: RespConnection, args: list[bytes], *, by_sha: bool, read_only: bool) -> Reply:
+    if by_sha and len(args[1]) != 40:  # no script has that SHA: Redis says so before it reads numkeys
+        return _NOSCRIPT
     numkeys = parse_int(args[2])
     if numkeys is None:
         return r.NOT_INTEGER
