@@ -229,6 +229,8 @@ def _archive_cipher(files: list[Path], config: Path | None) -> Iterator[Envelope
         raise _VerifyError(f"{err}; {_KMS_HINT}", EXIT_CANNOT_VERIFY) from None
     except (ConfigError, KmsError, EnvelopeError) as err:
         raise _VerifyError(f"cannot decrypt the archives: {err}", EXIT_CANNOT_VERIFY) from None
+    except BrokenPipeError:  # raised in the caller's body (`show | head`), which handles it: not the KMS's
+        raise
     except Exception as err:  # e.g. a KMS SDK's own error: exit 1 would say "tampered", and nothing says it is
         raise _VerifyError(f"verifying the archives could not finish ({type(err).__name__}); this says nothing "
                            "about tampering", EXIT_CANNOT_VERIFY) from None

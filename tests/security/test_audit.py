@@ -536,6 +536,25 @@ def test_cli_show_prints_archived_and_live_lines_for_jq_and_refuses_an_altered_a
     assert [json.loads(line)["action"] for line in bad.stdout.splitlines()] == ["audit.open", "tenant.delete"]
 
 
+def test_cli_show_into_a_reader_that_stops_early_is_no_error(tmp_path: Path) -> None:
+    """`audit show ... | head`: with an archive among the files the broken pipe was taken for a KMS failure (exit 3,
+    "verifying the archives could not finish")."""
+    archive, path, kms = _archived_log(tmp_path)
+    log = AuditLog(path, archive=EnvelopeCipher(LocalKms.generate(tmp_path / "unused.json")))
+    for _ in range(5000):  # more than a pipe holds, so the writer is still writing when the reader leaves
+        log.record("auth_success", actor="tenant:acme", tenant="acme")
+    log.close()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FORESIGHT_")}
+    show = subprocess.Popen([sys.executable, "-c", "from service.cli import main; main()", "audit", "show",
+                             str(archive), str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**base, **kms})
+    assert show.stdout is not None and show.stderr is not None
+    assert json.loads(show.stdout.readline())["action"] == "audit.open"
+    show.stdout.close()
+    assert show.wait(timeout=60) == 0
+    assert show.stderr.read() == b""
+
+
 def test_cli_verifies_an_archived_rotation_with_the_services_kms_and_never_calls_it_tampered(tmp_path: Path) -> None:
     """The service encrypts every rotated file (service/bootstrap.py); verify decrypts it with the same KMS
     settings, and without them says it cannot verify (exit 3), which is no verdict on the file."""
