@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+STOP_TIMEOUT_S = 10.0  # SIGTERM to SIGKILL, for a process without a stop budget of its own (OpenBao)
+
 
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot; None if it does not exist (or no /proc)."""
@@ -113,7 +115,7 @@ class ManagedProcess:
         """True if the recorded process is gone (it started and died)."""
         return self.read_pid() is not None and self.pid() is None
 
-    def stop(self, timeout: float = 10.0) -> bool:
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> bool:
         """SIGTERM, wait up to `timeout`, then SIGKILL. True if a running process was stopped."""
         pid = self.pid()
         if pid is None:

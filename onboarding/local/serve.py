@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -17,6 +18,7 @@ from onboarding.local.openbao import TRANSIT_KEY
 from onboarding.local.processes import ManagedProcess
 from onboarding.state import Deployment, StatePaths, read_secret
 from service.security.apikeys import hash_key
+from stacks.shutdown import SERVICE_DEFAULT_GRACE_S, service_stop_s
 
 READY_TIMEOUT_S = 90.0
 # Environment the service must not inherit from the shell that runs `local up`: its settings come from here.
@@ -93,6 +95,14 @@ def _check_together(env: dict[str, str], chosen: set[str]) -> None:
         raise InvalidInput(what, f"the service refuses it: {problem['msg'].removeprefix('Value error, ')}") from None
 
 
+def service_stop_timeout(deployment: Deployment | None) -> float:
+    """How long a stop waits for the service before SIGKILL: all of its stop (both drains, the encrypted snapshot,
+    the audit log's close: stacks/shutdown.py), as the VM's unit and the pod get, so that a local deployment
+    stopped under load still writes its snapshot."""
+    settings = deployment.service_settings if deployment is not None else {}
+    return service_stop_s(math.ceil(float(settings.get("shutdown_grace_s", SERVICE_DEFAULT_GRACE_S))))
+
+
 @dataclass
 class LocalService:
     paths: StatePaths
@@ -161,7 +171,7 @@ class LocalService:
         return running is not None and running != self.fingerprint()
 
     def restart(self) -> None:
-        self.process.stop()
+        self.process.stop(service_stop_timeout(self.deployment))
         self.start()
 
     def wait_ready(self) -> None:

@@ -31,7 +31,8 @@ from onboarding.errors import InvalidInput, LocalFailure
 from onboarding.journal import Journal
 from onboarding.local import demo, pki
 from onboarding.local.openbao import OpenBao
-from onboarding.local.serve import LocalService, check_settings
+from onboarding.local.processes import STOP_TIMEOUT_S
+from onboarding.local.serve import LocalService, check_settings, service_stop_timeout
 from onboarding.plans import PLANS
 from onboarding.state import (
     Deployment,
@@ -336,7 +337,17 @@ class LocalStack:
         return stopped
 
     def _stop(self, names: Iterable[str]) -> list[str]:
-        return [name for name in names if self.paths.process(name).stop()]
+        return [name for name in names if self.paths.process(name).stop(self._stop_timeout(name))]
+
+    def _stop_timeout(self, name: str) -> float:
+        """The service gets its whole stop (a damaged record: the default's), OpenBao the usual 10 s."""
+        if name != "service":
+            return STOP_TIMEOUT_S
+        try:
+            deployment = load_deployment(self.paths)
+        except LocalFailure:
+            deployment = None
+        return service_stop_timeout(deployment)
 
     def _pids(self) -> dict[str, int | None]:
         return {name: self.paths.process(name).pid() for name in PROCESSES}

@@ -12,6 +12,7 @@ import typer
 from typer.testing import CliRunner, Result
 
 from onboarding import keys_cli, local_cli, tenants_cli
+from onboarding.state import Deployment, StatePaths, save_deployment, write_secret
 from service.security.vault_keys import ONBOARDING_POLICY, VaultKeyAdmin
 from tests import servers
 from tests.servers import OpenBao
@@ -53,6 +54,30 @@ def vault_env(bao: OpenBao, operator_token: str, state_dir: Path, monkeypatch: p
     monkeypatch.setenv("VAULT_ADDR", bao.addr)
     monkeypatch.setenv("VAULT_TOKEN", operator_token)
     return state_dir
+
+
+LOCAL_VAULT = "https://127.0.0.1:8200"
+OPERATOR_TOKEN = "s.local-operator-token"
+
+
+@pytest.fixture
+def recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StatePaths:
+    """A recorded local deployment (nothing running) and an environment that names no Vault."""
+    for name in ("VAULT_ADDR", "VAULT_TOKEN", "VAULT_CACERT", "BAO_ADDR", "BAO_TOKEN", "BAO_CACERT",
+                 "FORESIGHT_ADMIN_URL", "FORESIGHT_ADMIN_TOKEN", "FORESIGHT_ADMIN_CA", "FORESIGHT_AUDIT_LOG",
+                 "FORESIGHT_VAULT_KV_MOUNT"):
+        monkeypatch.delenv(name, raising=False)
+    paths = StatePaths(tmp_path / "state")
+    paths.create()
+    write_secret(paths.secrets / "operator.token", OPERATOR_TOKEN)
+    write_secret(paths.secrets / "admin.token", "local-admin-token")
+    save_deployment(paths, Deployment(
+        state_dir=paths.root, resp_host="127.0.0.1", resp_port=6380, http_port=8443,
+        http_url="https://127.0.0.1:8443", ca_cert=paths.tls / "ca.crt", vault_addr=LOCAL_VAULT, vault_port=8200,
+        vault_cluster_port=8201, vault_kv_mount="local-kv", vault_token_file=paths.secrets / "operator.token",
+        admin_token_file=paths.secrets / "admin.token", audit_log=paths.onboarding_audit,
+        service_audit_log=paths.service_audit, origin=paths.origin, demo_tenant="demo"))
+    return paths
 
 
 def cli() -> typer.Typer:

@@ -9,34 +9,12 @@ import pytest
 
 from onboarding.context import resolve
 from onboarding.errors import InvalidInput
-from onboarding.state import Deployment, StatePaths, save_deployment, write_secret
-
-LOCAL_VAULT = "https://127.0.0.1:8200"
-OPERATOR_TOKEN = "s.local-operator-token"
+from onboarding.state import StatePaths
+from tests.onboarding.conftest import LOCAL_VAULT, OPERATOR_TOKEN
 
 
-@pytest.fixture
-def local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StatePaths:
-    """A recorded local deployment (nothing running) and an environment that names no Vault."""
-    for name in ("VAULT_ADDR", "VAULT_TOKEN", "VAULT_CACERT", "BAO_ADDR", "BAO_TOKEN", "BAO_CACERT",
-                 "FORESIGHT_ADMIN_URL", "FORESIGHT_ADMIN_TOKEN", "FORESIGHT_ADMIN_CA", "FORESIGHT_AUDIT_LOG",
-                 "FORESIGHT_VAULT_KV_MOUNT"):
-        monkeypatch.delenv(name, raising=False)
-    paths = StatePaths(tmp_path / "state")
-    paths.create()
-    write_secret(paths.secrets / "operator.token", OPERATOR_TOKEN)
-    write_secret(paths.secrets / "admin.token", "local-admin-token")
-    save_deployment(paths, Deployment(
-        state_dir=paths.root, resp_host="127.0.0.1", resp_port=6380, http_port=8443,
-        http_url="https://127.0.0.1:8443", ca_cert=paths.tls / "ca.crt", vault_addr=LOCAL_VAULT, vault_port=8200,
-        vault_cluster_port=8201, vault_kv_mount="local-kv", vault_token_file=paths.secrets / "operator.token",
-        admin_token_file=paths.secrets / "admin.token", audit_log=paths.onboarding_audit,
-        service_audit_log=paths.service_audit, origin=paths.origin, demo_tenant="demo"))
-    return paths
-
-
-def test_the_local_deployment_gives_everything_when_the_environment_names_nothing(local: StatePaths) -> None:
-    target = resolve(local.root)
+def test_the_local_deployment_gives_everything_when_the_environment_names_nothing(recorded: StatePaths) -> None:
+    target = resolve(recorded.root)
     assert (target.vault_addr, target.vault_token, target.kv_mount) == (LOCAL_VAULT, OPERATOR_TOKEN, "local-kv")
     assert target.admin_url == "https://127.0.0.1:8443" and target.admin_token == "local-admin-token"
     assert target.endpoints is not None and target.endpoints.resp_port == 6380
@@ -44,26 +22,26 @@ def test_the_local_deployment_gives_everything_when_the_environment_names_nothin
 
 
 def test_the_local_operator_token_is_never_sent_to_another_vault(
-        local: StatePaths, monkeypatch: pytest.MonkeyPatch) -> None:
+        recorded: StatePaths, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VAULT_ADDR", "https://vault.example.com:8200")
     with pytest.raises(InvalidInput, match="not the local deployment's Vault, but VAULT_TOKEN") as refused:
-        resolve(local.root)
+        resolve(recorded.root)
     assert OPERATOR_TOKEN not in str(refused.value)
     monkeypatch.setenv("VAULT_ADDR", LOCAL_VAULT)  # the local Vault named explicitly: its token is the local one
-    assert resolve(local.root).vault_token == OPERATOR_TOKEN
+    assert resolve(recorded.root).vault_token == OPERATOR_TOKEN
 
 
 def test_another_vault_takes_neither_the_local_admin_api_nor_its_endpoints(
-        local: StatePaths, monkeypatch: pytest.MonkeyPatch) -> None:
+        recorded: StatePaths, monkeypatch: pytest.MonkeyPatch) -> None:
     """The local service serves the local Vault's tenants: asked to load one from another Vault, it never could."""
     monkeypatch.setenv("VAULT_ADDR", "https://vault.example.com:8200")
     monkeypatch.setenv("VAULT_TOKEN", "s.remote")
-    target = resolve(local.root)
+    target = resolve(recorded.root)
     assert (target.admin_url, target.admin_token, target.endpoints) == (None, None, None)
     assert target.kv_mount == "foresight" and not target.local_vault and not target.local_admin
     monkeypatch.setenv("FORESIGHT_ADMIN_URL", "https://foresight.example.com:8443")
     monkeypatch.setenv("FORESIGHT_ADMIN_TOKEN", "remote-admin")
-    target = resolve(local.root)
+    target = resolve(recorded.root)
     assert target.admin_url == "https://foresight.example.com:8443" and target.admin_token == "remote-admin"
 
 
