@@ -16,6 +16,14 @@ if TYPE_CHECKING:
 Section = dict[str, int | float | str]
 
 
+def clients_section(state: ServiceState, tenant: TenantCache) -> Section:
+    """The tenant's RESP connections and commands, its own only: no tenant learns how busy another is."""
+    open_commands = sum(c.commands_processed - c.commands_at_bind for c in state.resp_clients if c.tenant is tenant)
+    return {"connected_clients": state.connections.per_tenant.get(tenant.name, 0),
+            "total_connections_received": tenant.connections_received,
+            "total_commands_processed": tenant.commands_of_closed + open_commands}
+
+
 def memory_section(tenant: TenantCache) -> Section:
     store, scripts = tenant.store, tenant.scripts
     return {"used_memory": store.used, "maxmemory": store.budget, "maxmemory_policy": store.policy.name,

@@ -116,6 +116,19 @@ def test_keys_that_are_not_utf8_are_addressed_by_their_bytes(dev_service: Runnin
         assert resp.get("café") == b"utf8"
 
 
+def test_stats_show_the_tenants_connections_and_commands_as_info_does(dev_service: RunningService) -> None:
+    """The README promised connected_clients and the two totals under /v1/stats too; only INFO had them."""
+    clients = [redis.Redis(port=dev_service.resp_port) for _ in range(2)]
+    for client in clients:
+        client.ping()
+    with _http(dev_service) as http:
+        shown = http.get("/v1/stats").json()["clients"]
+    info = clients[0].info()
+    assert shown["connected_clients"] == info["connected_clients"] >= 2
+    assert shown["total_connections_received"] == info["total_connections_received"] >= 2
+    assert 2 <= shown["total_commands_processed"] < info["total_commands_processed"]  # INFO came after it
+
+
 def test_mget_keeps_order_and_encodes_binary(dev_service: RunningService) -> None:
     redis.Redis(port=dev_service.resp_port).mset({"t": "text", "bin": b"\xff\xfe"})
     with _http(dev_service) as http:

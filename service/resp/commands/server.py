@@ -14,7 +14,7 @@ from service.resp import replies as r
 from service.resp.commands import Command, Reply, run_subcommand
 from service.resp.commands.strings import parse_int
 from service.state import REDIS_COMPAT_VERSION
-from service.stats import memory_section, prefetch_section, stats_section
+from service.stats import clients_section, memory_section, prefetch_section, stats_section
 
 if TYPE_CHECKING:
     from service.resp.connection import RespConnection
@@ -40,6 +40,7 @@ def _info_sections(conn: RespConnection) -> dict[str, list[tuple[str, object]]]:
     store = tenant.store
     uptime = int(time.time() - state.started)
     expires = store.keys_with_ttl()
+    clients = clients_section(state, tenant)
     keyspace: list[tuple[str, object]] = []
     if len(store):
         keyspace.append(("db0", f"keys={len(store)},expires={expires},avg_ttl=0"))
@@ -57,27 +58,20 @@ def _info_sections(conn: RespConnection) -> dict[str, list[tuple[str, object]]]:
             ("tenant", tenant.name),
         ],
         "clients": [
-            ("connected_clients", state.connections.per_tenant.get(tenant.name, 0)),
+            ("connected_clients", clients["connected_clients"]),
             ("blocked_clients", 0),  # no blocking commands
         ],
         "memory": [*memory_section(tenant).items(), ("used_memory_human", _human(store.used)),
                    ("maxmemory_human", _human(store.budget))],
         "persistence": _PERSISTENCE,
         "stats": [
-            ("total_connections_received", tenant.connections_received),
-            ("total_commands_processed", _tenant_commands(conn)),
+            ("total_connections_received", clients["total_connections_received"]),
+            ("total_commands_processed", clients["total_commands_processed"]),
             *stats_section(tenant).items(),
         ],
         "prefetch": list(prefetch_section(state, tenant).items()),
         "keyspace": keyspace,
     }
-
-
-def _tenant_commands(conn: RespConnection) -> int:
-    """The tenant's own commands: its ended connections' and its open ones' (other tenants' never show)."""
-    tenant = conn.tenant
-    return tenant.commands_of_closed + sum(
-        c.commands_processed - c.commands_at_bind for c in conn.state.resp_clients if c.tenant is tenant)
 
 
 def info(conn: RespConnection, args: list[bytes]) -> Reply:
