@@ -161,7 +161,8 @@ class Settings(BaseSettings):
     )
     eviction_policy: str = Field("s3fifo", description=f"Eviction policy: one of {', '.join(sorted(POLICIES))}.")
     origin: str | None = Field(
-        None, description="Default origin fsspec URL; each tenant reads <origin>/<tenant>/<key> unless it has its own."
+        None, description="Default origin fsspec URL; each tenant reads <origin>/<tenant>/<key> unless it has its own "
+        "(dev mode's one tenant reads <origin>/<key>)."
     )
     origin_timeout_s: float = Field(5.0, gt=0, description="An origin read slower than this fails the request.")
     origin_latency_ms: float = Field(0.0, ge=0, description="Latency added to every origin read (benchmarks).")

@@ -28,7 +28,8 @@ def serve(
     http_port: Annotated[int | None, typer.Option(help="HTTP port (default 8443; 0 picks a free port).")] = None,
     bind: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
     origin: Annotated[
-        str | None, typer.Option(help="Read-through origin: a directory or fsspec URL (s3://b/p).")
+        str | None, typer.Option(help="Read-through origin: a directory or fsspec URL (s3://b/p); each tenant reads "
+                                  "ORIGIN/<tenant>/<key>, and --dev's one tenant ORIGIN/<key>.")
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML or JSON settings file.")] = None,
 ) -> None:
