@@ -188,6 +188,26 @@ CASES: dict[str, list[Cmd]] = {
                               ("AUTH", "default", "x")],
     "config_get": [("CONFIG", "GET", "databases"), ("CONFIG", "GET", "appendonly"), ("CONFIG", "GET", "nosuch*"),
                    ("CONFIG", "GET")],
+    # Long double sums printed as %.17Lf: a double would print 0.1 as 0.10000000000000001 (floats.py).
+    "incrbyfloat": [
+        ("INCRBYFLOAT", "f", "0.1"), ("INCRBYFLOAT", "f", "0.2"), ("GET", "f"), ("INCRBYFLOAT", "f", "-0.3"),
+        ("INCRBYFLOAT", "f", "1e308"), ("INCRBYFLOAT", "big", "1e4000"), ("INCRBYFLOAT", "big", "1e4932"),
+        ("INCRBYFLOAT", "f", "abc"), ("INCRBYFLOAT", "f", " 1"), ("INCRBYFLOAT", "f", "1 "), ("INCRBYFLOAT", "f", ""),
+        ("INCRBYFLOAT", "f", "inf"), ("INCRBYFLOAT", "f", "nan"), ("INCRBYFLOAT", "u", "1e-5000"),
+        ("INCRBYFLOAT", "u", "1e-4950"), ("SET", "s", "abc"), ("INCRBYFLOAT", "s", "1"), ("SET", "h", "0x1p3"),
+        ("INCRBYFLOAT", "h", "0.5"), ("SET", "z", "-0.0"), ("INCRBYFLOAT", "z", "0"), ("SET", "n", b"1\x002"),
+        ("INCRBYFLOAT", "n", "1"), ("SET", "e", b"\x00x"), ("INCRBYFLOAT", "e", "2.5"),
+        ("SET", "l", "12345678901234567890"), ("INCRBYFLOAT", "l", "0.3"), ("SET", "t", "5"), ("EXPIRE", "t", "100"),
+        ("INCRBYFLOAT", "t", "+1.5e0"),
+        ("TTL", "t"), ("INCRBYFLOAT",), ("INCRBYFLOAT", "f", "1", "2"), ("INCRBYFLOAT", "f", "0X1P-2"),
+    ],
+    "setrange": [
+        ("SETRANGE", "k", "5", "hi"), ("GET", "k"), ("SETRANGE", "k", "0", "HELLO"), ("GET", "k"),
+        ("SETRANGE", "k", "6", "there"), ("GET", "k"), ("SETRANGE", "k", "-1", "x"), ("SETRANGE", "k", "x", "y"),
+        ("SETRANGE", "n", "3", ""), ("EXISTS", "n"), ("SETRANGE", "k", "2", ""), ("SETRANGE", "k", "600000000", "x"),
+        ("SETRANGE", "k", "536870910", "xyz"), ("SETRANGE", "t", "0", "abc"), ("EXPIRE", "t", "100"),
+        ("SETRANGE", "t", "1", "Z"), ("TTL", "t"), ("GET", "t"), ("SETRANGE", "k"), ("SETRANGE", "k", "1.5", "x"),
+    ],
     # A subcommand's arity or name is checked when MULTI queues it: the transaction aborts and writes nothing (it
     # used to queue, answer the error at EXEC and run the rest).
     "multi_subcommand_errors": [

@@ -59,6 +59,8 @@ CASES: dict[str, list[Cmd]] = {
                        ("EVALSHA", "abc", "5", "a"), ("EVALSHA_RO", "abc", "x"), ("EVALSHA", "f" * 40, "x"),
                        ("EVALSHA", "f" * 40, "5", "a")],
     "calls": [
+        ("EVAL", "redis.call('INCRBYFLOAT', KEYS[1], '0.1') return redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])", "1",
+         "f", "0.2"), ("EVAL", "return redis.call('SETRANGE', KEYS[1], 2, 'xy')", "1", "f"),
         ("SET", "k", "v"), ("EVAL", "return redis.call('GET', KEYS[1])", "1", "k"),
         ("EVAL", "return redis.call('get', 'missing')", "0"), ("EVAL", "return {redis.call('GET', 'missing')}", "0"),
         ("EVAL", "return type(redis.call('MGET', 'k', 'nope')[2])", "0"),

@@ -6,10 +6,13 @@ import re
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from service.cache import load_each
 from service.origin import OriginError
+from service.origin.base import MAX_OBJECT_BYTES
 from service.resp import replies as r
-from service.resp.commands import Command, Reply
+from service.resp.commands import Command, Reply, floats
 from service.store import ValueTooLarge, now_ms
 
 if TYPE_CHECKING:
@@ -18,6 +21,7 @@ if TYPE_CHECKING:
 LLONG_MAX = 2**63 - 1
 LLONG_MIN = -(2**63)
 _INT_RE = re.compile(rb"0|-?[1-9][0-9]{0,18}")
+_NOT_FLOAT = r.error("ERR value is not a valid float")
 
 
 def parse_int(value: bytes) -> int | None:
@@ -344,6 +348,38 @@ def decrby(conn: RespConnection, args: list[bytes]) -> Reply:
     return _incr_by(conn, args[1], -delta)
 
 
+def incrbyfloat(conn: RespConnection, args: list[bytes]) -> Reply:
+    """Redis's long double sum, printed as Redis prints it (service/resp/commands/floats.py)."""
+    entry = conn.tenant.store.entry(args[1])
+    current = floats.parse(entry.value) if entry is not None else np.longdouble(0)
+    increment = floats.parse(args[2])
+    if current is None or increment is None:
+        return _NOT_FLOAT
+    total = current + increment
+    if not np.isfinite(total):
+        return r.error("ERR increment would produce NaN or Infinity")
+    value = floats.human(total)
+    return _write(conn, args[1], value, keep_ttl=True) or r.bulk(value)
+
+
+def setrange(conn: RespConnection, args: list[bytes]) -> Reply:
+    """Overwrite part of the value from `offset`, padding a shorter one with zero bytes; the new length."""
+    offset = parse_int(args[2])
+    if offset is None:
+        return r.NOT_INTEGER
+    if offset < 0:
+        return r.error("ERR offset is out of range")
+    patch = args[3]
+    entry = conn.tenant.store.entry(args[1])
+    current = b"" if entry is None else entry.value
+    if not patch:  # nothing written: a missing key stays missing
+        return r.integer(len(current))
+    if offset + len(patch) > MAX_OBJECT_BYTES:  # Redis's proto-max-bulk-len
+        return r.error("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
+    value = current[:offset].ljust(offset, b"\0") + patch + current[offset + len(patch):]
+    return _write(conn, args[1], value, keep_ttl=True) or r.integer(len(value))
+
+
 def _cmd(name: str, arity: int, flags: str, handler, summary: str, since: str = "1.0.0", last_key: int = 1,
          step: int = 1):
     return Command(name, arity, frozenset(flags.split()), handler, 1, last_key, step, "string", summary, since)
@@ -374,4 +410,8 @@ COMMANDS = [
     _cmd("decr", 2, "write denyoom fast", decr, "Decrements the integer value of a key by one."),
     _cmd("incrby", 3, "write denyoom fast", incrby, "Increments the integer value of a key by a number."),
     _cmd("decrby", 3, "write denyoom fast", decrby, "Decrements a number from the integer value of a key."),
+    _cmd("incrbyfloat", 3, "write denyoom fast", incrbyfloat, "Increment the floating point value of a key by a "
+         "number.", "2.6.0"),
+    _cmd("setrange", 4, "write denyoom", setrange, "Overwrites a part of a string value with another by an offset.",
+         "2.2.0"),
 ]
