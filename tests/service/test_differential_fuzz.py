@@ -41,7 +41,8 @@ SCRIPTS = [  # each called with KEYS = (two keys) and ARGV = (a command name, a 
     "return cjson.encode({redis.call('GET', KEYS[1]), redis.call('MGET', KEYS[1], KEYS[2]), ARGV[2]})",
     "local ok, v = pcall(cjson.decode, redis.call('GET', KEYS[1])) return {tostring(ok), ok and cjson.encode(v) or v}",
 ]
-CALLED = ["GET", "SET", "INCRBY", "APPEND", "GETSET", "DEL", "STRLEN", "GETDEL", "SETNX", "INCR", "NOSUCH", "MULTI"]
+CALLED = ["GET", "SET", "INCRBY", "APPEND", "GETSET", "DEL", "STRLEN", "GETDEL", "SETNX", "INCR", "NOSUCH", "MULTI",
+          "INCRBYFLOAT"]
 SET_OPTIONS = ["NX", "XX", "GET", "KEEPTTL", "EX", "PX", "EXAT", "PXAT", "nx", "BOGUS"]
 GETEX_OPTIONS = ["EX", "PX", "EXAT", "PXAT", "PERSIST", "KEEPTTL"]
 
@@ -86,9 +87,10 @@ def _command(rng: random.Random) -> Cmd:
         lambda: ("NOSUCH", key), lambda: ("GET",), lambda: ("SET", key),
         lambda: (rng.choice(["EVAL", "EVAL", "EVAL_RO"]), rng.choice(SCRIPTS), "2", key, rng.choice(KEYS),
                  rng.choice(CALLED), value),
+        lambda: ("INCRBYFLOAT", key, rng.choice([number, value])), lambda: ("SETRANGE", key, number, value),
     ]
     weights = [6, 8, 2, 2, 2, 2, 2, 3, 2, 2, 1, 2, 1, 2, 1, 1, 2, 3, 2, 3, 2, 3, 2, 2, 3, 3, 2, 2, 3, 3, 1, 2, 1,
-               1, 1, 1, 1, 1, 1, 4]
+               1, 1, 1, 1, 1, 1, 4, 3, 2]
     return rng.choices(makers, weights)[0]()
 
 
