@@ -15,7 +15,7 @@ from onboarding.tenants import SCOPES_HELP, NewKey, parse_duration, parse_key_id
 from onboarding.tenants_cli import AdminUrl, Json, StateDir, onboarder
 from service.security.vault_keys import KeyInfo
 
-app = typer.Typer(cls=output.JsonUsageGroup, no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(cls=output.UsageErrorGroup, no_args_is_help=True, pretty_exceptions_enable=False)
 
 
 Tenant = Annotated[str, typer.Argument(help="The tenant's name.", show_default=False)]

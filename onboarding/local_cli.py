@@ -15,7 +15,7 @@ from onboarding.local.stack import LocalStack, ProcessStatus, UpOptions, UpResul
 from onboarding.snippet import connection_snippet
 from onboarding.state import default_state_dir, state_dir_option
 
-app = typer.Typer(cls=output.JsonUsageGroup, no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(cls=output.UsageErrorGroup, no_args_is_help=True, pretty_exceptions_enable=False)
 
 Json = Annotated[bool, output.JsonOption]
 StateDir = Annotated[Path | None, output.StateDirOption]

@@ -27,7 +27,7 @@ from onboarding.tenants_cli import Json, StateDir
 from service.http.scrape_token import VAULT_FIELD, new_token
 from service.security.vault_keys import is_cas_conflict
 
-app = typer.Typer(cls=output.JsonUsageGroup, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(cls=output.UsageErrorGroup, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None)
 
 _ACTION = "metrics-token.rotate"

@@ -57,19 +57,20 @@ def print_table(table: Table) -> None:
     out.print(table, crop=False)
 
 
-class JsonUsageGroup(TyperGroup):
+class UsageErrorGroup(TyperGroup):
     """A command group whose usage errors (a bad option value, a missing argument, an unknown option: exit 2)
-    keep the `--json` contract as well: Typer reports them while parsing, before the command and its
-    `reported()` run, and only on stderr."""
+    read as every other error of the CLI: one `error:` line, and with `--json` the error object on stdout too.
+    Typer reports them while parsing, before the command and its `reported()` run, in a box of its own.
+    `foresight` itself is one (service/cli.py), so every group's commands answer so."""
 
     def invoke(self, ctx: Any) -> Any:  # Any: Typer's own copy of click.Context, which it does not export
         as_json = "--json" in ctx.args  # the command's arguments, parsed only inside super().invoke
         try:
             return super().invoke(ctx)
         except typer.TyperException as usage:  # Typer's base of click's UsageError and its kin
-            if not as_json:
-                raise  # people get Typer's own message, with its pointer to --help
-            _fail(usage.format_message(), usage.exit_code, as_json)
+            context = getattr(usage, "ctx", None)  # click's UsageError names its command; its kin may not
+            command = context.command_path if context is not None else "foresight"
+            _fail(f"{usage.format_message()} (see `{command} --help`)", usage.exit_code, as_json)
 
 
 def warn(warnings: list[str]) -> None:

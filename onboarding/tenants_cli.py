@@ -19,7 +19,7 @@ from onboarding.snippet import connection_snippet
 from onboarding.tenants import SCOPES_HELP, CreatedTenant, Onboarder, TenantView, parse_scopes, validate_name
 from service.prefetch.markov import MIN_MAX_KEYS
 
-app = typer.Typer(cls=output.JsonUsageGroup, no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(cls=output.UsageErrorGroup, no_args_is_help=True, pretty_exceptions_enable=False)
 
 Json = Annotated[bool, output.JsonOption]
 AdminUrl = Annotated[

@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from onboarding.output import UsageErrorGroup
+
 # group name -> (module, attribute holding its typer.Typer, help line)
 GROUPS: dict[str, tuple[str, str, str]] = {
     "bench": ("service.bench.cli", "app", "Benchmarks: RESP against redis-server, trace replay and its report, the "
@@ -26,6 +28,7 @@ GROUPS: dict[str, tuple[str, str, str]] = {
 
 app = typer.Typer(
     name="foresight",
+    cls=UsageErrorGroup,  # every group's bad option, missing argument or unknown option: one `error:` line
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -83,4 +86,4 @@ def main() -> None:
 
     register(app)
     _mount_groups(sys.argv[1:])
-    app()
+    app(prog_name="foresight")  # the name errors and usage lines give, however it was started (`python -c`)
