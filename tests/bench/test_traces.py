@@ -39,7 +39,7 @@ def test_a_trace_cut_short_is_an_error_not_a_shorter_trace(tmp_path: Path, suffi
     data = "".join(f"{i}\n" for i in range(200_000)).encode()
     packed = gzip.compress(data) if suffix == ".gz" else zstandard.ZstdCompressor().compress(data)
     (tmp_path / f"cut.txt{suffix}").write_bytes(packed[: len(packed) // 2])
-    with pytest.raises(TraceError, match="cannot read: .*(ended before|end-of-stream)"):
+    with pytest.raises(TraceError, match=r"cannot read: .*(ended before|end-of-stream)"):
         load_trace(tmp_path / f"cut.txt{suffix}")
     assert len(load_trace(tmp_path / f"cut.txt{suffix}", limit=10)) == 10  # what a --limit reads is all there
 
