@@ -16,7 +16,7 @@ from onboarding.output import UsageErrorGroup
 GROUPS: dict[str, tuple[str, str, str]] = {
     "bench": ("service.bench.cli", "app", "Benchmarks: RESP against redis-server, trace replay and its report, the "
               "live server, the shared tier, what the access log and the prefetchers cost."),
-    "audit": ("service.security.audit_cli", "app", "Verify the hash-chained audit log."),
+    "audit": ("service.security.audit_cli", "app", "Verify and show the hash-chained audit log."),
     "kms": ("service.security.kms_cli", "app", "Re-wrap data keys on disk after a KMS key rotation."),
     "local": ("onboarding.local_cli", "app", "Run the whole product on this machine."),
     "tenants": ("onboarding.tenants_cli", "app", "Create, list, suspend and delete tenants."),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -461,8 +462,8 @@ def live_replay(
         targets = [None if r.strip() == "max" else float(r) for r in rates.split(",") if r.strip()]
     except ValueError:
         raise _fail(f"--rates takes reads per second or max, got {rates!r}") from None
-    if not targets or any(t is not None and t <= 0 for t in targets):
-        raise _fail(f"--rates takes positive reads per second or max, got {rates!r}")
+    if not targets or any(t is not None and not 1 <= t < math.inf for t in targets):  # nan fails both
+        raise _fail(f"--rates takes reads per second (at least 1) or max, got {rates!r}")
     _check_device(device)
     tunings = {"on": True, "off": False}
     modes = [m.strip() for m in lead_tuning.split(",") if m.strip()]

@@ -268,6 +268,8 @@ def _lis_keys(lines: Iterable[bytes], path: Path, limit: int | None) -> np.ndarr
         if table.ndim != 2 or table.shape[1] != 2:
             raise TraceError(f"{path}: not an ARC .lis trace (want 'start count ignore request' lines)")
         starts, counts = table[:, 0], np.maximum(table[:, 1], 0)
+        if limit is not None:  # a line's run past the limit is never expanded (a count of 10^11 would not fit)
+            counts = np.minimum(counts, np.maximum(limit - total - (np.cumsum(counts) - counts), 0))
         # Expand each (start, count) run without a Python loop.
         offsets = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
         parts.append(np.repeat(starts, counts) + offsets)
@@ -289,6 +291,8 @@ def load_trace(path: str | Path, fmt: str = "auto", limit: int | None = None) ->
     path = Path(path)
     if fmt not in FORMATS:
         raise TraceError(f"unknown trace format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if path.is_dir():
+        raise TraceError(f"{path} is a directory; give a trace file (bench report takes directories of them)")
     if not path.is_file():
         raise TraceError(f"trace file not found: {path}")
     if limit is not None and limit <= 0:
@@ -304,6 +308,8 @@ def load_trace(path: str | Path, fmt: str = "auto", limit: int | None = None) ->
             keys = _PARSERS[fmt](itertools.chain([first], lines), path, limit)
     except TraceError:
         raise
+    except MemoryError:
+        raise TraceError(f"{path}: expands to more requests than memory holds; replay a part with --limit") from None
     except (OSError, EOFError, lzma.LZMAError) as err:
         raise TraceError(f"{path}: cannot read: {err}") from None
     except Exception as err:  # zstandard raises its own ZstdError

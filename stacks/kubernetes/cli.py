@@ -107,7 +107,7 @@ def render_command(
     try:
         manifests = render(load_spec(config))
     except SpecError as err:
-        typer.echo(f"foresight kubernetes render: {config}: {err}", err=True)
+        typer.echo(f"error: {config}: {err}", err=True)
         raise typer.Exit(2) from None
     if out is None:
         listing = {"apiVersion": "v1", "kind": "List", "items": manifests}
@@ -119,6 +119,6 @@ def render_command(
     try:
         write_manifests(out, files, replace)
     except OutError as err:
-        typer.echo(f"foresight kubernetes render: --out {out}: {err}", err=True)
+        typer.echo(f"error: --out {out}: {err}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"wrote {len(manifests)} manifests to {out}", err=True)

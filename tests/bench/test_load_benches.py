@@ -109,7 +109,10 @@ def test_the_load_bench_waits_for_a_prefetch_engine_and_says_when_none_comes(mon
 @pytest.mark.parametrize(("args", "message"), [
     (["--prefetchers", "none,oracle"], "unknown prefetcher(s): oracle"),
     (["--rates", "1000,fast"], "--rates takes reads per second or max, got '1000,fast'"),
-    (["--rates", "0"], "--rates takes positive reads per second or max, got '0'"),
+    (["--rates", "0"], "--rates takes reads per second (at least 1) or max, got '0'"),
+    (["--rates", "nan"], "--rates takes reads per second (at least 1) or max, got 'nan'"),
+    (["--rates", "100,inf"], "--rates takes reads per second (at least 1) or max, got '100,inf'"),
+    (["--rates", "1e-9"], "--rates takes reads per second (at least 1) or max, got '1e-9'"),  # one read in 30 years
     (["--lead-tuning", "on,maybe"], "--lead-tuning takes on, off or on,off, got 'on,maybe'"),
     (["--cache-frac", "0.1", "--cache-size", "10"], "give --cache-frac or --cache-size, not both"),
 ])

@@ -50,6 +50,19 @@ def test_a_zst_of_several_frames_is_read_whole(tmp_path: Path) -> None:
     assert load_trace(tmp_path / "frames.txt.zst").keys.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
 
 
+def test_a_lis_run_past_the_limit_is_never_expanded(tmp_path: Path) -> None:
+    """A count of 10^11 with --limit 10 asked numpy for 745 GiB; without a limit it is one clear line."""
+    huge = _written(tmp_path / "huge.lis", "5 100000000000 0 0\n7 2 0 0\n")
+    assert load_trace(huge, limit=10).keys.tolist() == list(range(5, 15))
+    with pytest.raises(TraceError, match="expands to more requests than memory holds; replay a part with --limit"):
+        load_trace(huge)
+
+
+def test_a_directory_is_named_as_one(tmp_path: Path) -> None:
+    with pytest.raises(TraceError, match="is a directory; give a trace file"):
+        load_trace(tmp_path)
+
+
 def test_formats_are_auto_detected(tmp_path: Path) -> None:
     (tmp_path / "keys.txt").write_text("5\n6\n5\n")
     (tmp_path / "blocks.trace").write_text(LIS)

@@ -59,7 +59,7 @@ def test_invalid_config_is_one_line_naming_the_key_and_exit_2(tmp_path: Path) ->
     result = CliRunner().invoke(app, ["render", "--config", str(config)])
     assert result.exit_code == 2
     assert result.stdout == ""
-    assert result.stderr == f"foresight kubernetes render: {config}: allowedCidrs: '10.0.0.0/33' is not a valid CIDR\n"
+    assert result.stderr == f"error: {config}: allowedCidrs: '10.0.0.0/33' is not a valid CIDR\n"
 
 
 def test_unparsable_or_missing_config_exits_2(tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ def test_a_binary_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     config.write_bytes(b"\xa6\x00\xff" * 50)
     result = CliRunner().invoke(app, ["render", "--config", str(config)])
     assert result.exit_code == 2, result.output
-    assert result.stderr == f"foresight kubernetes render: {config}: config: not a text file (YAML or JSON in UTF-8)\n"
+    assert result.stderr == f"error: {config}: config: not a text file (YAML or JSON in UTF-8)\n"
 
 
 def test_an_out_that_is_a_file_or_cannot_be_made_is_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -84,7 +84,7 @@ def test_an_out_that_is_a_file_or_cannot_be_made_is_one_line_and_exit_2(tmp_path
     for out, why in ((a_file, "not a directory"), (a_file / "below", "Not a directory")):
         result = CliRunner().invoke(app, ["render", "--config", str(EXAMPLE), "--out", str(out)])
         assert result.exit_code == 2, result.output
-        assert result.stderr == f"foresight kubernetes render: --out {out}: {why}\n"
+        assert result.stderr == f"error: --out {out}: {why}\n"
     assert a_file.read_text() == "keep me"
 
 
