@@ -55,6 +55,7 @@ async def refresh_tenant(state: ServiceState, name: str, peer: str) -> bool:
         spec = await state.reload_tenant(name, authenticator.source.tenant)
     except Exception as err:
         raise RefreshFailed(f"key source unavailable: {type(err).__name__}") from None
+    await authenticator.recheck(force=True, tenant=name)  # a key revoked now is refused from its next login
     await _audit(state, "admin.tenant.refresh", peer, tenant=name, served=spec is not None)
     return spec is not None
 

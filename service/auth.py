@@ -279,17 +279,20 @@ class Authenticator:
     def detach(self, session: Session) -> None:
         session.users -= 1
 
-    async def recheck(self, force: bool = False) -> int:
+    async def recheck(self, force: bool = False, tenant: str | None = None) -> int:
         """Re-verify keys in use (and forget idle ones once stale); returns how many sessions were revoked.
 
         `force` re-verifies every session in use now (after an admin refresh), whatever its age, and forgets
-        every idle one. Passes run one at a time, and a session that a login replaced or removed while a pass
-        waited on the source is left to that login.
+        every idle one; `tenant` limits the pass to that tenant's sessions (a refresh of one tenant: a key just
+        revoked must not log in again on a session verified less than a ttl ago). Passes run one at a time, and a
+        session that a login replaced or removed while a pass waited on the source is left to that login.
         """
         async with self._rechecking:
             revoked = 0
             for digest, session in list(self._sessions.items()):
                 if self._sessions.get(digest) is not session:
+                    continue
+                if tenant is not None and session.principal.tenant != tenant:
                     continue
                 age = time.monotonic() - session.verified_at
                 if session.users <= 0:

@@ -300,3 +300,37 @@ def test_sources_are_addresses_and_ipv6_counts_per_64() -> None:
     assert source_of("::ffff:192.0.2.1:5000") == "192.0.2.1"
     assert source_of("::1:6379") == "::/64"
     assert source_of("?") == "?"
+
+
+class _Tenants:
+    """A key source whose keys each belong to the tenant named before the dot: `acme.1`."""
+
+    def __init__(self, *keys: str) -> None:
+        self.valid = set(keys)
+        self.asked: list[str] = []
+
+    def authenticate(self, api_key: str) -> Principal | None:
+        self.asked.append(api_key)
+        return Principal(api_key.split(".")[0], api_key) if api_key in self.valid else None
+
+
+def test_a_refresh_of_one_tenant_rechecks_its_sessions_at_once_and_no_others() -> None:
+    """`keys revoke` refreshes the key's tenant: a session verified less than a ttl ago logged the key in again."""
+    source = _Tenants("acme.1", "acme.2", "globex.1")
+    authenticator = Authenticator(source, ttl=30.0)  # no pass of the loop's own would come for half a minute
+
+    async def scenario() -> tuple[bool, bool, object]:
+        in_use = [await authenticator.login(key, peer="t", listener="resp") for key in ("acme.1", "globex.1")]
+        for session in in_use:
+            assert session is not None
+            authenticator.attach(session)
+        assert await authenticator.login("acme.2", peer="t", listener="resp") is not None  # idle once done
+        source.valid -= {"acme.1", "acme.2", "globex.1"}  # all revoked; only acme's tenant is refreshed
+        source.asked.clear()
+        assert await authenticator.recheck(force=True, tenant="acme") == 1
+        again = await authenticator.login("acme.2", peer="t", listener="resp")
+        return in_use[0].revoked, in_use[1].revoked, again  # type: ignore[union-attr]
+
+    acme_revoked, globex_revoked, idle_login = asyncio.run(scenario())
+    assert (acme_revoked, globex_revoked, idle_login) == (True, False, None)
+    assert source.asked == ["acme.1", "acme.2"]  # globex's session was left to its own pass
