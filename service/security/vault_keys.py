@@ -466,12 +466,14 @@ class VaultKeyAdmin:
 
 
 def _check_rotatable(info: KeyInfo, now: dt.datetime) -> None:
-    if not info.usable_at(now):
-        state = "revoked" if info.state == "revoked" else "expired"
-        raise KeyNotActive(f"key {info.key_id} is {state}; issue a new one")
+    """A rotated key names its successor even once expired (rotated with no overlap, it expires at once)."""
+    if info.state == "revoked":
+        raise KeyNotActive(f"key {info.key_id} is revoked; issue a new one")
     if info.rotated_to is not None:
         raise KeyNotActive(f"key {info.key_id} was already rotated to {info.rotated_to}; rotate {info.rotated_to} "
                            "instead, or issue a new key")
+    if not info.usable_at(now):
+        raise KeyNotActive(f"key {info.key_id} is expired; issue a new one")
 
 
 def _check_tenant_name(tenant: str) -> None:

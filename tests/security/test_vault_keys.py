@@ -112,6 +112,17 @@ def test_a_rotated_key_cannot_be_rotated_again(key_admin: VaultKeyAdmin, tenant:
     assert key_admin.rotate_key(successor.key_id, overlap=dt.timedelta(hours=1))  # the successor rotates as usual
 
 
+def test_a_key_rotated_with_no_overlap_still_names_its_successor(key_admin: VaultKeyAdmin, tenant: str) -> None:
+    """Rotated with --overlap 0s the old key expires at once; rotating it again said only "expired"."""
+    old = key_admin.issue_key(tenant)
+    successor = key_admin.rotate_key(old.key_id, overlap=dt.timedelta(0))
+    with pytest.raises(KeyNotActive, match=f"already rotated to {successor.key_id}; rotate {successor.key_id}"):
+        key_admin.rotate_key(old.key_id, overlap=dt.timedelta(hours=1))
+    key_admin.revoke_key(successor.key_id)
+    with pytest.raises(KeyNotActive, match=f"key {successor.key_id} is revoked"):
+        key_admin.rotate_key(successor.key_id, overlap=dt.timedelta(hours=1))
+
+
 def test_each_tenant_of_a_name_is_another_incarnation_and_its_keys_name_it(
         key_admin: VaultKeyAdmin, bao_root: hvac.Client) -> None:
     name = unique("again")
