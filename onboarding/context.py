@@ -167,10 +167,13 @@ def with_local_hint(target: Target, failure: OnboardingError) -> OnboardingError
         process, name = "service", "service"
     else:
         return failure
+    up = f"`foresight local up{state_dir_option(target.paths.root)}`"
     if target.paths.process(process).pid() is not None:
+        if process == "openbao" and "(VaultDown)" in failure.why:  # hvac's name for Vault's 503: sealed
+            return type(failure)(failure.what, f"{failure.why}; the local OpenBao is sealed (it was restarted "
+                                 f"outside {up}, which unseals it)")
         return failure
-    hint = (f"the local {name} is not running (see `foresight local status`); start it with `foresight local up"
-            f"{state_dir_option(target.paths.root)}`")
+    hint = f"the local {name} is not running (see `foresight local status`); start it with {up}"
     return type(failure)(failure.what, f"{failure.why}; {hint}")
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import hvac
 import pytest
 import redis
 from redis.backoff import NoBackoff
@@ -156,6 +157,20 @@ def test_up_again_reuses_everything(local: Local) -> None:
     moved = local.run("local", "up", "--no-demo", "--resp-port", str(local.up["resp_port"] + 1))
     assert moved.returncode == EXIT_LOCAL  # the hint stops this deployment, not the default directory's
     assert moved.stderr.strip().endswith(f"run `foresight local down --state-dir {local.state}` first")
+
+
+def test_a_sealed_openbao_is_named_and_up_unseals_it(local: Local) -> None:
+    """A restart outside `local up` leaves OpenBao sealed: the error said only "Vault unreachable (VaultDown)"."""
+    root = json.loads(local.paths.openbao_init.read_text())["root_token"]
+    vault = json.loads(local.paths.deployment.read_text())["vault_addr"]
+    hvac.Client(url=vault, token=root, verify=local.up["ca_cert"]).sys.seal()
+    sealed = local.run("tenants", "list")
+    assert sealed.returncode == EXIT_VAULT
+    assert sealed.stderr.strip().endswith("Vault unreachable (VaultDown); the local OpenBao is sealed (it was "
+                                          f"restarted outside `foresight local up --state-dir {local.state}`, which "
+                                          "unseals it)")
+    assert local.run("local", "up", "--no-demo").returncode == 0
+    assert local.run("tenants", "list").returncode == 0
 
 
 def test_the_printed_next_steps_act_on_this_deployment(local: Local, tmp_path: Path) -> None:
