@@ -1,8 +1,11 @@
-"""The FastAPI application: routers mounted once, state attached, nothing else."""
+"""The FastAPI application: routers mounted once, state attached, and a 405 that names every method allowed."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response, status
+from fastapi.exception_handlers import http_exception_handler
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service import __version__
 from service.config import ConfigError
@@ -11,6 +14,8 @@ from service.http.scrape_token import ScrapeToken, VaultSource
 from service.http.validators import EntityTags
 from service.security.vault_source import VaultKeySource
 from service.state import ServiceState
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
 def create_app(state: ServiceState) -> FastAPI:
@@ -26,7 +31,20 @@ def create_app(state: ServiceState) -> FastAPI:
     app.include_router(keys.router)
     app.include_router(stats.router)
     app.include_router(admin.router)
+    app.add_exception_handler(StarletteHTTPException, _allow_every_method)
     return app
+
+
+async def _allow_every_method(request: Request, exc: Exception) -> Response:
+    """FastAPI's answer, with a 405's Allow naming every method the path takes: one route per method answers for
+    /v1/keys/{key}, and Starlette names the first route's alone (`POST /v1/keys/a` said `allow: GET`)."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+        routes = request.app.router.routes  # asked as the router asks them: included routers answer for theirs
+        methods = [method for method in _METHODS
+                   if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)]
+        exc.headers = {**(exc.headers or {}), "Allow": ", ".join(methods)}
+    return await http_exception_handler(request, exc)
 
 
 def scrape_token(state: ServiceState) -> ScrapeToken:

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from hashlib import sha256
 from typing import Literal
 
-_ENTITY_TAG = re.compile(r'\s*(W/)?("[^"]*")\s*(?:,|$)')
+_ENTITY_TAG = re.compile(r'(W/)?("[^"]*")\s*(?:,|$)')
+_EMPTY_ELEMENTS = re.compile(r"[\s,]*")  # RFC 9110, 5.6.1.2: a recipient accepts and ignores empty list elements
 
 
 def etag(value: bytes) -> str:
@@ -72,14 +73,19 @@ class EntityTags:
 
 def _entity_tags(header: str) -> list[tuple[bool, str]]:
     """(weak, opaque tag) for each entity tag of a list; a malformed list gives no tags."""
-    tags, position = [], 0
+    tags, position = [], _skip_empty(header, 0)
     while position < len(header):
         match = _ENTITY_TAG.match(header, position)
-        if match is None or match.end() == position:
+        if match is None:
             return []
         tags.append((match.group(1) is not None, match.group(2)))
-        position = match.end()
+        position = _skip_empty(header, match.end())
     return tags
+
+
+def _skip_empty(header: str, position: int) -> int:
+    skipped = _EMPTY_ELEMENTS.match(header, position)
+    return skipped.end() if skipped else position
 
 
 def none_match(header: str, current: str) -> bool:

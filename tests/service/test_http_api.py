@@ -129,6 +129,17 @@ def test_stats_show_the_tenants_connections_and_commands_as_info_does(dev_servic
     assert 2 <= shown["total_commands_processed"] < info["total_commands_processed"]  # INFO came after it
 
 
+def test_a_wrong_method_is_told_every_method_the_path_takes_and_probes_may_use_head(
+        dev_service: RunningService) -> None:
+    with _http(dev_service) as http:
+        refused = http.post("/v1/keys/a")
+        assert refused.status_code == 405 and refused.headers["allow"] == "DELETE, GET, HEAD, PUT"  # was "GET"
+        assert http.request("PATCH", "/healthz").headers["allow"] == "GET, HEAD"
+        for probe in ("/healthz", "/readyz"):
+            assert http.head(probe).status_code == 200, probe  # 405 before
+        assert http.get("/nope").status_code == 404  # other errors as FastAPI answers them
+
+
 def test_mget_keeps_order_and_encodes_binary(dev_service: RunningService) -> None:
     redis.Redis(port=dev_service.resp_port).mset({"t": "text", "bin": b"\xff\xfe"})
     with _http(dev_service) as http:

@@ -99,6 +99,18 @@ def test_a_malformed_precondition_is_refused_and_changes_nothing(dev_service: Ru
         assert resp.get("doc") == b"v1"
 
 
+def test_empty_list_elements_are_ignored(dev_service: RunningService) -> None:
+    """RFC 9110, 5.6.1.2: a recipient accepts and ignores empty list elements (they were a 400 on writes, and
+    made a GET's If-None-Match be ignored)."""
+    with _http(dev_service) as http:
+        http.put("/v1/keys/doc", content=b"v1")
+        current = etag(b"v1")
+        for listed in (f'"a",,{current}', f'"a", , {current}', f", {current}", f"{current} ,,"):
+            assert http.get("/v1/keys/doc", headers={"If-None-Match": listed}).status_code == 304, listed
+            assert http.put("/v1/keys/doc", content=b"v1", headers={"If-Match": listed}).status_code == 204, listed
+        assert http.put("/v1/keys/doc", content=b"v2", headers={"If-Match": '"a",,"b"'}).status_code == 412
+
+
 def test_header_lines_of_a_precondition_are_one_list(dev_service: RunningService) -> None:
     with _http(dev_service) as http:
         http.put("/v1/keys/doc", content=b"v1")

@@ -11,12 +11,14 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz")
+@router.head("/healthz", include_in_schema=False)  # load balancers' and probes' checks use either
 async def healthz() -> dict[str, str]:
     """The process is up and serving HTTP."""
     return {"status": "ok"}
 
 
 @router.get("/readyz")
+@router.head("/readyz", include_in_schema=False)
 async def readyz(state: State, response: Response) -> dict[str, str]:
     """Ready for traffic: listeners up, tenants loaded, not draining."""
     if state.ready and not state.draining:
