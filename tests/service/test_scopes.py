@@ -91,6 +91,10 @@ def test_a_write_only_key_writes_and_cannot_read(scoped: Scoped) -> None:
         writer.get("event")
     with pytest.raises(redis.exceptions.NoPermissionError):
         writer.scan()
+    for container, sub in (("CONFIG", "GET"), ("MEMORY", "USAGE")):  # NOPERM names the subcommand, as in Redis
+        with pytest.raises(redis.exceptions.NoPermissionError, match=rf"run the '{container.lower()}\|{sub.lower()}' "
+                           "command: it needs the 'read' scope"):
+            writer.execute_command(container, sub, "event")
     assert scoped.redis("app").get("event") == b"2"
 
 

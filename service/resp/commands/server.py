@@ -226,10 +226,10 @@ COMMANDS = [
     Command("command", -1, frozenset({"connection"}), command, group="server",
             summary="Returns detailed information about all commands.", since="2.8.13",
             subcommands=COMMAND_SUBCOMMANDS),
+    # Containers carry no scope: each subcommand's own, so that NOPERM names it (`config|get`) as Redis does.
     Command("config", -2, frozenset({"admin", "noscript"}), config, group="server",
-            summary="A container for server configuration commands.", since="2.0.0", scope="read",
-            subcommands=CONFIG_SUBCOMMANDS),
-    Command("memory", -2, frozenset({"readonly"}), memory, group="server", since="4.0.0",
+            summary="A container for server configuration commands.", since="2.0.0", subcommands=CONFIG_SUBCOMMANDS),
+    Command("memory", -2, frozenset(), memory, group="server", since="4.0.0",
             summary="A container for memory diagnostics commands.", subcommands=MEMORY_SUBCOMMANDS),
     # Not from scripts: a flush waits for its audit record, and a script cannot wait.
     Command("flushdb", -1, frozenset({"write", "noscript"}), flush, group="server", scope="admin",
