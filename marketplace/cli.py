@@ -43,10 +43,14 @@ def build(
             from marketplace.aws.template import render
             from marketplace.azure.template import package
             from marketplace.gcp.template import package as gcp_package
+            from marketplace.gcp.template import stray_files
         except ModuleNotFoundError as err:
             why = f"{err.name} is not installed: pip install 'foresight[stacks]'"
             raise InvalidInput("foresight[stacks]", why) from None
         _check_out(out)
+        if stray := stray_files(out / "gcp"):
+            raise InvalidInput(f"--out {out}", f"gcp/ holds {', '.join(stray)}, which the module does not have "
+                               "(Terraform would load a stray .tf with it); remove it, or build into another --out")
         try:
             paths = [
                 _write_json(out / "aws/foresight.template.json", render()),

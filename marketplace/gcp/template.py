@@ -753,6 +753,13 @@ def render(version: str | None = None) -> dict[str, str]:
     return {**files, **blueprint.render(variables(), outputs(), version, TERRAFORM_VERSION)}
 
 
+def stray_files(out_dir: Path) -> list[str]:
+    """Files in `out_dir` the module does not have: Terraform would load a stray .tf with it, and the portal takes
+    the folder whole."""
+    ours = set(render())
+    return sorted(p.name for p in out_dir.iterdir() if p.name not in ours) if out_dir.is_dir() else []
+
+
 def package(out_dir: Path, version: str | None = None) -> Path:
     """Writes the module's files into `out_dir` (the folder the producer portal takes, zipped or from a bucket)."""
     out_dir.mkdir(parents=True, exist_ok=True)

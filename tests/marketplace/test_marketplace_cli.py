@@ -277,6 +277,19 @@ def test_build_writes_the_listing_artifacts(tmp_path) -> None:  # type: ignore[n
     assert sorted(written) == sorted(str(p) for p in on_disk)  # everything reported, no temporary left behind
 
 
+def test_build_refuses_a_gcp_folder_holding_files_the_module_does_not_have(tmp_path: Path) -> None:
+    """They were reported as written, and a stale .tf would have gone to Terraform and the portal with the module."""
+    assert run("build", "--out", str(tmp_path)).exit_code == 0
+    (tmp_path / "gcp/old_outputs.tf").write_text('output "gone" { value = 1 }\n')
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    result = run("build", "--out", str(tmp_path), "--json")
+    assert result.exit_code == 2, result.output
+    assert json.loads(result.stdout)["error"] == (
+        f"--out {tmp_path}: gcp/ holds old_outputs.tf, which the module does not have (Terraform would load a "
+        "stray .tf with it); remove it, or build into another --out")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing written
+
+
 def test_build_into_a_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     target = tmp_path / "notes.txt"
     target.write_text("keep me\n")
