@@ -392,7 +392,7 @@ class RespConnection(asyncio.Protocol):
             if args == [] or args is None:
                 return b""  # `*0` and `*-1`: Redis skips them without a reply
             self.close_after_reply = True
-            return framing.NOT_AN_ARRAY
+            return framing.not_bulk(args[0]) if type(args) is list else framing.NOT_AN_ARRAY  # `*1\r\n:1`
         for arg in args:  # Redis refuses these while parsing: no command runs, and the connection closes
             if type(arg) is not bytes:
                 self.close_after_reply = True

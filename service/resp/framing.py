@@ -24,11 +24,16 @@ _UNAUTH_BULK = r.error("ERR Protocol error: unauthenticated bulk length")
 _LENGTH = re.compile(rb"-?[0-9]{1,19}")
 
 NOT_AN_ARRAY = r.error("ERR Protocol error: expected an array of bulk strings")
-_INVALID_BULK = r.error("ERR Protocol error: invalid bulk length")  # Redis's answer to `$-1` as an argument
+_INVALID_BULK = r.error("ERR Protocol error: invalid bulk length")  # Redis's answer to `$-1` as an argument, `$a`
 # hiredis raises MemoryError on an array header it cannot allocate (`*4000000000`), and its own error on one over a
 # reader's limit (service/resp/reader.py); Redis refuses such a count.
 _INVALID_MULTIBULK = r.error("ERR Protocol error: invalid multibulk length")
-_OUT_OF_RANGE = "Multi-bulk length out of range"
+_REDIS_WORDS = {  # hiredis's message: Redis's reply for the same bytes
+    "Multi-bulk length out of range": _INVALID_MULTIBULK,  # over a reader's limit (service/resp/reader.py)
+    "Bad multi-bulk length": _INVALID_MULTIBULK,  # `*a`
+    "Bad bulk string length": _INVALID_BULK,  # `$a`
+    "Bulk string length out of range": _INVALID_BULK,  # `$-2`
+}
 _PREFIX = {int: ":", list: "*", float: ",", bool: "#", dict: "%", set: "~"}
 
 
@@ -42,9 +47,12 @@ def not_bulk(value: object) -> bytes:
 
 
 def parse_error(err: Exception) -> bytes:
-    """The reply to what hiredis could not parse (a ProtocolError, or a MemoryError from an absurd array length)."""
-    if isinstance(err, MemoryError) or str(err) == _OUT_OF_RANGE:
+    """The reply to what hiredis could not parse (a ProtocolError, or a MemoryError from an absurd array length),
+    in Redis's words."""
+    if isinstance(err, MemoryError):
         return _INVALID_MULTIBULK
+    if (known := _REDIS_WORDS.get(str(err))) is not None:
+        return known
     refused = _REFUSED_TYPE.search(str(err))
     if refused:  # Redis's words for a byte where an argument's '$' should be (escaped as hiredis shows it)
         return r.error(f"ERR Protocol error: expected '$', got '{refused[1]}'")

@@ -104,6 +104,12 @@ def test_raise_nofile_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
     # Under hiredis's own limit, over max_request_args: refused at the header, before a 3-billion-slot list is made
     # (freeing it held the event loop for 10-16 s once the client left).
     (b"*3000000000\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
+    # hiredis's words were passed on ("Bad multi-bulk length"...); these are Redis 7.0's for the same bytes.
+    (b"*a\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
+    (b"*1\r\n$a\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
+    (b"*1\r\n$-2\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
+    (b"*1\r\n$-1\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
+    (b"*1\r\n:1\r\n", b"-ERR Protocol error: expected '$', got ':'\r\n"),
 ])
 def test_a_request_that_is_not_bulk_strings_is_a_protocol_error_and_nothing_after_it_runs(
         dev_service: RunningService, caplog: pytest.LogCaptureFixture, request_: bytes, error: bytes) -> None:
