@@ -61,13 +61,9 @@ OPERATOR_TOKEN = "s.local-operator-token"
 
 
 @pytest.fixture
-def recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StatePaths:
-    """A recorded local deployment (nothing running) and an environment that names no Vault."""
-    for name in ("VAULT_ADDR", "VAULT_TOKEN", "VAULT_CACERT", "BAO_ADDR", "BAO_TOKEN", "BAO_CACERT",
-                 "FORESIGHT_ADMIN_URL", "FORESIGHT_ADMIN_TOKEN", "FORESIGHT_ADMIN_CA", "FORESIGHT_AUDIT_LOG",
-                 "FORESIGHT_VAULT_KV_MOUNT"):
-        monkeypatch.delenv(name, raising=False)
-    paths = StatePaths(tmp_path / "state")
+def recorded(state_dir: Path) -> StatePaths:
+    """A recorded local deployment (nothing running) in the private state directory."""
+    paths = StatePaths(state_dir)
     paths.create()
     write_secret(paths.secrets / "operator.token", OPERATOR_TOKEN)
     write_secret(paths.secrets / "admin.token", "local-admin-token")
