@@ -95,6 +95,7 @@ class VaultKeySource:
         self._reachable = True
         self._tenants: tuple[list[TenantSpec], float] | None = None
         self._damaged: set[str] = set()  # tenants whose damaged record was reported
+        self._known: dict[str, TenantSpec] = {}  # each live tenant's spec as last read whole
 
     @property
     def vault_reachable(self) -> bool:
@@ -156,10 +157,10 @@ class VaultKeySource:
         return list(specs)
 
     def _last_known(self, name: str) -> TenantSpec | None:
-        """A tenant's spec in the last list read: what a damaged record keeps serving (dropping the tenant would
+        """A tenant's spec as last read whole: what a damaged record keeps serving (dropping the tenant would
         flush its data over what is most likely a mistyped write)."""
-        cached = self._tenants
-        return next((spec for spec in cached[0] if spec.name == name), None) if cached else None
+        with self._lock:
+            return self._known.get(name)
 
     def tenant(self, name: str) -> TenantSpec | None:
         """One live tenant, read from Vault now; its cached keys are forgotten so key changes show at once."""
@@ -213,16 +214,20 @@ class VaultKeySource:
         """The tenant's record; _DAMAGED when it is not one, said once at ERROR until it is repaired (its keys are
         refused meanwhile; the tenant list keeps its last known spec)."""
         record = self._read(f"tenants/{tenant}/meta")
-        if not record:
-            return None
         try:
-            meta = tenant_meta(record, self.mount, tenant)
+            meta = tenant_meta(record, self.mount, tenant) if record else None
         except DamagedRecord as err:
-            if tenant not in self._damaged:
-                self._damaged.add(tenant)
+            with self._lock:
+                said, self._damaged = tenant in self._damaged, self._damaged | {tenant}
+            if not said:
                 log.error("tenant %s: %s", tenant, err)
             return _DAMAGED
-        self._damaged.discard(tenant)
+        with self._lock:
+            self._damaged.discard(tenant)
+            if meta is None or meta.deleting:
+                self._known.pop(tenant, None)
+            else:
+                self._known[tenant] = meta.service_spec()
         return meta
 
     def _read(self, path: str) -> dict[str, Any] | None:

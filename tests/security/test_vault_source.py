@@ -160,6 +160,7 @@ def test_a_damaged_tenant_record_keeps_the_other_tenants_and_its_last_spec(
         for _ in range(2):
             names = {spec.name for spec in source.tenants(fresh=True)}
             assert {tenant, other} <= names  # its last known spec: dropping it would flush its data
+            assert source.tenant(other) is not None  # a refresh of another tenant (keys revoke) between lists
         assert source.tenant(tenant) is not None and source.authenticate(key.secret) is None
     damaged = [r.getMessage() for r in caplog.records if tenant in r.getMessage()]
     assert damaged == [f"tenant {tenant}: foresight/tenants/{tenant}/meta is not a tenant record (spec: Field "
