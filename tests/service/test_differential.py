@@ -200,6 +200,8 @@ CASES: dict[str, list[Cmd]] = {
         ("SET", "l", "12345678901234567890"), ("INCRBYFLOAT", "l", "0.3"), ("SET", "t", "5"), ("EXPIRE", "t", "100"),
         ("INCRBYFLOAT", "t", "+1.5e0"),
         ("TTL", "t"), ("INCRBYFLOAT",), ("INCRBYFLOAT", "f", "1", "2"), ("INCRBYFLOAT", "f", "0X1P-2"),
+        ("INCRBYFLOAT", "f", "1e"), ("INCRBYFLOAT", "f", "1e+"), ("INCRBYFLOAT", "f", "0x1p"),  # scanf takes these
+        ("SET", "d", "2.5e"), ("INCRBYFLOAT", "d", "1"),
     ],
     "setrange": [
         ("SETRANGE", "k", "5", "hi"), ("GET", "k"), ("SETRANGE", "k", "0", "HELLO"), ("GET", "k"),

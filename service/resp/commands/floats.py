@@ -3,9 +3,11 @@
 
 Python's float is a C double, whose 53 bits print `0.1` as `0.10000000000000001` at 17 digits, where the x87
 long double's 64 bits print `0.1`; and Python has neither strtold's syntax (hex floats) nor its range (1e4000).
-So the parsing and the printing go through the C library itself (`sscanf("%Lf")` into a buffer, `snprintf` from
-one) and the sum through numpy's long double, the same type: the digits are Redis's own, checked against
-redis-server in tests/service/test_differential.py.
+So the parsing and the printing go through the C library itself and the sum through numpy's long double, the
+same type: `strtold` says how much of the text is a number and whether it over- or underflowed (its value comes
+back through ctypes as a double, so it is not kept), `sscanf("%Lf")` writes that number's exact bits into a
+buffer (alone it takes `1e` whole, where strtold stops before the `e`), and `snprintf` prints from one. The digits
+are Redis's own, checked against redis-server in tests/service/test_differential.py.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import errno
 import numpy as np
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_LIBC.strtold.restype = ctypes.c_longdouble
+_LIBC.strtold.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p)]
 _MAX_CHARS = 5 * 1024  # Redis's MAX_LONG_DOUBLE_CHARS: longer input is refused, and no result is longer
 _SIZE = ctypes.sizeof(ctypes.c_longdouble)
 
@@ -26,12 +30,15 @@ def parse(text: bytes) -> np.longdouble | None:
     number (a NUL included), no NaN, no overflow to infinity or underflow to zero."""
     if not text or len(text) >= _MAX_CHARS or text[:1].isspace():
         return None
-    buffer = ctypes.create_string_buffer(_SIZE)
-    used = ctypes.c_int(-1)
+    source = ctypes.create_string_buffer(text)  # NUL-terminated: strtold stops at a NUL inside, and falls short
+    end = ctypes.c_char_p()
     ctypes.set_errno(0)
-    matched = _LIBC.sscanf(text, b"%Lf%n", buffer, ctypes.byref(used))  # stops at a NUL: `used` falls short
+    _LIBC.strtold(source, ctypes.byref(end))
     failed = ctypes.get_errno()
-    if matched != 1 or used.value != len(text):
+    if ctypes.cast(end, ctypes.c_void_p).value != ctypes.addressof(source) + len(text):
+        return None
+    buffer = ctypes.create_string_buffer(_SIZE)
+    if _LIBC.sscanf(source, b"%Lf", buffer) != 1:
         return None
     value = np.frombuffer(buffer.raw, dtype=np.longdouble)[0]
     if np.isnan(value) or (failed == errno.ERANGE and (np.isinf(value) or value == 0)):
