@@ -7,7 +7,9 @@ import resource
 import socket
 import ssl
 import time
+import tracemalloc
 from pathlib import Path
+from types import SimpleNamespace
 
 import hiredis
 import pytest
@@ -15,6 +17,9 @@ import redis
 
 from service.net import raise_nofile_limit
 from service.resp import reader
+from service.resp import replies as r
+from service.resp.commands import strings
+from service.store import MemoryStore
 from tests.servers import wait_until
 from tests.service.conftest import ProductionService
 from tests.service.harness import RawClient, RunningService, running_service, write_tenants_file
@@ -292,3 +297,19 @@ def test_an_inline_auth_logs_in(prod_service: ProductionService, first: bytes) -
     while len(received) < len(expected) and (chunk := sock.recv(65536)):
         received += chunk
     assert received == expected
+
+
+def test_setrange_far_past_the_budget_is_refused_before_its_padding_is_built() -> None:
+    """`SETRANGE k 536870000 x` (30 bytes) had the event loop build a 512 MB value, twice over, for the store
+    to refuse it."""
+    store = MemoryStore(1 << 20)
+    conn = SimpleNamespace(tenant=SimpleNamespace(store=store))
+    tracemalloc.start()
+    try:
+        reply = strings.setrange(conn, [b"SETRANGE", b"k", b"100000000", b"x"])  # type: ignore[arg-type]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert reply == r.OOM and store.entry(b"k") is None
+    assert peak < 1 << 20  # the 100 MB padding was never made
+    assert strings.setrange(conn, [b"SETRANGE", b"k", b"1000", b"x"]) == r.integer(1001)  # type: ignore[arg-type]

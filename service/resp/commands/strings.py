@@ -13,7 +13,7 @@ from service.origin import OriginError
 from service.origin.base import MAX_OBJECT_BYTES
 from service.resp import replies as r
 from service.resp.commands import Command, Reply, floats
-from service.store import ValueTooLarge, now_ms
+from service.store import ValueTooLarge, entry_size, now_ms
 
 if TYPE_CHECKING:
     from service.resp.connection import RespConnection
@@ -376,6 +376,9 @@ def setrange(conn: RespConnection, args: list[bytes]) -> Reply:
         return r.integer(len(current))
     if offset + len(patch) > MAX_OBJECT_BYTES:  # Redis's proto-max-bulk-len
         return r.error("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
+    store = conn.tenant.store
+    if entry_size(args[1], b"") + max(len(current), offset + len(patch)) > store.budget:
+        return r.OOM  # before the padding is built: a 30-byte request could have the loop allocate a gigabyte
     value = current[:offset].ljust(offset, b"\0") + patch + current[offset + len(patch):]
     return _write(conn, args[1], value, keep_ttl=True) or r.integer(len(value))
 
