@@ -164,6 +164,8 @@ def test_mget_checks_the_key_before_it_reads_the_body_and_bounds_the_body(
         invalid = http.post("/v1/mget", content=b'{"keys": [1]}', headers=acme)
         assert invalid.status_code == 422 and invalid.json()["detail"][0]["loc"] == ["body", "keys", 0]
         assert http.post("/v1/mget", content=b"{", headers=acme).json()["detail"][0]["type"] == "json_invalid"
+        for unparsable in (b'{"keys": ["\xff"]}', b"[" * 100_000):  # not UTF-8; nested past the parser: not a 500
+            assert http.post("/v1/mget", content=unparsable, headers=acme).status_code == 400
         over = http.post("/v1/mget", content=b" " * (keys_routes.MAX_MGET_BYTES + 1), headers=acme)
         assert over.status_code == 413 and "mget bodies are limited to" in over.text
         mget = http.get("/openapi.json").json()["paths"]["/v1/mget"]["post"]

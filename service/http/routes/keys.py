@@ -271,8 +271,6 @@ async def delete_key(key: str, request: Request, tenant: Writer) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-
-
 class MGetRequest(BaseModel):
     keys: list[str] = Field(min_length=1, max_length=10_000, description="Keys to read, in order.")
 
@@ -307,6 +305,8 @@ def _mget_request(raw: bytes) -> MGetRequest:
     except ValidationError as err:
         raise RequestValidationError([{**error, "loc": ("body", *error["loc"])}
                                       for error in err.errors(include_url=False)]) from None
+    except (ValueError, RecursionError):  # not UTF-8, or nested past the parser's depth: FastAPI's own answer
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "There was an error parsing the body") from None
 
 
 @router.post("/mget", openapi_extra={"requestBody": {
