@@ -25,6 +25,7 @@ from typer.core import TyperGroup
 
 from onboarding.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TERMINATED, OnboardingError, Terminated
 from onboarding.state import STATE_DIR_ENV
+from service.security.apikeys import redact_keys
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -124,6 +125,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 
 def _fail(message: str, code: int, as_json: bool) -> None:
+    message = redact_keys(message)  # a key pasted where the parser did not expect it is quoted back
     if as_json:
         emit_json({"error": message, "exit_code": code})
     err.print(f"error: {message}", markup=False)

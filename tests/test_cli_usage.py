@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from service.security.apikeys import new_key
+
 
 def _foresight(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", "from service.cli import main; main()", *args],
@@ -32,3 +34,12 @@ def test_usage_errors_are_one_line_naming_the_commands_help(args: list[str], lin
     with_json = _foresight(*args, "--json")
     assert with_json.returncode == 2
     assert json.loads(with_json.stdout) == {"error": line.removeprefix("error: "), "exit_code": 2}
+
+
+def test_a_key_quoted_back_by_the_parser_is_not_shown() -> None:
+    """`keys revoke Bearer fsk_...` unquoted: the key is an extra argument, which Click quotes in its error."""
+    key = new_key().secret
+    result = _foresight("keys", "revoke", "Bearer", key, "--json")
+    assert result.returncode == 2
+    assert key not in result.stdout + result.stderr and key[4:20] not in result.stdout + result.stderr
+    assert json.loads(result.stdout)["error"].startswith("Got unexpected extra argument(s) (fsk_(a key, not shown))")

@@ -18,6 +18,7 @@ PREFIX = "fsk"
 _KEY_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 _KEY_RE = re.compile(r"fsk_([a-z2-7]{12})_([A-Za-z0-9_-]{43})")
 _HASH_DOMAIN = b"foresight-apikey-v1\x00"
+_KEY_LIKE = re.compile(rf"{PREFIX}_[A-Za-z0-9_-]+")  # a key, or part of one: what a message must never repeat
 
 
 class MalformedKey(ValueError):
@@ -46,6 +47,11 @@ def key_id_of(api_key: str) -> str:
     if match is None:
         raise MalformedKey("not a Foresight API key (expected fsk_<key id>_<secret>)")
     return match.group(1)
+
+
+def redact_keys(text: str) -> str:
+    """`text` with anything shaped like a key, whole or cut, replaced: for messages that quote what was typed."""
+    return _KEY_LIKE.sub(f"{PREFIX}_(a key, not shown)", text)
 
 
 def hash_key(api_key: str) -> str:
