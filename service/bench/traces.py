@@ -81,6 +81,9 @@ def _open_binary(path: Path) -> IO[bytes]:
     return path.open("rb")
 
 
+_ZSTD_INPUT = 4096  # compressed bytes per step: what one step holds decompressed stays bounded (not 100 MB)
+
+
 class _ZstdFrames(io.RawIOBase):
     """A .zst file's frames, decompressed in turn. Input that ends inside a frame is EOFError, as gzip and lzma
     raise: zstandard's own stream reader ends there without a word, and a cut trace replayed as a shorter one."""
@@ -98,7 +101,7 @@ class _ZstdFrames(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         while self._at == len(self._out):
-            chunk = self._raw.read(1 << 16)
+            chunk = self._raw.read(_ZSTD_INPUT)
             if not chunk:
                 if self._in_frame:
                     raise EOFError("compressed file ended before the end of a zstd frame (cut short?)")

@@ -21,19 +21,25 @@ from functools import cache
 
 import hiredis
 
-# Where hiredis-py's Reader object keeps its `redisReader *`: right after PyObject_HEAD (refcount, type).
-_STRUCT_AT = ctypes.sizeof(ctypes.c_ssize_t) + ctypes.sizeof(ctypes.c_void_p)
+# Where hiredis-py's Reader object keeps its `redisReader *`: right after PyObject_HEAD (refcount, type), which
+# `_struct` checks by finding the type where it should be (a free-threaded build's head is longer).
+_TYPE_AT = ctypes.sizeof(ctypes.c_ssize_t)
+_STRUCT_AT = _TYPE_AT + ctypes.sizeof(ctypes.c_void_p)
 _HIREDIS_DEFAULT = (1 << 32) - 1  # REDIS_READER_MAX_ARRAY_ELEMENTS
 _SENTINELS = (0x5A5A_1234_0F0F_7777, 0x0123_4567_89AB_CDEF)
-_WORDS = 48  # how far into the struct the probe reads (maxbuf is its 21st word in hiredis 1.x)
+_WORDS = 27  # the struct's length in words (216 bytes in hiredis 1.x, maxbuf its 21st): the probe reads no further
 
 
 def _struct(reader: hiredis.Reader) -> int:
+    """The `redisReader *` inside `reader`, or 0 where the object's head is not the one expected."""
+    if ctypes.c_void_p.from_address(id(reader) + _TYPE_AT).value != id(type(reader)):
+        return 0
     return ctypes.c_void_p.from_address(id(reader) + _STRUCT_AT).value or 0
 
 
 def _word_after_maxbuf(struct: int, reader: hiredis.Reader) -> int | None:
-    """The byte offset of the word after maxbuf, read word by word up to the first sentinel (so never past it)."""
+    """The byte offset of the word after maxbuf, read word by word up to the first sentinel, within the struct's
+    length; None if it is not there."""
     found = []
     for sentinel in _SENTINELS:
         reader.setmaxbuf(sentinel)
