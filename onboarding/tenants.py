@@ -131,6 +131,8 @@ class Onboarder:
 
     @classmethod
     def connect(cls, target: Target) -> Onboarder:
+        audit = OnboardingAudit(target.audit_log)
+        audit.check()  # before anything changes (reads are audited too): an action done but not audited is worse
         client = target.vault_client()
         admin = None
         if target.admin_url is not None and target.admin_token is not None:
@@ -138,11 +140,10 @@ class Onboarder:
         onboarder = cls(
             VaultKeyAdmin(client, target.kv_mount),
             admin,
-            OnboardingAudit(target.audit_log),
+            audit,
             Journal(target.paths.pending, target.vault_addr),
             target.endpoints,
         )
-        onboarder.audit.check()  # before anything changes: an action done but not audited is the worse outcome
         onboarder.recover()  # a creation whose process died is undone before any command sees its half tenant
         return onboarder
 
