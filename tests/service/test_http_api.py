@@ -338,6 +338,29 @@ def test_metrics_count_hits_and_misses_per_tenant(dev_service: RunningService) -
     assert "foresight_resp_connections 1.0" in text
 
 
+def test_an_admin_refresh_of_one_tenant_logs_its_revoked_key_out_at_once(tmp_path: Path, pki: PKI) -> None:
+    """What `keys revoke` calls: the connection logged in with the key used to keep working until the login
+    cache's own re-check (half of auth_cache_ttl_s), here 15 s; another tenant's connection is not touched."""
+    tenants_file = tmp_path / "tenants.json"
+    keys = write_tenants_file(tenants_file, {"acme": {}, "globex": {}})
+    admin_token = new_admin_token()
+    tls = ssl.create_default_context(cafile=str(pki.ca_cert))
+    with running_service(tls_cert_file=pki.cert, tls_key_file=pki.key, tenants_file=tenants_file,
+                         admin_token_hash=hash_key(admin_token), auth_cache_ttl_s=30) as svc, \
+            httpx.Client(base_url=svc.endpoints.http_url, verify=tls) as http:
+        acme, globex = (redis.Redis(port=svc.resp_port, ssl=True, ssl_ca_certs=str(pki.ca_cert),
+                                    password=keys[name].secret) for name in ("acme", "globex"))
+        assert acme.set("k", "v") and globex.ping()
+        document = json.loads(tenants_file.read_text())
+        document["keys"] = [k for k in document["keys"] if k["tenant"] != "acme"]  # acme's key revoked
+        tenants_file.write_text(json.dumps(document))
+        refreshed = http.post("/admin/v1/tenants/acme/refresh", headers=_bearer(admin_token))
+        assert refreshed.status_code == 200, refreshed.text
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            acme.get("k")  # the same connection, its session revoked by the refresh
+        assert globex.ping()
+
+
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
