@@ -22,6 +22,7 @@ from typing_extensions import TypedDict  # pydantic needs this one before Python
 
 from onboarding.errors import LocalFailure
 from onboarding.local.processes import is_alive, start_time
+from service.validation import first_problem
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Journal:
                 e["tenant"]
                 for e in entries
                 if e["vault_addr"] == self.vault_addr
-                and (e["rollback_pending"] or not is_alive(e["pid"], e.get("start_time")))
+                and (e["rollback_pending"] or not is_alive(e["pid"], e["start_time"]))
             ]
 
     def recover(self, rollback: Callable[[str], None]) -> list[str]:
@@ -107,12 +108,8 @@ class Journal:
             try:
                 entries: list[_Note] = _NOTES.validate_json(text) if text.strip() else []
             except ValidationError as err:
-                problem = err.errors()[0]
-                where = ".".join(str(part) for part in problem["loc"])
-                why = f"not valid JSON ({problem['msg']})" if problem["type"] == "json_invalid" else \
-                    f"not a list of notes ({where or 'the file'}: {problem['msg']})"
-                raise LocalFailure(f"tenant creations in flight ({self.path})",
-                                   f"{why}; fix or remove the file") from None
+                raise LocalFailure(f"tenant creations in flight ({self.path})", f"not a list of notes "
+                                   f"({first_problem(err, 'the file')}); fix or remove the file") from None
             before = list(map(dict, entries))
             yield entries
             if entries != before:

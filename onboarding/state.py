@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field, ValidationError
 from onboarding.errors import InvalidInput, LocalFailure
 from onboarding.local.processes import ManagedProcess
 from service.security.local_ca import write_private
+from service.validation import first_problem
 
 STATE_DIR_ENV = "FORESIGHT_STATE_DIR"
 DEPLOYMENT_VERSION = 1
@@ -242,9 +243,7 @@ def load_deployment(paths: StatePaths) -> Deployment | None:
     try:
         return Deployment.model_validate_json(text)
     except ValidationError as err:
-        problem = err.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"])
-        what = problem["msg"] if problem["type"] == "json_invalid" else f"{where}: {problem['msg']}"
+        what = first_problem(err, "the record")
         again = state_dir_option(paths.root)  # a hint followed as printed must purge this directory, no other
         raise LocalFailure(f"deployment {paths.deployment}", f"damaged ({what}); fix it, or run `foresight local "
                            f"down --purge{again}` and `foresight local up{again}` to start over") from None

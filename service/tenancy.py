@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from service.prefetch.markov import MIN_MAX_KEYS
 from service.security.apikeys import MalformedKey, key_id_of, verify_key
+from service.validation import first_problem
 
 TENANT_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 INCARNATION_PATTERN = r"^[a-z0-9]{1,64}$"  # safe in shared-tier keys and file names
@@ -126,9 +127,7 @@ class FileKeySource:
         except json.JSONDecodeError as err:
             raise TenantsFileError(f"tenants file {path} is not valid JSON: {err}") from None
         except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise TenantsFileError(f"tenants file {path}: {where}: {first['msg']}") from None
+            raise TenantsFileError(f"tenants file {path}: {first_problem(err, 'the file')}") from None
         names = {t.name for t in parsed.tenants}
         for record in parsed.keys:
             if record.tenant not in names:

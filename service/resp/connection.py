@@ -27,7 +27,7 @@ from service.cache import TenantCache
 from service.resp import framing
 from service.resp import replies as r
 from service.resp.admission import LoginWait, admission_for
-from service.resp.commands import Command, build_table, find_subcommand
+from service.resp.commands import Command, build_table, checked_subcommand
 from service.resp.commands.transactions import RUN_INSIDE_MULTI
 from service.resp.reader import new_reader
 from service.state import ServiceState
@@ -422,11 +422,9 @@ class RespConnection(asyncio.Protocol):
                     return self._run_after_loading(cmd, args, tenant, missing)
             if self.queued is not None and cmd.name not in RUN_INSIDE_MULTI:
                 if cmd.subcommands and len(args) > 1:  # a bad subcommand aborts the transaction, as in Redis
-                    sub = find_subcommand(cmd.name, cmd.subcommands, args)
+                    sub = checked_subcommand(self, cmd.name, cmd.subcommands, args)
                     if isinstance(sub, bytes):
                         return self._refuse(sub)
-                    if (refusal := self.lacks_scope(sub)) is not None:
-                        return refusal
                 return self._queue(cmd, args)
         return cmd.handler(self, args)
 

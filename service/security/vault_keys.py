@@ -38,6 +38,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from service.security.apikeys import IssuedKey, new_key
 from service.tenancy import INCARNATION_PATTERN, TENANT_NAME_PATTERN, TenantSpec
+from service.validation import first_problem
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +145,8 @@ def tenant_meta(record: dict[str, Any], mount: str, tenant: str) -> TenantMeta:
     try:
         return TenantMeta.model_validate(record)
     except ValidationError as err:
-        problem = err.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"]) or "the record"
-        raise DamagedRecord(f"{mount}/tenants/{tenant}/meta is not a tenant record ({where}: {problem['msg']}); "
-                            "restore an earlier version (`bao kv rollback`) or delete the tenant") from None
+        raise DamagedRecord(f"{mount}/tenants/{tenant}/meta is not a tenant record ({first_problem(err, 'the record')}"
+                            "); restore an earlier version (`bao kv rollback`) or delete the tenant") from None
 
 
 def tenant_policy_name(tenant: str) -> str:

@@ -124,7 +124,7 @@ def test_a_rotated_token_scrapes_from_anywhere_and_the_next_rotation_replaces_it
         first = deployment.rotate("--json")
         token = json.loads(first.stdout)["token"]
         vault_path = f"{deployment.layout.kv_mount}/{deployment.layout.metrics_path}"
-        assert json.loads(first.stdout) == {"token": token, "vault_path": vault_path}
+        assert json.loads(first.stdout) == {"token": token, "vault_path": vault_path, "version": 1}
         assert len(token) == 64 and int(token, 16) >= 0  # 256 bits, hex
 
         servers.wait_until(lambda: scrapes(http, token), "the service reading the token from Vault", timeout=10)

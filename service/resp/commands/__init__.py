@@ -73,12 +73,17 @@ def find_subcommand(container: str, table: dict[bytes, Command], args: list[byte
     return sub
 
 
-def run_subcommand(container: str, table: dict[bytes, Command], conn: RespConnection, args: list[bytes]) -> Reply:
-    """Run the subcommand args[1] names, after its arity and scope (which MULTI checks when it queues one)."""
+def checked_subcommand(conn: RespConnection, container: str, table: dict[bytes, Command],
+                       args: list[bytes]) -> Command | bytes:
+    """The subcommand args[1] names once its arity and the key's scope allow it, else Redis's error: what running
+    one checks, and MULTI when it queues one."""
     sub = find_subcommand(container, table, args)
-    if isinstance(sub, bytes):
-        return sub
-    return conn.lacks_scope(sub) or sub.handler(conn, args)
+    return sub if isinstance(sub, bytes) else conn.lacks_scope(sub) or sub
+
+
+def run_subcommand(container: str, table: dict[bytes, Command], conn: RespConnection, args: list[bytes]) -> Reply:
+    sub = checked_subcommand(conn, container, table, args)
+    return sub if isinstance(sub, bytes) else sub.handler(conn, args)
 
 
 def build_table() -> dict[bytes, Command]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from service.resp import replies as r
-from service.resp.commands import Command, Reply, find_subcommand
+from service.resp.commands import Command, Reply, checked_subcommand
 from service.resp.commands.strings import parse_int
 from service.state import REDIS_COMPAT_VERSION
 
@@ -234,13 +234,13 @@ CLIENT_SUBCOMMANDS = {
 
 
 def client(conn: RespConnection, args: list[bytes]) -> Reply:
-    sub = find_subcommand("client", CLIENT_SUBCOMMANDS, args)
+    sub = checked_subcommand(conn, "client", CLIENT_SUBCOMMANDS, args)  # no scope to lack before AUTH
     if isinstance(sub, bytes):
         return sub
     if conn.tenant is None:  # checked after the subcommand's arity, in Redis's order
         return r.NOAUTH
     conn.last_command = sub.name.encode()  # Redis names the subcommand; the read's own note comes after
-    return conn.lacks_scope(sub) or sub.handler(conn, args)
+    return sub.handler(conn, args)
 
 
 def _cmd(name: str, arity: int, flags: str, handler, summary: str, since: str = "1.0.0",
