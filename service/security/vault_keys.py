@@ -149,8 +149,12 @@ def tenant_meta(record: dict[str, Any], mount: str, tenant: str) -> TenantMeta:
                             "); restore an earlier version (`bao kv rollback`) or delete the tenant") from None
 
 
-def tenant_policy_name(tenant: str) -> str:
-    return TENANT_POLICY_PREFIX + tenant
+def tenant_policy_name(tenant: str, mount: str = DEFAULT_MOUNT) -> str:
+    """`foresight-tenant-<t>` in the default mount; `foresight-tenant-<mount>.<t>` in another, since policies are
+    the Vault's, not the mount's: two deployments sharing one Vault each had a tenant `acme`, and one's create
+    replaced the other's policy and its delete deleted it. A tenant name (a DNS label) holds no `.`, so no name
+    of one form is a name of the other."""
+    return TENANT_POLICY_PREFIX + (tenant if mount == DEFAULT_MOUNT else f"{mount}.{tenant}")
 
 
 def tenant_policy(tenant: str, mount: str = DEFAULT_MOUNT) -> str:
@@ -230,7 +234,7 @@ class VaultKeyAdmin:
                 return spec
             raise TenantExists(f"tenant {spec.name!r} already exists with a different spec (use update)")
         with _vault_errors(f"create tenant {spec.name!r}"):
-            self.client.sys.create_or_update_policy(tenant_policy_name(spec.name), tenant_policy(spec.name, self.mount))
+            self.client.sys.create_or_update_policy(self._policy(spec.name), tenant_policy(spec.name, self.mount))
             try:
                 meta = TenantMeta(spec=spec, created=utcnow(), uid=secrets.token_hex(8))
                 self._kv.create_or_update_secret(
@@ -239,10 +243,10 @@ class VaultKeyAdmin:
             except hvac.exceptions.InvalidRequest as err:
                 if is_cas_conflict(err):  # created concurrently: same spec is fine, another is TenantExists
                     return self.create_tenant(spec, exclusive=exclusive)
-                self._quietly(self.client.sys.delete_policy, tenant_policy_name(spec.name))
+                self._quietly(self.client.sys.delete_policy, self._policy(spec.name))
                 raise
             except BaseException:
-                self._quietly(self.client.sys.delete_policy, tenant_policy_name(spec.name))
+                self._quietly(self.client.sys.delete_policy, self._policy(spec.name))
                 raise
         log.info("created tenant %s", spec.name)
         return spec
@@ -288,7 +292,8 @@ class VaultKeyAdmin:
             for key_id in self.list_records(f"tenants/{name}/keys/"):
                 self._kv.delete_metadata_and_all_versions(f"keyids/{key_id}", mount_point=self.mount)
                 self._kv.delete_metadata_and_all_versions(self._key_path(name, key_id), mount_point=self.mount)
-            self.client.sys.delete_policy(tenant_policy_name(name))
+            self.client.sys.delete_policy(self._policy(name))
+            self._delete_legacy_policy(name)
             self._kv.delete_metadata_and_all_versions(self._meta_path(name), mount_point=self.mount)
         log.info("deleted tenant %s", name)
 
@@ -381,6 +386,22 @@ class VaultKeyAdmin:
         return [self._read_key(key_id, tenant)[0] for key_id in self.list_records(f"tenants/{tenant}/keys/")]
 
     # -- internals -----------------------------------------------------------------------------------------
+
+    def _policy(self, tenant: str) -> str:
+        return tenant_policy_name(tenant, self.mount)
+
+    def _delete_legacy_policy(self, tenant: str) -> None:
+        """A tenant of another mount created before policy names held the mount has `foresight-tenant-<t>`, a
+        name another deployment's tenant may hold too: deleted only when its rules are for this mount."""
+        legacy = tenant_policy_name(tenant)
+        if legacy == self._policy(tenant):
+            return
+        try:
+            rules = self.client.sys.read_policy(legacy)["data"]["rules"]
+        except hvac.exceptions.InvalidPath:
+            return
+        if rules == tenant_policy(tenant, self.mount):
+            self.client.sys.delete_policy(legacy)
 
     def _meta_path(self, tenant: str) -> str:
         _check_tenant_name(tenant)

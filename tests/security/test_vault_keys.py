@@ -21,6 +21,7 @@ from service.security.vault_keys import (
     VaultKeyAdmin,
     VaultKeyStoreError,
     VaultUnavailable,
+    tenant_policy,
     tenant_policy_name,
 )
 from service.tenancy import TenantQuota, TenantSpec
@@ -47,6 +48,32 @@ def test_create_tenant_writes_meta_and_confined_policy(key_admin: VaultKeyAdmin,
     policy = bao_root.sys.read_policy(tenant_policy_name(spec.name))["data"]["rules"]
     assert f'"foresight/data/tenants/{spec.name}/*"' in policy
     assert "create" not in policy and "update" not in policy
+
+
+def test_tenants_of_two_mounts_in_one_vault_keep_their_own_policies(
+        key_admin: VaultKeyAdmin, bao_root: hvac.Client) -> None:
+    """Two deployments sharing one Vault (mounts foresight and another) each with a tenant `acme`: one's create
+    replaced the other's policy, and one's delete deleted it, while that tenant still existed."""
+    mount = unique("shared")
+    bao_root.sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
+    other = VaultKeyAdmin(bao_root, mount)
+    name = unique("acme")
+    key_admin.create_tenant(TenantSpec(name=name))
+    other.create_tenant(TenantSpec(name=name))
+    assert tenant_policy_name(name, mount) == f"foresight-tenant-{mount}.{name}"
+    rules = {m: bao_root.sys.read_policy(tenant_policy_name(name, m))["data"]["rules"] for m in ("foresight", mount)}
+    assert f'"foresight/data/tenants/{name}/*"' in rules["foresight"]
+    assert f'"{mount}/data/tenants/{name}/*"' in rules[mount]
+    other.delete_tenant(name)
+    assert bao_root.sys.read_policy(tenant_policy_name(name))["data"]["rules"] == rules["foresight"]
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        bao_root.sys.read_policy(tenant_policy_name(name, mount))
+    # A tenant of the other mount from before the names held the mount: its policy goes with it, no other.
+    bao_root.sys.create_or_update_policy(tenant_policy_name("legacy"), tenant_policy("legacy", mount))
+    other.create_tenant(TenantSpec(name="legacy"))
+    other.delete_tenant("legacy")
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        bao_root.sys.read_policy(tenant_policy_name("legacy"))
 
 
 def test_create_tenant_is_idempotent_but_refuses_a_different_spec(key_admin: VaultKeyAdmin) -> None:
