@@ -12,7 +12,7 @@ from pydantic_settings import NoDecode
 from onboarding.errors import InvalidInput
 from service.prefetch import PREFETCHERS
 from service.prefetch.markov import MIN_MAX_KEYS
-from service.tenancy import TenantQuota
+from service.tenancy import MAX_MEMORY_BYTES, TenantQuota
 
 MIB = 1024 * 1024
 
@@ -38,8 +38,8 @@ def quota_for(
     else:
         choices = ", ".join([*PLANS, CUSTOM])
         raise InvalidInput(f"plan {plan!r}", f"unknown plan; choose one of {choices}")
-    if memory_mib is not None and memory_mib <= 0:
-        raise InvalidInput("--memory", "must be a positive number of MiB")
+    if memory_mib is not None and not 0 < memory_mib <= MAX_MEMORY_BYTES // MIB:
+        raise InvalidInput("--memory", f"must be a positive number of MiB, at most {MAX_MEMORY_BYTES // MIB:,} (8 PiB)")
     if rps is not None and not (math.isfinite(rps) and rps >= 0):
         raise InvalidInput("--rps", "must be a finite number, 0 (unlimited) or more")
     if prefetcher is not None and prefetcher not in PREFETCHERS:

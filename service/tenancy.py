@@ -22,10 +22,15 @@ TENANT_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 INCARNATION_PATTERN = r"^[a-z0-9]{1,64}$"  # safe in shared-tier keys and file names
 
 
+# 8 PiB: past 2^53 a JSON number (Vault keeps records as JSON) no longer holds every integer.
+MAX_MEMORY_BYTES = 2**53
+
+
 class TenantQuota(BaseModel):
     """Limits that keep one tenant from hurting another."""
 
-    memory_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Memory budget of the tenant's store, bytes.")
+    memory_bytes: int = Field(64 * 1024 * 1024, gt=0, le=MAX_MEMORY_BYTES,
+                              description="Memory budget of the tenant's store, bytes.")
     requests_per_second: float = Field(
         0, ge=0, description="Sustained command rate; 0 means unlimited. Bursts up to one second's worth."
     )

@@ -69,6 +69,8 @@ def test_a_tenants_prefetch_bound_rides_on_its_plan() -> None:
         ("gold", {}, "unknown plan; choose one of starter, pro, enterprise, custom"),
         ("custom", {"memory_mib": 10}, "needs both --memory"),
         ("starter", {"memory_mib": 0}, "positive"),
+        # 95 EiB was taken, and came back from Vault's JSON as 104857599999998950000 bytes
+        ("starter", {"memory_mib": 99999999999999}, "at most 8,589,934,592 (8 PiB)"),
         ("starter", {"rps": -1}, "0 (unlimited) or more"),
         ("starter", {"rps": float("inf")}, "must be a finite number"),
         ("starter", {"rps": float("nan")}, "must be a finite number"),
