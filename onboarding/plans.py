@@ -76,6 +76,14 @@ def check_origin(url: str) -> None:
                                "gs:// or az:// (any protocol fsspec knows)")
 
 
+def plans_help() -> str:
+    """The plans and their quotas, for --help: `starter (64 MiB, 500/s)`, ..."""
+    listed = [f"{name} ({quota.memory_bytes // MIB:,} MiB, "
+              f"{f'{quota.requests_per_second:,.0f}/s' if quota.requests_per_second else 'no rate limit'})"
+              for name, quota in PLANS.items()]
+    return f"{', '.join(listed)}, or {CUSTOM} (needs --memory and --rps)"
+
+
 def plan_of(quota: TenantQuota) -> str:
     """The plan whose quota this is, or "custom"."""
     for name, preset in PLANS.items():

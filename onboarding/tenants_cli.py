@@ -14,7 +14,7 @@ from rich.table import Table
 from onboarding import output
 from onboarding.context import resolve, with_local_hint
 from onboarding.errors import OnboardingError, ServiceFailure, VaultFailure
-from onboarding.plans import CUSTOM, PLANS, plan_of, quota_for
+from onboarding.plans import plan_of, plans_help, quota_for
 from onboarding.snippet import connection_snippet
 from onboarding.tenants import SCOPES_HELP, CreatedTenant, Onboarder, TenantView, parse_scopes, validate_name
 from service.prefetch.markov import MIN_MAX_KEYS
@@ -47,7 +47,7 @@ def onboarder(admin_url: str | None, state_dir: Path | None) -> Iterator[Onboard
 @app.command()
 def create(
     name: Annotated[str, typer.Argument(help="Tenant name: a DNS label (a-z, 0-9, '-', at most 63).")],
-    plan: Annotated[str, typer.Option(help=f"Quota plan: {', '.join(PLANS)} or {CUSTOM}.")] = "starter",
+    plan: Annotated[str, typer.Option(help=f"Quota plan: {plans_help()}.")] = "starter",
     memory: Annotated[int | None, typer.Option(help="Memory budget in MiB (overrides the plan).")] = None,
     rps: Annotated[float | None, typer.Option(help="Requests per second, 0 unlimited (overrides the plan).")] = None,
     origin: Annotated[str | None, typer.Option(

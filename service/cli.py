@@ -19,7 +19,7 @@ GROUPS: dict[str, tuple[str, str, str]] = {
     "audit": ("service.security.audit_cli", "app", "Verify and show the hash-chained audit log."),
     "kms": ("service.security.kms_cli", "app", "Re-wrap data keys on disk after a KMS key rotation."),
     "local": ("onboarding.local_cli", "app", "Run the whole product on this machine."),
-    "tenants": ("onboarding.tenants_cli", "app", "Create, list, suspend and delete tenants."),
+    "tenants": ("onboarding.tenants_cli", "app", "Create, list, show, suspend, resume and delete tenants."),
     "keys": ("onboarding.keys_cli", "app", "Issue, list, rotate and revoke API keys."),
     "metrics-token": ("onboarding.metrics_token_cli", "app", "Rotate the token Prometheus scrapes /metrics with."),
     "marketplace": ("marketplace.cli", "app", "Marketplace artifacts and fulfilment."),

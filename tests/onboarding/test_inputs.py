@@ -10,11 +10,12 @@ import pytest
 
 from onboarding.context import Endpoints, resolve
 from onboarding.errors import EXIT_CONFLICT, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_VAULT, InvalidInput, from_key_store
-from onboarding.plans import MIB, PLANS, plan_of, quota_for
+from onboarding.plans import MIB, PLANS, plan_of, plans_help, quota_for
 from onboarding.snippet import connection_snippet
 from onboarding.tenants import parse_duration, parse_key_id, parse_scopes, validate_name
 from service.security.apikeys import new_key
 from service.security.vault_keys import TenantExists, TenantNotFound, VaultUnavailable
+from tests.onboarding.conftest import invoke
 
 
 @pytest.mark.parametrize("name", ["acme", "a", "team-7", "0x", "a" * 63])
@@ -210,3 +211,10 @@ def test_scopes_must_name_known_scopes() -> None:
         parse_scopes(" , ")
     with pytest.raises(InvalidInput, match="unknown scope 'READ', 'all'"):
         parse_scopes("READ,write,all")
+
+
+def test_create_help_gives_each_plans_quota() -> None:
+    assert plans_help() == ("starter (64 MiB, 500/s), pro (1,024 MiB, 5,000/s), enterprise (8,192 MiB, no rate "
+                            "limit), or custom (needs --memory and --rps)")
+    shown = invoke("tenants", "create", "--help")
+    assert "no rate" in shown.stdout and "limit), or custom" in shown.stdout  # (Rich wraps the rest in its box)
