@@ -124,17 +124,21 @@ def _command_count(conn: RespConnection, args: list[bytes]) -> Reply:
     return r.integer(len(conn.commands))
 
 
+def _named(conn: RespConnection, args: list[bytes]) -> list[bytes]:
+    """The command names DOCS and INFO were given, or every one."""
+    return [a.lower() for a in args[2:]] or list(conn.commands)
+
+
 def _command_docs(conn: RespConnection, args: list[bytes]) -> Reply:
     table = conn.commands
-    names = [a.lower() for a in args[2:]] or list(table)
-    found = [(r.bulk(n), _command_doc(table[n], conn.protocol == 3)) for n in names if n in table]
+    found = [(r.bulk(n), _command_doc(table[n], conn.protocol == 3)) for n in _named(conn, args) if n in table]
     return r.mapping(found, conn.protocol == 3)
 
 
 def _command_info_of(conn: RespConnection, args: list[bytes]) -> Reply:
     table = conn.commands
-    names = [a.lower() for a in args[2:]] or list(table)
-    return r.array(_command_info(table[n], conn.protocol == 3) if n in table else conn.null for n in names)
+    return r.array(_command_info(table[n], conn.protocol == 3) if n in table else conn.null
+                   for n in _named(conn, args))
 
 
 def _config_values(conn: RespConnection) -> dict[str, str]:

@@ -369,14 +369,13 @@ def setrange(conn: RespConnection, args: list[bytes]) -> Reply:
         return r.NOT_INTEGER
     if offset < 0:
         return r.error("ERR offset is out of range")
-    patch = args[3]
-    entry = conn.tenant.store.entry(args[1])
+    patch, store = args[3], conn.tenant.store
+    entry = store.entry(args[1])
     current = b"" if entry is None else entry.value
     if not patch:  # nothing written: a missing key stays missing
         return r.integer(len(current))
     if offset + len(patch) > MAX_OBJECT_BYTES:  # Redis's proto-max-bulk-len
         return r.error("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
-    store = conn.tenant.store
     if entry_size(args[1], b"") + max(len(current), offset + len(patch)) > store.budget:
         return r.OOM  # before the padding is built: a 30-byte request could have the loop allocate a gigabyte
     value = current[:offset].ljust(offset, b"\0") + patch + current[offset + len(patch):]
