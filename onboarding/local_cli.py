@@ -1,4 +1,4 @@
-"""`foresight local`: up, status, down (exit codes: docs/onboarding.md)."""
+"""`foresight local`: up, status, rewrap, down (exit codes: docs/onboarding.md)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from rich.table import Table
 from onboarding import output
 from onboarding.context import Endpoints
 from onboarding.errors import InvalidInput, NotFound, OnboardingError, ServiceFailure, VaultFailure
+from onboarding.local.rewrap import RewrapOptions, RewrapResult, rewrap
 from onboarding.local.stack import LocalStack, ProcessStatus, UpOptions, UpResult
 from onboarding.snippet import connection_snippet
 from onboarding.state import default_state_dir, state_dir_option
@@ -191,3 +192,60 @@ def down(
         output.out.print(f"Stopped: {', '.join(stopped)}." if stopped else "Nothing was running.")
         if purged:
             output.out.print(f"Deleted {stack.paths.root}.", markup=False)
+
+
+@app.command("rewrap")
+def rewrap_command(
+    rotate: Annotated[bool, typer.Option("--rotate", help="First rotate the transit key to a new version.")] = False,
+    retire: Annotated[
+        bool, typer.Option("--retire", help="Then retire every older version (min_decryption_version), only if no "
+                           "file failed.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list the files that would move (the service is still stopped "
+                           "and started again).")
+    ] = False,
+    state_dir: StateDir = None,
+    as_json: Json = False,
+) -> None:
+    """Re-wrap the service's encrypted files under the KMS key's newest version, with OpenBao kept up.
+
+    The local service's KMS is the OpenBao transit key `foresight`. A key rotation
+    leaves the snapshot, model checkpoints and audit archives wrapped under the
+    old version; retiring that version makes them unreadable. This runs the
+    documented order (docs/security.md): the service is stopped (writing its
+    snapshot), the key rotated (--rotate), every file re-wrapped by
+    `foresight kms rewrap`, the old versions retired (--retire, skipped if any
+    file failed), and the service started again if it was running.
+
+    Exit 0: every file moved (or was current); 1: some file failed (each is left
+    as it was; run it again); 2: bad options; 3: no deployment; 5: OpenBao not
+    active; 7: the rewrap could not run or the service did not start again.
+    """
+    with output.reported(as_json):
+        result = rewrap(_stack(state_dir), RewrapOptions(rotate, retire, dry_run))
+        if as_json:
+            output.emit_json(result.as_dict())
+        else:
+            _print_rewrap(result)
+        if result.failed:
+            raise typer.Exit(1)
+
+
+def _print_rewrap(result: RewrapResult) -> None:
+    out = output.out
+    if result.rotated_to is not None:
+        out.print(f"Rotated the transit key to version {result.rotated_to}.")
+    for file in result.report["files"]:
+        reason = f": {file['reason']}" if file["reason"] else ""
+        out.print(f"{file['outcome']:<12} {file['path']}{reason}", markup=False)
+    counts = result.report["counts"]
+    moved = (f"{counts['would-rewrap']} would be rewrapped" if result.report["dry_run"]
+             else f"{counts['rewrapped']} rewrapped")
+    out.print(f"{moved}, {counts['current']} already current, {counts['failed']} failed.")
+    if result.retired_below is not None:
+        out.print(f"Retired versions below {result.retired_below} (min_decryption_version {result.retired_below}).")
+    elif result.failed:
+        out.print("Nothing retired: fix the failed files and run it again.")
+    if result.service_restarted:
+        out.print("The service runs again.")

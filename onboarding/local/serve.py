@@ -119,6 +119,12 @@ class LocalService:
         """The service's FORESIGHT_* settings: the operator's `--set`s, then what `local up` manages."""
         return self._env(hash_key(read_secret(self.paths.admin_token)))
 
+    def process_env(self) -> dict[str, str]:
+        """The environment of a `foresight` process acting as this service (`serve`, `kms rewrap`): this one's without
+        any FORESIGHT_*, VAULT_* or BAO_* of the shell, then the service's settings."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)}
+        return env | self.settings_env()
+
     def check_settings(self) -> None:
         """InvalidInput if the service would refuse to start with these settings taken together."""
         _check_together(self._env(hash_key("placeholder")), set(self.deployment.service_settings))
@@ -150,10 +156,8 @@ class LocalService:
         """Start unless running; True if started. Returns once /readyz says ready."""
         if self.process.pid() is not None:
             return False
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)}
-        env.update(self.settings_env())
         argv = [sys.executable, "-c", "from service.cli import main; main()", "serve"]
-        self.process.start(argv, env, cwd=self.paths.root, fingerprint=self.fingerprint())
+        self.process.start(argv, self.process_env(), cwd=self.paths.root, fingerprint=self.fingerprint())
         try:
             self.wait_ready()
         except BaseException:

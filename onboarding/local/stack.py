@@ -122,7 +122,7 @@ class LocalStack:
         options.check()
         fresh = not self.paths.root.exists()
         self.paths.create()
-        with self._lock():
+        with self.lock():
             undo = _Undo()
             try:
                 return self._up(options, step, undo)
@@ -330,7 +330,7 @@ class LocalStack:
                 raise InvalidInput(f"purge {self.paths.root}", "not a Foresight state directory (no "
                                    f"{self.paths.marker.name}); not deleting it")
             return []
-        with self._lock():
+        with self.lock():
             stopped = self._stop(reversed(PROCESSES))
         if purge:
             shutil.rmtree(self.paths.root)
@@ -353,8 +353,8 @@ class LocalStack:
         return {name: self.paths.process(name).pid() for name in PROCESSES}
 
     @contextmanager
-    def _lock(self) -> Iterator[None]:
-        """One `up` or `down` at a time per state directory (only ever one of ours: it leaves a `.lock` file)."""
+    def lock(self) -> Iterator[None]:
+        """One `up`, `down` or `rewrap` at a time per state directory (ours only: it leaves a `.lock` file)."""
         fd = os.open(self.paths.root / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

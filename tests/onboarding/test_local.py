@@ -217,6 +217,34 @@ def test_two_tenants_over_tls_see_only_their_own_keys_and_revocation_refuses(loc
     assert demo.get("greeting") == b"demo's"
 
 
+def test_rewrap_rotates_moves_the_snapshot_and_retires_the_old_version(local: Local) -> None:
+    """The documented order (rotate, rewrap, retire) on a local deployment: `local down` stopped OpenBao, the KMS,
+    with the service. Once v1 is retired only a rewrapped snapshot can be restored."""
+    owner = local.redis(local.up["api_key"])
+    owner.set("kept-through-rewrap", "yes")
+    root = json.loads(local.paths.openbao_init.read_text())["root_token"]
+    vault = hvac.Client(url=json.loads(local.paths.deployment.read_text())["vault_addr"], token=root,
+                        verify=local.up["ca_cert"])
+    before = vault.secrets.transit.read_key("foresight")["data"]["latest_version"]
+
+    refused = local.run("local", "rewrap", "--dry-run", "--retire")
+    assert refused.returncode == EXIT_USAGE and "cannot be combined with --rotate or --retire" in refused.stderr
+
+    done = local.json("local", "rewrap", "--rotate", "--retire")
+    assert done["rotated_to"] == done["retired_below"] == before + 1
+    assert done["counts"]["rewrapped"] >= 1 and done["counts"]["failed"] == 0  # at least the snapshot of the stop
+    assert {Path(f["path"]).name for f in done["files"]} >= {"snapshot.fse"}
+    assert done["service_restarted"] is True
+    key = vault.secrets.transit.read_key("foresight")["data"]
+    assert key["min_decryption_version"] == key["latest_version"] == before + 1
+    assert local.redis(local.up["api_key"]).get("kept-through-rewrap") == b"yes"  # restored under the new version
+
+    again = local.json("local", "rewrap")  # nothing left on an old version
+    assert again["counts"]["rewrapped"] == 0 and again["counts"]["current"] >= 1 and again["rotated_to"] is None
+    actions = [json.loads(line)["action"] for line in local.paths.onboarding_audit.read_text().splitlines()]
+    assert actions[-4:] == ["kms.rotate", "kms.rewrap", "kms.retire", "kms.rewrap"]
+
+
 def test_set_changes_a_service_setting_and_restarts_the_service(local: Local) -> None:
     without = local.json("local", "up", "--set", "prefetcher=none")
     assert without["started"] == ["service"] and without["api_key"] == local.up["api_key"]
@@ -348,6 +376,9 @@ def test_down_stops_everything_it_started(local: Local) -> None:
     assert status.returncode == EXIT_VAULT, status.stderr  # a script can tell down from up
     assert json.loads(status.stdout)["healthy"] is False
     assert "not running (openbao stopped, service stopped)" in status.stderr
+    unkeyed = local.run("local", "rewrap")  # the KMS is OpenBao's transit engine
+    assert unkeyed.returncode == EXIT_VAULT
+    assert unkeyed.stderr.strip().endswith(f"start it with `foresight local up --state-dir {local.state}`")
     offline = local.run("tenants", "list")
     assert offline.returncode == EXIT_VAULT
     assert offline.stderr.strip().endswith("Vault unreachable (ConnectionError); the local OpenBao is not running "
