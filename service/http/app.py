@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request, Response, status
+from collections import Counter
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
 from fastapi.exception_handlers import http_exception_handler
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -23,6 +25,7 @@ def create_app(state: ServiceState) -> FastAPI:
         title="Foresight",
         version=__version__,
         description="Multi-tenant cache with a learned prefetcher. Authenticate with `Authorization: Bearer <key>`.",
+        dependencies=[Depends(_one_value_per_query_parameter)],
     )
     app.state.service = state
     app.state.scrape_token = scrape_token(state)
@@ -33,6 +36,14 @@ def create_app(state: ServiceState) -> FastAPI:
     app.include_router(admin.router)
     app.add_exception_handler(StarletteHTTPException, _allow_every_method)
     return app
+
+
+def _one_value_per_query_parameter(request: Request) -> None:
+    """No route takes a list in its query, and FastAPI keeps the last of repeated values: `?ttl=60&ttl=0` would
+    write with whichever a proxy or client library happened to put last."""
+    repeated = [name for name, n in Counter(name for name, _ in request.query_params.multi_items()).items() if n > 1]
+    if repeated:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"query parameter {repeated[0]!r} given more than once")
 
 
 async def _allow_every_method(request: Request, exc: Exception) -> Response:

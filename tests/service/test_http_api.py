@@ -53,6 +53,10 @@ def test_ttl_by_query_or_header(dev_service: RunningService) -> None:
         assert conflict.status_code == 400
         assert http.put("/v1/keys/x", content=b"1", params={"ttl": 0}).status_code == 422
         assert http.put("/v1/keys/x", content=b"1", params={"ttl": "soon"}).status_code == 422
+        twice = http.put("/v1/keys/x", content=b"1", params=[("ttl", "60"), ("ttl", "1")])  # FastAPI took the last
+        assert twice.status_code == 400 and twice.json() == {"detail": "query parameter 'ttl' given more than once"}
+        assert http.get("/v1/keys/x").status_code == 404  # nothing written
+        assert http.get("/v1/keys", params=[("count", "5"), ("count", "5")]).status_code == 400
         time.sleep(1.2)
         assert http.get("/v1/keys/h").status_code == 404
 
