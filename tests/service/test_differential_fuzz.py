@@ -4,7 +4,7 @@ did not. Small pools of keys and values make commands collide on the same keys (
 earlier, a WATCHed key written in between, by the same client or a second one); relative expiries are never
 short, so no reply depends on how long the two servers take; commands whose replies depend on time or on
 hash order (TTL, EXPIRETIME, SCAN, KEYS, INFO, DBSIZE, which counts a key set with a deadline already past
-until Redis happens to reclaim it) are left to the other tests. Scripts call the same commands from Lua, with
+until Redis happens to reclaim it, RANDOMKEY) are left to the other tests. Scripts call the same commands from Lua, with
 redis.call, redis.pcall and pcall, and through cjson, so the conversions and error texts meet the same edge values."""
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ NUMBERS = ["0", "1", "-1", "10", "abc", "", "1.5", "9223372036854775807", "-9223
            "99999999999999999999", "+1", "01", "-3", "2"]
 LONG_EXPIRIES = ["0", "-1", "abc", "100000", "9223372036854775807", "1.5", "4611686018427387", "-100000"]
 ABSOLUTE_EXPIRIES = ["1", "0", "-5", "99999999999", "99999999999999", "abc"]
+BIT_OFFSETS = ["0", "1", "7", "8", "15", "100", "-1", "abc", "01", "4294967296"]  # not 2^32-1: Redis allocates 512 MB
+BIT_RANGES = ["0", "1", "-1", "-2", "3", "-100", "100", "abc", "BIT", "BYTE", "bit", "FOO"]
+LCS_OPTIONS = ["LEN", "IDX", "WITHMATCHLEN", "MINMATCHLEN", "MINMATCHLEN", "2", "-1", "x", "idx"]
 
 
 def _pick(rng: random.Random, pool: list[str], low: int = 1, high: int = 3) -> list[str]:
@@ -42,7 +45,7 @@ SCRIPTS = [  # each called with KEYS = (two keys) and ARGV = (a command name, a 
     "local ok, v = pcall(cjson.decode, redis.call('GET', KEYS[1])) return {tostring(ok), ok and cjson.encode(v) or v}",
 ]
 CALLED = ["GET", "SET", "INCRBY", "APPEND", "GETSET", "DEL", "STRLEN", "GETDEL", "SETNX", "INCR", "NOSUCH", "MULTI",
-          "INCRBYFLOAT"]
+          "INCRBYFLOAT", "GETBIT", "BITCOUNT", "BITPOS", "SETBIT", "LCS"]
 SET_OPTIONS = ["NX", "XX", "GET", "KEEPTTL", "EX", "PX", "EXAT", "PXAT", "nx", "BOGUS"]
 GETEX_OPTIONS = ["EX", "PX", "EXAT", "PXAT", "PERSIST", "KEEPTTL"]
 
@@ -88,9 +91,14 @@ def _command(rng: random.Random) -> Cmd:
         lambda: (rng.choice(["EVAL", "EVAL", "EVAL_RO"]), rng.choice(SCRIPTS), "2", key, rng.choice(KEYS),
                  rng.choice(CALLED), value),
         lambda: ("INCRBYFLOAT", key, rng.choice([number, value])), lambda: ("SETRANGE", key, number, value),
+        lambda: ("SETBIT", key, rng.choice(BIT_OFFSETS), rng.choice(["0", "1", "1", "2", "-1", "abc"])),
+        lambda: ("GETBIT", key, rng.choice(BIT_OFFSETS)), lambda: ("BITCOUNT", key, *_pick(rng, BIT_RANGES, 0, 3)),
+        lambda: ("BITPOS", key, rng.choice(["0", "1", "2"]), *_pick(rng, BIT_RANGES, 0, 3)),
+        lambda: ("BITOP", rng.choice(["AND", "OR", "XOR", "NOT", "not", "FOO"]), key, *_pick(rng, KEYS, 1, 2)),
+        lambda: ("LCS", key, rng.choice(KEYS), *_pick(rng, LCS_OPTIONS, 0, 3)),
     ]
     weights = [6, 8, 2, 2, 2, 2, 2, 3, 2, 2, 1, 2, 1, 2, 1, 1, 2, 3, 2, 3, 2, 3, 2, 2, 3, 3, 2, 2, 3, 3, 1, 2, 1,
-               1, 1, 1, 1, 1, 1, 4, 3, 2]
+               1, 1, 1, 1, 1, 1, 4, 3, 2, 3, 2, 3, 3, 3, 2]
     return rng.choices(makers, weights)[0]()
 
 

@@ -198,6 +198,8 @@ CASES: dict[str, list[Cmd]] = {
         ("EVAL", "local r = cjson.decode('[1,') return r", "0"), ("EVAL", "local r = cjson.decode('') return r", "0"),
         ("EVAL", "local r = cjson.decode('{\"a\":}') return r", "0"),
         ("EVAL", "local r = cjson.decode('tru') return r", "0"),
+        ("EVAL", "local r = cjson.decode('-x') return r", "0"), ("EVAL", "local r = cjson.decode('+1') return r", "0"),
+        ("EVAL", "local r = cjson.decode('[-]') return r", "0"), ("EVAL", "local r = cjson.decode('9x') return r", "0"),
         ("EVAL", "local r = cjson.decode('[1] x') return r", "0"), ("EVAL", "local r = cjson.decode() return r", "0"),
         ("EVAL", "local r = cjson.decode('{1:2}') return r", "0"),
         ("EVAL", "local r = cjson.decode('{\"a\" 1}') return r", "0"),

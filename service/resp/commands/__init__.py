@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from service.resp.connection import RespConnection
 
 Reply = bytes | Awaitable[bytes]
-_LOADS_OR_OVERWRITES = frozenset({"get", "mget", "getex", "getrange", "substr", "set", "mset", "setex", "psetex"})
+_LOADS_OR_OVERWRITES = frozenset({"get", "mget", "getex", "getrange", "substr", "getbit", "bitcount", "bitpos", "lcs",
+                                  "set", "mset", "setex", "psetex"})
 Handler = Callable[["RespConnection", list[bytes]], Reply]
 
 
@@ -36,8 +37,8 @@ class Command:
     no_auth: bool = field(init=False)
     touches_data: bool = field(init=False)  # charged against the tenant's rate quota
     # With a shared tier: whether the keys it names must be in memory before it runs (it reads, tests or changes
-    # what is there). Not for commands that load their own keys (GET, MGET, GETEX, GETRANGE, scripts) or that only
-    # overwrite (SET without options, MSET, SETEX, PSETEX).
+    # what is there). Not for commands that load their own keys (GET, MGET, GETEX, GETRANGE, GETBIT, BITCOUNT,
+    # BITPOS, LCS, scripts) or that only overwrite (SET without options, MSET, SETEX, PSETEX).
     needs_keys: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -87,10 +88,10 @@ def run_subcommand(container: str, table: dict[bytes, Command], conn: RespConnec
 
 
 def build_table() -> dict[bytes, Command]:
-    from service.resp.commands import connection, keyspace, scripting, server, strings, transactions
+    from service.resp.commands import bits, connection, keyspace, scripting, server, strings, transactions
 
     table: dict[bytes, Command] = {}
-    for module in (connection, keyspace, scripting, server, strings, transactions):
+    for module in (bits, connection, keyspace, scripting, server, strings, transactions):
         for command in module.COMMANDS:
             table[command.name.encode()] = command
     return table

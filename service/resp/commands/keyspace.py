@@ -1,9 +1,11 @@
-"""Key lifecycle commands: DEL, EXISTS, the TTL family (Redis 7's option and overflow rules), RENAME, COPY, KEYS
-and SCAN."""
+"""Key lifecycle commands: DEL, EXISTS, the TTL family (Redis 7's option and overflow rules), RENAME, COPY, KEYS,
+SCAN and RANDOMKEY."""
 
 from __future__ import annotations
 
+import random
 import re
+from itertools import islice
 from typing import TYPE_CHECKING, cast
 
 from service.resp import replies as r
@@ -210,6 +212,23 @@ def keys(conn: RespConnection, args: list[bytes]) -> Reply:
     return r.array(r.bulk(key) for key in names if matches(key) and key in store)
 
 
+_RANDOM_TRIES = 16
+
+
+def randomkey(conn: RespConnection, args: list[bytes]) -> Reply:
+    """A live key of the caller's tenant. A pick that has expired goes (as in Redis) and another is drawn; after a
+    few such picks, one pass sweeps the expired ones out and draws among the rest, so the reply never waits on luck."""
+    store = conn.tenant.store
+    for _ in range(_RANDOM_TRIES):
+        if not len(store):
+            return conn.null
+        key = next(islice(store.keys(), random.randrange(len(store)), None))
+        if key in store:
+            return r.bulk(cast("bytes", key))
+    live = [key for key in list(store.keys()) if key in store]
+    return r.bulk(cast("bytes", random.choice(live))) if live else conn.null
+
+
 _ULONG_MAX = 2**64 - 1
 _CURSOR_RE = re.compile(rb"[+-]?[0-9]*")
 _INVALID_CURSOR = r.error("ERR invalid cursor")
@@ -260,7 +279,7 @@ def scan(conn: RespConnection, args: list[bytes]) -> Reply:
 
 
 def _cmd(name: str, arity: int, flags: str, handler, summary: str, since: str = "1.0.0", last_key: int = 1):
-    first = 0 if name in ("dbsize", "keys", "scan") else 1
+    first = 0 if name in ("dbsize", "keys", "scan", "randomkey") else 1
     return Command(name, arity, frozenset(flags.split()), handler, first, last_key if first else 0, first, "generic",
                    summary, since)
 
@@ -291,4 +310,5 @@ COMMANDS = [
     _cmd("copy", -3, "write denyoom", copy, "Copies the value of a key to a new key.", "6.2.0", 2),
     _cmd("keys", 2, "readonly", keys, "Returns all key names that match a pattern."),
     _cmd("scan", -2, "readonly", scan, "Iterates over the key names in the database.", "2.8.0"),
+    _cmd("randomkey", 1, "readonly", randomkey, "Returns a random key name from the database."),
 ]

@@ -170,11 +170,13 @@ local function next_token(text, pos)
   if sub(text, pos, pos + 3) == 'null' then return 'T_NULL', null, pos, pos + 4 end
   -- Numbers as strtod reads them (hex, inf and nan included, as Redis's cjson allows): the longest prefix.
   local run = match(text, '^[%w%.%+%-]+', pos)
-  if run and (c == 45 or (c >= 48 and c <= 57) or find(run, '^[iInN]')) then
+  if run and (c == 45 or c == 43 or (c >= 48 and c <= 57) or find(run, '^[iInN]')) then
     for length = #run, 1, -1 do
       local value = tonumber(sub(run, 1, length))
       if value then return 'T_NUMBER', value, pos, pos + length end
     end
+    -- lua-cjson hands a token starting like a number to strtod and names what strtod refuses a number
+    if c == 45 or c == 43 or (c >= 48 and c <= 57) then return 'T_ERROR', 'invalid number', pos, pos end
   end
   return 'T_ERROR', 'invalid token', pos, pos
 end
