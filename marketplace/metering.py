@@ -7,20 +7,24 @@ until the marketplace confirms it (both AWS's and Azure's metering APIs are idem
 record), so a crash at any point neither loses nor double-bills an hour. A counter whose process started
 anew (or, from a service that does not say when, a counter that went down) is all new usage (reads between
 the last run and the restart are the one thing that cannot be recovered). A record the marketplace will no
-longer take (older than its window) is settled as *lost*: logged at ERROR and reported, never resent forever
-in a batch it would block. Each cloud supplies only the call that sends a batch.
+longer take (older than its window, or refused for good) is settled as *lost*: logged at ERROR and reported,
+never resent forever in a batch it would block. Every record still pending after a run, and every one settled
+without being billed, is in the run's `errors`, so `meter` exits 6. Each record bills an interval that starts
+where the purchase's previous record ended (at its registration for the first), stamped no earlier than the
+registration. The counters must all come from one service node (see `_one_node`). Each cloud supplies only the
+call that sends a batch.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, NamedTuple, Protocol
 
 from marketplace.records import PendingUsage, PurchaseRecord, PurchaseRecords, RecordT, Subscription
-from onboarding.errors import OnboardingError, ServiceFailure
+from onboarding.errors import InvalidInput, OnboardingError, ServiceFailure
 from onboarding.tenants import Onboarder
 
 log = logging.getLogger(__name__)
@@ -45,7 +49,7 @@ class MeteringReport:
 class Answer:
     status: str
     settled: bool  # True: billed, or refused for good (confirm it); False: send it again next run
-    lost: bool = False  # settled without being billed because it came too late: the operator must hear of it
+    lost: bool = False  # settled without being billed (too late, refused for good): the operator must hear of it
 
 
 Batch = list[tuple[str, RecordT, PendingUsage]]
@@ -80,12 +84,16 @@ class UsageMeter(Generic[RecordT]):
         now = now or dt.datetime.now(dt.UTC)
         report = MeteringReport()
         usage = self._usage()
-        pending: Batch[RecordT] = []
+        records: dict[str, RecordT] = {}
         for tenant in tenants if tenants is not None else self.records.tenants():
             record = self.records.get(tenant)
             if record is None:
                 report.skipped[tenant] = "no purchase record"
-                continue
+            else:
+                records[tenant] = record
+        _one_node(usage, records)
+        pending: Batch[RecordT] = []
+        for tenant, record in records.items():
             prepared = self._prepare(tenant, record, usage.get(tenant), now, final, report)
             if prepared is not None:
                 pending.append((tenant, record, prepared))
@@ -134,7 +142,7 @@ class UsageMeter(Generic[RecordT]):
             grown = seen if restarted else seen - current.requests_seen
             quantity, remainder = divmod(current.unbilled_requests + grown, self.requests_per_unit)
             prepared = PendingUsage(timestamp=slot, quantity=quantity, requests_seen=seen, remainder=remainder,
-                                    counting_since=since)
+                                    counting_since=since, start=_interval_start(current), end=_interval_end(slot, now))
             return current.model_copy(update={"pending": prepared})
 
         staged = self.records.update(tenant, stage)
@@ -149,15 +157,14 @@ class UsageMeter(Generic[RecordT]):
             report.errors.append(f"{err} ({len(batch)} records stay pending)")
             return
         for tenant, _, usage in batch:
-            answer = answers.get(tenant)
-            if answer is None:
-                report.metered.append(Metered(tenant, usage.timestamp, usage.quantity, "Unprocessed"))
-                continue
+            answer = answers.get(tenant, Answer("Unprocessed", settled=False))
+            what = f"usage of {tenant} for the hour from {usage.timestamp:%Y-%m-%d %H:%M} ({usage.quantity} units)"
             if answer.lost:
-                log.error("usage of %s for the hour from %s (%d units) is lost: the marketplace refused it as %s",
-                          tenant, f"{usage.timestamp:%Y-%m-%d %H:%M}", usage.quantity, answer.status)
-                report.errors.append(f"usage of {tenant} for the hour from {usage.timestamp:%Y-%m-%d %H:%M} "
-                                     f"({usage.quantity} units) is lost: refused as {answer.status}")
+                log.error("%s is lost: the marketplace refused it as %s", what, answer.status)
+                report.errors.append(f"{what} is lost: refused as {answer.status}")
+            elif not answer.settled:
+                log.warning("%s stays pending (resent next run): %s", what, answer.status)
+                report.errors.append(f"{what} stays pending: {answer.status}")
             if answer.settled:
                 self._confirm(tenant, usage, report)
             report.metered.append(Metered(tenant, usage.timestamp, usage.quantity, answer.status))
@@ -172,6 +179,7 @@ class UsageMeter(Generic[RecordT]):
                     "counting_since": usage.counting_since,
                     "unbilled_requests": usage.remainder,
                     "last_metered": usage.timestamp,
+                    "metered_until": usage.end or current.metered_until,
                     "pending": None,
                 }
             )
@@ -180,6 +188,11 @@ class UsageMeter(Generic[RecordT]):
             self.records.update(tenant, commit)
         except OnboardingError as err:  # stays pending: resent (identically, so not billed twice) next run
             report.errors.append(str(err))
+
+
+def utc_stamp(moment: dt.datetime) -> str:
+    """A time as the marketplaces' APIs take it: UTC, whole seconds, `Z`."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Counter(NamedTuple):
@@ -199,10 +212,44 @@ def _not_due(record: PurchaseRecord, slot: dt.datetime) -> str | None:
 
 
 def _slot(now: dt.datetime, registered: dt.datetime, final: bool) -> dt.datetime:
-    """The hour a record is stamped with. A regular run reports the hour that just ended (run it a few minutes
-    past the hour), never one before the purchase existed; the final record takes the current hour. Azure
-    accepts one event per resource, dimension and hour, so distinct slots are what let the final record in."""
+    """The time a record is stamped with. A regular run reports the hour that just ended (run it a few minutes
+    past the hour); the final record takes the current hour. Azure accepts one event per resource, dimension and
+    hour, so distinct slots are what let the final record in. Never before the purchase existed (AWS refuses
+    usage outside the license's activation period): the first hour's stamp is the registration's own second, not
+    its hour, and its partial hour is billed under it. Whole seconds, as the APIs echo them back."""
     hour = now.replace(minute=0, second=0, microsecond=0)
-    if final:
-        return hour
-    return max(hour - dt.timedelta(hours=1), registered.replace(minute=0, second=0, microsecond=0))
+    slot = hour if final else hour - dt.timedelta(hours=1)
+    return max(slot, registered.replace(microsecond=0))
+
+
+def _interval_start(record: PurchaseRecord) -> dt.datetime:
+    """Where the next record's interval starts: where the last confirmed one's ended, or at the registration."""
+    if record.metered_until is not None:
+        return record.metered_until
+    if record.last_metered is not None:  # confirmed before records kept their interval's end
+        return record.last_metered.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
+    return record.registered.replace(microsecond=0)
+
+
+def _interval_end(slot: dt.datetime, now: dt.datetime) -> dt.datetime:
+    """The end of the slot's hour, or now if that is still to come (a final record, a purchase of this hour)."""
+    hour_end = slot.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
+    return max(slot, min(hour_end, now.replace(microsecond=0)))
+
+
+def _one_node(usage: dict[str, Counter], records: Mapping[str, PurchaseRecord]) -> None:
+    """Refuse counters from another service node than the records': each node counts its own reads since its own
+    start, so reading whichever node a load balancer picked would bill one node's lifetime counter as a restart.
+    The admin API names no node, only when its process started; a restart always starts later, so an answer
+    from a process that started before the one a record last counted came from another node."""
+    for tenant, record in records.items():
+        counter = usage.get(tenant)
+        counted = record.pending.counting_since if record.pending is not None else record.counting_since
+        if counter is None or counter.since is None or counted is None or counter.since >= counted:
+            continue
+        raise InvalidInput(
+            "FORESIGHT_ADMIN_URL",
+            f"its answer comes from a service process that started at {counter.since:.0f}, before the one that "
+            f"counted {tenant}'s last record ({counted:.0f}): several service nodes answer there. Metering needs "
+            "one node's counters: point FORESIGHT_ADMIN_URL at that node's own admin API, not a load balancer",
+        )

@@ -40,6 +40,8 @@ class PendingUsage(BaseModel):
     requests_seen: int = Field(ge=0, description="The service's request counter that this record accounts up to.")
     remainder: int = Field(ge=0, description="Requests left over after quantity whole units.")
     counting_since: float | None = Field(None, description="When the service's counter began (its process's start).")
+    start: dt.datetime | None = Field(None, description="Start of the interval it bills: the previous record's end.")
+    end: dt.datetime | None = Field(None, description="End of the interval it bills (None: staged by an old version).")
 
 
 class PurchaseRecord(BaseModel):
@@ -49,6 +51,8 @@ class PurchaseRecord(BaseModel):
     requests_seen: int = Field(0, ge=0, description="Service request counter at the last confirmed record.")
     unbilled_requests: int = Field(0, ge=0, description="Requests counted but not yet a whole unit.")
     last_metered: dt.datetime | None = Field(None, description="Timestamp of the last confirmed usage record.")
+    metered_until: dt.datetime | None = Field(
+        None, description="End of the interval of the last confirmed usage record: the next one starts there.")
     counting_since: float | None = Field(
         None, description="When the counter of the last confirmed record began: another value means the service "
                           "restarted, and its whole counter is new usage (None: a service that does not say).")

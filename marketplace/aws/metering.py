@@ -15,9 +15,12 @@ from marketplace.metering import Answer, Batch, UsageMeter
 
 log = logging.getLogger(__name__)
 
-# Billed, or already billed (an identical record); CustomerNotSubscribed will never be billed: settled too.
-_SETTLED = ("Success", "DuplicateRecord", "CustomerNotSubscribed")
+_BILLED = ("Success",)  # billed now, or already billed for an identical record (idempotent)
+# Answered for good without billing: another quantity for the same hour (DuplicateRecord), no subscription.
+_NOT_BILLED = ("DuplicateRecord", "CustomerNotSubscribed")
 _OUT_OF_BOUNDS = "TimestampOutOfBoundsException"
+# Refusals of the whole call that say nothing about its records: resend them all unchanged next run.
+_NOT_THE_RECORDS = ("ThrottlingException", "InternalServiceErrorException", "DisabledApiException")
 # A record refused alone for its time and stamped this long ago is too old (not ahead of AWS's clock): lost.
 _TOO_OLD = dt.timedelta(hours=1)
 
@@ -29,6 +32,44 @@ class BatchMeterUsage:
         self.marketplace = marketplace
 
     def send(self, batch: Batch[CustomerRecord]) -> dict[str, Answer]:
+        """AWS refuses a whole call for one bad record ("if any of the records are outside of the allowed range,
+        the entire batch is not processed. You must remove invalid records and try again"), and says not which:
+        a refused call is halved until each bad record is alone, so its batchmates are billed. A record refused
+        alone is lost once AWS took another record of the batch (the fault is that record's); if it took none,
+        the fault may be the call's (a dimension, the credentials), so every record stays pending."""
+        answers, refused = self._bisect(batch, whole=True)
+        answered = any(a.status in _BILLED + _NOT_BILLED for a in answers.values())
+        for tenant, _, usage in batch:
+            code = refused.get(tenant)
+            if code is None:
+                continue
+            too_old = code == _OUT_OF_BOUNDS and dt.datetime.now(dt.UTC) - usage.timestamp >= _TOO_OLD
+            answers[tenant] = Answer(code, settled=too_old or answered, lost=too_old or answered)
+        return answers
+
+    def _bisect(self, batch: Batch[CustomerRecord], whole: bool) -> tuple[dict[str, Answer], dict[str, str]]:
+        """The answers AWS gave, and the tenants whose record it refused alone (with the error's code)."""
+        try:
+            return self._call(batch), {}
+        except ClientError as err:
+            code = str(err.response.get("Error", {}).get("Code"))
+            if code in _NOT_THE_RECORDS or err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500:
+                if whole:
+                    raise api_failure("BatchMeterUsage", err) from None
+                return {tenant: Answer(code, settled=False) for tenant, _, _ in batch}, {}
+            log.warning("AWS refused BatchMeterUsage of %d records: %s", len(batch), code)
+            if len(batch) == 1:
+                return {}, {batch[0][0]: code}
+        except BotoCoreError as err:
+            if whole:
+                raise api_failure("BatchMeterUsage", err) from None
+            return {tenant: Answer(type(err).__name__, settled=False) for tenant, _, _ in batch}, {}
+        half = len(batch) // 2
+        answers, refused = self._bisect(batch[:half], whole=False)
+        more_answers, more_refused = self._bisect(batch[half:], whole=False)
+        return answers | more_answers, refused | more_refused
+
+    def _call(self, batch: Batch[CustomerRecord]) -> dict[str, Answer]:
         tenants: dict[tuple[str, dt.datetime | None], str] = {
             (record.license_arn, usage.timestamp): tenant for tenant, record, usage in batch
         }
@@ -42,14 +83,7 @@ class BatchMeterUsage:
             }
             for _, record, usage in batch
         ]
-        try:
-            reply = self.marketplace.metering.batch_meter_usage(UsageRecords=records)
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") != _OUT_OF_BOUNDS:
-                raise api_failure("BatchMeterUsage", err) from None
-            return self._out_of_bounds(batch, err)
-        except BotoCoreError as err:
-            raise api_failure("BatchMeterUsage", err) from None
+        reply = self.marketplace.metering.batch_meter_usage(UsageRecords=records)
         answers = {}
         for result in reply.get("Results", []):  # UnprocessedRecords get no answer: resent next run
             sent = result.get("UsageRecord", {})
@@ -60,21 +94,8 @@ class BatchMeterUsage:
             status = str(result.get("Status"))
             if status != "Success":
                 log.warning("AWS answered %s for %s's usage at %s", status, tenant, sent.get("Timestamp"))
-            answers[tenant] = Answer(status, settled=status in _SETTLED)
+            answers[tenant] = Answer(status, settled=status in _BILLED + _NOT_BILLED, lost=status in _NOT_BILLED)
         return answers
-
-    def _out_of_bounds(self, batch: Batch[CustomerRecord], err: ClientError) -> dict[str, Answer]:
-        """AWS refuses the whole call for one record out of its time window: send each record alone, so the
-        others are billed and a record too old to ever be taken is settled as lost instead of blocking them."""
-        if len(batch) > 1:
-            answers: dict[str, Answer] = {}
-            for one in batch:
-                answers.update(self.send([one]))
-            return answers
-        tenant, _, usage = batch[0]
-        if dt.datetime.now(dt.UTC) - usage.timestamp < _TOO_OLD:  # ahead of AWS's clock, not too old: resend
-            raise api_failure("BatchMeterUsage", err) from None
-        return {tenant: Answer(_OUT_OF_BOUNDS, settled=True, lost=True)}
 
 
 class Metering(UsageMeter[CustomerRecord]):

@@ -17,7 +17,8 @@ class AwsMarketplaceSettings(BaseSettings):
     )
     region: str = Field("us-east-1", description="AWS Marketplace's metering and entitlement APIs live in us-east-1.")
     queue_url: str | None = Field(
-        None, description="SQS queue subscribed to the listing's subscription and entitlement SNS topics."
+        None, description="SQS queue an EventBridge rule (aws/eventbridge-pattern.json) sends the listing's "
+                          "Marketplace events to; the consumer takes EventBridge events only."
     )
     plan_dimensions: PlanMap = Field(
         default_factory=same_plans,

@@ -9,13 +9,16 @@ import logging
 
 from marketplace.azure.fulfilment import AzureMarketplace
 from marketplace.azure.records import SubscriptionRecord
-from marketplace.metering import Answer, Batch, UsageMeter
+from marketplace.metering import Answer, Batch, UsageMeter, utc_stamp
 
 log = logging.getLogger(__name__)
 
-# Accepted, or already accepted; Expired (over 24 hours old) and a subscription that is gone never will be.
-_SETTLED = ("Accepted", "Duplicate", "Expired", "ResourceNotFound", "ResourceNotAuthorized")
-_LOST = ("Expired",)  # usage the buyer did consume and will never be billed for: reported, not just logged
+# Accepted, or already accepted (a resend after a crash: the event of that hour is ours).
+_BILLED = ("Accepted", "Duplicate")
+# Never will be: over 24 hours old, a subscription gone or not ours, a quantity Azure refuses. The buyer did
+# consume that usage, so each is reported as lost. Any other status (InvalidDimension: the offer's dimensions
+# are set up wrong; Error) stays pending and reported: fixed, the same event is billed.
+_LOST = ("Expired", "ResourceNotFound", "ResourceNotAuthorized", "InvalidQuantity")
 
 
 class BatchUsageEvent:
@@ -30,14 +33,14 @@ class BatchUsageEvent:
         if not due:
             return answers
         tenants: dict[tuple[str, str | None], str] = {
-            (record.subscription_id, _stamp(usage.timestamp)): tenant for tenant, record, usage in due
+            (record.subscription_id, utc_stamp(usage.timestamp)): tenant for tenant, record, usage in due
         }
         events = [
             {
                 "resourceId": record.subscription_id,
                 "quantity": usage.quantity,
                 "dimension": self.marketplace.settings.usage_dimension,
-                "effectiveStartTime": _stamp(usage.timestamp),
+                "effectiveStartTime": utc_stamp(usage.timestamp),
                 "planId": record.plan_id,
             }
             for _, record, usage in due
@@ -51,7 +54,7 @@ class BatchUsageEvent:
             status = str(result.get("status"))
             if status != "Accepted":
                 log.warning("Azure answered %s for %s's usage at %s", status, tenant, result.get("effectiveStartTime"))
-            answers[tenant] = Answer(status, settled=status in _SETTLED, lost=status in _LOST)
+            answers[tenant] = Answer(status, settled=status in _BILLED + _LOST, lost=status in _LOST)
         return answers
 
 
@@ -65,10 +68,6 @@ class Metering(UsageMeter[SubscriptionRecord]):
         )
 
 
-def _stamp(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _stamp_text(text: object) -> str | None:
     """The API echoes the time in its own format; compare as instants."""
     if not isinstance(text, str):
@@ -77,4 +76,4 @@ def _stamp_text(text: object) -> str | None:
         moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return _stamp(moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC))
+    return utc_stamp(moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC))

@@ -5,9 +5,13 @@ Unsubscribe, Renew), verified twice before anything changes.
    publisher app (`aud`) in the publisher tenant (`tid`) for the Marketplace's own app (`appid`/`azp`).
 2. The operation it names must exist at the Fulfillment API (`GET .../operations/{id}`).
 
-Then the tenant is made to match: an operation waiting for our answer (ChangePlan, ChangeQuantity, Reinstate
-InProgress) is applied and answered Success, or Failure for a plan this service does not offer; any other
-notification re-reads the subscription and applies its state (`marketplace/lifecycle.py`).
+Then the tenant is made to match. Microsoft's webhook table has the publisher answer (PATCH the operation) only
+ChangePlan and ChangeQuantity, within 10 seconds ("PATCH with success (this event is optional and autoaccepted
+in 10 secs)"); every other action, Reinstate included, is "Not applicable". So a ChangePlan or ChangeQuantity
+InProgress is answered first (Failure for a plan this service does not offer, and nothing changes; Success
+otherwise), then applied; if applying fails the call gets 503, Microsoft delivers it again, and the operation,
+no longer InProgress, is applied from the subscription's state. Every other notification re-reads the
+subscription and applies its state (`marketplace/lifecycle.py`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from onboarding.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
-_ANSWERED_BY_US = ("ChangePlan", "ChangeQuantity", "Reinstate")
+_ANSWERED_BY_US = ("ChangePlan", "ChangeQuantity")
 
 
 class Unauthorized(Exception):
@@ -103,9 +107,9 @@ class Webhook:
             if plan is None:
                 self._answer(path, "Failure")
                 return Outcome(tenant, f"refused: plan {plan_id!r} is not offered")
+            self._answer(path, "Success")
             outcome = self.lifecycle.apply(tenant, record, plan)
             self.marketplace.records.update(tenant, lambda r: r.model_copy(update={"plan_id": plan_id}))
-            self._answer(path, "Success")
             return outcome
         return self.reconcile(tenant)
 

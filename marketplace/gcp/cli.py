@@ -70,6 +70,7 @@ def serve(tls_cert: TlsCert, tls_key: TlsKey, host: Host = "127.0.0.1", port: Po
     from marketplace.gcp.landing import create_app
 
     with output.reported(False), connect(admin_url) as marketplace:
+        _ = marketplace.product  # refused at start, not at the first buyer's sign-up
         serve_pages(create_app(marketplace), tls_cert, tls_key, host, port)
 
 

@@ -75,18 +75,33 @@ class Subscription:
     def _handle(self, message: dict[str, Any]) -> Handled:
         message_id = str(message.get("messageId", "?"))
         try:
-            event = json.loads(base64.b64decode(message.get("data", "")))
-            event_type = str(event["eventType"])
-        except (ValueError, KeyError, TypeError) as err:
+            event_type, entitlement_id = _parse(message)
+        except ValueError as err:
             log.error("message %s is not a Procurement event (left for the dead-letter policy): %s", message_id, err)
             return Handled(message_id, "?", [], error=f"not a Procurement event: {err}")
-        entitlement_id = (event.get("entitlement") or {}).get("id")
-        if not entitlement_id:
+        if entitlement_id is None:
             return Handled(message_id, event_type, [])  # account events: sign-up already approved the account
         try:
-            outcome = self.reconciler.reconcile(tenant_of(str(entitlement_id)))
+            outcome = self.reconciler.reconcile(tenant_of(entitlement_id))
         except OnboardingError as err:
             log.error("event %s (%s) not handled, redelivered after the ack deadline: %s", message_id, event_type, err)
             return Handled(message_id, event_type, [], error=str(err))
         log.info("%s: tenant %s %s", event_type, outcome.tenant, outcome.action)
         return Handled(message_id, event_type, [outcome])
+
+
+def _parse(message: dict[str, Any]) -> tuple[str, str | None]:
+    """The event's type and the entitlement it names (None: an account event); ValueError for anything that is
+    not the shape Procurement publishes, so that one message cannot stop the consumer."""
+    try:
+        event = json.loads(base64.b64decode(message.get("data", ""), validate=True))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"not base64 JSON ({err})") from None
+    if not isinstance(event, dict) or not isinstance(event.get("eventType"), str):
+        raise ValueError("no eventType string in a JSON object")
+    entitlement = event.get("entitlement")
+    if entitlement is None:
+        return event["eventType"], None
+    if not isinstance(entitlement, dict) or not isinstance(entitlement.get("id"), str) or not entitlement["id"]:
+        raise ValueError("its entitlement is not an object with an id string")
+    return event["eventType"], entitlement["id"]

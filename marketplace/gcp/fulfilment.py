@@ -90,11 +90,20 @@ class GcpMarketplace:
     def close(self) -> None:
         self.api.close()
 
+    @property
+    def product(self) -> str:
+        """The listing's product; InvalidInput naming the variable when it is not set (only sign-up needs it)."""
+        if not self.settings.product:
+            raise InvalidInput("FORESIGHT_GCP_MP_PRODUCT", "is not set; sign-up sets up only that product's orders "
+                                                           "(the listing's product name in Producer Portal)")
+        return self.settings.product
+
     def register(self, token: str) -> Registration:
         """The tenant for the order behind a sign-up token, created and approved unless it exists already."""
+        product = self.product
         account_id = self.verify(token)
         self._approve_account(account_id)
-        entitlement = self._pending_entitlement(account_id)
+        entitlement = self._pending_entitlement(account_id, product)
         plan = self.plan_of(entitlement["plan"])
         if plan is None:
             raise NotEntitled("register order", f"plan {entitlement['plan']!r} is not offered here")
@@ -182,17 +191,12 @@ class GcpMarketplace:
                 body={"approvalName": "signup"},
             )
 
-    def _pending_entitlement(self, account_id: str) -> dict[str, Any]:
-        """The order to set up: one awaiting activation first (an account may buy again after its first order
-        is active), else an active one (a repeated sign-up)."""
-        reply = self.api.call(
-            "GET",
-            f"{self._provider}/entitlements",
-            "list the account's entitlements",
-            params={"filter": f"account={account_id}"},
-        )
+    def _pending_entitlement(self, account_id: str, product: str) -> dict[str, Any]:
+        """The order of this product to set up: one awaiting activation first (an account may buy again after its
+        first order is active), else an active one (a repeated sign-up)."""
+        entitlements = self._entitlements(f"account={account_id} AND productExternalName={product}")
         for state in _REGISTRABLE:
-            for entitlement in reply.get("entitlements", []):
+            for entitlement in entitlements:
                 if entitlement.get("state") == state:
                     return dict(entitlement)
         raise NotEntitled(
@@ -200,6 +204,18 @@ class GcpMarketplace:
             "the account has no order to set up yet; Google can take a few "
             "minutes after the purchase, so try the sign-up link again shortly",
         )
+
+    def _entitlements(self, query: str) -> list[dict[str, Any]]:
+        """Every entitlement the filter matches, page after page."""
+        found: list[dict[str, Any]] = []
+        params = {"filter": query}
+        while True:
+            reply = self.api.call("GET", f"{self._provider}/entitlements", "list the account's entitlements",
+                                  params=params)
+            found += reply.get("entitlements", [])
+            if not reply.get("nextPageToken"):
+                return found
+            params = {"filter": query, "pageToken": str(reply["nextPageToken"])}
 
     def _approve_entitlement(self, entitlement: dict[str, Any]) -> None:
         if entitlement.get("state") == "ENTITLEMENT_ACTIVATION_REQUESTED":

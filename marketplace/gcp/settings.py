@@ -20,6 +20,10 @@ class GcpMarketplaceSettings(BaseSettings):
     signup_audience: str = Field(
         min_length=1, description="The `aud` of the sign-up JWT: the domain of the listing's sign-up URL."
     )
+    product: str | None = Field(
+        None, description="The listing's product (its productExternalName in Procurement); sign-up sets up only "
+                          "this product's orders. Required by serve and register.",
+    )
     subscription: str | None = Field(
         None, description="projects/<p>/subscriptions/<s>, subscribed to the partner's Procurement topic."
     )

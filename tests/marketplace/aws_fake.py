@@ -1,17 +1,19 @@
-"""A FAKE of AWS Marketplace's Metering (ResolveCustomer, BatchMeterUsage) and Entitlement (GetEntitlements)
-APIs, built from their published contract, because no runnable implementation of them exists here: moto has
-no ResolveCustomer or GetEntitlements, and its BatchMeterUsage takes only the deprecated CustomerIdentifier
-(a record with CustomerAWSAccountId and LicenseArn, which new listings must send since June 2026, fails in
-moto 5.2.5 with a KeyError).
+"""A FAKE of AWS Marketplace's Metering (ResolveCustomer, BatchMeterUsage) and Entitlement (GetEntitlements) APIs,
+built from their published contract, because no runnable implementation of them exists here: moto has no
+ResolveCustomer or GetEntitlements, and its BatchMeterUsage takes only the deprecated CustomerIdentifier (a record
+with CustomerAWSAccountId and LicenseArn, which new listings must send since June 2026, fails in moto 5.2.5 with a
+KeyError).
 
-The contract it follows: the operations' shapes in botocore's service models (meteringmarketplace
-2016-01-14 and marketplace-entitlement 2017-01-11, both spoken as AWS JSON 1.1 by this botocore), and the
-API reference's documented behaviour: InvalidTokenException and
-ExpiredTokenException; at most 25 records a call; records 24 hours old or more refused with
-TimestampOutOfBoundsException; a record identical to an earlier one is idempotent (Success again, the same
-MeteringRecordId); same purchase, dimension and time with another quantity is DuplicateRecord; a purchase
-that is not subscribed is CustomerNotSubscribed; after a license is deprovisioned usage is accepted for one
-more hour. Everything it was sent is kept in `calls` for tests to read.
+The contract it follows: the operations' shapes in botocore's service models (meteringmarketplace 2016-01-14 and
+marketplace-entitlement 2017-01-11, both spoken as AWS JSON 1.1 by this botocore), and the API reference's
+documented behaviour: InvalidTokenException and ExpiredTokenException; at most 25 records a call; records 6 hours
+old or more refused with TimestampOutOfBoundsException ("Usage records aren't accepted 6 hours or more after an
+event"); a record identical to an earlier one is idempotent (Success again, the same MeteringRecordId); same
+purchase, dimension and time with another quantity is DuplicateRecord; a purchase that is not subscribed is
+CustomerNotSubscribed; after a license is deprovisioned usage is accepted for one more hour; a record of a license
+that is not valid, or stamped before the second of the license's activation, fails the whole call with
+InvalidLicenseException (botocore's model: "Ensure the LicenseArn is valid, matches the customer, and usage is
+within the license activation period"). Everything it was sent is kept in `calls` for tests to read.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 from tests.servers import http_server
 
 FINAL_WINDOW = dt.timedelta(hours=1)
+ACCEPTED_FOR = dt.timedelta(hours=6)  # BatchMeterUsage's API reference
 
 
 class ApiError(Exception):
@@ -43,6 +46,8 @@ class Purchase:
     product_code: str
     entitlements: list[dict[str, Any]] = field(default_factory=list)
     deprovisioned: dt.datetime | None = None
+    activated: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    valid: bool = True  # False: the license is not valid (InvalidLicenseException for its records)
 
 
 @dataclass
@@ -125,8 +130,13 @@ class MarketplaceFake:
                 raise ApiError("InvalidUsageDimensionException", f"unknown dimension {record.get('Dimension')}")
             if ("CustomerIdentifier" in record) == ("CustomerAWSAccountId" in record):
                 raise ApiError("ValidationException", "give exactly one of CustomerIdentifier, CustomerAWSAccountId")
-            if now - _time(record["Timestamp"]) >= dt.timedelta(hours=24) or _time(record["Timestamp"]) > now:
+            if now - _time(record["Timestamp"]) >= ACCEPTED_FOR or _time(record["Timestamp"]) > now:
                 raise ApiError("TimestampOutOfBoundsException", "Timestamp out of bounds")
+            purchase = self.purchases.get(record.get("LicenseArn", ""))
+            before = purchase is not None and _time(record["Timestamp"]) < purchase.activated.replace(microsecond=0)
+            if purchase is not None and (not purchase.valid or before):
+                raise ApiError("InvalidLicenseException", f"license {purchase.license_arn} is not valid for "
+                                                          "this record or it is outside its activation period")
         results, unprocessed = [], []
         for record in records:
             if self.unprocessed_next > 0:

@@ -10,7 +10,9 @@ run against it unchanged. What it checks and answers, per the contract:
   tid, appid = the Marketplace's app id).
 - resolve: the `x-ms-marketplace-token` header -> the subscription; 400 for an unknown token.
 - activate: PendingFulfillmentStart -> Subscribed (the plan given must be the subscription's).
-- subscriptions/{id}, operations/{id}: GET; PATCH an operation with Success applies it, Failure rejects it.
+- subscriptions/{id}, operations/{id}: GET; PATCH an InProgress ChangePlan or ChangeQuantity with Success
+  applies it, Failure rejects it; the webhook table ("Implementing a webhook on the SaaS service") makes every
+  other action notify-only ("Not applicable"), so those are applied when notified and a PATCH of one is 400.
 - batchUsageEvent: at most 25 events; quantity > 0 (InvalidQuantity); one event per resource, dimension and hour
   (Duplicate); effectiveStartTime within 24 hours (Expired); unknown resource (ResourceNotFound); dimension
   known to the offer (InvalidDimension).
@@ -37,6 +39,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from marketplace.azure.fulfilment import MARKETPLACE_APP_ID, SCOPE
 from tests.servers import http_server
 from tests.tlsutil import PKI
+
+_ANSWERED_BY_PUBLISHER = ("ChangePlan", "ChangeQuantity")  # the webhook table's only actions with a PATCH
 
 
 @dataclass
@@ -85,7 +89,7 @@ class AzureFake:
             "timeStamp": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         }
         self.operations[operation["id"]] = operation
-        if status == "Success":
+        if status == "Success" or action not in _ANSWERED_BY_PUBLISHER:  # done on Microsoft's side already
             self._apply(operation)
         return dict(operation)
 
@@ -159,6 +163,9 @@ class AzureFake:
                     return 404, {"error": {"code": "EntityNotFound", "message": "no such operation"}}
                 if method == "GET":
                     return 200, dict(operation)
+                if method == "PATCH" and (operation["action"] not in _ANSWERED_BY_PUBLISHER
+                                          or operation["status"] != "InProgress"):
+                    return 400, {"error": {"code": "BadArgument", "message": "this operation takes no answer"}}
                 if method == "PATCH" and body.get("status") in ("Success", "Failure"):
                     operation["status"] = "Succeeded" if body["status"] == "Success" else "Failed"
                     if body["status"] == "Success":

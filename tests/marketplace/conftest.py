@@ -29,6 +29,7 @@ from service.security.apikeys import hash_key
 from service.security.vault_keys import VaultKeyAdmin, service_policy
 from tests.marketplace.aws_fake import MarketplaceFake, marketplace_fake
 from tests.marketplace.azure_fake import AzureFake, azure_fake
+from tests.marketplace.gcp_fake import PRODUCT as GCP_PRODUCT
 from tests.marketplace.gcp_fake import GcpFake, gcp_fake
 from tests.servers import MotoServer, OpenBao
 from tests.service.harness import RunningService, running_service
@@ -148,7 +149,7 @@ def gcp(deployment: Deployment) -> Iterator[GcpFake]:
 def gcp_settings(gcp: GcpFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> GcpMarketplaceSettings:
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(gcp.key_file(tmp_path)))  # google-auth's own variable
     return GcpMarketplaceSettings(
-        provider_id=gcp.provider, signup_audience=gcp.audience, service_name=GCP_SERVICE,
+        provider_id=gcp.provider, signup_audience=gcp.audience, service_name=GCP_SERVICE, product=GCP_PRODUCT,
         subscription="projects/foresight-partner/subscriptions/procurement", requests_per_unit=UNIT,
         procurement_url=gcp.base, pubsub_url=gcp.base, servicecontrol_url=gcp.base, certs_url=gcp.certs_url,
         ca_file=gcp.pki.ca_cert,

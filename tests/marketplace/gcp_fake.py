@@ -4,14 +4,20 @@ they rely on (the OAuth token endpoint for a service account, and the x509 certi
 JWT), because none of them has a runnable implementation here. Built from Google's published references:
 cloudcommerceprocurement.googleapis.com v1 (accounts and entitlements, their states and approve calls),
 pubsub.googleapis.com v1 (`subscriptions.pull` / `acknowledge`), servicecontrol.googleapis.com v1
-(`services.report`, `reportErrors`), and the SaaS integration guide's sign-up JWT (RS256, `iss` = the
-certificates URL, `aud` = the partner's domain, `sub` = the Procurement account).
+(`services.check` and its `checkErrors`, `services.report` and its `reportErrors`), the usage-reporting guide
+("consumerId is the same as the usageReportingId from the entitlement"), and the SaaS integration guide's
+sign-up JWT (RS256, `iss` = the certificates URL, `aud` = the partner's domain, `sub` = the Procurement
+account).
 
 It serves HTTPS with the suite's test CA, so google-auth's real service-account flow and PyJWT run unchanged.
 What it enforces: the bearer token it issued on every API call (and a valid signed assertion to get one);
-approvals only from the states the API allows; Pub/Sub messages redelivered until acknowledged; Service
-Control operations de-duplicated by operation id and refused (PERMISSION_DENIED) for a consumer that is not an
-active entitlement's usage reporting id.
+approvals only from the states the API allows; entitlements listed a page at a time (one per page, so a
+caller that ignores `nextPageToken` misses some) and filtered by `account` and `productExternalName`; Pub/Sub
+messages redelivered until acknowledged; Service Control operations de-duplicated by operation id and
+refused (PERMISSION_DENIED) for a consumer that is not an active entitlement's usage reporting id, which
+`services.check` answers with a check error. The guide says a disabled consumer gets a check error, not which:
+SERVICE_NOT_ACTIVATED (the CheckError code "The consumer hasn't activated the service") is our pick, and
+the client treats every code but the *_UNAVAILABLE ones and RESOURCE_EXHAUSTED alike.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from cryptography.x509.oid import NameOID
 from tests.servers import http_server
 from tests.tlsutil import PKI
 
+PRODUCT = "foresight-saas.endpoints.foresight-partner.cloud.goog"  # the listing's product external name
 CERTS_PATH = "/robot/v1/metadata/x509/cloud-commerce-partner@system.gserviceaccount.com"
 _ACTIVE_FOR_USAGE = ("ENTITLEMENT_ACTIVE", "ENTITLEMENT_PENDING_CANCELLATION", "ENTITLEMENT_PENDING_PLAN_CHANGE",
                      "ENTITLEMENT_PENDING_PLAN_CHANGE_APPROVAL")
@@ -63,8 +70,10 @@ class GcpFake:
     entitlements: dict[str, dict[str, Any]] = field(default_factory=dict)
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)  # ack id -> message, until acknowledged
     reported: dict[str, dict[str, Any]] = field(default_factory=dict)  # operation id -> operation
+    checked: list[str] = field(default_factory=list)  # operation ids services.check was asked about
     calls: list[tuple[str, str, Any]] = field(default_factory=list)
     fail_next: list[int] = field(default_factory=list)
+    refuse_next: list[int] = field(default_factory=list)  # gRPC codes of reportErrors for the next operations
     tokens: set[str] = field(default_factory=set)
     signer: rsa.RSAPrivateKey = field(default_factory=lambda: rsa.generate_private_key(65537, 2048))
     signer_kid: str = "fake-commerce-key-1"
@@ -97,8 +106,10 @@ class GcpFake:
         self.entitlements[entitlement_id] = {
             "name": f"providers/{self.provider}/entitlements/{entitlement_id}",
             "account": f"providers/{self.provider}/accounts/{account_id}", "provider": self.provider,
-            "product": "foresight", "plan": plan, "state": "ENTITLEMENT_ACTIVATION_REQUESTED",
-            "usageReportingId": f"usage-{entitlement_id[:8]}",
+            "product": PRODUCT, "productExternalName": PRODUCT, "plan": plan,
+            "state": "ENTITLEMENT_ACTIVATION_REQUESTED",
+            # Real ids look like "project_number:212706713297"; Service Control takes them as they are.
+            "usageReportingId": f"project_number:{uuid.UUID(entitlement_id).int % 10**12:012d}",
         }
         return self.signup_token(account_id), entitlement_id
 
@@ -117,7 +128,7 @@ class GcpFake:
                                             "messageId": str(uuid.uuid4())}
 
     def billed(self, entitlement_id: str) -> list[int]:
-        consumer = f"project:{self.entitlements[entitlement_id]['usageReportingId']}"
+        consumer = self.entitlements[entitlement_id]["usageReportingId"]
         ordered = sorted(self.reported.values(), key=lambda op: op["startTime"])
         return [int(op["metricValueSets"][0]["metricValues"][0]["int64Value"])
                 for op in ordered if op["consumerId"] == consumer]
@@ -147,15 +158,23 @@ class GcpFake:
             return self._pubsub(path.rsplit(":", 1)[1], body)
         if path == f"/v1/services/{self.service_name}:report":
             return self._report(body)
+        if path == f"/v1/services/{self.service_name}:check":
+            return self._check(body)
         return 404, {"error": {"code": 404, "message": f"{method} {path}"}}
 
     def _procurement(self, method: str, rest: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
         kind, _, tail = rest.partition("/")
         item, _, verb = tail.partition(":")
         if kind == "entitlements" and not item and method == "GET":
-            account = query.get("filter", [""])[0].removeprefix("account=")
-            found = [e for e in self.entitlements.values() if e["account"].endswith(f"/accounts/{account}")]
-            return 200, {"entitlements": found}
+            terms = dict(term.partition("=")[::2] for term in query.get("filter", [""])[0].split(" AND ") if term)
+            found = [e for e in self.entitlements.values()
+                     if e["account"].endswith(f"/accounts/{terms.get('account', '')}") or "account" not in terms
+                     if terms.get("productExternalName", e["productExternalName"]) == e["productExternalName"]]
+            start = int(query.get("pageToken", ["0"])[0] or 0)
+            reply: dict[str, Any] = {"entitlements": found[start:start + 1]}
+            if start + 1 < len(found):
+                reply["nextPageToken"] = str(start + 1)
+            return 200, reply
         table = self.accounts if kind == "accounts" else self.entitlements
         resource = table.get(item)
         if resource is None:
@@ -191,12 +210,25 @@ class GcpFake:
             return 200, {}
         return 404, {"error": {"code": 404, "message": verb}}
 
+    def _active_consumers(self) -> set[str]:
+        return {e["usageReportingId"] for e in self.entitlements.values() if e["state"] in _ACTIVE_FOR_USAGE}
+
+    def _check(self, body: Any) -> tuple[int, Any]:
+        operation = body.get("operation", {})
+        self.checked.append(operation["operationId"])
+        if operation.get("consumerId") in self._active_consumers():
+            return 200, {"operationId": operation["operationId"], "serviceConfigId": "2026-11-27r0"}
+        return 200, {"operationId": operation["operationId"], "serviceConfigId": "2026-11-27r0", "checkErrors": [
+            {"code": "SERVICE_NOT_ACTIVATED", "detail": "the consumer is not an active entitlement"}]}
+
     def _report(self, body: Any) -> tuple[int, Any]:
-        active = {f"project:{e['usageReportingId']}" for e in self.entitlements.values()
-                  if e["state"] in _ACTIVE_FOR_USAGE}
+        active = self._active_consumers()
         errors = []
         for operation in body.get("operations", []):
-            if operation["consumerId"] not in active:
+            if self.refuse_next:
+                code = self.refuse_next.pop(0)
+                errors.append({"operationId": operation["operationId"], "status": {"code": code, "message": "no"}})
+            elif operation["consumerId"] not in active:
                 errors.append({"operationId": operation["operationId"],
                                "status": {"code": 7, "message": "consumer is not an active entitlement"}})
             else:

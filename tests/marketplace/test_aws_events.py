@@ -100,7 +100,7 @@ def test_an_ended_license_is_metered_one_last_time_then_suspended_and_can_come_b
 ) -> None:
     registration, license_arn = bought
     assert registration.key is not None
-    registered_hours_ago(marketplace, registration.tenant, 2, this_hour())
+    registered_hours_ago(fake, marketplace, registration.tenant, 2, this_hour())
     Metering(marketplace).run(tenants=[registration.tenant])  # the last hour's record went out already
     reads(deployment, registration, 120)
     fake.deprovision(license_arn)
@@ -125,7 +125,7 @@ def test_the_final_metering_bills_the_usage_after_an_older_pending_record(
 ) -> None:
     token, license_arn = fake.purchase("111122223333", "pro")
     registration = marketplace.register(token)
-    registered_hours_ago(marketplace, registration.tenant, 3, this_hour())
+    registered_hours_ago(fake, marketplace, registration.tenant, 3, this_hour())
     metering = Metering(marketplace)
     reads(deployment, registration, 300)
     fake.fail_next.append(ApiError("DisabledApiException", "blip"))

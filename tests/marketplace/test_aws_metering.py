@@ -14,6 +14,7 @@ from marketplace.aws.metering import BatchMeterUsage, Metering
 from marketplace.aws.records import CLOUD, CustomerRecord
 from marketplace.metering import UsageMeter
 from marketplace.records import PendingUsage, PurchaseRecords, Subscription
+from onboarding.errors import InvalidInput
 from tests.marketplace.aws_fake import ApiError, MarketplaceFake
 from tests.marketplace.conftest import Deployment
 
@@ -35,10 +36,13 @@ def bought(marketplace: AwsMarketplace, fake: MarketplaceFake) -> tuple[Registra
     return marketplace.register(token), license_arn
 
 
-def registered_hours_ago(marketplace: AwsMarketplace, tenant: str, hours: int, hour: dt.datetime) -> None:
-    """Move a purchase back to `hours` before `hour`, so runs at earlier hours (which AWS still accepts) have slots
-    to fill. `hour` is the test's one reading of the clock: read again, it may have moved on to the next hour."""
-    marketplace.records.update(tenant, lambda r: r.model_copy(update={"registered": hour - hours * HOUR}))
+def registered_hours_ago(fake: MarketplaceFake, marketplace: AwsMarketplace, tenant: str, hours: int,
+                         hour: dt.datetime) -> None:
+    """Move a purchase (its record and its license's activation) back to `hours` before `hour`, so runs at earlier
+    hours (which AWS still accepts) have slots to fill. `hour` is the test's one reading of the clock: read again,
+    it may have moved on to the next hour."""
+    record = marketplace.records.update(tenant, lambda r: r.model_copy(update={"registered": hour - hours * HOUR}))
+    fake.purchases[record.license_arn].activated = hour - hours * HOUR
 
 
 def this_hour() -> dt.datetime:
@@ -50,7 +54,7 @@ def test_reads_become_whole_units_and_the_remainder_carries_over(
 ) -> None:
     registration, license_arn = bought
     hour = this_hour()
-    registered_hours_ago(marketplace, registration.tenant, 3, hour)
+    registered_hours_ago(fake, marketplace, registration.tenant, 3, hour)
     metering = Metering(marketplace)
     reads(deployment, registration, 250)
     first = metering.run(now=hour - 2 * HOUR + dt.timedelta(minutes=5), tenants=[registration.tenant])
@@ -115,25 +119,29 @@ def test_unprocessed_records_are_resent_next_run(
     metering = Metering(marketplace)
     reads(deployment, registration, 100)
     fake.unprocessed_next = 1
-    assert [m.status for m in metering.run(tenants=[registration.tenant]).metered] == ["Unprocessed"]
+    unprocessed = metering.run(tenants=[registration.tenant])
+    assert [m.status for m in unprocessed.metered] == ["Unprocessed"]
+    assert [e for e in unprocessed.errors if registration.tenant in e and "stays pending" in e]  # meter exits 6
     assert fake.usage(license_arn) == []
     assert [m.status for m in metering.run(tenants=[registration.tenant]).metered] == ["Success"]
     assert fake.usage(license_arn) == [1]
 
 
+@pytest.mark.parametrize("pending_hours", [7, 26])  # AWS takes records for 6 hours
 def test_a_record_too_old_for_aws_is_settled_as_lost_and_does_not_block_its_batch(
-    marketplace: AwsMarketplace, fake: MarketplaceFake, deployment: Deployment, caplog: pytest.LogCaptureFixture
+    marketplace: AwsMarketplace, fake: MarketplaceFake, deployment: Deployment, caplog: pytest.LogCaptureFixture,
+    pending_hours: int,
 ) -> None:
     (stale_token, _), (healthy_token, healthy_arn) = fake.purchase("111122223333", "pro"), fake.purchase(
         "444455556666", "pro")
     stale, healthy = marketplace.register(stale_token), marketplace.register(healthy_token)
     hour = this_hour()
-    registered_hours_ago(marketplace, stale.tenant, 30, hour)
-    registered_hours_ago(marketplace, healthy.tenant, 3, hour)
+    registered_hours_ago(fake, marketplace, stale.tenant, 30, hour)
+    registered_hours_ago(fake, marketplace, healthy.tenant, 3, hour)
     metering = Metering(marketplace)
     reads(deployment, stale, 300)
     fake.fail_next.append(ApiError("DisabledApiException", "outage"))  # stays pending past AWS's window
-    metering.run(now=hour - 26 * HOUR + dt.timedelta(minutes=5), tenants=[stale.tenant])
+    metering.run(now=hour - pending_hours * HOUR + dt.timedelta(minutes=5), tenants=[stale.tenant])
     reads(deployment, healthy, 200)
 
     with caplog.at_level("ERROR", logger="marketplace.metering"):
@@ -141,7 +149,7 @@ def test_a_record_too_old_for_aws_is_settled_as_lost_and_does_not_block_its_batc
     assert {(m.tenant, m.status) for m in report.metered} == {
         (stale.tenant, "TimestampOutOfBoundsException"), (healthy.tenant, "Success")}
     assert fake.usage(healthy_arn) == [2]
-    lost_hour = f"{hour - 27 * HOUR:%Y-%m-%d %H:%M}"
+    lost_hour = f"{hour - (pending_hours + 1) * HOUR:%Y-%m-%d %H:%M}"
     assert [e for e in report.errors if stale.tenant in e and lost_hour in e and "3 units" in e and "lost" in e]
     assert [r for r in caplog.records if r.levelname == "ERROR" and stale.tenant in r.getMessage()
             and lost_hour in r.getMessage() and "3 units" in r.getMessage()]
@@ -156,7 +164,7 @@ def test_a_run_that_overlaps_the_final_run_does_not_bill_the_same_reads_again(
 ) -> None:
     registration, license_arn = bought
     before = this_hour()
-    registered_hours_ago(marketplace, registration.tenant, 3, before)
+    registered_hours_ago(fake, marketplace, registration.tenant, 3, before)
     reads(deployment, registration, 300)
 
     class EndedMeanwhile(PurchaseRecords[CustomerRecord]):
@@ -223,3 +231,84 @@ def test_metering_needs_the_admin_api(deployment: Deployment, settings, aws_sess
     onboarder.admin = None
     with pytest.raises(Exception, match="FORESIGHT_ADMIN_URL"):
         Metering(AwsMarketplace(settings, onboarder, aws_session)).run()
+
+
+def test_the_first_record_is_stamped_no_earlier_than_the_registration(
+    marketplace: AwsMarketplace, fake: MarketplaceFake, deployment: Deployment, bought: tuple[Registration, str]
+) -> None:
+    """AWS refuses usage before the license's activation (InvalidLicenseException); the purchase's first hour is
+    stamped with the registration itself, not the start of its hour."""
+    registration, license_arn = bought
+    reads(deployment, registration, 200)
+    report = Metering(marketplace).run(tenants=[registration.tenant])
+    assert [m.status for m in report.metered] == ["Success"] and report.errors == []
+    record = marketplace.records.get(registration.tenant)
+    assert record is not None and record.last_metered == record.registered.replace(microsecond=0)  # its second
+    assert fake.usage(license_arn) == [2]
+
+
+def test_a_bad_license_is_isolated_and_its_batchmates_are_billed(
+    marketplace: AwsMarketplace, fake: MarketplaceFake, deployment: Deployment
+) -> None:
+    purchases = [fake.purchase(f"55556666777{i}", "pro") for i in range(4)]
+    registrations = [marketplace.register(token) for token, _ in purchases]
+    bad, bad_arn = registrations[1], purchases[1][1]
+    fake.purchases[bad_arn].valid = False  # AWS refuses every call holding its record
+    for registration in registrations:
+        reads(deployment, registration, 100)
+
+    report = Metering(marketplace).run(tenants=[r.tenant for r in registrations])
+    assert {m.tenant: m.status for m in report.metered} == {
+        **{r.tenant: "Success" for r in registrations if r is not bad}, bad.tenant: "InvalidLicenseException"}
+    assert [fake.usage(arn) for _, arn in purchases] == [[1], [], [1], [1]]
+    assert [e for e in report.errors if bad.tenant in e and "lost" in e and "InvalidLicenseException" in e]
+    assert len(report.errors) == 1
+    record = marketplace.records.get(bad.tenant)
+    assert record is not None and record.pending is None  # settled: its later hours are metered again
+
+
+def test_a_refusal_that_isolates_no_record_keeps_it_pending_and_reported(
+    marketplace: AwsMarketplace, fake: MarketplaceFake, deployment: Deployment, bought: tuple[Registration, str]
+) -> None:
+    """Refused alone with nothing else taken, the fault may be the call's (a dimension, the listing): not lost."""
+    registration, license_arn = bought
+    fake.purchases[license_arn].valid = False
+    reads(deployment, registration, 100)
+    report = Metering(marketplace).run(tenants=[registration.tenant])
+    assert [e for e in report.errors if registration.tenant in e and "stays pending" in e]
+    record = marketplace.records.get(registration.tenant)
+    assert record is not None and record.pending is not None and record.pending.quantity == 1
+    fake.purchases[license_arn].valid = True
+    assert [m.status for m in Metering(marketplace).run(tenants=[registration.tenant]).metered] == ["Success"]
+    assert fake.usage(license_arn) == [1]
+
+
+def test_usage_aws_will_not_bill_is_reported(
+    marketplace: AwsMarketplace, fake: MarketplaceFake, deployment: Deployment, bought: tuple[Registration, str]
+) -> None:
+    registration, license_arn = bought
+    reads(deployment, registration, 100)
+    fake.deprovision(license_arn)
+    fake.purchases[license_arn].deprovisioned = dt.datetime.now(dt.UTC) - 2 * HOUR  # past the final window
+    report = Metering(marketplace).run(tenants=[registration.tenant])
+    assert [m.status for m in report.metered] == ["CustomerNotSubscribed"]
+    assert [e for e in report.errors if registration.tenant in e and "lost" in e and "CustomerNotSubscribed" in e]
+
+
+def test_counters_from_another_service_node_are_refused(
+    marketplace: AwsMarketplace, fake: MarketplaceFake, deployment: Deployment
+) -> None:
+    """The last record counted a process that started after the one answering now: another node answered (a
+    restart only ever starts later). Its lifetime counter must not be billed as a restart's."""
+    token, license_arn = fake.purchase("999988887777", "pro")  # an account no other test reconciles
+    registration = marketplace.register(token)
+    later = dt.datetime.now(dt.UTC).timestamp() + 3600
+    marketplace.records.update(registration.tenant, lambda r: r.model_copy(
+        update={"requests_seen": 10, "counting_since": later}))
+    reads(deployment, registration, 300)
+    with pytest.raises(InvalidInput, match=r"FORESIGHT_ADMIN_URL.*several service nodes"):
+        Metering(marketplace).run(tenants=[registration.tenant])
+    assert fake.usage(license_arn) == []
+    record = marketplace.records.get(registration.tenant)
+    assert record is not None and record.pending is None
+    marketplace.records.update(registration.tenant, lambda r: r.model_copy(update={"counting_since": None}))

@@ -19,7 +19,7 @@ from marketplace.azure.records import tenant_of
 from marketplace.azure.webhook import TokenVerifier, Webhook
 from marketplace.errors import MarketplaceFailure
 from marketplace.records import PendingUsage, Subscription
-from onboarding.errors import InvalidInput
+from onboarding.errors import InvalidInput, ServiceFailure
 from onboarding.plans import PLANS
 from tests.marketplace.azure_fake import AzureFake
 from tests.marketplace.conftest import Deployment
@@ -198,8 +198,30 @@ def test_suspend_meters_then_suspends_and_reinstate_resumes(
 
     reinstate = azure.operation(subscription_id, "Reinstate")
     assert notify(client, azure, reinstate).json()["action"] == "resumed"
-    assert azure.operations[reinstate["id"]]["status"] == "Succeeded"
+    assert not [c for c in azure.calls if c[0] == "PATCH"]  # Reinstate takes no answer ("Not applicable")
     assert deployment.redis(key).ping()
+
+
+def test_change_plan_is_answered_before_it_is_applied_and_applied_on_redelivery(
+    client: TestClient, azure: AzureFake, azure_marketplace: AzureMarketplace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Microsoft auto-accepts a ChangePlan 10 seconds on: the answer goes before the slow work (Vault, the
+    service), and a failure of that work is a 503, so the Marketplace delivers the notification again."""
+    token, subscription_id = azure.purchase("starter")
+    tenant = azure_marketplace.register(token).tenant
+    operation = azure.operation(subscription_id, "ChangePlan", plan_id="enterprise")
+    set_plan = azure_marketplace.onboarder.set_plan
+
+    def service_down(*args: Any, **kwargs: Any) -> None:
+        raise ServiceFailure("set the plan", "the service is down")
+
+    monkeypatch.setattr(azure_marketplace.onboarder, "set_plan", service_down)
+    assert notify(client, azure, operation).status_code == 503
+    assert azure.operations[operation["id"]]["status"] == "Succeeded"  # answered first
+    monkeypatch.setattr(azure_marketplace.onboarder, "set_plan", set_plan)
+    assert notify(client, azure, operation).json() == {"tenant": tenant, "action": "plan enterprise"}
+    record = azure_marketplace.records.get(tenant)
+    assert record is not None and record.plan == "enterprise" and record.plan_id == "enterprise"
 
 
 def test_unsubscribe_ends_the_tenant(client: TestClient, azure: AzureFake, azure_marketplace: AzureMarketplace) -> None:
@@ -281,3 +303,31 @@ def test_reconcile_repairs_a_missed_notification(azure_marketplace: AzureMarketp
     assert webhook.reconcile(tenant).action == "ended"
     assert webhook.reconcile(tenant).action == "unchanged"
 
+
+
+def test_usage_azure_refuses_is_reported_and_ends_or_stays_pending(
+    azure_marketplace: AzureMarketplace, azure: AzureFake, deployment: Deployment
+) -> None:
+    """A subscription Azure no longer knows is lost (reported); a dimension the offer lacks is the publisher's
+    setup: the event stays pending (reported) and is billed once that is fixed."""
+    token, gone_id = azure.purchase("pro")
+    gone = azure_marketplace.register(token)
+    token, subscription_id = azure.purchase("pro")
+    registration = azure_marketplace.register(token)
+    for bought in (gone, registration):
+        assert bought.key is not None
+        deployment.redis(bought.key.secret).mget([f"k{i}" for i in range(100)])
+    azure.subscriptions.pop(gone_id)
+    azure.dimensions.discard("requests")
+    report = Metering(azure_marketplace).run(tenants=[gone.tenant, registration.tenant])
+    assert {m.tenant: m.status for m in report.metered} == {
+        gone.tenant: "ResourceNotFound", registration.tenant: "InvalidDimension"}
+    assert [e for e in report.errors if gone.tenant in e and "lost" in e and "ResourceNotFound" in e]
+    assert [e for e in report.errors if registration.tenant in e and "stays pending" in e and "InvalidDimension" in e]
+    record = azure_marketplace.records.get(gone.tenant)
+    assert record is not None and record.pending is None
+
+    azure.dimensions.add("requests")
+    again = Metering(azure_marketplace).run(tenants=[registration.tenant])
+    assert [m.status for m in again.metered] == ["Accepted"] and again.errors == []
+    assert azure.billed(subscription_id) == [1]

@@ -19,7 +19,9 @@ from marketplace.gcp.fulfilment import GcpMarketplace
 from marketplace.gcp.landing import create_app
 from marketplace.gcp.metering import Metering
 from marketplace.gcp.records import tenant_of
+from marketplace.gcp.settings import GcpMarketplaceSettings
 from marketplace.records import Subscription as State
+from marketplace.registration import Registration
 from onboarding.errors import InvalidInput
 from onboarding.plans import PLANS
 from tests.marketplace.conftest import Deployment
@@ -28,6 +30,22 @@ from tests.marketplace.test_aws_events import refused
 from tests.servers import wait_until
 
 HOUR = dt.timedelta(hours=1)
+
+
+def bought(gcp_marketplace: GcpMarketplace, gcp: GcpFake) -> tuple[Registration, str, str]:
+    """An order signed up: its registration, entitlement id and API key."""
+    token, entitlement_id = gcp.purchase("pro")
+    registration = gcp_marketplace.register(token)
+    assert registration.key is not None
+    return registration, entitlement_id, registration.key.secret
+
+
+def changed_to_pro(gcp_marketplace: GcpMarketplace, gcp: GcpFake) -> str:
+    """A starter order signed up whose plan has since become pro at Google; its entitlement id."""
+    token, entitlement_id = gcp.purchase("starter")
+    gcp_marketplace.register(token)
+    gcp.entitlements[entitlement_id]["plan"] = "pro"
+    return entitlement_id
 
 
 def sign_up(client: TestClient, token: str) -> Any:
@@ -174,9 +192,7 @@ def test_cancellation_meters_once_more_then_suspends(
 def test_a_failure_leaves_the_event_for_redelivery_and_bad_messages_stay(
     gcp_marketplace: GcpMarketplace, gcp: GcpFake, events: Subscription
 ) -> None:
-    token, entitlement_id = gcp.purchase("starter")
-    gcp_marketplace.register(token)
-    gcp.entitlements[entitlement_id]["plan"] = "pro"
+    entitlement_id = changed_to_pro(gcp_marketplace, gcp)
     gcp.publish("ENTITLEMENT_PLAN_CHANGED", entitlement_id)
     gcp.publish("?", data=b"not json")
     original = gcp.api
@@ -198,19 +214,19 @@ def test_a_failure_leaves_the_event_for_redelivery_and_bad_messages_stay(
 def test_metering_charges_each_hour_once_to_the_usage_reporting_id(
     gcp_marketplace: GcpMarketplace, gcp: GcpFake, deployment: Deployment
 ) -> None:
-    token, entitlement_id = gcp.purchase("pro")
-    registration = gcp_marketplace.register(token)
-    assert registration.key is not None
+    registration, entitlement_id, key = bought(gcp_marketplace, gcp)
     then = dt.datetime.now(dt.UTC) - 3 * HOUR
     gcp_marketplace.records.update(registration.tenant, lambda r: r.model_copy(update={"registered": then}))
-    deployment.redis(registration.key.secret).mget([f"k{i}" for i in range(250)])
+    deployment.redis(key).mget([f"k{i}" for i in range(250)])
     metering = Metering(gcp_marketplace)
     hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
     first = metering.run(now=hour - HOUR + dt.timedelta(minutes=5), tenants=[registration.tenant])
     assert [(m.quantity, m.status) for m in first.metered] == [(2, "Reported")]
     operation = next(iter(gcp.reported.values()))
-    assert operation["consumerId"] == f"project:{gcp.entitlements[entitlement_id]['usageReportingId']}"
+    assert operation["consumerId"] == gcp.entitlements[entitlement_id]["usageReportingId"]  # as it is
+    assert operation["consumerId"].startswith("project_number:")
     assert operation["metricValueSets"][0]["metricName"].endswith("/requests")
+    assert gcp.checked == [operation["operationId"]]  # services.check first, with the same operation id
 
     record = gcp_marketplace.records.get(registration.tenant)
     assert record is not None and record.last_metered is not None
@@ -230,7 +246,9 @@ def test_metering_after_cancellation_is_refused_for_good(
     registration = gcp_marketplace.register(token)
     gcp.entitlements[entitlement_id]["state"] = "ENTITLEMENT_CANCELLED"
     report = Metering(gcp_marketplace).run(tenants=[registration.tenant])
-    assert [m.status for m in report.metered] == ["Error 7"]
+    assert [m.status for m in report.metered] == ["SERVICE_NOT_ACTIVATED"]  # services.check refused it
+    assert [e for e in report.errors if registration.tenant in e and "lost" in e]  # so `meter` exits 6
+    assert not gcp.reported
     record = gcp_marketplace.records.get(registration.tenant)
     assert record is not None and record.pending is None  # settled: never resent
 
@@ -270,3 +288,86 @@ def test_ctrl_c_halfway_through_a_batch_acknowledges_the_events_done(
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(calls) == 2 and [line["event"] for line in lines] == ["ENTITLEMENT_PLAN_CHANGED"]
     assert len(gcp.messages) == 1  # the one done is acknowledged; the interrupted one is delivered again
+
+
+def test_each_report_covers_the_interval_since_the_previous_one(
+    gcp_marketplace: GcpMarketplace, gcp: GcpFake, deployment: Deployment
+) -> None:
+    """startTime is the previous report's endTime (the registration for the first): no instant report, no gap."""
+    registration, entitlement_id, key = bought(gcp_marketplace, gcp)
+    hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    registered = hour - 3 * HOUR + dt.timedelta(minutes=20)
+    gcp_marketplace.records.update(registration.tenant, lambda r: r.model_copy(update={"registered": registered}))
+    metering = Metering(gcp_marketplace)
+    for run_at in (hour - 2 * HOUR, hour - HOUR, hour):
+        deployment.redis(key).mget([f"k{i}" for i in range(100)])
+        metering.run(now=run_at + dt.timedelta(minutes=5), tenants=[registration.tenant])
+    consumer = gcp.entitlements[entitlement_id]["usageReportingId"]
+    reports = sorted((op for op in gcp.reported.values() if op["consumerId"] == consumer),
+                     key=lambda op: op["startTime"])
+    stamp = "%Y-%m-%dT%H:%M:%SZ"
+    assert [(op["startTime"], op["endTime"]) for op in reports] == [
+        (f"{registered:{stamp}}", f"{hour - 2 * HOUR:{stamp}}"),
+        (f"{hour - 2 * HOUR:{stamp}}", f"{hour - HOUR:{stamp}}"),
+        (f"{hour - HOUR:{stamp}}", f"{hour:{stamp}}"),
+    ]
+    assert gcp.billed(entitlement_id) == [1, 1, 1]
+
+
+def test_a_refusal_for_good_ends_and_a_passing_one_stays_pending_both_reported(
+    gcp_marketplace: GcpMarketplace, gcp: GcpFake, deployment: Deployment
+) -> None:
+    registration, entitlement_id, key = bought(gcp_marketplace, gcp)
+    deployment.redis(key).mget([f"k{i}" for i in range(100)])
+    metering = Metering(gcp_marketplace)
+    gcp.refuse_next.append(14)  # UNAVAILABLE: sent again next run
+    unavailable = metering.run(tenants=[registration.tenant])
+    assert [e for e in unavailable.errors if registration.tenant in e and "stays pending" in e]
+    record = gcp_marketplace.records.get(registration.tenant)
+    assert record is not None and record.pending is not None
+
+    gcp.refuse_next.append(3)  # INVALID_ARGUMENT: will never pass; settled so the tenant's later hours go out
+    invalid = metering.run(tenants=[registration.tenant])
+    assert [e for e in invalid.errors if registration.tenant in e and "lost" in e and "Error 3" in e]
+    record = gcp_marketplace.records.get(registration.tenant)
+    assert record is not None and record.pending is None and gcp.billed(entitlement_id) == []
+
+
+def test_a_malformed_event_is_left_for_the_dead_letter_policy_and_the_rest_are_handled(
+    gcp_marketplace: GcpMarketplace, gcp: GcpFake, events: Subscription
+) -> None:
+    entitlement_id = changed_to_pro(gcp_marketplace, gcp)
+    gcp.publish("?", data=json.dumps({"eventId": "e1", "eventType": "ENTITLEMENT_CANCELLED",
+                                      "entitlement": "not-an-object"}).encode())
+    gcp.publish("?", data=json.dumps(["not", "an", "object"]).encode())
+    gcp.publish("ENTITLEMENT_PLAN_CHANGED", entitlement_id)
+    handled = list(events.poll())
+    assert [h.error is not None for h in handled] == [True, True, False]
+    assert [o.action for h in handled for o in h.outcomes] == ["plan pro"]
+    assert len(gcp.messages) == 2  # the good one acknowledged; the malformed ones wait for the dead letters
+
+
+def test_sign_up_finds_this_products_order_on_any_page(
+    client: TestClient, gcp: GcpFake, deployment: Deployment
+) -> None:
+    token, first_id = gcp.purchase("starter")
+    account = gcp.entitlements[first_id]["account"]
+    gcp.entitlements[first_id].update(productExternalName="another-product", product="another-product")
+    _, second_id = gcp.purchase("pro")  # the same buyer's order of this product, a page further on
+    gcp.entitlements[second_id]["account"] = account
+    reply = sign_up(client, token)
+    assert reply.status_code == 201, reply.text
+    assert reply.json()["tenant"] == tenant_of(second_id)
+    assert gcp.entitlements[first_id]["state"] == "ENTITLEMENT_ACTIVATION_REQUESTED"  # another product's: untouched
+
+
+def test_sign_up_needs_the_product_setting(
+    gcp: GcpFake, gcp_settings: GcpMarketplaceSettings, deployment: Deployment
+) -> None:
+    token, entitlement_id = gcp.purchase("pro")
+    unset = GcpMarketplace(gcp_settings.model_copy(update={"product": None}), deployment.onboarder())
+    with pytest.raises(InvalidInput, match="FORESIGHT_GCP_MP_PRODUCT"):
+        unset.register(token)
+    unset.close()
+    account = gcp.entitlements[entitlement_id]["account"].rsplit("/", 1)[-1]
+    assert gcp.accounts[account]["state"] == "ACCOUNT_ACTIVATION_REQUESTED"  # refused before anything

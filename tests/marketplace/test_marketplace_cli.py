@@ -421,7 +421,7 @@ def test_serve_on_an_address_of_another_machine_is_exit_2(env: None, deployment:
 
 @pytest.fixture
 def gcp_env(env: None, monkeypatch: pytest.MonkeyPatch, gcp_settings: GcpMarketplaceSettings) -> None:
-    for name in ("provider_id", "signup_audience", "service_name", "subscription", "requests_per_unit",
+    for name in ("provider_id", "signup_audience", "service_name", "product", "subscription", "requests_per_unit",
                  "procurement_url", "pubsub_url", "servicecontrol_url", "certs_url", "ca_file"):
         monkeypatch.setenv(f"FORESIGHT_GCP_MP_{name.upper()}", str(getattr(gcp_settings, name)))
 
