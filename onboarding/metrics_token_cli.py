@@ -36,11 +36,11 @@ _STACK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _KV_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
 # The mount's own records, which --path must never overwrite: the tenants and their keys
 # (service.security.vault_keys: tenants/<tenant>/..., keyids/<key id>) and the stacks' secrets
-# (stacks.vault.VaultLayout: deployments/<stack>/tls and /metrics, the latter written with --stack).
+# (stacks.vault.VaultLayout.metrics_path: deployments/<stack>/metrics, written with --stack).
 _RESERVED = {
     "tenants": "the tenants' records",
     "keyids": "the API keys' index",
-    "deployments": "the stacks' TLS and scrape-token secrets (for deployments/<stack>/metrics use --stack)",
+    "deployments": "the stacks' scrape-token secrets (for deployments/<stack>/metrics use --stack)",
 }
 
 

@@ -15,7 +15,7 @@ import typer
 # FORESIGHT_* variables other Foresight tools read, often from the same environment as the service (the VMs' env
 # file and the Kubernetes ConfigMap carry fetch_tls.py's; an operator's shell the onboarding commands'): no typos.
 _OTHER_TOOLS = ("FORESIGHT_STATE_DIR", "FORESIGHT_ADMIN_URL", "FORESIGHT_ADMIN_TOKEN", "FORESIGHT_ADMIN_CA",
-                "FORESIGHT_AWS_MP_", "FORESIGHT_GCP_MP_", "FORESIGHT_AZURE_MP_", "FORESIGHT_TLS_VAULT_PATH",
+                "FORESIGHT_AWS_MP_", "FORESIGHT_GCP_MP_", "FORESIGHT_AZURE_MP_", "FORESIGHT_TLS_NODE_PKI_ROLE",
                 "FORESIGHT_VAULT_GCP_METADATA_URL", "FORESIGHT_IMDS_ENDPOINT", "FORESIGHT_METADATA_ENDPOINT",
                 "FORESIGHT_SECRET_MANAGER_ENDPOINT")
 

@@ -1,14 +1,18 @@
-"""The node's cloud-init user data: fetch TLS from Vault with the machine identity, run the image on the GPU.
+"""The node's cloud-init user data: issue TLS from Vault with the machine identity, run the image on the GPU.
 
 What the rendered `#cloud-config` does on first boot:
-- installs `fetch_tls.py` (Vault login with the cloud identity, TLS material to /run/foresight/tls) and
+- installs `fetch_tls.py` (Vault login with the cloud identity, a certificate issued by the stack's PKI role to
+  /run/foresight/tls) and
   `mount_data_volume.sh` (formats and mounts the encrypted data volume at /var/lib/foresight);
 - writes /etc/foresight/foresight.env (settings only: addresses, names, key ids; never a secret);
 - installs `foresight.service`: before each start it checks the data mount and fetches TLS; it then runs the
   image with `--gpus all` (NVIDIA container toolkit), and systemd restarts it whenever it exits;
-- installs `foresight-tls-refresh.timer`: once a day, while the service runs, it fetches TLS again, so the
-  certificate `pulumi up` renews reaches the node (fetch_tls.py replaces each file atomically, and the service
-  reloads a changed pair within a second without a restart);
+- installs `foresight-tls-refresh.timer`: once a day, while the service runs, it issues a fresh certificate (with
+  a fresh key), which is how the node's certificate is renewed (fetch_tls.py replaces each file atomically, and the
+  service reloads a changed pair within a second without a restart);
+- on a base image without Docker and the NVIDIA container toolkit (Google Cloud's: Deep Learning VM images cannot
+  boot G2), installs both first with the marketplace image's own script (images/packer/provision), which keeps
+  what a base already has;
 - turns SSH off entirely unless an SSH key was configured.
 """
 
@@ -27,6 +31,10 @@ from stacks.spec import SERVICE_PORTS, StackSpec
 from stacks.vault import VaultLayout
 
 BOOT_DIR = Path(__file__).parent / "boot"
+# The marketplace images' installer of Docker and the NVIDIA container toolkit, run at first boot where the base
+# image lacks them; NVIDIA_CTK_VERSION is the toolkit floor the Packer templates pass it (kept in step by a test).
+RUNTIME_SCRIPT = Path(__file__).parents[1] / "images" / "packer" / "provision" / "10-container-runtime.sh"
+NVIDIA_CTK_VERSION = "1.17.8-1"
 INSTALL_DIR = "/usr/local/lib/foresight"
 ENV_FILE = "/etc/foresight/foresight.env"
 UNIT_FILE = "/etc/systemd/system/foresight.service"
@@ -42,6 +50,9 @@ SERVICE_GID = 10001
 CONTAINER_NAME = "foresight"
 VM_STOP_S = service_stop_s(SERVICE_DEFAULT_GRACE_S)  # docker stop's wait before SIGKILL (the VM runs the default grace)
 
+# The endpoint's name, which fetch_tls.py asks Vault's PKI role to issue the certificate for.
+TLS_COMMON_NAME_SETTING = "FORESIGHT_TLS_COMMON_NAME"
+
 _ENV_VALUE_RE = re.compile(r"[A-Za-z0-9_.:/@+=,-]*")
 
 
@@ -53,6 +64,7 @@ class NodeBoot:
     environment: Mapping[str, str]
     data_disk: str  # the disk mount_data_volume.sh formats: its model (AWS) or stable /dev path (GCP, Azure)
     ssh_enabled: bool
+    install_container_runtime: bool = False  # the base image may lack Docker or the NVIDIA container toolkit
 
 
 def service_environment(
@@ -61,12 +73,14 @@ def service_environment(
     vault_login: Mapping[str, str],
     kms_provider: str,
     kms_key_id: str,
+    tls_host: str,
     extra: Mapping[str, str],
 ) -> dict[str, str]:
     """The container's FORESIGHT_* settings plus what fetch_tls.py reads. `vault_login` names the cloud's Vault
     login (FORESIGHT_VAULT_AUTH_METHOD and its options), which both the service and fetch_tls.py read;
-    `extra` adds cloud SDK settings. The keys come from Vault, so the /metrics scrape token does too: the secret
-    `foresight metrics-token rotate --stack <stack>` writes and the node policy reads."""
+    `tls_host` is the endpoint's name, which the node's certificate is issued for; `extra` adds cloud SDK
+    settings. The keys come from Vault, so the /metrics scrape token does too: the secret `foresight
+    metrics-token rotate --stack <stack>` writes and the node policy reads."""
     return {
         "FORESIGHT_TLS_CERT_FILE": f"{CONTAINER_TLS_DIR}/tls.crt",
         "FORESIGHT_TLS_KEY_FILE": f"{CONTAINER_TLS_DIR}/tls.key",
@@ -75,13 +89,25 @@ def service_environment(
         "FORESIGHT_VAULT_AUTH_MOUNT": layout.auth_mount,
         "FORESIGHT_VAULT_ROLE": layout.role,
         "FORESIGHT_VAULT_KV_MOUNT": layout.kv_mount,
-        "FORESIGHT_TLS_VAULT_PATH": layout.tls_path,
+        **tls_issue_settings(layout, tls_host),
         "FORESIGHT_VAULT_METRICS_PATH": layout.metrics_path,
         "FORESIGHT_KMS_PROVIDER": kms_provider,
         "FORESIGHT_KMS_KEY_ID": kms_key_id,
         "FORESIGHT_DATA_DIR": DATA_DIR,
         **spec.audit_environment(),
         **extra,
+    }
+
+
+def tls_issue_settings(layout: VaultLayout, tls_host: str) -> dict[str, str]:
+    """What fetch_tls.py issues the certificate with: the PKI mount, the role and the endpoint's name. The role is
+    FORESIGHT_TLS_NODE_PKI_ROLE, not the service's FORESIGHT_TLS_VAULT_PKI_ROLE, which would make the service issue
+    a certificate of its own instead of serving the files; the mount and name keep the service's setting names,
+    which mean the same there and do nothing without that role."""
+    return {
+        "FORESIGHT_TLS_VAULT_PKI_MOUNT": layout.pki_mount,
+        "FORESIGHT_TLS_NODE_PKI_ROLE": layout.pki_role,
+        TLS_COMMON_NAME_SETTING: tls_host,
     }
 
 
@@ -98,9 +124,9 @@ def _fetch_tls_command() -> str:
 
 
 def render_refresh_unit() -> str:
-    """The timer's job: fetch TLS again while the service runs (stopped, its next start fetches anyway)."""
+    """The timer's job: issue a fresh certificate while the service runs (stopped, its next start issues one)."""
     return f"""[Unit]
-Description=Refresh the Foresight service's TLS certificate from Vault
+Description=Renew the Foresight service's TLS certificate from Vault PKI
 Wants=network-online.target
 After=network-online.target
 
@@ -113,7 +139,8 @@ ExecStart={_fetch_tls_command()}
 
 
 def render_refresh_timer() -> str:
-    """Daily, spread over an hour, and caught up after the node was off: a renewal starts 30 days before expiry."""
+    """Daily, spread over an hour, and caught up after the node was off: each run renews the certificate, which
+    lives 30 days (stacks.tls.CERTIFICATE_TTL_SECONDS), so a month of failed runs passes before it expires."""
     return f"""[Unit]
 Description=Daily refresh of the Foresight service's TLS certificate
 
@@ -174,12 +201,18 @@ def render_user_data(boot: NodeBoot) -> str:
         ["systemctl", "enable", "--now", "foresight.service"],
         ["systemctl", "enable", "--now", f"{REFRESH_UNIT}.timer"],
     ]
+    files = []
+    if boot.install_container_runtime:  # after the data mount, before Docker is configured and restarted
+        installer = f"{INSTALL_DIR}/{RUNTIME_SCRIPT.name}"
+        files.append(_file(installer, RUNTIME_SCRIPT.read_text(), "0755"))
+        runcmd.insert(1, ["env", f"NVIDIA_CTK_VERSION={NVIDIA_CTK_VERSION}", installer])
     if not boot.ssh_enabled:
         runcmd.insert(0, ["sh", "-c", "systemctl disable --now ssh.socket ssh.service || true"])
     document = {
         "ssh_pwauth": False,
         "disable_root": True,
         "write_files": [
+            *files,
             _file(f"{INSTALL_DIR}/fetch_tls.py", (BOOT_DIR / "fetch_tls.py").read_text(), "0755"),
             _file(f"{INSTALL_DIR}/mount_data_volume.sh", (BOOT_DIR / "mount_data_volume.sh").read_text(), "0755"),
             _file(ENV_FILE, render_env_file(boot.environment), "0644"),

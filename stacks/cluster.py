@@ -9,10 +9,11 @@ node pool, one pod per node, behind one load balancer, all on a managed Valkey/R
   cluster's OIDC issuer, and a role bound to this workload's service account (`create_cluster_vault_auth`);
 - `workload_spec` builds the `WorkloadSpec` from the stack spec (names known before deploying) and
   `deploy_time_settings` the ConfigMap entries only the cloud knows (the KMS key, the tier's endpoint);
-- the TLS certificate names the load balancer's address, which the cloud assigns once the Service exists, so
-  the certificate and its Vault secret come after the Service; the pods' template carries the certificate's
-  digest (`CertificateRevision`), so the pods start once the secret holds it and roll whenever `pulumi up`
-  renews it (their TLS init container fetches it at start only).
+- the pods' certificates name the load balancer's address, which the cloud assigns once the Service exists, so the
+  PKI role that issues them (stacks/tls.py) comes after the Service, and so does the ConfigMap entry naming the
+  address (`PendingTls`); the pods' template carries the digest of the CA certificate and the role's names, so the
+  pods start once the role exists and roll when the CA or the endpoint's name changes. Renewal needs no rollout:
+  each pod issues a certificate at start (its init container) and daily after (its tls-refresh container).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_vault as vault
 
+from stacks.cloudinit import TLS_COMMON_NAME_SETTING
 from stacks.kubernetes.spec import WorkloadSpec
 from stacks.spec import StackSpec
-from stacks.tls import ServerTls
+from stacks.tls import EndpointTls
 from stacks.vault import JwtNodeAuth, NodeToken, VaultLayout, create_jwt_auth
 
 K8S_NAMESPACE = "foresight"
@@ -34,30 +36,38 @@ WORKLOAD_NAME = "foresight"
 VAULT_AUDIENCE = "vault"
 # Settings the cloud fills in at deploy time; `workload_spec` gives them a stand-in the spec's checks accept.
 DEPLOY_TIME = "deploy-time"
-# The pod template's annotation holding the SHA-256 of the served certificate (PEM).
-TLS_CERTIFICATE_ANNOTATION = "foresight.dev/tls-certificate-sha256"
+# The pod template's annotation holding the SHA-256 of the CA certificate (PEM) and the names the role issues for.
+TLS_ISSUER_ANNOTATION = "foresight.dev/tls-issuer-sha256"
 
 
 @dataclass(frozen=True)
-class CertificateRevision:
-    """The pods' certificate annotation, given to the workload before the certificate exists (the certificate
-    names the workload's load balancer) and settled once the certificate and its Vault secret do."""
+class PendingTls:
+    """What the workload needs from the endpoint's TLS before that exists (the role names the workload's load
+    balancer): the endpoint's name for the ConfigMap (`deploy_time_settings`) and the pods' issuer annotation,
+    both settled once the load balancer's address and the PKI role exist."""
 
+    host: pulumi.Output[str]
     annotations: Mapping[str, pulumi.Output[str]]
-    _resolve: Callable[[pulumi.Output[str]], None]
+    _resolve_host: Callable[[pulumi.Output[str]], None]
+    _resolve_digest: Callable[[pulumi.Output[str]], None]
 
     @classmethod
-    def pending(cls) -> CertificateRevision:
+    def pending(cls) -> PendingTls:
+        host: pulumi.Output[str]
         digest: pulumi.Output[str]
-        resolve: Callable[[pulumi.Output[str]], None]
-        digest, resolve = pulumi.deferred_output()
-        return cls({TLS_CERTIFICATE_ANNOTATION: digest}, resolve)
+        resolve_host: Callable[[pulumi.Output[str]], None]
+        resolve_digest: Callable[[pulumi.Output[str]], None]
+        host, resolve_host = pulumi.deferred_output()
+        digest, resolve_digest = pulumi.deferred_output()
+        return cls(host, {TLS_ISSUER_ANNOTATION: digest}, resolve_host, resolve_digest)
 
-    def settle(self, tls: ServerTls, secret: vault.kv.SecretV2) -> None:
-        """The certificate's digest, known once its Vault secret is written: pods rolled for it fetch it."""
-        self._resolve(
-            pulumi.Output.all(tls.server_cert.cert_pem, secret.id).apply(
-                lambda values: hashlib.sha256(str(values[0]).encode()).hexdigest()
+    def settle(self, tls: EndpointTls) -> None:
+        """The endpoint's name, and the digest of the CA and the role's names, known once the role exists: pods
+        start after it, and a new CA or endpoint name rolls them onto certificates of the new one."""
+        self._resolve_host(pulumi.Output.from_input(tls.endpoint.host))
+        self._resolve_digest(
+            pulumi.Output.all(tls.ca_certificate, tls.role.allowed_domains, tls.role.id).apply(
+                lambda values: hashlib.sha256(f"{values[0]}\n{values[1]}".encode()).hexdigest()
             )
         )
 
@@ -118,7 +128,10 @@ def workload_spec(
         vault_role=layout.role,
         vault_audience=VAULT_AUDIENCE,
         vault_kv_mount=layout.kv_mount,
-        tls_vault_path=layout.tls_path,
+        vault_pki_mount=layout.pki_mount,
+        vault_pki_role=layout.pki_role,
+        tls_common_name=DEPLOY_TIME,
+        metrics_vault_path=layout.metrics_path,
         kms_provider=kms_provider,
         kms_key_id=DEPLOY_TIME,
         storage_class=storage_class,
@@ -136,12 +149,15 @@ def deploy_time_settings(
     kms_key_id: pulumi.Input[str],
     tier_url: pulumi.Input[str],
     tier_auth: str,
+    tls_host: pulumi.Input[str],
     tier_username: pulumi.Input[str] | None = None,
     tier_aws_cache: pulumi.Input[str] | None = None,
 ) -> dict[str, pulumi.Input[str]]:
-    """ConfigMap entries only the cloud knows: the KMS key and how to reach the shared tier (no secret)."""
+    """ConfigMap entries only the cloud knows: the KMS key, how to reach the shared tier, and the endpoint's name
+    that the pods' certificates are issued for (no secret)."""
     settings: dict[str, pulumi.Input[str]] = {
         "FORESIGHT_KMS_KEY_ID": kms_key_id,
+        TLS_COMMON_NAME_SETTING: tls_host,
         "FORESIGHT_SHARED_TIER_URL": tier_url,
         "FORESIGHT_SHARED_TIER_AUTH": tier_auth,
     }

@@ -48,12 +48,17 @@ DEFAULT_INSTANCE_TYPES: Mapping[Cloud, str] = {
 }
 # Ranges that only a private network (VPC, peering, VPN) can source; anything else makes the endpoint public.
 PRIVATE_RANGES = tuple(IPv4Network(cidr) for cidr in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"))
+# Keys the stacks once read and now refuse, and why. Pulumi stores a provider's inputs, a token included, in the state.
+REFUSED_KEYS: Mapping[str, str] = {
+    "vaultToken": "is refused: a token given to Pulumi's Vault provider is stored in the state. Remove it (`pulumi "
+    "config rm foresight:vaultToken`) and set VAULT_TOKEN in the environment of `pulumi up`, or run `vault login` "
+    "first",
+}
 # The project keys of Pulumi.yaml, in the order the README lists them.
 CONFIG_KEYS = (
     "cloud",
     "allowedCidrs",
     "vaultAddress",
-    "vaultToken",
     "instanceType",
     "fallbackInstanceTypes",
     "spot",
@@ -173,8 +178,6 @@ class StackSpec(BaseModel):
     audit_bucket: str | None = Field(default=None, alias="auditBucket")
     # Tenants' origin buckets, which the stack does not own: the node's (or the pods') identity gets read on each.
     origin_buckets: tuple[str, ...] = Field(default=(), max_length=50, alias="originBuckets")  # AWS: inline policy size
-    # A secret Output (never a plain string), kept out of the model's repr and dumps.
-    vault_token: Any = Field(default=None, alias="vaultToken", exclude=True, repr=False)
 
     @field_validator("allowed_cidrs", mode="before")
     @classmethod
@@ -298,7 +301,6 @@ class StackSpec(BaseModel):
         project: str,
         stack: str,
         read: Callable[[str], str | None],
-        is_secret: Callable[[str], bool] = lambda _key: False,
     ) -> StackSpec:
         """Build the spec from raw config strings (`read("foresight:spot")` -> "true"), or ConfigError."""
         raw: dict[str, Any] = {}
@@ -320,9 +322,7 @@ class StackSpec(BaseModel):
         region = read(region_key)
         if cloud is not None and not region:
             problems.append((region_key, f"required; set it with `pulumi config set {region_key} <region>`"))
-        token = raw.pop("vaultToken", None)
-        if token is not None and not is_secret(config_key("vaultToken")):
-            problems.append((config_key("vaultToken"), "must be stored encrypted: `pulumi config set --secret ...`"))
+        problems += [(config_key(name), why) for name, why in REFUSED_KEYS.items() if read(config_key(name))]
         if problems:
             raise ConfigError(problems)
         if cloud is not None:
@@ -332,19 +332,12 @@ class StackSpec(BaseModel):
         except ValidationError as err:
             raise ConfigError([_problem(error, region_key) for error in err.errors()]) from None
         spec._check_combinations()
-        if token is not None:
-            spec = spec.model_copy(update={"vault_token": pulumi.Output.secret(token)})
         return spec
 
     @classmethod
     def from_pulumi_config(cls) -> StackSpec:
         """The spec of the stack being deployed (`pulumi up`) or tested (`pulumi.runtime.set_mocks`)."""
-        return cls.from_values(
-            pulumi.get_project(),
-            pulumi.get_stack(),
-            read=pulumi.runtime.get_config,
-            is_secret=pulumi.runtime.is_config_secret,
-        )
+        return cls.from_values(pulumi.get_project(), pulumi.get_stack(), read=pulumi.runtime.get_config)
 
     def _check_combinations(self) -> None:
         if self.vpc_id and not self.subnet_ids:

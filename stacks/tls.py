@@ -1,8 +1,15 @@
-"""The endpoint's TLS: a private CA and a server certificate for the endpoint host, made with pulumi-tls.
+"""The endpoint's TLS, issued by Vault's PKI engine, so that no private key ever passes through Pulumi.
 
-Private keys exist only as Pulumi secrets (encrypted in state) and in Vault, which is how they reach the node;
-they never appear in user data or in a plaintext output. `pulumi up` renews the server certificate once it is
-within `RENEW_BEFORE_HOURS` of expiry.
+Per stack: a PKI mount (`VaultLayout.pki_mount`), a root CA that Vault generates inside itself (type internal: its
+key never leaves Vault, and the state holds only the CA certificate, which is public), and a role
+(`VaultLayout.pki_role`) that issues server certificates for exactly the endpoint's name and nothing else. The node
+issues its own certificate (stacks/boot/fetch_tls.py) at every service start and daily after; Vault generates its
+key for that one response, so the key lives only on the node.
+
+The endpoint is a DNS name where the load balancer has one (AWS; Azure's public address) and an IP address where it
+does not (Google Cloud; Azure's private frontend): clients check whichever name is there. A Vault PKI role cannot
+list the IP addresses it allows (`allow_ip_sans` is all or none), so for an IP endpoint the role pins the common
+name to the address and admits IP SANs; a DNS endpoint's role admits no IP SAN at all.
 """
 
 from __future__ import annotations
@@ -10,75 +17,106 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_tls as tls
+import pulumi_vault as vault
 
-CA_VALIDITY_HOURS = 5 * 365 * 24
-SERVER_VALIDITY_HOURS = 365 * 24
-RENEW_BEFORE_HOURS = 30 * 24
+from stacks.spec import StackSpec
+from stacks.vault import VaultLayout
+
+CA_VALIDITY_SECONDS = 5 * 365 * 24 * 3600
+# Each node issues a fresh certificate at every service start and once a day after (the VM's refresh timer, the
+# pods' tls-refresh container): 30 days outlast a month of failed refreshes (Vault or the network down) before the
+# served certificate expires, and bound how long a certificate copied off a node stays useful. The role's max_ttl
+# equals it, so no node can ask for longer.
+CERTIFICATE_TTL_SECONDS = 30 * 24 * 3600
+KEY_TYPE, KEY_BITS = "ec", 256  # ECDSA P-256, for the CA and every node key
 
 
 @dataclass(frozen=True)
-class ServerTls:
-    """The CA and server certificate children, and the PEM outputs the node needs."""
+class EndpointName:
+    """The one name clients connect to: `host` (an Output while the cloud has not assigned it), and whether it is
+    an IP address rather than a DNS name."""
 
-    ca_key: tls.PrivateKey
-    ca: tls.SelfSignedCert
-    server_key: tls.PrivateKey
-    server_cert: tls.LocallySignedCert
+    host: pulumi.Input[str]
+    is_ip: bool
+
+    @property
+    def names(self) -> pulumi.Output[list[str]]:
+        """The role's allowed names: the host, or none while it is unknown (an address not yet assigned)."""
+        return pulumi.Output.from_input(self.host).apply(lambda host: [host] if host else [])
+
+
+@dataclass(frozen=True)
+class EndpointTls:
+    """The stack's PKI mount, its root CA and the role the node issues its certificate from."""
+
+    mount: vault.Mount
+    root: vault.pkisecret.SecretBackendRootCert
+    role: vault.pkisecret.SecretBackendRole
+    endpoint: EndpointName
 
     @property
     def ca_certificate(self) -> pulumi.Output[str]:
-        return self.ca.cert_pem
-
-    @property
-    def material(self) -> pulumi.Output[dict[str, str]]:
-        """What the node reads from Vault, named like Vault PKI's issue response; a secret Output."""
-        return pulumi.Output.secret(
-            pulumi.Output.all(self.server_cert.cert_pem, self.server_key.private_key_pem, self.ca.cert_pem).apply(
-                lambda pems: {"certificate": pems[0], "private_key": pems[1], "issuing_ca": pems[2]}
-            )
-        )
+        """The CA certificate clients verify the endpoint with (public; the stack output `caCertificate`)."""
+        return self.root.certificate
 
 
-def create_server_tls(
+def create_endpoint_tls(
     name: str,
-    common_name: str,
+    spec: StackSpec,
+    layout: VaultLayout,
+    endpoint: EndpointName,
+    provider: vault.Provider,
     parent: pulumi.Resource,
-    dns_names: pulumi.Input[list[str]] | None = None,
-    ip_addresses: pulumi.Input[list[str]] | None = None,
-) -> ServerTls:
-    """A CA named after the stack and a server certificate for the endpoint, all children of `parent`.
-
-    The endpoint is a DNS name where the load balancer has one (AWS; Azure's public address) and an IP address
-    where it does not (Google Cloud; Azure's private frontend): clients check whichever name is there."""
-    opts = pulumi.ResourceOptions(parent=parent)
-    ca_key = tls.PrivateKey(f"{name}-ca-key", algorithm="ECDSA", ecdsa_curve="P256", opts=opts)
-    ca = tls.SelfSignedCert(
+) -> EndpointTls:
+    """The PKI mount, an internal root CA named after the stack, and the endpoint's issuing role."""
+    opts = pulumi.ResourceOptions(parent=parent, provider=provider)
+    mount = vault.Mount(
+        f"{name}-pki",
+        path=layout.pki_mount,
+        type="pki",
+        max_lease_ttl_seconds=CA_VALIDITY_SECONDS,
+        default_lease_ttl_seconds=CERTIFICATE_TTL_SECONDS,
+        description=f"Foresight stack {spec.stack}: the endpoint's CA and server certificates",
+        opts=opts,
+    )
+    root = vault.pkisecret.SecretBackendRootCert(
         f"{name}-ca",
-        private_key_pem=ca_key.private_key_pem,
-        is_ca_certificate=True,
-        subject=tls.SelfSignedCertSubjectArgs(common_name=f"{common_name} CA", organization="Foresight"),
-        validity_period_hours=CA_VALIDITY_HOURS,
-        allowed_uses=["cert_signing", "crl_signing"],
+        backend=mount.path,
+        type="internal",
+        common_name=f"{spec.name} CA",
+        organization="Foresight",
+        key_type=KEY_TYPE,
+        key_bits=KEY_BITS,
+        ttl=str(CA_VALIDITY_SECONDS),
         opts=opts,
     )
-    server_key = tls.PrivateKey(f"{name}-server-key", algorithm="ECDSA", ecdsa_curve="P256", opts=opts)
-    request = tls.CertRequest(
-        f"{name}-server-csr",
-        private_key_pem=server_key.private_key_pem,
-        subject=tls.CertRequestSubjectArgs(common_name=common_name, organization="Foresight"),
-        dns_names=dns_names,
-        ip_addresses=ip_addresses,
+    role = vault.pkisecret.SecretBackendRole(
+        f"{name}-endpoint",
+        backend=mount.path,
+        name=layout.pki_role,
+        issuer_ref=root.issuer_id,
+        allowed_domains=endpoint.names,
+        allow_bare_domains=True,
+        allow_subdomains=False,
+        allow_glob_domains=False,
+        allow_wildcard_certificates=False,
+        allow_localhost=False,
+        allow_any_name=False,
+        enforce_hostnames=True,
+        allow_ip_sans=endpoint.is_ip,
+        # The node sends no common name where its host is over RFC 5280's 64 characters (an AWS load balancer's
+        # name can be); the host is then only in the SANs, which is what clients check.
+        require_cn=False,
+        server_flag=True,
+        client_flag=False,
+        code_signing_flag=False,
+        email_protection_flag=False,
+        key_type=KEY_TYPE,
+        key_bits=KEY_BITS,
+        key_usages=["DigitalSignature"],
+        ttl=str(CERTIFICATE_TTL_SECONDS),
+        max_ttl=str(CERTIFICATE_TTL_SECONDS),
+        organizations=["Foresight"],
         opts=opts,
     )
-    server_cert = tls.LocallySignedCert(
-        f"{name}-server-cert",
-        cert_request_pem=request.cert_request_pem,
-        ca_private_key_pem=ca_key.private_key_pem,
-        ca_cert_pem=ca.cert_pem,
-        validity_period_hours=SERVER_VALIDITY_HOURS,
-        early_renewal_hours=RENEW_BEFORE_HOURS,
-        allowed_uses=["digital_signature", "key_encipherment", "server_auth"],
-        opts=opts,
-    )
-    return ServerTls(ca_key=ca_key, ca=ca, server_key=server_key, server_cert=server_cert)
+    return EndpointTls(mount=mount, root=root, role=role, endpoint=endpoint)

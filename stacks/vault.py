@@ -1,14 +1,19 @@
-"""Vault wiring all clouds share: the provider, the KV v2 mount, the node's read-only policy, the TLS secret.
+"""Vault wiring all clouds share: the provider, the KV v2 mount, the node's policy.
 
-Layout (what the service reads, `VaultLayout` names it):
+Layout (what the service and the boot script use, `VaultLayout` names it):
   <kv mount>/data/tenants/*                     tenants and their API key hashes, written by `foresight tenants`
   <kv mount>/data/keyids/*                      key id -> tenant index the service reads on AUTH
-  <kv mount>/data/deployments/<stack>/tls       this node's certificate, private key and CA
   <kv mount>/data/deployments/<stack>/metrics   the /metrics scrape token, written by `foresight metrics-token
                                                 rotate` (never by Pulumi: it stays out of the state)
-The node's policy reads those paths and nothing else; it cannot write anywhere. The cloud's auth role that
-hands out this policy lives in `stacks/<cloud>/vault.py`: AWS's IAM method, or, on Google Cloud and Azure, a jwt
-method (`create_jwt_auth`) that checks the identity token the cloud's metadata service signs for the node.
+  <pki mount>/issue/<pki role>                  the endpoint's server certificates (stacks/tls.py), issued to the
+                                                node by fetch_tls.py with a key Vault generates for that response
+The node's policy reads the KV paths and issues from its own role, nothing else: it cannot write to the KV mount,
+read the PKI mount's configuration or issue from another role. The cloud's auth role that hands out this policy
+lives in `stacks/<cloud>/vault.py`: AWS's IAM method, or, on Google Cloud and Azure, a jwt method
+(`create_jwt_auth`) that checks the identity token the cloud's metadata service signs for the node.
+
+Pulumi's Vault provider takes its token from the environment of `pulumi up` (VAULT_TOKEN, or the token helper
+that `vault login` fills), never from the stack's config: a provider's inputs are stored in the state.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ class VaultLayout:
     """Names of this stack's things in Vault; one stack never collides with another in the same Vault."""
 
     kv_mount: str
+    pki_mount: str
+    pki_role: str
     auth_mount: str
     role: str
     policy: str
@@ -39,6 +46,8 @@ class VaultLayout:
     def for_spec(cls, spec: StackSpec) -> VaultLayout:
         return cls(
             kv_mount=spec.name,
+            pki_mount=f"{spec.name}-pki",
+            pki_role=f"{spec.name}-endpoint",
             auth_mount=f"{spec.name}-{spec.cloud}",
             role=f"{spec.name}-node",
             policy=f"{spec.name}-node",
@@ -46,25 +55,25 @@ class VaultLayout:
         )
 
     @property
-    def tls_path(self) -> str:
-        """The TLS secret's path inside the KV mount (`vault kv get -mount=<kv> <tls_path>`)."""
-        return f"deployments/{self.stack}/tls"
-
-    @property
     def metrics_path(self) -> str:
         """The scrape token's path inside the KV mount (the service's FORESIGHT_VAULT_METRICS_PATH)."""
         return f"deployments/{self.stack}/metrics"
 
+    @property
+    def pki_issue_path(self) -> str:
+        """Where the node asks for its server certificate (POST, `vault write <pki_issue_path> common_name=...`)."""
+        return f"{self.pki_mount}/issue/{self.pki_role}"
+
     def node_policy_hcl(self) -> str:
-        """Read its tenants, their key hashes, its own TLS material and scrape token; no write, no other
-        deployment."""
+        """Read its tenants, their key hashes and its scrape token; issue certificates from its own endpoint role;
+        no write, no other deployment, no other role."""
         return (
-            f"# Foresight node of stack {self.stack}: read-only.\n"
+            f"# Foresight node of stack {self.stack}: reads its keys, issues its endpoint's certificate.\n"
             f'path "{self.kv_mount}/data/tenants/*" {{\n  capabilities = ["read"]\n}}\n'
             f'path "{self.kv_mount}/metadata/tenants/*" {{\n  capabilities = ["read", "list"]\n}}\n'
             f'path "{self.kv_mount}/data/keyids/*" {{\n  capabilities = ["read"]\n}}\n'
-            f'path "{self.kv_mount}/data/{self.tls_path}" {{\n  capabilities = ["read"]\n}}\n'
             f'path "{self.kv_mount}/data/{self.metrics_path}" {{\n  capabilities = ["read"]\n}}\n'
+            f'path "{self.pki_issue_path}" {{\n  capabilities = ["update"]\n}}\n'
         )
 
 
@@ -73,24 +82,14 @@ class SharedVault:
     provider: vault.Provider
     kv_mount: vault.Mount
     node_policy: vault.Policy
-    tls_secret: vault.kv.SecretV2
 
 
-def create_shared_vault(
-    name: str,
-    spec: StackSpec,
-    layout: VaultLayout,
-    tls_material: pulumi.Input[dict[str, str]],
-    parent: pulumi.Resource,
-) -> SharedVault:
+def create_shared_vault(name: str, spec: StackSpec, layout: VaultLayout, parent: pulumi.Resource) -> SharedVault:
     """The Vault provider for `spec.vault_address` and the Vault resources every cloud needs."""
-    # The token: the optional secret `foresight:vaultToken` (kept a secret Output), else the provider's own sources
-    # (VAULT_TOKEN, the token helper). No token ever reaches the node.
+    # No token input: the provider reads VAULT_TOKEN or the token helper itself, so no token is stored in the
+    # state (a provider's inputs are). No token ever reaches the node either.
     provider = vault.Provider(
-        f"{name}-vault",
-        address=spec.vault_address,
-        token=spec.vault_token,
-        opts=pulumi.ResourceOptions(parent=parent),
+        f"{name}-vault", address=spec.vault_address, opts=pulumi.ResourceOptions(parent=parent)
     )
     opts = pulumi.ResourceOptions(parent=parent, provider=provider)
     kv_mount = vault.Mount(
@@ -98,18 +97,11 @@ def create_shared_vault(
         path=layout.kv_mount,
         type="kv",
         options={"version": "2"},
-        description=f"Foresight stack {spec.stack}: tenants' key hashes and the node's TLS material",
+        description=f"Foresight stack {spec.stack}: tenants' key hashes and the /metrics scrape token",
         opts=opts,
     )
     node_policy = vault.Policy(f"{name}-node-policy", name=layout.policy, policy=layout.node_policy_hcl(), opts=opts)
-    tls_secret = vault.kv.SecretV2(
-        f"{name}-tls",
-        mount=kv_mount.path,
-        name=layout.tls_path,
-        data_json=pulumi.Output.json_dumps(tls_material),
-        opts=opts,
-    )
-    return SharedVault(provider=provider, kv_mount=kv_mount, node_policy=node_policy, tls_secret=tls_secret)
+    return SharedVault(provider=provider, kv_mount=kv_mount, node_policy=node_policy)
 
 
 @dataclass(frozen=True)

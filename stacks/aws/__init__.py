@@ -1,7 +1,7 @@
 """AWS: `foresight:aws:GpuNode` (one node) and `foresight:aws:ScaleOut` (`foresight:scaleOut`: EKS, ElastiCache),
 and their parts (component, network, identity, kms, compute, vault; cluster, tier, scale_out).
 
-Importing this package imports pulumi_aws, pulumi_kubernetes, pulumi_tls and pulumi_vault, never a Google Cloud or
+Importing this package imports pulumi_aws, pulumi_kubernetes and pulumi_vault, never a Google Cloud or
 Azure SDK.
 """
 

@@ -7,9 +7,10 @@ It creates, all as its children:
   Load Balancer (internet-facing only when an allowed CIDR is public) with TCP listeners and target groups;
 - identity (`identity.py`): the node's IAM role and instance profile (SSM core, KMS use on its key, no more);
 - kms (`kms.py`): a customer-managed KMS key with rotation and a least-privilege key policy, and its alias;
-- TLS (`stacks/tls.py`): a CA and a server certificate for the load balancer's DNS name;
-- Vault (`stacks/vault.py`, `vault.py`): the provider, a KV v2 mount, the TLS secret, the node's read-only
-  policy, an AWS auth method and its IAM role bound to the node's role;
+- Vault (`stacks/vault.py`, `vault.py`): the provider, a KV v2 mount, the node's policy, an AWS auth method and
+  its IAM role bound to the node's role;
+- TLS (`stacks/tls.py`): a PKI mount with a root CA kept inside Vault and a role that issues certificates for the
+  load balancer's DNS name only, from which the node issues its own;
 - compute (`compute.py`): a launch template (GPU AMI from SSM, IMDSv2, KMS-encrypted root and data volumes,
   cloud-init user data) and an Auto Scaling group of one, spot or on-demand, with fallback types.
 Its outputs are the shared `StackOutputs`.
@@ -29,7 +30,7 @@ from stacks.aws.network import check_network_ids, create_endpoint, create_networ
 from stacks.aws.vault import create_aws_auth
 from stacks.cloudinit import NodeBoot, render_user_data, service_environment
 from stacks.spec import HTTPS_PORT, RESP_PORT, StackOutputs, StackSpec
-from stacks.tls import create_server_tls
+from stacks.tls import EndpointName, create_endpoint_tls
 from stacks.vault import VaultLayout, create_shared_vault
 
 COMPONENT_TYPE = "foresight:aws:GpuNode"
@@ -68,10 +69,10 @@ class GpuNode(pulumi.ComponentResource):
         self.key_use = grant_key_use(name, self.identity, self.key.key.arn, parent=self)
         self.audit_use = grant_audit_shipping(name, spec, self.identity.role, partition, parent=self)
         self.origin_reads = grant_origin_read(name, spec, self.identity.role, partition, parent=self)
-        self.tls = create_server_tls(
-            name, common_name=spec.name, dns_names=self.endpoint.host.apply(lambda host: [host]), parent=self
+        self.vault = create_shared_vault(name, spec, layout, parent=self)
+        self.tls = create_endpoint_tls(
+            name, spec, layout, EndpointName(self.endpoint.host, is_ip=False), self.vault.provider, parent=self
         )
-        self.vault = create_shared_vault(name, spec, layout, self.tls.material, parent=self)
         self.vault_auth = create_aws_auth(
             name,
             spec,
@@ -82,13 +83,14 @@ class GpuNode(pulumi.ComponentResource):
             parent=self,
         )
 
-        def user_data(key_arn: str) -> str:
+        def user_data(key_arn: str, host: str) -> str:
             environment = service_environment(
                 spec,
                 layout,
                 vault_login={"FORESIGHT_VAULT_AUTH_METHOD": "aws"},
                 kms_provider="aws",
                 kms_key_id=key_arn,
+                tls_host=host,
                 extra={"AWS_REGION": spec.region, "AWS_DEFAULT_REGION": spec.region},
             )
             return render_user_data(
@@ -107,10 +109,10 @@ class GpuNode(pulumi.ComponentResource):
             self.endpoint,
             instance_profile_arn=self.identity.instance_profile.arn,
             key_arn=self.key.key.arn,
-            # The Vault role and TLS secret must exist before a node boots and asks for them.
-            user_data=pulumi.Output.all(self.key.key.arn, self.vault_auth.role.id, self.vault.tls_secret.id).apply(
-                lambda values: user_data(values[0])
-            ),
+            # The Vault role and the PKI role must exist before a node boots and asks for them.
+            user_data=pulumi.Output.all(
+                self.key.key.arn, self.endpoint.host, self.vault_auth.role.id, self.tls.role.id
+            ).apply(lambda values: user_data(values[0], values[1])),
             parent=self,
         )
         self.outputs = StackOutputs(

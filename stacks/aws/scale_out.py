@@ -16,8 +16,9 @@ It creates, all as its children (stacks/cluster.py is the contract every cloud's
 - Kubernetes, through a provider that logs in with `aws eks get-token` (no token in the state): the namespace,
   an encrypted gp3 StorageClass on the key, NVIDIA's device plugin and the `foresight:kubernetes:Workload`
   (its LoadBalancer Service becomes an NLB through the cluster's built-in cloud controller);
-- TLS (`stacks/tls.py`) for the load balancer's name, then Vault (`stacks/vault.py`): the KV mount with the TLS
-  secret, the read-only policy, and a jwt auth method trusting the cluster's issuer for the service account.
+- Vault (`stacks/vault.py`): the KV mount, the node policy, and a jwt auth method trusting the cluster's issuer for
+  the service account; then TLS (`stacks/tls.py`): the PKI mount, its internal root CA and a role that issues
+  certificates for the load balancer's name only, once the Service has it.
 Its outputs are the shared `StackOutputs`; `instanceId` is the EKS cluster's name.
 """
 
@@ -46,7 +47,7 @@ from stacks.aws.tier import PORT as TIER_PORT
 from stacks.aws.tier import SharedTier, create_tier
 from stacks.cluster import (
     K8S_NAMESPACE,
-    CertificateRevision,
+    PendingTls,
     create_cluster_vault_auth,
     deploy_time_settings,
     service_account_subject,
@@ -54,7 +55,7 @@ from stacks.cluster import (
 )
 from stacks.kubernetes.component import Workload, WorkloadArgs, create_device_plugin
 from stacks.spec import HTTPS_PORT, RESP_PORT, ConfigError, StackOutputs, StackSpec, config_key
-from stacks.tls import ServerTls, create_server_tls
+from stacks.tls import EndpointName, EndpointTls, create_endpoint_tls
 from stacks.vault import JwtNodeAuth, SharedVault, VaultLayout, create_shared_vault
 
 COMPONENT_TYPE = "foresight:aws:ScaleOut"
@@ -152,7 +153,7 @@ class ScaleOut(pulumi.ComponentResource):
     storage_class: k8s.storage.v1.StorageClass
     device_plugin: k8s.apps.v1.DaemonSet
     workload: Workload
-    tls: ServerTls
+    tls: EndpointTls
     vault: SharedVault
     vault_auth: JwtNodeAuth
     outputs: StackOutputs
@@ -215,7 +216,7 @@ class ScaleOut(pulumi.ComponentResource):
         self.pods_audit = grant_audit_shipping(f"{name}-pods", spec, self.pods_role, partition, parent=self)
         self.pods_origins = grant_origin_read(f"{name}-pods", spec, self.pods_role, partition, parent=self)
         self._create_kubernetes(name, spec)
-        certificate = CertificateRevision.pending()
+        pending_tls = PendingTls.pending()
         self.workload = Workload(
             name,
             WorkloadArgs(
@@ -236,22 +237,23 @@ class ScaleOut(pulumi.ComponentResource):
                     tier_auth="aws",
                     tier_username=self.tier.pods_user.user_id,
                     tier_aws_cache=self.tier.replication_group.replication_group_id,
+                    tls_host=pending_tls.host,
                 ),
                 service_account_annotations={ROLE_ARN_ANNOTATION: self.pods_role.arn},
-                pod_annotations=certificate.annotations,
+                pod_annotations=pending_tls.annotations,
                 # Its objects live in the namespace; the pods want their role's permissions and a disk to mount.
                 depends_on=[self.namespace, self.pods_policy, self.storage_class,
                             *([self.pods_audit] if self.pods_audit else []), *self.pods_origins],
             ),
             opts=pulumi.ResourceOptions(parent=self),
         )
-        # The certificate names the load balancer, so TLS and its Vault secret come after the Service; the pods
-        # come after both (their template carries the certificate's digest).
-        self.tls = create_server_tls(
-            name, common_name=spec.name, dns_names=self.workload.endpoint.apply(lambda host: [host]), parent=self
+        # The PKI role names the load balancer, so it comes after the Service; the pods come after the role (their
+        # template carries the issuer's digest).
+        self.vault = create_shared_vault(name, spec, layout, parent=self)
+        self.tls = create_endpoint_tls(
+            name, spec, layout, EndpointName(self.workload.endpoint, is_ip=False), self.vault.provider, parent=self
         )
-        self.vault = create_shared_vault(name, spec, layout, self.tls.material, parent=self)
-        certificate.settle(self.tls, self.vault.tls_secret)
+        pending_tls.settle(self.tls)
         self.vault_auth = create_cluster_vault_auth(
             name, spec, layout, self.eks.issuer, self.vault.node_policy, self.vault.provider, parent=self
         )

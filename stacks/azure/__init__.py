@@ -1,7 +1,7 @@
 """Azure: `foresight:azure:GpuNode` and its parts (component, network, identity, kms, compute, vault), file for
 file as stacks/aws/, and, with `foresight:scaleOut`, `foresight:azure:ScaleOut` (scale_out, cluster, tier).
 
-Importing this package imports pulumi_azure_native, pulumi_kubernetes, pulumi_tls and pulumi_vault, never an AWS
+Importing this package imports pulumi_azure_native, pulumi_kubernetes and pulumi_vault, never an AWS
 or Google Cloud SDK.
 """
 

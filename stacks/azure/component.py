@@ -8,9 +8,10 @@ It creates, all as its children, in a resource group of its own:
 - identity (`identity.py`): the node's user-assigned managed identity, with no subscription role;
 - kms (`kms.py`): a Key Vault (RBAC, purge protection) with an RSA key that rotates every 90 days, a disk
   encryption set that uses it for the disks, and role assignments on the key for the set and the node;
-- TLS (`stacks/tls.py`): a CA and a server certificate for the endpoint (its DNS name, or its private address);
-- Vault (`stacks/vault.py`, `vault.py`): the provider, a KV v2 mount, the TLS secret, the node's read-only
-  policy, a jwt auth method trusting the tenant's Entra ID issuer and its role bound to the node's identity;
+- Vault (`stacks/vault.py`, `vault.py`): the provider, a KV v2 mount, the node's policy, a jwt auth method
+  trusting the tenant's Entra ID issuer and its role bound to the node's identity;
+- TLS (`stacks/tls.py`): a PKI mount with a root CA kept inside Vault and a role that issues certificates for the
+  endpoint only (its DNS name, or its private address), from which the node issues its own;
 - compute (`compute.py`): a scale set of one (Ubuntu HPC image, encrypted disks, no public address,
   cloud-init custom data), Spot or regular, with fallback sizes and automatic repairs.
 Its outputs are the shared `StackOutputs`.
@@ -30,7 +31,7 @@ from stacks.azure.network import check_network_ids, create_endpoint, create_netw
 from stacks.azure.vault import create_azure_auth
 from stacks.cloudinit import NodeBoot, render_user_data, service_environment
 from stacks.spec import HTTPS_PORT, RESP_PORT, StackOutputs, StackSpec
-from stacks.tls import create_server_tls
+from stacks.tls import EndpointName, create_endpoint_tls
 from stacks.vault import VaultLayout, create_shared_vault
 
 COMPONENT_TYPE = "foresight:azure:GpuNode"
@@ -74,15 +75,15 @@ class GpuNode(pulumi.ComponentResource):
             name, spec, self.group, client.tenant_id, client.subscription_id, self.identity.principal_id, parent=self
         )
         self.endpoint = create_endpoint(name, spec, self.group, self.network, client.subscription_id, parent=self)
-        hosts = self.endpoint.host.apply(lambda host: [host])
-        self.tls = create_server_tls(
+        self.vault = create_shared_vault(name, spec, layout, parent=self)
+        self.tls = create_endpoint_tls(
             name,
-            common_name=spec.name,
-            dns_names=hosts if self.endpoint.host_is_dns_name else None,
-            ip_addresses=None if self.endpoint.host_is_dns_name else hosts,
+            spec,
+            layout,
+            EndpointName(self.endpoint.host, is_ip=not self.endpoint.host_is_dns_name),
+            self.vault.provider,
             parent=self,
         )
-        self.vault = create_shared_vault(name, spec, layout, self.tls.material, parent=self)
         self.vault_auth = create_azure_auth(
             name,
             spec,
@@ -94,7 +95,7 @@ class GpuNode(pulumi.ComponentResource):
             parent=self,
         )
 
-        def user_data(key_url: str, client_id: str) -> str:
+        def user_data(key_url: str, client_id: str, host: str) -> str:
             login = {
                 "FORESIGHT_VAULT_AUTH_METHOD": "jwt",
                 "FORESIGHT_VAULT_JWT_SOURCE": "azure",
@@ -106,6 +107,7 @@ class GpuNode(pulumi.ComponentResource):
                 vault_login=login,
                 kms_provider="azure",
                 kms_key_id=key_url,
+                tls_host=host,
                 extra={"AZURE_CLIENT_ID": client_id},  # azure-identity's choice among the VM's identities
             )
             text = render_user_data(
@@ -128,14 +130,15 @@ class GpuNode(pulumi.ComponentResource):
             self.endpoint,
             identity_id=self.identity.identity.id,
             encryption_set_id=self.key.encryption_set.id,
-            # The Vault role, the TLS secret and the key's role assignments must exist before a node boots.
+            # The Vault role, the PKI role and the key's role assignments must exist before a node boots.
             user_data=pulumi.Output.all(
                 self.key.key.key_uri,
                 self.identity.client_id,
+                self.endpoint.host,
                 self.vault_auth.role.id,
-                self.vault.tls_secret.id,
+                self.tls.role.id,
                 *(user.id for user in self.key.users),
-            ).apply(lambda values: user_data(values[0], values[1])),
+            ).apply(lambda values: user_data(values[0], values[1], values[2])),
             parent=self,
         )
         self.outputs = StackOutputs(

@@ -3,7 +3,8 @@
 Why a scale set of one rather than a bare VM: it replaces the node when the VM or the service fails
 (automatic repairs, judged by the Application Health extension on HTTPS /healthz), it is how Azure expresses
 fallback sizes (an instance mix: `foresight:instanceType`, then each fallback, in rank order) and Spot with
-replacement, and it applies a changed model to the node (automatic upgrade mode).
+replacement (Try & restore recreates an evicted node when capacity returns, within SPOT_RESTORE_TIMEOUT), and it
+applies a changed model to the node (automatic upgrade mode).
 
 The image is Microsoft's Ubuntu HPC image (Ubuntu 22.04 with the NVIDIA driver, Docker and the NVIDIA
 container toolkit for the N-series sizes), the newest version at deploy time. OS and data disks are Premium
@@ -34,6 +35,13 @@ OS_DISK_GB = 100  # the image uses about 40 GB; the rest holds the service image
 DATA_DISK_LUN = 0
 DATA_DISK_PATH = f"/dev/disk/azure/scsi1/lun{DATA_DISK_LUN}"  # the Azure udev rules' stable name
 REPAIR_GRACE = "PT20M"  # first boot pulls a multi-GB CUDA image
+# Binary Health States: a 200 from /healthz is Healthy, anything else (or no answer) Unhealthy, which automatic
+# repairs replace. Rich Health States ("2.0") would need {"ApplicationHealthState": "Healthy"} in the body, which
+# the service's /healthz does not send, and would call an unreachable node Unknown.
+HEALTH_EXTENSION_VERSION = "1.0"
+# Spot Try & restore: Azure recreates an evicted (deleted) Spot node when capacity returns, for at most this long
+# (15 to 120 minutes); without it a Delete eviction leaves the scale set empty.
+SPOT_RESTORE_TIMEOUT = "PT2H"
 _SIZE_RE = re.compile(r"Standard_([A-Z]+)\d+([a-z]*)_(.+)")
 
 
@@ -117,6 +125,9 @@ def create_compute(
             enabled=True, grace_period=REPAIR_GRACE, repair_action="Replace"
         ),
         upgrade_policy=azure.compute.UpgradePolicyArgs(mode=azure.compute.UpgradeMode.AUTOMATIC),
+        spot_restore_policy=azure.compute.SpotRestorePolicyArgs(enabled=True, restore_timeout=SPOT_RESTORE_TIMEOUT)
+        if spec.spot
+        else None,
         virtual_machine_profile=azure.compute.VirtualMachineScaleSetVMProfileArgs(
             priority="Spot" if spec.spot else "Regular",
             eviction_policy="Delete" if spec.spot else None,
@@ -186,7 +197,7 @@ def create_compute(
                         name="health",
                         publisher="Microsoft.ManagedServices",
                         type="ApplicationHealthLinux",
-                        type_handler_version="2.0",
+                        type_handler_version=HEALTH_EXTENSION_VERSION,
                         auto_upgrade_minor_version=True,
                         settings={
                             "protocol": "https",

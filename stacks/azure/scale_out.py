@@ -14,9 +14,9 @@ It creates, all as its children, in a resource group of its own:
   namespace, a StorageClass whose Azure disks use the disk encryption set, NVIDIA's device plugin on the GPU
   pool, and the `foresight:kubernetes:Workload` (one pod per GPU node behind a load balancer whose public address
   has a DNS label, or an internal one when the stack is private);
-- TLS (`stacks/tls.py`) for the load balancer's name, then Vault (`stacks/vault.py`): the KV mount, the TLS
-  secret, the read-only policy, and a jwt auth method trusting the cluster's OIDC issuer with a role for the
-  workload's service account (`stacks/cluster.py`).
+- Vault (`stacks/vault.py`): the KV mount, the node policy, and a jwt auth method trusting the cluster's OIDC
+  issuer with a role for the workload's service account (`stacks/cluster.py`); then TLS (`stacks/tls.py`): the PKI
+  mount, its internal root CA and a role that issues certificates for the load balancer's name only.
 Its outputs are the shared `StackOutputs`: the endpoint's DNS name (or private address), the key's URL, the
 cluster's name as `instanceId`.
 """
@@ -43,14 +43,14 @@ from stacks.azure.network import check_network_ids, create_virtual_network, dns_
 from stacks.azure.tier import TLS_PORT, check_private_dns_zone_id, create_tier
 from stacks.cluster import (
     K8S_NAMESPACE,
-    CertificateRevision,
+    PendingTls,
     create_cluster_vault_auth,
     deploy_time_settings,
     workload_spec,
 )
 from stacks.kubernetes.component import Workload, WorkloadArgs, create_device_plugin
 from stacks.spec import HTTPS_PORT, RESP_PORT, ConfigError, StackOutputs, StackSpec, config_key
-from stacks.tls import create_server_tls
+from stacks.tls import EndpointName, create_endpoint_tls
 from stacks.vault import VaultLayout, create_shared_vault
 
 COMPONENT_TYPE = "foresight:azure:ScaleOut"
@@ -190,13 +190,14 @@ class ScaleOut(pulumi.ComponentResource):
             if public
             else {INTERNAL_LB_ANNOTATION: "true"}
         )
+        pending_tls = PendingTls.pending()
         settings = deploy_time_settings(
             kms_key_id=self.key.key.key_uri,
             tier_url=self.tier.url,
             tier_auth="azure",
+            tls_host=pending_tls.host,
             tier_username=self.pod_identity.principal_id,
         )
-        certificate = CertificateRevision.pending()
         self.workload = Workload(
             f"{name}-workload",
             WorkloadArgs(
@@ -214,7 +215,7 @@ class ScaleOut(pulumi.ComponentResource):
                 provider=self.kubernetes,
                 settings=settings,
                 service_account_annotations={CLIENT_ID_ANNOTATION: self.pod_identity.client_id},
-                pod_annotations=certificate.annotations,
+                pod_annotations=pending_tls.annotations,
                 # The pods start once their namespace, disks, GPUs and every permission they use exist.
                 depends_on=[
                     self.namespace,
@@ -235,17 +236,13 @@ class ScaleOut(pulumi.ComponentResource):
         if public:
             fqdn = cloudapp_fqdn(spec, client.subscription_id)
             endpoint_host = self.workload.endpoint.apply(lambda _address: fqdn)  # named once the address exists
-            self.tls = create_server_tls(name, common_name=spec.name, dns_names=[fqdn], parent=self)
+            endpoint = EndpointName(fqdn, is_ip=False)
         else:
             endpoint_host = self.workload.endpoint
-            self.tls = create_server_tls(
-                name,
-                common_name=spec.name,
-                ip_addresses=self.workload.endpoint.apply(lambda address: [address] if address else []),
-                parent=self,
-            )
-        self.vault = create_shared_vault(name, spec, layout, self.tls.material, parent=self)
-        certificate.settle(self.tls, self.vault.tls_secret)
+            endpoint = EndpointName(self.workload.endpoint, is_ip=True)
+        self.vault = create_shared_vault(name, spec, layout, parent=self)
+        self.tls = create_endpoint_tls(name, spec, layout, endpoint, self.vault.provider, parent=self)
+        pending_tls.settle(self.tls)
         self.vault_auth = create_cluster_vault_auth(
             name,
             spec,

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Fetch this node's TLS material from Vault with the machine's cloud identity, at every service start and daily.
+"""Issue this node's TLS certificate from Vault PKI with the machine's cloud identity, at every service start and daily.
 
 cloud-init installs this file on the node and systemd runs it (ExecStartPre) with the settings of
 /etc/foresight/foresight.env: FORESIGHT_VAULT_ADDR, FORESIGHT_VAULT_AUTH_METHOD, FORESIGHT_VAULT_AUTH_MOUNT,
-FORESIGHT_VAULT_ROLE, FORESIGHT_VAULT_KV_MOUNT and FORESIGHT_TLS_VAULT_PATH. It logs in, reads the KV v2
-secret, writes ca.pem, tls.crt and tls.key into --out (mode 0640, group --group; each file replaced whole), and
-revokes its token. A daily timer runs it again while the service runs, so a renewed certificate reaches it.
+FORESIGHT_VAULT_ROLE, FORESIGHT_TLS_VAULT_PKI_MOUNT, FORESIGHT_TLS_NODE_PKI_ROLE and FORESIGHT_TLS_COMMON_NAME. It
+logs in, asks <pki mount>/issue/<role> for a certificate for the endpoint's name (a DNS name or an IP address),
+writes ca.pem, tls.crt and tls.key into --out (mode 0640, group --group; each file replaced whole), and revokes its
+token. Vault generates the key for that one response, so the key exists only here. A daily timer runs it again while
+the service runs: each run issues a fresh certificate and key, which is how the certificate is renewed (with
+--every SECONDS it runs in a loop instead, as the Kubernetes pods' tls-refresh sidecar does).
 
 Login methods (FORESIGHT_VAULT_AUTH_METHOD):
   aws  Vault's IAM auth method, with an sts:GetCallerIdentity request signed by the instance role's IMDSv2
@@ -29,10 +32,12 @@ import base64
 import datetime
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -50,16 +55,19 @@ STS_URL = "https://sts.amazonaws.com/"
 STS_HOST = "sts.amazonaws.com"
 STS_REGION = "us-east-1"
 STS_BODY = "Action=GetCallerIdentity&Version=2011-06-15"
-# KV secret field -> file name under --out (the field names follow Vault PKI's issue response).
+# Vault PKI issue response field -> file name under --out.
 TLS_FILES = {"issuing_ca": "ca.pem", "certificate": "tls.crt", "private_key": "tls.key"}
 SETTINGS = (
     "FORESIGHT_VAULT_ADDR",
     "FORESIGHT_VAULT_AUTH_METHOD",
     "FORESIGHT_VAULT_AUTH_MOUNT",
     "FORESIGHT_VAULT_ROLE",
-    "FORESIGHT_VAULT_KV_MOUNT",
-    "FORESIGHT_TLS_VAULT_PATH",
+    "FORESIGHT_TLS_VAULT_PKI_MOUNT",
+    "FORESIGHT_TLS_NODE_PKI_ROLE",
+    "FORESIGHT_TLS_COMMON_NAME",
 )
+# RFC 5280's upper bound on a common name; a longer host (an AWS load balancer's can be) goes in the SANs only.
+MAX_COMMON_NAME = 64
 # Read only by the jwt login; AWS nodes leave them unset, so unlike SETTINGS they are optional.
 JWT_SETTINGS = (
     "FORESIGHT_VAULT_JWT_SOURCE",
@@ -297,17 +305,30 @@ def login_jwt(settings: Mapping[str, str]) -> str:
 LOGIN_METHODS: dict[str, Callable[[Mapping[str, str]], str]] = {"aws": login_aws, "jwt": login_jwt}
 
 
-def read_tls_material(settings: Mapping[str, str], token: str) -> dict[str, str]:
-    path = f"{settings['FORESIGHT_VAULT_KV_MOUNT']}/data/{settings['FORESIGHT_TLS_VAULT_PATH']}"
-    response = vault_json("GET", settings["FORESIGHT_VAULT_ADDR"], path, token=token)
-    outer = response.get("data")
-    data = outer.get("data") if isinstance(outer, dict) else None
+def issue_request(host: str) -> dict[str, object]:
+    """The issue call's body: `host` is the certificate's only SAN (an IP SAN for an address), and its common
+    name where it fits. exclude_cn_from_sans keeps Vault from adding an address as a DNS SAN as well."""
+    try:
+        ipaddress.ip_address(host)
+        sans = {"ip_sans": host}
+    except ValueError:
+        sans = {"alt_names": host}
+    common_name = host if len(host) <= MAX_COMMON_NAME else ""
+    return {"common_name": common_name, **sans, "exclude_cn_from_sans": True}
+
+
+def issue_tls_material(settings: Mapping[str, str], token: str) -> dict[str, str]:
+    """A fresh certificate and key from the stack's PKI role, for the role's default TTL (stacks/tls.py)."""
+    path = f"{settings['FORESIGHT_TLS_VAULT_PKI_MOUNT']}/issue/{settings['FORESIGHT_TLS_NODE_PKI_ROLE']}"
+    payload = issue_request(settings["FORESIGHT_TLS_COMMON_NAME"])
+    response = vault_json("POST", settings["FORESIGHT_VAULT_ADDR"], path, token=token, payload=payload)
+    data = response.get("data")
     if not isinstance(data, dict):
-        raise BootstrapError(f"GET {path} returned no secret data")
-    missing = sorted(set(TLS_FILES) - set(data))
+        raise BootstrapError(f"POST {path} returned no certificate")
+    missing = sorted(field for field in TLS_FILES if not data.get(field))
     if missing:
-        raise BootstrapError(f"GET {path} lacks {', '.join(missing)}")
-    return {field: str(data[field]) for field in TLS_FILES}
+        raise BootstrapError(f"POST {path} lacks {', '.join(missing)}")
+    return {field: str(data[field]).rstrip("\n") + "\n" for field in TLS_FILES}
 
 
 def write_tls_files(out_dir: Path, material: Mapping[str, str], group: int | None) -> None:
@@ -339,28 +360,51 @@ def fetch(settings: Mapping[str, str], out_dir: Path, group: int | None) -> None
         raise BootstrapError(f"FORESIGHT_VAULT_AUTH_METHOD={method!r} is not one of {', '.join(LOGIN_METHODS)}")
     token = LOGIN_METHODS[method](settings)
     try:
-        write_tls_files(out_dir, read_tls_material(settings, token), group)
+        write_tls_files(out_dir, issue_tls_material(settings, token), group)
     finally:
         vault_json("POST", settings["FORESIGHT_VAULT_ADDR"], "auth/token/revoke-self", token=token)
+
+
+def fetch_and_report(settings: Mapping[str, str], out_dir: Path, group: int | None) -> bool:
+    """One run, its outcome printed as one line; False when it failed."""
+    try:
+        fetch(settings, out_dir, group)
+    except BootstrapError as err:
+        print(f"fetch_tls: {err}", file=sys.stderr, flush=True)
+        return False
+    print(f"fetch_tls: wrote {', '.join(TLS_FILES.values())} to {out_dir}", flush=True)
+    return True
+
+
+def refresh_forever(
+    settings: Mapping[str, str],
+    out_dir: Path,
+    group: int | None,
+    interval_s: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Issue a fresh certificate every `interval_s` seconds (the first after one interval: a pod's init container
+    has just issued one). A failed run waits for the next; the certificate outlives many intervals."""
+    while True:
+        sleep(interval_s)
+        fetch_and_report(settings, out_dir, group)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, required=True, help="directory for ca.pem, tls.crt, tls.key")
     parser.add_argument("--group", type=int, default=None, help="numeric group that may read the files")
+    parser.add_argument("--every", type=float, default=None, metavar="SECONDS",
+                        help="run for ever, issuing a fresh certificate every SECONDS")
     args = parser.parse_args(argv)
     missing = [name for name in SETTINGS if not os.environ.get(name)]
     if missing:
         print(f"fetch_tls: missing settings: {', '.join(missing)}", file=sys.stderr)
         return 2
     settings = {name: os.environ[name] for name in SETTINGS + JWT_SETTINGS if os.environ.get(name)}
-    try:
-        fetch(settings, args.out, args.group)
-    except BootstrapError as err:
-        print(f"fetch_tls: {err}", file=sys.stderr)
-        return 1
-    print(f"fetch_tls: wrote {', '.join(TLS_FILES.values())} to {args.out}")
-    return 0
+    if args.every is not None:
+        refresh_forever(settings, args.out, args.group, args.every)
+    return 0 if fetch_and_report(settings, args.out, args.group) else 1
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 file for file as stacks/aws/; with `foresight:scaleOut: true`, `foresight:gcp:ScaleOut` (scale_out, cluster,
 tier) on GKE and Memorystore instead.
 
-Importing this package imports pulumi_gcp, pulumi_tls and pulumi_vault, never an AWS or Azure SDK; the
+Importing this package imports pulumi_gcp and pulumi_vault, never an AWS or Azure SDK; the
 scale-out component, which also needs pulumi_kubernetes, is imported only when chosen.
 """
 

@@ -8,10 +8,11 @@ It creates, all as its children:
 - identity (`identity.py`): the node's service account, with no project role;
 - kms (`kms.py`): a Cloud KMS key ring and key with 90-day rotation, usable by the node and by Compute
   Engine's service agent (for the CMEK disks), granted on the key alone;
-- TLS (`stacks/tls.py`): a CA and a server certificate for the endpoint's address;
-- Vault (`stacks/vault.py`, `vault.py`): the provider, a KV v2 mount, the TLS secret, the node's read-only
-  policy, a jwt auth method trusting Google's issuer and its role bound to the node's service account;
-- compute (`compute.py`): an instance template (Deep Learning VM image, CMEK boot and data disks, no public
+- Vault (`stacks/vault.py`, `vault.py`): the provider, a KV v2 mount, the node's policy, a jwt auth method
+  trusting Google's issuer and its role bound to the node's service account;
+- TLS (`stacks/tls.py`): a PKI mount with a root CA kept inside Vault and a role that issues certificates for the
+  endpoint's address only, from which the node issues its own;
+- compute (`compute.py`): an instance template (Ubuntu accelerator image, CMEK boot and data disks, no public
   address, cloud-init user data) and a regional managed instance group of one, spot or standard, with
   fallback machine types and autohealing.
 Its outputs are the shared `StackOutputs`.
@@ -31,7 +32,7 @@ from stacks.gcp.kms import create_key
 from stacks.gcp.network import attach_load_balancer, check_network_ids, create_address, create_firewall, create_network
 from stacks.gcp.vault import create_gcp_auth
 from stacks.spec import HTTPS_PORT, RESP_PORT, ConfigError, StackOutputs, StackSpec
-from stacks.tls import create_server_tls
+from stacks.tls import EndpointName, create_endpoint_tls
 from stacks.vault import VaultLayout, create_shared_vault
 
 COMPONENT_TYPE = "foresight:gcp:GpuNode"
@@ -72,10 +73,10 @@ class GpuNode(pulumi.ComponentResource):
         self.audit_grants = grant_audit_shipping(name, spec, self.identity.email, parent=self)
         self.origin_grants = grant_origin_read(name, spec, self.identity.email, parent=self)
         endpoint = create_address(name, spec, self.network, parent=self)
-        self.tls = create_server_tls(
-            name, common_name=spec.name, ip_addresses=endpoint.host.apply(lambda host: [host]), parent=self
+        self.vault = create_shared_vault(name, spec, layout, parent=self)
+        self.tls = create_endpoint_tls(
+            name, spec, layout, EndpointName(endpoint.host, is_ip=True), self.vault.provider, parent=self
         )
-        self.vault = create_shared_vault(name, spec, layout, self.tls.material, parent=self)
         self.vault_auth = create_gcp_auth(
             name,
             spec,
@@ -86,13 +87,14 @@ class GpuNode(pulumi.ComponentResource):
             parent=self,
         )
 
-        def user_data(key_id: str) -> str:
+        def user_data(key_id: str, host: str) -> str:
             environment = service_environment(
                 spec,
                 layout,
                 vault_login={"FORESIGHT_VAULT_AUTH_METHOD": "jwt", "FORESIGHT_VAULT_JWT_SOURCE": "gcp"},
                 kms_provider="gcp",
                 kms_key_id=key_id,
+                tls_host=host,
                 extra={"GOOGLE_CLOUD_PROJECT": project_id},
             )
             text = render_user_data(
@@ -101,6 +103,7 @@ class GpuNode(pulumi.ComponentResource):
                     environment=environment,
                     data_disk=DATA_DISK_PATH,
                     ssh_enabled=spec.ssh_public_key is not None,
+                    install_container_runtime=True,  # the Ubuntu accelerator image has the driver only
                 )
             )
             if len(text.encode()) > USER_DATA_LIMIT_BYTES:
@@ -115,10 +118,14 @@ class GpuNode(pulumi.ComponentResource):
             self.network,
             node_email=self.identity.email,
             key_id=self.key.key.id,
-            # The Vault role, the TLS secret and the key grants must exist before a node boots and uses them.
+            # The Vault role, the PKI role and the key grants must exist before a node boots and uses them.
             user_data=pulumi.Output.all(
-                self.key.key.id, self.vault_auth.role.id, self.vault.tls_secret.id, *(u.id for u in self.key.users)
-            ).apply(lambda values: user_data(values[0])),
+                self.key.key.id,
+                endpoint.host,
+                self.vault_auth.role.id,
+                self.tls.role.id,
+                *(user.id for user in self.key.users),
+            ).apply(lambda values: user_data(values[0], values[1])),
             parent=self,
         )
         self.endpoint = attach_load_balancer(

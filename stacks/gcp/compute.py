@@ -8,16 +8,21 @@ whichever of the region's zones has the GPU free (the BALANCED shape), and it ro
 template changes. The G2, A2 and A3 machine types carry their GPUs, so no accelerator is attached separately;
 GPUs cannot live-migrate, so host maintenance stops the VM (`on_host_maintenance=TERMINATE`).
 
-The image is the newest of a Deep Learning VM family (Ubuntu with the NVIDIA driver, Docker and the NVIDIA
-container toolkit), resolved at deploy time. Boot and data disks are pd-balanced and encrypted with the
-stack's Cloud KMS key. OS Login guards SSH when a key is not given (cloud-init also turns sshd off then);
-project-wide SSH keys are blocked. Shielded VM's vTPM and integrity monitoring are on; secure boot is off,
-because the image's NVIDIA kernel modules are not signed with a key the firmware trusts.
+The image is the newest of Canonical's Ubuntu accelerator family (Ubuntu 22.04 with the NVIDIA driver), resolved at
+deploy time; cloud-init adds Docker and the NVIDIA container toolkit where it lacks them (the marketplace image's
+own script). Not a Deep Learning VM image: those cannot boot G2, the default type (Google's accelerator-optimized
+machine family page: "You can't use Deep Learning VM Images as boot disks for instances that use the G2 machine
+type"). Boot and data disks are pd-balanced, or hyperdisk-balanced where a
+machine type takes no Persistent Disk (A3 Ultra), and encrypted with the stack's Cloud KMS key. OS Login guards
+SSH when a key is not given (cloud-init also turns sshd off then); project-wide SSH keys are blocked. Shielded
+VM's vTPM and integrity monitoring are on; secure boot is off, because the image's NVIDIA kernel modules are not
+signed with a key the firmware trusts.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -26,12 +31,21 @@ import pulumi_gcp as gcp
 from stacks.gcp.network import Network
 from stacks.spec import HTTPS_PORT, ConfigError, StackSpec, config_key
 
-IMAGE_PROJECT = "deeplearning-platform-release"
-IMAGE_FAMILY = "common-cu128-ubuntu-2204-nvidia-570"
-# Machine families whose types carry NVIDIA GPUs and take pd-balanced disks.
+IMAGE_PROJECT = "ubuntu-os-accelerator-images"
+IMAGE_FAMILY = "ubuntu-accelerator-2204-amd64-with-nvidia-570"
+# Machine families whose types carry NVIDIA GPUs.
 GPU_FAMILIES = frozenset({"a2", "a3", "g2"})
 BOOT_DISK_GB = 100  # the image uses about 50 GB; the rest holds the service image
-DISK_TYPE = "pd-balanced"
+DISK_TYPE = "pd-balanced"  # the disk type wherever every machine type of the group takes it
+HYPERDISK_TYPE = "hyperdisk-balanced"
+# The boot and data disk types each series takes, most specific prefix first (Google's "Accelerator-optimized
+# machine family", "Supported disk types"): A3 Ultra takes no Persistent Disk, A2 and G2 no Hyperdisk Balanced.
+SERIES_DISK_TYPES: tuple[tuple[str, frozenset[str]], ...] = (
+    ("a3-ultragpu-", frozenset({HYPERDISK_TYPE})),
+    ("a3-", frozenset({DISK_TYPE, HYPERDISK_TYPE})),  # A3 Mega, High, Edge
+    ("a2-", frozenset({DISK_TYPE})),
+    ("g2-", frozenset({DISK_TYPE})),
+)
 DATA_DEVICE_NAME = "foresight-data"
 DATA_DISK_PATH = f"/dev/disk/by-id/google-{DATA_DEVICE_NAME}"
 HEALTH_CHECK_GRACE_SECONDS = 1200  # first boot pulls a multi-GB CUDA image
@@ -56,6 +70,26 @@ def check_instance_types(spec: StackSpec) -> None:
                     f"{machine_type!r} is not a Google Cloud machine type with an NVIDIA GPU; use one of the "
                     f"families {', '.join(sorted(GPU_FAMILIES))} (e.g. g2-standard-4)",
                 )
+    node_disk_type(spec.instance_types)
+
+
+def series_disk_types(machine_type: str) -> frozenset[str]:
+    """The disk types a machine type's series takes as boot and data disks."""
+    return next((types for prefix, types in SERIES_DISK_TYPES if machine_type.startswith(prefix)), frozenset())
+
+
+def node_disk_type(machine_types: Sequence[str]) -> str:
+    """The one disk type of the template's disks: pd-balanced where every type takes it (existing groups keep their
+    template), else hyperdisk-balanced where every type takes that."""
+    for disk_type in (DISK_TYPE, HYPERDISK_TYPE):
+        if all(disk_type in series_disk_types(machine_type) for machine_type in machine_types):
+            return disk_type
+    takes = ", ".join(f"{t} takes {' or '.join(sorted(series_disk_types(t)))}" for t in machine_types)
+    raise ConfigError.one(
+        config_key("fallbackInstanceTypes"),
+        f"no disk type fits every machine type: {takes}, and the group's one instance template has one. "
+        "With a3-ultragpu, fall back to a3-highgpu, a3-megagpu or a3-edgegpu, not a2 or g2",
+    )
 
 
 @dataclass(frozen=True)
@@ -110,6 +144,7 @@ def create_compute(
     opts = pulumi.ResourceOptions(parent=parent)
     zones = zones_offering(spec, parent)
     encryption = gcp.compute.InstanceTemplateDiskDiskEncryptionKeyArgs(kms_key_self_link=key_id)
+    disk_type = node_disk_type(spec.instance_types)
     template = gcp.compute.InstanceTemplate(
         f"{name}-node",
         description=f"Foresight GPU node of stack {spec.stack}",
@@ -119,7 +154,7 @@ def create_compute(
                 boot=True,
                 source_image=lookup_image(parent),
                 disk_size_gb=BOOT_DISK_GB,
-                disk_type=DISK_TYPE,
+                disk_type=disk_type,
                 auto_delete=True,
                 disk_encryption_key=encryption,
                 labels=spec.labels(),
@@ -128,7 +163,7 @@ def create_compute(
                 boot=False,
                 device_name=DATA_DEVICE_NAME,
                 disk_size_gb=spec.volume_size_gb,
-                disk_type=DISK_TYPE,
+                disk_type=disk_type,
                 auto_delete=True,
                 disk_encryption_key=encryption,
                 labels=spec.labels(),

@@ -10,8 +10,8 @@ group, a forwarding rule for 6380 and 8443 on a reserved address), external when
 internal otherwise. A passthrough balancer keeps the client's address, so the firewall admits the service
 ports from `foresight:allowedCidrs` straight to the node (the subnet's own range when that list is empty), and
 8443 from Google's health checkers. Firewall rules name the node's service account as their target. SSH only
-with a key, from the allowed ranges, never from 0.0.0.0/0. Egress: HTTPS and Vault's port only; the metadata
-server, which the firewall never filters, answers DNS.
+with a key, from the allowed ranges, never from 0.0.0.0/0. Egress: HTTP (apt, at first boot), HTTPS and Vault's
+port only; the metadata server, which the firewall never filters, answers DNS.
 """
 
 from __future__ import annotations
@@ -165,7 +165,9 @@ def create_firewall(
     rules = [
         rule("service-in", "RESP and HTTPS from the allowed CIDRs", sources, list(SERVICE_PORTS)),
         rule("health-in", "HTTPS /healthz from Google's health checkers", list(HEALTH_CHECK_RANGES), [HTTPS_PORT]),
-        rule("out", "HTTPS (registry, Google APIs) and Vault out", world, sorted({443, spec.vault_port}), egress=True),
+        # 80: Ubuntu's apt mirrors, for Docker at first boot (apt checks every package's signature)
+        rule("out", "HTTP (apt), HTTPS (registry, Google APIs) and Vault out", world,
+             sorted({80, 443, spec.vault_port}), egress=True),
         rule("deny-out", "no other egress", world, None, egress=True),
     ]
     if spec.ssh_public_key is not None:

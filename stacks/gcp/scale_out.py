@@ -15,9 +15,10 @@ It creates, all as its children:
   `foresight` namespace (restricted Pod Security), a CMEK pd-balanced StorageClass, and the
   `foresight:kubernetes:Workload` (stacks/kubernetes/component.py), whose objects wait for the namespace, the
   StorageClass, the CA ConfigMap and every grant the pods use;
-- TLS (`stacks/tls.py`): a CA and a server certificate for the load balancer's IP address, once GKE assigns it;
-- Vault (`stacks/vault.py`, `stacks/cluster.py`): the provider, KV mount, TLS secret and read-only policy, and a
-  jwt auth method trusting the cluster's OIDC issuer with a role bound to the workload's service account.
+- Vault (`stacks/vault.py`, `stacks/cluster.py`): the provider, KV mount and node policy, and a jwt auth method
+  trusting the cluster's OIDC issuer with a role bound to the workload's service account;
+- TLS (`stacks/tls.py`): the PKI mount, its internal root CA and a role that issues certificates for the load
+  balancer's IP address only, once GKE assigns it.
 Its outputs are the shared `StackOutputs`: the load balancer's IP, the cluster's name as the instance id.
 """
 
@@ -31,7 +32,7 @@ import pulumi_kubernetes as k8s
 
 from stacks.cluster import (
     K8S_NAMESPACE,
-    CertificateRevision,
+    PendingTls,
     create_cluster_vault_auth,
     deploy_time_settings,
     workload_spec,
@@ -61,7 +62,7 @@ from stacks.gcp.tier import (
 )
 from stacks.kubernetes.component import Workload, WorkloadArgs
 from stacks.spec import HTTPS_PORT, RESP_PORT, ConfigError, StackOutputs, StackSpec
-from stacks.tls import ServerTls, create_server_tls
+from stacks.tls import EndpointName, EndpointTls, create_endpoint_tls
 from stacks.vault import JwtNodeAuth, SharedVault, VaultLayout, create_shared_vault
 
 COMPONENT_TYPE = "foresight:gcp:ScaleOut"
@@ -107,7 +108,7 @@ class ScaleOut(pulumi.ComponentResource):
     storage_class: k8s.storage.v1.StorageClass
     tier_ca: k8s.core.v1.ConfigMap
     workload: Workload
-    tls: ServerTls
+    tls: EndpointTls
     vault: SharedVault
     vault_auth: JwtNodeAuth
 
@@ -196,15 +197,17 @@ class ScaleOut(pulumi.ComponentResource):
             extra_egress_ports=METADATA_PORTS,
             shared_tier_ca_config_map=CA_CONFIG_MAP,
         )
-        certificate = CertificateRevision.pending()
+        pending_tls = PendingTls.pending()
         self.workload = Workload(
             name,
             WorkloadArgs(
                 spec=workload,
                 provider=self.kubernetes,
-                settings=deploy_time_settings(kms_key_id=key_id, tier_url=self.tier.url, tier_auth="gcp"),
+                settings=deploy_time_settings(
+                    kms_key_id=key_id, tier_url=self.tier.url, tier_auth="gcp", tls_host=pending_tls.host
+                ),
                 service_account_annotations={WORKLOAD_IDENTITY_ANNOTATION: self.identity.pod_email},
-                pod_annotations=certificate.annotations,
+                pod_annotations=pending_tls.annotations,
                 # The pods start once their namespace, disks, tier CA, GPUs and every grant they use exist.
                 depends_on=[
                     self.namespace,
@@ -221,11 +224,11 @@ class ScaleOut(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
 
-        self.tls = create_server_tls(
-            name, common_name=spec.name, ip_addresses=self.workload.endpoint.apply(lambda host: [host]), parent=self
+        self.vault = create_shared_vault(name, spec, layout, parent=self)
+        self.tls = create_endpoint_tls(
+            name, spec, layout, EndpointName(self.workload.endpoint, is_ip=True), self.vault.provider, parent=self
         )
-        self.vault = create_shared_vault(name, spec, layout, self.tls.material, parent=self)
-        certificate.settle(self.tls, self.vault.tls_secret)
+        pending_tls.settle(self.tls)
         self.vault_auth = create_cluster_vault_auth(
             name,
             spec,

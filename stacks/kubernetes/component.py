@@ -5,11 +5,11 @@ It creates, all as its children (and through `WorkloadArgs.provider` when one is
 - a ServiceAccount without an API token, and the ConfigMap of the service's settings;
 - a NetworkPolicy (ingress on the service ports from allowedCidrs; egress to DNS, HTTPS, Vault, the shared tier);
 - a headless Service for the StatefulSet and the LoadBalancer Service of the service ports, which Pulumi waits
-  for until the cloud gives it an address (not for its pods: they wait for the certificate naming that address);
-- the StatefulSet (TLS init container, GPU service container, one data volume per pod), which Pulumi waits for
-  up to `STATEFUL_SET_TIMEOUTS` (a first GPU node and a multi-GB image pull take longer than the default 10
-  minutes); `WorkloadArgs.pod_annotations` roll its pods when they change (the stacks pass the certificate's
-  digest, so a renewed certificate reaches every pod);
+  for until the cloud gives it an address (not for its pods: they wait for the PKI role naming that address);
+- the StatefulSet (TLS init container and refresh sidecar, GPU service container, one data volume per pod), which
+  Pulumi waits for up to `STATEFUL_SET_TIMEOUTS` (a first GPU node and a multi-GB image pull take longer than the
+  default 10 minutes); `WorkloadArgs.pod_annotations` roll its pods when they change (the stacks pass the digest
+  of the CA and the endpoint's name, so a new CA or name reaches every pod; renewal needs no rollout);
 - a PodDisruptionBudget of one pod.
 Its outputs are the load balancer's address (hostname or IP), the namespace and the name. This is the only
 module of stacks/kubernetes that imports pulumi_kubernetes, so rendering YAML never needs it.
@@ -59,7 +59,7 @@ class WorkloadArgs:
     """The validated spec, and the cluster's provider (None: the stack's default kubeconfig).
 
     A stack knows some values only once the cloud has made them (the KMS key's ARN, the shared tier's endpoint,
-    the pods' cloud role, the certificate): `settings` adds or replaces those ConfigMap entries,
+    the pods' cloud role, the endpoint's name): `settings` adds or replaces those ConfigMap entries,
     `service_account_annotations` and `pod_annotations` those annotations, as Pulumi inputs. The spec holds what
     is known before (names, ports, the shape)."""
 
@@ -67,7 +67,7 @@ class WorkloadArgs:
     provider: k8s.Provider | None = None
     settings: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     service_account_annotations: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
-    # Added to the pod template's annotations: a change rolls every pod (a renewed certificate, for one).
+    # Added to the pod template's annotations: a change rolls every pod (a new CA, for one).
     pod_annotations: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     # What every object waits for (its namespace, the disks' StorageClass, the pods' cloud permissions): a
     # component's children do not inherit the component's own depends_on.
@@ -104,7 +104,7 @@ class Workload(pulumi.ComponentResource):
                     template = manifest["spec"]["template"]["metadata"]
                     template["annotations"] = {**template.get("annotations", {}), **args.pod_annotations}
                 # The pods come last and wait for what they read, so a first rollout never starts without them;
-                # nothing in a pod reads the load balancer, and the stacks' certificate already waits for it.
+                # nothing in a pod reads the load balancer, and the stacks' PKI role and endpoint name wait for it.
                 after = [child for key, child in children.items() if key != ("Service", spec.name)]
                 timeouts = stateful_set_timeouts(spec.replicas)
             options = pulumi.ResourceOptions(

@@ -7,8 +7,9 @@ What comes out, in apply order (docs/kubernetes.md says why each choice):
   shared tier.
 - Services: a headless one naming the StatefulSet's pods, and the LoadBalancer exposing exactly SERVICE_PORTS
   (rendered for Pulumi, it tells the provider to wait for its address only, `WAIT_FOR_ADDRESS`).
-- StatefulSet: per-pod encrypted-data volume, an init container fetching TLS from Vault (the VM's
-  fetch_tls.py, run from the image) into memory, the hardened service container with the GPU.
+- StatefulSet: per-pod encrypted-data volume, an init container issuing the pod's certificate from Vault PKI (the
+  VM's fetch_tls.py, run from the image) into memory, a tls-refresh sidecar issuing a fresh one daily, the
+  hardened service container with the GPU.
 - PodDisruptionBudget: a voluntary disruption takes at most one pod at a time.
 
 No pulumi import here: the CLI renders without the engine, and the component turns each dict into a resource.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stacks.cloudinit import CONTAINER_TLS_DIR, DATA_DIR
+from stacks.cloudinit import CONTAINER_TLS_DIR, DATA_DIR, TLS_COMMON_NAME_SETTING
 from stacks.kubernetes.pod import (
     PORT_NAMES,
     SHARED_TIER_CA_DIR,
@@ -68,8 +69,8 @@ def headless_name(spec: WorkloadSpec) -> str:
 
 def environment(spec: WorkloadSpec) -> dict[str, str]:
     """The ConfigMap's settings: stacks.cloudinit.service_environment's keys with the pod's jwt login (the scrape
-    token's path only where tlsVaultPath names the stack), plus the listeners (the pod binds all interfaces) and
-    the shared tier. Settings only, never a secret."""
+    token's path only where metricsVaultPath is set), plus the listeners (the pod binds all interfaces) and the
+    shared tier. Settings only, never a secret."""
     env = {
         "FORESIGHT_BIND": "0.0.0.0",
         "FORESIGHT_RESP_PORT": str(RESP_PORT),
@@ -83,14 +84,16 @@ def environment(spec: WorkloadSpec) -> dict[str, str]:
         "FORESIGHT_VAULT_AUTH_MOUNT": spec.vault_auth_mount,
         "FORESIGHT_VAULT_ROLE": spec.vault_role,
         "FORESIGHT_VAULT_KV_MOUNT": spec.vault_kv_mount,
-        "FORESIGHT_TLS_VAULT_PATH": spec.tls_vault_path,
+        "FORESIGHT_TLS_VAULT_PKI_MOUNT": spec.vault_pki_mount,
+        "FORESIGHT_TLS_NODE_PKI_ROLE": spec.vault_pki_role,
+        TLS_COMMON_NAME_SETTING: spec.tls_common_name,
         "FORESIGHT_KMS_PROVIDER": spec.kms_provider,
         "FORESIGHT_KMS_KEY_ID": spec.kms_key_id,
         "FORESIGHT_DATA_DIR": DATA_DIR,
         "FORESIGHT_SHUTDOWN_GRACE_S": str(spec.shutdown_grace_s),
     }
-    if spec.vault_metrics_path is not None:
-        env["FORESIGHT_VAULT_METRICS_PATH"] = spec.vault_metrics_path
+    if spec.metrics_vault_path is not None:
+        env["FORESIGHT_VAULT_METRICS_PATH"] = spec.metrics_vault_path
     if spec.gpus_per_pod == 0:
         env["FORESIGHT_PREFETCH_DEVICE"] = "cpu"
     if spec.shared_tier_url is not None:

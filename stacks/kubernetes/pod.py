@@ -1,9 +1,12 @@
-"""The StatefulSet's pod template: the TLS init container, the hardened service container, and their volumes.
+"""The StatefulSet's pod template: the TLS containers, the hardened service container, and their volumes.
 
 The pod's identity toward Vault is a projected service-account token (audience `vaultAudience`, one hour,
-rotated by the kubelet), read from a file by both the init container and the service (Vault's jwt method).
-TLS lands in a memory-backed emptyDir that only the init container can write. The root filesystem is read-only;
-/tmp and the data volume are the only writable places.
+rotated by the kubelet), read from a file by the TLS containers and the service (Vault's jwt method).
+The init container `fetch-tls` issues the pod's certificate from Vault PKI before the service starts; the sidecar
+`tls-refresh` (a restartable init container, Kubernetes 1.29 and later) issues a fresh one every day after, which
+the service reloads without a restart: that is how a pod's certificate is renewed. TLS lands in a memory-backed
+emptyDir that only those two can write. The root filesystem is read-only; /tmp and the data volume are the only
+writable places.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ SHARED_TIER_CA_DIR = "/etc/foresight/shared-tier-ca"
 # the emptyDir belongs to root (group fsGroup), so the non-root script could not chown it; it writes the files
 # as the service's own user instead.
 FETCH_TLS_COMMAND = ["/opt/foresight/bin/python", "-m", "stacks.boot.fetch_tls", "--out", CONTAINER_TLS_DIR]
+# The sidecar renews as the VMs' daily timer does, well inside the certificate's 30 days (stacks/tls.py).
+TLS_REFRESH_INTERVAL_S = 24 * 3600
 GPU_RESOURCE = "nvidia.com/gpu"
 # Shutdown: the load balancer stops sending new connections while preStop sleeps; then the service's own stop
 # (stacks/shutdown.py).
@@ -59,7 +64,7 @@ def pod_template(spec: WorkloadSpec, labels: dict[str, str]) -> Manifest:
             _spread(labels, "kubernetes.io/hostname", "DoNotSchedule"),
             _spread(labels, "topology.kubernetes.io/zone", "ScheduleAnyway"),
         ],
-        "initContainers": [_fetch_tls_container(spec)],
+        "initContainers": [_fetch_tls_container(spec), _tls_refresh_container(spec)],
         "containers": [_service_container(spec)],
         "volumes": _volumes(spec),
     }
@@ -98,6 +103,16 @@ def _security_context() -> Manifest:
 
 def _env_from(spec: WorkloadSpec) -> list[Manifest]:
     return [{"configMapRef": {"name": f"{spec.name}-env"}}]
+
+
+def _tls_refresh_container(spec: WorkloadSpec) -> Manifest:
+    """fetch_tls.py again every TLS_REFRESH_INTERVAL_S, for the pod's lifetime (restartPolicy Always: a sidecar)."""
+    return {
+        **_fetch_tls_container(spec),
+        "name": "tls-refresh",
+        "command": [*FETCH_TLS_COMMAND, "--every", str(TLS_REFRESH_INTERVAL_S)],
+        "restartPolicy": "Always",
+    }
 
 
 def _fetch_tls_container(spec: WorkloadSpec) -> Manifest:

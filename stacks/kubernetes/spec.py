@@ -27,8 +27,9 @@ from stacks.spec import DEFAULT_IMAGE, StackSpec
 _NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?")
 _NAMESPACE_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _VAULT_PATH_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
-# The stacks' TLS secret (stacks.vault.VaultLayout.tls_path); its deployment's scrape token sits beside it.
-_DEPLOYMENT_TLS_RE = re.compile(r"deployments/[A-Za-z0-9_][A-Za-z0-9_.-]*/tls")
+# A DNS name (labels of letters, digits and '-') or an IPv4 address: what a load balancer is reached by.
+_HOST_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_RE = re.compile(rf"(?=.{{1,253}}$){_HOST_LABEL}(\.{_HOST_LABEL})*")
 _CPU_RE = re.compile(r"[0-9]+m|[0-9]+(\.[0-9]+)?")
 _MEMORY_RE = re.compile(r"[0-9]+(Ki|Mi|Gi|Ti)?")
 _ENV_KEY_RE = re.compile(r"[A-Z][A-Z0-9_]*")
@@ -50,7 +51,9 @@ RENDERED_ENV_KEYS = frozenset(
         "FORESIGHT_VAULT_AUTH_MOUNT",
         "FORESIGHT_VAULT_ROLE",
         "FORESIGHT_VAULT_KV_MOUNT",
-        "FORESIGHT_TLS_VAULT_PATH",
+        "FORESIGHT_TLS_VAULT_PKI_MOUNT",
+        "FORESIGHT_TLS_NODE_PKI_ROLE",
+        "FORESIGHT_TLS_COMMON_NAME",
         "FORESIGHT_VAULT_METRICS_PATH",
         "FORESIGHT_KMS_PROVIDER",
         "FORESIGHT_KMS_KEY_ID",
@@ -101,16 +104,21 @@ class WorkloadSpec(BaseModel):
         pattern=r"^\S+$",
         description="Audience of the projected token (a name or URL); the role's bound_audiences.",
     )
-    vault_kv_mount: str = Field(description="KV v2 mount holding the tenants, key hashes and the TLS secret.")
-    tls_vault_path: str = Field(
-        description="Path of the TLS secret inside the KV mount, e.g. deployments/eks/tls. As deployments/<stack>/tls "
-        "it also names where the pods read the /metrics scrape token: deployments/<stack>/metrics."
+    vault_kv_mount: str = Field(description="KV v2 mount holding the tenants and their key hashes.")
+    vault_pki_mount: str = Field(description="Vault PKI mount that issues the pods' server certificates.")
+    vault_pki_role: str = Field(
+        description="Role of that mount the pods issue their certificate from (at start and daily); it should allow "
+        "tlsCommonName and nothing else, and the pods' Vault policy `update` on <vaultPkiMount>/issue/<role>."
+    )
+    tls_common_name: str = Field(
+        description="The name clients connect to, which every pod's certificate is issued for: the load balancer's "
+        "DNS name or IPv4 address, or a DNS name that points at it."
     )
     metrics_vault_path: str | None = Field(
         None,
-        description="Path of the /metrics scrape token inside the KV mount, for a TLS secret kept elsewhere than "
-        "deployments/<stack>/tls (write it with `foresight metrics-token rotate --path`); by default "
-        "deployments/<stack>/metrics beside such a TLS secret, else none (only the admin token scrapes).",
+        description="Path of the /metrics scrape token inside the KV mount, e.g. deployments/<stack>/metrics, where "
+        "`foresight metrics-token rotate --stack <stack>` writes it (or `--path`); unset: none, and only the admin "
+        "token scrapes.",
     )
     kms_provider: Literal["aws", "gcp", "azure", "vault-transit"] = Field(
         description="KMS wrapping the data keys of the snapshot and audit log."
@@ -200,11 +208,20 @@ class WorkloadSpec(BaseModel):
             raise ValueError(f"{value!r} must be lowercase letters, digits and '-', at most 63 characters")
         return value
 
-    @field_validator("vault_auth_mount", "vault_role", "vault_kv_mount", "tls_vault_path", "metrics_vault_path")
+    @field_validator(
+        "vault_auth_mount", "vault_role", "vault_kv_mount", "vault_pki_mount", "vault_pki_role", "metrics_vault_path"
+    )
     @classmethod
     def _check_vault_name(cls, value: str | None) -> str | None:
         if value is not None and (not _VAULT_PATH_RE.fullmatch(value) or ".." in value):
-            raise ValueError(f"{value!r} must be a Vault name or path such as deployments/eks/tls")
+            raise ValueError(f"{value!r} must be a Vault name or path such as deployments/eks/metrics")
+        return value
+
+    @field_validator("tls_common_name")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        if not _HOST_RE.fullmatch(value):
+            raise ValueError(f"{value!r} must be a DNS name such as cache.example.com or an IPv4 address")
         return value
 
     @field_validator("cpu_request", "cpu_limit")
@@ -242,8 +259,7 @@ class WorkloadSpec(BaseModel):
             if not _ENV_KEY_RE.fullmatch(key):
                 raise ValueError(f"{key!r} is not an environment variable name (A-Z, 0-9, _)")
             if key == "FORESIGHT_VAULT_METRICS_PATH":
-                raise ValueError(f"{key} comes from metricsVaultPath (by default deployments/<stack>/metrics "
-                                 "beside a tlsVaultPath of deployments/<stack>/tls); set that instead")
+                raise ValueError(f"{key} comes from metricsVaultPath; set that instead")
             if key in RENDERED_ENV_KEYS:
                 raise ValueError(f"{key} comes from the spec's own fields (e.g. kmsKeyId); set those instead")
             if not key.endswith("_FILE") and any(word in key for word in _SECRET_WORDS):
@@ -305,17 +321,6 @@ class WorkloadSpec(BaseModel):
     @property
     def shared_tier_port(self) -> int | None:
         return None if self.shared_tier_url is None else urlsplit(self.shared_tier_url).port or 6379
-
-    @property
-    def vault_metrics_path(self) -> str | None:
-        """The scrape token's secret: metricsVaultPath, else deployments/<stack>/metrics, where `foresight
-        metrics-token rotate --stack <stack>` writes it (stacks.vault.VaultLayout.metrics_path), beside a TLS
-        secret at deployments/<stack>/tls; None when the TLS secret is elsewhere, which names no stack."""
-        if self.metrics_vault_path is not None:
-            return self.metrics_vault_path
-        if not _DEPLOYMENT_TLS_RE.fullmatch(self.tls_vault_path):
-            return None
-        return f"{self.tls_vault_path.removesuffix('/tls')}/metrics"
 
     @property
     def bound_subject(self) -> str:

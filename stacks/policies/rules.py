@@ -153,6 +153,12 @@ AZURE_TAGGED_TYPES = frozenset(
 KMS_DURATION = re.compile(r"(\d+(?:\.\d{1,9})?)s")
 # Key Vault rotation times: ISO 8601 durations of years, months and days ("P90D", "P3M", "P1Y10D").
 ISO_DURATION = re.compile(r"P(?=\d)(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)D)?")
+# Resources that keep a private key or secret data in Pulumi's state (encrypted or not), and why that is avoidable.
+TLS_PRIVATE_KEY = "tls:index/privateKey:PrivateKey"
+KV_SECRET_TYPES = ("vault:kv/secretV2:SecretV2", "vault:kv/secret:Secret", "vault:generic/secret:Secret")
+PKI_ROOT_CERT = "vault:pkiSecret/secretBackendRootCert:SecretBackendRootCert"
+PKI_ISSUED_CERT = "vault:pkiSecret/secretBackendCert:SecretBackendCert"
+VAULT_PROVIDER = "pulumi:providers:vault"
 # What must never sit in user data: private keys, cloud access keys, Vault/OpenBao tokens, assigned passwords.
 SECRET_PATTERNS = {
     "a private key": re.compile(r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----"),
@@ -599,6 +605,26 @@ def check_no_secrets_in_user_data(args: ResourceValidationArgs, report: ReportVi
         report("osProfile.adminPassword is set; use SSH keys; no password.", None)
 
 
+def _state_secret_problem(resource_type: str, props: Mapping[str, Any]) -> str | None:
+    if resource_type == TLS_PRIVATE_KEY:
+        return "a pulumi-tls private key is kept in the state; let Vault's PKI engine generate keys (stacks/tls.py)"
+    if resource_type in KV_SECRET_TYPES and (props.get("dataJson") or props.get("data")):
+        return "a Vault secret written by Pulumi keeps its data in the state; write secrets outside Pulumi"
+    if resource_type == PKI_ROOT_CERT and props.get("type") not in (None, "internal"):
+        return f"a root CA of type {props.get('type')!r} hands its key out; use type 'internal' (it stays in Vault)"
+    if resource_type == PKI_ISSUED_CERT:
+        return "a certificate Pulumi issues keeps its private key in the state; let the node issue its own"
+    if resource_type == VAULT_PROVIDER and props.get("token"):
+        return "the Vault provider's token is kept in the state; give it VAULT_TOKEN in the environment instead"
+    return None
+
+
+def check_no_secret_in_state(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    problem = _state_secret_problem(args.resource_type, args.props)
+    if problem is not None:
+        report(f"{problem}.", None)
+
+
 def _tags(resource_type: str, props: Mapping[str, Any]) -> Mapping[str, Any]:
     if resource_type == AUTOSCALING_GROUP:
         return {tag.get("key"): tag.get("value") for tag in _list(props.get("tags"))}
@@ -716,6 +742,13 @@ POLICIES = [
         "metadata user-data, startup-script and metadataStartupScript; Azure customData and userData, and Azure VMs "
         "set no admin password.",
         check_no_secrets_in_user_data,
+    ),
+    _policy(
+        "no-secret-in-state",
+        "Pulumi's state holds no private key or secret: no pulumi-tls private key, no Vault KV or generic secret "
+        "with data, no Vault PKI root CA other than internal (its key stays in Vault), no certificate issued by "
+        "Pulumi (its key would be in the state), no token given to the Vault provider.",
+        check_no_secret_in_state,
     ),
     _policy(
         "shared-tier-tls-and-identity",

@@ -112,8 +112,8 @@ def test_a_token_that_may_not_write_the_path_is_one_line_and_exit_5(
 ) -> None:
     """The node's own token reads the scrape token but cannot write it."""
     stack = unique("denied")
-    layout = VaultLayout(kv_mount=DEFAULT_MOUNT, auth_mount="unused", role="unused", policy=f"{stack}-node",
-                         stack=stack)
+    layout = VaultLayout(kv_mount=DEFAULT_MOUNT, pki_mount="unused", pki_role="unused", auth_mount="unused",
+                         role="unused", policy=f"{stack}-node", stack=stack)
     root = bao.client()
     root.sys.create_or_update_policy(layout.policy, layout.node_policy_hcl())
     node_token = root.auth.token.create(policies=[layout.policy], ttl="10m")["auth"]["client_token"]
@@ -210,7 +210,8 @@ def test_path_refuses_the_mounts_own_records_before_writing(vault_env: Path, bao
 
 
 def test_the_path_is_the_one_the_stacks_give_the_node() -> None:
-    layout = VaultLayout(kv_mount="foresight-aws-prod", auth_mount="a", role="r", policy="p", stack="aws-prod")
+    layout = VaultLayout(kv_mount="foresight-aws-prod", pki_mount="k", pki_role="e", auth_mount="a", role="r",
+                         policy="p", stack="aws-prod")
     assert metrics_token_cli.vault_path("aws-prod") == layout.metrics_path
 
 

@@ -47,8 +47,9 @@ class Deployment:
     def __init__(self, bao: OpenBao, tmp_path: Path) -> None:
         self.bao = bao
         self.stack = unique("mt")
-        self.layout = VaultLayout(kv_mount=f"foresight-{self.stack}", auth_mount=f"foresight-{self.stack}-test",
-                                  role=f"foresight-{self.stack}-node", policy=f"foresight-{self.stack}-node",
+        name = f"foresight-{self.stack}"
+        self.layout = VaultLayout(kv_mount=name, pki_mount=f"{name}-pki", pki_role=f"{name}-endpoint",
+                                  auth_mount=f"{name}-test", role=f"{name}-node", policy=f"{name}-node",
                                   stack=self.stack)
         root = bao.client()
         root.sys.enable_secrets_engine("kv", path=self.layout.kv_mount, options={"version": "2"})

@@ -12,7 +12,8 @@ import kubernetes_validate
 import pytest
 
 from onboarding.metrics_token_cli import vault_path
-from stacks.cluster import TLS_CERTIFICATE_ANNOTATION, WORKLOAD_NAME
+from stacks.cloudinit import TLS_COMMON_NAME_SETTING
+from stacks.cluster import TLS_ISSUER_ANNOTATION, WORKLOAD_NAME
 from stacks.kubernetes.manifests import WAIT_FOR_ADDRESS, WAIT_FOR_ANNOTATION
 from tests.stacks import mockrun
 from tests.stacks.mockrun import MockRun, Registered
@@ -56,41 +57,54 @@ def load_balancer(run: MockRun) -> Registered:
     return found
 
 
-def pod_certificate_digest(run: MockRun) -> str:
-    """The certificate digest the pod template carries (a change rolls the pods)."""
-    return str(run.one(STATEFUL_SET).props["spec"]["template"]["metadata"]["annotations"][TLS_CERTIFICATE_ANNOTATION])
+def pod_issuer_digest(run: MockRun) -> str:
+    """The digest of the CA and the role's names that the pod template carries (a change rolls the pods)."""
+    return str(run.one(STATEFUL_SET).props["spec"]["template"]["metadata"]["annotations"][TLS_ISSUER_ANNOTATION])
 
 
-def assert_deploy_order(run: MockRun) -> None:
-    """The load balancer waits for its address only, never for the pods; the certificate names that address; the
-    pods wait for the certificate's Vault secret (their template carries its digest), not for the Service."""
+def pod_settings(run: MockRun) -> dict[str, str]:
+    """The workload's ConfigMap data, deploy-time settings merged in."""
+    [settings] = [
+        resource.props["data"]
+        for resource in run.of_type("kubernetes:core/v1:ConfigMap")
+        if resource.props["metadata"]["name"] == f"{WORKLOAD_NAME}-env"
+    ]
+    return dict(settings)
+
+
+def assert_deploy_order(run: MockRun, endpoint: str) -> None:
+    """The load balancer waits for its address only, never for the pods; the PKI role and the pods' settings name
+    `endpoint`, the name the load balancer is reached by; the pods wait for the role (their template carries the
+    digest of its CA and names), not for the Service."""
     balancer = load_balancer(run)
     annotations = balancer.props["metadata"]["annotations"]
     assert {key: annotations[key] for key in WAIT_FOR_THE_ADDRESS} == WAIT_FOR_THE_ADDRESS
     assert "pulumi.com/skipAwait" not in annotations
     pods = run.one(STATEFUL_SET)
+    role = run.one(mockrun.PKI_ROLE)
     assert balancer.urn not in pods.dependencies
-    assert run.one("vault:kv/secretV2:SecretV2").urn in pods.dependencies
+    assert role.urn in pods.dependencies
     assert pods.custom_timeouts["create"] == "30m"
-    certificate = mockrun.fake_pem("CERTIFICATE", run.one("tls:index/locallySignedCert:LocallySignedCert").name)
-    assert pod_certificate_digest(run) == hashlib.sha256(certificate.encode()).hexdigest()
+    assert role.props["allowedDomains"] == [endpoint]
+    assert pod_settings(run)[TLS_COMMON_NAME_SETTING] == endpoint
+    [config_map] = [r for r in run.of_type("kubernetes:core/v1:ConfigMap") if r.props["data"] == pod_settings(run)]
+    assert config_map.urn in pods.dependencies  # the pods' settings, naming the endpoint, come before the pods
+    ca = run.one(mockrun.PKI_ROOT_CERT)
+    certificate = mockrun.fake_pem("CERTIFICATE", ca.name)
+    assert pod_issuer_digest(run) == hashlib.sha256(f"{certificate}\n{[endpoint]}".encode()).hexdigest()
 
 
-def renewed(monkeypatch: pytest.MonkeyPatch, deploy: Callable[[], MockRun]) -> MockRun:
-    """`deploy()` again, with the certificate authority issuing a different certificate (a renewal)."""
+def with_a_new_ca(monkeypatch: pytest.MonkeyPatch, deploy: Callable[[], MockRun]) -> MockRun:
+    """`deploy()` again, with Vault generating a different root certificate (the CA replaced)."""
     issue = mockrun.fake_pem
-    monkeypatch.setattr(mockrun, "fake_pem", lambda kind, name: issue(kind, f"{name}-renewed"))
+    monkeypatch.setattr(mockrun, "fake_pem", lambda kind, name: issue(kind, f"{name}-replaced"))
     return deploy()
 
 
 def assert_pods_read_the_scrape_token(run: MockRun, stack: str) -> None:
     """The pods' settings name the secret `foresight metrics-token rotate --stack <stack>` writes, and the node
     policy their Vault role hands out may read it."""
-    [settings] = [
-        resource.props["data"]
-        for resource in run.of_type("kubernetes:core/v1:ConfigMap")
-        if resource.props["metadata"]["name"] == f"{WORKLOAD_NAME}-env"
-    ]
+    settings = pod_settings(run)
     assert settings.get("FORESIGHT_VAULT_METRICS_PATH") == vault_path(stack)
     policy = run.one("vault:index/policy:Policy").props["policy"]
     readable = dict(re.findall(r'path "([^"]+)" \{\s*capabilities = \[([^\]]*)\]', policy))

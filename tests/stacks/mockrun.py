@@ -37,7 +37,8 @@ GCP_PROJECT_NUMBER = "987654321098"
 GCP_REGION = "us-central1"
 GCP_ZONES = [f"{GCP_REGION}-{suffix}" for suffix in "fcba"]
 GCP_ZONES_WITHOUT_GPU = {f"{GCP_REGION}-b"}
-GCP_IMAGE = "https://www.googleapis.com/compute/v1/projects/deeplearning-platform-release/global/images/common-gpu-v1"
+GCP_IMAGE = ("https://www.googleapis.com/compute/v1/projects/ubuntu-os-accelerator-images/global/images/"
+             "ubuntu-accelerator-2204-amd64-with-nvidia-570-v20261101")
 GCP_EXTERNAL_ADDRESS = "198.51.100.7"
 GCP_INTERNAL_ADDRESS = "10.42.0.9"
 BYO_SUBNET_CIDR = "10.30.0.0/20"
@@ -56,6 +57,8 @@ EGRESS_RULE = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
 SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
 LOAD_BALANCER = "aws:lb/loadBalancer:LoadBalancer"
 KMS_KEY = "aws:kms/key:Key"
+PKI_ROOT_CERT = "vault:pkiSecret/secretBackendRootCert:SecretBackendRootCert"
+PKI_ROLE = "vault:pkiSecret/secretBackendRole:SecretBackendRole"
 
 # The acceptance baseline: only the required config.
 REQUIRED_CONFIG = {
@@ -82,8 +85,6 @@ AZURE_REQUIRED_CONFIG = {
     "foresight:vaultAddress": "https://vault.example.test:8200",
 }
 
-# Outputs the real providers mark secret (additional_secret_outputs, which the engine applies, not the SDK).
-SECRET_OUTPUTS = {"privateKeyPem", "privateKeyOpenssh", "privateKeyPemPkcs8"}
 
 
 def fake_pem(kind: str, name: str) -> str:
@@ -233,15 +234,11 @@ def _outputs_for(type_: str, name: str, inputs: Mapping[str, Any]) -> dict[str, 
         state["name"] = f"{name}-a1b2c3d"
     elif type_ == "aws:ec2/keyPair:KeyPair":
         state["keyName"] = f"{name}-a1b2c3d"
-    elif type_ == "tls:index/privateKey:PrivateKey":
-        state["privateKeyPem"] = fake_pem("PRIVATE KEY", name)
-    elif type_ in ("tls:index/selfSignedCert:SelfSignedCert", "tls:index/locallySignedCert:LocallySignedCert"):
-        state["certPem"] = fake_pem("CERTIFICATE", name)
-    elif type_ == "tls:index/certRequest:CertRequest":
-        state["certRequestPem"] = fake_pem("CERTIFICATE REQUEST", name)
+    elif type_ == PKI_ROOT_CERT:  # what Vault answers root/generate/internal: the certificate, never a key
+        state["certificate"] = state["issuingCa"] = fake_pem("CERTIFICATE", name)
+        state["issuerId"] = f"issuer-{name}"
+        state["serialNumber"] = "3a:5f:00:01"
     _aws_scale_out_outputs(type_, name, state)
-    for key in SECRET_OUTPUTS & state.keys():
-        state[key] = pulumi.Output.secret(state[key])
     return state
 
 

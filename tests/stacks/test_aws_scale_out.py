@@ -18,13 +18,14 @@ from stacks.cluster import service_account_subject
 from stacks.spec import ConfigError
 from tests.stacks import mockrun
 from tests.stacks.conftest import RunStack
+from tests.stacks.endpoint_tls import assert_endpoint_tls, assert_no_key_in_state, layout_of
 from tests.stacks.kubernetes_objects import (
     WAIT_FOR_THE_ADDRESS,
     assert_deploy_order,
     assert_pods_read_the_scrape_token,
     assert_valid,
-    pod_certificate_digest,
-    renewed,
+    pod_issuer_digest,
+    with_a_new_ca,
 )
 from tests.stacks.mockrun import (
     ACCOUNT,
@@ -123,7 +124,8 @@ def test_scale_out_builds_one_scale_out_component_instead_of_a_gpu_node(scale_ou
         STATEFUL_SET: 1,
         "vault:jwt/authBackend:AuthBackend": 1,
         "vault:jwt/authBackendRole:AuthBackendRole": 1,
-        "vault:kv/secretV2:SecretV2": 1,
+        mockrun.PKI_ROOT_CERT: 1,
+        mockrun.PKI_ROLE: 1,
     }
     assert {type_: types[type_] for type_ in expected} == expected
 
@@ -481,8 +483,7 @@ def test_vault_trusts_the_clusters_issuer_for_the_service_account_and_audience_v
     assert role["boundClaims"] == {"sub": "system:serviceaccount:foresight:foresight"}
     assert role["boundAudiences"] == ["vault"]
     assert role["tokenPolicies"] == ["foresight-aws-test-node"]
-    request = scale_out.one("tls:index/certRequest:CertRequest").props
-    assert request["dnsNames"] == [EKS_LB_HOSTNAME]
+    assert_endpoint_tls(scale_out, layout_of("aws-test", REQUIRED_CONFIG), EKS_LB_HOSTNAME, is_ip=False)
 
 
 def test_pods_read_the_scrape_token_that_rotate_writes(scale_out: MockRun) -> None:
@@ -554,7 +555,7 @@ def test_no_secret_in_any_recorded_input(scale_out: MockRun) -> None:
             assert "PRIVATE KEY" not in text, resource.name
             assert not re.search(r'"(token|password|passwords|authToken|client-key-data)"', text), resource.name
             assert text not in ("authToken", "authTokenWo", "passwords", "passwordsWo"), resource.name
-    assert is_secret(scale_out.one("vault:kv/secretV2:SecretV2").inputs["dataJson"])
+    assert_no_key_in_state(scale_out)
 
 
 @pytest.mark.parametrize("variant", ["scale_out", "private", "spot"])
@@ -656,13 +657,11 @@ def test_every_kubernetes_object_the_stack_creates_passes_kubernetes_schemas(sca
             "StatefulSet", "StorageClass"} <= set(kinds)
 
 
-def test_load_balancer_waits_for_its_address_and_the_pods_for_the_certificate(scale_out: MockRun) -> None:
-    assert_deploy_order(scale_out)
+def test_load_balancer_waits_for_its_address_and_the_pods_for_the_pki_role(scale_out: MockRun) -> None:
+    assert_deploy_order(scale_out, EKS_LB_HOSTNAME)
 
 
-def test_a_renewed_certificate_rolls_the_pods(
-    scale_out: MockRun, run_stack: RunStack, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    renewal = renewed(monkeypatch, lambda: run_stack(SCALE_OUT))
-    assert_deploy_order(renewal)
-    assert pod_certificate_digest(renewal) != pod_certificate_digest(scale_out)
+def test_a_new_ca_rolls_the_pods(scale_out: MockRun, run_stack: RunStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    replaced = with_a_new_ca(monkeypatch, lambda: run_stack(SCALE_OUT))
+    assert_deploy_order(replaced, EKS_LB_HOSTNAME)
+    assert pod_issuer_digest(replaced) != pod_issuer_digest(scale_out)

@@ -7,6 +7,7 @@ import re
 
 from stacks.aws.compute import AMI_PARAMETER
 from stacks.aws.identity import KMS_ACTIONS
+from tests.stacks.endpoint_tls import assert_endpoint_tls, layout_of
 from tests.stacks.mockrun import (
     ACCOUNT,
     AMI,
@@ -16,11 +17,11 @@ from tests.stacks.mockrun import (
     KMS_KEY,
     LAUNCH_TEMPLATE,
     LOAD_BALANCER,
+    REQUIRED_CONFIG,
     ROOT,
     SECURITY_GROUP,
     MockRun,
     fake_pem,
-    is_secret,
     user_data,
 )
 
@@ -214,21 +215,10 @@ def test_auto_scaling_group_of_one_heals_on_demand_by_default(baseline: MockRun)
     assert all(tag["propagateAtLaunch"] for tag in group["tags"])
 
 
-def test_tls_certificate_names_the_endpoint_and_keys_stay_secret(baseline: MockRun) -> None:
+def test_vault_pki_issues_for_the_endpoint_only_and_no_key_is_in_the_state(baseline: MockRun) -> None:
     host = baseline.outputs["endpointHost"].value
-    request = baseline.one("tls:index/certRequest:CertRequest").props
-    assert request["dnsNames"] == [host]
-    ca = baseline.one("tls:index/selfSignedCert:SelfSignedCert").props
-    assert ca["isCaCertificate"] is True
-    cert = baseline.one("tls:index/locallySignedCert:LocallySignedCert").props
-    assert "server_auth" in cert["allowedUses"]
-    assert cert["earlyRenewalHours"] > 0
-    secret = baseline.one("vault:kv/secretV2:SecretV2")
-    assert is_secret(secret.inputs["dataJson"])
-    material = json.loads(secret.props["dataJson"])
-    assert sorted(material) == ["certificate", "issuing_ca", "private_key"]
-    assert "PRIVATE KEY" in material["private_key"]
-    assert (secret.props["mount"], secret.props["name"]) == ("foresight-aws-test", "deployments/aws-test/tls")
+    layout = layout_of("aws-test", REQUIRED_CONFIG)
+    assert_endpoint_tls(baseline, layout, host, is_ip=False)
 
 
 def test_vault_wiring_binds_the_instance_role(baseline: MockRun) -> None:
@@ -238,8 +228,10 @@ def test_vault_wiring_binds_the_instance_role(baseline: MockRun) -> None:
     for resource in baseline:
         if resource.type.startswith("vault:"):
             assert resource.provider.startswith(provider.urn + "::")
-    mount = baseline.one("vault:index/mount:Mount").props
-    assert (mount["path"], mount["type"], mount["options"]) == ("foresight-aws-test", "kv", {"version": "2"})
+    mounts = {mount.props["type"]: mount.props for mount in baseline.of_type("vault:index/mount:Mount")}
+    assert sorted(mounts) == ["kv", "pki"]
+    assert (mounts["kv"]["path"], mounts["kv"]["options"]) == ("foresight-aws-test", {"version": "2"})
+    assert mounts["pki"]["path"] == "foresight-aws-test-pki"
     backend = baseline.one("vault:index/authBackend:AuthBackend").props
     assert (backend["type"], backend["path"]) == ("aws", "foresight-aws-test-aws")
     role = baseline.one("vault:aws/authBackendRole:AuthBackendRole").props
@@ -249,7 +241,9 @@ def test_vault_wiring_binds_the_instance_role(baseline: MockRun) -> None:
     assert role["backend"] == "foresight-aws-test-aws"
 
 
-def test_vault_policy_reads_tenants_own_tls_and_scrape_token_and_writes_nothing(baseline: MockRun) -> None:
+def test_vault_policy_reads_tenants_and_scrape_token_issues_its_certificate_and_writes_nothing(
+    baseline: MockRun,
+) -> None:
     policy = baseline.one("vault:index/policy:Policy").props
     assert policy["name"] == "foresight-aws-test-node"
     rules = dict(re.findall(r'path "([^"]+)" \{\s*capabilities = \[([^\]]*)\]', policy["policy"]))
@@ -257,8 +251,8 @@ def test_vault_policy_reads_tenants_own_tls_and_scrape_token_and_writes_nothing(
         "foresight-aws-test/data/tenants/*": '"read"',
         "foresight-aws-test/metadata/tenants/*": '"read", "list"',
         "foresight-aws-test/data/keyids/*": '"read"',
-        "foresight-aws-test/data/deployments/aws-test/tls": '"read"',
         "foresight-aws-test/data/deployments/aws-test/metrics": '"read"',
+        "foresight-aws-test-pki/issue/foresight-aws-test-endpoint": '"update"',
     }
 
 
@@ -271,6 +265,10 @@ def test_user_data_logs_in_with_instance_identity_and_runs_on_the_gpu(baseline: 
     assert "FORESIGHT_VAULT_AUTH_METHOD=aws\n" in text
     assert "FORESIGHT_VAULT_ROLE=foresight-aws-test-node\n" in text
     assert "FORESIGHT_KMS_KEY_ID=arn:aws:kms:us-east-1:" in text
+    assert "FORESIGHT_TLS_VAULT_PKI_MOUNT=foresight-aws-test-pki\n" in text
+    assert "FORESIGHT_TLS_NODE_PKI_ROLE=foresight-aws-test-endpoint\n" in text
+    assert f"FORESIGHT_TLS_COMMON_NAME={baseline.outputs['endpointHost'].value}\n" in text
+    assert "FORESIGHT_TLS_VAULT_PATH" not in text
     assert "ghcr.io/foresight/foresight:0.1.0" in text
     assert "VAULT_TOKEN" not in text and "X-Vault-Token:" not in text
     assert "PRIVATE KEY-----" not in text

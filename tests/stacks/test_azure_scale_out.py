@@ -18,15 +18,16 @@ from stacks.azure.network import dns_label
 from stacks.azure.scale_out import CLIENT_ID_ANNOTATION, DNS_LABEL_ANNOTATION, SPOT_TOLERATION, cloudapp_fqdn
 from stacks.azure.tier import ACCESS_POLICY_COMMANDS, KEY_PATTERN
 from stacks.spec import ConfigError, StackSpec
-from tests.stacks.conftest import RunStack
+from tests.stacks.conftest import AZURE_STACK, RunStack
+from tests.stacks.endpoint_tls import assert_endpoint_tls, assert_no_key_in_state, layout_of
 from tests.stacks.kubernetes_objects import (
     WAIT_FOR_THE_ADDRESS,
     assert_deploy_order,
     assert_pods_read_the_scrape_token,
     assert_valid,
     load_balancer,
-    pod_certificate_digest,
-    renewed,
+    pod_issuer_digest,
+    with_a_new_ca,
 )
 from tests.stacks.mockrun import (
     AZURE_CLUSTER_PRINCIPAL,
@@ -39,6 +40,8 @@ from tests.stacks.mockrun import (
     AZURE_SUBSCRIPTION,
     AZURE_USER_KUBECONFIG,
     OTHER_SUBSCRIPTION,
+    PKI_ROLE,
+    PKI_ROOT_CERT,
     ROOT,
     MockRun,
     in_subscription,
@@ -107,7 +110,7 @@ def test_scale_out_builds_one_aks_component_instead_of_a_gpu_node(scale_out: Moc
     assert counts["pulumi:providers:kubernetes"] == counts["kubernetes:core/v1:Namespace"] == 1
     assert counts[DAEMON_SET] == counts[STATEFUL_SET] == counts["foresight:kubernetes:Workload"] == 1
     assert counts["kubernetes:storage.k8s.io/v1:StorageClass"] == 1
-    assert counts["vault:jwt/authBackendRole:AuthBackendRole"] == counts["vault:kv/secretV2:SecretV2"] == 1
+    assert counts["vault:jwt/authBackendRole:AuthBackendRole"] == counts[PKI_ROLE] == counts[PKI_ROOT_CERT] == 1
 
 
 def test_every_resource_is_the_components_child_or_the_workloads(scale_out: MockRun) -> None:
@@ -315,8 +318,7 @@ def test_endpoint_is_the_load_balancers_dns_label_and_the_certificate_names_it(s
     dns_label = balancer["metadata"]["annotations"][DNS_LABEL_ANNOTATION]
     assert host == f"{dns_label}.westeurope.cloudapp.azure.com"
     assert balancer["spec"]["loadBalancerSourceRanges"] == [ALLOWED]
-    request = scale_out.one("tls:index/certRequest:CertRequest").props
-    assert request["dnsNames"] == [host] and not request.get("ipAddresses")
+    assert_endpoint_tls(scale_out, layout_of(AZURE_STACK, AZURE_REQUIRED_CONFIG), host, is_ip=False)
 
 
 def test_outputs_are_the_shared_set_and_hold_no_secret(scale_out: MockRun, azure_baseline: MockRun) -> None:
@@ -335,9 +337,9 @@ def test_no_credential_is_recorded_in_any_input(scale_out: MockRun) -> None:
     [user] = kubeconfig["users"]
     assert set(user["user"]) == {"exec"} and user["user"]["exec"]["command"] == "kubelogin"
     assert user["user"]["exec"]["args"][-2:] == ["--login", "azurecli"]
-    assert is_secret(scale_out.one("vault:kv/secretV2:SecretV2").inputs["dataJson"])
+    assert_no_key_in_state(scale_out)
     for resource in scale_out:
-        if resource.type in ("pulumi:providers:kubernetes", "vault:kv/secretV2:SecretV2"):
+        if resource.type == "pulumi:providers:kubernetes":
             continue
         text = str(resource.inputs)
         for marker in ("PRIVATE KEY", "client-key-data", "client-certificate-data", "password", "accessKey"):
@@ -346,7 +348,7 @@ def test_no_credential_is_recorded_in_any_input(scale_out: MockRun) -> None:
 
 
 def is_secret_everywhere(resource: Any, marker: str) -> bool:
-    """The marker appears only inside secret values (tls private keys are secret outputs)."""
+    """The marker appears only inside secret values."""
 
     def visible(value: Any) -> str:
         if is_secret(value):
@@ -408,8 +410,8 @@ def test_private_stack_has_a_private_api_server_and_an_internal_load_balancer(sp
         **WAIT_FOR_THE_ADDRESS,
     }
     assert spot_private.outputs["endpointHost"].value == AZURE_INTERNAL_LB_ADDRESS
-    request = spot_private.one("tls:index/certRequest:CertRequest").props
-    assert request["ipAddresses"] == [AZURE_INTERNAL_LB_ADDRESS] and not request.get("dnsNames")
+    layout = layout_of(AZURE_STACK, AZURE_REQUIRED_CONFIG)
+    assert_endpoint_tls(spot_private, layout, AZURE_INTERNAL_LB_ADDRESS, is_ip=True)
 
 
 def test_public_api_server_admits_the_nodes_nat_address_or_they_never_join(scale_out: MockRun) -> None:
@@ -509,7 +511,7 @@ def test_the_same_stack_in_two_subscriptions_gets_two_dns_labels(scale_out: Mock
     assert label(other) != label(scale_out)
     host = other.outputs["endpointHost"].value
     assert host == f"{label(other)}.westeurope.cloudapp.azure.com"
-    assert other.one("tls:index/certRequest:CertRequest").props["dnsNames"] == [host]
+    assert other.one(PKI_ROLE).props["allowedDomains"] == [host]
 
 
 def test_example_scale_out_stack_file_deploys(run_azure_stack: RunStack) -> None:
@@ -528,12 +530,12 @@ def test_every_kubernetes_object_the_stack_creates_passes_kubernetes_schemas(sca
 
 
 def test_load_balancer_waits_for_its_address_and_the_pods_for_the_certificate(scale_out: MockRun) -> None:
-    assert_deploy_order(scale_out)
+    assert_deploy_order(scale_out, scale_out.outputs["endpointHost"].value)
 
 
-def test_a_renewed_certificate_rolls_the_pods(
+def test_a_new_ca_rolls_the_pods(
     scale_out: MockRun, run_azure_stack: RunStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    renewal = renewed(monkeypatch, lambda: run_azure_stack(SCALE_OUT))
-    assert_deploy_order(renewal)
-    assert pod_certificate_digest(renewal) != pod_certificate_digest(scale_out)
+    replaced = with_a_new_ca(monkeypatch, lambda: run_azure_stack(SCALE_OUT))
+    assert_deploy_order(replaced, replaced.outputs["endpointHost"].value)
+    assert pod_issuer_digest(replaced) != pod_issuer_digest(scale_out)

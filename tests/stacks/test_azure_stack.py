@@ -12,18 +12,20 @@ from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from stacks.azure.compute import DATA_DISK_PATH, IMAGE, NO_LOGIN_KEY
 from stacks.azure.kms import CRYPTO_SERVICE_ENCRYPTION_USER
 from stacks.azure.vault import IDENTITY_AUDIENCE
-from tests.stacks.conftest import RunStack
+from tests.stacks.conftest import AZURE_STACK, RunStack
+from tests.stacks.endpoint_tls import assert_endpoint_tls, layout_of
 from tests.stacks.mockrun import (
     AZURE_DES_PRINCIPAL,
     AZURE_LOCATION,
     AZURE_NODE_CLIENT,
     AZURE_NODE_PRINCIPAL,
+    AZURE_REQUIRED_CONFIG,
     AZURE_SUBSCRIPTION,
     AZURE_TENANT,
     OTHER_SUBSCRIPTION,
+    PKI_ROLE,
     MockRun,
     in_subscription,
-    is_secret,
 )
 
 ALLOWED = "203.0.113.0/24"
@@ -172,7 +174,7 @@ def test_the_same_stack_in_two_subscriptions_gets_two_dns_labels(
     assert label(other).startswith("foresight-azure-test-") and len(label(other)) <= 63
     host = other.outputs["endpointHost"].value
     assert host == f"{label(other)}.{AZURE_LOCATION}.cloudapp.azure.com"
-    assert other.one("tls:index/certRequest:CertRequest").props["dnsNames"] == [host]
+    assert other.one(PKI_ROLE).props["allowedDomains"] == [host]
 
 
 def test_scale_set_of_one_repairs_a_regular_node(azure_baseline: MockRun) -> None:
@@ -181,6 +183,7 @@ def test_scale_set_of_one_repairs_a_regular_node(azure_baseline: MockRun) -> Non
     assert scale_set["sku"] == {"name": "Standard_NC4as_T4_v3", "capacity": 1}
     assert "skuProfile" not in scale_set
     assert scale_set["automaticRepairsPolicy"] == {"enabled": True, "gracePeriod": "PT20M", "repairAction": "Replace"}
+    assert "spotRestorePolicy" not in scale_set  # Try & restore is for evicted Spot nodes only
     profile = node_profile(azure_baseline)
     assert profile["priority"] == "Regular" and "evictionPolicy" not in profile
     assert profile["storageProfile"]["imageReference"] == IMAGE
@@ -188,6 +191,25 @@ def test_scale_set_of_one_repairs_a_regular_node(azure_baseline: MockRun) -> Non
     assert (health["publisher"], health["type"]) == ("Microsoft.ManagedServices", "ApplicationHealthLinux")
     assert health["settings"]["port"] == 8443 and health["settings"]["requestPath"] == "/healthz"
     assert scale_set["identity"]["userAssignedIdentities"][0].endswith("/UserAssignedIdentity/foresight-node")
+
+
+def test_health_extension_mode_matches_what_healthz_answers(azure_baseline: MockRun) -> None:
+    """Binary Health States ("1.0"): a 200 is Healthy, anything else or no answer Unhealthy, and repaired. Rich
+    ("2.0") calls a node Healthy only on a body with `"ApplicationHealthState": "Healthy"` and every other answer,
+    no answer included, Unknown: a switch to Rich fails here until /healthz sends that field."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from service.http.routes import health as health_routes
+
+    [health] = node_profile(azure_baseline)["extensionProfile"]["extensions"]
+    assert health["typeHandlerVersion"] == "1.0"
+    assert health["settings"]["protocol"] == "https" and "gracePeriod" not in health["settings"]  # Rich-only
+    app = FastAPI()
+    app.include_router(health_routes.router)  # the router the service mounts (service/http/app.py)
+    answer = TestClient(app).get(health["settings"]["requestPath"])
+    assert answer.status_code == 200
+    assert "ApplicationHealthState" not in answer.json()
 
 
 def test_no_password_and_a_key_nobody_holds_without_ssh(azure_baseline: MockRun) -> None:
@@ -201,11 +223,11 @@ def test_no_password_and_a_key_nobody_holds_without_ssh(azure_baseline: MockRun)
     assert "systemctl disable --now ssh.socket" in azure_user_data(azure_baseline)
 
 
-def test_tls_certificate_names_the_endpoint_and_keys_stay_secret(azure_baseline: MockRun) -> None:
-    request = azure_baseline.one("tls:index/certRequest:CertRequest").props
-    assert request["dnsNames"] == [azure_baseline.outputs["endpointHost"].value]
-    assert not request.get("ipAddresses")
-    assert is_secret(azure_baseline.one("vault:kv/secretV2:SecretV2").inputs["dataJson"])
+def test_vault_pki_issues_for_the_endpoint_only_and_no_key_is_in_the_state(azure_baseline: MockRun) -> None:
+    host = azure_baseline.outputs["endpointHost"].value
+    layout = layout_of(AZURE_STACK, AZURE_REQUIRED_CONFIG)
+    assert_endpoint_tls(azure_baseline, layout, host, is_ip=False)
+    assert f"FORESIGHT_TLS_COMMON_NAME={host}\n" in azure_user_data(azure_baseline)
     assert "PRIVATE KEY" not in azure_user_data(azure_baseline)
 
 

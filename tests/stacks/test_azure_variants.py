@@ -1,5 +1,5 @@
 """The Azure program with optional and bad config: bring-your-own network, private only, Spot with fallback
-sizes, SSH, a Vault token, and the errors that name the key to fix."""
+sizes, SSH, a refused Vault token, and the errors that name the key to fix."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 from stacks.spec import ConfigError
 from tests.stacks.conftest import RunStack
-from tests.stacks.mockrun import AZURE_INTERNAL_ADDRESS, BYO_SUBNET_CIDR, is_secret
+from tests.stacks.endpoint_tls import assert_vault_token_refused
+from tests.stacks.mockrun import AZURE_INTERNAL_ADDRESS, BYO_SUBNET_CIDR, PKI_ROLE
 from tests.stacks.test_azure_stack import SCALE_SET, azure_user_data, node_profile, security_rules
 
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHrYwJmqmn0Dbj1o4Qh0XGnQKiqLQ9Nn3mTBRJm8Ifj8 ops@example"
@@ -43,8 +44,9 @@ def test_private_only_keeps_the_endpoint_internal_and_open_to_the_subnet(run_azu
     assert frontend["subnet"]["id"] == f"{VNET}/subnets/cache" and "publicIPAddress" not in frontend
     assert security_rules(run)["service-in"]["sourceAddressPrefixes"] == [BYO_SUBNET_CIDR]
     assert run.outputs["endpointHost"].value == AZURE_INTERNAL_ADDRESS
-    request = run.one("tls:index/certRequest:CertRequest").props
-    assert request["ipAddresses"] == [AZURE_INTERNAL_ADDRESS] and not request.get("dnsNames")
+    role = run.one(PKI_ROLE).props
+    assert role["allowedDomains"] == [AZURE_INTERNAL_ADDRESS] and role["allowIpSans"] is True
+    assert f"FORESIGHT_TLS_COMMON_NAME={AZURE_INTERNAL_ADDRESS}\n" in azure_user_data(run)
 
 
 def test_spot_with_fallback_sizes_in_rank_order(run_azure_stack: RunStack) -> None:
@@ -70,6 +72,15 @@ def test_spot_with_fallback_sizes_in_rank_order(run_azure_stack: RunStack) -> No
     )
 
 
+def test_spot_node_evicted_and_deleted_is_restored_when_capacity_returns(run_azure_stack: RunStack) -> None:
+    """A Delete eviction removes the VM; without Try & restore the scale set stays empty until someone scales it."""
+    run = run_azure_stack({"foresight:spot": "true"})
+    scale_set = run.one(SCALE_SET).props
+    assert scale_set["spotRestorePolicy"] == {"enabled": True, "restoreTimeout": "PT2H"}  # 2 hours, the longest
+    assert scale_set["virtualMachineProfile"]["evictionPolicy"] == "Delete"
+    assert not [r for r in run if r.type.endswith(":AutoscaleSetting")]  # autoscale would turn Try & restore off
+
+
 def test_ssh_key_is_installed_and_opens_22_to_allowed_cidrs_only(run_azure_stack: RunStack) -> None:
     run = run_azure_stack({"foresight:sshPublicKey": SSH_KEY})
     [key] = node_profile(run)["osProfile"]["linuxConfiguration"]["ssh"]["publicKeys"]
@@ -86,12 +97,8 @@ def test_ssh_is_never_open_to_the_world_even_when_the_service_is(run_azure_stack
     assert "ssh-in" not in rules
 
 
-def test_vault_token_reaches_the_provider_as_a_secret_and_nothing_else(run_azure_stack: RunStack) -> None:
-    run = run_azure_stack({"foresight:vaultToken": "hvs.CAESIJ-test-token-value"}, ("foresight:vaultToken",))
-    provider = run.named("foresight-vault")
-    assert is_secret(provider.inputs["token"])
-    others = [r for r in run if r is not provider and "hvs.CAESIJ" in json.dumps(r.props, default=str)]
-    assert others == []
+def test_a_vault_token_in_the_config_is_refused_because_the_provider_would_store_it(run_azure_stack: RunStack) -> None:
+    assert_vault_token_refused(run_azure_stack)
 
 
 def test_custom_image_and_volume_size(run_azure_stack: RunStack) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stacks.cloudinit import NodeBoot, render_env_file, render_user_data
+from stacks.cloudinit import NVIDIA_CTK_VERSION, RUNTIME_SCRIPT, NodeBoot, render_env_file, render_user_data
 from stacks.policies.rules import SECRET_PATTERNS
 from tests.stacks.conftest import RunStack
 from tests.stacks.mockrun import MockRun, user_data
@@ -134,6 +134,20 @@ def test_refresh_timer_and_its_job_pass_systemd_verify(documents: dict[str, str]
         timeout=60,
     )
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_only_google_clouds_node_installs_the_container_runtime(documents: dict[str, str]) -> None:
+    """AWS's and Azure's GPU images ship Docker and the toolkit; Google Cloud's Ubuntu accelerator image does not."""
+    for variant, document in documents.items():
+        installs = any(RUNTIME_SCRIPT.name in " ".join(command) for command in yaml.safe_load(document)["runcmd"])
+        assert installs == variant.startswith("gcp"), variant
+
+
+def test_the_runtime_installer_gets_the_toolkit_floor_the_packer_templates_pass() -> None:
+    for template in sorted((RUNTIME_SCRIPT.parents[1]).glob("*/foresight.pkr.hcl")):
+        floor = re.search(r'variable "nvidia_container_toolkit_version" \{[^}]*default\s*=\s*"([^"]*)"',
+                          template.read_text())
+        assert floor is not None and floor[1] == NVIDIA_CTK_VERSION, template
 
 
 def test_data_volume_script_parses_in_sh() -> None:

@@ -41,7 +41,7 @@ PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\\nb3BlbnNzaC1rZXktdjEAAAAA\\n
         ),
         ({"foresight:sshPublicKey": PRIVATE_KEY}, "foresight:sshPublicKey: this is a private key"),
         ({"foresight:sshPublicKey": "AAAAC3Nza"}, "foresight:sshPublicKey: must be one OpenSSH public key line"),
-        ({"foresight:vaultToken": "hvs.plaintext"}, "foresight:vaultToken: must be stored encrypted"),
+        ({"foresight:vaultToken": "hvs.plaintext"}, "foresight:vaultToken: is refused: a token given to Pulumi's"),
     ],
 )
 def test_bad_config_fails_with_the_key_to_fix(
@@ -86,7 +86,6 @@ def test_defaults_apply_when_only_required_keys_are_set() -> None:
     assert spec.vpc_id is None and spec.subnet_ids == ()
     assert spec.ssh_public_key is None
     assert spec.volume_size_gb == 100
-    assert spec.vault_token is None
     assert spec.region == "us-east-1"
 
 

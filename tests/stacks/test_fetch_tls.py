@@ -3,16 +3,19 @@
 OpenBao has no AWS auth method, so the AWS login itself is proven by signing: the signature equals botocore's
 and the request matches what hvac's `iam_login` sends. The GCP login runs for real against OpenBao's jwt auth
 method, which trusts a test key as Google's issuer; a fake metadata server hands out tokens signed with it.
-Everything after the login (reading the TLS secret, writing the files, revoking the token) and the node's
-Vault policy run against a real OpenBao server.
+Everything after the login (issuing the certificate from the stack's PKI role, writing the files, revoking the
+token) and the node's Vault policy run against a real OpenBao server, whose PKI mount, internal root CA and role
+are made from what the stack's Pulumi program registers.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime
+import ipaddress
 import json
 import os
+import re
 import stat
 import threading
 from collections.abc import Iterator, Mapping
@@ -28,12 +31,17 @@ import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from stacks.boot import fetch_tls
+from stacks.cloudinit import tls_issue_settings
 from stacks.spec import StackSpec
+from stacks.tls import CERTIFICATE_TTL_SECONDS
 from stacks.vault import VaultLayout
 from tests.servers import OpenBao
-from tests.stacks.mockrun import REQUIRED_CONFIG, run_program
+from tests.stacks.mockrun import PKI_ROLE, PKI_ROOT_CERT, REQUIRED_CONFIG, MockRun, run_program
 
 CREDENTIALS = fetch_tls.AwsCredentials(
     "ASIAEXAMPLEEXAMPLE12", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "IQoJb3JpZ2luX2VjEMOCKTOKEN=="
@@ -170,45 +178,123 @@ def test_instance_credentials_come_through_imdsv2(imds: str) -> None:
         fetch_tls.http_request("GET", f"{imds}/latest/meta-data/iam/security-credentials/")
 
 
+@dataclass
+class StackVault:
+    """A stack's Vault layout made in OpenBao from its Pulumi program's registrations, and the endpoint it serves."""
+
+    admin: hvac.Client
+    layout: VaultLayout
+    run: MockRun
+    host: str  # the endpoint's name, which the PKI role issues for
+    ca_pem: str  # the root CA certificate Vault generated (the stack's caCertificate output)
+
+
+def _api_fields(props: Mapping[str, Any], *names: str) -> dict[str, Any]:
+    """Recorded inputs as Vault's API takes them: snake_case names, whole numbers as integers (the engine's
+    protobuf carries every number as a float)."""
+    return {
+        re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower(): int(value) if isinstance(value, float) else value
+        for name, value in props.items()
+        if name in names
+    }
+
+
+def install_endpoint_pki(admin: hvac.Client, run: MockRun) -> str:
+    """The PKI mount, internal root CA and role the program registers, made in OpenBao with the arguments the Vault
+    provider sends; returns the CA certificate."""
+    [mount] = [resource.props for resource in run.of_type("vault:index/mount:Mount") if resource.props["type"] == "pki"]
+    path = mount["path"]
+    ttls = _api_fields(mount, "maxLeaseTtlSeconds", "defaultLeaseTtlSeconds")
+    config = {name.removesuffix("_seconds"): f"{seconds}s" for name, seconds in ttls.items()}
+    admin.sys.enable_secrets_engine("pki", path=path, config=config)
+    root = run.one(PKI_ROOT_CERT).props
+    fields = _api_fields(root, "commonName", "organization", "keyType", "keyBits", "ttl")
+    generated = admin.write_data(f"{path}/root/generate/{root['type']}", data=fields)["data"]
+    assert "private_key" not in generated  # type internal: the key stays inside Vault
+    role = run.one(PKI_ROLE).props
+    settings = _api_fields(role, *(name for name in role if name not in ("backend", "name", "issuerRef")))
+    settings["organization"] = settings.pop("organizations")
+    admin.write_data(f"{path}/roles/{role['name']}", data={**settings, "issuer_ref": generated["issuer_id"]})
+    return str(generated["certificate"])
+
+
 @contextmanager
 def stack_in_vault(
     openbao: OpenBao, monkeypatch: pytest.MonkeyPatch, config: Mapping[str, str], auth_method: str
-) -> Iterator[tuple[hvac.Client, VaultLayout]]:
-    """A stack's Vault layout in OpenBao with the TLS secret written, and fetch_tls's settings in the environment."""
+) -> Iterator[StackVault]:
+    """A stack's Vault layout in OpenBao (KV mount with tenants, the PKI mount, CA and endpoint role, the node
+    policy), and fetch_tls's settings in the environment as the stack writes them."""
     stack = f"t{os.urandom(4).hex()}"
     spec = StackSpec.from_values("foresight", stack, config.get)
     layout = VaultLayout.for_spec(spec)
+    run = run_program(config, stack=stack)
+    host = run.outputs["endpointHost"].value
     admin = openbao.client()
     admin.sys.enable_secrets_engine("kv", path=layout.kv_mount, options={"version": "2"})
     kv = admin.secrets.kv.v2
-    kv.create_or_update_secret(layout.tls_path, secret=MATERIAL, mount_point=layout.kv_mount)
-    kv.create_or_update_secret("deployments/other/tls", secret=MATERIAL, mount_point=layout.kv_mount)
     kv.create_or_update_secret("tenants/acme/keys/k1", secret={"hash": "abc"}, mount_point=layout.kv_mount)
     kv.create_or_update_secret("keyids/k1", secret={"tenant": "acme"}, mount_point=layout.kv_mount)
+    ca_pem = install_endpoint_pki(admin, run)
+    assert run.one("vault:index/policy:Policy").props["policy"] == layout.node_policy_hcl()
     admin.sys.create_or_update_policy(layout.policy, layout.node_policy_hcl())
     for name, value in {
         "FORESIGHT_VAULT_ADDR": openbao.addr,
         "FORESIGHT_VAULT_AUTH_METHOD": auth_method,
         "FORESIGHT_VAULT_AUTH_MOUNT": layout.auth_mount,
         "FORESIGHT_VAULT_ROLE": layout.role,
-        "FORESIGHT_VAULT_KV_MOUNT": layout.kv_mount,
-        "FORESIGHT_TLS_VAULT_PATH": layout.tls_path,
+        **tls_issue_settings(layout, host),
     }.items():
         monkeypatch.setenv(name, value)
     try:
-        yield admin, layout
+        yield StackVault(admin, layout, run, host, ca_pem)
     finally:
         admin.sys.disable_secrets_engine(layout.kv_mount)
+        admin.sys.disable_secrets_engine(layout.pki_mount)
+
+
+def assert_issued_for(out: Path, host: str, ca_pem: str, group: int | None = None) -> x509.Certificate:
+    """The files fetch_tls wrote: a server certificate for exactly `host` (its only SAN, an IP SAN for an address),
+    issued by the stack's CA for 30 days, with the key that matches it, each file 0640 in a 0750 directory."""
+    certificate = x509.load_pem_x509_certificate((out / "tls.crt").read_bytes())
+    key = serialization.load_pem_private_key((out / "tls.key").read_bytes(), password=None)
+    ca = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes())
+    assert ca == x509.load_pem_x509_certificate(ca_pem.encode())
+    certificate.verify_directly_issued_by(ca)
+    assert key.public_key() == certificate.public_key()
+    sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    try:
+        expected: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        expected = x509.DNSName(host)
+    assert list(sans) == [expected]
+    usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usages) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    lifetime = certificate.not_valid_after_utc - certificate.not_valid_before_utc
+    assert abs(lifetime.total_seconds() - CERTIFICATE_TTL_SECONDS) <= 60  # Vault backdates by 30 s
+    assert sorted(path.name for path in out.iterdir()) == ["ca.pem", "tls.crt", "tls.key"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750
+    for name in ("tls.crt", "tls.key", "ca.pem"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o640
+        if group is not None:
+            assert (out / name).stat().st_gid == group
+    return certificate
 
 
 @dataclass
 class JwtStack:
     """A Google Cloud or Azure stack's Vault wiring in OpenBao, as its Pulumi program registers it."""
 
-    admin: hvac.Client
-    layout: VaultLayout
+    vault: StackVault
     role: dict[str, Any]  # the jwt role as the program registers it
     vault_tokens: list[str]  # what fetch_tls's real jwt login returned, so a test can check they were revoked
+
+    @property
+    def admin(self) -> hvac.Client:
+        return self.vault.admin
+
+    @property
+    def layout(self) -> VaultLayout:
+        return self.vault.layout
 
 
 def bind_node_role(admin: hvac.Client, layout: VaultLayout, role: Mapping[str, Any], **changes: Any) -> None:
@@ -233,8 +319,8 @@ def jwt_stack_in_vault(
 ) -> Iterator[JwtStack]:
     """`stack_in_vault` plus the jwt auth method and node role that the stack's Pulumi program registers, made in
     OpenBao; the one test key `issuer_key_pem` stands in for the keys the cloud publishes at its discovery URL."""
-    with stack_in_vault(openbao, monkeypatch, config, "jwt") as (admin, layout):
-        run = run_program(config, stack=layout.stack)
+    with stack_in_vault(openbao, monkeypatch, config, "jwt") as vault:
+        admin, layout, run = vault.admin, vault.layout, vault.run
         backend = run.one("vault:jwt/authBackend:AuthBackend").props
         role = run.one("vault:jwt/authBackendRole:AuthBackendRole").props
         assert (backend["path"], role["roleName"], role["tokenPolicies"]) == (
@@ -255,7 +341,7 @@ def jwt_stack_in_vault(
 
         monkeypatch.setitem(fetch_tls.LOGIN_METHODS, "jwt", recording_login)
         try:
-            yield JwtStack(admin, layout, role, vault_tokens)
+            yield JwtStack(vault, role, vault_tokens)
         finally:
             admin.sys.disable_auth_method(layout.auth_mount)
 
@@ -284,56 +370,149 @@ def assert_refused_without_echo(
     assert not out.exists()
 
 
+@dataclass
+class AwsNode:
+    """An AWS stack's Vault layout in OpenBao, and the tokens of the node's policy that its logins returned."""
+
+    vault: StackVault
+    tokens: list[str]
+
+    def login(self, _settings: Mapping[str, str] | None = None) -> str:
+        """OpenBao ships no AWS auth method; stand in for the login with a fresh token of the node's policy."""
+        self.tokens.append(self.vault.admin.auth.token.create(policies=[self.vault.layout.policy])["auth"]["client_token"])
+        return self.tokens[-1]
+
+    def revoked(self) -> bool:
+        """Every token a login returned is revoked."""
+        for token in self.tokens:
+            try:
+                self.vault.admin.auth.token.lookup(token)
+            except hvac.exceptions.Forbidden:
+                continue
+            return False
+        return True
+
+
 @pytest.fixture
-def node_vault(openbao: OpenBao, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[hvac.Client, VaultLayout, str]]:
-    """An AWS stack's Vault layout in OpenBao, and a token holding only the node policy."""
-    with stack_in_vault(openbao, monkeypatch, REQUIRED_CONFIG, "aws") as (admin, layout):
-        token = admin.auth.token.create(policies=[layout.policy], ttl="5m")["auth"]["client_token"]
-        # OpenBao ships no AWS auth method; stand in for the login with a token of the node's policy.
-        monkeypatch.setitem(fetch_tls.LOGIN_METHODS, "aws", lambda _settings: token)
-        yield admin, layout, token
+def node_vault(openbao: OpenBao, monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsNode]:
+    """An AWS stack's Vault layout in OpenBao, and a login that returns tokens holding only the node policy."""
+    with stack_in_vault(openbao, monkeypatch, REQUIRED_CONFIG, "aws") as vault:
+        node = AwsNode(vault, [])
+        monkeypatch.setitem(fetch_tls.LOGIN_METHODS, "aws", node.login)
+        yield node
 
 
-def test_fetch_writes_tls_files_readable_by_the_service_group_and_revokes_its_token(
-    node_vault: tuple[hvac.Client, VaultLayout, str], tmp_path: Path
+def test_fetch_issues_a_certificate_for_exactly_the_endpoint_and_revokes_its_token(
+    node_vault: AwsNode, tmp_path: Path
 ) -> None:
-    admin, _layout, token = node_vault
     out = tmp_path / "tls"
     assert fetch_tls.main(["--out", str(out), "--group", str(os.getgid())]) == 0
-    assert (out / "tls.crt").read_text() == MATERIAL["certificate"]
-    assert (out / "tls.key").read_text() == MATERIAL["private_key"]
-    assert (out / "ca.pem").read_text() == MATERIAL["issuing_ca"]
-    for name in ("tls.crt", "tls.key", "ca.pem"):
-        assert stat.S_IMODE((out / name).stat().st_mode) == 0o640
-        assert (out / name).stat().st_gid == os.getgid()
-    assert stat.S_IMODE(out.stat().st_mode) == 0o750
-    assert sorted(path.name for path in out.iterdir()) == ["ca.pem", "tls.crt", "tls.key"]
-    with pytest.raises(hvac.exceptions.Forbidden):
-        admin.auth.token.lookup(token)
+    certificate = assert_issued_for(out, node_vault.vault.host, node_vault.vault.ca_pem, group=os.getgid())
+    common_names = certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    assert [name.value for name in common_names] == [node_vault.vault.host]
+    assert len(node_vault.tokens) == 1 and node_vault.revoked()
 
 
-def test_fetch_fails_cleanly_without_the_secret_and_still_revokes(
-    node_vault: tuple[hvac.Client, VaultLayout, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_each_run_issues_a_fresh_key_which_is_how_the_certificate_renews(node_vault: AwsNode, tmp_path: Path) -> None:
+    """The daily timer's run (and the pods' tls-refresh) replaces certificate and key with new ones."""
+    out = tmp_path / "tls"
+    assert fetch_tls.main(["--out", str(out)]) == 0
+    first = assert_issued_for(out, node_vault.vault.host, node_vault.vault.ca_pem)
+    first_key = (out / "tls.key").read_text()
+    assert fetch_tls.main(["--out", str(out)]) == 0
+    second = assert_issued_for(out, node_vault.vault.host, node_vault.vault.ca_pem)
+    assert (out / "tls.key").read_text() != first_key
+    assert second.serial_number != first.serial_number
+    assert second.not_valid_after_utc >= first.not_valid_after_utc
+    assert len(node_vault.tokens) == 2 and node_vault.revoked()
+
+
+@pytest.mark.parametrize(
+    ("name", "refusal"),
+    [
+        ("cache.evil.example", "common name cache.evil.example not allowed by this role"),
+        ("localhost", "common name localhost not allowed by this role"),
+        ("203.0.113.9", "not allowed by this role"),
+    ],
+)
+def test_the_role_refuses_a_name_that_is_not_the_endpoints_and_the_run_still_revokes(
+    node_vault: AwsNode, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    name: str, refusal: str,
 ) -> None:
-    admin, layout, token = node_vault
-    admin.secrets.kv.v2.delete_metadata_and_all_versions(layout.tls_path, mount_point=layout.kv_mount)
+    monkeypatch.setenv("FORESIGHT_TLS_COMMON_NAME", name)
+    out = tmp_path / "tls"
+    assert fetch_tls.main(["--out", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"fetch_tls: POST {node_vault.vault.admin.url}/v1/{node_vault.vault.layout.pki_issue_path}")
+    [token] = node_vault.tokens
+    assert "HTTP 400" in error and refusal in error and token not in error
+    assert not out.exists()
+    assert node_vault.revoked()
+
+
+def test_a_node_cannot_widen_its_certificate_beyond_the_endpoint(node_vault: AwsNode, openbao: OpenBao) -> None:
+    """The role admits the endpoint's own name and nothing beside it: no other DNS name, subdomain or wildcard, no
+    IP SAN on a DNS endpoint, no client certificate, no longer lifetime than 30 days."""
+    vault = node_vault.vault
+    node = hvac.Client(url=openbao.addr, token=node_vault.login())
+    issue = vault.layout.pki_issue_path
+    for extra in (
+        {"alt_names": "cache.evil.example"},
+        {"alt_names": f"x.{vault.host}"},
+        {"alt_names": f"*.{vault.host}"},
+        {"ip_sans": "203.0.113.9"},
+        {"common_name": f"*.{vault.host}"},
+    ):
+        with pytest.raises(hvac.exceptions.InvalidRequest):
+            node.write_data(issue, data={"common_name": vault.host, **extra})
+    granted = node.write_data(issue, data={"common_name": vault.host, "ttl": "8760h"})["data"]
+    certificate = x509.load_pem_x509_certificate(granted["certificate"].encode())
+    lifetime = certificate.not_valid_after_utc - certificate.not_valid_before_utc
+    assert lifetime.total_seconds() <= CERTIFICATE_TTL_SECONDS + 60
+    assert list(certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.SERVER_AUTH
+    ]
+
+
+def test_a_long_endpoint_name_goes_in_the_sans_without_a_common_name() -> None:
+    """RFC 5280 caps a common name at 64 characters; an AWS load balancer's name can be longer."""
+    host = "foresight-aws-production-nlb-0123456789abcdef.elb.ap-southeast-2.amazonaws.com"
+    assert len(host) > fetch_tls.MAX_COMMON_NAME
+    assert fetch_tls.issue_request(host) == {"common_name": "", "alt_names": host, "exclude_cn_from_sans": True}
+    assert fetch_tls.issue_request("10.42.0.9") == {
+        "common_name": "10.42.0.9", "ip_sans": "10.42.0.9", "exclude_cn_from_sans": True
+    }
+
+
+def test_fetch_fails_cleanly_without_the_role_and_still_revokes(
+    node_vault: AwsNode, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    vault = node_vault.vault
+    vault.admin.adapter.delete(f"/v1/{vault.layout.pki_mount}/roles/{vault.layout.pki_role}")
     assert fetch_tls.main(["--out", str(tmp_path / "tls")]) == 1
     error = capsys.readouterr().err
-    assert "HTTP 404" in error and token not in error
-    with pytest.raises(hvac.exceptions.Forbidden):
-        admin.auth.token.lookup(token)
+    [token] = node_vault.tokens
+    assert "HTTP 400" in error and token not in error
+    assert node_vault.revoked()
 
 
-def test_node_policy_reads_tenants_own_tls_and_scrape_token_but_writes_nothing(
-    node_vault: tuple[hvac.Client, VaultLayout, str], openbao: OpenBao
+def test_node_policy_reads_its_keys_and_issues_its_certificate_but_nothing_else(
+    node_vault: AwsNode, openbao: OpenBao
 ) -> None:
-    admin, layout, token = node_vault
-    node = hvac.Client(url=openbao.addr, token=token)
+    vault = node_vault.vault
+    admin, layout = vault.admin, vault.layout
+    node = hvac.Client(url=openbao.addr, token=node_vault.login())
     kv = node.secrets.kv.v2
     mount = layout.kv_mount
     scrape = {"token": "a" * 64}
     for path in (layout.metrics_path, "deployments/other/metrics"):
         admin.secrets.kv.v2.create_or_update_secret(path, secret=scrape, mount_point=mount)
+    # Another role on the same mount, and another stack's PKI mount: neither may issue to this node.
+    admin.write_data(f"{layout.pki_mount}/roles/other", data={"allow_any_name": True})
+    other_pki = f"{layout.pki_mount}-other"
+    admin.sys.enable_secrets_engine("pki", path=other_pki)
+    admin.write_data(f"{other_pki}/root/generate/internal", data={"common_name": "other CA"})
+    admin.write_data(f"{other_pki}/roles/{layout.pki_role}", data={"allow_any_name": True})
     assert kv.read_secret_version(layout.metrics_path, mount_point=mount, raise_on_deleted_version=True)["data"][
         "data"
     ] == scrape
@@ -344,20 +523,67 @@ def test_node_policy_reads_tenants_own_tls_and_scrape_token_but_writes_nothing(
     assert kv.read_secret_version("keyids/k1", mount_point=mount, raise_on_deleted_version=True)["data"]["data"] == {
         "tenant": "acme"
     }
-    assert kv.read_secret_version(layout.tls_path, mount_point=mount, raise_on_deleted_version=True)["data"]["data"]
+    assert node.write_data(layout.pki_issue_path, data={"common_name": vault.host})["data"]["certificate"]
+    pki = layout.pki_mount
     forbidden = [
         lambda: kv.create_or_update_secret("tenants/acme/keys/k2", secret={"hash": "x"}, mount_point=mount),
-        lambda: kv.create_or_update_secret(layout.tls_path, secret=MATERIAL, mount_point=mount),
         lambda: kv.create_or_update_secret("keyids/k2", secret={"tenant": "evil"}, mount_point=mount),
         lambda: kv.delete_metadata_and_all_versions("tenants/acme/keys/k1", mount_point=mount),
-        lambda: kv.read_secret_version("deployments/other/tls", mount_point=mount, raise_on_deleted_version=True),
         lambda: kv.create_or_update_secret(layout.metrics_path, secret=scrape, mount_point=mount),
         lambda: kv.delete_metadata_and_all_versions(layout.metrics_path, mount_point=mount),
         lambda: kv.read_secret_version("deployments/other/metrics", mount_point=mount, raise_on_deleted_version=True),
+        lambda: node.write_data(f"{pki}/issue/other", data={"common_name": "cache.evil.example"}),
+        lambda: node.write_data(f"{other_pki}/issue/{layout.pki_role}", data={"common_name": vault.host}),
+        lambda: node.write_data(f"{pki}/sign/{layout.pki_role}", data={"csr": "x", "common_name": vault.host}),
+        lambda: node.write_data(f"{pki}/sign-verbatim", data={"csr": "x"}),
+        lambda: node.write_data(f"{pki}/roles/{layout.pki_role}", data={"allow_any_name": True}),
+        lambda: node.read(f"{pki}/roles/{layout.pki_role}"),
+        lambda: node.write_data(f"{pki}/root/generate/internal", data={"common_name": "evil CA"}),
+        lambda: node.write_data(f"{pki}/revoke", data={"serial_number": "00"}),
+        lambda: node.read(f"{pki}/certs"),
     ]
-    for attempt in forbidden:
-        with pytest.raises(hvac.exceptions.Forbidden):
-            attempt()
+    try:
+        for attempt in forbidden:
+            with pytest.raises(hvac.exceptions.Forbidden):
+                attempt()
+    finally:
+        admin.sys.disable_secrets_engine(other_pki)
+
+
+def test_refresh_forever_issues_again_every_interval_and_survives_a_failed_run(
+    node_vault: AwsNode, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The pods' tls-refresh sidecar: a new certificate each interval; a refused run is reported, the next one
+    issues again."""
+    vault = node_vault.vault
+    out = tmp_path / "tls"
+    settings = {name: os.environ[name] for name in fetch_tls.SETTINGS}
+    keys: list[str] = []
+    naps: list[float] = []
+
+    class Stop(Exception):
+        pass
+
+    def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        if (out / "tls.key").exists():
+            keys.append((out / "tls.key").read_text())
+        if len(naps) == 2:  # the second run asks for a name that is not the endpoint's, and is refused
+            settings["FORESIGHT_TLS_COMMON_NAME"] = "cache.evil.example"
+        elif len(naps) == 3:
+            settings["FORESIGHT_TLS_COMMON_NAME"] = vault.host
+        elif len(naps) == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fetch_tls.refresh_forever(settings, out, None, 86400, sleep=sleep)
+    assert naps == [86400] * 4
+    assert len(keys) == 3 and keys[0] == keys[1] != keys[2]  # the refused run left the last files in place
+    output = capsys.readouterr()
+    assert output.out.count("fetch_tls: wrote ca.pem, tls.crt, tls.key") == 2
+    assert "not allowed by this role" in output.err
+    assert_issued_for(out, vault.host, vault.ca_pem)
+    assert len(node_vault.tokens) == 3 and node_vault.revoked()
 
 
 def test_main_names_missing_settings(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -32,8 +31,8 @@ from tests.stacks.mockrun import (
     AZURE_TENANT,
 )
 from tests.stacks.test_fetch_tls import (
-    MATERIAL,
     JwtStack,
+    assert_issued_for,
     assert_refused_without_echo,
     jwt_stack_in_vault,
     node_settings,
@@ -172,12 +171,8 @@ def test_azure_node_logs_in_with_its_managed_identity_writes_tls_files_and_revok
 ) -> None:
     out = tmp_path / "tls"
     assert fetch_tls.main(["--out", str(out), "--group", str(os.getgid())]) == 0
-    assert (out / "tls.crt").read_text() == MATERIAL["certificate"]
-    assert (out / "tls.key").read_text() == MATERIAL["private_key"]
-    assert (out / "ca.pem").read_text() == MATERIAL["issuing_ca"]
-    for name in ("tls.crt", "tls.key", "ca.pem"):
-        assert stat.S_IMODE((out / name).stat().st_mode) == 0o640
-        assert (out / name).stat().st_gid == os.getgid()
+    vault = azure_node.stack.vault
+    assert_issued_for(out, vault.host, vault.ca_pem, group=os.getgid())
     [(path, headers)] = azure_node.imds.requests
     assert token_query(path) == {"api-version": API_VERSION, "resource": ARM_RESOURCE, "client_id": NODE.client_id}
     assert headers["metadata"] == "true"

@@ -20,11 +20,12 @@ import pytest
 
 from stacks.boot import fetch_tls
 from stacks.kubernetes.manifests import render
+from stacks.kubernetes.pod import FETCH_TLS_COMMAND
 from stacks.kubernetes.spec import WorkloadSpec
 from tests.security.metadata_fakes import JwtIssuer
 from tests.servers import OpenBao
 from tests.stacks.mockrun import REQUIRED_CONFIG
-from tests.stacks.test_fetch_tls import MATERIAL, stack_in_vault
+from tests.stacks.test_fetch_tls import StackVault, assert_issued_for, stack_in_vault
 from tests.stacks.test_kubernetes_manifests import ROOT, spec_of
 
 CLUSTER_ISSUER = "https://oidc.eks.us-east-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
@@ -36,6 +37,7 @@ class Pod:
     issuer: JwtIssuer
     token_file: Path
     env: dict[str, str]
+    vault: StackVault
 
     def project_token(self, subject: str | None = None, audience: str | None = None) -> str:
         """Write a token as the kubelet projects it for the pod's service account."""
@@ -54,18 +56,22 @@ class Pod:
         return token
 
     def fetch(self, out: Path) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "stacks.boot.fetch_tls", "--out", str(out)]
+        """The init container's command (FETCH_TLS_COMMAND), with this interpreter and `out` for its paths."""
+        command = [sys.executable, *FETCH_TLS_COMMAND[1:-1], str(out)]
         return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
 @pytest.fixture
 def pod(openbao: OpenBao, monkeypatch: pytest.MonkeyPatch, issuer: JwtIssuer, tmp_path: Path) -> Iterator[Pod]:
-    with stack_in_vault(openbao, monkeypatch, REQUIRED_CONFIG, "jwt") as (admin, layout):
+    with stack_in_vault(openbao, monkeypatch, REQUIRED_CONFIG, "jwt") as vault:
+        admin, layout = vault.admin, vault.layout
         spec = spec_of(
             vaultAuthMount=layout.auth_mount,
             vaultRole=layout.role,
             vaultKvMount=layout.kv_mount,
-            tlsVaultPath=layout.tls_path,
+            vaultPkiMount=layout.pki_mount,
+            vaultPkiRole=layout.pki_role,
+            tlsCommonName=vault.host,
         )
         # docs/kubernetes.md: `bao auth enable jwt`, `bao write auth/<mount>/config ...`, `bao write .../role/...`
         admin.sys.enable_auth_method("jwt", path=layout.auth_mount)
@@ -92,19 +98,17 @@ def pod(openbao: OpenBao, monkeypatch: pytest.MonkeyPatch, issuer: JwtIssuer, tm
             "FORESIGHT_VAULT_JWT_FILE": str(token_file),
         }
         try:
-            yield Pod(spec, issuer, token_file, env)
+            yield Pod(spec, issuer, token_file, env, vault)
         finally:
             admin.sys.disable_auth_method(layout.auth_mount)
 
 
-def test_pod_logs_in_with_its_projected_token_and_writes_tls(pod: Pod, tmp_path: Path) -> None:
+def test_pod_logs_in_with_its_projected_token_and_issues_its_certificate(pod: Pod, tmp_path: Path) -> None:
     pod.project_token()
     out = tmp_path / "tls"
     result = pod.fetch(out)
     assert result.returncode == 0, result.stderr
-    assert (out / "tls.crt").read_text() == MATERIAL["certificate"]
-    assert (out / "tls.key").read_text() == MATERIAL["private_key"]
-    assert (out / "ca.pem").read_text() == MATERIAL["issuing_ca"]
+    assert_issued_for(out, pod.vault.host, pod.vault.ca_pem)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,6 @@ node in, and only its node.
 from __future__ import annotations
 
 import os
-import stat
 import time
 import urllib.parse
 import urllib.request
@@ -26,8 +25,8 @@ from tests.security.metadata_fakes import JwtIssuer
 from tests.servers import OpenBao, http_server
 from tests.stacks.mockrun import GCP_PROJECT, GCP_REQUIRED_CONFIG
 from tests.stacks.test_fetch_tls import (
-    MATERIAL,
     JwtStack,
+    assert_issued_for,
     assert_refused_without_echo,
     bind_node_role,
     jwt_stack_in_vault,
@@ -109,12 +108,8 @@ def test_gcp_node_logs_in_with_its_identity_token_writes_tls_files_and_revokes_i
 ) -> None:
     out = tmp_path / "tls"
     assert fetch_tls.main(["--out", str(out), "--group", str(os.getgid())]) == 0
-    assert (out / "tls.crt").read_text() == MATERIAL["certificate"]
-    assert (out / "tls.key").read_text() == MATERIAL["private_key"]
-    assert (out / "ca.pem").read_text() == MATERIAL["issuing_ca"]
-    for name in ("tls.crt", "tls.key", "ca.pem"):
-        assert stat.S_IMODE((out / name).stat().st_mode) == 0o640
-        assert (out / name).stat().st_gid == os.getgid()
+    vault = gcp_node.stack.vault
+    assert_issued_for(out, vault.host, vault.ca_pem, group=os.getgid())
     [(path, headers)] = gcp_node.metadata.requests
     url = urllib.parse.urlparse(path)
     assert url.path == IDENTITY_PATH

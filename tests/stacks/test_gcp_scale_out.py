@@ -17,14 +17,15 @@ from stacks.gcp.scale_out import STORAGE_CLASS
 from stacks.gcp.tier import CA_CONFIG_MAP
 from stacks.kubernetes.pod import SHARED_TIER_CA_DIR
 from stacks.spec import ConfigError
-from tests.stacks.conftest import RunStack
+from tests.stacks.conftest import GCP_STACK, RunStack
+from tests.stacks.endpoint_tls import assert_endpoint_tls, layout_of
 from tests.stacks.kubernetes_objects import (
     WAIT_FOR_THE_ADDRESS,
     assert_deploy_order,
     assert_pods_read_the_scrape_token,
     assert_valid,
-    pod_certificate_digest,
-    renewed,
+    pod_issuer_digest,
+    with_a_new_ca,
 )
 from tests.stacks.mockrun import (
     GCP_CLUSTER_ENDPOINT,
@@ -32,6 +33,7 @@ from tests.stacks.mockrun import (
     GCP_PROJECT,
     GCP_PROJECT_NUMBER,
     GCP_REGION,
+    GCP_REQUIRED_CONFIG,
     GCP_TIER_ADDRESS,
     GCP_TIER_CA,
     GCP_ZONES,
@@ -353,11 +355,9 @@ def test_namespace_and_cmek_storage_class_carry_the_data_volumes(scale_out: Mock
     assert claim["storageClassName"] == STORAGE_CLASS and claim["resources"]["requests"]["storage"] == "100Gi"
 
 
-def test_certificate_names_the_load_balancer_ip(scale_out: MockRun) -> None:
-    request = scale_out.one("tls:index/certRequest:CertRequest").props
-    assert request["ipAddresses"] == [GCP_LB_ADDRESS]
+def test_pki_role_issues_for_the_load_balancer_ip_only(scale_out: MockRun) -> None:
+    assert_endpoint_tls(scale_out, layout_of(GCP_STACK, GCP_REQUIRED_CONFIG), GCP_LB_ADDRESS, is_ip=True)
     assert scale_out.outputs["endpointHost"].value == GCP_LB_ADDRESS
-    assert is_secret(scale_out.one("vault:kv/secretV2:SecretV2").inputs["dataJson"])
 
 
 def test_vault_trusts_the_clusters_issuer_for_the_workloads_service_account(scale_out: MockRun) -> None:
@@ -473,12 +473,12 @@ def test_every_kubernetes_object_the_stack_creates_passes_kubernetes_schemas(sca
 
 
 def test_load_balancer_waits_for_its_address_and_the_pods_for_the_certificate(scale_out: MockRun) -> None:
-    assert_deploy_order(scale_out)
+    assert_deploy_order(scale_out, GCP_LB_ADDRESS)
 
 
-def test_a_renewed_certificate_rolls_the_pods(
+def test_a_new_ca_rolls_the_pods(
     scale_out: MockRun, run_gcp_stack: RunStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    renewal = renewed(monkeypatch, lambda: run_gcp_stack(SCALE_OUT))
-    assert_deploy_order(renewal)
-    assert pod_certificate_digest(renewal) != pod_certificate_digest(scale_out)
+    replaced = with_a_new_ca(monkeypatch, lambda: run_gcp_stack(SCALE_OUT))
+    assert_deploy_order(replaced, GCP_LB_ADDRESS)
+    assert pod_issuer_digest(replaced) != pod_issuer_digest(scale_out)

@@ -6,20 +6,23 @@ from typing import Any
 
 import yaml
 
+from stacks.cloudinit import INSTALL_DIR, NVIDIA_CTK_VERSION, RUNTIME_SCRIPT
 from stacks.gcp.compute import DATA_DISK_PATH, IMAGE_FAMILY, IMAGE_PROJECT
 from stacks.gcp.kms import KEY_USER_ROLE
 from stacks.gcp.network import HEALTH_CHECK_RANGES
 from stacks.spec import StackOutputs
+from tests.stacks.conftest import GCP_STACK
+from tests.stacks.endpoint_tls import assert_endpoint_tls, layout_of
 from tests.stacks.mockrun import (
     GCP_EXTERNAL_ADDRESS,
     GCP_IMAGE,
     GCP_PROJECT,
     GCP_PROJECT_NUMBER,
     GCP_REGION,
+    GCP_REQUIRED_CONFIG,
     GCP_ZONES,
     GCP_ZONES_WITHOUT_GPU,
     MockRun,
-    is_secret,
 )
 
 ALLOWED = "203.0.113.0/24"
@@ -118,10 +121,10 @@ def test_only_service_ports_open_and_only_to_allowed_cidrs(gcp_baseline: MockRun
     assert not any("22" in allow.get("ports", []) for rule in ingress for allow in rule["allows"])
 
 
-def test_node_egress_is_https_and_vault_only(gcp_baseline: MockRun) -> None:
+def test_node_egress_is_apt_https_and_vault_only(gcp_baseline: MockRun) -> None:
     allow, deny = firewall(gcp_baseline, "out"), firewall(gcp_baseline, "deny-out")
     assert allow["direction"] == deny["direction"] == "EGRESS"
-    assert allow["allows"] == [{"protocol": "tcp", "ports": ["443", "8200"]}]
+    assert allow["allows"] == [{"protocol": "tcp", "ports": ["80", "443", "8200"]}]  # 80: Ubuntu's apt mirrors
     assert deny["denies"] == [{"protocol": "all"}] and deny["destinationRanges"] == ["0.0.0.0/0"]
     assert allow["priority"] < deny["priority"]
 
@@ -169,12 +172,15 @@ def test_group_of_one_heals_standard_vms_in_zones_offering_the_gpu(gcp_baseline:
     assert gcp_baseline.outputs["nodeIdentity"].value == node_email(gcp_baseline)  # the account the KMS key names
 
 
-def test_tls_certificate_names_the_endpoint_address_and_keys_stay_secret(gcp_baseline: MockRun) -> None:
-    request = gcp_baseline.one("tls:index/certRequest:CertRequest").props
-    assert request["ipAddresses"] == [GCP_EXTERNAL_ADDRESS]
-    assert not request.get("dnsNames")
-    secret = gcp_baseline.one("vault:kv/secretV2:SecretV2")
-    assert is_secret(secret.inputs["dataJson"])
+def test_vault_pki_issues_for_the_endpoint_address_only_and_no_key_is_in_the_state(gcp_baseline: MockRun) -> None:
+    layout = layout_of(GCP_STACK, GCP_REQUIRED_CONFIG)
+    assert_endpoint_tls(gcp_baseline, layout, GCP_EXTERNAL_ADDRESS, is_ip=True)
+    env = env_file(gcp_baseline)
+    assert env["FORESIGHT_TLS_COMMON_NAME"] == GCP_EXTERNAL_ADDRESS == gcp_baseline.outputs["endpointHost"].value
+    assert (env["FORESIGHT_TLS_VAULT_PKI_MOUNT"], env["FORESIGHT_TLS_NODE_PKI_ROLE"]) == (
+        layout.pki_mount,
+        layout.pki_role,
+    )
     assert "PRIVATE KEY" not in gcp_user_data(gcp_baseline)
 
 
@@ -203,6 +209,21 @@ def test_user_data_logs_in_with_the_identity_token_and_runs_on_the_gpu(gcp_basel
     assert "--gpus all" in gcp_user_data(gcp_baseline)
 
 
+def test_the_node_boots_an_image_g2_takes_and_installs_docker_first(gcp_baseline: MockRun) -> None:
+    """Deep Learning VM images cannot boot G2 (the default type); the Ubuntu accelerator image has only the
+    driver, so the marketplace image's runtime installer runs after the data mount, before Docker is used."""
+    assert (IMAGE_PROJECT, IMAGE_FAMILY) == ("ubuntu-os-accelerator-images",
+                                             "ubuntu-accelerator-2204-amd64-with-nvidia-570")
+    document = yaml.safe_load(gcp_user_data(gcp_baseline))
+    installer = f"{INSTALL_DIR}/{RUNTIME_SCRIPT.name}"
+    assert {e["path"]: e["content"] for e in document["write_files"]}[installer] == RUNTIME_SCRIPT.read_text()
+    steps = [" ".join(command) for command in document["runcmd"]]
+    install = steps.index(f"env NVIDIA_CTK_VERSION={NVIDIA_CTK_VERSION} {installer}")
+    assert any("mount_data_volume.sh" in step for step in steps[:install])
+    assert install < steps.index("systemctl restart docker.service") < steps.index(
+        "systemctl enable --now foresight.service")
+
+
 def test_service_settings_accept_the_gcp_node_environment(gcp_baseline: MockRun, monkeypatch: Any) -> None:
     from service.config import load_settings
 
@@ -212,6 +233,8 @@ def test_service_settings_accept_the_gcp_node_environment(gcp_baseline: MockRun,
     assert (settings.vault_auth_method, settings.vault_jwt_source) == ("jwt", "gcp")
     assert settings.vault_role == "foresight-gcp-test-node"
     assert settings.kms_provider == "gcp" and settings.kms_key_id.startswith(f"projects/{GCP_PROJECT}/locations/")
+    # The service serves the files fetch_tls.py writes; it does not issue a certificate of its own.
+    assert settings.tls_vault_pki_role is None and settings.tls_cert_file is not None
 
 
 def test_outputs_are_the_shared_set_and_hold_no_secret(gcp_baseline: MockRun, baseline: MockRun) -> None:

@@ -1,16 +1,16 @@
 """The Google Cloud program with optional and bad config: bring-your-own network, private only, spot with
-fallbacks, SSH, a Vault token, and the errors that name the key to fix."""
+fallbacks, SSH, a refused Vault token, and the errors that name the key to fix."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 
 from stacks.spec import ConfigError
 from tests.stacks.conftest import RunStack
-from tests.stacks.mockrun import BYO_SUBNET_CIDR, GCP_INTERNAL_ADDRESS, fake_cloud_invoke, is_secret
+from tests.stacks.endpoint_tls import assert_vault_token_refused
+from tests.stacks.mockrun import BYO_SUBNET_CIDR, GCP_INTERNAL_ADDRESS, MockRun, fake_cloud_invoke
 from tests.stacks.test_gcp_stack import FIREWALL, GROUP, TEMPLATE, firewall
 
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHrYwJmqmn0Dbj1o4Qh0XGnQKiqLQ9Nn3mTBRJm8Ifj8 ops@example"
@@ -65,6 +65,37 @@ def test_spot_with_fallback_types_in_rank_order(run_gcp_stack: RunStack) -> None
     ]
 
 
+def disk_types(run: MockRun) -> list[str]:
+    return [disk["diskType"] for disk in run.one(TEMPLATE).props["disks"]]
+
+
+@pytest.mark.parametrize("machine_type", ["g2-standard-4", "a2-highgpu-1g", "a3-highgpu-8g"])
+def test_machine_types_that_take_persistent_disk_keep_pd_balanced(run_gcp_stack: RunStack, machine_type: str) -> None:
+    run = run_gcp_stack({"foresight:instanceType": machine_type})
+    assert run.one(TEMPLATE).props["machineType"] == machine_type
+    assert disk_types(run) == ["pd-balanced", "pd-balanced"]
+
+
+def test_a3_ultra_takes_no_persistent_disk_so_its_disks_are_hyperdisk_balanced(run_gcp_stack: RunStack) -> None:
+    """Google: A3 Ultra "can't use Persistent Disk (regional or zonal)", and Hyperdisk Balanced is the only boot disk
+    type it supports. The stack's key, sizes and device name are the same as on pd-balanced."""
+    run = run_gcp_stack({"foresight:instanceType": "a3-ultragpu-8g", "foresight:volumeSizeGb": "500"})
+    disks = run.one(TEMPLATE).props["disks"]
+    assert disk_types(run) == ["hyperdisk-balanced", "hyperdisk-balanced"]
+    assert all(disk["diskEncryptionKey"]["kmsKeySelfLink"] == run.outputs["kmsKeyId"].value for disk in disks)
+    assert (disks[0]["diskSizeGb"], disks[1]["diskSizeGb"], disks[1]["deviceName"]) == (100, 500, "foresight-data")
+    assert not any("provisionedIops" in disk or "provisionedThroughput" in disk for disk in disks)  # Google's defaults
+
+
+def test_a3_ultra_with_an_a3_high_fallback_puts_both_on_hyperdisk_balanced(run_gcp_stack: RunStack) -> None:
+    run = run_gcp_stack(
+        {"foresight:instanceType": "a3-highgpu-8g", "foresight:fallbackInstanceTypes": '["a3-ultragpu-8g"]'}
+    )
+    assert disk_types(run) == ["hyperdisk-balanced", "hyperdisk-balanced"]  # A3 High takes both, A3 Ultra one
+    selections = run.one(GROUP).props["instanceFlexibilityPolicy"]["instanceSelections"]
+    assert [s["machineTypes"] for s in selections] == [["a3-highgpu-8g"], ["a3-ultragpu-8g"]]
+
+
 def test_ssh_key_replaces_os_login_and_opens_22_to_allowed_cidrs_only(run_gcp_stack: RunStack) -> None:
     run = run_gcp_stack({"foresight:sshPublicKey": SSH_KEY})
     metadata = run.one(TEMPLATE).props["metadata"]
@@ -80,12 +111,8 @@ def test_ssh_is_never_open_to_the_world_even_when_the_service_is(run_gcp_stack: 
     assert not [r for r in run.of_type(FIREWALL) if r.name.endswith("ssh-in")]
 
 
-def test_vault_token_reaches_the_provider_as_a_secret_and_nothing_else(run_gcp_stack: RunStack) -> None:
-    run = run_gcp_stack({"foresight:vaultToken": "hvs.CAESIJ-test-token-value"}, ("foresight:vaultToken",))
-    provider = run.named("foresight-vault")
-    assert is_secret(provider.inputs["token"])
-    others = [r for r in run if r is not provider and "hvs.CAESIJ" in json.dumps(r.props, default=str)]
-    assert others == []
+def test_a_vault_token_in_the_config_is_refused_because_the_provider_would_store_it(run_gcp_stack: RunStack) -> None:
+    assert_vault_token_refused(run_gcp_stack)
 
 
 def test_custom_image_and_volume_size(run_gcp_stack: RunStack) -> None:
@@ -102,6 +129,11 @@ def test_custom_image_and_volume_size(run_gcp_stack: RunStack) -> None:
         ({"foresight:instanceType": "n1-standard-4"}, "foresight:instanceType: 'n1-standard-4' is not a Google Cloud"),
         ({"foresight:instanceType": "g6.xlarge"}, "foresight:instanceType: 'g6.xlarge' is not a Google Cloud"),
         ({"foresight:fallbackInstanceTypes": '["e2-medium"]'}, "foresight:fallbackInstanceTypes: 'e2-medium' is not"),
+        (
+            {"foresight:fallbackInstanceTypes": '["a3-ultragpu-8g"]'},
+            "foresight:fallbackInstanceTypes: no disk type fits every machine type: g2-standard-4 takes pd-balanced, "
+            "a3-ultragpu-8g takes hyperdisk-balanced",
+        ),
         ({**BYO, "foresight:vpcId": "Shared_VPC"}, "foresight:vpcId: 'Shared_VPC' is not a VPC network name"),
         ({**BYO, "foresight:subnetIds": '["a", "b"]'}, "foresight:subnetIds: give exactly one subnet"),
         (

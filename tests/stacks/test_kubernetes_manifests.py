@@ -19,8 +19,10 @@ from stacks.boot import fetch_tls
 from stacks.cloudinit import CONTAINER_TLS_DIR, DATA_DIR, service_environment
 from stacks.kubernetes import manifests, pod
 from stacks.kubernetes.manifests import render
+from stacks.kubernetes.pod import TLS_REFRESH_INTERVAL_S
 from stacks.kubernetes.spec import RENDERED_ENV_KEYS, SpecError, WorkloadSpec, parse_spec
 from stacks.spec import HTTPS_PORT, SERVICE_PORTS, StackSpec
+from stacks.tls import CERTIFICATE_TTL_SECONDS
 from stacks.vault import VaultLayout
 from tests.stacks.mockrun import REQUIRED_CONFIG
 
@@ -35,7 +37,10 @@ BASE: dict[str, Any] = {
     "vaultAddress": "https://vault.example.test:8200",
     "vaultRole": "foresight-eks-node",
     "vaultKvMount": "foresight-eks",
-    "tlsVaultPath": "deployments/eks/tls",
+    "vaultPkiMount": "foresight-eks-pki",
+    "vaultPkiRole": "foresight-eks-endpoint",
+    "tlsCommonName": "cache.example.test",
+    "metricsVaultPath": "deployments/eks/metrics",
     "kmsProvider": "aws",
     "kmsKeyId": "alias/foresight-eks",
 }
@@ -88,7 +93,9 @@ VARIANTS = {
         ({"cpuLimit": "4 cores"}, "cpuLimit", "not a CPU quantity"),
         ({"memoryRequest": "8GB"}, "memoryRequest", "not a memory quantity"),
         ({"kmsProvider": "none"}, "kmsProvider", "'aws', 'gcp', 'azure' or 'vault-transit'"),
-        ({"tlsVaultPath": "../other/tls"}, "tlsVaultPath", "must be a Vault name or path"),
+        ({"vaultPkiRole": "../other"}, "vaultPkiRole", "must be a Vault name or path"),
+        ({"tlsCommonName": "*.example.test"}, "tlsCommonName", "must be a DNS name"),
+        ({"tlsCommonName": "cache.example.test,evil.example"}, "tlsCommonName", "must be a DNS name"),
         ({"sharedTierUrl": "redis://tier:6379", "sharedTierPasswordSecret": "p"}, "sharedTierUrl", "rediss://"),
         ({"sharedTierUrl": "rediss://tier:6379"}, "sharedTierPasswordSecret", "required with sharedTierUrl"),
         ({"sharedTierPasswordSecret": "p"}, "sharedTierPasswordSecret", "only with sharedTierUrl"),
@@ -113,7 +120,9 @@ def test_missing_required_keys_are_each_named() -> None:
         "vaultAddress",
         "vaultRole",
         "vaultKvMount",
-        "tlsVaultPath",
+        "vaultPkiMount",
+        "vaultPkiRole",
+        "tlsCommonName",
         "kmsProvider",
         "kmsKeyId",
     }
@@ -203,14 +212,29 @@ def test_init_container_runs_the_vm_boot_script_from_the_images_virtualenv() -> 
     assert fetch_tls.__name__ == module  # importable under that name, as the installed package is
 
 
+def test_a_sidecar_issues_a_fresh_certificate_daily_for_the_pods_lifetime() -> None:
+    """Renewal without a rollout: the restartable init container (a native sidecar) runs the same script in a loop,
+    with the init container's image, settings, mounts and limits."""
+    rendered = render(spec_of())
+    names = [c["name"] for c in pod_spec(rendered)["initContainers"]]
+    assert names == ["fetch-tls", "tls-refresh"]  # the first certificate before the sidecar and the service start
+    init, sidecar = container(rendered, "fetch-tls"), container(rendered, "tls-refresh")
+    assert sidecar["restartPolicy"] == "Always" and "restartPolicy" not in init
+    assert sidecar["command"] == [*init["command"], "--every", str(24 * 3600)]
+    assert TLS_REFRESH_INTERVAL_S < CERTIFICATE_TTL_SECONDS / 7  # a week of failed refreshes still leaves time
+    for key in ("image", "envFrom", "volumeMounts", "securityContext", "resources"):
+        assert sidecar[key] == init[key], key
+
+
 def test_tls_lands_in_memory_and_the_service_mounts_it_read_only() -> None:
     rendered = render(spec_of())
     [tls] = [v for v in pod_spec(rendered)["volumes"] if v["name"] == "tls"]
     assert tls["emptyDir"]["medium"] == "Memory"
     mounts = {
-        name: {m["name"]: m for m in container(rendered, name)["volumeMounts"]} for name in ("fetch-tls", "foresight")
+        name: {m["name"]: m for m in container(rendered, name)["volumeMounts"]}
+        for name in ("fetch-tls", "tls-refresh", "foresight")
     }
-    assert mounts["fetch-tls"]["tls"] == {"name": "tls", "mountPath": CONTAINER_TLS_DIR}
+    assert mounts["fetch-tls"]["tls"] == mounts["tls-refresh"]["tls"] == {"name": "tls", "mountPath": CONTAINER_TLS_DIR}
     assert mounts["foresight"]["tls"] == {"name": "tls", "mountPath": CONTAINER_TLS_DIR, "readOnly": True}
     assert mounts["foresight"]["data"]["mountPath"] == DATA_DIR
     data = by_kind(rendered, "ConfigMap")["data"]
@@ -218,24 +242,30 @@ def test_tls_lands_in_memory_and_the_service_mounts_it_read_only() -> None:
     assert data["FORESIGHT_TLS_KEY_FILE"] == f"{CONTAINER_TLS_DIR}/tls.key"
 
 
-def test_pods_read_the_scrape_token_beside_the_tls_secret_where_rotate_writes_it() -> None:
+def test_pods_issue_their_certificate_from_the_pki_role_for_the_endpoint_name() -> None:
+    data = by_kind(render(spec_of()), "ConfigMap")["data"]
+    assert data["FORESIGHT_TLS_VAULT_PKI_MOUNT"] == BASE["vaultPkiMount"]
+    assert data["FORESIGHT_TLS_NODE_PKI_ROLE"] == BASE["vaultPkiRole"]
+    assert data["FORESIGHT_TLS_COMMON_NAME"] == BASE["tlsCommonName"]
+    assert "FORESIGHT_TLS_VAULT_PKI_ROLE" not in data  # the service serves the files; it issues nothing itself
+    assert by_kind(render(spec_of(tlsCommonName="203.0.113.10")), "ConfigMap")["data"][
+        "FORESIGHT_TLS_COMMON_NAME"
+    ] == "203.0.113.10"
+
+
+def test_pods_read_the_scrape_token_where_rotate_writes_it_and_only_when_named() -> None:
     """`foresight metrics-token rotate --stack eks` writes deployments/eks/metrics: the VaultLayout of stack eks."""
-    layout = VaultLayout(kv_mount=BASE["vaultKvMount"], auth_mount="jwt", role=BASE["vaultRole"], policy="p",
+    layout = VaultLayout(kv_mount=BASE["vaultKvMount"], pki_mount=BASE["vaultPkiMount"],
+                         pki_role=BASE["vaultPkiRole"], auth_mount="jwt", role=BASE["vaultRole"], policy="p",
                          stack="eks")
-    assert layout.tls_path == BASE["tlsVaultPath"]
     for variant in VARIANTS.values():
         data = by_kind(render(variant), "ConfigMap")["data"]
         assert data["FORESIGHT_VAULT_METRICS_PATH"] == layout.metrics_path == vault_path("eks")
-    # A TLS secret kept elsewhere names no stack, so no scrape token is read from Vault (rather than a guessed one).
-    for elsewhere in ("pki/foresight/tls", "deployments/tls", "deployments/eks/tls/old"):
-        data = by_kind(render(spec_of(tlsVaultPath=elsewhere)), "ConfigMap")["data"]
-        assert "FORESIGHT_VAULT_METRICS_PATH" not in data
-        # ... unless the spec names it: where `metrics-token rotate --path` writes it.
-        data = by_kind(render(spec_of(tlsVaultPath=elsewhere, metricsVaultPath="pki/foresight/scrape")),
-                       "ConfigMap")["data"]
-        assert data["FORESIGHT_VAULT_METRICS_PATH"] == "pki/foresight/scrape"
-    data = by_kind(render(spec_of(metricsVaultPath="deployments/eks/scrape")), "ConfigMap")["data"]
-    assert data["FORESIGHT_VAULT_METRICS_PATH"] == "deployments/eks/scrape"  # given, it wins over the default
+    # Unnamed, no scrape token is read from Vault (rather than a guessed one): only the admin token scrapes.
+    data = by_kind(render(spec_of(metricsVaultPath=None)), "ConfigMap")["data"]
+    assert "FORESIGHT_VAULT_METRICS_PATH" not in data
+    data = by_kind(render(spec_of(metricsVaultPath="pki/foresight/scrape")), "ConfigMap")["data"]
+    assert data["FORESIGHT_VAULT_METRICS_PATH"] == "pki/foresight/scrape"  # where `rotate --path` writes it
 
 
 def test_shared_tier_password_is_a_mounted_secret_file() -> None:
@@ -264,7 +294,7 @@ def test_no_secret_is_rendered_anywhere(variant: str) -> None:
 def test_config_map_carries_every_setting_the_vm_gets_and_only_settings_something_reads() -> None:
     vm_spec = StackSpec.from_values("foresight", "aws-test", REQUIRED_CONFIG.get)
     vm_env = service_environment(
-        vm_spec, VaultLayout.for_spec(vm_spec), {"FORESIGHT_VAULT_AUTH_METHOD": "aws"}, "aws", "k", {}
+        vm_spec, VaultLayout.for_spec(vm_spec), {"FORESIGHT_VAULT_AUTH_METHOD": "aws"}, "aws", "k", "h.example", {}
     )
     for variant in VARIANTS.values():
         data = by_kind(render(variant), "ConfigMap")["data"]

@@ -73,7 +73,6 @@ def test_pulumi_yaml_declares_every_key_with_type_description_and_default() -> N
 def test_pulumi_yaml_defaults_are_the_programs_defaults() -> None:
     defaults = {key.split(":")[1]: value["default"] for key, value in PROJECT["config"].items() if "default" in value}
     assert defaults == {
-        "vaultToken": "",
         "instanceType": "",  # the cloud's own default, which the spec fills in
         "fallbackInstanceTypes": [],
         "spot": False,

@@ -1,6 +1,7 @@
-# Foresight marketplace image for Google Cloud: a Deep Learning VM GPU image family (NVIDIA driver
-# installed) plus the NVIDIA container toolkit, the service image and foresight.service, hardened for
-# the Cloud Marketplace VM solution review.
+# Foresight marketplace image for Google Cloud: Canonical's Ubuntu accelerator image family (NVIDIA driver
+# installed) plus Docker, the NVIDIA container toolkit, the service image and foresight.service, hardened for
+# the Cloud Marketplace VM solution review. Not a Deep Learning VM image: Google does not let those boot G2
+# instances ("You can't use Deep Learning VM Images as boot disks for instances that use the G2 machine type").
 #
 #   packer build -var project_id=my-project -var service_image_archive=foresight.tar images/packer/gcp
 #
@@ -24,13 +25,13 @@ variable "machine_type" {
 
 variable "source_image_family" {
   type        = string
-  default     = "common-cu128-ubuntu-2204-nvidia-570"
-  description = "Deep Learning VM image family to start from; the newest image in it is used."
+  default     = "ubuntu-accelerator-2204-amd64-with-nvidia-570"
+  description = "Ubuntu image family with the NVIDIA driver to start from; the newest image in it is used."
 }
 
 variable "source_image_project" {
   type    = string
-  default = "deeplearning-platform-release"
+  default = "ubuntu-os-accelerator-images"
 }
 
 variable "network" {
