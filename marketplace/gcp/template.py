@@ -32,7 +32,16 @@ from marketplace.first_boot import CONF_DIR
 from marketplace.launch import CIDR_PATTERN, PLACEHOLDER, SSH_OFF, cloud_config
 from service.tenancy import TENANT_NAME_PATTERN
 from stacks.cloudinit import DATA_DIR
-from stacks.gcp.compute import BOOT_DISK_GB, DATA_DEVICE_NAME, DATA_DISK_PATH, DISK_TYPE, GPU_FAMILIES, SCOPES
+from stacks.gcp.compute import (
+    BOOT_DISK_GB,
+    DATA_DEVICE_NAME,
+    DATA_DISK_PATH,
+    DISK_TYPE,
+    GPU_FAMILIES,
+    HYPERDISK_TYPE,
+    SCOPES,
+    SERIES_DISK_TYPES,
+)
 from stacks.gcp.identity import AUDIT_ROLES, ORIGIN_ROLE
 from stacks.gcp.kms import DESTROY_SCHEDULED_DURATION, KEY_USER_ROLE, ROTATION_PERIOD, compute_service_agent
 from stacks.gcp.network import ALLOW_PRIORITY, DENY_EGRESS_PRIORITY, OWN_SUBNET_CIDR, SSH_PORT, WORLD
@@ -401,10 +410,20 @@ def _locals() -> Block:
             ("labels", {"foresight-deployment": Expr("local.name"), "managed-by": "terraform"}),
             Comment("The stack's rules: SSH only with a key, and never from the whole internet."),
             ("ssh_allowed", Expr(f'var.ssh_public_key != "" && var.allowed_cidr != "{WORLD}"')),
+            Comment("The stack's disk type: Hyperdisk Balanced for the series that take no Persistent Disk."),
+            ("disk_type", Expr(_disk_type())),
             ("user_data_vars", {template_name(k): Expr(v) for k, v in user_data_values().items()}),
             ("user_data", Expr(f'templatefile("${{path.module}}/{USER_DATA_FILE}", local.user_data_vars)')),
         ],
     )
+
+
+def _disk_type() -> str:
+    """The stack's `node_disk_type` of one machine type, as a Terraform expression of var.machine_type."""
+    hyperdisk_only = [prefix for prefix, types in SERIES_DISK_TYPES if DISK_TYPE not in types]
+    prefixes = ", ".join(f'"{prefix}"' for prefix in hyperdisk_only)
+    return (f"anytrue([for prefix in [{prefixes}] : startswith(var.machine_type, prefix)]) ? "
+            f'"{HYPERDISK_TYPE}" : "{DISK_TYPE}"')
 
 
 def _resource(kind: str, name: str, *body: Any) -> Block:
@@ -597,7 +616,7 @@ def _compute() -> list[Block]:
                 body=[
                     ("image", Expr("var.image")),
                     ("size", BOOT_DISK_GB),
-                    ("type", DISK_TYPE),
+                    ("type", Expr("local.disk_type")),
                     ("labels", Expr("local.labels")),
                 ],
             ),
@@ -620,7 +639,7 @@ def _compute() -> list[Block]:
             "data",
             _named("-data"),
             ("zone", Expr("var.zone")),
-            ("type", DISK_TYPE),
+            ("type", Expr("local.disk_type")),
             ("size", Expr("var.data_disk_size_gb")),
             ("labels", Expr("local.labels")),
             Block("disk_encryption_key", body=[("kms_key_self_link", Expr(_KEY))]),

@@ -36,7 +36,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from stacks.cluster import K8S_NAMESPACE, WORKLOAD_NAME
-from stacks.gcp.compute import DISK_TYPE, SCOPES, zones_offering
+from stacks.gcp.compute import DISK_TYPE, SCOPES, node_disk_type, zones_offering
 from stacks.gcp.network import Network
 from stacks.spec import ConfigError, StackSpec, config_key
 
@@ -158,13 +158,14 @@ def create_cluster_identity(name: str, spec: StackSpec, project_id: str, parent:
 
 
 def _node_config(
-    spec: StackSpec, key_id: pulumi.Input[str], node_email: pulumi.Input[str], machine_type: str
+    spec: StackSpec, key_id: pulumi.Input[str], node_email: pulumi.Input[str], machine_type: str,
+    disk_type: str = DISK_TYPE,
 ) -> dict[str, Any]:
     """What both pools' nodes share, as keyword arguments of a node config."""
     return {
         "machine_type": machine_type,
         "image_type": "COS_CONTAINERD",
-        "disk_type": DISK_TYPE,
+        "disk_type": disk_type,
         "disk_size_gb": NODE_BOOT_DISK_GB,
         "boot_disk_kms_key": key_id,
         "service_account": node_email,
@@ -283,7 +284,7 @@ def create_gke(
     system_pool = pool("system", system_config, 1, {"foresight.dev/pool": "system"})
     gpu_pool = pool(
         "gpu",
-        _node_config(spec, key_id, node_email, spec.instance_type),
+        _node_config(spec, key_id, node_email, spec.instance_type, node_disk_type([spec.instance_type])),
         placement.per_zone,
         GPU_POOL_LABELS,
         [

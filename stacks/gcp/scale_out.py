@@ -12,9 +12,10 @@ It creates, all as its children:
 - tier (`tier.py`): the service connection policy, the Memorystore for Valkey instance (IAM auth, TLS, CMEK),
   the pods' connection role, and a ConfigMap holding the instance's CA;
 - Kubernetes: a provider whose kubeconfig runs gke-gcloud-auth-plugin (no credential in state), the
-  `foresight` namespace (restricted Pod Security), a CMEK pd-balanced StorageClass, and the
-  `foresight:kubernetes:Workload` (stacks/kubernetes/component.py), whose objects wait for the namespace, the
-  StorageClass, the CA ConfigMap and every grant the pods use;
+  `foresight` namespace (restricted Pod Security), a CMEK StorageClass (pd-balanced, or hyperdisk-balanced for a
+  GPU type that takes no Persistent Disk), and the `foresight:kubernetes:Workload`
+  (stacks/kubernetes/component.py), whose objects wait for the namespace, the StorageClass, the CA ConfigMap and
+  every grant the pods use;
 - Vault (`stacks/vault.py`, `stacks/cluster.py`): the provider, KV mount and node policy, and a jwt auth method
   trusting the cluster's OIDC issuer with a role bound to the workload's service account;
 - TLS (`stacks/tls.py`): the PKI mount, its internal root CA and a role that issues certificates for the load
@@ -48,7 +49,7 @@ from stacks.gcp.cluster import (
     kubeconfig,
     oidc_issuer,
 )
-from stacks.gcp.compute import check_instance_types
+from stacks.gcp.compute import check_instance_types, node_disk_type
 from stacks.gcp.identity import grant_audit_shipping, grant_origin_read
 from stacks.gcp.kms import KEY_USER_ROLE, NodeKey, create_key
 from stacks.gcp.network import Network, check_network_ids, create_network
@@ -177,7 +178,7 @@ class ScaleOut(pulumi.ComponentResource):
             f"{name}-storage",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=STORAGE_CLASS),
             provisioner="pd.csi.storage.gke.io",
-            parameters={"type": "pd-balanced", "disk-encryption-kms-key": key_id},
+            parameters={"type": node_disk_type([spec.instance_type]), "disk-encryption-kms-key": key_id},
             volume_binding_mode="WaitForFirstConsumer",
             allow_volume_expansion=True,
             reclaim_policy="Delete",

@@ -38,6 +38,7 @@ from stacks.gcp.compute import (
     IMAGE_FAMILY,
     IMAGE_PROJECT,
     machine_family,
+    node_disk_type,
     node_metadata,
 )
 from stacks.gcp.identity import AUDIT_ROLES, ORIGIN_ROLE
@@ -163,7 +164,7 @@ def harness(files: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
     body = [*items, ("metadata", template.node_metadata())]
     outputs = [
         template.Block("output", (name,), [("value", template.Expr(f"local.{name}"))])
-        for name in ("name", "region", "ssh_allowed", "user_data", "metadata")
+        for name in ("name", "region", "ssh_allowed", "disk_type", "user_data", "metadata")
     ]
     (directory / "harness.tf").write_text(template.hcl([template.Block("locals", body=body), *outputs]))
     assert terraform(directory, "init", "-input=false", "-backend=false").returncode == 0
@@ -183,6 +184,12 @@ def refused(harness: Path, **values: str) -> str:
     result = terraform(harness, "plan", "-input=false", "-lock=false", *arguments)
     assert result.returncode != 0, f"terraform accepted {values}"
     return result.stderr
+
+
+@pytest.mark.parametrize("machine_type", ["g2-standard-4", "a2-highgpu-1g", "a3-highgpu-8g", "a3-ultragpu-8g"])
+def test_terraform_picks_the_disk_type_the_stack_picks(harness: Path, machine_type: str) -> None:
+    """A3 Ultra takes no Persistent Disk: the listing's disks follow the stack's table for the buyer's type."""
+    assert apply(harness, machine_type=machine_type)["disk_type"] == node_disk_type([machine_type])
 
 
 def test_terraform_accepts_the_defaults_and_derives_names(harness: Path) -> None:
@@ -338,10 +345,11 @@ def test_machine_types_are_the_stacks_gpu_families(parsed: dict[str, dict[str, A
 def test_disks_key_and_network_match_the_stack(parsed: dict[str, dict[str, Any]], files: dict[str, str]) -> None:
     instance = resource(parsed, "google_compute_instance", "node")
     boot = instance["boot_disk"][0]
-    assert boot["initialize_params"][0]["size"] == BOOT_DISK_GB and boot["initialize_params"][0]["type"] == DISK_TYPE
+    disk_type = "${local.disk_type}"
+    assert boot["initialize_params"][0]["size"] == BOOT_DISK_GB and boot["initialize_params"][0]["type"] == disk_type
     assert instance["attached_disk"][0]["device_name"] == DATA_DEVICE_NAME
     data = resource(parsed, "google_compute_disk", "data")
-    assert data["type"] == DISK_TYPE
+    assert data["type"] == disk_type
     (size,) = [v["data_disk_size_gb"] for v in parsed["variables.tf"]["variable"] if "data_disk_size_gb" in v]
     assert size["default"] == DEFAULT_VOLUME_SIZE_GB == StackSpec.model_fields["volume_size_gb"].default
     assert "16384" in size["validation"][0]["condition"] and ">= 20" in size["validation"][0]["condition"]

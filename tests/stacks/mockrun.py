@@ -453,7 +453,8 @@ GCP_LB_ADDRESS = "198.51.100.20"
 GCP_TIER_ADDRESS = "10.42.0.20"
 GCP_TIER_CA = "-----BEGIN CERTIFICATE-----\nMOCKMEMORYSTORECA\n-----END CERTIFICATE-----"
 # What Compute Engine's machine types report as their GPUs (the g2 family carries L4s, one per 4 to 32 vCPUs).
-GCP_MACHINE_ACCELERATORS = {"g2-": "nvidia-l4", "a2-highgpu": "nvidia-tesla-a100", "a3-highgpu": "nvidia-h100-80gb"}
+GCP_MACHINE_ACCELERATORS = {"g2-": "nvidia-l4", "a2-highgpu": "nvidia-tesla-a100", "a3-highgpu": "nvidia-h100-80gb",
+                            "a3-ultragpu": "nvidia-h200-141gb"}
 
 
 def _gcp_accelerators(machine_type: str) -> list[dict[str, Any]]:

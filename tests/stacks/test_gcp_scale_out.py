@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from stacks.cluster import service_account_subject
-from stacks.gcp.cluster import GPU_POOL_LABELS, place_pool
+from stacks.gcp.cluster import GPU_POOL_LABELS, SYSTEM_MACHINE_TYPE, place_pool
 from stacks.gcp.kms import KEY_USER_ROLE
 from stacks.gcp.scale_out import STORAGE_CLASS
 from stacks.gcp.tier import CA_CONFIG_MAP
@@ -482,3 +482,14 @@ def test_a_new_ca_rolls_the_pods(
     replaced = with_a_new_ca(monkeypatch, lambda: run_gcp_stack(SCALE_OUT))
     assert_deploy_order(replaced, GCP_LB_ADDRESS)
     assert pod_issuer_digest(replaced) != pod_issuer_digest(scale_out)
+
+
+def test_a_gpu_type_without_persistent_disk_gets_hyperdisk_on_its_pool_and_volumes(run_gcp_stack: RunStack) -> None:
+    """A3 Ultra takes no Persistent Disk: its pool's boot disks and the data volumes are Hyperdisk Balanced; the
+    system pool (e2) keeps pd-balanced."""
+    run = run_gcp_stack({**SCALE_OUT, "foresight:instanceType": "a3-ultragpu-8g"})
+    configs = [pool.props["nodeConfig"] for pool in run.of_type(NODE_POOL)]
+    disks = {config["machineType"]: config["diskType"] for config in configs}
+    assert disks == {"a3-ultragpu-8g": "hyperdisk-balanced", SYSTEM_MACHINE_TYPE: "pd-balanced"}
+    storage = run.one("kubernetes:storage.k8s.io/v1:StorageClass").props
+    assert storage["parameters"]["type"] == "hyperdisk-balanced"
