@@ -27,7 +27,7 @@ from stacks.aws.compute import DATA_DISK_MODEL, check_instance_types, create_com
 from stacks.aws.identity import create_identity, grant_audit_shipping, grant_key_use, grant_origin_read
 from stacks.aws.kms import create_key
 from stacks.aws.network import check_network_ids, create_endpoint, create_network
-from stacks.aws.vault import create_aws_auth
+from stacks.aws.vault import create_aws_auth, iam_server_id
 from stacks.cloudinit import NodeBoot, render_user_data, service_environment
 from stacks.spec import HTTPS_PORT, RESP_PORT, StackOutputs, StackSpec
 from stacks.tls import EndpointName, create_endpoint_tls
@@ -87,7 +87,10 @@ class GpuNode(pulumi.ComponentResource):
             environment = service_environment(
                 spec,
                 layout,
-                vault_login={"FORESIGHT_VAULT_AUTH_METHOD": "aws"},
+                vault_login={
+                    "FORESIGHT_VAULT_AUTH_METHOD": "aws",
+                    "FORESIGHT_VAULT_AWS_HEADER_VALUE": iam_server_id(spec),
+                },
                 kms_provider="aws",
                 kms_key_id=key_arn,
                 tls_host=host,

@@ -3,11 +3,16 @@
 The node logs in with a signed sts:GetCallerIdentity request (`stacks/boot/fetch_tls.py`, and the service
 itself with hvac); Vault forwards it to STS, learns the caller is the node's role, and hands out a token with
 the node's read-only policy. No static Vault token is ever put on the node.
+
+The request must also sign `X-Vault-AWS-IAM-Server-ID: <Vault's host name>` (`iam_server_id`): without it, a
+signed login request the node sent to one server could be replayed by that server to another Vault that trusts the
+same role. The node's settings carry the value (FORESIGHT_VAULT_AWS_HEADER_VALUE), read by both logins.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import pulumi
 import pulumi_vault as vault
@@ -21,6 +26,11 @@ class AwsVaultAuth:
     backend: vault.AuthBackend
     client: vault.aws.AuthBackendClient
     role: vault.aws.AuthBackendRole
+
+
+def iam_server_id(spec: StackSpec) -> str:
+    """The X-Vault-AWS-IAM-Server-ID this stack's Vault requires: its host name, as Vault's docs suggest."""
+    return urlsplit(spec.vault_address).hostname or spec.vault_address
 
 
 def create_aws_auth(
@@ -46,6 +56,7 @@ def create_aws_auth(
         backend=backend.path,
         sts_endpoint="https://sts.amazonaws.com",
         sts_region="us-east-1",
+        iam_server_id_header_value=iam_server_id(spec),
         opts=opts,
     )
     role = vault.aws.AuthBackendRole(

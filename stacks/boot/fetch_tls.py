@@ -68,6 +68,8 @@ SETTINGS = (
 )
 # RFC 5280's upper bound on a common name; a longer host (an AWS load balancer's can be) goes in the SANs only.
 MAX_COMMON_NAME = 64
+# Read only by the aws login: the X-Vault-AWS-IAM-Server-ID the stack's Vault requires (stacks/aws/vault.py).
+AWS_SETTINGS = ("FORESIGHT_VAULT_AWS_HEADER_VALUE",)
 # Read only by the jwt login; AWS nodes leave them unset, so unlike SETTINGS they are optional.
 JWT_SETTINGS = (
     "FORESIGHT_VAULT_JWT_SOURCE",
@@ -131,8 +133,11 @@ def _sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def sign_get_caller_identity(credentials: AwsCredentials, now: datetime.datetime) -> dict[str, str]:
-    """Headers of an sts:GetCallerIdentity POST signed with AWS Signature Version 4."""
+def sign_get_caller_identity(
+    credentials: AwsCredentials, now: datetime.datetime, server_id: str | None = None
+) -> dict[str, str]:
+    """Headers of an sts:GetCallerIdentity POST signed with AWS Signature Version 4, `server_id` (Vault's
+    X-Vault-AWS-IAM-Server-ID, which binds the request to that Vault) among the signed ones."""
     amz_date = now.strftime("%Y%m%dT%H%M%SZ")
     day = amz_date[:8]
     headers = {
@@ -140,6 +145,8 @@ def sign_get_caller_identity(credentials: AwsCredentials, now: datetime.datetime
         "Host": STS_HOST,
         "X-Amz-Date": amz_date,
     }
+    if server_id:
+        headers["X-Vault-AWS-IAM-Server-ID"] = server_id
     if credentials.session_token:
         headers["X-Amz-Security-Token"] = credentials.session_token
     canonical = {name.lower(): " ".join(value.split()) for name, value in headers.items()}
@@ -167,9 +174,11 @@ def sign_get_caller_identity(credentials: AwsCredentials, now: datetime.datetime
     return headers
 
 
-def aws_login_payload(role: str, credentials: AwsCredentials, now: datetime.datetime) -> dict[str, str]:
+def aws_login_payload(
+    role: str, credentials: AwsCredentials, now: datetime.datetime, server_id: str | None = None
+) -> dict[str, str]:
     """The body of POST /v1/auth/<mount>/login for Vault's AWS auth method, iam type."""
-    headers = sign_get_caller_identity(credentials, now)
+    headers = sign_get_caller_identity(credentials, now, server_id)
 
     def b64(text: str) -> str:
         return base64.b64encode(text.encode()).decode()
@@ -208,7 +217,8 @@ def login_aws(settings: Mapping[str, str]) -> str:
     """Log in with the instance role and return a Vault token."""
     credentials = instance_credentials(os.environ.get("FORESIGHT_IMDS_ENDPOINT", IMDS_ENDPOINT))
     now = datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017 - datetime.UTC needs 3.11; nodes may run 3.10
-    return vault_login(settings, aws_login_payload(settings["FORESIGHT_VAULT_ROLE"], credentials, now))
+    server_id = settings.get("FORESIGHT_VAULT_AWS_HEADER_VALUE") or None
+    return vault_login(settings, aws_login_payload(settings["FORESIGHT_VAULT_ROLE"], credentials, now, server_id))
 
 
 def gcp_identity_token(audience: str, metadata: str = GCP_METADATA) -> str:
@@ -401,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"fetch_tls: missing settings: {', '.join(missing)}", file=sys.stderr)
         return 2
-    settings = {name: os.environ[name] for name in SETTINGS + JWT_SETTINGS if os.environ.get(name)}
+    settings = {name: os.environ[name] for name in SETTINGS + AWS_SETTINGS + JWT_SETTINGS if os.environ.get(name)}
     if args.every is not None:
         refresh_forever(settings, args.out, args.group, args.every)
     return 0 if fetch_and_report(settings, args.out, args.group) else 1

@@ -239,6 +239,10 @@ def test_vault_wiring_binds_the_instance_role(baseline: MockRun) -> None:
     assert role["boundIamPrincipalArns"] == [f"arn:aws:iam::{ACCOUNT}:role/foresight-node-a1b2c3d"]
     assert role["tokenPolicies"] == ["foresight-aws-test-node"]
     assert role["backend"] == "foresight-aws-test-aws"
+    # Vault requires the login to sign its host name, which the node's settings carry to both logins
+    client = baseline.one("vault:aws/authBackendClient:AuthBackendClient").props
+    assert client["iamServerIdHeaderValue"] == "vault.example.test"
+    assert "FORESIGHT_VAULT_AWS_HEADER_VALUE=vault.example.test\n" in user_data(baseline)
 
 
 def test_vault_policy_reads_tenants_and_scrape_token_issues_its_certificate_and_writes_nothing(

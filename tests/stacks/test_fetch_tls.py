@@ -53,13 +53,11 @@ MATERIAL = {
 }
 
 
-def _botocore_signed(now: datetime.datetime | None = None) -> AWSRequest:
-    request = AWSRequest(
-        method="POST",
-        url=fetch_tls.STS_URL,
-        data=fetch_tls.STS_BODY,
-        headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"},
-    )
+def _botocore_signed(server_id: str | None = None) -> AWSRequest:
+    headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+    if server_id:
+        headers["X-Vault-AWS-IAM-Server-ID"] = server_id
+    request = AWSRequest(method="POST", url=fetch_tls.STS_URL, data=fetch_tls.STS_BODY, headers=headers)
     credentials = Credentials(CREDENTIALS.access_key_id, CREDENTIALS.secret_access_key, CREDENTIALS.session_token)
     SigV4Auth(credentials, "sts", fetch_tls.STS_REGION).add_auth(request)
     return request
@@ -96,6 +94,27 @@ def test_signature_equals_botocores() -> None:
     ours = fetch_tls.sign_get_caller_identity(CREDENTIALS, now)
     assert ours["Authorization"] == reference.headers["Authorization"]
     assert ours["X-Amz-Security-Token"] == CREDENTIALS.session_token
+
+
+def test_the_vault_server_id_is_signed_as_botocore_signs_it() -> None:
+    """X-Vault-AWS-IAM-Server-ID must be among the signed headers, or Vault refuses the login (and a request
+    signed for one Vault could be replayed to another)."""
+    reference = _botocore_signed("vault.example.com")
+    now = datetime.datetime.strptime(reference.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ")
+    ours = fetch_tls.sign_get_caller_identity(CREDENTIALS, now, "vault.example.com")
+    assert ours["Authorization"] == reference.headers["Authorization"]
+    assert "x-vault-aws-iam-server-id" in ours["Authorization"].split("SignedHeaders=")[1].split(",")[0]
+
+
+def test_the_aws_login_sends_the_server_id_from_the_node_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: dict[str, Any] = {}
+    monkeypatch.setattr(fetch_tls, "instance_credentials", lambda endpoint: CREDENTIALS)
+    monkeypatch.setattr(fetch_tls, "vault_login", lambda settings, payload: sent.update(payload) or "token")
+    settings = {"FORESIGHT_VAULT_ROLE": "foresight-node", "FORESIGHT_VAULT_AWS_HEADER_VALUE": "vault.example.com"}
+    assert fetch_tls.login_aws(settings) == "token"
+    headers = json.loads(base64.b64decode(sent["iam_request_headers"]))
+    assert headers["X-Vault-AWS-IAM-Server-ID"] == ["vault.example.com"]
+    assert "FORESIGHT_VAULT_AWS_HEADER_VALUE" in fetch_tls.AWS_SETTINGS  # main passes it on
 
 
 def test_login_request_matches_hvac_iam_login() -> None:
