@@ -29,6 +29,9 @@ CA_VALIDITY_SECONDS = 5 * 365 * 24 * 3600
 # equals it, so no node can ask for longer.
 CERTIFICATE_TTL_SECONDS = 30 * 24 * 3600
 KEY_TYPE, KEY_BITS = "ec", 256  # ECDSA P-256, for the CA and every node key
+# Vault keeps every certificate it issues (one a node a day), so revocation can name them; auto-tidy drops each
+# one three days after it expired, so the store holds about a month of them per node, not the stack's whole life.
+TIDY_INTERVAL, TIDY_SAFETY_BUFFER = "12h", "72h"
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class EndpointTls:
     mount: vault.Mount
     root: vault.pkisecret.SecretBackendRootCert
     role: vault.pkisecret.SecretBackendRole
+    tidy: vault.pkisecret.BackendConfigAutoTidy
     endpoint: EndpointName
 
     @property
@@ -119,4 +123,14 @@ def create_endpoint_tls(
         organizations=["Foresight"],
         opts=opts,
     )
-    return EndpointTls(mount=mount, root=root, role=role, endpoint=endpoint)
+    tidy = vault.pkisecret.BackendConfigAutoTidy(
+        f"{name}-pki-tidy",
+        backend=mount.path,
+        enabled=True,
+        tidy_cert_store=True,
+        tidy_revoked_certs=True,
+        interval_duration=TIDY_INTERVAL,
+        safety_buffer=TIDY_SAFETY_BUFFER,
+        opts=opts,
+    )
+    return EndpointTls(mount=mount, root=root, role=role, tidy=tidy, endpoint=endpoint)

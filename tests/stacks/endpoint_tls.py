@@ -64,6 +64,8 @@ def assert_endpoint_tls(run: MockRun, layout: VaultLayout, host: str, *, is_ip: 
     )
     assert role["ttl"] == role["maxTtl"] == str(CERTIFICATE_TTL_SECONDS)
     assert (role["keyType"], role["keyBits"]) == ("ec", 256)
+    tidy = run.one("vault:pkiSecret/backendConfigAutoTidy:BackendConfigAutoTidy").props  # a daily cert, tidied
+    assert (tidy["backend"], tidy["enabled"], tidy["tidyCertStore"]) == (layout.pki_mount, True, True)
     policy = run.one("vault:index/policy:Policy").props["policy"]
     assert policy == layout.node_policy_hcl()
     capabilities = dict(re.findall(r'path "([^"]+)" \{\s*capabilities = \[([^\]]*)\]', policy))

@@ -234,6 +234,10 @@ def install_endpoint_pki(admin: hvac.Client, run: MockRun) -> str:
     settings = _api_fields(role, *(name for name in role if name not in ("backend", "name", "issuerRef")))
     settings["organization"] = settings.pop("organizations")
     admin.write_data(f"{path}/roles/{role['name']}", data={**settings, "issuer_ref": generated["issuer_id"]})
+    tidy = run.one("vault:pkiSecret/backendConfigAutoTidy:BackendConfigAutoTidy").props
+    admin.write_data(f"{path}/config/auto-tidy", data=_api_fields(tidy, *(name for name in tidy if name != "backend")))
+    configured = admin.read(f"{path}/config/auto-tidy")["data"]
+    assert configured["enabled"] and configured["tidy_cert_store"] and configured["safety_buffer"] == 3 * 24 * 3600
     return str(generated["certificate"])
 
 
