@@ -13,9 +13,10 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import hvac
 import requests
@@ -28,6 +29,7 @@ from onboarding.local.stack import LocalStack
 from onboarding.state import state_dir_option
 
 REWRAP_TIMEOUT_S = 600.0
+KMS_REWRAP = ("-c", "from service.cli import main; main()", "kms", "rewrap", "--json")  # run by this Python
 
 
 @dataclass(frozen=True)
@@ -122,19 +124,23 @@ def _transit(what: str, call: Callable[[], Any]) -> Any:
 
 
 def _run_kms_rewrap(service: LocalService, dry_run: bool) -> dict[str, Any]:
-    """`foresight kms rewrap --json` with the service's settings; its per-file progress goes to this stderr."""
-    argv = [sys.executable, "-c", "from service.cli import main; main()", "kms", "rewrap", "--json"]
+    """`foresight kms rewrap --json` with the service's settings; its per-file progress goes to this stderr. Killed
+    after REWRAP_TIMEOUT_S: the service is down meanwhile, and starts again only once this returns."""
+    argv = [sys.executable, *KMS_REWRAP, *(["--dry-run"] if dry_run else [])]
+    other: list[str] = []
     with tempfile.TemporaryFile("w+") as stdout:
-        with subprocess.Popen(argv + (["--dry-run"] if dry_run else []), env=service.process_env(),
-                              cwd=service.paths.root, stdout=stdout, stderr=subprocess.PIPE, text=True) as child:
-            assert child.stderr is not None
-            other = [line for line in child.stderr if not _progress(line)]
+        with subprocess.Popen(argv, env=service.process_env(), cwd=service.paths.root, stdout=stdout,
+                              stderr=subprocess.PIPE, text=True) as child:
+            relay = threading.Thread(target=_relay, args=(child.stderr, other), daemon=True)
+            relay.start()
             try:
                 code = child.wait(REWRAP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 child.kill()
-                raise LocalFailure("rewrap", f"`foresight kms rewrap` did not finish in {REWRAP_TIMEOUT_S:.0f}s") \
-                    from None
+                raise LocalFailure("rewrap", f"`foresight kms rewrap` did not finish in {REWRAP_TIMEOUT_S:.0f}s; "
+                                   "it was stopped") from None
+            finally:
+                relay.join(5)
         stdout.seek(0)
         text = stdout.read()
     try:
@@ -146,10 +152,11 @@ def _run_kms_rewrap(service: LocalService, dry_run: bool) -> dict[str, Any]:
     return report
 
 
-def _progress(line: str) -> bool:
-    """Pass a progress line on (True); anything else is kept for the error message."""
-    if not line.startswith("rewrap: ["):
-        return False
-    sys.stderr.write(line)
-    sys.stderr.flush()
-    return True
+def _relay(stderr: IO[str] | None, other: list[str]) -> None:
+    """Pass the child's progress lines on to this stderr as they come; keep the rest for the error message."""
+    for line in stderr or ():
+        if line.startswith("rewrap: ["):
+            sys.stderr.write(line)
+            sys.stderr.flush()
+        else:
+            other.append(line)
