@@ -35,6 +35,7 @@ import hmac
 import ipaddress
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -400,6 +401,10 @@ def refresh_forever(
         fetch_and_report(settings, out_dir, group)
 
 
+def _stop(signum: int, frame: object) -> None:
+    sys.exit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, required=True, help="directory for ca.pem, tls.crt, tls.key")
@@ -413,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = {name: os.environ[name] for name in SETTINGS + AWS_SETTINGS + JWT_SETTINGS if os.environ.get(name)}
     if args.every is not None:
+        # As a pod's sidecar this is PID 1 (its command bypasses the image's tini), and the kernel drops a signal PID 1
+        # has no handler for: without one, every pod stop waited out its whole grace period for this container.
+        signal.signal(signal.SIGTERM, _stop)
         refresh_forever(settings, args.out, args.group, args.every)
     return 0 if fetch_and_report(settings, args.out, args.group) else 1
 

@@ -16,6 +16,7 @@ import ipaddress
 import json
 import os
 import re
+import signal
 import stat
 import threading
 from collections.abc import Iterator, Mapping
@@ -607,6 +608,31 @@ def test_refresh_forever_issues_again_every_interval_and_survives_a_failed_run(
     assert "not allowed by this role" in output.err
     assert_issued_for(out, vault.host, vault.ca_pem)
     assert len(node_vault.tokens) == 3 and node_vault.revoked()
+
+
+def test_the_sidecar_loop_ends_on_sigterm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """As a pod's tls-refresh sidecar the loop is PID 1, to which the kernel delivers only signals it handles:
+    without a handler each pod stop waited its whole grace period for this container."""
+    for name in fetch_tls.SETTINGS:
+        monkeypatch.setenv(name, "x")
+    seen: list[Any] = []
+
+    def loop(*args: Any) -> None:  # what the loop runs under: records the handler, then ends as a signal would
+        seen.append(signal.getsignal(signal.SIGTERM))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(fetch_tls, "refresh_forever", loop)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit):
+            fetch_tls.main(["--out", str(tmp_path), "--every", "86400"])
+        [handler] = seen
+        assert callable(handler)
+        with pytest.raises(SystemExit) as stopped:
+            handler(signal.SIGTERM, None)
+        assert stopped.value.code == 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_main_names_missing_settings(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
