@@ -62,11 +62,11 @@ class PendingTls:
         return cls(host, {TLS_ISSUER_ANNOTATION: digest}, resolve_host, resolve_digest)
 
     def settle(self, tls: EndpointTls) -> None:
-        """The endpoint's name, and the digest of the CA and the role's names, known once the role exists: pods
-        start after it, and a new CA or endpoint name rolls them onto certificates of the new one."""
+        """The endpoint's name, and the digest of the CA and the role (its names among them), known once the role
+        exists: pods start after it, and a new CA or endpoint name rolls them onto certificates of the new one."""
         self._resolve_host(pulumi.Output.from_input(tls.endpoint.host))
         self._resolve_digest(
-            pulumi.Output.all(tls.ca_certificate, tls.role.allowed_domains, tls.role.id).apply(
+            pulumi.Output.all(tls.ca_certificate, tls.role.data_json).apply(
                 lambda values: hashlib.sha256(f"{values[0]}\n{values[1]}".encode()).hexdigest()
             )
         )

@@ -7,14 +7,19 @@ issues its own certificate (stacks/boot/fetch_tls.py) at every service start and
 key for that one response, so the key lives only on the node.
 
 The endpoint is a DNS name where the load balancer has one (AWS; Azure's public address) and an IP address where it
-does not (Google Cloud; Azure's private frontend): clients check whichever name is there. A Vault PKI role cannot
-list the IP addresses it allows (`allow_ip_sans` is all or none), so for an IP endpoint the role pins the common
-name to the address and admits IP SANs; a DNS endpoint's role admits no IP SAN at all.
+does not (Google Cloud; Azure's private frontend): clients check whichever name is there. A DNS endpoint's role
+admits that name and no IP SAN. An IP endpoint's role admits IP SANs, which a role's typed fields cannot narrow
+(`allow_ip_sans` is all or none): OpenBao narrows them with the role's `allowed_ip_sans_cidr` (the address/32), and
+HashiCorp Vault (1.19+) with the root's name constraints (`permitted_ip_ranges`), which clients also enforce; each
+ignores the other's field. The role is therefore written as the PKI API's own JSON (a generic endpoint), since the
+provider's role resource has no `allowed_ip_sans_cidr`. A DNS endpoint's root is name-constrained to its name too.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_vault as vault
@@ -47,6 +52,11 @@ class EndpointName:
         """The role's allowed names: the host, or none while it is unknown (an address not yet assigned)."""
         return pulumi.Output.from_input(self.host).apply(lambda host: [host] if host else [])
 
+    @property
+    def ip_ranges(self) -> pulumi.Output[list[str]]:
+        """The host as a /32 where it is an address; nothing for a DNS endpoint."""
+        return self.names.apply(lambda names: [f"{name}/32" for name in names] if self.is_ip else [])
+
 
 @dataclass(frozen=True)
 class EndpointTls:
@@ -54,7 +64,7 @@ class EndpointTls:
 
     mount: vault.Mount
     root: vault.pkisecret.SecretBackendRootCert
-    role: vault.pkisecret.SecretBackendRole
+    role: vault.generic.Endpoint
     tidy: vault.pkisecret.BackendConfigAutoTidy
     endpoint: EndpointName
 
@@ -92,35 +102,17 @@ def create_endpoint_tls(
         key_type=KEY_TYPE,
         key_bits=KEY_BITS,
         ttl=str(CA_VALIDITY_SECONDS),
+        permitted_dns_domains=endpoint.names.apply(lambda names: [] if endpoint.is_ip else names),
+        permitted_ip_ranges=endpoint.ip_ranges,
         opts=opts,
     )
-    role = vault.pkisecret.SecretBackendRole(
+    role = vault.generic.Endpoint(
         f"{name}-endpoint",
-        backend=mount.path,
-        name=layout.pki_role,
-        issuer_ref=root.issuer_id,
-        allowed_domains=endpoint.names,
-        allow_bare_domains=True,
-        allow_subdomains=False,
-        allow_glob_domains=False,
-        allow_wildcard_certificates=False,
-        allow_localhost=False,
-        allow_any_name=False,
-        enforce_hostnames=True,
-        allow_ip_sans=endpoint.is_ip,
-        # The node sends no common name where its host is over RFC 5280's 64 characters (an AWS load balancer's
-        # name can be); the host is then only in the SANs, which is what clients check.
-        require_cn=False,
-        server_flag=True,
-        client_flag=False,
-        code_signing_flag=False,
-        email_protection_flag=False,
-        key_type=KEY_TYPE,
-        key_bits=KEY_BITS,
-        key_usages=["DigitalSignature"],
-        ttl=str(CERTIFICATE_TTL_SECONDS),
-        max_ttl=str(CERTIFICATE_TTL_SECONDS),
-        organizations=["Foresight"],
+        path=pulumi.Output.concat(mount.path, f"/roles/{layout.pki_role}"),
+        data_json=pulumi.Output.all(root.issuer_id, endpoint.names, endpoint.ip_ranges).apply(
+            lambda values: json.dumps(role_settings(values[0], values[1], values[2]), sort_keys=True)
+        ),
+        ignore_absent_fields=True,
         opts=opts,
     )
     tidy = vault.pkisecret.BackendConfigAutoTidy(
@@ -134,3 +126,34 @@ def create_endpoint_tls(
         opts=opts,
     )
     return EndpointTls(mount=mount, root=root, role=role, tidy=tidy, endpoint=endpoint)
+
+
+def role_settings(issuer_id: str, names: list[str], ip_ranges: list[str]) -> dict[str, Any]:
+    """The endpoint role as Vault's PKI API takes it (`<mount>/roles/<role>`): server certificates for exactly the
+    endpoint's name, for CERTIFICATE_TTL_SECONDS at most."""
+    return {
+        "issuer_ref": issuer_id,
+        "allowed_domains": names,
+        "allow_bare_domains": True,
+        "allow_subdomains": False,
+        "allow_glob_domains": False,
+        "allow_wildcard_certificates": False,
+        "allow_localhost": False,
+        "allow_any_name": False,
+        "enforce_hostnames": True,
+        "allow_ip_sans": bool(ip_ranges),
+        "allowed_ip_sans_cidr": ip_ranges,
+        # The node sends no common name where its host is over RFC 5280's 64 characters (an AWS load balancer's
+        # name can be); the host is then only in the SANs, which is what clients check.
+        "require_cn": False,
+        "server_flag": True,
+        "client_flag": False,
+        "code_signing_flag": False,
+        "email_protection_flag": False,
+        "key_type": KEY_TYPE,
+        "key_bits": KEY_BITS,
+        "key_usage": ["DigitalSignature"],
+        "ttl": CERTIFICATE_TTL_SECONDS,
+        "max_ttl": CERTIFICATE_TTL_SECONDS,
+        "organization": ["Foresight"],
+    }

@@ -15,7 +15,7 @@ import pytest
 from stacks.spec import ConfigError, StackSpec
 from stacks.tls import CA_VALIDITY_SECONDS, CERTIFICATE_TTL_SECONDS
 from stacks.vault import VaultLayout
-from tests.stacks.mockrun import PKI_ROLE, PKI_ROOT_CERT, MockRun, fake_pem
+from tests.stacks.mockrun import PKI_ROLE, PKI_ROOT_CERT, MockRun, fake_pem, pki_role
 
 KV_SECRET = "vault:kv/secretV2:SecretV2"
 
@@ -47,23 +47,22 @@ def assert_endpoint_tls(run: MockRun, layout: VaultLayout, host: str, *, is_ip: 
     assert root.props["ttl"] == str(CA_VALIDITY_SECONDS)
     assert run.outputs["caCertificate"].value == fake_pem("CERTIFICATE", root.name)
     assert not run.outputs["caCertificate"].secret
-    role = run.one(PKI_ROLE).props
-    assert (role["backend"], role["name"]) == (layout.pki_mount, layout.pki_role)
-    assert role["issuerRef"] == f"issuer-{root.name}"
-    assert role["allowedDomains"] == [host]
-    assert role["allowBareDomains"] is True
-    for wider in ("allowSubdomains", "allowGlobDomains", "allowWildcardCertificates", "allowLocalhost", "allowAnyName"):
+    assert root.props.get("permittedIpRanges", []) == ([f"{host}/32"] if is_ip else [])  # HashiCorp Vault 1.19+
+    assert root.props.get("permittedDnsDomains", []) == ([] if is_ip else [host])
+    written = run.one(PKI_ROLE).props
+    assert written["path"] == f"{layout.pki_mount}/roles/{layout.pki_role}"
+    role = pki_role(run)
+    assert role["issuer_ref"] == f"issuer-{root.name}"
+    assert role["allowed_domains"] == [host]
+    assert role["allow_bare_domains"] is True
+    for wider in ("allow_subdomains", "allow_glob_domains", "allow_wildcard_certificates", "allow_localhost",
+                  "allow_any_name", "client_flag", "code_signing_flag", "email_protection_flag"):
         assert role[wider] is False, wider
-    assert role["enforceHostnames"] is True
-    assert role["allowIpSans"] is is_ip
-    assert (role["serverFlag"], role["clientFlag"], role["codeSigningFlag"], role["emailProtectionFlag"]) == (
-        True,
-        False,
-        False,
-        False,
-    )
-    assert role["ttl"] == role["maxTtl"] == str(CERTIFICATE_TTL_SECONDS)
-    assert (role["keyType"], role["keyBits"]) == ("ec", 256)
+    assert role["enforce_hostnames"] is True and role["server_flag"] is True
+    assert role["allow_ip_sans"] is is_ip
+    assert role["allowed_ip_sans_cidr"] == ([f"{host}/32"] if is_ip else [])  # OpenBao: only the endpoint's address
+    assert role["ttl"] == role["max_ttl"] == CERTIFICATE_TTL_SECONDS
+    assert (role["key_type"], role["key_bits"]) == ("ec", 256)
     tidy = run.one("vault:pkiSecret/backendConfigAutoTidy:BackendConfigAutoTidy").props  # a daily cert, tidied
     assert (tidy["backend"], tidy["enabled"], tidy["tidyCertStore"]) == (layout.pki_mount, True, True)
     policy = run.one("vault:index/policy:Policy").props["policy"]

@@ -85,13 +85,14 @@ def assert_deploy_order(run: MockRun, endpoint: str) -> None:
     assert balancer.urn not in pods.dependencies
     assert role.urn in pods.dependencies
     assert pods.custom_timeouts["create"] == "30m"
-    assert role.props["allowedDomains"] == [endpoint]
+    assert mockrun.pki_role(run)["allowed_domains"] == [endpoint]
     assert pod_settings(run)[TLS_COMMON_NAME_SETTING] == endpoint
     [config_map] = [r for r in run.of_type("kubernetes:core/v1:ConfigMap") if r.props["data"] == pod_settings(run)]
     assert config_map.urn in pods.dependencies  # the pods' settings, naming the endpoint, come before the pods
     ca = run.one(mockrun.PKI_ROOT_CERT)
     certificate = mockrun.fake_pem("CERTIFICATE", ca.name)
-    assert pod_issuer_digest(run) == hashlib.sha256(f"{certificate}\n{[endpoint]}".encode()).hexdigest()
+    role_json = run.one(mockrun.PKI_ROLE).props["dataJson"]  # the role's names among its settings
+    assert pod_issuer_digest(run) == hashlib.sha256(f"{certificate}\n{role_json}".encode()).hexdigest()
 
 
 def with_a_new_ca(monkeypatch: pytest.MonkeyPatch, deploy: Callable[[], MockRun]) -> MockRun:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import json
 import runpy
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -58,7 +59,7 @@ SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
 LOAD_BALANCER = "aws:lb/loadBalancer:LoadBalancer"
 KMS_KEY = "aws:kms/key:Key"
 PKI_ROOT_CERT = "vault:pkiSecret/secretBackendRootCert:SecretBackendRootCert"
-PKI_ROLE = "vault:pkiSecret/secretBackendRole:SecretBackendRole"
+PKI_ROLE = "vault:generic/endpoint:Endpoint"  # the endpoint role, written as the PKI API's JSON (stacks/tls.py)
 
 # The acceptance baseline: only the required config.
 REQUIRED_CONFIG = {
@@ -529,3 +530,9 @@ def _fake_aws_session_context(args: Mapping[str, Any]) -> dict[str, Any]:
         head, _, session = arn.partition(":assumed-role/")
         issuer = f"arn:aws:iam::{head.rsplit(':', 1)[1]}:role/{session.split('/')[0]}"
     return {"id": arn, "arn": arn, "issuerArn": issuer, "issuerId": "AROA", "issuerName": issuer.rsplit("/", 1)[-1]}
+
+
+def pki_role(run: MockRun) -> dict[str, Any]:
+    """The endpoint role's settings as the stack writes them to `<pki mount>/roles/<role>` (snake_case API names)."""
+    settings: dict[str, Any] = json.loads(run.one(PKI_ROLE).props["dataJson"])
+    return settings

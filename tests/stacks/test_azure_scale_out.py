@@ -46,6 +46,7 @@ from tests.stacks.mockrun import (
     MockRun,
     in_subscription,
     is_secret,
+    pki_role,
     plain,
 )
 from tests.stacks.policy_harness import POLICIES, violations
@@ -511,7 +512,7 @@ def test_the_same_stack_in_two_subscriptions_gets_two_dns_labels(scale_out: Mock
     assert label(other) != label(scale_out)
     host = other.outputs["endpointHost"].value
     assert host == f"{label(other)}.westeurope.cloudapp.azure.com"
-    assert other.one(PKI_ROLE).props["allowedDomains"] == [host]
+    assert pki_role(other)["allowed_domains"] == [host]
 
 
 def test_example_scale_out_stack_file_deploys(run_azure_stack: RunStack) -> None:

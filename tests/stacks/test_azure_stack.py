@@ -23,9 +23,9 @@ from tests.stacks.mockrun import (
     AZURE_SUBSCRIPTION,
     AZURE_TENANT,
     OTHER_SUBSCRIPTION,
-    PKI_ROLE,
     MockRun,
     in_subscription,
+    pki_role,
 )
 
 ALLOWED = "203.0.113.0/24"
@@ -174,7 +174,7 @@ def test_the_same_stack_in_two_subscriptions_gets_two_dns_labels(
     assert label(other).startswith("foresight-azure-test-") and len(label(other)) <= 63
     host = other.outputs["endpointHost"].value
     assert host == f"{label(other)}.{AZURE_LOCATION}.cloudapp.azure.com"
-    assert other.one(PKI_ROLE).props["allowedDomains"] == [host]
+    assert pki_role(other)["allowed_domains"] == [host]
 
 
 def test_scale_set_of_one_repairs_a_regular_node(azure_baseline: MockRun) -> None:

@@ -11,7 +11,7 @@ import pytest
 from stacks.spec import ConfigError
 from tests.stacks.conftest import RunStack
 from tests.stacks.endpoint_tls import assert_vault_token_refused
-from tests.stacks.mockrun import AZURE_INTERNAL_ADDRESS, BYO_SUBNET_CIDR, PKI_ROLE
+from tests.stacks.mockrun import AZURE_INTERNAL_ADDRESS, BYO_SUBNET_CIDR, pki_role
 from tests.stacks.test_azure_stack import SCALE_SET, azure_user_data, node_profile, security_rules
 
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHrYwJmqmn0Dbj1o4Qh0XGnQKiqLQ9Nn3mTBRJm8Ifj8 ops@example"
@@ -44,8 +44,9 @@ def test_private_only_keeps_the_endpoint_internal_and_open_to_the_subnet(run_azu
     assert frontend["subnet"]["id"] == f"{VNET}/subnets/cache" and "publicIPAddress" not in frontend
     assert security_rules(run)["service-in"]["sourceAddressPrefixes"] == [BYO_SUBNET_CIDR]
     assert run.outputs["endpointHost"].value == AZURE_INTERNAL_ADDRESS
-    role = run.one(PKI_ROLE).props
-    assert role["allowedDomains"] == [AZURE_INTERNAL_ADDRESS] and role["allowIpSans"] is True
+    role = pki_role(run)
+    assert role["allowed_domains"] == [AZURE_INTERNAL_ADDRESS] and role["allow_ip_sans"] is True
+    assert role["allowed_ip_sans_cidr"] == [f"{AZURE_INTERNAL_ADDRESS}/32"]
     assert f"FORESIGHT_TLS_COMMON_NAME={AZURE_INTERNAL_ADDRESS}\n" in azure_user_data(run)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import hvac
 import hvac.exceptions
 import pytest
+from cryptography import x509
 
 from stacks.boot import fetch_tls
 from tests.security.metadata_fakes import JwtIssuer
@@ -185,3 +186,22 @@ def test_metadata_requests_bypass_a_configured_proxy(
     assert token == gce_metadata.issued[-1]
     with pytest.raises(fetch_tls.BootstrapError, match="failed"):  # the same URL, not as metadata, takes the proxy
         fetch_tls.http_request("GET", f"{gce_metadata.url}{IDENTITY_PATH}?audience=x", {"Metadata-Flavor": "Google"})
+
+
+def test_a_node_of_an_ip_endpoint_gets_a_certificate_for_that_address_only(gcp_node: GcpNode) -> None:
+    """An IP endpoint's role admits IP SANs; its allowed_ip_sans_cidr keeps them to the endpoint's address (the
+    typed role had no such field, and issued for any address: 8.8.8.8, the metadata server's)."""
+    vault = gcp_node.stack.vault
+    node = hvac.Client(url=vault.admin.url, token=vault.admin.auth.token.create(
+        policies=[vault.layout.policy])["auth"]["client_token"])
+    issue = vault.layout.pki_issue_path
+    for other in ("8.8.8.8", "10.0.0.1", "169.254.169.254", f"{vault.host},8.8.8.8"):
+        with pytest.raises(hvac.exceptions.InvalidRequest):
+            node.write_data(issue, data={"common_name": vault.host, "ip_sans": other, "exclude_cn_from_sans": True})
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        node.write_data(issue, data={"common_name": "8.8.8.8", "ip_sans": "8.8.8.8"})
+    granted = node.write_data(issue, data={"common_name": vault.host, "ip_sans": vault.host,
+                                           "exclude_cn_from_sans": True})["data"]
+    certificate = x509.load_pem_x509_certificate(granted["certificate"].encode())
+    sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == [vault.host]

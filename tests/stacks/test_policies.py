@@ -216,7 +216,7 @@ CASES: list[Case] = [
     # Vault and pulumi-tls resources, the same on every cloud: what the stacks make passes, a key in the state fails
     ("no-secret-in-state", rules.PKI_ROOT_CERT, {"backend": "s-pki", "type": "internal", "commonName": "s CA"}, None),
     ("no-secret-in-state", rules.PKI_ROOT_CERT, {"backend": "s-pki", "type": "exported"}, "type 'exported'"),
-    ("no-secret-in-state", "vault:pkiSecret/secretBackendRole:SecretBackendRole", {"allowedDomains": ["a.b"]}, None),
+    ("no-secret-in-state", "vault:generic/endpoint:Endpoint", {"path": "s-pki/roles/r", "dataJson": "{}"}, None),
     ("no-secret-in-state", rules.PKI_ISSUED_CERT, {"backend": "s-pki", "name": "r", "commonName": "a.b"}, "issues"),
     ("no-secret-in-state", rules.TLS_PRIVATE_KEY, {"algorithm": "ECDSA", "ecdsaCurve": "P256"}, "private key"),
     ("no-secret-in-state", "vault:kv/secretV2:SecretV2", {"mount": "s", "name": "x", "dataJson": "{}"}, "its data"),
