@@ -11,7 +11,7 @@ longer take (older than its window, or refused for good) is settled as *lost*: l
 never resent forever in a batch it would block. Every record still pending after a run, and every one settled
 without being billed, is in the run's `errors`, so `meter` exits 6. Each record bills an interval that starts
 where the purchase's previous record ended (at its registration for the first), stamped no earlier than the
-registration. The counters must all come from one service node (see `_one_node`). Each cloud supplies only the
+registration. The counters must all come from one service node (see `_other_nodes`). Each cloud supplies only the
 call that sends a batch.
 """
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Generic, NamedTuple, Protocol
 
 from marketplace.records import PendingUsage, PurchaseRecord, PurchaseRecords, RecordT, Subscription
-from onboarding.errors import InvalidInput, OnboardingError, ServiceFailure
+from onboarding.errors import OnboardingError, ServiceFailure
 from onboarding.tenants import Onboarder
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,12 @@ class UsageMeter(Generic[RecordT]):
                 report.skipped[tenant] = "no purchase record"
             else:
                 records[tenant] = record
-        _one_node(usage, records)
+        foreign = _other_nodes(usage, records)
         pending: Batch[RecordT] = []
         for tenant, record in records.items():
+            if tenant in foreign and record.pending is None:  # a pending record needs no counter: resent below
+                report.errors.append(foreign[tenant])
+                continue
             prepared = self._prepare(tenant, record, usage.get(tenant), now, final, report)
             if prepared is not None:
                 pending.append((tenant, record, prepared))
@@ -237,19 +240,21 @@ def _interval_end(slot: dt.datetime, now: dt.datetime) -> dt.datetime:
     return max(slot, min(hour_end, now.replace(microsecond=0)))
 
 
-def _one_node(usage: dict[str, Counter], records: Mapping[str, PurchaseRecord]) -> None:
-    """Refuse counters from another service node than the records': each node counts its own reads since its own
-    start, so reading whichever node a load balancer picked would bill one node's lifetime counter as a restart.
-    The admin API names no node, only when its process started; a restart always starts later, so an answer
-    from a process that started before the one a record last counted came from another node."""
+def _other_nodes(usage: dict[str, Counter], records: Mapping[str, PurchaseRecord]) -> dict[str, str]:
+    """Tenants whose counter comes from another service node than their records', with why: each node counts its
+    own reads since its own start, so reading whichever node a load balancer picked would bill one node's lifetime
+    counter as a restart. The admin API names no node, only when its process started; a restart always starts
+    later, so an answer from a process that started before the one a record last counted came from another node.
+    Those tenants are not metered this run (reported: `meter` exits 6); the others are."""
+    foreign = {}
     for tenant, record in records.items():
         counter = usage.get(tenant)
         counted = record.pending.counting_since if record.pending is not None else record.counting_since
         if counter is None or counter.since is None or counted is None or counter.since >= counted:
             continue
-        raise InvalidInput(
-            "FORESIGHT_ADMIN_URL",
-            f"its answer comes from a service process that started at {counter.since:.0f}, before the one that "
-            f"counted {tenant}'s last record ({counted:.0f}): several service nodes answer there. Metering needs "
-            "one node's counters: point FORESIGHT_ADMIN_URL at that node's own admin API, not a load balancer",
+        foreign[tenant] = (
+            f"usage of {tenant} not metered: FORESIGHT_ADMIN_URL answered from a service process that started at "
+            f"{counter.since:.0f}, before the one that counted its last record ({counted:.0f}), so several service "
+            "nodes answer there. Point FORESIGHT_ADMIN_URL at one node's own admin API, not a load balancer"
         )
+    return foreign
