@@ -32,7 +32,7 @@ from stacks.gcp.network import Network
 from stacks.spec import HTTPS_PORT, ConfigError, StackSpec, config_key
 
 IMAGE_PROJECT = "ubuntu-os-accelerator-images"
-IMAGE_FAMILY = "ubuntu-accelerator-2204-amd64-with-nvidia-570"
+IMAGE_FAMILY = "ubuntu-accelerator-2204-amd64-with-nvidia-580"
 # Machine families whose types carry NVIDIA GPUs.
 GPU_FAMILIES = frozenset({"a2", "a3", "g2"})
 BOOT_DISK_GB = 100  # the image uses about 50 GB; the rest holds the service image

@@ -39,7 +39,7 @@ GCP_REGION = "us-central1"
 GCP_ZONES = [f"{GCP_REGION}-{suffix}" for suffix in "fcba"]
 GCP_ZONES_WITHOUT_GPU = {f"{GCP_REGION}-b"}
 GCP_IMAGE = ("https://www.googleapis.com/compute/v1/projects/ubuntu-os-accelerator-images/global/images/"
-             "ubuntu-accelerator-2204-amd64-with-nvidia-570-v20261101")
+             "ubuntu-accelerator-2204-amd64-with-nvidia-580-v20261101")
 GCP_EXTERNAL_ADDRESS = "198.51.100.7"
 GCP_INTERNAL_ADDRESS = "10.42.0.9"
 BYO_SUBNET_CIDR = "10.30.0.0/20"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -209,11 +211,25 @@ def test_user_data_logs_in_with_the_identity_token_and_runs_on_the_gpu(gcp_basel
     assert "--gpus all" in gcp_user_data(gcp_baseline)
 
 
+# The lowest Linux driver of each CUDA major (NVIDIA's CUDA toolkit release notes, "CUDA Driver" table).
+CUDA_MINIMUM_DRIVER = {12: 525, 13: 580}
+
+
+def test_the_images_driver_runs_the_service_images_cuda() -> None:
+    """The service image's CUDA needs a driver at least this new; the node image family names its driver (with
+    570 under CUDA 13, the container would see no GPU)."""
+    dockerfile = (Path(__file__).parents[2] / "images" / "service" / "Dockerfile").read_text()
+    cuda = re.search(r"nvidia/cuda:(\d+)\.", dockerfile)
+    driver = re.search(r"-nvidia-(\d+)$", IMAGE_FAMILY)
+    assert cuda is not None and driver is not None
+    assert int(driver[1]) >= CUDA_MINIMUM_DRIVER[int(cuda[1])]
+
+
 def test_the_node_boots_an_image_g2_takes_and_installs_docker_first(gcp_baseline: MockRun) -> None:
     """Deep Learning VM images cannot boot G2 (the default type); the Ubuntu accelerator image has only the
     driver, so the marketplace image's runtime installer runs after the data mount, before Docker is used."""
     assert (IMAGE_PROJECT, IMAGE_FAMILY) == ("ubuntu-os-accelerator-images",
-                                             "ubuntu-accelerator-2204-amd64-with-nvidia-570")
+                                             "ubuntu-accelerator-2204-amd64-with-nvidia-580")
     document = yaml.safe_load(gcp_user_data(gcp_baseline))
     installer = f"{INSTALL_DIR}/{RUNTIME_SCRIPT.name}"
     assert {e["path"]: e["content"] for e in document["write_files"]}[installer] == RUNTIME_SCRIPT.read_text()

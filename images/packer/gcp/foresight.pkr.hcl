@@ -25,7 +25,7 @@ variable "machine_type" {
 
 variable "source_image_family" {
   type        = string
-  default     = "ubuntu-accelerator-2204-amd64-with-nvidia-570"
+  default     = "ubuntu-accelerator-2204-amd64-with-nvidia-580"
   description = "Ubuntu image family with the NVIDIA driver to start from; the newest image in it is used."
 }
 
