@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -70,9 +69,10 @@ class BatchMeterUsage:
         return answers | more_answers, refused | more_refused
 
     def _call(self, batch: Batch[CustomerRecord]) -> dict[str, Answer]:
-        tenants: dict[tuple[str, dt.datetime | None], str] = {
-            (record.license_arn, usage.timestamp): tenant for tenant, record, usage in batch
-        }
+        # A batch holds at most one record of a purchase, so its LicenseArn names the record. Not the timestamp
+        # too: AWS has said it ignores seconds, and a purchase's first record is stamped at its registration's second
+        # (`_slot`): an echo without them would match nothing, leaving the record pending and the tenant unmetered.
+        tenants = {record.license_arn: tenant for tenant, record, _ in batch}
         records = [
             {
                 "Timestamp": usage.timestamp,
@@ -87,7 +87,7 @@ class BatchMeterUsage:
         answers = {}
         for result in reply.get("Results", []):  # UnprocessedRecords get no answer: resent next run
             sent = result.get("UsageRecord", {})
-            tenant = tenants.get((sent.get("LicenseArn"), _utc(sent.get("Timestamp"))))
+            tenant = tenants.get(str(sent.get("LicenseArn")))
             if tenant is None:
                 log.error("BatchMeterUsage answered for a record it was not sent: %s", sent.get("LicenseArn"))
                 continue
@@ -107,8 +107,3 @@ class Metering(UsageMeter[CustomerRecord]):
             BatchMeterUsage(marketplace),
         )
 
-
-def _utc(value: Any) -> dt.datetime | None:
-    if not isinstance(value, dt.datetime):
-        return None
-    return value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -244,6 +245,28 @@ def test_the_first_record_is_stamped_no_earlier_than_the_registration(
     record = marketplace.records.get(registration.tenant)
     assert record is not None and record.last_metered == record.registered.replace(microsecond=0)  # its second
     assert fake.usage(license_arn) == [2]
+
+
+def test_an_answer_echoing_the_timestamp_without_its_seconds_still_settles_the_record(
+    marketplace: AwsMarketplace, fake: MarketplaceFake, deployment: Deployment, bought: tuple[Registration, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """AWS has documented that it ignores a timestamp's seconds; a first record stamped at its registration's
+    second, echoed without them, matched nothing before: it stayed pending and the tenant was never metered again."""
+    registration, license_arn = bought
+    meter = fake._meter
+
+    def truncating(record: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+        answer = meter(record, now)
+        stamp = answer["UsageRecord"]["Timestamp"]
+        return {**answer, "UsageRecord": {**answer["UsageRecord"], "Timestamp": stamp.replace(second=0)}}
+
+    monkeypatch.setattr(fake, "_meter", truncating)
+    reads(deployment, registration, 200)
+    report = Metering(marketplace).run(tenants=[registration.tenant])
+    assert [m.status for m in report.metered] == ["Success"] and report.errors == []
+    record = marketplace.records.get(registration.tenant)
+    assert record is not None and record.pending is None and fake.usage(license_arn) == [2]
 
 
 def test_a_bad_license_is_isolated_and_its_batchmates_are_billed(
