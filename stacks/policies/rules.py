@@ -155,6 +155,16 @@ KMS_DURATION = re.compile(r"(\d+(?:\.\d{1,9})?)s")
 ISO_DURATION = re.compile(r"P(?=\d)(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)D)?")
 # Resources that keep a private key or secret data in Pulumi's state (encrypted or not), and why that is avoidable.
 TLS_PRIVATE_KEY = "tls:index/privateKey:PrivateKey"
+# Resources whose outputs are a credential, so that the state holds it whatever the program does with it.
+CREDENTIAL_TYPES = {
+    "vault:index/token:Token": "a Vault token",
+    "vault:appRole/authBackendRoleSecretId:AuthBackendRoleSecretId": "an AppRole secret id",
+    "aws:iam/accessKey:AccessKey": "an IAM access key",
+    "gcp:serviceaccount/key:Key": "a service account key",
+    "azuread:index/servicePrincipalPassword:ServicePrincipalPassword": "a service principal password",
+    "azuread:index/applicationPassword:ApplicationPassword": "an application password",
+    "random:index/randomPassword:RandomPassword": "a generated password",
+}
 KV_SECRET_TYPES = ("vault:kv/secretV2:SecretV2", "vault:kv/secret:Secret", "vault:generic/secret:Secret")
 PKI_ROOT_CERT = "vault:pkiSecret/secretBackendRootCert:SecretBackendRootCert"
 PKI_ISSUED_CERT = "vault:pkiSecret/secretBackendCert:SecretBackendCert"
@@ -616,6 +626,9 @@ def _state_secret_problem(resource_type: str, props: Mapping[str, Any]) -> str |
         return "a certificate Pulumi issues keeps its private key in the state; let the node issue its own"
     if resource_type == VAULT_PROVIDER and props.get("token"):
         return "the Vault provider's token is kept in the state; give it VAULT_TOKEN in the environment instead"
+    if resource_type in CREDENTIAL_TYPES:
+        return (f"{CREDENTIAL_TYPES[resource_type]} made by Pulumi is kept in the state; the nodes log in with their "
+                "cloud identity and need none")
     return None
 
 
@@ -747,7 +760,8 @@ POLICIES = [
         "no-secret-in-state",
         "Pulumi's state holds no private key or secret: no pulumi-tls private key, no Vault KV or generic secret "
         "with data, no Vault PKI root CA other than internal (its key stays in Vault), no certificate issued by "
-        "Pulumi (its key would be in the state), no token given to the Vault provider.",
+        "Pulumi (its key would be in the state), no token given to the Vault provider, no credential made by Pulumi "
+        "(Vault tokens and AppRole secret ids, cloud access keys, service account keys, passwords).",
         check_no_secret_in_state,
     ),
     _policy(

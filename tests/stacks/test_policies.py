@@ -223,6 +223,9 @@ CASES: list[Case] = [
     ("no-secret-in-state", "vault:kv/secretV2:SecretV2", {"mount": "s", "name": "x"}, None),
     ("no-secret-in-state", "vault:generic/secret:Secret", {"path": "s/x", "dataJson": '{"k": "v"}'}, "its data"),
     ("no-secret-in-state", rules.VAULT_PROVIDER, {"address": "https://vault.example.test:8200"}, None),
+    ("no-secret-in-state", "vault:index/token:Token", {"policies": ["p"]}, "a Vault token"),
+    ("no-secret-in-state", "aws:iam/accessKey:AccessKey", {"user": "u"}, "an IAM access key"),
+    ("no-secret-in-state", "random:index/randomPassword:RandomPassword", {"length": 32}, "a generated password"),
     ("no-secret-in-state", rules.VAULT_PROVIDER, {"address": "https://v.test", "token": "hvs.x"}, "token"),
 ]
 
