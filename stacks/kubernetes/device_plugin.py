@@ -10,7 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-IMAGE = "nvcr.io/nvidia/k8s-device-plugin:v0.17.0"
+# v0.17.0 by the digest nvcr.io serves for that tag (minikube's nvidia-device-plugin addon pins the same one): the
+# pull is reproducible, and with a digest IfNotPresent cannot run another build.
+IMAGE = (
+    "nvcr.io/nvidia/k8s-device-plugin:v0.17.0"
+    "@sha256:7089559ce6153018806857f5049085bae15b3bf6f1c8bd19d8b12f707d087dea"
+)
 NAME = "nvidia-device-plugin"
 NAMESPACE = "kube-system"
 
@@ -42,7 +47,11 @@ def device_plugin_manifest(
                     "capabilities": {"drop": ["ALL"]},
                     "readOnlyRootFilesystem": True,
                 },
-                "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+                # It lists the GPUs at start and then waits on NVML's health events: a tenth of a core is ample.
+                "resources": {
+                    "requests": {"cpu": "10m", "memory": "32Mi"},
+                    "limits": {"cpu": "100m", "memory": "128Mi"},
+                },
                 "volumeMounts": [{"name": "device-plugin", "mountPath": "/var/lib/kubelet/device-plugins"}],
             }
         ],

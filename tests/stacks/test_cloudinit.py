@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import yaml
 
 from stacks.cloudinit import NVIDIA_CTK_VERSION, RUNTIME_SCRIPT, NodeBoot, render_env_file, render_user_data
 from stacks.policies.rules import SECRET_PATTERNS
+from tests.images.tools import require_tool
 from tests.stacks.conftest import RunStack
 from tests.stacks.mockrun import MockRun, user_data
 from tests.stacks.test_azure_stack import azure_user_data
@@ -47,19 +47,17 @@ def documents(
     }
 
 
-@pytest.mark.skipif(shutil.which("cloud-init") is None, reason="cloud-init is not installed")
 @pytest.mark.parametrize("variant", ["baseline", "ssh+spot", "gcp", "gcp ssh+spot", "azure", "azure ssh+spot"])
 def test_user_data_passes_cloud_init_schema(documents: dict[str, str], variant: str, tmp_path: Path) -> None:
     path = tmp_path / "user-data.yaml"
     path.write_text(documents[variant])
     result = subprocess.run(
-        ["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True, timeout=60
+        [require_tool("cloud-init"), "schema", "--config-file", str(path)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Valid cloud-config" in result.stdout
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_service_unit_passes_systemd_verify(documents: dict[str, str], tmp_path: Path) -> None:
     unit = _files(documents["baseline"])["/etc/systemd/system/foresight.service"]
     # This machine has no Docker: point the unit at a stub so verify checks the unit, not the host.
@@ -69,7 +67,7 @@ def test_service_unit_passes_systemd_verify(documents: dict[str, str], tmp_path:
     (tmp_path / "foresight.service").write_text(unit.replace("/usr/bin/docker", str(docker)))
     (tmp_path / "docker.service").write_text("[Service]\nExecStart=/bin/true\n")
     result = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", str(tmp_path / "foresight.service")],
+        [require_tool("systemd-analyze"), "verify", "--man=no", str(tmp_path / "foresight.service")],
         capture_output=True,
         text=True,
         timeout=60,
@@ -116,7 +114,6 @@ def test_a_daily_timer_fetches_tls_again_while_the_service_runs(documents: dict[
     )
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_refresh_timer_and_its_job_pass_systemd_verify(documents: dict[str, str], tmp_path: Path) -> None:
     files = _files(documents["baseline"])
     python = tmp_path / "python3"
@@ -127,7 +124,7 @@ def test_refresh_timer_and_its_job_pass_systemd_verify(documents: dict[str, str]
         (tmp_path / name).write_text(text)
     (tmp_path / "foresight.service").write_text("[Service]\nExecStart=/bin/true\n")
     result = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", *(str(tmp_path / name) for name in (
+        [require_tool("systemd-analyze"), "verify", "--man=no", *(str(tmp_path / name) for name in (
             "foresight-tls-refresh.timer", "foresight-tls-refresh.service"))],
         capture_output=True,
         text=True,

@@ -3,6 +3,7 @@ device plugin: what the spec refuses, what the manifests carry, and that Kuberne
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import kubernetes_validate
@@ -74,7 +75,9 @@ def test_device_plugin_is_nvidias_pinned_unprivileged_daemonset_on_the_gpu_pool(
     kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
     pod = manifest["spec"]["template"]["spec"]
     (plugin,) = pod["containers"]
-    assert plugin["image"] == IMAGE and IMAGE.rsplit(":", 1)[1].startswith("v")
+    assert plugin["image"] == IMAGE  # a release, by its digest
+    assert re.fullmatch(r"nvcr\.io/nvidia/k8s-device-plugin:v[0-9.]+@sha256:[0-9a-f]{64}", IMAGE)
+    assert plugin["resources"]["limits"].keys() == {"cpu", "memory"}
     assert pod["nodeSelector"] == {"foresight.dev/pool": "gpu"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert plugin["securityContext"]["allowPrivilegeEscalation"] is False
