@@ -29,7 +29,7 @@ from service.resp import replies as r
 from service.resp.admission import LoginWait, admission_for
 from service.resp.commands import Command, build_table, checked_subcommand
 from service.resp.commands.transactions import RUN_INSIDE_MULTI
-from service.resp.reader import new_reader
+from service.resp.reader import Position, new_reader
 from service.state import ServiceState
 
 log = logging.getLogger(__name__)
@@ -47,11 +47,13 @@ YIELD_EVERY = _TURN_BYTES // _COMMAND_COST  # commands, at most, between other c
 _QUEUED_COMMAND = sys.getsizeof([]) + sys.getsizeof((None, None)) + 8
 _QUEUED_ARG = sys.getsizeof(b"") + 8
 _INTERNAL_ERROR = r.error("ERR internal error")
-# A read that starts an inline request is recognised only when hiredis holds nothing unparsed; but it holds
-# nothing inside an array too, between two arguments or just past one's type byte, so a read that goes on with a
-# long request starts with '$', a length's digit or '-': never a byte of framing.INLINE_START. An inline request
-# behind an array in the same read is found when hiredis refuses its first byte (_inline_behind).
-_INLINE_START = framing.INLINE_START
+# A read that starts a request goes through Redis's framing (framing.take_requests) instead of straight to hiredis
+# when it does not start with '*' (an inline request, or a RESP value Redis takes for one) or holds a '+' (where an
+# argument's '$' should be, hiredis takes `+foo` for a bulk string): one scan of the read, and one look at where
+# hiredis stands once the read is answered (_answered), are the hot path's costs.
+# What hiredis refuses or parses into something that is not an array of bytes is framed again from that request on
+# (_reframe), and an argument still arriving that Redis would already refuse is refused (_answered).
+_PLUS = b"+"
 
 
 class RespConnection(asyncio.Protocol):
@@ -62,6 +64,7 @@ class RespConnection(asyncio.Protocol):
         self.state = state
         self.transport: asyncio.Transport | None = None
         self.reader = new_reader(state.settings.max_request_args)
+        self.position = Position(self.reader)
         # Bytes received since the last complete request: the request-size limits' measure. Not reader.len(), which
         # drops what hiredis has parsed of a request still arriving (a huge array, sent in pieces, never grew it).
         self.request_bytes = 0
@@ -95,11 +98,13 @@ class RespConnection(asyncio.Protocol):
         self._writable.set()
         self._login_wait: LoginWait | None = None  # until the first login (never in dev mode)
         self._inline = b""  # an inline request's line still arriving (hiredis reads arrays only)
-        self._inline_error: bytes | None = None  # a bad inline line: answered after the requests before it
+        self._frame_error: bytes | None = None  # what framing refused: answered after the requests before it
         # While a task answers a read, that read (None once another one was fed: it is then not all the reader may
-        # hold) and the last request the reader returned: where an inline request behind an array is looked for,
-        # and what it follows. The synchronous drain has both in its locals.
+        # hold), whether it started where a request does, and the last request the reader returned: where a request
+        # hiredis misread is looked for, and what it follows. The synchronous drain has them in its locals.
         self._read: bytes | None = None
+        self._read_at_start = False
+        self._at_start = True  # whether hiredis stood between requests when the last read was answered
         self._previous: list[bytes] | None = None
 
     # asyncio.Protocol ---------------------------------------------------------------------------------
@@ -161,29 +166,35 @@ class RespConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return
-        if self._inline or (data[0] in _INLINE_START and not self.reader.has_data()):
-            data = self._from_inline(data)
+        at_start = self._at_start if self._busy is None else self.position.between_requests()
+        if self._inline or (at_start and (data[0] != 0x2A or _PLUS in data)):
+            data = self._framed(data)
+            at_start = True
         self.reader.feed(data)
         if self._unauthenticated is not None:
             self._unauthenticated += data
         if self._busy is None:
             if self._paused:
-                self._continue_in_task(None, None, data)
+                self._continue_in_task(None, None, data, at_start)
             else:
-                self._drain_sync(data)
+                self._drain_sync(data, at_start)
         else:
             self._read = None
 
-    def _from_inline(self, data: bytes) -> bytes:
-        """The inline requests at the head of what arrived, as arrays, with what follows them (hiredis parses it)."""
+    def _framed(self, data: bytes) -> bytes:
+        """What arrived, from where a request starts, as Redis frames it: arrays hiredis reads alike, with what is
+        still arriving of an array after them (hiredis parses it)."""
         buf = self._inline + data if self._inline else data
-        encoded, used, error = framing.take_inline(buf)
+        encoded, used, error, hold = framing.take_requests(buf, self.state.settings.max_request_args)
         self._inline = b""
         if error is not None:
-            self._inline_error = error  # what follows it is never read: the connection closes
+            if self._unauthenticated is not None:  # Redis's limits before AUTH come first, on the same request
+                first = framing.first_request(bytearray(buf[used:]))
+                error = first if isinstance(first, bytes) else error
+            self._frame_error = error  # what follows it is never read: the connection closes
             return encoded
-        if used < len(buf) and buf[used] != 0x2A:
-            self._inline = buf[used:]  # a line still arriving (at most framing.INLINE_MAX)
+        if hold:  # a line still arriving (at most framing.INLINE_MAX), or an array hiredis would misread
+            self._inline = buf[used:]
             return encoded
         return encoded + buf[used:]
 
@@ -196,40 +207,63 @@ class RespConnection(asyncio.Protocol):
         try:
             args = self.reader.gets()
         except hiredis.ProtocolError as err:
-            read = self._inline_behind(self._read, self._previous, err)
-            if read is None:
-                self._write(framing.parse_error(err))
-                self.close_after_reply = True
-                return False
-            self._read = read
-            return self._next()
+            fed = self._reframe(self._read, self._read_at_start, self._previous, str(err))
+            if fed is not None:
+                self._read, self._read_at_start = fed, True
+                return self._next()
+            self._write(framing.parse_error(err))
+            self.close_after_reply = True
+            return False
         except MemoryError as err:
             self._write(framing.parse_error(err))
             self.close_after_reply = True
             return False
         if args is not False:
-            self._previous = args
             self.request_bytes = self.reader.len()
-        elif self._inline_error is not None:
-            self._write(self._inline_error)
+        elif (refusal := self._answered()) is not None:
+            self._write(refusal)
             self.close_after_reply = True
         return args
 
-    def _inline_behind(
-        self, read: bytes | None, previous: list[bytes] | None, refusal: hiredis.ProtocolError
+    def _reframe(
+        self, read: bytes | None, at_start: bool, previous: list[bytes] | None, refusal: str | None
     ) -> bytes | None:
-        """When what hiredis refused is an inline request right behind `previous` in `read`: a new reader (hiredis
-        ends one at its first protocol error) fed that request and what follows it as _from_inline leaves them,
-        and what it was fed (the read to look in next time). Else None."""
-        if read is None or previous is None:
+        """When hiredis refused (`refusal`, its message) or misread a request of `read` right after `previous`, the
+        last request it returned from it: a new reader (hiredis ends one at its first protocol error) fed that
+        request and what follows it as Redis frames them, and what it was fed (the read to look in next time). None
+        when where that request starts is not certain (the read went on with a request begun in an earlier one,
+        and only an inline request is looked for there): hiredis's error stands."""
+        if read is None:
             return None
-        start = framing.inline_start(read, previous, str(refusal))
-        if start is None:
-            return None
+        if at_start:
+            start, last = framing.hiredis_prefix(read)
+            if last != previous or start >= len(read):
+                return None
+        else:
+            found = None if previous is None or refusal is None else framing.inline_start(read, previous, refusal)
+            if found is None:
+                return None
+            start = found
+        if start == 0 and at_start and not self._inline and framing.take_requests(
+                read, self.state.settings.max_request_args)[0] == read:
+            return None  # Redis frames it as hiredis read it: the refusal stands (framing it again would loop)
         self.reader = new_reader(self.state.settings.max_request_args)
-        fed = self._from_inline(read[start:])
+        self.position = Position(self.reader)
+        fed = self._framed(read[start:])
         self.reader.feed(fed)
         return fed
+
+    def _answered(self) -> bytes | None:
+        """Once hiredis has nothing more to return: notes whether the next read starts a request, and returns what
+        framing refused, or Redis's error for the argument hiredis is still reading where Redis would have refused it
+        already (None: the connection goes on)."""
+        position = self.position
+        ridx = position.ridx.value
+        self._at_start = (ridx == -1 or (ridx == 0 and position.root.value < 0)) and not self.reader.has_data()
+        if self._frame_error is not None:
+            return self._frame_error
+        progress = position.element_in_progress() if ridx > 0 else None
+        return None if progress is None else framing.refusal_in_progress(*progress)
 
     def _check_unauthenticated(self) -> bytes | None:
         """Redis's error when the next request breaks its limits before AUTH; else None, and a complete request
@@ -245,9 +279,9 @@ class RespConnection(asyncio.Protocol):
             del buf[:first]
         return None
 
-    def _drain_sync(self, read: bytes) -> None:
-        """Answer the complete commands in the buffer (`read` is what was just fed); hand over to a task at the
-        first that must wait, or after a turn's worth."""
+    def _drain_sync(self, read: bytes, at_start: bool) -> None:
+        """Answer the complete commands in the buffer (`read` is what was just fed, `at_start` whether it started
+        where a request does); hand over to a task at the first that must wait, or after a turn's worth."""
         out: list[bytes] = []
         spent = 0
         execute, gets, cost, turn = self.execute, self.reader.gets, _COMMAND_COST, _TURN_BYTES
@@ -263,22 +297,31 @@ class RespConnection(asyncio.Protocol):
                 try:
                     args = gets()
                 except hiredis.ProtocolError as err:
-                    fed = None if last is None else self._inline_behind(read, last, err)
+                    fed = self._reframe(read, at_start, last, str(err))
                     if fed is None:
                         raise
-                    read, gets = fed, self.reader.gets
+                    read, at_start, gets = fed, True, self.reader.gets
                     continue
                 if args is False:
-                    if self._inline_error is not None:
-                        out.append(self._inline_error)
+                    refusal = self._answered()
+                    if refusal is not None:
+                        out.append(refusal)
                         self.close_after_reply = True
                     break
-                last = args
                 try:
                     reply = execute(args)
+                except framing.Malformed as malformed:
+                    fed = self._reframe(read, at_start, last, None)
+                    if fed is None:
+                        out.append(malformed.reply)
+                        self.close_after_reply = True
+                        break
+                    read, at_start, gets = fed, True, self.reader.gets
+                    continue
                 except Exception:  # a bug in one command: it answers an error, the rest of the pipeline runs
                     log.exception("command failed on connection %d", self.client_id)
                     reply = _INTERNAL_ERROR
+                last = args
                 if type(reply) is not bytes:
                     pending = reply
                     break
@@ -296,7 +339,7 @@ class RespConnection(asyncio.Protocol):
         if out:
             self._write(b"".join(out))
         if pending is not None or more:
-            self._continue_in_task(pending, last, read)
+            self._continue_in_task(pending, last, read, at_start)
         elif self.close_after_reply and self.transport is not None:
             self.transport.close()
 
@@ -305,11 +348,11 @@ class RespConnection(asyncio.Protocol):
             self.last_command = args[0]
 
     def _continue_in_task(
-        self, pending: Awaitable[bytes] | None, previous: list[bytes] | None, read: bytes
+        self, pending: Awaitable[bytes] | None, previous: list[bytes] | None, read: bytes, at_start: bool
     ) -> None:
         """Finish the pipeline in a task, reading nothing more until it is done; `previous` is the last request
-        taken from the reader, `read` what it was last fed."""
-        self._previous, self._read = previous, read
+        taken from the reader, `read` what it was last fed, `at_start` whether that started where a request does."""
+        self._previous, self._read, self._read_at_start = previous, read, at_start
         if self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
         self._busy = asyncio.ensure_future(self._drain_async(pending))
@@ -328,8 +371,18 @@ class RespConnection(asyncio.Protocol):
                 args = self._next()
                 if args is False:
                     break
+                try:
+                    reply = self.execute(args)
+                except framing.Malformed as malformed:
+                    fed = self._reframe(self._read, self._read_at_start, self._previous, None)
+                    if fed is None:
+                        out.append(malformed.reply)
+                        self.close_after_reply = True
+                        break
+                    self._read, self._read_at_start = fed, True
+                    continue
                 self._note_command(args)
-                reply = self.execute(args)
+                self._previous = args
                 if type(reply) is not bytes:
                     if out:
                         self._write(b"".join(out))
@@ -391,12 +444,12 @@ class RespConnection(asyncio.Protocol):
         except (AttributeError, TypeError, IndexError, KeyError):
             if args == [] or args is None:
                 return b""  # `*0` and `*-1`: Redis skips them without a reply
-            self.close_after_reply = True
-            return framing.not_bulk(args[0]) if type(args) is list else framing.NOT_AN_ARRAY  # `*1\r\n:1`
-        for arg in args:  # Redis refuses these while parsing: no command runs, and the connection closes
+            # Redis refuses these while parsing (`*1\r\n:1`), or reads them as inline requests (`:1`): the drain
+            # frames them again, or answers this and closes
+            raise framing.Malformed(framing.not_bulk(args[0]) if type(args) is list else framing.NOT_AN_ARRAY) from None
+        for arg in args:
             if type(arg) is not bytes:
-                self.close_after_reply = True
-                return framing.not_bulk(arg)
+                raise framing.Malformed(framing.not_bulk(arg))
         if cmd is None:
             return self._refuse(r.unknown_command(args))
         arity, argc = cmd.arity, len(args)  # Command.arity_ok, inlined: one call less per command
