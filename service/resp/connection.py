@@ -258,11 +258,10 @@ class RespConnection(asyncio.Protocol):
         framing refused, or Redis's error for the argument hiredis is still reading where Redis would have refused it
         already (None: the connection goes on)."""
         position = self.position
-        ridx = position.ridx.value
-        self._at_start = (ridx == -1 or (ridx == 0 and position.root.value < 0)) and not self.reader.has_data()
+        self._at_start = position.between_requests()
         if self._frame_error is not None:
             return self._frame_error
-        progress = position.element_in_progress() if ridx > 0 else None
+        progress = position.element_in_progress()
         return None if progress is None else framing.refusal_in_progress(*progress)
 
     def _check_unauthenticated(self) -> bytes | None:
