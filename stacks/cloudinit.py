@@ -7,9 +7,10 @@ What the rendered `#cloud-config` does on first boot:
 - writes /etc/foresight/foresight.env (settings only: addresses, names, key ids; never a secret);
 - installs `foresight.service`: before each start it checks the data mount and fetches TLS; it then runs the
   image with `--gpus all` (NVIDIA container toolkit), and systemd restarts it whenever it exits;
-- installs `foresight-tls-refresh.timer`: once a day, while the service runs, it issues a fresh certificate (with
-  a fresh key), which is how the node's certificate is renewed (fetch_tls.py replaces each file atomically, and the
-  service reloads a changed pair within a second without a restart);
+- installs `foresight-tls-refresh.timer`: hourly, while the service runs, it issues a fresh certificate (with a
+  fresh key) once the node's is a day old or the stack's CA rotated, which is how the node's certificate is renewed
+  (fetch_tls.py replaces each file atomically, and the service reloads a changed pair within a second without a
+  restart);
 - on a base image without Docker and the NVIDIA container toolkit (Google Cloud's: Deep Learning VM images cannot
   boot G2), installs both first with the marketplace image's own script (images/packer/provision), which keeps
   what a base already has;
@@ -42,6 +43,8 @@ REFRESH_UNIT = "foresight-tls-refresh"
 REFRESH_SERVICE_FILE = f"/etc/systemd/system/{REFRESH_UNIT}.service"
 REFRESH_TIMER_FILE = f"/etc/systemd/system/{REFRESH_UNIT}.timer"
 HOST_TLS_DIR = "/run/foresight/tls"
+# The hourly refresh issues a new certificate once the node's is this old: a day, less the timer's hour of slack.
+RENEW_AFTER_S = 23 * 3600
 CONTAINER_TLS_DIR = "/etc/foresight/tls"
 DATA_DIR = "/var/lib/foresight"
 # The group that may read the TLS files and write the data directory; the container joins it (--group-add),
@@ -119,8 +122,9 @@ def render_env_file(environment: Mapping[str, str]) -> str:
     return "".join(f"{key}={value}\n" for key, value in environment.items())
 
 
-def _fetch_tls_command() -> str:
-    return f"/usr/bin/python3 {INSTALL_DIR}/fetch_tls.py --out {HOST_TLS_DIR} --group {SERVICE_GID}"
+def _fetch_tls_command(*options: str) -> str:
+    command = f"/usr/bin/python3 {INSTALL_DIR}/fetch_tls.py --out {HOST_TLS_DIR} --group {SERVICE_GID}"
+    return " ".join([command, *options])
 
 
 def render_refresh_unit() -> str:
@@ -134,19 +138,22 @@ After=network-online.target
 Type=oneshot
 EnvironmentFile={ENV_FILE}
 ExecCondition=/usr/bin/systemctl is-active --quiet foresight.service
-ExecStart={_fetch_tls_command()}
+ExecStart={_fetch_tls_command("--renew-after", str(RENEW_AFTER_S))}
 """
 
 
 def render_refresh_timer() -> str:
-    """Daily, spread over an hour, and caught up after the node was off: each run renews the certificate, which
-    lives 30 days (stacks.tls.CERTIFICATE_TTL_SECONDS), so a month of failed runs passes before it expires."""
+    """Hourly, each node at its own minute, and caught up after the node was off. A run issues a new certificate
+    once the one it has is RENEW_AFTER_S old (about daily) or when the stack's CA rotated (within the hour), and
+    otherwise only asks Vault which CA issues; a certificate lives 30 days (stacks.tls.CERTIFICATE_TTL_SECONDS), so
+    a month of failed runs passes before it expires."""
     return f"""[Unit]
-Description=Daily refresh of the Foresight service's TLS certificate
+Description=Hourly check and daily renewal of the Foresight service's TLS certificate
 
 [Timer]
-OnCalendar=daily
-RandomizedDelaySec=1h
+OnCalendar=hourly
+RandomizedDelaySec=50min
+FixedRandomDelay=true
 Persistent=true
 Unit={REFRESH_UNIT}.service
 

@@ -72,9 +72,13 @@ CONFIG_KEYS = (
     "redisPrivateDnsZoneId",
     "auditBucket",
     "originBuckets",
+    "tlsCaGenerations",
+    "tlsCaIssuing",
 )
 REQUIRED_KEYS = ("cloud", "allowedCidrs", "vaultAddress")
-_LIST_KEYS = frozenset({"allowedCidrs", "fallbackInstanceTypes", "subnetIds", "originBuckets"})
+_LIST_KEYS = frozenset({"allowedCidrs", "fallbackInstanceTypes", "subnetIds", "originBuckets", "tlsCaGenerations"})
+# Root CAs alive at once: the one that issues and, while clients move over, the one it replaces (and one spare).
+MAX_TLS_CA_GENERATIONS = 3
 
 # An OCI image reference: registry[:port]/path[:tag][@sha256:digest]. It ends up on a systemd ExecStart line,
 # so anything outside this grammar (spaces, quotes, `;`) is refused rather than escaped.
@@ -178,6 +182,19 @@ class StackSpec(BaseModel):
     audit_bucket: str | None = Field(default=None, alias="auditBucket")
     # Tenants' origin buckets, which the stack does not own: the node's (or the pods') identity gets read on each.
     origin_buckets: tuple[str, ...] = Field(default=(), max_length=50, alias="originBuckets")  # AWS: inline policy size
+    tls_ca_generations: tuple[int, ...] = Field(
+        default=(1,),
+        alias="tlsCaGenerations",
+        description="The endpoint's root CAs (stacks/tls.py): the last issues the nodes' certificates, and clients "
+        "trust them all (the caCertificate output). Adding a number rotates the CA; dropping one retires it.",
+    )
+    tls_ca_issuing: int = Field(
+        default=0,
+        ge=0,
+        alias="tlsCaIssuing",
+        description="The generation that issues; 0: the last of tls_ca_generations. Holding the old one while "
+        "clients learn the new bundle makes a rotation that no client notices.",
+    )
 
     @field_validator("allowed_cidrs", mode="before")
     @classmethod
@@ -219,6 +236,21 @@ class StackSpec(BaseModel):
     @classmethod
     def _parse_string_list(cls, value: Any) -> tuple[str, ...]:
         return tuple(dict.fromkeys(_string_list(value)))
+
+    @field_validator("tls_ca_generations", mode="before")
+    @classmethod
+    def _check_ca_generations(cls, value: Any) -> tuple[int, ...]:
+        if isinstance(value, int) and not isinstance(value, bool):  # `pulumi config set foresight:tlsCaGenerations 2`
+            value = [value]
+        if not isinstance(value, list | tuple) or not value or not all(
+            isinstance(item, int) and not isinstance(item, bool) and item >= 1 for item in value
+        ):
+            raise ValueError("must be a list of generation numbers (whole numbers from 1), e.g. [1, 2]")
+        if list(value) != sorted(set(value)):
+            raise ValueError(f"{list(value)} must be increasing, without repeats: the last one issues, e.g. [1, 2]")
+        if len(value) > MAX_TLS_CA_GENERATIONS:
+            raise ValueError(f"at most {MAX_TLS_CA_GENERATIONS} at once: retire the oldest (drop it) first")
+        return tuple(value)
 
     @field_validator("image")
     @classmethod
@@ -313,7 +345,7 @@ class StackSpec(BaseModel):
                 try:
                     value = json.loads(value)
                 except json.JSONDecodeError:
-                    problems.append((config_key(name), f'must be a list of strings, e.g. ["{_EXAMPLES[name]}"]'))
+                    problems.append((config_key(name), f"must be {_LIST_FORMS[name]}"))
                     continue
             raw[name] = value
         problems += _missing_required(raw)
@@ -339,7 +371,16 @@ class StackSpec(BaseModel):
         """The spec of the stack being deployed (`pulumi up`) or tested (`pulumi.runtime.set_mocks`)."""
         return cls.from_values(pulumi.get_project(), pulumi.get_stack(), read=pulumi.runtime.get_config)
 
+    @property
+    def issuing_ca_generation(self) -> int:
+        return self.tls_ca_issuing or self.tls_ca_generations[-1]
+
     def _check_combinations(self) -> None:
+        if self.issuing_ca_generation not in self.tls_ca_generations:
+            raise ConfigError.one(
+                config_key("tlsCaIssuing"),
+                f"{self.tls_ca_issuing} is not one of foresight:tlsCaGenerations {list(self.tls_ca_generations)}",
+            )
         if self.vpc_id and not self.subnet_ids:
             raise ConfigError.one(config_key("subnetIds"), "required with foresight:vpcId (one subnet or more)")
         if self.subnet_ids and not self.vpc_id:
@@ -371,11 +412,12 @@ class StackSpec(BaseModel):
             )
 
 
-_EXAMPLES = {
-    "allowedCidrs": "203.0.113.0/24",
-    "fallbackInstanceTypes": "g5.xlarge",
-    "subnetIds": "subnet-0abc",
-    "originBuckets": "acme-data",
+_LIST_FORMS = {
+    "allowedCidrs": 'a list of strings, e.g. ["203.0.113.0/24"]',
+    "fallbackInstanceTypes": 'a list of strings, e.g. ["g5.xlarge"]',
+    "subnetIds": 'a list of strings, e.g. ["subnet-0abc"]',
+    "originBuckets": 'a list of strings, e.g. ["acme-data"]',
+    "tlsCaGenerations": "a list of numbers, e.g. [1, 2]",
 }
 
 

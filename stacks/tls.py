@@ -13,6 +13,15 @@ admits that name and no IP SAN. An IP endpoint's role admits IP SANs, which a ro
 HashiCorp Vault (1.19+) with the root's name constraints (`permitted_ip_ranges`), which clients also enforce; each
 ignores the other's field. The role is therefore written as the PKI API's own JSON (a generic endpoint), since the
 provider's role resource has no `allowed_ip_sans_cidr`. A DNS endpoint's root is name-constrained to its name too.
+
+Rotation (`foresight:tlsCaGenerations`): each generation number is a root CA of its own in the same mount (Vault's
+multi-issuer PKI). One of them (`foresight:tlsCaIssuing`, by default the last) is the mount's default issuer and the
+role's, so every certificate issued from then on chains to it; clients trust all of them (`caCertificate` is the
+bundle) until the oldest is dropped. A dropped
+root leaves the state but stays in Vault (`retain_on_delete`), unused, until auto-tidy removes it a year after it
+expired: the provider's source we read deletes a root with `DELETE <mount>/root`, which in a multi-issuer mount
+deletes every issuer, the new root included. Nodes notice a new default issuer within the hour (fetch_tls.py
+--renew-after), pods at once (their template carries the CA's digest).
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ KEY_TYPE, KEY_BITS = "ec", 256  # ECDSA P-256, for the CA and every node key
 # Vault keeps every certificate it issues (one a node a day), so revocation can name them; auto-tidy drops each
 # one three days after it expired, so the store holds about a month of them per node, not the stack's whole life.
 TIDY_INTERVAL, TIDY_SAFETY_BUFFER = "12h", "72h"
+# A retired root CA (one dropped from foresight:tlsCaGenerations) stays in Vault until a year after it expired.
+ISSUER_SAFETY_BUFFER = "8760h"
 
 
 @dataclass(frozen=True)
@@ -63,15 +74,19 @@ class EndpointTls:
     """The stack's PKI mount, its root CA and the role the node issues its certificate from."""
 
     mount: vault.Mount
-    root: vault.pkisecret.SecretBackendRootCert
+    roots: tuple[vault.pkisecret.SecretBackendRootCert, ...]  # by generation
+    default_issuer: vault.pkisecret.SecretBackendConfigIssuers  # the issuing one's (spec.issuing_ca_generation)
     role: vault.generic.Endpoint
     tidy: vault.pkisecret.BackendConfigAutoTidy
     endpoint: EndpointName
 
     @property
     def ca_certificate(self) -> pulumi.Output[str]:
-        """The CA certificate clients verify the endpoint with (public; the stack output `caCertificate`)."""
-        return self.root.certificate
+        """The CA certificates clients verify the endpoint with, every live generation's (public; the stack output
+        `caCertificate`): a client that trusts the bundle accepts certificates of the old root and of the new."""
+        return pulumi.Output.all(*(root.certificate for root in self.roots)).apply(
+            lambda pems: "".join(pem.rstrip("\n") + "\n" for pem in pems)
+        )
 
 
 def create_endpoint_tls(
@@ -93,23 +108,21 @@ def create_endpoint_tls(
         description=f"Foresight stack {spec.stack}: the endpoint's CA and server certificates",
         opts=opts,
     )
-    root = vault.pkisecret.SecretBackendRootCert(
-        f"{name}-ca",
+    roots = tuple(
+        _root_ca(name, generation, spec, mount, endpoint, opts) for generation in spec.tls_ca_generations
+    )
+    issuing = roots[spec.tls_ca_generations.index(spec.issuing_ca_generation)]
+    default_issuer = vault.pkisecret.SecretBackendConfigIssuers(
+        f"{name}-pki-default-issuer",
         backend=mount.path,
-        type="internal",
-        common_name=f"{spec.name} CA",
-        organization="Foresight",
-        key_type=KEY_TYPE,
-        key_bits=KEY_BITS,
-        ttl=str(CA_VALIDITY_SECONDS),
-        permitted_dns_domains=endpoint.names.apply(lambda names: [] if endpoint.is_ip else names),
-        permitted_ip_ranges=endpoint.ip_ranges,
+        default=issuing.issuer_id,
+        default_follows_latest_issuer=False,
         opts=opts,
     )
     role = vault.generic.Endpoint(
         f"{name}-endpoint",
         path=pulumi.Output.concat(mount.path, f"/roles/{layout.pki_role}"),
-        data_json=pulumi.Output.all(root.issuer_id, endpoint.names, endpoint.ip_ranges).apply(
+        data_json=pulumi.Output.all(issuing.issuer_id, endpoint.names, endpoint.ip_ranges).apply(
             lambda values: json.dumps(role_settings(values[0], values[1], values[2]), sort_keys=True)
         ),
         ignore_absent_fields=True,
@@ -121,11 +134,42 @@ def create_endpoint_tls(
         enabled=True,
         tidy_cert_store=True,
         tidy_revoked_certs=True,
+        tidy_expired_issuers=True,
         interval_duration=TIDY_INTERVAL,
         safety_buffer=TIDY_SAFETY_BUFFER,
+        issuer_safety_buffer=ISSUER_SAFETY_BUFFER,
         opts=opts,
     )
-    return EndpointTls(mount=mount, root=root, role=role, tidy=tidy, endpoint=endpoint)
+    return EndpointTls(
+        mount=mount, roots=roots, default_issuer=default_issuer, role=role, tidy=tidy, endpoint=endpoint
+    )
+
+
+def _root_ca(
+    name: str,
+    generation: int,
+    spec: StackSpec,
+    mount: vault.Mount,
+    endpoint: EndpointName,
+    opts: pulumi.ResourceOptions,
+) -> vault.pkisecret.SecretBackendRootCert:
+    """One generation's root CA. The first keeps the name and inputs it had before rotation existed: any change to
+    a root's inputs replaces it, and with it the CA every client of the stack trusts."""
+    later = generation > 1
+    return vault.pkisecret.SecretBackendRootCert(
+        f"{name}-ca-{generation}" if later else f"{name}-ca",
+        backend=mount.path,
+        type="internal",
+        common_name=f"{spec.name} CA {generation}" if later else f"{spec.name} CA",
+        issuer_name=f"ca-{generation}" if later else None,
+        organization="Foresight",
+        key_type=KEY_TYPE,
+        key_bits=KEY_BITS,
+        ttl=str(CA_VALIDITY_SECONDS),
+        permitted_dns_domains=endpoint.names.apply(lambda names: [] if endpoint.is_ip else names),
+        permitted_ip_ranges=endpoint.ip_ranges,
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=True)),
+    )
 
 
 def role_settings(issuer_id: str, names: list[str], ip_ranges: list[str]) -> dict[str, Any]:

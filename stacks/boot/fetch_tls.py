@@ -6,9 +6,12 @@ cloud-init installs this file on the node and systemd runs it (ExecStartPre) wit
 FORESIGHT_VAULT_ROLE, FORESIGHT_TLS_VAULT_PKI_MOUNT, FORESIGHT_TLS_NODE_PKI_ROLE and FORESIGHT_TLS_COMMON_NAME. It
 logs in, asks <pki mount>/issue/<role> for a certificate for the endpoint's name (a DNS name or an IP address),
 writes ca.pem, tls.crt and tls.key into --out (mode 0640, group --group; each file replaced whole), and revokes its
-token. Vault generates the key for that one response, so the key exists only here. A daily timer runs it again while
+token. Vault generates the key for that one response, so the key exists only here. A timer runs it again while
 the service runs: each run issues a fresh certificate and key, which is how the certificate is renewed (with
---every SECONDS it runs in a loop instead, as the Kubernetes pods' tls-refresh sidecar does).
+--every SECONDS it runs in a loop instead, as the Kubernetes pods' tls-refresh sidecar does). With --renew-after
+SECONDS a run issues only when the certificate is that old or the mount's CA is no longer the one that issued it
+(a rotated root: stacks/tls.py), which it asks without logging in; the VMs' timer runs hourly that way, so a new
+root reaches them within the hour while each still issues about once a day.
 
 Login methods (FORESIGHT_VAULT_AUTH_METHOD):
   aws  Vault's IAM auth method, with an sts:GetCallerIdentity request signed by the instance role's IMDSv2
@@ -376,14 +379,43 @@ def fetch(settings: Mapping[str, str], out_dir: Path, group: int | None) -> None
         vault_json("POST", settings["FORESIGHT_VAULT_ADDR"], "auth/token/revoke-self", token=token)
 
 
-def fetch_and_report(settings: Mapping[str, str], out_dir: Path, group: int | None) -> bool:
+def issuing_ca(settings: Mapping[str, str]) -> str:
+    """The PEM of the mount's default issuer, the root every certificate is issued from now on (`<mount>/ca/pem`
+    needs no token)."""
+    path = f"{settings['FORESIGHT_TLS_VAULT_PKI_MOUNT']}/ca/pem"
+    return http_request("GET", f"{settings['FORESIGHT_VAULT_ADDR']}/v1/{path}").decode("ascii", "replace")
+
+
+def still_current(
+    settings: Mapping[str, str], out_dir: Path, renew_after: float, now: Callable[[], float] = time.time
+) -> str | None:
+    """Why the certificate in `out_dir` needs no successor yet (younger than `renew_after` seconds, and from the CA
+    that issues now), or None when a new one is due."""
+    try:
+        age = now() - (out_dir / TLS_FILES["certificate"]).stat().st_mtime
+        held = (out_dir / TLS_FILES["issuing_ca"]).read_text()
+    except OSError:
+        return None
+    if age >= renew_after or "".join(held.split()) != "".join(issuing_ca(settings).split()):
+        return None
+    return f"the certificate is {age / 3600:.1f} h old and its CA still issues"
+
+
+def fetch_and_report(
+    settings: Mapping[str, str], out_dir: Path, group: int | None, renew_after: float | None = None
+) -> bool:
     """One run, its outcome printed as one line; False when it failed."""
     try:
-        fetch(settings, out_dir, group)
+        current = None if renew_after is None else still_current(settings, out_dir, renew_after)
+        if current is None:
+            fetch(settings, out_dir, group)
     except BootstrapError as err:
         print(f"fetch_tls: {err}", file=sys.stderr, flush=True)
         return False
-    print(f"fetch_tls: wrote {', '.join(TLS_FILES.values())} to {out_dir}", flush=True)
+    if current is not None:
+        print(f"fetch_tls: {current}: nothing issued", flush=True)
+    else:
+        print(f"fetch_tls: wrote {', '.join(TLS_FILES.values())} to {out_dir}", flush=True)
     return True
 
 
@@ -411,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", type=int, default=None, help="numeric group that may read the files")
     parser.add_argument("--every", type=float, default=None, metavar="SECONDS",
                         help="run for ever, issuing a fresh certificate every SECONDS")
+    parser.add_argument("--renew-after", type=float, default=None, metavar="SECONDS",
+                        help="issue only if the certificate in --out is SECONDS old or its CA no longer issues")
     args = parser.parse_args(argv)
     missing = [name for name in SETTINGS if not os.environ.get(name)]
     if missing:
@@ -422,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         # has no handler for: without one, every pod stop waited out its whole grace period for this container.
         signal.signal(signal.SIGTERM, _stop)
         refresh_forever(settings, args.out, args.group, args.every)
-    return 0 if fetch_and_report(settings, args.out, args.group) else 1
+    return 0 if fetch_and_report(settings, args.out, args.group, args.renew_after) else 1
 
 
 if __name__ == "__main__":

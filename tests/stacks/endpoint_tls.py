@@ -15,7 +15,7 @@ import pytest
 from stacks.spec import ConfigError, StackSpec
 from stacks.tls import CA_VALIDITY_SECONDS, CERTIFICATE_TTL_SECONDS
 from stacks.vault import VaultLayout
-from tests.stacks.mockrun import PKI_ROLE, PKI_ROOT_CERT, MockRun, fake_pem, pki_role
+from tests.stacks.mockrun import PKI_DEFAULT_ISSUER, PKI_ROLE, PKI_ROOT_CERT, MockRun, fake_pem, pki_role
 
 KV_SECRET = "vault:kv/secretV2:SecretV2"
 
@@ -45,6 +45,10 @@ def assert_endpoint_tls(run: MockRun, layout: VaultLayout, host: str, *, is_ip: 
     assert root.props["type"] == "internal"
     assert (root.props["keyType"], root.props["keyBits"]) == ("ec", 256)
     assert root.props["ttl"] == str(CA_VALIDITY_SECONDS)
+    assert root.retain_on_delete  # the provider deletes a root with DELETE <mount>/root: every issuer of the mount
+    assert "issuerName" not in root.props  # generation 1, registered as before rotation existed (test_ca_rotation)
+    default = run.one(PKI_DEFAULT_ISSUER).props
+    assert (default["backend"], default["default"]) == (layout.pki_mount, f"issuer-{root.name}")
     assert run.outputs["caCertificate"].value == fake_pem("CERTIFICATE", root.name)
     assert not run.outputs["caCertificate"].secret
     assert root.props.get("permittedIpRanges", []) == ([f"{host}/32"] if is_ip else [])  # HashiCorp Vault 1.19+
@@ -65,6 +69,7 @@ def assert_endpoint_tls(run: MockRun, layout: VaultLayout, host: str, *, is_ip: 
     assert (role["key_type"], role["key_bits"]) == ("ec", 256)
     tidy = run.one("vault:pkiSecret/backendConfigAutoTidy:BackendConfigAutoTidy").props  # a daily cert, tidied
     assert (tidy["backend"], tidy["enabled"], tidy["tidyCertStore"]) == (layout.pki_mount, True, True)
+    assert tidy["tidyExpiredIssuers"] is True  # a retired root leaves Vault a year after it expired
     policy = run.one("vault:index/policy:Policy").props["policy"]
     assert policy == layout.node_policy_hcl()
     capabilities = dict(re.findall(r'path "([^"]+)" \{\s*capabilities = \[([^\]]*)\]', policy))

@@ -60,6 +60,7 @@ LOAD_BALANCER = "aws:lb/loadBalancer:LoadBalancer"
 KMS_KEY = "aws:kms/key:Key"
 PKI_ROOT_CERT = "vault:pkiSecret/secretBackendRootCert:SecretBackendRootCert"
 PKI_ROLE = "vault:generic/endpoint:Endpoint"  # the endpoint role, written as the PKI API's JSON (stacks/tls.py)
+PKI_DEFAULT_ISSUER = "vault:pkiSecret/secretBackendConfigIssuers:SecretBackendConfigIssuers"
 
 # The acceptance baseline: only the required config.
 REQUIRED_CONFIG = {
@@ -118,6 +119,7 @@ class Registered:
     struct: Any  # the inputs as the engine sends them to a policy pack (a protobuf Struct)
     dependencies: list[str] = field(default_factory=list)  # the URNs it explicitly waits for (depends_on)
     custom_timeouts: dict[str, str] = field(default_factory=dict)  # create/update/delete, when the program sets them
+    retain_on_delete: bool = False  # removed from the program, it leaves the state but stays in the cloud
 
     @property
     def props(self) -> dict[str, Any]:
@@ -337,6 +339,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     request.type, request.name, response.urn, request.parent, request.provider, inputs, request.object,
                     list(request.dependencies),
                     {kind: value for kind in ("create", "update", "delete") if (value := getattr(timeouts, kind))},
+                    request.retainOnDelete,
                 )
             )
         return response

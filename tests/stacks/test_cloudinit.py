@@ -96,16 +96,20 @@ def test_service_unit_restarts_the_gpu_container_after_fetching_tls(documents: d
 
 
 @pytest.mark.parametrize("variant", ["baseline", "ssh+spot", "gcp", "gcp ssh+spot", "azure", "azure ssh+spot"])
-def test_a_daily_timer_fetches_tls_again_while_the_service_runs(documents: dict[str, str], variant: str) -> None:
-    """`pulumi up` renews the certificate 30 days before it expires; the node picks it up within a day."""
+def test_an_hourly_timer_renews_tls_daily_and_on_a_new_ca_while_the_service_runs(
+    documents: dict[str, str], variant: str
+) -> None:
+    """The node's certificate is renewed about daily, and a rotated CA reaches it within the hour."""
     files = _files(documents[variant])
     timer = files["/etc/systemd/system/foresight-tls-refresh.timer"].splitlines()
-    assert {"OnCalendar=daily", "Persistent=true", "Unit=foresight-tls-refresh.service"} <= set(timer)
+    assert {"OnCalendar=hourly", "Persistent=true", "Unit=foresight-tls-refresh.service"} <= set(timer)
     assert "WantedBy=timers.target" in timer
     job = files["/etc/systemd/system/foresight-tls-refresh.service"].splitlines()
     unit = files["/etc/systemd/system/foresight.service"].splitlines()
     fetch = next(line for line in unit if "fetch_tls.py" in line).removeprefix("ExecStartPre=")
-    assert f"ExecStart={fetch}" in job  # the same files, group and settings as at start
+    assert "--renew-after" not in fetch  # a service start always issues
+    # the same files, group and settings as at start; a new certificate once the held one is 23 hours old
+    assert f"ExecStart={fetch} --renew-after {23 * 3600}" in job
     assert "EnvironmentFile=/etc/foresight/foresight.env" in job and "Type=oneshot" in job
     assert "ExecCondition=/usr/bin/systemctl is-active --quiet foresight.service" in job
     runcmd = yaml.safe_load(documents[variant])["runcmd"]

@@ -42,7 +42,7 @@ from stacks.spec import StackSpec
 from stacks.tls import CERTIFICATE_TTL_SECONDS
 from stacks.vault import VaultLayout
 from tests.servers import OpenBao
-from tests.stacks.mockrun import PKI_ROLE, PKI_ROOT_CERT, REQUIRED_CONFIG, MockRun, run_program
+from tests.stacks.mockrun import PKI_DEFAULT_ISSUER, PKI_ROLE, PKI_ROOT_CERT, REQUIRED_CONFIG, MockRun, run_program
 
 CREDENTIALS = fetch_tls.AwsCredentials(
     "ASIAEXAMPLEEXAMPLE12", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "IQoJb3JpZ2luX2VjEMOCKTOKEN=="
@@ -207,6 +207,8 @@ class StackVault:
     run: MockRun
     host: str  # the endpoint's name, which the PKI role issues for
     ca_pem: str  # the root CA certificate Vault generated (the stack's caCertificate output)
+    stack: str
+    config: Mapping[str, str]
 
 
 def _api_fields(props: Mapping[str, Any], *names: str) -> dict[str, Any]:
@@ -227,19 +229,36 @@ def install_endpoint_pki(admin: hvac.Client, run: MockRun) -> str:
     ttls = _api_fields(mount, "maxLeaseTtlSeconds", "defaultLeaseTtlSeconds")
     config = {name.removesuffix("_seconds"): f"{seconds}s" for name, seconds in ttls.items()}
     admin.sys.enable_secrets_engine("pki", path=path, config=config)
-    root = run.one(PKI_ROOT_CERT).props
-    fields = _api_fields(root, "commonName", "organization", "keyType", "keyBits", "ttl")
-    generated = admin.write_data(f"{path}/root/generate/{root['type']}", data=fields)["data"]
-    assert "private_key" not in generated  # type internal: the key stays inside Vault
-    role = run.one(PKI_ROLE).props  # written as the provider's generic endpoint writes it: the JSON, to its path
-    settings = {**json.loads(role["dataJson"]), "issuer_ref": generated["issuer_id"]}
-    warnings = admin.write_data(role["path"], data=settings).get("warnings") or []
-    assert not [w for w in warnings if "unrecognized" in w], warnings  # OpenBao takes every field, the CIDR included
+    issuers = install_issuing(admin, run, {})
     tidy = run.one("vault:pkiSecret/backendConfigAutoTidy:BackendConfigAutoTidy").props
     admin.write_data(f"{path}/config/auto-tidy", data=_api_fields(tidy, *(name for name in tidy if name != "backend")))
     configured = admin.read(f"{path}/config/auto-tidy")["data"]
     assert configured["enabled"] and configured["tidy_cert_store"] and configured["safety_buffer"] == 3 * 24 * 3600
-    return str(generated["certificate"])
+    assert configured["tidy_expired_issuers"] and configured["issuer_safety_buffer"] == 365 * 24 * 3600
+    [root] = run.of_type(PKI_ROOT_CERT)
+    return str(admin.read(f"{path}/issuer/{issuers[root.name]}")["data"]["certificate"])
+
+
+def install_issuing(admin: hvac.Client, run: MockRun, issuers: dict[str, str]) -> dict[str, str]:
+    """What a `pulumi up` of `run` changes in the PKI mount, with the arguments the Vault provider sends: each root CA
+    it registers that is not in `issuers` yet (resource name -> issuer id in OpenBao), the mount's default issuer and
+    the endpoint role. Nothing is deleted: a dropped root is retained (stacks/tls.py). Returns `issuers`, extended."""
+    for resource in run.of_type(PKI_ROOT_CERT):
+        if resource.name not in issuers:
+            root = resource.props
+            fields = _api_fields(root, "commonName", "organization", "keyType", "keyBits", "ttl", "issuerName")
+            generated = admin.write_data(f"{root['backend']}/root/generate/{root['type']}", data=fields)["data"]
+            assert "private_key" not in generated  # type internal: the key stays inside Vault
+            issuers[resource.name] = generated["issuer_id"]
+    in_vault = {f"issuer-{name}": issuer for name, issuer in issuers.items()}  # the mock's issuer ids -> OpenBao's
+    default = run.one(PKI_DEFAULT_ISSUER).props
+    admin.write_data(f"{default['backend']}/config/issuers", data={"default": in_vault[default["default"]]})
+    role = run.one(PKI_ROLE).props  # written as the provider's generic endpoint writes it: the JSON, to its path
+    settings = json.loads(role["dataJson"])
+    settings["issuer_ref"] = in_vault[settings["issuer_ref"]]
+    warnings = admin.write_data(role["path"], data=settings).get("warnings") or []
+    assert not [w for w in warnings if "unrecognized" in w], warnings  # OpenBao takes every field, the CIDR included
+    return issuers
 
 
 @contextmanager
@@ -270,7 +289,7 @@ def stack_in_vault(
     }.items():
         monkeypatch.setenv(name, value)
     try:
-        yield StackVault(admin, layout, run, host, ca_pem)
+        yield StackVault(admin, layout, run, host, ca_pem, stack, config)
     finally:
         admin.sys.disable_secrets_engine(layout.kv_mount)
         admin.sys.disable_secrets_engine(layout.pki_mount)

@@ -86,6 +86,8 @@ def test_pulumi_yaml_defaults_are_the_programs_defaults() -> None:
         "redisPrivateDnsZoneId": "",
         "auditBucket": "",  # no shipping: the trail stays on the nodes
         "originBuckets": [],  # no grants on tenants' buckets: the operator's, to nodeIdentity
+        "tlsCaGenerations": [1],  # one root CA, the one every stack before rotation has
+        "tlsCaIssuing": 0,  # the last generation issues
     }
 
 
