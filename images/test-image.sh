@@ -13,7 +13,8 @@
 #                        else torch 2.13.0+cpu from the PyTorch CPU index)
 #        HOST_CA_BUNDLE  CA bundle pip trusts inside the build (default /etc/ssl/certs/ca-certificates.crt)
 #        FORESIGHT_IMAGES_CACHE  debootstrap tarball, wheelhouse, build log (default ~/.cache/foresight/images)
-#        PYTHON          a Python 3.11 with pip, to fill the wheelhouse (default python3)
+#        PYTHON          a Python 3.11 with pip and packaging, to fill the wheelhouse (default: the project's
+#                        .venv, else python3)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -67,12 +68,14 @@ log "base image $base_image ready in ${base_s}s"
 # --- build -------------------------------------------------------------------------------------
 # Everything the build borrows from this host sits in one directory mounted at /mnt for RUN steps only
 # (/mnt exists in the base image, so the mount leaves no mount point in a layer): a pip.conf that makes
-# pip install from a wheelhouse filled here once (the CPU torch wheel plus pyproject's dependencies),
-# and the host CA bundle. The Dockerfile is the one a real build uses; only PIP_CONFIG_FILE and
-# TORCH_SPEC differ.
+# pip install from a wheelhouse filled here once (the CPU torch wheel with its dependencies, and the files
+# of images/service/requirements.lock), and the host CA bundle. The Dockerfile is the one a real build
+# uses; only PIP_CONFIG_FILE and TORCH_SPEC differ.
 buildenv="$cache_dir/buildenv"
 wheels="$buildenv/wheels"
-python="${PYTHON:-python3}"
+python="${PYTHON:-}"
+[[ -z "$python" && -x "$repo/.venv/bin/python" ]] && python="$repo/.venv/bin/python"
+python="${python:-python3}"
 torch_wheel="${TORCH_WHEEL:-$(find /opt/wheels -maxdepth 1 -name 'torch-*+cpu-cp311-*.whl' 2>/dev/null | sort -V | tail -n 1)}"
 if [[ -n "$torch_wheel" ]]; then
   torch_version="$(basename "$torch_wheel")"
@@ -83,18 +86,24 @@ else
   torch_version="2.13.0+cpu"
   torch_source=(--extra-index-url https://download.pytorch.org/whl/cpu "torch==$torch_version")
 fi
-"$python" "$repo/images/service/requirements.py" "$repo/pyproject.toml" --no-torch > "$work/requirements.txt"
-# pip evaluates dependencies' markers with the interpreter that downloads, not --python-version: wheels that only
-# the image's older Python (Debian's 3.11.2) needs are named here. redis needs async-timeout below 3.11.3.
-printf '%s\n' "async-timeout>=4.0.3" >> "$work/requirements.txt"
+# pip download evaluates the lock's markers with the Python that downloads, not --python-version, so the
+# entries are chosen here for the base image's own python3 (Debian's 3.11.2 needs async-timeout, a newer 3.11
+# does not), asked inside that image.
+lock_tool="$repo/images/service/lock.py"
+podman run --rm -i --network none "$base_image" python3 - environment < "$lock_tool" > "$work/environment.json"
+"$python" "$lock_tool" select "$work/environment.json" > "$work/requirements.txt" \
+  || fail "$python cannot read the lock (it needs packaging; set PYTHON)"
 stamp_file="$wheels/.filled-for-$( (cat "$work/requirements.txt"; echo "$torch_version") | sha256sum | cut -c1-16)"
 wheelhouse_s=0
 if [[ ! -f "$stamp_file" ]]; then
   log "filling the wheelhouse $wheels"
   t0=$(now)
   rm -rf "$wheels" && mkdir -p "$wheels"
-  "$python" -m pip download --only-binary=:all: --python-version 3.11 --dest "$wheels" \
-    --requirement "$work/requirements.txt" "${torch_source[@]}" >"$cache_dir/wheelhouse.log" 2>&1 \
+  # torch with the dependencies it names, as the Dockerfile's torch layer installs it; then the lock's files,
+  # every one checked against its hash (two runs: --require-hashes would ask a hash of the torch wheel too).
+  { "$python" -m pip download --only-binary=:all: --python-version 3.11 --dest "$wheels" "${torch_source[@]}" \
+    && "$python" -m pip download --only-binary=:all: --python-version 3.11 --dest "$wheels" \
+         --require-hashes --no-deps --requirement "$work/requirements.txt"; } >"$cache_dir/wheelhouse.log" 2>&1 \
     || { tail -n 30 "$cache_dir/wheelhouse.log" >&2; fail "pip download failed (log: $cache_dir/wheelhouse.log)"; }
   touch "$stamp_file"
   wheelhouse_s=$(elapsed "$t0" "$(now)")

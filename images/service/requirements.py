@@ -2,8 +2,8 @@
 
 The image holds the service's own dependencies and the KMS SDKs of Google Cloud and Azure (the `gcp` and
 `azure` extras; boto3 is a base dependency), so the one image encrypts with whichever cloud's KMS its node
-uses. The Dockerfile installs this list; images/test-image.sh fills its offline wheelhouse from the same
-list (`--no-torch`: it brings a CPU torch wheel of its own).
+uses. lock.py resolves this list (`--no-torch`: torch has a layer of its own) into requirements.lock, which
+the Dockerfile installs and images/test-image.sh fills its offline wheelhouse from.
 
     python3 images/service/requirements.py pyproject.toml [--no-torch]
 """

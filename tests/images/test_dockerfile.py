@@ -91,3 +91,25 @@ def test_no_secret_reaches_the_build() -> None:
     assert patterns[0] == "*", ".dockerignore starts from an empty context and allows back what the image needs"
     for pattern in ("**/*.pem", "**/*.key", "**/.env"):
         assert pattern in patterns, pattern
+
+
+def test_dependencies_install_exactly_as_the_hash_lock_pins_them() -> None:
+    """torch (its own index), the lock (every file hashed, no resolving) and the project (no dependencies)."""
+    installs = [args for op, args in instructions(DOCKERFILE.read_text()) if op == "RUN" and "pip install" in args]
+    torch, lock, project = installs
+    assert '"${TORCH_SPEC}"' in torch
+    for flag in ("--require-hashes", "--no-deps", "--only-binary=:all:", "--requirement /tmp/requirements.lock"):
+        assert flag in lock, flag
+    assert lock.index("pip check") > lock.index("pip install")
+    assert "--no-deps" in project and "pip check" in project
+    copies = [args.split() for op, args in instructions(DOCKERFILE.read_text()) if op == "COPY"]
+    assert ["images/service/requirements.lock", "/tmp/requirements.lock"] in copies
+
+
+def test_the_build_context_holds_every_file_the_dockerfile_copies() -> None:
+    """.dockerignore is an allow-list: a COPY of a file it does not allow back fails the build."""
+    allowed = [line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines() if line[:1] == "!"]
+    steps = instructions(DOCKERFILE.read_text())
+    sources = [args.split()[:-1] for op, args in steps if op == "COPY" and not args.startswith("--from")]
+    for source in (s for group in sources for s in group if s != "."):
+        assert any(source == a or source.startswith(a + "/") for a in allowed), f"{source} is not in the context"
