@@ -90,6 +90,18 @@ class ServiceCollector(Collector):
         yield CounterMetricFamily("foresight_resp_commands_total", "RESP commands processed.", value=commands)
         yield from self._shared_tier_metrics()
         yield from self._audit_metrics()
+        yield from self._tls_metrics()
+
+    def _tls_metrics(self) -> Iterator[Metric]:
+        tls = self.state.tls
+        if tls is None:
+            return
+        if tls.not_after is not None:
+            yield GaugeMetricFamily("foresight_tls_certificate_expiry_timestamp_seconds",
+                                    "When the certificate the listeners serve expires (Unix time). Nodes renew it "
+                                    "daily for 30 days: alert when it is less than 7 days away.", value=tls.not_after)
+        yield CounterMetricFamily("foresight_tls_reloads_total",
+                                  "Times a renewed certificate went live without a restart.", value=tls.reloads)
 
     def _audit_metrics(self) -> Iterator[Metric]:
         audit = self.state.audit

@@ -121,7 +121,7 @@ class Service:
             if self.key_source else None
         )
         prefetch = PrefetchManager(settings, self.security.cipher)
-        self.state = ServiceState(settings, authenticator, self.security.audit, prefetch)
+        self.state = ServiceState(settings, authenticator, self.security.audit, prefetch, self.tls)
         self._tasks: list[asyncio.Task[None]] = []
         self._resp: asyncio.Server | None = None
         self._http: _EmbeddedUvicorn | None = None

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from service.prefetching import PrefetchManager
     from service.resp.connection import RespConnection
     from service.security.audit import AuditLog
+    from service.security.tls import ServerTLS
     from service.tenancy import TenantSpec
 
 DEV_TENANT = "default"
@@ -33,9 +34,10 @@ class ConnectionCounters:
 
 class ServiceState:
     def __init__(self, settings: Settings, authenticator: Authenticator | None, audit: AuditLog | None = None,
-                 prefetch: PrefetchManager | None = None) -> None:
+                 prefetch: PrefetchManager | None = None, tls: ServerTLS | None = None) -> None:
         self.settings = settings
         self.audit = audit
+        self.tls = tls
         self.prefetch = prefetch
         self.tenants = TenantRegistry(settings)
         self.authenticator = authenticator

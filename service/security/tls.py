@@ -68,6 +68,9 @@ class ServerTLS:
         self._loaded_digest = ""
         self._failed_digest = ""
         self.reloads = 0
+        # When the served certificate expires (Unix time; None if it cannot be read): the metric operators alert
+        # on, since renewal (fetch_tls.py, VaultPkiCertificates) happens outside this process.
+        self.not_after: float | None = None
         if not self.reload():
             raise TLSConfigError(f"cannot load TLS certificate {self.cert_file} with key {self.key_file}")
 
@@ -110,6 +113,7 @@ class ServerTLS:
             self.reloads += 1
             log.info("TLS certificate reloaded from %s", self.cert_file)
         self._loaded_digest, self._failed_digest = digest, ""
+        self.not_after = _not_after(cert)
         return True
 
     async def watch(self, interval: float = 1.0) -> None:
@@ -183,3 +187,13 @@ def client_context(ca_file: Path, cert_file: Path | None = None, key_file: Path 
     if cert_file is not None:
         context.load_cert_chain(cert_file, key_file)
     return context
+
+
+def _not_after(chain: bytes) -> float | None:
+    """The expiry of the file's first certificate, the one served (the rest is its chain)."""
+    from cryptography import x509
+
+    try:
+        return x509.load_pem_x509_certificate(chain).not_valid_after_utc.timestamp()
+    except ValueError:
+        return None

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from cryptography import x509
 from pydantic import ValidationError
 
 from service.config import ConfigError, Settings
@@ -21,6 +22,7 @@ from service.http.routes import keys as keys_routes
 from service.http.validators import etag
 from service.security.admin_token import new_admin_token
 from service.security.apikeys import hash_key, new_key
+from service.security.local_ca import CertificateAuthority
 from tests.service.conftest import ProductionService
 from tests.service.harness import RunningService, running_service, write_tenants_file
 from tests.tlsutil import PKI
@@ -367,6 +369,38 @@ def test_an_admin_refresh_of_one_tenant_logs_its_revoked_key_out_at_once(tmp_pat
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def _metric(text: str, name: str) -> float:
+    [value] = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(f"{name} ")]
+    return value
+
+
+def test_metrics_say_when_the_served_certificate_expires_and_follow_a_renewal(tmp_path: Path) -> None:
+    """Renewal happens outside the process (fetch_tls.py, cert-manager): the expiry is what operators alert on."""
+    ca = CertificateAuthority.create()
+    ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "tls.crt", tmp_path / "tls.key"
+    ca_file.write_bytes(ca.cert_pem)
+    first = ca.issue("localhost", dns_names=["localhost"], ip_addresses=["127.0.0.1"], days=30)
+    first.write(cert_file, key_file)
+    verify = ssl.create_default_context(cafile=str(ca_file))
+    write_tenants_file(tmp_path / "tenants.json", {"acme": {}})
+    with running_service(tls_cert_file=cert_file, tls_key_file=key_file, tls_reload_interval_s=0.1,
+                         tenants_file=tmp_path / "tenants.json") as svc, \
+            httpx.Client(base_url=svc.endpoints.http_url, verify=verify) as http:
+        text = http.get("/metrics").text
+        expiry = x509.load_pem_x509_certificate(first.cert_pem).not_valid_after_utc.timestamp()
+        assert _metric(text, "foresight_tls_certificate_expiry_timestamp_seconds") == expiry
+        assert _metric(text, "foresight_tls_reloads_total") == 0
+        renewed = ca.issue("localhost", dns_names=["localhost"], ip_addresses=["127.0.0.1"], days=3)
+        renewed.write(cert_file, key_file)
+        deadline = time.monotonic() + 10
+        while _metric(http.get("/metrics").text, "foresight_tls_reloads_total") == 0:
+            assert time.monotonic() < deadline, "the renewed certificate never went live"
+            time.sleep(0.1)
+        text = http.get("/metrics").text
+        soon = x509.load_pem_x509_certificate(renewed.cert_pem).not_valid_after_utc.timestamp()
+        assert _metric(text, "foresight_tls_certificate_expiry_timestamp_seconds") == soon < expiry
 
 
 def test_metrics_need_the_scrape_token_or_a_loopback_client(tmp_path: Path, pki: PKI) -> None:
