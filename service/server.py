@@ -277,8 +277,8 @@ class Service:
             await self.state.prefetch.stop()
         if self.shared_tier is not None:
             await self.shared_tier.close()
-        # Only a service that served replaces the snapshot: before that, the file (kept or put back) is the newest
-        # state, and the stores hold none of it or a copy.
+        # Only a service that served writes a snapshot (one kept unrestored is moved aside first, never replaced):
+        # before that, the file (kept or put back) is the newest state, and the stores hold none of it or a copy.
         if self._snapshots_on and self.state.ready:
             await self._write_snapshot()
         self.state.tenants.close()
@@ -297,7 +297,6 @@ class Service:
             log.info("wrote encrypted snapshot %s", path)
         except Exception as err:  # losing a warm start must not turn a clean stop into a crash
             log.error("snapshot not written: %s: %s", type(err).__name__, err)
-            snapshot.set_aside_stale(self.settings.data_dir)
 
     async def _drain_resp(self, grace: float) -> None:
         """Close idle RESP clients now, busy ones once their pipeline is answered; cut off the rest when the grace

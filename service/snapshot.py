@@ -1,13 +1,24 @@
 """Warm restart: tenants' entries written on shutdown and read back on start, always envelope-encrypted.
 
 The snapshot is one envelope (a fresh AES-256-GCM data key wrapped by the KMS) bound to its purpose by
-associated data, written atomically with mode 0600. Restoring moves it to `snapshot.fse.restoring`; the service
-deletes that once it serves (`forget_restored`), so a later crash can never resurrect stale data, and puts it back
-if the start fails (`put_back`), so a port in use loses nothing. A snapshot that fails authentication is moved
-aside and the service starts cold: it never serves bytes it cannot prove it wrote. One the KMS cannot open now
-(unreachable, access denied) stays where it is for a later start, and this one starts cold; if this run then
-cannot write its own snapshot at stop, the kept one is older than what the run served and is moved aside
-(`set_aside_stale`), so no later start brings back values the run replaced or deleted.
+associated data, written atomically with mode 0600 (`atomic_output`: random temporary name, fsync, rename, fsync of
+the directory). Restoring moves it to `snapshot.fse.restoring`; the service deletes that once it serves
+(`forget_restored`), so a later crash can never resurrect stale data, and puts it back if the start fails
+(`put_back`), so a port in use loses nothing. Each of these renames and deletions is made durable (the directory is
+fsynced). A snapshot that fails authentication is moved aside and the service starts cold: it never serves bytes it
+cannot prove it wrote.
+
+A KMS that is unavailable at start (unreachable, throttling, 5xx) is asked again a few times, within about ten
+seconds. One that cannot open the snapshot after that (or at all: a retired key version, access denied, another
+provider configured) leaves the file where it is and this run starts cold. The stop of this run then moves the kept
+file aside (`snapshot.fse.unrestored-<UTC time>`) before writing its own, never over it: the operator fixes the cause
+(`foresight kms rewrap` finds the moved file too) and, if its entries matter more than this run's, puts it back as
+`snapshot.fse` before the next start. It is never restored by itself, since it is older than what this run served.
+
+A tenant missing from the tenant list at start (a damaged Vault record, a tenants file being edited) gets none of
+its section back; the section is written, encrypted like the snapshot, to `snapshot.unclaimed-<UTC time>.fse` once
+the service serves (until then it is pending, and a start that fails drops the pending copy: the snapshot put back
+still holds it). Later snapshots never carry it, so a deleted tenant's entries do not live on in the cache.
 
 The entries are encoded on the event loop (`encode`, one consistent moment: nothing else touches the stores
 meanwhile), and only the encryption and the write go to a thread (`write`).
@@ -27,11 +38,21 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
 from service.cache import TenantRegistry
-from service.security.envelope import EnvelopeCipher, EnvelopeFormatError, TamperedEnvelope
+from service.security.envelope import (
+    EnvelopeCipher,
+    EnvelopeFormatError,
+    TamperedEnvelope,
+    atomic_output,
+    fsync_directory,
+)
+from service.security.kms.base import KmsUnavailable
 from service.store import MemoryStore, now_ms
 
 log = logging.getLogger(__name__)
@@ -39,7 +60,11 @@ log = logging.getLogger(__name__)
 AAD = b"foresight-snapshot-v1"
 FILENAME = "snapshot.fse"
 RESTORING = FILENAME + ".restoring"  # restored into memory, kept until the service serves
-STALE = FILENAME + ".stale"  # kept for a later start, then outdated by a run that served and could not save
+UNRESTORED = FILENAME + ".unrestored-{}"  # UTC time: one the KMS could not open at start, moved aside at the stop
+UNCLAIMED = "snapshot.unclaimed-{}.fse"  # UTC time: the sections of tenants missing from the tenant list at start
+UNCLAIMED_PENDING = "snapshot.unclaimed.pending"  # those sections until the service serves
+KMS_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)  # between the attempts to open the snapshot while the KMS is unavailable
+KMS_RETRY_WITHIN_S = 10.0  # no attempt starts later than this after the first: a KMS outage must not hold the start
 _MAGIC = b"FSNP2"
 _MAGIC_V1 = b"FSNP1"  # before incarnations: read, never written
 _TENANT = struct.Struct(">HBI")  # name length, incarnation length (0: none), entry count
@@ -57,7 +82,7 @@ class SavedTenant(NamedTuple):
 def encode(tenants: TenantRegistry) -> bytes:
     """Each live entry is read exactly once: a key that expires mid-encode is simply left out, never half-counted.
     A tenant's entries go coldest first."""
-    parts = [_MAGIC]
+    sections = {}
     for tenant in tenants:
         store = tenant.store
         live = []
@@ -65,9 +90,17 @@ def encode(tenants: TenantRegistry) -> bytes:
             entry = store.entry(key)
             if entry is not None and isinstance(key, bytes):
                 live.append((key, entry.value, entry.expires_at))
-        name, incarnation = tenant.name.encode(), (tenant.incarnation or "").encode()
-        parts.append(_TENANT.pack(len(name), len(incarnation), len(live)) + name + incarnation)
-        for key, value, deadline in live:
+        sections[tenant.name] = SavedTenant(tenant.incarnation, live)
+    return _encode_sections(sections.items())
+
+
+def _encode_sections(sections: Iterable[tuple[str, SavedTenant]]) -> bytes:
+    parts = [_MAGIC]
+    for name, (incarnation, entries) in sections:
+        encoded_name, encoded_incarnation = name.encode(), (incarnation or "").encode()
+        parts.append(_TENANT.pack(len(encoded_name), len(encoded_incarnation), len(entries)) + encoded_name
+                     + encoded_incarnation)
+        for key, value, deadline in entries:
             parts.append(_ENTRY.pack(len(key), len(value), deadline) + key + value)
     return b"".join(parts)
 
@@ -111,17 +144,44 @@ def save(tenants: TenantRegistry, data_dir: Path, cipher: EnvelopeCipher) -> Pat
 
 
 def write(data: bytes, data_dir: Path, cipher: EnvelopeCipher) -> Path:
-    """Encrypt an encoded snapshot and write it atomically, mode 0600. Blocks (KMS call, disk)."""
+    """Encrypt an encoded snapshot and write it atomically and durably, mode 0600. A snapshot still there is one
+    this run could not restore: it is moved aside first, never written over (nor left for a later start to restore
+    values older than this run's, should this write fail). Blocks (KMS call, disk)."""
     path = data_dir / FILENAME
     data_dir.mkdir(parents=True, exist_ok=True)
+    _set_aside_unrestored(data_dir)
     envelope = cipher.encrypt(data, AAD)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
+    with atomic_output(path) as out:
         out.write(envelope)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    return path
+
+
+def _set_aside_unrestored(data_dir: Path) -> None:
+    path = data_dir / FILENAME
+    if not path.exists():
+        return
+    aside = _timestamped(data_dir, UNRESTORED)
+    try:
+        os.replace(path, aside)
+    except OSError as err:
+        log.error("snapshot %s, which this run could not restore, could not be moved aside (%s): move it out of %s "
+                  "before the next start, or that start restores values older than this run's", path, err, data_dir)
+        raise
+    fsync_directory(data_dir)
+    log.warning("snapshot %s, which this run could not restore at start, moved to %s so that this stop does not "
+                "write over it; its values are older than this run's. With the service stopped, fix what kept it "
+                "from opening (a retired key version: allow it again and run `foresight kms rewrap`, which rewraps "
+                "this file too); then, before the next start, rename it to %s in place of the snapshot this stop "
+                "writes if its entries matter more than this run's (values this run wrote are then lost and ones it "
+                "deleted come back), or delete it", path, aside, FILENAME)
+
+
+def _timestamped(data_dir: Path, pattern: str) -> Path:
+    """`pattern` with the UTC time, made unique in `data_dir` (two in one second: -2, -3, ...)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path, n = data_dir / pattern.format(stamp), 2
+    while path.exists():
+        path, n = data_dir / pattern.format(f"{stamp}-{n}"), n + 1
     return path
 
 
@@ -142,21 +202,24 @@ def _fitting(store: MemoryStore, entries: list[SavedEntry]) -> tuple[list[SavedE
 def restore(tenants: TenantRegistry, data_dir: Path, cipher: EnvelopeCipher) -> int:
     """Load a snapshot into the tenants that still exist; returns the entries resident afterwards. The file moves
     to RESTORING, for `forget_restored` or `put_back` to settle once the start has succeeded or failed (one left
-    there by a start that was killed is restored again). Blocks."""
+    there by a start that was killed is restored again). The sections of tenants not in `tenants` are pending, for
+    `forget_restored` to keep aside. Blocks (up to about ten seconds more while the KMS is unavailable)."""
     path, restoring = data_dir / FILENAME, data_dir / RESTORING
     if path.exists():
         os.replace(path, restoring)
+        fsync_directory(data_dir)
     elif not restoring.exists():
         return 0
     try:
-        opened = cipher.decrypt(restoring.read_bytes(), AAD)
+        opened = _decrypt(restoring.read_bytes(), cipher)
     except (TamperedEnvelope, EnvelopeFormatError) as err:
         return _reject(data_dir, err)
     except Exception as err:  # the KMS (or the disk, or a KMS setting that names another provider) cannot open it
-        # now: not the file's fault, so it waits for a later start
+        # now: not the file's fault, so it waits, and the stop of this run moves it aside rather than write over it
         put_back(data_dir)
-        log.error("snapshot %s not restored, kept for a later start; starting cold: %s: %s", path,
-                  type(err).__name__, err)
+        log.error("snapshot %s not restored; starting cold: %s: %s. The file stays for now and is moved aside at the "
+                  "next stop (to %s), so the snapshot that stop writes does not replace it; the warning then says "
+                  "how to restore it", path, type(err).__name__, err, UNRESTORED.format("<UTC time>"))
         return 0
     try:
         snapshot = decode(opened)
@@ -164,56 +227,94 @@ def restore(tenants: TenantRegistry, data_dir: Path, cipher: EnvelopeCipher) -> 
         return _reject(data_dir, err)
     restored = 0
     now = now_ms()
+    unclaimed: dict[str, SavedTenant] = {}
     for name, (incarnation, entries) in snapshot.items():
+        live = [entry for entry in entries if not entry[2] or entry[2] > now]
         tenant = tenants.get(name)
-        if tenant is None:
-            continue  # the tenant was deleted while we were down
+        if tenant is None:  # deleted while we were down, or its record could not be read at this start
+            log.warning("snapshot: tenant %s is not in the tenant list; its %d entries are not restored, and are "
+                        "written aside once the service serves", name, len(live))
+            if live:
+                unclaimed[name] = SavedTenant(incarnation, live)
+            continue
         if tenant.incarnation != incarnation:
             log.warning("snapshot: skipped %d entries of tenant %s: they were an earlier tenant's of that name",
                         len(entries), name)
             continue
-        kept, skipped = _fitting(tenant.store, [entry for entry in entries if not entry[2] or entry[2] > now])
+        kept, skipped = _fitting(tenant.store, live)
         for key, value, deadline in kept:
             tenant.store.set(key, value, deadline)
         restored += sum(1 for key, _value, _deadline in kept if key in tenant.store)
         if skipped:
             # The budget was lowered while we were down: the coldest entries stay out, and the service still starts.
             log.warning("snapshot: skipped %d entries of tenant %s that no longer fit its budget", skipped, name)
+    _write_unclaimed(unclaimed, data_dir, cipher)
     return restored
+
+
+def _decrypt(envelope: bytes, cipher: EnvelopeCipher) -> bytes:
+    """The opened snapshot, asking a KMS that is unavailable (unreachable, throttling, 5xx) again after a short
+    wait: a blip must not cost the warm start. Anything else (retired, denied, tampered) is final at once."""
+    delays, deadline = iter(KMS_RETRY_DELAYS_S), time.monotonic() + KMS_RETRY_WITHIN_S
+    while True:
+        try:
+            return cipher.decrypt(envelope, AAD)
+        except KmsUnavailable as err:
+            delay = next(delays, None)
+            if delay is None or time.monotonic() + delay > deadline:
+                raise
+            log.warning("snapshot: the KMS is unavailable (%s); trying again in %.1f s", err, delay)
+            time.sleep(delay)
+
+
+def _write_unclaimed(sections: dict[str, SavedTenant], data_dir: Path, cipher: EnvelopeCipher) -> None:
+    pending = data_dir / UNCLAIMED_PENDING
+    if not sections:
+        pending.unlink(missing_ok=True)  # one a killed start left, of tenants that are back by now
+        return
+    try:
+        envelope = cipher.encrypt(_encode_sections(sections.items()), AAD)
+        with atomic_output(pending) as out:
+            out.write(envelope)
+    except Exception as err:  # a KMS or disk failure here must not keep every other tenant from its warm start
+        log.error("snapshot: the entries of %s, not in the tenant list, could not be written aside and are lost once "
+                  "the service serves: %s: %s", ", ".join(sorted(sections)), type(err).__name__, err)
 
 
 def _reject(data_dir: Path, err: Exception) -> int:
     path = data_dir / FILENAME
     rejected = path.with_suffix(".rejected")
     os.replace(data_dir / RESTORING, rejected)
+    fsync_directory(data_dir)
     log.error("snapshot %s failed verification (%s); moved to %s, starting cold", path, err, rejected)
     return 0
 
 
 def forget_restored(data_dir: Path) -> None:
     """The service that restored the snapshot serves: its entries live in memory now, and the file must never come
-    back after them."""
-    (data_dir / RESTORING).unlink(missing_ok=True)
+    back after them. The sections of tenants missing from the tenant list are kept aside, never restored by
+    themselves."""
+    pending, restoring = data_dir / UNCLAIMED_PENDING, data_dir / RESTORING
+    changed = False
+    if pending.exists():
+        unclaimed = _timestamped(data_dir, UNCLAIMED)
+        os.replace(pending, unclaimed)
+        changed = True
+        log.warning("snapshot: the entries of tenants that were not in the tenant list at this start are in %s, "
+                    "encrypted like the snapshot; no start restores them by itself (docs/security.md, \"The "
+                    "warm-restart snapshot\", says how)", unclaimed)
+    if restoring.exists():
+        restoring.unlink()
+        changed = True
+    if changed:
+        fsync_directory(data_dir)
 
 
 def put_back(data_dir: Path) -> None:
-    """The start failed after the restore: the snapshot is the next start's again (unless a newer one was written)."""
+    """The start failed after the restore: the snapshot is the next start's again (unless a newer one was written),
+    and it still holds the sections pending for tenants missing from the tenant list."""
     restoring = data_dir / RESTORING
+    (data_dir / UNCLAIMED_PENDING).unlink(missing_ok=True)
     if restoring.exists() and not (data_dir / FILENAME).exists():
         os.replace(restoring, data_dir / FILENAME)
-
-
-def set_aside_stale(data_dir: Path) -> None:
-    """The run served but wrote no snapshot: one still here was kept from before it, when the KMS could not open
-    it, and restoring it would bring back values this run replaced or deleted. Moved aside, never restored."""
-    path = data_dir / FILENAME
-    if not path.exists():
-        return
-    try:
-        os.replace(path, data_dir / STALE)
-    except OSError as err:  # the disk that refused the new snapshot may refuse this too
-        log.error("snapshot %s is older than what this run served and could not be moved aside (%s): delete it "
-                  "before the next start, or that start restores outdated values", path, err)
-    else:
-        log.error("snapshot %s is older than what this run served; moved to %s so that no start restores it",
-                  path, data_dir / STALE)
+        fsync_directory(data_dir)

@@ -137,12 +137,12 @@ class EnvelopeCipher:
 
     def encrypt_file(self, src: Path, dst: Path, aad: bytes = b"") -> None:
         """Encrypt `src` into `dst` atomically (a temporary file renamed into place), mode 0600."""
-        with src.open("rb") as inp, _atomic_output(dst) as out:
+        with src.open("rb") as inp, atomic_output(dst) as out:
             self.encrypt_stream(inp, out, aad)
 
     def decrypt_file(self, src: Path, dst: Path, aad: bytes = b"") -> None:
         """Decrypt `src` into `dst`; `dst` appears only if every segment authenticated, mode 0600."""
-        with src.open("rb") as inp, _atomic_output(dst) as out:
+        with src.open("rb") as inp, atomic_output(dst) as out:
             self.decrypt_stream(inp, out, aad)
 
     def rewrap_file(self, path: Path, *, dry_run: bool = False) -> bool:
@@ -153,7 +153,7 @@ class EnvelopeCipher:
         with path.open("rb") as inp:
             header, moved = self._rewrapped_header(_read_header_bytes(inp))
             if moved and not dry_run:
-                with _atomic_output(path, like=os.fstat(inp.fileno())) as out:
+                with atomic_output(path, like=os.fstat(inp.fileno())) as out:
                     out.write(header)
                     shutil.copyfileobj(inp, out)
         return moved
@@ -265,10 +265,11 @@ def _read_exact(src: BinaryIO, size: int) -> bytes:
     return b"".join(parts)
 
 
-class _atomic_output:
-    """A temporary file next to `path`, fsynced and renamed over it on success (then the directory is fsynced, so
-    the rename survives a power loss), removed on failure. Mode 0600, or the mode and owner of `like` (the file
-    being replaced: a rewrap run as root must not leave the service a file it cannot read)."""
+class atomic_output:  # lower case: used like a function, `with atomic_output(path) as out`
+    """A temporary file next to `path` (a random name ending in .tmp), fsynced and renamed over it on success (then
+    the directory is fsynced, so the rename survives a power loss), removed on failure. Mode 0600, or the mode and
+    owner of `like` (the file being replaced: a rewrap run as root must not leave the service a file it cannot
+    read)."""
 
     def __init__(self, path: Path, *, like: os.stat_result | None = None) -> None:
         self.path = path
@@ -303,11 +304,16 @@ class _atomic_output:
         if exc_type is not None:
             self.tmp.unlink(missing_ok=True)
             return
-        directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        fsync_directory(self.path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make the renames, creations and deletions in `directory` so far survive a power loss."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _copy_mode_and_owner(fd: int, like: os.stat_result, path: Path) -> None:

@@ -27,6 +27,7 @@ from service.cache import TenantRegistry
 from service.config import ConfigError, Settings, load_settings
 from service.security.audit import AuditLog
 from service.security.envelope import EnvelopeCipher
+from service.security.kms.base import KmsUnavailable
 from service.security.kms.local import LocalKms
 from service.security.kms.vault_transit import VaultTransitKms
 from service.server import Service, _setting_holding
@@ -128,7 +129,9 @@ def transit_key(openbao: OpenBao) -> str:
 
 
 def test_a_snapshot_the_kms_cannot_open_now_is_kept_and_the_start_is_cold(
-        tmp_path: Path, openbao: OpenBao, transit_key: str, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, openbao: OpenBao, transit_key: str, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(snapshot, "KMS_RETRY_DELAYS_S", (0.01,))  # unreachable stays so: one quick retry is enough
     root = openbao.client()
     tenants = TenantRegistry(Settings())
     tenants.upsert(TenantSpec(name="acme"))
@@ -141,15 +144,16 @@ def test_a_snapshot_the_kms_cannot_open_now_is_kept_and_the_start_is_cold(
         cold.upsert(TenantSpec(name="acme"))
         with caplog.at_level(logging.ERROR, logger="service.snapshot"):
             assert snapshot.restore(cold, tmp_path, cipher) == 0
-        assert "not restored, kept for a later start; starting cold" in caplog.text
+        assert "not restored; starting cold" in caplog.text and "moved aside at the next stop" in caplog.text
         assert sorted(p.name for p in tmp_path.iterdir()) == [snapshot.FILENAME]  # not deleted, not rejected
     warm = TenantRegistry(Settings())
     warm.upsert(TenantSpec(name="acme"))
     assert snapshot.restore(warm, tmp_path, EnvelopeCipher(VaultTransitKms(root, transit_key))) == 1
 
 
-def test_a_kept_snapshot_is_set_aside_when_the_run_that_served_cannot_save_its_own(
-        tmp_path: Path, openbao: OpenBao, transit_key: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_kept_snapshot_is_moved_aside_also_when_the_run_that_served_cannot_save_its_own(
+        tmp_path: Path, openbao: OpenBao, transit_key: str, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     transit = EnvelopeCipher(VaultTransitKms(openbao.client(), transit_key))
     before = TenantRegistry(Settings())
     before.upsert(TenantSpec(name=DEV_TENANT))
@@ -159,14 +163,19 @@ def test_a_kept_snapshot_is_set_aside_when_the_run_that_served_cannot_save_its_o
         client = redis.Redis(port=svc.resp_port)
         assert client.get("balance") is None
         client.delete("balance")  # what this run did, and the kept snapshot does not know
-        (tmp_path / "data" / "snapshot.tmp").mkdir()  # so this run's own snapshot cannot be written
-        with caplog.at_level(logging.ERROR, logger="service"):
+
+        def kms_down(*_args: object) -> bytes:  # so this run's own snapshot cannot be written
+            raise KmsUnavailable("Vault transit unreachable: ConnectionError")
+
+        monkeypatch.setattr(svc.service.security.cipher, "encrypt", kms_down)
+        with caplog.at_level(logging.WARNING, logger="service"):
             svc.call(svc.service.stop())
-    assert "snapshot not written" in caplog.text and "older than what this run served" in caplog.text
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["snapshot.fse.stale", "snapshot.tmp"]
+    assert "snapshot not written" in caplog.text and "values are older than this run's" in caplog.text
+    kept = [p.name for p in (tmp_path / "data").iterdir()]
+    assert len(kept) == 1 and kept[0].startswith(snapshot.FILENAME + ".unrestored-")
     later = TenantRegistry(Settings())
     later.upsert(TenantSpec(name=DEV_TENANT))
-    assert snapshot.restore(later, tmp_path / "data", transit) == 0  # the deleted balance does not come back
+    assert snapshot.restore(later, tmp_path / "data", transit) == 0  # the deleted balance does not come back by itself
 
 
 def _serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
