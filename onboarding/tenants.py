@@ -254,12 +254,23 @@ class Onboarder:
         return Outcome(warnings=self._refresh(name))
 
     def delete_tenant(self, name: str) -> Outcome:
-        """Refuse the tenant's keys, remove keys, policy and records from Vault, drop its cached data."""
+        """Refuse the tenant's keys, remove keys, policy and records from Vault, drop its cached data. Run again
+        after a failure, it finishes the deletion (the tenant is no longer listed, but its records are there)."""
         validate_name(name)
-        with self._audited("tenant.delete", tenant=name):
+        with self._audited("tenant.delete", tenant=name) as event:
             existed = self._call("look up tenant", self.key_admin.get_tenant, name) is not None
-            self._call(f"delete tenant {name!r}", self.key_admin.delete_tenant, name)  # also finishes a half delete
-            if not existed:
+            unfinished = not existed and self._call("look up tenant", self.key_admin.deletion_pending, name)
+            event["finishing"] = unfinished
+            try:
+                self._call(f"delete tenant {name!r}", self.key_admin.delete_tenant, name)  # clears any leftovers too
+            except OnboardingError as err:
+                if not (existed or unfinished):
+                    raise
+                raise type(err)(
+                    f"delete tenant {name!r}",
+                    f"{err.why}; partly deleted (its keys are refused already): run the deletion again to finish it",
+                ) from None
+            if not (existed or unfinished):
                 raise NotFound(f"delete tenant {name!r}", f"no tenant {name!r}")
         # Its data first, while the service still serves the tenant (after the refresh there is nothing to name
         # it by); a service that stops serving a tenant drops its data as well, so the refresh is the backstop.
@@ -269,6 +280,8 @@ class Onboarder:
                 self.admin.drop_data(name)
             except OnboardingError as err:
                 warnings.append(f"{err} (the service drops the data when it stops serving the tenant)")
+        if unfinished:
+            warnings.append(f"finished an earlier, interrupted deletion of {name!r}")
         return Outcome(warnings=warnings + self._refresh(name))
 
     # -- keys ------------------------------------------------------------------------------------------------
@@ -276,10 +289,9 @@ class Onboarder:
     def issue_key(self, tenant: str, scopes: list[str], ttl: dt.timedelta | None = None) -> NewKey:
         validate_name(tenant)
         with self._audited("key.issue", tenant=tenant, scopes=sorted(scopes)) as event:
-            key = self._call("issue key", self.key_admin.issue_key, tenant, scopes, ttl=ttl)
-            event["key_id"] = key.key_id
-            info = self._call("read the new key", self.key_admin.get_key, key.key_id)
-        return NewKey(warnings=self._refresh(tenant), key=key, info=info)
+            written = self._call("issue key", self.key_admin.issue_key_recorded, tenant, scopes, ttl=ttl)
+            event["key_id"] = written.key.key_id
+        return NewKey(warnings=self._refresh(tenant), key=written.key, info=written.info)
 
     def list_keys(self, tenant: str) -> list[KeyInfo]:
         validate_name(tenant)
@@ -291,12 +303,10 @@ class Onboarder:
     def rotate_key(self, key_id: str, overlap: dt.timedelta) -> NewKey:
         key_id = parse_key_id(key_id)
         with self._audited("key.rotate", key_id=key_id, overlap_s=int(overlap.total_seconds())) as event:
-            new = self._call(f"rotate key {key_id}", self.key_admin.rotate_key, key_id, overlap=overlap)
-            event["new_key_id"] = new.key_id
-            info = self._call("read the new key", self.key_admin.get_key, new.key_id)
-            event["tenant"] = info.tenant
-            old = self._call("read the old key", self.key_admin.get_key, key_id)
-        return NewKey(warnings=self._refresh(info.tenant), key=new, info=info, replaced=old)
+            written = self._call(f"rotate key {key_id}", self.key_admin.rotate_key_recorded, key_id, overlap=overlap)
+            event["new_key_id"], event["tenant"] = written.key.key_id, written.info.tenant
+        return NewKey(warnings=self._refresh(written.info.tenant), key=written.key, info=written.info,
+                      replaced=written.replaced)
 
     def revoke_key(self, key_id: str) -> tuple[KeyInfo, Outcome]:
         key_id = parse_key_id(key_id)

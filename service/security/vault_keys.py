@@ -29,7 +29,7 @@ import logging
 import re
 import secrets
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import hvac
 import hvac.exceptions
@@ -103,6 +103,14 @@ class KeyInfo(BaseModel):
 
     def usable_at(self, now: dt.datetime) -> bool:
         return self.state == "active" and (self.expires is None or now < self.expires)
+
+
+class WrittenKey(NamedTuple):
+    """A key just written: its secret (shown once), its record, and for a rotation the old key's record as rotated."""
+
+    key: IssuedKey
+    info: KeyInfo
+    replaced: KeyInfo | None = None
 
 
 class TenantMeta(BaseModel):
@@ -266,6 +274,14 @@ class VaultKeyAdmin:
         current = self._read_meta(name)
         return None if current is None or current[0].deleting else current[0].spec
 
+    def deletion_pending(self, name: str) -> bool:
+        """A deletion of `name` started and did not finish (its keys are refused already); running it again ends it."""
+        try:
+            current = self._read_meta(name)
+        except DamagedRecord:
+            return False
+        return current is not None and current[0].deleting
+
     def list_tenants(self) -> list[TenantSpec]:
         """Every live tenant; a damaged record is left out with a warning, so that one does not hide the rest."""
         specs = []
@@ -303,6 +319,13 @@ class VaultKeyAdmin:
         self, tenant: str, scopes: Iterable[str] = ("read", "write"), *, ttl: dt.timedelta | None = None
     ) -> IssuedKey:
         """A new key for `tenant`; the returned secret is shown once and never stored."""
+        return self.issue_key_recorded(tenant, scopes, ttl=ttl).key
+
+    def issue_key_recorded(
+        self, tenant: str, scopes: Iterable[str] = ("read", "write"), *, ttl: dt.timedelta | None = None
+    ) -> WrittenKey:
+        """`issue_key`, with the record as written: a caller that shows the key needs no read after the write, which
+        could fail and lose a secret that already works."""
         scope_list = sorted(set(scopes))
         if not scope_list or not set(scope_list) <= SCOPES:
             raise VaultKeyStoreError(f"scopes must be a non-empty subset of {sorted(SCOPES)}")
@@ -332,40 +355,41 @@ class VaultKeyAdmin:
                 self._quietly(self._kv.delete_metadata_and_all_versions, f"keyids/{key.key_id}", mount_point=self.mount)
                 raise
         log.info("issued key %s for tenant %s", key.key_id, tenant)
-        return key
+        return WrittenKey(key, info)
 
     def rotate_key(self, key_id: str, *, overlap: dt.timedelta, tenant: str | None = None) -> IssuedKey:
         """A new key with the same scopes and lifetime; the old one works for `overlap` more, then expires.
         A key rotated already is refused: its expiry was cut to the overlap, so it no longer says its lifetime."""
+        return self.rotate_key_recorded(key_id, overlap=overlap, tenant=tenant).key
+
+    def rotate_key_recorded(self, key_id: str, *, overlap: dt.timedelta, tenant: str | None = None) -> WrittenKey:
+        """`rotate_key`, with the new key's record and the old one's as written (`replaced`)."""
         info, version = self._read_key(key_id, tenant)
         now = utcnow()
         _check_rotatable(info, now)
         ttl = info.expires - info.created if info.expires else None
-        new = self.issue_key(info.tenant, info.scopes, ttl=ttl)
+        new = self.issue_key_recorded(info.tenant, info.scopes, ttl=ttl)
         old_expiry = now + overlap if info.expires is None else min(info.expires, now + overlap)
         try:
             for _ in range(_CAS_RETRIES):
-                if self.write_record(
-                    self._key_path(info.tenant, key_id),
-                    info.model_copy(update={"expires": old_expiry, "rotated_to": new.key_id}),
-                    version,
-                ):
+                rotated = info.model_copy(update={"expires": old_expiry, "rotated_to": new.key.key_id})
+                if self.write_record(self._key_path(info.tenant, key_id), rotated, version):
                     break
                 info, version = self._read_key(key_id, info.tenant)
                 _check_rotatable(info, now)  # a concurrent rotation or revocation won: this one's key is undone
             else:
                 raise VaultKeyStoreError(f"key {key_id} kept changing during rotation; retry")
         except BaseException:
-            self._quietly(self._delete_key, info.tenant, new.key_id)
+            self._quietly(self._delete_key, info.tenant, new.key.key_id)
             raise
         log.info(
             "rotated key %s -> %s for tenant %s (old expires %s)",
             key_id,
-            new.key_id,
+            new.key.key_id,
             info.tenant,
             old_expiry.isoformat(),
         )
-        return new
+        return new._replace(replaced=rotated)
 
     def revoke_key(self, key_id: str, *, tenant: str | None = None) -> KeyInfo:
         """Mark the key revoked readers refuse it within their cache TTL. Idempotent."""

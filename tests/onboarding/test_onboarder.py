@@ -298,3 +298,51 @@ def test_a_torn_journal_names_its_file_and_a_rewrite_replaces_it_whole(tmp_path:
     (tmp_path / "pending.json").write_text('[{"tenant": "x"}]')  # JSON, not notes: was "unexpected KeyError"
     with pytest.raises(LocalFailure, match=r"not a list of notes \(0.vault_addr: Field required\); fix or remove"):
         journal.pending()
+
+
+def test_a_new_key_is_shown_from_what_was_written_so_a_read_after_it_cannot_lose_the_secret(
+    onboard: Onboarder, bao: OpenBao, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Vault failing right after the write (the audit reproduced it with a proxy) used to lose a key that works."""
+    name = unique("shown")
+    first = onboard.create_tenant(name, PLANS["starter"]).key
+
+    def unreachable(*_args: object, **_kwargs: object) -> None:
+        raise VaultUnavailable("Vault unreachable (VaultDown)")
+
+    monkeypatch.setattr(onboard.key_admin, "get_key", unreachable)
+    issued = onboard.issue_key(name, ["read"], dt.timedelta(days=1))
+    rotated = onboard.rotate_key(first.key_id, dt.timedelta(0))
+    monkeypatch.undo()
+    assert issued.info == onboard.key_admin.get_key(issued.key.key_id)  # the record shown is the one stored
+    assert rotated.info == onboard.key_admin.get_key(rotated.key.key_id)
+    assert rotated.replaced == onboard.key_admin.get_key(first.key_id)
+    assert rotated.replaced is not None and rotated.replaced.rotated_to == rotated.key.key_id
+    keys = source(bao)
+    assert keys.authenticate(issued.key.secret) is not None and keys.authenticate(rotated.key.secret) is not None
+    assert keys.authenticate(first.secret) is None  # rotated with no overlap: the new secret is the only way in
+
+
+def test_a_deletion_cut_short_is_finished_by_running_it_again(
+    onboard: Onboarder, admin: FakeAdmin, bao: OpenBao, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = unique("half")
+    key = onboard.create_tenant(name, PLANS["starter"]).key
+
+    def cut(*_args: object, **_kwargs: object) -> None:
+        raise VaultUnavailable("Vault unreachable (VaultDown)")
+
+    monkeypatch.setattr(onboard.key_admin, "list_records", cut)  # after the tenant is marked as being deleted
+    with pytest.raises(VaultFailure) as failure:
+        onboard.delete_tenant(name)
+    assert "partly deleted" in str(failure.value) and "run the deletion again" in str(failure.value)
+    monkeypatch.undo()
+    assert onboard.key_admin.get_tenant(name) is None and onboard.key_admin.deletion_pending(name)
+    assert source(bao).authenticate(key.secret) is None  # refused from the first step on
+    admin.calls.clear()
+    outcome = onboard.delete_tenant(name)
+    assert any("finished an earlier, interrupted deletion" in warning for warning in outcome.warnings)
+    assert admin.calls == [f"drop {name}", f"refresh {name}"]  # its data dropped, as in a deletion that ran through
+    assert not onboard.key_admin.deletion_pending(name)
+    with pytest.raises(NotFound):
+        onboard.delete_tenant(name)
