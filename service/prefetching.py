@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.cache import TenantCache, TenantRegistry
 from service.config import Settings
+from service.security.envelope import atomic_output
 
 if TYPE_CHECKING:
     from service.prefetch.base import Prefetcher
@@ -383,7 +384,8 @@ class PrefetchManager:
             log.error("tenant %s: %s; moved its checkpoints to %s, and the tenant starts a new model", name, err,
                       aside)
             registry = CheckpointRegistry(directory, name, self.cipher, incarnation=tenant.incarnation)
-        (directory / INCARNATION_FILE).write_text(tenant.incarnation or "")
+        with atomic_output(directory / INCARNATION_FILE) as out:  # torn, it would make the next start drop the models
+            out.write((tenant.incarnation or "").encode())
         return registry
 
     def _forget_models(self, name: str, why: str = "it was deleted") -> None:

@@ -23,7 +23,6 @@ from service.prefetch.coordinator import PrefetchBudget
 from service.prefetch.engine import PrefetchEngine
 from service.prefetch.keys import KeyCodec
 from service.prefetch.learned.prefetcher import LearnedPrefetcher, TrainConfig
-from service.prefetch.mlops import checkpoints
 from service.prefetch.mlops.ab import ABAssignment, LiveComparison, check_weights
 from service.prefetch.mlops.checkpoints import KEEP_NEWEST, CheckpointError, CheckpointRegistry
 from service.prefetch.mlops.drift import DriftDetector
@@ -181,7 +180,7 @@ def test_a_torn_or_foreign_index_is_a_checkpoint_error_naming_the_file(tmp_path:
 def test_checkpoint_writes_are_synced_before_the_rename_and_the_rename_after(tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     events: list[str] = []
-    fsync, replace = checkpoints.os.fsync, checkpoints.os.replace
+    fsync, replace = os.fsync, os.replace
 
     def noting_fsync(fd: int) -> None:
         events.append("sync directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "sync file")
@@ -191,8 +190,8 @@ def test_checkpoint_writes_are_synced_before_the_rename_and_the_rename_after(tmp
         events.append(f"rename {Path(dst).name}")
         replace(src, dst)
 
-    monkeypatch.setattr(checkpoints.os, "fsync", noting_fsync)
-    monkeypatch.setattr(checkpoints.os, "replace", noting_replace)
+    monkeypatch.setattr(os, "fsync", noting_fsync)  # checkpoints write through envelope.atomic_output
+    monkeypatch.setattr(os, "replace", noting_replace)
     CheckpointRegistry(tmp_path, tenant="acme").save({"w": torch.zeros(1)}, metric=0.5)
     assert events == ["sync file", "rename v0001.ckpt", "sync directory",
                       "sync file", "rename index.json", "sync directory"]

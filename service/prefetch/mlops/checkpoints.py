@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+
+from service.security.envelope import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +81,6 @@ def _parse_index(raw: Any) -> _Index:
     return _Index(versions, serving, history, incarnation)
 
 
-def _sync_directory(directory: Path) -> None:
-    """Make a rename in `directory` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class CheckpointRegistry:
     """One tenant's model versions. `model_config`: the config of the model they are loaded into (as the
     checkpoint's `model_config` records it); versions saved from another one are passed over. Without it, the
@@ -130,13 +122,8 @@ class CheckpointRegistry:
             self._commit()
 
     def _write(self, path: Path, data: bytes) -> None:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        with tmp.open("wb") as file:
+        with atomic_output(path) as file:  # a power loss leaves the old file or the new, never an empty one
             file.write(data)
-            file.flush()
-            os.fsync(file.fileno())  # else a power loss can leave the renamed file empty
-        os.replace(tmp, path)
-        _sync_directory(self.directory)
 
     def _load_index(self) -> _Index:
         path = self.directory / "index.json"

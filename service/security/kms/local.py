@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
 import threading
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from service.security.envelope import atomic_output
 from service.security.kms.base import KmsError, KmsProvider, KmsRejected, WrappedKey, check_dek
 
 _NONCE = 12
@@ -92,11 +92,8 @@ class LocalKms(KmsProvider):
             "primary": self._primary,
             "keys": {v: base64.b64encode(k).decode() for v, k in self._keys.items()},
         }
-        tmp = self._path.with_name(self._path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(raw, out)
-        os.replace(tmp, self._path)
+        with atomic_output(self._path) as out:  # a torn keyring after a rotation would lose every envelope
+            out.write(json.dumps(raw).encode())
 
 
 def _aad(version: str) -> bytes:
