@@ -205,6 +205,10 @@ def rewrap_command(
         bool, typer.Option("--dry-run", help="Only list the files that would move (the service is still stopped "
                            "and started again).")
     ] = False,
+    retire_despite_shipped_audit: Annotated[
+        bool, typer.Option("--retire-despite-shipped-audit", help="With --retire and audit_ship_url set: retire "
+                           "anyway, although the audit archives already shipped then no longer decrypt.")
+    ] = False,
     state_dir: StateDir = None,
     as_json: Json = False,
 ) -> None:
@@ -218,12 +222,17 @@ def rewrap_command(
     `foresight kms rewrap`, the old versions retired (--retire, skipped if any
     file failed), and the service started again if it was running.
 
+    With audit_ship_url set, --retire is refused (exit 2, nothing stopped or
+    changed): the archives already shipped stay wrapped under the old versions,
+    and retiring those makes them unreadable. Keep the old versions until the
+    shipped archives' retention has ended, or add --retire-despite-shipped-audit.
+
     Exit 0: every file moved (or was current); 1: some file failed (each is left
     as it was; run it again); 2: bad options; 3: no deployment; 5: OpenBao not
     active; 7: the rewrap could not run or the service did not start again.
     """
     with output.reported(as_json):
-        result = rewrap(_stack(state_dir), RewrapOptions(rotate, retire, dry_run))
+        result = rewrap(_stack(state_dir), RewrapOptions(rotate, retire, dry_run, retire_despite_shipped_audit))
         if as_json:
             output.emit_json(result.as_dict())
         else:

@@ -5,6 +5,10 @@ locally the documented order (rotate, rewrap, retire) could not be followed. Thi
 the service, rotates the transit key if asked, runs the same `foresight kms rewrap` with the service's own settings,
 retires the old versions only once every file moved, and starts the service again if it was running (also when
 the rewrap failed: a deployment is never left down by this command).
+
+With audit shipping configured (`--set audit_ship_url=...`), `--retire` is refused before anything is stopped or
+changed: the archives already shipped stay wrapped under the old versions (a rewrap moves only the node's files),
+so retiring those makes the trail unreadable. `--retire-despite-shipped-audit` accepts that.
 """
 
 from __future__ import annotations
@@ -37,10 +41,22 @@ class RewrapOptions:
     rotate: bool = False  # a new transit key version first
     retire: bool = False  # then min_decryption_version = the newest version, if nothing failed
     dry_run: bool = False  # only report which files would move; rotates and retires nothing
+    retire_despite_shipped_audit: bool = False  # retire although shipped audit archives need the old versions
 
     def check(self) -> None:
         if self.dry_run and (self.rotate or self.retire):
             raise InvalidInput("--dry-run", "changes nothing, so it cannot be combined with --rotate or --retire")
+        if self.retire_despite_shipped_audit and not self.retire:
+            raise InvalidInput("--retire-despite-shipped-audit", "only goes with --retire")
+
+    def check_retire(self, audit_ship_url: str | None) -> None:
+        """InvalidInput if --retire would make the audit archives shipped to `audit_ship_url` unreadable."""
+        if self.retire and audit_ship_url and not self.retire_despite_shipped_audit:
+            raise InvalidInput("--retire", f"the service ships its audit archives to {audit_ship_url} "
+                               "(audit_ship_url), and the copies there stay wrapped under the old key versions (a "
+                               "rewrap moves only this machine's files): retiring them makes that trail unreadable. "
+                               "Run it without --retire and retire once the shipped archives' retention has ended, "
+                               "or add --retire-despite-shipped-audit to accept losing them")
 
 
 @dataclass
@@ -73,6 +89,8 @@ def rewrap(stack: LocalStack, options: RewrapOptions) -> RewrapResult:
     deployment = stack.deployment()
     if deployment is None:
         raise NotFound(f"no deployment in {stack.paths.root}", "start one with `foresight local up`")
+    service = LocalService(stack.paths, deployment)
+    options.check_retire(service.settings_env().get("FORESIGHT_AUDIT_SHIP_URL"))
     bao = OpenBao(stack.paths, deployment.vault_port, deployment.vault_cluster_port)
     if bao.health() != 200:
         raise VaultFailure("rewrap", "the local OpenBao is not active (stopped or sealed), and the KMS is its transit "
@@ -80,7 +98,6 @@ def rewrap(stack: LocalStack, options: RewrapOptions) -> RewrapResult:
     audit = OnboardingAudit(deployment.audit_log)
     if not options.dry_run:
         audit.check()  # a rotation or retirement that cannot be audited is not made
-    service = LocalService(stack.paths, deployment)
     with stack.lock():
         root = bao.root_client()
         versions = _versions(root)
@@ -102,7 +119,8 @@ def rewrap(stack: LocalStack, options: RewrapOptions) -> RewrapResult:
                 _transit("retire the old key versions", lambda: root.secrets.transit.update_key_configuration(
                     TRANSIT_KEY, min_decryption_version=newest, mount_point=TRANSIT_MOUNT))
                 result.retired_below = newest
-                audit.record("kms.retire", key=TRANSIT_KEY, min_decryption_version=newest)
+                audit.record("kms.retire", key=TRANSIT_KEY, min_decryption_version=newest,
+                             despite_shipped_audit=options.retire_despite_shipped_audit)
         finally:
             if running:
                 service.start()

@@ -81,6 +81,9 @@ _SHIP_RETRY_S = 60.0  # while files wait to be shipped, the shipper retries this
 # 60 s per try) must not hold the shutdown past the grace systemd and Kubernetes give it (stacks/shutdown.py), and
 # lose the final fsync to their SIGKILL; what it did not ship stays on disk, and the next start ships it.
 SHIP_ON_CLOSE_S = 10.0
+# An `audit.pruned` line names at most this many files (about 9 KiB), so a prune of thousands (keep_files lowered)
+# writes several ordinary lines rather than one of hundreds of KiB.
+PRUNED_NAMES_PER_LINE = 256
 
 
 class AuditSecretError(ValueError):
@@ -374,9 +377,9 @@ class AuditLog:
                 self._prune_locked()
 
     def _prune_locked(self) -> None:
-        """Delete the oldest rotated files past `keep_files`, named first in an `audit.pruned` line, so that the
-        chain itself says which files went on purpose. What remains still verifies: `verify_files` starts from its
-        first file's own link to the file before."""
+        """Delete the oldest rotated files past `keep_files`, named first in `audit.pruned` lines (at most
+        PRUNED_NAMES_PER_LINE each), so that the chain itself says which files went on purpose. What remains still
+        verifies: `verify_files` starts from its first file's own link to the file before."""
         if self.keep_files is None:
             return
         rotated = sorted(_rotated_files(self.path) + _rotated_files(self.path, archived=True), key=lambda p: p.name)
@@ -391,7 +394,10 @@ class AuditLog:
             details["shipped_to"] = self.shipper.destination
         if not excess:
             return
-        self._append("audit.pruned", "success", "system", details={"files": [p.name for p in excess], **details})
+        names = [p.name for p in excess]
+        for first in range(0, len(names), PRUNED_NAMES_PER_LINE):  # a line each so many: lines stay short
+            self._append("audit.pruned", "success", "system",
+                         details={"files": names[first:first + PRUNED_NAMES_PER_LINE], **details})
         for path in excess:
             try:
                 path.unlink()
@@ -471,14 +477,29 @@ def _closed_predecessor(path: Path) -> tuple[Path | None, dict[str, Any] | None]
     return rotated[-1], last
 
 
-_TAIL_BYTES = 65536  # far more than one line: the last line of a file is in its last this many bytes
+_TAIL_BYTES = 65536  # read from the end this many bytes at a time, until the last line's start is in them
+
+
+def _tail(file: BinaryIO, size: int) -> bytes:
+    """The end of a file of `size` bytes, from the start of its last complete line (the one before a torn one)
+    or further: a line has no length limit (an `audit.pruned` line written before they were split named every
+    pruned file), so this reads backwards past as many blocks as it takes, up to the whole file."""
+    start, tail = size, b""
+    while start > 0:
+        step = min(start, max(_TAIL_BYTES, len(tail)))  # doubling: a long line costs a few reads, not one a block
+        start -= step
+        file.seek(start)
+        tail = file.read(step) + tail
+        ends = tail.rfind(b"\n")  # the last complete line's newline (a torn line has none)
+        if ends >= 0 and tail.rfind(b"\n", 0, ends) >= 0:
+            break
+    return tail
 
 
 def _last_record(path: Path) -> dict[str, Any] | None:
     """The last line of a rotated file, if it is a verified record."""
     with path.open("rb") as file:
-        file.seek(max(0, path.stat().st_size - _TAIL_BYTES))
-        return _verified_last(file.read())
+        return _verified_last(_tail(file, path.stat().st_size))
 
 
 def _verified_last(tail: bytes) -> dict[str, Any] | None:
@@ -503,8 +524,7 @@ def _tail_state(path: Path) -> tuple[dict[str, Any] | None, int]:
     if size == 0:
         return None, 0
     with path.open("rb+") as file:
-        file.seek(max(0, size - _TAIL_BYTES))
-        tail = file.read()
+        tail = _tail(file, size)
         torn = 0
         if not tail.endswith(b"\n"):  # the process died mid-write: that line was never acknowledged
             torn = len(tail) - (tail.rfind(b"\n") + 1)

@@ -80,7 +80,10 @@ def rewrap(
       2. stop the service and run `foresight kms rewrap` until it exits 0;
 
       3. only then retire the old version (transit: min_decryption_version;
-         Cloud KMS, Key Vault: disable it).
+         Cloud KMS, Key Vault: disable it). With FORESIGHT_AUDIT_SHIP_URL
+         set, the audit archives already shipped stay under the old version
+         (this rewraps only the machine's files): keep it until their
+         retention has ended.
 
     Anything still wrapped under a retired version no longer opens: the
     snapshot is not restored (the service starts cold), checkpoints are
@@ -112,6 +115,10 @@ def rewrap(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(EXIT_REFUSED) from None
     _report(results, roots, dry_run, as_json)
+    if settings.audit_ship_url and any(r.outcome in ("rewrapped", "would-rewrap") for r in results):
+        typer.echo(f"note: the audit archives already shipped to {settings.audit_ship_url} keep the old key version "
+                   "(only this machine's files were rewrapped): retire it only once their retention has ended",
+                   err=True)
     raise typer.Exit(EXIT_FAILED if any(r.outcome == "failed" for r in results) else 0)
 
 

@@ -45,7 +45,7 @@ def create_identity(
 
 
 # Storage Blob Data Contributor: the narrowest built-in role that creates blobs and reads them back (the shipper
-# compares sizes). It may delete too; the container's immutability policy is what keeps the trail.
+# compares a copy's bytes with the file's). It may delete too; the container's immutability policy keeps the trail.
 BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 
 
