@@ -4,7 +4,10 @@ Precedence, per setting: the standard environment (`VAULT_ADDR`/`VAULT_TOKEN`/`V
 equivalents; `FORESIGHT_ADMIN_URL`/`FORESIGHT_ADMIN_TOKEN`/`FORESIGHT_ADMIN_CA`; `FORESIGHT_AUDIT_LOG`;
 `FORESIGHT_VAULT_KV_MOUNT`, the same variable the service reads) wins
 over the local deployment recorded by `foresight local up` in the state directory. Values from the environment
-and options are checked before anything connects: a URL needs http(s) and a host, a CA bundle must exist.
+and options are checked before anything connects: a URL needs http(s) and a host, a CA bundle must exist, and
+plain http:// is refused to a host that is not loopback (the Vault token or the admin token would cross the network
+in clear) unless FORESIGHT_VAULT_ALLOW_INSECURE_HTTP (the service's own setting) or
+FORESIGHT_ADMIN_ALLOW_INSECURE_HTTP is true: the rule the service applies to its vault_addr.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from onboarding.state import (
     read_secret,
     state_dir_option,
 )
+from service.security.vault_keys import DEFAULT_MOUNT
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class Target:
     deployment: Deployment | None
     local_vault: bool = False  # Vault is the local deployment's OpenBao
     local_admin: bool = False  # the admin API is the local deployment's service
+    kv_mount_default: bool = False  # kv_mount is the service's default: neither the environment nor a deployment's
 
     def __repr__(self) -> str:  # the dataclass default would print the tokens
         return f"Target(vault_addr={self.vault_addr!r}, admin_url={self.admin_url!r})"
@@ -75,7 +80,13 @@ def _env_named(*names: str) -> tuple[str, str] | None:
     return None
 
 
-def _check_url(url: str, what: str, example: str) -> str:
+# The hosts service.config takes an http:// vault_addr to without FORESIGHT_VAULT_ALLOW_INSECURE_HTTP.
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+VAULT_INSECURE_ENV = "FORESIGHT_VAULT_ALLOW_INSECURE_HTTP"
+ADMIN_INSECURE_ENV = "FORESIGHT_ADMIN_ALLOW_INSECURE_HTTP"
+
+
+def _check_url(url: str, what: str, example: str, secret: str, allow_insecure_env: str) -> str:
     parts = urlsplit(url)
     try:
         parts.port  # noqa: B018 -- raises ValueError for a port out of range or not a number
@@ -83,7 +94,16 @@ def _check_url(url: str, what: str, example: str) -> str:
         parts = parts._replace(netloc="")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput(f"{what} {url!r}", f"expected a URL like {example}")
+    if parts.scheme == "http" and parts.hostname not in _LOOPBACK and not _env_true(allow_insecure_env):
+        raise InvalidInput(f"{what} {url!r}", f"{parts.hostname} is not loopback, so it must be reached over "
+                           f"https://; over http:// {secret} would cross the network in clear "
+                           f"({allow_insecure_env}=true allows it, for tests and labs only)")
     return url
+
+
+def _env_true(name: str) -> bool:
+    """A boolean variable as the service's settings read one (pydantic's true words)."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "t", "yes", "y", "on")
 
 
 def _check_ca(value: str, what: str) -> Path:
@@ -100,7 +120,8 @@ def resolve(state_dir: Path | None = None, admin_url: str | None = None) -> Targ
 
     vault_addr_env = _env_named("VAULT_ADDR", "BAO_ADDR")
     if vault_addr_env is not None:
-        _check_url(vault_addr_env[1], vault_addr_env[0], "https://vault.example.com:8200")
+        _check_url(vault_addr_env[1], vault_addr_env[0], "https://vault.example.com:8200", "the Vault token",
+                   VAULT_INSECURE_ENV)
     vault_addr = vault_addr_env[1] if vault_addr_env else (deployment.vault_addr if deployment else None)
     if vault_addr is None:
         raise NotFound(f"no deployment in {paths.root}", "run `foresight local up`, or set VAULT_ADDR and VAULT_TOKEN")
@@ -118,7 +139,8 @@ def resolve(state_dir: Path | None = None, admin_url: str | None = None) -> Targ
 
     admin_url = admin_url or _env("FORESIGHT_ADMIN_URL")
     if admin_url is not None:
-        _check_url(admin_url, "admin URL (--admin-url, FORESIGHT_ADMIN_URL)", "https://foresight.example.com:8443")
+        _check_url(admin_url, "admin URL (--admin-url, FORESIGHT_ADMIN_URL)", "https://foresight.example.com:8443",
+                   "the admin token", ADMIN_INSECURE_ENV)
     # The local service serves the local Vault's tenants only: with another Vault it would be asked to load a
     # tenant it cannot see.
     admin_url = admin_url or (deployment.http_url if deployment and local_vault else None)
@@ -138,14 +160,14 @@ def resolve(state_dir: Path | None = None, admin_url: str | None = None) -> Targ
     elif admin_url is not None:
         endpoints = Endpoints(urlsplit(admin_url).hostname or "localhost", 6380, admin_url, admin_ca)
 
+    kv_mount = _env("FORESIGHT_VAULT_KV_MOUNT") or (deployment.vault_kv_mount if deployment and local_vault else None)
     audit_env = _env("FORESIGHT_AUDIT_LOG")
     audit_log = Path(audit_env) if audit_env else (deployment.audit_log if deployment else paths.onboarding_audit)
     return Target(
         vault_addr=vault_addr,
         vault_token=vault_token,
         vault_ca=vault_ca,
-        kv_mount=_env("FORESIGHT_VAULT_KV_MOUNT")
-        or (deployment.vault_kv_mount if deployment and local_vault else "foresight"),
+        kv_mount=kv_mount or DEFAULT_MOUNT,  # the service's vault_kv_mount default
         admin_url=admin_url,
         admin_token=admin_token,
         admin_ca=admin_ca,
@@ -155,6 +177,7 @@ def resolve(state_dir: Path | None = None, admin_url: str | None = None) -> Targ
         deployment=deployment,
         local_vault=local_vault,
         local_admin=local_admin,
+        kv_mount_default=kv_mount is None,
     )
 
 

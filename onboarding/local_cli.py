@@ -119,7 +119,9 @@ def _print_up(result: UpResult) -> None:
         out.print(demo)
     endpoints = Endpoints(d.resp_host, d.resp_port, d.http_url, d.ca_cert)
     out.print("Connect as the demo tenant:")
-    out.print(connection_snippet(endpoints, result.api_key)["redis-cli"], markup=False)
+    snippet = connection_snippet(endpoints, result.api_key)
+    out.print(snippet["env"], markup=False)
+    out.print(snippet["redis-cli"], markup=False)
     flag = state_dir_option(d.state_dir)
     out.print(f"More tenants: foresight tenants create NAME --plan pro{flag}    Stop: foresight local down{flag}",
               markup=False)

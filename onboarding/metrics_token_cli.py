@@ -1,18 +1,24 @@
 """`foresight metrics-token rotate`: mint the bearer token Prometheus scrapes /metrics with, into the deployment's
 Vault (exit codes: docs/onboarding.md).
 
-The token goes to the KV v2 secret `deployments/<stack>/metrics` of the KV mount the `tenants` commands use (the
-path `stacks.vault.VaultLayout.metrics_path` names and the node's policy reads; with `--path`, a Kubernetes
-workload's own `metricsVaultPath`), written with check-and-set so
-that of two rotations at once one fails instead of both printing a token. The service reads it again within
-`FORESIGHT_VAULT_METRICS_REFRESH_S`. It is printed once, on stdout, and never logged or audited: the audit
-line names the path and the version written.
+The token goes to the KV v2 secret `deployments/<stack>/metrics` (the path `stacks.vault.VaultLayout.metrics_path`
+names and the node's policy reads; with `--path`, a Kubernetes workload's own `metricsVaultPath`) of the KV mount
+FORESIGHT_VAULT_KV_MOUNT names, else the local deployment's, else with `--stack` the stack's own
+(`foresight-<stack>`), written with check-and-set so that of two rotations at once one fails instead of both
+printing a token. The service reads it again within `FORESIGHT_VAULT_METRICS_REFRESH_S`. It is printed once, on
+stdout, or written to `--output` only once Vault holds it, and never logged or audited: the audit line names the
+path and the version written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
-from typing import Annotated
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, BinaryIO
 
 import hvac
 import hvac.exceptions
@@ -31,6 +37,9 @@ app = typer.Typer(cls=output.UsageErrorGroup, no_args_is_help=True, pretty_excep
                   rich_markup_mode=None)
 
 _ACTION = "metrics-token.rotate"
+# The stacks' project (Pulumi.yaml's `name`): a stack's KV mount is `<project>-<stack>` (stacks.spec.StackSpec.name,
+# stacks.vault.VaultLayout.kv_mount).
+STACKS_PROJECT = "foresight"
 _STACK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # A KV path as a Kubernetes workload's metricsVaultPath may name it (stacks.kubernetes.spec checks the same form).
 _KV_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
@@ -69,18 +78,59 @@ def _target_path(stack: str | None, path: str | None) -> str:
     return path
 
 
+def kv_mount(target: Target, stack: str | None) -> tuple[str, str]:
+    """The KV mount to write to and where that came from: FORESIGHT_VAULT_KV_MOUNT or the local deployment's, else
+    the stack's own. A --path without either names a workload's mount nobody said: InvalidInput."""
+    if not target.kv_mount_default:
+        return target.kv_mount, ("the local deployment's" if target.local_vault and not os.environ.get(
+            "FORESIGHT_VAULT_KV_MOUNT") else "FORESIGHT_VAULT_KV_MOUNT")
+    if stack is not None:
+        return f"{STACKS_PROJECT}-{stack}", "the stack's; FORESIGHT_VAULT_KV_MOUNT names another"
+    raise InvalidInput("FORESIGHT_VAULT_KV_MOUNT", "not set: with --path, set it to the workload's KV mount "
+                       "(its vaultKvMount)")
+
+
+@contextlib.contextmanager
+def _token_file(path: Path) -> Iterator[BinaryIO]:
+    """A private temporary file beside `path` (made before Vault is touched, so a directory that cannot take it
+    stops the rotation), renamed over `path` once written and synced: Prometheus reads the old token or the new,
+    never an empty or half-written file. Removed when the block fails."""
+    path = path.expanduser()
+    try:
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
+    except OSError as err:
+        raise InvalidInput(f"--output {path}", f"cannot write there ({err.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)
+
+
 @app.callback()
 def _group() -> None:
     """The bearer token Prometheus scrapes /metrics with, kept in the deployment's Vault."""
 
 
 @app.command(
-    epilog="Vault is VAULT_ADDR and VAULT_TOKEN (or the local deployment's OpenBao) and the mount "
-    "FORESIGHT_VAULT_KV_MOUNT (the stack's: foresight-<stack>), as for `foresight tenants`. The nodes read the "
+    epilog="Vault is VAULT_ADDR and VAULT_TOKEN (or the local deployment's OpenBao), as for `foresight tenants`; the "
+    "mount is FORESIGHT_VAULT_KV_MOUNT, else the local deployment's, else with --stack the stack's (foresight-"
+    "<stack>); with --path, set FORESIGHT_VAULT_KV_MOUNT to the workload's vaultKvMount. The nodes read the "
     "secret at FORESIGHT_VAULT_METRICS_PATH=deployments/<stack>/metrics (or a Kubernetes workload's "
     "metricsVaultPath, which --path names).\n\n"
-    "Prometheus reads the token from a file: save the output (e.g. `foresight metrics-token rotate --stack "
-    "aws-prod > /etc/prometheus/foresight-metrics-token`, mode 0600) and point the scrape job at it:\n\n"
+    "Prometheus reads the token from a file: write it there with --output (e.g. `foresight metrics-token rotate "
+    "--stack aws-prod --output /etc/prometheus/foresight-metrics-token`: mode 0600, replaced only once the new "
+    "token is in Vault) and point the scrape job at it:\n\n"
     "  scrape_configs:\n"
     "    - job_name: foresight\n"
     "      scheme: https\n"
@@ -96,48 +146,68 @@ def rotate(
         help="Write the token to this path of the KV mount instead of a stack's: a Kubernetes workload's "
         "metricsVaultPath (not under tenants/, keyids/ or deployments/, the mount's own records).",
         show_default=False)] = None,
+    output_file: Annotated[Path | None, typer.Option(
+        "--output", help="Write the token to this file (mode 0600, replaced atomically, only once Vault holds the "
+        "new token) instead of printing it: Prometheus's credentials_file.", show_default=False)] = None,
     state_dir: StateDir = None,
     as_json: Json = False,
 ) -> None:
     """Make a new 256-bit scrape token, write it to Vault in place of the old one, and print it once."""
-    with output.reported(as_json):
+    with output.reported(as_json), contextlib.ExitStack() as cleanup:
         secret = _target_path(stack, path)
         target = resolve(state_dir=state_dir)
+        mount, source = kv_mount(target, stack)
+        token_file = cleanup.enter_context(_token_file(output_file)) if output_file is not None else None
         token = new_token()
-        full_path = f"{target.kv_mount}/{secret}"
+        full_path = f"{mount}/{secret}"
         audit = OnboardingAudit(target.audit_log)
         audit.check()  # before the write: a token written and not audited is the worse outcome
         try:
-            version = _write(target, secret, token)
+            version = _write(target, mount, secret, token)
         except OnboardingError as failure:
             audit.record(_ACTION, outcome="failure", vault_path=full_path, reason=str(failure))
             raise with_local_hint(target, failure) from None
         audit.record(_ACTION, vault_path=full_path, version=version)  # a line it cannot write is a warning
+        where = f"KV mount {mount}: {source}"
+        if token_file is not None:
+            try:
+                token_file.write(f"{token}\n".encode())
+                cleanup.close()  # renamed into place now, before saying so
+            except OSError as err:  # Vault holds the new token now: this is its only copy, so it is printed
+                typer.echo(token)
+                raise OnboardingError(f"write the token to {output_file}", f"{err.strerror}; the token Vault now "
+                                      "holds is printed above instead (store it now)") from None
+            if as_json:
+                output.emit_json({"output": str(output_file), "vault_path": full_path, "version": version})
+                return
+            output.err.print(f"Scrape token version {version} written to {full_path} ({where}) and to "
+                             f"{output_file}.", markup=False)
+            return
         if as_json:
             output.emit_json({"token": token, "vault_path": full_path, "version": version})
             return
         typer.echo(token)
-        output.err.print(f"Scrape token version {version} written to {full_path} (shown once; store it now). "
-                         "See `foresight metrics-token rotate --help` for Prometheus.", markup=False)
+        output.err.print(f"Scrape token version {version} written to {full_path} ({where}; shown once, store it "
+                         "now). See `foresight metrics-token rotate --help` for Prometheus.", markup=False)
 
 
-def _write(target: Target, path: str, token: str) -> int:
+def _write(target: Target, mount: str, path: str, token: str) -> int:
     """Write `token` over the version now at `path`; the version written. Vault's errors as onboarding errors."""
-    what = f"rotate the metrics token at {target.kv_mount}/{path}"
+    what = f"rotate the metrics token at {mount}/{path}"
     kv = target.vault_client().secrets.kv.v2
     try:
         try:
-            current = int(kv.read_secret_metadata(path, mount_point=target.kv_mount)["data"]["current_version"])
+            current = int(kv.read_secret_metadata(path, mount_point=mount)["data"]["current_version"])
         except hvac.exceptions.InvalidPath:
             current = 0  # never written (or no such mount: the write says which)
-        reply = kv.create_or_update_secret(path, {VAULT_FIELD: token}, cas=current, mount_point=target.kv_mount)
+        reply = kv.create_or_update_secret(path, {VAULT_FIELD: token}, cas=current, mount_point=mount)
     except (requests.RequestException, hvac.exceptions.VaultDown, hvac.exceptions.BadGateway) as err:
         raise VaultFailure(what, f"Vault unreachable ({type(err).__name__})") from None
     except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized):
         raise VaultFailure(what, "permission denied: the Vault token may not read and write this path (is "
                            "FORESIGHT_VAULT_KV_MOUNT the deployment's mount?)") from None
     except hvac.exceptions.InvalidPath:
-        raise NotFound(what, f"no KV v2 mount {target.kv_mount!r} (FORESIGHT_VAULT_KV_MOUNT)") from None
+        raise NotFound(what, f"no KV v2 mount {mount!r} (FORESIGHT_VAULT_KV_MOUNT)") from None
     except hvac.exceptions.InvalidRequest as err:
         if is_cas_conflict(err):
             raise Conflict(what, "another rotation wrote it at the same time; run the command again and give "

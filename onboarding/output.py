@@ -64,6 +64,23 @@ class UsageErrorGroup(TyperGroup):
     Typer reports them while parsing, before the command and its `reported()` run, in a box of its own.
     `foresight` itself is one (service/cli.py), so every group's commands answer so."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _hide_flag_types(self)
+
+    def get_params(self, ctx: Any) -> Any:
+        params = super().get_params(ctx)  # with --help and Typer's completion flags, added after __init__
+        for param in params:
+            if getattr(param, "is_flag", False):
+                _untyped(param)
+        return params
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:  # each command's --help is made when first asked for: after _hide_flag_types ran
+            _hide_help_types(command, ctx)
+        return name, command, rest
+
     def invoke(self, ctx: Any) -> Any:  # Any: Typer's own copy of click.Context, which it does not export
         as_json = "--json" in ctx.args  # the command's arguments, parsed only inside super().invoke
         try:
@@ -72,6 +89,31 @@ class UsageErrorGroup(TyperGroup):
             context = getattr(usage, "ctx", None)  # click's UsageError names its command; its kin may not
             command = context.command_path if context is not None else "foresight"
             _fail(f"{usage.format_message()} (see `{command} --help`)", usage.exit_code, as_json)
+
+
+def _hide_flag_types(command: Any) -> None:
+    """A flag (`--json`, `--yes`, `--scripting/--no-scripting`) takes no value, but Typer's rich help gives every
+    option its type (`--json <bool>`): an empty metavar shows none. For the group's options, its commands' and its
+    subgroups' (Typer makes them before the group that holds them)."""
+    for param in command.params:
+        if getattr(param, "is_flag", False):
+            _untyped(param)
+    for sub in getattr(command, "commands", {}).values():
+        _hide_flag_types(sub)
+
+
+def _hide_help_types(command: Any, ctx: Any) -> None:
+    """The same for the --help of a command and of everything under it (made now, with the names `ctx` gives it)."""
+    _untyped(command.get_help_option(ctx))
+    for sub in getattr(command, "commands", {}).values():
+        _hide_help_types(sub, ctx)
+
+
+def _untyped(flag: Any) -> Any:
+    """The flag, with no type shown in the help."""
+    if flag is not None and flag.metavar is None:
+        flag.metavar = ""
+    return flag
 
 
 def warn(warnings: list[str]) -> None:

@@ -59,21 +59,15 @@ def quota_for(
 
 
 def check_origin(url: str) -> None:
-    """InvalidInput unless the service can open `url` as an origin: an fsspec URL of a protocol fsspec knows
-    (file, s3, gs, az, ...; chained ones like `simplecache::s3://...` too), or an absolute local path (a relative
-    one would be read relative to wherever the service runs)."""
-    import fsspec
-    from fsspec.core import split_protocol
+    """InvalidInput unless the service reads `url` as an origin: an absolute directory, file:///..., or s3://, gs://
+    or az:// naming a bucket (container). The service applies the same rule (service.origin.urls) to the tenants
+    it loads."""
+    from service.origin.urls import BadOriginUrl, check_origin_url  # the origin package loads fsspec: only here
 
-    *wrappers, target = url.split("::")
-    protocol, path = split_protocol(target)
-    if protocol is None and not path.startswith("/"):
-        raise InvalidInput(f"--origin {url}", "a local directory must be an absolute path (or file:///...)")
-    known = set(fsspec.available_protocols())
-    for name in [*(w.split("://")[0] for w in wrappers), protocol]:
-        if name is not None and name not in known:
-            raise InvalidInput(f"--origin {url}", f"unknown protocol {name!r}; use a directory, file://, s3://, "
-                               "gs:// or az:// (any protocol fsspec knows)")
+    try:
+        check_origin_url(url)
+    except BadOriginUrl as err:
+        raise InvalidInput(f"--origin {url}", str(err)) from None
 
 
 def plans_help() -> str:

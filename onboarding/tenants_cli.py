@@ -15,7 +15,7 @@ from onboarding import output
 from onboarding.context import resolve, with_local_hint
 from onboarding.errors import OnboardingError, ServiceFailure, VaultFailure
 from onboarding.plans import plan_of, plans_help, quota_for
-from onboarding.snippet import connection_snippet
+from onboarding.snippet import KEY_VARIABLE, connection_snippet
 from onboarding.tenants import SCOPES_HELP, CreatedTenant, Onboarder, TenantView, parse_scopes, validate_name
 from service.prefetch.markov import MIN_MAX_KEYS
 
@@ -107,11 +107,17 @@ def _print_created(created: CreatedTenant, as_json: bool, can_write: bool) -> No
     out = output.out
     out.print(f"Tenant [bold]{spec.name}[/] created (plan {plan_of(spec.quota)}: "
               f"{_mib(spec.quota.memory_bytes)}, {_rps(spec.quota.requests_per_second)}).")
-    out.print(f"API key [bold]{created.key.key_id}[/] (shown once; store it now):")
-    out.print(created.key.secret, markup=False)
+    if not snippet:
+        out.print(f"API key [bold]{created.key.key_id}[/] (shown once; store it now):")
+        out.print(created.key.secret, markup=False)
+        return
+    out.print(f"API key [bold]{created.key.key_id}[/] (shown once; store it now; the commands below read it from "
+              f"${KEY_VARIABLE}):")
+    out.print(snippet["env"], markup=False)
     for client, text in snippet.items():
-        out.print(f"\n[dim]# {client}[/]")
-        out.print(text, markup=False)
+        if client != "env":
+            out.print(f"\n[dim]# {client}[/]")
+            out.print(text, markup=False)
 
 
 def _endpoints_json(created: CreatedTenant) -> dict[str, Any] | None:

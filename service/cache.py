@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, TypeVar
 
 from service.config import Settings
-from service.origin import Origin, ReadSlots, SingleFlight, open_origin
+from service.origin import Origin, OriginError, ReadSlots, SingleFlight, open_origin
 from service.origin.base import ObjectTooLarge
 from service.store.memory import MemoryStore, ValueTooLarge
 from service.tenancy import Principal, TenantSpec
@@ -99,6 +99,21 @@ class TokenBucket:
         return False
 
 
+def _tenant_origin(spec: TenantSpec, settings: Settings, slots: ReadSlots | None) -> Origin | None:
+    """The tenant's origin (its own, else the deployment's, under its name), or None. An origin URL the service does
+    not read (service.origin.urls) is logged and the tenant served without one: one tenant's origin must never fail
+    the reload of them all. Nothing is opened here (this runs on the event loop): the first read does that."""
+    url = spec.quota.origin or settings.origin
+    if not url:
+        return None
+    try:
+        return open_origin(url, tenant=None if spec.quota.origin else spec.name, timeout_s=settings.origin_timeout_s,
+                           latency_ms=settings.origin_latency_ms, slots=slots)
+    except OriginError as err:
+        log.warning("tenant %s: %s; it is served without an origin", spec.name, err)
+        return None
+
+
 class TenantCache:
     """One tenant's data: reads, writes, read-through and the quotas that bound them."""
 
@@ -116,16 +131,7 @@ class TenantCache:
         self.tier_name = self.name if self.incarnation is None else f"{self.name}.{self.incarnation}"
         self.store = MemoryStore(spec.quota.memory_bytes, settings.eviction_policy)
         self.flights: SingleFlight[bytes | None] = SingleFlight()
-        self.origin: Origin | None = None
-        origin_url = spec.quota.origin or settings.origin
-        if origin_url:
-            self.origin = open_origin(
-                origin_url,
-                tenant=None if spec.quota.origin else spec.name,
-                timeout_s=settings.origin_timeout_s,
-                latency_ms=settings.origin_latency_ms,
-                slots=origin_slots,
-            )
+        self.origin = _tenant_origin(spec, settings, origin_slots)
         self.shared: SharedTier | None = None  # set by SharedTier.attach in a scaled-out deployment
         self.reads_through = self.origin is not None  # whether a memory miss is worth a load (origin or tier)
         # What makes a load stale (with a shared tier): a change to its key, here or on another node, or a flush of

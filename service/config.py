@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import AllowInfNan, Field, IPvAnyNetwork, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from service.origin.urls import check_origin_url
 from service.prefetch.markov import DEFAULT_MAX_KEYS, MIN_MAX_KEYS
 from service.prefetch.mlops.ab import check_weights
 from service.store.policies import POLICIES
@@ -331,6 +332,14 @@ class Settings(BaseSettings):
             return json.loads(text)
         except ValueError as err:
             raise ValueError(f"not a JSON list ({err}); or give the names comma-separated") from None
+
+    @field_validator("origin")
+    @classmethod
+    def _check_origin(cls, value: str | None) -> str | None:
+        """The tenants' rule (service/origin/urls.py), at start: a bad default would leave every tenant without one."""
+        if value is not None:
+            check_origin_url(value)  # its ValueError names the form to use
+        return value
 
     @field_validator("prefetch_ab_arms", mode="before")
     @classmethod

@@ -40,7 +40,7 @@ class Origin(Protocol):
     description: str
 
     def path_for(self, key: bytes) -> str:
-        """The object a key names. Raises UnmappableKey, before anything is read."""
+        """The object a key names, under the origin's root. Raises UnmappableKey, before anything is read."""
 
     async def fetch(self, key: bytes, limit: int = MAX_OBJECT_BYTES) -> bytes | None:
         """The object's bytes, or None when the origin has no such object. Raises OriginError; ObjectTooLarge for an

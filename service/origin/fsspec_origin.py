@@ -1,9 +1,10 @@
 """One origin class for a local directory, S3, GCS and Azure Blob: fsspec speaks to all of them.
 
 A key maps to the object at `<root>/<key>`, its '/'-separated segments as they are (no quoting); a key that would
-escape the root (`..`, absolute paths) is refused rather than read. fsspec calls block, so they run on threads of
-the origins' own (`ReadSlots`), never the default executor that prefetch steps, checkpoints and audit writes share
-(a read waiting there for a thread spends its timeout queued behind them, and fails).
+escape the root (`..`, absolute paths) is refused rather than read. fsspec calls block (making a filesystem too),
+so they run on threads of the origins' own (`ReadSlots`), never the default executor that prefetch steps,
+checkpoints and audit writes share (a read waiting there for a thread spends its timeout queued behind them, and
+fails).
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 
 from service.origin.base import MAX_OBJECT_BYTES, ObjectTooLarge, OriginError, OriginTimeout, UnmappableKey, shown_key
+from service.origin.urls import BadOriginUrl, check_origin_url, origin_protocol
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _LOG_EVERY_S = 60.0
 _BUCKET_RECHECK_S = 10.0  # while an origin's bucket is missing, how often a miss asks again (it may be made)
+_REOPEN_S = 10.0  # after an origin's filesystem could not be made, how long its reads fail before it is tried again
 
 
 class ReadSlots:
@@ -86,6 +88,10 @@ class ReadSlots:
 
 
 class FsspecOrigin:
+    """An origin at an fsspec URL. Its filesystem is made at the first read, on a read thread: making one may connect
+    (a cloud SDK finding its credentials, a metadata server that does not answer), and origins are made while
+    tenants load, on the event loop. One that cannot be made fails that tenant's reads, not the load."""
+
     def __init__(
         self,
         url: str,
@@ -95,12 +101,14 @@ class FsspecOrigin:
         slots: ReadSlots | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
-        try:
-            self._fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        except (ImportError, ValueError) as err:
-            raise OriginError(f"origin {url!r} cannot be opened: {err}") from None
-        self._root = root.rstrip("/")
-        self._local = isinstance(self._fs, LocalFileSystem)
+        _check(url)
+        self._url = url
+        self._storage_options = storage_options or {}
+        self._local = origin_protocol(url) == "file"
+        self._fs: Any = None
+        self._root = ""
+        self._open_lock = threading.Lock()
+        self._open_failed_at: float | None = None
         self._timeout_s = timeout_s
         self._latency_s = latency_ms / 1000.0
         self._slots = slots or ReadSlots(64)
@@ -110,14 +118,14 @@ class FsspecOrigin:
         self._log_lock = threading.Lock()
         # An object store's bucket, until a look at it settles that it exists (or that this identity may not see
         # it); while it is missing, when that was last asked. A directory has none: its misses are ordinary.
-        self._bucket: str | None = (self._root.split("/")[0] or None) if _protocols(self._fs) & _BUCKET_LOOKS else None
+        self._bucket: str | None = None
         self._bucket_missing_at: float | None = None
         self.description = url
 
     def path_for(self, key: bytes) -> str:
-        """The object path of a key: its '/'-separated segments under the root, as they are (`a b.txt` reads the
-        object `a b.txt`). An object store's names are UTF-8, so a key that is not UTF-8 names none there; a local
-        directory's names are any bytes, and such a key names the file of exactly those bytes."""
+        """The object path of a key under the origin's root: its '/'-separated segments, as they are (`a b.txt`
+        reads the object `a b.txt`). An object store's names are UTF-8, so a key that is not UTF-8 names none
+        there; a local directory's names are any bytes, and such a key names the file of exactly those bytes."""
         if b"\0" in key:
             raise UnmappableKey("key cannot be mapped to an origin object (a NUL byte)")
         try:
@@ -126,11 +134,33 @@ class FsspecOrigin:
             raise UnmappableKey("key cannot be mapped to an origin object (not UTF-8, as object names are)") from None
         if any(p in ("", ".", "..") for p in text.split("/")):
             raise UnmappableKey("key cannot be mapped to an origin object (an empty, '.' or '..' path segment)")
-        return posixpath.join(self._root, text)
+        return text
 
-    def _read(self, key: bytes, path: str, limit: int) -> bytes | None:
+    def _opened(self, key: bytes) -> Any:
+        """The filesystem, made on this read thread the first time, and tried again once _REOPEN_S have passed
+        after a failure. While an attempt hangs, this origin's other reads wait here, holding only its own slots."""
+        with self._open_lock:
+            if self._fs is not None:
+                return self._fs
+            failed_at = self._open_failed_at
+            if failed_at is None or time.monotonic() - failed_at >= _REOPEN_S:
+                try:
+                    fs, root = fsspec.core.url_to_fs(self._url, **self._storage_options)
+                except Exception as err:  # an SDK missing, credentials not found, a host that does not answer
+                    self._open_failed_at = time.monotonic()
+                    log.warning("origin %s could not be opened: %s: %s", self.description, type(err).__name__, err)
+                else:
+                    self._root = root.rstrip("/")
+                    self._bucket = (self._root.split("/")[0] or None) if _protocols(fs) & _BUCKET_LOOKS else None
+                    self._fs = fs
+                    return fs
+        raise OriginError(f"origin read failed for key {shown_key(key)}: the origin could not be opened")
+
+    def _read(self, key: bytes, relative: str, limit: int) -> bytes | None:
+        fs = self._opened(key)
+        path = posixpath.join(self._root, relative)
         try:
-            info = self._fs.info(path)
+            info = fs.info(path)
             if info.get("type") == "directory":
                 return None
             size = info.get("size") if info.get("type") == "file" else None  # a pipe or device has no size to trust
@@ -138,9 +168,9 @@ class FsspecOrigin:
                 raise ObjectTooLarge(f"origin object for key {shown_key(key)} is {size} bytes, over the {limit} bytes "
                                      "this tenant can load", size)
             expected = limit if size is None else size
-            data = self._fs.cat_file(path, start=0, end=expected + 1) if expected else b""
+            data = fs.cat_file(path, start=0, end=expected + 1) if expected else b""
             if size is not None and len(data) > size:  # it grew since `info`: read again, a byte past the limit
-                data = self._fs.cat_file(path, start=0, end=limit + 1)
+                data = fs.cat_file(path, start=0, end=limit + 1)
             if len(data) > limit:
                 raise ObjectTooLarge(f"origin object for key {shown_key(key)} is over the {limit} bytes this tenant "
                                      "can load", len(data))
@@ -202,13 +232,13 @@ class FsspecOrigin:
 
     async def fetch(self, key: bytes, limit: int = MAX_OBJECT_BYTES) -> bytes | None:
         """The object's bytes or None; the wait for a slot counts against the timeout."""
-        path = self.path_for(key)
+        relative = self.path_for(key)
         try:
             async with asyncio.timeout(self._timeout_s):
-                return await self._slots.run(self._share, self._read, key, path, min(limit, MAX_OBJECT_BYTES),
+                return await self._slots.run(self._share, self._read, key, relative, min(limit, MAX_OBJECT_BYTES),
                                              delay_s=self._latency_s)
         except TimeoutError:
-            self._log("timed out", path)
+            self._log("timed out", relative)
             raise OriginTimeout(f"origin timed out after {self._timeout_s:g}s reading key {shown_key(key)}") from None
         except RuntimeError:  # the pool was shut down: the service is stopping
             raise OriginError(f"origin closed before reading key {shown_key(key)}") from None
@@ -241,7 +271,17 @@ def _look_at_bucket(fs: Any, bucket: str) -> None:
         fs.info(bucket)
 
 
+def _check(url: str) -> None:
+    """OriginError naming `url` unless it is an origin the service reads (service.origin.urls)."""
+    try:
+        check_origin_url(url)
+    except BadOriginUrl as err:
+        raise OriginError(f"origin {url} could not be opened: {err}") from None
+
+
 def open_origin(url: str, tenant: str | None = None, **kwargs: Any) -> FsspecOrigin:
-    """An origin rooted at `url`, or at `url/<tenant>` when it is a deployment-wide default."""
+    """An origin rooted at `url`, or at `url/<tenant>` when it is a deployment-wide default. Raises OriginError for
+    a URL the service does not read; opens nothing (the first read does)."""
+    _check(url)
     root = url.rstrip("/") + (f"/{tenant}" if tenant else "")
     return FsspecOrigin(root, **kwargs)

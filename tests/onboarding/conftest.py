@@ -41,7 +41,8 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private state directory, and none of the caller's Vault or admin settings."""
     for name in ("VAULT_ADDR", "VAULT_TOKEN", "VAULT_CACERT", "BAO_ADDR", "BAO_TOKEN", "BAO_CACERT",
                  "FORESIGHT_ADMIN_URL", "FORESIGHT_ADMIN_TOKEN", "FORESIGHT_ADMIN_CA", "FORESIGHT_AUDIT_LOG",
-                 "FORESIGHT_VAULT_KV_MOUNT"):
+                 "FORESIGHT_VAULT_KV_MOUNT", "FORESIGHT_VAULT_ALLOW_INSECURE_HTTP",
+                 "FORESIGHT_ADMIN_ALLOW_INSECURE_HTTP"):
         monkeypatch.delenv(name, raising=False)
     state = tmp_path / "state"
     monkeypatch.setenv("FORESIGHT_STATE_DIR", str(state))

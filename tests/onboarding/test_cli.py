@@ -284,7 +284,8 @@ def test_bad_vault_and_admin_settings_are_input_errors(vault_env: Path, monkeypa
 
 @pytest.mark.parametrize(
     ("origin", "why"),
-    [("notaproto://bucket/x", "unknown protocol 'notaproto'"), ("relative/dir", "must be an absolute path")],
+    [("notaproto://bucket/x", "protocol 'notaproto' is not an origin Foresight reads"),
+     ("relative/dir", "must be an absolute path")],
 )
 def test_an_origin_the_service_cannot_open_is_refused_before_anything_is_written(vault_env: Path, origin: str,
                                                                                  why: str) -> None:
@@ -301,7 +302,7 @@ def test_an_origin_the_service_cannot_open_is_refused_before_anything_is_written
     [
         (["tenants", "create", "Bad_Name"], "invalid tenant name 'Bad_Name'"),
         (["tenants", "create", "ok-name", "--scopes", "READ"], "--scopes: unknown scope 'READ'"),
-        (["tenants", "create", "ok-name", "--origin", "notaproto://x"], "unknown protocol 'notaproto'"),
+        (["tenants", "create", "ok-name", "--origin", "notaproto://x"], "protocol 'notaproto' is not an origin"),
         (["tenants", "show", "Bad_Name"], "invalid tenant name 'Bad_Name'"),
         (["tenants", "suspend", "a_b"], "invalid tenant name 'a_b'"),
         (["tenants", "delete", "a_b", "--yes"], "invalid tenant name 'a_b'"),

@@ -130,11 +130,12 @@ def test_key_store_errors_map_to_exit_codes() -> None:
 def test_snippet_connects_over_tls_with_the_ca_and_keeps_the_key_off_argv() -> None:
     key = new_key().secret
     snippet = connection_snippet(Endpoints("127.0.0.1", 6390, "https://127.0.0.1:8443", Path("/s/ca.crt")), key)
-    assert snippet["redis-cli"].startswith(f"REDISCLI_AUTH={key} redis-cli --tls --cacert /s/ca.crt")
+    assert snippet["env"] == f"export FORESIGHT_API_KEY={key}"
+    assert snippet["redis-cli"].startswith('REDISCLI_AUTH="$FORESIGHT_API_KEY" redis-cli --tls --cacert /s/ca.crt')
     assert "-p 6390" in snippet["redis-cli"] and " -a " not in snippet["redis-cli"]
     assert "ssl=True" in snippet["redis-py"] and "ssl_ca_certs='/s/ca.crt'" in snippet["redis-py"]
     assert snippet["curl"].endswith("https://127.0.0.1:8443/v1/keys/greeting")
-    assert f"Bearer {key}" in snippet["curl"]
+    assert "Bearer %s" in snippet["curl"] and "-H @-" in snippet["curl"]
     assert "r.set(" in snippet["redis-py"]
     read_only = connection_snippet(Endpoints("127.0.0.1", 6390, "https://x", None), key, can_write=False)
     assert "r.set(" not in read_only["redis-py"] and "r.get('greeting')" in read_only["redis-py"]
@@ -186,7 +187,7 @@ def test_a_state_directory_that_holds_something_else_is_never_adopted(tmp_path: 
 
 
 @pytest.mark.parametrize("origin", ["/srv/data", "file:///srv/data", "s3://bucket/prefix", "gs://bucket",
-                                    "az://container/dir", "simplecache::s3://bucket/prefix"])
+                                    "az://container/dir"])
 def test_origins_the_service_can_open_are_accepted(origin: str) -> None:
     assert quota_for("starter", origin=origin).origin == origin
 
@@ -194,8 +195,8 @@ def test_origins_the_service_can_open_are_accepted(origin: str) -> None:
 @pytest.mark.parametrize(
     ("origin", "message"),
     [
-        ("notaproto://x", "unknown protocol 'notaproto'"),
-        ("nosuch::s3://bucket", "unknown protocol 'nosuch'"),
+        ("notaproto://x", "protocol 'notaproto' is not an origin Foresight reads"),
+        ("nosuch::s3://bucket", "a chained URL (::) is not an origin"),
         ("data/objects", "must be an absolute path"),
         ("", "must be an absolute path"),
     ],

@@ -25,6 +25,13 @@ from tests.security.helpers import unique
 from tests.servers import OpenBao, free_port
 
 
+@pytest.fixture
+def vault_env(vault_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The test OpenBao, and its one KV mount named (the stacks' own mounts: test_metrics_token_mount.py)."""
+    monkeypatch.setenv("FORESIGHT_VAULT_KV_MOUNT", DEFAULT_MOUNT)
+    return vault_env
+
+
 def rotate(*args: str) -> Result:
     root = typer.Typer()
     root.add_typer(metrics_token_cli.app, name="metrics-token")
