@@ -289,11 +289,11 @@ class Service:
         log.info("stopped")
 
     async def _write_snapshot(self) -> None:
-        """Copy the entries on the loop (nothing writes meanwhile), encrypt and write them in a thread."""
+        """List the entries on the loop (nothing writes meanwhile); encode, encrypt and write them in a thread."""
         assert self.settings.data_dir is not None and self.security.cipher is not None
         try:
-            data = snapshot.encode(self.state.tenants)
-            path = await asyncio.to_thread(snapshot.write, data, self.settings.data_dir, self.security.cipher)
+            sections = snapshot.capture(self.state.tenants)
+            path = await asyncio.to_thread(snapshot.write, sections, self.settings.data_dir, self.security.cipher)
             log.info("wrote encrypted snapshot %s", path)
         except Exception as err:  # losing a warm start must not turn a clean stop into a crash
             log.error("snapshot not written: %s: %s", type(err).__name__, err)

@@ -20,8 +20,11 @@ its section back; the section is written, encrypted like the snapshot, to `snaps
 the service serves (until then it is pending, and a start that fails drops the pending copy: the snapshot put back
 still holds it). Later snapshots never carry it, so a deleted tenant's entries do not live on in the cache.
 
-The entries are encoded on the event loop (`encode`, one consistent moment: nothing else touches the stores
-meanwhile), and only the encryption and the write go to a thread (`write`).
+Saving and restoring stream: neither holds a copy of the entries' bytes. On the event loop `capture` only lists each
+tenant's live entries, references to their keys and values (one consistent moment: nothing else touches the stores
+meanwhile; about a second for a million entries). A thread (`write`) encodes them a batch at a time straight into
+the envelope's segments and the temporary file. Restore decrypts segment by segment and decodes the entries as it
+goes, but applies none until the last segment has authenticated: a tampered or truncated file changes nothing.
 
 Each tenant's entries are written coldest first, in its eviction policy's order. Restore walks them from the
 hottest end and keeps what its budget holds now, so a budget lowered while the service was down keeps the hot
@@ -39,10 +42,10 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple, Protocol
 
 from service.cache import TenantRegistry
 from service.security.envelope import (
@@ -70,6 +73,7 @@ _MAGIC_V1 = b"FSNP1"  # before incarnations: read, never written
 _TENANT = struct.Struct(">HBI")  # name length, incarnation length (0: none), entry count
 _TENANT_V1 = struct.Struct(">HI")  # name length, entry count
 _ENTRY = struct.Struct(">IIq")  # key length, value length, deadline (ms, 0 = none)
+_BATCH_BYTES = 1 << 20  # entries are encoded this much at a time into the envelope
 
 SavedEntry = tuple[bytes, bytes, int]  # key, value, deadline
 
@@ -79,9 +83,18 @@ class SavedTenant(NamedTuple):
     entries: list[SavedEntry]  # coldest first
 
 
-def encode(tenants: TenantRegistry) -> bytes:
-    """Each live entry is read exactly once: a key that expires mid-encode is simply left out, never half-counted.
-    A tenant's entries go coldest first."""
+class SnapshotFormatError(ValueError):
+    """The snapshot authenticated, but its plaintext is not a Foresight snapshot's layout."""
+
+
+class _Writable(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
+def capture(tenants: TenantRegistry) -> dict[str, SavedTenant]:
+    """Every tenant's live entries, coldest first, as references (no value is copied): the part of a snapshot that
+    must run where nothing writes meanwhile. Each live entry is read exactly once: a key that expires meanwhile is
+    simply left out, never half-counted."""
     sections = {}
     for tenant in tenants:
         store = tenant.store
@@ -91,69 +104,123 @@ def encode(tenants: TenantRegistry) -> bytes:
             if entry is not None and isinstance(key, bytes):
                 live.append((key, entry.value, entry.expires_at))
         sections[tenant.name] = SavedTenant(tenant.incarnation, live)
-    return _encode_sections(sections.items())
+    return sections
 
 
-def _encode_sections(sections: Iterable[tuple[str, SavedTenant]]) -> bytes:
-    parts = [_MAGIC]
+def _encode_to(out: _Writable, sections: Iterable[tuple[str, SavedTenant]]) -> None:
+    """Write the snapshot's plaintext to `out` a batch at a time; a value of a batch's size or more goes alone, so
+    nothing is copied whole."""
+    parts, batched = [_MAGIC], 0
     for name, (incarnation, entries) in sections:
         encoded_name, encoded_incarnation = name.encode(), (incarnation or "").encode()
-        parts.append(_TENANT.pack(len(encoded_name), len(encoded_incarnation), len(entries)) + encoded_name
-                     + encoded_incarnation)
+        parts += (_TENANT.pack(len(encoded_name), len(encoded_incarnation), len(entries)), encoded_name,
+                  encoded_incarnation)
         for key, value, deadline in entries:
-            parts.append(_ENTRY.pack(len(key), len(value), deadline) + key + value)
-    return b"".join(parts)
+            parts += (_ENTRY.pack(len(key), len(value), deadline), key)
+            if len(value) >= _BATCH_BYTES:
+                out.write(b"".join(parts))
+                out.write(value)
+                parts, batched = [], 0
+                continue
+            parts.append(value)
+            batched += len(key) + len(value)
+            if batched >= _BATCH_BYTES:
+                out.write(b"".join(parts))
+                parts, batched = [], 0
+    out.write(b"".join(parts))
+
+
+class _Plaintext:
+    """Exact reads across the chunks of a stream (the envelope's segments), holding about one chunk."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer, self._pos = b"", 0
+
+    def has(self, size: int) -> bool:
+        """Whether `size` more bytes follow (reading chunks as needed)."""
+        held = len(self._buffer) - self._pos
+        if held >= size:
+            return True
+        parts = [self._buffer[self._pos:]]
+        for chunk in self._chunks:
+            parts.append(chunk)
+            held += len(chunk)
+            if held >= size:
+                break
+        self._buffer, self._pos = b"".join(parts), 0
+        return held >= size
+
+    def take(self, size: int) -> tuple[bytes, int]:
+        """The next `size` bytes, as a buffer and where in it they start (slicing once per entry is cheaper)."""
+        pos = self._pos
+        if len(self._buffer) - pos < size:
+            if not self.has(size):
+                raise SnapshotFormatError("snapshot is truncated")
+            pos = 0
+        self._pos = pos + size
+        return self._buffer, pos
+
+    def read(self, size: int) -> bytes:
+        buffer, pos = self.take(size)
+        return buffer[pos:pos + size]
+
+
+def _decode_stream(chunks: Iterator[bytes]) -> dict[str, SavedTenant]:
+    """Each tenant's section by name. Returns only once `chunks` is exhausted (for an envelope: its last segment
+    authenticated)."""
+    plaintext = _Plaintext(chunks)
+    magic = plaintext.read(len(_MAGIC)) if plaintext.has(len(_MAGIC)) else b""
+    if magic not in (_MAGIC, _MAGIC_V1):
+        raise SnapshotFormatError("not a Foresight snapshot")
+    header = _TENANT if magic == _MAGIC else _TENANT_V1
+    result: dict[str, SavedTenant] = {}
+    try:
+        while plaintext.has(1):
+            if header is _TENANT:
+                name_len, incarnation_len, count = _TENANT.unpack(plaintext.read(_TENANT.size))
+            else:
+                (name_len, count), incarnation_len = _TENANT_V1.unpack(plaintext.read(_TENANT_V1.size)), 0
+            name = plaintext.read(name_len).decode()
+            incarnation = plaintext.read(incarnation_len).decode() or None
+            entries: list[SavedEntry] = []
+            result[name] = SavedTenant(incarnation, entries)
+            for _ in range(count):
+                buffer, pos = plaintext.take(_ENTRY.size)
+                key_len, value_len, deadline = _ENTRY.unpack_from(buffer, pos)
+                buffer, pos = plaintext.take(key_len + value_len)
+                end = pos + key_len
+                entries.append((buffer[pos:end], buffer[end:end + value_len], deadline))
+    except UnicodeDecodeError as err:
+        raise SnapshotFormatError(f"a tenant's name is not UTF-8 ({err})") from None
+    return result
 
 
 def decode(data: bytes) -> dict[str, SavedTenant]:
     """Each tenant's section by name; a snapshot of before incarnations (`FSNP1`) reads with none."""
-    if data.startswith(_MAGIC):
-        header = _TENANT
-    elif data.startswith(_MAGIC_V1):
-        header = _TENANT_V1
-    else:
-        raise ValueError("not a Foresight snapshot")
-    result: dict[str, SavedTenant] = {}
-    pos = len(_MAGIC)
-    while pos < len(data):
-        if header is _TENANT:
-            name_len, incarnation_len, count = _TENANT.unpack_from(data, pos)
-        else:
-            (name_len, count), incarnation_len = _TENANT_V1.unpack_from(data, pos), 0
-        pos += header.size
-        name = data[pos:pos + name_len].decode()
-        pos += name_len
-        incarnation = data[pos:pos + incarnation_len].decode() or None
-        pos += incarnation_len
-        entries: list[SavedEntry] = []
-        result[name] = SavedTenant(incarnation, entries)
-        for _ in range(count):
-            key_len, value_len, deadline = _ENTRY.unpack_from(data, pos)
-            pos += _ENTRY.size
-            key = data[pos:pos + key_len]
-            pos += key_len
-            entries.append((key, data[pos:pos + value_len], deadline))
-            pos += value_len
-    return result
+    return _decode_stream(iter((data,)))
 
 
 def save(tenants: TenantRegistry, data_dir: Path, cipher: EnvelopeCipher) -> Path:
-    """Encode, encrypt and write every tenant's live entries in one call, for callers with no event loop that
+    """Capture, encode, encrypt and write every tenant's live entries in one call, for callers with no event loop that
     could write meanwhile. Blocks (KMS call, disk)."""
-    return write(encode(tenants), data_dir, cipher)
+    return write(capture(tenants), data_dir, cipher)
 
 
-def write(data: bytes, data_dir: Path, cipher: EnvelopeCipher) -> Path:
-    """Encrypt an encoded snapshot and write it atomically and durably, mode 0600. A snapshot still there is one
-    this run could not restore: it is moved aside first, never written over (nor left for a later start to restore
-    values older than this run's, should this write fail). Blocks (KMS call, disk)."""
+def write(sections: Mapping[str, SavedTenant], data_dir: Path, cipher: EnvelopeCipher) -> Path:
+    """Encode and encrypt captured entries, streaming, and write them atomically and durably, mode 0600. A
+    snapshot still there is one this run could not restore: it is moved aside first, never written over (nor left
+    for a later start to restore values older than this run's, should this write fail). Blocks (KMS call, disk)."""
     path = data_dir / FILENAME
     data_dir.mkdir(parents=True, exist_ok=True)
     _set_aside_unrestored(data_dir)
-    envelope = cipher.encrypt(data, AAD)
-    with atomic_output(path) as out:
-        out.write(envelope)
+    _write_envelope(path, sections, cipher)
     return path
+
+
+def _write_envelope(path: Path, sections: Mapping[str, SavedTenant], cipher: EnvelopeCipher) -> None:
+    with atomic_output(path) as out, cipher.encrypting(out, AAD) as plaintext:
+        _encode_to(plaintext, sections.items())
 
 
 def _set_aside_unrestored(data_dir: Path) -> None:
@@ -211,8 +278,10 @@ def restore(tenants: TenantRegistry, data_dir: Path, cipher: EnvelopeCipher) -> 
     elif not restoring.exists():
         return 0
     try:
-        opened = _decrypt(restoring.read_bytes(), cipher)
-    except (TamperedEnvelope, EnvelopeFormatError) as err:
+        with restoring.open("rb") as file:
+            segments = _decrypting(file, cipher)
+            snapshot = _decode_stream(segments)  # nothing is applied before the last segment authenticated
+    except (TamperedEnvelope, EnvelopeFormatError, SnapshotFormatError) as err:
         return _reject(data_dir, err)
     except Exception as err:  # the KMS (or the disk, or a KMS setting that names another provider) cannot open it
         # now: not the file's fault, so it waits, and the stop of this run moves it aside rather than write over it
@@ -221,14 +290,11 @@ def restore(tenants: TenantRegistry, data_dir: Path, cipher: EnvelopeCipher) -> 
                   "next stop (to %s), so the snapshot that stop writes does not replace it; the warning then says "
                   "how to restore it", path, type(err).__name__, err, UNRESTORED.format("<UTC time>"))
         return 0
-    try:
-        snapshot = decode(opened)
-    except (ValueError, struct.error) as err:
-        return _reject(data_dir, err)
     restored = 0
     now = now_ms()
     unclaimed: dict[str, SavedTenant] = {}
-    for name, (incarnation, entries) in snapshot.items():
+    for name in list(snapshot):
+        incarnation, entries = snapshot.pop(name)  # each section's staging is let go once it is applied
         live = [entry for entry in entries if not entry[2] or entry[2] > now]
         tenant = tenants.get(name)
         if tenant is None:  # deleted while we were down, or its record could not be read at this start
@@ -252,13 +318,14 @@ def restore(tenants: TenantRegistry, data_dir: Path, cipher: EnvelopeCipher) -> 
     return restored
 
 
-def _decrypt(envelope: bytes, cipher: EnvelopeCipher) -> bytes:
-    """The opened snapshot, asking a KMS that is unavailable (unreachable, throttling, 5xx) again after a short
+def _decrypting(file: BinaryIO, cipher: EnvelopeCipher) -> Iterator[bytes]:
+    """The snapshot's segments, asking a KMS that is unavailable (unreachable, throttling, 5xx) again after a short
     wait: a blip must not cost the warm start. Anything else (retired, denied, tampered) is final at once."""
     delays, deadline = iter(KMS_RETRY_DELAYS_S), time.monotonic() + KMS_RETRY_WITHIN_S
     while True:
         try:
-            return cipher.decrypt(envelope, AAD)
+            file.seek(0)
+            return cipher.decrypting(file, AAD)
         except KmsUnavailable as err:
             delay = next(delays, None)
             if delay is None or time.monotonic() + delay > deadline:
@@ -273,9 +340,7 @@ def _write_unclaimed(sections: dict[str, SavedTenant], data_dir: Path, cipher: E
         pending.unlink(missing_ok=True)  # one a killed start left, of tenants that are back by now
         return
     try:
-        envelope = cipher.encrypt(_encode_sections(sections.items()), AAD)
-        with atomic_output(pending) as out:
-            out.write(envelope)
+        _write_envelope(pending, sections, cipher)
     except Exception as err:  # a KMS or disk failure here must not keep every other tenant from its warm start
         log.error("snapshot: the entries of %s, not in the tenant list, could not be written aside and are lost once "
                   "the service serves: %s: %s", ", ".join(sorted(sections)), type(err).__name__, err)

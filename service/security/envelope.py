@@ -33,7 +33,7 @@ import secrets
 import shutil
 import stat
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -99,41 +99,33 @@ class EnvelopeCipher:
     # -- streams and files ---------------------------------------------------------------------------------
 
     def encrypt_stream(self, src: BinaryIO, dst: BinaryIO, aad: bytes = b"") -> None:
+        with self.encrypting(dst, aad) as out:
+            shutil.copyfileobj(src, out, self.segment_size)
+
+    def decrypt_stream(self, src: BinaryIO, dst: BinaryIO, aad: bytes = b"") -> None:
+        """Decrypts segment by segment. On TamperedEnvelope, `dst` holds a partial result: discard it."""
+        for plaintext in self.decrypting(src, aad):
+            dst.write(plaintext)
+
+    def encrypting(self, dst: BinaryIO, aad: bytes = b"") -> EncryptingWriter:
+        """A writer that encrypts what is written to it into `dst`, one segment at a time (the DEK is wrapped and
+        the header written now). Use it in a `with` block: leaving it normally writes the last segment; leaving it
+        by an exception leaves `dst` an incomplete envelope, which fails authentication: discard it."""
         dek = secrets.token_bytes(DEK_BYTES)
         wrapped = self.kms.wrap(dek)
         prefix = secrets.token_bytes(_PREFIX)
         dst.write(_header(self.segment_size, prefix, wrapped))
-        gcm, base_aad = AESGCM(dek), _segment_aad(self.segment_size, prefix, aad)
-        current = _read_exact(src, self.segment_size)
-        counter = 0
-        while True:
-            following = _read_exact(src, self.segment_size) if len(current) == self.segment_size else b""
-            last = not following
-            dst.write(gcm.encrypt(_nonce(prefix, counter, last), current, base_aad))
-            if last:
-                return
-            current, counter = following, _next(counter)
+        return EncryptingWriter(dst, AESGCM(dek), prefix, _segment_aad(self.segment_size, prefix, aad),
+                                self.segment_size)
 
-    def decrypt_stream(self, src: BinaryIO, dst: BinaryIO, aad: bytes = b"") -> None:
-        """Decrypts segment by segment. On TamperedEnvelope, `dst` holds a partial result: discard it."""
+    def decrypting(self, src: BinaryIO, aad: bytes = b"") -> Iterator[bytes]:
+        """The plaintext of the envelope read from `src`, segment by segment, each authenticated before it is
+        yielded. The header is read and the DEK unwrapped now (KMS errors raise here, not while iterating). A
+        truncated or extended envelope raises TamperedEnvelope only at its end: act on nothing before the
+        iteration has ended (or undo it)."""
         segment_size, prefix, wrapped = _read_header(src)
         gcm = AESGCM(self._unwrap(wrapped))
-        base_aad = _segment_aad(segment_size, prefix, aad)
-        chunk = segment_size + _TAG
-        current = _read_exact(src, chunk)
-        counter = 0
-        while True:
-            following = _read_exact(src, chunk) if len(current) == chunk else b""
-            last = not following
-            try:
-                dst.write(gcm.decrypt(_nonce(prefix, counter, last), current, base_aad))
-            except InvalidTag:
-                raise TamperedEnvelope(
-                    f"segment {counter} failed authentication (altered, reordered or truncated)"
-                ) from None
-            if last:
-                return
-            current, counter = following, _next(counter)
+        return _decrypted_segments(src, gcm, prefix, _segment_aad(segment_size, prefix, aad), segment_size)
 
     def encrypt_file(self, src: Path, dst: Path, aad: bytes = b"") -> None:
         """Encrypt `src` into `dst` atomically (a temporary file renamed into place), mode 0600."""
@@ -185,6 +177,77 @@ class EnvelopeCipher:
             raise TamperedEnvelope(f"the KMS rejected the wrapped data key ({err})") from None
         version = self.kms.version_of(wrapped)
         return _header(segment_size, prefix, new), version is None or version != self.kms.version_of(new)
+
+
+class EncryptingWriter:
+    """Encrypts the bytes written to it into segments of an envelope (from `EnvelopeCipher.encrypting`). Holds at
+    most one segment: a full one is sealed only once more data follows, since the last segment is marked as such."""
+
+    def __init__(self, dst: BinaryIO, gcm: AESGCM, prefix: bytes, base_aad: bytes, segment_size: int) -> None:
+        self._dst, self._gcm, self._prefix, self._aad = dst, gcm, prefix, base_aad
+        self._segment_size = segment_size
+        self._pending = bytearray()
+        self._counter = 0
+        self._closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._closed:
+            raise ValueError("write to a closed envelope")
+        view, pending, size = memoryview(data).cast("B"), self._pending, self._segment_size
+        offset = 0
+        while offset < len(view):
+            if len(pending) == size:  # more data follows: this one is not the last
+                self._seal(pending, last=False)
+                pending.clear()
+            if not pending and len(view) - offset > size:  # a whole segment with more after it: no copy
+                self._seal(view[offset:offset + size], last=False)
+                offset += size
+                continue
+            taken = min(size - len(pending), len(view) - offset)
+            pending += view[offset:offset + taken]
+            offset += taken
+        return len(view)
+
+    def close(self) -> None:
+        """Seal what is pending as the last segment (an empty envelope has one empty segment)."""
+        if not self._closed:
+            self._closed = True
+            self._seal(self._pending, last=True)
+            self._pending = bytearray()
+
+    def __enter__(self) -> EncryptingWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._closed = True  # no last segment: the envelope cannot pass for a complete one
+
+    def _seal(self, plaintext: bytes | bytearray | memoryview, *, last: bool) -> None:
+        self._dst.write(self._gcm.encrypt(_nonce(self._prefix, self._counter, last), plaintext, self._aad))
+        if not last:
+            self._counter = _next(self._counter)
+
+
+def _decrypted_segments(src: BinaryIO, gcm: AESGCM, prefix: bytes, base_aad: bytes,
+                        segment_size: int) -> Iterator[bytes]:
+    chunk = segment_size + _TAG
+    current = _read_exact(src, chunk)
+    counter = 0
+    while True:
+        following = _read_exact(src, chunk) if len(current) == chunk else b""
+        last = not following
+        try:
+            plaintext = gcm.decrypt(_nonce(prefix, counter, last), current, base_aad)
+        except InvalidTag:
+            raise TamperedEnvelope(
+                f"segment {counter} failed authentication (altered, reordered or truncated)"
+            ) from None
+        yield plaintext
+        if last:
+            return
+        current, counter = following, _next(counter)
 
 
 def wrapped_key_of(envelope_head: bytes) -> WrappedKey:
@@ -277,7 +340,10 @@ class atomic_output:  # lower case: used like a function, `with atomic_output(pa
         self.tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
 
     def __enter__(self) -> BinaryIO:
-        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as err:  # named after the file being written, not its passing temporary name
+            raise type(err)(err.errno, err.strerror, str(self.path)) from None
         try:
             if self.like is not None:
                 _copy_mode_and_owner(fd, self.like, self.path)

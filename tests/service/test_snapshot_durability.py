@@ -112,7 +112,7 @@ def test_a_snapshot_under_a_retired_version_survives_the_stop_and_restores_after
     run.get("acme").store.set(b"new", b"1", 0)  # type: ignore[union-attr]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="service.snapshot"):
-        snapshot.write(snapshot.encode(run), data, cipher)  # the stop that `kms rewrap` needs
+        snapshot.write(snapshot.capture(run), data, cipher)  # the stop that `kms rewrap` needs
     kept = only(data, snapshot.FILENAME + ".unrestored-*")
     assert names(data) == sorted([snapshot.FILENAME, kept.name])
     assert str(kept) in caplog.text and "foresight kms rewrap" in caplog.text

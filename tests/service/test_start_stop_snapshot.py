@@ -27,7 +27,7 @@ from service.cache import TenantRegistry
 from service.config import ConfigError, Settings, load_settings
 from service.security.audit import AuditLog
 from service.security.envelope import EnvelopeCipher
-from service.security.kms.base import KmsUnavailable
+from service.security.kms.base import KmsUnavailable, WrappedKey
 from service.security.kms.local import LocalKms
 from service.security.kms.vault_transit import VaultTransitKms
 from service.server import Service, _setting_holding
@@ -164,10 +164,10 @@ def test_a_kept_snapshot_is_moved_aside_also_when_the_run_that_served_cannot_sav
         assert client.get("balance") is None
         client.delete("balance")  # what this run did, and the kept snapshot does not know
 
-        def kms_down(*_args: object) -> bytes:  # so this run's own snapshot cannot be written
+        def kms_down(*_args: object) -> WrappedKey:  # so this run's own snapshot cannot be written
             raise KmsUnavailable("Vault transit unreachable: ConnectionError")
 
-        monkeypatch.setattr(svc.service.security.cipher, "encrypt", kms_down)
+        monkeypatch.setattr(svc.service.security.cipher.kms, "wrap", kms_down)
         with caplog.at_level(logging.WARNING, logger="service"):
             svc.call(svc.service.stop())
     assert "snapshot not written" in caplog.text and "values are older than this run's" in caplog.text
