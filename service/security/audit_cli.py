@@ -155,6 +155,10 @@ def _local_files(items: list[str]) -> Iterator[tuple[list[Path], dict[str, str]]
         for item in items:
             if "://" not in item:
                 path = Path(item)
+                if path.is_dir():
+                    raise _VerifyError(f"{item}: a folder; give its files oldest first (audit.*.log.fse, then "
+                                       f"audit.log), or file://{path.resolve()}/ for a folder the shipper filled",
+                                       EXIT_BAD_INPUT)
                 if not path.is_file():
                     raise _VerifyError(f"{item}: no such file", EXIT_BAD_INPUT)
                 paths.append(path)

@@ -268,6 +268,10 @@ def test_audit_verify_and_show_read_a_shipped_folder_by_its_url(
     for missing in (f"file://{bucket}/n2/", str(tmp_path / "nope.jsonl")):
         refused = _cli("audit", "verify", missing)
         assert refused.exit_code == 2 and "no such file" in refused.output
+    as_folder = _cli("audit", "verify", str(bucket / "n1"))  # a path, not a URL: the way to give a folder is named
+    assert as_folder.exit_code == 2 and f"file://{(bucket / 'n1').resolve()}/" in as_folder.output
+    named = _cli("audit", "verify", f"file://{(bucket / 'n1').resolve()}/", str(path))
+    assert named.exit_code == 1 and str(second.name) in named.output  # read, and the copy altered above found
     assert not list(Path(tempfile.gettempdir()).glob("foresight-audit-*"))  # the copies went with the command
 
 
