@@ -109,11 +109,17 @@ def saas_commands(app: typer.Typer, connect: Connect, *, argument_help: str, met
 
     @app.command(epilog=environment)
     def register(
-        token: Annotated[str, typer.Argument(help=argument_help + " Put `--` before it: a token may begin with '-'.")],
+        token: Annotated[str, typer.Argument(help=argument_help + " `-` reads it from stdin (a command line is "
+                                             "visible in `ps` and shell history). Otherwise put `--` before it, after "
+                                             "every option: a token may begin with '-'.")],
         admin_url: AdminUrl = None, as_json: Json = False,
     ) -> None:
         """Turn a purchase into a tenant with its plan and first API key (what the registration page does)."""
         with output.reported(as_json), connect(admin_url) as marketplace:
+            if token == "-":  # noqa: S105 - the stdin placeholder, not a password
+                token = sys.stdin.readline().strip()
+                if not token:
+                    raise InvalidInput("TOKEN", "`-` read no token from stdin")
             with output.progress("registering the purchase", as_json):
                 body = marketplace.register(token).to_json()
             _print_registration(body, as_json)

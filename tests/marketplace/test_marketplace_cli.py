@@ -140,6 +140,16 @@ def test_register_prints_the_tenant_and_its_key_once_as_json(env: None, fake: Ma
     assert "redis-cli" in body["snippet"]
 
 
+def test_the_token_can_come_from_stdin_so_it_is_not_on_the_command_line(env: None, fake: MarketplaceFake,
+                                                                         deployment: Deployment) -> None:
+    token, license_arn = fake.purchase("111122223333", "pro")
+    piped = CliRunner().invoke(cli.app, ["aws", "register", "--json", "-"], input=token + "\n")
+    assert piped.exit_code == 0, piped.output
+    assert json.loads(piped.stdout)["license_arn"] == license_arn
+    empty = CliRunner().invoke(cli.app, ["aws", "register", "-"], input="\n")
+    assert empty.exit_code == 2 and "`-` read no token from stdin" in empty.stderr
+
+
 def test_a_bad_token_is_one_line_and_exit_2(env: None) -> None:
     result = run("aws", "register", "regtoken-nope")
     assert result.exit_code == 2
