@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import hvac
+from pydantic import TypeAdapter, ValidationError
 
 from onboarding.errors import InvalidInput, NotFound, OnboardingError, ServiceFailure, VaultFailure
 from onboarding.state import (
@@ -28,6 +29,7 @@ from onboarding.state import (
     read_secret,
     state_dir_option,
 )
+from service.config import LOOPBACK_HOSTS
 from service.security.vault_keys import DEFAULT_MOUNT
 
 
@@ -80,8 +82,6 @@ def _env_named(*names: str) -> tuple[str, str] | None:
     return None
 
 
-# The hosts service.config takes an http:// vault_addr to without FORESIGHT_VAULT_ALLOW_INSECURE_HTTP.
-_LOOPBACK = ("127.0.0.1", "::1", "localhost")
 VAULT_INSECURE_ENV = "FORESIGHT_VAULT_ALLOW_INSECURE_HTTP"
 ADMIN_INSECURE_ENV = "FORESIGHT_ADMIN_ALLOW_INSECURE_HTTP"
 
@@ -94,7 +94,7 @@ def _check_url(url: str, what: str, example: str, secret: str, allow_insecure_en
         parts = parts._replace(netloc="")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput(f"{what} {url!r}", f"expected a URL like {example}")
-    if parts.scheme == "http" and parts.hostname not in _LOOPBACK and not _env_true(allow_insecure_env):
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS and not _env_true(allow_insecure_env):
         raise InvalidInput(f"{what} {url!r}", f"{parts.hostname} is not loopback, so it must be reached over "
                            f"https://; over http:// {secret} would cross the network in clear "
                            f"({allow_insecure_env}=true allows it, for tests and labs only)")
@@ -102,8 +102,12 @@ def _check_url(url: str, what: str, example: str, secret: str, allow_insecure_en
 
 
 def _env_true(name: str) -> bool:
-    """A boolean variable as the service's settings read one (pydantic's true words)."""
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "t", "yes", "y", "on")
+    """A boolean variable read as the service's settings read one (pydantic's words); unset is false."""
+    value = os.environ.get(name, "").strip()
+    try:
+        return bool(value) and TypeAdapter(bool).validate_python(value)
+    except ValidationError:
+        raise InvalidInput(name, f"{value!r} is neither true nor false") from None
 
 
 def _check_ca(value: str, what: str) -> Path:

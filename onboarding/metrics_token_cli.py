@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, BinaryIO
 
@@ -28,9 +26,10 @@ import typer
 from onboarding import output
 from onboarding.auditing import OnboardingAudit
 from onboarding.context import Target, resolve, with_local_hint
-from onboarding.errors import Conflict, InvalidInput, NotFound, OnboardingError, VaultFailure
+from onboarding.errors import EXIT_FAILURE, Conflict, InvalidInput, NotFound, OnboardingError, VaultFailure
 from onboarding.tenants_cli import Json, StateDir
 from service.http.scrape_token import VAULT_FIELD, new_token
+from service.security.envelope import EnvelopeError, atomic_output
 from service.security.vault_keys import is_cas_conflict
 
 app = typer.Typer(cls=output.UsageErrorGroup, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -90,31 +89,24 @@ def kv_mount(target: Target, stack: str | None) -> tuple[str, str]:
                        "(its vaultKvMount)")
 
 
-@contextlib.contextmanager
-def _token_file(path: Path) -> Iterator[BinaryIO]:
-    """A private temporary file beside `path` (made before Vault is touched, so a directory that cannot take it
-    stops the rotation), renamed over `path` once written and synced: Prometheus reads the old token or the new,
-    never an empty or half-written file. Removed when the block fails."""
+def _token_file(path: Path, cleanup: contextlib.ExitStack) -> BinaryIO:
+    """A temporary file beside `path`, made before Vault is touched (a directory that cannot take it stops the
+    rotation), renamed over `path` when `cleanup` closes: Prometheus reads the old token or the new, never an empty
+    or half-written file. It keeps the replaced file's mode and owner (Prometheus's user must still read it after
+    a rotation run as root); a new file is 0600."""
     path = path.expanduser()
     try:
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
+        like = path.stat()
+    except FileNotFoundError:
+        like = None
+    except OSError as err:
+        raise InvalidInput(f"--output {path}", f"cannot read it ({err.strerror})") from None
+    try:
+        return cleanup.enter_context(atomic_output(path, like=like))
     except OSError as err:
         raise InvalidInput(f"--output {path}", f"cannot write there ({err.strerror})") from None
-    try:
-        with os.fdopen(fd, "wb") as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a crash
-    finally:
-        os.close(directory)
+    except EnvelopeError as err:  # the replaced file's owner cannot be kept by this user
+        raise InvalidInput(f"--output {path}", str(err)) from None
 
 
 @app.callback()
@@ -129,8 +121,8 @@ def _group() -> None:
     "secret at FORESIGHT_VAULT_METRICS_PATH=deployments/<stack>/metrics (or a Kubernetes workload's "
     "metricsVaultPath, which --path names).\n\n"
     "Prometheus reads the token from a file: write it there with --output (e.g. `foresight metrics-token rotate "
-    "--stack aws-prod --output /etc/prometheus/foresight-metrics-token`: mode 0600, replaced only once the new "
-    "token is in Vault) and point the scrape job at it:\n\n"
+    "--stack aws-prod --output /etc/prometheus/foresight-metrics-token`: a new file is 0600, a replaced one keeps "
+    "its mode and owner; replaced only once the new token is in Vault) and point the scrape job at it:\n\n"
     "  scrape_configs:\n"
     "    - job_name: foresight\n"
     "      scheme: https\n"
@@ -147,8 +139,9 @@ def rotate(
         "metricsVaultPath (not under tenants/, keyids/ or deployments/, the mount's own records).",
         show_default=False)] = None,
     output_file: Annotated[Path | None, typer.Option(
-        "--output", help="Write the token to this file (mode 0600, replaced atomically, only once Vault holds the "
-        "new token) instead of printing it: Prometheus's credentials_file.", show_default=False)] = None,
+        "--output", help="Write the token to this file (new: mode 0600; replaced: atomically, keeping its mode and "
+        "owner, only once Vault holds the new token) instead of printing it: Prometheus's credentials_file.",
+        show_default=False)] = None,
     state_dir: StateDir = None,
     as_json: Json = False,
 ) -> None:
@@ -157,7 +150,7 @@ def rotate(
         secret = _target_path(stack, path)
         target = resolve(state_dir=state_dir)
         mount, source = kv_mount(target, stack)
-        token_file = cleanup.enter_context(_token_file(output_file)) if output_file is not None else None
+        token_file = _token_file(output_file, cleanup) if output_file is not None else None
         token = new_token()
         full_path = f"{mount}/{secret}"
         audit = OnboardingAudit(target.audit_log)
@@ -174,9 +167,15 @@ def rotate(
                 token_file.write(f"{token}\n".encode())
                 cleanup.close()  # renamed into place now, before saying so
             except OSError as err:  # Vault holds the new token now: this is its only copy, so it is printed
+                what = f"write the token to {output_file}"
+                if as_json:  # stdout stays one JSON object, the token in it
+                    output.emit_json({"error": f"{what}: {err.strerror}; the token Vault now holds is `token` here "
+                                      "(store it now)", "exit_code": EXIT_FAILURE, "token": token,
+                                      "vault_path": full_path, "version": version})
+                    raise typer.Exit(EXIT_FAILURE) from None
                 typer.echo(token)
-                raise OnboardingError(f"write the token to {output_file}", f"{err.strerror}; the token Vault now "
-                                      "holds is printed above instead (store it now)") from None
+                raise OnboardingError(what, f"{err.strerror}; the token Vault now holds is printed above instead "
+                                      "(store it now)") from None
             if as_json:
                 output.emit_json({"output": str(output_file), "vault_path": full_path, "version": version})
                 return

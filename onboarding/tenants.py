@@ -264,8 +264,8 @@ class Onboarder:
             try:
                 self._call(f"delete tenant {name!r}", self.key_admin.delete_tenant, name)  # clears any leftovers too
             except OnboardingError as err:
-                if not (existed or unfinished):
-                    raise
+                if not (existed or unfinished) or not self._deletion_pending(name):
+                    raise  # nothing changed (the step that refuses its keys is the first): no false assurance
                 raise type(err)(
                     f"delete tenant {name!r}",
                     f"{err.why}; partly deleted (its keys are refused already): run the deletion again to finish it",
@@ -283,6 +283,13 @@ class Onboarder:
         if unfinished:
             warnings.append(f"finished an earlier, interrupted deletion of {name!r}")
         return Outcome(warnings=warnings + self._refresh(name))
+
+    def _deletion_pending(self, name: str) -> bool:
+        """Whether a failed deletion got as far as refusing the tenant's keys (False when Vault cannot say)."""
+        try:
+            return bool(self.key_admin.deletion_pending(name))
+        except VaultKeyStoreError:
+            return False
 
     # -- keys ------------------------------------------------------------------------------------------------
 

@@ -27,6 +27,9 @@ class ConfigError(ValueError):
     """Configuration that cannot run; the message names the setting (and its variable) to fix."""
 
 
+# Hosts reached without crossing a network: plain http or redis to them carries no secret over the wire.
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
 def shared_tier_url_problem(url: str) -> str | None:
     """Why a shared tier URL cannot be used, or None: TLS unless the tier is on this machine, no secret in it."""
     parts = urlsplit(url)
@@ -35,7 +38,7 @@ def shared_tier_url_problem(url: str) -> str | None:
     if parts.password is not None or parts.username is not None:
         return "the URL must not carry a user or password (secrets do not belong in settings that get logged); " \
             "use shared_tier_username and shared_tier_password_file"
-    if parts.scheme == "redis" and parts.hostname not in ("127.0.0.1", "::1", "localhost"):
+    if parts.scheme == "redis" and parts.hostname not in LOOPBACK_HOSTS:
         return f"{parts.hostname} is not loopback, so the tier must be reached over TLS (rediss://)"
     if parts.path not in ("", "/") and not parts.path.lstrip("/").isdigit():
         return f"{parts.path!r} is not a database number"
@@ -376,7 +379,7 @@ class Settings(BaseSettings):
             if vault.scheme not in ("http", "https") or not vault.hostname:
                 raise ValueError(f"vault_addr (FORESIGHT_VAULT_ADDR) {self.vault_addr!r} must look like "
                                  "https://vault.example.com:8200")
-            if (vault.scheme == "http" and vault.hostname not in ("127.0.0.1", "::1", "localhost")
+            if (vault.scheme == "http" and vault.hostname not in LOOPBACK_HOSTS
                     and not self.vault_allow_insecure_http):
                 raise ValueError(f"vault_addr (FORESIGHT_VAULT_ADDR): {vault.hostname} is not loopback, so Vault must "
                                  "be reached over https://; over http:// the service token and the transit data keys "
@@ -402,7 +405,7 @@ class Settings(BaseSettings):
             raise ValueError("shared_tier_auth aws needs shared_tier_aws_cache (the replication group id)")
         if self.resp_port == self.http_port != 0:
             raise ValueError(f"resp_port and http_port are both {self.resp_port}: each listener needs its own port")
-        if self.dev and self.bind not in ("127.0.0.1", "::1", "localhost"):
+        if self.dev and self.bind not in LOOPBACK_HOSTS:
             raise ValueError(f"dev mode binds loopback only; bind={self.bind!r} is not allowed with dev")
         return self
 

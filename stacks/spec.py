@@ -186,7 +186,8 @@ class StackSpec(BaseModel):
         default=(1,),
         alias="tlsCaGenerations",
         description="The endpoint's root CAs (stacks/tls.py): the last issues the nodes' certificates, and clients "
-        "trust them all (the caCertificate output). Adding a number rotates the CA; dropping one retires it.",
+        "trust them all (the caCertificate output). Adding a number rotates the CA; dropping one retires it (its "
+        "root stays registered, out of the bundle).",
     )
     tls_ca_issuing: int = Field(
         default=0,

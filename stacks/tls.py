@@ -15,13 +15,15 @@ ignores the other's field. The role is therefore written as the PKI API's own JS
 provider's role resource has no `allowed_ip_sans_cidr`. A DNS endpoint's root is name-constrained to its name too.
 
 Rotation (`foresight:tlsCaGenerations`): each generation number is a root CA of its own in the same mount (Vault's
-multi-issuer PKI). One of them (`foresight:tlsCaIssuing`, by default the last) is the mount's default issuer and the
-role's, so every certificate issued from then on chains to it; clients trust all of them (`caCertificate` is the
-bundle) until the oldest is dropped. A dropped
-root leaves the state but stays in Vault (`retain_on_delete`), unused, until auto-tidy removes it a year after it
-expired: the provider's source we read deletes a root with `DELETE <mount>/root`, which in a multi-issuer mount
-deletes every issuer, the new root included. Nodes notice a new default issuer within the hour (fetch_tls.py
---renew-after), pods at once (their template carries the CA's digest).
+multi-issuer PKI). One of the listed ones (`foresight:tlsCaIssuing`, by default the last) is the mount's default
+issuer and the role's, so every certificate issued from then on chains to it; clients trust the listed ones
+(`caCertificate` is their bundle). A generation below the highest that is no longer listed is retired: its root stays
+registered, unchanged, and leaves only the bundle, so no `pulumi up` ever deletes a root. It must not: the provider's
+source we read deletes a root with `DELETE <mount>/root`, which in a multi-issuer mount deletes every issuer, the new
+root included (`retain_on_delete` is set as well, but it protects a resource only from the `up` after the one that
+first recorded it). Auto-tidy removes a retired root from Vault a year after it expired. Nodes
+notice a new default issuer within the hour (fetch_tls.py --renew-after), pods at once (their template carries the
+bundle's digest).
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ class EndpointTls:
     """The stack's PKI mount, its root CA and the role the node issues its certificate from."""
 
     mount: vault.Mount
-    roots: tuple[vault.pkisecret.SecretBackendRootCert, ...]  # by generation
+    roots: dict[int, vault.pkisecret.SecretBackendRootCert]  # every generation up to the highest, retired ones too
+    trusted: tuple[int, ...]  # the generations clients trust (foresight:tlsCaGenerations)
     default_issuer: vault.pkisecret.SecretBackendConfigIssuers  # the issuing one's (spec.issuing_ca_generation)
     role: vault.generic.Endpoint
     tidy: vault.pkisecret.BackendConfigAutoTidy
@@ -84,7 +87,7 @@ class EndpointTls:
     def ca_certificate(self) -> pulumi.Output[str]:
         """The CA certificates clients verify the endpoint with, every live generation's (public; the stack output
         `caCertificate`): a client that trusts the bundle accepts certificates of the old root and of the new."""
-        return pulumi.Output.all(*(root.certificate for root in self.roots)).apply(
+        return pulumi.Output.all(*(self.roots[generation].certificate for generation in self.trusted)).apply(
             lambda pems: "".join(pem.rstrip("\n") + "\n" for pem in pems)
         )
 
@@ -108,10 +111,11 @@ def create_endpoint_tls(
         description=f"Foresight stack {spec.stack}: the endpoint's CA and server certificates",
         opts=opts,
     )
-    roots = tuple(
-        _root_ca(name, generation, spec, mount, endpoint, opts) for generation in spec.tls_ca_generations
-    )
-    issuing = roots[spec.tls_ca_generations.index(spec.issuing_ca_generation)]
+    roots = {
+        generation: _root_ca(name, generation, spec, mount, endpoint, opts)
+        for generation in range(1, spec.tls_ca_generations[-1] + 1)
+    }
+    issuing = roots[spec.issuing_ca_generation]
     default_issuer = vault.pkisecret.SecretBackendConfigIssuers(
         f"{name}-pki-default-issuer",
         backend=mount.path,
@@ -140,9 +144,8 @@ def create_endpoint_tls(
         issuer_safety_buffer=ISSUER_SAFETY_BUFFER,
         opts=opts,
     )
-    return EndpointTls(
-        mount=mount, roots=roots, default_issuer=default_issuer, role=role, tidy=tidy, endpoint=endpoint
-    )
+    return EndpointTls(mount=mount, roots=roots, trusted=spec.tls_ca_generations, default_issuer=default_issuer,
+                       role=role, tidy=tidy, endpoint=endpoint)
 
 
 def _root_ca(

@@ -64,15 +64,16 @@ def test_output_writes_a_private_token_file_and_prints_no_token(stack_mount: str
                                                                 tmp_path: Path) -> None:
     (tmp_path / "prometheus").mkdir()
     token_file = tmp_path / "prometheus" / "foresight-metrics-token"
-    token_file.write_text("old-token\n")
     result = rotate("--stack", stack_mount, "--output", str(token_file))
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     token, _ = _stored(bao, f"foresight-{stack_mount}", stack_mount)
     assert token_file.read_text() == f"{token}\n"
-    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600  # a new file: private
     assert sorted(p.name for p in token_file.parent.iterdir()) == ["foresight-metrics-token"]
+    token_file.chmod(0o640)  # as an operator lets Prometheus's group read it
     as_json = rotate("--stack", stack_mount, "--output", str(token_file), "--json")
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o640  # a replaced file keeps its mode (and owner)
     assert json.loads(as_json.stdout) == {"output": str(token_file), "version": 2,
                                           "vault_path": f"foresight-{stack_mount}/deployments/{stack_mount}/metrics"}
     assert token_file.read_text() == f"{_stored(bao, f'foresight-{stack_mount}', stack_mount)[0]}\n"

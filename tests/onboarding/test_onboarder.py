@@ -332,6 +332,12 @@ def test_a_deletion_cut_short_is_finished_by_running_it_again(
     def cut(*_args: object, **_kwargs: object) -> None:
         raise VaultUnavailable("Vault unreachable (VaultDown)")
 
+    monkeypatch.setattr(onboard.key_admin, "write_record", cut)  # the first step, which refuses its keys
+    with pytest.raises(VaultFailure) as failure:
+        onboard.delete_tenant(name)
+    assert "partly deleted" not in str(failure.value)  # nothing changed: its keys still work, say nothing else
+    assert source(bao).authenticate(key.secret) is not None
+    monkeypatch.undo()
     monkeypatch.setattr(onboard.key_admin, "list_records", cut)  # after the tenant is marked as being deleted
     with pytest.raises(VaultFailure) as failure:
         onboard.delete_tenant(name)

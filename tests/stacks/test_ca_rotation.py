@@ -69,10 +69,15 @@ def test_the_last_generation_issues_and_clients_trust_every_live_one() -> None:
     assert not run.outputs["caCertificate"].secret
 
     retired = run_program({**REQUIRED_CONFIG, GENERATIONS: "[2]"})
-    [only] = retired.of_type(PKI_ROOT_CERT)
-    assert only.name == second.name and only.props == second.props
+    # Root 1 stays registered, unchanged: dropping its resource would delete it through the provider, whose
+    # DELETE <mount>/root takes every issuer of the mount with it. It only leaves the bundle.
+    assert [(root.name, root.props) for root in roots(retired)] == [(first.name, first.props),
+                                                                    (second.name, second.props)]
     assert retired.outputs["caCertificate"].value == fake_pem("CERTIFICATE", second.name)
     assert pki_role(retired)["issuer_ref"] == f"issuer-{second.name}"
+    assert retired.one(PKI_DEFAULT_ISSUER).props["default"] == f"issuer-{second.name}"
+    trusted_again = run_program({**REQUIRED_CONFIG, GENERATIONS: "[1, 2]"})  # the same root 1, trusted again
+    assert trusted_again.outputs["caCertificate"].value == bundle
 
 
 def test_the_old_generation_can_keep_issuing_while_clients_learn_the_bundle() -> None:
@@ -104,10 +109,12 @@ def test_bad_generations_are_refused_before_any_resource(value: str, message: st
     assert failure.value.keys == [GENERATIONS] and message in str(failure.value)
 
 
-def test_a_single_number_is_one_generation() -> None:
+def test_a_single_number_is_one_trusted_generation() -> None:
     """`pulumi config set foresight:tlsCaGenerations 2` stores the number as a string."""
-    [root] = run_program({**REQUIRED_CONFIG, GENERATIONS: "2"}).of_type(PKI_ROOT_CERT)
-    assert root.props["issuerName"] == "ca-2"
+    run = run_program({**REQUIRED_CONFIG, GENERATIONS: "2"})
+    first, second = roots(run)
+    assert second.props["issuerName"] == "ca-2" and "issuerName" not in first.props
+    assert run.outputs["caCertificate"].value == fake_pem("CERTIFICATE", second.name)
 
 
 def _handshake(cert_dir: Path, bundle: str, host: str) -> x509.Certificate:
@@ -200,8 +207,9 @@ def test_a_node_renews_within_the_hour_once_a_new_root_issues_and_clients_trust_
     retired = run_program({**vault.config, GENERATIONS: "[2]"}, stack=vault.stack)
     assert install_issuing(vault.admin, retired, issuers) == known  # nothing new; the old root stays, unused
     assert len(vault.admin.list(f"{vault.layout.pki_mount}/issuers")["data"]["keys"]) == 2
-    [only] = retired.of_type(PKI_ROOT_CERT)
-    last = vault.admin.read(f"{vault.layout.pki_mount}/issuer/{issuers[only.name]}")["data"]["certificate"]
+    last = vault.admin.read(f"{vault.layout.pki_mount}/issuer/{issuers[roots(retired)[1].name]}")["data"][
+        "certificate"]
+    assert retired.outputs["caCertificate"].value == fake_pem("CERTIFICATE", roots(retired)[1].name)
     with pytest.raises(ssl.SSLCertVerificationError):
         _handshake(old_dir, last, vault.host)  # once the old root is dropped from the bundle, its certificates fail
     assert _handshake(out, last, vault.host).issuer == new.issuer
