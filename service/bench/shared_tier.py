@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
 
 from service.bench.resp import BenchError
@@ -47,16 +48,13 @@ class TierRun:
 
 
 @contextlib.contextmanager
-def memory_origin(keys: np.ndarray, value_bytes: int) -> Iterator[str]:
-    """An in-memory origin holding one object per distinct key; removed afterwards."""
-    fs = fsspec.filesystem("memory")
-    root = f"/foresight-bench-{uuid.uuid4().hex}"
-    for key in np.unique(keys):
-        fs.pipe_file(f"{root}/{key}", str(key).encode().ljust(value_bytes, b"."))
-    try:
-        yield f"memory://{root}"
-    finally:
-        fs.rm(root, recursive=True)
+def directory_origin(keys: np.ndarray, value_bytes: int) -> Iterator[str]:
+    """A directory origin (a kind the service reads: service/origin/urls.py) holding one object per distinct key;
+    removed afterwards. --origin-latency-ms stands for the object store's latency."""
+    with tempfile.TemporaryDirectory(prefix="foresight-bench-") as root:
+        for key in np.unique(keys):
+            (Path(root) / str(key)).write_bytes(str(key).encode().ljust(value_bytes, b"."))
+        yield root
 
 
 def _node(settings: Settings, tenant: str, origin: str, budget: int) -> tuple[TenantRegistry, TenantCache]:
@@ -125,7 +123,7 @@ def measure(trace: Trace, tier_url: str, nodes: int, cache_frac: float, value_by
     budget = max(1, int(unique * cache_frac)) * entry_size(keys[0], b"x" * value_bytes)
     settings = load_settings(shared_tier_url=tier_url, origin_latency_ms=origin_latency_ms, prefetcher="none")
     asyncio.run(_check_tier(settings))
-    with memory_origin(trace.keys, value_bytes) as origin:
+    with directory_origin(trace.keys, value_bytes) as origin:
         runs = []
         for mode in ("alone", "shared"):
             progress(f"{len(keys):,} requests over {nodes} nodes, {mode}")
