@@ -263,6 +263,29 @@ def access_log(
                    f"{cost.overhead(pipeline):.2%} ({cost.overhead(pipeline, 'full'):.2%} with the ring full)")
 
 
+@app.command("randomkey")
+def randomkey(
+    keys: Annotated[int, typer.Option(min=1000, help="Keys in the store.")] = 1_000_000,
+    draws: Annotated[int, typer.Option(min=100, help="RANDOMKEY calls timed after the first.")] = 10_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """RANDOMKEY's draw from its key index against the walk it replaced, on the same store in the same run, and
+    what keeping the index costs a tenant's writes (SET of a new key, DEL) against a store without one."""
+    from service.bench.randomkey import measure
+
+    cost = measure(keys, draws)
+    if as_json:
+        typer.echo(json.dumps(cost.as_dict()))
+        return
+    typer.echo(f"RANDOMKEY at {keys:,} keys: walk to a random position (the former implementation) "
+               f"{cost.walk_us:,.1f} us median; draw from the index {cost.draw_us:.2f} us median (p99 "
+               f"{cost.draw_p99_us:.2f} us): {cost.speedup:,.0f}x; the first call builds the index in "
+               f"{cost.first_call_ms:.1f} ms")
+    for what, ns in (("SET of a new key", cost.set_ns), ("DEL", cost.del_ns)):
+        typer.echo(f"{what} with the index kept: {ns['with']:.0f} ns, without: {ns['without']:.0f} ns "
+                   f"({ns['with'] / ns['without']:.2f}x)")
+
+
 @app.command("learned-cost")
 def learned_cost(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
