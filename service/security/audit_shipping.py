@@ -35,7 +35,6 @@ from fsspec.implementations.local import LocalFileSystem
 
 log = logging.getLogger(__name__)
 _LOG_EVERY_S = 60.0
-_CHUNK = 1 << 20
 REWRAPPED = "rewrapped"  # the node's subfolder for copies whose first name holds other bytes
 
 
@@ -137,9 +136,6 @@ class AuditShipper:
 
 
 def _sha256(file: Any) -> str:
-    """The sha256 of an open binary file's bytes, read in chunks; the file is closed."""
-    digest = hashlib.sha256()
+    """The sha256 of an open binary file's bytes (read in chunks by hashlib); the file is closed."""
     with file:
-        while chunk := file.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, "sha256").hexdigest()
