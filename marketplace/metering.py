@@ -11,8 +11,9 @@ longer take (older than its window, or refused for good) is settled as *lost*: l
 never resent forever in a batch it would block. Every record still pending after a run, and every one settled
 without being billed, is in the run's `errors`, so `meter` exits 6. Each record bills an interval that starts
 where the purchase's previous record ended (at its registration for the first), stamped no earlier than the
-registration. The counters must all come from one service node (see `_other_nodes`). Each cloud supplies only the
-call that sends a batch.
+registration. A deployment on a shared tier counts every node's reads in the tier, so any node's admin API answers
+for all of them; without one, the counters must all come from one service node (see `_unusable`). Each cloud
+supplies only the call that sends a batch.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import datetime as dt
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Generic, NamedTuple, Protocol
+from typing import Any, Generic, NamedTuple, Protocol
 
 from marketplace.records import PendingUsage, PurchaseRecord, PurchaseRecords, RecordT, Subscription
 from onboarding.errors import OnboardingError, ServiceFailure
@@ -91,11 +92,11 @@ class UsageMeter(Generic[RecordT]):
                 report.skipped[tenant] = "no purchase record"
             else:
                 records[tenant] = record
-        foreign = _other_nodes(usage, records)
+        unusable = _unusable(usage, records)
         pending: Batch[RecordT] = []
         for tenant, record in records.items():
-            if tenant in foreign and record.pending is None:  # a pending record needs no counter: resent below
-                report.errors.append(foreign[tenant])
+            if tenant in unusable and record.pending is None:  # a pending record needs no counter: resent below
+                report.errors.append(unusable[tenant])
                 continue
             prepared = self._prepare(tenant, record, usage.get(tenant), now, final, report)
             if prepared is not None:
@@ -105,14 +106,13 @@ class UsageMeter(Generic[RecordT]):
             self._send(pending[start : start + size], report)
         return report
 
-    def _usage(self) -> dict[str, Counter]:
+    def _usage(self) -> dict[str, Counter | None]:
+        """Each served tenant's counter; None where the service could not read it now (its shared tier failed)."""
         if self.onboarder.admin is None:
             raise ServiceFailure(
                 "meter usage", "needs the service's admin API: set FORESIGHT_ADMIN_URL and FORESIGHT_ADMIN_TOKEN"
             )
-        tenants = self.onboarder.admin.list_tenants()
-        return {t["name"]: Counter(int(t.get("hits", 0)) + int(t.get("misses", 0)), t.get("counting_since"))
-                for t in tenants}
+        return {t["name"]: _counter(t) for t in self.onboarder.admin.list_tenants()}
 
     def _prepare(
         self,
@@ -133,7 +133,7 @@ class UsageMeter(Generic[RecordT]):
         if counter is None:
             report.skipped[tenant] = "the service does not serve this tenant (suspended or not loaded)"
             return None
-        seen, since = counter
+        seen, since = counter.reads, counter.since
 
         def stage(current: RecordT) -> RecordT:
             """Judged again on the record as it is now: another run (a final one, say) may have staged, metered
@@ -199,10 +199,22 @@ def utc_stamp(moment: dt.datetime) -> str:
 
 
 class Counter(NamedTuple):
-    """A tenant's read counter in the service, and when the service process that counts it started."""
+    """A tenant's read counter in the service, and when it began: a counter with another `since` began at 0."""
 
     reads: int
     since: float | None
+    deployment: bool = False  # every node's reads (a shared tier), not one process's
+
+
+def _counter(row: Mapping[str, Any]) -> Counter | None:
+    """The counter the admin API bills by (`usage`; null when its tier could not say); a service from before
+    `usage` gives its process's hits and misses."""
+    if "usage" not in row:
+        return Counter(int(row.get("hits", 0)) + int(row.get("misses", 0)), row.get("counting_since"))
+    usage = row["usage"]
+    if usage is None:
+        return None
+    return Counter(int(usage["reads"]), float(usage["since"]), usage.get("scope") == "deployment")
 
 
 def _not_due(record: PurchaseRecord, slot: dt.datetime) -> str | None:
@@ -240,21 +252,32 @@ def _interval_end(slot: dt.datetime, now: dt.datetime) -> dt.datetime:
     return max(slot, min(hour_end, now.replace(microsecond=0)))
 
 
-def _other_nodes(usage: dict[str, Counter], records: Mapping[str, PurchaseRecord]) -> dict[str, str]:
-    """Tenants whose counter comes from another service node than their records', with why: each node counts its
-    own reads since its own start, so reading whichever node a load balancer picked would bill one node's lifetime
-    counter as a restart. The admin API names no node, only when its process started; a restart always starts
-    later, so an answer from a process that started before the one a record last counted came from another node.
-    Those tenants are not metered this run (reported: `meter` exits 6); the others are."""
-    foreign = {}
+def _unusable(usage: Mapping[str, Counter | None], records: Mapping[str, PurchaseRecord]) -> dict[str, str]:
+    """Tenants whose counter cannot be billed this run, with why (reported: `meter` exits 6; the others are
+    metered, and the next run bills what these counted meanwhile):
+
+    - the service's shared tier could not say (its counter is safe there);
+    - a node's own counter from another node than the one the record last counted: each node counts its own reads
+      since its own start, so reading whichever node a load balancer picked would bill one node's lifetime counter
+      as a restart. The admin API names no node, only when its process started; a restart always starts later, so
+      an answer from a process that started before the one a record last counted came from another node."""
+    unusable = {}
     for tenant, record in records.items():
+        if tenant in usage and usage[tenant] is None:
+            unusable[tenant] = (
+                f"usage of {tenant} not metered: the service could not read the deployment's counters from its "
+                "shared tier now (foresight_shared_tier_errors_total); nothing is lost, the next run bills it")
+            continue
         counter = usage.get(tenant)
         counted = record.pending.counting_since if record.pending is not None else record.counting_since
-        if counter is None or counter.since is None or counted is None or counter.since >= counted:
+        if counter is None or counter.deployment or counter.since is None or counted is None:
             continue
-        foreign[tenant] = (
+        if counter.since >= counted:
+            continue
+        unusable[tenant] = (
             f"usage of {tenant} not metered: FORESIGHT_ADMIN_URL answered from a service process that started at "
             f"{counter.since:.0f}, before the one that counted its last record ({counted:.0f}), so several service "
-            "nodes answer there. Point FORESIGHT_ADMIN_URL at one node's own admin API, not a load balancer"
+            "nodes answer there without a shared tier. Point FORESIGHT_ADMIN_URL at one node's own admin API, or "
+            "run the nodes on a shared tier (docs/scale-out.md)"
         )
-    return foreign
+    return unusable

@@ -39,7 +39,8 @@ class PendingUsage(BaseModel):
     quantity: int = Field(ge=0)
     requests_seen: int = Field(ge=0, description="The service's request counter that this record accounts up to.")
     remainder: int = Field(ge=0, description="Requests left over after quantity whole units.")
-    counting_since: float | None = Field(None, description="When the service's counter began (its process's start).")
+    counting_since: float | None = Field(
+        None, description="When the service's counter began (its process's start, or its shared tier's counter's).")
     start: dt.datetime | None = Field(None, description="Start of the interval it bills: the previous record's end.")
     end: dt.datetime | None = Field(None, description="End of the interval it bills (None: staged by an old version).")
 
@@ -54,8 +55,9 @@ class PurchaseRecord(BaseModel):
     metered_until: dt.datetime | None = Field(
         None, description="End of the interval of the last confirmed usage record: the next one starts there.")
     counting_since: float | None = Field(
-        None, description="When the counter of the last confirmed record began: another value means the service "
-                          "restarted, and its whole counter is new usage (None: a service that does not say).")
+        None, description="When the counter of the last confirmed record began: another value means the counter "
+                          "began anew (a restart, a new tier counter), and all of it is new usage (None: a service "
+                          "that does not say).")
     pending: PendingUsage | None = None
 
 

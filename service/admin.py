@@ -8,14 +8,17 @@ from typing import Any
 
 from service.cache import TenantCache
 from service.state import ServiceState
+from service.tier_usage import reads
 
 
 class RefreshFailed(RuntimeError):
     """The key source could not be read; the tenants already served are unchanged."""
 
 
-def tenant_usage(state: ServiceState) -> list[dict[str, Any]]:
+async def tenant_usage(state: ServiceState) -> list[dict[str, Any]]:
     connections = state.connections.per_tenant
+    caches = list(state.tenants)
+    billed = await _billed_reads(state, caches) or {}
     return [
         {
             "name": t.name,
@@ -27,9 +30,23 @@ def tenant_usage(state: ServiceState) -> list[dict[str, Any]]:
             "misses": t.store.stats.misses,
             "connections": connections.get(t.name, 0),
             "counting_since": state.started,  # the counters above start with the process: metering spots a restart
+            "usage": billed.get(t.name),
         }
-        for t in state.tenants
+        for t in caches
     ]
+
+
+async def _billed_reads(state: ServiceState, caches: list[TenantCache]) -> dict[str, dict[str, Any]] | None:
+    """What metering bills per tenant: on a shared tier, the reads of every node (tier_usage.py), so any node's
+    admin API answers for the deployment; alone, this process's reads since its start. None: the tier could not
+    say now (metering tries again next run; nothing is lost)."""
+    tier = state.tenants.shared
+    if tier is None:
+        return {t.name: {"reads": reads(t), "since": state.started, "scope": "node"} for t in caches}
+    totals = await tier.deployment_reads(caches)
+    if totals is None:
+        return None
+    return {name: {"reads": total.reads, "since": total.since, "scope": "deployment"} for name, total in totals.items()}
 
 
 async def refresh(state: ServiceState, peer: str) -> list[str]:

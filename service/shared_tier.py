@@ -18,7 +18,8 @@ from node to node, so each node's memory is a near cache of it (docs/scale-out.m
   start, or again after the subscription broke) empties its memory (it refills from the tier);
 - a tenant's keys are kept under its name *and incarnation* (`TenantCache.tier_name`), so a tenant created under
   a deleted tenant's name never reads what the deleted one left; a node that stops serving a tenant (deleted, or
-  replaced by a new one of its name) deletes that tenant's keys from the tier.
+  replaced by a new one of its name) deletes that tenant's keys from the tier;
+- each tenant's reads on every node are summed in the tier for metering (service/tier_usage.py).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from service.config import ConfigError, Settings
 from service.shared_tier_auth import TierCredentials, tier_credentials
 from service.store.memory import now_ms
+from service.tier_usage import REPORT_EVERY_S, DeploymentReads, UsageLedger
 
 if TYPE_CHECKING:
     from service.cache import TenantCache, TenantRegistry
@@ -113,6 +115,7 @@ class SharedTier:
         self._registry = registry
         self.node_id = secrets.token_hex(8).encode()
         self.stats = TierStats()
+        self.usage = UsageLedger(self.node_id)
         self.connected = False
         self._credentials = credentials or tier_credentials(settings)
         self._client = self._open(settings.shared_tier_timeout_s)
@@ -120,6 +123,7 @@ class SharedTier:
         self._sending: dict[str, asyncio.Task[None]] = {}  # by tier name: the task sending a tenant's writes
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()  # set at the first subscription: other nodes' changes are heard
         self._serving = False  # start() has returned: any time without a subscription from now on is unheard
         self._logged_at: dict[str, float] = {}
@@ -157,6 +161,7 @@ class SharedTier:
         except (RedisError, OSError) as err:
             log.warning("shared tier %s unreachable (%s): reads go to the origin until it answers", self.url, err)
         self._listener = asyncio.create_task(self._listen())
+        self._reporter = asyncio.create_task(self._report_usage())
         if self.connected:  # until subscribed, a copy another node replaced would stay here: wait a little for it
             try:
                 async with asyncio.timeout(FIRST_SUBSCRIBE_WAIT_S):
@@ -168,10 +173,12 @@ class SharedTier:
         log.info("shared tier %s (node %s)", self.url, self.node_id.decode())
 
     async def close(self, grace_s: float = 2.0) -> None:
-        """Send what is still marked (within `grace_s`), then disconnect."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=grace_s)
-        tasks = [t for t in (self._listener, *self._tasks) if t is not None]
+        """Send what is still marked and this node's last reads (within `grace_s`), then disconnect."""
+        if self._reporter is not None:
+            self._reporter.cancel()
+        self._spawn(self._write_usage(list(self._registry)))
+        await asyncio.wait(list(self._tasks), timeout=grace_s)
+        tasks = [t for t in (self._listener, self._reporter, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -213,6 +220,7 @@ class SharedTier:
         if sending is not None:
             await asyncio.wait([sending])  # it stops at its next batch: the tenant is no longer the registry's
         cache.store.written, cache.store.flushed = None, False
+        await self._write_usage([cache])  # its last reads, before the cache goes
         failures = 0
         while True:
             try:
@@ -222,6 +230,25 @@ class SharedTier:
                 self._failed("drop", err)
                 failures += 1
                 await asyncio.sleep(min(0.05 * 2**failures, 5.0))
+
+    async def deployment_reads(self, caches: list[TenantCache]) -> dict[str, DeploymentReads] | None:
+        """Each tenant's reads on every node (tier_usage.py), or None when the tier cannot say now."""
+        try:
+            return await self.usage.totals(self._client, caches)
+        except (RedisError, OSError) as err:
+            self._failed("usage", err)
+            return None
+
+    async def _report_usage(self) -> None:
+        while True:
+            await asyncio.sleep(REPORT_EVERY_S)
+            await self._write_usage(list(self._registry))
+
+    async def _write_usage(self, caches: list[TenantCache]) -> None:
+        try:
+            await self.usage.write(self._client, caches)
+        except (RedisError, OSError) as err:
+            self._failed("usage", err)
 
     async def get(self, tier_name: str, key: bytes) -> tuple[bytes, int] | None:
         """The tier's value and its deadline (epoch ms, 0 for none), or None when it has none or cannot answer

@@ -32,9 +32,11 @@ CACHE_CLUSTERS = 2  # a primary and one replica, in different zones
 KEY_PATTERN = "fs:*"  # service.shared_tier.KEY_PREFIX
 CHANNEL = "foresight:invalidate"  # the service's default shared_tier_channel
 # Every command service/shared_tier.py sends (GET and PTTL in one pipeline, SET NX/PXAT, DEL, UNLINK, SCAN,
-# PUBLISH, SUBSCRIBE) and what redis-py sends to connect and keep connections alive (AUTH, HELLO, PING). redis-py
-# also sends CLIENT SETINFO, but ignores its refusal, so it stays refused.
-COMMANDS = ("auth", "hello", "ping", "get", "pttl", "set", "del", "unlink", "scan", "publish", "subscribe")
+# PUBLISH, SUBSCRIBE), those service/tier_usage.py sends (HSETNX, HGET, HSET, EXPIRE, HGETALL) and what redis-py
+# sends to connect and keep connections alive (AUTH, HELLO, PING). redis-py also sends CLIENT SETINFO, but ignores
+# its refusal, so it stays refused.
+COMMANDS = ("auth", "hello", "ping", "get", "pttl", "set", "del", "unlink", "scan", "publish", "subscribe",
+            "hsetnx", "hget", "hset", "expire", "hgetall")
 POD_ACCESS_STRING = f"on ~{KEY_PATTERN} &{CHANNEL} -@all " + " ".join(f"+{command}" for command in COMMANDS)
 # A user off and without any permission: it exists only because every user group must hold a `default` user.
 DISABLED_ACCESS_STRING = "off -@all"

@@ -37,9 +37,11 @@ SKU = azure.redis.SkuArgs(name="Standard", family="C", capacity=1)
 TLS_PORT = 6380
 PRIVATE_DNS_ZONE = "privatelink.redis.cache.windows.net"
 # service/shared_tier.py's commands (reads with PTTL, fills with SET NX EX, writes with SET PXAT, DEL, a flush by
-# SCAN and UNLINK, the invalidation channel, and PING for health) on its key prefix `fs:`. Azure Cache for Redis
+# SCAN and UNLINK, the invalidation channel, and PING for health) and service/tier_usage.py's (the usage hashes:
+# HSETNX, HGET, HSET, EXPIRE, HGETALL) on its key prefix `fs:`. Azure Cache for Redis
 # 6 has no channel rules, so the channel is not named here.
-ACCESS_POLICY_COMMANDS = ("ping", "get", "pttl", "set", "del", "unlink", "scan", "publish", "subscribe", "unsubscribe")
+ACCESS_POLICY_COMMANDS = ("ping", "get", "pttl", "set", "del", "unlink", "scan", "publish", "subscribe", "unsubscribe",
+                          "hsetnx", "hget", "hset", "expire", "hgetall")
 KEY_PATTERN = "fs:*"
 ACCESS_POLICY_PERMISSIONS = " ".join([*(f"+{command}" for command in ACCESS_POLICY_COMMANDS), f"~{KEY_PATTERN}"])
 ACCESS_POLICY = "foresight-node"

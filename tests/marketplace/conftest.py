@@ -6,8 +6,10 @@ ID's token and key endpoints) are fakes, built from their published contracts (a
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 import hvac
@@ -59,25 +61,47 @@ class Deployment:
         return redis.Redis(port=self.svc.resp_port, ssl=True, ssl_ca_certs=str(self.pki.ca_cert), password=api_key)
 
 
-@pytest.fixture(scope="module")
-def deployment(openbao: OpenBao, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+@dataclass
+class Vaulted:
+    """What every service node of a deployment shares: the Vault key source, TLS and the admin token."""
+
+    pki: PKI
+    key_admin: VaultKeyAdmin
+    admin_token: str
+    settings: dict[str, Any]
+    audit_log: Path
+
+
+def vaulted(openbao: OpenBao, work: Path) -> Vaulted:
     root: hvac.Client = openbao.client()
     if f"{MOUNT}/" not in root.sys.list_mounted_secrets_engines()["data"]:
         root.sys.enable_secrets_engine("kv", path=MOUNT, options={"version": "2"})
     root.sys.create_or_update_policy(SERVICE_POLICY, service_policy(MOUNT))
-    work = tmp_path_factory.mktemp("marketplace")
     pki = make_pki(work / "pki")
     token_file = work / "vault-token"
     token_file.write_text(root.auth.token.create(policies=[SERVICE_POLICY], ttl="1h")["auth"]["client_token"])
     token_file.chmod(0o600)
     admin_token = new_admin_token()
-    with running_service(
-        tls_cert_file=pki.cert, tls_key_file=pki.key, vault_addr=openbao.addr, vault_token_file=token_file,
-        vault_kv_mount=MOUNT, admin_token_hash=hash_key(admin_token), auth_cache_ttl_s=0.2,
-    ) as svc:
-        endpoints = Endpoints("localhost", svc.resp_port, svc.endpoints.http_url, pki.ca_cert)
-        yield Deployment(svc, pki, VaultKeyAdmin(root, MOUNT), svc.endpoints.http_url, admin_token, endpoints,
-                         work / "onboarding-audit.log")
+    settings = {
+        "tls_cert_file": pki.cert, "tls_key_file": pki.key, "vault_addr": openbao.addr, "vault_token_file": token_file,
+        "vault_kv_mount": MOUNT, "admin_token_hash": hash_key(admin_token), "auth_cache_ttl_s": 0.2,
+    }
+    return Vaulted(pki, VaultKeyAdmin(root, MOUNT), admin_token, settings, work / "onboarding-audit.log")
+
+
+@contextmanager
+def serving(shared: Vaulted, **extra: Any) -> Iterator[Deployment]:
+    """One service node of the deployment, with `extra` settings."""
+    with running_service(**shared.settings, **extra) as svc:
+        endpoints = Endpoints("localhost", svc.resp_port, svc.endpoints.http_url, shared.pki.ca_cert)
+        yield Deployment(svc, shared.pki, shared.key_admin, svc.endpoints.http_url, shared.admin_token, endpoints,
+                         shared.audit_log)
+
+
+@pytest.fixture(scope="module")
+def deployment(openbao: OpenBao, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    with serving(vaulted(openbao, tmp_path_factory.mktemp("marketplace"))) as running:
+        yield running
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from tests.tlsutil import PKI
 # Exactly what service/shared_tier.py sends, on its key prefix and channel: the access string the stacks give the
 # pods' tier user (ElastiCache user, Azure access policy) must allow no less.
 ACL = ["on", "~fs:*", "resetchannels", "&foresight:invalidate", "-@all", "+ping", "+get", "+pttl", "+set", "+del",
-       "+unlink", "+scan", "+publish", "+subscribe"]
+       "+unlink", "+scan", "+publish", "+subscribe", "+hsetnx", "+hget", "+hset", "+expire", "+hgetall"]
 
 
 @pytest.fixture(scope="module")

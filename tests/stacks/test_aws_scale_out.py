@@ -61,6 +61,7 @@ STATEFUL_SET = "kubernetes:apps/v1:StatefulSet"
 SUBNET = "aws:ec2/subnet:Subnet"
 POD_ACCESS_STRING = (
     "on ~fs:* &foresight:invalidate -@all +auth +hello +ping +get +pttl +set +del +unlink +scan +publish +subscribe"
+    " +hsetnx +hget +hset +expire +hgetall"
 )
 
 
@@ -420,7 +421,7 @@ def test_two_long_stack_names_with_a_common_prefix_get_their_own_tier_ids() -> N
 
 
 def test_the_access_string_allows_every_command_the_service_sends() -> None:
-    source = (ROOT / "service/shared_tier.py").read_text()
+    source = "".join((ROOT / f"service/{module}.py").read_text() for module in ("shared_tier", "tier_usage"))
     methods = set(re.findall(r"\b(?:self\._client|pipe|pubsub)\.([a-z_]+)\(", source))
     redis_commands = {"delete": "del"}
     plumbing = {"pipeline", "execute", "aclose", "listen", "pubsub", "get_message"}

@@ -267,7 +267,7 @@ def test_access_policy_covers_every_command_the_shared_tier_sends() -> None:
     """service/shared_tier.py's redis-py calls (client, pipeline, pub/sub), each a command the policy allows."""
     from service.shared_tier import KEY_PREFIX
 
-    source = (ROOT / "service/shared_tier.py").read_text()
+    source = "".join((ROOT / f"service/{module}.py").read_text() for module in ("shared_tier", "tier_usage"))
     calls = set(re.findall(r"\b(?:self\._client|pipe|pubsub|fresh)\.([a-z]+)\(", source))
     commands = {"delete": "del"}  # redis-py's name for DEL
     sent = {commands.get(call, call) for call in calls - {"pipeline", "pubsub", "execute", "aclose", "get_message"}}

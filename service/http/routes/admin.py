@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, Field
 
@@ -9,6 +11,14 @@ from service import admin
 from service.http.deps import AdminPeer, State
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
+
+
+class BilledReads(BaseModel):
+    reads: int = Field(description="The tenant's reads (hits and misses) counted since `since`.")
+    since: float = Field(description="When this counter began (epoch s); a new value is a counter that began at 0.")
+    scope: Literal["node", "deployment"] = Field(
+        description="`deployment`: every node's reads, summed in the shared tier (any node answers the same); "
+                    "`node`: this process's reads since its start (a deployment without a shared tier).")
 
 
 class TenantUsage(BaseModel):
@@ -21,6 +31,8 @@ class TenantUsage(BaseModel):
     misses: int
     connections: int = Field(description="Open RESP connections bound to the tenant.")
     counting_since: float = Field(description="When hits and misses began counting (the process's start, epoch s).")
+    usage: BilledReads | None = Field(
+        description="What marketplace metering bills; null when the shared tier could not say now (try again).")
 
 
 class TenantNames(BaseModel):
@@ -35,7 +47,7 @@ class Purged(BaseModel):
 @router.get("/tenants")
 async def list_tenants(state: State, _: AdminPeer) -> list[TenantUsage]:
     """Every tenant this process serves, with its usage."""
-    return [TenantUsage(**usage) for usage in admin.tenant_usage(state)]
+    return [TenantUsage(**usage) for usage in await admin.tenant_usage(state)]
 
 
 @router.post("/tenants/refresh")
