@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import typer
 
+from service.bench.failure import fail
 from service.bench.resp import bench_resp
 from service.prefetch.markov import DEFAULT_MAX_KEYS
 
@@ -59,11 +60,6 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise Terminated(128 + signum)
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
-
-
 def _echo_table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> None:
     """A Markdown table: the first `text_columns` left-aligned, the rest (numbers) right-aligned."""
     typer.echo(f"| {' | '.join(header)} |\n|{'---|' * text_columns}{'---:|' * (len(header) - text_columns)}")
@@ -71,7 +67,7 @@ def _echo_table(header: list[str], rows: list[list[str]], text_columns: int = 1)
         typer.echo(f"| {' | '.join(row)} |")
 
 
-def _prefetcher_names(text: str) -> list[str]:
+def _prefetcher_names(text: str, as_json: bool) -> list[str]:
     """Comma-separated prefetcher names, each one the service knows; raises a clear error otherwise."""
     from service.prefetch import PREFETCHERS
 
@@ -79,19 +75,19 @@ def _prefetcher_names(text: str) -> list[str]:
     unknown = sorted(set(names) - set(PREFETCHERS))
     if not names or unknown:
         given = ", ".join(unknown) or "(none given)"
-        raise _fail(f"unknown prefetcher(s): {given} (choose from {', '.join(PREFETCHERS)})")
+        raise fail(f"unknown prefetcher(s): {given} (choose from {', '.join(PREFETCHERS)})", as_json)
     return names
 
 
-def _check_device(device: str) -> None:
+def _check_device(device: str, as_json: bool) -> None:
     """A clear error for a device this machine cannot run, before any work (torch is imported only for cuda)."""
     if device not in ("cpu", "cuda"):
-        raise _fail(f"--device must be cpu or cuda, got {device!r}")
+        raise fail(f"--device must be cpu or cuda, got {device!r}", as_json)
     if device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
-            raise _fail("--device cuda asked for, but torch sees no CUDA device")
+            raise fail("--device cuda asked for, but torch sees no CUDA device", as_json)
 
 
 TraceFile = Annotated[Path, typer.Argument(help="Trace file: ARC .lis, key-per-line text or CSV; plain, .gz, .zst, "
@@ -132,8 +128,8 @@ def replay(
     from service.store.policies import POLICIES
 
     if policy not in POLICIES:
-        raise _fail(f"unknown eviction policy {policy!r}; choose one of: {', '.join(sorted(POLICIES))}")
-    _check_device(device)
+        raise fail(f"unknown eviction policy {policy!r}; choose one of: {', '.join(sorted(POLICIES))}", as_json)
+    _check_device(device, as_json)
     try:
         size = resolve_cache_size(1, cache_frac, cache_size)  # validates the pair before reading the trace
         loaded = load_trace(trace, fmt, limit)
@@ -150,7 +146,7 @@ def replay(
             result = run_replay(loaded, size, engine, policy=policy, budget=budget, lead=lead, threshold=threshold,
                                 new_keys=new_keys)
     except (TraceError, ReplayError, ValueError) as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err), as_json) from None
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
         return
@@ -224,9 +220,9 @@ def report(
         rows = run_matrix(spec, jobs=jobs, log=log, cells_file=out / "results.jsonl", resume=resume)
         written = write_report(rows, spec, out, log=log)
     except (ReportError, ValueError) as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err), as_json) from None
     except OSError as err:  # the disk filled or --out went away while the matrix ran
-        raise _fail(f"write the report to {out}: {err.strerror or err}") from None
+        raise fail(f"write the report to {out}: {err.strerror or err}", as_json) from None
     if as_json:
         typer.echo(json.dumps({"files": [str(path) for path in written], "cells": summarize(rows)}))
         return
@@ -251,7 +247,7 @@ def access_log(
     try:
         cost = measure(requests)
     except BenchError as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err), as_json) from None
     if as_json:
         typer.echo(json.dumps(cost.as_dict()))
         return
@@ -302,7 +298,7 @@ def learned_cost(
     from service.bench.learned_cost import as_json as to_json
     from service.bench.learned_cost import measure
 
-    _check_device(device)
+    _check_device(device, as_json)
     costs = measure(device, warmup, reads)
     if as_json:
         typer.echo(json.dumps(to_json(costs)))
@@ -335,10 +331,10 @@ def prefetch_pool(
     try:
         sizes = [int(size) for size in processes.split(",") if size.strip()]
     except ValueError:
-        raise _fail(f"--processes takes comma-separated whole numbers, got {processes!r}") from None
+        raise fail(f"--processes takes comma-separated whole numbers, got {processes!r}", as_json) from None
     if not sizes or min(sizes) < 1:
-        raise _fail(f"--processes needs pool sizes of 1 or more, got {processes!r}")
-    _check_device(device)
+        raise fail(f"--processes needs pool sizes of 1 or more, got {processes!r}", as_json)
+    _check_device(device, as_json)
     figures = measure(sizes, tenants, device, warmup, seconds)
     report = to_json(figures)
     if as_json:
@@ -376,11 +372,11 @@ def prefetch_memory(
     from service.prefetch.isolated import resident_bytes
 
     if resident_bytes() is None:
-        raise _fail("prefetch-memory reads resident memory from /proc: Linux only")
+        raise fail("prefetch-memory reads resident memory from /proc: Linux only", as_json)
     try:
         keys = load_trace(trace, limit=reads).keys if trace is not None else None
     except TraceError as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err), as_json) from None
     figures = measure(reads, max_keys, keys)
     if as_json:
         typer.echo(json.dumps(to_json(figures)))
@@ -423,17 +419,17 @@ def prefetch_load(
     from service.bench.prefetch_load import as_json as to_json
     from service.bench.resp import BenchError
 
-    names = _prefetcher_names(prefetchers)
+    names = _prefetcher_names(prefetchers, as_json)
     isolations = tuple(i.strip() for i in isolation.split(",") if i.strip())
     if not isolations or set(isolations) - {"process", "thread"}:
-        raise _fail(f"--isolation takes process and/or thread, got {isolation!r}")
-    _check_device(device)
+        raise fail(f"--isolation takes process and/or thread, got {isolation!r}", as_json)
+    _check_device(device, as_json)
     setup = LoadSetup(requests=requests, rounds=rounds, cpu_share=cpu_share, process_share=process_share,
                       device=device, warmup=warmup, isolations=isolations)
     try:
         figures = measure(names, setup)
     except (BenchError, subprocess.CalledProcessError) as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err), as_json) from None
     if as_json:
         typer.echo(json.dumps(to_json(figures, setup)))
         return
@@ -480,18 +476,18 @@ def live_replay(
     from service.bench.resp import BenchError
     from service.bench.traces import TraceError, load_trace
 
-    names = _prefetcher_names(prefetchers)
+    names = _prefetcher_names(prefetchers, as_json)
     try:
         targets = [None if r.strip() == "max" else float(r) for r in rates.split(",") if r.strip()]
     except ValueError:
-        raise _fail(f"--rates takes reads per second or max, got {rates!r}") from None
+        raise fail(f"--rates takes reads per second or max, got {rates!r}", as_json) from None
     if not targets or any(t is not None and not 1 <= t < math.inf for t in targets):  # nan fails both
-        raise _fail(f"--rates takes reads per second (at least 1) or max, got {rates!r}")
-    _check_device(device)
+        raise fail(f"--rates takes reads per second (at least 1) or max, got {rates!r}", as_json)
+    _check_device(device, as_json)
     tunings = {"on": True, "off": False}
     modes = [m.strip() for m in lead_tuning.split(",") if m.strip()]
     if not modes or any(m not in tunings for m in modes):
-        raise _fail(f"--lead-tuning takes on, off or on,off, got {lead_tuning!r}")
+        raise fail(f"--lead-tuning takes on, off or on,off, got {lead_tuning!r}", as_json)
     try:
         resolve_cache_size(1, cache_frac, cache_size)  # validates the pair before reading the trace
         loaded = load_trace(trace, fmt, limit)
@@ -501,7 +497,7 @@ def live_replay(
                           progress=lambda line: typer.echo(f"live-replay: {line}", err=True),
                           tunings=[tunings[m] for m in dict.fromkeys(modes)])
     except (TraceError, ReplayError, BenchError, ValueError) as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err), as_json) from None
     if as_json:
         typer.echo(json.dumps(to_json(figures, loaded, size)))
         return
@@ -547,8 +543,8 @@ def shared_tier(
 
     if tier_url is not None:
         if problem := shared_tier_url_problem(tier_url):
-            raise _fail(f"--tier-url: {problem}")
-        _check_reachable(tier_url)
+            raise fail(f"--tier-url: {problem}", as_json)
+        _check_reachable(tier_url, as_json)
     try:
         loaded = load_trace(trace, fmt, limit)
         with contextlib.ExitStack() as stack:
@@ -564,7 +560,7 @@ def shared_tier(
             report = measure(loaded, tier_url, nodes, cache_frac, value_bytes, origin_latency_ms, concurrency,
                              progress=lambda line: typer.echo(f"shared-tier: {line}", err=True))
     except (TraceError, BenchError, ConfigError) as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err), as_json) from None
     if errors := report["runs"][1]["tier_errors"]:
         typer.echo(f"warning: {errors:,} shared tier calls failed during the shared run (those reads went to the "
                    "origin)", err=True)
@@ -583,10 +579,10 @@ def shared_tier(
                f"{report['mean_latency_ratio']:.3f}x, p99 latency {report['p99_latency_ratio']:.3f}x")
 
 
-def _check_reachable(tier_url: str) -> None:
+def _check_reachable(tier_url: str, as_json: bool) -> None:
     """Refuse a tier nothing listens on before the runs: ratios against a tier that never answered mean nothing."""
     parts = urlsplit(tier_url)
     try:
         socket.create_connection((parts.hostname, parts.port or 6379), timeout=5).close()
     except OSError as err:
-        raise _fail(f"--tier-url {tier_url}: cannot connect ({err.strerror or err})") from None
+        raise fail(f"--tier-url {tier_url}: cannot connect ({err.strerror or err})", as_json) from None

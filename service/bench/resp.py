@@ -26,6 +26,7 @@ from typing import IO, Annotated
 
 import typer
 
+from service.bench.failure import fail
 from service.net import free_port
 
 
@@ -235,14 +236,12 @@ def bench_resp(
     names = list(dict.fromkeys(t.strip().lower() for t in tests.split(",") if t.strip()))
     unknown = [name for name in names if name not in (*BENCHMARK_TESTS, *CUSTOM_TESTS)]
     if not names or unknown:
-        typer.echo(f"error: --tests: {'unknown test ' + ', '.join(unknown) if unknown else 'no test given'}; choose "
-                   f"from {', '.join((*BENCHMARK_TESTS, *CUSTOM_TESTS))}", err=True)
-        raise typer.Exit(2)
+        raise fail(f"--tests: {'unknown test ' + ', '.join(unknown) if unknown else 'no test given'}; choose "
+                   f"from {', '.join((*BENCHMARK_TESTS, *CUSTOM_TESTS))}", as_json)
     try:
         figures = measure(requests, clients, pipeline, rounds, names)
     except (BenchError, subprocess.CalledProcessError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(str(err), as_json) from None
     if as_json:
         typer.echo(
             json.dumps(

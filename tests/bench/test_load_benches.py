@@ -84,6 +84,19 @@ def test_learned_cost_refuses_a_device_it_cannot_run(device: str, message: str) 
     assert out.exit_code == 2 and message in out.output and "Traceback" not in out.output
 
 
+@pytest.mark.parametrize("argv", [
+    ["prefetch-load", "--prefetchers", "oracle", "--json"],
+    ["replay", "/nonexistent/trace.txt", "--json"],
+    ["resp", "--tests", "nope", "--json"],
+])
+def test_a_refusal_under_json_is_one_json_object_on_stdout(argv: list[str]) -> None:
+    """A script that asked for JSON reads the refusal in the same shape as the other commands' (onboarding's)."""
+    out = CliRunner().invoke(app, argv)
+    assert out.exit_code == 2
+    reply = json.loads(out.stdout)
+    assert reply["exit_code"] == 2 and reply["error"] and f"error: {reply['error']}" in out.stderr
+
+
 def test_a_server_that_dies_at_start_up_is_reported_with_its_own_last_words() -> None:
     argv = [sys.executable, "-c", "import sys; print('bad setting: FORESIGHT_X'); sys.exit(3)"]
     with (
