@@ -19,6 +19,7 @@ from service.store.policies import EvictionPolicy, make_policy
 SCAN_SNAPSHOTS = 8  # scans of one store that keep their place at once (each holds 8 bytes per key)
 _SNAPSHOT_SPAN = 1 << 32  # a cursor is snapshot number x this + the place in that snapshot
 SCAN_IDLE_MS = 60_000  # a snapshot unread this long is dropped (a scan that resumes later restarts)
+KEY_INDEX_IDLE_MS = 600_000  # RANDOMKEY's index, undrawn this long, is dropped (the next draw builds it again)
 # A snapshot keeps its keys alive after they are deleted or evicted, outside the budget. Together the snapshots
 # may pin this share of the budget, the least recently read dropped first; the one a scan reads now always stays,
 # and a snapshot of the whole store weighs less than the budget (each entry is charged more than its key costs
@@ -109,7 +110,8 @@ class MemoryStore:
         self._scan_number = 0  # the newest snapshot's
         self._scan_inserted = -1  # `_inserted` when it was taken
         self._watched: dict[Hashable, list[int]] = {}  # WATCHed key -> [watchers, changes since first watched]
-        self._key_index: KeyIndex | None = None  # RANDOMKEY's, kept from its first call on
+        self._key_index: KeyIndex | None = None  # RANDOMKEY's, kept from its first call until KEY_INDEX_IDLE_MS idle
+        self._key_index_used_at = 0
         # With a shared tier (service/shared_tier.py): the keys clients changed since the tier last heard, whether a
         # client flushed everything, and who hears of each client change (the key; None for a flush): the tier's
         # sender, and the loads in flight that the change makes stale. None: no shared tier.
@@ -196,13 +198,15 @@ class MemoryStore:
         million, what two to five calls took before); from then on a key added or removed updates it in O(1), so no
         later call walks the store, and a store that never draws keeps no list and pays nothing. Outside the budget,
         the list costs 8 bytes a key once built and, in steady eviction churn, 50 to 80 a live key: the stale slots,
-        about half as many, each keep their key alive (never its value). A flush empties it. A draw that lands on a
+        about half as many, each keep their key alive (never its value). A flush empties it; the expiry sweep
+        drops it once undrawn for KEY_INDEX_IDLE_MS, and the next draw builds it again. A draw that lands on a
         stale slot drops it, and one that has expired goes (as in Redis); either way another is drawn. Each miss
         removes a slot or a key, so the reply never waits on luck, only on slots and keys already gone.
         """
         index = self._key_index
         if index is None:
             index = self._key_index = KeyIndex(list(self._data))
+        self._key_index_used_at = self._clock()
         keys, gone = index.keys, index.gone
         while keys:
             place = random.randrange(len(keys))
@@ -394,12 +398,15 @@ class MemoryStore:
     def active_expire(self, limit: int = 1000) -> int:
         """Remove up to `limit` keys whose deadline has passed; returns how many went. Scan snapshots unread for
         SCAN_IDLE_MS go too, each on its own: an abandoned scan does not keep its copy of the key list, even
-        while other scans go on."""
+        while other scans go on; so does RANDOMKEY's index undrawn for KEY_INDEX_IDLE_MS (a tenant that called it
+        once does not keep 8-80 bytes a key, and their updates, for good)."""
         removed = 0
         now = self._clock()
         scans = self._scans
         while scans and now - next(iter(scans.values())).used_at > SCAN_IDLE_MS:
             scans.popitem(last=False)
+        if self._key_index is not None and now - self._key_index_used_at > KEY_INDEX_IDLE_MS:
+            self._key_index = None
         heap = self._deadlines
         while heap and heap[0][0] <= now and removed < limit:
             deadline, _, key = heapq.heappop(heap)

@@ -12,7 +12,8 @@ import pytest
 
 from service.store import MemoryStore
 from service.store.key_index import KeyIndex
-from service.store.memory import Entry
+from service.store.memory import KEY_INDEX_IDLE_MS, Entry
+from tests.store.test_expiry import Clock
 
 
 def _drawn(store: MemoryStore, draws: int = 3000) -> set[Hashable | None]:
@@ -64,6 +65,28 @@ def test_a_store_that_never_draws_keeps_no_index() -> None:
     store.set(b"after", b"v")
     assert store.stats.evictions and store.stats.expired
     assert store._key_index is None
+
+
+def test_an_index_undrawn_for_ten_minutes_is_dropped_and_built_again_at_the_next_draw() -> None:
+    clock = Clock()
+    store = MemoryStore(1 << 20, "lru", clock=clock)
+    for i in range(100):
+        store.set(b"k%d" % i, b"v")
+    assert store.random_key() is not None
+    clock.now += KEY_INDEX_IDLE_MS
+    store.active_expire()
+    assert store._key_index is not None  # drawn exactly KEY_INDEX_IDLE_MS ago: kept
+    assert store.random_key() is not None
+    clock.now += KEY_INDEX_IDLE_MS // 2
+    store.active_expire()
+    assert store._key_index is not None  # drawn since: kept
+    clock.now += KEY_INDEX_IDLE_MS + 1
+    store.active_expire()
+    assert store._key_index is None
+    store.delete(b"k0")  # no index to keep up to date meanwhile
+    store.set(b"new", b"v")
+    assert _drawn(store) == {b"k%d" % i for i in range(1, 100)} | {b"new"}
+    _assert_index_matches(store)
 
 
 def test_an_empty_store_draws_none() -> None:
