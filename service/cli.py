@@ -18,6 +18,8 @@ GROUPS: dict[str, tuple[str, str, str]] = {
               "live server, the shared tier, what the access log and the prefetchers cost."),
     "audit": ("service.security.audit_cli", "app", "Verify and show the hash-chained audit log."),
     "kms": ("service.security.kms_cli", "app", "Re-wrap data keys on disk after a KMS key rotation."),
+    "snapshot": ("service.snapshot_cli", "app", "See what the warm-restart snapshot holds, and merge entries set "
+                 "aside back into it."),
     "local": ("onboarding.local_cli", "app", "Run the whole product on this machine."),
     "tenants": ("onboarding.tenants_cli", "app", "Create, list, show, suspend, resume and delete tenants."),
     "keys": ("onboarding.keys_cli", "app", "Issue, list, rotate and revoke API keys."),

@@ -12,13 +12,15 @@ A KMS that is unavailable at start (unreachable, throttling, 5xx) is asked again
 seconds. One that cannot open the snapshot after that (or at all: a retired key version, access denied, another
 provider configured) leaves the file where it is and this run starts cold. The stop of this run then moves the kept
 file aside (`snapshot.fse.unrestored-<UTC time>`) before writing its own, never over it: the operator fixes the cause
-(`foresight kms rewrap` finds the moved file too) and, if its entries matter more than this run's, puts it back as
-`snapshot.fse` before the next start. It is never restored by itself, since it is older than what this run served.
+(`foresight kms rewrap` finds the moved file too) and, if its entries matter, merges them into the snapshot before
+the next start (`foresight snapshot merge`: this run's values win). It is never restored by itself, since it is
+older than what this run served.
 
 A tenant missing from the tenant list at start (a damaged Vault record, a tenants file being edited) gets none of
 its section back; the section is written, encrypted like the snapshot, to `snapshot.unclaimed-<UTC time>.fse` once
 the service serves (until then it is pending, and a start that fails drops the pending copy: the snapshot put back
-still holds it). Later snapshots never carry it, so a deleted tenant's entries do not live on in the cache.
+still holds it). Later snapshots never carry it, so a deleted tenant's entries do not live on in the cache;
+`foresight snapshot merge` puts them back once the tenant is.
 
 Saving and restoring stream: neither holds a copy of the entries' bytes. On the event loop `capture` only lists each
 tenant's live entries, references to their keys and values (one consistent moment: nothing else touches the stores
@@ -238,9 +240,8 @@ def _set_aside_unrestored(data_dir: Path) -> None:
     log.warning("snapshot %s, which this run could not restore at start, moved to %s so that this stop does not "
                 "write over it; its values are older than this run's. With the service stopped, fix what kept it "
                 "from opening (a retired key version: allow it again and run `foresight kms rewrap`, which rewraps "
-                "this file too); then, before the next start, rename it to %s in place of the snapshot this stop "
-                "writes if its entries matter more than this run's (values this run wrote are then lost and ones it "
-                "deleted come back), or delete it", path, aside, FILENAME)
+                "this file too); then, before the next start, `foresight snapshot merge %s` if its entries matter "
+                "(keys this run holds keep its values; ones it deleted come back), or delete it", path, aside, aside)
 
 
 def _timestamped(data_dir: Path, pattern: str) -> Path:
@@ -332,6 +333,61 @@ def _decrypting(file: BinaryIO, cipher: EnvelopeCipher) -> Iterator[bytes]:
                 raise
             log.warning("snapshot: the KMS is unavailable (%s); trying again in %.1f s", err, delay)
             time.sleep(delay)
+
+
+def read(path: Path, cipher: EnvelopeCipher) -> dict[str, SavedTenant]:
+    """A snapshot file's sections (any of them: the snapshot, one moved aside, one of unclaimed tenants). Raises
+    on a file that does not open (the KMS, tampering, another kind of envelope)."""
+    with path.open("rb") as file:
+        return _decode_stream(cipher.decrypting(file, AAD))
+
+
+class MergeRefused(Exception):
+    """Nothing was merged; the message says why (the arguments, or the data dir's state)."""
+
+
+class Merged(NamedTuple):
+    added: dict[str, int]  # tenant -> entries put into the snapshot
+    kept: dict[str, int]  # tenant -> the source's entries whose key the snapshot already holds (its value stays)
+    skipped: dict[str, str]  # tenant -> why none of its entries went in
+
+
+def merge(data_dir: Path, source: Path, cipher: EnvelopeCipher, tenants: Iterable[str] | None = None) -> Merged:
+    """Put the entries of `source` (a snapshot moved aside, or unclaimed tenants' entries) into the data dir's
+    snapshot, for the next start to restore with everything else: a key the snapshot holds keeps its value there
+    (it is the newer), the others go in as the coldest of their tenant; entries past their deadline are left out.
+    A section of another incarnation than the snapshot's section of that name is skipped (another tenant's). The
+    snapshot is replaced atomically, or not at all; `source` is left as it was. The service must be stopped."""
+    path = data_dir / FILENAME
+    if (data_dir / RESTORING).exists():
+        raise MergeRefused(f"{data_dir / RESTORING} is there: a start was cut short and the next start restores it; "
+                         "start and stop the service once first, so the snapshot is one file again")
+    if path.exists() and source.resolve() == path.resolve():
+        raise MergeRefused(f"{source} is the snapshot itself")
+    wanted = None if tenants is None else set(tenants)
+    adding = read(source, cipher)
+    if wanted is not None and (missing := wanted - set(adding)):
+        raise MergeRefused(f"{source} holds no entries of {', '.join(sorted(missing))} (it has: "
+                         f"{', '.join(sorted(adding)) or 'none'})")
+    current = read(path, cipher) if path.exists() else {}
+    merged = Merged({}, {}, {})
+    now = now_ms()
+    for name, (incarnation, entries) in adding.items():
+        if wanted is not None and name not in wanted:
+            continue
+        live = [entry for entry in entries if not entry[2] or entry[2] > now]
+        existing = current.get(name)
+        if existing is not None and existing.incarnation != incarnation:
+            merged.skipped[name] = "the snapshot holds another tenant of that name (another incarnation)"
+            continue
+        held = {key for key, _value, _deadline in existing.entries} if existing is not None else set()
+        older = [entry for entry in live if entry[0] not in held]
+        current[name] = SavedTenant(incarnation, older + (existing.entries if existing is not None else []))
+        merged.added[name], merged.kept[name] = len(older), len(live) - len(older)
+    if any(merged.added.values()):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        _write_envelope(path, current, cipher)
+    return merged
 
 
 def _write_unclaimed(sections: dict[str, SavedTenant], data_dir: Path, cipher: EnvelopeCipher) -> None:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
+
+from service.offline import Refused, offline_envelope_cipher, offline_settings, service_stopped
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -34,10 +35,6 @@ EXIT_FAILED = 1  # some file could not be rewrapped (each is left as it was)
 EXIT_REFUSED = 2  # bad settings, no KMS, nothing to search, or the service is running
 
 Outcome = Literal["rewrapped", "would-rewrap", "current", "failed"]
-
-
-class _Refused(Exception):
-    """Nothing was attempted; the message says what to fix."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,15 +98,15 @@ def rewrap(
     (bad settings, no KMS, the service running).
     """
     try:
-        settings = _settings(config)
+        settings = offline_settings(config)
         roots = _roots(settings, paths or [])
-        with _service_stopped(settings), _cipher(settings) as cipher:
+        with service_stopped(settings), offline_envelope_cipher(settings) as cipher:
             found = _envelopes(roots, paths or [])
             results = []
             for index, (path, unreadable) in enumerate(found, 1):
                 typer.echo(f"rewrap: [{index}/{len(found)}] {path}", err=True)
                 results.append(_rewrap_one(cipher, path, unreadable, dry_run))
-    except _Refused as err:
+    except Refused as err:
         if as_json:
             typer.echo(json.dumps({"error": str(err), "exit_code": EXIT_REFUSED}))
         typer.echo(f"error: {err}", err=True)
@@ -122,63 +119,12 @@ def rewrap(
     raise typer.Exit(EXIT_FAILED if any(r.outcome == "failed" for r in results) else 0)
 
 
-def _settings(config: Path | None) -> Settings:
-    from service.bootstrap import check_local_keyring
-    from service.config import ConfigError, load_settings
-
-    try:
-        settings = load_settings(config)
-        check_local_keyring(settings)
-    except ConfigError as err:
-        raise _Refused(str(err)) from None
-    if settings.kms_provider == "none":
-        raise _Refused("no KMS configured: set the service's FORESIGHT_KMS_PROVIDER and FORESIGHT_KMS_KEY_ID "
-                       "(and FORESIGHT_VAULT_* for vault-transit), or pass its --config")
-    return settings
-
-
 def _roots(settings: Settings, paths: list[Path]) -> list[Path]:
     """The directories the service writes envelopes to, then the paths given."""
     service_dirs = [d for d in (settings.data_dir, settings.audit_path.parent if settings.audit_path else None) if d]
     if not service_dirs and not paths:
-        raise _Refused("nothing to search: set the service's FORESIGHT_DATA_DIR (or pass --config), or name paths")
+        raise Refused("nothing to search: set the service's FORESIGHT_DATA_DIR (or pass --config), or name paths")
     return list(dict.fromkeys([*service_dirs, *paths]))
-
-
-@contextmanager
-def _service_stopped(settings: Settings) -> Iterator[None]:
-    """Hold the audit log's writer lock, which the running service holds, for the whole rewrap."""
-    from service.security.audit import AuditLogError, lock_exclusively
-
-    audit = settings.audit_path
-    if audit is None or not audit.parent.is_dir():
-        yield  # no audit log, so no lock to check: nothing of the service has ever run here
-        return
-    try:
-        fd = lock_exclusively(audit)
-    except AuditLogError:
-        raise _Refused(f"the service is running (its audit log {audit} is open for writing): stop it first, since "
-                       "a rewrap racing it could put back a file it has just replaced") from None
-    except OSError as err:
-        raise _Refused(f"cannot check whether the service is running ({audit}): {err.strerror}") from None
-    try:
-        yield
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def _cipher(settings: Settings) -> Iterator[EnvelopeCipher]:
-    from service.bootstrap import offline_cipher
-    from service.config import ConfigError
-
-    with ExitStack() as stack:
-        try:
-            cipher = stack.enter_context(offline_cipher(settings))
-        except ConfigError as err:
-            raise _Refused(str(err)) from None
-        assert cipher is not None  # kms_provider is not "none"
-        yield cipher
 
 
 def _envelopes(roots: list[Path], explicit: list[Path]) -> list[tuple[Path, str | None]]:
