@@ -5,9 +5,9 @@ clients), `concurrency` reads in flight, first with every node on its own (each 
 origin) and then with all of them on one shared tier. Each node is the service's own TenantCache (memory store,
 eviction policy, single-flight, read-through) with its own SharedTier connection and invalidation subscriber,
 as in a real deployment; they share one event loop here, so the latencies include each other's CPU. The origin
-is fsspec's in-memory filesystem behind the service's own `origin_latency_ms` (object stores answer a first
-byte in 10-50 ms). Prints origin reads, where reads were answered, latency, and the tier run's ratios to the
-nodes-alone run.
+is a temporary directory (one file per distinct key, removed afterwards) behind the service's own
+`origin_latency_ms` (object stores answer a first byte in 10-50 ms). Prints origin reads, where reads were
+answered, latency, and the tier run's ratios to the nodes-alone run.
 """
 
 from __future__ import annotations
