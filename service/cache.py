@@ -153,6 +153,7 @@ class TenantCache:
         self.rate_limited = 0
         self.connections_received = 0  # INFO shows a tenant its own traffic, never the server's
         self.commands_of_closed = 0  # commands of its connections that have ended (open ones count their own)
+        self.requests_held = 0  # bytes of requests still arriving, over its connections and HTTP bodies
         self._evicting: asyncio.Task[None] | None = None  # evicting down to a shrunk budget, a step at a time
         self.apply(spec)
 

@@ -290,6 +290,11 @@ class Settings(BaseSettings):
         "one more is refused as over resp_max_clients. One address cannot take every connection slot without a key, "
         "while a pool reconnecting at once through one NAT address (a restart) still gets in."
     )
+    resp_max_clients_per_tenant: int = Field(
+        1000, gt=0, description="RESP connections one tenant may hold logged in: a login past it is refused (the "
+        "connection stays, not logged in), so one tenant cannot take every connection slot (resp_max_clients) "
+        "from the others.",
+    )
     resp_auth_timeout_s: float = Field(
         10.0, gt=0, description="A RESP connection that has not logged in (AUTH or HELLO AUTH) this long after it "
         "connected is closed. Dev mode needs no login and has no deadline."

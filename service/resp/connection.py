@@ -47,6 +47,9 @@ YIELD_EVERY = _TURN_BYTES // _COMMAND_COST  # commands, at most, between other c
 _QUEUED_COMMAND = sys.getsizeof([]) + sys.getsizeof((None, None)) + 8
 _QUEUED_ARG = sys.getsizeof(b"") + 8
 _INTERNAL_ERROR = r.error("ERR internal error")
+# A request still arriving past this size is refused once its tenant's requests in flight pass its memory budget;
+# smaller ones never are (an EXEC after a full MULTI queue), and hold at most this much a connection.
+_SMALL_REQUEST = 64 * 1024
 # A read that starts a request goes through Redis's framing (framing.take_requests) instead of straight to hiredis
 # when it does not start with '*' (an inline request, or a RESP value Redis takes for one) or holds a '+' (where an
 # argument's '$' should be, hiredis takes `+foo` for a bulk string): one scan of the read, and one look at where
@@ -158,13 +161,16 @@ class RespConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()  # once a read, not once a command
-        self.request_bytes += len(data)
-        limit = framing.UNAUTHENTICATED_MAX_REQUEST if self.tenant is None else self.state.settings.max_request_bytes
+        self._hold(self.request_bytes + len(data))
+        tenant = self.tenant
+        limit = framing.UNAUTHENTICATED_MAX_REQUEST if tenant is None else self.state.settings.max_request_bytes
         if self.request_bytes > limit:
-            self._write(r.error(f"ERR Protocol error: request larger than {limit} bytes"))
-            self.close_after_reply = True
-            if self.transport is not None:
-                self.transport.close()
+            self._stop_reading(r.error(f"ERR Protocol error: request larger than {limit} bytes"))
+            return
+        if tenant is not None and self.request_bytes > _SMALL_REQUEST and tenant.requests_held > tenant.store.budget:
+            self._stop_reading(r.error(
+                f"ERR Protocol error: tenant '{tenant.name}' has more request bytes in flight than its memory "
+                f"budget ({tenant.store.budget} bytes), over all its connections"))
             return
         at_start = self._at_start if self._busy is None else self.position.between_requests()
         if self._inline or (at_start and (data[0] != 0x2A or _PLUS in data)):
@@ -180,6 +186,26 @@ class RespConnection(asyncio.Protocol):
                 self._drain_sync(data, at_start)
         else:
             self._read = None
+
+    def _hold(self, held: int) -> None:
+        """This connection's bytes of requests not yet complete, also counted in its tenant's total
+        (TenantCache.requests_held): over all its connections, a tenant's requests in flight may hold no more memory
+        than its budget, so a tenant cannot grow the process past its own budget by sending values it never ends."""
+        if self.tenant is not None:
+            self.tenant.requests_held += held - self.request_bytes
+        self.request_bytes = held
+
+    def _stop_reading(self, reply: bytes) -> None:
+        """Refuse what is arriving and close. The request's bytes and any MULTI queue go now (a new, empty reader),
+        not when the transport is gone: a TLS close waits on a client that may never answer it."""
+        self.reader = new_reader(self.state.settings.max_request_args)
+        self.position = Position(self.reader)
+        self._hold(0)
+        self.end_queue()  # never run now: a MULTI queue goes too
+        self._write(reply)
+        self.close_after_reply = True
+        if self.transport is not None:
+            self.transport.close()
 
     def _framed(self, data: bytes) -> bytes:
         """What arrived, from where a request starts, as Redis frames it: arrays hiredis reads alike, with what is
@@ -219,7 +245,7 @@ class RespConnection(asyncio.Protocol):
             self.close_after_reply = True
             return False
         if args is not False:
-            self.request_bytes = self.reader.len()
+            self._hold(self.reader.len())
         elif (refusal := self._answered()) is not None:
             self._write(refusal)
             self.close_after_reply = True
@@ -333,7 +359,7 @@ class RespConnection(asyncio.Protocol):
             out.append(framing.parse_error(err))
             self.close_after_reply = True
         if last is not None:  # requests answered: what counts against the limit now is the next one's bytes so far
-            self.request_bytes = self.reader.len()  # (once per drain, not per command: this is the hot path)
+            self._hold(self.reader.len())  # (once per drain, not per command: this is the hot path)
         self._note_command(last)
         if out:
             self._write(b"".join(out))
@@ -513,12 +539,25 @@ class RespConnection(asyncio.Protocol):
     def _queue(self, cmd: Command, args: list[bytes]) -> bytes:
         """Queue a command for EXEC, within the request limit: one tenant's transaction cannot hold the
         server's memory any more than one request can: it counts what the queue holds, not just the bytes sent."""
-        self.queued_bytes += _QUEUED_COMMAND + _QUEUED_ARG * len(args) + sum(map(len, args))
+        cost = _QUEUED_COMMAND + _QUEUED_ARG * len(args) + sum(map(len, args))
+        self._hold(self.reader.len())  # its bytes as a request are parsed now: counted once, as the queue's
+        tenant = self.tenant
         limit = self.state.settings.max_request_bytes
-        if self.queued_bytes > limit:
+        if self.queued_bytes + cost > limit:
             return self._refuse(r.error(f"ERR transaction larger than {limit} bytes; EXEC will discard it"))
+        if tenant.requests_held + cost > tenant.store.budget:  # the queue counts as its requests in flight do
+            return self._refuse(r.error(f"ERR transaction over tenant '{tenant.name}''s memory budget with its "
+                                        "other requests in flight; EXEC will discard it"))
+        self.queued_bytes += cost
+        tenant.requests_held += cost
         self.queued.append((cmd, args))  # type: ignore[union-attr]  # the caller checked it
         return r.QUEUED
+
+    def end_queue(self) -> None:
+        """MULTI's queue is run, discarded or abandoned: its memory no longer counts against the tenant."""
+        if self.tenant is not None:
+            self.tenant.requests_held -= self.queued_bytes
+        self.queued, self.queue_failed, self.queued_bytes = None, False, 0
 
     def run_queued(self, cmd: Command, args: list[bytes], queued_for: TenantCache) -> bytes | Awaitable[bytes]:
         """Run a command EXEC took from the queue, checked again against the login in force now, as Redis does:
@@ -545,7 +584,7 @@ class RespConnection(asyncio.Protocol):
         """A command refused inside MULTI fails the whole transaction (EXECABORT), as in Redis; a refused EXEC
         ends it there and then, and says why with EXECABORT even outside MULTI (Redis 7.0 does)."""
         if name == "exec":
-            self.queued, self.queue_failed = None, False
+            self.end_queue()
             self.unwatch_all()
             reason = reply[1:-2].split(b" ", 1)[1]  # without the error code
             return b"-EXECABORT Transaction discarded because of: " + reason + b"\r\n"
@@ -559,6 +598,7 @@ class RespConnection(asyncio.Protocol):
         self._end_login_wait()
         self._unauthenticated = None  # Redis's checks end at the first login (a revoked key keeps the byte limit)
         self.tenant = tenant
+        tenant.requests_held += self.request_bytes
         self.session = session
         self.scopes = session.principal.scopes if session is not None else None
         self.commands_at_bind = self.commands_processed
@@ -580,10 +620,11 @@ class RespConnection(asyncio.Protocol):
 
     def _unbind(self) -> None:
         self.unwatch_all()
-        self.queued, self.queue_failed = None, False
+        self.end_queue()
         if self.tenant is not None:
             self.state.connections.per_tenant[self.tenant.name] -= 1
             self.tenant.commands_of_closed += self.commands_processed - self.commands_at_bind
+            self.tenant.requests_held -= self.request_bytes
         if self.session is not None and self.state.authenticator is not None:
             self.state.authenticator.detach(self.session)
         self.tenant = None  # type: ignore[assignment]
@@ -594,6 +635,11 @@ class RespConnection(asyncio.Protocol):
         """AUTH: bind this connection to the key's tenant. Failure leaves the previous login in place."""
         authenticator = self.state.authenticator
         assert authenticator is not None
+        bound = self.tenant
+        if bound is not None and bound.bucket is not None and not bound.admit():
+            # Another login on a logged-in connection asks the key source and writes an audit line, as the first
+            # did: a pipeline of them is charged like any other command, or it floods the audit log for free.
+            return r.error(_RATE_LIMITED.format(bound.name, bound.bucket.rate))
         try:
             session = await authenticator.login(password.decode("utf-8", "replace"), peer=self.peer, listener="resp")
         except LoginRefused as refused:  # too many failures from this address, or no lookup slot: nothing asked
@@ -606,6 +652,10 @@ class RespConnection(asyncio.Protocol):
         tenant = self.state.tenants.serving(session.principal)
         if tenant is None:
             return r.WRONGPASS
+        cap = self.state.settings.resp_max_clients_per_tenant
+        if tenant is not bound and self.state.connections.per_tenant.get(tenant.name, 0) >= cap:
+            return r.error(f"ERR max number of clients reached: tenant '{tenant.name}' holds {cap} connections "
+                           "(resp_max_clients_per_tenant)")
         self._bind(tenant, session)
         return r.OK
 

@@ -192,7 +192,7 @@ async def put_key(
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "ttl too large: the deadline in milliseconds must fit in "
                             "a signed 64-bit integer, as for EXPIRE")
     preconditions = _preconditions(request)
-    value = await _body(request, MAX_VALUE_BYTES, "values are")
+    value = await _body(request, tenant, MAX_VALUE_BYTES, "values are")
     name = _key(request, key)
 
     def write() -> None:
@@ -238,19 +238,30 @@ async def _write_if(request: Request, tenant: TenantCache, name: bytes, precondi
         raise HTTPException(status.HTTP_409_CONFLICT, str(contended)) from None
 
 
-async def _body(request: Request, limit: int, what: str) -> bytes:
+async def _body(request: Request, tenant: TenantCache, limit: int, what: str) -> bytes:
     """The request body, refused (413) by its declared length before any of it is read, or once more than the
-    limit has arrived: a client cannot make the server buffer more than one value's worth."""
+    limit has arrived: a client cannot make the server buffer more than one value's worth. What has arrived counts
+    in the tenant's requests in flight (TenantCache.requests_held, with its RESP connections'), refused (413) once
+    over its memory budget: many bodies at once cannot grow the process past it either."""
     declared = request.headers.get("content-length", "")
     size = int(declared) if declared.isdigit() else 0
     chunks: list[bytes] = []
-    if size <= limit:
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                break
-            chunks.append(chunk)
+    held = 0
+    try:
+        if size <= limit:
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    break
+                chunks.append(chunk)
+                held += len(chunk)
+                tenant.requests_held += len(chunk)
+                if tenant.requests_held > tenant.store.budget:
+                    raise HTTPException(_TOO_LARGE, f"tenant {tenant.name!r} has more request bytes in flight than "
+                                        f"its memory budget ({tenant.store.budget} bytes), over all its connections")
+    finally:
+        tenant.requests_held -= held
     if size > limit:
         raise HTTPException(_TOO_LARGE, f"{what} limited to {limit} bytes")
     return b"".join(chunks)
@@ -314,7 +325,7 @@ def _mget_request(raw: bytes) -> MGetRequest:
 async def mget(request: Request, tenant: Reader) -> MGetResponse:
     """Read many keys at once, in order (misses read through to the origin). The body is read only once the key
     has been checked, and only up to MAX_MGET_BYTES."""
-    body = _mget_request(await _body(request, MAX_MGET_BYTES, "mget bodies are"))
+    body = _mget_request(await _body(request, tenant, MAX_MGET_BYTES, "mget bodies are"))
     names = [_utf8(key, index) for index, key in enumerate(body.keys)]  # all checked before any is read
     return MGetResponse(items=[_item(key, await _read(tenant, name))
                                for key, name in zip(body.keys, names, strict=True)])

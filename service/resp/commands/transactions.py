@@ -37,7 +37,7 @@ def exec_(conn: RespConnection, args: list[bytes]) -> Reply:
     queued, failed = conn.queued, conn.queue_failed
     if queued is None:
         return r.error("ERR EXEC without MULTI")
-    conn.queued, conn.queue_failed = None, False
+    conn.end_queue()
     changed = conn.watched_keys_changed()
     conn.unwatch_all()
     if failed:
@@ -66,7 +66,7 @@ async def _exec_after_wait(conn: RespConnection, rest: list[tuple[Command, list[
 def discard(conn: RespConnection, args: list[bytes]) -> Reply:
     if conn.queued is None:
         return r.error("ERR DISCARD without MULTI")
-    conn.queued, conn.queue_failed = None, False
+    conn.end_queue()
     conn.unwatch_all()
     return r.OK
 
