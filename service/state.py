@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,7 +45,7 @@ class ServiceState:
         self.started = time.time()
         self.version = __version__
         self.resp_clients: set[RespConnection] = set()
-        self._ids = itertools.count(1)
+        self._client_ids: set[int] = set()  # of the open RESP connections
         self.ready = False
         self.draining = False
         self._reloading = asyncio.Lock()
@@ -93,7 +93,15 @@ class ServiceState:
         return self.connections.commands + sum(c.commands_processed for c in self.resp_clients)
 
     def next_client_id(self) -> int:
-        return next(self._ids)
+        """An id no open connection holds, drawn at random (52 bits: exact in every client's numbers): with Redis's
+        counter, a tenant could count the connections other tenants opened between two of its own."""
+        while (client_id := secrets.randbits(52) + 1) in self._client_ids:
+            pass
+        self._client_ids.add(client_id)
+        return client_id
+
+    def release_client_id(self, client_id: int) -> None:
+        self._client_ids.discard(client_id)
 
     def dev_tenant(self) -> TenantCache | None:
         """The tenant every client gets without AUTH in dev mode; None in production."""

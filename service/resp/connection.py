@@ -142,6 +142,7 @@ class RespConnection(asyncio.Protocol):
         counters.current -= 1
         counters.commands += self.commands_processed
         self.state.resp_clients.discard(self)
+        self.state.release_client_id(self.client_id)
         self._end_login_wait()
         self._unbind()
         if self._busy is not None:

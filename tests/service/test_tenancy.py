@@ -52,6 +52,17 @@ def test_scripts_and_their_cache_are_the_tenants_own(prod_service: ProductionSer
     assert acme.script_exists(sha) == [True]
 
 
+def test_client_ids_say_nothing_of_other_tenants_connections(prod_service: ProductionService) -> None:
+    """With Redis's counter, two CLIENT IDs of one tenant would count the connections others opened between them."""
+    acme = [_client(prod_service, "acme") for _ in range(3)]
+    ids = [int(acme[0].client_id())]
+    for _ in range(5):
+        _client(prod_service, "globex").ping()
+    ids += [int(client.client_id()) for client in acme[1:]]
+    assert len(set(ids)) == 3 and all(0 < i < 2**53 for i in ids)
+    assert min(abs(a - b) for a in ids for b in ids if a != b) > 1000  # no sequence to read (chance: ~1e-12)
+
+
 def test_info_counts_the_callers_own_traffic_only(prod_service: ProductionService) -> None:
     """A tenant's INFO never reveals how busy the others are: connections and commands are its own."""
     acme, globex = _client(prod_service, "acme"), _client(prod_service, "globex")

@@ -141,7 +141,7 @@ def _tenant_clients(conn: RespConnection) -> list[RespConnection]:
     killed one is left out at once, as Redis frees it at once: its connection_lost comes loop turns later, and a
     LIST pipelined behind the KILL would still show it."""
     return sorted((c for c in conn.state.resp_clients if c.tenant is conn.tenant and not c.killed),
-                  key=lambda c: c.client_id)
+                  key=lambda c: (c.connected_at, c.client_id))
 
 
 _CLIENT_TYPES = (b"normal", b"master", b"replica", b"slave", b"pubsub")
