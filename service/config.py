@@ -78,6 +78,30 @@ class Settings(BaseSettings):
     )
     tls_require_client_cert: bool = Field(False, description="mTLS: refuse clients without a cert from the CA.")
     tls_reload_interval_s: float = Field(1.0, gt=0, description="How often certificate files are checked.")
+    tls_handshake_timeout_s: float = Field(
+        10.0, gt=0, description="Time a client has to finish its TLS handshake after connecting, on either listener, "
+        "before the connection is dropped; a TLS close waits as long for the client's close_notify (asyncio's own "
+        "defaults: 60 s and 30 s). A connection counts from accept, handshake included: on HTTP against "
+        "http_max_connections_per_source and http_max_connections; on RESP towards resp_max_clients, and up to "
+        "resp_max_unauthenticated_per_source connections of one address may be in their handshake (besides those "
+        "past it, not logged in). One over is closed at once."
+    )
+    http_request_head_timeout_s: float = Field(
+        10.0, gt=0, description="Time an HTTP connection has to send a request's line and headers, from connecting or "
+        "from the end of its previous response; then it is closed (408 if the request had begun). uvicorn's "
+        "keep-alive timeout (5 s) closes a connection idle after a response, but not one that never sends a request "
+        "or whose headers trickle in."
+    )
+    http_max_connections_per_source: int = Field(
+        256, gt=0, description="HTTP connections one client address (IPv6: one /64) may hold open, TLS handshake "
+        "included; one more is closed at once, unanswered. Proxies in forwarded_allow_ips, which carry many clients, "
+        "count only towards http_max_connections."
+    )
+    http_max_connections: int = Field(
+        4096, gt=0, description="HTTP connections open at once, at most, TLS handshake included; one more is closed "
+        "at once. Each holds a file descriptor: keep it plus resp_max_clients below the open-files limit (the service "
+        "raises its soft limit to the hard one at start, and warns if they do not fit)."
+    )
 
     tenants_file: Path | None = Field(None, description="JSON file of tenants and key hashes (a key source).")
     vault_addr: str | None = Field(None, description="Vault/OpenBao address; makes Vault the key source.")

@@ -33,6 +33,8 @@ from service.auth import Authenticator
 from service.bootstrap import build_security
 from service.config import ConfigError, Settings
 from service.http.app import create_app
+from service.http.connections import http_protocol
+from service.listener import Listener, Slots
 from service.net import raise_nofile_limit
 from service.prefetching import PrefetchManager
 from service.resp import reader
@@ -56,7 +58,8 @@ class Endpoints:
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
-    """uvicorn without its own signal handling: this process owns shutdown."""
+    """uvicorn without its own signal handling (this process owns shutdown), nor listener: it serves the connections
+    the HTTP Listener accepts (service/listener.py), which asyncio's server under uvicorn cannot cap."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -123,10 +126,10 @@ class Service:
         prefetch = PrefetchManager(settings, self.security.cipher)
         self.state = ServiceState(settings, authenticator, self.security.audit, prefetch, self.tls)
         self._tasks: list[asyncio.Task[None]] = []
-        self._resp: asyncio.Server | None = None
+        self._resp: asyncio.Server | Listener | None = None
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
-        self._http_sock: socket.socket | None = None
+        self._http_listener: Listener | None = None
         self._stopped = asyncio.Event()
         # Warm restarts need somewhere to write and a KMS to encrypt with: nothing reaches disk in clear. With a
         # shared tier the tier is the warm state: a node's snapshot would bring back values other nodes replaced.
@@ -177,33 +180,37 @@ class Service:
         if self.shared_tier is not None:
             await self.shared_tier.start()
             self.state.tenants.share(self.shared_tier)
-        loop = asyncio.get_running_loop()
         if not reader.limited():
             log.warning("this hiredis's reader layout is not the one expected: max_request_args is not enforced, and "
                         "a request header announcing billions of arguments can hold the event loop for seconds")
+        tls_context = self.tls.context if self.tls else None  # one context: a certificate reload reaches both
+        handshake_s = settings.tls_handshake_timeout_s
         resp_sock = _listen(settings.bind, settings.resp_port)
-        tls_context = self.tls.context if self.tls else None
-        self._resp = await loop.create_server(lambda: RespConnection(self.state), sock=resp_sock, ssl=tls_context)
-        self._http_sock = _listen(settings.bind, settings.http_port)
-        config = uvicorn.Config(
-            create_app(self.state),
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            # uvicorn serves the same context as RESP, so a certificate reload reaches both listeners.
-            ssl_context_factory=self.tls.uvicorn_context_factory() if self.tls else None,
-            timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
-            # Given explicitly, or uvicorn would believe X-Forwarded-For from 127.0.0.1 (or FORWARDED_ALLOW_IPS).
-            proxy_headers=bool(settings.forwarded_allow_ips),
-            forwarded_allow_ips=[str(network) for network in settings.forwarded_allow_ips],
-        )
-        self._http = _EmbeddedUvicorn(config)
-        self._http_task = self._supervised("HTTP listener", self._http.serve(sockets=[self._http_sock]))
+        if tls_context is None:  # no handshake to bound or count before RespConnection's own admission
+            self._resp = await asyncio.get_running_loop().create_server(lambda: RespConnection(self.state),
+                                                                        sock=resp_sock)
+        else:
+            # A connection in its TLS handshake counts against its address here (past it, in RESP's admission until it
+            # logs in), and towards resp_max_clients with those past it: one over is dropped, as Redis drops it.
+            resp_slots = Slots("RESP", settings, "resp_max_unauthenticated_per_source", "resp_max_clients",
+                               counted_elsewhere=lambda: len(self.state.resp_clients))
+            self._resp = Listener(resp_sock, lambda _slot: RespConnection(self.state), resp_slots, tls=tls_context,
+                                  tls_timeout_s=handshake_s, held=False)
+            self._resp.start()
+        self._http = _EmbeddedUvicorn(self._uvicorn_config())
+        http_slots = Slots("HTTP", settings, "http_max_connections_per_source", "http_max_connections",
+                           uncapped=settings.forwarded_allow_ips)
+        self._http_listener = http_listener = Listener(
+            _listen(settings.bind, settings.http_port), http_protocol(self._http, settings.http_request_head_timeout_s),
+            http_slots, tls=tls_context, tls_timeout_s=handshake_s, held=True)
+        self._http_task = self._supervised("HTTP listener", self._http.serve(sockets=[]))
+        self._http_task.add_done_callback(lambda _: http_listener.close())  # no connections for a server that ended
         while not self._http.started:
             if self._http_task.done():
                 self._http_task.result()
                 raise ConfigError("HTTP listener stopped during start-up")
             await asyncio.sleep(0.01)
+        http_listener.start()
         self._tasks.append(self._supervised("active expiry", self._expire_loop()))
         if self.tls is not None:
             self._tasks.append(self._supervised("TLS certificate reload",
@@ -213,12 +220,25 @@ class Service:
         if self.state.authenticator is not None:
             self._tasks.append(self._supervised("API key re-check", self.state.authenticator.run()))
             self._tasks.append(self._supervised("tenant refresh", self._tenant_refresh_loop()))
-        resp_port = resp_sock.getsockname()[1]
-        http_port = self._http_sock.getsockname()[1]
+        resp_port, http_port = resp_sock.getsockname()[1], http_listener.port
         scheme = "https" if self.tls else "http"
         host = settings.bind if ":" not in settings.bind else f"[{settings.bind}]"
         self.endpoints = Endpoints(settings.bind, resp_port, f"{scheme}://{host}:{http_port}")
         return self.endpoints
+
+    def _uvicorn_config(self) -> uvicorn.Config:
+        settings = self.settings
+        return uvicorn.Config(
+            create_app(self.state),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            ws="none",  # no WebSocket routes; an upgrade would hand the connection to a protocol that keeps no slot
+            timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+            # Given explicitly, or uvicorn would believe X-Forwarded-For from 127.0.0.1 (or FORWARDED_ALLOW_IPS).
+            proxy_headers=bool(settings.forwarded_allow_ips),
+            forwarded_allow_ips=[str(network) for network in settings.forwarded_allow_ips],
+        )
 
     def _supervised(self, name: str, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A background task whose end while serving is logged: every one of them should run until stop()."""
@@ -257,8 +277,9 @@ class Service:
         if self._stopped.is_set():
             return
         self.state.draining = True
-        if self._resp is not None:
-            self._resp.close()
+        for listener in (self._resp, self._http_listener):
+            if listener is not None:
+                listener.close()
         if self._http is not None:
             self._http.should_exit = True
         grace = self.settings.shutdown_grace_s
@@ -341,7 +362,12 @@ class Service:
 def run(settings: Settings) -> None:
     """Run the service in this process until SIGINT/SIGTERM."""
     service = Service(settings)
-    raise_nofile_limit()  # every client holds a descriptor: the usual soft limit (1024) is far below resp_max_clients
+    open_files = raise_nofile_limit()  # every client holds a descriptor: the usual soft limit (1024) is far too low
+    if settings.resp_max_clients + settings.http_max_connections > open_files:
+        log.warning("resp_max_clients (%d) and http_max_connections (%d) together exceed the open-files limit (%d): "
+                    "clients can take every descriptor, and then origin reads and certificate reloads fail too; lower "
+                    "FORESIGHT_RESP_MAX_CLIENTS or FORESIGHT_HTTP_MAX_CONNECTIONS, or raise the limit",
+                    settings.resp_max_clients, settings.http_max_connections, open_files)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

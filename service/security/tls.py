@@ -26,7 +26,6 @@ import shutil
 import ssl
 import stat
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,10 +123,6 @@ class ServerTLS:
                 self.reload()
             except Exception:  # the watcher must outlive any one bad rotation
                 log.exception("TLS reload failed; keeping the current certificate")
-
-    def uvicorn_context_factory(self) -> Callable[[Any, Callable[[], ssl.SSLContext]], ssl.SSLContext]:
-        """For `uvicorn.Config(ssl_context_factory=...)`: uvicorn serves this context, so reloads reach it."""
-        return lambda _config, _default: self.context
 
     def _select(self, ssl_object: ssl.SSLObject | ssl.SSLSocket, _server_name: str | None,
                 _context: ssl.SSLContext) -> None:

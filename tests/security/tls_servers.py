@@ -98,8 +98,8 @@ def uvicorn_server(
     if setup is not None:
         setup(app)
     port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", ssl_context_factory=tls.uvicorn_context_factory()
+    config = uvicorn.Config(  # uvicorn serves the reloader's context, so reloads reach it
+        app, host="127.0.0.1", port=port, log_level="warning", ssl_context_factory=lambda _config, _default: tls.context
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
