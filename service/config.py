@@ -331,6 +331,16 @@ class Settings(BaseSettings):
         500, gt=0, le=60_000, description="A script running longer than this is stopped with an error and its "
         "writes are undone (Redis would only start answering BUSY, and cannot kill a script that wrote)."
     )
+    script_budget_ms_per_s: int = Field(
+        100, ge=0, le=1000, description="Event-loop time one tenant's scripts may take, on average, per second "
+        "(service/resp/script_budget.py): each run and compile is charged what it took, and while the tenant's budget "
+        "is spent its EVAL, EVALSHA and SCRIPT LOAD get -BUSY with when to retry. 0: no budget (one tenant alone; "
+        "the script benchmarks)."
+    )
+    script_budget_burst_ms: int = Field(
+        500, gt=0, le=60_000, description="Script time a tenant quiet for a while may spend at once before it is "
+        "paced to script_budget_ms_per_s (default: one script to the default time limit)."
+    )
     script_memory_bytes: int = Field(
         32 * 1024 * 1024, ge=1024 * 1024, description="Memory one tenant's Lua runtime may allocate (its compiled "
         "scripts and their values); past it a script fails with an out-of-memory error."

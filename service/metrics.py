@@ -65,6 +65,9 @@ class ServiceCollector(Collector):
                                                 lambda t: t.scripts.stats.stopped if t.scripts else 0),
             "foresight_scripts_out_of_memory_total": ("Scripts that ran out of the tenant's script memory.",
                                                       lambda t: t.scripts.stats.out_of_memory if t.scripts else 0),
+            "foresight_scripts_refused_total": ("Scripts refused (-BUSY) while the tenant's script time budget was "
+                                                "spent (script_budget_ms_per_s).",
+                                                lambda t: t.scripts.stats.refused if t.scripts else 0),
         }
         for name, (doc, read) in per_tenant.items():
             family = CounterMetricFamily(name, doc, labels=["tenant"])

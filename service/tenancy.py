@@ -49,7 +49,8 @@ class TenantQuota(BaseModel):
     )
     scripting: bool = Field(
         True, description="Whether the tenant may run Lua scripts (EVAL, EVALSHA). A script holds every tenant's "
-        "requests while it runs, up to the service's script_time_limit_ms: off for tenants not trusted with that.",
+        "requests while it runs, up to the service's script_time_limit_ms, and a tenant's scripts together up to "
+        "script_budget_ms_per_s a second: off for tenants not trusted with that.",
     )
 
 

@@ -31,7 +31,7 @@ CASES = {
 
 def measure(commands: int = 20_000, rounds: int = 7) -> dict[str, float]:
     """Microseconds per command, the fastest of `rounds` rounds (the least disturbed by the rest of the box)."""
-    state = ServiceState(Settings(dev=True), None)
+    state = ServiceState(Settings(dev=True, script_budget_ms_per_s=0), None)  # the cost, not the pacing
     state.tenants.sync([TenantSpec(name=DEV_TENANT, quota=TenantQuota(memory_bytes=1 << 30))])
     connection = RespConnection(state)
     connection.connection_made(NullTransport())  # type: ignore[arg-type]

@@ -3,10 +3,12 @@
 Each tenant gets its own Lua runtime, so one tenant's scripts, globals and memory never meet another's. A
 script runs on the event loop like any command (that is what makes it atomic), so it is bounded: an
 instruction-count hook stops a script that runs past the time limit, and the runtime's allocator refuses
-memory past the memory limit. What is left out of Redis's Lua environment is left out because it could
-escape the sandbox or dodge the limits: `coroutine` (a coroutine runs without the hook), bytecode loading,
-`setfenv`/`getfenv`; cmsgpack, struct and bit are not built. The sandbox, cjson and the pattern functions
-(find, match, gmatch, gsub) are Lua, in `lua/`.
+memory past the memory limit. The time limit bounds one script; what all of a tenant's scripts may hold the loop
+for is its budget of script time (`script_budget.py`), charged with what each run and compile took.
+
+What is left out of Redis's Lua environment is left out because it could escape the sandbox or dodge the limits:
+`coroutine` (a coroutine runs without the hook), bytecode loading, `setfenv`/`getfenv`; cmsgpack, struct and bit
+are not built. The sandbox, cjson and the pattern functions (find, match, gmatch, gsub) are Lua, in `lua/`.
 
 Conversions between Lua values and replies, the error formats and the read-only global table follow Redis
 7.0 byte for byte where the differential test checks them (tests/service/test_scripting.py).
@@ -23,6 +25,9 @@ from importlib import resources
 from typing import Any
 
 from lupa import lua51
+
+from service.resp import replies as r
+from service.resp.script_budget import ScriptBudget
 
 # Scripts that EVAL compiled are dropped oldest-first past this many (Redis 7.4 does the same); SCRIPT LOAD's stay.
 EVAL_SCRIPTS_KEPT = 500
@@ -75,6 +80,7 @@ class ScriptStats:
     runs: int = 0
     stopped: int = 0  # past the time limit
     out_of_memory: int = 0
+    refused: int = 0  # EVALs and compiles refused while the tenant's script time budget was spent
 
 
 class Script:
@@ -125,7 +131,8 @@ class ScriptEngine:
     """One tenant's Lua runtime and script cache. `run` is synchronous: `dispatch` answers each redis.call from the
     cache alone (the caller read the declared keys through before)."""
 
-    def __init__(self, time_limit_s: float, memory_bytes: int) -> None:
+    def __init__(self, time_limit_s: float, memory_bytes: int, budget: ScriptBudget | None = None) -> None:
+        """`budget`: the tenant's share of the loop for its scripts (None: no such bound, one tenant alone)."""
         self.time_limit_s = time_limit_s
         self.memory_bytes = memory_bytes
         self._lua = lua51.LuaRuntime(encoding=None, register_eval=False, register_builtins=False,
@@ -133,6 +140,7 @@ class ScriptEngine:
         self._dispatch: Dispatch | None = None
         self._resp = 2
         self.stats = ScriptStats()
+        self.budget = budget
         self._run, self._compile, self._reclaim = self._lua.execute(
             _SANDBOX, self._call, self._pcall, error_text, _error_of, self._set_resp, _sha1hex, time.monotonic,
             _CJSON, _PATTERNS,
@@ -149,15 +157,23 @@ class ScriptEngine:
 
     def load(self, body: bytes, *, keep: bool) -> Script:
         """Compile (or find) a script; `keep` for SCRIPT LOAD, which the EVAL cache's eviction never drops.
-        Raises ScriptError with Redis's compile error."""
+        Raises ScriptError with Redis's compile error, or BUSY while the budget is spent (compiling holds the loop
+        too: a tenant could otherwise spend it on scripts it never runs)."""
         sha = sha1hex(body)
         script = self.find(sha)
         if script is None:
+            started = time.monotonic()
+            refused = self.refusal(started)
+            if refused is not None:
+                raise ScriptError(refused)
             source, read_only = read_shebang(body)
             try:
                 function, err = self._compile(source)
             except lua51.LuaMemoryError:
                 raise ScriptError("ERR Error compiling script: the tenant's script memory is full") from None
+            finally:
+                if self.budget is not None:
+                    self.budget.charge(started, time.monotonic())
             if function is None:
                 raise ScriptError(f"ERR Error compiling script (new function): {err.decode('utf-8', 'replace')}")
             script = Script(sha, function, read_only)
@@ -181,12 +197,35 @@ class ScriptEngine:
     def run(self, script: Script, keys: list[bytes], argv: list[bytes], null: bytes,
             dispatch: Dispatch) -> tuple[bytes, bool]:
         """Run a script to its reply, in the protocol whose null is `null`, and whether the time limit stopped it
-        (the caller then undoes its writes, as the reply says)."""
+        (the caller then undoes its writes, as the reply says). While the tenant's budget is spent the reply is
+        BUSY and nothing runs; otherwise the run, its calls and any cleanup are charged to the budget."""
+        started = time.monotonic()
+        refused = self.refusal(started)
+        if refused is not None:
+            return r.error(refused), False
+        try:
+            return self._run_admitted(script, keys, argv, null, dispatch, started + self.time_limit_s)
+        finally:
+            if self.budget is not None:
+                self.budget.charge(started, time.monotonic())
+
+    def refusal(self, now: float | None = None) -> str | None:
+        """BUSY's line while the tenant's budget is spent (counted as a refusal), else None: asked before anything
+        runs, compiles or reads its keys through from the origin."""
+        if self.budget is None:
+            return None
+        refused = self.budget.refusal(time.monotonic() if now is None else now)
+        if refused is not None:
+            self.stats.refused += 1
+        return refused
+
+    def _run_admitted(self, script: Script, keys: list[bytes], argv: list[bytes], null: bytes, dispatch: Dispatch,
+                      deadline: float) -> tuple[bytes, bool]:
         self._dispatch, self._resp = dispatch, 2
         self.stats.runs += 1
         try:
-            reply, stopped = self._run(script.function, script.sha.encode(), null, time.monotonic() + self.time_limit_s,
-                                       self.time_limit_s, self.table(keys), self.table(argv))
+            reply, stopped = self._run(script.function, script.sha.encode(), null, deadline, self.time_limit_s,
+                                       self.table(keys), self.table(argv))
         except lua51.LuaMemoryError:
             reply, stopped = None, False
         finally:

@@ -1,19 +1,35 @@
 """Lua scripting: Redis 7.0's semantics byte for byte against redis-server, real clients (redis-py's Lock and
-registered scripts), and what a server shared by tenants adds: time and memory limits, a sandbox, per-tenant
-script caches, scopes checked on every call, and the declared keys read through to the origin."""
+registered scripts), and what a server shared by tenants adds: time and memory limits, each tenant's budget of
+script time, a sandbox, per-tenant script caches, scopes checked on every call, and the declared keys read through
+to the origin."""
 
 from __future__ import annotations
 
 import random
+import re
+import ssl
 import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
+from service.resp.script_budget import ScriptBudget
 from service.resp.scripting import EVAL_SCRIPTS_KEPT, ScriptEngine, ScriptError, read_shebang
-from tests.service.harness import Cmd, RawClient, assert_same_replies, running_service, write_tenants_file
+from tests.service.harness import (
+    Cmd,
+    RawClient,
+    RunningService,
+    assert_same_replies,
+    running_service,
+    write_tenants_file,
+)
 from tests.tlsutil import PKI
 
 LOCK_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"
@@ -314,8 +330,9 @@ def test_pattern_functions_answer_as_redis_does(seed: int, reference: int, fores
 
 
 def test_a_pathological_pattern_is_stopped_by_the_time_limit() -> None:
-    """C's matcher would run for hours on this (Redis's does); the sandbox's Lua matcher is stopped in time."""
-    with running_service(dev=True, script_time_limit_ms=200) as svc:
+    """C's matcher would run for hours on this (Redis's does); the sandbox's Lua matcher is stopped in time. Three
+    scripts stopped in a row would spend the tenant's script time budget, which is not what this test is about."""
+    with running_service(dev=True, script_time_limit_ms=200, script_budget_burst_ms=60_000) as svc:
         client = redis.Redis(port=svc.resp_port)
         for body in ("return string.find(string.rep('a', 20000), string.rep('a*', 12) .. 'b')",
                      "return string.gsub(string.rep('a', 1e6), 'a*b', '')",
@@ -517,3 +534,165 @@ def test_shebang_errors(body: bytes, error: str) -> None:
 def test_shebang_keeps_line_numbers_and_reads_no_writes() -> None:
     assert read_shebang(b"#!lua flags=no-writes\nreturn 1") == (b"\nreturn 1", True)
     assert read_shebang(b"return 1") == (b"return 1", False)
+
+
+# The tenant's script time budget ------------------------------------------------------------------------------
+BUSY_LOOP = "local i = 0 while true do i = i + 1 end"
+
+
+def _eval_until(client: redis.Redis, body: str, keys: list[str], until: float, pause: float = 0) -> Counter[str]:
+    """EVAL `body` again and again until `until`, `pause` seconds apart; the replies counted: ok, BUSY (refused),
+    stopped (time limit). After a refusal it waits 10 ms: these threads share the GIL with the service under test."""
+    replies: Counter[str] = Counter()
+    while time.monotonic() < until:
+        try:
+            client.eval(body, len(keys), *keys)
+            replies["ok"] += 1
+        except redis.ResponseError as err:
+            text = str(err)
+            kind = "BUSY" if text.startswith("BUSY ") else "stopped" if "past the time limit" in text else text
+            replies[kind] += 1
+            if kind == "BUSY":
+                time.sleep(0.01)
+        time.sleep(pause)
+    return replies
+
+
+def _get_until(client: redis.Redis, until: float) -> list[float]:
+    """GET again and again until `until`: each one's latency, in seconds."""
+    latencies = []
+    while time.monotonic() < until:
+        started = time.perf_counter()
+        client.get("k")
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def _error_of(client: redis.Redis, body: str) -> str:
+    with pytest.raises(redis.ResponseError) as raised:
+        client.eval(body, 0)
+    return str(raised.value)
+
+
+Connect = Callable[[str, int], list[redis.Redis]]
+
+
+@contextmanager
+def _two_tenants(tmp_path: Path, pki: PKI, first: str, second: str) -> Iterator[tuple[RunningService, Connect]]:
+    """A service that serves two tenants (dev mode serves one), and what opens logged-in connections of either."""
+    keys = write_tenants_file(tmp_path / "tenants.json", {first: {}, second: {}})
+    with running_service(tls_cert_file=pki.cert, tls_key_file=pki.key, tenants_file=tmp_path / "tenants.json") as svc:
+        def connect(tenant: str, count: int) -> list[redis.Redis]:
+            clients = [redis.Redis(port=svc.resp_port, ssl=True, ssl_ca_certs=str(pki.ca_cert),
+                                   password=keys[tenant].secret) for _ in range(count)]
+            for client in clients:
+                client.ping()  # logged in before any clock starts
+            return clients
+
+        yield svc, connect
+
+
+def test_a_tenant_past_its_script_budget_is_refused_and_other_tenants_stay_fast(tmp_path: Path, pki: PKI) -> None:
+    """The audit's attack: one tenant loops a script to the 500 ms time limit on 3 connections. Before the budget
+    every script held the loop, and the other tenant's GETs took 0.5-1.5 s each; now the attacker runs about two
+    scripts (its burst) and is refused, so nearly all of the other's GETs are served at once."""
+    with _two_tenants(tmp_path, pki, "attacker", "victim") as (svc, connect):
+        attackers = connect("attacker", 3)
+        (victim,) = connect("victim", 1)
+        victim.set("k", "v")
+        until = time.monotonic() + 4
+        with ThreadPoolExecutor(len(attackers)) as pool:
+            attacks = [pool.submit(_eval_until, client, BUSY_LOOP, [], until) for client in attackers]
+            latencies = sorted(_get_until(victim, until))
+            replies = sum((attack.result() for attack in attacks), Counter())
+        p99 = latencies[int(len(latencies) * 0.99)]
+        assert p99 < 0.1, f"the victim's GET p99 was {p99 * 1000:.0f} ms over {len(latencies)} GETs"
+        assert replies["BUSY"] > 0, replies
+        # 500 ms of burst, 100 ms a second after it, and the one script admitted last may run to its limit: at
+        # most 1.4 s of the 4 s, so 2 scripts (3 with a slow clock), where the loop held throughout would run 8
+        assert 1 <= replies["stopped"] <= 3, replies
+        attacker = svc.state.tenants.get("attacker")
+        assert attacker is not None and attacker.scripts is not None
+        assert attacker.scripts.stats.refused == replies["BUSY"]
+        tls = ssl.create_default_context(cafile=str(pki.ca_cert))
+        metrics = httpx.get(f"{svc.endpoints.http_url}/metrics", verify=tls).text  # a loopback scrape
+        assert f'foresight_scripts_refused_total{{tenant="attacker"}} {replies["BUSY"]}.0' in metrics
+
+
+RATE_LIMIT_KEY = "local n = redis.call('INCR', KEYS[1]) redis.call('EXPIRE', KEYS[1], 60) return n"
+
+
+def test_short_scripts_are_not_refused_while_another_tenant_spends_its_budget(tmp_path: Path, pki: PKI) -> None:
+    """The budget is each tenant's own: one that runs the scripts clients normally run (a rate limiter's INCR and
+    EXPIRE), up to 400 a second on 2 connections (what a 500-a-second rate quota lets through, about), is never
+    refused, while another tenant's loops are. Scripts like these cost 20-100 us each, so 400 a second spend a
+    fraction of the 100 ms a second the budget earns."""
+    with _two_tenants(tmp_path, pki, "looper", "limiter") as (_, connect):
+        loopers, limiters = connect("looper", 2), connect("limiter", 2)
+        until = time.monotonic() + 3
+        with ThreadPoolExecutor(4) as pool:
+            loops = [pool.submit(_eval_until, client, BUSY_LOOP, [], until) for client in loopers]
+            limits = [pool.submit(_eval_until, client, RATE_LIMIT_KEY, [f"rl{i}"], until, 0.005)
+                      for i, client in enumerate(limiters)]
+            looped = sum((loop.result() for loop in loops), Counter())
+            limited = sum((limit.result() for limit in limits), Counter())
+    assert looped["BUSY"] > 0, looped
+    assert set(limited) == {"ok"} and limited["ok"] > 100, limited
+
+
+def test_the_script_budget_refills() -> None:
+    """Spent, the budget refuses every script, short ones and compiles too, and says when to retry; by then it has
+    refilled enough to run again."""
+    with running_service(dev=True, script_time_limit_ms=100) as svc:
+        client = redis.Redis(port=svc.resp_port)
+        replies = [_error_of(client, BUSY_LOOP)]
+        while not replies[-1].startswith("BUSY ") and len(replies) < 20:  # 100 ms each: spent after 5 or 6
+            replies.append(_error_of(client, BUSY_LOOP))
+        refusal = replies.pop()
+        assert refusal.startswith("BUSY "), f"20 scripts of 100 ms each were never refused: {refusal}"
+        assert all("past the time limit of 100 ms" in reply for reply in replies), replies
+        assert "used their share of the server's time (100 ms a second, 500 ms at once)" in refusal
+        found = re.search(r"retry in (\d+) ms$", refusal)
+        assert found is not None, refusal
+        retry_ms = int(found.group(1))
+        assert 0 < retry_ms <= 1500  # the debt is at most about one 100 ms script, repaid at 100 ms a second
+        with pytest.raises(redis.ResponseError, match=r"^BUSY "):
+            client.eval("return 1", 0)
+        with pytest.raises(redis.ResponseError, match=r"^BUSY "):
+            client.script_load("return 'not compiled yet'")
+        time.sleep(retry_ms / 1000 + 0.05)
+        assert client.eval("return 1", 0) == 1
+
+
+def test_the_script_budget_lends_one_script_and_refills_at_its_rate() -> None:
+    """The bucket's arithmetic on a clock of its own: a full bucket, a script admitted with little left that runs
+    on into debt, the wait the refusal names, no refill past the burst, and a pause after the bucket empties."""
+    budget = ScriptBudget(0.0, refill_per_s=0.1, burst_s=0.5)
+    assert budget.refusal(0.0) is None
+    budget.charge(0.0, 0.4)  # 400 ms of a full 500 ms bucket: 100 ms left
+    assert budget.refusal(0.4) is None
+    budget.charge(0.4, 0.9)  # admitted with 100 ms left, it ran 500 ms: 100 + 50 earned meanwhile - 500 = -350 ms
+    refusal = budget.refusal(0.9)
+    assert refusal is not None and refusal.startswith("BUSY ")
+    found = re.search(r"retry in (\d+) ms$", refusal)
+    assert found is not None and 3600 <= int(found.group(1)) <= 3601  # back to the 10 ms a script needs
+    assert budget.refusal(0.9 + 3.59) is not None
+    assert budget.refusal(0.9 + 3.61) is None
+    budget.charge(10.0, 10.5)  # idle for 5.5 s, the bucket held 500 ms (not 560); this script took all of it
+    refusal = budget.refusal(10.5)  # and the next one waits for 10 ms of budget, not merely for any
+    assert refusal is not None and refusal.endswith("retry in 100 ms")
+
+
+def test_a_refused_script_reads_nothing_from_the_origin(tmp_path: Path) -> None:
+    """The budget is asked before a script's missing keys are read through: a tenant whose scripts are refused
+    cannot make the server read its origin for them either."""
+    (tmp_path / "report").write_bytes(b"from the origin")
+    with running_service(dev=True, origin=str(tmp_path), script_time_limit_ms=100, script_budget_burst_ms=50) as svc:
+        client = redis.Redis(port=svc.resp_port)
+        sha = client.script_load("return redis.call('GET', KEYS[1])")  # compiled: nothing left to refuse at load
+        assert "past the time limit" in _error_of(client, BUSY_LOOP)  # 100 ms of a 50 ms burst: in debt
+        with pytest.raises(redis.ResponseError, match=r"^BUSY "):
+            client.evalsha(sha, 1, "report")
+        tenant = svc.state.tenants.get("default")
+        assert tenant is not None and tenant.origin_fetches == 0
+        assert client.get("report") == b"from the origin"  # the key was there to read all along

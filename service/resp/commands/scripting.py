@@ -8,6 +8,7 @@ it is seen only if cached. The runtime (`service/resp/scripting.py`) bounds its 
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from service.cache import load_each
@@ -15,6 +16,7 @@ from service.origin import OriginError
 from service.resp import replies as r
 from service.resp.commands import Command, Reply, run_subcommand
 from service.resp.commands.strings import parse_int
+from service.resp.script_budget import ScriptBudget
 from service.resp.scripting import Script, ScriptEngine, ScriptError
 from service.store.memory import MemoryStore
 
@@ -34,7 +36,9 @@ def _engine(conn: RespConnection) -> ScriptEngine | bytes:
         return r.error(f"ERR scripting is turned off for tenant '{tenant.name}' (its quota: tenants create "
                        "--no-scripting)")
     if tenant.scripts is None:
-        tenant.scripts = ScriptEngine(settings.script_time_limit_ms / 1000, settings.script_memory_bytes)
+        budget = None if not settings.script_budget_ms_per_s else ScriptBudget(
+            time.monotonic(), settings.script_budget_ms_per_s / 1000, settings.script_budget_burst_ms / 1000)
+        tenant.scripts = ScriptEngine(settings.script_time_limit_ms / 1000, settings.script_memory_bytes, budget)
     return tenant.scripts
 
 
@@ -65,6 +69,8 @@ def _evaluate(conn: RespConnection, args: list[bytes], *, by_sha: bool, read_onl
     read_only = read_only or script.read_only
     tenant = conn.tenant
     if tenant.reads_through:
+        if (refused := engine.refusal()) is not None:  # before any origin read for a script that would not run
+            return r.error(refused)
         missing = [key for key in dict.fromkeys(keys) if key not in tenant.store]
         if missing:
             return _read_through_then_run(conn, engine, script, keys, argv, read_only, missing)
