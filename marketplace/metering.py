@@ -257,10 +257,13 @@ def _unusable(usage: Mapping[str, Counter | None], records: Mapping[str, Purchas
     metered, and the next run bills what these counted meanwhile):
 
     - the service's shared tier could not say (its counter is safe there);
-    - a node's own counter from another node than the one the record last counted: each node counts its own reads
+    - a counter that began before the one the record last counted: a restart, or a tier's new counter, only ever
+      begins later. For a node's own counter (no shared tier), another node answered: each counts its own reads
       since its own start, so reading whichever node a load balancer picked would bill one node's lifetime counter
-      as a restart. The admin API names no node, only when its process started; a restart always starts later, so
-      an answer from a process that started before the one a record last counted came from another node."""
+      as a restart. For a deployment's, a node still serving an earlier tenant of the name (deleted and created
+      again, its counter its own) answered before it refreshed;
+    - a deployment's counter that went down under the same `since` (a write the tier lost in a failover): billing
+      it whole as a restart would bill every read again; the next run bills once it has passed what was billed."""
     unusable = {}
     for tenant, record in records.items():
         if tenant in usage and usage[tenant] is None:
@@ -270,14 +273,22 @@ def _unusable(usage: Mapping[str, Counter | None], records: Mapping[str, Purchas
             continue
         counter = usage.get(tenant)
         counted = record.pending.counting_since if record.pending is not None else record.counting_since
-        if counter is None or counter.deployment or counter.since is None or counted is None:
+        if counter is None or counter.since is None or counted is None:
             continue
-        if counter.since >= counted:
-            continue
-        unusable[tenant] = (
-            f"usage of {tenant} not metered: FORESIGHT_ADMIN_URL answered from a service process that started at "
-            f"{counter.since:.0f}, before the one that counted its last record ({counted:.0f}), so several service "
-            "nodes answer there without a shared tier. Point FORESIGHT_ADMIN_URL at one node's own admin API, or "
-            "run the nodes on a shared tier (docs/scale-out.md)"
-        )
+        if counter.since < counted and not counter.deployment:
+            unusable[tenant] = (
+                f"usage of {tenant} not metered: FORESIGHT_ADMIN_URL answered from a service process that started at "
+                f"{counter.since:.0f}, before the one that counted its last record ({counted:.0f}), so several "
+                "service nodes answer there without a shared tier. Point FORESIGHT_ADMIN_URL at one node's own admin "
+                "API, or run the nodes on a shared tier (docs/scale-out.md)")
+        elif counter.since < counted:
+            unusable[tenant] = (
+                f"usage of {tenant} not metered: the deployment's counter that answered began at {counter.since:.6f}, "
+                f"before the one its last record counted ({counted:.6f}): a node still serving an earlier tenant of "
+                "that name answered (it refreshes within a minute); the next run bills it")
+        elif counter.deployment and counter.since == counted and counter.reads < record.requests_seen:
+            unusable[tenant] = (
+                f"usage of {tenant} not metered: the deployment's counter went down ({counter.reads} reads, "
+                f"{record.requests_seen} billed already) under the same start, as when the tier lost writes in a "
+                "failover; the next run bills once it has passed what was billed")
     return unusable

@@ -164,9 +164,12 @@ class Listener:
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return  # nothing waiting, or a client that left before it was accepted
             except OSError as err:
+                if err.errno not in _OUT_OF_RESOURCES:  # that one pending connection's (EPROTO, ENETDOWN, EPERM ...)
+                    log.warning("%s listener: a connection failed as it was accepted (%s)", self._slots.listener,
+                                err.strerror)
+                    continue
                 why = "out of file descriptors" if err.errno in (errno.EMFILE, errno.ENFILE) else err.strerror
-                log.error("%s listener cannot accept (%s): pausing %g s", self._slots.listener, why, _ACCEPT_PAUSE_S,
-                          exc_info=err.errno not in _OUT_OF_RESOURCES)
+                log.error("%s listener cannot accept (%s): pausing %g s", self._slots.listener, why, _ACCEPT_PAUSE_S)
                 self._loop.remove_reader(self._sock)
                 self._paused = self._loop.call_later(_ACCEPT_PAUSE_S, self._resume)
                 return

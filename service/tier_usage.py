@@ -8,12 +8,14 @@ flush or key ever meets it; it stays under the tier ACL's `fs:*`):
 - `since`: when this hash began counting (set once, HSETNX). It is the counter's identity: a hash that is lost (an
   eviction under allkeys-lru, a tier replaced) comes back with a new `since`, and metering bills a counter with a
   new `since` as one that began at 0;
-- one field per counter, `n:<node id>.<serial>`: the reads of one tenant cache of one process, counted since the
-  hash's `since`. Written as an absolute value (HSET), so a write retried after a timeout never counts twice; a
-  node that restarts, or serves a tenant again after dropping it, writes a new field and the old one keeps its last
-  value, so the sum never goes down. A node that finds a `since` other than the one it last wrote under (the hash
-  was lost) counts from what it last sent: those reads are in no hash, so they are billed once, in the new one (or,
-  if that send was lost too, never).
+- one field per counter, `n:<node id>.<serial>@<since>`: the reads of one tenant cache of one process, counted
+  under that `since`; only the fields of the hash's own `since` count. Written as an absolute value (HSET), so a
+  write retried after a timeout never counts twice; a node that restarts, or serves a tenant again after dropping
+  it, writes a new field and the old one keeps its last value, so the sum never goes down. A node that finds a
+  `since` other than the one it last wrote under (the hash was lost) counts from what it last sent: those reads
+  are in no hash, so they are billed once, in the new one (or, if that send was lost too, never). A write that
+  lands in a hash lost since its `since` was read (which recreates it without one) names the old `since`, so the
+  hash's new `since` never counts it.
 
 Every node writes every REPORT_EVERY_S, when it stops serving a tenant, at its stop, and before it answers the
 admin API, so the answer includes the answering node's reads up to that moment. A node that dies loses at most
@@ -62,10 +64,14 @@ class _Written:
     """One cache's place in its tenant's hash: its field, the `since` it last wrote under, and from which of its
     reads that hash counts it."""
 
-    field: bytes
+    counter: bytes  # `n:<node id>.<serial>`; the field is this and the `since` it counts under
     since: bytes | None = None
     base: int = 0
     last: int = 0
+
+    @property
+    def field(self) -> bytes:
+        return b"%s@%s" % (self.counter, self.since or b"")
 
 
 class UsageLedger:
@@ -126,4 +132,6 @@ def _total(fields: dict[bytes, Any]) -> DeploymentReads | None:
     since = fields.get(_SINCE)
     if since is None:
         return None
-    return DeploymentReads(sum(int(v) for k, v in fields.items() if k.startswith(_FIELD_PREFIX)), float(since))
+    tag = b"@" + since
+    counted = (int(v) for k, v in fields.items() if k.startswith(_FIELD_PREFIX) and k.endswith(tag))
+    return DeploymentReads(sum(counted), float(since))

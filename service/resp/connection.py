@@ -47,8 +47,8 @@ YIELD_EVERY = _TURN_BYTES // _COMMAND_COST  # commands, at most, between other c
 _QUEUED_COMMAND = sys.getsizeof([]) + sys.getsizeof((None, None)) + 8
 _QUEUED_ARG = sys.getsizeof(b"") + 8
 _INTERNAL_ERROR = r.error("ERR internal error")
-# A request still arriving past this size is refused once its tenant's requests in flight pass its memory budget;
-# smaller ones never are (an EXEC after a full MULTI queue), and hold at most this much a connection.
+# A request still arriving past this size, once a read is answered, is refused while its tenant's requests in flight
+# are over its memory budget; smaller ones never are (an EXEC after a full MULTI queue), and hold at most this much.
 _SMALL_REQUEST = 64 * 1024
 # A read that starts a request goes through Redis's framing (framing.take_requests) instead of straight to hiredis
 # when it does not start with '*' (an inline request, or a RESP value Redis takes for one) or holds a '+' (where an
@@ -74,7 +74,7 @@ class RespConnection(asyncio.Protocol):
         # Until the first AUTH binds it, a copy of what hiredis holds, from the next request on: Redis's limits
         # on an unauthenticated request are on its headers, which hiredis does not show until it is complete.
         self._unauthenticated: bytearray | None = bytearray()
-        self.client_id = state.next_client_id()
+        self.client_id = 0  # drawn once connected: a TLS handshake that fails never reaches connection_lost
         self.name = b""
         self.lib_info: dict[str, str] = {}
         self.protocol = 2
@@ -120,6 +120,7 @@ class RespConnection(asyncio.Protocol):
         self.local_addr = f"{sockname[0]}:{sockname[1]}" if sockname else "?"
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         state = self.state
+        self.client_id = state.next_client_id()
         state.connections.current += 1
         dev = state.dev_tenant()
         admission = admission_for(state)
@@ -167,11 +168,6 @@ class RespConnection(asyncio.Protocol):
         limit = framing.UNAUTHENTICATED_MAX_REQUEST if tenant is None else self.state.settings.max_request_bytes
         if self.request_bytes > limit:
             self._stop_reading(r.error(f"ERR Protocol error: request larger than {limit} bytes"))
-            return
-        if tenant is not None and self.request_bytes > _SMALL_REQUEST and tenant.requests_held > tenant.store.budget:
-            self._stop_reading(r.error(
-                f"ERR Protocol error: tenant '{tenant.name}' has more request bytes in flight than its memory "
-                f"budget ({tenant.store.budget} bytes), over all its connections"))
             return
         at_start = self._at_start if self._busy is None else self.position.between_requests()
         if self._inline or (at_start and (data[0] != 0x2A or _PLUS in data)):
@@ -368,6 +364,17 @@ class RespConnection(asyncio.Protocol):
             self._continue_in_task(pending, last, read, at_start)
         elif self.close_after_reply and self.transport is not None:
             self.transport.close()
+        elif self.request_bytes > _SMALL_REQUEST:
+            self._check_in_flight()
+
+    def _check_in_flight(self) -> None:
+        """A request still arriving (what the drain left) past _SMALL_REQUEST while its tenant's requests in flight
+        are over its budget is refused: the reads of a pipeline of small requests never are, only what is held."""
+        tenant = self.tenant
+        if tenant is not None and tenant.requests_held > tenant.store.budget:
+            self._stop_reading(r.error(
+                f"ERR Protocol error: tenant '{tenant.name}' has more request bytes in flight than its memory "
+                f"budget ({tenant.store.budget} bytes), over all its connections"))
 
     def _note_command(self, args: Any) -> None:
         if type(args) is list and args and type(args[0]) is bytes:

@@ -75,3 +75,46 @@ def test_every_nodes_reads_are_billed_once_whichever_node_answers(
     assert record is not None and record.requests_seen == 500 and record.unbilled_requests == 0
     for marketplace in (via_a, via_b):
         marketplace.onboarder.close()
+
+
+def _tier(node: Deployment) -> redis.Redis:
+    return redis.Redis.from_url(node.svc.service.settings.shared_tier_url, ssl_ca_certs=str(node.pki.ca_cert),
+                                password=PASSWORD)
+
+
+def test_a_deployment_counter_that_goes_down_or_began_earlier_is_not_billed(
+    nodes: tuple[Deployment, Deployment], fake: MarketplaceFake, settings: AwsMarketplaceSettings,
+    aws_session: boto3.session.Session,
+) -> None:
+    """Billed as a restart, a counter that went down (writes a failover lost) would bill every read again, and one
+    that began before the counted one (a node still serving an earlier tenant of the name) would bill that
+    tenant's reads too. Both are reported and wait for a later run."""
+    a, _ = nodes
+    market = AwsMarketplace(settings, a.onboarder(), aws_session)
+    token, license_arn = fake.purchase("555566667777", "pro")
+    registration = market.register(token)
+    tenant = registration.tenant
+    hour = this_hour()
+    registered_hours_ago(fake, market, tenant, 4, hour)
+    reads(a, registration, 300)
+    key = usage_key(f"{tenant}.{a.svc.state.tenants.get(tenant).incarnation}")
+    with _tier(a) as tier:
+        eventually(lambda: tier.hget(key, "since"), "a's first write")
+        since = tier.hget(key, "since")
+        tier.hset(key, b"n:gone.1@" + since, 100)  # a node that served 100 reads, then stopped
+        first = Metering(market).run(now=hour - 3 * HOUR + dt.timedelta(minutes=5), tenants=[tenant])
+        assert (first.errors, [m.quantity for m in first.metered]) == ([], [4])
+        tier.hdel(key, b"n:gone.1@" + since)  # a failover lost its last write: the sum is 100 below what was billed
+        down = Metering(market).run(now=hour - 2 * HOUR + dt.timedelta(minutes=5), tenants=[tenant])
+        assert down.metered == [] and "counter went down (300 reads, 400 billed already)" in down.errors[0]
+
+    market.records.update(tenant, lambda r: r.model_copy(update={"counting_since": r.counting_since + 3600}))
+    earlier = Metering(market).run(now=hour - 2 * HOUR + dt.timedelta(minutes=6), tenants=[tenant])
+    assert earlier.metered == [] and "before the one its last record counted" in earlier.errors[0]
+    market.records.update(tenant, lambda r: r.model_copy(update={"counting_since": r.counting_since - 3600}))
+
+    reads(a, registration, 200)  # past what was billed: the 100 beyond it are new
+    later = Metering(market).run(now=hour - HOUR + dt.timedelta(minutes=5), tenants=[tenant])
+    assert (later.errors, [m.quantity for m in later.metered]) == ([], [1])
+    assert fake.usage(license_arn) == [4, 1]
+    market.onboarder.close()

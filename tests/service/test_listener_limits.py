@@ -5,7 +5,9 @@ sockets). Clients from 127.0.0.2 and 127.0.0.3 stand for other addresses."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
+import os
 import socket
 import ssl
 import time
@@ -240,3 +242,40 @@ def test_uvicorn_httptools_protocol_has_the_hooks_the_head_deadline_uses() -> No
         assert hook in vars(HttpToolsProtocol), hook
     assert list(inspect.signature(HttpToolsProtocol.__init__).parameters)[1:4] == ["config", "server_state",
                                                                                   "app_state"]
+
+
+class _AcceptFails(socket.socket):
+    """A listening socket whose accept() fails with the errors given, then has nothing waiting."""
+
+    errors: list[int] = []
+
+    def accept(self):  # type: ignore[no-untyped-def]
+        if self.errors:
+            raise OSError(self.errors.pop(0), os.strerror(0))
+        raise BlockingIOError
+
+
+@pytest.mark.parametrize(("errors", "paused"), [
+    ([errno.EPROTO, errno.ENETDOWN, errno.EPERM], False),  # the one pending connection's: go on accepting
+    ([errno.EMFILE], True),  # out of descriptors: wait a second, as asyncio's servers do
+])
+def test_only_running_out_of_resources_pauses_accepting(errors: list[int], paused: bool) -> None:
+    from service.config import Settings
+    from service.listener import Listener, Slots
+
+    async def accept_once() -> bool:
+        sock = _AcceptFails(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        sock.setblocking(False)
+        _AcceptFails.errors = list(errors)
+        listener = Listener(sock, lambda _slot: asyncio.Protocol(),
+                            Slots("HTTP", Settings(), "http_max_connections_per_source", "http_max_connections"),
+                            tls=None, tls_timeout_s=1.0, held=True)
+        listener.start()
+        listener._accept()
+        was_paused = listener._paused is not None
+        listener.close()
+        return was_paused
+
+    assert asyncio.run(accept_once()) is paused

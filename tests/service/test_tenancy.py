@@ -63,6 +63,17 @@ def test_client_ids_say_nothing_of_other_tenants_connections(prod_service: Produ
     assert min(abs(a - b) for a in ids for b in ids if a != b) > 1000  # no sequence to read (chance: ~1e-12)
 
 
+def test_a_failed_tls_handshake_keeps_no_client_id(prod_service: ProductionService) -> None:
+    """Drawn once connected: a connection whose TLS handshake fails never reaches connection_lost to give it back."""
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", prod_service.svc.resp_port), timeout=5) as raw:
+            raw.sendall(b"PING\r\n" * 100)  # no TLS: the handshake fails
+            raw.recv(100)
+    client = _client(prod_service, "acme")
+    assert client.ping()
+    assert prod_service.svc.state._client_ids == {int(client.client_id())}
+
+
 def test_info_counts_the_callers_own_traffic_only(prod_service: ProductionService) -> None:
     """A tenant's INFO never reveals how busy the others are: connections and commands are its own."""
     acme, globex = _client(prod_service, "acme"), _client(prod_service, "globex")

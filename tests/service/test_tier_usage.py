@@ -3,17 +3,20 @@ real redis-server, logged in as a user with exactly the ACL the stacks give the 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from service import admin
 from service.shared_tier import KEY_PREFIX
-from service.tier_usage import USAGE_PREFIX, usage_key
+from service.tier_usage import USAGE_PREFIX, UsageLedger, usage_key
 from tests import servers
 from tests.service.harness import RunningService, running_service
 from tests.service.test_shared_tier import PASSWORD, client, eventually, node_settings
@@ -156,3 +159,68 @@ def test_the_nodes_write_their_reads_periodically(tier_client: redis.Redis, sett
         eventually(lambda: tier_client.hget(usage_key("default"), "since"), "a's first periodic write")
         eventually(lambda: sum(int(v) for k, v in tier_client.hgetall(usage_key("default")).items()
                                if k.startswith(b"n:")) == 9, "a's reads in the tier without any admin call")
+
+
+class _Cache:
+    """What the ledger reads of a tenant cache: its tier name and its read counters."""
+
+    def __init__(self, reads: int) -> None:
+        self.name, self.tier_name = "acme", "acme.inc1"
+        self.store = SimpleNamespace(stats=SimpleNamespace(hits=reads, misses=0))
+
+    def read(self, more: int) -> None:
+        self.store.stats.hits += more
+
+
+class _LosesTheHashOnce:
+    """A client whose second pipeline finds the usage hash gone (evicted between a write's two round trips)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client, self.pipelines = client, 0
+
+    def pipeline(self, transaction: bool) -> Any:
+        self.pipelines += 1
+        if self.pipelines == 2:
+            return _DeletingFirst(self.client.pipeline(transaction=transaction), usage_key("acme.inc1"))
+        return self.client.pipeline(transaction=transaction)
+
+
+class _DeletingFirst:
+    def __init__(self, pipe: Any, key: bytes) -> None:
+        self.pipe, self.key = pipe, key
+
+    async def __aenter__(self) -> Any:
+        pipe = await self.pipe.__aenter__()
+        pipe.delete(self.key)
+        return pipe
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.pipe.__aexit__(*exc)
+
+
+def test_a_write_that_lands_after_its_hash_was_lost_is_never_counted(tier: servers.RedisServer, pki: PKI,
+                                                                    tier_client: redis.Redis) -> None:
+    """The hash lost between a write's read of `since` and its HSET: the HSET recreates it without one, and the next
+    node stamps a new `since`. Untagged, that node's whole count would be billed again as a new counter."""
+    async def scenario() -> list[tuple[int, float]]:
+        client = aioredis.Redis(port=tier.port, ssl=True, ssl_ca_certs=str(pki.ca_cert), password=PASSWORD)
+        a, b = UsageLedger(b"nodeA"), UsageLedger(b"nodeB")
+        on_a, on_b = _Cache(1000), _Cache(0)
+        seen = []
+        first = (await a.totals(client, [on_a]))["acme"]  # type: ignore[list-item]
+        seen.append((first.reads, first.since))
+        on_a.read(10)
+        await a.write(_LosesTheHashOnce(client), [on_a])  # type: ignore[arg-type, list-item]
+        on_b.read(5)
+        after = (await b.totals(client, [on_b]))["acme"]  # type: ignore[list-item]
+        seen.append((after.reads, after.since))
+        on_a.read(5)
+        settled = (await a.totals(client, [on_a]))["acme"]  # type: ignore[list-item]
+        seen.append((settled.reads, settled.since))
+        await client.aclose()
+        return seen
+
+    (first, first_since), (lost, lost_since), (settled, settled_since) = asyncio.run(scenario())
+    assert first == 1000
+    assert lost_since != first_since and lost == 5  # a new counter: b's 5, not a's 1010 again
+    assert settled_since == lost_since and settled == 5 + 5  # a counts on from what it sent (its 10 were lost)
