@@ -66,6 +66,7 @@ class Slots:
         self._uncapped = tuple(uncapped)
         self.open: Counter[str] = Counter()
         self.total = 0
+        self.refused_total = 0  # foresight_connections_refused_total
         self._refused = 0  # since the last line about them
         self._summary: asyncio.TimerHandle | None = None
 
@@ -103,6 +104,7 @@ class Slots:
 
     def _refuse(self, host: str, why: str) -> None:
         """The first refusal is logged with its reason; those after it are summed up once a minute."""
+        self.refused_total += 1
         if self._summary is not None:
             self._refused += 1
             return

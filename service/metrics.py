@@ -91,6 +91,14 @@ class ServiceCollector(Collector):
         yield GaugeMetricFamily("foresight_resp_connections", "Open RESP connections.", value=counters.current)
         commands = self.state.commands_processed()
         yield CounterMetricFamily("foresight_resp_commands_total", "RESP commands processed.", value=commands)
+        refused = CounterMetricFamily(
+            "foresight_connections_refused_total", "Connections closed as they were accepted, over a per-address or "
+            "total cap (http_max_connections_per_source, http_max_connections; on RESP with TLS, "
+            "resp_max_unauthenticated_per_source and resp_max_clients counted before the handshake).",
+            labels=["listener"])
+        for listener, slots in self.state.connection_caps.items():
+            refused.add_metric([listener], slots.refused_total)
+        yield refused
         yield from self._shared_tier_metrics()
         yield from self._audit_metrics()
         yield from self._tls_metrics()

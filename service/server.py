@@ -196,10 +196,12 @@ class Service:
                                counted_elsewhere=lambda: len(self.state.resp_clients))
             self._resp = Listener(resp_sock, lambda _slot: RespConnection(self.state), resp_slots, tls=tls_context,
                                   tls_timeout_s=handshake_s, held=False)
+            self.state.connection_caps["resp"] = resp_slots
             self._resp.start()
         self._http = _EmbeddedUvicorn(self._uvicorn_config())
         http_slots = Slots("HTTP", settings, "http_max_connections_per_source", "http_max_connections",
                            uncapped=settings.forwarded_allow_ips)
+        self.state.connection_caps["http"] = http_slots
         self._http_listener = http_listener = Listener(
             _listen(settings.bind, settings.http_port), http_protocol(self._http, settings.http_request_head_timeout_s),
             http_slots, tls=tls_context, tls_timeout_s=handshake_s, held=True)

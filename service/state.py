@@ -15,6 +15,7 @@ from service.cache import TenantCache, TenantRegistry
 from service.config import Settings
 
 if TYPE_CHECKING:
+    from service.listener import Slots
     from service.prefetching import PrefetchManager
     from service.resp.connection import RespConnection
     from service.security.audit import AuditLog
@@ -45,6 +46,7 @@ class ServiceState:
         self.started = time.time()
         self.version = __version__
         self.resp_clients: set[RespConnection] = set()
+        self.connection_caps: dict[str, Slots] = {}  # by listener, where the service accepts its connections itself
         self._client_ids: set[int] = set()  # of the open RESP connections
         self.ready = False
         self.draining = False

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -152,6 +153,12 @@ def test_one_address_may_hold_only_so_many_http_connections(tmp_path: Path, pki:
         assert all(_get(sock) == 200 for sock in held)  # the held ones still serve
         held[0].close()
         wait_until(lambda: not _refused(port, pki), "a slot given back once a connection closes")
+        tls = ssl.create_default_context(cafile=str(pki.ca_cert))
+        scrape = httpx.get(f"{svc.endpoints.http_url}/metrics", verify=tls)  # a loopback scrape needs no token
+        refused = dict(line.rsplit(" ", 1) for line in scrape.text.splitlines()
+                       if line.startswith("foresight_connections_refused_total{"))
+        assert float(refused['foresight_connections_refused_total{listener="http"}']) >= 1  # and once more a retry
+        assert refused['foresight_connections_refused_total{listener="resp"}'] == "0.0"
 
 
 def test_a_connection_counts_against_its_address_before_its_tls_handshake(tmp_path: Path, pki: PKI) -> None:
