@@ -157,6 +157,14 @@ class TenantCache:
         self._evicting: asyncio.Task[None] | None = None  # evicting down to a shrunk budget, a step at a time
         self.apply(spec)
 
+    def requests_over_budget(self) -> str | None:
+        """Why this tenant's requests in flight (`requests_held`) are refused, while they hold more than its memory
+        budget; None while they fit. RESP and HTTP refuse them alike."""
+        if self.requests_held <= self.store.budget:
+            return None
+        return (f"tenant '{self.name}' has more request bytes in flight than its memory budget "
+                f"({self.store.budget} bytes), over all its connections")
+
     def apply(self, spec: TenantSpec) -> None:
         """Take new quotas without losing data (a smaller budget evicts down to it)."""
         self.prefetcher = spec.quota.prefetcher

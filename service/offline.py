@@ -60,6 +60,20 @@ def service_stopped(settings: Settings) -> Iterator[None]:
         os.close(fd)
 
 
+def failure_reason(err: Exception) -> str:
+    """What to say of a file these commands could not read or write: our own errors' words, an OSError's, and of
+    anything else (a KMS SDK's own error, whose message may carry secrets) only its type."""
+    from service.security.envelope import EnvelopeError
+    from service.security.kms import KmsError
+    from service.snapshot import SnapshotFormatError
+
+    if isinstance(err, EnvelopeError | KmsError | SnapshotFormatError):
+        return str(err)
+    if isinstance(err, OSError):
+        return err.strerror or type(err).__name__
+    return f"unexpected {type(err).__name__} from the KMS client"
+
+
 @contextmanager
 def offline_envelope_cipher(settings: Settings) -> Iterator[EnvelopeCipher]:
     from service.bootstrap import offline_cipher

@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from service.offline import Refused, offline_envelope_cipher, offline_settings, service_stopped
+from service.cli_failure import fail
+from service.offline import (
+    Refused,
+    failure_reason,
+    offline_envelope_cipher,
+    offline_settings,
+    service_stopped,
+)
 
 if TYPE_CHECKING:
     from service.security.envelope import EnvelopeCipher
@@ -55,7 +62,7 @@ def show(
         with offline_envelope_cipher(settings) as cipher:
             shown = [_describe(path, cipher) for path in paths]
     except Refused as err:
-        raise _refuse(str(err), as_json) from None
+        raise fail(str(err), as_json, EXIT_REFUSED) from None
     if as_json:
         typer.echo(json.dumps({"files": shown}))
     elif not shown:
@@ -111,13 +118,9 @@ def merge(
             except snapshots.MergeRefused as err:
                 raise Refused(str(err)) from None
     except Refused as err:
-        raise _refuse(str(err), as_json) from None
+        raise fail(str(err), as_json, EXIT_REFUSED) from None
     except Exception as err:  # the KMS or the file: nothing was written
-        message = f"nothing merged: {_why(err)}"
-        if as_json:
-            typer.echo(json.dumps({"error": message, "exit_code": EXIT_UNREADABLE}))
-        typer.echo(f"error: {message}", err=True)
-        raise typer.Exit(EXIT_UNREADABLE) from None
+        raise fail(f"nothing merged: {failure_reason(err)}", as_json, EXIT_UNREADABLE) from None
     snapshot_path = settings.data_dir / snapshots.FILENAME
     if as_json:
         typer.echo(json.dumps({"snapshot": str(snapshot_path), "source": str(source), **merged._asdict()}))
@@ -150,27 +153,8 @@ def _describe(path: Path, cipher: EnvelopeCipher) -> dict[str, Any]:
     try:
         sections = snapshots.read(path, cipher)
     except Exception as err:  # the KMS or the file; reported per file
-        return {"path": str(path), "error": _why(err)}
+        return {"path": str(path), "error": failure_reason(err)}
     return {"path": str(path), "tenants": [
         {"name": name, "incarnation": section.incarnation, "entries": len(section.entries),
          "bytes": sum(len(key) + len(value) for key, value, _deadline in section.entries)}
         for name, section in sorted(sections.items())]}
-
-
-def _why(err: Exception) -> str:
-    """An error's own words for our errors and OSError; an SDK's may carry secrets: its type only."""
-    from service.security.envelope import EnvelopeError
-    from service.security.kms import KmsError
-
-    if isinstance(err, OSError):
-        return f"{err.filename}: {err.strerror}" if err.filename else str(err.strerror or err)
-    if isinstance(err, EnvelopeError | KmsError | ValueError):
-        return str(err)
-    return f"unexpected {type(err).__name__} from the KMS client"
-
-
-def _refuse(message: str, as_json: bool) -> typer.Exit:
-    if as_json:
-        typer.echo(json.dumps({"error": message, "exit_code": EXIT_REFUSED}))
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(EXIT_REFUSED)

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 import typer
 
-from service.bench.failure import fail
 from service.bench.resp import bench_resp
+from service.cli_failure import fail
 from service.prefetch.markov import DEFAULT_MAX_KEYS
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from typing import IO, Annotated
 
 import typer
 
-from service.bench.failure import fail
+from service.cli_failure import fail
 from service.net import free_port
 
 

@@ -371,10 +371,8 @@ class RespConnection(asyncio.Protocol):
         """A request still arriving (what the drain left) past _SMALL_REQUEST while its tenant's requests in flight
         are over its budget is refused: the reads of a pipeline of small requests never are, only what is held."""
         tenant = self.tenant
-        if tenant is not None and tenant.requests_held > tenant.store.budget:
-            self._stop_reading(r.error(
-                f"ERR Protocol error: tenant '{tenant.name}' has more request bytes in flight than its memory "
-                f"budget ({tenant.store.budget} bytes), over all its connections"))
+        if tenant is not None and (why := tenant.requests_over_budget()) is not None:
+            self._stop_reading(r.error(f"ERR Protocol error: {why}"))
 
     def _note_command(self, args: Any) -> None:
         if type(args) is list and args and type(args[0]) is bytes:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from service.cli_failure import fail
 from service.security.audit import EncryptedArchive, is_archive, verify_files, write_plaintext
 from service.security.envelope import TamperedEnvelope
 
@@ -78,10 +79,7 @@ def verify(
             bad_file, verdict = verify_files(paths, expect_head=head.lower() if head else None, cipher=cipher)
             bad_name = shown.get(str(bad_file), str(bad_file)) if bad_file else None
     except _VerifyError as err:
-        if as_json:
-            typer.echo(json.dumps({"error": str(err), "exit_code": err.exit_code}))
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(err.exit_code) from None
+        raise fail(str(err), as_json, err.exit_code) from None
     if as_json:
         typer.echo(
             json.dumps(
@@ -135,8 +133,7 @@ def show(
                     break
             out.flush()
     except _VerifyError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(err.exit_code) from None
+        raise fail(str(err), False, err.exit_code) from None
     except BrokenPipeError:  # `| head`: the reader has what it wanted
         raise typer.Exit(0) from None
     if tampered is not None:

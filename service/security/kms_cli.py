@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from service.offline import Refused, offline_envelope_cipher, offline_settings, service_stopped
+from service.cli_failure import fail
+from service.offline import Refused, failure_reason, offline_envelope_cipher, offline_settings, service_stopped
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -107,10 +108,7 @@ def rewrap(
                 typer.echo(f"rewrap: [{index}/{len(found)}] {path}", err=True)
                 results.append(_rewrap_one(cipher, path, unreadable, dry_run))
     except Refused as err:
-        if as_json:
-            typer.echo(json.dumps({"error": str(err), "exit_code": EXIT_REFUSED}))
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(EXIT_REFUSED) from None
+        raise fail(str(err), as_json, EXIT_REFUSED) from None
     _report(results, roots, dry_run, as_json)
     if settings.audit_ship_url and any(r.outcome in ("rewrapped", "would-rewrap") for r in results):
         typer.echo(f"note: the audit archives already shipped to {settings.audit_ship_url} keep the old key version "
@@ -166,19 +164,12 @@ def _files(root: Path) -> Iterator[Path]:
 
 
 def _rewrap_one(cipher: EnvelopeCipher, path: Path, unreadable: str | None, dry_run: bool) -> FileResult:
-    from service.security.envelope import EnvelopeError
-    from service.security.kms import KmsError
-
     if unreadable is not None:
         return FileResult(str(path), "failed", unreadable)
     try:
         moved = cipher.rewrap_file(path, dry_run=dry_run)
-    except (EnvelopeError, KmsError) as err:
-        return FileResult(str(path), "failed", str(err))
-    except OSError as err:
-        return FileResult(str(path), "failed", err.strerror or type(err).__name__)
-    except Exception as err:  # an SDK's own error: report the file and go on; its message may carry secrets
-        return FileResult(str(path), "failed", f"unexpected {type(err).__name__} from the KMS client")
+    except Exception as err:  # report the file and go on
+        return FileResult(str(path), "failed", failure_reason(err))
     if not moved:
         return FileResult(str(path), "current")
     return FileResult(str(path), "would-rewrap" if dry_run else "rewrapped")

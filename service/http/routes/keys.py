@@ -257,9 +257,8 @@ async def _body(request: Request, tenant: TenantCache, limit: int, what: str) ->
                 chunks.append(chunk)
                 held += len(chunk)
                 tenant.requests_held += len(chunk)
-                if tenant.requests_held > tenant.store.budget:
-                    raise HTTPException(_TOO_LARGE, f"tenant {tenant.name!r} has more request bytes in flight than "
-                                        f"its memory budget ({tenant.store.budget} bytes), over all its connections")
+                if (why := tenant.requests_over_budget()) is not None:
+                    raise HTTPException(_TOO_LARGE, why)
     finally:
         tenant.requests_held -= held
     if size > limit:
